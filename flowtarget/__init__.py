@@ -1,0 +1,1 @@
+"""FlowTarget command line and local orchestration."""

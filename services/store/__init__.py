@@ -1,0 +1,1 @@
+"""FlowTarget store service."""

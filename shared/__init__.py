@@ -1,0 +1,1 @@
+"""FlowTarget's shared contract: event models, subjects, settings, the NATS bus and the service runner."""

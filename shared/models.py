@@ -1,0 +1,324 @@
+"""The event contract between FlowTarget's services.
+
+Every message on a FlowTarget NATS subject is one of the models below (or an
+``EventBatch`` of them), serialised as JSON by pydantic.  All events share one
+envelope (``Event``): when, which probe, which flow, what kind of event, and the
+flow's endpoints.  Each concrete model pins ``event_type`` to a literal so that
+``parse_event`` (one discriminated union) can parse any of them.
+
+Conventions
+-----------
+- Times are Unix epoch seconds as floats (``timestamp``, ``first_seen``,
+  ``last_seen``); durations carry their unit in the name (``duration_ms``).
+- Counters carry their unit and direction in the name (``src2dst_bytes``).
+  "src" is the endpoint that sent the flow's first packet, as in NFStream and
+  nDPI; "dst" is the other one.
+- Byte counts are IP-layer bytes (IP header and payload, no L2 header), the
+  unit nDPI and NFStream use for flow volume.
+- Transport names are nDPI's: ``TCP``, ``UDP``, ``ICMP``, ``ICMPV6``,
+  ``IGMP``, ``SCTP`` … or the IP protocol number as text.
+- Protocol names are nDPI's (``TLS``, ``HTTP``, ``DNS``, ``QUIC``, ``SSH`` …);
+  ``Unknown`` when not classified.
+- Raw bytes (payloads, frames) are base64 in JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+SCHEMA_VERSION = 1
+
+
+class _Model(BaseModel):
+    """Base for every model: strict about unknown fields, bytes as base64."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        ser_json_bytes="base64",
+        val_json_bytes="base64",
+        frozen=False,
+    )
+
+
+class Event(_Model):
+    """Common envelope carried by every event."""
+
+    timestamp: float = Field(description="When the event happened (packet time for capture events), Unix epoch seconds.")
+    probe: str = Field(min_length=1, max_length=64, description="Name of the probe that produced the event (FT_PROBE).")
+    flow_id: str = Field(default="", max_length=64, description="Identifier of the flow this event belongs to; empty for events about no flow.")
+    event_type: str = Field(description="Kind of event; a literal on each concrete model.")
+    transport: str = Field(default="", max_length=16, description="Transport as nDPI names it (TCP, UDP, ICMP, ICMPV6, ...) or the IP protocol number.")
+    src_ip: str = Field(default="", max_length=64, description="Source address: the endpoint that sent the flow's first packet.")
+    src_port: int = Field(default=0, ge=0, le=65535, description="Source port (0 for transports without ports).")
+    dst_ip: str = Field(default="", max_length=64, description="Destination address.")
+    dst_port: int = Field(default=0, ge=0, le=65535, description="Destination port (0 for transports without ports).")
+    vlan_id: int = Field(default=0, ge=0, le=4095, description="Outermost 802.1Q VLAN id, 0 when untagged.")
+
+
+# --------------------------------------------------------------------------- flows
+
+FlowPhase = Literal["start", "update", "end"]
+EndReason = Literal["", "fin", "rst", "idle", "active", "evicted", "eof", "shutdown"]
+
+
+class FlowRecord(Event):
+    """A flow's counters and ISMS access-log fields, from capture.
+
+    Published at a flow's start, periodically for long flows (``update``) and
+    exactly once at its end (``end``).  The ``end`` record is the access-log
+    entry; capture stamps the classification it received onto it.
+    """
+
+    event_type: Literal["flow"] = "flow"
+    phase: FlowPhase = Field(description="start: first packet; update: periodic report of a long flow; end: the flow is over.")
+    end_reason: EndReason = Field(default="", description="Why the flow ended (end phase only): fin, rst, idle, active timeout, evicted, eof of a capture file, shutdown.")
+    source: str = Field(default="", max_length=256, description="Where the packets came from: interface name or capture file base name.")
+    ip_version: int = Field(default=4, description="4 or 6.")
+    first_seen: float = Field(description="Time of the flow's first packet, Unix epoch seconds.")
+    last_seen: float = Field(description="Time of the flow's latest packet, Unix epoch seconds.")
+    duration_ms: float = Field(default=0.0, ge=0, description="last_seen - first_seen in milliseconds.")
+    src2dst_packets: int = Field(default=0, ge=0, description="Packets sent by src.")
+    src2dst_bytes: int = Field(default=0, ge=0, description="IP-layer bytes sent by src.")
+    dst2src_packets: int = Field(default=0, ge=0, description="Packets sent by dst.")
+    dst2src_bytes: int = Field(default=0, ge=0, description="IP-layer bytes sent by dst.")
+    src2dst_tcp_flags: int = Field(default=0, ge=0, le=255, description="OR of the TCP flags sent by src.")
+    dst2src_tcp_flags: int = Field(default=0, ge=0, le=255, description="OR of the TCP flags sent by dst.")
+    src_mac: str = Field(default="", max_length=17, description="Source MAC of the first frame, aa:bb:cc:dd:ee:ff.")
+    dst_mac: str = Field(default="", max_length=17, description="Destination MAC of the first frame.")
+    tunnel: str = Field(default="", max_length=16, description="Outer encapsulation the flow was carried in (GRE, VXLAN, GTP), empty when none.")
+    app_protocol: str = Field(default="Unknown", max_length=64, description="nDPI protocol name from classify's verdict, Unknown when none.")
+    application: str = Field(default="", max_length=64, description="Application (e.g. Google, YouTube) from classify's verdict.")
+    category: str = Field(default="", max_length=64, description="Category from classify's verdict.")
+    host: str = Field(default="", max_length=512, description="HTTP Host, TLS/QUIC SNI or DNS name from classify's verdict.")
+    confidence: str = Field(default="", max_length=32, description="How the protocol was found: dpi, port, ip, or empty.")
+
+
+# --------------------------------------------------------------------------- samples
+
+
+class FlowSample(Event):
+    """The first payload-bearing packets of a flow, cumulative, for classify.
+
+    Each sample of a flow carries everything seen so far, so classify needs no
+    state.  TCP payloads are in-order and de-duplicated: joining a direction's
+    list gives the start of that direction's byte stream.  UDP payloads are
+    the datagrams.  Blocking needs the MACs and the latest sequence numbers.
+    """
+
+    event_type: Literal["sample"] = "sample"
+    source: str = Field(default="", max_length=256, description="Interface or capture file base name.")
+    seq_no: int = Field(default=0, ge=0, description="Sample number within the flow, 0 first; later samples supersede earlier ones.")
+    final: bool = Field(default=False, description="True when capture will send no further samples for this flow.")
+    first_seen: float = Field(description="Time of the flow's first packet, Unix epoch seconds.")
+    src2dst_packets: int = Field(default=0, ge=0, description="Packets sent by src so far.")
+    dst2src_packets: int = Field(default=0, ge=0, description="Packets sent by dst so far.")
+    src_payloads: list[bytes] = Field(default_factory=list, description="Payloads sent by src, in order.")
+    dst_payloads: list[bytes] = Field(default_factory=list, description="Payloads sent by dst, in order.")
+    payload_dirs: str = Field(default="", max_length=256, description="Arrival order of the payloads: one character per payload, 's' from src, 'd' from dst.")
+    src_mac: str = Field(default="", max_length=17, description="MAC address of src as seen on the wire.")
+    dst_mac: str = Field(default="", max_length=17, description="MAC address of dst as seen on the wire.")
+    vlan_ids: list[int] = Field(default_factory=list, description="802.1Q tags of the frames, outermost first.")
+    src2dst_next_seq: int = Field(default=0, ge=0, description="TCP: sequence number src will send next (latest seq + payload length).")
+    src2dst_ack: int = Field(default=0, ge=0, description="TCP: latest acknowledgement number sent by src.")
+    dst2src_next_seq: int = Field(default=0, ge=0, description="TCP: sequence number dst will send next.")
+    dst2src_ack: int = Field(default=0, ge=0, description="TCP: latest acknowledgement number sent by dst.")
+    trigger_time: float = Field(default=0.0, description="Capture time of the packet that produced this sample, Unix epoch seconds.")
+    trigger_from_src: bool = Field(default=True, description="True when the packet that produced this sample was sent by src.")
+
+
+class ArpInfo(_Model):
+    """Decoded ARP fields."""
+
+    operation: int = Field(description="1 request, 2 reply.")
+    sender_mac: str
+    sender_ip: str
+    target_mac: str
+    target_ip: str
+
+
+class PacketEvent(Event):
+    """A single packet worth reporting on its own (every DNS and ARP packet)."""
+
+    event_type: Literal["packet"] = "packet"
+    kind: Literal["dns", "arp", "other"] = Field(description="What kind of packet this is.")
+    source: str = Field(default="", max_length=256, description="Interface or capture file base name.")
+    src_mac: str = Field(default="", max_length=17)
+    dst_mac: str = Field(default="", max_length=17)
+    vlan_ids: list[int] = Field(default_factory=list, description="802.1Q tags, outermost first.")
+    payload: bytes = Field(default=b"", description="DNS: the UDP/TCP payload (the DNS message). ARP: empty.")
+    arp: ArpInfo | None = Field(default=None, description="Decoded ARP fields (kind == arp).")
+    from_src: bool = Field(default=True, description="True when the packet was sent by the flow's src.")
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+class HttpInfo(_Model):
+    method: str = Field(default="", max_length=32)
+    host: str = Field(default="", max_length=512)
+    url: str = Field(default="", max_length=4096)
+    user_agent: str = Field(default="", max_length=1024)
+    status_code: int = Field(default=0, ge=0, le=999)
+    content_type: str = Field(default="", max_length=256)
+    server: str = Field(default="", max_length=256)
+
+
+class TlsInfo(_Model):
+    version: str = Field(default="", max_length=32, description="Negotiated (server) or offered (client) version, e.g. TLSv1.3.")
+    sni: str = Field(default="", max_length=512)
+    alpn: list[str] = Field(default_factory=list)
+    ja3: str = Field(default="", max_length=64, description="JA3 hash of the ClientHello (MD5 hex).")
+    ja4: str = Field(default="", max_length=64, description="JA4 fingerprint of the ClientHello.")
+    ja3s: str = Field(default="", max_length=64)
+    cipher: str = Field(default="", max_length=64)
+    server_names: list[str] = Field(default_factory=list, description="Certificate subject CN and SANs, where visible.")
+    issuer: str = Field(default="", max_length=512)
+
+
+class QuicInfo(_Model):
+    version: str = Field(default="", max_length=32)
+    sni: str = Field(default="", max_length=512)
+    alpn: list[str] = Field(default_factory=list)
+    ja4: str = Field(default="", max_length=64)
+    user_agent: str = Field(default="", max_length=1024)
+
+
+class SshInfo(_Model):
+    client_banner: str = Field(default="", max_length=256)
+    server_banner: str = Field(default="", max_length=256)
+    hassh_client: str = Field(default="", max_length=64)
+    hassh_server: str = Field(default="", max_length=64)
+
+
+class Verdict(Event):
+    """classify's answer about one flow, for capture (stop sampling), store and block."""
+
+    event_type: Literal["verdict"] = "verdict"
+    sample_seq_no: int = Field(default=0, ge=0, description="seq_no of the FlowSample this verdict answers.")
+    final: bool = Field(default=False, description="True when more samples cannot change the answer; capture stops sampling the flow.")
+    app_protocol: str = Field(default="Unknown", max_length=64, description="nDPI master protocol name (TLS, HTTP, DNS, ...), Unknown when none.")
+    application: str = Field(default="", max_length=64, description="Application/service name (Google, YouTube, ...).")
+    category: str = Field(default="", max_length=64, description="nDPI-style category (Web, Media, VPN, ...).")
+    confidence: Literal["dpi", "port", "ip", "unknown"] = Field(default="unknown", description="dpi: payload inspection; port: a guess from the port; ip: from an address list.")
+    host: str = Field(default="", max_length=512, description="HTTP Host, TLS/QUIC SNI, DNS query name, ...")
+    http: HttpInfo | None = None
+    tls: TlsInfo | None = None
+    quic: QuicInfo | None = None
+    ssh: SshInfo | None = None
+    extra: dict[str, str] = Field(default_factory=dict, description="Other protocol metadata as text (mail/FTP commands, banners, ...).")
+    # what block needs to act at once, copied from the sample
+    trigger_time: float = Field(default=0.0, description="Capture time of the packet that triggered the sample, Unix epoch seconds.")
+    src_mac: str = Field(default="", max_length=17)
+    dst_mac: str = Field(default="", max_length=17)
+    vlan_ids: list[int] = Field(default_factory=list)
+    src2dst_next_seq: int = Field(default=0, ge=0)
+    src2dst_ack: int = Field(default=0, ge=0)
+    dst2src_next_seq: int = Field(default=0, ge=0)
+    dst2src_ack: int = Field(default=0, ge=0)
+
+
+class DnsAnswer(_Model):
+    name: str = Field(max_length=1024)
+    rtype: str = Field(max_length=16, description="A, AAAA, CNAME, ...")
+    ttl_s: int = Field(default=0, ge=0)
+    data: str = Field(default="", max_length=2048)
+
+
+class DnsRecord(Event):
+    """One DNS message (query or response), for the DNS log."""
+
+    event_type: Literal["dns"] = "dns"
+    transaction_id: int = Field(ge=0, le=65535)
+    is_response: bool
+    query_name: str = Field(default="", max_length=1024)
+    query_type: str = Field(default="", max_length=16)
+    rcode: str = Field(default="", max_length=16, description="NOERROR, NXDOMAIN, ... (responses only).")
+    answers: list[DnsAnswer] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- alerts and blocks
+
+AlertType = Literal["arp_flood", "arp_spoof", "port_scan", "syn_flood", "icmp_flood", "dns_tunnel", "policy"]
+Severity = Literal["info", "low", "medium", "high", "critical"]
+
+
+class Alert(Event):
+    """One incident; re-published with growing count while it lasts."""
+
+    event_type: Literal["alert"] = "alert"
+    alert_id: str = Field(max_length=64, description="Stable id of the incident; updates reuse it.")
+    alert_type: AlertType
+    severity: Severity = "medium"
+    first_seen: float
+    last_seen: float
+    count: int = Field(default=1, ge=0, description="Packets, flows or events that make up the incident so far.")
+    message: str = Field(default="", max_length=2048)
+    evidence_pcap: str = Field(default="", max_length=1024, description="Path of the evidence pcap capture wrote, if any.")
+    rule_id: str = Field(default="", max_length=128, description="policy alerts: id of the rule that matched.")
+    details: dict[str, str] = Field(default_factory=dict)
+
+
+BlockOutcome = Literal["won", "lost", "unknown", "dry_run", "not_possible", "rate_limited", "allowlisted"]
+
+
+class BlockAction(Event):
+    """What block did about a flow and whether it won the race."""
+
+    event_type: Literal["block"] = "block"
+    rule_id: str = Field(max_length=128)
+    action: Literal["alert", "reset", "http_block", "dns_block", "drop"]
+    outcome: BlockOutcome = "unknown"
+    host: str = Field(default="", max_length=512)
+    latency_ms: float = Field(default=0.0, ge=0, description="From the trigger packet's capture to injection.")
+    attempts: int = Field(default=0, ge=0)
+    message: str = Field(default="", max_length=1024)
+
+
+class CaptureStats(Event):
+    """Periodic and end-of-source counters from a capture process."""
+
+    event_type: Literal["capture_stats"] = "capture_stats"
+    source: str = Field(default="", max_length=256)
+    finished: bool = Field(default=False, description="True for the last report of a file source.")
+    packets: int = 0
+    bytes: int = 0
+    bad_packets: int = Field(default=0, description="Truncated or malformed packets, counted and skipped.")
+    unsupported_packets: int = Field(default=0, description="Packets of a link type or protocol capture does not decode.")
+    dropped_kernel: int = 0
+    dropped_interface: int = 0
+    flows_active: int = 0
+    flows_ended: int = 0
+    flows_evicted: int = 0
+    one_way_tcp_flows: int = 0
+    duplicate_frames: int = 0
+    counters: dict[str, int] = Field(default_factory=dict, description="Other named counters (per link type, L2 protocols, ...).")
+
+
+AnyEvent = Annotated[
+    Union[FlowRecord, FlowSample, PacketEvent, Verdict, DnsRecord, Alert, BlockAction, CaptureStats],
+    Field(discriminator="event_type"),
+]
+
+
+class EventBatch(_Model):
+    """Many events in one message, where the rate is high."""
+
+    event_type: Literal["batch"] = "batch"
+    events: list[AnyEvent]
+
+
+_any_adapter: TypeAdapter[Any] = TypeAdapter(Annotated[Union[AnyEvent, EventBatch], Field(discriminator="event_type")])
+
+
+def parse_event(data: bytes | str) -> Event | EventBatch:
+    """Parse any FlowTarget message; raises pydantic.ValidationError when malformed."""
+    return _any_adapter.validate_json(data)
+
+
+def events_of(message: Event | EventBatch) -> list[Event]:
+    """The events a parsed message carries (one, or a batch's)."""
+    if isinstance(message, EventBatch):
+        return list(message.events)
+    return [message]

@@ -1,0 +1,98 @@
+"""The one service runner.
+
+``run_service`` builds the service's frozen settings from the environment,
+connects the bus, runs the service's ``main(settings, bus, stop)`` until
+SIGINT/SIGTERM sets ``stop``, then drains subscriptions and the connection
+(bounded by ``FT_DRAIN_TIMEOUT_S``) and cleans up in ``finally``.  A bad
+configuration ends the service at start with one line on stderr and exit
+status 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from shared.bus import Bus
+from shared.settings import CommonSettings
+
+S = TypeVar("S", bound=CommonSettings)
+ServiceMain = Callable[[Any, Bus, asyncio.Event], Awaitable[None]]
+
+EXIT_CONFIG = 2
+
+log = logging.getLogger("flowtarget")
+
+
+class ConfigError(Exception):
+    """A fatal configuration problem, reported as one line."""
+
+
+def config_error_line(exc: ValidationError, env_prefix: str = "FT_") -> str:
+    """One line naming each bad setting by its environment variable."""
+    parts = []
+    for err in exc.errors():
+        loc = "_".join(str(p) for p in err.get("loc", ())).upper()
+        parts.append(f"{env_prefix}{loc}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def load_settings(settings_cls: type[S], **overrides: Any) -> S:
+    """Build settings from the environment (plus explicit overrides); ConfigError on bad values."""
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(config_error_line(exc)) from exc
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def serve(name: str, settings: CommonSettings, main: ServiceMain, stop: asyncio.Event | None = None) -> None:
+    """Run one service on the current loop until ``stop`` is set (or main returns)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread: the caller owns signals
+    bus = await Bus.connect(settings, name, stop)
+    try:
+        await main(settings, bus, stop)
+    finally:
+        await bus.close()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        log.info("%s stopped", name)
+
+
+def run_service(name: str, settings_cls: type[S], main: ServiceMain, **overrides: Any) -> int:
+    """Entry point of ``flowtarget <service>``: returns the process exit status."""
+    try:
+        settings = load_settings(settings_cls, **overrides)
+    except ConfigError as exc:
+        print(f"flowtarget {name}: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(settings.log_level)
+    try:
+        asyncio.run(serve(name, settings, main))
+    except ConfigError as exc:
+        print(f"flowtarget {name}: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,103 @@
+"""The one settings mechanism: pydantic-settings, environment prefix ``FT_``.
+
+Every service builds one frozen settings object at start.  ``CommonSettings``
+holds what every service needs (NATS, probe name, JetStream stream limits);
+each service's settings class extends it.  A bad value stops the service at
+start with a one-line reason (see ``shared.runner``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.subjects import check_token
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FT_", frozen=True, extra="ignore", env_nested_delimiter="__")
+
+    probe: str = Field(default="probe1", description="Probe name, used in subjects and stored records.")
+    nats_url: str = Field(default="nats://127.0.0.1:4222", description="Comma-separated NATS server URLs.")
+    nats_user: str = Field(default="", description="NATS user name (with FT_NATS_PASSWORD).")
+    nats_password: SecretStr = Field(default=SecretStr(""), description="NATS password.")
+    nats_token: SecretStr = Field(default=SecretStr(""), description="NATS token.")
+    nats_creds: str = Field(default="", description="Path of a NATS .creds file.")
+    stream_name: str = Field(default="FLOWTARGET", description="JetStream stream holding every event that must be stored.")
+    stream_max_age_s: float = Field(default=7 * 24 * 3600, gt=0, description="Stream retention by age.")
+    stream_max_bytes: int = Field(default=8 * 1024**3, gt=0, description="Stream retention by size.")
+    stream_storage: str = Field(default="file", pattern="^(file|memory)$")
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Port of the Prometheus /metrics and /healthz endpoint; 0 = off.")
+    drain_timeout_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("probe")
+    @classmethod
+    def _probe_token(cls, v: str) -> str:
+        return check_token(v, "FT_PROBE")
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_url(cls, v: str) -> str:
+        for url in v.split(","):
+            if not url.strip().startswith(("nats://", "tls://", "ws://", "wss://")):
+                raise ValueError(f"FT_NATS_URL {url!r} must start with nats://, tls://, ws:// or wss://")
+        return v
+
+
+class CaptureSettings(CommonSettings):
+    iface: str = Field(default="", description="Interface to capture on (live).")
+    pcap: list[Path] = Field(default_factory=list, description="Capture files to replay instead of an interface.")
+    bpf: str = Field(default="", description="BPF filter.")
+    snaplen: int = Field(default=2048, ge=64, le=262144)
+    promisc: bool = True
+    buffer_mb: int = Field(default=64, ge=1, le=4096, description="Kernel capture buffer.")
+    shards: int = Field(default=1, ge=1, le=64, description="Capture processes sharing the interface by flow hash.")
+    shard_index: int = Field(default=-1, ge=-1, le=63, description="This process's shard (set by the parent), -1 = not sharded.")
+    idle_timeout_s: float = Field(default=120.0, gt=0)
+    active_timeout_s: float = Field(default=1800.0, gt=0)
+    tcp_closed_timeout_s: float = Field(default=2.0, ge=0, description="Packets of a FIN/RST-closed flow that arrive within this time still count to it.")
+    update_interval_s: float = Field(default=60.0, gt=0, description="Periodic update records for long flows.")
+    max_flows: int = Field(default=1_000_000, ge=16)
+    sample_max_packets: int = Field(default=8, ge=1, le=64, description="Payload packets per direction sent to classify.")
+    sample_max_bytes: int = Field(default=4096, ge=64, le=65536, description="Payload bytes per direction sent to classify.")
+    verdict_wait_s: float = Field(default=3.0, ge=0, description="How long an ended flow waits for a pending verdict before its end record is published.")
+    batch_size: int = Field(default=500, ge=1, description="Flow records per JetStream message.")
+    batch_interval_s: float = Field(default=0.2, gt=0)
+    evidence_dir: Path = Field(default=Path("/var/lib/flowtarget/evidence"))
+    evidence_packets: int = Field(default=32, ge=0, le=10000, description="Recent raw packets kept per flow for evidence.")
+    replay_realtime: bool = Field(default=False, description="Replay files at their recorded pace instead of as fast as possible.")
+
+
+class ClassifySettings(CommonSettings):
+    queue_group: str = Field(default="classify")
+    use_ndpi: bool = Field(default=True, description="Use libndpi as a second engine where it is installed.")
+
+
+class StoreSettings(CommonSettings):
+    influx_url: str = Field(default="", description="InfluxDB 2 URL; empty = no InfluxDB.")
+    influx_token: SecretStr = Field(default=SecretStr(""))
+    influx_org: str = Field(default="flowtarget")
+    influx_bucket: str = Field(default="flowtarget")
+    influx_create_bucket: bool = True
+    out_dir: Path | None = Field(default=None, description="Directory for JSON-lines files (the embedded default).")
+    line_protocol_file: bool = Field(default=False, description="Also write influx line protocol into out_dir.")
+    durable: str = Field(default="store", description="Durable consumer shared by all store replicas.")
+    batch_size: int = Field(default=5000, ge=1)
+    flush_interval_s: float = Field(default=1.0, gt=0)
+    retry_max_s: float = Field(default=30.0, gt=0)
+    isms_min_duration_s: float = Field(default=10.0, ge=0, description="Unknown flows enter the access log when they last longer than this ...")
+    isms_min_pps: float = Field(default=1.0, ge=0, description="... at more than this many packets per second.")
+    log_all_flows: bool = Field(default=False, description="Write every flow into the access log.")
+
+
+class BlockSettings(CommonSettings):
+    iface: str = Field(default="", description="Interface to inject on; empty = report only.")
+    rules_bucket: str = Field(default="ft_rules")
+    dry_run: bool = False
+    rate_limit_per_s: float = Field(default=200.0, gt=0)
+    rate_burst: int = Field(default=50, ge=1)
+    allowlist: list[str] = Field(default_factory=list, description="CIDRs and host names never injected against.")
+    probe_addresses: list[str] = Field(default_factory=list, description="The probe's own addresses, never targeted.")

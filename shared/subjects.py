@@ -1,0 +1,51 @@
+"""The one subject builder: ``ft.<kind>.<probe>[.<qualifier>]``.
+
+Alerts put their type before the probe (``ft.alert.<alert_type>.<probe>``) so
+that ``ft.alert.>`` and ``ft.alert.arp_flood.>`` both subscribe naturally.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+PREFIX = "ft"
+
+Kind = Literal["sample", "packet", "flow", "verdict", "dns", "alert", "block", "stats", "ctl", "evidence"]
+KINDS: tuple[str, ...] = ("sample", "packet", "flow", "verdict", "dns", "alert", "block", "stats", "ctl", "evidence")
+
+# kinds whose messages must reach storage go through JetStream
+STORED_KINDS: tuple[str, ...] = ("flow", "verdict", "dns", "alert", "block")
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_token(value: str, what: str = "token") -> str:
+    """A subject token: letters, digits, '_' and '-' only (no '.', '*', '>', spaces)."""
+    if not _TOKEN.match(value):
+        raise ValueError(f"invalid {what} {value!r}: use 1-64 letters, digits, '_' or '-'")
+    return value
+
+
+def subject(kind: str, probe: str = "*", qualifier: str | None = None) -> str:
+    """Build a subject. ``probe`` may be ``*`` and ``qualifier`` ``>`` for subscriptions."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown subject kind {kind!r}")
+    if probe != "*":
+        check_token(probe, "probe")
+    if qualifier is not None and qualifier not in ("*", ">"):
+        check_token(qualifier, "qualifier")
+    if kind == "alert":
+        # ft.alert.<alert_type>.<probe>
+        return f"{PREFIX}.alert.{qualifier or '*'}.{probe}"
+    parts = [PREFIX, kind, probe]
+    if qualifier is not None:
+        parts.append(qualifier)
+    return ".".join(parts)
+
+
+def all_of(kind: str) -> str:
+    """Subscription wildcard for every message of a kind from every probe."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown subject kind {kind!r}")
+    return f"{PREFIX}.{kind}.>"

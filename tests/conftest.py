@@ -1,0 +1,39 @@
+"""Fixtures shared by the whole suite: a real nats-server on a free port, paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from flowtarget.embedded import EmbeddedNats
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = (REPO / ".." / "shared").resolve()
+CORPUS = SHARED / "corpus" / "ndpi" / "dev"
+SCORER = SHARED / "tools" / "score_ndpi.py"
+SAMPLE_PCAP = REPO / "samples" / "sample.pcap"
+
+
+def need_corpus() -> Path:
+    """The nDPI dev corpus, or skip (it lives beside the repo, not in a user's clone)."""
+    if not CORPUS.is_dir():
+        pytest.skip(f"nDPI corpus not found at {CORPUS} (it sits beside the repo in CI, not in a plain clone)")
+    return CORPUS
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces (CI runs as root)")
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+    """A real nats-server with JetStream: .url, .stop(), .start(), .restart(), .kill()."""
+    server = EmbeddedNats(store_dir=str(tmp_path / "nats-store"), log_file=str(tmp_path / "nats.log"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
