@@ -101,3 +101,42 @@ class BlockSettings(CommonSettings):
     rate_burst: int = Field(default=50, ge=1)
     allowlist: list[str] = Field(default_factory=list, description="CIDRs and host names never injected against.")
     probe_addresses: list[str] = Field(default_factory=list, description="The probe's own addresses, never targeted.")
+
+
+class DetectSettings(BaseSettings):
+    """Thresholds of the alert detectors that run inside capture (docs/alerts.md).
+
+    Rates are judged over ``*_window_s``: a rate threshold R fires when at least
+    R × window events fall inside one window.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FT_", frozen=True, extra="ignore")
+
+    detectors: str = Field(default="arp_flood,arp_spoof,port_scan,syn_flood,icmp_flood,dns_tunnel",
+                           description="Comma-separated detectors to run; empty = none.")
+    alert_update_interval_s: float = Field(default=10.0, gt=0, description="At most one update of an open incident per this many seconds.")
+    alert_expire_s: float = Field(default=60.0, gt=0, description="An incident closes after this long without new evidence.")
+    alert_max_incidents: int = Field(default=1000, ge=1, description="Open incidents kept; further ones are counted and dropped.")
+    detect_max_tracked: int = Field(default=20000, ge=16, description="Entries (MACs, IPs, sources, targets, domains) each detector tracks; least recent evicted.")
+    arp_flood_pps: float = Field(default=50.0, gt=0, description="ARP packets/s from one source MAC.")
+    arp_flood_total_pps: float = Field(default=500.0, gt=0, description="ARP packets/s overall, not explained by flooding MACs already alerted.")
+    arp_flood_window_s: float = Field(default=2.0, gt=0)
+    arp_binding_recent_s: float = Field(default=300.0, gt=0, description="An IP claimed by a new MAC while its old binding was seen this recently is spoofing.")
+    arp_gratuitous_max: int = Field(default=20, ge=1, description="Gratuitous ARPs from one MAC within arp_gratuitous_window_s that make a storm.")
+    arp_gratuitous_window_s: float = Field(default=10.0, gt=0)
+    arp_protected_ips: list[str] = Field(default_factory=list, description="Addresses (gateways, DNS servers) whose spoofing is critical.")
+    scan_window_s: float = Field(default=60.0, gt=0)
+    scan_vertical_ports: int = Field(default=128, ge=2, description="Distinct ports of one host probed by one source.")
+    scan_vertical_failed_ports: int = Field(default=32, ge=2, description="Distinct ports of one host with failed/reset/one-packet flows from one source.")
+    scan_horizontal_hosts: int = Field(default=256, ge=2, description="Distinct hosts probed on one port by one source.")
+    scan_horizontal_failed_hosts: int = Field(default=32, ge=2, description="Distinct hosts with failed flows on one port from one source.")
+    syn_flood_half_open: int = Field(default=100, ge=1, description="Half-open TCP flows to one address and port within syn_flood_window_s.")
+    syn_flood_window_s: float = Field(default=10.0, gt=0)
+    icmp_flood_pps: float = Field(default=100.0, gt=0, description="ICMP packets/s towards one address.")
+    icmp_flood_window_s: float = Field(default=10.0, gt=0)
+    dns_tunnel_label_len: int = Field(default=52, ge=8, le=63, description="A query label this long is suspicious.")
+    dns_tunnel_entropy: float = Field(default=3.6, gt=0, description="Shannon entropy (bits/char) of a long subdomain that makes it suspicious.")
+    dns_tunnel_min_len: int = Field(default=30, ge=8, description="Subdomain length from which entropy is judged.")
+    dns_tunnel_queries: int = Field(default=10, ge=1, description="Suspicious queries under one registered domain within dns_tunnel_window_s.")
+    dns_tunnel_txt_queries: int = Field(default=30, ge=1, description="TXT/NULL queries under one registered domain within dns_tunnel_window_s.")
+    dns_tunnel_window_s: float = Field(default=60.0, gt=0)
