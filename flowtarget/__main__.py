@@ -1,0 +1,3 @@
+from flowtarget.cli import main
+
+main()

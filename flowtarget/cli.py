@@ -1,0 +1,435 @@
+"""The ``flowtarget`` command.
+
+    flowtarget capture|classify|store|block      one service, configured from FT_* variables
+    flowtarget run [--iface IF | --pcap FILE...] [--nats URL] [--rules FILE] [--out DIR]
+    flowtarget analyze PCAP [PCAP ...] [--jsonl FILE|-] [--out DIR]
+    flowtarget bench capture|classify|store|block ...
+    flowtarget rules add|list|remove|load ...
+    flowtarget alerts [--follow] [--type T] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+SERVICE_MODULES = {
+    "capture": ("services.capture.service", "CaptureSettings"),
+    "classify": ("services.classify.service", "ClassifySettings"),
+    "store": ("services.store.service", "StoreSettings"),
+    "block": ("services.block.service", "BlockSettings"),
+}
+
+
+def service_available(name: str) -> bool:
+    try:
+        mod = importlib.import_module(SERVICE_MODULES[name][0])
+    except ImportError:
+        return False
+    return hasattr(mod, "main")
+
+
+# --------------------------------------------------------------------------- one service
+
+
+def run_one_service(name: str, overrides: dict[str, Any] | None = None) -> int:
+    from shared import settings as settings_mod
+    from shared.runner import run_service
+
+    module_name, settings_name = SERVICE_MODULES[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        print(f"flowtarget {name}: not available: {exc}", file=sys.stderr)
+        return 1
+    settings_cls = getattr(settings_mod, settings_name)
+    return run_service(name, settings_cls, module.main, **(overrides or {}))
+
+
+def run_capture(args: argparse.Namespace) -> int:
+    """capture, optionally as N shard processes sharing one interface."""
+    from shared.runner import ConfigError, load_settings
+    from shared.settings import CaptureSettings
+
+    overrides: dict[str, Any] = {}
+    if args.shards:
+        overrides["shards"] = args.shards
+    try:
+        settings = load_settings(CaptureSettings, **overrides)
+    except ConfigError as exc:
+        print(f"flowtarget capture: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if settings.shards > 1 and settings.shard_index < 0:
+        if not settings.iface:
+            print("flowtarget capture: configuration error: FT_SHARDS > 1 needs a live interface (FT_IFACE)", file=sys.stderr)
+            return 2
+        procs = []
+        for k in range(settings.shards):
+            env = dict(os.environ, FT_SHARDS=str(settings.shards), FT_SHARD_INDEX=str(k))
+            procs.append(subprocess.Popen([sys.executable, "-m", "flowtarget", "capture"], env=env))
+        code = 0
+        try:
+            for p in procs:
+                code = max(code, p.wait())
+        except KeyboardInterrupt:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait()
+        return code
+    return run_one_service("capture", overrides)
+
+
+# --------------------------------------------------------------------------- run / analyze
+
+
+def check_capture_files(paths: list[str]) -> tuple[list[str], list[str]]:
+    """Split into readable capture files and one-line errors for the others."""
+    from services.capture.sources import CaptureFileError, probe_capture_file
+
+    ok, errors = [], []
+    for p in paths:
+        try:
+            probe_capture_file(p)
+            ok.append(p)
+        except (CaptureFileError, OSError) as exc:
+            msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            errors.append(f"{p}: {msg}" if not str(msg).startswith(p) else str(msg))
+    return ok, errors
+
+
+async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_env: dict[str, str],
+                              progress: bool) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run all services over files, drain, return (status, stored events, capture stats)."""
+    import nats
+
+    from flowtarget.orchestrate import pcap_env, read_stream, stream_drained
+
+    stats: list[dict[str, Any]] = []
+    nc = await nats.connect(orch.nats_url)
+    started = time.monotonic()
+    total = len(files)
+
+    async def on_stats(msg: Any) -> None:
+        try:
+            st = json.loads(msg.data)
+        except ValueError:
+            return
+        stats.append(st)
+        if progress and st.get("finished"):
+            done = sum(1 for s in stats if s.get("finished"))
+            pk = sum(int(s.get("packets", 0)) for s in stats if s.get("finished"))
+            el = time.monotonic() - started
+            print(f"\r[{done}/{total}] {pk:,} packets, {el:.0f} s  {st.get('source', '')[:40]:40}",
+                  end="", file=sys.stderr, flush=True)
+
+    await nc.subscribe("ft.stats.>", cb=on_stats)
+    p = orch.pipeline
+    env_store = {"FT_OUT_DIR": str(out_dir)}
+    for name in ("classify", "store", "block"):
+        if service_available(name):
+            p.start(name, env_store if name == "store" else None)
+    await asyncio.sleep(0)  # let them connect while capture starts
+    cap = p.start("capture", {**pcap_env(files), **extra_env})
+    while cap.poll() is None:
+        await asyncio.sleep(0.1)
+        bad = {n: c for n, c in p.failed().items() if n != "capture"}
+        if bad:
+            break
+    if progress:
+        print(file=sys.stderr)
+    status = cap.returncode if cap.returncode is not None else 1
+    failed = {n: c for n, c in p.failed().items()}
+    if failed:
+        for n, c in failed.items():
+            print(f"flowtarget: service {n} exited with status {c}:\n{orch.log_tail(n)}", file=sys.stderr)
+        status = status or 1
+    if service_available("store") and "store" not in failed:
+        await stream_drained(orch.settings, alive=lambda: p.procs["store"].poll() is None)
+    events = await read_stream(orch.settings)
+    await nc.drain()
+    p.stop()
+    return status, events, stats
+
+
+def flow_line(ev: dict[str, Any]) -> dict[str, Any]:
+    """A flow end record as one --jsonl object (scorer fields first)."""
+    out = {"pcap": ev.get("source", "")}
+    for k in ("transport", "src_ip", "src_port", "dst_ip", "dst_port", "app_protocol", "application", "host",
+              "category", "confidence", "first_seen", "last_seen", "duration_ms", "src2dst_packets",
+              "src2dst_bytes", "dst2src_packets", "dst2src_bytes", "vlan_id", "tunnel", "end_reason", "flow_id",
+              "probe", "src_mac", "dst_mac", "src2dst_tcp_flags", "dst2src_tcp_flags", "ip_version"):
+        out[k] = ev.get(k)
+    return out
+
+
+def summarize(flows: list[dict[str, Any]], dns: list[dict[str, Any]], alerts: list[dict[str, Any]],
+              stats: list[dict[str, Any]], files: int, elapsed_s: float) -> str:
+    lines = []
+    fin = [s for s in stats if s.get("finished")]
+    packets = sum(int(s.get("packets", 0)) for s in fin)
+    nbytes = sum(int(s.get("bytes", 0)) for s in fin)
+    bad = sum(int(s.get("bad_packets", 0)) for s in fin)
+    unsup = sum(int(s.get("unsupported_packets", 0)) for s in fin)
+    oneway = sum(int(s.get("one_way_tcp_flows", 0)) for s in fin)
+    dups = sum(int(s.get("duplicate_frames", 0)) for s in fin)
+    counters: Counter[str] = Counter()
+    for s in fin:
+        counters.update({k: int(v) for k, v in (s.get("counters") or {}).items()})
+    lines.append(f"FlowTarget analysis: {files} capture file(s), {packets:,} packets, {nbytes:,} bytes, "
+                 f"{len(flows):,} flows in {elapsed_s:.1f} s")
+    lines.append(f"  bad packets (counted, skipped): {bad:,}   unsupported: {unsup:,}   "
+                 f"one-way TCP flows: {oneway:,}   duplicate frames: {dups:,}")
+    extra = {k: v for k, v in counters.items() if v and k not in ("samples_sent", "packet_events_sent", "flow_records_sent")}
+    if extra:
+        lines.append("  counters: " + ", ".join(f"{k}={v:,}" for k, v in sorted(extra.items())[:30]))
+    by_proto: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    by_app: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    talkers: Counter[str] = Counter()
+    for f in flows:
+        b = int(f.get("src2dst_bytes") or 0) + int(f.get("dst2src_bytes") or 0)
+        by_proto[f.get("app_protocol") or "Unknown"][0] += 1
+        by_proto[f.get("app_protocol") or "Unknown"][1] += b
+        if f.get("application"):
+            by_app[f["application"]][0] += 1
+            by_app[f["application"]][1] += b
+        talkers[str(f.get("src_ip"))] += b
+        talkers[str(f.get("dst_ip"))] += b
+
+    def table(title: str, rows: dict[str, list[int]], n: int = 15) -> None:
+        lines.append("")
+        lines.append(f"{title:<28}{'flows':>10}{'bytes':>16}")
+        for name, (cnt, b) in sorted(rows.items(), key=lambda kv: (-kv[1][0], kv[0]))[:n]:
+            lines.append(f"  {safe(name, 26):<26}{cnt:>10,}{b:>16,}")
+        if len(rows) > n:
+            lines.append(f"  ... {len(rows) - n} more")
+
+    table("Flows by protocol", by_proto)
+    if by_app:
+        table("Flows by application", by_app)
+    lines.append("")
+    lines.append("Top talkers (bytes)")
+    for ip, b in talkers.most_common(10):
+        lines.append(f"  {safe(ip, 40):<40}{b:>16,}")
+    names: Counter[str] = Counter(d.get("query_name", "") for d in dns if not d.get("is_response") and d.get("query_name"))
+    if not names:
+        names = Counter(d.get("query_name", "") for d in dns if d.get("query_name"))
+    lines.append("")
+    lines.append(f"DNS: {len(dns):,} messages, {len(names):,} distinct names")
+    for name, cnt in names.most_common(10):
+        lines.append(f"  {safe(name, 60):<60}{cnt:>8,}")
+    lines.append("")
+    incidents: dict[str, dict[str, Any]] = {}
+    for a in alerts:
+        incidents[a.get("alert_id", "")] = a
+    lines.append(f"Alerts: {len(incidents)}")
+    for a in sorted(incidents.values(), key=lambda a: a.get("first_seen", 0))[:20]:
+        lines.append(f"  [{a.get('severity', '')}] {a.get('alert_type', '')}: {safe(a.get('message', ''), 100)}")
+    return "\n".join(lines)
+
+
+def safe(text: Any, limit: int) -> str:
+    from shared.bus import safe_text
+    return safe_text(text, limit)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from flowtarget.orchestrate import Orchestrator
+
+    files, errors = check_capture_files(args.pcaps)
+    for e in errors:
+        print(f"flowtarget analyze: {e}", file=sys.stderr)
+    if not files:
+        return 1
+    started = time.monotonic()
+    tmp = None
+    if args.out:
+        out_dir = Path(args.out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="flowtarget-out-")
+        out_dir = Path(tmp.name)
+    orch = Orchestrator(args.nats, probe=args.probe, quiet=not args.verbose,
+                        env={"FT_STREAM_STORAGE": "file"})
+    try:
+        status, events, stats = asyncio.run(
+            _pipeline_for_files(orch, files, out_dir, {}, progress=not args.no_progress and sys.stderr.isatty() or args.progress))
+    finally:
+        orch.close()
+    flows = [e for e in events if e.get("event_type") == "flow" and e.get("phase") == "end"]
+    dns = [e for e in events if e.get("event_type") == "dns"]
+    alerts = [e for e in events if e.get("event_type") == "alert"]
+    if args.jsonl:
+        fh = sys.stdout if args.jsonl == "-" else open(args.jsonl, "w")
+        try:
+            for f in flows:
+                fh.write(json.dumps(flow_line(f)) + "\n")
+        finally:
+            if fh is not sys.stdout:
+                fh.close()
+    report = summarize(flows, dns, alerts, stats, len(files), time.monotonic() - started)
+    print(report, file=sys.stderr if args.jsonl == "-" else sys.stdout)
+    if tmp is not None:
+        tmp.cleanup()
+    if errors:
+        return 1
+    return status
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flowtarget.orchestrate import Orchestrator
+
+    if bool(args.iface) == bool(args.pcap):
+        print("flowtarget run: give exactly one of --iface IF or --pcap FILE", file=sys.stderr)
+        return 2
+    env: dict[str, str] = {}
+    if args.out:
+        env["FT_OUT_DIR"] = str(Path(args.out).resolve())
+    orch = Orchestrator(args.nats, probe=args.probe, log_dir=None)
+    orch.pipeline.env.update(env)
+    try:
+        if args.rules:
+            code = load_rules_file(orch.nats_url, args.probe, args.rules)
+            if code:
+                return code
+        if args.pcap:
+            files, errors = check_capture_files(args.pcap)
+            for e in errors:
+                print(f"flowtarget run: {e}", file=sys.stderr)
+            if not files:
+                return 1
+            out_dir = Path(args.out) if args.out else Path("flowtarget-out")
+            out_dir.mkdir(parents=True, exist_ok=True)
+            status, events, stats = asyncio.run(_pipeline_for_files(orch, files, out_dir.resolve(), {}, progress=True))
+            flows = sum(1 for e in events if e.get("event_type") == "flow" and e.get("phase") == "end")
+            print(f"flowtarget run: {len(files)} file(s) replayed, {flows} flows stored; output in {out_dir}",
+                  file=sys.stderr)
+            return 1 if errors else status
+        # live: run until stopped
+        p = orch.pipeline
+        for name in ("classify", "store", "block"):
+            if service_available(name):
+                p.start(name)
+        p.start("capture", {"FT_IFACE": args.iface, **({"FT_SHARDS": str(args.shards)} if args.shards else {})})
+        print(f"flowtarget run: capturing on {args.iface}, NATS {orch.nats_url}; Ctrl-C to stop", file=sys.stderr)
+        try:
+            while True:
+                time.sleep(0.5)
+                failed = p.failed()
+                if failed:
+                    for n, c in failed.items():
+                        print(f"flowtarget run: service {n} exited with status {c}", file=sys.stderr)
+                    return 1
+        except KeyboardInterrupt:
+            return 0
+    finally:
+        orch.close()
+
+
+def load_rules_file(nats_url: str, probe: str, path: str) -> int:
+    try:
+        rules = importlib.import_module("services.block.rules")
+    except ImportError:
+        print("flowtarget: rules are not supported by this build", file=sys.stderr)
+        return 1
+    return int(rules.load_rules_file(nats_url, probe, path))
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    target = args.target
+    module = importlib.import_module(f"services.{target}.bench")
+    return int(module.bench_command(args) or 0)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="flowtarget", description="FlowTarget network traffic detection probe")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    for name in ("classify", "store", "block"):
+        sub.add_parser(name, help=f"run the {name} service (configured from FT_* variables)")
+    cp = sub.add_parser("capture", help="run the capture service (configured from FT_* variables)")
+    cp.add_argument("--shards", type=int, default=0, help="capture processes sharing the interface by flow hash")
+
+    rp = sub.add_parser("run", help="run all four services (embedded NATS unless --nats)")
+    rp.add_argument("--iface", help="live interface (runs until stopped)")
+    rp.add_argument("--pcap", nargs="+", help="capture file(s) to replay; drains and exits")
+    rp.add_argument("--nats", help="NATS URL (default: start an embedded nats-server)")
+    rp.add_argument("--rules", help="YAML rules file to load into the rules bucket")
+    rp.add_argument("--out", help="directory for JSON-lines output (default ./flowtarget-out with --pcap)")
+    rp.add_argument("--probe", default=os.environ.get("FT_PROBE", "probe1"))
+    rp.add_argument("--shards", type=int, default=0)
+
+    an = sub.add_parser("analyze", help="replay captures through the services and summarise")
+    an.add_argument("pcaps", nargs="+", metavar="PCAP")
+    an.add_argument("--jsonl", help="write one JSON object per flow to FILE (- for stdout)")
+    an.add_argument("--out", help="directory for flows.jsonl, dns.jsonl, alerts.jsonl")
+    an.add_argument("--nats", help="NATS URL (default: embedded nats-server)")
+    an.add_argument("--probe", default="analyze")
+    an.add_argument("--verbose", action="store_true", help="services log at INFO")
+    an.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
+    an.add_argument("--no-progress", action="store_true")
+
+    bp = sub.add_parser("bench", help="benchmarks that print figures")
+    bsub = bp.add_subparsers(dest="target", required=True)
+    for target in ("capture", "classify", "store", "block"):
+        tp = bsub.add_parser(target)
+        try:
+            importlib.import_module(f"services.{target}.bench").add_arguments(tp)
+        except (ImportError, AttributeError):
+            tp.add_argument("rest", nargs="*")
+
+    # commands that live with their feature: add_parser(subparsers) -> parser; run(args) -> int
+    for plug in ("services.block.rules", "flowtarget.alerts_cmd"):
+        try:
+            mod = importlib.import_module(plug)
+        except ImportError:
+            continue
+        if hasattr(mod, "add_parser"):
+            parser = mod.add_parser(sub)
+            if parser is not None and parser.get_default("func") is None and hasattr(mod, "run"):
+                parser.set_defaults(func=mod.run)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    cmd = args.command
+    if cmd == "capture":
+        code = run_capture(args)
+    elif cmd in ("classify", "store", "block"):
+        code = run_one_service(cmd)
+    elif cmd == "run":
+        code = cmd_run(args)
+    elif cmd == "analyze":
+        code = cmd_analyze(args)
+    elif cmd == "bench":
+        code = cmd_bench(args)
+    else:
+        handler = getattr(args, "func", None)
+        if handler is None:
+            print(f"flowtarget: unknown command {cmd}", file=sys.stderr)
+            code = 2
+        else:
+            result = handler(args)
+            code = asyncio.run(result) if asyncio.iscoroutine(result) else int(result or 0)
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""Run the four services together: ``flowtarget run`` and ``flowtarget analyze``.
+
+The services run as child processes (``python -m flowtarget <service>``), each
+configured only through ``FT_*`` environment variables, exactly as docker
+compose runs them.  Without a NATS URL an embedded nats-server is started
+(JetStream on, temporary store, free port) and stopped on exit.
+
+For capture files the pipeline is drained before exit: capture exits after it
+has published every flow's end record (it waits for classify's last verdicts);
+then we wait until the store consumer has acknowledged everything in the
+stream and the stream has stopped growing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js.errors import NotFoundError
+
+from flowtarget.embedded import EmbeddedNats
+from shared.settings import CommonSettings
+
+SERVICES = ("capture", "classify", "store", "block")
+
+
+@dataclass
+class Pipeline:
+    """Child processes of one pipeline run."""
+
+    env: dict[str, str]
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    log_dir: Path | None = None
+
+    def start(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        env = dict(self.env)
+        if extra_env:
+            env.update(extra_env)
+        out: Any = None
+        if self.log_dir is not None:
+            out = open(self.log_dir / f"{name}.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "flowtarget", name], env=env,
+                                stdout=out, stderr=subprocess.STDOUT if out else None)
+        self.procs[name] = proc
+        return proc
+
+    def stop(self, names: tuple[str, ...] | None = None, timeout_s: float = 15.0) -> dict[str, int]:
+        names = names or tuple(self.procs)
+        for n in names:
+            p = self.procs.get(n)
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        codes: dict[str, int] = {}
+        deadline = time.monotonic() + timeout_s
+        for n in names:
+            p = self.procs.get(n)
+            if p is None:
+                continue
+            try:
+                codes[n] = p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes[n] = p.wait()
+        return codes
+
+    def failed(self) -> dict[str, int]:
+        return {n: p.returncode for n, p in self.procs.items() if p.poll() is not None and p.returncode not in (0, None)}
+
+
+def base_env(nats_url: str, probe: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["FT_NATS_URL"] = nats_url
+    env["FT_PROBE"] = probe
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if extra:
+        env.update(extra)
+    return env
+
+
+async def stream_drained(settings: CommonSettings, durable: str = "store", quiet_s: float = 1.0,
+                         timeout_s: float = 600.0, alive: Any = None) -> bool:
+    """Wait until the store consumer has acked everything and the stream stopped growing."""
+    nc = await nats.connect(settings.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+    js = nc.jetstream()
+    try:
+        deadline = time.monotonic() + timeout_s
+        last_seq = -1
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            if alive is not None and not alive():
+                return False
+            try:
+                si = await js.stream_info(settings.stream_name)
+                ci = await js.consumer_info(settings.stream_name, durable)
+                seq = si.state.last_seq
+                done = ci.num_pending == 0 and ci.num_ack_pending == 0
+            except NotFoundError:
+                seq, done = -1, False
+            except Exception:
+                seq, done = last_seq, False
+            if seq != last_seq:
+                last_seq, quiet_since = seq, time.monotonic()
+            if done and time.monotonic() - quiet_since >= quiet_s:
+                return True
+            await asyncio.sleep(0.1)
+        return False
+    finally:
+        await nc.close()
+
+
+async def read_stream(settings: CommonSettings, subjects: str = "ft.>") -> list[dict[str, Any]]:
+    """Every event stored in the stream (batches unpacked), as plain dicts, in order."""
+    from shared.models import events_of, parse_event
+
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    events: list[dict[str, Any]] = []
+    try:
+        try:
+            si = await js.stream_info(settings.stream_name)
+        except NotFoundError:
+            return events
+        last = si.state.last_seq
+        if last == 0:
+            return events
+        sub = await js.subscribe(subjects, ordered_consumer=True, stream=settings.stream_name)
+        seen = 0
+        while seen < si.state.messages:
+            try:
+                msg = await sub.next_msg(timeout=5)
+            except Exception:
+                break
+            seen += 1
+            try:
+                parsed = parse_event(msg.data)
+            except Exception:
+                continue
+            for ev in events_of(parsed):
+                events.append(ev.model_dump(mode="json"))
+            if msg.metadata.sequence.stream >= last:
+                break
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+    return events
+
+
+class Orchestrator:
+    """Embedded NATS (when no URL is given) plus the four services as children."""
+
+    def __init__(self, nats_url: str | None, probe: str = "probe1", log_dir: Path | None = None,
+                 env: dict[str, str] | None = None, quiet: bool = False) -> None:
+        self.embedded: EmbeddedNats | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if not nats_url:
+            self._tmp = tempfile.TemporaryDirectory(prefix="flowtarget-")
+            self.embedded = EmbeddedNats(store_dir=str(Path(self._tmp.name) / "nats"),
+                                         log_file=str(Path(self._tmp.name) / "nats.log"))
+            self.embedded.start()
+            nats_url = self.embedded.url
+            if log_dir is None:
+                log_dir = Path(self._tmp.name)
+        self.nats_url = nats_url
+        self.probe = probe
+        extra = dict(env or {})
+        if quiet:
+            extra.setdefault("FT_LOG_LEVEL", "WARNING")
+        self.pipeline = Pipeline(base_env(nats_url, probe, extra), log_dir=log_dir)
+        self.settings = CommonSettings(nats_url=nats_url, probe=probe)
+
+    def close(self) -> None:
+        self.pipeline.stop()
+        if self.embedded is not None:
+            self.embedded.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        if self.pipeline.log_dir is None:
+            return ""
+        path = self.pipeline.log_dir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def pcap_env(paths: list[str]) -> dict[str, str]:
+    return {"FT_PCAP": json.dumps([str(Path(p).resolve()) for p in paths])}

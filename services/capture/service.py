@@ -1,0 +1,302 @@
+"""capture: packets in, flow records / samples / packet events out.
+
+The per-packet work happens synchronously inside ``FlowMeter.process``; this
+module is the asyncio glue around it:
+
+- reads a live interface (non-blocking pypcap, driven by the loop) or
+  replays capture files in chunks;
+- collects what the meter emits in ``Outbox`` and publishes it between chunks:
+  samples and packet events on core NATS (latency matters, loss is tolerable),
+  flow records and alerts batched through JetStream (must reach storage);
+- takes classify's verdicts so the meter stops sampling classified flows and
+  stamps their classification on the end record;
+- for files, applies back-pressure when classify falls behind, waits for the
+  last verdicts at the end, then publishes every flow's end and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from shared.bus import Bus, RateLimitedLog, safe_text
+from shared.models import Alert, CaptureStats, Event, EventBatch, FlowRecord, FlowSample, PacketEvent, Verdict
+from shared.settings import CaptureSettings
+from shared.subjects import subject
+
+from services.capture.flows import FlowMeter
+from services.capture.sources import CaptureFileError, open_capture_file
+
+log = logging.getLogger("flowtarget.capture")
+
+CHUNK = 512                # packets processed between two publishing turns
+MAX_PENDING_VERDICTS = 4000  # file replay pauses when classify is this far behind
+STATS_INTERVAL_S = 10.0
+
+
+class Outbox:
+    """The meter's sink: collects events synchronously; ``flush`` publishes them."""
+
+    def __init__(self, bus: Bus, settings: CaptureSettings, detectors: Any = None) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.detectors = detectors
+        p = settings.probe
+        self.s_sample = subject("sample", p)
+        self.s_packet = subject("packet", p)
+        self.s_flow = subject("flow", p)
+        self.samples: list[FlowSample] = []
+        self.packets: list[PacketEvent] = []
+        self.records: list[Event] = []
+        self.alerts: list[Alert] = []
+        # best verdict per sampled flow, stored beside the flow's end record
+        self.verdicts: dict[str, Verdict] = {}
+        self.batches: asyncio.Queue[tuple[str, EventBatch]] = asyncio.Queue(maxsize=64)
+        self.sent_records = 0
+        self.sent_samples = 0
+        self.sent_packets = 0
+        self._last_batch = time.monotonic()
+        self._rlog = RateLimitedLog(log)
+
+    # --- MeterSink protocol (called from the hot path: append only)
+    def flow(self, rec: FlowRecord) -> None:
+        self.records.append(rec)
+        if rec.phase == "end":
+            v = self.verdicts.pop(rec.flow_id, None)
+            if v is not None and v.app_protocol != "Unknown":
+                self.records.append(v)
+        if self.detectors is not None:
+            self.alerts.extend(self.detectors.on_flow(rec))
+
+    def sample(self, s: FlowSample) -> None:
+        self.samples.append(s)
+        self.verdicts.setdefault(s.flow_id, None)  # type: ignore[arg-type]
+
+    def verdict(self, v: Verdict) -> None:
+        """Keep the most informed verdict of a flow this process sampled."""
+        if v.flow_id in self.verdicts:
+            old = self.verdicts[v.flow_id]
+            if old is None or v.sample_seq_no >= old.sample_seq_no:
+                self.verdicts[v.flow_id] = v
+
+    def packet(self, p: PacketEvent) -> None:
+        self.packets.append(p)
+        if self.detectors is not None:
+            self.alerts.extend(self.detectors.on_packet(p))
+
+    def add_alerts(self, alerts: list[Alert]) -> None:
+        self.alerts.extend(alerts)
+
+    # --- publishing
+    async def flush(self, force: bool = False) -> None:
+        nc_publish = self.bus.nc.publish
+        if self.samples:
+            samples, self.samples = self.samples, []
+            for s in samples:
+                await nc_publish(self.s_sample, s.model_dump_json().encode())
+            self.sent_samples += len(samples)
+        if self.packets:
+            packets, self.packets = self.packets, []
+            for p in packets:
+                await nc_publish(self.s_packet, p.model_dump_json().encode())
+            self.sent_packets += len(packets)
+        if self.alerts:
+            alerts, self.alerts = self.alerts, []
+            for a in alerts:
+                await self.batches.put((subject("alert", self.settings.probe, a.alert_type), EventBatch(events=[a])))
+        n = len(self.records)
+        if n and (force or n >= self.settings.batch_size
+                  or time.monotonic() - self._last_batch >= self.settings.batch_interval_s):
+            records, self.records = self.records, []
+            for i in range(0, n, self.settings.batch_size):
+                await self.batches.put((self.s_flow, EventBatch(events=records[i:i + self.settings.batch_size])))
+            self.sent_records += n
+            self._last_batch = time.monotonic()
+
+    async def publisher(self) -> None:
+        """Background task: JetStream-publishes queued batches in order, retrying until stored."""
+        while True:
+            subj, batch = await self.batches.get()
+            try:
+                await self.bus.js_publish(subj, batch)
+            except Exception as exc:  # only on max_wait; js_publish retries otherwise
+                self._rlog.warning("pub", "could not store a batch on %s: %s", subj, safe_text(exc))
+            finally:
+                self.batches.task_done()
+
+    async def drain(self) -> None:
+        await self.flush(force=True)
+        await self.batches.join()
+        await self.bus.nc.flush(timeout=10)
+
+
+def _make_detectors(settings: CaptureSettings) -> Any:
+    try:
+        from services.capture.detectors import Detectors
+        from shared.settings import DetectSettings
+    except ImportError:
+        return None
+    return Detectors(DetectSettings(), settings.probe)
+
+
+async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None:
+    if not settings.iface and not settings.pcap:
+        raise_config("set FT_IFACE (live) or FT_PCAP (files)")
+    await bus.ensure_stream()
+    detectors = _make_detectors(settings)
+    out = Outbox(bus, settings, detectors)
+    meter = FlowMeter(settings, out, source="", probe=settings.probe)
+    publisher = asyncio.create_task(out.publisher(), name="capture-publisher")
+
+    async def on_verdict(v: Verdict) -> None:
+        out.verdict(v)
+        meter.on_verdict(v)
+
+    await bus.subscribe(subject("verdict", settings.probe), on_verdict, types=(Verdict,))
+    try:
+        if settings.pcap:
+            await replay_files(settings, bus, stop, meter, out)
+        else:
+            await capture_live(settings, bus, stop, meter, out)
+    finally:
+        meter.finish("shutdown" if not settings.pcap else "eof")
+        meter.flush_closing()
+        if detectors is not None:
+            out.add_alerts(detectors.tick(time.time()))
+        await out.drain()
+        await publish_stats(bus, settings, meter, out, source="", finished=True)
+        publisher.cancel()
+
+
+def raise_config(reason: str) -> None:
+    from shared.runner import ConfigError
+    raise ConfigError(reason)
+
+
+async def publish_stats(bus: Bus, settings: CaptureSettings, meter: FlowMeter, out: Outbox,
+                        source: str, finished: bool, extra: dict[str, int] | None = None) -> None:
+    st = dict(meter.stats())
+    counters = dict(st.pop("counters", {}) or {})
+    if extra:
+        counters.update(extra)
+    counters["samples_sent"] = out.sent_samples
+    counters["packet_events_sent"] = out.sent_packets
+    counters["flow_records_sent"] = out.sent_records
+    fields = {k: int(v) for k, v in st.items() if k in CaptureStats.model_fields}
+    stats = CaptureStats(timestamp=time.time(), probe=settings.probe, source=source, finished=finished,
+                         counters={k: int(v) for k, v in counters.items()}, **fields)
+    await bus.publish(subject("stats", settings.probe), stats)
+    await bus.nc.flush(timeout=10)
+
+
+async def _wait_verdicts(meter: FlowMeter, out: Outbox, stop: asyncio.Event, limit: int, max_wait_s: float) -> None:
+    """Wait while classify catches up (pending verdicts above ``limit``), as long as it makes progress."""
+    last = meter.pending_verdicts()
+    waited_still = 0.0
+    while meter.pending_verdicts() > limit and not stop.is_set():
+        await out.flush()
+        await asyncio.sleep(0.01)
+        meter.tick(meter_now(meter), time.monotonic())
+        now = meter.pending_verdicts()
+        if now < last:
+            last, waited_still = now, 0.0
+        else:
+            waited_still += 0.01
+            if waited_still > max_wait_s:
+                log.warning("%d samples still without a verdict after %.1f s; is classify running?", now, max_wait_s)
+                return
+
+
+def meter_now(meter: FlowMeter) -> float:
+    return getattr(meter, "last_ts", 0.0) or 0.0
+
+
+async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event, meter: FlowMeter, out: Outbox) -> None:
+    errors = 0
+    for path in settings.pcap:
+        if stop.is_set():
+            break
+        name = Path(path).name
+        try:
+            reader = open_capture_file(path)
+        except (CaptureFileError, OSError) as exc:
+            errors += 1
+            log.error("%s", safe_text(exc, 500))
+            await bus.publish(subject("stats", settings.probe), CaptureStats(
+                timestamp=time.time(), probe=settings.probe, source=name, finished=True,
+                counters={"file_errors": 1}))
+            continue
+        meter.set_source(name, reader.datalink)
+        process = meter.process
+        n = 0
+        next_tick = None
+        wall0 = time.monotonic()
+        ts0 = None
+        ts = 0.0
+        for ts, frame in reader:
+            process(ts, frame)
+            n += 1
+            if n % CHUNK == 0:
+                if next_tick is None or ts >= next_tick:
+                    meter.tick(ts, time.monotonic())
+                    if out.detectors is not None:
+                        out.add_alerts(out.detectors.tick(ts))
+                    next_tick = ts + 1.0
+                if settings.replay_realtime:
+                    ts0 = ts0 if ts0 is not None else ts
+                    ahead = (ts - ts0) - (time.monotonic() - wall0)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+                await out.flush()
+                if meter.pending_verdicts() > MAX_PENDING_VERDICTS:
+                    await _wait_verdicts(meter, out, stop, MAX_PENDING_VERDICTS // 2, settings.verdict_wait_s)
+                if stop.is_set():
+                    break
+        if reader.error:
+            log.warning("%s: %s (after %d packets)", name, safe_text(reader.error, 300), n)
+        meter.finish("eof")
+        if out.detectors is not None:
+            out.add_alerts(out.detectors.tick(ts))
+        await out.flush(force=True)
+        extra = {"file_truncated": 1} if reader.error else None
+        await publish_stats(bus, settings, meter, out, source=name, finished=True, extra=extra)
+    # the last verdicts, then every flow's end record
+    await _wait_verdicts(meter, out, stop, 0, settings.verdict_wait_s)
+    meter.flush_closing()
+    if errors:
+        log.warning("%d capture file(s) could not be read", errors)
+
+
+async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event, meter: FlowMeter, out: Outbox) -> None:
+    from services.capture.sources import LiveSource
+
+    src = LiveSource(settings.iface, bpf=settings.bpf, snaplen=settings.snaplen, promisc=settings.promisc,
+                     shards=settings.shards, shard_index=settings.shard_index)
+    meter.set_source(settings.iface, src.datalink)
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    loop.add_reader(src.fileno(), ready.set)
+    last_stats = time.monotonic()
+    try:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(ready.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+            ready.clear()
+            while src.read_available(meter.process, 4096) >= 4096:
+                await out.flush()
+            now = time.time()
+            meter.tick(now, time.monotonic())
+            if out.detectors is not None:
+                out.add_alerts(out.detectors.tick(now))
+            await out.flush()
+            if time.monotonic() - last_stats > STATS_INTERVAL_S:
+                last_stats = time.monotonic()
+                await publish_stats(bus, settings, meter, out, settings.iface, False, src.stats())
+    finally:
+        loop.remove_reader(src.fileno())
+        src.close()

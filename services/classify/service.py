@@ -1,0 +1,47 @@
+"""classify: FlowSample in, Verdict out; DNS packets in, DnsRecord out.
+
+Stateless per message — every sample carries the flow so far — so replicas
+share the work through one NATS queue group.  Serves every probe on the bus:
+answers go to the probe named in the event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from shared.bus import Bus
+from shared.models import FlowSample, PacketEvent
+from shared.settings import ClassifySettings
+from shared.subjects import subject
+
+from services.classify.engine import Engine
+
+log = logging.getLogger("flowtarget.classify")
+
+
+async def main(settings: ClassifySettings, bus: Bus, stop: asyncio.Event) -> None:
+    await bus.ensure_stream()
+    engine = Engine()
+    nc_publish = bus.nc.publish
+    counts = {"samples": 0, "verdicts": 0, "dns": 0}
+
+    async def on_sample(s: FlowSample) -> None:
+        counts["samples"] += 1
+        v = engine.classify(s)
+        await nc_publish(subject("verdict", s.probe), v.model_dump_json().encode())
+        counts["verdicts"] += 1
+
+    async def on_packet(p: PacketEvent) -> None:
+        if p.kind != "dns":
+            return
+        rec = engine.dns_record(p)
+        if rec is not None:
+            await bus.js_publish(subject("dns", p.probe), rec)
+            counts["dns"] += 1
+
+    await bus.subscribe(subject("sample", "*"), on_sample, queue=settings.queue_group, types=(FlowSample,))
+    await bus.subscribe(subject("packet", "*"), on_packet, queue=settings.queue_group, types=(PacketEvent,))
+    log.info("classify ready (queue group %s)", settings.queue_group)
+    await stop.wait()
+    log.info("classify: %s", counts)

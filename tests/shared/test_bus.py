@@ -1,0 +1,92 @@
+"""The NATS bus against a real nats-server: validation, handler safety, reconnects, JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shared.bus import Bus
+from shared.models import EventBatch, FlowRecord
+from shared.settings import CommonSettings
+
+
+def rec(i: int) -> FlowRecord:
+    return FlowRecord(timestamp=float(i), probe="t", flow_id=f"f{i}", phase="end", first_seen=float(i),
+                      last_seen=float(i) + 1, src2dst_packets=i)
+
+
+async def wait_for(cond, timeout=10.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def test_malformed_counted_and_skipped(nats_server):
+    async def main():
+        bus = await Bus.connect(CommonSettings(nats_url=nats_server.url, probe="t"), "test")
+        got = []
+
+        async def handler(ev):
+            if ev.flow_id == "f2":
+                raise RuntimeError("handler bug")   # must not kill the subscription
+            got.append(ev.flow_id)
+
+        await bus.subscribe("ft.flow.t", handler)
+        await bus.publish("ft.flow.t", rec(1))
+        for bad in (b"garbage", b"{}", b'{"event_type":"flow","probe":"t"}', b"\xff\xfe", b"\n"):
+            await bus.nc.publish("ft.flow.t", bad)
+        await bus.publish("ft.flow.t", rec(2))
+        await bus.publish("ft.flow.t", EventBatch(events=[rec(3), rec(4)]))
+        assert await wait_for(lambda: len(got) >= 3)
+        await bus.close()
+        return got, bus.malformed, bus.handler_errors
+
+    got, malformed, handler_errors = asyncio.run(main())
+    assert got == ["f1", "f3", "f4"]
+    assert malformed == 5
+    assert handler_errors == 1
+
+
+def test_reconnects_and_jetstream_survives_server_restart(nats_server):
+    async def main():
+        bus = await Bus.connect(CommonSettings(nats_url=nats_server.url, probe="t", stream_name="T1"), "test")
+        await bus.ensure_stream()
+        for i in range(10):
+            await bus.js_publish("ft.flow.t", rec(i))
+        nats_server.stop()
+        await asyncio.sleep(0.5)
+        # publishing while the server is down retries until it is back
+        task = asyncio.create_task(bus.js_publish("ft.flow.t", rec(99), msg_id="m99"))
+        await asyncio.sleep(0.5)
+        assert not task.done()
+        nats_server.start()
+        await asyncio.wait_for(task, 30)
+        await bus.js_publish("ft.flow.t", rec(99), msg_id="m99")   # a retry with the same id is not stored twice
+        info = await bus.js.stream_info("T1")
+        await bus.close()
+        return info.state.messages, bus.reconnects
+
+    messages, reconnects = asyncio.run(main())
+    assert messages == 11
+    assert reconnects >= 1
+
+
+def test_connect_waits_for_a_server_that_is_down_at_start(nats_server):
+    nats_server.stop()
+
+    async def main():
+        stop = asyncio.Event()
+        connect = asyncio.create_task(Bus.connect(CommonSettings(nats_url=nats_server.url), "late", stop))
+        await asyncio.sleep(1.0)
+        assert not connect.done()
+        nats_server.start()
+        bus = await asyncio.wait_for(connect, 20)
+        ok = bus.connected
+        await bus.close()
+        return ok
+
+    assert asyncio.run(main())

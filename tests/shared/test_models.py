@@ -1,0 +1,81 @@
+"""Event models: every event round-trips through JSON and malformed input is rejected."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from shared.models import (Alert, ArpInfo, BlockAction, CaptureStats, DnsAnswer, DnsRecord, EventBatch,
+                           FlowRecord, FlowSample, HttpInfo, PacketEvent, TlsInfo, Verdict, events_of, parse_event)
+
+ENV = dict(timestamp=1700000000.25, probe="p1", flow_id="abc1", transport="TCP", src_ip="10.0.0.1",
+           src_port=40000, dst_ip="2001:db8::1", dst_port=443)
+
+EXAMPLES = [
+    FlowRecord(**ENV, phase="end", end_reason="fin", first_seen=1.0, last_seen=2.5, src2dst_packets=3,
+               src2dst_bytes=180, dst2src_packets=2, dst2src_bytes=120, app_protocol="TLS", host="a.example"),
+    FlowSample(**ENV, first_seen=1.0, src_payloads=[b"\x16\x03\x01\x00\xff\x00", b"\xff" * 10],
+               dst_payloads=[b""], payload_dirs="ssd", vlan_ids=[10, 20]),
+    PacketEvent(**ENV, kind="dns", payload=bytes(range(256))),
+    PacketEvent(timestamp=1.0, probe="p1", kind="arp",
+                arp=ArpInfo(operation=2, sender_mac="aa:bb:cc:dd:ee:ff", sender_ip="10.0.0.1",
+                            target_mac="00:00:00:00:00:00", target_ip="10.0.0.2")),
+    Verdict(**ENV, app_protocol="HTTP", confidence="dpi", http=HttpInfo(method="GET", host="x", url="/"),
+            tls=TlsInfo(sni="x", alpn=["h2"])),
+    DnsRecord(**ENV, transaction_id=4660, is_response=True, query_name="a.example", query_type="A",
+              rcode="NOERROR", answers=[DnsAnswer(name="a.example", rtype="A", ttl_s=60, data="1.2.3.4")]),
+    Alert(**ENV, alert_id="x1", alert_type="port_scan", first_seen=1.0, last_seen=2.0, count=1000),
+    BlockAction(**ENV, rule_id="r1", action="reset", outcome="won", latency_ms=0.4, attempts=1),
+    CaptureStats(timestamp=1.0, probe="p1", packets=10, counters={"vlan": 3}),
+]
+
+
+@pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: e.event_type)
+def test_round_trip(event):
+    data = event.model_dump_json()
+    back = parse_event(data)
+    assert type(back) is type(event)
+    assert back == event
+
+
+def test_bytes_are_base64_and_survive_non_utf8():
+    s = EXAMPLES[1]
+    doc = json.loads(s.model_dump_json())
+    assert doc["src_payloads"][0] == "FgMBAP8A"
+    assert parse_event(s.model_dump_json()).src_payloads == s.src_payloads
+
+
+def test_batch_round_trip():
+    batch = EventBatch(events=EXAMPLES[:3])
+    back = parse_event(batch.model_dump_json())
+    assert isinstance(back, EventBatch)
+    assert [type(e) for e in events_of(back)] == [FlowRecord, FlowSample, PacketEvent]
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"not json", b"[]", b"{}", b'{"event_type": "nope"}',
+    b'{"event_type": "flow", "timestamp": 1, "probe": "p"}',                       # missing phase/first_seen
+    b'{"event_type": "flow", "timestamp": "x", "probe": "p", "phase": "end", "first_seen": 1, "last_seen": 1}',
+    b'{"event_type": "flow", "timestamp": 1, "probe": "p", "phase": "sideways", "first_seen": 1, "last_seen": 1}',
+    b'{"event_type": "flow", "timestamp": 1, "probe": "p", "phase": "end", "first_seen": 1, "last_seen": 1, "src_port": 70000}',
+    b'{"event_type": "flow", "timestamp": 1, "probe": "p", "phase": "end", "first_seen": 1, "last_seen": 1, "extra": 1}',
+    b'{"event_type": "sample", "timestamp": 1, "probe": "p", "first_seen": 1, "src_payloads": ["%%%"]}',
+    b'{"event_type": "batch", "events": [{"event_type": "flow"}]}',
+    b'\xff\xfe\x00',
+])
+def test_malformed_rejected(data):
+    with pytest.raises(ValidationError):
+        parse_event(data)
+
+
+def test_every_field_is_documented_or_self_explanatory():
+    """Envelope and counters carry descriptions: the schema is the documentation."""
+    for model in (FlowRecord, FlowSample, Verdict, Alert, BlockAction):
+        schema = model.model_json_schema()
+        undocumented = [k for k, v in schema["properties"].items()
+                        if "description" not in v and k not in ("event_type",)]
+        # the envelope and counters must all be documented
+        for key in ("timestamp", "probe", "flow_id", "transport", "src_ip", "dst_ip"):
+            assert key not in undocumented, (model.__name__, key)

@@ -1,0 +1,64 @@
+"""Subject builder and settings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from shared.runner import ConfigError, load_settings
+from shared.settings import CaptureSettings, CommonSettings, StoreSettings
+from shared.subjects import all_of, subject
+
+
+def test_subjects():
+    assert subject("sample", "probe1") == "ft.sample.probe1"
+    assert subject("alert", "probe1", "arp_flood") == "ft.alert.arp_flood.probe1"
+    assert subject("ctl", "probe1", "pcap") == "ft.ctl.probe1.pcap"
+    assert subject("verdict") == "ft.verdict.*"
+    assert all_of("alert") == "ft.alert.>"
+
+
+@pytest.mark.parametrize("bad", ["a.b", "a b", "*x", ">", "", "x" * 65, "é"])
+def test_subject_tokens_refused(bad):
+    with pytest.raises(ValueError):
+        subject("flow", bad)
+
+
+def test_settings_from_env(monkeypatch):
+    monkeypatch.setenv("FT_PROBE", "edge-7")
+    monkeypatch.setenv("FT_NATS_URL", "nats://n1:4222,nats://n2:4222")
+    monkeypatch.setenv("FT_INFLUX_URL", "http://influx:8086")
+    monkeypatch.setenv("FT_INFLUX_TOKEN", "s3cret")
+    monkeypatch.setenv("FT_PCAP", '["/a.pcap", "/b.pcap"]')
+    s = StoreSettings()
+    assert s.probe == "edge-7" and s.influx_url == "http://influx:8086"
+    assert s.influx_token.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(s)            # secrets never printed
+    assert [str(p) for p in CaptureSettings().pcap] == ["/a.pcap", "/b.pcap"]
+    with pytest.raises(Exception):
+        s.probe = "x"                          # frozen
+
+
+def test_bad_config_is_one_line(monkeypatch):
+    monkeypatch.setenv("FT_PROBE", "bad probe")
+    monkeypatch.setenv("FT_SNAPLEN", "12")
+    with pytest.raises(ConfigError) as err:
+        load_settings(CaptureSettings)
+    text = str(err.value)
+    assert "\n" not in text and "FT_PROBE" in text and "FT_SNAPLEN" in text
+
+
+def test_service_exits_2_with_one_line_on_bad_config():
+    env = {"FT_NATS_URL": "http://wrong", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "flowtarget", "classify"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "FT_NATS_URL" in lines[0], proc.stderr
+
+
+def test_common_defaults():
+    s = CommonSettings()
+    assert s.nats_url.startswith("nats://") and s.stream_name
