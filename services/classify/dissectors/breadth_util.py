@@ -1,0 +1,132 @@
+"""Small helpers shared by the breadth dissectors (everything but HTTP/TLS/QUIC/DNS/SSH).
+
+All helpers are bounds-checked: they return a neutral value instead of raising
+on short or hostile input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from shared.models import FlowSample, Verdict
+from services.classify.dissectors.base import Dissector, Match
+
+TCP = frozenset({"TCP"})
+UDP = frozenset({"UDP"})
+TCP_UDP = frozenset({"TCP", "UDP"})
+
+
+def u16(b: bytes, o: int) -> int:
+    """Big-endian 16-bit value at o, or -1 when out of range."""
+    if o < 0 or o + 2 > len(b):
+        return -1
+    return (b[o] << 8) | b[o + 1]
+
+
+def u32(b: bytes, o: int) -> int:
+    """Big-endian 32-bit value at o, or -1 when out of range."""
+    if o < 0 or o + 4 > len(b):
+        return -1
+    return int.from_bytes(b[o:o + 4], "big")
+
+
+def u16le(b: bytes, o: int) -> int:
+    if o < 0 or o + 2 > len(b):
+        return -1
+    return b[o] | (b[o + 1] << 8)
+
+
+def u32le(b: bytes, o: int) -> int:
+    if o < 0 or o + 4 > len(b):
+        return -1
+    return int.from_bytes(b[o:o + 4], "little")
+
+
+def ordered(s: FlowSample, limit: int = 8) -> Iterator[tuple[bool, bytes]]:
+    """(from_src, payload) in arrival order, at most ``limit`` payloads.
+
+    Falls back to all src payloads then all dst payloads when payload_dirs
+    does not agree with the lists (never raises)."""
+    sp, dp = s.src_payloads, s.dst_payloads
+    dirs = s.payload_dirs
+    if len(dirs) == len(sp) + len(dp) and dirs:
+        i = j = 0
+        for n, c in enumerate(dirs):
+            if n >= limit:
+                return
+            if c == "s" and i < len(sp):
+                yield True, sp[i]
+                i += 1
+            elif c == "d" and j < len(dp):
+                yield False, dp[j]
+                j += 1
+        return
+    n = 0
+    for p in sp:
+        if n >= limit:
+            return
+        yield True, p
+        n += 1
+    for p in dp:
+        if n >= limit:
+            return
+        yield False, p
+        n += 1
+
+
+def first(s: FlowSample) -> tuple[bool, bytes]:
+    """The first payload of the flow and whether src sent it; (True, b"") when none."""
+    for item in ordered(s, 1):
+        return item
+    return True, b""
+
+
+def stream(s: FlowSample, from_src: bool, limit: int = 4096) -> bytes:
+    """Start of one direction's TCP stream (or the datagrams concatenated), at most limit bytes."""
+    out = b""
+    for p in (s.src_payloads if from_src else s.dst_payloads):
+        out += p
+        if len(out) >= limit:
+            return out[:limit]
+    return out
+
+
+def has_port(s: FlowSample, ports) -> bool:
+    return s.dst_port in ports or s.src_port in ports
+
+
+def server_is_dst(s: FlowSample, ports) -> bool:
+    """True when the well-known port is the dst port (src is the client)."""
+    return s.dst_port in ports or s.src_port not in ports
+
+
+def printable(b: bytes, limit: int = 128) -> str:
+    """ASCII text of b for metadata: control and non-ASCII characters dropped."""
+    return "".join(chr(c) for c in b[:limit] if 32 <= c < 127)
+
+
+class Simple(Dissector):
+    """A dissector decided by looking at single payloads.
+
+    Subclasses implement ``check(p, from_src, s)``; the first of the first
+    ``maxpk`` payloads for which it returns True identifies the flow.  A
+    subclass may set ``proto`` on the verdict itself and return a name other
+    than ``self.name`` via ``result``."""
+
+    maxpk = 4
+
+    def could_be(self, s: FlowSample) -> bool:
+        return s.transport in self.transports and bool(s.src_payloads or s.dst_payloads)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def result(self, s: FlowSample, v: Verdict) -> str:
+        return self.name
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        for from_src, p in ordered(s, self.maxpk):
+            if p and self.check(p, from_src, s):
+                v.app_protocol = self.result(s, v)
+                return Match.FINAL
+        return Match.NO

@@ -1,0 +1,298 @@
+"""Real-time media and signalling: STUN/TURN, DTLS, SIP, RTP, RTCP, IAX2, H.323,
+Megaco (H.248 text), Cisco Skinny, BFCP, Zoom and Discord media.
+
+References: RFC 5389/8489 (STUN header, magic cookie), RFC 3489 (classic
+STUN), RFC 8656 (TURN ChannelData), RFC 4571 (framing over TCP), RFC 6347/9147
+(DTLS record layer), RFC 3261 (SIP request/status lines), RFC 3550 (RTP and
+RTCP headers), RFC 5456 (IAX2 full frames), ITU-T H.225.0/Q.931 over TPKT
+(RFC 1006), RFC 3525 (Megaco text encoding), RFC 8855 (BFCP common header),
+Discord's voice documentation (IP discovery packet).
+"""
+
+from __future__ import annotations
+
+from shared.models import FlowSample, Verdict
+from services.classify.dissectors.base import Dissector, Match
+from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, Simple, ordered, printable, u16, u16le, u32, u32le
+
+_COOKIE = b"\x21\x12\xa4\x42"
+_CLASSIC_TYPES = {0x0001, 0x0101, 0x0111, 0x0002, 0x0102, 0x0112}
+
+
+def stun_ok(p: bytes) -> bool:
+    """A STUN message (RFC 5389 6) filling the datagram: 20-byte header, length a multiple of 4."""
+    if len(p) < 20 or p[0] & 0xC0:
+        return False
+    ln = u16(p, 2)
+    if ln + 20 != len(p) or ln & 3:
+        return False
+    if p[4:8] == _COOKIE:
+        return True
+    return u16(p, 0) in _CLASSIC_TYPES
+
+
+def stun_tcp_ok(p: bytes) -> bool:
+    """STUN over TCP: bare (RFC 5389 7.2.2, messages may be coalesced) or RFC 4571 framed."""
+    if len(p) >= 20 and not p[0] & 0xC0 and p[4:8] == _COOKIE and u16(p, 2) + 20 <= len(p) and not u16(p, 2) & 3:
+        return True
+    if len(p) >= 22 and p[6:10] == _COOKIE and u16(p, 0) >= 20 and not p[2] & 0xC0:
+        return True
+    return False
+
+
+def dtls_ok(p: bytes) -> bool:
+    """A DTLS record header (RFC 6347 4.1): content type, version, epoch, sequence, length."""
+    if len(p) < 13:
+        return False
+    ct = p[0]
+    if ct not in (20, 21, 22, 23, 25):
+        return False
+    ver = u16(p, 1)
+    if ver not in (0xFEFF, 0xFEFD, 0xFEFC, 0x0100):
+        return False
+    return 13 + u16(p, 11) <= len(p)
+
+
+def dtls13_unified(p: bytes) -> bool:
+    """DTLS 1.3 unified header (RFC 9147 4): 001CSLEE."""
+    return len(p) >= 4 and (p[0] & 0xE0) == 0x20
+
+
+def rtp_ok(p: bytes) -> bool:
+    """An RTP header (RFC 3550 5.1) with version 2 and a media payload type."""
+    if len(p) < 12 or (p[0] & 0xC0) != 0x80:
+        return False
+    pt = p[1] & 0x7F
+    if 72 <= pt <= 76:      # RTCP range (RFC 5761 4)
+        return False
+    cc = p[0] & 0x0F
+    return len(p) >= 12 + 4 * cc
+
+
+def rtcp_ok(p: bytes) -> bool:
+    """An RTCP packet (RFC 3550 6.4): version 2, PT 192..207, length within the datagram."""
+    if len(p) < 8 or (p[0] & 0xC0) != 0x80:
+        return False
+    if not 192 <= p[1] <= 207:
+        return False
+    return (u16(p, 2) + 1) * 4 <= len(p)
+
+
+class STUN(Dissector):
+    """STUN/TURN; a STUN flow that turns into DTLS is reported as DTLS, as nDPI does."""
+
+    name = "STUN"
+    transports = TCP_UDP
+    ports = frozenset({3478, 3479, 5349, 19302, 19305})
+
+    def could_be(self, s: FlowSample) -> bool:
+        return bool(s.src_payloads or s.dst_payloads)
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        tcp = s.transport == "TCP"
+        stun = 0
+        dtls = False
+        n = 0
+        for _src, p in ordered(s, 16):
+            n += 1
+            if (stun_tcp_ok(p) if tcp else stun_ok(p)):
+                stun += 1
+            elif stun and dtls_ok(p) and p[0] == 22:
+                dtls = True
+                break
+            elif not stun and n >= 4:
+                return Match.NO
+        if not stun:
+            return Match.NO
+        if dtls:
+            v.app_protocol = "DTLS"
+            return Match.FINAL
+        v.app_protocol = self.name
+        return Match.FINAL if n >= 12 else Match.PARTIAL
+
+
+class DTLS(Dissector):
+    name = "DTLS"
+    transports = UDP
+    ports = frozenset({443, 4433, 5061, 5349})
+
+    def could_be(self, s: FlowSample) -> bool:
+        p = s.src_payloads[0] if s.src_payloads else (s.dst_payloads[0] if s.dst_payloads else b"")
+        return len(p) >= 13 and 20 <= p[0] <= 25 and p[1] in (0xFE, 0x01)
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        for _src, p in ordered(s, 3):
+            if dtls_ok(p):
+                v.app_protocol = self.name
+                return Match.FINAL
+        return Match.NO
+
+
+_SIP_METHODS = (b"INVITE ", b"REGISTER ", b"OPTIONS ", b"ACK ", b"BYE ", b"CANCEL ", b"NOTIFY ",
+                b"SUBSCRIBE ", b"MESSAGE ", b"INFO ", b"PRACK ", b"UPDATE ", b"REFER ", b"PUBLISH ")
+
+
+def sip_ok(p: bytes) -> bool:
+    if p.startswith(b"SIP/2.0 ") and len(p) > 12 and p[8:11].isdigit():
+        return True
+    for m in _SIP_METHODS:
+        if p.startswith(m):
+            rest = p[len(m):len(m) + 5].lower()
+            return rest.startswith((b"sip:", b"sips:", b"tel:", b"urn:")) or b" SIP/2.0" in p[:300]
+    return False
+
+
+class SIP(Dissector):
+    name = "SIP"
+    transports = TCP_UDP
+    ports = frozenset({5060, 5061})
+
+    def could_be(self, s: FlowSample) -> bool:
+        return bool(s.src_payloads or s.dst_payloads)
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        for _src, p in ordered(s, 3):
+            q = p.lstrip(b"\r\n")
+            if sip_ok(q):
+                v.app_protocol = self.name
+                line = q.split(b"\r\n", 1)[0]
+                v.extra["sip_line"] = printable(line, 200)
+                for hdr in q[:2000].split(b"\r\n")[1:]:
+                    low = hdr[:12].lower()
+                    if low.startswith(b"user-agent:"):
+                        v.extra["sip_user_agent"] = printable(hdr[11:].strip(), 200)
+                        break
+                return Match.FINAL
+        return Match.NO
+
+
+class RTPRTCP(Dissector):
+    """RTP media (needs two packets of one stream: same SSRC, sequence moving
+    forward by a little) and RTCP reports."""
+
+    name = "RTP"
+    transports = UDP
+    ports = frozenset()
+
+    def could_be(self, s: FlowSample) -> bool:
+        p = s.src_payloads[0] if s.src_payloads else (s.dst_payloads[0] if s.dst_payloads else b"")
+        return len(p) >= 8 and (p[0] & 0xC0) == 0x80
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        last: dict[bool, tuple[int, int]] = {}
+        rtcp = 0
+        for src, p in ordered(s, 10):
+            if rtcp_ok(p):
+                rtcp += 1
+                if rtcp >= 1 and (len(p) >= 28 or rtcp >= 2):
+                    v.app_protocol = "RTCP"
+                    return Match.FINAL
+                continue
+            if not rtp_ok(p):
+                return Match.NO
+            ssrc, seq = u32(p, 8), u16(p, 2)
+            prev = last.get(src)
+            if prev is not None and prev[0] == ssrc and 0 < ((seq - prev[1]) & 0xFFFF) < 16:
+                v.app_protocol = "RTP"
+                return Match.FINAL
+            last[src] = (ssrc, seq)
+        return Match.NO
+
+
+class Discord(Simple):
+    """Discord voice IP discovery (74 bytes: type 1 request / 2 response, length 70, SSRC, address)."""
+
+    name = "Discord"
+    transports = UDP
+    ports = frozenset({50001, 50002, 50003, 50004})
+
+    def could_be(self, s: FlowSample) -> bool:
+        return bool(s.src_payloads) and len(s.src_payloads[0]) == 74
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) == 74 and u16(p, 0) in (1, 2) and u16(p, 2) == 70
+
+
+class IAX(Simple):
+    """IAX2 full frame (RFC 5456 8.1.1): F bit set, frame type 6 (IAX control) with a known subclass."""
+
+    name = "IAX"
+    transports = UDP
+    ports = frozenset({4569})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 12 and p[0] & 0x80 and p[10] == 6 and 1 <= p[11] <= 0x26 and (4569 in (s.src_port, s.dst_port) or p[11] == 1)
+
+
+class H323(Simple):
+    """H.225.0 call signalling: TPKT (version 3) carrying Q.931 (protocol discriminator 8);
+    RAS on 1719/udp (an ASN.1 PER RasMessage)."""
+
+    name = "H323"
+    transports = TCP_UDP
+    ports = frozenset({1719, 1720})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if s.transport == "TCP":
+            return len(p) >= 8 and p[0] == 3 and p[1] == 0 and u16(p, 2) == len(p) and p[4] == 8
+        return 1719 in (s.src_port, s.dst_port) and len(p) >= 6 and p[0] <= 0x5C and p[1] == 0 and p[0] & 0x3 == 0
+
+
+class Megaco(Simple):
+    """H.248/Megaco text encoding: 'MEGACO/1 ' or the compact '!/1 ' header."""
+
+    name = "Megaco"
+    transports = UDP
+    ports = frozenset({2944, 2945})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return p.startswith((b"MEGACO/1 ", b"!/1 ", b"MEGACO/2 ", b"!/2 "))
+
+
+class CiscoSkinny(Simple):
+    """SCCP (Skinny): little-endian length, header version 0/0x11/0x12/0x14/0x16, message id."""
+
+    name = "CiscoSkinny"
+    transports = TCP
+    ports = frozenset({2000})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) < 12:
+            return False
+        ln = u32le(p, 0)
+        ver = u32le(p, 4)
+        mid = u32le(p, 8)
+        return ln + 8 <= len(p) and ln >= 4 and ver in (0, 0x11, 0x12, 0x14, 0x15, 0x16, 0x17) and mid < 0x200 and 2000 in (s.src_port, s.dst_port)
+
+
+class BFCP(Simple):
+    """BFCP common header (RFC 8855 5.1): version 1 or 2, primitive 1..17, length in 4-byte words."""
+
+    name = "BFCP"
+    transports = TCP_UDP
+    ports = frozenset()
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) < 12:
+            return False
+        ver = p[0] >> 5
+        if ver not in (1, 2) or p[0] & 0x07 or not 1 <= p[1] <= 17:
+            return False
+        return 12 + 4 * u16(p, 2) == len(p) and u32(p, 4) != 0
+
+
+class Zoom(Simple):
+    """Zoom media/control on 8801-8810: its own 'SFU' framing (type 1..5 then a 16-byte id)."""
+
+    name = "Zoom"
+    transports = UDP
+    ports = frozenset({8801, 8802, 8803, 8804, 8805, 8806, 8807, 8808, 8809, 8810})
+
+    def could_be(self, s: FlowSample) -> bool:
+        return s.dst_port in self.ports or s.src_port in self.ports
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 8 and p[0] in (1, 2, 3, 4, 5, 0x05, 0x1f, 0x20) and (s.dst_port in self.ports or s.src_port in self.ports)
+
+
+DISSECTORS = [STUN(), DTLS(), SIP(), Discord(), IAX(), H323(), Megaco(), CiscoSkinny(), BFCP(), Zoom(), RTPRTCP()]
