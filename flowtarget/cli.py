@@ -95,12 +95,12 @@ def run_capture(args: argparse.Namespace) -> int:
 
 def check_capture_files(paths: list[str]) -> tuple[list[str], list[str]]:
     """Split into readable capture files and one-line errors for the others."""
-    from services.capture.sources import CaptureFileError, probe_capture_file
+    from services.capture.sources import CaptureFileError, open_source
 
     ok, errors = [], []
     for p in paths:
         try:
-            probe_capture_file(p)
+            open_source(p).close()
             ok.append(p)
         except (CaptureFileError, OSError) as exc:
             msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

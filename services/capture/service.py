@@ -28,7 +28,7 @@ from shared.settings import CaptureSettings
 from shared.subjects import subject
 
 from services.capture.flows import FlowMeter
-from services.capture.sources import CaptureFileError, open_capture_file
+from services.capture.sources import CaptureFileError, open_source
 
 log = logging.getLogger("flowtarget.capture")
 
@@ -221,7 +221,7 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
             break
         name = Path(path).name
         try:
-            reader = open_capture_file(path)
+            reader = open_source(path)
         except (CaptureFileError, OSError) as exc:
             errors += 1
             log.error("%s", safe_text(exc, 500))
@@ -274,7 +274,7 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
     from services.capture.sources import LiveSource
 
     src = LiveSource(settings.iface, bpf=settings.bpf, snaplen=settings.snaplen, promisc=settings.promisc,
-                     shards=settings.shards, shard_index=settings.shard_index)
+                     buffer_mb=settings.buffer_mb)
     meter.set_source(settings.iface, src.datalink)
     loop = asyncio.get_running_loop()
     ready = asyncio.Event()
@@ -287,8 +287,14 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
             except asyncio.TimeoutError:
                 pass
             ready.clear()
-            while src.read_available(meter.process, 4096) >= 4096:
+            process = meter.process
+            while True:
+                batch = src.read_available(4096)
+                for ts, frame in batch:
+                    process(ts, frame)
                 await out.flush()
+                if len(batch) < 4096:
+                    break
             now = time.time()
             meter.tick(now, time.monotonic())
             if out.detectors is not None:

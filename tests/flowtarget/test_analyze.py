@@ -1,0 +1,95 @@
+"""`flowtarget analyze` end to end: real nats-server, the four services as processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SAMPLE_PCAP, SCORER, need_corpus
+
+FT = [sys.executable, "-m", "flowtarget"]
+
+
+def analyze(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FT, "analyze", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_analyze_sample(tmp_path):
+    out = tmp_path / "out"
+    flows_file = tmp_path / "flows.jsonl"
+    proc = analyze(str(SAMPLE_PCAP), "--jsonl", str(flows_file), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    flows = read_jsonl(flows_file)
+    required = {"pcap", "transport", "src_ip", "src_port", "dst_ip", "dst_port", "app_protocol", "application",
+                "host", "first_seen", "last_seen", "src2dst_packets", "src2dst_bytes", "dst2src_packets",
+                "dst2src_bytes"}
+    for f in flows:
+        assert required <= set(f), set(required) - set(f)
+        assert f["pcap"] == "sample.pcap"
+        assert f["last_seen"] >= f["first_seen"]
+    by_port = {(f["transport"], f["dst_port"]): f for f in flows}
+    http = by_port[("TCP", 80)]
+    assert http["app_protocol"] == "HTTP" and http["host"] == "web.flowtarget.test"
+    assert http["src_ip"] == "10.77.0.2"                      # src = the endpoint that sent the first packet
+    assert http["src2dst_packets"] > 0 and http["dst2src_packets"] > 0
+    tls = by_port[("TCP", 443)]
+    assert tls["app_protocol"] == "TLS" and tls["host"] == "secure.flowtarget.test"
+    assert by_port[("TCP", 22)]["app_protocol"] == "SSH"
+    dns = [f for f in flows if f["dst_port"] == 53]
+    assert len(dns) == 2 and all(f["app_protocol"] == "DNS" and f["host"] == "www.flowtarget.test" for f in dns)
+    unknown = by_port[("UDP", 40000)]
+    assert unknown["app_protocol"] in ("Unknown", "", None)
+    assert unknown["src2dst_packets"] == 6 and unknown["dst2src_packets"] == 6
+    # the summary names protocols and DNS names
+    assert "HTTP" in proc.stdout and "www.flowtarget.test" in proc.stdout
+    # --out: the store's files
+    assert (out / "flows.jsonl").exists() and (out / "dns.jsonl").exists()
+    stored = read_jsonl(out / "flows.jsonl")
+    # the access log: every classified flow, not the 1 s unknown UDP flow
+    assert {f.get("dst_port") for f in stored} >= {80, 443, 22, 53}
+    assert 40000 not in {f.get("dst_port") for f in stored}
+    dns_log = read_jsonl(out / "dns.jsonl")
+    assert any(d.get("query_name") == "www.flowtarget.test" for d in dns_log)
+
+
+def test_analyze_reports_bad_files_and_goes_on(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("this is not a capture\n")
+    truncated = tmp_path / "cut.pcap"
+    truncated.write_bytes(SAMPLE_PCAP.read_bytes()[:5000])
+    flows_file = tmp_path / "flows.jsonl"
+    proc = analyze(str(tmp_path / "missing.pcap"), str(text), str(truncated), str(SAMPLE_PCAP),
+                   "--jsonl", str(flows_file))
+    assert proc.returncode != 0
+    errs = [ln for ln in proc.stderr.splitlines() if ln.startswith("flowtarget analyze:")]
+    assert len(errs) == 2, proc.stderr
+    assert "missing.pcap" in errs[0] and "notes.txt" in errs[1]
+    flows = read_jsonl(flows_file)
+    assert {f["pcap"] for f in flows} == {"sample.pcap", "cut.pcap"}   # the readable files were processed
+
+
+@pytest.mark.slow
+@pytest.mark.corpus
+def test_analyze_whole_corpus_matches_ndpi_flows(tmp_path):
+    corpus = need_corpus()
+    files = sorted(str(p) for p in corpus.iterdir() if not p.name.endswith(".out"))
+    flows_file = tmp_path / "flows.jsonl"
+    proc = analyze(*files, "--jsonl", str(flows_file), timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    score = subprocess.run([sys.executable, str(SCORER), "--expected", str(corpus), "--flows", str(flows_file),
+                            "--json"], capture_output=True, text=True, timeout=300)
+    assert score.returncode == 0, score.stderr
+    result = json.loads(score.stdout.splitlines()[0])
+    print(score.stdout.splitlines()[-1])
+    matched = result.get("matched_pct", None)
+    if matched is None:
+        matched = 100.0 * result["matched"] / result["flows"]
+    assert matched >= 99.0, result
