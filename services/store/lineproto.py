@@ -1,0 +1,368 @@
+"""InfluxDB line protocol: text representation, escaping, rendering and parsing.
+
+Two layers keep wire strings from injecting anything:
+
+1. **Representation** (``represent``): every string from the wire (host, URL,
+   user agent, DNS name, certificate name ...) is turned into printable text
+   before it is stored anywhere (line protocol and JSON lines alike).  Valid
+   printable Unicode is kept as is; the characters no log line should carry
+   are written as backslash escapes:
+
+   ============================  =========================================
+   original                      stored text
+   ============================  =========================================
+   ``\\`` (backslash)             ``\\\\`` (doubled)
+   C0 control, DEL (U+0000-1F,   ``\\xNN`` (``\\x0a`` for a newline)
+   U+007F)
+   C1 control, U+2028, U+2029    ``\\uNNNN``
+   invalid UTF-8 byte 0xNN       ``\\xNN`` with NN >= 80 (bytes decoded with
+   (a ``surrogateescape``         ``surrogateescape`` arrive as U+DC80-DCFF)
+   surrogate)
+   other lone surrogates         ``\\uNNNN``
+   ============================  =========================================
+
+   The mapping is injective: ``unrepresent`` gives the original back exactly
+   (``unrepresent(...).encode("utf-8", "surrogateescape")`` the original
+   bytes), which matters for a legal record.
+
+2. **Syntax** (``escape_*``): the line-protocol escaping of the InfluxDB 2
+   spec.  Measurement: ``,`` and space.  Tag keys, tag values, field keys:
+   ``,``, ``=`` and space.  String field values: ``"``.  Backslash is doubled
+   everywhere (InfluxDB reads ``\\\\`` as one backslash).  After step 1 no
+   value contains a newline, so no value can start a new line.
+
+Floats that are not finite (InfluxDB rejects NaN and infinities) are left out
+of the point and counted (``Point`` rendering reports them).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, NamedTuple
+
+# --------------------------------------------------------------------------- representation
+
+_NEEDS_REPR = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def _repr_char(m: re.Match[str]) -> str:
+    c = m.group()
+    o = ord(c)
+    if c == "\\":
+        return "\\\\"
+    if o < 0x20 or o == 0x7F:
+        return f"\\x{o:02x}"
+    if 0xDC80 <= o <= 0xDCFF:  # an undecodable byte under surrogateescape
+        return f"\\x{o - 0xDC00:02x}"
+    return f"\\u{o:04x}"
+
+
+def represent(value: str | bytes | bytearray) -> str:
+    """Printable, single-line, injective text for any wire string (see module doc)."""
+    if not isinstance(value, str):
+        value = bytes(value).decode("utf-8", "surrogateescape")
+    if _NEEDS_REPR.search(value) is None:
+        return value
+    return _NEEDS_REPR.sub(_repr_char, value)
+
+
+_UNREPR = re.compile(r"\\(\\|x[0-9a-f]{2}|u[0-9a-f]{4})")
+
+
+def _unrepr_char(m: re.Match[str]) -> str:
+    s = m.group(1)
+    if s == "\\":
+        return "\\"
+    n = int(s[1:], 16)
+    if s[0] == "x" and n >= 0x80:
+        return chr(0xDC00 + n)
+    return chr(n)
+
+
+def unrepresent(text: str) -> str:
+    """The original string of ``represent`` (undecodable bytes as surrogateescape surrogates)."""
+    if "\\" not in text:
+        return text
+    return _UNREPR.sub(_unrepr_char, text)
+
+
+# --------------------------------------------------------------------------- syntax
+
+_MEAS_SPECIAL = re.compile(r"[\\, ]")
+_KEY_SPECIAL = re.compile(r"[\\,= ]")
+_STR_SPECIAL = re.compile(r'[\\"]')
+
+
+def escape_measurement(name: str) -> str:
+    if _MEAS_SPECIAL.search(name) is None:
+        return name
+    return _MEAS_SPECIAL.sub(lambda m: "\\" + m.group(), name)
+
+
+def escape_key(name: str) -> str:
+    """Escape a tag key, tag value or field key."""
+    if _KEY_SPECIAL.search(name) is None:
+        return name
+    return _KEY_SPECIAL.sub(lambda m: "\\" + m.group(), name)
+
+
+def escape_string_field(value: str) -> str:
+    """Escape a string field value (without the surrounding quotes)."""
+    if _STR_SPECIAL.search(value) is None:
+        return value
+    return _STR_SPECIAL.sub(lambda m: "\\" + m.group(), value)
+
+
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+
+
+class Point(NamedTuple):
+    """One InfluxDB point, holding the original (raw) values.
+
+    Renderers (``to_line`` here, the JSON-lines sink) apply ``represent`` to
+    every tag value and string field, so both outputs hold the same text.
+
+    ``tags`` is a tuple of (key, value) pairs in a fixed order (the schema's);
+    empty tag values are left out when rendering (line protocol has none).
+    ``fields`` maps field keys to int, float, bool or str.
+    """
+
+    measurement: str
+    tags: tuple[tuple[str, str], ...]
+    fields: dict[str, Any]
+    time_ns: int
+
+
+# escaped tag "k=v" fragments: tag values are low-cardinality by schema
+_tag_cache: dict[tuple[str, str], str] = {}
+_TAG_CACHE_MAX = 100_000
+
+
+def _tag_fragment(key: str, value: str) -> str:
+    kv = (key, value)
+    frag = _tag_cache.get(kv)
+    if frag is None:
+        frag = f",{escape_key(key)}={escape_key(represent(value))}"
+        if len(_tag_cache) >= _TAG_CACHE_MAX:
+            _tag_cache.clear()
+        _tag_cache[kv] = frag
+    return frag
+
+
+_key_cache: dict[str, str] = {}
+
+
+def _field_key(key: str) -> str:
+    k = _key_cache.get(key)
+    if k is None:
+        k = escape_key(key)
+        _key_cache[key] = k
+    return k
+
+
+def _esc_str_sub(m: re.Match[str]) -> str:
+    return "\\" + m.group()
+
+
+def _format_fields(fields: dict[str, Any]) -> tuple[str, int]:
+    """Render the field set; returns (text, number of fields left out as not representable).
+
+    Empty strings are left out (an absent field reads as empty); non-finite
+    floats and None are left out and counted.
+    """
+    parts = []
+    append = parts.append
+    dropped = 0
+    keys = _key_cache
+    needs_repr = _NEEDS_REPR.search
+    str_special = _STR_SPECIAL.search
+    for key, v in fields.items():
+        k = keys.get(key)
+        if k is None:
+            k = keys[key] = escape_key(key)
+        t = type(v)
+        if t is int:
+            if INT64_MIN <= v <= INT64_MAX:
+                append(f"{k}={v}i")
+            else:
+                append(f"{k}={float(v)!r}")
+        elif t is str:
+            if not v:
+                continue
+            if needs_repr(v) is not None:
+                v = represent(v)
+            if str_special(v) is not None:
+                v = _STR_SPECIAL.sub(_esc_str_sub, v)
+            append(f'{k}="{v}"')
+        elif t is float:
+            if v - v == 0.0:  # finite
+                append(f"{k}={v!r}")
+            else:
+                dropped += 1
+        elif t is bool:
+            append(f"{k}=true" if v else f"{k}=false")
+        elif v is None:
+            dropped += 1
+        else:  # anything else (an int/str subclass, ...) as represented text
+            append(f'{k}="{escape_string_field(represent(str(v)))}"')
+    return ",".join(parts), dropped
+
+
+def to_line(point: Point) -> str:
+    """One line of line protocol (no trailing newline).  A point needs at least one field."""
+    tags = "".join(_tag_fragment(k, v) for k, v in point.tags if v)
+    fields, _ = _format_fields(point.fields)
+    return f"{escape_measurement(point.measurement)}{tags} {fields} {point.time_ns}"
+
+
+def to_lines(points: list[Point]) -> str:
+    """Line protocol for many points, newline-terminated."""
+    if not points:
+        return ""
+    return "\n".join(map(to_line, points)) + "\n"
+
+
+# --------------------------------------------------------------------------- parsing (tests, tools)
+
+
+class LineProtocolError(ValueError):
+    pass
+
+
+def _scan_until(line: str, i: int, stops: str) -> tuple[str, int]:
+    """Read an escaped token up to one of ``stops`` (unescaped); returns (raw token, index of stop)."""
+    out = []
+    n = len(line)
+    while i < n:
+        c = line[i]
+        if c == "\\" and i + 1 < n:
+            out.append(c)
+            out.append(line[i + 1])
+            i += 2
+            continue
+        if c in stops:
+            break
+        out.append(c)
+        i += 1
+    return "".join(out), i
+
+
+_UNESC = re.compile(r"\\(.)", re.S)
+
+
+def _unescape(token: str, specials: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        c = m.group(1)
+        return c if (c in specials or c == "\\") else m.group()
+
+    return _UNESC.sub(sub, token)
+
+
+def _parse_field_value(line: str, i: int) -> tuple[Any, int]:
+    n = len(line)
+    if i < n and line[i] == '"':
+        i += 1
+        out = []
+        while i < n:
+            c = line[i]
+            if c == "\\" and i + 1 < n and line[i + 1] in '"\\':
+                out.append(line[i + 1])
+                i += 2
+                continue
+            if c == '"':
+                return "".join(out), i + 1
+            out.append(c)
+            i += 1
+        raise LineProtocolError("unterminated string field")
+    j = i
+    while j < n and line[j] not in ", ":
+        j += 1
+    raw = line[i:j]
+    if not raw:
+        raise LineProtocolError("empty field value")
+    if raw[-1] in "iu" and raw[:-1].lstrip("-").isdigit():
+        return int(raw[:-1]), j
+    if raw in ("t", "T", "true", "True", "TRUE"):
+        return True, j
+    if raw in ("f", "F", "false", "False", "FALSE"):
+        return False, j
+    try:
+        return float(raw), j
+    except ValueError:
+        raise LineProtocolError(f"bad field value {raw[:40]!r}") from None
+
+
+def parse_line(line: str) -> Point:
+    """Parse one line of line protocol (escapes undone; string values stay represented text)."""
+    if "\n" in line:
+        raise LineProtocolError("newline inside a line")
+    meas_raw, i = _scan_until(line, 0, ", ")
+    if not meas_raw:
+        raise LineProtocolError("missing measurement")
+    tags: list[tuple[str, str]] = []
+    while i < len(line) and line[i] == ",":
+        k_raw, i = _scan_until(line, i + 1, ",= ")
+        if i >= len(line) or line[i] != "=":
+            raise LineProtocolError("tag without '='")
+        v_raw, i = _scan_until(line, i + 1, ",= ")
+        if i < len(line) and line[i] == "=":
+            raise LineProtocolError("unescaped '=' in tag value")
+        tags.append((_unescape(k_raw, ",= "), _unescape(v_raw, ",= ")))
+    if i >= len(line) or line[i] != " ":
+        raise LineProtocolError("missing field set")
+    i += 1
+    fields: dict[str, Any] = {}
+    while True:
+        k_raw, i = _scan_until(line, i, ",= ")
+        if i >= len(line) or line[i] != "=":
+            raise LineProtocolError("field without '='")
+        value, i = _parse_field_value(line, i + 1)
+        fields[_unescape(k_raw, ",= ")] = value
+        if i < len(line) and line[i] == ",":
+            i += 1
+            continue
+        break
+    ts = 0
+    if i < len(line):
+        if line[i] != " ":
+            raise LineProtocolError("garbage after field set")
+        rest = line[i + 1:]
+        if not rest.lstrip("-").isdigit():
+            raise LineProtocolError("bad timestamp")
+        ts = int(rest)
+    return Point(_unescape(meas_raw, ", "), tuple(tags), fields, ts)
+
+
+def parse_lines(text: str) -> list[Point]:
+    """Parse newline-separated line protocol (only '\\n' separates lines)."""
+    return [parse_line(line) for line in text.split("\n") if line and not line.startswith("#")]
+
+
+def to_record(point: Point) -> dict[str, Any]:
+    """The same point as a JSON-ready dict (the JSON-lines sink's record).
+
+    ``time_ns`` first, then the non-empty tags, then the fields exactly as
+    ``to_line`` writes them: strings represented, empty strings, non-finite
+    floats and None left out.
+    """
+    rec: dict[str, Any] = {"time_ns": point.time_ns}
+    for k, v in point.tags:
+        if v:
+            rec[k] = represent(v)
+    for k, v in point.fields.items():
+        t = type(v)
+        if t is str:
+            if v:
+                rec[k] = represent(v)
+        elif t is float:
+            if v - v == 0.0:
+                rec[k] = v
+        elif t is int:
+            rec[k] = v if INT64_MIN <= v <= INT64_MAX else float(v)
+        elif t is bool:
+            rec[k] = v
+        elif v is not None:
+            rec[k] = represent(str(v))
+    return rec

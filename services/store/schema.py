@@ -1,0 +1,246 @@
+"""The storage schema: which events become which points (see docs/storage.md).
+
+Measurements
+------------
+``flows``         one point per flow in the access log, from the ``end`` FlowRecord;
+                  timestamp = first_seen (the flow's start).
+``flow_updates``  periodic ``update`` FlowRecords of long flows; timestamp = record time.
+``dns``           one point per DnsRecord (query or response).
+``http``/``tls``  one point per Verdict carrying HTTP, resp. TLS or QUIC, metadata.
+``alerts``        one point per Alert publication (updates of an incident reuse alert_id).
+``blocks``        one point per BlockAction.
+
+Tags are low-cardinality only (probe, transport, app_protocol, category, rcode,
+query_type, dns kind, alert_type, severity, action, outcome); addresses, ports,
+names, URLs, fingerprints and ids are fields.
+
+Point identity and redelivery
+-----------------------------
+InfluxDB identifies a point by measurement + tags + timestamp: writing it again
+overwrites it, which makes a redelivered message harmless *if* the same event
+always gives the same timestamp.  Many flows share tags, so two flows starting
+in the same microsecond would collide.  Timestamps are therefore microsecond
+times (the real precision of a float of Unix seconds is ~0.2 us) plus a
+deterministic 0-999 ns "jitter" from a CRC32 of the event's identity (flow_id,
+and what else distinguishes the event).  Two distinct points collide only when
+they share tags and microsecond and their CRC32s agree modulo 1000 (1 in 1000
+for two flows in the same microsecond); a redelivered event always lands on
+its own point again.  flow_id is not a tag: that would create one series per
+flow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import dataclass, field
+
+from shared.models import Alert, BlockAction, DnsRecord, Event, FlowRecord, Verdict
+
+from services.store.lineproto import Point
+
+MAX_TS_S = 9.2e9  # int64 nanoseconds end in 2262
+
+
+class BadTimestamp(ValueError):
+    pass
+
+
+def ts_ns(t: float, identity: str) -> int:
+    """Nanosecond timestamp: microseconds of ``t`` plus a deterministic 0-999 ns jitter."""
+    if not (isinstance(t, (int, float)) and math.isfinite(t) and 0 <= t < MAX_TS_S):
+        raise BadTimestamp(f"timestamp {t!r} out of range")
+    return round(t * 1_000_000) * 1000 + zlib.crc32(identity.encode("utf-8", "surrogatepass")) % 1000
+
+
+@dataclass
+class AccessLogRule:
+    """Which ended flows enter the access log (``flows``) and which updates ``flow_updates``.
+
+    Every classified flow (app_protocol != Unknown); an unknown flow when it
+    lasted more than ``min_duration_s`` at more than ``min_pps`` packets per
+    second (the ISMS rule), or every flow when ``log_all``.  The others are
+    counted in aggregate.
+    """
+
+    min_duration_s: float = 10.0
+    min_pps: float = 1.0
+    log_all: bool = False
+    # aggregate of the flows left out
+    skipped_flows: int = 0
+    skipped_packets: int = 0
+    skipped_bytes: int = 0
+    skipped_updates: int = 0
+
+    def admits(self, f: FlowRecord) -> bool:
+        if self.log_all or (f.app_protocol and f.app_protocol != "Unknown"):
+            return True
+        duration_s = f.duration_ms / 1000.0
+        if duration_s <= self.min_duration_s:
+            return False
+        packets = f.src2dst_packets + f.dst2src_packets
+        return packets / duration_s > self.min_pps
+
+    def skip(self, f: FlowRecord) -> None:
+        if f.phase == "end":
+            self.skipped_flows += 1
+            self.skipped_packets += f.src2dst_packets + f.dst2src_packets
+            self.skipped_bytes += f.src2dst_bytes + f.dst2src_bytes
+        else:
+            self.skipped_updates += 1
+
+
+def _envelope(ev: Event) -> dict:
+    return {
+        "flow_id": ev.flow_id,
+        "src_ip": ev.src_ip,
+        "src_port": ev.src_port,
+        "dst_ip": ev.dst_ip,
+        "dst_port": ev.dst_port,
+        "vlan_id": ev.vlan_id,
+    }
+
+
+def _flow_fields(f: FlowRecord) -> dict:
+    d = _envelope(f)
+    d.update(
+        src2dst_packets=f.src2dst_packets,
+        src2dst_bytes=f.src2dst_bytes,
+        dst2src_packets=f.dst2src_packets,
+        dst2src_bytes=f.dst2src_bytes,
+        duration_ms=float(f.duration_ms),
+        first_seen=float(f.first_seen),
+        last_seen=float(f.last_seen),
+        host=f.host,
+        application=f.application,
+        confidence=f.confidence,
+        end_reason=f.end_reason,
+        ip_version=f.ip_version,
+        src2dst_tcp_flags=f.src2dst_tcp_flags,
+        dst2src_tcp_flags=f.dst2src_tcp_flags,
+        src_mac=f.src_mac,
+        dst_mac=f.dst_mac,
+        tunnel=f.tunnel,
+        source=f.source,
+    )
+    return d
+
+
+def _flow_tags(f: FlowRecord) -> tuple[tuple[str, str], ...]:
+    return (("probe", f.probe), ("transport", f.transport), ("app_protocol", f.app_protocol or "Unknown"),
+            ("category", f.category))
+
+
+def _verdict_tags(v: Verdict) -> tuple[tuple[str, str], ...]:
+    return (("probe", v.probe), ("transport", v.transport), ("app_protocol", v.app_protocol or "Unknown"),
+            ("category", v.category))
+
+
+def _text_list(values: list[str]) -> str:
+    return json.dumps(values, ensure_ascii=False) if values else ""
+
+
+@dataclass
+class Schema:
+    """Turns events into points; keeps counts of what it did not store."""
+
+    rule: AccessLogRule = field(default_factory=AccessLogRule)
+    ignored: int = 0  # events of kinds that are not stored (samples, packets, stats, flow starts)
+    bad_timestamps: int = 0
+
+    def points(self, ev: Event, out: list[Point]) -> None:
+        """Append the points of one event to ``out``."""
+        try:
+            if isinstance(ev, FlowRecord):
+                self._flow(ev, out)
+            elif isinstance(ev, DnsRecord):
+                self._dns(ev, out)
+            elif isinstance(ev, Verdict):
+                self._verdict(ev, out)
+            elif isinstance(ev, Alert):
+                self._alert(ev, out)
+            elif isinstance(ev, BlockAction):
+                self._block(ev, out)
+            else:
+                self.ignored += 1
+        except BadTimestamp:
+            self.bad_timestamps += 1
+
+    # ------------------------------------------------------------------ per kind
+
+    def _flow(self, f: FlowRecord, out: list[Point]) -> None:
+        if f.phase == "start":
+            self.ignored += 1
+            return
+        if not self.rule.admits(f):
+            self.rule.skip(f)
+            return
+        if f.phase == "end":
+            out.append(Point("flows", _flow_tags(f), _flow_fields(f), ts_ns(f.first_seen, f.flow_id)))
+        else:
+            out.append(Point("flow_updates", _flow_tags(f), _flow_fields(f), ts_ns(f.timestamp, f.flow_id)))
+
+    def _dns(self, d: DnsRecord, out: list[Point]) -> None:
+        fields = _envelope(d)
+        answers = [{"name": a.name, "rtype": a.rtype, "ttl_s": a.ttl_s, "data": a.data} for a in d.answers]
+        fields.update(
+            transaction_id=d.transaction_id,
+            query_name=d.query_name,
+            answer_count=len(d.answers),
+            answers=json.dumps(answers, ensure_ascii=False) if answers else "",
+        )
+        kind = "response" if d.is_response else "query"
+        tags = (("probe", d.probe), ("transport", d.transport), ("kind", kind), ("query_type", d.query_type),
+                ("rcode", d.rcode))
+        ident = f"{d.flow_id}|{d.transaction_id}|{kind}|{d.src_ip}|{d.src_port}"
+        out.append(Point("dns", tags, fields, ts_ns(d.timestamp, ident)))
+
+    def _verdict(self, v: Verdict, out: list[Point]) -> None:
+        if v.http is None and v.tls is None and v.quic is None:
+            self.ignored += 1
+            return
+        ident = f"{v.flow_id}|{v.sample_seq_no}"
+        t = ts_ns(v.timestamp, ident)
+        if v.http is not None:
+            h = v.http
+            fields = _envelope(v)
+            fields.update(
+                method=h.method, host=h.host, url=h.url, user_agent=h.user_agent, status_code=h.status_code,
+                content_type=h.content_type, server=h.server, application=v.application,
+                sample_seq_no=v.sample_seq_no, final=v.final,
+            )
+            out.append(Point("http", _verdict_tags(v), fields, t))
+        if v.tls is not None or v.quic is not None:
+            fields = _envelope(v)
+            if v.tls is not None:
+                s = v.tls
+                fields.update(
+                    version=s.version, sni=s.sni, alpn=_text_list(s.alpn), ja3=s.ja3, ja4=s.ja4, ja3s=s.ja3s,
+                    cipher=s.cipher, server_names=_text_list(s.server_names), issuer=s.issuer,
+                )
+            else:
+                q = v.quic
+                assert q is not None
+                fields.update(version=q.version, sni=q.sni, alpn=_text_list(q.alpn), ja4=q.ja4,
+                              user_agent=q.user_agent)
+            fields.update(application=v.application, sample_seq_no=v.sample_seq_no, final=v.final)
+            out.append(Point("tls", _verdict_tags(v), fields, t))
+
+    def _alert(self, a: Alert, out: list[Point]) -> None:
+        fields = _envelope(a)
+        fields.update(
+            alert_id=a.alert_id, count=a.count, message=a.message, first_seen=float(a.first_seen),
+            last_seen=float(a.last_seen), evidence_pcap=a.evidence_pcap, rule_id=a.rule_id,
+            details=json.dumps(a.details, ensure_ascii=False, sort_keys=True) if a.details else "",
+        )
+        tags = (("probe", a.probe), ("transport", a.transport), ("alert_type", a.alert_type),
+                ("severity", a.severity))
+        out.append(Point("alerts", tags, fields, ts_ns(a.timestamp, f"{a.alert_id}|{a.count}")))
+
+    def _block(self, b: BlockAction, out: list[Point]) -> None:
+        fields = _envelope(b)
+        fields.update(rule_id=b.rule_id, host=b.host, latency_ms=float(b.latency_ms), attempts=b.attempts,
+                      message=b.message)
+        tags = (("probe", b.probe), ("transport", b.transport), ("action", b.action), ("outcome", b.outcome))
+        out.append(Point("blocks", tags, fields, ts_ns(b.timestamp, f"{b.flow_id}|{b.rule_id}|{b.action}")))

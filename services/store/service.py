@@ -1,0 +1,355 @@
+"""store: JetStream durable pull consumer -> points -> InfluxDB 2 and/or JSON lines.
+
+Lossless by construction:
+- one durable pull consumer (``FT_DURABLE``) shared by every store replica
+  (each message goes to one replica; explicit acks);
+- a message is acknowledged only after every sink wrote its points; while a
+  sink fails the batch is retried with exponential backoff (capped by
+  ``FT_RETRY_MAX_S``), the messages kept unacknowledged and marked "in
+  progress" so JetStream does not hand them to another replica meanwhile;
+- on stop with a failing sink the messages are nak'ed: redelivered to another
+  replica or to this one after its restart;
+- redelivered points land on the same InfluxDB point (deterministic timestamps,
+  see ``schema``), so a redelivery overwrites instead of duplicating.
+Malformed messages are terminated (no redelivery) and counted; a malformed
+event inside a batch is skipped and counted, its valid siblings stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import nats.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import BadRequestError
+from pydantic import ValidationError
+
+from shared.models import EventBatch, events_of, parse_event
+from shared.settings import StoreSettings
+
+from services.store.lineproto import Point
+from services.store.schema import AccessLogRule, Schema
+from services.store.sinks import sinks_from_settings
+
+log = logging.getLogger("flowtarget.store")
+
+ACK_WAIT_S = 60.0
+MAX_ACK_PENDING = 50_000
+MAX_FETCH_MSGS = 256
+
+
+@dataclass
+class StoreMetrics:
+    """Plain counters (exposed as Prometheus metrics elsewhere)."""
+
+    messages: int = 0  # JetStream messages received (incl. redeliveries)
+    redelivered: int = 0  # of which redeliveries
+    events: int = 0
+    points_written: int = 0
+    points_by_measurement: dict[str, int] = field(default_factory=dict)
+    batches: int = 0  # successful sink writes (one per flush)
+    retries: int = 0  # failed write attempts that were retried
+    write_errors: int = 0  # failed write attempts, per sink
+    malformed_messages: int = 0
+    malformed_events: int = 0
+    acked: int = 0
+    nacked: int = 0
+    consumer_lag: int = 0  # messages in the stream not yet delivered to this consumer
+    unlogged_flows: int = 0  # short unknown flows left out of the access log (ISMS rule)
+    unlogged_packets: int = 0
+    unlogged_bytes: int = 0
+    ignored_events: int = 0  # events of kinds that are not stored
+    bad_timestamps: int = 0
+    started: float = field(default_factory=time.monotonic)
+    _rate_t: float = field(default_factory=time.monotonic)
+    _rate_n: int = 0
+    points_per_s: float = 0.0  # over the last interval of >= 1 s
+
+    def update_rate(self) -> None:
+        now = time.monotonic()
+        if now - self._rate_t >= 1.0:
+            self.points_per_s = (self.points_written - self._rate_n) / (now - self._rate_t)
+            self._rate_t, self._rate_n = now, self.points_written
+
+    def snapshot(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        d["uptime_s"] = round(time.monotonic() - self.started, 3)
+        d.pop("started", None)
+        return d
+
+
+class Store:
+    """The consumer loop; also used by the bench with its own durable and subject filter."""
+
+    def __init__(self, settings: StoreSettings, bus, sinks: list | None = None, metrics: StoreMetrics | None = None,
+                 durable: str | None = None, filter_subject: str | None = None) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.sinks = sinks if sinks is not None else sinks_from_settings(settings)
+        self.metrics = metrics or StoreMetrics()
+        self.durable = durable or settings.durable
+        self.filter_subject = filter_subject
+        self.schema = Schema(AccessLogRule(settings.isms_min_duration_s, settings.isms_min_pps,
+                                           settings.log_all_flows))
+        self._psub = None
+        self._points_per_msg = 100.0
+        self._last_log = time.monotonic()
+
+    # ------------------------------------------------------------------ setup
+
+    def consumer_config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=ACK_WAIT_S,
+            max_deliver=-1,
+            max_ack_pending=MAX_ACK_PENDING,
+            filter_subject=self.filter_subject,
+        )
+
+    async def setup(self, stop: asyncio.Event | None = None) -> None:
+        await self.bus.ensure_stream()
+        js = self.bus.js
+        delay = 0.2
+        while True:
+            try:
+                try:
+                    await js.add_consumer(self.settings.stream_name, self.consumer_config())
+                except BadRequestError as exc:
+                    # exists with another config: bind to it as it is
+                    log.warning("consumer %s exists with another configuration (%s); using it",
+                                self.durable, exc.description)
+                self._psub = await js.pull_subscribe_bind(durable=self.durable, stream=self.settings.stream_name,
+                                                          pending_msgs_limit=-1, pending_bytes_limit=-1)
+                break
+            except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
+                if stop is not None and stop.is_set():
+                    raise
+                log.warning("consumer setup failed (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        for s in self.sinks:
+            await s.start()
+        log.info("store consuming %s (durable %s) into %s", self.filter_subject or self.settings.stream_name,
+                 self.durable, ", ".join(s.name for s in self.sinks) or "nothing")
+
+    # ------------------------------------------------------------------ messages → points
+
+    def _events(self, data: bytes) -> list:
+        try:
+            return events_of(parse_event(data))
+        except (ValidationError, ValueError):
+            pass
+        # salvage the valid events of a batch with a bad one
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and obj.get("event_type") == "batch" and isinstance(obj.get("events"), list):
+            out = []
+            for item in obj["events"]:
+                try:
+                    ev = parse_event(json.dumps(item))
+                except (ValidationError, ValueError):
+                    self.metrics.malformed_events += 1
+                    continue
+                if isinstance(ev, EventBatch):
+                    self.metrics.malformed_events += 1
+                    continue
+                out.append(ev)
+            if out:
+                return out
+        raise ValueError("malformed message")
+
+    async def _take(self, msg, points: list[Point]) -> bool:
+        """Turn one message into points; False when it was malformed (and terminated)."""
+        m = self.metrics
+        m.messages += 1
+        try:
+            md = msg.metadata
+            m.consumer_lag = md.num_pending
+            if md.num_delivered > 1:
+                m.redelivered += 1
+        except Exception:
+            pass
+        try:
+            events = self._events(msg.data)
+        except ValueError:
+            m.malformed_messages += 1
+            if m.malformed_messages <= 10 or m.malformed_messages % 1000 == 0:
+                log.warning("malformed message on %r terminated (%d so far)", msg.subject[:80], m.malformed_messages)
+            try:
+                await msg.term()
+            except Exception:
+                pass
+            return False
+        m.events += len(events)
+        add = self.schema.points
+        for ev in events:
+            add(ev, points)
+        return True
+
+    # ------------------------------------------------------------------ writing
+
+    async def _sleep(self, seconds: float, stop: asyncio.Event) -> None:
+        try:
+            await asyncio.wait_for(stop.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _flush(self, msgs: list, points: list[Point], stop: asyncio.Event, final: bool = False) -> bool:
+        """Write points to every sink, retrying failed sinks; ack on success.  False if given up (nak'ed)."""
+        m = self.metrics
+        todo = list(self.sinks)
+        delay = 0.25
+        last_progress = time.monotonic()
+        attempts = 0
+        while todo:
+            failed = []
+            for sink in todo:
+                try:
+                    await sink.write(points)
+                except Exception as exc:
+                    m.write_errors += 1
+                    failed.append(sink)
+                    if attempts < 3 or attempts % 10 == 0:
+                        log.warning("%s write of %d points failed (attempt %d): %s", sink.name, len(points),
+                                    attempts + 1, str(exc)[:300])
+            if not failed:
+                break
+            todo = failed
+            attempts += 1
+            m.retries += 1
+            if stop.is_set() and (final or attempts >= 3):
+                await self._nak(msgs)
+                return False
+            await self._sleep(delay, stop)
+            delay = min(delay * 2, self.settings.retry_max_s)
+            if time.monotonic() - last_progress > ACK_WAIT_S / 4:
+                for msg in msgs:  # keep them ours while the sink is down
+                    try:
+                        await msg.in_progress()
+                    except Exception:
+                        pass
+                last_progress = time.monotonic()
+        if attempts:
+            log.info("write succeeded after %d retries", attempts)
+        m.batches += 1
+        m.points_written += len(points)
+        by = m.points_by_measurement
+        for p in points:
+            by[p.measurement] = by.get(p.measurement, 0) + 1
+        for msg in msgs:
+            try:
+                await msg.ack()
+                m.acked += 1
+            except Exception:
+                pass  # redelivered later, lands on the same points
+        self._sync_rule_counters()
+        m.update_rate()
+        return True
+
+    async def _nak(self, msgs: list) -> None:
+        for msg in msgs:
+            try:
+                await msg.nak()
+                self.metrics.nacked += 1
+            except Exception:
+                pass
+
+    def _sync_rule_counters(self) -> None:
+        r = self.schema.rule
+        m = self.metrics
+        m.unlogged_flows, m.unlogged_packets, m.unlogged_bytes = r.skipped_flows, r.skipped_packets, r.skipped_bytes
+        m.ignored_events, m.bad_timestamps = self.schema.ignored, self.schema.bad_timestamps
+
+    # ------------------------------------------------------------------ loop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        assert self._psub is not None, "call setup() first"
+        batch_size = self.settings.batch_size
+        flush_s = self.settings.flush_interval_s
+        msgs: list = []
+        points: list[Point] = []
+        first_at = 0.0
+        while not stop.is_set():
+            if msgs:
+                remaining = flush_s - (time.monotonic() - first_at)
+                want = max(1, min(MAX_FETCH_MSGS, int((batch_size - len(points)) / self._points_per_msg) + 1))
+                timeout = max(0.05, min(remaining, 1.0))
+            else:
+                want = max(1, min(MAX_FETCH_MSGS, int(batch_size / self._points_per_msg) + 1))
+                timeout = 1.0
+            try:
+                got = await self._psub.fetch(want, timeout=timeout)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                got = []
+            except Exception as exc:  # disconnected, connection closed, ...
+                if stop.is_set():
+                    break
+                log.debug("fetch failed: %s", exc)
+                await self._sleep(0.5, stop)
+                got = []
+            n_before = len(points)
+            for msg in got:
+                if await self._take(msg, points):
+                    if not msgs:
+                        first_at = time.monotonic()
+                    msgs.append(msg)
+            if got:
+                per = (len(points) - n_before) / len(got)
+                self._points_per_msg = max(1.0, 0.8 * self._points_per_msg + 0.2 * per)
+            if msgs and (len(points) >= batch_size or not got or time.monotonic() - first_at >= flush_s):
+                await self._flush(msgs, points, stop)
+                msgs, points = [], []
+            self._maybe_log()
+        if msgs:
+            await self._flush(msgs, points, stop, final=True)
+        self._sync_rule_counters()
+
+    def _maybe_log(self) -> None:
+        now = time.monotonic()
+        if now - self._last_log >= 60.0:
+            self._last_log = now
+            m = self.metrics
+            log.info("store: %d points written (%.0f/s), %d batches, %d retries, lag %d, %d short unknown flows "
+                     "not logged, %d malformed", m.points_written, m.points_per_s, m.batches, m.retries,
+                     m.consumer_lag, m.unlogged_flows, m.malformed_messages)
+
+    async def close(self) -> None:
+        if self._psub is not None:
+            # a pull subscription never marks its queue done: unsubscribe instead of letting drain wait on it
+            try:
+                await self._psub.unsubscribe()
+            except Exception:
+                pass
+            self._psub = None
+        for s in self.sinks:
+            try:
+                await s.close()
+            except Exception as exc:
+                log.warning("closing %s: %s", s.name, exc)
+
+
+async def main(settings: StoreSettings, bus, stop: asyncio.Event, metrics: StoreMetrics | None = None) -> None:
+    """The store service (``flowtarget store``): runs until ``stop`` is set."""
+    store = Store(settings, bus, metrics=metrics)
+    if not store.sinks:
+        log.warning("store has no sink configured (set FT_INFLUX_URL and/or FT_OUT_DIR): messages stay in the stream")
+        await stop.wait()
+        return
+    try:
+        await store.setup(stop)
+        await store.run(stop)
+    finally:
+        await store.close()
+        m = store.metrics
+        log.info("store stopped: %d points written in %d batches, %d retries, %d malformed messages, "
+                 "%d short unknown flows not logged", m.points_written, m.batches, m.retries,
+                 m.malformed_messages, m.unlogged_flows)
