@@ -1,0 +1,683 @@
+"""The bidirectional flow table: counters, TCP state, timeouts, DPI samples.
+
+``FlowMeter.process(ts, frame)`` is the hot path.  It decodes the frame with
+``services.capture.decode`` and updates one flow; everything it produces goes
+to a ``MeterSink`` synchronously (flow records, samples, DNS/ARP packet
+events).  It never touches NATS and never raises on bad input.
+
+Design notes
+- The table is an ``OrderedDict`` kept in last-packet order (``move_to_end``
+  per packet), so idle expiry and eviction pop from the front.
+- Flows are keyed by ``(vlan, proto, lower endpoint, higher endpoint)`` with
+  the packed address bytes; text addresses and MACs are formatted once, when a
+  flow is created.
+- A flow that has a final verdict, or that has reached its sampling limits,
+  costs only counter updates per packet.
+- Periodic work (idle expiry, TCP close grace, closing flows waiting for a
+  verdict) runs at most once per second of packet time from ``process`` and
+  from ``tick``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict, deque
+from typing import Any, Protocol
+
+from shared.models import ArpInfo, FlowRecord, FlowSample, PacketEvent, Verdict
+from shared.settings import CaptureSettings
+
+from .decode import KIND_ARP, KIND_BAD, KIND_IP, KIND_L2, decode, format_ip, format_mac, transport_name
+
+__all__ = ["FlowMeter", "MeterSink", "Flow", "ListSink"]
+
+# TCP flags
+FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+
+OPEN, CLOSED, ENDED = 0, 1, 2  # ENDED: end decided, waiting for a verdict or published
+
+_SPECIAL_PROTO_COUNTERS = {89: "ospf_packets", 112: "vrrp_packets", 2: "igmp_packets", 103: "pim_packets"}
+_BFD_PORTS = frozenset((3784, 3785, 4784))
+_DNS_PORT = 53
+_FRAG_CACHE_MAX = 65536
+_OOO_MAX = 8  # out-of-order TCP segments held per direction while sampling
+_SEQ_WINDOW = 65536  # a segment further ahead than this is not reordered
+
+
+class MeterSink(Protocol):
+    def flow(self, rec: FlowRecord) -> None: ...
+
+    def sample(self, s: FlowSample) -> None: ...
+
+    def packet(self, p: PacketEvent) -> None: ...
+
+
+class ListSink:
+    """A sink that keeps everything in lists (tests, bench, dump_samples)."""
+
+    def __init__(self) -> None:
+        self.flows: list[FlowRecord] = []
+        self.samples: list[FlowSample] = []
+        self.packets: list[PacketEvent] = []
+
+    def flow(self, rec: FlowRecord) -> None:
+        self.flows.append(rec)
+
+    def sample(self, s: FlowSample) -> None:
+        self.samples.append(s)
+
+    def packet(self, p: PacketEvent) -> None:
+        self.packets.append(p)
+
+
+class _Dir:
+    """Sampling state of one direction (only while a flow is sampled)."""
+
+    __slots__ = ("payloads", "nbytes", "nxt", "ooo", "done", "next_seq", "ack")
+
+    def __init__(self) -> None:
+        self.payloads: list[bytes] = []
+        self.nbytes = 0
+        self.nxt = -1  # next expected TCP sequence number, -1 = unknown
+        self.ooo: dict[int, bytes] | None = None
+        self.done = False
+        self.next_seq = 0
+        self.ack = 0
+
+
+class Flow:
+    __slots__ = (
+        "key", "flow_id", "ver", "proto", "transport", "src", "dst", "sport", "dport",
+        "src_ip", "dst_ip", "vlan_ids", "tunnel", "src_mac", "dst_mac",
+        "first", "last", "s_pkts", "s_bytes", "d_pkts", "d_bytes", "s_flags", "d_flags",
+        "state", "fin", "closed_at", "end_reason", "next_check", "last_update",
+        "sampling", "sd", "dd", "dirs", "sample_seq", "pending", "verdict", "verdict_final",
+        "is_dns", "deadline", "source",
+    )
+
+    def __init__(self) -> None:
+        self.s_pkts = self.d_pkts = self.s_bytes = self.d_bytes = 0
+        self.s_flags = self.d_flags = 0
+        self.state = OPEN
+        self.fin = 0  # bit 1: src sent FIN, bit 2: dst sent FIN
+        self.closed_at = 0.0
+        self.end_reason = ""
+        self.sample_seq = 0
+        self.pending = 0
+        self.verdict: Verdict | None = None
+        self.verdict_final = False
+        self.deadline = 0.0
+
+
+def _seq_payload_cut(d: _Dir, seq: int, payload: bytes) -> bytes | None:
+    """In-order TCP reassembly of one direction: returns the new in-order bytes (may be b'')."""
+    if d.nxt < 0:
+        d.nxt = seq
+    diff = (seq - d.nxt) & 0xFFFFFFFF
+    if diff == 0:
+        out = payload
+    elif diff < 0x80000000:
+        # ahead of what we expect: hold it for a while
+        if diff > _SEQ_WINDOW:
+            # a jump we cannot fill (capture loss / mid-stream pickup): resynchronise
+            d.nxt = seq
+            d.ooo = None
+            out = payload
+        else:
+            ooo = d.ooo
+            if ooo is None:
+                ooo = d.ooo = {}
+            if seq not in ooo or len(ooo[seq]) < len(payload):
+                ooo[seq] = payload
+            if len(ooo) < _OOO_MAX:
+                return b""
+            # the gap did not fill: skip to the earliest held segment
+            first = min(ooo, key=lambda s: (s - d.nxt) & 0xFFFFFFFF)
+            d.nxt = first
+            out = ooo.pop(first)
+    else:
+        behind = (d.nxt - seq) & 0xFFFFFFFF
+        if behind >= len(payload):
+            return b""  # pure retransmission
+        out = payload[behind:]
+    d.nxt = (d.nxt + len(out)) & 0xFFFFFFFF
+    ooo = d.ooo
+    if ooo:
+        parts = [out]
+        while ooo:
+            nxt = d.nxt
+            hit = None
+            for s in ooo:
+                diff = (s - nxt) & 0xFFFFFFFF
+                if diff == 0 or diff >= 0x80000000:
+                    hit = s
+                    break
+            if hit is None:
+                break
+            seg = ooo.pop(hit)
+            behind = (nxt - hit) & 0xFFFFFFFF
+            if behind < len(seg):
+                seg = seg[behind:]
+                parts.append(seg)
+                d.nxt = (nxt + len(seg)) & 0xFFFFFFFF
+        if len(parts) > 1:
+            out = b"".join(parts)
+    return out
+
+
+class FlowMeter:
+    def __init__(self, settings: CaptureSettings, sink: MeterSink, source: str = "", probe: str | None = None):
+        self.settings = settings
+        self.sink = sink
+        self.source = source
+        self.datalink = 1
+        self.probe = probe or settings.probe
+        self._prefix = os.urandom(4).hex()
+        self._next_id = 0
+        self.table: OrderedDict[tuple, Flow] = OrderedDict()
+        self._by_id: dict[str, Flow] = {}
+        self._closing: dict[str, Flow] = {}
+        self._closed: deque[Flow] = deque()
+        self._frags: dict[tuple, tuple] = {}
+        self._pending = 0
+        self._now = 0.0
+        self._next_house = 0.0
+        self._prev_frame = b""
+        self._prev_ts = 0.0
+        # settings cached as attributes (hot path)
+        self._idle = settings.idle_timeout_s
+        self._active = settings.active_timeout_s
+        self._grace = settings.tcp_closed_timeout_s
+        self._upd = settings.update_interval_s
+        self._max_flows = settings.max_flows
+        self._smax_pkts = settings.sample_max_packets
+        self._smax_bytes = settings.sample_max_bytes
+        self._vwait = settings.verdict_wait_s
+        # counters
+        self.packets = 0
+        self.bytes = 0
+        self.bad_packets = 0
+        self.unsupported_packets = 0
+        self.flows_created = 0
+        self.flows_ended = 0
+        self.flows_evicted = 0
+        self.one_way_tcp_flows = 0
+        self.duplicate_frames = 0
+        self.samples_sent = 0
+        self.counters: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ misc API
+    def set_source(self, source: str, datalink: int) -> None:
+        """A new file or interface: later packets are decoded with ``datalink``; flows keep going."""
+        self.source = source
+        self.datalink = datalink
+
+    def pending_verdicts(self) -> int:
+        return self._pending
+
+    def _count(self, name: str, n: int = 1) -> None:
+        c = self.counters
+        c[name] = c.get(name, 0) + n
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "packets": self.packets,
+            "bytes": self.bytes,
+            "bad_packets": self.bad_packets,
+            "unsupported_packets": self.unsupported_packets,
+            "flows_active": len(self.table),
+            "flows_ended": self.flows_ended,
+            "flows_evicted": self.flows_evicted,
+            "one_way_tcp_flows": self.one_way_tcp_flows,
+            "duplicate_frames": self.duplicate_frames,
+            "counters": dict(
+                self.counters,
+                flows_created=self.flows_created,
+                flows_closing=len(self._closing),
+                samples_sent=self.samples_sent,
+                pending_verdicts=self._pending,
+            ),
+        }
+
+    # ------------------------------------------------------------------ hot path
+    def process(self, ts: float, frame: bytes, dlt: int | None = None) -> None:
+        """Meter one frame (captured at ``ts``); ``dlt`` overrides the source's link type."""
+        self.packets += 1
+        self.bytes += len(frame)
+        if frame == self._prev_frame and ts - self._prev_ts < 0.005:
+            self.duplicate_frames += 1
+        self._prev_frame = frame
+        self._prev_ts = ts
+        if ts > self._now:
+            self._now = ts
+            if ts >= self._next_house:
+                self._housekeep(ts)
+        r = decode(frame, self.datalink if dlt is None else dlt)
+        if r[0] != KIND_IP:
+            self._non_ip(ts, frame, r)
+            return
+        _k, ver, proto, src, dst, sp, dp, nbytes, po, pl, flags, seq, ack, vlan, vlans, macoff, tun, frag, fid = r
+        if frag:
+            if frag == 2:
+                hit = self._frags.get((src, dst, fid, proto))
+                if hit is None:
+                    self._count("ip_fragments_orphan")
+                    return
+                sp, dp = hit
+                pl = 0
+                self._count("ip_fragments")
+            else:
+                fr = self._frags
+                if len(fr) >= _FRAG_CACHE_MAX:
+                    del fr[next(iter(fr))]
+                fr[(src, dst, fid, proto)] = (sp, dp)
+        if src < dst or (src == dst and sp <= dp):
+            key = (vlan, proto, src, sp, dst, dp)
+        else:
+            key = (vlan, proto, dst, dp, src, sp)
+        table = self.table
+        f = table.get(key)
+        if f is None:
+            f = self._new_flow(key, ts, frame, r)
+            if f is None:
+                return
+        else:
+            table.move_to_end(key)
+            if f.state:
+                if proto == 6 and flags & 0x12 == SYN:
+                    # a new connection on the key of a closed one
+                    self._end(f, f.end_reason or "fin")
+                    f = self._new_flow(key, ts, frame, r)
+                    if f is None:
+                        return
+        fwd = (sp == f.sport and src == f.src) if sp != dp or src != dst else True
+        if fwd:
+            f.s_pkts += 1
+            f.s_bytes += nbytes
+            if flags:
+                f.s_flags |= flags
+        else:
+            f.d_pkts += 1
+            f.d_bytes += nbytes
+            if flags:
+                f.d_flags |= flags
+        f.last = ts
+        if proto == 6 and flags & 5 and not f.state:
+            if flags & RST:
+                f.state = CLOSED
+                f.end_reason = "rst"
+                f.closed_at = ts
+                self._closed.append(f)
+            else:
+                f.fin |= 1 if fwd else 2
+                if f.fin == 3:
+                    f.state = CLOSED
+                    f.end_reason = "fin"
+                    f.closed_at = ts
+                    self._closed.append(f)
+        if ts >= f.next_check:
+            self._periodic(f, ts)
+        if f.sampling:
+            self._sample(f, ts, frame, fwd, po, pl, flags, seq, ack, vlans)
+        if f.is_dns and pl > 0:
+            self._dns(f, ts, frame, fwd, po, pl, proto, vlans)
+
+    # ------------------------------------------------------------------ flows
+    def _new_flow(self, key: tuple, ts: float, frame: bytes, r: tuple) -> Flow | None:
+        _k, ver, proto, src, dst, sp, dp, _nb, _po, _pl, flags, _seq, _ack, vlan, vlans, macoff, tun, frag, _fid = r
+        table = self.table
+        if len(table) >= self._max_flows:
+            self._evict_one()
+        f = Flow()
+        f.key = key
+        self._next_id += 1
+        f.flow_id = f"{self._prefix}-{self._next_id}"
+        f.ver = ver
+        f.proto = proto
+        f.transport = transport_name(proto)
+        f.source = self.source
+        smac_off, dmac_off = (macoff + 6, macoff) if macoff >= 0 else (-1, -1)
+        if proto == 6 and flags & 0x12 == 0x12:
+            # first seen packet is a SYN-ACK: its receiver is the client
+            src, dst, sp, dp = dst, src, dp, sp
+            smac_off, dmac_off = dmac_off, smac_off
+        f.src, f.dst, f.sport, f.dport = src, dst, sp, dp
+        f.src_ip = format_ip(src)
+        f.dst_ip = format_ip(dst)
+        f.src_mac = format_mac(frame, smac_off)
+        f.dst_mac = format_mac(frame, dmac_off)
+        f.vlan_ids = list(vlans)
+        f.tunnel = tun
+        f.first = f.last = ts
+        f.last_update = ts
+        f.next_check = ts + min(self._upd, self._active)
+        f.is_dns = (sp == _DNS_PORT or dp == _DNS_PORT) and (proto == 17 or proto == 6)
+        f.sampling = True
+        f.sd = _Dir()
+        f.dd = _Dir()
+        f.dirs = []
+        table[key] = f
+        self.flows_created += 1
+        if proto != 6 and proto != 17:
+            name = _SPECIAL_PROTO_COUNTERS.get(proto)
+            if name:
+                self._count(name.replace("_packets", "_flows"))
+        elif proto == 17 and (sp in _BFD_PORTS or dp in _BFD_PORTS):
+            self._count("bfd_flows")
+        if tun:
+            self._count("tunnel_" + tun.lower() + "_flows")
+        self.sink.flow(self._record(f, "start", ts))
+        return f
+
+    def _record(self, f: Flow, phase: str, ts: float) -> FlowRecord:
+        v = f.verdict
+        vl = f.vlan_ids
+        return FlowRecord.model_construct(
+            timestamp=ts,
+            probe=self.probe,
+            flow_id=f.flow_id,
+            event_type="flow",
+            transport=f.transport,
+            src_ip=f.src_ip,
+            src_port=f.sport,
+            dst_ip=f.dst_ip,
+            dst_port=f.dport,
+            vlan_id=vl[0] if vl else 0,
+            phase=phase,
+            end_reason=f.end_reason if phase == "end" else "",
+            source=f.source,
+            ip_version=f.ver,
+            first_seen=f.first,
+            last_seen=f.last,
+            duration_ms=max(0.0, (f.last - f.first) * 1000.0),
+            src2dst_packets=f.s_pkts,
+            src2dst_bytes=f.s_bytes,
+            dst2src_packets=f.d_pkts,
+            dst2src_bytes=f.d_bytes,
+            src2dst_tcp_flags=f.s_flags,
+            dst2src_tcp_flags=f.d_flags,
+            src_mac=f.src_mac,
+            dst_mac=f.dst_mac,
+            tunnel=f.tunnel,
+            app_protocol=v.app_protocol if v is not None else "Unknown",
+            application=v.application if v is not None else "",
+            category=v.category if v is not None else "",
+            host=v.host if v is not None else "",
+            confidence=(v.confidence if v.confidence != "unknown" else "") if v is not None else "",
+        )
+
+    def _periodic(self, f: Flow, ts: float) -> None:
+        if ts - f.first >= self._active and not f.state:
+            self._remove(f)
+            self._end(f, "active")
+            return
+        if ts - f.last_update >= self._upd:
+            f.last_update = ts
+            self.sink.flow(self._record(f, "update", ts))
+        f.next_check = min(f.last_update + self._upd, f.first + self._active)
+
+    def _remove(self, f: Flow) -> None:
+        t = self.table
+        if t.get(f.key) is f:
+            del t[f.key]
+
+    def _evict_one(self) -> None:
+        t = self.table
+        if not t:
+            return
+        _key, f = t.popitem(last=False)
+        self.flows_evicted += 1
+        self._end(f, f.end_reason if f.state else "evicted")
+
+    def _end(self, f: Flow, reason: str) -> None:
+        """The flow is over (already out of the table or about to be replaced)."""
+        if f.state == ENDED:
+            return
+        self._remove(f)
+        f.state = ENDED
+        f.end_reason = reason
+        f.sampling = False
+        f.sd = f.dd = None
+        f.dirs = None
+        if f.proto == 6 and (f.s_pkts == 0 or f.d_pkts == 0):
+            self.one_way_tcp_flows += 1
+        if f.pending > 0 and not f.verdict_final and self._vwait > 0:
+            f.deadline = time.monotonic() + self._vwait
+            self._closing[f.flow_id] = f
+            return
+        self._publish_end(f)
+
+    def _publish_end(self, f: Flow) -> None:
+        self._closing.pop(f.flow_id, None)
+        if self._by_id.pop(f.flow_id, None) is not None:
+            self._pending -= f.pending
+            f.pending = 0
+        self.flows_ended += 1
+        self.sink.flow(self._record(f, "end", f.last))
+
+    # ------------------------------------------------------------------ time
+    def _housekeep(self, now: float) -> None:
+        self._next_house = now + 1.0
+        # TCP flows closed by FIN/RST whose grace period is over
+        closed = self._closed
+        grace = self._grace
+        while closed and closed[0].closed_at + grace <= now:
+            f = closed.popleft()
+            if f.state == CLOSED:
+                self._end(f, f.end_reason)
+        # idle flows (table is in last-packet order)
+        cutoff = now - self._idle
+        t = self.table
+        while t:
+            key = next(iter(t))
+            f = t[key]
+            if f.last > cutoff:
+                break
+            del t[key]
+            self._end(f, f.end_reason if f.state else "idle")
+
+    def tick(self, now_ts: float, wall: float | None = None) -> None:
+        """Timeouts at packet time ``now_ts``; closing flows by wall clock (time.monotonic)."""
+        if now_ts > self._now:
+            self._now = now_ts
+        self._housekeep(max(now_ts, self._now) if now_ts else self._now)
+        if self._closing:
+            wall = time.monotonic() if wall is None else wall
+            for f in list(self._closing.values()):
+                if f.pending <= 0 or f.verdict_final or f.deadline <= wall:
+                    self._publish_end(f)
+
+    def finish(self, reason: str = "eof") -> None:
+        """End every flow; flows with a pending verdict go to closing."""
+        closed = self._closed
+        while closed:
+            f = closed.popleft()
+            if f.state == CLOSED:
+                self._end(f, f.end_reason)
+        t = self.table
+        while t:
+            _key, f = t.popitem(last=False)
+            self._end(f, f.end_reason if f.state else reason)
+        self._frags.clear()
+
+    def flush_closing(self) -> None:
+        for f in list(self._closing.values()):
+            self._publish_end(f)
+
+    # ------------------------------------------------------------------ verdicts
+    def on_verdict(self, v: Verdict) -> None:
+        f = self._by_id.get(v.flow_id)
+        if f is None:
+            self._count("verdicts_unknown_flow")
+            return
+        if f.pending > 0:
+            f.pending -= 1
+            self._pending -= 1
+        best = f.verdict
+        if best is None or v.sample_seq_no >= best.sample_seq_no:
+            f.verdict = v
+        if v.final:
+            f.verdict_final = True
+            if f.sampling:
+                f.sampling = False
+                f.sd = f.dd = None
+                f.dirs = None
+        if f.state == ENDED:
+            if f.pending <= 0 or f.verdict_final:
+                self._publish_end(f)
+        elif f.pending <= 0 and not f.sampling:
+            # nothing more will come for this flow: stop tracking it by id
+            self._by_id.pop(f.flow_id, None)
+
+    # ------------------------------------------------------------------ samples
+    def _sample(self, f: Flow, ts: float, frame: bytes, fwd: bool, po: int, pl: int,
+                flags: int, seq: int, ack: int, vlans: tuple) -> None:
+        d = f.sd if fwd else f.dd
+        tcp = f.proto == 6
+        if tcp:
+            d.next_seq = (seq + pl + (1 if flags & (SYN | FIN) else 0)) & 0xFFFFFFFF
+            if flags & ACK:
+                d.ack = ack
+            if flags & SYN:
+                d.nxt = (seq + 1) & 0xFFFFFFFF
+                d.ooo = None
+        if pl <= 0 or d.done:
+            return
+        payload = frame[po:po + pl]
+        if not payload:
+            return
+        if tcp:
+            payload = _seq_payload_cut(d, seq, payload)
+            if not payload:
+                return
+        room = self._smax_bytes - d.nbytes
+        if len(payload) > room:
+            payload = payload[:room]
+        d.payloads.append(payload)
+        d.nbytes += len(payload)
+        f.dirs.append("s" if fwd else "d")
+        if d.nbytes >= self._smax_bytes or len(d.payloads) >= self._smax_pkts:
+            d.done = True
+            d.ooo = None
+        final = f.sd.done and f.dd.done
+        sd, dd = f.sd, f.dd
+        s = FlowSample.model_construct(
+            timestamp=ts,
+            probe=self.probe,
+            flow_id=f.flow_id,
+            event_type="sample",
+            transport=f.transport,
+            src_ip=f.src_ip,
+            src_port=f.sport,
+            dst_ip=f.dst_ip,
+            dst_port=f.dport,
+            vlan_id=f.vlan_ids[0] if f.vlan_ids else 0,
+            source=f.source,
+            seq_no=f.sample_seq,
+            final=final,
+            first_seen=f.first,
+            src2dst_packets=f.s_pkts,
+            dst2src_packets=f.d_pkts,
+            src_payloads=list(sd.payloads),
+            dst_payloads=list(dd.payloads),
+            payload_dirs="".join(f.dirs)[:256],
+            src_mac=f.src_mac,
+            dst_mac=f.dst_mac,
+            vlan_ids=list(vlans) if vlans else list(f.vlan_ids),
+            src2dst_next_seq=sd.next_seq,
+            src2dst_ack=sd.ack,
+            dst2src_next_seq=dd.next_seq,
+            dst2src_ack=dd.ack,
+            trigger_time=ts,
+            trigger_from_src=fwd,
+        )
+        f.sample_seq += 1
+        f.pending += 1
+        self._pending += 1
+        self.samples_sent += 1
+        self._by_id[f.flow_id] = f
+        if final:
+            f.sampling = False
+            f.sd = f.dd = None
+            f.dirs = None
+        self.sink.sample(s)
+
+    # ------------------------------------------------------------------ packet events
+    def _dns(self, f: Flow, ts: float, frame: bytes, fwd: bool, po: int, pl: int, proto: int, vlans: tuple) -> None:
+        payload = frame[po:po + pl]
+        if proto == 6:
+            # DNS over TCP: a 2-byte length prefix; only whole messages in one segment are reported
+            if len(payload) < 14:
+                return
+            ln = (payload[0] << 8) | payload[1]
+            if ln + 2 > len(payload) or ln < 12:
+                self._count("dns_tcp_segments_skipped")
+                return
+            payload = payload[2:2 + ln]
+        elif len(payload) < 12:
+            self._count("dns_short")
+            return
+        self.sink.packet(PacketEvent.model_construct(
+            timestamp=ts,
+            probe=self.probe,
+            flow_id=f.flow_id,
+            event_type="packet",
+            transport=f.transport,
+            src_ip=f.src_ip,
+            src_port=f.sport,
+            dst_ip=f.dst_ip,
+            dst_port=f.dport,
+            vlan_id=f.vlan_ids[0] if f.vlan_ids else 0,
+            kind="dns",
+            source=self.source,
+            src_mac=f.src_mac,
+            dst_mac=f.dst_mac,
+            vlan_ids=list(vlans),
+            payload=payload,
+            arp=None,
+            from_src=fwd,
+        ))
+
+    def _non_ip(self, ts: float, frame: bytes, r: tuple) -> None:
+        kind = r[0]
+        if kind == KIND_ARP:
+            _k, off, _vlan, vlans, macoff = r
+            self._count("arp_packets")
+            a = frame[off:off + 28]
+            arp = ArpInfo.model_construct(
+                operation=(a[6] << 8) | a[7],
+                sender_mac=format_mac(a, 8),
+                sender_ip=format_ip(a[14:18]),
+                target_mac=format_mac(a, 18),
+                target_ip=format_ip(a[24:28]),
+            )
+            self.sink.packet(PacketEvent.model_construct(
+                timestamp=ts,
+                probe=self.probe,
+                flow_id="",
+                event_type="packet",
+                transport="ARP",
+                src_ip=arp.sender_ip,
+                src_port=0,
+                dst_ip=arp.target_ip,
+                dst_port=0,
+                vlan_id=vlans[0] if vlans else 0,
+                kind="arp",
+                source=self.source,
+                src_mac=format_mac(frame, macoff + 6) if macoff >= 0 else "",
+                dst_mac=format_mac(frame, macoff) if macoff >= 0 else "",
+                vlan_ids=list(vlans),
+                payload=b"",
+                arp=arp,
+                from_src=True,
+            ))
+            return
+        if kind == KIND_L2:
+            self._count(r[1])
+        elif kind == KIND_BAD:
+            self.bad_packets += 1
+            self._count(r[1])
+        else:
+            self.unsupported_packets += 1
+            self._count(r[1])

@@ -1,0 +1,410 @@
+"""Packet sources: capture files (pcap, pcapng, gzip'd) and live interfaces (pypcap).
+
+File sources are parsed here with ``struct`` rather than with dpkt's readers:
+dpkt builds a header object per record, which costs more than the rest of the
+hot path.  The formats are small (pcap: a 24-byte file header and 16-byte
+record headers; pcapng: typed blocks) and the parser detects the format by
+its magic number, never by the file name.
+
+A truncated or corrupt file yields every record before the damage, then stops
+and reports it (``errors``, ``error``) instead of raising mid-iteration; a
+file that is not a capture at all raises ``CaptureFileError`` when opened.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["CaptureFileError", "FileSource", "LiveSource", "open_source", "DLT_NAMES"]
+
+CHUNK = 1 << 20
+MAX_RECORD = 256 * 1024 * 1024  # a caplen/block above this is corruption, not a packet
+
+_PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
+    b"\xa1\xb2\xc3\xd4": (">", 1e-6),
+    b"\x4d\x3c\xb2\xa1": ("<", 1e-9),
+    b"\xa1\xb2\x3c\x4d": (">", 1e-9),
+}
+_PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+_GZIP_MAGIC = b"\x1f\x8b"
+
+DLT_NAMES = {
+    0: "NULL", 1: "EN10MB", 9: "PPP", 12: "RAW", 14: "RAW", 50: "PPP_SERIAL", 101: "RAW",
+    104: "C_HDLC", 105: "IEEE802_11", 108: "LOOP", 113: "LINUX_SLL", 127: "IEEE802_11_RADIO",
+    192: "PPI", 228: "IPV4", 229: "IPV6", 276: "LINUX_SLL2",
+}
+
+
+class CaptureFileError(Exception):
+    """A file that cannot be read as a capture at all (missing, unreadable, not pcap/pcapng)."""
+
+
+def _open_maybe_gzip(path: str) -> tuple[BinaryIO, bytes]:
+    try:
+        fh: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by FileSource.close
+    except OSError as exc:
+        raise CaptureFileError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        head = fh.read(4)
+    except OSError as exc:
+        fh.close()
+        raise CaptureFileError(f"{path}: {exc.strerror or exc}") from None
+    if head[:2] == _GZIP_MAGIC:
+        fh.close()
+        gz = gzip.open(path, "rb")
+        try:
+            head = gz.read(4)
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            gz.close()
+            raise CaptureFileError(f"{path}: bad gzip data ({exc})") from None
+        return gz, head  # type: ignore[return-value]
+    return fh, head
+
+
+class FileSource:
+    """Iterate ``(ts, frame)`` over a pcap/pcapng file, plain or gzip'd.
+
+    ``datalink`` is the link type of the file (pcapng: of the first interface;
+    ``iter_dlt`` yields the link type per packet for multi-interface files).
+    After iteration ``packets`` holds the number of records yielded, ``errors``
+    the number of problems met (0 or 1: a damaged file stops at the damage) and
+    ``error`` a one-line description.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = str(path)
+        self.name = os.path.basename(self.path)
+        self._fh, head = _open_maybe_gzip(self.path)
+        self.errors = 0
+        self.error: str | None = None
+        self.packets = 0
+        self.format: str
+        self.datalink: int = -1
+        self._buf = head
+        self._pos = 0
+        self._eof = False
+        if len(head) < 4:
+            self.close()
+            raise CaptureFileError(f"{self.path}: not a pcap/pcapng file")
+        if head in _PCAP_MAGICS:
+            self.format = "pcap"
+            self._endian, self._tsunit = _PCAP_MAGICS[head]
+            if not self._fill(24):
+                self.close()
+                raise CaptureFileError(f"{self.path}: truncated pcap file header")
+            _vmaj, _vmin, _tz, _sig, self.snaplen, linktype = struct.unpack_from(self._endian + "HHiIII", self._buf, 4)
+            self.datalink = linktype & 0xFFFF  # upper bits may carry FCS information
+            self._pos = 24
+        elif head == _PCAPNG_MAGIC:
+            self.format = "pcapng"
+            self._endian = "<"
+            self._ifaces: list[tuple[int, float, float, int]] = []  # (dlt, ts unit, ts offset, snaplen)
+            # read blocks up to the first interface description for datalink
+            self._pending: list[tuple[float, bytes, int]] = []
+            self._pcapng_prime()
+        else:
+            self.close()
+            raise CaptureFileError(f"{self.path}: not a pcap/pcapng file")
+
+    # ------------------------------------------------------------ buffering
+    def _fill(self, need: int) -> bool:
+        """Make sure ``need`` bytes are buffered at ``_pos``; False at EOF."""
+        have = len(self._buf) - self._pos
+        if have >= need:
+            return True
+        if self._eof:
+            return False
+        parts = [self._buf[self._pos:]]
+        self._pos = 0
+        while have < need:
+            try:
+                data = self._fh.read(max(CHUNK, need - have))
+            except (OSError, EOFError, gzip.BadGzipFile) as exc:
+                self._fail(f"read error: {exc}")
+                self._eof = True
+                break
+            if not data:
+                self._eof = True
+                break
+            parts.append(data)
+            have += len(data)
+        self._buf = b"".join(parts)
+        return have >= need
+
+    def _fail(self, msg: str) -> None:
+        if self.error is None:
+            self.error = f"{self.path}: {msg}"
+        self.errors += 1
+
+    def close(self) -> None:
+        try:
+            self._fh.close()
+        except Exception:  # noqa: BLE001 - closing must not fail
+            pass
+
+    def __enter__(self) -> FileSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ pcap
+    def _iter_pcap(self) -> Iterator[tuple[float, bytes, int]]:
+        unpack = struct.Struct(self._endian + "IIII").unpack_from
+        unit = self._tsunit
+        dlt = self.datalink
+        while True:
+            buf = self._buf
+            pos = self._pos
+            if len(buf) - pos < 16:
+                if not self._fill(16):
+                    if len(self._buf) - self._pos:
+                        self._fail(f"truncated record header after {self.packets} packets")
+                    return
+                buf = self._buf
+                pos = self._pos
+            sec, frac, caplen, _wirelen = unpack(buf, pos)
+            if caplen > MAX_RECORD:
+                self._fail(f"corrupt record length {caplen} after {self.packets} packets")
+                return
+            end = pos + 16 + caplen
+            if end > len(buf):
+                if not self._fill(16 + caplen):
+                    self._fail(f"truncated packet data after {self.packets} packets")
+                    return
+                buf = self._buf
+                pos = self._pos
+                end = pos + 16 + caplen
+            self._pos = end
+            self.packets += 1
+            yield sec + frac * unit, buf[pos + 16:end], dlt
+
+    # ------------------------------------------------------------ pcapng
+    def _pcapng_prime(self) -> None:
+        """Read blocks until the first interface is known (to expose datalink)."""
+        gen = self._iter_pcapng_blocks()
+        self._ng_gen = gen
+        for item in gen:
+            self._pending.append(item)
+            if self._ifaces:
+                break
+            if len(self._pending) > 1000:
+                break
+        if not self._ifaces and self.error is None and not self._pending:
+            # no interface at all: an empty/damaged section header
+            if self.errors:
+                return
+        if self._ifaces:
+            self.datalink = self._ifaces[0][0]
+
+    def _iter_pcapng_blocks(self) -> Iterator[tuple[float, bytes, int]]:
+        first = True
+        while True:
+            if not self._fill(12):
+                if len(self._buf) - self._pos:
+                    self._fail(f"truncated block header after {self.packets} packets")
+                return
+            buf = self._buf
+            pos = self._pos
+            btype_raw = buf[pos:pos + 4]
+            if btype_raw == _PCAPNG_MAGIC:
+                bom = buf[pos + 8:pos + 12]
+                if bom == b"\x4d\x3c\x2b\x1a":
+                    self._endian = "<"
+                elif bom == b"\x1a\x2b\x3c\x4d":
+                    self._endian = ">"
+                else:
+                    self._fail("bad pcapng byte-order magic")
+                    return
+                self._ifaces = []
+            elif first:
+                self._fail("pcapng does not start with a section header")
+                return
+            first = False
+            e = self._endian
+            btype, blen = struct.unpack_from(e + "II", buf, pos)
+            if blen < 12 or blen % 4 or blen > MAX_RECORD:
+                self._fail(f"corrupt block length {blen} after {self.packets} packets")
+                return
+            if not self._fill(blen):
+                self._fail(f"truncated block after {self.packets} packets")
+                return
+            buf = self._buf
+            pos = self._pos
+            self._pos = pos + blen
+            body = pos + 8
+            bend = pos + blen - 4
+            if btype == 6:  # enhanced packet block
+                if bend - body < 20:
+                    self._fail("short enhanced packet block")
+                    continue
+                ifid, hi, lo, caplen, _olen = struct.unpack_from(e + "IIIII", buf, body)
+                if ifid >= len(self._ifaces) or body + 20 + caplen > bend:
+                    self._fail("bad enhanced packet block")
+                    continue
+                dlt, unit, off, _snap = self._ifaces[ifid]
+                self.packets += 1
+                yield ((hi << 32) | lo) * unit + off, buf[body + 20:body + 20 + caplen], dlt
+            elif btype == 3:  # simple packet block
+                if not self._ifaces or bend - body < 4:
+                    self._fail("bad simple packet block")
+                    continue
+                (olen,) = struct.unpack_from(e + "I", buf, body)
+                dlt, unit, off, snap = self._ifaces[0]
+                caplen = min(olen, bend - body - 4)
+                if snap:
+                    caplen = min(caplen, snap)
+                self.packets += 1
+                yield 0.0, buf[body + 4:body + 4 + caplen], dlt
+            elif btype == 2:  # obsolete packet block
+                if bend - body < 20:
+                    self._fail("short packet block")
+                    continue
+                ifid, _drops, hi, lo, caplen, _olen = struct.unpack_from(e + "HHIIII", buf, body)
+                if ifid >= len(self._ifaces) or body + 20 + caplen > bend:
+                    self._fail("bad packet block")
+                    continue
+                dlt, unit, off, _snap = self._ifaces[ifid]
+                self.packets += 1
+                yield ((hi << 32) | lo) * unit + off, buf[body + 20:body + 20 + caplen], dlt
+            elif btype == 1:  # interface description
+                if bend - body < 8:
+                    self._fail("short interface description block")
+                    return
+                linktype, _res, snap = struct.unpack_from(e + "HHI", buf, body)
+                unit, offset = 1e-6, 0.0
+                o = body + 8
+                while o + 4 <= bend:
+                    code, olen = struct.unpack_from(e + "HH", buf, o)
+                    if code == 0:
+                        break
+                    val = buf[o + 4:o + 4 + olen]
+                    if code == 9 and olen >= 1:  # if_tsresol
+                        r = val[0]
+                        unit = 2.0 ** -(r & 0x7F) if r & 0x80 else 10.0 ** -r
+                    elif code == 14 and olen >= 8:  # if_tsoffset (seconds)
+                        offset = float(struct.unpack_from(e + "q", val, 0)[0])
+                    o += 4 + ((olen + 3) & ~3)
+                self._ifaces.append((linktype, unit, offset, snap))
+                if self.datalink < 0:
+                    self.datalink = linktype
+            # other blocks (statistics, name resolution, custom) are skipped
+
+    def _iter_pcapng(self) -> Iterator[tuple[float, bytes, int]]:
+        pending = self._pending
+        self._pending = []
+        yield from pending
+        yield from self._ng_gen
+
+    # ------------------------------------------------------------ public
+    def iter_dlt(self) -> Iterator[tuple[float, bytes, int]]:
+        """Yield ``(ts, frame, datalink)``; never raises on damaged data."""
+        try:
+            if self.format == "pcap":
+                yield from self._iter_pcap()
+            else:
+                yield from self._iter_pcapng()
+        except (struct.error, ValueError, IndexError) as exc:  # defensive: damaged data
+            self._fail(f"damaged capture: {exc}")
+        finally:
+            self.close()
+
+    def __iter__(self) -> Iterator[tuple[float, bytes]]:
+        for ts, frame, _dlt in self.iter_dlt():
+            yield ts, frame
+
+
+def open_source(path: str | os.PathLike[str]) -> FileSource:
+    """Open a capture file (raises CaptureFileError when it is not one)."""
+    if isinstance(path, Path):
+        path = str(path)
+    return FileSource(path)
+
+
+class LiveSource:
+    """A live interface through pypcap, read without blocking.
+
+    Register ``fileno()`` with the asyncio loop (``loop.add_reader``) and call
+    ``read_available()`` when it is readable: it returns the packets that are
+    already buffered, never waits.  Blocking reads on these machines can hang
+    forever while holding the GIL, hence non-blocking mode always.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        bpf: str = "",
+        snaplen: int = 2048,
+        promisc: bool = True,
+        immediate: bool = True,
+        buffer_mb: int = 0,
+        direction_in: bool = False,
+        timeout_ms: int = 50,
+    ):
+        import pcap  # local import: file replay must not need libpcap privileges
+
+        self.name = name
+        try:
+            self._p = pcap.pcap(
+                name=name,
+                snaplen=snaplen,
+                promisc=promisc,
+                immediate=immediate,
+                timeout_ms=timeout_ms,
+                buffer_size=buffer_mb * 1024 * 1024 if buffer_mb else 0,
+            )
+        except OSError as exc:
+            raise CaptureFileError(f"{name}: cannot open interface: {exc}") from None
+        if bpf:
+            try:
+                self._p.setfilter(bpf)
+            except OSError as exc:
+                self._p.close()
+                raise CaptureFileError(f"{name}: bad BPF filter {bpf!r}: {exc}") from None
+        if direction_in:
+            self._p.setdirection(pcap.PCAP_D_IN)
+        self._p.setnonblock(True)
+        self.datalink: int = self._p.datalink()
+        self.snaplen = snaplen
+        self._batch: list[tuple[float, bytes]] = []
+        self.packets = 0
+
+    def fileno(self) -> int:
+        return self._p.fileno()
+
+    def _cb(self, ts: float, pkt: bytes, *args: object) -> None:
+        self._batch.append((ts, bytes(pkt)))
+
+    def read_available(self, max_n: int = 10000) -> list[tuple[float, bytes]]:
+        """Packets already buffered by the kernel, at most ``max_n``; [] when none."""
+        self._batch = batch = []
+        try:
+            self._p.dispatch(max_n, self._cb)
+        except OSError:
+            # interface went away: return what we have, the caller checks stats/fileno
+            pass
+        self.packets += len(batch)
+        return batch
+
+    def stats(self) -> dict[str, int]:
+        """Kernel counters: received, dropped (buffer full), dropped by the interface."""
+        try:
+            recv, drop, ifdrop = self._p.stats()
+        except OSError:
+            return {"received": 0, "dropped_kernel": 0, "dropped_interface": 0}
+        return {"received": int(recv), "dropped_kernel": int(drop), "dropped_interface": int(ifdrop)}
+
+    def sendpacket(self, frame: bytes) -> None:
+        self._p.sendpacket(frame)
+
+    def close(self) -> None:
+        try:
+            self._p.close()
+        except Exception:  # noqa: BLE001
+            pass
