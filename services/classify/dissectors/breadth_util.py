@@ -130,3 +130,19 @@ class Simple(Dissector):
                 v.app_protocol = self.result(s, v)
                 return Match.FINAL
         return Match.NO
+
+
+class PortHint(Dissector):
+    """No payload test at all: only a name and well-known ports, for the engine's
+    port guess (marked as a guess) when no dissector recognised the flow."""
+
+    def __init__(self, name: str, ports, transports=TCP_UDP) -> None:
+        self.name = name
+        self.ports = frozenset(ports)
+        self.transports = frozenset(transports)
+
+    def could_be(self, s: FlowSample) -> bool:
+        return False
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        return Match.NO

@@ -1,0 +1,138 @@
+"""Mail and file transfer control channels: SMTP (RFC 5321, STARTTLS RFC 3207),
+POP3 (RFC 1939, STLS RFC 2595), IMAP (RFC 9051, STARTTLS), FTP control
+(RFC 959, AUTH TLS RFC 4217) and FTP data listings.
+
+A session that upgrades with STARTTLS/STLS is reported as nDPI does:
+SMTPS, POPS, IMAPS.  The commands seen are kept in ``verdict.extra``.
+"""
+
+from __future__ import annotations
+
+from shared.models import FlowSample, Verdict
+from services.classify.dissectors.base import Dissector, Match
+from services.classify.dissectors.breadth_util import TCP, PortHint, ordered, printable
+
+_SMTP_CMDS = (b"EHLO ", b"HELO ", b"MAIL FROM:", b"RCPT TO:", b"STARTTLS", b"AUTH ", b"DATA\r\n", b"QUIT\r\n")
+_POP_CMDS = (b"USER ", b"PASS ", b"STAT", b"LIST", b"RETR ", b"DELE ", b"UIDL", b"TOP ", b"CAPA", b"STLS", b"APOP ", b"AUTH")
+_FTP_CMDS = (b"USER ", b"PASS ", b"SYST", b"FEAT", b"PWD", b"CWD ", b"TYPE ", b"PASV", b"EPSV", b"PORT ", b"EPRT ",
+             b"LIST", b"NLST", b"RETR ", b"STOR ", b"AUTH TLS", b"AUTH SSL", b"OPTS ", b"MLSD", b"SIZE ", b"MDTM ", b"QUIT")
+_SMTP_PORTS = {25, 587, 2525, 465}
+_POP_PORTS = {110, 995}
+_IMAP_PORTS = {143, 993}
+_FTP_PORTS = {21, 990, 2121}
+
+
+def _lines(b: bytes, limit: int = 12) -> list[bytes]:
+    return b[:4096].split(b"\r\n")[:limit]
+
+
+def _cmd(line: bytes) -> str:
+    word = line.split(b" ", 1)[0][:16]
+    return printable(word, 16).upper()
+
+
+class Mail(Dissector):
+    """SMTP, POP3, IMAP and FTP control: decided from the server greeting and the client's commands."""
+
+    name = "SMTP"
+    transports = TCP
+    ports = frozenset()     # port guesses come from the PortHint entries below
+
+    def could_be(self, s: FlowSample) -> bool:
+        for p in (s.dst_payloads[0] if s.dst_payloads else b"", s.src_payloads[0] if s.src_payloads else b""):
+            if p[:1] in (b"2", b"+", b"*", b"-") or p[:1].isalpha() and p[:1].isupper() or p[:1].isalnum():
+                return True
+        return False
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        server = b"".join(s.dst_payloads[:6])[:4096]
+        client = b"".join(s.src_payloads[:6])[:4096]
+        # the first sender is normally the client; greeting-first captures may be reversed
+        if client.startswith((b"220", b"+OK", b"* OK", b"* PREAUTH")) and not server.startswith((b"220", b"+OK", b"* OK")):
+            server, client = client, server
+        ports = {s.src_port, s.dst_port}
+        cl = _lines(client)
+        sl = _lines(server)
+        ccmds = [_cmd(x) for x in cl if x]
+        proto = ""
+        if server.startswith((b"220 ", b"220-")):
+            banner = server[:200].upper()
+            is_ftp = b"FTP" in banner or any(c in ("USER", "SYST", "FEAT", "PASV", "EPSV", "PWD") for c in ccmds) or bool(ports & _FTP_PORTS)
+            is_smtp = b"SMTP" in banner or any(c in ("EHLO", "HELO", "MAIL") for c in ccmds) or bool(ports & _SMTP_PORTS)
+            if is_smtp and (not is_ftp or b"SMTP" in banner or any(c in ("EHLO", "HELO") for c in ccmds)):
+                proto = "SMTP"
+            elif is_ftp:
+                proto = "FTP_CONTROL"
+        elif server.startswith(b"+OK") or (ports & _POP_PORTS and client.startswith(_POP_CMDS)):
+            proto = "POP3"
+        elif server.startswith((b"* OK", b"* PREAUTH", b"* BYE")):
+            proto = "IMAP"
+        elif client.startswith((b"EHLO ", b"HELO ")):
+            proto = "SMTP"
+        elif ports & _IMAP_PORTS and len(cl) and b" " in cl[0] and cl[0].split(b" ", 2)[1:2] and \
+                cl[0].split(b" ", 2)[1].upper() in (b"CAPABILITY", b"LOGIN", b"STARTTLS", b"AUTHENTICATE", b"ID"):
+            proto = "IMAP"
+        elif ports & _FTP_PORTS and client.startswith(_FTP_CMDS):
+            proto = "FTP_CONTROL"
+        if not proto:
+            return Match.NO
+        # STARTTLS-style upgrades
+        upper = [x.upper() for x in cl]
+        if proto == "SMTP" and any(x.startswith(b"STARTTLS") for x in upper):
+            proto = "SMTPS" if self._accepted(sl, b"220") else proto
+        elif proto == "POP3" and any(x.startswith(b"STLS") for x in upper):
+            proto = "POPS" if self._accepted(sl, b"+OK", after=b"STLS") or len(s.dst_payloads) >= 3 else proto
+        elif proto == "IMAP" and any(b" STARTTLS" in x[:40] for x in upper):
+            proto = "IMAPS"
+        v.app_protocol = proto
+        if ccmds:
+            v.extra["commands"] = ",".join(dict.fromkeys(c for c in ccmds if c.isalpha())).strip(",")[:200]
+        if sl and sl[0]:
+            v.extra["banner"] = printable(sl[0], 200)
+        if proto == "SMTP" or proto == "SMTPS":
+            for x in cl:
+                if x[:5].upper() in (b"EHLO ", b"HELO "):
+                    v.extra["smtp_helo"] = printable(x[5:], 200)
+                elif x[:10].upper() == b"MAIL FROM:":
+                    v.extra["smtp_mail_from"] = printable(x[10:], 200)
+                elif x[:8].upper() == b"RCPT TO:":
+                    v.extra["smtp_rcpt_to"] = printable(x[8:], 200)
+        if proto in ("FTP_CONTROL", "POP3"):
+            for x in cl:
+                if x[:5].upper() == b"USER ":
+                    v.extra["user"] = printable(x[5:], 128)
+        # decided once the client has spoken (the upgrade, if any, is then visible)
+        return Match.FINAL if len(s.src_payloads) >= 3 or len(s.dst_payloads) >= 4 else Match.PARTIAL
+
+    @staticmethod
+    def _accepted(server_lines: list[bytes], code: bytes, after: bytes = b"") -> bool:
+        # the reply to STARTTLS is the last reply line that starts with the code
+        return sum(1 for x in server_lines if x.startswith(code)) >= 2
+
+
+class FTPData(Dissector):
+    """FTP data connections carrying a directory listing (ls -l or MLSD format)."""
+
+    name = "FTP_DATA"
+    transports = TCP
+    ports = frozenset({20})
+
+    def could_be(self, s: FlowSample) -> bool:
+        return bool(s.src_payloads or s.dst_payloads)
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        for _src, p in ordered(s, 2):
+            if len(p) >= 40 and p[:1] in (b"-", b"d", b"l") and p[1:10].replace(b"-", b"r").replace(b"w", b"r").replace(
+                    b"x", b"r").replace(b"s", b"r").replace(b"t", b"r") == b"rrrrrrrrr":
+                v.app_protocol = self.name
+                return Match.FINAL
+            if p.startswith((b"type=file;", b"type=dir;", b"type=cdir;", b"modify=", b"size=")) and b";" in p[:60]:
+                v.app_protocol = self.name
+                return Match.FINAL
+        return Match.NO
+
+
+DISSECTORS = [Mail(), FTPData(),
+              PortHint("SMTP", {25, 587}, TCP), PortHint("POP3", {110}, TCP), PortHint("IMAP", {143}, TCP),
+              PortHint("FTP_CONTROL", {21}, TCP), PortHint("SMTPS", {465}, TCP), PortHint("IMAPS", {993}, TCP),
+              PortHint("POPS", {995}, TCP)]
