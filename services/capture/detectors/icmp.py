@@ -1,0 +1,77 @@
+"""icmp_flood, from capture's ICMP flow records (start, update, end)."""
+
+from __future__ import annotations
+
+from shared.models import Alert, FlowRecord
+from shared.settings import DetectSettings
+
+from .incidents import IncidentTable, LruDict, SlidingCount
+
+_ICMP = ("ICMP", "ICMPV6")
+
+
+class IcmpDetector:
+    """ICMP packets/s towards one address, summed over every flow that reaches it.
+
+    Each record's new packets (since the flow's previous record) are spread
+    over the time they took, per receiving address: src2dst packets go to dst.
+    """
+
+    def __init__(self, s: DetectSettings, table: IncidentTable) -> None:
+        self.table = table
+        self.window = s.icmp_flood_window_s
+        self.pps = s.icmp_flood_pps
+        self.limit = s.icmp_flood_pps * s.icmp_flood_window_s
+        self.flows: LruDict = LruDict(s.detect_max_tracked)    # flow_id -> (packets, last_seen) at its previous record
+        self.targets: LruDict = LruDict(s.detect_max_tracked)  # dst_ip -> [SlidingCount, sources set]
+
+    def on_flow(self, r: FlowRecord) -> list[Alert]:
+        if r.transport not in _ICMP or not r.dst_ip:
+            return []
+        prev = self.flows.pop(r.flow_id, None) if r.phase == "end" else self.flows.get(r.flow_id)
+        if prev is None:
+            n, t0 = r.src2dst_packets, r.first_seen
+        else:
+            n, t0 = r.src2dst_packets - prev[0], prev[1]
+        if r.phase != "end":
+            self.flows.put(r.flow_id, (r.src2dst_packets, r.last_seen))
+        if n <= 0:
+            return []
+        dst = r.dst_ip
+        entry = self.targets.get(dst)
+        if entry is None:
+            entry = self.targets.put(dst, [SlidingCount(self.window), set()])
+        else:
+            self.targets.touch(dst)
+        total = entry[0].add_span(t0, r.last_seen, n)
+        if len(entry[1]) < 4096:
+            entry[1].add(r.src_ip)
+        table = self.table
+        key = ("dst", dst)
+        inc = table.get("icmp_flood", key)
+        new = False
+        if inc is not None:
+            table.hit("icmp_flood", key, r.last_seen, n)
+        elif total >= self.limit:
+            inc, new = table.hit("icmp_flood", key, r.last_seen, int(total))
+            if inc is None:
+                return []
+            inc.first_seen = min(r.first_seen, r.last_seen - self.window)
+            inc.severity = "medium"
+            inc.transport = r.transport
+            inc.dst_ip = dst
+            inc.flow_id = r.flow_id
+        else:
+            return []
+        nsrc = len(entry[1])
+        inc.src_ip = r.src_ip if nsrc == 1 else ""
+        rate = total / self.window
+        inc.details = {"sources": str(nsrc), "pps": f"{rate:.0f}"}
+        inc.message = (f"ICMP flood against {dst}: {rate:.0f} packets/s over the last {self.window:g} s "
+                       f"from {nsrc} source address(es) (threshold {self.pps:g}/s)")
+        return [table.alert(inc, "open")] if new else []
+
+    def prune(self, now: float) -> None:
+        low = now - 2 * self.window
+        for k in [k for k, e in self.targets.items() if e[0].latest * e[0].width < low]:
+            del self.targets[k]

@@ -1,0 +1,243 @@
+"""Incidents, sliding counters and bounded maps shared by the detectors.
+
+An *incident* is one ongoing attack (one ARP flood, one scan, ...).  It gets a
+stable ``alert_id`` when it opens and is published as an :class:`Alert`:
+
+- at once when it opens (``details["state"] == "open"``);
+- again, with the grown ``count``/``last_seen``, at most once per
+  ``alert_update_interval_s`` while new evidence keeps arriving (``"update"``);
+- a last time when no evidence came for ``alert_expire_s`` (``"closed"``).
+
+Everything here is bounded: incidents by ``alert_max_incidents``, maps by an
+LRU cap, counters by a fixed number of time buckets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any, Callable, Iterator
+
+from shared.models import Alert
+
+__all__ = ["Incident", "IncidentTable", "SlidingCount", "LruDict", "clean"]
+
+_UNSAFE = re.compile(r"[^\x21-\x7e]")
+
+
+def clean(value: str, limit: int = 200) -> str:
+    """Text from the wire made safe for messages and logs: printable ASCII, bounded."""
+    if len(value) > limit:
+        value = value[:limit] + "..."
+    return _UNSAFE.sub(lambda m: "\\x%02x" % (ord(m.group()) & 0xFF) if ord(m.group()) < 256 else "?", value)
+
+
+class LruDict(dict):
+    """A dict that forgets its least recently *inserted or touched* keys past ``cap``.
+
+    ``touch(k)`` moves a key to the young end; ``put`` inserts and evicts.
+    """
+
+    __slots__ = ("cap", "evicted")
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+        self.evicted = 0
+
+    def touch(self, key: Any) -> Any:
+        value = self.pop(key)
+        self[key] = value
+        return value
+
+    def put(self, key: Any, value: Any) -> Any:
+        if key in self:
+            del self[key]
+        elif len(self) >= self.cap:
+            del self[next(iter(self))]
+            self.evicted += 1
+        self[key] = value
+        return value
+
+
+class SlidingCount:
+    """Events in the last ``window`` seconds (of packet time), in ``nb`` buckets.
+
+    Tolerates events that arrive out of order inside the window; older ones
+    are ignored.  Memory is at most ``nb`` + 1 buckets.
+    """
+
+    __slots__ = ("width", "nb", "buckets", "total", "latest")
+
+    def __init__(self, window: float, nb: int = 10) -> None:
+        self.width = window / nb
+        self.nb = nb
+        self.buckets: dict[int, float] = {}
+        self.total = 0.0
+        self.latest = -1
+
+    def _advance(self, b: int) -> None:
+        self.latest = b
+        low = b - self.nb
+        if len(self.buckets) > self.nb or (self.buckets and min(self.buckets) < low):
+            for k in [k for k in self.buckets if k < low]:
+                self.total -= self.buckets.pop(k)
+
+    def add(self, ts: float, n: float = 1.0) -> float:
+        """Count ``n`` events at ``ts``; returns the events now in the window."""
+        b = int(ts / self.width)
+        if b > self.latest:
+            self._advance(b)
+        elif b < self.latest - self.nb:
+            return self.total
+        self.buckets[b] = self.buckets.get(b, 0.0) + n
+        self.total += n
+        return self.total
+
+    def add_span(self, t0: float, t1: float, n: float) -> float:
+        """Count ``n`` events spread evenly over [t0, t1]."""
+        if t1 - t0 <= self.width or n <= 0:
+            return self.add(t1, n)
+        window = self.width * self.nb
+        if t1 - t0 > window:  # only the share that falls inside the window counts
+            n = n * window / (t1 - t0)
+            t0 = t1 - window
+        b0, b1 = int(t0 / self.width), int(t1 / self.width)
+        if b1 > self.latest:
+            self._advance(b1)
+        per = n / (b1 - b0 + 1)
+        for b in range(max(b0, self.latest - self.nb), b1 + 1):
+            self.buckets[b] = self.buckets.get(b, 0.0) + per
+            self.total += per
+        return self.total
+
+    def count(self, now: float) -> float:
+        """Events in the window ending at ``now`` (does not move the window)."""
+        low = int(now / self.width) - self.nb
+        return sum(v for k, v in self.buckets.items() if k >= low)
+
+
+class Incident:
+    __slots__ = (
+        "alert_id", "alert_type", "key", "severity", "first_seen", "last_seen", "count", "message",
+        "transport", "src_ip", "src_port", "dst_ip", "dst_port", "flow_id", "details",
+        "published_at", "published_count", "published_last", "updates", "refresh",
+    )
+
+    def __init__(self, alert_id: str, alert_type: str, key: Any, ts: float) -> None:
+        self.alert_id = alert_id
+        self.alert_type = alert_type
+        self.key = key
+        self.severity = "medium"
+        self.first_seen = ts
+        self.last_seen = ts
+        self.count = 0
+        self.message = ""
+        self.transport = ""
+        self.src_ip = ""
+        self.src_port = 0
+        self.dst_ip = ""
+        self.dst_port = 0
+        self.flow_id = ""
+        self.details: dict[str, str] = {}
+        self.published_at = ts
+        self.published_count = -1
+        self.published_last = -1.0
+        self.updates = 0
+        # called before each publication to (re)build message/details lazily
+        self.refresh: Callable[[], None] | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.count != self.published_count or self.last_seen != self.published_last
+
+
+class IncidentTable:
+    """Open incidents of every detector, keyed by (alert_type, key)."""
+
+    def __init__(self, probe: str, update_interval_s: float, expire_s: float, max_open: int) -> None:
+        self.probe = probe
+        self.update_interval_s = update_interval_s
+        self.expire_s = expire_s
+        self.max_open = max_open
+        self.open: dict[tuple[str, Any], Incident] = {}
+        self.stats: dict[str, int] = {"opened": 0, "updates": 0, "closed": 0, "suppressed": 0}
+
+    def get(self, alert_type: str, key: Any) -> Incident | None:
+        return self.open.get((alert_type, key))
+
+    def hit(self, alert_type: str, key: Any, ts: float, add: int = 1) -> tuple[Incident | None, bool]:
+        """Add evidence to the incident (alert_type, key), opening it if needed.
+
+        Returns (incident, is_new); (None, False) when the table is full.
+        """
+        inc = self.open.get((alert_type, key))
+        if inc is not None:
+            inc.count += add
+            if ts > inc.last_seen:
+                inc.last_seen = ts
+            return inc, False
+        if len(self.open) >= self.max_open:
+            self.stats["suppressed"] += 1
+            return None, False
+        raw = f"{self.probe}|{alert_type}|{key!r}|{ts:.6f}".encode("utf-8", "replace")
+        inc = Incident(hashlib.sha1(raw).hexdigest()[:24], alert_type, key, ts)
+        inc.count = add
+        self.open[(alert_type, key)] = inc
+        self.stats["opened"] += 1
+        return inc, True
+
+    def alert(self, inc: Incident, state: str, ts: float | None = None) -> Alert:
+        """The Alert for the incident's current state (marks it published)."""
+        if inc.refresh is not None:
+            inc.refresh()
+        inc.published_at = inc.last_seen if ts is None else ts
+        inc.published_count = inc.count
+        inc.published_last = inc.last_seen
+        details = dict(inc.details)
+        details["state"] = state
+        details["update"] = str(inc.updates)
+        inc.updates += 1
+        return Alert(
+            timestamp=inc.last_seen,
+            probe=self.probe,
+            flow_id=inc.flow_id[:64],
+            transport=inc.transport,
+            src_ip=inc.src_ip,
+            src_port=inc.src_port,
+            dst_ip=inc.dst_ip,
+            dst_port=inc.dst_port,
+            alert_id=inc.alert_id,
+            alert_type=inc.alert_type,  # type: ignore[arg-type]
+            severity=inc.severity,  # type: ignore[arg-type]
+            first_seen=inc.first_seen,
+            last_seen=inc.last_seen,
+            count=inc.count,
+            message=inc.message[:2048],
+            details=details,
+        )
+
+    def tick(self, now: float) -> list[Alert]:
+        """Rate-limited updates of changed incidents; close the quiet ones."""
+        out: list[Alert] = []
+        closing = []
+        for k, inc in self.open.items():
+            if now - inc.last_seen >= self.expire_s:
+                closing.append(k)
+            elif inc.changed and now - inc.published_at >= self.update_interval_s:
+                out.append(self.alert(inc, "update", now))
+                self.stats["updates"] += 1
+        for k in closing:
+            out.append(self.alert(self.open.pop(k), "closed", now))
+            self.stats["closed"] += 1
+        return out
+
+    def flush(self) -> list[Alert]:
+        """Close every open incident (end of a capture file, shutdown)."""
+        out = [self.alert(inc, "closed", max(inc.last_seen, inc.published_at)) for inc in self.open.values()]
+        self.stats["closed"] += len(out)
+        self.open.clear()
+        return out
+
+    def __iter__(self) -> Iterator[Incident]:
+        return iter(self.open.values())

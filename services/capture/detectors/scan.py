@@ -1,0 +1,254 @@
+"""port_scan and syn_flood, from capture's flow records."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from shared.models import Alert, FlowRecord
+from shared.settings import DetectSettings
+
+from .incidents import Incident, IncidentTable, LruDict, SlidingCount
+
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+
+
+def is_group_address(ip: str) -> bool:
+    """Multicast or broadcast destinations are never scan targets."""
+    if ":" in ip:
+        return ip[:2].lower() == "ff"
+    if ip.endswith(".255"):
+        return True
+    head = ip.split(".", 1)[0]
+    return head.isdigit() and int(head) >= 224
+
+
+def tcp_failed(r: FlowRecord) -> bool:
+    """A TCP flow that never became a conversation: no answer, reset, or connect-and-close."""
+    sf, df = r.src2dst_tcp_flags, r.dst2src_tcp_flags
+    if r.dst2src_packets == 0 or not (sf & ACK):
+        return True
+    if not (df & SYN and df & ACK):
+        return True  # answered with RST (or never accepted)
+    return r.src2dst_packets <= 3 and r.dst2src_packets <= 2  # SYN, ACK, RST/FIN: a connect scan
+
+
+class _Source:
+    """What one source probed inside the window: nested maps of last-seen times."""
+
+    __slots__ = ("ports_of", "hosts_of", "fail_ports_of", "fail_hosts_of", "pruned", "last")
+
+    def __init__(self, ts: float) -> None:
+        self.ports_of: dict[str, dict[int, float]] = {}
+        self.hosts_of: dict[int, dict[str, float]] = {}
+        self.fail_ports_of: dict[str, dict[int, float]] = {}
+        self.fail_hosts_of: dict[int, dict[str, float]] = {}
+        self.pruned = ts
+        self.last = ts
+
+    def prune(self, low: float) -> None:
+        for outer in (self.ports_of, self.hosts_of, self.fail_ports_of, self.fail_hosts_of):
+            for k in list(outer):
+                inner = outer[k]
+                for k2 in [k2 for k2, t in inner.items() if t < low]:
+                    del inner[k2]
+                if not inner:
+                    del outer[k]
+
+    def targets(self) -> int:
+        return sum(len(v) for v in self.ports_of.values())
+
+
+def _add(outer: dict, k1, k2, ts: float, cap: int) -> tuple[int, bool]:
+    """Record k2 under k1 at ts; returns (distinct k2 under k1, k2 was new)."""
+    inner = outer.get(k1)
+    if inner is None:
+        if len(outer) >= cap:
+            del outer[next(iter(outer))]
+        inner = outer[k1] = {}
+    new = k2 not in inner
+    if new and len(inner) >= cap:
+        del inner[next(iter(inner))]  # far past any threshold: forget the oldest, keep counting
+    inner[k2] = ts
+    return len(inner), new
+
+
+def _forget(outer: dict, k1, k2) -> None:
+    inner = outer.get(k1)
+    if inner is not None:
+        inner.pop(k2, None)
+        if not inner:
+            del outer[k1]
+
+
+class ScanDetector:
+    def __init__(self, s: DetectSettings, table: IncidentTable, scan: bool = True, syn: bool = True) -> None:
+        self.table = table
+        self.scan = scan
+        self.syn = syn
+        self.window = s.scan_window_s
+        self.vp, self.vf = s.scan_vertical_ports, s.scan_vertical_failed_ports
+        self.hh, self.hf = s.scan_horizontal_hosts, s.scan_horizontal_failed_hosts
+        self.inner_cap = 2 * max(self.vp, self.vf, self.hh, self.hf, 64)
+        self.sources: LruDict = LruDict(s.detect_max_tracked)
+        self.syn_limit = s.syn_flood_half_open
+        self.syn_window = s.syn_flood_window_s
+        self.targets: LruDict = LruDict(s.detect_max_tracked)  # (dst_ip, dst_port) -> [SlidingCount, sources set]
+
+    def on_flow(self, r: FlowRecord) -> list[Alert]:
+        t = r.transport
+        if t == "TCP":
+            out: list[Alert] = []
+            sf = r.src2dst_tcp_flags
+            if not (sf & SYN) and sf & ACK:
+                return out  # picked up mid-stream: not initiated by src as far as we saw
+            end = r.phase == "end"
+            if self.scan:
+                if end and not tcp_failed(r):
+                    self._succeeded(r)
+                else:
+                    self._scan(r, end, out)
+            if self.syn and end and sf & SYN and not (sf & ACK):
+                self._syn(r, out)
+            return out
+        if t == "UDP" and self.scan and r.phase == "end" and r.dst2src_packets == 0:
+            if r.src_port < 1024 <= r.dst_port:
+                return []  # looks like a server's answer whose question we missed
+            out = []
+            self._scan(r, True, out)
+            return out
+        return []
+
+    # ------------------------------------------------------------------ port scan
+    def _succeeded(self, r: FlowRecord) -> None:
+        """A conversation, not a probe: it no longer counts as an attempt."""
+        st = self.sources.get(r.src_ip)
+        if st is not None:
+            _forget(st.ports_of, r.dst_ip, r.dst_port)
+            _forget(st.hosts_of, r.dst_port, r.dst_ip)
+
+    def _scan(self, r: FlowRecord, failed: bool, out: list[Alert]) -> None:
+        src, dst, port = r.src_ip, r.dst_ip, r.dst_port
+        if not src or not dst or is_group_address(dst):
+            return
+        ts = r.first_seen
+        st = self.sources.get(src)
+        if st is None:
+            st = self.sources.put(src, _Source(ts))
+        else:
+            self.sources.touch(src)
+            if ts - st.pruned >= self.window / 4:
+                st.prune(ts - self.window)
+                st.pruned = ts
+        if ts > st.last:
+            st.last = ts
+        cap = self.inner_cap
+        v, new_a = _add(st.ports_of, dst, port, ts, cap)
+        h, _ = _add(st.hosts_of, port, dst, ts, cap)
+        vf = hf = 0
+        new_f = False
+        if failed:
+            vf, new_f = _add(st.fail_ports_of, dst, port, ts, cap)
+            hf, _ = _add(st.fail_hosts_of, port, dst, ts, cap)
+        table = self.table
+        key = ("src", src)
+        inc = table.get("port_scan", key)
+        if inc is not None:
+            if new_a or new_f:
+                table.hit("port_scan", key, max(ts, r.last_seen), 1 if new_a else 0)
+                inc.flow_id = r.flow_id
+            return
+        if not (v >= self.vp or vf >= self.vf or h >= self.hh or hf >= self.hf):
+            return
+        inc, new = table.hit("port_scan", key, max(ts, r.last_seen), st.targets())
+        if inc is None:
+            return
+        inc.first_seen = min(min(x.values()) for x in st.ports_of.values())
+        inc.severity = "medium"
+        inc.src_ip = src
+        inc.transport = r.transport
+        inc.flow_id = r.flow_id
+        inc.refresh = partial(self._describe, inc, st)
+        if new:
+            out.append(table.alert(inc, "open"))
+
+    @staticmethod
+    def _describe(inc: Incident, st: _Source) -> None:
+        if not st.ports_of or not st.hosts_of:
+            return  # pruned since: keep the last description
+        top_host, ports = max(st.ports_of.items(), key=lambda kv: len(kv[1]))
+        top_port, hosts = max(st.hosts_of.items(), key=lambda kv: len(kv[1]))
+        failed_ports = len(st.fail_ports_of.get(top_host, ()))
+        failed_hosts = len(st.fail_hosts_of.get(top_port, ()))
+        vertical = len(ports) >= len(hosts)
+        if vertical:
+            inc.dst_ip, inc.dst_port = top_host, 0
+            inc.message = (f"port scan (vertical) from {inc.src_ip}: {len(ports)} ports of {top_host} probed "
+                           f"({failed_ports} failed/reset) within the window; {inc.count} targets in all")
+        else:
+            inc.dst_ip, inc.dst_port = "", top_port
+            inc.message = (f"port scan (horizontal) from {inc.src_ip}: {len(hosts)} hosts probed on "
+                           f"{inc.transport} port {top_port} ({failed_hosts} failed/reset) within the window; "
+                           f"{inc.count} targets in all")
+        inc.details = {
+            "kind": "vertical" if vertical else "horizontal",
+            "hosts": str(len(st.ports_of)),
+            "ports_on_top_host": str(len(ports)),
+            "failed_ports_on_top_host": str(failed_ports),
+            "top_host": top_host,
+            "hosts_on_top_port": str(len(hosts)),
+            "failed_hosts_on_top_port": str(failed_hosts),
+            "top_port": str(top_port),
+        }
+
+    # ------------------------------------------------------------------ SYN flood
+    def _syn(self, r: FlowRecord, out: list[Alert]) -> None:
+        dst = r.dst_ip
+        if not dst:
+            return
+        tkey = (dst, r.dst_port)
+        entry = self.targets.get(tkey)
+        if entry is None:
+            entry = self.targets.put(tkey, [SlidingCount(self.syn_window), set()])
+        else:
+            self.targets.touch(tkey)
+        n = entry[0].add(r.first_seen)
+        srcs: set = entry[1]
+        if len(srcs) < 4096:
+            srcs.add(r.src_ip)
+        table = self.table
+        key = ("dst", dst, r.dst_port)
+        inc = table.get("syn_flood", key)
+        new = False
+        if inc is not None:
+            table.hit("syn_flood", key, r.last_seen)
+        elif n >= self.syn_limit:
+            inc, new = table.hit("syn_flood", key, r.last_seen, int(n))
+            if inc is None:
+                return
+            inc.severity = "high"
+            inc.transport = "TCP"
+            inc.dst_ip, inc.dst_port = dst, r.dst_port
+            inc.flow_id = r.flow_id
+        else:
+            return
+        if inc.first_seen > r.first_seen:
+            inc.first_seen = r.first_seen
+        if new:
+            inc.refresh = partial(self._describe_syn, inc, srcs, r.src_ip)
+            out.append(table.alert(inc, "open"))
+
+    def _describe_syn(self, inc: Incident, srcs: set, first_src: str) -> None:
+        nsrc = len(srcs)
+        inc.src_ip = first_src if nsrc == 1 else ""
+        inc.details = {"sources": str(nsrc) if nsrc < 4096 else "4096+", "window_s": f"{self.syn_window:g}"}
+        inc.message = (f"SYN flood against {inc.dst_ip} port {inc.dst_port}: {inc.count} half-open connections "
+                       f"from {inc.details['sources']} source address(es)")
+
+    def prune(self, now: float) -> None:
+        """Forget sources idle for a whole window (called from tick)."""
+        low = now - self.window
+        for k in [k for k, st in self.sources.items() if st.last < low]:
+            del self.sources[k]
+        low = now - self.syn_window * 2
+        for k in [k for k, e in self.targets.items() if (e[0].latest + 1) * e[0].width < low]:
+            del self.targets[k]
