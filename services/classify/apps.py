@@ -1,0 +1,168 @@
+"""The application layer: host/SNI patterns and address lists -> application, category.
+
+All knowledge lives in data files under ``services/classify/data/``:
+
+- ``apps.json``: ``{"Application": {"category": "...", "hosts": [...], "ips": [...]}}``.
+  Host patterns:
+    ``example.com``   the domain and every name under it (``www.example.com``);
+    ``=example.com``  exactly that name;
+    ``example.*``     the label ``example`` followed by any public suffix
+                      (``example.com``, ``example.co.uk``, ``www.example.de``);
+    ``*part*``        any name containing ``part``.
+  When several patterns match, the longest domain suffix wins (so
+  ``youtube.googleapis.com`` can be YouTube while ``googleapis.com`` is
+  GoogleServices).
+- ``ports.json``: ``{"TCP/443": "TLS", ...}`` well-known ports for the guess.
+
+The lookups are dictionary probes per label (no regular expressions) so they
+cost little on the hot path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+from shared.models import FlowSample, Verdict
+
+log = logging.getLogger("flowtarget.classify.apps")
+
+DATA_DIR = Path(__file__).with_name("data")
+
+
+class Apps:
+    def __init__(self, apps: dict[str, dict], ports: dict[str, str] | None = None) -> None:
+        self._suffix: dict[str, tuple[str, str]] = {}
+        self._exact: dict[str, tuple[str, str]] = {}
+        self._label: dict[str, tuple[str, str]] = {}       # "example" of "example.*"
+        self._contains: list[tuple[str, tuple[str, str]]] = []
+        self._nets4: dict[int, dict[int, tuple[str, str]]] = {}
+        self._nets6: dict[int, dict[int, tuple[str, str]]] = {}
+        self.categories: dict[str, str] = {}
+        for name, spec in apps.items():
+            cat = str(spec.get("category", ""))
+            val = (name, cat)
+            self.categories[name] = cat
+            for pat in spec.get("hosts", []):
+                pat = pat.strip().lower()
+                if not pat:
+                    continue
+                if pat.startswith("*") and pat.endswith("*") and len(pat) > 2:
+                    self._contains.append((pat[1:-1], val))
+                elif pat.startswith("="):
+                    self._exact[pat[1:]] = val
+                elif pat.endswith(".*"):
+                    self._label[pat[:-2]] = val
+                else:
+                    self._suffix[pat.lstrip("*.")] = val
+            for net in spec.get("ips", []):
+                try:
+                    n = ipaddress.ip_network(net, strict=False)
+                except ValueError:
+                    log.warning("apps.json: bad network %r for %s", net, name)
+                    continue
+                table = self._nets4 if n.version == 4 else self._nets6
+                table.setdefault(n.prefixlen, {})[int(n.network_address)] = val
+        self._plens4 = sorted(self._nets4, reverse=True)
+        self._plens6 = sorted(self._nets6, reverse=True)
+        self.ports: dict[tuple[str, int], str] = {}
+        for key, proto in (ports or {}).items():
+            t, _, p = key.partition("/")
+            try:
+                self.ports[(t.upper(), int(p))] = proto
+            except ValueError:
+                log.warning("ports.json: bad key %r", key)
+        self.lookup_host = lru_cache(maxsize=65536)(self._lookup_host)
+        self.lookup_ip = lru_cache(maxsize=65536)(self._lookup_ip)
+
+    # ------------------------------------------------------------------ lookups
+
+    def _lookup_host(self, host: str) -> tuple[str, str] | None:
+        h = host.strip().rstrip(".").lower()
+        if not h:
+            return None
+        got = self._exact.get(h)
+        if got:
+            return got
+        labels = h.split(".")
+        n = len(labels)
+        for i in range(n):
+            got = self._suffix.get(".".join(labels[i:]) if i else h)
+            if got:
+                return got
+        if self._label:
+            # "example.*": a label followed by one or two short labels (a public suffix)
+            for i in range(n - 1):
+                got = self._label.get(labels[i])
+                if got and (n - i - 1) <= 2 and all(len(x) <= 3 or x in ("info", "mobi") for x in labels[i + 1:]):
+                    return got
+        for part, val in self._contains:
+            if part in h:
+                return val
+        return None
+
+    def _lookup_ip(self, ip: str) -> tuple[str, str] | None:
+        try:
+            a = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        x = int(a)
+        if a.version == 4:
+            tables, plens, bits = self._nets4, self._plens4, 32
+        else:
+            tables, plens, bits = self._nets6, self._plens6, 128
+        for plen in plens:
+            net = (x >> (bits - plen)) << (bits - plen)
+            got = tables[plen].get(net)
+            if got:
+                return got
+        return None
+
+    # ------------------------------------------------------------------ verdict
+
+    def apply(self, s: FlowSample, v: Verdict) -> None:
+        """Fill application/category from the host, or from the addresses when DPI found nothing."""
+        if v.host and not v.application:
+            got = self.lookup_host(v.host)
+            if got:
+                v.application, cat = got
+                if not v.category:
+                    v.category = cat
+        if v.application:
+            if not v.category:
+                v.category = self.categories.get(v.application, "")
+            return
+        if v.host:
+            return
+        got = self.lookup_ip(s.dst_ip) or self.lookup_ip(s.src_ip)
+        if got:
+            v.application, cat = got
+            if not v.category:
+                v.category = cat
+
+
+def load_apps(data_dir: Path = DATA_DIR) -> Apps:
+    apps: dict[str, dict] = {}
+    ports: dict[str, str] = {}
+    try:
+        apps = json.loads((data_dir / "apps.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        log.warning("no application data (%s): applications stay empty", e)
+    try:
+        ports = json.loads((data_dir / "ports.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        log.warning("no port data (%s): port guesses from dissectors only", e)
+    return Apps(apps, ports)
+
+
+_default: Apps | None = None
+
+
+def default_apps() -> Apps:
+    global _default
+    if _default is None:
+        _default = load_apps()
+    return _default

@@ -1,0 +1,260 @@
+"""DNS (RFC 1035, 3596, 2782, 6891), mDNS (RFC 6762) and LLMNR (RFC 4795).
+
+``parse_message`` is a bounds-checked DNS message parser used both by the
+dissector and by ``Engine.dns_record`` (the DNS log).  It returns None for
+anything that is not a plausible DNS message and never raises.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from services.classify.dissectors.base import Dissector, Match
+from shared.models import DnsAnswer, FlowSample, Verdict
+
+QTYPES = {
+    1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 13: "HINFO", 15: "MX", 16: "TXT", 17: "RP",
+    18: "AFSDB", 24: "SIG", 25: "KEY", 28: "AAAA", 29: "LOC", 33: "SRV", 35: "NAPTR", 36: "KX",
+    37: "CERT", 39: "DNAME", 41: "OPT", 42: "APL", 43: "DS", 44: "SSHFP", 45: "IPSECKEY", 46: "RRSIG",
+    47: "NSEC", 48: "DNSKEY", 49: "DHCID", 50: "NSEC3", 51: "NSEC3PARAM", 52: "TLSA", 53: "SMIMEA",
+    55: "HIP", 59: "CDS", 60: "CDNSKEY", 61: "OPENPGPKEY", 62: "CSYNC", 63: "ZONEMD", 64: "SVCB",
+    65: "HTTPS", 99: "SPF", 108: "EUI48", 109: "EUI64", 249: "TKEY", 250: "TSIG", 251: "IXFR",
+    252: "AXFR", 255: "ANY", 256: "URI", 257: "CAA", 32768: "TA", 32769: "DLV",
+}
+RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
+          6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE"}
+
+
+class _Bad(Exception):
+    pass
+
+
+@dataclass
+class Answer:
+    name: str
+    rtype: str
+    ttl: int
+    data: str
+
+    def as_model(self) -> DnsAnswer:
+        return DnsAnswer(name=_clean(self.name, 1024), rtype=self.rtype[:16], ttl_s=max(0, self.ttl),
+                         data=_clean(self.data, 2048))
+
+
+@dataclass
+class Message:
+    txid: int
+    is_response: bool
+    opcode: int
+    rcode: str
+    qdcount: int
+    qname: str = ""
+    qtype: str = ""
+    qtype_num: int = 0
+    answers: list[Answer] = field(default_factory=list)
+
+
+def _clean(s: str, limit: int) -> str:
+    s = s[:limit]
+    return s if s.isprintable() else "".join(c if c.isprintable() else "?" for c in s)
+
+
+def read_name(b: bytes, pos: int) -> tuple[str, int]:
+    """Read a (possibly compressed) name at pos; returns (name, position after it)."""
+    labels: list[str] = []
+    end_pos = -1
+    jumps = 0
+    n = len(b)
+    total = 0
+    while True:
+        if pos >= n:
+            raise _Bad
+        ln = b[pos]
+        if ln == 0:
+            pos += 1
+            break
+        if ln & 0xC0 == 0xC0:
+            if pos + 1 >= n:
+                raise _Bad
+            if end_pos < 0:
+                end_pos = pos + 2
+            pos = ((ln & 0x3F) << 8) | b[pos + 1]
+            jumps += 1
+            if jumps > 32:
+                raise _Bad
+            continue
+        if ln & 0xC0:
+            raise _Bad                      # extended label types: not supported
+        pos += 1
+        if pos + ln > n:
+            raise _Bad
+        labels.append(b[pos:pos + ln].decode("latin-1"))
+        total += ln + 1
+        if total > 255:
+            raise _Bad
+        pos += ln
+    return ".".join(labels), (end_pos if end_pos >= 0 else pos)
+
+
+def _rdata(b: bytes, pos: int, ln: int, t: int) -> str:
+    d = b[pos:pos + ln]
+    if t == 1 and ln == 4:
+        return str(ipaddress.IPv4Address(d))
+    if t == 28 and ln == 16:
+        return str(ipaddress.IPv6Address(d))
+    if t in (2, 5, 12, 39):
+        return read_name(b, pos)[0]
+    if t == 15 and ln >= 3:
+        return "%d %s" % ((d[0] << 8) | d[1], read_name(b, pos + 2)[0])
+    if t == 33 and ln >= 7:
+        return "%d %d %d %s" % ((d[0] << 8) | d[1], (d[2] << 8) | d[3], (d[4] << 8) | d[5], read_name(b, pos + 6)[0])
+    if t == 16 or t == 99:
+        parts, i = [], 0
+        while i < ln:
+            k = d[i]
+            parts.append(d[i + 1:i + 1 + k].decode("utf-8", "replace"))
+            i += 1 + k
+        return " ".join(parts)
+    if t == 6:
+        mname, p2 = read_name(b, pos)
+        rname, p3 = read_name(b, p2)
+        if p3 + 20 <= pos + ln:
+            serial = int.from_bytes(b[p3:p3 + 4], "big")
+            return "%s %s %d" % (mname, rname, serial)
+        return "%s %s" % (mname, rname)
+    return d[:64].hex()
+
+
+def parse_message(b: bytes, max_answers: int = 64) -> Message | None:
+    """Parse a DNS message; None when it is not one (never raises)."""
+    try:
+        return _parse(b, max_answers)
+    except (_Bad, IndexError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _parse(b: bytes, max_answers: int) -> Message | None:
+    if len(b) < 12:
+        return None
+    flags = (b[2] << 8) | b[3]
+    qd = (b[4] << 8) | b[5]
+    an = (b[6] << 8) | b[7]
+    ns = (b[8] << 8) | b[9]
+    ar = (b[10] << 8) | b[11]
+    if qd > 64 or an > 512 or ns > 512 or ar > 512:
+        return None
+    msg = Message(txid=(b[0] << 8) | b[1], is_response=bool(flags & 0x8000), opcode=(flags >> 11) & 0xF,
+                  rcode=RCODES.get(flags & 0xF, str(flags & 0xF)), qdcount=qd)
+    pos = 12
+    for i in range(qd):
+        name, pos = read_name(b, pos)
+        if pos + 4 > len(b):
+            raise _Bad
+        t = (b[pos] << 8) | b[pos + 1]
+        pos += 4
+        if i == 0:
+            msg.qname, msg.qtype_num, msg.qtype = name, t, QTYPES.get(t, str(t))
+    for _ in range(an):
+        if len(msg.answers) >= max_answers:
+            break
+        name, pos = read_name(b, pos)
+        if pos + 10 > len(b):
+            raise _Bad
+        t = (b[pos] << 8) | b[pos + 1]
+        ttl = int.from_bytes(b[pos + 4:pos + 8], "big")
+        ln = (b[pos + 8] << 8) | b[pos + 9]
+        pos += 10
+        if pos + ln > len(b):
+            raise _Bad
+        try:
+            data = _rdata(b, pos, ln, t)
+        except (_Bad, IndexError, ValueError):
+            data = ""
+        msg.answers.append(Answer(name, QTYPES.get(t, str(t)), ttl & 0x7FFFFFFF, data))
+        pos += ln
+    return msg
+
+
+_PORT_NAMES = {5353: "MDNS", 5355: "LLMNR"}
+
+
+def _plausible(m: Message, strict: bool) -> bool:
+    if m.opcode not in (0, 1, 2, 4, 5):
+        return False
+    if m.qdcount == 0 and not (m.is_response and m.answers):
+        return False
+    if strict:
+        return m.qdcount == 1 and m.qtype_num in QTYPES and (not m.qname or m.qname.isprintable())
+    return True
+
+
+class DnsDissector(Dissector):
+    """DNS, MDNS and LLMNR over UDP and TCP."""
+
+    name = "DNS"
+    transports = frozenset({"UDP", "TCP"})
+    ports = frozenset({53, 5353, 5355})
+
+    def could_be(self, s: FlowSample) -> bool:
+        p = s.src_payloads or s.dst_payloads
+        if not p:
+            return False
+        first = p[0]
+        if s.transport == "TCP":
+            return len(first) >= 2 and (s.src_port in self.ports or s.dst_port in self.ports or len(first) >= 14)
+        return len(first) >= 12
+
+    def _messages(self, s: FlowSample, payloads: list[bytes]) -> list[Message]:
+        out = []
+        if s.transport == "TCP":
+            data = b"".join(payloads)
+            pos = 0
+            while pos + 2 <= len(data) and len(out) < 4:
+                ln = (data[pos] << 8) | data[pos + 1]
+                if ln < 12:
+                    break
+                m = parse_message(data[pos + 2:pos + 2 + ln])
+                if m is None:
+                    break
+                out.append(m)
+                pos += 2 + ln
+            return out
+        for d in payloads[:4]:
+            m = parse_message(d)
+            if m is not None:
+                out.append(m)
+            else:
+                return []
+        return out
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        std = s.src_port in self.ports or s.dst_port in self.ports
+        cm = self._messages(s, s.src_payloads)
+        sm = self._messages(s, s.dst_payloads)
+        msgs = cm + sm
+        if not msgs or not all(_plausible(m, not std) for m in msgs):
+            return Match.NO
+        if not std:
+            # a non-standard port needs a query/response pair with the same id
+            if not (cm and sm and cm[0].txid == sm[0].txid and cm[0].is_response != sm[0].is_response):
+                return Match.NO
+        port = s.dst_port if s.dst_port in _PORT_NAMES else s.src_port
+        v.app_protocol = _PORT_NAMES.get(port, "DNS")
+        q = next((m for m in msgs if m.qname), None)
+        if q is not None:
+            v.host = q.qname
+        else:
+            a = next((m for m in msgs if m.answers), None)
+            if a is not None:
+                v.host = a.answers[0].name
+        resp = next((m for m in msgs if m.is_response), None)
+        if resp is not None:
+            v.extra["dns_rcode"] = resp.rcode
+            if q is not None and q.qtype:
+                v.extra["dns_qtype"] = q.qtype
+            addrs = [a.data for a in resp.answers if a.rtype in ("A", "AAAA")][:8]
+            if addrs:
+                v.extra["dns_answers"] = " ".join(addrs)
+            return Match.FINAL
+        return Match.PARTIAL

@@ -1,0 +1,355 @@
+"""TLS handshake parsing shared by TLS, DTLS and QUIC (RFC 8446, RFC 5246, RFC 6347, RFC 9147).
+
+Everything here works on possibly truncated input (a flow sample keeps only
+the first few KB): parsers read what is there and never raise on short or
+hostile bytes — they return None or partial results.
+
+Fingerprints:
+- JA3 / JA3S (Salesforce): decimal fields joined by '-', groups by ',', MD5.
+- JA4 (FoxIO): ``<t|q|d><version><d|i><#ciphers><#exts><alpn>_<sha256 ciphers>_<sha256 exts+sigalgs>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+TLS_VERSIONS = {
+    0x0300: "SSLv3", 0x0301: "TLSv1", 0x0302: "TLSv1.1", 0x0303: "TLSv1.2", 0x0304: "TLSv1.3",
+    0xFEFF: "DTLSv1.0", 0xFEFD: "DTLSv1.2", 0xFEFC: "DTLSv1.3",
+}
+_JA4_VERSION = {0x0304: "13", 0x0303: "12", 0x0302: "11", 0x0301: "10", 0x0300: "s3",
+                0xFEFF: "d1", 0xFEFD: "d2", 0xFEFC: "d3"}
+
+
+def is_grease(v: int) -> bool:
+    """RFC 8701 GREASE values: 0x?a?a with both bytes equal."""
+    return (v & 0x0F0F) == 0x0A0A and (v >> 8) == (v & 0xFF)
+
+
+def version_name(v: int) -> str:
+    return TLS_VERSIONS.get(v, "") or ("0x%04x" % v if v else "")
+
+
+@dataclass
+class Hello:
+    """Fields of a ClientHello or ServerHello (what could be read)."""
+
+    legacy_version: int = 0
+    ciphers: list[int] = field(default_factory=list)
+    extensions: list[int] = field(default_factory=list)
+    sni: str = ""
+    alpn: list[str] = field(default_factory=list)
+    supported_versions: list[int] = field(default_factory=list)
+    groups: list[int] = field(default_factory=list)
+    point_formats: list[int] = field(default_factory=list)
+    sig_algs: list[int] = field(default_factory=list)
+    quic_params: bytes = b""
+    complete: bool = False          # the whole message was present
+
+    @property
+    def version(self) -> int:
+        """Highest non-GREASE supported_versions entry, else the legacy version."""
+        sv = [v for v in self.supported_versions if not is_grease(v)]
+        return max(sv) if sv else self.legacy_version
+
+
+def _parse_extensions(b: bytes, pos: int, end: int, h: Hello, client: bool) -> None:
+    while pos + 4 <= end:
+        et = (b[pos] << 8) | b[pos + 1]
+        el = (b[pos + 2] << 8) | b[pos + 3]
+        pos += 4
+        h.extensions.append(et)
+        ext = b[pos:min(pos + el, end)]
+        pos += el
+        try:
+            if et == 0 and client:                  # server_name (RFC 6066)
+                if len(ext) >= 5 and ext[2] == 0:
+                    n = (ext[3] << 8) | ext[4]
+                    h.sni = ext[5:5 + n].decode("ascii", "replace")
+            elif et == 16:                          # ALPN (RFC 7301)
+                i, e = 2, min(len(ext), 2 + ((ext[0] << 8) | ext[1]) if len(ext) >= 2 else 0)
+                while i < e:
+                    n = ext[i]
+                    h.alpn.append(ext[i + 1:i + 1 + n].decode("ascii", "replace"))
+                    i += 1 + n
+            elif et == 43:                          # supported_versions
+                if client:
+                    if ext:
+                        n = ext[0]
+                        h.supported_versions = [(ext[i] << 8) | ext[i + 1] for i in range(1, min(1 + n, len(ext) - 1), 2)]
+                elif len(ext) >= 2:
+                    h.supported_versions = [(ext[0] << 8) | ext[1]]
+            elif et == 10 and client:               # supported_groups
+                if len(ext) >= 2:
+                    n = (ext[0] << 8) | ext[1]
+                    h.groups = [(ext[i] << 8) | ext[i + 1] for i in range(2, min(2 + n, len(ext) - 1), 2)]
+            elif et == 11:                          # ec_point_formats
+                if ext:
+                    h.point_formats = list(ext[1:1 + ext[0]])
+            elif et == 13 and client:               # signature_algorithms
+                if len(ext) >= 2:
+                    n = (ext[0] << 8) | ext[1]
+                    h.sig_algs = [(ext[i] << 8) | ext[i + 1] for i in range(2, min(2 + n, len(ext) - 1), 2)]
+            elif et in (0x39, 0xFFA5):              # quic_transport_parameters (v1, draft)
+                h.quic_params = bytes(ext)
+        except IndexError:
+            return
+
+
+def parse_client_hello(body: bytes, dtls: bool = False) -> Hello | None:
+    """Parse a ClientHello body (after the 4-byte handshake header); None if it is not one."""
+    b = body
+    end = len(b)
+    if end < 38:
+        return None
+    h = Hello(legacy_version=(b[0] << 8) | b[1])
+    if b[0] != 3 and b[0] != 0xFE:
+        return None
+    pos = 34                                           # version + random
+    pos += 1 + b[pos]                                  # session id
+    if dtls:
+        if pos >= end:
+            return h
+        pos += 1 + b[pos]                              # cookie
+    if pos + 2 > end:
+        return h
+    n = (b[pos] << 8) | b[pos + 1]
+    pos += 2
+    ce = min(pos + n, end)
+    h.ciphers = [(b[i] << 8) | b[i + 1] for i in range(pos, ce - 1, 2)]
+    pos += n
+    if pos >= end:
+        return h
+    pos += 1 + b[pos]                                  # compression methods
+    if pos + 2 > end:
+        h.complete = pos == end
+        return h
+    n = (b[pos] << 8) | b[pos + 1]
+    pos += 2
+    h.complete = pos + n <= end
+    _parse_extensions(b, pos, min(pos + n, end), h, True)
+    return h
+
+
+def parse_server_hello(body: bytes, dtls: bool = False) -> Hello | None:
+    b = body
+    end = len(b)
+    if end < 38 or (b[0] != 3 and b[0] != 0xFE):
+        return None
+    h = Hello(legacy_version=(b[0] << 8) | b[1])
+    pos = 34
+    pos += 1 + b[pos]
+    if pos + 3 > end:
+        return h
+    h.ciphers = [(b[pos] << 8) | b[pos + 1]]
+    pos += 3                                           # cipher + compression
+    if pos + 2 > end:
+        h.complete = pos == end
+        return h
+    n = (b[pos] << 8) | b[pos + 1]
+    pos += 2
+    h.complete = pos + n <= end
+    _parse_extensions(b, pos, min(pos + n, end), h, False)
+    return h
+
+
+def tls_records(stream: bytes, max_records: int = 64) -> tuple[bytes, int, bool]:
+    """Concatenate the handshake records at the start of a TLS byte stream.
+
+    Returns (handshake bytes, records seen, saw a non-handshake record).
+    Stops at the first thing that is not a TLS record header.
+    """
+    out = []
+    pos, n, other = 0, 0, False
+    end = len(stream)
+    while pos + 5 <= end and n < max_records:
+        ct = stream[pos]
+        if ct < 20 or ct > 24 or stream[pos + 1] != 3 or stream[pos + 2] > 4:
+            break
+        ln = (stream[pos + 3] << 8) | stream[pos + 4]
+        if ct == 22:
+            out.append(stream[pos + 5:pos + 5 + ln])
+        else:
+            other = True
+            if ct == 23:
+                break
+        pos += 5 + ln
+        n += 1
+    return b"".join(out), n, other
+
+
+def handshake_messages(hs: bytes, dtls: bool = False):
+    """Yield (type, body) of the handshake messages; the last body may be truncated."""
+    pos, end = 0, len(hs)
+    hl = 12 if dtls else 4
+    while pos + hl <= end:
+        t = hs[pos]
+        ln = (hs[pos + 1] << 16) | (hs[pos + 2] << 8) | hs[pos + 3]
+        yield t, hs[pos + hl:pos + hl + ln]
+        pos += hl + ln
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def ja3_string(h: Hello) -> str:
+    return "%d,%s,%s,%s,%s" % (
+        h.legacy_version,
+        "-".join(str(c) for c in h.ciphers if not is_grease(c)),
+        "-".join(str(e) for e in h.extensions if not is_grease(e)),
+        "-".join(str(g) for g in h.groups if not is_grease(g)),
+        "-".join(str(p) for p in h.point_formats),
+    )
+
+
+def ja3(h: Hello) -> str:
+    return hashlib.md5(ja3_string(h).encode()).hexdigest()
+
+
+def ja3s(h: Hello) -> str:
+    s = "%d,%s,%s" % (h.legacy_version, "-".join(str(c) for c in h.ciphers),
+                      "-".join(str(e) for e in h.extensions if not is_grease(e)))
+    return hashlib.md5(s.encode()).hexdigest()
+
+
+def _alpn_code(alpn: list[str]) -> str:
+    if not alpn or not alpn[0]:
+        return "00"
+    a = alpn[0]
+    first, last = a[0], a[-1]
+    if first.isascii() and first.isalnum() and last.isascii() and last.isalnum():
+        return first + last
+    hx = a.encode("utf-8", "replace").hex()
+    return hx[0] + hx[-1]
+
+
+def ja4(h: Hello, proto: str = "t") -> str:
+    """JA4 of a ClientHello; proto is 't' (TCP), 'q' (QUIC) or 'd' (DTLS)."""
+    ciphers = [c for c in h.ciphers if not is_grease(c)]
+    exts = [e for e in h.extensions if not is_grease(e)]
+    a = "%s%s%s%02d%02d%s" % (
+        proto, _JA4_VERSION.get(h.version, "00"), "d" if h.sni else "i",
+        min(len(ciphers), 99), min(len(exts), 99), _alpn_code(h.alpn))
+    if ciphers:
+        b = hashlib.sha256(",".join("%04x" % c for c in sorted(ciphers)).encode()).hexdigest()[:12]
+    else:
+        b = "000000000000"
+    ex = [e for e in exts if e not in (0, 16)]
+    if ex:
+        s = ",".join("%04x" % e for e in sorted(ex))
+        sig = [x for x in h.sig_algs if not is_grease(x)]
+        if sig:
+            s += "_" + ",".join("%04x" % x for x in sig)
+        c = hashlib.sha256(s.encode()).hexdigest()[:12]
+    else:
+        c = "000000000000"
+    return "%s_%s_%s" % (a, b, c)
+
+
+# --------------------------------------------------------------------------- certificates
+
+
+def _der(b: bytes, pos: int) -> tuple[int, int, int] | None:
+    """(tag, content start, content end) of the DER element at pos; None if malformed/truncated header."""
+    if pos + 2 > len(b):
+        return None
+    tag = b[pos]
+    ln = b[pos + 1]
+    pos += 2
+    if ln & 0x80:
+        k = ln & 0x7F
+        if k == 0 or k > 4 or pos + k > len(b):
+            return None
+        ln = int.from_bytes(b[pos:pos + k], "big")
+        pos += k
+    return tag, pos, pos + ln
+
+
+_OID_CN = bytes.fromhex("550403")
+_OID_SAN = bytes.fromhex("551d11")
+
+
+def cert_names(cert: bytes) -> tuple[list[str], str]:
+    """Subject CN and dNSName SANs of a DER certificate (tolerates truncation), and the issuer CN."""
+    names: list[str] = []
+    issuer = ""
+    # walk: Certificate SEQ -> TBSCertificate SEQ -> [0] version?, serial, sigalg, issuer, validity, subject, spki, [3] exts
+    top = _der(cert, 0)
+    if not top or top[0] != 0x30:
+        return names, issuer
+    tbs = _der(cert, top[1])
+    if not tbs or tbs[0] != 0x30:
+        return names, issuer
+    pos = tbs[1]
+    fields = []
+    while pos < min(tbs[2], len(cert)) and len(fields) < 10:
+        e = _der(cert, pos)
+        if not e:
+            break
+        fields.append(e)
+        pos = e[2]
+    idx = 1 if fields and fields[0][0] == 0xA0 else 0
+    # idx: serial, +1 sigalg, +2 issuer, +3 validity, +4 subject
+    if len(fields) > idx + 2:
+        i = fields[idx + 2]
+        cn = _find_cn(cert[i[1]:i[2]])
+        issuer = cn
+    if len(fields) > idx + 4:
+        s = fields[idx + 4]
+        cn = _find_cn(cert[s[1]:s[2]])
+        if cn:
+            names.append(cn)
+    for f in fields:
+        if f[0] == 0xA3:
+            blob = cert[f[1]:f[2]]
+            k = blob.find(_OID_SAN)
+            if k >= 0:
+                names.extend(n for n in _san_dns(blob, k + 3) if n not in names)
+    return names, issuer
+
+
+def _find_cn(name: bytes) -> str:
+    k = name.find(_OID_CN)
+    if k < 0:
+        return ""
+    e = _der(name, k + 3)
+    if not e:
+        return ""
+    return name[e[1]:e[2]].decode("utf-8", "replace")
+
+
+def _san_dns(blob: bytes, pos: int) -> list[str]:
+    out: list[str] = []
+    e = _der(blob, pos)
+    if e and e[0] == 0x01:          # critical BOOLEAN
+        e = _der(blob, e[2])
+    if not e or e[0] != 0x04:
+        return out
+    seq = _der(blob, e[1])
+    if not seq or seq[0] != 0x30:
+        return out
+    pos, end = seq[1], min(seq[2], len(blob))
+    while pos < end and len(out) < 64:
+        g = _der(blob, pos)
+        if not g:
+            break
+        if g[0] == 0x82:
+            out.append(blob[g[1]:g[2]].decode("ascii", "replace"))
+        pos = g[2]
+    return out
+
+
+def parse_certificate_msg(body: bytes, tls13: bool = False) -> tuple[list[str], str]:
+    """Names from the first certificate of a Certificate handshake message."""
+    pos = 0
+    if tls13:
+        if not body:
+            return [], ""
+        pos = 1 + body[0]
+    if pos + 6 > len(body):
+        return [], ""
+    pos += 3                         # certificate_list length
+    ln = int.from_bytes(body[pos:pos + 3], "big")
+    pos += 3
+    return cert_names(body[pos:pos + ln])

@@ -1,0 +1,228 @@
+"""The built-in DPI engine: dissectors, then applications, then a port guess.
+
+``Engine.classify`` turns one ``FlowSample`` into one ``Verdict``.  It is
+stateless per sample (everything needed is in the sample), so any number of
+classify replicas can share the work.
+
+Order of work for one sample:
+
+1. every dissector of ``REGISTRY`` in order: ``could_be`` (cheap) then
+   ``dissect``.  The first FINAL match wins; otherwise the first PARTIAL match
+   is kept (later PARTIAL matches cannot override it, only a FINAL one can).
+   A dissector that raises is counted in ``errors[name]`` and logged (rate
+   limited); the others go on.
+2. the application layer (``apps.Apps``): host/SNI patterns give the
+   application and category; when DPI found nothing, an address list match
+   gives the application with confidence ``ip``.
+3. when still nothing: a guess from well-known ports, confidence ``port``.
+4. optionally (``second``), another engine (libndpi) for flows still Unknown.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Any, Callable, Iterable
+
+from services.classify.apps import Apps, default_apps
+from services.classify.dissectors import REGISTRY, Dissector, Match
+from shared.models import DnsRecord, FlowSample, PacketEvent, Verdict
+
+log = logging.getLogger("flowtarget.classify.engine")
+
+# Max lengths of the verdict's strings (shared/models.py); hostile payloads
+# must not produce a verdict that fails validation downstream.
+_STR_LIMITS = {"app_protocol": 64, "application": 64, "category": 64, "host": 512}
+
+
+class _RateLimitedLog:
+    """Log one line per key at most every ``interval_s`` seconds, with the count suppressed meanwhile."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def __call__(self, key: str, msg: str, *args: Any, exc_info: bool = False) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._suppressed[key] += 1
+            return
+        self._last[key] = now
+        n = self._suppressed.pop(key, 0)
+        if n:
+            msg += " (%d similar suppressed)"
+            args = (*args, n)
+        log.warning(msg, *args, exc_info=exc_info)
+
+
+def clean_text(value: str, limit: int) -> str:
+    """Printable text of at most ``limit`` characters (control characters replaced)."""
+    if value.isprintable():
+        return value[:limit]
+    return "".join(c if c.isprintable() else "?" for c in value[:limit])
+
+
+class Engine:
+    """Classifies flow samples; see the module docstring."""
+
+    def __init__(
+        self,
+        registry: Iterable[Dissector] | None = None,
+        apps: Apps | None = None,
+        second: Callable[[FlowSample], tuple[str, str] | None] | None = None,
+        port_guess: bool = True,
+    ) -> None:
+        self.registry: list[Dissector] = list(REGISTRY if registry is None else registry)
+        self.apps = apps if apps is not None else default_apps()
+        self.second = second
+        self.port_guess = port_guess
+        self.errors: Counter[str] = Counter()       # dissector name -> exceptions
+        self.counters: Counter[str] = Counter()     # samples, dpi, port, ip, unknown, dns_bad, ...
+        self._warn = _RateLimitedLog()
+        # per transport: the dissectors that could apply (saves a call per dissector)
+        self._by_transport: dict[str, list[Dissector]] = {}
+        for t in ("TCP", "UDP"):
+            self._by_transport[t] = [d for d in self.registry if t in d.transports]
+        self._ports = self._build_port_table()
+
+    # ------------------------------------------------------------------ classify
+
+    def _dissectors_for(self, transport: str) -> list[Dissector]:
+        lst = self._by_transport.get(transport)
+        if lst is None:
+            lst = [d for d in self.registry if transport in d.transports]
+            self._by_transport[transport] = lst
+        return lst
+
+    def new_verdict(self, s: FlowSample) -> Verdict:
+        return Verdict(
+            timestamp=s.timestamp, probe=s.probe, flow_id=s.flow_id, transport=s.transport,
+            src_ip=s.src_ip, src_port=s.src_port, dst_ip=s.dst_ip, dst_port=s.dst_port, vlan_id=s.vlan_id,
+            sample_seq_no=s.seq_no, trigger_time=s.trigger_time, src_mac=s.src_mac, dst_mac=s.dst_mac,
+            vlan_ids=list(s.vlan_ids), src2dst_next_seq=s.src2dst_next_seq, src2dst_ack=s.src2dst_ack,
+            dst2src_next_seq=s.dst2src_next_seq, dst2src_ack=s.dst2src_ack,
+        )
+
+    def classify(self, s: FlowSample) -> Verdict:
+        v = self.new_verdict(s)
+        self.counters["samples"] += 1
+        final = False
+        kept: str | None = None      # app_protocol of the first PARTIAL match
+        for d in self._dissectors_for(s.transport):
+            try:
+                if not d.could_be(s):
+                    continue
+                m = d.dissect(s, v)
+            except Exception:  # noqa: BLE001 - safecall: one dissector's bug never stops the others
+                name = d.name or type(d).__name__
+                self.errors[name] += 1
+                self._warn(name, "dissector %s raised on flow %s", name, s.flow_id, exc_info=True)
+                if kept is not None:
+                    v.app_protocol = kept
+                continue
+            if m == Match.FINAL:
+                final = True
+                break
+            if m == Match.PARTIAL:
+                if kept is None:
+                    kept = v.app_protocol
+                else:
+                    v.app_protocol = kept
+            elif kept is not None:
+                if v.app_protocol != kept:
+                    v.app_protocol = kept
+            elif v.app_protocol != "Unknown":   # a NO must not leave a protocol behind
+                v.app_protocol = "Unknown"
+        if v.app_protocol and v.app_protocol != "Unknown":
+            v.confidence = "dpi"
+        self.apps.apply(s, v)
+        if v.confidence == "unknown" and self.second is not None:
+            try:
+                got = self.second(s)
+            except Exception:  # noqa: BLE001
+                self.errors["ndpi"] += 1
+                self._warn("ndpi", "second engine raised on flow %s", s.flow_id, exc_info=True)
+                got = None
+            if got:
+                v.app_protocol, app = got
+                if app and not v.application:
+                    v.application = app
+                v.confidence = "dpi"
+                self.counters["second"] += 1
+        if v.confidence == "unknown" and self.port_guess:
+            guess = self.guess_port(s)
+            if guess:
+                v.app_protocol = guess
+                v.confidence = "port"
+                v.extra["guess"] = "port"
+        if v.confidence == "unknown" and v.application:
+            # nDPI's "Match by IP": the application stands for the protocol
+            v.app_protocol = v.application
+            v.confidence = "ip"
+        self.counters[v.confidence] += 1
+        v.final = final or s.final
+        self._sanitize(v)
+        return v
+
+    @staticmethod
+    def _sanitize(v: Verdict) -> None:
+        for field, limit in _STR_LIMITS.items():
+            val = getattr(v, field)
+            if len(val) > limit or not val.isprintable():
+                setattr(v, field, clean_text(val, limit))
+        if not v.app_protocol:
+            v.app_protocol = "Unknown"
+
+    # ------------------------------------------------------------------ ports
+
+    def _build_port_table(self) -> dict[tuple[str, int], str]:
+        table: dict[tuple[str, int], str] = {}
+        for d in self.registry:      # the dissectors' well-known ports (first registered wins)
+            for t in d.transports:
+                for p in d.ports:
+                    table.setdefault((t, p), d.name)
+        for key, name in self.apps.ports.items():   # data file entries override
+            table[key] = name
+        return table
+
+    def guess_port(self, s: FlowSample) -> str:
+        """A protocol name from the flow's well-known ports, '' when none (the lower port first)."""
+        a, b = s.src_port, s.dst_port
+        if a > b:
+            a, b = b, a
+        t = s.transport
+        return self._ports.get((t, a)) or self._ports.get((t, b)) or ""
+
+    # ------------------------------------------------------------------ DNS log
+
+    def dns_record(self, p: PacketEvent) -> DnsRecord | None:
+        """A DnsRecord for one DNS message, None (counted in ``counters['dns_bad']``) when it is not one."""
+        from services.classify.dissectors.dns import parse_message
+
+        payload = p.payload
+        if p.transport == "TCP" and len(payload) >= 2:
+            payload = payload[2:]   # DNS over TCP: two-byte length prefix
+        try:
+            msg = parse_message(payload)
+        except Exception:  # noqa: BLE001 - a parser bug must not stop the service
+            self.errors["dns_record"] += 1
+            self._warn("dns_record", "DNS parser raised", exc_info=True)
+            msg = None
+        if msg is None:
+            self.counters["dns_bad"] += 1
+            return None
+        try:
+            return DnsRecord(
+                timestamp=p.timestamp, probe=p.probe, flow_id=p.flow_id, transport=p.transport,
+                src_ip=p.src_ip, src_port=p.src_port, dst_ip=p.dst_ip, dst_port=p.dst_port, vlan_id=p.vlan_id,
+                transaction_id=msg.txid, is_response=msg.is_response,
+                query_name=clean_text(msg.qname, 1024), query_type=msg.qtype,
+                rcode=msg.rcode if msg.is_response else "",
+                answers=[a.as_model() for a in msg.answers[:64]],
+            )
+        except Exception:  # noqa: BLE001 - validation of hostile content
+            self.counters["dns_bad"] += 1
+            return None
