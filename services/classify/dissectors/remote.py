@@ -30,14 +30,18 @@ class RDP(Dissector):
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
         p = s.src_payloads[0]
         if s.transport == "TCP":
-            if p[1] == 0 and u16(p, 2) == len(p) and p[5] == 0xE0 and p[4] + 5 <= len(p) and p[4] >= 6:
+            var = p[11:]
+            # X.224 CR whose variable part is RDP's (empty, a routing cookie or an RDP_NEG_REQ), not ISO TSAPs
+            rdp_var = (not var or var.startswith((b"Cookie: ", b"Cookie:")) or var[:1] == b"\x01" and u16le(var, 2) == 8
+                       or b"\r\n\x01\x00\x08\x00" in var)
+            if p[1] == 0 and u16(p, 2) == len(p) and p[5] == 0xE0 and p[4] + 5 == len(p) and p[4] >= 6 and rdp_var:
                 v.app_protocol = self.name
                 i = p.find(b"Cookie: mstshash=")
                 if i >= 0:
                     v.extra["rdp_cookie"] = printable(p[i + 17:].split(b"\r\n", 1)[0], 128)
                 return Match.FINAL
             return Match.NO
-        if p[:4] == b"\xff\xff\xff\xff" and u16(p, 6) & 0x0001 and len(p) >= 20:
+        if p[:4] == b"\xff\xff\xff\xff" and u16(p, 6) & 0x0001 and len(p) >= 1000:   # SYN padded to 1232
             v.app_protocol = self.name
             return Match.FINAL
         return Match.NO

@@ -1,0 +1,193 @@
+"""Databases and message brokers: MySQL, PostgreSQL, Redis, MongoDB, Memcached,
+Elasticsearch (transport), Kafka, NATS, DRDA (DB2), AMQP, MQTT.
+
+References: MySQL client/server protocol (initial handshake v10), PostgreSQL
+frontend/backend protocol (StartupMessage 3.0, SSLRequest 80877103), RESP
+(Redis serialization protocol), MongoDB wire protocol (standard message
+header and opcodes), memcached protocol.txt and the binary protocol magic,
+Elasticsearch transport header ("ES" + length), Kafka protocol request
+header v1, NATS client protocol (INFO/CONNECT), DRDA DDM header (0xD0
+magic, EXCSAT), AMQP 0-9-1 (protocol header and frame end 0xCE), MQTT 3.1.1
+and 5.0 CONNECT.
+"""
+
+from __future__ import annotations
+
+from shared.models import FlowSample, Verdict
+from services.classify.dissectors.base import Dissector, Match
+from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, Simple, ordered, printable, u16, u32, u32le
+
+
+class MySQL(Simple):
+    name = "MySQL"
+    transports = TCP
+    ports = frozenset({3306})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        # server greeting: 3-byte LE length, sequence 0, protocol 10, NUL-terminated version "x.y..."
+        if len(p) < 20 or p[3] != 0 or p[4] != 10:
+            return False
+        if int.from_bytes(p[:3], "little") + 4 != len(p):
+            return False
+        end = p.find(b"\x00", 5, 70)
+        return end > 6 and p[5:6].isdigit() and b"." in p[5:end]
+
+    def result(self, s: FlowSample, v: Verdict) -> str:
+        for p in s.dst_payloads[:1] + s.src_payloads[:1]:
+            end = p.find(b"\x00", 5, 70)
+            if end > 5:
+                v.extra["mysql_version"] = printable(p[5:end], 64)
+                break
+        return self.name
+
+
+class PostgreSQL(Simple):
+    name = "PostgreSQL"
+    transports = TCP
+    ports = frozenset({5432})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if not from_src or len(p) < 8 or u32(p, 0) != len(p):
+            return False
+        code = u32(p, 4)
+        if code in (80877103, 80877104) and len(p) == 8:     # SSLRequest / GSSENCRequest
+            return not s.dst_payloads or s.dst_payloads[0][:1] in (b"S", b"N", b"G")
+        if code == 80877102:                                  # CancelRequest
+            return len(p) == 16
+        return code in (0x00030000, 0x00020000) and p.endswith(b"\x00") and b"user\x00" in p
+
+
+class Redis(Simple):
+    name = "Redis"
+    transports = TCP
+    ports = frozenset({6379})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) >= 8 and p[0] == 0x2A and p[1:2].isdigit():      # *<n>\r\n$<len>\r\n
+            i = p.find(b"\r\n", 1, 8)
+            return i > 1 and p[1:i].isdigit() and p[i + 2:i + 3] == b"$"
+        if from_src and p in (b"PING\r\n", b"ping\r\n", b"INFO\r\n", b"QUIT\r\n"):
+            return 6379 in (s.src_port, s.dst_port) or any(q.startswith((b"+PONG", b"$")) for q in s.dst_payloads[:1])
+        return False
+
+
+class MongoDB(Simple):
+    name = "MongoDB"
+    transports = TCP
+    ports = frozenset({27017, 27018, 27019})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) < 16 or u32le(p, 0) != len(p) and not (u32le(p, 0) > len(p) and len(p) >= 1400):
+            return False
+        op = u32le(p, 12)
+        return op in (1, 2001, 2002, 2004, 2005, 2006, 2007, 2010, 2011, 2012, 2013) and (u32le(p, 8) == 0 or not from_src)
+
+
+class Memcached(Simple):
+    name = "Memcached"
+    transports = TCP_UDP
+    ports = frozenset({11211})
+
+    _cmds = (b"get ", b"gets ", b"set ", b"add ", b"replace ", b"append ", b"prepend ", b"cas ", b"delete ",
+             b"incr ", b"decr ", b"touch ", b"gat ", b"gats ", b"stats", b"version\r\n", b"flush_all", b"verbosity ", b"mg ", b"ms ")
+    _replies = (b"STAT ", b"VALUE ", b"STORED\r\n", b"NOT_STORED\r\n", b"END\r\n", b"DELETED\r\n", b"NOT_FOUND\r\n", b"VERSION ")
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if s.transport == "UDP":
+            if len(p) < 9 or p[4:6] != b"\x00\x00" and u16(p, 4) >= u16(p, 6):
+                return False
+            p = p[8:]
+        if len(p) >= 24 and p[0] in (0x80, 0x81) and p[1] <= 0x48 and p[5] == 0:     # binary protocol
+            return 11211 in (s.src_port, s.dst_port)
+        if from_src:
+            return p.startswith(self._cmds) and p.endswith(b"\r\n")
+        return p.startswith(self._replies)
+
+
+class Elasticsearch(Simple):
+    name = "Elasticsearch"
+    transports = TCP
+    ports = frozenset({9300})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 19 and p[:2] == b"ES" and (u32(p, 2) + 6 == len(p) or u32(p, 2) + 6 > len(p) >= 1200 or u32(p, 2) == 0xFFFFFFFF)
+
+
+class Kafka(Simple):
+    name = "Kafka"
+    transports = TCP
+    ports = frozenset({9092})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if not from_src or len(p) < 14 or u32(p, 0) + 4 != len(p):
+            return False
+        api, ver = u16(p, 4), u16(p, 6)
+        if api > 80 or ver > 20:
+            return False
+        cid_len = u16(p, 12)
+        if cid_len == 0xFFFF:
+            return True
+        if 14 + cid_len > len(p):
+            return False
+        return all(32 <= c < 127 for c in p[14:14 + cid_len])
+
+
+class Nats(Simple):
+    name = "Nats"
+    transports = TCP
+    ports = frozenset({4222})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if p.startswith(b"INFO {") and b'"server_id"' in p[:200]:
+            return True
+        return p.startswith(b"CONNECT {") and p.rstrip().endswith(b"}")
+
+
+class DRDA(Simple):
+    name = "DRDA"
+    transports = TCP
+    ports = frozenset({446, 50000})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) < 10 or p[2] != 0xD0:
+            return False
+        ln = u16(p, 0)
+        return 10 <= ln <= len(p) and u16(p, 6) + 6 == ln and (p[3] & 0x0F) in (1, 2, 3, 4, 5)
+
+
+class AMQP(Simple):
+    name = "AMQP"
+    transports = TCP
+    ports = frozenset({5672, 5671})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if p.startswith(b"AMQP") and len(p) == 8:
+            return True
+        # a 0-9-1 frame: type, channel, size, payload, frame-end 0xCE
+        if len(p) >= 8 and p[0] in (1, 2, 3, 8) and u32(p, 3) + 8 <= len(p) and p[u32(p, 3) + 7] == 0xCE:
+            if p[0] == 1:
+                return u16(p, 7) in (10, 20, 40, 50, 60, 85, 90)
+            return True
+        return False
+
+
+class MQTT(Simple):
+    name = "MQTT"
+    transports = TCP
+    ports = frozenset({1883, 8883})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) < 12 or p[0] != 0x10:
+            return False
+        o = 1
+        for _ in range(4):      # remaining length varint
+            if o >= len(p):
+                return False
+            if not p[o] & 0x80:
+                break
+            o += 1
+        o += 1
+        return p[o:o + 6] == b"\x00\x04MQTT" and p[o + 6:o + 7] in (b"\x03", b"\x04", b"\x05") or p[o:o + 8] == b"\x00\x06MQIsdp"
+
+
+DISSECTORS = [MySQL(), PostgreSQL(), Redis(), MongoDB(), Memcached(), Elasticsearch(), Kafka(), Nats(), DRDA(), AMQP(), MQTT()]
