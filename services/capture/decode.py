@@ -465,26 +465,21 @@ def _udp_tunnel(frame, po, end, sport, dport, vlan, vlans, mac_off, depth):
 
 
 def _inner_80211(frame, off, end, vlan, vlans, depth, tunnel):
-    """An IEEE 802.11 data frame with an LLC/SNAP header carrying IP."""
-    if end - off < 24:
-        return None
-    fc0 = frame[off]
-    if (fc0 >> 2) & 3 != 2:  # not a data frame
-        return None
-    hl = 24
-    fc1 = frame[off + 1]
-    if fc1 & 3 == 3:
-        hl += 6
-    if fc0 & 0x80:  # QoS data
-        hl += 2
-    if fc1 & 0x80:  # order bit: HT control
-        hl += 4
-    o = off + hl
-    if end - o < 8 or frame[o:o + 3] != b"\xaa\xaa\x03":
-        return None
-    et = (frame[o + 6] << 8) | frame[o + 7]
-    if et == 0x0800 or et == 0x86DD:
-        return _inner_ip(frame, o + 8, end, vlan, vlans, -1, tunnel, depth)
+    """An IEEE 802.11 data frame with an LLC/SNAP header carrying IP.
+
+    Some access points put the frame control field in the wrong byte order, so
+    the header length is found by looking for the LLC/SNAP header at the
+    possible offsets (24: data, 26: QoS data, 30: 4 addresses, 32: both).
+    """
+    for hl in (24, 26, 30, 32):
+        o = off + hl
+        if end - o < 9:
+            return None
+        if frame[o] == 0xAA and frame[o + 1] == 0xAA and frame[o + 2] == 0x03:
+            et = (frame[o + 6] << 8) | frame[o + 7]
+            if et == 0x0800 or et == 0x86DD:
+                return _inner_ip(frame, o + 8, end, vlan, vlans, -1, tunnel, depth)
+            return None
     return None
 
 

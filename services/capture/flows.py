@@ -279,7 +279,7 @@ class FlowMeter:
         table = self.table
         f = table.get(key)
         if f is None:
-            f = self._new_flow(key, ts, frame, r)
+            f = self._new_flow(key, ts, frame, r, sp, dp)
             if f is None:
                 return
         else:
@@ -288,7 +288,7 @@ class FlowMeter:
                 if proto == 6 and flags & 0x12 == SYN:
                     # a new connection on the key of a closed one
                     self._end(f, f.end_reason or "fin")
-                    f = self._new_flow(key, ts, frame, r)
+                    f = self._new_flow(key, ts, frame, r, sp, dp)
                     if f is None:
                         return
         fwd = (sp == f.sport and src == f.src) if sp != dp or src != dst else True
@@ -324,8 +324,8 @@ class FlowMeter:
             self._dns(f, ts, frame, fwd, po, pl, proto, vlans)
 
     # ------------------------------------------------------------------ flows
-    def _new_flow(self, key: tuple, ts: float, frame: bytes, r: tuple) -> Flow | None:
-        _k, ver, proto, src, dst, sp, dp, _nb, _po, _pl, flags, _seq, _ack, vlan, vlans, macoff, tun, frag, _fid = r
+    def _new_flow(self, key: tuple, ts: float, frame: bytes, r: tuple, sp: int, dp: int) -> Flow | None:
+        _k, ver, proto, src, dst, _sp, _dp, _nb, _po, _pl, flags, _seq, _ack, vlan, vlans, macoff, tun, frag, _fid = r
         table = self.table
         if len(table) >= self._max_flows:
             self._evict_one()

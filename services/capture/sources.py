@@ -176,7 +176,12 @@ class FileSource:
             end = pos + 16 + caplen
             if end > len(buf):
                 if not self._fill(16 + caplen):
+                    # the file ends inside this record: yield what is there, then report
+                    part = self._buf[self._pos + 16:]
                     self._fail(f"truncated packet data after {self.packets} packets")
+                    if part:
+                        self.packets += 1
+                        yield sec + frac * unit, part, dlt
                     return
                 buf = self._buf
                 pos = self._pos

@@ -1,0 +1,307 @@
+"""FlowMeter: counters, directions, TCP state, timeouts, eviction, samples, verdicts, packet events."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import dpkt
+
+from services.capture.flows import FlowMeter, ListSink
+from shared.models import FlowSample, Verdict
+from shared.settings import CaptureSettings
+
+C = "10.1.0.1"
+S = "10.2.0.2"
+MAC_C = b"\x02\x00\x00\x00\x00\x0c"
+MAC_S = b"\x02\x00\x00\x00\x00\x05"
+FIN, SYN, RST, PSH, ACK = 1, 2, 4, 8, 16
+
+
+def frame(src, dst, proto_layer, proto, smac=MAC_C, dmac=MAC_S, ip_id=1, vlan=None, **ipkw) -> bytes:
+    fam = socket.AF_INET6 if ":" in src else socket.AF_INET
+    raw = bytes(proto_layer)
+    if fam == socket.AF_INET:
+        ip = dpkt.ip.IP(src=socket.inet_pton(fam, src), dst=socket.inet_pton(fam, dst), p=proto, ttl=64, id=ip_id, data=raw, **ipkw)
+        ip.len = 20 + len(raw)
+        et = 0x0800
+    else:
+        ip = dpkt.ip6.IP6(src=socket.inet_pton(fam, src), dst=socket.inet_pton(fam, dst), nxt=proto, hlim=64, plen=len(raw), data=raw)
+        et = 0x86DD
+    l2 = dmac + smac
+    if vlan is not None:
+        l2 += struct.pack("!HH", 0x8100, vlan)
+    return l2 + struct.pack("!H", et) + bytes(ip)
+
+
+def tcpf(src, sport, dst, dport, flags, seq=0, ack=0, data=b"", **kw) -> bytes:
+    t = dpkt.tcp.TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, data=data)
+    return frame(src, dst, t, 6, **kw)
+
+
+def udpf(src, sport, dst, dport, data=b"", **kw) -> bytes:
+    u = dpkt.udp.UDP(sport=sport, dport=dport, data=data)
+    u.ulen = 8 + len(data)
+    return frame(src, dst, u, 17, **kw)
+
+
+def meter(**kw):
+    sink = ListSink()
+    settings = CaptureSettings(**kw)
+    return FlowMeter(settings, sink, source="test.pcap", probe="t1"), sink
+
+
+def ends(sink):
+    return [r for r in sink.flows if r.phase == "end"]
+
+
+def handshake(m, t0=1000.0, cport=40000, sport=443, c2s=b"", s2c=b""):
+    """A complete TCP session; returns the per-direction IP bytes it sent."""
+    pk = [
+        (t0, tcpf(C, cport, S, sport, SYN, seq=100)),
+        (t0 + 0.01, tcpf(S, sport, C, cport, SYN | ACK, seq=500, ack=101, smac=MAC_S, dmac=MAC_C)),
+        (t0 + 0.02, tcpf(C, cport, S, sport, ACK, seq=101, ack=501)),
+    ]
+    if c2s:
+        pk.append((t0 + 0.03, tcpf(C, cport, S, sport, PSH | ACK, seq=101, ack=501, data=c2s)))
+    if s2c:
+        pk.append((t0 + 0.04, tcpf(S, sport, C, cport, PSH | ACK, seq=501, ack=101 + len(c2s), data=s2c, smac=MAC_S, dmac=MAC_C)))
+    pk += [
+        (t0 + 0.05, tcpf(C, cport, S, sport, FIN | ACK, seq=101 + len(c2s), ack=501 + len(s2c))),
+        (t0 + 0.06, tcpf(S, sport, C, cport, FIN | ACK, seq=501 + len(s2c), ack=102 + len(c2s), smac=MAC_S, dmac=MAC_C)),
+        (t0 + 0.07, tcpf(C, cport, S, sport, ACK, seq=102 + len(c2s), ack=502 + len(s2c))),
+    ]
+    for ts, fr in pk:
+        m.process(ts, fr)
+    return pk
+
+
+def test_tcp_session_counters_and_fin_end():
+    m, sink = meter(verdict_wait_s=0)
+    pk = handshake(m, c2s=b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", s2c=b"HTTP/1.1 200 OK\r\n\r\n")
+    assert [r.phase for r in sink.flows] == ["start"]
+    m.tick(2000.0)
+    (rec,) = ends(sink)
+    assert rec.end_reason == "fin"
+    assert (rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port, rec.transport) == (C, 40000, S, 443, "TCP")
+    c_bytes = sum(len(f) - 14 for _, f in pk if f[6:12] == MAC_C)
+    s_bytes = sum(len(f) - 14 for _, f in pk if f[6:12] == MAC_S)
+    assert (rec.src2dst_packets, rec.dst2src_packets) == (5, 3)
+    assert (rec.src2dst_bytes, rec.dst2src_bytes) == (c_bytes, s_bytes)
+    assert rec.src2dst_tcp_flags == SYN | ACK | PSH | FIN and rec.dst2src_tcp_flags == SYN | ACK | PSH | FIN
+    assert rec.src_mac == "02:00:00:00:00:0c" and rec.dst_mac == "02:00:00:00:00:05"
+    assert rec.first_seen == 1000.0 and abs(rec.last_seen - 1000.07) < 1e-9
+    st = m.stats()
+    assert st["flows_ended"] == 1 and st["flows_active"] == 0 and st["packets"] == len(pk)
+
+
+def test_late_ack_counts_to_closed_flow_and_new_syn_starts_new_flow():
+    m, sink = meter(verdict_wait_s=0, tcp_closed_timeout_s=2.0)
+    handshake(m)
+    m.process(1000.5, tcpf(C, 40000, S, 443, ACK, seq=102, ack=502))  # stray late ACK
+    m.process(1001.0, tcpf(C, 40000, S, 443, SYN, seq=9000))  # port reuse: a new connection
+    m.finish()
+    recs = ends(sink)
+    assert len(recs) == 2
+    assert recs[0].src2dst_packets == 5 and recs[0].end_reason == "fin"
+    assert recs[1].src2dst_packets == 1 and recs[1].end_reason == "eof"
+    assert recs[0].flow_id != recs[1].flow_id
+
+
+def test_rst_ends_after_grace_period():
+    m, sink = meter(verdict_wait_s=0, tcp_closed_timeout_s=2.0)
+    m.process(10.0, tcpf(C, 1, S, 2, SYN))
+    m.process(10.1, tcpf(S, 2, C, 1, RST | ACK))
+    m.tick(11.0)
+    assert not ends(sink)
+    m.tick(12.5)
+    (rec,) = ends(sink)
+    assert rec.end_reason == "rst" and rec.dst2src_packets == 1
+
+
+def test_syn_ack_first_makes_its_receiver_the_source():
+    m, sink = meter(verdict_wait_s=0)
+    m.process(1.0, tcpf(S, 443, C, 40000, SYN | ACK, smac=MAC_S, dmac=MAC_C))
+    m.process(1.1, tcpf(C, 40000, S, 443, ACK))
+    m.finish()
+    (rec,) = ends(sink)
+    assert (rec.src_ip, rec.src_port) == (C, 40000)
+    assert (rec.src2dst_packets, rec.dst2src_packets) == (1, 1)
+    assert rec.src_mac == "02:00:00:00:00:0c"
+
+
+def test_udp_src_is_first_sender_and_vlans_split_flows():
+    m, sink = meter(verdict_wait_s=0)
+    m.process(1.0, udpf(S, 9999, C, 1234, b"a", vlan=10))
+    m.process(1.1, udpf(C, 1234, S, 9999, b"b", vlan=10))
+    m.process(1.2, udpf(C, 1234, S, 9999, b"c", vlan=11))
+    m.finish()
+    recs = sorted(ends(sink), key=lambda r: r.vlan_id)
+    assert [(r.vlan_id, r.src_ip, r.src2dst_packets, r.dst2src_packets) for r in recs] == [(10, S, 1, 1), (11, C, 1, 0)]
+
+
+def test_icmp_flow_ports_zero_and_ipv6():
+    m, sink = meter(verdict_wait_s=0)
+    echo = dpkt.icmp.ICMP(type=8, data=dpkt.icmp.ICMP.Echo(id=1, seq=1, data=b"x"))
+    m.process(1.0, frame(C, S, echo, 1))
+    m.process(1.1, frame(S, C, dpkt.icmp.ICMP(type=0, data=dpkt.icmp.ICMP.Echo(id=1, seq=1, data=b"x")), 1))
+    m.process(1.2, udpf("2001:db8::1", 5000, "2001:db8::2", 6000, b"hi"))
+    m.finish()
+    recs = {r.transport: r for r in ends(sink)}
+    assert (recs["ICMP"].src_port, recs["ICMP"].dst_port, recs["ICMP"].dst2src_packets) == (0, 0, 1)
+    assert recs["UDP"].ip_version == 6 and recs["UDP"].src_ip == "2001:db8::1"
+
+
+def test_idle_and_active_timeouts_and_updates():
+    m, sink = meter(verdict_wait_s=0, idle_timeout_s=60, active_timeout_s=300, update_interval_s=100)
+    m.process(0.0, udpf(C, 1, S, 2, b"x"))
+    m.process(100.0, udpf(C, 1, S, 2, b"x"))  # idle > 60 s: the first flow ended before
+    for t in range(130, 460, 30):
+        m.process(float(t), udpf(C, 1, S, 2, b"x"))
+    m.finish()
+    reasons = [r.end_reason for r in ends(sink)]
+    assert reasons[0] == "idle" and "active" in reasons and reasons[-1] == "eof"
+    assert any(r.phase == "update" for r in sink.flows)
+    assert sum(r.src2dst_packets for r in ends(sink)) == 2 + len(range(130, 460, 30))
+
+
+def test_max_flows_evicts_oldest_and_counts():
+    m, sink = meter(verdict_wait_s=0, max_flows=16)
+    for i in range(20):
+        m.process(float(i), udpf(C, 1000 + i, S, 53, b"\x00" * 12))
+    st = m.stats()
+    assert st["flows_evicted"] == 4 and st["flows_active"] == 16
+    assert [r.src_port for r in ends(sink)] == [1000, 1001, 1002, 1003]
+    assert all(r.end_reason == "evicted" for r in ends(sink))
+
+
+def test_ipv4_fragments_count_to_their_flow():
+    m, sink = meter(verdict_wait_s=0)
+    u = dpkt.udp.UDP(sport=7000, dport=8000, data=b"a" * 32)
+    u.ulen = 40
+    raw = bytes(u)
+    first = frame(C, S, raw[:24], 17, ip_id=99, mf=1)
+    later = frame(C, S, raw[24:], 17, ip_id=99, offset=24)
+    m.process(1.0, first)
+    m.process(1.001, later)
+    m.finish()
+    (rec,) = ends(sink)
+    assert (rec.src_port, rec.dst_port, rec.src2dst_packets) == (7000, 8000, 2)
+    assert rec.src2dst_bytes == 20 + 24 + 20 + 16
+    assert m.stats()["counters"]["ip_fragments"] == 1
+
+
+def test_samples_reassemble_tcp_in_order_and_drop_retransmissions():
+    m, sink = meter(verdict_wait_s=0)
+    hello = bytes(range(256)) * 3  # a "ClientHello" split in three segments
+    a, b, c = hello[:300], hello[300:600], hello[600:]
+    m.process(1.0, tcpf(C, 5000, S, 443, SYN, seq=100))
+    m.process(1.01, tcpf(S, 443, C, 5000, SYN | ACK, seq=700, ack=101))
+    m.process(1.02, tcpf(C, 5000, S, 443, ACK, seq=101, ack=701))
+    m.process(1.03, tcpf(C, 5000, S, 443, ACK, seq=401, ack=701, data=b))  # out of order
+    assert not sink.samples
+    m.process(1.04, tcpf(C, 5000, S, 443, ACK, seq=101, ack=701, data=a))
+    m.process(1.05, tcpf(C, 5000, S, 443, ACK, seq=101, ack=701, data=a))  # retransmission
+    m.process(1.06, tcpf(C, 5000, S, 443, PSH | ACK, seq=701, ack=701, data=c))
+    assert len(sink.samples) == 2
+    s = sink.samples[-1]
+    assert b"".join(s.src_payloads) == hello and s.dst_payloads == []
+    assert s.seq_no == 1 and s.payload_dirs == "ss" and not s.final
+    assert s.src2dst_next_seq == 701 + len(c) and s.src2dst_ack == 701 and s.dst2src_next_seq == 701
+    assert s.src_mac == "02:00:00:00:00:0c" and s.trigger_from_src and s.trigger_time == 1.06
+    assert m.pending_verdicts() == 2
+    FlowSample.model_validate_json(s.model_dump_json())  # what was built is a valid event
+
+
+def test_sample_limits_final_and_verdicts():
+    m, sink = meter(verdict_wait_s=5.0, sample_max_packets=2)
+    for i in range(2):
+        m.process(1.0 + i, udpf(C, 1111, S, 2222, b"req%d" % i))
+        m.process(1.5 + i, udpf(S, 2222, C, 1111, b"rsp%d" % i))
+    m.process(5.0, udpf(C, 1111, S, 2222, b"more"))  # beyond the limits: no sample
+    assert [s.final for s in sink.samples] == [False, False, False, True]
+    assert sink.samples[-1].payload_dirs == "sdsd"
+    assert m.pending_verdicts() == 4
+    fid = sink.samples[0].flow_id
+    v1 = Verdict(timestamp=2.0, probe="t1", flow_id=fid, sample_seq_no=3, app_protocol="DNS", host="a.example", confidence="dpi")
+    v0 = Verdict(timestamp=2.0, probe="t1", flow_id=fid, sample_seq_no=1, app_protocol="Other")
+    m.on_verdict(v1)
+    m.on_verdict(v0)  # older answer arriving late does not win
+    assert m.pending_verdicts() == 2
+    m.finish()
+    assert not ends(sink)  # waiting for the two remaining verdicts
+    m.tick(10.0, wall=0.0)
+    assert not ends(sink)
+    m.on_verdict(Verdict(timestamp=2.0, probe="t1", flow_id=fid, sample_seq_no=2, app_protocol="DNS"))
+    m.on_verdict(Verdict(timestamp=2.0, probe="t1", flow_id=fid, sample_seq_no=0, app_protocol="DNS"))
+    (rec,) = ends(sink)  # published as soon as every verdict is in
+    assert (rec.app_protocol, rec.host, rec.confidence) == ("DNS", "a.example", "dpi")
+    assert rec.src2dst_packets == 3 and m.pending_verdicts() == 0
+
+
+def test_final_verdict_stops_sampling_and_deadline_publishes():
+    m, sink = meter(verdict_wait_s=3.0)
+    m.process(1.0, udpf(C, 1, S, 2, b"one"))
+    fid = sink.samples[0].flow_id
+    m.on_verdict(Verdict(timestamp=1.0, probe="t1", flow_id=fid, sample_seq_no=0, final=True, app_protocol="QUIC"))
+    m.process(1.1, udpf(C, 1, S, 2, b"two"))
+    assert len(sink.samples) == 1
+    m.process(1.2, udpf(C, 3, S, 4, b"other flow"))
+    m.finish()
+    recs = {r.src_port: r for r in ends(sink)}
+    assert recs[1].app_protocol == "QUIC"
+    assert 3 not in recs  # its verdict is pending
+    import time
+
+    m.tick(2.0, wall=time.monotonic() + 10)
+    assert {r.src_port for r in ends(sink)} == {1, 3}
+    assert m.pending_verdicts() == 0
+    assert m.stats()["counters"]["flows_closing"] == 0
+
+
+def test_flush_closing_publishes_everything():
+    m, sink = meter(verdict_wait_s=60)
+    m.process(1.0, udpf(C, 1, S, 2, b"x"))
+    m.finish()
+    assert not ends(sink)
+    m.flush_closing()
+    assert len(ends(sink)) == 1 and m.pending_verdicts() == 0
+
+
+def test_dns_and_arp_packet_events():
+    m, sink = meter(verdict_wait_s=0)
+    q = dpkt.dns.DNS(id=7, qd=[dpkt.dns.DNS.Q(name="example.com", type=1)])
+    m.process(1.0, udpf(C, 5555, S, 53, bytes(q)))
+    r = dpkt.dns.DNS(id=7, qr=1, qd=[dpkt.dns.DNS.Q(name="example.com", type=1)])
+    m.process(1.1, udpf(S, 53, C, 5555, bytes(r), smac=MAC_S, dmac=MAC_C))
+    arp = dpkt.arp.ARP(sha=MAC_C, spa=socket.inet_aton(C), tha=b"\x00" * 6, tpa=socket.inet_aton(S), op=1)
+    m.process(1.2, b"\xff" * 6 + MAC_C + b"\x08\x06" + bytes(arp))
+    dns = [p for p in sink.packets if p.kind == "dns"]
+    assert [p.from_src for p in dns] == [True, False]
+    assert dpkt.dns.DNS(dns[0].payload).id == 7 and dns[1].src_ip == C and dns[1].dst_port == 53
+    assert dns[0].flow_id == dns[1].flow_id != ""
+    (a,) = [p for p in sink.packets if p.kind == "arp"]
+    assert (a.arp.operation, a.arp.sender_ip, a.arp.target_ip, a.arp.sender_mac) == (1, C, S, "02:00:00:00:00:0c")
+    assert a.src_mac == "02:00:00:00:00:0c" and a.dst_mac == "ff:ff:ff:ff:ff:ff"
+
+
+def test_bad_unsupported_and_l2_are_counted_not_metered():
+    m, sink = meter(verdict_wait_s=0)
+    m.process(1.0, b"\x00" * 5)
+    m.process(1.0, b"\x01\x80\xc2\x00\x00\x00" + MAC_C + b"\x00\x26\x42\x42\x03" + b"\x00" * 35)
+    m.set_source("other", 147)
+    m.process(1.0, b"\x00" * 40)
+    st = m.stats()
+    assert (st["bad_packets"], st["unsupported_packets"], st["packets"]) == (1, 1, 3)
+    assert st["counters"]["truncated_l2"] == 1 and st["counters"]["stp"] == 1 and st["counters"]["dlt_147"] == 1
+    assert sink.flows == []
+
+
+def test_mirror_health_counters():
+    m, sink = meter(verdict_wait_s=0)
+    f = tcpf(C, 1, S, 2, SYN)
+    m.process(1.0, f)
+    m.process(1.0001, f)  # the same frame again from an overlapping mirror session
+    m.finish()
+    st = m.stats()
+    assert st["duplicate_frames"] == 1 and st["one_way_tcp_flows"] == 1
