@@ -53,6 +53,7 @@ class Message:
     qtype: str = ""
     qtype_num: int = 0
     answers: list[Answer] = field(default_factory=list)
+    truncated: bool = False
 
 
 def _clean(s: str, limit: int) -> str:
@@ -155,28 +156,48 @@ def _parse(b: bytes, max_answers: int) -> Message | None:
         pos += 4
         if i == 0:
             msg.qname, msg.qtype_num, msg.qtype = name, t, QTYPES.get(t, str(t))
-    for _ in range(an):
-        if len(msg.answers) >= max_answers:
-            break
-        name, pos = read_name(b, pos)
-        if pos + 10 > len(b):
-            raise _Bad
-        t = (b[pos] << 8) | b[pos + 1]
-        ttl = int.from_bytes(b[pos + 4:pos + 8], "big")
-        ln = (b[pos + 8] << 8) | b[pos + 9]
-        pos += 10
-        if pos + ln > len(b):
-            raise _Bad
-        try:
-            data = _rdata(b, pos, ln, t)
-        except (_Bad, IndexError, ValueError):
-            data = ""
-        msg.answers.append(Answer(name, QTYPES.get(t, str(t)), ttl & 0x7FFFFFFF, data))
-        pos += ln
+    try:
+        for _ in range(an):
+            if len(msg.answers) >= max_answers:
+                break
+            name, pos = read_name(b, pos)
+            if pos + 10 > len(b):
+                raise _Bad
+            t = (b[pos] << 8) | b[pos + 1]
+            ttl = int.from_bytes(b[pos + 4:pos + 8], "big")
+            ln = (b[pos + 8] << 8) | b[pos + 9]
+            pos += 10
+            if pos + ln > len(b):
+                raise _Bad
+            try:
+                data = _rdata(b, pos, ln, t)
+            except (_Bad, IndexError, ValueError):
+                data = ""
+            msg.answers.append(Answer(name, QTYPES.get(t, str(t)), ttl & 0x7FFFFFFF, data))
+            pos += ln
+    except (_Bad, IndexError):
+        msg.truncated = True          # keep the question and the answers read so far
     return msg
 
 
 _PORT_NAMES = {5353: "MDNS", 5355: "LLMNR"}
+
+# host names as nDPI reports them: letters, digits, '-', '_', '.' kept; other ASCII -> '_';
+# bytes outside printable ASCII -> '?'
+_HOST_MAP = {i: "_" for i in range(0x20, 0x7F) if not (chr(i).isalnum() or chr(i) in "-_.")}
+_HOST_MAP.update({i: "?" for i in list(range(0, 0x20)) + list(range(0x7F, 0x100))})
+
+
+def host_text(name: str) -> str:
+    return name.translate(_HOST_MAP)
+
+
+def answer_text(name: str) -> str:
+    """An answer name as text: UTF-8 where it decodes (mDNS instance names), else as is."""
+    try:
+        return name.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return name
 
 
 def _plausible(m: Message, strict: bool) -> bool:
@@ -243,11 +264,11 @@ class DnsDissector(Dissector):
         v.app_protocol = _PORT_NAMES.get(port, "DNS")
         q = next((m for m in msgs if m.qname), None)
         if q is not None:
-            v.host = q.qname
+            v.host = host_text(q.qname)
         else:
             a = next((m for m in msgs if m.answers), None)
             if a is not None:
-                v.host = a.answers[0].name
+                v.host = answer_text(a.answers[0].name)
         resp = next((m for m in msgs if m.is_response), None)
         if resp is not None:
             v.extra["dns_rcode"] = resp.rcode

@@ -203,9 +203,13 @@ def decrypt_initials(datagrams: list[bytes]) -> tuple[int, bytes, list[bytes]] |
     return version, dcid0, out
 
 
-def crypto_stream(payloads: list[bytes]) -> bytes:
-    """Contiguous CRYPTO data from offset 0, from the frames of decrypted Initial payloads."""
+def crypto_stream(payloads: list[bytes], gquic: bool = False) -> bytes:
+    """Contiguous CRYPTO data from offset 0, from the frames of decrypted Initial payloads.
+
+    Google's Q050/T05x carry the handshake in frames of type 0x08 (offset, length, data).
+    """
     frags: dict[int, bytes] = {}
+    crypto_type = 0x08 if gquic else 0x06
     for pl in payloads:
         pos, end = 0, len(pl)
         try:
@@ -213,7 +217,7 @@ def crypto_stream(payloads: list[bytes]) -> bytes:
                 ft = pl[pos]
                 if ft == 0x00 or ft == 0x01:              # PADDING, PING
                     pos += 1
-                elif ft == 0x06:                          # CRYPTO
+                elif ft == crypto_type:                   # CRYPTO
                     off, pos = read_varint(pl, pos + 1)
                     ln, pos = read_varint(pl, pos)
                     frags.setdefault(off, pl[pos:pos + ln])
@@ -360,7 +364,7 @@ class QuicDissector(Dissector):
             dec = decrypt_initials(client)
             if dec is not None:
                 _ver, _dcid, payloads = dec
-                cs = crypto_stream(payloads)
+                cs = crypto_stream(payloads, gquic=is_gquic(cv))
                 if cs[:1] == b"\x01" and len(cs) >= 4:
                     ch = parse_client_hello(cs[4:4 + int.from_bytes(cs[1:4], "big")])
                     if ch is not None:
@@ -375,8 +379,8 @@ class QuicDissector(Dissector):
                             if ua:
                                 info.user_agent = ua[:1024]
                         v.extra["tls_version"] = version_name(ch.version)
-                elif cs:
-                    tags = parse_chlo(cs)
+                else:
+                    tags = parse_chlo(cs) or parse_chlo(b"".join(payloads))
                     if tags:
                         got = self._from_chlo(tags, info, v)
         if got:

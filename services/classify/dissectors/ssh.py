@@ -100,6 +100,7 @@ class SshDissector(Dissector):
                 info.hassh_server = hassh(k, False)
         v.app_protocol = "SSH"
         v.ssh = info
+        v.host = info.client_banner or info.server_banner   # nDPI reports the client's banner as host
         if info.hassh_client and info.hassh_server:
             return Match.FINAL
         return Match.PARTIAL
