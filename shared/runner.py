@@ -71,9 +71,14 @@ async def serve(name: str, settings: CommonSettings, main: ServiceMain, stop: as
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread: the caller owns signals
     bus = await Bus.connect(settings, name, stop)
+    from shared.metrics import start_metrics_server  # /metrics and /healthz when FT_METRICS_PORT != 0
+
+    metrics_server = start_metrics_server(settings, name, bus) if settings.metrics_port else None
     try:
         await main(settings, bus, stop)
     finally:
+        if metrics_server is not None:
+            metrics_server.close()
         await bus.close()
         for sig in installed:
             loop.remove_signal_handler(sig)

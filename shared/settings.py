@@ -31,6 +31,7 @@ class CommonSettings(BaseSettings):
     stream_storage: str = Field(default="file", pattern="^(file|memory)$")
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Port of the Prometheus /metrics and /healthz endpoint; 0 = off.")
+    metrics_addr: str = Field(default="0.0.0.0", description="Address the /metrics and /healthz endpoint listens on.")
     drain_timeout_s: float = Field(default=5.0, gt=0)
 
     @field_validator("probe")
