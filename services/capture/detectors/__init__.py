@@ -36,6 +36,7 @@ log = logging.getLogger("flowtarget.capture.detectors")
 
 DETECTOR_NAMES = ("arp_flood", "arp_spoof", "port_scan", "syn_flood", "icmp_flood", "dns_tunnel")
 PRUNE_INTERVAL_S = 5.0
+REWIND_S = 600.0  # packet time going back this far resets all state
 
 
 class Detectors:
@@ -45,41 +46,66 @@ class Detectors:
         if unknown:
             raise ValueError(f"FT_DETECTORS: unknown detector(s) {', '.join(sorted(unknown))}; known: {', '.join(DETECTOR_NAMES)}")
         self.settings = settings
+        self.probe = probe
         self.enabled = frozenset(wanted)
+        self.stats: dict[str, int] = {"errors": 0, "packets": 0, "flows": 0, "resets": 0}
         self.table = IncidentTable(probe, settings.alert_update_interval_s, settings.alert_expire_s,
                                    settings.alert_max_incidents)
-        self.arp = ArpDetector(settings, self.table, "arp_flood" in wanted, "arp_spoof" in wanted) \
-            if wanted & {"arp_flood", "arp_spoof"} else None
-        self.dns = DnsTunnelDetector(settings, self.table) if "dns_tunnel" in wanted else None
-        self.scan = ScanDetector(settings, self.table, "port_scan" in wanted, "syn_flood" in wanted) \
-            if wanted & {"port_scan", "syn_flood"} else None
-        self.icmp = IcmpDetector(settings, self.table) if "icmp_flood" in wanted else None
-        self.stats: dict[str, int] = {"errors": 0, "packets": 0, "flows": 0}
-        self._last_prune = 0.0
+        self._build()
         self._last_error_log = 0.0
+
+    def _build(self) -> None:
+        s, wanted, table = self.settings, self.enabled, self.table
+        self.arp = ArpDetector(s, table, "arp_flood" in wanted, "arp_spoof" in wanted) \
+            if wanted & {"arp_flood", "arp_spoof"} else None
+        self.dns = DnsTunnelDetector(s, table) if "dns_tunnel" in wanted else None
+        self.scan = ScanDetector(s, table, "port_scan" in wanted, "syn_flood" in wanted) \
+            if wanted & {"port_scan", "syn_flood"} else None
+        self.icmp = IcmpDetector(s, table) if "icmp_flood" in wanted else None
+        self._last_prune = 0.0
+        self._max_ts = 0.0
+
+    def reset(self) -> list[Alert]:
+        """Close every incident and forget all state (a new, unrelated capture file)."""
+        self.stats["resets"] += 1
+        out = self.flush()
+        self._build()
+        return out
+
+    def _clock(self, ts: float) -> list[Alert]:
+        # Packet time that jumps far back means the next capture file of a replay: its
+        # addresses have nothing to do with the previous file's (same 192.168.1.1, other MAC).
+        if ts >= self._max_ts:
+            self._max_ts = ts
+        elif ts < self._max_ts - REWIND_S:
+            out = self.reset()
+            self._max_ts = ts
+            return out
+        return []
 
     # ------------------------------------------------------------------ inputs
     def on_packet(self, p: PacketEvent) -> list[Alert]:
         """Every ARP packet (kind="arp") and every DNS packet (kind="dns")."""
         self.stats["packets"] += 1
+        out = self._clock(p.timestamp)
         try:
             if p.kind == "arp":
                 if self.arp is not None:
-                    return self.arp.on_packet(p)
+                    out += self.arp.on_packet(p)
             elif p.kind == "dns":
                 if self.dns is not None:
-                    return self.dns.on_packet(p)
+                    out += self.dns.on_packet(p)
         except Exception:  # a detector bug must never stop capture
             self._error("packet")
-        return []
+        return out
 
     def on_flow(self, r: FlowRecord) -> list[Alert]:
         """Start, update and end records of every flow."""
         self.stats["flows"] += 1
-        out: list[Alert] = []
+        out = self._clock(r.timestamp)
         if self.scan is not None:
             try:
-                out = self.scan.on_flow(r)
+                out += self.scan.on_flow(r)
             except Exception:
                 self._error("flow/scan")
         if self.icmp is not None and r.transport[:4] == "ICMP":

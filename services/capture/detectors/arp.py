@@ -126,13 +126,13 @@ class ArpDetector:
         else:
             self.bindings.touch(sip)
             old_mac, old_ts = b
-            if old_mac != smac and inc is None and ts - old_ts <= self.recent_s:
+            if old_mac != smac and inc is None and abs(ts - old_ts) <= self.recent_s:
                 inc, new = table.hit("arp_spoof", key, ts)
                 if inc is not None and new:
                     inc.severity = "critical" if sip in self.protected else "high"
                     inc.src_ip = sip
                     d = {"kind": "binding_change", "ip": sip, "old_mac": old_mac, "new_mac": smac,
-                         "old_binding_age_s": f"{ts - old_ts:.1f}", "operation": str(a.operation)}  # type: ignore[union-attr]
+                         "old_binding_age_s": f"{abs(ts - old_ts):.1f}", "operation": str(a.operation)}  # type: ignore[union-attr]
                     if p.src_mac and p.src_mac != smac:
                         d["eth_src_mac"] = p.src_mac
                     other = self.claims.get(smac)
@@ -142,7 +142,7 @@ class ArpDetector:
                         d["protected"] = "true"
                     inc.details = d
                     inc.message = (f"ARP spoofing: {sip} is now claimed by {smac} "
-                                   f"(was {old_mac}, seen {ts - old_ts:.0f} s earlier)")
+                                   f"(was {old_mac}, seen {abs(ts - old_ts):.0f} s earlier)")
                     out.append(table.alert(inc, "open"))
             b[0] = smac
             b[1] = ts

@@ -128,9 +128,11 @@ class DnsTunnelDetector:
             return []
         n_s = entry[0].add(ts) if suspicious else entry[0].count(ts)
         n_t = entry[1].add(ts) if txt else entry[1].count(ts)
+        # the flow's src is whoever sent its first packet; the querier sent this query
+        client, server, sport = (p.src_ip, p.dst_ip, p.dst_port) if p.from_src else (p.dst_ip, p.src_ip, p.src_port)
         clients: set = entry[2]
         if len(clients) < 256:
-            clients.add(p.src_ip)
+            clients.add(client)
         table = self.table
         key = ("domain", domain)
         inc = table.get("dns_tunnel", key)
@@ -143,13 +145,13 @@ class DnsTunnelDetector:
                 return []
             inc.severity = "high"
             inc.transport = p.transport
-            inc.dst_ip, inc.dst_port = p.dst_ip, p.dst_port
+            inc.dst_ip, inc.dst_port = server, sport
             inc.flow_id = p.flow_id
         else:
             return []
         name = _text(labels)
         dom = clean(domain.decode("latin-1"), 255)
-        inc.src_ip = p.src_ip if len(clients) == 1 else inc.src_ip or p.src_ip
+        inc.src_ip = client if len(clients) == 1 else inc.src_ip or client
         inc.details = {
             "domain": dom,
             "example_query": name,

@@ -53,7 +53,7 @@ class IcmpDetector:
         if inc is not None:
             table.hit("icmp_flood", key, r.last_seen, n)
         elif total >= self.limit:
-            inc, new = table.hit("icmp_flood", key, r.last_seen, int(total))
+            inc, new = table.hit("icmp_flood", key, r.last_seen, max(int(total), n))
             if inc is None:
                 return []
             inc.first_seen = min(r.first_seen, r.last_seen - self.window)

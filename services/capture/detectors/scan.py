@@ -100,7 +100,12 @@ class ScanDetector:
             out: list[Alert] = []
             sf = r.src2dst_tcp_flags
             if not (sf & SYN) and sf & ACK:
-                return out  # picked up mid-stream: not initiated by src as far as we saw
+                # picked up mid-stream: not initiated by src as far as we saw
+                if self.scan and r.phase != "start":
+                    self._succeeded(r)  # drop what its start record provisionally counted
+                return out
+            if not sf and r.src_port < 1024 <= r.dst_port:
+                return out  # no flags known yet (a start record) and it looks like a server's side
             end = r.phase == "end"
             if self.scan:
                 if end and not tcp_failed(r):
