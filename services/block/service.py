@@ -1,0 +1,735 @@
+"""block: passive blocking from a mirror port — inject, then judge the race.
+
+Inputs
+- Verdicts (``ft.verdict.<probe>``): classify's answer about a flow, carrying
+  the trigger packet's context copied from the sample (MACs, VLAN tags, the
+  next sequence number and the latest ack of each direction, capture time).
+  TCP flows that match a ``reset``/``http_block`` rule are reset (or answered
+  with a block page) at once.
+- DNS packet events (``ft.packet.<probe>``, ``kind == "dns"``): every query is
+  matched against ``dns_block`` rules and answered with a forged response.
+- Rules: a JetStream KV bucket watched live (``services.block.rules``).  When a
+  rule appears, flows already classified (a bounded cache of recent verdicts)
+  that match it are reset at their next packet.
+- Its own pypcap handle on the interface (``tcp``, inbound only, so it never
+  sees its own frames) watches blocked flows after the injection.
+
+Race outcome (``BlockAction.outcome``)
+- ``lost`` when the server's real data was captured before the injection (it
+  reached the client first), or when the client later acknowledges real server
+  data / keeps sending: the connection survived.  Block then tries again with
+  the latest observed sequence numbers (up to ``max_attempts``).
+- ``won`` when the client shows it took the injected frames (a RST from its
+  closed socket, or its ACK of the block page and FIN) or nothing contradicts
+  the injection within ``race_window_s``.
+- DNS: ``lost`` when the real answer was captured before the forged one was
+  sent, else ``won``.
+- ``dry_run`` (FT_DRY_RUN, or no FT_IFACE), ``rate_limited``, ``allowlisted``,
+  ``not_possible`` (UDP flows other than DNS, ``drop`` from a mirror port,
+  targets that are the probe itself, missing sequence numbers).
+
+Safety: a token-bucket injection rate limit (FT_RATE_LIMIT_PER_S,
+FT_RATE_BURST), an allowlist of CIDRs and names (FT_ALLOWLIST), dry-run, and
+no injection toward the probe's own addresses or MAC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import ipaddress
+import logging
+import socket
+import struct
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.bus import Bus, RateLimitedLog, safe_text
+from shared.models import Alert, BlockAction, PacketEvent, Verdict
+from shared.settings import BlockSettings
+from shared.subjects import subject
+
+from services.block import inject as inj
+from services.block.rules import ENFORCING, MatchContext, Rule, RuleSet, RuleWatcher, normalize_host
+
+log = logging.getLogger("flowtarget.block")
+
+FLOW_CACHE_MAX = 100_000
+FLOW_CACHE_TTL_S = 1800.0
+HANDLED_MAX = 200_000
+PENDING_TTL_S = 120.0
+DNS_WINDOW_S = 2.0
+TH_FIN, TH_SYN, TH_RST, TH_ACK = 0x01, 0x02, 0x04, 0x10
+
+
+def _seq_gt(a: int, b: int) -> bool:
+    """a > b in 32-bit sequence space."""
+    return 0 < ((a - b) & 0xFFFFFFFF) < 0x80000000
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens = float(burst)
+        self.t = time.monotonic()
+
+    def take(self, n: float = 1.0) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
+        self.t = now
+        if self.tokens >= n:
+            self.tokens -= n
+            return True
+        return False
+
+
+class Allowlist:
+    """CIDRs and host patterns never injected against."""
+
+    def __init__(self, entries: list[str]) -> None:
+        self.nets: list[Any] = []
+        self.names: list[str] = []
+        for e in entries:
+            e = e.strip()
+            if not e:
+                continue
+            try:
+                self.nets.append(ipaddress.ip_network(e, strict=False))
+            except ValueError:
+                self.names.append(normalize_host(e))
+
+    def hit(self, ips: list[str], host: str) -> bool:
+        for ip in ips:
+            try:
+                a = ipaddress.ip_address(ip)
+            except ValueError:
+                continue
+            if any(a.version == n.version and a in n for n in self.nets):
+                return True
+        if host and self.names:
+            h = normalize_host(host)
+            return any(fnmatch.fnmatchcase(h, p) for p in self.names)
+        return False
+
+
+@dataclass
+class FlowInfo:
+    """What block remembers of a classified flow (from its verdict)."""
+
+    flow_id: str
+    transport: str
+    client: inj.Endpoint
+    server: inj.Endpoint
+    vlan_ids: list[int]
+    ctx: MatchContext
+    seen: float
+
+
+@dataclass
+class Watch:
+    """A flow block has acted on (or will act on at its next packet)."""
+
+    flow: FlowInfo
+    rule: Rule
+    action: str
+    c_next: int = 0
+    s_next: int = 0
+    page_len: int = -1
+    t_trigger: float = 0.0
+    t_inj: float = 0.0
+    latency_ms: float = 0.0
+    attempts: int = 0
+    pending: bool = False  # established flow: inject at its next packet
+    lost: bool = False
+    won_evidence: str = ""
+    deadline: float = 0.0
+    keys: list[bytes] = field(default_factory=list)
+    done: bool = False
+
+
+@dataclass
+class DnsWatch:
+    ev: PacketEvent
+    rule: Rule
+    host: str
+    key: tuple
+    forged: bytes
+    t_inj: float
+    latency_ms: float
+    deadline: float
+    lost: bool = False
+    real_seen: bool = False
+
+
+def _ip_bytes(ip: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip)
+
+
+def flow_keys(a: inj.Endpoint, b: inj.Endpoint) -> tuple[bytes, bytes]:
+    """Lookup keys (src ip, dst ip, sport, dport as on the wire) for both directions."""
+    ia, ib = _ip_bytes(a.ip), _ip_bytes(b.ip)
+    return (ia + ib + struct.pack("!HH", a.port, b.port), ib + ia + struct.pack("!HH", b.port, a.port))
+
+
+def parse_tcp(frame: bytes) -> tuple[bytes, int, int, int, int] | None:
+    """(key, seq, ack, flags, payload length) of a TCP frame; None otherwise. Fast path: no objects."""
+    try:
+        off = 12
+        et = (frame[off] << 8) | frame[off + 1]
+        while et in (0x8100, 0x88A8, 0x9100):
+            off += 4
+            et = (frame[off] << 8) | frame[off + 1]
+        off += 2
+        if et == 0x0800:
+            ihl = (frame[off] & 0x0F) * 4
+            if frame[off + 9] != 6:
+                return None
+            total = (frame[off + 2] << 8) | frame[off + 3]
+            l4 = off + ihl
+            key = frame[off + 12:off + 20] + frame[l4:l4 + 4]
+            tcp_len = total - ihl
+        elif et == 0x86DD:
+            if frame[off + 6] != 6:
+                return None
+            plen = (frame[off + 4] << 8) | frame[off + 5]
+            l4 = off + 40
+            key = frame[off + 8:off + 40] + frame[l4:l4 + 4]
+            tcp_len = plen
+        else:
+            return None
+        seq, ack = struct.unpack_from("!II", frame, l4 + 4)
+        doff = (frame[l4 + 12] >> 4) * 4
+        flags = frame[l4 + 13]
+        return key, seq, ack, flags, max(0, tcp_len - doff)
+    except (IndexError, struct.error):
+        return None
+
+
+class Blocker:
+    """The policy engine: matching, injection, race watching, events."""
+
+    def __init__(self, settings: BlockSettings, bus: Bus | None) -> None:
+        self.s = settings
+        self.bus = bus
+        self.rules = RuleSet()
+        self.allow = Allowlist(list(settings.allowlist))
+        self.bucket = TokenBucket(settings.rate_limit_per_s, settings.rate_burst)
+        self.injector: inj.Injector | None = None
+        self.own_mac = ""
+        self.own_ips: set[str] = set(settings.probe_addresses)
+        self.flows: OrderedDict[str, FlowInfo] = OrderedDict()
+        self.handled: OrderedDict[str, float] = OrderedDict()
+        self.watch_by_key: dict[bytes, tuple[Watch, bool]] = {}
+        self.watches: list[Watch] = []
+        self.dns_watches: dict[tuple, DnsWatch] = {}
+        self.dns_flows: dict[tuple, FlowInfo] = {}
+        self.latencies_ms: list[float] = []
+        self.counters: dict[str, int] = {}
+        self.race_window_s = float(getattr(settings, "race_window_s", 1.0))
+        self.max_attempts = int(getattr(settings, "max_attempts", 3))
+        self._rlog = RateLimitedLog(log)
+        self._tasks: set[asyncio.Task] = set()
+        self.s_block = subject("block", settings.probe)
+        self.s_alert = subject("alert", settings.probe, "policy")
+
+    # ------------------------------------------------------------------ setup
+
+    def open_interface(self) -> None:
+        if not self.s.iface:
+            return
+        self.injector = inj.Injector(self.s.iface)
+        self.own_mac = inj.iface_mac(self.s.iface)
+        self.own_ips.update(inj.iface_addresses(self.s.iface))
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    @property
+    def live(self) -> bool:
+        return self.injector is not None and not self.s.dry_run
+
+    # ------------------------------------------------------------------ events out
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    def publish_action(self, ev: BlockAction) -> None:
+        self.count(f"outcome_{ev.outcome}")
+        log.info("block %s %s rule=%s host=%s %s:%d->%s:%d outcome=%s latency=%.2fms attempts=%d %s",
+                 ev.action, ev.flow_id, ev.rule_id, safe_text(ev.host, 100), ev.src_ip, ev.src_port, ev.dst_ip,
+                 ev.dst_port, ev.outcome, ev.latency_ms, ev.attempts, safe_text(ev.message, 200))
+        if self.bus is not None:
+            self._spawn(self.bus.js_publish(self.s_block, ev, max_wait_s=60))
+
+    def _action_event(self, flow: FlowInfo | None, rule: Rule, action: str, outcome: str, host: str = "",
+                      latency_ms: float = 0.0, attempts: int = 0, message: str = "", ev: Any = None) -> BlockAction:
+        if flow is not None:
+            base = dict(flow_id=flow.flow_id, transport=flow.transport, src_ip=flow.client.ip,
+                        src_port=flow.client.port, dst_ip=flow.server.ip, dst_port=flow.server.port,
+                        vlan_id=flow.vlan_ids[0] if flow.vlan_ids else 0)
+        else:
+            base = dict(flow_id=ev.flow_id, transport=ev.transport, src_ip=ev.src_ip, src_port=ev.src_port,
+                        dst_ip=ev.dst_ip, dst_port=ev.dst_port, vlan_id=ev.vlan_id)
+        return BlockAction(timestamp=time.time(), probe=self.s.probe, rule_id=rule.id, action=action,  # type: ignore[arg-type]
+                           outcome=outcome, host=host[:512], latency_ms=round(max(0.0, latency_ms), 3),  # type: ignore[arg-type]
+                           attempts=attempts, message=message[:1024], **base)
+
+    def raise_alert(self, flow: FlowInfo | None, rule: Rule, host: str, ev: Any = None) -> None:
+        base = flow if flow is not None else None
+        now = time.time()
+        a = Alert(
+            timestamp=now, probe=self.s.probe, alert_id=f"policy-{rule.id}-{(base.flow_id if base else ev.flow_id)}"[:64],
+            alert_type="policy", severity="medium", first_seen=now, last_seen=now, rule_id=rule.id,
+            message=(rule.message or f"policy rule {rule.id} matched {host}")[:2048],
+            flow_id=base.flow_id if base else ev.flow_id, transport=base.transport if base else ev.transport,
+            src_ip=base.client.ip if base else ev.src_ip, src_port=base.client.port if base else ev.src_port,
+            dst_ip=base.server.ip if base else ev.dst_ip, dst_port=base.server.port if base else ev.dst_port,
+            details={"host": host[:256], "action": rule.action},
+        )
+        self.count("alerts")
+        if self.bus is not None:
+            self._spawn(self.bus.js_publish(self.s_alert, a, max_wait_s=60))
+
+    # ------------------------------------------------------------------ guards
+
+    def _guard(self, ips: list[str], macs: list[str], host: str) -> str | None:
+        """The outcome that stops an injection before it happens, or None."""
+        if self.allow.hit(ips, host):
+            return "allowlisted"
+        if any(ip in self.own_ips for ip in ips) or (self.own_mac and self.own_mac in [m.lower() for m in macs]):
+            return "not_possible"
+        return None
+
+    def _mark_handled(self, flow_id: str) -> bool:
+        """False when the flow was already handled."""
+        if flow_id in self.handled:
+            return False
+        self.handled[flow_id] = time.monotonic()
+        while len(self.handled) > HANDLED_MAX:
+            self.handled.popitem(last=False)
+        return True
+
+    # ------------------------------------------------------------------ verdicts
+
+    @staticmethod
+    def _verdict_host(v: Verdict) -> str:
+        if v.host:
+            return v.host
+        for part in (v.http and v.http.host, v.tls and v.tls.sni, v.quic and v.quic.sni):
+            if part:
+                return part
+        return ""
+
+    def _flow_from_verdict(self, v: Verdict, host: str) -> FlowInfo:
+        ctx = MatchContext(host=host, src_ip=v.src_ip, dst_ip=v.dst_ip, src_port=v.src_port, dst_port=v.dst_port,
+                           transport=v.transport, app_protocol=v.app_protocol, application=v.application,
+                           category=v.category)
+        return FlowInfo(
+            flow_id=v.flow_id, transport=v.transport.upper(),
+            client=inj.Endpoint(v.src_ip, v.src_port, v.src_mac or "00:00:00:00:00:00"),
+            server=inj.Endpoint(v.dst_ip, v.dst_port, v.dst_mac or "00:00:00:00:00:00"),
+            vlan_ids=list(v.vlan_ids), ctx=ctx, seen=time.monotonic(),
+        )
+
+    async def on_verdict(self, v: Verdict) -> None:
+        self.count("verdicts")
+        if not v.flow_id:
+            return
+        if v.flow_id in self.handled:
+            return
+        host = self._verdict_host(v)
+        flow = self._flow_from_verdict(v, host)
+        if flow.transport == "TCP" and v.src_mac and v.dst_mac:
+            self.flows[v.flow_id] = flow
+            self.flows.move_to_end(v.flow_id)
+            if len(self.flows) > FLOW_CACHE_MAX:
+                self.flows.popitem(last=False)
+        if not len(self.rules):
+            return
+        is_dns = v.app_protocol.upper() == "DNS"
+        matched = self.rules.matching(flow.ctx, ("alert", "reset", "http_block", "drop"))
+        if not matched:
+            return
+        rule = next((r for r in matched if r.action in ENFORCING and not is_dns), None)
+        alerts = [r for r in matched if r.action == "alert"]
+        if rule is None:
+            if alerts and self._mark_handled(v.flow_id):
+                r = alerts[0]
+                self.raise_alert(flow, r, host)
+                self.publish_action(self._action_event(flow, r, "alert", "unknown", host, message="alert only (monitor)"))
+            return
+        if not self._mark_handled(v.flow_id):
+            return
+        for r in alerts:
+            self.raise_alert(flow, r, host)
+        self.enforce(flow, rule, host, v.src2dst_next_seq, v.dst2src_next_seq or v.src2dst_ack, v.trigger_time,
+                     have_seq=bool(v.src2dst_next_seq or v.dst2src_next_seq or v.src2dst_ack))
+
+    def enforce(self, flow: FlowInfo, rule: Rule, host: str, c_next: int, s_next: int, t_trigger: float,
+                have_seq: bool = True, pending: bool = False) -> None:
+        action = rule.action
+        if action == "drop":
+            self.publish_action(self._action_event(flow, rule, "drop", "not_possible", host,
+                                                   message="drop needs an inline deployment; nothing injected from a mirror port"))
+            return
+        if flow.transport != "TCP":
+            dns_rule = next((r for r in self.rules.matching(MatchContext(host=host), ("dns_block",))), None) if host else None
+            msg = f"{flow.transport} flow cannot be reset from a mirror port"
+            msg += f"; new lookups of {host} are answered by dns_block rule {dns_rule.id}" if dns_rule else \
+                "; add a dns_block rule for the name to block its lookups"
+            self.raise_alert(flow, rule, host)
+            self.publish_action(self._action_event(flow, rule, action, "not_possible", host, message=msg))
+            return
+        guard = self._guard([flow.client.ip, flow.server.ip], [flow.client.mac, flow.server.mac], host)
+        if guard:
+            self.publish_action(self._action_event(flow, rule, action, guard, host,
+                                                   message="allowlisted" if guard == "allowlisted" else "target is the probe itself"))
+            return
+        if flow.ctx.app_protocol.upper() in ("TLS", "QUIC") or flow.server.port == 443:
+            if action == "http_block":
+                action = "reset"  # no page inside TLS: reset instead
+        if not self.live:
+            why = "dry run" if self.s.dry_run else "no injection interface (FT_IFACE): report only"
+            self.publish_action(self._action_event(flow, rule, rule.action, "dry_run", host, message=why))
+            return
+        if not have_seq and not pending:
+            self.publish_action(self._action_event(flow, rule, rule.action, "not_possible", host,
+                                                   message="no TCP sequence numbers in the verdict"))
+            return
+        w = Watch(flow=flow, rule=rule, action=action, c_next=c_next, s_next=s_next, t_trigger=t_trigger,
+                  pending=pending)
+        w.keys = list(flow_keys(flow.client, flow.server))
+        self.watch_by_key[w.keys[0]] = (w, True)
+        self.watch_by_key[w.keys[1]] = (w, False)
+        self.watches.append(w)
+        if pending:
+            w.deadline = time.monotonic() + PENDING_TTL_S
+            return
+        if not self.bucket.take():
+            self._finish(w, "rate_limited", "injection rate limit reached")
+            return
+        self._inject(w, first=True)
+
+    def _inject(self, w: Watch, first: bool) -> None:
+        assert self.injector is not None
+        f = w.flow
+        if w.action == "http_block" and first:
+            page = inj.block_page(w.rule.id, w.flow.ctx.host, w.rule.message, w.rule.redirect)
+            frames = inj.http_block_frames(f.client, f.server, f.vlan_ids, w.c_next, w.s_next, page)
+            w.page_len = len(page)
+        else:
+            frames = inj.reset_frames(f.client, f.server, f.vlan_ids, w.c_next, w.s_next)
+        sent = self.injector.send(*frames)
+        now = time.time()
+        w.attempts += 1
+        if first:
+            w.t_inj = now
+            w.latency_ms = (now - w.t_trigger) * 1000.0 if w.t_trigger else 0.0
+            if w.t_trigger:
+                self.latencies_ms.append(w.latency_ms)
+                if len(self.latencies_ms) > 100_000:
+                    del self.latencies_ms[:50_000]
+        w.deadline = time.monotonic() + self.race_window_s
+        self.count("frames_sent", sent)
+        if sent != len(frames):
+            self.count("send_errors")
+
+    # ------------------------------------------------------------------ the race
+
+    def on_packet(self, ts: float, frame: bytes) -> None:
+        """Our own capture of the interface (inbound only): judge watched flows."""
+        p = parse_tcp(frame)
+        if p is None:
+            return
+        hit = self.watch_by_key.get(p[0])
+        if hit is None:
+            return
+        w, from_client = hit
+        if w.done:
+            return
+        _, seq, ack, flags, plen = p
+        if w.pending:
+            # an established flow matched a new rule: reset it at this packet
+            if flags & TH_RST:
+                self._finish(w, "won", "flow ended by its own RST before injection")
+                return
+            if from_client:
+                w.c_next, w.s_next = (seq + plen + (1 if flags & TH_FIN else 0)) & 0xFFFFFFFF, ack
+            else:
+                w.s_next, w.c_next = (seq + plen + (1 if flags & TH_FIN else 0)) & 0xFFFFFFFF, ack
+            w.pending = False
+            w.t_trigger = ts
+            if not self.bucket.take():
+                self._finish(w, "rate_limited", "injection rate limit reached")
+                return
+            if w.action == "http_block":
+                w.action = "reset"
+            self._inject(w, first=True)
+            return
+        if from_client:
+            if ts <= w.t_inj:
+                return
+            if flags & TH_RST:
+                w.won_evidence = w.won_evidence or "client answered with RST (its socket is gone)"
+                if not w.lost:
+                    self._finish(w, "won", w.won_evidence)
+                return
+            accepted_real = False
+            if w.action == "http_block" and w.page_len >= 0 and w.attempts == 1:
+                expect = (w.s_next + w.page_len + 1) & 0xFFFFFFFF
+                if flags & TH_ACK and ack == expect:
+                    if not w.lost:
+                        self._finish(w, "won", "client acknowledged the block page")
+                    return
+                if flags & TH_ACK and _seq_gt(ack, w.s_next) and ack != expect:
+                    accepted_real = True
+            elif flags & TH_ACK and _seq_gt(ack, w.s_next):
+                accepted_real = True
+            if plen and _seq_gt((seq + plen) & 0xFFFFFFFF, w.c_next):
+                accepted_real = True
+            if accepted_real:
+                self._lost(w, c_next=(seq + plen) & 0xFFFFFFFF, s_next=ack,
+                           why="client acknowledged real server data or kept sending")
+        else:
+            if flags & TH_RST:
+                return
+            if plen and ts < w.t_inj and _seq_gt((seq + plen) & 0xFFFFFFFF, w.s_next):
+                self._lost(w, c_next=ack, s_next=(seq + plen) & 0xFFFFFFFF,
+                           why="the server's answer was captured before the injection")
+
+    def _lost(self, w: Watch, c_next: int, s_next: int, why: str) -> None:
+        if not w.lost:
+            w.lost = True
+            w.won_evidence = why
+        if w.attempts < self.max_attempts and self.injector is not None and self.bucket.take():
+            w.c_next, w.s_next = c_next, s_next
+            self._inject(w, first=False)
+        elif w.attempts >= self.max_attempts:
+            self._finish(w, "lost", why)
+
+    def _finish(self, w: Watch, outcome: str, message: str) -> None:
+        if w.done:
+            return
+        w.done = True
+        for k in w.keys:
+            if self.watch_by_key.get(k, (None,))[0] is w:
+                del self.watch_by_key[k]
+        if outcome == "lost" and w.attempts > 1:
+            message = f"{message}; reset again with the next observed sequence numbers ({w.attempts} attempts)"
+        self.publish_action(self._action_event(w.flow, w.rule, w.rule.action, outcome, w.flow.ctx.host,
+                                               latency_ms=w.latency_ms, attempts=w.attempts, message=message))
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self.watches:
+            keep = []
+            for w in self.watches:
+                if w.done:
+                    continue
+                if now >= w.deadline:
+                    if w.pending:
+                        self._finish(w, "unknown", "the flow sent no further packet after the rule appeared")
+                    elif w.lost:
+                        self._finish(w, "lost", w.won_evidence)
+                    else:
+                        self._finish(w, "won", w.won_evidence or "no sign of the real answer reaching the client")
+                    continue
+                keep.append(w)
+            self.watches = keep
+        if self.dns_watches:
+            for k, d in list(self.dns_watches.items()):
+                if now >= d.deadline:
+                    del self.dns_watches[k]
+                    self._finish_dns(d)
+        if self.handled:
+            while self.handled:
+                k, t = next(iter(self.handled.items()))
+                if now - t < FLOW_CACHE_TTL_S:
+                    break
+                self.handled.popitem(last=False)
+        while self.flows:
+            k, f = next(iter(self.flows.items()))
+            if now - f.seen < FLOW_CACHE_TTL_S:
+                break
+            self.flows.popitem(last=False)
+
+    # ------------------------------------------------------------------ rules changing
+
+    def on_rules_changed(self, rules: RuleSet, changed: list[Rule]) -> None:
+        self.rules = rules
+        new = [r for r in changed if r.action in ("reset", "http_block")]
+        if not new or not self.flows:
+            return
+        for flow in list(self.flows.values()):
+            if flow.flow_id in self.handled:
+                continue
+            rule = next((r for r in new if r.matches(flow.ctx)), None)
+            if rule is None:
+                continue
+            self._mark_handled(flow.flow_id)
+            self.enforce(flow, rule, flow.ctx.host, 0, 0, 0.0, pending=True)
+
+    # ------------------------------------------------------------------ DNS
+
+    async def on_packet_event(self, ev: PacketEvent) -> None:
+        if ev.kind != "dns" or not ev.payload:
+            return
+        self.count("dns_packets")
+        q = inj.parse_dns_query(ev.payload)
+        if q is None:
+            if self.dns_watches:
+                self._dns_response(ev)
+            return
+        if not len(self.rules):
+            return
+        # the query's own direction
+        if ev.from_src:
+            client = inj.Endpoint(ev.src_ip, ev.src_port, ev.src_mac or "00:00:00:00:00:00")
+            server = inj.Endpoint(ev.dst_ip, ev.dst_port, ev.dst_mac or "00:00:00:00:00:00")
+        else:
+            client = inj.Endpoint(ev.dst_ip, ev.dst_port, ev.src_mac or "00:00:00:00:00:00")
+            server = inj.Endpoint(ev.src_ip, ev.src_port, ev.dst_mac or "00:00:00:00:00:00")
+        ctx = MatchContext(host=q.name, src_ip=client.ip, dst_ip=server.ip, src_port=client.port,
+                           dst_port=server.port, transport=ev.transport or "UDP", app_protocol="DNS")
+        rule = next(iter(self.rules.matching(ctx, ("dns_block",))), None)
+        if rule is None:
+            return
+        key = (client.ip, client.port, server.ip, server.port, q.id)
+        if key in self.dns_watches:
+            return
+        flow = FlowInfo(flow_id=ev.flow_id, transport=(ev.transport or "UDP").upper(), client=client, server=server,
+                        vlan_ids=list(ev.vlan_ids), ctx=ctx, seen=time.monotonic())
+        if flow.transport != "UDP":
+            self.publish_action(self._action_event(flow, rule, "dns_block", "not_possible", q.name,
+                                                   message="DNS over TCP is not answered; use a reset rule"))
+            return
+        guard = self._guard([client.ip, server.ip], [client.mac, server.mac], q.name)
+        if guard:
+            self.publish_action(self._action_event(flow, rule, "dns_block", guard, q.name,
+                                                   message="allowlisted" if guard == "allowlisted" else "target is the probe itself"))
+            return
+        if not self.live:
+            why = "dry run" if self.s.dry_run else "no injection interface (FT_IFACE): report only"
+            self.publish_action(self._action_event(flow, rule, "dns_block", "dry_run", q.name, message=why))
+            return
+        if not self.bucket.take():
+            self.publish_action(self._action_event(flow, rule, "dns_block", "rate_limited", q.name,
+                                                   message="injection rate limit reached"))
+            return
+        answer = inj.forge_dns_answer(q, rule.dns_answer)
+        frame = inj.udp_frame(server, client, list(ev.vlan_ids), answer)
+        assert self.injector is not None
+        sent = self.injector.send(frame)
+        now = time.time()
+        self.count("frames_sent", sent)
+        latency = (now - ev.timestamp) * 1000.0 if ev.timestamp else 0.0
+        self.latencies_ms.append(latency)
+        self.dns_watches[key] = DnsWatch(ev=ev, rule=rule, host=q.name, key=key, forged=answer, t_inj=now,
+                                         latency_ms=latency, deadline=time.monotonic() + DNS_WINDOW_S)
+        self.dns_flows[key] = flow
+
+    def _dns_response(self, ev: PacketEvent) -> None:
+        t = inj.dns_transaction_of_response(ev.payload)
+        if t is None or not t[1]:
+            return
+        # a response travels server -> client
+        if ev.from_src:
+            srv_ip, srv_port, cl_ip, cl_port = ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port
+        else:
+            srv_ip, srv_port, cl_ip, cl_port = ev.dst_ip, ev.dst_port, ev.src_ip, ev.src_port
+        d = self.dns_watches.get((cl_ip, cl_port, srv_ip, srv_port, t[0]))
+        if d is None or ev.payload == d.forged:
+            return  # not watched, or our own answer seen by capture
+        d.real_seen = True
+        if ev.timestamp < d.t_inj:
+            d.lost = True
+        del self.dns_watches[d.key]
+        self._finish_dns(d)
+
+    def _finish_dns(self, d: DnsWatch) -> None:
+        flow = self.dns_flows.pop(d.key, None)
+        if flow is None:
+            return
+        if d.lost:
+            outcome, msg = "lost", "the real answer was captured before the forged one was sent"
+        else:
+            outcome = "won"
+            msg = "forged answer sent before the real one" if d.real_seen else "forged answer sent; no real answer seen"
+        msg += "; answered " + (d.rule.dns_answer or "NXDOMAIN")
+        self.publish_action(self._action_event(flow, d.rule, "dns_block", outcome, d.host,
+                                               latency_ms=d.latency_ms, attempts=1, message=msg))
+
+    def close(self) -> None:
+        if self.injector is not None:
+            self.injector.close()
+
+
+def latency_summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0, "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
+    v = sorted(values)
+
+    def pct(p: float) -> float:
+        return v[min(len(v) - 1, int(round(p / 100.0 * (len(v) - 1))))]
+
+    return {"n": len(v), "p50_ms": round(pct(50), 3), "p99_ms": round(pct(99), 3), "max_ms": round(v[-1], 3)}
+
+
+async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
+    """The block service: see the module docstring."""
+    blocker = Blocker(settings, bus)
+    blocker.open_interface()
+    watcher = RuleWatcher(bus.js, settings.rules_bucket, on_change=blocker.on_rules_changed)
+    await watcher.start()
+    src = None
+    loop = asyncio.get_running_loop()
+    if settings.iface:
+        from services.capture.sources import LiveSource
+
+        src = LiveSource(settings.iface, bpf="tcp", snaplen=256, promisc=True, direction_in=True)
+
+        def readable() -> None:
+            for ts, frame in src.read_available(4096):
+                try:
+                    blocker.on_packet(ts, frame)
+                except Exception as exc:  # one bad frame never stops block
+                    blocker.count("packet_errors")
+                    blocker._rlog.warning("pkt", "watch error: %s", safe_text(exc))
+
+        loop.add_reader(src.fileno(), readable)
+    await bus.subscribe(subject("verdict", settings.probe), blocker.on_verdict, types=[Verdict])
+    await bus.subscribe(subject("packet", settings.probe), blocker.on_packet_event, types=[PacketEvent])
+    log.info("block running: iface=%s dry_run=%s bucket=%s", settings.iface or "(none)", settings.dry_run,
+             settings.rules_bucket)
+    last_report = time.monotonic()
+    try:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), 0.05)
+            except asyncio.TimeoutError:
+                pass
+            blocker.tick()
+            if time.monotonic() - last_report > 60:
+                last_report = time.monotonic()
+                log.info("block: %s latency %s", blocker.counters, latency_summary(blocker.latencies_ms[-10000:]))
+    finally:
+        # finish open races so their BlockActions are not lost
+        for w in list(blocker.watches):
+            if not w.done:
+                blocker._finish(w, "lost" if w.lost else ("unknown" if w.pending else "won"),
+                                w.won_evidence or "service stopping")
+        for k, d in list(blocker.dns_watches.items()):
+            blocker._finish_dns(d)
+        blocker.dns_watches.clear()
+        if blocker._tasks:
+            await asyncio.wait(list(blocker._tasks), timeout=5)
+        if src is not None:
+            loop.remove_reader(src.fileno())
+            src.close()
+        await watcher.stop()
+        blocker.close()
+        log.info("block stopped: %s latency %s", blocker.counters, latency_summary(blocker.latencies_ms))
