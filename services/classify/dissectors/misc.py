@@ -1,0 +1,222 @@
+"""Miscellaneous application protocols with a fixed header or magic: GTP
+(GTPv1/v2/GTP'), Spotify LAN discovery, Agora SD-RTN, Alibaba Cloud, Nest
+log sink, Avast, TP-Link Smart Home, Ubiquiti discovery, Canon BJNP, KCP,
+RIPE Atlas probes, Xiaomi push, ZUG, OICQ, Photon-engine games (TocaBoca).
+
+References: 3GPP TS 29.060 / 29.274 / 32.295 (GTP-C/U, GTPv2-C, GTP'
+headers), the vendors' published or widely documented framing (Spotify
+"SpotUdp0", Agora SNI field, TP-Link XOR-autokey JSON, Ubiquiti discovery
+TLVs, Canon "BJNP"), the KCP segment header (conv, cmd 81..84, ...), the
+OICQ (QQ) UDP packet (0x02 ... 0x03).
+"""
+
+from __future__ import annotations
+
+from shared.models import FlowSample, Verdict
+from services.classify.dissectors.base import Dissector, Match
+from services.classify.dissectors.breadth_util import (TCP, TCP_UDP, UDP, Simple, ordered, printable, u16, u16le,
+                                                       u32, u32le)
+
+
+class GTP(Dissector):
+    name = "GTP"
+    transports = UDP
+    ports = frozenset({2123, 2152, 3386})
+
+    def could_be(self, s: FlowSample) -> bool:
+        return s.src_port in self.ports or s.dst_port in self.ports
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        ports = {s.src_port, s.dst_port}
+        for _src, p in ordered(s, 3):
+            if len(p) < 8:
+                continue
+            ver = p[0] >> 5
+            if 3386 in ports and not p[0] & 0x10 and (p[0] & 0x0E) == 0x0E and u16(p, 2) + 6 == len(p):
+                v.app_protocol, v.application = self.name, "GTP_PRIME"
+                return Match.FINAL
+            if ver == 1 and p[0] & 0x10 and u16(p, 2) + 8 == len(p):
+                v.app_protocol = self.name
+                v.application = "GTP_U" if 2152 in ports else "GTP_C"
+                return Match.FINAL
+            if ver == 2 and u16(p, 2) + 4 == len(p) and 2123 in ports:
+                v.app_protocol, v.application = self.name, "GTP_C"
+                return Match.FINAL
+        return Match.NO
+
+
+class Spotify(Simple):
+    name = "Spotify"
+    transports = TCP_UDP
+    ports = frozenset({57621, 4070})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if s.transport == "UDP":
+            return p.startswith(b"SpotUdp0")
+        return p[:4] == b"\x00\x04\x00\x00" and 4070 in (s.src_port, s.dst_port)
+
+
+class SDRTN(Dissector):
+    """Agora SD-RTN: UDP requests carrying an 'SNI' field with the edge name."""
+
+    name = "SD-RTN"
+    transports = UDP
+    ports = frozenset()
+
+    def could_be(self, s: FlowSample) -> bool:
+        p = s.src_payloads[0] if s.src_payloads else b""
+        return len(p) > 20 and p[13:16] == b"SNI"
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        p = s.src_payloads[0]
+        if p[12] != 4:
+            return Match.NO
+        ln = u16le(p, 17)
+        if 0 < ln <= 255 and 19 + ln <= len(p):
+            v.host = printable(p[19:19 + ln], 255)
+        v.app_protocol = self.name
+        return Match.FINAL
+
+
+class AliCloud(Simple):
+    name = "AliCloud"
+    transports = TCP
+    ports = frozenset()
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return p[:4] == b"\xce\xfa\xbe\xba" and len(p) >= 8
+
+
+class NestLogSink(Simple):
+    name = "NestLogSink"
+    transports = TCP
+    ports = frozenset({11095})
+
+    def could_be(self, s: FlowSample) -> bool:
+        return 11095 in (s.src_port, s.dst_port)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 8 and p[2:4] == b"\x00\x13"
+
+
+class AVAST(Simple):
+    name = "AVAST"
+    transports = TCP
+    ports = frozenset()
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return p.startswith(b"NOSA") and len(p) >= 8 and u16(p, 4) == len(p)
+
+
+def _tplink_decrypt(p: bytes, n: int = 16) -> bytes:
+    key = 171
+    out = bytearray()
+    for c in p[:n]:
+        out.append(c ^ key)
+        key = c
+    return bytes(out)
+
+
+class TPLinkSHP(Simple):
+    """TP-Link Smart Home Protocol: JSON encrypted with an XOR autokey (initial key 171); TCP adds a length."""
+
+    name = "TPLINK_SHP"
+    transports = TCP_UDP
+    ports = frozenset({9999})
+
+    def could_be(self, s: FlowSample) -> bool:
+        return 9999 in (s.src_port, s.dst_port)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if s.transport == "TCP":
+            if len(p) < 6 or u32(p, 0) + 4 != len(p):
+                return False
+            p = p[4:]
+        return _tplink_decrypt(p, 2) == b'{"'
+
+
+class UBNTAC2(Simple):
+    """Ubiquiti device discovery on 10001/udp (v1: 01 00 00 len, v2: 02 cmd len, TLVs)."""
+
+    name = "UBNTAC2"
+    transports = UDP
+    ports = frozenset({10001})
+
+    def could_be(self, s: FlowSample) -> bool:
+        return 10001 in (s.src_port, s.dst_port)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 4 and p[0] in (1, 2) and u16(p, 2) + 4 == len(p)
+
+
+class BJNP(Simple):
+    name = "BJNP"
+    transports = TCP_UDP
+    ports = frozenset({8611, 8612, 8613, 8614})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return p[:4] in (b"BJNP", b"BNJB", b"BJNB", b"MFNP") and len(p) >= 16
+
+
+class KCP(Simple):
+    name = "KCP"
+    transports = UDP
+    ports = frozenset()
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 24 and 81 <= p[4] <= 84 and u32le(p, 20) + 24 <= len(p) and (u32le(p, 20) + 24 == len(p) or p[4] == 81)
+
+
+class RipeAtlas(Simple):
+    name = "RipeAtlas"
+    transports = UDP
+    ports = frozenset()
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return p.startswith(b"MGLNDD_")
+
+
+class Xiaomi(Simple):
+    name = "Xiaomi"
+    transports = TCP
+    ports = frozenset({5222, 5223})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return p[:4] == b"\xc2\xfe\x00\x05" and len(p) >= 12
+
+
+class ZUG(Simple):
+    name = "ZUG"
+    transports = UDP
+    ports = frozenset()
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 8 and u16(p, 0) == len(p) and p[2:4] == b"UG"
+
+
+class OICQ(Simple):
+    name = "OICQ"
+    transports = UDP
+    ports = frozenset({8000})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 11 and p[0] == 0x02 and p[-1] == 0x03 and u16(p, 3) < 0x0400 and p[1] != 0
+
+
+class TocaBoca(Simple):
+    """Photon-engine game traffic on 5055/5056 (Toca Boca): command header with peer id 0xffff."""
+
+    name = "TocaBoca"
+    transports = UDP
+    ports = frozenset({5055, 5056})
+
+    def could_be(self, s: FlowSample) -> bool:
+        return s.dst_port in self.ports or s.src_port in self.ports
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        # peer id (2), CRC flag (1), command count (1), server time (4), challenge (4), commands (type 1..12)
+        return len(p) >= 24 and p[2] in (0, 1) and 1 <= p[3] <= 20 and 1 <= p[12] <= 12
+
+
+DISSECTORS = [GTP(), Spotify(), SDRTN(), AliCloud(), NestLogSink(), AVAST(), TPLinkSHP(), UBNTAC2(), BJNP(), KCP(),
+              RipeAtlas(), Xiaomi(), ZUG(), OICQ(), TocaBoca()]
