@@ -1,0 +1,100 @@
+"""Games and their networking libraries: Source engine queries, RakNet,
+Activision (3074), Blizzard (Battle.net 1119, Heroes of the Storm 3724),
+Epic Online Services, AFS RX.
+
+References: Valve's Server Queries documentation (0xFFFFFFFF + 'T'/'U'/'V'/
+'W'/'A'/'I'), RakNet's offline message id and OFFLINE_MESSAGE_DATA_ID magic,
+the AFS RX packet header (type 1..13).
+"""
+
+from __future__ import annotations
+
+from shared.models import FlowSample, Verdict
+from services.classify.dissectors.base import Dissector, Match
+from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, Simple, u16, u32
+
+_RAKNET_MAGIC = b"\x00\xff\xff\x00\xfe\xfe\xfe\xfe\xfd\xfd\xfd\xfd\x12\x34\x56\x78"
+
+
+class SourceEngine(Simple):
+    name = "Source_Engine"
+    transports = UDP
+    ports = frozenset({27015})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) < 5 or p[:4] != b"\xff\xff\xff\xff":
+            return False
+        if p[4:24] == b"TSource Engine Query":
+            return True
+        return p[4] in b"UVWAIDEmsjk" and 27015 <= max(s.src_port, s.dst_port) <= 27030 or \
+            p[4] in b"UVW" and len(p) == 9
+
+
+class RakNet(Simple):
+    name = "RakNet"
+    transports = UDP
+    ports = frozenset({19132, 19133})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) < 17:
+            return False
+        if p[0] in (0x05, 0x06, 0x07, 0x08, 0x09, 0x10, 0x11, 0x12, 0x19) and p[1:17] == _RAKNET_MAGIC:
+            return True
+        return p[0] in (0x01, 0x02, 0x1C) and len(p) >= 25 and p[9:25] == _RAKNET_MAGIC
+
+
+class Activision(Simple):
+    name = "Activision"
+    transports = UDP
+    ports = frozenset({3074, 3075})
+
+    def could_be(self, s: FlowSample) -> bool:
+        return 3074 in (s.src_port, s.dst_port) or 3075 in (s.src_port, s.dst_port)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 18 and (p[0] in (0x0C, 0x0D) and p[1] == 0x02 or p[0] in (0x28, 0x29) and b"GDN" in p[:12])
+
+
+class Blizzard(Dissector):
+    """Battle.net (1119) and Heroes of the Storm game traffic (3724)."""
+
+    name = "Starcraft"
+    transports = TCP_UDP
+    ports = frozenset({1119})
+
+    def could_be(self, s: FlowSample) -> bool:
+        return bool({s.src_port, s.dst_port} & {1119, 3724})
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        p = s.src_payloads[0] if s.src_payloads else (s.dst_payloads[0] if s.dst_payloads else b"")
+        if s.transport == "UDP" and len(p) >= 20 and p[:12] == b"\x00" * 12 and p[12:14] in (b"\x00\x00", b"\x00\x01") and p[14] == 0x40:
+            v.app_protocol = "Heroes_of_the_Storm"
+            return Match.FINAL
+        if s.transport == "TCP" and 1119 in (s.src_port, s.dst_port) and len(p) >= 4 and p[0] == 0x4A and p[1] == 0:
+            v.app_protocol = "Starcraft"
+            return Match.FINAL
+        return Match.NO
+
+
+class EpicGames(Simple):
+    name = "EpicGames"
+    transports = UDP
+    ports = frozenset()
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 40 and p[1:3] == b"\x1a\x20" and p[5:9] == b"\x98\x22\x65\x74"
+
+
+class RX(Simple):
+    name = "RX"
+    transports = UDP
+    ports = frozenset(range(7000, 7010))
+
+    def could_be(self, s: FlowSample) -> bool:
+        return 7000 <= s.dst_port <= 7009 or 7000 <= s.src_port <= 7009
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 28 and 1 <= p[20] <= 13 and u32(p, 0) != 0 and p[25] <= 3
+
+
+DISSECTORS = [SourceEngine(), RakNet(), Activision(), Blizzard(), EpicGames(), RX()]

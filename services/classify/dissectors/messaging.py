@@ -1,0 +1,84 @@
+"""Messaging: XMPP (Jabber), WhatsApp (Noise framing), Telegram voice relays,
+Viber, and the length-framed push channels seen on 5222/5223.
+
+References: RFC 6120 (XMPP stream opening), WhatsApp's Noise-pipes framing
+("WA" + version, "ED" edge routing prefix), Telegram's tgcalls relay
+packets (16-byte peer tag + 0xFF x 8), Viber's UDP header as documented by
+open DPI projects.
+"""
+
+from __future__ import annotations
+
+from shared.models import FlowSample, Verdict
+from services.classify.dissectors.base import Dissector, Match
+from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, Simple, u16
+
+_XMPP_STARTS = (b"<?xml", b"<stream:stream", b"<presence", b"<iq ", b"<message ", b"<auth ", b"<starttls ")
+_PUSH_PORTS = {5222, 5223, 5228}
+
+
+class Jabber(Dissector):
+    name = "Jabber"
+    transports = TCP
+    ports = frozenset({5222, 5269})
+
+    def could_be(self, s: FlowSample) -> bool:
+        return bool(s.src_payloads)
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        p = s.src_payloads[0]
+        if p.startswith(_XMPP_STARTS):
+            head = b"".join(s.src_payloads[:2])[:600]
+            if b"jabber" in head or b"<stream:stream" in head or p.startswith((b"<presence", b"<iq ", b"<message ")) or \
+                    ({s.src_port, s.dst_port} & {5222, 5269} and p.startswith(b"<?xml")):
+                v.app_protocol = self.name
+                return Match.FINAL
+            return Match.NO
+        if {s.src_port, s.dst_port} & _PUSH_PORTS and len(p) >= 8 and u16(p, 1) == len(p):
+            if p[0] == 0x25 and p[3] == 0x14:
+                v.app_protocol = self.name
+                return Match.FINAL
+            if p[0] == 0x16 and p[3] == 0x00:
+                v.app_protocol = "HP_VIRTGRP"
+                return Match.FINAL
+        return Match.NO
+
+
+class WhatsApp(Simple):
+    name = "WhatsApp"
+    transports = TCP
+    ports = frozenset({5222})
+
+    def could_be(self, s: FlowSample) -> bool:
+        return bool(s.src_payloads) and s.src_payloads[0][:2] in (b"WA", b"ED")
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if p[:2] == b"WA" and len(p) >= 4 and p[2] in (1, 2, 3, 4, 5, 6) and p[3] <= 10:
+            return True
+        return p[:4] == b"ED\x00\x01" and len(p) >= 12
+
+
+class Telegram(Simple):
+    name = "Telegram"
+    transports = UDP
+    ports = frozenset()
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 28 and p[16:24] == b"\xff" * 8
+
+
+class Viber(Simple):
+    name = "Viber"
+    transports = UDP
+    ports = frozenset({7985, 7987, 5242, 5243, 4244, 9785})
+
+    def could_be(self, s: FlowSample) -> bool:
+        return bool({s.src_port, s.dst_port} & self.ports)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) < 12:
+            return False
+        return (p[2:4] == b"\x01\x00" and p[4:6] == b"\x05\x00") or (p[2:4] == b"\x03\x00") or (len(p) == 20 and p[2:4] == b"\x09\x00")
+
+
+DISSECTORS = [Jabber(), WhatsApp(), Telegram(), Viber()]
