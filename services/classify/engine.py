@@ -176,6 +176,16 @@ class Engine:
         if not v.app_protocol:
             v.app_protocol = "Unknown"
 
+    def clear_caches(self) -> None:
+        """Forget the memoised parses (for honest benchmarks)."""
+        from services.classify.dissectors import quic, tls
+
+        tls._client_side.cache_clear()
+        tls._server_side.cache_clear()
+        quic.initial_keys.cache_clear()
+        self.apps.lookup_host.cache_clear()
+        self.apps.lookup_ip.cache_clear()
+
     # ------------------------------------------------------------------ ports
 
     def _build_port_table(self) -> dict[tuple[str, int], str]:

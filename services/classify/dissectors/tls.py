@@ -8,6 +8,8 @@ may be fragmented: handshake bytes of consecutive records are joined first.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from services.classify.dissectors.base import Dissector, Match
 from services.classify.dissectors.tls_common import (
     Hello, handshake_messages, is_grease, ja3, ja3s, ja4, parse_certificate_msg,
@@ -23,35 +25,67 @@ def _looks_tls(p: list[bytes]) -> bool:
     if not p:
         return False
     b = p[0]
-    return len(b) >= 3 and b[0] == 0x16 and b[1] == 3 and b[2] <= 4
+    return len(b) >= 3 and 0x14 <= b[0] <= 0x17 and b[1] == 3 and b[2] <= 4
 
 
-def _client_and_server(c_stream: bytes, s_stream: bytes, dtls: bool = False):
-    """(ClientHello, ServerHello, cert names, issuer, saw CCS/appdata) from the two directions."""
-    ch = sh = None
-    names: list[str] = []
-    issuer = ""
-    tls13 = False
+def _record_chain(data: bytes) -> bool:
+    """True when data is a run of well-formed TLS records (at least one complete)."""
+    pos, n, end = 0, 0, len(data)
+    while pos + 5 <= end and n < 16:
+        if not 0x14 <= data[pos] <= 0x17 or data[pos + 1] != 3 or data[pos + 2] > 4:
+            return False
+        ln = (data[pos + 3] << 8) | data[pos + 4]
+        if ln == 0 or ln > 18432:
+            return False
+        pos += 5 + ln
+        n += 1
+    return n > 0 and (pos >= end or n >= 2)
+
+
+@lru_cache(maxsize=8192)
+def _client_side(hs: bytes, dtls: bool) -> tuple[Hello, str, str] | None:
+    """ClientHello of a handshake byte string, with its JA3 and JA4 (cached: samples repeat)."""
+    for t, body in handshake_messages(hs, dtls):
+        if t == 1:
+            ch = parse_client_hello(body, dtls)
+            if ch is None:
+                return None
+            return ch, ja3(ch), ja4(ch, "d" if dtls else "t")
+        return None
+    return None
+
+
+@lru_cache(maxsize=8192)
+def _server_side(hs: bytes, dtls: bool) -> tuple[Hello, str, tuple[str, ...], str] | None:
+    """ServerHello, JA3S, certificate names and issuer of the server's handshake bytes (cached)."""
+    sh = None
+    for t, body in handshake_messages(hs, dtls):
+        if t == 3 and dtls:
+            continue                      # HelloVerifyRequest
+        if t == 2 and sh is None:
+            sh = parse_server_hello(body, dtls)
+            if sh is None:
+                return None
+            if sh.version == 0x0304:
+                break
+        elif t == 11 and sh is not None:
+            names, issuer = parse_certificate_msg(body)
+            return sh, ja3s(sh), tuple(names), issuer
+        elif sh is None:
+            return None
+    if sh is None:
+        return None
+    return sh, ja3s(sh), (), ""
+
+
+def _client_and_server(c_stream, s_stream, dtls: bool = False):
+    """(client side, server side) parsed from the two directions' bytes (or datagram lists for DTLS)."""
     if dtls:
         c_hs, s_hs = _dtls_handshake(c_stream), _dtls_handshake(s_stream)
     else:
         c_hs = tls_records(c_stream)[0]
         s_hs = tls_records(s_stream)[0]
-    for t, body in handshake_messages(c_hs, dtls):
-        if t == 1:
-            ch = parse_client_hello(body, dtls)
-            break
-    for t, body in handshake_messages(s_hs, dtls):
-        if t == 2 and sh is None:
-            sh = parse_server_hello(body, dtls)
-            if sh is not None:
-                tls13 = sh.version == 0x0304
-                if tls13:
-                    break
-        elif t == 11 and sh is not None and not tls13:
-            names, issuer = parse_certificate_msg(body)
-            break
-    return ch, sh, names, issuer
+    return (_client_side(c_hs, dtls) if c_hs else None), (_server_side(s_hs, dtls) if s_hs else None)
 
 
 def _dtls_handshake(datagrams: bytes | list[bytes]) -> bytes:
@@ -68,29 +102,56 @@ def _dtls_handshake(datagrams: bytes | list[bytes]) -> bytes:
     return b"".join(out)
 
 
-def fill_tls(v: Verdict, ch: Hello | None, sh: Hello | None, names: list[str], issuer: str, proto: str) -> TlsInfo:
-    info = v.tls or TlsInfo()
-    if ch is not None:
-        info.sni = ch.sni[:512]
-        info.alpn = [a[:64] for a in ch.alpn[:16]]
-        info.ja3 = ja3(ch)
-        info.ja4 = ja4(ch, proto)
-        info.version = version_name(ch.version)
+def fill_tls(v: Verdict, cs, ss) -> None:
+    kw: dict = {}
+    if cs is not None:
+        ch, j3, j4 = cs
+        kw = dict(sni=ch.sni[:512], alpn=[a[:64] for a in ch.alpn[:16]], ja3=j3, ja4=j4,
+                  version=version_name(ch.version))
         if ch.sni:
             v.host = ch.sni
-    if sh is not None:
-        info.version = version_name(sh.version)
-        info.ja3s = ja3s(sh)
+    if ss is not None:
+        sh, j3s, names, issuer = ss
+        kw["version"] = version_name(sh.version)
+        kw["ja3s"] = j3s
         if sh.ciphers:
-            info.cipher = "0x%04x" % sh.ciphers[0]
-        if sh.alpn and not info.alpn:
-            info.alpn = [a[:64] for a in sh.alpn[:16]]
-    if names:
-        info.server_names = [n[:256] for n in names[:32]]
-    if issuer:
-        info.issuer = issuer[:512]
-    v.tls = info
-    return info
+            kw["cipher"] = "0x%04x" % sh.ciphers[0]
+        if sh.alpn and not kw.get("alpn"):
+            kw["alpn"] = [a[:64] for a in sh.alpn[:16]]
+        if names:
+            kw["server_names"] = [n[:256] for n in names[:32]]
+        if issuer:
+            kw["issuer"] = issuer[:512]
+    v.tls = TlsInfo(**kw)
+
+
+def _upgrade_start(p: list[bytes]) -> int:
+    """Index of the first payload that starts a TLS handshake after clear-text ones (STARTTLS, RDP), -1 if none."""
+    for i in range(1, min(len(p), 12)):
+        d = p[i]
+        if len(d) >= 6 and d[0] == 0x16 and d[1] == 3 and d[2] <= 4 and d[5] in (1, 2):
+            return i
+    return -1
+
+
+def _upgraded_name(clear: bytes, s: FlowSample) -> tuple[str, str]:
+    """(protocol, application) of a connection upgraded to TLS, from its clear-text start."""
+    if clear[:2] == b"\x03\x00":
+        return "TLS", "RDP"                        # TPKT/X.224 negotiation, then TLS
+    if clear.startswith(b"CONNECT "):
+        return "HTTP_Connect", ""                 # TLS through an HTTP proxy tunnel
+    ports = (s.src_port, s.dst_port)
+    up = clear.upper()
+    if b"STLS" in up and (110 in ports or up.startswith(b"+OK")):
+        return "POPS", ""
+    if b"STARTTLS" in up:
+        if 143 in ports or b"* OK" in up[:8] or b"IMAP" in up:
+            return "IMAPS", ""
+        if b"EHLO" in up or b"HELO" in up or up.startswith(b"220"):
+            return "SMTPS", ""
+    if b"AUTH TLS" in up or b"AUTH SSL" in up:
+        return "FTPS", ""
+    return "TLS", ""
 
 
 class TlsDissector(Dissector):
@@ -99,25 +160,54 @@ class TlsDissector(Dissector):
     ports = frozenset({443, 8443})
 
     def could_be(self, s: FlowSample) -> bool:
-        return _looks_tls(s.src_payloads) or _looks_tls(s.dst_payloads)
+        if _looks_tls(s.src_payloads) or _looks_tls(s.dst_payloads):
+            return True
+        p = s.src_payloads
+        if len(p) > 1 and p[1][:1] == b"\x16":
+            return True
+        return len(p) > 2 and b"\x16\x03" in [x[:2] for x in p[2:12]]
 
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        if not (_looks_tls(s.src_payloads) or _looks_tls(s.dst_payloads)):
+            return self._upgraded(s, v)
         a = b"".join(s.src_payloads)
         b = b"".join(s.dst_payloads)
-        ch, sh, names, issuer = _client_and_server(a, b)
-        if ch is None and sh is None:
+        cs, ss = _client_and_server(a, b)
+        if cs is None and ss is None:
             # maybe we joined the flow the other way round (first packet seen was the server's)
-            ch2, sh2, names2, issuer2 = _client_and_server(b, a)
-            if ch2 is not None or sh2 is not None:
-                ch, sh, names, issuer = ch2, sh2, names2, issuer2
-        if ch is None and sh is None:
-            return Match.NO
-        fill_tls(v, ch, sh, names, issuer, "t")
+            cs, ss = _client_and_server(b, a)
+            if cs is None and ss is None:
+                # joined mid-session: application data records in both (or the only) direction(s)
+                if (a or b) and (not a or _record_chain(a)) and (not b or _record_chain(b)):
+                    port = s.dst_port if s.dst_port in _TLS_PORT_NAMES else s.src_port
+                    v.app_protocol = _TLS_PORT_NAMES.get(port, "TLS")
+                    return Match.PARTIAL
+                return Match.NO
+        fill_tls(v, cs, ss)
         port = s.dst_port if s.dst_port in _TLS_PORT_NAMES else s.src_port
         v.app_protocol = _TLS_PORT_NAMES.get(port, "TLS")
-        if ch is not None and sh is not None and (sh.version == 0x0304 or names or len(b) >= 3000):
+        if cs is not None and ss is not None and (ss[0].version == 0x0304 or ss[2] or len(b) >= 3000):
             return Match.FINAL
         return Match.PARTIAL
+
+
+    def _upgraded(self, s: FlowSample, v: Verdict) -> Match:
+        i = _upgrade_start(s.src_payloads)
+        if i < 0:
+            return Match.NO
+        j = _upgrade_start(s.dst_payloads)
+        a = b"".join(s.src_payloads[i:])
+        b = b"".join(s.dst_payloads[j:]) if j >= 0 else b""
+        cs, ss = _client_and_server(a, b)
+        if cs is None:
+            return Match.NO
+        clear = b"".join(s.src_payloads[:i]) + b"\n" + (b"".join(s.dst_payloads[:j]) if j > 0 else b"")
+        proto, app = _upgraded_name(clear, s)
+        fill_tls(v, cs, ss)
+        v.app_protocol = proto
+        if app:
+            v.application = app
+        return Match.FINAL if ss is not None else Match.PARTIAL
 
 
 class DtlsDissector(Dissector):
@@ -126,29 +216,35 @@ class DtlsDissector(Dissector):
     ports = frozenset()
 
     @staticmethod
-    def _looks(p: list[bytes]) -> bool:
-        if not p:
-            return False
-        d = p[0]
-        return len(d) >= 13 and d[0] in (20, 21, 22, 23) and d[1] == 0xFE and d[2] in (0xFF, 0xFD, 0xFC)
+    def _is_record(d: bytes) -> bool:
+        return (len(d) >= 13 and 20 <= d[0] <= 25
+                and ((d[1] == 0xFE and d[2] in (0xFF, 0xFD, 0xFC)) or (d[1] == 1 and d[2] == 0))
+                and 13 + ((d[11] << 8) | d[12]) <= len(d) + 4096)
+
+    def _looks(self, p: list[bytes]) -> bool:
+        for d in p[:4]:
+            if self._is_record(d):
+                return True
+        return False
 
     def could_be(self, s: FlowSample) -> bool:
         return self._looks(s.src_payloads) or self._looks(s.dst_payloads)
 
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
-        a, b = s.src_payloads, s.dst_payloads
-        ch, sh, names, issuer = _client_and_server(a, b, dtls=True)   # type: ignore[arg-type]
-        if ch is None and sh is None:
-            ch, sh, names, issuer = _client_and_server(b, a, dtls=True)  # type: ignore[arg-type]
-        if ch is None and sh is None:
-            # a DTLS record header on both sides is enough (nDPI does the same)
-            if self._looks(a) and (self._looks(b) or not b):
+        a = [d for d in s.src_payloads if self._is_record(d)]
+        b = [d for d in s.dst_payloads if self._is_record(d)]
+        cs, ss = _client_and_server(a, b, dtls=True)
+        if cs is None and ss is None:
+            cs, ss = _client_and_server(b, a, dtls=True)
+        if cs is None and ss is None:
+            # DTLS record headers (e.g. a session joined midway) are enough, as for nDPI
+            if a or b:
                 v.app_protocol = "DTLS"
                 return Match.PARTIAL
             return Match.NO
-        fill_tls(v, ch, sh, names, issuer, "d")
+        fill_tls(v, cs, ss)
         v.app_protocol = "DTLS"
-        return Match.FINAL if ch is not None and sh is not None else Match.PARTIAL
+        return Match.FINAL if cs is not None and ss is not None else Match.PARTIAL
 
 
 __all__ = ["TlsDissector", "DtlsDissector", "fill_tls", "is_grease"]

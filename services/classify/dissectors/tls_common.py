@@ -180,14 +180,22 @@ def tls_records(stream: bytes, max_records: int = 64) -> tuple[bytes, int, bool]
 
 
 def handshake_messages(hs: bytes, dtls: bool = False):
-    """Yield (type, body) of the handshake messages; the last body may be truncated."""
+    """Yield (type, body) of the handshake messages; the last body may be truncated.
+
+    DTLS messages carry a 12-byte header; a fragmented message yields its fragment.
+    """
     pos, end = 0, len(hs)
-    hl = 12 if dtls else 4
-    while pos + hl <= end:
+    if dtls:
+        while pos + 12 <= end:
+            flen = (hs[pos + 9] << 16) | (hs[pos + 10] << 8) | hs[pos + 11]
+            yield hs[pos], hs[pos + 12:pos + 12 + flen]
+            pos += 12 + flen
+        return
+    while pos + 4 <= end:
         t = hs[pos]
         ln = (hs[pos + 1] << 16) | (hs[pos + 2] << 8) | hs[pos + 3]
-        yield t, hs[pos + hl:pos + hl + ln]
-        pos += hl + ln
+        yield t, hs[pos + 4:pos + 4 + ln]
+        pos += 4 + ln
 
 
 # --------------------------------------------------------------------------- fingerprints
