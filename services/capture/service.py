@@ -150,6 +150,7 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
     out = Outbox(bus, settings, detectors)
     meter = FlowMeter(settings, out, source="", probe=settings.probe)
     publisher = asyncio.create_task(out.publisher(), name="capture-publisher")
+    reporter = StatsReporter(bus, settings, meter, out)
 
     async def on_verdict(v: Verdict) -> None:
         out.verdict(v)
@@ -158,16 +159,16 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
     await bus.subscribe(subject("verdict", settings.probe), on_verdict, types=(Verdict,))
     try:
         if settings.pcap:
-            await replay_files(settings, bus, stop, meter, out)
+            await replay_files(settings, bus, stop, meter, out, reporter)
         else:
-            await capture_live(settings, bus, stop, meter, out)
+            await capture_live(settings, bus, stop, meter, out, reporter)
     finally:
         meter.finish("shutdown" if not settings.pcap else "eof")
         meter.flush_closing()
         if detectors is not None:
             out.add_alerts(detectors.tick(time.time()))
         await out.drain()
-        await publish_stats(bus, settings, meter, out, source="", finished=True)
+        await reporter.publish(source="", finished=False, delta=False)
         publisher.cancel()
 
 
@@ -176,20 +177,41 @@ def raise_config(reason: str) -> None:
     raise ConfigError(reason)
 
 
-async def publish_stats(bus: Bus, settings: CaptureSettings, meter: FlowMeter, out: Outbox,
-                        source: str, finished: bool, extra: dict[str, int] | None = None) -> None:
-    st = dict(meter.stats())
-    counters = dict(st.pop("counters", {}) or {})
-    if extra:
-        counters.update(extra)
-    counters["samples_sent"] = out.sent_samples
-    counters["packet_events_sent"] = out.sent_packets
-    counters["flow_records_sent"] = out.sent_records
-    fields = {k: int(v) for k, v in st.items() if k in CaptureStats.model_fields}
-    stats = CaptureStats(timestamp=time.time(), probe=settings.probe, source=source, finished=finished,
-                         counters={k: int(v) for k, v in counters.items()}, **fields)
-    await bus.publish(subject("stats", settings.probe), stats)
-    await bus.nc.flush(timeout=10)
+GAUGES = ("flows_active", "pending_verdicts", "flows_closing")
+
+
+class StatsReporter:
+    """Publishes CaptureStats: per file the counts of that file (deltas), at the end the totals."""
+
+    def __init__(self, bus: Bus, settings: CaptureSettings, meter: FlowMeter, out: Outbox) -> None:
+        self.bus, self.settings, self.meter, self.out = bus, settings, meter, out
+        self._prev: dict[str, int] = {}
+
+    def _snapshot(self) -> dict[str, int]:
+        st = dict(self.meter.stats())
+        flat = {k: int(v) for k, v in st.items() if k != "counters" and isinstance(v, (int, float))}
+        for k, v in (st.get("counters") or {}).items():
+            flat["c:" + k] = int(v)
+        flat["c:samples_sent"] = self.out.sent_samples
+        flat["c:packet_events_sent"] = self.out.sent_packets
+        flat["c:flow_records_sent"] = self.out.sent_records
+        return flat
+
+    async def publish(self, source: str, finished: bool, delta: bool, extra: dict[str, int] | None = None) -> None:
+        now = self._snapshot()
+        vals = now
+        if delta:   # counts of this source only; gauges as they are
+            vals = {k: v if k.removeprefix("c:") in GAUGES else v - self._prev.get(k, 0) for k, v in now.items()}
+            self._prev = now
+        for k, v in (extra or {}).items():
+            key = k if k in CaptureStats.model_fields else "c:" + k
+            vals[key] = vals.get(key, 0) + int(v)
+        fields = {k: v for k, v in vals.items() if k in CaptureStats.model_fields}
+        counters = {k[2:]: v for k, v in vals.items() if k.startswith("c:") and k[2:] not in GAUGES}
+        stats = CaptureStats(timestamp=time.time(), probe=self.settings.probe, source=source, finished=finished,
+                             counters=counters, **fields)
+        await self.bus.publish(subject("stats", self.settings.probe), stats)
+        await self.bus.nc.flush(timeout=10)
 
 
 async def _wait_verdicts(meter: FlowMeter, out: Outbox, stop: asyncio.Event, limit: int, max_wait_s: float) -> None:
@@ -214,7 +236,8 @@ def meter_now(meter: FlowMeter) -> float:
     return getattr(meter, "last_ts", 0.0) or 0.0
 
 
-async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event, meter: FlowMeter, out: Outbox) -> None:
+async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event, meter: FlowMeter, out: Outbox,
+                       reporter: StatsReporter) -> None:
     errors = 0
     for path in settings.pcap:
         if stop.is_set():
@@ -262,7 +285,7 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
             out.add_alerts(out.detectors.tick(ts))
         await out.flush(force=True)
         extra = {"file_truncated": 1} if reader.error else None
-        await publish_stats(bus, settings, meter, out, source=name, finished=True, extra=extra)
+        await reporter.publish(source=name, finished=True, delta=True, extra=extra)
     # the last verdicts, then every flow's end record
     await _wait_verdicts(meter, out, stop, 0, settings.verdict_wait_s)
     meter.flush_closing()
@@ -270,7 +293,8 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
         log.warning("%d capture file(s) could not be read", errors)
 
 
-async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event, meter: FlowMeter, out: Outbox) -> None:
+async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event, meter: FlowMeter, out: Outbox,
+                       reporter: StatsReporter) -> None:
     from services.capture.sources import LiveSource
 
     src = LiveSource(settings.iface, bpf=settings.bpf, snaplen=settings.snaplen, promisc=settings.promisc,
@@ -302,7 +326,10 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
             await out.flush()
             if time.monotonic() - last_stats > STATS_INTERVAL_S:
                 last_stats = time.monotonic()
-                await publish_stats(bus, settings, meter, out, settings.iface, False, src.stats())
+                live = src.stats()
+                await reporter.publish(settings.iface, finished=False, delta=False,
+                                       extra={"dropped_kernel": live.get("dropped_kernel", 0),
+                                              "dropped_interface": live.get("dropped_interface", 0)})
     finally:
         loop.remove_reader(src.fileno())
         src.close()
