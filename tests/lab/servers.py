@@ -50,6 +50,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _TlsHandler(_Handler):
+    """The TLS handshake runs in the connection's thread, not in accept()."""
+
+    def setup(self) -> None:
+        self.request.do_handshake()
+        super().setup()
+
+
 class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -97,12 +105,12 @@ def _serve(argv: list[str]) -> int:
     import socket
 
     cls = type("_S", (_Server,), {"address_family": socket.AF_INET6 if ":" in a.bind else socket.AF_INET})
-    srv = cls((a.bind, a.port), _Handler)
+    srv = cls((a.bind, a.port), _TlsHandler if a.kind == "https" else _Handler)
     if a.kind == "https":
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         ctx.load_cert_chain(a.cert, a.key)
-        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True, do_handshake_on_connect=False)
     print("READY", flush=True)
     try:
         srv.serve_forever(poll_interval=0.2)

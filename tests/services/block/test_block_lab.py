@@ -1,0 +1,240 @@
+"""block in a real network: curl, dig and real servers, the probe on a mirror port, 50 ms server delay.
+
+The whole pipeline runs as real processes (capture and classify feed block with
+verdicts and DNS packet events; block injects on the probe interface).  Each
+client connection uses its own source port, so every BlockAction can be paired
+with what that client saw.  Prints trigger-to-injection latency p50/p99.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.lab import Lab, servers, skip_unless_lab
+from tests.lab.pipeline import Services
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+N = 100  # attempts per case
+PAR = 8  # concurrent clients
+PROBE = "blocklab"
+RULES = """
+rules:
+  - {id: r-reset, host: "*.reset.block.test", action: reset}
+  - {id: r-page, host: "page.block.test", action: http_block, message: "blocked in the lab"}
+  - {id: r-tls, host: "tls.block.test", action: reset}
+  - {id: r-dns, host: "*.ads.block.test", action: dns_block, dns_answer: 0.0.0.0}
+"""
+ALL_NAMES = ["www.reset.block.test", "page.block.test", "tls.block.test", "ok.block.test", "x.ads.block.test",
+             "ok-dns.block.test"]
+
+
+class Collector:
+    """Collects BlockActions from NATS in a background thread's event loop."""
+
+    def __init__(self, url: str, probe: str) -> None:
+        import threading
+
+        self.url, self.probe = url, probe
+        self.actions: list[dict] = []
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        assert self._ready.wait(10), "collector did not connect"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._connect())
+        self._loop.run_forever()
+
+    async def _connect(self) -> None:
+        import nats
+
+        self.nc = await nats.connect(self.url)
+
+        async def cb(msg):
+            self.actions.append(json.loads(msg.data))
+
+        await self.nc.subscribe(f"ft.block.{self.probe}", cb=cb)
+        await self.nc.flush()
+        self._ready.set()
+
+    def by_port(self) -> dict[int, list[dict]]:
+        out: dict[int, list[dict]] = {}
+        for a in list(self.actions):
+            out.setdefault(a["src_port"], []).append(a)
+        return out
+
+    def close(self) -> None:
+        async def _close():
+            await self.nc.close()
+
+        asyncio.run_coroutine_threadsafe(_close(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._t.join(5)
+
+
+@pytest.fixture(scope="module")
+def blocklab(tmp_path_factory):
+    skip_unless_lab()
+    from flowtarget.embedded import EmbeddedNats
+
+    from services.block.rules import load_rules_file
+
+    tmp = tmp_path_factory.mktemp("blocklab")
+    nats = EmbeddedNats(store_dir=str(tmp / "js"), log_file=str(tmp / "nats.log"))
+    nats.start()
+    try:
+        (tmp / "rules.yaml").write_text(RULES)
+        assert load_rules_file(nats.url, PROBE, str(tmp / "rules.yaml")) == 0
+        with Lab(mode="mirror", delay_ms=50, probe_in_root=True, net=61) as lab:
+            srv = lab.server.ip
+            servers.start_http(lab)
+            servers.start_https(lab, tmp, names=["tls.block.test", "ok.block.test"])
+            servers.start_dnsmasq(lab, {n: [srv] for n in ALL_NAMES})
+            with Services(nats.url, PROBE, lab.probe_iface, tmp / "logs") as svc:
+                for name in ("capture", "classify", "block"):
+                    svc.start(name)
+                for name in ("capture", "classify", "block"):
+                    assert svc.wait_log(name, "connected to NATS", 30), svc.log(name)
+                assert svc.wait_log("block", "rule r-dns", 30), svc.log("block")
+                time.sleep(1.0)  # capture's pcap handle open
+                col = Collector(nats.url, PROBE)
+                try:
+                    yield lab, svc, col
+                finally:
+                    col.close()
+    finally:
+        nats.close()
+
+
+def _curl(lab: Lab, name: str, port: int, sport: int, https: bool = False) -> subprocess.CompletedProcess:
+    scheme = "https" if https else "http"
+    return lab.run("client", "curl", "-sS", "-k", "-m", "5", "--local-port", str(sport), "-o", "-", "-w",
+                   "\n%{http_code}", "--resolve", f"{name}:{port}:{lab.server.ip}", f"{scheme}://{name}/", timeout=20)
+
+
+def _dig(lab: Lab, name: str, sport: int) -> subprocess.CompletedProcess:
+    return lab.run("client", "dig", "+short", "+tries=1", "+time=3", "-b", f"{lab.client.ip}#{sport}",
+                   f"@{lab.server.ip}", name, "A", timeout=20)
+
+
+def _run_many(fn, items):
+    with ThreadPoolExecutor(PAR) as ex:
+        return list(ex.map(fn, items))
+
+
+def _wait_actions(col: Collector, ports: list[int], timeout: float = 15.0) -> dict[int, list[dict]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = col.by_port()
+        if all(p in got for p in ports):
+            break
+        time.sleep(0.2)
+    time.sleep(0.3)
+    return col.by_port()
+
+
+def _latencies(actions: list[dict]) -> str:
+    v = sorted(a["latency_ms"] for a in actions if a.get("latency_ms"))
+    if not v:
+        return "no latencies"
+    p = lambda q: v[min(len(v) - 1, int(round(q * (len(v) - 1))))]  # noqa: E731
+    return f"trigger->injection latency n={len(v)} p50={p(0.5):.2f} ms p99={p(0.99):.2f} ms max={v[-1]:.2f} ms"
+
+
+CASES = {
+    # case: (name, port, https, expected action, client-saw-blocked predicate)
+    "http_reset": ("www.reset.block.test", 80, False, "reset"),
+    "http_page": ("page.block.test", 80, False, "http_block"),
+    "https_reset": ("tls.block.test", 443, True, "reset"),
+}
+
+
+def _client_blocked(case: str, r: subprocess.CompletedProcess) -> bool | None:
+    """True when the client saw the block, False when it got the real content, None when unclear."""
+    body, _, code = r.stdout.rpartition("\n")
+    real = "hello from the flowtarget lab server" in body
+    if case == "http_page":
+        if "blocked in the lab" in body and code.strip() == "403":
+            return True
+        return False if real else None
+    if r.returncode in (35, 52, 56) and not real:
+        return True
+    return False if real else None
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_tcp_block_wins_and_reports_what_the_client_saw(blocklab, case):
+    lab, svc, col = blocklab
+    name, port, https, action = CASES[case]
+    base = {"http_reset": 21000, "http_page": 22000, "https_reset": 23000}[case]
+    ports = [base + i for i in range(N)]
+    results = _run_many(lambda sp: _curl(lab, name, port, sp, https), ports)
+    acts = _wait_actions(col, ports)
+    blocked = sum(1 for r in results if _client_blocked(case, r))
+    mismatches = []
+    mine = []
+    for sp, r in zip(ports, results):
+        saw = _client_blocked(case, r)
+        a = acts.get(sp, [])
+        if len(a) != 1:
+            mismatches.append((sp, f"{len(a)} BlockActions", r.returncode, r.stdout[-60:]))
+            continue
+        a = a[0]
+        mine.append(a)
+        assert a["action"] == action and a["rule_id"] in ("r-reset", "r-page", "r-tls")
+        want = "won" if saw else "lost"
+        if saw is None or a["outcome"] != want:
+            mismatches.append((sp, a["outcome"], r.returncode, r.stdout[-60:], a["message"]))
+    print(f"\n{case}: blocked {blocked}/{N}; {_latencies(mine)}")
+    assert blocked >= 99, f"{case}: only {blocked}/{N} blocked\n{svc.log('block')}"
+    assert not mismatches, f"{case}: BlockAction outcome disagrees with the client: {mismatches[:5]}"
+
+
+def test_dns_block_forges_answers(blocklab):
+    lab, svc, col = blocklab
+    ports = [24000 + i for i in range(N)]
+    results = _run_many(lambda sp: _dig(lab, f"h{sp}.ads.block.test", sp), ports)
+    acts = _wait_actions(col, ports)
+    blocked = sum(1 for r in results if r.stdout.strip() == "0.0.0.0")
+    mismatches = []
+    mine = []
+    for sp, r in zip(ports, results):
+        a = acts.get(sp, [])
+        if len(a) != 1:
+            mismatches.append((sp, f"{len(a)} BlockActions", r.stdout.strip()))
+            continue
+        mine.append(a[0])
+        saw_forged = r.stdout.strip() == "0.0.0.0"
+        if a[0]["outcome"] != ("won" if saw_forged else "lost"):
+            mismatches.append((sp, a[0]["outcome"], r.stdout.strip()))
+    print(f"\ndns_block: forged answer seen {blocked}/{N}; {_latencies(mine)}")
+    assert blocked >= 99, f"only {blocked}/{N} forged\n{svc.log('block')}"
+    assert not mismatches, mismatches[:5]
+
+
+def test_non_matching_traffic_passes(blocklab):
+    lab, svc, col = blocklab
+    http_ports = [25000 + i for i in range(N)]
+    tls_ports = [26000 + i for i in range(N)]
+    dns_ports = [27000 + i for i in range(N)]
+    http = _run_many(lambda sp: _curl(lab, "ok.block.test", 80, sp), http_ports)
+    tls = _run_many(lambda sp: _curl(lab, "ok.block.test", 443, sp, https=True), tls_ports)
+    dns = _run_many(lambda sp: _dig(lab, "ok-dns.block.test", sp), dns_ports)
+    time.sleep(2.0)
+    ok_http = sum(1 for r in http if r.returncode == 0 and "hello from the flowtarget lab server" in r.stdout)
+    ok_tls = sum(1 for r in tls if r.returncode == 0 and "hello from the flowtarget lab server" in r.stdout)
+    ok_dns = sum(1 for r in dns if r.stdout.strip() == lab.server.ip)
+    print(f"\nnon-matching: http {ok_http}/{N}, https {ok_tls}/{N}, dns {ok_dns}/{N}")
+    assert (ok_http, ok_tls, ok_dns) == (N, N, N)
+    acted = col.by_port()
+    assert not [p for p in http_ports + tls_ports + dns_ports if p in acted]
