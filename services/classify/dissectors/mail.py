@@ -132,7 +132,8 @@ class FTPData(Dissector):
         return Match.NO
 
 
-DISSECTORS = [Mail(), FTPData(),
-              PortHint("SMTP", {25, 587}, TCP), PortHint("POP3", {110}, TCP), PortHint("IMAP", {143}, TCP),
+PORT_HINTS = [PortHint("SMTP", {25, 587}, TCP), PortHint("POP3", {110}, TCP), PortHint("IMAP", {143}, TCP),
               PortHint("FTP_CONTROL", {21}, TCP), PortHint("SMTPS", {465}, TCP), PortHint("IMAPS", {993}, TCP),
               PortHint("POPS", {995}, TCP)]
+
+DISSECTORS = [Mail(), FTPData(), *PORT_HINTS]

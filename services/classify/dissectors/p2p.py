@@ -236,3 +236,18 @@ class DNScrypt(Dissector):
 
 
 DISSECTORS = [DNScrypt(), BitTorrent(), Gnutella(), EDonkey(), Ethereum(), Bitcoin(), Monero(), Mining(), Syncthing(), Dropbox()]
+
+
+def dnscrypt_app(qname: str) -> str:
+    """nDPI's name for a DNS-format DNSCrypt certificate query, '' when qname is not one.
+
+    For the DNS dissector: ``2.dnscrypt-cert.<provider>`` is DNScrypt,
+    ``2.securedns.avast.com`` (any letter case) is AVASTSecureDNS."""
+    q = qname.lower().rstrip(".")
+    if not q.startswith("2."):
+        return ""
+    if q.startswith("2.dnscrypt-cert.") or q.startswith("2.dnscrypt."):
+        return "DNScrypt"
+    if q.endswith("securedns.avast.com"):
+        return "AVASTSecureDNS"
+    return ""

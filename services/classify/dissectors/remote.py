@@ -241,4 +241,6 @@ class Ceph(Simple):
 
 
 DISSECTORS = [RDP(), VNC(), Telnet(), Radmin(), RSH(), XDMCP(), Citrix(), TeamViewer(), AJP(), Corba(), DCERPC(),
-              IRC(), Usenet(), AFP(), Ceph(), PortHint("iSCSI", {3260}, TCP)]
+              IRC(), Usenet(), AFP(), Ceph()]
+
+PORT_HINTS = [PortHint("iSCSI", {3260}, TCP)]

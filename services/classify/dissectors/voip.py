@@ -111,23 +111,6 @@ class STUN(Dissector):
         return Match.FINAL if n >= 12 else Match.PARTIAL
 
 
-class DTLS(Dissector):
-    name = "DTLS"
-    transports = UDP
-    ports = frozenset({443, 4433, 5061, 5349})
-
-    def could_be(self, s: FlowSample) -> bool:
-        p = s.src_payloads[0] if s.src_payloads else (s.dst_payloads[0] if s.dst_payloads else b"")
-        return len(p) >= 13 and 20 <= p[0] <= 25 and p[1] in (0xFE, 0x01)
-
-    def dissect(self, s: FlowSample, v: Verdict) -> Match:
-        for _src, p in ordered(s, 3):
-            if dtls_ok(p):
-                v.app_protocol = self.name
-                return Match.FINAL
-        return Match.NO
-
-
 _SIP_METHODS = (b"INVITE ", b"REGISTER ", b"OPTIONS ", b"ACK ", b"BYE ", b"CANCEL ", b"NOTIFY ",
                 b"SUBSCRIBE ", b"MESSAGE ", b"INFO ", b"PRACK ", b"UPDATE ", b"REFER ", b"PUBLISH ")
 
@@ -295,4 +278,4 @@ class Zoom(Simple):
         return len(p) >= 8 and p[0] in (1, 2, 3, 4, 5, 0x05, 0x1f, 0x20) and (s.dst_port in self.ports or s.src_port in self.ports)
 
 
-DISSECTORS = [STUN(), DTLS(), SIP(), Discord(), IAX(), H323(), Megaco(), CiscoSkinny(), BFCP(), Zoom(), RTPRTCP()]
+DISSECTORS = [STUN(), SIP(), Discord(), IAX(), H323(), Megaco(), CiscoSkinny(), BFCP(), Zoom(), RTPRTCP()]
