@@ -1,0 +1,152 @@
+"""Engine: safecall, envelope, application layer, port guess, DNS records."""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+
+from services.classify.apps import Apps, default_apps
+from services.classify.dissectors.base import Dissector, Match
+from services.classify.engine import Engine
+from shared.models import FlowSample, PacketEvent, Verdict
+
+
+def sample(**kw) -> FlowSample:
+    base = dict(timestamp=5.0, probe="p1", flow_id="abc", transport="TCP", src_ip="10.0.0.1", src_port=40000,
+                dst_ip="10.0.0.2", dst_port=9999, first_seen=4.0, seq_no=3, vlan_id=7, trigger_time=4.5,
+                src_mac="02:00:00:00:00:01", dst_mac="02:00:00:00:00:02", vlan_ids=[7],
+                src2dst_next_seq=100, src2dst_ack=200, dst2src_next_seq=300, dst2src_ack=400,
+                src_payloads=[b"hello"], payload_dirs="s")
+    base.update(kw)
+    return FlowSample(**base)
+
+
+class Boom(Dissector):
+    name = "Boom"
+
+    def could_be(self, s):
+        return True
+
+    def dissect(self, s, v):
+        raise ValueError("bug")
+
+
+class Fixed(Dissector):
+    def __init__(self, name, match, host=""):
+        self.name, self.match, self.host = name, match, host
+
+    def could_be(self, s):
+        return True
+
+    def dissect(self, s, v):
+        if self.match != Match.NO:
+            v.app_protocol = self.name
+            v.host = self.host or v.host
+        return self.match
+
+
+def test_envelope_copied_and_final():
+    e = Engine(registry=[Fixed("HTTP", Match.FINAL, "h.example")], apps=Apps({}), port_guess=False)
+    v = e.classify(sample())
+    assert isinstance(v, Verdict)
+    assert (v.timestamp, v.probe, v.flow_id, v.transport, v.src_ip, v.src_port, v.dst_ip, v.dst_port, v.vlan_id) == (
+        5.0, "p1", "abc", "TCP", "10.0.0.1", 40000, "10.0.0.2", 9999, 7)
+    assert (v.sample_seq_no, v.trigger_time, v.src_mac, v.dst_mac, v.vlan_ids) == (3, 4.5, "02:00:00:00:00:01", "02:00:00:00:00:02", [7])
+    assert (v.src2dst_next_seq, v.src2dst_ack, v.dst2src_next_seq, v.dst2src_ack) == (100, 200, 300, 400)
+    assert v.final and v.confidence == "dpi" and v.app_protocol == "HTTP"
+
+
+def test_safecall_counts_and_goes_on(caplog):
+    e = Engine(registry=[Boom(), Fixed("SSH", Match.PARTIAL)], apps=Apps({}), port_guess=False)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(5):
+            v = e.classify(sample())
+    assert v.app_protocol == "SSH" and not v.final
+    assert e.errors["Boom"] == 5
+    assert sum("Boom" in r.getMessage() for r in caplog.records) == 1     # rate limited
+    assert e.classify(sample(final=True)).final                          # capture's last sample
+
+
+def test_first_partial_kept_final_wins():
+    e = Engine(registry=[Fixed("A", Match.PARTIAL), Fixed("B", Match.PARTIAL)], apps=Apps({}), port_guess=False)
+    assert e.classify(sample()).app_protocol == "A"
+    e = Engine(registry=[Fixed("A", Match.PARTIAL), Fixed("B", Match.FINAL)], apps=Apps({}), port_guess=False)
+    assert e.classify(sample()).app_protocol == "B"
+
+
+def test_port_guess_marked_and_ip_match():
+    apps = Apps({"Example": {"category": "Web", "ips": ["192.0.2.0/24"]}}, {"TCP/9999": "Guessed"})
+    e = Engine(registry=[], apps=apps)
+    v = e.classify(sample())
+    assert (v.app_protocol, v.confidence, v.extra.get("guess")) == ("Guessed", "port", "port")
+    v = e.classify(sample(dst_port=1234, dst_ip="192.0.2.9"))
+    assert (v.app_protocol, v.application, v.category, v.confidence) == ("Example", "Example", "Web", "ip")
+    v = e.classify(sample(dst_port=1234))
+    assert (v.app_protocol, v.confidence) == ("Unknown", "unknown")
+
+
+def test_host_patterns_application_category():
+    apps = Apps({
+        "GoogleServices": {"category": "Web", "hosts": ["googleapis.com"]},
+        "YouTube": {"category": "Media", "hosts": ["youtube.googleapis.com", "ytimg.com", "*youtube*"]},
+        "Amazon": {"category": "Shopping", "hosts": ["amazon.*"]},
+        "Exact": {"category": "X", "hosts": ["=only.example"]},
+    })
+    assert apps.lookup_host("www.googleapis.com") == ("GoogleServices", "Web")
+    assert apps.lookup_host("youtube.googleapis.com") == ("YouTube", "Media")
+    assert apps.lookup_host("i.ytimg.com.") == ("YouTube", "Media")
+    assert apps.lookup_host("m.youtube-ui.example") == ("YouTube", "Media")
+    assert apps.lookup_host("www.amazon.co.uk") == ("Amazon", "Shopping")
+    assert apps.lookup_host("amazon.example.org") is None
+    assert apps.lookup_host("only.example") == ("Exact", "X")
+    assert apps.lookup_host("sub.only.example") is None
+    e = Engine(registry=[Fixed("TLS", Match.FINAL, "rr1.sn-x.googlevideo.com")], port_guess=False)
+    v = e.classify(sample())
+    assert (v.application, v.category) == ("YouTube", "Media")      # from the shipped data files
+
+
+def test_shipped_data_loads():
+    apps = default_apps()
+    assert apps.lookup_host("www.netflix.com")[0] == "NetFlix"
+    assert apps.lookup_host("scontent.xx.fbcdn.net")[0] == "Facebook"
+    assert apps.lookup_ip("8.8.8.8")[0] == "Google"
+    assert apps.ports[("TCP", 443)] == "TLS"
+
+
+def test_hostile_host_is_cleaned():
+    e = Engine(registry=[Fixed("HTTP", Match.FINAL, "evil\nhost\x00" + "a" * 2000)], apps=Apps({}))
+    v = e.classify(sample())
+    assert len(v.host) == 512 and "\n" not in v.host and "\x00" not in v.host
+    Verdict.model_validate_json(v.model_dump_json())          # still a valid message
+
+
+def test_real_registry_never_raises_on_garbage():
+    e = Engine()
+    for i in range(300):
+        t = "TCP" if i % 2 else "UDP"
+        blobs = [os.urandom((i * 7) % 300) for _ in range(i % 4)]
+        s = sample(transport=t, src_payloads=blobs, payload_dirs="s" * len(blobs), dst_port=[53, 443, 80, 22, 5353][i % 5])
+        e.classify(s)
+    assert not e.errors, dict(e.errors)
+
+
+def packet(payload: bytes, transport="UDP") -> PacketEvent:
+    return PacketEvent(timestamp=1.0, probe="p1", flow_id="x", transport=transport, src_ip="10.0.0.1", src_port=5300,
+                       dst_ip="10.0.0.53", dst_port=53, kind="dns", payload=payload)
+
+
+def test_dns_record_and_garbage():
+    name = b"\x03www\x07example\x03com\x00"
+    resp = struct.pack(">HHHHHH", 0xBEEF, 0x8183, 1, 1, 0, 0) + name + struct.pack(">HH", 1, 1)
+    resp += b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + bytes([192, 0, 2, 1])
+    e = Engine(registry=[], apps=Apps({}))
+    r = e.dns_record(packet(resp))
+    assert (r.transaction_id, r.is_response, r.query_name, r.query_type, r.rcode) == (0xBEEF, True, "www.example.com", "A", "NXDOMAIN")
+    assert [(a.name, a.rtype, a.ttl_s, a.data) for a in r.answers] == [("www.example.com", "A", 60, "192.0.2.1")]
+    r = e.dns_record(packet(struct.pack(">H", len(resp)) + resp, "TCP"))
+    assert r.query_name == "www.example.com"
+    assert e.dns_record(packet(b"\x01\x02")) is None
+    for i in range(200):
+        e.dns_record(packet(os.urandom(i)))
+    assert e.counters["dns_bad"] >= 1 and not e.errors
