@@ -30,9 +30,12 @@ class Services:
                     "FT_LOG_LEVEL": "INFO", "FT_STREAM_STORAGE": "memory", **env}
         self.procs: dict[str, subprocess.Popen] = {}
         self._logs: dict[str, object] = {}
+        self._offsets: dict[str, int] = {}
 
     def start(self, name: str, *args: str, **env: str) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        path = self.log_dir / f"{name}.log"
+        self._offsets[name] = path.stat().st_size if path.exists() else 0
+        log = open(path, "ab")  # noqa: SIM115 - closed in stop()
         self._logs[name] = log
         p = subprocess.Popen([sys.executable, "-m", "flowtarget", name, *args], env={**self.env, **env},
                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -47,9 +50,16 @@ class Services:
             return ""
 
     def wait_log(self, name: str, text: str, timeout: float = 20.0) -> bool:
+        """Wait until ``text`` appears in the log of the service's latest start."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if text in self.log(name, tail=1_000_000):
+            try:
+                with open(self.log_dir / f"{name}.log", "rb") as f:
+                    f.seek(self._offsets.get(name, 0))
+                    current = f.read().decode(errors="replace")
+            except OSError:
+                current = ""
+            if text in current:
                 return True
             p = self.procs.get(name)
             if p is not None and p.poll() is not None:
