@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from services.classify.dissectors.base import Dissector, Match
 from services.classify.dissectors import (  # breadth protocols
-    db, games, iot, ipproto, mail, messaging, misc, netbios, netsvc, p2p, remote, voip, vpn,
+    db, games, iot, ipproto, mail, media, messaging, misc, netbios, netsvc, p2p, remote, voip, vpn,
 )
 from services.classify.dissectors.dns import DnsDissector
 from services.classify.dissectors.http import HttpDissector
@@ -63,6 +63,9 @@ REGISTRY: list[Dissector] = [
     voip.CiscoSkinny(),
     voip.BFCP(),
     voip.Zoom(),
+    media.RTSP(),
+    media.RTMP(),
+    media.MPEGTS(),
     mail.Mail(),
     mail.FTPData(),
     remote.RDP(),
@@ -138,17 +141,27 @@ REGISTRY: list[Dissector] = [
     misc.ZUG(),
     misc.OICQ(),
     misc.TocaBoca(),
+    misc.Tailscale(),
+    misc.SMPP(),
+    misc.Kismet(),
+    misc.FastCGI(),
+    misc.CPHA(),
+    misc.MerakiCloud(),
+    misc.Z3950(),
     games.SourceEngine(),
     games.RakNet(),
     games.Activision(),
     games.Blizzard(),
     games.EpicGames(),
     games.RX(),
+    games.Yojimbo(),
+    games.AmongUs(),
     messaging.Jabber(),
     messaging.WhatsApp(),
     messaging.Telegram(),
     messaging.Viber(),
     netsvc.LDAP(),
+    media.WebSocket(),
     voip.RTPRTCP(),
     # port hints only (no payload test): used by the engine's port guess
     *mail.PORT_HINTS,

@@ -114,9 +114,17 @@ class Simple(Dissector):
     than ``self.name`` via ``result``."""
 
     maxpk = 4
+    magic: tuple[bytes, ...] = ()   # when set, the first payload of src or dst must start with one of these
+    port_gate = False               # when True, one of the flow's ports must be in ``ports``
 
     def could_be(self, s: FlowSample) -> bool:
-        return s.transport in self.transports and bool(s.src_payloads or s.dst_payloads)
+        if self.port_gate and s.src_port not in self.ports and s.dst_port not in self.ports:
+            return False
+        if self.magic:
+            a = s.src_payloads[0] if s.src_payloads else b""
+            b = s.dst_payloads[0] if s.dst_payloads else b""
+            return a.startswith(self.magic) or b.startswith(self.magic)
+        return bool(s.src_payloads or s.dst_payloads)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError

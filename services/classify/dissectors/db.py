@@ -45,6 +45,7 @@ class PostgreSQL(Simple):
     name = "PostgreSQL"
     transports = TCP
     ports = frozenset({5432})
+    magic = (b"\x00",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if not from_src or len(p) < 8 or u32(p, 0) != len(p):
@@ -61,6 +62,7 @@ class Redis(Simple):
     name = "Redis"
     transports = TCP
     ports = frozenset({6379})
+    magic = (b"*", b"PING", b"ping", b"INFO", b"QUIT", b"+", b"$", b"-")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) >= 8 and p[0] == 0x2A and p[1:2].isdigit():      # *<n>\r\n$<len>\r\n
@@ -75,6 +77,7 @@ class MongoDB(Simple):
     name = "MongoDB"
     transports = TCP
     ports = frozenset({27017, 27018, 27019})
+    port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) < 16 or u32le(p, 0) != len(p) and not (u32le(p, 0) > len(p) and len(p) >= 1400):
@@ -87,6 +90,7 @@ class Memcached(Simple):
     name = "Memcached"
     transports = TCP_UDP
     ports = frozenset({11211})
+    port_gate = True
 
     _cmds = (b"get ", b"gets ", b"set ", b"add ", b"replace ", b"append ", b"prepend ", b"cas ", b"delete ",
              b"incr ", b"decr ", b"touch ", b"gat ", b"gats ", b"stats", b"version\r\n", b"flush_all", b"verbosity ", b"mg ", b"ms ")
@@ -108,6 +112,7 @@ class Elasticsearch(Simple):
     name = "Elasticsearch"
     transports = TCP
     ports = frozenset({9300})
+    magic = (b"ES",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) >= 19 and p[:2] == b"ES" and (u32(p, 2) + 6 == len(p) or u32(p, 2) + 6 > len(p) >= 1200 or u32(p, 2) == 0xFFFFFFFF)
@@ -117,6 +122,7 @@ class Kafka(Simple):
     name = "Kafka"
     transports = TCP
     ports = frozenset({9092})
+    magic = (b"\x00",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if not from_src or len(p) < 14 or u32(p, 0) + 4 != len(p):
@@ -136,6 +142,7 @@ class Nats(Simple):
     name = "Nats"
     transports = TCP
     ports = frozenset({4222})
+    magic = (b"INFO {", b"CONNECT {")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if p.startswith(b"INFO {") and b'"server_id"' in p[:200]:
@@ -147,6 +154,7 @@ class DRDA(Simple):
     name = "DRDA"
     transports = TCP
     ports = frozenset({446, 50000})
+    port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) < 10 or p[2] != 0xD0:
@@ -159,6 +167,7 @@ class AMQP(Simple):
     name = "AMQP"
     transports = TCP
     ports = frozenset({5672, 5671})
+    magic = (b"AMQP", b"\x01", b"\x02", b"\x03", b"\x08")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if p.startswith(b"AMQP") and len(p) == 8:
@@ -175,6 +184,7 @@ class MQTT(Simple):
     name = "MQTT"
     transports = TCP
     ports = frozenset({1883, 8883})
+    magic = (b"\x10",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) < 12 or p[0] != 0x10:

@@ -20,6 +20,7 @@ class SourceEngine(Simple):
     name = "Source_Engine"
     transports = UDP
     ports = frozenset({27015})
+    magic = (b"\xff\xff\xff\xff",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) < 5 or p[:4] != b"\xff\xff\xff\xff":
@@ -34,6 +35,7 @@ class RakNet(Simple):
     name = "RakNet"
     transports = UDP
     ports = frozenset({19132, 19133})
+    magic = (b"\x01", b"\x02", b"\x1c", b"\x05", b"\x06", b"\x07", b"\x08", b"\x09", b"\x10", b"\x11", b"\x12", b"\x19")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) < 17:
@@ -97,4 +99,30 @@ class RX(Simple):
         return len(p) >= 28 and 1 <= p[20] <= 13 and u32(p, 0) != 0 and p[25] <= 3
 
 
-DISSECTORS = [SourceEngine(), RakNet(), Activision(), Blizzard(), EpicGames(), RX()]
+class Yojimbo(Simple):
+    """netcode.io (Yojimbo) connection request: 0x00 + 'NETCODE 1.02' version info."""
+
+    name = "Yojimbo"
+    transports = UDP
+    ports = frozenset()
+    magic = (b"\x00NETCODE",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 14 and p[0] == 0 and p[1:12] == b"NETCODE 1.0"
+
+
+class AmongUs(Simple):
+    """Among Us (Hazel networking) on 22023: hello (0x08) / reliable (0x01) / ack (0x0a) packets."""
+
+    name = "AmongUs"
+    transports = UDP
+    ports = frozenset({22023})
+
+    def could_be(self, s: FlowSample) -> bool:
+        return 22023 in (s.src_port, s.dst_port)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 3 and p[0] in (0x00, 0x01, 0x08, 0x09, 0x0A, 0x0C)
+
+
+DISSECTORS = [SourceEngine(), RakNet(), Activision(), Blizzard(), EpicGames(), RX(), Yojimbo(), AmongUs()]

@@ -24,6 +24,7 @@ class BACnet(Simple):
     name = "BACnet"
     transports = UDP
     ports = frozenset({47808, 47809})
+    magic = (b"\x81", b"\x82")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) >= 6 and p[0] in (0x81, 0x82) and p[1] <= 0x0C and u16(p, 2) == len(p)
@@ -33,6 +34,7 @@ class Modbus(Simple):
     name = "Modbus"
     transports = TCP
     ports = frozenset({502})
+    port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) < 8 or u16(p, 2) != 0 or u16(p, 4) + 6 != len(p) or u16(p, 4) < 2:
@@ -51,6 +53,7 @@ class DNP3(Simple):
     name = "DNP3"
     transports = TCP_UDP
     ports = frozenset({20000})
+    magic = (b"\x05\x64",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) >= 10 and p[0] == 0x05 and p[1] == 0x64 and p[2] >= 5
@@ -114,6 +117,8 @@ class IEC62056(Simple):
     name = "IEC62056"
     transports = TCP_UDP
     ports = frozenset({4059})
+    magic = (b"\x7e", b"\x00\x01")
+    port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) >= 9 and p[0] == 0x7E and p[-1] == 0x7E and (p[1] & 0xF0) == 0xA0:
@@ -126,6 +131,8 @@ class HARTIP(Simple):
     name = "HART-IP"
     transports = TCP_UDP
     ports = frozenset({5094})
+    magic = (b"\x01", b"\x02")
+    port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) >= 8 and p[0] in (1, 2) and p[1] <= 3 and p[2] <= 4 and u16(p, 6) == len(p)
@@ -135,6 +142,7 @@ class FINS(Simple):
     name = "FINS"
     transports = TCP_UDP
     ports = frozenset({9600})
+    port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if s.transport == "TCP":
@@ -147,6 +155,7 @@ class BeckhoffADS(Simple):
     name = "BeckhoffADS"
     transports = TCP
     ports = frozenset({48898})
+    magic = (b"\x00\x00",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) >= 38 and p[:2] == b"\x00\x00" and u32le(p, 2) + 6 == len(p) and u16le(p, 22) <= 9 and u32le(p, 26) + 38 == len(p)
@@ -156,6 +165,7 @@ class IEEEC37118(Simple):
     name = "IEEE-C37118"
     transports = TCP_UDP
     ports = frozenset({4712, 4713})
+    magic = (b"\xaa",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) >= 16 and p[0] == 0xAA and ((p[1] >> 4) & 7) <= 5 and 1 <= (p[1] & 0x0F) <= 3 and u16(p, 2) == len(p)
@@ -180,6 +190,7 @@ class CAN(Simple):
     name = "Controller_Area_Network"
     transports = TCP_UDP
     ports = frozenset()
+    magic = (b"ISO11898",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return p.startswith(b"ISO11898") and len(p) >= 12
@@ -189,6 +200,7 @@ class ANSIC1222(Simple):
     name = "ANSI_C1222"
     transports = TCP_UDP
     ports = frozenset({1153})
+    magic = (b"\x60",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) < 6 or p[0] != 0x60:
@@ -208,6 +220,7 @@ class EGD(Simple):
     name = "EthernetGlobalData"
     transports = UDP
     ports = frozenset({18246})
+    magic = (b"\x0d\x01",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) >= 32 and p[0] == 0x0D and p[1] == 0x01 and 18246 in (s.src_port, s.dst_port)
@@ -217,6 +230,7 @@ class SOMEIP(Simple):
     name = "SOMEIP"
     transports = TCP_UDP
     ports = frozenset({30490, 30491, 30501, 30502})
+    port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) >= 16 and u32(p, 4) + 8 == len(p) and p[12] == 1 and p[14] in (0x00, 0x01, 0x02, 0x40, 0x41, 0x42, 0x80, 0x81, 0xC0, 0xC1, 0x20, 0x21, 0x22, 0x23) \
@@ -227,6 +241,7 @@ class RTPS(Simple):
     name = "RTPS"
     transports = UDP
     ports = frozenset({7400, 7401, 7410, 7411})
+    magic = (b"RTPS", b"RTPX")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) >= 20 and p[:4] in (b"RTPS", b"RTPX") and p[4] == 2
@@ -236,6 +251,7 @@ class OpenFlow(Simple):
     name = "OpenFlow"
     transports = TCP
     ports = frozenset({6653, 6633})
+    port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) >= 8 and 1 <= p[0] <= 6 and p[1] <= 35 and u16(p, 2) == len(p) and (p[1] == 0 or 6653 in (s.src_port, s.dst_port) or 6633 in (s.src_port, s.dst_port))
@@ -245,6 +261,7 @@ class PFCP(Simple):
     name = "PFCP"
     transports = UDP
     ports = frozenset({8805})
+    port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) >= 8 and p[0] >> 5 == 1 and (1 <= p[1] <= 15 or 50 <= p[1] <= 57) and u16(p, 2) + 4 == len(p)
@@ -254,6 +271,7 @@ class HL7(Simple):
     name = "HL7"
     transports = TCP
     ports = frozenset({2575})
+    magic = (b"\x0bMSH|", b"MSH|")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return p.startswith(b"\x0bMSH|") or p.startswith(b"MSH|^~\\&")

@@ -82,6 +82,7 @@ class AliCloud(Simple):
     name = "AliCloud"
     transports = TCP
     ports = frozenset()
+    magic = (b"\xce\xfa\xbe\xba",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return p[:4] == b"\xce\xfa\xbe\xba" and len(p) >= 8
@@ -103,6 +104,7 @@ class AVAST(Simple):
     name = "AVAST"
     transports = TCP
     ports = frozenset()
+    magic = (b"NOSA",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return p.startswith(b"NOSA") and len(p) >= 8 and u16(p, 4) == len(p)
@@ -153,6 +155,7 @@ class BJNP(Simple):
     name = "BJNP"
     transports = TCP_UDP
     ports = frozenset({8611, 8612, 8613, 8614})
+    magic = (b"BJNP", b"BNJB", b"BJNB", b"MFNP")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return p[:4] in (b"BJNP", b"BNJB", b"BJNB", b"MFNP") and len(p) >= 16
@@ -171,6 +174,7 @@ class RipeAtlas(Simple):
     name = "RipeAtlas"
     transports = UDP
     ports = frozenset()
+    magic = (b"MGLNDD_",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return p.startswith(b"MGLNDD_")
@@ -180,6 +184,7 @@ class Xiaomi(Simple):
     name = "Xiaomi"
     transports = TCP
     ports = frozenset({5222, 5223})
+    magic = (b"\xc2\xfe\x00\x05",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return p[:4] == b"\xc2\xfe\x00\x05" and len(p) >= 12
@@ -198,6 +203,7 @@ class OICQ(Simple):
     name = "OICQ"
     transports = UDP
     ports = frozenset({8000})
+    magic = (b"\x02",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) >= 11 and p[0] == 0x02 and p[-1] == 0x03 and u16(p, 3) < 0x0400 and p[1] != 0
@@ -220,3 +226,108 @@ class TocaBoca(Simple):
 
 DISSECTORS = [GTP(), Spotify(), SDRTN(), AliCloud(), NestLogSink(), AVAST(), TPLinkSHP(), UBNTAC2(), BJNP(), KCP(),
               RipeAtlas(), Xiaomi(), ZUG(), OICQ(), TocaBoca()]
+
+
+class Tailscale(Simple):
+    """Tailscale disco messages: magic 'TS' + U+1F4AC (speech balloon) in UTF-8."""
+
+    name = "Tailscale"
+    transports = UDP
+    ports = frozenset({41641})
+    magic = (b"TS\xf0\x9f\x92\xac",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return p.startswith(b"TS\xf0\x9f\x92\xac")
+
+
+_SMPP_CMDS = {0x00000001, 0x00000002, 0x00000003, 0x00000004, 0x00000005, 0x00000006, 0x00000007, 0x00000009,
+              0x0000000B, 0x00000015, 0x00000021, 0x00000102, 0x00000103, 0x00000111, 0x00000112, 0x00000113}
+
+
+class SMPP(Simple):
+    """SMPP v3.4 PDU header: command_length, command_id (bind/submit/... or their 0x80000000 responses)."""
+
+    name = "SMPP"
+    transports = TCP
+    ports = frozenset({2775})
+    magic = (b"\x00",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) < 16 or u32(p, 0) != len(p):
+            return False
+        cid = u32(p, 4)
+        return (cid & 0x7FFFFFFF) in _SMPP_CMDS and u32(p, 8) < 0x500
+
+
+class Kismet(Simple):
+    name = "Kismet"
+    transports = TCP
+    ports = frozenset({2501})
+    magic = (b"*KISMET: ", b"*PROTOCOLS: ", b"!0 ENABLE ", b"*TIME: ")
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return p.startswith((b"*KISMET: ", b"*PROTOCOLS: ", b"!0 ENABLE ", b"*TIME: "))
+
+
+class FastCGI(Simple):
+    """FastCGI record header: version 1, type 1..11, request id, content length, padding, reserved 0."""
+
+    name = "FastCGI"
+    transports = TCP
+    ports = frozenset({9000})
+    magic = (b"\x01",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) < 16 or p[0] != 1 or not 1 <= p[1] <= 11 or p[7] != 0:
+            return False
+        if p[1] == 1:   # FCGI_BEGIN_REQUEST: 8-byte body, role 1..3
+            return u16(p, 4) == 8 and 1 <= u16(p, 8) <= 3
+        return False
+
+
+class CPHA(Simple):
+    """Check Point ClusterXL (CPHA) on 8116/udp: magic 0x1A90."""
+
+    name = "CPHA"
+    transports = UDP
+    ports = frozenset({8116})
+    magic = (b"\x1a\x90",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 16 and p[:2] == b"\x1a\x90" and 8116 in (s.src_port, s.dst_port)
+
+
+class MerakiCloud(Simple):
+    name = "MerakiCloud"
+    transports = UDP
+    ports = frozenset({7351})
+    magic = (b"\xfe\xf7\x28\x91",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 12 and p[:4] == b"\xfe\xf7\x28\x91"
+
+
+class Z3950(Simple):
+    """Z39.50 (ISO 23950) APDUs: initRequest [20] / initResponse [21] / searchRequest [22] ... in BER."""
+
+    name = "Z3950"
+    transports = TCP
+    ports = frozenset({210})
+    magic = (b"\xb4", b"\xb5", b"\xb6", b"\xb7", b"\xb8", b"\xb9", b"\xba")
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) < 8 or p[0] not in (0xB4, 0xB5, 0xB6, 0xB7, 0xB8, 0xB9, 0xBA):
+            return False
+        ln = p[1]
+        if ln & 0x80:
+            n = ln & 0x7F
+            if n == 0 or n > 2:
+                return False
+            ln = int.from_bytes(p[2:2 + n], "big")
+            hdr = 2 + n
+        else:
+            hdr = 2
+        return hdr + ln == len(p) and p[hdr] in (0x83, 0x84, 0x85, 0x9F, 0xA2, 0x82)
+
+
+DISSECTORS += [Tailscale(), SMPP(), Kismet(), FastCGI(), CPHA(), MerakiCloud(), Z3950()]

@@ -120,6 +120,8 @@ class SNMP(Simple):
     name = "SNMP"
     transports = UDP
     ports = frozenset({161, 162})
+    magic = (b"\x30",)
+    port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) < 12 or p[0] != 0x30:
@@ -145,6 +147,7 @@ class Syslog(Simple):
     name = "Syslog"
     transports = TCP_UDP
     ports = frozenset({514, 601, 6514})
+    magic = (b"<", b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"8", b"9")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         # RFC 6587 octet counting over TCP: "<len> <PRI>..."
@@ -274,6 +277,7 @@ class Kerberos(Simple):
     name = "Kerberos"
     transports = TCP_UDP
     ports = frozenset({88, 464})
+    magic = (b"\x00", b"\x6a", b"\x6b", b"\x6c", b"\x6d", b"\x6e", b"\x6f", b"\x74", b"\x75", b"\x76", b"\x7e")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if s.transport == "TCP" and len(p) > 4 and p[0] == 0 and u32(p, 0) < 0x100000:
@@ -394,6 +398,7 @@ class Zabbix(Simple):
     name = "Zabbix"
     transports = TCP
     ports = frozenset({10050, 10051})
+    magic = (b"ZBXD",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return p.startswith(b"ZBXD") and len(p) >= 5 and p[4] in (1, 3, 5, 7)
@@ -403,6 +408,7 @@ class CHECKMK(Simple):
     name = "CHECKMK"
     transports = TCP
     ports = frozenset({6556})
+    magic = (b"<<<",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return p.startswith(b"<<<check_mk>>>") or p.startswith(b"<<<")
@@ -429,6 +435,8 @@ class NetFlow(Simple):
     name = "NetFlow"
     transports = UDP
     ports = frozenset({2055, 9995, 9996, 4739})
+    magic = (b"\x00\x01", b"\x00\x05", b"\x00\x07", b"\x00\x09", b"\x00\x0a")
+    port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         ver = u16(p, 0)
@@ -450,6 +458,8 @@ class SFlow(Simple):
     name = "sFlow"
     transports = UDP
     ports = frozenset({6343})
+    magic = (b"\x00\x00\x00",)
+    port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) >= 28 and u32(p, 0) in (2, 4, 5) and u32(p, 4) in (1, 2)
@@ -486,6 +496,8 @@ class LDP(Simple):
     name = "LDP"
     transports = TCP_UDP
     ports = frozenset({646})
+    magic = (b"\x00\x01",)
+    port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) >= 14 and u16(p, 0) == 1 and u16(p, 2) + 4 <= len(p) and u16(p, 2) >= 10 and (u16(p, 10) & 0x7FFF) in (
@@ -496,6 +508,7 @@ class BGP(Simple):
     name = "BGP"
     transports = TCP
     ports = frozenset({179})
+    magic = (b"\xff" * 16,)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) >= 19 and p[:16] == b"\xff" * 16 and 19 <= u16(p, 16) <= 4096 and 1 <= p[18] <= 5

@@ -88,6 +88,8 @@ class EDonkey(Simple):
     name = "eDonkey"
     transports = TCP_UDP
     ports = frozenset({4661, 4662, 4665, 4672})
+    magic = (b"\xe3", b"\xc5", b"\xd4", b"\xe4")
+    port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) < 6 or p[0] not in (0xE3, 0xC5, 0xD4, 0xE4):
@@ -112,9 +114,6 @@ class Ethereum(Dissector):
                 if 200 <= len(p) <= 1400 and u16(p, 0) + 2 == len(p) and p[2] == 0x04:
                     v.app_protocol = self.name
                     return Match.FINAL
-                if p.startswith(b"{") and b'"method":"eth_' in p[:200].replace(b" ", b""):
-                    v.app_protocol = self.name
-                    return Match.FINAL
             else:
                 # discovery v4: hash(32) sig(65) type(1) rlp
                 if len(p) >= 98 and 1 <= p[97] <= 6 and p[98:99] and 0xC0 <= p[98] and 30303 in (s.src_port, s.dst_port):
@@ -130,6 +129,7 @@ class Bitcoin(Simple):
     name = "BITCOIN"
     transports = TCP
     ports = frozenset({8333, 18333})
+    magic = _BTC_MAGIC
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) < 24 or p[:4] not in _BTC_MAGIC:
@@ -142,6 +142,7 @@ class Monero(Simple):
     name = "Monero"
     transports = TCP
     ports = frozenset({18080, 18089})
+    magic = (b"\x01\x21\x01\x01",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return p.startswith(b"\x01\x21\x01\x01\x01\x01\x01\x01")
@@ -169,6 +170,7 @@ class Syncthing(Simple):
     name = "Syncthing"
     transports = TCP_UDP
     ports = frozenset({21027, 22000})
+    magic = (b"\x2e\xa7\xd9\x0b", b"\x2e\xa7\xd9\x0c")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return p.startswith((b"\x2e\xa7\xd9\x0b", b"\x2e\xa7\xd9\x0c"))

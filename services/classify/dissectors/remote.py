@@ -51,6 +51,7 @@ class VNC(Simple):
     name = "VNC"
     transports = TCP
     ports = frozenset({5900, 5901, 5902, 5903, 5800})
+    magic = (b"RFB 0",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) == 12 and p.startswith(b"RFB 0") and p[7:8] == b"." and p[11:12] == b"\n"
@@ -60,6 +61,7 @@ class Telnet(Simple):
     name = "Telnet"
     transports = TCP
     ports = frozenset({23})
+    magic = (b"\xff",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         # at least one IAC WILL/WONT/DO/DONT <option> sequence and nothing else before it
@@ -108,6 +110,8 @@ class XDMCP(Simple):
     name = "XDMCP"
     transports = UDP
     ports = frozenset({177})
+    magic = (b"\x00\x01",)
+    port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) >= 6 and u16(p, 0) == 1 and 1 <= u16(p, 2) <= 16 and u16(p, 4) + 6 == len(p)
@@ -117,6 +121,7 @@ class Citrix(Simple):
     name = "Citrix"
     transports = TCP
     ports = frozenset({1494, 2598})
+    magic = (b"\x7f\x7fICA\x00", b"\x1aCGP/01")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return p.startswith((b"\x7f\x7fICA\x00", b"\x1aCGP/01"))
@@ -126,6 +131,7 @@ class TeamViewer(Simple):
     name = "TeamViewer"
     transports = TCP_UDP
     ports = frozenset({5938})
+    magic = (b"\x17\x24", b"\x11\x30")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) >= 4 and (p[:2] == b"\x17\x24" or p[:2] == b"\x11\x30") and (5938 in (s.src_port, s.dst_port) or len(s.src_payloads) >= 2 and s.src_payloads[1][:2] == p[:2])
@@ -135,6 +141,7 @@ class AJP(Simple):
     name = "AJP"
     transports = TCP
     ports = frozenset({8009})
+    magic = (b"\x12\x34", b"AB")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) >= 5 and p[:2] == b"\x12\x34" and u16(p, 2) + 4 == len(p) and p[4] in (2, 7, 8, 10):
@@ -146,6 +153,7 @@ class Corba(Simple):
     name = "Corba"
     transports = TCP_UDP
     ports = frozenset({683, 684, 2809})
+    magic = (b"GIOP", b"RMI\x01")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) >= 12 and p[:4] in (b"GIOP", b"RMI\x01") and p[4] == 1 and p[5] <= 3 and p[7] <= 7
@@ -226,6 +234,8 @@ class AFP(Simple):
     name = "AFP"
     transports = TCP
     ports = frozenset({548})
+    magic = (b"\x00", b"\x01")
+    port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) >= 16 and p[0] in (0, 1) and 1 <= p[1] <= 8 and u32(p, 8) == len(p) - 16 and u32(p, 12) == 0
@@ -235,6 +245,7 @@ class Ceph(Simple):
     name = "Ceph"
     transports = TCP
     ports = frozenset({3300, 6789})
+    magic = (b"ceph v",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return p.startswith((b"ceph v027", b"ceph v2\n", b"ceph v2"))

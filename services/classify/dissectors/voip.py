@@ -202,6 +202,7 @@ class IAX(Simple):
     name = "IAX"
     transports = UDP
     ports = frozenset({4569})
+    port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) >= 12 and p[0] & 0x80 and p[10] == 6 and 1 <= p[11] <= 0x26 and (4569 in (s.src_port, s.dst_port) or p[11] == 1)
@@ -214,6 +215,7 @@ class H323(Simple):
     name = "H323"
     transports = TCP_UDP
     ports = frozenset({1719, 1720})
+    port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if s.transport == "TCP":
@@ -227,6 +229,7 @@ class Megaco(Simple):
     name = "Megaco"
     transports = UDP
     ports = frozenset({2944, 2945})
+    magic = (b"MEGACO/", b"!/")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return p.startswith((b"MEGACO/1 ", b"!/1 ", b"MEGACO/2 ", b"!/2 "))
@@ -238,6 +241,7 @@ class CiscoSkinny(Simple):
     name = "CiscoSkinny"
     transports = TCP
     ports = frozenset({2000})
+    port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) < 12:
@@ -254,6 +258,7 @@ class BFCP(Simple):
     name = "BFCP"
     transports = TCP_UDP
     ports = frozenset()
+    magic = (b"\x20", b"\x40")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) < 12:

@@ -44,7 +44,10 @@ class OpenVPN(Dissector):
             return Match.NO
         if not s.dst_payloads:
             # a client reset alone: plausible sizes only (no data in a reset)
-            if 14 <= len(sp) <= 1400 and (tcp or len(s.src_payloads) >= 2 and self._op(s.src_payloads[1], tcp)[0] in _OVPN_CLIENT_RESET):
+            body = sp[2:] if tcp else sp
+            # plain reset: opcode, session id, empty ACK array, message packet-id 0 (14 bytes)
+            plain = len(body) == 14 and body[9:14] == b"\x00" * 5
+            if plain or 14 <= len(sp) <= 1400 and (tcp or len(s.src_payloads) >= 2 and self._op(s.src_payloads[1], tcp)[0] in _OVPN_CLIENT_RESET):
                 v.app_protocol = self.name
                 return Match.PARTIAL
             return Match.NO

@@ -1,0 +1,104 @@
+"""Streaming and transport-of-media protocols: RTSP, RTMP, MPEG transport
+stream over UDP, WebSocket frames joined mid-flow.
+
+References: RFC 2326 / RFC 7826 (RTSP request and status lines), Adobe RTMP
+specification 5.2 (C0 version 3 + 1536-byte C1), ISO/IEC 13818-1 (188-byte TS
+packets, sync byte 0x47), RFC 6455 5.2 (WebSocket base framing).
+"""
+
+from __future__ import annotations
+
+from shared.models import FlowSample, Verdict
+from services.classify.dissectors.base import Dissector, Match
+from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, Simple, ordered, printable, u16
+
+_RTSP_METHODS = (b"OPTIONS ", b"DESCRIBE ", b"SETUP ", b"PLAY ", b"PAUSE ", b"TEARDOWN ", b"ANNOUNCE ", b"RECORD ",
+                 b"GET_PARAMETER ", b"SET_PARAMETER ", b"REDIRECT ")
+
+
+class RTSP(Dissector):
+    name = "RTSP"
+    transports = TCP_UDP
+    ports = frozenset({554, 8554})
+
+    def could_be(self, s: FlowSample) -> bool:
+        return bool(s.src_payloads or s.dst_payloads)
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        for _src, p in ordered(s, 3):
+            if p.startswith(b"RTSP/1.0 ") or p.startswith(b"RTSP/2.0 "):
+                v.app_protocol = self.name
+                return Match.FINAL
+            if p.startswith(_RTSP_METHODS):
+                line = p.split(b"\r\n", 1)[0]
+                if line.endswith((b" RTSP/1.0", b" RTSP/2.0")) or b" rtsp://" in line[:30] or b" rtsps://" in line[:30]:
+                    v.app_protocol = self.name
+                    parts = line.split(b" ")
+                    if len(parts) >= 2:
+                        v.extra["rtsp_url"] = printable(parts[1], 300)
+                    return Match.FINAL
+        return Match.NO
+
+
+class RTMP(Simple):
+    name = "RTMP"
+    transports = TCP
+    ports = frozenset({1935})
+
+    def could_be(self, s: FlowSample) -> bool:
+        return bool(s.src_payloads) and s.src_payloads[0][:1] in (b"\x03", b"\x06")
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        # C0 (version 3, or 6 for RTMPE) followed by C1: time (4), zero (4) or version, random
+        if not from_src or p[0] not in (3, 6):
+            return False
+        if len(p) == 1 or len(p) == 1537:
+            return 1935 in (s.src_port, s.dst_port) or len(p) == 1537
+        return len(p) > 1537 or (len(p) >= 9 and p[5:9] == b"\x00\x00\x00\x00" and 1935 in (s.src_port, s.dst_port))
+
+
+class MPEGTS(Simple):
+    name = "MPEG_TS"
+    transports = UDP
+    ports = frozenset()
+    magic = (b"\x47",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) < 188 or len(p) % 188 or p[0] != 0x47:
+            return False
+        return all(p[i] == 0x47 for i in range(0, min(len(p), 188 * 7), 188))
+
+
+class WebSocket(Simple):
+    """WebSocket frames seen without the HTTP upgrade (flow joined mid-way)."""
+
+    name = "WebSocket"
+    transports = TCP
+    ports = frozenset()
+
+    def could_be(self, s: FlowSample) -> bool:
+        p = s.src_payloads[0] if s.src_payloads else b""
+        return len(p) >= 2 and p[0] in (0x81, 0x82, 0x88, 0x89, 0x8A)
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        ok = 0
+        for _src, p in ordered(s, 4):
+            if len(p) < 2 or p[0] not in (0x81, 0x82, 0x88, 0x89, 0x8A):
+                return Match.NO
+            n = p[1] & 0x7F
+            hdr = 2 + (4 if p[1] & 0x80 else 0)
+            if n == 126:
+                n = u16(p, 2)
+                hdr += 2
+            elif n == 127:
+                return Match.NO
+            if hdr + n != len(p):
+                return Match.NO
+            ok += 1
+        if ok >= 2:
+            v.app_protocol = self.name
+            return Match.FINAL
+        return Match.NO
+
+
+DISSECTORS = [RTSP(), RTMP(), MPEGTS(), WebSocket()]
