@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from services.classify.dissectors.base import Dissector, Match
+from services.classify.dissectors.p2p import dnscrypt_app
 from shared.models import DnsAnswer, FlowSample, Verdict
 
 QTYPES = {
@@ -265,6 +266,10 @@ class DnsDissector(Dissector):
         q = next((m for m in msgs if m.qname), None)
         if q is not None:
             v.host = host_text(q.qname)
+            if q.qname[:2] == "2.":
+                crypt = dnscrypt_app(q.qname)      # DNSCrypt certificate queries in DNS format
+                if crypt:
+                    v.app_protocol = crypt
         else:
             a = next((m for m in msgs if m.answers), None)
             if a is not None:

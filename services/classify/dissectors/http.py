@@ -23,7 +23,7 @@ _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # content types / URL endings that nDPI reports as an application over HTTP
 _CT_APPS = {
     "application/ocsp-request": "OCSP", "application/ocsp-response": "OCSP",
-    "application/dash+xml": "MpegDash", "application/ipp": "IPP",
+    "application/dash+xml": "MpegDash", "video/iso.segment": "MpegDash", "application/ipp": "IPP",
     "application/soap+xml": "SOAP", "application/json-rpc": "JSON-RPC",
 }
 
@@ -124,7 +124,7 @@ class HttpDissector(Dissector):
             if b"soapaction" in hdr and not app:
                 app = "SOAP"
             tl = target.lower()
-            if not app and (tl.endswith(b".mpd") or b".mpd?" in tl):
+            if not app and (tl.endswith(b".mpd") or b".mpd?" in tl or tl.endswith(b".m4s") or b"/dash/" in tl):
                 app = "MpegDash"
         if resp:
             eol = sv.find(b"\r\n")
