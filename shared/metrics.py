@@ -339,12 +339,16 @@ def start_metrics_server(settings: Any, service_name: str, bus: Any = None,
                          port: int | None = None) -> MetricsServer | None:
     """Serve /metrics and /healthz for this process; None when the port is 0 (off).
 
-    Call it from the service's event loop (stats functions are run there).
+    Capture shard k (``FT_SHARD_INDEX``) listens on the port + k.  Call it
+    from the service's event loop (stats functions are run there).
     A port that is taken is logged and the service runs on without metrics.
     """
     port = settings.metrics_port if port is None else port
     if not port:
         return None
+    shard = getattr(settings, "shard_index", -1)
+    if isinstance(shard, int) and shard > 0:
+        port += shard  # capture shards share the host's ports: shard k listens on port + k
     STATE.service = service_name
     STATE.probe = getattr(settings, "probe", "")
     STATE.bus = bus
