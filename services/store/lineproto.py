@@ -210,11 +210,37 @@ def _format_fields(fields: dict[str, Any]) -> tuple[str, int]:
     return ",".join(parts), dropped
 
 
+_tagset_cache: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+
+
+def _series_key(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
+    """Escaped ``measurement,tag=value,...`` (cached: tags are low-cardinality by schema)."""
+    key = (measurement, tags)
+    s = _tagset_cache.get(key)
+    if s is None:
+        s = escape_measurement(measurement) + "".join(_tag_fragment(k, v) for k, v in tags if v)
+        if len(_tagset_cache) >= _TAG_CACHE_MAX:
+            _tagset_cache.clear()
+        _tagset_cache[key] = s
+    return s
+
+
+# Any character that makes a string field need work (represent or escape).
+STR_NEEDS_WORK = re.compile('[\\\\"\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]')
+
+# Hand-written field renderers for hot measurements (registered by the schema).
+# Each returns exactly what ``_format_fields`` would, or None to take the
+# careful path; tests compare the two.
+FAST_FIELDS: dict[str, Any] = {}
+
+
 def to_line(point: Point) -> str:
     """One line of line protocol (no trailing newline).  A point needs at least one field."""
-    tags = "".join(_tag_fragment(k, v) for k, v in point.tags if v)
-    fields, _ = _format_fields(point.fields)
-    return f"{escape_measurement(point.measurement)}{tags} {fields} {point.time_ns}"
+    fast = FAST_FIELDS.get(point.measurement)
+    fields = fast(point.fields) if fast is not None else None
+    if fields is None:
+        fields, _ = _format_fields(point.fields)
+    return f"{_series_key(point.measurement, point.tags)} {fields} {point.time_ns}"
 
 
 def to_lines(points: list[Point]) -> str:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from shared.models import Alert, BlockAction, DnsRecord, Event, FlowRecord, Verdict
 
-from services.store.lineproto import Point
+from services.store.lineproto import FAST_FIELDS, INT64_MAX, STR_NEEDS_WORK, Point
 
 MAX_TS_S = 9.2e9  # int64 nanoseconds end in 2262
 
@@ -102,29 +102,91 @@ def _envelope(ev: Event) -> dict:
     }
 
 
-def _flow_fields(f: FlowRecord) -> dict:
-    d = _envelope(f)
-    d.update(
-        src2dst_packets=f.src2dst_packets,
-        src2dst_bytes=f.src2dst_bytes,
-        dst2src_packets=f.dst2src_packets,
-        dst2src_bytes=f.dst2src_bytes,
-        duration_ms=float(f.duration_ms),
-        first_seen=float(f.first_seen),
-        last_seen=float(f.last_seen),
-        host=f.host,
-        application=f.application,
-        confidence=f.confidence,
-        end_reason=f.end_reason,
-        ip_version=f.ip_version,
-        src2dst_tcp_flags=f.src2dst_tcp_flags,
-        dst2src_tcp_flags=f.dst2src_tcp_flags,
-        src_mac=f.src_mac,
-        dst_mac=f.dst_mac,
-        tunnel=f.tunnel,
-        source=f.source,
-    )
+def _flow_fields(f: FlowRecord, with_first_seen: bool) -> dict:
+    """Fields of a flows / flow_updates point (one dict literal: runs once per stored flow).
+
+    ``flows`` has no first_seen field: its timestamp is first_seen (to the
+    microsecond, see ``ts_ns``).  vlan_id only when tagged, TCP flags only for
+    TCP; ip_version is left out (the addresses say it).
+    """
+    d = {
+        "flow_id": f.flow_id,
+        "src_ip": f.src_ip,
+        "src_port": f.src_port,
+        "dst_ip": f.dst_ip,
+        "dst_port": f.dst_port,
+        "src2dst_packets": f.src2dst_packets,
+        "src2dst_bytes": f.src2dst_bytes,
+        "dst2src_packets": f.dst2src_packets,
+        "dst2src_bytes": f.dst2src_bytes,
+        "duration_ms": float(f.duration_ms),
+        "last_seen": float(f.last_seen),
+        "host": f.host,
+        "application": f.application,
+        "confidence": f.confidence,
+        "end_reason": f.end_reason,
+        "src_mac": f.src_mac,
+        "dst_mac": f.dst_mac,
+        "tunnel": f.tunnel,
+        "source": f.source,
+    }
+    if with_first_seen:
+        d["first_seen"] = float(f.first_seen)
+    if f.vlan_id:
+        d["vlan_id"] = f.vlan_id
+    if f.transport == "TCP":
+        d["src2dst_tcp_flags"] = f.src2dst_tcp_flags
+        d["dst2src_tcp_flags"] = f.dst2src_tcp_flags
     return d
+
+
+def render_flow_fields(d: dict) -> str | None:
+    """Line-protocol field set of a flows/flow_updates point, ~5x faster than the generic loop.
+
+    Returns None (generic path) when a string needs escaping or a number is out
+    of line-protocol range; otherwise exactly ``lineproto._format_fields(d)``.
+    """
+    host, app, conf, end, smac, dmac, tun, src = (d["host"], d["application"], d["confidence"], d["end_reason"],
+                                                  d["src_mac"], d["dst_mac"], d["tunnel"], d["source"])
+    fid, sip, dip = d["flow_id"], d["src_ip"], d["dst_ip"]
+    if STR_NEEDS_WORK.search(f"{fid} {sip} {dip} {host} {app} {conf} {end} {smac} {dmac} {tun} {src}") is not None:
+        return None
+    a, b, c, e = d["src2dst_packets"], d["src2dst_bytes"], d["dst2src_packets"], d["dst2src_bytes"]
+    dur, last = d["duration_ms"], d["last_seen"]
+    if max(a, b, c, e) > INT64_MAX or not (math.isfinite(dur) and math.isfinite(last)):
+        return None
+    line = (
+        (f'flow_id="{fid}",' if fid else "")
+        + (f'src_ip="{sip}",' if sip else "")
+        + f"src_port={d['src_port']}i,"
+        + (f'dst_ip="{dip}",' if dip else "")
+        + f"dst_port={d['dst_port']}i,src2dst_packets={a}i,src2dst_bytes={b}i,dst2src_packets={c}i,"
+          f"dst2src_bytes={e}i,duration_ms={dur!r},last_seen={last!r}"
+        + (f',host="{host}"' if host else "")
+        + (f',application="{app}"' if app else "")
+        + (f',confidence="{conf}"' if conf else "")
+        + (f',end_reason="{end}"' if end else "")
+        + (f',src_mac="{smac}"' if smac else "")
+        + (f',dst_mac="{dmac}"' if dmac else "")
+        + (f',tunnel="{tun}"' if tun else "")
+        + (f',source="{src}"' if src else "")
+    )
+    if len(d) > 19:  # the optional ones, in insertion order
+        for k in ("first_seen", "vlan_id", "src2dst_tcp_flags", "dst2src_tcp_flags"):
+            v = d.get(k)
+            if v is None:
+                continue
+            if type(v) is float:
+                if not math.isfinite(v):
+                    return None
+                line += f",{k}={v!r}"
+            else:
+                line += f",{k}={v}i"
+    return line
+
+
+FAST_FIELDS["flows"] = render_flow_fields
+FAST_FIELDS["flow_updates"] = render_flow_fields
 
 
 def _flow_tags(f: FlowRecord) -> tuple[tuple[str, str], ...]:
@@ -177,9 +239,9 @@ class Schema:
             self.rule.skip(f)
             return
         if f.phase == "end":
-            out.append(Point("flows", _flow_tags(f), _flow_fields(f), ts_ns(f.first_seen, f.flow_id)))
+            out.append(Point("flows", _flow_tags(f), _flow_fields(f, False), ts_ns(f.first_seen, f.flow_id)))
         else:
-            out.append(Point("flow_updates", _flow_tags(f), _flow_fields(f), ts_ns(f.timestamp, f.flow_id)))
+            out.append(Point("flow_updates", _flow_tags(f), _flow_fields(f, True), ts_ns(f.timestamp, f.flow_id)))
 
     def _dns(self, d: DnsRecord, out: list[Point]) -> None:
         fields = _envelope(d)

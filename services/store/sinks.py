@@ -103,16 +103,19 @@ class InfluxSink:
                                        content_type="text/plain; charset=utf-8", **kwargs)
         self.bytes_sent += len(data)
 
-    def _write_blocking(self, points: list[Point]) -> None:
-        for i in range(0, len(points), self.batch_size):
-            body = to_lines(points[i:i + self.batch_size]).encode("utf-8", "surrogatepass")
+    def _post_all(self, bodies: list[bytes]) -> None:
+        for body in bodies:
             self._post(body)
 
     async def write(self, points: list[Point]) -> None:
         if not points:
             return
+        # rendering is pure Python (holds the GIL): do it here, not in the thread, so the
+        # thread only compresses and waits on the socket (both release the GIL)
+        bodies = [to_lines(points[i:i + self.batch_size]).encode("utf-8", "surrogatepass")
+                  for i in range(0, len(points), self.batch_size)]
         try:
-            await asyncio.to_thread(self._write_blocking, points)
+            await asyncio.to_thread(self._post_all, bodies)
         except Exception as exc:
             status = getattr(exc, "status", None)
             reason = (getattr(exc, "body", None) or str(exc) or type(exc).__name__)

@@ -1,0 +1,174 @@
+"""Line protocol: representation, escaping, rendering, parsing; hostile strings round-trip."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.store.lineproto import (
+    LineProtocolError,
+    Point,
+    _format_fields,
+    parse_line,
+    parse_lines,
+    represent,
+    to_line,
+    to_lines,
+    to_record,
+    unrepresent,
+)
+
+HOSTILE = [
+    "a\nb",  # newline: would start a new line
+    "x\r\ny",
+    "comma,here",
+    "space here",
+    "eq=sign",
+    'dq"uote',
+    "single'quote",
+    "back\\slash",
+    "trailing\\",
+    "\\",
+    '\\"',
+    "tab\tand\x00nul\x7fdel",
+    "nel\x85 ls\u2028 ps\u2029",
+    "fake m,t=x f=1i 123\nm,t=inj f=99i 1",
+    'x" ,evil=1i',
+    "é ünïcødé 日本 🙂",
+    "\\x0a literally",
+    "A" * 10_240,
+    ("\\\n,= \"" * 2048),
+]
+HOSTILE_BYTES = [b"\xff\xfe bad utf8 \x80", b"ok\xc3(", b"\xed\xa0\x80 surrogate-bytes", bytes(range(256))]
+
+
+def _all_hostile() -> list[str]:
+    return HOSTILE + [b.decode("utf-8", "surrogateescape") for b in HOSTILE_BYTES]
+
+
+@pytest.mark.parametrize("value", _all_hostile(), ids=lambda v: repr(v[:20]))
+def test_hostile_string_round_trips_in_fields_and_tags(value):
+    p = Point("http", (("probe", "p1"), ("app_protocol", value)), {"url": value, "n": 1}, 1_600_000_000_000_000_000)
+    line = to_line(p)
+    # nothing can inject a line: only printable single-line text
+    assert "\n" not in line and "\r" not in line and "\u2028" not in line and "\x85" not in line
+    assert len(line.splitlines()) == 1
+    back = parse_line(line)
+    assert back.measurement == "http"
+    assert dict(back.tags) == {"probe": "p1", "app_protocol": represent(value)}
+    assert back.fields == {"url": represent(value), "n": 1}
+    assert back.time_ns == p.time_ns
+    # the stored text gives the original back exactly
+    assert unrepresent(back.fields["url"]) == value
+    assert unrepresent(dict(back.tags)["app_protocol"]) == value
+
+
+@pytest.mark.parametrize("raw", HOSTILE_BYTES)
+def test_invalid_utf8_is_represented_not_dropped(raw):
+    text = represent(raw)
+    assert text.isascii() or "\ufffd" not in text  # no replacement characters: nothing lost
+    text.encode("utf-8")  # valid UTF-8 now
+    assert unrepresent(text).encode("utf-8", "surrogateescape") == raw
+    assert represent(b"\xff") == "\\xff"
+
+
+def test_representation_examples():
+    assert represent("plain host.example") == "plain host.example"
+    assert represent("a\nb") == "a\\x0ab"
+    assert represent("a\\b") == "a\\\\b"
+    assert represent("\x85") == "\\u0085"
+    assert represent("\ud800") == "\\ud800"
+    # a literal "\x0a" and a real newline stay distinguishable
+    assert represent("\\x0a") != represent("\n")
+
+
+@given(st.text())
+@settings(max_examples=300, deadline=None)
+def test_represent_is_injective_and_safe(s):
+    r = represent(s)
+    assert unrepresent(r) == s
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" or 0xD800 <= ord(c) <= 0xDFFF
+                   for c in r)
+    r.encode("utf-8")  # always valid UTF-8
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=200, deadline=None)
+def test_represent_bytes_round_trip(b):
+    assert unrepresent(represent(b)).encode("utf-8", "surrogateescape") == b
+
+
+_keys = st.text(min_size=1, max_size=20).filter(lambda k: not k.startswith("#"))
+_field_value = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.text(min_size=1, max_size=50),
+)
+
+
+@given(
+    meas=st.text(min_size=1, max_size=20).filter(lambda m: not m.startswith("#")),
+    tags=st.dictionaries(_keys, st.text(min_size=1, max_size=30), max_size=4),
+    fields=st.dictionaries(_keys, _field_value, min_size=1, max_size=6),
+    ts=st.integers(min_value=0, max_value=2**63 - 1),
+)
+@settings(max_examples=300, deadline=None)
+def test_any_point_round_trips(meas, tags, fields, ts):
+    # keys and measurements are schema constants in practice; the escaping must still hold
+    meas_r = represent(meas)
+    tags_r = tuple((represent(k), v) for k, v in tags.items())
+    fields_r = {represent(k): v for k, v in fields.items()}
+    p = Point(meas_r, tags_r, fields_r, ts)
+    line = to_line(p)
+    assert "\n" not in line
+    back = parse_line(line)
+    assert back.measurement == meas_r
+    assert back.tags == tuple((k, represent(v)) for k, v in tags_r)
+    expect = {}
+    for k, v in fields_r.items():
+        expect[k] = represent(v) if isinstance(v, str) else v
+    assert back.fields.keys() == expect.keys()
+    for k, v in expect.items():
+        if isinstance(v, float):
+            assert back.fields[k] == v or (math.isclose(back.fields[k], v))
+        else:
+            assert back.fields[k] == v
+    assert back.time_ns == ts
+
+
+def test_escaping_per_spec():
+    p = Point("my meas,x", (("tag key", "v,a=l ue"),), {"f=k": 'say "hi"\\'}, 5)
+    assert to_line(p) == 'my\\ meas\\,x,tag\\ key=v\\,a\\=l\\ ue f\\=k="say \\"hi\\"\\\\\\\\" 5'
+
+
+def test_numbers_booleans_and_unrepresentable_values():
+    p = Point("m", (), {"i": 3, "neg": -4, "f": 1.5, "big": 2**64, "t": True, "nan": float("nan"),
+                        "inf": float("inf"), "none": None, "empty": ""}, 7)
+    line = to_line(p)
+    assert line == "m i=3i,neg=-4i,f=1.5,big=1.8446744073709552e+19,t=true 7"
+    fields, dropped = _format_fields(p.fields)
+    assert dropped == 3
+    rec = to_record(p)
+    assert rec == {"time_ns": 7, "i": 3, "neg": -4, "f": 1.5, "big": 1.8446744073709552e19, "t": True}
+
+
+def test_empty_tag_values_are_left_out():
+    assert to_line(Point("m", (("a", ""), ("b", "x")), {"v": 1}, 1)) == "m,b=x v=1i 1"
+
+
+def test_record_matches_line():
+    p = Point("dns", (("probe", "p1"), ("rcode", "")), {"query_name": "a\nb.example", "n": 2, "x": 0.5}, 9)
+    rec = to_record(p)
+    back = parse_line(to_line(p))
+    assert rec == {"time_ns": back.time_ns, **dict(back.tags), **back.fields}
+
+
+def test_parser_rejects_broken_lines():
+    for bad in ["", "m", "m f=", "m,t f=1i", 'm f="open', "m f=1i x", "m f=1i 12a", "m f=1i\nm f=2i"]:
+        with pytest.raises(LineProtocolError):
+            parse_line(bad)
+    assert len(parse_lines(to_lines([Point("m", (), {"v": 1}, 1), Point("m", (), {"v": 2}, 2)]))) == 2
