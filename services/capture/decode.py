@@ -45,6 +45,7 @@ decoded, the outer packet is metered as it is.
 
 from __future__ import annotations
 
+import socket
 import struct
 
 __all__ = [
@@ -558,16 +559,40 @@ def _inner_mpls(frame, off, end, vlan, vlans, mac_off, depth):
 # --------------------------------------------------------------------------- entry
 
 
+_fast4 = struct.Struct("!HHH").unpack_from  # total length, id, flags+fragment offset (at 16)
+
+
 def decode(frame: bytes, dlt: int):
     """Decode one frame of link type ``dlt``; never raises (see module doc)."""
     try:
         if dlt == 1:
-            # Ethernet fast path
-            if len(frame) < 14:
+            n = len(frame)
+            if n < 14:
                 return _BAD_TRUNC_L2
-            et = (frame[12] << 8) | frame[13]
-            if et == 0x0800:
+            if frame[12] == 8 and frame[13] == 0:
+                # fast path: untagged Ethernet, IPv4 without options, not fragmented, TCP/UDP
+                # (anything unusual falls through to the general decoder below)
+                if n >= 42 and frame[14] == 0x45:
+                    tot, ipid, fragw = _fast4(frame, 16)
+                    if not fragw & 0x3FFF and tot >= 20:
+                        end = 14 + tot
+                        if end > n:
+                            end = n
+                        proto = frame[23]
+                        if proto == 6:
+                            if end >= 54:
+                                sport, dport, seq, ack, doff, flags = _tcp(frame, 34)
+                                po = 34 + ((doff >> 4) << 2)
+                                if po >= 54 and po <= end:
+                                    return (KIND_IP, 4, 6, frame[26:30], frame[30:34], sport, dport, tot, po,
+                                            end - po, flags, seq, ack, 0, (), 0, "", 0, ipid)
+                        elif proto == 17 and end >= 42:
+                            sport, dport = _ports(frame, 34)
+                            if sport not in _UDP_TUNNEL_PORTS and dport not in _UDP_TUNNEL_PORTS:
+                                return (KIND_IP, 4, 17, frame[26:30], frame[30:34], sport, dport, tot, 42,
+                                        end - 42, 0, 0, 0, 0, (), 0, "", 0, ipid)
                 return _ip4_decode(frame, 14, 0, (), 0, "", 0)
+            et = (frame[12] << 8) | frame[13]
             if et == 0x86DD:
                 return _ip6_decode(frame, 14, 0, (), 0, "", 0)
             return _ether(frame, 0, 0, "")
@@ -697,26 +722,22 @@ def _ether_other_sll(frame, off, et):
 
 # --------------------------------------------------------------------------- formatting (once per flow)
 
-_HEX = [f"{i:02x}" for i in range(256)]
+_AF4, _AF6 = socket.AF_INET, socket.AF_INET6
+_ntop = socket.inet_ntop
 
 
 def format_mac(frame: bytes, off: int) -> str:
     """aa:bb:cc:dd:ee:ff of the 6 bytes at ``off`` ('' when off < 0 or out of range)."""
     if off < 0 or len(frame) < off + 6:
         return ""
-    h = _HEX
-    return ":".join(h[b] for b in frame[off:off + 6])
+    return frame[off:off + 6].hex(":")
 
 
 def format_ip(addr: bytes) -> str:
-    """Text form of a packed IPv4/IPv6 address (IPv6 compressed as the ipaddress module does)."""
-    if len(addr) == 4:
-        return "%d.%d.%d.%d" % (addr[0], addr[1], addr[2], addr[3])
-    import ipaddress
-
+    """Text form of a packed IPv4/IPv6 address (RFC 5952 for IPv6)."""
     try:
-        return ipaddress.IPv6Address(addr).compressed
-    except ValueError:
+        return _ntop(_AF4 if len(addr) == 4 else _AF6, addr)
+    except (ValueError, OSError):
         return addr.hex()
 
 

@@ -45,6 +45,33 @@ _OOO_MAX = 8  # out-of-order TCP segments held per direction while sampling
 _SEQ_WINDOW = 65536  # a segment further ahead than this is not reordered
 
 
+_setattr = object.__setattr__
+_FIELDS: dict[type, tuple[set[str], int]] = {}
+
+
+def _build(cls: type, d: dict[str, Any]) -> Any:
+    """A pydantic model from trusted, complete field values without validation.
+
+    ``model_construct`` costs ~10 us per object (it walks every field); the hot
+    path builds records and samples from values it computed itself, so this
+    sets the instance state directly.  Missing fields get their defaults.
+    """
+    info = _FIELDS.get(cls)
+    if info is None:
+        info = _FIELDS[cls] = (set(cls.model_fields), len(cls.model_fields))
+    names, n = info
+    if len(d) != n:
+        for name, fi in cls.model_fields.items():
+            if name not in d:
+                d[name] = fi.get_default(call_default_factory=True)
+    m = cls.__new__(cls)
+    _setattr(m, "__dict__", d)
+    _setattr(m, "__pydantic_fields_set__", names)
+    _setattr(m, "__pydantic_extra__", None)
+    _setattr(m, "__pydantic_private__", None)
+    return m
+
+
 class MeterSink(Protocol):
     def flow(self, rec: FlowRecord) -> None: ...
 
@@ -84,6 +111,9 @@ class _Dir:
         self.done = False
         self.next_seq = 0
         self.ack = 0
+
+
+_EMPTY_DIR = _Dir()
 
 
 class Flow:
@@ -181,6 +211,12 @@ class FlowMeter:
         self._closed: deque[Flow] = deque()
         self._frags: dict[tuple, tuple] = {}
         self._pending = 0
+        #: False: a sample per new payload packet at once.  True: samples are
+        #: coalesced per flow until ``flush_samples()`` (the service calls it
+        #: before publishing each batch), so a burst of a flow's packets
+        #: gives one cumulative sample instead of several.
+        self.defer_samples = False
+        self._dirty: dict[str, tuple] = {}
         self._now = 0.0
         self._next_house = 0.0
         self._prev_frame = b""
@@ -249,12 +285,10 @@ class FlowMeter:
             self.duplicate_frames += 1
         self._prev_frame = frame
         self._prev_ts = ts
-        if ts > self._now:
-            self._now = ts
-            if ts >= self._next_house:
-                self._housekeep(ts)
+        if ts >= self._next_house:
+            self._housekeep(ts)
         r = decode(frame, self.datalink if dlt is None else dlt)
-        if r[0] != KIND_IP:
+        if r[0]:
             self._non_ip(ts, frame, r)
             return
         _k, ver, proto, src, dst, sp, dp, nbytes, po, pl, flags, seq, ack, vlan, vlans, macoff, tun, frag, fid = r
@@ -280,48 +314,47 @@ class FlowMeter:
         f = table.get(key)
         if f is None:
             f = self._new_flow(key, ts, frame, r, sp, dp)
-            if f is None:
-                return
         else:
             table.move_to_end(key)
-            if f.state:
-                if proto == 6 and flags & 0x12 == SYN:
-                    # a new connection on the key of a closed one
-                    self._end(f, f.end_reason or "fin")
-                    f = self._new_flow(key, ts, frame, r, sp, dp)
-                    if f is None:
-                        return
-        fwd = (sp == f.sport and src == f.src) if sp != dp or src != dst else True
-        if fwd:
+            if f.state and proto == 6 and flags & 0x12 == SYN:
+                # a new connection on the key of a closed one
+                self._end(f, f.end_reason or "fin")
+                f = self._new_flow(key, ts, frame, r, sp, dp)
+        if sp == f.sport and src == f.src:
+            fwd = True
             f.s_pkts += 1
             f.s_bytes += nbytes
             if flags:
                 f.s_flags |= flags
         else:
+            fwd = False
             f.d_pkts += 1
             f.d_bytes += nbytes
             if flags:
                 f.d_flags |= flags
         f.last = ts
-        if proto == 6 and flags & 5 and not f.state:
-            if flags & RST:
-                f.state = CLOSED
-                f.end_reason = "rst"
-                f.closed_at = ts
-                self._closed.append(f)
-            else:
-                f.fin |= 1 if fwd else 2
-                if f.fin == 3:
-                    f.state = CLOSED
-                    f.end_reason = "fin"
-                    f.closed_at = ts
-                    self._closed.append(f)
+        if flags & 5 and proto == 6 and not f.state:
+            self._tcp_close(f, ts, flags, fwd)
         if ts >= f.next_check:
             self._periodic(f, ts)
-        if f.sampling:
+        if f.sampling and (pl or flags & 3):
             self._sample(f, ts, frame, fwd, po, pl, flags, seq, ack, vlans)
-        if f.is_dns and pl > 0:
+        if pl and f.is_dns:
             self._dns(f, ts, frame, fwd, po, pl, proto, vlans)
+
+    def _tcp_close(self, f: Flow, ts: float, flags: int, fwd: bool) -> None:
+        if flags & RST:
+            f.state = CLOSED
+            f.end_reason = "rst"
+            f.closed_at = ts
+            self._closed.append(f)
+        else:
+            f.fin |= 1 if fwd else 2
+            if f.fin == 3:
+                f.state = CLOSED
+                f.end_reason = "fin"
+                f.closed_at = ts
+                self._closed.append(f)
 
     # ------------------------------------------------------------------ flows
     def _new_flow(self, key: tuple, ts: float, frame: bytes, r: tuple, sp: int, dp: int) -> Flow | None:
@@ -354,9 +387,8 @@ class FlowMeter:
         f.next_check = ts + min(self._upd, self._active)
         f.is_dns = (sp == _DNS_PORT or dp == _DNS_PORT) and (proto == 17 or proto == 6)
         f.sampling = True
-        f.sd = _Dir()
-        f.dd = _Dir()
-        f.dirs = []
+        f.sd = f.dd = None  # sampling state, created with the first packet that needs it
+        f.dirs = ""
         table[key] = f
         self.flows_created += 1
         if proto != 6 and proto != 17:
@@ -373,7 +405,7 @@ class FlowMeter:
     def _record(self, f: Flow, phase: str, ts: float) -> FlowRecord:
         v = f.verdict
         vl = f.vlan_ids
-        return FlowRecord.model_construct(
+        return _build(FlowRecord, dict(
             timestamp=ts,
             probe=self.probe,
             flow_id=f.flow_id,
@@ -405,7 +437,7 @@ class FlowMeter:
             category=v.category if v is not None else "",
             host=v.host if v is not None else "",
             confidence=(v.confidence if v.confidence != "unknown" else "") if v is not None else "",
-        )
+        ))
 
     def _periodic(self, f: Flow, ts: float) -> None:
         if ts - f.first >= self._active and not f.state:
@@ -435,6 +467,10 @@ class FlowMeter:
         if f.state == ENDED:
             return
         self._remove(f)
+        if self._dirty:
+            d = self._dirty.pop(f.flow_id, None)
+            if d is not None:
+                self._emit_sample(*d)
         f.state = ENDED
         f.end_reason = reason
         f.sampling = False
@@ -458,6 +494,8 @@ class FlowMeter:
 
     # ------------------------------------------------------------------ time
     def _housekeep(self, now: float) -> None:
+        if now > self._now:
+            self._now = now
         self._next_house = now + 1.0
         # TCP flows closed by FIN/RST whose grace period is over
         closed = self._closed
@@ -479,6 +517,7 @@ class FlowMeter:
 
     def tick(self, now_ts: float, wall: float | None = None) -> None:
         """Timeouts at packet time ``now_ts``; closing flows by wall clock (time.monotonic)."""
+        self.flush_samples()
         if now_ts > self._now:
             self._now = now_ts
         self._housekeep(max(now_ts, self._now) if now_ts else self._now)
@@ -490,6 +529,7 @@ class FlowMeter:
 
     def finish(self, reason: str = "eof") -> None:
         """End every flow; flows with a pending verdict go to closing."""
+        self.flush_samples()
         closed = self._closed
         while closed:
             f = closed.popleft()
@@ -519,7 +559,8 @@ class FlowMeter:
             f.verdict = v
         if v.final:
             f.verdict_final = True
-            if f.sampling:
+            self._dirty.pop(f.flow_id, None)
+            if f.sampling or f.dirs is not None:
                 f.sampling = False
                 f.sd = f.dd = None
                 f.dirs = None
@@ -533,7 +574,14 @@ class FlowMeter:
     # ------------------------------------------------------------------ samples
     def _sample(self, f: Flow, ts: float, frame: bytes, fwd: bool, po: int, pl: int,
                 flags: int, seq: int, ack: int, vlans: tuple) -> None:
-        d = f.sd if fwd else f.dd
+        if fwd:
+            d = f.sd
+            if d is None:
+                d = f.sd = _Dir()
+        else:
+            d = f.dd
+            if d is None:
+                d = f.dd = _Dir()
         tcp = f.proto == 6
         if tcp:
             d.next_seq = (seq + pl + (1 if flags & (SYN | FIN) else 0)) & 0xFFFFFFFF
@@ -556,13 +604,24 @@ class FlowMeter:
             payload = payload[:room]
         d.payloads.append(payload)
         d.nbytes += len(payload)
-        f.dirs.append("s" if fwd else "d")
+        f.dirs += "s" if fwd else "d"
         if d.nbytes >= self._smax_bytes or len(d.payloads) >= self._smax_pkts:
             d.done = True
             d.ooo = None
-        final = f.sd.done and f.dd.done
-        sd, dd = f.sd, f.dd
-        s = FlowSample.model_construct(
+        final = f.sd is not None and f.dd is not None and f.sd.done and f.dd.done
+        if final:
+            f.sampling = False
+        if self.defer_samples:
+            self._dirty[f.flow_id] = (f, ts, fwd, vlans, final)
+        else:
+            self._emit_sample(f, ts, fwd, vlans, final)
+
+    def _emit_sample(self, f: Flow, ts: float, fwd: bool, vlans: tuple, final: bool) -> None:
+        if f.dirs is None:  # sampling was stopped meanwhile (final verdict, end)
+            return
+        sd = f.sd or _EMPTY_DIR
+        dd = f.dd or _EMPTY_DIR
+        s = _build(FlowSample, dict(
             timestamp=ts,
             probe=self.probe,
             flow_id=f.flow_id,
@@ -581,7 +640,7 @@ class FlowMeter:
             dst2src_packets=f.d_pkts,
             src_payloads=list(sd.payloads),
             dst_payloads=list(dd.payloads),
-            payload_dirs="".join(f.dirs)[:256],
+            payload_dirs=f.dirs[:256],
             src_mac=f.src_mac,
             dst_mac=f.dst_mac,
             vlan_ids=list(vlans) if vlans else list(f.vlan_ids),
@@ -591,7 +650,7 @@ class FlowMeter:
             dst2src_ack=dd.ack,
             trigger_time=ts,
             trigger_from_src=fwd,
-        )
+        ))
         f.sample_seq += 1
         f.pending += 1
         self._pending += 1
@@ -602,6 +661,15 @@ class FlowMeter:
             f.sd = f.dd = None
             f.dirs = None
         self.sink.sample(s)
+
+    def flush_samples(self) -> None:
+        """Deferred mode: emit one (cumulative) sample per flow that has new payload since the last flush."""
+        dirty = self._dirty
+        if not dirty:
+            return
+        self._dirty = {}
+        for f, ts, fwd, vlans, final in dirty.values():
+            self._emit_sample(f, ts, fwd, vlans, final)
 
     # ------------------------------------------------------------------ packet events
     def _dns(self, f: Flow, ts: float, frame: bytes, fwd: bool, po: int, pl: int, proto: int, vlans: tuple) -> None:
@@ -618,7 +686,7 @@ class FlowMeter:
         elif len(payload) < 12:
             self._count("dns_short")
             return
-        self.sink.packet(PacketEvent.model_construct(
+        self.sink.packet(_build(PacketEvent, dict(
             timestamp=ts,
             probe=self.probe,
             flow_id=f.flow_id,
@@ -637,7 +705,7 @@ class FlowMeter:
             payload=payload,
             arp=None,
             from_src=fwd,
-        ))
+        )))
 
     def _non_ip(self, ts: float, frame: bytes, r: tuple) -> None:
         kind = r[0]
@@ -645,14 +713,14 @@ class FlowMeter:
             _k, off, _vlan, vlans, macoff = r
             self._count("arp_packets")
             a = frame[off:off + 28]
-            arp = ArpInfo.model_construct(
+            arp = _build(ArpInfo, dict(
                 operation=(a[6] << 8) | a[7],
                 sender_mac=format_mac(a, 8),
                 sender_ip=format_ip(a[14:18]),
                 target_mac=format_mac(a, 18),
                 target_ip=format_ip(a[24:28]),
-            )
-            self.sink.packet(PacketEvent.model_construct(
+            ))
+            self.sink.packet(_build(PacketEvent, dict(
                 timestamp=ts,
                 probe=self.probe,
                 flow_id="",
@@ -671,7 +739,7 @@ class FlowMeter:
                 payload=b"",
                 arp=arp,
                 from_src=True,
-            ))
+            )))
             return
         if kind == KIND_L2:
             self._count(r[1])

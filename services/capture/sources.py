@@ -321,8 +321,53 @@ class FileSource:
             self.close()
 
     def __iter__(self) -> Iterator[tuple[float, bytes]]:
-        for ts, frame, _dlt in self.iter_dlt():
-            yield ts, frame
+        if self.format == "pcap":
+            return self._iter_pcap_ts()
+        return ((ts, frame) for ts, frame, _dlt in self.iter_dlt())
+
+    def _iter_pcap_ts(self) -> Iterator[tuple[float, bytes]]:
+        """The pcap reader without the link type per packet (the replay hot path)."""
+        unpack = struct.Struct(self._endian + "IIII").unpack_from
+        unit = self._tsunit
+        fill = self._fill
+        try:
+            buf = self._buf
+            pos = self._pos
+            blen = len(buf)
+            while True:
+                if blen - pos < 16:
+                    self._pos = pos
+                    if not fill(16):
+                        if len(self._buf) - self._pos:
+                            self._fail(f"truncated record header after {self.packets} packets")
+                        return
+                    buf = self._buf
+                    pos = self._pos
+                    blen = len(buf)
+                sec, frac, caplen, _wirelen = unpack(buf, pos)
+                if caplen > MAX_RECORD:
+                    self._fail(f"corrupt record length {caplen} after {self.packets} packets")
+                    return
+                end = pos + 16 + caplen
+                if end > blen:
+                    self._pos = pos
+                    if not fill(16 + caplen):
+                        part = self._buf[self._pos + 16:]
+                        self._fail(f"truncated packet data after {self.packets} packets")
+                        if part:
+                            self.packets += 1
+                            yield sec + frac * unit, part
+                        return
+                    buf = self._buf
+                    pos = self._pos
+                    blen = len(buf)
+                    end = pos + 16 + caplen
+                self.packets += 1
+                yield sec + frac * unit, buf[pos + 16:end]
+                pos = end
+        finally:
+            self._pos = pos
+            self.close()
 
 
 def open_source(path: str | os.PathLike[str]) -> FileSource:

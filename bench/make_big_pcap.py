@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Build a large Ethernet pcap from the nDPI corpus by replicating it with shifted addresses.
+
+    python bench/make_big_pcap.py --out /tmp/big.pcap [--packets 1000000] [--corpus DIR]
+
+Every corpus capture is converted to Ethernet (raw IP, Linux cooked and BSD
+loopback frames get a synthetic Ethernet header; other link types are skipped)
+and appended in turn, replica after replica, until ``--packets`` frames are
+written.  Replica r XORs r into the second octet of the outer IPv4 addresses
+(the fourth byte of IPv6 addresses), so each replica's flows are new flows.
+Timestamps are rebased to one increasing timeline (gaps inside a file are
+kept up to 1 s; files follow each other 1 ms apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import dpkt  # noqa: E402
+
+from services.capture.sources import CaptureFileError, FileSource  # noqa: E402
+
+ETH_HDR4 = b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00"
+ETH_HDR6 = b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x86\xdd"
+
+
+def to_ethernet(frame: bytes, dlt: int) -> bytes | None:
+    if dlt == 1:
+        return frame
+    if dlt in (12, 14, 101, 228, 229):
+        ip = frame
+    elif dlt == 113 and len(frame) >= 16 and frame[14:16] in (b"\x08\x00", b"\x86\xdd"):
+        ip = frame[16:]
+    elif dlt == 276 and len(frame) >= 20 and frame[0:2] in (b"\x08\x00", b"\x86\xdd"):
+        ip = frame[20:]
+    elif dlt in (0, 108) and len(frame) >= 4:
+        ip = frame[4:]
+    else:
+        return None
+    if not ip:
+        return None
+    v = ip[0] >> 4
+    if v == 4:
+        return ETH_HDR4 + ip
+    if v == 6:
+        return ETH_HDR6 + ip
+    return None
+
+
+def shift(frame: bytes, r: int) -> bytes:
+    """XOR the replica number into the outer IP addresses of an untagged Ethernet frame."""
+    if r == 0 or len(frame) < 14:
+        return frame
+    et = frame[12:14]
+    if et == b"\x08\x00" and len(frame) >= 34:
+        b = bytearray(frame)
+        b[27] ^= r & 0xFF
+        b[31] ^= r & 0xFF
+        return bytes(b)
+    if et == b"\x86\xdd" and len(frame) >= 54:
+        b = bytearray(frame)
+        b[22 + 3] ^= r & 0xFF
+        b[38 + 3] ^= r & 0xFF
+        return bytes(b)
+    return frame
+
+
+def load_corpus(corpus: Path) -> list[list[tuple[float, bytes]]]:
+    files = []
+    for p in sorted(corpus.iterdir()):
+        if p.name.endswith(".out") or not p.is_file():
+            continue
+        try:
+            src = FileSource(p)
+        except CaptureFileError:
+            continue
+        frames = []
+        for ts, fr, dlt in src.iter_dlt():
+            e = to_ethernet(fr, dlt)
+            if e is not None:
+                frames.append((ts, e))
+        if frames:
+            files.append(frames)
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--packets", type=int, default=1_000_000)
+    default_corpus = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus" / "ndpi" / "dev"
+    ap.add_argument("--corpus", default=str(default_corpus))
+    args = ap.parse_args(argv)
+    files = load_corpus(Path(args.corpus))
+    if not files:
+        print(f"error: no usable captures in {args.corpus}", file=sys.stderr)
+        return 1
+    written = 0
+    t = 1_700_000_000.0
+    with open(args.out, "wb") as fh:
+        w = dpkt.pcap.Writer(fh, snaplen=65535, linktype=1)
+        r = 0
+        while written < args.packets:
+            for frames in files:
+                prev = frames[0][0]
+                for ts, fr in frames:
+                    gap = ts - prev
+                    prev = ts
+                    t += min(max(gap, 0.0), 1.0)
+                    w.writepkt(shift(fr, r), ts=t)
+                    written += 1
+                    if written >= args.packets:
+                        break
+                t += 0.001
+                if written >= args.packets:
+                    break
+            r += 1
+            if r > 255:
+                break
+    size = os.path.getsize(args.out)
+    print(f"wrote {written} packets ({r} replicas of {len(files)} captures), {size / 1e6:.1f} MB to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
