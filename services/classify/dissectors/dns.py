@@ -211,6 +211,17 @@ def _plausible(m: Message, strict: bool) -> bool:
     return True
 
 
+def _question_name(b: bytes) -> str:
+    """The first question's name read leniently (header counts ignored), '' when unreadable."""
+    if len(b) < 17 or not ((b[4] << 8) | b[5]):
+        return ""
+    try:
+        name, pos = read_name(b, 12)
+    except (_Bad, IndexError):
+        return ""
+    return name if pos + 4 <= len(b) else ""
+
+
 class DnsDissector(Dissector):
     """DNS, MDNS and LLMNR over UDP and TCP."""
 
@@ -255,6 +266,15 @@ class DnsDissector(Dissector):
         cm = self._messages(s, s.src_payloads)
         sm = self._messages(s, s.dst_payloads)
         msgs = cm + sm
+        if not msgs and std and s.transport == "UDP":
+            # damaged messages on a DNS port: still DNS, with the first question's name if it reads
+            name = next((n for n in map(_question_name, s.dst_payloads[:1] + s.src_payloads[:1]) if n), "")
+            if name:
+                port = s.dst_port if s.dst_port in _PORT_NAMES else s.src_port
+                v.app_protocol = _PORT_NAMES.get(port, "DNS")
+                v.host = host_text(name)
+                return Match.PARTIAL
+            return Match.NO
         if not msgs or not all(_plausible(m, not std) for m in msgs):
             return Match.NO
         if not std:
@@ -263,7 +283,7 @@ class DnsDissector(Dissector):
                 return Match.NO
         port = s.dst_port if s.dst_port in _PORT_NAMES else s.src_port
         v.app_protocol = _PORT_NAMES.get(port, "DNS")
-        q = next((m for m in msgs if m.qname), None)
+        q = next((m for m in sm if m.qname and m.is_response), None) or next((m for m in msgs if m.qname), None)
         if q is not None:
             v.host = host_text(q.qname)
             if q.qname[:2] == "2.":
