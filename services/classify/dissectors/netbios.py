@@ -79,7 +79,7 @@ class NetBIOS(Dissector):
                     v.app_protocol = "NetBIOS"
                     name = _encoded_name(p, 12)
                     if name:
-                        v.extra["netbios_name"] = name
+                        v.host = name.lower()
                     return Match.FINAL
                 if (138 in (s.src_port, s.dst_port)) and nbds_ok(p):
                     v.app_protocol = "NetBIOS"
@@ -87,6 +87,9 @@ class NetBIOS(Dissector):
                     kind = _smb_kind(p, 82) if p[0] in (0x10, 0x11, 0x12) else ""
                     if kind:
                         v.application = kind
+                    name = _encoded_name(p, 14) if p[0] in (0x10, 0x11, 0x12) else None
+                    if name:
+                        v.host = name.lower()      # the source NetBIOS name
                     return Match.FINAL
             return Match.NO
         # TCP: NBSS header (type, flags, 16-bit length) on 139 or the direct-hosted 445 header
@@ -102,7 +105,7 @@ class NetBIOS(Dissector):
                     return Match.FINAL
             elif t == 0x81 and (p[1] & 0xFE) == 0 and u16(p, 2) + 4 == len(p) and _encoded_name(p, 4) is not None:
                 v.app_protocol = "NetBIOS"
-                v.extra["netbios_name"] = _encoded_name(p, 4) or ""
+                v.host = (_encoded_name(p, 4) or "").lower()     # the called name
                 return Match.FINAL
             elif t in (0x82, 0x83, 0x84) and p[1] == 0 and u16(p, 2) + 4 == len(p) and 139 in (s.src_port, s.dst_port):
                 v.app_protocol = "NetBIOS"
