@@ -89,6 +89,11 @@ class Mail(Dissector):
             v.extra["commands"] = ",".join(dict.fromkeys(c for c in ccmds if c.isalpha())).strip(",")[:200]
         if sl and sl[0]:
             v.extra["banner"] = printable(sl[0], 200)
+        if proto in ("SMTP", "SMTPS", "FTP_CONTROL") and sl and sl[0][:4] in (b"220 ", b"220-") and not v.host:
+            # the greeting's first word: the server's name (RFC 5321 4.2) or the FTP server software
+            word = sl[0][4:].split(b" ", 1)[0]
+            if word and len(word) <= 255 and all(c in b"-._" or 48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122 for c in word):
+                v.host = word.decode().lower()
         if proto == "SMTP" or proto == "SMTPS":
             for x in cl:
                 if x[:5].upper() in (b"EHLO ", b"HELO "):

@@ -284,6 +284,46 @@ class FastCGI(Simple):
             return u16(p, 4) == 8 and 1 <= u16(p, 8) <= 3
         return False
 
+    def result(self, s: FlowSample, v: Verdict) -> str:
+        # FCGI_PARAMS name-value pairs (1- or 4-byte lengths): the HTTP_HOST / SERVER_NAME parameter
+        data = b"".join(s.src_payloads[:4])[:16384]
+        o = 0
+        while o + 8 <= len(data):
+            rtype, clen, pad = data[o + 1], u16(data, o + 4), data[o + 6]
+            body = data[o + 8:o + 8 + clen]
+            if rtype == 4:
+                host = _fcgi_param(body, (b"HTTP_HOST", b"SERVER_NAME"))
+                if host:
+                    v.host = host
+                    break
+            o += 8 + clen + pad
+        return self.name
+
+
+def _fcgi_param(body: bytes, names: tuple[bytes, ...]) -> str:
+    o = 0
+    n = 0
+    while o < len(body) and n < 200:
+        n += 1
+        lens = []
+        for _ in range(2):
+            if o >= len(body):
+                return ""
+            if body[o] & 0x80:
+                if o + 4 > len(body):
+                    return ""
+                lens.append(u32(body, o) & 0x7FFFFFFF)
+                o += 4
+            else:
+                lens.append(body[o])
+                o += 1
+        name = body[o:o + lens[0]]
+        value = body[o + lens[0]:o + lens[0] + lens[1]]
+        o += lens[0] + lens[1]
+        if name in names and value:
+            return printable(value, 255)
+    return ""
+
 
 class CPHA(Simple):
     """Check Point ClusterXL (CPHA) on 8116/udp: magic 0x1A90."""

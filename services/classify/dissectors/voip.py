@@ -88,6 +88,19 @@ class STUN(Dissector):
     def could_be(self, s: FlowSample) -> bool:
         return bool(s.src_payloads or s.dst_payloads)
 
+    @staticmethod
+    def _realm(s: FlowSample, tcp: bool) -> str:
+        """The REALM attribute (0x0014) of the first message carrying one, as nDPI reports it as the host."""
+        for _src, p in ordered(s, 8):
+            if tcp and len(p) >= 22 and p[6:10] == _COOKIE and p[4:8] != _COOKIE:   # RFC 4571 framing
+                p = p[2:]
+            if len(p) < 20 or p[0] & 0xC0:
+                continue
+            for t, val in stun_attrs(p):
+                if t == 0x0014 and val:
+                    return printable(val, 255)
+        return ""
+
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
         tcp = s.transport == "TCP"
         stun = 0
@@ -108,6 +121,10 @@ class STUN(Dissector):
             v.app_protocol = "DTLS"
             return Match.FINAL
         v.app_protocol = self.name
+        if not v.host:
+            realm = self._realm(s, tcp)
+            if realm:
+                v.host = realm
         return Match.FINAL if n >= 12 else Match.PARTIAL
 
 
@@ -123,6 +140,18 @@ def sip_ok(p: bytes) -> bool:
             rest = p[len(m):len(m) + 5].lower()
             return rest.startswith((b"sip:", b"sips:", b"tel:", b"urn:")) or b" SIP/2.0" in p[:300]
     return False
+
+
+def stun_attrs(p: bytes):
+    """(type, value) of the attributes of one STUN message (RFC 5389 15), bounds-checked."""
+    o = 20
+    end = min(len(p), 20 + u16(p, 2))
+    n = 0
+    while o + 4 <= end and n < 40:
+        t, ln = u16(p, o), u16(p, o + 2)
+        yield t, p[o + 4:o + 4 + ln]
+        o += 4 + ((ln + 3) & ~3)
+        n += 1
 
 
 class SIP(Dissector):
