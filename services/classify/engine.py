@@ -72,7 +72,7 @@ class Engine:
         self,
         registry: Iterable[Dissector] | None = None,
         apps: Apps | None = None,
-        second: Callable[[FlowSample], tuple[str, str] | None] | None = None,
+        second: Callable[[FlowSample], tuple[str, ...] | None] | None = None,
         port_guess: bool = True,
     ) -> None:
         self.registry: list[Dissector] = list(REGISTRY if registry is None else registry)
@@ -147,9 +147,11 @@ class Engine:
                 self._warn("ndpi", "second engine raised on flow %s", s.flow_id, exc_info=True)
                 got = None
             if got:
-                v.app_protocol, app = got
+                v.app_protocol, app = got[0], got[1]
                 if app and not v.application:
                     v.application = app
+                if len(got) > 2 and got[2] and not v.host:
+                    v.host = got[2]
                 v.confidence = "dpi"
                 self.counters["second"] += 1
         if v.confidence == "unknown" and self.port_guess:
