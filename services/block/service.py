@@ -47,11 +47,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.bus import Bus, RateLimitedLog, safe_text
-from shared.models import Alert, BlockAction, PacketEvent, Verdict
+from shared.models import Alert, BlockAction, FlowSample, PacketEvent, Verdict
 from shared.settings import BlockSettings
 from shared.subjects import subject
 
 from services.block import inject as inj
+from services.block.fastpath import client_name
 from services.block.rules import ENFORCING, MatchContext, Rule, RuleSet, RuleWatcher, normalize_host
 
 log = logging.getLogger("flowtarget.block")
@@ -226,6 +227,7 @@ class Blocker:
         self.dns_watches: dict[tuple, DnsWatch] = {}
         self.dns_flows: dict[tuple, FlowInfo] = {}
         self.latencies_ms: list[float] = []
+        self.arrival_ms: list[float] = []  # trigger capture -> verdict/packet event received by block
         self.counters: dict[str, int] = {}
         self.race_window_s = float(getattr(settings, "race_window_s", 1.0))
         self.max_attempts = int(getattr(settings, "max_attempts", 3))
@@ -350,6 +352,10 @@ class Blocker:
                 self.flows.popitem(last=False)
         if not len(self.rules):
             return
+        if v.trigger_time and self.live:
+            self.arrival_ms.append((time.time() - v.trigger_time) * 1000.0)
+            if len(self.arrival_ms) > 100_000:
+                del self.arrival_ms[:50_000]
         is_dns = v.app_protocol.upper() == "DNS"
         matched = self.rules.matching(flow.ctx, ("alert", "reset", "http_block", "drop"))
         if not matched:
@@ -368,6 +374,42 @@ class Blocker:
             self.raise_alert(flow, r, host)
         self.enforce(flow, rule, host, v.src2dst_next_seq, v.dst2src_next_seq or v.src2dst_ack, v.trigger_time,
                      have_seq=bool(v.src2dst_next_seq or v.dst2src_next_seq or v.src2dst_ack))
+
+    # ------------------------------------------------------------------ samples: the fast path
+
+    @staticmethod
+    def fast_eligible(rule: Rule) -> bool:
+        """Rules that need no more than what a sample shows (name, addresses, ports, HTTP/TLS)."""
+        return rule.action in ("reset", "http_block") and not rule.application and not rule.category
+
+    async def on_sample(self, s: FlowSample) -> None:
+        """Act on capture's sample before classify answers, for rules on names and addresses only."""
+        if not len(self.rules) or s.flow_id in self.handled or not s.src_payloads:
+            return
+        if s.transport.upper() != "TCP" or not s.payload_dirs.startswith("s") or not (s.src_mac and s.dst_mac):
+            return
+        found = client_name(b"".join(s.src_payloads[:8])[:16384])
+        if found is None:
+            return
+        proto, host = found
+        self.count("samples_named")
+        ctx = MatchContext(host=host, src_ip=s.src_ip, dst_ip=s.dst_ip, src_port=s.src_port, dst_port=s.dst_port,
+                           transport="TCP", app_protocol=proto)
+        rule = next((r for r in self.rules.matching(ctx, ("reset", "http_block")) if self.fast_eligible(r)), None)
+        if rule is None:
+            return
+        if s.trigger_time and self.live:
+            self.arrival_ms.append((time.time() - s.trigger_time) * 1000.0)
+        flow = FlowInfo(flow_id=s.flow_id, transport="TCP", client=inj.Endpoint(s.src_ip, s.src_port, s.src_mac),
+                        server=inj.Endpoint(s.dst_ip, s.dst_port, s.dst_mac), vlan_ids=list(s.vlan_ids), ctx=ctx,
+                        seen=time.monotonic())
+        if not self._mark_handled(s.flow_id):
+            return
+        self.count("fast_path")
+        for r in self.rules.matching(ctx, ("alert",)):
+            self.raise_alert(flow, r, host)
+        self.enforce(flow, rule, host, s.src2dst_next_seq, s.dst2src_next_seq or s.src2dst_ack, s.trigger_time,
+                     have_seq=bool(s.src2dst_next_seq))
 
     def enforce(self, flow: FlowInfo, rule: Rule, host: str, c_next: int, s_next: int, t_trigger: float,
                 have_seq: bool = True, pending: bool = False) -> None:
@@ -701,6 +743,7 @@ async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
                     blocker._rlog.warning("pkt", "watch error: %s", safe_text(exc))
 
         loop.add_reader(src.fileno(), readable)
+    await bus.subscribe(subject("sample", settings.probe), blocker.on_sample, types=[FlowSample])
     await bus.subscribe(subject("verdict", settings.probe), blocker.on_verdict, types=[Verdict])
     await bus.subscribe(subject("packet", settings.probe), blocker.on_packet_event, types=[PacketEvent])
     log.info("block running: iface=%s dry_run=%s bucket=%s", settings.iface or "(none)", settings.dry_run,
@@ -732,4 +775,5 @@ async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
             src.close()
         await watcher.stop()
         blocker.close()
-        log.info("block stopped: %s latency %s", blocker.counters, latency_summary(blocker.latencies_ms))
+        log.info("block stopped: %s latency %s arrival %s", blocker.counters, latency_summary(blocker.latencies_ms),
+                 latency_summary(blocker.arrival_ms))
