@@ -34,6 +34,9 @@ log = logging.getLogger("flowtarget.classify.engine")
 # Max lengths of the verdict's strings (shared/models.py); hostile payloads
 # must not produce a verdict that fails validation downstream.
 _STR_LIMITS = {"app_protocol": 64, "application": 64, "category": 64, "host": 512}
+_ENVELOPE = ("timestamp", "probe", "flow_id", "transport", "src_ip", "src_port", "dst_ip", "dst_port", "vlan_id",
+             "sample_seq_no", "trigger_time", "src_mac", "dst_mac", "vlan_ids", "src2dst_next_seq", "src2dst_ack",
+             "dst2src_next_seq", "dst2src_ack")
 
 
 class _RateLimitedLog:
@@ -83,50 +86,66 @@ class Engine:
         self.counters: Counter[str] = Counter()     # samples, dpi, port, ip, unknown, dns_bad, ...
         self._warn = _RateLimitedLog()
         # per transport: the dissectors that could apply (saves a call per dissector)
-        self._by_transport: dict[str, list[Dissector]] = {}
+        self._by_transport: dict[str, list[tuple[Any, Any, Dissector]]] = {}
         for t in ("TCP", "UDP"):
-            self._by_transport[t] = [d for d in self.registry if t in d.transports]
+            self._dissectors_for(t)
         self._ports = self._build_port_table()
+        self._template = dict(Verdict(timestamp=0.0, probe="template").__dict__)
 
     # ------------------------------------------------------------------ classify
 
-    def _dissectors_for(self, transport: str) -> list[Dissector]:
+    def _dissectors_for(self, transport: str) -> list[tuple[Any, Any, Dissector]]:
+        """(could_be, dissect, dissector) of the dissectors for a transport, bound once (hot loop)."""
         lst = self._by_transport.get(transport)
         if lst is None:
-            lst = [d for d in self.registry if transport in d.transports]
+            lst = [(d.could_be, d.dissect, d) for d in self.registry if transport in d.transports]
             self._by_transport[transport] = lst
         return lst
 
     def new_verdict(self, s: FlowSample) -> Verdict:
-        return Verdict(
+        """A Verdict with the sample's envelope and the fields block needs.
+
+        Built from a validated template without re-validation: every value
+        comes from the already validated sample, whose fields have the same
+        constraints (this halves the cost of the most frequent allocation).
+        """
+        d = dict(self._template)
+        d.update(
             timestamp=s.timestamp, probe=s.probe, flow_id=s.flow_id, transport=s.transport,
             src_ip=s.src_ip, src_port=s.src_port, dst_ip=s.dst_ip, dst_port=s.dst_port, vlan_id=s.vlan_id,
             sample_seq_no=s.seq_no, trigger_time=s.trigger_time, src_mac=s.src_mac, dst_mac=s.dst_mac,
             vlan_ids=list(s.vlan_ids), src2dst_next_seq=s.src2dst_next_seq, src2dst_ack=s.src2dst_ack,
-            dst2src_next_seq=s.dst2src_next_seq, dst2src_ack=s.dst2src_ack,
+            dst2src_next_seq=s.dst2src_next_seq, dst2src_ack=s.dst2src_ack, extra={},
         )
+        v = Verdict.__new__(Verdict)
+        _setattr = object.__setattr__
+        _setattr(v, "__dict__", d)
+        _setattr(v, "__pydantic_fields_set__", set(_ENVELOPE))
+        _setattr(v, "__pydantic_extra__", None)
+        _setattr(v, "__pydantic_private__", None)
+        return v
 
     def classify(self, s: FlowSample) -> Verdict:
         v = self.new_verdict(s)
         self.counters["samples"] += 1
         final = False
         kept: str | None = None      # app_protocol of the first PARTIAL match
-        for d in self._dissectors_for(s.transport):
+        FINAL, PARTIAL = Match.FINAL, Match.PARTIAL
+        for could_be, dissect, d in self._dissectors_for(s.transport):
             try:
-                if not d.could_be(s):
+                if not could_be(s):
                     continue
-                m = d.dissect(s, v)
+                m = dissect(s, v)
             except Exception:  # noqa: BLE001 - safecall: one dissector's bug never stops the others
                 name = d.name or type(d).__name__
                 self.errors[name] += 1
                 self._warn(name, "dissector %s raised on flow %s", name, s.flow_id, exc_info=True)
-                if kept is not None:
-                    v.app_protocol = kept
+                v.app_protocol = kept if kept is not None else "Unknown"
                 continue
-            if m == Match.FINAL:
+            if m is FINAL or m == FINAL:
                 final = True
                 break
-            if m == Match.PARTIAL:
+            if m is PARTIAL or m == PARTIAL:
                 if kept is None:
                     kept = v.app_protocol
                 else:
@@ -171,12 +190,13 @@ class Engine:
 
     @staticmethod
     def _sanitize(v: Verdict) -> None:
+        d = v.__dict__
         for field, limit in _STR_LIMITS.items():
-            val = getattr(v, field)
-            if len(val) > limit or not val.isprintable():
-                setattr(v, field, clean_text(val, limit))
-        if not v.app_protocol:
-            v.app_protocol = "Unknown"
+            val = d[field]
+            if val and (len(val) > limit or not val.isprintable()):
+                d[field] = clean_text(val, limit)
+        if not d["app_protocol"]:
+            d["app_protocol"] = "Unknown"
 
     def clear_caches(self) -> None:
         """Forget the memoised parses (for honest benchmarks)."""
