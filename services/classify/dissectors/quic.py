@@ -63,7 +63,8 @@ def draft_number(version: int) -> int:
 
 
 def is_gquic(version: int) -> bool:
-    return version >> 16 in (0x5130, 0x5430) and 0x30 <= (version >> 8) & 0xFF <= 0x39
+    return (version >> 16 in (0x5130, 0x5430) and 0x30 <= (version >> 8) & 0xFF <= 0x39
+            and 0x30 <= version & 0xFF <= 0x39)
 
 
 def is_known_version(version: int) -> bool:
@@ -300,7 +301,7 @@ def _version_text(version: int) -> str:
     if version == V2:
         return "V-2"
     if is_gquic(version):
-        return version.to_bytes(4, "big").decode("ascii")
+        return version.to_bytes(4, "big").decode("latin-1")
     if version >> 8 == 0xFF0000:
         return "Draft-%d" % (version & 0xFF)
     return "0x%08x" % version
