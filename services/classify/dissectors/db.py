@@ -77,13 +77,12 @@ class MongoDB(Simple):
     name = "MongoDB"
     transports = TCP
     ports = frozenset({27017, 27018, 27019})
-    port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) < 16 or u32le(p, 0) != len(p) and not (u32le(p, 0) > len(p) and len(p) >= 1400):
             return False
         op = u32le(p, 12)
-        return op in (1, 2001, 2002, 2004, 2005, 2006, 2007, 2010, 2011, 2012, 2013) and (u32le(p, 8) == 0 or not from_src)
+        return op in (1, 2001, 2002, 2004, 2005, 2006, 2007, 2010, 2011, 2012, 2013) and (u32le(p, 8) in (0, 0xFFFFFFFF) or not from_src)
 
 
 class Memcached(Simple):

@@ -35,14 +35,58 @@ class RakNet(Simple):
     name = "RakNet"
     transports = UDP
     ports = frozenset({19132, 19133})
-    magic = (b"\x01", b"\x02", b"\x1c", b"\x05", b"\x06", b"\x07", b"\x08", b"\x09", b"\x10", b"\x11", b"\x12", b"\x19")
+    magic = (b"\x01", b"\x02", b"\x1c", b"\x05", b"\x06", b"\x07", b"\x08", b"\x09", b"\x10", b"\x11", b"\x12", b"\x19",
+             b"\xa0", b"\xc0") + tuple(bytes([b]) for b in range(0x80, 0x8E))
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) < 17:
-            return False
+            return rak_ack_ok(p) or rak_frameset_ok(p)
         if p[0] in (0x05, 0x06, 0x07, 0x08, 0x09, 0x10, 0x11, 0x12, 0x19) and p[1:17] == _RAKNET_MAGIC:
             return True
-        return p[0] in (0x01, 0x02, 0x1C) and len(p) >= 25 and p[9:25] == _RAKNET_MAGIC
+        if p[0] in (0x01, 0x02, 0x1C) and len(p) >= 25 and p[9:25] == _RAKNET_MAGIC:
+            return True
+        return rak_ack_ok(p) or rak_frameset_ok(p)
+
+
+def rak_ack_ok(p: bytes) -> bool:
+    """A RakNet ACK (0xC0) / NACK (0xA0): record count, then single (flag 1 + seq) or range (flag 0 + 2 seqs) records."""
+    if len(p) < 7 or p[0] not in (0xC0, 0xA0):
+        return False
+    n = u16(p, 1)
+    o = 3
+    for _ in range(n):
+        if o >= len(p):
+            return False
+        o += 4 if p[o] == 1 else 7 if p[o] == 0 else 10 ** 6
+    return n >= 1 and o == len(p)
+
+
+def rak_frameset_ok(p: bytes) -> bool:
+    """A RakNet frame set (0x80..0x8D + 24-bit sequence) whose frames exactly fill the datagram."""
+    if len(p) < 8 or not 0x80 <= p[0] <= 0x8D:
+        return False
+    o = 4
+    frames = 0
+    while o < len(p) and frames < 64:
+        if o + 3 > len(p):
+            return False
+        flags = p[o]
+        rel = flags >> 5
+        bits = u16(p, o + 1)
+        o += 3
+        if rel in (2, 3, 4, 6, 7):
+            o += 3
+        if rel in (1, 4):
+            o += 3
+        if rel in (1, 3, 4, 7):
+            o += 4
+        if flags & 0x10:
+            o += 10
+        if bits == 0:
+            return False
+        o += (bits + 7) // 8
+        frames += 1
+    return frames >= 1 and o == len(p)
 
 
 class Activision(Simple):

@@ -329,7 +329,13 @@ class TFTP(Dissector):
                 v.extra["tftp_file"] = printable(parts[0], 200)
                 return Match.FINAL
             return Match.NO
-        if op == 3 and len(p) <= 516 + 4 * 0 + 65000:
+        if op == 6:    # OACK (RFC 2347): option names and values, NUL-terminated
+            parts = p[2:].split(b"\x00")
+            if len(parts) >= 3 and parts[0].lower() in (b"blksize", b"tsize", b"timeout", b"windowsize") and parts[1].isdigit():
+                v.app_protocol = self.name
+                return Match.FINAL
+            return Match.NO
+        if op == 3:
             blk = u16(p, 2)
             for q in s.dst_payloads[:3]:
                 if len(q) == 4 and q[1] == 4 and q[0] == 0 and u16(q, 2) == blk:

@@ -309,7 +309,7 @@ class Zoom(Simple):
         return s.dst_port in self.ports or s.src_port in self.ports
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
-        return len(p) >= 8 and p[0] in (1, 2, 3, 4, 5, 0x05, 0x1f, 0x20) and (s.dst_port in self.ports or s.src_port in self.ports)
+        return len(p) >= 8 and p[0] in (1, 2, 3, 4, 5) and p[1] == 0 and (s.dst_port in self.ports or s.src_port in self.ports)
 
 
 DISSECTORS = [STUN(), SIP(), Discord(), IAX(), H323(), Megaco(), CiscoSkinny(), BFCP(), Zoom(), RTPRTCP()]

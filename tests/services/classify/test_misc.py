@@ -1,0 +1,73 @@
+"""Magic-number, game, messaging and media dissectors (misc.py, games.py, messaging.py, media.py)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from services.classify.engine import Engine
+from shared.models import FlowSample
+
+ENGINE = Engine(port_guess=False)
+
+
+def _s(transport="UDP", src=(), dst=(), sport=40000, dport=9) -> FlowSample:
+    src, dst = list(src), list(dst)
+    return FlowSample(timestamp=1.0, probe="t", transport=transport, src_ip="10.0.0.1", src_port=sport,
+                      dst_ip="10.0.0.2", dst_port=dport, first_seen=1.0, src_payloads=src, dst_payloads=dst,
+                      payload_dirs="s" * len(src) + "d" * len(dst))
+
+
+def tplink(js: bytes) -> bytes:
+    key, out = 171, bytearray()
+    for c in js:
+        key ^= c
+        out.append(key)
+    return bytes(out)
+
+
+RAKNET_MAGIC = b"\x00\xff\xff\x00\xfe\xfe\xfe\xfe\xfd\xfd\xfd\xfd\x12\x34\x56\x78"
+
+CASES = [
+    ("UDP", [b"\x32\xff\x00\x04" + b"\x00" * 4 + b"\x11\x22\x33\x44"], [], 2152, "GTP"),
+    ("UDP", [b"SpotUdp0" + b"\x00" * 36], [], 57621, "Spotify"),
+    ("UDP", [tplink(b'{"system":{"get_sysinfo":{}}}')], [], 9999, "TPLINK_SHP"),
+    ("TCP", [struct.pack("!I", 29) + tplink(b'{"system":{"get_sysinfo":{}}}')], [], 9999, "TPLINK_SHP"),
+    ("UDP", [b"\x01\x00\x00\x00"], [], 10001, "UBNTAC2"),
+    ("UDP", [b"BJNP\x02\x01\x00\x00\x17\xa4" + b"\x00" * 6], [], 8612, "BJNP"),
+    ("UDP", [struct.pack("<IBBHIII", 10, 81, 0, 128, 1, 0, 0) + struct.pack("<I", 4) + b"abcd"], [], 8000, "KCP"),
+    ("TCP", [b"NOSA" + struct.pack("!H", 16) + b"\x01\x01" + b"\x00" * 8], [], 80, "AVAST"),
+    ("UDP", [b"\xff\xff\xff\xffTSource Engine Query\x00"], [], 27015, "Source_Engine"),
+    ("UDP", [b"\x05" + RAKNET_MAGIC + b"\x0a" + b"\x00" * 40], [], 19132, "RakNet"),
+    ("TCP", [b"<?xml version='1.0'?><stream:stream to='example.com' xmlns='jabber:client'>"], [], 5222, "Jabber"),
+    ("TCP", [b"WA\x02\x05" + b"\x00" * 20], [], 443, "WhatsApp"),
+    ("UDP", [b"T" * 16 + b"\xff" * 8 + b"\x00" * 16], [], 533, "Telegram"),
+    ("TCP", [b"OPTIONS rtsp://10.0.0.2:8554/ RTSP/1.0\r\nCSeq: 1\r\n\r\n"], [b"RTSP/1.0 200 OK\r\n\r\n"], 8554, "RTSP"),
+    ("TCP", [b"\x03" + b"\x00" * 1536], [], 1935, "RTMP"),
+    ("UDP", [(b"\x47" + b"\x00" * 187) * 7], [], 1234, "MPEG_TS"),
+    ("UDP", [b"TS\xf0\x9f\x92\xac" + b"\x00" * 50], [], 41641, "Tailscale"),
+    ("TCP", [struct.pack("!IIII", 16, 0x00000015, 0, 1)], [], 2775, "SMPP"),
+]
+
+
+@pytest.mark.parametrize("transport,src,dst,port,name", CASES)
+def test_signatures(transport, src, dst, port, name):
+    assert ENGINE.classify(_s(transport, src=src, dst=dst, dport=port)).app_protocol == name
+
+
+def test_sd_rtn_gives_edge_host():
+    edge = b"104-166-161-75.edge.agora.io"
+    p = b"\x00\x60\x2d\x94\x00\x00\x21\x00\x00\x00\x00\x00\x04SNI\x00" + struct.pack("<H", len(edge)) + edge + b"\x00" * 8
+    v = ENGINE.classify(_s(src=[p], dport=8130))
+    assert v.app_protocol == "SD-RTN" and v.host == edge.decode()
+
+
+def test_websocket_frames_need_consistent_lengths():
+    ok = [b"\x81\x05hello", b"\x81\x85abcd" + b"12345"]
+    assert ENGINE.classify(_s("TCP", src=ok[:1], dst=ok[1:], dport=12345)).app_protocol == "WebSocket"
+    assert ENGINE.classify(_s("TCP", src=[b"\x81\x05hel"], dst=[b"\x81\x05hello"], dport=12345)).app_protocol != "WebSocket"
+
+
+def test_tplink_needs_json_after_decryption():
+    assert ENGINE.classify(_s(src=[tplink(b"<xml/>")], dport=9999)).app_protocol != "TPLINK_SHP"

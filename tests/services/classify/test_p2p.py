@@ -1,0 +1,65 @@
+"""Peer-to-peer and crypto-currency dissectors (p2p.py) from bytes built per BEPs and protocol notes."""
+
+from __future__ import annotations
+
+import struct
+
+from services.classify.dissectors.p2p import dnscrypt_app
+from services.classify.engine import Engine
+from shared.models import FlowSample
+
+ENGINE = Engine(port_guess=False)
+
+
+def _s(transport="TCP", src=(), dst=(), sport=40000, dport=9) -> FlowSample:
+    src, dst = list(src), list(dst)
+    return FlowSample(timestamp=1.0, probe="t", transport=transport, src_ip="10.0.0.1", src_port=sport,
+                      dst_ip="10.0.0.2", dst_port=dport, first_seen=1.0, src_payloads=src, dst_payloads=dst,
+                      payload_dirs="s" * len(src) + "d" * len(dst))
+
+
+def test_bittorrent_handshake_gives_info_hash():
+    hs = b"\x13BitTorrent protocol" + b"\x00" * 8 + bytes(range(20)) + b"-XX0001-" + b"1" * 12
+    v = ENGINE.classify(_s(src=[hs], dport=51413))
+    assert v.app_protocol == "BitTorrent" and v.extra["bittorrent_info_hash"] == bytes(range(20)).hex()
+
+
+def test_bittorrent_dht_and_utp_syn():
+    ping = b"d1:ad2:id20:" + b"a" * 20 + b"e1:q4:ping1:t2:aa1:y1:qe"
+    assert ENGINE.classify(_s("UDP", src=[ping], dport=6881)).app_protocol == "BitTorrent"
+    syn = bytes([0x41, 0]) + b"\x12\x34" + b"\x00" * 16
+    assert ENGINE.classify(_s("UDP", src=[syn], dport=6881)).app_protocol == "BitTorrent"
+
+
+def test_gnutella_tcp_and_udp_descriptor():
+    assert ENGINE.classify(_s(src=[b"GNUTELLA CONNECT/0.6\r\n\r\n"], dport=6346)).app_protocol == "Gnutella"
+    ping = b"G" * 16 + bytes([0x00, 1, 0]) + struct.pack("<I", 0)
+    assert ENGINE.classify(_s("UDP", src=[ping], dport=6346)).app_protocol == "Gnutella"
+
+
+def test_bitcoin_version_and_monero_levin():
+    btc = b"\xf9\xbe\xb4\xd9version\x00\x00\x00\x00\x00" + struct.pack("<I", 0) + b"\x5d\xf6\xe0\xe2"
+    assert ENGINE.classify(_s(src=[btc], dport=8333)).app_protocol == "BITCOIN"
+    levin = b"\x01\x21\x01\x01\x01\x01\x01\x01" + b"\x00" * 25
+    assert ENGINE.classify(_s(src=[levin], dport=18080)).app_protocol == "Monero"
+
+
+def test_stratum_mining_and_ethereum_rlpx_auth():
+    sub = b'{"id": 1, "method": "mining.subscribe", "params": []}\n'
+    assert ENGINE.classify(_s(src=[sub], dport=3333)).app_protocol == "Mining"
+    auth = struct.pack("!H", 300) + b"\x04" + b"\x55" * 299
+    assert ENGINE.classify(_s(src=[auth], dport=30303)).app_protocol == "ETHEREUM"
+
+
+def test_dnscrypt_resolver_magic_and_names():
+    q = b"\x11" * 8 + b"\x22" * 56
+    assert ENGINE.classify(_s("UDP", src=[q], dst=[b"r6fnvWj8" + b"\x00" * 40], dport=443)).app_protocol == "DNScrypt"
+    assert dnscrypt_app("2.dnscrypt-cert.example.net") == "DNScrypt"
+    assert dnscrypt_app("2.sEcUREdNS.AVASt.coM") == "AVASTSecureDNS"
+    assert dnscrypt_app("www.example.com") == ""
+
+
+def test_syncthing_discovery_and_dropbox_lan_sync():
+    assert ENGINE.classify(_s("UDP", src=[b"\x2e\xa7\xd9\x0b" + b"\x0a\x20" + b"x" * 40], dport=21027)).app_protocol == "Syncthing"
+    lan = b'{"host_int": 1, "version": [2, 0], "displayname": "", "port": 17500, "namespaces": []}'
+    assert ENGINE.classify(_s("UDP", src=[lan], sport=17500, dport=17500)).app_protocol == "Dropbox"

@@ -1,0 +1,64 @@
+"""OpenVPN, WireGuard, IPsec/IKE, SOCKS and tinc dissectors (vpn.py) from bytes built per their documents."""
+
+from __future__ import annotations
+
+import struct
+
+from services.classify.engine import Engine
+from shared.models import FlowSample
+
+ENGINE = Engine(port_guess=False)
+
+
+def _s(transport="UDP", src=(), dst=(), sport=40000, dport=9) -> FlowSample:
+    src, dst = list(src), list(dst)
+    return FlowSample(timestamp=1.0, probe="t", transport=transport, src_ip="10.0.0.1", src_port=sport,
+                      dst_ip="10.0.0.2", dst_port=dport, first_seen=1.0, src_payloads=src, dst_payloads=dst,
+                      payload_dirs="s" * len(src) + "d" * len(dst))
+
+
+def ovpn(op: int, sid: bytes) -> bytes:
+    return bytes([op << 3]) + sid + b"\x00" + b"\x00\x00\x00\x00"
+
+
+def test_openvpn_udp_reset_pair_and_plain_client_reset():
+    s = _s(src=[ovpn(7, b"A" * 8)], dst=[ovpn(8, b"B" * 8)], dport=1194)
+    assert ENGINE.classify(s).app_protocol == "OpenVPN"
+    assert ENGINE.classify(_s(src=[ovpn(7, b"A" * 8)], dport=443)).app_protocol == "OpenVPN"
+
+
+def test_openvpn_tcp_length_prefix():
+    c, d = ovpn(7, b"A" * 8), ovpn(8, b"B" * 8)
+    s = _s("TCP", src=[struct.pack("!H", len(c)) + c], dst=[struct.pack("!H", len(d)) + d], dport=1194)
+    assert ENGINE.classify(s).app_protocol == "OpenVPN"
+
+
+def test_wireguard_handshake_sizes():
+    init = b"\x01\x00\x00\x00" + b"\x11" * 144
+    resp = b"\x02\x00\x00\x00" + b"\x22" * 88
+    assert ENGINE.classify(_s(src=[init], dst=[resp], dport=51820)).app_protocol == "WireGuard"
+    assert ENGINE.classify(_s(src=[b"\x01\x00\x00\x00" + b"\x11" * 100], dport=51820)).app_protocol != "WireGuard"
+
+
+def test_ike_v2_sa_init_and_nat_t_marker():
+    hdr = b"I" * 8 + b"\x00" * 8 + bytes([33, 0x20, 34, 0x08]) + struct.pack("!I", 0)
+    ike = hdr + struct.pack("!I", 28 + 8) + b"\x00" * 8
+    assert ENGINE.classify(_s(src=[ike], sport=500, dport=500)).app_protocol == "IPSec"
+    nat_t = b"\x00\x00\x00\x00" + hdr + struct.pack("!I", 28 + 8) + b"\x00" * 8
+    assert ENGINE.classify(_s(src=[nat_t], sport=4500, dport=4500)).app_protocol == "IPSec"
+
+
+def test_esp_and_ah_transports():
+    assert ENGINE.classify(_s("ESP", src=[b"\x00\x00\x01\x00" * 8], sport=0, dport=0)).app_protocol == "IPSec"
+    assert ENGINE.classify(_s("AH", src=[b"\x01\x04\x00\x00" * 6], sport=0, dport=0)).app_protocol == "IPSec"
+
+
+def test_socks5_method_negotiation_and_socks4_connect():
+    assert ENGINE.classify(_s("TCP", src=[b"\x05\x02\x00\x01"], dst=[b"\x05\x00"], dport=1080)).app_protocol == "SOCKS"
+    s4 = b"\x04\x01\x00\x50\x0a\x00\x00\x01user\x00"
+    assert ENGINE.classify(_s("TCP", src=[s4], dst=[b"\x00\x5a" + b"\x00" * 6], dport=1080)).app_protocol == "SOCKS"
+    assert ENGINE.classify(_s("TCP", src=[b"\x05\x02\x00\x01"], dst=[b"HTTP/1.1 400"], dport=1080)).app_protocol != "SOCKS"
+
+
+def test_tinc_id_request():
+    assert ENGINE.classify(_s("TCP", src=[b"0 node_a 17.7\n"], dport=655)).app_protocol == "TINC"
