@@ -123,7 +123,7 @@ class Flow:
         "first", "last", "s_pkts", "s_bytes", "d_pkts", "d_bytes", "s_flags", "d_flags",
         "state", "fin", "closed_at", "end_reason", "next_check", "last_update",
         "sampling", "sd", "dd", "dirs", "sample_seq", "pending", "verdict", "verdict_final",
-        "is_dns", "deadline", "source",
+        "is_dns", "deadline", "source", "ev",
     )
 
     def __init__(self) -> None:
@@ -138,6 +138,7 @@ class Flow:
         self.verdict: Verdict | None = None
         self.verdict_final = False
         self.deadline = 0.0
+        self.ev: list | None = None
 
 
 def _seq_payload_cut(d: _Dir, seq: int, payload: bytes) -> bytes | None:
@@ -217,6 +218,16 @@ class FlowMeter:
         #: gives one cumulative sample instead of several.
         self.defer_samples = False
         self._dirty: dict[str, tuple] = {}
+        # evidence: a ring of recent raw packets per flow (bounded in flows, see evidence_max_flows)
+        self.evidence_packets = settings.evidence_packets
+        self.evidence_max_flows = 10000
+        # the ring is a flat list [ts, frame, ts, frame, ...] trimmed in steps (cheaper than a deque of tuples)
+        self._ev_keep = 2 * self.evidence_packets
+        self._ev_trim = 4 * self.evidence_packets
+        self._ev_flows = 0
+        self._recent_ev: OrderedDict[str, tuple[Flow, int]] = OrderedDict()  # ended flows' rings, newest last
+        self.recent_evidence_max = 512
+        self.recorders: list = []  # active PcapRecorder objects (ft.ctl pcap requests)
         self._now = 0.0
         self._next_house = 0.0
         self._prev_frame = b""
@@ -287,6 +298,9 @@ class FlowMeter:
         self._prev_ts = ts
         if ts >= self._next_house:
             self._housekeep(ts)
+        if self.recorders:
+            for rec in self.recorders:
+                rec.offer(ts, frame)
         r = decode(frame, self.datalink if dlt is None else dlt)
         if r[0]:
             self._non_ip(ts, frame, r)
@@ -333,6 +347,12 @@ class FlowMeter:
             if flags:
                 f.d_flags |= flags
         f.last = ts
+        ev = f.ev
+        if ev is not None:
+            ev.append(ts)
+            ev.append(frame)
+            if len(ev) > self._ev_trim:
+                del ev[:len(ev) - self._ev_keep]
         if flags & 5 and proto == 6 and not f.state:
             self._tcp_close(f, ts, flags, fwd)
         if ts >= f.next_check:
@@ -386,6 +406,9 @@ class FlowMeter:
         f.last_update = ts
         f.next_check = ts + min(self._upd, self._active)
         f.is_dns = (sp == _DNS_PORT or dp == _DNS_PORT) and (proto == 17 or proto == 6)
+        if self.evidence_packets and self._ev_flows < self.evidence_max_flows:
+            f.ev = []
+            self._ev_flows += 1
         f.sampling = True
         f.sd = f.dd = None  # sampling state, created with the first packet that needs it
         f.dirs = ""
@@ -490,6 +513,12 @@ class FlowMeter:
             self._pending -= f.pending
             f.pending = 0
         self.flows_ended += 1
+        if f.ev is not None:
+            self._ev_flows -= 1
+            rec = self._recent_ev
+            rec[f.flow_id] = (f, self.datalink)
+            while len(rec) > self.recent_evidence_max:
+                rec.popitem(last=False)
         self.sink.flow(self._record(f, "end", f.last))
 
     # ------------------------------------------------------------------ time
@@ -544,6 +573,66 @@ class FlowMeter:
     def flush_closing(self) -> None:
         for f in list(self._closing.values()):
             self._publish_end(f)
+
+    # ------------------------------------------------------------------ evidence
+    def evidence(self, flow_id: str) -> list[tuple[float, bytes]] | None:
+        """The recent raw packets kept for a flow (open, closing or recently ended), oldest first."""
+        f = self._by_id.get(flow_id) or self._closing.get(flow_id)
+        if f is None:
+            hit = self._recent_ev.get(flow_id)
+            f = hit[0] if hit else None
+        if f is None:
+            for g in self.table.values():  # flows that never sampled are not indexed by id
+                if g.flow_id == flow_id:
+                    f = g
+                    break
+        if f is None or f.ev is None:
+            return None
+        ev = f.ev[-self._ev_keep:] if self._ev_keep else []
+        return list(zip(ev[0::2], ev[1::2]))
+
+    def write_evidence(self, flow_id: str, directory: str | None = None, tag: str = "") -> str | None:
+        """Write a flow's ring to a pcap named by interface, source IP and time; returns the path."""
+        from .evidence import evidence_name, write_pcap
+
+        pk = self.evidence(flow_id)
+        if not pk:
+            return None
+        f = self._by_id.get(flow_id) or self._closing.get(flow_id)
+        if f is None:
+            hit = self._recent_ev.get(flow_id)
+            f = hit[0] if hit else next((g for g in self.table.values() if g.flow_id == flow_id), None)
+        src_ip = f.src_ip if f is not None else ""
+        iface = (f.source if f is not None else "") or self.source
+        d = directory if directory is not None else str(self.settings.evidence_dir)
+        path = write_pcap(d, evidence_name(iface, src_ip, pk[-1][0], tag or flow_id), pk, self.datalink,
+                          self.settings.snaplen)
+        self._count("evidence_pcaps")
+        return str(path)
+
+    def start_recording(self, bpf: str, duration_s: float, directory: str | None = None) -> Any:
+        """Record matching packets for ``duration_s`` (packet time); finished by ``tick``/``finish``."""
+        from .evidence import PcapRecorder
+
+        rec = PcapRecorder(directory if directory is not None else self.settings.evidence_dir,
+                           self.source, bpf, duration_s, self.datalink)
+        self.recorders.append(rec)
+        return rec
+
+    def finished_recordings(self, now_ts: float | None = None, force: bool = False) -> list[Any]:
+        """Close the recorders whose time is over (all with ``force``); returns them with ``.path`` set."""
+        out = []
+        keep = []
+        for rec in self.recorders:
+            if now_ts is not None:
+                rec.expire(now_ts)
+            if rec.done or force:
+                rec.close()
+                out.append(rec)
+            else:
+                keep.append(rec)
+        self.recorders = keep
+        return out
 
     # ------------------------------------------------------------------ verdicts
     def on_verdict(self, v: Verdict) -> None:

@@ -450,6 +450,12 @@ class LiveSource:
             return {"received": 0, "dropped_kernel": 0, "dropped_interface": 0}
         return {"received": int(recv), "dropped_kernel": int(drop), "dropped_interface": int(ifdrop)}
 
+    def join_fanout(self, group_id: int, defrag: bool = True) -> None:
+        """Share the interface with other processes by AF_PACKET fanout (symmetric flow hash)."""
+        from .shard import join_fanout
+
+        join_fanout(self._p.fileno(), group_id, defrag=defrag)
+
     def sendpacket(self, frame: bytes) -> None:
         self._p.sendpacket(frame)
 
