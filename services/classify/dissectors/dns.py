@@ -293,7 +293,9 @@ class DnsDissector(Dissector):
         else:
             a = next((m for m in msgs if m.answers), None)
             if a is not None:
-                v.host = answer_text(a.answers[0].name)
+                first = a.answers[0]
+                # an inverse query (opcode 1) asks for the names of the address in its answer section
+                v.host = answer_text(first.data if a.opcode == 1 and not first.name else first.name)
         resp = next((m for m in msgs if m.is_response), None)
         if resp is not None:
             v.extra["dns_rcode"] = resp.rcode
