@@ -204,7 +204,7 @@ def answer_text(name: str) -> str:
 def _plausible(m: Message, strict: bool) -> bool:
     if m.opcode not in (0, 1, 2, 4, 5):
         return False
-    if m.qdcount == 0 and not (m.is_response and m.answers):
+    if m.qdcount == 0 and not m.answers and not (m.is_response and m.opcode == 1):
         return False
     if strict:
         return m.qdcount == 1 and m.qtype_num in QTYPES and (not m.qname or m.qname.isprintable())
