@@ -138,6 +138,8 @@ def _upgraded_name(clear: bytes, s: FlowSample) -> tuple[str, str]:
     """(protocol, application) of a connection upgraded to TLS, from its clear-text start."""
     if clear[:2] == b"\x03\x00":
         return "TLS", "RDP"                        # TPKT/X.224 negotiation, then TLS
+    if clear.startswith(b"PROXY ") or clear.startswith(b"\r\n\r\n\x00\r\nQUIT\n"):
+        return "HAProxy", ""                      # PROXY protocol v1/v2 header in front of TLS
     if clear.startswith(b"CONNECT "):
         return "HTTP_Connect", ""                 # TLS through an HTTP proxy tunnel
     ports = (s.src_port, s.dst_port)
