@@ -237,7 +237,7 @@ def ja4(h: Hello, proto: str = "t") -> str:
     ciphers = [c for c in h.ciphers if not is_grease(c)]
     exts = [e for e in h.extensions if not is_grease(e)]
     a = "%s%s%s%02d%02d%s" % (
-        proto, _JA4_VERSION.get(h.version, "00"), "d" if h.sni else "i",
+        proto, _JA4_VERSION.get(h.version, "00"), "d" if (h.sni or 0 in h.extensions) else "i",
         min(len(ciphers), 99), min(len(exts), 99), _alpn_code(h.alpn))
     if ciphers:
         b = hashlib.sha256(",".join("%04x" % c for c in sorted(ciphers)).encode()).hexdigest()[:12]
