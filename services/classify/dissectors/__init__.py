@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from services.classify.dissectors.base import Dissector, Match
 from services.classify.dissectors import (  # breadth protocols
-    db, games, iot, ipproto, mail, media, messaging, misc, netbios, netsvc, p2p, remote, voip, vpn,
+    db, extra, games, iot, ipproto, mail, media, messaging, misc, netbios, netsvc, p2p, remote, voip, vpn,
 )
 from services.classify.dissectors.dns import DnsDissector
 from services.classify.dissectors.http import HttpDissector
@@ -160,6 +160,27 @@ REGISTRY: list[Dissector] = [
     messaging.WhatsApp(),
     messaging.Telegram(),
     messaging.Viber(),
+    extra.MsSQLTDS(),
+    extra.Oracle(),
+    extra.Cassandra(),
+    extra.Git(),
+    extra.RSYNC(),
+    extra.WhoisDAS(),
+    extra.PPTP(),
+    extra.L2TP(),
+    extra.Teredo(),
+    extra.Radius(),
+    extra.Diameter(),
+    extra.LISP(),
+    extra.CAPWAP(),
+    extra.IEC60870(),
+    extra.OPCUA(),
+    extra.KNXnetIP(),
+    extra.MGCP(),
+    extra.TeamSpeak(),
+    extra.FIX(),
+    extra.Ookla(),
+    extra.ZeroMQ(),
     netsvc.LDAP(),
     media.WebSocket(),
     voip.RTPRTCP(),

@@ -1,0 +1,302 @@
+"""More protocols from nDPI's list, each with a fixed header defined by its
+specification: MS SQL TDS, Oracle TNS, Cassandra CQL, Git, rsync, WHOIS,
+PPTP, L2TP, Teredo, RADIUS, Diameter, LISP, CAPWAP, IEC 60870-5-104, OPC UA,
+KNXnet/IP, MGCP, TeamSpeak 3, FIX, Ookla speedtest, ZeroMQ.
+
+References: [MS-TDS] 2.2.3.1 (packet header), Oracle Net TNS packet header,
+CQL binary protocol v3-v5 frame header, git pack-protocol (pkt-line),
+rsync daemon greeting, RFC 3912 (WHOIS), RFC 2637 (PPTP control message,
+magic cookie 0x1A2B3C4D), RFC 2661 / 3931 (L2TP header), RFC 4380 (Teredo),
+RFC 2865/2866/5176 (RADIUS codes), RFC 6733 (Diameter header), RFC 9301
+(LISP control messages), RFC 5415 (CAPWAP preamble), IEC 60870-5-104 (APCI
+start 0x68), OPC UA Part 6 (UA-TCP message header), KNXnet/IP core header,
+RFC 3435 (MGCP verbs), TeamSpeak 3 init packets, FIX 4.x/FIXT BeginString,
+Ookla's text protocol (HI/HELLO), ZMTP 2.0/3.x greeting.
+"""
+
+from __future__ import annotations
+
+from shared.models import FlowSample, Verdict
+from services.classify.dissectors.base import Match
+from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, Simple, printable, u16, u32, u32le
+
+
+class MsSQLTDS(Simple):
+    name = "MsSQL-TDS"
+    transports = TCP
+    ports = frozenset({1433})
+    magic = (b"\x12", b"\x10", b"\x01", b"\x03", b"\x04", b"\x0e", b"\x07", b"\x06", b"\x11")
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) < 8 or p[1] not in (0, 1, 2, 4, 8, 9, 0x10, 0x11) or p[7] != 0:
+            return False
+        ln = u16(p, 2)
+        if ln != len(p) and not (8 < ln < len(p)):
+            return False
+        if p[0] == 0x12:        # PRELOGIN: option tokens (VERSION first), terminated by 0xFF
+            return p[8] == 0x00 and 0xFF in p[8:64]
+        return 1433 in (s.src_port, s.dst_port)
+
+
+class Oracle(Simple):
+    name = "Oracle"
+    transports = TCP
+    ports = frozenset({1521})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) < 8 or p[2:4] != b"\x00\x00" or p[5] != 0 or p[6:8] != b"\x00\x00":
+            return False
+        if u16(p, 0) != len(p) and not (u16(p, 0) == 0 and u32(p, 0) == len(p)):
+            return False
+        if p[4] == 1:
+            return b"(DESCRIPTION=" in p[:600].upper() or b"(CONNECT_DATA=" in p[:600].upper()
+        return p[4] in (2, 4, 5, 6, 11, 12) and 1521 in (s.src_port, s.dst_port)
+
+
+class Cassandra(Simple):
+    name = "Cassandra"
+    transports = TCP
+    ports = frozenset({9042})
+    magic = (b"\x03", b"\x04", b"\x05", b"\x83", b"\x84", b"\x85")
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 9 and (p[0] & 0x7F) in (3, 4, 5) and p[1] <= 0x1F and p[4] <= 0x10 and u32(p, 5) + 9 == len(p)
+
+
+class Git(Simple):
+    name = "Git"
+    transports = TCP
+    ports = frozenset({9418})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) < 8 or not all(c in b"0123456789abcdef" for c in p[:4]):
+            return False
+        n = int(p[:4], 16)
+        return n <= len(p) and p[4:].startswith((b"git-upload-pack ", b"git-receive-pack ", b"git-upload-archive "))
+
+
+class RSYNC(Simple):
+    name = "RSYNC"
+    transports = TCP
+    ports = frozenset({873})
+    magic = (b"@RSYNCD: ",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return p.startswith(b"@RSYNCD: ")
+
+
+class WhoisDAS(Simple):
+    """WHOIS (RFC 3912) on 43/tcp: one query line from the client; the query is the host."""
+
+    name = "Whois-DAS"
+    transports = TCP
+    ports = frozenset({43, 4343})
+    port_gate = True
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return from_src and 3 <= len(p) <= 512 and p.endswith(b"\r\n") and all(32 <= c < 127 for c in p[:-2])
+
+    def result(self, s: FlowSample, v: Verdict) -> str:
+        q = s.src_payloads[0].strip() if s.src_payloads else b""
+        word = q.split(b" ")[-1] if q else b""
+        if word and b"." in word:
+            v.host = printable(word, 255).lower()
+        return self.name
+
+
+class PPTP(Simple):
+    name = "PPTP"
+    transports = TCP
+    ports = frozenset({1723})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 16 and u16(p, 0) == len(p) and u16(p, 2) == 1 and p[4:8] == b"\x1a\x2b\x3c\x4d"
+
+
+class L2TP(Simple):
+    name = "L2TP"
+    transports = UDP
+    ports = frozenset({1701})
+    port_gate = True
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) < 8:
+            return False
+        flags = u16(p, 0)
+        if flags & 0x000F not in (2, 3) or flags & 0x0030:
+            return False
+        if flags & 0x4000:
+            return u16(p, 2) == len(p)
+        return not flags & 0x8000
+
+
+class Teredo(Simple):
+    name = "Teredo"
+    transports = UDP
+    ports = frozenset({3544})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        o = 0
+        if p[:2] == b"\x00\x01" and len(p) >= 13:       # authentication indicator
+            o = 4 + p[2] + p[3] + 9
+        if p[o:o + 2] == b"\x00\x00":                     # origin indication
+            o += 8
+        return len(p) >= o + 40 and p[o] >> 4 == 6 and u16(p, o + 4) + 40 == len(p) - o and 3544 in (s.src_port, s.dst_port)
+
+
+_RADIUS_CODES = {1, 2, 3, 4, 5, 11, 12, 13, 40, 41, 42, 43, 44, 45}
+
+
+class Radius(Simple):
+    name = "Radius"
+    transports = UDP
+    ports = frozenset({1812, 1813, 1645, 1646, 3799})
+    port_gate = True
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 20 and p[0] in _RADIUS_CODES and u16(p, 2) == len(p)
+
+
+class Diameter(Simple):
+    name = "Diameter"
+    transports = frozenset({"TCP", "SCTP"})
+    ports = frozenset({3868})
+    magic = (b"\x01",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) < 20 or p[0] != 1 or p[4] & 0x0F:
+            return False
+        ln = int.from_bytes(p[1:4], "big")
+        code = int.from_bytes(p[5:8], "big")
+        return ln == len(p) and (257 <= code <= 287 or 300 <= code <= 330 or code in (8388620, 8388622))
+
+
+class LISP(Simple):
+    name = "LISP"
+    transports = UDP
+    ports = frozenset({4341, 4342})
+    port_gate = True
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if 4342 in (s.src_port, s.dst_port):
+            return len(p) >= 8 and 1 <= p[0] >> 4 <= 8
+        return len(p) >= 8 + 20 and p[8] >> 4 in (4, 6)      # data: 8-byte LISP header + inner IP
+
+
+class CAPWAP(Simple):
+    name = "CAPWAP"
+    transports = UDP
+    ports = frozenset({5246, 5247})
+    port_gate = True
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) < 8 or p[0] >> 4 != 0:
+            return False
+        if p[0] & 0x0F == 1:        # DTLS header follows
+            return len(p) >= 17
+        hlen = (p[1] >> 3) * 4
+        return p[0] == 0 and 8 <= hlen <= len(p)
+
+
+class IEC60870(Simple):
+    name = "IEC60870"
+    transports = TCP
+    ports = frozenset({2404})
+    magic = (b"\x68",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        o = 0
+        n = 0
+        while o < len(p) and n < 32:
+            if p[o] != 0x68 or o + 1 >= len(p) or p[o + 1] < 4:
+                return False
+            o += 2 + p[o + 1]
+            n += 1
+        return n >= 1 and o == len(p)
+
+
+class OPCUA(Simple):
+    name = "OPC-UA"
+    transports = TCP
+    ports = frozenset({4840})
+    magic = (b"HEL", b"ACK", b"OPN", b"MSG", b"CLO", b"ERR", b"RHE")
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 8 and p[3:4] in (b"F", b"C", b"A") and u32le(p, 4) == len(p)
+
+
+class KNXnetIP(Simple):
+    name = "KNXnet_IP"
+    transports = TCP_UDP
+    ports = frozenset({3671})
+    magic = (b"\x06\x10", b"\x06\x20")
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 6 and 0x0200 <= u16(p, 2) <= 0x0950 and u16(p, 4) == len(p)
+
+
+_MGCP_VERBS = (b"EPCF ", b"CRCX ", b"MDCX ", b"DLCX ", b"RQNT ", b"NTFY ", b"AUEP ", b"AUCX ", b"RSIP ", b"MESG ")
+
+
+class MGCP(Simple):
+    name = "MGCP"
+    transports = UDP
+    ports = frozenset({2427, 2727})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        line = p.split(b"\n", 1)[0].rstrip(b"\r")
+        if line.startswith(_MGCP_VERBS):
+            return b" MGCP 1." in line
+        parts = line.split(b" ")
+        return len(parts) >= 2 and len(parts[0]) == 3 and parts[0].isdigit() and parts[1].isdigit() and \
+            bool({s.src_port, s.dst_port} & self.ports)
+
+
+class TeamSpeak(Simple):
+    name = "TeamSpeak"
+    transports = TCP_UDP
+    ports = frozenset({9987, 10011, 30033})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if s.transport == "UDP":
+            return p.startswith(b"TS3INIT1") and len(p) >= 11
+        return p.startswith(b"TS3\n\r") or p.startswith(b"TS3\r\n")
+
+
+class FIX(Simple):
+    name = "FIX"
+    transports = TCP
+    ports = frozenset()
+    magic = (b"8=FIX",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return p.startswith((b"8=FIX.", b"8=FIXT.")) and b"\x019=" in p[:32]
+
+
+class Ookla(Simple):
+    """Ookla speedtest's TCP text protocol: HI / HELLO, then PING/DOWNLOAD/UPLOAD commands."""
+
+    name = "Ookla"
+    transports = TCP
+    ports = frozenset({8080})
+    magic = (b"HI\n", b"HELLO", b"HI ")
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if from_src and (p == b"HI\n" or p.startswith(b"HELLO")):
+            return any(q.startswith(b"HELLO ") for q in s.dst_payloads[:2]) or p.startswith(b"HELLO ") and b" " in p[6:]
+        return False
+
+
+class ZeroMQ(Simple):
+    name = "ZeroMQ"
+    transports = TCP
+    ports = frozenset()
+    magic = (b"\xff",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        # ZMTP 2.0/3.x signature: 0xFF, 8 bytes of padding, 0x7F (then the version)
+        return len(p) >= 10 and p[0] == 0xFF and p[9] == 0x7F
+
+
+DISSECTORS = [MsSQLTDS(), Oracle(), Cassandra(), Git(), RSYNC(), WhoisDAS(), PPTP(), L2TP(), Teredo(), Radius(),
+              Diameter(), LISP(), CAPWAP(), IEC60870(), OPCUA(), KNXnetIP(), MGCP(), TeamSpeak(), FIX(), Ookla(), ZeroMQ()]

@@ -1,0 +1,65 @@
+"""Header-defined protocols of extra.py (TDS, TNS, CQL, PPTP, L2TP, RADIUS, Diameter, IEC 104, OPC UA, ...)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from services.classify.engine import Engine
+from shared.models import FlowSample
+
+ENGINE = Engine(port_guess=False)
+
+
+def _s(transport="TCP", src=(), dst=(), sport=40000, dport=9) -> FlowSample:
+    src, dst = list(src), list(dst)
+    return FlowSample(timestamp=1.0, probe="t", transport=transport, src_ip="10.0.0.1", src_port=sport,
+                      dst_ip="10.0.0.2", dst_port=dport, first_seen=1.0, src_payloads=src, dst_payloads=dst,
+                      payload_dirs="s" * len(src) + "d" * len(dst))
+
+
+def tds_prelogin() -> bytes:
+    body = b"\x00\x00\x06\x00\x06\xff" + b"\x0f\x00\x07\xd0\x00\x00"
+    return struct.pack("!BBHHBB", 0x12, 1, 8 + len(body), 0, 0, 0) + body
+
+
+def tns_connect() -> bytes:
+    data = b"(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=orcl)))"
+    return struct.pack("!HHBBH", 8 + len(data), 0, 1, 0, 0) + data
+
+
+CASES = [
+    ("TCP", [tds_prelogin()], [], 1433, "MsSQL-TDS"),
+    ("TCP", [tns_connect()], [], 1521, "Oracle"),
+    ("TCP", [struct.pack("!BBhBI", 4, 0, 0, 5, 0)], [], 9042, "Cassandra"),
+    ("TCP", [b"002egit-upload-pack /project.git\x00host=example\x00"], [], 9418, "Git"),
+    ("TCP", [b"@RSYNCD: 31.0\n"], [], 873, "RSYNC"),
+    ("TCP", [struct.pack("!HHI", 156, 1, 0x1A2B3C4D) + b"\x00" * 148], [], 1723, "PPTP"),
+    ("UDP", [struct.pack("!HHHH", 0xC802, 12, 0, 0) + b"\x00" * 4], [], 1701, "L2TP"),
+    ("UDP", [struct.pack("!BBH", 1, 7, 20) + b"\x00" * 16], [], 1812, "Radius"),
+    ("TCP", [b"\x01" + (20).to_bytes(3, "big") + b"\x80" + (257).to_bytes(3, "big") + b"\x00" * 12], [], 3868, "Diameter"),
+    ("TCP", [b"\x68\x04\x07\x00\x00\x00"], [], 2404, "IEC60870"),
+    ("TCP", [b"HELF" + struct.pack("<I", 12) + b"\x00" * 4], [], 4840, "OPC-UA"),
+    ("UDP", [b"\x06\x10\x02\x01" + struct.pack("!H", 14) + b"\x08\x01\x0a\x00\x00\x01\x0e\x57"], [], 3671, "KNXnet_IP"),
+    ("UDP", [b"RQNT 1201 aaln/1@rgw.example.net MGCP 1.0\r\nX: 0123\r\n"], [], 2427, "MGCP"),
+    ("UDP", [b"TS3INIT1\x00\x65\x88\x06\x00\x00\x00"], [], 9987, "TeamSpeak"),
+    ("TCP", [b"8=FIX.4.2\x019=65\x0135=A\x01"], [], 9876, "FIX"),
+    ("TCP", [b"\xff\x00\x00\x00\x00\x00\x00\x00\x01\x7f\x03\x00"], [], 5555, "ZeroMQ"),
+]
+
+
+@pytest.mark.parametrize("transport,src,dst,port,name", CASES)
+def test_headers(transport, src, dst, port, name):
+    assert ENGINE.classify(_s(transport, src=src, dst=dst, dport=port)).app_protocol == name
+
+
+def test_whois_query_is_the_host():
+    v = ENGINE.classify(_s(src=[b"example.com\r\n"], dst=[b"Domain Name: EXAMPLE.COM\r\n"], dport=43))
+    assert v.app_protocol == "Whois-DAS" and v.host == "example.com"
+
+
+def test_radius_length_must_match_and_oracle_needs_a_descriptor():
+    assert ENGINE.classify(_s("UDP", src=[struct.pack("!BBH", 1, 7, 99) + b"\x00" * 16], dport=1812)).app_protocol != "Radius"
+    bad = struct.pack("!HHBBH", 12, 0, 1, 0, 0) + b"junk"
+    assert ENGINE.classify(_s(src=[bad], dport=1521)).app_protocol != "Oracle"
