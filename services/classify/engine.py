@@ -77,8 +77,13 @@ class Engine:
         apps: Apps | None = None,
         second: Callable[[FlowSample], tuple[str, ...] | None] | None = None,
         port_guess: bool = True,
+        final_memo: int = 65536,
     ) -> None:
         self.registry: list[Dissector] = list(REGISTRY if registry is None else registry)
+        # flows that already got a FINAL verdict from this replica: capture stops sampling them once the
+        # verdict arrives, but samples already in flight still come; they get the same answer without DPI
+        self.final_memo = final_memo
+        self._finals: dict[tuple, Verdict] = {}
         self.apps = apps if apps is not None else default_apps()
         self.second = second
         self.port_guess = port_guess
@@ -126,8 +131,31 @@ class Engine:
         return v
 
     def classify(self, s: FlowSample) -> Verdict:
-        v = self.new_verdict(s)
         self.counters["samples"] += 1
+        if self.final_memo:
+            key = (s.probe, s.source, s.flow_id, s.transport, s.src_ip, s.src_port, s.dst_ip, s.dst_port, s.vlan_id)
+            done = self._finals.get(key)
+            if done is not None:
+                self.counters["memo"] += 1
+                return self._from_final(s, done)
+        v = self._classify(s)
+        if v.final and self.final_memo and not s.final:
+            if len(self._finals) >= self.final_memo:
+                del self._finals[next(iter(self._finals))]       # oldest first
+            self._finals[key] = v
+        return v
+
+    def _from_final(self, s: FlowSample, done: Verdict) -> Verdict:
+        v = self.new_verdict(s)
+        d, old = v.__dict__, done.__dict__
+        for f in ("final", "app_protocol", "application", "category", "confidence", "host", "http", "tls", "quic", "ssh"):
+            d[f] = old[f]
+        d["extra"] = dict(old["extra"])
+        self.counters[v.confidence] += 1
+        return v
+
+    def _classify(self, s: FlowSample) -> Verdict:
+        v = self.new_verdict(s)
         final = False
         kept: str | None = None      # app_protocol of the first PARTIAL match
         FINAL, PARTIAL = Match.FINAL, Match.PARTIAL
@@ -202,6 +230,7 @@ class Engine:
         """Forget the memoised parses (for honest benchmarks)."""
         from services.classify.dissectors import quic, tls
 
+        self._finals.clear()
         tls._client_side.cache_clear()
         tls._server_side.cache_clear()
         quic.initial_keys.cache_clear()

@@ -150,3 +150,40 @@ def test_dns_record_and_garbage():
     for i in range(200):
         e.dns_record(packet(os.urandom(i)))
     assert e.counters["dns_bad"] >= 1 and not e.errors
+
+
+class Counting(Dissector):
+    name = "HTTP"
+
+    def __init__(self):
+        self.calls = 0
+
+    def could_be(self, s):
+        return True
+
+    def dissect(self, s, v):
+        self.calls += 1
+        v.app_protocol = "HTTP"
+        v.host = "memo.example"
+        v.extra["k"] = "v"
+        return Match.FINAL if len(s.src_payloads) >= 2 else Match.PARTIAL
+
+
+def test_final_verdict_memo_answers_later_samples_of_the_flow():
+    d = Counting()
+    e = Engine(registry=[d], apps=Apps({}), port_guess=False, final_memo=2)
+    assert not e.classify(sample(src_payloads=[b"a"], payload_dirs="s", seq_no=0)).final
+    v1 = e.classify(sample(src_payloads=[b"a", b"b"], payload_dirs="ss", seq_no=1))
+    assert v1.final and d.calls == 2
+    v2 = e.classify(sample(src_payloads=[b"a", b"b", b"c"], payload_dirs="sss", seq_no=2, src2dst_next_seq=999))
+    assert d.calls == 2 and e.counters["memo"] == 1                        # no DPI for an in-flight sample
+    assert (v2.app_protocol, v2.host, v2.final, v2.sample_seq_no, v2.src2dst_next_seq) == ("HTTP", "memo.example", True, 2, 999)
+    v2.extra["k"] = "changed"
+    assert v1.extra["k"] == "v"                                              # no shared mutable state
+    for i in range(3):                                                       # bounded: oldest flows forgotten
+        e.classify(sample(flow_id="f%d" % i, src_payloads=[b"a", b"b"], payload_dirs="ss"))
+    assert len(e._finals) == 2
+    off = Engine(registry=[d], apps=Apps({}), port_guess=False, final_memo=0)
+    off.classify(sample(src_payloads=[b"a", b"b"], payload_dirs="ss"))
+    off.classify(sample(src_payloads=[b"a", b"b"], payload_dirs="ss"))
+    assert off.counters["memo"] == 0
