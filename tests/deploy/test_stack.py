@@ -40,6 +40,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from flowtarget.embedded import find_nats_server, free_port, wait_port
 from tests.deploy.composeenv import REPO, example_env, interpolate, load_compose, service_env
@@ -47,6 +48,7 @@ from tests.deploy.test_dockerfile import DOCKERFILE, parse_dockerfile
 from tests.vm import vm_server  # noqa: F401 (fixture)
 
 FT_SERVICES = ("classify", "store", "block", "capture")
+SCALE = {"classify": 2, "store": 2}  # docker compose up --scale classify=2 --scale store=2
 SAMPLE = REPO / "samples" / "sample.pcap"
 
 pytestmark = pytest.mark.slow
@@ -120,7 +122,7 @@ class Stack:
         vm = urllib.parse.urlsplit(self.vm_url)
         return re.sub(r"http://influxdb:8086", f"http://{vm.netloc}", value)
 
-    def env(self, name: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    def env(self, name: str, extra: dict[str, str] | None = None, replica: int = 1) -> dict[str, str]:
         mounts = self.mounts(name)
         env = {"HOME": str(self.tmp), "LANG": "C.UTF-8"}
         env.update(self.image_env)
@@ -128,7 +130,7 @@ class Stack:
         for k, v in service_env(self.doc, name).items():
             env[k] = self.rewrite(v, mounts)
         if "FT_METRICS_PORT" in env:
-            env["FT_METRICS_PORT"] = str(self.metrics_ports.setdefault(name, free_port()))
+            env["FT_METRICS_PORT"] = str(self.metrics_ports.setdefault(f"{name}-{replica}", free_port()))
         env.update(extra or {})
         return env
 
@@ -164,15 +166,16 @@ class Stack:
             return False
 
     # --- FlowTarget services
-    def start(self, name: str, extra: dict[str, str] | None = None) -> subprocess.Popen:
-        log = self.tmp / f"{name}.log"
-        self.logs[name] = log
-        p = subprocess.Popen(self.argv(self.services[name]["command"]), env=self.env(name, extra), cwd=self.tmp,
-                             stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs[name] = p
+    def start(self, name: str, extra: dict[str, str] | None = None, replica: int = 1) -> subprocess.Popen:
+        key = f"{name}-{replica}"
+        log = self.tmp / f"{key}.log"
+        self.logs[key] = log
+        p = subprocess.Popen(self.argv(self.services[name]["command"]), env=self.env(name, extra, replica),
+                             cwd=self.tmp, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[key] = p
         return p
 
-    def healthy(self, name: str) -> bool:
+    def healthy(self, name: str, replica: int = 1) -> bool:
         if name == "nats":
             return self.nats_healthy()
         if name == "influxdb":
@@ -183,19 +186,24 @@ class Stack:
                 return False
         test = self.services[name]["healthcheck"]["test"]
         assert test[0] == "CMD"
-        r = subprocess.run(self.argv(test[1:]), env=self.env(name), cwd=self.tmp, capture_output=True, timeout=30)
+        r = subprocess.run(self.argv(test[1:]), env=self.env(name, replica=replica), cwd=self.tmp,
+                           capture_output=True, timeout=30)
         return r.returncode == 0
 
     def wait_healthy(self, name: str, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            p = self.procs.get(name)
-            if p is not None and p.poll() is not None:
-                raise AssertionError(f"{name} exited with {p.returncode}:\n{self.tail(name)}")
-            if self.healthy(name):
-                return
-            time.sleep(0.3)
-        raise AssertionError(f"{name} not healthy after {timeout_s}s:\n{self.tail(name)}")
+        """Every replica of ``name`` healthy (compose's service_healthy)."""
+        for replica in range(1, (SCALE.get(name, 1) if name in FT_SERVICES else 1) + 1):
+            key = f"{name}-{replica}" if name in FT_SERVICES else name
+            deadline = time.monotonic() + timeout_s
+            while True:
+                p = self.procs.get(key)
+                if p is not None and p.poll() is not None:
+                    raise AssertionError(f"{key} exited with {p.returncode}:\n{self.tail(key)}")
+                if self.healthy(name, replica):
+                    break
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{key} not healthy after {timeout_s}s:\n{self.tail(key)}")
+                time.sleep(0.3)
 
     def wait_dependencies(self, name: str) -> None:
         for dep, cond in (self.services[name].get("depends_on") or {}).items():
@@ -291,14 +299,15 @@ def test_compose_wiring_stores_a_capture_and_delivers_its_alerts(tmp_path, vm_se
                     continue
                 await asyncio.to_thread(stack.wait_dependencies, name)
                 extra = {"FT_PCAP": json.dumps([str(SAMPLE), str(flood)])} if name == "capture" else None
-                stack.start(name, extra)
+                for replica in range(1, SCALE.get(name, 1) + 1):
+                    stack.start(name, extra, replica)
                 if name != "capture":
                     await asyncio.to_thread(stack.wait_healthy, name)
-            cap = stack.procs["capture"]
+            cap = stack.procs["capture-1"]
             deadline = time.monotonic() + 120
             while cap.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
-            assert cap.returncode == 0, f"capture exited {cap.returncode}:\n{stack.tail('capture')}"
+            assert cap.returncode == 0, f"capture exited {cap.returncode}:\n{stack.tail('capture-1')}"
             for _ in range(50):
                 if any(a.alert_type == "arp_flood" for a in alerts):
                     break
@@ -312,7 +321,7 @@ def test_compose_wiring_stores_a_capture_and_delivers_its_alerts(tmp_path, vm_se
         probe = stack.env_file["FT_PROBE"]
         flood_alerts = [a for a in alerts if a.alert_type == "arp_flood"]
         assert flood_alerts, f"no arp_flood alert on ft.alert.>: {[a.alert_type for a in alerts]}\n" \
-                             f"{stack.tail('capture')}"
+                             f"{stack.tail('capture-1')}"
         assert all(a.probe == probe for a in flood_alerts)
 
         # stored: the sample's flows by protocol, its DNS, and the alert
@@ -327,27 +336,32 @@ def test_compose_wiring_stores_a_capture_and_delivers_its_alerts(tmp_path, vm_se
             if want <= protos and stored_alerts and dns:
                 break
             time.sleep(0.5)
-        assert want <= protos, f"stored protocols {protos}\nstore log:\n{stack.tail('store')}"
+        assert want <= protos, f"stored protocols {protos}\nstore log:\n{stack.tail('store-1')}"
         assert stored_alerts and dns
 
         # the running services' endpoints: healthy, connected, counting
-        for name in ("classify", "store"):
+        for name in ("classify-1", "classify-2", "store-1", "store-2"):
             port = stack.metrics_ports[name]
             status, body = _get(f"http://127.0.0.1:{port}/healthz")
             assert status == 200 and json.loads(body)["nats_connected"] is True
             status, text = _get(f"http://127.0.0.1:{port}/metrics")
             assert status == 200
-            assert re.search(rf'^flowtarget_nats_connected\{{probe="{probe}",service="{name}"\}} 1\.0$', text, re.M) \
-                or re.search(rf'^flowtarget_nats_connected\{{service="{name}",probe="{probe}"\}} 1\.0$', text, re.M)
+            fams = {f.name: f for f in text_string_to_metric_families(text)}
+            sample = fams["flowtarget_nats_connected"].samples[0]
+            assert sample.value == 1 and sample.labels == {"service": name.split("-")[0], "probe": probe}
             assert "flowtarget_bus_malformed_total" in text
-        _, store_metrics = _get(f"http://127.0.0.1:{stack.metrics_ports['store']}/metrics")
-        m = re.search(r"^flowtarget_store_points_written_total\{[^}]*\} (\S+)$", store_metrics, re.M)
-        if m:  # once the store registers its stats (register_stats("store", ...))
-            assert float(m.group(1)) > 0
+        written = []
+        for name in ("store-1", "store-2"):
+            _, store_metrics = _get(f"http://127.0.0.1:{stack.metrics_ports[name]}/metrics")
+            m = re.search(r"^flowtarget_store_points_written_total\{[^}]*\} (\S+)$", store_metrics, re.M)
+            if m:  # once the store registers its stats (register_stats("store", ...))
+                written.append(float(m.group(1)))
+        if written:
+            assert sum(written) > 0
 
         # a clean stop: SIGTERM (docker stop) ends every service with status 0
-        for name in ("capture", "block", "store", "classify"):
-            if name in stack.procs and name != "capture":
+        for name in ("block-1", "store-1", "store-2", "classify-1", "classify-2"):
+            if name in stack.procs:
                 assert stack.stop(name) == 0, f"{name}:\n{stack.tail(name)}"
     finally:
         stack.close()
