@@ -42,7 +42,7 @@ import logging
 import socket
 import struct
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,10 @@ FLOW_CACHE_TTL_S = 1800.0
 HANDLED_MAX = 200_000
 PENDING_TTL_S = 120.0
 DNS_WINDOW_S = 2.0
+RECENT_S = 3.0  # recent TCP packets kept per direction, to judge what happened before a watch began
+RECENT_MAX_KEYS = 65536
+RECENT_PER_KEY = 32
+PHOTO_FINISH_S = 0.0005  # server data captured this close after our send may still have arrived first
 TH_FIN, TH_SYN, TH_RST, TH_ACK = 0x01, 0x02, 0x04, 0x10
 
 
@@ -139,7 +143,8 @@ class Watch:
     s_next: int = 0
     page_len: int = -1
     t_trigger: float = 0.0
-    t_inj: float = 0.0
+    t_send: float = 0.0  # just before the first injection
+    t_inj: float = 0.0  # just after it
     latency_ms: float = 0.0
     attempts: int = 0
     pending: bool = False  # established flow: inject at its next packet
@@ -148,6 +153,9 @@ class Watch:
     deadline: float = 0.0
     keys: list[bytes] = field(default_factory=list)
     done: bool = False
+    photo_finish: bool = False  # real server data captured while we were sending: evidence must decide
+    deferring: bool = False  # judging already-captured packets: collect, retry once afterwards
+    retry: tuple[int, int] | None = None
 
 
 @dataclass
@@ -223,6 +231,8 @@ class Blocker:
         self.flows: OrderedDict[str, FlowInfo] = OrderedDict()
         self.handled: OrderedDict[str, float] = OrderedDict()
         self.watch_by_key: dict[bytes, tuple[Watch, bool]] = {}
+        self.recent: OrderedDict[bytes, deque] = OrderedDict()
+        self.drain_capture: Any = None  # reads what our capture handle has buffered (set by main)
         self.watches: list[Watch] = []
         self.dns_watches: dict[tuple, DnsWatch] = {}
         self.dns_flows: dict[tuple, FlowInfo] = {}
@@ -445,16 +455,47 @@ class Blocker:
         w = Watch(flow=flow, rule=rule, action=action, c_next=c_next, s_next=s_next, t_trigger=t_trigger,
                   pending=pending)
         w.keys = list(flow_keys(flow.client, flow.server))
-        self.watch_by_key[w.keys[0]] = (w, True)
-        self.watch_by_key[w.keys[1]] = (w, False)
         self.watches.append(w)
         if pending:
+            self._register(w)
             w.deadline = time.monotonic() + PENDING_TTL_S
             return
         if not self.bucket.take():
             self._finish(w, "rate_limited", "injection rate limit reached")
             return
         self._inject(w, first=True)
+        # what our capture saw of this flow since the trigger (the server may already have answered)
+        if self.drain_capture is not None:
+            self.drain_capture()
+        self._replay(w)
+        if not w.done:
+            self._register(w)
+
+    def _register(self, w: Watch) -> None:
+        self.watch_by_key[w.keys[0]] = (w, True)
+        self.watch_by_key[w.keys[1]] = (w, False)
+
+    def _replay(self, w: Watch) -> None:
+        """Judge the flow's packets captured since the trigger, then retry once with the latest numbers."""
+        pkts = []
+        since = w.t_trigger - 0.001 if w.t_trigger else w.t_send - RECENT_S
+        for key, from_client in ((w.keys[0], True), (w.keys[1], False)):
+            for rec in self.recent.get(key, ()):
+                if rec[0] >= since:
+                    pkts.append((rec, from_client))
+        if not pkts:
+            return
+        pkts.sort(key=lambda x: x[0][0])
+        w.deferring = True
+        for (ts, seq, ack, flags, plen), from_client in pkts:
+            if w.done:
+                break
+            self._judge(w, from_client, ts, seq, ack, flags, plen)
+        w.deferring = False
+        if w.retry is not None and not w.done:
+            c, sn = w.retry
+            w.retry = None
+            self._lost(w, c, sn, w.won_evidence)
 
     def _inject(self, w: Watch, first: bool) -> None:
         assert self.injector is not None
@@ -465,10 +506,12 @@ class Blocker:
             w.page_len = len(page)
         else:
             frames = inj.reset_frames(f.client, f.server, f.vlan_ids, w.c_next, w.s_next)
+        t_send = time.time()
         sent = self.injector.send(*frames)
         now = time.time()
         w.attempts += 1
         if first:
+            w.t_send = t_send
             w.t_inj = now
             w.latency_ms = (now - w.t_trigger) * 1000.0 if w.t_trigger else 0.0
             if w.t_trigger:
@@ -483,26 +526,36 @@ class Blocker:
     # ------------------------------------------------------------------ the race
 
     def on_packet(self, ts: float, frame: bytes) -> None:
-        """Our own capture of the interface (inbound only): judge watched flows."""
+        """Our own capture of the interface (inbound only): remember recent packets, judge watched flows."""
         p = parse_tcp(frame)
         if p is None:
             return
-        hit = self.watch_by_key.get(p[0])
+        key, seq, ack, flags, plen = p
+        recent = self.recent
+        dq = recent.get(key)
+        if dq is None:
+            dq = recent[key] = deque(maxlen=RECENT_PER_KEY)
+            if len(recent) > RECENT_MAX_KEYS:
+                recent.popitem(last=False)
+        else:
+            recent.move_to_end(key)
+        dq.append((ts, seq, ack, flags, plen))
+        hit = self.watch_by_key.get(key)
         if hit is None:
             return
         w, from_client = hit
         if w.done:
             return
-        _, seq, ack, flags, plen = p
         if w.pending:
             # an established flow matched a new rule: reset it at this packet
             if flags & TH_RST:
                 self._finish(w, "won", "flow ended by its own RST before injection")
                 return
+            nxt = (seq + plen + (1 if flags & (TH_FIN | TH_SYN) else 0)) & 0xFFFFFFFF
             if from_client:
-                w.c_next, w.s_next = (seq + plen + (1 if flags & TH_FIN else 0)) & 0xFFFFFFFF, ack
+                w.c_next, w.s_next = nxt, ack
             else:
-                w.s_next, w.c_next = (seq + plen + (1 if flags & TH_FIN else 0)) & 0xFFFFFFFF, ack
+                w.s_next, w.c_next = nxt, ack
             w.pending = False
             w.t_trigger = ts
             if not self.bucket.take():
@@ -512,20 +565,28 @@ class Blocker:
                 w.action = "reset"
             self._inject(w, first=True)
             return
+        self._judge(w, from_client, ts, seq, ack, flags, plen)
+
+    def _judge(self, w: Watch, from_client: bool, ts: float, seq: int, ack: int, flags: int, plen: int) -> None:
+        """One packet of a flow after (or around) the injection: evidence for the outcome."""
+        nxt = (seq + plen + (1 if flags & TH_FIN else 0)) & 0xFFFFFFFF
         if from_client:
             if ts <= w.t_inj:
-                return
+                return  # sent before the injection could have arrived
             if flags & TH_RST:
                 w.won_evidence = w.won_evidence or "client answered with RST (its socket is gone)"
-                if not w.lost:
+                if not w.lost and not w.deferring:
                     self._finish(w, "won", w.won_evidence)
                 return
             accepted_real = False
             if w.action == "http_block" and w.page_len >= 0 and w.attempts == 1:
                 expect = (w.s_next + w.page_len + 1) & 0xFFFFFFFF
                 if flags & TH_ACK and ack == expect:
-                    if not w.lost:
-                        self._finish(w, "won", "client acknowledged the block page")
+                    if not w.lost and not w.deferring:
+                        if w.photo_finish:  # the ack is the same whether the real headers came first or not
+                            self._finish(w, "unknown", "photo finish: the server answered while the page was sent")
+                        else:
+                            self._finish(w, "won", "client acknowledged the block page")
                     return
                 if flags & TH_ACK and _seq_gt(ack, w.s_next) and ack != expect:
                     accepted_real = True
@@ -534,19 +595,27 @@ class Blocker:
             if plen and _seq_gt((seq + plen) & 0xFFFFFFFF, w.c_next):
                 accepted_real = True
             if accepted_real:
-                self._lost(w, c_next=(seq + plen) & 0xFFFFFFFF, s_next=ack,
-                           why="client acknowledged real server data or kept sending")
+                self._lost(w, c_next=nxt, s_next=ack, why="client acknowledged real server data or kept sending")
         else:
             if flags & TH_RST:
                 return
-            if plen and ts < w.t_inj and _seq_gt((seq + plen) & 0xFFFFFFFF, w.s_next):
-                self._lost(w, c_next=ack, s_next=(seq + plen) & 0xFFFFFFFF,
-                           why="the server's answer was captured before the injection")
+            # server data captured before we started sending reached the client first
+            if plen and _seq_gt((seq + plen) & 0xFFFFFFFF, w.s_next):
+                if ts < w.t_send:
+                    self._lost(w, c_next=ack, s_next=nxt, why="the server's answer was captured before the injection")
+                    return
+                if ts <= w.t_inj + PHOTO_FINISH_S:
+                    w.photo_finish = True
+            elif w.lost and flags & TH_FIN:
+                w.retry = (ack, nxt) if w.deferring else w.retry
 
     def _lost(self, w: Watch, c_next: int, s_next: int, why: str) -> None:
         if not w.lost:
             w.lost = True
             w.won_evidence = why
+        if w.deferring:  # collect the latest numbers; one retry after the replay
+            w.retry = (c_next, s_next)
+            return
         if w.attempts < self.max_attempts and self.injector is not None and self.bucket.take():
             w.c_next, w.s_next = c_next, s_next
             self._inject(w, first=False)
@@ -577,6 +646,8 @@ class Blocker:
                         self._finish(w, "unknown", "the flow sent no further packet after the rule appeared")
                     elif w.lost:
                         self._finish(w, "lost", w.won_evidence)
+                    elif w.photo_finish and not w.won_evidence:
+                        self._finish(w, "unknown", "photo finish: the server answered while we injected")
                     else:
                         self._finish(w, "won", w.won_evidence or "no sign of the real answer reaching the client")
                     continue
@@ -587,6 +658,14 @@ class Blocker:
                 if now >= d.deadline:
                     del self.dns_watches[k]
                     self._finish_dns(d)
+        if self.recent:
+            cutoff = time.time() - RECENT_S
+            recent = self.recent
+            while recent:
+                k, dq = next(iter(recent.items()))
+                if dq and dq[-1][0] >= cutoff:
+                    break
+                recent.popitem(last=False)
         if self.handled:
             while self.handled:
                 k, t = next(iter(self.handled.items()))
@@ -743,6 +822,7 @@ async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
                     blocker._rlog.warning("pkt", "watch error: %s", safe_text(exc))
 
         loop.add_reader(src.fileno(), readable)
+        blocker.drain_capture = readable
     await bus.subscribe(subject("sample", settings.probe), blocker.on_sample, types=[FlowSample])
     await bus.subscribe(subject("verdict", settings.probe), blocker.on_verdict, types=[Verdict])
     await bus.subscribe(subject("packet", settings.probe), blocker.on_packet_event, types=[PacketEvent])
