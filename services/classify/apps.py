@@ -8,10 +8,13 @@ All knowledge lives in data files under ``services/classify/data/``:
     ``=example.com``  exactly that name;
     ``example.*``     the label ``example`` followed by any public suffix
                       (``example.com``, ``example.co.uk``, ``www.example.de``);
-    ``*part*``        any name containing ``part``.
-  When several patterns match, the longest domain suffix wins (so
+    ``*part*``        any name containing ``part`` (product names such as ``*fbcdn*``);
+    ``*tail``         any name ending with ``tail`` (``*mtalk.google.com`` matches
+                      ``alt2-mtalk.google.com``).
+  Precedence: exact names, then ``*part*`` and ``*tail`` patterns (specific by
+  nature), then domains with the longest matching suffix winning (so
   ``youtube.googleapis.com`` can be YouTube while ``googleapis.com`` is
-  GoogleServices).
+  GoogleServices), then ``label.*``.
 - ``ports.json``: ``{"TCP/443": "TLS", ...}`` well-known ports for the guess.
 
 The lookups are dictionary probes per label (no regular expressions) so they
@@ -39,6 +42,7 @@ class Apps:
         self._exact: dict[str, tuple[str, str]] = {}
         self._label: dict[str, tuple[str, str]] = {}       # "example" of "example.*"
         self._contains: list[tuple[str, tuple[str, str]]] = []
+        self._tails: list[tuple[str, tuple[str, str]]] = []
         self._nets4: dict[int, dict[int, tuple[str, str]]] = {}
         self._nets6: dict[int, dict[int, tuple[str, str]]] = {}
         self.categories: dict[str, str] = {}
@@ -52,6 +56,8 @@ class Apps:
                     continue
                 if pat.startswith("*") and pat.endswith("*") and len(pat) > 2:
                     self._contains.append((pat[1:-1], val))
+                elif pat.startswith("*") and not pat.startswith("*."):
+                    self._tails.append((pat[1:], val))
                 elif pat.startswith("="):
                     self._exact[pat[1:]] = val
                 elif pat.endswith(".*"):
@@ -87,6 +93,12 @@ class Apps:
         got = self._exact.get(h)
         if got:
             return got
+        for part, val in self._contains:
+            if part in h:
+                return val
+        for tail, val in self._tails:
+            if h.endswith(tail):
+                return val
         labels = h.split(".")
         n = len(labels)
         for i in range(n):
@@ -99,9 +111,6 @@ class Apps:
                 got = self._label.get(labels[i])
                 if got and (n - i - 1) <= 2 and all(len(x) <= 3 or x in ("info", "mobi") for x in labels[i + 1:]):
                     return got
-        for part, val in self._contains:
-            if part in h:
-                return val
         return None
 
     def _lookup_ip(self, ip: str) -> tuple[str, str] | None:
