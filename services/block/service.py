@@ -237,6 +237,8 @@ class Blocker:
         self.dns_watches: dict[tuple, DnsWatch] = {}
         self.dns_flows: dict[tuple, FlowInfo] = {}
         self.latencies_ms: list[float] = []
+        self.recent_actions: deque[BlockAction] = deque(maxlen=1000)
+        self.recent_alerts: deque[Alert] = deque(maxlen=1000)
         self.arrival_ms: list[float] = []  # trigger capture -> verdict/packet event received by block
         self.counters: dict[str, int] = {}
         self.race_window_s = float(getattr(settings, "race_window_s", 1.0))
@@ -271,6 +273,7 @@ class Blocker:
 
     def publish_action(self, ev: BlockAction) -> None:
         self.count(f"outcome_{ev.outcome}")
+        self.recent_actions.append(ev)
         log.info("block %s %s rule=%s host=%s %s:%d->%s:%d outcome=%s latency=%.2fms attempts=%d %s",
                  ev.action, ev.flow_id, ev.rule_id, safe_text(ev.host, 100), ev.src_ip, ev.src_port, ev.dst_ip,
                  ev.dst_port, ev.outcome, ev.latency_ms, ev.attempts, safe_text(ev.message, 200))
@@ -303,6 +306,7 @@ class Blocker:
             details={"host": host[:256], "action": rule.action},
         )
         self.count("alerts")
+        self.recent_alerts.append(a)
         if self.bus is not None:
             self._spawn(self.bus.js_publish(self.s_alert, a, max_wait_s=60))
 
