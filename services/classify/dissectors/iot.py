@@ -118,7 +118,6 @@ class IEC62056(Simple):
     transports = TCP_UDP
     ports = frozenset({4059})
     magic = (b"\x7e", b"\x00\x01")
-    port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) >= 9 and p[0] == 0x7E and p[-1] == 0x7E and (p[1] & 0xF0) == 0xA0:
@@ -132,7 +131,6 @@ class HARTIP(Simple):
     transports = TCP_UDP
     ports = frozenset({5094})
     magic = (b"\x01", b"\x02")
-    port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) >= 8 and p[0] in (1, 2) and p[1] <= 3 and p[2] <= 4 and u16(p, 6) == len(p)

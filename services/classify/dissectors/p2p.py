@@ -89,7 +89,10 @@ class EDonkey(Simple):
     transports = TCP_UDP
     ports = frozenset({4661, 4662, 4665, 4672})
     magic = (b"\xe3", b"\xc5", b"\xd4", b"\xe4")
-    port_gate = True
+
+    def could_be(self, s: FlowSample) -> bool:
+        # TCP frames carry a length that must match; UDP's bare opcode is too weak off the well-known ports
+        return Simple.could_be(self, s) and (s.transport == "TCP" or bool({s.src_port, s.dst_port} & self.ports))
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) < 6 or p[0] not in (0xE3, 0xC5, 0xD4, 0xE4):

@@ -131,9 +131,11 @@ class TeamViewer(Simple):
     name = "TeamViewer"
     transports = TCP_UDP
     ports = frozenset({5938})
-    magic = (b"\x17\x24", b"\x11\x30")
+    magic = (b"\x17\x24", b"\x11\x30", b"\x00")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if s.transport == "UDP" and len(p) >= 16 and p[0] == 0 and p[11:13] == b"\x17\x24":
+            return True
         return len(p) >= 4 and (p[:2] == b"\x17\x24" or p[:2] == b"\x11\x30") and (5938 in (s.src_port, s.dst_port) or len(s.src_payloads) >= 2 and s.src_payloads[1][:2] == p[:2])
 
 
@@ -153,9 +155,11 @@ class Corba(Simple):
     name = "Corba"
     transports = TCP_UDP
     ports = frozenset({683, 684, 2809})
-    magic = (b"GIOP", b"RMI\x01")
+    magic = (b"GIOP", b"RMI\x01", b"MIOP")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if p[:4] == b"MIOP" and len(p) >= 16:      # MIOP packet header (UDP multicast GIOP)
+            return p[4] in (0x10, 0x20) and b"GIOP" in p[8:48]
         return len(p) >= 12 and p[:4] in (b"GIOP", b"RMI\x01") and p[4] == 1 and p[5] <= 3 and p[7] <= 7
 
 

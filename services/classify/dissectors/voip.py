@@ -238,19 +238,25 @@ class IAX(Simple):
 
 
 class H323(Simple):
-    """H.225.0 call signalling: TPKT (version 3) carrying Q.931 (protocol discriminator 8);
-    RAS on 1719/udp (an ASN.1 PER RasMessage)."""
+    """H.225.0 call signalling: TPKT (version 3) carrying Q.931 (protocol discriminator 8), H.245 in TPKT
+    (its object identifier 0.0.8.245), and RAS on UDP (the H.225.0 identifier 0.0.8.2250.0.x)."""
 
     name = "H323"
     transports = TCP_UDP
     ports = frozenset({1719, 1720})
-    port_gate = True
+
+    def could_be(self, s: FlowSample) -> bool:
+        p = s.src_payloads[0] if s.src_payloads else (s.dst_payloads[0] if s.dst_payloads else b"")
+        return len(p) >= 8 and (s.transport == "UDP" or p[:2] == b"\x03\x00")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if s.transport == "TCP":
-            return len(p) >= 8 and p[0] == 3 and p[1] == 0 and u16(p, 2) == len(p) and p[4] == 8
-        return 1719 in (s.src_port, s.dst_port) and len(p) >= 6 and p[0] <= 0x5C and p[1] == 0 and p[0] & 0x3 == 0
-
+            if len(p) < 8 or p[0] != 3 or p[1] != 0 or u16(p, 2) > len(p) + 65535 or u16(p, 2) < 8:
+                return False
+            if p[4] == 8 and u16(p, 2) == len(p):
+                return True
+            return b"\x06\x00\x08\x81\x75\x00" in p[4:40]
+        return len(p) >= 12 and b"\x06\x00\x08\x91\x4a\x00" in p[:16]
 
 class Megaco(Simple):
     """H.248/Megaco text encoding: 'MEGACO/1 ' or the compact '!/1 ' header."""
@@ -289,13 +295,27 @@ class BFCP(Simple):
     ports = frozenset()
     magic = (b"\x20", b"\x40")
 
-    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
-        if len(p) < 12:
+    @staticmethod
+    def _hdr(p: bytes) -> bool:
+        if len(p) < 12 or (p[0] >> 5) not in (1, 2) or p[0] & 0x07 or not 1 <= p[1] <= 17:
             return False
-        ver = p[0] >> 5
-        if ver not in (1, 2) or p[0] & 0x07 or not 1 <= p[1] <= 17:
-            return False
-        return 12 + 4 * u16(p, 2) == len(p) and u32(p, 4) != 0
+        # payload length counts 4-octet units after the 12-byte common header
+        return 12 + 4 * u16(p, 2) >= len(p) and (len(p) - 12) % 4 == 0 and u32(p, 4) != 0
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        a = s.src_payloads[0] if s.src_payloads else b""
+        b = s.dst_payloads[0] if s.dst_payloads else b""
+        if not self._hdr(a):
+            return Match.NO
+        if b:
+            # the answer is a BFCP message of the same conference and transaction
+            ok = self._hdr(b) and b[4:10] == a[4:10]
+        else:
+            ok = 12 + 4 * u16(a, 2) == len(a)
+        if ok:
+            v.app_protocol = self.name
+            return Match.FINAL
+        return Match.NO
 
 
 class Zoom(Simple):

@@ -9,7 +9,7 @@ import pytest
 from services.classify.engine import Engine
 from shared.models import FlowSample
 
-ENGINE = Engine(port_guess=False)
+ENGINE = Engine(port_guess=False, final_memo=0)
 
 
 def _s(transport="TCP", src=(), dst=(), sport=40000, dport=9) -> FlowSample:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from services.classify.engine import Engine
 from shared.models import FlowSample
 
-ENGINE = Engine(port_guess=False)
+ENGINE = Engine(port_guess=False, final_memo=0)
 
 
 def _s(src=(), dst=(), dport=25, dirs=None) -> FlowSample:

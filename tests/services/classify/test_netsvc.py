@@ -17,7 +17,7 @@ def _s(transport="UDP", src=(), dst=(), sport=40000, dport=9) -> FlowSample:
                       payload_dirs="s" * len(src) + "d" * len(dst))
 
 
-ENGINE = Engine(port_guess=False)
+ENGINE = Engine(port_guess=False, final_memo=0)
 
 
 def proto(s: FlowSample) -> str:

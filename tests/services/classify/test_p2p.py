@@ -8,7 +8,7 @@ from services.classify.dissectors.p2p import dnscrypt_app
 from services.classify.engine import Engine
 from shared.models import FlowSample
 
-ENGINE = Engine(port_guess=False)
+ENGINE = Engine(port_guess=False, final_memo=0)
 
 
 def _s(transport="TCP", src=(), dst=(), sport=40000, dport=9) -> FlowSample:

@@ -7,7 +7,7 @@ import struct
 from services.classify.engine import Engine
 from shared.models import FlowSample
 
-ENGINE = Engine(port_guess=False)
+ENGINE = Engine(port_guess=False, final_memo=0)
 COOKIE = b"\x21\x12\xa4\x42"
 
 
