@@ -100,7 +100,10 @@ class SshDissector(Dissector):
                 info.hassh_server = hassh(k, False)
         v.app_protocol = "SSH"
         v.ssh = info
-        v.host = info.client_banner or info.server_banner   # nDPI reports the client's banner as host
+        # nDPI reports the first banner seen on the wire as the flow's host
+        first_src = not s.payload_dirs.startswith("d")
+        first = (ba if first_src else bb) or ba or bb
+        v.host = first[0] if first else ""
         if info.hassh_client and info.hassh_server:
             return Match.FINAL
         return Match.PARTIAL
