@@ -96,6 +96,7 @@ def _make_lab(tmp, delay_ms: float, net: int):
         with Lab(mode="mirror", delay_ms=delay_ms, probe_in_root=True, net=net) as lab:
             srv = lab.server.ip
             servers.start_http(lab)
+            servers.start_http(lab, port=8080, ip=lab.server.ip6)
             servers.start_https(lab, tmp, names=["tls.block.test", "ok.block.test"])
             servers.start_dnsmasq(lab, {n: [srv] for n in ALL_NAMES})
             with Services(nats.url, PROBE, lab.probe_iface, tmp / "logs") as svc:
@@ -211,6 +212,23 @@ def test_tcp_block_wins_and_reports_what_the_client_saw(blocklab, case):
     print(f"\n{case}: blocked {blocked}/{N}; {_latencies(mine)}")
     assert blocked >= 99, f"{case}: only {blocked}/{N} blocked\n{svc.log('block')}"
     assert not mismatches, f"{case}: BlockAction outcome disagrees with the client: {mismatches[:5]}"
+
+
+def test_ipv6_http_reset_and_block_page(blocklab):
+    lab, svc, col = blocklab
+    n = 20
+    cases = (("www.reset.block.test", "http_reset", 21500), ("page.block.test", "http_page", 22500))
+    for name, case, base in cases:
+        ports = [base + i for i in range(n)]
+        results = _run_many(lambda sp: lab.run(
+            "client", "curl", "-sS", "-v", "-g", "-m", "5", "--local-port", str(sp), "-o", "-", "-w", "\n%{http_code}",
+            "--resolve", f"{name}:8080:[{lab.server.ip6}]", f"http://{name}:8080/", timeout=20), ports)
+        acts = _wait_actions(col, ports)
+        saw = [_client_blocked(case, r) for r in results]
+        assert saw == [True] * n, [r.stdout[-80:] for r, b in zip(results, saw) if not b]
+        assert [acts.get(p, [{}])[0].get("outcome") for p in ports] == ["won"] * n
+        assert all(acts[p][0]["src_ip"] == lab.client.ip6 for p in ports)
+    print(f"\nIPv6: {n}/{n} reset and {n}/{n} block pages")
 
 
 def test_dns_block_forges_answers(blocklab):
