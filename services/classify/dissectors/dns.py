@@ -283,7 +283,14 @@ class DnsDissector(Dissector):
                 return Match.NO
         port = s.dst_port if s.dst_port in _PORT_NAMES else s.src_port
         v.app_protocol = _PORT_NAMES.get(port, "DNS")
-        q = next((m for m in sm if m.qname and m.is_response), None) or next((m for m in msgs if m.qname), None)
+        # as nDPI: the answer comes from the first response that answers (an NXDOMAIN or empty reply to
+        # an earlier query on the same ports does not end the inspection), its question names the flow
+        responses = [m for m in sm + cm if m.is_response]
+        resp = next((m for m in responses if m.answers and m.qname), None)
+        done = resp is not None
+        if resp is None and responses:
+            resp = responses[0]
+        q = (resp if resp is not None and resp.qname else None) or next((m for m in msgs if m.qname), None)
         if q is not None:
             v.host = host_text(q.qname)
             if q.qname[:2] == "2.":
@@ -296,7 +303,6 @@ class DnsDissector(Dissector):
                 first = a.answers[0]
                 # an inverse query (opcode 1) asks for the names of the address in its answer section
                 v.host = answer_text(first.data if a.opcode == 1 and not first.name else first.name)
-        resp = next((m for m in msgs if m.is_response), None)
         if resp is not None:
             v.extra["dns_rcode"] = resp.rcode
             if q is not None and q.qtype:
@@ -304,5 +310,6 @@ class DnsDissector(Dissector):
             addrs = [a.data for a in resp.answers if a.rtype in ("A", "AAAA")][:8]
             if addrs:
                 v.extra["dns_answers"] = " ".join(addrs)
-            return Match.FINAL
+            if done or len(responses) >= 2 or len(msgs) >= 4:
+                return Match.FINAL
         return Match.PARTIAL
