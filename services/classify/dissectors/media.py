@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from shared.models import FlowSample, Verdict
 from services.classify.dissectors.base import Dissector, Match
-from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, Simple, ordered, printable, u16
+from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, Simple, ordered, printable, stream, u16
 
 _RTSP_METHODS = (b"OPTIONS ", b"DESCRIBE ", b"SETUP ", b"PLAY ", b"PAUSE ", b"TEARDOWN ", b"ANNOUNCE ", b"RECORD ",
                  b"GET_PARAMETER ", b"SET_PARAMETER ", b"REDIRECT ")
@@ -40,7 +40,7 @@ class RTSP(Dissector):
         return Match.NO
 
 
-class RTMP(Simple):
+class RTMP(Dissector):
     name = "RTMP"
     transports = TCP
     ports = frozenset({1935})
@@ -48,14 +48,19 @@ class RTMP(Simple):
     def could_be(self, s: FlowSample) -> bool:
         return bool(s.src_payloads) and s.src_payloads[0][:1] in (b"\x03", b"\x06")
 
-    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
-        # C0 (version 3, or 6 for RTMPE) followed by C1: time (4), zero (4) or version, random
-        if not from_src or p[0] not in (3, 6):
-            return False
-        if len(p) == 1 or len(p) == 1537:
-            return 1935 in (s.src_port, s.dst_port) or len(p) == 1537
-        return len(p) > 1537 or (len(p) >= 9 and p[5:9] == b"\x00\x00\x00\x00" and 1935 in (s.src_port, s.dst_port))
-
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        # C0 (version 3, or 6 for RTMPE) then C1 (1536 bytes); the server answers S0 with the same version
+        c = stream(s, True, 1600)
+        d = stream(s, False, 1600)
+        if d and d[0] != c[0]:
+            return Match.NO
+        if len(c) >= 1537 or (d and len(d) >= 1537):
+            v.app_protocol = self.name
+            return Match.FINAL
+        if 1935 in (s.src_port, s.dst_port) and (len(c) == 1 or c[5:9] == b"\x00\x00\x00\x00"):
+            v.app_protocol = self.name
+            return Match.PARTIAL
+        return Match.NO
 
 class MPEGTS(Simple):
     name = "MPEG_TS"

@@ -15,7 +15,8 @@ from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, first, 
 
 
 def _encoded_name(b: bytes, o: int) -> str | None:
-    """First-level encoded NetBIOS name (RFC 1001 14.1) at o: 0x20 + 32 chars A..P; decoded name or None."""
+    """First-level encoded NetBIOS name (RFC 1001 14.1) at o: 0x20 + 32 chars A..P; decoded name or None.
+    Decoding stops at the first pair outside A..P (the prefix is kept)."""
     if o + 33 > len(b) or b[o] != 0x20:
         return None
     raw = b[o + 1:o + 33]
@@ -23,8 +24,10 @@ def _encoded_name(b: bytes, o: int) -> str | None:
     for i in range(0, 32, 2):
         hi, lo = raw[i] - 0x41, raw[i + 1] - 0x41
         if not (0 <= hi < 16 and 0 <= lo < 16):
-            return None
+            break           # a damaged name: keep what decoded before the damage, as nDPI does
         out.append((hi << 4) | lo)
+    if not out:
+        return None
     name = bytes(out[:15]).rstrip(b" \x00")
     return "".join(chr(c) for c in name if 32 <= c < 127)
 

@@ -36,8 +36,22 @@ class OpenVPN(Dissector):
             return -1, -1, b""
         return p[0] >> 3, p[0] & 7, p[1:9]
 
+    def _same_session(self, payloads: list[bytes], tcp: bool) -> bool:
+        """Two or more packets of one direction: valid opcodes, the same session id, a reset first."""
+        ops = [self._op(p, tcp) for p in payloads[:4]]
+        if len(ops) < 2 or ops[0][0] not in _OVPN_CLIENT_RESET | _OVPN_SERVER_RESET or ops[0][1] != 0:
+            return False
+        if len(set(payloads[:4])) < 2:      # retransmissions of one datagram prove nothing
+            return False
+        # after the reset: control (P_CONTROL_V1 / WKC) or ACK packets of the same session
+        return all(sid == ops[0][2] for _op, _key, sid in ops) and all(op in (4, 5, 11) or op == ops[0][0] for op, _k, _s in ops[1:]) \
+            and any(op in (4, 5, 11) for op, _k, _s in ops[1:])
+
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
         tcp = s.transport == "TCP"
+        if self._same_session(s.src_payloads, tcp) or self._same_session(s.dst_payloads, tcp):
+            v.app_protocol = self.name
+            return Match.FINAL
         sp = s.src_payloads[0]
         op, key, sid = self._op(sp, tcp)
         if op not in _OVPN_CLIENT_RESET or key != 0:
@@ -47,7 +61,9 @@ class OpenVPN(Dissector):
             body = sp[2:] if tcp else sp
             # plain reset: opcode, session id, empty ACK array, message packet-id 0 (14 bytes)
             plain = len(body) == 14 and body[9:14] == b"\x00" * 5
-            if plain or 14 <= len(sp) <= 1400 and (tcp or len(s.src_payloads) >= 2 and self._op(s.src_payloads[1], tcp)[0] in _OVPN_CLIENT_RESET):
+            again = len(s.src_payloads) >= 2 and self._op(s.src_payloads[1], tcp)[0] in _OVPN_CLIENT_RESET and \
+                self._op(s.src_payloads[1], tcp)[2] == sid    # the client retrying its reset: same session id
+            if plain or 14 <= len(sp) <= 1400 and (tcp or again):
                 v.app_protocol = self.name
                 return Match.PARTIAL
             return Match.NO
@@ -169,14 +185,20 @@ class Softether(Simple):
     'SE' binary watermark upload; also its UDP acceleration is not matched."""
 
     name = "Softether"
-    transports = TCP
+    transports = TCP_UDP
     ports = frozenset({443, 992, 1194, 5555})
 
     def could_be(self, s: FlowSample) -> bool:
         return bool(s.src_payloads)
 
+    def could_be(self, s: FlowSample) -> bool:
+        return bool(s.src_payloads or s.dst_payloads)
+
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
-        return (p.startswith(b"POST /vpnsvc/") or b"Content-Type: image/jpeg" in p[:400] and b"/vpnsvc/" in p[:200])
+        if s.transport == "UDP":
+            # NAT-traversal / UDP acceleration hello: "IP=<address>,PORT=<port>"
+            return p.startswith(b"IP=") and b",PORT=" in p[:64]
+        return p.startswith(b"POST /vpnsvc/") or (b"Content-Type: image/jpeg" in p[:400] and b"/vpnsvc/" in p[:200])
 
 
 class TINC(Simple):
