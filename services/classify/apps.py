@@ -16,6 +16,8 @@ All knowledge lives in data files under ``services/classify/data/``:
   ``youtube.googleapis.com`` can be YouTube while ``googleapis.com`` is
   GoogleServices), then ``label.*``.
 - ``ports.json``: ``{"TCP/443": "TLS", ...}`` well-known ports for the guess.
+- ``categories.json``: ``{"DNS": "Network", ...}`` nDPI's category of a protocol, used
+  when no application gives one.
 
 The lookups are dictionary probes per label (no regular expressions) so they
 cost little on the hot path.
@@ -37,7 +39,9 @@ DATA_DIR = Path(__file__).with_name("data")
 
 
 class Apps:
-    def __init__(self, apps: dict[str, dict], ports: dict[str, str] | None = None) -> None:
+    def __init__(self, apps: dict[str, dict], ports: dict[str, str] | None = None,
+                 proto_categories: dict[str, str] | None = None) -> None:
+        self.proto_categories = dict(proto_categories or {})
         self._suffix: dict[str, tuple[str, str]] = {}
         self._exact: dict[str, tuple[str, str]] = {}
         self._label: dict[str, tuple[str, str]] = {}       # "example" of "example.*"
@@ -143,19 +147,20 @@ class Apps:
         if v.application:
             if not v.category:
                 v.category = self.categories.get(v.application, "")
-            return
-        if v.host:
-            return
-        got = self.lookup_ip(s.dst_ip) or self.lookup_ip(s.src_ip)
-        if got:
-            v.application, cat = got
-            if not v.category:
-                v.category = cat
+        elif not v.host:
+            got = self.lookup_ip(s.dst_ip) or self.lookup_ip(s.src_ip)
+            if got:
+                v.application, cat = got
+                if not v.category:
+                    v.category = cat
+        if not v.category and v.app_protocol != "Unknown":
+            v.category = self.proto_categories.get(v.app_protocol, "")
 
 
 def load_apps(data_dir: Path = DATA_DIR) -> Apps:
     apps: dict[str, dict] = {}
     ports: dict[str, str] = {}
+    cats: dict[str, str] = {}
     try:
         apps = json.loads((data_dir / "apps.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -164,7 +169,11 @@ def load_apps(data_dir: Path = DATA_DIR) -> Apps:
         ports = json.loads((data_dir / "ports.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         log.warning("no port data (%s): port guesses from dissectors only", e)
-    return Apps(apps, ports)
+    try:
+        cats = json.loads((data_dir / "categories.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        log.warning("no protocol categories (%s)", e)
+    return Apps(apps, ports, cats)
 
 
 _default: Apps | None = None

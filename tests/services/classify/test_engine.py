@@ -112,6 +112,7 @@ def test_shipped_data_loads():
     assert apps.lookup_host("scontent.xx.fbcdn.net")[0] == "Facebook"
     assert apps.lookup_ip("8.8.8.8")[0] == "Google"
     assert apps.ports[("TCP", 443)] == "TLS"
+    assert apps.proto_categories["DNS"] == "Network"
 
 
 def test_hostile_host_is_cleaned():
