@@ -78,6 +78,12 @@ class MongoDB(Simple):
     transports = TCP
     ports = frozenset({27017, 27018, 27019})
 
+    def could_be(self, s: FlowSample) -> bool:
+        for lst in (s.src_payloads, s.dst_payloads):
+            if lst and len(lst[0]) >= 16 and lst[0][13] == 0x07 or lst and len(lst[0]) >= 16 and lst[0][12] == 1 and lst[0][13] == 0:
+                return True
+        return False
+
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) < 16 or u32le(p, 0) != len(p) and not (u32le(p, 0) > len(p) and len(p) >= 1400):
             return False

@@ -66,6 +66,7 @@ class EthernetIP(Simple):
     name = "EthernetIP"
     transports = TCP_UDP
     ports = frozenset({44818, 2222})
+    magic = tuple(bytes([c & 0xFF, c >> 8]) for c in sorted(_ENIP_CMDS))
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return len(p) >= 24 and u16le(p, 0) in _ENIP_CMDS and u16le(p, 2) + 24 == len(p)

@@ -49,6 +49,7 @@ class Spotify(Simple):
     name = "Spotify"
     transports = TCP_UDP
     ports = frozenset({57621, 4070})
+    magic = (b"SpotUdp0", b"\x00\x04\x00\x00")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if s.transport == "UDP":

@@ -73,7 +73,10 @@ class NetBIOS(Dissector):
     ports = frozenset({137, 138, 139, 445})
 
     def could_be(self, s: FlowSample) -> bool:
-        return bool(s.src_payloads or s.dst_payloads)
+        if s.transport == "UDP":
+            return bool({s.src_port, s.dst_port} & {137, 138}) and bool(s.src_payloads or s.dst_payloads)
+        p = s.src_payloads[0] if s.src_payloads else (s.dst_payloads[0] if s.dst_payloads else b"")
+        return len(p) >= 4 and p[0] in (0x00, 0x81, 0x82, 0x83, 0x84)
 
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
         if s.transport == "UDP":

@@ -360,6 +360,12 @@ class NFS(Simple):
     transports = TCP_UDP
     ports = frozenset({111, 2049})
 
+    def could_be(self, s: FlowSample) -> bool:
+        p = s.src_payloads[0] if s.src_payloads else b""
+        if s.transport == "TCP":
+            return len(p) >= 28 and bool(p[0] & 0x80) and p[8:12] == b"\x00\x00\x00\x00"
+        return len(p) >= 24 and p[4:8] == b"\x00\x00\x00\x00"
+
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if s.transport == "TCP":
             if len(p) < 4 or not p[0] & 0x80:
@@ -487,6 +493,10 @@ class Roughtime(Simple):
     name = "Roughtime"
     transports = TCP_UDP
     ports = frozenset({2002})
+
+    def could_be(self, s: FlowSample) -> bool:
+        p = s.src_payloads[0] if s.src_payloads else (s.dst_payloads[0] if s.dst_payloads else b"")
+        return p.startswith(b"ROUGHTIM") or (len(p) >= 8 and p[1:4] == b"\x00\x00\x00" and 1 <= p[0] <= 64)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if p.startswith(b"ROUGHTIM"):

@@ -108,7 +108,10 @@ class Ethereum(Dissector):
     ports = frozenset({30303})
 
     def could_be(self, s: FlowSample) -> bool:
-        return bool(s.src_payloads or s.dst_payloads)
+        if s.transport == "UDP":
+            return 30303 in (s.src_port, s.dst_port)
+        p = s.src_payloads[0] if s.src_payloads else (s.dst_payloads[0] if s.dst_payloads else b"")
+        return len(p) >= 200 and p[2] == 0x04
 
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
         for _src, p in ordered(s, 2):
@@ -211,7 +214,10 @@ class DNScrypt(Dissector):
     ports = frozenset({443, 5353, 8443})
 
     def could_be(self, s: FlowSample) -> bool:
-        return bool(s.src_payloads)
+        if s.dst_payloads and s.dst_payloads[0][:8] == b"r6fnvWj8":
+            return True
+        p = s.src_payloads[0] if s.src_payloads else b""
+        return len(p) >= 17 and (b"\x00\x01" in (p[4:6], p[6:8]) or (len(p) >= 256 and len(p) % 64 == 0))
 
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
         tcp = s.transport == "TCP"

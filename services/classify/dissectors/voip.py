@@ -86,7 +86,10 @@ class STUN(Dissector):
     ports = frozenset({3478, 3479, 5349, 19302, 19305})
 
     def could_be(self, s: FlowSample) -> bool:
-        return bool(s.src_payloads or s.dst_payloads)
+        for lst in (s.src_payloads, s.dst_payloads):
+            if lst and len(lst[0]) >= 20 and (lst[0][0] < 0x40 or s.transport == "TCP"):
+                return True
+        return False
 
     @staticmethod
     def _realm(s: FlowSample, tcp: bool) -> str:
@@ -160,7 +163,10 @@ class SIP(Dissector):
     ports = frozenset({5060, 5061})
 
     def could_be(self, s: FlowSample) -> bool:
-        return bool(s.src_payloads or s.dst_payloads)
+        for lst in (s.src_payloads, s.dst_payloads):
+            if lst and lst[0][:1] in b"IRAOBCNSMPU\r\n" and lst[0][:1]:
+                return True
+        return False
 
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
         for _src, p in ordered(s, 3):

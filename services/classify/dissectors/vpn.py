@@ -24,7 +24,13 @@ class OpenVPN(Dissector):
     ports = frozenset({1194})
 
     def could_be(self, s: FlowSample) -> bool:
-        return bool(s.src_payloads)
+        for lst in (s.src_payloads, s.dst_payloads):
+            if lst:
+                p = lst[0]
+                o = 2 if s.transport == "TCP" else 0
+                if len(p) >= o + 9 and (p[o] >> 3) in (1, 2, 7, 8, 10) and (o == 0 or u16(p, 0) == len(p) - 2):
+                    return True
+        return False
 
     @staticmethod
     def _op(p: bytes, tcp: bool) -> tuple[int, int, bytes]:
@@ -192,7 +198,10 @@ class Softether(Simple):
         return bool(s.src_payloads)
 
     def could_be(self, s: FlowSample) -> bool:
-        return bool(s.src_payloads or s.dst_payloads)
+        for lst in (s.src_payloads, s.dst_payloads):
+            if lst and lst[0][:3] in (b"IP=", b"POS"):
+                return True
+        return False
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if s.transport == "UDP":
