@@ -75,7 +75,9 @@ class Gnutella(Dissector):
                     v.app_protocol = self.name
                     return Match.FINAL
             else:
-                if len(p) >= 23 and p[16] in _GNUTELLA_DESC and u32le(p, 19) + 23 == len(p) and p[17] <= 7:
+                # descriptor header; pings/pongs with extensions are left alone (nDPI does not claim them)
+                if len(p) >= 23 and p[16] in _GNUTELLA_DESC and u32le(p, 19) + 23 == len(p) and p[17] <= 7 and \
+                        (p[16] not in (0x00, 0x01) or len(p) == 23):
                     v.app_protocol = self.name
                     return Match.FINAL
                 if p.startswith(b"GND") and len(p) >= 8:
