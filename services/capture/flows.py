@@ -28,7 +28,19 @@ from typing import Any, Protocol
 from shared.models import ArpInfo, FlowRecord, FlowSample, PacketEvent, Verdict
 from shared.settings import CaptureSettings
 
-from .decode import KIND_ARP, KIND_BAD, KIND_IP, KIND_L2, decode, format_ip, format_mac, transport_name
+from .decode import (
+    _UDP_TUNNEL_PORTS,
+    KIND_ARP,
+    KIND_BAD,
+    KIND_L2,
+    _fast4,
+    _ports,
+    _tcp,
+    decode,
+    format_ip,
+    format_mac,
+    transport_name,
+)
 
 __all__ = ["FlowMeter", "MeterSink", "Flow", "ListSink"]
 
@@ -291,7 +303,8 @@ class FlowMeter:
     def process(self, ts: float, frame: bytes, dlt: int | None = None) -> None:
         """Meter one frame (captured at ``ts``); ``dlt`` overrides the source's link type."""
         self.packets += 1
-        self.bytes += len(frame)
+        n = len(frame)
+        self.bytes += n
         if frame == self._prev_frame and ts - self._prev_ts < 0.005:
             self.duplicate_frames += 1
         self._prev_frame = frame
@@ -301,11 +314,52 @@ class FlowMeter:
         if self.recorders:
             for rec in self.recorders:
                 rec.offer(ts, frame)
-        r = decode(frame, self.datalink if dlt is None else dlt)
-        if r[0]:
-            self._non_ip(ts, frame, r)
-            return
-        _k, ver, proto, src, dst, sp, dp, nbytes, po, pl, flags, seq, ack, vlan, vlans, macoff, tun, frag, fid = r
+        dl = self.datalink if dlt is None else dlt
+        # inline copy of decode()'s fast path (untagged Ethernet, plain IPv4, TCP/UDP): saves
+        # the call and the result tuple on most packets; anything else goes through decode()
+        if dl == 1 and n >= 42 and frame[14] == 0x45 and frame[12] == 8 and frame[13] == 0:
+            nbytes, fid, fragw = _fast4(frame, 16)
+            proto = frame[23]
+            if fragw & 0x3FFF or nbytes < 20:
+                proto = -1
+            else:
+                end = 14 + nbytes
+                if end > n:
+                    end = n
+                if proto == 6:
+                    if end >= 54:
+                        sp, dp, seq, ack, doff, flags = _tcp(frame, 34)
+                        po = 34 + ((doff >> 4) << 2)
+                        if po < 54 or po > end:
+                            proto = -1
+                        pl = end - po
+                    else:
+                        proto = -1
+                elif proto == 17:
+                    sp, dp = _ports(frame, 34)
+                    if sp in _UDP_TUNNEL_PORTS or dp in _UDP_TUNNEL_PORTS:
+                        proto = -1
+                    po = 42
+                    pl = end - 42
+                    flags = seq = ack = 0
+                else:
+                    proto = -1
+        else:
+            proto = -1
+        if proto >= 0:
+            ver = 4
+            src = frame[26:30]
+            dst = frame[30:34]
+            vlan = frag = 0
+            vlans = ()
+            macoff = 0
+            tun = ""
+        else:
+            r = decode(frame, dl)
+            if r[0]:
+                self._non_ip(ts, frame, r)
+                return
+            _k, ver, proto, src, dst, sp, dp, nbytes, po, pl, flags, seq, ack, vlan, vlans, macoff, tun, frag, fid = r
         if frag:
             if frag == 2:
                 hit = self._frags.get((src, dst, fid, proto))
@@ -327,13 +381,13 @@ class FlowMeter:
         table = self.table
         f = table.get(key)
         if f is None:
-            f = self._new_flow(key, ts, frame, r, sp, dp)
+            f = self._new_flow(key, ts, frame, ver, proto, src, dst, sp, dp, flags, vlans, macoff, tun)
         else:
             table.move_to_end(key)
             if f.state and proto == 6 and flags & 0x12 == SYN:
                 # a new connection on the key of a closed one
                 self._end(f, f.end_reason or "fin")
-                f = self._new_flow(key, ts, frame, r, sp, dp)
+                f = self._new_flow(key, ts, frame, ver, proto, src, dst, sp, dp, flags, vlans, macoff, tun)
         if sp == f.sport and src == f.src:
             fwd = True
             f.s_pkts += 1
@@ -357,7 +411,8 @@ class FlowMeter:
             self._tcp_close(f, ts, flags, fwd)
         if ts >= f.next_check:
             self._periodic(f, ts)
-        if f.sampling and (pl or flags & 3):
+        sm = f.sampling  # bit 1: src direction still sampled, bit 2: dst direction
+        if sm and (pl or flags & 3) and sm & (1 if fwd else 2):
             self._sample(f, ts, frame, fwd, po, pl, flags, seq, ack, vlans)
         if pl and f.is_dns:
             self._dns(f, ts, frame, fwd, po, pl, proto, vlans)
@@ -377,8 +432,8 @@ class FlowMeter:
                 self._closed.append(f)
 
     # ------------------------------------------------------------------ flows
-    def _new_flow(self, key: tuple, ts: float, frame: bytes, r: tuple, sp: int, dp: int) -> Flow | None:
-        _k, ver, proto, src, dst, _sp, _dp, _nb, _po, _pl, flags, _seq, _ack, vlan, vlans, macoff, tun, frag, _fid = r
+    def _new_flow(self, key: tuple, ts: float, frame: bytes, ver: int, proto: int, src: bytes, dst: bytes,
+                  sp: int, dp: int, flags: int, vlans: tuple, macoff: int, tun: str) -> Flow:
         table = self.table
         if len(table) >= self._max_flows:
             self._evict_one()
@@ -409,7 +464,7 @@ class FlowMeter:
         if self.evidence_packets and self._ev_flows < self.evidence_max_flows:
             f.ev = []
             self._ev_flows += 1
-        f.sampling = True
+        f.sampling = 3
         f.sd = f.dd = None  # sampling state, created with the first packet that needs it
         f.dirs = ""
         table[key] = f
@@ -428,39 +483,39 @@ class FlowMeter:
     def _record(self, f: Flow, phase: str, ts: float) -> FlowRecord:
         v = f.verdict
         vl = f.vlan_ids
-        return _build(FlowRecord, dict(
-            timestamp=ts,
-            probe=self.probe,
-            flow_id=f.flow_id,
-            event_type="flow",
-            transport=f.transport,
-            src_ip=f.src_ip,
-            src_port=f.sport,
-            dst_ip=f.dst_ip,
-            dst_port=f.dport,
-            vlan_id=vl[0] if vl else 0,
-            phase=phase,
-            end_reason=f.end_reason if phase == "end" else "",
-            source=f.source,
-            ip_version=f.ver,
-            first_seen=f.first,
-            last_seen=f.last,
-            duration_ms=max(0.0, (f.last - f.first) * 1000.0),
-            src2dst_packets=f.s_pkts,
-            src2dst_bytes=f.s_bytes,
-            dst2src_packets=f.d_pkts,
-            dst2src_bytes=f.d_bytes,
-            src2dst_tcp_flags=f.s_flags,
-            dst2src_tcp_flags=f.d_flags,
-            src_mac=f.src_mac,
-            dst_mac=f.dst_mac,
-            tunnel=f.tunnel,
-            app_protocol=v.app_protocol if v is not None else "Unknown",
-            application=v.application if v is not None else "",
-            category=v.category if v is not None else "",
-            host=v.host if v is not None else "",
-            confidence=(v.confidence if v.confidence != "unknown" else "") if v is not None else "",
-        ))
+        return _build(FlowRecord, {
+            "timestamp": ts,
+            "probe": self.probe,
+            "flow_id": f.flow_id,
+            "event_type": "flow",
+            "transport": f.transport,
+            "src_ip": f.src_ip,
+            "src_port": f.sport,
+            "dst_ip": f.dst_ip,
+            "dst_port": f.dport,
+            "vlan_id": vl[0] if vl else 0,
+            "phase": phase,
+            "end_reason": f.end_reason if phase == "end" else "",
+            "source": f.source,
+            "ip_version": f.ver,
+            "first_seen": f.first,
+            "last_seen": f.last,
+            "duration_ms": max(0.0, (f.last - f.first) * 1000.0),
+            "src2dst_packets": f.s_pkts,
+            "src2dst_bytes": f.s_bytes,
+            "dst2src_packets": f.d_pkts,
+            "dst2src_bytes": f.d_bytes,
+            "src2dst_tcp_flags": f.s_flags,
+            "dst2src_tcp_flags": f.d_flags,
+            "src_mac": f.src_mac,
+            "dst_mac": f.dst_mac,
+            "tunnel": f.tunnel,
+            "app_protocol": v.app_protocol if v is not None else "Unknown",
+            "application": v.application if v is not None else "",
+            "category": v.category if v is not None else "",
+            "host": v.host if v is not None else "",
+            "confidence": (v.confidence if v.confidence != "unknown" else "") if v is not None else "",
+        })
 
     def _periodic(self, f: Flow, ts: float) -> None:
         if ts - f.first >= self._active and not f.state:
@@ -496,7 +551,7 @@ class FlowMeter:
                 self._emit_sample(*d)
         f.state = ENDED
         f.end_reason = reason
-        f.sampling = False
+        f.sampling = 0
         f.sd = f.dd = None
         f.dirs = None
         if f.proto == 6 and (f.s_pkts == 0 or f.d_pkts == 0):
@@ -650,7 +705,7 @@ class FlowMeter:
             f.verdict_final = True
             self._dirty.pop(f.flow_id, None)
             if f.sampling or f.dirs is not None:
-                f.sampling = False
+                f.sampling = 0
                 f.sd = f.dd = None
                 f.dirs = None
         if f.state == ENDED:
@@ -697,9 +752,8 @@ class FlowMeter:
         if d.nbytes >= self._smax_bytes or len(d.payloads) >= self._smax_pkts:
             d.done = True
             d.ooo = None
-        final = f.sd is not None and f.dd is not None and f.sd.done and f.dd.done
-        if final:
-            f.sampling = False
+            f.sampling &= 2 if fwd else 1
+        final = not f.sampling
         if self.defer_samples:
             self._dirty[f.flow_id] = (f, ts, fwd, vlans, final)
         else:
@@ -710,43 +764,43 @@ class FlowMeter:
             return
         sd = f.sd or _EMPTY_DIR
         dd = f.dd or _EMPTY_DIR
-        s = _build(FlowSample, dict(
-            timestamp=ts,
-            probe=self.probe,
-            flow_id=f.flow_id,
-            event_type="sample",
-            transport=f.transport,
-            src_ip=f.src_ip,
-            src_port=f.sport,
-            dst_ip=f.dst_ip,
-            dst_port=f.dport,
-            vlan_id=f.vlan_ids[0] if f.vlan_ids else 0,
-            source=f.source,
-            seq_no=f.sample_seq,
-            final=final,
-            first_seen=f.first,
-            src2dst_packets=f.s_pkts,
-            dst2src_packets=f.d_pkts,
-            src_payloads=list(sd.payloads),
-            dst_payloads=list(dd.payloads),
-            payload_dirs=f.dirs[:256],
-            src_mac=f.src_mac,
-            dst_mac=f.dst_mac,
-            vlan_ids=list(vlans) if vlans else list(f.vlan_ids),
-            src2dst_next_seq=sd.next_seq,
-            src2dst_ack=sd.ack,
-            dst2src_next_seq=dd.next_seq,
-            dst2src_ack=dd.ack,
-            trigger_time=ts,
-            trigger_from_src=fwd,
-        ))
+        s = _build(FlowSample, {
+            "probe": self.probe,
+            "flow_id": f.flow_id,
+            "event_type": "sample",
+            "transport": f.transport,
+            "src_ip": f.src_ip,
+            "src_port": f.sport,
+            "dst_ip": f.dst_ip,
+            "dst_port": f.dport,
+            "vlan_id": f.vlan_ids[0] if f.vlan_ids else 0,
+            "source": f.source,
+            "first_seen": f.first,
+            "src_mac": f.src_mac,
+            "dst_mac": f.dst_mac,
+            "timestamp": ts,
+            "seq_no": f.sample_seq,
+            "final": final,
+            "src2dst_packets": f.s_pkts,
+            "dst2src_packets": f.d_pkts,
+            "src_payloads": list(sd.payloads),
+            "dst_payloads": list(dd.payloads),
+            "payload_dirs": f.dirs[:256],
+            "vlan_ids": list(vlans) if vlans else list(f.vlan_ids),
+            "src2dst_next_seq": sd.next_seq,
+            "src2dst_ack": sd.ack,
+            "dst2src_next_seq": dd.next_seq,
+            "dst2src_ack": dd.ack,
+            "trigger_time": ts,
+            "trigger_from_src": fwd,
+        })
         f.sample_seq += 1
         f.pending += 1
         self._pending += 1
         self.samples_sent += 1
         self._by_id[f.flow_id] = f
         if final:
-            f.sampling = False
+            f.sampling = 0
             f.sd = f.dd = None
             f.dirs = None
         self.sink.sample(s)
