@@ -228,12 +228,14 @@ class Engine:
 
     def clear_caches(self) -> None:
         """Forget the memoised parses (for honest benchmarks)."""
-        from services.classify.dissectors import quic, tls
+        from services.classify.dissectors import dns, quic, tls
 
         self._finals.clear()
         tls._client_side.cache_clear()
         tls._server_side.cache_clear()
         quic.initial_keys.cache_clear()
+        quic._decrypt_cached.cache_clear()
+        dns._parse_cached.cache_clear()
         self.apps.lookup_host.cache_clear()
         self.apps.lookup_ip.cache_clear()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from services.classify.dissectors.base import Dissector, Match
 from services.classify.dissectors.p2p import dnscrypt_app
@@ -181,6 +182,12 @@ def _parse(b: bytes, max_answers: int) -> Message | None:
     return msg
 
 
+@lru_cache(maxsize=16384)
+def _parse_cached(b: bytes) -> Message | None:
+    """parse_message memoised: every sample of a flow carries the same first datagrams again."""
+    return parse_message(b)
+
+
 _PORT_NAMES = {5353: "MDNS", 5355: "LLMNR"}
 
 # host names as nDPI reports them: letters, digits, '-', '_', '.' kept; other ASCII -> '_';
@@ -247,14 +254,14 @@ class DnsDissector(Dissector):
                 ln = (data[pos] << 8) | data[pos + 1]
                 if ln < 12:
                     break
-                m = parse_message(data[pos + 2:pos + 2 + ln])
+                m = _parse_cached(data[pos + 2:pos + 2 + ln])
                 if m is None:
                     break
                 out.append(m)
                 pos += 2 + ln
             return out
         for d in payloads[:4]:
-            m = parse_message(d)
+            m = _parse_cached(d)
             if m is not None:
                 out.append(m)
             else:

@@ -204,6 +204,12 @@ def decrypt_initials(datagrams: list[bytes]) -> tuple[int, bytes, list[bytes]] |
     return version, dcid0, out
 
 
+@lru_cache(maxsize=4096)
+def _decrypt_cached(datagrams: tuple[bytes, ...]):
+    """decrypt_initials memoised on the client's datagrams (consecutive samples repeat them)."""
+    return decrypt_initials(list(datagrams))
+
+
 def crypto_stream(payloads: list[bytes], gquic: bool = False) -> bytes:
     """Contiguous CRYPTO data from offset 0, from the frames of decrypted Initial payloads.
 
@@ -362,7 +368,7 @@ class QuicDissector(Dissector):
             if tags:
                 got = self._from_chlo(tags, info, v)
         else:
-            dec = decrypt_initials(client)
+            dec = _decrypt_cached(tuple(client[:8]))
             if dec is not None:
                 _ver, _dcid, payloads = dec
                 cs = crypto_stream(payloads, gquic=is_gquic(cv))
