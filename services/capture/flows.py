@@ -53,6 +53,7 @@ _SPECIAL_PROTO_COUNTERS = {89: "ospf_packets", 112: "vrrp_packets", 2: "igmp_pac
 _BFD_PORTS = frozenset((3784, 3785, 4784))
 _DNS_PORT = 53
 _FRAG_CACHE_MAX = 65536
+_TEXT_CACHE_MAX = 65536
 _OOO_MAX = 8  # out-of-order TCP segments held per direction while sampling
 _SEQ_WINDOW = 65536  # a segment further ahead than this is not reordered
 
@@ -223,6 +224,7 @@ class FlowMeter:
         self._closing: dict[str, Flow] = {}
         self._closed: deque[Flow] = deque()
         self._frags: dict[tuple, tuple] = {}
+        self._text_cache: dict[bytes, str] = {}
         self._pending = 0
         #: False: a sample per new payload packet at once.  True: samples are
         #: coalesced per flow until ``flush_samples()`` (the service calls it
@@ -432,6 +434,30 @@ class FlowMeter:
                 self._closed.append(f)
 
     # ------------------------------------------------------------------ flows
+    def _ip_text(self, addr: bytes) -> str:
+        """Address text, shared between the flows of one host (bounded cache: memory and time per flow)."""
+        c = self._text_cache
+        t = c.get(addr)
+        if t is None:
+            if len(c) >= _TEXT_CACHE_MAX:
+                c.clear()
+            t = c[addr] = format_ip(addr)
+        return t
+
+    def _mac_text(self, frame: bytes, off: int) -> str:
+        if off < 0:
+            return ""
+        raw = frame[off:off + 6]
+        if len(raw) < 6:
+            return ""
+        c = self._text_cache
+        t = c.get(b"M" + raw)
+        if t is None:
+            if len(c) >= _TEXT_CACHE_MAX:
+                c.clear()
+            t = c[b"M" + raw] = raw.hex(":")
+        return t
+
     def _new_flow(self, key: tuple, ts: float, frame: bytes, ver: int, proto: int, src: bytes, dst: bytes,
                   sp: int, dp: int, flags: int, vlans: tuple, macoff: int, tun: str) -> Flow:
         table = self.table
@@ -451,11 +477,11 @@ class FlowMeter:
             src, dst, sp, dp = dst, src, dp, sp
             smac_off, dmac_off = dmac_off, smac_off
         f.src, f.dst, f.sport, f.dport = src, dst, sp, dp
-        f.src_ip = format_ip(src)
-        f.dst_ip = format_ip(dst)
-        f.src_mac = format_mac(frame, smac_off)
-        f.dst_mac = format_mac(frame, dmac_off)
-        f.vlan_ids = list(vlans)
+        f.src_ip = self._ip_text(src)
+        f.dst_ip = self._ip_text(dst)
+        f.src_mac = self._mac_text(frame, smac_off)
+        f.dst_mac = self._mac_text(frame, dmac_off)
+        f.vlan_ids = vlans
         f.tunnel = tun
         f.first = f.last = ts
         f.last_update = ts
