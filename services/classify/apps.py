@@ -147,7 +147,16 @@ class Apps:
         if v.application:
             if not v.category:
                 v.category = self.categories.get(v.application, "")
-        elif not v.host:
+        elif not v.host and v.tls is not None and v.tls.server_names:
+            # no SNI: the server certificate's names say which service it is (nDPI does the same)
+            for name in v.tls.server_names[:8]:
+                got = self.lookup_host(name[2:] if name.startswith("*.") else name)
+                if got:
+                    v.application, cat = got
+                    if not v.category:
+                        v.category = cat
+                    break
+        if not v.application and not v.host:
             got = self.lookup_ip(s.dst_ip) or self.lookup_ip(s.src_ip)
             if got:
                 v.application, cat = got

@@ -188,3 +188,22 @@ def test_final_verdict_memo_answers_later_samples_of_the_flow():
     off.classify(sample(src_payloads=[b"a", b"b"], payload_dirs="ss"))
     off.classify(sample(src_payloads=[b"a", b"b"], payload_dirs="ss"))
     assert off.counters["memo"] == 0
+
+
+def test_application_from_certificate_names_without_sni():
+    from shared.models import TlsInfo
+
+    class CertOnly(Dissector):
+        name = "TLS"
+
+        def could_be(self, s):
+            return True
+
+        def dissect(self, s, v):
+            v.app_protocol = "TLS"
+            v.tls = TlsInfo(server_names=["*.waze.com", "waze.com"])
+            return Match.FINAL
+
+    apps = Apps({"Waze": {"category": "Web", "hosts": ["waze.com"]}})
+    v = Engine(registry=[CertOnly()], apps=apps, port_guess=False).classify(sample())
+    assert (v.app_protocol, v.application, v.host) == ("TLS", "Waze", "")
