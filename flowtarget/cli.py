@@ -113,7 +113,7 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
     """Run all services over files, drain, return (status, stored events, capture stats)."""
     import nats
 
-    from flowtarget.orchestrate import pcap_env, read_stream, stream_drained
+    from flowtarget.orchestrate import pcap_env, read_stream, stream_drained, wait_ready
 
     stats: list[dict[str, Any]] = []
     nc = await nats.connect(orch.nats_url)
@@ -139,7 +139,10 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
     for name in ("classify", "store", "block"):
         if service_available(name):
             p.start(name, env_store if name == "store" else None)
-    await asyncio.sleep(0)  # let them connect while capture starts
+    if "classify" in p.procs:
+        # samples travel on core NATS: capture must not start before classify listens
+        if not await wait_ready(orch.nats_url, "classify", alive=lambda: p.procs["classify"].poll() is None):
+            print(f"flowtarget: classify did not start:\n{orch.log_tail('classify')}", file=sys.stderr)
     cap = p.start("capture", {**pcap_env(files), **extra_env})
     while cap.poll() is None:
         await asyncio.sleep(0.1)
@@ -349,9 +352,9 @@ def load_rules_file(nats_url: str, probe: str, path: str) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    target = args.target
-    module = importlib.import_module(f"services.{target}.bench")
-    return int(module.bench_command(args) or 0)
+    from flowtarget.bench import bench_command
+
+    return bench_command(args)
 
 
 # --------------------------------------------------------------------------- parser
@@ -385,14 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
     an.add_argument("--no-progress", action="store_true")
 
-    bp = sub.add_parser("bench", help="benchmarks that print figures")
-    bsub = bp.add_subparsers(dest="target", required=True)
-    for target in ("capture", "classify", "store", "block"):
-        tp = bsub.add_parser(target)
-        try:
-            importlib.import_module(f"services.{target}.bench").add_arguments(tp)
-        except (ImportError, AttributeError):
-            tp.add_argument("rest", nargs="*")
+    from flowtarget.bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
 
     # commands that live with their feature: add_parser(subparsers) -> parser; run(args) -> int
     for plug in ("services.block.rules", "flowtarget.alerts_cmd"):

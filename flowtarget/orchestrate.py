@@ -118,6 +118,25 @@ async def stream_drained(settings: CommonSettings, durable: str = "store", quiet
         await nc.close()
 
 
+async def wait_ready(nats_url: str, service: str = "classify", timeout_s: float = 60.0,
+                     alive: Any = None) -> bool:
+    """Wait until a replica of ``service`` answers its readiness request (ft.ctl.<any>.<service>_ready)."""
+    nc = await nats.connect(nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if alive is not None and not alive():
+                return False
+            try:
+                await nc.request(f"ft.ctl.orchestrator.{service}_ready", b"", timeout=0.5)
+                return True
+            except Exception:
+                await asyncio.sleep(0.1)
+        return False
+    finally:
+        await nc.close()
+
+
 async def read_stream(settings: CommonSettings, subjects: str = "ft.>") -> list[dict[str, Any]]:
     """Every event stored in the stream (batches unpacked), as plain dicts, in order."""
     from shared.models import events_of, parse_event

@@ -84,14 +84,17 @@ class Bus:
         self.publish_retries = 0
         self.reconnects = 0
         self._subs: list[Any] = []
+        self._closing = False
         self._rlog = RateLimitedLog(log)
 
     # ------------------------------------------------------------------ connection
 
     @classmethod
-    async def connect(cls, settings: CommonSettings, name: str, stop: asyncio.Event | None = None) -> "Bus":
+    async def connect(cls, settings: CommonSettings, name: str, stop: asyncio.Event | None = None,
+                      give_up_after_s: float | None = None) -> "Bus":
+        """Connect, retrying until NATS is up, ``stop`` is set or ``give_up_after_s`` passes (ConnectionError)."""
         bus = cls(settings, name)
-        await bus._connect(stop)
+        await bus._connect(stop, give_up_after_s)
         return bus
 
     def _options(self) -> dict[str, Any]:
@@ -120,14 +123,15 @@ class Bus:
             opts["user_credentials"] = s.nats_creds
         return opts
 
-    async def _connect(self, stop: asyncio.Event | None) -> None:
+    async def _connect(self, stop: asyncio.Event | None, give_up_after_s: float | None = None) -> None:
         delay = 0.2
+        deadline = None if give_up_after_s is None else time.monotonic() + give_up_after_s
         while True:
             try:
                 await self.nc.connect(**self._options())
                 break
             except (nats.errors.NoServersError, OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
-                if stop is not None and stop.is_set():
+                if (stop is not None and stop.is_set()) or (deadline is not None and time.monotonic() > deadline):
                     raise ConnectionError(f"could not connect to NATS at {self.settings.nats_url}: {exc}") from exc
                 self._rlog.warning("connect", "NATS at %s not reachable (%s); retrying", self.settings.nats_url, safe_text(exc))
                 if stop is not None:
@@ -146,7 +150,8 @@ class Bus:
         self._rlog.warning("error", "NATS error: %s", safe_text(exc))
 
     async def _on_disconnected(self) -> None:
-        self._rlog.warning("disc", "disconnected from NATS; reconnecting")
+        if not self._closing:
+            self._rlog.warning("disc", "disconnected from NATS; reconnecting")
 
     async def _on_reconnected(self) -> None:
         self.reconnects += 1
@@ -159,6 +164,7 @@ class Bus:
     async def close(self, timeout_s: float | None = None) -> None:
         """Drain subscriptions and the connection (bounded by the drain timeout)."""
         timeout = timeout_s if timeout_s is not None else self.settings.drain_timeout_s
+        self._closing = True
         if self.nc.is_closed:
             return
         try:

@@ -70,6 +70,7 @@ class CaptureSettings(CommonSettings):
     evidence_dir: Path = Field(default=Path("/var/lib/flowtarget/evidence"))
     evidence_packets: int = Field(default=32, ge=0, le=10000, description="Recent raw packets kept per flow for evidence.")
     replay_realtime: bool = Field(default=False, description="Replay files at their recorded pace instead of as fast as possible.")
+    replay_max_pending: int = Field(default=4000, ge=0, description="File replay pauses while this many samples await a verdict (classify is behind); 0 = never pause.")
 
 
 class ClassifySettings(CommonSettings):

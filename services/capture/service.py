@@ -33,7 +33,6 @@ from services.capture.sources import CaptureFileError, open_source
 log = logging.getLogger("flowtarget.capture")
 
 CHUNK = 512                # packets processed between two publishing turns
-MAX_PENDING_VERDICTS = 4000  # file replay pauses when classify is this far behind
 STATS_INTERVAL_S = 10.0
 
 
@@ -214,31 +213,31 @@ class StatsReporter:
         await self.bus.nc.flush(timeout=10)
 
 
-async def _wait_verdicts(meter: FlowMeter, out: Outbox, stop: asyncio.Event, limit: int, max_wait_s: float) -> None:
-    """Wait while classify catches up (pending verdicts above ``limit``), as long as it makes progress."""
+async def _wait_verdicts(meter: FlowMeter, out: Outbox, stop: asyncio.Event, limit: int, max_wait_s: float) -> bool:
+    """Wait while classify catches up (pending verdicts above ``limit``), as long as it makes progress.
+
+    Returns False when no verdict arrived for ``max_wait_s``: classify is not
+    answering, and the caller stops waiting for it.
+    """
     last = meter.pending_verdicts()
-    waited_still = 0.0
+    still_since = time.monotonic()
     while meter.pending_verdicts() > limit and not stop.is_set():
         await out.flush()
-        await asyncio.sleep(0.01)
-        meter.tick(meter_now(meter), time.monotonic())
+        await asyncio.sleep(0.005)
+        meter.tick(0.0, time.monotonic())   # 0: packet time stays where it is
         now = meter.pending_verdicts()
         if now < last:
-            last, waited_still = now, 0.0
-        else:
-            waited_still += 0.01
-            if waited_still > max_wait_s:
-                log.warning("%d samples still without a verdict after %.1f s; is classify running?", now, max_wait_s)
-                return
-
-
-def meter_now(meter: FlowMeter) -> float:
-    return getattr(meter, "last_ts", 0.0) or 0.0
+            last, still_since = now, time.monotonic()
+        elif time.monotonic() - still_since > max_wait_s:
+            log.warning("%d samples still without a verdict after %.1f s; is classify running?", now, max_wait_s)
+            return False
+    return True
 
 
 async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event, meter: FlowMeter, out: Outbox,
                        reporter: StatsReporter) -> None:
     errors = 0
+    classify_answers = True   # cleared when classify stops answering: no more pauses for it
     for path in settings.pcap:
         if stop.is_set():
             break
@@ -274,8 +273,9 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                     if ahead > 0:
                         await asyncio.sleep(ahead)
                 await out.flush()
-                if meter.pending_verdicts() > MAX_PENDING_VERDICTS:
-                    await _wait_verdicts(meter, out, stop, MAX_PENDING_VERDICTS // 2, settings.verdict_wait_s)
+                limit = settings.replay_max_pending
+                if limit and classify_answers and meter.pending_verdicts() > limit:
+                    classify_answers = await _wait_verdicts(meter, out, stop, limit // 2, settings.verdict_wait_s)
                 if stop.is_set():
                     break
         if reader.error:

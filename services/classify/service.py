@@ -19,6 +19,8 @@ from services.classify.engine import Engine
 
 log = logging.getLogger("flowtarget.classify")
 
+READY_SUBJECT = subject("ctl", "*", "classify_ready")
+
 
 async def main(settings: ClassifySettings, bus: Bus, stop: asyncio.Event) -> None:
     await bus.ensure_stream()
@@ -42,6 +44,12 @@ async def main(settings: ClassifySettings, bus: Bus, stop: asyncio.Event) -> Non
 
     await bus.subscribe(subject("sample", "*"), on_sample, queue=settings.queue_group, types=(FlowSample,))
     await bus.subscribe(subject("packet", "*"), on_packet, queue=settings.queue_group, types=(PacketEvent,))
+
+    async def on_ready(msg) -> None:   # readiness probe: answered once the subscriptions above exist
+        await msg.respond(b"ready")
+
+    await bus.nc.subscribe(READY_SUBJECT, queue=settings.queue_group, cb=on_ready)
+    await bus.nc.flush()
     log.info("classify ready (queue group %s)", settings.queue_group)
     await stop.wait()
     log.info("classify: %s", counts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -32,6 +33,9 @@ class Services:
         return p
 
     def capture_file(self, path: Path) -> int:
+        from flowtarget.orchestrate import wait_ready
+
+        assert asyncio.run(wait_ready(self.env["FT_NATS_URL"], "classify", timeout_s=60)), "classify not ready"
         p = self.start("capture", FT_PCAP=json.dumps([str(path)]), FT_VERDICT_WAIT_S="20")
         return p.wait(120)
 

@@ -1,0 +1,169 @@
+"""``flowtarget bench capture|classify|store|block``: benchmarks that print figures.
+
+Figures are printed, never asserted: speed depends on the machine.  With
+``--json`` the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    bp = sub.add_parser("bench", help="benchmarks that print figures")
+    bsub = bp.add_subparsers(dest="target", required=True)
+    cp = bsub.add_parser("capture", help="packets/s of (a) read+decode+meter and (b) the full capture service on NATS")
+    cp.add_argument("pcap")
+    cp.add_argument("--json", action="store_true")
+    cp.add_argument("--nats", help="NATS URL for (b) (default: embedded nats-server)")
+    cl = bsub.add_parser("classify", help="flow samples classified per second on one core")
+    cl.add_argument("inputs", nargs="+", help="samples JSONL (bench/dump_samples.py) or capture files")
+    cl.add_argument("--json", action="store_true")
+    cl.add_argument("--repeat", type=int, default=3)
+    st = bsub.add_parser("store", help="points/s from JetStream into the configured sink")
+    st.add_argument("rest", nargs=argparse.REMAINDER)
+    bl = bsub.add_parser("block", help="trigger-to-injection latency")
+    bl.add_argument("rest", nargs=argparse.REMAINDER)
+    return bp
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+async def _capture_service_run(pcap: str, nats_url: str) -> dict[str, Any]:
+    """The real capture service (services.capture.service.main) over one file, publishing to NATS."""
+    from shared.bus import Bus
+    from shared.settings import CaptureSettings
+    from services.capture import service
+
+    settings = CaptureSettings(nats_url=nats_url, probe="bench", pcap=[Path(pcap)], verdict_wait_s=0,
+                               replay_max_pending=0, stream_storage="memory")
+    stop = asyncio.Event()
+    bus = await Bus.connect(settings, "bench-capture", stop)
+    stats: list[dict[str, Any]] = []
+
+    async def on_stats(msg: Any) -> None:
+        stats.append(json.loads(msg.data))
+
+    await bus.nc.subscribe("ft.stats.bench", cb=on_stats)
+    t0 = time.perf_counter()
+    await service.main(settings, bus, stop)
+    dt = time.perf_counter() - t0
+    await asyncio.sleep(0.2)
+    await bus.close()
+    done = [s for s in stats if s.get("finished")]
+    packets = sum(int(s.get("packets", 0)) for s in done)
+    nbytes = sum(int(s.get("bytes", 0)) for s in done)
+    return {"packets": packets, "seconds": round(dt, 3), "pps": round(packets / dt) if dt else 0,
+            "gbps": round(nbytes * 8 / dt / 1e9, 3) if dt else 0.0,
+            "published": bus.published}
+
+
+def bench_capture(args: argparse.Namespace) -> int:
+    from flowtarget.embedded import EmbeddedNats
+    from services.capture.bench import run_meter_bench
+
+    embedded = None
+    url = args.nats
+    if not url:
+        embedded = EmbeddedNats().start()
+        url = embedded.url
+    try:
+        full = asyncio.run(_capture_service_run(args.pcap, url))
+    finally:
+        if embedded is not None:
+            embedded.close()
+    rss_full = peak_rss_mb()
+    meter = run_meter_bench(args.pcap)
+    result = {
+        "packets": meter["packets"],
+        "pps_meter": meter["pps_meter"],
+        "gbps_meter": meter.get("gbps_meter"),
+        "pps": full["pps"],
+        "gbps": full["gbps"],
+        "peak_rss_mb": round(rss_full, 1),
+        "bytes_per_flow": meter.get("bytes_per_flow"),
+        "flows": meter.get("flows"),
+        "samples": meter.get("samples"),
+        "service_seconds": full["seconds"],
+        "meter_seconds": meter["seconds"],
+    }
+    print(f"capture bench on {args.pcap}: {result['packets']:,} packets, {result['flows']:,} flows")
+    print(f"  (a) read + decode + meter, no NATS : {result['pps_meter']:>10,} packets/s  {result['gbps_meter']} Gbit/s")
+    print(f"  (b) full capture service on NATS   : {result['pps']:>10,} packets/s  {result['gbps']} Gbit/s")
+    print(f"  peak RSS {result['peak_rss_mb']} MB, {result['bytes_per_flow']} bytes per active flow")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def _samples_from_captures(paths: list[str]) -> list[Any]:
+    from services.capture.flows import FlowMeter, ListSink
+    from services.capture.sources import open_source
+    from shared.settings import CaptureSettings
+
+    sink = ListSink()
+    meter = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, source="bench")
+    for p in paths:
+        src = open_source(p)
+        meter.set_source(Path(p).name, src.datalink)
+        for ts, frame in src:
+            meter.process(ts, frame)
+        meter.finish("eof")
+    return list(sink.samples)
+
+
+def bench_classify(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from services.classify.bench import run_classify_bench
+
+    inputs = args.inputs
+    if len(inputs) == 1 and inputs[0].endswith(".jsonl"):
+        path = inputs[0]
+        tmp = None
+    else:
+        samples = _samples_from_captures(inputs)
+        tmp = tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False)
+        with tmp:
+            for s in samples:
+                tmp.write(s.model_dump_json() + "\n")
+        path = tmp.name
+    try:
+        result = run_classify_bench(path, repeat=args.repeat)
+    finally:
+        if tmp is not None:
+            os.unlink(tmp.name)
+    print(f"classify bench: {result['samples']:,} samples in {result['seconds']} s = "
+          f"{result['samples_per_s']:,} samples/s on one core ({result['dissectors']} dissectors, "
+          f"{result['dissector_errors']} dissector errors)")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    if args.target == "capture":
+        return bench_capture(args)
+    if args.target == "classify":
+        return bench_classify(args)
+    if args.target == "store":
+        from services.store.bench import main as store_main
+        return int(store_main(args.rest) or 0)
+    if args.target == "block":
+        try:
+            from services.block.bench import main as block_main  # type: ignore[import-not-found]
+        except ImportError:
+            print("flowtarget bench block: not available in this build", file=sys.stderr)
+            return 1
+        return int(block_main(args.rest) or 0)
+    return 2
