@@ -11,13 +11,15 @@ RFC 2865/2866/5176 (RADIUS codes), RFC 6733 (Diameter header), RFC 9301
 (LISP control messages), RFC 5415 (CAPWAP preamble), IEC 60870-5-104 (APCI
 start 0x68), OPC UA Part 6 (UA-TCP message header), KNXnet/IP core header,
 RFC 3435 (MGCP verbs), TeamSpeak 3 init packets, FIX 4.x/FIXT BeginString,
-Ookla's text protocol (HI/HELLO), ZMTP 2.0/3.x greeting.
+Ookla's text protocol (HI/HELLO), ZMTP 2.0/3.x greeting; EAQ probes, TiVoConnect
+beacons, Armagetron and Crossfire game packets, CIP I/O common packet format
+(ODVA), CNP/IP (ANSI/CEA-852) as nDPI's dissectors recognise them.
 """
 
 from __future__ import annotations
 
 from shared.models import FlowSample, Verdict
-from services.classify.dissectors.base import Match
+from services.classify.dissectors.base import Dissector, Match
 from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, Simple, printable, u16, u32, u32le
 
 
@@ -298,5 +300,105 @@ class ZeroMQ(Simple):
         return len(p) >= 10 and p[0] == 0xFF and p[9] == 0x7F
 
 
+class EAQ(Dissector):
+    """EAQ broadband quality probes (Brazil): 16-byte UDP datagrams on 6000 whose leading digits count up."""
+
+    name = "EAQ"
+    transports = UDP
+    ports = frozenset({6000})
+
+    def could_be(self, s: FlowSample) -> bool:
+        return 6000 in (s.src_port, s.dst_port) and bool(s.src_payloads) and len(s.src_payloads[0]) == 16
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        seqs = []
+        for p in s.src_payloads[:6]:
+            if len(p) != 16:
+                return Match.NO
+            seqs.append(p[0] * 1000 + p[1] * 100 + p[2] * 10 + p[3])
+        if any(b - a not in (0, 1) for a, b in zip(seqs, seqs[1:])):
+            return Match.NO
+        v.app_protocol = self.name
+        return Match.FINAL if len(seqs) >= 4 else Match.PARTIAL
+
+
+class TiVoConnect(Simple):
+    """TiVo discovery beacons: 'tivoconnect=1' followed by key=value lines."""
+
+    name = "TiVoConnect"
+    transports = TCP_UDP
+    ports = frozenset({2190})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return p[:12].lower() == b"tivoconnect="
+
+    def result(self, s: FlowSample, v: Verdict) -> str:
+        for line in (s.src_payloads[0] if s.src_payloads else b"")[:1024].split(b"\n"):
+            k, _, val = line.partition(b"=")
+            if k.lower() == b"machine" and val.strip():
+                v.extra["tivo_machine"] = printable(val.strip(), 128)
+        return self.name
+
+
+class Armagetron(Simple):
+    """Armagetron Advanced: login (0x000b), sync (0x001c) and net_sync (0x0018) messages whose
+    16-bit word count covers the datagram and which end with a zero word."""
+
+    name = "Armagetron"
+    transports = UDP
+    ports = frozenset({4534})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) <= 10 or p[-2:] != b"\x00\x00":
+            return False
+        words = u16(p, 4)
+        if p[:4] == b"\x00\x0b\x00\x00":
+            return words != 0 and words * 2 + 8 == len(p) and p[6:8] == b"\x00\x08"
+        if len(p) == 16 and p[:2] == b"\x00\x1c" and p[2:4] != b"\x00\x00":
+            return words == 4 and p[6:10] == b"\x00\x00\x05\x00" and p[10:14] == b"\x00\x01\x00\x00"
+        return False
+
+
+class Crossfire(Simple):
+    name = "Crossfire"
+    transports = UDP
+    ports = frozenset()
+    magic = (b"\xc7\xd9\x19\x99",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) == 25 and p[:4] == b"\xc7\xd9\x19\x99" and p[4:6] == b"\x02\x00" and p[22:24] == b"\x7d\x00"
+
+
+class CIP(Simple):
+    """CIP class 0/1 I/O over UDP 2222: common packet format items (count, items of type+length) filling the datagram."""
+
+    name = "CIP"
+    transports = UDP
+    ports = frozenset({2222})
+    port_gate = True
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if not 12 <= len(p) < 64 or p[1] != 0:
+            return False
+        n, o = p[0], 2
+        while n > 0 and o + 4 < len(p):
+            o += 4 + (p[o + 2] | (p[o + 3] << 8))
+            n -= 1
+        return p[0] > 0 and o == len(p)
+
+
+class CNPIP(Simple):
+    """CNP/IP (LonWorks over IP, ANSI/CEA-852) on 1628/1629: length, version/type, reserved."""
+
+    name = "CNP-IP"
+    transports = UDP
+    ports = frozenset({1628, 1629})
+    port_gate = True
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) > 20 and u16(p, 0) == len(p) and (p[3] & 0x1F) == 1 and p[4] == 0 and (p[5] & 0x1F) < 3
+
+
 DISSECTORS = [MsSQLTDS(), Oracle(), Cassandra(), Git(), RSYNC(), WhoisDAS(), PPTP(), L2TP(), Teredo(), Radius(),
-              Diameter(), LISP(), CAPWAP(), IEC60870(), OPCUA(), KNXnetIP(), MGCP(), TeamSpeak(), FIX(), Ookla(), ZeroMQ()]
+              Diameter(), LISP(), CAPWAP(), IEC60870(), OPCUA(), KNXnetIP(), MGCP(), TeamSpeak(), FIX(), Ookla(), ZeroMQ(),
+              EAQ(), TiVoConnect(), Armagetron(), Crossfire(), CIP(), CNPIP()]

@@ -63,3 +63,20 @@ def test_radius_length_must_match_and_oracle_needs_a_descriptor():
     assert ENGINE.classify(_s("UDP", src=[struct.pack("!BBH", 1, 7, 99) + b"\x00" * 16], dport=1812)).app_protocol != "Radius"
     bad = struct.pack("!HHBBH", 12, 0, 1, 0, 0) + b"junk"
     assert ENGINE.classify(_s(src=[bad], dport=1521)).app_protocol != "Oracle"
+
+
+def test_eaq_probe_sequence_counts_up():
+    probes = [bytes([0, 0, 1, d]) + b"\x00" * 12 for d in (1, 1, 2, 3)]
+    assert ENGINE.classify(_s("UDP", src=probes, dport=6000)).app_protocol == "EAQ"
+    jumbled = [bytes([0, 0, 1, d]) + b"\x00" * 12 for d in (1, 7, 2, 3)]
+    assert ENGINE.classify(_s("UDP", src=jumbled, dport=6000)).app_protocol != "EAQ"
+
+
+@pytest.mark.parametrize("transport,src,port,name", [
+    ("UDP", [b"tivoconnect=1\nswversion=1\nmethod=broadcast\nmachine=Den\nplatform=pc\n"], 2190, "TiVoConnect"),
+    ("UDP", [b"\x00\x0b\x00\x00\x00\x04\x00\x08\x00\x01\x00\x02\x00\x00\x00\x00"], 4534, "Armagetron"),
+    ("UDP", [b"\xc7\xd9\x19\x99\x02\x00" + b"\x00" * 16 + b"\x7d\x00\x00"], 12060, "Crossfire"),
+    ("UDP", [b"\x02\x00\x02\x80\x08\x00\x01\x00\x00\x00\x01\x00\x00\x00\xb1\x00\x04\x00\x01\x00\x00\x00"], 2222, "CIP"),
+])
+def test_nDPI_named_udp_protocols(transport, src, port, name):
+    assert ENGINE.classify(_s(transport, src=src, dport=port)).app_protocol == name
