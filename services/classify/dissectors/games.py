@@ -169,4 +169,39 @@ class AmongUs(Simple):
         return len(p) >= 3 and p[0] in (0x00, 0x01, 0x08, 0x09, 0x0A, 0x0C)
 
 
-DISSECTORS = [SourceEngine(), RakNet(), Activision(), Blizzard(), EpicGames(), RX(), Yojimbo(), AmongUs()]
+class Steam(Simple):
+    """Steam: 'VS01' datagrams, in-home streaming discovery (0xFFFFFFFF + 0xA05F4C21 little-endian)."""
+
+    name = "Steam"
+    transports = UDP
+    ports = frozenset({27036})
+    magic = (b"VS01", b"\xff\xff\xff\xff\x21\x4c\x5f\xa0")
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return p.startswith(self.magic) and len(p) >= 8
+
+
+class SteamDatagramRelay(Simple):
+    """Steam Datagram Relay ping requests ('sdping')."""
+
+    name = "SteamDatagramRelay"
+    transports = UDP
+    ports = frozenset()
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 16 and p[2:8] == b"sdping"
+
+
+class Nintendo(Simple):
+    """Nintendo Switch online play (Pia): datagrams starting with the magic 0x32AB9864."""
+
+    name = "Nintendo"
+    transports = UDP
+    ports = frozenset()
+    magic = (b"\x32\xab\x98\x64",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 16 and p[:4] == b"\x32\xab\x98\x64"
+
+
+DISSECTORS = [SourceEngine(), RakNet(), Activision(), Blizzard(), EpicGames(), RX(), Yojimbo(), AmongUs(), Steam(), SteamDatagramRelay(), Nintendo()]

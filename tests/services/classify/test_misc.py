@@ -71,3 +71,12 @@ def test_websocket_frames_need_consistent_lengths():
 
 def test_tplink_needs_json_after_decryption():
     assert ENGINE.classify(_s(src=[tplink(b"<xml/>")], dport=9999)).app_protocol != "TPLINK_SHP"
+
+
+@pytest.mark.parametrize("payload,name", [
+    (b"\x32\xab\x98\x64\x02\x00\x00\x00" + b"\x11" * 68, "Nintendo"),
+    (b"\xff\xff\xff\xff\x21\x4c\x5f\xa0\x16\x00\x00\x00" + b"\x08" * 28, "Steam"),
+    (b"\x01\x81sdping" + b"\x00" * 92, "SteamDatagramRelay"),
+])
+def test_game_platform_magics(payload, name):
+    assert ENGINE.classify(_s(src=[payload], dport=27036)).app_protocol == name
