@@ -457,40 +457,66 @@ class RuleWatcher:
             except (asyncio.CancelledError, Exception):
                 pass
 
+    def _reconnects(self) -> int:
+        nc = getattr(self.js, "_nc", None)
+        try:
+            return int(nc.stats["reconnects"]) if nc is not None else 0
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return 0
+
     async def _run(self) -> None:
+        """Watch; start over after a NATS reconnect (a JetStream consumer may not survive a server restart)."""
         delay = 0.2
         while True:
-            watcher = None
+            seen_reconnects = self._reconnects()
+            inner = asyncio.create_task(self._watch_once())
             try:
-                kv = await open_bucket(self.js, self.bucket)
-                watcher = await kv.watchall()
-                seen: set[str] = set()
-                initial = True
-                async for entry in watcher:
-                    if entry is None:  # end of the initial values
-                        if initial:
-                            for rid in [r.id for r in self.rules if r.id not in seen]:
-                                self.rules.remove(rid)  # deleted while we were away
-                            initial = False
-                            self.ready.set()
-                            await self._changed([])
-                        continue
-                    seen.add(entry.key)
-                    changed = self._apply(entry)
-                    if changed is not None and not initial:
-                        await self._changed([changed] if isinstance(changed, Rule) else [])
-                    delay = 0.2
-            except asyncio.CancelledError:
-                if watcher is not None:
+                while not inner.done():
+                    await asyncio.wait({inner}, timeout=0.5)
+                    if not inner.done() and self._reconnects() != seen_reconnects:
+                        log.info("NATS reconnected: watching the rules bucket again")
+                        break
+            finally:
+                if not inner.done():
+                    inner.cancel()
                     try:
-                        await watcher.stop()
-                    except Exception:
+                        await inner
+                    except (asyncio.CancelledError, Exception):
                         pass
-                raise
-            except Exception as exc:  # NATS down, bucket gone: retry
-                log.warning("rules watch failed (%s); retrying", type(exc).__name__)
+            if inner.done() and not inner.cancelled() and inner.exception() is not None:
+                log.warning("rules watch failed (%s); retrying", type(inner.exception()).__name__)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            else:
+                delay = 0.2
+
+    async def _watch_once(self) -> None:
+        watcher = None
+        try:
+            kv = await open_bucket(self.js, self.bucket)
+            watcher = await kv.watchall()
+            seen: set[str] = set()
+            initial = True
+            async for entry in watcher:
+                if entry is None:  # end of the initial values
+                    if initial:
+                        for rid in [r.id for r in self.rules if r.id not in seen]:
+                            self.rules.remove(rid)  # deleted while we were away
+                        initial = False
+                        self.ready.set()
+                        await self._changed(list(self.rules))
+                    continue
+                if initial:
+                    seen.add(entry.key)
+                changed = self._apply(entry)
+                if changed is not None and not initial:
+                    await self._changed([changed] if isinstance(changed, Rule) else [])
+        finally:
+            if watcher is not None:
+                try:
+                    await watcher.stop()
+                except Exception:
+                    pass
 
     def _apply(self, entry: Any) -> Rule | bool | None:
         self.updates += 1

@@ -176,3 +176,35 @@ def test_watcher_follows_the_bucket_live_and_skips_malformed(nats_server):
         await nc.close()
 
     asyncio.run(run())
+
+
+def test_watcher_survives_a_nats_restart(nats_server):
+    from shared.bus import Bus
+    from shared.settings import BlockSettings
+
+    async def run():
+        settings = BlockSettings(nats_url=nats_server.url, probe="unit")
+        bus = await Bus.connect(settings, "block-test")
+        kv = await open_bucket(bus.js, "ft_rules_test")
+        await put_rules(kv, [Rule(id="before", host=["a.test"], action="reset")])
+        w = RuleWatcher(bus.js, "ft_rules_test")
+        await w.start()
+        await asyncio.wait_for(w.ready.wait(), 10)
+        await asyncio.get_running_loop().run_in_executor(None, nats_server.restart)
+        for _ in range(100):
+            if bus.connected:
+                break
+            await asyncio.sleep(0.1)
+        nc, kv2 = await _kv(nats_server.url)
+        await put_rules(kv2, [Rule(id="after", host=["b.test"], action="reset")])
+        await nc.close()
+        for _ in range(200):
+            if w.rules.get("after") is not None:
+                break
+            await asyncio.sleep(0.1)
+        seen = w.rules.get("after") is not None and w.rules.get("before") is not None
+        await w.stop()
+        await bus.close()
+        return seen
+
+    assert asyncio.run(run())
