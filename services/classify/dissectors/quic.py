@@ -48,7 +48,8 @@ Q050, T050, T051 = 0x51303530, 0x54303530, 0x54303531
 def draft_number(version: int) -> int:
     """IETF draft number a version behaves like (v1 = 33), 0 when not an IETF-style version."""
     if version >> 8 == 0xFF0000:
-        return version & 0xFF
+        d = version & 0xFF
+        return d if d <= 34 else 0          # drafts ended with draft-34 (then RFC 9000)
     if version == V1:
         return 33
     if version == 0xFACEB001:
@@ -341,6 +342,13 @@ class QuicDissector(Dissector):
         d = p[0]
         v = _long_header_version(d)
         if v > 0 and is_known_version(v):
+            if not is_gquic(v):
+                # IETF long header: fixed bit set, connection id lengths <= 20
+                if not d[0] & 0x40 or d[5] > 20:
+                    return -1
+                # a reserved "?a?a?a?a" version only on a padded client Initial (>= 1200 bytes)
+                if v & 0x0F0F0F0F == 0x0A0A0A0A and len(d) < 1200:
+                    return -1
             return v
         return _gquic_public(d)
 

@@ -376,3 +376,11 @@ def test_ssh_banners_and_hassh():
     assert v.ssh.server_banner == "SSH-2.0-OpenSSH_8.4p1 Debian"
     assert v.ssh.hassh_client == hashlib.md5(b"curve25519-sha256;aes128-ctr;hmac-sha2-256;none").hexdigest()
     assert v.ssh.hassh_server == hashlib.md5(b"curve25519-sha256;aes256-ctr;hmac-sha1;zlib").hexdigest()
+
+
+def test_quic_no_false_positive_on_lookalike_headers():
+    q = QuicDissector()
+    switch_discovery = b"\xff\xff\x00\x00\xa0\x00" + os.urandom(60)      # "version" 0xff0000a0: no such draft
+    fuzz = b"\xaa" * 40                                                  # reserved version, not a padded Initial
+    for d in (switch_discovery, fuzz):
+        assert not q.could_be(sample("UDP", src=[d], dport=62976))
