@@ -406,6 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except BrokenPipeError:   # output piped into head & co.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0)
+
+
+def _main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     cmd = args.command
     if cmd == "capture":
