@@ -159,6 +159,7 @@ REGISTRY: list[Dissector] = [
     games.Steam(),
     games.SteamDatagramRelay(),
     games.Nintendo(),
+    messaging.Threema(),
     messaging.Jabber(),
     messaging.WhatsApp(),
     messaging.Telegram(),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from shared.models import FlowSample, Verdict
 from services.classify.dissectors.base import Dissector, Match
-from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, Simple, u16
+from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, Simple, ordered, u16
 
 _XMPP_STARTS = (b"<?xml", b"<stream:stream", b"<presence", b"<iq ", b"<message ", b"<auth ", b"<starttls ")
 _PUSH_PORTS = {5222, 5223, 5228}
@@ -81,4 +81,25 @@ class Viber(Simple):
         return (p[2:4] == b"\x01\x00" and p[4:6] == b"\x05\x00") or (p[2:4] == b"\x03\x00") or (len(p) == 20 and p[2:4] == b"\x09\x00")
 
 
-DISSECTORS = [Jabber(), WhatsApp(), Telegram(), Viber()]
+class Threema(Dissector):
+    """Threema's chat handshake on 5222: client hello 48 bytes, server hello 80, client login 191,
+    then frames with a little-endian 16-bit length."""
+
+    name = "Threema"
+    transports = TCP
+    ports = frozenset()
+
+    def could_be(self, s: FlowSample) -> bool:
+        return 5222 in (s.src_port, s.dst_port) and bool(s.src_payloads) and len(s.src_payloads[0]) == 48
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        sizes = [len(p) for _src, p in ordered(s, 5)]
+        if sizes[:3] != [48, 80, 191][:len(sizes[:3])]:
+            return Match.NO
+        if len(sizes) >= 3:
+            v.app_protocol = self.name
+            return Match.FINAL
+        return Match.NO
+
+
+DISSECTORS = [Jabber(), Threema(), WhatsApp(), Telegram(), Viber()]

@@ -80,3 +80,12 @@ def test_tplink_needs_json_after_decryption():
 ])
 def test_game_platform_magics(payload, name):
     assert ENGINE.classify(_s(src=[payload], dport=27036)).app_protocol == name
+
+
+def test_threema_handshake_sizes():
+    s = FlowSample(timestamp=1.0, probe="t", transport="TCP", src_ip="10.0.0.1", src_port=50484, dst_ip="10.0.0.2",
+                   dst_port=5222, first_seen=1.0, src_payloads=[b"\x01" * 48, b"\x02" * 191], dst_payloads=[b"\x03" * 80],
+                   payload_dirs="sds")
+    assert ENGINE.classify(s).app_protocol == "Threema"
+    s.src_payloads = [b"\x01" * 48, b"\x02" * 190]
+    assert ENGINE.classify(s).app_protocol != "Threema"
