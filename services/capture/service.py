@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.bus import Bus, RateLimitedLog, safe_text
+from shared.metrics import register_stats, set_ready
 from shared.models import Alert, CaptureStats, Event, EventBatch, FlowRecord, FlowSample, PacketEvent, Verdict
 from shared.settings import CaptureSettings
 from shared.subjects import subject
@@ -156,6 +157,11 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
         meter.on_verdict(v)
 
     await bus.subscribe(subject("verdict", settings.probe), on_verdict, types=(Verdict,))
+    register_stats("capture", lambda: {**meter.stats(), "samples_sent": out.sent_samples,
+                                       "packet_events_sent": out.sent_packets, "flow_records_sent": out.sent_records,
+                                       "batches_queued": out.batches.qsize()},
+                   gauges=("flows_active", "pending_verdicts", "flows_closing", "batches_queued"))
+    set_ready(True)
     try:
         if settings.pcap:
             await replay_files(settings, bus, stop, meter, out, reporter)

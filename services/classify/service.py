@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from shared.bus import Bus
+from shared.metrics import register_stats, set_ready
 from shared.models import FlowSample, PacketEvent
 from shared.settings import ClassifySettings
 from shared.subjects import subject
@@ -50,6 +51,8 @@ async def main(settings: ClassifySettings, bus: Bus, stop: asyncio.Event) -> Non
 
     await bus.nc.subscribe(READY_SUBJECT, queue=settings.queue_group, cb=on_ready)
     await bus.nc.flush()
+    register_stats("classify", lambda: {**counts, "dissector_errors": sum(engine.errors.values())})
+    set_ready(True)
     log.info("classify ready (queue group %s)", settings.queue_group)
     await stop.wait()
     log.info("classify: %s", counts)
