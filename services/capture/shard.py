@@ -21,7 +21,7 @@ import os
 import socket
 import struct
 
-__all__ = ["shard_filter", "join_fanout", "check_filter", "shard_of", "GOLDEN"]
+__all__ = ["shard_filter", "join_fanout", "check_filter", "shard_of", "GOLDEN", "open_live", "fanout_group_id"]
 
 GOLDEN = 2654435761  # Knuth's multiplicative hash constant
 SOL_PACKET = 263
@@ -101,3 +101,36 @@ def join_fanout(fd: int, group_id: int, defrag: bool = True) -> None:
         s.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("=I", (group_id & 0xFFFF) | (mode << 16)))
     finally:
         s.close()
+
+
+def fanout_group_id(iface: str, shards: int) -> int:
+    """The AF_PACKET fanout group every shard process of ``iface`` joins (same in every process)."""
+    import zlib
+
+    return (zlib.crc32(f"flowtarget/{iface}/{shards}".encode()) & 0xFFFF) or 1
+
+
+def open_live(settings, direction_in: bool = False):
+    """A LiveSource for the capture settings, sharded when ``shards > 1`` and ``shard_index >= 0``.
+
+    Sharding uses AF_PACKET fanout (kernel symmetric hash, fragments
+    defragmented first); where fanout cannot be joined it falls back to the BPF
+    shard filter (``shard_filter``) combined with the configured filter.
+    Returns ``(source, how)`` with how in {"", "fanout", "bpf"}.
+    """
+    from .sources import LiveSource
+
+    shards, index = settings.shards, settings.shard_index
+    sharded = shards > 1 and 0 <= index < shards
+    src = LiveSource(settings.iface, bpf=settings.bpf, snaplen=settings.snaplen, promisc=settings.promisc,
+                     buffer_mb=settings.buffer_mb, direction_in=direction_in)
+    if not sharded:
+        return src, ""
+    try:
+        src.join_fanout(fanout_group_id(settings.iface, shards))
+        return src, "fanout"
+    except OSError:
+        src.close()
+    src = LiveSource(settings.iface, bpf=shard_filter(index, shards, settings.bpf), snaplen=settings.snaplen,
+                     promisc=settings.promisc, buffer_mb=settings.buffer_mb, direction_in=direction_in)
+    return src, "bpf"

@@ -127,3 +127,27 @@ def test_bpf_shard_filters_partition_flows(veth):
     finally:
         for s in srcs:
             s.close()
+
+
+def test_open_live_shards_by_fanout(veth):
+    from services.capture.shard import open_live
+    from shared.settings import CaptureSettings
+
+    a, b = veth
+    opened = [open_live(CaptureSettings(iface=b, shards=2, shard_index=k)) for k in range(2)]
+    single, how1 = open_live(CaptureSettings(iface=b))
+    try:
+        assert [how for _, how in opened] == ["fanout", "fanout"] and how1 == ""
+        flows = _flows(40)
+        send(a, [f for pair in flows for f in pair])
+        got = drain([s for s, _ in opened] + [single], 160)
+        sets = [{f for _, f in g} for g in got]
+        assert len(got[2]) == 80  # the unsharded source sees everything
+        assert len(got[0]) + len(got[1]) == 80
+        for fwd, rev in flows:
+            where = [i for i in range(2) if fwd in sets[i]]
+            assert len(where) == 1 and rev in sets[where[0]]
+    finally:
+        for s, _ in opened:
+            s.close()
+        single.close()
