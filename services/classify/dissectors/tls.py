@@ -134,10 +134,13 @@ def _upgrade_start(p: list[bytes]) -> int:
     return -1
 
 
-def _upgraded_name(clear: bytes, s: FlowSample) -> tuple[str, str]:
-    """(protocol, application) of a connection upgraded to TLS, from its clear-text start."""
-    if clear[:2] == b"\x03\x00":
-        return "TLS", "RDP"                        # TPKT/X.224 negotiation, then TLS
+def _upgraded_name(clear: bytes, s: FlowSample) -> tuple[str, str] | None:
+    """(protocol, application) of a connection upgraded to TLS, from its clear-text start.
+
+    None when the clear-text part is another protocol's own negotiation (RDP's X.224,
+    PostgreSQL's SSLRequest, SOCKS, Gnutella, ...): nDPI names those by that protocol,
+    so the TLS dissector leaves them to the others.
+    """
     if clear.startswith(b"PROXY ") or clear.startswith(b"\r\n\r\n\x00\r\nQUIT\n"):
         return "HAProxy", ""                      # PROXY protocol v1/v2 header in front of TLS
     if clear.startswith(b"CONNECT "):
@@ -153,7 +156,7 @@ def _upgraded_name(clear: bytes, s: FlowSample) -> tuple[str, str]:
             return "SMTPS", ""
     if b"AUTH TLS" in up or b"AUTH SSL" in up:
         return "FTPS", ""
-    return "TLS", ""
+    return None
 
 
 class TlsDissector(Dissector):
@@ -204,7 +207,10 @@ class TlsDissector(Dissector):
         if cs is None:
             return Match.NO
         clear = b"".join(s.src_payloads[:i]) + b"\n" + (b"".join(s.dst_payloads[:j]) if j > 0 else b"")
-        proto, app = _upgraded_name(clear, s)
+        named = _upgraded_name(clear, s)
+        if named is None:
+            return Match.NO
+        proto, app = named
         fill_tls(v, cs, ss)
         v.app_protocol = proto
         if app:

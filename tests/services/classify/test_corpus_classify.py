@@ -18,12 +18,12 @@ pytestmark = [
     pytest.mark.skipif(not CORPUS.is_dir() or not SCORER.is_file(), reason="../shared corpus and scorer not present"),
 ]
 
-MINE = {"TLS", "QUIC", "HTTP", "DNS", "SSH", "DTLS", "MDNS", "LLMNR", "HTTP_Connect", "HTTP_Proxy", "HTTP2"}
+MINE = {"TLS", "QUIC", "HTTP", "DNS", "SSH", "DTLS", "MDNS", "LLMNR", "HTTP_Connect", "HTTP_Proxy", "HTTP2", "SMTPS", "POPS", "IMAPS"}
 CAPTURES = [
     "443-curl.pcap", "chrome.pcap", "quic_t51.pcap", "quic-v2.pcapng", "quic-29.pcap", "quic_q46.pcap",
     "quic_q50.pcap", "quic-mvfst-22.pcap", "quic_frags_ch_in_multiple_packets.pcapng", "youtube_quic.pcap",
     "dns.pcap", "http.pcapng", "http_connect.pcap", "http2.pcapng", "ssh_unidirectional.pcap", "dtls2.pcap",
-    "tls_2_reasms.pcapng", "rdp_over_tls.pcap",
+    "tls_2_reasms.pcapng", "smtp-starttls.pcap",
 ]
 
 
