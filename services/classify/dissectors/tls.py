@@ -215,6 +215,13 @@ class TlsDissector(Dissector):
         v.app_protocol = proto
         if app:
             v.application = app
+        if not v.host and proto == "SMTPS" and j > 0:
+            # no SNI: the server's greeting names it ("220 mx.example.org ESMTP ...")
+            greet = s.dst_payloads[0]
+            if greet.startswith(b"220 ") or greet.startswith(b"220-"):
+                name = greet[4:].split(None, 1)[0] if len(greet) > 4 else b""
+                if name and b"." in name and len(name) < 256:
+                    v.host = name.decode("ascii", "replace")
         return Match.FINAL if ss is not None else Match.PARTIAL
 
 
