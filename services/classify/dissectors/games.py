@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from shared.models import FlowSample, Verdict
 from services.classify.dissectors.base import Dissector, Match
-from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, Simple, u16, u32
+from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, Simple, ordered, u16, u32
 
 _RAKNET_MAGIC = b"\x00\xff\xff\x00\xfe\xfe\xfe\xfe\xfd\xfd\xfd\xfd\x12\x34\x56\x78"
 
@@ -200,8 +200,102 @@ class Nintendo(Simple):
     ports = frozenset()
     magic = (b"\x32\xab\x98\x64",)
 
+    maxpk = 1       # the flow's first datagram decides
+
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
-        return len(p) >= 16 and p[:4] == b"\x32\xab\x98\x64"
+        return len(p) > 48 and p[:5] == b"\x32\xab\x98\x64\x02"
 
 
-DISSECTORS = [SourceEngine(), RakNet(), Activision(), Blizzard(), EpicGames(), RX(), Yojimbo(), AmongUs(), Steam(), SteamDatagramRelay(), Nintendo()]
+class RiotGames(Simple):
+    """Riot Games UDP: datagrams ending with 0xAAAAAAAA 0xBBBBBBBB, or the 53-byte hello trailer."""
+
+    name = "RiotGames"
+    transports = UDP
+    ports = frozenset()
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) > 8 and p[-8:] == b"\xaa\xaa\xaa\xaa\xbb\xbb\xbb\xbb":
+            return True
+        return len(p) == 53 and p[-8:] == b"\x3c\xb1\x1f\x2d\xea\x23\x46\x0c"
+
+
+class LoLWildRift(Dissector):
+    """League of Legends: Wild Rift: a 22-byte hello, or a 69-byte request answered by a 359-byte reply."""
+
+    name = "LoLWildRift"
+    transports = UDP
+    ports = frozenset()
+
+    def could_be(self, s: FlowSample) -> bool:
+        p = s.src_payloads[0] if s.src_payloads else b""
+        return len(p) in (22, 69)
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        for _src, p in ordered(s, 4):
+            if len(p) == 22 and p[:4] == b"\x01\x02\xc8\x41" and p[-4:] == b"\x41\x30\x42\x31":
+                v.app_protocol = self.name
+                return Match.FINAL
+        a = s.src_payloads[0]
+        if len(a) == 69 and a[:4] == b"\x04\x00\x00\x00":
+            for q in s.dst_payloads[:2]:
+                if len(q) == 359 and q[:4] == b"\x10\x00\x00\x00":
+                    v.app_protocol = self.name
+                    return Match.FINAL
+        return Match.NO
+
+
+class TencentGames(Simple):
+    name = "TencentGames"
+    transports = TCP
+    ports = frozenset()
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) <= 50:
+            return False
+        if p[:4] == b"\x33\x66\x00\x0b" and p[4:6] == b"\x00\x0b":
+            return True
+        if p[:4] == b"\x43\x66\xaa\x00" and p[12:16] == b"\x10\xe6\x86\x01":
+            return True
+        if p[:4] == b"\xaa\x00\x00\x00" and p[10:14] == b"\x10\xe6\x86\x01":
+            return True
+        # length-prefixed zlib stream (0x78 0x01)
+        return p[:2] == b"\x00\x00" and u16(p, 2) == len(p) - 4 and p[4:6] == b"\x78\x01"
+
+
+class GaijinEntertainment(Simple):
+    name = "GaijinEntertainment"
+    transports = UDP
+    ports = frozenset({20010, 20011})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) == 52 and p[:3] == b"\x8f\xff\x00" and p[4:8] == b"\x82\xff\x00\x01":
+            return True
+        return len(p) > 100 and p.startswith((b"embeddedupdater.", b"app.start", b"app.stage"))
+
+
+class NetEaseGames(Simple):
+    name = "NetEaseGames"
+    transports = UDP
+    ports = frozenset()
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) == 12 and from_src and p[0] == 1 and p[2:4] == b"\xd0\x01" and p[8:12] == b"\x00\x01\x01\x01":
+            return True
+        if len(p) >= 30 and p[:4] == b"\xb3\xaf\x8d\xe8":
+            return True
+        return len(p) > 30 and p[:4] == b"\x07\x08\x08\x0c"
+
+
+class CoDMobile(Simple):
+    name = "CoD_Mobile"
+    transports = UDP
+    ports = frozenset({7500})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) == 12 and 7500 in (s.src_port, s.dst_port) and p[8:12] == b"ping":
+            return True
+        return len(p) > 350 and p[0] == 0xCE and b"LOC_PREFAB_LOADOUTNAME_1" in p
+
+
+DISSECTORS = [SourceEngine(), RakNet(), Activision(), Blizzard(), EpicGames(), RX(), Yojimbo(), AmongUs(), Steam(), SteamDatagramRelay(), Nintendo(),
+              RiotGames(), LoLWildRift(), TencentGames(), GaijinEntertainment(), NetEaseGames(), CoDMobile()]

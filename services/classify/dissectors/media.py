@@ -106,4 +106,26 @@ class WebSocket(Simple):
         return Match.NO
 
 
-DISSECTORS = [RTSP(), RTMP(), MPEGTS(), WebSocket()]
+class UFTP(Simple):
+    """UFTP (encrypted multicast file transfer) v4/v5 header: version 0x40/0x50, function, and the
+    function repeated as the first byte of the message body."""
+
+    name = "UFTP"
+    transports = UDP
+    ports = frozenset({1044})
+    magic = (b"\x40", b"\x50")
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) > 23 and p[0] in (0x40, 0x50) and p[1] < 22 and p[15] == 0 and p[16] == p[1]
+
+
+class IQIYI(Simple):
+    name = "iQIYI"
+    transports = UDP
+    ports = frozenset()
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return 120 < len(p) < 300 and b"PPStream" in p
+
+
+DISSECTORS = [RTSP(), RTMP(), MPEGTS(), WebSocket(), UFTP(), IQIYI()]

@@ -89,3 +89,15 @@ def test_threema_handshake_sizes():
     assert ENGINE.classify(s).app_protocol == "Threema"
     s.src_payloads = [b"\x01" * 48, b"\x02" * 190]
     assert ENGINE.classify(s).app_protocol != "Threema"
+
+
+@pytest.mark.parametrize("transport,payload,name", [
+    ("UDP", b"\x11" * 40 + b"\xaa\xaa\xaa\xaa\xbb\xbb\xbb\xbb", "RiotGames"),
+    ("UDP", b"\x01\x02\xc8\x41" + b"\x00" * 14 + b"\x41\x30\x42\x31", "LoLWildRift"),
+    ("TCP", b"\x00\x00" + struct.pack("!H", 60) + b"\x78\x01" + b"\x00" * 58, "TencentGames"),
+    ("UDP", b"embeddedupdater.start,env=production,circuit=1" + b"x" * 60, "GaijinEntertainment"),
+    ("UDP", b"\xb3\xaf\x8d\xe8" + b"\x00" * 30, "NetEaseGames"),
+    ("UDP", b"\x40\x04\x00\x07\x0a\x00\x00\x01\x96\xf4\xc3\x04\x00\x6a\x18\x00\x04\x01\x00\x00\x0a\x00\x00\x02", "UFTP"),
+])
+def test_vendor_game_and_transfer_patterns(transport, payload, name):
+    assert ENGINE.classify(_s(transport, src=[payload], dport=30000)).app_protocol == name
