@@ -54,6 +54,9 @@ class RTMP(Dissector):
         d = stream(s, False, 1600)
         if d and d[0] != c[0]:
             return Match.NO
+        first = s.src_payloads[0]
+        if len(first) >= 4 and first[1] == 0 and u16(first, 2) == len(first):
+            return Match.NO         # a TPKT packet (RFC 1006: version 3, length), not an RTMP C0+C1
         if len(c) >= 1537 or (d and len(d) >= 1537):
             v.app_protocol = self.name
             return Match.FINAL
