@@ -225,6 +225,21 @@ class Engine:
                 d[field] = clean_text(val, limit)
         if not d["app_protocol"]:
             d["app_protocol"] = "Unknown"
+        # payload-derived metadata: no control characters leave classify (logs, line protocol, UIs)
+        for sub in ("http", "tls", "quic", "ssh"):
+            info = d[sub]
+            if info is not None:
+                sd = info.__dict__
+                for k, val in sd.items():
+                    if type(val) is str:
+                        if val and not val.isprintable():
+                            sd[k] = clean_text(val, len(val))
+                    elif type(val) is list:
+                        sd[k] = [clean_text(x, len(x)) if type(x) is str and not x.isprintable() else x for x in val]
+        extra = d["extra"]
+        for k, val in extra.items():
+            if not val.isprintable():
+                extra[k] = clean_text(val, 1024)
 
     def clear_caches(self) -> None:
         """Forget the memoised parses (for honest benchmarks)."""

@@ -207,3 +207,22 @@ def test_application_from_certificate_names_without_sni():
     apps = Apps({"Waze": {"category": "Web", "hosts": ["waze.com"]}})
     v = Engine(registry=[CertOnly()], apps=apps, port_guess=False).classify(sample())
     assert (v.app_protocol, v.application, v.host) == ("TLS", "Waze", "")
+
+
+def test_payload_metadata_has_no_control_characters():
+    from shared.models import HttpInfo
+
+    class Evil(Dissector):
+        name = "HTTP"
+
+        def could_be(self, s):
+            return True
+
+        def dissect(self, s, v):
+            v.app_protocol = "HTTP"
+            v.http = HttpInfo(url="/\x1b[2J\n", user_agent="ua\r\nX-Injected: 1")
+            v.extra["banner"] = "a\x00b"
+            return Match.FINAL
+
+    v = Engine(registry=[Evil()], apps=Apps({}), port_guess=False).classify(sample())
+    assert v.http.url.isprintable() and v.http.user_agent.isprintable() and v.extra["banner"] == "a?b"
