@@ -55,6 +55,7 @@ class Outbox:
         # best verdict per sampled flow, stored beside the flow's end record
         self.verdicts: dict[str, Verdict] = {}
         self.batches: asyncio.Queue[tuple[str, EventBatch]] = asyncio.Queue(maxsize=64)
+        self.meter: FlowMeter | None = None
         self.sent_records = 0
         self.sent_samples = 0
         self.sent_packets = 0
@@ -92,6 +93,8 @@ class Outbox:
 
     # --- publishing
     async def flush(self, force: bool = False) -> None:
+        if self.meter is not None:
+            self.meter.flush_samples()   # one cumulative sample per flow with new payload since the last turn
         nc_publish = self.bus.nc.publish
         if self.samples:
             samples, self.samples = self.samples, []
@@ -149,6 +152,8 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
     detectors = _make_detectors(settings)
     out = Outbox(bus, settings, detectors)
     meter = FlowMeter(settings, out, source="", probe=settings.probe)
+    meter.defer_samples = True
+    out.meter = meter
     publisher = asyncio.create_task(out.publisher(), name="capture-publisher")
     reporter = StatsReporter(bus, settings, meter, out)
 
