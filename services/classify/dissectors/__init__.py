@@ -149,6 +149,7 @@ REGISTRY: list[Dissector] = [
     misc.MerakiCloud(),
     misc.Z3950(),
     games.SourceEngine(),
+    games.WorldOfWarcraft(),
     games.RakNet(),
     games.Activision(),
     games.Blizzard(),

@@ -189,7 +189,16 @@ class MQTT(Simple):
     name = "MQTT"
     transports = TCP
     ports = frozenset({1883, 8883})
-    magic = (b"\x10",)
+    magic = (b"\x10", b"\xc0\x00")
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        # a session joined after CONNECT: PINGREQ (C0 00) answered by PINGRESP (D0 00)
+        if s.src_payloads and s.src_payloads[0] == b"\xc0\x00":
+            if any(q == b"\xd0\x00" for q in s.dst_payloads[:3]):
+                v.app_protocol = self.name
+                return Match.FINAL
+            return Match.NO
+        return Simple.dissect(self, s, v)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) < 12 or p[0] != 0x10:

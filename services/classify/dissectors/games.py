@@ -31,6 +31,17 @@ class SourceEngine(Simple):
             p[4] in b"UVW" and len(p) == 9
 
 
+class WorldOfWarcraft(Simple):
+    """World of Warcraft: both sides open with a length-prefixed 'WORLD OF WARCRAFT CONNECTION - ...' string."""
+
+    name = "WorldOfWarcraft"
+    transports = TCP
+    ports = frozenset({3724})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return p[2:30] == b"WORLD OF WARCRAFT CONNECTION"
+
+
 class RakNet(Simple):
     name = "RakNet"
     transports = UDP
@@ -44,6 +55,8 @@ class RakNet(Simple):
         if p[0] in (0x05, 0x06, 0x07, 0x08, 0x09, 0x10, 0x11, 0x12, 0x19) and p[1:17] == _RAKNET_MAGIC:
             return True
         if p[0] in (0x01, 0x02, 0x1C) and len(p) >= 25 and p[9:25] == _RAKNET_MAGIC:
+            return True
+        if p[0] in (0x01, 0x02, 0x05, 0x07) and _RAKNET_MAGIC in p[:96]:      # offline message with extra fields
             return True
         return rak_ack_ok(p) or rak_frameset_ok(p)
 
@@ -297,5 +310,5 @@ class CoDMobile(Simple):
         return len(p) > 350 and p[0] == 0xCE and b"LOC_PREFAB_LOADOUTNAME_1" in p
 
 
-DISSECTORS = [SourceEngine(), RakNet(), Activision(), Blizzard(), EpicGames(), RX(), Yojimbo(), AmongUs(), Steam(), SteamDatagramRelay(), Nintendo(),
+DISSECTORS = [SourceEngine(), WorldOfWarcraft(), RakNet(), Activision(), Blizzard(), EpicGames(), RX(), Yojimbo(), AmongUs(), Steam(), SteamDatagramRelay(), Nintendo(),
               RiotGames(), LoLWildRift(), TencentGames(), GaijinEntertainment(), NetEaseGames(), CoDMobile()]

@@ -89,7 +89,7 @@ class RSH(Dissector):
     ports = frozenset({514})
 
     def could_be(self, s: FlowSample) -> bool:
-        return bool(s.src_payloads) and s.src_payloads[0][-1:] == b"\x00"
+        return bool({s.src_port, s.dst_port} & {512, 513, 514}) and bool(s.src_payloads) and s.src_payloads[0][-1:] == b"\x00"
 
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
         data = b"".join(s.src_payloads[:3])[:1200]

@@ -68,3 +68,8 @@ def test_drda_excsat():
 
 def test_kafka_rejects_binary_client_id():
     assert ENGINE.classify(_s(src=[kafka_request(18, b"\x01\x02\x03")], dport=9092)).app_protocol != "Kafka"
+
+
+def test_mqtt_session_joined_midway_by_ping():
+    assert ENGINE.classify(_s(src=[b"\xc0\x00"], dst=[b"\xd0\x00"], dport=17501)).app_protocol == "MQTT"
+    assert ENGINE.classify(_s(src=[b"\xc0\x00"], dst=[b"\xd1\x00"], dport=17501)).app_protocol != "MQTT"

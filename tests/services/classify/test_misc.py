@@ -101,3 +101,17 @@ def test_threema_handshake_sizes():
 ])
 def test_vendor_game_and_transfer_patterns(transport, payload, name):
     assert ENGINE.classify(_s(transport, src=[payload], dport=30000)).app_protocol == name
+
+
+def test_world_of_warcraft_greeting_and_raknet_magic_deeper():
+    wow = b"\x30\x00WORLD OF WARCRAFT CONNECTION - CLIENT TO SERVER\x00"
+    assert ENGINE.classify(_s("TCP", src=[wow], dport=3724)).app_protocol == "WorldOfWarcraft"
+    roblox = b"\x01\x00\x00\x1f" + b"\x11" * 29 + RAKNET_MAGIC + b"\x00" * 40
+    assert ENGINE.classify(_s(src=[roblox], dport=53385)).app_protocol == "RakNet"
+
+
+def test_rtmp_handshake_but_not_tpkt():
+    c0c1 = b"\x03" + b"\x00" * 4 + b"\x09\x00\x7c\x02" + b"\x11" * 1528
+    assert ENGINE.classify(_s("TCP", src=[c0c1[:1348], c0c1[1348:]], dport=6002)).app_protocol == "RTMP"
+    tpkt = b"\x03\x00\x00\x13\x0e\xe0\x00\x00\x00\x00\x00\x01\x00\x08\x00\x0b\x00\x00\x00"
+    assert ENGINE.classify(_s("TCP", src=[tpkt, b"\x16" * 1600], dport=6002)).app_protocol != "RTMP"
