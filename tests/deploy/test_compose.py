@@ -216,3 +216,17 @@ def test_nats_config_reads_everything_from_the_environment():
     needed = set(re.findall(r"\$([A-Z_][A-Z0-9_]*)", conf))
     assert {"NATS_USER", "NATS_PASSWORD"} <= needed
     assert needed <= set(service_env(load_compose(), "nats"))
+
+
+def _size(text: str) -> int:
+    m = re.fullmatch(r"(\d+)\s*([KMGT]?)B?", text.strip(), re.I)
+    assert m, text
+    return int(m.group(1)) * 1024 ** "_KMGT".index(m.group(2).upper() or "_")
+
+
+def test_jetstream_limit_holds_the_stream():
+    """nats-server refuses a stream larger than its file store: the services could not start."""
+    doc = interpolate(load_compose(), example_env())
+    max_file = _size(service_env(doc, "nats")["NATS_JS_MAX_FILE"])
+    for n in FT_SERVICES:
+        assert int(service_env(doc, n)["FT_STREAM_MAX_BYTES"]) < max_file
