@@ -243,11 +243,12 @@ class Engine:
 
     def clear_caches(self) -> None:
         """Forget the memoised parses (for honest benchmarks)."""
-        from services.classify.dissectors import dns, quic, tls
+        from services.classify.dissectors import dns, quic, tls, tls_common
 
         self._finals.clear()
         tls._client_side.cache_clear()
         tls._server_side.cache_clear()
+        tls_common.parse_certificate_msg.cache_clear()
         quic.initial_keys.cache_clear()
         quic._decrypt_cached.cache_clear()
         dns._parse_cached.cache_clear()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 TLS_VERSIONS = {
     0x0300: "SSLv3", 0x0301: "TLSv1", 0x0302: "TLSv1.1", 0x0303: "TLSv1.2", 0x0304: "TLSv1.3",
@@ -338,7 +339,9 @@ def _san_dns(blob: bytes, pos: int) -> list[str]:
     if not seq or seq[0] != 0x30:
         return out
     pos, end = seq[1], min(seq[2], len(blob))
-    while pos < end and len(out) < 64:
+    steps = 0
+    while pos < end and len(out) < 64 and steps < 256:
+        steps += 1
         g = _der(blob, pos)
         if not g:
             break
@@ -348,8 +351,10 @@ def _san_dns(blob: bytes, pos: int) -> list[str]:
     return out
 
 
+@lru_cache(maxsize=4096)
 def parse_certificate_msg(body: bytes, tls13: bool = False) -> tuple[list[str], str]:
-    """Names from the first certificate of a Certificate handshake message."""
+    """Names from the first certificate of a Certificate handshake message (memoised: the
+    same certificate comes again in every later sample of the flow)."""
     pos = 0
     if tls13:
         if not body:
