@@ -173,6 +173,7 @@ REGISTRY: list[Dissector] = [
     messaging.WhatsApp(),
     messaging.Telegram(),
     messaging.Viber(),
+    messaging.IMO(),
     extra.MsSQLTDS(),
     extra.Oracle(),
     extra.Cassandra(),
@@ -203,6 +204,7 @@ REGISTRY: list[Dissector] = [
     netsvc.LDAP(),
     media.WebSocket(),
     voip.RTPRTCP(),
+    misc.Protobuf(),
     # port hints only (no payload test): used by the engine's port guess
     *mail.PORT_HINTS,
     *remote.PORT_HINTS,

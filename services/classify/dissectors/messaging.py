@@ -102,4 +102,32 @@ class Threema(Dissector):
         return Match.NO
 
 
-DISSECTORS = [Jabber(), Threema(), WhatsApp(), Telegram(), Viber()]
+class IMO(Dissector):
+    """imo.im calls: two consecutive one-byte datagrams with the same byte, or its fixed control datagrams."""
+
+    name = "IMO"
+    transports = UDP
+    ports = frozenset()
+
+    def could_be(self, s: FlowSample) -> bool:
+        p = s.src_payloads[0] if s.src_payloads else b""
+        return len(p) in (1, 10, 11, 1099) or bool(s.dst_payloads) and len(s.dst_payloads[0]) in (1, 10, 11)
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        prev = None
+        for _src, p in ordered(s, 10):
+            if len(p) == 1:
+                if prev is not None and prev == p:
+                    v.app_protocol = self.name
+                    return Match.FINAL
+                prev = p
+                continue
+            prev = None
+            if (len(p) == 10 and p[:2] == b"\x09\x02") or (len(p) == 11 and p[:3] == b"\x00\x09\x03") or \
+                    (len(p) == 1099 and p[:4] == b"\x88\x49\x1a\x00"):
+                v.app_protocol = self.name
+                return Match.FINAL
+        return Match.NO
+
+
+DISSECTORS = [Jabber(), Threema(), WhatsApp(), Telegram(), Viber(), IMO()]

@@ -372,3 +372,73 @@ class Z3950(Simple):
 
 
 DISSECTORS += [Tailscale(), SMPP(), Kismet(), FastCGI(), CPHA(), MerakiCloud(), Z3950()]
+
+
+def _varint(p: bytes, o: int) -> tuple[int, int]:
+    """(value, next offset) of a protobuf varint at o; (-1, -1) when truncated or longer than 10 bytes."""
+    val = 0
+    for i in range(10):
+        if o + i >= len(p):
+            return -1, -1
+        b = p[o + i]
+        val |= (b & 0x7F) << (7 * i)
+        if not b & 0x80:
+            return val, o + i + 1
+    return -1, -1
+
+
+def protobuf_fields(p: bytes, limit: int = 32) -> tuple[int, int, bool]:
+    """Walk protobuf wire-format fields (developers.google.com/protocol-buffers/docs/encoding):
+    (fields, length-delimited fields, whole payload consumed)."""
+    o = n = n_len = 0
+    while o < len(p) and n < limit:
+        tag, o2 = _varint(p, o)
+        if tag < 0:
+            return n, n_len, False
+        wire, field = tag & 7, tag >> 3
+        if field == 0 or field > 0x1FFFFFFF or wire in (3, 4, 6, 7):
+            return n, n_len, False
+        if wire == 0:
+            _v, o2 = _varint(p, o2)
+            if o2 < 0:
+                return n, n_len, False
+        elif wire == 1:
+            o2 += 8
+        elif wire == 5:
+            o2 += 4
+        else:
+            ln, o2 = _varint(p, o2)
+            if ln <= 0 or o2 < 0:
+                return n, n_len, False
+            o2 += ln
+            n_len += 1
+        if o2 > len(p):
+            return n, n_len, False
+        o = o2
+        n += 1
+    return n, n_len, o == len(p)
+
+
+class Protobuf(Dissector):
+    """Bare Protocol Buffers messages (no other framing): many well-formed fields, at least one
+    length-delimited, filling the payload.  Last in the registry: a fallback, never a first guess."""
+
+    name = "Protobuf"
+    transports = TCP_UDP
+    ports = frozenset()
+
+    def could_be(self, s: FlowSample) -> bool:
+        p = s.src_payloads[0] if s.src_payloads else b""
+        return len(p) >= 8 and (p[0] & 7) in (0, 1, 2, 5) and p[0] >= 8
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        # eight well-formed fields in a row, one of them length-delimited (a segment may end mid-field)
+        for _src, p in ordered(s, 2):
+            n, n_len, _whole = protobuf_fields(p)
+            if n >= 8 and n_len >= 1:
+                v.app_protocol = self.name
+                return Match.FINAL
+        return Match.NO
+
+
+DISSECTORS += [Protobuf()]

@@ -115,3 +115,10 @@ def test_rtmp_handshake_but_not_tpkt():
     assert ENGINE.classify(_s("TCP", src=[c0c1[:1348], c0c1[1348:]], dport=6002)).app_protocol == "RTMP"
     tpkt = b"\x03\x00\x00\x13\x0e\xe0\x00\x00\x00\x00\x00\x01\x00\x08\x00\x0b\x00\x00\x00"
     assert ENGINE.classify(_s("TCP", src=[tpkt, b"\x16" * 1600], dport=6002)).app_protocol != "RTMP"
+
+
+def test_protobuf_fields_and_imo():
+    msg = b"\x12\x03bla" + b'"\t\x08\x01\x12\x05test1' * 3 + b"\x2d\xf3\x23\xa7\x44"
+    assert ENGINE.classify(_s("TCP", src=[msg], dport=12345)).app_protocol == "Protobuf"
+    assert ENGINE.classify(_s("TCP", src=[b"\x12\x03bla\x0f\xff\xff"], dport=12345)).app_protocol != "Protobuf"
+    assert ENGINE.classify(_s(src=[b"\x07", b"\x07"], dport=57604)).app_protocol == "IMO"
