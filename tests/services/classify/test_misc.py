@@ -118,7 +118,7 @@ def test_rtmp_handshake_but_not_tpkt():
 
 
 def test_protobuf_fields_and_imo():
-    msg = b"\x12\x03bla" + b'"\t\x08\x01\x12\x05test1' * 3 + b"\x2d\xf3\x23\xa7\x44"
+    msg = b"\x12\x03bla" + b'"\t\x08\x01\x12\x05test1' * 8 + b"\x2d\xf3\x23\xa7\x44"
     assert ENGINE.classify(_s("TCP", src=[msg], dport=12345)).app_protocol == "Protobuf"
     assert ENGINE.classify(_s("TCP", src=[b"\x12\x03bla\x0f\xff\xff"], dport=12345)).app_protocol != "Protobuf"
     assert ENGINE.classify(_s(src=[b"\x07", b"\x07"], dport=57604)).app_protocol == "IMO"
