@@ -222,7 +222,7 @@ class FlowMeter:
     def __init__(self, settings: CaptureSettings, sink: MeterSink, source: str = "", probe: str | None = None):
         self.settings = settings
         self.sink = sink
-        self.source = source
+        self.source = source[:256]
         self.datalink = 1
         self.probe = probe or settings.probe
         self._prefix = os.urandom(4).hex()
@@ -279,7 +279,7 @@ class FlowMeter:
     # ------------------------------------------------------------------ misc API
     def set_source(self, source: str, datalink: int) -> None:
         """A new file or interface: later packets are decoded with ``datalink``; flows keep going."""
-        self.source = source
+        self.source = source[:256]
         self.datalink = datalink
 
     def pending_verdicts(self) -> int:

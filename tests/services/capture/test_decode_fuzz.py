@@ -115,3 +115,24 @@ def test_every_template_decodes():
     for t in TEMPLATES:
         assert decode(t, 1)[0] in (KIND_IP, 1), t.hex()
     assert decode(TEMPLATES[0][:20], 1)[0] == KIND_BAD
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(TEMPLATES + [b""]), st.binary(max_size=80),
+                          st.lists(st.tuples(st.integers(0, 120), st.integers(0, 255)), max_size=4),
+                          st.sampled_from([1, 1, 1, 113, 101, 0])), min_size=1, max_size=40))
+def test_meter_never_raises_on_mutated_traffic(items):
+    """Mutated templates and random tails through the whole meter (samples, DNS/ARP events, evidence)."""
+    meter = FlowMeter(CaptureSettings(verdict_wait_s=0, sample_max_packets=2), ListSink(), probe="fuzz")
+    for i, (tmpl, tail, flips, dlt) in enumerate(items):
+        b = bytearray(tmpl + tail)
+        for pos, v in flips:
+            if pos < len(b):
+                b[pos] = v
+        meter.process(1.0 + i * 0.01, bytes(b), dlt)
+    meter.tick(10_000.0)
+    meter.finish()
+    st_ = meter.stats()
+    assert st_["packets"] == len(items) and st_["flows_active"] == 0
+    for ev in meter.sink.flows + meter.sink.samples + meter.sink.packets:
+        type(ev).model_validate_json(ev.model_dump_json())  # every event it built is a valid event
