@@ -148,6 +148,8 @@ REGISTRY: list[Dissector] = [
     misc.CPHA(),
     misc.MerakiCloud(),
     misc.Z3950(),
+    games.HalfLife2(),
+    games.Xbox(),
     games.SourceEngine(),
     games.WorldOfWarcraft(),
     games.RakNet(),

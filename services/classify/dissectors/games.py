@@ -16,6 +16,39 @@ from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, Simple,
 _RAKNET_MAGIC = b"\x00\xff\xff\x00\xfe\xfe\xfe\xfe\xfd\xfd\xfd\xfd\x12\x34\x56\x78"
 
 
+class HalfLife2(Dissector):
+    """Half-Life 2 and mods: a connectionless request and its reply, both 0xFFFFFFFF-prefixed and ending '000\\0'."""
+
+    name = "HalfLife2"
+    transports = UDP
+    ports = frozenset()
+
+    @staticmethod
+    def _ok(p: bytes) -> bool:
+        return len(p) >= 20 and p[:4] == b"\xff\xff\xff\xff" and p[-4:] == b"000\x00"
+
+    def could_be(self, s: FlowSample) -> bool:
+        return bool(s.src_payloads) and self._ok(s.src_payloads[0])
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        if any(self._ok(q) for q in s.dst_payloads[:2]):
+            v.app_protocol = self.name
+            return Match.FINAL
+        return Match.NO
+
+
+class Xbox(Simple):
+    """Xbox Live UDP: zero 32-bit prefix, 0x58 marker and known (type, length) pairs; or its 3074 datagrams."""
+
+    name = "Xbox"
+    transports = UDP
+    ports = frozenset()
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) > 12 and p[:4] == b"\x00\x00\x00\x00" and p[5] == 0x58 and p[7:10] == b"\x00\x00\x00" and \
+            (p[4], p[6]) in ((0x0C, 0x76), (0x02, 0x18), (0x0B, 0x80), (0x03, 0x40), (0x06, 0x4E))
+
+
 class SourceEngine(Simple):
     name = "Source_Engine"
     transports = UDP
@@ -310,5 +343,5 @@ class CoDMobile(Simple):
         return len(p) > 350 and p[0] == 0xCE and b"LOC_PREFAB_LOADOUTNAME_1" in p
 
 
-DISSECTORS = [SourceEngine(), WorldOfWarcraft(), RakNet(), Activision(), Blizzard(), EpicGames(), RX(), Yojimbo(), AmongUs(), Steam(), SteamDatagramRelay(), Nintendo(),
+DISSECTORS = [HalfLife2(), Xbox(), SourceEngine(), WorldOfWarcraft(), RakNet(), Activision(), Blizzard(), EpicGames(), RX(), Yojimbo(), AmongUs(), Steam(), SteamDatagramRelay(), Nintendo(),
               RiotGames(), LoLWildRift(), TencentGames(), GaijinEntertainment(), NetEaseGames(), CoDMobile()]

@@ -122,3 +122,11 @@ def test_protobuf_fields_and_imo():
     assert ENGINE.classify(_s("TCP", src=[msg], dport=12345)).app_protocol == "Protobuf"
     assert ENGINE.classify(_s("TCP", src=[b"\x12\x03bla\x0f\xff\xff"], dport=12345)).app_protocol != "Protobuf"
     assert ENGINE.classify(_s(src=[b"\x07", b"\x07"], dport=57604)).app_protocol == "IMO"
+
+
+def test_halflife2_needs_both_directions_and_xbox_marker():
+    req = b"\xff\xff\xff\xffqconnect 0x01234567 000\x00"
+    assert ENGINE.classify(_s(src=[req], dst=[b"\xff\xff\xff\xffAchallenge 000\x00"], dport=27005)).app_protocol == "HalfLife2"
+    assert ENGINE.classify(_s(src=[req], dport=27005)).app_protocol != "HalfLife2"
+    xbox = b"\x00\x00\x00\x00\x0c\x58\x76\x00\x00\x00" + b"\x01" * 10
+    assert ENGINE.classify(_s(src=[xbox], dport=3074)).app_protocol == "Xbox"
