@@ -126,7 +126,7 @@ def test_protobuf_fields_and_imo():
 
 def test_halflife2_needs_both_directions_and_xbox_marker():
     req = b"\xff\xff\xff\xffqconnect 0x01234567 000\x00"
-    assert ENGINE.classify(_s(src=[req], dst=[b"\xff\xff\xff\xffAchallenge 000\x00"], dport=27005)).app_protocol == "HalfLife2"
+    assert ENGINE.classify(_s(src=[req], dst=[b"\xff\xff\xff\xffAchallenge 0x7654321 000\x00"], dport=27005)).app_protocol == "HalfLife2"
     assert ENGINE.classify(_s(src=[req], dport=27005)).app_protocol != "HalfLife2"
     xbox = b"\x00\x00\x00\x00\x0c\x58\x76\x00\x00\x00" + b"\x01" * 10
     assert ENGINE.classify(_s(src=[xbox], dport=3074)).app_protocol == "Xbox"
