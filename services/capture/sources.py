@@ -327,45 +327,50 @@ class FileSource:
 
     def _iter_pcap_ts(self) -> Iterator[tuple[float, bytes]]:
         """The pcap reader without the link type per packet (the replay hot path)."""
-        unpack = struct.Struct(self._endian + "IIII").unpack_from
+        unpack = struct.Struct(self._endian + "III4x").unpack_from
         unit = self._tsunit
         fill = self._fill
+        n = self.packets
+        buf = self._buf
+        pos = self._pos
+        blen = len(buf)
         try:
-            buf = self._buf
-            pos = self._pos
-            blen = len(buf)
             while True:
                 if blen - pos < 16:
                     self._pos = pos
                     if not fill(16):
                         if len(self._buf) - self._pos:
-                            self._fail(f"truncated record header after {self.packets} packets")
+                            self.packets = n
+                            self._fail(f"truncated record header after {n} packets")
                         return
                     buf = self._buf
                     pos = self._pos
                     blen = len(buf)
-                sec, frac, caplen, _wirelen = unpack(buf, pos)
-                if caplen > MAX_RECORD:
-                    self._fail(f"corrupt record length {caplen} after {self.packets} packets")
-                    return
+                sec, frac, caplen = unpack(buf, pos)
                 end = pos + 16 + caplen
                 if end > blen:
+                    if caplen > MAX_RECORD:
+                        self.packets = n
+                        self._fail(f"corrupt record length {caplen} after {n} packets")
+                        return
                     self._pos = pos
                     if not fill(16 + caplen):
                         part = self._buf[self._pos + 16:]
-                        self._fail(f"truncated packet data after {self.packets} packets")
+                        self.packets = n
+                        self._fail(f"truncated packet data after {n} packets")
                         if part:
-                            self.packets += 1
+                            n += 1
                             yield sec + frac * unit, part
                         return
                     buf = self._buf
                     pos = self._pos
                     blen = len(buf)
                     end = pos + 16 + caplen
-                self.packets += 1
+                n += 1
                 yield sec + frac * unit, buf[pos + 16:end]
                 pos = end
         finally:
+            self.packets = n
             self._pos = pos
             self.close()
 
