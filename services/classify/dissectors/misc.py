@@ -168,7 +168,16 @@ class KCP(Simple):
     ports = frozenset()
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
-        return len(p) >= 24 and 81 <= p[4] <= 84 and u32le(p, 20) + 24 <= len(p) and (u32le(p, 20) + 24 == len(p) or p[4] == 81)
+        # one or more segments of one conversation: conv(4) cmd(1) frg(1) wnd(2) ts(4) sn(4) una(4) len(4) data
+        o = 0
+        conv = p[:4]
+        n = 0
+        while o + 24 <= len(p) and n < 32:
+            if p[o:o + 4] != conv or not 81 <= p[o + 4] <= 84:
+                return False
+            o += 24 + u32le(p, o + 20)
+            n += 1
+        return n >= 1 and o == len(p)
 
 
 class RipeAtlas(Simple):

@@ -12,7 +12,7 @@ from services.classify.dissectors.breadth_util import PortHint, first, ordered, 
 from shared.models import FlowSample, Verdict
 
 BREADTH_MODULES = {"breadth_util", "netbios", "vpn", "voip", "netsvc", "mail", "remote", "p2p", "db", "iot", "misc",
-                   "games", "messaging", "media", "ipproto"}
+                   "games", "messaging", "media", "ipproto", "extra"}
 MINE = [d for d in REGISTRY if type(d).__module__.rsplit(".", 1)[-1] in BREADTH_MODULES]
 
 
