@@ -24,7 +24,7 @@ rules:
 
 def _blocker(**kw) -> Blocker:
     b = Blocker(BlockSettings(probe="unit", **kw), bus=None)
-    b.rules = RuleSet(RULES)
+    b.on_rules_changed(RuleSet(RULES), [])
     return b
 
 

@@ -66,8 +66,11 @@ def test_block_page_frame_and_sequence_wrap():
 def test_vlan_tags_are_kept_in_order():
     f, _ = inj.reset_frames(C4, S4, [100, 200], 1, 2)
     assert struct.unpack_from("!HHHHH", f, 12) == (0x8100, 100, 0x8100, 200, 0x0800)
-    key, seq, ack, flags, plen = parse_tcp(f)
-    assert key == flow_keys(C4, S4)[0] and (seq, ack, plen) == (1, 2, 0) and flags & 0x04
+    key, seq, ack, flags, plen, po = parse_tcp(f)
+    assert key == flow_keys(C4, S4)[0] and (seq, ack, plen, po) == (1, 2, 0, len(f)) and flags & 0x04
+    from services.block.service import frame_endpoints
+
+    assert frame_endpoints(f, key) == ("10.0.0.2", "10.0.0.3", 40000, 80, C4.mac, S4.mac, [100, 200])
 
 
 def _query(name: str, qtype: int, tid: int = 0x1234) -> bytes:
@@ -132,3 +135,26 @@ def test_allowlist_and_rate_limit():
     assert not a.hit(["1.2.3.4", "not-an-ip"], "trusted.test.evil")
     b = TokenBucket(rate=0.001, burst=3)
     assert [b.take() for _ in range(5)] == [True, True, True, False, False]
+
+
+def test_parse_udp_dns_frames():
+    from services.block.service import parse_udp
+
+    q = inj.parse_dns_query(_query("x.ads.test", dpkt.dns.DNS_A))
+    f = inj.udp_frame(C4, inj.Endpoint("10.0.0.53", 53, S4.mac), [5], inj.forge_dns_answer(q, None))
+    sip, dip, sport, dport, smac, dmac, vlans, payload = parse_udp(f)
+    assert (sip, dip, sport, dport, smac, dmac, vlans) == ("10.0.0.2", "10.0.0.53", 40000, 53, C4.mac, S4.mac, [5])
+    assert inj.dns_transaction_of_response(payload) == (0x1234, True)
+    f6 = inj.udp_frame(C6, inj.Endpoint("fd00::53", 53, S6.mac), [], b"\x00" * 12)
+    assert parse_udp(f6)[:4] == ("fd00::2", "fd00::53", 40001, 53)
+    assert parse_udp(inj.reset_frames(C4, S4, [], 1, 2)[0]) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_parse_udp_never_raises(data):
+    from services.block.service import parse_udp
+
+    parse_udp(data)
+    parse_udp(b"\x02" * 12 + b"\x08\x00" + data)
+    parse_udp(b"\x02" * 12 + b"\x81\x00\x00\x05\x86\xdd" + data)
