@@ -16,6 +16,25 @@ Design notes
 - Periodic work (idle expiry, TCP close grace, closing flows waiting for a
   verdict) runs at most once per second of packet time from ``process`` and
   from ``tick``.
+- Untagged Ethernet/IPv4 TCP/UDP frames are parsed inline in ``process`` (a
+  copy of ``decode``'s fast path, kept equal by a test); everything else goes
+  through ``decode``.
+- Events are built without pydantic validation (``_build``) from values the
+  meter computed itself; a test checks that they validate.
+
+Using it
+- Replaying several files: call ``finish()`` at the end of each file, or
+  flows of different captures with the same endpoints merge.
+- Multi-interface pcapng: ``FileSource.iter_dlt()`` and ``process(ts, frame, dlt)``.
+- ``defer_samples = True`` coalesces a flow's samples until ``flush_samples()``
+  (call it before publishing each batch; ``tick``/``finish`` also flush): the
+  same cumulative content in ~4x fewer samples on replays.
+- Evidence: ``evidence(flow_id)``, ``write_evidence(flow_id)`` (ring of the last
+  ``evidence_packets`` frames, for at most ``evidence_max_flows`` flows, kept
+  for ``recent_evidence_max`` flows after their end), ``start_recording(bpf,
+  duration_s)`` + ``finished_recordings(now_ts)`` for ``ft.ctl`` pcap requests.
+- Python's cyclic GC scans the (large, acyclic) flow table often at the
+  default threshold; a service may raise ``gc.set_threshold`` gen0 to ~50,000.
 """
 
 from __future__ import annotations
@@ -281,6 +300,7 @@ class FlowMeter:
         """A new file or interface: later packets are decoded with ``datalink``; flows keep going."""
         self.source = source[:256]
         self.datalink = datalink
+        self._next_house = 0.0  # the new source's clock may be behind the old one
 
     def pending_verdicts(self) -> int:
         return self._pending
