@@ -86,7 +86,7 @@ class ISOTSAP(Dissector):
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
         cr = False
         for _src, p in ordered(s, 8):
-            if len(p) < 7 or p[0] != 3 or p[1] != 0 or u16(p, 2) > len(p) + 0 and u16(p, 2) < 7:
+            if len(p) < 7 or p[0] != 3 or p[1] != 0 or u16(p, 2) < 7:
                 return Match.NO
             code = p[5] & 0xF0
             if code in (0xE0, 0xD0):

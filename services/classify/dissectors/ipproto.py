@@ -21,7 +21,7 @@ _BY_TRANSPORT = {
     "VRRP": "VRRP", "112": "VRRP",
     "PGM": "PGM", "113": "PGM",
     "EGP": "EGP", "8": "EGP",
-    "4": "IP_in_IP", "41": "IPv6_in_IP" if False else "IP_in_IP",
+    "4": "IP_in_IP", "41": "IP_in_IP",
 }
 
 

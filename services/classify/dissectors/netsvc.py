@@ -265,7 +265,7 @@ def krb_ok(p: bytes) -> bool:
     if len(p) < 10 or p[0] not in _KRB_TAGS:
         return False
     ln, o = _ber_len(p, 1)
-    if ln < 0 or o + ln > len(p) + 0 or o >= len(p) or p[o] != 0x30:
+    if ln < 0 or o >= len(p) or p[o] != 0x30:       # the outer length may exceed a truncated datagram
         return False
     _l2, o2 = _ber_len(p, o + 1)
     if o2 < 0 or o2 + 5 > len(p):

@@ -257,7 +257,7 @@ class H323(Simple):
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if s.transport == "TCP":
-            if len(p) < 8 or p[0] != 3 or p[1] != 0 or u16(p, 2) > len(p) + 65535 or u16(p, 2) < 8:
+            if len(p) < 8 or p[0] != 3 or p[1] != 0 or u16(p, 2) < 8:
                 return False
             if p[4] == 8 and u16(p, 2) == len(p):
                 return True
