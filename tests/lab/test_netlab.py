@@ -51,3 +51,27 @@ def test_teardown_after_failure_removes_everything():
             lab.popen("server", "sleep", "60")
             raise RuntimeError("boom")
     assert prefix and not [ns for ns in _netns_list() if ns.startswith(prefix)]
+
+
+from tests.lab import lab_fixture, servers  # noqa: E402
+
+served = lab_fixture(scope="module", mode="hub", net=71)
+
+
+def test_servers_answer_real_clients(served, tmp_path):
+    lab = served
+    srv = lab.server.ip
+    servers.start_http(lab)
+    servers.start_https(lab, tmp_path, names=["tls.lab.test"])
+    servers.start_dnsmasq(lab, {"name.lab.test": [srv, lab.server.ip6]})
+    servers.start_sshd(lab, tmp_path)
+    r = lab.run("client", "curl", "-s", f"http://{srv}/")
+    assert r.stdout == servers.BODY.decode()
+    r = lab.run("client", "curl", "-s", "-k", "-v", "--tlsv1.3", "--resolve", f"tls.lab.test:443:{srv}",
+                "https://tls.lab.test/")
+    assert r.stdout == servers.BODY.decode() and "TLSv1.3" in r.stderr and "CN=tls.lab.test" in r.stderr
+    assert lab.run("client", "dig", "+short", f"@{srv}", "name.lab.test", "A").stdout.strip() == srv
+    assert lab.run("client", "dig", "+short", f"@{srv}", "name.lab.test", "AAAA").stdout.strip() == lab.server.ip6
+    r = lab.run("client", "ssh", "-v", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o",
+                "UserKnownHostsFile=/dev/null", f"x@{srv}", "true")
+    assert r.returncode == 255 and "Remote protocol version 2.0" in r.stderr
