@@ -241,9 +241,15 @@ class DnsDissector(Dissector):
         if not p:
             return False
         first = p[0]
-        if s.transport == "TCP":
-            return len(first) >= 2 and (s.src_port in self.ports or s.dst_port in self.ports or len(first) >= 14)
-        return len(first) >= 12
+        if s.src_port in self.ports or s.dst_port in self.ports:
+            return len(first) >= (2 if s.transport == "TCP" else 12)
+        # elsewhere only a standard query followed by its answer counts (see dissect): the first
+        # message must be a query (QR 0, opcode 0) with one question and no answers
+        if not (s.src_payloads and s.dst_payloads):
+            return False
+        o = 2 if s.transport == "TCP" else 0
+        return (len(first) >= o + 17 and not first[o + 2] & 0xF8 and first[o + 4] == 0 and first[o + 5] == 1
+                and first[o + 6] == 0 and first[o + 7] == 0)
 
     def _messages(self, s: FlowSample, payloads: list[bytes]) -> list[Message]:
         out = []
