@@ -5,8 +5,9 @@ depending on prometheus-client themselves: they hand over a function that
 returns a dict of numbers, once::
 
     from shared.metrics import register_stats, set_ready
+    set_ready(False)                         # optional, first line of main: "not serving yet"
     register_stats("capture", meter.stats)   # -> flowtarget_capture_<key>{service=,probe=}
-    set_ready()                              # optional: "subscribed, serving"
+    set_ready()                              # ... once subscribed and serving
 
 Nested dicts are flattened (``counters: {samples_sent: 3}`` becomes
 ``flowtarget_capture_counters_samples_sent_total``).  A key is exposed as a
@@ -23,9 +24,10 @@ the call over and waits), so they read their state without locks.
   stats function, the bus counters, ``flowtarget_nats_connected``,
   ``flowtarget_ready``, process metrics;
 - ``/healthz``: 200 when the NATS connection is up, the event loop answers
-  and the service is ready, else 503; a JSON body says which.  A service is
-  ready once it called ``set_ready()``; a service that never reports its
-  readiness counts as ready as soon as it runs.
+  and the service is ready, else 503; a JSON body says which.  Readiness is
+  what the service last reported with ``set_ready(flag)``; a service that
+  never reports it counts as ready as soon as it runs (so a service that
+  wants to be waited for calls ``set_ready(False)`` first thing in ``main``).
 
 ``python -m shared.metrics check`` asks the local ``/healthz`` (exit 0 when
 healthy): the container health check of docker-compose.yml.
@@ -351,6 +353,7 @@ def start_metrics_server(settings: Any, service_name: str, bus: Any = None,
         port += shard  # capture shards share the host's ports: shard k listens on port + k
     STATE.service = service_name
     STATE.probe = getattr(settings, "probe", "")
+    STATE.ready = None  # until the service reports
     STATE.bus = bus
     try:
         STATE.loop = asyncio.get_running_loop()
