@@ -232,9 +232,14 @@ class DtlsDissector(Dissector):
 
     @staticmethod
     def _is_record(d: bytes) -> bool:
-        return (len(d) >= 13 and 20 <= d[0] <= 25
-                and ((d[1] == 0xFE and d[2] in (0xFF, 0xFD, 0xFC)) or (d[1] == 1 and d[2] == 0))
-                and 13 + ((d[11] << 8) | d[12]) <= len(d) + 4096)
+        """A datagram that starts with a DTLS record which fits in it (and is followed by nothing or
+        another record): content type 20..25, version DTLS 1.0/1.2/1.3 or OpenSSL's pre-RFC 0x0100."""
+        if len(d) < 13 or not 20 <= d[0] <= 25:
+            return False
+        if not ((d[1] == 0xFE and d[2] in (0xFF, 0xFD, 0xFC)) or (d[1] == 1 and d[2] == 0)):
+            return False
+        end = 13 + ((d[11] << 8) | d[12])
+        return end == len(d) or (end < len(d) and 20 <= d[end] <= 25)
 
     def _looks(self, p: list[bytes]) -> bool:
         for d in p[:4]:
