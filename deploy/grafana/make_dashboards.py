@@ -197,16 +197,19 @@ def dns() -> Board:
           + '  |> group(columns: ["rcode"])\n'
           '  |> aggregateWindow(every: v.windowPeriod, fn: count, createEmpty: false)\n', options=LEGEND_TABLE)
     b.add("table", "Top queried names", RANGE + flt("dns", "query_name", extra='r.kind == "query"')
-          + '  |> group(columns: ["_value"])\n  |> count()\n  |> group()\n'
+          + '  |> map(fn: (r) => ({r with name: r._value}))\n  |> group(columns: ["name"])\n'
+          '  |> count(column: "_value")\n  |> group()\n'
           '  |> rename(columns: {_value: "queries"})\n  |> top(n: 50, columns: ["queries"])\n',
           w=8, h=12, options=TABLE)
     b.add("table", "Names that do not exist (NXDOMAIN)", RANGE
           + flt("dns", "query_name", extra='r.kind == "response" and r.rcode == "NXDOMAIN"')
-          + '  |> group(columns: ["_value"])\n  |> count()\n  |> group()\n'
+          + '  |> map(fn: (r) => ({r with name: r._value}))\n  |> group(columns: ["name"])\n'
+          '  |> count(column: "_value")\n  |> group()\n'
           '  |> rename(columns: {_value: "responses"})\n  |> top(n: 50, columns: ["responses"])\n',
           w=8, h=12, options=TABLE)
     b.add("table", "Top clients", RANGE + flt("dns", "src_ip", extra='r.kind == "query"')
-          + '  |> group(columns: ["_value"])\n  |> count()\n  |> group()\n'
+          + '  |> map(fn: (r) => ({r with client: r._value}))\n  |> group(columns: ["client"])\n'
+          '  |> count(column: "_value")\n  |> group()\n'
           '  |> rename(columns: {_value: "queries"})\n  |> top(n: 50, columns: ["queries"])\n',
           w=8, h=12, options=TABLE)
     b.add("table", "DNS log", RANGE + flt("dns") + PIVOT + '  |> group()\n'
