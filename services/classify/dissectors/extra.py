@@ -399,6 +399,106 @@ class CNPIP(Simple):
         return len(p) > 20 and u16(p, 0) == len(p) and (p[3] & 0x1F) == 1 and p[4] == 0 and (p[5] & 0x1F) < 3
 
 
+class TuyaLP(Simple):
+    """Tuya smart-device LAN protocol: prefix 0x000055AA, 32-bit length, suffix 0x0000AA55."""
+
+    name = "TuyaLP"
+    transports = TCP_UDP
+    ports = frozenset({6666, 6667, 6668})
+    magic = (b"\x00\x00\x55\xaa",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 16 and p[:4] == b"\x00\x00\x55\xaa" and u32(p, 4) <= len(p) and p[-4:] == b"\x00\x00\xaa\x55"
+
+
+class RMCP(Simple):
+    """RMCP (ASF / IPMI over LAN, DMTF DSP0136): version 6, reserved 0, class ASF (6) or IPMI (7)."""
+
+    name = "RMCP"
+    transports = UDP
+    ports = frozenset({623, 664})
+    port_gate = True
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) < 4 or p[0] != 6 or p[1] != 0 or (p[3] & 0x7F) not in (6, 7):
+            return False
+        return not (p[3] & 0x80 and p[2] == 0xFF)
+
+
+class Thrift(Simple):
+    """Apache Thrift: strict binary protocol over TCP (0x80 0x01, message type 1..4, method name)
+    and compact protocol over UDP (0x82, version 1, message type)."""
+
+    name = "Thrift"
+    transports = TCP_UDP
+    ports = frozenset({9090})
+    magic = (b"\x80\x01", b"\x82")
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if s.transport == "TCP":
+            if len(p) < 12 or p[:2] != b"\x80\x01" or not 1 <= p[3] <= 4:
+                return False
+            n = u32(p, 4)
+            return 0 < n <= len(p) - 8 and all(32 <= c < 127 for c in p[8:8 + n])
+        if len(p) < 6 or p[0] != 0x82 or (p[1] & 0x1F) != 1 or not 1 <= (p[1] >> 5) <= 4:
+            return False
+        n = p[5]
+        return 0 < n <= len(p) - 6 and all(32 <= c < 127 for c in p[6:6 + n])
+
+
+class DICOM(Simple):
+    """DICOM upper layer (PS3.8): A-ASSOCIATE-RQ PDU (type 1, protocol version 1)."""
+
+    name = "DICOM"
+    transports = TCP
+    ports = frozenset({104, 11112})
+    magic = (b"\x01\x00",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) > 9 and p[0] == 1 and p[1] == 0 and len(p) <= u32(p, 2) + 6 and p[6:10] == b"\x00\x01\x00\x00"
+
+
+class GLBP(Simple):
+    """Cisco GLBP on 3222/udp (both ports): version 0/1 and a small group number."""
+
+    name = "GLBP"
+    transports = UDP
+    ports = frozenset({3222})
+
+    def could_be(self, s: FlowSample) -> bool:
+        return s.src_port == 3222 and s.dst_port == 3222
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 12 and p[0] <= 1 and u16(p, 2) <= 1023
+
+
+class Gearman(Simple):
+    name = "Gearman"
+    transports = TCP
+    ports = frozenset({4730})
+    magic = (b"\x00REQ", b"\x00RES")
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) > 12 and p[1:4] in (b"REQ", b"RES")
+
+
+class GenshinImpact(Dissector):
+    name = "GenshinImpact"
+    transports = UDP
+    ports = frozenset()
+
+    def could_be(self, s: FlowSample) -> bool:
+        return bool(s.src_payloads) and s.src_payloads[0][:8] == b"\x00\x00\x00\xff\x00\x00\x00\x00"
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        p = s.src_payloads[0]
+        if len(p) >= 20 and p[12:16] == b"\x49\x96\x02\xd2" and p[16:20] == b"\xff\xff\xff\xff":
+            v.app_protocol = self.name
+            return Match.FINAL
+        return Match.NO
+
+
 DISSECTORS = [MsSQLTDS(), Oracle(), Cassandra(), Git(), RSYNC(), WhoisDAS(), PPTP(), L2TP(), Teredo(), Radius(),
               Diameter(), LISP(), CAPWAP(), IEC60870(), OPCUA(), KNXnetIP(), MGCP(), TeamSpeak(), FIX(), Ookla(), ZeroMQ(),
-              EAQ(), TiVoConnect(), Armagetron(), Crossfire(), CIP(), CNPIP()]
+              EAQ(), TiVoConnect(), Armagetron(), Crossfire(), CIP(), CNPIP(),
+              TuyaLP(), RMCP(), Thrift(), DICOM(), GLBP(), Gearman(), GenshinImpact()]

@@ -80,3 +80,21 @@ def test_eaq_probe_sequence_counts_up():
 ])
 def test_nDPI_named_udp_protocols(transport, src, port, name):
     assert ENGINE.classify(_s(transport, src=src, dport=port)).app_protocol == name
+
+
+@pytest.mark.parametrize("transport,src,port,name", [
+    ("UDP", [b"\x00\x00\x55\xaa" + struct.pack("!I", 20) + b"\x00" * 8 + b"\x00\x00\xaa\x55"], 6667, "TuyaLP"),
+    ("UDP", [b"\x06\x00\xff\x06" + b"\x00" * 8], 623, "RMCP"),
+    ("TCP", [b"\x80\x01\x00\x01" + struct.pack("!I", 4) + b"ping" + b"\x00\x00\x00\x01\x00"], 9090, "Thrift"),
+    ("TCP", [b"\x01\x00" + struct.pack("!I", 68) + b"\x00\x01\x00\x00" + b"ANY-SCP".ljust(16) + b"ECHOSCU".ljust(16) + b"\x00" * 32], 104, "DICOM"),
+    ("TCP", [b"\x00REQ" + struct.pack("!II", 1, 4) + b"func"], 4730, "Gearman"),
+    ("UDP", [b"\x00\x00\x00\xff\x00\x00\x00\x00\x00\x00\x00\x00\x49\x96\x02\xd2\xff\xff\xff\xff"], 22101, "GenshinImpact"),
+])
+def test_more_ndpi_protocols(transport, src, port, name):
+    assert ENGINE.classify(_s(transport, src=src, dport=port)).app_protocol == name
+
+
+def test_glbp_needs_both_ports_3222():
+    hello = b"\x01\x00\x00\x01" + b"\x00" * 16
+    assert ENGINE.classify(_s("UDP", src=[hello], sport=3222, dport=3222)).app_protocol == "GLBP"
+    assert ENGINE.classify(_s("UDP", src=[hello], sport=5000, dport=3222)).app_protocol != "GLBP"
