@@ -359,6 +359,35 @@ def test_compose_wiring_stores_a_capture_and_delivers_its_alerts(tmp_path, vm_se
         if written:
             assert sum(written) > 0
 
+        # the pipeline-health dashboard's PromQL runs against what the services expose:
+        # their /metrics imported into victoria-metrics (MetricsQL accepts PromQL)
+        for name, port in stack.metrics_ports.items():
+            proc = stack.procs.get(name)
+            if proc is None or proc.poll() is not None:
+                continue
+            _, text = _get(f"http://127.0.0.1:{port}/metrics")
+            # stamped a minute back: victoria-metrics hides the last 30 s from queries (-search.latencyOffset)
+            ms = int((time.time() - 60) * 1000)
+            text = "\n".join(ln if not ln or ln.startswith("#") else f"{ln} {ms}" for ln in text.splitlines()) + "\n"
+            job, instance = name.rsplit("-", 1)
+            url = (f"{vm_server.url}/api/v1/import/prometheus?extra_label=job={job}"
+                   f"&extra_label=instance={job}-{instance}")
+            with urllib.request.urlopen(urllib.request.Request(url, data=text.encode(), method="POST"), timeout=10):
+                pass
+        vm_server.flush()
+        board = json.loads((REPO / "deploy/grafana/dashboards/pipeline-health.json").read_text())
+        answered = {}
+        for panel in board["panels"]:
+            for t in panel["targets"]:
+                if "expr" not in t:
+                    continue
+                expr = t["expr"].replace("$probe", ".*")
+                status, body = _get(f"{vm_server.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+                assert status == 200 and json.loads(body)["status"] == "success", f"{panel['title']}: {body[:300]}"
+                answered[panel["title"]] = json.loads(body)["data"]["result"]
+        ready = {r["metric"].get("service"): float(r["value"][1]) for r in answered["Services healthy"]}
+        assert ready.get("classify") == 2 and ready.get("store") == 2, ready  # two replicas each, all ready
+
         # a clean stop: SIGTERM (docker stop) ends every service with status 0
         for name in ("block-1", "store-1", "store-2", "classify-1", "classify-2"):
             if name in stack.procs:
