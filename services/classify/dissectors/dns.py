@@ -296,13 +296,14 @@ class DnsDissector(Dissector):
                 return Match.NO
         port = s.dst_port if s.dst_port in _PORT_NAMES else s.src_port
         v.app_protocol = _PORT_NAMES.get(port, "DNS")
-        # as nDPI: the answer comes from the first response that answers (an NXDOMAIN or empty reply to
-        # an earlier query on the same ports does not end the inspection), its question names the flow
+        # as nDPI: the first successful reply (or the second reply) ends the inspection and its
+        # question names the flow
         responses = [m for m in sm + cm if m.is_response]
-        resp = next((m for m in responses[:2] if m.answers and m.qname), None)
+        resp = next((m for m in responses[:2] if m.rcode == "NOERROR"), None)
         done = resp is not None
         if resp is None and responses:
-            resp = responses[1] if len(responses) >= 2 else responses[0]   # nDPI stops at the second reply
+            # error replies (NXDOMAIN, ...) do not end nDPI's inspection; the second reply does
+            resp = responses[1] if len(responses) >= 2 else responses[0]
         q = (resp if resp is not None and resp.qname else None) or next((m for m in msgs if m.qname), None)
         if q is not None:
             v.host = host_text(q.qname)
