@@ -276,5 +276,53 @@ class HL7(Simple):
         return p.startswith(b"\x0bMSH|") or p.startswith(b"MSH|^~\\&")
 
 
+def crc16_xmodem(data: bytes) -> int:
+    """CRC-16/XMODEM (poly 0x1021, init 0), as Ether-S-Bus frames carry it."""
+    crc = 0
+    for b in data:
+        crc ^= b << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
+    return crc
+
+
+class EtherSBus(Simple):
+    """SAIA Ether-S-Bus over UDP: 32-bit length, version 0/1, protocol 0 and a trailing CRC-16/XMODEM."""
+
+    name = "Ether-S-Bus"
+    transports = UDP
+    ports = frozenset({5050})
+    magic = (b"\x00\x00",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if not 12 < len(p) <= 1500 or u32(p, 0) != len(p) or p[4] >= 2 or p[5] != 0:
+            return False
+        return crc16_xmodem(p[:-2]) == u16(p, len(p) - 2)
+
+
+class EtherSIO(Simple):
+    name = "EtherSIO"
+    transports = UDP
+    ports = frozenset({6060})
+    magic = (b"ESIO",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 20 and p[:4] == b"ESIO" and p[4] == 0 and p[5] <= 2 and p[6] == 0
+
+
+class DLEP(Simple):
+    """DLEP (RFC 8175): 'DLEP' discovery signals over UDP, and signal/message headers on TCP 854."""
+
+    name = "DLEP"
+    transports = TCP_UDP
+    ports = frozenset({854})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if s.transport == "UDP":
+            return len(p) > 27 and p[:4] == b"DLEP"
+        return len(p) > 8 and 854 in (s.src_port, s.dst_port) and u16(p, 0) < 0x11 and u16(p, 2) == len(p) - 4
+
+
 DISSECTORS = [BACnet(), Modbus(), DNP3(), EthernetIP(), ISOTSAP(), IEC62056(), HARTIP(), FINS(), BeckhoffADS(),
-              IEEEC37118(), COAP(), CAN(), ANSIC1222(), EGD(), SOMEIP(), RTPS(), OpenFlow(), PFCP(), HL7()]
+              IEEEC37118(), COAP(), CAN(), ANSIC1222(), EGD(), SOMEIP(), RTPS(), OpenFlow(), PFCP(), HL7(),
+              EtherSBus(), EtherSIO(), DLEP()]

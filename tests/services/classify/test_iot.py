@@ -57,3 +57,15 @@ def test_modbus_umas_application():
 
 def test_modbus_length_must_agree():
     assert ENGINE.classify(_s(src=[struct.pack("!HHHBBHH", 1, 0, 9, 1, 3, 0, 10)], dport=502)).app_protocol != "Modbus"
+
+
+def test_ether_s_bus_crc_ethersio_and_dlep():
+    from services.classify.dissectors.iot import crc16_xmodem
+    assert crc16_xmodem(b"123456789") == 0x31C3        # the CRC-16/XMODEM check value
+    frame = struct.pack("!I", 16) + b"\x01\x00" + b"\x01\x02\x03\x04\x05\x06\x07\x08"
+    frame += struct.pack("!H", crc16_xmodem(frame))
+    assert ENGINE.classify(_s("UDP", src=[frame], dport=5050)).app_protocol == "Ether-S-Bus"
+    bad = frame[:-1] + bytes([frame[-1] ^ 1])
+    assert ENGINE.classify(_s("UDP", src=[bad], dport=5050)).app_protocol != "Ether-S-Bus"
+    assert ENGINE.classify(_s("UDP", src=[b"ESIO\x00\x01\x00" + b"\x00" * 13], dport=6060)).app_protocol == "EtherSIO"
+    assert ENGINE.classify(_s("UDP", src=[b"DLEP" + b"\x00" * 28], dport=854)).app_protocol == "DLEP"
