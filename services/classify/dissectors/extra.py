@@ -498,7 +498,45 @@ class GenshinImpact(Dissector):
         return Match.NO
 
 
+class JRMI(Simple):
+    """Java RMI transport (JRMP): the stream opens with 'JRMI', a version and a protocol byte."""
+
+    name = "JRMI"
+    transports = TCP
+    ports = frozenset({1099})
+    magic = (b"JRMI",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) > 5 and p[:4] == b"JRMI"
+
+
+class LotusNotes(Simple):
+    """Lotus Notes / Domino NRPC on 1352: the first client message carries a fixed header at offset 6."""
+
+    name = "LotusNotes"
+    transports = TCP
+    ports = frozenset({1352})
+    maxpk = 1
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) > 16 and p[6:14] == b"\x00\x00\x02\x00\x00\x40\x02\x0f"
+
+
+class VMware(Simple):
+    """VMware remote console heartbeat on 902/udp: 66-byte datagrams starting 0xA4."""
+
+    name = "VMware"
+    transports = UDP
+    ports = frozenset({902})
+
+    def could_be(self, s: FlowSample) -> bool:
+        return s.dst_port == 902
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) == 66 and p[0] == 0xA4
+
+
 DISSECTORS = [MsSQLTDS(), Oracle(), Cassandra(), Git(), RSYNC(), WhoisDAS(), PPTP(), L2TP(), Teredo(), Radius(),
               Diameter(), LISP(), CAPWAP(), IEC60870(), OPCUA(), KNXnetIP(), MGCP(), TeamSpeak(), FIX(), Ookla(), ZeroMQ(),
               EAQ(), TiVoConnect(), Armagetron(), Crossfire(), CIP(), CNPIP(),
-              TuyaLP(), RMCP(), Thrift(), DICOM(), GLBP(), Gearman(), GenshinImpact()]
+              TuyaLP(), RMCP(), Thrift(), DICOM(), GLBP(), Gearman(), GenshinImpact(), JRMI(), LotusNotes(), VMware()]

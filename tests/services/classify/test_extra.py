@@ -98,3 +98,11 @@ def test_glbp_needs_both_ports_3222():
     hello = b"\x01\x00\x00\x01" + b"\x00" * 16
     assert ENGINE.classify(_s("UDP", src=[hello], sport=3222, dport=3222)).app_protocol == "GLBP"
     assert ENGINE.classify(_s("UDP", src=[hello], sport=5000, dport=3222)).app_protocol != "GLBP"
+
+
+def test_jrmi_lotus_notes_vmware():
+    assert ENGINE.classify(_s(src=[b"JRMI\x00\x02\x4b"], dport=1099)).app_protocol == "JRMI"
+    nrpc = b"\x10\x00\x00\x00\x00\x00" + b"\x00\x00\x02\x00\x00\x40\x02\x0f" + b"\x00" * 8
+    assert ENGINE.classify(_s(src=[nrpc], dport=1352)).app_protocol == "LotusNotes"
+    assert ENGINE.classify(_s("UDP", src=[b"\xa4" + b"\x00" * 65], dport=902)).app_protocol == "VMware"
+    assert ENGINE.classify(_s("UDP", src=[b"\xa4" + b"\x00" * 64], dport=902)).app_protocol != "VMware"
