@@ -266,13 +266,37 @@ class DnsDissector(Dissector):
                 out.append(m)
                 pos += 2 + ln
             return out
-        for d in payloads[:4]:
+        for d in payloads[:8]:
             m = _parse_cached(d)
             if m is not None:
                 out.append(m)
             else:
                 return []
         return out
+
+    @staticmethod
+    def _mdns(s: FlowSample, cm: list[Message], sm: list[Message], v: Verdict) -> Match:
+        """mDNS: queries go to a multicast group and get no reply in the same flow, so nDPI reads
+        on until the first response (or its sixth packet); that packet names the flow."""
+        order: list[Message] = []
+        i = j = 0
+        for c in s.payload_dirs[:6] if len(s.payload_dirs) == len(s.src_payloads) + len(s.dst_payloads) else "":
+            if c == "s":
+                if i < len(cm):
+                    order.append(cm[i])
+                i += 1
+            else:
+                if j < len(sm):
+                    order.append(sm[j])
+                j += 1
+        if not order:
+            order = (cm + sm)[:6]
+        stop = next((m for m in order if m.is_response), None)
+        last = stop or order[-1]
+        name = last.qname or (last.answers[0].name if last.answers else "")
+        if name:
+            v.host = host_text(name) if last.qname else answer_text(name)
+        return Match.FINAL if stop is not None or len(order) >= 6 else Match.PARTIAL
 
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
         std = s.src_port in self.ports or s.dst_port in self.ports
@@ -296,6 +320,8 @@ class DnsDissector(Dissector):
                 return Match.NO
         port = s.dst_port if s.dst_port in _PORT_NAMES else s.src_port
         v.app_protocol = _PORT_NAMES.get(port, "DNS")
+        if v.app_protocol == "MDNS":
+            return self._mdns(s, cm, sm, v)
         # as nDPI: the first successful reply (or the second reply) ends the inspection and its
         # question names the flow
         responses = [m for m in sm + cm if m.is_response]

@@ -384,3 +384,15 @@ def test_quic_no_false_positive_on_lookalike_headers():
     fuzz = b"\xaa" * 40                                                  # reserved version, not a padded Initial
     for d in (switch_discovery, fuzz):
         assert not q.could_be(sample("UDP", src=[d], dport=62976))
+
+
+def test_mdns_reads_on_until_a_response():
+    d = DnsDissector()
+    qs = [dns_query("_raop._tcp.local", 12, txid=0), dns_query("_homekit._tcp.local", 12, txid=0)]
+    s = sample("UDP", src=qs, sport=5353, dport=5353)
+    v = verdict(s)
+    assert d.dissect(s, v) == Match.PARTIAL and v.host == "_homekit._tcp.local"    # the latest query so far
+    resp = dns_response("_airplay._tcp.local", txid=0)
+    s = sample("UDP", src=qs + [resp, dns_query("_later._tcp.local", 12, txid=0)], sport=5353, dport=5353)
+    v = verdict(s)
+    assert d.dissect(s, v) == Match.FINAL and v.host == "_airplay._tcp.local"      # the first response
