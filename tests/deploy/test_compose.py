@@ -230,3 +230,22 @@ def test_jetstream_limit_holds_the_stream():
     max_file = _size(service_env(doc, "nats")["NATS_JS_MAX_FILE"])
     for n in FT_SERVICES:
         assert int(service_env(doc, n)["FT_STREAM_MAX_BYTES"]) < max_file
+
+
+def test_dashboards_use_fields_the_store_writes():
+    """Every field and column a Flux query names is one services/store/schema.py writes."""
+    schema_src = (REPO / "services/store/schema.py").read_text()
+    written = set(re.findall(r'"(\w+)"', schema_src)) | set(re.findall(r"\b(\w+)=", schema_src))
+    missing = set()
+    for board in sorted((REPO / "deploy/grafana/dashboards").glob("*.json")):
+        for p in json.loads(board.read_text())["panels"]:
+            q = p["targets"][0].get("query", "")
+            if "from(bucket" not in q:
+                continue
+            names = set(re.findall(r'r\._field == "(\w+)"', q))
+            for cols in re.findall(r"keep\(columns: \[([^\]]*)\]\)", q):
+                names |= set(re.findall(r'"(\w+)"', cols))
+            names |= set(re.findall(r"\br\.(\w+)\b", q)) - {"_measurement", "_field", "_value", "_time", "name",
+                                                            "bytes", "flows", "client", "ip"}
+            missing |= {f"{board.name}: {n}" for n in names - written - {"_time"}}
+    assert not missing, sorted(missing)
