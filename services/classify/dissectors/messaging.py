@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from shared.models import FlowSample, Verdict
 from services.classify.dissectors.base import Dissector, Match
-from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, Simple, ordered, u16
+from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, Simple, ordered, u16, u16le
 
 _XMPP_STARTS = (b"<?xml", b"<stream:stream", b"<presence", b"<iq ", b"<message ", b"<auth ", b"<starttls ")
 _PUSH_PORTS = {5222, 5223, 5228}
@@ -69,7 +69,7 @@ class Telegram(Simple):
 
 class Viber(Simple):
     name = "Viber"
-    transports = UDP
+    transports = TCP_UDP
     ports = frozenset({7985, 7987, 5242, 5243, 4244, 9785})
 
     def could_be(self, s: FlowSample) -> bool:
@@ -78,6 +78,9 @@ class Viber(Simple):
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) < 12:
             return False
+        if s.transport == "TCP":
+            # little-endian frame length, then 0xFFFC and a 0x80 flag byte
+            return u16le(p, 0) == len(p) and p[6:8] == b"\xfc\xff" and p[9] == 0x80
         return (p[2:4] == b"\x01\x00" and p[4:6] == b"\x05\x00") or (p[2:4] == b"\x03\x00") or (len(p) == 20 and p[2:4] == b"\x09\x00")
 
 

@@ -130,3 +130,9 @@ def test_halflife2_needs_both_directions_and_xbox_marker():
     assert ENGINE.classify(_s(src=[req], dport=27005)).app_protocol != "HalfLife2"
     xbox = b"\x00\x00\x00\x00\x0c\x58\x76\x00\x00\x00" + b"\x01" * 10
     assert ENGINE.classify(_s(src=[xbox], dport=3074)).app_protocol == "Xbox"
+
+
+def test_viber_tcp_frames():
+    frame = struct.pack("<H", 24) + b"\x00" * 4 + b"\xfc\xff\x05\x80" + b"\x00" * 14
+    assert ENGINE.classify(_s("TCP", src=[frame], dport=5242)).app_protocol == "Viber"
+    assert ENGINE.classify(_s("TCP", src=[frame[:-1]], dport=5242)).app_protocol != "Viber"
