@@ -6,11 +6,13 @@ to a ``MeterSink`` synchronously (flow records, samples, DNS/ARP packet
 events).  It never touches NATS and never raises on bad input.
 
 Design notes
-- The table is an ``OrderedDict`` kept in last-packet order (``move_to_end``
-  per packet), so idle expiry and eviction pop from the front.
-- Flows are keyed by ``(vlan, proto, lower endpoint, higher endpoint)`` with
-  the packed address bytes; text addresses and MACs are formatted once, when a
-  flow is created.
+- The table maps a *directional* key, ``(proto, src+dst+sport+dport bytes
+  [, vlan key])``, to ``(flow, is_forward)``: every flow has two entries, so a
+  packet needs one lookup and no endpoint ordering (for untagged IPv4 the key
+  is a single slice of the frame).  The table is an ``OrderedDict``; each
+  packet moves its entry to the end, so idle expiry and eviction work from
+  the front.  Text addresses and MACs are formatted once, when a flow is
+  created (and shared between flows through a bounded cache).
 - A flow that has a final verdict, or that has reached its sampling limits,
   costs only counter updates per packet.
 - Periodic work (idle expiry, TCP close grace, closing flows waiting for a
@@ -40,6 +42,7 @@ Using it
 from __future__ import annotations
 
 import os
+import struct
 import time
 from collections import OrderedDict, deque
 from typing import Any, Protocol
@@ -64,6 +67,8 @@ from .decode import (
 )
 
 __all__ = ["FlowMeter", "MeterSink", "Flow", "ListSink"]
+
+_pp = struct.Struct("!HH").pack
 
 # TCP flags
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
@@ -163,7 +168,7 @@ class Flow:
         "first", "last", "s_pkts", "s_bytes", "d_pkts", "d_bytes", "s_flags", "d_flags",
         "state", "fin", "closed_at", "end_reason", "next_check", "last_update",
         "sampling", "sd", "dd", "dirs", "sample_seq", "pending", "verdict", "verdict_final",
-        "is_dns", "deadline", "source", "ev",
+        "is_dns", "deadline", "source", "ev", "rkey", "s_stamp", "d_stamp",
     )
 
     def __init__(self) -> None:
@@ -246,7 +251,9 @@ class FlowMeter:
         self.probe = probe or settings.probe
         self._prefix = os.urandom(4).hex()
         self._next_id = 0
-        self.table: OrderedDict[tuple, Flow] = OrderedDict()
+        # directional key -> (flow, key is the flow's src->dst direction); two entries per flow
+        self.table: OrderedDict[tuple, tuple[Flow, bool]] = OrderedDict()
+        self._nflows = 0
         self._by_id: dict[str, Flow] = {}
         self._closing: dict[str, Flow] = {}
         self._closed: deque[Flow] = deque()
@@ -315,7 +322,7 @@ class FlowMeter:
             "bytes": self.bytes,
             "bad_packets": self.bad_packets,
             "unsupported_packets": self.unsupported_packets,
-            "flows_active": len(self.table),
+            "flows_active": self._nflows,
             "flows_ended": self.flows_ended,
             "flows_evicted": self.flows_evicted,
             "one_way_tcp_flows": self.one_way_tcp_flows,
@@ -339,7 +346,8 @@ class FlowMeter:
             self.duplicate_frames += 1
         self._prev_frame = frame
         self._prev_ts = ts
-        if ts >= self._next_house:
+        nh = self._next_house
+        if ts >= nh or ts < nh - 2.0:  # a second has passed, or the clock jumped back
             self._housekeep(ts)
         if self.recorders:
             for rec in self.recorders:
@@ -377,10 +385,11 @@ class FlowMeter:
         else:
             proto = -1
         if proto >= 0:
+            # addresses and ports are contiguous here: the directional key is one slice
+            key = (proto, frame[26:38])
             ver = 4
-            src = frame[26:30]
-            dst = frame[30:34]
-            vlan = frag = 0
+            src = dst = None  # sliced by _new_flow when a flow is created
+            vlan = 0
             vlans = ()
             macoff = 0
             tun = ""
@@ -390,44 +399,42 @@ class FlowMeter:
                 self._non_ip(ts, frame, r)
                 return
             _k, ver, proto, src, dst, sp, dp, nbytes, po, pl, flags, seq, ack, vlan, vlans, macoff, tun, frag, fid = r
-        if frag:
-            if frag == 2:
-                hit = self._frags.get((src, dst, fid, proto))
-                if hit is None:
-                    self._count("ip_fragments_orphan")
-                    return
-                sp, dp = hit
-                pl = 0
-                self._count("ip_fragments")
-            else:
-                fr = self._frags
-                if len(fr) >= _FRAG_CACHE_MAX:
-                    del fr[next(iter(fr))]
-                fr[(src, dst, fid, proto)] = (sp, dp)
-        if src < dst or (src == dst and sp <= dp):
-            key = (vlan, proto, src, sp, dst, dp)
-        else:
-            key = (vlan, proto, dst, dp, src, sp)
+            if frag:
+                if frag == 2:
+                    hit = self._frags.get((src, dst, fid, proto))
+                    if hit is None:
+                        self._count("ip_fragments_orphan")
+                        return
+                    sp, dp = hit
+                    pl = 0
+                    self._count("ip_fragments")
+                else:
+                    fr = self._frags
+                    if len(fr) >= _FRAG_CACHE_MAX:
+                        del fr[next(iter(fr))]
+                    fr[(src, dst, fid, proto)] = (sp, dp)
+            key = (proto, src + dst + _pp(sp, dp), vlan) if vlan else (proto, src + dst + _pp(sp, dp))
         table = self.table
-        f = table.get(key)
-        if f is None:
-            f = self._new_flow(key, ts, frame, ver, proto, src, dst, sp, dp, flags, vlans, macoff, tun)
+        hit = table.get(key)
+        if hit is None:
+            f, fwd = self._new_flow(key, ts, frame, ver, proto, src, dst, sp, dp, flags, vlan, vlans, macoff, tun)
         else:
             table.move_to_end(key)
+            f, fwd = hit
             if f.state and proto == 6 and flags & 0x12 == SYN:
                 # a new connection on the key of a closed one
                 self._end(f, f.end_reason or "fin")
-                f = self._new_flow(key, ts, frame, ver, proto, src, dst, sp, dp, flags, vlans, macoff, tun)
-        if sp == f.sport and src == f.src:
-            fwd = True
+                f, fwd = self._new_flow(key, ts, frame, ver, proto, src, dst, sp, dp, flags, vlan, vlans, macoff, tun)
+        if fwd:
             f.s_pkts += 1
             f.s_bytes += nbytes
+            f.s_stamp = ts
             if flags:
                 f.s_flags |= flags
         else:
-            fwd = False
             f.d_pkts += 1
             f.d_bytes += nbytes
+            f.d_stamp = ts
             if flags:
                 f.d_flags |= flags
         f.last = ts
@@ -486,13 +493,17 @@ class FlowMeter:
             t = c[b"M" + raw] = raw.hex(":")
         return t
 
-    def _new_flow(self, key: tuple, ts: float, frame: bytes, ver: int, proto: int, src: bytes, dst: bytes,
-                  sp: int, dp: int, flags: int, vlans: tuple, macoff: int, tun: str) -> Flow:
-        table = self.table
-        if len(table) >= self._max_flows:
+    def _new_flow(self, key: tuple, ts: float, frame: bytes, ver: int, proto: int, src: bytes | None,
+                  dst: bytes | None, sp: int, dp: int, flags: int, vlan: int, vlans: tuple, macoff: int,
+                  tun: str) -> tuple[Flow, bool]:
+        """Create a flow for a packet whose directional table key is ``key``; returns (flow, packet is from src)."""
+        if self._nflows >= self._max_flows:
             self._evict_one()
+        if src is None:  # the inline fast path did not slice them
+            src = frame[26:30]
+            dst = frame[30:34]
+        rkey = (proto, dst + src + _pp(dp, sp), vlan) if vlan else (proto, dst + src + _pp(dp, sp))
         f = Flow()
-        f.key = key
         self._next_id += 1
         f.flow_id = f"{self._prefix}-{self._next_id}"
         f.ver = ver
@@ -500,10 +511,23 @@ class FlowMeter:
         f.transport = transport_name(proto)
         f.source = self.source
         smac_off, dmac_off = (macoff + 6, macoff) if macoff >= 0 else (-1, -1)
+        fwd = True
         if proto == 6 and flags & 0x12 == 0x12:
             # first seen packet is a SYN-ACK: its receiver is the client
             src, dst, sp, dp = dst, src, dp, sp
             smac_off, dmac_off = dmac_off, smac_off
+            key, rkey = rkey, key
+            fwd = False
+        f.key = key
+        f.rkey = rkey
+        f.s_stamp = f.d_stamp = ts
+        table = self.table
+        table[key] = (f, True)
+        if rkey != key:
+            table[rkey] = (f, False)
+        if not fwd:  # keep the packet's own entry last (it is the fresh one)
+            table.move_to_end(rkey)
+        self._nflows += 1
         f.src, f.dst, f.sport, f.dport = src, dst, sp, dp
         f.src_ip = self._ip_text(src)
         f.dst_ip = self._ip_text(dst)
@@ -521,7 +545,6 @@ class FlowMeter:
         f.sampling = 3
         f.sd = f.dd = None  # sampling state, created with the first packet that needs it
         f.dirs = ""
-        table[key] = f
         self.flows_created += 1
         if proto != 6 and proto != 17:
             name = _SPECIAL_PROTO_COUNTERS.get(proto)
@@ -532,7 +555,7 @@ class FlowMeter:
         if tun:
             self._count("tunnel_" + tun.lower() + "_flows")
         self.sink.flow(self._record(f, "start", ts))
-        return f
+        return f, fwd
 
     def _record(self, f: Flow, phase: str, ts: float) -> FlowRecord:
         v = f.verdict
@@ -582,15 +605,22 @@ class FlowMeter:
         f.next_check = min(f.last_update + self._upd, f.first + self._active)
 
     def _remove(self, f: Flow) -> None:
+        """Take a flow's two entries out of the table (if they are still its own)."""
         t = self.table
-        if t.get(f.key) is f:
+        hit = t.get(f.key)
+        if hit is not None and hit[0] is f:
             del t[f.key]
+            self._nflows -= 1
+            hit = t.get(f.rkey)
+            if hit is not None and hit[0] is f:
+                del t[f.rkey]
 
     def _evict_one(self) -> None:
         t = self.table
         if not t:
             return
-        _key, f = t.popitem(last=False)
+        _key, (f, _fwd) = next(iter(t.items()))
+        self._remove(f)
         self.flows_evicted += 1
         self._end(f, f.end_reason if f.state else "evicted")
 
@@ -642,16 +672,35 @@ class FlowMeter:
             f = closed.popleft()
             if f.state == CLOSED:
                 self._end(f, f.end_reason)
-        # idle flows (table is in last-packet order)
+        # idle flows.  The table holds two entries per flow (one per direction), each moved
+        # to the end by its direction's packets, so the front holds the entries with the
+        # oldest stamps.  An old entry whose flow is alive through its other direction is
+        # re-stamped and moved back; the loop stops at the first entry stamped after the cutoff.
         cutoff = now - self._idle
         t = self.table
         while t:
             key = next(iter(t))
-            f = t[key]
-            if f.last > cutoff:
-                break
-            del t[key]
-            self._end(f, f.end_reason if f.state else "idle")
+            f, fwd = t[key]
+            stamp = f.s_stamp if fwd else f.d_stamp
+            if stamp > cutoff:
+                if stamp <= now:
+                    break
+                # stamped in the future (capture times out of order): re-stamp, look further
+                if fwd:
+                    f.s_stamp = now
+                else:
+                    f.d_stamp = now
+                t.move_to_end(key)
+                continue
+            if f.last <= cutoff:
+                self._remove(f)
+                self._end(f, f.end_reason if f.state else "idle")
+            else:
+                if fwd:
+                    f.s_stamp = f.last
+                else:
+                    f.d_stamp = f.last
+                t.move_to_end(key)
 
     def tick(self, now_ts: float, wall: float | None = None) -> None:
         """Timeouts at packet time ``now_ts``; closing flows by wall clock (time.monotonic)."""
@@ -675,7 +724,8 @@ class FlowMeter:
                 self._end(f, f.end_reason)
         t = self.table
         while t:
-            _key, f = t.popitem(last=False)
+            _key, (f, _fwd) = next(iter(t.items()))
+            self._remove(f)
             self._end(f, f.end_reason if f.state else reason)
         self._frags.clear()
 
@@ -691,7 +741,7 @@ class FlowMeter:
             hit = self._recent_ev.get(flow_id)
             f = hit[0] if hit else None
         if f is None:
-            for g in self.table.values():  # flows that never sampled are not indexed by id
+            for g, _fwd in self.table.values():  # flows that never sampled are not indexed by id
                 if g.flow_id == flow_id:
                     f = g
                     break
@@ -710,7 +760,7 @@ class FlowMeter:
         f = self._by_id.get(flow_id) or self._closing.get(flow_id)
         if f is None:
             hit = self._recent_ev.get(flow_id)
-            f = hit[0] if hit else next((g for g in self.table.values() if g.flow_id == flow_id), None)
+            f = hit[0] if hit else next((g for g, _fwd in self.table.values() if g.flow_id == flow_id), None)
         src_ip = f.src_ip if f is not None else ""
         iface = (f.source if f is not None else "") or self.source
         d = directory if directory is not None else str(self.settings.evidence_dir)

@@ -363,3 +363,18 @@ def test_inline_fast_path_equals_general_decoder():
         [(s.src_payloads, s.dst_payloads, s.payload_dirs, s.src2dst_next_seq) for s in tagged[1].samples]
     sp, st = plain[0].stats(), tagged[0].stats()
     assert sp["bad_packets"] == st["bad_packets"] and sp["packets"] == st["packets"]
+
+
+def test_idle_expiry_survives_a_clock_jump_back_and_one_way_flows():
+    """Out-of-order capture times must not stall expiry; a flow alive in one direction is not expired."""
+    m, sink = meter(verdict_wait_s=0, idle_timeout_s=60)
+    m.process(5000.0, udpf(C, 9, S, 9, b"future"))  # a stray late timestamp first
+    m.process(100.0, udpf(C, 1, S, 2, b"a"))
+    m.process(101.0, udpf(S, 2, C, 1, b"b"))
+    for t in range(110, 400, 20):  # only the server keeps talking
+        m.process(float(t), udpf(S, 2, C, 1, b"c"))
+    m.process(500.0, udpf(C, 1, S, 2, b"d"))  # > 60 s after the last packet: a new flow
+    m.finish()
+    recs = [r for r in ends(sink) if r.src_port in (1, 2)]
+    assert [(r.end_reason, r.src2dst_packets + r.dst2src_packets) for r in recs] == \
+        [("idle", 2 + len(range(110, 400, 20))), ("eof", 1)]
