@@ -320,6 +320,19 @@ def _long_header_version(d: bytes) -> int:
     return -1
 
 
+def _gquic_server_message(d: bytes) -> bool:
+    """A Google QUIC server packet (public header without version) carrying a REJ or SHLO tag message."""
+    if len(d) < 24 or d[0] & 0x80 or not d[0] & 0x08:
+        return False
+    for tag in (b"REJ\x00", b"SHLO"):
+        k = d.find(tag, 9, 96)
+        if k > 0 and k + 12 <= len(d):
+            n = d[k + 4] | (d[k + 5] << 8)
+            if 0 < n <= 64 and d[k + 6:k + 8] == b"\x00\x00" and d[k + 8:k + 11].isalnum():
+                return True
+    return False
+
+
 def _gquic_public(d: bytes) -> int:
     """Version of a Google QUIC (<= Q043) public header with the version flag, else -1."""
     if len(d) >= 13 and not d[0] & 0x80 and d[0] & 0x01:
@@ -353,7 +366,10 @@ class QuicDissector(Dissector):
         return _gquic_public(d)
 
     def could_be(self, s: FlowSample) -> bool:
-        return self._first_version(s.src_payloads) > 0 or self._first_version(s.dst_payloads) > 0
+        if self._first_version(s.src_payloads) > 0 or self._first_version(s.dst_payloads) > 0:
+            return True
+        p = s.src_payloads or s.dst_payloads
+        return bool(p) and _gquic_server_message(p[0])
 
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
         cv = self._first_version(s.src_payloads)
@@ -362,6 +378,12 @@ class QuicDissector(Dissector):
             cv = self._first_version(s.dst_payloads)
             client = s.dst_payloads
         if cv <= 0:
+            p = s.src_payloads or s.dst_payloads
+            if p and _gquic_server_message(p[0]):
+                # only the server's side of a Google QUIC handshake was seen
+                v.app_protocol = "QUIC"
+                v.quic = QuicInfo()
+                return Match.FINAL
             return Match.NO
         info = QuicInfo(version=_version_text(cv))
         v.app_protocol = "QUIC"

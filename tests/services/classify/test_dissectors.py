@@ -396,3 +396,13 @@ def test_mdns_reads_on_until_a_response():
     s = sample("UDP", src=qs + [resp, dns_query("_later._tcp.local", 12, txid=0)], sport=5353, dport=5353)
     v = verdict(s)
     assert d.dissect(s, v) == Match.FINAL and v.host == "_airplay._tcp.local"      # the first response
+
+
+def test_gquic_server_rejection_only():
+    rej = b"REJ\x00" + struct.pack("<HH", 2, 0) + b"STK\x00" + struct.pack("<I", 4) + b"SNO\x00" + struct.pack("<I", 8) + b"x" * 8
+    pkt = b"\x08" + os.urandom(8) + b"\x01" + os.urandom(12) + b"\xff\x01\x00" + rej
+    s = sample("UDP", src=[pkt], sport=443, dport=60524)
+    v = verdict(s)
+    assert QuicDissector().could_be(s) and QuicDissector().dissect(s, v) == Match.FINAL and v.app_protocol == "QUIC"
+    s = sample("UDP", src=[b"\x08" + os.urandom(60)], sport=443, dport=60524)
+    assert not QuicDissector().could_be(s)
