@@ -431,7 +431,7 @@ class Thrift(Simple):
 
     name = "Thrift"
     transports = TCP_UDP
-    ports = frozenset({9090})
+    ports = frozenset()
     magic = (b"\x80\x01", b"\x82")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:

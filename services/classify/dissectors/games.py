@@ -311,7 +311,7 @@ class TencentGames(Simple):
 class GaijinEntertainment(Simple):
     name = "GaijinEntertainment"
     transports = UDP
-    ports = frozenset({20010, 20011})
+    ports = frozenset()
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) == 52 and p[:3] == b"\x8f\xff\x00" and p[4:8] == b"\x82\xff\x00\x01":

@@ -291,7 +291,7 @@ class EtherSBus(Simple):
 
     name = "Ether-S-Bus"
     transports = UDP
-    ports = frozenset({5050})
+    ports = frozenset()
     magic = (b"\x00\x00",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
@@ -303,7 +303,7 @@ class EtherSBus(Simple):
 class EtherSIO(Simple):
     name = "EtherSIO"
     transports = UDP
-    ports = frozenset({6060})
+    ports = frozenset()
     magic = (b"ESIO",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:

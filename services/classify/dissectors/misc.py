@@ -193,7 +193,7 @@ class RipeAtlas(Simple):
 class Xiaomi(Simple):
     name = "Xiaomi"
     transports = TCP
-    ports = frozenset({5222, 5223})
+    ports = frozenset()
     magic = (b"\xc2\xfe\x00\x05",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:

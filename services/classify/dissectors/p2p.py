@@ -161,7 +161,7 @@ class Mining(Simple):
 
     name = "Mining"
     transports = TCP
-    ports = frozenset({3333, 4444, 9999, 14444})
+    ports = frozenset({3333})
 
     def could_be(self, s: FlowSample) -> bool:
         return bool(s.src_payloads) and s.src_payloads[0][:1] == b"{"
@@ -213,7 +213,7 @@ def _dns_first_labels(p: bytes) -> list[bytes]:
 class DNScrypt(Dissector):
     name = "DNScrypt"
     transports = TCP_UDP
-    ports = frozenset({443, 5353, 8443})
+    ports = frozenset()
 
     def could_be(self, s: FlowSample) -> bool:
         if s.dst_payloads and s.dst_payloads[0][:8] == b"r6fnvWj8":
