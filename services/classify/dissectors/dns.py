@@ -182,7 +182,7 @@ def _parse(b: bytes, max_answers: int) -> Message | None:
     return msg
 
 
-@lru_cache(maxsize=16384)
+@lru_cache(maxsize=4096)
 def _parse_cached(b: bytes) -> Message | None:
     """parse_message memoised: every sample of a flow carries the same first datagrams again."""
     return parse_message(b)

@@ -205,7 +205,7 @@ def decrypt_initials(datagrams: list[bytes]) -> tuple[int, bytes, list[bytes]] |
     return version, dcid0, out
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=1024)
 def _decrypt_cached(datagrams: tuple[bytes, ...]):
     """decrypt_initials memoised on the client's datagrams (consecutive samples repeat them)."""
     return decrypt_initials(list(datagrams))

@@ -42,7 +42,7 @@ def _record_chain(data: bytes) -> bool:
     return n > 0 and (pos >= end or n >= 2)
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=2048)
 def _client_side(hs: bytes, dtls: bool) -> tuple[Hello, str, str] | None:
     """ClientHello of a handshake byte string, with its JA3 and JA4 (cached: samples repeat)."""
     for t, body in handshake_messages(hs, dtls):
@@ -55,7 +55,7 @@ def _client_side(hs: bytes, dtls: bool) -> tuple[Hello, str, str] | None:
     return None
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=2048)
 def _server_side(hs: bytes, dtls: bool) -> tuple[Hello, str, tuple[str, ...], str] | None:
     """ServerHello, JA3S, certificate names and issuer of the server's handshake bytes (cached)."""
     sh = None

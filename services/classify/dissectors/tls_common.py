@@ -351,7 +351,7 @@ def _san_dns(blob: bytes, pos: int) -> list[str]:
     return out
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=1024)
 def parse_certificate_msg(body: bytes, tls13: bool = False) -> tuple[list[str], str]:
     """Names from the first certificate of a Certificate handshake message (memoised: the
     same certificate comes again in every later sample of the flow)."""
