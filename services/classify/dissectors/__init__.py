@@ -68,6 +68,7 @@ REGISTRY: list[Dissector] = [
     media.MPEGTS(),
     mail.Mail(),
     mail.FTPData(),
+    remote.HAProxy(),
     remote.RDP(),
     remote.VNC(),
     remote.Telnet(),

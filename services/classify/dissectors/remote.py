@@ -255,7 +255,24 @@ class Ceph(Simple):
         return p.startswith((b"ceph v027", b"ceph v2\n", b"ceph v2"))
 
 
-DISSECTORS = [RDP(), VNC(), Telnet(), Radmin(), RSH(), XDMCP(), Citrix(), TeamViewer(), AJP(), Corba(), DCERPC(),
+class HAProxy(Simple):
+    """The PROXY protocol (haproxy's proxy-protocol.txt): v1 text line 'PROXY TCP4|TCP6|UNKNOWN ...\\r\\n'
+    or the v2 binary signature, in front of the proxied stream."""
+
+    name = "HAProxy"
+    transports = TCP
+    ports = frozenset()
+    magic = (b"PROXY ", b"\r\n\r\n\x00\r\nQUIT\n")
+    maxpk = 1
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if p.startswith(b"PROXY "):
+            line = p.split(b"\r\n", 1)[0]
+            return len(line) <= 107 and line[6:11] in (b"TCP4 ", b"TCP6 ", b"UNKNO")
+        return len(p) >= 16 and p[:12] == b"\r\n\r\n\x00\r\nQUIT\n" and (p[12] >> 4) == 2
+
+
+DISSECTORS = [HAProxy(), RDP(), VNC(), Telnet(), Radmin(), RSH(), XDMCP(), Citrix(), TeamViewer(), AJP(), Corba(), DCERPC(),
               IRC(), Usenet(), AFP(), Ceph()]
 
 PORT_HINTS = [PortHint("iSCSI", {3260}, TCP)]

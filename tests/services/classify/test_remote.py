@@ -68,3 +68,11 @@ def test_xdmcp_query():
 def test_afp_dsi_open_session():
     dsi = struct.pack("!BBHIII", 0, 4, 1, 0, 6, 0) + b"\x01\x04\x00\x00\x04\x00"
     assert ENGINE.classify(_s(src=[dsi], dport=548)).app_protocol == "AFP"
+
+
+def test_proxy_protocol_v1_and_v2():
+    v1 = b"PROXY TCP4 192.0.2.1 198.51.100.2 52176 443\r\n\x16\x03\x01\x00\x05hello"
+    assert ENGINE.classify(_s(src=[v1], dport=443)).app_protocol == "HAProxy"
+    v2 = b"\r\n\r\n\x00\r\nQUIT\n" + b"\x21\x11\x00\x0c" + b"\x00" * 12
+    assert ENGINE.classify(_s(src=[v2], dport=443)).app_protocol == "HAProxy"
+    assert ENGINE.classify(_s(src=[b"PROXY HTTP/1.1 nonsense\r\n"], dport=443)).app_protocol != "HAProxy"
