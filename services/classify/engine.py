@@ -77,7 +77,7 @@ class Engine:
         apps: Apps | None = None,
         second: Callable[[FlowSample], tuple[str, ...] | None] | None = None,
         port_guess: bool = True,
-        final_memo: int = 65536,
+        final_memo: int = 8192,
     ) -> None:
         self.registry: list[Dissector] = list(REGISTRY if registry is None else registry)
         # flows that already got a FINAL verdict from this replica: capture stops sampling them once the
