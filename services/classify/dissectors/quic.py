@@ -29,7 +29,7 @@ from functools import lru_cache
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from services.classify.dissectors.base import Dissector, Match
-from services.classify.dissectors.tls_common import ja4, parse_client_hello, version_name
+from services.classify.dissectors.tls_common import ja3, ja4, parse_client_hello, version_name
 from shared.models import FlowSample, QuicInfo, Verdict
 
 SALT_V1 = bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a")
@@ -409,6 +409,7 @@ class QuicDissector(Dissector):
                         info.sni = ch.sni[:512]
                         info.alpn = [a[:64] for a in ch.alpn[:16]]
                         info.ja4 = ja4(ch, "q")
+                        v.extra["ja3"] = ja3(ch)          # QuicInfo has no JA3 field; nDPI reports it too
                         if ch.sni:
                             v.host = ch.sni
                         if ch.quic_params:

@@ -231,7 +231,7 @@ def test_quic_initial_decrypted_and_client_hello_read(version):
     assert q.could_be(s)
     assert q.dissect(s, v) == Match.FINAL
     assert v.app_protocol == "QUIC" and v.host == "quic.example.com"
-    assert v.quic.alpn == ["h3"] and v.quic.ja4.startswith("q13d")
+    assert v.quic.alpn == ["h3"] and v.quic.ja4.startswith("q13d") and len(v.extra["ja3"]) == 32
 
 
 def test_quic_truncated_initial_and_garbage():
