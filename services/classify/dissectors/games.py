@@ -343,5 +343,19 @@ class CoDMobile(Simple):
         return len(p) > 350 and p[0] == 0xCE and b"LOC_PREFAB_LOADOUTNAME_1" in p
 
 
-DISSECTORS = [HalfLife2(), Xbox(), SourceEngine(), WorldOfWarcraft(), RakNet(), Activision(), Blizzard(), EpicGames(), RX(), Yojimbo(), AmongUs(), Steam(), SteamDatagramRelay(), Nintendo(),
+class PathOfExile(Simple):
+    """Path of Exile: the client's first message (26..49 bytes) carrying the character name between
+    fixed header words and a fixed trailer."""
+
+    name = "PathofExile"
+    transports = TCP
+    ports = frozenset({6112})
+    maxpk = 1
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return 25 < len(p) < 50 and p[0] == 0 and p[6] == 0 and p[1:3] == b"\x03\x00" and p[7:9] == b"\x02\x00" \
+            and p[-8:] == b"\x00\x00\x00\x00\x40\x00\x00\x01"
+
+
+DISSECTORS = [PathOfExile(), HalfLife2(), Xbox(), SourceEngine(), WorldOfWarcraft(), RakNet(), Activision(), Blizzard(), EpicGames(), RX(), Yojimbo(), AmongUs(), Steam(), SteamDatagramRelay(), Nintendo(),
               RiotGames(), LoLWildRift(), TencentGames(), GaijinEntertainment(), NetEaseGames(), CoDMobile()]

@@ -131,4 +131,20 @@ class IQIYI(Simple):
         return 120 < len(p) < 300 and b"PPStream" in p
 
 
-DISSECTORS = [RTSP(), RTMP(), MPEGTS(), WebSocket(), UFTP(), IQIYI()]
+class FLUTE(Simple):
+    """FLUTE (RFC 6726) over ALC/LCT (RFC 5651): LCT version 1 header, then the File Delivery Table
+    as XML ('<?xml ... <FDT-Instance')."""
+
+    name = "FLUTE"
+    transports = UDP
+    ports = frozenset()
+    magic = (b"\x10",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) <= 250 or p[0] != 0x10:
+            return False
+        hdr = p[2] * 4
+        return len(p) > hdr + 47 and p[hdr + 4:hdr + 9] == b"<?xml" and b"<FDT" in p[hdr + 9:hdr + 120]
+
+
+DISSECTORS = [RTSP(), RTMP(), MPEGTS(), WebSocket(), UFTP(), IQIYI(), FLUTE()]

@@ -29,6 +29,8 @@ class BitTorrent(Dissector):
 
     @staticmethod
     def _udp(p: bytes) -> bool:
+        if p.startswith(b"BT-SEARCH * HTTP/1.1\r\n"):      # BEP 14 local service discovery
+            return True
         if p.startswith(b"d1:") and (b"1:y1:" in p[:400] or p.startswith((b"d1:ad2:id20:", b"d1:rd2:id20:"))):
             return True
         if p.startswith(b"d2:ip") or p.startswith(b"d1:ed"):
