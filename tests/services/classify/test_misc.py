@@ -141,7 +141,7 @@ def test_viber_tcp_frames():
 def test_path_of_exile_flute_and_bt_lsd():
     poe = b"\x00\x03\x00\x37\x75\x60\x00\x02\x00\x09nDPI_Test\xec\x8f\xec\xf2" + b"\x00\x00\x00\x00\x40\x00\x00\x01"
     assert ENGINE.classify(_s("TCP", src=[poe], dport=6112)).app_protocol == "PathofExile"
-    lct = b"\x10\x10\x08\x00" + b"\x00" * 32
+    lct = b"\x10\x10\x08\x00" + b"\x00" * 28       # 8 words of LCT header
     fdt = lct + b'\x00\x00\x00\x00<?xml version="1.0" encoding="UTF-8"?><FDT-Instance Expires="1">' + b" " * 200
     assert ENGINE.classify(_s(src=[fdt], dport=40085)).app_protocol == "FLUTE"
     lsd = b"BT-SEARCH * HTTP/1.1\r\nHost: 239.192.152.143:6771\r\nPort: 6881\r\nInfohash: " + b"a" * 40 + b"\r\n\r\n"
