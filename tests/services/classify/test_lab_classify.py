@@ -1,0 +1,122 @@
+"""The engine on traffic generated here and now by real clients and servers in the namespace lab:
+curl over HTTP/1.1, TLS 1.3 with SNI and TLS 1.2 (certificate visible), dig, ssh.  The probe's
+capture (tcpdump) goes through capture's FlowMeter and the engine, as in production."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from services.classify.engine import Engine
+from tests.lab import lab_fixture, servers
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+lab = lab_fixture(scope="module", mode="hub", net=74)
+
+
+class _Sink:
+    def __init__(self):
+        self.last = {}
+
+    def sample(self, s):
+        self.last[s.flow_id] = s
+
+    def flow(self, rec):
+        pass
+
+    def packet(self, p):
+        pass
+
+    def alert(self, a):
+        pass
+
+
+def _classify(pcap: Path):
+    from services.capture.flows import FlowMeter
+    from services.capture.sources import FileSource
+    from shared.settings import CaptureSettings
+
+    sink = _Sink()
+    meter = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, probe="lab")
+    src = FileSource(str(pcap))
+    meter.set_source(pcap.name, src.datalink)
+    for ts, frame, dlt in src.iter_dlt():
+        meter.process(ts, frame, dlt)
+    meter.finish("eof")
+    e = Engine()
+    out = [e.classify(s) for s in sink.last.values()]
+    assert not e.errors
+    return out
+
+
+@pytest.fixture(scope="module")
+def verdicts(lab, tmp_path_factory):
+    work = tmp_path_factory.mktemp("labcls")
+    srv = lab.server.ip
+    servers.start_http(lab)
+    servers.start_https(lab, work, names=["secure.lab.test"])
+    servers.start_dnsmasq(lab, {"www.lab.test": [srv]})
+    servers.start_sshd(lab, work)
+    (work / "tls12").mkdir()
+    cert, key = servers.make_cert(work / "tls12", ["legacy.lab.test", "alt.lab.test"], [srv])
+    lab.popen("server", "openssl", "s_server", "-quiet", "-tls1_2", "-accept", f"{srv}:8443", "-cert", str(cert),
+              "-key", str(key), "-www", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lab.wait_listening("server", 8443)
+    pcap = work / "lab.pcap"
+    dump = lab.popen("probe", "tcpdump", "-i", lab.probe_iface, "-U", "-s", "0", "-w", str(pcap),
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not pcap.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    lab.run("client", "curl", "-s", "-A", "ft-lab-test/1", "-H", "Host: web.lab.test", f"http://{srv}/", check=True)
+    lab.run("client", "curl", "-s", "-k", "--tlsv1.3", "--resolve", f"secure.lab.test:443:{srv}",
+            "https://secure.lab.test/", check=True)
+    lab.run("client", "curl", "-s", "-k", "--tls-max", "1.2", "--resolve", f"legacy.lab.test:8443:{srv}",
+            "https://legacy.lab.test:8443/")
+    lab.run("client", "dig", "+short", f"@{srv}", "www.lab.test", "A", check=True)
+    lab.run("client", "ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o",
+            "UserKnownHostsFile=/dev/null", f"x@{srv}", "true")
+    time.sleep(0.5)
+    dump.terminate()
+    dump.wait(timeout=10)
+    return _classify(pcap)
+
+
+def _only(verdicts, **kw):
+    got = [v for v in verdicts if all(getattr(v, k) == val for k, val in kw.items())]
+    assert len(got) == 1, (kw, [(v.app_protocol, v.dst_port, v.host) for v in verdicts])
+    return got[0]
+
+
+def test_http(verdicts):
+    v = _only(verdicts, app_protocol="HTTP")
+    assert v.host == "web.lab.test" and v.http.user_agent == "ft-lab-test/1" and v.http.status_code == 200
+    assert v.http.server.startswith("ftlab") and v.final
+
+
+def test_tls13_sni(verdicts):
+    v = _only(verdicts, app_protocol="TLS", dst_port=443)
+    assert v.host == "secure.lab.test" and v.tls.version == "TLSv1.3" and v.tls.ja4.startswith("t13d")
+    assert v.final and len(v.tls.ja3) == 32
+
+
+def test_tls12_certificate_names(verdicts):
+    v = _only(verdicts, app_protocol="TLS", dst_port=8443)
+    assert v.host == "legacy.lab.test" and v.tls.version == "TLSv1.2"
+    assert "legacy.lab.test" in v.tls.server_names and "alt.lab.test" in v.tls.server_names
+
+
+def test_dns(verdicts):
+    v = _only(verdicts, app_protocol="DNS")
+    assert v.host == "www.lab.test" and v.extra["dns_rcode"] == "NOERROR" and v.extra["dns_answers"]
+
+
+def test_ssh(verdicts):
+    v = _only(verdicts, app_protocol="SSH")
+    assert v.ssh.client_banner.startswith("SSH-2.0-OpenSSH") and len(v.ssh.hassh_client) == 32
+    assert v.ssh.server_banner.startswith("SSH-2.0-OpenSSH") and len(v.ssh.hassh_server) == 32
