@@ -308,6 +308,7 @@ class FlowMeter:
         self.source = source[:256]
         self.datalink = datalink
         self._next_house = 0.0  # the new source's clock may be behind the old one
+        self._now = 0.0
 
     def pending_verdicts(self) -> int:
         return self._pending
@@ -662,8 +663,7 @@ class FlowMeter:
 
     # ------------------------------------------------------------------ time
     def _housekeep(self, now: float) -> None:
-        if now > self._now:
-            self._now = now
+        self._now = now  # the source's clock (latest packet time, within a second)
         self._next_house = now + 1.0
         # TCP flows closed by FIN/RST whose grace period is over
         closed = self._closed
@@ -703,11 +703,10 @@ class FlowMeter:
                 t.move_to_end(key)
 
     def tick(self, now_ts: float, wall: float | None = None) -> None:
-        """Timeouts at packet time ``now_ts``; closing flows by wall clock (time.monotonic)."""
+        """Timeouts at packet time ``now_ts`` (0: the current source's latest packet time);
+        closing flows by wall clock (``time.monotonic``)."""
         self.flush_samples()
-        if now_ts > self._now:
-            self._now = now_ts
-        self._housekeep(max(now_ts, self._now) if now_ts else self._now)
+        self._housekeep(now_ts if now_ts else self._now)
         if self._closing:
             wall = time.monotonic() if wall is None else wall
             for f in list(self._closing.values()):

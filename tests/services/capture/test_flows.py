@@ -378,3 +378,19 @@ def test_idle_expiry_survives_a_clock_jump_back_and_one_way_flows():
     recs = [r for r in ends(sink) if r.src_port in (1, 2)]
     assert [(r.end_reason, r.src2dst_packets + r.dst2src_packets) for r in recs] == \
         [("idle", 2 + len(range(110, 400, 20))), ("eof", 1)]
+
+
+def test_tick_zero_uses_the_current_sources_clock():
+    """A later file with an older clock: tick(0) must not expire its flows with the earlier file's time."""
+    m, sink = meter(verdict_wait_s=0, idle_timeout_s=120)
+    m.set_source("new.pcap", 1)
+    m.process(1_700_000_000.0, udpf(C, 1, S, 2, b"x"))
+    m.finish()
+    m.set_source("old.pcap", 1)
+    m.process(72.0, udpf(C, 3, S, 4, b"x"))
+    m.tick(0.0)
+    m.process(191.0, udpf(C, 3, S, 4, b"x"))  # 119 s later: same flow
+    m.tick(0.0)
+    m.finish()
+    recs = [r for r in ends(sink) if r.src_port == 3]
+    assert [(r.src2dst_packets, r.end_reason, r.source) for r in recs] == [(2, "eof", "old.pcap")]
