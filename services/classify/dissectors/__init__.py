@@ -152,6 +152,7 @@ REGISTRY: list[Dissector] = [
     misc.CPHA(),
     misc.MerakiCloud(),
     misc.Z3950(),
+    games.CryNetwork(),
     games.PathOfExile(),
     games.HalfLife2(),
     games.Xbox(),

@@ -357,5 +357,17 @@ class PathOfExile(Simple):
             and p[-8:] == b"\x00\x00\x00\x00\x40\x00\x00\x01"
 
 
-DISSECTORS = [PathOfExile(), HalfLife2(), Xbox(), SourceEngine(), WorldOfWarcraft(), RakNet(), Activision(), Blizzard(), EpicGames(), RX(), Yojimbo(), AmongUs(), Steam(), SteamDatagramRelay(), Nintendo(),
+class CryNetwork(Simple):
+    """CryEngine network (CryNetwork) datagrams: length byte + 10, fixed markers at 3, 16, 20 and 24."""
+
+    name = "CryNetwork"
+    transports = UDP
+    ports = frozenset()
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) >= 26 and len(p) == p[0] + 10 and p[3:5] == b"\x08\xed" and p[16] == 1 and p[20] == 7 \
+            and p[24:26] == b"\x03\x07"
+
+
+DISSECTORS = [CryNetwork(), PathOfExile(), HalfLife2(), Xbox(), SourceEngine(), WorldOfWarcraft(), RakNet(), Activision(), Blizzard(), EpicGames(), RX(), Yojimbo(), AmongUs(), Steam(), SteamDatagramRelay(), Nintendo(),
               RiotGames(), LoLWildRift(), TencentGames(), GaijinEntertainment(), NetEaseGames(), CoDMobile()]

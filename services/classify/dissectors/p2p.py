@@ -19,6 +19,21 @@ from services.classify.dissectors.base import Dissector, Match
 from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, Simple, ordered, u16, u32, u32le
 
 
+def utp_header_len(p: bytes) -> int:
+    """Length of a uTP header (BEP 29: type/version, extension chain, 20-byte base), 0 when not one."""
+    if len(p) < 20 or (p[0] & 0x0F) != 1 or (p[0] >> 4) > 4:
+        return 0
+    ext, o = p[1], 20
+    n = 0
+    while ext and n < 4:
+        if ext not in (1, 2) or o + 2 > len(p):
+            return 0
+        ext, ln = p[o], p[o + 1]
+        o += 2 + ln
+        n += 1
+    return o if o <= len(p) and not ext else 0
+
+
 class BitTorrent(Dissector):
     name = "BitTorrent"
     transports = TCP_UDP
@@ -38,11 +53,11 @@ class BitTorrent(Dissector):
         # BEP 15 connect request
         if len(p) == 16 and p[:8] == b"\x00\x00\x04\x17\x27\x10\x19\x80" and u32(p, 8) == 0:
             return True
-        # BEP 29 uTP: type 0..4 in the high nibble, version 1, extension 0..2
-        if len(p) >= 20 and (p[0] & 0x0F) == 1 and (p[0] >> 4) <= 4 and p[1] <= 2:
-            if p[0] >> 4 == 4 and len(p) == 20:   # ST_SYN, no payload
-                return True
-        return False
+        # BEP 29 uTP: a SYN (type 4) without payload, or a data packet carrying the peer handshake
+        hdr = utp_header_len(p)
+        if hdr == 20 and p[0] == 0x41 and len(p) == 20:
+            return True
+        return hdr > 0 and p[0] in (0x01, 0x21) and p[hdr:hdr + 20] == b"\x13BitTorrent protocol"
 
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
         tcp = s.transport == "TCP"

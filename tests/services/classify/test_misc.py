@@ -146,3 +146,9 @@ def test_path_of_exile_flute_and_bt_lsd():
     assert ENGINE.classify(_s(src=[fdt], dport=40085)).app_protocol == "FLUTE"
     lsd = b"BT-SEARCH * HTTP/1.1\r\nHost: 239.192.152.143:6771\r\nPort: 6881\r\nInfohash: " + b"a" * 40 + b"\r\n\r\n"
     assert ENGINE.classify(_s(src=[lsd], dport=6771)).app_protocol == "BitTorrent"
+
+
+def test_crynetwork_markers():
+    p = bytes([26]) + b"\x00\x00\x08\xed" + b"\x00" * 11 + b"\x01\x00\x00\x00\x07\x00\x00\x00\x03\x07" + b"\x00" * 10
+    assert len(p) == 36
+    assert ENGINE.classify(_s(src=[p], dport=64090)).app_protocol == "CryNetwork"

@@ -63,3 +63,13 @@ def test_syncthing_discovery_and_dropbox_lan_sync():
     assert ENGINE.classify(_s("UDP", src=[b"\x2e\xa7\xd9\x0b" + b"\x0a\x20" + b"x" * 40], dport=21027)).app_protocol == "Syncthing"
     lan = b'{"host_int": 1, "version": [2, 0], "displayname": "", "port": 17500, "namespaces": []}'
     assert ENGINE.classify(_s("UDP", src=[lan], sport=17500, dport=17500)).app_protocol == "Dropbox"
+
+
+def test_utp_data_with_extension_carrying_the_handshake():
+    from services.classify.dissectors.p2p import utp_header_len
+    base = bytes([0x01, 2]) + b"\x12\x34" + b"\x00" * 16            # ST_DATA, first extension: selective ack
+    ext = bytes([0, 4]) + b"\x00\x00\x00\x00"                        # last extension, 4-byte bitmask
+    pkt = base + ext + b"\x13BitTorrent protocol" + b"\x00" * 48
+    assert utp_header_len(pkt) == 26
+    assert ENGINE.classify(_s("UDP", src=[pkt], dport=51413)).app_protocol == "BitTorrent"
+    assert utp_header_len(bytes([0x01, 9]) + b"\x00" * 30) == 0      # unknown extension type
