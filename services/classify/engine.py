@@ -11,11 +11,16 @@ Order of work for one sample:
    is kept (later PARTIAL matches cannot override it, only a FINAL one can).
    A dissector that raises is counted in ``errors[name]`` and logged (rate
    limited); the others go on.
-2. the application layer (``apps.Apps``): host/SNI patterns give the
-   application and category; when DPI found nothing, an address list match
-   gives the application with confidence ``ip``.
-3. when still nothing: a guess from well-known ports, confidence ``port``.
-4. optionally (``second``), another engine (libndpi) for flows still Unknown.
+2. the application layer (``apps.Apps``): host/SNI (or certificate) patterns
+   give the application and category; without a host, an address list gives
+   the application.
+3. optionally (``second``), another engine (libndpi) for flows still Unknown.
+4. when still nothing: a guess from well-known ports, confidence ``port``;
+   else an address-list application stands for the protocol, confidence
+   ``ip`` (nDPI's "Match by IP").
+
+A FINAL verdict is remembered per flow (bounded): samples of that flow still
+in flight when capture stops sampling get the same answer without DPI.
 """
 
 from __future__ import annotations
@@ -183,7 +188,8 @@ class Engine:
                     v.app_protocol = kept
             elif v.app_protocol != "Unknown":   # a NO must not leave a protocol behind
                 v.app_protocol = "Unknown"
-        if v.app_protocol and v.app_protocol != "Unknown":
+        self._sanitize(v)
+        if v.app_protocol != "Unknown":
             v.confidence = "dpi"
         self.apps.apply(s, v)
         if v.confidence == "unknown" and self.second is not None:
@@ -201,6 +207,7 @@ class Engine:
                     v.host = got[2]
                 v.confidence = "dpi"
                 self.counters["second"] += 1
+                self._sanitize(v)
         if v.confidence == "unknown" and self.port_guess:
             guess = self.guess_port(s)
             if guess:
@@ -213,14 +220,16 @@ class Engine:
             v.confidence = "ip"
         self.counters[v.confidence] += 1
         v.final = final or s.final
-        self._sanitize(v)
         return v
 
     @staticmethod
     def _sanitize(v: Verdict) -> None:
+        """Make whatever the dissectors wrote a valid, printable verdict (never raises)."""
         d = v.__dict__
         for field, limit in _STR_LIMITS.items():
             val = d[field]
+            if type(val) is not str:
+                val = d[field] = "" if val is None else str(val)
             if val and (len(val) > limit or not val.isprintable()):
                 d[field] = clean_text(val, limit)
         if not d["app_protocol"]:
@@ -237,9 +246,15 @@ class Engine:
                     elif type(val) is list:
                         sd[k] = [clean_text(x, len(x)) if type(x) is str and not x.isprintable() else x for x in val]
         extra = d["extra"]
-        for k, val in extra.items():
-            if not val.isprintable():
-                extra[k] = clean_text(val, 1024)
+        if extra:
+            for k, val in list(extra.items()):
+                if type(k) is not str or type(val) is not str:
+                    del extra[k]
+                    extra[str(k)[:64]] = str(val)
+                    val = extra[str(k)[:64]]
+                    k = str(k)[:64]
+                if not val.isprintable() or len(val) > 1024:
+                    extra[k] = clean_text(val, 1024)
 
     def clear_caches(self) -> None:
         """Forget the memoised parses (for honest benchmarks)."""

@@ -226,3 +226,21 @@ def test_payload_metadata_has_no_control_characters():
 
     v = Engine(registry=[Evil()], apps=Apps({}), port_guess=False).classify(sample())
     assert v.http.url.isprintable() and v.http.user_agent.isprintable() and v.extra["banner"] == "a?b"
+
+
+def test_sloppy_dissector_output_is_repaired():
+    class Sloppy(Dissector):
+        name = "X"
+
+        def could_be(self, s):
+            return True
+
+        def dissect(self, s, v):
+            v.__dict__["host"] = None           # bypassing validation, as a buggy dissector could
+            v.__dict__["app_protocol"] = "X"
+            v.extra["n"] = 5
+            return Match.FINAL
+
+    v = Engine(registry=[Sloppy()], apps=Apps({}), port_guess=False).classify(sample())
+    assert (v.app_protocol, v.host, v.extra["n"]) == ("X", "", "5")
+    Verdict.model_validate_json(v.model_dump_json())
