@@ -245,6 +245,10 @@ class MGCP(Simple):
     transports = UDP
     ports = frozenset({2427, 2727})
 
+    def could_be(self, s: FlowSample) -> bool:
+        p = s.src_payloads[0] if s.src_payloads else (s.dst_payloads[0] if s.dst_payloads else b"")
+        return len(p) >= 8 and (p[:4].isupper() or p[:3].isdigit())
+
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         line = p.split(b"\n", 1)[0].rstrip(b"\r")
         if line.startswith(_MGCP_VERBS):
@@ -258,6 +262,7 @@ class TeamSpeak(Simple):
     name = "TeamSpeak"
     transports = TCP_UDP
     ports = frozenset({9987, 10011, 30033})
+    magic = (b"TS3",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if s.transport == "UDP":
@@ -328,6 +333,9 @@ class TiVoConnect(Simple):
     name = "TiVoConnect"
     transports = TCP_UDP
     ports = frozenset({2190})
+
+    def could_be(self, s: FlowSample) -> bool:
+        return bool(s.src_payloads) and s.src_payloads[0][:4].lower() == b"tivo"
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return p[:12].lower() == b"tivoconnect="

@@ -317,6 +317,11 @@ class DLEP(Simple):
     transports = TCP_UDP
     ports = frozenset({854})
 
+    def could_be(self, s: FlowSample) -> bool:
+        if s.transport == "TCP":
+            return 854 in (s.src_port, s.dst_port)
+        return bool(s.src_payloads) and s.src_payloads[0][:4] == b"DLEP"
+
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if s.transport == "UDP":
             return len(p) > 27 and p[:4] == b"DLEP"
