@@ -405,7 +405,9 @@ class QuicDissector(Dissector):
                 if cs[:1] == b"\x01" and len(cs) >= 4:
                     ch = parse_client_hello(cs[4:4 + int.from_bytes(cs[1:4], "big")])
                     if ch is not None:
-                        got = True
+                        # FINAL only on a whole ClientHello: its extensions come in random order
+                        # (Chrome), so the SNI may still be in an Initial not sampled yet
+                        got = ch.complete
                         info.sni = ch.sni[:512]
                         info.alpn = [a[:64] for a in ch.alpn[:16]]
                         info.ja4 = ja4(ch, "q")

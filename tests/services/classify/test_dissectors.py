@@ -406,3 +406,16 @@ def test_gquic_server_rejection_only():
     assert QuicDissector().could_be(s) and QuicDissector().dissect(s, v) == Match.FINAL and v.app_protocol == "QUIC"
     s = sample("UDP", src=[b"\x08" + os.urandom(60)], sport=443, dport=60524)
     assert not QuicDissector().could_be(s)
+
+
+def test_quic_partial_client_hello_is_not_final():
+    ch = client_hello(sni="late.example", alpn=("h3",))
+    dcid = os.urandom(8)
+    first = protect_initial(1, dcid, b"\x06" + varint(0) + varint(60) + ch[:60] + b"\x00" * 40)
+    s = sample("UDP", src=[first], dport=443)
+    v = verdict(s)
+    assert QuicDissector().dissect(s, v) == Match.PARTIAL and v.app_protocol == "QUIC"
+    second = protect_initial(1, dcid, b"\x06" + varint(60) + varint(len(ch) - 60) + ch[60:] + b"\x00" * 40, pn=1)
+    s = sample("UDP", src=[first, second], dport=443)
+    v = verdict(s)
+    assert QuicDissector().dissect(s, v) == Match.FINAL and v.host == "late.example"
