@@ -1,5 +1,8 @@
 """Benchmark of read + decode + flow metering without NATS (``flowtarget bench capture``, part a).
 
+    python -m services.capture.bench FILE [--immediate]
+
+
 ``run_meter_bench(pcap)`` returns a dict with ``packets``, ``pps_meter``,
 ``gbps_meter``, ``seconds``, ``flows``, ``samples``, ``packet_events``,
 ``peak_rss_mb`` and ``bytes_per_flow``.  The sink only counts (and keeps
@@ -68,11 +71,13 @@ def measure_bytes_per_flow(n: int = 20000, settings: CaptureSettings | None = No
 
 
 def run_meter_bench(pcap: str | Path, settings: CaptureSettings | None = None, bytes_per_flow: bool = True,
-                    defer_samples: bool = False, chunk: int = 1000) -> dict[str, Any]:
+                    defer_samples: bool = True, chunk: int = 512) -> dict[str, Any]:
     """Read + decode + meter every packet of ``pcap``; figures as a dict.
 
-    ``defer_samples``: coalesce samples per flow and flush every ``chunk``
-    packets, as a service that publishes in chunks would.
+    ``defer_samples`` (default, as the capture service runs the meter):
+    samples are coalesced per flow and flushed every ``chunk`` packets, the
+    service's publishing turn.  ``defer_samples=False``: one sample per new
+    payload packet at once.
     """
     settings = settings or CaptureSettings(verdict_wait_s=0)
     sink = CountingSink()
@@ -125,4 +130,4 @@ if __name__ == "__main__":  # python -m services.capture.bench FILE
     import json
     import sys
 
-    print(json.dumps(run_meter_bench(sys.argv[1], defer_samples="--defer" in sys.argv)))
+    print(json.dumps(run_meter_bench(sys.argv[1], defer_samples="--immediate" not in sys.argv)))
