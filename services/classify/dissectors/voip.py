@@ -225,9 +225,11 @@ class Discord(Simple):
     ports = frozenset({50001, 50002, 50003, 50004})
 
     def could_be(self, s: FlowSample) -> bool:
-        return bool(s.src_payloads) and len(s.src_payloads[0]) == 74
+        return bool(s.src_payloads) and len(s.src_payloads[0]) in (8, 74)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) == 8:
+            return p[:4] == b"\x13\x37\xca\xfe"      # voice keep-alive
         return len(p) == 74 and u16(p, 0) in (1, 2) and u16(p, 2) == 70
 
 

@@ -87,3 +87,7 @@ def test_iax2_new_and_skinny_register():
     assert ENGINE.classify(_s(src=[iax], dport=4569)).app_protocol == "IAX"
     skinny = struct.pack("<III", 4 + 8, 0, 0x0001) + b"SEP0001\x00"
     assert ENGINE.classify(_s("TCP", src=[skinny], dport=2000)).app_protocol == "CiscoSkinny"
+
+
+def test_discord_keepalive():
+    assert ENGINE.classify(_s(src=[b"\x13\x37\xca\xfe\x00\x00\x00\x01"], dport=50010)).app_protocol == "Discord"
