@@ -284,11 +284,12 @@ class Engine:
 
     def guess_port(self, s: FlowSample) -> str:
         """A protocol name from the flow's well-known ports, '' when none (the lower port first)."""
-        a, b = s.src_port, s.dst_port
-        if a > b:
-            a, b = b, a
-        t = s.transport
-        return self._ports.get((t, a)) or self._ports.get((t, b)) or ""
+        return self.guess(s.transport, s.src_port, s.dst_port)
+
+    def guess(self, transport: str, src_port: int, dst_port: int) -> str:
+        """The port guess for any flow (also one that never carried payload, so never sampled)."""
+        a, b = (src_port, dst_port) if src_port <= dst_port else (dst_port, src_port)
+        return self._ports.get((transport, a)) or self._ports.get((transport, b)) or ""
 
     # ------------------------------------------------------------------ DNS log
 
