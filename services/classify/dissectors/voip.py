@@ -326,6 +326,19 @@ class BFCP(Simple):
         return Match.NO
 
 
+class NOE(Simple):
+    """Alcatel-Lucent NOE signalling over UDP: 5/12-byte 0x07 0x00 x 0x00 messages, or 0x0006 'bl' frames."""
+
+    name = "NOE"
+    transports = UDP
+    ports = frozenset({32512})
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) in (5, 12) and p[0] == 7 and p[1] == 0 and p[2] != 0 and p[3] == 0:
+            return True
+        return len(p) >= 25 and p[:4] == b"\x00\x06\x62\x6c"
+
+
 class Zoom(Simple):
     """Zoom media/control on 8801-8810: its own 'SFU' framing (type 1..5 then a 16-byte id)."""
 
@@ -340,4 +353,4 @@ class Zoom(Simple):
         return len(p) >= 8 and p[0] in (1, 2, 3, 4, 5) and p[1] == 0 and (s.dst_port in self.ports or s.src_port in self.ports)
 
 
-DISSECTORS = [STUN(), SIP(), Discord(), IAX(), H323(), Megaco(), CiscoSkinny(), BFCP(), Zoom(), RTPRTCP()]
+DISSECTORS = [STUN(), SIP(), Discord(), IAX(), H323(), Megaco(), CiscoSkinny(), BFCP(), NOE(), Zoom(), RTPRTCP()]

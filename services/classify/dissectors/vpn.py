@@ -227,4 +227,33 @@ class TINC(Simple):
         return len(parts) == 3 and parts[1].replace(b"_", b"").isalnum() and parts[2].split(b".")[0].isdigit()
 
 
-DISSECTORS = [OpenVPN(), WireGuard(), IPSec(), SOCKS(), Softether(), TINC()]
+class CiscoVPN(Simple):
+    """Cisco VPN client's UDP encapsulation on 10000<->10000: 0xFE577E2B marker."""
+
+    name = "CiscoVPN"
+    transports = UDP
+    ports = frozenset({10000})
+    magic = (b"\xfe\x57\x7e\x2b",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return s.src_port == 10000 and s.dst_port == 10000 and p[:4] == b"\xfe\x57\x7e\x2b"
+
+
+class Ayiya(Simple):
+    """AYIYA tunnels (Anything In Anything, RFC 4891 context) on 5072/udp: the header's epoch must be
+    a time near the capture (within five years before it, one day after)."""
+
+    name = "Ayiya"
+    transports = UDP
+    ports = frozenset({5072})
+    port_gate = True
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        if len(p) <= 44:
+            return False
+        epoch = u32(p, 4)
+        now = int(s.first_seen or s.timestamp)
+        return now - 86400 * 365 * 5 <= epoch <= now + 86400
+
+
+DISSECTORS = [CiscoVPN(), Ayiya(), OpenVPN(), WireGuard(), IPSec(), SOCKS(), Softether(), TINC()]

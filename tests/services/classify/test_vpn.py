@@ -62,3 +62,12 @@ def test_socks5_method_negotiation_and_socks4_connect():
 
 def test_tinc_id_request():
     assert ENGINE.classify(_s("TCP", src=[b"0 node_a 17.7\n"], dport=655)).app_protocol == "TINC"
+
+
+def test_cisco_vpn_and_ayiya():
+    assert ENGINE.classify(_s(src=[b"\xfe\x57\x7e\x2b" + b"\x00" * 40], sport=10000, dport=10000)).app_protocol == "CiscoVPN"
+    s = _s(src=[b"\x11\x52\x29\x00" + struct.pack("!I", 1_000_000) + b"\x00" * 40], sport=5072, dport=5072)
+    s.first_seen = 1_000_100.0
+    assert ENGINE.classify(s).app_protocol == "Ayiya"
+    s.first_seen = 1_000_000.0 + 86400 * 365 * 6
+    assert ENGINE.classify(s).app_protocol != "Ayiya"
