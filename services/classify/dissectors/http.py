@@ -128,10 +128,9 @@ class HttpDissector(Dissector):
                 app = "MpegDash"
         if resp:
             eol = sv.find(b"\r\n")
-            try:
-                info.status_code = int(sv[9:12])
-            except ValueError:
-                pass
+            code = sv[9:12]
+            if code.isdigit():
+                info.status_code = int(code)
             if eol > 0:
                 rh = _headers(sv, eol + 2)
                 ct = rh.get(b"content-type")
