@@ -419,3 +419,37 @@ def test_quic_partial_client_hello_is_not_final():
     s = sample("UDP", src=[first, second], dport=443)
     v = verdict(s)
     assert QuicDissector().dissect(s, v) == Match.FINAL and v.host == "late.example"
+
+
+def test_mutated_messages_give_valid_verdicts():
+    """Every core message above, mutated byte by byte: no exception, and every verdict is a valid event."""
+    import random
+
+    rnd = random.Random(1234)
+    ch = client_hello()
+    seeds = [
+        sample(src=[record(ch)], dst=[record(server_hello())]),
+        sample("UDP", src=[protect_initial(1, b"\x01" * 8, b"\x06\x00" + varint(len(ch)) + ch + b"\x00" * 300)], dport=443),
+        sample("UDP", src=[dns_query("www.example.com")], dst=[dns_response("www.example.com")], dport=53),
+        sample(src=[b"GET / HTTP/1.1\r\nHost: a.example\r\nUser-Agent: x\r\n\r\n"], dst=[b"HTTP/1.1 200 OK\r\nServer: s\r\n\r\n"], dport=80),
+        sample(src=[b"SSH-2.0-x\r\n" + kexinit(["a"] * 10)], dst=[b"SSH-2.0-y\r\n" + kexinit(["b"] * 10)], dport=22),
+    ]
+    e = Engine(port_guess=True, final_memo=0)
+    for _ in range(600):
+        s = rnd.choice(seeds)
+
+        def mut(lst):
+            out = []
+            for p in lst:
+                b = bytearray(p)
+                for _ in range(rnd.randint(1, 8)):
+                    b[rnd.randrange(len(b))] = rnd.choice([0, 10, 13, 32, 45, 58, 255, rnd.randrange(256)])
+                if rnd.random() < 0.3:
+                    b = b[:rnd.randrange(1, len(b) + 1)]
+                out.append(bytes(b))
+            return out
+
+        t = s.model_copy(update=dict(src_payloads=mut(s.src_payloads), dst_payloads=mut(s.dst_payloads)))
+        v = e.classify(t)
+        Verdict.model_validate_json(v.model_dump_json())
+    assert not e.errors, dict(e.errors)
