@@ -314,7 +314,8 @@ class Engine:
                 timestamp=p.timestamp, probe=p.probe, flow_id=p.flow_id, transport=p.transport,
                 src_ip=p.src_ip, src_port=p.src_port, dst_ip=p.dst_ip, dst_port=p.dst_port, vlan_id=p.vlan_id,
                 transaction_id=msg.txid, is_response=msg.is_response,
-                query_name=clean_text(msg.qname, 1024), query_type=msg.qtype,
+                query_name=clean_text(msg.qname or (msg.answers[0].name if msg.answers else ""), 1024),
+                query_type=msg.qtype,
                 rcode=msg.rcode if msg.is_response else "",
                 answers=[a.as_model() for a in msg.answers[:64]],
             )
