@@ -18,6 +18,8 @@ All knowledge lives in data files under ``services/classify/data/``:
 - ``ports.json``: ``{"TCP/443": "TLS", ...}`` well-known ports for the guess.
 - ``categories.json``: ``{"DNS": "Network", ...}`` nDPI's category of a protocol, used
   when no application gives one.
+- ``voip_apps.json``: for media protocols (STUN, RTP, ...) the call service of an
+  application (Facebook/WhatsApp -> WhatsAppCall, Telegram -> TelegramVoip, ...).
 
 The lookups are dictionary probes per label (no regular expressions) so they
 cost little on the hot path.
@@ -40,8 +42,11 @@ DATA_DIR = Path(__file__).with_name("data")
 
 class Apps:
     def __init__(self, apps: dict[str, dict], ports: dict[str, str] | None = None,
-                 proto_categories: dict[str, str] | None = None) -> None:
+                 proto_categories: dict[str, str] | None = None, voip: dict | None = None) -> None:
         self.proto_categories = dict(proto_categories or {})
+        voip = voip or {}
+        self.voip_protocols = frozenset(voip.get("protocols", ()))
+        self.voip_apps: dict[str, str] = dict(voip.get("apps", {}))
         self._suffix: dict[str, tuple[str, str]] = {}
         self._exact: dict[str, tuple[str, str]] = {}
         self._label: dict[str, tuple[str, str]] = {}       # "example" of "example.*"
@@ -162,6 +167,11 @@ class Apps:
                 v.application, cat = got
                 if not v.category:
                     v.category = cat
+        if v.application and v.app_protocol in self.voip_protocols:
+            call = self.voip_apps.get(v.application)
+            if call:
+                v.application = call
+                v.category = self.categories.get(call, "VoIP")
         if not v.category and v.app_protocol != "Unknown":
             v.category = self.proto_categories.get(v.app_protocol, "")
 
@@ -170,6 +180,7 @@ def load_apps(data_dir: Path = DATA_DIR) -> Apps:
     apps: dict[str, dict] = {}
     ports: dict[str, str] = {}
     cats: dict[str, str] = {}
+    voip: dict = {}
     try:
         apps = json.loads((data_dir / "apps.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -182,7 +193,11 @@ def load_apps(data_dir: Path = DATA_DIR) -> Apps:
         cats = json.loads((data_dir / "categories.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         log.warning("no protocol categories (%s)", e)
-    return Apps(apps, ports, cats)
+    try:
+        voip = json.loads((data_dir / "voip_apps.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        log.warning("no call-service data (%s)", e)
+    return Apps(apps, ports, cats, voip)
 
 
 _default: Apps | None = None

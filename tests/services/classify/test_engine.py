@@ -113,6 +113,15 @@ def test_shipped_data_loads():
     assert apps.lookup_ip("8.8.8.8")[0] == "Google"
     assert apps.ports[("TCP", 443)] == "TLS"
     assert apps.proto_categories["DNS"] == "Network"
+    assert apps.voip_apps["Telegram"] == "TelegramVoip" and "STUN" in apps.voip_protocols
+
+
+def test_media_flow_application_is_the_call_service():
+    apps = Apps({"Telegram": {"category": "Chat", "ips": ["203.0.113.0/24"]}}, {},
+                {}, {"protocols": ["STUN"], "apps": {"Telegram": "TelegramVoip"}})
+    e = Engine(registry=[Fixed("STUN", Match.FINAL)], apps=apps, port_guess=False)
+    v = e.classify(sample(transport="UDP", dst_ip="203.0.113.7"))
+    assert (v.app_protocol, v.application) == ("STUN", "TelegramVoip")
 
 
 def test_hostile_host_is_cleaned():
