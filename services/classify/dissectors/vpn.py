@@ -58,6 +58,8 @@ class OpenVPN(Dissector):
         if self._same_session(s.src_payloads, tcp) or self._same_session(s.dst_payloads, tcp):
             v.app_protocol = self.name
             return Match.FINAL
+        if not s.src_payloads:
+            return Match.NO
         sp = s.src_payloads[0]
         op, key, sid = self._op(sp, tcp)
         if op not in _OVPN_CLIENT_RESET or key != 0:

@@ -71,3 +71,12 @@ def test_cisco_vpn_and_ayiya():
     assert ENGINE.classify(s).app_protocol == "Ayiya"
     s.first_seen = 1_000_000.0 + 86400 * 365 * 6
     assert ENGINE.classify(s).app_protocol != "Ayiya"
+
+
+def test_openvpn_server_side_only_never_raises():
+    from services.classify.dissectors.vpn import OpenVPN
+    from shared.models import Verdict
+    s = _s(src=[], dst=[ovpn(8, b"B" * 8)], dport=1194)
+    d = OpenVPN()
+    assert d.could_be(s)
+    assert d.dissect(s, Verdict(timestamp=0, probe="t")) == 0
