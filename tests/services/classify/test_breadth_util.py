@@ -57,6 +57,7 @@ def _hostile_payloads(rng: random.Random) -> list[bytes]:
              b"\x13BitTorrent protocol", b"GNUTELLA CONNECT/0.6\r\n", b"\x00\x01\x00\x58\x21\x12\xa4\x42",
              b"INVITE sip:", b"220 ", b"* OK", b"+OK", b"RFB 003.008\n", b"\xfe\xfd", b"\x16\xfe\xff", b"SSH-",
              b"\x01\x00\x00\x00" * 3, b"\x05\x64\x05", b"\x81\x0b\x00\x04", b"ES\x00\x00", b"\x10\x0c\x00\x04MQTT"]
+    seeds += [m for d in MINE for m in getattr(d, "magic", ())]
     out = []
     for seed in seeds:
         out.append(seed)
@@ -76,9 +77,11 @@ def test_no_dissector_raises_on_hostile_input(transport):
         for d in MINE:
             if transport not in d.transports:
                 continue
-            s = _s(transport=transport, src=[p, payloads[(i * 7) % len(payloads)]], dst=[payloads[(i * 3) % len(payloads)]],
-                   sport=ports[i % len(ports)], dport=ports[(i * 5) % len(ports)], dirs="sds")
-            if d.could_be(s):
-                assert d.dissect(s, Verdict(timestamp=0, probe="t")) in (Match.NO, Match.PARTIAL, Match.FINAL)
-                checked += 1
+            both = _s(transport=transport, src=[p, payloads[(i * 7) % len(payloads)]], dst=[payloads[(i * 3) % len(payloads)]],
+                      sport=ports[i % len(ports)], dport=ports[(i * 5) % len(ports)], dirs="sds")
+            dst_only = _s(transport=transport, dst=[p], sport=ports[(i * 3) % len(ports)], dport=ports[i % len(ports)])
+            for s in (both, dst_only):
+                if d.could_be(s):
+                    assert d.dissect(s, Verdict(timestamp=0, probe="t")) in (Match.NO, Match.PARTIAL, Match.FINAL)
+                    checked += 1
     assert checked > 100
