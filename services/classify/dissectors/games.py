@@ -159,9 +159,13 @@ class Blizzard(Dissector):
 
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
         p = s.src_payloads[0] if s.src_payloads else (s.dst_payloads[0] if s.dst_payloads else b"")
-        if s.transport == "UDP" and len(p) >= 20 and p[:12] == b"\x00" * 12 and p[12:14] in (b"\x00\x00", b"\x00\x01") and p[14] == 0x40:
-            v.app_protocol = "Heroes_of_the_Storm"
-            return Match.FINAL
+        if s.transport == "UDP":
+            # the server's datagrams: 12 zero bytes, a 16-bit word, then 0x40
+            for q in (s.src_payloads[:2] + s.dst_payloads[:2]):
+                if len(q) >= 20 and q[:12] == b"\x00" * 12 and q[12:14] in (b"\x00\x00", b"\x00\x01") and q[14] == 0x40:
+                    v.app_protocol = "Heroes_of_the_Storm"
+                    return Match.FINAL
+            return Match.NO
         if s.transport == "TCP" and 1119 in (s.src_port, s.dst_port) and len(p) >= 4 and p[0] == 0x4A and p[1] == 0:
             v.app_protocol = "Starcraft"
             return Match.FINAL
