@@ -146,7 +146,7 @@ class ListSink:
 class _Dir:
     """Sampling state of one direction (only while a flow is sampled)."""
 
-    __slots__ = ("payloads", "nbytes", "nxt", "ooo", "done", "next_seq", "ack")
+    __slots__ = ("payloads", "nbytes", "nxt", "ooo", "done", "next_seq", "ack", "last_seq")
 
     def __init__(self) -> None:
         self.payloads: list[bytes] = []
@@ -156,6 +156,7 @@ class _Dir:
         self.done = False
         self.next_seq = 0
         self.ack = 0
+        self.last_seq = -1  # TCP: stream position where the last sampled chunk starts
 
 
 _EMPTY_DIR = _Dir()
@@ -842,13 +843,30 @@ class FlowMeter:
         payload = frame[po:po + pl]
         if not payload:
             return
+        replace = False
         if tcp:
-            payload = _seq_payload_cut(d, seq, payload)
-            if not payload:
-                return
+            if seq == d.last_seq and d.payloads and ((seq + pl - d.nxt) & 0xFFFFFFFF) - 1 < 0x7FFFFFFF:
+                # the same start as the last chunk with more data: a better copy of it (e.g. a bare
+                # ACK whose IP length counted 2 bytes of padding as payload, then the real segment)
+                d.nbytes -= len(d.payloads[-1])
+                d.nxt = (seq + pl) & 0xFFFFFFFF
+                replace = True
+            else:
+                payload = _seq_payload_cut(d, seq, payload)
+                if not payload:
+                    return
+                d.last_seq = (d.nxt - len(payload)) & 0xFFFFFFFF
         room = self._smax_bytes - d.nbytes
         if len(payload) > room:
             payload = payload[:room]
+        if replace:
+            d.payloads[-1] = payload
+            d.nbytes += len(payload)
+            if self.defer_samples:
+                self._dirty[f.flow_id] = (f, ts, fwd, vlans, not f.sampling)
+            else:
+                self._emit_sample(f, ts, fwd, vlans, not f.sampling)
+            return
         d.payloads.append(payload)
         d.nbytes += len(payload)
         f.dirs += "s" if fwd else "d"

@@ -394,3 +394,17 @@ def test_tick_zero_uses_the_current_sources_clock():
     m.finish()
     recs = [r for r in ends(sink) if r.src_port == 3]
     assert [(r.src2dst_packets, r.end_reason, r.source) for r in recs] == [(2, "eof", "old.pcap")]
+
+
+def test_longer_segment_at_the_same_seq_replaces_a_bogus_short_payload():
+    """A bare ACK whose IP length counts 2 padding bytes, then the real ClientHello at the same seq."""
+    m, sink = meter(verdict_wait_s=0)
+    hello = b"\x16\x03\x01\x02\x00" + b"\x01" * 40
+    m.process(1.0, tcpf(C, 5000, S, 443, SYN, seq=100))
+    m.process(1.01, tcpf(S, 443, C, 5000, SYN | ACK, seq=700, ack=101))
+    m.process(1.02, tcpf(C, 5000, S, 443, ACK, seq=101, ack=701, data=b"\x00\x00"))
+    m.process(1.03, tcpf(C, 5000, S, 443, PSH | ACK, seq=101, ack=701, data=hello))
+    m.process(1.04, tcpf(C, 5000, S, 443, PSH | ACK, seq=101 + len(hello), ack=701, data=b"next"))
+    s = sink.samples[-1]
+    assert s.src_payloads == [hello, b"next"] and s.payload_dirs == "ss"
+    assert [x.seq_no for x in sink.samples] == [0, 1, 2]
