@@ -274,8 +274,8 @@ class Bus:
             duplicate_window=120.0,
         )
 
-    async def ensure_stream(self) -> None:
-        """Create the stream, or update its limits; retried while NATS is unavailable."""
+    async def ensure_stream(self, stop: asyncio.Event | None = None) -> None:
+        """Create the stream, or update its limits; retried while NATS is unavailable (until ``stop``)."""
         assert self.js is not None
         cfg = self.stream_config()
         delay = 0.2
@@ -288,6 +288,8 @@ class Bus:
                     await self.js.add_stream(cfg)
                 return
             except Exception as exc:
+                if stop is not None and stop.is_set():
+                    raise RuntimeError(f"JetStream stream {cfg.name} not set up: {exc}") from exc
                 self._rlog.warning("stream", "JetStream stream setup failed (%s); retrying", safe_text(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

@@ -146,9 +146,10 @@ def _make_detectors(settings: CaptureSettings) -> Any:
 
 
 async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None:
+    set_ready(False)
     if not settings.iface and not settings.pcap:
         raise_config("set FT_IFACE (live) or FT_PCAP (files)")
-    await bus.ensure_stream()
+    await bus.ensure_stream(stop)
     detectors = _make_detectors(settings)
     out = Outbox(bus, settings, detectors)
     meter = FlowMeter(settings, out, source="", probe=settings.probe)
@@ -162,6 +163,8 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
         meter.on_verdict(v)
 
     await bus.subscribe(subject("verdict", settings.probe), on_verdict, types=(Verdict,))
+    if detectors is not None and hasattr(detectors, "stats"):
+        register_stats("capture_detectors", lambda: detectors.stats)
     register_stats("capture", lambda: {**meter.stats(), "samples_sent": out.sent_samples,
                                        "packet_events_sent": out.sent_packets, "flow_records_sent": out.sent_records,
                                        "batches_queued": out.batches.qsize()},
@@ -311,6 +314,7 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
     src = LiveSource(settings.iface, bpf=settings.bpf, snaplen=settings.snaplen, promisc=settings.promisc,
                      buffer_mb=settings.buffer_mb)
     meter.set_source(settings.iface, src.datalink)
+    register_stats("capture_pcap", src.stats, gauges=())
     loop = asyncio.get_running_loop()
     ready = asyncio.Event()
     loop.add_reader(src.fileno(), ready.set)

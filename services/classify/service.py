@@ -24,7 +24,8 @@ READY_SUBJECT = subject("ctl", "*", "classify_ready")
 
 
 async def main(settings: ClassifySettings, bus: Bus, stop: asyncio.Event) -> None:
-    await bus.ensure_stream()
+    set_ready(False)
+    await bus.ensure_stream(stop)
     engine = Engine()
     nc_publish = bus.nc.publish
     counts = {"samples": 0, "verdicts": 0, "dns": 0}
