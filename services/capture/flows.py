@@ -277,6 +277,10 @@ class FlowMeter:
         self._recent_ev: OrderedDict[str, tuple[Flow, int]] = OrderedDict()  # ended flows' rings, newest last
         self.recent_evidence_max = 512
         self.recorders: list = []  # active PcapRecorder objects (ft.ctl pcap requests)
+        #: optional ``(transport, src_port, dst_port) -> protocol name or ''``: stamps end records
+        #: of flows that never got a verdict (e.g. never carried payload) with a port guess,
+        #: confidence "port" (e.g. ``services.classify.engine.Engine().guess``)
+        self.port_guess: Any = None
         self._now = 0.0
         self._next_house = 0.0
         self._prev_frame = b""
@@ -562,6 +566,19 @@ class FlowMeter:
     def _record(self, f: Flow, phase: str, ts: float) -> FlowRecord:
         v = f.verdict
         vl = f.vlan_ids
+        if v is None and phase == "end" and self.port_guess is not None:
+            rec = self._record(f, "update", ts)
+            rec.phase = "end"
+            rec.end_reason = f.end_reason
+            try:
+                app = self.port_guess(f.transport, f.sport, f.dport)
+            except Exception:  # noqa: BLE001 - a hook's bug must not stop metering
+                app = ""
+                self._count("port_guess_errors")
+            if app and isinstance(app, str):
+                rec.app_protocol = app[:64]
+                rec.confidence = "port"
+            return rec
         return _build(FlowRecord, {
             "timestamp": ts,
             "probe": self.probe,

@@ -408,3 +408,19 @@ def test_longer_segment_at_the_same_seq_replaces_a_bogus_short_payload():
     s = sink.samples[-1]
     assert s.src_payloads == [hello, b"next"] and s.payload_dirs == "ss"
     assert [x.seq_no for x in sink.samples] == [0, 1, 2]
+
+
+def test_port_guess_hook_names_unclassified_flows_at_their_end():
+    m, sink = meter(verdict_wait_s=0)
+    m.port_guess = lambda transport, sp, dp: "TLS" if 443 in (sp, dp) and transport == "TCP" else ""
+    m.process(1.0, tcpf(C, 5000, S, 443, SYN))
+    m.process(1.1, tcpf(C, 5001, S, 444, SYN))
+    m.finish()
+    got = {r.dst_port: (r.app_protocol, r.confidence, r.end_reason) for r in ends(sink)}
+    assert got == {443: ("TLS", "port", "eof"), 444: ("Unknown", "", "eof")}
+    assert [r.app_protocol for r in sink.flows if r.phase == "start"] == ["Unknown", "Unknown"]
+    m2, sink2 = meter(verdict_wait_s=0)
+    m2.port_guess = lambda *a: 1 / 0  # a broken hook is counted, never raised
+    m2.process(1.0, tcpf(C, 5000, S, 443, SYN))
+    m2.finish()
+    assert ends(sink2)[0].app_protocol == "Unknown" and m2.stats()["counters"]["port_guess_errors"] == 1
