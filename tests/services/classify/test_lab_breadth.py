@@ -107,7 +107,7 @@ def verdicts(lab, tmp_path_factory):
     assert socks.stdout.readline().strip() == "READY"
     lab.wait_listening("server", 1080)
     pcap = work / "lab.pcap"
-    dump = lab.popen("probe", "tcpdump", "-i", lab.probe_iface, "-U", "-s", "0", "-w", str(pcap),
+    dump = lab.popen("probe", "tcpdump", "-i", lab.probe_iface, "--immediate-mode", "-U", "-s", "0", "-w", str(pcap),
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while not pcap.exists() and time.monotonic() < deadline:
@@ -118,12 +118,24 @@ def verdicts(lab, tmp_path_factory):
     lab.run("client", "logger", "--rfc5424", "-n", srv, "-P", "514", "-d", "-t", "ftlab", "breadth lab message",
             check=True)
     lab.run("client", "curl", "-s", "--max-time", "10", "--socks5", f"{srv}:1080", f"http://{srv}/", check=True)
-    time.sleep(0.5)
+    _settle(pcap)
     dump.terminate()
     dump.wait(timeout=10)
     smtpd.terminate()
     socks.terminate()
     return _classify(pcap)
+
+
+def _settle(pcap: Path, timeout: float = 10.0) -> None:
+    """Wait until tcpdump has written the exchanges: the file stops growing (a loaded machine lags)."""
+    deadline = time.monotonic() + timeout
+    last = -1
+    while time.monotonic() < deadline:
+        size = pcap.stat().st_size if pcap.exists() else 0
+        if size > 24 and size == last:
+            return
+        last = size
+        time.sleep(0.5)
 
 
 def _only(verdicts, **kw):
