@@ -124,25 +124,35 @@ class Bus:
         return opts
 
     async def _connect(self, stop: asyncio.Event | None, give_up_after_s: float | None = None) -> None:
-        delay = 0.2
-        deadline = None if give_up_after_s is None else time.monotonic() + give_up_after_s
-        while True:
+        # With endless reconnects nats-py keeps retrying the first connection
+        # itself; we only decide how long to wait for it.
+        self._rlog.interval_s = 10.0
+        connecting = asyncio.create_task(self.nc.connect(**self._options()))
+        waits: set[asyncio.Future[Any]] = {connecting}
+        stopping = asyncio.create_task(stop.wait()) if stop is not None else None
+        if stopping is not None:
+            waits.add(stopping)
+        try:
+            done, _ = await asyncio.wait(waits, timeout=give_up_after_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if stopping is not None:
+                stopping.cancel()
+        if connecting not in done:
+            connecting.cancel()
             try:
-                await self.nc.connect(**self._options())
-                break
-            except (nats.errors.NoServersError, OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
-                if (stop is not None and stop.is_set()) or (deadline is not None and time.monotonic() > deadline):
-                    raise ConnectionError(f"could not connect to NATS at {self.settings.nats_url}: {exc}") from exc
-                self._rlog.warning("connect", "NATS at %s not reachable (%s); retrying", self.settings.nats_url, safe_text(exc))
-                if stop is not None:
-                    try:
-                        await asyncio.wait_for(stop.wait(), delay)
-                    except asyncio.TimeoutError:
-                        pass
-                else:
-                    await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                self.nc = NATS()
+                await connecting
+            except BaseException:
+                pass
+            self._closing = True
+            try:
+                await self.nc.close()
+            except Exception:
+                pass
+            raise ConnectionError(f"could not connect to NATS at {safe_text(self.settings.nats_url)}")
+        try:
+            connecting.result()
+        except Exception as exc:
+            raise ConnectionError(f"could not connect to NATS at {safe_text(self.settings.nats_url)}: {safe_text(exc)}") from exc
         self.js = self.nc.jetstream(timeout=10)
         log.info("%s connected to NATS %s", self.name, self.nc.connected_url.netloc if self.nc.connected_url else "")
 

@@ -70,7 +70,13 @@ async def serve(name: str, settings: CommonSettings, main: ServiceMain, stop: as
             installed.append(sig)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread: the caller owns signals
-    bus = await Bus.connect(settings, name, stop)
+    try:
+        bus = await Bus.connect(settings, name, stop)
+    except ConnectionError:
+        if stop.is_set():      # asked to stop before NATS was ever reachable
+            log.info("%s stopped before connecting", name)
+            return
+        raise
     from shared.metrics import start_metrics_server  # /metrics and /healthz when FT_METRICS_PORT != 0
 
     metrics_server = start_metrics_server(settings, name, bus) if settings.metrics_port else None
