@@ -86,6 +86,7 @@ REGISTRY: list[Dissector] = [
     remote.AFP(),
     remote.Ceph(),
     vpn.CiscoVPN(),
+    vpn.UltraSurf(),
     vpn.Ayiya(),
     vpn.OpenVPN(),
     vpn.WireGuard(),

@@ -258,4 +258,16 @@ class Ayiya(Simple):
         return now - 86400 * 365 * 5 <= epoch <= now + 86400
 
 
-DISSECTORS = [CiscoVPN(), Ayiya(), OpenVPN(), WireGuard(), IPSec(), SOCKS(), Softether(), TINC()]
+class UltraSurf(Simple):
+    """UltraSurf proxy client: its TCP stream opens with a fixed 8-byte marker."""
+
+    name = "UltraSurf"
+    transports = TCP
+    ports = frozenset()
+    magic = (b"\xcc\x1c\x30\x41\x5b\xa4\x38\x66",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return p.startswith(self.magic)
+
+
+DISSECTORS = [CiscoVPN(), UltraSurf(), Ayiya(), OpenVPN(), WireGuard(), IPSec(), SOCKS(), Softether(), TINC()]

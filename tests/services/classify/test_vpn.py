@@ -80,3 +80,7 @@ def test_openvpn_server_side_only_never_raises():
     d = OpenVPN()
     assert d.could_be(s)
     assert d.dissect(s, Verdict(timestamp=0, probe="t")) == 0
+
+
+def test_ultrasurf_marker():
+    assert ENGINE.classify(_s("TCP", src=[b"\xcc\x1c\x30\x41\x5b\xa4\x38\x66" + b"\x99" * 100], dport=37898)).app_protocol == "UltraSurf"
