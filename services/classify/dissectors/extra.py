@@ -289,7 +289,8 @@ class Ookla(Simple):
     magic = (b"HI\n", b"HELLO", b"HI ")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
-        if from_src and (p == b"HI\n" or p.startswith(b"HELLO")):
+        # client: "HI" (optionally followed by a GUID) or "HELLO"; server: "HELLO <version> ..."
+        if from_src and (p.startswith((b"HI\n", b"HI ")) and p.endswith(b"\n") and len(p) < 80 or p.startswith(b"HELLO")):
             return any(q.startswith(b"HELLO ") for q in s.dst_payloads[:2]) or p.startswith(b"HELLO ") and b" " in p[6:]
         return False
 

@@ -106,3 +106,8 @@ def test_jrmi_lotus_notes_vmware():
     assert ENGINE.classify(_s(src=[nrpc], dport=1352)).app_protocol == "LotusNotes"
     assert ENGINE.classify(_s("UDP", src=[b"\xa4" + b"\x00" * 65], dport=902)).app_protocol == "VMware"
     assert ENGINE.classify(_s("UDP", src=[b"\xa4" + b"\x00" * 64], dport=902)).app_protocol != "VMware"
+
+
+def test_ookla_hi_with_guid():
+    s = _s(src=[b"HI 8e17cb65-c6b5-4b39-adcc-97006a1e4537\n"], dst=[b"HELLO 2.9 (2.9.2) 2021-11-30.2159.ffae0e0\n"], dport=8080)
+    assert ENGINE.classify(s).app_protocol == "Ookla"
