@@ -32,6 +32,11 @@ from typing import Any, Callable, Iterable
 
 from services.classify.apps import Apps, default_apps
 from services.classify.dissectors import REGISTRY, Dissector, Match
+
+try:  # the breadth dissectors' declarative gates (see Engine._dissectors_for)
+    from services.classify.dissectors import breadth_util as _bu
+except ImportError:  # pragma: no cover
+    _bu = None
 from shared.models import DnsRecord, FlowSample, PacketEvent, Verdict
 
 log = logging.getLogger("flowtarget.classify.engine")
@@ -96,7 +101,9 @@ class Engine:
         self.counters: Counter[str] = Counter()     # samples, dpi, port, ip, unknown, dns_bad, ...
         self._warn = _RateLimitedLog()
         # per transport: the dissectors that could apply (saves a call per dissector)
-        self._by_transport: dict[str, list[tuple[Any, Any, Dissector]]] = {}
+        self._by_transport: dict[str, list[tuple[Any, Any, Dissector, Any, Any]]] = {}
+        self._gate_ports: frozenset[int] = frozenset()
+        self._by_ports: dict[tuple[str, int, int], list[tuple[Any, Any, Dissector, Any, Any]]] = {}
         for t in ("TCP", "UDP"):
             self._dissectors_for(t)
         self._ports = self._build_port_table()
@@ -104,12 +111,51 @@ class Engine:
 
     # ------------------------------------------------------------------ classify
 
-    def _dissectors_for(self, transport: str) -> list[tuple[Any, Any, Dissector]]:
-        """(could_be, dissect, dissector) of the dissectors for a transport, bound once (hot loop)."""
+    def _dissectors_for(self, transport: str) -> list[tuple[Any, Any, Dissector, Any, Any]]:
+        """(could_be, dissect, dissector, gate ports, gate first bytes) for a transport, bound once.
+
+        Dissectors built on ``breadth_util.Simple`` declare their cheap test as data
+        (``port_gate`` + ``ports``, ``magic`` prefixes) and do not override ``could_be``; for
+        them the engine applies the same test from an index (ports) or inline (first byte of
+        the magic), which skips the call without changing any answer.  ``PortHint`` entries
+        (never a match, ports only) are left out of the loop.
+        """
         lst = self._by_transport.get(transport)
         if lst is None:
-            lst = [(d.could_be, d.dissect, d) for d in self.registry if transport in d.transports]
+            lst = []
+            gate_ports = set(self._gate_ports)
+            for d in self.registry:
+                if transport not in d.transports:
+                    continue
+                ports = first = None
+                if _bu is not None:
+                    cls = type(d)
+                    if cls.could_be is _bu.PortHint.could_be:
+                        continue
+                    if isinstance(d, _bu.Simple) and cls.could_be is _bu.Simple.could_be:
+                        if d.port_gate:
+                            ports = frozenset(d.ports)
+                            gate_ports |= ports
+                        if d.magic and all(d.magic):
+                            first = frozenset(m[0] for m in d.magic)
+                lst.append((d.could_be, d.dissect, d, ports, first))
             self._by_transport[transport] = lst
+            self._gate_ports = frozenset(gate_ports)
+            self._by_ports.clear()
+        return lst
+
+    def _candidates(self, s: FlowSample) -> list[tuple[Any, Any, Dissector, Any, Any]]:
+        gp = self._gate_ports
+        a = s.src_port if s.src_port in gp else -1
+        b = s.dst_port if s.dst_port in gp else -1
+        key = (s.transport, a, b)
+        lst = self._by_ports.get(key)
+        if lst is None:
+            lst = [e for e in self._dissectors_for(s.transport)
+                   if e[3] is None or s.src_port in e[3] or s.dst_port in e[3]]
+            if len(self._by_ports) >= 4096:
+                self._by_ports.clear()
+            self._by_ports[key] = lst
         return lst
 
     def new_verdict(self, s: FlowSample) -> Verdict:
@@ -164,7 +210,12 @@ class Engine:
         final = False
         kept: str | None = None      # app_protocol of the first PARTIAL match
         FINAL, PARTIAL = Match.FINAL, Match.PARTIAL
-        for could_be, dissect, d in self._dissectors_for(s.transport):
+        sp, dp = s.src_payloads, s.dst_payloads
+        a0 = sp[0][0] if sp and sp[0] else -1
+        b0 = dp[0][0] if dp and dp[0] else -1
+        for could_be, dissect, d, _ports, first in self._candidates(s):
+            if first is not None and a0 not in first and b0 not in first:
+                continue                        # its magic cannot match (same test as its could_be)
             try:
                 if not could_be(s):
                     continue

@@ -253,3 +253,37 @@ def test_sloppy_dissector_output_is_repaired():
     v = Engine(registry=[Sloppy()], apps=Apps({}), port_guess=False).classify(sample())
     assert (v.app_protocol, v.host, v.extra["n"]) == ("X", "", "5")
     Verdict.model_validate_json(v.model_dump_json())
+
+
+def test_declared_gates_skip_calls_without_changing_answers():
+    from services.classify.dissectors import breadth_util as bu
+
+    calls = []
+
+    class Magic(bu.Simple):
+        name = "Magic"
+        transports = bu.TCP_UDP
+        magic = (b"MAG",)
+
+        def check(self, p, from_src, s):
+            calls.append(self.name)
+            return p.startswith(b"MAG")
+
+    class Gated(bu.Simple):
+        name = "Gated"
+        transports = bu.TCP_UDP
+        ports = frozenset({7777})
+        port_gate = True
+
+        def check(self, p, from_src, s):
+            calls.append(self.name)
+            return True
+
+    e = Engine(registry=[bu.PortHint("Hint", [9999]), Magic(), Gated()], apps=Apps({}))
+    assert len(e._dissectors_for("TCP")) == 2                      # the PortHint is never called
+    v = e.classify(sample(src_payloads=[b"xyz"], payload_dirs="s"))
+    assert calls == [] and (v.app_protocol, v.confidence) == ("Hint", "port")   # neither gate opened
+    v = e.classify(sample(src_payloads=[b"MAGIC"], payload_dirs="s", dst_port=7777))
+    assert v.app_protocol == "Magic" and calls == ["Magic"]
+    v = e.classify(sample(flow_id="other", src_payloads=[b"zzz"], payload_dirs="s", dst_port=7777))
+    assert v.app_protocol == "Gated"
