@@ -14,8 +14,8 @@ and 5.0 CONNECT.
 from __future__ import annotations
 
 from shared.models import FlowSample, Verdict
-from services.classify.dissectors.base import Dissector, Match
-from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, Simple, ordered, printable, u16, u32, u32le
+from services.classify.dissectors.base import Match
+from services.classify.dissectors.breadth_util import TCP, TCP_UDP, Simple, printable, u16, u32, u32le
 
 
 class MySQL(Simple):

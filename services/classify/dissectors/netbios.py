@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from shared.models import FlowSample, Verdict
 from services.classify.dissectors.base import Dissector, Match
-from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, first, ordered, u16
+from services.classify.dissectors.breadth_util import TCP_UDP, ordered, u16
 
 
 def _encoded_name(b: bytes, o: int) -> str | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from shared.models import FlowSample, Verdict
 from services.classify.dissectors.base import Dissector, Match
-from services.classify.dissectors.breadth_util import (TCP, TCP_UDP, UDP, Simple, first, ordered, printable,
+from services.classify.dissectors.breadth_util import (TCP, TCP_UDP, UDP, Simple, ordered, printable,
                                                        u16, u32, u32le)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from shared.models import FlowSample, Verdict
 from services.classify.dissectors.base import Dissector, Match
-from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, Simple, ordered, printable, u16, u16le, u32, u32le
+from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, Simple, ordered, printable, u16, u32, u32le
 
 _COOKIE = b"\x21\x12\xa4\x42"
 _CLASSIC_TYPES = {0x0001, 0x0101, 0x0111, 0x0002, 0x0102, 0x0112}
