@@ -93,18 +93,7 @@ def print_message(data: bytes, args: argparse.Namespace, out: TextIO, counters: 
 async def _connect(settings: Any) -> Any:
     from shared.bus import Bus
 
-    stop = asyncio.Event()
-    stop.set()  # fail at once instead of retrying: this is an interactive command
-    bus = Bus(settings, "alerts")
-    try:
-        await asyncio.wait_for(bus._connect(stop), CONNECT_TIMEOUT_S)
-    except (asyncio.TimeoutError, OSError) as exc:
-        try:
-            await bus.nc.close()
-        except Exception:
-            pass
-        raise ConnectionError(f"could not connect to NATS at {settings.nats_url}: {exc or 'timed out'}") from exc
-    return bus
+    return await Bus.connect(settings, "alerts", give_up_after_s=CONNECT_TIMEOUT_S)
 
 
 async def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
