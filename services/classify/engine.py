@@ -307,6 +307,13 @@ class Engine:
                 if not val.isprintable() or len(val) > 1024:
                     extra[k] = clean_text(val, 1024)
 
+    def stats(self) -> dict[str, int]:
+        """Counters for metrics/logs: samples, answers by confidence (dpi/port/ip/unknown), memo hits,
+        second-engine answers, bad DNS messages, and ``errors_<dissector>`` per failing dissector."""
+        out = dict(self.counters)
+        out.update({"errors_" + k: v for k, v in self.errors.items()})
+        return out
+
     def clear_caches(self) -> None:
         """Forget the memoised parses (for honest benchmarks)."""
         from services.classify.dissectors import dns, quic, tls, tls_common
