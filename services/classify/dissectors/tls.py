@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from services.classify.dissectors.base import Dissector, Match
 from services.classify.dissectors.tls_common import (
-    Hello, handshake_messages, is_grease, ja3, ja3s, ja4, parse_certificate_msg,
+    Hello, cipher_name, handshake_messages, is_grease, ja3, ja3s, ja4, parse_certificate_msg,
     parse_client_hello, parse_server_hello, tls_records, version_name,
 )
 from shared.models import FlowSample, TlsInfo, Verdict
@@ -115,7 +115,7 @@ def fill_tls(v: Verdict, cs, ss) -> None:
         kw["version"] = version_name(sh.version)
         kw["ja3s"] = j3s
         if sh.ciphers:
-            kw["cipher"] = "0x%04x" % sh.ciphers[0]
+            kw["cipher"] = cipher_name(sh.ciphers[0])
         if sh.alpn and not kw.get("alpn"):
             kw["alpn"] = [a[:64] for a in sh.alpn[:16]]
         if names:

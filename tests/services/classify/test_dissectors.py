@@ -77,7 +77,7 @@ def test_tls_client_hello_sni_alpn_versions_fingerprints():
     assert TlsDissector().dissect(s, v) == Match.FINAL
     assert v.app_protocol == "TLS" and v.host == "www.example.org"
     assert v.tls.sni == "www.example.org" and v.tls.alpn == ["h2", "http/1.1"]
-    assert v.tls.version == "TLSv1.3"
+    assert v.tls.version == "TLSv1.3" and v.tls.cipher == "TLS_AES_128_GCM_SHA256"
     h = parse_client_hello(ch[4:])
     # GREASE values are left out of JA3; the string is hashed with MD5
     assert ja3_string(h) == "771,4865-4866-49195-49199,0-10-11-13-16-43,29-23,0"
