@@ -313,7 +313,12 @@ class Blocker:
     def open_interface(self) -> None:
         if not self.s.iface:
             return
-        self.injector = inj.Injector(self.s.iface)
+        try:
+            self.injector = inj.Injector(self.s.iface)
+        except OSError as exc:
+            from shared.runner import ConfigError
+
+            raise ConfigError(f"FT_IFACE {self.s.iface!r}: cannot inject there: {exc.strerror or exc}") from None
         self.own_mac = inj.iface_mac(self.s.iface)
         self.own_ips.update(inj.iface_addresses(self.s.iface))
 
@@ -1003,7 +1008,15 @@ async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
     if settings.iface:
         from services.capture.sources import LiveSource
 
-        src = LiveSource(settings.iface, bpf="tcp or udp port 53", snaplen=2048, promisc=True, direction_in=True)
+        from services.capture.sources import CaptureFileError
+        from shared.runner import ConfigError
+
+        try:
+            src = LiveSource(settings.iface, bpf="tcp or udp port 53", snaplen=2048, promisc=True, direction_in=True)
+        except CaptureFileError as exc:
+            blocker.close()
+            await watcher.stop()
+            raise ConfigError(str(exc)) from None
 
         def readable() -> None:
             if blocker._in_capture:
