@@ -50,7 +50,7 @@ import struct
 
 __all__ = [
     "KIND_IP", "KIND_ARP", "KIND_L2", "KIND_BAD", "KIND_UNSUPPORTED", "decode",
-    "transport_name", "format_ip", "format_mac", "ip_flow_key_vlan", "BAD_CATEGORIES",
+    "transport_name", "format_ip", "format_mac", "BAD_CATEGORIES",
 ]
 
 KIND_IP = 0
@@ -739,10 +739,3 @@ def format_ip(addr: bytes) -> str:
         return _ntop(_AF4 if len(addr) == 4 else _AF6, addr)
     except (ValueError, OSError):
         return addr.hex()
-
-
-def ip_flow_key_vlan(vlan: int) -> int:
-    """The outermost VLAN id of a decoder ``vlan`` key (for the record's vlan_id)."""
-    while vlan > 0xFFF:
-        vlan >>= 12
-    return vlan
