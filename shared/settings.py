@@ -132,6 +132,7 @@ class DetectSettings(BaseSettings):
     scan_vertical_failed_ports: int = Field(default=32, ge=2, description="Distinct ports of one host with failed/reset/one-packet flows from one source.")
     scan_horizontal_hosts: int = Field(default=1000, ge=2, description="Distinct hosts probed on one port by one source (flows not known to have succeeded).")
     scan_horizontal_failed_hosts: int = Field(default=32, ge=2, description="Distinct hosts with failed flows on one port from one source.")
+    scan_udp_unanswered: int = Field(default=128, ge=2, description="UDP: distinct hosts on one port, or ports of one host, left unanswered (P2P clients leave dozens).")
     syn_flood_half_open: int = Field(default=100, ge=1, description="Half-open TCP flows to one address and port within syn_flood_window_s.")
     syn_flood_window_s: float = Field(default=10.0, gt=0)
     icmp_flood_pps: float = Field(default=100.0, gt=0, description="ICMP packets/s towards one address.")

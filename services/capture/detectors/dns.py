@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 
 from shared.models import Alert, PacketEvent
@@ -15,7 +16,9 @@ _QTYPES = {1: "A", 2: "NS", 5: "CNAME", 10: "NULL", 12: "PTR", 15: "MX", 16: "TX
            64: "SVCB", 65: "HTTPS", 255: "ANY"}
 # second-level labels under two-letter country codes that are public suffixes (co.uk, com.au, ...)
 _SLD = frozenset(("co", "com", "net", "org", "gov", "edu", "ac", "or", "ne", "go", "gob", "mil", "nic", "ltd", "plc"))
-_LOCAL_PORTS = (5353, 5355)  # mDNS, LLMNR: names full of device UUIDs, never tunnels
+_LOCAL_PORTS = (5353, 5355)
+STRONG_LABEL_LEN = 40
+_BASE64_PUNCT = re.compile(rb"[=+/*]")  # mDNS, LLMNR: names full of device UUIDs, never tunnels
 
 
 def parse_question(msg: bytes) -> tuple[bool, list[bytes], int] | None:
@@ -79,7 +82,7 @@ class DnsTunnelDetector:
         self.limit = s.dns_tunnel_queries
         self.txt_limit = s.dns_tunnel_txt_queries
         self.window = s.dns_tunnel_window_s
-        self.domains: LruDict = LruDict(s.detect_max_tracked)  # domain -> [suspicious SlidingCount, txt SlidingCount, clients, recent names]
+        self.domains: LruDict = LruDict(s.detect_max_tracked)  # domain -> [suspicion score, TXT/NULL queries, clients, recent names, suspicious queries]
         self.malformed = 0
 
     def on_packet(self, p: PacketEvent) -> list[Alert]:
@@ -105,6 +108,9 @@ class DnsTunnelDetector:
         if not suspicious and longest >= self.min_len:
             ent = max(entropy(x.lower()) for x in sub if len(x) >= self.min_len)
             suspicious = ent >= self.min_entropy
+        # a long label carrying base64 punctuation is data, not a host name: one such query is enough
+        strong = longest >= STRONG_LABEL_LEN and any(_BASE64_PUNCT.search(x) for x in sub if len(x) >= STRONG_LABEL_LEN)
+        suspicious = suspicious or strong
         txt = qtype in (QTYPE_TXT, QTYPE_NULL)
         if not suspicious and not txt:
             return []
@@ -113,7 +119,7 @@ class DnsTunnelDetector:
         entry = self.domains.get(domain)
         if entry is None:
             entry = self.domains.put(domain, [SlidingCount(self.window), SlidingCount(self.window), set(),
-                                              LruDict(256)])
+                                              LruDict(256), SlidingCount(self.window)])
         else:
             self.domains.touch(domain)
         if suspicious:
@@ -126,7 +132,8 @@ class DnsTunnelDetector:
             seen.put(qname, ts)
         if not suspicious and not txt:
             return []
-        n_s = entry[0].add(ts) if suspicious else entry[0].count(ts)
+        score = entry[0].add(ts, self.limit if strong else 1) if suspicious else entry[0].count(ts)
+        n_s = entry[4].add(ts) if suspicious else entry[4].count(ts)
         n_t = entry[1].add(ts) if txt else entry[1].count(ts)
         # the flow's src is whoever sent its first packet; the querier sent this query
         client, server, sport = (p.src_ip, p.dst_ip, p.dst_port) if p.from_src else (p.dst_ip, p.src_ip, p.src_port)
@@ -139,7 +146,7 @@ class DnsTunnelDetector:
         new = False
         if inc is not None:
             table.hit("dns_tunnel", key, ts)
-        elif n_s >= self.limit or n_t >= self.txt_limit:
+        elif score >= self.limit or n_t >= self.txt_limit:
             inc, new = table.hit("dns_tunnel", key, ts, int(max(n_s, n_t)))
             if inc is None:
                 return []
@@ -163,6 +170,8 @@ class DnsTunnelDetector:
         }
         if ent:
             inc.details["entropy"] = f"{ent:.2f}"
+        if strong:
+            inc.details["exfiltration_like"] = "true"
         why = []
         if n_s:
             why.append(f"{int(n_s)} distinct long/high-entropy names")

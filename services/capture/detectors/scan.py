@@ -88,7 +88,8 @@ class ScanDetector:
         self.window = s.scan_window_s
         self.vp, self.vf = s.scan_vertical_ports, s.scan_vertical_failed_ports
         self.hh, self.hf = s.scan_horizontal_hosts, s.scan_horizontal_failed_hosts
-        self.inner_cap = 2 * max(self.vp, self.vf, self.hh, self.hf, 64)
+        self.udp_limit = s.scan_udp_unanswered
+        self.inner_cap = 2 * max(self.vp, self.vf, self.hh, self.hf, self.udp_limit, 64)
         self.sources: LruDict = LruDict(s.detect_max_tracked)
         self.syn_limit = s.syn_flood_half_open
         self.syn_window = s.syn_flood_window_s
@@ -119,33 +120,34 @@ class ScanDetector:
             if r.src_port < 1024 <= r.dst_port:
                 return []  # looks like a server's answer whose question we missed
             out = []
-            self._scan(r, True, out)
+            self._scan(r, True, out, udp=True)
             return out
         return []
 
     # ------------------------------------------------------------------ port scan
     def _succeeded(self, r: FlowRecord) -> None:
         """A conversation, not a probe: it no longer counts as an attempt."""
-        st = self.sources.get(r.src_ip)
+        st = self.sources.get((r.src_ip, False))
         if st is not None:
             _forget(st.ports_of, r.dst_ip, r.dst_port)
             _forget(st.hosts_of, r.dst_port, r.dst_ip)
 
-    def _scan(self, r: FlowRecord, failed: bool, out: list[Alert]) -> None:
+    def _scan(self, r: FlowRecord, failed: bool, out: list[Alert], udp: bool = False) -> None:
         src, dst, port = r.src_ip, r.dst_ip, r.dst_port
         if not src or not dst or is_group_address(dst):
             return
         ts = r.first_seen
-        st = self.sources.get(src)
+        skey = (src, udp)
+        st = self.sources.get(skey)
         if st is None:
-            st = self.sources.put(src, _Source(ts))
+            st = self.sources.put(skey, _Source(ts))
         else:
-            self.sources.touch(src)
-            if ts - st.pruned >= self.window / 4:
-                st.prune(ts - self.window)
-                st.pruned = ts
+            self.sources.touch(skey)
         if ts > st.last:
             st.last = ts
+        if st.last - st.pruned >= self.window / 4:
+            st.prune(st.last - self.window)
+            st.pruned = st.last
         cap = self.inner_cap
         v, new_a = _add(st.ports_of, dst, port, ts, cap)
         h, _ = _add(st.hosts_of, port, dst, ts, cap)
@@ -162,7 +164,22 @@ class ScanDetector:
                 table.hit("port_scan", key, max(ts, r.last_seen), 1 if new_a else 0)
                 inc.flow_id = r.flow_id
             return
-        if not (v >= self.vp or vf >= self.vf or h >= self.hh or hf >= self.hf):
+        if udp:
+            hit = vf >= self.udp_limit or hf >= self.udp_limit
+        else:
+            hit = v >= self.vp or vf >= self.vf or h >= self.hh or hf >= self.hf
+        if not hit:
+            return
+        # records arrive out of first_seen order: recount inside the window before alerting
+        st.prune(st.last - self.window)
+        st.pruned = st.last
+        v, vf = len(st.ports_of.get(dst, ())), len(st.fail_ports_of.get(dst, ()))
+        h, hf = len(st.hosts_of.get(port, ())), len(st.fail_hosts_of.get(port, ()))
+        if udp:
+            hit = vf >= self.udp_limit or hf >= self.udp_limit
+        else:
+            hit = v >= self.vp or vf >= self.vf or h >= self.hh or hf >= self.hf
+        if not hit:
             return
         inc, new = table.hit("port_scan", key, max(ts, r.last_seen), st.targets())
         if inc is None:

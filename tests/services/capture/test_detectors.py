@@ -430,3 +430,36 @@ def test_sliding_count():
     assert c.total == 1
     c2 = SlidingCount(10.0)
     assert c2.add_span(T0, T0 + 100, 1000) == pytest.approx(100, abs=11)
+
+
+def test_p2p_udp_peers_are_not_a_scan_but_a_udp_sweep_is():
+    # a Gnutella client pings ~100 peers on UDP 6346 within a minute; many never answer
+    peers = [flow("end", T0 + i * 0.5, "10.0.2.15", 28681, f"{80 + i % 50}.{i}.20.{i % 200 + 1}", 6346,
+                  transport="UDP", sflags=0, spk=1, dpk=0, first=T0 + i * 0.5) for i in range(100)]
+    assert run(det(), peers) == []
+    sweep = [flow("end", T0 + i * 0.01, "10.0.0.66", 40000, f"10.3.{i // 250}.{i % 250 + 1}", 161, transport="UDP",
+                  sflags=0, spk=1, dpk=0, first=T0 + i * 0.01) for i in range(500)]
+    inc = incidents(run(det(), sweep), "port_scan")
+    assert len(inc) == 1 and next(iter(inc.values()))[0].dst_port == 161
+
+
+def test_scan_window_holds_with_out_of_order_end_records():
+    # 100 refused connections spread over 20 minutes, ended all at once at the end of a file (table order)
+    ev = [flow("end", T0 + 1200, "10.0.0.5", 30000 + i, "10.0.0.9", 1000 + i, sflags=0x02, dflags=0x14, spk=1, dpk=1,
+               first=T0 + (i * 7919) % 1200) for i in range(100)]
+    assert run(det(), ev) == []
+
+
+def test_single_exfiltration_like_query():
+    name = "H4sICN03*2QAA3Rlc3QudHh0AAvJyCxWAKJEheLU5KLUEoW0zJxULgAge-.4S2FgAAAA==-.test.txt"
+    (a,) = [x for x in run(det(), [dns_query(T0, name)]) if x.details["state"] == "open"]
+    assert a.alert_type == "dns_tunnel" and a.count == 1 and a.details["exfiltration_like"] == "true"
+    # a long label without base64 punctuation needs volume
+    assert run(det(), [dns_query(T0, "a" * 50 + ".example.com")]) == []
+
+
+def test_rewind_resets_state():
+    d = det()
+    d.on_packet(arp(T0, 2, GW_MAC, GW_IP, "10.0.0.2"))
+    out = d.on_packet(arp(T0 - 86400, 2, BAD_MAC, GW_IP, "10.0.0.2"))  # an older, unrelated capture file
+    assert out == [] and d.stats["resets"] == 1
