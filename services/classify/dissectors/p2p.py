@@ -86,7 +86,9 @@ class Gnutella(Dissector):
         return bool(s.src_payloads or s.dst_payloads)
 
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
-        for _src, p in ordered(s, 3):
+        for n, (_src, p) in enumerate(ordered(s, 3)):
+            if s.transport == "UDP" and n > 0 and not p.startswith(b"GND"):
+                continue        # a UDP descriptor decides on the flow's first datagram only
             if s.transport == "TCP":
                 if p.startswith((b"GNUTELLA CONNECT/", b"GNUTELLA/0.6 ", b"GNUTELLA OK", b"GIV ", b"GND\x01")):
                     v.app_protocol = self.name
