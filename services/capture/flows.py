@@ -868,6 +868,10 @@ class FlowMeter:
                 d.nbytes -= len(d.payloads[-1])
                 d.nxt = (seq + pl) & 0xFFFFFFFF
                 replace = True
+            elif seq == d.nxt and not d.ooo:
+                # in order, nothing held back: the common case, without the reassembly call
+                d.last_seq = seq
+                d.nxt = (seq + len(payload)) & 0xFFFFFFFF
             else:
                 payload = _seq_payload_cut(d, seq, payload)
                 if not payload:
