@@ -31,8 +31,11 @@ rules:
   - {id: r-page, host: "page.block.test", action: http_block, message: "blocked in the lab"}
   - {id: r-tls, host: "tls.block.test", action: reset}
   - {id: r-dns, host: "*.ads.block.test", action: dns_block, dns_answer: 0.0.0.0}
+  - {id: r-nx, host: "*.nx.block.test", action: dns_block}
+  - {id: r-redir, host: "redir.block.test", action: http_block, redirect: "http://portal.block.test/blocked"}
 """
 ALL_NAMES = ["www.reset.block.test", "page.block.test", "tls.block.test", "ok.block.test", "ads.block.test",
+             "nx.block.test",
              "ok-dns.block.test"]
 
 
@@ -104,7 +107,7 @@ def _make_lab(tmp, delay_ms: float, net: int):
                     svc.start(name)
                 for name in ("capture", "classify", "block"):
                     assert svc.wait_log(name, "connected to NATS", 30), svc.log(name)
-                assert svc.wait_log("block", "rule r-dns", 30), svc.log("block")
+                assert svc.wait_log("block", "rule r-redir", 30), svc.log("block")
                 time.sleep(1.0)  # capture's pcap handle open
                 col = Collector(nats.url, PROBE)
                 try:
@@ -251,6 +254,33 @@ def test_dns_block_forges_answers(blocklab):
     print(f"\ndns_block: forged answer seen {blocked}/{N}; {_latencies(mine)}")
     assert blocked >= 99, f"only {blocked}/{N} forged\n{svc.log('block')}"
     assert not mismatches, mismatches[:5]
+
+
+def test_redirect_nxdomain_and_aaaa_sinkhole(blocklab):
+    lab, svc, col = blocklab
+    n = 10
+    redir = _run_many(lambda sp: lab.run(
+        "client", "curl", "-sS", "-m", "5", "--local-port", str(sp), "-o", "/dev/null", "-w",
+        "%{http_code} %{redirect_url}", "--resolve", f"redir.block.test:80:{lab.server.ip}",
+        "http://redir.block.test/", timeout=20), [29300 + i for i in range(n)])
+    assert [r.stdout for r in redir] == ["302 http://portal.block.test/blocked"] * n
+    nx = _run_many(lambda sp: lab.run(
+        "client", "dig", "+tries=1", "+time=3", "-b", f"{lab.client.ip}#{sp}", f"@{lab.server.ip}",
+        f"h{sp}.nx.block.test", "A", timeout=20), [29400 + i for i in range(n)])
+    assert all("status: NXDOMAIN" in r.stdout for r in nx), [r.stdout[-300:] for r in nx][:2]
+    aaaa = _run_many(lambda sp: _dig6(lab, f"h{sp}.ads.block.test", sp), [29500 + i for i in range(n)])
+    assert [r.stdout.strip() for r in aaaa] == ["::"] * n
+    acts = _wait_actions(col, [29300 + i for i in range(n)] + [29400 + i for i in range(n)]
+                         + [29500 + i for i in range(n)])
+    assert all(acts[29300 + i][0]["outcome"] == "won" for i in range(n))
+    assert all(acts[29400 + i][0]["outcome"] == "won" and "NXDOMAIN" in acts[29400 + i][0]["message"]
+               for i in range(n))
+    assert all(acts[29500 + i][0]["outcome"] == "won" for i in range(n))
+
+
+def _dig6(lab: Lab, name: str, sport: int) -> subprocess.CompletedProcess:
+    return lab.run("client", "dig", "+short", "+tries=1", "+time=3", "-b", f"{lab.client.ip}#{sport}",
+                   f"@{lab.server.ip}", name, "AAAA", timeout=20)
 
 
 def test_non_matching_traffic_passes(blocklab):
