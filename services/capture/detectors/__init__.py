@@ -36,7 +36,34 @@ log = logging.getLogger("flowtarget.capture.detectors")
 
 DETECTOR_NAMES = ("arp_flood", "arp_spoof", "port_scan", "syn_flood", "icmp_flood", "dns_tunnel")
 PRUNE_INTERVAL_S = 5.0
-REWIND_S = 600.0  # packet time going back this far resets all state
+MAX_PARTS = 64         # capture sources (files, interfaces) whose state is kept (least recently used dropped)
+PART_BEHIND_S = 600.0  # a source whose packet time is this far behind the clock is over: close its incidents
+
+
+class _Part:
+    """Everything one capture source (an interface, or one replayed file) has taught the detectors.
+
+    Sources never share state: two capture files replayed one after the other
+    both have a 192.168.1.1, with different MACs, and that is no spoofing.
+    """
+
+    __slots__ = ("source", "table", "arp", "dns", "scan", "icmp", "max_ts", "idle_ticks", "last_prune")
+
+    def __init__(self, det: "Detectors", source: str) -> None:
+        s, wanted = det.settings, det.enabled
+        self.source = source
+        self.table = IncidentTable(det.probe, s.alert_update_interval_s, s.alert_expire_s, s.alert_max_incidents,
+                                   salt=source)
+        t = self.table
+        self.arp = ArpDetector(s, t, "arp_flood" in wanted, "arp_spoof" in wanted) \
+            if wanted & {"arp_flood", "arp_spoof"} else None
+        self.dns = DnsTunnelDetector(s, t) if "dns_tunnel" in wanted else None
+        self.scan = ScanDetector(s, t, "port_scan" in wanted, "syn_flood" in wanted) \
+            if wanted & {"port_scan", "syn_flood"} else None
+        self.icmp = IcmpDetector(s, t) if "icmp_flood" in wanted else None
+        self.max_ts = 0.0
+        self.idle_ticks = 0
+        self.last_prune = 0.0
 
 
 class Detectors:
@@ -48,53 +75,68 @@ class Detectors:
         self.settings = settings
         self.probe = probe
         self.enabled = frozenset(wanted)
-        self.stats: dict[str, int] = {"errors": 0, "packets": 0, "flows": 0, "resets": 0}
-        self.table = IncidentTable(probe, settings.alert_update_interval_s, settings.alert_expire_s,
-                                   settings.alert_max_incidents)
-        self._build()
+        # plain counters (exported as metrics by capture)
+        self.stats: dict[str, int] = {"errors": 0, "packets": 0, "flows": 0, "sources": 0, "alerts_opened": 0,
+                                      "alerts_updates": 0, "alerts_closed": 0, "alerts_suppressed": 0,
+                                      "alerts_open": 0, "dns_malformed": 0}
+        self.parts: dict[str, _Part] = {}
+        self.current = self._part("")
         self._last_error_log = 0.0
 
-    def _build(self) -> None:
-        s, wanted, table = self.settings, self.enabled, self.table
-        self.arp = ArpDetector(s, table, "arp_flood" in wanted, "arp_spoof" in wanted) \
-            if wanted & {"arp_flood", "arp_spoof"} else None
-        self.dns = DnsTunnelDetector(s, table) if "dns_tunnel" in wanted else None
-        self.scan = ScanDetector(s, table, "port_scan" in wanted, "syn_flood" in wanted) \
-            if wanted & {"port_scan", "syn_flood"} else None
-        self.icmp = IcmpDetector(s, table) if "icmp_flood" in wanted else None
-        self._last_prune = 0.0
-        self._max_ts = 0.0
+    # the current source's detectors (tests and introspection)
+    @property
+    def table(self) -> IncidentTable:
+        return self.current.table
 
-    def reset(self) -> list[Alert]:
-        """Close every incident and forget all state (a new, unrelated capture file)."""
-        self.stats["resets"] += 1
-        out = self.flush()
-        self._build()
-        return out
+    @property
+    def arp(self) -> ArpDetector | None:
+        return self.current.arp
 
-    def _clock(self, ts: float) -> list[Alert]:
-        # Packet time that jumps far back means the next capture file of a replay: its
-        # addresses have nothing to do with the previous file's (same 192.168.1.1, other MAC).
-        if ts >= self._max_ts:
-            self._max_ts = ts
-        elif ts < self._max_ts - REWIND_S:
-            out = self.reset()
-            self._max_ts = ts
-            return out
-        return []
+    @property
+    def dns(self) -> DnsTunnelDetector | None:
+        return self.current.dns
+
+    @property
+    def scan(self) -> ScanDetector | None:
+        return self.current.scan
+
+    @property
+    def icmp(self) -> IcmpDetector | None:
+        return self.current.icmp
+
+    def _part(self, source: str, out: list[Alert] | None = None) -> _Part:
+        part = self.parts.get(source)
+        if part is None:
+            if len(self.parts) >= MAX_PARTS:
+                oldest = self.parts.pop(next(iter(self.parts)))
+                closed = oldest.table.flush()
+                if out is not None:
+                    out += closed
+                self._account(oldest)
+            part = self.parts[source] = _Part(self, source)
+            self.stats["sources"] += 1
+        elif self.parts.get(next(reversed(self.parts))) is not part:
+            del self.parts[source]
+            self.parts[source] = part  # most recently used last
+        part.idle_ticks = 0
+        self.current = part
+        return part
 
     # ------------------------------------------------------------------ inputs
     def on_packet(self, p: PacketEvent) -> list[Alert]:
         """Every ARP packet (kind="arp") and every DNS packet (kind="dns")."""
         self.stats["packets"] += 1
-        out = self._clock(p.timestamp)
+        out: list[Alert] = []
         try:
+            part = self.current if p.source == self.current.source else self._part(p.source, out)
+            if p.timestamp > part.max_ts:
+                part.max_ts = p.timestamp
             if p.kind == "arp":
-                if self.arp is not None:
-                    out += self.arp.on_packet(p)
+                if part.arp is not None:
+                    out += part.arp.on_packet(p)
             elif p.kind == "dns":
-                if self.dns is not None:
-                    out += self.dns.on_packet(p)
+                if part.dns is not None:
+                    out += part.dns.on_packet(p)
         except Exception:  # a detector bug must never stop capture
             self._error("packet")
         return out
@@ -102,48 +144,88 @@ class Detectors:
     def on_flow(self, r: FlowRecord) -> list[Alert]:
         """Start, update and end records of every flow."""
         self.stats["flows"] += 1
-        out = self._clock(r.timestamp)
-        if self.scan is not None:
-            try:
-                out += self.scan.on_flow(r)
-            except Exception:
-                self._error("flow/scan")
-        if self.icmp is not None and r.transport[:4] == "ICMP":
-            try:
-                out = out + self.icmp.on_flow(r)
-            except Exception:
-                self._error("flow/icmp")
+        out: list[Alert] = []
+        try:
+            part = self.current if r.source == self.current.source else self._part(r.source, out)
+            if r.timestamp > part.max_ts:
+                part.max_ts = r.timestamp
+            if part.scan is not None:
+                out += part.scan.on_flow(r)
+            if part.icmp is not None and r.transport[:4] == "ICMP":
+                out += part.icmp.on_flow(r)
+        except Exception:
+            self._error("flow")
         return out
 
     def tick(self, now_ts: float) -> list[Alert]:
-        """About once a second, with packet time: updates of open incidents, closes quiet ones."""
+        """About once a second, with packet time: updates of open incidents, closes quiet ones.
+
+        The current source's incidents age with ``now_ts``.  Other sources (earlier
+        files of a replay) keep their own clock: their incidents close once ``now_ts``
+        is far past it, and reopen under the same id if late records still come.
+        """
+        out: list[Alert] = []
         try:
-            if now_ts - self._last_prune >= PRUNE_INTERVAL_S:
-                self._last_prune = now_ts
-                for d in (self.scan, self.icmp, self.dns):
-                    if d is not None:
-                        d.prune(now_ts)
-            return self.table.tick(now_ts)
+            for part in list(self.parts.values()):
+                if part is self.current:
+                    out += part.table.tick(now_ts)
+                    if now_ts - part.last_prune >= PRUNE_INTERVAL_S:
+                        part.last_prune = now_ts
+                        for d in (part.scan, part.icmp, part.dns):
+                            if d is not None:
+                                d.prune(now_ts)
+                else:
+                    part.idle_ticks += 1
+                    if part.table.open and now_ts - part.max_ts >= PART_BEHIND_S:
+                        out += part.table.flush()
+                    else:
+                        out += part.table.tick(part.max_ts)
+            self._count()
         except Exception:
             self._error("tick")
-            return []
+        return out
 
     def flush(self) -> list[Alert]:
-        """Close every open incident: call at the end of a capture file and at shutdown."""
+        """Close every open incident: call at the end of a replay and at shutdown."""
+        out: list[Alert] = []
         try:
-            return self.table.flush()
+            for part in self.parts.values():
+                out += part.table.flush()
+            self._count()
         except Exception:
             self._error("flush")
-            return []
+        return out
+
+    def reset(self) -> list[Alert]:
+        """Close every incident and forget all state."""
+        out = self.flush()
+        for part in self.parts.values():
+            self._account(part)
+        self.parts.clear()
+        self.current = self._part("")
+        return out
 
     def counters(self) -> dict[str, int]:
         """Counters for CaptureStats/metrics: inputs, errors, incidents opened/updated/closed/suppressed."""
-        c = dict(self.stats)
-        c.update({f"alerts_{k}": v for k, v in self.table.stats.items()})
-        c["alerts_open"] = len(self.table.open)
-        if self.dns is not None:
-            c["dns_malformed"] = self.dns.malformed
-        return c
+        self._count()
+        return dict(self.stats)
+
+    def _account(self, part: _Part) -> None:
+        """Keep the counters of a source whose state is dropped."""
+        self._gone = getattr(self, "_gone", {})
+        for k, v in part.table.stats.items():
+            self._gone[k] = self._gone.get(k, 0) + v
+        if part.dns is not None:
+            self._gone["dns_malformed"] = self._gone.get("dns_malformed", 0) + part.dns.malformed
+
+    def _count(self) -> None:
+        gone = getattr(self, "_gone", {})
+        st = self.stats
+        for k in ("opened", "updates", "closed", "suppressed"):
+            st["alerts_" + k] = gone.get(k, 0) + sum(p.table.stats[k] for p in self.parts.values())
+        st["alerts_open"] = sum(len(p.table.open) for p in self.parts.values())
+        st["dns_malformed"] = gone.get("dns_malformed", 0) + sum(p.dns.malformed for p in self.parts.values()
+                                                                 if p.dns is not None)
 
     def _error(self, where: str) -> None:
         self.stats["errors"] += 1

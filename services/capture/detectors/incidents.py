@@ -155,13 +155,16 @@ class Incident:
 class IncidentTable:
     """Open incidents of every detector, keyed by (alert_type, key)."""
 
-    def __init__(self, probe: str, update_interval_s: float, expire_s: float, max_open: int) -> None:
+    def __init__(self, probe: str, update_interval_s: float, expire_s: float, max_open: int, salt: str = "") -> None:
         self.probe = probe
+        self.salt = salt
         self.update_interval_s = update_interval_s
         self.expire_s = expire_s
         self.max_open = max_open
         self.open: dict[tuple[str, Any], Incident] = {}
-        self.stats: dict[str, int] = {"opened": 0, "updates": 0, "closed": 0, "suppressed": 0}
+        # closed incidents that late evidence (in their own time line) may reopen under the same id
+        self.recently_closed: LruDict = LruDict(max_open)
+        self.stats: dict[str, int] = {"opened": 0, "updates": 0, "closed": 0, "suppressed": 0, "reopened": 0}
 
     def get(self, alert_type: str, key: Any) -> Incident | None:
         return self.open.get((alert_type, key))
@@ -180,7 +183,14 @@ class IncidentTable:
         if len(self.open) >= self.max_open:
             self.stats["suppressed"] += 1
             return None, False
-        raw = f"{self.probe}|{alert_type}|{key!r}|{ts:.6f}".encode("utf-8", "replace")
+        old = self.recently_closed.pop((alert_type, key), None)
+        if old is not None and abs(ts - old.last_seen) < self.expire_s:
+            old.count = max(old.count, add)
+            old.last_seen = max(old.last_seen, ts)
+            self.open[(alert_type, key)] = old
+            self.stats["reopened"] += 1
+            return old, True
+        raw = f"{self.probe}|{self.salt}|{alert_type}|{key!r}|{ts:.6f}".encode("utf-8", "replace")
         inc = Incident(hashlib.sha1(raw).hexdigest()[:24], alert_type, key, ts)
         inc.count = add
         self.open[(alert_type, key)] = inc
@@ -195,7 +205,7 @@ class IncidentTable:
         inc.published_count = inc.count
         inc.published_last = inc.last_seen
         details = dict(inc.details)
-        details["state"] = state
+        details["state"] = "reopened" if state == "open" and inc.updates else state
         details["update"] = str(inc.updates)
         inc.updates += 1
         return Alert(
@@ -228,7 +238,9 @@ class IncidentTable:
                 out.append(self.alert(inc, "update", now))
                 self.stats["updates"] += 1
         for k in closing:
-            out.append(self.alert(self.open.pop(k), "closed", now))
+            inc = self.open.pop(k)
+            out.append(self.alert(inc, "closed", now))
+            self.recently_closed.put(k, inc)
             self.stats["closed"] += 1
         return out
 
@@ -236,6 +248,8 @@ class IncidentTable:
         """Close every open incident (end of a capture file, shutdown)."""
         out = [self.alert(inc, "closed", max(inc.last_seen, inc.published_at)) for inc in self.open.values()]
         self.stats["closed"] += len(out)
+        for k, inc in self.open.items():
+            self.recently_closed.put(k, inc)
         self.open.clear()
         return out
 

@@ -458,8 +458,31 @@ def test_single_exfiltration_like_query():
     assert run(det(), [dns_query(T0, "a" * 50 + ".example.com")]) == []
 
 
-def test_rewind_resets_state():
+def test_capture_sources_do_not_share_state():
     d = det()
-    d.on_packet(arp(T0, 2, GW_MAC, GW_IP, "10.0.0.2"))
-    out = d.on_packet(arp(T0 - 86400, 2, BAD_MAC, GW_IP, "10.0.0.2"))  # an older, unrelated capture file
-    assert out == [] and d.stats["resets"] == 1
+    a = arp(T0, 2, GW_MAC, GW_IP, "10.0.0.2")
+    a.source = "a.pcap"
+    b = arp(T0 + 5, 2, BAD_MAC, GW_IP, "10.0.0.2")
+    b.source = "b.pcap"  # another capture file: its 10.0.0.1 is another router
+    assert d.on_packet(a) == [] and d.on_packet(b) == []
+    assert d.counters()["sources"] == 3  # "", a.pcap, b.pcap
+
+
+def test_late_records_of_an_earlier_file_reopen_its_incident():
+    d = det()
+    scan = scan_flows(T0, "10.0.0.66", "10.0.0.9", range(1, 301))
+    for r in scan[:400]:
+        r.source = "scan.pcap"
+    out = run(d, scan[:400], tick=False)  # run() flushes at the end: the incident is closed
+    other = flow("end", T0 + 5000, "10.0.0.5", 30000, "10.0.0.1", 80, sflags=0x1B, dflags=0x1B, spk=9, dpk=9)
+    other.source = "later.pcap"
+    out += d.on_flow(other) + d.tick(T0 + 5001)
+    for r in scan[400:]:  # end records that waited for verdicts arrive after the next file
+        r.source = "scan.pcap"
+        out += d.on_flow(r)
+    out += d.flush()
+    inc = incidents(out, "port_scan")
+    assert len(inc) == 1
+    states = [a.details["state"] for a in next(iter(inc.values()))]
+    assert states[0] == "open" and "reopened" in states and states[-1] == "closed"
+    assert next(iter(inc.values()))[-1].count == 300
