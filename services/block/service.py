@@ -361,8 +361,11 @@ class Blocker:
     def raise_alert(self, flow: FlowInfo | None, rule: Rule, host: str, ev: Any = None) -> None:
         base = flow if flow is not None else None
         now = time.time()
+        fid = base.flow_id if base else ev.flow_id
+        if not fid:  # acted on from our own capture before capture named the flow
+            fid = f"{base.client.ip}-{base.client.port}-{base.server.ip}-{base.server.port}" if base else f"{now:.6f}"
         a = Alert(
-            timestamp=now, probe=self.s.probe, alert_id=f"policy-{rule.id}-{(base.flow_id if base else ev.flow_id)}"[:64],
+            timestamp=now, probe=self.s.probe, alert_id=f"policy-{rule.id}-{fid}"[-64:],
             alert_type="policy", severity="medium", first_seen=now, last_seen=now, rule_id=rule.id,
             message=(rule.message or f"policy rule {rule.id} matched {host}")[:2048],
             flow_id=base.flow_id if base else ev.flow_id, transport=base.transport if base else ev.transport,
