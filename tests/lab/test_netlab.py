@@ -75,3 +75,30 @@ def test_servers_answer_real_clients(served, tmp_path):
     r = lab.run("client", "ssh", "-v", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o",
                 "UserKnownHostsFile=/dev/null", f"x@{srv}", "true")
     assert r.returncode == 255 and "Remote protocol version 2.0" in r.stderr
+
+
+def test_netns_switch_opens_sockets_inside_the_probe_namespace():
+    """``lab.netns("probe")`` lets in-process code (pypcap here) use the probe's own namespace."""
+    import select
+
+    skip_unless_lab()
+    from services.capture.sources import LiveSource
+
+    import os
+
+    own = os.stat("/proc/thread-self/ns/net").st_ino
+    with Lab(mode="mirror", net=73) as lab:
+        with lab.netns("probe"):
+            inside = os.stat("/proc/thread-self/ns/net").st_ino
+            src = LiveSource(lab.probe_iface, bpf="icmp", direction_in=True)
+        assert inside != own and os.stat("/proc/thread-self/ns/net").st_ino == own
+        try:
+            r = lab.run("client", sys.executable, TOOLS, "ping", lab.server.ip, "--count", "2", "--interval", "0.05")
+            assert r.stdout.strip() == "replies=2"
+            got, deadline = [], time.monotonic() + 3
+            while len(got) < 4 and time.monotonic() < deadline:
+                select.select([src.fileno()], [], [], 0.1)
+                got += src.read_available()
+            assert len(got) == 4  # 2 requests + 2 replies, each seen once through the mirror
+        finally:
+            src.close()
