@@ -26,8 +26,10 @@ def is_group_address(ip: str) -> bool:
 def tcp_failed(r: FlowRecord) -> bool:
     """A TCP flow that never became a conversation: no answer, reset, or connect-and-close."""
     sf, df = r.src2dst_tcp_flags, r.dst2src_tcp_flags
-    if r.dst2src_packets == 0 or not (sf & ACK):
-        return True
+    if not (sf & ACK):
+        return True  # src never acknowledged anything: no answer, a RST, or a half-open SYN scan
+    if r.dst2src_packets == 0:
+        return False  # src ACKed answers we did not see: a one-way mirror, not a failure
     if not (df & SYN and df & ACK):
         return True  # answered with RST (or never accepted)
     return r.src2dst_packets <= 3 and r.dst2src_packets <= 2  # SYN, ACK, RST/FIN: a connect scan
@@ -115,6 +117,10 @@ class ScanDetector:
             if not sf and r.src_port < 1024 <= r.dst_port:
                 return out  # no flags known yet (a start record) and it looks like a server's side
             end = r.phase == "end"
+            if end and not r.src2dst_packets:
+                if self.scan:
+                    self._succeeded(r)  # we saw only the answers (a one-way mirror): nothing to judge
+                return out
             if self.scan:
                 if end and not tcp_failed(r):
                     self._succeeded(r)

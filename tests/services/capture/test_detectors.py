@@ -486,3 +486,12 @@ def test_late_records_of_an_earlier_file_reopen_its_incident():
     states = [a.details["state"] for a in next(iter(inc.values()))]
     assert states[0] == "open" and "reopened" in states and states[-1] == "closed"
     assert next(iter(inc.values()))[-1].count == 300
+
+
+def test_one_way_mirror_browsing_is_not_a_scan():
+    # asymmetric routing: the probe sees only the client's packets, or only the servers'
+    client_only = [flow("end", T0 + i * 0.2, "10.0.0.5", 30000 + i, f"93.184.{i // 200}.{i % 200 + 1}", 443,
+                        sflags=0x1A, spk=12, dpk=0) for i in range(300)]
+    server_only = [flow("end", T0 + i * 0.2, "10.0.0.5", 40000 + i, f"93.185.{i // 200}.{i % 200 + 1}", 443,
+                        sflags=0, dflags=0x1A, spk=0, dpk=15) for i in range(300)]
+    assert run(det(), client_only) == [] and run(det(), server_only) == []
