@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as _dt
-import json
 import signal
 import sys
 from typing import Any, TextIO, get_args
