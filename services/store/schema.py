@@ -140,27 +140,40 @@ def _flow_fields(f: FlowRecord, with_first_seen: bool) -> dict:
     return d
 
 
+_FLOW_OPTIONAL = ("first_seen", "vlan_id", "src2dst_tcp_flags", "dst2src_tcp_flags")
+
+
 def render_flow_fields(d: dict) -> str | None:
     """Line-protocol field set of a flows/flow_updates point, ~5x faster than the generic loop.
 
     Returns None (generic path) when a string needs escaping or a number is out
     of line-protocol range; otherwise exactly ``lineproto._format_fields(d)``.
     """
-    host, app, conf, end, smac, dmac, tun, src = (d["host"], d["application"], d["confidence"], d["end_reason"],
-                                                  d["src_mac"], d["dst_mac"], d["tunnel"], d["source"])
-    fid, sip, dip = d["flow_id"], d["src_ip"], d["dst_ip"]
-    if STR_NEEDS_WORK.search(f"{fid} {sip} {dip} {host} {app} {conf} {end} {smac} {dmac} {tun} {src}") is not None:
+    try:
+        host, app, conf, end, smac, dmac, tun, src = (d["host"], d["application"], d["confidence"], d["end_reason"],
+                                                      d["src_mac"], d["dst_mac"], d["tunnel"], d["source"])
+        fid, sip, dip = d["flow_id"], d["src_ip"], d["dst_ip"]
+        sport, dport = d["src_port"], d["dst_port"]
+        a, b, c, e = d["src2dst_packets"], d["src2dst_bytes"], d["dst2src_packets"], d["dst2src_bytes"]
+        dur, last = d["duration_ms"], d["last_seen"]
+    except KeyError:
+        return None  # not the schema's own field set
+    strs = (fid, sip, dip, host, app, conf, end, smac, dmac, tun, src)
+    ints = (sport, dport, a, b, c, e)
+    optional = [(k, d[k]) for k in _FLOW_OPTIONAL if k in d]
+    if (len(d) != 19 + len(optional) or type(dur) is not float or type(last) is not float
+            or any(type(x) is not str for x in strs) or any(type(x) is not int for x in ints)):
         return None
-    a, b, c, e = d["src2dst_packets"], d["src2dst_bytes"], d["dst2src_packets"], d["dst2src_bytes"]
-    dur, last = d["duration_ms"], d["last_seen"]
-    if max(a, b, c, e) > INT64_MAX or not (math.isfinite(dur) and math.isfinite(last)):
+    if STR_NEEDS_WORK.search(" ".join(strs)) is not None:
+        return None
+    if max(ints) > INT64_MAX or min(ints) < 0 or not (math.isfinite(dur) and math.isfinite(last)):
         return None
     line = (
         (f'flow_id="{fid}",' if fid else "")
         + (f'src_ip="{sip}",' if sip else "")
-        + f"src_port={d['src_port']}i,"
+        + f"src_port={sport}i,"
         + (f'dst_ip="{dip}",' if dip else "")
-        + f"dst_port={d['dst_port']}i,src2dst_packets={a}i,src2dst_bytes={b}i,dst2src_packets={c}i,"
+        + f"dst_port={dport}i,src2dst_packets={a}i,src2dst_bytes={b}i,dst2src_packets={c}i,"
           f"dst2src_bytes={e}i,duration_ms={dur!r},last_seen={last!r}"
         + (f',host="{host}"' if host else "")
         + (f',application="{app}"' if app else "")
@@ -171,17 +184,14 @@ def render_flow_fields(d: dict) -> str | None:
         + (f',tunnel="{tun}"' if tun else "")
         + (f',source="{src}"' if src else "")
     )
-    if len(d) > 19:  # the optional ones, in insertion order
-        for k in ("first_seen", "vlan_id", "src2dst_tcp_flags", "dst2src_tcp_flags"):
-            v = d.get(k)
-            if v is None:
-                continue
-            if type(v) is float:
-                if not math.isfinite(v):
-                    return None
-                line += f",{k}={v!r}"
-            else:
-                line += f",{k}={v}i"
+    for k, v in optional:  # in insertion order, as the schema adds them
+        t = type(v)
+        if t is float and math.isfinite(v):
+            line += f",{k}={v!r}"
+        elif t is int and 0 <= v <= INT64_MAX:
+            line += f",{k}={v}i"
+        else:
+            return None
     return line
 
 
