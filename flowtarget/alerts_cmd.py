@@ -121,6 +121,7 @@ async def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
+    sub = None
     try:
         stored = 0
         try:
@@ -151,7 +152,10 @@ async def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
                     await asyncio.sleep(0.5)
                     continue
                 break
-            print_message(msg.data, args, out, counters)
+            try:
+                print_message(msg.data, args, out, counters)
+            except BrokenPipeError:  # the reader went away (| head): done
+                break
             if not args.follow:
                 try:
                     if msg.metadata.num_pending == 0:
@@ -164,6 +168,11 @@ async def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             try:
                 loop.remove_signal_handler(sig)
             except (NotImplementedError, RuntimeError):
+                pass
+        if sub is not None:
+            try:
+                await sub.unsubscribe()  # do not drain what we will not print
+            except Exception:
                 pass
         if counters["malformed"]:
             print(f"flowtarget alerts: {counters['malformed']} malformed message(s) skipped", file=sys.stderr)
