@@ -154,6 +154,7 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
     out = Outbox(bus, settings, detectors)
     meter = FlowMeter(settings, out, source="", probe=settings.probe)
     meter.defer_samples = True
+    meter.port_guess = port_guesser()   # names flows that never got a verdict (confidence "port")
     out.meter = meter
     publisher = asyncio.create_task(out.publisher(), name="capture-publisher")
     reporter = StatsReporter(bus, settings, meter, out)
@@ -183,6 +184,13 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
         await out.drain()
         await reporter.publish(source="", finished=False, delta=False)
         publisher.cancel()
+
+
+def port_guesser() -> Any:
+    """classify's well-known-port table, for flows that carried no payload to classify."""
+    from services.classify.engine import Engine
+
+    return Engine().guess
 
 
 def raise_config(reason: str) -> None:
@@ -272,8 +280,8 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
         wall0 = time.monotonic()
         ts0 = None
         ts = 0.0
-        for ts, frame in reader:
-            process(ts, frame)
+        for ts, frame, dlt in reader.iter_dlt():
+            process(ts, frame, dlt)
             n += 1
             if n % CHUNK == 0:
                 if next_tick is None or ts >= next_tick:
@@ -309,10 +317,11 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
 
 async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event, meter: FlowMeter, out: Outbox,
                        reporter: StatsReporter) -> None:
-    from services.capture.sources import LiveSource
+    from services.capture.shard import open_live
 
-    src = LiveSource(settings.iface, bpf=settings.bpf, snaplen=settings.snaplen, promisc=settings.promisc,
-                     buffer_mb=settings.buffer_mb)
+    src, how = open_live(settings)
+    if how:
+        log.info("capture shard %d/%d on %s by %s", settings.shard_index, settings.shards, settings.iface, how)
     meter.set_source(settings.iface, src.datalink)
     register_stats("capture_pcap", src.stats, gauges=())
     loop = asyncio.get_running_loop()

@@ -26,7 +26,12 @@ READY_SUBJECT = subject("ctl", "*", "classify_ready")
 async def main(settings: ClassifySettings, bus: Bus, stop: asyncio.Event) -> None:
     set_ready(False)
     await bus.ensure_stream(stop)
-    engine = Engine()
+    second = None
+    if settings.use_ndpi:
+        from services.classify.ndpi_engine import load_ndpi
+
+        second = load_ndpi()     # None (with a log line) where libndpi is not installed
+    engine = Engine(second=second)
     nc_publish = bus.nc.publish
     counts = {"samples": 0, "verdicts": 0, "dns": 0}
 
@@ -52,7 +57,7 @@ async def main(settings: ClassifySettings, bus: Bus, stop: asyncio.Event) -> Non
 
     await bus.nc.subscribe(READY_SUBJECT, queue=settings.queue_group, cb=on_ready)
     await bus.nc.flush()
-    register_stats("classify", lambda: {**counts, "dissector_errors": sum(engine.errors.values())})
+    register_stats("classify", lambda: {**counts, **engine.stats()})
     set_ready(True)
     log.info("classify ready (queue group %s)", settings.queue_group)
     await stop.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,9 @@ from tests.conftest import SAMPLE_PCAP, SCORER, need_corpus
 FT = [sys.executable, "-m", "flowtarget"]
 
 
-def analyze(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*FT, "analyze", *args], capture_output=True, text=True, timeout=timeout)
+def analyze(*args: str, timeout: int = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FT, "analyze", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -79,10 +81,12 @@ def test_analyze_reports_bad_files_and_goes_on(tmp_path):
 @pytest.mark.slow
 @pytest.mark.corpus
 def test_analyze_whole_corpus_matches_ndpi_flows(tmp_path):
+    """Issue 2: one invocation over the whole dev set, no crash, >= 99 % of nDPI's flows matched.
+    Issue 4: with the built-in engine alone, proto_dpi and host >= 90 %, per-capture proto_dpi >= 75 %."""
     corpus = need_corpus()
     files = sorted(str(p) for p in corpus.iterdir() if not p.name.endswith(".out"))
     flows_file = tmp_path / "flows.jsonl"
-    proc = analyze(*files, "--jsonl", str(flows_file), timeout=1500)
+    proc = analyze(*files, "--jsonl", str(flows_file), timeout=1500, env={"FT_USE_NDPI": "false"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     score = subprocess.run([sys.executable, str(SCORER), "--expected", str(corpus), "--flows", str(flows_file),
                             "--json"], capture_output=True, text=True, timeout=300)
@@ -93,3 +97,6 @@ def test_analyze_whole_corpus_matches_ndpi_flows(tmp_path):
     if matched is None:
         matched = 100.0 * result["matched"] / result["flows"]
     assert matched >= 99.0, result
+    assert result["proto_dpi"] >= 90.0, result
+    assert result["host"] >= 90.0, result
+    assert result["proto_dpi_macro"] >= 75.0, result
