@@ -149,6 +149,8 @@ class Detectors:
             part = self.current if r.source == self.current.source else self._part(r.source, out)
             if r.timestamp > part.max_ts:
                 part.max_ts = r.timestamp
+            if part.arp is not None and part.arp.spoof and r.phase == "start":
+                part.arp.on_flow_start(r.src_mac, r.src_ip, r.dst_mac, r.dst_ip)
             if part.scan is not None:
                 out += part.scan.on_flow(r)
             if part.icmp is not None and r.transport[:4] == "ICMP":

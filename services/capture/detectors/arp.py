@@ -9,6 +9,7 @@ from .incidents import IncidentTable, LruDict, SlidingCount, clean
 
 _NO_MAC = ("", "00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff")
 _NO_IP = ("", "0.0.0.0")
+GATEWAY_IPS = 8  # a MAC seen with this many addresses in flows is a router
 
 
 class ArpDetector:
@@ -31,6 +32,7 @@ class ArpDetector:
         self.explained = SlidingCount(self.window)  # packets of MACs already in a flood incident
         self.bindings: LruDict = LruDict(cap)       # ip -> [mac, last_seen]
         self.claims: LruDict = LruDict(cap)         # mac -> last ip it claimed
+        self.behind: LruDict = LruDict(cap)         # mac -> set of IPs seen behind it in flows (a router has many)
         self.garp: LruDict = LruDict(cap)           # mac -> SlidingCount of gratuitous ARPs
 
     def on_packet(self, p: PacketEvent) -> list[Alert]:
@@ -129,7 +131,8 @@ class ArpDetector:
             if old_mac != smac and inc is None and abs(ts - old_ts) <= self.recent_s:
                 inc, new = table.hit("arp_spoof", key, ts)
                 if inc is not None and new:
-                    inc.severity = "critical" if sip in self.protected else "high"
+                    gateway = self.is_gateway(old_mac)
+                    inc.severity = "critical" if sip in self.protected or gateway else "high"
                     inc.src_ip = sip
                     d = {"kind": "binding_change", "ip": sip, "old_mac": old_mac, "new_mac": smac,
                          "old_binding_age_s": f"{abs(ts - old_ts):.1f}", "operation": str(a.operation)}  # type: ignore[union-attr]
@@ -140,11 +143,28 @@ class ArpDetector:
                         d["new_mac_also_claims"] = other
                     if sip in self.protected:
                         d["protected"] = "true"
+                    if gateway:
+                        d["gateway"] = "true"  # the old MAC fronts many addresses: a router
                     inc.details = d
-                    inc.message = (f"ARP spoofing: {sip} is now claimed by {smac} "
+                    inc.message = (f"ARP spoofing: {sip}{' (gateway)' if gateway else ''} is now claimed by {smac} "
                                    f"(was {old_mac}, seen {abs(ts - old_ts):.0f} s earlier)")
                     out.append(table.alert(inc, "open"))
             b[0] = smac
             b[1] = ts
         if smac not in self.claims:
             self.claims.put(smac, sip)  # the first address a MAC claims: the attacker's own, usually
+
+    # ------------------------------------------------------------------ gateways
+    def on_flow_start(self, src_mac: str, src_ip: str, dst_mac: str, dst_ip: str) -> None:
+        """Learn which MACs front many addresses (routers), from flows' first frames."""
+        for mac, ip in ((dst_mac, dst_ip), (src_mac, src_ip)):
+            if not mac or not ip or ":" in ip:
+                continue  # IPv4 only: a host's IPv6 privacy addresses would make it look like a router
+            ips = self.behind.get(mac)
+            if ips is None:
+                self.behind.put(mac, {ip})
+            elif len(ips) < GATEWAY_IPS:
+                ips.add(ip)
+
+    def is_gateway(self, mac: str) -> bool:
+        return len(self.behind.get(mac, ())) >= GATEWAY_IPS

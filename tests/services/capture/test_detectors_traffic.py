@@ -191,9 +191,25 @@ def test_spoofed_arp_reply_for_known_gateway():
     inc = incidents(alerts)
     assert {a.alert_type for a in alerts} == {"arp_spoof"}
     (ups,) = inc.values()
-    assert ups[0].severity == "critical" and ups[0].src_ip == GW_IP
+    assert ups[0].severity == "critical" and ups[0].src_ip == GW_IP and ups[0].details["protected"] == "true"
     assert ups[0].details["old_mac"] == "00:11:22:33:00:01" and ups[0].details["new_mac"] == "66:66:66:66:66:66"
     assert ups[-1].count == 5
+
+
+def test_gateway_is_known_from_traffic():
+    """No configuration: the gateway is the MAC that fronts many addresses in the flows."""
+    frames = normal_arp(T0, 60)
+    for i in range(20):  # hosts talk to the internet through the gateway's MAC
+        c, s = f"10.0.0.{2 + i % 10}", f"93.184.0.{i + 1}"
+        syn = dpkt.ethernet.Ethernet(tcp(c, 30000 + i, s, 443, SYN))
+        syn.dst = GW_MAC
+        ack = dpkt.ethernet.Ethernet(tcp(s, 443, c, 30000 + i, SYN | ACK, 1, 1001))
+        ack.src = GW_MAC
+        frames += [(T0 + 1 + i, bytes(syn)), (T0 + 1.01 + i, bytes(ack))]
+    frames.append((T0 + 40, arp_frame(2, BAD_MAC, GW_IP, "10.0.0.3", mac_of("10.0.0.3"), dst=mac_of("10.0.0.3"))))
+    alerts = meter(frames)
+    (ups,) = incidents(alerts, "arp_spoof").values()
+    assert ups[0].severity == "critical" and ups[0].details["gateway"] == "true" and "(gateway)" in ups[0].message
 
 
 def test_tcp_scan_over_1000_ports_is_one_port_scan():
