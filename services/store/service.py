@@ -39,7 +39,11 @@ from services.store.sinks import sinks_from_settings
 
 log = logging.getLogger("flowtarget.store")
 
-ACK_WAIT_S = 60.0
+# How long JetStream waits for an ack before redelivering a message: the delay
+# before a killed replica's unacknowledged batch goes to another replica (or to
+# it after a restart).  Live batches are kept by "in progress" acks every
+# ACK_WAIT_S / 3 while they are written or retried, however long that takes.
+ACK_WAIT_S = 10.0
 MAX_ACK_PENDING = 50_000
 MAX_FETCH_MSGS = 256
 
@@ -210,36 +214,32 @@ class Store:
         m = self.metrics
         todo = list(self.sinks)
         delay = 0.25
-        last_progress = time.monotonic()
         attempts = 0
-        while todo:
-            failed = []
-            for sink in todo:
-                try:
-                    await sink.write(points)
-                except Exception as exc:
-                    m.write_errors += 1
-                    failed.append(sink)
-                    if attempts < 3 or attempts % 10 == 0:
-                        log.warning("%s write of %d points failed (attempt %d): %s", sink.name, len(points),
-                                    attempts + 1, str(exc)[:300])
-            if not failed:
-                break
-            todo = failed
-            attempts += 1
-            m.retries += 1
-            if stop.is_set() and (final or attempts >= 3):
-                await self._nak(msgs)
-                return False
-            await self._sleep(delay, stop)
-            delay = min(delay * 2, self.settings.retry_max_s)
-            if time.monotonic() - last_progress > ACK_WAIT_S / 4:
-                for msg in msgs:  # keep them ours while the sink is down
+        keepalive = asyncio.create_task(self._keepalive(msgs))
+        try:
+            while todo:
+                failed = []
+                for sink in todo:
                     try:
-                        await msg.in_progress()
-                    except Exception:
-                        pass
-                last_progress = time.monotonic()
+                        await sink.write(points)
+                    except Exception as exc:
+                        m.write_errors += 1
+                        failed.append(sink)
+                        if attempts < 3 or attempts % 10 == 0:
+                            log.warning("%s write of %d points failed (attempt %d): %s", sink.name, len(points),
+                                        attempts + 1, str(exc)[:300])
+                if not failed:
+                    break
+                todo = failed
+                attempts += 1
+                m.retries += 1
+                if stop.is_set() and (final or attempts >= 3):
+                    await self._nak(msgs)
+                    return False
+                await self._sleep(delay, stop)
+                delay = min(delay * 2, self.settings.retry_max_s)
+        finally:
+            keepalive.cancel()
         if attempts:
             log.info("write succeeded after %d retries", attempts)
         m.batches += 1
@@ -256,6 +256,16 @@ class Store:
         self._sync_rule_counters()
         m.update_rate()
         return True
+
+    async def _keepalive(self, msgs: list) -> None:
+        """Tell JetStream these messages are still being worked on (no redelivery meanwhile)."""
+        while True:
+            await asyncio.sleep(ACK_WAIT_S / 3)
+            for msg in msgs:
+                try:
+                    await msg.in_progress()
+                except Exception:
+                    pass
 
     async def _nak(self, msgs: list) -> None:
         for msg in msgs:
@@ -279,7 +289,7 @@ class Store:
         if task is None:
             return
         while not task.done():
-            done, _ = await asyncio.wait({task}, timeout=ACK_WAIT_S / 4)
+            done, _ = await asyncio.wait({task}, timeout=ACK_WAIT_S / 3)
             if not done:
                 for msg in waiting:
                     try:
