@@ -143,7 +143,7 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
         # samples travel on core NATS: capture must not start before classify listens
         if not await wait_ready(orch.nats_url, "classify", alive=lambda: p.procs["classify"].poll() is None):
             print(f"flowtarget: classify did not start:\n{orch.log_tail('classify')}", file=sys.stderr)
-    cap = p.start("capture", {**pcap_env(files), **extra_env})
+    cap = p.start("capture", {**pcap_env(files), "FT_EVIDENCE_DIR": str(out_dir / "evidence"), **extra_env})
     while cap.poll() is None:
         await asyncio.sleep(0.1)
         bad = {n: c for n, c in p.failed().items() if n != "capture"}

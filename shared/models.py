@@ -296,8 +296,18 @@ class CaptureStats(Event):
     counters: dict[str, int] = Field(default_factory=dict, description="Other named counters (per link type, L2 protocols, ...).")
 
 
+class Evidence(Event):
+    """A pcap capture wrote as evidence: for an alerted or blocked flow, or on request."""
+
+    event_type: Literal["evidence"] = "evidence"
+    path: str = Field(max_length=1024, description="Where the pcap was written (on the probe host).")
+    reason: Literal["alert", "block", "request"] = Field(description="What asked for it.")
+    ref: str = Field(default="", max_length=128, description="alert_id, block rule id or request id.")
+    packets: int = Field(default=0, ge=0, description="Packets in the file.")
+
+
 AnyEvent = Annotated[
-    Union[FlowRecord, FlowSample, PacketEvent, Verdict, DnsRecord, Alert, BlockAction, CaptureStats],
+    Union[FlowRecord, FlowSample, PacketEvent, Verdict, DnsRecord, Alert, BlockAction, CaptureStats, Evidence],
     Field(discriminator="event_type"),
 ]
 

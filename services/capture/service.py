@@ -17,14 +17,17 @@ module is the asyncio glue around it:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from shared.bus import Bus, RateLimitedLog, safe_text
 from shared.metrics import register_stats, set_ready
-from shared.models import Alert, CaptureStats, Event, EventBatch, FlowRecord, FlowSample, PacketEvent, Verdict
+from shared.models import (Alert, BlockAction, CaptureStats, Event, EventBatch, Evidence, FlowRecord, FlowSample,
+                           PacketEvent, Verdict)
 from shared.settings import CaptureSettings
 from shared.subjects import subject
 
@@ -56,6 +59,9 @@ class Outbox:
         self.verdicts: dict[str, Verdict] = {}
         self.batches: asyncio.Queue[tuple[str, EventBatch]] = asyncio.Queue(maxsize=64)
         self.meter: FlowMeter | None = None
+        # evidence pcaps already written: alert_id / flow_id -> path (bounded)
+        self.evidence_paths: OrderedDict[str, str] = OrderedDict()
+        self.evidence: list[Evidence] = []
         self.sent_records = 0
         self.sent_samples = 0
         self.sent_packets = 0
@@ -91,6 +97,30 @@ class Outbox:
     def add_alerts(self, alerts: list[Alert]) -> None:
         self.alerts.extend(alerts)
 
+    # --- evidence
+    def _evidence_event(self, path: str, reason: str, ref: str, packets: int) -> Evidence:
+        return Evidence(timestamp=time.time(), probe=self.settings.probe, path=path, reason=reason,  # type: ignore[arg-type]
+                        ref=ref[:128], packets=packets)
+
+    def write_evidence(self, key: str, flow_id: str, reason: str, tag: str) -> str:
+        """Write a flow's recent packets once per incident/flow; returns the path ('' when none kept)."""
+        if key in self.evidence_paths:
+            return self.evidence_paths[key]
+        path = ""
+        if self.meter is not None and self.settings.evidence_packets:
+            try:
+                path = self.meter.write_evidence(flow_id, tag=tag) or ""
+            except OSError as exc:
+                self._rlog.warning("evidence", "could not write evidence: %s", safe_text(exc))
+        self.evidence_paths[key] = path
+        if len(self.evidence_paths) > 10_000:
+            self.evidence_paths.popitem(last=False)
+        if path:
+            ev = self._evidence_event(path, reason, key, 0)
+            ev.flow_id = flow_id
+            self.evidence.append(ev)
+        return path
+
     # --- publishing
     async def flush(self, force: bool = False) -> None:
         if self.meter is not None:
@@ -109,7 +139,16 @@ class Outbox:
         if self.alerts:
             alerts, self.alerts = self.alerts, []
             for a in alerts:
+                if a.flow_id and not a.evidence_pcap:
+                    a.evidence_pcap = self.write_evidence(a.alert_id, a.flow_id, "alert", a.alert_type)
                 await self.batches.put((subject("alert", self.settings.probe, a.alert_type), EventBatch(events=[a])))
+        if self.meter is not None and self.meter.recorders:
+            for rec in self.meter.finished_recordings(force=force):
+                self.evidence.append(self._evidence_event(str(rec.path), "request", rec.tag, count_packets(rec.path)))
+        if self.evidence:
+            evidence, self.evidence = self.evidence, []
+            for e in evidence:
+                await nc_publish(subject("evidence", self.settings.probe), e.model_dump_json().encode())
         n = len(self.records)
         if n and (force or n >= self.settings.batch_size
                   or time.monotonic() - self._last_batch >= self.settings.batch_interval_s):
@@ -164,8 +203,30 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
         meter.on_verdict(v)
 
     await bus.subscribe(subject("verdict", settings.probe), on_verdict, types=(Verdict,))
-    if detectors is not None and hasattr(detectors, "stats"):
-        register_stats("capture_detectors", lambda: detectors.stats)
+
+    async def on_block(b: BlockAction) -> None:
+        if b.flow_id and b.outcome not in ("dry_run", "allowlisted"):
+            out.write_evidence("block:" + b.flow_id, b.flow_id, "block", f"block-{b.rule_id}")
+
+    await bus.subscribe(subject("block", settings.probe), on_block, types=(BlockAction,))
+
+    async def on_pcap_request(msg: Any) -> None:
+        """ft.ctl.<probe>.pcap {"bpf": "...", "duration_s": N}: record matching packets to a pcap."""
+        try:
+            req = json.loads(msg.data or b"{}")
+            bpf = str(req.get("bpf", ""))[:1024]
+            duration = min(max(float(req.get("duration_s", 10.0)), 0.0), 3600.0)
+            rec = meter.start_recording(bpf, duration)
+            answer = {"status": "recording", "bpf": bpf, "duration_s": duration,
+                      "directory": str(settings.evidence_dir), "tag": getattr(rec, "tag", "ctl")}
+        except (ValueError, TypeError, AttributeError) as exc:
+            answer = {"status": "error", "error": safe_text(exc, 300)}
+        if msg.reply:
+            await bus.nc.publish(msg.reply, json.dumps(answer).encode())
+
+    await bus.nc.subscribe(subject("ctl", settings.probe, "pcap"), cb=on_pcap_request)
+    if detectors is not None:
+        register_stats("capture_detectors", detectors.counters)
     register_stats("capture", lambda: {**meter.stats(), "samples_sent": out.sent_samples,
                                        "packet_events_sent": out.sent_packets, "flow_records_sent": out.sent_records,
                                        "batches_queued": out.batches.qsize()},
@@ -181,9 +242,17 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
         meter.flush_closing()
         if detectors is not None:
             out.add_alerts(detectors.tick(time.time()))
+            out.add_alerts(detectors.flush())      # close every open incident
         await out.drain()
         await reporter.publish(source="", finished=False, delta=False)
         publisher.cancel()
+
+
+def count_packets(path: Any) -> int:
+    try:
+        return sum(1 for _ in open_source(path))
+    except (CaptureFileError, OSError):
+        return 0
 
 
 def port_guesser() -> Any:
@@ -280,20 +349,27 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
         wall0 = time.monotonic()
         ts0 = None
         ts = 0.0
+        realtime = settings.replay_realtime
         for ts, frame, dlt in reader.iter_dlt():
+            if realtime:   # pace every packet at its recorded time
+                if ts0 is None:
+                    ts0, wall0 = ts, time.monotonic()
+                ahead = (ts - ts0) - (time.monotonic() - wall0)
+                if ahead > 0.001:
+                    await out.flush()
+                    await asyncio.sleep(ahead)
+                    if stop.is_set():
+                        break
             process(ts, frame, dlt)
             n += 1
-            if n % CHUNK == 0:
+            if n % CHUNK == 0 or realtime:
                 if next_tick is None or ts >= next_tick:
                     meter.tick(ts, time.monotonic())
                     if out.detectors is not None:
                         out.add_alerts(out.detectors.tick(ts))
                     next_tick = ts + 1.0
-                if settings.replay_realtime:
-                    ts0 = ts0 if ts0 is not None else ts
-                    ahead = (ts - ts0) - (time.monotonic() - wall0)
-                    if ahead > 0:
-                        await asyncio.sleep(ahead)
+                if n % CHUNK:
+                    continue
                 await out.flush()
                 limit = settings.replay_max_pending
                 if limit and classify_answers and meter.pending_verdicts() > limit:
