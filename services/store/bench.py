@@ -19,8 +19,12 @@ import argparse
 import asyncio
 import json
 import logging
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 import uuid
 from typing import Any
 
@@ -34,11 +38,11 @@ from services.store.sinks import sinks_from_settings
 log = logging.getLogger("flowtarget.store.bench")
 
 
-def bench_flows(probe: str, n: int, start_ts: float = 1_700_000_000.0) -> list[FlowRecord]:
+def bench_flows(probe: str, n: int, start_ts: float = 1_700_000_000.0, start_index: int = 0) -> list[FlowRecord]:
     """Realistic flow-end records with unique counters (src2dst_bytes = index)."""
     apps = (("TLS", "Google", "Web"), ("HTTP", "", "Web"), ("DNS", "", "Network"), ("QUIC", "YouTube", "Media"))
     out = []
-    for i in range(n):
+    for i in range(start_index, start_index + n):
         proto, app, cat = apps[i % len(apps)]
         t = start_ts + i * 0.001
         out.append(FlowRecord(
@@ -65,10 +69,10 @@ async def run_store_bench(settings: StoreSettings, n_points: int = 200_000, even
     try:
         await bus.ensure_stream()
         # 1. publish
-        flows = bench_flows(probe, n_points)
-        payloads = [Bus.encode(EventBatch(events=flows[i:i + events_per_msg]))
-                    for i in range(0, n_points, events_per_msg)]
-        del flows
+        payloads = []
+        for i in range(0, n_points, events_per_msg):
+            chunk = bench_flows(probe, min(events_per_msg, n_points - i), start_index=i)
+            payloads.append(Bus.encode(EventBatch(events=chunk)))
         t0 = time.perf_counter()
         window = 32
         for i in range(0, len(payloads), window):
@@ -112,16 +116,59 @@ async def run_store_bench(settings: StoreSettings, n_points: int = 200_000, even
         await bus.close()
 
 
+class TempVictoriaMetrics:
+    """Debian's victoria-metrics on a free port with a temporary data directory (bench only)."""
+
+    def __init__(self, binary: str = "/usr/bin/victoria-metrics") -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.binary = binary
+        self.dir = tempfile.mkdtemp(prefix="ft-bench-vm-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "TempVictoriaMetrics":
+        self.proc = subprocess.Popen([self.binary, f"-httpListenAddr=127.0.0.1:{self.port}",
+                                      f"-storageDataPath={self.dir}", "-retentionPeriod=100y", "-loggerLevel=ERROR"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("victoria-metrics did not start")
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m services.store.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=200_000)
     ap.add_argument("--events-per-msg", type=int, default=500)
     ap.add_argument("--nats", help="NATS URL (default FT_NATS_URL; 'embedded' starts one)", default=None)
-    ap.add_argument("--influx", help="InfluxDB URL (default FT_INFLUX_URL)", default=None)
+    ap.add_argument("--influx", default=None,
+                    help="InfluxDB URL (default FT_INFLUX_URL); 'vm' starts a temporary victoria-metrics")
+    if argv and argv[0] == "--":
+        argv = argv[1:]
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     overrides: dict[str, Any] = {}
-    if args.influx:
+    vm = None
+    if args.influx == "vm":
+        vm = TempVictoriaMetrics().start()
+        overrides["influx_url"] = vm.url
+    elif args.influx:
         overrides["influx_url"] = args.influx
     embedded = None
     if args.nats == "embedded":
@@ -138,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if embedded is not None:
             embedded.close()
+        if vm is not None:
+            vm.close()
     print(f"store bench: {result['points']} points in {result['store_s']} s = {result['points_per_s']} points/s "
           f"into {'+'.join(result['sinks'])} ({result['batches']} batches, {result['retries']} retries; "
           f"publish {result['publish_events_per_s']} events/s)")

@@ -140,6 +140,8 @@ def _flow_fields(f: FlowRecord, with_first_seen: bool) -> dict:
     return d
 
 
+_STR_ONLY = {str}
+_INT_ONLY = {int}
 _FLOW_OPTIONAL = ("first_seen", "vlan_id", "src2dst_tcp_flags", "dst2src_tcp_flags")
 
 
@@ -162,7 +164,7 @@ def render_flow_fields(d: dict) -> str | None:
     ints = (sport, dport, a, b, c, e)
     optional = [(k, d[k]) for k in _FLOW_OPTIONAL if k in d]
     if (len(d) != 19 + len(optional) or type(dur) is not float or type(last) is not float
-            or any(type(x) is not str for x in strs) or any(type(x) is not int for x in ints)):
+            or set(map(type, strs)) != _STR_ONLY or set(map(type, ints)) != _INT_ONLY):
         return None
     if STR_NEEDS_WORK.search(" ".join(strs)) is not None:
         return None

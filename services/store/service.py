@@ -299,6 +299,26 @@ class Store:
         self._inflight = None
         task.result()
 
+    async def _fetch(self, msgs: list, points: list, first_at: float, stop: asyncio.Event) -> list:
+        """One pull request sized to fill the current batch; [] on timeout or while disconnected."""
+        batch_size = self.settings.batch_size
+        if msgs:
+            remaining = self.settings.flush_interval_s - (time.monotonic() - first_at)
+            want = max(1, min(MAX_FETCH_MSGS, int((batch_size - len(points)) / self._points_per_msg) + 1))
+            timeout = max(0.05, min(remaining, 1.0))
+        else:
+            want = max(1, min(MAX_FETCH_MSGS, int(batch_size / self._points_per_msg) + 1))
+            timeout = 1.0
+        try:
+            return await self._psub.fetch(want, timeout=timeout)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            return []
+        except Exception as exc:  # disconnected, connection closed, ...
+            if not stop.is_set():
+                log.debug("fetch failed: %s", exc)
+                await self._sleep(0.5, stop)
+            return []
+
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch, convert and write until ``stop``; one batch is written while the next one is built."""
         assert self._psub is not None, "call setup() first"
@@ -308,24 +328,14 @@ class Store:
         points: list[Point] = []
         first_at = 0.0
         self._inflight = None
+        fetching: asyncio.Task | None = None
         while not stop.is_set():
-            if msgs:
-                remaining = flush_s - (time.monotonic() - first_at)
-                want = max(1, min(MAX_FETCH_MSGS, int((batch_size - len(points)) / self._points_per_msg) + 1))
-                timeout = max(0.05, min(remaining, 1.0))
-            else:
-                want = max(1, min(MAX_FETCH_MSGS, int(batch_size / self._points_per_msg) + 1))
-                timeout = 1.0
-            try:
-                got = await self._psub.fetch(want, timeout=timeout)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                got = []
-            except Exception as exc:  # disconnected, connection closed, ...
-                if stop.is_set():
-                    break
-                log.debug("fetch failed: %s", exc)
-                await self._sleep(0.5, stop)
-                got = []
+            if fetching is None:
+                fetching = asyncio.create_task(self._fetch(msgs, points, first_at, stop))
+            got = await fetching
+            # ask for the next messages now, so they travel while these are converted
+            fetching = asyncio.create_task(self._fetch(msgs, points, first_at, stop)) if got else None
+            await asyncio.sleep(0)
             n_before = len(points)
             for msg in got:
                 if await self._take(msg, points):
@@ -340,6 +350,14 @@ class Store:
                 self._inflight = asyncio.create_task(self._flush(msgs, points, stop))
                 msgs, points = [], []
             self._maybe_log()
+        if fetching is not None:
+            try:
+                late = await fetching  # messages already fetched go with the last batch
+            except Exception:
+                late = []
+            for msg in late:
+                if await self._take(msg, points):
+                    msgs.append(msg)
         await self._wait_inflight(msgs, stop)
         if msgs:
             await self._flush(msgs, points, stop, final=True)
