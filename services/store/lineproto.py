@@ -37,7 +37,6 @@ of the point and counted (``Point`` rendering reports them).
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, NamedTuple
 

@@ -14,7 +14,6 @@ from shared.models import (
     CaptureStats,
     DnsAnswer,
     DnsRecord,
-    FlowRecord,
     HttpInfo,
     TlsInfo,
     Verdict,

@@ -333,3 +333,31 @@ def test_hostile_tag_values_do_not_inject_into_victoria_metrics(vm_server):
     assert by_name["flows_src2dst_bytes"]["values"] == [7]
     assert by_name["flows_src2dst_bytes"]["metric"]["category"] == represent(hostile)
     assert not vm_server.export('{probe="inj"}')
+
+
+def test_replicas_share_the_durable_consumer(nats_server, vm_server):
+    """Two store replicas: each message is written by one of them; every record stored once."""
+    backend = VmBackend(vm_server)
+    probe = "replicas"
+    n = 4000
+
+    async def go():
+        settings = store_settings(nats_server.url, vm_server.url, batch_size=300)
+        pub = await Bus.connect(settings, "publisher")
+        await pub.ensure_stream()
+        a = await InProcessStore(settings).start()
+        b = await InProcessStore(settings).start()
+        try:
+            await publish_flows(pub, range(n), per_msg=50, pause_s=0.02, probe=probe)
+            ok = await wait_until(lambda: len(backend.values("flows", "src2dst_bytes", probe)) >= n, 30)
+            return ok, a.metrics, b.metrics
+        finally:
+            await a.close()
+            await b.close()
+            await pub.close()
+
+    ok, ma, mb = asyncio.run(go())
+    missing, dup = exactly_once(backend.values("flows", "src2dst_bytes", probe), n)
+    assert ok and not missing and not dup
+    assert ma.points_written > 0 and mb.points_written > 0
+    assert ma.points_written + mb.points_written == n  # no message went to both
