@@ -322,6 +322,16 @@ class EventBatch(_Model):
 _any_adapter: TypeAdapter[Any] = TypeAdapter(Annotated[Union[AnyEvent, EventBatch], Field(discriminator="event_type")])
 
 
+def batch_json(events: list[Event]) -> bytes:
+    """An EventBatch's JSON, built from each event's own serializer.
+
+    Serialising through the union costs twice as much (the serializer has to
+    find each member's type); the result is the same document.
+    """
+    return b'{"event_type":"batch","events":[' + b",".join(
+        [e.__pydantic_serializer__.to_json(e) for e in events]) + b"]}"
+
+
 def parse_event(data: bytes | str) -> Event | EventBatch:
     """Parse any FlowTarget message; raises pydantic.ValidationError when malformed."""
     return _any_adapter.validate_json(data)

@@ -26,8 +26,8 @@ from typing import Any
 
 from shared.bus import Bus, RateLimitedLog, safe_text
 from shared.metrics import register_stats, set_ready
-from shared.models import (Alert, BlockAction, CaptureStats, Event, EventBatch, Evidence, FlowRecord, FlowSample,
-                           PacketEvent, Verdict)
+from shared.models import (Alert, BlockAction, CaptureStats, Event, Evidence, FlowRecord, FlowSample, PacketEvent,
+                           Verdict, batch_json)
 from shared.settings import CaptureSettings
 from shared.subjects import subject
 
@@ -58,7 +58,7 @@ class Outbox:
         self.alerts: list[Alert] = []
         # best verdict per sampled flow, stored beside the flow's end record
         self.verdicts: dict[str, Verdict] = {}
-        self.batches: asyncio.Queue[tuple[str, EventBatch]] = asyncio.Queue(maxsize=64)
+        self.batches: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=64)
         self.meter: FlowMeter | None = None
         # evidence pcaps already written: alert_id / flow_id -> path (bounded)
         self.evidence_paths: OrderedDict[str, str] = OrderedDict()
@@ -133,8 +133,7 @@ class Outbox:
             samples, self.samples = self.samples, []
             for i in range(0, len(samples), SAMPLE_BATCH):
                 part = samples[i:i + SAMPLE_BATCH]
-                data = part[0].model_dump_json() if len(part) == 1 else EventBatch(events=part).model_dump_json()
-                await nc_publish(self.s_sample, data.encode())
+                await nc_publish(self.s_sample, batch_json(part))
             self.sent_samples += len(samples)
         if self.packets:
             packets, self.packets = self.packets, []
@@ -146,7 +145,7 @@ class Outbox:
             for a in alerts:
                 if a.flow_id and not a.evidence_pcap:
                     a.evidence_pcap = self.write_evidence(a.alert_id, a.flow_id, "alert", a.alert_type)
-                await self.batches.put((subject("alert", self.settings.probe, a.alert_type), EventBatch(events=[a])))
+                await self.batches.put((subject("alert", self.settings.probe, a.alert_type), batch_json([a])))
         if self.meter is not None and self.meter.recorders:
             for rec in self.meter.finished_recordings(force=force):
                 self.evidence.append(self._evidence_event(str(rec.path), "request", rec.tag, count_packets(rec.path)))
@@ -159,7 +158,7 @@ class Outbox:
                   or time.monotonic() - self._last_batch >= self.settings.batch_interval_s):
             records, self.records = self.records, []
             for i in range(0, n, self.settings.batch_size):
-                await self.batches.put((self.s_flow, EventBatch(events=records[i:i + self.settings.batch_size])))
+                await self.batches.put((self.s_flow, batch_json(records[i:i + self.settings.batch_size])))
             self.sent_records += n
             self._last_batch = time.monotonic()
 

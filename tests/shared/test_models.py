@@ -79,3 +79,12 @@ def test_every_field_is_documented_or_self_explanatory():
         # the envelope and counters must all be documented
         for key in ("timestamp", "probe", "flow_id", "transport", "src_ip", "dst_ip"):
             assert key not in undocumented, (model.__name__, key)
+
+
+def test_batch_json_is_an_event_batch():
+    from shared.models import batch_json
+
+    doc = batch_json(EXAMPLES)
+    back = parse_event(doc)
+    assert isinstance(back, EventBatch) and list(back.events) == EXAMPLES
+    assert parse_event(batch_json([])).events == []
