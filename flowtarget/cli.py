@@ -315,8 +315,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             out_dir.mkdir(parents=True, exist_ok=True)
             status, events, stats = asyncio.run(_pipeline_for_files(orch, files, out_dir.resolve(), {}, progress=True))
             flows = sum(1 for e in events if e.get("event_type") == "flow" and e.get("phase") == "end")
-            print(f"flowtarget run: {len(files)} file(s) replayed, {flows} flows stored; output in {out_dir}",
-                  file=sys.stderr)
+            logged = out_dir / "flows.jsonl"
+            n_log = sum(1 for _ in open(logged)) if logged.exists() else 0
+            print(f"flowtarget run: {len(files)} file(s) replayed, {flows} flows, {n_log} in the access log; "
+                  f"output in {out_dir}", file=sys.stderr)
             return 1 if errors else status
         # live: run until stopped
         p = orch.pipeline
