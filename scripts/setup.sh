@@ -12,7 +12,8 @@ pkgs=(libpcap-dev python3-venv python3-dev gcc)
 if [ "$want_tests" = 1 ]; then
   # real peers and servers for the tests: InfluxDB v2 write API (victoria-metrics),
   # network-namespace lab (iproute2, ethtool, tcpdump), DNS/HTTP/SSH peers
-  pkgs+=(victoria-metrics iproute2 ethtool tcpdump dnsmasq-base dnsutils curl openssh-server openssh-client openssl)
+  pkgs+=(victoria-metrics iproute2 ethtool tcpdump dnsmasq-base dnsutils curl openssh-server openssh-client openssl
+         libndpi-dev)   # the optional second DPI engine is built and tested against it
 fi
 missing=()
 for p in "${pkgs[@]}"; do
