@@ -46,6 +46,9 @@ log = logging.getLogger("flowtarget.store")
 ACK_WAIT_S = 10.0
 MAX_ACK_PENDING = 50_000
 MAX_FETCH_MSGS = 256
+# Batches written at the same time (each acks its own messages when written):
+# the database parses one request per core, the next batch is converted meanwhile.
+MAX_INFLIGHT = 2
 
 
 @dataclass
@@ -102,7 +105,7 @@ class Store:
         self.schema = Schema(AccessLogRule(settings.isms_min_duration_s, settings.isms_min_pps,
                                            settings.log_all_flows))
         self._psub = None
-        self._inflight: asyncio.Task | None = None
+        self._inflight: list[asyncio.Task] = []
         self._points_per_msg = 100.0
         self._last_log = time.monotonic()
 
@@ -283,21 +286,20 @@ class Store:
 
     # ------------------------------------------------------------------ loop
 
-    async def _wait_inflight(self, waiting: list, stop: asyncio.Event) -> None:
-        """Wait for the batch being written; keep the next batch's messages ours meanwhile."""
-        task = self._inflight
-        if task is None:
-            return
-        while not task.done():
-            done, _ = await asyncio.wait({task}, timeout=ACK_WAIT_S / 3)
-            if not done:
-                for msg in waiting:
-                    try:
-                        await msg.in_progress()
-                    except Exception:
-                        pass
-        self._inflight = None
-        task.result()
+    async def _wait_inflight(self, waiting: list, stop: asyncio.Event, limit: int = 0) -> None:
+        """Wait until at most ``limit`` batches are being written; keep ``waiting`` messages ours meanwhile."""
+        while len(self._inflight) > limit:
+            task = self._inflight[0]
+            while not task.done():
+                done, _ = await asyncio.wait({task}, timeout=ACK_WAIT_S / 3)
+                if not done:
+                    for msg in waiting:
+                        try:
+                            await msg.in_progress()
+                        except Exception:
+                            pass
+            self._inflight.pop(0)
+            task.result()
 
     async def _fetch(self, msgs: list, points: list, first_at: float, stop: asyncio.Event) -> list:
         """One pull request sized to fill the current batch; [] on timeout or while disconnected."""
@@ -327,7 +329,7 @@ class Store:
         msgs: list = []
         points: list[Point] = []
         first_at = 0.0
-        self._inflight = None
+        self._inflight = []
         fetching: asyncio.Task | None = None
         while not stop.is_set():
             if fetching is None:
@@ -346,8 +348,8 @@ class Store:
                 per = (len(points) - n_before) / len(got)
                 self._points_per_msg = max(1.0, 0.8 * self._points_per_msg + 0.2 * per)
             if msgs and (len(points) >= batch_size or not got or time.monotonic() - first_at >= flush_s):
-                await self._wait_inflight(msgs, stop)
-                self._inflight = asyncio.create_task(self._flush(msgs, points, stop))
+                await self._wait_inflight(msgs, stop, MAX_INFLIGHT - 1)
+                self._inflight.append(asyncio.create_task(self._flush(msgs, points, stop)))
                 msgs, points = [], []
             self._maybe_log()
         if fetching is not None:

@@ -12,6 +12,7 @@ import gzip
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -151,6 +152,7 @@ class JsonlSink:
         self.line_protocol = line_protocol
         self.fsync = fsync
         self._files: dict[str, object] = {}
+        self._lock = threading.Lock()  # batches may be written from two threads at once
 
     async def start(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -167,6 +169,10 @@ class JsonlSink:
         return f
 
     def _write_blocking(self, points: list[Point]) -> None:
+        with self._lock:
+            self._write_locked(points)
+
+    def _write_locked(self, points: list[Point]) -> None:
         by_meas: dict[str, list[str]] = {}
         dumps = json.dumps
         for p in points:
