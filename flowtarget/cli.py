@@ -57,37 +57,81 @@ def run_one_service(name: str, overrides: dict[str, Any] | None = None) -> int:
 
 
 def run_capture(args: argparse.Namespace) -> int:
-    """capture, optionally as N shard processes sharing one interface."""
-    from shared.runner import ConfigError, load_settings
+    """capture: its detectors' process, then the capture process (or N shard processes)."""
+    from shared.runner import ConfigError, load_settings, run_service
     from shared.settings import CaptureSettings
 
     overrides: dict[str, Any] = {}
-    if args.shards:
+    if getattr(args, "shards", 0):
         overrides["shards"] = args.shards
     try:
         settings = load_settings(CaptureSettings, **overrides)
     except ConfigError as exc:
         print(f"flowtarget capture: configuration error: {exc}", file=sys.stderr)
         return 2
-    if settings.shards > 1 and settings.shard_index < 0:
-        if not settings.iface:
-            print("flowtarget capture: configuration error: FT_SHARDS > 1 needs a live interface (FT_IFACE)", file=sys.stderr)
-            return 2
-        procs = []
-        for k in range(settings.shards):
-            env = dict(os.environ, FT_SHARDS=str(settings.shards), FT_SHARD_INDEX=str(k))
-            procs.append(subprocess.Popen([sys.executable, "-m", "flowtarget", "capture"], env=env))
-        code = 0
-        try:
-            for p in procs:
-                code = max(code, p.wait())
-        except KeyboardInterrupt:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait()
-        return code
-    return run_one_service("capture", overrides)
+    if settings.capture_role == "detect":
+        from services.capture import detect
+
+        return run_service("detect", CaptureSettings, detect.main, **overrides)
+    sharded_parent = settings.shards > 1 and settings.shard_index < 0
+    if sharded_parent and not settings.iface:
+        print("flowtarget capture: configuration error: FT_SHARDS > 1 needs a live interface (FT_IFACE)", file=sys.stderr)
+        return 2
+    detector = None
+    if settings.shard_index < 0 and not settings.detect_inline:
+        detector = start_detectors(settings)
+    try:
+        if sharded_parent:
+            return run_shards(settings)
+        return run_one_service("capture", overrides)
+    finally:
+        if detector is not None:
+            stop_child(detector)
+
+
+def start_detectors(settings: Any) -> subprocess.Popen[bytes] | None:
+    """The alert detectors' process (services.capture.detect); None when FT_DETECTORS is empty."""
+    from flowtarget.orchestrate import wait_ready
+    from services.capture.detect import detectors_enabled
+    from shared.subjects import subject
+
+    if not detectors_enabled():
+        return None
+    env = dict(os.environ, FT_CAPTURE_ROLE="detect", FT_METRICS_PORT=str(settings.metrics_port + 100)
+               if settings.metrics_port else "0")
+    proc = subprocess.Popen([sys.executable, "-m", "flowtarget", "capture"], env=env)
+    ready = asyncio.run(wait_ready(settings, "detect", alive=lambda: proc.poll() is None,
+                                   subject=subject("ctl", settings.probe, "detect_ready")))
+    if not ready:
+        print("flowtarget capture: the detectors' process did not start; capturing without alerts", file=sys.stderr)
+    return proc
+
+
+def stop_child(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_shards(settings: Any) -> int:
+    procs = []
+    for k in range(settings.shards):
+        env = dict(os.environ, FT_SHARDS=str(settings.shards), FT_SHARD_INDEX=str(k))
+        procs.append(subprocess.Popen([sys.executable, "-m", "flowtarget", "capture"], env=env))
+    code = 0
+    try:
+        for p in procs:
+            code = max(code, p.wait())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs:
+            stop_child(p)
+    return code
 
 
 # --------------------------------------------------------------------------- run / analyze
@@ -141,7 +185,7 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
             p.start(name, env_store if name == "store" else None)
     if "classify" in p.procs:
         # samples travel on core NATS: capture must not start before classify listens
-        if not await wait_ready(orch.nats_url, "classify", alive=lambda: p.procs["classify"].poll() is None):
+        if not await wait_ready(orch.settings, "classify", alive=lambda: p.procs["classify"].poll() is None):
             print(f"flowtarget: classify did not start:\n{orch.log_tail('classify')}", file=sys.stderr)
     cap = p.start("capture", {**pcap_env(files), "FT_EVIDENCE_DIR": str(out_dir / "evidence"), **extra_env})
     while cap.poll() is None:

@@ -118,23 +118,37 @@ async def stream_drained(settings: CommonSettings, durable: str = "store", quiet
         await nc.close()
 
 
-async def wait_ready(nats_url: str, service: str = "classify", timeout_s: float = 60.0,
-                     alive: Any = None) -> bool:
-    """Wait until a replica of ``service`` answers its readiness request (ft.ctl.<any>.<service>_ready)."""
-    nc = await nats.connect(nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+async def wait_ready(settings: CommonSettings | str, service: str = "classify", timeout_s: float = 60.0,
+                     alive: Any = None, subject: str | None = None) -> bool:
+    """Wait until a replica of ``service`` answers its readiness request.
+
+    classify answers on ft.ctl.<any>.classify_ready, the detectors' process on
+    ft.ctl.<probe>.detect_ready (pass ``subject``).  Connects with the
+    settings' credentials (a plain URL is accepted for local runs).
+    """
+    from shared.bus import Bus
+
+    if isinstance(settings, str):
+        settings = CommonSettings(nats_url=settings)
+    subj = subject or f"ft.ctl.orchestrator.{service}_ready"
+    stop = asyncio.Event()
+    try:
+        bus = await Bus.connect(settings, f"wait-{service}", stop, give_up_after_s=timeout_s)
+    except ConnectionError:
+        return False
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if alive is not None and not alive():
                 return False
             try:
-                await nc.request(f"ft.ctl.orchestrator.{service}_ready", b"", timeout=0.5)
+                await bus.nc.request(subj, b"", timeout=0.5)
                 return True
             except Exception:
                 await asyncio.sleep(0.1)
         return False
     finally:
-        await nc.close()
+        await bus.close()
 
 
 async def read_stream(settings: CommonSettings, subjects: str = "ft.>") -> list[dict[str, Any]]:

@@ -228,7 +228,8 @@ class Bus:
 
     # ------------------------------------------------------------------ subscribing
 
-    def _parse(self, msg: Msg) -> Event | EventBatch | None:
+    def parse(self, msg: Msg) -> Event | EventBatch | None:
+        """Parse a message against the contract; None (counted, logged) when malformed."""
         try:
             return parse_event(msg.data)
         except (ValidationError, ValueError) as exc:
@@ -252,7 +253,7 @@ class Bus:
         wanted = tuple(types) if types else None
 
         async def _cb(msg: Msg) -> None:
-            parsed = self._parse(msg)
+            parsed = self.parse(msg)
             if parsed is None:
                 return
             for ev in events_of(parsed):

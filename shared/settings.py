@@ -70,6 +70,9 @@ class CaptureSettings(CommonSettings):
     evidence_dir: Path = Field(default=Path("/var/lib/flowtarget/evidence"))
     evidence_packets: int = Field(default=32, ge=0, le=10000, description="Recent raw packets kept per flow for evidence.")
     replay_realtime: bool = Field(default=False, description="Replay files at their recorded pace instead of as fast as possible.")
+    capture_role: str = Field(default="capture", pattern="^(capture|detect)$",
+                              description="detect: run the alert detectors' process (started by flowtarget capture itself).")
+    detect_inline: bool = Field(default=False, description="Run the alert detectors inside the capture process instead of a process of their own.")
     replay_max_pending: int = Field(default=4000, ge=0, description="File replay pauses while this many samples await a verdict (classify is behind); 0 = never pause.")
 
 

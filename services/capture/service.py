@@ -180,6 +180,9 @@ class Outbox:
 
 
 def _make_detectors(settings: CaptureSettings) -> Any:
+    """Detectors inside this process only with FT_DETECT_INLINE (normally they run in services.capture.detect)."""
+    if not settings.detect_inline:
+        return None
     try:
         from services.capture.detectors import Detectors
         from shared.settings import DetectSettings
@@ -229,6 +232,19 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
             await bus.nc.publish(msg.reply, json.dumps(answer).encode())
 
     await bus.nc.subscribe(subject("ctl", settings.probe, "pcap"), cb=on_pcap_request)
+
+    async def on_evidence_request(msg: Any) -> None:
+        """The detectors' process asks for an incident's evidence; only the shard holding the flow answers."""
+        try:
+            req = json.loads(msg.data)
+            path = out.write_evidence(str(req["key"])[:128], str(req["flow_id"])[:64], "alert",
+                                      str(req.get("tag", "alert"))[:32])
+        except (ValueError, KeyError, TypeError):
+            return
+        if path and msg.reply:
+            await bus.nc.publish(msg.reply, json.dumps({"path": path}).encode())
+
+    await bus.nc.subscribe(subject("ctl", settings.probe, "evidence"), cb=on_evidence_request)
     if detectors is not None:
         register_stats("capture_detectors", detectors.counters)
     register_stats("capture", lambda: {**meter.stats(), "samples_sent": out.sent_samples,
@@ -248,8 +264,19 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
             out.add_alerts(detectors.tick(time.time()))
             out.add_alerts(detectors.flush())      # close every open incident
         await out.drain()
-        await reporter.publish(source="", finished=False, delta=False)
+        # the totals; for the detectors' process also the end of this capture's events
+        await reporter.publish(source="", finished=False, delta=False, extra={"end_of_capture": 1})
+        if settings.pcap:
+            await drain_detectors(bus, settings)
         publisher.cancel()
+
+
+async def drain_detectors(bus: Bus, settings: CaptureSettings) -> None:
+    """After a file replay: wait until the detectors' process has published every incident (if one runs)."""
+    try:
+        await bus.nc.request(subject("ctl", settings.probe, "detect_drain"), b"", timeout=120)
+    except Exception as exc:   # no detectors' process (FT_DETECTORS empty, inline, or not started)
+        log.debug("no detector drain: %s", safe_text(exc))
 
 
 def count_packets(path: Any) -> int:
