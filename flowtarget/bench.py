@@ -29,9 +29,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     cl.add_argument("--json", action="store_true")
     cl.add_argument("--repeat", type=int, default=3)
     st = bsub.add_parser("store", help="points/s from JetStream into the configured sink")
-    st.add_argument("rest", nargs=argparse.REMAINDER)
-    bl = bsub.add_parser("block", help="trigger-to-injection latency")
-    bl.add_argument("rest", nargs=argparse.REMAINDER)
+    st.add_argument("--points", type=int, default=200_000)
+    st.add_argument("--events-per-msg", type=int, default=500)
+    st.add_argument("--nats", help="NATS URL (default: FT_NATS_URL if set, else an embedded nats-server)")
+    st.add_argument("--influx", help="InfluxDB URL (default FT_INFLUX_URL); 'vm' starts a temporary victoria-metrics")
+    bl = bsub.add_parser("block", help="trigger-to-injection latency in a namespace lab (root)")
+    from services.block.bench import add_arguments as block_arguments
+
+    block_arguments(bl)
     return bp
 
 
@@ -163,12 +168,13 @@ def bench_command(args: argparse.Namespace) -> int:
         return bench_classify(args)
     if args.target == "store":
         from services.store.bench import main as store_main
-        return int(store_main(args.rest) or 0)
+
+        argv = ["--points", str(args.points), "--events-per-msg", str(args.events_per_msg)]
+        argv += ["--nats", args.nats or os.environ.get("FT_NATS_URL") or "embedded"]
+        argv += ["--influx", args.influx] if args.influx else []
+        return int(store_main(argv) or 0)
     if args.target == "block":
-        try:
-            from services.block.bench import main as block_main  # type: ignore[import-not-found]
-        except ImportError:
-            print("flowtarget bench block: not available in this build", file=sys.stderr)
-            return 1
-        return int(block_main(args.rest) or 0)
+        from services.block.bench import bench_command as block_bench
+
+        return int(block_bench(args) or 0)
     return 2

@@ -366,9 +366,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 1 if errors else status
         # live: run until stopped
         p = orch.pipeline
-        for name in ("classify", "store", "block"):
+        for name in ("classify", "store"):
             if service_available(name):
                 p.start(name)
+        if service_available("block"):
+            p.start("block", {"FT_IFACE": args.iface})     # injects on the capture interface
         p.start("capture", {"FT_IFACE": args.iface, **({"FT_SHARDS": str(args.shards)} if args.shards else {})})
         print(f"flowtarget run: capturing on {args.iface}, NATS {orch.nats_url}; Ctrl-C to stop", file=sys.stderr)
         try:

@@ -54,6 +54,7 @@ class CaptureSettings(CommonSettings):
     bpf: str = Field(default="", description="BPF filter.")
     snaplen: int = Field(default=2048, ge=64, le=262144)
     promisc: bool = True
+    direction_in: bool = Field(default=True, description="Capture only frames received by the interface (never block's own injected frames).")
     buffer_mb: int = Field(default=64, ge=1, le=4096, description="Kernel capture buffer.")
     shards: int = Field(default=1, ge=1, le=64, description="Capture processes sharing the interface by flow hash.")
     shard_index: int = Field(default=-1, ge=-1, le=63, description="This process's shard (set by the parent), -1 = not sharded.")

@@ -426,7 +426,7 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                        reporter: StatsReporter) -> None:
     from services.capture.shard import open_live
 
-    src, how = open_live(settings)
+    src, how = open_live(settings, direction_in=settings.direction_in)
     if how:
         log.info("capture shard %d/%d on %s by %s", settings.shard_index, settings.shards, settings.iface, how)
     meter.set_source(settings.iface, src.datalink)
