@@ -106,6 +106,7 @@ class Store:
                                            settings.log_all_flows))
         self._psub = None
         self._inflight: list[asyncio.Task] = []
+        self._fetching: asyncio.Task | None = None
         self._points_per_msg = 100.0
         self._last_log = time.monotonic()
 
@@ -293,13 +294,21 @@ class Store:
             while not task.done():
                 done, _ = await asyncio.wait({task}, timeout=ACK_WAIT_S / 3)
                 if not done:
-                    for msg in waiting:
+                    prefetched = self._prefetched()
+                    for msg in [*waiting, *prefetched]:
                         try:
                             await msg.in_progress()
                         except Exception:
                             pass
             self._inflight.pop(0)
             task.result()
+
+    def _prefetched(self) -> list:
+        """Messages the next pull request already brought in (not yet converted)."""
+        task = self._fetching
+        if task is not None and task.done() and not task.cancelled() and task.exception() is None:
+            return task.result()
+        return []
 
     async def _fetch(self, msgs: list, points: list, first_at: float, stop: asyncio.Event) -> list:
         """One pull request sized to fill the current batch; [] on timeout or while disconnected."""
@@ -330,13 +339,13 @@ class Store:
         points: list[Point] = []
         first_at = 0.0
         self._inflight = []
-        fetching: asyncio.Task | None = None
+        self._fetching = None
         while not stop.is_set():
-            if fetching is None:
-                fetching = asyncio.create_task(self._fetch(msgs, points, first_at, stop))
-            got = await fetching
+            if self._fetching is None:
+                self._fetching = asyncio.create_task(self._fetch(msgs, points, first_at, stop))
+            got = await self._fetching
             # ask for the next messages now, so they travel while these are converted
-            fetching = asyncio.create_task(self._fetch(msgs, points, first_at, stop)) if got else None
+            self._fetching = asyncio.create_task(self._fetch(msgs, points, first_at, stop)) if got else None
             await asyncio.sleep(0)
             n_before = len(points)
             for msg in got:
@@ -352,9 +361,9 @@ class Store:
                 self._inflight.append(asyncio.create_task(self._flush(msgs, points, stop)))
                 msgs, points = [], []
             self._maybe_log()
-        if fetching is not None:
+        if self._fetching is not None:
             try:
-                late = await fetching  # messages already fetched go with the last batch
+                late = await self._fetching  # messages already fetched go with the last batch
             except Exception:
                 late = []
             for msg in late:

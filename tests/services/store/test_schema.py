@@ -154,3 +154,14 @@ def test_jsonl_sink_holds_exactly_the_influx_records(tmp_path):
         assert rec == to_record(p)
         assert rec == {"time_ns": parsed.time_ns, **dict(parsed.tags), **parsed.fields}
     assert flows[0]["host"] == "h0,x y=\\x0a"
+
+
+def test_non_finite_numbers_never_reach_the_line():
+    f = flow(1, duration_ms=float("inf"))
+    _, pts = points_of([f])
+    line = to_line(pts[0])
+    assert "inf" not in line.lower() and "nan" not in line.lower()
+    assert "duration_ms" not in line and "src2dst_bytes=1i" in line
+    assert "duration_ms" not in to_record(pts[0])
+    sc, pts = points_of([flow(2, first_seen=float("nan")), flow(3, first_seen=float("inf"))])
+    assert pts == [] and sc.bad_timestamps == 2
