@@ -38,6 +38,7 @@ log = logging.getLogger("flowtarget.capture")
 
 CHUNK = 512                # packets processed between two publishing turns
 SAMPLE_BATCH = 64          # samples per message
+PUBLISH_WINDOW = 8         # JetStream batches awaiting their ack at once
 STATS_INTERVAL_S = 10.0
 
 
@@ -163,15 +164,26 @@ class Outbox:
             self._last_batch = time.monotonic()
 
     async def publisher(self) -> None:
-        """Background task: JetStream-publishes queued batches in order, retrying until stored."""
-        while True:
-            subj, batch = await self.batches.get()
+        """Background task: JetStream-publishes queued batches, retrying each until stored.
+
+        Up to PUBLISH_WINDOW batches are in flight at once, so the replay does
+        not wait one acknowledgement round trip per batch.
+        """
+        window = asyncio.Semaphore(PUBLISH_WINDOW)
+
+        async def one(subj: str, batch: bytes) -> None:
             try:
                 await self.bus.js_publish(subj, batch)
             except Exception as exc:  # only on max_wait; js_publish retries otherwise
                 self._rlog.warning("pub", "could not store a batch on %s: %s", subj, safe_text(exc))
             finally:
+                window.release()
                 self.batches.task_done()
+
+        while True:
+            subj, batch = await self.batches.get()
+            await window.acquire()
+            asyncio.create_task(one(subj, batch))
 
     async def drain(self) -> None:
         await self.flush(force=True)
@@ -402,6 +414,7 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                 if n % CHUNK:
                     continue
                 await out.flush()
+                await asyncio.sleep(0)      # let the publisher send what flush queued
                 limit = settings.replay_max_pending
                 if limit and classify_answers and meter.pending_verdicts() > limit:
                     classify_answers = await _wait_verdicts(meter, out, stop, limit // 2, settings.verdict_wait_s)
