@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.subjects import check_token
@@ -56,7 +56,8 @@ class CaptureSettings(CommonSettings):
     promisc: bool = True
     direction_in: bool = Field(default=True, description="Capture only frames received by the interface (never block's own injected frames).")
     buffer_mb: int = Field(default=64, ge=1, le=4096, description="Kernel capture buffer.")
-    shards: int = Field(default=1, ge=1, le=64, description="Capture processes sharing the interface by flow hash.")
+    shards: int = Field(default=1, ge=1, le=64, validation_alias=AliasChoices("shards", "FT_CAPTURE_SHARDS", "FT_SHARDS"),
+                        description="Capture processes sharing the interface by flow hash (FT_CAPTURE_SHARDS or FT_SHARDS).")
     shard_index: int = Field(default=-1, ge=-1, le=63, description="This process's shard (set by the parent), -1 = not sharded.")
     idle_timeout_s: float = Field(default=120.0, gt=0)
     active_timeout_s: float = Field(default=1800.0, gt=0)

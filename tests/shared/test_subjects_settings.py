@@ -62,3 +62,9 @@ def test_service_exits_2_with_one_line_on_bad_config():
 def test_common_defaults():
     s = CommonSettings()
     assert s.nats_url.startswith("nats://") and s.stream_name
+
+
+def test_capture_shards_variable(monkeypatch):
+    monkeypatch.setenv("FT_CAPTURE_SHARDS", "3")
+    assert CaptureSettings().shards == 3
+    assert CaptureSettings(shards=2).shards == 2
