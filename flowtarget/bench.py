@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -115,18 +114,11 @@ def bench_capture(args: argparse.Namespace) -> int:
 
 
 def _samples_from_captures(paths: list[str]) -> list[Any]:
-    from services.capture.flows import FlowMeter, ListSink
-    from services.capture.sources import open_source
-    from shared.settings import CaptureSettings
+    from services.capture.flows import ListSink
+    from services.capture.offline import replay
 
     sink = ListSink()
-    meter = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, source="bench")
-    for p in paths:
-        src = open_source(p)
-        meter.set_source(Path(p).name, src.datalink)
-        for ts, frame in src:
-            meter.process(ts, frame)
-        meter.finish("eof")
+    replay(paths, sink, probe="bench")
     return list(sink.samples)
 
 

@@ -34,36 +34,10 @@ def _scorer():
     return mod
 
 
-class _Sink:
-    def __init__(self):
-        self.last = {}
-
-    def sample(self, s):
-        self.last[s.flow_id] = s
-
-    def flow(self, rec):
-        pass
-
-    def packet(self, p):
-        pass
-
-    def alert(self, a):
-        pass
-
-
 def _samples(path: Path):
-    from services.capture.flows import FlowMeter
-    from services.capture.sources import FileSource
-    from shared.settings import CaptureSettings
+    from services.capture.offline import last_samples
 
-    sink = _Sink()
-    meter = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, probe="test")
-    src = FileSource(str(path))
-    meter.set_source(path.name, src.datalink)
-    for ts, frame, dlt in src.iter_dlt():
-        meter.process(ts, frame, dlt)
-    meter.finish("eof")
-    return list(sink.last.values())
+    return last_samples(path, probe="test")
 
 
 @pytest.mark.parametrize("name", CAPTURES)

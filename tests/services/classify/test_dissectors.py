@@ -15,7 +15,7 @@ from services.classify.dissectors.http import HttpDissector
 from services.classify.dissectors.quic import QuicDissector, crypto_stream, decrypt_initials, initial_keys
 from services.classify.dissectors.ssh import SshDissector
 from services.classify.dissectors.tls import DtlsDissector, TlsDissector
-from services.classify.dissectors.tls_common import cert_names, ja3_string, ja4, parse_client_hello
+from services.classify.dissectors.tls_common import cert_names, ja3_string, parse_client_hello
 from services.classify.engine import Engine
 from shared.models import FlowSample, Verdict
 

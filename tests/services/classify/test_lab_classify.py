@@ -18,37 +18,11 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 lab = lab_fixture(scope="module", mode="hub", net=74)
 
 
-class _Sink:
-    def __init__(self):
-        self.last = {}
-
-    def sample(self, s):
-        self.last[s.flow_id] = s
-
-    def flow(self, rec):
-        pass
-
-    def packet(self, p):
-        pass
-
-    def alert(self, a):
-        pass
-
-
 def _classify(pcap: Path):
-    from services.capture.flows import FlowMeter
-    from services.capture.sources import FileSource
-    from shared.settings import CaptureSettings
+    from services.capture.offline import last_samples
 
-    sink = _Sink()
-    meter = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, probe="lab")
-    src = FileSource(str(pcap))
-    meter.set_source(pcap.name, src.datalink)
-    for ts, frame, dlt in src.iter_dlt():
-        meter.process(ts, frame, dlt)
-    meter.finish("eof")
     e = Engine()
-    out = [e.classify(s) for s in sink.last.values()]
+    out = [e.classify(s) for s in last_samples(pcap, probe="lab")]
     assert not e.errors
     return out
 

@@ -13,38 +13,12 @@ PCAP = Path(__file__).resolve().parents[3] / "samples" / "sample.pcap"
 pytestmark = pytest.mark.skipif(not PCAP.is_file(), reason="samples/sample.pcap not recorded")
 
 
-class _Sink:
-    def __init__(self):
-        self.last = {}
-
-    def sample(self, s):
-        self.last[s.flow_id] = s
-
-    def flow(self, rec):
-        pass
-
-    def packet(self, p):
-        pass
-
-    def alert(self, a):
-        pass
-
-
 @pytest.fixture(scope="module")
 def verdicts():
-    from services.capture.flows import FlowMeter
-    from services.capture.sources import FileSource
-    from shared.settings import CaptureSettings
+    from services.capture.offline import last_samples
 
-    sink = _Sink()
-    meter = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, probe="test")
-    src = FileSource(str(PCAP))
-    meter.set_source(PCAP.name, src.datalink)
-    for ts, frame, dlt in src.iter_dlt():
-        meter.process(ts, frame, dlt)
-    meter.finish("eof")
     e = Engine()
-    out = [e.classify(s) for s in sink.last.values()]
+    out = [e.classify(s) for s in last_samples(PCAP, probe="test")]
     assert not e.errors
     return out
 
