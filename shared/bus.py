@@ -23,7 +23,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext

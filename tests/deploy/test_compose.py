@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.deploy.composeenv import (COMPOSE, ENV_EXAMPLE, REPO, MissingVariable, example_env, interpolate,
+from tests.deploy.composeenv import (ENV_EXAMPLE, REPO, MissingVariable, example_env, interpolate,
                                      interpolate_str, load_compose, read_env_file, service_env, variables)
 
 SCHEMA = Path(__file__).with_name("compose-spec.json")

@@ -7,7 +7,6 @@ import fnmatch
 import re
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tests.deploy.composeenv import REPO
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 
 from shared.bus import Bus
 from shared.models import EventBatch, FlowRecord

@@ -197,9 +197,6 @@ class Softether(Simple):
     ports = frozenset({443, 992, 1194, 5555})
 
     def could_be(self, s: FlowSample) -> bool:
-        return bool(s.src_payloads)
-
-    def could_be(self, s: FlowSample) -> bool:
         for lst in (s.src_payloads, s.dst_payloads):
             if lst and lst[0][:3] in (b"IP=", b"POS"):
                 return True
