@@ -111,6 +111,21 @@ def udpsend(dst: str, port: int, count: int, interval: float, size: int, sport: 
     return count, received
 
 
+def wait_pcap_settled(pcap, timeout: float = 10.0) -> None:
+    """Wait until a capture file stops growing (tcpdump lags on a loaded machine)."""
+    from pathlib import Path
+
+    pcap = Path(pcap)
+    deadline = time.monotonic() + timeout
+    last = -1
+    while time.monotonic() < deadline:
+        size = pcap.stat().st_size if pcap.exists() else 0
+        if size > 24 and size == last:
+            return
+        last = size
+        time.sleep(0.5)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)

@@ -13,6 +13,7 @@ import pytest
 
 from services.classify.engine import Engine
 from tests.lab import lab_fixture, servers
+from tests.lab.tools import wait_pcap_settled
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -92,24 +93,12 @@ def verdicts(lab, tmp_path_factory):
     lab.run("client", "logger", "--rfc5424", "-n", srv, "-P", "514", "-d", "-t", "ftlab", "breadth lab message",
             check=True)
     lab.run("client", "curl", "-s", "--max-time", "10", "--socks5", f"{srv}:1080", f"http://{srv}/", check=True)
-    _settle(pcap)
+    wait_pcap_settled(pcap)
     dump.terminate()
     dump.wait(timeout=10)
     smtpd.terminate()
     socks.terminate()
     return _classify(pcap)
-
-
-def _settle(pcap: Path, timeout: float = 10.0) -> None:
-    """Wait until tcpdump has written the exchanges: the file stops growing (a loaded machine lags)."""
-    deadline = time.monotonic() + timeout
-    last = -1
-    while time.monotonic() < deadline:
-        size = pcap.stat().st_size if pcap.exists() else 0
-        if size > 24 and size == last:
-            return
-        last = size
-        time.sleep(0.5)
 
 
 def _only(verdicts, **kw):

@@ -12,6 +12,7 @@ import pytest
 
 from services.classify.engine import Engine
 from tests.lab import lab_fixture, servers
+from tests.lab.tools import wait_pcap_settled
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -41,7 +42,7 @@ def verdicts(lab, tmp_path_factory):
               "-key", str(key), "-www", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lab.wait_listening("server", 8443)
     pcap = work / "lab.pcap"
-    dump = lab.popen("probe", "tcpdump", "-i", lab.probe_iface, "-U", "-s", "0", "-w", str(pcap),
+    dump = lab.popen("probe", "tcpdump", "-i", lab.probe_iface, "--immediate-mode", "-U", "-s", "0", "-w", str(pcap),
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while not pcap.exists() and time.monotonic() < deadline:
@@ -55,7 +56,7 @@ def verdicts(lab, tmp_path_factory):
     lab.run("client", "dig", "+short", f"@{srv}", "www.lab.test", "A", check=True)
     lab.run("client", "ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o",
             "UserKnownHostsFile=/dev/null", f"x@{srv}", "true")
-    time.sleep(0.5)
+    wait_pcap_settled(pcap)
     dump.terminate()
     dump.wait(timeout=10)
     return _classify(pcap)
