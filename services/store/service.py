@@ -73,6 +73,7 @@ class StoreMetrics:
     unlogged_bytes: int = 0
     ignored_events: int = 0  # events of kinds that are not stored
     bad_timestamps: int = 0
+    rejected_points: int = 0  # points the database refused as bad (isolated, counted, dropped)
     started: float = field(default_factory=time.monotonic)
     _rate_t: float = field(default_factory=time.monotonic)
     _rate_n: int = 0
@@ -284,6 +285,7 @@ class Store:
         m = self.metrics
         m.unlogged_flows, m.unlogged_packets, m.unlogged_bytes = r.skipped_flows, r.skipped_packets, r.skipped_bytes
         m.ignored_events, m.bad_timestamps = self.schema.ignored, self.schema.bad_timestamps
+        m.rejected_points = sum(getattr(s, "rejected_points", 0) for s in self.sinks)
 
     # ------------------------------------------------------------------ loop
 

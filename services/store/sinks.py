@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
-from services.store.lineproto import Point, to_lines, to_record
+from services.store.lineproto import Point, to_line, to_lines, to_record
 
 log = logging.getLogger("flowtarget.store.sinks")
 
@@ -66,6 +66,7 @@ class InfluxSink:
         self._write_service = None
         self.bucket_api_available: bool | None = None
         self.bytes_sent = 0
+        self.rejected_points = 0  # points the server refused as bad, dropped after isolating them
 
     async def start(self) -> None:
         from influxdb_client import InfluxDBClient
@@ -104,19 +105,48 @@ class InfluxSink:
                                        content_type="text/plain; charset=utf-8", **kwargs)
         self.bytes_sent += len(data)
 
-    def _post_all(self, bodies: list[bytes]) -> None:
-        for body in bodies:
+    def _post_lines(self, lines: list[str]) -> None:
+        """POST lines; a request the server refuses as bad (400/413/422) is split in halves
+        until the bad points are isolated: those are counted and dropped, the rest written.
+
+        Such a refusal cannot be cured by waiting (a field type conflict, a point the server
+        rejects, a body too large); retrying the whole batch forever would stop the store.
+        InfluxDB writes the good lines of a partially bad request, so re-sending them in the
+        halves only overwrites them.  Other errors (connection, 5xx, 401/403/404, 429) raise:
+        the store retries the batch later.
+        """
+        from influxdb_client.rest import ApiException
+
+        body = ("\n".join(lines) + "\n").encode("utf-8", "surrogatepass")
+        try:
             self._post(body)
+        except ApiException as exc:
+            if exc.status not in (400, 413, 422):
+                raise
+            if len(lines) == 1:
+                self.rejected_points += 1
+                if self.rejected_points <= 10 or self.rejected_points % 1000 == 0:
+                    reason = str(getattr(exc, "body", "") or exc).splitlines()
+                    log.warning("InfluxDB refused a point (HTTP %s, %d so far): %s", exc.status,
+                                self.rejected_points, reason[0][:300] if reason else "")
+                return
+            half = len(lines) // 2
+            self._post_lines(lines[:half])
+            self._post_lines(lines[half:])
+
+    def _post_all(self, chunks: list[list[str]]) -> None:
+        for lines in chunks:
+            self._post_lines(lines)
 
     async def write(self, points: list[Point]) -> None:
         if not points:
             return
         # rendering is pure Python (holds the GIL): do it here, not in the thread, so the
-        # thread only compresses and waits on the socket (both release the GIL)
-        bodies = [to_lines(points[i:i + self.batch_size]).encode("utf-8", "surrogatepass")
-                  for i in range(0, len(points), self.batch_size)]
+        # thread only encodes, compresses and waits on the socket (the last two release the GIL)
+        lines = list(map(to_line, points))
+        chunks = [lines[i:i + self.batch_size] for i in range(0, len(lines), self.batch_size)]
         try:
-            await asyncio.to_thread(self._post_all, bodies)
+            await asyncio.to_thread(self._post_all, chunks)
         except Exception as exc:
             status = getattr(exc, "status", None)
             reason = (getattr(exc, "body", None) or str(exc) or type(exc).__name__)
