@@ -414,14 +414,19 @@ def tune_gc(gen0: int = 50_000) -> None:
 
 async def main(settings: StoreSettings, bus, stop: asyncio.Event, metrics: StoreMetrics | None = None) -> None:
     """The store service (``flowtarget store``): runs until ``stop`` is set."""
+    from shared.metrics import register_stats, set_ready
+
+    set_ready(False)
     tune_gc()
     store = Store(settings, bus, metrics=metrics)
+    register_stats("store", store.metrics.snapshot)
     if not store.sinks:
         log.warning("store has no sink configured (set FT_INFLUX_URL and/or FT_OUT_DIR): messages stay in the stream")
         await stop.wait()
         return
     try:
         await store.setup(stop)
+        set_ready(True)
         await store.run(stop)
     finally:
         await store.close()
