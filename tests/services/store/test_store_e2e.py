@@ -279,11 +279,12 @@ def test_store_sigkill_mid_stream_and_restart(nats_server, backend, store_proces
             await publishing
             ok = await wait_until(lambda: len(backend.values("flows", "src2dst_bytes", probe)) >= N_FAULT, 60, 1.0)
             await asyncio.sleep(1.0)
-            return ok
+            return ok, await asyncio.to_thread(proc.terminate)
         finally:
             await pub.close()
 
-    ok = asyncio.run(go())
+    ok, exit_code = asyncio.run(go())
+    assert exit_code == 0  # SIGTERM: drained and stopped cleanly
     missing, dup = exactly_once(backend.values("flows", "src2dst_bytes", probe), N_FAULT)
     assert not missing and not dup, f"missing {missing[:10]}... ({len(missing)}), duplicated {dup[:10]}"
     assert ok
