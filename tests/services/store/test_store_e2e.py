@@ -252,8 +252,12 @@ def test_victoria_metrics_down_for_10s_mid_stream(nats_server, vm_server):
     assert not missing and not dup, f"missing {missing[:10]}... ({len(missing)}), duplicated {dup[:10]}"
     assert ok
     assert m.retries > 0 and m.write_errors > 0
-    # the messages were kept ("in progress") through the 10 s outage, not redelivered meanwhile
-    assert m.redelivered == 0
+    # the messages were kept ("in progress") through the 10 s outage, not redelivered meanwhile.
+    # Without the keepalive every message in flight during the outage (~50 at one per 0.2 s) would come
+    # back after the 10 s ack wait. One stray redelivery can happen without any fault: a pull request
+    # that times out on the client just as messages arrive leaves them for redelivery (seen once in a
+    # loaded CI run); those land on the same points, as the exactly-once check above shows.
+    assert m.redelivered <= 2, m
 
 
 @pytest.mark.slow
