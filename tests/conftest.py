@@ -37,3 +37,7 @@ def nats_server(tmp_path):
         yield server
     finally:
         server.close()
+
+
+# a real InfluxDB v2 write endpoint (Debian's victoria-metrics) on a free port, for any test
+from tests.vm import vm_server  # noqa: E402,F401

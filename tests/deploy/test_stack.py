@@ -45,7 +45,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from flowtarget.embedded import find_nats_server, free_port, wait_port
 from tests.deploy.composeenv import REPO, example_env, interpolate, load_compose, service_env
 from tests.deploy.test_dockerfile import DOCKERFILE, parse_dockerfile
-from tests.vm import vm_server  # noqa: F401 (fixture)
 
 FT_SERVICES = ("classify", "store", "block", "capture")
 SCALE = {"classify": 2, "store": 2}  # docker compose up --scale classify=2 --scale store=2
@@ -260,7 +259,7 @@ def _get(url: str) -> tuple[int, str]:
 # --------------------------------------------------------------------------- the test
 
 
-def test_compose_wiring_stores_a_capture_and_delivers_its_alerts(tmp_path, vm_server):  # noqa: F811
+def test_compose_wiring_stores_a_capture_and_delivers_its_alerts(tmp_path, vm_server):
     import nats
 
     from flowtarget.cli import service_available

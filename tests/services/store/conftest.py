@@ -15,7 +15,6 @@ import pytest
 from shared.bus import Bus
 from shared.models import EventBatch, FlowRecord
 from shared.settings import StoreSettings
-from tests.vm import vm_server  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[3]
 BASE_TS = 1_600_000_000.0  # an old capture time: needs -retentionPeriod=100y
