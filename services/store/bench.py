@@ -32,7 +32,8 @@ from shared.bus import Bus
 from shared.models import EventBatch, FlowRecord
 from shared.settings import StoreSettings
 
-from services.store.service import Store, StoreMetrics, tune_gc
+from services.store.service import Store, StoreMetrics
+from shared.runner import tune_gc
 from services.store.sinks import sinks_from_settings
 
 log = logging.getLogger("flowtarget.store.bench")
