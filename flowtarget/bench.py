@@ -59,9 +59,9 @@ async def _capture_service_run(pcap: str, nats_url: str) -> dict[str, Any]:
         stats.append(json.loads(msg.data))
 
     await bus.nc.subscribe("ft.stats.bench", cb=on_stats)
-    from shared.runner import tune_gc
+    from shared.runner import prepare_process
 
-    tune_gc()          # as the runner does for every service
+    prepare_process()  # as the runner does for every service
     t0 = time.perf_counter()
     await service.main(settings, bus, stop)
     dt = time.perf_counter() - t0

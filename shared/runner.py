@@ -72,11 +72,16 @@ def tune_gc(gen0: int = 50_000) -> None:
         gc.set_threshold(gen0, g1, g2)
 
 
+def prepare_process() -> None:
+    """Per-process tuning every service gets: fewer GC passes, start-up objects frozen out of them."""
+    tune_gc()
+    gc.freeze()     # what is loaded at start (modules, tables) is never garbage
+
+
 async def serve(name: str, settings: CommonSettings, main: ServiceMain, stop: asyncio.Event | None = None) -> None:
     """Run one service on the current loop until ``stop`` is set (or main returns)."""
     stop = stop or asyncio.Event()
-    tune_gc()
-    gc.freeze()     # what is loaded at start (modules, tables) is never garbage
+    prepare_process()
     loop = asyncio.get_running_loop()
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):

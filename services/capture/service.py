@@ -36,7 +36,7 @@ from services.capture.sources import CaptureFileError, open_source
 
 log = logging.getLogger("flowtarget.capture")
 
-CHUNK = 512                # packets processed between two publishing turns
+CHUNK = 2048                # packets processed between two publishing turns
 SAMPLE_BATCH = 64          # samples per message
 PUBLISH_WINDOW = 8         # JetStream batches awaiting their ack at once
 STATS_INTERVAL_S = 10.0
