@@ -99,12 +99,23 @@ def start_detectors(settings: Any) -> subprocess.Popen[bytes] | None:
         return None
     env = dict(os.environ, FT_CAPTURE_ROLE="detect", FT_METRICS_PORT=str(settings.metrics_port + 100)
                if settings.metrics_port else "0")
-    proc = subprocess.Popen([sys.executable, "-m", "flowtarget", "capture"], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "flowtarget", "capture"], env=env, preexec_fn=die_with_parent)
     ready = asyncio.run(wait_ready(settings, "detect", alive=lambda: proc.poll() is None,
                                    subject=subject("ctl", settings.probe, "detect_ready")))
     if not ready:
         print("flowtarget capture: the detectors' process did not start; capturing without alerts", file=sys.stderr)
     return proc
+
+
+def die_with_parent() -> None:
+    """In a child before exec: get SIGTERM when the parent dies, even by SIGKILL (Linux prctl)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def stop_child(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
@@ -121,7 +132,8 @@ def run_shards(settings: Any) -> int:
     procs = []
     for k in range(settings.shards):
         env = dict(os.environ, FT_SHARDS=str(settings.shards), FT_SHARD_INDEX=str(k))
-        procs.append(subprocess.Popen([sys.executable, "-m", "flowtarget", "capture"], env=env))
+        procs.append(subprocess.Popen([sys.executable, "-m", "flowtarget", "capture"], env=env,
+                                      preexec_fn=die_with_parent))
     code = 0
     try:
         for p in procs:
