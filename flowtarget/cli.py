@@ -23,6 +23,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from flowtarget.embedded import die_with_parent
+
 SERVICE_MODULES = {
     "capture": ("services.capture.service", "CaptureSettings"),
     "classify": ("services.classify.service", "ClassifySettings"),
@@ -105,17 +107,6 @@ def start_detectors(settings: Any) -> subprocess.Popen[bytes] | None:
     if not ready:
         print("flowtarget capture: the detectors' process did not start; capturing without alerts", file=sys.stderr)
     return proc
-
-
-def die_with_parent() -> None:
-    """In a child before exec: get SIGTERM when the parent dies, even by SIGKILL (Linux prctl)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def stop_child(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:

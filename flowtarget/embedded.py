@@ -15,12 +15,27 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 
 class EmbeddedNatsError(RuntimeError):
     pass
+
+
+def die_with_parent() -> None:
+    """In a child before exec: get SIGTERM when the parent dies, even by SIGKILL (Linux prctl).
+
+    Linux sends it when the thread that started the child ends: start such
+    children from the main thread.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def find_nats_server() -> str:
@@ -81,7 +96,10 @@ class EmbeddedNats:
         cmd = [find_nats_server(), "-c", str(conf), "-a", self.host, "-p", str(self.port), "-js",
                "-sd", self.store_dir, *self.extra_args]
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        # the death signal follows the starting *thread*: only tie the server to the main thread
+        tie = die_with_parent if threading.current_thread() is threading.main_thread() else None
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=tie)
         if not wait_port(self.host, self.port):
             self.stop()
             raise EmbeddedNatsError(f"nats-server did not start on {self.url}")

@@ -28,7 +28,7 @@ from typing import Any
 import nats
 from nats.js.errors import NotFoundError
 
-from flowtarget.embedded import EmbeddedNats
+from flowtarget.embedded import EmbeddedNats, die_with_parent
 from shared.settings import CommonSettings
 
 SERVICES = ("capture", "classify", "store", "block")
@@ -50,7 +50,7 @@ class Pipeline:
         if self.log_dir is not None:
             out = open(self.log_dir / f"{name}.log", "ab")
         proc = subprocess.Popen([sys.executable, "-m", "flowtarget", name], env=env,
-                                stdout=out, stderr=subprocess.STDOUT if out else None)
+                                stdout=out, stderr=subprocess.STDOUT if out else None, preexec_fn=die_with_parent)
         self.procs[name] = proc
         return proc
 
