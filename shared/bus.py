@@ -243,11 +243,13 @@ class Bus:
             return None
 
     async def subscribe(self, subject: str, handler: Handler, queue: str = "",
-                        types: Iterable[type] | None = None) -> Any:
+                        types: Iterable[type] | None = None, batched: bool = False) -> Any:
         """Subscribe; ``handler`` gets each valid event (batches are unpacked).
 
         ``types`` restricts which event classes reach the handler (others are
-        ignored silently: they are valid, just not for this subscriber).
+        ignored silently: they are valid, just not for this subscriber).  With
+        ``batched`` the handler gets the list of wanted events of one message
+        instead, so it can answer a batch with a batch.
         """
         wanted = tuple(types) if types else None
 
@@ -255,11 +257,12 @@ class Bus:
             parsed = self.parse(msg)
             if parsed is None:
                 return
-            for ev in events_of(parsed):
-                if wanted is not None and not isinstance(ev, wanted):
+            events = [ev for ev in events_of(parsed) if wanted is None or isinstance(ev, wanted)]
+            for item in ([events] if batched else events):
+                if batched and not item:
                     continue
                 try:
-                    await handler(ev)
+                    await handler(item)
                 except Exception as exc:
                     self.handler_errors += 1
                     log.exception("handler for %s failed: %s", safe_text(msg.subject, 80), safe_text(exc))

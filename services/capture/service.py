@@ -37,7 +37,7 @@ from services.capture.sources import CaptureFileError, open_source
 log = logging.getLogger("flowtarget.capture")
 
 CHUNK = 2048                # packets processed between two publishing turns
-SAMPLE_BATCH = 64          # samples per message
+SAMPLE_BATCH = 64          # samples (and packet events) per message
 PUBLISH_WINDOW = 8         # JetStream batches awaiting their ack at once
 STATS_INTERVAL_S = 10.0
 
@@ -138,8 +138,8 @@ class Outbox:
             self.sent_samples += len(samples)
         if self.packets:
             packets, self.packets = self.packets, []
-            for p in packets:
-                await nc_publish(self.s_packet, p.model_dump_json().encode())
+            for i in range(0, len(packets), SAMPLE_BATCH):
+                await nc_publish(self.s_packet, batch_json(packets[i:i + SAMPLE_BATCH]))
             self.sent_packets += len(packets)
         if self.alerts:
             alerts, self.alerts = self.alerts, []

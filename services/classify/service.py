@@ -12,7 +12,7 @@ import logging
 
 from shared.bus import Bus
 from shared.metrics import register_stats, set_ready
-from shared.models import FlowSample, PacketEvent
+from shared.models import DnsRecord, FlowSample, PacketEvent, Verdict, batch_json
 from shared.settings import ClassifySettings
 from shared.subjects import subject
 
@@ -35,22 +35,32 @@ async def main(settings: ClassifySettings, bus: Bus, stop: asyncio.Event) -> Non
     nc_publish = bus.nc.publish
     counts = {"samples": 0, "verdicts": 0, "dns": 0}
 
-    async def on_sample(s: FlowSample) -> None:
-        counts["samples"] += 1
-        v = engine.classify(s)
-        await nc_publish(subject("verdict", s.probe), v.model_dump_json().encode())
-        counts["verdicts"] += 1
+    async def on_samples(samples: list[FlowSample]) -> None:
+        """A message of samples is answered with one message of verdicts per probe."""
+        counts["samples"] += len(samples)
+        by_probe: dict[str, list[Verdict]] = {}
+        for s in samples:
+            by_probe.setdefault(s.probe, []).append(engine.classify(s))
+        for probe, verdicts in by_probe.items():
+            await nc_publish(subject("verdict", probe), batch_json(verdicts))
+            counts["verdicts"] += len(verdicts)
 
-    async def on_packet(p: PacketEvent) -> None:
-        if p.kind != "dns":
-            return
-        rec = engine.dns_record(p)
-        if rec is not None:
-            await bus.js_publish(subject("dns", p.probe), rec)
-            counts["dns"] += 1
+    async def on_packets(packets: list[PacketEvent]) -> None:
+        """DNS packets become DnsRecords, stored through JetStream one message per batch and probe."""
+        by_probe: dict[str, list[DnsRecord]] = {}
+        for p in packets:
+            if p.kind == "dns":
+                rec = engine.dns_record(p)
+                if rec is not None:
+                    by_probe.setdefault(p.probe, []).append(rec)
+        for probe, recs in by_probe.items():
+            await bus.js_publish(subject("dns", probe), batch_json(recs))
+            counts["dns"] += len(recs)
 
-    await bus.subscribe(subject("sample", "*"), on_sample, queue=settings.queue_group, types=(FlowSample,))
-    await bus.subscribe(subject("packet", "*"), on_packet, queue=settings.queue_group, types=(PacketEvent,))
+    await bus.subscribe(subject("sample", "*"), on_samples, queue=settings.queue_group, types=(FlowSample,),
+                        batched=True)
+    await bus.subscribe(subject("packet", "*"), on_packets, queue=settings.queue_group, types=(PacketEvent,),
+                        batched=True)
 
     async def on_ready(msg) -> None:   # readiness probe: answered once the subscriptions above exist
         await msg.respond(b"ready")
