@@ -704,6 +704,12 @@ class Blocker:
             if ts <= w.t_inj:
                 return  # sent before the injection could have arrived
             if flags & TH_RST:
+                if (flags & TH_ACK and w.action == "http_block" and w.page_len >= 0 and w.attempts == 1
+                        and _seq_gt(ack, w.s_next) and ack != (w.s_next + w.page_len + 1) & 0xFFFFFFFF):
+                    # the RST acknowledges data that is not our page: the real answer got there first
+                    # (curl closes with a RST after the real page too, so a RST alone proves nothing)
+                    self._lost(w, c_next=seq, s_next=ack, why="client acknowledged real server data in its RST")
+                    return
                 w.won_evidence = w.won_evidence or "client answered with RST (its socket is gone)"
                 if not w.lost and not w.deferring:
                     self._finish(w, "won", w.won_evidence)
