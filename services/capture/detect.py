@@ -34,7 +34,7 @@ from shared.subjects import subject
 log = logging.getLogger("flowtarget.detect")
 
 END_OF_CAPTURE = "end_of_capture"     # counter set in capture's final stats message
-EVIDENCE_TIMEOUT_S = 1.0
+EVIDENCE_TIMEOUT_S = 0.5
 
 
 def ctl(probe: str, verb: str) -> str:
@@ -58,6 +58,7 @@ class DetectorProcess:
         self.next_tick = 0.0
         self.end_seen = asyncio.Event()
         self.published = 0
+        self.chains: dict[str, asyncio.Task[None]] = {}   # alert_id -> its latest publication
         self._rlog = RateLimitedLog(log)
 
     # --- inputs (one subscription, so capture's order is kept)
@@ -106,12 +107,38 @@ class DetectorProcess:
         return path
 
     async def publish(self) -> None:
+        """Publish the pending alerts without holding up the event loop's reading.
+
+        The first publication of an incident waits for its evidence path; each
+        incident's publications stay in order (each waits for the one before).
+        """
         alerts, self.alerts = self.alerts, []
         for a in alerts:
+            prev = self.chains.get(a.alert_id)
+            task = asyncio.create_task(self._publish_one(a, prev))
+            self.chains[a.alert_id] = task
+            task.add_done_callback(lambda t, k=a.alert_id: self.chains.pop(k, None)
+                                   if self.chains.get(k) is t else None)
+
+    async def _publish_one(self, a: Alert, prev: asyncio.Task[None] | None) -> None:
+        if prev is not None:
+            try:
+                await prev
+            except Exception:
+                pass
+        try:
             if not a.evidence_pcap:
                 a.evidence_pcap = await self._evidence_for(a)
             await self.bus.js_publish(subject("alert", self.settings.probe, a.alert_type), batch_json([a]))
             self.published += 1
+        except Exception as exc:
+            self._rlog.warning("alert", "could not publish an alert: %s", safe_text(exc))
+
+    async def settle(self) -> None:
+        """Wait until every alert handed to publish() is published."""
+        await self.publish()
+        while self.chains:
+            await asyncio.gather(*list(self.chains.values()), return_exceptions=True)
 
     async def ticker(self, stop: asyncio.Event) -> None:
         """Live capture: incidents age with the wall clock even when no event comes."""
@@ -147,7 +174,7 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
         proc.end_seen.clear()
         proc.alerts += proc.det.tick(proc.max_ts)
         proc.alerts += proc.det.flush()
-        await proc.publish()
+        await proc.settle()
         await bus.nc.flush(timeout=10)
         await msg.respond(json.dumps({"alerts_published": proc.published}).encode())
 
@@ -163,6 +190,6 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
         ticker.cancel()
         proc.alerts += proc.det.flush()      # close every open incident
         try:
-            await asyncio.wait_for(proc.publish(), 10)
+            await asyncio.wait_for(proc.settle(), 10)
         except Exception as exc:
             log.warning("could not publish the last alerts: %s", safe_text(exc))

@@ -253,7 +253,9 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
                                       str(req.get("tag", "alert"))[:32])
         except (ValueError, KeyError, TypeError):
             return
-        if path and msg.reply:
+        # a single capture process answers at once, also "no evidence"; of several shards only the
+        # one holding the flow answers (the others stay silent)
+        if msg.reply and (path or settings.shard_index < 0):
             await bus.nc.publish(msg.reply, json.dumps({"path": path}).encode())
 
     await bus.nc.subscribe(subject("ctl", settings.probe, "evidence"), cb=on_evidence_request)
