@@ -23,6 +23,16 @@ def need_corpus() -> Path:
     return CORPUS
 
 
+def load_scorer():
+    """../shared/tools/score_ndpi.py as a module (its parsing and matching, for tests on the corpus)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("score_ndpi", SCORER)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def need_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root for network namespaces (CI runs as root)")

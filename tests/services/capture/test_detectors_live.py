@@ -37,25 +37,28 @@ print("open", opened)
 """
 
 
+class Sink:
+    """The meter's sink, feeding the detectors as capture's detectors' process does."""
+
+    def __init__(self, det):
+        self.det, self.alerts = det, []
+
+    def flow(self, r):
+        self.alerts += self.det.on_flow(r)
+
+    def sample(self, s):
+        pass
+
+    def packet(self, p):
+        self.alerts += self.det.on_packet(p)
+
+
 def test_real_tcp_scan_over_1000_ports_is_one_port_scan():
     skip_unless_lab()
     from services.capture.detectors import Detectors
     from services.capture.flows import FlowMeter
     from services.capture.sources import LiveSource
     from shared.settings import CaptureSettings, DetectSettings
-
-    class Sink:
-        def __init__(self, det):
-            self.det, self.alerts = det, []
-
-        def flow(self, r):
-            self.alerts += self.det.on_flow(r)
-
-        def sample(self, s):
-            pass
-
-        def packet(self, p):
-            self.alerts += self.det.on_packet(p)
 
     with Lab(mode="hub", probe_in_root=True, net=87) as lab:
         srv, cli = lab.server, lab.client
@@ -156,19 +159,6 @@ def test_live_arp_flood_spoof_and_syn_flood():
     from services.capture.flows import FlowMeter
     from services.capture.sources import LiveSource
     from shared.settings import CaptureSettings, DetectSettings
-
-    class Sink:
-        def __init__(self, det):
-            self.det, self.alerts = det, []
-
-        def flow(self, r):
-            self.alerts += self.det.on_flow(r)
-
-        def sample(self, s):
-            pass
-
-        def packet(self, p):
-            self.alerts += self.det.on_packet(p)
 
     with Lab(mode="hub", probe_in_root=True, net=88) as lab:
         srv, cli = lab.server, lab.client

@@ -4,15 +4,13 @@ the core ones, DPI-confidence flows only)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from services.classify.engine import Engine
 
-CORPUS = Path(__file__).resolve().parents[3] / "../shared/corpus/ndpi/dev"
-SCORER = Path(__file__).resolve().parents[3] / "../shared/tools/score_ndpi.py"
+from tests.conftest import CORPUS, SCORER, load_scorer
 
 pytestmark = [
     pytest.mark.corpus,
@@ -27,13 +25,6 @@ CAPTURES = [
 ]
 
 
-def _scorer():
-    spec = importlib.util.spec_from_file_location("score_ndpi_breadth", SCORER)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _samples(path: Path):
     from services.capture.offline import last_samples
 
@@ -42,7 +33,7 @@ def _samples(path: Path):
 
 @pytest.mark.parametrize("name", CAPTURES)
 def test_breadth_protocols_match_ndpi(name):
-    S = _scorer()
+    S = load_scorer()
     engine = Engine(port_guess=False, final_memo=0)      # the dissectors alone: no port guesses
     flows = []
     for s in _samples(CORPUS / name):

@@ -3,15 +3,13 @@ the engine classifies them, nDPI's expected results (NAME.out) say what is right
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from services.classify.engine import Engine
 
-CORPUS = Path(__file__).resolve().parents[3] / "../shared/corpus/ndpi/dev"
-SCORER = Path(__file__).resolve().parents[3] / "../shared/tools/score_ndpi.py"
+from tests.conftest import CORPUS, SCORER, load_scorer
 
 pytestmark = [
     pytest.mark.corpus,
@@ -27,13 +25,6 @@ CAPTURES = [
 ]
 
 
-def _scorer():
-    spec = importlib.util.spec_from_file_location("score_ndpi", SCORER)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _samples(path: Path):
     from services.capture.offline import last_samples
 
@@ -42,7 +33,7 @@ def _samples(path: Path):
 
 @pytest.mark.parametrize("name", CAPTURES)
 def test_core_protocols_match_ndpi(name):
-    S = _scorer()
+    S = load_scorer()
     engine = Engine()
     flows = []
     for s in _samples(CORPUS / name):
