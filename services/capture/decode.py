@@ -134,15 +134,17 @@ def _unsup_dlt(dlt: int) -> tuple[int, str]:
 
 def _ether(frame: bytes, off: int, depth: int, tunnel: str):
     """Ethernet header at ``off`` (with VLAN/MPLS/PPPoE/LLC) → IP/ARP decode."""
-    n = len(frame)
-    if n - off < 14:
+    if len(frame) - off < 14:
         return _BAD_TRUNC_L2
-    mac_off = off
-    et = (frame[off + 12] << 8) | frame[off + 13]
-    off += 14
+    return _after_ethertype(frame, off + 14, (frame[off + 12] << 8) | frame[off + 13], off, tunnel, depth)
+
+
+def _after_ethertype(frame, off, et, mac_off, tunnel, depth):
+    """What follows an ethertype at ``off``: 802.1Q/QinQ tags (up to 8), then IP, ARP or other L2."""
     vlan = 0
     vlans: tuple[int, ...] = ()
     if et in _VLAN_TYPES:
+        n = len(frame)
         vl = []
         while et in _VLAN_TYPES:
             if n - off < 4:
@@ -690,34 +692,11 @@ def _sll_payload(frame, off, et):
     if et == 0x86DD:
         return _ip6_decode(frame, off, 0, (), -1, "", 0)
     if et in _VLAN_TYPES or et == 0x8847 or et == 0x8848 or et == 0x8864 or et == 0x0806:
-        # reuse the Ethernet code by pretending the cooked header ended with the ethertype
-        r = _ether_other_sll(frame, off, et)
-        return r
+        # the cooked header ends with an ethertype, as Ethernet's does (no MAC addresses)
+        return _after_ethertype(frame, off, et, -1, "", 0)
     if et == 0x0004:
         return (KIND_L2, "llc")
     return _L2_RESULTS.get(et) or _UNSUP_SLL
-
-
-def _ether_other_sll(frame, off, et):
-    vlan = 0
-    vl = []
-    n = len(frame)
-    while et in _VLAN_TYPES:
-        if n - off < 4:
-            return _BAD_TRUNC_L2
-        vid = ((frame[off] << 8) | frame[off + 1]) & 0x0FFF
-        vl.append(vid)
-        vlan = (vlan << 12) | vid if vlan else vid
-        et = (frame[off + 2] << 8) | frame[off + 3]
-        off += 4
-        if len(vl) > 8:
-            return _BAD_DEEP
-    vlans = tuple(vl)
-    if et == 0x0800:
-        return _ip4_decode(frame, off, vlan, vlans, -1, "", 0)
-    if et == 0x86DD:
-        return _ip6_decode(frame, off, vlan, vlans, -1, "", 0)
-    return _ether_other(frame, off, et, vlan, vlans, -1, "", 0)
 
 
 # --------------------------------------------------------------------------- formatting (once per flow)
