@@ -33,6 +33,18 @@ def load_scorer():
     return mod
 
 
+def classify_capture(pcap, probe: str = "test") -> list:
+    """Each flow's verdict for a capture file: capture's meter, then the built-in engine (no NATS).
+    Fails the test if any dissector raised."""
+    from services.capture.offline import last_samples
+    from services.classify.engine import Engine
+
+    engine = Engine()
+    verdicts = [engine.classify(s) for s in last_samples(pcap, probe=probe)]
+    assert not engine.errors, dict(engine.errors)
+    return verdicts
+
+
 def need_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root for network namespaces (CI runs as root)")

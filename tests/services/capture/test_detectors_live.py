@@ -53,6 +53,23 @@ class Sink:
         self.alerts += self.det.on_packet(p)
 
 
+def capture_until_done(src, meter, det, sink, proc, linger: float, limit: float = 120.0) -> str:
+    """Meter live packets (and run the detectors) until ``proc`` has ended ``linger`` seconds ago."""
+    deadline, done_at = time.monotonic() + limit, None
+    while time.monotonic() < deadline:
+        select.select([src.fileno()], [], [], 0.05)
+        for ts, frame in src.read_available():
+            meter.process(ts, frame)
+        now = time.time()
+        meter.tick(now)
+        sink.alerts.extend(det.tick(now))
+        if done_at is None and proc.poll() is not None:
+            done_at = time.monotonic()
+        if done_at is not None and time.monotonic() - done_at > linger:
+            return proc.stdout.read()
+    raise AssertionError("traffic did not finish")
+
+
 def test_real_tcp_scan_over_1000_ports_is_one_port_scan():
     skip_unless_lab()
     from services.capture.detectors import Detectors
@@ -73,20 +90,8 @@ def test_real_tcp_scan_over_1000_ports_is_one_port_scan():
         time.sleep(0.5)
         prefix = lab.exec_prefix("client")
 
-        def pump(proc, linger=1.0, limit=120.0):
-            deadline, done_at = time.monotonic() + limit, None
-            while time.monotonic() < deadline:
-                select.select([src.fileno()], [], [], 0.05)
-                for ts, frame in src.read_available():
-                    meter.process(ts, frame)
-                now = time.time()
-                meter.tick(now)
-                sink.alerts.extend(det.tick(now))
-                if done_at is None and proc.poll() is not None:
-                    done_at = time.monotonic()
-                if done_at is not None and time.monotonic() - done_at > linger:
-                    return proc.stdout.read()
-            raise AssertionError("traffic did not finish")
+        def pump(proc, linger=1.0):
+            return capture_until_done(src, meter, det, sink, proc, linger)
 
         ordinary = subprocess.Popen(["sh", "-c", " && ".join([
             " ".join(prefix + ["dig", "+short", f"@{srv.ip}", "www.scan.test"]),
@@ -174,19 +179,7 @@ def test_live_arp_flood_spoof_and_syn_flood():
         prefix = lab.exec_prefix("client")
 
         def pump(proc, linger):
-            deadline, done_at = time.monotonic() + 120, None
-            while time.monotonic() < deadline:
-                select.select([src.fileno()], [], [], 0.05)
-                for ts, frame in src.read_available():
-                    meter.process(ts, frame)
-                now = time.time()
-                meter.tick(now)
-                sink.alerts.extend(det.tick(now))
-                if done_at is None and proc.poll() is not None:
-                    done_at = time.monotonic()
-                if done_at is not None and time.monotonic() - done_at > linger:
-                    return proc.stdout.read()
-            raise AssertionError("traffic did not finish")
+            return capture_until_done(src, meter, det, sink, proc, linger)
 
         # real ARP: the client resolves the server (the binding the impostor will contradict)
         ordinary = subprocess.Popen(prefix + ["curl", "-s", "-o", "/dev/null", f"http://{srv.ip}/"],

@@ -7,12 +7,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from services.classify.engine import Engine
 from tests.lab import lab_fixture, servers
+from tests.conftest import classify_capture
 from tests.lab.tools import wait_pcap_settled
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -59,15 +58,6 @@ s.quit()
 '''
 
 
-def _classify(pcap: Path):
-    from services.capture.offline import last_samples
-
-    e = Engine()
-    out = [e.classify(s) for s in last_samples(pcap, probe="lab")]
-    assert not e.errors
-    return out
-
-
 @pytest.fixture(scope="module")
 def verdicts(lab, tmp_path_factory):
     work = tmp_path_factory.mktemp("labbreadth")
@@ -98,7 +88,7 @@ def verdicts(lab, tmp_path_factory):
     dump.wait(timeout=10)
     smtpd.terminate()
     socks.terminate()
-    return _classify(pcap)
+    return classify_capture(pcap, probe="lab")
 
 
 def _only(verdicts, **kw):

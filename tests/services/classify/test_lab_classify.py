@@ -6,26 +6,16 @@ from __future__ import annotations
 
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from services.classify.engine import Engine
 from tests.lab import lab_fixture, servers
+from tests.conftest import classify_capture
 from tests.lab.tools import wait_pcap_settled
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 lab = lab_fixture(scope="module", mode="hub", net=74)
-
-
-def _classify(pcap: Path):
-    from services.capture.offline import last_samples
-
-    e = Engine()
-    out = [e.classify(s) for s in last_samples(pcap, probe="lab")]
-    assert not e.errors
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +49,7 @@ def verdicts(lab, tmp_path_factory):
     wait_pcap_settled(pcap)
     dump.terminate()
     dump.wait(timeout=10)
-    return _classify(pcap)
+    return classify_capture(pcap, probe="lab")
 
 
 def _only(verdicts, **kw):

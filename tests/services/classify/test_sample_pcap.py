@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
-from services.classify.engine import Engine
-
-PCAP = Path(__file__).resolve().parents[3] / "samples" / "sample.pcap"
+from tests.conftest import SAMPLE_PCAP as PCAP
+from tests.conftest import classify_capture
 
 pytestmark = pytest.mark.skipif(not PCAP.is_file(), reason="samples/sample.pcap not recorded")
 
 
 @pytest.fixture(scope="module")
 def verdicts():
-    from services.capture.offline import last_samples
-
-    e = Engine()
-    out = [e.classify(s) for s in last_samples(PCAP, probe="test")]
-    assert not e.errors
-    return out
+    return classify_capture(PCAP)
 
 
 def _one(verdicts, **kw):
