@@ -124,6 +124,9 @@ class MeterSink(Protocol):
 
     def packet(self, p: PacketEvent) -> None: ...
 
+    # optional: ``flow_verdict(v)`` — right after a flow's end record, the best verdict it got
+    # (only when classified), so the classification can be stored beside the access-log entry
+
 
 class ListSink:
     """A sink that keeps everything in lists (tests, bench, dump_samples)."""
@@ -247,6 +250,7 @@ class FlowMeter:
     def __init__(self, settings: CaptureSettings, sink: MeterSink, source: str = "", probe: str | None = None):
         self.settings = settings
         self.sink = sink
+        self._sink_verdict = getattr(sink, "flow_verdict", None)
         self.source = source[:256]
         self.datalink = 1
         self.probe = probe or settings.probe
@@ -678,6 +682,9 @@ class FlowMeter:
             while len(rec) > self.recent_evidence_max:
                 rec.popitem(last=False)
         self.sink.flow(self._record(f, "end", f.last))
+        v = f.verdict
+        if v is not None and self._sink_verdict is not None and v.app_protocol != "Unknown":
+            self._sink_verdict(v)
 
     # ------------------------------------------------------------------ time
     def _housekeep(self, now: float) -> None:

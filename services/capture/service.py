@@ -8,8 +8,9 @@ module is the asyncio glue around it:
 - collects what the meter emits in ``Outbox`` and publishes it between chunks:
   samples and packet events on core NATS (latency matters, loss is tolerable),
   flow records and alerts batched through JetStream (must reach storage);
-- takes classify's verdicts so the meter stops sampling classified flows and
-  stamps their classification on the end record;
+- takes classify's verdicts so the meter stops sampling classified flows,
+  stamps their classification on the end record and hands over the best
+  verdict, which goes into the same JetStream batch as the end record;
 - for files, applies back-pressure when classify falls behind, waits for the
   last verdicts at the end, then publishes every flow's end and exits.
 """
@@ -57,8 +58,6 @@ class Outbox:
         self.packets: list[PacketEvent] = []
         self.records: list[Event] = []
         self.alerts: list[Alert] = []
-        # best verdict per sampled flow, stored beside the flow's end record
-        self.verdicts: dict[str, Verdict] = {}
         self.batches: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=64)
         self.meter: FlowMeter | None = None
         # evidence pcaps already written: alert_id / flow_id -> path (bounded)
@@ -73,23 +72,15 @@ class Outbox:
     # --- MeterSink protocol (called from the hot path: append only)
     def flow(self, rec: FlowRecord) -> None:
         self.records.append(rec)
-        if rec.phase == "end":
-            v = self.verdicts.pop(rec.flow_id, None)
-            if v is not None and v.app_protocol != "Unknown":
-                self.records.append(v)
         if self.detectors is not None:
             self.alerts.extend(self.detectors.on_flow(rec))
 
+    def flow_verdict(self, v: Verdict) -> None:
+        """A classified flow's best verdict, stored in the same batch as its end record."""
+        self.records.append(v)
+
     def sample(self, s: FlowSample) -> None:
         self.samples.append(s)
-        self.verdicts.setdefault(s.flow_id, None)  # type: ignore[arg-type]
-
-    def verdict(self, v: Verdict) -> None:
-        """Keep the most informed verdict of a flow this process sampled."""
-        if v.flow_id in self.verdicts:
-            old = self.verdicts[v.flow_id]
-            if old is None or v.sample_seq_no >= old.sample_seq_no:
-                self.verdicts[v.flow_id] = v
 
     def packet(self, p: PacketEvent) -> None:
         self.packets.append(p)
@@ -218,7 +209,6 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
     reporter = StatsReporter(bus, settings, meter, out)
 
     async def on_verdict(v: Verdict) -> None:
-        out.verdict(v)
         meter.on_verdict(v)
 
     await bus.subscribe(subject("verdict", settings.probe), on_verdict, types=(Verdict,))

@@ -60,6 +60,12 @@ def test_analyze_sample(tmp_path):
     assert 40000 not in {f.get("dst_port") for f in stored}
     dns_log = read_jsonl(out / "dns.jsonl")
     assert any(d.get("query_name") == "www.flowtarget.test" for d in dns_log)
+    # each classified flow's best verdict is stored once, beside its end record
+    http_log = read_jsonl(out / "http.jsonl")
+    assert sorted(h["host"] for h in http_log) == ["web.flowtarget.test", "web.flowtarget.test:8080"]  # Host as sent
+    assert {h["url"] for h in http_log} == {"/index.html", "/v6"} and {h["status_code"] for h in http_log} == {200}
+    tls_log = read_jsonl(out / "tls.jsonl")
+    assert len(tls_log) == 1 and tls_log[0]["sni"] == "secure.flowtarget.test" and tls_log[0]["ja4"]
 
 
 def test_analyze_reports_bad_files_and_goes_on(tmp_path):
