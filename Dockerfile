@@ -3,8 +3,9 @@
 #
 # The build stage installs the project exactly as the README's quick start does
 # on Debian 12 with Python 3.11: `bash scripts/setup.sh` (apt packages, a venv in
-# .venv, `pip install -e .`).  The runtime stage keeps the venv and the sources
-# and only the shared libraries they need, not the compiler and headers.
+# .venv, `pip install -e .`, which compiles capture's fast path with gcc).  The
+# runtime stage keeps the venv and the sources and only the shared libraries
+# they need, not the compiler and headers.
 
 FROM debian:12 AS build
 WORKDIR /opt/flowtarget
@@ -23,7 +24,7 @@ RUN apt-get update -qq \
 WORKDIR /opt/flowtarget
 COPY --from=build /opt/flowtarget /opt/flowtarget
 RUN mkdir -p /var/lib/flowtarget/evidence \
- && flowtarget_check="$(/opt/flowtarget/.venv/bin/python -c 'import pcap, shared.metrics, services.capture.service; print("ok")')" \
+ && flowtarget_check="$(/opt/flowtarget/.venv/bin/python -c 'import pcap, shared.metrics, services.capture.service, services.capture._fastpath; print("ok")')" \
  && test "$flowtarget_check" = ok
 ENV PATH=/opt/flowtarget/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1 \

@@ -53,18 +53,15 @@ from shared.models import ArpInfo, FlowRecord, FlowSample, PacketEvent, Verdict
 from shared.settings import CaptureSettings
 
 from .decode import (
-    _UDP_TUNNEL_PORTS,
     KIND_ARP,
     KIND_BAD,
     KIND_L2,
-    _fast4,
-    _ports,
-    _tcp,
     decode,
     format_ip,
     format_mac,
     transport_name,
 )
+from .fastpath import eth4 as _eth4
 
 __all__ = ["FlowMeter", "MeterSink", "Flow", "ListSink"]
 
@@ -363,40 +360,11 @@ class FlowMeter:
             for rec in self.recorders:
                 rec.offer(ts, frame)
         dl = self.datalink if dlt is None else dlt
-        # inline copy of decode()'s fast path (untagged Ethernet, plain IPv4, TCP/UDP): saves
-        # the call and the result tuple on most packets; anything else goes through decode()
-        if dl == 1 and n >= 42 and frame[14] == 0x45 and frame[12] == 8 and frame[13] == 0:
-            nbytes, fid, fragw = _fast4(frame, 16)
-            proto = frame[23]
-            if fragw & 0x3FFF or nbytes < 20:
-                proto = -1
-            else:
-                end = 14 + nbytes
-                if end > n:
-                    end = n
-                if proto == 6:
-                    if end >= 54:
-                        sp, dp, seq, ack, doff, flags = _tcp(frame, 34)
-                        po = 34 + ((doff >> 4) << 2)
-                        if po < 54 or po > end:
-                            proto = -1
-                        pl = end - po
-                    else:
-                        proto = -1
-                elif proto == 17:
-                    sp, dp = _ports(frame, 34)
-                    if sp in _UDP_TUNNEL_PORTS or dp in _UDP_TUNNEL_PORTS:
-                        proto = -1
-                    po = 42
-                    pl = end - 42
-                    flags = seq = ack = 0
-                else:
-                    proto = -1
-        else:
-            proto = -1
-        if proto >= 0:
-            # addresses and ports are contiguous here: the directional key is one slice
-            key = (proto, frame[26:38])
+        # the fast path (untagged Ethernet, plain IPv4, TCP/UDP; compiled where built): its key
+        # is one slice of the frame, as addresses and ports are contiguous; else decode()
+        r = _eth4(frame) if dl == 1 else None
+        if r is not None:
+            key, proto, nbytes, po, pl, flags, seq, ack, sp, dp = r
             ver = 4
             src = dst = None  # sliced by _new_flow when a flow is created
             vlan = 0

@@ -1,0 +1,11 @@
+"""Build hook for the optional compiled fast path of capture (services/capture/_fastpath.c).
+
+Everything else is configured in pyproject.toml.  ``optional=True``: where no C
+compiler is available the install still succeeds and capture uses the
+pure-Python twins in services/capture/fastpath.py (slower, same results).
+"""
+
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension("services.capture._fastpath", ["services/capture/_fastpath.c"],
+                             extra_compile_args=["-O2"], optional=True)])
