@@ -385,33 +385,47 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
         ts0 = None
         ts = 0.0
         realtime = settings.replay_realtime
-        for ts, frame, dlt in reader.iter_dlt():
+        for dlt, recs in reader.batches(CHUNK):
+            d = None if dlt == reader.datalink else dlt
             if realtime:   # pace every packet at its recorded time
-                if ts0 is None:
-                    ts0, wall0 = ts, time.monotonic()
-                ahead = (ts - ts0) - (time.monotonic() - wall0)
-                if ahead > 0.001:
-                    await out.flush()
-                    await asyncio.sleep(ahead)
-                    if stop.is_set():
-                        break
-            process(ts, frame, dlt)
-            n += 1
-            if n % CHUNK == 0 or realtime:
-                if next_tick is None or ts >= next_tick:
-                    meter.tick(ts, time.monotonic())
-                    if out.detectors is not None:
-                        out.add_alerts(out.detectors.tick(ts))
-                    next_tick = ts + 1.0
-                if n % CHUNK:
-                    continue
-                await out.flush()
-                await asyncio.sleep(0)      # let the publisher send what flush queued
-                limit = settings.replay_max_pending
-                if limit and classify_answers and meter.pending_verdicts() > limit:
-                    classify_answers = await _wait_verdicts(meter, out, stop, limit // 2, settings.verdict_wait_s)
+                for ts, frame in recs:
+                    if ts0 is None:
+                        ts0, wall0 = ts, time.monotonic()
+                    ahead = (ts - ts0) - (time.monotonic() - wall0)
+                    if ahead > 0.001:
+                        await out.flush()
+                        await asyncio.sleep(ahead)
+                        if stop.is_set():
+                            break
+                    process(ts, frame, d)
+                    if next_tick is None or ts >= next_tick:
+                        meter.tick(ts, time.monotonic())
+                        if out.detectors is not None:
+                            out.add_alerts(out.detectors.tick(ts))
+                        next_tick = ts + 1.0
                 if stop.is_set():
                     break
+            elif d is None:
+                for ts, frame in recs:
+                    process(ts, frame)
+            else:
+                for ts, frame in recs:
+                    process(ts, frame, d)
+            n += len(recs)
+            ts = recs[-1][0]
+            if next_tick is None or ts >= next_tick:
+                meter.tick(ts, time.monotonic())
+                if out.detectors is not None:
+                    out.add_alerts(out.detectors.tick(ts))
+                next_tick = ts + 1.0
+            # one publishing turn per batch (CHUNK packets)
+            await out.flush()
+            await asyncio.sleep(0)      # let the publisher send what flush queued
+            limit = settings.replay_max_pending
+            if limit and classify_answers and meter.pending_verdicts() > limit:
+                classify_answers = await _wait_verdicts(meter, out, stop, limit // 2, settings.verdict_wait_s)
+            if stop.is_set():
+                break
         if reader.error:
             log.warning("%s: %s (after %d packets)", name, safe_text(reader.error, 300), n)
         meter.finish("eof")

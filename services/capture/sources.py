@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from .fastpath import pcap_records
+
 __all__ = ["CaptureFileError", "FileSource", "LiveSource", "open_source", "DLT_NAMES"]
 
 CHUNK = 1 << 20
@@ -155,40 +157,42 @@ class FileSource:
         self.close()
 
     # ------------------------------------------------------------ pcap
-    def _iter_pcap(self) -> Iterator[tuple[float, bytes, int]]:
-        unpack = struct.Struct(self._endian + "IIII").unpack_from
+    def _pcap_batches(self, n: int) -> Iterator[list[tuple[float, bytes]]]:
+        """Lists of up to ``n`` ``(ts, frame)`` records (compiled parsing where built)."""
+        big = self._endian == ">"
         unit = self._tsunit
-        dlt = self.datalink
+        head = struct.Struct(self._endian + "III").unpack_from
+        low = CHUNK // 2
         while True:
-            buf = self._buf
-            pos = self._pos
-            if len(buf) - pos < 16:
-                if not self._fill(16):
-                    if len(self._buf) - self._pos:
-                        self._fail(f"truncated record header after {self.packets} packets")
-                    return
-                buf = self._buf
-                pos = self._pos
-            sec, frac, caplen, _wirelen = unpack(buf, pos)
+            if len(self._buf) - self._pos < low and not self._eof:
+                self._fill(CHUNK)  # keep batches whole: read ahead before the buffer runs dry
+            recs, pos, bad = pcap_records(self._buf, self._pos, big, unit, n, MAX_RECORD)
+            self._pos = pos
+            if recs:
+                self.packets += len(recs)
+                yield recs
+                continue
+            if bad >= 0:
+                self._fail(f"corrupt record length {bad} after {self.packets} packets")
+                return
+            # the next record is not wholly buffered
+            if not self._fill(16):
+                if len(self._buf) - self._pos:
+                    self._fail(f"truncated record header after {self.packets} packets")
+                return
+            sec, frac, caplen = head(self._buf, self._pos)
             if caplen > MAX_RECORD:
                 self._fail(f"corrupt record length {caplen} after {self.packets} packets")
                 return
-            end = pos + 16 + caplen
-            if end > len(buf):
-                if not self._fill(16 + caplen):
-                    # the file ends inside this record: yield what is there, then report
-                    part = self._buf[self._pos + 16:]
-                    self._fail(f"truncated packet data after {self.packets} packets")
-                    if part:
-                        self.packets += 1
-                        yield sec + frac * unit, part, dlt
-                    return
-                buf = self._buf
-                pos = self._pos
-                end = pos + 16 + caplen
-            self._pos = end
-            self.packets += 1
-            yield sec + frac * unit, buf[pos + 16:end], dlt
+            if not self._fill(16 + caplen):
+                # the file ends inside this record: yield what is there, then report
+                part = self._buf[self._pos + 16:]
+                self._pos = len(self._buf)
+                self._fail(f"truncated packet data after {self.packets} packets")
+                if part:
+                    self.packets += 1
+                    yield [(sec + frac * unit, part)]
+                return
 
     # ------------------------------------------------------------ pcapng
     def _pcapng_prime(self) -> None:
@@ -308,71 +312,47 @@ class FileSource:
         yield from self._ng_gen
 
     # ------------------------------------------------------------ public
-    def iter_dlt(self) -> Iterator[tuple[float, bytes, int]]:
-        """Yield ``(ts, frame, datalink)``; never raises on damaged data."""
+    def batches(self, n: int = 2048) -> Iterator[tuple[int, list[tuple[float, bytes]]]]:
+        """Yield ``(datalink, records)``: up to ``n`` ``(ts, frame)`` records of one link type
+        at a time (the replay hot path: one generator step per batch); never raises on damaged data."""
         try:
             if self.format == "pcap":
-                yield from self._iter_pcap()
-            else:
-                yield from self._iter_pcapng()
+                dlt = self.datalink
+                for recs in self._pcap_batches(n):
+                    yield dlt, recs
+                return
+            cur = -1
+            recs: list[tuple[float, bytes]] = []
+            damage = None
+            try:
+                for ts, frame, dlt in self._iter_pcapng():
+                    if dlt != cur or len(recs) >= n:
+                        if recs:
+                            yield cur, recs
+                            recs = []
+                        cur = dlt
+                    recs.append((ts, frame))
+            except (struct.error, ValueError, IndexError) as exc:  # defensive: damaged data
+                damage = exc
+            if recs:
+                yield cur, recs
+            if damage is not None:
+                self._fail(f"damaged capture: {damage}")
         except (struct.error, ValueError, IndexError) as exc:  # defensive: damaged data
             self._fail(f"damaged capture: {exc}")
         finally:
             self.close()
 
-    def __iter__(self) -> Iterator[tuple[float, bytes]]:
-        if self.format == "pcap":
-            return self._iter_pcap_ts()
-        return ((ts, frame) for ts, frame, _dlt in self.iter_dlt())
+    def iter_dlt(self) -> Iterator[tuple[float, bytes, int]]:
+        """Yield ``(ts, frame, datalink)``; never raises on damaged data."""
+        for dlt, recs in self.batches(4096):
+            for ts, frame in recs:
+                yield ts, frame, dlt
 
-    def _iter_pcap_ts(self) -> Iterator[tuple[float, bytes]]:
-        """The pcap reader without the link type per packet (the replay hot path)."""
-        unpack = struct.Struct(self._endian + "III4x").unpack_from
-        unit = self._tsunit
-        fill = self._fill
-        n = self.packets
-        buf = self._buf
-        pos = self._pos
-        blen = len(buf)
-        try:
-            while True:
-                if blen - pos < 16:
-                    self._pos = pos
-                    if not fill(16):
-                        if len(self._buf) - self._pos:
-                            self.packets = n
-                            self._fail(f"truncated record header after {n} packets")
-                        return
-                    buf = self._buf
-                    pos = self._pos
-                    blen = len(buf)
-                sec, frac, caplen = unpack(buf, pos)
-                end = pos + 16 + caplen
-                if end > blen:
-                    if caplen > MAX_RECORD:
-                        self.packets = n
-                        self._fail(f"corrupt record length {caplen} after {n} packets")
-                        return
-                    self._pos = pos
-                    if not fill(16 + caplen):
-                        part = self._buf[self._pos + 16:]
-                        self.packets = n
-                        self._fail(f"truncated packet data after {n} packets")
-                        if part:
-                            n += 1
-                            yield sec + frac * unit, part
-                        return
-                    buf = self._buf
-                    pos = self._pos
-                    blen = len(buf)
-                    end = pos + 16 + caplen
-                n += 1
-                yield sec + frac * unit, buf[pos + 16:end]
-                pos = end
-        finally:
-            self.packets = n
-            self._pos = pos
-            self.close()
+    def __iter__(self) -> Iterator[tuple[float, bytes]]:
+        """Yield ``(ts, frame)``; never raises on damaged data."""
+        for _dlt, recs in self.batches(4096):
+            yield from recs
 
 
 def open_source(path: str | os.PathLike[str]) -> FileSource:
