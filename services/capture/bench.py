@@ -71,12 +71,12 @@ def measure_bytes_per_flow(n: int = 20000, settings: CaptureSettings | None = No
 
 
 def run_meter_bench(pcap: str | Path, settings: CaptureSettings | None = None, bytes_per_flow: bool = True,
-                    defer_samples: bool = True, chunk: int = 512) -> dict[str, Any]:
+                    defer_samples: bool = True, chunk: int = 2048) -> dict[str, Any]:
     """Read + decode + meter every packet of ``pcap``; figures as a dict.
 
     ``defer_samples`` (default, as the capture service runs the meter):
     samples are coalesced per flow and flushed every ``chunk`` packets, the
-    service's publishing turn.  ``defer_samples=False``: one sample per new
+    service's publishing turn (services.capture.service.CHUNK).  ``defer_samples=False``: one sample per new
     payload packet at once.
     """
     settings = settings or CaptureSettings(verdict_wait_s=0)
@@ -85,22 +85,14 @@ def run_meter_bench(pcap: str | Path, settings: CaptureSettings | None = None, b
     meter.defer_samples = defer_samples
     src = FileSource(pcap)
     meter.set_source(src.name, src.datalink)
-    process = meter.process
+    process_batch = meter.process_batch
     gc.collect()
     c0 = time.process_time()
     t0 = time.perf_counter()
-    if defer_samples:
-        flush = meter.flush_samples
-        n = 0
-        for ts, frame in src:
-            process(ts, frame)
-            n += 1
-            if n == chunk:
-                flush()
-                n = 0
-    else:
-        for ts, frame in src:
-            process(ts, frame)
+    for dlt, recs in src.batches(chunk):
+        process_batch(recs, dlt)
+        if defer_samples:
+            meter.flush_samples()
     meter.finish("eof")
     dt = time.perf_counter() - t0
     cpu = time.process_time() - c0

@@ -346,91 +346,117 @@ class FlowMeter:
     # ------------------------------------------------------------------ hot path
     def process(self, ts: float, frame: bytes, dlt: int | None = None) -> None:
         """Meter one frame (captured at ``ts``); ``dlt`` overrides the source's link type."""
-        self.packets += 1
-        n = len(frame)
-        self.bytes += n
-        if frame == self._prev_frame and ts - self._prev_ts < 0.005:
-            self.duplicate_frames += 1
-        self._prev_frame = frame
-        self._prev_ts = ts
-        nh = self._next_house
-        if ts >= nh or ts < nh - 2.0:  # a second has passed, or the clock jumped back
-            self._housekeep(ts)
-        if self.recorders:
-            for rec in self.recorders:
-                rec.offer(ts, frame)
+        self.process_batch(((ts, frame),), dlt)
+
+    def process_batch(self, recs: Any, dlt: int | None = None) -> None:
+        """Meter ``(ts, frame)`` records in capture order; ``dlt`` overrides the source's link type.
+
+        The hot path: one call per batch, with the meter's state in locals.
+        """
         dl = self.datalink if dlt is None else dlt
-        # the fast path (untagged Ethernet, plain IPv4, TCP/UDP; compiled where built): its key
-        # is one slice of the frame, as addresses and ports are contiguous; else decode()
-        r = _eth4(frame) if dl == 1 else None
-        if r is not None:
-            key, proto, nbytes, po, pl, flags, seq, ack, sp, dp = r
-            ver = 4
-            src = dst = None  # sliced by _new_flow when a flow is created
-            vlan = 0
-            vlans = ()
-            macoff = 0
-            tun = ""
-        else:
-            r = decode(frame, dl)
-            if r[0]:
-                self._non_ip(ts, frame, r)
-                return
-            _k, ver, proto, src, dst, sp, dp, nbytes, po, pl, flags, seq, ack, vlan, vlans, macoff, tun, frag, fid = r
-            if frag:
-                if frag == 2:
-                    hit = self._frags.get((src, dst, fid, proto))
-                    if hit is None:
-                        self._count("ip_fragments_orphan")
-                        return
-                    sp, dp = hit
-                    pl = 0
-                    self._count("ip_fragments")
-                else:
-                    fr = self._frags
-                    if len(fr) >= _FRAG_CACHE_MAX:
-                        del fr[next(iter(fr))]
-                    fr[(src, dst, fid, proto)] = (sp, dp)
-            key = (proto, src + dst + _pp(sp, dp), vlan) if vlan else (proto, src + dst + _pp(sp, dp))
+        fast = dl == 1
         table = self.table
-        hit = table.get(key)
-        if hit is None:
-            f, fwd = self._new_flow(key, ts, frame, ver, proto, src, dst, sp, dp, flags, vlan, vlans, macoff, tun)
-        else:
-            table.move_to_end(key)
-            f, fwd = hit
-            if f.state and proto == 6 and flags & 0x12 == SYN:
-                # a new connection on the key of a closed one
-                self._end(f, f.end_reason or "fin")
-                f, fwd = self._new_flow(key, ts, frame, ver, proto, src, dst, sp, dp, flags, vlan, vlans, macoff, tun)
-        if fwd:
-            f.s_pkts += 1
-            f.s_bytes += nbytes
-            f.s_stamp = ts
-            if flags:
-                f.s_flags |= flags
-        else:
-            f.d_pkts += 1
-            f.d_bytes += nbytes
-            f.d_stamp = ts
-            if flags:
-                f.d_flags |= flags
-        f.last = ts
-        ev = f.ev
-        if ev is not None:
-            ev.append(ts)
-            ev.append(frame)
-            if len(ev) > self._ev_trim:
-                del ev[:len(ev) - self._ev_keep]
-        if flags & 5 and proto == 6 and not f.state:
-            self._tcp_close(f, ts, flags, fwd)
-        if ts >= f.next_check:
-            self._periodic(f, ts)
-        sm = f.sampling  # bit 1: src direction still sampled, bit 2: dst direction
-        if sm and (pl or flags & 3) and sm & (1 if fwd else 2):
-            self._sample(f, ts, frame, fwd, po, pl, flags, seq, ack, vlans)
-        if pl and f.is_dns:
-            self._dns(f, ts, frame, fwd, po, pl, proto, vlans)
+        tget = table.get
+        to_end = table.move_to_end
+        eth4 = _eth4
+        recorders = self.recorders
+        ev_trim = self._ev_trim
+        ev_keep = self._ev_keep
+        prev = self._prev_frame
+        prev_ts = self._prev_ts
+        nh = self._next_house
+        npk = nbytes_all = dups = 0
+        try:
+            for ts, frame in recs:
+                npk += 1
+                n = len(frame)
+                nbytes_all += n
+                if frame == prev and ts - prev_ts < 0.005:
+                    dups += 1
+                prev = frame
+                prev_ts = ts
+                if ts >= nh or ts < nh - 2.0:  # a second has passed, or the clock jumped back
+                    self._housekeep(ts)
+                    nh = self._next_house
+                if recorders:
+                    for rec in recorders:
+                        rec.offer(ts, frame)
+                # the fast path (untagged Ethernet, plain IPv4, TCP/UDP; compiled where built): its key
+                # is one slice of the frame, as addresses and ports are contiguous; else decode()
+                r = eth4(frame) if fast else None
+                if r is not None:
+                    key, proto, nbytes, po, pl, flags, seq, ack, sp, dp = r
+                    ver = 4
+                    src = dst = None  # sliced by _new_flow when a flow is created
+                    vlan = 0
+                    vlans = ()
+                    macoff = 0
+                    tun = ""
+                else:
+                    r = decode(frame, dl)
+                    if r[0]:
+                        self._non_ip(ts, frame, r)
+                        continue
+                    _k, ver, proto, src, dst, sp, dp, nbytes, po, pl, flags, seq, ack, vlan, vlans, macoff, tun, frag, fid = r
+                    if frag:
+                        if frag == 2:
+                            hit = self._frags.get((src, dst, fid, proto))
+                            if hit is None:
+                                self._count("ip_fragments_orphan")
+                                continue
+                            sp, dp = hit
+                            pl = 0
+                            self._count("ip_fragments")
+                        else:
+                            fr = self._frags
+                            if len(fr) >= _FRAG_CACHE_MAX:
+                                del fr[next(iter(fr))]
+                            fr[(src, dst, fid, proto)] = (sp, dp)
+                    key = (proto, src + dst + _pp(sp, dp), vlan) if vlan else (proto, src + dst + _pp(sp, dp))
+                hit = tget(key)
+                if hit is None:
+                    f, fwd = self._new_flow(key, ts, frame, ver, proto, src, dst, sp, dp, flags, vlan, vlans, macoff, tun)
+                else:
+                    to_end(key)
+                    f, fwd = hit
+                    if f.state and proto == 6 and flags & 0x12 == SYN:
+                        # a new connection on the key of a closed one
+                        self._end(f, f.end_reason or "fin")
+                        f, fwd = self._new_flow(key, ts, frame, ver, proto, src, dst, sp, dp, flags, vlan, vlans, macoff, tun)
+                if fwd:
+                    f.s_pkts += 1
+                    f.s_bytes += nbytes
+                    f.s_stamp = ts
+                    if flags:
+                        f.s_flags |= flags
+                else:
+                    f.d_pkts += 1
+                    f.d_bytes += nbytes
+                    f.d_stamp = ts
+                    if flags:
+                        f.d_flags |= flags
+                f.last = ts
+                ev = f.ev
+                if ev is not None:
+                    ev.append(ts)
+                    ev.append(frame)
+                    if len(ev) > ev_trim:
+                        del ev[:len(ev) - ev_keep]
+                if flags & 5 and proto == 6 and not f.state:
+                    self._tcp_close(f, ts, flags, fwd)
+                if ts >= f.next_check:
+                    self._periodic(f, ts)
+                sm = f.sampling  # bit 1: src direction still sampled, bit 2: dst direction
+                if sm and (pl or flags & 3) and sm & (1 if fwd else 2):
+                    self._sample(f, ts, frame, fwd, po, pl, flags, seq, ack, vlans)
+                if pl and f.is_dns:
+                    self._dns(f, ts, frame, fwd, po, pl, proto, vlans)
+        finally:
+            self.packets += npk
+            self.bytes += nbytes_all
+            self.duplicate_frames += dups
+            self._prev_frame = prev
+            self._prev_ts = prev_ts
 
     def _tcp_close(self, f: Flow, ts: float, flags: int, fwd: bool) -> None:
         if flags & RST:
@@ -538,19 +564,20 @@ class FlowMeter:
     def _record(self, f: Flow, phase: str, ts: float) -> FlowRecord:
         v = f.verdict
         vl = f.vlan_ids
-        if v is None and phase == "end" and self.port_guess is not None:
-            rec = self._record(f, "update", ts)
-            rec.phase = "end"
-            rec.end_reason = f.end_reason
-            try:
-                app = self.port_guess(f.transport, f.sport, f.dport)
-            except Exception:  # noqa: BLE001 - a hook's bug must not stop metering
-                app = ""
-                self._count("port_guess_errors")
-            if app and isinstance(app, str):
-                rec.app_protocol = app[:64]
-                rec.confidence = "port"
-            return rec
+        if v is not None:
+            app, application, category, host = v.app_protocol, v.application, v.category, v.host
+            conf = v.confidence if v.confidence != "unknown" else ""
+        else:
+            app, application, category, host, conf = "Unknown", "", "", "", ""
+            if phase == "end" and self.port_guess is not None:
+                # a flow that never got a verdict (e.g. never carried payload): guess by port
+                try:
+                    guess = self.port_guess(f.transport, f.sport, f.dport)
+                except Exception:  # noqa: BLE001 - a hook's bug must not stop metering
+                    guess = ""
+                    self._count("port_guess_errors")
+                if guess and isinstance(guess, str):
+                    app, conf = guess[:64], "port"
         return _build(FlowRecord, {
             "timestamp": ts,
             "probe": self.probe,
@@ -578,11 +605,11 @@ class FlowMeter:
             "src_mac": f.src_mac,
             "dst_mac": f.dst_mac,
             "tunnel": f.tunnel,
-            "app_protocol": v.app_protocol if v is not None else "Unknown",
-            "application": v.application if v is not None else "",
-            "category": v.category if v is not None else "",
-            "host": v.host if v is not None else "",
-            "confidence": (v.confidence if v.confidence != "unknown" else "") if v is not None else "",
+            "app_protocol": app,
+            "application": application,
+            "category": category,
+            "host": host,
+            "confidence": conf,
         })
 
     def _periodic(self, f: Flow, ts: float) -> None:

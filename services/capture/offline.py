@@ -30,9 +30,8 @@ def replay(paths: Iterable[str | Path], sink: MeterSink, settings: CaptureSettin
     for path in paths:
         src = FileSource(str(path))
         meter.set_source(Path(path).name, src.datalink)
-        process = meter.process
-        for ts, frame, dlt in src.iter_dlt():
-            process(ts, frame, dlt)
+        for dlt, recs in src.batches():
+            meter.process_batch(recs, dlt)
         meter.finish("eof")
     return meter
 

@@ -1,6 +1,6 @@
 """capture: packets in, flow records / samples / packet events out.
 
-The per-packet work happens synchronously inside ``FlowMeter.process``; this
+The per-packet work happens synchronously inside ``FlowMeter.process_batch``; this
 module is the asyncio glue around it:
 
 - reads a live interface (non-blocking pypcap, driven by the loop) or
@@ -379,6 +379,7 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
             continue
         meter.set_source(name, reader.datalink)
         process = meter.process
+        process_batch = meter.process_batch
         n = 0
         next_tick = None
         wall0 = time.monotonic()
@@ -405,12 +406,8 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                         next_tick = ts + 1.0
                 if stop.is_set():
                     break
-            elif d is None:
-                for ts, frame in recs:
-                    process(ts, frame)
             else:
-                for ts, frame in recs:
-                    process(ts, frame, d)
+                process_batch(recs, d)
             n += len(recs)
             ts = recs[-1][0]
             if next_tick is None or ts >= next_tick:
@@ -461,11 +458,9 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
             except asyncio.TimeoutError:
                 pass
             ready.clear()
-            process = meter.process
             while True:
                 batch = src.read_available(4096)
-                for ts, frame in batch:
-                    process(ts, frame)
+                meter.process_batch(batch)
                 await out.flush()
                 if len(batch) < 4096:
                     break
