@@ -322,12 +322,57 @@ class EventBatch(_Model):
 _any_adapter: TypeAdapter[Any] = TypeAdapter(Annotated[Union[AnyEvent, EventBatch], Field(discriminator="event_type")])
 
 
+def _flat_json(cls: type) -> bool:
+    """Whether every field of ``cls`` is a str, int, float or bool (a Literal of str included),
+    so that an instance's ``__dict__`` is its JSON document as pydantic would write it."""
+    import typing
+
+    for fi in cls.model_fields.values():
+        t = fi.annotation
+        if typing.get_origin(t) is Literal:
+            if not all(isinstance(a, str) for a in typing.get_args(t)):
+                return False
+        elif t not in (str, int, float, bool):
+            return False
+    return True
+
+
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - a dependency; the pydantic path gives the same document
+    _orjson = None
+#: events written by orjson from their ``__dict__`` (the capture hot path's flow records); every
+#: other event goes through its own pydantic serializer
+_FLAT_TYPES = frozenset(c for c in (FlowRecord,) if _orjson is not None and _flat_json(c))
+
+
+def event_json(e: Event) -> bytes:
+    """One event's JSON: the same document as ``e.model_dump_json()``, written faster where it can be."""
+    if type(e) in _FLAT_TYPES:
+        try:
+            return _orjson.dumps(e.__dict__)
+        except (TypeError, _orjson.JSONEncodeError):
+            pass  # e.g. an int beyond 64 bits or a lone surrogate: pydantic decides
+    return e.__pydantic_serializer__.to_json(e)
+
+
 def batch_json(events: list[Event]) -> bytes:
-    """An EventBatch's JSON, built from each event's own serializer.
+    """An EventBatch's JSON: the same document as through ``EventBatch``, written faster.
 
     Serialising through the union costs twice as much (the serializer has to
-    find each member's type); the result is the same document.
+    find each member's type), so each event goes through its own serializer;
+    a batch that starts with a flat event (``_FLAT_TYPES``) is written by
+    orjson in one call, flat events from their ``__dict__`` (about 4x cheaper
+    than pydantic's), others as fragments from their own serializer.
     """
+    flat = _FLAT_TYPES
+    if events and type(events[0]) in flat:   # a batch of flow records (with a verdict here and there)
+        frag = _orjson.Fragment
+        try:
+            return b'{"event_type":"batch","events":' + _orjson.dumps(
+                [e.__dict__ if type(e) in flat else frag(e.__pydantic_serializer__.to_json(e)) for e in events]) + b"}"
+        except (TypeError, _orjson.JSONEncodeError):
+            pass  # e.g. an int beyond 64 bits or a lone surrogate in a flat event: pydantic decides
     return b'{"event_type":"batch","events":[' + b",".join(
         [e.__pydantic_serializer__.to_json(e) for e in events]) + b"]}"
 

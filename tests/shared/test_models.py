@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from shared.models import (Alert, ArpInfo, BlockAction, CaptureStats, DnsAnswer, DnsRecord, EventBatch,
@@ -88,3 +90,45 @@ def test_batch_json_is_an_event_batch():
     back = parse_event(doc)
     assert isinstance(back, EventBatch) and list(back.events) == EXAMPLES
     assert parse_event(batch_json([])).events == []
+
+
+def test_flow_records_are_written_flat_and_give_pydantic_s_document():
+    """FlowRecord (all fields str/int/float) goes through orjson from its __dict__: the same JSON document."""
+    from shared.models import _FLAT_TYPES, event_json
+
+    assert FlowRecord in _FLAT_TYPES
+    assert FlowSample not in _FLAT_TYPES and Verdict not in _FLAT_TYPES   # bytes / nested models: pydantic
+    for e in EXAMPLES:
+        assert json.loads(event_json(e)) == json.loads(e.model_dump_json())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(blacklist_categories=()), max_size=40) | st.sampled_from(["a\ud800b", "\x00\"\n"]),
+       st.floats(allow_nan=True, allow_infinity=True), st.integers(0, 2**70),
+       st.sampled_from(["start", "update", "end"]))
+def test_flat_json_equals_pydantic_for_hostile_values(text, number, big, phase):
+    """Hostile strings (quotes, control characters, lone surrogates), non-finite floats and ints beyond
+    64 bits: the fast path writes what pydantic writes, or leaves the event to pydantic."""
+    from shared.models import event_json
+
+    rec = FlowRecord.model_construct(**ENV, phase=phase, first_seen=number, last_seen=1.0, host=text,
+                                     src2dst_bytes=big, application=text[::-1])
+    rec.__dict__["event_type"] = "flow"
+    try:
+        want = rec.model_dump_json()
+    except Exception as exc:  # noqa: BLE001 - pydantic refuses (e.g. a lone surrogate): so must we
+        with pytest.raises(type(exc)):
+            event_json(rec)
+        return
+    assert json.loads(event_json(rec)) == json.loads(want)
+
+
+def test_batch_json_falls_back_to_pydantic_as_a_whole():
+    """A flat event orjson refuses (an int beyond 64 bits) sends the whole batch through pydantic."""
+    from shared.models import batch_json
+
+    big = FlowRecord.model_construct(**EXAMPLES[0].__dict__)
+    big.__dict__["src2dst_bytes"] = 2**70
+    doc = json.loads(batch_json([EXAMPLES[1], big, EXAMPLES[0]]))
+    assert [e["event_type"] for e in doc["events"]] == ["sample", "flow", "flow"]
+    assert doc["events"][1]["src2dst_bytes"] == 2**70
