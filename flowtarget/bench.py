@@ -23,6 +23,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     cp.add_argument("pcap")
     cp.add_argument("--json", action="store_true")
     cp.add_argument("--nats", help="NATS URL for (b) (default: embedded nats-server)")
+    cp.add_argument("--ndpi", nargs="?", const="ndpiReader", metavar="NDPIREADER",
+                    help="also time nDPI's ndpiReader (C, with DPI) on the same file and print the ratio")
     cl = bsub.add_parser("classify", help="flow samples classified per second on one core")
     cl.add_argument("inputs", nargs="+", help="samples JSONL (bench/dump_samples.py) or capture files")
     cl.add_argument("--json", action="store_true")
@@ -75,6 +77,32 @@ async def _capture_service_run(pcap: str, nats_url: str) -> dict[str, Any]:
             "published": bus.published}
 
 
+def run_ndpi_reader(exe: str, pcap: str) -> dict[str, Any]:
+    """Time ``ndpiReader -i PCAP`` (one thread): packets/s by its own processing time and by wall clock."""
+    import re
+    import shutil
+    import subprocess
+
+    path = shutil.which(exe)
+    if path is None:
+        return {"ndpi_error": f"{exe} not found (Debian: apt install libndpi-bin)"}
+    t0 = time.perf_counter()
+    proc = subprocess.run([path, "-i", pcap], capture_output=True, text=True, errors="replace", timeout=3600)
+    wall = time.perf_counter() - t0
+    out = proc.stdout + proc.stderr
+    packets = re.search(r"IP packets:\s+(\d+)\s+of\s+(\d+) packets total", out)
+    busy = re.search(r"Packet Processing Time:\s+([\d.]+)\s+msec", out)
+    version = re.search(r"Using nDPI \(([^)]+)\)", out)
+    if proc.returncode != 0 or packets is None:
+        return {"ndpi_error": f"{exe} exited {proc.returncode}: {out.strip()[-200:]}"}
+    total = int(packets.group(2))
+    res: dict[str, Any] = {"ndpi_version": version.group(1) if version else "", "ndpi_packets": total,
+                           "ndpi_pps_wall": round(total / wall) if wall > 0 else 0}
+    if busy and float(busy.group(1)) > 0:
+        res["ndpi_pps"] = round(total / (float(busy.group(1)) / 1000.0))
+    return res
+
+
 def bench_capture(args: argparse.Namespace) -> int:
     from flowtarget.embedded import EmbeddedNats
     from services.capture.bench import run_meter_bench
@@ -108,6 +136,19 @@ def bench_capture(args: argparse.Namespace) -> int:
     print(f"  (a) read + decode + meter, no NATS : {result['pps_meter']:>10,} packets/s  {result['gbps_meter']} Gbit/s")
     print(f"  (b) full capture service on NATS   : {result['pps']:>10,} packets/s  {result['gbps']} Gbit/s")
     print(f"  peak RSS {result['peak_rss_mb']} MB, {result['bytes_per_flow']} bytes per active flow")
+    if args.ndpi:
+        nd = run_ndpi_reader(args.ndpi, args.pcap)
+        result.update(nd)
+        if "ndpi_error" in nd:
+            print(f"  ndpiReader: {nd['ndpi_error']}")
+        else:
+            if nd.get("ndpi_pps"):
+                result["ratio_ndpi"] = round(result["pps"] / nd["ndpi_pps"], 3)
+            result["ratio_ndpi_wall"] = round(result["pps"] / nd["ndpi_pps_wall"], 3) if nd["ndpi_pps_wall"] else 0
+            print(f"  ndpiReader {nd['ndpi_version']} on the same file: {nd.get('ndpi_pps', 0):>10,} packets/s "
+                  f"(its processing time), {nd['ndpi_pps_wall']:,} by wall clock")
+            print(f"  (b) / ndpiReader: {result.get('ratio_ndpi', '-')} by processing time, "
+                  f"{result['ratio_ndpi_wall']} by wall clock")
     if args.json:
         print(json.dumps(result))
     return 0

@@ -13,7 +13,8 @@ if [ "$want_tests" = 1 ]; then
   # real peers and servers for the tests: InfluxDB v2 write API (victoria-metrics),
   # network-namespace lab (iproute2, ethtool, tcpdump), DNS/HTTP/SSH peers
   pkgs+=(victoria-metrics iproute2 ethtool tcpdump dnsmasq-base dnsutils curl openssh-server openssh-client openssl
-         libndpi-dev)   # the optional second DPI engine is built and tested against it
+         libndpi-dev    # the optional second DPI engine is built and tested against it
+         libndpi-bin)   # ndpiReader: `flowtarget bench capture --ndpi` compares capture with it
 fi
 missing=()
 for p in "${pkgs[@]}"; do

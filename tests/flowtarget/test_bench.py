@@ -1,0 +1,47 @@
+"""`flowtarget bench ...` runs and prints its figures (figures are printed, never asserted as limits)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from tests.conftest import SAMPLE_PCAP
+
+FT = [sys.executable, "-m", "flowtarget"]
+
+
+def bench(*args: str, timeout: int = 300) -> dict:
+    proc = subprocess.run([*FT, "bench", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "FT_LOG_LEVEL": "WARNING"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_bench_capture_prints_both_figures_and_compares_with_ndpireader():
+    r = bench("capture", str(SAMPLE_PCAP), "--json", "--ndpi")
+    for key in ("packets", "pps_meter", "pps", "peak_rss_mb", "bytes_per_flow"):
+        assert key in r, key
+    assert r["packets"] == 97   # every frame of the sample, through (a) and through (b)
+    assert r["pps"] > 0 and r["pps_meter"] > 0 and r["peak_rss_mb"] > 0 and 100 < r["bytes_per_flow"] < 20000
+    assert r["flows"] >= 10
+    if shutil.which("ndpiReader"):   # scripts/setup.sh --test installs it (libndpi-bin)
+        assert r["ndpi_packets"] == r["packets"], "ndpiReader read a different number of packets"
+        assert r["ndpi_pps_wall"] > 0 and r["ratio_ndpi_wall"] > 0
+    else:
+        assert "not found" in r["ndpi_error"]
+
+
+def test_bench_classify_on_a_capture():
+    r = bench("classify", str(SAMPLE_PCAP), "--json", "--repeat", "1")
+    assert r["samples"] > 0 and r["samples_per_s"] > 0 and r["dissector_errors"] == 0
+
+
+def test_bench_store_stores_every_point():
+    args = ["store", "--points", "3000", "--events-per-msg", "500"]
+    if shutil.which("victoria-metrics"):
+        args += ["--influx", "vm"]
+    r = bench(*args)
+    assert r["complete"] and r["points"] == 3000
