@@ -257,7 +257,8 @@ class FlowMeter:
         self.table: OrderedDict[tuple, tuple[Flow, bool]] = OrderedDict()
         self._nflows = 0
         self._by_id: dict[str, Flow] = {}
-        self._closing: dict[str, Flow] = {}
+        # ended flows waiting for a verdict, by deadline (all get the same wait: insertion order)
+        self._closing: OrderedDict[str, Flow] = OrderedDict()
         self._closed: deque[Flow] = deque()
         self._frags: dict[tuple, tuple] = {}
         self._text_cache: dict[bytes, str] = {}
@@ -727,11 +728,16 @@ class FlowMeter:
         closing flows by wall clock (``time.monotonic``)."""
         self.flush_samples()
         self._housekeep(now_ts if now_ts else self._now)
-        if self._closing:
+        closing = self._closing
+        if closing:
+            # a verdict that settles a closing flow publishes it at once (on_verdict): only deadlines
+            # are left, and they increase in insertion order, so this stops at the first one not due
             wall = time.monotonic() if wall is None else wall
-            for f in list(self._closing.values()):
-                if f.pending <= 0 or f.verdict_final or f.deadline <= wall:
-                    self._publish_end(f)
+            while closing:
+                f = closing[next(iter(closing))]
+                if f.deadline > wall and f.pending > 0 and not f.verdict_final:
+                    break
+                self._publish_end(f)
 
     def finish(self, reason: str = "eof") -> None:
         """End every flow; flows with a pending verdict go to closing."""

@@ -259,6 +259,30 @@ def test_final_verdict_stops_sampling_and_deadline_publishes():
     assert m.stats()["counters"]["flows_closing"] == 0
 
 
+def test_closing_flows_wait_for_their_own_deadline_or_verdict():
+    """Ended flows waiting for a verdict: a verdict publishes its flow at once (also from the middle of
+    the queue); tick publishes the others when their deadline is due, oldest first, and no earlier."""
+    import time
+
+    m, sink = meter(verdict_wait_s=5.0)
+    for port in (1, 2, 3):
+        m.process(1.0, udpf(C, port, S, 9, b"payload"))
+        m.finish()   # one flow ends at a time: deadlines in this order
+        time.sleep(0.01)
+    assert not ends(sink) and m.stats()["counters"]["flows_closing"] == 3
+    fid = {s.src_port: s.flow_id for s in sink.samples}
+    m.on_verdict(Verdict(timestamp=1.0, probe="t1", flow_id=fid[2], sample_seq_no=0, app_protocol="DNS"))
+    assert [r.src_port for r in ends(sink)] == [2] and ends(sink)[0].app_protocol == "DNS"
+    first_deadline = m._closing[fid[1]].deadline
+    m.tick(2.0, wall=first_deadline - 0.001)
+    assert [r.src_port for r in ends(sink)] == [2]
+    m.tick(2.0, wall=first_deadline + 0.001)
+    assert [r.src_port for r in ends(sink)] == [2, 1]
+    m.tick(2.0, wall=first_deadline + 5.0)
+    assert [r.src_port for r in ends(sink)] == [2, 1, 3]
+    assert m.pending_verdicts() == 0 and m.stats()["counters"]["flows_closing"] == 0
+
+
 def test_flush_closing_publishes_everything():
     m, sink = meter(verdict_wait_s=60)
     m.process(1.0, udpf(C, 1, S, 2, b"x"))
