@@ -79,6 +79,7 @@ class Bus:
         self.js: JetStreamContext | None = None
         self.malformed = 0
         self.handler_errors = 0
+        self.skipped = 0   # messages dropped unparsed while a subscription's ``when`` was false
         self.published = 0
         self.publish_retries = 0
         self.reconnects = 0
@@ -243,17 +244,23 @@ class Bus:
             return None
 
     async def subscribe(self, subject: str, handler: Handler, queue: str = "",
-                        types: Iterable[type] | None = None, batched: bool = False) -> Any:
+                        types: Iterable[type] | None = None, batched: bool = False,
+                        when: Callable[[], bool] | None = None) -> Any:
         """Subscribe; ``handler`` gets each valid event (batches are unpacked).
 
         ``types`` restricts which event classes reach the handler (others are
         ignored silently: they are valid, just not for this subscriber).  With
         ``batched`` the handler gets the list of wanted events of one message
-        instead, so it can answer a batch with a batch.
+        instead, so it can answer a batch with a batch.  With ``when``, a
+        message that arrives while ``when()`` is false is dropped before it is
+        parsed (counted in ``skipped``): for a subscriber with nothing to do.
         """
         wanted = tuple(types) if types else None
 
         async def _cb(msg: Msg) -> None:
+            if when is not None and not when():
+                self.skipped += 1
+                return
             parsed = self.parse(msg)
             if parsed is None:
                 return

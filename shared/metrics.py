@@ -139,6 +139,7 @@ def bus_stats(bus: Any) -> dict[str, Any]:
     return {
         "malformed": bus.malformed,
         "handler_errors": bus.handler_errors,
+        "skipped": bus.skipped,
         "published": bus.published,
         "publish_retries": bus.publish_retries,
         "reconnects": bus.reconnects,

@@ -1043,7 +1043,10 @@ async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
 
         loop.add_reader(src.fileno(), readable)
         blocker.drain_capture = readable
-    await bus.subscribe(subject("sample", settings.probe), blocker.on_sample, types=[FlowSample])
+    # samples matter only while there are rules (on_sample returns at once otherwise): with none, they
+    # are dropped unparsed, which is most of block's CPU on a busy probe without rules
+    await bus.subscribe(subject("sample", settings.probe), blocker.on_sample, types=[FlowSample],
+                        when=lambda: len(blocker.rules) > 0)
     await bus.subscribe(subject("verdict", settings.probe), blocker.on_verdict, types=[Verdict])
     await bus.subscribe(subject("packet", settings.probe), blocker.on_packet_event, types=[PacketEvent])
     log.info("block running: iface=%s dry_run=%s bucket=%s", settings.iface or "(none)", settings.dry_run,

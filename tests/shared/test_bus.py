@@ -50,6 +50,31 @@ def test_malformed_counted_and_skipped(nats_server):
     assert handler_errors == 1
 
 
+def test_when_gate_drops_messages_unparsed_while_false(nats_server):
+    """A subscriber with nothing to do (block without rules) does not parse: even garbage is not counted
+    as malformed while the gate is closed; once it opens, events arrive again."""
+    async def main():
+        bus = await Bus.connect(CommonSettings(nats_url=nats_server.url, probe="t"), "test")
+        got = []
+        gate = {"open": False}
+
+        async def handler(ev):
+            got.append(ev.flow_id)
+
+        await bus.subscribe("ft.flow.t", handler, when=lambda: gate["open"])
+        await bus.publish("ft.flow.t", rec(1))
+        await bus.nc.publish("ft.flow.t", b"garbage")
+        assert await wait_for(lambda: bus.skipped == 2)
+        gate["open"] = True
+        await bus.publish("ft.flow.t", rec(2))
+        assert await wait_for(lambda: got == ["f2"])
+        await bus.close()
+        return bus.malformed, bus.skipped
+
+    malformed, skipped = asyncio.run(main())
+    assert malformed == 0 and skipped == 2
+
+
 def test_reconnects_and_jetstream_survives_server_restart(nats_server):
     async def main():
         bus = await Bus.connect(CommonSettings(nats_url=nats_server.url, probe="t", stream_name="T1"), "test")
