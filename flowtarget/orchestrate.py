@@ -153,7 +153,7 @@ async def wait_ready(settings: CommonSettings | str, service: str = "classify", 
 
 async def read_stream(settings: CommonSettings, subjects: str = "ft.>") -> list[dict[str, Any]]:
     """Every event stored in the stream (batches unpacked), as plain dicts, in order."""
-    from shared.models import events_of, parse_event
+    from shared.models import event_dict, events_of, parse_event
 
     nc = await nats.connect(settings.nats_url)
     js = nc.jetstream()
@@ -179,7 +179,7 @@ async def read_stream(settings: CommonSettings, subjects: str = "ft.>") -> list[
             except Exception:
                 continue
             for ev in events_of(parsed):
-                events.append(ev.model_dump(mode="json"))
+                events.append(event_dict(ev))
             if msg.metadata.sequence.stream >= last:
                 break
         await sub.unsubscribe()

@@ -344,7 +344,15 @@ except ImportError:  # pragma: no cover - a dependency; the pydantic path gives 
     _orjson = None
 #: events written by orjson from their ``__dict__`` (the capture hot path's flow records); every
 #: other event goes through its own pydantic serializer
-_FLAT_TYPES = frozenset(c for c in (FlowRecord,) if _orjson is not None and _flat_json(c))
+_FLAT_MODELS = frozenset(c for c in (FlowRecord,) if _flat_json(c))
+_FLAT_TYPES = _FLAT_MODELS if _orjson is not None else frozenset()
+
+
+def event_dict(e: Event) -> dict[str, Any]:
+    """``e.model_dump(mode="json")``, without the walk for flat events (their ``__dict__`` is it)."""
+    if type(e) in _FLAT_MODELS:
+        return dict(e.__dict__)
+    return e.model_dump(mode="json")
 
 
 def event_json(e: Event) -> bytes:

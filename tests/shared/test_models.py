@@ -132,3 +132,10 @@ def test_batch_json_falls_back_to_pydantic_as_a_whole():
     doc = json.loads(batch_json([EXAMPLES[1], big, EXAMPLES[0]]))
     assert [e["event_type"] for e in doc["events"]] == ["sample", "flow", "flow"]
     assert doc["events"][1]["src2dst_bytes"] == 2**70
+
+
+def test_event_dict_is_model_dump_json_mode():
+    from shared.models import event_dict
+
+    for e in EXAMPLES:
+        assert event_dict(e) == e.model_dump(mode="json")
