@@ -160,7 +160,7 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
     """Run all services over files, drain, return (status, stored events, capture stats)."""
     import nats
 
-    from flowtarget.orchestrate import pcap_env, read_stream, stream_drained, wait_ready
+    from flowtarget.orchestrate import StreamCollector, pcap_env, stream_drained, wait_ready
 
     stats: list[dict[str, Any]] = []
     nc = await nats.connect(orch.nats_url)
@@ -181,6 +181,7 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
                   end="", file=sys.stderr, flush=True)
 
     await nc.subscribe("ft.stats.>", cb=on_stats)
+    collector = await StreamCollector(orch.settings).start()   # reads what is stored while the run goes on
     p = orch.pipeline
     env_store = {"FT_OUT_DIR": str(out_dir)}
     for name in ("classify", "store", "block"):
@@ -206,7 +207,7 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
         status = status or 1
     if service_available("store") and "store" not in failed:
         await stream_drained(orch.settings, alive=lambda: p.procs["store"].poll() is None)
-    events = await read_stream(orch.settings)
+    events = await collector.finish()
     await nc.drain()
     p.stop()
     return status, events, stats

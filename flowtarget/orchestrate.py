@@ -151,41 +151,90 @@ async def wait_ready(settings: CommonSettings | str, service: str = "classify", 
         await bus.close()
 
 
+class StreamCollector:
+    """Collects every event stored in the stream, as plain dicts in stream order, while a run goes on.
+
+    ``start()`` launches a background task that waits for the stream to
+    exist, then reads it with an ordered consumer, parsing (and validating) each
+    message as it is stored, so the parsing overlaps the run instead of all
+    coming after it.  ``finish()`` reads on until the stream's last message at
+    that moment, stops and returns the events.  Malformed messages are skipped.
+    """
+
+    def __init__(self, settings: CommonSettings, subjects: str = "ft.>") -> None:
+        self.settings = settings
+        self.subjects = subjects
+        self.events: list[dict[str, Any]] = []
+        self.last_seq = 0        # stream sequence of the last message read
+        self.skipped = 0
+        self._nc: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._progress = asyncio.Event()
+
+    async def start(self) -> StreamCollector:
+        self._nc = await nats.connect(self.settings.nats_url)
+        self._task = asyncio.create_task(self._run(), name="stream-collector")
+        return self
+
+    async def _run(self) -> None:
+        from shared.models import event_dict, events_of, parse_event
+
+        js = self._nc.jetstream()
+        while True:   # the services create the stream when they start
+            try:
+                await js.stream_info(self.settings.stream_name)
+                break
+            except NotFoundError:
+                await asyncio.sleep(0.1)
+        sub = await js.subscribe(self.subjects, ordered_consumer=True, stream=self.settings.stream_name)
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=1.0)
+                except asyncio.TimeoutError:   # nats' TimeoutError is one too
+                    continue
+                try:
+                    parsed = parse_event(msg.data)
+                except Exception:  # noqa: BLE001 - a malformed message is skipped, not fatal
+                    self.skipped += 1
+                else:
+                    self.events.extend(event_dict(ev) for ev in events_of(parsed))
+                self.last_seq = msg.metadata.sequence.stream
+                self._progress.set()
+        finally:
+            await sub.unsubscribe()
+
+    async def finish(self, timeout_s: float = 120.0) -> list[dict[str, Any]]:
+        """Events up to the stream's current last message (or what arrived within ``timeout_s``)."""
+        try:
+            try:
+                si = await self._nc.jetstream().stream_info(self.settings.stream_name)
+                last = si.state.last_seq
+            except NotFoundError:
+                last = 0
+            deadline = time.monotonic() + timeout_s
+            while self.last_seq < last and time.monotonic() < deadline:
+                if self._task is not None and self._task.done():
+                    break
+                self._progress.clear()
+                try:
+                    await asyncio.wait_for(self._progress.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            if self._task is not None:
+                self._task.cancel()
+                try:
+                    await self._task
+                except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping
+                    pass
+            await self._nc.close()
+        return self.events
+
+
 async def read_stream(settings: CommonSettings, subjects: str = "ft.>") -> list[dict[str, Any]]:
     """Every event stored in the stream (batches unpacked), as plain dicts, in order."""
-    from shared.models import event_dict, events_of, parse_event
-
-    nc = await nats.connect(settings.nats_url)
-    js = nc.jetstream()
-    events: list[dict[str, Any]] = []
-    try:
-        try:
-            si = await js.stream_info(settings.stream_name)
-        except NotFoundError:
-            return events
-        last = si.state.last_seq
-        if last == 0:
-            return events
-        sub = await js.subscribe(subjects, ordered_consumer=True, stream=settings.stream_name)
-        seen = 0
-        while seen < si.state.messages:
-            try:
-                msg = await sub.next_msg(timeout=5)
-            except Exception:
-                break
-            seen += 1
-            try:
-                parsed = parse_event(msg.data)
-            except Exception:
-                continue
-            for ev in events_of(parsed):
-                events.append(event_dict(ev))
-            if msg.metadata.sequence.stream >= last:
-                break
-        await sub.unsubscribe()
-    finally:
-        await nc.close()
-    return events
+    return await (await StreamCollector(settings, subjects).start()).finish()
 
 
 class Orchestrator:
