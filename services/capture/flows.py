@@ -668,6 +668,11 @@ class FlowMeter:
     def _publish_end(self, f: Flow) -> None:
         self._closing.pop(f.flow_id, None)
         if self._by_id.pop(f.flow_id, None) is not None:
+            if f.pending > 0:
+                # verdicts still expected: harmless after a final verdict; otherwise the end record is
+                # published without them (verdict_wait_s passed, or shutdown).  Those that still come
+                # are counted as verdicts_unknown_flow.
+                self._count("verdicts_after_final" if f.verdict_final else "verdicts_waited_out", f.pending)
             self._pending -= f.pending
             f.pending = 0
         self.flows_ended += 1
