@@ -343,14 +343,15 @@ async def _wait_verdicts(meter: FlowMeter, out: Outbox, stop: asyncio.Event, lim
     """Wait while classify catches up (pending verdicts above ``limit``), as long as it makes progress.
 
     Returns False when no verdict arrived for ``max_wait_s``: classify is not
-    answering, and the caller stops waiting for it.
+    answering, and the caller stops waiting for it.  Meanwhile ended flows keep
+    waiting for their verdicts (no wall-clock deadline: see ``replay_files``).
     """
     last = meter.pending_verdicts()
     still_since = time.monotonic()
     while meter.pending_verdicts() > limit and not stop.is_set():
         await out.flush()
         await asyncio.sleep(0.005)
-        meter.tick(0.0, time.monotonic())   # 0: packet time stays where it is
+        meter.tick(0.0, 0.0)   # 0: packet time stays where it is; wall 0: no closing flow is due
         now = meter.pending_verdicts()
         if now < last:
             last, still_since = now, time.monotonic()
@@ -363,7 +364,16 @@ async def _wait_verdicts(meter: FlowMeter, out: Outbox, stop: asyncio.Event, lim
 async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event, meter: FlowMeter, out: Outbox,
                        reporter: StatsReporter) -> None:
     errors = 0
-    classify_answers = True   # cleared when classify stops answering: no more pauses for it
+    # Cleared when classify stops answering: no more pauses for it.  While it answers, an ended
+    # flow waits for its verdicts however long the replay makes classify lag (back-pressure bounds
+    # how many are pending); verdict_wait_s, a wall-clock wait meant for live traffic, applies only
+    # once classify has stopped answering, so a replay's results do not depend on the machine's load.
+    classify_answers = True
+
+    def wall() -> float:
+        if classify_answers and settings.replay_max_pending:   # without back-pressure: the deadline
+            return 0.0
+        return time.monotonic()
     for path in settings.pcap:
         if stop.is_set():
             break
@@ -400,7 +410,7 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                             break
                     process(ts, frame, d)
                     if next_tick is None or ts >= next_tick:
-                        meter.tick(ts, time.monotonic())
+                        meter.tick(ts, wall())
                         if out.detectors is not None:
                             out.add_alerts(out.detectors.tick(ts))
                         next_tick = ts + 1.0
@@ -411,7 +421,7 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
             n += len(recs)
             ts = recs[-1][0]
             if next_tick is None or ts >= next_tick:
-                meter.tick(ts, time.monotonic())
+                meter.tick(ts, wall())
                 if out.detectors is not None:
                     out.add_alerts(out.detectors.tick(ts))
                 next_tick = ts + 1.0

@@ -1,0 +1,78 @@
+"""capture service replaying a file: a classify that lags longer than verdict_wait_s loses no verdict.
+
+verdict_wait_s is a wall-clock wait meant for live traffic.  A replay runs as
+fast as the machine allows and back-pressure bounds how far classify lags, so
+while classify answers, ended flows wait for their verdicts: the results of a
+replay do not depend on the machine's load.  Here a stand-in classify on the
+real nats-server answers one sample every 0.2 s, so the last answers come
+seconds after the file ended, with verdict_wait_s 0.3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from flowtarget.orchestrate import read_stream
+from services.capture import service
+from shared.bus import Bus
+from shared.models import FlowSample, Verdict, batch_json
+from shared.settings import CaptureSettings, CommonSettings
+from tests.conftest import SAMPLE_PCAP
+
+STEP_S = 0.2
+
+
+def test_replay_waits_for_a_lagging_classify(nats_server):
+    async def main():
+        settings = CaptureSettings(nats_url=nats_server.url, probe="vw", pcap=[SAMPLE_PCAP], verdict_wait_s=0.3,
+                                   replay_max_pending=4000, stream_storage="memory")
+        classify = await Bus.connect(CommonSettings(nats_url=nats_server.url, probe="vw"), "slow-classify")
+        sampled: set[str] = set()
+        queue: asyncio.Queue[FlowSample] = asyncio.Queue()
+
+        async def answer(batch: list[FlowSample]) -> None:
+            for s in batch:
+                sampled.add(s.flow_id)
+                queue.put_nowait(s)
+
+        async def worker() -> None:   # busy: one sample every STEP_S, in order
+            while True:
+                s = await queue.get()
+                await asyncio.sleep(STEP_S)
+                v = Verdict(timestamp=s.timestamp, probe="vw", flow_id=s.flow_id, sample_seq_no=s.seq_no,
+                            final=True, app_protocol="Telnet", confidence="dpi")
+                await classify.nc.publish("ft.verdict.vw", batch_json([v]))
+
+        work = asyncio.create_task(worker())
+        await classify.subscribe("ft.sample.vw", answer, types=(FlowSample,), batched=True)
+        stop = asyncio.Event()
+        bus = await Bus.connect(settings, "capture", stop)
+        stats: list[dict] = []
+
+        async def on_stats(msg) -> None:
+            import json
+
+            stats.append(json.loads(msg.data))
+
+        await classify.nc.subscribe("ft.stats.vw", cb=on_stats)
+        t0 = asyncio.get_running_loop().time()
+        await service.main(settings, bus, stop)
+        took = asyncio.get_running_loop().time() - t0
+        await asyncio.sleep(0.3)
+        events = await read_stream(settings)
+        work.cancel()
+        await bus.close()
+        await classify.close()
+        return sampled, events, stats, took
+
+    sampled, events, stats, took = asyncio.run(main())
+    ends = {e["flow_id"]: e for e in events if e["event_type"] == "flow" and e["phase"] == "end"}
+    assert sampled and sampled <= set(ends)
+    assert len(sampled) >= 5 and took >= len(sampled) * STEP_S   # it did wait for the late answers
+    unanswered = [fid for fid in sampled if ends[fid]["app_protocol"] != "Telnet"]
+    assert not unanswered, f"{len(unanswered)} of {len(sampled)} sampled flows lost their verdict"
+    counters: dict[str, int] = {}
+    for s in stats:
+        for k, v in (s.get("counters") or {}).items():
+            counters[k] = counters.get(k, 0) + v
+    assert counters.get("verdicts_waited_out", 0) == 0
