@@ -17,6 +17,9 @@
  *       of (timestamp, frame).  Stops at the first record that is not wholly
  *       in ``buf`` (the caller reads more) or whose caplen exceeds
  *       ``max_record`` (returned as bad_caplen; otherwise -1).
+ *
+ *   Collector()  a callback for pypcap's dispatch(): collector(ts, frame, ...)
+ *       appends (ts, bytes(frame)); collector.take() returns the list so far.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -148,6 +151,88 @@ static PyObject *pcap_records(PyObject *self, PyObject *args) {
     return Py_BuildValue("(NnL)", list, pos, bad);
 }
 
+/* Collector: a packet callback for pypcap's dispatch() that appends (ts, frame) to a list without
+ * a Python frame per packet; take() returns the list and starts a new one. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *list;
+} Collector;
+
+static int Collector_init(Collector *self, PyObject *args, PyObject *kw) {
+    (void)args;
+    (void)kw;
+    PyObject *list = PyList_New(0);
+    if (list == NULL)
+        return -1;
+    Py_XSETREF(self->list, list);
+    return 0;
+}
+
+static void Collector_dealloc(Collector *self) {
+    Py_XDECREF(self->list);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Collector_call(Collector *self, PyObject *args, PyObject *kw) {
+    (void)kw;
+    if (PyTuple_GET_SIZE(args) < 2) {
+        PyErr_SetString(PyExc_TypeError, "Collector(ts, frame, ...)");
+        return NULL;
+    }
+    PyObject *ts = PyTuple_GET_ITEM(args, 0);
+    PyObject *frame = PyTuple_GET_ITEM(args, 1);
+    PyObject *rec;
+    if (PyBytes_CheckExact(frame)) {
+        rec = PyTuple_Pack(2, ts, frame);
+    } else {
+        PyObject *b = PyBytes_FromObject(frame);
+        if (b == NULL)
+            return NULL;
+        rec = PyTuple_Pack(2, ts, b);
+        Py_DECREF(b);
+    }
+    if (rec == NULL)
+        return NULL;
+    if (self->list == NULL || PyList_Append(self->list, rec) < 0) {
+        Py_DECREF(rec);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "Collector not initialised");
+        return NULL;
+    }
+    Py_DECREF(rec);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Collector_take(Collector *self, PyObject *unused) {
+    (void)unused;
+    PyObject *fresh = PyList_New(0);
+    if (fresh == NULL)
+        return NULL;
+    PyObject *out = self->list;
+    self->list = fresh;
+    if (out == NULL)
+        return PyList_New(0);
+    return out;
+}
+
+static PyMethodDef Collector_methods[] = {
+    {"take", (PyCFunction)Collector_take, METH_NOARGS, "The records collected so far (and start a new list)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject CollectorType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "services.capture._fastpath.Collector",
+    .tp_basicsize = sizeof(Collector),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "pypcap dispatch() callback collecting (ts, frame) records.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Collector_init,
+    .tp_dealloc = (destructor)Collector_dealloc,
+    .tp_call = (ternaryfunc)Collector_call,
+    .tp_methods = Collector_methods,
+};
+
 static PyMethodDef methods[] = {
     {"eth4", eth4, METH_O, "Fast path of the meter for untagged Ethernet/IPv4 TCP and UDP frames."},
     {"pcap_records", pcap_records, METH_VARARGS, "Whole pcap records from a buffer, as (timestamp, frame)."},
@@ -156,4 +241,17 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastpath", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__fastpath(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastpath(void) {
+    if (PyType_Ready(&CollectorType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&CollectorType);
+    if (PyModule_AddObject(m, "Collector", (PyObject *)&CollectorType) < 0) {
+        Py_DECREF(&CollectorType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -17,6 +17,11 @@ packet slower.  ``tests/services/capture/test_fastpath.py`` keeps both equal.
     ``buf`` from ``pos`` as ``(timestamp, frame)``; stops at a record not
     wholly in ``buf`` or with caplen above ``max_record`` (``bad_caplen``,
     else -1).
+
+``Collector()``
+    A packet callback for pypcap's ``dispatch()``: ``collector(ts, frame, ...)``
+    appends ``(ts, bytes(frame))``; ``collector.take()`` returns the list so
+    far and starts a new one.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import os
 import struct
 from typing import Any
 
-__all__ = ["eth4", "pcap_records", "eth4_py", "pcap_records_py", "COMPILED"]
+__all__ = ["eth4", "pcap_records", "Collector", "eth4_py", "pcap_records_py", "CollectorPy", "COMPILED"]
 
 _TUNNEL_PORTS = frozenset((4789, 2152, 37008, 5247))  # VXLAN, GTP-U, CAPWAP data, CAPWAP control
 _u16x3 = struct.Struct("!HHH").unpack_from
@@ -79,6 +84,20 @@ def pcap_records_py(buf: bytes, pos: int, big_endian: bool, ts_unit: float, limi
     return out, pos, -1
 
 
+class CollectorPy:
+    __slots__ = ("_list",)
+
+    def __init__(self) -> None:
+        self._list: list[tuple[float, bytes]] = []
+
+    def __call__(self, ts: float, frame: Any, *args: Any) -> None:
+        self._list.append((ts, bytes(frame)))
+
+    def take(self) -> list[tuple[float, bytes]]:
+        out, self._list = self._list, []
+        return out
+
+
 _c: Any = None
 if os.environ.get("FT_PURE_PYTHON", "").lower() not in ("1", "true", "yes"):
     try:
@@ -89,3 +108,4 @@ if os.environ.get("FT_PURE_PYTHON", "").lower() not in ("1", "true", "yes"):
 COMPILED = _c is not None
 eth4 = _c.eth4 if COMPILED else eth4_py
 pcap_records = _c.pcap_records if COMPILED else pcap_records_py
+Collector = _c.Collector if COMPILED else CollectorPy

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .fastpath import pcap_records
+from .fastpath import Collector, pcap_records
 
 __all__ = ["CaptureFileError", "FileSource", "LiveSource", "open_source", "DLT_NAMES"]
 
@@ -407,23 +407,20 @@ class LiveSource:
         self._p.setnonblock(True)
         self.datalink: int = self._p.datalink()
         self.snaplen = snaplen
-        self._batch: list[tuple[float, bytes]] = []
+        self._collect = Collector()   # dispatch()'s per-packet callback (compiled where built)
         self.packets = 0
 
     def fileno(self) -> int:
         return self._p.fileno()
 
-    def _cb(self, ts: float, pkt: bytes, *args: object) -> None:
-        self._batch.append((ts, bytes(pkt)))
-
     def read_available(self, max_n: int = 10000) -> list[tuple[float, bytes]]:
         """Packets already buffered by the kernel, at most ``max_n``; [] when none."""
-        self._batch = batch = []
         try:
-            self._p.dispatch(max_n, self._cb)
+            self._p.dispatch(max_n, self._collect)
         except OSError:
             # interface went away: return what we have, the caller checks stats/fileno
             pass
+        batch = self._collect.take()
         self.packets += len(batch)
         return batch
 
