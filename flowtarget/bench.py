@@ -34,6 +34,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     st.add_argument("--events-per-msg", type=int, default=500)
     st.add_argument("--nats", help="NATS URL (default: FT_NATS_URL if set, else an embedded nats-server)")
     st.add_argument("--influx", help="InfluxDB URL (default FT_INFLUX_URL); 'vm' starts a temporary victoria-metrics")
+    lv = bsub.add_parser("live", help="packets/s capture keeps up with on a real interface (root, a veth pair)")
+    from services.capture.livebench import add_arguments as live_arguments
+
+    live_arguments(lv)
     bl = bsub.add_parser("block", help="trigger-to-injection latency in a namespace lab (root)")
     from services.block.bench import add_arguments as block_arguments
 
@@ -206,6 +210,10 @@ def bench_command(args: argparse.Namespace) -> int:
         argv += ["--nats", args.nats or os.environ.get("FT_NATS_URL") or "embedded"]
         argv += ["--influx", args.influx] if args.influx else []
         return int(store_main(argv) or 0)
+    if args.target == "live":
+        from services.capture.livebench import bench_command as live_bench
+
+        return int(live_bench(args) or 0)
     if args.target == "block":
         from services.block.bench import bench_command as block_bench
 

@@ -269,7 +269,8 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
             out.add_alerts(detectors.flush())      # close every open incident
         await out.drain()
         # the totals; for the detectors' process also the end of this capture's events
-        await reporter.publish(source="", finished=False, delta=False, extra={"end_of_capture": 1})
+        await reporter.publish(source="", finished=False, delta=False,
+                               extra={"end_of_capture": 1, **reporter.final_extra})
         if settings.pcap:
             await drain_detectors(bus, settings)
         publisher.cancel()
@@ -311,6 +312,7 @@ class StatsReporter:
     def __init__(self, bus: Bus, settings: CaptureSettings, meter: FlowMeter, out: Outbox) -> None:
         self.bus, self.settings, self.meter, self.out = bus, settings, meter, out
         self._prev: dict[str, int] = {}
+        self.final_extra: dict[str, int] = {}   # live capture: the kernel's counters at the end
 
     def _snapshot(self) -> dict[str, int]:
         st = dict(self.meter.stats())
@@ -487,4 +489,7 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                                               "dropped_interface": live.get("dropped_interface", 0)})
     finally:
         loop.remove_reader(src.fileno())
+        live = src.stats()   # the kernel's drop counters go into the final report too
+        reporter.final_extra = {"dropped_kernel": live.get("dropped_kernel", 0),
+                                "dropped_interface": live.get("dropped_interface", 0)}
         src.close()
