@@ -41,6 +41,8 @@ CHUNK = 2048                # packets processed between two publishing turns
 SAMPLE_BATCH = 64          # samples (and packet events) per message
 PUBLISH_WINDOW = 8         # JetStream batches awaiting their ack at once
 STATS_INTERVAL_S = 10.0
+LIVE_READ = 4096           # live capture: packets read per call
+LIVE_TICK_S = 0.1          # live capture: timeouts and detector ticks
 
 
 class Outbox:
@@ -462,31 +464,40 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
     loop = asyncio.get_running_loop()
     ready = asyncio.Event()
     loop.add_reader(src.fileno(), ready.set)
-    last_stats = time.monotonic()
+    mono = time.monotonic
+    last_stats = next_tick = mono()
     try:
         while not stop.is_set():
+            batch = src.read_available(LIVE_READ)
+            n = len(batch)
+            if n:
+                meter.process_batch(batch)
+                # a publishing turn at once: block and classify race the server's answer with these samples
+                await out.flush()
+            now_m = mono()
+            if now_m >= next_tick:
+                now = time.time()
+                meter.tick(now, now_m)
+                if out.detectors is not None:
+                    out.add_alerts(out.detectors.tick(now))
+                await out.flush()
+                next_tick = now_m + LIVE_TICK_S
+                if now_m - last_stats > STATS_INTERVAL_S:
+                    last_stats = now_m
+                    live = src.stats()
+                    await reporter.publish(settings.iface, finished=False, delta=False,
+                                           extra={"dropped_kernel": live.get("dropped_kernel", 0),
+                                                  "dropped_interface": live.get("dropped_interface", 0)})
+            if n:
+                # traffic: read on after one pass of the loop's other work (verdicts, NATS), without
+                # wait_for's task per wake-up, which cost more than the read when packets keep coming
+                await asyncio.sleep(0)
+                continue
+            ready.clear()
             try:
-                await asyncio.wait_for(ready.wait(), 0.5)
+                await asyncio.wait_for(ready.wait(), min(0.5, max(0.001, next_tick - now_m)))
             except asyncio.TimeoutError:
                 pass
-            ready.clear()
-            while True:
-                batch = src.read_available(4096)
-                meter.process_batch(batch)
-                await out.flush()
-                if len(batch) < 4096:
-                    break
-            now = time.time()
-            meter.tick(now, time.monotonic())
-            if out.detectors is not None:
-                out.add_alerts(out.detectors.tick(now))
-            await out.flush()
-            if time.monotonic() - last_stats > STATS_INTERVAL_S:
-                last_stats = time.monotonic()
-                live = src.stats()
-                await reporter.publish(settings.iface, finished=False, delta=False,
-                                       extra={"dropped_kernel": live.get("dropped_kernel", 0),
-                                              "dropped_interface": live.get("dropped_interface", 0)})
     finally:
         loop.remove_reader(src.fileno())
         live = src.stats()   # the kernel's drop counters go into the final report too
