@@ -94,6 +94,15 @@ def _send(sock: socket.socket, frames: list[bytes], rate: float, seconds: float)
     return sent, time.perf_counter() - t0
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 async def _final_stats(url: str, probe: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> dict[str, Any]:
     import nats
 
@@ -175,8 +184,10 @@ def bench_command(args: argparse.Namespace) -> int:
                     err = proc.stderr.read().decode(errors="replace")[-500:] if proc.poll() is not None else ""
                     print(f"flowtarget bench live: capture did not start {err}", file=sys.stderr)
                     return 1
+                cpu0 = _cpu_s(proc.pid)
                 sent, elapsed = _send(sock, frames, rate, args.seconds)
                 time.sleep(1.0)   # let capture drain its buffer
+                cpu = _cpu_s(proc.pid) - cpu0
                 st = asyncio.run(_final_stats(nats_server.url, probe, proc))
             finally:
                 if proc.poll() is None:
@@ -187,10 +198,12 @@ def bench_command(args: argparse.Namespace) -> int:
             row = {"offered_pps": round(rate) if rate else "max", "sent": sent, "sent_pps": round(sent / elapsed),
                    "metered": metered, "dropped_kernel": drops,
                    "loss_pct": round(100.0 * max(0, sent - metered) / sent, 3) if sent else 0.0,
-                   "repeats_flows": sent > len(frames)}
+                   "repeats_flows": sent > len(frames),
+                   "capture_cpu_pct": round(100.0 * cpu / (elapsed + 1.0), 1)}
             results.append(row)
             print(f"  offered {row['offered_pps']!s:>7} pps: sent {sent:>9,} ({row['sent_pps']:,}/s), "
-                  f"metered {metered:>9,}, kernel drops {drops:,}, loss {row['loss_pct']} %", flush=True)
+                  f"metered {metered:>9,}, kernel drops {drops:,}, loss {row['loss_pct']} %, "
+                  f"capture {row['capture_cpu_pct']} % of a core", flush=True)
     finally:
         if nats_server is not None:
             nats_server.close()
