@@ -32,7 +32,7 @@ from typing import Any
 
 __all__ = ["eth4", "pcap_records", "Collector", "eth4_py", "pcap_records_py", "CollectorPy", "COMPILED"]
 
-_TUNNEL_PORTS = frozenset((4789, 2152, 37008, 5247))  # VXLAN, GTP-U, CAPWAP data, CAPWAP control
+from .decode import _UDP_TUNNEL_PORTS as _TUNNEL_PORTS  # UDP ports decode() decapsulates (also in the C)
 _u16x3 = struct.Struct("!HHH").unpack_from
 _tcp = struct.Struct("!HHIIBB").unpack_from
 _ports = struct.Struct("!HH").unpack_from

@@ -1,6 +1,7 @@
 """The bidirectional flow table: counters, TCP state, timeouts, DPI samples.
 
-``FlowMeter.process(ts, frame)`` is the hot path.  It decodes the frame with
+``FlowMeter.process_batch(records)`` is the hot path (``process(ts, frame)``
+meters one frame through it).  It decodes the frame with
 ``services.capture.decode`` and updates one flow; everything it produces goes
 to a ``MeterSink`` synchronously (flow records, samples, DNS/ARP packet
 events).  It never touches NATS and never raises on bad input.
@@ -16,18 +17,18 @@ Design notes
 - A flow that has a final verdict, or that has reached its sampling limits,
   costs only counter updates per packet.
 - Periodic work (idle expiry, TCP close grace, closing flows waiting for a
-  verdict) runs at most once per second of packet time from ``process`` and
-  from ``tick``.
-- Untagged Ethernet/IPv4 TCP/UDP frames are parsed inline in ``process`` (a
-  copy of ``decode``'s fast path, kept equal by a test); everything else goes
-  through ``decode``.
+  verdict) runs at most once per second of packet time from ``process_batch``
+  and from ``tick``.
+- Untagged Ethernet/IPv4 TCP/UDP frames take ``fastpath.eth4`` (compiled where
+  built; a test keeps it equal to its Python twin and to ``decode``);
+  everything else goes through ``decode``.
 - Events are built without pydantic validation (``_build``) from values the
   meter computed itself; a test checks that they validate.
 
 Using it
 - Replaying several files: call ``finish()`` at the end of each file, or
   flows of different captures with the same endpoints merge.
-- Multi-interface pcapng: ``FileSource.iter_dlt()`` and ``process(ts, frame, dlt)``.
+- Multi-interface pcapng: ``FileSource.batches()`` and ``process_batch(records, dlt)``.
 - ``defer_samples = True`` coalesces a flow's samples until ``flush_samples()``
   (call it before publishing each batch; ``tick``/``finish`` also flush): the
   same cumulative content in ~4x fewer samples on replays.

@@ -143,3 +143,14 @@ def test_collector_gathers_what_pcap_dispatch_hands_it(cls):
     assert c.take() == [(1.5, b"xy")]
     with pytest.raises(TypeError):
         c(1.0)
+
+
+def test_eth4_leaves_every_udp_tunnel_port_to_the_decoder():
+    """The C file lists the tunnel ports decode() decapsulates: the same list, or inner flows go unseen."""
+    from services.capture.decode import _UDP_TUNNEL_PORTS
+
+    for port in sorted(_UDP_TUNNEL_PORTS):
+        for sport, dport in ((port, 40000), (40000, port)):
+            frame = ETH + _ip(struct.pack("!HHHH", sport, dport, 16, 0) + b"\x00" * 8, 17)
+            assert fastpath.eth4(frame) is None and fastpath.eth4_py(frame) is None, port
+    assert fastpath.eth4(ETH + _ip(struct.pack("!HHHH", 4788, 40000, 16, 0) + b"\x00" * 8, 17)) is not None
