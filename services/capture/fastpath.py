@@ -30,9 +30,10 @@ import os
 import struct
 from typing import Any
 
+from .decode import _UDP_TUNNEL_PORTS as _TUNNEL_PORTS  # the UDP ports decode() decapsulates (listed in the C too)
+
 __all__ = ["eth4", "pcap_records", "Collector", "eth4_py", "pcap_records_py", "CollectorPy", "COMPILED"]
 
-from .decode import _UDP_TUNNEL_PORTS as _TUNNEL_PORTS  # UDP ports decode() decapsulates (also in the C)
 _u16x3 = struct.Struct("!HHH").unpack_from
 _tcp = struct.Struct("!HHIIBB").unpack_from
 _ports = struct.Struct("!HH").unpack_from
