@@ -1,0 +1,61 @@
+"""bench/make_big_pcap.py: the capture the capture benchmark is measured on."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from services.capture.flows import FlowMeter, ListSink
+from services.capture.sources import FileSource
+from shared.settings import CaptureSettings
+from tests.conftest import REPO, SAMPLE_PCAP, need_corpus
+
+SCRIPT = REPO / "bench" / "make_big_pcap.py"
+
+
+def make(corpus: Path, out: Path, packets: int) -> str:
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--corpus", str(corpus), "--out", str(out),
+                           "--packets", str(packets)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def meter_ends(path: Path) -> list:
+    sink = ListSink()
+    m = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, probe="t")
+    src = FileSource(path)
+    m.set_source(src.name, src.datalink)
+    for dlt, recs in src.batches():
+        m.process_batch(recs, dlt)
+    m.finish()
+    return [r for r in sink.flows if r.phase == "end"]
+
+
+def test_replicas_are_new_flows_on_one_increasing_timeline(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(SAMPLE_PCAP, corpus / "sample.pcap")
+    n_sample = sum(1 for _ in FileSource(SAMPLE_PCAP))
+    out = tmp_path / "big.pcap"
+    make(corpus, out, n_sample * 5)
+    src = FileSource(out)
+    recs = list(src)
+    assert src.datalink == 1 and len(recs) == n_sample * 5
+    times = [ts for ts, _ in recs]
+    assert times == sorted(times)
+    one = {(r.src_ip, r.dst_ip) for r in meter_ends(SAMPLE_PCAP) if r.ip_version == 4}
+    five = {(r.src_ip, r.dst_ip) for r in meter_ends(out) if r.ip_version == 4}
+    assert len(five) >= 4 * len(one)   # each replica's shifted addresses make its flows new ones
+
+
+def test_builds_from_the_ndpi_corpus():
+    corpus = need_corpus()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "big.pcap"
+        make(corpus, out, 30_000)
+        src = FileSource(out)
+        assert src.datalink == 1 and sum(1 for _ in src) == 30_000 and src.errors == 0
