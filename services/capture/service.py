@@ -378,6 +378,7 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
         if classify_answers and settings.replay_max_pending:   # without back-pressure: the deadline
             return 0.0
         return time.monotonic()
+
     for path in settings.pcap:
         if stop.is_set():
             break
