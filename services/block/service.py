@@ -702,7 +702,16 @@ class Blocker:
         nxt = (seq + plen + (1 if flags & TH_FIN else 0)) & 0xFFFFFFFF
         if from_client:
             if ts <= w.t_inj:
-                return  # sent before the injection could have arrived
+                # sent before our frames could all have arrived: only an acknowledgement of server data
+                # that is not our page counts, and it proves the real answer got there first (a page
+                # longer than the real answer would otherwise have its tail accepted afterwards, and the
+                # client's final RST acknowledge the page as if it had won)
+                if (flags & TH_ACK and not flags & TH_RST and _seq_gt(ack, w.s_next) and w.attempts == 1
+                        and not (w.action == "http_block" and w.page_len >= 0
+                                 and ack == (w.s_next + w.page_len + 1) & 0xFFFFFFFF)):
+                    self._lost(w, c_next=nxt, s_next=ack, why="client acknowledged real server data before the "
+                                                              "injection arrived")
+                return
             if flags & TH_RST:
                 if (flags & TH_ACK and w.action == "http_block" and w.page_len >= 0 and w.attempts == 1
                         and _seq_gt(ack, w.s_next) and ack != (w.s_next + w.page_len + 1) & 0xFFFFFFFF):
