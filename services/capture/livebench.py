@@ -41,9 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=3.0, help="sending time per rate")
     p.add_argument("--frames", type=int, default=1_000_000,
                    help="frames loaded from the file and sent in a loop (enough that a run does not repeat flows)")
-    p.add_argument("--buffer-mb", type=int, default=4,
-                   help="capture's kernel buffer (FT_BUFFER_MB): small, so that a capture falling behind "
-                        "shows as drops instead of a backlog it works off after the sending stops")
+    p.add_argument("--buffer-mb", type=int, default=64,
+                   help="capture's kernel buffer (FT_BUFFER_MB, default as the service's).  A large buffer "
+                        "hides a short overload as a backlog worked off after the sending stops: use a "
+                        "small one (e.g. 4) or a longer --seconds to see the sustained rate")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
@@ -103,43 +104,46 @@ def _cpu_s(pid: int) -> float:
         return 0.0
 
 
-async def _final_stats(url: str, probe: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> dict[str, Any]:
+async def _one_rate(url: str, probe: str, env: dict[str, str], cwd: Path, sock: socket.socket, frames: list[bytes],
+                    rate: float, seconds: float) -> dict[str, Any]:
+    """Start capture, wait until its handle is open, send, stop it; its final report and our counts."""
     import nats
 
     nc = await nats.connect(url)
-    got: list[dict[str, Any]] = []
+    started = asyncio.Event()
+    final: list[dict[str, Any]] = []
 
     async def on_stats(msg: Any) -> None:
-        st = json.loads(msg.data)
-        if (st.get("counters") or {}).get("end_of_capture"):
-            got.append(st)
+        counters = json.loads(msg.data).get("counters") or {}
+        if counters.get("capture_started"):
+            started.set()
+        if counters.get("end_of_capture"):
+            final.append(json.loads(msg.data))
 
-    await nc.subscribe(f"ft.stats.{probe}", cb=on_stats)
+    await nc.subscribe(f"ft.stats.{probe}", cb=on_stats)   # before capture starts: its first report counts
     await nc.flush()
-    proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while not got and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    await nc.close()
-    return got[0] if got else {}
-
-
-async def _wait_capture(url: str, probe: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> bool:
-    """capture answers ft.ctl.<probe>.pcap once its capture loop runs."""
-    import nats
-
-    nc = await nats.connect(url)
+    proc = subprocess.Popen([sys.executable, "-m", "flowtarget", "capture"], env=env, cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                await nc.request(f"ft.ctl.{probe}.pcap", b'{"bpf": "ether proto 0x88b5", "duration_s": 0}',
-                                 timeout=0.5)
-                return True
-            except Exception:  # noqa: BLE001 - not up yet
-                await asyncio.sleep(0.1)
-        return False
+        deadline = time.monotonic() + 30
+        while not started.is_set() and proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if not started.is_set():
+            err = proc.stderr.read().decode(errors="replace")[-500:] if proc.poll() is not None else ""
+            return {"error": f"capture did not start {err}"}
+        cpu0 = _cpu_s(proc.pid)
+        sent, elapsed = _send(sock, frames, rate, seconds)   # blocking: NATS messages wait in the socket
+        await asyncio.sleep(1.0)   # let capture drain its buffer
+        cpu = _cpu_s(proc.pid) - cpu0
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while not final and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return {"stats": final[0] if final else {}, "sent": sent, "elapsed": elapsed, "cpu": cpu}
     finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
         await nc.close()
 
 
@@ -177,22 +181,11 @@ def bench_command(args: argparse.Namespace) -> int:
                    "FT_DETECTORS": "", "FT_METRICS_PORT": "0", "FT_STREAM_STORAGE": "memory",
                    "FT_BUFFER_MB": str(args.buffer_mb),
                    "FT_EVIDENCE_DIR": os.path.join(tmp.name, "evidence"), "FT_LOG_LEVEL": "WARNING"}
-            proc = subprocess.Popen([sys.executable, "-m", "flowtarget", "capture"], env=env, cwd=repo,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            try:
-                if not asyncio.run(_wait_capture(nats_server.url, probe, proc)):
-                    err = proc.stderr.read().decode(errors="replace")[-500:] if proc.poll() is not None else ""
-                    print(f"flowtarget bench live: capture did not start {err}", file=sys.stderr)
-                    return 1
-                cpu0 = _cpu_s(proc.pid)
-                sent, elapsed = _send(sock, frames, rate, args.seconds)
-                time.sleep(1.0)   # let capture drain its buffer
-                cpu = _cpu_s(proc.pid) - cpu0
-                st = asyncio.run(_final_stats(nats_server.url, probe, proc))
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                proc.wait(10)
+            res = asyncio.run(_one_rate(nats_server.url, probe, env, repo, sock, frames, rate, args.seconds))
+            if "error" in res:
+                print(f"flowtarget bench live: {res['error']}", file=sys.stderr)
+                return 1
+            st, sent, elapsed, cpu = res["stats"], res["sent"], res["elapsed"], res["cpu"]
             metered = int(st.get("packets", 0))
             drops = int(st.get("dropped_kernel", 0)) + int(st.get("dropped_interface", 0))
             row = {"offered_pps": round(rate) if rate else "max", "sent": sent, "sent_pps": round(sent / elapsed),

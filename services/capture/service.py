@@ -462,6 +462,8 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
         log.info("capture shard %d/%d on %s by %s", settings.shard_index, settings.shards, settings.iface, how)
     meter.set_source(settings.iface, src.datalink)
     register_stats("capture_pcap", src.stats, gauges=())
+    # the handle is open: from now on nothing on the interface is missed (ft.stats says so)
+    await reporter.publish(settings.iface, finished=False, delta=False, extra={"capture_started": 1})
     loop = asyncio.get_running_loop()
     ready = asyncio.Event()
     loop.add_reader(src.fileno(), ready.set)
