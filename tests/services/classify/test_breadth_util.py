@@ -9,18 +9,15 @@ import pytest
 from services.classify.dissectors import REGISTRY
 from services.classify.dissectors.base import Match
 from services.classify.dissectors.breadth_util import PortHint, first, ordered, printable, stream, u16, u32, u32le
-from shared.models import FlowSample, Verdict
+from shared.models import Verdict
+from tests.services.classify.flowsample import sampler
 
 BREADTH_MODULES = {"breadth_util", "netbios", "vpn", "voip", "netsvc", "mail", "remote", "p2p", "db", "iot", "misc",
                    "games", "messaging", "media", "ipproto", "extra"}
 MINE = [d for d in REGISTRY if type(d).__module__.rsplit(".", 1)[-1] in BREADTH_MODULES]
 
 
-def _s(transport="UDP", src=(), dst=(), sport=40000, dport=9, dirs=None) -> FlowSample:
-    src, dst = list(src), list(dst)
-    return FlowSample(timestamp=1.0, probe="t", transport=transport, src_ip="10.0.0.1", src_port=sport,
-                      dst_ip="10.0.0.2", dst_port=dport, first_seen=1.0, src_payloads=src, dst_payloads=dst,
-                      payload_dirs=dirs if dirs is not None else "s" * len(src) + "d" * len(dst))
+_s = sampler("UDP")
 
 
 def test_integers_are_bounds_checked():

@@ -7,16 +7,12 @@ import struct
 import pytest
 
 from services.classify.engine import Engine
-from shared.models import FlowSample
+from tests.services.classify.flowsample import sample
 
 ENGINE = Engine(port_guess=False, final_memo=0)
 
 
-def _s(transport="TCP", src=(), dst=(), sport=40000, dport=9, dirs=None) -> FlowSample:
-    src, dst = list(src), list(dst)
-    return FlowSample(timestamp=1.0, probe="t", transport=transport, src_ip="10.0.0.1", src_port=sport,
-                      dst_ip="10.0.0.2", dst_port=dport, first_seen=1.0, src_payloads=src, dst_payloads=dst,
-                      payload_dirs=dirs if dirs is not None else "s" * len(src) + "d" * len(dst))
+_s = sample
 
 
 def mysql_greeting(version: bytes) -> bytes:

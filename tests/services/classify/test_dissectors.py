@@ -18,13 +18,9 @@ from services.classify.dissectors.tls import DtlsDissector, TlsDissector
 from services.classify.dissectors.tls_common import cert_names, ja3_string, parse_client_hello
 from services.classify.engine import Engine
 from shared.models import FlowSample, Verdict
+from tests.services.classify.flowsample import sampler
 
-
-def sample(transport="TCP", src=(), dst=(), sport=40000, dport=443, dirs=None) -> FlowSample:
-    src, dst = list(src), list(dst)
-    return FlowSample(timestamp=1.0, probe="t", flow_id="f", transport=transport, src_ip="10.0.0.1",
-                      src_port=sport, dst_ip="10.0.0.2", dst_port=dport, first_seen=1.0,
-                      src_payloads=src, dst_payloads=dst, payload_dirs=dirs or ("s" * len(src) + "d" * len(dst)))
+sample = sampler(dport=443, flow_id="f")
 
 
 def verdict(s: FlowSample) -> Verdict:

@@ -5,16 +5,12 @@ from __future__ import annotations
 import struct
 
 from services.classify.engine import Engine
-from shared.models import FlowSample
+from tests.services.classify.flowsample import sampler
 
 ENGINE = Engine(port_guess=False, final_memo=0)
 
 
-def _s(transport="UDP", src=(), dst=(), sport=40000, dport=9) -> FlowSample:
-    src, dst = list(src), list(dst)
-    return FlowSample(timestamp=1.0, probe="t", transport=transport, src_ip="10.0.0.1", src_port=sport,
-                      dst_ip="10.0.0.2", dst_port=dport, first_seen=1.0, src_payloads=src, dst_payloads=dst,
-                      payload_dirs="s" * len(src) + "d" * len(dst))
+_s = sampler("UDP")
 
 
 def ovpn(op: int, sid: bytes) -> bytes:
