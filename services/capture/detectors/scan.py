@@ -145,6 +145,12 @@ class ScanDetector:
             _forget(st.ports_of, r.dst_ip, r.dst_port)
             _forget(st.hosts_of, r.dst_port, r.dst_ip)
 
+    def _over(self, udp: bool, v: int, vf: int, h: int, hf: int) -> bool:
+        """Ports of one target (v, failed vf) or targets on one port (h, failed hf) over a threshold."""
+        if udp:
+            return vf >= self.udp_limit or hf >= self.udp_limit
+        return v >= self.vp or vf >= self.vf or h >= self.hh or hf >= self.hf
+
     def _scan(self, r: FlowRecord, failed: bool, out: list[Alert], udp: bool = False) -> None:
         src, dst, port = r.src_ip, r.dst_ip, r.dst_port
         if not src or not dst or is_group_address(dst):
@@ -177,22 +183,14 @@ class ScanDetector:
                 table.hit("port_scan", key, max(ts, r.last_seen), 1 if new_a else 0)
                 inc.flow_id = r.flow_id
             return
-        if udp:
-            hit = vf >= self.udp_limit or hf >= self.udp_limit
-        else:
-            hit = v >= self.vp or vf >= self.vf or h >= self.hh or hf >= self.hf
-        if not hit:
+        if not self._over(udp, v, vf, h, hf):
             return
         # records arrive out of first_seen order: recount inside the window before alerting
         st.prune(st.last - self.window)
         st.pruned = st.last
         v, vf = len(st.ports_of.get(dst, ())), len(st.fail_ports_of.get(dst, ()))
         h, hf = len(st.hosts_of.get(port, ())), len(st.fail_hosts_of.get(port, ()))
-        if udp:
-            hit = vf >= self.udp_limit or hf >= self.udp_limit
-        else:
-            hit = v >= self.vp or vf >= self.vf or h >= self.hh or hf >= self.hf
-        if not hit:
+        if not self._over(udp, v, vf, h, hf):
             return
         inc, new = table.hit("port_scan", key, max(ts, r.last_seen), st.targets())
         if inc is None:
