@@ -176,27 +176,20 @@ class Apps:
             v.category = self.proto_categories.get(v.app_protocol, "")
 
 
+def _load_json(path: Path, missing: str) -> dict:
+    """A data file's JSON, or {} with a warning naming what is then missing."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        log.warning(missing, e)
+        return {}
+
+
 def load_apps(data_dir: Path = DATA_DIR) -> Apps:
-    apps: dict[str, dict] = {}
-    ports: dict[str, str] = {}
-    cats: dict[str, str] = {}
-    voip: dict = {}
-    try:
-        apps = json.loads((data_dir / "apps.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        log.warning("no application data (%s): applications stay empty", e)
-    try:
-        ports = json.loads((data_dir / "ports.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        log.warning("no port data (%s): port guesses from dissectors only", e)
-    try:
-        cats = json.loads((data_dir / "categories.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        log.warning("no protocol categories (%s)", e)
-    try:
-        voip = json.loads((data_dir / "voip_apps.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        log.warning("no call-service data (%s)", e)
+    apps = _load_json(data_dir / "apps.json", "no application data (%s): applications stay empty")
+    ports = _load_json(data_dir / "ports.json", "no port data (%s): port guesses from dissectors only")
+    cats = _load_json(data_dir / "categories.json", "no protocol categories (%s)")
+    voip = _load_json(data_dir / "voip_apps.json", "no call-service data (%s)")
     return Apps(apps, ports, cats, voip)
 
 
