@@ -2,7 +2,9 @@
 
 JetStream on, a temporary store directory, a free loopback port.  ``stop`` and
 ``start`` keep the port and the store, so a restart looks to clients like the
-same server coming back.
+same server coming back.  ``VictoriaMetrics`` runs Debian's victoria-metrics
+the same way: a real InfluxDB v2 write endpoint for ``flowtarget bench store
+--influx vm`` and the tests.
 """
 
 from __future__ import annotations
@@ -70,6 +72,18 @@ def wait_port(host: str, port: int, timeout_s: float = 10.0) -> bool:
     return False
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
+    """Signal a child and reap it; SIGKILL when it has not exited within 10 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 class EmbeddedNats:
     """A nats-server child process; use as a context manager or call start()/stop()."""
 
@@ -106,15 +120,7 @@ class EmbeddedNats:
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, sig)
         self.proc = None
 
     def kill(self) -> None:
@@ -136,3 +142,63 @@ class EmbeddedNats:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class VictoriaMetrics:
+    """Debian's victoria-metrics (``apt install victoria-metrics``) on a free port: InfluxDB 2's
+    ``/api/v2/write`` (numeric fields and tags kept, string fields dropped).
+
+    A temporary ``-storageDataPath`` unless one is given, ``-retentionPeriod=100y``
+    (capture files carry old timestamps), and ``-dedup.minScrapeInterval=1ms``: one
+    sample per series and millisecond, as InfluxDB keeps one point per series and
+    timestamp when it is written twice.  ``stop()``/``start()`` keep the port and
+    the data, so a restart looks like the same server coming back.
+    """
+
+    def __init__(self, data_dir: str | None = None, port: int | None = None, log_file: str | None = None,
+                 binary: str = "/usr/bin/victoria-metrics") -> None:
+        self.port = port or free_port()
+        self.binary = binary
+        self._own_dir = data_dir is None
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="ft-vm-")
+        self.log_file = log_file or str(Path(self.data_dir).with_suffix(".log"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 20.0) -> "VictoriaMetrics":
+        import urllib.request
+
+        if self.proc and self.proc.poll() is None:
+            return self
+        args = [self.binary, f"-httpListenAddr=127.0.0.1:{self.port}", f"-storageDataPath={self.data_dir}",
+                "-retentionPeriod=100y", "-dedup.minScrapeInterval=1ms", "-search.disableCache", "-loggerLevel=WARN"]
+        with open(self.log_file, "ab") as logf:
+            self.proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"victoria-metrics exited with {self.proc.returncode}; see {self.log_file}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=0.5) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"victoria-metrics not healthy after {timeout_s}s; see {self.log_file}")
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -19,12 +19,8 @@ import argparse
 import asyncio
 import json
 import logging
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 import uuid
 from typing import Any
 
@@ -117,42 +113,6 @@ async def run_store_bench(settings: StoreSettings, n_points: int = 200_000, even
         await bus.close()
 
 
-class TempVictoriaMetrics:
-    """Debian's victoria-metrics on a free port with a temporary data directory (bench only)."""
-
-    def __init__(self, binary: str = "/usr/bin/victoria-metrics") -> None:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.binary = binary
-        self.dir = tempfile.mkdtemp(prefix="ft-bench-vm-")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "TempVictoriaMetrics":
-        self.proc = subprocess.Popen([self.binary, f"-httpListenAddr=127.0.0.1:{self.port}",
-                                      f"-storageDataPath={self.dir}", "-retentionPeriod=100y", "-loggerLevel=ERROR"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(200):
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("victoria-metrics did not start")
-
-    def close(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m services.store.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=200_000)
@@ -167,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict[str, Any] = {}
     vm = None
     if args.influx == "vm":
-        vm = TempVictoriaMetrics().start()
+        from flowtarget.embedded import VictoriaMetrics
+
+        vm = VictoriaMetrics().start()
         overrides["influx_url"] = vm.url
     elif args.influx:
         overrides["influx_url"] = args.influx
