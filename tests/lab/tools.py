@@ -111,6 +111,21 @@ def udpsend(dst: str, port: int, count: int, interval: float, size: int, sport: 
     return count, received
 
 
+def start_tcpdump(lab, host: str, iface: str, pcap, timeout: float = 10.0):
+    """tcpdump writing every frame of ``iface`` in ``host`` to ``pcap`` at once; returns once it writes."""
+    import subprocess
+    from pathlib import Path
+
+    pcap = Path(pcap)
+    dump = lab.popen(host, "tcpdump", "-i", iface, "--immediate-mode", "-U", "-s", "0", "-w", str(pcap),
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not pcap.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    return dump
+
+
 def wait_pcap_settled(pcap, timeout: float = 10.0) -> None:
     """Wait until a capture file stops growing (tcpdump lags on a loaded machine)."""
     from pathlib import Path

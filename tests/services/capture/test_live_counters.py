@@ -19,6 +19,7 @@ import dpkt
 import pytest
 
 from tests.lab import Lab, servers, skip_unless_lab
+from tests.lab.tools import start_tcpdump
 
 pytestmark = pytest.mark.root
 
@@ -74,8 +75,7 @@ def test_live_flow_counters_equal_what_the_endpoints_sent(mode, tmp_path):
         servers.start_dnsmasq(lab, {"www.live.test": [srv.ip]})
         servers.start_udpecho(lab, port=40000)
         truth_pcap = tmp_path / "client.pcap"
-        dump = lab.popen("client", "tcpdump", "-i", "eth0", "--immediate-mode", "-U", "-s", "0", "-w",
-                         str(truth_pcap), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        dump = start_tcpdump(lab, "client", "eth0", truth_pcap)
         settings = CaptureSettings(probe="live", iface=lab.probe_iface)
         sink = ListSink()
         meter = FlowMeter(settings, sink, source=lab.probe_iface)

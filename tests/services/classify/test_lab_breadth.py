@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.lab import lab_fixture, servers
 from tests.conftest import classify_capture
-from tests.lab.tools import wait_pcap_settled
+from tests.lab.tools import start_tcpdump, wait_pcap_settled
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -72,12 +71,7 @@ def verdicts(lab, tmp_path_factory):
     assert socks.stdout.readline().strip() == "READY"
     lab.wait_listening("server", 1080)
     pcap = work / "lab.pcap"
-    dump = lab.popen("probe", "tcpdump", "-i", lab.probe_iface, "--immediate-mode", "-U", "-s", "0", "-w", str(pcap),
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not pcap.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
+    dump = start_tcpdump(lab, "probe", lab.probe_iface, pcap)
     (work / "smtp_client.py").write_text(SMTP_CLIENT)
     lab.run("client", sys.executable, str(work / "smtp_client.py"), srv, check=True)
     lab.run("client", "logger", "--rfc5424", "-n", srv, "-P", "514", "-d", "-t", "ftlab", "breadth lab message",

@@ -5,13 +5,12 @@ capture (tcpdump) goes through capture's FlowMeter and the engine, as in product
 from __future__ import annotations
 
 import subprocess
-import time
 
 import pytest
 
 from tests.lab import lab_fixture, servers
 from tests.conftest import classify_capture
-from tests.lab.tools import wait_pcap_settled
+from tests.lab.tools import start_tcpdump, wait_pcap_settled
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -32,12 +31,7 @@ def verdicts(lab, tmp_path_factory):
               "-key", str(key), "-www", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lab.wait_listening("server", 8443)
     pcap = work / "lab.pcap"
-    dump = lab.popen("probe", "tcpdump", "-i", lab.probe_iface, "--immediate-mode", "-U", "-s", "0", "-w", str(pcap),
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not pcap.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
+    dump = start_tcpdump(lab, "probe", lab.probe_iface, pcap)
     lab.run("client", "curl", "-s", "-A", "ft-lab-test/1", "-H", "Host: web.lab.test", f"http://{srv}/", check=True)
     lab.run("client", "curl", "-s", "-k", "--tlsv1.3", "--resolve", f"secure.lab.test:443:{srv}",
             "https://secure.lab.test/", check=True)
