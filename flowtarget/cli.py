@@ -6,6 +6,7 @@
     flowtarget bench capture|classify|store|block ...
     flowtarget rules add|list|remove|load ...
     flowtarget alerts [--follow] [--type T] [--json]
+    flowtarget web                               the operator console (FT_WEB_* variables)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ SERVICE_MODULES = {
     "classify": ("services.classify.service", "ClassifySettings"),
     "store": ("services.store.service", "StoreSettings"),
     "block": ("services.block.service", "BlockSettings"),
+    "web": ("services.web.service", "WebSettings"),
 }
 
 
@@ -56,6 +58,24 @@ def run_one_service(name: str, overrides: dict[str, Any] | None = None) -> int:
         return 1
     settings_cls = getattr(settings_mod, settings_name)
     return run_service(name, settings_cls, module.main, **(overrides or {}))
+
+
+def run_web() -> int:
+    """web: refuses to start without login credentials (one line, exit 2), then runs like any service."""
+    from shared.runner import ConfigError, load_settings
+    from shared.settings import WebSettings
+
+    try:
+        settings = load_settings(WebSettings)
+    except ConfigError as exc:
+        print(f"flowtarget web: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if not settings.login_configured():
+        from services.web.service import LOGIN_MISSING
+
+        print(f"flowtarget web: configuration error: {LOGIN_MISSING}", file=sys.stderr)
+        return 2
+    return run_one_service("web")
 
 
 def run_capture(args: argparse.Namespace) -> int:
@@ -418,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in ("classify", "store", "block"):
         sub.add_parser(name, help=f"run the {name} service (configured from FT_* variables)")
+    sub.add_parser("web", help="run the web console (configured from FT_* and FT_WEB_* variables)")
     cp = sub.add_parser("capture", help="run the capture service (configured from FT_* variables)")
     cp.add_argument("--shards", type=int, default=0, help="capture processes sharing the interface by flow hash")
 
@@ -472,6 +493,8 @@ def _main(argv: list[str] | None = None) -> None:
         code = run_capture(args)
     elif cmd in ("classify", "store", "block"):
         code = run_one_service(cmd)
+    elif cmd == "web":
+        code = run_web()
     elif cmd == "run":
         code = cmd_run(args)
     elif cmd == "analyze":

@@ -148,3 +148,38 @@ class DetectSettings(BaseSettings):
     dns_tunnel_queries: int = Field(default=10, ge=1, description="Distinct suspicious query names under one registered domain within dns_tunnel_window_s.")
     dns_tunnel_txt_queries: int = Field(default=30, ge=1, description="TXT/NULL queries under one registered domain within dns_tunnel_window_s.")
     dns_tunnel_window_s: float = Field(default=60.0, gt=0)
+
+
+class WebSettings(CommonSettings):
+    """``flowtarget web``: the operator's console (services/web).
+
+    Login is required: ``FT_WEB_TOKEN``, or ``FT_WEB_USER`` with
+    ``FT_WEB_PASSWORD``; none is shipped and the service refuses to start
+    without one.
+    """
+
+    web_addr: str = Field(default="127.0.0.1", description="Address the console listens on (loopback unless configured).")
+    web_port: int = Field(default=8080, ge=0, le=65535, description="Port of the console; 0 = any free port (logged).")
+    web_user: str = Field(default="", max_length=64, description="Login user name (with FT_WEB_PASSWORD).")
+    web_password: SecretStr = Field(default=SecretStr(""), description="Login password.")
+    web_token: SecretStr = Field(default=SecretStr(""), description="Login token (also accepted as 'Authorization: Bearer').")
+    web_session_ttl_s: float = Field(default=8 * 3600, gt=0, description="A login lasts this long.")
+    web_cookie_secure: bool = Field(default=False, description="Mark the session cookie Secure (behind an HTTPS proxy).")
+    web_health_urls: dict[str, str] = Field(default_factory=dict, description="Service name -> its /metrics URL, for the overview's health table (JSON).")
+    web_scan_max_messages: int = Field(default=20_000, ge=1, description="Stream messages (each a batch) one history search reads at most, newest first.")
+    web_page_max: int = Field(default=10_000, ge=1, le=100_000, description="Rows one page shows at most.")
+    web_live_interval_s: float = Field(default=1.0, gt=0, le=2.0, description="How often the live overview is pushed to open pages.")
+    web_evidence_record_s: float = Field(default=10.0, gt=0, le=3600, description="Length of an evidence recording asked of capture from an alert's page.")
+    evidence_dir: Path = Field(default=Path("/var/lib/flowtarget/evidence"), description="Where capture writes evidence pcaps (FT_EVIDENCE_DIR); only files inside it are served.")
+    rules_bucket: str = Field(default="ft_rules", description="The blocking rules' KV bucket (FT_RULES_BUCKET).")
+
+    @field_validator("web_health_urls")
+    @classmethod
+    def _health_urls(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, url in v.items():
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"health URL of {name!r} must start with http:// or https://")
+        return v
+
+    def login_configured(self) -> bool:
+        return bool(self.web_token.get_secret_value() or (self.web_user and self.web_password.get_secret_value()))
