@@ -369,6 +369,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     orch = Orchestrator(args.nats, probe=args.probe, log_dir=None)
     orch.pipeline.env.update(env)
     try:
+        from flowtarget.orchestrate import start_web
+
+        web_url, web_note = start_web(orch, evidence_dir=(Path(args.out or "flowtarget-out").resolve() / "evidence")
+                                      if args.pcap else None)
+        print(f"flowtarget run: web console on {web_url}" if web_url else f"flowtarget run: {web_note}",
+              file=sys.stderr)
         if args.rules:
             code = load_rules_file(orch.nats_url, args.probe, args.rules)
             if code:
