@@ -214,7 +214,7 @@ def test_login_then_every_page_loads_at_both_widths(console, browser):
     drv.get(console.url + "/login")
     shoot(drv, console, "login")
     login(drv, console)
-    rows = drv.find_elements(By.CSS_SELECTOR, "#flows-table tbody tr")
+    rows = drv.find_elements(By.CSS_SELECTOR, "#flows-table .r:not(.h)")
     assert len(rows) == 500                             # the default page of the access log
     for path, name, marker in (("/", "overview", "pps"), ("/flows?limit=200", "flows", "flows-table"),
                                ("/dns", "dns", "dns-table"), ("/alerts", "alerts", "alerts-table"),
@@ -226,7 +226,7 @@ def test_login_then_every_page_loads_at_both_widths(console, browser):
     assert "Not available" in drv.find_element(By.ID, "pcap-unavailable").text
     # searching: port and protocol narrow the access log
     drv.get(console.url + "/flows?protocol=HTTP&port=80&host=10.30.0.5")
-    cells = [r.find_elements(By.TAG_NAME, "td") for r in drv.find_elements(By.CSS_SELECTOR, "#flows-table tbody tr")]
+    cells = [r.find_elements(By.TAG_NAME, "span") for r in drv.find_elements(By.CSS_SELECTOR, "#flows-table .r:not(.h)")]
     assert len(cells) == 1 and cells[0][5].text == "HTTP" and cells[0][4].text == "203.0.113.7:80"
 
 
@@ -292,7 +292,7 @@ def test_a_page_of_10000_flows_and_its_render_time(console, browser):
 
     drv = browser
     drv.get(console.url + f"/flows?protocol=UDP&host=198.51.100.&limit={N_FLOWS}")
-    n = drv.execute_script("return document.querySelectorAll('#flows-table tbody tr').length")
+    n = drv.execute_script("return document.querySelectorAll('#flows-table .r:not(.h)').length")
     assert n == N_FLOWS, drv.find_element(By.ID, "scan-meta").text
     nav = drv.execute_script("""const e = performance.getEntriesByType('navigation')[0];
         return {response_start_ms: e.responseStart, response_end_ms: e.responseEnd,
@@ -313,10 +313,10 @@ def test_hostile_strings_from_the_wire_render_inert(console, browser):
 
     drv = browser
     drv.get(console.url + "/flows?host=hostile")
-    host_cells = [td.text for td in drv.find_elements(By.CSS_SELECTOR, "#flows-table td.host")]
+    host_cells = [td.text for td in drv.find_elements(By.CSS_SELECTOR, "#flows-table span.host")]
     assert craft.HOSTILE_HOST.lower() in [h.lower() for h in host_cells], host_cells   # shown as text
     drv.get(console.url + "/dns?name=evil")
-    names = [td.text for td in drv.find_elements(By.CSS_SELECTOR, "#dns-table td.host")]
+    names = [td.text for td in drv.find_elements(By.CSS_SELECTOR, "#dns-table span.host")]
     assert any(craft.HOSTILE_DNS.lower() in n.lower() for n in names), names
     shoot(drv, console, "dns-hostile")
     for path in ("/flows?host=hostile", "/dns?name=evil", "/"):
