@@ -166,7 +166,7 @@ class WebSettings(CommonSettings):
     web_session_ttl_s: float = Field(default=8 * 3600, gt=0, description="A login lasts this long.")
     web_cookie_secure: bool = Field(default=False, description="Mark the session cookie Secure (behind an HTTPS proxy).")
     web_health_urls: dict[str, str] = Field(default_factory=dict, description="Service name -> its /metrics URL, for the overview's health table (JSON).")
-    web_scan_max_messages: int = Field(default=20_000, ge=1, description="Stream messages (each a batch) one history search reads at most, newest first.")
+    web_scan_max_messages: int = Field(default=5_000, ge=1, description="Stream messages (a flow message is a batch of up to FT_BATCH_SIZE records) one history search reads at most, newest first.")
     web_page_max: int = Field(default=10_000, ge=1, le=100_000, description="Rows one page shows at most.")
     web_live_interval_s: float = Field(default=1.0, gt=0, le=2.0, description="How often the live overview is pushed to open pages.")
     web_evidence_record_s: float = Field(default=10.0, gt=0, le=3600, description="Length of an evidence recording asked of capture from an alert's page.")

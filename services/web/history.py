@@ -31,17 +31,56 @@ class ScanResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     scanned_messages: int = 0
     scanned_events: int = 0
-    matched: int = 0          # matches found (rows holds at most the limit)
+    matched: int = 0          # matches found in what was read (rows holds at most the limit)
     malformed: int = 0
-    truncated: bool = False   # the scan stopped at the message limit: older history was not searched
+    truncated: bool = False   # the scan stopped at the message limit or the time limit: older history was not searched
+    more: bool = False        # the page filled up before the oldest message: older matches were not looked for
     stream_missing: bool = False
     seconds: float = 0.0
 
 
-async def scan(js: Any, stream: str, kind: str, keep: Callable[[dict[str, Any]], bool], limit: int,
-               max_messages: int, timeout_s: float = 20.0) -> ScanResult:
-    """The newest ``limit`` events of ``kind`` (flow, dns, alert, block) for which ``keep`` is true."""
+async def _read_window(js: Any, stream: str, filt: str, first: int, last: int, timeout_s: float) -> list[Any]:
+    """The messages on ``filt`` with stream sequence in [first, last], oldest first."""
     from nats.js.api import ConsumerConfig, DeliverPolicy
+
+    cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first)
+    sub = await js.subscribe(filt, stream=stream, ordered_consumer=True, config=cfg)
+    out: list[Any] = []
+    try:
+        info = await sub.consumer_info()
+        # matching messages from ``first`` to the stream's end: those still pending plus those the
+        # server has pushed to us already (this consumer's delivered sequence counts them)
+        pending = int(info.num_pending or 0) + int((info.delivered.consumer_seq if info.delivered else 0) or 0)
+        deadline = time.monotonic() + timeout_s
+        while pending > 0 and time.monotonic() < deadline:
+            try:
+                msg = await sub.next_msg(timeout=2.0)
+            except asyncio.TimeoutError:
+                break
+            pending -= 1
+            try:
+                seq = msg.metadata.sequence.stream
+            except Exception:  # noqa: BLE001 - a message without metadata: not from the stream
+                continue
+            if seq > last:
+                break
+            out.append(msg)
+    finally:
+        try:
+            await sub.unsubscribe()
+        except Exception:  # noqa: BLE001 - the connection may be closing
+            pass
+    return out
+
+
+async def scan(js: Any, stream: str, kind: str, keep: Callable[[dict[str, Any]], bool], limit: int,
+               max_messages: int, timeout_s: float = 20.0, first_window: int = 256) -> ScanResult:
+    """The newest ``limit`` events of ``kind`` (flow, dns, alert, block) for which ``keep`` is true.
+
+    Reads backwards from the stream's end in windows of sequence numbers that
+    double each time, so a search that finds its page among recent events
+    stops early; at most ``max_messages`` messages of this kind are read.
+    """
     from nats.js.errors import NotFoundError
 
     res = ScanResult()
@@ -53,52 +92,41 @@ async def scan(js: Any, stream: str, kind: str, keep: Callable[[dict[str, Any]],
         res.stream_missing = True
         return res
     state = info.state
-    count = sum((state.subjects or {}).values())   # None: no message on these subjects
-    if count == 0 or state.last_seq == 0:
+    if not sum((state.subjects or {}).values()):   # None: no message on these subjects
         return res
-    # start so that at most max_messages of this kind follow; the stream interleaves kinds, so
-    # step back over the whole sequence range proportionally (a bounded over-read, never more)
-    span = state.last_seq - state.first_seq + 1
-    back = span if count <= max_messages else max(1, int(span * max_messages / count))
-    start = max(state.first_seq, state.last_seq - back + 1)
-    if start > state.first_seq:
-        res.truncated = True
-    cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
-    sub = await js.subscribe(filt, stream=stream, ordered_consumer=True, config=cfg)
-    found: list[dict[str, Any]] = []
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                msg = await sub.next_msg(timeout=2.0)
-            except asyncio.TimeoutError:
-                break
-            res.scanned_messages += 1
+    found: list[dict[str, Any]] = []                # newest first
+    hi, span = state.last_seq, first_window
+    deadline = time.monotonic() + timeout_s
+    while hi >= state.first_seq and len(found) < limit:
+        if res.scanned_messages >= max_messages or time.monotonic() > deadline:
+            res.truncated = True
+            break
+        lo = max(state.first_seq, hi - span + 1)
+        msgs = await _read_window(js, stream, filt, lo, hi, max(0.5, deadline - time.monotonic()))
+        if len(msgs) > max_messages - res.scanned_messages:
+            msgs = msgs[len(msgs) - (max_messages - res.scanned_messages):]   # keep the newest
+            res.truncated = True
+        res.scanned_messages += len(msgs)
+        window: list[dict[str, Any]] = []
+        for msg in msgs:
             try:
                 parsed = parse_event(msg.data)
             except ValueError as exc:   # pydantic's ValidationError is one
                 res.malformed += 1
                 _rlog.warning("malformed", "malformed message in the stream skipped: %s", safe_text(str(exc), 200))
-            else:
-                for ev in events_of(parsed):
-                    if ev.event_type != kind:
-                        continue
-                    res.scanned_events += 1
-                    d = event_dict(ev)
-                    if keep(d):
-                        found.append(d)
-            try:
-                if msg.metadata.num_pending == 0 or msg.metadata.sequence.stream >= state.last_seq:
-                    break
-            except Exception:  # noqa: BLE001 - no metadata: read on until the timeout
-                pass
-    finally:
-        try:
-            await sub.unsubscribe()
-        except Exception:  # noqa: BLE001 - the connection may be closing
-            pass
+                continue
+            for ev in events_of(parsed):
+                if ev.event_type != kind:
+                    continue
+                res.scanned_events += 1
+                d = event_dict(ev)
+                if keep(d):
+                    window.append(d)
+        found.extend(reversed(window))
+        hi, span = lo - 1, span * 2
+    res.more = hi >= state.first_seq and len(found) >= limit
     res.matched = len(found)
-    res.rows = found[::-1][:limit]   # newest first
+    res.rows = found[:limit]
     res.seconds = time.monotonic() - started
     return res
 

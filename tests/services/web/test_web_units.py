@@ -181,3 +181,44 @@ def test_web_serves_on_loopback_by_default_and_unsubscribes_when_nobody_watches(
             await bus.close()
 
     asyncio.run(main())
+
+
+def test_history_reads_the_stream_newest_first_and_stops_when_the_page_is_full(nats_server):
+    """A real JetStream stream: flow batches interleaved with DNS records and a malformed message."""
+    from shared.bus import Bus
+    from shared.models import DnsRecord, EventBatch, FlowRecord
+
+    async def main():
+        s = WebSettings(nats_url=nats_server.url, web_token="t", probe="p")
+        bus = await Bus.connect(s, "web-test")
+        await bus.ensure_stream()
+        n = 0
+        for b in range(60):
+            recs = [FlowRecord(timestamp=n + i, probe="p", flow_id=f"f{n + i}", phase="end", first_seen=n + i,
+                               last_seen=n + i + 1, src_port=(n + i) % 7, transport="UDP") for i in range(10)]
+            n += 10
+            await bus.js_publish("ft.flow.p", EventBatch(events=recs))
+            await bus.js_publish("ft.dns.p", DnsRecord(timestamp=b, probe="p", transaction_id=b, is_response=False,
+                                                       query_name=f"q{b}.test"))
+            if b == 30:
+                await bus.js.publish("ft.flow.p", b'{"event_type": "flow", "oops": 1}')
+        every = await history.scan(bus.js, s.stream_name, "flow", lambda d: True, 10_000, 10_000)
+        # small windows (the default is 256 sequence numbers) so that this short stream takes several
+        page = await history.scan(bus.js, s.stream_name, "flow", lambda d: True, 25, 10_000, first_window=4)
+        port3 = await history.scan(bus.js, s.stream_name, "flow", lambda d: d["src_port"] == 3, 5, 10_000,
+                                   first_window=4)
+        capped = await history.scan(bus.js, s.stream_name, "flow", lambda d: True, 10_000, 7)
+        dns = await history.scan(bus.js, s.stream_name, "dns", lambda d: True, 100, 10_000)
+        none = await history.scan(bus.js, s.stream_name, "alert", lambda d: True, 100, 10_000)
+        await bus.close()
+        return every, page, port3, capped, dns, none
+
+    every, page, port3, capped, dns, none = asyncio.run(main())
+    assert [r["flow_id"] for r in every.rows] == [f"f{i}" for i in range(599, -1, -1)]   # all, newest first
+    assert every.malformed == 1 and every.scanned_messages == 61 and not every.more and not every.truncated
+    assert [r["flow_id"] for r in page.rows] == [f"f{i}" for i in range(599, 574, -1)]
+    assert page.more and page.scanned_messages < 61            # stopped once the page was full
+    assert [r["flow_id"] for r in port3.rows] == ["f598", "f591", "f584", "f577", "f570"]
+    assert capped.truncated and capped.scanned_messages == 7 and capped.rows[0]["flow_id"] == "f599"
+    assert [r["query_name"] for r in dns.rows[:2]] == ["q59.test", "q58.test"] and len(dns.rows) == 60
+    assert none.rows == [] and none.scanned_messages == 0
