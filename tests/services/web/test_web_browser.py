@@ -119,6 +119,11 @@ def console(tmp_path_factory):
         if dev.exists():          # a dev capture of the nDPI corpus where it sits beside the repo
             files.insert(0, dev)
         c.replay(files)
+        # a monitoring rule block reports on while the flood replays (the blocks page's rows)
+        out = subprocess.run([sys.executable, "-m", "flowtarget", "rules", "--nats", c.nats.url, "add", "--id",
+                              "watch-site1", "--action", "alert", "--host", "www.site1.example"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
         yield c
     finally:
         c.close()
@@ -264,6 +269,8 @@ def test_live_numbers_move_and_an_arp_flood_alert_brings_its_pcap(console, brows
         return links[0].get_attribute("href") if links else None
 
     href = wait_for(alert_row, 30, "an arp_flood alert")
+    drv.get(console.url + "/alerts")
+    shoot(drv, console, "alerts-open")
     assert flood.poll() is None, "the flood replay ended before the alert showed: too slow a machine?"
     drv.get(href)
     details = drv.find_element(By.ID, "alert-details").text
@@ -285,6 +292,17 @@ def test_live_numbers_move_and_an_arp_flood_alert_brings_its_pcap(console, brows
         eth = dpkt.ethernet.Ethernet(buf)
         assert eth.type == dpkt.ethernet.ETH_TYPE_ARP and eth.src == craft.FLOOD_MAC
     assert flood.wait(60) == 0, console.log("capture")
+
+    # block judged the monitoring rule's matches: outcome and latency per action
+    def block_rows():
+        drv.get(console.url + "/blocks?rule=watch-site1")
+        return drv.find_elements(By.CSS_SELECTOR, "#blocks-table .r:not(.h)")
+
+    rows = wait_for(block_rows, 30, "block actions of watch-site1")
+    cells = rows[0].find_elements(By.TAG_NAME, "span")
+    assert cells[1].text == "watch-site1" and cells[2].text == "alert" and cells[3].text, [c.text for c in cells]
+    assert "latency p50" in drv.find_element(By.ID, "block-summary").text
+    shoot(drv, console, "blocks-live")
 
 
 def test_a_page_of_10000_flows_and_its_render_time(console, browser):
