@@ -61,6 +61,7 @@ class Console:
             env.pop(k, None)
         self.p = Pipeline(env, log_dir=root, metrics_ports=dict(self.ports))
         self.web_port = free_port()
+        self.web_metrics_port = free_port()
         self.url = f"http://127.0.0.1:{self.web_port}"
 
     def start(self) -> None:
@@ -71,7 +72,8 @@ class Console:
         health = {n: f"http://127.0.0.1:{port}/metrics" for n, port in self.ports.items()}
         p.start("web", {"FT_WEB_PORT": str(self.web_port), "FT_WEB_USER": USER, "FT_WEB_PASSWORD": PASSWORD,
                         "FT_WEB_TOKEN": TOKEN, "FT_WEB_HEALTH_URLS": json.dumps(health),
-                        "FT_WEB_EVIDENCE_RECORD_S": "2", "FT_WEB_LIVE_INTERVAL_S": "1"})
+                        "FT_WEB_EVIDENCE_RECORD_S": "2", "FT_WEB_LIVE_INTERVAL_S": "1",
+                        "FT_METRICS_PORT": str(self.web_metrics_port), "FT_METRICS_ADDR": "127.0.0.1"})
         import asyncio
 
         assert asyncio.run(wait_ready(self.nats.url, "classify", timeout_s=60)), self.log("classify")
@@ -439,3 +441,20 @@ def test_changes_need_the_csrf_token_and_the_same_origin(console):
         urllib.request.urlopen(req)
     assert e.value.code == 401
     assert "refused /rules: bad CSRF token" in console.log("web")
+
+
+def test_nobody_watching_means_no_live_subscription(console, browser):
+    """Once no overview page is open, the console drops its flow subscription (the idle cost is nil)."""
+    from services.web.live import parse_metrics
+
+    def web_metrics() -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{console.web_metrics_port}/metrics", timeout=5) as r:
+            return parse_metrics(r.read().decode())
+
+    browser.get(console.url + "/")
+    m = wait_for(lambda: (lambda m: m if m["flowtarget_web_live_subscribed"] == 1 else None)(web_metrics()), 15,
+                 "the live subscription")
+    assert m["flowtarget_web_viewers"] >= 1
+    browser.get(console.url + "/rules")                 # the overview closes its event stream
+    wait_for(lambda: (lambda m: m["flowtarget_web_live_subscribed"] == 0 and m["flowtarget_web_viewers"] == 0)(
+        web_metrics()), 40, "the live subscription to be dropped")
