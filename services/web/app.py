@@ -187,7 +187,16 @@ def guarded(console: Console, handler: Any, change: bool = False, public: bool =
 
     async def endpoint(request: Request) -> Response:
         session = console.auth.session(request.cookies.get(COOKIE))
-        bearer = console.auth.check_bearer(request.headers.get("authorization", ""))
+        authz = request.headers.get("authorization", "")
+        bearer = False
+        if authz:   # a script's token: failures count against the address like failed logins
+            addr = client_addr(request.scope)
+            if console.auth.login_blocked(addr):
+                return PlainTextResponse("too many failed logins; wait a minute", status_code=429,
+                                         headers=SECURITY_HEADERS)
+            bearer = console.auth.check_bearer(authz)
+            if not bearer:
+                console.auth.login_failed(addr)
         if bearer and (session is None or not session.authenticated):
             session = Session(sid="", csrf="", created=time.time(), user="token")
         if not public and (session is None or not session.authenticated):
