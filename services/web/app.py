@@ -447,13 +447,9 @@ def build_app(console: Console) -> Starlette:
         return await rules_page(request, session, form, result=f"stored {len(new)} rule(s): {ids}")
 
     async def rules_remove(request: Request, session: Session | None, form: dict[str, str]) -> Response:
-        from services.block import rules as R
-
         rid = request.path_params["rule_id"]
         kv = await c.rules_bucket()
-        existing = {r.id for r in (await R.read_rules(kv))[0]}
-        raw_keys = await _keys(kv)
-        if rid not in existing and rid not in raw_keys:
+        if rid not in await _keys(kv):
             return await rules_page(request, session, form, status=404, error=f"no rule {rid!r}")
         await kv.delete(rid)
         c.auth.record(session.user if session else "-", f"removed rule {rid}", client_addr(request.scope))
@@ -465,8 +461,8 @@ def build_app(console: Console) -> Starlette:
         rid = request.path_params["rule_id"]
         enable = form.get("enabled") == "1"
         kv = await c.rules_bucket()
-        rules, _ = await R.read_rules(kv)
-        rule = next((r for r in rules if r.id == rid), None)
+        entries, _ = await read_rules_with_stats(kv)      # an entry with statistics beside it is still found
+        rule = next((e["rule"] for e in entries if e["rule"].id == rid), None)
         if rule is None:
             return await rules_page(request, session, form, status=404, error=f"no rule {rid!r}")
         data = json.loads(rule.model_dump_json(exclude_defaults=True))

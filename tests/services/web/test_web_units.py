@@ -222,3 +222,31 @@ def test_history_reads_the_stream_newest_first_and_stops_when_the_page_is_full(n
     assert capped.truncated and capped.scanned_messages == 7 and capped.rows[0]["flow_id"] == "f599"
     assert [r["query_name"] for r in dns.rows[:2]] == ["q59.test", "q58.test"] and len(dns.rows) == 60
     assert none.rows == [] and none.scanned_messages == 0
+
+
+def test_rules_are_read_with_any_statistics_stored_beside_them(nats_server):
+    """A real KV bucket: block's validation for the rule, the entry's other fields shown as statistics."""
+    import json
+
+    from services.web.app import read_rules_with_stats
+
+    async def main():
+        import nats
+
+        nc = await nats.connect(nats_server.url)
+        kv = await R.open_bucket(nc.jetstream(), "ft_rules")
+        await kv.put("plain", b'{"id": "plain", "action": "reset", "host": ["a.test"]}')
+        await kv.put("counted", json.dumps({"id": "counted", "action": "alert", "port": [53], "hits": 7,
+                                            "stats": {"won": 5, "lost": 2}}).encode())
+        await kv.put("bad", b'{"id": "bad", "action": "explode", "host": ["b.test"]}')
+        await kv.put("junk", b"not json")
+        entries, errors = await read_rules_with_stats(kv)
+        await nc.close()
+        return entries, errors
+
+    entries, errors = asyncio.run(main())
+    by_id = {e["rule"].id: e for e in entries}
+    assert set(by_id) == {"plain", "counted"}
+    assert by_id["plain"]["stats"] == {} and by_id["counted"]["stats"] == {"hits": 7, "won": 5, "lost": 2}
+    assert by_id["counted"]["match"] == {"port": [53]}
+    assert len(errors) == 2 and any("field 'action'" in e for e in errors) and any("not JSON" in e for e in errors)
