@@ -394,10 +394,34 @@ def build_app(console: Console) -> Starlette:
         if inc is None:
             return PlainTextResponse("no such alert", status_code=404)
         bpf = bpf_for_alert(inc)
-        req = json.dumps({"bpf": bpf, "duration_s": s.web_evidence_record_s}).encode()
-        probe = inc.get("probe") or s.probe
+        probe = str(inc.get("probe") or s.probe)
         try:
-            reply = await c.bus.nc.request(subject("ctl", probe, "pcap"), req, timeout=3)
+            ctl_pcap, ctl_evidence = subject("ctl", probe, "pcap"), subject("ctl", probe, "evidence")
+        except ValueError:
+            return PlainTextResponse("the alert names no valid probe", status_code=400)
+        who = session.user if session else "-"
+        if inc.get("flow_id"):
+            # an incident about a flow: capture writes that flow's recent packets if it still holds them
+            # (the same request the detectors make; answered at once, idempotent per alert)
+            req = json.dumps({"key": alert_id, "flow_id": str(inc["flow_id"])[:64],
+                              "tag": str(inc.get("alert_type", "alert"))[:32]}).encode()
+            try:
+                reply = await c.bus.nc.request(ctl_evidence, req, timeout=2)
+                path = str(json.loads(reply.data).get("path", ""))[:1024]
+            except Exception:  # noqa: BLE001 - no capture answered, or it no longer holds the flow
+                path = ""
+            if path:
+                c.evidence.recorded[alert_id] = path
+                msg = "capture wrote the flow's recent packets"
+                c.auth.record(who, f"asked capture ({probe}) for the evidence of alert {alert_id}: {msg}",
+                              client_addr(request.scope))
+                return RedirectResponse(f"/alerts/{urllib.parse.quote(alert_id)}?msg={urllib.parse.quote(msg)}",
+                                        status_code=303)
+        if not bpf:
+            return PlainTextResponse("nothing to record: the alert names no address", status_code=400)
+        req = json.dumps({"bpf": bpf, "duration_s": s.web_evidence_record_s}).encode()
+        try:
+            reply = await c.bus.nc.request(ctl_pcap, req, timeout=3)
             answer = json.loads(reply.data)
         except Exception as exc:  # noqa: BLE001 - no capture answered
             answer = {"status": "error", "error": f"capture did not answer: {type(exc).__name__}"}
@@ -406,7 +430,7 @@ def build_app(console: Console) -> Starlette:
             msg = f"capture records '{bpf}' for {s.web_evidence_record_s:g} s"
         else:
             msg = "capture refused: " + str(answer.get("error", "unknown"))
-        c.auth.record(session.user if session else "-", f"asked capture ({probe}) to record '{bpf}' "
+        c.auth.record(who, f"asked capture ({probe}) to record '{bpf}' "
                       f"for alert {alert_id}: {msg}", client_addr(request.scope))
         return RedirectResponse(f"/alerts/{urllib.parse.quote(alert_id)}?msg={urllib.parse.quote(msg)}",
                                 status_code=303)

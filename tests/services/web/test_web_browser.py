@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -274,6 +275,23 @@ def test_live_numbers_move_and_an_arp_flood_alert_brings_its_pcap(console, brows
     drv.get(console.url + "/alerts")
     shoot(drv, console, "alerts-open")
     assert flood.poll() is None, "the flood replay ended before the alert showed: too slow a machine?"
+    # a policy alert is about one flow: capture writes that flow's recent packets when asked
+    drv.get(console.url + "/alerts?type=policy")
+    drv.find_elements(By.CSS_SELECTOR, "#alerts-table tbody tr td a")[0].click()
+    policy = dict(zip(*[[e.text for e in drv.find_elements(By.CSS_SELECTOR, f"#alert-details {t}")]
+                        for t in ("dt", "dd")]))
+    drv.find_element(By.ID, "record").click()
+    text_of(drv, "notice", "capture wrote the flow's recent packets")
+    drv.find_element(By.ID, "pcap-download").click()
+    flow_pcap = wait_for(lambda: list(drv.downloads.glob("*policy*.pcap")), 20, "the flow's pcap")[0]
+    ends = {policy["source"].rsplit(":", 1)[0], policy["target"].rsplit(":", 1)[0]}
+    n = 0
+    for _ts, buf in dpkt.pcap.Reader(open(flow_pcap, "rb")):
+        ip = dpkt.ethernet.Ethernet(buf).data
+        assert {socket.inet_ntoa(ip.src), socket.inet_ntoa(ip.dst)} == ends
+        n += 1
+    assert n >= 2
+
     drv.get(href)
     details = drv.find_element(By.ID, "alert-details").text
     assert "66:66:66:66:66:66" in details and "10.40.0.66" in details
@@ -287,7 +305,7 @@ def test_live_numbers_move_and_an_arp_flood_alert_brings_its_pcap(console, brows
 
     wait_for(download_link, 30, "the evidence pcap").click()
     shoot(drv, console, "alert")
-    pcap = wait_for(lambda: [p for p in drv.downloads.glob("*.pcap")], 20, "the downloaded pcap")[0]
+    pcap = wait_for(lambda: list(drv.downloads.glob("*_ctl*.pcap")), 20, "the downloaded pcap")[0]
     frames = list(dpkt.pcap.Reader(open(pcap, "rb")))
     assert len(frames) > 50, len(frames)
     for _ts, buf in frames:
