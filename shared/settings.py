@@ -106,8 +106,34 @@ class BlockSettings(CommonSettings):
     dry_run: bool = False
     rate_limit_per_s: float = Field(default=200.0, gt=0)
     rate_burst: int = Field(default=50, ge=1)
-    allowlist: list[str] = Field(default_factory=list, description="CIDRs and host names never injected against.")
-    probe_addresses: list[str] = Field(default_factory=list, description="The probe's own addresses, never targeted.")
+    allowlist: list[str] = Field(default_factory=list, description="IP networks/addresses and host-name patterns never injected against; a bad entry stops block at start.")
+    probe_addresses: list[str] = Field(default_factory=list, description="The probe's own addresses or networks, never targeted; a bad entry stops block at start.")
+
+    @field_validator("allowlist")
+    @classmethod
+    def _allowlist(cls, v: list[str]) -> list[str]:
+        from services.block.guard import parse_allow_entry
+
+        out = []
+        for e in v:
+            try:
+                out.append(str(parse_allow_entry(e)))
+            except ValueError as exc:
+                raise ValueError(f"entry {exc}") from None
+        return out
+
+    @field_validator("probe_addresses")
+    @classmethod
+    def _probe_addresses(cls, v: list[str]) -> list[str]:
+        from services.block.guard import parse_address_entry
+
+        out = []
+        for e in v:
+            try:
+                out.append(str(parse_address_entry(e)))
+            except ValueError as exc:
+                raise ValueError(f"entry {exc}") from None
+        return out
 
 
 class DetectSettings(BaseSettings):

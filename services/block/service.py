@@ -36,8 +36,6 @@ no injection toward the probe's own addresses or MAC.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
-import ipaddress
 import logging
 import os
 import socket
@@ -54,6 +52,7 @@ from shared.subjects import subject
 
 from services.block import inject as inj
 from services.block.fastpath import client_name
+from services.block.guard import AddressSet, Allowlist, TokenBucket  # noqa: F401 (TokenBucket re-exported)
 from services.block.rules import ENFORCING, MatchContext, Rule, RuleSet, RuleWatcher, normalize_host
 
 log = logging.getLogger("flowtarget.block")
@@ -73,51 +72,6 @@ TH_FIN, TH_SYN, TH_RST, TH_ACK = 0x01, 0x02, 0x04, 0x10
 def _seq_gt(a: int, b: int) -> bool:
     """a > b in 32-bit sequence space."""
     return 0 < ((a - b) & 0xFFFFFFFF) < 0x80000000
-
-
-class TokenBucket:
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, float(burst)
-        self.tokens = float(burst)
-        self.t = time.monotonic()
-
-    def take(self, n: float = 1.0) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
-        self.t = now
-        if self.tokens >= n:
-            self.tokens -= n
-            return True
-        return False
-
-
-class Allowlist:
-    """CIDRs and host patterns never injected against."""
-
-    def __init__(self, entries: list[str]) -> None:
-        self.nets: list[Any] = []
-        self.names: list[str] = []
-        for e in entries:
-            e = e.strip()
-            if not e:
-                continue
-            try:
-                self.nets.append(ipaddress.ip_network(e, strict=False))
-            except ValueError:
-                self.names.append(normalize_host(e))
-
-    def hit(self, ips: list[str], host: str) -> bool:
-        for ip in ips:
-            try:
-                a = ipaddress.ip_address(ip)
-            except ValueError:
-                continue
-            if any(a.version == n.version and a in n for n in self.nets):
-                return True
-        if host and self.names:
-            h = normalize_host(host)
-            return any(fnmatch.fnmatchcase(h, p) for p in self.names)
-        return False
 
 
 @dataclass
@@ -281,7 +235,7 @@ class Blocker:
         self.bucket = TokenBucket(settings.rate_limit_per_s, settings.rate_burst)
         self.injector: inj.Injector | None = None
         self.own_mac = ""
-        self.own_ips: set[str] = set(settings.probe_addresses)
+        self.own_ips = AddressSet(settings.probe_addresses)
         self.flows: OrderedDict[str, FlowInfo] = OrderedDict()
         self.handled: OrderedDict[str, float] = OrderedDict()
         self.watch_by_key: dict[bytes, tuple[Watch, bool]] = {}
