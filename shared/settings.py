@@ -103,7 +103,7 @@ class StoreSettings(CommonSettings):
 class BlockSettings(CommonSettings):
     iface: str = Field(default="", description="Interface to inject on; empty = report only.")
     rules_bucket: str = Field(default="ft_rules")
-    dry_run: bool = False
+    dry_run: bool = Field(default=True, description="Decide and report without injecting (the default); FT_DRY_RUN=false (or flowtarget run --enforce) injects.")
     rate_limit_per_s: float = Field(default=200.0, gt=0)
     rate_burst: int = Field(default=50, ge=1)
     allowlist: list[str] = Field(default_factory=list, description="IP networks/addresses and host-name patterns never injected against; a bad entry stops block at start.")

@@ -110,6 +110,7 @@ class Rule(BaseModel):
     message: str = Field(default="", max_length=512, description="Shown on the block page and in events.")
     priority: int = Field(default=100, description="Lower acts first when several rules match.")
     enabled: bool = True
+    force: bool = Field(default=False, description="Accept a rule that matches every flow (host '*', cidr 0.0.0.0/0 or ::/0, transport only).")
 
     @field_validator("id")
     @classmethod
@@ -207,11 +208,43 @@ class Rule(BaseModel):
     def _needs_a_match(self) -> "Rule":
         if not any(getattr(self, f) for f in MATCH_FIELDS):
             raise ValueError(f"a rule needs at least one of {', '.join(MATCH_FIELDS)}")
+        broad = self.matches_everything()
+        if broad and not self.force:
+            raise ValueError(f"matches every flow ({broad}); narrow it, or say force: true if that is meant")
         if self.dns_answer is not None and self.action != "dns_block":
             raise ValueError("dns_answer is only for action dns_block")
         if self.redirect is not None and self.action != "http_block":
             raise ValueError("redirect is only for action http_block")
         return self
+
+    def matches_everything(self) -> str:
+        """Why the rule matches every flow ('' when it does not): all its match fields are match-alls.
+
+        Match-alls: a host pattern made of wildcards only (``*``, ``*?``), a /0 network, and
+        ``transport`` (which narrows only to a whole protocol).  A field that is a list matches
+        everything when any element does.
+        """
+        why = []
+        narrowing = False
+        if self.host:
+            wild = [h for h in self.host if set(h) <= {"*", "?", "."} and "*" in h]
+            if wild:
+                why.append(f"host {wild[0]!r}")
+            else:
+                narrowing = True
+        if self.cidr:
+            zero = [c for c in self.cidr if c.endswith("/0")]
+            if zero:
+                why.append(f"cidr {zero[0]}")
+            else:
+                narrowing = True
+        if self.port or self.app_protocol or self.application or self.category:
+            narrowing = True
+        if narrowing:
+            return ""
+        if self.transport:
+            why.append("transport " + ",".join(self.transport) + " only")
+        return ", ".join(why) or "no match field"
 
     # ------------------------------------------------------------------ matching
 
@@ -611,6 +644,8 @@ def _rule_from_args(args: argparse.Namespace) -> dict[str, Any]:
         v = getattr(args, f)
         if v is not None:
             data[f] = v
+    if getattr(args, "force", False):
+        data["force"] = True
     return data
 
 
@@ -635,6 +670,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     a.add_argument("--redirect")
     a.add_argument("--message")
     a.add_argument("--priority", type=int)
+    a.add_argument("--force", action="store_true", help="accept a rule that matches every flow (host '*', 0.0.0.0/0, ::/0)")
     ls = rs.add_parser("list", help="list the rules")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     rm = rs.add_parser("remove", help="remove rules by id")

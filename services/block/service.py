@@ -963,6 +963,15 @@ def latency_summary(values: list[float]) -> dict[str, float]:
     return {"n": len(v), "p50_ms": round(pct(50), 3), "p99_ms": round(pct(99), 3), "max_ms": round(v[-1], 3)}
 
 
+def mode_line(settings: BlockSettings) -> str:
+    """What block will do, for its startup line: enforcing only when asked for explicitly."""
+    if not settings.iface:
+        return "mode=REPORT-ONLY (no FT_IFACE: nothing is injected)"
+    if settings.dry_run:
+        return "mode=DRY-RUN (nothing is injected; FT_DRY_RUN=false or flowtarget run --enforce to inject)"
+    return "mode=ENFORCING (injecting on the interface)"
+
+
 async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
     """The block service: see the module docstring."""
     blocker = Blocker(settings, bus)
@@ -1012,8 +1021,8 @@ async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
                         when=lambda: len(blocker.rules) > 0)
     await bus.subscribe(subject("verdict", settings.probe), blocker.on_verdict, types=[Verdict])
     await bus.subscribe(subject("packet", settings.probe), blocker.on_packet_event, types=[PacketEvent])
-    log.info("block running: iface=%s dry_run=%s bucket=%s", settings.iface or "(none)", settings.dry_run,
-             settings.rules_bucket)
+    log.info("block running: %s iface=%s dry_run=%s bucket=%s", mode_line(settings), settings.iface or "(none)",
+             settings.dry_run, settings.rules_bucket)
     last_report = time.monotonic()
     try:
         while not stop.is_set():
