@@ -50,6 +50,7 @@ from shared.models import Alert, BlockAction, FlowSample, PacketEvent, Verdict
 from shared.settings import BlockSettings
 from shared.subjects import subject
 
+from services.block import encap as enc
 from services.block import inject as inj
 from services.block.fastpath import client_name
 from services.block.guard import AddressSet, Allowlist, TokenBucket  # noqa: F401 (TokenBucket re-exported)
@@ -85,6 +86,7 @@ class FlowInfo:
     vlan_ids: list[int]
     ctx: MatchContext
     seen: float
+    t_packet: float = 0.0  # DNS: the query's capture time (one query seen by two paths has one time)
 
 
 @dataclass
@@ -111,6 +113,7 @@ class Watch:
     photo_finish: bool = False  # real server data captured while we were sending: evidence must decide
     deferring: bool = False  # judging already-captured packets: collect, retry once afterwards
     retry: tuple[int, int] | None = None
+    tunnel_seq: dict[tuple[bool, int], int] = field(default_factory=dict)  # (to_server, layer) -> next tunnel seq
 
 
 @dataclass
@@ -125,6 +128,13 @@ class DnsWatch:
     deadline: float
     lost: bool = False
     real_seen: bool = False
+    t_packet: float = 0.0  # the query's capture time
+
+
+def _reverse_key(key: bytes) -> bytes:
+    """The other direction's lookup key."""
+    n = (len(key) - 4) // 2
+    return key[n:2 * n] + key[:n] + key[2 * n + 2:2 * n + 4] + key[2 * n:2 * n + 2]
 
 
 def _ip_bytes(ip: str) -> bytes:
@@ -137,91 +147,8 @@ def flow_keys(a: inj.Endpoint, b: inj.Endpoint) -> tuple[bytes, bytes]:
     return (ia + ib + struct.pack("!HH", a.port, b.port), ib + ia + struct.pack("!HH", b.port, a.port))
 
 
-def parse_tcp(frame: bytes) -> tuple[bytes, int, int, int, int, int] | None:
-    """(key, seq, ack, flags, payload length, payload offset) of a TCP frame; None otherwise. No objects."""
-    try:
-        off = 12
-        et = (frame[off] << 8) | frame[off + 1]
-        while et in (0x8100, 0x88A8, 0x9100):
-            off += 4
-            et = (frame[off] << 8) | frame[off + 1]
-        off += 2
-        if et == 0x0800:
-            ihl = (frame[off] & 0x0F) * 4
-            if frame[off + 9] != 6:
-                return None
-            total = (frame[off + 2] << 8) | frame[off + 3]
-            l4 = off + ihl
-            key = frame[off + 12:off + 20] + frame[l4:l4 + 4]
-            tcp_len = total - ihl
-        elif et == 0x86DD:
-            if frame[off + 6] != 6:
-                return None
-            plen = (frame[off + 4] << 8) | frame[off + 5]
-            l4 = off + 40
-            key = frame[off + 8:off + 40] + frame[l4:l4 + 4]
-            tcp_len = plen
-        else:
-            return None
-        seq, ack = struct.unpack_from("!II", frame, l4 + 4)
-        doff = (frame[l4 + 12] >> 4) * 4
-        flags = frame[l4 + 13]
-        return key, seq, ack, flags, max(0, tcp_len - doff), l4 + doff
-    except (IndexError, struct.error):
-        return None
-
-
-def parse_udp(frame: bytes) -> tuple[str, str, int, int, str, str, list[int], bytes] | None:
-    """(src ip, dst ip, sport, dport, src mac, dst mac, vlan ids, payload) of a UDP frame; None otherwise."""
-    try:
-        off, vlans = 12, []
-        et = (frame[off] << 8) | frame[off + 1]
-        while et in (0x8100, 0x88A8, 0x9100):
-            vlans.append(((frame[off + 2] << 8) | frame[off + 3]) & 0x0FFF)
-            off += 4
-            et = (frame[off] << 8) | frame[off + 1]
-        off += 2
-        if et == 0x0800:
-            if frame[off + 9] != 17 or (frame[off + 6] & 0x3F) or frame[off + 7]:
-                return None  # not UDP, or a fragment
-            l4 = off + (frame[off] & 0x0F) * 4
-            sip, dip = socket.inet_ntop(socket.AF_INET, frame[off + 12:off + 16]), socket.inet_ntop(socket.AF_INET, frame[off + 16:off + 20])
-        elif et == 0x86DD:
-            if frame[off + 6] != 17:
-                return None
-            l4 = off + 40
-            sip = socket.inet_ntop(socket.AF_INET6, frame[off + 8:off + 24])
-            dip = socket.inet_ntop(socket.AF_INET6, frame[off + 24:off + 40])
-        else:
-            return None
-        sport, dport, ulen = struct.unpack_from("!HHH", frame, l4)
-        if ulen < 8:
-            return None
-        return sip, dip, sport, dport, frame[6:12].hex(":"), frame[0:6].hex(":"), vlans, frame[l4 + 8:l4 + ulen]
-    except (IndexError, ValueError, struct.error):
-        return None
-
-
 _TRIGGER_FIRST_BYTES = frozenset(b"GPHDOCT\x16")  # HTTP methods, TLS handshake record
-
-
-def frame_endpoints(frame: bytes, key: bytes) -> tuple[str, str, int, int, str, str, list[int]] | None:
-    """(src ip, dst ip, sport, dport, src mac, dst mac, vlan ids) of a TCP frame parsed by ``parse_tcp``."""
-    try:
-        if len(key) == 12:
-            sip, dip = socket.inet_ntop(socket.AF_INET, key[0:4]), socket.inet_ntop(socket.AF_INET, key[4:8])
-        elif len(key) == 36:
-            sip, dip = socket.inet_ntop(socket.AF_INET6, key[0:16]), socket.inet_ntop(socket.AF_INET6, key[16:32])
-        else:
-            return None
-        sport, dport = struct.unpack_from("!HH", key, len(key) - 4)
-        vlans, off = [], 12
-        while (frame[off] << 8 | frame[off + 1]) in (0x8100, 0x88A8, 0x9100):
-            vlans.append((frame[off + 2] << 8 | frame[off + 3]) & 0x0FFF)
-            off += 4
-        return sip, dip, sport, dport, frame[6:12].hex(":"), frame[0:6].hex(":"), vlans
-    except (IndexError, ValueError, struct.error):
-        return None
+DNS_SAME_PACKET_S = 0.25  # one DNS query seen by our capture and by capture's packet event: same packet time
 
 
 class Blocker:
@@ -240,6 +167,7 @@ class Blocker:
         self.handled: OrderedDict[str, float] = OrderedDict()
         self.watch_by_key: dict[bytes, tuple[Watch, bool]] = {}
         self.recent: OrderedDict[bytes, deque] = OrderedDict()
+        self.prefixes: dict[bytes, tuple[bytes, str]] = {}  # latest encapsulation seen per direction (key as recent)
         self.sniffed: OrderedDict[bytes, FlowInfo] = OrderedDict()  # flows our own capture acted on
         self.fast_rules = False  # any rule the capture/sample fast paths can act on
         self.drain_capture: Any = None  # reads what our capture handle has buffered (set by main)
@@ -415,19 +343,28 @@ class Blocker:
 
     # ------------------------------------------------------------------ our own capture: the fastest path
 
-    def _sniff_trigger(self, ts: float, frame: bytes, key: bytes, seq: int, ack: int, plen: int, po: int) -> None:
+    def _new_connection(self, key: bytes, rkey: bytes, hit: tuple[Watch, bool] | None) -> None:
+        """A client SYN on ports an earlier connection used: forget that one so this one is judged afresh."""
+        for k in (key, rkey):
+            self.sniffed.pop(k, None)
+        if hit is not None and not hit[0].done:
+            self._conclude(hit[0], "the client opened a new connection on the same ports")
+        for k in (key, rkey):
+            h = self.watch_by_key.get(k)
+            if h is not None and h[0].done:
+                del self.watch_by_key[k]
+
+    def _sniff_trigger(self, ts: float, frame: bytes, s: enc.Seen) -> None:
         """A client's HTTP request or TLS ClientHello seen by our own capture: act before any NATS hop.
 
         Only rules that need nothing but the name, addresses and ports (``fast_eligible``).
         The flow id is filled in when capture's sample or classify's verdict for the flow arrives.
         """
-        found = client_name(frame[po:po + plen])
+        found = client_name(frame[s.po:s.po + s.plen])
         if found is None:
             return
-        ep = frame_endpoints(frame, key)
-        if ep is None:
-            return
-        sip, dip, sport, dport, smac, dmac, vlans = ep
+        sip, dip, sport, dport, smac, dmac, vlans = s.src, s.dst, s.sport, s.dport, s.smac, s.dmac, list(s.vlans)
+        seq, ack, plen = s.seq, s.ack, s.plen
         proto, host = found
         ctx = MatchContext(host=host, src_ip=sip, dst_ip=dip, src_port=sport, dst_port=dport, transport="TCP",
                            app_protocol=proto)
@@ -457,6 +394,8 @@ class Blocker:
         flow = self.sniffed.get(k)
         if flow is None:
             return False
+        if flow.flow_id and flow.flow_id != flow_id:
+            return False  # an earlier connection on the same ports: this one is not ours yet
         if not flow.flow_id:
             flow.flow_id = flow_id
         self._mark_handled(flow_id)
@@ -523,6 +462,13 @@ class Blocker:
         if flow.ctx.app_protocol.upper() in ("TLS", "QUIC") or flow.server.port == 443:
             if action == "http_block":
                 action = "reset"  # no page inside TLS: reset instead
+        try:
+            self.encapsulations(flow.client, flow.server)
+        except enc.NotPossible as exc:
+            self.count("encap_not_possible")
+            self.publish_action(self._action_event(flow, rule, rule.action, "not_possible", host,
+                                                   message=f"cannot inject into the flow's encapsulation: {exc}"))
+            return
         if not self.live:
             why = "dry run" if self.s.dry_run else "no injection interface (FT_IFACE): report only"
             self.publish_action(self._action_event(flow, rule, rule.action, "dry_run", host, message=why))
@@ -576,15 +522,51 @@ class Blocker:
             w.retry = None
             self._lost(w, c, sn, w.won_evidence)
 
+    def encapsulations(self, client: inj.Endpoint, server: inj.Endpoint) -> tuple[enc.Encap, enc.Encap] | None:
+        """(to the server, to the client) as the flow was seen by our capture; None when it saw none of it.
+
+        Raises ``enc.NotPossible`` when the flow's encapsulation cannot be reproduced."""
+        kc, ks = flow_keys(client, server)
+        return enc.for_flow(self.prefixes.get(kc), self.prefixes.get(ks))
+
+    @staticmethod
+    def _wrap(e: enc.Encap, frame: bytes, n_vlans: int, memory: dict[tuple[bool, int], int], to_server: bool) -> bytes:
+        """A plain frame's IP packet inside ``e``; tunnel sequence numbers never repeat within one watch."""
+        for lay in e.layers:
+            if lay.seq_off >= 0:
+                k = (to_server, lay.off)
+                prev = memory.get(k)
+                if prev is not None:
+                    mod = 0xFFFFFFFF if lay.kind == "gre" else 0xFFFF
+                    if 0 < ((prev - e.next_seq[lay.off]) & mod) < (mod + 1) // 2:
+                        e.next_seq[lay.off] = prev
+        out = enc.wrap(e, frame[14 + 4 * n_vlans:])
+        for lay in e.layers:
+            if lay.seq_off >= 0:
+                memory[(to_server, lay.off)] = e.next_seq[lay.off]
+        return out
+
     def _inject(self, w: Watch, first: bool) -> None:
         assert self.injector is not None
         f = w.flow
+        try:
+            encaps = self.encapsulations(f.client, f.server)
+        except enc.NotPossible as exc:
+            self.count("encap_not_possible")
+            self._finish(w, "not_possible", f"cannot inject into the flow's encapsulation: {exc}")
+            return
+        vl = [] if encaps else f.vlan_ids
         if w.action == "http_block" and first:
             page = inj.block_page(w.rule.id, w.flow.ctx.host, w.rule.message, w.rule.redirect)
-            frames = inj.http_block_frames(f.client, f.server, f.vlan_ids, w.c_next, w.s_next, page)
+            frames = inj.http_block_frames(f.client, f.server, vl, w.c_next, w.s_next, page)
             w.page_len = len(page)
         else:
-            frames = inj.reset_frames(f.client, f.server, f.vlan_ids, w.c_next, w.s_next)
+            frames = inj.reset_frames(f.client, f.server, vl, w.c_next, w.s_next)
+        if encaps:
+            frames = (self._wrap(encaps[0], frames[0], 0, w.tunnel_seq, True),
+                      self._wrap(encaps[1], frames[1], 0, w.tunnel_seq, False))
+            if encaps[0].tunnel:
+                self.count("frames_tunnelled", 2)
         t_send = time.time()
         sent = self.injector.send(*frames)
         now = time.time()
@@ -606,26 +588,35 @@ class Blocker:
 
     def on_packet(self, ts: float, frame: bytes) -> None:
         """Our own capture of the interface (inbound only): remember recent packets, judge watched flows."""
-        p = parse_tcp(frame)
-        if p is None:
-            if self.dns_rules or self.dns_watches:
-                self._sniff_dns(ts, frame)
+        s = enc.observe(frame)  # capture's decoder: the flow inside any tunnel
+        if s is None:
             return
-        key, seq, ack, flags, plen, po = p
+        if s.proto != 6:
+            if (s.dport == 53 or s.sport == 53) and (self.dns_rules or self.dns_watches):
+                self._sniff_dns(ts, frame, s)
+            return
+        key, seq, ack, flags, plen, po = s.key, s.seq, s.ack, s.flags, s.plen, s.po
         recent = self.recent
         dq = recent.get(key)
         if dq is None:
             dq = recent[key] = deque(maxlen=RECENT_PER_KEY)
             if len(recent) > RECENT_MAX_KEYS:
-                recent.popitem(last=False)
+                old, _ = recent.popitem(last=False)
+                self.prefixes.pop(old, None)
         else:
             recent.move_to_end(key)
         dq.append((ts, seq, ack, flags, plen))
+        if s.ip_off >= 0:
+            self.prefixes[key] = (frame[:s.ip_off], s.tunnel)
         hit = self.watch_by_key.get(key)
+        if flags & TH_SYN and not flags & TH_ACK:
+            # a new connection on these ports (port reuse, a replayed flow): it gets its own outcome
+            self._new_connection(key, _reverse_key(key), hit)
+            hit = None
         if hit is None:
             if plen and self.fast_rules and po < len(frame) and frame[po] in _TRIGGER_FIRST_BYTES \
                     and key not in self.sniffed:
-                self._sniff_trigger(ts, frame, key, seq, ack, plen, po)
+                self._sniff_trigger(ts, frame, s)
             return
         w, from_client = hit
         if w.done:
@@ -740,6 +731,17 @@ class Blocker:
         self.publish_action(self._action_event(w.flow, w.rule, w.rule.action, outcome, w.flow.ctx.host,
                                                latency_ms=w.latency_ms, attempts=w.attempts, message=message))
 
+    def _conclude(self, w: Watch, why: str = "") -> None:
+        """The outcome of a race whose window is over (or whose connection was replaced)."""
+        if w.pending:
+            self._finish(w, "unknown", "the flow sent no further packet after the rule appeared")
+        elif w.lost:
+            self._finish(w, "lost", w.won_evidence)
+        elif w.photo_finish and not w.won_evidence:
+            self._finish(w, "unknown", "photo finish: the server answered while we injected")
+        else:
+            self._finish(w, "won", w.won_evidence or why or "no sign of the real answer reaching the client")
+
     def tick(self) -> None:
         now = time.monotonic()
         if self.unnamed:
@@ -764,14 +766,7 @@ class Blocker:
                 if w.done:
                     continue
                 if now >= w.deadline:
-                    if w.pending:
-                        self._finish(w, "unknown", "the flow sent no further packet after the rule appeared")
-                    elif w.lost:
-                        self._finish(w, "lost", w.won_evidence)
-                    elif w.photo_finish and not w.won_evidence:
-                        self._finish(w, "unknown", "photo finish: the server answered while we injected")
-                    else:
-                        self._finish(w, "won", w.won_evidence or "no sign of the real answer reaching the client")
+                    self._conclude(w)
                     continue
                 keep.append(w)
             self.watches = keep
@@ -853,30 +848,39 @@ class Blocker:
         self._dns_query(q, client, server, list(ev.vlan_ids), (ev.transport or "UDP").upper(), ev.timestamp,
                         ev.flow_id)
 
-    def _sniff_dns(self, ts: float, frame: bytes) -> None:
-        """A DNS packet from our own capture (UDP port 53)."""
-        d = parse_udp(frame)
-        if d is None:
-            return
-        sip, dip, sport, dport, smac, dmac, vlans, payload = d
+    def _sniff_dns(self, ts: float, frame: bytes, s: enc.Seen) -> None:
+        """A DNS packet from our own capture (UDP port 53), inside any tunnel."""
+        sip, dip, sport, dport, smac, dmac, vlans = s.src, s.dst, s.sport, s.dport, s.smac, s.dmac, list(s.vlans)
+        payload = frame[s.po:s.po + s.plen]
         if dport == 53:
             q = inj.parse_dns_query(payload)
             if q is not None and self.dns_rules:
-                self._dns_query(q, inj.Endpoint(sip, sport, smac), inj.Endpoint(dip, dport, dmac), vlans, "UDP", ts, "")
+                prefix = (frame[:s.ip_off], s.tunnel) if s.ip_off >= 0 else None
+                self._dns_query(q, inj.Endpoint(sip, sport, smac), inj.Endpoint(dip, dport, dmac), vlans, "UDP", ts, "",
+                                prefix=prefix)
         elif sport == 53 and self.dns_watches:
             t = inj.dns_transaction_of_response(payload)
             if t is not None and t[1]:
                 self._dns_response((dip, dport, sip, sport, t[0]), ts, payload)
 
     def _dns_query(self, q: inj.DnsQuery, client: inj.Endpoint, server: inj.Endpoint, vlans: list[int],
-                   transport: str, ts: float, flow_id: str) -> None:
+                   transport: str, ts: float, flow_id: str, prefix: tuple[bytes, str] | None = None) -> None:
         key = (client.ip, client.port, server.ip, server.port, q.id)
         open_watch = self.dns_watches.get(key)
-        if open_watch is not None or key in self.dns_done:
+        done = self.dns_done.get(key)
+        if done is not None and ts and done.t_packet and abs(ts - done.t_packet) > DNS_SAME_PACKET_S:
+            # the same query again (a retry, a replay, port and id reused): a new query with its own outcome
+            if open_watch is not None:
+                del self.dns_watches[key]
+                self._finish_dns(open_watch)
+                open_watch = None
+            del self.dns_done[key]
+            done = None
+        if open_watch is not None or done is not None:
             if open_watch is not None and flow_id and not open_watch.flow.flow_id:
                 open_watch.flow.flow_id = flow_id  # seen first by our own capture
-            elif flow_id and key in self.dns_done and not self.dns_done[key].flow_id:
-                self.dns_done[key].flow_id = flow_id
+            elif flow_id and done is not None and not done.flow_id:
+                done.flow_id = flow_id
             return
         ctx = MatchContext(host=q.name, src_ip=client.ip, dst_ip=server.ip, src_port=client.port,
                            dst_port=server.port, transport=transport, app_protocol="DNS")
@@ -884,7 +888,7 @@ class Blocker:
         if rule is None:
             return
         flow = FlowInfo(flow_id=flow_id, transport=transport, client=client, server=server, vlan_ids=vlans, ctx=ctx,
-                        seen=time.monotonic())
+                        seen=time.monotonic(), t_packet=ts)
         self.dns_done[key] = flow
         while len(self.dns_done) > HANDLED_MAX:
             self.dns_done.popitem(last=False)
@@ -897,6 +901,15 @@ class Blocker:
             self.publish_action(self._action_event(flow, rule, "dns_block", guard, q.name,
                                                    message="allowlisted" if guard == "allowlisted" else "target is the probe itself"))
             return
+        to_client: enc.Encap | None = None
+        try:
+            if prefix is not None:
+                to_client = enc.for_flow(prefix, None)[1]  # type: ignore[index]  # the answer: the query's, mirrored
+        except enc.NotPossible as exc:
+            self.count("encap_not_possible")
+            self.publish_action(self._action_event(flow, rule, "dns_block", "not_possible", q.name,
+                                                   message=f"cannot answer into the query's encapsulation: {exc}"))
+            return
         if not self.live:
             why = "dry run" if self.s.dry_run else "no injection interface (FT_IFACE): report only"
             self.publish_action(self._action_event(flow, rule, "dns_block", "dry_run", q.name, message=why))
@@ -906,7 +919,10 @@ class Blocker:
                                                    message="injection rate limit reached"))
             return
         answer = inj.forge_dns_answer(q, rule.dns_answer)
-        frame = inj.udp_frame(server, client, vlans, answer)
+        if to_client is not None:
+            frame = enc.wrap(to_client, inj.udp_frame(server, client, [], answer)[14:])
+        else:
+            frame = inj.udp_frame(server, client, vlans, answer)
         assert self.injector is not None
         t_send = time.time()
         sent = self.injector.send(frame)
@@ -993,7 +1009,7 @@ async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
         from shared.runner import ConfigError
 
         try:
-            src = LiveSource(settings.iface, bpf="tcp or udp port 53", snaplen=2048, promisc=True, direction_in=True)
+            src = LiveSource(settings.iface, bpf="", snaplen=2048, promisc=True, direction_in=True)
         except CaptureFileError as exc:
             blocker.close()
             await watcher.stop()
