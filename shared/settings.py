@@ -103,6 +103,8 @@ class StoreSettings(CommonSettings):
 class BlockSettings(CommonSettings):
     iface: str = Field(default="", description="Interface to inject on; empty = report only.")
     rules_bucket: str = Field(default="ft_rules")
+    rule_stats_bucket: str = Field(default="ft_rule_stats", description="KV bucket of per-rule hit/outcome counts shared by every block replica.")
+    rule_stats_flush_s: float = Field(default=2.0, gt=0, description="How often a replica adds its per-rule counts to the bucket.")
     dry_run: bool = Field(default=True, description="Decide and report without injecting (the default); FT_DRY_RUN=false (or flowtarget run --enforce) injects.")
     rate_limit_per_s: float = Field(default=200.0, gt=0)
     rate_burst: int = Field(default=50, ge=1)

@@ -55,6 +55,7 @@ from services.block import inject as inj
 from services.block.fastpath import client_name
 from services.block.guard import AddressSet, Allowlist, TokenBucket  # noqa: F401 (TokenBucket re-exported)
 from services.block.rules import ENFORCING, MatchContext, Rule, RuleSet, RuleWatcher, normalize_host
+from services.block.stats import RuleStats, open_stats_bucket
 
 log = logging.getLogger("flowtarget.block")
 
@@ -183,6 +184,7 @@ class Blocker:
         self.recent_alerts: deque[Alert] = deque(maxlen=1000)
         self.arrival_ms: list[float] = []  # trigger capture -> verdict/packet event received by block
         self.counters: dict[str, int] = {}
+        self.rule_stats = RuleStats()
         self.race_window_s = float(getattr(settings, "race_window_s", 1.0))
         self.max_attempts = int(getattr(settings, "max_attempts", 3))
         self._rlog = RateLimitedLog(log)
@@ -220,6 +222,7 @@ class Blocker:
 
     def publish_action(self, ev: BlockAction) -> None:
         self.count(f"outcome_{ev.outcome}")
+        self.rule_stats.record(ev.rule_id, ev.outcome, ev.timestamp)
         self.recent_actions.append(ev)
         log.info("block %s %s rule=%s host=%s %s:%d->%s:%d outcome=%s latency=%.2fms attempts=%d %s",
                  ev.action, ev.flow_id, ev.rule_id, safe_text(ev.host, 100), ev.src_ip, ev.src_port, ev.dst_ip,
@@ -1000,6 +1003,21 @@ async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
     blocker.open_interface()
     watcher = RuleWatcher(bus.js, settings.rules_bucket, on_change=blocker.on_rules_changed)
     await watcher.start()
+    from shared.metrics import register_families, register_stats
+
+    register_stats("block", lambda: dict(blocker.counters))
+    register_families("block_rules", blocker.rule_stats.metric_families)
+    stats_kv: Any = None
+    flushing: asyncio.Task | None = None
+
+    async def flush_stats() -> None:
+        nonlocal stats_kv
+        try:
+            if stats_kv is None:
+                stats_kv = await open_stats_bucket(bus.js, settings.rule_stats_bucket)
+            await blocker.rule_stats.flush(stats_kv)
+        except Exception as exc:  # NATS down: the counts stay pending
+            blocker._rlog.warning("stats", "rule statistics not written: %s", safe_text(exc))
     src = None
     loop = asyncio.get_running_loop()
     if settings.iface:
@@ -1039,7 +1057,7 @@ async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
     await bus.subscribe(subject("packet", settings.probe), blocker.on_packet_event, types=[PacketEvent])
     log.info("block running: %s iface=%s dry_run=%s bucket=%s", mode_line(settings), settings.iface or "(none)",
              settings.dry_run, settings.rules_bucket)
-    last_report = time.monotonic()
+    last_report = last_flush = time.monotonic()
     try:
         while not stop.is_set():
             try:
@@ -1047,6 +1065,10 @@ async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
             except asyncio.TimeoutError:
                 pass
             blocker.tick()
+            if blocker.rule_stats.pending and (flushing is None or flushing.done()) \
+                    and time.monotonic() - last_flush >= settings.rule_stats_flush_s:
+                last_flush = time.monotonic()
+                flushing = asyncio.get_running_loop().create_task(flush_stats())
             if time.monotonic() - last_report > 60:
                 last_report = time.monotonic()
                 log.info("block: %s latency %s", blocker.counters, latency_summary(blocker.latencies_ms[-10000:]))
@@ -1066,6 +1088,13 @@ async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
         blocker.dns_watches.clear()
         if blocker._tasks:
             await asyncio.wait(list(blocker._tasks), timeout=5)
+        if flushing is not None and not flushing.done():
+            await asyncio.wait([flushing], timeout=5)
+        if blocker.rule_stats.pending:
+            try:
+                await asyncio.wait_for(flush_stats(), 5)
+            except asyncio.TimeoutError:
+                log.warning("rule statistics of %d rule(s) not written at stop", len(blocker.rule_stats.pending))
         if src is not None:
             loop.remove_reader(src.fileno())
             src.close()
