@@ -63,26 +63,52 @@ class Encap:
         return all(lay.kind in ("eth", "vlan") for lay in self.layers)
 
 
-@dataclass
 class Seen:
-    """One TCP or UDP frame as decoded (inner flow for tunnelled frames)."""
+    """One TCP or UDP frame as decoded (the inner flow of a tunnelled frame).
 
-    proto: int
-    key: bytes  # src ip + dst ip + sport + dport (packed, inner)
-    src: str
-    dst: str
-    sport: int
-    dport: int
-    seq: int
-    ack: int
-    flags: int
-    plen: int
-    po: int
-    smac: str
-    dmac: str
-    vlans: tuple[int, ...]
-    tunnel: str
-    ip_off: int  # offset of the (inner) IP header; -1 when it could not be located
+    Per-packet fields are plain attributes; addresses and MACs as text are made only when
+    asked for (the race judge needs none of them)."""
+
+    __slots__ = ("proto", "key", "_src", "_dst", "sport", "dport", "seq", "ack", "flags", "plen", "po", "_frame",
+                 "mac_off", "vlans", "tunnel", "ip_off")
+
+    def __init__(self, frame: bytes, proto: int, src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int,
+                 flags: int, plen: int, po: int, mac_off: int, vlans: tuple[int, ...], tunnel: str, ip_off: int) -> None:
+        self.proto = proto
+        self.key = src + dst + _PP(sport, dport)  # src ip + dst ip + sport + dport (packed, inner)
+        self._src, self._dst = src, dst
+        self.sport, self.dport = sport, dport
+        self.seq, self.ack, self.flags, self.plen, self.po = seq, ack, flags, plen, po
+        self._frame = frame
+        self.mac_off = mac_off
+        self.vlans = vlans
+        self.tunnel = tunnel
+        self.ip_off = ip_off  # offset of the (inner) IP header; -1 when it could not be located
+
+    @property
+    def src(self) -> str:
+        return _ntop(self._src)
+
+    @property
+    def dst(self) -> str:
+        return _ntop(self._dst)
+
+    @property
+    def smac(self) -> str:
+        o = self.mac_off
+        return self._frame[o + 6:o + 12].hex(":") if o >= 0 else ""
+
+    @property
+    def dmac(self) -> str:
+        o = self.mac_off
+        return self._frame[o:o + 6].hex(":") if o >= 0 else ""
+
+    def __repr__(self) -> str:
+        return (f"Seen(proto={self.proto}, {self.src}:{self.sport}->{self.dst}:{self.dport}, seq={self.seq}, "
+                f"ack={self.ack}, flags={self.flags:#x}, plen={self.plen}, tunnel={self.tunnel!r}, ip_off={self.ip_off})")
+
+
+_PP = struct.Struct("!HH").pack
 
 
 def _ntop(b: bytes) -> str:
@@ -97,18 +123,13 @@ def observe(frame: bytes) -> Seen | None:
             return None
         (_k, ver, proto, src, dst, sport, dport, tot, po, pl, flags, seq, ack, _vlan, vlans, mac_off, tunnel,
          frag, _fid) = r
-        if proto not in (6, 17) or frag == 2:
+        if (proto != 6 and proto != 17) or frag == 2:
             return None
         ip_off = po + pl - tot
         if ip_off < 0 or frame[ip_off] >> 4 != ver or \
                 frame[ip_off + (12 if ver == 4 else 8):ip_off + (16 if ver == 4 else 24)] != src:
             ip_off = -1  # truncated or padded oddly: its encapsulation cannot be copied
-        if mac_off >= 0:
-            smac, dmac = frame[mac_off + 6:mac_off + 12].hex(":"), frame[mac_off:mac_off + 6].hex(":")
-        else:
-            smac = dmac = ""
-        return Seen(proto, src + dst + struct.pack("!HH", sport, dport), _ntop(src), _ntop(dst), sport, dport,
-                    seq, ack, flags, pl, po, smac, dmac, tuple(vlans), tunnel, ip_off)
+        return Seen(frame, proto, src, dst, sport, dport, seq, ack, flags, pl, po, mac_off, vlans, tunnel, ip_off)
     except (IndexError, ValueError, struct.error, OSError):
         return None
 

@@ -67,6 +67,7 @@ DNS_WINDOW_S = 2.0
 RECENT_S = 3.0  # recent TCP packets kept per direction, to judge what happened before a watch began
 RECENT_MAX_KEYS = 65536
 RECENT_PER_KEY = 32
+PREFIX_MAX_KEYS = 2 * RECENT_MAX_KEYS  # flow directions whose encapsulation is remembered
 PHOTO_FINISH_S = 0.0005  # server data captured this close after our send may still have arrived first
 TH_FIN, TH_SYN, TH_RST, TH_ACK = 0x01, 0x02, 0x04, 0x10
 
@@ -168,7 +169,8 @@ class Blocker:
         self.handled: OrderedDict[str, float] = OrderedDict()
         self.watch_by_key: dict[bytes, tuple[Watch, bool]] = {}
         self.recent: OrderedDict[bytes, deque] = OrderedDict()
-        self.prefixes: dict[bytes, tuple[bytes, str]] = {}  # latest encapsulation seen per direction (key as recent)
+        # latest encapsulation (frame bytes in front of the inner IP header) seen per flow direction, bounded
+        self.prefixes: dict[bytes, tuple[bytes, str]] = {}
         self.sniffed: OrderedDict[bytes, FlowInfo] = OrderedDict()  # flows our own capture acted on
         self.fast_rules = False  # any rule the capture/sample fast paths can act on
         self.drain_capture: Any = None  # reads what our capture handle has buffered (set by main)
@@ -604,13 +606,15 @@ class Blocker:
         if dq is None:
             dq = recent[key] = deque(maxlen=RECENT_PER_KEY)
             if len(recent) > RECENT_MAX_KEYS:
-                old, _ = recent.popitem(last=False)
-                self.prefixes.pop(old, None)
+                recent.popitem(last=False)
         else:
             recent.move_to_end(key)
         dq.append((ts, seq, ack, flags, plen))
         if s.ip_off >= 0:
-            self.prefixes[key] = (frame[:s.ip_off], s.tunnel)
+            prefixes = self.prefixes
+            if key not in prefixes and len(prefixes) >= PREFIX_MAX_KEYS:
+                del prefixes[next(iter(prefixes))]  # the oldest flow direction first seen
+            prefixes[key] = (frame[:s.ip_off], s.tunnel)
         hit = self.watch_by_key.get(key)
         if flags & TH_SYN and not flags & TH_ACK:
             # a new connection on these ports (port reuse, a replayed flow): it gets its own outcome

@@ -186,3 +186,13 @@ def test_a_repeated_flow_gets_its_own_outcome():
     assert sorted(a.flow_id for a in acts) == ["F1", "F2", "F3"], acts
     assert all(a.outcome in ("won", "lost") and a.attempts >= 1 for a in acts), acts
     assert len(b.injector.frames) >= 6
+
+
+def test_remembered_encapsulations_are_bounded(monkeypatch):
+    from services.block import service
+
+    monkeypatch.setattr(service, "PREFIX_MAX_KEYS", 8)
+    b = _blocker()
+    for sp in range(40000, 40050):
+        b.on_packet(time.time(), Flow(Tunnel("vxlan"), sport=sp).frame(True, 1, 0, 0x02))
+    assert len(b.prefixes) == 8
