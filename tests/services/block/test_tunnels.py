@@ -189,9 +189,9 @@ def test_a_repeated_flow_gets_its_own_outcome():
 
 
 def test_remembered_encapsulations_are_bounded(monkeypatch):
-    from services.block import service
+    from services.block import tcp_race
 
-    monkeypatch.setattr(service, "PREFIX_MAX_KEYS", 8)
+    monkeypatch.setattr(tcp_race, "PREFIX_MAX_KEYS", 8)
     b = _blocker()
     for sp in range(40000, 40050):
         b.on_packet(time.time(), Flow(Tunnel("vxlan"), sport=sp).frame(True, 1, 0, 0x02))
