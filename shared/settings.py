@@ -8,6 +8,8 @@ start with a one-line reason (see ``shared.runner``).
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -100,6 +102,43 @@ class StoreSettings(CommonSettings):
     log_all_flows: bool = Field(default=False, description="Write every flow into the access log.")
 
 
+# --------------------------------------------------------------------------- block's address lists
+# (here, not in services/block, so that settings validate them without importing a service)
+
+_NAME = re.compile(r"^[a-z0-9*?_-]+(\.[a-z0-9*?_-]+)*$")
+
+
+def _looks_like_name(s: str) -> bool:
+    """A host-name pattern, not a mistyped address: has a letter or a wildcard, and no '/' or ':'."""
+    if not s or len(s) > 253 or not _NAME.match(s):
+        return False
+    return any(c.isalpha() or c in "*?" for c in s)
+
+
+def parse_allow_entry(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | str:
+    """An allowlist entry as an ip network, or a normalized host pattern; ValueError for anything else."""
+    e = str(entry).strip()
+    if not e:
+        raise ValueError("empty entry")
+    try:
+        return ipaddress.ip_network(e, strict=False)
+    except ValueError:
+        pass
+    n = e.lower().rstrip(".")
+    if _looks_like_name(n):
+        return n
+    raise ValueError(f"{e!r} is neither an IP network/address nor a host name pattern")
+
+
+def parse_address_entry(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A probe address (or network) as an ip network; ValueError otherwise (names are not allowed)."""
+    e = str(entry).strip()
+    try:
+        return ipaddress.ip_network(e, strict=False)
+    except ValueError:
+        raise ValueError(f"{e!r} is not an IP address or network") from None
+
+
 class BlockSettings(CommonSettings):
     iface: str = Field(default="", description="Interface to inject on; empty = report only.")
     rules_bucket: str = Field(default="ft_rules")
@@ -114,8 +153,6 @@ class BlockSettings(CommonSettings):
     @field_validator("allowlist")
     @classmethod
     def _allowlist(cls, v: list[str]) -> list[str]:
-        from services.block.guard import parse_allow_entry
-
         out = []
         for e in v:
             try:
@@ -127,8 +164,6 @@ class BlockSettings(CommonSettings):
     @field_validator("probe_addresses")
     @classmethod
     def _probe_addresses(cls, v: list[str]) -> list[str]:
-        from services.block.guard import parse_address_entry
-
         out = []
         for e in v:
             try:

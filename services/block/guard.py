@@ -19,47 +19,17 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
-import re
 import time
 from collections.abc import Iterable
 
+from shared.settings import parse_address_entry, parse_allow_entry
+
 from services.block.rules import normalize_host
+
+__all__ = ["AddressSet", "Allowlist", "Guard", "TokenBucket", "parse_address_entry", "parse_allow_entry"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-_NAME = re.compile(r"^[a-z0-9*?_-]+(\.[a-z0-9*?_-]+)*$")
-
-
-def _looks_like_name(s: str) -> bool:
-    """A host-name pattern, not a mistyped address: has a letter or a wildcard, and no '/' or ':'."""
-    if not s or len(s) > 253 or not _NAME.match(s):
-        return False
-    return any(c.isalpha() or c in "*?" for c in s)
-
-
-def parse_allow_entry(entry: str) -> IPNetwork | str:
-    """An allowlist entry as an ip network, or a normalized host pattern; ValueError for anything else."""
-    e = str(entry).strip()
-    if not e:
-        raise ValueError("empty entry")
-    try:
-        return ipaddress.ip_network(e, strict=False)
-    except ValueError:
-        pass
-    n = e.lower().rstrip(".")
-    if _looks_like_name(n):
-        return n
-    raise ValueError(f"{e!r} is neither an IP network/address nor a host name pattern")
-
-
-def parse_address_entry(entry: str) -> IPNetwork:
-    """A probe address (or network) as an ip network; ValueError otherwise (names are not allowed)."""
-    e = str(entry).strip()
-    try:
-        return ipaddress.ip_network(e, strict=False)
-    except ValueError:
-        raise ValueError(f"{e!r} is not an IP address or network") from None
 
 
 def _ip(s: str) -> IPAddress | None:
