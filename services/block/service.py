@@ -11,8 +11,17 @@ Inputs
 - Rules: a JetStream KV bucket watched live (``services.block.rules``).  When a
   rule appears, flows already classified (a bounded cache of recent verdicts)
   that match it are reset at their next packet.
-- Its own pypcap handle on the interface (``tcp``, inbound only, so it never
-  sees its own frames) watches blocked flows after the injection.
+- Its own pypcap handle on the interface (every frame, inbound only, so it
+  never sees its own frames), decoded by capture's decoder so that a flow inside
+  VLAN/QinQ, MPLS, PPPoE, GRE, VXLAN, GTP-U or IP-in-IP is seen as its inner
+  flow: it acts first on HTTP Host / TLS SNI / DNS names, remembers each flow
+  direction's encapsulation (injected frames are wrapped in it, see
+  ``services.block.encap``) and watches blocked flows after the injection.
+
+Parts: ``guard`` (allowlist, own addresses, rate limit), ``tcp_race`` (inject
+into a flow, judge the race), ``dns_race`` (forge answers, judge the race),
+``stats`` (per-rule counts in the KV bucket and /metrics), ``state`` (what is
+remembered of flows); this module holds the paths that decide and ``main``.
 
 Race outcome (``BlockAction.outcome``)
 - ``lost`` when the server's real data was captured before the injection (it
@@ -24,13 +33,18 @@ Race outcome (``BlockAction.outcome``)
   the injection within ``race_window_s``.
 - DNS: ``lost`` when the real answer was captured before the forged one was
   sent, else ``won``.
-- ``dry_run`` (FT_DRY_RUN, or no FT_IFACE), ``rate_limited``, ``allowlisted``,
-  ``not_possible`` (UDP flows other than DNS, ``drop`` from a mirror port,
-  targets that are the probe itself, missing sequence numbers).
+- ``dry_run`` (FT_DRY_RUN, the default, or no FT_IFACE), ``rate_limited``,
+  ``allowlisted``, ``not_possible`` (UDP flows other than DNS, ``drop`` from a
+  mirror port, targets that are the probe itself, missing sequence numbers, an
+  encapsulation that cannot carry a frame to an endpoint — with the reason).
+- Every matching flow gets one: a new connection on the ports of an earlier
+  one (a client SYN) starts afresh, a repeated DNS query is answered again.
 
-Safety: a token-bucket injection rate limit (FT_RATE_LIMIT_PER_S,
-FT_RATE_BURST), an allowlist of CIDRs and names (FT_ALLOWLIST), dry-run, and
-no injection toward the probe's own addresses or MAC.
+Safety: dry run unless FT_DRY_RUN=false (``flowtarget run --enforce``), stated
+in the startup line; a token-bucket injection rate limit (FT_RATE_LIMIT_PER_S,
+FT_RATE_BURST); an allowlist of networks and names (FT_ALLOWLIST) and the
+probe's own addresses (FT_PROBE_ADDRESSES), parsed at start and compared as ip
+objects; no injection toward the probe's own addresses or MAC.
 """
 
 from __future__ import annotations
