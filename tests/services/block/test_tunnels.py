@@ -93,7 +93,9 @@ def _norm(frame: bytes) -> bytes:
     return bytes(b)
 
 
-KINDS = ["plain", "vlan", "qinq", "vxlan", "gre", "gre-key-seq", "gre-eth", "gre-csum", "gtp"]
+KINDS = ["plain", "vlan", "qinq", "mpls", "pppoe", "ipip", "vxlan", "vxlan6", "gre", "gre-key-seq", "gre-eth",
+         "gre-csum", "gtp"]
+TUNNEL_NAME = {"vxlan": "VXLAN", "vxlan6": "VXLAN", "gtp": "GTP", "ipip": "IP-in-IP"}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -112,7 +114,7 @@ def test_resets_are_encapsulated_as_the_flow_was_seen(kind):
         (flow.cip, flow.sip, flow.sport, 80, c_next, s_next, 0x14)
     assert (s2.src, s2.dst, s2.sport, s2.dport, s2.seq, s2.ack, s2.flags) == \
         (flow.sip, flow.cip, 80, flow.sport, s_next, c_next, 0x14)
-    assert s1.tunnel == s2.tunnel == {"vxlan": "VXLAN", "gtp": "GTP"}.get(kind, "GRE" if "gre" in kind else "")
+    assert s1.tunnel == s2.tunnel == TUNNEL_NAME.get(kind, "GRE" if "gre" in kind else "")
     # byte for byte what the tunnel endpoint of each direction would send (GRE sequence: last seen + 1)
     assert _norm(to_server) == _norm(tun.wrap(to_server[s1.ip_off:], True))
     assert _norm(to_client) == _norm(tun.wrap(to_client[s2.ip_off:], False))
@@ -123,11 +125,15 @@ def test_resets_are_encapsulated_as_the_flow_was_seen(kind):
     assert dpkt.ip.IP(bytes(ip)).data.sum == tcp_sum, "inner TCP checksum"
 
 
-def test_mirror_encapsulations_and_one_way_gtp_are_not_possible():
+@pytest.mark.parametrize("kind", ["erspan", "tzsp"])
+def test_mirror_encapsulations_are_not_possible(kind):
     b = _blocker()
-    _feed(b, Flow(Tunnel("erspan")).handshake_and_request("bad.test"))
+    _feed(b, Flow(Tunnel(kind)).handshake_and_request("bad.test"))
     [a] = b.recent_actions
     assert a.outcome == "not_possible" and "mirror copy" in a.message and not b.injector.frames
+
+
+def test_one_way_tunnel_ids_are_not_possible():
     b = _blocker()
     frames = Flow(Tunnel("gtp")).handshake_and_request("bad.test")
     _feed(b, [frames[0], frames[2], frames[3]])  # the downlink never seen: its TEID is unknown
@@ -138,9 +144,13 @@ def test_mirror_encapsulations_and_one_way_gtp_are_not_possible():
     _feed(b, [frames[0], frames[2], frames[3]])
     [a] = b.recent_actions
     assert a.outcome == "not_possible" and "GRE" in a.message
+    b = _blocker()
+    frames = Flow(Tunnel("mpls")).handshake_and_request("bad.test")
+    _feed(b, [frames[0], frames[2], frames[3]])
+    [a] = b.recent_actions
+    assert a.outcome == "not_possible" and "MPLS" in a.message
 
-
-@pytest.mark.parametrize("kind", ["vxlan", "gre", "vlan"])
+@pytest.mark.parametrize("kind", ["vxlan", "gre", "vlan", "pppoe", "ipip"])
 def test_dns_answer_goes_back_through_the_tunnel(kind):
     b = _blocker()
     tun = Tunnel(kind)

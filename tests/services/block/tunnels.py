@@ -58,7 +58,8 @@ def udp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes) -> by
 
 @dataclass
 class Tunnel:
-    """kind: plain, vlan, qinq, vxlan, gre, gre-key-seq, gre-eth, gtp, erspan."""
+    """kind: plain, vlan, qinq, mpls, pppoe, ipip, vxlan, vxlan6, gre, gre-key-seq, gre-eth, gre-csum, gtp,
+    erspan, tzsp."""
 
     kind: str
     vni: int = 4242
@@ -81,7 +82,29 @@ class Tunnel:
         if k == "qinq":
             return (_mac(dmac) + _mac(smac) + struct.pack("!HHHH", 0x88A8, self.vlans[0], 0x8100, self.vlans[1])
                     + b"\x08\x00" + inner_ip)
+        if k == "mpls":  # one label per direction, bottom of stack
+            label = 1001 if from_client else 2002
+            return _mac(dmac) + _mac(smac) + b"\x88\x47" + struct.pack("!I", (label << 12) | 0x100 | 64) + inner_ip
+        if k == "pppoe":
+            return (_mac(dmac) + _mac(smac) + b"\x88\x64" + struct.pack("!BBHHH", 0x11, 0, 0x0042, len(inner_ip) + 2,
+                                                                      0x0021) + inner_ip)
         outer_eth = _mac(tdmac) + _mac(tsmac) + b"\x08\x00"
+        if k == "ipip":
+            return outer_eth + ip4(tsrc, tdst, 4, inner_ip)
+        if k == "vxlan6":
+            vx = struct.pack("!II", 0x08000000, self.vni << 8) + inner_eth
+            u = dpkt.udp.UDP(sport=49152 + (7 if from_client else 9), dport=4789, data=vx)
+            u.ulen = 8 + len(vx)
+            a, b = ("fd00:e::1", "fd00:e::2") if from_client else ("fd00:e::2", "fd00:e::1")
+            ip6 = dpkt.ip6.IP6(src=socket.inet_pton(socket.AF_INET6, a), dst=socket.inet_pton(socket.AF_INET6, b),
+                               nxt=17, hlim=64, plen=len(u), data=u)
+            ip6.extension_hdrs = {}
+            ip6.all_extension_headers = []
+            return _mac(tdmac) + _mac(tsmac) + b"\x86\xdd" + bytes(ip6)
+        if k == "tzsp":
+            tz = struct.pack("!BBH", 1, 0, 1) + b"\x01" + inner_eth
+            udp = struct.pack("!HHHH", 40000, 37008, 8 + len(tz), 0) + tz
+            return outer_eth + ip4(tsrc, tdst, 17, udp)
         if k == "vxlan":
             vx = struct.pack("!II", 0x08000000, self.vni << 8) + inner_eth
             udp = struct.pack("!HHHH", 49152 + (7 if from_client else 9), 4789, 8 + len(vx), 0) + vx
