@@ -400,7 +400,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             if service_available(name):
                 p.start(name)
         if service_available("block"):
-            p.start("block", {"FT_IFACE": args.iface})     # injects on the capture interface
+            # dry run unless enforcement is asked for explicitly (--enforce, or FT_DRY_RUN=false)
+            block_env = {"FT_IFACE": args.iface}
+            if args.enforce:
+                block_env["FT_DRY_RUN"] = "false"
+            p.start("block", block_env)
+            enforcing = args.enforce or os.environ.get("FT_DRY_RUN", "").strip().lower() in ("false", "0", "no", "off")
+            print("flowtarget run: block " + ("ENFORCES rules (injects on " + args.iface + ")" if enforcing else
+                                              "runs in DRY RUN (reports only; --enforce to inject)"), file=sys.stderr)
         p.start("capture", {"FT_IFACE": args.iface, **({"FT_SHARDS": str(args.shards)} if args.shards else {})})
         print(f"flowtarget run: capturing on {args.iface}, NATS {orch.nats_url}; Ctrl-C to stop", file=sys.stderr)
         try:
@@ -456,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="directory for JSON-lines output (default ./flowtarget-out with --pcap)")
     rp.add_argument("--probe", default=os.environ.get("FT_PROBE", "probe1"))
     rp.add_argument("--shards", type=int, default=0)
+    rp.add_argument("--enforce", action="store_true",
+                    help="let block inject (RST / block page / DNS answer); without it block only reports (dry run)")
 
     an = sub.add_parser("analyze", help="replay captures through the services and summarise")
     an.add_argument("pcaps", nargs="+", metavar="PCAP")

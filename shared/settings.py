@@ -8,6 +8,8 @@ start with a one-line reason (see ``shared.runner``).
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -100,14 +102,75 @@ class StoreSettings(CommonSettings):
     log_all_flows: bool = Field(default=False, description="Write every flow into the access log.")
 
 
+# --------------------------------------------------------------------------- block's address lists
+# (here, not in services/block, so that settings validate them without importing a service)
+
+_NAME = re.compile(r"^[a-z0-9*?_-]+(\.[a-z0-9*?_-]+)*$")
+
+
+def _looks_like_name(s: str) -> bool:
+    """A host-name pattern, not a mistyped address: has a letter or a wildcard, and no '/' or ':'."""
+    if not s or len(s) > 253 or not _NAME.match(s):
+        return False
+    return any(c.isalpha() or c in "*?" for c in s)
+
+
+def parse_allow_entry(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | str:
+    """An allowlist entry as an ip network, or a normalized host pattern; ValueError for anything else."""
+    e = str(entry).strip()
+    if not e:
+        raise ValueError("empty entry")
+    try:
+        return ipaddress.ip_network(e, strict=False)
+    except ValueError:
+        pass
+    n = e.lower().rstrip(".")
+    if _looks_like_name(n):
+        return n
+    raise ValueError(f"{e!r} is neither an IP network/address nor a host name pattern")
+
+
+def parse_address_entry(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A probe address (or network) as an ip network; ValueError otherwise (names are not allowed)."""
+    e = str(entry).strip()
+    try:
+        return ipaddress.ip_network(e, strict=False)
+    except ValueError:
+        raise ValueError(f"{e!r} is not an IP address or network") from None
+
+
 class BlockSettings(CommonSettings):
     iface: str = Field(default="", description="Interface to inject on; empty = report only.")
     rules_bucket: str = Field(default="ft_rules")
-    dry_run: bool = False
+    rule_stats_bucket: str = Field(default="ft_rule_stats", description="KV bucket of per-rule hit/outcome counts shared by every block replica.")
+    rule_stats_flush_s: float = Field(default=2.0, gt=0, description="How often a replica adds its per-rule counts to the bucket.")
+    dry_run: bool = Field(default=True, description="Decide and report without injecting (the default); FT_DRY_RUN=false (or flowtarget run --enforce) injects.")
     rate_limit_per_s: float = Field(default=200.0, gt=0)
     rate_burst: int = Field(default=50, ge=1)
-    allowlist: list[str] = Field(default_factory=list, description="CIDRs and host names never injected against.")
-    probe_addresses: list[str] = Field(default_factory=list, description="The probe's own addresses, never targeted.")
+    allowlist: list[str] = Field(default_factory=list, description="IP networks/addresses and host-name patterns never injected against; a bad entry stops block at start.")
+    probe_addresses: list[str] = Field(default_factory=list, description="The probe's own addresses or networks, never targeted; a bad entry stops block at start.")
+
+    @field_validator("allowlist")
+    @classmethod
+    def _allowlist(cls, v: list[str]) -> list[str]:
+        out = []
+        for e in v:
+            try:
+                out.append(str(parse_allow_entry(e)))
+            except ValueError as exc:
+                raise ValueError(f"entry {exc}") from None
+        return out
+
+    @field_validator("probe_addresses")
+    @classmethod
+    def _probe_addresses(cls, v: list[str]) -> list[str]:
+        out = []
+        for e in v:
+            try:
+                out.append(str(parse_address_entry(e)))
+            except ValueError as exc:
+                raise ValueError(f"entry {exc}") from None
+        return out
 
 
 class DetectSettings(BaseSettings):
