@@ -235,6 +235,7 @@ class WebSettings(CommonSettings):
     web_evidence_record_s: float = Field(default=10.0, gt=0, le=3600, description="Length of an evidence recording asked of capture from an alert's page.")
     evidence_dir: Path = Field(default=Path("/var/lib/flowtarget/evidence"), description="Where capture writes evidence pcaps (FT_EVIDENCE_DIR); only files inside it are served.")
     rules_bucket: str = Field(default="ft_rules", description="The blocking rules' KV bucket (FT_RULES_BUCKET).")
+    rule_stats_bucket: str = Field(default="ft_rule_stats", description="block's per-rule hit/outcome counts (FT_RULE_STATS_BUCKET), shown beside the rules.")
 
     @field_validator("web_health_urls")
     @classmethod

@@ -443,6 +443,9 @@ def build_app(console: Console) -> Starlette:
 
         kv = await c.rules_bucket()
         entries, errors = await read_rules_with_stats(kv)
+        counts = await rule_counts(c.bus.js, s.rule_stats_bucket)
+        for e in entries:
+            e["stats"] = {**counts.get(e["rule"].id, {}), **e["stats"]}
         return c.render(request, session, "rules.html", status=status, entries=entries, errors=errors,
                         result=result, error=error, draft=draft or {}, actions=list(R.Action.__args__),
                         match_fields=R.MATCH_FIELDS, audit=list(c.auth.audit)[::-1][:50])
@@ -535,6 +538,28 @@ def build_app(console: Console) -> Starlette:
     return Starlette(routes=routes, exception_handlers={404: not_found})
 
 
+async def rule_counts(js: Any, bucket: str) -> dict[str, dict[str, Any]]:
+    """block's per-rule counts (hits, won, lost, ..., last hit) from its stats bucket, non-zero ones only;
+    {} when this block has no statistics or the bucket does not exist yet."""
+    try:
+        from services.block.stats import read_stats
+    except ImportError:
+        return {}
+    try:
+        raw = await read_stats(js, bucket)
+    except Exception as exc:  # noqa: BLE001 - statistics are a nicety: the rules page still works
+        log.warning("rule statistics not readable: %s", safe_text(exc))
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for rid, st in raw.items():
+        d: dict[str, Any] = {k: v for k, v in st.items() if k != "last_hit" and isinstance(v, int) and v}
+        if st.get("last_hit"):
+            d["last hit"] = _ts(st["last_hit"])
+        if d:
+            out[rid] = d
+    return out
+
+
 def rule_from_form(form: dict[str, str]) -> dict[str, Any]:
     """The add form -> the same dict `flowtarget rules add` builds from its options (comma = several values)."""
     from services.block.rules import MATCH_FIELDS
@@ -552,6 +577,8 @@ def rule_from_form(form: dict[str, str]) -> dict[str, Any]:
         data["priority"] = form["priority"].strip()
     if form.get("disabled") == "1":
         data["enabled"] = False
+    if form.get("force") == "1":      # `rules add --force`: a rule that matches every flow is meant
+        data["force"] = True
     return data
 
 

@@ -244,7 +244,7 @@ def test_live_numbers_move_and_an_arp_flood_alert_brings_its_pcap(console, brows
     drv = browser
     drv.get(console.url + "/")
     wait_for(lambda: drv.find_element(By.ID, "live-status").text == "live", 10, "the live stream")
-    flood = console.replay([craft.arp_flood(console.root / "flood.pcap", time.time(), seconds=18.0)],
+    flood = console.replay([craft.arp_flood(console.root / "flood.pcap", time.time(), seconds=22.0)],
                            realtime=True, wait=False)
     samples = []
     t_end = time.monotonic() + 8
@@ -323,6 +323,14 @@ def test_live_numbers_move_and_an_arp_flood_alert_brings_its_pcap(console, brows
     assert cells[1].text == "watch-site1" and cells[2].text == "alert" and cells[3].text, [c.text for c in cells]
     assert "latency p50" in drv.find_element(By.ID, "block-summary").text
     shoot(drv, console, "blocks-live")
+
+    # the rules page shows block's per-rule statistics (its ft_rule_stats bucket) beside the rule
+    def hits():
+        drv.get(console.url + "/rules")
+        m = re.search(r"hits: (\d+)", drv.find_element(By.ID, "rule-watch-site1").text)
+        return int(m.group(1)) if m else 0
+
+    assert wait_for(hits, 20, "watch-site1's hit count") >= len(rows) > 0
 
 
 def test_a_page_of_10000_flows_and_its_render_time(console, browser):

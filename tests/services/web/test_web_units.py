@@ -106,6 +106,10 @@ def test_the_rule_form_builds_what_rules_add_builds_and_the_same_validation_refu
         R.parse_rule(rule_from_form({**form, "port": "70000"}), "rule")
     with pytest.raises(R.RuleError, match="needs at least one of"):
         R.parse_rule(rule_from_form({"id": "r2", "action": "reset"}), "rule")
+    broad = {"id": "r3", "action": "alert", "host": "*"}
+    with pytest.raises(R.RuleError, match="matches every flow"):
+        R.parse_rule(rule_from_form(broad), "rule")
+    assert R.parse_rule(rule_from_form({**broad, "force": "1"}), "rule").force
 
 
 def test_metrics_text_is_summed_per_name():
