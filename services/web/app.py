@@ -24,6 +24,7 @@ import jinja2
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -126,6 +127,7 @@ class Console:
         self.auth = Auth(settings)
         self.evidence = EvidenceIndex()
         self.stopping = asyncio.Event()
+        self.flashes: dict[str, str] = {}
         self.rlog = RateLimitedLog(log)
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")),
                                       autoescape=True, undefined=jinja2.StrictUndefined)
@@ -134,6 +136,16 @@ class Console:
         self.env.globals["endpoint"] = _endpoint
 
     # ------------------------------------------------------------------ helpers
+
+    def flash(self, session: Session | None, msg: str) -> None:
+        """A message for the session's next page (kept server-side: no text comes back through the URL)."""
+        if session is not None and session.sid:
+            self.flashes[session.sid] = msg
+            while len(self.flashes) > 10_000:
+                self.flashes.pop(next(iter(self.flashes)))
+
+    def pop_flash(self, session: Session | None) -> str:
+        return self.flashes.pop(session.sid, "") if session is not None and session.sid else ""
 
     def render(self, request: Request, session: Session | None, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         tpl = self.env.get_template(name)
@@ -372,7 +384,7 @@ def build_app(console: Console) -> Starlette:
         return c.render(request, session, "alert.html", a=inc, updates=updates, evidence=path,
                         evidence_ok=c.evidence_file(path) is not None, bpf=bpf_for_alert(inc),
                         recording=any(aid == alert_id for aid, _ in c.evidence.pending),
-                        record_s=s.web_evidence_record_s, message=request.query_params.get("msg", ""))
+                        record_s=s.web_evidence_record_s, message=c.pop_flash(session))
 
     async def alert_pcap(request: Request, session: Session | None, form: dict[str, str]) -> Response:
         alert_id = request.path_params["alert_id"]
@@ -415,8 +427,8 @@ def build_app(console: Console) -> Starlette:
                 msg = "capture wrote the flow's recent packets"
                 c.auth.record(who, f"asked capture ({probe}) for the evidence of alert {alert_id}: {msg}",
                               client_addr(request.scope))
-                return RedirectResponse(f"/alerts/{urllib.parse.quote(alert_id)}?msg={urllib.parse.quote(msg)}",
-                                        status_code=303)
+                c.flash(session, msg)
+                return RedirectResponse(f"/alerts/{urllib.parse.quote(alert_id)}", status_code=303)
         if not bpf:
             return PlainTextResponse("nothing to record: the alert names no address", status_code=400)
         req = json.dumps({"bpf": bpf, "duration_s": s.web_evidence_record_s}).encode()
@@ -432,8 +444,8 @@ def build_app(console: Console) -> Starlette:
             msg = "capture refused: " + str(answer.get("error", "unknown"))
         c.auth.record(who, f"asked capture ({probe}) to record '{bpf}' "
                       f"for alert {alert_id}: {msg}", client_addr(request.scope))
-        return RedirectResponse(f"/alerts/{urllib.parse.quote(alert_id)}?msg={urllib.parse.quote(msg)}",
-                                status_code=303)
+        c.flash(session, msg)
+        return RedirectResponse(f"/alerts/{urllib.parse.quote(alert_id)}", status_code=303)
 
     # -- rules
 
@@ -535,7 +547,34 @@ def build_app(console: Console) -> Starlette:
         Route("/healthz", healthz),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    return Starlette(routes=routes, exception_handlers={404: not_found})
+    return Starlette(routes=routes, exception_handlers={404: not_found}, middleware=[Middleware(SecurityHeaders)])
+
+
+class SecurityHeaders:
+    """Adds SECURITY_HEADERS to every response that does not set them itself (static files, errors)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                have = {k.lower() for k, _ in headers}
+                static = scope.get("path", "").startswith("/static/")
+                for k, v in SECURITY_HEADERS.items():
+                    if static and k == "Cache-Control":
+                        continue          # the script and the style sheet may be cached
+                    if k.lower().encode() not in have:
+                        headers.append((k.lower().encode(), v.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 async def rule_counts(js: Any, bucket: str) -> dict[str, dict[str, Any]]:

@@ -467,6 +467,14 @@ def test_changes_need_the_csrf_token_and_the_same_origin(console):
         urllib.request.urlopen(req)
     assert e.value.code == 401
     assert "refused /rules: bad CSRF token" in console.log("web")
+    # every response carries the headers that keep a page inert and unframed, static files too
+    for path in ("/static/app.js", "/login", "/no-such-page"):
+        try:
+            h = urllib.request.urlopen(console.url + path).headers
+        except urllib.error.HTTPError as exc:
+            h = exc.headers
+        assert "script-src 'self'" in h["Content-Security-Policy"] and h["X-Content-Type-Options"] == "nosniff", path
+        assert h["X-Frame-Options"] == "DENY", path
 
 
 def test_nobody_watching_means_no_live_subscription(console, browser):
