@@ -71,6 +71,11 @@ class CaptureSettings(CommonSettings):
     batch_interval_s: float = Field(default=0.2, gt=0)
     evidence_dir: Path = Field(default=Path("/var/lib/flowtarget/evidence"))
     evidence_packets: int = Field(default=32, ge=0, le=10000, description="Recent raw packets kept per flow for evidence.")
+    evidence_max_mb: float = Field(default=1024.0, gt=0, description="Bytes capture writes into evidence_dir (recordings and flow evidence); beyond, new evidence is refused and counted.")
+    recording_max_active: int = Field(default=4, ge=1, le=1000, description="ft.ctl pcap recordings at once; further requests are refused and counted.")
+    recording_max_packets: int = Field(default=100_000, ge=1, description="Packets per ft.ctl pcap recording (it ends there, counted as truncated).")
+    recording_max_mb: float = Field(default=64.0, gt=0, description="Bytes on disk per ft.ctl pcap recording (it ends there, counted as truncated).")
+    ctl_requests_per_s: float = Field(default=20.0, gt=0, description="ft.ctl pcap and evidence requests served per second (burst twice that); more are refused and counted.")
     replay_realtime: bool = Field(default=False, description="Replay files at their recorded pace instead of as fast as possible.")
     capture_role: str = Field(default="capture", pattern="^(capture|detect)$",
                               description="detect: run the alert detectors' process (started by flowtarget capture itself).")

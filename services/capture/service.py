@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -32,6 +33,7 @@ from shared.models import (Alert, BlockAction, CaptureStats, Event, Evidence, Fl
 from shared.settings import CaptureSettings
 from shared.subjects import subject
 
+from services.capture.evidence import EvidenceLimits
 from services.capture.flows import FlowMeter
 from services.capture.sources import CaptureFileError, open_source
 
@@ -65,6 +67,7 @@ class Outbox:
         # evidence pcaps already written: alert_id / flow_id -> path (bounded)
         self.evidence_paths: OrderedDict[str, str] = OrderedDict()
         self.evidence: list[Evidence] = []
+        self.limits = EvidenceLimits.from_settings(settings)   # bounds on recordings and evidence on disk
         self.sent_records = 0
         self.sent_samples = 0
         self.sent_packets = 0
@@ -103,8 +106,15 @@ class Outbox:
             return self.evidence_paths[key]
         path = ""
         if self.meter is not None and self.settings.evidence_packets:
+            if not self.limits.has_room():
+                self.limits.c["evidence_refused_disk"] += 1
+                self._rlog.warning("evidence-full", "no evidence written: %s", self.limits.disk_full_reason())
+                return ""
             try:
                 path = self.meter.write_evidence(flow_id, tag=tag) or ""
+                if path:
+                    self.limits.used += os.path.getsize(path)
+                    self.limits.c["evidence_written"] += 1
             except OSError as exc:
                 self._rlog.warning("evidence", "could not write evidence: %s", safe_text(exc))
         self.evidence_paths[key] = path
@@ -224,10 +234,13 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
     async def on_pcap_request(msg: Any) -> None:
         """ft.ctl.<probe>.pcap {"bpf": "...", "duration_s": N}: record matching packets to a pcap."""
         try:
+            refused = out.limits.allow_request()
+            if refused:
+                raise ValueError(refused)
             req = json.loads(msg.data or b"{}")
             bpf = str(req.get("bpf", ""))[:1024]
             duration = min(max(float(req.get("duration_s", 10.0)), 0.0), 3600.0)
-            rec = meter.start_recording(bpf, duration)
+            rec = out.limits.start_recording(meter, bpf, duration)   # bounded: FT_RECORDING_*
             answer = {"status": "recording", "bpf": bpf, "duration_s": duration,
                       "directory": str(settings.evidence_dir), "tag": getattr(rec, "tag", "ctl")}
         except (ValueError, TypeError, AttributeError) as exc:
@@ -239,6 +252,11 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
 
     async def on_evidence_request(msg: Any) -> None:
         """The detectors' process asks for an incident's evidence; only the shard holding the flow answers."""
+        refused = out.limits.allow_request()
+        if refused:
+            if msg.reply and settings.shard_index < 0:   # (of several shards, none answers)
+                await bus.nc.publish(msg.reply, json.dumps({"path": "", "error": refused}).encode())
+            return
         try:
             req = json.loads(msg.data)
             path = out.write_evidence(str(req["key"])[:128], str(req["flow_id"])[:64], "alert",
@@ -253,6 +271,7 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
     await bus.nc.subscribe(subject("ctl", settings.probe, "evidence"), cb=on_evidence_request)
     if detectors is not None:
         register_stats("capture_detectors", detectors.counters)
+    register_stats("capture_evidence", out.limits.counters, gauges=("recordings_active", "evidence_dir_bytes"))
     register_stats("capture", lambda: {**meter.stats(), "samples_sent": out.sent_samples,
                                        "packet_events_sent": out.sent_packets, "flow_records_sent": out.sent_records,
                                        "batches_queued": out.batches.qsize()},
