@@ -35,7 +35,7 @@ from shared.subjects import subject
 
 from services.capture.evidence import EvidenceLimits
 from services.capture.flows import FlowMeter
-from services.capture.sources import CaptureFileError, open_source
+from services.capture.sources import CaptureFileError, check_settings, open_source  # noqa: F401 (the runner's check)
 
 log = logging.getLogger("flowtarget.capture")
 
@@ -476,7 +476,10 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                        reporter: StatsReporter) -> None:
     from services.capture.shard import open_live
 
-    src, how = open_live(settings, direction_in=settings.direction_in)
+    try:
+        src, how = open_live(settings, direction_in=settings.direction_in)
+    except CaptureFileError as exc:      # one line naming the variable, exit 2 (see shared.runner)
+        raise_config(f"{exc.setting}: {exc}")
     if how:
         log.info("capture shard %d/%d on %s by %s", settings.shard_index, settings.shards, settings.iface, how)
     meter.set_source(settings.iface, src.datalink)

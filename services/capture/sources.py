@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 from .fastpath import Collector, pcap_records
 
-__all__ = ["CaptureFileError", "FileSource", "LiveSource", "open_source", "DLT_NAMES"]
+__all__ = ["CaptureFileError", "FileSource", "LiveSource", "open_source", "DLT_NAMES", "check_settings"]
 
 CHUNK = 1 << 20
 MAX_RECORD = 256 * 1024 * 1024  # a caplen/block above this is corruption, not a packet
@@ -44,7 +44,48 @@ DLT_NAMES = {
 
 
 class CaptureFileError(Exception):
-    """A file that cannot be read as a capture at all (missing, unreadable, not pcap/pcapng)."""
+    """A file that cannot be read as a capture at all (missing, unreadable, not pcap/pcapng),
+    or a live source that cannot be opened; ``setting`` names the variable at fault."""
+
+    def __init__(self, msg: str, setting: str = "FT_PCAP") -> None:
+        super().__init__(msg)
+        self.setting = setting
+
+
+def check_settings(settings: object) -> None:
+    """Before capture connects anything: what its settings name must exist.
+
+    Raises ``shared.runner.ConfigError`` with one line naming the variable: no
+    source at all, a capture file that cannot be opened, an interface that does
+    not exist, a BPF filter that does not compile.
+    """
+    import socket
+
+    from shared.runner import ConfigError
+
+    iface, files, bpf = getattr(settings, "iface", ""), getattr(settings, "pcap", []), getattr(settings, "bpf", "")
+    if not iface and not files:
+        raise ConfigError("FT_IFACE / FT_PCAP: set FT_IFACE (live) or FT_PCAP (files)")
+    dlt = 1
+    for path in files:
+        try:
+            src = open_source(path)
+        except CaptureFileError as exc:
+            raise ConfigError(f"FT_PCAP: {exc}") from None
+        dlt = src.datalink if src.datalink >= 0 else dlt
+        src.close()
+    if iface and not files:
+        try:
+            socket.if_nametoindex(iface)
+        except OSError:
+            raise ConfigError(f"FT_IFACE: no network interface {iface!r}") from None
+    if bpf:
+        import pcap
+
+        try:
+            pcap.bpf(bpf.encode(), dlt)
+        except Exception as exc:  # noqa: BLE001 - pypcap raises OSError or ValueError
+            raise ConfigError(f"FT_BPF: {bpf[:100]!r} does not compile: {exc}") from None
 
 
 def _open_maybe_gzip(path: str) -> tuple[BinaryIO, bytes]:
@@ -395,13 +436,13 @@ class LiveSource:
                 buffer_size=buffer_mb * 1024 * 1024 if buffer_mb else 0,
             )
         except OSError as exc:
-            raise CaptureFileError(f"{name}: cannot open interface: {exc}") from None
+            raise CaptureFileError(f"{name}: cannot open interface: {exc}", "FT_IFACE") from None
         if bpf:
             try:
                 self._p.setfilter(bpf)
             except OSError as exc:
                 self._p.close()
-                raise CaptureFileError(f"{name}: bad BPF filter {bpf!r}: {exc}") from None
+                raise CaptureFileError(f"{name}: bad BPF filter {bpf!r}: {exc}", "FT_BPF") from None
         if direction_in:
             self._p.setdirection(pcap.PCAP_D_IN)
         self._p.setnonblock(True)
