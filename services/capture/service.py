@@ -463,7 +463,7 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
         if out.detectors is not None:
             out.add_alerts(out.detectors.tick(ts))
         await out.flush(force=True)
-        extra = {"file_truncated": 1} if reader.error else None
+        extra = {**reader.counters, **({"file_truncated": 1} if reader.error else {})}   # caplen anomalies too
         await reporter.publish(source=name, finished=True, delta=True, extra=extra)
     # the last verdicts, then every flow's end record
     await _wait_verdicts(meter, out, stop, 0, settings.verdict_wait_s)

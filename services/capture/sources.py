@@ -127,6 +127,9 @@ class FileSource:
         self.errors = 0
         self.error: str | None = None
         self.packets = 0
+        #: records taken with a length anomaly: caplen_over_origlen (frame trimmed to the original
+        #: length), caplen_over_snaplen (kept); reported in the capture stats
+        self.counters: dict[str, int] = {}
         self.format: str
         self.datalink: int = -1
         self._buf = head
@@ -145,6 +148,10 @@ class FileSource:
             self.datalink = linktype & 0xFFFF  # upper bits may carry FCS information
             self._pos = 24
         elif head == _PCAPNG_MAGIC:
+            if not self._fill(12) or self._buf[8:12] not in (b"\x4d\x3c\x2b\x1a", b"\x1a\x2b\x3c\x4d"):
+                self.close()
+                raise CaptureFileError(f"{self.path}: not a capture file (pcapng section header without "
+                                       "a valid byte-order magic)")
             self.format = "pcapng"
             self._endian = "<"
             self._ifaces: list[tuple[int, float, float, int]] = []  # (dlt, ts unit, ts offset, snaplen)
@@ -180,6 +187,13 @@ class FileSource:
         self._buf = b"".join(parts)
         return have >= need
 
+    def _anomaly(self, caplen: int, origlen: int, snaplen: int) -> None:
+        """A record longer than the packet it claims to hold (trimmed to ``origlen``) or than the snaplen."""
+        if caplen > origlen:
+            self.counters["caplen_over_origlen"] = self.counters.get("caplen_over_origlen", 0) + 1
+        if snaplen and caplen > snaplen:
+            self.counters["caplen_over_snaplen"] = self.counters.get("caplen_over_snaplen", 0) + 1
+
     def _fail(self, msg: str) -> None:
         if self.error is None:
             self.error = f"{self.path}: {msg}"
@@ -202,16 +216,31 @@ class FileSource:
         """Lists of up to ``n`` ``(ts, frame)`` records (compiled parsing where built)."""
         big = self._endian == ">"
         unit = self._tsunit
-        head = struct.Struct(self._endian + "III").unpack_from
+        head = struct.Struct(self._endian + "IIII").unpack_from
         low = CHUNK // 2
+        snaplen = self.snaplen if 0 < self.snaplen <= MAX_RECORD else 0
         while True:
             if len(self._buf) - self._pos < low and not self._eof:
                 self._fill(CHUNK)  # keep batches whole: read ahead before the buffer runs dry
-            recs, pos, bad = pcap_records(self._buf, self._pos, big, unit, n, MAX_RECORD)
+            recs, pos, bad = pcap_records(self._buf, self._pos, big, unit, n, MAX_RECORD, snaplen)
             self._pos = pos
             if recs:
                 self.packets += len(recs)
                 yield recs
+                continue
+            if bad == -2:   # caplen above the original length or the snaplen: counted, read here
+                if not self._fill(16):
+                    continue
+                sec, frac, caplen, origlen = head(self._buf, self._pos)
+                if not self._fill(16 + caplen):   # the file ends inside it
+                    self._pos = len(self._buf)
+                    self._fail(f"truncated packet data after {self.packets} packets")
+                    return
+                frame = self._buf[self._pos + 16:self._pos + 16 + min(caplen, origlen)]
+                self._pos += 16 + caplen
+                self._anomaly(caplen, origlen, snaplen)
+                self.packets += 1
+                yield [(sec + frac * unit, frame)]
                 continue
             if bad >= 0:
                 self._fail(f"corrupt record length {bad} after {self.packets} packets")
@@ -221,7 +250,7 @@ class FileSource:
                 if len(self._buf) - self._pos:
                     self._fail(f"truncated record header after {self.packets} packets")
                 return
-            sec, frac, caplen = head(self._buf, self._pos)
+            sec, frac, caplen, _olen = head(self._buf, self._pos)
             if caplen > MAX_RECORD:
                 self._fail(f"corrupt record length {caplen} after {self.packets} packets")
                 return
@@ -294,11 +323,14 @@ class FileSource:
                 if bend - body < 20:
                     self._fail("short enhanced packet block")
                     continue
-                ifid, hi, lo, caplen, _olen = struct.unpack_from(e + "IIIII", buf, body)
+                ifid, hi, lo, caplen, olen = struct.unpack_from(e + "IIIII", buf, body)
                 if ifid >= len(self._ifaces) or body + 20 + caplen > bend:
                     self._fail("bad enhanced packet block")
                     continue
-                dlt, unit, off, _snap = self._ifaces[ifid]
+                dlt, unit, off, snap = self._ifaces[ifid]
+                if caplen > olen or (snap and caplen > snap):
+                    self._anomaly(caplen, olen, snap)
+                    caplen = min(caplen, olen)
                 self.packets += 1
                 yield ((hi << 32) | lo) * unit + off, buf[body + 20:body + 20 + caplen], dlt
             elif btype == 3:  # simple packet block
