@@ -35,6 +35,11 @@ class ConfigError(Exception):
     """A fatal configuration problem, reported as one line."""
 
 
+class FatalError(Exception):
+    """A service cannot go on (e.g. its capture interface disappeared): one line, exit status 1,
+    after the service's own cleanup has run."""
+
+
 def config_error_line(exc: ValidationError, env_prefix: str = "FT_") -> str:
     """One line naming each bad setting by its environment variable."""
     parts = []
@@ -138,6 +143,9 @@ def run_service(name: str, settings_cls: type[S], main: ServiceMain, check: Call
     except ConfigError as exc:
         print(f"flowtarget {name}: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except FatalError as exc:
+        print(f"flowtarget {name}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         pass
     return 0

@@ -490,7 +490,8 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
     ready = asyncio.Event()
     loop.add_reader(src.fileno(), ready.set)
     mono = time.monotonic
-    last_stats = next_tick = mono()
+    last_stats = next_tick = next_check = mono()
+    gone = ""
     try:
         while not stop.is_set():
             batch = src.read_available(LIVE_READ)
@@ -507,6 +508,12 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                     out.add_alerts(out.detectors.tick(now))
                 await out.flush()
                 next_tick = now_m + LIVE_TICK_S
+                if now_m >= next_check:   # libpcap reads nothing, silently, from a deleted interface
+                    next_check = now_m + 1.0
+                    gone = src.gone()
+                    if gone:
+                        log.error("capture: %s; stopping", gone)
+                        break
                 if now_m - last_stats > STATS_INTERVAL_S:
                     last_stats = now_m
                     live = src.stats()
@@ -529,3 +536,6 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
         reporter.final_extra = {"dropped_kernel": live.get("dropped_kernel", 0),
                                 "dropped_interface": live.get("dropped_interface", 0)}
         src.close()
+    if gone:   # flows end and are published by main's cleanup; then exit 1 with this line
+        from shared.runner import FatalError
+        raise FatalError(gone)

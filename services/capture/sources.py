@@ -435,6 +435,15 @@ def open_source(path: str | os.PathLike[str]) -> FileSource:
     return FileSource(path)
 
 
+def _ifindex(name: str) -> int:
+    import socket
+
+    try:
+        return socket.if_nametoindex(name)
+    except (OSError, ValueError):
+        return 0
+
+
 class LiveSource:
     """A live interface through pypcap, read without blocking.
 
@@ -478,10 +487,13 @@ class LiveSource:
         if direction_in:
             self._p.setdirection(pcap.PCAP_D_IN)
         self._p.setnonblock(True)
+        self.ifindex = _ifindex(name)   # 0: not a plain interface name ("any", ...): not watched
+        self._gone = ""
         self.datalink: int = self._p.datalink()
         self.snaplen = snaplen
         self._collect = Collector()   # dispatch()'s per-packet callback (compiled where built)
         self.packets = 0
+        self._error = ""
 
     def fileno(self) -> int:
         return self._p.fileno()
@@ -490,12 +502,30 @@ class LiveSource:
         """Packets already buffered by the kernel, at most ``max_n``; [] when none."""
         try:
             self._p.dispatch(max_n, self._collect)
-        except OSError:
-            # interface went away: return what we have, the caller checks stats/fileno
-            pass
+        except OSError as exc:
+            # the interface went away or down: return what we have; the caller asks gone()
+            self._error = str(exc)
         batch = self._collect.take()
         self.packets += len(batch)
         return batch
+
+    def gone(self) -> str:
+        """'' while the interface is there, else why capture on it is over.
+
+        libpcap keeps reading nothing, without an error, from an interface that
+        was deleted, so the caller asks this every second or so: the name must
+        still belong to the interface the handle was opened on (a new interface
+        of the same name has another index and is never captured by this handle).
+        """
+        if self._gone or not self.ifindex:
+            return self._gone
+        now = _ifindex(self.name)
+        if now != self.ifindex:
+            self._gone = (f"interface {self.name} disappeared" if not now else
+                          f"interface {self.name} was replaced (index {self.ifindex} -> {now})")
+            if self._error:
+                self._gone += f" ({self._error})"
+        return self._gone
 
     def stats(self) -> dict[str, int]:
         """Kernel counters: received, dropped (buffer full), dropped by the interface."""
