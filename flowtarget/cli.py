@@ -72,8 +72,10 @@ def run_capture(args: argparse.Namespace) -> int:
         settings = load_settings(CaptureSettings, **overrides)
         if settings.capture_role != "detect":
             from services.capture.sources import check_settings
+            from shared.settings import DetectSettings
 
             check_settings(settings)    # interface, files, filter: before any child starts
+            load_settings(DetectSettings)   # the detectors' thresholds, read by its process
     except ConfigError as exc:
         print(f"flowtarget capture: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -531,6 +533,7 @@ def _main(argv: list[str] | None = None) -> None:
         # a client command: nats-py's own error log (a traceback per failed connection attempt)
         # says nothing the command's one-line error does not
         logging.getLogger("nats.aio.client").setLevel(logging.CRITICAL)
+        logging.getLogger("flowtarget.bus").setLevel(logging.ERROR)   # per-attempt "NATS error" lines
         handler = getattr(args, "func", None)
         if handler is None:
             print(f"flowtarget: unknown command {cmd}", file=sys.stderr)

@@ -103,6 +103,10 @@ def check_service_config(name: str, env: dict[str, str]) -> None:
         if fname in cls.model_fields:
             fields[fname] = value
     settings = load_settings(cls, **fields)
+    if name == "capture":       # its detectors' process reads the alert thresholds
+        load_settings(settings_mod.DetectSettings, **{k: v for k, v in ((k[3:].lower(), v) for k, v in env.items()
+                                                                        if k.startswith("FT_"))
+                                                       if k in settings_mod.DetectSettings.model_fields})
     if name in CHECKS:
         importlib.import_module(CHECKS[name]).check_settings(settings)
 

@@ -35,6 +35,8 @@ CASES = [
     (["capture"], {"FT_IFACE": "lo", "FT_BPF": "this is not bpf"}, "FT_BPF"),
     (["capture"], {"FT_PCAP": SAMPLE, "FT_SNAPLEN": "big"}, "FT_SNAPLEN"),
     (["capture"], {}, "FT_IFACE"),
+    (["capture"], {"FT_PCAP": SAMPLE, "FT_ARP_FLOOD_PPS": "abc"}, "FT_ARP_FLOOD_PPS"),
+    (["analyze", SAMPLE], {"FT_SCAN_WINDOW_S": "-1"}, "FT_SCAN_WINDOW_S"),
     (["store"], {"FT_INFLUX_URL": "notaurl"}, "FT_INFLUX_URL"),
     (["classify"], {"FT_NATS_URL": "localhost:4222"}, "FT_NATS_URL"),
     (["classify"], {"FT_PROBE": "a.b"}, "FT_PROBE"),
@@ -75,6 +77,13 @@ def test_analyze_with_unreachable_nats_fails_fast_in_one_line():
     assert p.returncode == 1, p.stderr[-2000:]
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "--nats" in lines[0] and "cannot connect" in lines[0], p.stderr[-2000:]
+
+
+def test_alerts_with_nats_down_or_a_bad_url_is_one_line():
+    p = run(["alerts"], {}, timeout=60)
+    assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1 and "NATS" in p.stderr, p.stderr
+    p = run(["alerts", "--nats", "notaurl"], {}, timeout=60)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "FT_NATS_URL" in p.stderr, p.stderr
 
 
 def test_rules_list_with_nats_down_is_one_line():
