@@ -99,6 +99,7 @@ class EvidenceLimits:
     """
 
     RESCAN_S = 5.0
+    MIN_ROOM = 64 * 1024    # a new recording needs this much of the directory budget left
 
     def __init__(self, directory: str | os.PathLike[str], max_active: int = 4, max_packets: int = 100_000,
                  max_bytes: int = 64 * 1024**2, dir_max_bytes: int = 1024**3, rate_per_s: float = 10.0,
@@ -172,10 +173,16 @@ class EvidenceLimits:
         self._meter = meter
         live = [r for r in meter.recorders if not r.done]
         self.active = len(live)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"evidence directory {self.directory}: {exc.strerror or exc}") from None
+        if not os.access(self.directory, os.W_OK):
+            raise ValueError(f"evidence directory {self.directory}: not writable")
         if self.active >= self.max_active:
             self.c["recordings_refused_active"] += 1
             raise ValueError(f"too many recordings at once (FT_RECORDING_MAX_ACTIVE={self.max_active})")
-        if not self.has_room(_PCAP_HDR.size):
+        if not self.has_room(self.MIN_ROOM):   # room for more than a header and a packet or two
             self.c["recordings_refused_disk"] += 1
             raise ValueError(self.disk_full_reason())
         rec = PcapRecorder(self.directory, meter.source, bpf, duration_s, meter.datalink,
@@ -231,6 +238,7 @@ class PcapRecorder:
         self.path: Path | None = None
         self._fh: Any = None
         self._part: Path | None = None
+        self.write_error = ""
 
     def _open(self) -> bool:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -261,11 +269,16 @@ class PcapRecorder:
         if self.limits is not None and not self.limits.take(n + (_PCAP_HDR.size if self._fh is None else 0)):
             self._stop("disk")
             return
-        if self._fh is None:
-            self._open()
         sec = int(ts)
-        self._fh.write(_REC_HDR.pack(sec, int(round((ts - sec) * 1e6)) % 1000000, len(frame), len(frame)))
-        self._fh.write(frame)
+        try:       # the hot path calls this: a full or unwritable disk ends the recording, never capture
+            if self._fh is None:
+                self._open()
+            self._fh.write(_REC_HDR.pack(sec, int(round((ts - sec) * 1e6)) % 1000000, len(frame), len(frame)))
+            self._fh.write(frame)
+        except OSError as exc:
+            self.write_error = exc.strerror or str(exc)
+            self._stop("disk")
+            return
         self.bytes += n
         self.count += 1
         if self.count >= self.max_packets:
@@ -280,15 +293,19 @@ class PcapRecorder:
         self.done = True
         if self.path is None:
             ts = self.start_ts if self.start_ts is not None else time.time()
-            if self._fh is None:
-                self._open()
-                if self.limits is not None:
-                    self.limits.used += self.bytes
-            self._fh.close()
-            self._fh = None
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self.path = _unique(self.directory / evidence_name(self.iface, "any", ts, self.tag))
-            os.replace(self._part, self.path)
+            final = self.directory / evidence_name(self.iface, "any", ts, self.tag)
+            try:
+                if self._fh is None:
+                    self._open()
+                    if self.limits is not None:
+                        self.limits.used += self.bytes
+                self._fh.close()
+                self._fh = None
+                self.path = _unique(final)
+                os.replace(self._part, self.path)
+            except OSError as exc:      # reported as a recording of what could be kept (maybe nothing)
+                self.write_error = exc.strerror or str(exc)
+                self.path = self._part if self._part is not None and self._part.exists() else final
         if was_open and self.limits is not None:
             self.limits.recording_closed(self)
         return self.path

@@ -152,7 +152,7 @@ class Outbox:
                 await self.batches.put((subject("alert", self.settings.probe, a.alert_type), batch_json([a])))
         if self.meter is not None and self.meter.recorders:
             for rec in self.meter.finished_recordings(force=force):
-                self.evidence.append(self._evidence_event(str(rec.path), "request", rec.tag, count_packets(rec.path)))
+                self.evidence.append(self._evidence_event(str(rec.path), "request", rec.tag, rec.count))
         if self.evidence:
             evidence, self.evidence = self.evidence, []
             for e in evidence:
@@ -303,13 +303,6 @@ async def drain_detectors(bus: Bus, settings: CaptureSettings) -> None:
         await bus.nc.request(subject("ctl", settings.probe, "detect_drain"), b"", timeout=120)
     except Exception as exc:   # no detectors' process (FT_DETECTORS empty, inline, or not started)
         log.debug("no detector drain: %s", safe_text(exc))
-
-
-def count_packets(path: Any) -> int:
-    try:
-        return sum(1 for _ in open_source(path))
-    except (CaptureFileError, OSError):
-        return 0
 
 
 def port_guesser() -> Any:
