@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -57,7 +58,8 @@ def run_one_service(name: str, overrides: dict[str, Any] | None = None) -> int:
         print(f"flowtarget {name}: not available: {exc}", file=sys.stderr)
         return 1
     settings_cls = getattr(settings_mod, settings_name)
-    return run_service(name, settings_cls, module.main, **(overrides or {}))
+    return run_service(name, settings_cls, module.main, check=getattr(module, "check_settings", None),
+                       **(overrides or {}))
 
 
 def run_web() -> int:
@@ -88,6 +90,12 @@ def run_capture(args: argparse.Namespace) -> int:
         overrides["shards"] = args.shards
     try:
         settings = load_settings(CaptureSettings, **overrides)
+        if settings.capture_role != "detect":
+            from services.capture.sources import check_settings
+            from shared.settings import DetectSettings
+
+            check_settings(settings)    # interface, files, filter: before any child starts
+            load_settings(DetectSettings)   # the detectors' thresholds, read by its process
     except ConfigError as exc:
         print(f"flowtarget capture: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -314,14 +322,39 @@ def safe(text: Any, limit: int) -> str:
     return safe_text(text, limit)
 
 
+def preflight(cmd: str, args: argparse.Namespace, per_service: dict[str, dict[str, str]]) -> int:
+    """Before anything starts: the NATS URL answers (when given) and every service would take its
+    configuration.  Returns 0, or prints one line and returns the exit status (2: configuration)."""
+    from flowtarget.orchestrate import base_env, check_nats, check_service_config
+    from shared.runner import ConfigError
+
+    nats_url = args.nats or "nats://127.0.0.1:4222"
+    try:
+        for name, extra in per_service.items():
+            if service_available(name):
+                check_service_config(name, base_env(nats_url, args.probe, extra))
+    except ConfigError as exc:
+        print(f"flowtarget {cmd}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.nats:
+        reason = asyncio.run(check_nats(args.nats))
+        if reason:
+            print(f"flowtarget {cmd}: --nats: {reason}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from flowtarget.orchestrate import Orchestrator
+    from flowtarget.orchestrate import Orchestrator, pcap_env
 
     files, errors = check_capture_files(args.pcaps)
     for e in errors:
         print(f"flowtarget analyze: {e}", file=sys.stderr)
     if not files:
         return 1
+    code = preflight("analyze", args, {"capture": pcap_env(files), "classify": {}, "store": {}, "block": {}})
+    if code:
+        return code
     started = time.monotonic()
     tmp = None
     if args.out:
@@ -363,6 +396,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     if bool(args.iface) == bool(args.pcap):
         print("flowtarget run: give exactly one of --iface IF or --pcap FILE", file=sys.stderr)
         return 2
+    if args.iface:
+        import socket
+
+        try:
+            socket.if_nametoindex(args.iface)
+        except OSError:
+            print(f"flowtarget run: --iface {args.iface}: no such network interface", file=sys.stderr)
+            return 2
+    from flowtarget.orchestrate import pcap_env
+
+    live = {"FT_IFACE": args.iface} if args.iface else {}
+    checks = {"classify": {}, "store": {}, "block": live}
+    readable = check_capture_files(args.pcap)[0] if args.pcap else []
+    if args.iface or readable:        # (no readable file: reported below, one line per file)
+        checks["capture"] = live if args.iface else pcap_env(readable)
+    code = preflight("run", args, checks)
+    if code:
+        return code
     env: dict[str, str] = {}
     if args.out:
         env["FT_OUT_DIR"] = str(Path(args.out).resolve())
@@ -517,6 +568,10 @@ def _main(argv: list[str] | None = None) -> None:
     elif cmd == "bench":
         code = cmd_bench(args)
     else:
+        # a client command: nats-py's own error log (a traceback per failed connection attempt)
+        # says nothing the command's one-line error does not
+        logging.getLogger("nats.aio.client").setLevel(logging.CRITICAL)
+        logging.getLogger("flowtarget.bus").setLevel(logging.ERROR)   # per-attempt "NATS error" lines
         handler = getattr(args, "func", None)
         if handler is None:
             print(f"flowtarget: unknown command {cmd}", file=sys.stderr)

@@ -4,22 +4,68 @@ Every service builds one frozen settings object at start.  ``CommonSettings``
 holds what every service needs (NATS, probe name, JetStream stream limits);
 each service's settings class extends it.  A bad value stops the service at
 start with a one-line reason (see ``shared.runner``).
+
+List settings (``FT_PCAP``, ``FT_ALLOWLIST``, ...) take a JSON list or
+comma-separated values: ``FT_ALLOWLIST=10.0.0.0/8,192.168.1.1`` is
+``FT_ALLOWLIST='["10.0.0.0/8","192.168.1.1"]'``.  Environment values are never
+JSON-decoded by pydantic-settings itself (``enable_decoding=False``): the one
+before-validator of ``FTSettings`` parses list values, so a malformed one is a
+validation error naming its variable, not a traceback.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
+import typing
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.subjects import check_token
 
 
-class CommonSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FT_", frozen=True, extra="ignore", env_nested_delimiter="__")
+def _is_list(annotation: Any) -> bool:
+    if typing.get_origin(annotation) in (list, tuple, set, frozenset):
+        return True
+    return any(_is_list(a) for a in typing.get_args(annotation)) if typing.get_origin(annotation) is typing.Union else False
+
+
+def parse_list(value: str) -> list[Any]:
+    """A list setting's text: a JSON list, or comma-separated values (blank = empty list)."""
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"not a JSON list ({exc.msg} at character {exc.pos}); "
+                             "give a JSON list or comma-separated values") from None
+        if not isinstance(parsed, list):
+            raise ValueError("not a JSON list")
+        return parsed
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+class FTSettings(BaseSettings):
+    """Base of every settings class: ``FT_`` prefix, frozen, lists as JSON or comma-separated."""
+
+    model_config = SettingsConfigDict(env_prefix="FT_", frozen=True, extra="ignore", enable_decoding=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _lists_from_text(cls, v: Any, info: ValidationInfo) -> Any:
+        if isinstance(v, str) and info.field_name is not None:
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and _is_list(field.annotation):
+                return parse_list(v)
+        return v
+
+
+class CommonSettings(FTSettings):
 
     probe: str = Field(default="probe1", description="Probe name, used in subjects and stored records.")
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="Comma-separated NATS server URLs.")
@@ -73,6 +119,11 @@ class CaptureSettings(CommonSettings):
     batch_interval_s: float = Field(default=0.2, gt=0)
     evidence_dir: Path = Field(default=Path("/var/lib/flowtarget/evidence"))
     evidence_packets: int = Field(default=32, ge=0, le=10000, description="Recent raw packets kept per flow for evidence.")
+    evidence_max_mb: float = Field(default=1024.0, gt=0, description="Bytes capture writes into evidence_dir (recordings and flow evidence); beyond, new evidence is refused and counted.")
+    recording_max_active: int = Field(default=4, ge=1, le=1000, description="ft.ctl pcap recordings at once; further requests are refused and counted.")
+    recording_max_packets: int = Field(default=100_000, ge=1, description="Packets per ft.ctl pcap recording (it ends there, counted as truncated).")
+    recording_max_mb: float = Field(default=64.0, gt=0, description="Bytes on disk per ft.ctl pcap recording (it ends there, counted as truncated).")
+    ctl_requests_per_s: float = Field(default=20.0, gt=0, description="ft.ctl pcap and evidence requests served per second (burst twice that); more are refused and counted.")
     replay_realtime: bool = Field(default=False, description="Replay files at their recorded pace instead of as fast as possible.")
     capture_role: str = Field(default="capture", pattern="^(capture|detect)$",
                               description="detect: run the alert detectors' process (started by flowtarget capture itself).")
@@ -91,6 +142,20 @@ class StoreSettings(CommonSettings):
     influx_org: str = Field(default="flowtarget")
     influx_bucket: str = Field(default="flowtarget")
     influx_create_bucket: bool = True
+    @field_validator("influx_url")
+    @classmethod
+    def _influx_url(cls, v: str) -> str:
+        if not v:
+            return v
+        try:
+            parts = urlsplit(v)
+            parts.port   # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"{v!r} is not a URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{v!r} is not an http:// or https:// URL")
+        return v
+
     out_dir: Path | None = Field(default=None, description="Directory for JSON-lines files (the embedded default).")
     line_protocol_file: bool = Field(default=False, description="Also write influx line protocol into out_dir.")
     durable: str = Field(default="store", description="Durable consumer shared by all store replicas.")
@@ -173,14 +238,12 @@ class BlockSettings(CommonSettings):
         return out
 
 
-class DetectSettings(BaseSettings):
+class DetectSettings(FTSettings):
     """Thresholds of the alert detectors that run inside capture (docs/alerts.md).
 
     Rates are judged over ``*_window_s``: a rate threshold R fires when at least
     R × window events fall inside one window.
     """
-
-    model_config = SettingsConfigDict(env_prefix="FT_", frozen=True, extra="ignore")
 
     detectors: str = Field(default="arp_flood,arp_spoof,port_scan,syn_flood,icmp_flood,dns_tunnel",
                            description="Comma-separated detectors to run; empty = none.")
