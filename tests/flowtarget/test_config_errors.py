@@ -63,7 +63,8 @@ def test_lists_take_json_or_comma_separated(monkeypatch):
     monkeypatch.setenv("FT_ALLOWLIST", "10.0.0.0/8, 192.168.1.1")
     monkeypatch.setenv("FT_PROBE_ADDRESSES", '["10.0.0.1", "fd00::1"]')
     b = BlockSettings()
-    assert b.allowlist == ["10.0.0.0/8", "192.168.1.1"] and b.probe_addresses == ["10.0.0.1", "fd00::1"]
+    # block normalizes each entry to a network (a host is a /32 or /128)
+    assert b.allowlist == ["10.0.0.0/8", "192.168.1.1/32"] and b.probe_addresses == ["10.0.0.1/32", "fd00::1/128"]
     monkeypatch.setenv("FT_PCAP", "/a.pcap,/b.pcap")
     assert CaptureSettings().pcap == [Path("/a.pcap"), Path("/b.pcap")]
     monkeypatch.setenv("FT_PCAP", "")
