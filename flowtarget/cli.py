@@ -277,6 +277,13 @@ def summarize(flows: list[dict[str, Any]], dns: list[dict[str, Any]], alerts: li
         names = Counter(d.get("query_name", "") for d in dns if d.get("query_name"))
     lines.append("")
     lines.append(f"DNS: {len(dns):,} messages, {len(names):,} distinct names")
+    bad = Counter(str(d.get("error")) for d in dns if d.get("error"))
+    over_tcp = sum(1 for d in dns if d.get("transport") == "TCP")
+    paired = sum(1 for d in dns if d.get("rtt_ms") is not None)
+    lines.append(f"  over TCP: {over_tcp:,}   responses paired with their query: {paired:,}   "
+                 f"malformed (logged with the reason): {sum(bad.values()):,}")
+    for reason, cnt in bad.most_common(5):
+        lines.append(f"    {safe(reason, 58):<58}{cnt:>8,}")
     for name, cnt in names.most_common(10):
         lines.append(f"  {safe(name, 60):<60}{cnt:>8,}")
     lines.append("")

@@ -37,7 +37,7 @@ try:  # the breadth dissectors' declarative gates (see Engine._dissectors_for)
     from services.classify.dissectors import breadth_util as _bu
 except ImportError:  # pragma: no cover
     _bu = None
-from shared.models import DnsRecord, FlowSample, PacketEvent, Verdict
+from shared.models import DnsQuestion, DnsRecord, FlowSample, PacketEvent, Verdict
 
 log = logging.getLogger("flowtarget.classify.engine")
 
@@ -108,6 +108,7 @@ class Engine:
             self._dissectors_for(t)
         self._ports = self._build_port_table()
         self._template = dict(Verdict(timestamp=0.0, probe="template").__dict__)
+        self._dns_pending: dict[tuple, tuple[float, bool]] = {}   # (probe, flow_id, txid) -> (time, from_src)
 
     # ------------------------------------------------------------------ classify
 
@@ -351,32 +352,92 @@ class Engine:
 
     # ------------------------------------------------------------------ DNS log
 
+    #: queries remembered for pairing with their response (per replica), and for how long (packet time)
+    DNS_PENDING_MAX = 65536
+    DNS_PENDING_S = 60.0
+
     def dns_record(self, p: PacketEvent) -> DnsRecord | None:
-        """A DnsRecord for one DNS message, None (counted in ``counters['dns_bad']``) when it is not one."""
-        from services.classify.dissectors.dns import parse_message
+        """A DnsRecord for one DNS message; None only for an empty payload.
+
+        ``p.payload`` is the DNS message: capture removes DNS-over-TCP's two-byte length
+        prefix.  (A producer that left it on is tolerated: when the message does not parse
+        and the first two bytes are exactly the rest's length, they are taken as the prefix.)
+        A message that does not parse is still a record, with ``error`` naming why, counted
+        in ``counters['dns_bad']`` and ``counters['dns_malformed']`` and logged (rate limited).
+        A response is paired with the query of the same flow and id this replica saw:
+        ``query_time`` and ``rtt_ms`` are set.
+        """
+        from services.classify.dissectors.dns import parse_log
 
         payload = p.payload
-        if p.transport == "TCP" and len(payload) >= 2:
-            payload = payload[2:]   # DNS over TCP: two-byte length prefix
+        if not payload:
+            self.counters["dns_empty"] += 1
+            return None
         try:
-            msg = parse_message(payload)
+            msg = parse_log(payload)
+            if msg.error and p.transport == "TCP" and len(payload) >= 14 and \
+                    ((payload[0] << 8) | payload[1]) == len(payload) - 2:
+                again = parse_log(payload[2:])
+                if not again.error:
+                    msg = again
+                    self.counters["dns_tcp_prefix_seen"] += 1
         except Exception:  # noqa: BLE001 - a parser bug must not stop the service
             self.errors["dns_record"] += 1
             self._warn("dns_record", "DNS parser raised", exc_info=True)
-            msg = None
-        if msg is None:
-            self.counters["dns_bad"] += 1
             return None
+        if msg.error:
+            self.counters["dns_bad"] += 1
+            self.counters["dns_malformed"] += 1
+            self._warn("dns_malformed", "malformed DNS message on flow %s (%s %s:%d -> %s:%d): %s",
+                       p.flow_id, p.transport, p.src_ip, p.src_port, p.dst_ip, p.dst_port, msg.error)
+        return self._dns_event(p, msg)
+
+    def _dns_event(self, p: PacketEvent, msg: Any) -> DnsRecord | None:
+        from shared.text import truncate
+
+        q = msg.questions[0] if msg.questions else None
+        first = q[0] if q else (msg.answers[0].name if msg.answers else "")
+        query_time, rtt = 0.0, None
+        key = (p.probe, p.flow_id, msg.txid)
+        pending = self._dns_pending
+        if not msg.is_response:
+            if not msg.error:
+                if len(pending) >= self.DNS_PENDING_MAX:
+                    del pending[next(iter(pending))]
+                    self.counters["dns_pending_evicted"] += 1
+                pending.pop(key, None)
+                pending[key] = (p.timestamp, p.from_src)
+                # forget queries older than DNS_PENDING_S of packet time (the oldest are first)
+                limit = p.timestamp - self.DNS_PENDING_S
+                while pending:
+                    k0 = next(iter(pending))
+                    if pending[k0][0] >= limit:
+                        break
+                    del pending[k0]
+                    self.counters["dns_unanswered"] += 1
+        else:
+            got = pending.get(key)
+            if got is not None and got[1] != p.from_src and p.timestamp >= got[0]:
+                del pending[key]
+                query_time, rtt = got[0], (p.timestamp - got[0]) * 1000.0
+                self.counters["dns_paired"] += 1
         try:
             return DnsRecord(
                 timestamp=p.timestamp, probe=p.probe, flow_id=p.flow_id, transport=p.transport,
                 src_ip=p.src_ip, src_port=p.src_port, dst_ip=p.dst_ip, dst_port=p.dst_port, vlan_id=p.vlan_id,
-                transaction_id=msg.txid, is_response=msg.is_response,
-                query_name=clean_text(msg.qname or (msg.answers[0].name if msg.answers else ""), 1024),
-                query_type=msg.qtype,
+                src_mac=p.src_mac, dst_mac=p.dst_mac, from_src=p.from_src,
+                transaction_id=msg.txid, is_response=msg.is_response, opcode=msg.opcode, flags=msg.flag_names,
+                query_name=truncate(first, 1024), query_type=q[1][:16] if q else "",
+                query_class=q[2][:16] if q else "",
                 rcode=msg.rcode if msg.is_response else "",
-                answers=[a.as_model() for a in msg.answers[:64]],
+                questions=[DnsQuestion(name=truncate(n, 1024), rtype=t[:16], rclass=c[:16])
+                           for n, t, c in msg.questions[:64]],
+                answers=[a.as_model() for a in msg.answers[:512]],
+                authorities=[a.as_model() for a in msg.authorities[:512]],
+                additionals=[a.as_model() for a in msg.additionals[:512]],
+                query_time=query_time, rtt_ms=rtt, error=msg.error[:128],
             )
         except Exception:  # noqa: BLE001 - validation of hostile content
             self.counters["dns_bad"] += 1
+            self._warn("dns_invalid", "DNS record for flow %s failed validation", p.flow_id, exc_info=True)
             return None

@@ -161,7 +161,7 @@ class InfluxSink:
 
 # --------------------------------------------------------------------------- JSON lines
 
-MEASUREMENTS = ("flows", "flow_updates", "dns", "http", "tls", "alerts", "blocks")
+MEASUREMENTS = ("flows", "flow_updates", "dns", "http", "tls", "ssh", "alerts", "blocks")
 
 
 class JsonlSink:

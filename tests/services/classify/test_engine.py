@@ -156,7 +156,9 @@ def test_dns_record_and_garbage():
     assert [(a.name, a.rtype, a.ttl_s, a.data) for a in r.answers] == [("www.example.com", "A", 60, "192.0.2.1")]
     r = e.dns_record(packet(struct.pack(">H", len(resp)) + resp, "TCP"))
     assert r.query_name == "www.example.com"
-    assert e.dns_record(packet(b"\x01\x02")) is None
+    bad = e.dns_record(packet(b"\x01\x02"))
+    assert bad.error == "shorter than a DNS header" and e.counters["dns_malformed"] == 1
+    assert e.dns_record(packet(b"")) is None
     for i in range(200):
         e.dns_record(packet(os.urandom(i)))
     assert e.counters["dns_bad"] >= 1 and not e.errors
