@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable
 
 from services.classify.apps import Apps, default_apps
 from services.classify.dissectors import REGISTRY, Dissector, Match
+from services.classify.dissectors.http import wants_more as _http_wants_more
 
 try:  # the breadth dissectors' declarative gates (see Engine._dissectors_for)
     from services.classify.dissectors import breadth_util as _bu
@@ -172,7 +173,7 @@ class Engine:
             src_ip=s.src_ip, src_port=s.src_port, dst_ip=s.dst_ip, dst_port=s.dst_port, vlan_id=s.vlan_id,
             sample_seq_no=s.seq_no, trigger_time=s.trigger_time, src_mac=s.src_mac, dst_mac=s.dst_mac,
             vlan_ids=list(s.vlan_ids), src2dst_next_seq=s.src2dst_next_seq, src2dst_ack=s.src2dst_ack,
-            dst2src_next_seq=s.dst2src_next_seq, dst2src_ack=s.dst2src_ack, extra={},
+            dst2src_next_seq=s.dst2src_next_seq, dst2src_ack=s.dst2src_ack, extra={}, http_transactions=[],
         )
         v = Verdict.__new__(Verdict)
         _setattr = object.__setattr__
@@ -202,6 +203,7 @@ class Engine:
         d, old = v.__dict__, done.__dict__
         for f in ("final", "app_protocol", "application", "category", "confidence", "host", "http", "tls", "quic", "ssh"):
             d[f] = old[f]
+        d["http_transactions"] = list(old["http_transactions"])
         d["extra"] = dict(old["extra"])
         self.counters[v.confidence] += 1
         return v
@@ -271,6 +273,11 @@ class Engine:
             v.app_protocol = v.application
             v.confidence = "ip"
         self.counters[v.confidence] += 1
+        if final and not s.final and v.http_transactions and _http_wants_more(s):
+            # keep-alive: later samples of this connection hold further request/response pairs for
+            # the HTTP log; capture samples it on up to its per-flow limits (sample_max_*)
+            final = False
+            self.counters["http_keep_sampling"] += 1
         v.final = final or s.final
         return v
 

@@ -142,7 +142,15 @@ class HttpDissector(Dissector):
                 if srv:
                     info.server = _txt(srv, 256)
         v.app_protocol = proto
-        v.http = info
+        txs = transactions(c, sv) if req is not None else []
+        if txs:
+            first = txs[0]
+            if not first.host and info.host:
+                first.host = _wt(info.host.encode("latin-1"), 512)
+            v.http = first
+            v.http_transactions = txs
+        else:
+            v.http = info
         if info.host:
             h = info.host
             if h.startswith("[") and "]" in h:
@@ -155,3 +163,147 @@ class HttpDissector(Dissector):
         if req is not None and resp:
             return Match.FINAL
         return Match.PARTIAL
+
+
+def wants_more(s: FlowSample) -> bool:
+    """For a flow classified HTTP: whether later samples can add request/response pairs (every
+    request answered, the connection kept open), so the verdict must not end sampling yet."""
+    c = b"".join(s.src_payloads)
+    sv = b"".join(s.dst_payloads)
+    if _request_line(c) is None and _request_line(sv) is not None:
+        c, sv = sv, c
+    if c.startswith(b"PRI * HTTP/2"):
+        return False
+    return not connection_closes(c, sv)
+
+
+# --------------------------------------------------------------------------- the HTTP log
+
+MAX_TRANSACTIONS = 64
+_NO_BODY_STATUS = (204, 304)
+
+
+def _wt(b: bytes, limit: int) -> str:
+    from shared.text import wire_text
+
+    return wire_text(b, limit)
+
+
+def _message(buf: bytes, pos: int) -> tuple[bytes, dict[bytes, bytes], int] | None:
+    """(start line, headers, position after the header block) of the message at pos; None when
+    its header block is not complete in buf."""
+    end = buf.find(b"\r\n\r\n", pos)
+    if end < 0:
+        return None
+    eol = buf.find(b"\r\n", pos)
+    hdr: dict[bytes, bytes] = {}
+    for line in buf[eol + 2:end].split(b"\r\n")[:128]:
+        k, sep, val = line.partition(b":")
+        if sep:
+            hdr.setdefault(k.strip().lower(), val.strip())
+    return buf[pos:eol], hdr, end + 4
+
+
+def _body(buf: bytes, pos: int, hdr: dict[bytes, bytes], until_close: bool) -> tuple[int, int, bool]:
+    """(body bytes seen, position after the body, complete) of a message body starting at pos."""
+    if b"chunked" in hdr.get(b"transfer-encoding", b"").lower():
+        n, p = 0, pos
+        while True:
+            eol = buf.find(b"\r\n", p)
+            if eol < 0:
+                return n, len(buf), False
+            size_txt = buf[p:eol].split(b";")[0].strip()
+            try:
+                size = int(size_txt, 16)
+            except ValueError:
+                return n, len(buf), False
+            p = eol + 2
+            if size == 0:
+                end = buf.find(b"\r\n\r\n", p - 2)
+                return n, (end + 4 if end >= 0 else len(buf)), end >= 0
+            if p + size > len(buf):
+                return n + len(buf) - p, len(buf), False
+            n += size
+            p += size + 2
+    cl = hdr.get(b"content-length")
+    if cl is not None and cl.isdigit():
+        ln = int(cl)
+        if pos + ln > len(buf):
+            return ln, len(buf), False          # announced length; the samples hold only its start
+        return ln, pos + ln, True
+    if until_close:
+        return len(buf) - pos, len(buf), False
+    return 0, pos, True
+
+
+def transactions(c: bytes, sv: bytes) -> list[HttpInfo]:
+    """Every request of the client stream ``c`` with its response from ``sv`` (in order, as
+    HTTP/1.x pipelining and keep-alive put them), as far as the bytes reach.  Strings are
+    represented text (shared/text.py)."""
+    out: list[HttpInfo] = []
+    pos = 0
+    methods: list[bytes] = []
+    while pos < len(c) and len(out) < MAX_TRANSACTIONS:
+        req = _request_line(c[pos:])
+        if req is None:
+            break
+        method, target, ver = req
+        msg = _message(c, pos)
+        info = HttpInfo(method=_wt(method, 32), url=_wt(target, 4096), version=_wt(ver[5:], 16),
+                        trans_depth=len(out) + 1)
+        out.append(info)
+        methods.append(method)
+        if msg is None:
+            break                                   # header block cut by the sample's end
+        _line, hdr, body_at = msg
+        info.host = _wt(hdr.get(b"host", b""), 512)
+        info.user_agent = _wt(hdr.get(b"user-agent", b""), 1024)
+        info.referer = _wt(hdr.get(b"referer", b""), 4096)
+        info.request_content_type = _wt(hdr.get(b"content-type", b""), 256)
+        n, pos, complete = _body(c, body_at, hdr, False)
+        info.request_body_len = n
+        if not complete:
+            break
+    pos = 0
+    i = 0
+    while pos < len(sv) and i < len(out):
+        if not (sv.startswith(b"HTTP/1.", pos) or sv.startswith(b"HTTP/0.9", pos)):
+            break
+        msg = _message(sv, pos)
+        eol = sv.find(b"\r\n", pos)
+        line = sv[pos:eol if eol >= 0 else len(sv)]
+        parts = line.split(b" ", 2)
+        code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() and len(parts[1]) == 3 else 0
+        if 100 <= code < 200 and code != 101 and msg is not None:
+            pos = msg[2]                            # an interim response: the real one follows
+            continue
+        info = out[i]
+        info.status_code = code
+        info.status_msg = _wt(parts[2], 256) if len(parts) > 2 else ""
+        if msg is None:
+            break
+        _line, hdr, body_at = msg
+        info.content_type = _wt(hdr.get(b"content-type", b""), 256)
+        info.server = _wt(hdr.get(b"server", b""), 256)
+        if methods[i] == b"HEAD" or code in _NO_BODY_STATUS or code == 101:
+            n, pos, complete = 0, body_at, code != 101
+        else:
+            n, pos, complete = _body(sv, body_at, hdr, True)
+        info.response_body_len = n
+        i += 1
+        if not complete:
+            break
+    return out
+
+
+def connection_closes(c: bytes, sv: bytes) -> bool:
+    """True when the last message seen asks to close the connection (no further request can come)."""
+    for buf in (sv, c):
+        k = buf.rfind(b"\r\nConnection:")
+        if k < 0:
+            k = buf.lower().rfind(b"\r\nconnection:")
+        if k >= 0:
+            eol = buf.find(b"\r\n", k + 2)
+            if b"close" in buf[k:eol if eol >= 0 else len(buf)].lower():
+                return True
+    return False
