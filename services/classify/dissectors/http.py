@@ -172,8 +172,8 @@ def wants_more(s: FlowSample) -> bool:
     sv = b"".join(s.dst_payloads)
     if _request_line(c) is None and _request_line(sv) is not None:
         c, sv = sv, c
-    if c.startswith(b"PRI * HTTP/2"):
-        return False
+    if c.startswith(b"PRI * HTTP/2") or c.startswith(b"CONNECT ") or b" 101 " in sv:
+        return False                    # a tunnel or an upgrade: no further HTTP/1 messages
     return not connection_closes(c, sv)
 
 

@@ -87,3 +87,17 @@ def test_connection_close_gives_a_final_verdict_at_once():
             verdicts.append(e.classify(sink.samples.pop(0)))
             m.on_verdict(verdicts[-1])
     assert verdicts[-1].final and len(verdicts[-1].http_transactions) == 1
+
+
+
+def test_tunnels_and_upgrades_end_sampling():
+    from services.classify.dissectors.http import wants_more
+    from tests.services.classify.test_engine import sample
+
+    def more(c, sv):
+        return wants_more(sample(src_payloads=[c], dst_payloads=[sv], payload_dirs="sd"))
+
+    assert more(REQ1, RESP1)
+    assert not more(b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n", b"HTTP/1.1 200 Connection established\r\n\r\n")
+    assert not more(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+    assert not more(REQ1, RESP3)
