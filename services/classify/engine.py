@@ -330,6 +330,7 @@ class Engine:
         tls._client_side.cache_clear()
         tls._server_side.cache_clear()
         tls_common.parse_certificate_msg.cache_clear()
+        tls_common.certificate_msg_details.cache_clear()
         quic.initial_keys.cache_clear()
         quic._decrypt_cached.cache_clear()
         dns._parse_cached.cache_clear()
