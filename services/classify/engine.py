@@ -38,6 +38,7 @@ try:  # the breadth dissectors' declarative gates (see Engine._dissectors_for)
     from services.classify.dissectors import breadth_util as _bu
 except ImportError:  # pragma: no cover
     _bu = None
+from shared.text import RAW_CHARS as _RAW_CHARS, represent as _represent, truncate as _truncate
 from shared.models import DnsQuestion, DnsRecord, FlowSample, PacketEvent, Verdict
 
 log = logging.getLogger("flowtarget.classify.engine")
@@ -73,10 +74,35 @@ class _RateLimitedLog:
 
 
 def clean_text(value: str, limit: int) -> str:
-    """Printable text of at most ``limit`` characters (control characters replaced)."""
+    """Printable label of at most ``limit`` characters (non-printable characters become ``?``, as
+    nDPI writes host names): the verdict's protocol, application, category and host."""
     if value.isprintable():
         return value[:limit]
     return "".join(c if c.isprintable() else "?" for c in value[:limit])
+
+
+_MAX_LEN: dict[tuple[type, str], int] = {}
+
+
+def _max_len(cls: type, name: str) -> int:
+    """The max_length of a model's string field (4096 when it has none)."""
+    key = (cls, name)
+    n = _MAX_LEN.get(key)
+    if n is None:
+        n = 4096
+        for m in cls.model_fields[name].metadata:
+            if getattr(m, "max_length", None):
+                n = m.max_length
+        _MAX_LEN[key] = n
+    return n
+
+
+def wire_field(value: str, limit: int) -> str:
+    """A payload-derived metadata string as represented text (shared/text.py) of at most ``limit``
+    characters: a dissector that left raw control characters in it gets them escaped, recoverably."""
+    if _RAW_CHARS.search(value) is not None:
+        value = _represent(value)
+    return _truncate(value, limit) if len(value) > limit else value
 
 
 class Engine:
@@ -293,17 +319,19 @@ class Engine:
                 d[field] = clean_text(val, limit)
         if not d["app_protocol"]:
             d["app_protocol"] = "Unknown"
-        # payload-derived metadata: no control characters leave classify (logs, line protocol, UIs)
-        for sub in ("http", "tls", "quic", "ssh"):
-            info = d[sub]
-            if info is not None:
-                sd = info.__dict__
-                for k, val in sd.items():
-                    if type(val) is str:
-                        if val and not val.isprintable():
-                            sd[k] = clean_text(val, len(val))
-                    elif type(val) is list:
-                        sd[k] = [clean_text(x, len(x)) if type(x) is str and not x.isprintable() else x for x in val]
+        # payload-derived metadata: represented text (shared/text.py), no raw control character
+        # leaves classify (logs, line protocol, UIs), and the original stays recoverable
+        raw = _RAW_CHARS.search
+        infos = [d[sub] for sub in ("http", "tls", "quic", "ssh") if d[sub] is not None]
+        infos += [t for t in d["http_transactions"] if t is not d["http"]]
+        for info in infos:
+            sd = info.__dict__
+            for k, val in sd.items():
+                if type(val) is str:
+                    if val and raw(val) is not None:
+                        sd[k] = wire_field(val, _max_len(type(info), k))
+                elif type(val) is list:
+                    sd[k] = [wire_field(x, 1024) if type(x) is str and raw(x) is not None else x for x in val]
         extra = d["extra"]
         if extra:
             for k, val in list(extra.items()):
@@ -312,8 +340,8 @@ class Engine:
                     extra[str(k)[:64]] = str(val)
                     val = extra[str(k)[:64]]
                     k = str(k)[:64]
-                if not val.isprintable() or len(val) > 1024:
-                    extra[k] = clean_text(val, 1024)
+                if len(val) > 1024 or _RAW_CHARS.search(val) is not None:
+                    extra[k] = wire_field(val, 1024)
 
     def stats(self) -> dict[str, int]:
         """Counters for metrics/logs: samples, answers by confidence (dpi/port/ip/unknown), memo hits,

@@ -236,7 +236,11 @@ def test_payload_metadata_has_no_control_characters():
             return Match.FINAL
 
     v = Engine(registry=[Evil()], apps=Apps({}), port_guess=False).classify(sample())
-    assert v.http.url.isprintable() and v.http.user_agent.isprintable() and v.extra["banner"] == "a?b"
+    assert v.http.url.isprintable() and v.http.user_agent.isprintable() and v.extra["banner"] == "a\\x00b"
+    # represented text: the original is recoverable (docs/storage.md)
+    from shared.text import unrepresent
+
+    assert unrepresent(v.http.url) == "/\x1b[2J\n" and unrepresent(v.http.user_agent) == "ua\r\nX-Injected: 1"
 
 
 def test_sloppy_dissector_output_is_repaired():
