@@ -9,6 +9,7 @@ start with a one-line reason (see ``shared.runner``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -91,6 +92,7 @@ class StoreSettings(CommonSettings):
     influx_create_bucket: bool = True
     out_dir: Path | None = Field(default=None, description="Directory for JSON-lines files (the embedded default).")
     line_protocol_file: bool = Field(default=False, description="Also write influx line protocol into out_dir.")
+    out_format: Literal["jsonl", "eve"] = Field(default="jsonl", description="Files in out_dir: jsonl (one file per measurement, the InfluxDB points) or eve (eve.json, Suricata eve.json-compatible lines for SIEMs).")
     durable: str = Field(default="store", description="Durable consumer shared by all store replicas.")
     batch_size: int = Field(default=5000, ge=1)
     flush_interval_s: float = Field(default=1.0, gt=0)
