@@ -19,11 +19,10 @@ Computed once per stored record (in store, at write time), never per packet.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import ipaddress
+import socket
 import struct
-from functools import lru_cache
+from binascii import b2a_base64
 
 PROTO_NUMBERS = {"ICMP": 1, "IGMP": 2, "TCP": 6, "UDP": 17, "GRE": 47, "ESP": 50, "AH": 51, "ICMPV6": 58,
                  "OSPF": 89, "PIM": 103, "VRRP": 112, "PGM": 113, "SCTP": 132}
@@ -43,15 +42,29 @@ def _icmp_ports(proto: int, itype: int, code: int) -> tuple[int, int, bool]:
     return itype, code, True
 
 
-@lru_cache(maxsize=65536)
+_inet_pton = socket.inet_pton
+_V4, _V6 = socket.AF_INET, socket.AF_INET6
+_sha1 = hashlib.sha1
+_pack_hdr = struct.Struct("!H").pack
+_pack_proto = struct.Struct("!BB").pack
+_pack_ports = struct.Struct("!HH").pack
+
+
+def _packed(addr: str) -> bytes:
+    try:
+        return _inet_pton(_V6 if ":" in addr else _V4, addr)
+    except OSError:
+        raise ValueError(f"not an IP address: {addr!r}") from None
+
+
 def community_id(saddr: str, daddr: str, proto: int, sport: int | None = None, dport: int | None = None,
                  seed: int = 0) -> str:
     """Community ID v1 of a flow tuple; for ICMP/ICMPv6 ``sport``/``dport`` are the type and code.
 
     ``sport``/``dport`` None: a protocol without ports.  Raises ValueError for bad addresses.
     """
-    a = ipaddress.ip_address(saddr).packed
-    b = ipaddress.ip_address(daddr).packed
+    a = _packed(saddr)
+    b = _packed(daddr)
     if len(a) != len(b):
         raise ValueError("address families differ")
     one_way = False
@@ -62,10 +75,10 @@ def community_id(saddr: str, daddr: str, proto: int, sport: int | None = None, d
         a, b = b, a
         if ported:
             sport, dport = dport, sport
-    data = struct.pack("!H", seed & 0xFFFF) + a + b + struct.pack("!BB", proto & 0xFF, 0)
+    data = _pack_hdr(seed & 0xFFFF) + a + b + _pack_proto(proto & 0xFF, 0)
     if ported:
-        data += struct.pack("!HH", sport & 0xFFFF, dport & 0xFFFF)
-    return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode("ascii")
+        data += _pack_ports(sport & 0xFFFF, dport & 0xFFFF)
+    return "1:" + b2a_base64(_sha1(data).digest(), newline=False).decode("ascii")
 
 
 def proto_number(transport: str) -> int | None:

@@ -148,6 +148,10 @@ def _flow_fields(f: FlowRecord, with_first_seen: bool) -> dict:
     }
     if with_first_seen:
         d["first_seen"] = float(f.first_seen)
+    for k in _TUNNEL_ENDPOINTS:          # outer endpoints of a tunnelled flow, where capture reports them
+        v = getattr(f, k, "")
+        if v:
+            d[k] = v
     if f.vlan_id:
         d["vlan_id"] = f.vlan_id
     if f.transport == "TCP":
@@ -158,7 +162,8 @@ def _flow_fields(f: FlowRecord, with_first_seen: bool) -> dict:
 
 _STR_ONLY = {str}
 _INT_ONLY = {int}
-_FLOW_OPTIONAL = ("first_seen", "vlan_id", "src2dst_tcp_flags", "dst2src_tcp_flags")
+_TUNNEL_ENDPOINTS = ("tunnel_src_ip", "tunnel_dst_ip")
+_FLOW_OPTIONAL = ("first_seen", *_TUNNEL_ENDPOINTS, "vlan_id", "src2dst_tcp_flags", "dst2src_tcp_flags")
 
 
 def render_flow_fields(d: dict) -> str | None:
@@ -209,6 +214,8 @@ def render_flow_fields(d: dict) -> str | None:
             line += f",{k}={v!r}"
         elif t is int and 0 <= v <= INT64_MAX:
             line += f",{k}={v}i"
+        elif t is str and STR_NEEDS_WORK.search(v) is None:
+            line += f',{k}="{v}"'
         else:
             return None
     return line
