@@ -16,6 +16,7 @@ from services.classify.dissectors.tls_common import (
     parse_client_hello, parse_server_hello, tls_records, version_name,
 )
 from shared.models import FlowSample, TlsInfo, Verdict
+from shared.text import wire_text
 
 # TLS directly on these ports is the mail protocol's implicit-TLS variant (nDPI names)
 _TLS_PORT_NAMES = {465: "SMTPS", 993: "IMAPS", 995: "POPS"}
@@ -106,7 +107,9 @@ def fill_tls(v: Verdict, cs, ss) -> None:
     kw: dict = {}
     if cs is not None:
         ch, j3, j4 = cs
-        kw = dict(sni=ch.sni[:512], alpn=[a[:64] for a in ch.alpn[:16]], ja3=j3, ja4=j4,
+        kw = dict(sni=wire_text(ch.sni_raw, 512) if ch.sni_raw else ch.sni[:512],
+                  alpn=[wire_text(a, 64) for a in ch.alpn_raw[:16]] if ch.alpn_raw else [a[:64] for a in ch.alpn[:16]],
+                  ja3=j3, ja4=j4,
                   version=version_name(ch.version))
         if ch.sni:
             v.host = ch.sni
@@ -117,7 +120,7 @@ def fill_tls(v: Verdict, cs, ss) -> None:
         if sh.ciphers:
             kw["cipher"] = cipher_name(sh.ciphers[0])
         if sh.alpn and not kw.get("alpn"):
-            kw["alpn"] = [a[:64] for a in sh.alpn[:16]]
+            kw["alpn"] = [wire_text(a, 64) for a in sh.alpn_raw[:16]] if sh.alpn_raw else [a[:64] for a in sh.alpn[:16]]
         if names:
             kw["server_names"] = [n[:256] for n in names[:32]]
         if issuer:

@@ -67,6 +67,8 @@ class Hello:
     extensions: list[int] = field(default_factory=list)
     sni: str = ""
     alpn: list[str] = field(default_factory=list)
+    sni_raw: bytes = b""            # the server_name and ALPN bytes as sent (for the TLS log's text)
+    alpn_raw: list[bytes] = field(default_factory=list)
     supported_versions: list[int] = field(default_factory=list)
     groups: list[int] = field(default_factory=list)
     point_formats: list[int] = field(default_factory=list)
@@ -93,12 +95,14 @@ def _parse_extensions(b: bytes, pos: int, end: int, h: Hello, client: bool) -> N
             if et == 0 and client:                  # server_name (RFC 6066)
                 if len(ext) >= 5 and ext[2] == 0:
                     n = (ext[3] << 8) | ext[4]
-                    h.sni = ext[5:5 + n].decode("ascii", "replace")
+                    h.sni_raw = ext[5:5 + n]
+                    h.sni = h.sni_raw.decode("ascii", "replace")
             elif et == 16:                          # ALPN (RFC 7301)
                 i, e = 2, min(len(ext), 2 + ((ext[0] << 8) | ext[1]) if len(ext) >= 2 else 0)
                 while i < e:
                     n = ext[i]
-                    h.alpn.append(ext[i + 1:i + 1 + n].decode("ascii", "replace"))
+                    h.alpn_raw.append(ext[i + 1:i + 1 + n])
+                    h.alpn.append(h.alpn_raw[-1].decode("ascii", "replace"))
                     i += 1 + n
             elif et == 43:                          # supported_versions
                 if client:
@@ -351,10 +355,14 @@ def _find_cn(name: bytes) -> str:
     e = _der(name, k + 3)
     if not e:
         return ""
-    return name[e[1]:e[2]].decode("utf-8", "replace")
+    from shared.text import represent
+
+    return represent(name[e[1]:e[2]])
 
 
 def _san_dns(blob: bytes, pos: int) -> list[str]:
+    from shared.text import represent
+
     out: list[str] = []
     e = _der(blob, pos)
     if e and e[0] == 0x01:          # critical BOOLEAN
@@ -372,7 +380,7 @@ def _san_dns(blob: bytes, pos: int) -> list[str]:
         if not g:
             break
         if g[0] == 0x82:
-            out.append(blob[g[1]:g[2]].decode("ascii", "replace"))
+            out.append(represent(blob[g[1]:g[2]]))
         pos = g[2]
     return out
 
