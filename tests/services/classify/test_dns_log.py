@@ -137,3 +137,25 @@ def test_parse_log_never_raises():
         b = os.urandom(i % 300)
         m = parse_log(header(i, 0x8180, 1, 3, 2, 2) + b)
         assert isinstance(m.error, str)
+
+
+def test_hostile_names_survive_store_recoverably():
+    """classify -> store -> JSON lines and line protocol: the original label bytes come back, and
+    `answers` is a JSON list even when a name holds a quote or a backslash (issue 13 item 10)."""
+    import json
+
+    from services.store.lineproto import parse_line, to_line, to_record
+    from services.store.schema import Schema
+
+    raw_labels = [b'q"uote', b"back\\slash", b"nl\ncr\r", b"\xc3\xa9t\xe9"]      # the last: one invalid byte
+    name = b"".join(bytes([len(x)]) + x for x in raw_labels) + b"\x00"
+    msg = header(5, 0x8180, 1, 1) + name + b"\x00\x01\x00\x01" + b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 5, 4) + bytes(4)
+    rec = engine().dns_record(pev(msg, from_src=False))
+    pts = []
+    Schema().points(rec, pts)
+    (p,) = pts
+    stored = json.loads(json.dumps(to_record(p)))                      # a JSON-lines line
+    assert isinstance(stored["answers"], list)
+    lp = json.loads(parse_line(to_line(p)).fields["answers"])          # line protocol
+    for text in (stored["query_name"], stored["answers"][0]["name"], lp[0]["name"]):
+        assert [wire_bytes(x) for x in text.split(".")] == raw_labels
