@@ -159,3 +159,24 @@ def test_hostile_names_survive_store_recoverably():
     lp = json.loads(parse_line(to_line(p)).fields["answers"])          # line protocol
     for text in (stored["query_name"], stored["answers"][0]["name"], lp[0]["name"]):
         assert [wire_bytes(x) for x in text.split(".")] == raw_labels
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@given(st.binary(max_size=600))
+@settings(max_examples=300, deadline=None)
+def test_record_parsers_never_raise_on_arbitrary_bytes(b):
+    from services.classify.dissectors.http import transactions
+    from services.classify.dissectors.tls_common import cert_details, certificate_msg_details
+
+    m = parse_log(b)
+    assert isinstance(m.error, str) and len(m.answers) <= 512
+    assert parse_log(header(1, 0x8180, 1, 2, 1, 1) + b).error is not None
+    transactions(b"GET / HTTP/1.1\r\n" + b, b"HTTP/1.1 200 OK\r\n" + b)
+    transactions(b, b)
+    cert_details(b)
+    certificate_msg_details(b)
+    r = engine().dns_record(pev(b or b"\x00"))
+    assert r is None or DnsRecord.model_validate_json(r.model_dump_json())
