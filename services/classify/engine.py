@@ -20,7 +20,13 @@ Order of work for one sample:
    ``ip`` (nDPI's "Match by IP").
 
 A FINAL verdict is remembered per flow (bounded): samples of that flow still
-in flight when capture stops sampling get the same answer without DPI.
+in flight when capture stops sampling get the same answer without DPI.  An
+HTTP verdict on a connection that stays open is not final, so capture keeps
+sampling it (to its per-flow limits) for the HTTP log's further pairs.
+
+``Engine.dns_record`` turns one DNS PacketEvent into one DnsRecord.  The only
+state it keeps is a bounded table of recent queries (per replica), to pair a
+response with its query and give it a round-trip time.
 """
 
 from __future__ import annotations
