@@ -472,7 +472,7 @@ class Engine:
                 query_name=truncate(first, 1024), query_type=q[1][:16] if q else "",
                 query_class=q[2][:16] if q else "",
                 rcode=msg.rcode if msg.is_response else "",
-                questions=[DnsQuestion(name=truncate(n, 1024), rtype=t[:16], rclass=c[:16])
+                questions=[DnsQuestion.model_construct(name=truncate(n, 1024), rtype=t[:16], rclass=c[:16])
                            for n, t, c in msg.questions[:64]],
                 answers=[a.as_model() for a in msg.answers[:512]],
                 authorities=[a.as_model() for a in msg.authorities[:512]],

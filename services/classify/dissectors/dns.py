@@ -8,12 +8,14 @@ anything that is not a plausible DNS message and never raises.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from services.classify.dissectors.base import Dissector, Match
 from services.classify.dissectors.p2p import dnscrypt_app
 from shared.models import DnsAnswer, FlowSample, Verdict
+from shared.text import represent, truncate
 
 QTYPES = {
     1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 13: "HINFO", 15: "MX", 16: "TXT", 17: "RP",
@@ -380,10 +382,11 @@ class LogRecord:
     data: str
 
     def as_model(self) -> DnsAnswer:
-        from shared.text import truncate
-
-        return DnsAnswer(name=truncate(self.name, 1024), rtype=self.rtype[:16], rclass=self.rclass[:16],
-                         ttl_s=max(0, self.ttl), data=truncate(self.data, 2048))
+        # built without re-validation: every value is bounded here as the model requires
+        # (the record that holds it is validated; pydantic keeps model instances as they are)
+        return DnsAnswer.model_construct(name=truncate(self.name, 1024), rtype=self.rtype[:16],
+                                         rclass=self.rclass[:16], ttl_s=max(0, int(self.ttl)),
+                                         data=truncate(self.data, 2048))
 
 
 @dataclass
@@ -406,10 +409,13 @@ class LogMessage:
         return [n for n, bit in _FLAG_BITS if self.flags & bit]
 
 
+_NEEDS_WORK = re.compile(rb"[^\x21-\x5b\x5d-\x7e]|\.")    # anything but printable ASCII without \ and .
+
+
 def _label_text(label: bytes) -> str:
     """A label as represented text; a dot inside a label is written ``\\x2e`` so names stay injective."""
-    from shared.text import represent
-
+    if _NEEDS_WORK.search(label) is None:
+        return label.decode("ascii")
     t = represent(label)
     return t.replace(".", "\\x2e") if "." in t else t
 
@@ -454,8 +460,6 @@ def log_name(b: bytes, pos: int) -> tuple[str, int]:
 
 
 def _log_rdata(b: bytes, pos: int, ln: int, t: int) -> str:
-    from shared.text import represent
-
     d = b[pos:pos + ln]
     try:
         if t == 1 and ln == 4:
