@@ -328,10 +328,14 @@ class Engine:
         # payload-derived metadata: represented text (shared/text.py), no raw control character
         # leaves classify (logs, line protocol, UIs), and the original stays recoverable
         raw = _RAW_CHARS.search
-        infos = [d[sub] for sub in ("http", "tls", "quic", "ssh") if d[sub] is not None]
-        infos += [t for t in d["http_transactions"] if t is not d["http"]]
-        for info in infos:
+        for info in (d["http"], d["tls"], d["quic"], d["ssh"], *d["http_transactions"]):
+            if info is None:
+                continue
             sd = info.__dict__
+            strs = [v for v in sd.values() if type(v) is str]
+            lists = [v for v in sd.values() if type(v) is list]
+            if raw("".join(strs)) is None and not any(raw("".join(map(str, x))) for x in lists if x):
+                continue                      # the common case: nothing to escape (one search per info)
             for k, val in sd.items():
                 if type(val) is str:
                     if val and raw(val) is not None:
