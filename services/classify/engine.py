@@ -332,10 +332,12 @@ class Engine:
             if info is None:
                 continue
             sd = info.__dict__
-            strs = [v for v in sd.values() if type(v) is str]
-            lists = [v for v in sd.values() if type(v) is list]
-            if raw("".join(strs)) is None and not any(raw("".join(map(str, x))) for x in lists if x):
-                continue                      # the common case: nothing to escape (one search per info)
+            for val in sd.values():           # the common case: all printable, nothing to escape
+                t = type(val)
+                if (t is str and not val.isprintable()) or (t is list and val and not "".join(map(str, val)).isprintable()):
+                    break
+            else:
+                continue
             for k, val in sd.items():
                 if type(val) is str:
                     if val and raw(val) is not None:
@@ -362,13 +364,15 @@ class Engine:
 
     def clear_caches(self) -> None:
         """Forget the memoised parses (for honest benchmarks)."""
-        from services.classify.dissectors import dns, quic, tls, tls_common
+        from services.classify.dissectors import dns, http, quic, tls, tls_common
 
         self._finals.clear()
         tls._client_side.cache_clear()
         tls._server_side.cache_clear()
         tls_common.parse_certificate_msg.cache_clear()
         tls_common.certificate_msg_details.cache_clear()
+        http._requests.cache_clear()
+        http._responses.cache_clear()
         quic.initial_keys.cache_clear()
         quic._decrypt_cached.cache_clear()
         dns._parse_cached.cache_clear()
@@ -476,7 +480,7 @@ class Engine:
                 query_name=truncate(first, 1024), query_type=q[1][:16] if q else "",
                 query_class=q[2][:16] if q else "",
                 rcode=msg.rcode if msg.is_response else "",
-                questions=[DnsQuestion.model_construct(name=truncate(n, 1024), rtype=t[:16], rclass=c[:16])
+                questions=[DnsQuestion(name=truncate(n, 1024), rtype=t[:16], rclass=c[:16])
                            for n, t, c in msg.questions[:64]],
                 answers=[a.as_model() for a in msg.answers[:512]],
                 authorities=[a.as_model() for a in msg.authorities[:512]],

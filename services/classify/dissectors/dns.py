@@ -382,11 +382,8 @@ class LogRecord:
     data: str
 
     def as_model(self) -> DnsAnswer:
-        # built without re-validation: every value is bounded here as the model requires
-        # (the record that holds it is validated; pydantic keeps model instances as they are)
-        return DnsAnswer.model_construct(name=truncate(self.name, 1024), rtype=self.rtype[:16],
-                                         rclass=self.rclass[:16], ttl_s=max(0, int(self.ttl)),
-                                         data=truncate(self.data, 2048))
+        return DnsAnswer(name=truncate(self.name, 1024), rtype=self.rtype[:16], rclass=self.rclass[:16],
+                         ttl_s=max(0, int(self.ttl)), data=truncate(self.data, 2048))
 
 
 @dataclass

@@ -8,8 +8,12 @@ User-Agent, response status, Content-Type, Server.
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
+
 from services.classify.dissectors.base import Dissector, Match
 from shared.models import FlowSample, HttpInfo, Verdict
+from shared.text import wire_text
 
 METHODS = (
     b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"CONNECT", b"PATCH", b"TRACE",
@@ -183,30 +187,40 @@ MAX_TRANSACTIONS = 64
 _NO_BODY_STATUS = (204, 304)
 
 
-def _wt(b: bytes, limit: int) -> str:
-    from shared.text import wire_text
+_PLAIN = re.compile(rb"[^\x20-\x5b\x5d-\x7e]")       # anything but printable ASCII without a backslash
 
+
+def _wt(b: bytes, limit: int) -> str:
+    """Wire bytes as represented text (shared/text.py) of at most ``limit`` characters."""
+    if not b:
+        return ""
+    if _PLAIN.search(b) is None:
+        return b[:limit].decode("ascii")
     return wire_text(b, limit)
 
 
-def _message(buf: bytes, pos: int) -> tuple[bytes, dict[bytes, bytes], int] | None:
-    """(start line, headers, position after the header block) of the message at pos; None when
-    its header block is not complete in buf."""
+def _message(buf: bytes, pos: int) -> tuple[dict[bytes, bytes], int] | None:
+    """(headers, position after the header block) of the message at pos; None when its header
+    block is not complete in buf."""
     end = buf.find(b"\r\n\r\n", pos)
     if end < 0:
         return None
     eol = buf.find(b"\r\n", pos)
     hdr: dict[bytes, bytes] = {}
-    for line in buf[eol + 2:end].split(b"\r\n")[:128]:
-        k, sep, val = line.partition(b":")
-        if sep:
-            hdr.setdefault(k.strip().lower(), val.strip())
-    return buf[pos:eol], hdr, end + 4
+    if eol < end:
+        for line in buf[eol + 2:end].split(b"\r\n")[:128]:
+            k, sep, val = line.partition(b":")
+            if sep:
+                k = k.strip().lower()
+                if k not in hdr:
+                    hdr[k] = val.strip()
+    return hdr, end + 4
 
 
 def _body(buf: bytes, pos: int, hdr: dict[bytes, bytes], until_close: bool) -> tuple[int, int, bool]:
     """(body bytes seen, position after the body, complete) of a message body starting at pos."""
-    if b"chunked" in hdr.get(b"transfer-encoding", b"").lower():
+    te = hdr.get(b"transfer-encoding")
+    if te is not None and b"chunked" in te.lower():
         n, p = 0, pos
         while True:
             eol = buf.find(b"\r\n", p)
@@ -216,6 +230,8 @@ def _body(buf: bytes, pos: int, hdr: dict[bytes, bytes], until_close: bool) -> t
             try:
                 size = int(size_txt, 16)
             except ValueError:
+                return n, len(buf), False
+            if size < 0:
                 return n, len(buf), False
             p = eol + 2
             if size == 0:
@@ -236,63 +252,84 @@ def _body(buf: bytes, pos: int, hdr: dict[bytes, bytes], until_close: bool) -> t
     return 0, pos, True
 
 
-def transactions(c: bytes, sv: bytes) -> list[HttpInfo]:
-    """Every request of the client stream ``c`` with its response from ``sv`` (in order, as
-    HTTP/1.x pipelining and keep-alive put them), as far as the bytes reach.  Strings are
-    represented text (shared/text.py)."""
-    out: list[HttpInfo] = []
+@lru_cache(maxsize=1024)
+def _requests(c: bytes) -> tuple[tuple[tuple[tuple[str, object], ...], bytes], ...]:
+    """The requests of a client byte stream: (fields, method) each (memoised: every later sample of
+    the flow carries the same client bytes again, or more of them)."""
+    reqs: list[tuple[tuple[tuple[str, object], ...], bytes]] = []
     pos = 0
-    methods: list[bytes] = []
-    while pos < len(c) and len(out) < MAX_TRANSACTIONS:
-        req = _request_line(c[pos:])
+    n = len(c)
+    while pos < n and len(reqs) < MAX_TRANSACTIONS:
+        req = _request_line(c[pos:pos + 4200] if pos else c)
         if req is None:
             break
         method, target, ver = req
+        f: list[tuple[str, object]] = [("method", _wt(method, 32)), ("url", _wt(target, 4096)),
+                                       ("version", _wt(ver[5:], 16)), ("trans_depth", len(reqs) + 1)]
         msg = _message(c, pos)
-        info = HttpInfo(method=_wt(method, 32), url=_wt(target, 4096), version=_wt(ver[5:], 16),
-                        trans_depth=len(out) + 1)
-        out.append(info)
-        methods.append(method)
         if msg is None:
+            reqs.append((tuple(f), method))
             break                                   # header block cut by the sample's end
-        _line, hdr, body_at = msg
-        info.host = _wt(hdr.get(b"host", b""), 512)
-        info.user_agent = _wt(hdr.get(b"user-agent", b""), 1024)
-        info.referer = _wt(hdr.get(b"referer", b""), 4096)
-        info.request_content_type = _wt(hdr.get(b"content-type", b""), 256)
-        n, pos, complete = _body(c, body_at, hdr, False)
-        info.request_body_len = n
+        hdr, body_at = msg
+        get = hdr.get
+        ln, pos, complete = _body(c, body_at, hdr, False)
+        f += [("host", _wt(get(b"host", b""), 512)), ("user_agent", _wt(get(b"user-agent", b""), 1024)),
+              ("referer", _wt(get(b"referer", b""), 4096)),
+              ("request_content_type", _wt(get(b"content-type", b""), 256)), ("request_body_len", ln)]
+        reqs.append((tuple(f), method))
         if not complete:
             break
+    return tuple(reqs)
+
+
+@lru_cache(maxsize=1024)
+def _responses(sv: bytes, heads: tuple[bool, ...]) -> tuple[tuple[tuple[str, object], ...], ...]:
+    """The responses of a server byte stream, one per request (``heads``: the request was HEAD)."""
+    out: list[tuple[tuple[str, object], ...]] = []
     pos = 0
-    i = 0
-    while pos < len(sv) and i < len(out):
+    n = len(sv)
+    while pos < n and len(out) < len(heads):
         if not (sv.startswith(b"HTTP/1.", pos) or sv.startswith(b"HTTP/0.9", pos)):
             break
         msg = _message(sv, pos)
         eol = sv.find(b"\r\n", pos)
-        line = sv[pos:eol if eol >= 0 else len(sv)]
-        parts = line.split(b" ", 2)
-        code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() and len(parts[1]) == 3 else 0
+        parts = sv[pos:eol if eol >= 0 else n].split(b" ", 2)
+        code = int(parts[1]) if len(parts) > 1 and len(parts[1]) == 3 and parts[1].isdigit() else 0
         if 100 <= code < 200 and code != 101 and msg is not None:
-            pos = msg[2]                            # an interim response: the real one follows
+            pos = msg[1]                            # an interim response: the real one follows
             continue
-        info = out[i]
-        info.status_code = code
-        info.status_msg = _wt(parts[2], 256) if len(parts) > 2 else ""
+        f: list[tuple[str, object]] = [("status_code", code),
+                                       ("status_msg", _wt(parts[2], 256) if len(parts) > 2 else "")]
         if msg is None:
+            out.append(tuple(f))
             break
-        _line, hdr, body_at = msg
-        info.content_type = _wt(hdr.get(b"content-type", b""), 256)
-        info.server = _wt(hdr.get(b"server", b""), 256)
-        if methods[i] == b"HEAD" or code in _NO_BODY_STATUS or code == 101:
-            n, pos, complete = 0, body_at, code != 101
+        hdr, body_at = msg
+        if heads[len(out)] or code in _NO_BODY_STATUS or code == 101:
+            ln, pos, complete = 0, body_at, code != 101
         else:
-            n, pos, complete = _body(sv, body_at, hdr, True)
-        info.response_body_len = n
-        i += 1
+            ln, pos, complete = _body(sv, body_at, hdr, True)
+        f += [("content_type", _wt(hdr.get(b"content-type", b""), 256)), ("server", _wt(hdr.get(b"server", b""), 256)),
+              ("response_body_len", ln)]
+        out.append(tuple(f))
         if not complete:
             break
+    return tuple(out)
+
+
+def transactions(c: bytes, sv: bytes) -> list[HttpInfo]:
+    """Every request of the client stream ``c`` with its response from ``sv`` (in order, as
+    HTTP/1.x pipelining and keep-alive put them), as far as the bytes reach.  Strings are
+    represented text (shared/text.py)."""
+    reqs = _requests(c)
+    if not reqs:
+        return []
+    resps = _responses(sv, tuple(m == b"HEAD" for _f, m in reqs)) if sv else ()
+    out = []
+    for i, (f, _m) in enumerate(reqs):
+        d = dict(f)
+        if i < len(resps):
+            d.update(resps[i])
+        out.append(HttpInfo(**d))
     return out
 
 
