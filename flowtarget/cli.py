@@ -1,8 +1,8 @@
 """The ``flowtarget`` command.
 
     flowtarget capture|classify|store|block      one service, configured from FT_* variables
-    flowtarget run [--iface IF | --pcap FILE...] [--nats URL] [--rules FILE] [--out DIR]
-    flowtarget analyze PCAP [PCAP ...] [--jsonl FILE|-] [--out DIR]
+    flowtarget run [--iface IF | --pcap FILE...] [--nats URL] [--rules FILE] [--out DIR] [--format jsonl|eve]
+    flowtarget analyze PCAP [PCAP ...] [--jsonl FILE|-] [--out DIR [--format jsonl|eve]]
     flowtarget bench capture|classify|store|block ...
     flowtarget rules add|list|remove|load ...
     flowtarget alerts [--follow] [--type T] [--json]
@@ -184,7 +184,8 @@ def check_capture_files(paths: list[str]) -> tuple[list[str], list[str]]:
 
 
 async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_env: dict[str, str],
-                              progress: bool) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
+                              progress: bool, out_format: str = "jsonl"
+                              ) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
     """Run all services over files, drain, return (status, stored events, capture stats)."""
     import nats
 
@@ -211,7 +212,7 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
     await nc.subscribe("ft.stats.>", cb=on_stats)
     collector = await StreamCollector(orch.settings).start()   # reads what is stored while the run goes on
     p = orch.pipeline
-    env_store = {"FT_OUT_DIR": str(out_dir)}
+    env_store = {"FT_OUT_DIR": str(out_dir), "FT_OUT_FORMAT": out_format}
     for name in ("classify", "store", "block"):
         if service_available(name):
             p.start(name, env_store if name == "store" else None)
@@ -305,6 +306,13 @@ def summarize(flows: list[dict[str, Any]], dns: list[dict[str, Any]], alerts: li
         names = Counter(d.get("query_name", "") for d in dns if d.get("query_name"))
     lines.append("")
     lines.append(f"DNS: {len(dns):,} messages, {len(names):,} distinct names")
+    bad = Counter(str(d.get("error")) for d in dns if d.get("error"))
+    over_tcp = sum(1 for d in dns if d.get("transport") == "TCP")
+    paired = sum(1 for d in dns if d.get("rtt_ms") is not None)
+    lines.append(f"  over TCP: {over_tcp:,}   responses paired with their query: {paired:,}   "
+                 f"malformed (logged with the reason): {sum(bad.values()):,}")
+    for reason, cnt in bad.most_common(5):
+        lines.append(f"    {safe(reason, 58):<58}{cnt:>8,}")
     for name, cnt in names.most_common(10):
         lines.append(f"  {safe(name, 60):<60}{cnt:>8,}")
     lines.append("")
@@ -367,7 +375,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                         env={"FT_STREAM_STORAGE": "file"})
     try:
         status, events, stats = asyncio.run(
-            _pipeline_for_files(orch, files, out_dir, {}, progress=not args.no_progress and sys.stderr.isatty() or args.progress))
+            _pipeline_for_files(orch, files, out_dir, {}, progress=not args.no_progress and sys.stderr.isatty() or args.progress,
+                                out_format=args.format))
     finally:
         orch.close()
     flows = [e for e in events if e.get("event_type") == "flow" and e.get("phase") == "end"]
@@ -417,6 +426,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     env: dict[str, str] = {}
     if args.out:
         env["FT_OUT_DIR"] = str(Path(args.out).resolve())
+    env["FT_OUT_FORMAT"] = args.format
     orch = Orchestrator(args.nats, probe=args.probe, log_dir=None)
     orch.pipeline.env.update(env)
     try:
@@ -438,10 +448,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                 return 1
             out_dir = Path(args.out) if args.out else Path("flowtarget-out")
             out_dir.mkdir(parents=True, exist_ok=True)
-            status, events, stats = asyncio.run(_pipeline_for_files(orch, files, out_dir.resolve(), {}, progress=True))
+            status, events, stats = asyncio.run(_pipeline_for_files(orch, files, out_dir.resolve(), {}, progress=True,
+                                                                    out_format=args.format))
             flows = sum(1 for e in events if e.get("event_type") == "flow" and e.get("phase") == "end")
-            logged = out_dir / "flows.jsonl"
-            n_log = sum(1 for _ in open(logged)) if logged.exists() else 0
+            if args.format == "eve":
+                logged = out_dir / "eve.json"
+                n_log = sum(1 for x in open(logged) if '"event_type":"flow"' in x) if logged.exists() else 0
+            else:
+                logged = out_dir / "flows.jsonl"
+                n_log = sum(1 for _ in open(logged)) if logged.exists() else 0
             print(f"flowtarget run: {len(files)} file(s) replayed, {flows} flows, {n_log} in the access log; "
                   f"output in {out_dir}", file=sys.stderr)
             return 1 if errors else status
@@ -512,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--nats", help="NATS URL (default: start an embedded nats-server)")
     rp.add_argument("--rules", help="YAML rules file to load into the rules bucket")
     rp.add_argument("--out", help="directory for JSON-lines output (default ./flowtarget-out with --pcap)")
+    rp.add_argument("--format", choices=("jsonl", "eve"), default="jsonl",
+                    help="files in --out: jsonl (one per measurement) or eve (eve.json for SIEMs)")
     rp.add_argument("--probe", default=os.environ.get("FT_PROBE", "probe1"))
     rp.add_argument("--shards", type=int, default=0)
     rp.add_argument("--enforce", action="store_true",
@@ -521,6 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("pcaps", nargs="+", metavar="PCAP")
     an.add_argument("--jsonl", help="write one JSON object per flow to FILE (- for stdout)")
     an.add_argument("--out", help="directory for flows.jsonl, dns.jsonl, alerts.jsonl")
+    an.add_argument("--format", choices=("jsonl", "eve"), default="jsonl",
+                    help="files in --out: jsonl (one per measurement, as InfluxDB gets them) or eve "
+                         "(eve.json, Suricata eve.json-compatible lines for SIEMs)")
     an.add_argument("--nats", help="NATS URL (default: embedded nats-server)")
     an.add_argument("--probe", default="analyze")
     an.add_argument("--verbose", action="store_true", help="services log at INFO")

@@ -20,7 +20,7 @@ import json
 import re
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
@@ -158,6 +158,7 @@ class StoreSettings(CommonSettings):
 
     out_dir: Path | None = Field(default=None, description="Directory for JSON-lines files (the embedded default).")
     line_protocol_file: bool = Field(default=False, description="Also write influx line protocol into out_dir.")
+    out_format: Literal["jsonl", "eve"] = Field(default="jsonl", description="Files in out_dir: jsonl (one file per measurement, the InfluxDB points) or eve (eve.json, Suricata eve.json-compatible lines for SIEMs).")
     durable: str = Field(default="store", description="Durable consumer shared by all store replicas.")
     batch_size: int = Field(default=5000, ge=1)
     flush_interval_s: float = Field(default=1.0, gt=0)
