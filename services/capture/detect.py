@@ -64,7 +64,7 @@ class DetectorProcess:
     # --- inputs (one subscription, so capture's order is kept)
     async def on_message(self, msg: Any) -> None:
         kind = msg.subject.split(".", 2)[1]
-        if kind not in ("flow", "packet", "stats"):
+        if kind not in ("flow", "live", "packet", "stats"):
             return                                  # samples, verdicts ...: not ours
         parsed = self.bus.parse(msg)
         if parsed is None:
