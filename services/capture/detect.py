@@ -51,7 +51,7 @@ class DetectorProcess:
 
         self.settings = settings
         self.bus = bus
-        self.det = Detectors(DetectSettings(), settings.probe)
+        self.det = Detectors(DetectSettings(), settings.probe, live=not settings.pcap)
         self.alerts: list[Alert] = []
         self.evidence: OrderedDict[str, str] = OrderedDict()   # alert_id -> path
         self.max_ts = 0.0

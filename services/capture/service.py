@@ -207,7 +207,7 @@ def _make_detectors(settings: CaptureSettings) -> Any:
         from shared.settings import DetectSettings
     except ImportError:
         return None
-    return Detectors(DetectSettings(), settings.probe)
+    return Detectors(DetectSettings(), settings.probe, live=not settings.pcap)
 
 
 async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None:
