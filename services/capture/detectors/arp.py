@@ -146,7 +146,8 @@ class ArpDetector:
 
     def _describe(self, inc: Incident) -> None:
         rate = inc.rate()
-        macs = len(inc.sources)
+        low = inc.last_seen - self.window
+        macs = max(len(inc.sources), sum(1 for c in self.per_mac.values() if (c.latest + 1) * c.width >= low))
         inc.details["macs"] = str(macs) if macs < 4096 else "4096+"
         inc.details["pps"] = f"{rate:.0f}"
         if inc.details.get("scope") == "mac":

@@ -231,8 +231,9 @@ class IncidentTable:
                 inc.touched = clock
             return inc, False
         old = self.recently_closed.get((alert_type, key))
-        if old is not None and ts <= old.last_seen:
-            # late evidence of packets the closed incident already covered: no reopening
+        if old is not None and ts < old.published_at:
+            # late evidence: packets from before the incident closed (e.g. a flood flow's end record after
+            # its idle timeout, carrying its last packets): they belong to it and do not reopen it
             self.stats["late"] += 1
             return None, False
         if len(self.open) >= self.max_open:
