@@ -35,6 +35,7 @@ log = logging.getLogger("flowtarget.detect")
 
 END_OF_CAPTURE = "end_of_capture"     # counter set in capture's final stats message
 EVIDENCE_TIMEOUT_S = 0.5
+TICK_S = 0.25    # live: incidents age, held ARP binding changes settle
 
 
 def ctl(probe: str, verb: str) -> str:
@@ -144,7 +145,7 @@ class DetectorProcess:
         """Live capture: incidents age with the wall clock even when no event comes."""
         while not stop.is_set():
             try:
-                await asyncio.wait_for(stop.wait(), 1.0)
+                await asyncio.wait_for(stop.wait(), TICK_S)
             except asyncio.TimeoutError:
                 pass
             if not self.settings.pcap:

@@ -11,8 +11,9 @@ from .incidents import Incident, IncidentTable, LruDict, SlidingCount, clean
 
 _NO_MAC = ("", "00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff")
 _NO_IP = ("", "0.0.0.0")
-HOLD_S = 1.0  # a binding change seen while ARP traffic surges waits this long for a flood to explain it
+HOLD_S = 0.5  # a binding change waits this long for a flood to explain it before it is an incident
 RECLAIM_GRACE_S = 5.0  # the owner claimed its address back and the impostor stayed quiet this long: closed
+FAST_SPAN_S = 0.6  # a flood also fires when its last FAST_SPAN_S alone reach the threshold rate
 GATEWAY_IPS = 8  # a MAC seen with this many addresses in flows is a router
 
 
@@ -47,6 +48,8 @@ class ArpDetector:
             return []
         out: list[Alert] = []
         ts = p.timestamp
+        if self.pending:
+            self._settle(ts, out)   # what was due before this packet
         if self.flood:
             self._flood(p, ts, out)
         if self.spoof:
@@ -99,7 +102,7 @@ class ArpDetector:
                 table.hit("arp_flood", key, ts)
                 explained = True
                 self._note(inc, p)
-        elif n >= self.mac_limit:
+        elif n >= self.mac_limit or c.recent(ts, FAST_SPAN_S) >= self.mac_limit / self.window * FAST_SPAN_S:
             inc, new = table.hit("arp_flood", key, ts, int(n))
             if inc is not None:
                 explained = True
@@ -122,7 +125,9 @@ class ArpDetector:
             if not explained and unexplained >= self.total_limit / 2:
                 table.hit("arp_flood", "total", ts)
                 self._note(tinc, p)
-        elif unexplained >= self.total_limit:
+        elif unexplained >= self.total_limit or (
+                self.total.recent(ts, FAST_SPAN_S) - self.explained.recent(ts, FAST_SPAN_S)
+                >= self.total_limit / self.window * FAST_SPAN_S):
             tinc, new = table.hit("arp_flood", "total", ts, int(unexplained))
             if tinc is not None and new:
                 tinc.severity = "high"
@@ -218,9 +223,9 @@ class ArpDetector:
                 self.reclaimed.pop(sip, None)
             elif flood is not None:
                 self._fold(flood, sip, owner, smac)
-            elif self._surge(ts):
-                if len(self.pending) < 1024:
-                    self.pending.append((ts, p, owner, owner_ts))
+            elif len(self.pending) < 1024:
+                # held HOLD_S: the first packets of a flood from random MACs look like spoofing too
+                self.pending.append((ts, p, owner, owner_ts))
             else:
                 self._open_spoof(p, ts, owner, owner_ts, out)
         if smac not in self.claims:
@@ -238,20 +243,26 @@ class ArpDetector:
 
     def _settle(self, now: float, out: list[Alert]) -> None:
         """Held binding changes: into the flood that opened meanwhile, or incidents of their own after HOLD_S."""
+        pending = self.pending
+        total = self._flooding("", now)
+        if total is None and now - pending[0][0] < HOLD_S:
+            return  # the oldest is not due, and no flood to fold them into
         keep = []
-        for item in self.pending:
+        for item in pending:
             ts, p, owner, owner_ts = item
-            flood = self._flooding(p.src_mac or p.arp.sender_mac, now)  # type: ignore[union-attr]
+            flood = total or self._flooding(p.src_mac or p.arp.sender_mac, now)  # type: ignore[union-attr]
             if flood is not None:
                 self._fold(flood, p.arp.sender_ip, owner, p.arp.sender_mac)  # type: ignore[union-attr]
             elif now - ts >= HOLD_S:
-                b = self.bindings.get(p.arp.sender_ip)  # type: ignore[union-attr]
-                if b is not None and b[0] == owner and b[1] <= ts:  # not reclaimed by its owner meanwhile
-                    inc = self.table.get("arp_spoof", ("ip", p.arp.sender_ip))  # type: ignore[union-attr]
-                    if inc is None:
-                        self._open_spoof(p, ts, owner, owner_ts, out)
-                    else:
-                        self.table.hit("arp_spoof", ("ip", p.arp.sender_ip), ts)  # type: ignore[union-attr]
+                sip = p.arp.sender_ip  # type: ignore[union-attr]
+                inc = self.table.get("arp_spoof", ("ip", sip))
+                if inc is None:
+                    self._open_spoof(p, ts, owner, owner_ts, out)
+                    b = self.bindings.get(sip)
+                    if b is not None and b[0] == owner and b[1] > ts:
+                        self.reclaimed.setdefault(sip, self.table.now)  # the owner claimed it back meanwhile
+                else:
+                    self.table.hit("arp_spoof", ("ip", sip), ts)
             else:
                 keep.append(item)
         self.pending = keep

@@ -126,6 +126,11 @@ class SlidingCount:
             self.total += per
         return self.total
 
+    def recent(self, now: float, span: float) -> float:
+        """Events in the buckets that cover the last ``span`` seconds (at least one bucket)."""
+        low = int((now - span) / self.width) + 1
+        return sum(v for k, v in self.buckets.items() if k >= low)
+
     def count(self, now: float) -> float:
         """Events in the window ending at ``now`` (does not move the window)."""
         low = int(now / self.width) - self.nb
