@@ -311,6 +311,7 @@ class FlowMeter:
         self._hot_pk = settings.hot_packets if self._sink_hot is not None else 0
         self._hot_iv = settings.hot_interval_s
         self._young: deque[Flow] = deque()  # hot on: pure-SYN flows created in the last hot_interval_s
+        self._young2: deque[Flow] = deque()  # ... SYN-ACKed but not ACKed at hot_interval_s: checked at twice it
         # counters
         self.packets = 0
         self.bytes = 0
@@ -657,13 +658,24 @@ class FlowMeter:
         f.hot_n = n
 
     def _young_check(self, now: float) -> None:
-        """TCP flows opened by a SYN hot_interval_s ago: a hot record for each the client has not ACKed yet
-        (unanswered, reset, or SYN-ACK unanswered), so that SYN floods of one-packet flows are seen at once."""
+        """TCP flows opened by a SYN hot_interval_s ago whose client has not ACKed: a hot record for each
+        that got no SYN-ACK (unanswered or reset); one that got a SYN-ACK is checked again at twice that
+        age (a slow round trip is not a flood), so that SYN floods of one-packet flows are seen at once."""
         y = self._young
+        y2 = self._young2
         cut = now - self._hot_iv
         n = 0
         while y and y[0].first <= cut:
             f = y.popleft()
+            if f.state != ENDED and not f.s_flags & ACK:
+                if f.d_flags & SYN:
+                    y2.append(f)
+                else:
+                    self._sink_hot(self._record(f, "update", now))
+                    n += 1
+        cut -= self._hot_iv
+        while y2 and y2[0].first <= cut:
+            f = y2.popleft()
             if f.state != ENDED and not f.s_flags & ACK:
                 self._sink_hot(self._record(f, "update", now))
                 n += 1
@@ -738,7 +750,7 @@ class FlowMeter:
     def _housekeep(self, now: float) -> None:
         self._now = now  # the source's clock (latest packet time, within a second)
         self._next_house = now + 1.0
-        if self._young:
+        if self._young or self._young2:
             self._young_check(now)
         # TCP flows closed by FIN/RST whose grace period is over
         closed = self._closed

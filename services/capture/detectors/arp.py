@@ -40,7 +40,10 @@ class ArpDetector:
         self.behind: LruDict = LruDict(cap)         # mac -> set of IPs seen behind it in flows (a router has many)
         self.garp: LruDict = LruDict(cap)           # mac -> SlidingCount of gratuitous ARPs
         self.reclaimed: dict[str, float] = {}      # ip -> clock when its owner claimed it during an incident
-        self.pending: list[tuple] = []              # binding changes held while the ARP rate looks like a flood
+        self.pending: list[tuple] = []
+        # the segment's ARP bursts: a gap of 10 packet intervals at the threshold rate starts a new one
+        self.burst_gap = 10 * self.window / self.total_limit
+        self.burst_start = self.last_ts = 0.0              # binding changes held while the ARP rate looks like a flood
 
     def on_packet(self, p: PacketEvent) -> list[Alert]:
         a = p.arp
@@ -118,6 +121,10 @@ class ArpDetector:
                     out.append(table.alert(inc, "open"))
         if explained:
             self.explained.add(ts)
+        if ts - self.last_ts > self.burst_gap:
+            self.burst_start = ts   # a quiet gap: what follows is a new burst (the flood's start)
+        if ts > self.last_ts:
+            self.last_ts = ts
         total = self.total.add(ts)
         unexplained = total - self.explained.count(ts)
         tinc = table.get("arp_flood", "total")
@@ -131,7 +138,7 @@ class ArpDetector:
             tinc, new = table.hit("arp_flood", "total", ts, int(unexplained))
             if tinc is not None and new:
                 tinc.severity = "high"
-                tinc.started_at = tinc.first_seen = max(self.total.since, ts - self.window)
+                tinc.started_at = tinc.first_seen = max(self.burst_start, ts - self.window)
                 tinc.rate_unit = "packets/s"
                 tinc.details = {"scope": "total"}
                 tinc.refresh = partial(self._describe, tinc)

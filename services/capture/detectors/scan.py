@@ -110,6 +110,8 @@ class ScanDetector:
         if t == "TCP":
             out: list[Alert] = []
             sf = r.src2dst_tcp_flags
+            if sf & ACK and self.syn and r.phase != "start" and r.flow_id in self.syn_counted:
+                self._syn_completed(r)  # counted half-open from its hot record, then the handshake completed
             if not (sf & SYN) and sf & ACK:
                 # picked up mid-stream: not initiated by src as far as we saw
                 if self.scan and r.phase != "start":
@@ -286,6 +288,13 @@ class ScanDetector:
         if new:
             inc.refresh = partial(self._describe_syn, inc, srcs, r.src_ip)
             out.append(table.alert(inc, "open"))
+
+    def _syn_completed(self, r: FlowRecord) -> None:
+        """A slow handshake (SYN-ACK or ACK later than capture's hot check): it no longer counts."""
+        self.syn_counted.pop(r.flow_id, None)
+        entry = self.targets.get((r.dst_ip, r.dst_port))
+        if entry is not None:
+            entry[0].add(r.first_seen, -1.0)
 
     def _describe_syn(self, inc: Incident, srcs: set, first_src: str) -> None:
         nsrc = len(srcs)

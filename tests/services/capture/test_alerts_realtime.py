@@ -73,6 +73,9 @@ def rip():
 def frame(i):
     if kind == "syn_rst":       # the client's own address, random ports, to a closed port: the server sends RSTs
         return syn(my_ip, peer_ip, 9, PEER)
+    if kind == "syn_synack":    # spoofed sources, to a listening port: the server's SYN-ACKs go unanswered
+        return syn("172.%d.%d.%d" % (rnd.randrange(16, 32), rnd.randrange(256), rnd.randrange(1, 255)),
+                   peer_ip, 80, PEER)
     if kind == "syn_nobody":    # spoofed sources, to an address nobody holds: nothing answers
         return syn("172.%d.%d.%d" % (rnd.randrange(16, 32), rnd.randrange(256), rnd.randrange(1, 255)),
                    peer_ip, 80, b"\x02\x99\x99\x99\x99\x99")
@@ -257,6 +260,8 @@ def _judge(name: str, listener: AlertListener, t_mark: float, info: dict, expect
     RESULTS[name] = {"alert_type": expect, "first_alert_s": round(latency, 3),
                      "attack_s": round(info["end"] - info["start"], 3), "messages": len(new), "incidents": len(ids),
                      "rate": first.get("rate"), "rate_unit": first.get("rate_unit"),
+                     "evidence_pcap": first.get("evidence_pcap", ""),
+                     "top_sources": first.get("top_sources"), "top_targets": first.get("top_targets"),
                      "message": first["message"]}
     print(f"\n{name}: first alert after {latency:.3f} s, {len(new)} message(s), {len(ids)} incident: {first['message']}")
     assert first_t < info["end"], (f"alert {latency:.2f} s after the start, the attack lasted "
@@ -300,6 +305,16 @@ def test_syn_flood_answered_by_rst(rig):
     assert alerts[0]["rate_unit"] == "flows/s" and alerts[0]["rate"] > 0.5 * RATE
 
 
+def test_syn_flood_whose_syn_acks_nobody_answers(rig):
+    lab, svc, listener, _ = rig
+    # the server routes its answers to the spoofed sources via the client, which does not forward
+    lab.run("server", "ip", "route", "replace", "default", "via", lab.client.ip, check=True)
+    t = time.time()
+    info = _gen(lab, "syn_synack", lab.server.ip, lab.server.mac)
+    alerts = _judge("syn_flood_synack_unanswered", listener, t, info, "syn_flood", svc)
+    assert alerts[0]["dst_ip"] == lab.server.ip and alerts[0]["dst_port"] == 80
+
+
 def test_syn_flood_to_an_address_nobody_holds(rig):
     lab, svc, listener, _ = rig
     nobody = lab.server.ip.rsplit(".", 1)[0] + ".99"
@@ -316,6 +331,7 @@ def test_icmp_echo_flood(rig):
     info = _gen(lab, "icmp", lab.server.ip, lab.server.mac)
     alerts = _judge("icmp_flood", listener, t, info, "icmp_flood", svc)
     assert alerts[0]["dst_ip"] == lab.server.ip and alerts[0]["top_sources"] == [lab.client.ip]
+    assert alerts[0]["evidence_pcap"].endswith(".pcap")   # the flood flow's recent packets
     assert 0.5 * RATE < alerts[0]["rate"] < 2 * RATE, alerts[0]
 
 

@@ -14,7 +14,7 @@ from services.capture.flows import FlowMeter
 from shared.models import Alert
 from shared.settings import CaptureSettings, DetectSettings
 from tests.services.capture.test_detectors import GW_IP, GW_MAC, T0, arp
-from tests.services.capture.test_flows import ACK, RST, SYN, icmpf, tcpf
+from tests.services.capture.test_flows import ACK, FIN, RST, SYN, icmpf, tcpf
 
 
 class Feed:
@@ -162,3 +162,22 @@ def test_arpspoof_repeating_against_the_owner_stays_one_open_incident():
     states = [a.details["state"] for a in ups]
     assert states.count("open") == 1 and states.count("closed") == 1 and "reopened" not in states, states
     assert ups[-1].count == 20
+
+
+def test_slow_handshakes_counted_half_open_then_completed_raise_no_syn_flood():
+    """A busy server behind a 0.8 s round trip: each SYN is still unanswered at capture's hot check."""
+    f = Feed()
+    fr = []
+    for i in range(300):   # 100 connections/s for 3 s, each completing 0.8 s later
+        ts = T0 + i / 100
+        c = f"10.5.{i // 200}.{i % 200 + 1}"
+        fr.append((ts, tcpf(c, 40000 + i, "10.0.0.9", 443, SYN, seq=1)))
+        fr.append((ts + 0.4, tcpf("10.0.0.9", 443, c, 40000 + i, SYN | ACK, seq=7, ack=2)))
+        fr.append((ts + 0.8, tcpf(c, 40000 + i, "10.0.0.9", 443, ACK, seq=2, ack=8)))
+        fr.append((ts + 0.9, tcpf(c, 40000 + i, "10.0.0.9", 443, FIN | ACK, seq=2, ack=8)))
+        fr.append((ts + 1.0, tcpf("10.0.0.9", 443, c, 40000 + i, FIN | ACK, seq=8, ack=3)))
+    f.frames(sorted(fr, key=lambda x: x[0]))
+    f.idle(T0 + 4, T0 + 30)
+    # SYN-ACKed at the first check, ACKed by the second (twice FT_HOT_INTERVAL_S): never reported half-open
+    assert f.meter.stats()["counters"].get("hot_records", 0) == 0
+    assert [a.message for a in f.alerts if a.alert_type == "syn_flood"] == []

@@ -491,6 +491,13 @@ def test_hot_records_for_half_open_syns_not_for_completed_handshakes():
     assert sum(1 for r in hot if r.dst2src_tcp_flags & RST) == 100
     m.tick(t0 + 3.0)
     assert len(sink.hot_records) == 200  # once per flow
+    # SYN-ACKed, never ACKed (a spoofed source): reported at twice hot_interval_s, not before
+    m.process(t0 + 5.0, tcpf("10.9.0.2", 5000, S, 80, SYN))
+    m.process(t0 + 5.01, tcpf(S, 80, "10.9.0.2", 5000, SYN | ACK))
+    m.tick(t0 + 5.6)
+    assert len(sink.hot_records) == 200
+    m.tick(t0 + 6.05)
+    assert len(sink.hot_records) == 201 and sink.hot_records[-1].dst2src_tcp_flags == SYN | ACK
 
 
 def test_hot_records_do_not_change_the_stored_records():
