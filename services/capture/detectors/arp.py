@@ -14,6 +14,7 @@ _NO_IP = ("", "0.0.0.0")
 HOLD_S = 0.5  # a binding change waits this long for a flood to explain it before it is an incident
 RECLAIM_GRACE_S = 5.0  # the owner claimed its address back and the impostor stayed quiet this long: closed
 FAST_SPAN_S = 0.6  # a flood also fires when its last FAST_SPAN_S alone reach the threshold rate
+BURST_GAP_S = 0.25
 GATEWAY_IPS = 8  # a MAC seen with this many addresses in flows is a router
 
 
@@ -41,8 +42,9 @@ class ArpDetector:
         self.garp: LruDict = LruDict(cap)           # mac -> SlidingCount of gratuitous ARPs
         self.reclaimed: dict[str, float] = {}      # ip -> clock when its owner claimed it during an incident
         self.pending: list[tuple] = []
-        # the segment's ARP bursts: a gap of 10 packet intervals at the threshold rate starts a new one
-        self.burst_gap = 10 * self.window / self.total_limit
+        # the segment's ARP bursts: a gap of BURST_GAP_S (or 10 packet intervals at the threshold rate,
+        # if longer) starts a new one; a sender's pacing on a busy host has gaps of tens of ms
+        self.burst_gap = max(BURST_GAP_S, 10 * self.window / self.total_limit)
         self.burst_start = self.last_ts = 0.0              # binding changes held while the ARP rate looks like a flood
 
     def on_packet(self, p: PacketEvent) -> list[Alert]:

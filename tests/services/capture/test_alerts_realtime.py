@@ -358,6 +358,7 @@ def test_gratuitous_arp_from_random_macs_is_one_flood(rig):
     info = _gen(lab, "garp", lab.server.ip, lab.server.mac)
     alerts = _judge("arp_flood_gratuitous", listener, t, info, "arp_flood", svc, closed=True)
     assert int(alerts[-1]["details"].get("gratuitous", "0")) > 0
+    assert 0.5 * RATE < alerts[0]["rate"] < 2 * RATE, alerts[0]
 
 
 def test_one_forged_arp_reply_then_the_owner_reclaims(rig):
