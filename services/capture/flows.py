@@ -304,9 +304,9 @@ class FlowMeter:
         self._smax_pkts = settings.sample_max_packets
         self._smax_bytes = settings.sample_max_bytes
         self._vwait = settings.verdict_wait_s
-        # hot updates (alert detectors): a flow with >= hot_packets packets since its previous check
-        # (checks at most every hot_interval_s) and TCP flows still half-open hot_interval_s after their
-        # SYN go to ``sink.hot`` (off without it, or with hot_packets 0)
+        # hot updates (alert detectors): a non-TCP/UDP flow (ICMP, ...) with >= hot_packets packets since
+        # its previous check (checks at most every hot_interval_s) and TCP flows still half-open
+        # hot_interval_s after their SYN go to ``sink.hot`` (off without it, or with hot_packets 0)
         self._sink_hot = getattr(sink, "hot", None)
         self._hot_pk = settings.hot_packets if self._sink_hot is not None else 0
         self._hot_iv = settings.hot_interval_s
@@ -560,10 +560,12 @@ class FlowMeter:
         f.last_update = ts
         f.next_check = ts + min(self._upd, self._active)
         if self._hot_pk:
-            if self._hot_iv < self._upd:
+            if proto == 6 or proto == 17:
+                f.hot_n = -1  # TCP/UDP: no per-flow hot checks (bulk transfers; no detector needs them)
+                if proto == 6 and flags & 0x12 == SYN:
+                    self._young.append(f)
+            elif self._hot_iv < self._upd:
                 f.next_check = ts + min(self._hot_iv, self._active)
-            if proto == 6 and flags & 0x12 == SYN:
-                self._young.append(f)
         f.is_dns = (sp == _DNS_PORT or dp == _DNS_PORT) and (proto == 17 or proto == 6)
         if self.evidence_packets and self._ev_flows < self.evidence_max_flows:
             f.ev = []
@@ -639,14 +641,16 @@ class FlowMeter:
             self._remove(f)
             self._end(f, "active")
             return
+        hot = self._hot_pk and f.hot_n >= 0
         if ts - f.last_update >= self._upd:
             f.last_update = ts
             self.sink.flow(self._record(f, "update", ts))
-            f.hot_n = f.s_pkts + f.d_pkts
-        elif self._hot_pk:
+            if hot:
+                f.hot_n = f.s_pkts + f.d_pkts
+        elif hot:
             self._hot_check(f, ts)
         f.next_check = min(f.last_update + self._upd, f.first + self._active)
-        if self._hot_pk and ts + self._hot_iv < f.next_check:
+        if hot and ts + self._hot_iv < f.next_check:
             f.next_check = ts + self._hot_iv
 
     def _hot_check(self, f: Flow, ts: float) -> None:
