@@ -306,6 +306,11 @@ class Alert(Event):
     evidence_pcap: str = Field(default="", max_length=1024, description="Path of the evidence pcap capture wrote, if any.")
     rule_id: str = Field(default="", max_length=128, description="policy alerts: id of the rule that matched.")
     details: dict[str, str] = Field(default_factory=dict)
+    started_at: float = Field(default=0.0, description="When the attack started: packet time of its first evidence (0 = unknown).")
+    rate: float = Field(default=0.0, ge=0, description="Measured rate of the attack so far (rate_unit), over the time it was seen.")
+    rate_unit: str = Field(default="", max_length=32, description="Unit of rate: packets/s, flows/s, queries/s, targets/s.")
+    top_sources: list[str] = Field(default_factory=list, max_length=16, description="Most active sources (addresses or MACs), busiest first.")
+    top_targets: list[str] = Field(default_factory=list, max_length=16, description="Most hit targets (address, address:port, domain), busiest first.")
 
 
 BlockOutcome = Literal["won", "lost", "unknown", "dry_run", "not_possible", "rate_limited", "allowlisted"]

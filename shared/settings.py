@@ -111,6 +111,8 @@ class CaptureSettings(CommonSettings):
     active_timeout_s: float = Field(default=1800.0, gt=0)
     tcp_closed_timeout_s: float = Field(default=2.0, ge=0, description="Packets of a FIN/RST-closed flow that arrive within this time still count to it.")
     update_interval_s: float = Field(default=60.0, gt=0, description="Periodic update records for long flows.")
+    hot_packets: int = Field(default=100, ge=0, description="Live updates for the alert detectors (core NATS ft.live.<probe>, never stored): a flow other than TCP/UDP (ICMP, ...) that got this many packets since its previous check, checked at most every hot_interval_s; 0 = none.")
+    hot_interval_s: float = Field(default=0.5, gt=0, description="Hot checks of a busy flow at most this often; a TCP flow still half-open this long after its SYN also gets a live update.")
     max_flows: int = Field(default=1_000_000, ge=16)
     sample_max_packets: int = Field(default=8, ge=1, le=64, description="Payload packets per direction sent to classify.")
     sample_max_bytes: int = Field(default=4096, ge=64, le=65536, description="Payload bytes per direction sent to classify.")

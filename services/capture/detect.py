@@ -35,6 +35,7 @@ log = logging.getLogger("flowtarget.detect")
 
 END_OF_CAPTURE = "end_of_capture"     # counter set in capture's final stats message
 EVIDENCE_TIMEOUT_S = 0.5
+TICK_S = 0.25    # live: incidents age, held ARP binding changes settle
 
 
 def ctl(probe: str, verb: str) -> str:
@@ -51,7 +52,7 @@ class DetectorProcess:
 
         self.settings = settings
         self.bus = bus
-        self.det = Detectors(DetectSettings(), settings.probe)
+        self.det = Detectors(DetectSettings(), settings.probe, live=not settings.pcap)
         self.alerts: list[Alert] = []
         self.evidence: OrderedDict[str, str] = OrderedDict()   # alert_id -> path
         self.max_ts = 0.0
@@ -64,7 +65,7 @@ class DetectorProcess:
     # --- inputs (one subscription, so capture's order is kept)
     async def on_message(self, msg: Any) -> None:
         kind = msg.subject.split(".", 2)[1]
-        if kind not in ("flow", "packet", "stats"):
+        if kind not in ("flow", "live", "packet", "stats"):
             return                                  # samples, verdicts ...: not ours
         parsed = self.bus.parse(msg)
         if parsed is None:
@@ -144,7 +145,7 @@ class DetectorProcess:
         """Live capture: incidents age with the wall clock even when no event comes."""
         while not stop.is_set():
             try:
-                await asyncio.wait_for(stop.wait(), 1.0)
+                await asyncio.wait_for(stop.wait(), TICK_S)
             except asyncio.TimeoutError:
                 pass
             if not self.settings.pcap:

@@ -122,6 +122,8 @@ class MeterSink(Protocol):
 
     def packet(self, p: PacketEvent) -> None: ...
 
+    # optional: ``hot(rec)`` — live "update" records for the detectors only (never stored), see
+    # FlowMeter._hot_check / _young_check; without it the meter makes none
     # optional: ``flow_verdict(v)`` — right after a flow's end record, the best verdict it got
     # (only when classified), so the classification can be stored beside the access-log entry
 
@@ -131,11 +133,15 @@ class ListSink:
 
     def __init__(self) -> None:
         self.flows: list[FlowRecord] = []
+        self.hot_records: list[FlowRecord] = []
         self.samples: list[FlowSample] = []
         self.packets: list[PacketEvent] = []
 
     def flow(self, rec: FlowRecord) -> None:
         self.flows.append(rec)
+
+    def hot(self, rec: FlowRecord) -> None:
+        self.hot_records.append(rec)
 
     def sample(self, s: FlowSample) -> None:
         self.samples.append(s)
@@ -170,7 +176,7 @@ class Flow:
         "first", "last", "s_pkts", "s_bytes", "d_pkts", "d_bytes", "s_flags", "d_flags",
         "state", "fin", "closed_at", "end_reason", "next_check", "last_update",
         "sampling", "sd", "dd", "dirs", "sample_seq", "pending", "verdict", "verdict_final",
-        "is_dns", "deadline", "source", "ev", "rkey", "s_stamp", "d_stamp",
+        "is_dns", "deadline", "source", "ev", "rkey", "s_stamp", "d_stamp", "hot_n",
     )
 
     def __init__(self) -> None:
@@ -186,6 +192,7 @@ class Flow:
         self.verdict_final = False
         self.deadline = 0.0
         self.ev: list | None = None
+        self.hot_n = 0  # packets (both directions) at the flow's last hot check
 
 
 def _seq_payload_cut(d: _Dir, seq: int, payload: bytes) -> bytes | None:
@@ -297,6 +304,14 @@ class FlowMeter:
         self._smax_pkts = settings.sample_max_packets
         self._smax_bytes = settings.sample_max_bytes
         self._vwait = settings.verdict_wait_s
+        # hot updates (alert detectors): a non-TCP/UDP flow (ICMP, ...) with >= hot_packets packets since
+        # its previous check (checks at most every hot_interval_s) and TCP flows still half-open
+        # hot_interval_s after their SYN go to ``sink.hot`` (off without it, or with hot_packets 0)
+        self._sink_hot = getattr(sink, "hot", None)
+        self._hot_pk = settings.hot_packets if self._sink_hot is not None else 0
+        self._hot_iv = settings.hot_interval_s
+        self._young: deque[Flow] = deque()  # hot on: pure-SYN flows created in the last hot_interval_s
+        self._young2: deque[Flow] = deque()  # ... SYN-ACKed but not ACKed at hot_interval_s: checked at twice it
         # counters
         self.packets = 0
         self.bytes = 0
@@ -544,6 +559,13 @@ class FlowMeter:
         f.first = f.last = ts
         f.last_update = ts
         f.next_check = ts + min(self._upd, self._active)
+        if self._hot_pk:
+            if proto == 6 or proto == 17:
+                f.hot_n = -1  # TCP/UDP: no per-flow hot checks (bulk transfers; no detector needs them)
+                if proto == 6 and flags & 0x12 == SYN:
+                    self._young.append(f)
+            elif self._hot_iv < self._upd:
+                f.next_check = ts + min(self._hot_iv, self._active)
         f.is_dns = (sp == _DNS_PORT or dp == _DNS_PORT) and (proto == 17 or proto == 6)
         if self.evidence_packets and self._ev_flows < self.evidence_max_flows:
             f.ev = []
@@ -619,10 +641,50 @@ class FlowMeter:
             self._remove(f)
             self._end(f, "active")
             return
+        hot = self._hot_pk and f.hot_n >= 0
         if ts - f.last_update >= self._upd:
             f.last_update = ts
             self.sink.flow(self._record(f, "update", ts))
+            if hot:
+                f.hot_n = f.s_pkts + f.d_pkts
+        elif hot:
+            self._hot_check(f, ts)
         f.next_check = min(f.last_update + self._upd, f.first + self._active)
+        if hot and ts + self._hot_iv < f.next_check:
+            f.next_check = ts + self._hot_iv
+
+    def _hot_check(self, f: Flow, ts: float) -> None:
+        """At most every hot_interval_s of a flow's packets: a hot record when it got hot_packets since the last check."""
+        n = f.s_pkts + f.d_pkts
+        if n - f.hot_n >= self._hot_pk:
+            self._sink_hot(self._record(f, "update", ts))
+            self.counters["hot_records"] = self.counters.get("hot_records", 0) + 1
+        f.hot_n = n
+
+    def _young_check(self, now: float) -> None:
+        """TCP flows opened by a SYN hot_interval_s ago whose client has not ACKed: a hot record for each
+        that got no SYN-ACK (unanswered or reset); one that got a SYN-ACK is checked again at twice that
+        age (a slow round trip is not a flood), so that SYN floods of one-packet flows are seen at once."""
+        y = self._young
+        y2 = self._young2
+        cut = now - self._hot_iv
+        n = 0
+        while y and y[0].first <= cut:
+            f = y.popleft()
+            if f.state != ENDED and not f.s_flags & ACK:
+                if f.d_flags & SYN:
+                    y2.append(f)
+                else:
+                    self._sink_hot(self._record(f, "update", now))
+                    n += 1
+        cut -= self._hot_iv
+        while y2 and y2[0].first <= cut:
+            f = y2.popleft()
+            if f.state != ENDED and not f.s_flags & ACK:
+                self._sink_hot(self._record(f, "update", now))
+                n += 1
+        if n:
+            self.counters["hot_records"] = self.counters.get("hot_records", 0) + n
 
     def _remove(self, f: Flow) -> None:
         """Take a flow's two entries out of the table (if they are still its own)."""
@@ -692,6 +754,8 @@ class FlowMeter:
     def _housekeep(self, now: float) -> None:
         self._now = now  # the source's clock (latest packet time, within a second)
         self._next_house = now + 1.0
+        if self._young or self._young2:
+            self._young_check(now)
         # TCP flows closed by FIN/RST whose grace period is over
         closed = self._closed
         grace = self._grace

@@ -58,6 +58,8 @@ class Outbox:
         self.s_sample = subject("sample", p)
         self.s_packet = subject("packet", p)
         self.s_flow = subject("flow", p)
+        self.s_live = subject("live", p)
+        self.hot_records: list[FlowRecord] = []
         self.samples: list[FlowSample] = []
         self.packets: list[PacketEvent] = []
         self.records: list[Event] = []
@@ -71,12 +73,19 @@ class Outbox:
         self.sent_records = 0
         self.sent_samples = 0
         self.sent_packets = 0
+        self.sent_hot = 0
         self._last_batch = time.monotonic()
         self._rlog = RateLimitedLog(log)
 
     # --- MeterSink protocol (called from the hot path: append only)
     def flow(self, rec: FlowRecord) -> None:
         self.records.append(rec)
+        if self.detectors is not None:
+            self.alerts.extend(self.detectors.on_flow(rec))
+
+    def hot(self, rec: FlowRecord) -> None:
+        """A live record for the detectors (core NATS, never stored)."""
+        self.hot_records.append(rec)
         if self.detectors is not None:
             self.alerts.extend(self.detectors.on_flow(rec))
 
@@ -144,6 +153,11 @@ class Outbox:
             for i in range(0, len(packets), SAMPLE_BATCH):
                 await nc_publish(self.s_packet, batch_json(packets[i:i + SAMPLE_BATCH]))
             self.sent_packets += len(packets)
+        if self.hot_records:
+            hot, self.hot_records = self.hot_records, []
+            for i in range(0, len(hot), self.settings.batch_size):
+                await nc_publish(self.s_live, batch_json(hot[i:i + self.settings.batch_size]))
+            self.sent_hot += len(hot)
         if self.alerts:
             alerts, self.alerts = self.alerts, []
             for a in alerts:
@@ -203,7 +217,7 @@ def _make_detectors(settings: CaptureSettings) -> Any:
         from shared.settings import DetectSettings
     except ImportError:
         return None
-    return Detectors(DetectSettings(), settings.probe)
+    return Detectors(DetectSettings(), settings.probe, live=not settings.pcap)
 
 
 async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None:
@@ -274,6 +288,7 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
     register_stats("capture_evidence", out.limits.counters, gauges=("recordings_active", "evidence_dir_bytes"))
     register_stats("capture", lambda: {**meter.stats(), "samples_sent": out.sent_samples,
                                        "packet_events_sent": out.sent_packets, "flow_records_sent": out.sent_records,
+                                       "hot_records_sent": out.sent_hot,
                                        "batches_queued": out.batches.qsize()},
                    gauges=("flows_active", "pending_verdicts", "flows_closing", "batches_queued"))
     set_ready(True)
