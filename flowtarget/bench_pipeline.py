@@ -10,7 +10,9 @@ collector in this process) and prints:
   nats-server read from ``/proc/PID/stat`` while they run (the last tenth of a
   second of a grandchild may be missed);
 - messages and bytes per subject kind (``ft.sample``, ``ft.flow``,
-  ``$JS.ACK`` ...) seen by a wildcard subscriber in this process
+  ``$JS.ACK`` ...) seen by a wildcard subscriber in this process; JetStream's
+  deliveries to its consumers (store, the collector) apart as
+  ``ft.flow (stream delivery)``
   (``--no-subjects`` leaves it out: it makes nats-server deliver everything
   once more);
 - packets/s end to end (capture's packet count / wall time from the start of
@@ -166,7 +168,12 @@ async def _run(files: list[str], subjects: bool) -> dict[str, Any]:
         nc = await nats.connect(orch.nats_url)
 
         async def count(msg: Any) -> None:
-            c = counts[_kind(msg.subject)]
+            # a stream's delivery to a consumer (store, the collector) keeps the subject it was
+            # published on and has a $JS.ACK reply: counted apart from the publication
+            k = _kind(msg.subject)
+            if msg.reply and msg.reply.startswith("$JS.ACK."):
+                k += " (stream delivery)"
+            c = counts[k]
             c[0] += 1
             c[1] += len(msg.data) + (sum(len(k) + len(v) for k, v in msg.headers.items()) if msg.headers else 0)
 

@@ -11,8 +11,9 @@ from typing import Literal
 
 PREFIX = "ft"
 
-Kind = Literal["sample", "packet", "flow", "verdict", "dns", "alert", "block", "stats", "ctl", "evidence"]
-KINDS: tuple[str, ...] = ("sample", "packet", "flow", "verdict", "dns", "alert", "block", "stats", "ctl", "evidence")
+Kind = Literal["sample", "packet", "flow", "flowlive", "verdict", "dns", "alert", "block", "stats", "ctl", "evidence"]
+KINDS: tuple[str, ...] = ("sample", "packet", "flow", "flowlive", "verdict", "dns", "alert", "block", "stats", "ctl",
+                          "evidence")
 
 # Kinds whose messages must reach storage go through JetStream (one stream).
 # Verdicts travel on core NATS (capture and block need them at once, one per

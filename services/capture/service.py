@@ -7,7 +7,9 @@ module is the asyncio glue around it:
   replays capture files in chunks;
 - collects what the meter emits in ``Outbox`` and publishes it between chunks:
   samples and packet events on core NATS (latency matters, loss is tolerable),
-  flow records and alerts batched through JetStream (must reach storage);
+  update and end flow records and alerts batched through JetStream (must
+  reach storage); start records, which only the detectors read, batched on
+  core NATS (``ft.flowlive.<probe>``), so nothing is stored that no one reads;
 - takes classify's verdicts so the meter stops sampling classified flows,
   stamps their classification on the end record and hands over the best
   verdict, which goes into the same JetStream batch as the end record;
@@ -56,9 +58,11 @@ class Outbox:
         self.s_sample = subject("sample", p)
         self.s_packet = subject("packet", p)
         self.s_flow = subject("flow", p)
+        self.s_flowlive = subject("flowlive", p)
         self.samples: list[FlowSample] = []
         self.packets: list[PacketEvent] = []
         self.records: list[Event] = []
+        self.live_records: list[FlowRecord] = []     # start records: core NATS, for the detectors
         self.alerts: list[Alert] = []
         self.batches: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=64)
         self.meter: FlowMeter | None = None
@@ -73,7 +77,10 @@ class Outbox:
 
     # --- MeterSink protocol (called from the hot path: append only)
     def flow(self, rec: FlowRecord) -> None:
-        self.records.append(rec)
+        if rec.phase == "start":
+            self.live_records.append(rec)
+        else:
+            self.records.append(rec)
         if self.detectors is not None:
             self.alerts.extend(self.detectors.on_flow(rec))
 
@@ -129,6 +136,13 @@ class Outbox:
                 part = samples[i:i + SAMPLE_BATCH]
                 await nc_publish(self.s_sample, batch_json(part))
             self.sent_samples += len(samples)
+        if self.live_records:
+            # before this turn's JetStream batches, so a flow's start goes out before its end
+            live, self.live_records = self.live_records, []
+            bs = self.settings.batch_size
+            for i in range(0, len(live), bs):
+                await nc_publish(self.s_flowlive, batch_json(live[i:i + bs]))
+            self.sent_records += len(live)
         if self.packets:
             packets, self.packets = self.packets, []
             for i in range(0, len(packets), SAMPLE_BATCH):
