@@ -18,6 +18,11 @@ packet slower.  ``tests/services/capture/test_fastpath.py`` keeps both equal.
     wholly in ``buf`` or with caplen above ``max_record`` (``bad_caplen``,
     else -1).
 
+``METER``
+    ``services.capture._meter`` (``bind(Flow)``, ``run(...)``: the meter's
+    per-packet loop for records of known flows that need only counters), or
+    None where it is not built or with ``FT_PURE_PYTHON=1``; see flows.py.
+
 ``Collector()``
     A packet callback for pypcap's ``dispatch()``: ``collector(ts, frame, ...)``
     appends ``(ts, bytes(frame))``; ``collector.take()`` returns the list so
@@ -106,7 +111,16 @@ if os.environ.get("FT_PURE_PYTHON", "").lower() not in ("1", "true", "yes"):
     except ImportError:  # not built (no C compiler at install time)
         _c = None
 
+_m: Any = None
+if _c is not None:
+    try:
+        from services.capture import _meter as _m  # type: ignore[no-redef]
+    except ImportError:  # built before _meter.c existed: the meter runs in Python
+        _m = None
+
 COMPILED = _c is not None
+#: the compiled meter loop (services/capture/_meter.c) or None: FlowMeter then meters every record in Python
+METER = _m
 eth4 = _c.eth4 if COMPILED else eth4_py
 pcap_records = _c.pcap_records if COMPILED else pcap_records_py
 Collector = _c.Collector if COMPILED else CollectorPy

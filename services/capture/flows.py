@@ -62,6 +62,7 @@ from .decode import (
     format_mac,
     transport_name,
 )
+from .fastpath import METER as _METER
 from .fastpath import eth4 as _eth4
 
 __all__ = ["FlowMeter", "MeterSink", "Flow", "ListSink"]
@@ -244,6 +245,12 @@ def _seq_payload_cut(d: _Dir, seq: int, payload: bytes) -> bytes | None:
     return out
 
 
+_run: Any = None
+if _METER is not None:
+    _METER.bind(Flow)
+    _run = _METER.run
+
+
 class FlowMeter:
     def __init__(self, settings: CaptureSettings, sink: MeterSink, source: str = "", probe: str | None = None):
         self.settings = settings
@@ -353,9 +360,27 @@ class FlowMeter:
     def process_batch(self, recs: Any, dlt: int | None = None) -> None:
         """Meter ``(ts, frame)`` records in capture order; ``dlt`` overrides the source's link type.
 
-        The hot path: one call per batch, with the meter's state in locals.
+        The hot path.  Where the compiled meter loop is built (``_meter.c``),
+        it meters the records of known flows that need only counters; each
+        record it stops at (a new flow, a sample, a timeout, a TCP close, DNS,
+        another frame layout, housekeeping due) is metered by ``_process_py``,
+        the pure-Python meter, which meters everything without it.
         """
         dl = self.datalink if dlt is None else dlt
+        run = _run
+        if run is None or dl != 1 or self.recorders:
+            self._process_py(recs, dl)
+            return
+        if type(recs) is not list:
+            recs = list(recs)
+        table = self.table
+        npk, nb, dups = run(self, recs, self._process_py, dl, table, table.move_to_end, self._ev_trim, self._ev_keep)
+        self.packets += npk
+        self.bytes += nb
+        self.duplicate_frames += dups
+
+    def _process_py(self, recs: Any, dl: int) -> None:
+        """The pure-Python meter over ``(ts, frame)`` records, with its state in locals."""
         fast = dl == 1
         table = self.table
         tget = table.get
