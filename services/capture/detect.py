@@ -1,7 +1,7 @@
 """The alert detectors in a process of their own, beside capture.
 
 capture already publishes every flow record (start records on
-``ft.flowlive.<probe>``, update and end records on ``ft.flow.<probe>``) and every
+``ft.live.<probe>``, update and end records on ``ft.flow.<probe>``) and every
 ARP and DNS packet on NATS; the detectors read them there instead of inside
 capture's packet loop.  That keeps their per-flow cost off capture's core
 (on the 1 M-packet replica: 142 k packets/s with detectors inline, 181 k
@@ -65,7 +65,7 @@ class DetectorProcess:
     # --- inputs (one subscription, so capture's order is kept)
     async def on_message(self, msg: Any) -> None:
         kind = msg.subject.split(".", 2)[1]
-        if kind not in ("flow", "flowlive", "packet", "stats"):
+        if kind not in ("flow", "live", "packet", "stats"):
             return                                  # samples, verdicts ...: not ours
         parsed = self.bus.parse(msg)
         if parsed is None:

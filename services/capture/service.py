@@ -9,7 +9,7 @@ module is the asyncio glue around it:
   samples and packet events on core NATS (latency matters, loss is tolerable),
   update and end flow records and alerts batched through JetStream (must
   reach storage); start records, which only the detectors read, batched on
-  core NATS (``ft.flowlive.<probe>``), so nothing is stored that no one reads;
+  core NATS (``ft.live.<probe>``), so nothing is stored that no one reads;
 - takes classify's verdicts so the meter stops sampling classified flows,
   stamps their classification on the end record and hands over the best
   verdict, which goes into the same JetStream batch as the end record;
@@ -58,7 +58,7 @@ class Outbox:
         self.s_sample = subject("sample", p)
         self.s_packet = subject("packet", p)
         self.s_flow = subject("flow", p)
-        self.s_flowlive = subject("flowlive", p)
+        self.s_live = subject("live", p)
         self.samples: list[FlowSample] = []
         self.packets: list[PacketEvent] = []
         self.records: list[Event] = []
@@ -141,7 +141,7 @@ class Outbox:
             live, self.live_records = self.live_records, []
             bs = self.settings.batch_size
             for i in range(0, len(live), bs):
-                await nc_publish(self.s_flowlive, batch_json(live[i:i + bs]))
+                await nc_publish(self.s_live, batch_json(live[i:i + bs]))
             self.sent_records += len(live)
         if self.packets:
             packets, self.packets = self.packets, []

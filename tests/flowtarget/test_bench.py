@@ -70,7 +70,7 @@ def test_bench_pipeline_prints_cpu_per_process_and_bytes_per_subject():
     assert r["cpu_s"]["capture"] > 0 and r["cpu_s"]["classify"] > 0   # wait4 figures of real children
     subj = r["subjects"]
     assert subj["ft.sample"]["messages"] >= 1 and subj["ft.flow"]["bytes"] > 0
-    assert subj["ft.flowlive"]["messages"] >= 1                  # start records: core NATS only
+    assert subj["ft.live"]["messages"] >= 1                  # start records: core NATS only
     assert subj["ft.flow (stream delivery)"]["messages"] >= 1    # store (and analyze's reader) got them
     if "nfstream_skipped" in r:
         assert "not installed" in r["nfstream_skipped"] or "failed" in r["nfstream_skipped"]

@@ -50,7 +50,7 @@ def test_scan_split_across_two_shards_is_one_incident(nats_server):
         for port in range(1, 201):
             bus = shards[port % 2]
             # as capture publishes them: the start record on core NATS, the end record through JetStream
-            await bus.nc.publish("ft.flowlive.det", batch_json([flow(port, "start", port)]))
+            await bus.nc.publish("ft.live.det", batch_json([flow(port, "start", port)]))
             await bus.js_publish("ft.flow.det", batch_json([flow(port, "end", port)]))
         for k, bus in enumerate(shards):
             await bus.publish("ft.stats.det", CaptureStats(timestamp=2000.0, probe="det", source="eth1",

@@ -1,7 +1,7 @@
 """What the capture service puts on the bus: start records on core NATS only, the rest stored.
 
 Start records are for the alert detectors, which read them on NATS; the store
-ignores them, so they are not kept in the JetStream stream (``ft.flowlive.<probe>``).
+ignores them, so they are not kept in the JetStream stream (``ft.live.<probe>``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def test_start_records_go_to_core_nats_and_not_into_the_stream(nats_server):
             messages.append(msg)
             live.extend(e for e in events_of(parse_event(msg.data)) if isinstance(e, FlowRecord))
 
-        await bus.nc.subscribe("ft.flowlive.wire", cb=on_live)
+        await bus.nc.subscribe("ft.live.wire", cb=on_live)
         await service.main(settings, bus, stop)
         await bus.nc.flush()
         await asyncio.sleep(0.2)
