@@ -218,8 +218,9 @@ def flow_line(ev: dict[str, Any]) -> dict[str, Any]:
     out = {"pcap": ev.get("source", "")}
     for k in ("transport", "src_ip", "src_port", "dst_ip", "dst_port", "app_protocol", "application", "host",
               "category", "confidence", "first_seen", "last_seen", "duration_ms", "src2dst_packets",
-              "src2dst_bytes", "dst2src_packets", "dst2src_bytes", "vlan_id", "tunnel", "end_reason", "flow_id",
-              "probe", "src_mac", "dst_mac", "src2dst_tcp_flags", "dst2src_tcp_flags", "ip_version"):
+              "src2dst_bytes", "dst2src_packets", "dst2src_bytes", "vlan_id", "tunnel", "tunnel_src_ip",
+              "tunnel_dst_ip", "tunnel_id", "end_reason", "flow_id", "probe", "src_mac", "dst_mac",
+              "src2dst_tcp_flags", "dst2src_tcp_flags", "ip_version"):
         out[k] = ev.get(k)
     return out
 

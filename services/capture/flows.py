@@ -59,6 +59,7 @@ from .decode import (
     KIND_L2,
     decode,
     format_ip,
+    tunnel_outer,
     format_mac,
     transport_name,
 )
@@ -172,6 +173,7 @@ class Flow:
         "state", "fin", "closed_at", "end_reason", "next_check", "last_update",
         "sampling", "sd", "dd", "dirs", "sample_seq", "pending", "verdict", "verdict_final",
         "is_dns", "deadline", "source", "ev", "rkey", "s_stamp", "d_stamp",
+        "tunnel_src", "tunnel_dst", "tunnel_id",
     )
 
     def __init__(self) -> None:
@@ -295,6 +297,7 @@ class FlowMeter:
         self._next_house = 0.0
         self._prev_frame = b""
         self._prev_ts = 0.0
+        self._dl = 1
         # settings cached as attributes (hot path)
         self._idle = settings.idle_timeout_s
         self._active = settings.active_timeout_s
@@ -381,6 +384,7 @@ class FlowMeter:
 
     def _process_py(self, recs: Any, dl: int) -> None:
         """The pure-Python meter over ``(ts, frame)`` records, with its state in locals."""
+        self._dl = dl   # for _new_flow's tunnel_outer (once per flow)
         fast = dl == 1
         table = self.table
         tget = table.get
@@ -543,9 +547,16 @@ class FlowMeter:
         f.source = self.source
         smac_off, dmac_off = (macoff + 6, macoff) if macoff >= 0 else (-1, -1)
         fwd = True
+        outer = tunnel_outer(frame, self._dl) if tun else None   # once per tunnelled flow
+        if outer is not None:
+            osrc, odst, f.tunnel_id = outer
+        else:
+            osrc = odst = b""
+            f.tunnel_id = 0
         if proto == 6 and flags & 0x12 == 0x12:
             # first seen packet is a SYN-ACK: its receiver is the client
             src, dst, sp, dp = dst, src, dp, sp
+            osrc, odst = odst, osrc
             smac_off, dmac_off = dmac_off, smac_off
             key, rkey = rkey, key
             fwd = False
@@ -566,6 +577,8 @@ class FlowMeter:
         f.dst_mac = self._mac_text(frame, dmac_off)
         f.vlan_ids = vlans
         f.tunnel = tun
+        f.tunnel_src = self._ip_text(osrc) if osrc else ""
+        f.tunnel_dst = self._ip_text(odst) if odst else ""
         f.first = f.last = ts
         f.last_update = ts
         f.next_check = ts + min(self._upd, self._active)
@@ -632,6 +645,9 @@ class FlowMeter:
             "src_mac": f.src_mac,
             "dst_mac": f.dst_mac,
             "tunnel": f.tunnel,
+            "tunnel_src_ip": f.tunnel_src,
+            "tunnel_dst_ip": f.tunnel_dst,
+            "tunnel_id": f.tunnel_id,
             "app_protocol": app,
             "application": application,
             "category": category,
