@@ -43,6 +43,7 @@ CHUNK = 2048                # packets processed between two publishing turns
 SAMPLE_BATCH = 64          # samples (and packet events) per message
 PUBLISH_WINDOW = 8         # JetStream batches awaiting their ack at once
 STATS_INTERVAL_S = 10.0
+PROGRESS_INTERVAL_S = 0.5  # replay: ft.stats.<probe>.progress (bytes read of the file, packets) at most this often
 LIVE_READ = 4096           # live capture: packets read per call
 LIVE_TICK_S = 0.1          # live capture: timeouts and detector ticks
 
@@ -393,7 +394,7 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
             return 0.0
         return time.monotonic()
 
-    for path in settings.pcap:
+    for file_no, path in enumerate(settings.pcap, 1):
         if stop.is_set():
             break
         name = Path(path).name
@@ -409,6 +410,8 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
         meter.set_source(name, reader.datalink)
         process = meter.process
         process_batch = meter.process_batch
+        progress = getattr(reader, "progress", None)
+        next_progress = 0.0       # the first report after the file's first batch, then every interval
         n = 0
         next_tick = None
         wall0 = time.monotonic()
@@ -444,6 +447,13 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                 if out.detectors is not None:
                     out.add_alerts(out.detectors.tick(ts))
                 next_tick = ts + 1.0
+            if progress is not None and time.monotonic() >= next_progress:
+                # where the replay is inside this file, for a terminal's progress line (flowtarget analyze/run)
+                next_progress = time.monotonic() + PROGRESS_INTERVAL_S
+                done, size = progress()
+                await bus.nc.publish(subject("stats", settings.probe, "progress"), json.dumps(
+                    {"source": name, "file": file_no, "files": len(settings.pcap), "bytes_read": done,
+                     "bytes_total": size, "packets": n}).encode())
             # one publishing turn per batch (CHUNK packets)
             await out.flush()
             await asyncio.sleep(0)      # let the publisher send what flush queued
