@@ -123,7 +123,10 @@ class Watcher(threading.Thread):
                 cpu = proc_cpu(gpid)
                 if cpu is None:
                     continue
-                label = self.grand.get(gpid, (None, 0.0))[0] or f"{name}/{proc_role(gpid)}"
+                # read the role each time: right after fork, before exec, a child shows its parent's
+                # environment and command line
+                role = proc_role(gpid)
+                label = f"{name}/{role}" if role != "?" else self.grand.get(gpid, (f"{name}/?", 0.0))[0]
                 self.grand[gpid] = (label, cpu)
 
     def run(self) -> None:
