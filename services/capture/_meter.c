@@ -7,7 +7,7 @@
  * same frames as _fastpath.eth4) of a flow already in the table:
  *
  *   duplicate-frame check, packet/byte totals, table lookup by the directional
- *   key (proto, frame[26:38]) and move to the end, the direction's packets,
+ *   key (bytes((proto,)) + frame[26:38]) and move to the end, the direction's packets,
  *   bytes, TCP flags and stamp, the flow's last time, the evidence ring;
  *   then, where due, the flow's events through the meter's own methods, in
  *   the same order as the Python loop: _tcp_close (FIN/RST), _periodic
@@ -45,7 +45,6 @@ static const char *slot_names[NSLOTS] = {
 };
 static Py_ssize_t offs[NSLOTS];
 static PyTypeObject *flow_type = NULL;
-static PyObject *proto_obj[2] = {NULL, NULL};   /* 6, 17 */
 static PyObject *empty_tuple = NULL;
 
 #define SLOT(o, k) (*(PyObject **)((char *)(o) + offs[k]))
@@ -221,18 +220,11 @@ static PyObject *run(PyObject *self, PyObject *args) {
         } else {
             goto python;
         }
-        PyObject *kb = PyBytes_FromStringAndSize((const char *)(fr + 26), 12);
-        if (kb == NULL)
+        PyObject *key = PyBytes_FromStringAndSize(NULL, 13);   /* the directional key, as _fastpath.eth4's */
+        if (key == NULL)
             goto error;
-        PyObject *key = PyTuple_New(2);
-        if (key == NULL) {
-            Py_DECREF(kb);
-            goto error;
-        }
-        PyObject *po_ = proto_obj[proto == 6 ? 0 : 1];
-        Py_INCREF(po_);
-        PyTuple_SET_ITEM(key, 0, po_);
-        PyTuple_SET_ITEM(key, 1, kb);
+        PyBytes_AS_STRING(key)[0] = (char)proto;
+        memcpy(PyBytes_AS_STRING(key) + 1, fr + 26, 12);
         PyObject *hit = PyDict_GetItemWithError(table, key);   /* borrowed */
         if (hit == NULL) {
             Py_DECREF(key);
@@ -404,13 +396,11 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_meter", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__meter(void) {
-    proto_obj[0] = PyLong_FromLong(6);
-    proto_obj[1] = PyLong_FromLong(17);
     empty_tuple = PyTuple_New(0);
     s_prev_frame = PyUnicode_InternFromString("_prev_frame");
     s_prev_ts = PyUnicode_InternFromString("_prev_ts");
     s_next_house = PyUnicode_InternFromString("_next_house");
-    if (proto_obj[0] == NULL || proto_obj[1] == NULL || !s_prev_frame || !s_prev_ts || !s_next_house)
+    if (empty_tuple == NULL || !s_prev_frame || !s_prev_ts || !s_next_house)
         return NULL;
     return PyModule_Create(&module);
 }

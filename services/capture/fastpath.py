@@ -9,8 +9,9 @@ packet slower.  ``tests/services/capture/test_fastpath.py`` keeps both equal.
     ``None`` or ``(key, proto, ip_len, payload_off, payload_len, tcp_flags,
     seq, ack, sport, dport)`` for an untagged Ethernet II / IPv4 frame without
     IP options that is not a fragment and carries TCP (with a sane data
-    offset) or UDP (not on a tunnel port).  ``key`` is ``(proto, frame[26:38])``
-    (both addresses and both ports): the meter's directional flow key.
+    offset) or UDP (not on a tunnel port).  ``key`` is ``bytes((proto,)) +
+    frame[26:38]`` (the protocol, both addresses and both ports, 13 bytes): the
+    meter's directional flow key (one small bytes object per flow entry).
 
 ``pcap_records(buf, pos, big_endian, ts_unit, limit, max_record)``
     ``(records, new_pos, bad_caplen)``: up to ``limit`` whole pcap records of
@@ -63,12 +64,12 @@ def eth4_py(frame: bytes) -> tuple | None:
         po = 34 + ((doff >> 4) << 2)
         if po < 54 or po > end:
             return None
-        return (6, frame[26:38]), 6, nbytes, po, end - po, flags, seq, ack, sp, dp
+        return b"\x06" + frame[26:38], 6, nbytes, po, end - po, flags, seq, ack, sp, dp
     if proto == 17:
         sp, dp = _ports(frame, 34)
         if sp in _TUNNEL_PORTS or dp in _TUNNEL_PORTS:
             return None
-        return (17, frame[26:38]), 17, nbytes, 42, end - 42, 0, 0, 0, sp, dp
+        return b"\x11" + frame[26:38], 17, nbytes, 42, end - 42, 0, 0, 0, sp, dp
     return None
 
 
