@@ -4,22 +4,24 @@
  * The meter (services/capture/flows.py, FlowMeter) keeps its flow table and
  * its Flow objects in Python; this loop meters a batch's records without the
  * interpreter where they are untagged Ethernet/IPv4 TCP or UDP frames (the
- * same frames as _fastpath.eth4) of a flow already in the table:
+ * same frames as _fastpath.eth4), in the Python loop's order:
  *
- *   duplicate-frame check, packet/byte totals, table lookup by the directional
- *   key (bytes((proto,)) + frame[26:38]) and move to the end, the direction's packets,
- *   bytes, TCP flags and stamp, the flow's last time, the evidence ring;
- *   then, where due, the flow's events through the meter's own methods, in
- *   the same order as the Python loop: _tcp_close (FIN/RST), _periodic
- *   (update record, active timeout), _sample (a sampled direction's payload
- *   or SYN/FIN), _dns (a DNS message).
+ *   packet/byte totals, duplicate-frame check, housekeeping when a second of
+ *   packet time has passed (_housekeep), table lookup by the directional key
+ *   (bytes((proto,)) + frame[26:38]) and move to the end — or a new flow
+ *   (_new_flow; after _end for a SYN on a closed flow's key) — the
+ *   direction's packets, bytes, TCP flags and stamp, the flow's last time, the
+ *   evidence ring; then, where due, the flow's events through the meter's own
+ *   methods: _tcp_close (FIN/RST), _periodic (update record, active timeout),
+ *   _sample (a sampled direction's payload or SYN/FIN), _dns (a DNS message).
  *
- * Every other record (housekeeping due, another frame layout, an unknown key
- * = a new flow, a SYN on a closed flow's key) it hands untouched to the
+ * So Python runs per flow event only.  Every other frame (VLAN, IPv6, IP
+ * options, fragments, tunnels, other link types) it hands untouched to the
  * pure-Python meter (``one((rec,), dl)``, FlowMeter._process_py) and goes on
  * after it.  The pure-Python meter does exactly the same per record
- * (tests/services/capture/test_meter_twin.py replays the corpora through both
- * and compares every record and sample).
+ * (tests/services/capture/test_meter_twin.py replays the dev corpora through
+ * both and compares every record, sample, packet event, counter and
+ * evidence ring).
  *
  *   bind(flow_class)      the Flow class with __slots__: learns its slot offsets
  *   run(meter, recs, one, dl, table, move_to_end, ev_trim, ev_keep) -> (packets, bytes, duplicates)
@@ -122,7 +124,7 @@ static int or_int(PyObject *f, int k, long bits) {
     return 0;
 }
 
-static PyObject *s_prev_frame, *s_prev_ts, *s_next_house;
+static PyObject *s_prev_frame, *s_prev_ts, *s_next_house, *s_fin;
 
 /* the meter's (prev frame, prev ts, next housekeeping) from its attributes */
 static int load_state(PyObject *meter, PyObject **prev, double *prev_ts, double *nh) {
@@ -177,7 +179,10 @@ static PyObject *run(PyObject *self, PyObject *args) {
     PyObject *m_periodic = PyObject_GetAttrString(meter, "_periodic");
     PyObject *m_sample = PyObject_GetAttrString(meter, "_sample");
     PyObject *m_dns = PyObject_GetAttrString(meter, "_dns");
-    if (!m_tcp_close || !m_periodic || !m_sample || !m_dns)
+    PyObject *m_housekeep = PyObject_GetAttrString(meter, "_housekeep");
+    PyObject *m_new_flow = PyObject_GetAttrString(meter, "_new_flow");
+    PyObject *m_end = PyObject_GetAttrString(meter, "_end");
+    if (!m_tcp_close || !m_periodic || !m_sample || !m_dns || !m_housekeep || !m_new_flow || !m_end)
         goto error;
     for (; i < n; i++) {
         PyObject *rec = PyList_GET_ITEM(recs, i);
@@ -187,8 +192,6 @@ static PyObject *run(PyObject *self, PyObject *args) {
         if (!PyFloat_CheckExact(tso) || !PyBytes_CheckExact(frame))
             goto python;
         double ts = PyFloat_AS_DOUBLE(tso);
-        if (ts >= nh || ts < nh - 2.0)
-            goto python;   /* housekeeping due (or the clock jumped back) */
         const unsigned char *fr = (const unsigned char *)PyBytes_AS_STRING(frame);
         Py_ssize_t len = PyBytes_GET_SIZE(frame);
         /* the fast path's frame: untagged Ethernet II, IPv4 without options, no fragment, TCP or UDP */
@@ -220,43 +223,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
         } else {
             goto python;
         }
-        PyObject *key = PyBytes_FromStringAndSize(NULL, 13);   /* the directional key, as _fastpath.eth4's */
-        if (key == NULL)
-            goto error;
-        PyBytes_AS_STRING(key)[0] = (char)proto;
-        memcpy(PyBytes_AS_STRING(key) + 1, fr + 26, 12);
-        PyObject *hit = PyDict_GetItemWithError(table, key);   /* borrowed */
-        if (hit == NULL) {
-            Py_DECREF(key);
-            if (PyErr_Occurred())
-                goto error;
-            goto python;   /* a new flow */
-        }
-        if (!PyTuple_Check(hit) || PyTuple_GET_SIZE(hit) != 2 || !PyObject_TypeCheck(PyTuple_GET_ITEM(hit, 0), flow_type)) {
-            Py_DECREF(key);
-            goto python;
-        }
-        PyObject *f = PyTuple_GET_ITEM(hit, 0);
-        int fwd = PyTuple_GET_ITEM(hit, 1) == Py_True;
-        /* everything that needs Python is decided before anything is changed */
-        PyObject *st = get(f, STATE), *nc = get(f, NEXT_CHECK), *sm = get(f, SAMPLING), *dns = get(f, IS_DNS);
-        if (st == NULL || nc == NULL || sm == NULL || dns == NULL) {
-            Py_DECREF(key);
-            goto error;
-        }
-        int state = PyObject_IsTrue(st);
-        long smv = PyLong_AsLong(sm);
-        double next_check = PyFloat_AsDouble(nc);
-        int is_dns = PyObject_IsTrue(dns);
-        if (state < 0 || is_dns < 0 || (smv == -1 && PyErr_Occurred()) || (next_check == -1.0 && PyErr_Occurred())) {
-            Py_DECREF(key);
-            goto error;
-        }
-        if (state && proto == 6 && (flags & 0x12) == 0x02) {   /* a new connection on a closed key */
-            Py_DECREF(key);
-            goto python;
-        }
-        /* commit: the same updates, in the same order, as FlowMeter._process_py */
+        /* a fast-path frame: from here on, everything in _process_py's order */
         npk++;
         nbytes_all += len;
         if (PyBytes_Check(prev) && PyBytes_GET_SIZE(prev) == len && ts - prev_ts < 0.005
@@ -265,12 +232,96 @@ static PyObject *run(PyObject *self, PyObject *args) {
         Py_INCREF(frame);
         Py_SETREF(prev, frame);
         prev_ts = ts;
-        PyObject *r = PyObject_CallOneArg(move_to_end, key);
-        Py_DECREF(key);
-        if (r == NULL)
+        if (ts >= nh || ts < nh - 2.0) {   /* a second has passed, or the clock jumped back */
+            PyObject *r0 = PyObject_CallOneArg(m_housekeep, tso);
+            if (r0 == NULL)
+                goto error;
+            Py_DECREF(r0);
+            PyObject *h = PyObject_GetAttr(meter, s_next_house);
+            if (h == NULL)
+                goto error;
+            nh = PyFloat_AsDouble(h);
+            Py_DECREF(h);
+            if (nh == -1.0 && PyErr_Occurred())
+                goto error;
+        }
+        PyObject *key = PyBytes_FromStringAndSize(NULL, 13);   /* the directional key, as _fastpath.eth4's */
+        if (key == NULL)
             goto error;
-        Py_DECREF(r);
-        Py_INCREF(f);   /* the table may drop it meanwhile only through Python code: not here */
+        PyBytes_AS_STRING(key)[0] = (char)proto;
+        memcpy(PyBytes_AS_STRING(key) + 1, fr + 26, 12);
+        PyObject *hit = PyDict_GetItemWithError(table, key);   /* borrowed */
+        PyObject *f = NULL;
+        int fwd = 1;
+        if (hit == NULL && PyErr_Occurred()) {
+            Py_DECREF(key);
+            goto error;
+        }
+        if (hit != NULL) {
+            if (!PyTuple_Check(hit) || PyTuple_GET_SIZE(hit) != 2
+                || !PyObject_TypeCheck(PyTuple_GET_ITEM(hit, 0), flow_type)) {
+                Py_DECREF(key);
+                PyErr_SetString(PyExc_TypeError, "the flow table holds something else than (Flow, bool)");
+                goto error;
+            }
+            f = PyTuple_GET_ITEM(hit, 0);
+            fwd = PyTuple_GET_ITEM(hit, 1) == Py_True;
+            Py_INCREF(f);
+            PyObject *r = PyObject_CallOneArg(move_to_end, key);
+            if (r == NULL) {
+                Py_DECREF(key);
+                Py_DECREF(f);
+                goto error;
+            }
+            Py_DECREF(r);
+            PyObject *st = get(f, STATE);
+            int state = st ? PyObject_IsTrue(st) : -1;
+            if (state < 0) {
+                Py_DECREF(key);
+                Py_DECREF(f);
+                goto error;
+            }
+            if (state && proto == 6 && (flags & 0x12) == 0x02) {
+                /* a new connection on the key of a closed one: end it, then a new flow */
+                PyObject *why = PyObject_GetAttrString(f, "end_reason");
+                int has = why ? PyObject_IsTrue(why) : -1;
+                PyObject *r2 = has < 0 ? NULL : PyObject_CallFunction(m_end, "OO", f, has ? why : s_fin);
+                Py_XDECREF(why);
+                Py_DECREF(f);
+                f = NULL;
+                if (r2 == NULL) {
+                    Py_DECREF(key);
+                    goto error;
+                }
+                Py_DECREF(r2);
+            }
+        }
+        if (f == NULL) {   /* a new flow (src/dst None: _new_flow slices them, as for the Python fast path) */
+            PyObject *res = PyObject_CallFunction(m_new_flow, "OOOiiOOkkkiOis", key, tso, frame, 4, proto, Py_None,
+                                                  Py_None, (unsigned long)be16(fr + 34), (unsigned long)be16(fr + 36),
+                                                  (unsigned long)flags, 0, empty_tuple, 0, "");
+            if (res == NULL || !PyTuple_Check(res) || PyTuple_GET_SIZE(res) != 2) {
+                Py_XDECREF(res);
+                Py_DECREF(key);
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_TypeError, "_new_flow() did not return (flow, is_forward)");
+                goto error;
+            }
+            f = PyTuple_GET_ITEM(res, 0);
+            fwd = PyTuple_GET_ITEM(res, 1) == Py_True;
+            Py_INCREF(f);
+            Py_DECREF(res);
+        }
+        Py_DECREF(key);
+        PyObject *st = get(f, STATE), *nc = get(f, NEXT_CHECK), *sm, *dns;
+        int state = st ? PyObject_IsTrue(st) : -1;
+        double next_check = nc ? PyFloat_AsDouble(nc) : -1.0;
+        long smv;
+        int is_dns;
+        if (state < 0 || (next_check == -1.0 && PyErr_Occurred())) {
+            Py_DECREF(f);
+            goto error;
+        }
         int bad = 0;
         if (fwd) {
             bad |= add_int(f, S_PKTS, 1) | add_int(f, S_BYTES, ipl);
@@ -378,6 +429,9 @@ static PyObject *run(PyObject *self, PyObject *args) {
     Py_DECREF(m_periodic);
     Py_DECREF(m_sample);
     Py_DECREF(m_dns);
+    Py_DECREF(m_housekeep);
+    Py_DECREF(m_new_flow);
+    Py_DECREF(m_end);
     return Py_BuildValue("(LLL)", npk, nbytes_all, dups);
 error:
     Py_XDECREF(prev);
@@ -385,6 +439,9 @@ error:
     Py_XDECREF(m_periodic);
     Py_XDECREF(m_sample);
     Py_XDECREF(m_dns);
+    Py_XDECREF(m_housekeep);
+    Py_XDECREF(m_new_flow);
+    Py_XDECREF(m_end);
     return NULL;
 }
 static PyMethodDef methods[] = {
@@ -400,7 +457,8 @@ PyMODINIT_FUNC PyInit__meter(void) {
     s_prev_frame = PyUnicode_InternFromString("_prev_frame");
     s_prev_ts = PyUnicode_InternFromString("_prev_ts");
     s_next_house = PyUnicode_InternFromString("_next_house");
-    if (empty_tuple == NULL || !s_prev_frame || !s_prev_ts || !s_next_house)
+    s_fin = PyUnicode_InternFromString("fin");
+    if (empty_tuple == NULL || !s_prev_frame || !s_prev_ts || !s_next_house || !s_fin)
         return NULL;
     return PyModule_Create(&module);
 }

@@ -365,10 +365,12 @@ class FlowMeter:
         """Meter ``(ts, frame)`` records in capture order; ``dlt`` overrides the source's link type.
 
         The hot path.  Where the compiled meter loop is built (``_meter.c``),
-        it meters the records of known flows that need only counters; each
-        record it stops at (a new flow, a sample, a timeout, a TCP close, DNS,
-        another frame layout, housekeeping due) is metered by ``_process_py``,
-        the pure-Python meter, which meters everything without it.
+        it meters untagged Ethernet/IPv4 TCP/UDP frames itself and calls this
+        class's methods for flow events only (``_new_flow``, ``_end``,
+        ``_housekeep``, ``_tcp_close``, ``_periodic``, ``_sample``, ``_dns``);
+        any other frame goes to ``_process_py``, the pure-Python meter, which
+        meters everything where the loop is not built.  Both give identical
+        results (tests/services/capture/test_meter_twin.py).
         """
         dl = self.datalink if dlt is None else dlt
         run = _run

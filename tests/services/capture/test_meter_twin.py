@@ -118,13 +118,22 @@ def test_timeouts_closes_reopens_and_dns_meter_the_same(monkeypatch):
             recs.append((t + 0.004, frame(0xC0A80001, c, 443, sp, 0x11, 5001)))
         elif i % 3 == 1:
             recs.append((t + 0.003, frame(c, 0xC0A80001, sp, 443, 0x04, 1001 + i % 40)))
+            recs.append((t + 0.0035, frame(c, 0xC0A80001, sp, 443, 0x02, 9000)))   # a SYN on the closed key
         recs.append((t + 0.005, frame(c, 0x08080808, 30000 + i % 3, 53, 0, 0, b"\x12\x34" + b"\x01\x00" + b"\x00" * 20, 17)))
-        t += 7.3   # over an hour in all: update records and active timeouts with the defaults
+        recs.append((t + 0.006, frame(0x0A0A0A0A, 0xC0A80002, 5555, 6666, 0, 0, b"k", 17)))   # one long flow
+        t += 7.3   # ~49 minutes in all: update records and an active timeout with the defaults
     batches = [("synthetic", 1, recs[i:i + 100]) if i == 0 else (None, 1, recs[i:i + 100])
                for i in range(0, len(recs), 100)]
     settings_like = CaptureSettings(update_interval_s=60, active_timeout_s=1800)
     assert settings_like.update_interval_s < t - 1000.0
     assert_twins(batches, monkeypatch)
+    sink = ListSink()
+    m = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, source="twin")
+    m.process_batch([r for b in batches for r in b[2]], 1)
+    m.finish()
+    reasons = {r.end_reason for r in sink.flows if r.phase == "end"}
+    assert {"rst", "fin", "idle"} <= reasons or {"rst", "fin", "eof"} <= reasons, reasons
+    assert any(r.phase == "update" for r in sink.flows) and "active" in reasons
 
 
 @pytest.mark.corpus
