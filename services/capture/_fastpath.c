@@ -8,8 +8,8 @@
  *       The meter's fast path: untagged Ethernet II, IPv4 without options,
  *       not a fragment, TCP with a sane data offset or UDP not on a tunnel
  *       port.  key is bytes((proto,)) + frame[26:38]: the meter's
- *       directional flow key (protocol, addresses and ports), 13 bytes.  Anything else: None (the general decoder
- *       takes it).
+ *       directional flow key (protocol, addresses and ports), 13 bytes.
+ *       Anything else: None (the general decoder takes it).
  *
  *   pcap_records(buf, pos, big_endian, ts_unit, limit, max_record)
  *                -> (records, new_pos, bad_caplen)
