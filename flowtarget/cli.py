@@ -183,6 +183,41 @@ def check_capture_files(paths: list[str]) -> tuple[list[str], list[str]]:
     return ok, errors
 
 
+class ProgressLine:
+    """The terminal's progress line of a replay: file k of N, bytes read of the total, packets/s, ETA.
+
+    Fed by capture's ``ft.stats.<probe>.progress`` messages (within a file, twice a second) and by
+    its per-file final stats.  Sizes are bytes on disk, so the ETA holds for compressed files too.
+    """
+
+    def __init__(self, files: list[str]) -> None:
+        self.sizes = []
+        for f in files:
+            try:
+                self.sizes.append(os.path.getsize(f))
+            except OSError:
+                self.sizes.append(0)
+        self.total = sum(self.sizes)
+        self.started = time.monotonic()
+        self.packets_before = 0     # packets of the files already finished
+
+    def file_done(self, done: int, packets: int) -> None:
+        self.packets_before = packets
+
+    def text(self, st: dict[str, Any], now: float) -> str:
+        k = max(1, min(int(st.get("file", 1) or 1), len(self.sizes) or 1))
+        read = sum(self.sizes[:k - 1]) + max(0, int(st.get("bytes_read", 0) or 0))
+        packets = self.packets_before + max(0, int(st.get("packets", 0) or 0))
+        el = max(now - self.started, 1e-6)
+        pct = 100.0 * read / self.total if self.total else 0.0
+        eta = (self.total - read) * el / read if read else 0.0
+        return (f"[{k}/{len(self.sizes)}] {safe(st.get('source', ''), 30)}: {read / 1e6:,.0f} of "
+                f"{self.total / 1e6:,.0f} MB ({pct:.0f} %), {packets / el:,.0f} packets/s, ETA {eta:.0f} s")
+
+    def update(self, st: dict[str, Any]) -> None:
+        print("\r" + self.text(st, time.monotonic()) + " " * 8, end="", file=sys.stderr, flush=True)
+
+
 async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_env: dict[str, str],
                               progress: bool, out_format: str = "jsonl"
                               ) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
@@ -195,19 +230,25 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
     nc = await nats.connect(orch.nats_url)
     started = time.monotonic()
     total = len(files)
+    line = ProgressLine(files)
 
     async def on_stats(msg: Any) -> None:
         try:
             st = json.loads(msg.data)
         except ValueError:
             return
+        if msg.subject.endswith(".progress"):    # capture inside a file: bytes read, packets
+            if progress and isinstance(st, dict):
+                line.update(st)
+            return
         stats.append(st)
         if progress and st.get("finished"):
             done = sum(1 for s in stats if s.get("finished"))
             pk = sum(int(s.get("packets", 0)) for s in stats if s.get("finished"))
+            line.file_done(done, pk)
             el = time.monotonic() - started
-            print(f"\r[{done}/{total}] {pk:,} packets, {el:.0f} s  {st.get('source', '')[:40]:40}",
-                  end="", file=sys.stderr, flush=True)
+            print(f"\r[{done}/{total}] {pk:,} packets, {el:.0f} s  {safe(st.get('source', ''), 40):40}"
+                  + " " * 30, end="", file=sys.stderr, flush=True)
 
     await nc.subscribe("ft.stats.>", cb=on_stats)
     collector = await StreamCollector(orch.settings).start()   # reads what is stored while the run goes on
@@ -247,8 +288,9 @@ def flow_line(ev: dict[str, Any]) -> dict[str, Any]:
     out = {"pcap": ev.get("source", "")}
     for k in ("transport", "src_ip", "src_port", "dst_ip", "dst_port", "app_protocol", "application", "host",
               "category", "confidence", "first_seen", "last_seen", "duration_ms", "src2dst_packets",
-              "src2dst_bytes", "dst2src_packets", "dst2src_bytes", "vlan_id", "tunnel", "end_reason", "flow_id",
-              "probe", "src_mac", "dst_mac", "src2dst_tcp_flags", "dst2src_tcp_flags", "ip_version"):
+              "src2dst_bytes", "dst2src_packets", "dst2src_bytes", "vlan_id", "tunnel", "tunnel_src_ip",
+              "tunnel_dst_ip", "tunnel_id", "end_reason", "flow_id", "probe", "src_mac", "dst_mac",
+              "src2dst_tcp_flags", "dst2src_tcp_flags", "ip_version"):
         out[k] = ev.get(k)
     return out
 

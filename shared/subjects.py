@@ -20,8 +20,9 @@ KINDS: tuple[str, ...] = ("sample", "packet", "flow", "verdict", "dns", "alert",
 # sample); the best verdict of each flow is stored with the flow's end record
 # in the same batch on ft.flow.<probe>, so storage gets exactly one per flow.
 STORED_KINDS: tuple[str, ...] = ("flow", "dns", "alert", "block")
-# ``ft.live.<probe>``: capture's hot flow records (busy flows, half-open TCP) for the alert
-# detectors, on core NATS only, so a flood adds nothing to storage.
+# ``ft.live.<probe>``: flow records only the alert detectors read and no store keeps: capture's
+# start records (batched) and hot records (busy flows, half-open TCP), on core NATS only, so a
+# flood adds nothing to storage; ``ft.flow`` carries update and end records.
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

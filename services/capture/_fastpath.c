@@ -7,9 +7,9 @@
  *                           tcp_flags, seq, ack, sport, dport)
  *       The meter's fast path: untagged Ethernet II, IPv4 without options,
  *       not a fragment, TCP with a sane data offset or UDP not on a tunnel
- *       port.  key is (proto, frame[26:38]): the meter's directional flow
- *       key (addresses and ports).  Anything else: None (the general decoder
- *       takes it).
+ *       port.  key is bytes((proto,)) + frame[26:38]: the meter's
+ *       directional flow key (protocol, addresses and ports), 13 bytes.
+ *       Anything else: None (the general decoder takes it).
  *
  *   pcap_records(buf, pos, big_endian, ts_unit, limit, max_record[, snaplen])
  *                -> (records, new_pos, bad_caplen)
@@ -26,6 +26,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 static inline uint32_t be16(const unsigned char *p) { return ((uint32_t)p[0] << 8) | p[1]; }
 static inline uint32_t be32(const unsigned char *p) {
@@ -78,7 +79,12 @@ static PyObject *eth4(PyObject *self, PyObject *arg) {
     PyObject *t = PyTuple_New(10);
     if (t == NULL)
         return NULL;
-    PyObject *key = Py_BuildValue("(iy#)", proto, (const char *)(f + 26), (Py_ssize_t)12);
+    PyObject *key = PyBytes_FromStringAndSize(NULL, 13);
+    if (key != NULL) {
+        char *k = PyBytes_AS_STRING(key);
+        k[0] = (char)proto;
+        memcpy(k + 1, f + 26, 12);
+    }
     PyObject *items[10] = {
         key, PyLong_FromLong(proto), PyLong_FromLong(nbytes),
         PyLong_FromLong(po), PyLong_FromLong(pl), PyLong_FromLong((long)flags),

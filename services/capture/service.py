@@ -7,7 +7,9 @@ module is the asyncio glue around it:
   replays capture files in chunks;
 - collects what the meter emits in ``Outbox`` and publishes it between chunks:
   samples and packet events on core NATS (latency matters, loss is tolerable),
-  flow records and alerts batched through JetStream (must reach storage);
+  update and end flow records and alerts batched through JetStream (must
+  reach storage); start records, which only the detectors read, batched on
+  core NATS (``ft.live.<probe>``), so nothing is stored that no one reads;
 - takes classify's verdicts so the meter stops sampling classified flows,
   stamps their classification on the end record and hands over the best
   verdict, which goes into the same JetStream batch as the end record;
@@ -43,6 +45,7 @@ CHUNK = 2048                # packets processed between two publishing turns
 SAMPLE_BATCH = 64          # samples (and packet events) per message
 PUBLISH_WINDOW = 8         # JetStream batches awaiting their ack at once
 STATS_INTERVAL_S = 10.0
+PROGRESS_INTERVAL_S = 0.5  # replay: ft.stats.<probe>.progress (bytes read of the file, packets) at most this often
 LIVE_READ = 4096           # live capture: packets read per call
 LIVE_TICK_S = 0.1          # live capture: timeouts and detector ticks
 
@@ -63,6 +66,7 @@ class Outbox:
         self.samples: list[FlowSample] = []
         self.packets: list[PacketEvent] = []
         self.records: list[Event] = []
+        self.live_records: list[FlowRecord] = []     # start records: core NATS, for the detectors
         self.alerts: list[Alert] = []
         self.batches: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=64)
         self.meter: FlowMeter | None = None
@@ -79,7 +83,10 @@ class Outbox:
 
     # --- MeterSink protocol (called from the hot path: append only)
     def flow(self, rec: FlowRecord) -> None:
-        self.records.append(rec)
+        if rec.phase == "start":
+            self.live_records.append(rec)
+        else:
+            self.records.append(rec)
         if self.detectors is not None:
             self.alerts.extend(self.detectors.on_flow(rec))
 
@@ -148,6 +155,13 @@ class Outbox:
                 part = samples[i:i + SAMPLE_BATCH]
                 await nc_publish(self.s_sample, batch_json(part))
             self.sent_samples += len(samples)
+        if self.live_records:
+            # before this turn's JetStream batches, so a flow's start goes out before its end
+            live, self.live_records = self.live_records, []
+            bs = self.settings.batch_size
+            for i in range(0, len(live), bs):
+                await nc_publish(self.s_live, batch_json(live[i:i + bs]))
+            self.sent_records += len(live)
         if self.packets:
             packets, self.packets = self.packets, []
             for i in range(0, len(packets), SAMPLE_BATCH):
@@ -406,7 +420,7 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
             return 0.0
         return time.monotonic()
 
-    for path in settings.pcap:
+    for file_no, path in enumerate(settings.pcap, 1):
         if stop.is_set():
             break
         name = Path(path).name
@@ -422,6 +436,8 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
         meter.set_source(name, reader.datalink)
         process = meter.process
         process_batch = meter.process_batch
+        progress = getattr(reader, "progress", None)
+        next_progress = 0.0       # the first report after the file's first batch, then every interval
         n = 0
         next_tick = None
         wall0 = time.monotonic()
@@ -457,6 +473,13 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                 if out.detectors is not None:
                     out.add_alerts(out.detectors.tick(ts))
                 next_tick = ts + 1.0
+            if progress is not None and time.monotonic() >= next_progress:
+                # where the replay is inside this file, for a terminal's progress line (flowtarget analyze/run)
+                next_progress = time.monotonic() + PROGRESS_INTERVAL_S
+                done, size = progress()
+                await bus.nc.publish(subject("stats", settings.probe, "progress"), json.dumps(
+                    {"source": name, "file": file_no, "files": len(settings.pcap), "bytes_read": done,
+                     "bytes_total": size, "packets": n}).encode())
             # one publishing turn per batch (CHUNK packets)
             await out.flush()
             await asyncio.sleep(0)      # let the publisher send what flush queued

@@ -123,6 +123,10 @@ class FileSource:
     def __init__(self, path: str | os.PathLike[str]):
         self.path = str(path)
         self.name = os.path.basename(self.path)
+        try:
+            self.size = os.path.getsize(self.path)   # bytes on disk (compressed for .gz): progress()
+        except OSError:
+            self.size = 0
         self._fh, head = _open_maybe_gzip(self.path)
         self.errors = 0
         self.error: str | None = None
@@ -161,6 +165,14 @@ class FileSource:
         else:
             self.close()
             raise CaptureFileError(f"{self.path}: not a pcap/pcapng file")
+
+    def progress(self) -> tuple[int, int]:
+        """(bytes of the file read so far, its size on disk); for .gz files both count compressed bytes."""
+        fh = getattr(self._fh, "fileobj", None) or self._fh   # a GzipFile reads from .fileobj
+        try:
+            return min(fh.tell(), self.size), self.size
+        except (OSError, ValueError, AttributeError):   # closed
+            return self.size, self.size
 
     # ------------------------------------------------------------ buffering
     def _fill(self, need: int) -> bool:
