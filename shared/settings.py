@@ -35,6 +35,26 @@ def _is_list(annotation: Any) -> bool:
     return any(_is_list(a) for a in typing.get_args(annotation)) if typing.get_origin(annotation) is typing.Union else False
 
 
+def _is_dict(annotation: Any) -> bool:
+    if typing.get_origin(annotation) is dict or annotation is dict:
+        return True
+    return any(_is_dict(a) for a in typing.get_args(annotation)) if typing.get_origin(annotation) is typing.Union else False
+
+
+def parse_dict(value: str) -> dict[str, Any]:
+    """A mapping setting's text: a JSON object (blank = empty)."""
+    text = value.strip()
+    if not text:
+        return {}
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not a JSON object ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(parsed, dict):
+        raise ValueError("not a JSON object")
+    return parsed
+
+
 def parse_list(value: str) -> list[Any]:
     """A list setting's text: a JSON list, or comma-separated values (blank = empty list)."""
     text = value.strip()
@@ -51,7 +71,7 @@ def parse_list(value: str) -> list[Any]:
 
 
 class FTSettings(BaseSettings):
-    """Base of every settings class: ``FT_`` prefix, frozen, lists as JSON or comma-separated."""
+    """Base of every settings class: ``FT_`` prefix, frozen, lists as JSON or comma-separated, mappings as JSON objects."""
 
     model_config = SettingsConfigDict(env_prefix="FT_", frozen=True, extra="ignore", enable_decoding=False)
 
@@ -62,6 +82,8 @@ class FTSettings(BaseSettings):
             field = cls.model_fields.get(info.field_name)
             if field is not None and _is_list(field.annotation):
                 return parse_list(v)
+            if field is not None and _is_dict(field.annotation):
+                return parse_dict(v)
         return v
 
 
