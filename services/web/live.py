@@ -9,7 +9,8 @@ NATS connection.
 - packets/s: capture's ``flowtarget_capture_packets_total`` from its /metrics
   (``FT_WEB_HEALTH_URLS``); without it, the ``ft.stats`` reports' deltas;
 - flows/s, top talkers (bytes), top protocols: from flow records on
-  ``ft.flow.>`` (core NATS delivery of the messages capture stores), over a
+  ``ft.live.>`` (start records) and ``ft.flow.>`` (end records; core NATS delivery
+  of the messages capture stores), over a
   sliding window of ``WINDOW_S``;
 - health: each configured service's /metrics: ``flowtarget_ready``,
   ``flowtarget_nats_connected``, reachable or not.
@@ -68,6 +69,7 @@ class LiveHub:
         self.viewers = 0
         self._sub: Any = None
         self._stats_sub: Any = None
+        self._live_sub: Any = None
         self._idle_since: float | None = None
         self._lock = asyncio.Lock()
         # (time, flows, bytes) per received batch; per-key byte counts per second bucket
@@ -91,6 +93,8 @@ class LiveHub:
             self._idle_since = None
             if self._sub is None:
                 self._sub = await self.bus.subscribe(all_of("flow"), self._on_flows, types=(FlowRecord,), batched=True)
+                # start records travel on ft.live (core NATS only, never stored); hot updates there are ignored
+                self._live_sub = await self.bus.subscribe(all_of("live"), self._on_flows, types=(FlowRecord,), batched=True)
                 self._stats_sub = await self.bus.subscribe(all_of("stats"), self._on_stats, types=(CaptureStats,))
             if self._task is None or self._task.done():
                 self._task = asyncio.create_task(self._scrape_loop(), name="web-live-scrape")
@@ -108,14 +112,14 @@ class LiveHub:
                 return
             if time.monotonic() - self._idle_since < IDLE_UNSUBSCRIBE_S:
                 return
-            for sub in (self._sub, self._stats_sub):
+            for sub in (self._sub, self._live_sub, self._stats_sub):
                 try:
                     await sub.unsubscribe()
                 except Exception:  # noqa: BLE001 - connection closing
                     pass
                 if sub in self.bus._subs:
                     self.bus._subs.remove(sub)
-            self._sub = self._stats_sub = None
+            self._sub = self._live_sub = self._stats_sub = None
             if self._task is not None:
                 self._task.cancel()
                 self._task = None

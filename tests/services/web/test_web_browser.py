@@ -248,10 +248,14 @@ def test_live_numbers_move_and_an_arp_flood_alert_brings_its_pcap(console, brows
                            realtime=True, wait=False)
     samples = []
     t_end = time.monotonic() + 8
+    from selenium.common.exceptions import StaleElementReferenceException
     while time.monotonic() < t_end:
-        samples.append((time.monotonic(), drv.find_element(By.ID, "updated").text,
-                        float(drv.find_element(By.ID, "pps").text.replace(",", "") or 0),
-                        float(drv.find_element(By.ID, "fps").text.replace(",", "") or 0)))
+        try:
+            samples.append((time.monotonic(), drv.find_element(By.ID, "updated").text,
+                            float(drv.find_element(By.ID, "pps").text.replace(",", "") or 0),
+                            float(drv.find_element(By.ID, "fps").text.replace(",", "") or 0)))
+        except StaleElementReferenceException:   # the live update replaced the element between find and read
+            pass
         time.sleep(0.5)
     shoot(drv, console, "overview-live")
     changes = [i for i in range(1, len(samples)) if samples[i][1] != samples[i - 1][1]]
