@@ -103,7 +103,7 @@ REGISTRY: list[Dissector] = [
     p2p.Syncthing(),
     db.MySQL(),
     db.PostgreSQL(),
-    db.Redis(),
+    db.RESP(),
     db.MongoDB(),
     db.Memcached(),
     db.Elasticsearch(),

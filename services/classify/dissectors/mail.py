@@ -11,6 +11,7 @@ from __future__ import annotations
 from shared.models import FlowSample, Verdict
 from services.classify.dissectors.base import Dissector, Match
 from services.classify.dissectors.breadth_util import TCP, PortHint, ordered, printable
+from services.classify.dissectors.db import resp_start
 
 _SMTP_CMDS = (b"EHLO ", b"HELO ", b"MAIL FROM:", b"RCPT TO:", b"STARTTLS", b"AUTH ", b"DATA\r\n", b"QUIT\r\n")
 _POP_CMDS = (b"USER ", b"PASS ", b"STAT", b"LIST", b"RETR ", b"DELE ", b"UIDL", b"TOP ", b"CAPA", b"STLS", b"APOP ", b"AUTH")
@@ -63,7 +64,9 @@ class Mail(Dissector):
                 proto = "SMTP"
             elif is_ftp:
                 proto = "FTP_CONTROL"
-        elif server.startswith(b"+OK") or (ports & _POP_PORTS and client.startswith(_POP_CMDS)):
+        elif server.startswith(b"+OK") and not resp_start(client) or (ports & _POP_PORTS and client.startswith(_POP_CMDS)):
+            # (a POP3 server greets first, RFC 1939 4; a client that opens with a RESP array talks
+            # to a Redis server, whose simple-string replies also read "+OK")
             proto = "POP3"
         elif server.startswith((b"* OK", b"* PREAUTH", b"* BYE")):
             proto = "IMAP"

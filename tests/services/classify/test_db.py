@@ -44,7 +44,7 @@ def test_postgres_startup_and_ssl_request():
 
 
 @pytest.mark.parametrize("src,dst,port,name", [
-    ([b"*1\r\n$4\r\nPING\r\n"], [b"+PONG\r\n"], 6379, "Redis"),
+    ([b"*1\r\n$4\r\nPING\r\n"], [b"+PONG\r\n"], 6379, "RESP"),
     ([mongo_msg()], [], 27017, "MongoDB"),
     ([b"stats\r\n"], [b"STAT pid 1\r\nEND\r\n"], 11211, "Memcached"),
     ([b"ES" + struct.pack("!I", 13) + b"\x00" * 13], [], 9300, "Elasticsearch"),
