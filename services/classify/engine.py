@@ -227,7 +227,10 @@ class Engine:
                 v.app_protocol = kept if kept is not None else "Unknown"
                 continue
             if m is FINAL or m == FINAL:
-                final = True
+                # Not final while an earlier dissector's PARTIAL claim stands: with more packets it may
+                # decide, so capture keeps sampling and the flow's verdict does not depend on how its
+                # packets were batched into samples (a FINAL stops sampling for good).
+                final = kept is None
                 break
             if m is PARTIAL or m == PARTIAL:
                 if kept is None:

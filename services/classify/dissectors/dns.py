@@ -337,6 +337,7 @@ class DnsDissector(Dissector):
                 crypt = dnscrypt_app(q.qname)      # DNSCrypt certificate queries in DNS format
                 if crypt:
                     v.app_protocol = crypt
+                    v.host = ""     # as nDPI's DNSCrypt dissector: the certificate query names no host
         else:
             a = next((m for m in msgs if m.answers), None)
             if a is not None:
