@@ -1,0 +1,64 @@
+"""Behaviours nDPI 5.0 defines and classify follows, from crafted bytes (RFC 1035 messages etc.)."""
+
+from __future__ import annotations
+
+import struct
+
+from services.classify.engine import Engine
+from tests.services.classify.flowsample import sample
+
+ENGINE = Engine(port_guess=False, final_memo=0)
+
+
+def dns_query(name: str, txid: int = 0x1234, flags: int = 0x0100, qd: int = 1, qtype: int = 1) -> bytes:
+    q = b"".join(bytes([len(x)]) + x.encode() for x in name.split(".")) + b"\x00" + struct.pack("!HH", qtype, 1)
+    return struct.pack("!HHHHHH", txid, flags, qd, 0, 0, 0) + q
+
+
+def dns_reply(name: str, addr: bytes = b"\x0a\x00\x00\x01", txid: int = 0x1234) -> bytes:
+    q = b"".join(bytes([len(x)]) + x.encode() for x in name.split(".")) + b"\x00" + struct.pack("!HH", 1, 1)
+    ans = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + addr
+    return struct.pack("!HHHHHH", txid, 0x8180, 1, 1, 0, 0) + q + ans
+
+
+def test_dns_query_without_reply_is_named_by_the_last_query():
+    """nDPI re-reads the name from each query until a reply comes; datagrams it does not accept as
+    a query header (QR set, no or too many questions) are skipped."""
+    qs = [dns_query("first.example"), dns_query("second.example"), dns_query("bad.example", qd=0x7300),
+          dns_query("third.example")]
+    v = ENGINE.classify(sample("UDP", src=qs, dport=53))
+    assert v.app_protocol == "DNS" and v.host == "third.example"
+    # with a reply, the reply's question names the flow (the first reply ends nDPI's inspection)
+    v = ENGINE.classify(sample("UDP", src=[dns_query("a.example")], dst=[dns_reply("a.example")], dport=53))
+    assert v.host == "a.example" and v.final
+    # retransmissions of one query: that name
+    q = dns_query("same.example")
+    assert ENGINE.classify(sample("UDP", src=[q, q, q], dport=53)).host == "same.example"
+
+
+def test_dns_short_first_datagram_does_not_hide_the_next():
+    qs = [dns_query("x.example")[:9], dns_query("next.example")]
+    v = ENGINE.classify(sample("UDP", src=qs, dport=53))
+    assert v.app_protocol == "DNS" and v.host == "next.example"
+    # the reply alone (the query was not captured): its question names the flow
+    v = ENGINE.classify(sample("UDP", src=[dns_query("y.example")[:9]], dst=[dns_reply("1.0.0.127.in-addr.arpa")],
+                               dport=53))
+    assert v.host == "1.0.0.127.in-addr.arpa"
+
+
+def test_host_names_are_lower_case_as_ndpi_reports_them():
+    v = ENGINE.classify(sample("UDP", src=[dns_query("WWW.Example.COM")], dst=[dns_reply("WWW.Example.COM")], dport=53))
+    assert v.host == "www.example.com"
+    req = b"GET / HTTP/1.1\r\nHost: MiXeD.Example.org\r\nUser-Agent: t\r\n\r\n"
+    assert ENGINE.classify(sample(src=[req], dport=80)).host == "mixed.example.org"
+    # an SSH software version is not a host name: its case stays
+    v = ENGINE.classify(sample(src=[b"SSH-2.0-OpenSSH_9.6 Ubuntu\r\n"], dst=[b"SSH-2.0-OpenSSH_9.6\r\n"], dport=22))
+    assert v.app_protocol == "SSH"
+    assert v.host == "" or v.host != v.host.lower()
+
+
+def test_dnscrypt_certificate_query_names_no_host():
+    q = dns_query("2.dnscrypt-cert.example.net", qtype=16)
+    r = q[:2] + b"\x81\x80" + q[4:6] + b"\x00\x01" + q[8:]
+    v = ENGINE.classify(sample("UDP", src=[q], dst=[r], dport=443))
+    assert v.app_protocol == "DNScrypt" and v.host == ""
