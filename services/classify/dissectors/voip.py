@@ -347,10 +347,25 @@ class Zoom(Simple):
     ports = frozenset({8801, 8802, 8803, 8804, 8805, 8806, 8807, 8808, 8809, 8810})
 
     def could_be(self, s: FlowSample) -> bool:
-        return s.dst_port in self.ports or s.src_port in self.ports
+        if s.dst_port in self.ports or s.src_port in self.ports:
+            return True
+        return any(lst and lst[0][:3] == b"\x1f\x02\x01" for lst in (s.src_payloads, s.dst_payloads))
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
-        return len(p) >= 8 and p[0] in (1, 2, 3, 4, 5) and p[1] == 0 and (s.dst_port in self.ports or s.src_port in self.ports)
+        if len(p) >= 8 and p[0] in (1, 2, 3, 4, 5) and p[1] == 0 and (s.dst_port in self.ports or s.src_port in self.ports):
+            return True
+        return self.p2p(p)
+
+    @staticmethod
+    def p2p(p: bytes) -> bool:
+        """A peer-to-peer call's first packet: media encapsulation type 0x1f, a 24-byte header, then
+        length-prefixed attributes (the peer's address as text, a UUID) and 4 zero bytes."""
+        if len(p) <= 36 or p[:3] != b"\x1f\x02\x01" or p[-4:] != b"\x00\x00\x00\x00":
+            return False
+        ip_len = u32(p, 24)
+        if ip_len < 0 or 24 + 4 + ip_len + 4 >= len(p):
+            return False
+        return len(p) == 24 + 4 + ip_len + 4 + u32(p, 28 + ip_len) + 4
 
 
 DISSECTORS = [STUN(), SIP(), Discord(), IAX(), H323(), Megaco(), CiscoSkinny(), BFCP(), NOE(), Zoom(), RTPRTCP()]
