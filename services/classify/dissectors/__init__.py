@@ -114,6 +114,7 @@ REGISTRY: list[Dissector] = [
     db.AMQP(),
     db.MQTT(),
     ndpi5.VXLAN(),
+    ndpi5.CloudflareWarp(),
     ndpi5.ATG(),
     ndpi5.STOMP(),
     ndpi5.HiSLIP(),

@@ -23,6 +23,8 @@ documentation (names as nDPI 5.0 spells them).
   which ClickHouse clients and drivers start with "ClickHouse") or a server Hello.
 - Warcraft3 (W3GS, battle.net game protocol): every message starts with 0xF7, a message id and a
   little-endian length equal to the packet's (TCP 6112).
+- CloudflareWarp (Cloudflare's WARP client firewall documentation: UDP 2408): WireGuard framing with
+  the message types moved to 0xC1-0xC4 (handshake initiation/response, cookie, data).
 - Mumble (protocol docs, UDP ping): a 12-byte ping (4-byte zero type + 8-byte timestamp) answered
   by a 24-byte pong carrying the same timestamp, version, users, max users, bandwidth.
 """
@@ -222,5 +224,25 @@ class Mumble(Simple):
         return Match.NO
 
 
-DISSECTORS = [VXLAN(), I3D(), ATG(), STOMP(), HiSLIP(), OpenWire(), TRDP(), Nano(), Lustre(), ClickHouse(),
+class CloudflareWarp(Simple):
+    name = "CloudflareWarp"
+    transports = UDP
+    ports = frozenset({2408})
+    port_gate = True
+    magic = (b"\xc1", b"\xc2", b"\xc3", b"\xc4")
+
+    # (a flow joined after the handshake, data messages only, reads like a QUIC long header: left alone)
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        a = s.src_payloads[0] if s.src_payloads else b""
+        b = s.dst_payloads[0] if s.dst_payloads else b""
+        init = a if a[:1] == b"\xc1" else b if b[:1] == b"\xc1" else b""
+        if init and len(init) >= 148:
+            reply = b if init is a else a
+            if not reply or reply[:1] in (b"\xc2", b"\xc3", b"\xc4"):
+                v.app_protocol = self.name
+                return Match.FINAL if reply else Match.PARTIAL
+        return Match.NO
+
+
+DISSECTORS = [VXLAN(), CloudflareWarp(), I3D(), ATG(), STOMP(), HiSLIP(), OpenWire(), TRDP(), Nano(), Lustre(), ClickHouse(),
               Warcraft3(), Mumble(), SOAP()]

@@ -65,8 +65,8 @@ ZEEK = CORPUS.parent.parent / "zeek" / "dev"
 # mean proto_dpi >= 97 % on nDPI's; where the built-in engine is not there yet, the floor is what it
 # reaches today, so that it can only go up (raise these as dissectors improve).
 FLOORS = {
-    "ndpi": {"proto_dpi": 98.9, "host": 99.0, "proto_dpi_macro": 96.6, "matched_pct": 99.0},
-    "zeek": {"proto_dpi": 98.45, "host": 97.5, "matched_pct": 98.5},
+    "ndpi": {"proto_dpi": 99.0, "host": 99.0, "proto_dpi_macro": 96.7, "matched_pct": 99.0},
+    "zeek": {"proto_dpi": 98.45, "host": 97.9, "matched_pct": 98.5},
 }
 
 

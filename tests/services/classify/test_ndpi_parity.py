@@ -62,3 +62,34 @@ def test_dnscrypt_certificate_query_names_no_host():
     r = q[:2] + b"\x81\x80" + q[4:6] + b"\x00\x01" + q[8:]
     v = ENGINE.classify(sample("UDP", src=[q], dst=[r], dport=443))
     assert v.app_protocol == "DNScrypt" and v.host == ""
+
+
+def test_overruled_dissector_leaves_no_host_behind():
+    """An HTTP request answered by an SSH server: HTTP (the first claim) with the request's Host,
+    not the SSH banner the SSH dissector read on the way."""
+    req = b"GET / HTTP/1.1\r\nHost: 192.0.2.7\r\nUser-Agent: curl/8\r\n\r\n"
+    v = ENGINE.classify(sample(src=[req], dst=[b"SSH-2.0-OpenSSH_8.7\r\n"], dport=22))
+    assert v.app_protocol == "HTTP" and v.host == "192.0.2.7"
+
+
+def test_protobuf_fallback_waits_for_the_protocols_before_it():
+    """A bare protobuf-looking datagram is only a PARTIAL answer until the flow has shown four
+    payload packets (so an RTP stream's first packet does not settle it as Protobuf)."""
+    msg = bytes([0x08, 0x01, 0x10, 0x02, 0x18, 0x03, 0x20, 0x04, 0x28, 0x05, 0x30, 0x06, 0x38, 0x07,
+                 0x42, 0x03]) + b"abc"
+    v = ENGINE.classify(sample("UDP", src=[msg], dport=30000))
+    assert v.app_protocol == "Protobuf" and not v.final
+    v = ENGINE.classify(sample("UDP", src=[msg, msg], dst=[msg, msg], dport=30000))
+    assert v.app_protocol == "Protobuf" and v.final
+
+
+def test_cloudflare_warp_handshake():
+    init = b"\xc1\x00\x00\x00" + b"\x11" * 144
+    resp = b"\xc2\x00\x00\x00" + b"\x22" * 88
+    for dirs in ("sd", "ds"):
+        v = ENGINE.classify(sample("UDP", src=[init], dst=[resp], dport=2408, dirs=dirs))
+        assert v.app_protocol == "CloudflareWarp" and v.final
+    v = ENGINE.classify(sample("UDP", src=[init], dport=2408))        # the initiation alone: not yet final
+    assert v.app_protocol == "CloudflareWarp" and not v.final
+    wg = b"\x01\x00\x00\x00" + b"\x11" * 144                   # plain WireGuard is not WARP
+    assert ENGINE.classify(sample("UDP", src=[wg], dport=2408)).app_protocol != "CloudflareWarp"
