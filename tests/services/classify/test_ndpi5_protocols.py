@@ -171,3 +171,23 @@ def test_applications_over_http(req, resp, app):
     for dirs in ("sd", "ds"):
         v = ENGINE.classify(sample(src=[req], dst=[resp], dport=80, dirs=dirs))
         assert v.app_protocol == "HTTP" and v.application == app, (v.app_protocol, v.application)
+
+
+@pytest.mark.parametrize("host,app", [
+    ("zattoo.com", "Zattoo"), ("www.gitlab.com", "GitLab"), ("api.likee.video", "Likee"),
+    ("www.hotspotshield.com", "HotspotShield"), ("one.ubuntu.com", "UbuntuONE"), ("cloud.tencent.com", "Tencent"),
+    ("www.forticlient.com", "FortiClient"), ("account.elderscrollsonline.com", "TES_Online"),
+    ("www.truphone.com", "TruPhone"), ("www.dofus.com", "Dofus"), ("www.guildwars2.com", "Guildwars"),
+])
+def test_applications_nDPI_names_by_host(host, app):
+    """Applications nDPI 5.0 names by the services' public domains (HTTP Host here; TLS SNI and DNS
+    names go through the same lookup)."""
+    req = b"GET / HTTP/1.1\r\nHost: " + host.encode() + b"\r\n\r\n"
+    v = ENGINE.classify(sample(src=[req], dst=[b"HTTP/1.1 200 OK\r\n\r\n"], dport=80))
+    assert v.app_protocol == "HTTP" and v.application == app
+
+
+def test_kakaotalk_call_media():
+    from services.classify.apps import default_apps
+
+    assert default_apps().voip_apps.get("KakaoTalk") == "KakaoTalk_Voice"
