@@ -105,3 +105,78 @@ def test_analyze_twice_under_load_gives_identical_flows(tmp_path):
     assert sum(1 for r in a if r[8] not in ("Unknown", "None")) > 200
     diff = sorted(set(a) ^ set(b))
     assert not diff, diff[:10]
+
+
+def _replay_with(nats_server, stall_s: float, with_classify: bool):
+    """capture's service replaying the sample capture against a stand-in classify on a real
+    nats-server that answers its readiness requests but holds every verdict back for ``stall_s``
+    (a machine so loaded that classify makes no progress for longer than verdict_wait_s)."""
+    import asyncio
+
+    from flowtarget.orchestrate import read_stream
+    from services.capture import service
+    from shared.bus import Bus
+    from shared.models import FlowSample, Verdict, batch_json
+    from shared.settings import CaptureSettings, CommonSettings
+    from tests.conftest import SAMPLE_PCAP
+
+    async def main():
+        settings = CaptureSettings(nats_url=nats_server.url, probe="st", pcap=[SAMPLE_PCAP], verdict_wait_s=0.3,
+                                   replay_max_pending=4000, stream_storage="memory")
+        classify = await Bus.connect(CommonSettings(nats_url=nats_server.url, probe="st"), "stalled-classify")
+        sampled: set[str] = set()
+        held: list[FlowSample] = []
+
+        async def answer(batch: list[FlowSample]) -> None:
+            for s in batch:
+                sampled.add(s.flow_id)
+                held.append(s)
+
+        async def release() -> None:
+            await asyncio.sleep(stall_s)
+            while True:
+                while held:
+                    s = held.pop(0)
+                    v = Verdict(timestamp=s.timestamp, probe="st", flow_id=s.flow_id, sample_seq_no=s.seq_no,
+                                final=True, app_protocol="Telnet", confidence="dpi")
+                    await classify.nc.publish("ft.verdict.st", batch_json([v]))
+                await asyncio.sleep(0.01)
+
+        async def ready(msg) -> None:
+            await msg.respond(b"ready")
+
+        work = asyncio.create_task(release())
+        if with_classify:
+            await classify.subscribe("ft.sample.st", answer, types=(FlowSample,), batched=True)
+            await classify.nc.subscribe("ft.ctl.*.classify_ready", cb=ready)
+        stop = asyncio.Event()
+        bus = await Bus.connect(settings, "capture", stop)
+        t0 = asyncio.get_running_loop().time()
+        await asyncio.wait_for(service.main(settings, bus, stop), 60)
+        took = asyncio.get_running_loop().time() - t0
+        await asyncio.sleep(0.3)
+        events = await read_stream(settings)
+        work.cancel()
+        await bus.close()
+        await classify.close()
+        return sampled, events, took
+
+    return asyncio.run(main())
+
+
+def test_replay_waits_through_a_stalled_but_present_classify(nats_server):
+    sampled, events, took = _replay_with(nats_server, stall_s=2.0, with_classify=True)
+    ends = {e["flow_id"]: e for e in events if e["event_type"] == "flow" and e["phase"] == "end"}
+    assert len(sampled) >= 5 and sampled <= set(ends)
+    assert took >= 2.0
+    lost = [fid for fid in sampled if ends[fid]["app_protocol"] != "Telnet"]
+    assert not lost, f"{len(lost)} of {len(sampled)} sampled flows lost their verdict"
+
+
+def test_replay_without_classify_still_ends(nats_server):
+    """No classify subscribed at all (NATS: no responders): capture stops waiting after
+    verdict_wait_s, as before, and publishes every flow."""
+    sampled, events, took = _replay_with(nats_server, stall_s=0.0, with_classify=False)
+    ends = [e for e in events if e["event_type"] == "flow" and e["phase"] == "end"]
+    assert not sampled and len(ends) >= 5
+    assert took < 20
