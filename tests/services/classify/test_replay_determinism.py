@@ -164,6 +164,7 @@ def _replay_with(nats_server, stall_s: float, with_classify: bool):
     return asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_replay_waits_through_a_stalled_but_present_classify(nats_server):
     sampled, events, took = _replay_with(nats_server, stall_s=2.0, with_classify=True)
     ends = {e["flow_id"]: e for e in events if e["event_type"] == "flow" and e["phase"] == "end"}
@@ -173,6 +174,7 @@ def test_replay_waits_through_a_stalled_but_present_classify(nats_server):
     assert not lost, f"{len(lost)} of {len(sampled)} sampled flows lost their verdict"
 
 
+@pytest.mark.slow
 def test_replay_without_classify_still_ends(nats_server):
     """No classify subscribed at all (NATS: no responders): capture stops waiting after
     verdict_wait_s, as before, and publishes every flow."""
