@@ -87,6 +87,10 @@ class Mail(Dissector):
             proto = "POPS" if self._accepted(sl, b"+OK", after=b"STLS") or len(s.dst_payloads) >= 3 else proto
         elif proto == "IMAP" and any(b" STARTTLS" in x[:40] for x in upper):
             proto = "IMAPS"
+        elif proto == "FTP_CONTROL" and any(x.startswith(b"AUTH ") for x in upper) and \
+                any(x[:4] in (b"234 ", b"334 ") for x in sl):
+            # RFC 2228: a security mechanism accepted (234) or its data exchange begun (334): nDPI's FTPS
+            proto = "FTPS"
         v.app_protocol = proto
         if ccmds:
             v.extra["commands"] = ",".join(dict.fromkeys(c for c in ccmds if c.isalpha())).strip(",")[:200]

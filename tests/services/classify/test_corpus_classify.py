@@ -66,7 +66,7 @@ ZEEK = CORPUS.parent.parent / "zeek" / "dev"
 # reaches today, so that it can only go up (raise these as dissectors improve).
 FLOORS = {
     "ndpi": {"proto_dpi": 99.0, "host": 99.0, "proto_dpi_macro": 96.7, "matched_pct": 99.0},
-    "zeek": {"proto_dpi": 98.45, "host": 97.9, "matched_pct": 98.5},
+    "zeek": {"proto_dpi": 98.55, "host": 97.9, "matched_pct": 98.5},
 }
 
 

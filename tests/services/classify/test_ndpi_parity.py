@@ -93,3 +93,16 @@ def test_cloudflare_warp_handshake():
     assert v.app_protocol == "CloudflareWarp" and not v.final
     wg = b"\x01\x00\x00\x00" + b"\x11" * 144                   # plain WireGuard is not WARP
     assert ENGINE.classify(sample("UDP", src=[wg], dport=2408)).app_protocol != "CloudflareWarp"
+
+
+def test_ftp_security_extensions_are_ftps():
+    """RFC 2228: AUTH accepted (234) or its ADAT exchange begun (334) makes the control channel FTPS;
+    a refused AUTH (504) leaves it FTP_CONTROL."""
+    greet = b"220 ftp.example FTP server ready.\r\n"
+    for mech, reply in ((b"AUTH TLS\r\n", b"234 Proceed with negotiation.\r\n"),
+                        (b"AUTH GSSAPI\r\n", b"334 Using authentication type; ADAT must follow.\r\n")):
+        v = ENGINE.classify(sample(src=[mech, b"ADAT abc\r\n", b"PBSZ 0\r\n"], dst=[greet, reply], dport=2811, dirs="dsdss"))
+        assert v.app_protocol == "FTPS", mech
+    v = ENGINE.classify(sample(src=[b"AUTH TLS\r\n", b"USER a\r\n", b"PASS b\r\n"],
+                               dst=[greet, b"504 Not implemented.\r\n"], dport=21, dirs="dsdss"))
+    assert v.app_protocol == "FTP_CONTROL"
