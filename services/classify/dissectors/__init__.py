@@ -242,6 +242,7 @@ REGISTRY: list[Dissector] = [
     voip.RTPRTCP(),
     misc.Protobuf(),
     ndpi5.SOAP(),
+    ndpi5.JSONRPC(),
     # port hints only (no payload test): used by the engine's port guess
     *mail.PORT_HINTS,
     *remote.PORT_HINTS,

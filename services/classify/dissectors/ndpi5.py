@@ -25,6 +25,8 @@ documentation (names as nDPI 5.0 spells them).
   little-endian length equal to the packet's (TCP 6112).
 - CloudflareWarp (Cloudflare's WARP client firewall documentation: UDP 2408): WireGuard framing with
   the message types moved to 0xC1-0xC4 (handshake initiation/response, cookie, data).
+- JSON-RPC 2.0 (jsonrpc.org/specification) straight over TCP: a JSON object (or a batch array of
+  them) whose first member is "jsonrpc": "2.0" followed by method/params or result/error.
 - Mumble (protocol docs, UDP ping): a 12-byte ping (4-byte zero type + 8-byte timestamp) answered
   by a 24-byte pong carrying the same timestamp, version, users, max users, bandwidth.
 """
@@ -244,5 +246,18 @@ class CloudflareWarp(Simple):
         return Match.NO
 
 
-DISSECTORS = [VXLAN(), CloudflareWarp(), I3D(), ATG(), STOMP(), HiSLIP(), OpenWire(), TRDP(), Nano(), Lustre(), ClickHouse(),
+class JSONRPC(Simple):
+    name = "JSON-RPC"
+    transports = TCP
+    ports = frozenset()
+    magic = (b"{", b"[")
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        head = p[:160].lstrip(b"[ \t\r\n").replace(b" ", b"")
+        if not head.startswith(b'{"jsonrpc":"2.0"'):
+            return False
+        return any(k in p[:4096] for k in (b'"method"', b'"result"', b'"error"'))
+
+
+DISSECTORS = [VXLAN(), CloudflareWarp(), JSONRPC(), I3D(), ATG(), STOMP(), HiSLIP(), OpenWire(), TRDP(), Nano(), Lustre(), ClickHouse(),
               Warcraft3(), Mumble(), SOAP()]

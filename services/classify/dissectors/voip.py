@@ -204,7 +204,9 @@ class RTPRTCP(Dissector):
                 rtcp += 1
                 if rtcp >= 1 and (len(p) >= 28 or rtcp >= 2):
                     v.app_protocol = "RTCP"
-                    return Match.FINAL
+                    # settled after three packets (as nDPI's DPI window): a call service's own
+                    # packets (Discord's keep-alive, ...) may still come and name the flow
+                    return Match.FINAL if len(s.src_payloads) + len(s.dst_payloads) >= 3 else Match.PARTIAL
                 continue
             if not rtp_ok(p):
                 return Match.NO
@@ -225,7 +227,12 @@ class Discord(Simple):
     ports = frozenset({50001, 50002, 50003, 50004})
 
     def could_be(self, s: FlowSample) -> bool:
-        return bool(s.src_payloads) and len(s.src_payloads[0]) in (8, 74)
+        # the discovery or a keep-alive, from either side (a capture may start mid-call)
+        for lst in (s.src_payloads, s.dst_payloads):
+            for p in lst[:4]:
+                if len(p) in (8, 74):
+                    return True
+        return False
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) == 8:

@@ -191,3 +191,12 @@ def test_kakaotalk_call_media():
     from services.classify.apps import default_apps
 
     assert default_apps().voip_apps.get("KakaoTalk") == "KakaoTalk_Voice"
+
+
+def test_json_rpc_over_tcp():
+    req = b'{"jsonrpc": "2.0", "method": "subtract", "params": [42, 23], "id": 1}\n'
+    resp = b'{"jsonrpc": "2.0", "result": 19, "id": 1}\n'
+    both_ways("TCP", [req], [resp], 4444, "JSON-RPC")
+    both_ways("TCP", [b"[" + req.strip() + b"," + req.strip() + b"]"], [], 4444, "JSON-RPC")   # a batch
+    assert ENGINE.classify(sample(src=[b'{"jsonrpc": "1.0", "method": "x"}'], dport=4444)).app_protocol != "JSON-RPC"
+    assert ENGINE.classify(sample(src=[b'{"name": "jsonrpc", "method": "x"}'], dport=4444)).app_protocol != "JSON-RPC"

@@ -106,3 +106,16 @@ def test_ftp_security_extensions_are_ftps():
     v = ENGINE.classify(sample(src=[b"AUTH TLS\r\n", b"USER a\r\n", b"PASS b\r\n"],
                                dst=[greet, b"504 Not implemented.\r\n"], dport=21, dirs="dsdss"))
     assert v.app_protocol == "FTP_CONTROL"
+
+
+def test_discord_call_joined_mid_flow():
+    """A capture that starts mid-call: RTCP reports first, then Discord's 8-byte keep-alive from the
+    server; RTCP is only a PARTIAL answer until three packets, so the keep-alive names the flow."""
+    rtcp = bytes([0x81, 0xC9, 0x00, 0x07]) + b"\x00\x16\x2f\xfd" + b"\x11" * 24 + b"\x00" * 16
+    keep = b"\x13\x37\xca\xfe\xa9\x01\x00\x00"
+    v = ENGINE.classify(sample("UDP", src=[rtcp], dport=54935, sport=50001))
+    assert v.app_protocol == "RTCP" and not v.final
+    v = ENGINE.classify(sample("UDP", src=[rtcp, rtcp], dst=[keep], dport=54935, sport=50001, dirs="ssd"))
+    assert v.app_protocol == "Discord"
+    v = ENGINE.classify(sample("UDP", src=[rtcp, rtcp, rtcp], dport=40000, sport=40002))
+    assert v.app_protocol == "RTCP" and v.final
