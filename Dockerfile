@@ -10,22 +10,28 @@
 FROM debian:12 AS build
 WORKDIR /opt/flowtarget
 COPY . .
+# the optional second DPI engine: setup.sh installed libndpi-dev, so its cffi binding is compiled here
 RUN bash scripts/setup.sh \
  && .venv/bin/flowtarget --help >/dev/null \
+ && FT_NDPI_BUILD_DIR=/opt/flowtarget/.ndpi .venv/bin/python -m services.classify.ndpi_engine --build \
  && find . -name __pycache__ -prune -exec rm -rf {} +
 
 FROM debian:12
 ARG DEBIAN_FRONTEND=noninteractive
-# python3 (3.11, the interpreter the venv points at), libpcap for pypcap,
-# ethtool/iproute2 to inspect the capture NIC from inside the container
+# python3 (3.11, the interpreter the venv points at), libpcap for pypcap, libndpi4.2 for classify's
+# second engine (the binding compiled in the build stage links it), ethtool/iproute2 to inspect the
+# capture NIC from inside the container
 RUN apt-get update -qq \
- && apt-get install -y -qq --no-install-recommends python3 libpcap0.8 ca-certificates ethtool iproute2 \
+ && apt-get install -y -qq --no-install-recommends python3 libpcap0.8 libndpi4.2 ca-certificates ethtool iproute2 \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/flowtarget
 COPY --from=build /opt/flowtarget /opt/flowtarget
+ENV FT_NDPI_BUILD_DIR=/opt/flowtarget/.ndpi
 RUN mkdir -p /var/lib/flowtarget/evidence \
  && flowtarget_check="$(/opt/flowtarget/.venv/bin/python -c 'import pcap, shared.metrics, services.capture.service, services.capture._fastpath; print("ok")')" \
- && test "$flowtarget_check" = ok
+ && test "$flowtarget_check" = ok \
+ && ndpi_check="$(/opt/flowtarget/.venv/bin/python -c 'from services.classify.ndpi_engine import load_ndpi; print("ok" if load_ndpi(build_if_missing=False) else "missing")')" \
+ && test "$ndpi_check" = ok
 ENV PATH=/opt/flowtarget/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1

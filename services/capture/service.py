@@ -384,24 +384,49 @@ class StatsReporter:
         await self.bus.nc.flush(timeout=10)
 
 
-async def _wait_verdicts(meter: FlowMeter, out: Outbox, stop: asyncio.Event, limit: int, max_wait_s: float) -> bool:
+REPLAY_STALL_MAX_S = 120.0  # replay: longest wait without any verdict while classify is still subscribed
+
+
+async def classify_present(bus: Bus, probe: str) -> bool | None:
+    """Is a classify replica subscribed?  True: one answered its readiness request; False: none is
+    (NATS reports no responders at once); None: one is subscribed but did not answer in time (busy)."""
+    from nats.errors import NoRespondersError
+
+    try:
+        await bus.nc.request(subject("ctl", probe, "classify_ready"), b"", timeout=1.0)
+        return True
+    except NoRespondersError:
+        return False
+    except Exception:  # noqa: BLE001 - timeout (busy) or a connection hiccup: not proof of absence
+        return None
+
+
+async def _wait_verdicts(meter: FlowMeter, out: Outbox, stop: asyncio.Event, limit: int, max_wait_s: float,
+                         present: Any = None) -> bool:
     """Wait while classify catches up (pending verdicts above ``limit``), as long as it makes progress.
 
-    Returns False when no verdict arrived for ``max_wait_s``: classify is not
-    answering, and the caller stops waiting for it.  Meanwhile ended flows keep
-    waiting for their verdicts (no wall-clock deadline: see ``replay_files``).
+    Returns False when no verdict arrived for ``max_wait_s`` and classify is gone: the caller stops
+    waiting for it.  With ``present`` (an async callable, see ``classify_present``), a stall is
+    not the end while a classify replica is still subscribed -- a loaded machine can hold classify
+    back for seconds, and giving up then would make a replay's results depend on the machine's
+    load -- up to ``REPLAY_STALL_MAX_S`` without any verdict.  Meanwhile ended flows keep waiting
+    for their verdicts (no wall-clock deadline: see ``replay_files``).
     """
     last = meter.pending_verdicts()
-    still_since = time.monotonic()
+    progress_at = check_at = time.monotonic()
     while meter.pending_verdicts() > limit and not stop.is_set():
         await out.flush()
         await asyncio.sleep(0.005)
         meter.tick(0.0, 0.0)   # 0: packet time stays where it is; wall 0: no closing flow is due
         now = meter.pending_verdicts()
+        t = time.monotonic()
         if now < last:
-            last, still_since = now, time.monotonic()
-        elif time.monotonic() - still_since > max_wait_s:
-            log.warning("%d samples still without a verdict after %.1f s; is classify running?", now, max_wait_s)
+            last, progress_at, check_at = now, t, t
+        elif t - check_at > max_wait_s:
+            if present is not None and t - progress_at < REPLAY_STALL_MAX_S and await present() is not False:
+                check_at = time.monotonic()     # classify is there, only slow: keep waiting
+                continue
+            log.warning("%d samples still without a verdict after %.1f s; is classify running?", now, t - progress_at)
             return False
     return True
 
@@ -414,6 +439,9 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
     # how many are pending); verdict_wait_s, a wall-clock wait meant for live traffic, applies only
     # once classify has stopped answering, so a replay's results do not depend on the machine's load.
     classify_answers = True
+
+    async def present() -> bool | None:
+        return await classify_present(bus, settings.probe)
 
     def wall() -> float:
         if classify_answers and settings.replay_max_pending:   # without back-pressure: the deadline
@@ -485,7 +513,7 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
             await asyncio.sleep(0)      # let the publisher send what flush queued
             limit = settings.replay_max_pending
             if limit and classify_answers and meter.pending_verdicts() > limit:
-                classify_answers = await _wait_verdicts(meter, out, stop, limit // 2, settings.verdict_wait_s)
+                classify_answers = await _wait_verdicts(meter, out, stop, limit // 2, settings.verdict_wait_s, present)
             if stop.is_set():
                 break
         if reader.error:
@@ -497,7 +525,7 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
         extra = {**reader.counters, **({"file_truncated": 1} if reader.error else {})}   # caplen anomalies too
         await reporter.publish(source=name, finished=True, delta=True, extra=extra)
     # the last verdicts, then every flow's end record
-    await _wait_verdicts(meter, out, stop, 0, settings.verdict_wait_s)
+    await _wait_verdicts(meter, out, stop, 0, settings.verdict_wait_s, present if classify_answers else None)
     meter.flush_closing()
     if errors:
         log.warning("%d capture file(s) could not be read", errors)

@@ -143,6 +143,9 @@ class Apps:
 
     def apply(self, s: FlowSample, v: Verdict) -> None:
         """Fill application/category from the host, or from the addresses when DPI found nothing."""
+        h = v.host
+        if h and h != h.lower() and v.app_protocol not in HOST_CASE_KEPT:
+            v.host = h.lower()
         if v.host and not v.application:
             got = self.lookup_host(v.host)
             if got:
@@ -174,6 +177,12 @@ class Apps:
                 v.category = self.categories.get(call, "VoIP")
         if not v.category and v.app_protocol != "Unknown":
             v.category = self.proto_categories.get(v.app_protocol, "")
+
+
+# nDPI lower-cases host names (HTTP Host, TLS/QUIC SNI, DNS/LLMNR/MDNS/DHCP names), but not the SSH
+# software versions reported in the same field.  (It also keeps only a name's last 79 characters;
+# we keep the whole name, up to the verdict's limit, for the records.)
+HOST_CASE_KEPT = frozenset({"SSH"})
 
 
 def _load_json(path: Path, missing: str) -> dict:

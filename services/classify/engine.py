@@ -244,6 +244,7 @@ class Engine:
         v = self.new_verdict(s)
         final = False
         kept: str | None = None      # app_protocol of the first PARTIAL match
+        kept_host = ""
         FINAL, PARTIAL = Match.FINAL, Match.PARTIAL
         sp, dp = s.src_payloads, s.dst_payloads
         a0 = sp[0][0] if sp and sp[0] else -1
@@ -262,16 +263,22 @@ class Engine:
                 v.app_protocol = kept if kept is not None else "Unknown"
                 continue
             if m is FINAL or m == FINAL:
-                final = True
+                # Not final while an earlier dissector's PARTIAL claim stands: with more packets it may
+                # decide, so capture keeps sampling and the flow's verdict does not depend on how its
+                # packets were batched into samples (a FINAL stops sampling for good).
+                final = kept is None
                 break
             if m is PARTIAL or m == PARTIAL:
                 if kept is None:
-                    kept = v.app_protocol
+                    kept, kept_host = v.app_protocol, v.host
                 else:
                     v.app_protocol = kept
+                    v.host = kept_host          # the kept answer's host, not the overruled one's
             elif kept is not None:
                 if v.app_protocol != kept:
                     v.app_protocol = kept
+                if v.host != kept_host:
+                    v.host = kept_host
             elif v.app_protocol != "Unknown":   # a NO must not leave a protocol behind
                 v.app_protocol = "Unknown"
         self._sanitize(v)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from services.classify.dissectors.base import Dissector, Match
 from services.classify.dissectors import (  # breadth protocols
-    db, extra, games, iot, ipproto, mail, media, messaging, misc, netbios, netsvc, p2p, remote, voip, vpn,
+    db, extra, games, iot, ipproto, mail, media, messaging, misc, ndpi5, netbios, netsvc, p2p, remote, voip, vpn,
 )
 from services.classify.dissectors.dns import DnsDissector
 from services.classify.dissectors.http import HttpDissector
@@ -56,6 +56,7 @@ REGISTRY: list[Dissector] = [
     p2p.DNScrypt(),
     voip.STUN(),
     voip.SIP(),
+    ndpi5.I3D(),            # i3D game servers speak a Discord-like discovery: before Discord
     voip.Discord(),
     voip.IAX(),
     voip.H323(),
@@ -103,7 +104,7 @@ REGISTRY: list[Dissector] = [
     p2p.Syncthing(),
     db.MySQL(),
     db.PostgreSQL(),
-    db.Redis(),
+    db.RESP(),
     db.MongoDB(),
     db.Memcached(),
     db.Elasticsearch(),
@@ -112,6 +113,18 @@ REGISTRY: list[Dissector] = [
     db.DRDA(),
     db.AMQP(),
     db.MQTT(),
+    ndpi5.VXLAN(),
+    ndpi5.CloudflareWarp(),
+    ndpi5.ATG(),
+    ndpi5.STOMP(),
+    ndpi5.HiSLIP(),
+    ndpi5.OpenWire(),
+    ndpi5.TRDP(),
+    ndpi5.Nano(),
+    ndpi5.Lustre(),
+    ndpi5.ClickHouse(),
+    ndpi5.Warcraft3(),
+    ndpi5.Mumble(),
     iot.BACnet(),
     iot.Modbus(),
     iot.DNP3(),
@@ -228,6 +241,8 @@ REGISTRY: list[Dissector] = [
     media.WebSocket(),
     voip.RTPRTCP(),
     misc.Protobuf(),
+    ndpi5.SOAP(),
+    ndpi5.JSONRPC(),
     # port hints only (no payload test): used by the engine's port guess
     *mail.PORT_HINTS,
     *remote.PORT_HINTS,

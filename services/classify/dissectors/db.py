@@ -1,4 +1,4 @@
-"""Databases and message brokers: MySQL, PostgreSQL, Redis, MongoDB, Memcached,
+"""Databases and message brokers: MySQL, PostgreSQL, RESP (Redis), MongoDB, Memcached,
 Elasticsearch (transport), Kafka, NATS, DRDA (DB2), AMQP, MQTT.
 
 References: MySQL client/server protocol (initial handshake v10), PostgreSQL
@@ -58,19 +58,37 @@ class PostgreSQL(Simple):
         return code in (0x00030000, 0x00020000) and p.endswith(b"\x00") and b"user\x00" in p
 
 
-class Redis(Simple):
-    name = "Redis"
+def resp_start(p: bytes) -> bool:
+    """RESP (Redis serialization protocol, RESP2 and RESP3): an aggregate or bulk-string header --
+    ``*`` array, ``$`` bulk string, ``~`` set, ``%`` map, ``>`` push -- with a decimal count of at most
+    three digits (or -1, the null value) ended by CRLF, and something after it."""
+    if len(p) < 5 or p[0] not in b"*$~%>":
+        return False
+    i = p.find(b"\r\n", 1, 6)
+    if i < 2:
+        return False
+    n = p[1:i]
+    if not (n.isdigit() or n == b"-1"):
+        return False
+    if p[0] == 0x24:        # $<len>\r\n<data>\r\n: the length is exact when the string is all here
+        ln = int(n)
+        return ln < 0 or len(p) < i + 4 + ln or p[i + 2 + ln:i + 4 + ln] == b"\r\n"
+    # an aggregate: its first element starts with a RESP type byte (or the aggregate is empty)
+    return len(p) > i + 2 and p[i + 2] in b"*$:+-_#,(!=%~>|" or n in (b"0", b"-1")
+
+
+class RESP(Simple):
+    """Redis serialization protocol (nDPI 5.0 name RESP, formerly Redis): requests are RESP arrays of
+    bulk strings (https://redis.io/docs/latest/develop/reference/protocol-spec/).  Inline commands
+    (``PING\\r\\n``) are not told from NATS text commands; nDPI names them Nats (see ``Nats``)."""
+
+    name = "RESP"
     transports = TCP
     ports = frozenset({6379})
-    magic = (b"*", b"PING", b"ping", b"INFO", b"QUIT", b"+", b"$", b"-")
+    magic = (b"*", b"$", b"~", b"%", b">")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
-        if len(p) >= 8 and p[0] == 0x2A and p[1:2].isdigit():      # *<n>\r\n$<len>\r\n
-            i = p.find(b"\r\n", 1, 8)
-            return i > 1 and p[1:i].isdigit() and p[i + 2:i + 3] == b"$"
-        if from_src and p in (b"PING\r\n", b"ping\r\n", b"INFO\r\n", b"QUIT\r\n"):
-            return 6379 in (s.src_port, s.dst_port) or any(q.startswith((b"+PONG", b"$")) for q in s.dst_payloads[:1])
-        return False
+        return len(p) >= 10 and resp_start(p)
 
 
 class MongoDB(Simple):
@@ -144,15 +162,16 @@ class Kafka(Simple):
 
 
 class Nats(Simple):
+    """NATS client protocol (https://docs.nats.io/reference/reference-protocols/nats-protocol): text
+    operations INFO, CONNECT, PUB, SUB, UNSUB, MSG, PING, PONG, each ended by CRLF, from either side."""
+
     name = "Nats"
     transports = TCP
     ports = frozenset({4222})
-    magic = (b"INFO {", b"CONNECT {")
+    magic = (b"INFO {", b"CONNECT {", b"PUB ", b"SUB ", b"UNSUB ", b"MSG ", b"PING", b"PONG")
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
-        if p.startswith(b"INFO {") and b'"server_id"' in p[:200]:
-            return True
-        return p.startswith(b"CONNECT {") and p.rstrip().endswith(b"}")
+        return len(p) > 4 and p.startswith(self.magic) and b"\r\n" in p
 
 
 class DRDA(Simple):
@@ -214,4 +233,4 @@ class MQTT(Simple):
         return p[o:o + 6] == b"\x00\x04MQTT" and p[o + 6:o + 7] in (b"\x03", b"\x04", b"\x05") or p[o:o + 8] == b"\x00\x06MQIsdp"
 
 
-DISSECTORS = [MySQL(), PostgreSQL(), Redis(), MongoDB(), Memcached(), Elasticsearch(), Kafka(), Nats(), DRDA(), AMQP(), MQTT()]
+DISSECTORS = [MySQL(), PostgreSQL(), RESP(), MongoDB(), Memcached(), Elasticsearch(), Kafka(), Nats(), DRDA(), AMQP(), MQTT()]

@@ -231,6 +231,21 @@ def _question_name(b: bytes) -> str:
     return name if pos + 4 <= len(b) else ""
 
 
+def _last_query_name(payloads: list[bytes]) -> str:
+    """As nDPI: until a reply comes, every query (UDP) names the flow again, so the name is the last
+    one read from a query header nDPI accepts (QR 0, 1-16 questions, no answer or authority records
+    unless a dynamic update); other datagrams are skipped."""
+    name = ""
+    for b in payloads[:8]:
+        if len(b) < 12:
+            continue
+        flags, qd = (b[2] << 8) | b[3], (b[4] << 8) | b[5]
+        if flags & 0x8000 or not 0 < qd <= 16 or not ((flags & 0x2800) == 0x2800 or b[6:10] == b"\0\0\0\0"):
+            continue
+        name = _question_name(b) or name
+    return name
+
+
 class DnsDissector(Dissector):
     """DNS, MDNS and LLMNR over UDP and TCP."""
 
@@ -244,7 +259,9 @@ class DnsDissector(Dissector):
             return False
         first = p[0]
         if s.src_port in self.ports or s.dst_port in self.ports:
-            return len(first) >= (2 if s.transport == "TCP" else 12)
+            need = 2 if s.transport == "TCP" else 12
+            # (nDPI reads every packet: a short first datagram does not hide the messages after it)
+            return len(first) >= need or any(len(x) >= need for x in s.src_payloads[1:8] + s.dst_payloads[:8])
         # elsewhere only a standard query followed by its answer counts (see dissect): the first
         # message must be a query (QR 0, opcode 0) with one question and no answers
         if not (s.src_payloads and s.dst_payloads):
@@ -308,6 +325,8 @@ class DnsDissector(Dissector):
         if not msgs and std and s.transport == "UDP":
             # damaged messages on a DNS port: still DNS, with the first question's name if it reads
             name = next((n for n in map(_question_name, s.dst_payloads[:1] + s.src_payloads[:1]) if n), "")
+            if not s.dst_payloads and len(s.src_payloads) > 1:
+                name = _last_query_name(s.src_payloads) or name
             if name:
                 port = s.dst_port if s.dst_port in _PORT_NAMES else s.src_port
                 v.app_protocol = _PORT_NAMES.get(port, "DNS")
@@ -339,6 +358,9 @@ class DnsDissector(Dissector):
                 crypt = dnscrypt_app(q.qname)      # DNSCrypt certificate queries in DNS format
                 if crypt:
                     v.app_protocol = crypt
+                    v.host = ""     # as nDPI's DNSCrypt dissector: the certificate query names no host
+            if not responses and s.transport == "UDP" and len(s.src_payloads) > 1:
+                v.host = host_text(_last_query_name(s.src_payloads) or q.qname)
         else:
             a = next((m for m in msgs if m.answers), None)
             if a is not None:

@@ -20,7 +20,15 @@ METHODS = (
     b"PROPFIND", b"PROPPATCH", b"MKCOL", b"COPY", b"MOVE", b"LOCK", b"UNLOCK", b"REPORT",
     b"SEARCH", b"NOTIFY", b"SUBSCRIBE", b"UNSUBSCRIBE", b"MKCALENDAR", b"CHECKOUT", b"MERGE",
     b"M-SEARCH", b"PURGE", b"BPROPFIND", b"POLL", b"BCOPY", b"BDELETE", b"BMOVE", b"BPROPPATCH",
+    b"RPC_IN_DATA", b"RPC_OUT_DATA", b"SOURCE",
 )
+# methods that name an application over HTTP, as nDPI does: WebDAV (RFC 4918), RPC over HTTP
+# (MS-RPCH, [MS-RPCH] 2.1.2.1), an Icecast source client (SOURCE)
+_METHOD_APPS = {
+    b"PROPFIND": "WebDAV", b"PROPPATCH": "WebDAV", b"MKCOL": "WebDAV", b"COPY": "WebDAV", b"MOVE": "WebDAV",
+    b"LOCK": "WebDAV", b"UNLOCK": "WebDAV", b"RPC_IN_DATA": "MS-RPCH", b"RPC_OUT_DATA": "MS-RPCH",
+    b"SOURCE": "IceCast",
+}
 _FIRST = frozenset(m[0] for m in METHODS) | {ord("H"), ord("P")}
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -29,6 +37,9 @@ _CT_APPS = {
     "application/ocsp-request": "OCSP", "application/ocsp-response": "OCSP",
     "application/dash+xml": "MpegDash", "video/iso.segment": "MpegDash", "application/ipp": "IPP",
     "application/soap+xml": "SOAP", "application/json-rpc": "JSON-RPC",
+    # HTTP Live Streaming playlists (RFC 8216 4)
+    "application/vnd.apple.mpegurl": "HLS", "application/x-mpegurl": "HLS", "audio/mpegurl": "HLS",
+    "audio/x-mpegurl": "HLS",
 }
 
 
@@ -95,6 +106,8 @@ class HttpDissector(Dissector):
             if req2 is not None:
                 c, sv, req = sv, c, req2
         resp = sv.startswith(b"HTTP/1.") or sv.startswith(b"HTTP/0.9")
+        icy = sv.startswith(b"ICY ")            # SHOUTcast/Icecast v1 answer to a GET
+        resp = resp or icy
         if req is None:
             if c.startswith(b"HTTP/1."):
                 c, sv, resp = sv, c, True
@@ -127,7 +140,11 @@ class HttpDissector(Dissector):
                     info.host = _txt(target.split(b"/")[2] if target.count(b"/") >= 2 else b"", 512)
             if b"soapaction" in hdr and not app:
                 app = "SOAP"
+            if not app:
+                app = _METHOD_APPS.get(method, "")
             tl = target.lower()
+            if not app and (tl.endswith(b".m3u8") or b".m3u8?" in tl):
+                app = "HLS"
             if not app and (tl.endswith(b".mpd") or b".mpd?" in tl or tl.endswith(b".m4s") or b"/dash/" in tl):
                 app = "MpegDash"
         if resp:
@@ -145,6 +162,8 @@ class HttpDissector(Dissector):
                 srv = rh.get(b"server")
                 if srv:
                     info.server = _txt(srv, 256)
+                if not app and (icy or b"icy-name" in rh or b"icy-metaint" in rh or (srv or b"")[:7].lower() == b"icecast"):
+                    app = "IceCast"
         v.app_protocol = proto
         txs = transactions(c, sv) if req is not None else []
         if txs:

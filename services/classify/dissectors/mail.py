@@ -11,6 +11,7 @@ from __future__ import annotations
 from shared.models import FlowSample, Verdict
 from services.classify.dissectors.base import Dissector, Match
 from services.classify.dissectors.breadth_util import TCP, PortHint, ordered, printable
+from services.classify.dissectors.db import resp_start
 
 _SMTP_CMDS = (b"EHLO ", b"HELO ", b"MAIL FROM:", b"RCPT TO:", b"STARTTLS", b"AUTH ", b"DATA\r\n", b"QUIT\r\n")
 _POP_CMDS = (b"USER ", b"PASS ", b"STAT", b"LIST", b"RETR ", b"DELE ", b"UIDL", b"TOP ", b"CAPA", b"STLS", b"APOP ", b"AUTH")
@@ -63,7 +64,9 @@ class Mail(Dissector):
                 proto = "SMTP"
             elif is_ftp:
                 proto = "FTP_CONTROL"
-        elif server.startswith(b"+OK") or (ports & _POP_PORTS and client.startswith(_POP_CMDS)):
+        elif server.startswith(b"+OK") and not resp_start(client) or (ports & _POP_PORTS and client.startswith(_POP_CMDS)):
+            # (a POP3 server greets first, RFC 1939 4; a client that opens with a RESP array talks
+            # to a Redis server, whose simple-string replies also read "+OK")
             proto = "POP3"
         elif server.startswith((b"* OK", b"* PREAUTH", b"* BYE")):
             proto = "IMAP"
@@ -84,6 +87,10 @@ class Mail(Dissector):
             proto = "POPS" if self._accepted(sl, b"+OK", after=b"STLS") or len(s.dst_payloads) >= 3 else proto
         elif proto == "IMAP" and any(b" STARTTLS" in x[:40] for x in upper):
             proto = "IMAPS"
+        elif proto == "FTP_CONTROL" and any(x.startswith(b"AUTH ") for x in upper) and \
+                any(x[:4] in (b"234 ", b"334 ") for x in sl):
+            # RFC 2228: a security mechanism accepted (234) or its data exchange begun (334): nDPI's FTPS
+            proto = "FTPS"
         v.app_protocol = proto
         if ccmds:
             v.extra["commands"] = ",".join(dict.fromkeys(c for c in ccmds if c.isalpha())).strip(",")[:200]

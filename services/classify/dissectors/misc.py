@@ -446,7 +446,10 @@ class Protobuf(Dissector):
             n, n_len, _whole = protobuf_fields(p)
             if n >= 8 and n_len >= 1:
                 v.app_protocol = self.name
-                return Match.FINAL
+                # a fallback: final only once the flow has shown enough packets for the protocols
+                # before it (RTP, game protocols, ...) to have decided; until then more packets may
+                # let one of them claim the flow
+                return Match.FINAL if len(s.src_payloads) + len(s.dst_payloads) >= 4 else Match.PARTIAL
         return Match.NO
 
 

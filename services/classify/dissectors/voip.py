@@ -204,7 +204,9 @@ class RTPRTCP(Dissector):
                 rtcp += 1
                 if rtcp >= 1 and (len(p) >= 28 or rtcp >= 2):
                     v.app_protocol = "RTCP"
-                    return Match.FINAL
+                    # settled after three packets (as nDPI's DPI window): a call service's own
+                    # packets (Discord's keep-alive, ...) may still come and name the flow
+                    return Match.FINAL if len(s.src_payloads) + len(s.dst_payloads) >= 3 else Match.PARTIAL
                 continue
             if not rtp_ok(p):
                 return Match.NO
@@ -225,7 +227,12 @@ class Discord(Simple):
     ports = frozenset({50001, 50002, 50003, 50004})
 
     def could_be(self, s: FlowSample) -> bool:
-        return bool(s.src_payloads) and len(s.src_payloads[0]) in (8, 74)
+        # the discovery or a keep-alive, from either side (a capture may start mid-call)
+        for lst in (s.src_payloads, s.dst_payloads):
+            for p in lst[:4]:
+                if len(p) in (8, 74):
+                    return True
+        return False
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) == 8:
@@ -347,10 +354,25 @@ class Zoom(Simple):
     ports = frozenset({8801, 8802, 8803, 8804, 8805, 8806, 8807, 8808, 8809, 8810})
 
     def could_be(self, s: FlowSample) -> bool:
-        return s.dst_port in self.ports or s.src_port in self.ports
+        if s.dst_port in self.ports or s.src_port in self.ports:
+            return True
+        return any(lst and lst[0][:3] == b"\x1f\x02\x01" for lst in (s.src_payloads, s.dst_payloads))
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
-        return len(p) >= 8 and p[0] in (1, 2, 3, 4, 5) and p[1] == 0 and (s.dst_port in self.ports or s.src_port in self.ports)
+        if len(p) >= 8 and p[0] in (1, 2, 3, 4, 5) and p[1] == 0 and (s.dst_port in self.ports or s.src_port in self.ports):
+            return True
+        return self.p2p(p)
+
+    @staticmethod
+    def p2p(p: bytes) -> bool:
+        """A peer-to-peer call's first packet: media encapsulation type 0x1f, a 24-byte header, then
+        length-prefixed attributes (the peer's address as text, a UUID) and 4 zero bytes."""
+        if len(p) <= 36 or p[:3] != b"\x1f\x02\x01" or p[-4:] != b"\x00\x00\x00\x00":
+            return False
+        ip_len = u32(p, 24)
+        if ip_len < 0 or 24 + 4 + ip_len + 4 >= len(p):
+            return False
+        return len(p) == 24 + 4 + ip_len + 4 + u32(p, 28 + ip_len) + 4
 
 
 DISSECTORS = [STUN(), SIP(), Discord(), IAX(), H323(), Megaco(), CiscoSkinny(), BFCP(), NOE(), Zoom(), RTPRTCP()]

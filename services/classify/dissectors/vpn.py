@@ -137,7 +137,9 @@ class IPSec(Dissector):
 
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
         if s.transport != "UDP":
-            v.app_protocol = self.name
+            # nDPI 5.0 names the IP protocols themselves: ESP (50, RFC 4303) and AH (51, RFC 4302);
+            # IPSec is IKE (UDP 500/4500)
+            v.app_protocol = "AH" if s.transport in ("AH", "51") else "ESP"
             return Match.FINAL
         for _src, p in ordered(s, 4):
             if ike_header_ok(p, 0):

@@ -44,7 +44,7 @@ def test_postgres_startup_and_ssl_request():
 
 
 @pytest.mark.parametrize("src,dst,port,name", [
-    ([b"*1\r\n$4\r\nPING\r\n"], [b"+PONG\r\n"], 6379, "Redis"),
+    ([b"*1\r\n$4\r\nPING\r\n"], [b"+PONG\r\n"], 6379, "RESP"),
     ([mongo_msg()], [], 27017, "MongoDB"),
     ([b"stats\r\n"], [b"STAT pid 1\r\nEND\r\n"], 11211, "Memcached"),
     ([b"ES" + struct.pack("!I", 13) + b"\x00" * 13], [], 9300, "Elasticsearch"),
@@ -69,3 +69,45 @@ def test_kafka_rejects_binary_client_id():
 def test_mqtt_session_joined_midway_by_ping():
     assert ENGINE.classify(_s(src=[b"\xc0\x00"], dst=[b"\xd0\x00"], dport=17501)).app_protocol == "MQTT"
     assert ENGINE.classify(_s(src=[b"\xc0\x00"], dst=[b"\xd1\x00"], dport=17501)).app_protocol != "MQTT"
+
+
+def _resp_array(*words: bytes) -> bytes:
+    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+
+
+@pytest.mark.parametrize("first", ["client", "server"])
+@pytest.mark.parametrize("port", [6379, 10625])
+def test_resp_requests_from_the_spec(first, port):
+    """RESP (nDPI 5.0: RESP, formerly Redis): a client array of bulk strings, whichever side the
+    capture saw first, on the standard or another port; several commands in one segment; RESP3."""
+    req = _resp_array(b"SET", b"key", b"value") + _resp_array(b"GET", b"key")
+    dirs = "sd" if first == "client" else "ds"
+    assert ENGINE.classify(_s(src=[req], dst=[b"+OK\r\n$5\r\nvalue\r\n"], dport=port, dirs=dirs)).app_protocol == "RESP"
+    hello = _resp_array(b"HELLO", b"3")
+    assert ENGINE.classify(_s(src=[hello], dst=[b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n"], dport=port)).app_protocol == "RESP"
+    # retransmitted request segment
+    assert ENGINE.classify(_s(src=[req, req], dst=[b"+OK\r\n"], dport=port)).app_protocol == "RESP"
+    # the server side alone: a RESP3 map or a bulk string reply with its exact length
+    assert ENGINE.classify(_s(dst=[b"%2\r\n+a\r\n:1\r\n+b\r\n:2\r\n"], dport=port, dirs="d")).app_protocol == "RESP"
+
+
+def test_resp_is_not_pop3_and_not_fooled_by_text():
+    # a Redis server answers "+OK" like a POP3 greeting: the client's RESP array decides
+    v = ENGINE.classify(_s(src=[_resp_array(b"AUTH", b"secret")], dst=[b"+OK\r\n"], dport=6379))
+    assert v.app_protocol == "RESP"
+    # POP3 proper still is POP3
+    v = ENGINE.classify(_s(src=[b"USER bob\r\n"], dst=[b"+OK POP3 server ready\r\n"], dport=110, dirs="ds"))
+    assert v.app_protocol == "POP3"
+    # a '*' line that is no RESP array (no CRLF after a short count, or a wrong bulk length)
+    for junk in (b"*hello world\r\n", b"$5\r\nabc\r\nxx", b"*12345\r\n$1\r\na\r\n"):
+        assert ENGINE.classify(_s(src=[junk], dport=7000)).app_protocol != "RESP"
+
+
+@pytest.mark.parametrize("op", [b"PUB foo 5\r\nhello\r\n", b"SUB foo 1\r\n", b"UNSUB 1\r\n", b"PING\r\n",
+                                b'CONNECT {"verbose":false}\r\n'])
+def test_nats_client_operations(op):
+    """NATS client protocol operations (docs.nats.io, client protocol), client first or server first."""
+    assert ENGINE.classify(_s(src=[op], dport=4222)).app_protocol == "Nats"
+    assert ENGINE.classify(_s(src=[op], dst=[b'INFO {"server_id":"N"}\r\n'], dport=4222, dirs="ds")).app_protocol == "Nats"
+    assert ENGINE.classify(_s(src=[op], dst=[b"MSG foo 1 5\r\nhello\r\n"], dport=14222)).app_protocol == "Nats"
+    assert ENGINE.classify(_s(src=[op.split(b"\r\n")[0]], dport=14222)).app_protocol != "Nats"   # no CRLF: not yet

@@ -57,3 +57,30 @@ def test_absent_library_is_absent_engine(monkeypatch, tmp_path, caplog):
     with caplog.at_level("INFO"):
         assert ndpi_engine.load_ndpi(build_if_missing=False) is None
     assert "not" in caplog.text
+
+
+def test_runtime_image_has_the_second_engine():
+    """The Dockerfile compiles the libndpi binding in the build stage (setup.sh installs libndpi-dev
+    there), and the runtime stage installs the library that binding links, points the engine at the
+    binding and checks at build time that it loads."""
+    import re
+    import shutil
+    import subprocess
+
+    from tests.deploy.test_dockerfile import DOCKERFILE, parse_dockerfile
+
+    stages = parse_dockerfile(DOCKERFILE.read_text())
+    build, runtime = stages[0], stages[-1]
+    built = re.search(r"FT_NDPI_BUILD_DIR=(\S+) \S*python -m services\.classify\.ndpi_engine --build",
+                      " ".join(build.all("RUN")))
+    assert built, "the build stage does not compile the libndpi binding"
+    assert any(f"FT_NDPI_BUILD_DIR={built.group(1)}" in e for e in runtime.all("ENV"))
+    apt = " ".join(runtime.all("RUN"))
+    pkg = re.search(r"\b(libndpi[0-9][\w.]*)\b", apt)
+    assert pkg, "the runtime stage does not install libndpi"
+    assert "load_ndpi(build_if_missing=False)" in apt
+    if shutil.which("apt-cache"):
+        # the runtime package is the one the headers the binding was compiled against belong to
+        dep = subprocess.run(["apt-cache", "depends", "libndpi-dev"], capture_output=True, text=True).stdout
+        if dep.strip():
+            assert pkg.group(1) in dep, dep

@@ -45,8 +45,11 @@ def test_ike_v2_sa_init_and_nat_t_marker():
 
 
 def test_esp_and_ah_transports():
-    assert ENGINE.classify(_s("ESP", src=[b"\x00\x00\x01\x00" * 8], sport=0, dport=0)).app_protocol == "IPSec"
-    assert ENGINE.classify(_s("AH", src=[b"\x01\x04\x00\x00" * 6], sport=0, dport=0)).app_protocol == "IPSec"
+    """nDPI 5.0 names the IP protocols ESP (50) and AH (51) themselves; IPSec is IKE."""
+    assert ENGINE.classify(_s("ESP", src=[b"\x00\x00\x01\x00" * 8], sport=0, dport=0)).app_protocol == "ESP"
+    assert ENGINE.classify(_s("50", src=[b"\x00\x00\x01\x00" * 8], sport=0, dport=0)).app_protocol == "ESP"
+    assert ENGINE.classify(_s("AH", src=[b"\x01\x04\x00\x00" * 6], sport=0, dport=0)).app_protocol == "AH"
+    assert ENGINE.classify(_s("51", dst=[b"\x01\x04\x00\x00" * 6], sport=0, dport=0)).app_protocol == "AH"
 
 
 def test_socks5_method_negotiation_and_socks4_connect():
