@@ -11,14 +11,21 @@ from typing import Literal
 
 PREFIX = "ft"
 
-Kind = Literal["sample", "packet", "flow", "verdict", "dns", "alert", "block", "stats", "ctl", "evidence"]
-KINDS: tuple[str, ...] = ("sample", "packet", "flow", "verdict", "dns", "alert", "block", "stats", "ctl", "evidence")
+Kind = Literal["sample", "packet", "flow", "verdict", "dns", "alert", "block", "stats", "ctl", "evidence", "dlq"]
+KINDS: tuple[str, ...] = ("sample", "packet", "flow", "verdict", "dns", "alert", "block", "stats", "ctl", "evidence",
+                          "dlq")
 
 # Kinds whose messages must reach storage go through JetStream (one stream).
 # Verdicts travel on core NATS (capture and block need them at once, one per
 # sample); the best verdict of each flow is stored with the flow's end record
 # in the same batch on ft.flow.<probe>, so storage gets exactly one per flow.
 STORED_KINDS: tuple[str, ...] = ("flow", "dns", "alert", "block")
+
+# Dead letters: messages a JetStream consumer could not use, kept (in a stream of
+# their own, FT_DLQ_STREAM_NAME) with the reason in the Ft-Dlq-Reason header.
+DLQ_KIND = "dlq"
+#: the probe token of a dead letter whose own subject named no valid probe
+DLQ_NO_PROBE = "_unknown"
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -52,3 +59,14 @@ def all_of(kind: str) -> str:
     if kind not in KINDS:
         raise ValueError(f"unknown subject kind {kind!r}")
     return f"{PREFIX}.{kind}.>"
+
+
+def dlq_subject(probe: str | None) -> str:
+    """``ft.dlq.<probe>``: where a consumer dead-letters what it could not use from ``probe``.
+
+    A probe that is not a valid token (the message came on a subject no
+    FlowTarget publisher builds) goes to ``ft.dlq._unknown``.
+    """
+    if not probe or not _TOKEN.match(probe):
+        probe = DLQ_NO_PROBE
+    return subject(DLQ_KIND, probe)
