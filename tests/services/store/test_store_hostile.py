@@ -37,6 +37,8 @@ async def dead_letters(bus: Bus, settings: StoreSettings) -> list:
         info = await js.stream_info(settings.dlq_stream_name)
     except Exception:  # noqa: BLE001 - no stream yet: no dead letters
         return []
+    if not info.state.messages:
+        return []
     out = []
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
         m = await js.get_msg(settings.dlq_stream_name, seq)
