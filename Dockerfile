@@ -23,7 +23,7 @@ RUN apt-get update -qq \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/flowtarget
 COPY --from=build /opt/flowtarget /opt/flowtarget
-RUN mkdir -p /var/lib/flowtarget/evidence \
+RUN mkdir -p /var/lib/flowtarget/evidence /var/lib/flowtarget/spool \
  && flowtarget_check="$(/opt/flowtarget/.venv/bin/python -c 'import pcap, shared.metrics, services.capture.service, services.capture._fastpath; print("ok")')" \
  && test "$flowtarget_check" = ok
 ENV PATH=/opt/flowtarget/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -32,5 +32,5 @@ ENV PATH=/opt/flowtarget/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr
 LABEL org.opencontainers.image.title="FlowTarget" \
       org.opencontainers.image.description="Network traffic detection probe: capture, DPI, access logs, alerts, blocking over NATS" \
       org.opencontainers.image.licenses="Apache-2.0"
-VOLUME ["/var/lib/flowtarget/evidence"]
+VOLUME ["/var/lib/flowtarget/evidence", "/var/lib/flowtarget/spool"]
 CMD ["flowtarget", "--help"]
