@@ -435,6 +435,7 @@ class Bus:
             retention=RetentionPolicy.LIMITS,
             max_age=s.stream_max_age_s,
             max_bytes=s.stream_max_bytes,
+            max_msg_size=s.max_message_bytes,      # what no consumer would read is refused at the door
             storage=StorageType.FILE if s.stream_storage == "file" else StorageType.MEMORY,
             discard=DiscardPolicy.OLD,
             duplicate_window=120.0,

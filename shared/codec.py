@@ -138,7 +138,8 @@ def loads_small(data: bytes | str | None, max_bytes: int = 64 * 1024, max_depth:
     try:
         obj = orjson.loads(data)
     except (orjson.JSONDecodeError, ValueError, TypeError, RecursionError) as exc:
-        raise DecodeError("not_json", safe_line(exc, 120)) from None
+        reason = "too_deep" if "depth" in str(exc) or "recursion" in str(exc) else "not_json"
+        raise DecodeError(reason, safe_line(exc, 120)) from None
     if json_depth(obj, max_depth) > max_depth:
         raise DecodeError("too_deep", f"nesting over {max_depth}")
     return obj
