@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -110,6 +111,7 @@ class Bus:
         self.reconnects = 0
         self.dead_lettered = 0
         self.dead_letter_failures = 0
+        self.slow_consumer_drops = 0
         self.decoder = Decoder.from_settings(settings)
         self.spool: Spool | None = None
         if getattr(settings, "spool_dir", ""):
@@ -193,6 +195,12 @@ class Bus:
         log.info("%s connected to NATS %s", self.name, self.nc.connected_url.netloc if self.nc.connected_url else "")
 
     async def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            # a subscription's pending buffer (FT_SUB_PENDING_MB) is full: the message was dropped
+            self.slow_consumer_drops += 1
+            self._rlog.warning("slow", "subscription buffer full: %d message(s) dropped so far (FT_SUB_PENDING_MB)",
+                               self.slow_consumer_drops)
+            return
         self._rlog.warning("error", "NATS error: %s", safe_text(exc))
 
     async def _on_disconnected(self) -> None:
@@ -420,8 +428,9 @@ class Bus:
                     self._rlog.log(logging.ERROR, "handler:" + subject, "handler for %s failed (%d so far): %s",
                                    safe_text(msg.subject, 80), self.handler_errors, safe_text(exc), exc_info=exc)
 
+        pending_bytes = int(getattr(self.settings, "sub_pending_mb", 2048)) * 1024**2
         sub = await self.nc.subscribe(subject, queue=queue, cb=_cb,
-                                      pending_msgs_limit=2_000_000, pending_bytes_limit=2 * 1024**3)
+                                      pending_msgs_limit=2_000_000, pending_bytes_limit=pending_bytes)
         self._subs.append(sub)
         return sub
 
@@ -520,6 +529,7 @@ class Bus:
             "malformed": self.malformed, "handler_errors": self.handler_errors, "skipped": self.skipped,
             "published": self.published, "publish_retries": self.publish_retries, "reconnects": self.reconnects,
             "dead_lettered": self.dead_lettered, "dead_letter_failures": self.dead_letter_failures,
+            "slow_consumer_drops": self.slow_consumer_drops,
         }
         out.update({f"decode_{k}": v for k, v in self.decoder.counters.items()})
         if self.spool is not None:

@@ -35,6 +35,7 @@ class CommonSettings(BaseSettings):
     drain_timeout_s: float = Field(default=5.0, gt=0)
     # --- hostile or broken peers (shared.codec, shared.bus): every bound here is counted when hit
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="Messages larger than this are rejected unparsed (counted, dead-lettered by JetStream consumers).")
+    sub_pending_mb: int = Field(default=2048, ge=1, le=65536, description="Bytes of messages a subscription holds before it is read; beyond it messages are dropped (counted as slow_consumer_drops).")
     alert_details_max_bytes: int = Field(default=16 * 1024, ge=64, description="An alert's details are cut to this many characters (keys and values; counted).")
     dlq_stream_name: str = Field(default="FLOWTARGET_DLQ", description="JetStream stream of dead letters (ft.dlq.<probe>): messages a consumer could not use, with the reason.")
     dlq_max_bytes: int = Field(default=256 * 1024**2, gt=0, description="Dead-letter stream retention by size (oldest dropped).")

@@ -124,3 +124,31 @@ def test_rate_limited_log_is_bounded():
     for i in range(1000):
         rl.warning(f"k{i}", "x")
     assert len(rl._last) <= 10 and len(rl._suppressed) <= 10
+
+
+def test_subscription_buffer_is_bounded_and_drops_counted(nats_server):
+    """A peer that publishes faster than a subscriber reads fills at most FT_SUB_PENDING_MB; the rest is
+    dropped and counted, and the subscriber goes on."""
+    async def main():
+        bus = await Bus.connect(CommonSettings(nats_url=nats_server.url, probe="p1", sub_pending_mb=1), "slow")
+        got = []
+
+        async def handler(ev):
+            got.append(ev.flow_id)
+            await asyncio.sleep(0.01)
+
+        await bus.subscribe("ft.flow.p1", handler)
+        pub = await Bus.connect(CommonSettings(nats_url=nats_server.url, probe="p1"), "fast")
+        big = FlowRecord(timestamp=1, probe="p1", flow_id="x", phase="end", first_seen=1, last_seen=1,
+                         source="s" * 200)
+        data = batch_json([big] * 200)         # ~100 KB
+        for _ in range(60):
+            await pub.nc.publish("ft.flow.p1", data)
+        await pub.nc.flush()
+        assert await wait_for(lambda: bus.slow_consumer_drops > 0, 10)
+        await pub.close()
+        await bus.close()
+        return bus.slow_consumer_drops, len(got)
+
+    drops, n = asyncio.run(main())
+    assert drops > 0 and n > 0
