@@ -1,11 +1,12 @@
 """The ``flowtarget`` command.
 
     flowtarget capture|classify|store|block      one service, configured from FT_* variables
-    flowtarget run [--iface IF | --pcap FILE...] [--nats URL] [--rules FILE] [--out DIR]
-    flowtarget analyze PCAP [PCAP ...] [--jsonl FILE|-] [--out DIR]
+    flowtarget run [--iface IF | --pcap FILE...] [--nats URL] [--rules FILE] [--out DIR] [--format jsonl|eve]
+    flowtarget analyze PCAP [PCAP ...] [--jsonl FILE|-] [--out DIR [--format jsonl|eve]]
     flowtarget bench capture|classify|store|block ...
     flowtarget rules add|list|remove|load ...
     flowtarget alerts [--follow] [--type T] [--json]
+    flowtarget web                               the operator console (FT_WEB_* variables)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -30,6 +32,7 @@ SERVICE_MODULES = {
     "classify": ("services.classify.service", "ClassifySettings"),
     "store": ("services.store.service", "StoreSettings"),
     "block": ("services.block.service", "BlockSettings"),
+    "web": ("services.web.service", "WebSettings"),
 }
 
 
@@ -55,7 +58,26 @@ def run_one_service(name: str, overrides: dict[str, Any] | None = None, on_stop:
         print(f"flowtarget {name}: not available: {exc}", file=sys.stderr)
         return 1
     settings_cls = getattr(settings_mod, settings_name)
-    return run_service(name, settings_cls, module.main, on_stop=on_stop, **(overrides or {}))
+    return run_service(name, settings_cls, module.main, check=getattr(module, "check_settings", None),
+                       on_stop=on_stop, **(overrides or {}))
+
+
+def run_web() -> int:
+    """web: refuses to start without login credentials (one line, exit 2), then runs like any service."""
+    from shared.runner import ConfigError, load_settings
+    from shared.settings import WebSettings
+
+    try:
+        settings = load_settings(WebSettings)
+    except ConfigError as exc:
+        print(f"flowtarget web: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if not settings.login_configured():
+        from services.web.service import LOGIN_MISSING
+
+        print(f"flowtarget web: configuration error: {LOGIN_MISSING}", file=sys.stderr)
+        return 2
+    return run_one_service("web")
 
 
 def run_capture(args: argparse.Namespace) -> int:
@@ -68,6 +90,12 @@ def run_capture(args: argparse.Namespace) -> int:
         overrides["shards"] = args.shards
     try:
         settings = load_settings(CaptureSettings, **overrides)
+        if settings.capture_role != "detect":
+            from services.capture.sources import check_settings
+            from shared.settings import DetectSettings
+
+            check_settings(settings)    # interface, files, filter: before any child starts
+            load_settings(DetectSettings)   # the detectors' thresholds, read by its process
     except ConfigError as exc:
         print(f"flowtarget capture: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -170,7 +198,8 @@ def check_capture_files(paths: list[str]) -> tuple[list[str], list[str]]:
 
 
 async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_env: dict[str, str],
-                              progress: bool) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
+                              progress: bool, out_format: str = "jsonl"
+                              ) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
     """Run all services over files, drain, return (status, stored events, capture stats)."""
     import nats
 
@@ -197,7 +226,7 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
     await nc.subscribe("ft.stats.>", cb=on_stats)
     collector = await StreamCollector(orch.settings).start()   # reads what is stored while the run goes on
     p = orch.pipeline
-    env_store = {"FT_OUT_DIR": str(out_dir)}
+    env_store = {"FT_OUT_DIR": str(out_dir), "FT_OUT_FORMAT": out_format}
     for name in ("classify", "store", "block"):
         if service_available(name):
             p.start(name, env_store if name == "store" else None)
@@ -291,6 +320,13 @@ def summarize(flows: list[dict[str, Any]], dns: list[dict[str, Any]], alerts: li
         names = Counter(d.get("query_name", "") for d in dns if d.get("query_name"))
     lines.append("")
     lines.append(f"DNS: {len(dns):,} messages, {len(names):,} distinct names")
+    bad = Counter(str(d.get("error")) for d in dns if d.get("error"))
+    over_tcp = sum(1 for d in dns if d.get("transport") == "TCP")
+    paired = sum(1 for d in dns if d.get("rtt_ms") is not None)
+    lines.append(f"  over TCP: {over_tcp:,}   responses paired with their query: {paired:,}   "
+                 f"malformed (logged with the reason): {sum(bad.values()):,}")
+    for reason, cnt in bad.most_common(5):
+        lines.append(f"    {safe(reason, 58):<58}{cnt:>8,}")
     for name, cnt in names.most_common(10):
         lines.append(f"  {safe(name, 60):<60}{cnt:>8,}")
     lines.append("")
@@ -308,14 +344,39 @@ def safe(text: Any, limit: int) -> str:
     return safe_text(text, limit)
 
 
+def preflight(cmd: str, args: argparse.Namespace, per_service: dict[str, dict[str, str]]) -> int:
+    """Before anything starts: the NATS URL answers (when given) and every service would take its
+    configuration.  Returns 0, or prints one line and returns the exit status (2: configuration)."""
+    from flowtarget.orchestrate import base_env, check_nats, check_service_config
+    from shared.runner import ConfigError
+
+    nats_url = args.nats or "nats://127.0.0.1:4222"
+    try:
+        for name, extra in per_service.items():
+            if service_available(name):
+                check_service_config(name, base_env(nats_url, args.probe, extra))
+    except ConfigError as exc:
+        print(f"flowtarget {cmd}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.nats:
+        reason = asyncio.run(check_nats(args.nats))
+        if reason:
+            print(f"flowtarget {cmd}: --nats: {reason}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from flowtarget.orchestrate import Orchestrator
+    from flowtarget.orchestrate import Orchestrator, pcap_env
 
     files, errors = check_capture_files(args.pcaps)
     for e in errors:
         print(f"flowtarget analyze: {e}", file=sys.stderr)
     if not files:
         return 1
+    code = preflight("analyze", args, {"capture": pcap_env(files), "classify": {}, "store": {}, "block": {}})
+    if code:
+        return code
     started = time.monotonic()
     tmp = None
     if args.out:
@@ -328,7 +389,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                         env={"FT_STREAM_STORAGE": "file"})
     try:
         status, events, stats = asyncio.run(
-            _pipeline_for_files(orch, files, out_dir, {}, progress=not args.no_progress and sys.stderr.isatty() or args.progress))
+            _pipeline_for_files(orch, files, out_dir, {}, progress=not args.no_progress and sys.stderr.isatty() or args.progress,
+                                out_format=args.format))
     finally:
         orch.close()
     flows = [e for e in events if e.get("event_type") == "flow" and e.get("phase") == "end"]
@@ -357,12 +419,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     if bool(args.iface) == bool(args.pcap):
         print("flowtarget run: give exactly one of --iface IF or --pcap FILE", file=sys.stderr)
         return 2
+    if args.iface:
+        import socket
+
+        try:
+            socket.if_nametoindex(args.iface)
+        except OSError:
+            print(f"flowtarget run: --iface {args.iface}: no such network interface", file=sys.stderr)
+            return 2
+    from flowtarget.orchestrate import pcap_env
+
+    live = {"FT_IFACE": args.iface} if args.iface else {}
+    checks = {"classify": {}, "store": {}, "block": live}
+    readable = check_capture_files(args.pcap)[0] if args.pcap else []
+    if args.iface or readable:        # (no readable file: reported below, one line per file)
+        checks["capture"] = live if args.iface else pcap_env(readable)
+    code = preflight("run", args, checks)
+    if code:
+        return code
     env: dict[str, str] = {}
     if args.out:
         env["FT_OUT_DIR"] = str(Path(args.out).resolve())
+    env["FT_OUT_FORMAT"] = args.format
     orch = Orchestrator(args.nats, probe=args.probe, log_dir=None)
     orch.pipeline.env.update(env)
     try:
+        from flowtarget.orchestrate import start_web
+
+        web_url, web_note = start_web(orch, evidence_dir=(Path(args.out or "flowtarget-out").resolve() / "evidence")
+                                      if args.pcap else None)
+        print(f"flowtarget run: web console on {web_url}" if web_url else f"flowtarget run: {web_note}",
+              file=sys.stderr)
         if args.rules:
             code = load_rules_file(orch.nats_url, args.probe, args.rules)
             if code:
@@ -375,10 +462,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                 return 1
             out_dir = Path(args.out) if args.out else Path("flowtarget-out")
             out_dir.mkdir(parents=True, exist_ok=True)
-            status, events, stats = asyncio.run(_pipeline_for_files(orch, files, out_dir.resolve(), {}, progress=True))
+            status, events, stats = asyncio.run(_pipeline_for_files(orch, files, out_dir.resolve(), {}, progress=True,
+                                                                    out_format=args.format))
             flows = sum(1 for e in events if e.get("event_type") == "flow" and e.get("phase") == "end")
-            logged = out_dir / "flows.jsonl"
-            n_log = sum(1 for _ in open(logged)) if logged.exists() else 0
+            if args.format == "eve":
+                logged = out_dir / "eve.json"
+                n_log = sum(1 for x in open(logged) if '"event_type":"flow"' in x) if logged.exists() else 0
+            else:
+                logged = out_dir / "flows.jsonl"
+                n_log = sum(1 for _ in open(logged)) if logged.exists() else 0
             print(f"flowtarget run: {len(files)} file(s) replayed, {flows} flows, {n_log} in the access log; "
                   f"output in {out_dir}", file=sys.stderr)
             return 1 if errors else status
@@ -388,7 +480,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             if service_available(name):
                 p.start(name)
         if service_available("block"):
-            p.start("block", {"FT_IFACE": args.iface})     # injects on the capture interface
+            # dry run unless enforcement is asked for explicitly (--enforce, or FT_DRY_RUN=false)
+            block_env = {"FT_IFACE": args.iface}
+            if args.enforce:
+                block_env["FT_DRY_RUN"] = "false"
+            p.start("block", block_env)
+            enforcing = args.enforce or os.environ.get("FT_DRY_RUN", "").strip().lower() in ("false", "0", "no", "off")
+            print("flowtarget run: block " + ("ENFORCES rules (injects on " + args.iface + ")" if enforcing else
+                                              "runs in DRY RUN (reports only; --enforce to inject)"), file=sys.stderr)
         p.start("capture", {"FT_IFACE": args.iface, **({"FT_SHARDS": str(args.shards)} if args.shards else {})})
         print(f"flowtarget run: capturing on {args.iface}, NATS {orch.nats_url}; Ctrl-C to stop", file=sys.stderr)
         try:
@@ -432,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in ("classify", "store", "block"):
         sub.add_parser(name, help=f"run the {name} service (configured from FT_* variables)")
+    sub.add_parser("web", help="run the web console (configured from FT_* and FT_WEB_* variables)")
     cp = sub.add_parser("capture", help="run the capture service (configured from FT_* variables)")
     cp.add_argument("--shards", type=int, default=0, help="capture processes sharing the interface by flow hash")
 
@@ -441,13 +541,20 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--nats", help="NATS URL (default: start an embedded nats-server)")
     rp.add_argument("--rules", help="YAML rules file to load into the rules bucket")
     rp.add_argument("--out", help="directory for JSON-lines output (default ./flowtarget-out with --pcap)")
+    rp.add_argument("--format", choices=("jsonl", "eve"), default="jsonl",
+                    help="files in --out: jsonl (one per measurement) or eve (eve.json for SIEMs)")
     rp.add_argument("--probe", default=os.environ.get("FT_PROBE", "probe1"))
     rp.add_argument("--shards", type=int, default=0)
+    rp.add_argument("--enforce", action="store_true",
+                    help="let block inject (RST / block page / DNS answer); without it block only reports (dry run)")
 
     an = sub.add_parser("analyze", help="replay captures through the services and summarise")
     an.add_argument("pcaps", nargs="+", metavar="PCAP")
     an.add_argument("--jsonl", help="write one JSON object per flow to FILE (- for stdout)")
     an.add_argument("--out", help="directory for flows.jsonl, dns.jsonl, alerts.jsonl")
+    an.add_argument("--format", choices=("jsonl", "eve"), default="jsonl",
+                    help="files in --out: jsonl (one per measurement, as InfluxDB gets them) or eve "
+                         "(eve.json, Suricata eve.json-compatible lines for SIEMs)")
     an.add_argument("--nats", help="NATS URL (default: embedded nats-server)")
     an.add_argument("--probe", default="analyze")
     an.add_argument("--verbose", action="store_true", help="services log at INFO")
@@ -486,6 +593,8 @@ def _main(argv: list[str] | None = None) -> None:
         code = run_capture(args)
     elif cmd in ("classify", "store", "block"):
         code = run_one_service(cmd)
+    elif cmd == "web":
+        code = run_web()
     elif cmd == "run":
         code = cmd_run(args)
     elif cmd == "analyze":
@@ -493,6 +602,10 @@ def _main(argv: list[str] | None = None) -> None:
     elif cmd == "bench":
         code = cmd_bench(args)
     else:
+        # a client command: nats-py's own error log (a traceback per failed connection attempt)
+        # says nothing the command's one-line error does not
+        logging.getLogger("nats.aio.client").setLevel(logging.CRITICAL)
+        logging.getLogger("flowtarget.bus").setLevel(logging.ERROR)   # per-attempt "NATS error" lines
         handler = getattr(args, "func", None)
         if handler is None:
             print(f"flowtarget: unknown command {cmd}", file=sys.stderr)

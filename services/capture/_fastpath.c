@@ -11,12 +11,14 @@
  *       key (addresses and ports).  Anything else: None (the general decoder
  *       takes it).
  *
- *   pcap_records(buf, pos, big_endian, ts_unit, limit, max_record)
+ *   pcap_records(buf, pos, big_endian, ts_unit, limit, max_record[, snaplen])
  *                -> (records, new_pos, bad_caplen)
  *       Up to ``limit`` whole pcap records from ``buf`` at ``pos`` as a list
  *       of (timestamp, frame).  Stops at the first record that is not wholly
  *       in ``buf`` (the caller reads more) or whose caplen exceeds
- *       ``max_record`` (returned as bad_caplen; otherwise -1).
+ *       ``max_record`` (returned as bad_caplen; otherwise -1), or, with -2,
+ *       at a record whose caplen exceeds its original length or a non-zero
+ *       ``snaplen`` (the caller counts and reads that one itself).
  *
  *   Collector()  a callback for pypcap's dispatch(): collector(ts, frame, ...)
  *       appends (ts, bytes(frame)); collector.take() returns the list so far.
@@ -102,8 +104,8 @@ static PyObject *pcap_records(PyObject *self, PyObject *args) {
     Py_ssize_t pos, limit;
     int big;
     double unit;
-    unsigned long long max_record;
-    if (!PyArg_ParseTuple(args, "y*npdnK", &view, &pos, &big, &unit, &limit, &max_record))
+    unsigned long long max_record, snaplen = 0;
+    if (!PyArg_ParseTuple(args, "y*npdnK|K", &view, &pos, &big, &unit, &limit, &max_record, &snaplen))
         return NULL;
     const unsigned char *b = (const unsigned char *)view.buf;
     Py_ssize_t blen = view.len;
@@ -122,6 +124,10 @@ static PyObject *pcap_records(PyObject *self, PyObject *args) {
         uint32_t caplen = big ? be32(h + 8) : le32(h + 8);
         if ((unsigned long long)caplen > max_record) {
             bad = (long long)caplen;
+            break;
+        }
+        if (caplen > (big ? be32(h + 12) : le32(h + 12)) || (snaplen && caplen > snaplen)) {
+            bad = -2;
             break;
         }
         if ((Py_ssize_t)caplen > blen - pos - 16)

@@ -12,11 +12,12 @@ packet slower.  ``tests/services/capture/test_fastpath.py`` keeps both equal.
     offset) or UDP (not on a tunnel port).  ``key`` is ``(proto, frame[26:38])``
     (both addresses and both ports): the meter's directional flow key.
 
-``pcap_records(buf, pos, big_endian, ts_unit, limit, max_record)``
+``pcap_records(buf, pos, big_endian, ts_unit, limit, max_record, snaplen=0)``
     ``(records, new_pos, bad_caplen)``: up to ``limit`` whole pcap records of
     ``buf`` from ``pos`` as ``(timestamp, frame)``; stops at a record not
     wholly in ``buf`` or with caplen above ``max_record`` (``bad_caplen``,
-    else -1).
+    else -1), or at a record with caplen above its original length or above
+    a non-zero ``snaplen`` (``bad_caplen`` -2: the caller reads that one).
 
 ``Collector()``
     A packet callback for pypcap's ``dispatch()``: ``collector(ts, frame, ...)``
@@ -37,7 +38,7 @@ __all__ = ["eth4", "pcap_records", "Collector", "eth4_py", "pcap_records_py", "C
 _u16x3 = struct.Struct("!HHH").unpack_from
 _tcp = struct.Struct("!HHIIBB").unpack_from
 _ports = struct.Struct("!HH").unpack_from
-_REC = {False: struct.Struct("<III").unpack_from, True: struct.Struct(">III").unpack_from}
+_REC = {False: struct.Struct("<IIII").unpack_from, True: struct.Struct(">IIII").unpack_from}
 
 
 def eth4_py(frame: bytes) -> tuple | None:
@@ -68,15 +69,17 @@ def eth4_py(frame: bytes) -> tuple | None:
 
 
 def pcap_records_py(buf: bytes, pos: int, big_endian: bool, ts_unit: float, limit: int,
-                    max_record: int) -> tuple[list[tuple[float, bytes]], int, int]:
+                    max_record: int, snaplen: int = 0) -> tuple[list[tuple[float, bytes]], int, int]:
     unpack = _REC[bool(big_endian)]
     out: list[tuple[float, bytes]] = []
     blen = len(buf)
     pos = max(pos, 0)
     while len(out) < limit and blen - pos >= 16:
-        sec, frac, caplen = unpack(buf, pos)
+        sec, frac, caplen, origlen = unpack(buf, pos)
         if caplen > max_record:
             return out, pos, caplen
+        if caplen > origlen or (snaplen and caplen > snaplen):
+            return out, pos, -2
         end = pos + 16 + caplen
         if end > blen:
             break

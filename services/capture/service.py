@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -33,8 +34,9 @@ from shared.models import (Alert, BlockAction, CaptureStats, Event, Evidence, Fl
 from shared.settings import CaptureSettings
 from shared.subjects import subject
 
+from services.capture.evidence import EvidenceLimits
 from services.capture.flows import FlowMeter
-from services.capture.sources import CaptureFileError, open_source
+from services.capture.sources import CaptureFileError, check_settings, open_source  # noqa: F401 (the runner's check)
 
 log = logging.getLogger("flowtarget.capture")
 
@@ -66,6 +68,7 @@ class Outbox:
         # evidence pcaps already written: alert_id / flow_id -> path (bounded)
         self.evidence_paths: OrderedDict[str, str] = OrderedDict()
         self.evidence: list[Evidence] = []
+        self.limits = EvidenceLimits.from_settings(settings)   # bounds on recordings and evidence on disk
         self.sent_records = 0
         self.sent_samples = 0
         self.sent_packets = 0
@@ -104,8 +107,15 @@ class Outbox:
             return self.evidence_paths[key]
         path = ""
         if self.meter is not None and self.settings.evidence_packets:
+            if not self.limits.has_room():
+                self.limits.c["evidence_refused_disk"] += 1
+                self._rlog.warning("evidence-full", "no evidence written: %s", self.limits.disk_full_reason())
+                return ""
             try:
                 path = self.meter.write_evidence(flow_id, tag=tag) or ""
+                if path:
+                    self.limits.used += os.path.getsize(path)
+                    self.limits.c["evidence_written"] += 1
             except OSError as exc:
                 self._rlog.warning("evidence", "could not write evidence: %s", safe_text(exc))
         self.evidence_paths[key] = path
@@ -143,7 +153,7 @@ class Outbox:
                 await self.batches.put((subject("alert", self.settings.probe, a.alert_type), batch_json([a])))
         if self.meter is not None and self.meter.recorders:
             for rec in self.meter.finished_recordings(force=force):
-                self.evidence.append(self._evidence_event(str(rec.path), "request", rec.tag, count_packets(rec.path)))
+                self.evidence.append(self._evidence_event(str(rec.path), "request", rec.tag, rec.count))
         if self.evidence:
             evidence, self.evidence = self.evidence, []
             for e in evidence:
@@ -225,10 +235,13 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
     async def on_pcap_request(msg: Any) -> None:
         """ft.ctl.<probe>.pcap {"bpf": "...", "duration_s": N}: record matching packets to a pcap."""
         try:
+            refused = out.limits.allow_request()
+            if refused:
+                raise ValueError(refused)
             req = loads_small(msg.data, default={})
             bpf = str(req.get("bpf", ""))[:1024]
             duration = min(max(float(req.get("duration_s", 10.0)), 0.0), 3600.0)
-            rec = meter.start_recording(bpf, duration)
+            rec = out.limits.start_recording(meter, bpf, duration)   # bounded: FT_RECORDING_*
             answer = {"status": "recording", "bpf": bpf, "duration_s": duration,
                       "directory": str(settings.evidence_dir), "tag": getattr(rec, "tag", "ctl")}
         except (ValueError, TypeError, AttributeError) as exc:
@@ -240,6 +253,11 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
 
     async def on_evidence_request(msg: Any) -> None:
         """The detectors' process asks for an incident's evidence; only the shard holding the flow answers."""
+        refused = out.limits.allow_request()
+        if refused:
+            if msg.reply and settings.shard_index < 0:   # (of several shards, none answers)
+                await bus.nc.publish(msg.reply, json.dumps({"path": "", "error": refused}).encode())
+            return
         try:
             req = loads_small(msg.data)
             path = out.write_evidence(str(req["key"])[:128], str(req["flow_id"])[:64], "alert",
@@ -254,6 +272,7 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
     await bus.nc.subscribe(subject("ctl", settings.probe, "evidence"), cb=on_evidence_request)
     if detectors is not None:
         register_stats("capture_detectors", detectors.counters)
+    register_stats("capture_evidence", out.limits.counters, gauges=("recordings_active", "evidence_dir_bytes"))
     register_stats("capture", lambda: {**meter.stats(), "samples_sent": out.sent_samples,
                                        "packet_events_sent": out.sent_packets, "flow_records_sent": out.sent_records,
                                        "batches_queued": out.batches.qsize()},
@@ -285,13 +304,6 @@ async def drain_detectors(bus: Bus, settings: CaptureSettings) -> None:
         await bus.nc.request(subject("ctl", settings.probe, "detect_drain"), b"", timeout=120)
     except Exception as exc:   # no detectors' process (FT_DETECTORS empty, inline, or not started)
         log.debug("no detector drain: %s", safe_text(exc))
-
-
-def count_packets(path: Any) -> int:
-    try:
-        return sum(1 for _ in open_source(path))
-    except (CaptureFileError, OSError):
-        return 0
 
 
 def port_guesser() -> Any:
@@ -445,7 +457,7 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
         if out.detectors is not None:
             out.add_alerts(out.detectors.tick(ts))
         await out.flush(force=True)
-        extra = {"file_truncated": 1} if reader.error else None
+        extra = {**reader.counters, **({"file_truncated": 1} if reader.error else {})}   # caplen anomalies too
         await reporter.publish(source=name, finished=True, delta=True, extra=extra)
     # the last verdicts, then every flow's end record
     await _wait_verdicts(meter, out, stop, 0, settings.verdict_wait_s)
@@ -458,7 +470,10 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                        reporter: StatsReporter) -> None:
     from services.capture.shard import open_live
 
-    src, how = open_live(settings, direction_in=settings.direction_in)
+    try:
+        src, how = open_live(settings, direction_in=settings.direction_in)
+    except CaptureFileError as exc:      # one line naming the variable, exit 2 (see shared.runner)
+        raise_config(f"{exc.setting}: {exc}")
     if how:
         log.info("capture shard %d/%d on %s by %s", settings.shard_index, settings.shards, settings.iface, how)
     meter.set_source(settings.iface, src.datalink)
@@ -469,7 +484,8 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
     ready = asyncio.Event()
     loop.add_reader(src.fileno(), ready.set)
     mono = time.monotonic
-    last_stats = next_tick = mono()
+    last_stats = next_tick = next_check = mono()
+    gone = ""
     try:
         while not stop.is_set():
             batch = src.read_available(LIVE_READ)
@@ -486,6 +502,12 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                     out.add_alerts(out.detectors.tick(now))
                 await out.flush()
                 next_tick = now_m + LIVE_TICK_S
+                if now_m >= next_check:   # libpcap reads nothing, silently, from a deleted interface
+                    next_check = now_m + 1.0
+                    gone = src.gone()
+                    if gone:
+                        log.error("capture: %s; stopping", gone)
+                        break
                 if now_m - last_stats > STATS_INTERVAL_S:
                     last_stats = now_m
                     live = src.stats()
@@ -508,3 +530,6 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
         reporter.final_extra = {"dropped_kernel": live.get("dropped_kernel", 0),
                                 "dropped_interface": live.get("dropped_interface", 0)}
         src.close()
+    if gone:   # flows end and are published by main's cleanup; then exit 1 with this line
+        from shared.runner import FatalError
+        raise FatalError(gone)
