@@ -27,7 +27,7 @@ RUN apt-get update -qq \
 WORKDIR /opt/flowtarget
 COPY --from=build /opt/flowtarget /opt/flowtarget
 ENV FT_NDPI_BUILD_DIR=/opt/flowtarget/.ndpi
-RUN mkdir -p /var/lib/flowtarget/evidence \
+RUN mkdir -p /var/lib/flowtarget/evidence /var/lib/flowtarget/spool \
  && flowtarget_check="$(/opt/flowtarget/.venv/bin/python -c 'import pcap, shared.metrics, services.capture.service, services.capture._fastpath; print("ok")')" \
  && test "$flowtarget_check" = ok \
  && ndpi_check="$(/opt/flowtarget/.venv/bin/python -c 'from services.classify.ndpi_engine import load_ndpi; print("ok" if load_ndpi(build_if_missing=False) else "missing")')" \
@@ -38,5 +38,5 @@ ENV PATH=/opt/flowtarget/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr
 LABEL org.opencontainers.image.title="FlowTarget" \
       org.opencontainers.image.description="Network traffic detection probe: capture, DPI, access logs, alerts, blocking over NATS" \
       org.opencontainers.image.licenses="Apache-2.0"
-VOLUME ["/var/lib/flowtarget/evidence"]
+VOLUME ["/var/lib/flowtarget/evidence", "/var/lib/flowtarget/spool"]
 CMD ["flowtarget", "--help"]

@@ -47,7 +47,7 @@ def service_available(name: str) -> bool:
 # --------------------------------------------------------------------------- one service
 
 
-def run_one_service(name: str, overrides: dict[str, Any] | None = None) -> int:
+def run_one_service(name: str, overrides: dict[str, Any] | None = None, on_stop: Any = ()) -> int:
     from shared import settings as settings_mod
     from shared.runner import run_service
 
@@ -59,7 +59,7 @@ def run_one_service(name: str, overrides: dict[str, Any] | None = None) -> int:
         return 1
     settings_cls = getattr(settings_mod, settings_name)
     return run_service(name, settings_cls, module.main, check=getattr(module, "check_settings", None),
-                       **(overrides or {}))
+                       on_stop=on_stop, **(overrides or {}))
 
 
 def run_web() -> int:
@@ -112,8 +112,10 @@ def run_capture(args: argparse.Namespace) -> int:
         detector = start_detectors(settings)
     try:
         if sharded_parent:
-            return run_shards(settings)
-        return run_one_service("capture", overrides)
+            return run_shards(settings, also=(detector,) if detector is not None else ())
+        # SIGTERM reaches the detectors' process at once: both shut down side by side, within the grace period
+        forward = (lambda: detector.poll() is None and detector.terminate(),) if detector is not None else ()
+        return run_one_service("capture", overrides, on_stop=forward)
     finally:
         if detector is not None:
             stop_child(detector)
@@ -147,12 +149,22 @@ def stop_child(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
         proc.wait()
 
 
-def run_shards(settings: Any) -> int:
+def run_shards(settings: Any, also: tuple[subprocess.Popen[bytes], ...] = ()) -> int:
     procs = []
     for k in range(settings.shards):
         env = dict(os.environ, FT_SHARDS=str(settings.shards), FT_SHARD_INDEX=str(k))
         procs.append(subprocess.Popen([sys.executable, "-m", "flowtarget", "capture"], env=env,
                                       preexec_fn=die_with_parent))
+    def forward(signum: int, _frame: Any) -> None:
+        # the shards (and the detectors' process) stop side by side, each in bounded time; this
+        # process waits for them instead of dying at once (which would kill a container's rest)
+        for p in (*procs, *also):
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    import signal as _signal
+
+    old = {sig: _signal.signal(sig, forward) for sig in (_signal.SIGTERM, _signal.SIGINT)}
     code = 0
     try:
         for p in procs:
@@ -162,6 +174,8 @@ def run_shards(settings: Any) -> int:
     finally:
         for p in procs:
             stop_child(p)
+        for sig, handler in old.items():
+            _signal.signal(sig, handler)
     return code
 
 

@@ -308,6 +308,9 @@ class Orchestrator:
         self.nats_url = nats_url
         self.probe = probe
         extra = dict(env or {})
+        if self.embedded is not None:
+            # a temporary nats-server: nothing spooled now could be published into it later
+            extra["FT_SPOOL_DIR"] = ""
         if quiet:
             extra.setdefault("FT_LOG_LEVEL", "WARNING")
         self.pipeline = Pipeline(base_env(nats_url, probe, extra), log_dir=log_dir)

@@ -7,11 +7,20 @@
 - ``publish`` sends a model on core NATS (hints: samples, packets, verdicts);
   ``js_publish`` sends it through JetStream and waits for the ack, retrying
   with the same ``Nats-Msg-Id`` so that a retry is not stored twice.
-- ``subscribe`` validates every message against the event contract: a
-  malformed message is counted (``bus.malformed``) and logged, never raised
-  into the handler; a handler's exception is counted and logged too.
+- ``subscribe`` decodes every message with the one safe decoder
+  (``shared.codec``: size, depth, schema version, probe of the subject): a
+  malformed message is counted (``bus.malformed``) and logged at most once per
+  interval without a traceback, never raised into the handler; a batch's
+  valid events survive a bad one beside them; a handler's exception is
+  counted and logged (rate-limited) too.
+- ``dead_letter`` moves a JetStream message a consumer cannot use to
+  ``ft.dlq.<probe>`` (its own stream) with the reason in a header.
 - ``ensure_stream`` creates (or updates) the one stream that holds every event
-  that must be stored.
+  that must be stored, and the dead-letter stream; then publishes, in the
+  background, what an earlier run spooled (``shared.spool``).
+- ``abandon`` (the runner calls it at shutdown when NATS is down or the
+  shutdown deadline passed): every JetStream publish still waiting for its
+  acknowledgement is written to the spool instead, and returns.
 """
 
 from __future__ import annotations
@@ -23,16 +32,19 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from shared.models import Event, EventBatch, events_of, parse_event
+from shared.codec import SCHEMA_HEADER, DecodeError, Decoder, safe_line, subject_probe
+from shared.models import SCHEMA_VERSION, Event, EventBatch
 from shared.settings import CommonSettings
-from shared.subjects import STORED_KINDS, all_of
+from shared.spool import Spool
+from shared.subjects import DLQ_KIND, STORED_KINDS, all_of, dlq_subject
 
 log = logging.getLogger("flowtarget.bus")
 
@@ -40,33 +52,47 @@ Handler = Callable[[Any], Awaitable[None]]
 
 
 class RateLimitedLog:
-    """Logs at most one line per ``interval_s`` per key, with the count of suppressed ones."""
+    """Logs at most one line per ``interval_s`` per key, with the count of suppressed ones.
 
-    def __init__(self, logger: logging.Logger, interval_s: float = 5.0) -> None:
+    At most ``max_keys`` keys are remembered (the oldest forgotten first), so
+    keys built from what peers send cannot grow it without bound.
+    """
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 5.0, max_keys: int = 256) -> None:
         self.logger = logger
         self.interval_s = interval_s
+        self.max_keys = max_keys
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def warning(self, key: str, msg: str, *args: Any) -> None:
+    def warning(self, key: str, msg: str, *args: Any, exc_info: Any = None) -> None:
+        self.log(logging.WARNING, key, msg, *args, exc_info=exc_info)
+
+    def log(self, level: int, key: str, msg: str, *args: Any, exc_info: Any = None) -> None:
         now = time.monotonic()
-        last = self._last.get(key, 0.0)
-        if now - last < self.interval_s:
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
             return
         n = self._suppressed.pop(key, 0)
-        self._last[key] = now
+        self._last.pop(key, None)
+        self._last[key] = now            # most recent last (dicts keep insertion order)
+        while len(self._last) > self.max_keys:
+            old = next(iter(self._last))
+            del self._last[old]
+            self._suppressed.pop(old, None)
         if n:
             msg += f" ({n} similar suppressed)"
-        self.logger.warning(msg, *args)
+        self.logger.log(level, msg, *args, exc_info=exc_info)
 
 
 def safe_text(value: Any, limit: int = 200) -> str:
     """Text fit for one log line: printable ASCII only (repr-escaped), truncated."""
-    text = value.decode("utf-8", "backslashreplace") if isinstance(value, (bytes, bytearray)) else str(value)
-    text = text.encode("ascii", "backslashreplace").decode("ascii")
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return text if len(text) <= limit else text[:limit] + "..."
+    return safe_line(value, limit)
+
+
+class Abandoned(Exception):
+    """A JetStream publish given up at shutdown (and spooled, unless the caller asked otherwise)."""
 
 
 class Bus:
@@ -83,6 +109,18 @@ class Bus:
         self.published = 0
         self.publish_retries = 0
         self.reconnects = 0
+        self.dead_lettered = 0
+        self.dead_letter_failures = 0
+        self.slow_consumer_drops = 0
+        self.decoder = Decoder.from_settings(settings)
+        self.spool: Spool | None = None
+        if getattr(settings, "spool_dir", ""):
+            shard = getattr(settings, "shard_index", -1)
+            self.spool = Spool(settings.spool_dir, f"{name}-{settings.probe}" + (f"-shard{shard}" if shard >= 0 else ""),
+                               settings.spool_max_bytes)
+        self._abandon = asyncio.Event()
+        self._js_inflight = 0
+        self._replay_task: asyncio.Task[None] | None = None
         self._subs: list[Any] = []
         self._closing = False
         self._rlog = RateLimitedLog(log)
@@ -157,6 +195,12 @@ class Bus:
         log.info("%s connected to NATS %s", self.name, self.nc.connected_url.netloc if self.nc.connected_url else "")
 
     async def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            # a subscription's pending buffer (FT_SUB_PENDING_MB) is full: the message was dropped
+            self.slow_consumer_drops += 1
+            self._rlog.warning("slow", "subscription buffer full: %d message(s) dropped so far (FT_SUB_PENDING_MB)",
+                               self.slow_consumer_drops)
+            return
         self._rlog.warning("error", "NATS error: %s", safe_text(exc))
 
     async def _on_disconnected(self) -> None:
@@ -172,9 +216,12 @@ class Bus:
         return self.nc.is_connected
 
     async def close(self, timeout_s: float | None = None) -> None:
-        """Drain subscriptions and the connection (bounded by the drain timeout)."""
+        """Spool unacknowledged JetStream publishes, then drain subscriptions and the connection (bounded)."""
         timeout = timeout_s if timeout_s is not None else self.settings.drain_timeout_s
         self._closing = True
+        await self.abandon("closing")
+        if self._replay_task is not None:
+            self._replay_task.cancel()
         if self.nc.is_closed:
             return
         try:
@@ -194,54 +241,159 @@ class Bus:
     def encode(model: BaseModel) -> bytes:
         return model.model_dump_json(exclude_defaults=False).encode()
 
+    #: headers every publication through the bus carries (the body is the same for every version)
+    SCHEMA_HEADERS = {SCHEMA_HEADER: SCHEMA_VERSION}
+
     async def publish(self, subject: str, model: BaseModel | bytes) -> None:
         """Core NATS publish (at most once). Buffered by the client while reconnecting."""
         data = model if isinstance(model, bytes) else self.encode(model)
-        await self.nc.publish(subject, data)
+        await self.nc.publish(subject, data, headers=self.SCHEMA_HEADERS)
         self.published += 1
 
+    async def abandon(self, why: str = "shutdown") -> None:
+        """Make every JetStream publish still waiting for its ack spool its message and return (bounded wait)."""
+        if not self._abandon.is_set():
+            self._abandon.set()
+            if self._js_inflight:
+                log.warning("%s: %d JetStream publication(s) not acknowledged (%s): spooling them",
+                            self.name, self._js_inflight, why)
+        deadline = time.monotonic() + 2.0
+        while self._js_inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    @property
+    def abandoning(self) -> bool:
+        return self._abandon.is_set()
+
+    def _spool(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
+        if self.spool is None:
+            self._rlog.log(logging.ERROR, "nospool", "JetStream publish to %s abandoned and no FT_SPOOL_DIR: lost",
+                           safe_text(subject, 80))
+            return
+        self.spool.put(subject, data, headers)
+
     async def js_publish(self, subject: str, model: BaseModel | bytes, msg_id: str | None = None,
-                         stop: asyncio.Event | None = None, max_wait_s: float | None = None) -> None:
+                         stop: asyncio.Event | None = None, max_wait_s: float | None = None,
+                         spool: bool = True, headers: dict[str, str] | None = None) -> None:
         """JetStream publish that waits for the ack; retried (same msg id) until stored.
 
-        Gives up only when ``max_wait_s`` passes (raises TimeoutError).  A stop
-        request does not abandon the message: stored data matters more than a
-        fast exit, and the runner bounds the whole shutdown.
+        Gives up when ``max_wait_s`` passes (raises TimeoutError), or when the
+        bus is abandoning (shutdown): then the message goes to the spool (with
+        ``spool``, and returns) or ``Abandoned`` is raised.  A stop request
+        alone does not abandon the message: the runner decides when to.
         """
         assert self.js is not None
         data = model if isinstance(model, bytes) else self.encode(model)
-        headers = {"Nats-Msg-Id": msg_id or uuid.uuid4().hex}
+        hdrs = {**self.SCHEMA_HEADERS, **(headers or {}), "Nats-Msg-Id": msg_id or uuid.uuid4().hex}
         started = time.monotonic()
         delay = 0.05
-        while True:
-            try:
-                await self.js.publish(subject, data, headers=headers, timeout=5)
-                self.published += 1
-                return
-            except Exception as exc:
-                self.publish_retries += 1
-                if max_wait_s is not None and time.monotonic() - started > max_wait_s:
-                    raise TimeoutError(f"JetStream publish to {subject} not acknowledged: {exc}") from exc
-                self._rlog.warning("jspub", "JetStream publish to %s failed (%s); retrying", subject, safe_text(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        abandon = self._abandon
+        self._js_inflight += 1
+        try:
+            while True:
+                if abandon.is_set():
+                    if not spool:
+                        raise Abandoned(subject)
+                    self._spool(subject, data, hdrs)
+                    return
+                try:
+                    await self._publish_or_abandon(subject, data, hdrs)
+                    self.published += 1
+                    return
+                except Abandoned:
+                    continue
+                except Exception as exc:
+                    self.publish_retries += 1
+                    if max_wait_s is not None and time.monotonic() - started > max_wait_s:
+                        raise TimeoutError(f"JetStream publish to {subject} not acknowledged: {exc}") from exc
+                    self._rlog.warning("jspub", "JetStream publish to %s failed (%s); retrying", safe_text(subject, 80),
+                                       safe_text(exc))
+                    try:
+                        await asyncio.wait_for(abandon.wait(), delay)
+                    except asyncio.TimeoutError:
+                        pass
+                    delay = min(delay * 2, 2.0)
+        finally:
+            self._js_inflight -= 1
+
+    async def _publish_or_abandon(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
+        """One publish attempt that ``abandon()`` interrupts (raises Abandoned)."""
+        assert self.js is not None
+        pub = asyncio.ensure_future(self.js.publish(subject, data, headers=headers, timeout=5))
+        waiter = asyncio.ensure_future(self._abandon.wait())
+        try:
+            await asyncio.wait({pub, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if pub.done():
+            pub.result()
+            return
+        pub.cancel()
+        raise Abandoned(subject)
+
+    # ------------------------------------------------------------------ dead letters
+
+    async def dead_letter(self, msg: Msg, reason: str, detail: str = "", max_wait_s: float = 5.0) -> bool:
+        """Store a message a consumer cannot use on ``ft.dlq.<probe>`` with the reason; True when stored.
+
+        The body is the message as it came; headers say why and where from
+        (``Ft-Dlq-Reason``, ``Ft-Dlq-Detail``, ``Ft-Dlq-Subject``,
+        ``Ft-Dlq-Stream-Seq``, ``Ft-Dlq-Delivered``).  A redelivered message
+        is dead-lettered once (the message id is its stream sequence).
+        """
+        headers = {"Ft-Dlq-Reason": safe_text(reason, 64), "Ft-Dlq-Subject": safe_text(msg.subject, 256)}
+        if detail:
+            headers["Ft-Dlq-Detail"] = safe_text(detail, 512)
+        msg_id = None
+        try:
+            md = msg.metadata
+            headers["Ft-Dlq-Stream-Seq"] = str(md.sequence.stream)
+            headers["Ft-Dlq-Delivered"] = str(md.num_delivered)
+            msg_id = f"dlq-{safe_text(md.stream, 64)}-{md.sequence.stream}"
+        except Exception:  # noqa: BLE001 - a core NATS message has no metadata
+            pass
+        try:
+            await self.js_publish(dlq_subject(subject_probe(msg.subject)), bytes(msg.data or b""), msg_id=msg_id,
+                                  max_wait_s=max_wait_s, spool=False, headers=headers)
+        except Exception as exc:  # noqa: BLE001 - NATS down: the message stays unacknowledged
+            self.dead_letter_failures += 1
+            self._rlog.warning("dlqfail", "could not dead-letter a message from %s: %s", safe_text(msg.subject, 80),
+                               safe_text(exc))
+            return False
+        self.dead_lettered += 1
+        return True
 
     # ------------------------------------------------------------------ subscribing
 
-    def parse(self, msg: Msg) -> Event | EventBatch | None:
-        """Parse a message against the contract; None (counted, logged) when malformed."""
+    def decode(self, msg: Msg) -> list[Event] | None:
+        """The usable events of a message; None (counted, logged once per interval) when there are none.
+
+        Events of a batch that were rejected (schema, probe of the subject) are
+        counted and logged the same way; the others are returned.
+        """
         try:
-            return parse_event(msg.data)
-        except (ValidationError, ValueError) as exc:
+            decoded = self.decoder.decode(msg.data, msg.subject, msg.headers)
+        except DecodeError as exc:
             self.malformed += 1
-            first = exc.errors()[0] if isinstance(exc, ValidationError) and exc.errors() else {"msg": str(exc)}
-            self._rlog.warning(
-                "malformed:" + msg.subject,
-                "malformed message on %s rejected (%d so far): %s at %s; data %s",
-                safe_text(msg.subject, 80), self.malformed, safe_text(first.get("msg", "")),
-                safe_text(".".join(str(p) for p in first.get("loc", ()))), safe_text(msg.data[:80]),
-            )
+            self._rlog.warning("malformed:" + exc.reason,
+                               "malformed message on %s rejected (%d so far): %s %s; data %s",
+                               safe_text(msg.subject, 80), self.malformed, exc.reason, safe_text(exc.detail, 200),
+                               safe_text(msg.data[:80]))
             return None
+        if decoded.rejected:
+            self._rlog.warning("rejected", "%d event(s) of a message on %s rejected (%d so far), the other %d kept: %s",
+                               decoded.rejected, safe_text(msg.subject, 80), self.decoder.counters["rejected_events"],
+                               len(decoded.events), safe_text("; ".join(decoded.reasons), 300))
+        return decoded.events
+
+    def parse(self, msg: Msg) -> Event | EventBatch | None:
+        """``decode`` as one event or a batch (older callers); None when malformed."""
+        events = self.decode(msg)
+        if events is None:
+            return None
+        if len(events) == 1:
+            return events[0]
+        return EventBatch.model_construct(events=events)
 
     async def subscribe(self, subject: str, handler: Handler, queue: str = "",
                         types: Iterable[type] | None = None, batched: bool = False,
@@ -261,10 +413,10 @@ class Bus:
             if when is not None and not when():
                 self.skipped += 1
                 return
-            parsed = self.parse(msg)
-            if parsed is None:
+            decoded = self.decode(msg)
+            if decoded is None:
                 return
-            events = [ev for ev in events_of(parsed) if wanted is None or isinstance(ev, wanted)]
+            events = [ev for ev in decoded if wanted is None or isinstance(ev, wanted)]
             for item in ([events] if batched else events):
                 if batched and not item:
                     continue
@@ -272,10 +424,13 @@ class Bus:
                     await handler(item)
                 except Exception as exc:
                     self.handler_errors += 1
-                    log.exception("handler for %s failed: %s", safe_text(msg.subject, 80), safe_text(exc))
+                    # the traceback once per interval: a peer's message must not flood the log
+                    self._rlog.log(logging.ERROR, "handler:" + subject, "handler for %s failed (%d so far): %s",
+                                   safe_text(msg.subject, 80), self.handler_errors, safe_text(exc), exc_info=exc)
 
+        pending_bytes = int(getattr(self.settings, "sub_pending_mb", 2048)) * 1024**2
         sub = await self.nc.subscribe(subject, queue=queue, cb=_cb,
-                                      pending_msgs_limit=2_000_000, pending_bytes_limit=2 * 1024**3)
+                                      pending_msgs_limit=2_000_000, pending_bytes_limit=pending_bytes)
         self._subs.append(sub)
         return sub
 
@@ -289,23 +444,43 @@ class Bus:
             retention=RetentionPolicy.LIMITS,
             max_age=s.stream_max_age_s,
             max_bytes=s.stream_max_bytes,
+            max_msg_size=s.max_message_bytes,      # what no consumer would read is refused at the door
+            storage=StorageType.FILE if s.stream_storage == "file" else StorageType.MEMORY,
+            discard=DiscardPolicy.OLD,
+            duplicate_window=120.0,
+        )
+
+    def dlq_stream_config(self) -> StreamConfig:
+        s = self.settings
+        return StreamConfig(
+            name=s.dlq_stream_name,
+            subjects=[all_of(DLQ_KIND)],
+            retention=RetentionPolicy.LIMITS,
+            max_age=s.stream_max_age_s,
+            max_bytes=s.dlq_max_bytes,
             storage=StorageType.FILE if s.stream_storage == "file" else StorageType.MEMORY,
             discard=DiscardPolicy.OLD,
             duplicate_window=120.0,
         )
 
     async def ensure_stream(self, stop: asyncio.Event | None = None) -> None:
-        """Create the stream, or update its limits; retried while NATS is unavailable (until ``stop``)."""
+        """Create the streams, or update their limits; retried while NATS is unavailable (until ``stop``).
+
+        Then publishes what an earlier run of this service spooled, in the background.
+        """
         assert self.js is not None
-        cfg = self.stream_config()
+        cfgs = (self.stream_config(), self.dlq_stream_config())
+        cfg = cfgs[0]
         delay = 0.2
         for _ in range(60):
             try:
-                try:
-                    await self.js.stream_info(cfg.name)
-                    await self.js.update_stream(cfg)
-                except NotFoundError:
-                    await self.js.add_stream(cfg)
+                for cfg in cfgs:
+                    try:
+                        await self.js.stream_info(cfg.name)
+                        await self.js.update_stream(cfg)
+                    except NotFoundError:
+                        await self.js.add_stream(cfg)
+                self._start_replay()
                 return
             except Exception as exc:
                 if stop is not None and stop.is_set():
@@ -314,3 +489,49 @@ class Bus:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         raise RuntimeError(f"could not set up JetStream stream {cfg.name}")
+
+    # ------------------------------------------------------------------ spool
+
+    def _start_replay(self) -> None:
+        if self.spool is None or self._replay_task is not None or not self.spool.files():
+            return
+        self._replay_task = asyncio.create_task(self.replay_spool(), name=f"{self.name}-spool-replay")
+
+    async def replay_spool(self) -> int:
+        """Publish every spooled message (same message id), deleting each once stored; returns how many."""
+        spool = self.spool
+        if spool is None:
+            return 0
+        files = spool.files()
+        if files:
+            log.info("%s: publishing %d message(s) spooled by an earlier run from %s", self.name, len(files), spool.dir)
+        n = 0
+        for path in files:
+            item = spool.load(path)
+            if item is None:
+                continue
+            subj, headers, body = item
+            msg_id = headers.pop("Nats-Msg-Id", None)
+            try:
+                await self.js_publish(subj, body, msg_id=msg_id, spool=False, headers=headers)
+            except Abandoned:
+                break      # shutting down again: the file stays for the next start
+            spool.remove(path)
+            spool.replayed += 1
+            n += 1
+        if n:
+            log.info("%s: %d spooled message(s) published", self.name, n)
+        return n
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for /metrics: publishing, decoding (shared.codec), dead letters, spool."""
+        out: dict[str, Any] = {
+            "malformed": self.malformed, "handler_errors": self.handler_errors, "skipped": self.skipped,
+            "published": self.published, "publish_retries": self.publish_retries, "reconnects": self.reconnects,
+            "dead_lettered": self.dead_lettered, "dead_letter_failures": self.dead_letter_failures,
+            "slow_consumer_drops": self.slow_consumer_drops,
+        }
+        out.update({f"decode_{k}": v for k, v in self.decoder.counters.items()})
+        if self.spool is not None:
+            out.update(self.spool.stats())
+        return out

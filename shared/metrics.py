@@ -144,6 +144,8 @@ def set_ready(ready: bool = True) -> None:
 
 
 def bus_stats(bus: Any) -> dict[str, Any]:
+    if hasattr(bus, "stats"):
+        return bus.stats()
     return {
         "malformed": bus.malformed,
         "handler_errors": bus.handler_errors,

@@ -21,6 +21,28 @@ Conventions
 - Protocol names are nDPI's (``TLS``, ``HTTP``, ``DNS``, ``QUIC``, ``SSH`` …);
   ``Unknown`` when not classified.
 - Raw bytes (payloads, frames) are base64 in JSON.
+
+Schema versions and tolerant readers
+------------------------------------
+``SCHEMA_VERSION`` is ``"MAJOR.MINOR"``.  Publishers through ``shared.bus``
+send it in the ``Ft-Schema`` message header (not in the body, so that a
+consumer of any version reads the body); a message without the header counts
+as this version's major.
+
+- A **minor** bump adds optional fields (with defaults) or new event types
+  only.  Consumers of an older minor read such messages: unknown fields are
+  accepted, counted (``unknown_fields``) and dropped; nothing else changes.
+- A **major** bump removes or renames a field, changes a field's type, unit or
+  meaning, or makes a field required.  A consumer rejects a message of another
+  major version with one log line naming both versions (counted
+  ``old_major``/``new_major``; JetStream consumers dead-letter it to
+  ``ft.dlq.<probe>``), so an old producer is never half-understood.
+- Rolling upgrade: within a major version, upgrade in any order.  Across a
+  major version, drain the stream, then upgrade every service together.
+
+Models accept unknown fields (``extra="allow"``) only so that they can be
+counted; ``strip_unknown_fields`` (called by ``shared.codec``, the one safe
+decoder every service uses) drops them, so they are never stored or passed on.
 """
 
 from __future__ import annotations
@@ -29,14 +51,20 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-SCHEMA_VERSION = 1
+#: the event contract's version, "MAJOR.MINOR" (see "Schema versions" above)
+SCHEMA_MAJOR = 1
+SCHEMA_MINOR = 1
+SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
+
+#: a probe name: one NATS subject token (what ``shared.subjects.check_token`` accepts)
+PROBE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 class _Model(BaseModel):
-    """Base for every model: strict about unknown fields, bytes as base64."""
+    """Base for every model: tolerant of unknown fields (counted and dropped by the decoder), bytes as base64."""
 
     model_config = ConfigDict(
-        extra="forbid",
+        extra="allow",
         ser_json_bytes="base64",
         val_json_bytes="base64",
         frozen=False,
@@ -47,7 +75,8 @@ class Event(_Model):
     """Common envelope carried by every event."""
 
     timestamp: float = Field(description="When the event happened (packet time for capture events), Unix epoch seconds.")
-    probe: str = Field(min_length=1, max_length=64, description="Name of the probe that produced the event (FT_PROBE).")
+    probe: str = Field(min_length=1, max_length=64, pattern=PROBE_PATTERN,
+                       description="Name of the probe that produced the event (FT_PROBE): letters, digits, '_' and '-'.")
     flow_id: str = Field(default="", max_length=64, description="Identifier of the flow this event belongs to; empty for events about no flow.")
     event_type: str = Field(description="Kind of event; a literal on each concrete model.")
     transport: str = Field(default="", max_length=16, description="Transport as nDPI names it (TCP, UDP, ICMP, ICMPV6, ...) or the IP protocol number.")
@@ -308,7 +337,9 @@ class Alert(Event):
     message: str = Field(default="", max_length=2048)
     evidence_pcap: str = Field(default="", max_length=1024, description="Path of the evidence pcap capture wrote, if any.")
     rule_id: str = Field(default="", max_length=128, description="policy alerts: id of the rule that matched.")
-    details: dict[str, str] = Field(default_factory=dict)
+    details: dict[str, str] = Field(default_factory=dict, description=(
+        "Type-specific facts as text. Consumers cut it to FT_ALERT_DETAILS_MAX_BYTES characters "
+        "(keys and values), marking the cut with a '_truncated' key."))
     started_at: float = Field(default=0.0, description="When the attack started: packet time of its first evidence (0 = unknown).")
     rate: float = Field(default=0.0, ge=0, description="Measured rate of the attack so far (rate_unit), over the time it was seen.")
     rate_unit: str = Field(default="", max_length=32, description="Unit of rate: packets/s, flows/s, queries/s, targets/s.")
@@ -441,9 +472,64 @@ def batch_json(events: list[Event]) -> bytes:
         [e.__pydantic_serializer__.to_json(e) for e in events]) + b"]}"
 
 
-def parse_event(data: bytes | str) -> Event | EventBatch:
-    """Parse any FlowTarget message; raises pydantic.ValidationError when malformed."""
+_one_adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)
+
+
+def parse_any(data: bytes | str) -> Event | EventBatch:
+    """Parse any FlowTarget message as it is (unknown fields kept in ``__pydantic_extra__``).
+
+    Raises pydantic.ValidationError when malformed (also beyond the JSON
+    parser's nesting limit).  Services decode through ``shared.codec.Decoder``.
+    """
     return _any_adapter.validate_json(data)
+
+
+def parse_one(data: bytes | str) -> Event:
+    """Parse one event (not a batch); ValidationError when malformed."""
+    return _one_adapter.validate_json(data)
+
+
+def parse_event(data: bytes | str) -> Event | EventBatch:
+    """Parse any FlowTarget message, unknown fields dropped; raises pydantic.ValidationError when malformed."""
+    parsed = _any_adapter.validate_json(data)
+    strip_unknown_fields(parsed)
+    return parsed
+
+
+_NESTED: dict[type, tuple[str, ...]] = {}
+
+
+def _holds_model(t: Any) -> bool:
+    import typing
+
+    if isinstance(t, type) and issubclass(t, BaseModel):
+        return True
+    return any(_holds_model(a) for a in typing.get_args(t))
+
+
+def _nested_fields(cls: type) -> tuple[str, ...]:
+    names = _NESTED.get(cls)
+    if names is None:
+        names = _NESTED[cls] = tuple(n for n, fi in cls.model_fields.items() if _holds_model(fi.annotation))
+    return names
+
+
+def strip_unknown_fields(model: BaseModel) -> int:
+    """Drop the fields a newer producer added (``extra="allow"`` kept them); returns how many there were."""
+    n = 0
+    extra = model.__pydantic_extra__
+    if extra:
+        n += len(extra)
+        extra.clear()
+    for name in _nested_fields(type(model)):
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            n += strip_unknown_fields(value)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, BaseModel):
+                    n += strip_unknown_fields(item)
+    return n
 
 
 def events_of(message: Event | EventBatch) -> list[Event]:

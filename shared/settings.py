@@ -103,6 +103,17 @@ class CommonSettings(FTSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Port of the Prometheus /metrics and /healthz endpoint; 0 = off.")
     metrics_addr: str = Field(default="0.0.0.0", description="Address the /metrics and /healthz endpoint listens on.")
     drain_timeout_s: float = Field(default=5.0, gt=0)
+    # --- hostile or broken peers (shared.codec, shared.bus): every bound here is counted when hit
+    max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="Messages larger than this are rejected unparsed (counted, dead-lettered by JetStream consumers).")
+    sub_pending_mb: int = Field(default=2048, ge=1, le=65536, description="Bytes of messages a subscription holds before it is read; beyond it messages are dropped (counted as slow_consumer_drops).")
+    alert_details_max_bytes: int = Field(default=16 * 1024, ge=64, description="An alert's details are cut to this many characters (keys and values; counted).")
+    dlq_stream_name: str = Field(default="FLOWTARGET_DLQ", description="JetStream stream of dead letters (ft.dlq.<probe>): messages a consumer could not use, with the reason.")
+    dlq_max_bytes: int = Field(default=256 * 1024**2, gt=0, description="Dead-letter stream retention by size (oldest dropped).")
+    dlq_max_deliver: int = Field(default=20, ge=2, description="A JetStream message delivered this many times without being stored is dead-lettered.")
+    # --- bounded shutdown and the spool of unacknowledged JetStream messages
+    shutdown_timeout_s: float = Field(default=15.0, gt=0, description="After SIGTERM, JetStream publishes still unacknowledged after this long (at once while NATS is down) are spooled to disk; the process exits at the latest 10 s later.")
+    spool_dir: str = Field(default="/var/lib/flowtarget/spool", description="Directory of the spool: JetStream messages not acknowledged at shutdown, published on the next start. Empty = no spool.")
+    spool_max_bytes: int = Field(default=256 * 1024**2, ge=0, description="Spool size limit; messages beyond it are dropped (counted).")
 
     @field_validator("probe")
     @classmethod

@@ -11,9 +11,10 @@ from typing import Literal
 
 PREFIX = "ft"
 
-Kind = Literal["sample", "packet", "flow", "verdict", "dns", "alert", "block", "stats", "ctl", "evidence", "live"]
+Kind = Literal["sample", "packet", "flow", "verdict", "dns", "alert", "block", "stats", "ctl", "evidence", "live",
+               "dlq"]
 KINDS: tuple[str, ...] = ("sample", "packet", "flow", "verdict", "dns", "alert", "block", "stats", "ctl", "evidence",
-                          "live")
+                          "live", "dlq")
 
 # Kinds whose messages must reach storage go through JetStream (one stream).
 # Verdicts travel on core NATS (capture and block need them at once, one per
@@ -23,6 +24,12 @@ STORED_KINDS: tuple[str, ...] = ("flow", "dns", "alert", "block")
 # ``ft.live.<probe>``: flow records only the alert detectors read and no store keeps: capture's
 # start records (batched) and hot records (busy flows, half-open TCP), on core NATS only, so a
 # flood adds nothing to storage; ``ft.flow`` carries update and end records.
+
+# Dead letters: messages a JetStream consumer could not use, kept (in a stream of
+# their own, FT_DLQ_STREAM_NAME) with the reason in the Ft-Dlq-Reason header.
+DLQ_KIND = "dlq"
+#: the probe token of a dead letter whose own subject named no valid probe
+DLQ_NO_PROBE = "_unknown"
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -56,3 +63,14 @@ def all_of(kind: str) -> str:
     if kind not in KINDS:
         raise ValueError(f"unknown subject kind {kind!r}")
     return f"{PREFIX}.{kind}.>"
+
+
+def dlq_subject(probe: str | None) -> str:
+    """``ft.dlq.<probe>``: where a consumer dead-letters what it could not use from ``probe``.
+
+    A probe that is not a valid token (the message came on a subject no
+    FlowTarget publisher builds) goes to ``ft.dlq._unknown``.
+    """
+    if not probe or not _TOKEN.match(probe):
+        probe = DLQ_NO_PROBE
+    return subject(DLQ_KIND, probe)

@@ -50,6 +50,13 @@ def need_root() -> None:
         pytest.skip("needs root for network namespaces (CI runs as root)")
 
 
+@pytest.fixture(autouse=True)
+def _own_spool_dir(tmp_path, monkeypatch):
+    """Each test spools (FT_SPOOL_DIR) into its own directory: nothing one test's services left unacknowledged
+    is published into another test's nats-server."""
+    monkeypatch.setenv("FT_SPOOL_DIR", str(tmp_path / "ft-spool"))
+
+
 @pytest.fixture
 def nats_server(tmp_path):
     """A real nats-server with JetStream: .url, .stop(), .start(), .restart(), .kill()."""

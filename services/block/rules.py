@@ -62,7 +62,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from shared.codec import loads_small
+
 log = logging.getLogger("flowtarget.block.rules")
+# a rule in the KV bucket is decoded with these bounds (a peer writes the bucket)
+RULE_MAX_BYTES = 1024 * 1024
+RULE_MAX_DEPTH = 8
 
 DEFAULT_BUCKET = "ft_rules"
 Action = Literal["alert", "reset", "http_block", "dns_block", "drop"]
@@ -455,7 +460,7 @@ async def read_rules(kv: Any) -> tuple[list[Rule], list[str]]:
         if not entry.value:
             continue
         try:
-            rules.append(parse_rule(json.loads(entry.value), f"bucket key {k!r}"))
+            rules.append(parse_rule(loads_small(entry.value, RULE_MAX_BYTES, RULE_MAX_DEPTH), f"bucket key {k!r}"))
         except (RuleError, ValueError) as exc:
             errors.append(str(exc))
     return rules, errors
@@ -558,7 +563,7 @@ class RuleWatcher:
             log.info("rule %s removed", entry.key)
             return True
         try:
-            rule = parse_rule(json.loads(entry.value), f"bucket key {entry.key!r}")
+            rule = parse_rule(loads_small(entry.value, RULE_MAX_BYTES, RULE_MAX_DEPTH), f"bucket key {entry.key!r}")
         except (RuleError, ValueError) as exc:
             self.malformed += 1
             log.warning("malformed rule ignored: %s", str(exc)[:300])

@@ -27,8 +27,9 @@ from collections import OrderedDict
 from typing import Any
 
 from shared.bus import Bus, RateLimitedLog, safe_text
+from shared.codec import loads_small
 from shared.metrics import register_stats, set_ready
-from shared.models import Alert, CaptureStats, FlowRecord, PacketEvent, batch_json, events_of
+from shared.models import Alert, CaptureStats, FlowRecord, PacketEvent, batch_json
 from shared.settings import CaptureSettings, DetectSettings
 from shared.subjects import subject
 
@@ -68,11 +69,11 @@ class DetectorProcess:
         kind = msg.subject.split(".", 2)[1]
         if kind not in ("flow", "live", "packet", "stats"):
             return                                  # samples, verdicts ...: not ours
-        parsed = self.bus.parse(msg)
-        if parsed is None:
+        events = self.bus.decode(msg)
+        if events is None:
             return
         det = self.det
-        for ev in events_of(parsed):
+        for ev in events:
             if isinstance(ev, FlowRecord):
                 self.alerts += det.on_flow(ev)
             elif isinstance(ev, PacketEvent):
@@ -100,7 +101,7 @@ class DetectorProcess:
             req = json.dumps({"key": a.alert_id, "flow_id": a.flow_id, "tag": a.alert_type}).encode()
             try:
                 reply = await self.bus.nc.request(ctl(self.settings.probe, "evidence"), req, timeout=EVIDENCE_TIMEOUT_S)
-                path = str(json.loads(reply.data).get("path", ""))[:1024]
+                path = str(loads_small(reply.data).get("path", ""))[:1024]
             except Exception:     # no capture answered (flow no longer kept, capture gone): no evidence
                 path = ""
         self.evidence[a.alert_id] = path

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.bus import Bus, RateLimitedLog, safe_text
+from shared.codec import loads_small
 from shared.metrics import register_stats, set_ready
 from shared.models import (Alert, BlockAction, CaptureStats, Event, Evidence, FlowRecord, FlowSample, PacketEvent,
                            Verdict, batch_json)
@@ -265,7 +266,7 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
             refused = out.limits.allow_request()
             if refused:
                 raise ValueError(refused)
-            req = json.loads(msg.data or b"{}")
+            req = loads_small(msg.data, default={})
             bpf = str(req.get("bpf", ""))[:1024]
             duration = min(max(float(req.get("duration_s", 10.0)), 0.0), 3600.0)
             rec = out.limits.start_recording(meter, bpf, duration)   # bounded: FT_RECORDING_*
@@ -286,10 +287,10 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
                 await bus.nc.publish(msg.reply, json.dumps({"path": "", "error": refused}).encode())
             return
         try:
-            req = json.loads(msg.data)
+            req = loads_small(msg.data)
             path = out.write_evidence(str(req["key"])[:128], str(req["flow_id"])[:64], "alert",
                                       str(req.get("tag", "alert"))[:32])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             return
         # a single capture process answers at once, also "no evidence"; of several shards only the
         # one holding the flow answers (the others stay silent)

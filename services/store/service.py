@@ -11,14 +11,19 @@ Lossless by construction:
   replica or to this one after its restart;
 - redelivered points land on the same InfluxDB point (deterministic timestamps,
   see ``schema``), so a redelivery overwrites instead of duplicating.
-Malformed messages are terminated (no redelivery) and counted; a malformed
-event inside a batch is skipped and counted, its valid siblings stored.
+Hostile or broken input never stops storage (``shared.codec`` decodes with
+size, depth, schema-version and probe checks): a message that cannot be used
+is counted, logged at most once per interval, copied to the dead-letter
+stream (``ft.dlq.<probe>``, header ``Ft-Dlq-Reason``) and acknowledged; a bad
+event inside a batch (or one whose probe is not the subject's) is skipped and
+counted, its valid siblings stored, and the message copied to the dead-letter
+stream too; a message delivered ``FT_DLQ_MAX_DELIVER`` times without being
+stored (it keeps killing or failing the store) is dead-lettered unread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,9 +32,8 @@ from typing import Any
 import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
-from pydantic import ValidationError
-
-from shared.models import EventBatch, events_of, parse_event
+from shared.bus import RateLimitedLog, safe_text
+from shared.codec import DecodeError, Decoder
 from shared.runner import tune_gc
 from shared.settings import StoreSettings
 
@@ -63,8 +67,12 @@ class StoreMetrics:
     batches: int = 0  # successful sink writes (one per flush)
     retries: int = 0  # failed write attempts that were retried
     write_errors: int = 0  # failed write attempts, per sink
-    malformed_messages: int = 0
-    malformed_events: int = 0
+    malformed_messages: int = 0  # messages with no usable event (dead-lettered)
+    malformed_events: int = 0  # events rejected from a batch whose others were stored
+    dead_lettered: int = 0  # messages copied to ft.dlq.<probe>
+    max_delivered: int = 0  # of which delivered FT_DLQ_MAX_DELIVER times without being stored
+    conversion_errors: int = 0  # messages whose events could not be turned into points (dead-lettered)
+    decode: dict[str, int] = field(default_factory=dict)  # shared.codec counters (unknown_fields, ...)
     acked: int = 0
     nacked: int = 0
     consumer_lag: int = 0  # messages in the stream not yet delivered to this consumer
@@ -110,6 +118,9 @@ class Store:
         self._fetching: asyncio.Task | None = None
         self._points_per_msg = 100.0
         self._last_log = time.monotonic()
+        self.decoder = Decoder.from_settings(settings)
+        self.metrics.decode = self.decoder.counters
+        self._rlog = RateLimitedLog(log, 10.0)
 
     # ------------------------------------------------------------------ setup
 
@@ -152,58 +163,66 @@ class Store:
 
     # ------------------------------------------------------------------ messages → points
 
-    def _events(self, data: bytes) -> list:
-        try:
-            return events_of(parse_event(data))
-        except (ValidationError, ValueError):
-            pass
-        # salvage the valid events of a batch with a bad one
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            obj = None
-        if isinstance(obj, dict) and obj.get("event_type") == "batch" and isinstance(obj.get("events"), list):
-            out = []
-            for item in obj["events"]:
-                try:
-                    ev = parse_event(json.dumps(item))
-                except (ValidationError, ValueError):
-                    self.metrics.malformed_events += 1
-                    continue
-                if isinstance(ev, EventBatch):
-                    self.metrics.malformed_events += 1
-                    continue
-                out.append(ev)
-            if out:
-                return out
-        raise ValueError("malformed message")
+    async def _dead_letter(self, msg, reason: str, detail: str) -> None:
+        """Copy an unusable message to ft.dlq.<probe> and acknowledge it; left for redelivery if NATS fails."""
+        if await self.bus.dead_letter(msg, reason, detail):
+            self.metrics.dead_lettered += 1
+            try:
+                await msg.ack()
+                self.metrics.acked += 1
+            except Exception:
+                pass
 
     async def _take(self, msg, points: list[Point]) -> bool:
-        """Turn one message into points; False when it was malformed (and terminated)."""
+        """Turn one message into points; False when it had no usable event (dead-lettered)."""
         m = self.metrics
         m.messages += 1
+        delivered = 1
         try:
             md = msg.metadata
             m.consumer_lag = md.num_pending
-            if md.num_delivered > 1:
+            delivered = md.num_delivered
+            if delivered > 1:
                 m.redelivered += 1
         except Exception:
             pass
+        if delivered >= self.settings.dlq_max_deliver:
+            m.max_delivered += 1
+            self._rlog.warning("maxdeliver", "message on %s delivered %d times without being stored: dead-lettered",
+                               safe_text(msg.subject, 80), delivered)
+            await self._dead_letter(msg, "max_deliver", f"delivered {delivered} times without being stored")
+            return False
         try:
-            events = self._events(msg.data)
-        except ValueError:
+            decoded = self.decoder.decode(msg.data, msg.subject, msg.headers)
+        except DecodeError as exc:
             m.malformed_messages += 1
-            if m.malformed_messages <= 10 or m.malformed_messages % 1000 == 0:
-                log.warning("malformed message on %r terminated (%d so far)", msg.subject[:80], m.malformed_messages)
-            try:
-                await msg.term()
-            except Exception:
-                pass
+            self._rlog.warning("malformed:" + exc.reason, "malformed message on %s dead-lettered (%d so far): %s %s",
+                               safe_text(msg.subject, 80), m.malformed_messages, exc.reason,
+                               safe_text(exc.detail, 200))
+            await self._dead_letter(msg, exc.reason, exc.detail)
+            return False
+        if decoded.rejected:
+            m.malformed_events += decoded.rejected
+            detail = "; ".join(decoded.reasons)
+            self._rlog.warning("rejected", "%d event(s) of a message on %s rejected (%d so far), the other %d stored: %s",
+                               decoded.rejected, safe_text(msg.subject, 80), m.malformed_events,
+                               len(decoded.events), safe_text(detail, 300))
+            if await self.bus.dead_letter(msg, "rejected_events", f"{decoded.rejected} event(s) rejected: {detail}"):
+                m.dead_lettered += 1
+        events = decoded.events
+        n0 = len(points)
+        add = self.schema.points
+        try:
+            for ev in events:
+                add(ev, points)
+        except Exception as exc:   # a conversion bug must not stop storage: this message only
+            del points[n0:]
+            m.conversion_errors += 1
+            self._rlog.log(logging.ERROR, "convert", "could not convert a message on %s: %s",
+                           safe_text(msg.subject, 80), safe_text(exc), exc_info=exc)
+            await self._dead_letter(msg, "conversion_failed", f"{type(exc).__name__}: {exc}")
             return False
         m.events += len(events)
-        add = self.schema.points
-        for ev in events:
-            add(ev, points)
         return True
 
     # ------------------------------------------------------------------ writing

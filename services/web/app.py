@@ -32,6 +32,7 @@ from services.web import history
 from services.web.auth import COOKIE, Auth, Session, client_addr
 from services.web.live import LiveHub
 from shared.bus import Bus, RateLimitedLog, safe_text
+from shared.codec import loads_small
 from shared.models import Evidence
 from shared.settings import WebSettings
 from shared.subjects import subject
@@ -648,7 +649,7 @@ async def read_rules_with_stats(kv: Any) -> tuple[list[dict[str, Any]], list[str
         if not entry.value:
             continue
         try:
-            data = json.loads(entry.value)
+            data = loads_small(entry.value, 1024 * 1024, 8)    # bounded like block's rules (shared.codec)
         except ValueError:
             errors.append(f"bucket key {safe_text(k, 64)}: not JSON")
             continue

@@ -62,7 +62,7 @@ def test_batch_round_trip():
     b'{"event_type": "flow", "timestamp": "x", "probe": "p", "phase": "end", "first_seen": 1, "last_seen": 1}',
     b'{"event_type": "flow", "timestamp": 1, "probe": "p", "phase": "sideways", "first_seen": 1, "last_seen": 1}',
     b'{"event_type": "flow", "timestamp": 1, "probe": "p", "phase": "end", "first_seen": 1, "last_seen": 1, "src_port": 70000}',
-    b'{"event_type": "flow", "timestamp": 1, "probe": "p", "phase": "end", "first_seen": 1, "last_seen": 1, "extra": 1}',
+    b'{"event_type": "flow", "timestamp": 1, "probe": "a.b", "phase": "end", "first_seen": 1, "last_seen": 1}',  # not a token
     b'{"event_type": "sample", "timestamp": 1, "probe": "p", "first_seen": 1, "src_payloads": ["%%%"]}',
     b'{"event_type": "batch", "events": [{"event_type": "flow"}]}',
     b'\xff\xfe\x00',
