@@ -203,24 +203,58 @@ class EmbeddedCluster:
         return self
 
     def wait_jetstream(self, timeout_s: float = 30.0) -> None:
-        """Wait until the JetStream meta group has a leader (streams can be created)."""
+        """Wait until the JetStream meta group has a leader and every node is a current peer."""
         import json
         import urllib.request
 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            for n in self.nodes:
-                if n.proc is None or n.http_port is None:
-                    continue
+            metas = {}
+            for i, n in enumerate(self.nodes):
                 try:
                     with urllib.request.urlopen(f"http://{self.host}:{n.http_port}/jsz", timeout=1) as r:
-                        meta = json.load(r).get("meta_cluster") or {}
-                    if meta.get("leader"):
-                        return
+                        metas[self.server_name(i)] = json.load(r).get("meta_cluster") or {}
                 except (OSError, ValueError):
-                    pass
+                    break
+            leaders = {m.get("leader") for m in metas.values()}
+            if len(metas) == len(self.nodes) and len(leaders) == 1 and None not in leaders:
+                # every node agrees on the leader, which sees every other node as a current peer
+                peers = metas.get(leaders.pop(), {}).get("replicas") or []
+                if len(peers) == len(self.nodes) - 1 and all(p.get("current") and not p.get("offline") for p in peers) \
+                        and self._can_place():
+                    return
             time.sleep(0.2)
         raise EmbeddedNatsError(f"JetStream cluster {self.name} has no meta leader after {timeout_s}s")
+
+    def _can_place(self) -> bool:
+        """Whether a stream with a copy on every node can be created now (the leader may still
+        count a restarted node offline for a few seconds after the meta group says it is current)."""
+        import asyncio
+
+        import nats
+        from nats.js.api import StorageType, StreamConfig
+
+        async def go() -> bool:
+            async def quiet(exc: Exception) -> None:
+                pass
+
+            nc = await nats.connect(self.url.split(","), connect_timeout=2, max_reconnect_attempts=1, error_cb=quiet)
+            try:
+                js = nc.jetstream(timeout=5)
+                name = "FT_PLACEMENT_CHECK"
+                await js.add_stream(StreamConfig(name=name, subjects=["_ft.placement.check"],
+                                                 num_replicas=len(self.nodes), storage=StorageType.MEMORY))
+                await js.delete_stream(name)
+                return True
+            except Exception:
+                return False
+            finally:
+                await nc.close()
+
+        try:
+            return asyncio.run(go())
+        except Exception:
+            return False
 
     def close(self) -> None:
         for n in self.nodes:

@@ -67,16 +67,19 @@ def baseline(replay, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_client_fails_over_between_the_listed_servers(tmp_path):
-    """A Bus given three URLs keeps publishing to the R3 stream while the server it uses dies."""
+def test_client_fails_over_between_the_listed_servers(tmp_path, monkeypatch):
+    """A Bus given three URLs keeps publishing to the R3 stream while the server it uses dies;
+    the rules bucket gets FT_KV_REPLICAS copies."""
     import asyncio
 
+    node = None
     with EmbeddedCluster(3, base_dir=str(tmp_path)) as cluster:
         async def go():
             bus = await Bus.connect(CommonSettings(nats_url=cluster.url, stream_replicas=3), "t")
             await bus.ensure_stream()
             first = bus.nc.connected_url.port
             await bus.js_publish("ft.flow.t", b'{"x":1}')
+            nonlocal node
             node = next(n for n in cluster.nodes if n.port == first)
             node.kill()
             for i in range(20):
@@ -84,11 +87,25 @@ def test_client_fails_over_between_the_listed_servers(tmp_path):
             assert bus.nc.connected_url.port != first and bus.reconnects >= 1
             si = await bus.js.stream_info("FLOWTARGET")
             await bus.close()
-            node.start()
             return si
 
         si = asyncio.run(go())
+        node.start()
+        cluster.wait_jetstream()
         assert si.state.messages == 21 and si.config.num_replicas == 3
+
+        async def kv():
+            from services.block.rules import open_bucket
+
+            bus = await Bus.connect(CommonSettings(nats_url=cluster.url), "t")
+            try:
+                await open_bucket(bus.js, "ft_rules")          # FT_KV_REPLICAS from the environment
+                return await bus.js.stream_info("KV_ft_rules")
+            finally:
+                await bus.close()
+
+        monkeypatch.setenv("FT_KV_REPLICAS", "3")
+        assert asyncio.run(kv()).config.num_replicas == 3
 
 
 @pytest.mark.slow
