@@ -38,7 +38,7 @@ def hub_server(tmp_path) -> EmbeddedNats:
 def leaf_server(tmp_path, hub: EmbeddedNats) -> EmbeddedNats:
     return EmbeddedNats(store_dir=str(tmp_path / "leaf"), log_file=str(tmp_path / "leaf.log"),
                         extra_conf=f"server_name: {DOMAIN}-nats\njetstream {{ domain: {DOMAIN} }}\n"
-                                   f"leafnodes {{ reconnect: 1, remotes: [ {{ url: \"nats-leaf://127.0.0.1:{hub.leaf_port}\" }} ] }}\n")
+                                   f"leafnodes {{ reconnect: \"1s\", remotes: [ {{ url: \"nats-leaf://127.0.0.1:{hub.leaf_port}\" }} ] }}\n")
 
 
 def central_store(hub: EmbeddedNats, out, log) -> subprocess.Popen[bytes]:
