@@ -142,3 +142,21 @@ def test_r3_stream_node_then_leader_killed_every_flow_stored_once(replay, baseli
         assert not dup, f"{len(dup)} flows stored more than once, e.g. {list(dup.items())[:5]}"
         keys = flow_keys(out)
         assert keys == baseline, f"{sum((baseline - keys).values())} flows missing, {sum((keys - baseline).values())} unexpected"
+
+
+@pytest.mark.slow
+def test_analyze_takes_a_list_of_servers_whose_first_is_down(tmp_path):
+    """``flowtarget analyze --nats URL1,URL2,URL3`` with URL1's node stopped: every part connects to another."""
+    import subprocess
+
+    from tests.conftest import SAMPLE_PCAP
+    from tests.deploy.clusterlab import FLOWTARGET
+
+    with EmbeddedCluster(3, base_dir=str(tmp_path / "cluster")) as cluster:
+        cluster.nodes[0].stop()
+        env = dict(__import__("os").environ, FT_STREAM_REPLICAS="2")
+        r = subprocess.run([FLOWTARGET, "analyze", str(SAMPLE_PCAP), "--nats", cluster.url, "--out", str(tmp_path / "out"),
+                            "--no-progress"], env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "flows" in r.stdout and len(flow_ids(tmp_path / "out")) > 0
+        assert stream_info(cluster.url).config.num_replicas == 2
