@@ -6,6 +6,7 @@
     flowtarget bench capture|classify|store|block ...
     flowtarget rules add|list|remove|load ...
     flowtarget alerts [--follow] [--type T] [--json]
+    flowtarget web                               the operator console (FT_WEB_* variables)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ SERVICE_MODULES = {
     "classify": ("services.classify.service", "ClassifySettings"),
     "store": ("services.store.service", "StoreSettings"),
     "block": ("services.block.service", "BlockSettings"),
+    "web": ("services.web.service", "WebSettings"),
 }
 
 
@@ -56,6 +58,24 @@ def run_one_service(name: str, overrides: dict[str, Any] | None = None) -> int:
         return 1
     settings_cls = getattr(settings_mod, settings_name)
     return run_service(name, settings_cls, module.main, **(overrides or {}))
+
+
+def run_web() -> int:
+    """web: refuses to start without login credentials (one line, exit 2), then runs like any service."""
+    from shared.runner import ConfigError, load_settings
+    from shared.settings import WebSettings
+
+    try:
+        settings = load_settings(WebSettings)
+    except ConfigError as exc:
+        print(f"flowtarget web: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if not settings.login_configured():
+        from services.web.service import LOGIN_MISSING
+
+        print(f"flowtarget web: configuration error: {LOGIN_MISSING}", file=sys.stderr)
+        return 2
+    return run_one_service("web")
 
 
 def run_capture(args: argparse.Namespace) -> int:
@@ -349,6 +369,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     orch = Orchestrator(args.nats, probe=args.probe, log_dir=None)
     orch.pipeline.env.update(env)
     try:
+        from flowtarget.orchestrate import start_web
+
+        web_url, web_note = start_web(orch, evidence_dir=(Path(args.out or "flowtarget-out").resolve() / "evidence")
+                                      if args.pcap else None)
+        print(f"flowtarget run: web console on {web_url}" if web_url else f"flowtarget run: {web_note}",
+              file=sys.stderr)
         if args.rules:
             code = load_rules_file(orch.nats_url, args.probe, args.rules)
             if code:
@@ -374,7 +400,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             if service_available(name):
                 p.start(name)
         if service_available("block"):
-            p.start("block", {"FT_IFACE": args.iface})     # injects on the capture interface
+            # dry run unless enforcement is asked for explicitly (--enforce, or FT_DRY_RUN=false)
+            block_env = {"FT_IFACE": args.iface}
+            if args.enforce:
+                block_env["FT_DRY_RUN"] = "false"
+            p.start("block", block_env)
+            enforcing = args.enforce or os.environ.get("FT_DRY_RUN", "").strip().lower() in ("false", "0", "no", "off")
+            print("flowtarget run: block " + ("ENFORCES rules (injects on " + args.iface + ")" if enforcing else
+                                              "runs in DRY RUN (reports only; --enforce to inject)"), file=sys.stderr)
         p.start("capture", {"FT_IFACE": args.iface, **({"FT_SHARDS": str(args.shards)} if args.shards else {})})
         print(f"flowtarget run: capturing on {args.iface}, NATS {orch.nats_url}; Ctrl-C to stop", file=sys.stderr)
         try:
@@ -418,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in ("classify", "store", "block"):
         sub.add_parser(name, help=f"run the {name} service (configured from FT_* variables)")
+    sub.add_parser("web", help="run the web console (configured from FT_* and FT_WEB_* variables)")
     cp = sub.add_parser("capture", help="run the capture service (configured from FT_* variables)")
     cp.add_argument("--shards", type=int, default=0, help="capture processes sharing the interface by flow hash")
 
@@ -429,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="directory for JSON-lines output (default ./flowtarget-out with --pcap)")
     rp.add_argument("--probe", default=os.environ.get("FT_PROBE", "probe1"))
     rp.add_argument("--shards", type=int, default=0)
+    rp.add_argument("--enforce", action="store_true",
+                    help="let block inject (RST / block page / DNS answer); without it block only reports (dry run)")
 
     an = sub.add_parser("analyze", help="replay captures through the services and summarise")
     an.add_argument("pcaps", nargs="+", metavar="PCAP")
@@ -472,6 +508,8 @@ def _main(argv: list[str] | None = None) -> None:
         code = run_capture(args)
     elif cmd in ("classify", "store", "block"):
         code = run_one_service(cmd)
+    elif cmd == "web":
+        code = run_web()
     elif cmd == "run":
         code = cmd_run(args)
     elif cmd == "analyze":

@@ -41,9 +41,13 @@ class Pipeline:
     env: dict[str, str]
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     log_dir: Path | None = None
+    #: service -> its /metrics port on 127.0.0.1 (set by ``start_web`` so the console can show health)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     def start(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         env = dict(self.env)
+        if name in self.metrics_ports:
+            env.update(FT_METRICS_PORT=str(self.metrics_ports[name]), FT_METRICS_ADDR="127.0.0.1")
         if extra_env:
             env.update(extra_env)
         out: Any = None
@@ -278,3 +282,36 @@ class Orchestrator:
 
 def pcap_env(paths: list[str]) -> dict[str, str]:
     return {"FT_PCAP": json.dumps([str(Path(p).resolve()) for p in paths])}
+
+
+def start_web(orch: Orchestrator, services: tuple[str, ...] = SERVICES,
+              evidence_dir: Path | None = None) -> tuple[str | None, str]:
+    """Start the web console beside the pipeline (``flowtarget run``): (its URL or None, a one-line note).
+
+    Call before the other services start: each gets a /metrics port on
+    127.0.0.1 that the console's health table reads.  Not started (None and the
+    reason) when no login is configured (FT_WEB_TOKEN or FT_WEB_USER +
+    FT_WEB_PASSWORD): the console ships no credentials.
+    """
+    from flowtarget.embedded import free_port
+    from shared.runner import ConfigError, load_settings
+    from shared.settings import WebSettings
+
+    try:
+        web = load_settings(WebSettings, **{k: v for k, v in (("nats_url", orch.nats_url), ("probe", orch.probe))})
+    except ConfigError as exc:
+        return None, f"web console not started: {exc}"
+    if not web.login_configured():
+        from services.web.service import LOGIN_MISSING
+
+        return None, f"web console not started: {LOGIN_MISSING}"
+    ports = {name: free_port() for name in services}
+    orch.pipeline.metrics_ports.update(ports)
+    health = {name: f"http://127.0.0.1:{port}/metrics" for name, port in ports.items()}
+    port = web.web_port or free_port(web.web_addr)
+    env = {"FT_WEB_HEALTH_URLS": json.dumps(health), "FT_WEB_PORT": str(port)}
+    if evidence_dir is not None:   # where capture writes evidence in this run
+        env["FT_EVIDENCE_DIR"] = str(evidence_dir)
+    orch.pipeline.start("web", env)
+    host = f"[{web.web_addr}]" if ":" in web.web_addr else web.web_addr
+    return f"http://{host}:{port}/", "web console"

@@ -14,7 +14,8 @@ if [ "$want_tests" = 1 ]; then
   # network-namespace lab (iproute2, ethtool, tcpdump), DNS/HTTP/SSH peers
   pkgs+=(victoria-metrics iproute2 ethtool tcpdump dnsmasq-base dnsutils curl openssh-server openssh-client openssl
          libndpi-dev    # the optional second DPI engine is built and tested against it
-         libndpi-bin)   # ndpiReader: `flowtarget bench capture --ndpi` compares capture with it
+         libndpi-bin    # ndpiReader: `flowtarget bench capture --ndpi` compares capture with it
+         chromium chromium-driver)   # the web console's tests drive a real headless browser
 fi
 missing=()
 for p in "${pkgs[@]}"; do

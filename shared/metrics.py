@@ -107,6 +107,7 @@ class _State:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.stats: dict[str, tuple[StatsFn, tuple[str, ...]]] = {}
+        self.families: dict[str, Callable[[], Iterable[Any]]] = {}
         self.service = ""
         self.probe = ""
         self.bus: Any = None
@@ -123,6 +124,13 @@ def register_stats(name: str, fn: StatsFn, gauges: Iterable[str] = ()) -> None:
     """Expose ``fn()``'s numbers as ``flowtarget_<name>_<key>`` (replaces an earlier ``name``)."""
     with STATE.lock:
         STATE.stats[name] = (fn, tuple(gauges))
+
+
+def register_families(name: str, fn: Callable[[], Iterable[Any]]) -> None:
+    """Expose metric families that need labels of their own (e.g. per rule id): ``fn()`` returns
+    prometheus_client metric families, called on the service's loop at every scrape."""
+    with STATE.lock:
+        STATE.families[name] = fn
 
 
 def unregister_stats(name: str) -> None:
@@ -225,6 +233,14 @@ class StatsCollector(Collector):
                        else CounterMetricFamily(base, doc, labels=labels))
                 fam.add_metric(values, value)
                 yield fam
+        with STATE.lock:
+            fam_fns = list(STATE.families.values())
+        for fn in fam_fns:
+            try:
+                yield from _on_loop(lambda fn=fn: list(fn()))
+            except Exception as exc:
+                STATE.stats_errors += 1
+                log.debug("metric families failed: %s", exc)
         connected = bool(STATE.bus is not None and STATE.bus.connected)
         for mname, doc, val in (
             ("flowtarget_nats_connected", "1 while the NATS connection is up", float(connected)),

@@ -8,6 +8,8 @@ start with a one-line reason (see ``shared.runner``).
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -127,14 +129,75 @@ class StoreSettings(CommonSettings):
     log_all_flows: bool = Field(default=False, description="Write every flow into the access log.")
 
 
+# --------------------------------------------------------------------------- block's address lists
+# (here, not in services/block, so that settings validate them without importing a service)
+
+_NAME = re.compile(r"^[a-z0-9*?_-]+(\.[a-z0-9*?_-]+)*$")
+
+
+def _looks_like_name(s: str) -> bool:
+    """A host-name pattern, not a mistyped address: has a letter or a wildcard, and no '/' or ':'."""
+    if not s or len(s) > 253 or not _NAME.match(s):
+        return False
+    return any(c.isalpha() or c in "*?" for c in s)
+
+
+def parse_allow_entry(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | str:
+    """An allowlist entry as an ip network, or a normalized host pattern; ValueError for anything else."""
+    e = str(entry).strip()
+    if not e:
+        raise ValueError("empty entry")
+    try:
+        return ipaddress.ip_network(e, strict=False)
+    except ValueError:
+        pass
+    n = e.lower().rstrip(".")
+    if _looks_like_name(n):
+        return n
+    raise ValueError(f"{e!r} is neither an IP network/address nor a host name pattern")
+
+
+def parse_address_entry(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A probe address (or network) as an ip network; ValueError otherwise (names are not allowed)."""
+    e = str(entry).strip()
+    try:
+        return ipaddress.ip_network(e, strict=False)
+    except ValueError:
+        raise ValueError(f"{e!r} is not an IP address or network") from None
+
+
 class BlockSettings(CommonSettings):
     iface: str = Field(default="", description="Interface to inject on; empty = report only.")
     rules_bucket: str = Field(default="ft_rules")
-    dry_run: bool = False
+    rule_stats_bucket: str = Field(default="ft_rule_stats", description="KV bucket of per-rule hit/outcome counts shared by every block replica.")
+    rule_stats_flush_s: float = Field(default=2.0, gt=0, description="How often a replica adds its per-rule counts to the bucket.")
+    dry_run: bool = Field(default=True, description="Decide and report without injecting (the default); FT_DRY_RUN=false (or flowtarget run --enforce) injects.")
     rate_limit_per_s: float = Field(default=200.0, gt=0)
     rate_burst: int = Field(default=50, ge=1)
-    allowlist: list[str] = Field(default_factory=list, description="CIDRs and host names never injected against.")
-    probe_addresses: list[str] = Field(default_factory=list, description="The probe's own addresses, never targeted.")
+    allowlist: list[str] = Field(default_factory=list, description="IP networks/addresses and host-name patterns never injected against; a bad entry stops block at start.")
+    probe_addresses: list[str] = Field(default_factory=list, description="The probe's own addresses or networks, never targeted; a bad entry stops block at start.")
+
+    @field_validator("allowlist")
+    @classmethod
+    def _allowlist(cls, v: list[str]) -> list[str]:
+        out = []
+        for e in v:
+            try:
+                out.append(str(parse_allow_entry(e)))
+            except ValueError as exc:
+                raise ValueError(f"entry {exc}") from None
+        return out
+
+    @field_validator("probe_addresses")
+    @classmethod
+    def _probe_addresses(cls, v: list[str]) -> list[str]:
+        out = []
+        for e in v:
+            try:
+                out.append(str(parse_address_entry(e)))
+            except ValueError as exc:
+                raise ValueError(f"entry {exc}") from None
+        return out
 
 
 class DetectSettings(BaseSettings):
@@ -175,3 +238,39 @@ class DetectSettings(BaseSettings):
     dns_tunnel_queries: int = Field(default=10, ge=1, description="Distinct suspicious query names under one registered domain within dns_tunnel_window_s.")
     dns_tunnel_txt_queries: int = Field(default=30, ge=1, description="TXT/NULL queries under one registered domain within dns_tunnel_window_s.")
     dns_tunnel_window_s: float = Field(default=60.0, gt=0)
+
+
+class WebSettings(CommonSettings):
+    """``flowtarget web``: the operator's console (services/web).
+
+    Login is required: ``FT_WEB_TOKEN``, or ``FT_WEB_USER`` with
+    ``FT_WEB_PASSWORD``; none is shipped and the service refuses to start
+    without one.
+    """
+
+    web_addr: str = Field(default="127.0.0.1", description="Address the console listens on (loopback unless configured).")
+    web_port: int = Field(default=8080, ge=0, le=65535, description="Port of the console; 0 = any free port (logged).")
+    web_user: str = Field(default="", max_length=64, description="Login user name (with FT_WEB_PASSWORD).")
+    web_password: SecretStr = Field(default=SecretStr(""), description="Login password.")
+    web_token: SecretStr = Field(default=SecretStr(""), description="Login token (also accepted as 'Authorization: Bearer').")
+    web_session_ttl_s: float = Field(default=8 * 3600, gt=0, description="A login lasts this long.")
+    web_cookie_secure: bool = Field(default=False, description="Mark the session cookie Secure (behind an HTTPS proxy).")
+    web_health_urls: dict[str, str] = Field(default_factory=dict, description="Service name -> its /metrics URL, for the overview's health table (JSON).")
+    web_scan_max_messages: int = Field(default=5_000, ge=1, description="Stream messages (a flow message is a batch of up to FT_BATCH_SIZE records) one history search reads at most, newest first.")
+    web_page_max: int = Field(default=10_000, ge=1, le=100_000, description="Rows one page shows at most.")
+    web_live_interval_s: float = Field(default=1.0, gt=0, le=2.0, description="How often the live overview is pushed to open pages.")
+    web_evidence_record_s: float = Field(default=10.0, gt=0, le=3600, description="Length of an evidence recording asked of capture from an alert's page.")
+    evidence_dir: Path = Field(default=Path("/var/lib/flowtarget/evidence"), description="Where capture writes evidence pcaps (FT_EVIDENCE_DIR); only files inside it are served.")
+    rules_bucket: str = Field(default="ft_rules", description="The blocking rules' KV bucket (FT_RULES_BUCKET).")
+    rule_stats_bucket: str = Field(default="ft_rule_stats", description="block's per-rule hit/outcome counts (FT_RULE_STATS_BUCKET), shown beside the rules.")
+
+    @field_validator("web_health_urls")
+    @classmethod
+    def _health_urls(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, url in v.items():
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"health URL of {name!r} must start with http:// or https://")
+        return v
+
+    def login_configured(self) -> bool:
+        return bool(self.web_token.get_secret_value() or (self.web_user and self.web_password.get_secret_value()))

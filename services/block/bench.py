@@ -94,7 +94,7 @@ def bench_command(args: argparse.Namespace) -> int:
             servers.start_http(lab)
             servers.start_https(lab, tmp, names=["tls.bench.test"])
             servers.start_dnsmasq(lab, {"dns.bench.test": [srv]})
-            with Services(nats.url, "bench", lab.probe_iface, tmp / "logs") as svc:
+            with Services(nats.url, "bench", lab.probe_iface, tmp / "logs", FT_DRY_RUN="false") as svc:
                 for name in ("capture", "classify", "block"):
                     svc.start(name)
                 if not svc.wait_log("block", "rule b-dns", 30):

@@ -110,6 +110,7 @@ class Rule(BaseModel):
     message: str = Field(default="", max_length=512, description="Shown on the block page and in events.")
     priority: int = Field(default=100, description="Lower acts first when several rules match.")
     enabled: bool = True
+    force: bool = Field(default=False, description="Accept a rule that matches every flow (host '*', cidr 0.0.0.0/0 or ::/0, transport only).")
 
     @field_validator("id")
     @classmethod
@@ -207,11 +208,43 @@ class Rule(BaseModel):
     def _needs_a_match(self) -> "Rule":
         if not any(getattr(self, f) for f in MATCH_FIELDS):
             raise ValueError(f"a rule needs at least one of {', '.join(MATCH_FIELDS)}")
+        broad = self.matches_everything()
+        if broad and not self.force:
+            raise ValueError(f"matches every flow ({broad}); narrow it, or say force: true if that is meant")
         if self.dns_answer is not None and self.action != "dns_block":
             raise ValueError("dns_answer is only for action dns_block")
         if self.redirect is not None and self.action != "http_block":
             raise ValueError("redirect is only for action http_block")
         return self
+
+    def matches_everything(self) -> str:
+        """Why the rule matches every flow ('' when it does not): all its match fields are match-alls.
+
+        Match-alls: a host pattern made of wildcards only (``*``, ``*?``), a /0 network, and
+        ``transport`` (which narrows only to a whole protocol).  A field that is a list matches
+        everything when any element does.
+        """
+        why = []
+        narrowing = False
+        if self.host:
+            wild = [h for h in self.host if set(h) <= {"*", "?", "."} and "*" in h]
+            if wild:
+                why.append(f"host {wild[0]!r}")
+            else:
+                narrowing = True
+        if self.cidr:
+            zero = [c for c in self.cidr if c.endswith("/0")]
+            if zero:
+                why.append(f"cidr {zero[0]}")
+            else:
+                narrowing = True
+        if self.port or self.app_protocol or self.application or self.category:
+            narrowing = True
+        if narrowing:
+            return ""
+        if self.transport:
+            why.append("transport " + ",".join(self.transport) + " only")
+        return ", ".join(why) or "no match field"
 
     # ------------------------------------------------------------------ matching
 
@@ -553,7 +586,7 @@ class RuleWatcher:
 # --------------------------------------------------------------------------- CLI: flowtarget rules
 
 
-async def _with_kv(nats_url: str, bucket: str, fn: Callable[[Any], Awaitable[int]]) -> int:
+async def _with_kv(nats_url: str, bucket: str, fn: Callable[..., Awaitable[int]], with_js: bool = False) -> int:
     import nats
 
     try:
@@ -563,8 +596,9 @@ async def _with_kv(nats_url: str, bucket: str, fn: Callable[[Any], Awaitable[int
         print(f"flowtarget rules: cannot connect to NATS at {nats_url}: {exc}", file=sys.stderr)
         return 1
     try:
-        kv = await open_bucket(nc.jetstream(timeout=5), bucket)
-        return await fn(kv)
+        js = nc.jetstream(timeout=5)
+        kv = await open_bucket(js, bucket)
+        return await (fn(kv, js) if with_js else fn(kv))
     except Exception as exc:
         print(f"flowtarget rules: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
@@ -615,6 +649,8 @@ def _rule_from_args(args: argparse.Namespace) -> dict[str, Any]:
         v = getattr(args, f)
         if v is not None:
             data[f] = v
+    if getattr(args, "force", False):
+        data["force"] = True
     return data
 
 
@@ -639,8 +675,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     a.add_argument("--redirect")
     a.add_argument("--message")
     a.add_argument("--priority", type=int)
+    a.add_argument("--force", action="store_true", help="accept a rule that matches every flow (host '*', 0.0.0.0/0, ::/0)")
     ls = rs.add_parser("list", help="list the rules")
-    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line (the rule plus its 'stats')")
+    ls.add_argument("--stats-bucket", default=os.environ.get("FT_RULE_STATS_BUCKET", "ft_rule_stats"),
+                    help="KV bucket of per-rule statistics (FT_RULE_STATS_BUCKET)")
     rm = rs.add_parser("remove", help="remove rules by id")
     rm.add_argument("ids", nargs="+", metavar="ID")
     ld = rs.add_parser("load", help="load a YAML rules file (all rules or none)")
@@ -682,12 +721,22 @@ def run(args: argparse.Namespace) -> int:
 
         return asyncio.run(_with_kv(args.nats, args.bucket, remove))
 
-    async def show(kv: Any) -> int:
+    async def show(kv: Any, js: Any) -> int:
+        from services.block.stats import empty, read_stats
+
         rules, errors = await read_rules(kv)
+        try:
+            stats = await read_stats(js, args.stats_bucket)
+        except Exception as exc:
+            print(f"flowtarget rules: statistics unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
+            stats = {}
         now = time.time()
         for r in rules:
+            st = stats.get(r.id) or empty()
             if args.json:
-                print(r.model_dump_json(exclude_defaults=True))
+                d = json.loads(r.model_dump_json(exclude_defaults=True))
+                d["stats"] = st
+                print(json.dumps(d))
                 continue
             match = " ".join(f"{f}={','.join(map(str, getattr(r, f)))}" for f in MATCH_FIELDS if getattr(r, f))
             extra = []
@@ -700,14 +749,19 @@ def run(args: argparse.Namespace) -> int:
                              + _dt.datetime.fromtimestamp(r.expires, _dt.timezone.utc).isoformat())
             if not r.enabled:
                 extra.append("disabled")
-            print(f"{r.id}\t{r.action}\t{match}\t{' '.join(extra)}".rstrip())
+            counts = (f"hits={st['hits']} won={st['won']} lost={st['lost']} not_possible={st['not_possible']} "
+                      f"dry_run={st['dry_run']}")
+            others = " ".join(f"{k}={st[k]}" for k in ("rate_limited", "allowlisted", "unknown") if st[k])
+            last = ("last_hit=" + _dt.datetime.fromtimestamp(st["last_hit"], _dt.timezone.utc).isoformat(timespec="seconds")
+                    if st["last_hit"] else "last_hit=never")
+            print(f"{r.id}\t{r.action}\t{match}\t{counts} {others + ' ' if others else ''}{last}\t{' '.join(extra)}".rstrip())
         for e in errors:
             print(f"flowtarget rules: {e}", file=sys.stderr)
         if not rules and not args.json:
             print("(no rules)", file=sys.stderr)
         return 0
 
-    return asyncio.run(_with_kv(args.nats, args.bucket, show))
+    return asyncio.run(_with_kv(args.nats, args.bucket, show, with_js=True))
 
 
 def rules_command(argv: list[str]) -> int:

@@ -11,8 +11,17 @@ Inputs
 - Rules: a JetStream KV bucket watched live (``services.block.rules``).  When a
   rule appears, flows already classified (a bounded cache of recent verdicts)
   that match it are reset at their next packet.
-- Its own pypcap handle on the interface (``tcp``, inbound only, so it never
-  sees its own frames) watches blocked flows after the injection.
+- Its own pypcap handle on the interface (every frame, inbound only, so it
+  never sees its own frames), decoded by capture's decoder so that a flow inside
+  VLAN/QinQ, MPLS, PPPoE, GRE, VXLAN, GTP-U or IP-in-IP is seen as its inner
+  flow: it acts first on HTTP Host / TLS SNI / DNS names, remembers each flow
+  direction's encapsulation (injected frames are wrapped in it, see
+  ``services.block.encap``) and watches blocked flows after the injection.
+
+Parts: ``guard`` (allowlist, own addresses, rate limit), ``tcp_race`` (inject
+into a flow, judge the race), ``dns_race`` (forge answers, judge the race),
+``stats`` (per-rule counts in the KV bucket and /metrics), ``state`` (what is
+remembered of flows); this module holds the paths that decide and ``main``.
 
 Race outcome (``BlockAction.outcome``)
 - ``lost`` when the server's real data was captured before the injection (it
@@ -24,27 +33,28 @@ Race outcome (``BlockAction.outcome``)
   the injection within ``race_window_s``.
 - DNS: ``lost`` when the real answer was captured before the forged one was
   sent, else ``won``.
-- ``dry_run`` (FT_DRY_RUN, or no FT_IFACE), ``rate_limited``, ``allowlisted``,
-  ``not_possible`` (UDP flows other than DNS, ``drop`` from a mirror port,
-  targets that are the probe itself, missing sequence numbers).
+- ``dry_run`` (FT_DRY_RUN, the default, or no FT_IFACE), ``rate_limited``,
+  ``allowlisted``, ``not_possible`` (UDP flows other than DNS, ``drop`` from a
+  mirror port, targets that are the probe itself, missing sequence numbers, an
+  encapsulation that cannot carry a frame to an endpoint — with the reason).
+- Every matching flow gets one: a new connection on the ports of an earlier
+  one (a client SYN) starts afresh, a repeated DNS query is answered again.
 
-Safety: a token-bucket injection rate limit (FT_RATE_LIMIT_PER_S,
-FT_RATE_BURST), an allowlist of CIDRs and names (FT_ALLOWLIST), dry-run, and
-no injection toward the probe's own addresses or MAC.
+Safety: dry run unless FT_DRY_RUN=false (``flowtarget run --enforce``), stated
+in the startup line; a token-bucket injection rate limit (FT_RATE_LIMIT_PER_S,
+FT_RATE_BURST); an allowlist of networks and names (FT_ALLOWLIST) and the
+probe's own addresses (FT_PROBE_ADDRESSES), parsed at start and compared as ip
+objects; no injection toward the probe's own addresses or MAC.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fnmatch
-import ipaddress
 import logging
 import os
-import socket
 import struct
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from shared.bus import Bus, RateLimitedLog, safe_text
@@ -52,225 +62,27 @@ from shared.models import Alert, BlockAction, FlowSample, PacketEvent, Verdict
 from shared.settings import BlockSettings
 from shared.subjects import subject
 
+from services.block import encap as enc
 from services.block import inject as inj
 from services.block.fastpath import client_name
-from services.block.rules import ENFORCING, MatchContext, Rule, RuleSet, RuleWatcher, normalize_host
+from services.block.dns_race import DnsRace, DnsWatch
+from services.block.guard import AddressSet, Allowlist, TokenBucket
+from services.block.rules import ENFORCING, MatchContext, Rule, RuleSet, RuleWatcher
+from services.block.state import (
+    FLOW_CACHE_MAX, FLOW_CACHE_TTL_S, HANDLED_MAX, RECENT_S, TH_ACK, TH_FIN, TH_RST, TH_SYN,
+    FlowInfo, _ip_bytes, flow_keys,
+)
+from services.block.stats import RuleStats, open_stats_bucket
+from services.block.tcp_race import TcpRace, Watch
+
+# the names tests and tools import from here (the parts live in guard, state, tcp_race, dns_race)
+__all__ = ["Blocker", "DnsWatch", "FlowInfo", "TokenBucket", "Watch", "flow_keys", "main", "mode_line",
+           "latency_summary", "TH_ACK", "TH_FIN", "TH_RST", "TH_SYN"]
 
 log = logging.getLogger("flowtarget.block")
 
-FLOW_CACHE_MAX = 100_000
-FLOW_CACHE_TTL_S = 1800.0
-HANDLED_MAX = 200_000
-PENDING_TTL_S = 120.0
-DNS_WINDOW_S = 2.0
-RECENT_S = 3.0  # recent TCP packets kept per direction, to judge what happened before a watch began
-RECENT_MAX_KEYS = 65536
-RECENT_PER_KEY = 32
-PHOTO_FINISH_S = 0.0005  # server data captured this close after our send may still have arrived first
-TH_FIN, TH_SYN, TH_RST, TH_ACK = 0x01, 0x02, 0x04, 0x10
 
-
-def _seq_gt(a: int, b: int) -> bool:
-    """a > b in 32-bit sequence space."""
-    return 0 < ((a - b) & 0xFFFFFFFF) < 0x80000000
-
-
-class TokenBucket:
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, float(burst)
-        self.tokens = float(burst)
-        self.t = time.monotonic()
-
-    def take(self, n: float = 1.0) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
-        self.t = now
-        if self.tokens >= n:
-            self.tokens -= n
-            return True
-        return False
-
-
-class Allowlist:
-    """CIDRs and host patterns never injected against."""
-
-    def __init__(self, entries: list[str]) -> None:
-        self.nets: list[Any] = []
-        self.names: list[str] = []
-        for e in entries:
-            e = e.strip()
-            if not e:
-                continue
-            try:
-                self.nets.append(ipaddress.ip_network(e, strict=False))
-            except ValueError:
-                self.names.append(normalize_host(e))
-
-    def hit(self, ips: list[str], host: str) -> bool:
-        for ip in ips:
-            try:
-                a = ipaddress.ip_address(ip)
-            except ValueError:
-                continue
-            if any(a.version == n.version and a in n for n in self.nets):
-                return True
-        if host and self.names:
-            h = normalize_host(host)
-            return any(fnmatch.fnmatchcase(h, p) for p in self.names)
-        return False
-
-
-@dataclass
-class FlowInfo:
-    """What block remembers of a classified flow (from its verdict)."""
-
-    flow_id: str
-    transport: str
-    client: inj.Endpoint
-    server: inj.Endpoint
-    vlan_ids: list[int]
-    ctx: MatchContext
-    seen: float
-
-
-@dataclass
-class Watch:
-    """A flow block has acted on (or will act on at its next packet)."""
-
-    flow: FlowInfo
-    rule: Rule
-    action: str
-    c_next: int = 0
-    s_next: int = 0
-    page_len: int = -1
-    t_trigger: float = 0.0
-    t_send: float = 0.0  # just before the first injection
-    t_inj: float = 0.0  # just after it
-    latency_ms: float = 0.0
-    attempts: int = 0
-    pending: bool = False  # established flow: inject at its next packet
-    lost: bool = False
-    won_evidence: str = ""
-    deadline: float = 0.0
-    keys: list[bytes] = field(default_factory=list)
-    done: bool = False
-    photo_finish: bool = False  # real server data captured while we were sending: evidence must decide
-    deferring: bool = False  # judging already-captured packets: collect, retry once afterwards
-    retry: tuple[int, int] | None = None
-
-
-@dataclass
-class DnsWatch:
-    flow: FlowInfo
-    rule: Rule
-    host: str
-    key: tuple
-    forged: bytes
-    t_send: float
-    latency_ms: float
-    deadline: float
-    lost: bool = False
-    real_seen: bool = False
-
-
-def _ip_bytes(ip: str) -> bytes:
-    return socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip)
-
-
-def flow_keys(a: inj.Endpoint, b: inj.Endpoint) -> tuple[bytes, bytes]:
-    """Lookup keys (src ip, dst ip, sport, dport as on the wire) for both directions."""
-    ia, ib = _ip_bytes(a.ip), _ip_bytes(b.ip)
-    return (ia + ib + struct.pack("!HH", a.port, b.port), ib + ia + struct.pack("!HH", b.port, a.port))
-
-
-def parse_tcp(frame: bytes) -> tuple[bytes, int, int, int, int, int] | None:
-    """(key, seq, ack, flags, payload length, payload offset) of a TCP frame; None otherwise. No objects."""
-    try:
-        off = 12
-        et = (frame[off] << 8) | frame[off + 1]
-        while et in (0x8100, 0x88A8, 0x9100):
-            off += 4
-            et = (frame[off] << 8) | frame[off + 1]
-        off += 2
-        if et == 0x0800:
-            ihl = (frame[off] & 0x0F) * 4
-            if frame[off + 9] != 6:
-                return None
-            total = (frame[off + 2] << 8) | frame[off + 3]
-            l4 = off + ihl
-            key = frame[off + 12:off + 20] + frame[l4:l4 + 4]
-            tcp_len = total - ihl
-        elif et == 0x86DD:
-            if frame[off + 6] != 6:
-                return None
-            plen = (frame[off + 4] << 8) | frame[off + 5]
-            l4 = off + 40
-            key = frame[off + 8:off + 40] + frame[l4:l4 + 4]
-            tcp_len = plen
-        else:
-            return None
-        seq, ack = struct.unpack_from("!II", frame, l4 + 4)
-        doff = (frame[l4 + 12] >> 4) * 4
-        flags = frame[l4 + 13]
-        return key, seq, ack, flags, max(0, tcp_len - doff), l4 + doff
-    except (IndexError, struct.error):
-        return None
-
-
-def parse_udp(frame: bytes) -> tuple[str, str, int, int, str, str, list[int], bytes] | None:
-    """(src ip, dst ip, sport, dport, src mac, dst mac, vlan ids, payload) of a UDP frame; None otherwise."""
-    try:
-        off, vlans = 12, []
-        et = (frame[off] << 8) | frame[off + 1]
-        while et in (0x8100, 0x88A8, 0x9100):
-            vlans.append(((frame[off + 2] << 8) | frame[off + 3]) & 0x0FFF)
-            off += 4
-            et = (frame[off] << 8) | frame[off + 1]
-        off += 2
-        if et == 0x0800:
-            if frame[off + 9] != 17 or (frame[off + 6] & 0x3F) or frame[off + 7]:
-                return None  # not UDP, or a fragment
-            l4 = off + (frame[off] & 0x0F) * 4
-            sip, dip = socket.inet_ntop(socket.AF_INET, frame[off + 12:off + 16]), socket.inet_ntop(socket.AF_INET, frame[off + 16:off + 20])
-        elif et == 0x86DD:
-            if frame[off + 6] != 17:
-                return None
-            l4 = off + 40
-            sip = socket.inet_ntop(socket.AF_INET6, frame[off + 8:off + 24])
-            dip = socket.inet_ntop(socket.AF_INET6, frame[off + 24:off + 40])
-        else:
-            return None
-        sport, dport, ulen = struct.unpack_from("!HHH", frame, l4)
-        if ulen < 8:
-            return None
-        return sip, dip, sport, dport, frame[6:12].hex(":"), frame[0:6].hex(":"), vlans, frame[l4 + 8:l4 + ulen]
-    except (IndexError, ValueError, struct.error):
-        return None
-
-
-_TRIGGER_FIRST_BYTES = frozenset(b"GPHDOCT\x16")  # HTTP methods, TLS handshake record
-
-
-def frame_endpoints(frame: bytes, key: bytes) -> tuple[str, str, int, int, str, str, list[int]] | None:
-    """(src ip, dst ip, sport, dport, src mac, dst mac, vlan ids) of a TCP frame parsed by ``parse_tcp``."""
-    try:
-        if len(key) == 12:
-            sip, dip = socket.inet_ntop(socket.AF_INET, key[0:4]), socket.inet_ntop(socket.AF_INET, key[4:8])
-        elif len(key) == 36:
-            sip, dip = socket.inet_ntop(socket.AF_INET6, key[0:16]), socket.inet_ntop(socket.AF_INET6, key[16:32])
-        else:
-            return None
-        sport, dport = struct.unpack_from("!HH", key, len(key) - 4)
-        vlans, off = [], 12
-        while (frame[off] << 8 | frame[off + 1]) in (0x8100, 0x88A8, 0x9100):
-            vlans.append((frame[off + 2] << 8 | frame[off + 3]) & 0x0FFF)
-            off += 4
-        return sip, dip, sport, dport, frame[6:12].hex(":"), frame[0:6].hex(":"), vlans
-    except (IndexError, ValueError, struct.error):
-        return None
-
-
-class Blocker:
+class Blocker(TcpRace, DnsRace):
     """The policy engine: matching, injection, race watching, events."""
 
     def __init__(self, settings: BlockSettings, bus: Bus | None) -> None:
@@ -281,11 +93,13 @@ class Blocker:
         self.bucket = TokenBucket(settings.rate_limit_per_s, settings.rate_burst)
         self.injector: inj.Injector | None = None
         self.own_mac = ""
-        self.own_ips: set[str] = set(settings.probe_addresses)
+        self.own_ips = AddressSet(settings.probe_addresses)
         self.flows: OrderedDict[str, FlowInfo] = OrderedDict()
         self.handled: OrderedDict[str, float] = OrderedDict()
         self.watch_by_key: dict[bytes, tuple[Watch, bool]] = {}
         self.recent: OrderedDict[bytes, deque] = OrderedDict()
+        # latest encapsulation (frame bytes in front of the inner IP header) seen per flow direction, bounded
+        self.prefixes: dict[bytes, tuple[bytes, str]] = {}
         self.sniffed: OrderedDict[bytes, FlowInfo] = OrderedDict()  # flows our own capture acted on
         self.fast_rules = False  # any rule the capture/sample fast paths can act on
         self.drain_capture: Any = None  # reads what our capture handle has buffered (set by main)
@@ -301,6 +115,7 @@ class Blocker:
         self.recent_alerts: deque[Alert] = deque(maxlen=1000)
         self.arrival_ms: list[float] = []  # trigger capture -> verdict/packet event received by block
         self.counters: dict[str, int] = {}
+        self.rule_stats = RuleStats()
         self.race_window_s = float(getattr(settings, "race_window_s", 1.0))
         self.max_attempts = int(getattr(settings, "max_attempts", 3))
         self._rlog = RateLimitedLog(log)
@@ -338,6 +153,7 @@ class Blocker:
 
     def publish_action(self, ev: BlockAction) -> None:
         self.count(f"outcome_{ev.outcome}")
+        self.rule_stats.record(ev.rule_id, ev.outcome, ev.timestamp)
         self.recent_actions.append(ev)
         log.info("block %s %s rule=%s host=%s %s:%d->%s:%d outcome=%s latency=%.2fms attempts=%d %s",
                  ev.action, ev.flow_id, ev.rule_id, safe_text(ev.host, 100), ev.src_ip, ev.src_port, ev.dst_ip,
@@ -461,19 +277,17 @@ class Blocker:
 
     # ------------------------------------------------------------------ our own capture: the fastest path
 
-    def _sniff_trigger(self, ts: float, frame: bytes, key: bytes, seq: int, ack: int, plen: int, po: int) -> None:
+    def _sniff_trigger(self, ts: float, frame: bytes, s: enc.Seen) -> None:
         """A client's HTTP request or TLS ClientHello seen by our own capture: act before any NATS hop.
 
         Only rules that need nothing but the name, addresses and ports (``fast_eligible``).
         The flow id is filled in when capture's sample or classify's verdict for the flow arrives.
         """
-        found = client_name(frame[po:po + plen])
+        found = client_name(frame[s.po:s.po + s.plen])
         if found is None:
             return
-        ep = frame_endpoints(frame, key)
-        if ep is None:
-            return
-        sip, dip, sport, dport, smac, dmac, vlans = ep
+        sip, dip, sport, dport, smac, dmac, vlans = s.src, s.dst, s.sport, s.dport, s.smac, s.dmac, list(s.vlans)
+        seq, ack, plen = s.seq, s.ack, s.plen
         proto, host = found
         ctx = MatchContext(host=host, src_ip=sip, dst_ip=dip, src_port=sport, dst_port=dport, transport="TCP",
                            app_protocol=proto)
@@ -503,6 +317,8 @@ class Blocker:
         flow = self.sniffed.get(k)
         if flow is None:
             return False
+        if flow.flow_id and flow.flow_id != flow_id:
+            return False  # an earlier connection on the same ports: this one is not ours yet
         if not flow.flow_id:
             flow.flow_id = flow_id
         self._mark_handled(flow_id)
@@ -546,246 +362,6 @@ class Blocker:
         self.enforce(flow, rule, host, s.src2dst_next_seq, s.dst2src_next_seq or s.src2dst_ack, s.trigger_time,
                      have_seq=bool(s.src2dst_next_seq))
 
-    def enforce(self, flow: FlowInfo, rule: Rule, host: str, c_next: int, s_next: int, t_trigger: float,
-                have_seq: bool = True, pending: bool = False) -> None:
-        action = rule.action
-        if action == "drop":
-            self.publish_action(self._action_event(flow, rule, "drop", "not_possible", host,
-                                                   message="drop needs an inline deployment; nothing injected from a mirror port"))
-            return
-        if flow.transport != "TCP":
-            dns_rule = next((r for r in self.rules.matching(MatchContext(host=host), ("dns_block",))), None) if host else None
-            msg = f"{flow.transport} flow cannot be reset from a mirror port"
-            msg += f"; new lookups of {host} are answered by dns_block rule {dns_rule.id}" if dns_rule else \
-                "; add a dns_block rule for the name to block its lookups"
-            self.raise_alert(flow, rule, host)
-            self.publish_action(self._action_event(flow, rule, action, "not_possible", host, message=msg))
-            return
-        guard = self._guard([flow.client.ip, flow.server.ip], [flow.client.mac, flow.server.mac], host)
-        if guard:
-            self.publish_action(self._action_event(flow, rule, action, guard, host,
-                                                   message="allowlisted" if guard == "allowlisted" else "target is the probe itself"))
-            return
-        if flow.ctx.app_protocol.upper() in ("TLS", "QUIC") or flow.server.port == 443:
-            if action == "http_block":
-                action = "reset"  # no page inside TLS: reset instead
-        if not self.live:
-            why = "dry run" if self.s.dry_run else "no injection interface (FT_IFACE): report only"
-            self.publish_action(self._action_event(flow, rule, rule.action, "dry_run", host, message=why))
-            return
-        if not have_seq and not pending:
-            self.publish_action(self._action_event(flow, rule, rule.action, "not_possible", host,
-                                                   message="no TCP sequence numbers in the verdict"))
-            return
-        w = Watch(flow=flow, rule=rule, action=action, c_next=c_next, s_next=s_next, t_trigger=t_trigger,
-                  pending=pending)
-        w.keys = list(flow_keys(flow.client, flow.server))
-        self.watches.append(w)
-        if pending:
-            self._register(w)
-            w.deadline = time.monotonic() + PENDING_TTL_S
-            return
-        if not self.bucket.take():
-            self._finish(w, "rate_limited", "injection rate limit reached")
-            return
-        self._inject(w, first=True)
-        # what our capture saw of this flow since the trigger (the server may already have answered)
-        if self.drain_capture is not None and not self._in_capture:
-            self.drain_capture()
-        self._replay(w)
-        if not w.done:
-            self._register(w)
-
-    def _register(self, w: Watch) -> None:
-        self.watch_by_key[w.keys[0]] = (w, True)
-        self.watch_by_key[w.keys[1]] = (w, False)
-
-    def _replay(self, w: Watch) -> None:
-        """Judge the flow's packets captured since the trigger, then retry once with the latest numbers."""
-        pkts = []
-        since = w.t_trigger - 0.001 if w.t_trigger else w.t_send - RECENT_S
-        for key, from_client in ((w.keys[0], True), (w.keys[1], False)):
-            for rec in self.recent.get(key, ()):
-                if rec[0] >= since:
-                    pkts.append((rec, from_client))
-        if not pkts:
-            return
-        pkts.sort(key=lambda x: x[0][0])
-        w.deferring = True
-        for (ts, seq, ack, flags, plen), from_client in pkts:
-            if w.done:
-                break
-            self._judge(w, from_client, ts, seq, ack, flags, plen)
-        w.deferring = False
-        if w.retry is not None and not w.done:
-            c, sn = w.retry
-            w.retry = None
-            self._lost(w, c, sn, w.won_evidence)
-
-    def _inject(self, w: Watch, first: bool) -> None:
-        assert self.injector is not None
-        f = w.flow
-        if w.action == "http_block" and first:
-            page = inj.block_page(w.rule.id, w.flow.ctx.host, w.rule.message, w.rule.redirect)
-            frames = inj.http_block_frames(f.client, f.server, f.vlan_ids, w.c_next, w.s_next, page)
-            w.page_len = len(page)
-        else:
-            frames = inj.reset_frames(f.client, f.server, f.vlan_ids, w.c_next, w.s_next)
-        t_send = time.time()
-        sent = self.injector.send(*frames)
-        now = time.time()
-        w.attempts += 1
-        if first:
-            w.t_send = t_send
-            w.t_inj = now
-            w.latency_ms = (now - w.t_trigger) * 1000.0 if w.t_trigger else 0.0
-            if w.t_trigger:
-                self.latencies_ms.append(w.latency_ms)
-                if len(self.latencies_ms) > 100_000:
-                    del self.latencies_ms[:50_000]
-        w.deadline = time.monotonic() + self.race_window_s
-        self.count("frames_sent", sent)
-        if sent != len(frames):
-            self.count("send_errors")
-
-    # ------------------------------------------------------------------ the race
-
-    def on_packet(self, ts: float, frame: bytes) -> None:
-        """Our own capture of the interface (inbound only): remember recent packets, judge watched flows."""
-        p = parse_tcp(frame)
-        if p is None:
-            if self.dns_rules or self.dns_watches:
-                self._sniff_dns(ts, frame)
-            return
-        key, seq, ack, flags, plen, po = p
-        recent = self.recent
-        dq = recent.get(key)
-        if dq is None:
-            dq = recent[key] = deque(maxlen=RECENT_PER_KEY)
-            if len(recent) > RECENT_MAX_KEYS:
-                recent.popitem(last=False)
-        else:
-            recent.move_to_end(key)
-        dq.append((ts, seq, ack, flags, plen))
-        hit = self.watch_by_key.get(key)
-        if hit is None:
-            if plen and self.fast_rules and po < len(frame) and frame[po] in _TRIGGER_FIRST_BYTES \
-                    and key not in self.sniffed:
-                self._sniff_trigger(ts, frame, key, seq, ack, plen, po)
-            return
-        w, from_client = hit
-        if w.done:
-            return
-        if w.pending:
-            # an established flow matched a new rule: reset it at this packet
-            if flags & TH_RST:
-                self._finish(w, "won", "flow ended by its own RST before injection")
-                return
-            nxt = (seq + plen + (1 if flags & (TH_FIN | TH_SYN) else 0)) & 0xFFFFFFFF
-            if from_client:
-                w.c_next, w.s_next = nxt, ack
-            else:
-                w.s_next, w.c_next = nxt, ack
-            w.pending = False
-            w.t_trigger = ts
-            if not self.bucket.take():
-                self._finish(w, "rate_limited", "injection rate limit reached")
-                return
-            if w.action == "http_block":
-                w.action = "reset"
-            self._inject(w, first=True)
-            return
-        self._judge(w, from_client, ts, seq, ack, flags, plen)
-
-    def _judge(self, w: Watch, from_client: bool, ts: float, seq: int, ack: int, flags: int, plen: int) -> None:
-        """One packet of a flow after (or around) the injection: evidence for the outcome."""
-        nxt = (seq + plen + (1 if flags & TH_FIN else 0)) & 0xFFFFFFFF
-        if from_client:
-            if ts <= w.t_inj:
-                # sent before our frames could all have arrived: only an acknowledgement of server data
-                # that is not our page counts, and it proves the real answer got there first (a page
-                # longer than the real answer would otherwise have its tail accepted afterwards, and the
-                # client's final RST acknowledge the page as if it had won)
-                if (flags & TH_ACK and not flags & TH_RST and _seq_gt(ack, w.s_next) and w.attempts == 1
-                        and not (w.action == "http_block" and w.page_len >= 0
-                                 and ack == (w.s_next + w.page_len + 1) & 0xFFFFFFFF)):
-                    self._lost(w, c_next=nxt, s_next=ack, why="client acknowledged real server data before the "
-                                                              "injection arrived")
-                return
-            if flags & TH_RST:
-                if (flags & TH_ACK and w.action == "http_block" and w.page_len >= 0 and w.attempts == 1
-                        and _seq_gt(ack, w.s_next) and ack != (w.s_next + w.page_len + 1) & 0xFFFFFFFF):
-                    # the RST acknowledges data that is not our page: the real answer got there first
-                    # (curl closes with a RST after the real page too, so a RST alone proves nothing)
-                    self._lost(w, c_next=seq, s_next=ack, why="client acknowledged real server data in its RST")
-                    return
-                w.won_evidence = w.won_evidence or "client answered with RST (its socket is gone)"
-                if not w.lost and not w.deferring:
-                    self._finish(w, "won", w.won_evidence)
-                return
-            accepted_real = False
-            if w.action == "http_block" and w.page_len >= 0 and w.attempts == 1:
-                expect = (w.s_next + w.page_len + 1) & 0xFFFFFFFF
-                if flags & TH_ACK and ack == expect:
-                    if not w.lost and not w.deferring:
-                        if w.photo_finish:  # the ack is the same whether the real headers came first or not
-                            self._finish(w, "unknown", "photo finish: the server answered while the page was sent")
-                        else:
-                            self._finish(w, "won", "client acknowledged the block page")
-                    return
-                if flags & TH_ACK and _seq_gt(ack, w.s_next) and ack != expect:
-                    accepted_real = True
-            elif flags & TH_ACK and _seq_gt(ack, w.s_next):
-                accepted_real = True
-            if plen and _seq_gt((seq + plen) & 0xFFFFFFFF, w.c_next):
-                accepted_real = True
-            if accepted_real:
-                self._lost(w, c_next=nxt, s_next=ack, why="client acknowledged real server data or kept sending")
-        else:
-            if flags & TH_RST:
-                return
-            # server data captured before we started sending reached the client first
-            if plen and _seq_gt((seq + plen) & 0xFFFFFFFF, w.s_next):
-                if ts < w.t_send:
-                    self._lost(w, c_next=ack, s_next=nxt, why="the server's answer was captured before the injection")
-                    return
-                if ts <= w.t_inj + PHOTO_FINISH_S:
-                    w.photo_finish = True
-            elif w.lost and flags & TH_FIN:
-                w.retry = (ack, nxt) if w.deferring else w.retry
-
-    def _lost(self, w: Watch, c_next: int, s_next: int, why: str) -> None:
-        if not w.lost:
-            w.lost = True
-            w.won_evidence = why
-        if w.deferring:  # collect the latest numbers; one retry after the replay
-            w.retry = (c_next, s_next)
-            return
-        if w.attempts < self.max_attempts and self.injector is not None and self.bucket.take():
-            w.c_next, w.s_next = c_next, s_next
-            self._inject(w, first=False)
-        elif w.attempts >= self.max_attempts:
-            self._finish(w, "lost", why)
-
-    def _finish(self, w: Watch, outcome: str, message: str) -> None:
-        if w.done:
-            return
-        w.done = True
-        for k in w.keys:
-            if self.watch_by_key.get(k, (None,))[0] is w:
-                del self.watch_by_key[k]
-        if outcome == "lost" and w.attempts > 1:
-            message = f"{message}; reset again with the next observed sequence numbers ({w.attempts} attempts)"
-        if not w.flow.flow_id and self.unnamed is not None:
-            # acted on from our own capture: wait (briefly) for capture's flow id
-            self.unnamed.append((time.monotonic() + 1.0, w, outcome, message))
-            return
-        self._publish_watch(w, outcome, message)
-
-    def _publish_watch(self, w: Watch, outcome: str, message: str) -> None:
-        self.publish_action(self._action_event(w.flow, w.rule, w.rule.action, outcome, w.flow.ctx.host,
-                                               latency_ms=w.latency_ms, attempts=w.attempts, message=message))
-
     def tick(self) -> None:
         now = time.monotonic()
         if self.unnamed:
@@ -810,14 +386,7 @@ class Blocker:
                 if w.done:
                     continue
                 if now >= w.deadline:
-                    if w.pending:
-                        self._finish(w, "unknown", "the flow sent no further packet after the rule appeared")
-                    elif w.lost:
-                        self._finish(w, "lost", w.won_evidence)
-                    elif w.photo_finish and not w.won_evidence:
-                        self._finish(w, "unknown", "photo finish: the server answered while we injected")
-                    else:
-                        self._finish(w, "won", w.won_evidence or "no sign of the real answer reaching the client")
+                    self._conclude(w)
                     continue
                 keep.append(w)
             self.watches = keep
@@ -869,130 +438,6 @@ class Blocker:
             self._mark_handled(flow.flow_id)
             self.enforce(flow, rule, flow.ctx.host, 0, 0, 0.0, pending=True)
 
-    # ------------------------------------------------------------------ DNS
-
-    async def on_packet_event(self, ev: PacketEvent) -> None:
-        """capture's DNS packet events: queries are judged, responses decide open DNS races."""
-        if ev.kind != "dns" or not ev.payload:
-            return
-        self.count("dns_packets")
-        q = inj.parse_dns_query(ev.payload)
-        if q is None:
-            if self.dns_watches:
-                t = inj.dns_transaction_of_response(ev.payload)
-                if t is not None and t[1]:
-                    # a response travels server -> client
-                    if ev.from_src:
-                        key = (ev.dst_ip, ev.dst_port, ev.src_ip, ev.src_port, t[0])
-                    else:
-                        key = (ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port, t[0])
-                    self._dns_response(key, ev.timestamp, ev.payload)
-            return
-        if not self.dns_rules:
-            return
-        if ev.from_src:
-            client = inj.Endpoint(ev.src_ip, ev.src_port, ev.src_mac or "00:00:00:00:00:00")
-            server = inj.Endpoint(ev.dst_ip, ev.dst_port, ev.dst_mac or "00:00:00:00:00:00")
-        else:
-            client = inj.Endpoint(ev.dst_ip, ev.dst_port, ev.src_mac or "00:00:00:00:00:00")
-            server = inj.Endpoint(ev.src_ip, ev.src_port, ev.dst_mac or "00:00:00:00:00:00")
-        self._dns_query(q, client, server, list(ev.vlan_ids), (ev.transport or "UDP").upper(), ev.timestamp,
-                        ev.flow_id)
-
-    def _sniff_dns(self, ts: float, frame: bytes) -> None:
-        """A DNS packet from our own capture (UDP port 53)."""
-        d = parse_udp(frame)
-        if d is None:
-            return
-        sip, dip, sport, dport, smac, dmac, vlans, payload = d
-        if dport == 53:
-            q = inj.parse_dns_query(payload)
-            if q is not None and self.dns_rules:
-                self._dns_query(q, inj.Endpoint(sip, sport, smac), inj.Endpoint(dip, dport, dmac), vlans, "UDP", ts, "")
-        elif sport == 53 and self.dns_watches:
-            t = inj.dns_transaction_of_response(payload)
-            if t is not None and t[1]:
-                self._dns_response((dip, dport, sip, sport, t[0]), ts, payload)
-
-    def _dns_query(self, q: inj.DnsQuery, client: inj.Endpoint, server: inj.Endpoint, vlans: list[int],
-                   transport: str, ts: float, flow_id: str) -> None:
-        key = (client.ip, client.port, server.ip, server.port, q.id)
-        open_watch = self.dns_watches.get(key)
-        if open_watch is not None or key in self.dns_done:
-            if open_watch is not None and flow_id and not open_watch.flow.flow_id:
-                open_watch.flow.flow_id = flow_id  # seen first by our own capture
-            elif flow_id and key in self.dns_done and not self.dns_done[key].flow_id:
-                self.dns_done[key].flow_id = flow_id
-            return
-        ctx = MatchContext(host=q.name, src_ip=client.ip, dst_ip=server.ip, src_port=client.port,
-                           dst_port=server.port, transport=transport, app_protocol="DNS")
-        rule = next(iter(self.rules.matching(ctx, ("dns_block",))), None)
-        if rule is None:
-            return
-        flow = FlowInfo(flow_id=flow_id, transport=transport, client=client, server=server, vlan_ids=vlans, ctx=ctx,
-                        seen=time.monotonic())
-        self.dns_done[key] = flow
-        while len(self.dns_done) > HANDLED_MAX:
-            self.dns_done.popitem(last=False)
-        if transport != "UDP":
-            self.publish_action(self._action_event(flow, rule, "dns_block", "not_possible", q.name,
-                                                   message="DNS over TCP is not answered; use a reset rule"))
-            return
-        guard = self._guard([client.ip, server.ip], [client.mac, server.mac], q.name)
-        if guard:
-            self.publish_action(self._action_event(flow, rule, "dns_block", guard, q.name,
-                                                   message="allowlisted" if guard == "allowlisted" else "target is the probe itself"))
-            return
-        if not self.live:
-            why = "dry run" if self.s.dry_run else "no injection interface (FT_IFACE): report only"
-            self.publish_action(self._action_event(flow, rule, "dns_block", "dry_run", q.name, message=why))
-            return
-        if not self.bucket.take():
-            self.publish_action(self._action_event(flow, rule, "dns_block", "rate_limited", q.name,
-                                                   message="injection rate limit reached"))
-            return
-        answer = inj.forge_dns_answer(q, rule.dns_answer)
-        frame = inj.udp_frame(server, client, vlans, answer)
-        assert self.injector is not None
-        t_send = time.time()
-        sent = self.injector.send(frame)
-        now = time.time()
-        self.count("frames_sent", sent)
-        latency = (now - ts) * 1000.0 if ts else 0.0
-        self.latencies_ms.append(latency)
-        d = DnsWatch(flow=flow, rule=rule, host=q.name, key=key, forged=answer, t_send=t_send, latency_ms=latency,
-                     deadline=time.monotonic() + DNS_WINDOW_S)
-        self.dns_watches[key] = d
-        # the real answer may already be in our capture's buffer
-        if self.drain_capture is not None and not self._in_capture:
-            self.drain_capture()
-
-    def _dns_response(self, key: tuple, ts: float, payload: bytes) -> None:
-        d = self.dns_watches.get(key)
-        if d is None or payload == d.forged:
-            return  # not watched, or our own answer
-        d.real_seen = True
-        if ts < d.t_send:
-            d.lost = True
-        del self.dns_watches[key]
-        self._finish_dns(d)
-
-    def _finish_dns(self, d: DnsWatch) -> None:
-        if d.lost:
-            outcome, msg = "lost", "the real answer was captured before the forged one was sent"
-        else:
-            outcome = "won"
-            msg = "forged answer sent before the real one" if d.real_seen else "forged answer sent; no real answer seen"
-        msg += "; answered " + (d.rule.dns_answer or "NXDOMAIN")
-        if not d.flow.flow_id and self.unnamed is not None:
-            self.unnamed_dns.append((time.monotonic() + 1.0, d, outcome, msg))
-            return
-        self._publish_dns(d, outcome, msg)
-
-    def _publish_dns(self, d: DnsWatch, outcome: str, msg: str) -> None:
-        self.publish_action(self._action_event(d.flow, d.rule, "dns_block", outcome, d.host,
-                                               latency_ms=d.latency_ms, attempts=1, message=msg))
-
     def close(self) -> None:
         if self.injector is not None:
             self.injector.close()
@@ -1009,6 +454,15 @@ def latency_summary(values: list[float]) -> dict[str, float]:
     return {"n": len(v), "p50_ms": round(pct(50), 3), "p99_ms": round(pct(99), 3), "max_ms": round(v[-1], 3)}
 
 
+def mode_line(settings: BlockSettings) -> str:
+    """What block will do, for its startup line: enforcing only when asked for explicitly."""
+    if not settings.iface:
+        return "mode=REPORT-ONLY (no FT_IFACE: nothing is injected)"
+    if settings.dry_run:
+        return "mode=DRY-RUN (nothing is injected; FT_DRY_RUN=false or flowtarget run --enforce to inject)"
+    return "mode=ENFORCING (injecting on the interface)"
+
+
 async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
     """The block service: see the module docstring."""
     blocker = Blocker(settings, bus)
@@ -1021,6 +475,21 @@ async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
     blocker.open_interface()
     watcher = RuleWatcher(bus.js, settings.rules_bucket, on_change=blocker.on_rules_changed)
     await watcher.start()
+    from shared.metrics import register_families, register_stats
+
+    register_stats("block", lambda: dict(blocker.counters))
+    register_families("block_rules", blocker.rule_stats.metric_families)
+    stats_kv: Any = None
+    flushing: asyncio.Task | None = None
+
+    async def flush_stats() -> None:
+        nonlocal stats_kv
+        try:
+            if stats_kv is None:
+                stats_kv = await open_stats_bucket(bus.js, settings.rule_stats_bucket)
+            await blocker.rule_stats.flush(stats_kv)
+        except Exception as exc:  # NATS down: the counts stay pending
+            blocker._rlog.warning("stats", "rule statistics not written: %s", safe_text(exc))
     src = None
     loop = asyncio.get_running_loop()
     if settings.iface:
@@ -1030,7 +499,7 @@ async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
         from shared.runner import ConfigError
 
         try:
-            src = LiveSource(settings.iface, bpf="tcp or udp port 53", snaplen=2048, promisc=True, direction_in=True)
+            src = LiveSource(settings.iface, bpf="", snaplen=2048, promisc=True, direction_in=True)
         except CaptureFileError as exc:
             blocker.close()
             await watcher.stop()
@@ -1058,9 +527,9 @@ async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
                         when=lambda: len(blocker.rules) > 0)
     await bus.subscribe(subject("verdict", settings.probe), blocker.on_verdict, types=[Verdict])
     await bus.subscribe(subject("packet", settings.probe), blocker.on_packet_event, types=[PacketEvent])
-    log.info("block running: iface=%s dry_run=%s bucket=%s", settings.iface or "(none)", settings.dry_run,
-             settings.rules_bucket)
-    last_report = time.monotonic()
+    log.info("block running: %s iface=%s dry_run=%s bucket=%s", mode_line(settings), settings.iface or "(none)",
+             settings.dry_run, settings.rules_bucket)
+    last_report = last_flush = time.monotonic()
     try:
         while not stop.is_set():
             try:
@@ -1068,6 +537,10 @@ async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
             except asyncio.TimeoutError:
                 pass
             blocker.tick()
+            if blocker.rule_stats.pending and (flushing is None or flushing.done()) \
+                    and time.monotonic() - last_flush >= settings.rule_stats_flush_s:
+                last_flush = time.monotonic()
+                flushing = asyncio.get_running_loop().create_task(flush_stats())
             if time.monotonic() - last_report > 60:
                 last_report = time.monotonic()
                 log.info("block: %s latency %s", blocker.counters, latency_summary(blocker.latencies_ms[-10000:]))
@@ -1087,6 +560,13 @@ async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
         blocker.dns_watches.clear()
         if blocker._tasks:
             await asyncio.wait(list(blocker._tasks), timeout=5)
+        if flushing is not None and not flushing.done():
+            await asyncio.wait([flushing], timeout=5)
+        if blocker.rule_stats.pending:
+            try:
+                await asyncio.wait_for(flush_stats(), 5)
+            except asyncio.TimeoutError:
+                log.warning("rule statistics of %d rule(s) not written at stop", len(blocker.rule_stats.pending))
         if src is not None:
             loop.remove_reader(src.fileno())
             src.close()

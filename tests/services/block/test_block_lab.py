@@ -101,7 +101,7 @@ def _make_lab(tmp, delay_ms: float, net: int):
             servers.start_http(lab, port=8080, ip=lab.server.ip6)
             servers.start_https(lab, tmp, names=["tls.block.test", "ok.block.test"])
             servers.start_dnsmasq(lab, {n: [srv] for n in ALL_NAMES})
-            with Services(nats.url, PROBE, lab.probe_iface, tmp / "logs") as svc:
+            with Services(nats.url, PROBE, lab.probe_iface, tmp / "logs", FT_DRY_RUN="false") as svc:
                 for name in ("capture", "classify", "block"):
                     svc.start(name)
                 for name in ("capture", "classify", "block"):

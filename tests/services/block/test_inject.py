@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.block import inject as inj
-from services.block.service import Allowlist, TokenBucket, flow_keys, parse_tcp
+from services.block.encap import observe
+from services.block.guard import Allowlist, TokenBucket
+from services.block.service import flow_keys
 
 C4 = inj.Endpoint("10.0.0.2", 40000, "02:00:00:00:00:02")
 S4 = inj.Endpoint("10.0.0.3", 80, "02:00:00:00:00:03")
@@ -66,11 +68,11 @@ def test_block_page_frame_and_sequence_wrap():
 def test_vlan_tags_are_kept_in_order():
     f, _ = inj.reset_frames(C4, S4, [100, 200], 1, 2)
     assert struct.unpack_from("!HHHHH", f, 12) == (0x8100, 100, 0x8100, 200, 0x0800)
-    key, seq, ack, flags, plen, po = parse_tcp(f)
-    assert key == flow_keys(C4, S4)[0] and (seq, ack, plen, po) == (1, 2, 0, len(f)) and flags & 0x04
-    from services.block.service import frame_endpoints
-
-    assert frame_endpoints(f, key) == ("10.0.0.2", "10.0.0.3", 40000, 80, C4.mac, S4.mac, [100, 200])
+    s = observe(f)
+    assert s.key == flow_keys(C4, S4)[0] and (s.seq, s.ack, s.plen, s.po) == (1, 2, 0, len(f)) and s.flags & 0x04
+    assert (s.src, s.dst, s.sport, s.dport, s.smac, s.dmac, s.vlans) == ("10.0.0.2", "10.0.0.3", 40000, 80, C4.mac,
+                                                                         S4.mac, (100, 200))
+    assert s.ip_off == 22 and s.tunnel == ""
 
 
 def _query(name: str, qtype: int, tid: int = 0x1234) -> bytes:
@@ -122,9 +124,9 @@ def test_dns_query_parser_rejects_responses_and_junk():
 def test_parsers_never_raise_on_random_bytes(data):
     inj.parse_dns_query(data)
     inj.dns_transaction_of_response(data)
-    parse_tcp(data)
-    parse_tcp(b"\x02" * 12 + b"\x08\x00" + data)
-    parse_tcp(b"\x02" * 12 + b"\x86\xdd" + data)
+    observe(data)
+    observe(b"\x02" * 12 + b"\x08\x00" + data)
+    observe(b"\x02" * 12 + b"\x86\xdd" + data)
 
 
 def test_allowlist_and_rate_limit():
@@ -137,24 +139,13 @@ def test_allowlist_and_rate_limit():
     assert [b.take() for _ in range(5)] == [True, True, True, False, False]
 
 
-def test_parse_udp_dns_frames():
-    from services.block.service import parse_udp
-
+def test_observe_dns_frames():
     q = inj.parse_dns_query(_query("x.ads.test", dpkt.dns.DNS_A))
     f = inj.udp_frame(C4, inj.Endpoint("10.0.0.53", 53, S4.mac), [5], inj.forge_dns_answer(q, None))
-    sip, dip, sport, dport, smac, dmac, vlans, payload = parse_udp(f)
-    assert (sip, dip, sport, dport, smac, dmac, vlans) == ("10.0.0.2", "10.0.0.53", 40000, 53, C4.mac, S4.mac, [5])
-    assert inj.dns_transaction_of_response(payload) == (0x1234, True)
+    s = observe(f)
+    assert (s.proto, s.src, s.dst, s.sport, s.dport, s.smac, s.dmac, s.vlans) == \
+        (17, "10.0.0.2", "10.0.0.53", 40000, 53, C4.mac, S4.mac, (5,))
+    assert inj.dns_transaction_of_response(f[s.po:s.po + s.plen]) == (0x1234, True)
     f6 = inj.udp_frame(C6, inj.Endpoint("fd00::53", 53, S6.mac), [], b"\x00" * 12)
-    assert parse_udp(f6)[:4] == ("fd00::2", "fd00::53", 40001, 53)
-    assert parse_udp(inj.reset_frames(C4, S4, [], 1, 2)[0]) is None
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=300))
-def test_parse_udp_never_raises(data):
-    from services.block.service import parse_udp
-
-    parse_udp(data)
-    parse_udp(b"\x02" * 12 + b"\x08\x00" + data)
-    parse_udp(b"\x02" * 12 + b"\x81\x00\x00\x05\x86\xdd" + data)
+    s6 = observe(f6)
+    assert (s6.src, s6.dst, s6.sport, s6.dport) == ("fd00::2", "fd00::53", 40001, 53)

@@ -208,3 +208,31 @@ def test_watcher_survives_a_nats_restart(nats_server):
         return seen
 
     assert asyncio.run(run())
+
+
+@pytest.mark.parametrize("data,why", [
+    ({"host": "*"}, "host '*'"),
+    ({"host": ["ok.test", "**"]}, "host '**'"),
+    ({"cidr": "0.0.0.0/0"}, "cidr 0.0.0.0/0"),
+    ({"cidr": "::/0", "host": "*"}, "host '*', cidr ::/0"),
+    ({"transport": "TCP"}, "transport TCP only"),
+    ({"cidr": "0.0.0.0/0", "transport": "UDP"}, "cidr 0.0.0.0/0, transport UDP only"),
+])
+def test_rules_that_match_everything_are_refused_unless_forced(data, why):
+    with pytest.raises(RuleError) as exc:
+        parse_rule({"id": "all", "action": "reset", **data})
+    assert "matches every flow" in str(exc.value) and why in str(exc.value) and "force" in str(exc.value)
+    r = parse_rule({"id": "all", "action": "reset", "force": True, **data})
+    assert r.force and r.matches_everything()
+
+
+def test_narrowed_broad_rules_are_accepted():
+    for data in ({"cidr": "0.0.0.0/0", "port": 22}, {"host": "*", "app_protocol": "TLS"},
+                 {"host": "*.bad.test"}, {"cidr": "10.0.0.0/8"}):
+        assert parse_rule({"id": "n", "action": "reset", **data}).matches_everything() == ""
+
+
+def test_rules_add_refuses_a_match_all_rule_without_force(capsys):
+    assert rules_command(["--nats", "nats://127.0.0.1:1", "add", "--id", "x", "--action", "reset",
+                          "--host", "*"]) == 2
+    assert "matches every flow" in capsys.readouterr().err

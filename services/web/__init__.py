@@ -1,0 +1,1 @@
+"""flowtarget web: the operator console (see service.py)."""
