@@ -69,7 +69,7 @@ def baseline(replay, tmp_path_factory):
 @pytest.mark.slow
 def test_client_fails_over_between_the_listed_servers(tmp_path, monkeypatch):
     """A Bus given three URLs keeps publishing to the R3 stream while the server it uses dies;
-    the rules bucket gets FT_KV_REPLICAS copies."""
+    the rules and rule-statistics buckets get FT_KV_REPLICAS copies."""
     import asyncio
 
     node = None
@@ -99,13 +99,16 @@ def test_client_fails_over_between_the_listed_servers(tmp_path, monkeypatch):
 
             bus = await Bus.connect(CommonSettings(nats_url=cluster.url), "t")
             try:
+                from services.block.stats import open_stats_bucket
+
                 await open_bucket(bus.js, "ft_rules")          # FT_KV_REPLICAS from the environment
-                return await bus.js.stream_info("KV_ft_rules")
+                await open_stats_bucket(bus.js, "ft_rule_stats")
+                return [await bus.js.stream_info(f"KV_{b}") for b in ("ft_rules", "ft_rule_stats")]
             finally:
                 await bus.close()
 
         monkeypatch.setenv("FT_KV_REPLICAS", "3")
-        assert asyncio.run(kv()).config.num_replicas == 3
+        assert [si.config.num_replicas for si in asyncio.run(kv())] == [3, 3]
 
 
 @pytest.mark.slow
