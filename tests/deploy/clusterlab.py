@@ -15,16 +15,32 @@ from pathlib import Path
 from tests.conftest import CORPUS, REPO
 
 FLOWTARGET = str(Path(sys.executable).parent / "flowtarget")
-# packets of the replayed capture: long enough for node kills during the replay (CI: ~15-25 s)
+# the replayed capture: PACKETS frames replayed at their recorded pace over REPLAY_S seconds
+# (FT_REPLAY_REALTIME), so node kills and outages fall inside the replay on a fast or a busy machine
 PACKETS = int(os.environ.get("FT_TEST_CLUSTER_PACKETS", "120000"))
+REPLAY_S = float(os.environ.get("FT_TEST_REPLAY_S", "20"))
+REALTIME = {"FT_REPLAY_REALTIME": "true"}
 
 
-def build_replay(path: Path, packets: int = PACKETS) -> Path:
+def build_replay(path: Path, packets: int = PACKETS, duration_s: float = REPLAY_S) -> Path:
     """A capture of ``packets`` frames made by bench/make_big_pcap.py from the dev corpus
-    (from samples/ where the corpus is absent): every replica's flows are new flows."""
+    (from samples/ where the corpus is absent; every replica's flows are new flows), its
+    timeline scaled to last ``duration_s``."""
+    import dpkt
+
     corpus = CORPUS if CORPUS.is_dir() else REPO / "samples"
-    subprocess.run([sys.executable, str(REPO / "bench" / "make_big_pcap.py"), "--out", str(path),
+    raw = path.with_suffix(".raw.pcap")
+    subprocess.run([sys.executable, str(REPO / "bench" / "make_big_pcap.py"), "--out", str(raw),
                     "--packets", str(packets), "--corpus", str(corpus)], check=True, capture_output=True)
+    with open(raw, "rb") as fh:
+        frames = list(dpkt.pcap.Reader(fh))
+    t0, t1 = frames[0][0], frames[-1][0]
+    scale = duration_s / max(t1 - t0, 1e-6)
+    with open(path, "wb") as fh:
+        w = dpkt.pcap.Writer(fh, snaplen=65535, linktype=1)
+        for ts, frame in frames:
+            w.writepkt(frame, ts=t0 + (ts - t0) * scale)
+    raw.unlink()
     return path
 
 
@@ -95,8 +111,9 @@ def stream_leader(url: str, stream: str = "FLOWTARGET", timeout_s: float = 30.0)
 
 def start_run(pcap: Path, nats_url: str, out_dir: Path, log: Path, env: dict[str, str] | None = None,
               probe: str = "probe1") -> subprocess.Popen[bytes]:
-    """``flowtarget run --pcap PCAP --nats URLS --out DIR`` in the background (every flow logged)."""
-    full = dict(os.environ, FT_LOG_ALL_FLOWS="true", **(env or {}))
+    """``flowtarget run --pcap PCAP --nats URLS --out DIR`` in the background (every flow logged,
+    the capture replayed at its recorded pace)."""
+    full = dict(os.environ, FT_LOG_ALL_FLOWS="true", **REALTIME, **(env or {}))
     return subprocess.Popen([FLOWTARGET, "run", "--pcap", str(pcap), "--nats", nats_url, "--out", str(out_dir),
                              "--probe", probe], env=full, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
 

@@ -133,7 +133,7 @@ def test_r3_stream_node_then_leader_killed_every_flow_stored_once(replay, baseli
             cluster.nodes[li].stop(signal.SIGKILL)
             new_leader = stream_leader(cluster.url)
             time.sleep(2)
-            assert proc.poll() is None, "the replay ended before the leader was killed: raise FT_TEST_CLUSTER_PACKETS"
+            assert proc.poll() is None, "the replay ended before the leader was killed: raise FT_TEST_REPLAY_S"
             cluster.nodes[li].start()
             assert new_leader != leader
             assert proc.wait(300) == 0, log.read_text()[-3000:]
