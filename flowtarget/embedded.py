@@ -252,7 +252,14 @@ class EmbeddedCluster:
                 await nc.close()
 
         try:
-            return asyncio.run(go())
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:   # no loop in this thread: the usual case (tests, scripts)
+                return asyncio.run(go())
+            import concurrent.futures
+
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:   # called from async code
+                return pool.submit(asyncio.run, go()).result()
         except Exception:
             return False
 
