@@ -241,7 +241,7 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
     from flowtarget.orchestrate import StreamCollector, pcap_env, stream_drained, wait_ready
 
     stats: list[dict[str, Any]] = []
-    nc = await nats.connect(orch.nats_url)
+    nc = await nats.connect(orch.settings.nats_servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
     started = time.monotonic()
     total = len(files)
     line = ProgressLine(files)

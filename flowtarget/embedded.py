@@ -88,12 +88,15 @@ class EmbeddedNats:
     """A nats-server child process; use as a context manager or call start()/stop()."""
 
     def __init__(self, port: int | None = None, store_dir: str | None = None, host: str = "127.0.0.1",
-                 extra_args: list[str] | None = None, log_file: str | None = None) -> None:
+                 extra_args: list[str] | None = None, log_file: str | None = None, extra_conf: str = "",
+                 http_port: int | None = None) -> None:
         self.host = host
+        self.http_port = http_port     # the monitoring endpoint (/jsz, /healthz), when given
         self.port = port or free_port(host)
         self._own_dir = store_dir is None
         self.store_dir = store_dir or tempfile.mkdtemp(prefix="ft-nats-")
         self.extra_args = extra_args or []
+        self.extra_conf = extra_conf   # more configuration file text (cluster, leafnodes, jetstream domain)
         self.log_file = log_file
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -106,9 +109,9 @@ class EmbeddedNats:
             return self
         conf = Path(self.store_dir) / "flowtarget-nats.conf"
         conf.parent.mkdir(parents=True, exist_ok=True)
-        conf.write_text("max_payload: 8388608\n")
+        conf.write_text("max_payload: 8388608\n" + self.extra_conf)
         cmd = [find_nats_server(), "-c", str(conf), "-a", self.host, "-p", str(self.port), "-js",
-               "-sd", self.store_dir, *self.extra_args]
+               "-sd", self.store_dir, *(["-m", str(self.http_port)] if self.http_port else []), *self.extra_args]
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         # the death signal follows the starting *thread*: only tie the server to the main thread
         tie = die_with_parent if threading.current_thread() is threading.main_thread() else None
@@ -138,6 +141,135 @@ class EmbeddedNats:
             shutil.rmtree(self.store_dir, ignore_errors=True)
 
     def __enter__(self) -> "EmbeddedNats":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EmbeddedCluster:
+    """``size`` nats-servers with JetStream forming one cluster over loopback routes.
+
+    Each node has its own server name (``<name>-<i>``), client port, route port
+    and store directory; ``url`` is the comma-separated list of every client URL
+    (what ``FT_NATS_URL`` / ``--nats`` take).  Nodes can be killed and restarted
+    one by one (``nodes[i].kill()`` / ``nodes[i].start()``): the same ports and
+    store, so a restarted node catches up with its peers.  ``leafnode_port``
+    (optional) lets leaf nodes connect to every node.
+    """
+
+    def __init__(self, size: int = 3, name: str = "ft", base_dir: str | None = None, host: str = "127.0.0.1",
+                 leafnodes: bool = False, domain: str = "") -> None:
+        self.name = name
+        self.host = host
+        self._own_dir = base_dir is None
+        self.base_dir = base_dir or tempfile.mkdtemp(prefix="ft-cluster-")
+        self.route_ports = [free_port(host) for _ in range(size)]
+        self.leafnode_ports = [free_port(host) for _ in range(size)] if leafnodes else []
+        routes = ",".join(f"nats://{host}:{p}" for p in self.route_ports)
+        self.nodes: list[EmbeddedNats] = []
+        for i in range(size):
+            node_dir = Path(self.base_dir) / f"n{i}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            conf = f"server_name: {self.server_name(i)}\n"
+            if domain:
+                conf += f"jetstream {{ domain: {domain} }}\n"
+            if leafnodes:
+                conf += f"leafnodes {{ listen: \"{host}:{self.leafnode_ports[i]}\" }}\n"
+            self.nodes.append(EmbeddedNats(
+                store_dir=str(node_dir), host=host, log_file=str(node_dir / "nats.log"), extra_conf=conf,
+                http_port=free_port(host),
+                extra_args=["--cluster_name", name, "--cluster", f"nats://{host}:{self.route_ports[i]}",
+                            "--routes", routes]))
+
+    def server_name(self, i: int) -> str:
+        return f"{self.name}-{i}"
+
+    def index_of(self, server_name: str) -> int:
+        return [self.server_name(i) for i in range(len(self.nodes))].index(server_name)
+
+    @property
+    def url(self) -> str:
+        return ",".join(n.url for n in self.nodes)
+
+    @property
+    def leafnode_urls(self) -> list[str]:
+        return [f"nats-leaf://{self.host}:{p}" for p in self.leafnode_ports]
+
+    def start(self, timeout_s: float = 30.0) -> "EmbeddedCluster":
+        for n in self.nodes:
+            n.start()
+        self.wait_jetstream(timeout_s)
+        return self
+
+    def wait_jetstream(self, timeout_s: float = 30.0) -> None:
+        """Wait until the JetStream meta group has a leader and every node is a current peer."""
+        import json
+        import urllib.request
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            metas = {}
+            for i, n in enumerate(self.nodes):
+                try:
+                    with urllib.request.urlopen(f"http://{self.host}:{n.http_port}/jsz", timeout=1) as r:
+                        metas[self.server_name(i)] = json.load(r).get("meta_cluster") or {}
+                except (OSError, ValueError):
+                    break
+            leaders = {m.get("leader") for m in metas.values()}
+            if len(metas) == len(self.nodes) and len(leaders) == 1 and None not in leaders:
+                # every node agrees on the leader, which sees every other node as a current peer
+                peers = metas.get(leaders.pop(), {}).get("replicas") or []
+                if len(peers) == len(self.nodes) - 1 and all(p.get("current") and not p.get("offline") for p in peers) \
+                        and self._can_place():
+                    return
+            time.sleep(0.2)
+        raise EmbeddedNatsError(f"JetStream cluster {self.name} has no meta leader after {timeout_s}s")
+
+    def _can_place(self) -> bool:
+        """Whether a stream with a copy on every node can be created now (the leader may still
+        count a restarted node offline for a few seconds after the meta group says it is current)."""
+        import asyncio
+
+        import nats
+        from nats.js.api import StorageType, StreamConfig
+
+        async def go() -> bool:
+            async def quiet(exc: Exception) -> None:
+                pass
+
+            nc = await nats.connect(self.url.split(","), connect_timeout=2, max_reconnect_attempts=1, error_cb=quiet)
+            try:
+                js = nc.jetstream(timeout=5)
+                name = "FT_PLACEMENT_CHECK"
+                await js.add_stream(StreamConfig(name=name, subjects=["_ft.placement.check"],
+                                                 num_replicas=len(self.nodes), storage=StorageType.MEMORY))
+                await js.delete_stream(name)
+                return True
+            except Exception:
+                return False
+            finally:
+                await nc.close()
+
+        try:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:   # no loop in this thread: the usual case (tests, scripts)
+                return asyncio.run(go())
+            import concurrent.futures
+
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:   # called from async code
+                return pool.submit(asyncio.run, go()).result()
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        for n in self.nodes:
+            n.close()
+        if self._own_dir:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def __enter__(self) -> "EmbeddedCluster":
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -143,7 +143,7 @@ def base_env(nats_url: str, probe: str, extra: dict[str, str] | None = None) -> 
 async def stream_drained(settings: CommonSettings, durable: str = "store", quiet_s: float = 1.0,
                          timeout_s: float = 600.0, alive: Any = None) -> bool:
     """Wait until the store consumer has acked everything and the stream stopped growing."""
-    nc = await nats.connect(settings.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+    nc = await nats.connect(settings.nats_servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
     js = nc.jetstream()
     try:
         deadline = time.monotonic() + timeout_s
@@ -225,7 +225,7 @@ class StreamCollector:
         self._progress = asyncio.Event()
 
     async def start(self) -> StreamCollector:
-        self._nc = await nats.connect(self.settings.nats_url)
+        self._nc = await nats.connect(self.settings.nats_servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
         self._task = asyncio.create_task(self._run(), name="stream-collector")
         return self
 

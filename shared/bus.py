@@ -36,7 +36,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, ExternalStream, RetentionPolicy, StorageType, StreamConfig, StreamSource
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel
 
@@ -191,7 +191,7 @@ class Bus:
             connecting.result()
         except Exception as exc:
             raise ConnectionError(f"could not connect to NATS at {safe_text(self.settings.nats_url)}: {safe_text(exc)}") from exc
-        self.js = self.nc.jetstream(timeout=10)
+        self.js = self.nc.jetstream(timeout=10, domain=self.settings.js_domain or None)
         log.info("%s connected to NATS %s", self.name, self.nc.connected_url.netloc if self.nc.connected_url else "")
 
     async def _on_error(self, exc: Exception) -> None:
@@ -437,10 +437,17 @@ class Bus:
     # ------------------------------------------------------------------ JetStream
 
     def stream_config(self) -> StreamConfig:
+        """The stream: ``FT_STREAM_REPLICAS`` copies; with ``FT_STREAM_SOURCES`` a subject-less
+        aggregate sourcing the same-named stream of each leaf probe's JetStream domain."""
         s = self.settings
+        domains = s.source_domains
+        sources = [StreamSource(name=s.stream_name, external=ExternalStream(api=f"$JS.{d}.API"))
+                   for d in domains] or None
         return StreamConfig(
             name=s.stream_name,
-            subjects=[all_of(k) for k in STORED_KINDS],
+            subjects=None if sources else [all_of(k) for k in STORED_KINDS],
+            sources=sources,
+            num_replicas=s.stream_replicas,
             retention=RetentionPolicy.LIMITS,
             max_age=s.stream_max_age_s,
             max_bytes=s.stream_max_bytes,

@@ -99,6 +99,10 @@ class CommonSettings(FTSettings):
     stream_max_age_s: float = Field(default=7 * 24 * 3600, gt=0, description="Stream retention by age.")
     stream_max_bytes: int = Field(default=8 * 1024**3, gt=0, description="Stream retention by size.")
     stream_storage: str = Field(default="file", pattern="^(file|memory)$")
+    stream_replicas: int = Field(default=1, ge=1, le=5, description="Copies of the stream in a JetStream cluster (3 = R3: survives one node lost); at most the cluster's size.")
+    kv_replicas: int = Field(default=1, ge=1, le=5, description="Copies of the KV buckets (blocking rules, rule statistics) in a JetStream cluster.")
+    js_domain: str = Field(default="", description="JetStream domain the JetStream API calls go to; empty = the connected server's own (a leaf probe's local JetStream).")
+    stream_sources: str = Field(default="", description="Comma-separated JetStream domains of leaf probes whose FT_STREAM_NAME stream this stream sources; set, the stream takes no subjects of its own (the central aggregate of leaf probes).")
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Port of the Prometheus /metrics and /healthz endpoint; 0 = off.")
     metrics_addr: str = Field(default="0.0.0.0", description="Address the /metrics and /healthz endpoint listens on.")
@@ -127,6 +131,29 @@ class CommonSettings(FTSettings):
             if not url.strip().startswith(("nats://", "tls://", "ws://", "wss://")):
                 raise ValueError(f"FT_NATS_URL {url!r} must start with nats://, tls://, ws:// or wss://")
         return v
+
+    @field_validator("js_domain")
+    @classmethod
+    def _js_domain(cls, v: str) -> str:
+        return check_token(v, "FT_JS_DOMAIN") if v else v
+
+    @field_validator("stream_sources")
+    @classmethod
+    def _stream_sources(cls, v: str) -> str:
+        for d in v.split(","):
+            if d.strip():
+                check_token(d.strip(), "FT_STREAM_SOURCES")
+        return v
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """FT_NATS_URL as the list of server URLs the client fails over between."""
+        return [u.strip() for u in self.nats_url.split(",") if u.strip()]
+
+    @property
+    def source_domains(self) -> list[str]:
+        """FT_STREAM_SOURCES as a list of JetStream domains."""
+        return [d.strip() for d in self.stream_sources.split(",") if d.strip()]
 
 
 class CaptureSettings(CommonSettings):

@@ -419,8 +419,8 @@ def parse_rules_file(path: str | os.PathLike[str]) -> list[Rule]:
 # --------------------------------------------------------------------------- the KV bucket
 
 
-async def open_bucket(js: Any, bucket: str = DEFAULT_BUCKET, create: bool = True) -> Any:
-    """The rules bucket (created on first use)."""
+async def open_bucket(js: Any, bucket: str = DEFAULT_BUCKET, create: bool = True, replicas: int | None = None) -> Any:
+    """The rules bucket (created on first use, with ``replicas`` copies: default FT_KV_REPLICAS)."""
     from nats.js.api import KeyValueConfig
     from nats.js.errors import BucketNotFoundError, NotFoundError
 
@@ -430,7 +430,11 @@ async def open_bucket(js: Any, bucket: str = DEFAULT_BUCKET, create: bool = True
         if not create:
             raise
     try:
-        return await js.create_key_value(KeyValueConfig(bucket=bucket, history=5, description="FlowTarget blocking rules"))
+        if replicas is None:
+            from shared.settings import CommonSettings
+            replicas = CommonSettings().kv_replicas
+        return await js.create_key_value(KeyValueConfig(bucket=bucket, history=5, description="FlowTarget blocking rules",
+                                                        replicas=replicas))
     except Exception:
         return await js.key_value(bucket)  # created concurrently
 

@@ -133,7 +133,8 @@ class RuleStats:
         return [hits, outs, last]
 
 
-async def open_stats_bucket(js: Any, bucket: str = DEFAULT_BUCKET) -> Any:
+async def open_stats_bucket(js: Any, bucket: str = DEFAULT_BUCKET, replicas: int | None = None) -> Any:
+    """The statistics bucket (created on first use, with ``replicas`` copies: default FT_KV_REPLICAS)."""
     from nats.js.api import KeyValueConfig
     from nats.js.errors import BucketNotFoundError, NotFoundError
 
@@ -141,8 +142,11 @@ async def open_stats_bucket(js: Any, bucket: str = DEFAULT_BUCKET) -> Any:
         return await js.key_value(bucket)
     except (BucketNotFoundError, NotFoundError):
         pass
+    if replicas is None:
+        from shared.settings import CommonSettings
+        replicas = CommonSettings().kv_replicas
     try:
-        return await js.create_key_value(KeyValueConfig(bucket=bucket, history=1,
+        return await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, replicas=replicas,
                                                         description="FlowTarget per-rule block statistics"))
     except Exception:
         return await js.key_value(bucket)

@@ -38,6 +38,7 @@ from shared.runner import tune_gc
 from shared.settings import StoreSettings
 
 from services.store.lineproto import Point
+from services.store.repeats import WRITTEN, Repeats, stream_seq
 from services.store.schema import AccessLogRule, Schema
 from services.store.sinks import sinks_from_settings
 
@@ -82,6 +83,7 @@ class StoreMetrics:
     ignored_events: int = 0  # events of kinds that are not stored
     bad_timestamps: int = 0
     rejected_points: int = 0  # points the database refused as bad (isolated, counted, dropped)
+    repeats_skipped: int = 0  # redeliveries of messages this replica already took (acked again if written, not rewritten)
     started: float = field(default_factory=time.monotonic)
     _rate_t: float = field(default_factory=time.monotonic)
     _rate_n: int = 0
@@ -121,6 +123,7 @@ class Store:
         self.decoder = Decoder.from_settings(settings)
         self.metrics.decode = self.decoder.counters
         self._rlog = RateLimitedLog(log, 10.0)
+        self.repeats = Repeats()
 
     # ------------------------------------------------------------------ setup
 
@@ -266,6 +269,7 @@ class Store:
             keepalive.cancel()
         if attempts:
             log.info("write succeeded after %d retries", attempts)
+        self.repeats.written(msgs)
         m.batches += 1
         m.points_written += len(points)
         by = m.points_by_measurement
@@ -292,6 +296,7 @@ class Store:
                     pass
 
     async def _nak(self, msgs: list) -> None:
+        self.repeats.forget(msgs)
         for msg in msgs:
             try:
                 await msg.nak()
@@ -370,6 +375,8 @@ class Store:
             await asyncio.sleep(0)
             n_before = len(points)
             for msg in got:
+                if await self._repeat(msg):
+                    continue
                 if await self._take(msg, points):
                     if not msgs:
                         first_at = time.monotonic()
@@ -388,12 +395,32 @@ class Store:
             except Exception:
                 late = []
             for msg in late:
+                if await self._repeat(msg):
+                    continue
                 if await self._take(msg, points):
                     msgs.append(msg)
         await self._wait_inflight(msgs, stop)
         if msgs:
             await self._flush(msgs, points, stop, final=True)
         self._sync_rule_counters()
+
+    async def _repeat(self, msg) -> bool:
+        """True for a redelivery of a message this replica already took (see ``repeats``): not taken again."""
+        seq = stream_seq(msg)
+        if seq is None:
+            return False
+        state = self.repeats.state(seq)
+        if state is None:
+            self.repeats.take(seq)
+            return False
+        self.metrics.repeats_skipped += 1
+        if state == WRITTEN:
+            try:
+                await msg.ack()
+                self.metrics.acked += 1
+            except Exception:
+                pass  # redelivered again, absorbed again
+        return True
 
     def _maybe_log(self) -> None:
         now = time.monotonic()
