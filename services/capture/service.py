@@ -70,6 +70,7 @@ class Outbox:
         self.sent_packets = 0
         self._last_batch = time.monotonic()
         self._rlog = RateLimitedLog(log)
+        self.recorder: Any = None   # the packet recorder (FT_RECORD_DIR), fed once per batch
 
     # --- MeterSink protocol (called from the hot path: append only)
     def flow(self, rec: FlowRecord) -> None:
@@ -207,6 +208,7 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
     meter.defer_samples = True
     meter.port_guess = port_guesser()   # names flows that never got a verdict (confidence "port")
     out.meter = meter
+    out.recorder = _make_recorder(settings, meter)
     publisher = asyncio.create_task(out.publisher(), name="capture-publisher")
     reporter = StatsReporter(bus, settings, meter, out)
 
@@ -266,6 +268,8 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
     finally:
         meter.finish("shutdown" if not settings.pcap else "eof")
         meter.flush_closing()
+        if out.recorder is not None:
+            out.recorder.close()
         if detectors is not None:
             out.add_alerts(detectors.tick(time.time()))
             out.add_alerts(detectors.flush())      # close every open incident
@@ -291,6 +295,17 @@ def count_packets(path: Any) -> int:
         return sum(1 for _ in open_source(path))
     except (CaptureFileError, OSError):
         return 0
+
+
+def _make_recorder(settings: CaptureSettings, meter: FlowMeter) -> Any:
+    """The rolling packet store (services/capture/recorder.py) when FT_RECORD_DIR is set, its counters in /metrics."""
+    if not settings.record_dir:
+        return None
+    from services.capture.recorder import from_settings
+
+    rec = from_settings(settings, meter)
+    register_stats("capture_recorder", rec.stats, gauges=("stored_bytes", "stored_files", "tracked_flows"))
+    return rec
 
 
 def port_guesser() -> Any:
@@ -423,10 +438,14 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                     break
             else:
                 process_batch(recs, d)
+            if out.recorder is not None:
+                out.recorder.record(recs, dlt)
             n += len(recs)
             ts = recs[-1][0]
             if next_tick is None or ts >= next_tick:
                 meter.tick(ts, wall())
+                if out.recorder is not None:
+                    out.recorder.tick(ts)
                 if out.detectors is not None:
                     out.add_alerts(out.detectors.tick(ts))
                 next_tick = ts + 1.0
@@ -475,12 +494,16 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
             n = len(batch)
             if n:
                 meter.process_batch(batch)
+                if out.recorder is not None:
+                    out.recorder.record(batch, src.datalink)
                 # a publishing turn at once: block and classify race the server's answer with these samples
                 await out.flush()
             now_m = mono()
             if now_m >= next_tick:
                 now = time.time()
                 meter.tick(now, now_m)
+                if out.recorder is not None:
+                    out.recorder.tick(now)
                 if out.detectors is not None:
                     out.add_alerts(out.detectors.tick(now))
                 await out.flush()
