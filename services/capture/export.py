@@ -105,29 +105,36 @@ def _read_index(p: Path) -> dict[str, Any] | None:
 
 
 def _resolve_flow(q: Query, indexes: list[tuple[Path, dict[str, Any] | None]]) -> None:
-    """The flow id's key and time range from the indexes (ExportError when no index names it)."""
-    found: list[list[Any]] = []
-    by_key: dict[tuple, list[float]] = {}
+    """The flow id's 5-tuple and time range from the indexes (ExportError when no index names it).
+
+    The flow's packets: that 5-tuple (either direction) from the flow's start until the next
+    flow on the same 5-tuple starts.
+    """
+    found: list[tuple] = []
+    by_key: dict[tuple, set[float]] = {}
     for _p, idx in indexes:
-        for f in (idx or {}).get("flows", ()):
-            try:
-                proto, a, ap, b, bp, vlan, fid, start = f
-            except (TypeError, ValueError):
-                continue
-            k = (proto, *sorted([(a, ap), (b, bp)]), vlan)
-            by_key.setdefault(k, []).append(float(start))
+        idx = idx or {}
+        rows = []
+        for f in idx.get("started", ()):      # [flow_id, proto, src, sport, dst, dport, first]
+            if isinstance(f, list) and len(f) == 7:
+                rows.append((f[0], f[1], f[2], f[3], f[4], f[5], f[6]))
+        for f in idx.get("flows", ()):        # [proto, a, ap, b, bp, vlan, flow_id, start]
+            if isinstance(f, list) and len(f) == 8 and f[6]:
+                rows.append((f[6], f[0], f[1], f[2], f[3], f[4], f[7]))
+        for fid, proto, a, ap, b, bp, start in rows:
+            k = (proto, frozenset([(a, ap), (b, bp)]))
+            by_key.setdefault(k, set()).add(float(start))
             if fid == q.flow_id:
-                found.append(f)
+                found.append((k, proto, a, ap, b, bp, float(start)))
     if not found:
         raise ExportError(f"flow {q.flow_id!r} is not in the store's index (aged out, or never recorded)")
-    proto, a, ap, b, bp, vlan, _fid, start = found[0]
-    start = min(float(f[7]) for f in found)
-    k = (proto, *sorted([(a, ap), (b, bp)]), vlan)
+    k, proto, a, ap, b, bp, _s = found[0]
+    start = min(f[6] for f in found)
     later = [s for s in by_key.get(k, ()) if s > start]
     end = min(later) if later else float("inf")
     q.flow_text = (proto, {a, b})
     ab, bb = ipaddress.ip_address(a).packed, ipaddress.ip_address(b).packed
-    q.flow_keys.append((ab + bb + _pp(ap, bp), bb + ab + _pp(bp, ap), proto, vlan, start, end))
+    q.flow_keys.append((ab + bb + _pp(ap, bp), bb + ab + _pp(bp, ap), proto, 0, start, end))
 
 
 def select_files(directory: str | os.PathLike[str], q: Query) -> tuple[list[Path], int]:
@@ -211,7 +218,7 @@ def _matcher(q: Query) -> Any:
             if flows:
                 kb = src + dst + _pp(sp, dp)
                 for fwd, rev, proto, vlan, start, end in flows:
-                    if d[2] == proto and (kb == fwd or kb == rev) and d[13] == vlan and start <= ts < end:
+                    if d[2] == proto and (kb == fwd or kb == rev) and start <= ts < end:
                         break
                 else:
                     return False

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .decode import decode, format_ip
+from .decode import decode, format_ip, transport_name
 from .fastpath import eth4
 
 __all__ = ["Recorder", "IDX_SUFFIX", "list_store", "flow_key_text"]
@@ -51,6 +51,7 @@ _REC = struct.Struct("<IIII").pack
 _pp = struct.Struct("!HH").pack
 _NAME = re.compile(r"^ft-(?P<probe>[A-Za-z0-9_-]+)-s(?P<shard>\d+)-(?P<seq>\d{8})\.pcap$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_PROTO_NUM = {transport_name(n): n for n in range(256)}
 
 
 def pcap_header(linktype: int, snaplen: int = 262144) -> bytes:
@@ -135,6 +136,7 @@ class Recorder:
         self._fpackets = 0
         self._fkeys: list[_Entry] = []
         self._fnonip = 0
+        self._started: list[Any] = []     # the meter's start records since the last rotation
         # flow state: two generations
         self._cur: dict[tuple, _Entry] = {}
         self._old: dict[tuple, _Entry] = {}
@@ -236,10 +238,27 @@ class Recorder:
         self.files_written += 1
         return True
 
+    def on_flow(self, rec: Any) -> None:
+        """The meter's flow records (per flow, not per packet): a start names the flow's id in the index."""
+        if rec.phase == "start":
+            self._started.append(rec)
+
+    def _started_index(self) -> tuple[list[list[Any]], bool]:
+        recs, self._started = self._started, []
+        if len(recs) > self.index_max_flows:
+            return [], True
+        out = []
+        for r in recs:
+            t = r.transport
+            proto = _PROTO_NUM.get(t) or (int(t) if t.isdigit() else 0)
+            out.append([r.flow_id, proto, r.src_ip, r.src_port, r.dst_ip, r.dst_port, r.first_seen])
+        return out, False
+
     def _index(self) -> dict[str, Any]:
         hosts: set[str] = set()
         flows = []
         truncated = len(self._fkeys) > self.index_max_flows
+        started, st_trunc = self._started_index()
         if not truncated:
             for e in self._fkeys:
                 k = flow_key_text(e.key)
@@ -249,7 +268,7 @@ class Recorder:
         return {"version": 1, "file": self._path.name if self._path else "", "probe": self.probe, "shard": self.shard,
                 "source": self.source, "datalink": self._fdlt, "first_ts": self._first_ts, "last_ts": self._last_ts,
                 "packets": self._fpackets, "non_ip_packets": self._fnonip, "truncated": truncated,
-                "hosts": sorted(hosts), "flows": flows}
+                "hosts": sorted(hosts), "flows": flows, "started": started, "started_truncated": st_trunc}
 
     def _rotate(self) -> None:
         """Close the file being written and write its index (within the bound)."""
@@ -271,7 +290,7 @@ class Recorder:
         entry = [path, size, self._last_ts]
         self.files.append(entry)
         if not self._make_room(len(data)) or (self.max_bytes and len(data) > self.max_bytes // 8):
-            idx.update(truncated=True, hosts=[], flows=[])     # an export reads this file whole
+            idx.update(truncated=True, hosts=[], flows=[], started=[], started_truncated=True)     # an export reads this file whole
             self.index_truncated += 1
             data = json.dumps(idx, separators=(",", ":")).encode()
             self._make_room(len(data))
@@ -384,15 +403,6 @@ class Recorder:
                         cut += 1
                         continue
                     e.nbytes += n
-                if e.fileseq != seq:
-                    e.fileseq = seq
-                    fkeys.append(e)
-                    new.append(e)
-                elif syn:
-                    e.relook = True
-                    new.append(e)
-            else:
-                self._fnonip += 1
             rlen = 16 + n
             if rlen > fmax - PCAP_HEADER_LEN:
                 self.packets_too_big += 1
@@ -405,15 +415,23 @@ class Recorder:
                 parts, pending = [], 0
                 self._rotate()
                 if not self._open(dl, ts):
+                    self.packets_cut += cut
+                    self.packets_written += npk
                     return
                 fkeys = self._fkeys
                 seq = self.seq
                 fsize = self._fsize
                 first_ts = ts
-                if key is not None:
+            if key is not None:
+                if e.fileseq != seq:
                     e.fileseq = seq
                     fkeys.append(e)
                     new.append(e)
+                elif syn:
+                    e.relook = True
+                    new.append(e)
+            else:
+                self._fnonip += 1
             sec, usec = divmod(int(round(ts * 1e6)), 1000000)
             parts.append(_REC(sec, usec, n, n))
             parts.append(frame)

@@ -75,6 +75,8 @@ class Outbox:
     # --- MeterSink protocol (called from the hot path: append only)
     def flow(self, rec: FlowRecord) -> None:
         self.records.append(rec)
+        if self.recorder is not None:
+            self.recorder.on_flow(rec)   # names the flow's id in the packet store's index
         if self.detectors is not None:
             self.alerts.extend(self.detectors.on_flow(rec))
 
