@@ -115,9 +115,6 @@ def _resolve_flow(q: Query, indexes: list[tuple[Path, dict[str, Any] | None]]) -
     for _p, idx in indexes:
         idx = idx or {}
         rows = []
-        for f in idx.get("started", ()):      # [flow_id, proto, src, sport, dst, dport, first]
-            if isinstance(f, list) and len(f) == 7:
-                rows.append((f[0], f[1], f[2], f[3], f[4], f[5], f[6]))
         for f in idx.get("flows", ()):        # [proto, a, ap, b, bp, vlan, flow_id, start]
             if isinstance(f, list) and len(f) == 8 and f[6]:
                 rows.append((f[6], f[0], f[1], f[2], f[3], f[4], f[7]))
@@ -165,8 +162,8 @@ def select_files(directory: str | os.PathLike[str], q: Query) -> tuple[list[Path
             if q.port and not any(f[2] == q.port or f[4] == q.port for f in idx.get("flows", ())):
                 skipped += 1
                 continue
-            if fid and not any(f[0] == q.flow_text[0] and {f[1], f[3]} == q.flow_text[1] for f in idx.get("flows", ())):
-                skipped += 1      # no flow on this flow's key in this file (named or not yet named by the meter)
+            if fid and not any(f[6] == fid for f in idx.get("flows", ())):
+                skipped += 1      # every file that can hold a flow's packets lists its id
                 continue
         out.append(p)
     return out, skipped
@@ -371,3 +368,54 @@ def run(args: argparse.Namespace) -> int:
           f"(read {res['files_read']} store files, skipped {res['files_skipped']} by their index"
           f"{', output limit reached' if res['truncated'] else ''})")
     return 0
+
+
+# --------------------------------------------------------------------------- ft.ctl.<probe>.export
+
+
+def ctl_handler(settings: Any, bus: Any) -> Any:
+    """``ft.ctl.<probe>.export`` {"host", "port", "flow_id", "bpf", "since", "until"}: cut a pcap from the store.
+
+    Answered with {"status": "ok", "path", "size", "packets", "truncated"} (the file is in
+    FT_EVIDENCE_DIR, named by the service, never by the request), or {"status": "busy"|"error", ...}.
+    One export at a time per capture process; the output stops at FT_RECORD_EXPORT_MAX_BYTES.
+    The work runs in a thread: capture's loop keeps reading packets meanwhile.
+    """
+    import asyncio
+
+    from shared.bus import safe_text
+
+    busy = asyncio.Lock()
+    counter = [0]
+
+    async def on_export(msg: Any) -> None:
+        if busy.locked():
+            answer: dict[str, Any] = {"status": "busy", "error": "an export is already running"}
+        else:
+            async with busy:
+                try:
+                    req = json.loads(msg.data or b"{}")
+                    if not isinstance(req, dict):
+                        raise ExportError("the request must be a JSON object")
+                    q = Query(host=str(req.get("host", ""))[:64], port=int(req.get("port", 0) or 0),
+                              flow_id=str(req.get("flow_id", ""))[:64], bpf=str(req.get("bpf", ""))[:1024],
+                              since=parse_time(req.get("since")), until=parse_time(req.get("until")))
+                    q.check()
+                    counter[0] += 1
+                    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+                    what = safe_name(q.flow_id or q.host or (f"port{q.port}" if q.port else "time"), 48)
+                    name = f"export-{safe_name(settings.probe, 32)}-{what}-{stamp}-{os.getpid()}-{counter[0]}.pcap"
+                    path = Path(settings.evidence_dir) / name
+                    res = await asyncio.to_thread(export, settings.record_dir, q, path,
+                                                  max_bytes=settings.record_export_max_bytes)
+                    answer = {"status": "ok", "path": res["path"], "size": os.path.getsize(res["path"]),
+                              "packets": res["packets"], "truncated": res["truncated"],
+                              "files_read": res["files_read"], "files_skipped": res["files_skipped"]}
+                except (ExportError, ValueError, TypeError) as exc:
+                    answer = {"status": "error", "error": safe_text(exc, 300)}
+                except OSError as exc:
+                    answer = {"status": "error", "error": safe_text(exc, 300)}
+        if msg.reply:
+            await bus.nc.publish(msg.reply, json.dumps(answer).encode())
+
+    return on_export

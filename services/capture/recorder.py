@@ -7,8 +7,12 @@ recorder appends the batch to the current pcap file of its directory
 
 - files rotate by size (``FT_RECORD_FILE_BYTES``) and by packet time
   (``FT_RECORD_FILE_S``); each closed file gets a sidecar index
-  ``<file>.idx.json``: time range, packets, hosts and flows (key, meter flow id,
-  flow start), so that an export reads only the files it needs;
+  ``<file>.idx.json``: time range, packets, hosts and flows (5-tuple, the
+  meter's flow id, flow start), so that an export reads only the files it needs.
+  The index comes from the meter's flow records (``on_flow``, once per record):
+  a file lists the flows open while it was written and those that ended after
+  its first packet (a superset of the flows with packets in it, by at most the
+  meter's idle timeout), and costs nothing per packet;
 - the store never holds more than ``FT_RECORD_MAX_BYTES`` (pcaps and indexes,
   the file being written included): the oldest files are deleted before a
   write that would pass the bound; files whose last packet is older than
@@ -16,12 +20,15 @@ recorder appends the batch to the current pcap file of its directory
 - ``FT_RECORD_CUTOFF_BYTES`` keeps only the first N bytes of every flow (both
   directions together), as Zeek's Time Machine does.
 
-Per packet the recorder does one directional-key computation (the compiled
-``eth4`` fast path, else ``decode``), one dict lookup and an int comparison or
-two; everything per flow (reverse key, flow id lookup, text addresses) happens
-once per flow and file.  Flow state lives in two generations of dicts that
-swap every ``idle_timeout_s`` of packet time (or when the newer one reaches
-``max_flows``): bounded, aged out with the flows, no per-packet reordering.
+Per packet the recorder builds the 16-byte pcap record header and appends
+the frame to the batch's write (one ``write`` per batch).  With a cutoff it
+also computes the packet's directional flow key (the compiled ``eth4`` fast
+path, else ``decode``: the meter's key) and does one dict lookup; both
+directions share one counter, and the counters live in two generations of
+dicts that swap every ``idle_timeout_s`` of packet time (or when the newer one
+reaches ``max_flows``): bounded, aged out with the flows, no per-packet
+reordering.  The meter already holds this key and a flow object per packet,
+which is where the cutoff belongs (a byte count on the flow and one comparison).
 
 With shards, each capture process writes its own files (``s<index>`` in the
 name) and bounds its own share: ``FT_RECORD_MAX_BYTES / shards``.
@@ -84,20 +91,6 @@ def list_store(directory: str | os.PathLike[str]) -> list[Path]:
     return sorted(names, key=lambda p: p.name)
 
 
-class _Entry:
-    """Per flow (both directions share one): bytes recorded, file sequence last indexed in, key."""
-
-    __slots__ = ("nbytes", "fileseq", "key", "flow_id", "start", "relook")
-
-    def __init__(self, key: tuple) -> None:
-        self.nbytes = 0
-        self.fileseq = -1
-        self.key = key
-        self.flow_id = ""
-        self.start = 0.0
-        self.relook = False
-
-
 class Recorder:
     def __init__(self, directory: str | os.PathLike[str], *, probe: str = "probe1", shard: int = -1, shards: int = 1,
                  max_bytes: int = 0, max_age_s: float = 0.0, file_bytes: int = 64 << 20, file_s: float = 300.0,
@@ -134,12 +127,13 @@ class Recorder:
         self._first_ts = 0.0
         self._last_ts = 0.0
         self._fpackets = 0
-        self._fkeys: list[_Entry] = []
-        self._fnonip = 0
-        self._started: list[Any] = []     # the meter's start records since the last rotation
-        # flow state: two generations
-        self._cur: dict[tuple, _Entry] = {}
-        self._old: dict[tuple, _Entry] = {}
+        # the index, from the meter's flow records (per flow, never per packet): flows open now, and
+        # flows that ended since the last rotation
+        self._open_flows: dict[str, list[Any]] = {}
+        self._ended: list[list[Any]] = []
+        # the cutoff's per-flow byte counts (only with a cutoff): two generations of dicts
+        self._cur: dict[tuple, list[int]] = {}
+        self._old: dict[tuple, list[int]] = {}
         self._gen_until = 0.0
         # counters (capture's /metrics: flowtarget_capture_recorder_*)
         self.packets_written = 0
@@ -233,48 +227,49 @@ class Recorder:
         self._fdlt = dlt
         self._first_ts = self._last_ts = ts
         self._fpackets = 0
-        self._fkeys = []
-        self._fnonip = 0
         self.files_written += 1
         return True
 
     def on_flow(self, rec: Any) -> None:
-        """The meter's flow records (per flow, not per packet): a start names the flow's id in the index."""
-        if rec.phase == "start":
-            self._started.append(rec)
-
-    def _started_index(self) -> tuple[list[list[Any]], bool]:
-        recs, self._started = self._started, []
-        if len(recs) > self.index_max_flows:
-            return [], True
-        out = []
-        for r in recs:
-            t = r.transport
+        """The meter's flow records (capture's Outbox passes each one): the index's flows and hosts."""
+        phase = rec.phase
+        if phase == "start":
+            t = rec.transport
             proto = _PROTO_NUM.get(t) or (int(t) if t.isdigit() else 0)
-            out.append([r.flow_id, proto, r.src_ip, r.src_port, r.dst_ip, r.dst_port, r.first_seen])
-        return out, False
+            self._open_flows[rec.flow_id] = [proto, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port, rec.vlan_id,
+                                             rec.flow_id, rec.first_seen, 0.0]
+        elif phase == "end":
+            e = self._open_flows.pop(rec.flow_id, None)
+            if e is not None:
+                e[8] = rec.last_seen
+                self._ended.append(e)
 
     def _index(self) -> dict[str, Any]:
+        """Flows that can have packets in the file: open now, or ended after its first packet."""
+        first = self._first_ts
+        ended = self._ended
+        rows = [e for e in ended if e[8] >= first]
+        # a flow whose end record came before its last packets were written (the batch is metered
+        # before it is recorded) belongs to the next file too
+        self._ended = [e for e in ended if e[8] > self._last_ts]
+        n = len(rows) + len(self._open_flows)
+        truncated = n > self.index_max_flows
         hosts: set[str] = set()
-        flows = []
-        truncated = len(self._fkeys) > self.index_max_flows
-        started, st_trunc = self._started_index()
+        flows: list[list[Any]] = []
         if not truncated:
-            for e in self._fkeys:
-                k = flow_key_text(e.key)
-                hosts.add(k[1])
-                hosts.add(k[3])
-                flows.append(k + [e.flow_id, e.start])
+            for src in (rows, self._open_flows.values()):
+                for e in src:
+                    hosts.add(e[1])
+                    hosts.add(e[3])
+                    flows.append(e[:8])
         return {"version": 1, "file": self._path.name if self._path else "", "probe": self.probe, "shard": self.shard,
-                "source": self.source, "datalink": self._fdlt, "first_ts": self._first_ts, "last_ts": self._last_ts,
-                "packets": self._fpackets, "non_ip_packets": self._fnonip, "truncated": truncated,
-                "hosts": sorted(hosts), "flows": flows, "started": started, "started_truncated": st_trunc}
+                "source": self.source, "datalink": self._fdlt, "first_ts": first, "last_ts": self._last_ts,
+                "packets": self._fpackets, "truncated": truncated, "hosts": sorted(hosts), "flows": flows}
 
     def _rotate(self) -> None:
         """Close the file being written and write its index (within the bound)."""
         if self._fh is None:
             return
-        self._lookup_ids(self._fkeys)
         try:
             self._fh.close()
         except OSError:
@@ -290,7 +285,7 @@ class Recorder:
         entry = [path, size, self._last_ts]
         self.files.append(entry)
         if not self._make_room(len(data)) or (self.max_bytes and len(data) > self.max_bytes // 8):
-            idx.update(truncated=True, hosts=[], flows=[], started=[], started_truncated=True)     # an export reads this file whole
+            idx.update(truncated=True, hosts=[], flows=[])     # an export reads this file whole
             self.index_truncated += 1
             data = json.dumps(idx, separators=(",", ":")).encode()
             self._make_room(len(data))
@@ -311,33 +306,7 @@ class Recorder:
     def close(self) -> None:
         self._rotate()
 
-    # ------------------------------------------------------------------ flows
-    def _lookup_ids(self, entries: list[_Entry]) -> None:
-        """The meter's flow id and start of flows not yet named (once per flow and file)."""
-        meter = self.meter
-        table = getattr(meter, "table", None)
-        if table is None:
-            return
-        get = table.get
-        for e in entries:
-            if e.flow_id and not e.relook:
-                continue
-            hit = get(e.key)
-            if hit is None:
-                continue
-            f = hit[0]
-            fid = getattr(f, "flow_id", "")
-            if fid and fid != e.flow_id:
-                if e.flow_id and e.fileseq == self.seq:   # a new flow on the same key in this file
-                    ne = _Entry(e.key)
-                    ne.fileseq = e.fileseq
-                    ne.flow_id, ne.start = fid, float(getattr(f, "first", 0.0))
-                    self._fkeys.append(ne)
-                    e.flow_id, e.start = ne.flow_id, ne.start
-                else:
-                    e.flow_id, e.start = fid, float(getattr(f, "first", 0.0))
-            e.relook = False
-
+    # ------------------------------------------------------------------ the cutoff
     def _age(self, ts: float) -> None:
         self._old = self._cur
         self._cur = {}
@@ -349,99 +318,82 @@ class Recorder:
         if not recs:
             return
         dl = self.datalink if dlt is None else dlt
-        fast = dl == 1
-        cutoff = self.cutoff
-        cur = self._cur
-        old = self._old
-        cget = cur.get
-        parts: list[bytes] = []
-        pending = 0
-        new: list[_Entry] = []
-        fkeys = self._fkeys
         if self._fh is None or self._fdlt != dl:
             self._rotate()
             if not self._open(dl, recs[0][0]):
                 return
-            fkeys = self._fkeys
-        seq = self.seq
+        cutoff = self.cutoff
+        fast = dl == 1
+        cur = self._cur
+        old = self._old
+        cget = cur.get
+        gen_until = self._gen_until
+        max_flows = self.max_flows
+        parts: list[bytes] = []
+        append = parts.append
+        rec_hdr = _REC
+        pending = 0
         fsize = self._fsize
         fmax = self.file_bytes
-        file_s = self.file_s
-        first_ts = self._first_ts
-        npk = 0
-        cut = 0
+        maxrec = fmax - PCAP_HEADER_LEN
+        file_s = self.file_s or float("inf")
+        next_rot = self._first_ts + file_s
+        npk = cut = big = 0
         last_ts = self._last_ts
         for ts, frame in recs:
-            if ts >= self._gen_until or len(cur) >= self.max_flows:
-                self._age(ts)
-                cur = self._cur
-                old = self._old
-                cget = cur.get
-            r = eth4(frame) if fast else None
-            if r is not None:
-                key = r[0]
-                syn = r[5] & 0x12 == 2
-            else:
-                d = decode(frame, dl)
-                if d[0] or d[17] == 2:
-                    key = None      # not an IP flow (ARP, ...), or a later fragment: kept, no flow
-                    syn = False
-                else:
-                    key = (d[2], d[3] + d[4] + _pp(d[5], d[6]), d[13]) if d[13] else (d[2], d[3] + d[4] + _pp(d[5], d[6]))
-                    syn = d[2] == 6 and d[10] & 0x12 == 2
             n = len(frame)
-            if key is not None:
-                e = cget(key)
-                if e is None:
-                    e = old.get(key)
+            if cutoff:
+                # the first ``cutoff`` bytes of every flow: its directional key (the meter's), one dict lookup
+                r = eth4(frame) if fast else None
+                if r is not None:
+                    key = r[0]
+                else:
+                    d = decode(frame, dl)
+                    if d[0] or d[17] == 2:
+                        key = None      # not an IP flow (ARP, ...), or a later fragment: kept
+                    else:
+                        key = (d[2], d[3] + d[4] + _pp(d[5], d[6]), d[13]) if d[13] else (d[2], d[3] + d[4] + _pp(d[5], d[6]))
+                if key is not None:
+                    e = cget(key)
                     if e is None:
-                        e = _Entry(key)
-                    cur[key] = e
-                    cur[_reverse(key)] = e
-                if cutoff:
-                    if e.nbytes >= cutoff:
+                        if ts >= gen_until or len(cur) >= max_flows:
+                            self._age(ts)
+                            cur, old, gen_until = self._cur, self._old, self._gen_until
+                            cget = cur.get
+                        e = old.get(key)
+                        if e is None:
+                            e = [0]
+                        cur[key] = e
+                        cur[_reverse(key)] = e
+                    if e[0] >= cutoff:
                         cut += 1
                         continue
-                    e.nbytes += n
+                    e[0] += n
             rlen = 16 + n
-            if rlen > fmax - PCAP_HEADER_LEN:
-                self.packets_too_big += 1
+            if rlen > maxrec:
+                big += 1
                 continue
-            if fsize + pending + rlen > fmax or (file_s and ts - first_ts >= file_s and fsize + pending > PCAP_HEADER_LEN):
+            if fsize + pending + rlen > fmax or (ts >= next_rot and pending + fsize > PCAP_HEADER_LEN):
                 # rotate before this packet: write what is pending, close, open the next file
                 self._write(parts, pending, last_ts)
-                self._lookup_ids(new)
-                new = []
-                parts, pending = [], 0
+                parts = []
+                append = parts.append
+                pending = 0
                 self._rotate()
                 if not self._open(dl, ts):
-                    self.packets_cut += cut
-                    self.packets_written += npk
-                    return
-                fkeys = self._fkeys
-                seq = self.seq
+                    break
                 fsize = self._fsize
-                first_ts = ts
-            if key is not None:
-                if e.fileseq != seq:
-                    e.fileseq = seq
-                    fkeys.append(e)
-                    new.append(e)
-                elif syn:
-                    e.relook = True
-                    new.append(e)
-            else:
-                self._fnonip += 1
-            sec, usec = divmod(int(round(ts * 1e6)), 1000000)
-            parts.append(_REC(sec, usec, n, n))
-            parts.append(frame)
+                next_rot = ts + file_s
+            us = int(ts * 1000000.0 + 0.5)
+            append(rec_hdr(us // 1000000, us % 1000000, n, n))
+            append(frame)
             pending += rlen
             npk += 1
             last_ts = ts
         self.packets_cut += cut
-        self._write(parts, pending, last_ts)
-        self._lookup_ids(new)
+        self.packets_too_big += big
         self.packets_written += npk
+        self._write(parts, pending, last_ts)
 
     def _write(self, parts: list[bytes], n: int, last_ts: float) -> None:
         if not n or self._fh is None:
@@ -473,7 +425,7 @@ class Recorder:
                 "bytes_deleted": self.bytes_deleted, "rotations": self.rotations,
                 "write_errors": self.write_errors, "index_truncated": self.index_truncated,
                 "stored_bytes": self.stored_bytes(), "stored_files": len(self.files) + (self._fh is not None),
-                "tracked_flows": (len(self._cur) + len(self._old)) // 2}
+                "cutoff_flows": (len(self._cur) + len(self._old)) // 2, "index_open_flows": len(self._open_flows)}
 
 
 def _idx_path(p: Path) -> Path:

@@ -255,6 +255,9 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
             await bus.nc.publish(msg.reply, json.dumps({"path": path}).encode())
 
     await bus.nc.subscribe(subject("ctl", settings.probe, "evidence"), cb=on_evidence_request)
+    if out.recorder is not None and settings.shard_index <= 0:   # shards share one store: one of them answers
+        from services.capture.export import ctl_handler
+        await bus.nc.subscribe(subject("ctl", settings.probe, "export"), cb=ctl_handler(settings, bus))
     if detectors is not None:
         register_stats("capture_detectors", detectors.counters)
     register_stats("capture", lambda: {**meter.stats(), "samples_sent": out.sent_samples,
@@ -306,7 +309,7 @@ def _make_recorder(settings: CaptureSettings, meter: FlowMeter) -> Any:
     from services.capture.recorder import from_settings
 
     rec = from_settings(settings, meter)
-    register_stats("capture_recorder", rec.stats, gauges=("stored_bytes", "stored_files", "tracked_flows"))
+    register_stats("capture_recorder", rec.stats, gauges=("stored_bytes", "stored_files", "cutoff_flows", "index_open_flows"))
     return rec
 
 

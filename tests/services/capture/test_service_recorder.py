@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import stat
 import subprocess
 import sys
@@ -13,10 +15,11 @@ from flowtarget.orchestrate import read_stream
 from services.capture import service
 from services.capture.recorder import list_store
 from shared.bus import Bus
-from shared.settings import CaptureSettings
-from tests.services.capture.test_recorder import addrs, dpkt_read, traffic, write_pcap
+from shared.settings import CaptureSettings, CommonSettings
+from tests.services.capture.test_recorder import T0, addrs, dpkt_read, traffic, udp, write_pcap
 
 ROOT = Path(__file__).resolve().parents[3]
+T1 = T0 + 7200.0
 
 
 def flowtarget(*args: str) -> subprocess.CompletedProcess:
@@ -53,8 +56,8 @@ def test_replay_with_recording_then_flowtarget_pcap(nats_server, tmp_path):
     out = tmp_path / "host.pcap"
     r = flowtarget("pcap", "--dir", str(store), "--host", "10.1.0.5", "-o", str(out))
     assert r.returncode == 0, r.stderr
-    want = [(ts, f) for ts, f in packets if (a := addrs(f)) and "10.1.0.5" in a[:2]]
-    assert want and dpkt_read(out) == want
+    want_host = [(ts, f) for ts, f in packets if (a := addrs(f)) and "10.1.0.5" in a[:2]]
+    assert want_host and dpkt_read(out) == want_host
 
     for e in [s for s in starts if s["transport"] == "TCP"][:3] + [s for s in starts if s["transport"] == "UDP"][:2]:
         out = tmp_path / f"{e['flow_id']}.pcap"
@@ -66,3 +69,38 @@ def test_replay_with_recording_then_flowtarget_pcap(nats_server, tmp_path):
 
     r = flowtarget("pcap", "--dir", str(store), "--host", "10.1.0.5; rm -rf /", "-o", str(tmp_path / "x.pcap"))
     assert r.returncode == 2 and "bad host" in r.stderr
+
+    # the same over NATS, while capture runs (a second, paced replay of other hosts into the same store)
+    slow = write_pcap(tmp_path / "slow.pcap", [(T1 + i * 0.1, udp("10.9.0.1", 5000, "10.9.0.2", 53, b"q%d" % i))
+                                               for i in range(40)])
+
+    async def over_nats():
+        settings = CaptureSettings(nats_url=nats_server.url, probe="rec", pcap=[slow], verdict_wait_s=0,
+                                   replay_max_pending=0, stream_storage="memory", record_dir=store,
+                                   record_max_bytes=4 << 20, record_file_bytes=32 * 1024, replay_realtime=True,
+                                   evidence_dir=tmp_path / "evidence")
+        stop = asyncio.Event()
+        bus = await Bus.connect(settings, "capture", stop)
+        client = await Bus.connect(CommonSettings(nats_url=nats_server.url, probe="rec"), "test")
+        task = asyncio.create_task(service.main(settings, bus, stop))
+        answers = []
+        for req in ({"host": "10.1.0.5"}, {"host": "../../etc/passwd"}, {"flow_id": "nope"}):
+            for _ in range(100):
+                try:
+                    msg = await client.nc.request("ft.ctl.rec.export", json.dumps(req).encode(), timeout=5)
+                    answers.append(json.loads(msg.data))
+                    break
+                except Exception:
+                    await asyncio.sleep(0.05)
+        await asyncio.wait_for(task, 60)
+        await bus.close()
+        await client.close()
+        return answers
+
+    ok, bad_host, bad_flow = asyncio.run(over_nats())
+    assert ok["status"] == "ok", ok
+    assert Path(ok["path"]).parent == tmp_path / "evidence" and ok["size"] == os.path.getsize(ok["path"])
+    assert dpkt_read(ok["path"]) == want_host and ok["packets"] == len(want_host)
+    assert stat.S_IMODE(os.stat(ok["path"]).st_mode) == 0o640
+    assert bad_host["status"] == "error" and "bad host" in bad_host["error"]
+    assert bad_flow["status"] == "error" and "not in the store" in bad_flow["error"]
