@@ -338,7 +338,7 @@ class Recorder:
         maxrec = fmax - PCAP_HEADER_LEN
         file_s = self.file_s or float("inf")
         next_rot = self._first_ts + file_s
-        npk = cut = big = 0
+        cut = big = 0
         last_ts = self._last_ts
         for ts, frame in recs:
             n = len(frame)
@@ -370,29 +370,28 @@ class Recorder:
                         continue
                     e[0] += n
             rlen = 16 + n
-            if rlen > maxrec:
-                big += 1
-                continue
-            if fsize + pending + rlen > fmax or (ts >= next_rot and pending + fsize > PCAP_HEADER_LEN):
-                # rotate before this packet: write what is pending, close, open the next file
-                self._write(parts, pending, last_ts)
-                parts = []
-                append = parts.append
-                pending = 0
-                self._rotate()
-                if not self._open(dl, ts):
-                    break
-                fsize = self._fsize
+            if fsize + pending + rlen > fmax or ts >= next_rot:      # rare: checked in one comparison or two
+                if rlen > maxrec:
+                    big += 1
+                    continue
+                if pending + fsize > PCAP_HEADER_LEN:
+                    # rotate before this packet: write what is pending, close, open the next file
+                    self._write(parts, pending, last_ts)
+                    parts = []
+                    append = parts.append
+                    pending = 0
+                    self._rotate()
+                    if not self._open(dl, ts):
+                        break
+                    fsize = self._fsize
                 next_rot = ts + file_s
             us = int(ts * 1000000.0 + 0.5)
             append(rec_hdr(us // 1000000, us % 1000000, n, n))
             append(frame)
             pending += rlen
-            npk += 1
             last_ts = ts
         self.packets_cut += cut
         self.packets_too_big += big
-        self.packets_written += npk
         self._write(parts, pending, last_ts)
 
     def _write(self, parts: list[bytes], n: int, last_ts: float) -> None:
@@ -410,6 +409,7 @@ class Recorder:
         self._fsize += n
         self.bytes_written += n
         self._fpackets += len(parts) // 2
+        self.packets_written += len(parts) // 2
         self._last_ts = last_ts
 
     def tick(self, now_ts: float) -> None:

@@ -294,3 +294,31 @@ def test_parse_time():
     assert parse_time("2023-11-14T23:13:20+01:00") == 1700000000.0
     with pytest.raises(ExportError):
         parse_time("yesterday")
+
+
+def test_shards_write_their_own_files_and_exports_merge_them_in_time_order(tmp_path):
+    frames = traffic(n_flows=300, seed=8)
+    store = tmp_path / "store"
+    parts: list[list] = [[], []]
+    for ts, fr in frames:        # a symmetric flow hash, as the kernel's fanout does
+        a = addrs(fr)
+        parts[(a[2] + a[3]) % 2 if a else 0].append((ts, fr))
+    recs = []
+    for k in (0, 1):
+        sink = ListSink()
+        meter = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, source="eth7")
+        meter.set_source("eth7", 1)
+        rec = Recorder(store, meter=meter, shard=k, shards=2, max_bytes=64 << 20, file_bytes=16 * 1024)
+        sink.flow = rec.on_flow
+        for i in range(0, len(parts[k]), 300):
+            meter.process_batch(parts[k][i:i + 300])
+            rec.record(parts[k][i:i + 300], 1)
+        meter.finish()
+        rec.close()
+        recs.append(rec)
+    names = [p.name for p in list_store(store)]
+    assert any("-s0-" in n for n in names) and any("-s1-" in n for n in names)
+    assert all(r.max_bytes == 32 << 20 and r.files_deleted == 0 for r in recs)   # each shard bounds its share
+    res = export(store, Query(host="10.1.0.6"), tmp_path / "merged.pcap")
+    want = [(ts, f) for ts, f in frames if (a := addrs(f)) and "10.1.0.6" in a[:2]]
+    assert dpkt_read(res["path"]) == want and res["files_skipped"] > 0
