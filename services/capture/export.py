@@ -131,7 +131,8 @@ def _resolve_flow(q: Query, indexes: list[tuple[Path, dict[str, Any] | None]]) -
     end = min(later) if later else float("inf")
     q.flow_text = (proto, {a, b})
     ab, bb = ipaddress.ip_address(a).packed, ipaddress.ip_address(b).packed
-    q.flow_keys.append((ab + bb + _pp(ap, bp), bb + ab + _pp(bp, ap), proto, 0, start, end))
+    # pcap keeps microseconds: a stored time may read back a hair below the flow's own float
+    q.flow_keys.append((ab + bb + _pp(ap, bp), bb + ab + _pp(bp, ap), proto, 0, start - 2e-6, end - 2e-6))
 
 
 def select_files(directory: str | os.PathLike[str], q: Query) -> tuple[list[Path], int]:

@@ -45,6 +45,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .decode import decode, format_ip, transport_name
 from .fastpath import eth4
 
@@ -59,6 +61,10 @@ _pp = struct.Struct("!HH").pack
 _NAME = re.compile(r"^ft-(?P<probe>[A-Za-z0-9_-]+)-s(?P<shard>\d+)-(?P<seq>\d{8})\.pcap$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _PROTO_NUM = {transport_name(n): n for n in range(256)}
+
+
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
 
 
 def pcap_header(linktype: int, snaplen: int = 262144) -> bytes:
@@ -278,7 +284,7 @@ class Recorder:
         assert path is not None
         size = self._fsize
         idx = self._index()
-        data = json.dumps(idx, separators=(",", ":")).encode()
+        data = _dumps(idx)
         self._fh = None
         self._fsize = 0
         self.closed_bytes += size       # the pcap is now a closed file; its index must fit beside it
@@ -287,7 +293,7 @@ class Recorder:
         if not self._make_room(len(data)) or (self.max_bytes and len(data) > self.max_bytes // 8):
             idx.update(truncated=True, hosts=[], flows=[])     # an export reads this file whole
             self.index_truncated += 1
-            data = json.dumps(idx, separators=(",", ":")).encode()
+            data = _dumps(idx)
             self._make_room(len(data))
         try:
             ip = _idx_path(path)
