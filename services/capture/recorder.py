@@ -167,8 +167,11 @@ class Recorder:
             last = 0.0
             try:
                 last = float(json.loads(_idx_path(p).read_text()).get("last_ts", 0.0))
-            except (OSError, ValueError, AttributeError):
-                last = 0.0
+            except (OSError, ValueError, AttributeError):   # no index (a crash): its write time
+                try:
+                    last = p.stat().st_mtime
+                except OSError:
+                    last = 0.0
             self.files.append([p, size, last])
             self.closed_bytes += size
 

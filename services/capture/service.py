@@ -308,7 +308,10 @@ def _make_recorder(settings: CaptureSettings, meter: FlowMeter) -> Any:
         return None
     from services.capture.recorder import from_settings
 
-    rec = from_settings(settings, meter)
+    try:
+        rec = from_settings(settings, meter)
+    except OSError as exc:
+        raise_config(f"FT_RECORD_DIR {settings.record_dir}: {exc.strerror or exc}")
     register_stats("capture_recorder", rec.stats, gauges=("stored_bytes", "stored_files", "cutoff_flows", "index_open_flows"))
     return rec
 

@@ -322,3 +322,21 @@ def test_shards_write_their_own_files_and_exports_merge_them_in_time_order(tmp_p
     res = export(store, Query(host="10.1.0.6"), tmp_path / "merged.pcap")
     want = [(ts, f) for ts, f in frames if (a := addrs(f)) and "10.1.0.6" in a[:2]]
     assert dpkt_read(res["path"]) == want and res["files_skipped"] > 0
+
+
+def test_a_restarted_recorder_counts_the_files_it_left(tmp_path):
+    frames = traffic(n_flows=400, seed=9)
+    bound = 128 * 1024
+    half = len(frames) // 2
+    _r1, _m, sizes1 = record(frames[:half], tmp_path, max_bytes=bound)
+    r2, _m, sizes2 = record(frames[half:], tmp_path, max_bytes=bound)   # a new process on the same store
+    assert max(sizes1 + sizes2) <= bound
+    assert r2.files_deleted > 0 and r2.seq > _r1.seq                  # continued the numbering, deleted old files
+
+
+def test_an_unusable_record_dir_stops_capture_with_one_line():
+    from services.capture.service import _make_recorder
+    from shared.runner import ConfigError
+
+    with pytest.raises(ConfigError, match="FT_RECORD_DIR"):
+        _make_recorder(CaptureSettings(record_dir="/proc/no/such/dir"), None)
