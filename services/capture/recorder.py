@@ -263,6 +263,8 @@ class Recorder:
         self._ended = [e for e in ended if e[8] > self._last_ts]
         n = len(rows) + len(self._open_flows)
         truncated = n > self.index_max_flows
+        if truncated:
+            self.index_truncated += 1
         hosts: set[str] = set()
         flows: list[list[Any]] = []
         if not truncated:

@@ -340,3 +340,14 @@ def test_an_unusable_record_dir_stops_capture_with_one_line():
 
     with pytest.raises(ConfigError, match="FT_RECORD_DIR"):
         _make_recorder(CaptureSettings(record_dir="/proc/no/such/dir"), None)
+
+
+def test_a_truncated_index_makes_the_export_read_the_file_whole(tmp_path):
+    frames = traffic(n_flows=200, seed=10)
+    rec, _m, _ = record(frames, tmp_path, index_max_flows=2, file_bytes=32 * 1024)
+    assert rec.index_truncated > 0
+    idxs = [json.loads(p.with_name(p.name + IDX_SUFFIX).read_text()) for p in list_store(tmp_path)]
+    assert any(i["truncated"] and not i["flows"] for i in idxs)
+    res = export(tmp_path, Query(host="10.1.0.7"), tmp_path / "out.pcap")
+    want = [(ts, f) for ts, f in frames if (a := addrs(f)) and "10.1.0.7" in a[:2]]
+    assert dpkt_read(res["path"]) == want and want
