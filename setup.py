@@ -8,4 +8,7 @@ pure-Python twins in services/capture/fastpath.py (slower, same results).
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("services.capture._fastpath", ["services/capture/_fastpath.c"],
+                             extra_compile_args=["-O2"], optional=True),
+                   # the packet recorder's record packing (services/capture/recorder.py has its twin)
+                   Extension("services.capture._recfast", ["services/capture/_recfast.c"],
                              extra_compile_args=["-O2"], optional=True)])

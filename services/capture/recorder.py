@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import struct
@@ -62,9 +63,44 @@ _NAME = re.compile(r"^ft-(?P<probe>[A-Za-z0-9_-]+)-s(?P<shard>\d+)-(?P<seq>\d{8}
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _PROTO_NUM = {transport_name(n): n for n in range(256)}
 
+_c: Any = None
+if os.environ.get("FT_PURE_PYTHON", "").lower() not in ("1", "true", "yes"):
+    try:
+        from services.capture import _recfast as _c  # type: ignore[no-redef]
+    except ImportError:   # not built (no C compiler at install time): the twin below
+        _c = None
+
 
 def _dumps(obj: Any) -> bytes:
     return orjson.dumps(obj)
+
+
+def pcap_pack_py(recs: list, start: int, room: int, until_ts: float,
+                 max_rec: int) -> tuple[bytes, int, int, float, int]:
+    """``(data, stop, too_big, last_ts, packets)``: pcap records of ``recs[start:]`` concatenated, stopping
+    before the first that would pass ``room`` bytes or whose time is ``>= until_ts``; records longer than
+    ``max_rec`` are skipped.  The compiled ``_recfast.pcap_pack`` gives the same (a test keeps them equal)."""
+    parts: list[bytes] = []
+    append = parts.append
+    total = big = 0
+    last = 0.0
+    stop = len(recs)
+    for i in range(start, stop):
+        ts, frame = recs[i]
+        n = len(frame)
+        rlen = 16 + n
+        if rlen > max_rec:
+            big += 1
+            continue
+        if ts >= until_ts or total + rlen > room:
+            stop = i
+            break
+        us = int(math.floor(ts * 1000000.0 + 0.5))
+        append(_REC(us // 1000000, us % 1000000, n, n))
+        append(frame)
+        total += rlen
+        last = ts
+    return b"".join(parts), stop, big, last, len(parts) // 2
 
 
 def pcap_header(linktype: int, snaplen: int = 262144) -> bytes:
@@ -333,6 +369,31 @@ class Recorder:
             self._rotate()
             if not self._open(dl, recs[0][0]):
                 return
+        if self.cutoff:
+            recs = self._cut(recs, dl)
+        elif type(recs) is not list:
+            recs = list(recs)
+        n = len(recs)
+        i = 0
+        file_s = self.file_s or float("inf")
+        maxrec = self.file_bytes - PCAP_HEADER_LEN
+        while i < n:
+            if not self._fpackets:            # an empty file's time starts with its first packet
+                self._first_ts = recs[i][0]
+            # the records that fit this file (size and time), packed in one step (compiled where built)
+            data, j, big, last, npk = pcap_pack(recs, i, self.file_bytes - self._fsize, self._first_ts + file_s, maxrec)
+            self.packets_too_big += big
+            if npk:
+                self._write(data, npk, last)
+            if j >= n:
+                break
+            self._rotate()                    # recs[j] belongs to the next file
+            if not self._open(dl, recs[j][0]):
+                return
+            i = j
+
+    def _cut(self, recs: Any, dl: int) -> list[tuple[float, bytes]]:
+        """The packets within the first ``cutoff`` bytes of their flow (non-IP packets are all kept)."""
         cutoff = self.cutoff
         fast = dl == 1
         cur = self._cur
@@ -340,87 +401,58 @@ class Recorder:
         cget = cur.get
         gen_until = self._gen_until
         max_flows = self.max_flows
-        parts: list[bytes] = []
-        append = parts.append
-        rec_hdr = _REC
-        pending = 0
-        fsize = self._fsize
-        fmax = self.file_bytes
-        maxrec = fmax - PCAP_HEADER_LEN
-        file_s = self.file_s or float("inf")
-        next_rot = self._first_ts + file_s
-        cut = big = 0
-        last_ts = self._last_ts
-        for ts, frame in recs:
-            n = len(frame)
-            if cutoff:
-                # the first ``cutoff`` bytes of every flow: its directional key (the meter's), one dict lookup
-                r = eth4(frame) if fast else None
-                if r is not None:
-                    key = r[0]
-                else:
-                    d = decode(frame, dl)
-                    if d[0] or d[17] == 2:
-                        key = None      # not an IP flow (ARP, ...), or a later fragment: kept
-                    else:
-                        key = (d[2], d[3] + d[4] + _pp(d[5], d[6]), d[13]) if d[13] else (d[2], d[3] + d[4] + _pp(d[5], d[6]))
-                if key is not None:
-                    e = cget(key)
-                    if e is None:
-                        if ts >= gen_until or len(cur) >= max_flows:
-                            self._age(ts)
-                            cur, old, gen_until = self._cur, self._old, self._gen_until
-                            cget = cur.get
-                        e = old.get(key)
-                        if e is None:
-                            e = [0]
-                        cur[key] = e
-                        cur[_reverse(key)] = e
-                    if e[0] >= cutoff:
-                        cut += 1
-                        continue
-                    e[0] += n
-            rlen = 16 + n
-            if fsize + pending + rlen > fmax or ts >= next_rot:      # rare: checked in one comparison or two
-                if rlen > maxrec:
-                    big += 1
+        kept: list[tuple[float, bytes]] = []
+        keep = kept.append
+        cut = 0
+        for rec in recs:
+            frame = rec[1]
+            # the packet's directional flow key (the meter's), one dict lookup
+            r = eth4(frame) if fast else None
+            if r is not None:
+                key = r[0]
+            else:
+                d = decode(frame, dl)
+                if d[0] or d[17] == 2:
+                    keep(rec)       # not an IP flow (ARP, ...), or a later fragment: kept
                     continue
-                if pending + fsize > PCAP_HEADER_LEN:
-                    # rotate before this packet: write what is pending, close, open the next file
-                    self._write(parts, pending, last_ts)
-                    parts = []
-                    append = parts.append
-                    pending = 0
-                    self._rotate()
-                    if not self._open(dl, ts):
-                        break
-                    fsize = self._fsize
-                next_rot = ts + file_s
-            us = int(ts * 1000000.0 + 0.5)
-            append(rec_hdr(us // 1000000, us % 1000000, n, n))
-            append(frame)
-            pending += rlen
-            last_ts = ts
+                key = (d[2], d[3] + d[4] + _pp(d[5], d[6]), d[13]) if d[13] else (d[2], d[3] + d[4] + _pp(d[5], d[6]))
+            e = cget(key)
+            if e is None:
+                ts = rec[0]
+                if ts >= gen_until or len(cur) >= max_flows:
+                    self._age(ts)
+                    cur, old, gen_until = self._cur, self._old, self._gen_until
+                    cget = cur.get
+                e = old.get(key)
+                if e is None:
+                    e = [0]
+                cur[key] = e
+                cur[_reverse(key)] = e
+            if e[0] >= cutoff:
+                cut += 1
+                continue
+            e[0] += len(frame)
+            keep(rec)
         self.packets_cut += cut
-        self.packets_too_big += big
-        self._write(parts, pending, last_ts)
+        return kept
 
-    def _write(self, parts: list[bytes], n: int, last_ts: float) -> None:
+    def _write(self, data: bytes, npk: int, last_ts: float) -> None:
+        n = len(data)
         if not n or self._fh is None:
             return
         if not self._make_room(n):
             self.write_errors += 1      # cannot happen while file_bytes <= max_bytes / 8
             return
         try:
-            self._fh.write(b"".join(parts))
+            self._fh.write(data)
         except OSError as exc:
             self.write_errors += 1
             log.warning("recorder: write failed: %s", exc)
             return
         self._fsize += n
         self.bytes_written += n
-        self._fpackets += len(parts) // 2
-        self.packets_written += len(parts) // 2
+        self._fpackets += npk
+        self.packets_written += npk
         self._last_ts = last_ts
 
     def tick(self, now_ts: float) -> None:
@@ -459,3 +491,6 @@ def from_settings(settings: Any, meter: Any = None) -> Recorder | None:
                     file_bytes=settings.record_file_bytes, file_s=settings.record_file_s,
                     cutoff_bytes=settings.record_cutoff_bytes, index_max_flows=settings.record_index_max_flows,
                     max_flows=settings.max_flows, idle_s=settings.idle_timeout_s, meter=meter)
+
+
+pcap_pack = _c.pcap_pack if _c is not None else pcap_pack_py

@@ -6,6 +6,7 @@ recorded, read independently with dpkt.
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import os
@@ -351,3 +352,22 @@ def test_a_truncated_index_makes_the_export_read_the_file_whole(tmp_path):
     res = export(tmp_path, Query(host="10.1.0.7"), tmp_path / "out.pcap")
     want = [(ts, f) for ts, f in frames if (a := addrs(f)) and "10.1.0.7" in a[:2]]
     assert dpkt_read(res["path"]) == want and want
+
+
+def test_compiled_pcap_pack_equals_its_python_twin():
+    from services.capture import recorder
+
+    if recorder._c is None:
+        pytest.skip("the compiled recorder step is not built (FT_PURE_PYTHON or no C compiler)")
+    rnd = random.Random(12)
+    recs = [(T0 + i * 0.3333337 + rnd.random() * 1e-6, os.urandom(rnd.choice([0, 1, 60, 1500, 9000]))) for i in range(400)]
+    recs.append((T0 + 999.9999996, b"x" * 10))          # rounds up into the next second
+    for start, room, until, max_rec in [(0, 1 << 30, float("inf"), 65536), (5, 20_000, T0 + 50, 65536),
+                                        (0, 100_000, T0 + 1e9, 2000), (399, 100, T0, 65536), (0, 0, float("inf"), 65536),
+                                        (400, 1 << 20, float("inf"), 65536)]:
+        c = recorder._c.pcap_pack(recs, start, room, until, max_rec)
+        py = recorder.pcap_pack_py(recs, start, room, until, max_rec)
+        assert c == py, (start, room, until, max_rec)
+    data, stop, _big, _last, npk = recorder.pcap_pack_py(recs, 0, 1 << 30, float("inf"), 65536)
+    parsed = list(dpkt.pcap.Reader(io.BytesIO(recorder.pcap_header(1) + data)))
+    assert len(parsed) == npk == len(recs) and parsed[-1][0] == pytest.approx(T0 + 1000.0)
