@@ -115,8 +115,8 @@ def _resolve_flow(q: Query, indexes: list[tuple[Path, dict[str, Any] | None]]) -
     for _p, idx in indexes:
         idx = idx or {}
         rows = []
-        for f in idx.get("flows", ()):        # [proto, a, ap, b, bp, vlan, flow_id, start]
-            if isinstance(f, list) and len(f) == 8 and f[6]:
+        for f in idx.get("flows", ()):        # [proto, a, ap, b, bp, vlan, flow_id, start, end or 0]
+            if isinstance(f, list) and len(f) >= 8 and f[6]:
                 rows.append((f[6], f[0], f[1], f[2], f[3], f[4], f[7]))
         for fid, proto, a, ap, b, bp, start in rows:
             k = (proto, frozenset([(a, ap), (b, bp)]))

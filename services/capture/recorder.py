@@ -301,14 +301,13 @@ class Recorder:
         truncated = n > self.index_max_flows
         if truncated:
             self.index_truncated += 1
-        hosts: set[str] = set()
         flows: list[list[Any]] = []
+        hosts: set[str] = set()
         if not truncated:
-            for src in (rows, self._open_flows.values()):
-                for e in src:
-                    hosts.add(e[1])
-                    hosts.add(e[3])
-                    flows.append(e[:8])
+            # [proto, src, sport, dst, dport, vlan, flow_id, start, end (0: open)]
+            flows = rows + list(self._open_flows.values())
+            hosts = {e[1] for e in flows}
+            hosts.update([e[3] for e in flows])
         return {"version": 1, "file": self._path.name if self._path else "", "probe": self.probe, "shard": self.shard,
                 "source": self.source, "datalink": self._fdlt, "first_ts": first, "last_ts": self._last_ts,
                 "packets": self._fpackets, "truncated": truncated, "hosts": sorted(hosts), "flows": flows}
