@@ -48,10 +48,10 @@ from typing import Any
 
 import orjson
 
-from .decode import decode, format_ip, transport_name
+from .decode import decode, transport_name
 from .fastpath import eth4
 
-__all__ = ["Recorder", "IDX_SUFFIX", "list_store", "flow_key_text"]
+__all__ = ["Recorder", "IDX_SUFFIX", "list_store", "pcap_pack", "pcap_header", "from_settings"]
 
 log = logging.getLogger("flowtarget.capture.recorder")
 
@@ -105,15 +105,6 @@ def pcap_pack_py(recs: list, start: int, room: int, until_ts: float,
 
 def pcap_header(linktype: int, snaplen: int = 262144) -> bytes:
     return struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype)
-
-
-def flow_key_text(key: tuple) -> list[Any]:
-    """A meter-style directional key as ``[proto, src, sport, dst, dport, vlan]`` (text addresses)."""
-    proto, raw = key[0], key[1]
-    vlan = key[2] if len(key) > 2 else 0
-    alen = (len(raw) - 4) // 2
-    sp, dp = struct.unpack_from("!HH", raw, 2 * alen)
-    return [proto, format_ip(raw[:alen]), sp, format_ip(raw[alen:2 * alen]), dp, vlan]
 
 
 def _reverse(key: tuple) -> tuple:
@@ -173,6 +164,7 @@ class Recorder:
         # flows that ended since the last rotation
         self._open_flows: dict[str, list[Any]] = {}
         self._ended: list[list[Any]] = []
+        self._ended_overflow = False
         # the cutoff's per-flow byte counts (only with a cutoff): two generations of dicts
         self._cur: dict[tuple, list[int]] = {}
         self._old: dict[tuple, list[int]] = {}
@@ -281,13 +273,19 @@ class Recorder:
         if phase == "start":
             t = rec.transport
             proto = _PROTO_NUM.get(t) or (int(t) if t.isdigit() else 0)
-            self._open_flows[rec.flow_id] = [proto, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port, rec.vlan_id,
-                                             rec.flow_id, rec.first_seen, 0.0]
+            of = self._open_flows
+            if len(of) >= self.max_flows:     # the meter ends every flow it starts; a bound all the same
+                del of[next(iter(of))]
+            of[rec.flow_id] = [proto, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port, rec.vlan_id,
+                                rec.flow_id, rec.first_seen, 0.0]
         elif phase == "end":
             e = self._open_flows.pop(rec.flow_id, None)
             if e is not None:
                 e[8] = rec.last_seen
                 self._ended.append(e)
+                if len(self._ended) > 2 * self.index_max_flows + 16:   # this file's index will be truncated
+                    self._ended.clear()
+                    self._ended_overflow = True
 
     def _index(self) -> dict[str, Any]:
         """Flows that can have packets in the file: open now, or ended after its first packet."""
@@ -298,7 +296,8 @@ class Recorder:
         # before it is recorded) belongs to the next file too
         self._ended = [e for e in ended if e[8] > self._last_ts]
         n = len(rows) + len(self._open_flows)
-        truncated = n > self.index_max_flows
+        truncated = n > self.index_max_flows or self._ended_overflow
+        self._ended_overflow = False
         if truncated:
             self.index_truncated += 1
         flows: list[list[Any]] = []
