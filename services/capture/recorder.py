@@ -40,8 +40,10 @@ import json
 import logging
 import math
 import os
+import queue
 import re
 import struct
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -153,7 +155,10 @@ class Recorder:
         self.seq = 0
         self._scan()
         # the file being written
-        self._fh: Any = None
+        self._fh: Any = None          # True while a file is being written (the writer thread holds it)
+        self._wfh: Any = None         # the writer thread's file object
+        self._q: queue.Queue = queue.Queue(maxsize=64)
+        self._thread: threading.Thread | None = None
         self._path: Path | None = None
         self._fsize = 0
         self._fdlt = -1
@@ -206,16 +211,70 @@ class Recorder:
     def stored_bytes(self) -> int:
         return self.closed_bytes + self._fsize
 
-    def _delete_oldest(self, aged: bool = False) -> None:
-        p, size, _last = self.files.pop(0)
+    # ------------------------------------------------------------------ the writer thread
+    # File operations run in order on one thread, so that a slow disk does not stall capture's
+    # loop; the byte accounting (and so the bound) is done here, before an operation is queued:
+    # the disk only ever holds a prefix of the queued operations, each within the bound.
+    def _io(self, fn: Any, *args: Any) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._io_loop, name="ft-recorder-io", daemon=True)
+            self._thread.start()
+        self._q.put((fn, args))          # bounded: blocks when the disk is this far behind
+
+    def _io_loop(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            fn, args = item
+            try:
+                fn(*args)
+            except OSError as exc:
+                self.write_errors += 1
+                log.warning("recorder: %s", exc)
+
+    def flush(self) -> None:
+        """Wait until every queued file operation is done."""
+        if self._thread is not None:
+            self._q.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _do_open(self, path: Path, dlt: int) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        os.fchmod(fd, 0o640)
+        self._wfh = os.fdopen(fd, "wb", buffering=0)
+        self._wfh.write(pcap_header(dlt))
+
+    def _do_write(self, data: bytes) -> None:
+        if self._wfh is None:
+            raise OSError("write to a file that could not be opened")
+        self._wfh.write(data)
+
+    def _do_close(self) -> None:
+        fh, self._wfh = self._wfh, None
+        if fh is not None:
+            fh.close()
+
+    def _do_index(self, path: Path, data: bytes) -> None:
+        ip = _idx_path(path)
+        tmp = ip.with_name(ip.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, ip)
+
+    @staticmethod
+    def _do_unlink(p: Path) -> None:
         for q in (p, _idx_path(p)):
             try:
                 q.unlink()
             except FileNotFoundError:
                 pass
-            except OSError as exc:
-                self.write_errors += 1
-                log.warning("recorder: cannot delete %s: %s", q.name, exc)
+
+    def _delete_oldest(self, aged: bool = False) -> None:
+        p, size, _last = self.files.pop(0)
+        self._io(self._do_unlink, p)
         self.closed_bytes -= size
         self.bytes_deleted += size
         self.files_deleted += 1
@@ -248,16 +307,8 @@ class Recorder:
         path = self.dir / f"ft-{self.probe}-s{self.shard}-{self.seq:08d}.pcap"
         if not self._make_room(PCAP_HEADER_LEN):
             return False
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-            os.fchmod(fd, 0o640)
-            self._fh = os.fdopen(fd, "wb", buffering=0)
-            self._fh.write(pcap_header(dlt))
-        except OSError as exc:
-            self.write_errors += 1
-            log.warning("recorder: cannot open %s: %s", path.name, exc)
-            self._fh = None
-            return False
+        self._io(self._do_open, path, dlt)
+        self._fh = True
         self._path = path
         self._fsize = PCAP_HEADER_LEN
         self.source = str(getattr(self.meter, "source", "") or self.source)[:128]
@@ -315,10 +366,7 @@ class Recorder:
         """Close the file being written and write its index (within the bound)."""
         if self._fh is None:
             return
-        try:
-            self._fh.close()
-        except OSError:
-            self.write_errors += 1
+        self._io(self._do_close)
         path = self._path
         assert path is not None
         size = self._fsize
@@ -334,22 +382,15 @@ class Recorder:
             self.index_truncated += 1
             data = _dumps(idx)
             self._make_room(len(data))
-        try:
-            ip = _idx_path(path)
-            tmp = ip.with_name(ip.name + ".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, ip)
-            entry[1] += len(data)
-            self.closed_bytes += len(data)
-        except OSError as exc:
-            self.write_errors += 1
-            log.warning("recorder: cannot write the index of %s: %s", path.name, exc)
+        self._io(self._do_index, path, data)
+        entry[1] += len(data)
+        self.closed_bytes += len(data)
         self.rotations += 1
 
     def close(self) -> None:
+        """Close the file being written (with its index) and wait for the writer thread."""
         self._rotate()
+        self.flush()
 
     # ------------------------------------------------------------------ the cutoff
     def _age(self, ts: float) -> None:
@@ -441,12 +482,7 @@ class Recorder:
         if not self._make_room(n):
             self.write_errors += 1      # cannot happen while file_bytes <= max_bytes / 8
             return
-        try:
-            self._fh.write(data)
-        except OSError as exc:
-            self.write_errors += 1
-            log.warning("recorder: write failed: %s", exc)
-            return
+        self._io(self._do_write, data)
         self._fsize += n
         self.bytes_written += n
         self._fpackets += npk
