@@ -10,6 +10,16 @@ written.  Replica r XORs r into the second octet of the outer IPv4 addresses
 (the fourth byte of IPv6 addresses), so each replica's flows are new flows.
 Timestamps are rebased to one increasing timeline (gaps inside a file are
 kept up to 1 s; files follow each other 1 ms apart).
+
+A flow profile closer to an access network's (issue 12: ~12 packets per flow,
+a third of the TCP flows one-way)::
+
+    python bench/make_big_pcap.py --out /tmp/profile.pcap --profile issue12
+
+``--profile issue12`` is ``--one-way-tcp-every 3`` (the corpus already has ~12
+packets per flow): every third TCP flow (in order of appearance) keeps only
+the direction of its first packet.  ``--max-flow-packets N`` also cuts every
+flow to its first N packets.  The script prints the packets per flow it wrote.
 """
 
 from __future__ import annotations
@@ -23,7 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dpkt  # noqa: E402
 
+from services.capture.decode import decode  # noqa: E402
 from services.capture.sources import CaptureFileError, FileSource  # noqa: E402
+
+PROFILES = {"issue12": {"max_flow_packets": 0, "one_way_tcp_every": 3}}
 
 ETH_HDR4 = b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00"
 ETH_HDR6 = b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x86\xdd"
@@ -89,17 +102,75 @@ def load_corpus(corpus: Path) -> list[list[tuple[float, bytes]]]:
     return files
 
 
+def flow_key(frame: bytes) -> tuple | None:
+    """(unordered endpoint key, key of this direction) of an Ethernet frame, or None (not IP)."""
+    r = decode(frame, 1)
+    if r[0]:
+        return None
+    _k, _ver, proto, src, dst, sp, dp = r[:7]
+    vlan = r[13]
+    a, b = (src, sp), (dst, dp)
+    return (proto, vlan, min(a, b), max(a, b)), (proto, vlan, a, b)
+
+
+def apply_profile(files: list[list[tuple[float, bytes]]], max_flow_packets: int,
+                  one_way_tcp_every: int) -> tuple[list[list[tuple[float, bytes]]], int]:
+    """Cut every flow to its first packets and make every n-th TCP flow one-way; returns (files, flows)."""
+    out = []
+    nflows = 0
+    for frames in files:
+        seen: dict[tuple, list] = {}   # flow -> [packets kept, first direction key or None (two-way)]
+        tcp_flows = 0
+        kept = []
+        for ts, fr in frames:
+            k = flow_key(fr)
+            if k is None:
+                kept.append((ts, fr))
+                continue
+            fk, dk = k
+            st = seen.get(fk)
+            if st is None:
+                one_way = None
+                if fk[0] == 6:
+                    tcp_flows += 1
+                    if one_way_tcp_every and tcp_flows % one_way_tcp_every == 0:
+                        one_way = dk
+                st = seen[fk] = [0, one_way]
+            if st[1] is not None and dk != st[1]:
+                continue
+            if max_flow_packets and st[0] >= max_flow_packets:
+                continue
+            st[0] += 1
+            kept.append((ts, fr))
+        nflows += len(seen)
+        if kept:
+            out.append(kept)
+    return out, nflows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--packets", type=int, default=1_000_000)
     default_corpus = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus" / "ndpi" / "dev"
     ap.add_argument("--corpus", default=str(default_corpus))
+    ap.add_argument("--profile", choices=sorted(PROFILES), help="a named flow profile (sets the two options below)")
+    ap.add_argument("--max-flow-packets", type=int, default=0, help="keep at most this many packets of each flow")
+    ap.add_argument("--one-way-tcp-every", type=int, default=0, help="every n-th TCP flow keeps one direction only")
     args = ap.parse_args(argv)
+    if args.profile:
+        for k, v in PROFILES[args.profile].items():
+            setattr(args, k, v)
     files = load_corpus(Path(args.corpus))
     if not files:
         print(f"error: no usable captures in {args.corpus}", file=sys.stderr)
         return 1
+    flows_per_replica = 0
+    if args.max_flow_packets or args.one_way_tcp_every:
+        files, flows_per_replica = apply_profile(files, args.max_flow_packets, args.one_way_tcp_every)
+        per_replica = sum(len(f) for f in files)
+        print(f"profile: {per_replica} packets in {flows_per_replica} flows per replica "
+              f"({per_replica / max(1, flows_per_replica):.1f} packets per flow)")
     written = 0
     t = 1_700_000_000.0
     with open(args.out, "wb") as fh:

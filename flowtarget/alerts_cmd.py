@@ -102,10 +102,12 @@ async def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from shared.subjects import all_of, subject
 
     out = out or sys.stdout
+    from shared.runner import ConfigError, load_settings
+
     try:
-        settings = CommonSettings(nats_url=args.nats) if args.nats else CommonSettings()
-    except ValueError as exc:
-        print(f"flowtarget alerts: bad settings: {exc}".splitlines()[0], file=sys.stderr)
+        settings = load_settings(CommonSettings, **({"nats_url": args.nats} if args.nats else {}))
+    except ConfigError as exc:
+        print(f"flowtarget alerts: configuration error: {exc}", file=sys.stderr)
         return 2
     filt = subject("alert", "*", args.type) if args.type else all_of("alert")
     try:

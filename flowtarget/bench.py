@@ -1,4 +1,4 @@
-"""``flowtarget bench capture|classify|store|block``: benchmarks that print figures.
+"""``flowtarget bench capture|classify|store|block|live|pipeline``: benchmarks that print figures.
 
 Figures are printed, never asserted: speed depends on the machine.  With
 ``--json`` the last line is one JSON object.
@@ -38,6 +38,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     from services.capture.livebench import add_arguments as live_arguments
 
     live_arguments(lv)
+    pp = bsub.add_parser("pipeline", help="CPU seconds per service and nats-server, messages and bytes per subject")
+    from flowtarget.bench_pipeline import add_arguments as pipeline_arguments
+
+    pipeline_arguments(pp)
     bl = bsub.add_parser("block", help="trigger-to-injection latency in a namespace lab (root)")
     from services.block.bench import add_arguments as block_arguments
 
@@ -210,6 +214,10 @@ def bench_command(args: argparse.Namespace) -> int:
         argv += ["--nats", args.nats or os.environ.get("FT_NATS_URL") or "embedded"]
         argv += ["--influx", args.influx] if args.influx else []
         return int(store_main(argv) or 0)
+    if args.target == "pipeline":
+        from flowtarget.bench_pipeline import bench_pipeline
+
+        return bench_pipeline(args)
     if args.target == "live":
         from services.capture.livebench import bench_command as live_bench
 

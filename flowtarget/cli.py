@@ -1,8 +1,8 @@
 """The ``flowtarget`` command.
 
     flowtarget capture|classify|store|block      one service, configured from FT_* variables
-    flowtarget run [--iface IF | --pcap FILE...] [--nats URL] [--rules FILE] [--out DIR]
-    flowtarget analyze PCAP [PCAP ...] [--jsonl FILE|-] [--out DIR]
+    flowtarget run [--iface IF | --pcap FILE...] [--nats URL] [--rules FILE] [--out DIR] [--format jsonl|eve]
+    flowtarget analyze PCAP [PCAP ...] [--jsonl FILE|-] [--out DIR [--format jsonl|eve]]
     flowtarget bench capture|classify|store|block ...
     flowtarget rules add|list|remove|load ...
     flowtarget alerts [--follow] [--type T] [--json]
@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -57,7 +58,8 @@ def run_one_service(name: str, overrides: dict[str, Any] | None = None) -> int:
         print(f"flowtarget {name}: not available: {exc}", file=sys.stderr)
         return 1
     settings_cls = getattr(settings_mod, settings_name)
-    return run_service(name, settings_cls, module.main, **(overrides or {}))
+    return run_service(name, settings_cls, module.main, check=getattr(module, "check_settings", None),
+                       **(overrides or {}))
 
 
 def run_web() -> int:
@@ -88,6 +90,12 @@ def run_capture(args: argparse.Namespace) -> int:
         overrides["shards"] = args.shards
     try:
         settings = load_settings(CaptureSettings, **overrides)
+        if settings.capture_role != "detect":
+            from services.capture.sources import check_settings
+            from shared.settings import DetectSettings
+
+            check_settings(settings)    # interface, files, filter: before any child starts
+            load_settings(DetectSettings)   # the detectors' thresholds, read by its process
     except ConfigError as exc:
         print(f"flowtarget capture: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -175,8 +183,44 @@ def check_capture_files(paths: list[str]) -> tuple[list[str], list[str]]:
     return ok, errors
 
 
+class ProgressLine:
+    """The terminal's progress line of a replay: file k of N, bytes read of the total, packets/s, ETA.
+
+    Fed by capture's ``ft.stats.<probe>.progress`` messages (within a file, twice a second) and by
+    its per-file final stats.  Sizes are bytes on disk, so the ETA holds for compressed files too.
+    """
+
+    def __init__(self, files: list[str]) -> None:
+        self.sizes = []
+        for f in files:
+            try:
+                self.sizes.append(os.path.getsize(f))
+            except OSError:
+                self.sizes.append(0)
+        self.total = sum(self.sizes)
+        self.started = time.monotonic()
+        self.packets_before = 0     # packets of the files already finished
+
+    def file_done(self, done: int, packets: int) -> None:
+        self.packets_before = packets
+
+    def text(self, st: dict[str, Any], now: float) -> str:
+        k = max(1, min(int(st.get("file", 1) or 1), len(self.sizes) or 1))
+        read = sum(self.sizes[:k - 1]) + max(0, int(st.get("bytes_read", 0) or 0))
+        packets = self.packets_before + max(0, int(st.get("packets", 0) or 0))
+        el = max(now - self.started, 1e-6)
+        pct = 100.0 * read / self.total if self.total else 0.0
+        eta = (self.total - read) * el / read if read else 0.0
+        return (f"[{k}/{len(self.sizes)}] {safe(st.get('source', ''), 30)}: {read / 1e6:,.0f} of "
+                f"{self.total / 1e6:,.0f} MB ({pct:.0f} %), {packets / el:,.0f} packets/s, ETA {eta:.0f} s")
+
+    def update(self, st: dict[str, Any]) -> None:
+        print("\r" + self.text(st, time.monotonic()) + " " * 8, end="", file=sys.stderr, flush=True)
+
+
 async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_env: dict[str, str],
-                              progress: bool) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
+                              progress: bool, out_format: str = "jsonl"
+                              ) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
     """Run all services over files, drain, return (status, stored events, capture stats)."""
     import nats
 
@@ -186,24 +230,30 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
     nc = await nats.connect(orch.nats_url)
     started = time.monotonic()
     total = len(files)
+    line = ProgressLine(files)
 
     async def on_stats(msg: Any) -> None:
         try:
             st = json.loads(msg.data)
         except ValueError:
             return
+        if msg.subject.endswith(".progress"):    # capture inside a file: bytes read, packets
+            if progress and isinstance(st, dict):
+                line.update(st)
+            return
         stats.append(st)
         if progress and st.get("finished"):
             done = sum(1 for s in stats if s.get("finished"))
             pk = sum(int(s.get("packets", 0)) for s in stats if s.get("finished"))
+            line.file_done(done, pk)
             el = time.monotonic() - started
-            print(f"\r[{done}/{total}] {pk:,} packets, {el:.0f} s  {st.get('source', '')[:40]:40}",
-                  end="", file=sys.stderr, flush=True)
+            print(f"\r[{done}/{total}] {pk:,} packets, {el:.0f} s  {safe(st.get('source', ''), 40):40}"
+                  + " " * 30, end="", file=sys.stderr, flush=True)
 
     await nc.subscribe("ft.stats.>", cb=on_stats)
     collector = await StreamCollector(orch.settings).start()   # reads what is stored while the run goes on
     p = orch.pipeline
-    env_store = {"FT_OUT_DIR": str(out_dir)}
+    env_store = {"FT_OUT_DIR": str(out_dir), "FT_OUT_FORMAT": out_format}
     for name in ("classify", "store", "block"):
         if service_available(name):
             p.start(name, env_store if name == "store" else None)
@@ -238,8 +288,9 @@ def flow_line(ev: dict[str, Any]) -> dict[str, Any]:
     out = {"pcap": ev.get("source", "")}
     for k in ("transport", "src_ip", "src_port", "dst_ip", "dst_port", "app_protocol", "application", "host",
               "category", "confidence", "first_seen", "last_seen", "duration_ms", "src2dst_packets",
-              "src2dst_bytes", "dst2src_packets", "dst2src_bytes", "vlan_id", "tunnel", "end_reason", "flow_id",
-              "probe", "src_mac", "dst_mac", "src2dst_tcp_flags", "dst2src_tcp_flags", "ip_version"):
+              "src2dst_bytes", "dst2src_packets", "dst2src_bytes", "vlan_id", "tunnel", "tunnel_src_ip",
+              "tunnel_dst_ip", "tunnel_id", "end_reason", "flow_id", "probe", "src_mac", "dst_mac",
+              "src2dst_tcp_flags", "dst2src_tcp_flags", "ip_version"):
         out[k] = ev.get(k)
     return out
 
@@ -297,6 +348,13 @@ def summarize(flows: list[dict[str, Any]], dns: list[dict[str, Any]], alerts: li
         names = Counter(d.get("query_name", "") for d in dns if d.get("query_name"))
     lines.append("")
     lines.append(f"DNS: {len(dns):,} messages, {len(names):,} distinct names")
+    bad = Counter(str(d.get("error")) for d in dns if d.get("error"))
+    over_tcp = sum(1 for d in dns if d.get("transport") == "TCP")
+    paired = sum(1 for d in dns if d.get("rtt_ms") is not None)
+    lines.append(f"  over TCP: {over_tcp:,}   responses paired with their query: {paired:,}   "
+                 f"malformed (logged with the reason): {sum(bad.values()):,}")
+    for reason, cnt in bad.most_common(5):
+        lines.append(f"    {safe(reason, 58):<58}{cnt:>8,}")
     for name, cnt in names.most_common(10):
         lines.append(f"  {safe(name, 60):<60}{cnt:>8,}")
     lines.append("")
@@ -314,14 +372,39 @@ def safe(text: Any, limit: int) -> str:
     return safe_text(text, limit)
 
 
+def preflight(cmd: str, args: argparse.Namespace, per_service: dict[str, dict[str, str]]) -> int:
+    """Before anything starts: the NATS URL answers (when given) and every service would take its
+    configuration.  Returns 0, or prints one line and returns the exit status (2: configuration)."""
+    from flowtarget.orchestrate import base_env, check_nats, check_service_config
+    from shared.runner import ConfigError
+
+    nats_url = args.nats or "nats://127.0.0.1:4222"
+    try:
+        for name, extra in per_service.items():
+            if service_available(name):
+                check_service_config(name, base_env(nats_url, args.probe, extra))
+    except ConfigError as exc:
+        print(f"flowtarget {cmd}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.nats:
+        reason = asyncio.run(check_nats(args.nats))
+        if reason:
+            print(f"flowtarget {cmd}: --nats: {reason}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from flowtarget.orchestrate import Orchestrator
+    from flowtarget.orchestrate import Orchestrator, pcap_env
 
     files, errors = check_capture_files(args.pcaps)
     for e in errors:
         print(f"flowtarget analyze: {e}", file=sys.stderr)
     if not files:
         return 1
+    code = preflight("analyze", args, {"capture": pcap_env(files), "classify": {}, "store": {}, "block": {}})
+    if code:
+        return code
     started = time.monotonic()
     tmp = None
     if args.out:
@@ -334,7 +417,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                         env={"FT_STREAM_STORAGE": "file"})
     try:
         status, events, stats = asyncio.run(
-            _pipeline_for_files(orch, files, out_dir, {}, progress=not args.no_progress and sys.stderr.isatty() or args.progress))
+            _pipeline_for_files(orch, files, out_dir, {}, progress=not args.no_progress and sys.stderr.isatty() or args.progress,
+                                out_format=args.format))
     finally:
         orch.close()
     flows = [e for e in events if e.get("event_type") == "flow" and e.get("phase") == "end"]
@@ -363,9 +447,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     if bool(args.iface) == bool(args.pcap):
         print("flowtarget run: give exactly one of --iface IF or --pcap FILE", file=sys.stderr)
         return 2
+    if args.iface:
+        import socket
+
+        try:
+            socket.if_nametoindex(args.iface)
+        except OSError:
+            print(f"flowtarget run: --iface {args.iface}: no such network interface", file=sys.stderr)
+            return 2
+    from flowtarget.orchestrate import pcap_env
+
+    live = {"FT_IFACE": args.iface} if args.iface else {}
+    checks = {"classify": {}, "store": {}, "block": live}
+    readable = check_capture_files(args.pcap)[0] if args.pcap else []
+    if args.iface or readable:        # (no readable file: reported below, one line per file)
+        checks["capture"] = live if args.iface else pcap_env(readable)
+    code = preflight("run", args, checks)
+    if code:
+        return code
     env: dict[str, str] = {}
     if args.out:
         env["FT_OUT_DIR"] = str(Path(args.out).resolve())
+    env["FT_OUT_FORMAT"] = args.format
     orch = Orchestrator(args.nats, probe=args.probe, log_dir=None)
     orch.pipeline.env.update(env)
     try:
@@ -387,10 +490,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                 return 1
             out_dir = Path(args.out) if args.out else Path("flowtarget-out")
             out_dir.mkdir(parents=True, exist_ok=True)
-            status, events, stats = asyncio.run(_pipeline_for_files(orch, files, out_dir.resolve(), {}, progress=True))
+            status, events, stats = asyncio.run(_pipeline_for_files(orch, files, out_dir.resolve(), {}, progress=True,
+                                                                    out_format=args.format))
             flows = sum(1 for e in events if e.get("event_type") == "flow" and e.get("phase") == "end")
-            logged = out_dir / "flows.jsonl"
-            n_log = sum(1 for _ in open(logged)) if logged.exists() else 0
+            if args.format == "eve":
+                logged = out_dir / "eve.json"
+                n_log = sum(1 for x in open(logged) if '"event_type":"flow"' in x) if logged.exists() else 0
+            else:
+                logged = out_dir / "flows.jsonl"
+                n_log = sum(1 for _ in open(logged)) if logged.exists() else 0
             print(f"flowtarget run: {len(files)} file(s) replayed, {flows} flows, {n_log} in the access log; "
                   f"output in {out_dir}", file=sys.stderr)
             return 1 if errors else status
@@ -461,6 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--nats", help="NATS URL (default: start an embedded nats-server)")
     rp.add_argument("--rules", help="YAML rules file to load into the rules bucket")
     rp.add_argument("--out", help="directory for JSON-lines output (default ./flowtarget-out with --pcap)")
+    rp.add_argument("--format", choices=("jsonl", "eve"), default="jsonl",
+                    help="files in --out: jsonl (one per measurement) or eve (eve.json for SIEMs)")
     rp.add_argument("--probe", default=os.environ.get("FT_PROBE", "probe1"))
     rp.add_argument("--shards", type=int, default=0)
     rp.add_argument("--enforce", action="store_true",
@@ -470,6 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("pcaps", nargs="+", metavar="PCAP")
     an.add_argument("--jsonl", help="write one JSON object per flow to FILE (- for stdout)")
     an.add_argument("--out", help="directory for flows.jsonl, dns.jsonl, alerts.jsonl")
+    an.add_argument("--format", choices=("jsonl", "eve"), default="jsonl",
+                    help="files in --out: jsonl (one per measurement, as InfluxDB gets them) or eve "
+                         "(eve.json, Suricata eve.json-compatible lines for SIEMs)")
     an.add_argument("--nats", help="NATS URL (default: embedded nats-server)")
     an.add_argument("--probe", default="analyze")
     an.add_argument("--verbose", action="store_true", help="services log at INFO")
@@ -517,6 +630,10 @@ def _main(argv: list[str] | None = None) -> None:
     elif cmd == "bench":
         code = cmd_bench(args)
     else:
+        # a client command: nats-py's own error log (a traceback per failed connection attempt)
+        # says nothing the command's one-line error does not
+        logging.getLogger("nats.aio.client").setLevel(logging.CRITICAL)
+        logging.getLogger("flowtarget.bus").setLevel(logging.ERROR)   # per-attempt "NATS error" lines
         handler = getattr(args, "func", None)
         if handler is None:
             print(f"flowtarget: unknown command {cmd}", file=sys.stderr)

@@ -77,8 +77,57 @@ class Pipeline:
                 codes[n] = p.wait()
         return codes
 
+    def check(self, name: str, extra_env: dict[str, str] | None = None) -> None:
+        """Raise ConfigError (one line naming the variable) when service ``name`` would refuse its
+        configuration: its settings as the child would build them, and its module's ``check_settings``."""
+        check_service_config(name, {**self.env, **(extra_env or {})})
+
     def failed(self) -> dict[str, int]:
         return {n: p.returncode for n, p in self.procs.items() if p.poll() is not None and p.returncode not in (0, None)}
+
+
+SETTINGS = {"capture": "CaptureSettings", "classify": "ClassifySettings", "store": "StoreSettings",
+            "block": "BlockSettings"}
+CHECKS = {"capture": "services.capture.sources"}    # modules with a check_settings(settings)
+
+
+def check_service_config(name: str, env: dict[str, str]) -> None:
+    """Build service ``name``'s settings from ``env`` (FT_* variables) as its process would; ConfigError if bad."""
+    import importlib
+
+    from shared import settings as settings_mod
+    from shared.runner import load_settings
+
+    cls = getattr(settings_mod, SETTINGS[name])
+    fields = {}
+    for key, value in env.items():
+        if not key.startswith("FT_"):
+            continue
+        fname = key[3:].lower()
+        if fname in cls.model_fields:
+            fields[fname] = value
+    settings = load_settings(cls, **fields)
+    if name == "capture":       # its detectors' process reads the alert thresholds
+        load_settings(settings_mod.DetectSettings, **{k: v for k, v in ((k[3:].lower(), v) for k, v in env.items()
+                                                                        if k.startswith("FT_"))
+                                                       if k in settings_mod.DetectSettings.model_fields})
+    if name in CHECKS:
+        importlib.import_module(CHECKS[name]).check_settings(settings)
+
+
+async def check_nats(url: str, timeout_s: float = 3.0) -> str:
+    """'' when a NATS server answers at ``url``, else a one-line reason (no retries, no tracebacks)."""
+    async def quiet(_exc: Exception) -> None:
+        return None
+
+    try:
+        nc = await nats.connect(servers=[u.strip() for u in url.split(",")], connect_timeout=timeout_s,
+                                allow_reconnect=False, max_reconnect_attempts=1,
+                                reconnect_time_wait=0.1, error_cb=quiet)
+    except Exception as exc:  # noqa: BLE001 - any failure is the answer
+        return f"cannot connect to NATS at {url}: {exc or type(exc).__name__}"
+    await nc.close()
+    return ""
 
 
 def base_env(nats_url: str, probe: str, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -89,6 +89,9 @@ class FlowRecord(Event):
     src_mac: str = Field(default="", max_length=17, description="Source MAC of the first frame, aa:bb:cc:dd:ee:ff.")
     dst_mac: str = Field(default="", max_length=17, description="Destination MAC of the first frame.")
     tunnel: str = Field(default="", max_length=16, description="Outer encapsulation the flow was carried in (GRE, VXLAN, GTP), empty when none.")
+    tunnel_src_ip: str = Field(default="", max_length=45, description="Outer tunnel endpoint on src's side (the outer source address of src's packets; with nested tunnels the outermost), from the flow's first packet; empty when not tunnelled.")
+    tunnel_dst_ip: str = Field(default="", max_length=45, description="Outer tunnel endpoint on dst's side, from the flow's first packet; empty when not tunnelled.")
+    tunnel_id: int = Field(default=0, ge=0, le=0xFFFFFFFF, description="Tunnel id from the flow's first packet: GRE key (PPTP: call id), VXLAN VNI, GTP-U TEID; 0 when none (IP-in-IP, no key, not tunnelled).")
     app_protocol: str = Field(default="Unknown", max_length=64, description="nDPI protocol name from classify's verdict, Unknown when none.")
     application: str = Field(default="", max_length=64, description="Application (e.g. Google, YouTube) from classify's verdict.")
     category: str = Field(default="", max_length=64, description="Category from classify's verdict.")
@@ -157,13 +160,23 @@ class PacketEvent(Event):
 
 
 class HttpInfo(_Model):
+    """One HTTP/1.x request and its response, as far as the samples reach.  Strings are
+    represented text (shared/text.py)."""
+
     method: str = Field(default="", max_length=32)
     host: str = Field(default="", max_length=512)
-    url: str = Field(default="", max_length=4096)
+    url: str = Field(default="", max_length=4096, description="Request target (URI) as sent.")
     user_agent: str = Field(default="", max_length=1024)
     status_code: int = Field(default=0, ge=0, le=999)
-    content_type: str = Field(default="", max_length=256)
+    content_type: str = Field(default="", max_length=256, description="Response Content-Type.")
     server: str = Field(default="", max_length=256)
+    version: str = Field(default="", max_length=16, description="Request's HTTP version, e.g. 1.1.")
+    referer: str = Field(default="", max_length=4096)
+    status_msg: str = Field(default="", max_length=256, description="Response reason phrase.")
+    request_content_type: str = Field(default="", max_length=256)
+    request_body_len: int = Field(default=0, ge=0, description="Request body bytes (Content-Length, or chunks seen).")
+    response_body_len: int = Field(default=0, ge=0, description="Response body bytes (Content-Length, or chunks seen).")
+    trans_depth: int = Field(default=1, ge=1, description="Position of this request on its connection, 1 first (as Zeek's trans_depth).")
 
 
 class TlsInfo(_Model):
@@ -175,7 +188,12 @@ class TlsInfo(_Model):
     ja3s: str = Field(default="", max_length=64)
     cipher: str = Field(default="", max_length=64)
     server_names: list[str] = Field(default_factory=list, description="Certificate subject CN and SANs, where visible.")
-    issuer: str = Field(default="", max_length=512)
+    issuer: str = Field(default="", max_length=512, description="Issuer CN of the server certificate.")
+    cert_subject: str = Field(default="", max_length=1024, description="Server certificate subject, RFC 4514 text (TLS <= 1.2).")
+    cert_issuer: str = Field(default="", max_length=1024, description="Server certificate issuer, RFC 4514 text.")
+    cert_serial: str = Field(default="", max_length=128, description="Server certificate serial number, upper-case hex.")
+    cert_not_before: float = Field(default=0.0, description="Certificate validity start, Unix epoch seconds (0: not seen).")
+    cert_not_after: float = Field(default=0.0, description="Certificate validity end, Unix epoch seconds (0: not seen).")
 
 
 class QuicInfo(_Model):
@@ -205,6 +223,7 @@ class Verdict(Event):
     confidence: Literal["dpi", "port", "ip", "unknown"] = Field(default="unknown", description="dpi: payload inspection; port: a guess from the port; ip: from an address list.")
     host: str = Field(default="", max_length=512, description="HTTP Host, TLS/QUIC SNI, DNS query name, ...")
     http: HttpInfo | None = None
+    http_transactions: list[HttpInfo] = Field(default_factory=list, max_length=64, description="Every request/response pair of the connection the samples reached, in order (the first is ``http``).")
     tls: TlsInfo | None = None
     quic: QuicInfo | None = None
     ssh: SshInfo | None = None
@@ -220,23 +239,54 @@ class Verdict(Event):
     dst2src_ack: int = Field(default=0, ge=0)
 
 
+class DnsQuestion(_Model):
+    name: str = Field(max_length=1024, description="Query name, represented text (shared/text.py).")
+    rtype: str = Field(default="", max_length=16, description="A, AAAA, ... or the number as text.")
+    rclass: str = Field(default="", max_length=16, description="IN, CH, ... or the number as text.")
+
+
 class DnsAnswer(_Model):
-    name: str = Field(max_length=1024)
+    """One resource record (answer, authority or additional section)."""
+
+    name: str = Field(max_length=1024, description="Owner name, represented text.")
     rtype: str = Field(max_length=16, description="A, AAAA, CNAME, ...")
     ttl_s: int = Field(default=0, ge=0)
-    data: str = Field(default="", max_length=2048)
+    data: str = Field(default="", max_length=2048, description="RDATA as text (addresses, names, ...), hex for other types.")
+    rclass: str = Field(default="", max_length=16, description="IN, CH, ...; for OPT records the UDP payload size.")
+
+
+DnsFlagName = Literal["aa", "tc", "rd", "ra", "z", "ad", "cd"]
 
 
 class DnsRecord(Event):
-    """One DNS message (query or response), for the DNS log."""
+    """One DNS message (query or response), for the DNS log.
+
+    The envelope is the flow's: src is the endpoint that sent the flow's first
+    packet (the client), whatever side sent this message (``from_src``).  A
+    response whose query this classify replica saw is a transaction record:
+    ``query_time`` and ``rtt_ms`` are set.  A message that cannot be parsed is
+    a record too, with ``error`` naming why and the header fields read so far.
+    """
 
     event_type: Literal["dns"] = "dns"
     transaction_id: int = Field(ge=0, le=65535)
     is_response: bool
-    query_name: str = Field(default="", max_length=1024)
+    query_name: str = Field(default="", max_length=1024, description="First question's name, represented text.")
     query_type: str = Field(default="", max_length=16)
     rcode: str = Field(default="", max_length=16, description="NOERROR, NXDOMAIN, ... (responses only).")
     answers: list[DnsAnswer] = Field(default_factory=list)
+    src_mac: str = Field(default="", max_length=17, description="MAC of src (the flow's first frame).")
+    dst_mac: str = Field(default="", max_length=17)
+    from_src: bool = Field(default=True, description="True when src sent this message.")
+    opcode: int = Field(default=0, ge=0, le=15, description="0 QUERY, 1 IQUERY, 2 STATUS, 4 NOTIFY, 5 UPDATE.")
+    flags: list[DnsFlagName] = Field(default_factory=list, description="Header flags set: aa, tc, rd, ra, z, ad, cd.")
+    query_class: str = Field(default="", max_length=16)
+    questions: list[DnsQuestion] = Field(default_factory=list, max_length=64)
+    authorities: list[DnsAnswer] = Field(default_factory=list, max_length=512)
+    additionals: list[DnsAnswer] = Field(default_factory=list, max_length=512)
+    query_time: float = Field(default=0.0, description="Responses: capture time of the matching query, Unix epoch seconds (0: not seen).")
+    rtt_ms: float | None = Field(default=None, ge=0, description="Responses: time from the query to this response in milliseconds (None: query not seen).")
+    error: str = Field(default="", max_length=128, description="Why the message could not be parsed (or was cut short), empty when it parsed.")
 
 
 # --------------------------------------------------------------------------- alerts and blocks
@@ -259,6 +309,11 @@ class Alert(Event):
     evidence_pcap: str = Field(default="", max_length=1024, description="Path of the evidence pcap capture wrote, if any.")
     rule_id: str = Field(default="", max_length=128, description="policy alerts: id of the rule that matched.")
     details: dict[str, str] = Field(default_factory=dict)
+    started_at: float = Field(default=0.0, description="When the attack started: packet time of its first evidence (0 = unknown).")
+    rate: float = Field(default=0.0, ge=0, description="Measured rate of the attack so far (rate_unit), over the time it was seen.")
+    rate_unit: str = Field(default="", max_length=32, description="Unit of rate: packets/s, flows/s, queries/s, targets/s.")
+    top_sources: list[str] = Field(default_factory=list, max_length=16, description="Most active sources (addresses or MACs), busiest first.")
+    top_targets: list[str] = Field(default_factory=list, max_length=16, description="Most hit targets (address, address:port, domain), busiest first.")
 
 
 BlockOutcome = Literal["won", "lost", "unknown", "dry_run", "not_possible", "rate_limited", "allowlisted"]

@@ -35,13 +35,24 @@ class ConfigError(Exception):
     """A fatal configuration problem, reported as one line."""
 
 
+class FatalError(Exception):
+    """A service cannot go on (e.g. its capture interface disappeared): one line, exit status 1,
+    after the service's own cleanup has run."""
+
+
 def config_error_line(exc: ValidationError, env_prefix: str = "FT_") -> str:
     """One line naming each bad setting by its environment variable."""
     parts = []
     for err in exc.errors():
-        loc = "_".join(str(p) for p in err.get("loc", ())).upper()
-        parts.append(f"{env_prefix}{loc}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts)
+        loc = "_".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int)).upper()
+        name = loc if loc.startswith(env_prefix) else env_prefix + loc
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if err.get("type") not in ("value_error", "assertion_error") and isinstance(err.get("input"), (str, int, float)):
+            msg += f" (got {str(err['input'])[:60]!r})"
+        part = f"{name}: {msg}"
+        if part not in parts:
+            parts.append(part)
+    return " ".join("; ".join(parts).split())      # one line, whatever the messages hold
 
 
 def load_settings(settings_cls: type[S], **overrides: Any) -> S:
@@ -111,10 +122,18 @@ async def serve(name: str, settings: CommonSettings, main: ServiceMain, stop: as
         log.info("%s stopped", name)
 
 
-def run_service(name: str, settings_cls: type[S], main: ServiceMain, **overrides: Any) -> int:
-    """Entry point of ``flowtarget <service>``: returns the process exit status."""
+def run_service(name: str, settings_cls: type[S], main: ServiceMain, check: Callable[[Any], None] | None = None,
+                **overrides: Any) -> int:
+    """Entry point of ``flowtarget <service>``: returns the process exit status.
+
+    ``check(settings)`` (the service module's ``check_settings``) runs before
+    anything connects: what the settings name must exist (interfaces, files,
+    filters); it raises ConfigError with the variable's name.
+    """
     try:
         settings = load_settings(settings_cls, **overrides)
+        if check is not None:
+            check(settings)
     except ConfigError as exc:
         print(f"flowtarget {name}: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -124,6 +143,9 @@ def run_service(name: str, settings_cls: type[S], main: ServiceMain, **overrides
     except ConfigError as exc:
         print(f"flowtarget {name}: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except FatalError as exc:
+        print(f"flowtarget {name}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         pass
     return 0

@@ -4,23 +4,90 @@ Every service builds one frozen settings object at start.  ``CommonSettings``
 holds what every service needs (NATS, probe name, JetStream stream limits);
 each service's settings class extends it.  A bad value stops the service at
 start with a one-line reason (see ``shared.runner``).
+
+List settings (``FT_PCAP``, ``FT_ALLOWLIST``, ...) take a JSON list or
+comma-separated values: ``FT_ALLOWLIST=10.0.0.0/8,192.168.1.1`` is
+``FT_ALLOWLIST='["10.0.0.0/8","192.168.1.1"]'``.  Environment values are never
+JSON-decoded by pydantic-settings itself (``enable_decoding=False``): the one
+before-validator of ``FTSettings`` parses list values, so a malformed one is a
+validation error naming its variable, not a traceback.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.subjects import check_token
 
 
-class CommonSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FT_", frozen=True, extra="ignore", env_nested_delimiter="__")
+def _is_list(annotation: Any) -> bool:
+    if typing.get_origin(annotation) in (list, tuple, set, frozenset):
+        return True
+    return any(_is_list(a) for a in typing.get_args(annotation)) if typing.get_origin(annotation) is typing.Union else False
+
+
+def _is_dict(annotation: Any) -> bool:
+    if typing.get_origin(annotation) is dict or annotation is dict:
+        return True
+    return any(_is_dict(a) for a in typing.get_args(annotation)) if typing.get_origin(annotation) is typing.Union else False
+
+
+def parse_dict(value: str) -> dict[str, Any]:
+    """A mapping setting's text: a JSON object (blank = empty)."""
+    text = value.strip()
+    if not text:
+        return {}
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not a JSON object ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(parsed, dict):
+        raise ValueError("not a JSON object")
+    return parsed
+
+
+def parse_list(value: str) -> list[Any]:
+    """A list setting's text: a JSON list, or comma-separated values (blank = empty list)."""
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"not a JSON list ({exc.msg} at character {exc.pos}); "
+                             "give a JSON list or comma-separated values") from None
+        if not isinstance(parsed, list):
+            raise ValueError("not a JSON list")
+        return parsed
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+class FTSettings(BaseSettings):
+    """Base of every settings class: ``FT_`` prefix, frozen, lists as JSON or comma-separated, mappings as JSON objects."""
+
+    model_config = SettingsConfigDict(env_prefix="FT_", frozen=True, extra="ignore", enable_decoding=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _lists_from_text(cls, v: Any, info: ValidationInfo) -> Any:
+        if isinstance(v, str) and info.field_name is not None:
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and _is_list(field.annotation):
+                return parse_list(v)
+            if field is not None and _is_dict(field.annotation):
+                return parse_dict(v)
+        return v
+
+
+class CommonSettings(FTSettings):
 
     probe: str = Field(default="probe1", description="Probe name, used in subjects and stored records.")
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="Comma-separated NATS server URLs.")
@@ -66,6 +133,8 @@ class CaptureSettings(CommonSettings):
     active_timeout_s: float = Field(default=1800.0, gt=0)
     tcp_closed_timeout_s: float = Field(default=2.0, ge=0, description="Packets of a FIN/RST-closed flow that arrive within this time still count to it.")
     update_interval_s: float = Field(default=60.0, gt=0, description="Periodic update records for long flows.")
+    hot_packets: int = Field(default=100, ge=0, description="Live updates for the alert detectors (core NATS ft.live.<probe>, never stored): a flow other than TCP/UDP (ICMP, ...) that got this many packets since its previous check, checked at most every hot_interval_s; 0 = none.")
+    hot_interval_s: float = Field(default=0.5, gt=0, description="Hot checks of a busy flow at most this often; a TCP flow still half-open this long after its SYN also gets a live update.")
     max_flows: int = Field(default=1_000_000, ge=16)
     sample_max_packets: int = Field(default=8, ge=1, le=64, description="Payload packets per direction sent to classify.")
     sample_max_bytes: int = Field(default=4096, ge=64, le=65536, description="Payload bytes per direction sent to classify.")
@@ -74,6 +143,11 @@ class CaptureSettings(CommonSettings):
     batch_interval_s: float = Field(default=0.2, gt=0)
     evidence_dir: Path = Field(default=Path("/var/lib/flowtarget/evidence"))
     evidence_packets: int = Field(default=32, ge=0, le=10000, description="Recent raw packets kept per flow for evidence.")
+    evidence_max_mb: float = Field(default=1024.0, gt=0, description="Bytes capture writes into evidence_dir (recordings and flow evidence); beyond, new evidence is refused and counted.")
+    recording_max_active: int = Field(default=4, ge=1, le=1000, description="ft.ctl pcap recordings at once; further requests are refused and counted.")
+    recording_max_packets: int = Field(default=100_000, ge=1, description="Packets per ft.ctl pcap recording (it ends there, counted as truncated).")
+    recording_max_mb: float = Field(default=64.0, gt=0, description="Bytes on disk per ft.ctl pcap recording (it ends there, counted as truncated).")
+    ctl_requests_per_s: float = Field(default=20.0, gt=0, description="ft.ctl pcap and evidence requests served per second (burst twice that); more are refused and counted.")
     replay_realtime: bool = Field(default=False, description="Replay files at their recorded pace instead of as fast as possible.")
     capture_role: str = Field(default="capture", pattern="^(capture|detect)$",
                               description="detect: run the alert detectors' process (started by flowtarget capture itself).")
@@ -108,8 +182,23 @@ class StoreSettings(CommonSettings):
     influx_org: str = Field(default="flowtarget")
     influx_bucket: str = Field(default="flowtarget")
     influx_create_bucket: bool = True
+    @field_validator("influx_url")
+    @classmethod
+    def _influx_url(cls, v: str) -> str:
+        if not v:
+            return v
+        try:
+            parts = urlsplit(v)
+            parts.port   # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"{v!r} is not a URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{v!r} is not an http:// or https:// URL")
+        return v
+
     out_dir: Path | None = Field(default=None, description="Directory for JSON-lines files (the embedded default).")
     line_protocol_file: bool = Field(default=False, description="Also write influx line protocol into out_dir.")
+    out_format: Literal["jsonl", "eve"] = Field(default="jsonl", description="Files in out_dir: jsonl (one file per measurement, the InfluxDB points) or eve (eve.json, Suricata eve.json-compatible lines for SIEMs).")
     durable: str = Field(default="store", description="Durable consumer shared by all store replicas.")
     batch_size: int = Field(default=5000, ge=1)
     flush_interval_s: float = Field(default=1.0, gt=0)
@@ -190,14 +279,12 @@ class BlockSettings(CommonSettings):
         return out
 
 
-class DetectSettings(BaseSettings):
+class DetectSettings(FTSettings):
     """Thresholds of the alert detectors that run inside capture (docs/alerts.md).
 
     Rates are judged over ``*_window_s``: a rate threshold R fires when at least
     R × window events fall inside one window.
     """
-
-    model_config = SettingsConfigDict(env_prefix="FT_", frozen=True, extra="ignore")
 
     detectors: str = Field(default="arp_flood,arp_spoof,port_scan,syn_flood,icmp_flood,dns_tunnel",
                            description="Comma-separated detectors to run; empty = none.")

@@ -11,14 +11,18 @@ from typing import Literal
 
 PREFIX = "ft"
 
-Kind = Literal["sample", "packet", "flow", "verdict", "dns", "alert", "block", "stats", "ctl", "evidence"]
-KINDS: tuple[str, ...] = ("sample", "packet", "flow", "verdict", "dns", "alert", "block", "stats", "ctl", "evidence")
+Kind = Literal["sample", "packet", "flow", "verdict", "dns", "alert", "block", "stats", "ctl", "evidence", "live"]
+KINDS: tuple[str, ...] = ("sample", "packet", "flow", "verdict", "dns", "alert", "block", "stats", "ctl", "evidence",
+                          "live")
 
 # Kinds whose messages must reach storage go through JetStream (one stream).
 # Verdicts travel on core NATS (capture and block need them at once, one per
 # sample); the best verdict of each flow is stored with the flow's end record
 # in the same batch on ft.flow.<probe>, so storage gets exactly one per flow.
 STORED_KINDS: tuple[str, ...] = ("flow", "dns", "alert", "block")
+# ``ft.live.<probe>``: flow records only the alert detectors read and no store keeps: capture's
+# start records (batched) and hot records (busy flows, half-open TCP), on core NATS only, so a
+# flood adds nothing to storage; ``ft.flow`` carries update and end records.
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

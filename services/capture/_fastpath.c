@@ -7,16 +7,18 @@
  *                           tcp_flags, seq, ack, sport, dport)
  *       The meter's fast path: untagged Ethernet II, IPv4 without options,
  *       not a fragment, TCP with a sane data offset or UDP not on a tunnel
- *       port.  key is (proto, frame[26:38]): the meter's directional flow
- *       key (addresses and ports).  Anything else: None (the general decoder
- *       takes it).
+ *       port.  key is bytes((proto,)) + frame[26:38]: the meter's
+ *       directional flow key (protocol, addresses and ports), 13 bytes.
+ *       Anything else: None (the general decoder takes it).
  *
- *   pcap_records(buf, pos, big_endian, ts_unit, limit, max_record)
+ *   pcap_records(buf, pos, big_endian, ts_unit, limit, max_record[, snaplen])
  *                -> (records, new_pos, bad_caplen)
  *       Up to ``limit`` whole pcap records from ``buf`` at ``pos`` as a list
  *       of (timestamp, frame).  Stops at the first record that is not wholly
  *       in ``buf`` (the caller reads more) or whose caplen exceeds
- *       ``max_record`` (returned as bad_caplen; otherwise -1).
+ *       ``max_record`` (returned as bad_caplen; otherwise -1), or, with -2,
+ *       at a record whose caplen exceeds its original length or a non-zero
+ *       ``snaplen`` (the caller counts and reads that one itself).
  *
  *   Collector()  a callback for pypcap's dispatch(): collector(ts, frame, ...)
  *       appends (ts, bytes(frame)); collector.take() returns the list so far.
@@ -24,6 +26,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 static inline uint32_t be16(const unsigned char *p) { return ((uint32_t)p[0] << 8) | p[1]; }
 static inline uint32_t be32(const unsigned char *p) {
@@ -76,7 +79,12 @@ static PyObject *eth4(PyObject *self, PyObject *arg) {
     PyObject *t = PyTuple_New(10);
     if (t == NULL)
         return NULL;
-    PyObject *key = Py_BuildValue("(iy#)", proto, (const char *)(f + 26), (Py_ssize_t)12);
+    PyObject *key = PyBytes_FromStringAndSize(NULL, 13);
+    if (key != NULL) {
+        char *k = PyBytes_AS_STRING(key);
+        k[0] = (char)proto;
+        memcpy(k + 1, f + 26, 12);
+    }
     PyObject *items[10] = {
         key, PyLong_FromLong(proto), PyLong_FromLong(nbytes),
         PyLong_FromLong(po), PyLong_FromLong(pl), PyLong_FromLong((long)flags),
@@ -102,8 +110,8 @@ static PyObject *pcap_records(PyObject *self, PyObject *args) {
     Py_ssize_t pos, limit;
     int big;
     double unit;
-    unsigned long long max_record;
-    if (!PyArg_ParseTuple(args, "y*npdnK", &view, &pos, &big, &unit, &limit, &max_record))
+    unsigned long long max_record, snaplen = 0;
+    if (!PyArg_ParseTuple(args, "y*npdnK|K", &view, &pos, &big, &unit, &limit, &max_record, &snaplen))
         return NULL;
     const unsigned char *b = (const unsigned char *)view.buf;
     Py_ssize_t blen = view.len;
@@ -122,6 +130,10 @@ static PyObject *pcap_records(PyObject *self, PyObject *args) {
         uint32_t caplen = big ? be32(h + 8) : le32(h + 8);
         if ((unsigned long long)caplen > max_record) {
             bad = (long long)caplen;
+            break;
+        }
+        if (caplen > (big ? be32(h + 12) : le32(h + 12)) || (snaplen && caplen > snaplen)) {
+            bad = -2;
             break;
         }
         if ((Py_ssize_t)caplen > blen - pos - 16)

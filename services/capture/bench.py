@@ -30,12 +30,15 @@ __all__ = ["run_meter_bench", "measure_bytes_per_flow", "CountingSink"]
 
 class CountingSink:
     def __init__(self) -> None:
-        self.flows = self.ends = self.samples = self.packets = 0
+        self.flows = self.ends = self.samples = self.packets = self.hots = 0
 
     def flow(self, rec: Any) -> None:
         self.flows += 1
         if rec.phase == "end":
             self.ends += 1
+
+    def hot(self, rec: Any) -> None:
+        self.hots += 1
 
     def sample(self, s: Any) -> None:
         self.samples += 1
@@ -109,6 +112,7 @@ def run_meter_bench(pcap: str | Path, settings: CaptureSettings | None = None, b
         "flows": sink.ends,
         "samples": sink.samples,
         "packet_events": sink.packets,
+        "hot_records": sink.hots,
         "bad_packets": st["bad_packets"],
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "file_errors": src.errors,

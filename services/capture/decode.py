@@ -41,6 +41,12 @@ not decapsulated, ...) get ports 0, the way nDPI keys them.  Tunnels: GRE
 4789), GTP-U (UDP 2152), TZSP (UDP 37008) and CAPWAP data (UDP 5247) are
 removed so that the inner flow is metered; when the inner packet cannot be
 decoded, the outer packet is metered as it is.
+
+``tunnel_outer(frame, datalink)`` (once per flow, not per packet): the outer
+tunnel's endpoints and id of a frame ``decode`` decapsulated — ``(outer src
+address, outer dst address, tunnel id)`` as packed bytes and an int (GRE key,
+or PPTP's call id; VXLAN VNI; GTP-U TEID; 0 for IP-in-IP and tunnels without
+an id), or None.  With nested tunnels, the outermost one.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ import struct
 
 __all__ = [
     "KIND_IP", "KIND_ARP", "KIND_L2", "KIND_BAD", "KIND_UNSUPPORTED", "decode",
-    "transport_name", "format_ip", "format_mac", "BAD_CATEGORIES",
+    "transport_name", "format_ip", "format_mac", "BAD_CATEGORIES", "tunnel_outer",
 ]
 
 KIND_IP = 0
@@ -354,6 +360,8 @@ def _l4(frame, ver, proto, src, dst, tot, l4, end, vlan, vlans, mac_off, tunnel,
         if (sport in _UDP_TUNNEL_PORTS or dport in _UDP_TUNNEL_PORTS) and depth < _MAX_DEPTH and not frag:
             r = _udp_tunnel(frame, po, end, sport, dport, vlan, vlans, mac_off, depth)
             if r is not None:
+                if _outer is not None:   # tunnel_outer() is asking (once per flow)
+                    _note_outer(src, dst, _udp_tunnel_id(frame, po, end, sport, dport))
                 return r
         return (KIND_IP, ver, 17, src, dst, sport, dport, tot, po, end - po, 0, 0, 0, vlan, vlans, mac_off, tunnel, frag, fid)
     if proto == 4 or proto == 41:  # IPv4 / IPv6 in IP
@@ -363,10 +371,14 @@ def _l4(frame, ver, proto, src, dst, tot, l4, end, vlan, vlans, mac_off, tunnel,
             else:
                 r = _ip6_decode(frame, l4, vlan, vlans, mac_off, "IP-in-IP", depth + 1)
             if r[0] == KIND_IP:
+                if _outer is not None:
+                    _note_outer(src, dst, 0)
                 return r
     elif proto == 47 and depth < _MAX_DEPTH and not frag:
         r = _gre(frame, l4, end, vlan, vlans, mac_off, depth)
         if r is not None:
+            if _outer is not None:
+                _note_outer(src, dst, _gre_key(frame, l4, end))
             return r
     elif proto == 132:
         if avail < 12:
@@ -379,6 +391,51 @@ def _l4(frame, ver, proto, src, dst, tot, l4, end, vlan, vlans, mac_off, tunnel,
 
 
 _UDP_TUNNEL_PORTS = frozenset((4789, 2152, 37008, 5247))
+
+# tunnel_outer(): while it re-decodes a frame, the list the tunnel branches write the outer
+# endpoints to (None otherwise: the per-packet path only tests it in the tunnel branches)
+_outer: list | None = None
+
+
+def _note_outer(src: bytes, dst: bytes, tid: int) -> None:
+    # the outer tunnel is decapsulated first but noted last (after its inner packet returned):
+    # each note replaces the previous one, so the outermost stays
+    if _outer is not None:
+        _outer[:] = [(src, dst, tid)]
+
+
+def _udp_tunnel_id(frame, po, end, sport, dport) -> int:
+    if end - po < 8:
+        return 0
+    if dport == 2152 or sport == 2152:  # GTP-U TEID
+        return _u32(frame, po + 4)[0]
+    if dport == 4789 or sport == 4789:  # VXLAN VNI
+        return _u32(frame, po + 4)[0] >> 8
+    return 0
+
+
+def _gre_key(frame, l4, end) -> int:
+    f0 = frame[l4]
+    ver = frame[l4 + 1] & 7
+    off = l4 + 4
+    if ver == 1:  # enhanced GRE (PPTP): payload length + call id
+        return _u16(frame, off + 2)[0] if end - off >= 4 else 0
+    if not f0 & 0x20:  # no key
+        return 0
+    if f0 & 0xC0:
+        off += 4
+    return _u32(frame, off)[0] if end - off >= 4 else 0
+
+
+def tunnel_outer(frame: bytes, dlt: int) -> tuple[bytes, bytes, int] | None:
+    """The outer tunnel of a frame decode() decapsulates: (outer src, outer dst, tunnel id), or None."""
+    global _outer
+    _outer = []
+    try:
+        decode(frame, dlt)
+        return _outer[0] if _outer else None
+    finally:
+        _outer = None
 
 
 def _inner_ip(frame, off, end, vlan, vlans, mac_off, tunnel, depth):

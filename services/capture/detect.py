@@ -1,6 +1,7 @@
 """The alert detectors in a process of their own, beside capture.
 
-capture already publishes every flow record (start, update, end) and every
+capture already publishes every flow record (start records on
+``ft.live.<probe>``, update and end records on ``ft.flow.<probe>``) and every
 ARP and DNS packet on NATS; the detectors read them there instead of inside
 capture's packet loop.  That keeps their per-flow cost off capture's core
 (on the 1 M-packet replica: 142 k packets/s with detectors inline, 181 k
@@ -35,6 +36,7 @@ log = logging.getLogger("flowtarget.detect")
 
 END_OF_CAPTURE = "end_of_capture"     # counter set in capture's final stats message
 EVIDENCE_TIMEOUT_S = 0.5
+TICK_S = 0.25    # live: incidents age, held ARP binding changes settle
 
 
 def ctl(probe: str, verb: str) -> str:
@@ -51,7 +53,7 @@ class DetectorProcess:
 
         self.settings = settings
         self.bus = bus
-        self.det = Detectors(DetectSettings(), settings.probe)
+        self.det = Detectors(DetectSettings(), settings.probe, live=not settings.pcap)
         self.alerts: list[Alert] = []
         self.evidence: OrderedDict[str, str] = OrderedDict()   # alert_id -> path
         self.max_ts = 0.0
@@ -64,7 +66,7 @@ class DetectorProcess:
     # --- inputs (one subscription, so capture's order is kept)
     async def on_message(self, msg: Any) -> None:
         kind = msg.subject.split(".", 2)[1]
-        if kind not in ("flow", "packet", "stats"):
+        if kind not in ("flow", "live", "packet", "stats"):
             return                                  # samples, verdicts ...: not ours
         parsed = self.bus.parse(msg)
         if parsed is None:
@@ -144,7 +146,7 @@ class DetectorProcess:
         """Live capture: incidents age with the wall clock even when no event comes."""
         while not stop.is_set():
             try:
-                await asyncio.wait_for(stop.wait(), 1.0)
+                await asyncio.wait_for(stop.wait(), TICK_S)
             except asyncio.TimeoutError:
                 pass
             if not self.settings.pcap:

@@ -7,10 +7,10 @@ to a ``MeterSink`` synchronously (flow records, samples, DNS/ARP packet
 events).  It never touches NATS and never raises on bad input.
 
 Design notes
-- The table maps a *directional* key, ``(proto, src+dst+sport+dport bytes
-  [, vlan key])``, to ``(flow, is_forward)``: every flow has two entries, so a
-  packet needs one lookup and no endpoint ordering (for untagged IPv4 the key
-  is a single slice of the frame).  The table is an ``OrderedDict``; each
+- The table maps a *directional* key, ``proto byte + src + dst + sport +
+  dport [+ b"/<vlan key>"]`` (one small bytes object), to ``(flow,
+  is_forward)``: every flow has two entries, so a packet needs one lookup and
+  no endpoint ordering.  The table is an ``OrderedDict``; each
   packet moves its entry to the end, so idle expiry and eviction work from
   the front.  Text addresses and MACs are formatted once, when a flow is
   created (and shared between flows through a bounded cache).
@@ -59,14 +59,17 @@ from .decode import (
     KIND_L2,
     decode,
     format_ip,
+    tunnel_outer,
     format_mac,
     transport_name,
 )
+from .fastpath import METER as _METER
 from .fastpath import eth4 as _eth4
 
 __all__ = ["FlowMeter", "MeterSink", "Flow", "ListSink"]
 
 _pp = struct.Struct("!HH").pack
+_PB = [bytes((i,)) for i in range(256)]   # a flow key starts with its IP protocol byte
 
 # TCP flags
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
@@ -122,6 +125,8 @@ class MeterSink(Protocol):
 
     def packet(self, p: PacketEvent) -> None: ...
 
+    # optional: ``hot(rec)`` — live "update" records for the detectors only (never stored), see
+    # FlowMeter._hot_check / _young_check; without it the meter makes none
     # optional: ``flow_verdict(v)`` — right after a flow's end record, the best verdict it got
     # (only when classified), so the classification can be stored beside the access-log entry
 
@@ -131,11 +136,15 @@ class ListSink:
 
     def __init__(self) -> None:
         self.flows: list[FlowRecord] = []
+        self.hot_records: list[FlowRecord] = []
         self.samples: list[FlowSample] = []
         self.packets: list[PacketEvent] = []
 
     def flow(self, rec: FlowRecord) -> None:
         self.flows.append(rec)
+
+    def hot(self, rec: FlowRecord) -> None:
+        self.hot_records.append(rec)
 
     def sample(self, s: FlowSample) -> None:
         self.samples.append(s)
@@ -165,12 +174,13 @@ _EMPTY_DIR = _Dir()
 
 class Flow:
     __slots__ = (
-        "key", "flow_id", "ver", "proto", "transport", "src", "dst", "sport", "dport",
+        "key", "flow_id", "ver", "proto", "transport", "sport", "dport",
         "src_ip", "dst_ip", "vlan_ids", "tunnel", "src_mac", "dst_mac",
         "first", "last", "s_pkts", "s_bytes", "d_pkts", "d_bytes", "s_flags", "d_flags",
         "state", "fin", "closed_at", "end_reason", "next_check", "last_update",
         "sampling", "sd", "dd", "dirs", "sample_seq", "pending", "verdict", "verdict_final",
-        "is_dns", "deadline", "source", "ev", "rkey", "s_stamp", "d_stamp",
+        "is_dns", "deadline", "source", "ev", "rkey", "s_stamp", "d_stamp", "hot_n",
+        "outer",
     )
 
     def __init__(self) -> None:
@@ -186,6 +196,7 @@ class Flow:
         self.verdict_final = False
         self.deadline = 0.0
         self.ev: list | None = None
+        self.hot_n = 0  # packets (both directions) at the flow's last hot check
 
 
 def _seq_payload_cut(d: _Dir, seq: int, payload: bytes) -> bytes | None:
@@ -244,6 +255,12 @@ def _seq_payload_cut(d: _Dir, seq: int, payload: bytes) -> bytes | None:
     return out
 
 
+_run: Any = None
+if _METER is not None:
+    _METER.bind(Flow)
+    _run = _METER.run
+
+
 class FlowMeter:
     def __init__(self, settings: CaptureSettings, sink: MeterSink, source: str = "", probe: str | None = None):
         self.settings = settings
@@ -288,6 +305,7 @@ class FlowMeter:
         self._next_house = 0.0
         self._prev_frame = b""
         self._prev_ts = 0.0
+        self._dl = 1
         # settings cached as attributes (hot path)
         self._idle = settings.idle_timeout_s
         self._active = settings.active_timeout_s
@@ -297,6 +315,14 @@ class FlowMeter:
         self._smax_pkts = settings.sample_max_packets
         self._smax_bytes = settings.sample_max_bytes
         self._vwait = settings.verdict_wait_s
+        # hot updates (alert detectors): a non-TCP/UDP flow (ICMP, ...) with >= hot_packets packets since
+        # its previous check (checks at most every hot_interval_s) and TCP flows still half-open
+        # hot_interval_s after their SYN go to ``sink.hot`` (off without it, or with hot_packets 0)
+        self._sink_hot = getattr(sink, "hot", None)
+        self._hot_pk = settings.hot_packets if self._sink_hot is not None else 0
+        self._hot_iv = settings.hot_interval_s
+        self._young: deque[Flow] = deque()  # hot on: pure-SYN flows created in the last hot_interval_s
+        self._young2: deque[Flow] = deque()  # ... SYN-ACKed but not ACKed at hot_interval_s: checked at twice it
         # counters
         self.packets = 0
         self.bytes = 0
@@ -353,9 +379,30 @@ class FlowMeter:
     def process_batch(self, recs: Any, dlt: int | None = None) -> None:
         """Meter ``(ts, frame)`` records in capture order; ``dlt`` overrides the source's link type.
 
-        The hot path: one call per batch, with the meter's state in locals.
+        The hot path.  Where the compiled meter loop is built (``_meter.c``),
+        it meters untagged Ethernet/IPv4 TCP/UDP frames itself and calls this
+        class's methods for flow events only (``_new_flow``, ``_end``,
+        ``_housekeep``, ``_tcp_close``, ``_periodic``, ``_sample``, ``_dns``);
+        any other frame goes to ``_process_py``, the pure-Python meter, which
+        meters everything where the loop is not built.  Both give identical
+        results (tests/services/capture/test_meter_twin.py).
         """
         dl = self.datalink if dlt is None else dlt
+        run = _run
+        if run is None or dl != 1 or self.recorders:
+            self._process_py(recs, dl)
+            return
+        if type(recs) is not list:
+            recs = list(recs)
+        table = self.table
+        npk, nb, dups = run(self, recs, self._process_py, dl, table, table.move_to_end, self._ev_trim, self._ev_keep)
+        self.packets += npk
+        self.bytes += nb
+        self.duplicate_frames += dups
+
+    def _process_py(self, recs: Any, dl: int) -> None:
+        """The pure-Python meter over ``(ts, frame)`` records, with its state in locals."""
+        self._dl = dl   # for _new_flow's tunnel_outer (once per flow)
         fast = dl == 1
         table = self.table
         tget = table.get
@@ -414,7 +461,9 @@ class FlowMeter:
                             if len(fr) >= _FRAG_CACHE_MAX:
                                 del fr[next(iter(fr))]
                             fr[(src, dst, fid, proto)] = (sp, dp)
-                    key = (proto, src + dst + _pp(sp, dp), vlan) if vlan else (proto, src + dst + _pp(sp, dp))
+                    key = _PB[proto] + src + dst + _pp(sp, dp)
+                    if vlan:
+                        key += b"/%d" % vlan
                 hit = tget(key)
                 if hit is None:
                     f, fwd = self._new_flow(key, ts, frame, ver, proto, src, dst, sp, dp, flags, vlan, vlans, macoff, tun)
@@ -508,7 +557,9 @@ class FlowMeter:
         if src is None:  # the inline fast path did not slice them
             src = frame[26:30]
             dst = frame[30:34]
-        rkey = (proto, dst + src + _pp(dp, sp), vlan) if vlan else (proto, dst + src + _pp(dp, sp))
+        rkey = _PB[proto] + dst + src + _pp(dp, sp)
+        if vlan:
+            rkey += b"/%d" % vlan
         f = Flow()
         self._next_id += 1
         f.flow_id = f"{self._prefix}-{self._next_id}"
@@ -518,9 +569,12 @@ class FlowMeter:
         f.source = self.source
         smac_off, dmac_off = (macoff + 6, macoff) if macoff >= 0 else (-1, -1)
         fwd = True
+        outer = tunnel_outer(frame, self._dl) if tun else None   # once per tunnelled flow
+        osrc, odst, tid = outer if outer is not None else (b"", b"", 0)
         if proto == 6 and flags & 0x12 == 0x12:
             # first seen packet is a SYN-ACK: its receiver is the client
             src, dst, sp, dp = dst, src, dp, sp
+            osrc, odst = odst, osrc
             smac_off, dmac_off = dmac_off, smac_off
             key, rkey = rkey, key
             fwd = False
@@ -534,16 +588,25 @@ class FlowMeter:
         if not fwd:  # keep the packet's own entry last (it is the fresh one)
             table.move_to_end(rkey)
         self._nflows += 1
-        f.src, f.dst, f.sport, f.dport = src, dst, sp, dp
+        f.sport, f.dport = sp, dp
         f.src_ip = self._ip_text(src)
         f.dst_ip = self._ip_text(dst)
         f.src_mac = self._mac_text(frame, smac_off)
         f.dst_mac = self._mac_text(frame, dmac_off)
         f.vlan_ids = vlans
         f.tunnel = tun
+        # outer tunnel endpoints and id: one slot, None for flows that are not tunnelled
+        f.outer = (self._ip_text(osrc), self._ip_text(odst), tid) if outer is not None else None
         f.first = f.last = ts
         f.last_update = ts
         f.next_check = ts + min(self._upd, self._active)
+        if self._hot_pk:
+            if proto == 6 or proto == 17:
+                f.hot_n = -1  # TCP/UDP: no per-flow hot checks (bulk transfers; no detector needs them)
+                if proto == 6 and flags & 0x12 == SYN:
+                    self._young.append(f)
+            elif self._hot_iv < self._upd:
+                f.next_check = ts + min(self._hot_iv, self._active)
         f.is_dns = (sp == _DNS_PORT or dp == _DNS_PORT) and (proto == 17 or proto == 6)
         if self.evidence_packets and self._ev_flows < self.evidence_max_flows:
             f.ev = []
@@ -566,6 +629,7 @@ class FlowMeter:
     def _record(self, f: Flow, phase: str, ts: float) -> FlowRecord:
         v = f.verdict
         vl = f.vlan_ids
+        o = f.outer
         if v is not None:
             app, application, category, host = v.app_protocol, v.application, v.category, v.host
             conf = v.confidence if v.confidence != "unknown" else ""
@@ -607,6 +671,9 @@ class FlowMeter:
             "src_mac": f.src_mac,
             "dst_mac": f.dst_mac,
             "tunnel": f.tunnel,
+            "tunnel_src_ip": o[0] if o else "",
+            "tunnel_dst_ip": o[1] if o else "",
+            "tunnel_id": o[2] if o else 0,
             "app_protocol": app,
             "application": application,
             "category": category,
@@ -619,10 +686,50 @@ class FlowMeter:
             self._remove(f)
             self._end(f, "active")
             return
+        hot = self._hot_pk and f.hot_n >= 0
         if ts - f.last_update >= self._upd:
             f.last_update = ts
             self.sink.flow(self._record(f, "update", ts))
+            if hot:
+                f.hot_n = f.s_pkts + f.d_pkts
+        elif hot:
+            self._hot_check(f, ts)
         f.next_check = min(f.last_update + self._upd, f.first + self._active)
+        if hot and ts + self._hot_iv < f.next_check:
+            f.next_check = ts + self._hot_iv
+
+    def _hot_check(self, f: Flow, ts: float) -> None:
+        """At most every hot_interval_s of a flow's packets: a hot record when it got hot_packets since the last check."""
+        n = f.s_pkts + f.d_pkts
+        if n - f.hot_n >= self._hot_pk:
+            self._sink_hot(self._record(f, "update", ts))
+            self.counters["hot_records"] = self.counters.get("hot_records", 0) + 1
+        f.hot_n = n
+
+    def _young_check(self, now: float) -> None:
+        """TCP flows opened by a SYN hot_interval_s ago whose client has not ACKed: a hot record for each
+        that got no SYN-ACK (unanswered or reset); one that got a SYN-ACK is checked again at twice that
+        age (a slow round trip is not a flood), so that SYN floods of one-packet flows are seen at once."""
+        y = self._young
+        y2 = self._young2
+        cut = now - self._hot_iv
+        n = 0
+        while y and y[0].first <= cut:
+            f = y.popleft()
+            if f.state != ENDED and not f.s_flags & ACK:
+                if f.d_flags & SYN:
+                    y2.append(f)
+                else:
+                    self._sink_hot(self._record(f, "update", now))
+                    n += 1
+        cut -= self._hot_iv
+        while y2 and y2[0].first <= cut:
+            f = y2.popleft()
+            if f.state != ENDED and not f.s_flags & ACK:
+                self._sink_hot(self._record(f, "update", now))
+                n += 1
+        if n:
+            self.counters["hot_records"] = self.counters.get("hot_records", 0) + n
 
     def _remove(self, f: Flow) -> None:
         """Take a flow's two entries out of the table (if they are still its own)."""
@@ -692,6 +799,8 @@ class FlowMeter:
     def _housekeep(self, now: float) -> None:
         self._now = now  # the source's clock (latest packet time, within a second)
         self._next_house = now + 1.0
+        if self._young or self._young2:
+            self._young_check(now)
         # TCP flows closed by FIN/RST whose grace period is over
         closed = self._closed
         grace = self._grace

@@ -109,11 +109,13 @@ def pcap_header(linktype: int, snaplen: int = 262144) -> bytes:
     return struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype)
 
 
-def _reverse(key: tuple) -> tuple:
-    proto, raw = key[0], key[1]
-    alen = (len(raw) - 4) // 2
-    r = raw[alen:2 * alen] + raw[:alen] + raw[2 * alen + 2:2 * alen + 4] + raw[2 * alen:2 * alen + 2]
-    return (proto, r, key[2]) if len(key) > 2 else (proto, r)
+def _reverse(key: Any) -> Any:
+    """The other direction of a recorder flow key: ``proto byte + src + dst + sport + dport`` [, vlan]."""
+    if type(key) is tuple:
+        return (_reverse(key[0]), key[1])
+    alen = (len(key) - 5) // 2
+    p = 1 + 2 * alen
+    return key[:1] + key[1 + alen:p] + key[1:1 + alen] + key[p + 2:p + 4] + key[p:p + 2]
 
 
 def list_store(directory: str | os.PathLike[str]) -> list[Path]:
@@ -171,8 +173,8 @@ class Recorder:
         self._ended: list[list[Any]] = []
         self._ended_overflow = False
         # the cutoff's per-flow byte counts (only with a cutoff): two generations of dicts
-        self._cur: dict[tuple, list[int]] = {}
-        self._old: dict[tuple, list[int]] = {}
+        self._cur: dict[Any, list[int]] = {}
+        self._old: dict[Any, list[int]] = {}
         self._gen_until = 0.0
         # counters (capture's /metrics: flowtarget_capture_recorder_*)
         self.packets_written = 0
@@ -445,16 +447,18 @@ class Recorder:
         cut = 0
         for rec in recs:
             frame = rec[1]
-            # the packet's directional flow key (the meter's), one dict lookup
-            r = eth4(frame) if fast else None
-            if r is not None:
-                key = r[0]
+            # the packet's directional flow key, one dict lookup
+            if fast and eth4(frame) is not None:
+                # plain Ethernet + IPv4 without options, TCP or UDP: protocol, addresses and ports
+                # lie at fixed offsets (the recorder's own key; eth4 only says the frame is one)
+                key = frame[23:24] + frame[26:38]
             else:
                 d = decode(frame, dl)
                 if d[0] or d[17] == 2:
                     keep(rec)       # not an IP flow (ARP, ...), or a later fragment: kept
                     continue
-                key = (d[2], d[3] + d[4] + _pp(d[5], d[6]), d[13]) if d[13] else (d[2], d[3] + d[4] + _pp(d[5], d[6]))
+                k = bytes((d[2],)) + d[3] + d[4] + _pp(d[5], d[6])
+                key = (k, d[13]) if d[13] else k
             e = cget(key)
             if e is None:
                 ts = rec[0]

@@ -7,7 +7,9 @@ module is the asyncio glue around it:
   replays capture files in chunks;
 - collects what the meter emits in ``Outbox`` and publishes it between chunks:
   samples and packet events on core NATS (latency matters, loss is tolerable),
-  flow records and alerts batched through JetStream (must reach storage);
+  update and end flow records and alerts batched through JetStream (must
+  reach storage); start records, which only the detectors read, batched on
+  core NATS (``ft.live.<probe>``), so nothing is stored that no one reads;
 - takes classify's verdicts so the meter stops sampling classified flows,
   stamps their classification on the end record and hands over the best
   verdict, which goes into the same JetStream batch as the end record;
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -32,8 +35,9 @@ from shared.models import (Alert, BlockAction, CaptureStats, Event, Evidence, Fl
 from shared.settings import CaptureSettings
 from shared.subjects import subject
 
+from services.capture.evidence import EvidenceLimits
 from services.capture.flows import FlowMeter
-from services.capture.sources import CaptureFileError, open_source
+from services.capture.sources import CaptureFileError, check_settings, open_source  # noqa: F401 (the runner's check)
 
 log = logging.getLogger("flowtarget.capture")
 
@@ -41,6 +45,7 @@ CHUNK = 2048                # packets processed between two publishing turns
 SAMPLE_BATCH = 64          # samples (and packet events) per message
 PUBLISH_WINDOW = 8         # JetStream batches awaiting their ack at once
 STATS_INTERVAL_S = 10.0
+PROGRESS_INTERVAL_S = 0.5  # replay: ft.stats.<probe>.progress (bytes read of the file, packets) at most this often
 LIVE_READ = 4096           # live capture: packets read per call
 LIVE_TICK_S = 0.1          # live capture: timeouts and detector ticks
 
@@ -56,27 +61,41 @@ class Outbox:
         self.s_sample = subject("sample", p)
         self.s_packet = subject("packet", p)
         self.s_flow = subject("flow", p)
+        self.s_live = subject("live", p)
+        self.hot_records: list[FlowRecord] = []
         self.samples: list[FlowSample] = []
         self.packets: list[PacketEvent] = []
         self.records: list[Event] = []
+        self.live_records: list[FlowRecord] = []     # start records: core NATS, for the detectors
         self.alerts: list[Alert] = []
         self.batches: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=64)
         self.meter: FlowMeter | None = None
         # evidence pcaps already written: alert_id / flow_id -> path (bounded)
         self.evidence_paths: OrderedDict[str, str] = OrderedDict()
         self.evidence: list[Evidence] = []
+        self.limits = EvidenceLimits.from_settings(settings)   # bounds on recordings and evidence on disk
         self.sent_records = 0
         self.sent_samples = 0
         self.sent_packets = 0
+        self.sent_hot = 0
         self._last_batch = time.monotonic()
         self._rlog = RateLimitedLog(log)
         self.recorder: Any = None   # the packet recorder (FT_RECORD_DIR), fed once per batch
 
     # --- MeterSink protocol (called from the hot path: append only)
     def flow(self, rec: FlowRecord) -> None:
-        self.records.append(rec)
         if self.recorder is not None:
-            self.recorder.on_flow(rec)   # names the flow's id in the packet store's index
+            self.recorder.on_flow(rec)   # the packet store's index: which flows each file holds
+        if rec.phase == "start":
+            self.live_records.append(rec)
+        else:
+            self.records.append(rec)
+        if self.detectors is not None:
+            self.alerts.extend(self.detectors.on_flow(rec))
+
+    def hot(self, rec: FlowRecord) -> None:
+        """A live record for the detectors (core NATS, never stored)."""
+        self.hot_records.append(rec)
         if self.detectors is not None:
             self.alerts.extend(self.detectors.on_flow(rec))
 
@@ -106,8 +125,15 @@ class Outbox:
             return self.evidence_paths[key]
         path = ""
         if self.meter is not None and self.settings.evidence_packets:
+            if not self.limits.has_room():
+                self.limits.c["evidence_refused_disk"] += 1
+                self._rlog.warning("evidence-full", "no evidence written: %s", self.limits.disk_full_reason())
+                return ""
             try:
                 path = self.meter.write_evidence(flow_id, tag=tag) or ""
+                if path:
+                    self.limits.used += os.path.getsize(path)
+                    self.limits.c["evidence_written"] += 1
             except OSError as exc:
                 self._rlog.warning("evidence", "could not write evidence: %s", safe_text(exc))
         self.evidence_paths[key] = path
@@ -132,11 +158,23 @@ class Outbox:
                 part = samples[i:i + SAMPLE_BATCH]
                 await nc_publish(self.s_sample, batch_json(part))
             self.sent_samples += len(samples)
+        if self.live_records:
+            # before this turn's JetStream batches, so a flow's start goes out before its end
+            live, self.live_records = self.live_records, []
+            bs = self.settings.batch_size
+            for i in range(0, len(live), bs):
+                await nc_publish(self.s_live, batch_json(live[i:i + bs]))
+            self.sent_records += len(live)
         if self.packets:
             packets, self.packets = self.packets, []
             for i in range(0, len(packets), SAMPLE_BATCH):
                 await nc_publish(self.s_packet, batch_json(packets[i:i + SAMPLE_BATCH]))
             self.sent_packets += len(packets)
+        if self.hot_records:
+            hot, self.hot_records = self.hot_records, []
+            for i in range(0, len(hot), self.settings.batch_size):
+                await nc_publish(self.s_live, batch_json(hot[i:i + self.settings.batch_size]))
+            self.sent_hot += len(hot)
         if self.alerts:
             alerts, self.alerts = self.alerts, []
             for a in alerts:
@@ -145,7 +183,7 @@ class Outbox:
                 await self.batches.put((subject("alert", self.settings.probe, a.alert_type), batch_json([a])))
         if self.meter is not None and self.meter.recorders:
             for rec in self.meter.finished_recordings(force=force):
-                self.evidence.append(self._evidence_event(str(rec.path), "request", rec.tag, count_packets(rec.path)))
+                self.evidence.append(self._evidence_event(str(rec.path), "request", rec.tag, rec.count))
         if self.evidence:
             evidence, self.evidence = self.evidence, []
             for e in evidence:
@@ -196,7 +234,7 @@ def _make_detectors(settings: CaptureSettings) -> Any:
         from shared.settings import DetectSettings
     except ImportError:
         return None
-    return Detectors(DetectSettings(), settings.probe)
+    return Detectors(DetectSettings(), settings.probe, live=not settings.pcap)
 
 
 async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None:
@@ -228,10 +266,13 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
     async def on_pcap_request(msg: Any) -> None:
         """ft.ctl.<probe>.pcap {"bpf": "...", "duration_s": N}: record matching packets to a pcap."""
         try:
+            refused = out.limits.allow_request()
+            if refused:
+                raise ValueError(refused)
             req = json.loads(msg.data or b"{}")
             bpf = str(req.get("bpf", ""))[:1024]
             duration = min(max(float(req.get("duration_s", 10.0)), 0.0), 3600.0)
-            rec = meter.start_recording(bpf, duration)
+            rec = out.limits.start_recording(meter, bpf, duration)   # bounded: FT_RECORDING_*
             answer = {"status": "recording", "bpf": bpf, "duration_s": duration,
                       "directory": str(settings.evidence_dir), "tag": getattr(rec, "tag", "ctl")}
         except (ValueError, TypeError, AttributeError) as exc:
@@ -243,6 +284,11 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
 
     async def on_evidence_request(msg: Any) -> None:
         """The detectors' process asks for an incident's evidence; only the shard holding the flow answers."""
+        refused = out.limits.allow_request()
+        if refused:
+            if msg.reply and settings.shard_index < 0:   # (of several shards, none answers)
+                await bus.nc.publish(msg.reply, json.dumps({"path": "", "error": refused}).encode())
+            return
         try:
             req = json.loads(msg.data)
             path = out.write_evidence(str(req["key"])[:128], str(req["flow_id"])[:64], "alert",
@@ -260,8 +306,10 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
         await bus.nc.subscribe(subject("ctl", settings.probe, "export"), cb=ctl_handler(settings, bus))
     if detectors is not None:
         register_stats("capture_detectors", detectors.counters)
+    register_stats("capture_evidence", out.limits.counters, gauges=("recordings_active", "evidence_dir_bytes"))
     register_stats("capture", lambda: {**meter.stats(), "samples_sent": out.sent_samples,
                                        "packet_events_sent": out.sent_packets, "flow_records_sent": out.sent_records,
+                                       "hot_records_sent": out.sent_hot,
                                        "batches_queued": out.batches.qsize()},
                    gauges=("flows_active", "pending_verdicts", "flows_closing", "batches_queued"))
     set_ready(True)
@@ -293,13 +341,6 @@ async def drain_detectors(bus: Bus, settings: CaptureSettings) -> None:
         await bus.nc.request(subject("ctl", settings.probe, "detect_drain"), b"", timeout=120)
     except Exception as exc:   # no detectors' process (FT_DETECTORS empty, inline, or not started)
         log.debug("no detector drain: %s", safe_text(exc))
-
-
-def count_packets(path: Any) -> int:
-    try:
-        return sum(1 for _ in open_source(path))
-    except (CaptureFileError, OSError):
-        return 0
 
 
 def _make_recorder(settings: CaptureSettings, meter: FlowMeter) -> Any:
@@ -402,7 +443,7 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
             return 0.0
         return time.monotonic()
 
-    for path in settings.pcap:
+    for file_no, path in enumerate(settings.pcap, 1):
         if stop.is_set():
             break
         name = Path(path).name
@@ -418,6 +459,8 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
         meter.set_source(name, reader.datalink)
         process = meter.process
         process_batch = meter.process_batch
+        progress = getattr(reader, "progress", None)
+        next_progress = 0.0       # the first report after the file's first batch, then every interval
         n = 0
         next_tick = None
         wall0 = time.monotonic()
@@ -457,6 +500,13 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                 if out.detectors is not None:
                     out.add_alerts(out.detectors.tick(ts))
                 next_tick = ts + 1.0
+            if progress is not None and time.monotonic() >= next_progress:
+                # where the replay is inside this file, for a terminal's progress line (flowtarget analyze/run)
+                next_progress = time.monotonic() + PROGRESS_INTERVAL_S
+                done, size = progress()
+                await bus.nc.publish(subject("stats", settings.probe, "progress"), json.dumps(
+                    {"source": name, "file": file_no, "files": len(settings.pcap), "bytes_read": done,
+                     "bytes_total": size, "packets": n}).encode())
             # one publishing turn per batch (CHUNK packets)
             await out.flush()
             await asyncio.sleep(0)      # let the publisher send what flush queued
@@ -471,7 +521,7 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
         if out.detectors is not None:
             out.add_alerts(out.detectors.tick(ts))
         await out.flush(force=True)
-        extra = {"file_truncated": 1} if reader.error else None
+        extra = {**reader.counters, **({"file_truncated": 1} if reader.error else {})}   # caplen anomalies too
         await reporter.publish(source=name, finished=True, delta=True, extra=extra)
     # the last verdicts, then every flow's end record
     await _wait_verdicts(meter, out, stop, 0, settings.verdict_wait_s)
@@ -484,7 +534,10 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                        reporter: StatsReporter) -> None:
     from services.capture.shard import open_live
 
-    src, how = open_live(settings, direction_in=settings.direction_in)
+    try:
+        src, how = open_live(settings, direction_in=settings.direction_in)
+    except CaptureFileError as exc:      # one line naming the variable, exit 2 (see shared.runner)
+        raise_config(f"{exc.setting}: {exc}")
     if how:
         log.info("capture shard %d/%d on %s by %s", settings.shard_index, settings.shards, settings.iface, how)
     meter.set_source(settings.iface, src.datalink)
@@ -495,7 +548,8 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
     ready = asyncio.Event()
     loop.add_reader(src.fileno(), ready.set)
     mono = time.monotonic
-    last_stats = next_tick = mono()
+    last_stats = next_tick = next_check = mono()
+    gone = ""
     try:
         while not stop.is_set():
             batch = src.read_available(LIVE_READ)
@@ -516,6 +570,12 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                     out.add_alerts(out.detectors.tick(now))
                 await out.flush()
                 next_tick = now_m + LIVE_TICK_S
+                if now_m >= next_check:   # libpcap reads nothing, silently, from a deleted interface
+                    next_check = now_m + 1.0
+                    gone = src.gone()
+                    if gone:
+                        log.error("capture: %s; stopping", gone)
+                        break
                 if now_m - last_stats > STATS_INTERVAL_S:
                     last_stats = now_m
                     live = src.stats()
@@ -538,3 +598,6 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
         reporter.final_extra = {"dropped_kernel": live.get("dropped_kernel", 0),
                                 "dropped_interface": live.get("dropped_interface", 0)}
         src.close()
+    if gone:   # flows end and are published by main's cleanup; then exit 1 with this line
+        from shared.runner import FatalError
+        raise FatalError(gone)

@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 from .fastpath import Collector, pcap_records
 
-__all__ = ["CaptureFileError", "FileSource", "LiveSource", "open_source", "DLT_NAMES"]
+__all__ = ["CaptureFileError", "FileSource", "LiveSource", "open_source", "DLT_NAMES", "check_settings"]
 
 CHUNK = 1 << 20
 MAX_RECORD = 256 * 1024 * 1024  # a caplen/block above this is corruption, not a packet
@@ -44,7 +44,48 @@ DLT_NAMES = {
 
 
 class CaptureFileError(Exception):
-    """A file that cannot be read as a capture at all (missing, unreadable, not pcap/pcapng)."""
+    """A file that cannot be read as a capture at all (missing, unreadable, not pcap/pcapng),
+    or a live source that cannot be opened; ``setting`` names the variable at fault."""
+
+    def __init__(self, msg: str, setting: str = "FT_PCAP") -> None:
+        super().__init__(msg)
+        self.setting = setting
+
+
+def check_settings(settings: object) -> None:
+    """Before capture connects anything: what its settings name must exist.
+
+    Raises ``shared.runner.ConfigError`` with one line naming the variable: no
+    source at all, a capture file that cannot be opened, an interface that does
+    not exist, a BPF filter that does not compile.
+    """
+    import socket
+
+    from shared.runner import ConfigError
+
+    iface, files, bpf = getattr(settings, "iface", ""), getattr(settings, "pcap", []), getattr(settings, "bpf", "")
+    if not iface and not files:
+        raise ConfigError("FT_IFACE / FT_PCAP: set FT_IFACE (live) or FT_PCAP (files)")
+    dlt = 1
+    for path in files:
+        try:
+            src = open_source(path)
+        except CaptureFileError as exc:
+            raise ConfigError(f"FT_PCAP: {exc}") from None
+        dlt = src.datalink if src.datalink >= 0 else dlt
+        src.close()
+    if iface and not files:
+        try:
+            socket.if_nametoindex(iface)
+        except OSError:
+            raise ConfigError(f"FT_IFACE: no network interface {iface!r}") from None
+    if bpf:
+        import pcap
+
+        try:
+            pcap.bpf(bpf.encode(), dlt)
+        except Exception as exc:  # noqa: BLE001 - pypcap raises OSError or ValueError
+            raise ConfigError(f"FT_BPF: {bpf[:100]!r} does not compile: {exc}") from None
 
 
 def _open_maybe_gzip(path: str) -> tuple[BinaryIO, bytes]:
@@ -82,10 +123,17 @@ class FileSource:
     def __init__(self, path: str | os.PathLike[str]):
         self.path = str(path)
         self.name = os.path.basename(self.path)
+        try:
+            self.size = os.path.getsize(self.path)   # bytes on disk (compressed for .gz): progress()
+        except OSError:
+            self.size = 0
         self._fh, head = _open_maybe_gzip(self.path)
         self.errors = 0
         self.error: str | None = None
         self.packets = 0
+        #: records taken with a length anomaly: caplen_over_origlen (frame trimmed to the original
+        #: length), caplen_over_snaplen (kept); reported in the capture stats
+        self.counters: dict[str, int] = {}
         self.format: str
         self.datalink: int = -1
         self._buf = head
@@ -104,6 +152,10 @@ class FileSource:
             self.datalink = linktype & 0xFFFF  # upper bits may carry FCS information
             self._pos = 24
         elif head == _PCAPNG_MAGIC:
+            if not self._fill(12) or self._buf[8:12] not in (b"\x4d\x3c\x2b\x1a", b"\x1a\x2b\x3c\x4d"):
+                self.close()
+                raise CaptureFileError(f"{self.path}: not a capture file (pcapng section header without "
+                                       "a valid byte-order magic)")
             self.format = "pcapng"
             self._endian = "<"
             self._ifaces: list[tuple[int, float, float, int]] = []  # (dlt, ts unit, ts offset, snaplen)
@@ -113,6 +165,14 @@ class FileSource:
         else:
             self.close()
             raise CaptureFileError(f"{self.path}: not a pcap/pcapng file")
+
+    def progress(self) -> tuple[int, int]:
+        """(bytes of the file read so far, its size on disk); for .gz files both count compressed bytes."""
+        fh = getattr(self._fh, "fileobj", None) or self._fh   # a GzipFile reads from .fileobj
+        try:
+            return min(fh.tell(), self.size), self.size
+        except (OSError, ValueError, AttributeError):   # closed
+            return self.size, self.size
 
     # ------------------------------------------------------------ buffering
     def _fill(self, need: int) -> bool:
@@ -139,6 +199,13 @@ class FileSource:
         self._buf = b"".join(parts)
         return have >= need
 
+    def _anomaly(self, caplen: int, origlen: int, snaplen: int) -> None:
+        """A record longer than the packet it claims to hold (trimmed to ``origlen``) or than the snaplen."""
+        if caplen > origlen:
+            self.counters["caplen_over_origlen"] = self.counters.get("caplen_over_origlen", 0) + 1
+        if snaplen and caplen > snaplen:
+            self.counters["caplen_over_snaplen"] = self.counters.get("caplen_over_snaplen", 0) + 1
+
     def _fail(self, msg: str) -> None:
         if self.error is None:
             self.error = f"{self.path}: {msg}"
@@ -161,16 +228,31 @@ class FileSource:
         """Lists of up to ``n`` ``(ts, frame)`` records (compiled parsing where built)."""
         big = self._endian == ">"
         unit = self._tsunit
-        head = struct.Struct(self._endian + "III").unpack_from
+        head = struct.Struct(self._endian + "IIII").unpack_from
         low = CHUNK // 2
+        snaplen = self.snaplen if 0 < self.snaplen <= MAX_RECORD else 0
         while True:
             if len(self._buf) - self._pos < low and not self._eof:
                 self._fill(CHUNK)  # keep batches whole: read ahead before the buffer runs dry
-            recs, pos, bad = pcap_records(self._buf, self._pos, big, unit, n, MAX_RECORD)
+            recs, pos, bad = pcap_records(self._buf, self._pos, big, unit, n, MAX_RECORD, snaplen)
             self._pos = pos
             if recs:
                 self.packets += len(recs)
                 yield recs
+                continue
+            if bad == -2:   # caplen above the original length or the snaplen: counted, read here
+                if not self._fill(16):
+                    continue
+                sec, frac, caplen, origlen = head(self._buf, self._pos)
+                if not self._fill(16 + caplen):   # the file ends inside it
+                    self._pos = len(self._buf)
+                    self._fail(f"truncated packet data after {self.packets} packets")
+                    return
+                frame = self._buf[self._pos + 16:self._pos + 16 + min(caplen, origlen)]
+                self._pos += 16 + caplen
+                self._anomaly(caplen, origlen, snaplen)
+                self.packets += 1
+                yield [(sec + frac * unit, frame)]
                 continue
             if bad >= 0:
                 self._fail(f"corrupt record length {bad} after {self.packets} packets")
@@ -180,7 +262,7 @@ class FileSource:
                 if len(self._buf) - self._pos:
                     self._fail(f"truncated record header after {self.packets} packets")
                 return
-            sec, frac, caplen = head(self._buf, self._pos)
+            sec, frac, caplen, _olen = head(self._buf, self._pos)
             if caplen > MAX_RECORD:
                 self._fail(f"corrupt record length {caplen} after {self.packets} packets")
                 return
@@ -253,11 +335,14 @@ class FileSource:
                 if bend - body < 20:
                     self._fail("short enhanced packet block")
                     continue
-                ifid, hi, lo, caplen, _olen = struct.unpack_from(e + "IIIII", buf, body)
+                ifid, hi, lo, caplen, olen = struct.unpack_from(e + "IIIII", buf, body)
                 if ifid >= len(self._ifaces) or body + 20 + caplen > bend:
                     self._fail("bad enhanced packet block")
                     continue
-                dlt, unit, off, _snap = self._ifaces[ifid]
+                dlt, unit, off, snap = self._ifaces[ifid]
+                if caplen > olen or (snap and caplen > snap):
+                    self._anomaly(caplen, olen, snap)
+                    caplen = min(caplen, olen)
                 self.packets += 1
                 yield ((hi << 32) | lo) * unit + off, buf[body + 20:body + 20 + caplen], dlt
             elif btype == 3:  # simple packet block
@@ -362,6 +447,15 @@ def open_source(path: str | os.PathLike[str]) -> FileSource:
     return FileSource(path)
 
 
+def _ifindex(name: str) -> int:
+    import socket
+
+    try:
+        return socket.if_nametoindex(name)
+    except (OSError, ValueError):
+        return 0
+
+
 class LiveSource:
     """A live interface through pypcap, read without blocking.
 
@@ -395,20 +489,23 @@ class LiveSource:
                 buffer_size=buffer_mb * 1024 * 1024 if buffer_mb else 0,
             )
         except OSError as exc:
-            raise CaptureFileError(f"{name}: cannot open interface: {exc}") from None
+            raise CaptureFileError(f"{name}: cannot open interface: {exc}", "FT_IFACE") from None
         if bpf:
             try:
                 self._p.setfilter(bpf)
             except OSError as exc:
                 self._p.close()
-                raise CaptureFileError(f"{name}: bad BPF filter {bpf!r}: {exc}") from None
+                raise CaptureFileError(f"{name}: bad BPF filter {bpf!r}: {exc}", "FT_BPF") from None
         if direction_in:
             self._p.setdirection(pcap.PCAP_D_IN)
         self._p.setnonblock(True)
+        self.ifindex = _ifindex(name)   # 0: not a plain interface name ("any", ...): not watched
+        self._gone = ""
         self.datalink: int = self._p.datalink()
         self.snaplen = snaplen
         self._collect = Collector()   # dispatch()'s per-packet callback (compiled where built)
         self.packets = 0
+        self._error = ""
 
     def fileno(self) -> int:
         return self._p.fileno()
@@ -417,12 +514,30 @@ class LiveSource:
         """Packets already buffered by the kernel, at most ``max_n``; [] when none."""
         try:
             self._p.dispatch(max_n, self._collect)
-        except OSError:
-            # interface went away: return what we have, the caller checks stats/fileno
-            pass
+        except OSError as exc:
+            # the interface went away or down: return what we have; the caller asks gone()
+            self._error = str(exc)
         batch = self._collect.take()
         self.packets += len(batch)
         return batch
+
+    def gone(self) -> str:
+        """'' while the interface is there, else why capture on it is over.
+
+        libpcap keeps reading nothing, without an error, from an interface that
+        was deleted, so the caller asks this every second or so: the name must
+        still belong to the interface the handle was opened on (a new interface
+        of the same name has another index and is never captured by this handle).
+        """
+        if self._gone or not self.ifindex:
+            return self._gone
+        now = _ifindex(self.name)
+        if now != self.ifindex:
+            self._gone = (f"interface {self.name} disappeared" if not now else
+                          f"interface {self.name} was replaced (index {self.ifindex} -> {now})")
+            if self._error:
+                self._gone += f" ({self._error})"
+        return self._gone
 
     def stats(self) -> dict[str, int]:
         """Kernel counters: received, dropped (buffer full), dropped by the interface."""

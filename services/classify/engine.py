@@ -20,7 +20,13 @@ Order of work for one sample:
    ``ip`` (nDPI's "Match by IP").
 
 A FINAL verdict is remembered per flow (bounded): samples of that flow still
-in flight when capture stops sampling get the same answer without DPI.
+in flight when capture stops sampling get the same answer without DPI.  An
+HTTP verdict on a connection that stays open is not final, so capture keeps
+sampling it (to its per-flow limits) for the HTTP log's further pairs.
+
+``Engine.dns_record`` turns one DNS PacketEvent into one DnsRecord.  The only
+state it keeps is a bounded table of recent queries (per replica), to pair a
+response with its query and give it a round-trip time.
 """
 
 from __future__ import annotations
@@ -32,12 +38,14 @@ from typing import Any, Callable, Iterable
 
 from services.classify.apps import Apps, default_apps
 from services.classify.dissectors import REGISTRY, Dissector, Match
+from services.classify.dissectors.http import wants_more as _http_wants_more
 
 try:  # the breadth dissectors' declarative gates (see Engine._dissectors_for)
     from services.classify.dissectors import breadth_util as _bu
 except ImportError:  # pragma: no cover
     _bu = None
-from shared.models import DnsRecord, FlowSample, PacketEvent, Verdict
+from shared.text import RAW_CHARS as _RAW_CHARS, represent as _represent, truncate as _truncate
+from shared.models import DnsQuestion, DnsRecord, FlowSample, PacketEvent, Verdict
 
 log = logging.getLogger("flowtarget.classify.engine")
 
@@ -72,10 +80,35 @@ class _RateLimitedLog:
 
 
 def clean_text(value: str, limit: int) -> str:
-    """Printable text of at most ``limit`` characters (control characters replaced)."""
+    """Printable label of at most ``limit`` characters (non-printable characters become ``?``, as
+    nDPI writes host names): the verdict's protocol, application, category and host."""
     if value.isprintable():
         return value[:limit]
     return "".join(c if c.isprintable() else "?" for c in value[:limit])
+
+
+_MAX_LEN: dict[tuple[type, str], int] = {}
+
+
+def _max_len(cls: type, name: str) -> int:
+    """The max_length of a model's string field (4096 when it has none)."""
+    key = (cls, name)
+    n = _MAX_LEN.get(key)
+    if n is None:
+        n = 4096
+        for m in cls.model_fields[name].metadata:
+            if getattr(m, "max_length", None):
+                n = m.max_length
+        _MAX_LEN[key] = n
+    return n
+
+
+def wire_field(value: str, limit: int) -> str:
+    """A payload-derived metadata string as represented text (shared/text.py) of at most ``limit``
+    characters: a dissector that left raw control characters in it gets them escaped, recoverably."""
+    if _RAW_CHARS.search(value) is not None:
+        value = _represent(value)
+    return _truncate(value, limit) if len(value) > limit else value
 
 
 class Engine:
@@ -108,6 +141,7 @@ class Engine:
             self._dissectors_for(t)
         self._ports = self._build_port_table()
         self._template = dict(Verdict(timestamp=0.0, probe="template").__dict__)
+        self._dns_pending: dict[tuple, tuple[float, bool]] = {}   # (probe, flow_id, txid) -> (time, from_src)
 
     # ------------------------------------------------------------------ classify
 
@@ -171,7 +205,7 @@ class Engine:
             src_ip=s.src_ip, src_port=s.src_port, dst_ip=s.dst_ip, dst_port=s.dst_port, vlan_id=s.vlan_id,
             sample_seq_no=s.seq_no, trigger_time=s.trigger_time, src_mac=s.src_mac, dst_mac=s.dst_mac,
             vlan_ids=list(s.vlan_ids), src2dst_next_seq=s.src2dst_next_seq, src2dst_ack=s.src2dst_ack,
-            dst2src_next_seq=s.dst2src_next_seq, dst2src_ack=s.dst2src_ack, extra={},
+            dst2src_next_seq=s.dst2src_next_seq, dst2src_ack=s.dst2src_ack, extra={}, http_transactions=[],
         )
         v = Verdict.__new__(Verdict)
         _setattr = object.__setattr__
@@ -201,6 +235,7 @@ class Engine:
         d, old = v.__dict__, done.__dict__
         for f in ("final", "app_protocol", "application", "category", "confidence", "host", "http", "tls", "quic", "ssh"):
             d[f] = old[f]
+        d["http_transactions"] = list(old["http_transactions"])
         d["extra"] = dict(old["extra"])
         self.counters[v.confidence] += 1
         return v
@@ -270,6 +305,11 @@ class Engine:
             v.app_protocol = v.application
             v.confidence = "ip"
         self.counters[v.confidence] += 1
+        if final and not s.final and v.http_transactions and _http_wants_more(s):
+            # keep-alive: later samples of this connection hold further request/response pairs for
+            # the HTTP log; capture samples it on up to its per-flow limits (sample_max_*)
+            final = False
+            self.counters["http_keep_sampling"] += 1
         v.final = final or s.final
         return v
 
@@ -285,17 +325,25 @@ class Engine:
                 d[field] = clean_text(val, limit)
         if not d["app_protocol"]:
             d["app_protocol"] = "Unknown"
-        # payload-derived metadata: no control characters leave classify (logs, line protocol, UIs)
-        for sub in ("http", "tls", "quic", "ssh"):
-            info = d[sub]
-            if info is not None:
-                sd = info.__dict__
-                for k, val in sd.items():
-                    if type(val) is str:
-                        if val and not val.isprintable():
-                            sd[k] = clean_text(val, len(val))
-                    elif type(val) is list:
-                        sd[k] = [clean_text(x, len(x)) if type(x) is str and not x.isprintable() else x for x in val]
+        # payload-derived metadata: represented text (shared/text.py), no raw control character
+        # leaves classify (logs, line protocol, UIs), and the original stays recoverable
+        raw = _RAW_CHARS.search
+        for info in (d["http"], d["tls"], d["quic"], d["ssh"], *d["http_transactions"]):
+            if info is None:
+                continue
+            sd = info.__dict__
+            for val in sd.values():           # the common case: all printable, nothing to escape
+                t = type(val)
+                if (t is str and not val.isprintable()) or (t is list and val and not "".join(map(str, val)).isprintable()):
+                    break
+            else:
+                continue
+            for k, val in sd.items():
+                if type(val) is str:
+                    if val and raw(val) is not None:
+                        sd[k] = wire_field(val, _max_len(type(info), k))
+                elif type(val) is list:
+                    sd[k] = [wire_field(x, 1024) if type(x) is str and raw(x) is not None else x for x in val]
         extra = d["extra"]
         if extra:
             for k, val in list(extra.items()):
@@ -304,8 +352,8 @@ class Engine:
                     extra[str(k)[:64]] = str(val)
                     val = extra[str(k)[:64]]
                     k = str(k)[:64]
-                if not val.isprintable() or len(val) > 1024:
-                    extra[k] = clean_text(val, 1024)
+                if len(val) > 1024 or _RAW_CHARS.search(val) is not None:
+                    extra[k] = wire_field(val, 1024)
 
     def stats(self) -> dict[str, int]:
         """Counters for metrics/logs: samples, answers by confidence (dpi/port/ip/unknown), memo hits,
@@ -316,12 +364,15 @@ class Engine:
 
     def clear_caches(self) -> None:
         """Forget the memoised parses (for honest benchmarks)."""
-        from services.classify.dissectors import dns, quic, tls, tls_common
+        from services.classify.dissectors import dns, http, quic, tls, tls_common
 
         self._finals.clear()
         tls._client_side.cache_clear()
         tls._server_side.cache_clear()
         tls_common.parse_certificate_msg.cache_clear()
+        tls_common.certificate_msg_details.cache_clear()
+        http._requests.cache_clear()
+        http._responses.cache_clear()
         quic.initial_keys.cache_clear()
         quic._decrypt_cached.cache_clear()
         dns._parse_cached.cache_clear()
@@ -351,32 +402,92 @@ class Engine:
 
     # ------------------------------------------------------------------ DNS log
 
+    #: queries remembered for pairing with their response (per replica), and for how long (packet time)
+    DNS_PENDING_MAX = 65536
+    DNS_PENDING_S = 60.0
+
     def dns_record(self, p: PacketEvent) -> DnsRecord | None:
-        """A DnsRecord for one DNS message, None (counted in ``counters['dns_bad']``) when it is not one."""
-        from services.classify.dissectors.dns import parse_message
+        """A DnsRecord for one DNS message; None only for an empty payload.
+
+        ``p.payload`` is the DNS message: capture removes DNS-over-TCP's two-byte length
+        prefix.  (A producer that left it on is tolerated: when the message does not parse
+        and the first two bytes are exactly the rest's length, they are taken as the prefix.)
+        A message that does not parse is still a record, with ``error`` naming why, counted
+        in ``counters['dns_bad']`` and ``counters['dns_malformed']`` and logged (rate limited).
+        A response is paired with the query of the same flow and id this replica saw:
+        ``query_time`` and ``rtt_ms`` are set.
+        """
+        from services.classify.dissectors.dns import parse_log
 
         payload = p.payload
-        if p.transport == "TCP" and len(payload) >= 2:
-            payload = payload[2:]   # DNS over TCP: two-byte length prefix
+        if not payload:
+            self.counters["dns_empty"] += 1
+            return None
         try:
-            msg = parse_message(payload)
+            msg = parse_log(payload)
+            if msg.error and p.transport == "TCP" and len(payload) >= 14 and \
+                    ((payload[0] << 8) | payload[1]) == len(payload) - 2:
+                again = parse_log(payload[2:])
+                if not again.error:
+                    msg = again
+                    self.counters["dns_tcp_prefix_seen"] += 1
         except Exception:  # noqa: BLE001 - a parser bug must not stop the service
             self.errors["dns_record"] += 1
             self._warn("dns_record", "DNS parser raised", exc_info=True)
-            msg = None
-        if msg is None:
-            self.counters["dns_bad"] += 1
             return None
+        if msg.error:
+            self.counters["dns_bad"] += 1
+            self.counters["dns_malformed"] += 1
+            self._warn("dns_malformed", "malformed DNS message on flow %s (%s %s:%d -> %s:%d): %s",
+                       p.flow_id, p.transport, p.src_ip, p.src_port, p.dst_ip, p.dst_port, msg.error)
+        return self._dns_event(p, msg)
+
+    def _dns_event(self, p: PacketEvent, msg: Any) -> DnsRecord | None:
+        from shared.text import truncate
+
+        q = msg.questions[0] if msg.questions else None
+        first = q[0] if q else (msg.answers[0].name if msg.answers else "")
+        query_time, rtt = 0.0, None
+        key = (p.probe, p.flow_id, msg.txid)
+        pending = self._dns_pending
+        if not msg.is_response:
+            if not msg.error:
+                if len(pending) >= self.DNS_PENDING_MAX:
+                    del pending[next(iter(pending))]
+                    self.counters["dns_pending_evicted"] += 1
+                pending.pop(key, None)
+                pending[key] = (p.timestamp, p.from_src)
+                # forget queries older than DNS_PENDING_S of packet time (the oldest are first)
+                limit = p.timestamp - self.DNS_PENDING_S
+                while pending:
+                    k0 = next(iter(pending))
+                    if pending[k0][0] >= limit:
+                        break
+                    del pending[k0]
+                    self.counters["dns_unanswered"] += 1
+        else:
+            got = pending.get(key)
+            if got is not None and got[1] != p.from_src and p.timestamp >= got[0]:
+                del pending[key]
+                query_time, rtt = got[0], (p.timestamp - got[0]) * 1000.0
+                self.counters["dns_paired"] += 1
         try:
             return DnsRecord(
                 timestamp=p.timestamp, probe=p.probe, flow_id=p.flow_id, transport=p.transport,
                 src_ip=p.src_ip, src_port=p.src_port, dst_ip=p.dst_ip, dst_port=p.dst_port, vlan_id=p.vlan_id,
-                transaction_id=msg.txid, is_response=msg.is_response,
-                query_name=clean_text(msg.qname or (msg.answers[0].name if msg.answers else ""), 1024),
-                query_type=msg.qtype,
+                src_mac=p.src_mac, dst_mac=p.dst_mac, from_src=p.from_src,
+                transaction_id=msg.txid, is_response=msg.is_response, opcode=msg.opcode, flags=msg.flag_names,
+                query_name=truncate(first, 1024), query_type=q[1][:16] if q else "",
+                query_class=q[2][:16] if q else "",
                 rcode=msg.rcode if msg.is_response else "",
-                answers=[a.as_model() for a in msg.answers[:64]],
+                questions=[DnsQuestion(name=truncate(n, 1024), rtype=t[:16], rclass=c[:16])
+                           for n, t, c in msg.questions[:64]],
+                answers=[a.as_model() for a in msg.answers[:512]],
+                authorities=[a.as_model() for a in msg.authorities[:512]],
+                additionals=[a.as_model() for a in msg.additionals[:512]],
+                query_time=query_time, rtt_ms=rtt, error=msg.error[:128],
             )
         except Exception:  # noqa: BLE001 - validation of hostile content
             self.counters["dns_bad"] += 1
+            self._warn("dns_invalid", "DNS record for flow %s failed validation", p.flow_id, exc_info=True)
             return None

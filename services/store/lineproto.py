@@ -2,28 +2,17 @@
 
 Two layers keep wire strings from injecting anything:
 
-1. **Representation** (``represent``): every string from the wire (host, URL,
-   user agent, DNS name, certificate name ...) is turned into printable text
-   before it is stored anywhere (line protocol and JSON lines alike).  Valid
-   printable Unicode is kept as is; the characters no log line should carry
-   are written as backslash escapes:
-
-   ============================  =========================================
-   original                      stored text
-   ============================  =========================================
-   ``\\`` (backslash)             ``\\\\`` (doubled)
-   C0 control, DEL (U+0000-1F,   ``\\xNN`` (``\\x0a`` for a newline)
-   U+007F)
-   C1 control, U+2028, U+2029    ``\\uNNNN``
-   invalid UTF-8 byte 0xNN       ``\\xNN`` with NN >= 80 (bytes decoded with
-   (a ``surrogateescape``         ``surrogateescape`` arrive as U+DC80-DCFF)
-   surrogate)
-   other lone surrogates         ``\\uNNNN``
-   ============================  =========================================
-
-   The mapping is injective: ``unrepresent`` gives the original back exactly
-   (``unrepresent(...).encode("utf-8", "surrogateescape")`` the original
-   bytes), which matters for a legal record.
+1. **Representation** (``shared.text``): every string from the wire (host, URL,
+   user agent, DNS name, certificate name ...) is carried in events as
+   *represented text*: printable, single-line, injective (``unrepresent`` gives
+   the original back, ``shared.text.wire_bytes`` the original bytes; see
+   ``shared/text.py`` for the table).  Classify produces it where it decodes
+   the wire.  Store keeps represented text as it is and applies ``represent``
+   to a string that still holds a raw control character, line separator or
+   surrogate (``store_text``), so every stored string is represented text.
+   List and dict fields (DNS answers, ALPN lists, alert details) are stored as
+   JSON: a nested value in JSON lines, compact JSON text in line protocol,
+   every string inside them stored text.
 
 2. **Syntax** (``escape_*``): the line-protocol escaping of the InfluxDB 2
    spec.  Measurement: ``,`` and space.  Tag keys, tag values, field keys:
@@ -37,53 +26,42 @@ of the point and counted (``Point`` rendering reports them).
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, NamedTuple
 
 # --------------------------------------------------------------------------- representation
 
-_NEEDS_REPR = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+from shared.text import RAW_CHARS, represent, unrepresent  # noqa: E402  (re-exported)
+
+_NEEDS_REPR = RAW_CHARS
 
 
-def _repr_char(m: re.Match[str]) -> str:
-    c = m.group()
-    o = ord(c)
-    if c == "\\":
-        return "\\\\"
-    if o < 0x20 or o == 0x7F:
-        return f"\\x{o:02x}"
-    if 0xDC80 <= o <= 0xDCFF:  # an undecodable byte under surrogateescape
-        return f"\\x{o - 0xDC00:02x}"
-    return f"\\u{o:04x}"
-
-
-def represent(value: str | bytes | bytearray) -> str:
-    """Printable, single-line, injective text for any wire string (see module doc)."""
-    if not isinstance(value, str):
-        value = bytes(value).decode("utf-8", "surrogateescape")
-    if _NEEDS_REPR.search(value) is None:
+def store_text(value: str) -> str:
+    """A string as stored: represented text as is; a string that still holds a raw control
+    character, separator or surrogate is represented (``shared.text``) first."""
+    if RAW_CHARS.search(value) is None:
         return value
-    return _NEEDS_REPR.sub(_repr_char, value)
+    return represent(value)
 
 
-_UNREPR = re.compile(r"\\(\\|x[0-9a-f]{2}|u[0-9a-f]{4})")
+def _deep(value: Any) -> Any:
+    """A nested list/dict field with every string as stored text (JSON-ready)."""
+    t = type(value)
+    if t is str:
+        return store_text(value)
+    if t is list or t is tuple:
+        return [_deep(v) for v in value]
+    if t is dict:
+        return {store_text(str(k)): _deep(v) for k, v in value.items()}
+    if t is float and not (value - value == 0.0):
+        return None
+    return value
 
 
-def _unrepr_char(m: re.Match[str]) -> str:
-    s = m.group(1)
-    if s == "\\":
-        return "\\"
-    n = int(s[1:], 16)
-    if s[0] == "x" and n >= 0x80:
-        return chr(0xDC00 + n)
-    return chr(n)
-
-
-def unrepresent(text: str) -> str:
-    """The original string of ``represent`` (undecodable bytes as surrogateescape surrogates)."""
-    if "\\" not in text:
-        return text
-    return _UNREPR.sub(_unrepr_char, text)
+def json_text(value: Any) -> str:
+    """A list/dict field as line-protocol text: compact JSON of its stored text."""
+    return json.dumps(_deep(value), ensure_ascii=False, separators=(",", ":"))
 
 
 # --------------------------------------------------------------------------- syntax
@@ -143,7 +121,7 @@ def _tag_fragment(key: str, value: str) -> str:
     kv = (key, value)
     frag = _tag_cache.get(kv)
     if frag is None:
-        frag = f",{escape_key(key)}={escape_key(represent(value))}"
+        frag = f",{escape_key(key)}={escape_key(store_text(value))}"
         if len(_tag_cache) >= _TAG_CACHE_MAX:
             _tag_cache.clear()
         _tag_cache[kv] = frag
@@ -191,7 +169,7 @@ def _format_fields(fields: dict[str, Any]) -> tuple[str, int]:
             if not v:
                 continue
             if needs_repr(v) is not None:
-                v = represent(v)
+                v = represent(v)          # a raw string: represented text is stored as is
             if str_special(v) is not None:
                 v = _STR_SPECIAL.sub(_esc_str_sub, v)
             append(f'{k}="{v}"')
@@ -204,8 +182,12 @@ def _format_fields(fields: dict[str, Any]) -> tuple[str, int]:
             append(f"{k}=true" if v else f"{k}=false")
         elif v is None:
             dropped += 1
+        elif t is list or t is dict or t is tuple:
+            if not v:
+                continue
+            append(f'{k}="{escape_string_field(json_text(v))}"')
         else:  # anything else (an int/str subclass, ...) as represented text
-            append(f'{k}="{escape_string_field(represent(str(v)))}"')
+            append(f'{k}="{escape_string_field(store_text(str(v)))}"')
     return ",".join(parts), dropped
 
 
@@ -375,12 +357,12 @@ def to_record(point: Point) -> dict[str, Any]:
     rec: dict[str, Any] = {"time_ns": point.time_ns}
     for k, v in point.tags:
         if v:
-            rec[k] = represent(v)
+            rec[k] = store_text(v)
     for k, v in point.fields.items():
         t = type(v)
         if t is str:
             if v:
-                rec[k] = represent(v)
+                rec[k] = store_text(v)
         elif t is float:
             if v - v == 0.0:
                 rec[k] = v
@@ -388,6 +370,9 @@ def to_record(point: Point) -> dict[str, Any]:
             rec[k] = v if INT64_MIN <= v <= INT64_MAX else float(v)
         elif t is bool:
             rec[k] = v
+        elif t is list or t is dict or t is tuple:
+            if v:
+                rec[k] = _deep(v)       # nested JSON, not JSON inside a string
         elif v is not None:
-            rec[k] = represent(str(v))
+            rec[k] = store_text(str(v))
     return rec

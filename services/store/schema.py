@@ -6,13 +6,17 @@ Measurements
                   timestamp = first_seen (the flow's start).
 ``flow_updates``  periodic ``update`` FlowRecords of long flows; timestamp = record time.
 ``dns``           one point per DnsRecord (query or response).
-``http``/``tls``  one point per Verdict carrying HTTP, resp. TLS or QUIC, metadata.
+``http``          one point per HTTP request/response pair of a flow's best verdict.
+``tls``           one point per Verdict carrying TLS or QUIC metadata.
+``ssh``           one point per Verdict carrying SSH metadata (banners, HASSH).
 ``alerts``        one point per Alert publication (updates of an incident reuse alert_id).
 ``blocks``        one point per BlockAction.
 
 Tags are low-cardinality only (probe, transport, app_protocol, category, rcode,
 query_type, dns kind, alert_type, severity, action, outcome); addresses, ports,
-names, URLs, fingerprints and ids are fields.
+names, URLs, fingerprints and ids are fields.  Every point about a flow has a
+``community_id`` field (Community ID v1, seed 0; ``shared/community_id.py``),
+computed here once per point, never per packet.
 
 Point identity and redelivery
 -----------------------------
@@ -36,7 +40,8 @@ import math
 import zlib
 from dataclasses import dataclass, field
 
-from shared.models import Alert, BlockAction, DnsRecord, Event, FlowRecord, Verdict
+from shared.community_id import for_event
+from shared.models import Alert, BlockAction, DnsAnswer, DnsRecord, Event, FlowRecord, Verdict
 
 from services.store.lineproto import FAST_FIELDS, INT64_MAX, STR_NEEDS_WORK, Point
 
@@ -91,15 +96,25 @@ class AccessLogRule:
             self.skipped_updates += 1
 
 
+def community_id(ev: Event) -> str:
+    """Community ID v1 (seed 0) of an event's endpoints, "" when it has none."""
+    return for_event(ev.transport, ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port)
+
+
 def _envelope(ev: Event) -> dict:
     return {
         "flow_id": ev.flow_id,
+        "community_id": community_id(ev),
         "src_ip": ev.src_ip,
         "src_port": ev.src_port,
         "dst_ip": ev.dst_ip,
         "dst_port": ev.dst_port,
         "vlan_id": ev.vlan_id,
     }
+
+
+def _rrs(rrs: list[DnsAnswer]) -> list[dict]:
+    return [{"name": a.name, "rtype": a.rtype, "rclass": a.rclass, "ttl_s": a.ttl_s, "data": a.data} for a in rrs]
 
 
 def _flow_fields(f: FlowRecord, with_first_seen: bool) -> dict:
@@ -111,6 +126,7 @@ def _flow_fields(f: FlowRecord, with_first_seen: bool) -> dict:
     """
     d = {
         "flow_id": f.flow_id,
+        "community_id": community_id(f),
         "src_ip": f.src_ip,
         "src_port": f.src_port,
         "dst_ip": f.dst_ip,
@@ -132,6 +148,10 @@ def _flow_fields(f: FlowRecord, with_first_seen: bool) -> dict:
     }
     if with_first_seen:
         d["first_seen"] = float(f.first_seen)
+    for k in _TUNNEL_ENDPOINTS:          # outer endpoints of a tunnelled flow, where capture reports them
+        v = getattr(f, k, "")
+        if v:
+            d[k] = v
     if f.vlan_id:
         d["vlan_id"] = f.vlan_id
     if f.transport == "TCP":
@@ -142,7 +162,8 @@ def _flow_fields(f: FlowRecord, with_first_seen: bool) -> dict:
 
 _STR_ONLY = {str}
 _INT_ONLY = {int}
-_FLOW_OPTIONAL = ("first_seen", "vlan_id", "src2dst_tcp_flags", "dst2src_tcp_flags")
+_TUNNEL_ENDPOINTS = ("tunnel_src_ip", "tunnel_dst_ip")
+_FLOW_OPTIONAL = ("first_seen", *_TUNNEL_ENDPOINTS, "vlan_id", "src2dst_tcp_flags", "dst2src_tcp_flags")
 
 
 def render_flow_fields(d: dict) -> str | None:
@@ -154,16 +175,16 @@ def render_flow_fields(d: dict) -> str | None:
     try:
         host, app, conf, end, smac, dmac, tun, src = (d["host"], d["application"], d["confidence"], d["end_reason"],
                                                       d["src_mac"], d["dst_mac"], d["tunnel"], d["source"])
-        fid, sip, dip = d["flow_id"], d["src_ip"], d["dst_ip"]
+        fid, cid, sip, dip = d["flow_id"], d["community_id"], d["src_ip"], d["dst_ip"]
         sport, dport = d["src_port"], d["dst_port"]
         a, b, c, e = d["src2dst_packets"], d["src2dst_bytes"], d["dst2src_packets"], d["dst2src_bytes"]
         dur, last = d["duration_ms"], d["last_seen"]
     except KeyError:
         return None  # not the schema's own field set
-    strs = (fid, sip, dip, host, app, conf, end, smac, dmac, tun, src)
+    strs = (fid, cid, sip, dip, host, app, conf, end, smac, dmac, tun, src)
     ints = (sport, dport, a, b, c, e)
     optional = [(k, d[k]) for k in _FLOW_OPTIONAL if k in d]
-    if (len(d) != 19 + len(optional) or type(dur) is not float or type(last) is not float
+    if (len(d) != 20 + len(optional) or type(dur) is not float or type(last) is not float
             or set(map(type, strs)) != _STR_ONLY or set(map(type, ints)) != _INT_ONLY):
         return None
     if STR_NEEDS_WORK.search(" ".join(strs)) is not None:
@@ -172,6 +193,7 @@ def render_flow_fields(d: dict) -> str | None:
         return None
     line = (
         (f'flow_id="{fid}",' if fid else "")
+        + (f'community_id="{cid}",' if cid else "")
         + (f'src_ip="{sip}",' if sip else "")
         + f"src_port={sport}i,"
         + (f'dst_ip="{dip}",' if dip else "")
@@ -192,6 +214,8 @@ def render_flow_fields(d: dict) -> str | None:
             line += f",{k}={v!r}"
         elif t is int and 0 <= v <= INT64_MAX:
             line += f",{k}={v}i"
+        elif t is str and STR_NEEDS_WORK.search(v) is None:
+            line += f',{k}="{v}"'
         else:
             return None
     return line
@@ -211,8 +235,11 @@ def _verdict_tags(v: Verdict) -> tuple[tuple[str, str], ...]:
             ("category", v.category))
 
 
-def _text_list(values: list[str]) -> str:
-    return json.dumps(values, ensure_ascii=False) if values else ""
+def ssh_proto_version(banner: str) -> str:
+    """The protocol version of an SSH identification string ("2.0" of "SSH-2.0-OpenSSH_9.2")."""
+    if not banner.startswith("SSH-"):
+        return ""
+    return banner[4:].split("-", 1)[0][:16]
 
 
 @dataclass
@@ -257,13 +284,26 @@ class Schema:
 
     def _dns(self, d: DnsRecord, out: list[Point]) -> None:
         fields = _envelope(d)
-        answers = [{"name": a.name, "rtype": a.rtype, "ttl_s": a.ttl_s, "data": a.data} for a in d.answers]
         fields.update(
             transaction_id=d.transaction_id,
             query_name=d.query_name,
+            query_class=d.query_class,
+            opcode=d.opcode,
+            flags=list(d.flags),
             answer_count=len(d.answers),
-            answers=json.dumps(answers, ensure_ascii=False) if answers else "",
+            answers=_rrs(d.answers),
+            authorities=_rrs(d.authorities),
+            additionals=_rrs(d.additionals),
+            questions=[{"name": q.name, "rtype": q.rtype, "rclass": q.rclass} for q in d.questions]
+            if len(d.questions) > 1 else [],
+            src_mac=d.src_mac,
+            dst_mac=d.dst_mac,
+            from_src=d.from_src,
+            error=d.error,
         )
+        if d.rtt_ms is not None:
+            fields["rtt_ms"] = float(d.rtt_ms)
+            fields["query_time"] = float(d.query_time)
         kind = "response" if d.is_response else "query"
         tags = (("probe", d.probe), ("transport", d.transport), ("kind", kind), ("query_type", d.query_type),
                 ("rcode", d.rcode))
@@ -271,42 +311,60 @@ class Schema:
         out.append(Point("dns", tags, fields, ts_ns(d.timestamp, ident)))
 
     def _verdict(self, v: Verdict, out: list[Point]) -> None:
-        if v.http is None and v.tls is None and v.quic is None:
+        if v.http is None and v.tls is None and v.quic is None and v.ssh is None:
             self.ignored += 1
             return
         ident = f"{v.flow_id}|{v.sample_seq_no}"
         t = ts_ns(v.timestamp, ident)
+        tags = _verdict_tags(v)
         if v.http is not None:
-            h = v.http
-            fields = _envelope(v)
-            fields.update(
-                method=h.method, host=h.host, url=h.url, user_agent=h.user_agent, status_code=h.status_code,
-                content_type=h.content_type, server=h.server, application=v.application,
-                sample_seq_no=v.sample_seq_no, final=v.final,
-            )
-            out.append(Point("http", _verdict_tags(v), fields, t))
+            for i, h in enumerate(v.http_transactions or [v.http]):
+                fields = _envelope(v)
+                fields.update(
+                    method=h.method, host=h.host, url=h.url, version=h.version, user_agent=h.user_agent,
+                    referer=h.referer, status_code=h.status_code, status_msg=h.status_msg,
+                    content_type=h.content_type, request_content_type=h.request_content_type, server=h.server,
+                    request_body_len=h.request_body_len, response_body_len=h.response_body_len,
+                    trans_depth=h.trans_depth, application=v.application, sample_seq_no=v.sample_seq_no,
+                    final=v.final,
+                )
+                # one microsecond apart: the pairs of one connection never share a point
+                out.append(Point("http", tags, fields, t + i * 1000))
         if v.tls is not None or v.quic is not None:
             fields = _envelope(v)
             if v.tls is not None:
                 s = v.tls
                 fields.update(
-                    version=s.version, sni=s.sni, alpn=_text_list(s.alpn), ja3=s.ja3, ja4=s.ja4, ja3s=s.ja3s,
-                    cipher=s.cipher, server_names=_text_list(s.server_names), issuer=s.issuer,
+                    version=s.version, sni=s.sni, alpn=list(s.alpn), ja3=s.ja3, ja4=s.ja4, ja3s=s.ja3s,
+                    cipher=s.cipher, server_names=list(s.server_names), issuer=s.issuer,
+                    cert_subject=s.cert_subject, cert_issuer=s.cert_issuer, cert_serial=s.cert_serial,
                 )
+                if s.cert_not_before or s.cert_not_after:
+                    fields.update(cert_not_before=float(s.cert_not_before), cert_not_after=float(s.cert_not_after))
             else:
                 q = v.quic
                 assert q is not None
-                fields.update(version=q.version, sni=q.sni, alpn=_text_list(q.alpn), ja4=q.ja4,
+                fields.update(version=q.version, sni=q.sni, alpn=list(q.alpn), ja4=q.ja4,
                               user_agent=q.user_agent)
             fields.update(application=v.application, sample_seq_no=v.sample_seq_no, final=v.final)
-            out.append(Point("tls", _verdict_tags(v), fields, t))
+            out.append(Point("tls", tags, fields, t))
+        if v.ssh is not None:
+            h = v.ssh
+            fields = _envelope(v)
+            fields.update(
+                client_banner=h.client_banner, server_banner=h.server_banner,
+                client_version=ssh_proto_version(h.client_banner), server_version=ssh_proto_version(h.server_banner),
+                hassh=h.hassh_client, hassh_server=h.hassh_server, application=v.application,
+                sample_seq_no=v.sample_seq_no, final=v.final,
+            )
+            out.append(Point("ssh", tags, fields, t))
 
     def _alert(self, a: Alert, out: list[Point]) -> None:
         fields = _envelope(a)
         fields.update(
             alert_id=a.alert_id, count=a.count, message=a.message, first_seen=float(a.first_seen),
             last_seen=float(a.last_seen), evidence_pcap=a.evidence_pcap, rule_id=a.rule_id,
-            details=json.dumps(a.details, ensure_ascii=False, sort_keys=True) if a.details else "",
+            details=dict(sorted(a.details.items())),
         )
         tags = (("probe", a.probe), ("transport", a.transport), ("alert_type", a.alert_type),
                 ("severity", a.severity))

@@ -60,3 +60,19 @@ def test_bench_live_meters_every_frame_sent_at_a_modest_rate():
     assert 1500 <= row["sent"] <= 2500
     assert row["metered"] == row["sent"] and row["dropped_kernel"] == 0 and row["loss_pct"] == 0
     assert r["max_lossless_pps"] >= 1500
+
+
+def test_bench_pipeline_prints_cpu_per_process_and_bytes_per_subject():
+    r = bench("pipeline", str(SAMPLE_PCAP), "--json", "--nfstream", timeout=300)
+    assert r["status"] == 0 and r["packets"] == 97 and r["flows"] >= 10
+    for name in ("capture", "classify", "store", "nats-server"):
+        assert name in r["cpu_s"], r["cpu_s"]
+    assert r["cpu_s"]["capture"] > 0 and r["cpu_s"]["classify"] > 0   # wait4 figures of real children
+    subj = r["subjects"]
+    assert subj["ft.sample"]["messages"] >= 1 and subj["ft.flow"]["bytes"] > 0
+    assert subj["ft.live"]["messages"] >= 1                  # start records: core NATS only
+    assert subj["ft.flow (stream delivery)"]["messages"] >= 1    # store (and analyze's reader) got them
+    if "nfstream_skipped" in r:
+        assert "not installed" in r["nfstream_skipped"] or "failed" in r["nfstream_skipped"]
+    else:
+        assert r["nfstream_flows"] > 0 and r["nfstream_cpu_s"] > 0 and r["ratio_cpu_nfstream"] > 0

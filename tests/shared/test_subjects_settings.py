@@ -68,3 +68,18 @@ def test_capture_shards_variable(monkeypatch):
     monkeypatch.setenv("FT_CAPTURE_SHARDS", "3")
     assert CaptureSettings().shards == 3
     assert CaptureSettings(shards=2).shards == 2
+
+
+def test_mapping_settings_take_a_json_object(monkeypatch):
+    """A dict setting (FT_WEB_HEALTH_URLS) is read as a JSON object; anything else is a clear error."""
+    import pydantic
+    import pytest as _pytest
+
+    from shared.settings import WebSettings
+
+    monkeypatch.setenv("FT_WEB_TOKEN", "t")
+    monkeypatch.setenv("FT_WEB_HEALTH_URLS", '{"capture": "http://127.0.0.1:9100/metrics"}')
+    assert WebSettings().web_health_urls == {"capture": "http://127.0.0.1:9100/metrics"}
+    monkeypatch.setenv("FT_WEB_HEALTH_URLS", '["not", "a", "mapping"]')
+    with _pytest.raises(pydantic.ValidationError, match="not a JSON object"):
+        WebSettings()

@@ -67,13 +67,15 @@ class _Part:
 
 
 class Detectors:
-    def __init__(self, settings: DetectSettings, probe: str) -> None:
+    def __init__(self, settings: DetectSettings, probe: str, live: bool = False) -> None:
         wanted = {x.strip() for x in settings.detectors.split(",") if x.strip()}
         unknown = wanted - set(DETECTOR_NAMES)
         if unknown:
             raise ValueError(f"FT_DETECTORS: unknown detector(s) {', '.join(sorted(unknown))}; known: {', '.join(DETECTOR_NAMES)}")
         self.settings = settings
         self.probe = probe
+        #: live: incidents age with the wall clock (or packet time, if ahead); replays: with packet time
+        self.live = live
         self.enabled = frozenset(wanted)
         # plain counters (exported as metrics by capture)
         self.stats: dict[str, int] = {"errors": 0, "packets": 0, "flows": 0, "sources": 0, "alerts_opened": 0,
@@ -131,6 +133,7 @@ class Detectors:
             part = self.current if p.source == self.current.source else self._part(p.source, out)
             if p.timestamp > part.max_ts:
                 part.max_ts = p.timestamp
+            part.table.now = self._clock(part)
             if p.kind == "arp":
                 if part.arp is not None:
                     out += part.arp.on_packet(p)
@@ -149,6 +152,7 @@ class Detectors:
             part = self.current if r.source == self.current.source else self._part(r.source, out)
             if r.timestamp > part.max_ts:
                 part.max_ts = r.timestamp
+            part.table.now = self._clock(part)
             if part.arp is not None and part.arp.spoof and r.phase == "start":
                 part.arp.on_flow_start(r.src_mac, r.src_ip, r.dst_mac, r.dst_ip)
             if part.scan is not None:
@@ -170,6 +174,10 @@ class Detectors:
         try:
             for part in list(self.parts.values()):
                 if part is self.current:
+                    if now_ts > part.table.now:
+                        part.table.now = now_ts
+                    if part.arp is not None:
+                        out += part.arp.tick(now_ts)
                     out += part.table.tick(now_ts)
                     if now_ts - part.last_prune >= PRUNE_INTERVAL_S:
                         part.last_prune = now_ts
@@ -186,6 +194,12 @@ class Detectors:
         except Exception:
             self._error("tick")
         return out
+
+    def _clock(self, part: _Part) -> float:
+        if self.live:
+            now = time.time()
+            return now if now > part.max_ts else part.max_ts
+        return part.max_ts
 
     def flush(self) -> list[Alert]:
         """Close every open incident: call at the end of a replay and at shutdown."""

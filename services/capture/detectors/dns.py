@@ -154,10 +154,13 @@ class DnsTunnelDetector:
             inc.transport = p.transport
             inc.dst_ip, inc.dst_port = server, sport
             inc.flow_id = p.flow_id
+            inc.rate_unit = "queries/s"
+            inc.started_at = inc.first_seen = max(entry[4].since if n_s else entry[1].since, ts - self.window)
         else:
             return []
         name = _text(labels)
         dom = clean(domain.decode("latin-1"), 255)
+        inc.note(source=client, target=dom)
         inc.src_ip = client if len(clients) == 1 else inc.src_ip or client
         inc.details = {
             "domain": dom,

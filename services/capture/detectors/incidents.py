@@ -8,6 +8,12 @@ stable ``alert_id`` when it opens and is published as an :class:`Alert`:
   ``alert_update_interval_s`` while new evidence keeps arriving (``"update"``);
 - a last time when no evidence came for ``alert_expire_s`` (``"closed"``).
 
+One clock: an incident ages on the table's clock (``now``, set by the
+detectors before each event: the latest packet time of a replay, the wall
+clock live), not on the packet time of its evidence, so that evidence which
+arrives late (a flow's end record after its idle timeout) extends an open
+incident; evidence older than a closed incident's last packet never reopens it.
+
 Everything here is bounded: incidents by ``alert_max_incidents``, maps by an
 LRU cap, counters by a fixed number of time buckets.
 """
@@ -66,7 +72,7 @@ class SlidingCount:
     are ignored.  Memory is at most ``nb`` + 1 buckets.
     """
 
-    __slots__ = ("width", "nb", "buckets", "total", "latest")
+    __slots__ = ("width", "nb", "buckets", "total", "latest", "since")
 
     def __init__(self, window: float, nb: int = 10) -> None:
         self.width = window / nb
@@ -74,6 +80,12 @@ class SlidingCount:
         self.buckets: dict[int, float] = {}
         self.total = 0.0
         self.latest = -1
+        self.since = 0.0
+
+    def rate(self, now: float) -> float:
+        """Measured events/s: the window's events over the time they took (at most the window)."""
+        span = min(max(now - self.since, self.width), self.width * self.nb)
+        return self.total / span
 
     def _advance(self, b: int) -> None:
         self.latest = b
@@ -89,6 +101,8 @@ class SlidingCount:
             self._advance(b)
         elif b < self.latest - self.nb:
             return self.total
+        if self.total < 1e-9:
+            self.since = ts  # the window was empty: a burst starts here
         self.buckets[b] = self.buckets.get(b, 0.0) + n
         self.total += n
         return self.total
@@ -104,11 +118,18 @@ class SlidingCount:
         b0, b1 = int(t0 / self.width), int(t1 / self.width)
         if b1 > self.latest:
             self._advance(b1)
+        if self.total < 1e-9:
+            self.since = t0
         per = n / (b1 - b0 + 1)
         for b in range(max(b0, self.latest - self.nb), b1 + 1):
             self.buckets[b] = self.buckets.get(b, 0.0) + per
             self.total += per
         return self.total
+
+    def recent(self, now: float, span: float) -> float:
+        """Events in the buckets that cover the last ``span`` seconds (at least one bucket)."""
+        low = int((now - span) / self.width) + 1
+        return sum(v for k, v in self.buckets.items() if k >= low)
 
     def count(self, now: float) -> float:
         """Events in the window ending at ``now`` (does not move the window)."""
@@ -116,11 +137,20 @@ class SlidingCount:
         return sum(v for k, v in self.buckets.items() if k >= low)
 
 
+TOP_CAP = 4096
+TOP_N = 5
+
+
+def top(d: dict[str, int], n: int = TOP_N) -> list[str]:
+    return [k for k, _v in sorted(d.items(), key=lambda kv: -kv[1])[:n]]
+
+
 class Incident:
     __slots__ = (
         "alert_id", "alert_type", "key", "severity", "first_seen", "last_seen", "count", "message",
         "transport", "src_ip", "src_port", "dst_ip", "dst_port", "flow_id", "details",
         "published_at", "published_count", "published_last", "updates", "refresh",
+        "touched", "started_at", "rate_unit", "sources", "targets", "notes",
     )
 
     def __init__(self, alert_id: str, alert_type: str, key: Any, ts: float) -> None:
@@ -145,6 +175,27 @@ class Incident:
         self.updates = 0
         # called before each publication to (re)build message/details lazily
         self.refresh: Callable[[], None] | None = None
+        self.touched = ts          # the table's clock at the latest evidence (expiry is judged on it)
+        self.started_at = ts       # packet time of the attack's first evidence
+        self.rate_unit = ""
+        self.sources: dict[str, int] = {}
+        self.targets: dict[str, int] = {}
+        self.notes: dict[str, str] = {}   # kept across refreshes of details (e.g. spoofing seen in a flood)
+
+    def note(self, source: str = "", target: str = "", n: int = 1) -> None:
+        """Count a source and/or a target of the attack (bounded: new keys stop at TOP_CAP)."""
+        for d, k in ((self.sources, source), (self.targets, target)):
+            if k:
+                if k in d:
+                    d[k] += n
+                elif len(d) < TOP_CAP:
+                    d[k] = n
+
+    def rate(self) -> float:
+        """count over the time the attack was seen (0 while that is under 50 ms)."""
+        span = self.last_seen - self.started_at
+        return self.count / span if span >= 0.05 else 0.0
+
 
     @property
     def changed(self) -> bool:
@@ -160,10 +211,12 @@ class IncidentTable:
         self.update_interval_s = update_interval_s
         self.expire_s = expire_s
         self.max_open = max_open
+        self.now = 0.0   # the clock (set by the detectors: latest packet time, or wall time live)
         self.open: dict[tuple[str, Any], Incident] = {}
         # closed incidents that late evidence (in their own time line) may reopen under the same id
         self.recently_closed: LruDict = LruDict(max_open)
-        self.stats: dict[str, int] = {"opened": 0, "updates": 0, "closed": 0, "suppressed": 0, "reopened": 0}
+        self.stats: dict[str, int] = {"opened": 0, "updates": 0, "closed": 0, "suppressed": 0, "reopened": 0,
+                                      "late": 0}
 
     def get(self, alert_type: str, key: Any) -> Incident | None:
         return self.open.get((alert_type, key))
@@ -173,37 +226,60 @@ class IncidentTable:
 
         Returns (incident, is_new); (None, False) when the table is full.
         """
+        clock = self.now if self.now > ts else ts
         inc = self.open.get((alert_type, key))
         if inc is not None:
             inc.count += add
             if ts > inc.last_seen:
                 inc.last_seen = ts
+            if clock > inc.touched:
+                inc.touched = clock
             return inc, False
+        old = self.recently_closed.get((alert_type, key))
+        if old is not None and ts < old.published_at:
+            # late evidence: packets from before the incident closed (e.g. a flood flow's end record after
+            # its idle timeout, carrying its last packets): they belong to it and do not reopen it
+            self.stats["late"] += 1
+            return None, False
         if len(self.open) >= self.max_open:
             self.stats["suppressed"] += 1
             return None, False
-        old = self.recently_closed.pop((alert_type, key), None)
-        if old is not None and abs(ts - old.last_seen) < self.expire_s:
-            old.count = max(old.count, add)
-            old.last_seen = max(old.last_seen, ts)
-            self.open[(alert_type, key)] = old
-            self.stats["reopened"] += 1
-            return old, True
+        if old is not None:
+            self.recently_closed.pop((alert_type, key), None)
+            if clock - old.touched < self.expire_s:
+                old.count = max(old.count, add)
+                old.last_seen = max(old.last_seen, ts)
+                old.touched = clock
+                self.open[(alert_type, key)] = old
+                self.stats["reopened"] += 1
+                return old, True
         raw = f"{self.probe}|{self.salt}|{alert_type}|{key!r}|{ts:.6f}".encode("utf-8", "replace")
         inc = Incident(hashlib.sha1(raw).hexdigest()[:24], alert_type, key, ts)
         inc.count = add
+        inc.touched = clock
         self.open[(alert_type, key)] = inc
         self.stats["opened"] += 1
         return inc, True
+
+    def close(self, alert_type: str, key: Any, why: str) -> Alert | None:
+        """Close an open incident at once (e.g. the real owner reclaimed its address); its last Alert."""
+        inc = self.open.pop((alert_type, key), None)
+        if inc is None:
+            return None
+        inc.notes["closed_because"] = why
+        self.recently_closed.put((alert_type, key), inc)
+        self.stats["closed"] += 1
+        return self.alert(inc, "closed", max(self.now, inc.touched))
 
     def alert(self, inc: Incident, state: str, ts: float | None = None) -> Alert:
         """The Alert for the incident's current state (marks it published)."""
         if inc.refresh is not None:
             inc.refresh()
-        inc.published_at = inc.last_seen if ts is None else ts
+        inc.published_at = max(self.now, inc.touched) if ts is None else ts
         inc.published_count = inc.count
         inc.published_last = inc.last_seen
         details = dict(inc.details)
+        details.update(inc.notes)
         details["state"] = "reopened" if state == "open" and inc.updates else state
         details["update"] = str(inc.updates)
         inc.updates += 1
@@ -224,6 +300,11 @@ class IncidentTable:
             count=inc.count,
             message=inc.message[:2048],
             details=details,
+            started_at=inc.started_at,
+            rate=round(inc.rate(), 1),
+            rate_unit=inc.rate_unit,
+            top_sources=top(inc.sources),
+            top_targets=top(inc.targets),
         )
 
     def tick(self, now: float) -> list[Alert]:
@@ -231,7 +312,7 @@ class IncidentTable:
         out: list[Alert] = []
         closing = []
         for k, inc in self.open.items():
-            if now - inc.last_seen >= self.expire_s:
+            if now - inc.touched >= self.expire_s:
                 closing.append(k)
             elif inc.changed and now - inc.published_at >= self.update_interval_s:
                 out.append(self.alert(inc, "update", now))
@@ -245,7 +326,7 @@ class IncidentTable:
 
     def flush(self) -> list[Alert]:
         """Close every open incident (end of a capture file, shutdown)."""
-        out = [self.alert(inc, "closed", max(inc.last_seen, inc.published_at)) for inc in self.open.values()]
+        out = [self.alert(inc, "closed", max(inc.touched, inc.published_at)) for inc in self.open.values()]
         self.stats["closed"] += len(out)
         for k, inc in self.open.items():
             self.recently_closed.put(k, inc)

@@ -103,12 +103,15 @@ class ScanDetector:
         self.syn_limit = s.syn_flood_half_open
         self.syn_window = s.syn_flood_window_s
         self.targets: LruDict = LruDict(s.detect_max_tracked)  # (dst_ip, dst_port) -> [SlidingCount, sources set]
+        self.syn_counted: LruDict = LruDict(max(s.detect_max_tracked, 65536))  # half-open flow ids counted
 
     def on_flow(self, r: FlowRecord) -> list[Alert]:
         t = r.transport
         if t == "TCP":
             out: list[Alert] = []
             sf = r.src2dst_tcp_flags
+            if sf & ACK and self.syn and r.phase != "start" and r.flow_id in self.syn_counted:
+                self._syn_completed(r)  # counted half-open from its hot record, then the handshake completed
             if not (sf & SYN) and sf & ACK:
                 # picked up mid-stream: not initiated by src as far as we saw
                 if self.scan and r.phase != "start":
@@ -126,8 +129,8 @@ class ScanDetector:
                     self._succeeded(r)
                 else:
                     self._scan(r, end, out)
-            if self.syn and end and sf & SYN and not (sf & ACK):
-                self._syn(r, out)
+            if self.syn and r.phase != "start" and sf & SYN and not (sf & ACK):
+                self._syn(r, out)  # half-open: capture's hot record of it (or its end, if none came)
             return out
         if t == "UDP" and self.scan and r.phase == "end" and r.dst2src_packets == 0:
             if r.src_port < 1024 <= r.dst_port:
@@ -200,6 +203,9 @@ class ScanDetector:
         inc.src_ip = src
         inc.transport = r.transport
         inc.flow_id = r.flow_id
+        inc.started_at = inc.first_seen
+        inc.rate_unit = "targets/s"
+        inc.note(source=src, target=dst, n=0)
         inc.refresh = partial(self._describe, inc, st)
         if new:
             out.append(table.alert(inc, "open"))
@@ -208,6 +214,7 @@ class ScanDetector:
     def _describe(inc: Incident, st: _Source) -> None:
         if not st.ports_of or not st.hosts_of:
             return  # pruned since: keep the last description
+        inc.targets = {h: len(p) for h, p in islice(st.ports_of.items(), 4096)}
         top_host, ports = max(st.ports_of.items(), key=lambda kv: len(kv[1]))
         top_port, hosts = max(st.hosts_of.items(), key=lambda kv: len(kv[1]))
         failed_ports = len(st.fail_ports_of.get(top_host, ()))
@@ -238,6 +245,14 @@ class ScanDetector:
         dst = r.dst_ip
         if not dst:
             return
+        # each half-open flow counts once: from capture's hot record, else from its end record
+        if r.phase == "end":
+            if self.syn_counted.pop(r.flow_id, None) is not None:
+                return
+        elif r.flow_id in self.syn_counted:
+            return
+        else:
+            self.syn_counted.put(r.flow_id, True)
         tkey = (dst, r.dst_port)
         entry = self.targets.get(tkey)
         if entry is None:
@@ -252,30 +267,43 @@ class ScanDetector:
         key = ("dst", dst, r.dst_port)
         inc = table.get("syn_flood", key)
         new = False
+        # evidence time: the SYN's (a half-open flow's later packets are the victim's retransmissions)
         if inc is not None:
-            table.hit("syn_flood", key, r.last_seen)
+            table.hit("syn_flood", key, r.first_seen)
         elif n >= self.syn_limit:
-            inc, new = table.hit("syn_flood", key, r.last_seen, int(n))
+            inc, new = table.hit("syn_flood", key, r.first_seen, int(n))
             if inc is None:
                 return
             inc.severity = "high"
             inc.transport = "TCP"
             inc.dst_ip, inc.dst_port = dst, r.dst_port
             inc.flow_id = r.flow_id
+            inc.rate_unit = "flows/s"
+            inc.started_at = inc.first_seen = max(entry[0].since, r.first_seen - self.syn_window)
         else:
             return
         if inc.first_seen > r.first_seen:
-            inc.first_seen = r.first_seen
+            inc.first_seen = inc.started_at = r.first_seen
+        inc.note(source=r.src_ip, target=f"{dst}:{r.dst_port}")
         if new:
             inc.refresh = partial(self._describe_syn, inc, srcs, r.src_ip)
             out.append(table.alert(inc, "open"))
 
+    def _syn_completed(self, r: FlowRecord) -> None:
+        """A slow handshake (SYN-ACK or ACK later than capture's hot check): it no longer counts."""
+        self.syn_counted.pop(r.flow_id, None)
+        entry = self.targets.get((r.dst_ip, r.dst_port))
+        if entry is not None:
+            entry[0].add(r.first_seen, -1.0)
+
     def _describe_syn(self, inc: Incident, srcs: set, first_src: str) -> None:
         nsrc = len(srcs)
         inc.src_ip = first_src if nsrc == 1 else ""
-        inc.details = {"sources": str(nsrc) if nsrc < 4096 else "4096+", "window_s": f"{self.syn_window:g}"}
+        rate = inc.rate()
+        inc.details = {"sources": str(nsrc) if nsrc < 4096 else "4096+", "window_s": f"{self.syn_window:g}",
+                       "flows_per_s": f"{rate:.0f}"}
         inc.message = (f"SYN flood against {inc.dst_ip} port {inc.dst_port}: {inc.count} half-open connections "
-                       f"from {inc.details['sources']} source address(es)")
+                       f"({rate:.0f}/s measured) from {inc.details['sources']} source address(es)")
 
     def prune(self, now: float) -> None:
         """Forget sources idle for a whole window (called from tick)."""

@@ -8,12 +8,14 @@ anything that is not a plausible DNS message and never raises.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from services.classify.dissectors.base import Dissector, Match
 from services.classify.dissectors.p2p import dnscrypt_app
 from shared.models import DnsAnswer, FlowSample, Verdict
+from shared.text import represent, truncate
 
 QTYPES = {
     1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 13: "HINFO", 15: "MX", 16: "TXT", 17: "RP",
@@ -353,3 +355,186 @@ class DnsDissector(Dissector):
             if done or len(responses) >= 2 or len(msgs) >= 4:
                 return Match.FINAL
         return Match.PARTIAL
+
+
+# --------------------------------------------------------------------------- the DNS log's parser
+
+CLASSES = {1: "IN", 3: "CH", 4: "HS", 254: "NONE", 255: "ANY"}
+_FLAG_BITS = (("aa", 0x0400), ("tc", 0x0200), ("rd", 0x0100), ("ra", 0x0080), ("z", 0x0040), ("ad", 0x0020),
+              ("cd", 0x0010))
+MAX_RECORDS = 512        # per section, as DnsRecord allows
+
+
+class Malformed(Exception):
+    """A message that is not well-formed DNS; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class LogRecord:
+    name: str
+    rtype: str
+    rclass: str
+    ttl: int
+    data: str
+
+    def as_model(self) -> DnsAnswer:
+        return DnsAnswer(name=truncate(self.name, 1024), rtype=self.rtype[:16], rclass=self.rclass[:16],
+                         ttl_s=max(0, int(self.ttl)), data=truncate(self.data, 2048))
+
+
+@dataclass
+class LogMessage:
+    """Everything the DNS log keeps of one message; ``error`` set when parsing stopped early."""
+
+    txid: int = 0
+    flags: int = 0
+    is_response: bool = False
+    opcode: int = 0
+    rcode: str = ""
+    questions: list[tuple[str, str, str]] = field(default_factory=list)
+    answers: list[LogRecord] = field(default_factory=list)
+    authorities: list[LogRecord] = field(default_factory=list)
+    additionals: list[LogRecord] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def flag_names(self) -> list[str]:
+        return [n for n, bit in _FLAG_BITS if self.flags & bit]
+
+
+_NEEDS_WORK = re.compile(rb"[^\x21-\x5b\x5d-\x7e]|\.")    # anything but printable ASCII without \ and .
+
+
+def _label_text(label: bytes) -> str:
+    """A label as represented text; a dot inside a label is written ``\\x2e`` so names stay injective."""
+    if _NEEDS_WORK.search(label) is None:
+        return label.decode("ascii")
+    t = represent(label)
+    return t.replace(".", "\\x2e") if "." in t else t
+
+
+def log_name(b: bytes, pos: int) -> tuple[str, int]:
+    """Read a (possibly compressed) name for the log; raises Malformed with the reason."""
+    labels: list[str] = []
+    end_pos = -1
+    n = len(b)
+    total = 0
+    seen: set[int] = set()
+    while True:
+        if pos >= n:
+            raise Malformed("name runs past the end")
+        ln = b[pos]
+        if ln == 0:
+            pos += 1
+            break
+        t = ln & 0xC0
+        if t == 0xC0:
+            if pos + 1 >= n:
+                raise Malformed("name runs past the end")
+            if end_pos < 0:
+                end_pos = pos + 2
+            target = ((ln & 0x3F) << 8) | b[pos + 1]
+            if target in seen or len(seen) >= 128:
+                raise Malformed("compression loop")
+            seen.add(target)
+            pos = target
+            continue
+        if t:
+            raise Malformed("label type 0x%02x" % ln)
+        pos += 1
+        if pos + ln > n:
+            raise Malformed("name runs past the end")
+        total += ln + 1
+        if total > 255:
+            raise Malformed("name longer than 255 bytes")
+        labels.append(_label_text(b[pos:pos + ln]))
+        pos += ln
+    return (".".join(labels) if labels else "."), (end_pos if end_pos >= 0 else pos)
+
+
+def _log_rdata(b: bytes, pos: int, ln: int, t: int) -> str:
+    d = b[pos:pos + ln]
+    try:
+        if t == 1 and ln == 4:
+            return str(ipaddress.IPv4Address(d))
+        if t == 28 and ln == 16:
+            return str(ipaddress.IPv6Address(d))
+        if t in (2, 5, 12, 39):
+            return log_name(b, pos)[0]
+        if t == 15 and ln >= 3:
+            return "%d %s" % ((d[0] << 8) | d[1], log_name(b, pos + 2)[0])
+        if t == 33 and ln >= 7:
+            return "%d %d %d %s" % ((d[0] << 8) | d[1], (d[2] << 8) | d[3], (d[4] << 8) | d[5],
+                                    log_name(b, pos + 6)[0])
+        if t in (16, 99):
+            parts, i = [], 0
+            while i < ln:
+                k = d[i]
+                parts.append(represent(d[i + 1:i + 1 + k]).replace(" ", "\\x20"))
+                i += 1 + k
+            return " ".join(parts)
+        if t == 6:
+            mname, p2 = log_name(b, pos)
+            rname, p3 = log_name(b, p2)
+            if p3 + 20 <= pos + ln:
+                nums = [int.from_bytes(b[p3 + 4 * k:p3 + 4 * k + 4], "big") for k in range(5)]
+                return "%s %s %d %d %d %d %d" % (mname, rname, *nums)
+            return "%s %s" % (mname, rname)
+    except Malformed:
+        pass
+    return d[:1000].hex()
+
+
+def parse_log(b: bytes) -> LogMessage:
+    """Parse a DNS message for the log (never raises): every section, names as represented text;
+    ``error`` names the first problem (records read before it are kept)."""
+    m = LogMessage()
+    if len(b) < 12:
+        m.error = "shorter than a DNS header"
+        if len(b) >= 2:
+            m.txid = (b[0] << 8) | b[1]
+        return m
+    flags = (b[2] << 8) | b[3]
+    m.txid = (b[0] << 8) | b[1]
+    m.flags = flags
+    m.is_response = bool(flags & 0x8000)
+    m.opcode = (flags >> 11) & 0xF
+    m.rcode = RCODES.get(flags & 0xF, str(flags & 0xF))
+    qd = (b[4] << 8) | b[5]
+    counts = ((b[6] << 8) | b[7], (b[8] << 8) | b[9], (b[10] << 8) | b[11])
+    try:
+        if qd > 64 or max(counts) > MAX_RECORDS:
+            raise Malformed("record count too large")
+        pos = 12
+        for _ in range(qd):
+            name, pos = log_name(b, pos)
+            if pos + 4 > len(b):
+                raise Malformed("question runs past the end")
+            t = (b[pos] << 8) | b[pos + 1]
+            c = (b[pos + 2] << 8) | b[pos + 3]
+            pos += 4
+            m.questions.append((name, QTYPES.get(t, str(t)), CLASSES.get(c & 0x7FFF, str(c))))
+        for count, out in zip(counts, (m.answers, m.authorities, m.additionals)):
+            for _ in range(count):
+                name, pos = log_name(b, pos)
+                if pos + 10 > len(b):
+                    raise Malformed("record runs past the end")
+                t = (b[pos] << 8) | b[pos + 1]
+                c = (b[pos + 2] << 8) | b[pos + 3]
+                ttl = int.from_bytes(b[pos + 4:pos + 8], "big")
+                ln = (b[pos + 8] << 8) | b[pos + 9]
+                pos += 10
+                if pos + ln > len(b):
+                    raise Malformed("record data runs past the end")
+                cls = str(c) if t == 41 else CLASSES.get(c & 0x7FFF, str(c))
+                out.append(LogRecord(name, QTYPES.get(t, str(t)), cls, ttl & 0x7FFFFFFF, _log_rdata(b, pos, ln, t)))
+                pos += ln
+    except Malformed as exc:
+        m.error = exc.reason
+    except (IndexError, ValueError) as exc:   # a parser gap: still a record, with the reason
+        m.error = "unparsable: %s" % type(exc).__name__
+    return m

@@ -11,6 +11,7 @@ import hashlib
 
 from services.classify.dissectors.base import Dissector, Match
 from shared.models import FlowSample, SshInfo, Verdict
+from shared.text import wire_text
 
 
 def _banner(data: bytes) -> tuple[str, int] | None:
@@ -23,7 +24,7 @@ def _banner(data: bytes) -> tuple[str, int] | None:
     else:
         line = data[:eol]
         end = eol + 1
-    return line.rstrip(b"\r").decode("latin-1")[:255], end
+    return wire_text(line.rstrip(b"\r"), 255), end
 
 
 def _namelists(payload: bytes) -> list[str] | None:

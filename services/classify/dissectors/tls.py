@@ -12,10 +12,11 @@ from functools import lru_cache
 
 from services.classify.dissectors.base import Dissector, Match
 from services.classify.dissectors.tls_common import (
-    Hello, cipher_name, handshake_messages, is_grease, ja3, ja3s, ja4, parse_certificate_msg,
+    Hello, certificate_msg_details, cipher_name, handshake_messages, is_grease, ja3, ja3s, ja4, parse_certificate_msg,
     parse_client_hello, parse_server_hello, tls_records, version_name,
 )
 from shared.models import FlowSample, TlsInfo, Verdict
+from shared.text import wire_text
 
 # TLS directly on these ports is the mail protocol's implicit-TLS variant (nDPI names)
 _TLS_PORT_NAMES = {465: "SMTPS", 993: "IMAPS", 995: "POPS"}
@@ -70,12 +71,12 @@ def _server_side(hs: bytes, dtls: bool) -> tuple[Hello, str, tuple[str, ...], st
                 break
         elif t == 11 and sh is not None:
             names, issuer = parse_certificate_msg(body)
-            return sh, ja3s(sh), tuple(names), issuer
+            return sh, ja3s(sh), tuple(names), issuer, certificate_msg_details(body)
         elif sh is None:
             return None
     if sh is None:
         return None
-    return sh, ja3s(sh), (), ""
+    return sh, ja3s(sh), (), "", None
 
 
 def _client_and_server(c_stream, s_stream, dtls: bool = False):
@@ -106,22 +107,30 @@ def fill_tls(v: Verdict, cs, ss) -> None:
     kw: dict = {}
     if cs is not None:
         ch, j3, j4 = cs
-        kw = dict(sni=ch.sni[:512], alpn=[a[:64] for a in ch.alpn[:16]], ja3=j3, ja4=j4,
+        kw = dict(sni=wire_text(ch.sni_raw, 512) if ch.sni_raw else ch.sni[:512],
+                  alpn=[wire_text(a, 64) for a in ch.alpn_raw[:16]] if ch.alpn_raw else [a[:64] for a in ch.alpn[:16]],
+                  ja3=j3, ja4=j4,
                   version=version_name(ch.version))
         if ch.sni:
             v.host = ch.sni
     if ss is not None:
-        sh, j3s, names, issuer = ss
+        sh, j3s, names, issuer, details = ss
         kw["version"] = version_name(sh.version)
         kw["ja3s"] = j3s
         if sh.ciphers:
             kw["cipher"] = cipher_name(sh.ciphers[0])
         if sh.alpn and not kw.get("alpn"):
-            kw["alpn"] = [a[:64] for a in sh.alpn[:16]]
+            kw["alpn"] = [wire_text(a, 64) for a in sh.alpn_raw[:16]] if sh.alpn_raw else [a[:64] for a in sh.alpn[:16]]
         if names:
             kw["server_names"] = [n[:256] for n in names[:32]]
         if issuer:
             kw["issuer"] = issuer[:512]
+        if details is not None:
+            from shared.text import truncate
+
+            subject, cissuer, serial, nb, na = details
+            kw.update(cert_subject=truncate(subject, 1024), cert_issuer=truncate(cissuer, 1024),
+                      cert_serial=serial[:128], cert_not_before=nb, cert_not_after=na)
     v.tls = TlsInfo(**kw)
 
 

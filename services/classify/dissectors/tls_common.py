@@ -67,6 +67,8 @@ class Hello:
     extensions: list[int] = field(default_factory=list)
     sni: str = ""
     alpn: list[str] = field(default_factory=list)
+    sni_raw: bytes = b""            # the server_name and ALPN bytes as sent (for the TLS log's text)
+    alpn_raw: list[bytes] = field(default_factory=list)
     supported_versions: list[int] = field(default_factory=list)
     groups: list[int] = field(default_factory=list)
     point_formats: list[int] = field(default_factory=list)
@@ -93,12 +95,14 @@ def _parse_extensions(b: bytes, pos: int, end: int, h: Hello, client: bool) -> N
             if et == 0 and client:                  # server_name (RFC 6066)
                 if len(ext) >= 5 and ext[2] == 0:
                     n = (ext[3] << 8) | ext[4]
-                    h.sni = ext[5:5 + n].decode("ascii", "replace")
+                    h.sni_raw = ext[5:5 + n]
+                    h.sni = h.sni_raw.decode("ascii", "replace")
             elif et == 16:                          # ALPN (RFC 7301)
                 i, e = 2, min(len(ext), 2 + ((ext[0] << 8) | ext[1]) if len(ext) >= 2 else 0)
                 while i < e:
                     n = ext[i]
-                    h.alpn.append(ext[i + 1:i + 1 + n].decode("ascii", "replace"))
+                    h.alpn_raw.append(ext[i + 1:i + 1 + n])
+                    h.alpn.append(h.alpn_raw[-1].decode("ascii", "replace"))
                     i += 1 + n
             elif et == 43:                          # supported_versions
                 if client:
@@ -351,10 +355,14 @@ def _find_cn(name: bytes) -> str:
     e = _der(name, k + 3)
     if not e:
         return ""
-    return name[e[1]:e[2]].decode("utf-8", "replace")
+    from shared.text import represent
+
+    return represent(name[e[1]:e[2]])
 
 
 def _san_dns(blob: bytes, pos: int) -> list[str]:
+    from shared.text import represent
+
     out: list[str] = []
     e = _der(blob, pos)
     if e and e[0] == 0x01:          # critical BOOLEAN
@@ -372,7 +380,7 @@ def _san_dns(blob: bytes, pos: int) -> list[str]:
         if not g:
             break
         if g[0] == 0x82:
-            out.append(blob[g[1]:g[2]].decode("ascii", "replace"))
+            out.append(represent(blob[g[1]:g[2]]))
         pos = g[2]
     return out
 
@@ -392,3 +400,133 @@ def parse_certificate_msg(body: bytes, tls13: bool = False) -> tuple[list[str], 
     ln = int.from_bytes(body[pos:pos + 3], "big")
     pos += 3
     return cert_names(body[pos:pos + ln])
+
+
+# --------------------------------------------------------------------------- certificate details (the TLS log)
+
+_RDN_NAMES = {
+    bytes.fromhex("550403"): "CN", bytes.fromhex("550406"): "C", bytes.fromhex("550407"): "L",
+    bytes.fromhex("550408"): "ST", bytes.fromhex("55040a"): "O", bytes.fromhex("55040b"): "OU",
+    bytes.fromhex("550409"): "STREET", bytes.fromhex("550405"): "serialNumber",
+    bytes.fromhex("0992268993f22c640119"): "DC", bytes.fromhex("2a864886f70d010901"): "emailAddress",
+}
+
+
+def _rfc4514_value(v: str) -> str:
+    out = []
+    for i, ch in enumerate(v):
+        if ch in ',+"\\<>;=' or (ch == "#" and i == 0) or (ch == " " and i in (0, len(v) - 1)):
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def name_text(blob: bytes) -> str:
+    """An X.501 Name (the content of its SEQUENCE) as RFC 4514 text, most specific RDN first
+    (as OpenSSL's ``-nameopt RFC2253`` and Zeek's x509 log write it).  Values are represented
+    text (shared/text.py); tolerates truncation."""
+    from shared.text import represent
+
+    rdns: list[str] = []
+    pos, end = 0, len(blob)
+    while pos < end and len(rdns) < 64:
+        s = _der(blob, pos)
+        if not s or s[0] != 0x31:
+            break
+        parts = []
+        p2 = s[1]
+        while p2 < min(s[2], end):
+            atv = _der(blob, p2)
+            if not atv or atv[0] != 0x30:
+                break
+            oid = _der(blob, atv[1])
+            if not oid or oid[0] != 0x06:
+                break
+            val = _der(blob, oid[2])
+            if not val:
+                break
+            key = _RDN_NAMES.get(blob[oid[1]:oid[2]])
+            if key is None:
+                key = "#" + blob[oid[1]:oid[2]].hex()
+            raw = blob[val[1]:min(val[2], end)]
+            if val[0] == 0x1E:                       # BMPString
+                text = raw.decode("utf-16-be", "surrogatepass") if len(raw) % 2 == 0 else raw.hex()
+                text = represent(text)
+            else:
+                text = represent(raw)
+            parts.append(f"{key}={_rfc4514_value(text)}")
+            p2 = atv[2]
+        if parts:
+            rdns.append("+".join(parts))
+        pos = s[2]
+    return ",".join(reversed(rdns))
+
+
+def _der_time(tag: int, raw: bytes) -> float:
+    """UTCTime (0x17) / GeneralizedTime (0x18) as Unix seconds, 0.0 when unreadable."""
+    import calendar
+
+    try:
+        t = raw.decode("ascii").rstrip("Z")
+        if tag == 0x17:
+            yy = int(t[0:2])
+            year = 1900 + yy if yy >= 50 else 2000 + yy
+            rest = t[2:]
+        else:
+            year = int(t[0:4])
+            rest = t[4:]
+        mo, d, h, mi = int(rest[0:2]), int(rest[2:4]), int(rest[4:6]), int(rest[6:8])
+        sec = int(rest[8:10]) if len(rest) >= 10 else 0
+        return float(calendar.timegm((year, mo, d, h, mi, sec, 0, 0, 0)))
+    except (ValueError, IndexError, UnicodeDecodeError, OverflowError):
+        return 0.0
+
+
+def cert_details(cert: bytes) -> tuple[str, str, str, float, float]:
+    """(subject, issuer, serial hex, not before, not after) of a DER certificate; "" / 0.0 for
+    what is missing or cut off."""
+    top = _der(cert, 0)
+    if not top or top[0] != 0x30:
+        return "", "", "", 0.0, 0.0
+    tbs = _der(cert, top[1])
+    if not tbs or tbs[0] != 0x30:
+        return "", "", "", 0.0, 0.0
+    pos = tbs[1]
+    fields = []
+    while pos < min(tbs[2], len(cert)) and len(fields) < 7:
+        e = _der(cert, pos)
+        if not e:
+            break
+        fields.append(e)
+        pos = e[2]
+    idx = 1 if fields and fields[0][0] == 0xA0 else 0
+    serial = issuer = subject = ""
+    nb = na = 0.0
+    if len(fields) > idx and fields[idx][0] == 0x02:
+        f = fields[idx]
+        serial = cert[f[1]:min(f[2], len(cert))].hex().upper()
+    if len(fields) > idx + 2 and fields[idx + 2][0] == 0x30:
+        f = fields[idx + 2]
+        issuer = name_text(cert[f[1]:min(f[2], len(cert))])
+    if len(fields) > idx + 3 and fields[idx + 3][0] == 0x30:
+        f = fields[idx + 3]
+        a = _der(cert, f[1])
+        if a:
+            nb = _der_time(a[0], cert[a[1]:a[2]])
+            b = _der(cert, a[2])
+            if b:
+                na = _der_time(b[0], cert[b[1]:b[2]])
+    if len(fields) > idx + 4 and fields[idx + 4][0] == 0x30:
+        f = fields[idx + 4]
+        subject = name_text(cert[f[1]:min(f[2], len(cert))])
+    return subject, issuer, serial, nb, na
+
+
+@lru_cache(maxsize=1024)
+def certificate_msg_details(body: bytes) -> tuple[str, str, str, float, float]:
+    """``cert_details`` of the first certificate of a (TLS <= 1.2) Certificate message."""
+    if len(body) < 6:
+        return "", "", "", 0.0, 0.0
+    ln = int.from_bytes(body[3:6], "big")
+    return cert_details(body[6:6 + ln])

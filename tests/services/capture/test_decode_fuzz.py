@@ -136,3 +136,76 @@ def test_meter_never_raises_on_mutated_traffic(items):
     assert st_["packets"] == len(items) and st_["flows_active"] == 0
     for ev in meter.sink.flows + meter.sink.samples + meter.sink.packets:
         type(ev).model_validate_json(ev.model_dump_json())  # every event it built is a valid event
+
+
+# --- structured fuzz (issue 13): valid outer headers, hostile inner bytes, every path of the decoder
+
+import contextlib  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+
+SCALE = float(os.environ.get("FT_FUZZ_SCALE", "1"))   # more examples for a deeper local run (CI: 1)
+ETHERTYPES = [0x0800, 0x86DD, 0x0806, 0x8100, 0x88A8, 0x9100, 0x8847, 0x8848, 0x8864, 0x8863, 0x88CC, 0x0000,
+              0x05DC, 0x22F0, 0xFFFF]
+IP_PROTOS = [0, 1, 2, 4, 6, 17, 41, 43, 44, 47, 50, 51, 58, 59, 60, 132, 135, 139, 255]
+UDP_PORTS = [53, 67, 123, 2152, 4789, 5353, 6081, 8472, 4754, 37008, 5247, 1, 65535]
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int = 5):
+    def boom(*_a):
+        raise TimeoutError(f"decode did not answer within {seconds} s: a hang")
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _check(frame: bytes, dlt: int = 1) -> None:
+    with _deadline():
+        r = decode(frame, dlt)
+    assert isinstance(r, tuple) and r[0] in (0, 1, 2, 3, 4)
+    if r[0] == KIND_IP:
+        poff, plen = r[8], r[9]
+        assert 0 <= poff and 0 <= plen and poff + plen <= len(frame)
+
+
+@settings(max_examples=int(400 * SCALE), deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(ETHERTYPES), st.binary(max_size=1500))
+def test_any_ethertype_with_hostile_rest(et, rest):
+    _check(ETH + struct.pack("!H", et) + rest)
+
+
+@settings(max_examples=int(400 * SCALE), deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(IP_PROTOS), st.integers(0, 0xFFFF), st.integers(0x40, 0x4F), st.integers(0, 0xFFFF),
+       st.binary(max_size=600))
+def test_ipv4_with_hostile_header_fields_and_payload(proto, total_len, vihl, frag, l4):
+    ip = struct.pack("!BBHHHBBH4s4s", vihl, 0, total_len, 1, frag, 64, proto, 0, A, B)
+    _check(ETH + b"\x08\x00" + ip + l4)
+
+
+@settings(max_examples=int(400 * SCALE), deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(IP_PROTOS), st.integers(0, 0xFFFF), st.binary(max_size=600))
+def test_ipv6_with_hostile_next_headers(nxt, plen, rest):
+    ip6 = struct.pack("!IHBB16s16s", 0x60000000, plen, nxt, 64, b"\x20" + b"\x00" * 15, b"\x20" + b"\x01" * 15)
+    _check(ETH + b"\x86\xdd" + ip6 + rest)
+
+
+@settings(max_examples=int(400 * SCALE), deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(UDP_PORTS), st.sampled_from(UDP_PORTS), st.binary(max_size=600), st.integers(0, 6))
+def test_tunnels_with_hostile_inner_bytes(sport, dport, inner, nest):
+    """UDP tunnels (VXLAN, GTP, Geneve, ...) and GRE nested with random inner bytes: no raise, no hang."""
+    frame = inner
+    for i in range(nest + 1):
+        frame = _ip(_udp(frame, sport, dport), 17) if i % 2 == 0 else _ip(struct.pack("!HH", 0, 0x0800) + frame, 47)
+    _check(ETH + b"\x08\x00" + frame)
+
+
+@settings(max_examples=int(300 * SCALE), deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(DLTS), st.binary(max_size=1500))
+def test_long_random_frames_on_every_link_type(dlt, data):
+    _check(data, dlt)

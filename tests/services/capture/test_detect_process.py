@@ -49,7 +49,9 @@ def test_scan_split_across_two_shards_is_one_incident(nats_server):
         # 200 failed connections to 200 ports of one host; even ports seen by shard 0, odd by shard 1
         for port in range(1, 201):
             bus = shards[port % 2]
-            await bus.js_publish("ft.flow.det", batch_json([flow(port, "start", port), flow(port, "end", port)]))
+            # as capture publishes them: the start record on core NATS, the end record through JetStream
+            await bus.nc.publish("ft.live.det", batch_json([flow(port, "start", port)]))
+            await bus.js_publish("ft.flow.det", batch_json([flow(port, "end", port)]))
         for k, bus in enumerate(shards):
             await bus.publish("ft.stats.det", CaptureStats(timestamp=2000.0, probe="det", source="eth1",
                                                            counters={"end_of_capture": 1}))

@@ -61,7 +61,7 @@ def test_eth4_twins_agree_on_cut_and_mutated_frames(frame, data):
         r = decode(m, 1)
         assert r[0] == KIND_IP
         key, proto, nbytes, po, pl, flags, seq, ack, sp, dp = fast
-        assert key == (proto, r[3] + r[4] + struct.pack("!HH", sp, dp))
+        assert key == bytes((proto,)) + r[3] + r[4] + struct.pack("!HH", sp, dp)
         assert (r[2], r[5], r[6], r[7], r[10], r[11], r[12]) == (proto, sp, dp, nbytes, flags, seq, ack)
         if pl > 0:
             assert (po, pl) == (r[8], r[9])

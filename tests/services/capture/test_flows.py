@@ -448,3 +448,72 @@ def test_port_guess_hook_names_unclassified_flows_at_their_end():
     m2.process(1.0, tcpf(C, 5000, S, 443, SYN))
     m2.finish()
     assert ends(sink2)[0].app_protocol == "Unknown" and m2.stats()["counters"]["port_guess_errors"] == 1
+
+
+def icmpf(src, dst, seq, ident=7) -> bytes:
+    ic = dpkt.icmp.ICMP(type=8, data=dpkt.icmp.ICMP.Echo(id=ident, seq=seq, data=b"x" * 24))
+    return frame(src, dst, ic, 1)
+
+
+def test_hot_records_for_a_busy_flow_within_hot_interval_and_none_for_a_quiet_one():
+    m, sink = meter(verdict_wait_s=0)
+    t0 = 1000.0
+    for i in range(3000):  # an echo flood: 2000 packets/s in one flow, for 1.5 s
+        m.process(t0 + i / 2000, icmpf(C, S, i))
+    for i in range(5):  # an ordinary ping: one packet a second
+        m.process(t0 + i, icmpf(C, "10.3.0.3", i, ident=9))
+    hot = sink.hot_records
+    assert hot and {r.dst_ip for r in hot} == {S}
+    assert all(r.phase == "update" for r in hot)
+    first = hot[0]
+    assert first.timestamp - t0 <= 0.51 and first.src2dst_packets >= 1000
+    # at most one per hot_interval_s, cumulative counters
+    ts = [r.timestamp for r in hot]
+    assert all(b - a >= 0.5 for a, b in zip(ts, ts[1:]))
+    assert [r.src2dst_packets for r in hot] == sorted(r.src2dst_packets for r in hot)
+    assert m.stats()["counters"]["hot_records"] == len(hot)
+
+
+def test_hot_records_for_half_open_syns_not_for_completed_handshakes():
+    m, sink = meter(verdict_wait_s=0)
+    t0 = 1000.0
+    for i in range(200):  # unanswered SYNs, and SYNs answered by RST
+        m.process(t0 + i / 1000, tcpf("10.9.0.1", 1024 + i, S, 80, SYN))
+        if i % 2:
+            m.process(t0 + i / 1000 + 1e-4, tcpf(S, 80, "10.9.0.1", 1024 + i, RST | ACK))
+    handshake(m, t0=t0 + 0.3, cport=50000, sport=80)  # a real connection to the same port
+    m.tick(t0 + 0.4)
+    assert sink.hot_records == []  # not yet hot_interval_s old
+    m.tick(t0 + 1.0)
+    hot = sink.hot_records
+    assert len(hot) == 200 and {r.src_port for r in hot} == set(range(1024, 1224))
+    assert all(r.src2dst_tcp_flags == SYN for r in hot)
+    assert sum(1 for r in hot if r.dst2src_tcp_flags & RST) == 100
+    m.tick(t0 + 3.0)
+    assert len(sink.hot_records) == 200  # once per flow
+    # SYN-ACKed, never ACKed (a spoofed source): reported at twice hot_interval_s, not before
+    m.process(t0 + 5.0, tcpf("10.9.0.2", 5000, S, 80, SYN))
+    m.process(t0 + 5.01, tcpf(S, 80, "10.9.0.2", 5000, SYN | ACK))
+    m.tick(t0 + 5.6)
+    assert len(sink.hot_records) == 200
+    m.tick(t0 + 6.05)
+    assert len(sink.hot_records) == 201 and sink.hot_records[-1].dst2src_tcp_flags == SYN | ACK
+
+
+def test_hot_records_do_not_change_the_stored_records():
+    def run(**kw):
+        m, sink = meter(verdict_wait_s=0, **kw)
+        t0 = 1000.0
+        for i in range(1500):
+            m.process(t0 + i / 500, icmpf(C, S, i))
+            if i % 3 == 0:
+                m.process(t0 + i / 500, tcpf("10.9.0.1", 2000 + i, S, 80, SYN))
+        handshake(m, t0=t0 + 1, cport=50000, sport=80)
+        m.tick(t0 + 200)
+        m.finish()
+        return sink
+
+    on, off = run(), run(hot_packets=0)
+    assert on.hot_records and not off.hot_records
+    strip = lambda rs: [r.model_dump(exclude={"flow_id"}) for r in rs]  # noqa: E731
+    assert strip(on.flows) == strip(off.flows)

@@ -94,10 +94,10 @@ def test_live_recording_then_pcap_by_host_and_flow_equals_tcpdump(nats_server, t
         want = [f for f, a in seen if ip in (a[0], a[2])]
         got = [f for f, _a in frames_of(out)]
         assert len(want) > 60 and got == want
-    starts = [e for e in result["events"] if e["event_type"] == "flow" and e["phase"] == "start"
+    ended = [e for e in result["events"] if e["event_type"] == "flow" and e["phase"] == "end"
               and e["src_ip"] == h3.ip and e["dst_port"] in (80, 40000)]
-    assert len(starts) >= 4
-    for e in starts:
+    assert len(ended) >= 4
+    for e in ended:
         out = tmp_path / f"{e['flow_id']}.pcap"
         r = subprocess.run([sys.executable, "-m", "flowtarget", "pcap", "--dir", str(store), "--flow-id", e["flow_id"],
                             "-o", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)

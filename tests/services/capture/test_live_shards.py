@@ -67,6 +67,7 @@ class FlowCollector:
                 pass
 
         await self.nc.subscribe(f"ft.flow.{self.probe}", cb=cb)
+        await self.nc.subscribe(f"ft.live.{self.probe}", cb=cb)     # start records
         await self.nc.flush()
         ready.set()
 

@@ -46,8 +46,8 @@ def test_replay_with_recording_then_flowtarget_pcap(nats_server, tmp_path):
         return events, stats
 
     events, stats = asyncio.run(main())
-    starts = [e for e in events if e["event_type"] == "flow" and e["phase"] == "start"]
-    assert len(starts) >= 300
+    ended = [e for e in events if e["event_type"] == "flow" and e["phase"] == "end"]
+    assert len(ended) >= 300
     assert stats["packets_written"] == len(frames) and stats["rotations"] > 5 and stats["files_deleted"] == 0
     packets = dpkt_read(src)
     pcaps = list_store(store)
@@ -59,7 +59,7 @@ def test_replay_with_recording_then_flowtarget_pcap(nats_server, tmp_path):
     want_host = [(ts, f) for ts, f in packets if (a := addrs(f)) and "10.1.0.5" in a[:2]]
     assert want_host and dpkt_read(out) == want_host
 
-    for e in [s for s in starts if s["transport"] == "TCP"][:3] + [s for s in starts if s["transport"] == "UDP"][:2]:
+    for e in [s for s in ended if s["transport"] == "TCP"][:3] + [s for s in ended if s["transport"] == "UDP"][:2]:
         out = tmp_path / f"{e['flow_id']}.pcap"
         r = flowtarget("pcap", "--dir", str(store), "--flow-id", e["flow_id"], "-o", str(out))
         assert r.returncode == 0, r.stderr

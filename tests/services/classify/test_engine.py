@@ -156,7 +156,9 @@ def test_dns_record_and_garbage():
     assert [(a.name, a.rtype, a.ttl_s, a.data) for a in r.answers] == [("www.example.com", "A", 60, "192.0.2.1")]
     r = e.dns_record(packet(struct.pack(">H", len(resp)) + resp, "TCP"))
     assert r.query_name == "www.example.com"
-    assert e.dns_record(packet(b"\x01\x02")) is None
+    bad = e.dns_record(packet(b"\x01\x02"))
+    assert bad.error == "shorter than a DNS header" and e.counters["dns_malformed"] == 1
+    assert e.dns_record(packet(b"")) is None
     for i in range(200):
         e.dns_record(packet(os.urandom(i)))
     assert e.counters["dns_bad"] >= 1 and not e.errors
@@ -234,7 +236,11 @@ def test_payload_metadata_has_no_control_characters():
             return Match.FINAL
 
     v = Engine(registry=[Evil()], apps=Apps({}), port_guess=False).classify(sample())
-    assert v.http.url.isprintable() and v.http.user_agent.isprintable() and v.extra["banner"] == "a?b"
+    assert v.http.url.isprintable() and v.http.user_agent.isprintable() and v.extra["banner"] == "a\\x00b"
+    # represented text: the original is recoverable (docs/storage.md)
+    from shared.text import unrepresent
+
+    assert unrepresent(v.http.url) == "/\x1b[2J\n" and unrepresent(v.http.user_agent) == "ua\r\nX-Injected: 1"
 
 
 def test_sloppy_dissector_output_is_repaired():

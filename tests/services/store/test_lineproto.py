@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shared.text import needs_repr
 from services.store.lineproto import (
     LineProtocolError,
     Point,
@@ -15,6 +16,7 @@ from services.store.lineproto import (
     parse_line,
     parse_lines,
     represent,
+    store_text,
     to_line,
     to_lines,
     to_record,
@@ -51,19 +53,48 @@ def _all_hostile() -> list[str]:
 
 @pytest.mark.parametrize("value", _all_hostile(), ids=lambda v: repr(v[:20]))
 def test_hostile_string_round_trips_in_fields_and_tags(value):
-    p = Point("http", (("probe", "p1"), ("app_protocol", value)), {"url": value, "n": 1}, 1_600_000_000_000_000_000)
+    wire = represent(value)   # what a producer (classify) puts into an event for this wire string
+    p = Point("http", (("probe", "p1"), ("app_protocol", wire)), {"url": wire, "n": 1}, 1_600_000_000_000_000_000)
     line = to_line(p)
     # nothing can inject a line: only printable single-line text
     assert "\n" not in line and "\r" not in line and "\u2028" not in line and "\x85" not in line
     assert len(line.splitlines()) == 1
     back = parse_line(line)
     assert back.measurement == "http"
-    assert dict(back.tags) == {"probe": "p1", "app_protocol": represent(value)}
-    assert back.fields == {"url": represent(value), "n": 1}
+    assert dict(back.tags) == {"probe": "p1", "app_protocol": wire}
+    assert back.fields == {"url": wire, "n": 1}
     assert back.time_ns == p.time_ns
     # the stored text gives the original back exactly
     assert unrepresent(back.fields["url"]) == value
     assert unrepresent(dict(back.tags)["app_protocol"]) == value
+    assert to_record(p)["url"] == wire
+
+
+@pytest.mark.parametrize("value", _all_hostile(), ids=lambda v: repr(v[:20]))
+def test_raw_strings_from_a_careless_producer_are_represented(value):
+    """A string that still holds raw control characters or surrogates is represented by the store."""
+    p = Point("http", (("probe", "p1"), ("app_protocol", value)), {"url": value, "n": 1}, 1_600_000_000_000_000_000)
+    line = to_line(p)
+    assert len(line.splitlines()) == 1 and "\r" not in line and "\x85" not in line
+    back = parse_line(line)
+    expect = represent(value) if needs_repr(value) else value
+    assert back.fields["url"] == expect == store_text(value) == to_record(p)["url"]
+    assert dict(back.tags)["app_protocol"] == expect
+    if needs_repr(value):
+        assert unrepresent(back.fields["url"]) == value
+
+
+def test_list_and_dict_fields_are_json_with_stored_text():
+    answers = [{"name": 'q"uote\\back', "data": "1.2.3.4"}, {"name": "ctl\x00", "data": ""}]
+    p = Point("dns", (("probe", "p1"),), {"answers": answers, "empty": []}, 1)
+    back = parse_line(to_line(p))
+    import json
+
+    got = json.loads(back.fields["answers"])
+    assert got == [{"name": 'q"uote\\back', "data": "1.2.3.4"}, {"name": "ctl\\x00", "data": ""}]
+    assert "empty" not in back.fields
+    rec = to_record(p)
+    assert rec["answers"] == got and "empty" not in rec
 
 
 @pytest.mark.parametrize("raw", HOSTILE_BYTES)
@@ -127,10 +158,10 @@ def test_any_point_round_trips(meas, tags, fields, ts):
     assert "\n" not in line
     back = parse_line(line)
     assert back.measurement == meas_r
-    assert back.tags == tuple((k, represent(v)) for k, v in tags_r)
+    assert back.tags == tuple((k, store_text(v)) for k, v in tags_r)
     expect = {}
     for k, v in fields_r.items():
-        expect[k] = represent(v) if isinstance(v, str) else v
+        expect[k] = store_text(v) if isinstance(v, str) else v
     assert back.fields.keys() == expect.keys()
     for k, v in expect.items():
         if isinstance(v, float):
@@ -141,7 +172,8 @@ def test_any_point_round_trips(meas, tags, fields, ts):
 
 
 def test_escaping_per_spec():
-    p = Point("my meas,x", (("tag key", "v,a=l ue"),), {"f=k": 'say "hi"\\'}, 5)
+    # the field holds represented text (a backslash is doubled there); the syntax doubles it again
+    p = Point("my meas,x", (("tag key", "v,a=l ue"),), {"f=k": 'say "hi"\\\\'}, 5)
     assert to_line(p) == 'my\\ meas\\,x,tag\\ key=v\\,a\\=l\\ ue f\\=k="say \\"hi\\"\\\\\\\\" 5'
 
 

@@ -8,6 +8,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shared.community_id import community_id
 from shared.models import (
     Alert,
     BlockAction,
@@ -15,6 +16,7 @@ from shared.models import (
     DnsAnswer,
     DnsRecord,
     HttpInfo,
+    SshInfo,
     TlsInfo,
     Verdict,
 )
@@ -86,18 +88,29 @@ def test_other_measurements_and_their_tags():
                       http=HttpInfo(method="GET", host="h", url="/a b", status_code=200),
                       tls=TlsInfo(sni="s.example", ja3="abc", alpn=["h2"]))
     bare_verdict = Verdict(timestamp=BASE_TS, probe="p1", flow_id="v2", app_protocol="SSH")
+    ssh = Verdict(timestamp=BASE_TS, probe="p1", flow_id="v3", transport="TCP", app_protocol="SSH",
+                  src_ip="10.0.0.2", src_port=40000, dst_ip="10.0.0.22", dst_port=22,
+                  ssh=SshInfo(client_banner="SSH-2.0-OpenSSH_9.2p1", server_banner="SSH-1.99-x",
+                              hassh_client="a" * 32, hassh_server="b" * 32))
     alert = Alert(timestamp=BASE_TS, probe="p1", alert_id="a1", alert_type="port_scan", severity="high",
                   first_seen=BASE_TS, last_seen=BASE_TS + 1, count=42, details={"ports": "100"})
     block = BlockAction(timestamp=BASE_TS, probe="p1", flow_id="f9", rule_id="r1", action="reset", outcome="won",
                         latency_ms=0.4, attempts=1)
     stats = CaptureStats(timestamp=BASE_TS, probe="p1")
-    sc, pts = points_of([dns, verdict, bare_verdict, alert, block, stats])
+    sc, pts = points_of([dns, verdict, bare_verdict, ssh, alert, block, stats])
     by = {p.measurement: p for p in pts}
-    assert sorted(by) == ["alerts", "blocks", "dns", "http", "tls"]
+    assert sorted(by) == ["alerts", "blocks", "dns", "http", "ssh", "tls"]
+    assert by["ssh"].fields["hassh"] == "a" * 32 and by["ssh"].fields["hassh_server"] == "b" * 32
+    assert (by["ssh"].fields["client_version"], by["ssh"].fields["server_version"]) == ("2.0", "1.99")
+    assert by["ssh"].fields["community_id"] == community_id("10.0.0.2", "10.0.0.22", 6, 40000, 22)
+    assert by["dns"].fields["community_id"] == community_id("10.0.0.2", "10.0.0.53", 17, 5353, 53)
+    assert by["alerts"].fields["community_id"] == ""       # an alert about no flow
     assert dict(by["dns"].tags) == {"probe": "p1", "transport": "UDP", "kind": "response", "query_type": "A",
                                     "rcode": "NOERROR"}
     assert by["dns"].fields["transaction_id"] == 77 and by["dns"].fields["answer_count"] == 1
-    assert json.loads(by["dns"].fields["answers"])[0]["data"] == "192.0.2.7"
+    assert by["dns"].fields["answers"][0]["data"] == "192.0.2.7"
+    assert json.loads(parse_lines(to_line(by["dns"]))[0].fields["answers"])[0]["name"] == "evil\\x0a.example"
+    assert to_record(by["dns"])["answers"][0]["name"] == "evil\\x0a.example"
     assert by["http"].fields["status_code"] == 200 and by["tls"].fields["ja3"] == "abc"
     assert dict(by["alerts"].tags)["alert_type"] == "port_scan" and by["alerts"].fields["count"] == 42
     assert dict(by["blocks"].tags) == {"probe": "p1", "transport": "", "action": "reset", "outcome": "won"}

@@ -1,0 +1,464 @@
+/*
+ * FlowTarget capture: the compiled flow meter's per-packet loop (first stage).
+ *
+ * The meter (services/capture/flows.py, FlowMeter) keeps its flow table and
+ * its Flow objects in Python; this loop meters a batch's records without the
+ * interpreter where they are untagged Ethernet/IPv4 TCP or UDP frames (the
+ * same frames as _fastpath.eth4), in the Python loop's order:
+ *
+ *   packet/byte totals, duplicate-frame check, housekeeping when a second of
+ *   packet time has passed (_housekeep), table lookup by the directional key
+ *   (bytes((proto,)) + frame[26:38]) and move to the end — or a new flow
+ *   (_new_flow; after _end for a SYN on a closed flow's key) — the
+ *   direction's packets, bytes, TCP flags and stamp, the flow's last time, the
+ *   evidence ring; then, where due, the flow's events through the meter's own
+ *   methods: _tcp_close (FIN/RST), _periodic (update record, active timeout),
+ *   _sample (a sampled direction's payload or SYN/FIN), _dns (a DNS message).
+ *
+ * So Python runs per flow event only.  Every other frame (VLAN, IPv6, IP
+ * options, fragments, tunnels, other link types) it hands untouched to the
+ * pure-Python meter (``one((rec,), dl)``, FlowMeter._process_py) and goes on
+ * after it.  The pure-Python meter does exactly the same per record
+ * (tests/services/capture/test_meter_twin.py replays the dev corpora through
+ * both and compares every record, sample, packet event, counter and
+ * evidence ring).
+ *
+ *   bind(flow_class)      the Flow class with __slots__: learns its slot offsets
+ *   run(meter, recs, one, dl, table, move_to_end, ev_trim, ev_keep) -> (packets, bytes, duplicates)
+ *       of the records it metered itself; keeps meter._prev_frame/_prev_ts in step
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
+
+static inline uint32_t be16(const unsigned char *p) { return ((uint32_t)p[0] << 8) | p[1]; }
+
+static int is_tunnel_port(uint32_t p) { return p == 4789 || p == 2152 || p == 37008 || p == 5247; }
+
+enum {
+    S_PKTS, S_BYTES, D_PKTS, D_BYTES, S_FLAGS, D_FLAGS, S_STAMP, D_STAMP, LAST, EV, STATE, SAMPLING,
+    IS_DNS, NEXT_CHECK, NSLOTS
+};
+static const char *slot_names[NSLOTS] = {
+    "s_pkts", "s_bytes", "d_pkts", "d_bytes", "s_flags", "d_flags", "s_stamp", "d_stamp", "last", "ev",
+    "state", "sampling", "is_dns", "next_check",
+};
+static Py_ssize_t offs[NSLOTS];
+static PyTypeObject *flow_type = NULL;
+static PyObject *empty_tuple = NULL;
+
+#define SLOT(o, k) (*(PyObject **)((char *)(o) + offs[k]))
+
+static PyObject *bind(PyObject *self, PyObject *cls) {
+    (void)self;
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "bind() needs the Flow class");
+        return NULL;
+    }
+    for (int k = 0; k < NSLOTS; k++) {
+        PyObject *d = PyObject_GetAttrString(cls, slot_names[k]);
+        if (d == NULL)
+            return NULL;
+        if (!Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+            Py_DECREF(d);
+            PyErr_Format(PyExc_TypeError, "Flow.%s is not a slot", slot_names[k]);
+            return NULL;
+        }
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if (m->type != T_OBJECT_EX) {
+            Py_DECREF(d);
+            PyErr_Format(PyExc_TypeError, "Flow.%s is not an object slot", slot_names[k]);
+            return NULL;
+        }
+        offs[k] = m->offset;
+        Py_DECREF(d);
+    }
+    Py_INCREF(cls);
+    Py_XSETREF(flow_type, (PyTypeObject *)cls);
+    Py_RETURN_NONE;
+}
+
+/* a slot's value; NULL (with AttributeError) when unset */
+static inline PyObject *get(PyObject *f, int k) {
+    PyObject *v = SLOT(f, k);
+    if (v == NULL)
+        PyErr_Format(PyExc_AttributeError, "Flow.%s is not set", slot_names[k]);
+    return v;
+}
+
+static inline void put(PyObject *f, int k, PyObject *v) {   /* steals v */
+    PyObject *old = SLOT(f, k);
+    SLOT(f, k) = v;
+    Py_XDECREF(old);
+}
+
+static int add_int(PyObject *f, int k, long long inc) {
+    PyObject *v = get(f, k);
+    if (v == NULL)
+        return -1;
+    long long x = PyLong_AsLongLong(v);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    PyObject *n = PyLong_FromLongLong(x + inc);
+    if (n == NULL)
+        return -1;
+    put(f, k, n);
+    return 0;
+}
+
+static int or_int(PyObject *f, int k, long bits) {
+    PyObject *v = get(f, k);
+    if (v == NULL)
+        return -1;
+    long x = PyLong_AsLong(v);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    if ((x | bits) == x)
+        return 0;
+    PyObject *n = PyLong_FromLong(x | bits);
+    if (n == NULL)
+        return -1;
+    put(f, k, n);
+    return 0;
+}
+
+static PyObject *s_prev_frame, *s_prev_ts, *s_next_house, *s_fin;
+
+/* the meter's (prev frame, prev ts, next housekeeping) from its attributes */
+static int load_state(PyObject *meter, PyObject **prev, double *prev_ts, double *nh) {
+    PyObject *p = PyObject_GetAttr(meter, s_prev_frame);
+    if (p == NULL)
+        return -1;
+    PyObject *t = PyObject_GetAttr(meter, s_prev_ts), *h = t ? PyObject_GetAttr(meter, s_next_house) : NULL;
+    if (h == NULL) {
+        Py_DECREF(p);
+        Py_XDECREF(t);
+        return -1;
+    }
+    *prev_ts = PyFloat_AsDouble(t);
+    *nh = PyFloat_AsDouble(h);
+    Py_DECREF(t);
+    Py_DECREF(h);
+    if (PyErr_Occurred()) {
+        Py_DECREF(p);
+        return -1;
+    }
+    Py_XSETREF(*prev, p);
+    return 0;
+}
+
+static int store_state(PyObject *meter, PyObject *prev, double prev_ts) {
+    PyObject *t = PyFloat_FromDouble(prev_ts);
+    if (t == NULL)
+        return -1;
+    int r = PyObject_SetAttr(meter, s_prev_frame, prev) | PyObject_SetAttr(meter, s_prev_ts, t);
+    Py_DECREF(t);
+    return r;
+}
+
+static PyObject *run(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *meter, *recs, *one, *table, *move_to_end, *dl;
+    Py_ssize_t ev_trim, ev_keep;
+    if (!PyArg_ParseTuple(args, "OO!OOO!Onn", &meter, &PyList_Type, &recs, &one, &dl, &PyDict_Type, &table,
+                          &move_to_end, &ev_trim, &ev_keep))
+        return NULL;
+    if (flow_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind() the Flow class first");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(recs), i = 0;
+    long long npk = 0, nbytes_all = 0, dups = 0;
+    PyObject *prev = NULL;
+    double prev_ts, nh;
+    if (load_state(meter, &prev, &prev_ts, &nh) < 0)
+        return NULL;
+    PyObject *m_tcp_close = PyObject_GetAttrString(meter, "_tcp_close");
+    PyObject *m_periodic = PyObject_GetAttrString(meter, "_periodic");
+    PyObject *m_sample = PyObject_GetAttrString(meter, "_sample");
+    PyObject *m_dns = PyObject_GetAttrString(meter, "_dns");
+    PyObject *m_housekeep = PyObject_GetAttrString(meter, "_housekeep");
+    PyObject *m_new_flow = PyObject_GetAttrString(meter, "_new_flow");
+    PyObject *m_end = PyObject_GetAttrString(meter, "_end");
+    if (!m_tcp_close || !m_periodic || !m_sample || !m_dns || !m_housekeep || !m_new_flow || !m_end)
+        goto error;
+    for (; i < n; i++) {
+        PyObject *rec = PyList_GET_ITEM(recs, i);
+        if (!PyTuple_Check(rec) || PyTuple_GET_SIZE(rec) < 2)
+            goto python;
+        PyObject *tso = PyTuple_GET_ITEM(rec, 0), *frame = PyTuple_GET_ITEM(rec, 1);
+        if (!PyFloat_CheckExact(tso) || !PyBytes_CheckExact(frame))
+            goto python;
+        double ts = PyFloat_AS_DOUBLE(tso);
+        const unsigned char *fr = (const unsigned char *)PyBytes_AS_STRING(frame);
+        Py_ssize_t len = PyBytes_GET_SIZE(frame);
+        /* the fast path's frame: untagged Ethernet II, IPv4 without options, no fragment, TCP or UDP */
+        if (len < 42 || fr[14] != 0x45 || fr[12] != 8 || fr[13] != 0)
+            goto python;
+        long ipl = (long)be16(fr + 16);
+        if ((be16(fr + 20) & 0x3FFF) || ipl < 20)
+            goto python;
+        long end = 14 + ipl;
+        if (end > len)
+            end = (long)len;
+        int proto = fr[23];
+        long pl, po = 42;
+        uint32_t flags = 0, seq = 0, ack = 0;
+        if (proto == 6) {
+            if (end < 54)
+                goto python;
+            po = 34 + ((fr[46] >> 4) << 2);
+            seq = ((uint32_t)fr[38] << 24) | ((uint32_t)fr[39] << 16) | ((uint32_t)fr[40] << 8) | fr[41];
+            ack = ((uint32_t)fr[42] << 24) | ((uint32_t)fr[43] << 16) | ((uint32_t)fr[44] << 8) | fr[45];
+            flags = fr[47];
+            if (po < 54 || po > end)
+                goto python;
+            pl = end - po;
+        } else if (proto == 17) {
+            if (is_tunnel_port(be16(fr + 34)) || is_tunnel_port(be16(fr + 36)))
+                goto python;
+            pl = end - 42;
+        } else {
+            goto python;
+        }
+        /* a fast-path frame: from here on, everything in _process_py's order */
+        npk++;
+        nbytes_all += len;
+        if (PyBytes_Check(prev) && PyBytes_GET_SIZE(prev) == len && ts - prev_ts < 0.005
+            && (prev == frame || memcmp(PyBytes_AS_STRING(prev), fr, (size_t)len) == 0))
+            dups++;
+        Py_INCREF(frame);
+        Py_SETREF(prev, frame);
+        prev_ts = ts;
+        if (ts >= nh || ts < nh - 2.0) {   /* a second has passed, or the clock jumped back */
+            PyObject *r0 = PyObject_CallOneArg(m_housekeep, tso);
+            if (r0 == NULL)
+                goto error;
+            Py_DECREF(r0);
+            PyObject *h = PyObject_GetAttr(meter, s_next_house);
+            if (h == NULL)
+                goto error;
+            nh = PyFloat_AsDouble(h);
+            Py_DECREF(h);
+            if (nh == -1.0 && PyErr_Occurred())
+                goto error;
+        }
+        PyObject *key = PyBytes_FromStringAndSize(NULL, 13);   /* the directional key, as _fastpath.eth4's */
+        if (key == NULL)
+            goto error;
+        PyBytes_AS_STRING(key)[0] = (char)proto;
+        memcpy(PyBytes_AS_STRING(key) + 1, fr + 26, 12);
+        PyObject *hit = PyDict_GetItemWithError(table, key);   /* borrowed */
+        PyObject *f = NULL;
+        int fwd = 1;
+        if (hit == NULL && PyErr_Occurred()) {
+            Py_DECREF(key);
+            goto error;
+        }
+        if (hit != NULL) {
+            if (!PyTuple_Check(hit) || PyTuple_GET_SIZE(hit) != 2
+                || !PyObject_TypeCheck(PyTuple_GET_ITEM(hit, 0), flow_type)) {
+                Py_DECREF(key);
+                PyErr_SetString(PyExc_TypeError, "the flow table holds something else than (Flow, bool)");
+                goto error;
+            }
+            f = PyTuple_GET_ITEM(hit, 0);
+            fwd = PyTuple_GET_ITEM(hit, 1) == Py_True;
+            Py_INCREF(f);
+            PyObject *r = PyObject_CallOneArg(move_to_end, key);
+            if (r == NULL) {
+                Py_DECREF(key);
+                Py_DECREF(f);
+                goto error;
+            }
+            Py_DECREF(r);
+            PyObject *st = get(f, STATE);
+            int state = st ? PyObject_IsTrue(st) : -1;
+            if (state < 0) {
+                Py_DECREF(key);
+                Py_DECREF(f);
+                goto error;
+            }
+            if (state && proto == 6 && (flags & 0x12) == 0x02) {
+                /* a new connection on the key of a closed one: end it, then a new flow */
+                PyObject *why = PyObject_GetAttrString(f, "end_reason");
+                int has = why ? PyObject_IsTrue(why) : -1;
+                PyObject *r2 = has < 0 ? NULL : PyObject_CallFunction(m_end, "OO", f, has ? why : s_fin);
+                Py_XDECREF(why);
+                Py_DECREF(f);
+                f = NULL;
+                if (r2 == NULL) {
+                    Py_DECREF(key);
+                    goto error;
+                }
+                Py_DECREF(r2);
+            }
+        }
+        if (f == NULL) {   /* a new flow (src/dst None: _new_flow slices them, as for the Python fast path) */
+            PyObject *res = PyObject_CallFunction(m_new_flow, "OOOiiOOkkkiOis", key, tso, frame, 4, proto, Py_None,
+                                                  Py_None, (unsigned long)be16(fr + 34), (unsigned long)be16(fr + 36),
+                                                  (unsigned long)flags, 0, empty_tuple, 0, "");
+            if (res == NULL || !PyTuple_Check(res) || PyTuple_GET_SIZE(res) != 2) {
+                Py_XDECREF(res);
+                Py_DECREF(key);
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_TypeError, "_new_flow() did not return (flow, is_forward)");
+                goto error;
+            }
+            f = PyTuple_GET_ITEM(res, 0);
+            fwd = PyTuple_GET_ITEM(res, 1) == Py_True;
+            Py_INCREF(f);
+            Py_DECREF(res);
+        }
+        Py_DECREF(key);
+        PyObject *st = get(f, STATE), *nc = get(f, NEXT_CHECK), *sm, *dns;
+        int state = st ? PyObject_IsTrue(st) : -1;
+        double next_check = nc ? PyFloat_AsDouble(nc) : -1.0;
+        long smv;
+        int is_dns;
+        if (state < 0 || (next_check == -1.0 && PyErr_Occurred())) {
+            Py_DECREF(f);
+            goto error;
+        }
+        int bad = 0;
+        if (fwd) {
+            bad |= add_int(f, S_PKTS, 1) | add_int(f, S_BYTES, ipl);
+            Py_INCREF(tso);
+            put(f, S_STAMP, tso);
+            if (flags)
+                bad |= or_int(f, S_FLAGS, (long)flags);
+        } else {
+            bad |= add_int(f, D_PKTS, 1) | add_int(f, D_BYTES, ipl);
+            Py_INCREF(tso);
+            put(f, D_STAMP, tso);
+            if (flags)
+                bad |= or_int(f, D_FLAGS, (long)flags);
+        }
+        Py_INCREF(tso);
+        put(f, LAST, tso);
+        PyObject *ev = SLOT(f, EV);
+        if (!bad && ev != NULL && ev != Py_None) {
+            if (!PyList_Check(ev) || PyList_Append(ev, tso) < 0 || PyList_Append(ev, frame) < 0) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_TypeError, "Flow.ev is not a list");
+                bad = -1;
+            } else if (PyList_GET_SIZE(ev) > ev_trim) {
+                bad |= PyList_SetSlice(ev, 0, PyList_GET_SIZE(ev) - ev_keep, NULL);
+            }
+        }
+        if (bad) {
+            Py_DECREF(f);
+            goto error;
+        }
+        /* the flow's events, in _process_py's order, by the meter's own methods */
+        PyObject *fwd_o = fwd ? Py_True : Py_False, *r3;
+        if ((flags & 5) && proto == 6 && !state) {   /* FIN/RST: TCP close */
+            r3 = PyObject_CallFunction(m_tcp_close, "OOkO", f, tso, (unsigned long)flags, fwd_o);
+            if (r3 == NULL) {
+                Py_DECREF(f);
+                goto error;
+            }
+            Py_DECREF(r3);
+        }
+        if (ts >= next_check) {                      /* update record / active timeout */
+            r3 = PyObject_CallFunctionObjArgs(m_periodic, f, tso, NULL);
+            if (r3 == NULL) {
+                Py_DECREF(f);
+                goto error;
+            }
+            Py_DECREF(r3);
+        }
+        if (pl || (flags & 3)) {                     /* sampling (read again: the flow may have ended) */
+            sm = get(f, SAMPLING);
+            smv = sm ? PyLong_AsLong(sm) : -1;
+            if (smv == -1 && PyErr_Occurred()) {
+                Py_DECREF(f);
+                goto error;
+            }
+            if (smv & (fwd ? 1 : 2)) {
+                r3 = PyObject_CallFunction(m_sample, "OOOOllkkkO", f, tso, frame, fwd_o, po, pl, (unsigned long)flags,
+                                           (unsigned long)seq, (unsigned long)ack, empty_tuple);
+                if (r3 == NULL) {
+                    Py_DECREF(f);
+                    goto error;
+                }
+                Py_DECREF(r3);
+            }
+        }
+        if (pl) {                                    /* a DNS message */
+            dns = get(f, IS_DNS);
+            is_dns = dns ? PyObject_IsTrue(dns) : -1;
+            if (is_dns < 0) {
+                Py_DECREF(f);
+                goto error;
+            }
+            if (is_dns) {
+                r3 = PyObject_CallFunction(m_dns, "OOOOlliO", f, tso, frame, fwd_o, po, pl, proto, empty_tuple);
+                if (r3 == NULL) {
+                    Py_DECREF(f);
+                    goto error;
+                }
+                Py_DECREF(r3);
+            }
+        }
+        Py_DECREF(f);
+        continue;
+    python:
+        /* this record needs Python: FlowMeter._process_py((rec,), dl) with the meter's state in step */
+        if (store_state(meter, prev, prev_ts) < 0)
+            goto error;
+        {
+            PyObject *one_rec = PyTuple_Pack(1, rec);
+            if (one_rec == NULL)
+                goto error;
+            PyObject *r2 = PyObject_CallFunctionObjArgs(one, one_rec, dl, NULL);
+            Py_DECREF(one_rec);
+            if (r2 == NULL)
+                goto error;
+            Py_DECREF(r2);
+        }
+        if (load_state(meter, &prev, &prev_ts, &nh) < 0)
+            goto error;
+    }
+    if (store_state(meter, prev, prev_ts) < 0)
+        goto error;
+    Py_DECREF(prev);
+    Py_DECREF(m_tcp_close);
+    Py_DECREF(m_periodic);
+    Py_DECREF(m_sample);
+    Py_DECREF(m_dns);
+    Py_DECREF(m_housekeep);
+    Py_DECREF(m_new_flow);
+    Py_DECREF(m_end);
+    return Py_BuildValue("(LLL)", npk, nbytes_all, dups);
+error:
+    Py_XDECREF(prev);
+    Py_XDECREF(m_tcp_close);
+    Py_XDECREF(m_periodic);
+    Py_XDECREF(m_sample);
+    Py_XDECREF(m_dns);
+    Py_XDECREF(m_housekeep);
+    Py_XDECREF(m_new_flow);
+    Py_XDECREF(m_end);
+    return NULL;
+}
+static PyMethodDef methods[] = {
+    {"bind", bind, METH_O, "Learn the slot offsets of the meter's Flow class."},
+    {"run", run, METH_VARARGS, "Meter records of known flows that need only counters; stop at the first that needs Python."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_meter", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__meter(void) {
+    empty_tuple = PyTuple_New(0);
+    s_prev_frame = PyUnicode_InternFromString("_prev_frame");
+    s_prev_ts = PyUnicode_InternFromString("_prev_ts");
+    s_next_house = PyUnicode_InternFromString("_next_house");
+    s_fin = PyUnicode_InternFromString("fin");
+    if (empty_tuple == NULL || !s_prev_frame || !s_prev_ts || !s_next_house || !s_fin)
+        return NULL;
+    return PyModule_Create(&module);
+}
