@@ -374,12 +374,14 @@ def run(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- ft.ctl.<probe>.export
 
 
-def ctl_handler(settings: Any, bus: Any) -> Any:
+def ctl_handler(settings: Any, bus: Any, limits: Any = None) -> Any:
     """``ft.ctl.<probe>.export`` {"host", "port", "flow_id", "bpf", "since", "until"}: cut a pcap from the store.
 
     Answered with {"status": "ok", "path", "size", "packets", "truncated"} (the file is in
     FT_EVIDENCE_DIR, named by the service, never by the request), or {"status": "busy"|"error", ...}.
-    One export at a time per capture process; the output stops at FT_RECORD_EXPORT_MAX_BYTES.
+    One export at a time per capture process; the output stops at FT_RECORD_EXPORT_MAX_BYTES and
+    within the evidence directory's budget; requests count against FT_CTL_REQUESTS_PER_S (``limits``:
+    capture's EvidenceLimits).
     The work runs in a thread: capture's loop keeps reading packets meanwhile.
     """
     import asyncio
@@ -390,8 +392,13 @@ def ctl_handler(settings: Any, bus: Any) -> Any:
     counter = [0]
 
     async def on_export(msg: Any) -> None:
+        refused = limits.allow_request() if limits is not None else ""
         if busy.locked():
             answer: dict[str, Any] = {"status": "busy", "error": "an export is already running"}
+        elif refused:
+            answer = {"status": "error", "error": refused}
+        elif limits is not None and not limits.has_room(limits.MIN_ROOM):
+            answer = {"status": "error", "error": limits.disk_full_reason()}
         else:
             async with busy:
                 try:
@@ -407,8 +414,12 @@ def ctl_handler(settings: Any, bus: Any) -> Any:
                     what = safe_name(q.flow_id or q.host or (f"port{q.port}" if q.port else "time"), 48)
                     name = f"export-{safe_name(settings.probe, 32)}-{what}-{stamp}-{os.getpid()}-{counter[0]}.pcap"
                     path = Path(settings.evidence_dir) / name
-                    res = await asyncio.to_thread(export, settings.record_dir, q, path,
-                                                  max_bytes=settings.record_export_max_bytes)
+                    max_bytes = settings.record_export_max_bytes
+                    if limits is not None:
+                        max_bytes = max(1024, min(max_bytes, limits.dir_max_bytes - limits.used))
+                    res = await asyncio.to_thread(export, settings.record_dir, q, path, max_bytes=max_bytes)
+                    if limits is not None:
+                        limits.used += os.path.getsize(res["path"])
                     answer = {"status": "ok", "path": res["path"], "size": os.path.getsize(res["path"]),
                               "packets": res["packets"], "truncated": res["truncated"],
                               "files_read": res["files_read"], "files_skipped": res["files_skipped"]}
