@@ -10,4 +10,7 @@ from setuptools import Extension, setup
 setup(ext_modules=[Extension("services.capture._fastpath", ["services/capture/_fastpath.c"],
                              extra_compile_args=["-O2"], optional=True),
                    Extension("services.capture._meter", ["services/capture/_meter.c"],
+                             extra_compile_args=["-O2"], optional=True),
+                   # the packet recorder's record packing (services/capture/recorder.py has its twin)
+                   Extension("services.capture._recfast", ["services/capture/_recfast.c"],
                              extra_compile_args=["-O2"], optional=True)])

@@ -608,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
 
     # commands that live with their feature: add_parser(subparsers) -> parser; run(args) -> int
-    for plug in ("services.block.rules", "flowtarget.alerts_cmd"):
+    for plug in ("services.block.rules", "flowtarget.alerts_cmd", "services.capture.export"):
         try:
             mod = importlib.import_module(plug)
         except ImportError:

@@ -191,6 +191,22 @@ class CaptureSettings(CommonSettings):
                               description="detect: run the alert detectors' process (started by flowtarget capture itself).")
     detect_inline: bool = Field(default=False, description="Run the alert detectors inside the capture process instead of a process of their own.")
     replay_max_pending: int = Field(default=4000, ge=0, description="File replay pauses while this many samples await a verdict (classify is behind); 0 = never pause.")
+    # the packet recorder (services/capture/recorder.py, docs/recorder.md)
+    record_dir: Path | None = Field(default=None, description="Directory of the rolling packet store; unset = no recording.")
+    record_max_bytes: int = Field(default=1 << 30, ge=0, description="The store's byte bound (pcaps and indexes, shared equally by shards); 0 = none (then FT_RECORD_MAX_AGE_S).")
+    record_max_age_s: float = Field(default=0.0, ge=0, description="Files whose last packet is older than this (packet time) are deleted; 0 = no age bound.")
+    record_file_bytes: int = Field(default=64 << 20, ge=1024, description="A store file rotates at this size (at most an eighth of the byte bound).")
+    record_file_s: float = Field(default=300.0, ge=0, description="A store file rotates after this many seconds of packet time; 0 = by size only.")
+    record_cutoff_bytes: int = Field(default=0, ge=0, description="Keep only the first N bytes of every flow (both directions); 0 = whole flows.")
+    record_index_max_flows: int = Field(default=100_000, ge=0, description="Flows listed in one file's index; a file with more is read whole by exports.")
+    record_export_max_bytes: int = Field(default=1 << 30, ge=1024, description="Largest pcap one export (ft.ctl.<probe>.export) writes.")
+
+    @field_validator("record_max_age_s")
+    @classmethod
+    def _record_bounded(cls, v: float, info: Any) -> float:
+        if info.data.get("record_dir") and not v and not info.data.get("record_max_bytes"):
+            raise ValueError("FT_RECORD_DIR needs FT_RECORD_MAX_BYTES and/or FT_RECORD_MAX_AGE_S (the store must be bounded)")
+        return v
 
 
 class ClassifySettings(CommonSettings):

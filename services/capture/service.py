@@ -81,9 +81,12 @@ class Outbox:
         self.sent_hot = 0
         self._last_batch = time.monotonic()
         self._rlog = RateLimitedLog(log)
+        self.recorder: Any = None   # the packet recorder (FT_RECORD_DIR), fed once per batch
 
     # --- MeterSink protocol (called from the hot path: append only)
     def flow(self, rec: FlowRecord) -> None:
+        if self.recorder is not None:
+            self.recorder.on_flow(rec)   # the packet store's index: which flows each file holds
         if rec.phase == "start":
             self.live_records.append(rec)
         else:
@@ -246,6 +249,7 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
     meter.defer_samples = True
     meter.port_guess = port_guesser()   # names flows that never got a verdict (confidence "port")
     out.meter = meter
+    out.recorder = _make_recorder(settings, meter)
     publisher = asyncio.create_task(out.publisher(), name="capture-publisher")
     reporter = StatsReporter(bus, settings, meter, out)
 
@@ -298,6 +302,9 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
             await bus.nc.publish(msg.reply, json.dumps({"path": path}).encode())
 
     await bus.nc.subscribe(subject("ctl", settings.probe, "evidence"), cb=on_evidence_request)
+    if out.recorder is not None and settings.shard_index <= 0:   # shards share one store: one of them answers
+        from services.capture.export import ctl_handler
+        await bus.nc.subscribe(subject("ctl", settings.probe, "export"), cb=ctl_handler(settings, bus, out.limits))
     if detectors is not None:
         register_stats("capture_detectors", detectors.counters)
     register_stats("capture_evidence", out.limits.counters, gauges=("recordings_active", "evidence_dir_bytes"))
@@ -315,6 +322,8 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
     finally:
         meter.finish("shutdown" if not settings.pcap else "eof")
         meter.flush_closing()
+        if out.recorder is not None:
+            out.recorder.close()
         if detectors is not None:
             out.add_alerts(detectors.tick(time.time()))
             out.add_alerts(detectors.flush())      # close every open incident
@@ -333,6 +342,20 @@ async def drain_detectors(bus: Bus, settings: CaptureSettings) -> None:
         await bus.nc.request(subject("ctl", settings.probe, "detect_drain"), b"", timeout=120)
     except Exception as exc:   # no detectors' process (FT_DETECTORS empty, inline, or not started)
         log.debug("no detector drain: %s", safe_text(exc))
+
+
+def _make_recorder(settings: CaptureSettings, meter: FlowMeter) -> Any:
+    """The rolling packet store (services/capture/recorder.py) when FT_RECORD_DIR is set, its counters in /metrics."""
+    if not settings.record_dir:
+        return None
+    from services.capture.recorder import from_settings
+
+    try:
+        rec = from_settings(settings, meter)
+    except OSError as exc:
+        raise_config(f"FT_RECORD_DIR {settings.record_dir}: {exc.strerror or exc}")
+    register_stats("capture_recorder", rec.stats, gauges=("stored_bytes", "stored_files", "cutoff_flows", "index_open_flows"))
+    return rec
 
 
 def port_guesser() -> Any:
@@ -495,10 +518,14 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                     break
             else:
                 process_batch(recs, d)
+            if out.recorder is not None:
+                out.recorder.record(recs, dlt)
             n += len(recs)
             ts = recs[-1][0]
             if next_tick is None or ts >= next_tick:
                 meter.tick(ts, wall())
+                if out.recorder is not None:
+                    out.recorder.tick(ts)
                 if out.detectors is not None:
                     out.add_alerts(out.detectors.tick(ts))
                 next_tick = ts + 1.0
@@ -558,12 +585,16 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
             n = len(batch)
             if n:
                 meter.process_batch(batch)
+                if out.recorder is not None:
+                    out.recorder.record(batch, src.datalink)
                 # a publishing turn at once: block and classify race the server's answer with these samples
                 await out.flush()
             now_m = mono()
             if now_m >= next_tick:
                 now = time.time()
                 meter.tick(now, now_m)
+                if out.recorder is not None:
+                    out.recorder.tick(now)
                 if out.detectors is not None:
                     out.add_alerts(out.detectors.tick(now))
                 await out.flush()

@@ -1,0 +1,433 @@
+"""Cut pcaps out of the recorder's store: ``flowtarget pcap`` (and ``ft.ctl.<probe>.export``).
+
+The store (services/capture/recorder.py) is a directory of rolling pcap files,
+each with a sidecar index (time range, hosts, flows).  An export:
+
+1. reads the indexes and keeps only the files that can hold a match (a file
+   without an index, e.g. the one being written, is always read);
+2. reads those files and merges their packets in time order (``heapq.merge``
+   over files and shards);
+3. matches each packet with capture's decoder (host, port, flow) and,
+   optionally, a BPF filter compiled by pypcap;
+4. writes one pcap (0640), or with ``per_source`` one pcap per source IP named
+   like the original FlowTarget's ExportPack: ``<iface>-<srcIP>-<time>.pcap``.
+
+A flow id (the meter's) resolves through the indexes to its key and start: its
+packets are those of that 5-tuple (either direction) from its start until the
+next flow on the same key starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import ipaddress
+import json
+import os
+import re
+import struct
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .decode import decode
+from .recorder import IDX_SUFFIX, list_store, pcap_header
+from .sources import CaptureFileError, open_source
+
+__all__ = ["Query", "export", "parse_time", "select_files", "add_parser", "run"]
+
+_REC = struct.Struct("<IIII").pack
+_pp = struct.Struct("!HH").pack
+_UNSAFE = re.compile(r"[^A-Za-z0-9.\-]+")
+
+
+class ExportError(ValueError):
+    """A request that cannot be answered (bad host, bad filter, unknown flow id)."""
+
+
+def parse_time(text: str | float | None) -> float | None:
+    """Epoch seconds, or ISO 8601 (a time without zone is UTC); None stays None."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (int, float)):
+        return float(text)
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        raise ExportError(f"bad time {text!r}: use epoch seconds or ISO 8601") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+@dataclass
+class Query:
+    host: str = ""
+    port: int = 0
+    flow_id: str = ""
+    bpf: str = ""
+    since: float | None = None
+    until: float | None = None
+    # resolved
+    host_b: bytes = b""
+    flow_keys: list[tuple] = field(default_factory=list)   # (key bytes fwd, key bytes rev, proto, vlan, start, end)
+    flow_text: tuple = ()                                  # (proto, {address a, address b}) for the indexes
+
+    def check(self) -> None:
+        if self.host:
+            try:
+                self.host_b = ipaddress.ip_address(self.host.strip()).packed
+            except ValueError:
+                raise ExportError(f"bad host {self.host[:64]!r}: an IP address") from None
+        if not 0 <= int(self.port) <= 65535:
+            raise ExportError("bad port")
+        if len(self.flow_id) > 64 or len(self.bpf) > 1024:
+            raise ExportError("flow id or filter too long")
+        if not (self.host or self.port or self.flow_id or self.bpf or self.since is not None or self.until is not None):
+            raise ExportError("say what to export: --host, --port, --flow-id, --bpf and/or --since/--until")
+
+
+def _read_index(p: Path) -> dict[str, Any] | None:
+    try:
+        idx = json.loads(p.with_name(p.name + IDX_SUFFIX).read_text())
+        return idx if isinstance(idx, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _resolve_flow(q: Query, indexes: list[tuple[Path, dict[str, Any] | None]]) -> None:
+    """The flow id's 5-tuple and time range from the indexes (ExportError when no index names it).
+
+    The flow's packets: that 5-tuple (either direction) from the flow's start until the next
+    flow on the same 5-tuple starts.
+    """
+    found: list[tuple] = []
+    by_key: dict[tuple, set[float]] = {}
+    for _p, idx in indexes:
+        idx = idx or {}
+        rows = []
+        for f in idx.get("flows", ()):        # [proto, a, ap, b, bp, vlan, flow_id, start, end or 0]
+            if isinstance(f, list) and len(f) >= 8 and f[6]:
+                rows.append((f[6], f[0], f[1], f[2], f[3], f[4], f[7]))
+        for fid, proto, a, ap, b, bp, start in rows:
+            k = (proto, frozenset([(a, ap), (b, bp)]))
+            by_key.setdefault(k, set()).add(float(start))
+            if fid == q.flow_id:
+                found.append((k, proto, a, ap, b, bp, float(start)))
+    if not found:
+        raise ExportError(f"flow {q.flow_id!r} is not in the store's index (aged out, or never recorded)")
+    k, proto, a, ap, b, bp, _s = found[0]
+    start = min(f[6] for f in found)
+    later = [s for s in by_key.get(k, ()) if s > start]
+    end = min(later) if later else float("inf")
+    q.flow_text = (proto, {a, b})
+    ab, bb = ipaddress.ip_address(a).packed, ipaddress.ip_address(b).packed
+    # pcap keeps microseconds: a stored time may read back a hair below the flow's own float
+    q.flow_keys.append((ab + bb + _pp(ap, bp), bb + ab + _pp(bp, ap), proto, 0, start - 2e-6, end - 2e-6))
+
+
+def select_files(directory: str | os.PathLike[str], q: Query) -> tuple[list[Path], int]:
+    """The store's files that can hold a match (by their index), and how many were skipped."""
+    indexes = [(p, _read_index(p)) for p in list_store(directory)]
+    if q.flow_id:
+        _resolve_flow(q, indexes)
+    out: list[Path] = []
+    skipped = 0
+    fid = q.flow_id
+    for p, idx in indexes:
+        if idx is None:        # being written, or its index was lost: read it
+            out.append(p)
+            continue
+        first, last = float(idx.get("first_ts", 0.0)), float(idx.get("last_ts", 0.0))
+        if (q.since is not None and last < q.since) or (q.until is not None and first > q.until):
+            skipped += 1
+            continue
+        if fid and q.flow_keys:
+            s, e = q.flow_keys[0][4], q.flow_keys[0][5]
+            if last < s or first >= e:
+                skipped += 1
+                continue
+        if not idx.get("truncated"):
+            if q.host and q.host not in set(idx.get("hosts", ())):
+                skipped += 1
+                continue
+            if q.port and not any(f[2] == q.port or f[4] == q.port for f in idx.get("flows", ())):
+                skipped += 1
+                continue
+            if fid and not any(f[6] == fid for f in idx.get("flows", ())):
+                skipped += 1      # every file that can hold a flow's packets lists its id
+                continue
+        out.append(p)
+    return out, skipped
+
+
+def _iter_file(p: Path, stats: dict[str, int]) -> Iterator[tuple[float, bytes, int]]:
+    try:
+        src = open_source(p)
+    except (CaptureFileError, OSError):
+        stats["unreadable_files"] += 1
+        return
+    for ts, frame, dlt in src.iter_dlt():
+        yield ts, frame, dlt
+    if src.error:
+        stats["truncated_files"] += 1
+
+
+def _matcher(q: Query) -> Any:
+    host = q.host_b
+    port = int(q.port)
+    flows = q.flow_keys
+    filters: dict[int, Any] = {}
+
+    def bpf_ok(frame: bytes, dlt: int) -> bool:
+        f = filters.get(dlt)
+        if f is None:
+            import pcap
+
+            try:
+                f = filters[dlt] = pcap.bpf(q.bpf.encode(), dlt)
+            except Exception as exc:  # noqa: BLE001 - pypcap raises a bare exception type
+                raise ExportError(f"bad BPF filter {q.bpf[:200]!r}: {exc}") from None
+        return bool(f.filter(frame))
+
+    def match(ts: float, frame: bytes, dlt: int) -> bool:
+        if q.since is not None and ts < q.since:
+            return False
+        if q.until is not None and ts > q.until:
+            return False
+        if host or port or flows:
+            d = decode(frame, dlt)
+            if d[0]:
+                return False
+            src, dst, sp, dp = d[3], d[4], d[5], d[6]
+            if host and src != host and dst != host:
+                return False
+            if port and sp != port and dp != port:
+                return False
+            if flows:
+                kb = src + dst + _pp(sp, dp)
+                for fwd, rev, proto, vlan, start, end in flows:
+                    if d[2] == proto and (kb == fwd or kb == rev) and start <= ts < end:
+                        break
+                else:
+                    return False
+        if q.bpf and not bpf_ok(frame, dlt):
+            return False
+        return True
+
+    return match
+
+
+def _open_out(path: Path, dlt: int, append: bool = False) -> Any:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o640)
+    os.fchmod(fd, 0o640)
+    fh = os.fdopen(fd, "wb")
+    if not append:
+        fh.write(pcap_header(dlt))
+    return fh
+
+
+def safe_name(text: str, limit: int = 64) -> str:
+    return _UNSAFE.sub("-", text)[:limit].strip("-.") or "x"
+
+
+def export(directory: str | os.PathLike[str], q: Query, out: str | os.PathLike[str], *, per_source: bool = False,
+           max_bytes: int = 0, iface: str = "") -> dict[str, Any]:
+    """Write the matching packets; returns {"path"/"files", "packets", "bytes", "files_read", "files_skipped", ...}."""
+    q.check()
+    files, skipped = select_files(directory, q)
+    stats = {"unreadable_files": 0, "truncated_files": 0}
+    match = _matcher(q)
+    merged = heapq.merge(*(_iter_file(p, stats) for p in files), key=lambda r: r[0])
+    out_p = Path(out)
+    dlt0 = -1
+    npk = 0
+    nbytes = 24
+    other_dlt = 0
+    truncated = False
+    fh = None
+    writers: OrderedDict[str, tuple[Any, Path]] = OrderedDict()
+    paths: dict[str, Path] = {}
+    try:
+        for ts, frame, dlt in merged:
+            if not match(ts, frame, dlt):
+                continue
+            if dlt0 < 0:
+                dlt0 = dlt
+                if not per_source:
+                    fh = _open_out(out_p, dlt0)
+            if dlt != dlt0:
+                other_dlt += 1
+                continue
+            n = len(frame)
+            if max_bytes and nbytes + 16 + n > max_bytes:
+                truncated = True
+                break
+            sec, usec = divmod(int(round(ts * 1e6)), 1000000)
+            rec = _REC(sec, usec, n, n) + frame
+            if per_source:
+                d = decode(frame, dlt)
+                src = str(ipaddress.ip_address(d[3])) if not d[0] else "non-ip"
+                w = writers.get(src)
+                if w is None:
+                    p = paths.get(src)
+                    if p is None:
+                        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(ts))
+                        p = paths[src] = out_p / f"{safe_name(iface or 'capture')}-{safe_name(src)}-{stamp}.pcap"
+                        w = (_open_out(p, dlt0), p)
+                    else:
+                        w = (_open_out(p, dlt0, append=True), p)
+                    writers[src] = w
+                    if len(writers) > 128:       # bounded open files: close the least recent
+                        _k, (ofh, _op) = writers.popitem(last=False)
+                        ofh.close()
+                else:
+                    writers.move_to_end(src)
+                w[0].write(rec)
+            else:
+                assert fh is not None
+                fh.write(rec)
+            npk += 1
+            nbytes += 16 + n
+    finally:
+        if fh is not None:
+            fh.close()
+        for wfh, _p in writers.values():
+            wfh.close()
+    if fh is None and not per_source:       # nothing matched: still an (empty) pcap
+        fh = _open_out(out_p, files and _first_dlt(files) or 1)
+        fh.close()
+    res: dict[str, Any] = {"packets": npk, "bytes": nbytes if not per_source else nbytes - 24 + 24 * len(paths),
+                           "files_read": len(files), "files_skipped": skipped, "truncated": truncated,
+                           "other_linktype_packets": other_dlt, **stats}
+    if per_source:
+        res["files"] = sorted(str(p) for p in paths.values())
+    else:
+        res["path"] = str(out_p)
+    return res
+
+
+def _first_dlt(files: list[Path]) -> int:
+    for p in files:
+        idx = _read_index(p)
+        if idx and isinstance(idx.get("datalink"), int):
+            return idx["datalink"]
+    return 1
+
+
+# --------------------------------------------------------------------------- flowtarget pcap
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("pcap", help="cut a pcap out of capture's packet store (FT_RECORD_DIR)")
+    p.add_argument("--host", default="", help="packets from or to this IP address")
+    p.add_argument("--port", type=int, default=0, help="packets from or to this port")
+    p.add_argument("--flow-id", default="", help="the packets of one flow (its flow_id in the flow records)")
+    p.add_argument("--bpf", default="", help="a BPF filter the packets must also pass")
+    p.add_argument("--since", default=None, help="from this time (epoch seconds or ISO 8601, UTC unless a zone is given)")
+    p.add_argument("--until", default=None, help="up to this time")
+    p.add_argument("--dir", default=os.environ.get("FT_RECORD_DIR", ""), help="the store (default: FT_RECORD_DIR)")
+    p.add_argument("--per-source", action="store_true",
+                   help="one pcap per source IP in the directory -o, named <iface>-<srcIP>-<time>.pcap")
+    p.add_argument("--iface", default="", help="the interface name in --per-source file names (default: the recorded source)")
+    p.add_argument("--max-bytes", type=int, default=0, help="stop writing at this output size (0 = no limit)")
+    p.add_argument("-o", "--output", required=True, help="output pcap (a directory with --per-source)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.dir:
+        print("flowtarget pcap: set --dir or FT_RECORD_DIR", file=sys.stderr)
+        return 2
+    try:
+        q = Query(host=args.host, port=args.port, flow_id=args.flow_id, bpf=args.bpf,
+                  since=parse_time(args.since), until=parse_time(args.until))
+        iface = args.iface
+        if args.per_source and not iface:
+            idx = next((i for i in (_read_index(p) for p in list_store(args.dir)) if i), None)
+            iface = str((idx or {}).get("source", "")) or "capture"
+        res = export(args.dir, q, args.output, per_source=args.per_source, max_bytes=args.max_bytes, iface=iface)
+    except ExportError as exc:
+        print(f"flowtarget pcap: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"flowtarget pcap: {exc}", file=sys.stderr)
+        return 1
+    where = res.get("path") or f"{len(res.get('files', []))} files in {args.output}"
+    print(f"{res['packets']} packets, {res['bytes']} bytes -> {where} "
+          f"(read {res['files_read']} store files, skipped {res['files_skipped']} by their index"
+          f"{', output limit reached' if res['truncated'] else ''})")
+    return 0
+
+
+# --------------------------------------------------------------------------- ft.ctl.<probe>.export
+
+
+def ctl_handler(settings: Any, bus: Any, limits: Any = None) -> Any:
+    """``ft.ctl.<probe>.export`` {"host", "port", "flow_id", "bpf", "since", "until"}: cut a pcap from the store.
+
+    Answered with {"status": "ok", "path", "size", "packets", "truncated"} (the file is in
+    FT_EVIDENCE_DIR, named by the service, never by the request), or {"status": "busy"|"error", ...}.
+    One export at a time per capture process; the output stops at FT_RECORD_EXPORT_MAX_BYTES and
+    within the evidence directory's budget; requests count against FT_CTL_REQUESTS_PER_S (``limits``:
+    capture's EvidenceLimits).
+    The work runs in a thread: capture's loop keeps reading packets meanwhile.
+    """
+    import asyncio
+
+    from shared.bus import safe_text
+
+    busy = asyncio.Lock()
+    counter = [0]
+
+    async def on_export(msg: Any) -> None:
+        refused = limits.allow_request() if limits is not None else ""
+        if busy.locked():
+            answer: dict[str, Any] = {"status": "busy", "error": "an export is already running"}
+        elif refused:
+            answer = {"status": "error", "error": refused}
+        elif limits is not None and not limits.has_room(limits.MIN_ROOM):
+            answer = {"status": "error", "error": limits.disk_full_reason()}
+        else:
+            async with busy:
+                try:
+                    req = json.loads(msg.data or b"{}")
+                    if not isinstance(req, dict):
+                        raise ExportError("the request must be a JSON object")
+                    q = Query(host=str(req.get("host", ""))[:64], port=int(req.get("port", 0) or 0),
+                              flow_id=str(req.get("flow_id", ""))[:64], bpf=str(req.get("bpf", ""))[:1024],
+                              since=parse_time(req.get("since")), until=parse_time(req.get("until")))
+                    q.check()
+                    counter[0] += 1
+                    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+                    what = safe_name(q.flow_id or q.host or (f"port{q.port}" if q.port else "time"), 48)
+                    name = f"export-{safe_name(settings.probe, 32)}-{what}-{stamp}-{os.getpid()}-{counter[0]}.pcap"
+                    path = Path(settings.evidence_dir) / name
+                    max_bytes = settings.record_export_max_bytes
+                    if limits is not None:
+                        max_bytes = max(1024, min(max_bytes, limits.dir_max_bytes - limits.used))
+                    res = await asyncio.to_thread(export, settings.record_dir, q, path, max_bytes=max_bytes)
+                    if limits is not None:
+                        limits.used += os.path.getsize(res["path"])
+                    answer = {"status": "ok", "path": res["path"], "size": os.path.getsize(res["path"]),
+                              "packets": res["packets"], "truncated": res["truncated"],
+                              "files_read": res["files_read"], "files_skipped": res["files_skipped"]}
+                except (ExportError, ValueError, TypeError) as exc:
+                    answer = {"status": "error", "error": safe_text(exc, 300)}
+                except OSError as exc:
+                    answer = {"status": "error", "error": safe_text(exc, 300)}
+        if msg.reply:
+            await bus.nc.publish(msg.reply, json.dumps(answer).encode())
+
+    return on_export

@@ -1,0 +1,534 @@
+"""The packet recorder: a bounded rolling pcap store, indexed per file.
+
+capture calls ``Recorder.record(recs, dlt)`` once per batch of ``(ts, frame)``
+records (replay and live alike), after the meter has processed the batch.  The
+recorder appends the batch to the current pcap file of its directory
+(``FT_RECORD_DIR``) and keeps the store bounded:
+
+- files rotate by size (``FT_RECORD_FILE_BYTES``) and by packet time
+  (``FT_RECORD_FILE_S``); each closed file gets a sidecar index
+  ``<file>.idx.json``: time range, packets, hosts and flows (5-tuple, the
+  meter's flow id, flow start), so that an export reads only the files it needs.
+  The index comes from the meter's flow records (``on_flow``, once per record):
+  a file lists the flows open while it was written and those that ended after
+  its first packet (a superset of the flows with packets in it, by at most the
+  meter's idle timeout), and costs nothing per packet;
+- the store never holds more than ``FT_RECORD_MAX_BYTES`` (pcaps and indexes,
+  the file being written included): the oldest files are deleted before a
+  write that would pass the bound; files whose last packet is older than
+  ``FT_RECORD_MAX_AGE_S`` (packet time) are deleted too;
+- ``FT_RECORD_CUTOFF_BYTES`` keeps only the first N bytes of every flow (both
+  directions together), as Zeek's Time Machine does.
+
+Per packet the recorder builds the 16-byte pcap record header and appends
+the frame to the batch's write (one ``write`` per batch).  With a cutoff it
+also computes the packet's directional flow key (the compiled ``eth4`` fast
+path, else ``decode``: the meter's key) and does one dict lookup; both
+directions share one counter, and the counters live in two generations of
+dicts that swap every ``idle_timeout_s`` of packet time (or when the newer one
+reaches ``max_flows``): bounded, aged out with the flows, no per-packet
+reordering.  The meter already holds this key and a flow object per packet,
+which is where the cutoff belongs (a byte count on the flow and one comparison).
+
+With shards, each capture process writes its own files (``s<index>`` in the
+name) and bounds its own share: ``FT_RECORD_MAX_BYTES / shards``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import re
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .decode import decode, transport_name
+from .fastpath import eth4
+
+__all__ = ["Recorder", "IDX_SUFFIX", "list_store", "pcap_pack", "pcap_header", "from_settings"]
+
+log = logging.getLogger("flowtarget.capture.recorder")
+
+IDX_SUFFIX = ".idx.json"
+PCAP_HEADER_LEN = 24
+_REC = struct.Struct("<IIII").pack
+_pp = struct.Struct("!HH").pack
+_NAME = re.compile(r"^ft-(?P<probe>[A-Za-z0-9_-]+)-s(?P<shard>\d+)-(?P<seq>\d{8})\.pcap$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_PROTO_NUM = {transport_name(n): n for n in range(256)}
+
+_c: Any = None
+if os.environ.get("FT_PURE_PYTHON", "").lower() not in ("1", "true", "yes"):
+    try:
+        from services.capture import _recfast as _c  # type: ignore[no-redef]
+    except ImportError:   # not built (no C compiler at install time): the twin below
+        _c = None
+
+
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+def pcap_pack_py(recs: list, start: int, room: int, until_ts: float,
+                 max_rec: int) -> tuple[bytes, int, int, float, int]:
+    """``(data, stop, too_big, last_ts, packets)``: pcap records of ``recs[start:]`` concatenated, stopping
+    before the first that would pass ``room`` bytes or whose time is ``>= until_ts``; records longer than
+    ``max_rec`` are skipped.  The compiled ``_recfast.pcap_pack`` gives the same (a test keeps them equal)."""
+    parts: list[bytes] = []
+    append = parts.append
+    total = big = 0
+    last = 0.0
+    stop = len(recs)
+    for i in range(start, stop):
+        ts, frame = recs[i]
+        n = len(frame)
+        rlen = 16 + n
+        if rlen > max_rec:
+            big += 1
+            continue
+        if ts >= until_ts or total + rlen > room:
+            stop = i
+            break
+        us = int(math.floor(ts * 1000000.0 + 0.5))
+        append(_REC(us // 1000000, us % 1000000, n, n))
+        append(frame)
+        total += rlen
+        last = ts
+    return b"".join(parts), stop, big, last, len(parts) // 2
+
+
+def pcap_header(linktype: int, snaplen: int = 262144) -> bytes:
+    return struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype)
+
+
+def _reverse(key: Any) -> Any:
+    """The other direction of a recorder flow key: ``proto byte + src + dst + sport + dport`` [, vlan]."""
+    if type(key) is tuple:
+        return (_reverse(key[0]), key[1])
+    alen = (len(key) - 5) // 2
+    p = 1 + 2 * alen
+    return key[:1] + key[1 + alen:p] + key[1:1 + alen] + key[p + 2:p + 4] + key[p:p + 2]
+
+
+def list_store(directory: str | os.PathLike[str]) -> list[Path]:
+    """The recorder's pcap files in ``directory`` (every probe and shard), oldest sequence first per shard."""
+    d = Path(directory)
+    try:
+        names = [p for p in d.iterdir() if _NAME.match(p.name)]
+    except OSError:
+        return []
+    return sorted(names, key=lambda p: p.name)
+
+
+class Recorder:
+    def __init__(self, directory: str | os.PathLike[str], *, probe: str = "probe1", shard: int = -1, shards: int = 1,
+                 max_bytes: int = 0, max_age_s: float = 0.0, file_bytes: int = 64 << 20, file_s: float = 300.0,
+                 cutoff_bytes: int = 0, index_max_flows: int = 100_000, max_flows: int = 1_000_000,
+                 idle_s: float = 120.0, meter: Any = None, source: str = "") -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.probe = _UNSAFE.sub("-", probe)[:64] or "probe"
+        self.shard = max(shard, 0)
+        self.max_bytes = int(max_bytes // max(shards, 1)) if max_bytes else 0
+        self.max_age_s = float(max_age_s)
+        fb = int(file_bytes)
+        if self.max_bytes:
+            fb = min(fb, max(self.max_bytes // 8, 4096))   # always several files: deleting one frees room
+        self.file_bytes = max(fb, 1024)
+        self.file_s = float(file_s)
+        self.cutoff = int(cutoff_bytes)
+        self.index_max_flows = int(index_max_flows)
+        self.max_flows = int(max_flows)
+        self.idle_s = float(idle_s)
+        self.meter = meter
+        self.source = source
+        self.datalink = 1
+        # the store: (pcap path, its size + its index's size, last ts) of closed files, oldest first
+        self.files: list[list[Any]] = []
+        self.closed_bytes = 0
+        self.seq = 0
+        self._scan()
+        # the file being written
+        self._fh: Any = None          # True while a file is being written (the writer thread holds it)
+        self._wfh: Any = None         # the writer thread's file object
+        self._q: queue.Queue = queue.Queue(maxsize=64)
+        self._thread: threading.Thread | None = None
+        self._path: Path | None = None
+        self._fsize = 0
+        self._fdlt = -1
+        self._first_ts = 0.0
+        self._last_ts = 0.0
+        self._fpackets = 0
+        # the index, from the meter's flow records (per flow, never per packet): flows open now, and
+        # flows that ended since the last rotation
+        self._open_flows: dict[str, list[Any]] = {}
+        self._ended: list[list[Any]] = []
+        self._ended_overflow = False
+        # the cutoff's per-flow byte counts (only with a cutoff): two generations of dicts
+        self._cur: dict[Any, list[int]] = {}
+        self._old: dict[Any, list[int]] = {}
+        self._gen_until = 0.0
+        # counters (capture's /metrics: flowtarget_capture_recorder_*)
+        self.packets_written = 0
+        self.bytes_written = 0
+        self.packets_cut = 0
+        self.files_written = 0
+        self.files_deleted = 0
+        self.files_aged_out = 0
+        self.bytes_deleted = 0
+        self.rotations = 0
+        self.write_errors = 0
+        self.index_truncated = 0
+        self.packets_too_big = 0
+
+    # ------------------------------------------------------------------ the store
+    def _scan(self) -> None:
+        """Files this probe+shard left earlier: counted in the bound, deleted oldest first."""
+        mine = f"ft-{self.probe}-s{self.shard}-"
+        for p in list_store(self.dir):
+            if not p.name.startswith(mine):
+                continue
+            m = _NAME.match(p.name)
+            self.seq = max(self.seq, int(m.group("seq")) if m else 0)
+            size = _size(p) + _size(_idx_path(p))
+            last = 0.0
+            try:
+                last = float(json.loads(_idx_path(p).read_text()).get("last_ts", 0.0))
+            except (OSError, ValueError, AttributeError):   # no index (a crash): its write time
+                try:
+                    last = p.stat().st_mtime
+                except OSError:
+                    last = 0.0
+            self.files.append([p, size, last])
+            self.closed_bytes += size
+
+    def stored_bytes(self) -> int:
+        return self.closed_bytes + self._fsize
+
+    # ------------------------------------------------------------------ the writer thread
+    # File operations run in order on one thread, so that a slow disk does not stall capture's
+    # loop; the byte accounting (and so the bound) is done here, before an operation is queued:
+    # the disk only ever holds a prefix of the queued operations, each within the bound.
+    def _io(self, fn: Any, *args: Any) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._io_loop, name="ft-recorder-io", daemon=True)
+            self._thread.start()
+        self._q.put((fn, args))          # bounded: blocks when the disk is this far behind
+
+    def _io_loop(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            fn, args = item
+            try:
+                fn(*args)
+            except OSError as exc:
+                self.write_errors += 1
+                log.warning("recorder: %s", exc)
+
+    def flush(self) -> None:
+        """Wait until every queued file operation is done."""
+        if self._thread is not None:
+            self._q.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _do_open(self, path: Path, dlt: int) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        os.fchmod(fd, 0o640)
+        self._wfh = os.fdopen(fd, "wb", buffering=0)
+        self._wfh.write(pcap_header(dlt))
+
+    def _do_write(self, data: bytes) -> None:
+        if self._wfh is None:
+            raise OSError("write to a file that could not be opened")
+        self._wfh.write(data)
+
+    def _do_close(self) -> None:
+        fh, self._wfh = self._wfh, None
+        if fh is not None:
+            fh.close()
+
+    def _do_index(self, path: Path, data: bytes) -> None:
+        ip = _idx_path(path)
+        tmp = ip.with_name(ip.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, ip)
+
+    @staticmethod
+    def _do_unlink(p: Path) -> None:
+        for q in (p, _idx_path(p)):
+            try:
+                q.unlink()
+            except FileNotFoundError:
+                pass
+
+    def _delete_oldest(self, aged: bool = False) -> None:
+        p, size, _last = self.files.pop(0)
+        self._io(self._do_unlink, p)
+        self.closed_bytes -= size
+        self.bytes_deleted += size
+        self.files_deleted += 1
+        if aged:
+            self.files_aged_out += 1
+
+    def _make_room(self, n: int) -> bool:
+        """Delete oldest closed files until ``n`` more bytes fit the bound; False when they cannot."""
+        if not self.max_bytes:
+            return True
+        while self.stored_bytes() + n > self.max_bytes and self.files:
+            self._delete_oldest()
+        return self.stored_bytes() + n <= self.max_bytes
+
+    def expire(self, now_ts: float) -> None:
+        """Delete closed files whose last packet is older than the age bound (packet time)."""
+        if self.max_age_s <= 0:
+            return
+        limit = now_ts - self.max_age_s
+        while self.files and self.files[0][2] < limit:
+            self._delete_oldest(aged=True)
+        if self._fh is not None and self._fpackets and self._last_ts < limit:
+            self._rotate()      # the open file is all old: close it, then it goes too
+            while self.files and self.files[0][2] < limit:
+                self._delete_oldest(aged=True)
+
+    # ------------------------------------------------------------------ files
+    def _open(self, dlt: int, ts: float) -> bool:
+        self.seq += 1
+        path = self.dir / f"ft-{self.probe}-s{self.shard}-{self.seq:08d}.pcap"
+        if not self._make_room(PCAP_HEADER_LEN):
+            return False
+        self._io(self._do_open, path, dlt)
+        self._fh = True
+        self._path = path
+        self._fsize = PCAP_HEADER_LEN
+        self.source = str(getattr(self.meter, "source", "") or self.source)[:128]
+        self._fdlt = dlt
+        self._first_ts = self._last_ts = ts
+        self._fpackets = 0
+        self.files_written += 1
+        return True
+
+    def on_flow(self, rec: Any) -> None:
+        """The meter's flow records (capture's Outbox passes each one): the index's flows and hosts."""
+        phase = rec.phase
+        if phase == "start":
+            t = rec.transport
+            proto = _PROTO_NUM.get(t) or (int(t) if t.isdigit() else 0)
+            of = self._open_flows
+            if len(of) >= self.max_flows:     # the meter ends every flow it starts; a bound all the same
+                del of[next(iter(of))]
+            of[rec.flow_id] = [proto, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port, rec.vlan_id,
+                                rec.flow_id, rec.first_seen, 0.0]
+        elif phase == "end":
+            e = self._open_flows.pop(rec.flow_id, None)
+            if e is not None:
+                e[8] = rec.last_seen
+                self._ended.append(e)
+                if len(self._ended) > 2 * self.index_max_flows + 16:   # this file's index will be truncated
+                    self._ended.clear()
+                    self._ended_overflow = True
+
+    def _index(self) -> dict[str, Any]:
+        """Flows that can have packets in the file: open now, or ended after its first packet."""
+        first = self._first_ts
+        ended = self._ended
+        rows = [e for e in ended if e[8] >= first]
+        # a flow whose end record came before its last packets were written (the batch is metered
+        # before it is recorded) belongs to the next file too
+        self._ended = [e for e in ended if e[8] > self._last_ts]
+        n = len(rows) + len(self._open_flows)
+        truncated = n > self.index_max_flows or self._ended_overflow
+        self._ended_overflow = False
+        if truncated:
+            self.index_truncated += 1
+        flows: list[list[Any]] = []
+        hosts: set[str] = set()
+        if not truncated:
+            # [proto, src, sport, dst, dport, vlan, flow_id, start, end (0: open)]
+            flows = rows + list(self._open_flows.values())
+            hosts = {e[1] for e in flows}
+            hosts.update([e[3] for e in flows])
+        return {"version": 1, "file": self._path.name if self._path else "", "probe": self.probe, "shard": self.shard,
+                "source": self.source, "datalink": self._fdlt, "first_ts": first, "last_ts": self._last_ts,
+                "packets": self._fpackets, "truncated": truncated, "hosts": sorted(hosts), "flows": flows}
+
+    def _rotate(self) -> None:
+        """Close the file being written and write its index (within the bound)."""
+        if self._fh is None:
+            return
+        self._io(self._do_close)
+        path = self._path
+        assert path is not None
+        size = self._fsize
+        idx = self._index()
+        data = _dumps(idx)
+        self._fh = None
+        self._fsize = 0
+        self.closed_bytes += size       # the pcap is now a closed file; its index must fit beside it
+        entry = [path, size, self._last_ts]
+        self.files.append(entry)
+        if not self._make_room(len(data)) or (self.max_bytes and len(data) > self.max_bytes // 8):
+            idx.update(truncated=True, hosts=[], flows=[])     # an export reads this file whole
+            self.index_truncated += 1
+            data = _dumps(idx)
+            self._make_room(len(data))
+        self._io(self._do_index, path, data)
+        entry[1] += len(data)
+        self.closed_bytes += len(data)
+        self.rotations += 1
+
+    def close(self) -> None:
+        """Close the file being written (with its index) and wait for the writer thread."""
+        self._rotate()
+        self.flush()
+
+    # ------------------------------------------------------------------ the cutoff
+    def _age(self, ts: float) -> None:
+        self._old = self._cur
+        self._cur = {}
+        self._gen_until = ts + self.idle_s
+
+    # ------------------------------------------------------------------ the batch
+    def record(self, recs: Any, dlt: int | None = None) -> None:
+        """Append one batch of ``(ts, frame)`` records (capture order) to the store."""
+        if not recs:
+            return
+        dl = self.datalink if dlt is None else dlt
+        if self._fh is None or self._fdlt != dl:
+            self._rotate()
+            if not self._open(dl, recs[0][0]):
+                return
+        if self.cutoff:
+            recs = self._cut(recs, dl)
+        elif type(recs) is not list:
+            recs = list(recs)
+        n = len(recs)
+        i = 0
+        file_s = self.file_s or float("inf")
+        maxrec = self.file_bytes - PCAP_HEADER_LEN
+        while i < n:
+            if not self._fpackets:            # an empty file's time starts with its first packet
+                self._first_ts = recs[i][0]
+            # the records that fit this file (size and time), packed in one step (compiled where built)
+            data, j, big, last, npk = pcap_pack(recs, i, self.file_bytes - self._fsize, self._first_ts + file_s, maxrec)
+            self.packets_too_big += big
+            if npk:
+                self._write(data, npk, last)
+            if j >= n:
+                break
+            self._rotate()                    # recs[j] belongs to the next file
+            if not self._open(dl, recs[j][0]):
+                return
+            i = j
+
+    def _cut(self, recs: Any, dl: int) -> list[tuple[float, bytes]]:
+        """The packets within the first ``cutoff`` bytes of their flow (non-IP packets are all kept)."""
+        cutoff = self.cutoff
+        fast = dl == 1
+        cur = self._cur
+        old = self._old
+        cget = cur.get
+        gen_until = self._gen_until
+        max_flows = self.max_flows
+        kept: list[tuple[float, bytes]] = []
+        keep = kept.append
+        cut = 0
+        for rec in recs:
+            frame = rec[1]
+            # the packet's directional flow key, one dict lookup
+            if fast and eth4(frame) is not None:
+                # plain Ethernet + IPv4 without options, TCP or UDP: protocol, addresses and ports
+                # lie at fixed offsets (the recorder's own key; eth4 only says the frame is one)
+                key = frame[23:24] + frame[26:38]
+            else:
+                d = decode(frame, dl)
+                if d[0] or d[17] == 2:
+                    keep(rec)       # not an IP flow (ARP, ...), or a later fragment: kept
+                    continue
+                k = bytes((d[2],)) + d[3] + d[4] + _pp(d[5], d[6])
+                key = (k, d[13]) if d[13] else k
+            e = cget(key)
+            if e is None:
+                ts = rec[0]
+                if ts >= gen_until or len(cur) >= max_flows:
+                    self._age(ts)
+                    cur, old, gen_until = self._cur, self._old, self._gen_until
+                    cget = cur.get
+                e = old.get(key)
+                if e is None:
+                    e = [0]
+                cur[key] = e
+                cur[_reverse(key)] = e
+            if e[0] >= cutoff:
+                cut += 1
+                continue
+            e[0] += len(frame)
+            keep(rec)
+        self.packets_cut += cut
+        return kept
+
+    def _write(self, data: bytes, npk: int, last_ts: float) -> None:
+        n = len(data)
+        if not n or self._fh is None:
+            return
+        if not self._make_room(n):
+            self.write_errors += 1      # cannot happen while file_bytes <= max_bytes / 8
+            return
+        self._io(self._do_write, data)
+        self._fsize += n
+        self.bytes_written += n
+        self._fpackets += npk
+        self.packets_written += npk
+        self._last_ts = last_ts
+
+    def tick(self, now_ts: float) -> None:
+        """Periodic (per batch or per tick): age bound and time rotation of an idle live capture."""
+        self.expire(now_ts)
+        if self._fh is not None and self.file_s and self._fpackets and now_ts - self._first_ts >= self.file_s:
+            self._rotate()
+
+    def stats(self) -> dict[str, int]:
+        return {"packets_written": self.packets_written, "bytes_written": self.bytes_written,
+                "packets_cut": self.packets_cut, "packets_too_big": self.packets_too_big, "files_written": self.files_written,
+                "files_deleted": self.files_deleted, "files_aged_out": self.files_aged_out,
+                "bytes_deleted": self.bytes_deleted, "rotations": self.rotations,
+                "write_errors": self.write_errors, "index_truncated": self.index_truncated,
+                "stored_bytes": self.stored_bytes(), "stored_files": len(self.files) + (self._fh is not None),
+                "cutoff_flows": (len(self._cur) + len(self._old)) // 2, "index_open_flows": len(self._open_flows)}
+
+
+def _idx_path(p: Path) -> Path:
+    return p.with_name(p.name + IDX_SUFFIX)
+
+
+def _size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except OSError:
+        return 0
+
+
+def from_settings(settings: Any, meter: Any = None) -> Recorder | None:
+    """The capture service's recorder, or None when FT_RECORD_DIR is unset."""
+    if not settings.record_dir:
+        return None
+    return Recorder(settings.record_dir, probe=settings.probe, shard=settings.shard_index, shards=settings.shards,
+                    max_bytes=settings.record_max_bytes, max_age_s=settings.record_max_age_s,
+                    file_bytes=settings.record_file_bytes, file_s=settings.record_file_s,
+                    cutoff_bytes=settings.record_cutoff_bytes, index_max_flows=settings.record_index_max_flows,
+                    max_flows=settings.max_flows, idle_s=settings.idle_timeout_s, meter=meter)
+
+
+pcap_pack = _c.pcap_pack if _c is not None else pcap_pack_py

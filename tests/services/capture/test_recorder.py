@@ -1,0 +1,383 @@
+"""The packet recorder (services/capture/recorder.py) and exports from its store (export.py).
+
+Exports are checked packet by packet against the packets of the pcap that was
+recorded, read independently with dpkt.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import os
+import random
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import dpkt
+import pytest
+
+from services.capture.export import ExportError, Query, export, parse_time
+from services.capture.flows import FlowMeter, ListSink
+from services.capture.recorder import IDX_SUFFIX, Recorder, list_store
+from services.capture.sources import open_source
+from shared.settings import CaptureSettings
+
+ROOT = Path(__file__).resolve().parents[3]
+HOSTS = [f"10.1.0.{i}" for i in range(1, 9)] + ["2001:db8::5"]
+T0 = 1_700_000_000.0
+
+
+def _ip(src: str, dst: str, l4: dpkt.Packet, p: int) -> bytes:
+    if ":" in src:
+        ip6 = dpkt.ip6.IP6(src=ipaddress.ip_address(src).packed, dst=ipaddress.ip_address(dst).packed, nxt=p,
+                           hlim=64, data=l4, plen=len(bytes(l4)))
+        return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, type=0x86DD, data=ip6))
+    ip = dpkt.ip.IP(src=ipaddress.ip_address(src).packed, dst=ipaddress.ip_address(dst).packed, p=p, data=l4)
+    ip.len = len(ip)
+    return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, data=ip))
+
+
+def tcp(src: str, sp: int, dst: str, dp: int, flags: int, payload: bytes = b"") -> bytes:
+    return _ip(src, dst, dpkt.tcp.TCP(sport=sp, dport=dp, flags=flags, seq=1, data=payload), 6)
+
+
+def udp(src: str, sp: int, dst: str, dp: int, payload: bytes) -> bytes:
+    u = dpkt.udp.UDP(sport=sp, dport=dp, data=payload)
+    u.ulen = len(u)
+    return _ip(src, dst, u, 17)
+
+
+def arp() -> bytes:
+    a = dpkt.arp.ARP(sha=b"\x02" * 6, spa=bytes([10, 1, 0, 1]), tha=b"\x00" * 6, tpa=bytes([10, 1, 0, 2]))
+    return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\xff" * 6, type=0x0806, data=a))
+
+
+def traffic(n_flows: int = 300, seed: int = 1, t0: float = T0, span_s: float = 3600.0) -> list[tuple[float, bytes]]:
+    """TCP conversations (handshake, data both ways, FIN), UDP exchanges and ARP among HOSTS, interleaved in time."""
+    rnd = random.Random(seed)
+    out: list[tuple[float, bytes]] = []
+    v4 = HOSTS[:-1]
+    for i in range(n_flows):
+        start = t0 + rnd.random() * span_s
+        if i % 10 == 9:
+            a, b = "2001:db8::5", "2001:db8::9"
+        else:
+            a, b = rnd.sample(v4, 2)
+        sp = 20000 + i
+        dp = rnd.choice([80, 443, 53, 8080])
+        t = start
+        if i % 3:
+            seq = [tcp(a, sp, b, dp, 0x02), tcp(b, dp, a, sp, 0x12), tcp(a, sp, b, dp, 0x10)]
+            for k in range(rnd.randint(1, 12)):
+                seq.append(tcp(a, sp, b, dp, 0x18, os.urandom(rnd.randint(10, 1200))))
+                seq.append(tcp(b, dp, a, sp, 0x18, os.urandom(rnd.randint(10, 1400))))
+            seq += [tcp(a, sp, b, dp, 0x11), tcp(b, dp, a, sp, 0x11), tcp(a, sp, b, dp, 0x10)]
+        else:
+            seq = []
+            for k in range(rnd.randint(1, 6)):
+                seq.append(udp(a, sp, b, dp, os.urandom(rnd.randint(20, 500))))
+                seq.append(udp(b, dp, a, sp, os.urandom(rnd.randint(20, 500))))
+        for fr in seq:
+            t += rnd.random() * 0.2
+            out.append((round(t, 6), fr))
+        if i % 25 == 0:
+            out.append((round(start + 0.01, 6), arp()))
+    out.sort(key=lambda r: r[0])
+    return out
+
+
+def write_pcap(path: Path, frames: list[tuple[float, bytes]]) -> Path:
+    with open(path, "wb") as fh:
+        w = dpkt.pcap.Writer(fh)
+        for ts, fr in frames:
+            w.writepkt(fr, ts)
+    return path
+
+
+def dpkt_read(path: Path | str) -> list[tuple[float, bytes]]:
+    with open(path, "rb") as fh:
+        return [(round(ts, 6), bytes(buf)) for ts, buf in dpkt.pcap.Reader(fh)]
+
+
+def addrs(frame: bytes) -> tuple[str, str, int, int, int] | None:
+    """(src, dst, sport, dport, proto) by dpkt, independently of capture's decoder."""
+    eth = dpkt.ethernet.Ethernet(frame)
+    ip = eth.data
+    if not isinstance(ip, (dpkt.ip.IP, dpkt.ip6.IP6)):
+        return None
+    l4 = ip.data
+    sp = getattr(l4, "sport", 0)
+    dp = getattr(l4, "dport", 0)
+    proto = ip.p if isinstance(ip, dpkt.ip.IP) else ip.nxt
+    return (str(ipaddress.ip_address(ip.src)), str(ipaddress.ip_address(ip.dst)), sp, dp, proto)
+
+
+def record(frames, directory: Path, batch: int = 512, **kw) -> tuple[Recorder, FlowMeter, list[int]]:
+    """Meter + recorder over ``frames`` in batches, as capture does; returns the store size after every batch."""
+    sink = ListSink()
+    meter = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, source="eth7")
+    meter.set_source("eth7", 1)
+    rec = Recorder(directory, meter=meter, **kw)
+
+    def flow(r):          # as capture's Outbox does
+        sink.flows.append(r)
+        rec.on_flow(r)
+
+    sink.flow = flow
+    sizes = []
+    for i in range(0, len(frames), batch):
+        part = frames[i:i + batch]
+        meter.process_batch(part)
+        rec.record(part, 1)
+        rec.tick(part[-1][0])
+        sizes.append(du(directory))      # while the writer thread works: any moment is within the bound
+    rec.close()
+    meter.finish()
+    sizes.append(du(directory))
+    return rec, meter, sizes
+
+
+def du(directory: Path) -> int:
+    total = 0
+    for p in directory.iterdir():
+        try:
+            total += p.stat().st_size
+        except FileNotFoundError:    # deleted by the recorder's writer thread meanwhile
+            pass
+    return total
+
+
+def test_store_never_exceeds_a_tiny_byte_bound_over_a_long_replay(tmp_path):
+    frames = traffic(n_flows=1500, seed=2)
+    bound = 96 * 1024
+    store = tmp_path / "store"
+    rec, _m, sizes = record(frames, store, batch=256, max_bytes=bound, file_s=60.0)
+    total_in = sum(16 + len(f) for _, f in frames)
+    assert total_in > 20 * bound                      # a long replay against a tiny store
+    assert max(sizes) <= bound, max(sizes)
+    assert rec.files_deleted > 10 and rec.rotations > 10 and rec.packets_written == len(frames)
+    assert rec.stats()["stored_bytes"] == sizes[-1]
+    for p in store.iterdir():
+        assert stat.S_IMODE(p.stat().st_mode) == 0o640, p
+        assert not p.name.endswith(".tmp")
+    # what is left is the newest traffic, readable, and every pcap has its index
+    pcaps = list_store(store)
+    assert pcaps and all(p.with_name(p.name + IDX_SUFFIX).exists() for p in pcaps)
+    kept = [r for p in pcaps for r in dpkt_read(p)]
+    assert kept == [(ts, f) for ts, f in frames[-len(kept):]]
+
+
+def test_time_rotation_and_index_contents(tmp_path):
+    frames = traffic(n_flows=200, seed=3, span_s=600)
+    rec, meter, _ = record(frames, tmp_path, file_s=60.0)
+    pcaps = list_store(tmp_path)
+    assert len(pcaps) >= 10
+    seen = 0
+    for p in pcaps:
+        idx = json.loads(p.with_name(p.name + IDX_SUFFIX).read_text())
+        pk = dpkt_read(p)
+        seen += len(pk)
+        assert idx["packets"] == len(pk) and idx["first_ts"] == pytest.approx(pk[0][0]) and idx["last_ts"] == pytest.approx(pk[-1][0])
+        assert pk[-1][0] - pk[0][0] < 60.0
+        hosts = {h for fr in pk if (a := addrs(fr[1])) for h in a[:2]}
+        assert set(idx["hosts"]) >= hosts       # a superset: the flows open while the file was written
+        tuples = {(a[4], frozenset([(a[0], a[2]), (a[1], a[3])])) for fr in pk if (a := addrs(fr[1]))}
+        listed = {(f[0], frozenset([(f[1], f[2]), (f[3], f[4])])) for f in idx["flows"]}
+        assert tuples <= listed and len(listed) < 3 * len(tuples) + 10, (len(listed), len(tuples))
+        assert all(f[6] for f in idx["flows"])
+    assert seen == len(frames)
+    named = {f.flow_id for f in meter.sink.flows}
+    indexed = {f[6] for p in pcaps for f in json.loads(p.with_name(p.name + IDX_SUFFIX).read_text())["flows"]}
+    assert indexed == named             # every flow's id is in an index
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rec")
+    frames = traffic(n_flows=400, seed=4)
+    src = write_pcap(d / "in.pcap", frames)
+    store = d / "store"
+    _rec, meter, _ = record(list(open_source(src)), store,
+                            file_bytes=64 * 1024, file_s=300.0)
+    return dpkt_read(src), store, meter.sink.flows, d
+
+
+def test_export_by_host_is_exactly_that_hosts_packets(recorded):
+    packets, store, _flows, d = recorded
+    for host in HOSTS[:4] + ["2001:db8::5"]:
+        res = export(store, Query(host=host), d / f"host-{host.replace(':', '_')}.pcap")
+        want = [(ts, f) for ts, f in packets if (a := addrs(f)) and host in a[:2]]
+        assert len(want) > 20
+        assert dpkt_read(res["path"]) == want
+        assert res["packets"] == len(want) and res["files_skipped"] >= 0
+        assert stat.S_IMODE(os.stat(res["path"]).st_mode) == 0o640
+
+
+def test_export_by_flow_id_port_time_and_bpf(recorded):
+    packets, store, flows, d = recorded
+    tcp_flows = [f for f in flows if f.transport == "TCP" and f.phase == "start"][:5]
+    for f in tcp_flows:
+        res = export(store, Query(flow_id=f.flow_id), d / "flow.pcap")
+        ends = {(f.src_ip, f.src_port), (f.dst_ip, f.dst_port)}
+        want = [(ts, fr) for ts, fr in packets if (a := addrs(fr)) and {(a[0], a[2]), (a[1], a[3])} == ends and a[4] == 6]
+        assert dpkt_read(res["path"]) == want and len(want) >= 7
+        assert res["files_skipped"] > 0            # the index kept the export from reading every file
+    since, until = T0 + 600, T0 + 900
+    res = export(store, Query(port=443, since=since, until=until), d / "port.pcap")
+    want = [(ts, fr) for ts, fr in packets if since <= ts <= until and (a := addrs(fr)) and 443 in a[2:4]]
+    assert dpkt_read(res["path"]) == want and want and res["files_skipped"] > 0
+    res = export(store, Query(host="10.1.0.2", bpf="udp"), d / "bpf.pcap")
+    want = [(ts, fr) for ts, fr in packets if (a := addrs(fr)) and "10.1.0.2" in a[:2] and a[4] == 17]
+    assert dpkt_read(res["path"]) == want and want
+    with pytest.raises(ExportError):
+        export(store, Query(flow_id="no-such-flow"), d / "none.pcap")
+    with pytest.raises(ExportError):
+        export(store, Query(host="10.1.0.2", bpf="this is not bpf"), d / "bad.pcap")
+    with pytest.raises(ExportError):
+        export(store, Query(host="../../etc"), d / "bad.pcap")
+
+
+def test_export_per_source_names_and_contents(recorded):
+    packets, store, _flows, d = recorded
+    out = d / "per-source"
+    res = export(store, Query(since=T0, until=T0 + 400), out, per_source=True, iface="eth7/../x")
+    names = sorted(Path(p).name for p in res["files"])
+    assert names and all(n.startswith("eth7-..-x-") and "/" not in n for n in names)
+    got = []
+    for p in res["files"]:
+        pk = dpkt_read(p)
+        srcs = {addrs(f)[0] if addrs(f) else "non-ip" for _, f in pk}
+        assert len(srcs) == 1 and safe(srcs.pop()) in Path(p).name
+        got += pk
+    want = [(ts, f) for ts, f in packets if T0 <= ts <= T0 + 400]
+    assert sorted(got) == sorted(want)
+
+
+def safe(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", s)
+
+
+def test_aged_out_data_gives_nothing(tmp_path):
+    old = traffic(n_flows=50, seed=5, t0=T0, span_s=100)
+    new = [(ts + 10_000, fr) for ts, fr in traffic(n_flows=50, seed=6, t0=T0, span_s=100)]
+    rec, _m, _ = record(old + new, tmp_path, max_age_s=3600, file_s=30.0)
+    assert rec.files_aged_out > 0
+    res = export(tmp_path, Query(until=T0 + 200), tmp_path / "old.pcap")
+    assert res["packets"] == 0 and dpkt_read(res["path"]) == []
+    res = export(tmp_path, Query(host="10.1.0.3"), tmp_path / "new.pcap")
+    assert res["packets"] > 0 and all(ts >= T0 + 10_000 for ts, _ in dpkt_read(res["path"]))
+
+
+def test_cutoff_keeps_the_first_bytes_of_every_flow(tmp_path):
+    frames = traffic(n_flows=300, seed=7)
+    cutoff = 2000
+    rec, _m, _ = record(frames, tmp_path, cutoff_bytes=cutoff)
+    kept = [r for p in list_store(tmp_path) for r in dpkt_read(p)]
+    per_flow: dict = {}
+    expect = []
+    for ts, fr in frames:
+        a = addrs(fr)
+        if a is None:
+            expect.append((ts, fr))
+            continue
+        k = (a[4], frozenset([(a[0], a[2]), (a[1], a[3])]))
+        n = per_flow.get(k, 0)
+        if n < cutoff:
+            expect.append((ts, fr))
+            per_flow[k] = n + len(fr)
+    assert kept == expect
+    assert rec.packets_cut == len(frames) - len(expect) > 0
+
+
+def test_recorder_settings_need_a_bound():
+    with pytest.raises(ValueError, match="FT_RECORD_MAX_BYTES"):
+        CaptureSettings(record_dir="/tmp/x", record_max_bytes=0)
+    assert CaptureSettings(record_dir="/tmp/x", record_max_bytes=0, record_max_age_s=60).record_max_age_s == 60
+
+
+def test_parse_time():
+    assert parse_time("1700000000.5") == 1700000000.5
+    assert parse_time("2023-11-14T22:13:20") == 1700000000.0
+    assert parse_time("2023-11-14T23:13:20+01:00") == 1700000000.0
+    with pytest.raises(ExportError):
+        parse_time("yesterday")
+
+
+def test_shards_write_their_own_files_and_exports_merge_them_in_time_order(tmp_path):
+    frames = traffic(n_flows=300, seed=8)
+    store = tmp_path / "store"
+    parts: list[list] = [[], []]
+    for ts, fr in frames:        # a symmetric flow hash, as the kernel's fanout does
+        a = addrs(fr)
+        parts[(a[2] + a[3]) % 2 if a else 0].append((ts, fr))
+    recs = []
+    for k in (0, 1):
+        sink = ListSink()
+        meter = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, source="eth7")
+        meter.set_source("eth7", 1)
+        rec = Recorder(store, meter=meter, shard=k, shards=2, max_bytes=64 << 20, file_bytes=16 * 1024)
+        sink.flow = rec.on_flow
+        for i in range(0, len(parts[k]), 300):
+            meter.process_batch(parts[k][i:i + 300])
+            rec.record(parts[k][i:i + 300], 1)
+        meter.finish()
+        rec.close()
+        recs.append(rec)
+    names = [p.name for p in list_store(store)]
+    assert any("-s0-" in n for n in names) and any("-s1-" in n for n in names)
+    assert all(r.max_bytes == 32 << 20 and r.files_deleted == 0 for r in recs)   # each shard bounds its share
+    res = export(store, Query(host="10.1.0.6"), tmp_path / "merged.pcap")
+    want = [(ts, f) for ts, f in frames if (a := addrs(f)) and "10.1.0.6" in a[:2]]
+    assert dpkt_read(res["path"]) == want and res["files_skipped"] > 0
+
+
+def test_a_restarted_recorder_counts_the_files_it_left(tmp_path):
+    frames = traffic(n_flows=400, seed=9)
+    bound = 128 * 1024
+    half = len(frames) // 2
+    _r1, _m, sizes1 = record(frames[:half], tmp_path, max_bytes=bound)
+    r2, _m, sizes2 = record(frames[half:], tmp_path, max_bytes=bound)   # a new process on the same store
+    assert max(sizes1 + sizes2) <= bound
+    assert r2.files_deleted > 0 and r2.seq > _r1.seq                  # continued the numbering, deleted old files
+
+
+def test_an_unusable_record_dir_stops_capture_with_one_line():
+    from services.capture.service import _make_recorder
+    from shared.runner import ConfigError
+
+    with pytest.raises(ConfigError, match="FT_RECORD_DIR"):
+        _make_recorder(CaptureSettings(record_dir="/proc/no/such/dir"), None)
+
+
+def test_a_truncated_index_makes_the_export_read_the_file_whole(tmp_path):
+    frames = traffic(n_flows=200, seed=10)
+    rec, _m, _ = record(frames, tmp_path, index_max_flows=2, file_bytes=32 * 1024)
+    assert rec.index_truncated > 0
+    idxs = [json.loads(p.with_name(p.name + IDX_SUFFIX).read_text()) for p in list_store(tmp_path)]
+    assert any(i["truncated"] and not i["flows"] for i in idxs)
+    res = export(tmp_path, Query(host="10.1.0.7"), tmp_path / "out.pcap")
+    want = [(ts, f) for ts, f in frames if (a := addrs(f)) and "10.1.0.7" in a[:2]]
+    assert dpkt_read(res["path"]) == want and want
+
+
+def test_compiled_pcap_pack_equals_its_python_twin():
+    from services.capture import recorder
+
+    if recorder._c is None:
+        pytest.skip("the compiled recorder step is not built (FT_PURE_PYTHON or no C compiler)")
+    rnd = random.Random(12)
+    recs = [(T0 + i * 0.3333337 + rnd.random() * 1e-6, os.urandom(rnd.choice([0, 1, 60, 1500, 9000]))) for i in range(400)]
+    recs.append((T0 + 999.9999996, b"x" * 10))          # rounds up into the next second
+    for start, room, until, max_rec in [(0, 1 << 30, float("inf"), 65536), (5, 20_000, T0 + 50, 65536),
+                                        (0, 100_000, T0 + 1e9, 2000), (399, 100, T0, 65536), (0, 0, float("inf"), 65536),
+                                        (400, 1 << 20, float("inf"), 65536)]:
+        c = recorder._c.pcap_pack(recs, start, room, until, max_rec)
+        py = recorder.pcap_pack_py(recs, start, room, until, max_rec)
+        assert c == py, (start, room, until, max_rec)
+    data, stop, _big, _last, npk = recorder.pcap_pack_py(recs, 0, 1 << 30, float("inf"), 65536)
+    parsed = list(dpkt.pcap.Reader(io.BytesIO(recorder.pcap_header(1) + data)))
+    assert len(parsed) == npk == len(recs) and parsed[-1][0] == pytest.approx(T0 + 1000.0)
