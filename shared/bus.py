@@ -462,6 +462,7 @@ class Bus:
         return StreamConfig(
             name=s.dlq_stream_name,
             subjects=[all_of(DLQ_KIND)],
+            num_replicas=s.stream_replicas,        # dead letters survive a node loss like the records do
             retention=RetentionPolicy.LIMITS,
             max_age=s.stream_max_age_s,
             max_bytes=s.dlq_max_bytes,
