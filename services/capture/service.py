@@ -626,6 +626,8 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
         live = src.stats()   # the kernel's drop counters go into the final report too
         reporter.final_extra = {"dropped_kernel": live.get("dropped_kernel", 0),
                                 "dropped_interface": live.get("dropped_interface", 0)}
+        from shared.metrics import unregister_stats
+        unregister_stats("capture_pcap")   # /metrics must never ask a closed handle (pypcap crashes on it)
         src.close()
     if gone:   # flows end and are published by main's cleanup; then exit 1 with this line
         from shared.runner import FatalError

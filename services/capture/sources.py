@@ -479,6 +479,7 @@ class LiveSource:
         import pcap  # local import: file replay must not need libpcap privileges
 
         self.name = name
+        self._closed = False
         try:
             self._p = pcap.pcap(
                 name=name,
@@ -541,6 +542,8 @@ class LiveSource:
 
     def stats(self) -> dict[str, int]:
         """Kernel counters: received, dropped (buffer full), dropped by the interface."""
+        if self._closed:   # pypcap's stats() on a closed handle dereferences freed memory
+            return {"received": 0, "dropped_kernel": 0, "dropped_interface": 0}
         try:
             recv, drop, ifdrop = self._p.stats()
         except OSError:
@@ -557,6 +560,7 @@ class LiveSource:
         self._p.sendpacket(frame)
 
     def close(self) -> None:
+        self._closed = True
         try:
             self._p.close()
         except Exception:  # noqa: BLE001
