@@ -291,6 +291,8 @@ class BlockSettings(CommonSettings):
     dry_run: bool = Field(default=True, description="Decide and report without injecting (the default); FT_DRY_RUN=false (or flowtarget run --enforce) injects.")
     rate_limit_per_s: float = Field(default=200.0, gt=0)
     rate_burst: int = Field(default=50, ge=1)
+    max_rules: int = Field(default=10_000, ge=1, le=1_000_000,
+                           description="Rules block keeps from the bucket; a new rule past it is ignored, counted (rules_over_limit) and logged.")
     allowlist: list[str] = Field(default_factory=list, description="IP networks/addresses and host-name patterns never injected against; a bad entry stops block at start.")
     probe_addresses: list[str] = Field(default_factory=list, description="The probe's own addresses or networks, never targeted; a bad entry stops block at start.")
 

@@ -478,12 +478,15 @@ class RuleWatcher:
     """
 
     def __init__(self, js: Any, bucket: str = DEFAULT_BUCKET,
-                 on_change: Callable[[RuleSet, list[Rule]], Awaitable[None] | None] | None = None) -> None:
+                 on_change: Callable[[RuleSet, list[Rule]], Awaitable[None] | None] | None = None,
+                 max_rules: int = 10_000) -> None:
         self.js = js
         self.bucket = bucket
         self.rules = RuleSet()
         self.on_change = on_change
+        self.max_rules = max_rules
         self.malformed = 0
+        self.over_limit = 0       # new rules ignored because max_rules were in force (FT_MAX_RULES)
         self.updates = 0
         self.ready = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -575,6 +578,13 @@ class RuleWatcher:
         if rule.id != entry.key:
             self.malformed += 1
             log.warning("rule under key %r has id %r; ignored", entry.key, rule.id)
+            return None
+        if self.rules.get(rule.id) is None and len(self.rules) >= self.max_rules:
+            # a peer that can write the bucket must not grow block's memory without bound
+            self.over_limit += 1
+            if self.over_limit == 1 or self.over_limit % 1000 == 0:
+                log.warning("rule %s ignored: %d rules already in force (FT_MAX_RULES); %d ignored so far",
+                            rule.id, len(self.rules), self.over_limit)
             return None
         self.rules.put(rule)
         log.info("rule %s: %s %s", rule.id, rule.action, ",".join(rule.host) or "")

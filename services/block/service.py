@@ -473,11 +473,12 @@ async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
         except (OSError, AttributeError):
             pass
     blocker.open_interface()
-    watcher = RuleWatcher(bus.js, settings.rules_bucket, on_change=blocker.on_rules_changed)
+    watcher = RuleWatcher(bus.js, settings.rules_bucket, on_change=blocker.on_rules_changed, max_rules=settings.max_rules)
     await watcher.start()
     from shared.metrics import register_families, register_stats
 
-    register_stats("block", lambda: dict(blocker.counters))
+    register_stats("block", lambda: {**blocker.counters, "rules_in_force": len(watcher.rules),
+                                     "rules_malformed": watcher.malformed, "rules_over_limit": watcher.over_limit})
     register_families("block_rules", blocker.rule_stats.metric_families)
     stats_kv: Any = None
     flushing: asyncio.Task | None = None

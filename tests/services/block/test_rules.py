@@ -178,6 +178,39 @@ def test_watcher_follows_the_bucket_live_and_skips_malformed(nats_server):
     asyncio.run(run())
 
 
+def test_watcher_keeps_at_most_max_rules(nats_server):
+    """A peer that writes the bucket cannot grow block's rule set past FT_MAX_RULES; updates still apply."""
+    async def run():
+        nc, kv = await _kv(nats_server.url)
+        await put_rules(kv, [Rule(id=f"r{i}", host=[f"h{i}.test"], action="alert") for i in range(5)])
+        w = RuleWatcher(nc.jetstream(), "ft_rules_test", max_rules=3)
+        await w.start()
+        await asyncio.wait_for(w.ready.wait(), 10)
+        assert len(w.rules) == 3 and w.over_limit == 2
+        kept = sorted(r.id for r in w.rules)
+        # an update of a rule in force still applies; a new one is still refused
+        await put_rules(kv, [Rule(id=kept[0], host=["changed.test"], action="alert"),
+                             Rule(id="new", host=["new.test"], action="alert")])
+        for _ in range(100):
+            if w.rules.get(kept[0]).host == ["changed.test"] and w.over_limit == 3:
+                break
+            await asyncio.sleep(0.05)
+        assert w.rules.get(kept[0]).host == ["changed.test"]
+        assert w.over_limit == 3 and w.rules.get("new") is None and len(w.rules) == 3
+        # removing one makes room
+        await kv.delete(kept[1])
+        await put_rules(kv, [Rule(id="late", host=["late.test"], action="alert")])
+        for _ in range(100):
+            if w.rules.get("late") is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert w.rules.get("late") is not None and len(w.rules) == 3
+        await w.stop()
+        await nc.close()
+
+    asyncio.run(run())
+
+
 def test_watcher_survives_a_nats_restart(nats_server):
     from shared.bus import Bus
     from shared.settings import BlockSettings
