@@ -15,6 +15,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -85,6 +86,40 @@ def flow_records(url: str, phase: str) -> list[dict]:
     return [e for e in asyncio.run(read()) if e.get("event_type") == "flow" and e.get("phase") == phase]
 
 
+class LiveStarts(threading.Thread):
+    """Counts the start records capture sends on ft.live.<probe> (core NATS: never in the stream)."""
+
+    def __init__(self, url: str, probe: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.probe = url, probe
+        self.count = 0
+        self.ready = threading.Event()
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        nc = await nats.connect(self.url, connect_timeout=2, max_reconnect_attempts=1)
+
+        async def on_msg(msg) -> None:
+            for e in events_of(parse_event(msg.data)):
+                d = event_dict(e)
+                if d.get("event_type") == "flow" and d.get("phase") == "start":
+                    self.count += 1
+
+        await nc.subscribe(f"ft.live.{self.probe}", cb=on_msg)
+        await nc.flush()
+        self.ready.set()
+        while not self._halt.is_set():
+            await asyncio.sleep(0.1)
+        await nc.close()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)
+
+
 def wait(cond, timeout_s: float, step: float = 0.25) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -102,11 +137,17 @@ def test_capture_exits_in_bounded_time_while_nats_is_down_and_spools(nats_server
     env = dict(os.environ, FT_NATS_URL=nats_server.url, FT_PROBE="shut", FT_PCAP=json.dumps([str(pcap)]),
                FT_REPLAY_REALTIME="true", FT_EVIDENCE_DIR=str(tmp_path / "ev"), FT_SPOOL_DIR=str(spool),
                FT_LOG_LEVEL="INFO")
+    starts = LiveStarts(nats_server.url, "shut")
+    starts.start()
+    assert starts.ready.wait(10)
     log1 = open(tmp_path / "capture1.log", "wb")
     cap = subprocess.Popen([sys.executable, "-m", "flowtarget", "capture"], env=env, stdout=log1,
                            stderr=subprocess.STDOUT)
     try:
-        assert wait(lambda: len(flow_records(nats_server.url, "start")) >= FLOWS, 60), "capture did not start"
+        # every flow has started (start records go to the detectors on ft.live, not into the stream)
+        started = wait(lambda: starts.count >= FLOWS, 60)
+        starts.stop()
+        assert started, "capture did not start"
         kids = children_of(cap.pid)
         assert kids, "no detectors' process"
         nats_server.kill()
