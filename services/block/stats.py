@@ -160,10 +160,19 @@ async def read_stats(js: Any, bucket: str = DEFAULT_BUCKET) -> dict[str, dict[st
         kv = await js.key_value(bucket)
     except (BucketNotFoundError, NotFoundError):
         return {}
+    # the keys from the bucket's stream state, not kv.keys(): nats-py's key watcher can end its
+    # initial listing before a key written a moment earlier (seen as a missing rule in a test)
+    prefix = f"$KV.{bucket}."
     try:
-        keys = await kv.keys()
-    except NoKeysError:
+        info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+        keys = sorted(subj[len(prefix):] for subj in (info.state.subjects or {}))
+    except NotFoundError:
         return {}
+    except Exception:  # an older server without subject details: the watcher's listing
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            return {}
     out = {}
     for k in keys:
         try:
