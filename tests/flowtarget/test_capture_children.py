@@ -11,22 +11,7 @@ import time
 import pytest
 
 from tests.conftest import SAMPLE_PCAP
-
-
-def children_of(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            return [int(x) for x in fh.read().split()]
-    except OSError:
-        return []
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] != "Z"
-    except OSError:
-        return False
+from tests.procs import alive, children_of
 
 
 @pytest.mark.slow

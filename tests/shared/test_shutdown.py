@@ -25,6 +25,7 @@ import nats
 from nats.js.errors import NotFoundError
 
 from shared.models import event_dict, events_of, parse_event
+from tests.procs import alive, children_of
 
 GRACE_S = 30.0      # docker-compose.yml: stop_grace_period
 FLOWS = 40
@@ -44,22 +45,6 @@ def write_long_pcap(path: Path, flows: int = FLOWS, seconds: float = 300.0, step
         ts = t0 + k * step
         out.append(struct.pack("<IIII", int(ts), int((ts % 1) * 1e6), len(frame), len(frame)) + frame)
     path.write_bytes(b"".join(out))
-
-
-def children_of(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            return [int(x) for x in fh.read().split()]
-    except OSError:
-        return []
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def flow_records(url: str, phase: str) -> list[dict]:
