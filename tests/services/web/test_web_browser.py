@@ -197,6 +197,13 @@ def wait_for(fn, timeout: float, what: str, every: float = 0.5):
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
+def texts(drv, css: str) -> list[str]:
+    """The rendered text of every element matching ``css``, read in one script run: a live page replaces
+    its elements while the test reads them, and element-by-element reads then race (stale elements)."""
+    return drv.execute_script(
+        r"return Array.from(document.querySelectorAll(arguments[0])).map(e => e.innerText.replace(/\s+/g, ' ').trim())", css)
+
+
 def text_of(drv, elem_id: str, contains: str, timeout: float = 15.0) -> str:
     """The text of element ``elem_id`` once it contains ``contains`` (a click's page may still be loading)."""
     from selenium.common.exceptions import StaleElementReferenceException
@@ -248,14 +255,10 @@ def test_live_numbers_move_and_an_arp_flood_alert_brings_its_pcap(console, brows
                            realtime=True, wait=False)
     samples = []
     t_end = time.monotonic() + 8
-    from selenium.common.exceptions import StaleElementReferenceException
     while time.monotonic() < t_end:
-        try:
-            samples.append((time.monotonic(), drv.find_element(By.ID, "updated").text,
-                            float(drv.find_element(By.ID, "pps").text.replace(",", "") or 0),
-                            float(drv.find_element(By.ID, "fps").text.replace(",", "") or 0)))
-        except StaleElementReferenceException:   # the live update replaced the element between find and read
-            pass
+        updated, pps, fps = (texts(drv, f"#{i}")[0] for i in ("updated", "pps", "fps"))
+        samples.append((time.monotonic(), updated, float(pps.replace(",", "") or 0),
+                        float(fps.replace(",", "") or 0)))
         time.sleep(0.5)
     shoot(drv, console, "overview-live")
     changes = [i for i in range(1, len(samples)) if samples[i][1] != samples[i - 1][1]]
@@ -264,9 +267,9 @@ def test_live_numbers_move_and_an_arp_flood_alert_brings_its_pcap(console, brows
     assert max(gaps, default=0) <= 2.6, gaps
     assert max(s[2] for s in samples) > 0, samples       # packets/s from capture's /metrics
     assert max(s[3] for s in samples) > 0, samples       # flows/s from the flow records
-    talkers = [r.text for r in drv.find_elements(By.CSS_SELECTOR, "#talkers tbody td")]
+    talkers = texts(drv, "#talkers tbody td")
     assert any(t.startswith("10.40.0.") or t.startswith("192.0.2.") for t in talkers), talkers
-    health = drv.find_element(By.ID, "health").text
+    health = texts(drv, "#health")[0]
     assert "classify ok" in health and "capture ok" in health, health
 
     # the alert appears while the flood replays
