@@ -9,6 +9,7 @@ with the right counters, and both shards must have taken some.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import threading
@@ -39,6 +40,7 @@ class FlowCollector:
     def __init__(self, url: str, probe: str) -> None:
         self.url, self.probe = url, probe
         self.records: list = []
+        self.started = 0                # capture_started stats reports: one per shard whose handle is open
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
 
@@ -66,6 +68,14 @@ class FlowCollector:
             except ValueError:
                 pass
 
+        async def on_stats(msg):
+            try:
+                if json.loads(msg.data).get("counters", {}).get("capture_started"):
+                    self.started += 1
+            except (ValueError, AttributeError):
+                pass
+
+        await self.nc.subscribe(f"ft.stats.{self.probe}", cb=on_stats)
         await self.nc.subscribe(f"ft.flow.{self.probe}", cb=cb)
         await self.nc.subscribe(f"ft.live.{self.probe}", cb=cb)     # start records
         await self.nc.flush()
@@ -90,7 +100,10 @@ def test_two_shards_meter_every_flow_exactly_once(tmp_path, nats_server):
             with Services(nats_server.url, "shards", lab.probe_iface, tmp_path / "logs",
                           FT_IDLE_TIMEOUT_S="2", FT_VERDICT_WAIT_S="0.5") as svc:
                 svc.start("capture", "--shards", "2")
-                time.sleep(3.0)
+                deadline = time.monotonic() + 60      # both shards' handles open (slow under load)
+                while col.started < 2 and time.monotonic() < deadline and svc.alive()["capture"] is None:
+                    time.sleep(0.2)
+                assert col.started >= 2, svc.log("capture")
                 assert svc.alive()["capture"] is None, svc.log("capture")
                 prefix = " ".join(lab.exec_prefix("client"))
                 script = "; ".join(
@@ -99,7 +112,7 @@ def test_two_shards_meter_every_flow_exactly_once(tmp_path, nats_server):
                     + [f"{prefix} curl -s -o /dev/null --local-port {43000 + i} http://{srv}/" for i in range(N_HTTP)])
                 subprocess.run(["sh", "-c", script], check=True, timeout=120)
                 want = {("UDP", 42000 + i) for i in range(N_UDP)} | {("TCP", 43000 + i) for i in range(N_HTTP)}
-                deadline = time.monotonic() + 20
+                deadline = time.monotonic() + 60
                 while time.monotonic() < deadline:
                     ended = {(r.transport, r.src_port) for r in col.records
                              if r.phase == "end" and r.src_ip == cli}
