@@ -3,25 +3,33 @@
  *
  * The meter (services/capture/flows.py, FlowMeter) keeps its flow table and
  * its Flow objects in Python; this loop meters a batch's records without the
- * interpreter where they are untagged Ethernet/IPv4 TCP or UDP frames (the
- * same frames as _fastpath.eth4), in the Python loop's order:
+ * interpreter where they are Ethernet II frames with up to 4 VLAN tags
+ * (802.1Q, QinQ) carrying IPv4 (not a fragment; with or without options) or
+ * IPv6 (no extension header) with TCP or UDP (not on a tunnel port), in the
+ * Python loop's order:
  *
  *   packet/byte totals, duplicate-frame check, housekeeping when a second of
  *   packet time has passed (_housekeep), table lookup by the directional key
- *   (bytes((proto,)) + frame[26:38]) and move to the end — or a new flow
- *   (_new_flow; after _end for a SYN on a closed flow's key) — the
- *   direction's packets, bytes, TCP flags and stamp, the flow's last time, the
- *   evidence ring; then, where due, the flow's events through the meter's own
- *   methods: _tcp_close (FIN/RST), _periodic (update record, active timeout),
- *   _sample (a sampled direction's payload or SYN/FIN), _dns (a DNS message).
+ *   (proto byte + src + dst + sport + dport [+ b"/<vlan key>"], as
+ *   _process_py builds it; for untagged IPv4 without options one slice,
+ *   bytes((proto,)) + frame[26:38], as _fastpath.eth4's) and move to the end
+ *   — or a new flow (_new_flow; after _end for a SYN on a closed flow's key) —
+ *   the direction's packets, bytes, TCP flags and stamp, the flow's last time,
+ *   the evidence ring;
+ *   then, where due, the flow's events through the meter's own methods:
+ *   _tcp_close (FIN/RST), _periodic (update record, active timeout), _sample
+ *   (a sampled direction's payload or SYN/FIN), _dns (a DNS message).
  *
- * So Python runs per flow event only.  Every other frame (VLAN, IPv6, IP
- * options, fragments, tunnels, other link types) it hands untouched to the
- * pure-Python meter (``one((rec,), dl)``, FlowMeter._process_py) and goes on
- * after it.  The pure-Python meter does exactly the same per record
- * (tests/services/capture/test_meter_twin.py replays the dev corpora through
- * both and compares every record, sample, packet event, counter and
- * evidence ring).
+ * So Python runs per flow event only.  Every other frame (5+ VLAN tags, IPv6
+ * extension headers, fragments, tunnels, non-IP, other link types, anything
+ * decode() calls malformed) it hands untouched to the pure-Python meter
+ * (``one((rec,), dl)``, FlowMeter._process_py) and goes on after it.
+ * For the frames it takes, its header checks are decode()'s (untagged IPv4
+ * without options: _fastpath.eth4's), so both meters see the same packets.
+ * The pure-Python meter does exactly the same per record
+ * (tests/services/capture/test_meter_twin.py replays the dev corpora and
+ * synthetic encapsulations through both and compares every record, sample,
+ * packet event, counter and evidence ring).
  *
  *   bind(flow_class)      the Flow class with __slots__: learns its slot offsets
  *   run(meter, recs, one, dl, table, move_to_end, ev_trim, ev_keep) -> (packets, bytes, duplicates)
@@ -124,6 +132,26 @@ static int or_int(PyObject *f, int k, long bits) {
     return 0;
 }
 
+/* a record's VLAN ids (outermost first) as decode() gives them: a new reference */
+static PyObject *make_vlans(const uint32_t *vids, int nvl) {
+    if (nvl == 0) {
+        Py_INCREF(empty_tuple);
+        return empty_tuple;
+    }
+    PyObject *t = PyTuple_New(nvl);
+    if (t == NULL)
+        return NULL;
+    for (int k = 0; k < nvl; k++) {
+        PyObject *v = PyLong_FromUnsignedLong(vids[k]);
+        if (v == NULL) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, k, v);
+    }
+    return t;
+}
+
 static PyObject *s_prev_frame, *s_prev_ts, *s_next_house, *s_fin;
 
 /* the meter's (prev frame, prev ts, next housekeeping) from its attributes */
@@ -170,6 +198,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_ssize_t n = PyList_GET_SIZE(recs), i = 0;
+    PyObject *vlans = NULL;   /* the record's VLAN ids as a tuple, made when a flow event needs them */
     long long npk = 0, nbytes_all = 0, dups = 0;
     PyObject *prev = NULL;
     double prev_ts, nh;
@@ -186,6 +215,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
         goto error;
     for (; i < n; i++) {
         PyObject *rec = PyList_GET_ITEM(recs, i);
+        Py_CLEAR(vlans);
         if (!PyTuple_Check(rec) || PyTuple_GET_SIZE(rec) < 2)
             goto python;
         PyObject *tso = PyTuple_GET_ITEM(rec, 0), *frame = PyTuple_GET_ITEM(rec, 1);
@@ -194,33 +224,104 @@ static PyObject *run(PyObject *self, PyObject *args) {
         double ts = PyFloat_AS_DOUBLE(tso);
         const unsigned char *fr = (const unsigned char *)PyBytes_AS_STRING(frame);
         Py_ssize_t len = PyBytes_GET_SIZE(frame);
-        /* the fast path's frame: untagged Ethernet II, IPv4 without options, no fragment, TCP or UDP */
-        if (len < 42 || fr[14] != 0x45 || fr[12] != 8 || fr[13] != 0)
+        /* the compiled path's frames: Ethernet II with up to 4 VLAN tags, IPv4 (not a fragment) or IPv6
+         * without extension headers, TCP or UDP (not on a tunnel port); anything else (and anything
+         * decode() would call malformed) goes to Python */
+        if (len < 14)
             goto python;
-        long ipl = (long)be16(fr + 16);
-        if ((be16(fr + 20) & 0x3FFF) || ipl < 20)
-            goto python;
-        long end = 14 + ipl;
-        if (end > len)
-            end = (long)len;
-        int proto = fr[23];
-        long pl, po = 42;
-        uint32_t flags = 0, seq = 0, ack = 0;
-        if (proto == 6) {
-            if (end < 54)
+        int plain = 0, ver = 4, proto, nvl = 0;
+        long ipl, end, l4, pl, po, addr_off = 0, alen = 4;
+        uint32_t flags = 0, seq = 0, ack = 0, sp, dp, et = be16(fr + 12), vids[4];
+        unsigned long long vlan = 0;
+        long off = 14;
+        if (et == 0x0800 && len >= 42 && fr[14] == 0x45) {
+            /* untagged IPv4 without options: exactly _fastpath.eth4's frames and results, else Python */
+            ipl = (long)be16(fr + 16);
+            if ((be16(fr + 20) & 0x3FFF) || ipl < 20)
                 goto python;
-            po = 34 + ((fr[46] >> 4) << 2);
-            seq = ((uint32_t)fr[38] << 24) | ((uint32_t)fr[39] << 16) | ((uint32_t)fr[40] << 8) | fr[41];
-            ack = ((uint32_t)fr[42] << 24) | ((uint32_t)fr[43] << 16) | ((uint32_t)fr[44] << 8) | fr[45];
-            flags = fr[47];
-            if (po < 54 || po > end)
+            end = 14 + ipl;
+            if (end > len)
+                end = (long)len;
+            proto = fr[23];
+            if (proto == 6) {
+                if (end < 54)
+                    goto python;
+                po = 34 + ((fr[46] >> 4) << 2);
+                if (po < 54 || po > end)
+                    goto python;
+                pl = end - po;
+            } else if (proto == 17) {
+                po = 42;
+                pl = end - 42;
+            } else {
                 goto python;
-            pl = end - po;
-        } else if (proto == 17) {
-            if (is_tunnel_port(be16(fr + 34)) || is_tunnel_port(be16(fr + 36)))
-                goto python;
-            pl = end - 42;
+            }
+            plain = 1;
+            l4 = 34;
         } else {
+            /* as decode(): _after_ethertype's VLAN tags, then _ip4_decode / _ip6_decode and _l4 */
+            while (et == 0x8100 || et == 0x88A8 || et == 0x9100 || et == 0x9200) {
+                if (nvl == 4 || len - off < 4)
+                    goto python;
+                uint32_t vid = be16(fr + off) & 0x0FFF;
+                vids[nvl++] = vid;
+                vlan = vlan ? (vlan << 12) | vid : vid;
+                et = be16(fr + off + 2);
+                off += 4;
+            }
+            if (et == 0x0800) {
+                if (len - off < 20 || (fr[off] >> 4) != 4)
+                    goto python;
+                long hl = (long)(fr[off] & 15) << 2, tot = (long)be16(fr + off + 2);
+                if (hl < 20 || tot == 0 || tot < hl || len - off < hl || (be16(fr + off + 6) & 0x3FFF))
+                    goto python;
+                ipl = tot;
+                proto = fr[off + 9];
+                addr_off = off + 12;
+                l4 = off + hl;
+            } else if (et == 0x86DD) {
+                if (len - off < 40 || (fr[off] >> 4) != 6)
+                    goto python;
+                long plen = (long)be16(fr + off + 4);
+                if (plen == 0)
+                    goto python;
+                ver = 6;
+                alen = 16;
+                ipl = plen + 40;
+                proto = fr[off + 6];
+                addr_off = off + 8;
+                l4 = off + 40;
+            } else {
+                goto python;
+            }
+            end = off + ipl;
+            if (end > len)
+                end = (long)len;
+            long avail = end - l4;
+            if (proto == 6) {
+                if (avail < 20)
+                    goto python;
+                long thl = (long)(fr[l4 + 12] >> 4) << 2;
+                po = l4 + thl;
+                pl = end - po;
+                if (thl < 20 || pl < 0)
+                    goto python;
+            } else if (proto == 17) {
+                if (avail < 8)
+                    goto python;
+                po = l4 + 8;
+                pl = end - po;
+            } else {
+                goto python;
+            }
+        }
+        sp = be16(fr + l4);
+        dp = be16(fr + l4 + 2);
+        if (proto == 6) {
+            seq = ((uint32_t)fr[l4 + 4] << 24) | ((uint32_t)fr[l4 + 5] << 16) | ((uint32_t)fr[l4 + 6] << 8) | fr[l4 + 7];
+            ack = ((uint32_t)fr[l4 + 8] << 24) | ((uint32_t)fr[l4 + 9] << 16) | ((uint32_t)fr[l4 + 10] << 8) | fr[l4 + 11];
+            flags = fr[l4 + 13];
+        } else if (is_tunnel_port(sp) || is_tunnel_port(dp)) {
             goto python;
         }
         /* a fast-path frame: from here on, everything in _process_py's order */
@@ -245,11 +346,27 @@ static PyObject *run(PyObject *self, PyObject *args) {
             if (nh == -1.0 && PyErr_Occurred())
                 goto error;
         }
-        PyObject *key = PyBytes_FromStringAndSize(NULL, 13);   /* the directional key, as _fastpath.eth4's */
-        if (key == NULL)
-            goto error;
-        PyBytes_AS_STRING(key)[0] = (char)proto;
-        memcpy(PyBytes_AS_STRING(key) + 1, fr + 26, 12);
+        /* the directional key: proto + src + dst + sport + dport [+ b"/<vlan>"], as _process_py's */
+        PyObject *key;
+        if (plain) {
+            key = PyBytes_FromStringAndSize(NULL, 13);   /* as _fastpath.eth4's: one slice of the frame */
+            if (key == NULL)
+                goto error;
+            PyBytes_AS_STRING(key)[0] = (char)proto;
+            memcpy(PyBytes_AS_STRING(key) + 1, fr + 26, 12);
+        } else {
+            char suffix[32];
+            int sl = vlan ? snprintf(suffix, sizeof suffix, "/%llu", vlan) : 0;
+            key = PyBytes_FromStringAndSize(NULL, 1 + 2 * alen + 4 + sl);
+            if (key == NULL)
+                goto error;
+            char *k = PyBytes_AS_STRING(key);
+            k[0] = (char)proto;
+            memcpy(k + 1, fr + addr_off, (size_t)(2 * alen));
+            memcpy(k + 1 + 2 * alen, fr + l4, 4);
+            if (sl)
+                memcpy(k + 5 + 2 * alen, suffix, (size_t)sl);
+        }
         PyObject *hit = PyDict_GetItemWithError(table, key);   /* borrowed */
         PyObject *f = NULL;
         int fwd = 1;
@@ -296,10 +413,20 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 Py_DECREF(r2);
             }
         }
-        if (f == NULL) {   /* a new flow (src/dst None: _new_flow slices them, as for the Python fast path) */
-            PyObject *res = PyObject_CallFunction(m_new_flow, "OOOiiOOkkkiOis", key, tso, frame, 4, proto, Py_None,
-                                                  Py_None, (unsigned long)be16(fr + 34), (unsigned long)be16(fr + 36),
-                                                  (unsigned long)flags, 0, empty_tuple, 0, "");
+        if (f == NULL) {   /* a new flow (plain: src/dst None, _new_flow slices them, as for eth4's frames) */
+            PyObject *res;
+            if (plain) {
+                res = PyObject_CallFunction(m_new_flow, "OOOiiOOkkkiOis", key, tso, frame, 4, proto, Py_None, Py_None,
+                                            (unsigned long)sp, (unsigned long)dp, (unsigned long)flags, 0, empty_tuple,
+                                            0, "");
+            } else {
+                vlans = make_vlans(vids, nvl);
+                res = vlans == NULL ? NULL
+                    : PyObject_CallFunction(m_new_flow, "OOOiiy#y#kkkKOis", key, tso, frame, ver, proto,
+                                            (const char *)fr + addr_off, (Py_ssize_t)alen,
+                                            (const char *)fr + addr_off + alen, (Py_ssize_t)alen, (unsigned long)sp,
+                                            (unsigned long)dp, (unsigned long)flags, vlan, vlans, 0, "");
+            }
             if (res == NULL || !PyTuple_Check(res) || PyTuple_GET_SIZE(res) != 2) {
                 Py_XDECREF(res);
                 Py_DECREF(key);
@@ -378,8 +505,12 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 goto error;
             }
             if (smv & (fwd ? 1 : 2)) {
+                if (vlans == NULL && (vlans = make_vlans(vids, nvl)) == NULL) {
+                    Py_DECREF(f);
+                    goto error;
+                }
                 r3 = PyObject_CallFunction(m_sample, "OOOOllkkkO", f, tso, frame, fwd_o, po, pl, (unsigned long)flags,
-                                           (unsigned long)seq, (unsigned long)ack, empty_tuple);
+                                           (unsigned long)seq, (unsigned long)ack, vlans);
                 if (r3 == NULL) {
                     Py_DECREF(f);
                     goto error;
@@ -395,7 +526,11 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 goto error;
             }
             if (is_dns) {
-                r3 = PyObject_CallFunction(m_dns, "OOOOlliO", f, tso, frame, fwd_o, po, pl, proto, empty_tuple);
+                if (vlans == NULL && (vlans = make_vlans(vids, nvl)) == NULL) {
+                    Py_DECREF(f);
+                    goto error;
+                }
+                r3 = PyObject_CallFunction(m_dns, "OOOOlliO", f, tso, frame, fwd_o, po, pl, proto, vlans);
                 if (r3 == NULL) {
                     Py_DECREF(f);
                     goto error;
@@ -432,6 +567,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
     Py_DECREF(m_housekeep);
     Py_DECREF(m_new_flow);
     Py_DECREF(m_end);
+    Py_XDECREF(vlans);
     return Py_BuildValue("(LLL)", npk, nbytes_all, dups);
 error:
     Py_XDECREF(prev);
@@ -442,6 +578,7 @@ error:
     Py_XDECREF(m_housekeep);
     Py_XDECREF(m_new_flow);
     Py_XDECREF(m_end);
+    Py_XDECREF(vlans);
     return NULL;
 }
 static PyMethodDef methods[] = {
