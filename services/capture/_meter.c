@@ -15,7 +15,7 @@
  *   bytes((proto,)) + frame[26:38], as _fastpath.eth4's) and move to the end
  *   — or a new flow (_new_flow; after _end for a SYN on a closed flow's key) —
  *   the direction's packets, bytes, TCP flags and stamp, the flow's last time,
- *   the evidence ring;
+ *   the recorder's keep mark (FlowMeter.record_cutoff), the evidence ring;
  *   then, where due, the flow's events through the meter's own methods:
  *   _tcp_close (FIN/RST), _periodic (update record, active timeout), _sample
  *   (a sampled direction's payload or SYN/FIN), _dns (a DNS message).
@@ -23,7 +23,7 @@
  * So Python runs per flow event only.  Every other frame (5+ VLAN tags, IPv6
  * extension headers, fragments, tunnels, non-IP, other link types, anything
  * decode() calls malformed) it hands untouched to the pure-Python meter
- * (``one((rec,), dl)``, FlowMeter._process_py) and goes on after it.
+ * (``one((rec,), dl, keep, i)``, FlowMeter._process_py) and goes on after it.
  * For the frames it takes, its header checks are decode()'s (untagged IPv4
  * without options: _fastpath.eth4's), so both meters see the same packets.
  * The pure-Python meter does exactly the same per record
@@ -32,8 +32,10 @@
  * packet event, counter and evidence ring).
  *
  *   bind(flow_class)      the Flow class with __slots__: learns its slot offsets
- *   run(meter, recs, one, dl, table, move_to_end, ev_trim, ev_keep) -> (packets, bytes, duplicates)
- *       of the records it metered itself; keeps meter._prev_frame/_prev_ts in step
+ *   run(meter, recs, one, dl, table, move_to_end, ev_trim, ev_keep[, keep, cutoff]) -> (packets, bytes, duplicates)
+ *       of the records it metered itself; keeps meter._prev_frame/_prev_ts in step; with keep (a
+ *       bytearray of one byte per record, all 1) and cutoff > 0, sets keep[i] = 0 for each record whose
+ *       flow's rec_bytes had reached cutoff (else adds the frame's length to them)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -47,11 +49,11 @@ static int is_tunnel_port(uint32_t p) { return p == 4789 || p == 2152 || p == 37
 
 enum {
     S_PKTS, S_BYTES, D_PKTS, D_BYTES, S_FLAGS, D_FLAGS, S_STAMP, D_STAMP, LAST, EV, STATE, SAMPLING,
-    IS_DNS, NEXT_CHECK, NSLOTS
+    IS_DNS, NEXT_CHECK, REC_BYTES, NSLOTS
 };
 static const char *slot_names[NSLOTS] = {
     "s_pkts", "s_bytes", "d_pkts", "d_bytes", "s_flags", "d_flags", "s_stamp", "d_stamp", "last", "ev",
-    "state", "sampling", "is_dns", "next_check",
+    "state", "sampling", "is_dns", "next_check", "rec_bytes",
 };
 static Py_ssize_t offs[NSLOTS];
 static PyTypeObject *flow_type = NULL;
@@ -188,11 +190,16 @@ static int store_state(PyObject *meter, PyObject *prev, double prev_ts) {
 
 static PyObject *run(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *meter, *recs, *one, *table, *move_to_end, *dl;
+    PyObject *meter, *recs, *one, *table, *move_to_end, *dl, *keep = Py_None;
     Py_ssize_t ev_trim, ev_keep;
-    if (!PyArg_ParseTuple(args, "OO!OOO!Onn", &meter, &PyList_Type, &recs, &one, &dl, &PyDict_Type, &table,
-                          &move_to_end, &ev_trim, &ev_keep))
+    long long cutoff = 0;
+    if (!PyArg_ParseTuple(args, "OO!OOO!Onn|OL", &meter, &PyList_Type, &recs, &one, &dl, &PyDict_Type, &table,
+                          &move_to_end, &ev_trim, &ev_keep, &keep, &cutoff))
         return NULL;
+    if (keep != Py_None && (!PyByteArray_Check(keep) || PyByteArray_GET_SIZE(keep) != PyList_GET_SIZE(recs))) {
+        PyErr_SetString(PyExc_TypeError, "keep must be None or a bytearray of one byte per record");
+        return NULL;
+    }
     if (flow_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "bind() the Flow class first");
         return NULL;
@@ -465,6 +472,16 @@ static PyObject *run(PyObject *self, PyObject *args) {
         }
         Py_INCREF(tso);
         put(f, LAST, tso);
+        if (keep != Py_None && cutoff > 0 && !bad) {   /* the recorder's keep mark (FlowMeter.record_cutoff) */
+            PyObject *rb = get(f, REC_BYTES);
+            long long x = rb ? PyLong_AsLongLong(rb) : -1;
+            if (x == -1 && PyErr_Occurred())
+                bad = -1;
+            else if (x >= cutoff)
+                PyByteArray_AS_STRING(keep)[i] = 0;
+            else
+                bad |= add_int(f, REC_BYTES, (long long)len);
+        }
         PyObject *ev = SLOT(f, EV);
         if (!bad && ev != NULL && ev != Py_None) {
             if (!PyList_Check(ev) || PyList_Append(ev, tso) < 0 || PyList_Append(ev, frame) < 0) {
@@ -548,7 +565,9 @@ static PyObject *run(PyObject *self, PyObject *args) {
             PyObject *one_rec = PyTuple_Pack(1, rec);
             if (one_rec == NULL)
                 goto error;
-            PyObject *r2 = PyObject_CallFunctionObjArgs(one, one_rec, dl, NULL);
+            PyObject *ki = PyLong_FromSsize_t(i);
+            PyObject *r2 = ki == NULL ? NULL : PyObject_CallFunctionObjArgs(one, one_rec, dl, keep, ki, NULL);
+            Py_XDECREF(ki);
             Py_DECREF(one_rec);
             if (r2 == NULL)
                 goto error;

@@ -34,13 +34,18 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
         m = FlowMeter(CaptureSettings(verdict_wait_s=0, evidence_packets=4), sink, source="twin")
         m._prefix = "twin"
         m.defer_samples = True
+        m.record_cutoff = 3000   # the packet recorder's keep marks (FT_RECORD_CUTOFF_BYTES), compared too
         seen = 0
+        marks = bytearray()
         for source, dlt, recs in batches:
             if source is not None:
                 if m.table:
                     m.finish()
                 m.set_source(source, dlt)
             m.process_batch(list(recs), dlt)
+            keep = m.take_keep()
+            assert len(keep) == len(recs)
+            marks += keep
             m.flush_samples()
             for s in sink.samples[seen:]:
                 if s.seq_no == 0 and zlib.crc32(s.flow_id.encode()) % 3 == 0:
@@ -56,6 +61,7 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
             [p.model_dump() for p in sink.packets],
             m.stats(),
             rings,
+            bytes(marks),
         ]
 
 
@@ -77,7 +83,7 @@ def batches_of(paths: list[Path], chunk: int = 256) -> list[tuple]:
 def assert_twins(batches: list, monkeypatch: pytest.MonkeyPatch) -> None:
     a = meter(batches, True, monkeypatch)
     b = meter(batches, False, monkeypatch)
-    names = ("flow records", "samples", "packet events", "stats", "evidence rings")
+    names = ("flow records", "samples", "packet events", "stats", "evidence rings", "recorder keep marks")
     for name, x, y in zip(names, a, b):
         if isinstance(x, list):
             assert len(x) == len(y), name
@@ -86,6 +92,7 @@ def assert_twins(batches: list, monkeypatch: pytest.MonkeyPatch) -> None:
         else:
             assert x == y, name
     assert a[0] and a[3]["packets"] > 0
+    assert len(a) == len(names)
 
 
 def test_sample_capture_meters_the_same(monkeypatch):
