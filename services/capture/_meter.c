@@ -31,7 +31,7 @@
  * synthetic encapsulations through both and compares every record, sample,
  * packet event, counter and evidence ring).
  *
- *   bind(flow_class)      the Flow class with __slots__: learns its slot offsets
+ *   bind(flow_class, dir_class)   the Flow and _Dir classes with __slots__: learns their slot offsets
  *   run(meter, recs, one, dl, table, move_to_end, ev_trim, ev_keep[, keep, cutoff]) -> (packets, bytes, duplicates)
  *       of the records it metered itself; keeps meter._prev_frame/_prev_ts in step; with keep (a
  *       bytearray of one byte per record, all 1) and cutoff > 0, sets keep[i] = 0 for each record whose
@@ -49,44 +49,58 @@ static int is_tunnel_port(uint32_t p) { return p == 4789 || p == 2152 || p == 37
 
 enum {
     S_PKTS, S_BYTES, D_PKTS, D_BYTES, S_FLAGS, D_FLAGS, S_STAMP, D_STAMP, LAST, EV, STATE, SAMPLING,
-    IS_DNS, NEXT_CHECK, REC_BYTES, NSLOTS
+    IS_DNS, NEXT_CHECK, REC_BYTES, SD, DD, DIRS, FLOW_ID, NFLOW,
+    /* the slots of the sampling state of one direction (flows.py's _Dir) */
+    D_PAYLOADS = NFLOW, D_NBYTES, D_NXT, D_OOO, D_DONE, D_NEXT_SEQ, D_ACK, D_LAST_SEQ, NSLOTS
 };
 static const char *slot_names[NSLOTS] = {
     "s_pkts", "s_bytes", "d_pkts", "d_bytes", "s_flags", "d_flags", "s_stamp", "d_stamp", "last", "ev",
-    "state", "sampling", "is_dns", "next_check", "rec_bytes",
+    "state", "sampling", "is_dns", "next_check", "rec_bytes", "sd", "dd", "dirs", "flow_id",
+    "payloads", "nbytes", "nxt", "ooo", "done", "next_seq", "ack", "last_seq",
 };
 static Py_ssize_t offs[NSLOTS];
-static PyTypeObject *flow_type = NULL;
+static PyTypeObject *flow_type = NULL, *dir_type = NULL;
 static PyObject *empty_tuple = NULL;
 
 #define SLOT(o, k) (*(PyObject **)((char *)(o) + offs[k]))
 
-static PyObject *bind(PyObject *self, PyObject *cls) {
-    (void)self;
+/* the offsets of slot_names[first:last] in class cls (object slots) */
+static int learn_slots(PyObject *cls, int first, int last) {
     if (!PyType_Check(cls)) {
-        PyErr_SetString(PyExc_TypeError, "bind() needs the Flow class");
-        return NULL;
+        PyErr_SetString(PyExc_TypeError, "bind() needs the Flow and _Dir classes");
+        return -1;
     }
-    for (int k = 0; k < NSLOTS; k++) {
+    for (int k = first; k < last; k++) {
         PyObject *d = PyObject_GetAttrString(cls, slot_names[k]);
         if (d == NULL)
-            return NULL;
+            return -1;
         if (!Py_IS_TYPE(d, &PyMemberDescr_Type)) {
             Py_DECREF(d);
-            PyErr_Format(PyExc_TypeError, "Flow.%s is not a slot", slot_names[k]);
-            return NULL;
+            PyErr_Format(PyExc_TypeError, "%s.%s is not a slot", ((PyTypeObject *)cls)->tp_name, slot_names[k]);
+            return -1;
         }
         PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
         if (m->type != T_OBJECT_EX) {
             Py_DECREF(d);
-            PyErr_Format(PyExc_TypeError, "Flow.%s is not an object slot", slot_names[k]);
-            return NULL;
+            PyErr_Format(PyExc_TypeError, "%s.%s is not an object slot", ((PyTypeObject *)cls)->tp_name, slot_names[k]);
+            return -1;
         }
         offs[k] = m->offset;
         Py_DECREF(d);
     }
+    return 0;
+}
+
+static PyObject *bind(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cls, *dcls;
+    if (!PyArg_ParseTuple(args, "OO", &cls, &dcls) || learn_slots(cls, 0, NFLOW) < 0
+        || learn_slots(dcls, NFLOW, NSLOTS) < 0)
+        return NULL;
     Py_INCREF(cls);
     Py_XSETREF(flow_type, (PyTypeObject *)cls);
+    Py_INCREF(dcls);
+    Py_XSETREF(dir_type, (PyTypeObject *)dcls);
     Py_RETURN_NONE;
 }
 
@@ -188,6 +202,142 @@ static int store_state(PyObject *meter, PyObject *prev, double prev_ts) {
     return r;
 }
 
+static int meter_ll(PyObject *meter, const char *name, long long *out) {
+    PyObject *v = PyObject_GetAttrString(meter, name);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* an int slot's value in *out: 0, or -1 with an exception */
+static inline int slot_ll(PyObject *o, int k, long long *out) {
+    PyObject *v = get(o, k);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsLongLong(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static inline int put_ll(PyObject *o, int k, long long x) {
+    PyObject *v = PyLong_FromLongLong(x);
+    if (v == NULL)
+        return -1;
+    put(o, k, v);
+    return 0;
+}
+
+static PyObject *s_dirty, *s_dir_s, *s_dir_d;
+
+/*
+ * FlowMeter._sample for a deferring meter (defer_samples), in C where it is one of the common
+ * cases: the packet is a TCP SYN/FIN or bare segment,
+ * an in-order TCP segment, a UDP datagram, or one for a direction already done.  Same steps and
+ * order as _sample; the flow goes to meter._dirty as _sample puts it there.  Returns 1 when done,
+ * 0 when _sample must do it (nothing changed then but a new _Dir: reassembly, a better copy of the last
+ * chunk), -1 on error.
+ */
+static int sample(PyObject *meter, PyObject *f, PyObject *tso, const unsigned char *fr, long po, long pl, int fwd,
+                  int proto, uint32_t flags, uint32_t seq, uint32_t ack, PyObject *vlans, long long smax_bytes,
+                  long long smax_pkts) {
+    PyObject *d = SLOT(f, fwd ? SD : DD);
+    if (d == Py_None) {                              /* the direction's first: a new _Dir, as _sample makes it */
+        d = PyObject_CallNoArgs((PyObject *)dir_type);
+        if (d == NULL)
+            return -1;
+        put(f, fwd ? SD : DD, d);
+    }
+    if (d == NULL || !Py_IS_TYPE(d, dir_type))
+        return 0;
+    const long long M = 0xFFFFFFFFLL;
+    int tcp = proto == 6;
+    long long nxt, last_seq;
+    if (slot_ll(d, D_NXT, &nxt) < 0 || slot_ll(d, D_LAST_SEQ, &last_seq) < 0)
+        return -1;
+    PyObject *ooo = get(d, D_OOO), *donev = get(d, D_DONE), *payloads = get(d, D_PAYLOADS);
+    if (ooo == NULL || donev == NULL || payloads == NULL)
+        return -1;
+    int done = PyObject_IsTrue(donev);
+    if (done < 0)
+        return -1;
+    int syn = tcp && (flags & 0x02);
+    long long nxt2 = syn ? ((long long)seq + 1) & M : nxt;
+    int ooo_held = !syn && ooo != Py_None && (!PyDict_CheckExact(ooo) || PyDict_GET_SIZE(ooo) > 0);
+    int take = pl > 0 && !done;
+    long long nbytes = 0;
+    long room = 0;
+    if (take) {
+        if (!PyList_CheckExact(payloads))
+            return 0;
+        if (tcp) {
+            long long diff = ((long long)seq + pl - nxt2) & M;
+            if ((long long)seq == last_seq && PyList_GET_SIZE(payloads) > 0 && diff - 1 < 0x7FFFFFFF)
+                return 0;                            /* a better copy of the last chunk */
+            if ((long long)seq != nxt2 || ooo_held)
+                return 0;                            /* out of order: reassembly */
+        }
+        if (slot_ll(d, D_NBYTES, &nbytes) < 0)
+            return -1;
+        if (smax_bytes - nbytes <= 0)
+            return 0;
+        room = smax_bytes - nbytes < pl ? (long)(smax_bytes - nbytes) : pl;
+    }
+    /* from here on as _sample does it */
+    if (tcp) {
+        if (put_ll(d, D_NEXT_SEQ, ((long long)seq + pl + ((flags & 0x03) ? 1 : 0)) & M) < 0)
+            return -1;
+        if ((flags & 0x10) && put_ll(d, D_ACK, (long long)ack) < 0)
+            return -1;
+        if (syn) {
+            if (put_ll(d, D_NXT, nxt2) < 0)
+                return -1;
+            Py_INCREF(Py_None);
+            put(d, D_OOO, Py_None);
+        }
+    }
+    if (!take)
+        return 1;
+    if (tcp && (put_ll(d, D_LAST_SEQ, (long long)seq) < 0 || put_ll(d, D_NXT, ((long long)seq + pl) & M) < 0))
+        return -1;
+    PyObject *payload = PyBytes_FromStringAndSize((const char *)fr + po, room);
+    if (payload == NULL)
+        return -1;
+    int r = PyList_Append(payloads, payload);
+    Py_DECREF(payload);
+    if (r < 0 || put_ll(d, D_NBYTES, nbytes + room) < 0)
+        return -1;
+    PyObject *dirs = get(f, DIRS);
+    if (dirs == NULL)
+        return -1;
+    PyObject *nd = PyUnicode_Concat(dirs, fwd ? s_dir_s : s_dir_d);
+    if (nd == NULL)
+        return -1;
+    put(f, DIRS, nd);
+    long long sampling;
+    if (slot_ll(f, SAMPLING, &sampling) < 0)
+        return -1;
+    if (nbytes + room >= smax_bytes || PyList_GET_SIZE(payloads) >= smax_pkts) {
+        Py_INCREF(Py_True);
+        put(d, D_DONE, Py_True);
+        Py_INCREF(Py_None);
+        put(d, D_OOO, Py_None);
+        sampling &= fwd ? 2 : 1;
+        if (put_ll(f, SAMPLING, sampling) < 0)
+            return -1;
+    }
+    PyObject *fid = get(f, FLOW_ID), *dirty = PyObject_GetAttr(meter, s_dirty);
+    if (fid == NULL || dirty == NULL) {
+        Py_XDECREF(dirty);
+        return -1;
+    }
+    PyObject *entry = PyTuple_Pack(5, f, tso, fwd ? Py_True : Py_False, vlans, sampling ? Py_False : Py_True);
+    r = entry == NULL ? -1 : PyObject_SetItem(dirty, fid, entry);
+    Py_XDECREF(entry);
+    Py_DECREF(dirty);
+    return r < 0 ? -1 : 1;
+}
+
 static PyObject *run(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *meter, *recs, *one, *table, *move_to_end, *dl, *keep = Py_None;
@@ -220,6 +370,18 @@ static PyObject *run(PyObject *self, PyObject *args) {
     PyObject *m_end = PyObject_GetAttrString(meter, "_end");
     if (!m_tcp_close || !m_periodic || !m_sample || !m_dns || !m_housekeep || !m_new_flow || !m_end)
         goto error;
+    long long smax_bytes = 0, smax_pkts = 0;
+    int defer = -1;
+    if (meter_ll(meter, "_smax_bytes", &smax_bytes) < 0 || meter_ll(meter, "_smax_pkts", &smax_pkts) < 0)
+        goto error;
+    {
+        PyObject *dfo = PyObject_GetAttrString(meter, "defer_samples");
+        defer = dfo ? PyObject_IsTrue(dfo) : -1;
+        Py_XDECREF(dfo);
+        if (defer < 0)
+            goto error;
+    }
+
     for (; i < n; i++) {
         PyObject *rec = PyList_GET_ITEM(recs, i);
         Py_CLEAR(vlans);
@@ -526,13 +688,22 @@ static PyObject *run(PyObject *self, PyObject *args) {
                     Py_DECREF(f);
                     goto error;
                 }
-                r3 = PyObject_CallFunction(m_sample, "OOOOllkkkO", f, tso, frame, fwd_o, po, pl, (unsigned long)flags,
-                                           (unsigned long)seq, (unsigned long)ack, vlans);
-                if (r3 == NULL) {
+                /* the common cases here (in-order TCP, UDP, SYN/FIN, a direction done), the rest in _sample */
+                int done = defer ? sample(meter, f, tso, fr, po, pl, fwd, proto, flags, seq, ack, vlans, smax_bytes,
+                                          smax_pkts) : 0;
+                if (done < 0) {
                     Py_DECREF(f);
                     goto error;
                 }
-                Py_DECREF(r3);
+                if (!done) {
+                    r3 = PyObject_CallFunction(m_sample, "OOOOllkkkO", f, tso, frame, fwd_o, po, pl,
+                                               (unsigned long)flags, (unsigned long)seq, (unsigned long)ack, vlans);
+                    if (r3 == NULL) {
+                        Py_DECREF(f);
+                        goto error;
+                    }
+                    Py_DECREF(r3);
+                }
             }
         }
         if (pl) {                                    /* a DNS message */
@@ -601,7 +772,7 @@ error:
     return NULL;
 }
 static PyMethodDef methods[] = {
-    {"bind", bind, METH_O, "Learn the slot offsets of the meter's Flow class."},
+    {"bind", bind, METH_VARARGS, "Learn the slot offsets of the meter's Flow and _Dir classes."},
     {"run", run, METH_VARARGS, "Meter records of known flows that need only counters; stop at the first that needs Python."},
     {NULL, NULL, 0, NULL},
 };
@@ -614,6 +785,11 @@ PyMODINIT_FUNC PyInit__meter(void) {
     s_prev_ts = PyUnicode_InternFromString("_prev_ts");
     s_next_house = PyUnicode_InternFromString("_next_house");
     s_fin = PyUnicode_InternFromString("fin");
+    s_dirty = PyUnicode_InternFromString("_dirty");
+    s_dir_s = PyUnicode_InternFromString("s");
+    s_dir_d = PyUnicode_InternFromString("d");
+    if (!s_dirty || !s_dir_s || !s_dir_d)
+        return NULL;
     if (empty_tuple == NULL || !s_prev_frame || !s_prev_ts || !s_next_house || !s_fin)
         return NULL;
     return PyModule_Create(&module);

@@ -258,7 +258,7 @@ def _seq_payload_cut(d: _Dir, seq: int, payload: bytes) -> bytes | None:
 
 _run: Any = None
 if _METER is not None:
-    _METER.bind(Flow)
+    _METER.bind(Flow, _Dir)
     _run = _METER.run
 
 
