@@ -392,12 +392,15 @@ class FlowMeter:
         """Meter ``(ts, frame)`` records in capture order; ``dlt`` overrides the source's link type.
 
         The hot path.  Where the compiled meter loop is built (``_meter.c``),
-        it meters untagged Ethernet/IPv4 TCP/UDP frames itself and calls this
-        class's methods for flow events only (``_new_flow``, ``_end``,
-        ``_housekeep``, ``_tcp_close``, ``_periodic``, ``_sample``, ``_dns``);
-        any other frame goes to ``_process_py``, the pure-Python meter, which
-        meters everything where the loop is not built.  Both give identical
-        results (tests/services/capture/test_meter_twin.py).
+        it meters Ethernet frames with up to 4 VLAN tags carrying IPv4 or IPv6
+        (no extension header) TCP/UDP itself, samples them itself in the common
+        cases of a deferring meter (``defer_samples``), and calls this class's
+        methods for the other flow events only (``_new_flow``, ``_end``,
+        ``_housekeep``, ``_tcp_close``, ``_periodic``, ``_sample`` for
+        reassembly, ``_dns``); any other frame goes to ``_process_py``, the
+        pure-Python meter, which meters everything where the loop is not built.
+        Both give identical results, the recorder's keep marks included
+        (tests/services/capture/test_meter_twin.py).
         """
         dl = self.datalink if dlt is None else dlt
         run = _run
