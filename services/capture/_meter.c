@@ -3,29 +3,39 @@
  *
  * The meter (services/capture/flows.py, FlowMeter) keeps its flow table and
  * its Flow objects in Python; this loop meters a batch's records without the
- * interpreter where they are untagged Ethernet/IPv4 TCP or UDP frames (the
- * same frames as _fastpath.eth4), in the Python loop's order:
+ * interpreter where they are Ethernet II frames with up to 4 VLAN tags
+ * (802.1Q, QinQ) carrying IPv4 (not a fragment; with or without options) or
+ * IPv6 (no extension header) with TCP or UDP (not on a tunnel port), in the
+ * Python loop's order:
  *
  *   packet/byte totals, duplicate-frame check, housekeeping when a second of
  *   packet time has passed (_housekeep), table lookup by the directional key
- *   (bytes((proto,)) + frame[26:38]) and move to the end — or a new flow
- *   (_new_flow; after _end for a SYN on a closed flow's key) — the
- *   direction's packets, bytes, TCP flags and stamp, the flow's last time, the
- *   evidence ring; then, where due, the flow's events through the meter's own
- *   methods: _tcp_close (FIN/RST), _periodic (update record, active timeout),
- *   _sample (a sampled direction's payload or SYN/FIN), _dns (a DNS message).
+ *   (proto byte + src + dst + sport + dport [+ b"/<vlan key>"], as
+ *   _process_py builds it; for untagged IPv4 without options one slice,
+ *   bytes((proto,)) + frame[26:38], as _fastpath.eth4's) and move to the end
+ *   — or a new flow (_new_flow; after _end for a SYN on a closed flow's key) —
+ *   the direction's packets, bytes, TCP flags and stamp, the flow's last time,
+ *   the recorder's keep mark (FlowMeter.record_cutoff), the evidence ring;
+ *   then, where due, the flow's events through the meter's own methods:
+ *   _tcp_close (FIN/RST), _periodic (update record, active timeout), _sample
+ *   (a sampled direction's payload or SYN/FIN), _dns (a DNS message).
  *
- * So Python runs per flow event only.  Every other frame (VLAN, IPv6, IP
- * options, fragments, tunnels, other link types) it hands untouched to the
- * pure-Python meter (``one((rec,), dl)``, FlowMeter._process_py) and goes on
- * after it.  The pure-Python meter does exactly the same per record
- * (tests/services/capture/test_meter_twin.py replays the dev corpora through
- * both and compares every record, sample, packet event, counter and
- * evidence ring).
+ * So Python runs per flow event only.  Every other frame (5+ VLAN tags, IPv6
+ * extension headers, fragments, tunnels, non-IP, other link types, anything
+ * decode() calls malformed) it hands untouched to the pure-Python meter
+ * (``one((rec,), dl, keep, i)``, FlowMeter._process_py) and goes on after it.
+ * For the frames it takes, its header checks are decode()'s (untagged IPv4
+ * without options: _fastpath.eth4's), so both meters see the same packets.
+ * The pure-Python meter does exactly the same per record
+ * (tests/services/capture/test_meter_twin.py replays the dev corpora and
+ * synthetic encapsulations through both and compares every record, sample,
+ * packet event, counter and evidence ring).
  *
- *   bind(flow_class)      the Flow class with __slots__: learns its slot offsets
- *   run(meter, recs, one, dl, table, move_to_end, ev_trim, ev_keep) -> (packets, bytes, duplicates)
- *       of the records it metered itself; keeps meter._prev_frame/_prev_ts in step
+ *   bind(flow_class, dir_class)   the Flow and _Dir classes with __slots__: learns their slot offsets
+ *   run(meter, recs, one, dl, table, move_to_end, ev_trim, ev_keep[, keep, cutoff]) -> (packets, bytes, duplicates)
+ *       of the records it metered itself; keeps meter._prev_frame/_prev_ts in step; with keep (a
+ *       bytearray of one byte per record, all 1) and cutoff > 0, sets keep[i] = 0 for each record whose
+ *       flow's rec_bytes had reached cutoff (else adds the frame's length to them)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -39,44 +49,58 @@ static int is_tunnel_port(uint32_t p) { return p == 4789 || p == 2152 || p == 37
 
 enum {
     S_PKTS, S_BYTES, D_PKTS, D_BYTES, S_FLAGS, D_FLAGS, S_STAMP, D_STAMP, LAST, EV, STATE, SAMPLING,
-    IS_DNS, NEXT_CHECK, NSLOTS
+    IS_DNS, NEXT_CHECK, REC_BYTES, SD, DD, DIRS, FLOW_ID, NFLOW,
+    /* the slots of the sampling state of one direction (flows.py's _Dir) */
+    D_PAYLOADS = NFLOW, D_NBYTES, D_NXT, D_OOO, D_DONE, D_NEXT_SEQ, D_ACK, D_LAST_SEQ, NSLOTS
 };
 static const char *slot_names[NSLOTS] = {
     "s_pkts", "s_bytes", "d_pkts", "d_bytes", "s_flags", "d_flags", "s_stamp", "d_stamp", "last", "ev",
-    "state", "sampling", "is_dns", "next_check",
+    "state", "sampling", "is_dns", "next_check", "rec_bytes", "sd", "dd", "dirs", "flow_id",
+    "payloads", "nbytes", "nxt", "ooo", "done", "next_seq", "ack", "last_seq",
 };
 static Py_ssize_t offs[NSLOTS];
-static PyTypeObject *flow_type = NULL;
+static PyTypeObject *flow_type = NULL, *dir_type = NULL;
 static PyObject *empty_tuple = NULL;
 
 #define SLOT(o, k) (*(PyObject **)((char *)(o) + offs[k]))
 
-static PyObject *bind(PyObject *self, PyObject *cls) {
-    (void)self;
+/* the offsets of slot_names[first:last] in class cls (object slots) */
+static int learn_slots(PyObject *cls, int first, int last) {
     if (!PyType_Check(cls)) {
-        PyErr_SetString(PyExc_TypeError, "bind() needs the Flow class");
-        return NULL;
+        PyErr_SetString(PyExc_TypeError, "bind() needs the Flow and _Dir classes");
+        return -1;
     }
-    for (int k = 0; k < NSLOTS; k++) {
+    for (int k = first; k < last; k++) {
         PyObject *d = PyObject_GetAttrString(cls, slot_names[k]);
         if (d == NULL)
-            return NULL;
+            return -1;
         if (!Py_IS_TYPE(d, &PyMemberDescr_Type)) {
             Py_DECREF(d);
-            PyErr_Format(PyExc_TypeError, "Flow.%s is not a slot", slot_names[k]);
-            return NULL;
+            PyErr_Format(PyExc_TypeError, "%s.%s is not a slot", ((PyTypeObject *)cls)->tp_name, slot_names[k]);
+            return -1;
         }
         PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
         if (m->type != T_OBJECT_EX) {
             Py_DECREF(d);
-            PyErr_Format(PyExc_TypeError, "Flow.%s is not an object slot", slot_names[k]);
-            return NULL;
+            PyErr_Format(PyExc_TypeError, "%s.%s is not an object slot", ((PyTypeObject *)cls)->tp_name, slot_names[k]);
+            return -1;
         }
         offs[k] = m->offset;
         Py_DECREF(d);
     }
+    return 0;
+}
+
+static PyObject *bind(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cls, *dcls;
+    if (!PyArg_ParseTuple(args, "OO", &cls, &dcls) || learn_slots(cls, 0, NFLOW) < 0
+        || learn_slots(dcls, NFLOW, NSLOTS) < 0)
+        return NULL;
     Py_INCREF(cls);
     Py_XSETREF(flow_type, (PyTypeObject *)cls);
+    Py_INCREF(dcls);
+    Py_XSETREF(dir_type, (PyTypeObject *)dcls);
     Py_RETURN_NONE;
 }
 
@@ -124,6 +148,26 @@ static int or_int(PyObject *f, int k, long bits) {
     return 0;
 }
 
+/* a record's VLAN ids (outermost first) as decode() gives them: a new reference */
+static PyObject *make_vlans(const uint32_t *vids, int nvl) {
+    if (nvl == 0) {
+        Py_INCREF(empty_tuple);
+        return empty_tuple;
+    }
+    PyObject *t = PyTuple_New(nvl);
+    if (t == NULL)
+        return NULL;
+    for (int k = 0; k < nvl; k++) {
+        PyObject *v = PyLong_FromUnsignedLong(vids[k]);
+        if (v == NULL) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, k, v);
+    }
+    return t;
+}
+
 static PyObject *s_prev_frame, *s_prev_ts, *s_next_house, *s_fin;
 
 /* the meter's (prev frame, prev ts, next housekeeping) from its attributes */
@@ -158,18 +202,160 @@ static int store_state(PyObject *meter, PyObject *prev, double prev_ts) {
     return r;
 }
 
+static int meter_ll(PyObject *meter, const char *name, long long *out) {
+    PyObject *v = PyObject_GetAttrString(meter, name);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* an int slot's value in *out: 0, or -1 with an exception */
+static inline int slot_ll(PyObject *o, int k, long long *out) {
+    PyObject *v = get(o, k);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsLongLong(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static inline int put_ll(PyObject *o, int k, long long x) {
+    PyObject *v = PyLong_FromLongLong(x);
+    if (v == NULL)
+        return -1;
+    put(o, k, v);
+    return 0;
+}
+
+static PyObject *s_dirty, *s_dir_s, *s_dir_d;
+
+/*
+ * FlowMeter._sample for a deferring meter (defer_samples), in C where it is one of the common
+ * cases: the packet is a TCP SYN/FIN or bare segment,
+ * an in-order TCP segment, a UDP datagram, or one for a direction already done.  Same steps and
+ * order as _sample; the flow goes to meter._dirty as _sample puts it there.  Returns 1 when done,
+ * 0 when _sample must do it (nothing changed then but a new _Dir: reassembly, a better copy of the last
+ * chunk), -1 on error.
+ */
+static int sample(PyObject *meter, PyObject *f, PyObject *tso, const unsigned char *fr, long po, long pl, int fwd,
+                  int proto, uint32_t flags, uint32_t seq, uint32_t ack, PyObject *vlans, long long smax_bytes,
+                  long long smax_pkts) {
+    PyObject *d = SLOT(f, fwd ? SD : DD);
+    if (d == Py_None) {                              /* the direction's first: a new _Dir, as _sample makes it */
+        d = PyObject_CallNoArgs((PyObject *)dir_type);
+        if (d == NULL)
+            return -1;
+        put(f, fwd ? SD : DD, d);
+    }
+    if (d == NULL || !Py_IS_TYPE(d, dir_type))
+        return 0;
+    const long long M = 0xFFFFFFFFLL;
+    int tcp = proto == 6;
+    long long nxt, last_seq;
+    if (slot_ll(d, D_NXT, &nxt) < 0 || slot_ll(d, D_LAST_SEQ, &last_seq) < 0)
+        return -1;
+    PyObject *ooo = get(d, D_OOO), *donev = get(d, D_DONE), *payloads = get(d, D_PAYLOADS);
+    if (ooo == NULL || donev == NULL || payloads == NULL)
+        return -1;
+    int done = PyObject_IsTrue(donev);
+    if (done < 0)
+        return -1;
+    int syn = tcp && (flags & 0x02);
+    long long nxt2 = syn ? ((long long)seq + 1) & M : nxt;
+    int ooo_held = !syn && ooo != Py_None && (!PyDict_CheckExact(ooo) || PyDict_GET_SIZE(ooo) > 0);
+    int take = pl > 0 && !done;
+    long long nbytes = 0;
+    long room = 0;
+    if (take) {
+        if (!PyList_CheckExact(payloads))
+            return 0;
+        if (tcp) {
+            long long diff = ((long long)seq + pl - nxt2) & M;
+            if ((long long)seq == last_seq && PyList_GET_SIZE(payloads) > 0 && diff - 1 < 0x7FFFFFFF)
+                return 0;                            /* a better copy of the last chunk */
+            if ((long long)seq != nxt2 || ooo_held)
+                return 0;                            /* out of order: reassembly */
+        }
+        if (slot_ll(d, D_NBYTES, &nbytes) < 0)
+            return -1;
+        if (smax_bytes - nbytes <= 0)
+            return 0;
+        room = smax_bytes - nbytes < pl ? (long)(smax_bytes - nbytes) : pl;
+    }
+    /* from here on as _sample does it */
+    if (tcp) {
+        if (put_ll(d, D_NEXT_SEQ, ((long long)seq + pl + ((flags & 0x03) ? 1 : 0)) & M) < 0)
+            return -1;
+        if ((flags & 0x10) && put_ll(d, D_ACK, (long long)ack) < 0)
+            return -1;
+        if (syn) {
+            if (put_ll(d, D_NXT, nxt2) < 0)
+                return -1;
+            Py_INCREF(Py_None);
+            put(d, D_OOO, Py_None);
+        }
+    }
+    if (!take)
+        return 1;
+    if (tcp && (put_ll(d, D_LAST_SEQ, (long long)seq) < 0 || put_ll(d, D_NXT, ((long long)seq + pl) & M) < 0))
+        return -1;
+    PyObject *payload = PyBytes_FromStringAndSize((const char *)fr + po, room);
+    if (payload == NULL)
+        return -1;
+    int r = PyList_Append(payloads, payload);
+    Py_DECREF(payload);
+    if (r < 0 || put_ll(d, D_NBYTES, nbytes + room) < 0)
+        return -1;
+    PyObject *dirs = get(f, DIRS);
+    if (dirs == NULL)
+        return -1;
+    PyObject *nd = PyUnicode_Concat(dirs, fwd ? s_dir_s : s_dir_d);
+    if (nd == NULL)
+        return -1;
+    put(f, DIRS, nd);
+    long long sampling;
+    if (slot_ll(f, SAMPLING, &sampling) < 0)
+        return -1;
+    if (nbytes + room >= smax_bytes || PyList_GET_SIZE(payloads) >= smax_pkts) {
+        Py_INCREF(Py_True);
+        put(d, D_DONE, Py_True);
+        Py_INCREF(Py_None);
+        put(d, D_OOO, Py_None);
+        sampling &= fwd ? 2 : 1;
+        if (put_ll(f, SAMPLING, sampling) < 0)
+            return -1;
+    }
+    PyObject *fid = get(f, FLOW_ID), *dirty = PyObject_GetAttr(meter, s_dirty);
+    if (fid == NULL || dirty == NULL) {
+        Py_XDECREF(dirty);
+        return -1;
+    }
+    PyObject *entry = PyTuple_Pack(5, f, tso, fwd ? Py_True : Py_False, vlans, sampling ? Py_False : Py_True);
+    r = entry == NULL ? -1 : PyObject_SetItem(dirty, fid, entry);
+    Py_XDECREF(entry);
+    Py_DECREF(dirty);
+    return r < 0 ? -1 : 1;
+}
+
 static PyObject *run(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *meter, *recs, *one, *table, *move_to_end, *dl;
+    PyObject *meter, *recs, *one, *table, *move_to_end, *dl, *keep = Py_None;
     Py_ssize_t ev_trim, ev_keep;
-    if (!PyArg_ParseTuple(args, "OO!OOO!Onn", &meter, &PyList_Type, &recs, &one, &dl, &PyDict_Type, &table,
-                          &move_to_end, &ev_trim, &ev_keep))
+    long long cutoff = 0;
+    if (!PyArg_ParseTuple(args, "OO!OOO!Onn|OL", &meter, &PyList_Type, &recs, &one, &dl, &PyDict_Type, &table,
+                          &move_to_end, &ev_trim, &ev_keep, &keep, &cutoff))
         return NULL;
+    if (keep != Py_None && (!PyByteArray_Check(keep) || PyByteArray_GET_SIZE(keep) != PyList_GET_SIZE(recs))) {
+        PyErr_SetString(PyExc_TypeError, "keep must be None or a bytearray of one byte per record");
+        return NULL;
+    }
     if (flow_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "bind() the Flow class first");
         return NULL;
     }
     Py_ssize_t n = PyList_GET_SIZE(recs), i = 0;
+    PyObject *vlans = NULL;   /* the record's VLAN ids as a tuple, made when a flow event needs them */
     long long npk = 0, nbytes_all = 0, dups = 0;
     PyObject *prev = NULL;
     double prev_ts, nh;
@@ -184,8 +370,21 @@ static PyObject *run(PyObject *self, PyObject *args) {
     PyObject *m_end = PyObject_GetAttrString(meter, "_end");
     if (!m_tcp_close || !m_periodic || !m_sample || !m_dns || !m_housekeep || !m_new_flow || !m_end)
         goto error;
+    long long smax_bytes = 0, smax_pkts = 0;
+    int defer = -1;
+    if (meter_ll(meter, "_smax_bytes", &smax_bytes) < 0 || meter_ll(meter, "_smax_pkts", &smax_pkts) < 0)
+        goto error;
+    {
+        PyObject *dfo = PyObject_GetAttrString(meter, "defer_samples");
+        defer = dfo ? PyObject_IsTrue(dfo) : -1;
+        Py_XDECREF(dfo);
+        if (defer < 0)
+            goto error;
+    }
+
     for (; i < n; i++) {
         PyObject *rec = PyList_GET_ITEM(recs, i);
+        Py_CLEAR(vlans);
         if (!PyTuple_Check(rec) || PyTuple_GET_SIZE(rec) < 2)
             goto python;
         PyObject *tso = PyTuple_GET_ITEM(rec, 0), *frame = PyTuple_GET_ITEM(rec, 1);
@@ -194,33 +393,104 @@ static PyObject *run(PyObject *self, PyObject *args) {
         double ts = PyFloat_AS_DOUBLE(tso);
         const unsigned char *fr = (const unsigned char *)PyBytes_AS_STRING(frame);
         Py_ssize_t len = PyBytes_GET_SIZE(frame);
-        /* the fast path's frame: untagged Ethernet II, IPv4 without options, no fragment, TCP or UDP */
-        if (len < 42 || fr[14] != 0x45 || fr[12] != 8 || fr[13] != 0)
+        /* the compiled path's frames: Ethernet II with up to 4 VLAN tags, IPv4 (not a fragment) or IPv6
+         * without extension headers, TCP or UDP (not on a tunnel port); anything else (and anything
+         * decode() would call malformed) goes to Python */
+        if (len < 14)
             goto python;
-        long ipl = (long)be16(fr + 16);
-        if ((be16(fr + 20) & 0x3FFF) || ipl < 20)
-            goto python;
-        long end = 14 + ipl;
-        if (end > len)
-            end = (long)len;
-        int proto = fr[23];
-        long pl, po = 42;
-        uint32_t flags = 0, seq = 0, ack = 0;
-        if (proto == 6) {
-            if (end < 54)
+        int plain = 0, ver = 4, proto, nvl = 0;
+        long ipl, end, l4, pl, po, addr_off = 0, alen = 4;
+        uint32_t flags = 0, seq = 0, ack = 0, sp, dp, et = be16(fr + 12), vids[4];
+        unsigned long long vlan = 0;
+        long off = 14;
+        if (et == 0x0800 && len >= 42 && fr[14] == 0x45) {
+            /* untagged IPv4 without options: exactly _fastpath.eth4's frames and results, else Python */
+            ipl = (long)be16(fr + 16);
+            if ((be16(fr + 20) & 0x3FFF) || ipl < 20)
                 goto python;
-            po = 34 + ((fr[46] >> 4) << 2);
-            seq = ((uint32_t)fr[38] << 24) | ((uint32_t)fr[39] << 16) | ((uint32_t)fr[40] << 8) | fr[41];
-            ack = ((uint32_t)fr[42] << 24) | ((uint32_t)fr[43] << 16) | ((uint32_t)fr[44] << 8) | fr[45];
-            flags = fr[47];
-            if (po < 54 || po > end)
+            end = 14 + ipl;
+            if (end > len)
+                end = (long)len;
+            proto = fr[23];
+            if (proto == 6) {
+                if (end < 54)
+                    goto python;
+                po = 34 + ((fr[46] >> 4) << 2);
+                if (po < 54 || po > end)
+                    goto python;
+                pl = end - po;
+            } else if (proto == 17) {
+                po = 42;
+                pl = end - 42;
+            } else {
                 goto python;
-            pl = end - po;
-        } else if (proto == 17) {
-            if (is_tunnel_port(be16(fr + 34)) || is_tunnel_port(be16(fr + 36)))
-                goto python;
-            pl = end - 42;
+            }
+            plain = 1;
+            l4 = 34;
         } else {
+            /* as decode(): _after_ethertype's VLAN tags, then _ip4_decode / _ip6_decode and _l4 */
+            while (et == 0x8100 || et == 0x88A8 || et == 0x9100 || et == 0x9200) {
+                if (nvl == 4 || len - off < 4)
+                    goto python;
+                uint32_t vid = be16(fr + off) & 0x0FFF;
+                vids[nvl++] = vid;
+                vlan = vlan ? (vlan << 12) | vid : vid;
+                et = be16(fr + off + 2);
+                off += 4;
+            }
+            if (et == 0x0800) {
+                if (len - off < 20 || (fr[off] >> 4) != 4)
+                    goto python;
+                long hl = (long)(fr[off] & 15) << 2, tot = (long)be16(fr + off + 2);
+                if (hl < 20 || tot == 0 || tot < hl || len - off < hl || (be16(fr + off + 6) & 0x3FFF))
+                    goto python;
+                ipl = tot;
+                proto = fr[off + 9];
+                addr_off = off + 12;
+                l4 = off + hl;
+            } else if (et == 0x86DD) {
+                if (len - off < 40 || (fr[off] >> 4) != 6)
+                    goto python;
+                long plen = (long)be16(fr + off + 4);
+                if (plen == 0)
+                    goto python;
+                ver = 6;
+                alen = 16;
+                ipl = plen + 40;
+                proto = fr[off + 6];
+                addr_off = off + 8;
+                l4 = off + 40;
+            } else {
+                goto python;
+            }
+            end = off + ipl;
+            if (end > len)
+                end = (long)len;
+            long avail = end - l4;
+            if (proto == 6) {
+                if (avail < 20)
+                    goto python;
+                long thl = (long)(fr[l4 + 12] >> 4) << 2;
+                po = l4 + thl;
+                pl = end - po;
+                if (thl < 20 || pl < 0)
+                    goto python;
+            } else if (proto == 17) {
+                if (avail < 8)
+                    goto python;
+                po = l4 + 8;
+                pl = end - po;
+            } else {
+                goto python;
+            }
+        }
+        sp = be16(fr + l4);
+        dp = be16(fr + l4 + 2);
+        if (proto == 6) {
+            seq = ((uint32_t)fr[l4 + 4] << 24) | ((uint32_t)fr[l4 + 5] << 16) | ((uint32_t)fr[l4 + 6] << 8) | fr[l4 + 7];
+            ack = ((uint32_t)fr[l4 + 8] << 24) | ((uint32_t)fr[l4 + 9] << 16) | ((uint32_t)fr[l4 + 10] << 8) | fr[l4 + 11];
+            flags = fr[l4 + 13];
+        } else if (is_tunnel_port(sp) || is_tunnel_port(dp)) {
             goto python;
         }
         /* a fast-path frame: from here on, everything in _process_py's order */
@@ -245,11 +515,27 @@ static PyObject *run(PyObject *self, PyObject *args) {
             if (nh == -1.0 && PyErr_Occurred())
                 goto error;
         }
-        PyObject *key = PyBytes_FromStringAndSize(NULL, 13);   /* the directional key, as _fastpath.eth4's */
-        if (key == NULL)
-            goto error;
-        PyBytes_AS_STRING(key)[0] = (char)proto;
-        memcpy(PyBytes_AS_STRING(key) + 1, fr + 26, 12);
+        /* the directional key: proto + src + dst + sport + dport [+ b"/<vlan>"], as _process_py's */
+        PyObject *key;
+        if (plain) {
+            key = PyBytes_FromStringAndSize(NULL, 13);   /* as _fastpath.eth4's: one slice of the frame */
+            if (key == NULL)
+                goto error;
+            PyBytes_AS_STRING(key)[0] = (char)proto;
+            memcpy(PyBytes_AS_STRING(key) + 1, fr + 26, 12);
+        } else {
+            char suffix[32];
+            int sl = vlan ? snprintf(suffix, sizeof suffix, "/%llu", vlan) : 0;
+            key = PyBytes_FromStringAndSize(NULL, 1 + 2 * alen + 4 + sl);
+            if (key == NULL)
+                goto error;
+            char *k = PyBytes_AS_STRING(key);
+            k[0] = (char)proto;
+            memcpy(k + 1, fr + addr_off, (size_t)(2 * alen));
+            memcpy(k + 1 + 2 * alen, fr + l4, 4);
+            if (sl)
+                memcpy(k + 5 + 2 * alen, suffix, (size_t)sl);
+        }
         PyObject *hit = PyDict_GetItemWithError(table, key);   /* borrowed */
         PyObject *f = NULL;
         int fwd = 1;
@@ -296,10 +582,20 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 Py_DECREF(r2);
             }
         }
-        if (f == NULL) {   /* a new flow (src/dst None: _new_flow slices them, as for the Python fast path) */
-            PyObject *res = PyObject_CallFunction(m_new_flow, "OOOiiOOkkkiOis", key, tso, frame, 4, proto, Py_None,
-                                                  Py_None, (unsigned long)be16(fr + 34), (unsigned long)be16(fr + 36),
-                                                  (unsigned long)flags, 0, empty_tuple, 0, "");
+        if (f == NULL) {   /* a new flow (plain: src/dst None, _new_flow slices them, as for eth4's frames) */
+            PyObject *res;
+            if (plain) {
+                res = PyObject_CallFunction(m_new_flow, "OOOiiOOkkkiOis", key, tso, frame, 4, proto, Py_None, Py_None,
+                                            (unsigned long)sp, (unsigned long)dp, (unsigned long)flags, 0, empty_tuple,
+                                            0, "");
+            } else {
+                vlans = make_vlans(vids, nvl);
+                res = vlans == NULL ? NULL
+                    : PyObject_CallFunction(m_new_flow, "OOOiiy#y#kkkKOis", key, tso, frame, ver, proto,
+                                            (const char *)fr + addr_off, (Py_ssize_t)alen,
+                                            (const char *)fr + addr_off + alen, (Py_ssize_t)alen, (unsigned long)sp,
+                                            (unsigned long)dp, (unsigned long)flags, vlan, vlans, 0, "");
+            }
             if (res == NULL || !PyTuple_Check(res) || PyTuple_GET_SIZE(res) != 2) {
                 Py_XDECREF(res);
                 Py_DECREF(key);
@@ -338,6 +634,16 @@ static PyObject *run(PyObject *self, PyObject *args) {
         }
         Py_INCREF(tso);
         put(f, LAST, tso);
+        if (keep != Py_None && cutoff > 0 && !bad) {   /* the recorder's keep mark (FlowMeter.record_cutoff) */
+            PyObject *rb = get(f, REC_BYTES);
+            long long x = rb ? PyLong_AsLongLong(rb) : -1;
+            if (x == -1 && PyErr_Occurred())
+                bad = -1;
+            else if (x >= cutoff)
+                PyByteArray_AS_STRING(keep)[i] = 0;
+            else
+                bad |= add_int(f, REC_BYTES, (long long)len);
+        }
         PyObject *ev = SLOT(f, EV);
         if (!bad && ev != NULL && ev != Py_None) {
             if (!PyList_Check(ev) || PyList_Append(ev, tso) < 0 || PyList_Append(ev, frame) < 0) {
@@ -378,13 +684,26 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 goto error;
             }
             if (smv & (fwd ? 1 : 2)) {
-                r3 = PyObject_CallFunction(m_sample, "OOOOllkkkO", f, tso, frame, fwd_o, po, pl, (unsigned long)flags,
-                                           (unsigned long)seq, (unsigned long)ack, empty_tuple);
-                if (r3 == NULL) {
+                if (vlans == NULL && (vlans = make_vlans(vids, nvl)) == NULL) {
                     Py_DECREF(f);
                     goto error;
                 }
-                Py_DECREF(r3);
+                /* the common cases here (in-order TCP, UDP, SYN/FIN, a direction done), the rest in _sample */
+                int done = defer ? sample(meter, f, tso, fr, po, pl, fwd, proto, flags, seq, ack, vlans, smax_bytes,
+                                          smax_pkts) : 0;
+                if (done < 0) {
+                    Py_DECREF(f);
+                    goto error;
+                }
+                if (!done) {
+                    r3 = PyObject_CallFunction(m_sample, "OOOOllkkkO", f, tso, frame, fwd_o, po, pl,
+                                               (unsigned long)flags, (unsigned long)seq, (unsigned long)ack, vlans);
+                    if (r3 == NULL) {
+                        Py_DECREF(f);
+                        goto error;
+                    }
+                    Py_DECREF(r3);
+                }
             }
         }
         if (pl) {                                    /* a DNS message */
@@ -395,7 +714,11 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 goto error;
             }
             if (is_dns) {
-                r3 = PyObject_CallFunction(m_dns, "OOOOlliO", f, tso, frame, fwd_o, po, pl, proto, empty_tuple);
+                if (vlans == NULL && (vlans = make_vlans(vids, nvl)) == NULL) {
+                    Py_DECREF(f);
+                    goto error;
+                }
+                r3 = PyObject_CallFunction(m_dns, "OOOOlliO", f, tso, frame, fwd_o, po, pl, proto, vlans);
                 if (r3 == NULL) {
                     Py_DECREF(f);
                     goto error;
@@ -413,7 +736,9 @@ static PyObject *run(PyObject *self, PyObject *args) {
             PyObject *one_rec = PyTuple_Pack(1, rec);
             if (one_rec == NULL)
                 goto error;
-            PyObject *r2 = PyObject_CallFunctionObjArgs(one, one_rec, dl, NULL);
+            PyObject *ki = PyLong_FromSsize_t(i);
+            PyObject *r2 = ki == NULL ? NULL : PyObject_CallFunctionObjArgs(one, one_rec, dl, keep, ki, NULL);
+            Py_XDECREF(ki);
             Py_DECREF(one_rec);
             if (r2 == NULL)
                 goto error;
@@ -432,6 +757,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
     Py_DECREF(m_housekeep);
     Py_DECREF(m_new_flow);
     Py_DECREF(m_end);
+    Py_XDECREF(vlans);
     return Py_BuildValue("(LLL)", npk, nbytes_all, dups);
 error:
     Py_XDECREF(prev);
@@ -442,10 +768,11 @@ error:
     Py_XDECREF(m_housekeep);
     Py_XDECREF(m_new_flow);
     Py_XDECREF(m_end);
+    Py_XDECREF(vlans);
     return NULL;
 }
 static PyMethodDef methods[] = {
-    {"bind", bind, METH_O, "Learn the slot offsets of the meter's Flow class."},
+    {"bind", bind, METH_VARARGS, "Learn the slot offsets of the meter's Flow and _Dir classes."},
     {"run", run, METH_VARARGS, "Meter records of known flows that need only counters; stop at the first that needs Python."},
     {NULL, NULL, 0, NULL},
 };
@@ -458,6 +785,11 @@ PyMODINIT_FUNC PyInit__meter(void) {
     s_prev_ts = PyUnicode_InternFromString("_prev_ts");
     s_next_house = PyUnicode_InternFromString("_next_house");
     s_fin = PyUnicode_InternFromString("fin");
+    s_dirty = PyUnicode_InternFromString("_dirty");
+    s_dir_s = PyUnicode_InternFromString("s");
+    s_dir_d = PyUnicode_InternFromString("d");
+    if (!s_dirty || !s_dir_s || !s_dir_d)
+        return NULL;
     if (empty_tuple == NULL || !s_prev_frame || !s_prev_ts || !s_next_house || !s_fin)
         return NULL;
     return PyModule_Create(&module);

@@ -180,7 +180,7 @@ class Flow:
         "state", "fin", "closed_at", "end_reason", "next_check", "last_update",
         "sampling", "sd", "dd", "dirs", "sample_seq", "pending", "verdict", "verdict_final",
         "is_dns", "deadline", "source", "ev", "rkey", "s_stamp", "d_stamp", "hot_n",
-        "outer",
+        "outer", "rec_bytes",
     )
 
     def __init__(self) -> None:
@@ -197,6 +197,7 @@ class Flow:
         self.deadline = 0.0
         self.ev: list | None = None
         self.hot_n = 0  # packets (both directions) at the flow's last hot check
+        self.rec_bytes = 0  # frame bytes of the flow's packets the packet recorder keeps (record_cutoff)
 
 
 def _seq_payload_cut(d: _Dir, seq: int, payload: bytes) -> bytes | None:
@@ -257,7 +258,7 @@ def _seq_payload_cut(d: _Dir, seq: int, payload: bytes) -> bytes | None:
 
 _run: Any = None
 if _METER is not None:
-    _METER.bind(Flow)
+    _METER.bind(Flow, _Dir)
     _run = _METER.run
 
 
@@ -297,6 +298,11 @@ class FlowMeter:
         self._recent_ev: OrderedDict[str, tuple[Flow, int]] = OrderedDict()  # ended flows' rings, newest last
         self.recent_evidence_max = 512
         self.recorders: list = []  # active PcapRecorder objects (ft.ctl pcap requests)
+        #: the packet recorder's cutoff (FT_RECORD_CUTOFF_BYTES, set by the Recorder; 0: off): with it, every
+        #: metered record gets a keep mark (take_keep()): 1 while its flow's frames so far (both directions)
+        #: are under the cutoff, and for packets that belong to no flow (ARP, ...); 0 after
+        self.record_cutoff = 0
+        self._keep = bytearray()
         #: optional ``(transport, src_port, dst_port) -> protocol name or ''``: stamps end records
         #: of flows that never got a verdict (e.g. never carried payload) with a port guess,
         #: confidence "port" (e.g. ``services.classify.engine.Engine().guess``)
@@ -344,6 +350,12 @@ class FlowMeter:
         self._next_house = 0.0  # the new source's clock may be behind the old one
         self._now = 0.0
 
+    def take_keep(self) -> bytearray:
+        """The keep marks (one byte per record, 1 = keep) of the records metered since the last call
+        (only with ``record_cutoff``); the packet recorder takes them once per batch."""
+        k, self._keep = self._keep, bytearray()
+        return k
+
     def pending_verdicts(self) -> int:
         return self._pending
 
@@ -380,28 +392,46 @@ class FlowMeter:
         """Meter ``(ts, frame)`` records in capture order; ``dlt`` overrides the source's link type.
 
         The hot path.  Where the compiled meter loop is built (``_meter.c``),
-        it meters untagged Ethernet/IPv4 TCP/UDP frames itself and calls this
-        class's methods for flow events only (``_new_flow``, ``_end``,
-        ``_housekeep``, ``_tcp_close``, ``_periodic``, ``_sample``, ``_dns``);
-        any other frame goes to ``_process_py``, the pure-Python meter, which
-        meters everything where the loop is not built.  Both give identical
-        results (tests/services/capture/test_meter_twin.py).
+        it meters Ethernet frames with up to 4 VLAN tags carrying IPv4 or IPv6
+        (no extension header) TCP/UDP itself, samples them itself in the common
+        cases of a deferring meter (``defer_samples``), and calls this class's
+        methods for the other flow events only (``_new_flow``, ``_end``,
+        ``_housekeep``, ``_tcp_close``, ``_periodic``, ``_sample`` for
+        reassembly, ``_dns``); any other frame goes to ``_process_py``, the
+        pure-Python meter, which meters everything where the loop is not built.
+        Both give identical results, the recorder's keep marks included
+        (tests/services/capture/test_meter_twin.py).
         """
         dl = self.datalink if dlt is None else dlt
         run = _run
+        keep = None
+        if self.record_cutoff > 0:
+            if type(recs) is not list:
+                recs = list(recs)
+            keep = bytearray(b"\x01") * len(recs)
         if run is None or dl != 1 or self.recorders:
-            self._process_py(recs, dl)
+            try:
+                self._process_py(recs, dl, keep)
+            finally:
+                if keep is not None:
+                    self._keep += keep
             return
         if type(recs) is not list:
             recs = list(recs)
         table = self.table
-        npk, nb, dups = run(self, recs, self._process_py, dl, table, table.move_to_end, self._ev_trim, self._ev_keep)
+        try:
+            npk, nb, dups = run(self, recs, self._process_py, dl, table, table.move_to_end, self._ev_trim,
+                                self._ev_keep, keep, self.record_cutoff)
+        finally:
+            if keep is not None:
+                self._keep += keep
         self.packets += npk
         self.bytes += nb
         self.duplicate_frames += dups
 
-    def _process_py(self, recs: Any, dl: int) -> None:
-        """The pure-Python meter over ``(ts, frame)`` records, with its state in locals."""
+    def _process_py(self, recs: Any, dl: int, keep: bytearray | None = None, k0: int = 0) -> None:
+        """The pure-Python meter over ``(ts, frame)`` records, with its state in locals; with ``keep``, the
+        recorder's keep marks of the records at ``keep[k0:]`` (see record_cutoff)."""
         self._dl = dl   # for _new_flow's tunnel_outer (once per flow)
         fast = dl == 1
         table = self.table
@@ -415,8 +445,11 @@ class FlowMeter:
         prev_ts = self._prev_ts
         nh = self._next_house
         npk = nbytes_all = dups = 0
+        cut = self.record_cutoff if keep is not None else 0
+        ki = k0 - 1
         try:
             for ts, frame in recs:
+                ki += 1
                 npk += 1
                 n = len(frame)
                 nbytes_all += n
@@ -487,6 +520,11 @@ class FlowMeter:
                     if flags:
                         f.d_flags |= flags
                 f.last = ts
+                if cut:
+                    if f.rec_bytes >= cut:
+                        keep[ki] = 0
+                    else:
+                        f.rec_bytes += n
                 ev = f.ev
                 if ev is not None:
                     ev.append(ts)

@@ -21,14 +21,18 @@ recorder appends the batch to the current pcap file of its directory
   directions together), as Zeek's Time Machine does.
 
 Per packet the recorder builds the 16-byte pcap record header and appends
-the frame to the batch's write (one ``write`` per batch).  With a cutoff it
-also computes the packet's directional flow key (the compiled ``eth4`` fast
-path, else ``decode``: the meter's key) and does one dict lookup; both
-directions share one counter, and the counters live in two generations of
-dicts that swap every ``idle_timeout_s`` of packet time (or when the newer one
-reaches ``max_flows``): bounded, aged out with the flows, no per-packet
-reordering.  The meter already holds this key and a flow object per packet,
-which is where the cutoff belongs (a byte count on the flow and one comparison).
+the frame to the batch's write (one ``write`` per batch).  With a cutoff, the
+meter given as ``meter`` does the counting: the Recorder sets its
+``record_cutoff``, the meter marks every record it meters (one comparison on
+its flow's ``rec_bytes``, frame bytes of both directions; packets of no flow,
+such as ARP, are kept) and ``record`` takes the marks of its batch
+(``meter.take_keep()``) and keeps the marked records.  The count is per meter
+flow: a flow that ends and comes back on the same 5-tuple starts again.  Without
+a meter, or when the marks do not match the batch, the recorder computes each
+packet's directional flow key itself (the compiled ``eth4`` fast path, else
+``decode``) and counts in two generations of dicts that swap every
+``idle_timeout_s`` of packet time (or when the newer one reaches
+``max_flows``).
 
 With shards, each capture process writes its own files (``s<index>`` in the
 name) and bounds its own share: ``FT_RECORD_MAX_BYTES / shards``.
@@ -45,6 +49,7 @@ import re
 import struct
 import threading
 import time
+from itertools import compress
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +154,11 @@ class Recorder:
         self.max_flows = int(max_flows)
         self.idle_s = float(idle_s)
         self.meter = meter
+        # with a cutoff, the meter marks each record it meters (keep or not: one comparison on its flow's
+        # byte count) and record() takes the marks of its batch; the own key path (_cut) is the fallback
+        self._meter_keeps = self.cutoff > 0 and hasattr(meter, "take_keep")
+        if self._meter_keeps:
+            meter.record_cutoff = self.cutoff
         self.source = source
         self.datalink = 1
         # the store: (pcap path, its size + its index's size, last ts) of closed files, oldest first
@@ -403,6 +413,7 @@ class Recorder:
     # ------------------------------------------------------------------ the batch
     def record(self, recs: Any, dlt: int | None = None) -> None:
         """Append one batch of ``(ts, frame)`` records (capture order) to the store."""
+        keep = self.meter.take_keep() if self._meter_keeps else None   # the meter's marks for this batch
         if not recs:
             return
         dl = self.datalink if dlt is None else dlt
@@ -411,7 +422,12 @@ class Recorder:
             if not self._open(dl, recs[0][0]):
                 return
         if self.cutoff:
-            recs = self._cut(recs, dl)
+            if keep is not None and len(keep) == len(recs):
+                kept = list(compress(recs, keep))
+                self.packets_cut += len(recs) - len(kept)
+                recs = kept
+            else:     # no marks for this batch (records the meter did not meter just before): the own keys
+                recs = self._cut(recs, dl)
         elif type(recs) is not list:
             recs = list(recs)
         n = len(recs)

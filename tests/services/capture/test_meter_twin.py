@@ -34,13 +34,18 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
         m = FlowMeter(CaptureSettings(verdict_wait_s=0, evidence_packets=4), sink, source="twin")
         m._prefix = "twin"
         m.defer_samples = True
+        m.record_cutoff = 3000   # the packet recorder's keep marks (FT_RECORD_CUTOFF_BYTES), compared too
         seen = 0
+        marks = bytearray()
         for source, dlt, recs in batches:
             if source is not None:
                 if m.table:
                     m.finish()
                 m.set_source(source, dlt)
             m.process_batch(list(recs), dlt)
+            keep = m.take_keep()
+            assert len(keep) == len(recs)
+            marks += keep
             m.flush_samples()
             for s in sink.samples[seen:]:
                 if s.seq_no == 0 and zlib.crc32(s.flow_id.encode()) % 3 == 0:
@@ -56,6 +61,7 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
             [p.model_dump() for p in sink.packets],
             m.stats(),
             rings,
+            bytes(marks),
         ]
 
 
@@ -77,7 +83,7 @@ def batches_of(paths: list[Path], chunk: int = 256) -> list[tuple]:
 def assert_twins(batches: list, monkeypatch: pytest.MonkeyPatch) -> None:
     a = meter(batches, True, monkeypatch)
     b = meter(batches, False, monkeypatch)
-    names = ("flow records", "samples", "packet events", "stats", "evidence rings")
+    names = ("flow records", "samples", "packet events", "stats", "evidence rings", "recorder keep marks")
     for name, x, y in zip(names, a, b):
         if isinstance(x, list):
             assert len(x) == len(y), name
@@ -86,6 +92,7 @@ def assert_twins(batches: list, monkeypatch: pytest.MonkeyPatch) -> None:
         else:
             assert x == y, name
     assert a[0] and a[3]["packets"] > 0
+    assert len(a) == len(names)
 
 
 def test_sample_capture_meters_the_same(monkeypatch):
@@ -145,3 +152,125 @@ def test_dev_corpora_meter_the_same(corpus, monkeypatch):
         pytest.skip(f"{d} not found")
     paths = sorted(p for p in d.iterdir() if p.is_file() and not p.name.endswith(".out"))
     assert_twins(batches_of(paths), monkeypatch)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# encapsulations the compiled loop meters itself (VLAN/QinQ, IPv6, IPv4 options) and the ones it hands to Python
+
+ETH_MACS = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01"
+
+
+def l4(proto: int, sp: int, dp: int, flags: int = 0, seq: int = 0, payload: bytes = b"", doff: int = 5) -> bytes:
+    if proto == 6:
+        return struct.pack("!HHIIBBHHH", sp, dp, seq, 7, doff << 4, flags, 65535, 0, 0) + b"\0" * (4 * doff - 20) + payload
+    return struct.pack("!HHHH", sp, dp, 8 + len(payload), 0) + payload
+
+
+def ip4(src: int, dst: int, proto: int, body: bytes, options: bytes = b"", tot: int | None = None, frag: int = 0) -> bytes:
+    ihl = 5 + len(options) // 4
+    n = 4 * ihl + len(body) if tot is None else tot
+    return struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, n, 0, frag, 64, proto, 0, struct.pack("!I", src),
+                       struct.pack("!I", dst)) + options + body
+
+
+def ip6(src: int, dst: int, nh: int, body: bytes, plen: int | None = None, ext: bytes = b"") -> bytes:
+    a = b"\x20\x01\x0d\xb8" + b"\0" * 8 + struct.pack("!I", src)
+    b = b"\x20\x01\x0d\xb8" + b"\0" * 8 + struct.pack("!I", dst)
+    if ext:   # one hop-by-hop header in front of the transport header
+        ext = bytes((nh, 0)) + ext[2:8]
+        nh = 0
+    n = len(ext) + len(body) if plen is None else plen
+    return struct.pack("!IHBB", 0x60000000, n, nh, 64) + a + b + ext + body
+
+
+def eth(ip: bytes, tags: tuple = (), v6: bool = False, tpid: int = 0x8100) -> bytes:
+    out = ETH_MACS
+    for i, vid in enumerate(tags):
+        out += struct.pack("!H", 0x88A8 if tpid == "qinq" and i == 0 else (0x8100 if tpid == "qinq" else tpid))
+        out += struct.pack("!H", vid)
+    return out + struct.pack("!H", 0x86DD if v6 else 0x0800) + ip
+
+
+def encapsulated_conversations() -> tuple[list, int]:
+    """TCP and UDP conversations (with DNS) in every encapsulation; returns (records, frames the loop hands to Python)."""
+    recs: list = []
+    to_python = 0
+    t = 5000.0
+    shapes = [
+        ((), False, 0x8100, b""), ((10,), False, 0x8100, b""), ((0, 20), False, 0x8100, b""),
+        ((100, 200), False, "qinq", b""), ((7,), False, 0x9100, b""), ((1, 2, 3, 4), False, 0x8100, b""),
+        ((), False, 0x8100, b"\x01\x01\x01\x00"), ((30,), False, 0x8100, b"\x94\x04\x00\x00"),
+        ((), True, 0x8100, b""), ((40,), True, 0x8100, b""), ((50, 60), True, "qinq", b""),
+    ]
+    for k, (tags, v6, tpid, opts) in enumerate(shapes):
+        c, s = 0x0A000001 + k, 0xC0A80001 + k
+        def pkt(a, b, proto, body):
+            return eth(ip6(a, b, proto, body) if v6 else ip4(a, b, proto, body, opts), tags, v6, tpid)
+
+        for j in range(3):   # three connections per shape, one reset; payload both ways (samples)
+            sp = 41000 + j
+            conv = [pkt(c, s, 6, l4(6, sp, 443, 0x02, 100)), pkt(s, c, 6, l4(6, 443, sp, 0x12, 900)),
+                    pkt(c, s, 6, l4(6, sp, 443, 0x18, 101, b"\x16\x03\x01" + bytes([k, j]) * 30)),
+                    pkt(s, c, 6, l4(6, 443, sp, 0x18, 901, b"\x16\x03\x03" + bytes([j]) * 50)),
+                    pkt(c, s, 6, l4(6, sp, 443, 0x14 if j == 2 else 0x11, 164)),
+                    pkt(s, c, 6, l4(6, 443, sp, 0x11, 954)),
+                    pkt(c, s, 17, l4(17, 30000 + j, 53, payload=b"\xab\xcd\x01\x00\x00\x01" + b"\0" * 6 + b"\x01a\x00\x00\x01\x00\x01")),
+                    pkt(s, c, 17, l4(17, 53, 30000 + j, payload=b"\xab\xcd\x81\x80\x00\x01" + b"\0" * 6 + b"\x01a\x00\x00\x01\x00\x01")),
+                    pkt(c, s, 17, l4(17, 5000 + j, 6000, payload=b"q" * (j + 1)))]
+            for fr in conv:
+                recs.append((t, fr))
+                t += 0.01
+            recs.append((t, conv[2]))   # a duplicate frame
+            t += 0.5
+    # frames the loop leaves to decode(): 5 tags, IPv6 with an extension header or a zero payload length,
+    # fragments, a bad TCP header, a short UDP datagram, a tunnel port, non-IP (ARP), ICMP
+    odd = [
+        eth(ip4(1, 2, 6, l4(6, 1, 2, 0x02)), (1, 2, 3, 4, 5)),
+        eth(ip6(1, 2, 6, l4(6, 1, 2, 0x02), ext=b"\0" * 8), (), True),
+        eth(ip6(1, 2, 17, l4(17, 1, 2, payload=b"z")), (9,), True)[:-1],
+        eth(ip6(1, 3, 17, l4(17, 1, 2, payload=b"z"), plen=0), (), True),
+        eth(ip4(1, 2, 17, l4(17, 1, 2, payload=b"frag"), frag=0x2000), (9,)),
+        eth(ip4(1, 2, 6, l4(6, 1, 2, 0x10, doff=4)), (9,)),
+        eth(ip4(1, 2, 17, b"\0\1\0"), (9,)),
+        eth(ip4(1, 2, 17, l4(17, 1, 4789, payload=b"\0" * 16)), (9,)),
+        eth(ip4(1, 2, 6, l4(6, 1, 2, 0x10)), (9,))[:30],
+        ETH_MACS + b"\x81\x00\x00\x09\x08\x06" + b"\x00\x01\x08\x00\x06\x04\x00\x01" + b"\x02" * 20,
+        eth(ip4(1, 2, 1, b"\x08\x00\x00\x00\x00\x01\x00\x01"), (9,)),
+        eth(ip4(1, 2, 6, l4(6, 1, 2, 0x10), options=b"\x01\x01\x01\x00", tot=22), ()),
+    ]
+    for fr in odd:
+        recs.append((t, fr))
+        t += 0.01
+    to_python = len(odd) - 1   # the IPv6 datagram cut by one byte is still one for the loop (clamped to the capture)
+    return recs, to_python
+
+
+def test_encapsulations_meter_the_same(monkeypatch):
+    recs, _ = encapsulated_conversations()
+    batches = [("encaps", 1, recs[i:i + 64]) if i == 0 else (None, 1, recs[i:i + 64]) for i in range(0, len(recs), 64)]
+    assert_twins(batches, monkeypatch)
+    sink = ListSink()
+    m = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, source="encaps")
+    m.process_batch(recs, 1)
+    m.finish()
+    ends = [r for r in sink.flows if r.phase == "end"]
+    assert {r.vlan_id for r in ends} >= {10, 0, 100, 7, 1, 30, 40, 50}
+    assert {r.ip_version for r in ends} == {4, 6}
+    assert any(p.kind == "dns" and p.vlan_ids == [100, 200] for p in sink.packets)
+    assert any(s.vlan_ids == [0, 20] for s in sink.samples)
+
+
+def test_the_loop_meters_vlan_ipv6_and_ip_options_itself(monkeypatch):
+    """Only the frames the loop does not take reach the pure-Python meter."""
+    recs, to_python = encapsulated_conversations()
+    seen: list = []
+    orig = FlowMeter._process_py
+
+    def counting(self, rs, dl, *a):
+        seen.extend(rs)
+        return orig(self, rs, dl, *a)
+
+    monkeypatch.setattr(FlowMeter, "_process_py", counting)
+    m = FlowMeter(CaptureSettings(verdict_wait_s=0), ListSink(), source="encaps")
+    m.process_batch(recs, 1)
+    assert len(seen) == to_python, [fr[12:16].hex() for _ts, fr in seen]
