@@ -232,10 +232,17 @@ class ProgressLine:
         print("\r" + self.text(st, time.monotonic()) + " " * 8, end="", file=sys.stderr, flush=True)
 
 
+def reported_event(ev: dict[str, Any]) -> bool:
+    """The stored events that analyze, run --pcap and bench pipeline use: flow end records, DNS
+    records and alerts (not verdicts nor update records, most of the stream)."""
+    t = ev.get("event_type")
+    return t == "dns" or t == "alert" or (t == "flow" and ev.get("phase") == "end")
+
+
 async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_env: dict[str, str],
                               progress: bool, out_format: str = "jsonl"
                               ) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
-    """Run all services over files, drain, return (status, stored events, capture stats)."""
+    """Run all services over files, drain, return (status, stored events the report uses, capture stats)."""
     import nats
 
     from flowtarget.orchestrate import StreamCollector, pcap_env, stream_drained, wait_ready
@@ -265,7 +272,8 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
                   + " " * 30, end="", file=sys.stderr, flush=True)
 
     await nc.subscribe("ft.stats.>", cb=on_stats)
-    collector = await StreamCollector(orch.settings).start()   # reads what is stored while the run goes on
+    # reads what is stored while the run goes on: only what the report and the callers use
+    collector = await StreamCollector(orch.settings, keep=reported_event).start()
     p = orch.pipeline
     env_store = {"FT_OUT_DIR": str(out_dir), "FT_OUT_FORMAT": out_format}
     for name in ("classify", "store", "block"):

@@ -16,6 +16,8 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
+import orjson
+
 from services.store.lineproto import Point, to_line, to_lines, to_record
 
 log = logging.getLogger("flowtarget.store.sinks")
@@ -164,6 +166,15 @@ class InfluxSink:
 MEASUREMENTS = ("flows", "flow_updates", "dns", "http", "tls", "ssh", "alerts", "blocks")
 
 
+def record_json(rec: dict) -> str:
+    """One JSON-lines record: orjson (a fifth of json.dumps' cost, issue 12), the same document as
+    ``json.dumps(rec, ensure_ascii=False)``; json writes what orjson refuses (a lone surrogate)."""
+    try:
+        return orjson.dumps(rec).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(rec, ensure_ascii=False)
+
+
 class JsonlSink:
     """One JSON-lines file per measurement in a directory, plus optional ``points.lp``.
 
@@ -204,9 +215,8 @@ class JsonlSink:
 
     def _write_locked(self, points: list[Point]) -> None:
         by_meas: dict[str, list[str]] = {}
-        dumps = json.dumps
         for p in points:
-            by_meas.setdefault(p.measurement, []).append(dumps(to_record(p), ensure_ascii=False))
+            by_meas.setdefault(p.measurement, []).append(record_json(to_record(p)))
         touched = []
         for m, lines in by_meas.items():
             f = self._file(m)

@@ -38,7 +38,7 @@ def tcp_failed(r: FlowRecord) -> bool:
 class _Source:
     """What one source probed inside the window: nested maps of last-seen times."""
 
-    __slots__ = ("ports_of", "hosts_of", "fail_ports_of", "fail_hosts_of", "pruned", "last")
+    __slots__ = ("ports_of", "hosts_of", "fail_ports_of", "fail_hosts_of", "pruned", "last", "oldest")
 
     def __init__(self, ts: float) -> None:
         self.ports_of: dict[str, dict[int, float]] = {}
@@ -47,15 +47,24 @@ class _Source:
         self.fail_hosts_of: dict[int, dict[str, float]] = {}
         self.pruned = ts
         self.last = ts
+        self.oldest = ts   # no entry is older than this (a lower bound: entries only get newer or go)
 
     def prune(self, low: float) -> None:
+        if low <= self.oldest:
+            return   # nothing is older than low: a walk would delete nothing
+        oldest = float("inf")
         for outer in (self.ports_of, self.hosts_of, self.fail_ports_of, self.fail_hosts_of):
             for k in list(outer):
                 inner = outer[k]
                 for k2 in [k2 for k2, t in inner.items() if t < low]:
                     del inner[k2]
-                if not inner:
+                if inner:
+                    m = min(inner.values())
+                    if m < oldest:
+                        oldest = m
+                else:
                     del outer[k]
+        self.oldest = oldest
 
     def targets(self) -> int:
         return sum(len(v) for v in self.ports_of.values())
@@ -167,6 +176,8 @@ class ScanDetector:
             self.sources.touch(skey)
         if ts > st.last:
             st.last = ts
+        if ts < st.oldest:
+            st.oldest = ts
         if st.last - st.pruned >= self.window / 4:
             st.prune(st.last - self.window)
             st.pruned = st.last

@@ -494,3 +494,45 @@ def test_one_way_mirror_browsing_is_not_a_scan():
     server_only = [flow("end", T0 + i * 0.2, "10.0.0.5", 40000 + i, f"93.185.{i // 200}.{i % 200 + 1}", 443,
                         sflags=0, dflags=0x1A, spk=0, dpk=15) for i in range(300)]
     assert run(det(), client_only) == [] and run(det(), server_only) == []
+
+
+def _walk_prune(src, low: float) -> None:
+    """The reference prune: walk every map, drop what is older than ``low``."""
+    for outer in (src.ports_of, src.hosts_of, src.fail_ports_of, src.fail_hosts_of):
+        for k in list(outer):
+            inner = outer[k]
+            for k2 in [k2 for k2, t in inner.items() if t < low]:
+                del inner[k2]
+            if not inner:
+                del outer[k]
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 7), st.floats(0, 200), st.booleans(), st.booleans()),
+                max_size=120))
+def test_scan_source_prune_skips_only_no_op_walks(steps):
+    """The port-scan source's prune skips its walk when nothing is old enough (issue 12: the walk ran
+    for every record of a source whose incident the table refused); what it keeps is what the walk keeps."""
+    from services.capture.detectors.scan import _Source, _add, _forget
+
+    fast, ref = _Source(100.0), _Source(100.0)
+    fast.oldest = 100.0
+    for host, port, ts, prune_now, forget in steps:
+        for s in (fast, ref):
+            if ts > s.last:
+                s.last = ts
+            if ts < s.oldest:
+                s.oldest = ts
+            if forget:
+                _forget(s.ports_of, f"h{host}", port)
+            else:
+                _add(s.ports_of, f"h{host}", port, ts, 16)
+                _add(s.hosts_of, port, f"h{host}", ts, 16)
+                if port % 2:
+                    _add(s.fail_ports_of, f"h{host}", port, ts, 16)
+        if prune_now:
+            low = fast.last - 60.0
+            fast.prune(low)
+            _walk_prune(ref, low)
+            assert (fast.ports_of, fast.hosts_of, fast.fail_ports_of) == (ref.ports_of, ref.hosts_of, ref.fail_ports_of)
+            assert all(t >= fast.oldest for m in (fast.ports_of, fast.hosts_of) for d in m.values() for t in d.values())

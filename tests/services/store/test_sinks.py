@@ -102,3 +102,20 @@ def test_server_errors_raise_for_a_retry(stub):
 
     asyncio.run(go())
     assert sink.rejected_points == 0 and stub.requests == 1
+
+
+def test_record_json_is_the_document_json_dumps_writes():
+    """The JSON-lines sink writes with orjson (issue 12): the same document as json.dumps(ensure_ascii=False);
+    what orjson refuses (a lone surrogate, an int past 64 bits) still goes out through json."""
+    import json
+
+    from services.store.sinks import record_json
+
+    recs = [{"time_ns": 1700000000123456789, "host": "münchen.example", "rtt_ms": 0.1 + 0.2, "n": -3, "ok": True,
+             "answers": [{"name": "a\u2028b", "ttl_s": 60}], "q": 'quote " and \\ back'},
+            {"time_ns": 1, "bad": "\ud800x"},
+            {"time_ns": 2, "big": 2**70}]
+    for rec in recs:
+        line = record_json(rec)
+        assert "\n" not in line
+        assert json.loads(line) == json.loads(json.dumps(rec, ensure_ascii=False))
