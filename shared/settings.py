@@ -201,6 +201,12 @@ class CaptureSettings(CommonSettings):
     record_index_max_flows: int = Field(default=100_000, ge=0, description="Flows listed in one file's index; a file with more is read whole by exports.")
     record_export_max_bytes: int = Field(default=1 << 30, ge=1024, description="Largest pcap one export (ft.ctl.<probe>.export) writes.")
 
+    @field_validator("record_dir", mode="before")
+    @classmethod
+    def _record_dir_blank(cls, v: Any) -> Any:
+        # FT_RECORD_DIR= (blank, as compose passes an unset variable) means no recording, not the cwd
+        return None if isinstance(v, str) and not v.strip() else v
+
     @field_validator("record_max_age_s")
     @classmethod
     def _record_bounded(cls, v: float, info: Any) -> float:

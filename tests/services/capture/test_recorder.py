@@ -297,6 +297,9 @@ def test_recorder_settings_need_a_bound():
     with pytest.raises(ValueError, match="FT_RECORD_MAX_BYTES"):
         CaptureSettings(record_dir="/tmp/x", record_max_bytes=0)
     assert CaptureSettings(record_dir="/tmp/x", record_max_bytes=0, record_max_age_s=60).record_max_age_s == 60
+    # compose passes a blank FT_RECORD_DIR to turn recording off: that is off, not the working directory
+    assert CaptureSettings(record_dir="").record_dir is None
+    assert CaptureSettings(record_dir="  ").record_dir is None
 
 
 def test_parse_time():
