@@ -14,7 +14,11 @@ each with a sidecar index (time range, hosts, flows).  An export:
 
 A flow id (the meter's) resolves through the indexes to its key and start: its
 packets are those of that 5-tuple (either direction) from its start until the
-next flow on the same key starts.
+next flow on the same key starts.  A Community ID (``1:...``, the flow hash of
+Zeek, Suricata and Arkime) selects files by the flows their indexes list; each
+packet's 5-tuple is hashed once per distinct tuple (a bounded cache), so files
+without an index (the one being written) are filtered in the same pass.  ICMP
+and SCTP packets have no Community ID here (as ``shared.community_id.for_event``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from shared.community_id import community_id
+
 from .decode import decode
 from .recorder import IDX_SUFFIX, list_store, pcap_header
 from .sources import CaptureFileError, open_source
@@ -44,6 +50,8 @@ __all__ = ["Query", "export", "parse_time", "select_files", "add_parser", "run"]
 _REC = struct.Struct("<IIII").pack
 _pp = struct.Struct("!HH").pack
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-]+")
+_CID = re.compile(r"^1:[A-Za-z0-9+/]{27}=$")
+_CID_PROTOS = (6, 17)      # FlowTarget keys ICMP and SCTP flows without type/code or ports: no Community ID
 
 
 class ExportError(ValueError):
@@ -77,6 +85,7 @@ class Query:
     bpf: str = ""
     since: float | None = None
     until: float | None = None
+    community_id: str = ""
     # resolved
     host_b: bytes = b""
     flow_keys: list[tuple] = field(default_factory=list)   # (key bytes fwd, key bytes rev, proto, vlan, start, end)
@@ -92,8 +101,14 @@ class Query:
             raise ExportError("bad port")
         if len(self.flow_id) > 64 or len(self.bpf) > 1024:
             raise ExportError("flow id or filter too long")
-        if not (self.host or self.port or self.flow_id or self.bpf or self.since is not None or self.until is not None):
-            raise ExportError("say what to export: --host, --port, --flow-id, --bpf and/or --since/--until")
+        if self.community_id:
+            self.community_id = self.community_id.strip()
+            if not _CID.fullmatch(self.community_id):
+                raise ExportError(f"bad community id {self.community_id[:64]!r}: 1:<base64 of 20 bytes>")
+        if not (self.host or self.port or self.flow_id or self.bpf or self.since is not None or self.until is not None
+                or self.community_id or self.flow_keys):
+            raise ExportError("say what to export: --host, --port, --flow-id, --community-id, --bpf and/or "
+                              "--since/--until")
 
 
 def _read_index(p: Path) -> dict[str, Any] | None:
@@ -135,6 +150,23 @@ def _resolve_flow(q: Query, indexes: list[tuple[Path, dict[str, Any] | None]]) -
     q.flow_keys.append((ab + bb + _pp(ap, bp), bb + ab + _pp(bp, ap), proto, 0, start - 2e-6, end - 2e-6))
 
 
+def _row_cid(f: list, cache: dict) -> str:
+    """The Community ID of an index row [proto, a, ap, b, bp, ...] ('' where there is none)."""
+    key = (f[0], f[1], f[2], f[3], f[4])
+    cid = cache.get(key)
+    if cid is None:
+        cid = ""
+        if f[0] in _CID_PROTOS:
+            try:
+                cid = community_id(str(f[1]), str(f[3]), int(f[0]), int(f[2]), int(f[4]))
+            except (ValueError, TypeError):
+                cid = ""
+        if len(cache) > 200_000:
+            cache.clear()
+        cache[key] = cid
+    return cid
+
+
 def select_files(directory: str | os.PathLike[str], q: Query) -> tuple[list[Path], int]:
     """The store's files that can hold a match (by their index), and how many were skipped."""
     indexes = [(p, _read_index(p)) for p in list_store(directory)]
@@ -157,6 +189,12 @@ def select_files(directory: str | os.PathLike[str], q: Query) -> tuple[list[Path
                 skipped += 1
                 continue
         if not idx.get("truncated"):
+            if q.community_id:
+                cache: dict = {}
+                if not any(isinstance(f, list) and len(f) >= 5 and _row_cid(f, cache) == q.community_id
+                           for f in idx.get("flows", ())):
+                    skipped += 1
+                    continue
             if q.host and q.host not in set(idx.get("hosts", ())):
                 skipped += 1
                 continue
@@ -187,6 +225,24 @@ def _matcher(q: Query) -> Any:
     port = int(q.port)
     flows = q.flow_keys
     filters: dict[int, Any] = {}
+    cid = q.community_id
+    cids: dict[tuple, bool] = {}      # packet 5-tuple -> has the Community ID (hashed once per tuple)
+
+    def cid_ok(proto: int, src: bytes, dst: bytes, sp: int, dp: int) -> bool:
+        k = (proto, src, dst, sp, dp)
+        ok = cids.get(k)
+        if ok is None:
+            ok = False
+            if proto in _CID_PROTOS:
+                try:
+                    ok = community_id(str(ipaddress.ip_address(src)), str(ipaddress.ip_address(dst)),
+                                      proto, sp, dp) == cid
+                except ValueError:
+                    ok = False
+            if len(cids) > 200_000:
+                cids.clear()
+            cids[k] = ok
+        return ok
 
     def bpf_ok(frame: bytes, dlt: int) -> bool:
         f = filters.get(dlt)
@@ -204,7 +260,7 @@ def _matcher(q: Query) -> Any:
             return False
         if q.until is not None and ts > q.until:
             return False
-        if host or port or flows:
+        if host or port or flows or cid:
             d = decode(frame, dlt)
             if d[0]:
                 return False
@@ -220,6 +276,8 @@ def _matcher(q: Query) -> Any:
                         break
                 else:
                     return False
+            if cid and not cid_ok(d[2], src, dst, sp, dp):
+                return False
         if q.bpf and not bpf_ok(frame, dlt):
             return False
         return True
@@ -333,6 +391,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--host", default="", help="packets from or to this IP address")
     p.add_argument("--port", type=int, default=0, help="packets from or to this port")
     p.add_argument("--flow-id", default="", help="the packets of one flow (its flow_id in the flow records)")
+    p.add_argument("--community-id", default="",
+                   help="the packets of the flows with this Community ID (1:..., as Zeek, Suricata and store's records give it)")
     p.add_argument("--bpf", default="", help="a BPF filter the packets must also pass")
     p.add_argument("--since", default=None, help="from this time (epoch seconds or ISO 8601, UTC unless a zone is given)")
     p.add_argument("--until", default=None, help="up to this time")
@@ -352,7 +412,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         q = Query(host=args.host, port=args.port, flow_id=args.flow_id, bpf=args.bpf,
-                  since=parse_time(args.since), until=parse_time(args.until))
+                  since=parse_time(args.since), until=parse_time(args.until), community_id=args.community_id)
         iface = args.iface
         if args.per_source and not iface:
             idx = next((i for i in (_read_index(p) for p in list_store(args.dir)) if i), None)
@@ -375,7 +435,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def ctl_handler(settings: Any, bus: Any, limits: Any = None) -> Any:
-    """``ft.ctl.<probe>.export`` {"host", "port", "flow_id", "bpf", "since", "until"}: cut a pcap from the store.
+    """``ft.ctl.<probe>.export`` {"host", "port", "flow_id", "community_id", "bpf", "since", "until"}: cut a pcap from the store.
 
     Answered with {"status": "ok", "path", "size", "packets", "truncated"} (the file is in
     FT_EVIDENCE_DIR, named by the service, never by the request), or {"status": "busy"|"error", ...}.
@@ -407,11 +467,13 @@ def ctl_handler(settings: Any, bus: Any, limits: Any = None) -> Any:
                         raise ExportError("the request must be a JSON object")
                     q = Query(host=str(req.get("host", ""))[:64], port=int(req.get("port", 0) or 0),
                               flow_id=str(req.get("flow_id", ""))[:64], bpf=str(req.get("bpf", ""))[:1024],
-                              since=parse_time(req.get("since")), until=parse_time(req.get("until")))
+                              since=parse_time(req.get("since")), until=parse_time(req.get("until")),
+                              community_id=str(req.get("community_id", ""))[:64])
                     q.check()
                     counter[0] += 1
                     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-                    what = safe_name(q.flow_id or q.host or (f"port{q.port}" if q.port else "time"), 48)
+                    what = safe_name(q.flow_id or q.host or (f"port{q.port}" if q.port else "")
+                                     or ("cid" if q.community_id else "time"), 48)
                     name = f"export-{safe_name(settings.probe, 32)}-{what}-{stamp}-{os.getpid()}-{counter[0]}.pcap"
                     path = Path(settings.evidence_dir) / name
                     max_bytes = settings.record_export_max_bytes

@@ -67,6 +67,16 @@ def test_replay_with_recording_then_flowtarget_pcap(nats_server, tmp_path):
         want = [(ts, f) for ts, f in packets if (a := addrs(f)) and {(a[0], a[2]), (a[1], a[3])} == ends]
         assert want and dpkt_read(out) == want, e["flow_id"]
 
+    from shared.community_id import for_event
+    e = [s for s in ended if s["transport"] == "TCP"][5]
+    out = tmp_path / "cid.pcap"
+    r = flowtarget("pcap", "--dir", str(store), "--community-id",
+                   for_event("TCP", e["src_ip"], e["src_port"], e["dst_ip"], e["dst_port"]), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    ends = {(e["src_ip"], e["src_port"]), (e["dst_ip"], e["dst_port"])}
+    want = [(ts, f) for ts, f in packets if (a := addrs(f)) and {(a[0], a[2]), (a[1], a[3])} == ends]
+    assert want and dpkt_read(out) == want
+
     r = flowtarget("pcap", "--dir", str(store), "--host", "10.1.0.5; rm -rf /", "-o", str(tmp_path / "x.pcap"))
     assert r.returncode == 2 and "bad host" in r.stderr
 
