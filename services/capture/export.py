@@ -401,12 +401,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="one pcap per source IP in the directory -o, named <iface>-<srcIP>-<time>.pcap")
     p.add_argument("--iface", default="", help="the interface name in --per-source file names (default: the recorded source)")
     p.add_argument("--max-bytes", type=int, default=0, help="stop writing at this output size (0 = no limit)")
+    p.add_argument("--probe", default="",
+                   help="ask the capture of this probe over NATS (ft.ctl.<probe>.export) and stream the pcap here, "
+                        "checked complete; from any host that reaches NATS")
+    p.add_argument("--nats", metavar="URL", default="", help="NATS server URL with --probe (default: FT_NATS_URL)")
     p.add_argument("-o", "--output", required=True, help="output pcap (a directory with --per-source)")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.probe:
+        return run_remote(args)
     if not args.dir:
         print("flowtarget pcap: set --dir or FT_RECORD_DIR", file=sys.stderr)
         return 2
@@ -431,7 +437,60 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_remote(args: argparse.Namespace) -> int:
+    """``flowtarget pcap --probe P [--nats URL] ...``: the export streamed over NATS."""
+    import asyncio
+
+    from shared.runner import ConfigError, load_settings
+    from shared.settings import CommonSettings
+
+    if args.per_source:
+        print("flowtarget pcap: --per-source works on the store's directory (--dir), not with --probe", file=sys.stderr)
+        return 2
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", args.probe):
+        print("flowtarget pcap: bad --probe (letters, digits, '_' and '-')", file=sys.stderr)
+        return 2
+    req = {k: v for k, v in (("host", args.host), ("port", args.port), ("flow_id", args.flow_id),
+                             ("community_id", args.community_id), ("bpf", args.bpf), ("since", args.since),
+                             ("until", args.until)) if v}
+    try:
+        settings = load_settings(CommonSettings, **({"nats_url": args.nats} if args.nats else {}))
+    except ConfigError as exc:
+        print(f"flowtarget pcap: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    async def go() -> dict[str, Any]:
+        from shared.bus import Bus
+
+        bus = await Bus.connect(settings, "pcap", give_up_after_s=10.0)
+        try:
+            return await fetch_remote(bus.nc, args.probe, req, Path(args.output))
+        finally:
+            await bus.close()
+
+    try:
+        res = asyncio.run(go())
+    except ExportError as exc:
+        print(f"flowtarget pcap: {exc}", file=sys.stderr)
+        return 2
+    except (ConnectionError, OSError) as exc:
+        print(f"flowtarget pcap: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - NATS timeouts, no responders: one line
+        print(f"flowtarget pcap: no answer from probe {args.probe!r}: {type(exc).__name__} {exc}", file=sys.stderr)
+        return 1
+    print(f"{res['packets']} packets, {res['size']} bytes -> {res['path']} (streamed from probe {args.probe} "
+          f"in {res['chunks_read']} chunks, sha256 checked; read {res['files_read']} store files"
+          f"{', output limit reached' if res['truncated'] else ''})")
+    return 0
+
+
 # --------------------------------------------------------------------------- ft.ctl.<probe>.export
+
+
+STREAM_CHUNK_BYTES = 512 * 1024   # one chunk of a streamed export (at most the server's max_payload less headers)
+STREAM_TTL_S = 300.0              # a streamed export not read for this long is deleted
+STREAM_MAX_OPEN = 4               # streamed exports waiting to be read, per capture process
 
 
 def ctl_handler(settings: Any, bus: Any, limits: Any = None) -> Any:
@@ -443,28 +502,116 @@ def ctl_handler(settings: Any, bus: Any, limits: Any = None) -> Any:
     within the evidence directory's budget; requests count against FT_CTL_REQUESTS_PER_S (``limits``:
     capture's EvidenceLimits).
     The work runs in a thread: capture's loop keeps reading packets meanwhile.
+
+    Streamed to a requester on another host: ``"stream": true`` in the request.  The answer (the
+    header) then says {"status": "ok", "stream": ID, "size", "sha256", "chunks", "chunk_bytes",
+    "packets", "truncated", ...} instead of a path; the requester asks {"stream": ID, "chunk": i}
+    for i = 0 .. chunks-1 (each answered with the raw bytes and the NATS headers ``Ft-Status: ok``,
+    ``Ft-Chunk``, ``Ft-Chunks``, ``Ft-Last: 1`` on the last: the trailer), checks size and sha256,
+    then says {"stream": ID, "done": true}.  Chunk requests do not count against the request rate;
+    at most STREAM_MAX_OPEN streams wait to be read, each deleted once done or STREAM_TTL_S unread.
     """
     import asyncio
+    import hashlib
+    import secrets
 
     from shared.bus import safe_text
+    from shared.codec import DecodeError, loads_small
 
     busy = asyncio.Lock()
     counter = [0]
+    streams: dict[str, dict[str, Any]] = {}
+    evidence_dir = Path(settings.evidence_dir)
+
+    def drop(sid: str) -> None:
+        st = streams.pop(sid, None)
+        if st is None:
+            return
+        try:
+            os.unlink(st["path"])
+        except OSError:
+            pass
+        if limits is not None:
+            limits.used = max(0, limits.used - st["size"])
+
+    def expire() -> None:
+        now = time.monotonic()
+        for sid in [k for k, st in streams.items() if now - st["t"] > STREAM_TTL_S]:
+            drop(sid)
+
+    def chunk_bytes() -> int:
+        mp = int(getattr(bus.nc, "max_payload", 0) or 1024 * 1024)
+        return max(4096, min(STREAM_CHUNK_BYTES, mp - 4096))
+
+    async def reply(msg: Any, answer: dict[str, Any]) -> None:
+        if msg.reply:
+            await bus.nc.publish(msg.reply, json.dumps(answer).encode())
+
+    async def serve_stream(msg: Any, req: dict[str, Any]) -> None:
+        expire()
+        sid = str(req.get("stream", ""))[:64]
+        st = streams.get(sid)
+        if st is None:
+            await reply(msg, {"status": "error", "error": "no such stream (done, expired, or never started)"})
+            return
+        if req.get("done"):
+            drop(sid)
+            await reply(msg, {"status": "ok", "stream": sid, "done": True})
+            return
+        try:
+            i = int(req.get("chunk", -1))
+        except (TypeError, ValueError):
+            i = -1
+        if not 0 <= i < st["chunks"]:
+            await reply(msg, {"status": "error", "error": f"chunk out of range 0..{st['chunks'] - 1}"})
+            return
+        st["t"] = time.monotonic()
+        try:
+            with open(st["path"], "rb") as fh:
+                fh.seek(i * st["chunk_bytes"])
+                data = fh.read(st["chunk_bytes"])
+        except OSError as exc:
+            await reply(msg, {"status": "error", "error": safe_text(exc, 300)})
+            return
+        headers = {"Ft-Status": "ok", "Ft-Stream": sid, "Ft-Chunk": str(i), "Ft-Chunks": str(st["chunks"])}
+        if i == st["chunks"] - 1:
+            headers.update({"Ft-Last": "1", "Ft-Size": str(st["size"]), "Ft-Sha256": st["sha256"]})
+        if msg.reply:
+            await bus.nc.publish(msg.reply, data, headers=headers)
+
+    def digest(path: str) -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
 
     async def on_export(msg: Any) -> None:
+        try:
+            req = loads_small(msg.data, default={})
+        except DecodeError as exc:
+            await reply(msg, {"status": "error", "error": f"bad request: {safe_text(exc, 200)}"})
+            return
+        if not isinstance(req, dict):
+            await reply(msg, {"status": "error", "error": "the request must be a JSON object"})
+            return
+        if isinstance(req.get("stream"), str):       # a chunk of a streamed export, or its end
+            await serve_stream(msg, req)
+            return
+        stream = req.get("stream") is True
         refused = limits.allow_request() if limits is not None else ""
+        expire()
         if busy.locked():
             answer: dict[str, Any] = {"status": "busy", "error": "an export is already running"}
         elif refused:
             answer = {"status": "error", "error": refused}
         elif limits is not None and not limits.has_room(limits.MIN_ROOM):
             answer = {"status": "error", "error": limits.disk_full_reason()}
+        elif stream and len(streams) >= STREAM_MAX_OPEN:
+            answer = {"status": "busy", "error": f"{STREAM_MAX_OPEN} streamed exports are waiting to be read"}
         else:
             async with busy:
                 try:
-                    req = json.loads(msg.data or b"{}")
-                    if not isinstance(req, dict):
-                        raise ExportError("the request must be a JSON object")
                     q = Query(host=str(req.get("host", ""))[:64], port=int(req.get("port", 0) or 0),
                               flow_id=str(req.get("flow_id", ""))[:64], bpf=str(req.get("bpf", ""))[:1024],
                               since=parse_time(req.get("since")), until=parse_time(req.get("until")),
@@ -475,21 +622,93 @@ def ctl_handler(settings: Any, bus: Any, limits: Any = None) -> Any:
                     what = safe_name(q.flow_id or q.host or (f"port{q.port}" if q.port else "")
                                      or ("cid" if q.community_id else "time"), 48)
                     name = f"export-{safe_name(settings.probe, 32)}-{what}-{stamp}-{os.getpid()}-{counter[0]}.pcap"
-                    path = Path(settings.evidence_dir) / name
+                    if stream:      # a hidden file, deleted once read
+                        name = f".stream-{os.getpid()}-{counter[0]}-{secrets.token_hex(4)}.pcap"
+                    path = evidence_dir / name
                     max_bytes = settings.record_export_max_bytes
                     if limits is not None:
                         max_bytes = max(1024, min(max_bytes, limits.dir_max_bytes - limits.used))
                     res = await asyncio.to_thread(export, settings.record_dir, q, path, max_bytes=max_bytes)
+                    size = os.path.getsize(res["path"])
                     if limits is not None:
-                        limits.used += os.path.getsize(res["path"])
-                    answer = {"status": "ok", "path": res["path"], "size": os.path.getsize(res["path"]),
+                        limits.used += size
+                    answer = {"status": "ok", "size": size,
                               "packets": res["packets"], "truncated": res["truncated"],
                               "files_read": res["files_read"], "files_skipped": res["files_skipped"]}
+                    if stream:
+                        sid = secrets.token_hex(8)
+                        cb = chunk_bytes()
+                        st = {"path": res["path"], "size": size, "sha256": await asyncio.to_thread(digest, res["path"]),
+                              "chunk_bytes": cb, "chunks": max(1, -(-size // cb)), "t": time.monotonic()}
+                        streams[sid] = st
+                        answer.update(stream=sid, sha256=st["sha256"], chunks=st["chunks"], chunk_bytes=cb)
+                    else:
+                        answer["path"] = res["path"]
                 except (ExportError, ValueError, TypeError) as exc:
                     answer = {"status": "error", "error": safe_text(exc, 300)}
                 except OSError as exc:
                     answer = {"status": "error", "error": safe_text(exc, 300)}
-        if msg.reply:
-            await bus.nc.publish(msg.reply, json.dumps(answer).encode())
+        await reply(msg, answer)
 
     return on_export
+
+
+# --------------------------------------------------------------------------- flowtarget pcap --probe P (over NATS)
+
+
+async def fetch_remote(nc: Any, probe: str, req: dict[str, Any], out: Path, timeout_s: float = 600.0,
+                       chunk_timeout_s: float = 30.0, retries: int = 3) -> dict[str, Any]:
+    """Ask capture of ``probe`` for a streamed export and write it to ``out``, checked complete
+    (every chunk, size and sha256 of the trailer); ExportError when it cannot be had whole."""
+    import hashlib
+
+    from shared.subjects import subject
+
+    subj = subject("ctl", probe, "export")
+    msg = await nc.request(subj, json.dumps({**req, "stream": True}).encode(), timeout=timeout_s)
+    head = json.loads(msg.data)
+    if not isinstance(head, dict) or head.get("status") != "ok" or not head.get("stream"):
+        raise ExportError(str((head or {}).get("error", head))[:300] if isinstance(head, dict) else "bad answer")
+    sid, chunks, size, sha = str(head["stream"]), int(head["chunks"]), int(head["size"]), str(head["sha256"])
+    part = out.with_name(out.name + ".part")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    got = 0
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    os.fchmod(fd, 0o640)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for i in range(chunks):
+                for attempt in range(retries + 1):
+                    try:
+                        r = await nc.request(subj, json.dumps({"stream": sid, "chunk": i}).encode(),
+                                             timeout=chunk_timeout_s)
+                        break
+                    except Exception:  # noqa: BLE001 - a lost chunk is asked again
+                        if attempt == retries:
+                            raise ExportError(f"chunk {i} of {chunks} did not come") from None
+                hdr = r.headers or {}
+                if hdr.get("Ft-Status") != "ok" or hdr.get("Ft-Chunk") != str(i):
+                    raise ExportError(f"chunk {i}: {r.data[:300].decode('utf-8', 'replace')}")
+                if (i == chunks - 1) != (hdr.get("Ft-Last") == "1"):
+                    raise ExportError(f"chunk {i}: trailer out of place")
+                fh.write(r.data)
+                h.update(r.data)
+                got += len(r.data)
+            last = hdr
+        if got != size or h.hexdigest() != sha or last.get("Ft-Sha256") != sha or last.get("Ft-Size") != str(size):
+            raise ExportError(f"incomplete export: {got} of {size} bytes, checksum "
+                              f"{'ok' if h.hexdigest() == sha else 'wrong'}")
+        os.replace(part, out)
+    except BaseException:
+        try:
+            os.unlink(part)
+        except OSError:
+            pass
+        raise
+    finally:
+        try:
+            await nc.request(subj, json.dumps({"stream": sid, "done": True}).encode(), timeout=5)
+        except Exception:  # noqa: BLE001 - the stream expires by itself
+            pass
+    return {**head, "path": str(out), "chunks_read": chunks}

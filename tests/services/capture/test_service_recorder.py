@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from flowtarget.orchestrate import read_stream
+from services.capture import export as export_mod
 from services.capture import service
 from services.capture.recorder import list_store
 from shared.bus import Bus
@@ -27,7 +28,8 @@ def flowtarget(*args: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
-def test_replay_with_recording_then_flowtarget_pcap(nats_server, tmp_path):
+def test_replay_with_recording_then_flowtarget_pcap(nats_server, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_mod, "STREAM_CHUNK_BYTES", 8192)    # a streamed export in many chunks
     frames = traffic(n_flows=300, seed=11)
     src = write_pcap(tmp_path / "in.pcap", frames)
     store = tmp_path / "store"
@@ -81,8 +83,9 @@ def test_replay_with_recording_then_flowtarget_pcap(nats_server, tmp_path):
     assert r.returncode == 2 and "bad host" in r.stderr
 
     # the same over NATS, while capture runs (a second, paced replay of other hosts into the same store)
+    # (paced: 60 s of packet time, stopped once the requests are answered)
     slow = write_pcap(tmp_path / "slow.pcap", [(T1 + i * 0.1, udp("10.9.0.1", 5000, "10.9.0.2", 53, b"q%d" % i))
-                                               for i in range(40)])
+                                               for i in range(600)])
 
     async def over_nats():
         settings = CaptureSettings(nats_url=nats_server.url, probe="rec", pcap=[slow], verdict_wait_s=0,
@@ -102,12 +105,32 @@ def test_replay_with_recording_then_flowtarget_pcap(nats_server, tmp_path):
                     break
                 except Exception:
                     await asyncio.sleep(0.05)
+        # streamed to a remote requester in chunks (small ones here: many chunks), checked complete
+        streamed = await export_mod.fetch_remote(client.nc, "rec", {"host": "10.1.0.5"}, tmp_path / "streamed.pcap")
+        # and by the command, as from another host
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "flowtarget", "pcap", "--probe", "rec", "--nats", nats_server.url,
+            "--host", "10.1.0.5", "--port", "443", "-o", str(tmp_path / "cli-streamed.pcap"), cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        cli_out, cli_err = await asyncio.wait_for(cli.communicate(), 120)
+        # a chunk of a stream that is done, or never was, is an error answer
+        gone = json.loads((await client.nc.request("ft.ctl.rec.export", json.dumps(
+            {"stream": streamed["stream"], "chunk": 0}).encode(), timeout=5)).data)
+        left = sorted(p.name for p in (tmp_path / "evidence").iterdir() if p.name.startswith(".stream-"))
+        stop.set()
         await asyncio.wait_for(task, 60)
         await bus.close()
         await client.close()
-        return answers
+        return answers, streamed, (cli.returncode, cli_out.decode(), cli_err.decode()), gone, left
 
-    ok, bad_host, bad_flow = asyncio.run(over_nats())
+    (ok, bad_host, bad_flow), streamed, cli, gone, left = asyncio.run(over_nats())
+    assert streamed["chunks"] > 3 and streamed["chunks_read"] == streamed["chunks"]
+    assert dpkt_read(tmp_path / "streamed.pcap") == want_host
+    assert stat.S_IMODE(os.stat(tmp_path / "streamed.pcap").st_mode) == 0o640
+    assert cli[0] == 0, cli
+    assert dpkt_read(tmp_path / "cli-streamed.pcap") == [(ts, f) for ts, f in want_host if 443 in addrs(f)[2:4]]
+    assert gone["status"] == "error" and "no such stream" in gone["error"]
+    assert left == []                       # read streams are deleted from the evidence directory
     assert ok["status"] == "ok", ok
     assert Path(ok["path"]).parent == tmp_path / "evidence" and ok["size"] == os.path.getsize(ok["path"])
     assert dpkt_read(ok["path"]) == want_host and ok["packets"] == len(want_host)
