@@ -285,14 +285,60 @@ def _matcher(q: Query) -> Any:
     return match
 
 
-def _open_out(path: Path, dlt: int, append: bool = False) -> Any:
+def _open_out(path: Path, dlt: int, append: bool = False, header: Any = None) -> Any:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o640)
     os.fchmod(fd, 0o640)
     fh = os.fdopen(fd, "wb")
     if not append:
-        fh.write(pcap_header(dlt))
+        fh.write(header(dlt) if header is not None else pcap_header(dlt))
     return fh
+
+
+# --------------------------------------------------------------------------- pcapng (section header, interface, packets)
+
+_U32 = struct.Struct("<I").pack
+
+
+def _opt(code: int, value: bytes) -> bytes:
+    return struct.pack("<HH", code, len(value)) + value + b"\0" * (-len(value) % 4)
+
+
+def _block(btype: int, body: bytes) -> bytes:
+    n = 12 + len(body)
+    return struct.pack("<II", btype, n) + body + _U32(n)
+
+
+def pcapng_header(dlt: int, comment: str = "", iface: str = "", snaplen: int = 262144) -> bytes:
+    """A section header block (application, comment) and one interface description block
+    (link type, snap length, interface name, microsecond timestamps)."""
+    opts = _opt(4, b"flowtarget")                        # shb_userappl
+    if comment:
+        opts += _opt(1, comment.encode("utf-8", "replace")[:4000])      # opt_comment
+    shb = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + opts + _opt(0, b""))
+    iopts = _opt(9, bytes([6]))                          # if_tsresol: microseconds
+    if iface:
+        iopts += _opt(2, iface.encode("utf-8", "replace")[:256])       # if_name
+    idb = _block(1, struct.pack("<HHI", dlt & 0xFFFF, 0, snaplen) + iopts + _opt(0, b""))
+    return shb + idb
+
+
+def pcapng_packet(ts: float, frame: bytes, comment: bytes = b"") -> bytes:
+    """An enhanced packet block on interface 0 (microsecond time), with an optional comment."""
+    us = int(round(ts * 1e6))
+    n = len(frame)
+    body = struct.pack("<IIIII", 0, (us >> 32) & 0xFFFFFFFF, us & 0xFFFFFFFF, n, n) + frame + b"\0" * (-n % 4)
+    if comment:
+        body += _opt(1, comment) + _opt(0, b"")
+    return _block(6, body)
+
+
+def describe(q: Query) -> str:
+    """The query in words, for a pcapng's section comment."""
+    parts = [f"{k}={v}" for k, v in (("host", q.host), ("port", q.port), ("flow_id", q.flow_id),
+                                      ("community_id", q.community_id), ("bpf", q.bpf), ("since", q.since),
+                                      ("until", q.until)) if v not in ("", 0, None)]
+    return "flowtarget export: " + (" ".join(parts) or "flow")
 
 
 def safe_name(text: str, limit: int = 64) -> str:
@@ -300,9 +346,25 @@ def safe_name(text: str, limit: int = 64) -> str:
 
 
 def export(directory: str | os.PathLike[str], q: Query, out: str | os.PathLike[str], *, per_source: bool = False,
-           max_bytes: int = 0, iface: str = "") -> dict[str, Any]:
+           max_bytes: int = 0, iface: str = "", fmt: str = "pcap", comment: str = "") -> dict[str, Any]:
     """Write the matching packets; returns {"path"/"files", "packets", "bytes", "files_read", "files_skipped", ...}."""
     q.check()
+    if fmt not in ("pcap", "pcapng"):
+        raise ExportError(f"bad format {fmt[:16]!r}: pcap or pcapng")
+    ng = fmt == "pcapng"
+    header = None
+    hdr_len = 24
+    pkt_comment = b""
+    if ng:
+        text = comment or describe(q)
+        src_name = iface
+
+        def header(dlt: int) -> bytes:
+            return pcapng_header(dlt, text, src_name)
+
+        hdr_len = len(header(1))
+        if q.flow_id:
+            pkt_comment = f"flow_id={q.flow_id}".encode()
     files, skipped = select_files(directory, q)
     stats = {"unreadable_files": 0, "truncated_files": 0}
     match = _matcher(q)
@@ -310,7 +372,7 @@ def export(directory: str | os.PathLike[str], q: Query, out: str | os.PathLike[s
     out_p = Path(out)
     dlt0 = -1
     npk = 0
-    nbytes = 24
+    nbytes = 0 if per_source else hdr_len     # per source: each file's header counts when it is opened
     other_dlt = 0
     truncated = False
     fh = None
@@ -323,28 +385,34 @@ def export(directory: str | os.PathLike[str], q: Query, out: str | os.PathLike[s
             if dlt0 < 0:
                 dlt0 = dlt
                 if not per_source:
-                    fh = _open_out(out_p, dlt0)
+                    fh = _open_out(out_p, dlt0, header=header)
             if dlt != dlt0:
                 other_dlt += 1
                 continue
             n = len(frame)
-            if max_bytes and nbytes + 16 + n > max_bytes:
-                truncated = True
-                break
-            sec, usec = divmod(int(round(ts * 1e6)), 1000000)
-            rec = _REC(sec, usec, n, n) + frame
+            if ng:
+                rec = pcapng_packet(ts, frame, pkt_comment)
+            else:
+                sec, usec = divmod(int(round(ts * 1e6)), 1000000)
+                rec = _REC(sec, usec, n, n) + frame
             if per_source:
                 d = decode(frame, dlt)
                 src = str(ipaddress.ip_address(d[3])) if not d[0] else "non-ip"
+                new_file = src not in paths
+                if max_bytes and nbytes + len(rec) + (hdr_len if new_file else 0) > max_bytes:
+                    truncated = True
+                    break
+                if new_file:
+                    nbytes += hdr_len
                 w = writers.get(src)
                 if w is None:
                     p = paths.get(src)
                     if p is None:
                         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(ts))
                         p = paths[src] = out_p / f"{safe_name(iface or 'capture')}-{safe_name(src)}-{stamp}.pcap"
-                        w = (_open_out(p, dlt0), p)
+                        w = (_open_out(p.with_suffix("." + fmt), dlt0, header=header), p)
                     else:
-                        w = (_open_out(p, dlt0, append=True), p)
+                        w = (_open_out(p.with_suffix("." + fmt), dlt0, append=True), p)
                     writers[src] = w
                     if len(writers) > 128:       # bounded open files: close the least recent
                         _k, (ofh, _op) = writers.popitem(last=False)
@@ -353,23 +421,26 @@ def export(directory: str | os.PathLike[str], q: Query, out: str | os.PathLike[s
                     writers.move_to_end(src)
                 w[0].write(rec)
             else:
+                if max_bytes and nbytes + len(rec) > max_bytes:
+                    truncated = True
+                    break
                 assert fh is not None
                 fh.write(rec)
             npk += 1
-            nbytes += 16 + n
+            nbytes += len(rec)
     finally:
         if fh is not None:
             fh.close()
         for wfh, _p in writers.values():
             wfh.close()
     if fh is None and not per_source:       # nothing matched: still an (empty) pcap
-        fh = _open_out(out_p, files and _first_dlt(files) or 1)
+        fh = _open_out(out_p, files and _first_dlt(files) or 1, header=header)
         fh.close()
-    res: dict[str, Any] = {"packets": npk, "bytes": nbytes if not per_source else nbytes - 24 + 24 * len(paths),
+    res: dict[str, Any] = {"packets": npk, "bytes": nbytes,
                            "files_read": len(files), "files_skipped": skipped, "truncated": truncated,
                            "other_linktype_packets": other_dlt, **stats}
     if per_source:
-        res["files"] = sorted(str(p) for p in paths.values())
+        res["files"] = sorted(str(p.with_suffix("." + fmt)) for p in paths.values())
     else:
         res["path"] = str(out_p)
     return res
@@ -401,6 +472,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="one pcap per source IP in the directory -o, named <iface>-<srcIP>-<time>.pcap")
     p.add_argument("--iface", default="", help="the interface name in --per-source file names (default: the recorded source)")
     p.add_argument("--max-bytes", type=int, default=0, help="stop writing at this output size (0 = no limit)")
+    p.add_argument("--format", choices=("pcap", "pcapng"), default="pcap",
+                   help="pcapng: with an interface description and comments (the query; the flow id on each packet of --flow-id)")
+    p.add_argument("--comment", default="", help="pcapng: the section's comment (default: the query)")
     p.add_argument("--probe", default="",
                    help="ask the capture of this probe over NATS (ft.ctl.<probe>.export) and stream the pcap here, "
                         "checked complete; from any host that reaches NATS")
@@ -423,7 +497,8 @@ def run(args: argparse.Namespace) -> int:
         if args.per_source and not iface:
             idx = next((i for i in (_read_index(p) for p in list_store(args.dir)) if i), None)
             iface = str((idx or {}).get("source", "")) or "capture"
-        res = export(args.dir, q, args.output, per_source=args.per_source, max_bytes=args.max_bytes, iface=iface)
+        res = export(args.dir, q, args.output, per_source=args.per_source, max_bytes=args.max_bytes, iface=iface,
+                     fmt=args.format, comment=args.comment)
     except ExportError as exc:
         print(f"flowtarget pcap: {exc}", file=sys.stderr)
         return 2
@@ -453,6 +528,8 @@ def run_remote(args: argparse.Namespace) -> int:
     req = {k: v for k, v in (("host", args.host), ("port", args.port), ("flow_id", args.flow_id),
                              ("community_id", args.community_id), ("bpf", args.bpf), ("since", args.since),
                              ("until", args.until)) if v}
+    if args.format != "pcap":
+        req["format"] = args.format
     try:
         settings = load_settings(CommonSettings, **({"nats_url": args.nats} if args.nats else {}))
     except ConfigError as exc:
@@ -494,7 +571,8 @@ STREAM_MAX_OPEN = 4               # streamed exports waiting to be read, per cap
 
 
 def ctl_handler(settings: Any, bus: Any, limits: Any = None) -> Any:
-    """``ft.ctl.<probe>.export`` {"host", "port", "flow_id", "community_id", "bpf", "since", "until"}: cut a pcap from the store.
+    """``ft.ctl.<probe>.export`` {"host", "port", "flow_id", "community_id", "bpf", "since", "until", "format"}:
+    cut a pcap (or with "format": "pcapng" a pcapng) from the store.
 
     Answered with {"status": "ok", "path", "size", "packets", "truncated"} (the file is in
     FT_EVIDENCE_DIR, named by the service, never by the request), or {"status": "busy"|"error", ...}.
@@ -617,18 +695,22 @@ def ctl_handler(settings: Any, bus: Any, limits: Any = None) -> Any:
                               since=parse_time(req.get("since")), until=parse_time(req.get("until")),
                               community_id=str(req.get("community_id", ""))[:64])
                     q.check()
+                    fmt = str(req.get("format", "pcap") or "pcap")
+                    if fmt not in ("pcap", "pcapng"):
+                        raise ExportError(f"bad format {fmt[:16]!r}: pcap or pcapng")
                     counter[0] += 1
                     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
                     what = safe_name(q.flow_id or q.host or (f"port{q.port}" if q.port else "")
                                      or ("cid" if q.community_id else "time"), 48)
-                    name = f"export-{safe_name(settings.probe, 32)}-{what}-{stamp}-{os.getpid()}-{counter[0]}.pcap"
+                    name = f"export-{safe_name(settings.probe, 32)}-{what}-{stamp}-{os.getpid()}-{counter[0]}.{fmt}"
                     if stream:      # a hidden file, deleted once read
-                        name = f".stream-{os.getpid()}-{counter[0]}-{secrets.token_hex(4)}.pcap"
+                        name = f".stream-{os.getpid()}-{counter[0]}-{secrets.token_hex(4)}.{fmt}"
                     path = evidence_dir / name
                     max_bytes = settings.record_export_max_bytes
                     if limits is not None:
                         max_bytes = max(1024, min(max_bytes, limits.dir_max_bytes - limits.used))
-                    res = await asyncio.to_thread(export, settings.record_dir, q, path, max_bytes=max_bytes)
+                    res = await asyncio.to_thread(export, settings.record_dir, q, path, max_bytes=max_bytes, fmt=fmt,
+                                                  iface=settings.iface or "")
                     size = os.path.getsize(res["path"])
                     if limits is not None:
                         limits.used += size

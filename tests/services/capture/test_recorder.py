@@ -272,6 +272,39 @@ def test_export_by_community_id(recorded):
             export(store, Query(community_id=bad), d / "bad.pcap")
 
 
+def test_export_as_pcapng_with_interface_and_comments(recorded):
+    import shutil
+
+    packets, store, flows, d = recorded
+    f = next(x for x in flows if x.transport == "TCP" and x.phase == "start")
+    plain = export(store, Query(flow_id=f.flow_id), d / "flow-plain.pcap")
+    res = export(store, Query(flow_id=f.flow_id), d / "flow.pcapng", fmt="pcapng", iface="eth7")
+    assert res["bytes"] == os.path.getsize(res["path"]) and res["packets"] == plain["packets"] > 5
+    with open(res["path"], "rb") as fh:
+        r = dpkt.pcapng.Reader(fh)
+        got = [(round(ts, 6), bytes(buf)) for ts, buf in r]
+        assert r.datalink() == 1
+    assert got == dpkt_read(plain["path"])
+    raw = Path(res["path"]).read_bytes()
+    assert b"flowtarget export: flow_id=" + f.flow_id.encode() in raw            # the section's comment
+    assert raw.count(b"flow_id=" + f.flow_id.encode()) == 1 + res["packets"]    # and each packet's
+    assert b"eth7" in raw                                                          # the interface's name
+    assert [(round(ts, 6), fr) for ts, fr in open_source(res["path"])] == got              # libpcap reads it
+    if shutil.which("tcpdump"):
+        out = subprocess.run(["tcpdump", "-nr", res["path"]], capture_output=True, text=True)
+        assert out.returncode == 0 and len(out.stdout.splitlines()) == res["packets"], out.stderr
+    with pytest.raises(ExportError, match="format"):
+        export(store, Query(flow_id=f.flow_id), d / "x.bin", fmt="bin")
+    # per source too, with a bound on the bytes written
+    res = export(store, Query(since=T0, until=T0 + 100), d / "ng-per-source", per_source=True, fmt="pcapng",
+                 max_bytes=40_000)
+    assert res["files"] and all(p.endswith(".pcapng") for p in res["files"]) and res["truncated"]
+    assert sum(os.path.getsize(p) for p in res["files"]) == res["bytes"] <= 40_000
+    for p in res["files"]:
+        with open(p, "rb") as fh:
+            assert len(list(dpkt.pcapng.Reader(fh))) >= 1
+
+
 def test_export_per_source_names_and_contents(recorded):
     packets, store, _flows, d = recorded
     out = d / "per-source"

@@ -97,7 +97,8 @@ def test_replay_with_recording_then_flowtarget_pcap(nats_server, tmp_path, monke
         client = await Bus.connect(CommonSettings(nats_url=nats_server.url, probe="rec"), "test")
         task = asyncio.create_task(service.main(settings, bus, stop))
         answers = []
-        for req in ({"host": "10.1.0.5"}, {"host": "../../etc/passwd"}, {"flow_id": "nope"}):
+        for req in ({"host": "10.1.0.5"}, {"host": "../../etc/passwd"}, {"flow_id": "nope"},
+                    {"host": "10.1.0.5", "format": "pcapng"}, {"host": "10.1.0.5", "format": "../x"}):
             for _ in range(100):
                 try:
                     msg = await client.nc.request("ft.ctl.rec.export", json.dumps(req).encode(), timeout=5)
@@ -123,7 +124,12 @@ def test_replay_with_recording_then_flowtarget_pcap(nats_server, tmp_path, monke
         await client.close()
         return answers, streamed, (cli.returncode, cli_out.decode(), cli_err.decode()), gone, left
 
-    (ok, bad_host, bad_flow), streamed, cli, gone, left = asyncio.run(over_nats())
+    (ok, bad_host, bad_flow, ng, bad_fmt), streamed, cli, gone, left = asyncio.run(over_nats())
+    assert ng["status"] == "ok" and ng["path"].endswith(".pcapng") and ng["packets"] == len(want_host), ng
+    import dpkt
+    with open(ng["path"], "rb") as fh:
+        assert [(round(ts, 6), bytes(b)) for ts, b in dpkt.pcapng.Reader(fh)] == want_host
+    assert bad_fmt["status"] == "error" and "format" in bad_fmt["error"]
     assert streamed["chunks"] > 3 and streamed["chunks_read"] == streamed["chunks"]
     assert dpkt_read(tmp_path / "streamed.pcap") == want_host
     assert stat.S_IMODE(os.stat(tmp_path / "streamed.pcap").st_mode) == 0o640
