@@ -101,6 +101,7 @@ def query_for_flow(transport: str, src_ip: str, src_port: int, dst_ip: str, dst_
     except (TypeError, ValueError):
         return None
     ab, bb = ipaddress.ip_address(a).packed, ipaddress.ip_address(b).packed
+    since -= 2e-6       # pcap keeps microseconds: a stored time may read back a hair below the flow's own float
     q = Query(host=a, since=since, until=until)
     q.flow_keys.append((ab + bb + _pp(ap, bp), bb + ab + _pp(bp, ap), proto, 0, since - 2e-6, float("inf")))
     return q

@@ -151,3 +151,41 @@ def test_queries_for_each_kind_of_incident():
     assert q.flow_keys and q.flow_keys[0][2] == 6
     assert query_for_incident({**base, "alert_type": "port_scan", "src_ip": "not an ip"}) is None
     assert query_for_incident({"alert_type": "port_scan", "src_ip": "10.0.0.9"}) is None    # no time at all
+
+
+def test_block_and_policy_evidence_is_the_flows_packets_from_the_store(tmp_path):
+    """A block's evidence: its flow's 5-tuple from the flow's start (the recorder's index knows it),
+    cut by the worker thread after the recorder's writer has written it; the ring's file comes first."""
+    from services.capture.evidence import EvidenceLimits
+    from services.capture.store_evidence import StoreEvidence, query_for_flow
+    from shared.settings import CaptureSettings
+    from tests.services.capture.test_recorder import addrs, dpkt_read, record, traffic
+
+    frames = traffic(n_flows=200, seed=21, span_s=300)
+    store = tmp_path / "store"
+    rec, meter, _ = record(frames, store, file_bytes=64 * 1024, file_s=60.0)
+    settings = CaptureSettings(record_dir=store, evidence_dir=tmp_path / "evidence", record_evidence_max_mb=1)
+    limits = EvidenceLimits.from_settings(settings)
+    se = StoreEvidence(settings, rec, limits, meter)
+    tcp_flows = [f for f in meter.sink.flows if f.phase == "end" and f.transport == "TCP"][:4]
+    paths, queries = [], []
+    for f in tcp_flows:
+        queries.append(query_for_flow("TCP", f.src_ip, f.src_port, f.dst_ip, f.dst_port, f.first_seen, None))
+        paths.append(se.request("block:" + f.flow_id, queries[-1], src_ip=f.src_ip, ts=f.last_seen, tag="block-r1",
+                                reason="block", flow_id=f.flow_id))
+    # asked again while it waits or after: the same file
+    assert se.request("block:" + tcp_flows[0].flow_id, queries[0], reason="block") == paths[0]
+    assert se.wait(60)
+    assert len(set(paths)) == 4
+    for f, p in zip(tcp_flows, paths):
+        ends = {(f.src_ip, f.src_port), (f.dst_ip, f.dst_port)}
+        want = [(ts, fr) for ts, fr in frames if (a := addrs(fr)) and {(a[0], a[2]), (a[1], a[3])} == ends]
+        assert want and dpkt_read(p) == [(round(ts, 6), fr) for ts, fr in want]
+        assert Path(p).parent == tmp_path / "evidence" and (os.stat(p).st_mode & 0o777) == 0o640
+    done = list(se.done)
+    assert {d[0] for d in done} == set(paths) and all(d[1] == "block" and d[3] > 0 for d in done)
+    assert limits.c["store_evidence_cut"] >= 4 and limits.c["store_evidence_errors"] == 0
+    # an incident the store no longer holds gives no file (counted), never an empty pcap
+    q = query_for_flow("TCP", "10.200.0.1", 1, "10.200.0.2", 2, 0.0, None)
+    p = se.request("block:gone", q, reason="block")
+    assert se.wait(60) and not Path(p).exists() and limits.c["store_evidence_empty"] == 1
