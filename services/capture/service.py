@@ -349,14 +349,20 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
 
     async def on_evidence_request(msg: Any) -> None:
         """The detectors' process asks for an incident's evidence; only the shard holding the flow answers."""
-        refused = out.limits.allow_request()
+        try:
+            req = loads_small(msg.data)
+            inc = req.get("incident")
+        except (ValueError, TypeError, AttributeError):
+            return
+        se = out.store_evidence
+        # the incident's last cut (it closed) is owed to an incident already counted: not rate-limited
+        recut = se is not None and isinstance(inc, dict) and bool(se.path_for(str(req.get("key", ""))[:128]))
+        refused = "" if recut else out.limits.allow_request()
         if refused:
             if msg.reply and settings.shard_index < 0:   # (of several shards, none answers)
                 await bus.nc.publish(msg.reply, json.dumps({"path": "", "error": refused}).encode())
             return
         try:
-            req = loads_small(msg.data)
-            inc = req.get("incident")
             if isinstance(inc, dict) and out.store_evidence is not None:
                 # cut from the store, which holds every shard's packets: shard 0 (or the only capture) answers
                 if settings.shard_index > 0:
