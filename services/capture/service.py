@@ -49,7 +49,8 @@ STATS_INTERVAL_S = 10.0
 PROGRESS_INTERVAL_S = 0.5  # replay: ft.stats.<probe>.progress (bytes read of the file, packets) at most this often
 LIVE_READ = 4096           # live capture: packets read per call
 LIVE_TICK_S = 0.1          # live capture: timeouts and detector ticks
-EVIDENCE_DRAIN_S = 120.0   # at the end: longest wait for evidence cuts from the packet store
+EVIDENCE_DRAIN_S = 120.0   # at the end of a replay: longest wait for evidence cuts from the packet store
+EVIDENCE_DRAIN_LIVE_S = 10.0   # at the end of live capture (shutdown)
 
 
 class Outbox:
@@ -415,8 +416,10 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
         if settings.pcap:
             await drain_detectors(bus, settings)
         if out.store_evidence is not None:    # the incidents' last cuts, then their evidence events
-            if not await asyncio.to_thread(out.store_evidence.wait, EVIDENCE_DRAIN_S):
-                log.warning("evidence cuts still running after %.0f s; not waiting for them", EVIDENCE_DRAIN_S)
+            # live: within the container's stop grace period
+            wait_s = EVIDENCE_DRAIN_S if settings.pcap else EVIDENCE_DRAIN_LIVE_S
+            if not await asyncio.to_thread(out.store_evidence.wait, wait_s):
+                log.warning("evidence cuts still running after %.0f s; not waiting for them", wait_s)
             await out.publish_evidence()
             await bus.nc.flush(timeout=10)
         publisher.cancel()
