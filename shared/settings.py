@@ -200,6 +200,13 @@ class CaptureSettings(CommonSettings):
     record_cutoff_bytes: int = Field(default=0, ge=0, description="Keep only the first N bytes of every flow (both directions); 0 = whole flows.")
     record_index_max_flows: int = Field(default=100_000, ge=0, description="Flows listed in one file's index; a file with more is read whole by exports.")
     record_export_max_bytes: int = Field(default=1 << 30, ge=1024, description="Largest pcap one export (ft.ctl.<probe>.export) writes.")
+    record_evidence_max_mb: float = Field(default=16.0, gt=0, le=4096, description="Largest evidence pcap cut from the store for one alert or block (its first packets in time order).")
+
+    @field_validator("record_dir", mode="before")
+    @classmethod
+    def _record_dir_blank(cls, v: Any) -> Any:
+        # FT_RECORD_DIR= (blank, as compose passes an unset variable) means no recording, not the cwd
+        return None if isinstance(v, str) and not v.strip() else v
 
     @field_validator("record_max_age_s")
     @classmethod

@@ -11,8 +11,12 @@ events, so an attack whose flows hash to different shards is one incident.
 ``flowtarget capture`` starts this process first (``FT_CAPTURE_ROLE=detect``)
 and waits until it answers ``ft.ctl.<probe>.detect_ready``.  Alerts go to
 ``ft.alert.<alert_type>.<probe>`` through JetStream; before the first
-publication of an incident, the detector asks capture to write the evidence
-pcap of the incident's latest flow (``ft.ctl.<probe>.evidence``).  For files,
+publication of an incident, the detector asks capture for the evidence pcap
+(``ft.ctl.<probe>.evidence``, with the incident's facts): cut from the packet
+store when capture records (every packet of the incident, services/capture/
+store_evidence.py), else the meter's last packets of the incident's latest
+flow; before its last publication (``closed``) it asks again, so that the
+store's cut covers the whole incident.  For files,
 capture's final stats message marks the end of its events; capture then asks
 ``ft.ctl.<probe>.detect_drain`` and waits until every incident is published.
 """
@@ -36,7 +40,7 @@ from shared.subjects import subject
 log = logging.getLogger("flowtarget.detect")
 
 END_OF_CAPTURE = "end_of_capture"     # counter set in capture's final stats message
-EVIDENCE_TIMEOUT_S = 0.5
+EVIDENCE_TIMEOUT_S = 2.0   # capture answers at once (a store cut runs after the answer); a busy loop may delay it
 TICK_S = 0.25    # live: incidents age, held ARP binding changes settle
 
 
@@ -94,16 +98,22 @@ class DetectorProcess:
 
     # --- outputs
     async def _evidence_for(self, a: Alert) -> str:
-        if a.alert_id in self.evidence:
-            return self.evidence[a.alert_id]
-        path = ""
-        if a.flow_id:
-            req = json.dumps({"key": a.alert_id, "flow_id": a.flow_id, "tag": a.alert_type}).encode()
-            try:
-                reply = await self.bus.nc.request(ctl(self.settings.probe, "evidence"), req, timeout=EVIDENCE_TIMEOUT_S)
-                path = str(loads_small(reply.data).get("path", ""))[:1024]
-            except Exception:     # no capture answered (flow no longer kept, capture gone): no evidence
-                path = ""
+        from services.capture.store_evidence import incident_of
+
+        known = self.evidence.get(a.alert_id)
+        closed = a.details.get("state") == "closed"
+        if known is not None and not closed:
+            return known
+        # with a packet store, capture cuts evidence for any incident (also those without a flow, e.g. ARP);
+        # a closed incident's evidence is cut again over its whole window (same file)
+        req = json.dumps({"key": a.alert_id, "flow_id": a.flow_id, "tag": a.alert_type,
+                          "incident": incident_of(a)}).encode()
+        path = known or ""
+        try:
+            reply = await self.bus.nc.request(ctl(self.settings.probe, "evidence"), req, timeout=EVIDENCE_TIMEOUT_S)
+            path = str(loads_small(reply.data).get("path", ""))[:1024] or path
+        except Exception:     # no capture answered (flow no longer kept, capture gone): no evidence
+            pass
         self.evidence[a.alert_id] = path
         if len(self.evidence) > 10_000:
             self.evidence.popitem(last=False)

@@ -14,7 +14,11 @@ each with a sidecar index (time range, hosts, flows).  An export:
 
 A flow id (the meter's) resolves through the indexes to its key and start: its
 packets are those of that 5-tuple (either direction) from its start until the
-next flow on the same key starts.
+next flow on the same key starts.  A Community ID (``1:...``, the flow hash of
+Zeek, Suricata and Arkime) selects files by the flows their indexes list; each
+packet's 5-tuple is hashed once per distinct tuple (a bounded cache), so files
+without an index (the one being written) are filtered in the same pass.  ICMP
+and SCTP packets have no Community ID here (as ``shared.community_id.for_event``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from shared.community_id import community_id
+
 from .decode import decode
 from .recorder import IDX_SUFFIX, list_store, pcap_header
 from .sources import CaptureFileError, open_source
@@ -44,6 +50,8 @@ __all__ = ["Query", "export", "parse_time", "select_files", "add_parser", "run"]
 _REC = struct.Struct("<IIII").pack
 _pp = struct.Struct("!HH").pack
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-]+")
+_CID = re.compile(r"^1:[A-Za-z0-9+/]{27}=$")
+_CID_PROTOS = (6, 17)      # FlowTarget keys ICMP and SCTP flows without type/code or ports: no Community ID
 
 
 class ExportError(ValueError):
@@ -77,6 +85,7 @@ class Query:
     bpf: str = ""
     since: float | None = None
     until: float | None = None
+    community_id: str = ""
     # resolved
     host_b: bytes = b""
     flow_keys: list[tuple] = field(default_factory=list)   # (key bytes fwd, key bytes rev, proto, vlan, start, end)
@@ -92,8 +101,14 @@ class Query:
             raise ExportError("bad port")
         if len(self.flow_id) > 64 or len(self.bpf) > 1024:
             raise ExportError("flow id or filter too long")
-        if not (self.host or self.port or self.flow_id or self.bpf or self.since is not None or self.until is not None):
-            raise ExportError("say what to export: --host, --port, --flow-id, --bpf and/or --since/--until")
+        if self.community_id:
+            self.community_id = self.community_id.strip()
+            if not _CID.fullmatch(self.community_id):
+                raise ExportError(f"bad community id {self.community_id[:64]!r}: 1:<base64 of 20 bytes>")
+        if not (self.host or self.port or self.flow_id or self.bpf or self.since is not None or self.until is not None
+                or self.community_id or self.flow_keys):
+            raise ExportError("say what to export: --host, --port, --flow-id, --community-id, --bpf and/or "
+                              "--since/--until")
 
 
 def _read_index(p: Path) -> dict[str, Any] | None:
@@ -135,6 +150,23 @@ def _resolve_flow(q: Query, indexes: list[tuple[Path, dict[str, Any] | None]]) -
     q.flow_keys.append((ab + bb + _pp(ap, bp), bb + ab + _pp(bp, ap), proto, 0, start - 2e-6, end - 2e-6))
 
 
+def _row_cid(f: list, cache: dict) -> str:
+    """The Community ID of an index row [proto, a, ap, b, bp, ...] ('' where there is none)."""
+    key = (f[0], f[1], f[2], f[3], f[4])
+    cid = cache.get(key)
+    if cid is None:
+        cid = ""
+        if f[0] in _CID_PROTOS:
+            try:
+                cid = community_id(str(f[1]), str(f[3]), int(f[0]), int(f[2]), int(f[4]))
+            except (ValueError, TypeError):
+                cid = ""
+        if len(cache) > 200_000:
+            cache.clear()
+        cache[key] = cid
+    return cid
+
+
 def select_files(directory: str | os.PathLike[str], q: Query) -> tuple[list[Path], int]:
     """The store's files that can hold a match (by their index), and how many were skipped."""
     indexes = [(p, _read_index(p)) for p in list_store(directory)]
@@ -157,6 +189,12 @@ def select_files(directory: str | os.PathLike[str], q: Query) -> tuple[list[Path
                 skipped += 1
                 continue
         if not idx.get("truncated"):
+            if q.community_id:
+                cache: dict = {}
+                if not any(isinstance(f, list) and len(f) >= 5 and _row_cid(f, cache) == q.community_id
+                           for f in idx.get("flows", ())):
+                    skipped += 1
+                    continue
             if q.host and q.host not in set(idx.get("hosts", ())):
                 skipped += 1
                 continue
@@ -187,6 +225,24 @@ def _matcher(q: Query) -> Any:
     port = int(q.port)
     flows = q.flow_keys
     filters: dict[int, Any] = {}
+    cid = q.community_id
+    cids: dict[tuple, bool] = {}      # packet 5-tuple -> has the Community ID (hashed once per tuple)
+
+    def cid_ok(proto: int, src: bytes, dst: bytes, sp: int, dp: int) -> bool:
+        k = (proto, src, dst, sp, dp)
+        ok = cids.get(k)
+        if ok is None:
+            ok = False
+            if proto in _CID_PROTOS:
+                try:
+                    ok = community_id(str(ipaddress.ip_address(src)), str(ipaddress.ip_address(dst)),
+                                      proto, sp, dp) == cid
+                except ValueError:
+                    ok = False
+            if len(cids) > 200_000:
+                cids.clear()
+            cids[k] = ok
+        return ok
 
     def bpf_ok(frame: bytes, dlt: int) -> bool:
         f = filters.get(dlt)
@@ -204,7 +260,7 @@ def _matcher(q: Query) -> Any:
             return False
         if q.until is not None and ts > q.until:
             return False
-        if host or port or flows:
+        if host or port or flows or cid:
             d = decode(frame, dlt)
             if d[0]:
                 return False
@@ -220,6 +276,8 @@ def _matcher(q: Query) -> Any:
                         break
                 else:
                     return False
+            if cid and not cid_ok(d[2], src, dst, sp, dp):
+                return False
         if q.bpf and not bpf_ok(frame, dlt):
             return False
         return True
@@ -227,14 +285,60 @@ def _matcher(q: Query) -> Any:
     return match
 
 
-def _open_out(path: Path, dlt: int, append: bool = False) -> Any:
+def _open_out(path: Path, dlt: int, append: bool = False, header: Any = None) -> Any:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o640)
     os.fchmod(fd, 0o640)
     fh = os.fdopen(fd, "wb")
     if not append:
-        fh.write(pcap_header(dlt))
+        fh.write(header(dlt) if header is not None else pcap_header(dlt))
     return fh
+
+
+# --------------------------------------------------------------------------- pcapng (section header, interface, packets)
+
+_U32 = struct.Struct("<I").pack
+
+
+def _opt(code: int, value: bytes) -> bytes:
+    return struct.pack("<HH", code, len(value)) + value + b"\0" * (-len(value) % 4)
+
+
+def _block(btype: int, body: bytes) -> bytes:
+    n = 12 + len(body)
+    return struct.pack("<II", btype, n) + body + _U32(n)
+
+
+def pcapng_header(dlt: int, comment: str = "", iface: str = "", snaplen: int = 262144) -> bytes:
+    """A section header block (application, comment) and one interface description block
+    (link type, snap length, interface name, microsecond timestamps)."""
+    opts = _opt(4, b"flowtarget")                        # shb_userappl
+    if comment:
+        opts += _opt(1, comment.encode("utf-8", "replace")[:4000])      # opt_comment
+    shb = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + opts + _opt(0, b""))
+    iopts = _opt(9, bytes([6]))                          # if_tsresol: microseconds
+    if iface:
+        iopts += _opt(2, iface.encode("utf-8", "replace")[:256])       # if_name
+    idb = _block(1, struct.pack("<HHI", dlt & 0xFFFF, 0, snaplen) + iopts + _opt(0, b""))
+    return shb + idb
+
+
+def pcapng_packet(ts: float, frame: bytes, comment: bytes = b"") -> bytes:
+    """An enhanced packet block on interface 0 (microsecond time), with an optional comment."""
+    us = int(round(ts * 1e6))
+    n = len(frame)
+    body = struct.pack("<IIIII", 0, (us >> 32) & 0xFFFFFFFF, us & 0xFFFFFFFF, n, n) + frame + b"\0" * (-n % 4)
+    if comment:
+        body += _opt(1, comment) + _opt(0, b"")
+    return _block(6, body)
+
+
+def describe(q: Query) -> str:
+    """The query in words, for a pcapng's section comment."""
+    parts = [f"{k}={v}" for k, v in (("host", q.host), ("port", q.port), ("flow_id", q.flow_id),
+                                      ("community_id", q.community_id), ("bpf", q.bpf), ("since", q.since),
+                                      ("until", q.until)) if v not in ("", 0, None)]
+    return "flowtarget export: " + (" ".join(parts) or "flow")
 
 
 def safe_name(text: str, limit: int = 64) -> str:
@@ -242,9 +346,25 @@ def safe_name(text: str, limit: int = 64) -> str:
 
 
 def export(directory: str | os.PathLike[str], q: Query, out: str | os.PathLike[str], *, per_source: bool = False,
-           max_bytes: int = 0, iface: str = "") -> dict[str, Any]:
+           max_bytes: int = 0, iface: str = "", fmt: str = "pcap", comment: str = "") -> dict[str, Any]:
     """Write the matching packets; returns {"path"/"files", "packets", "bytes", "files_read", "files_skipped", ...}."""
     q.check()
+    if fmt not in ("pcap", "pcapng"):
+        raise ExportError(f"bad format {fmt[:16]!r}: pcap or pcapng")
+    ng = fmt == "pcapng"
+    header = None
+    hdr_len = 24
+    pkt_comment = b""
+    if ng:
+        text = comment or describe(q)
+        src_name = iface
+
+        def header(dlt: int) -> bytes:
+            return pcapng_header(dlt, text, src_name)
+
+        hdr_len = len(header(1))
+        if q.flow_id:
+            pkt_comment = f"flow_id={q.flow_id}".encode()
     files, skipped = select_files(directory, q)
     stats = {"unreadable_files": 0, "truncated_files": 0}
     match = _matcher(q)
@@ -252,7 +372,7 @@ def export(directory: str | os.PathLike[str], q: Query, out: str | os.PathLike[s
     out_p = Path(out)
     dlt0 = -1
     npk = 0
-    nbytes = 24
+    nbytes = 0 if per_source else hdr_len     # per source: each file's header counts when it is opened
     other_dlt = 0
     truncated = False
     fh = None
@@ -265,28 +385,34 @@ def export(directory: str | os.PathLike[str], q: Query, out: str | os.PathLike[s
             if dlt0 < 0:
                 dlt0 = dlt
                 if not per_source:
-                    fh = _open_out(out_p, dlt0)
+                    fh = _open_out(out_p, dlt0, header=header)
             if dlt != dlt0:
                 other_dlt += 1
                 continue
             n = len(frame)
-            if max_bytes and nbytes + 16 + n > max_bytes:
-                truncated = True
-                break
-            sec, usec = divmod(int(round(ts * 1e6)), 1000000)
-            rec = _REC(sec, usec, n, n) + frame
+            if ng:
+                rec = pcapng_packet(ts, frame, pkt_comment)
+            else:
+                sec, usec = divmod(int(round(ts * 1e6)), 1000000)
+                rec = _REC(sec, usec, n, n) + frame
             if per_source:
                 d = decode(frame, dlt)
                 src = str(ipaddress.ip_address(d[3])) if not d[0] else "non-ip"
+                new_file = src not in paths
+                if max_bytes and nbytes + len(rec) + (hdr_len if new_file else 0) > max_bytes:
+                    truncated = True
+                    break
+                if new_file:
+                    nbytes += hdr_len
                 w = writers.get(src)
                 if w is None:
                     p = paths.get(src)
                     if p is None:
                         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(ts))
                         p = paths[src] = out_p / f"{safe_name(iface or 'capture')}-{safe_name(src)}-{stamp}.pcap"
-                        w = (_open_out(p, dlt0), p)
+                        w = (_open_out(p.with_suffix("." + fmt), dlt0, header=header), p)
                     else:
-                        w = (_open_out(p, dlt0, append=True), p)
+                        w = (_open_out(p.with_suffix("." + fmt), dlt0, append=True), p)
                     writers[src] = w
                     if len(writers) > 128:       # bounded open files: close the least recent
                         _k, (ofh, _op) = writers.popitem(last=False)
@@ -295,23 +421,26 @@ def export(directory: str | os.PathLike[str], q: Query, out: str | os.PathLike[s
                     writers.move_to_end(src)
                 w[0].write(rec)
             else:
+                if max_bytes and nbytes + len(rec) > max_bytes:
+                    truncated = True
+                    break
                 assert fh is not None
                 fh.write(rec)
             npk += 1
-            nbytes += 16 + n
+            nbytes += len(rec)
     finally:
         if fh is not None:
             fh.close()
         for wfh, _p in writers.values():
             wfh.close()
     if fh is None and not per_source:       # nothing matched: still an (empty) pcap
-        fh = _open_out(out_p, files and _first_dlt(files) or 1)
+        fh = _open_out(out_p, files and _first_dlt(files) or 1, header=header)
         fh.close()
-    res: dict[str, Any] = {"packets": npk, "bytes": nbytes if not per_source else nbytes - 24 + 24 * len(paths),
+    res: dict[str, Any] = {"packets": npk, "bytes": nbytes,
                            "files_read": len(files), "files_skipped": skipped, "truncated": truncated,
                            "other_linktype_packets": other_dlt, **stats}
     if per_source:
-        res["files"] = sorted(str(p) for p in paths.values())
+        res["files"] = sorted(str(p.with_suffix("." + fmt)) for p in paths.values())
     else:
         res["path"] = str(out_p)
     return res
@@ -333,6 +462,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--host", default="", help="packets from or to this IP address")
     p.add_argument("--port", type=int, default=0, help="packets from or to this port")
     p.add_argument("--flow-id", default="", help="the packets of one flow (its flow_id in the flow records)")
+    p.add_argument("--community-id", default="",
+                   help="the packets of the flows with this Community ID (1:..., as Zeek, Suricata and store's records give it)")
     p.add_argument("--bpf", default="", help="a BPF filter the packets must also pass")
     p.add_argument("--since", default=None, help="from this time (epoch seconds or ISO 8601, UTC unless a zone is given)")
     p.add_argument("--until", default=None, help="up to this time")
@@ -341,23 +472,33 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="one pcap per source IP in the directory -o, named <iface>-<srcIP>-<time>.pcap")
     p.add_argument("--iface", default="", help="the interface name in --per-source file names (default: the recorded source)")
     p.add_argument("--max-bytes", type=int, default=0, help="stop writing at this output size (0 = no limit)")
+    p.add_argument("--format", choices=("pcap", "pcapng"), default="pcap",
+                   help="pcapng: with an interface description and comments (the query; the flow id on each packet of --flow-id)")
+    p.add_argument("--comment", default="", help="pcapng: the section's comment (default: the query)")
+    p.add_argument("--probe", default="",
+                   help="ask the capture of this probe over NATS (ft.ctl.<probe>.export) and stream the pcap here, "
+                        "checked complete; from any host that reaches NATS")
+    p.add_argument("--nats", metavar="URL", default="", help="NATS server URL with --probe (default: FT_NATS_URL)")
     p.add_argument("-o", "--output", required=True, help="output pcap (a directory with --per-source)")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.probe:
+        return run_remote(args)
     if not args.dir:
         print("flowtarget pcap: set --dir or FT_RECORD_DIR", file=sys.stderr)
         return 2
     try:
         q = Query(host=args.host, port=args.port, flow_id=args.flow_id, bpf=args.bpf,
-                  since=parse_time(args.since), until=parse_time(args.until))
+                  since=parse_time(args.since), until=parse_time(args.until), community_id=args.community_id)
         iface = args.iface
         if args.per_source and not iface:
             idx = next((i for i in (_read_index(p) for p in list_store(args.dir)) if i), None)
             iface = str((idx or {}).get("source", "")) or "capture"
-        res = export(args.dir, q, args.output, per_source=args.per_source, max_bytes=args.max_bytes, iface=iface)
+        res = export(args.dir, q, args.output, per_source=args.per_source, max_bytes=args.max_bytes, iface=iface,
+                     fmt=args.format, comment=args.comment)
     except ExportError as exc:
         print(f"flowtarget pcap: {exc}", file=sys.stderr)
         return 2
@@ -371,11 +512,67 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_remote(args: argparse.Namespace) -> int:
+    """``flowtarget pcap --probe P [--nats URL] ...``: the export streamed over NATS."""
+    import asyncio
+
+    from shared.runner import ConfigError, load_settings
+    from shared.settings import CommonSettings
+
+    if args.per_source:
+        print("flowtarget pcap: --per-source works on the store's directory (--dir), not with --probe", file=sys.stderr)
+        return 2
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", args.probe):
+        print("flowtarget pcap: bad --probe (letters, digits, '_' and '-')", file=sys.stderr)
+        return 2
+    req = {k: v for k, v in (("host", args.host), ("port", args.port), ("flow_id", args.flow_id),
+                             ("community_id", args.community_id), ("bpf", args.bpf), ("since", args.since),
+                             ("until", args.until)) if v}
+    if args.format != "pcap":
+        req["format"] = args.format
+    try:
+        settings = load_settings(CommonSettings, **({"nats_url": args.nats} if args.nats else {}))
+    except ConfigError as exc:
+        print(f"flowtarget pcap: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    async def go() -> dict[str, Any]:
+        from shared.bus import Bus
+
+        bus = await Bus.connect(settings, "pcap", give_up_after_s=10.0)
+        try:
+            return await fetch_remote(bus.nc, args.probe, req, Path(args.output))
+        finally:
+            await bus.close()
+
+    try:
+        res = asyncio.run(go())
+    except ExportError as exc:
+        print(f"flowtarget pcap: {exc}", file=sys.stderr)
+        return 2
+    except (ConnectionError, OSError) as exc:
+        print(f"flowtarget pcap: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - NATS timeouts, no responders: one line
+        print(f"flowtarget pcap: no answer from probe {args.probe!r}: {type(exc).__name__} {exc}", file=sys.stderr)
+        return 1
+    print(f"{res['packets']} packets, {res['size']} bytes -> {res['path']} (streamed from probe {args.probe} "
+          f"in {res['chunks_read']} chunks, sha256 checked; read {res['files_read']} store files"
+          f"{', output limit reached' if res['truncated'] else ''})")
+    return 0
+
+
 # --------------------------------------------------------------------------- ft.ctl.<probe>.export
 
 
+STREAM_CHUNK_BYTES = 512 * 1024   # one chunk of a streamed export (at most the server's max_payload less headers)
+STREAM_TTL_S = 300.0              # a streamed export not read for this long is deleted
+STREAM_MAX_OPEN = 4               # streamed exports waiting to be read, per capture process
+
+
 def ctl_handler(settings: Any, bus: Any, limits: Any = None) -> Any:
-    """``ft.ctl.<probe>.export`` {"host", "port", "flow_id", "bpf", "since", "until"}: cut a pcap from the store.
+    """``ft.ctl.<probe>.export`` {"host", "port", "flow_id", "community_id", "bpf", "since", "until", "format"}:
+    cut a pcap (or with "format": "pcapng" a pcapng) from the store.
 
     Answered with {"status": "ok", "path", "size", "packets", "truncated"} (the file is in
     FT_EVIDENCE_DIR, named by the service, never by the request), or {"status": "busy"|"error", ...}.
@@ -383,51 +580,217 @@ def ctl_handler(settings: Any, bus: Any, limits: Any = None) -> Any:
     within the evidence directory's budget; requests count against FT_CTL_REQUESTS_PER_S (``limits``:
     capture's EvidenceLimits).
     The work runs in a thread: capture's loop keeps reading packets meanwhile.
+
+    Streamed to a requester on another host: ``"stream": true`` in the request.  The answer (the
+    header) then says {"status": "ok", "stream": ID, "size", "sha256", "chunks", "chunk_bytes",
+    "packets", "truncated", ...} instead of a path; the requester asks {"stream": ID, "chunk": i}
+    for i = 0 .. chunks-1 (each answered with the raw bytes and the NATS headers ``Ft-Status: ok``,
+    ``Ft-Chunk``, ``Ft-Chunks``, ``Ft-Last: 1`` on the last: the trailer), checks size and sha256,
+    then says {"stream": ID, "done": true}.  Chunk requests do not count against the request rate;
+    at most STREAM_MAX_OPEN streams wait to be read, each deleted once done or STREAM_TTL_S unread.
     """
     import asyncio
+    import hashlib
+    import secrets
 
     from shared.bus import safe_text
+    from shared.codec import DecodeError, loads_small
 
     busy = asyncio.Lock()
     counter = [0]
+    streams: dict[str, dict[str, Any]] = {}
+    evidence_dir = Path(settings.evidence_dir)
+
+    def drop(sid: str) -> None:
+        st = streams.pop(sid, None)
+        if st is None:
+            return
+        try:
+            os.unlink(st["path"])
+        except OSError:
+            pass
+        if limits is not None:
+            limits.used = max(0, limits.used - st["size"])
+
+    def expire() -> None:
+        now = time.monotonic()
+        for sid in [k for k, st in streams.items() if now - st["t"] > STREAM_TTL_S]:
+            drop(sid)
+
+    def chunk_bytes() -> int:
+        mp = int(getattr(bus.nc, "max_payload", 0) or 1024 * 1024)
+        return max(4096, min(STREAM_CHUNK_BYTES, mp - 4096))
+
+    async def reply(msg: Any, answer: dict[str, Any]) -> None:
+        if msg.reply:
+            await bus.nc.publish(msg.reply, json.dumps(answer).encode())
+
+    async def serve_stream(msg: Any, req: dict[str, Any]) -> None:
+        expire()
+        sid = str(req.get("stream", ""))[:64]
+        st = streams.get(sid)
+        if st is None:
+            await reply(msg, {"status": "error", "error": "no such stream (done, expired, or never started)"})
+            return
+        if req.get("done"):
+            drop(sid)
+            await reply(msg, {"status": "ok", "stream": sid, "done": True})
+            return
+        try:
+            i = int(req.get("chunk", -1))
+        except (TypeError, ValueError):
+            i = -1
+        if not 0 <= i < st["chunks"]:
+            await reply(msg, {"status": "error", "error": f"chunk out of range 0..{st['chunks'] - 1}"})
+            return
+        st["t"] = time.monotonic()
+        try:
+            with open(st["path"], "rb") as fh:
+                fh.seek(i * st["chunk_bytes"])
+                data = fh.read(st["chunk_bytes"])
+        except OSError as exc:
+            await reply(msg, {"status": "error", "error": safe_text(exc, 300)})
+            return
+        headers = {"Ft-Status": "ok", "Ft-Stream": sid, "Ft-Chunk": str(i), "Ft-Chunks": str(st["chunks"])}
+        if i == st["chunks"] - 1:
+            headers.update({"Ft-Last": "1", "Ft-Size": str(st["size"]), "Ft-Sha256": st["sha256"]})
+        if msg.reply:
+            await bus.nc.publish(msg.reply, data, headers=headers)
+
+    def digest(path: str) -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
 
     async def on_export(msg: Any) -> None:
+        try:
+            req = loads_small(msg.data, default={})
+        except DecodeError as exc:
+            await reply(msg, {"status": "error", "error": f"bad request: {safe_text(exc, 200)}"})
+            return
+        if not isinstance(req, dict):
+            await reply(msg, {"status": "error", "error": "the request must be a JSON object"})
+            return
+        if isinstance(req.get("stream"), str):       # a chunk of a streamed export, or its end
+            await serve_stream(msg, req)
+            return
+        stream = req.get("stream") is True
         refused = limits.allow_request() if limits is not None else ""
+        expire()
         if busy.locked():
             answer: dict[str, Any] = {"status": "busy", "error": "an export is already running"}
         elif refused:
             answer = {"status": "error", "error": refused}
         elif limits is not None and not limits.has_room(limits.MIN_ROOM):
             answer = {"status": "error", "error": limits.disk_full_reason()}
+        elif stream and len(streams) >= STREAM_MAX_OPEN:
+            answer = {"status": "busy", "error": f"{STREAM_MAX_OPEN} streamed exports are waiting to be read"}
         else:
             async with busy:
                 try:
-                    req = json.loads(msg.data or b"{}")
-                    if not isinstance(req, dict):
-                        raise ExportError("the request must be a JSON object")
                     q = Query(host=str(req.get("host", ""))[:64], port=int(req.get("port", 0) or 0),
                               flow_id=str(req.get("flow_id", ""))[:64], bpf=str(req.get("bpf", ""))[:1024],
-                              since=parse_time(req.get("since")), until=parse_time(req.get("until")))
+                              since=parse_time(req.get("since")), until=parse_time(req.get("until")),
+                              community_id=str(req.get("community_id", ""))[:64])
                     q.check()
+                    fmt = str(req.get("format", "pcap") or "pcap")
+                    if fmt not in ("pcap", "pcapng"):
+                        raise ExportError(f"bad format {fmt[:16]!r}: pcap or pcapng")
                     counter[0] += 1
                     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-                    what = safe_name(q.flow_id or q.host or (f"port{q.port}" if q.port else "time"), 48)
-                    name = f"export-{safe_name(settings.probe, 32)}-{what}-{stamp}-{os.getpid()}-{counter[0]}.pcap"
-                    path = Path(settings.evidence_dir) / name
+                    what = safe_name(q.flow_id or q.host or (f"port{q.port}" if q.port else "")
+                                     or ("cid" if q.community_id else "time"), 48)
+                    name = f"export-{safe_name(settings.probe, 32)}-{what}-{stamp}-{os.getpid()}-{counter[0]}.{fmt}"
+                    if stream:      # a hidden file, deleted once read
+                        name = f".stream-{os.getpid()}-{counter[0]}-{secrets.token_hex(4)}.{fmt}"
+                    path = evidence_dir / name
                     max_bytes = settings.record_export_max_bytes
                     if limits is not None:
                         max_bytes = max(1024, min(max_bytes, limits.dir_max_bytes - limits.used))
-                    res = await asyncio.to_thread(export, settings.record_dir, q, path, max_bytes=max_bytes)
+                    res = await asyncio.to_thread(export, settings.record_dir, q, path, max_bytes=max_bytes, fmt=fmt,
+                                                  iface=settings.iface or "")
+                    size = os.path.getsize(res["path"])
                     if limits is not None:
-                        limits.used += os.path.getsize(res["path"])
-                    answer = {"status": "ok", "path": res["path"], "size": os.path.getsize(res["path"]),
+                        limits.used += size
+                    answer = {"status": "ok", "size": size,
                               "packets": res["packets"], "truncated": res["truncated"],
                               "files_read": res["files_read"], "files_skipped": res["files_skipped"]}
+                    if stream:
+                        sid = secrets.token_hex(8)
+                        cb = chunk_bytes()
+                        st = {"path": res["path"], "size": size, "sha256": await asyncio.to_thread(digest, res["path"]),
+                              "chunk_bytes": cb, "chunks": max(1, -(-size // cb)), "t": time.monotonic()}
+                        streams[sid] = st
+                        answer.update(stream=sid, sha256=st["sha256"], chunks=st["chunks"], chunk_bytes=cb)
+                    else:
+                        answer["path"] = res["path"]
                 except (ExportError, ValueError, TypeError) as exc:
                     answer = {"status": "error", "error": safe_text(exc, 300)}
                 except OSError as exc:
                     answer = {"status": "error", "error": safe_text(exc, 300)}
-        if msg.reply:
-            await bus.nc.publish(msg.reply, json.dumps(answer).encode())
+        await reply(msg, answer)
 
     return on_export
+
+
+# --------------------------------------------------------------------------- flowtarget pcap --probe P (over NATS)
+
+
+async def fetch_remote(nc: Any, probe: str, req: dict[str, Any], out: Path, timeout_s: float = 600.0,
+                       chunk_timeout_s: float = 30.0, retries: int = 3) -> dict[str, Any]:
+    """Ask capture of ``probe`` for a streamed export and write it to ``out``, checked complete
+    (every chunk, size and sha256 of the trailer); ExportError when it cannot be had whole."""
+    import hashlib
+
+    from shared.subjects import subject
+
+    subj = subject("ctl", probe, "export")
+    msg = await nc.request(subj, json.dumps({**req, "stream": True}).encode(), timeout=timeout_s)
+    head = json.loads(msg.data)
+    if not isinstance(head, dict) or head.get("status") != "ok" or not head.get("stream"):
+        raise ExportError(str((head or {}).get("error", head))[:300] if isinstance(head, dict) else "bad answer")
+    sid, chunks, size, sha = str(head["stream"]), int(head["chunks"]), int(head["size"]), str(head["sha256"])
+    part = out.with_name(out.name + ".part")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    got = 0
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    os.fchmod(fd, 0o640)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for i in range(chunks):
+                for attempt in range(retries + 1):
+                    try:
+                        r = await nc.request(subj, json.dumps({"stream": sid, "chunk": i}).encode(),
+                                             timeout=chunk_timeout_s)
+                        break
+                    except Exception:  # noqa: BLE001 - a lost chunk is asked again
+                        if attempt == retries:
+                            raise ExportError(f"chunk {i} of {chunks} did not come") from None
+                hdr = r.headers or {}
+                if hdr.get("Ft-Status") != "ok" or hdr.get("Ft-Chunk") != str(i):
+                    raise ExportError(f"chunk {i}: {r.data[:300].decode('utf-8', 'replace')}")
+                if (i == chunks - 1) != (hdr.get("Ft-Last") == "1"):
+                    raise ExportError(f"chunk {i}: trailer out of place")
+                fh.write(r.data)
+                h.update(r.data)
+                got += len(r.data)
+            last = hdr
+        if got != size or h.hexdigest() != sha or last.get("Ft-Sha256") != sha or last.get("Ft-Size") != str(size):
+            raise ExportError(f"incomplete export: {got} of {size} bytes, checksum "
+                              f"{'ok' if h.hexdigest() == sha else 'wrong'}")
+        os.replace(part, out)
+    except BaseException:
+        try:
+            os.unlink(part)
+        except OSError:
+            pass
+        raise
+    finally:
+        try:
+            await nc.request(subj, json.dumps({"stream": sid, "done": True}).encode(), timeout=5)
+        except Exception:  # noqa: BLE001 - the stream expires by itself
+            pass
+    return {**head, "path": str(out), "chunks_read": chunks}

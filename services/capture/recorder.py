@@ -252,6 +252,23 @@ class Recorder:
             self._thread.join()
             self._thread = None
 
+    def barrier(self) -> threading.Event:
+        """An event set once every file operation queued so far is done (evidence cut from the store
+        waits on it, from another thread, so that it reads the packets recorded before it was asked)."""
+        ev = threading.Event()
+        if self._thread is None:
+            ev.set()
+        else:
+            self._q.put((ev.set, ()))
+        return ev
+
+    def flow_span(self, flow_id: str) -> tuple[float, float] | None:
+        """(start, end or 0 while open) of a flow the index still holds (open, or ended since the last rotation)."""
+        e = self._open_flows.get(flow_id)
+        if e is None:
+            e = next((x for x in reversed(self._ended) if x[6] == flow_id), None)
+        return (float(e[7]), float(e[8])) if e is not None else None
+
     def _do_open(self, path: Path, dlt: int) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         os.fchmod(fd, 0o640)

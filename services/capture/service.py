@@ -49,6 +49,8 @@ STATS_INTERVAL_S = 10.0
 PROGRESS_INTERVAL_S = 0.5  # replay: ft.stats.<probe>.progress (bytes read of the file, packets) at most this often
 LIVE_READ = 4096           # live capture: packets read per call
 LIVE_TICK_S = 0.1          # live capture: timeouts and detector ticks
+EVIDENCE_DRAIN_S = 120.0   # at the end of a replay: longest wait for evidence cuts from the packet store
+EVIDENCE_DRAIN_LIVE_S = 10.0   # at the end of live capture (shutdown)
 
 
 class Outbox:
@@ -82,6 +84,7 @@ class Outbox:
         self._last_batch = time.monotonic()
         self._rlog = RateLimitedLog(log)
         self.recorder: Any = None   # the packet recorder (FT_RECORD_DIR), fed once per batch
+        self.store_evidence: Any = None   # evidence cut from the recorder's store (store_evidence.py)
 
     # --- MeterSink protocol (called from the hot path: append only)
     def flow(self, rec: FlowRecord) -> None:
@@ -146,6 +149,65 @@ class Outbox:
             self.evidence.append(ev)
         return path
 
+    def incident_evidence(self, inc: dict[str, Any]) -> str:
+        """An incident's evidence file: cut from the packet store (again over its whole window when it
+        closes); from the meter's ring of its flow without a store. '' when there is none."""
+        se = self.store_evidence
+        key = str(inc.get("alert_id", ""))[:128]
+        flow_id = str(inc.get("flow_id", ""))[:64]
+        if se is None or not key:
+            if not flow_id or not key:
+                return ""
+            return self.write_evidence(key, flow_id, "alert", str(inc.get("alert_type", "alert"))[:32])
+        from services.capture.store_evidence import query_for_incident
+
+        state = str((inc.get("details") or {}).get("state", ""))
+        path = se.path_for(key)
+        if path and state != "closed":
+            return path
+        q = query_for_incident(inc, self.recorder.flow_span if self.recorder is not None else None)
+        if q is None:
+            if path:
+                return path
+            return self.write_evidence(key, flow_id, "alert", str(inc.get("alert_type", "alert"))[:32]) if flow_id else ""
+        return se.request(key, q, src_ip=str(inc.get("src_ip", "")), ts=float(inc.get("last_seen") or 0.0),
+                          tag=str(inc.get("alert_type", "alert"))[:32] + "-" + key[:8], reason="alert", ref=key,
+                          flow_id=flow_id, ring_flow=flow_id)
+
+    def block_evidence(self, b: BlockAction) -> str:
+        """A block's evidence: its flow from the packet store (a second after the action, so that the
+        race's packets are in it), else the meter's ring."""
+        key = "block:" + b.flow_id
+        se = self.store_evidence
+        if se is not None:
+            from services.capture.store_evidence import FLOW_LOOKBACK_S, query_for_flow
+
+            span = self.recorder.flow_span(b.flow_id) if self.recorder is not None else None
+            since = span[0] if span else b.timestamp - FLOW_LOOKBACK_S
+            q = query_for_flow(b.transport, b.src_ip, b.src_port, b.dst_ip, b.dst_port, since, None)
+            if q is not None:
+                path = se.path_for(key)
+                if path:
+                    return path
+                return se.request(key, q, src_ip=b.src_ip, ts=b.timestamp, tag=f"block-{b.rule_id}"[:48],
+                                  reason="block", ref=key, flow_id=b.flow_id, ring_flow=b.flow_id, delay_s=1.0)
+        return self.write_evidence(key, b.flow_id, "block", f"block-{b.rule_id}")
+
+    def take_store_evidence(self) -> None:
+        """Evidence events of the cuts the store's thread finished."""
+        se = self.store_evidence
+        while se is not None and se.done:
+            path, reason, ref, packets, flow_id = se.done.popleft()
+            ev = self._evidence_event(path, reason, ref, packets)
+            ev.flow_id = flow_id
+            self.evidence.append(ev)
+
+    async def publish_evidence(self) -> None:
+        self.take_store_evidence()
+        evidence, self.evidence = self.evidence, []
+        for e in evidence:
+            await self.bus.nc.publish(subject("evidence", self.settings.probe), e.model_dump_json().encode())
+
     # --- publishing
     async def flush(self, force: bool = False) -> None:
         if self.meter is not None:
@@ -179,16 +241,16 @@ class Outbox:
         if self.alerts:
             alerts, self.alerts = self.alerts, []
             for a in alerts:
-                if a.flow_id and not a.evidence_pcap:
-                    a.evidence_pcap = self.write_evidence(a.alert_id, a.flow_id, "alert", a.alert_type)
+                if not a.evidence_pcap and (a.flow_id or self.store_evidence is not None):
+                    from services.capture.store_evidence import incident_of
+                    a.evidence_pcap = self.incident_evidence(incident_of(a))
                 await self.batches.put((subject("alert", self.settings.probe, a.alert_type), batch_json([a])))
         if self.meter is not None and self.meter.recorders:
             for rec in self.meter.finished_recordings(force=force):
                 self.evidence.append(self._evidence_event(str(rec.path), "request", rec.tag, rec.count))
+        self.take_store_evidence()
         if self.evidence:
-            evidence, self.evidence = self.evidence, []
-            for e in evidence:
-                await nc_publish(subject("evidence", self.settings.probe), e.model_dump_json().encode())
+            await self.publish_evidence()
         n = len(self.records)
         if n and (force or n >= self.settings.batch_size
                   or time.monotonic() - self._last_batch >= self.settings.batch_interval_s):
@@ -250,6 +312,9 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
     meter.port_guess = port_guesser()   # names flows that never got a verdict (confidence "port")
     out.meter = meter
     out.recorder = _make_recorder(settings, meter)
+    if out.recorder is not None:
+        from services.capture.store_evidence import StoreEvidence
+        out.store_evidence = StoreEvidence(settings, out.recorder, out.limits, meter)
     publisher = asyncio.create_task(out.publisher(), name="capture-publisher")
     reporter = StatsReporter(bus, settings, meter, out)
 
@@ -260,7 +325,7 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
 
     async def on_block(b: BlockAction) -> None:
         if b.flow_id and b.outcome not in ("dry_run", "allowlisted"):
-            out.write_evidence("block:" + b.flow_id, b.flow_id, "block", f"block-{b.rule_id}")
+            out.block_evidence(b)
 
     await bus.subscribe(subject("block", settings.probe), on_block, types=(BlockAction,))
 
@@ -285,15 +350,32 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
 
     async def on_evidence_request(msg: Any) -> None:
         """The detectors' process asks for an incident's evidence; only the shard holding the flow answers."""
-        refused = out.limits.allow_request()
+        try:
+            req = loads_small(msg.data)
+            inc = req.get("incident")
+        except (ValueError, TypeError, AttributeError):
+            return
+        se = out.store_evidence
+        # the incident's last cut (it closed) is owed to an incident already counted: not rate-limited
+        recut = se is not None and isinstance(inc, dict) and bool(se.path_for(str(req.get("key", ""))[:128]))
+        refused = "" if recut else out.limits.allow_request()
         if refused:
             if msg.reply and settings.shard_index < 0:   # (of several shards, none answers)
                 await bus.nc.publish(msg.reply, json.dumps({"path": "", "error": refused}).encode())
             return
         try:
-            req = loads_small(msg.data)
-            path = out.write_evidence(str(req["key"])[:128], str(req["flow_id"])[:64], "alert",
-                                      str(req.get("tag", "alert"))[:32])
+            if isinstance(inc, dict) and out.store_evidence is not None:
+                # cut from the store, which holds every shard's packets: shard 0 (or the only capture) answers
+                if settings.shard_index > 0:
+                    return
+                inc["alert_id"] = str(req["key"])
+                path = out.incident_evidence(inc)
+                if msg.reply:
+                    await bus.nc.publish(msg.reply, json.dumps({"path": path}).encode())
+                return
+            flow_id = str(req.get("flow_id") or "")[:64]
+            path = out.write_evidence(str(req["key"])[:128], flow_id, "alert",
+                                      str(req.get("tag", "alert"))[:32]) if flow_id else ""
         except (ValueError, KeyError, TypeError, AttributeError):
             return
         # a single capture process answers at once, also "no evidence"; of several shards only the
@@ -333,6 +415,13 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
                                extra={"end_of_capture": 1, **reporter.final_extra})
         if settings.pcap:
             await drain_detectors(bus, settings)
+        if out.store_evidence is not None:    # the incidents' last cuts, then their evidence events
+            # live: within the container's stop grace period
+            wait_s = EVIDENCE_DRAIN_S if settings.pcap else EVIDENCE_DRAIN_LIVE_S
+            if not await asyncio.to_thread(out.store_evidence.wait, wait_s):
+                log.warning("evidence cuts still running after %.0f s; not waiting for them", wait_s)
+            await out.publish_evidence()
+            await bus.nc.flush(timeout=10)
         publisher.cancel()
 
 

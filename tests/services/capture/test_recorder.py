@@ -241,6 +241,70 @@ def test_export_by_flow_id_port_time_and_bpf(recorded):
         export(store, Query(host="../../etc"), d / "bad.pcap")
 
 
+def test_export_by_community_id(recorded):
+    from shared.community_id import for_event
+
+    packets, store, flows, d = recorded
+    starts = [f for f in flows if f.phase == "start" and f.transport in ("TCP", "UDP")]
+    picked = [f for f in starts if ":" not in f.src_ip][:3] + [f for f in starts if ":" in f.src_ip][:1]
+    assert len(picked) == 4
+    for f in picked:
+        cid = for_event(f.transport, f.src_ip, f.src_port, f.dst_ip, f.dst_port)
+        res = export(store, Query(community_id=cid), d / "cid.pcap")
+        ends = {(f.src_ip, f.src_port), (f.dst_ip, f.dst_port)}
+        proto = 6 if f.transport == "TCP" else 17
+        want = [(ts, fr) for ts, fr in packets
+                if (a := addrs(fr)) and {(a[0], a[2]), (a[1], a[3])} == ends and a[4] == proto]
+        assert want and dpkt_read(res["path"]) == want, cid
+        assert res["files_skipped"] > 0            # the indexes kept it from reading every file
+    # the same through a store without indexes (a file being written is filtered packet by packet)
+    f = picked[0]
+    cid = for_event(f.transport, f.src_ip, f.src_port, f.dst_ip, f.dst_port)
+    bare = d / "bare"
+    bare.mkdir(exist_ok=True)
+    for p in list_store(store):
+        (bare / p.name).write_bytes(p.read_bytes())
+    res = export(bare, Query(community_id=cid), d / "cid-bare.pcap")
+    assert dpkt_read(res["path"]) == dpkt_read(export(store, Query(community_id=cid), d / "cid2.pcap")["path"])
+    assert res["files_skipped"] == 0 and res["packets"] > 0
+    for bad in ("1:abc", "2:" + cid[2:], cid + "x", "1:" + "A" * 27 + "=;", "1:" + "A" * 26 + "\n="):
+        with pytest.raises(ExportError, match="community id"):
+            export(store, Query(community_id=bad), d / "bad.pcap")
+
+
+def test_export_as_pcapng_with_interface_and_comments(recorded):
+    import shutil
+
+    packets, store, flows, d = recorded
+    f = next(x for x in flows if x.transport == "TCP" and x.phase == "start")
+    plain = export(store, Query(flow_id=f.flow_id), d / "flow-plain.pcap")
+    res = export(store, Query(flow_id=f.flow_id), d / "flow.pcapng", fmt="pcapng", iface="eth7")
+    assert res["bytes"] == os.path.getsize(res["path"]) and res["packets"] == plain["packets"] > 5
+    with open(res["path"], "rb") as fh:
+        r = dpkt.pcapng.Reader(fh)
+        got = [(round(ts, 6), bytes(buf)) for ts, buf in r]
+        assert r.datalink() == 1
+    assert got == dpkt_read(plain["path"])
+    raw = Path(res["path"]).read_bytes()
+    assert b"flowtarget export: flow_id=" + f.flow_id.encode() in raw            # the section's comment
+    assert raw.count(b"flow_id=" + f.flow_id.encode()) == 1 + res["packets"]    # and each packet's
+    assert b"eth7" in raw                                                          # the interface's name
+    assert [(round(ts, 6), fr) for ts, fr in open_source(res["path"])] == got              # libpcap reads it
+    if shutil.which("tcpdump"):
+        out = subprocess.run(["tcpdump", "-nr", res["path"]], capture_output=True, text=True)
+        assert out.returncode == 0 and len(out.stdout.splitlines()) == res["packets"], out.stderr
+    with pytest.raises(ExportError, match="format"):
+        export(store, Query(flow_id=f.flow_id), d / "x.bin", fmt="bin")
+    # per source too, with a bound on the bytes written
+    res = export(store, Query(since=T0, until=T0 + 100), d / "ng-per-source", per_source=True, fmt="pcapng",
+                 max_bytes=40_000)
+    assert res["files"] and all(p.endswith(".pcapng") for p in res["files"]) and res["truncated"]
+    assert sum(os.path.getsize(p) for p in res["files"]) == res["bytes"] <= 40_000
+    for p in res["files"]:
+        with open(p, "rb") as fh:
+            assert len(list(dpkt.pcapng.Reader(fh))) >= 1
+
+
 def test_export_per_source_names_and_contents(recorded):
     packets, store, _flows, d = recorded
     out = d / "per-source"
@@ -297,6 +361,9 @@ def test_recorder_settings_need_a_bound():
     with pytest.raises(ValueError, match="FT_RECORD_MAX_BYTES"):
         CaptureSettings(record_dir="/tmp/x", record_max_bytes=0)
     assert CaptureSettings(record_dir="/tmp/x", record_max_bytes=0, record_max_age_s=60).record_max_age_s == 60
+    # compose passes a blank FT_RECORD_DIR to turn recording off: that is off, not the working directory
+    assert CaptureSettings(record_dir="").record_dir is None
+    assert CaptureSettings(record_dir="  ").record_dir is None
 
 
 def test_parse_time():

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from flowtarget.orchestrate import read_stream
+from services.capture import export as export_mod
 from services.capture import service
 from services.capture.recorder import list_store
 from shared.bus import Bus
@@ -27,7 +28,8 @@ def flowtarget(*args: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
-def test_replay_with_recording_then_flowtarget_pcap(nats_server, tmp_path):
+def test_replay_with_recording_then_flowtarget_pcap(nats_server, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_mod, "STREAM_CHUNK_BYTES", 8192)    # a streamed export in many chunks
     frames = traffic(n_flows=300, seed=11)
     src = write_pcap(tmp_path / "in.pcap", frames)
     store = tmp_path / "store"
@@ -67,12 +69,23 @@ def test_replay_with_recording_then_flowtarget_pcap(nats_server, tmp_path):
         want = [(ts, f) for ts, f in packets if (a := addrs(f)) and {(a[0], a[2]), (a[1], a[3])} == ends]
         assert want and dpkt_read(out) == want, e["flow_id"]
 
+    from shared.community_id import for_event
+    e = [s for s in ended if s["transport"] == "TCP"][5]
+    out = tmp_path / "cid.pcap"
+    r = flowtarget("pcap", "--dir", str(store), "--community-id",
+                   for_event("TCP", e["src_ip"], e["src_port"], e["dst_ip"], e["dst_port"]), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    ends = {(e["src_ip"], e["src_port"]), (e["dst_ip"], e["dst_port"])}
+    want = [(ts, f) for ts, f in packets if (a := addrs(f)) and {(a[0], a[2]), (a[1], a[3])} == ends]
+    assert want and dpkt_read(out) == want
+
     r = flowtarget("pcap", "--dir", str(store), "--host", "10.1.0.5; rm -rf /", "-o", str(tmp_path / "x.pcap"))
     assert r.returncode == 2 and "bad host" in r.stderr
 
     # the same over NATS, while capture runs (a second, paced replay of other hosts into the same store)
+    # (paced: 60 s of packet time, stopped once the requests are answered)
     slow = write_pcap(tmp_path / "slow.pcap", [(T1 + i * 0.1, udp("10.9.0.1", 5000, "10.9.0.2", 53, b"q%d" % i))
-                                               for i in range(40)])
+                                               for i in range(600)])
 
     async def over_nats():
         settings = CaptureSettings(nats_url=nats_server.url, probe="rec", pcap=[slow], verdict_wait_s=0,
@@ -84,7 +97,8 @@ def test_replay_with_recording_then_flowtarget_pcap(nats_server, tmp_path):
         client = await Bus.connect(CommonSettings(nats_url=nats_server.url, probe="rec"), "test")
         task = asyncio.create_task(service.main(settings, bus, stop))
         answers = []
-        for req in ({"host": "10.1.0.5"}, {"host": "../../etc/passwd"}, {"flow_id": "nope"}):
+        for req in ({"host": "10.1.0.5"}, {"host": "../../etc/passwd"}, {"flow_id": "nope"},
+                    {"host": "10.1.0.5", "format": "pcapng"}, {"host": "10.1.0.5", "format": "../x"}):
             for _ in range(100):
                 try:
                     msg = await client.nc.request("ft.ctl.rec.export", json.dumps(req).encode(), timeout=5)
@@ -92,12 +106,37 @@ def test_replay_with_recording_then_flowtarget_pcap(nats_server, tmp_path):
                     break
                 except Exception:
                     await asyncio.sleep(0.05)
+        # streamed to a remote requester in chunks (small ones here: many chunks), checked complete
+        streamed = await export_mod.fetch_remote(client.nc, "rec", {"host": "10.1.0.5"}, tmp_path / "streamed.pcap")
+        # and by the command, as from another host
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "flowtarget", "pcap", "--probe", "rec", "--nats", nats_server.url,
+            "--host", "10.1.0.5", "--port", "443", "-o", str(tmp_path / "cli-streamed.pcap"), cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        cli_out, cli_err = await asyncio.wait_for(cli.communicate(), 120)
+        # a chunk of a stream that is done, or never was, is an error answer
+        gone = json.loads((await client.nc.request("ft.ctl.rec.export", json.dumps(
+            {"stream": streamed["stream"], "chunk": 0}).encode(), timeout=5)).data)
+        left = sorted(p.name for p in (tmp_path / "evidence").iterdir() if p.name.startswith(".stream-"))
+        stop.set()
         await asyncio.wait_for(task, 60)
         await bus.close()
         await client.close()
-        return answers
+        return answers, streamed, (cli.returncode, cli_out.decode(), cli_err.decode()), gone, left
 
-    ok, bad_host, bad_flow = asyncio.run(over_nats())
+    (ok, bad_host, bad_flow, ng, bad_fmt), streamed, cli, gone, left = asyncio.run(over_nats())
+    assert ng["status"] == "ok" and ng["path"].endswith(".pcapng") and ng["packets"] == len(want_host), ng
+    import dpkt
+    with open(ng["path"], "rb") as fh:
+        assert [(round(ts, 6), bytes(b)) for ts, b in dpkt.pcapng.Reader(fh)] == want_host
+    assert bad_fmt["status"] == "error" and "format" in bad_fmt["error"]
+    assert streamed["chunks"] > 3 and streamed["chunks_read"] == streamed["chunks"]
+    assert dpkt_read(tmp_path / "streamed.pcap") == want_host
+    assert stat.S_IMODE(os.stat(tmp_path / "streamed.pcap").st_mode) == 0o640
+    assert cli[0] == 0, cli
+    assert dpkt_read(tmp_path / "cli-streamed.pcap") == [(ts, f) for ts, f in want_host if 443 in addrs(f)[2:4]]
+    assert gone["status"] == "error" and "no such stream" in gone["error"]
+    assert left == []                       # read streams are deleted from the evidence directory
     assert ok["status"] == "ok", ok
     assert Path(ok["path"]).parent == tmp_path / "evidence" and ok["size"] == os.path.getsize(ok["path"])
     assert dpkt_read(ok["path"]) == want_host and ok["packets"] == len(want_host)
