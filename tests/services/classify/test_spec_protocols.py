@@ -50,3 +50,53 @@ def test_azure_datacenter_ranges_are_azure_and_office_ranges_microsoft():
     assert _by_ip("13.70.1.1") == ("Azure", "ip")
     assert _by_ip("52.97.1.1") == ("Microsoft", "ip")
     assert _by_ip("131.253.1.1") == ("Microsoft", "ip")
+
+
+# ----------------------------------------------------------------- STUN: which call service
+
+COOKIE = b"\x21\x12\xa4\x42"
+
+
+def stun_msg(mtype: int, attrs: list[tuple[int, bytes]], tid: bytes = b"\x01" * 12) -> bytes:
+    """An RFC 8489 message: header, then TLV attributes padded to 4 bytes."""
+    body = b"".join(struct.pack("!HH", t, len(v)) + v + b"\x00" * (-len(v) % 4) for t, v in attrs)
+    return struct.pack("!HH", mtype, len(body)) + COOKIE + tid + body
+
+
+def _stun(src, dst=(), dport=3478):
+    return ENGINE.classify(sample("UDP", src=list(src), dst=list(dst), sport=50000, dport=dport))
+
+
+def test_stun_call_service_from_its_attributes():
+    soft = (0x8022, b"client 1.0")                   # SOFTWARE says nothing about the service
+    # WhatsApp's proprietary attributes (0x4000..0x4004, 0x4007)
+    for t in (0x4000, 0x4002, 0x4007):
+        v = _stun([stun_msg(0x0001, [soft, (t, b"\x00\x01\x02\x03")])], [stun_msg(0x0101, [])])
+        assert (v.app_protocol, v.application, v.category) == ("STUN", "WhatsAppCall", "VoIP")
+    # Facebook Messenger calls: a REALM of Facebook's names FacebookVoip (not WhatsAppCall)
+    alloc = stun_msg(0x0003, [(0x0014, b"facebook.com"), (0x0015, b"nonce-1")])
+    v = _stun([stun_msg(0x0003, [(0x0019, b"\x11\x00\x00\x00")])], [stun_msg(0x0113, [(0x0014, b"facebook.com")]), alloc])
+    assert (v.app_protocol, v.application, v.host) == ("STUN", "FacebookVoip", "facebook.com")
+    # other realms and vendor attributes
+    assert _stun([stun_msg(0x0001, [(0x0014, b"turn.telegram.org")])]).application == "TelegramVoip"
+    assert _stun([stun_msg(0x0001, [(0x0014, b"signal.org")])]).application == "SignalVoip"
+    assert _stun([stun_msg(0x0001, [(0x8070, b"\x00\x00\x00\x06")])]).application == "Skype_TeamsCall"
+    assert _stun([stun_msg(0x0001, [(0x0101, b"\x00" * 4)])]).application == "Zoom"
+    # the first telling attribute wins: WhatsApp's before a later Facebook realm
+    v = _stun([stun_msg(0x0001, [(0x4001, b"\x00" * 4), (0x0014, b"facebook.com")])])
+    assert v.application == "WhatsAppCall"
+    # near misses: plain STUN to an unknown address names no service; a realm of some other domain neither
+    assert _stun([stun_msg(0x0001, [soft])]).application == ""
+    v = _stun([stun_msg(0x0001, [(0x0014, b"example.org")])])
+    assert (v.app_protocol, v.application, v.host) == ("STUN", "", "example.org")
+
+
+def test_http_request_without_a_target_still_gives_its_host():
+    # "GET HTTP/1.1": the request target is missing; the header lines are still read
+    req = b"GET HTTP/1.1\r\nUser-Agent: Wget/1.14\r\nAccept: */*\r\nHost: www.Example.org\r\n\r\n"
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    v = ENGINE.classify(sample("TCP", src=[req], dst=[resp], dport=80))
+    assert (v.app_protocol, v.host) == ("HTTP", "www.example.org")
+    # near miss: a request line of another protocol with the same shape is not HTTP's
+    v = ENGINE.classify(sample("TCP", src=[b"GET RTSP/1.0\r\nCSeq: 1\r\n\r\n"], dport=8554))
+    assert v.host != "www.example.org" and v.app_protocol != "HTTP"
