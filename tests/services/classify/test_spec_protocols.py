@@ -100,3 +100,65 @@ def test_http_request_without_a_target_still_gives_its_host():
     # near miss: a request line of another protocol with the same shape is not HTTP's
     v = ENGINE.classify(sample("TCP", src=[b"GET RTSP/1.0\r\nCSeq: 1\r\n\r\n"], dport=8554))
     assert v.host != "www.example.org" and v.app_protocol != "HTTP"
+
+
+# ----------------------------------------------------------------- protocols nDPI 5.0 names
+
+def _tcp(src, dst=(), dport=9, dirs=None):
+    return ENGINE.classify(sample("TCP", src=list(src), dst=list(dst), sport=40000, dport=dport, dirs=dirs))
+
+
+def raft(mtype: int, body: bytes) -> bytes:
+    return struct.pack("<QQ", mtype, len(body)) + body
+
+
+def test_raft_messages():
+    ae = raft(1, struct.pack("<QQQQ", 7, 3, 2, 0))                # append entries: term, prev index/term, n entries
+    ae_res = raft(2, struct.pack("<QQQ", 7, 0, 4))
+    vote = raft(3, struct.pack("<QQQQ", 8, 2, 4, 7))
+    vote_res = raft(4, struct.pack("<QQ", 8, 1))
+    for a, b in ((ae, ae_res), (vote, vote_res)):
+        assert _tcp([a], [b], dport=9001).app_protocol == "Raft"
+        assert _tcp([a], [b], dport=9001, dirs="ds").app_protocol == "Raft"      # reply seen first
+    assert _tcp([ae + vote]).app_protocol == "Raft"                              # two messages in one segment
+    assert _tcp([raft(6, b"\x00" * 24)]).app_protocol == "Raft"                 # timeout now, one way
+    # a large install-snapshot split over segments: known once three segments open with headers
+    big = struct.pack("<QQ", 5, 100000) + b"\x00" * 1000
+    assert _tcp([big]).app_protocol != "Raft"
+    assert _tcp([big, big, big]).app_protocol == "Raft"
+    # near misses: type 7, a length that does not match, a non-zero high byte of the type
+    assert _tcp([raft(7, b"\x00" * 16)]).app_protocol != "Raft"
+    assert _tcp([struct.pack("<QQ", 1, 40) + b"\x00" * 16]).app_protocol != "Raft"
+    assert _tcp([b"\x01\x00\x00\x00\x00\x00\x00\x01" + struct.pack("<Q", 8) + b"\x00" * 8]).app_protocol != "Raft"
+
+
+def test_ms_rpch_v1_direct_connection():
+    bind = bytes([5, 0, 11, 3]) + b"\x10\x00\x00\x00" + struct.pack("<HHI", 72, 0, 1) + b"\x00" * 56
+    v = _tcp([bind], [b"ncacn_http/1.0"], dport=593, dirs="ds")                  # the server speaks first
+    assert v.app_protocol == "MS-RPCH"
+    assert _tcp([bind], [b"ncacn_http/1.0"], dport=593, dirs="sd").app_protocol == "MS-RPCH"
+    assert _tcp([bind], [b"ncacn_http/x.y"], dport=593).app_protocol != "MS-RPCH"
+    # RPC over HTTP v2: the RPC_IN_DATA / RPC_OUT_DATA methods (HTTP, application MS-RPCH)
+    req = b"RPC_IN_DATA /rpc/rpcproxy.dll?exch.example:6001 HTTP/1.1\r\nHost: mail.example.org\r\nContent-Length: 1073741824\r\n\r\n"
+    v = _tcp([req], dport=80)
+    assert (v.app_protocol, v.application) == ("HTTP", "MS-RPCH")
+
+
+def test_vhua_and_world_of_kung_fu_signatures():
+    pre = bytes.fromhex("05143a0508f8a1b103")
+    v = ENGINE.classify(sample("UDP", src=[pre + b"\x10\x20\x30\x40"], dst=[b"\x01\x02"], sport=50000, dport=50001))
+    assert v.app_protocol == "VHUA"
+    v = ENGINE.classify(sample("UDP", src=[pre[:8] + b"\x04" + b"\x10\x20"], sport=50000, dport=50001))
+    assert v.app_protocol != "VHUA"                                             # last preamble byte differs
+    login = bytes.fromhex("0c000000d2000c00" "0016" "0000" "1234" "0000")
+    assert _tcp([login], dport=7000).app_protocol == "WorldOfKungFu"
+    assert _tcp([b"\x00" * 4], [login], dport=7000).app_protocol == "WorldOfKungFu"   # either side
+    assert _tcp([login + b"\x00"], dport=7000).app_protocol != "WorldOfKungFu"        # 16 bytes exactly
+    assert _tcp([login[:9] + b"\x17" + login[10:]], dport=7000).app_protocol != "WorldOfKungFu"
+
+
+def test_sap_is_a_port_guess_only():
+    e = Engine(final_memo=0)
+    v = e.classify(sample("TCP", src=[b"\x00\x00\x00\x10" + b"\x07" * 16], sport=40000, dport=3201))
+    assert (v.app_protocol, v.confidence) == ("SAP", "port")
+    assert e.guess("TCP", 40000, 3201) == "SAP" and e.guess("UDP", 40000, 3201) != "SAP"
