@@ -162,3 +162,24 @@ def test_sap_is_a_port_guess_only():
     v = e.classify(sample("TCP", src=[b"\x00\x00\x00\x10" + b"\x07" * 16], sport=40000, dport=3201))
     assert (v.app_protocol, v.confidence) == ("SAP", "port")
     assert e.guess("TCP", 40000, 3201) == "SAP" and e.guess("UDP", 40000, 3201) != "SAP"
+
+
+# ----------------------------------------------------------------- WhatsApp's chat protocol vs XMPP
+
+def test_whatsapp_chat_vs_xmpp_on_port_5222():
+    # WhatsApp's chat protocol (FunXMPP, now Noise Pipes) opens with "WA", a protocol major version
+    # and the dictionary version; or the "ED" edge routing preamble.  XMPP (RFC 6120) opens with an
+    # XML stream header.  Both use TCP 5222.
+    wa = b"WA\x06\x03" + b"\x00\x00\x29" + b"\x1a\x27" + b"\x11" * 39
+    ed = b"ED\x00\x01" + b"\x00\x00\x08" + b"\x08\x02\x10\x01" + b"WA\x06\x03"
+    xmpp = (b"<?xml version='1.0'?><stream:stream to='example.org' xmlns='jabber:client' "
+            b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
+    xmpp_reply = b"<?xml version='1.0'?><stream:stream from='example.org' id='x1' version='1.0'>"
+    assert _tcp([wa], [b"\x00\x01\x2c" + b"\x22" * 40], dport=5222).app_protocol == "WhatsApp"
+    assert _tcp([ed], dport=5222).app_protocol == "WhatsApp"
+    assert _tcp([xmpp], [xmpp_reply], dport=5222).app_protocol == "Jabber"
+    assert _tcp([b"<presence/>"], dport=5222).app_protocol == "Jabber"
+    # near misses: "WA" with no valid version is not WhatsApp; an XML document elsewhere is not XMPP
+    assert _tcp([b"WA\x00\xff" + b"\x00" * 20], dport=5222).app_protocol != "WhatsApp"
+    assert _tcp([b"<?xml version='1.0'?><note>hi</note>"], dport=8081).app_protocol != "Jabber"
+    assert _tcp([wa], dport=5222).app_protocol != "Jabber" and _tcp([xmpp], dport=5222).app_protocol != "WhatsApp"
