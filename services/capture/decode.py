@@ -47,6 +47,10 @@ tunnel's endpoints and id of a frame ``decode`` decapsulated — ``(outer src
 address, outer dst address, tunnel id)`` as packed bytes and an int (GRE key,
 or PPTP's call id; VXLAN VNI; GTP-U TEID; 0 for IP-in-IP and tunnels without
 an id), or None.  With nested tunnels, the outermost one.
+
+``tunnel_frame(frame, datalink)`` (per packet of a GRE/VXLAN tunnel only): the
+frame decoded with its GRE or VXLAN tunnel kept, so that the meter can meter
+the tunnel's own flow too (``OUTER_FLOW_TUNNELS``).
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ import struct
 
 __all__ = [
     "KIND_IP", "KIND_ARP", "KIND_L2", "KIND_BAD", "KIND_UNSUPPORTED", "decode",
-    "transport_name", "format_ip", "format_mac", "BAD_CATEGORIES", "tunnel_outer",
+    "transport_name", "format_ip", "format_mac", "BAD_CATEGORIES", "tunnel_outer", "tunnel_frame",
+    "OUTER_FLOW_TUNNELS",
 ]
 
 KIND_IP = 0
@@ -375,7 +380,7 @@ def _l4(frame, ver, proto, src, dst, tot, l4, end, vlan, vlans, mac_off, tunnel,
                     _note_outer(src, dst, 0)
                 return r
     elif proto == 47 and depth < _MAX_DEPTH and not frag:
-        r = _gre(frame, l4, end, vlan, vlans, mac_off, depth)
+        r = None if _keep_outer else _gre(frame, l4, end, vlan, vlans, mac_off, depth)
         if r is not None:
             if _outer is not None:
                 _note_outer(src, dst, _gre_key(frame, l4, end))
@@ -438,6 +443,27 @@ def tunnel_outer(frame: bytes, dlt: int) -> tuple[bytes, bytes, int] | None:
         _outer = None
 
 
+# tunnel_frame(): while it re-decodes a frame, GRE and VXLAN are not decapsulated (False otherwise;
+# only their tunnel branches test it)
+_keep_outer = False
+
+# tunnels whose own (outer) flow is metered besides the inner one: tools built on nDPI that do not
+# decapsulate them (NFStream) report the outer GRE or UDP 4789 flow as GRE / VXLAN, and Zeek logs
+# the tunnel's connection too; GTP, TZSP, CAPWAP and IP-in-IP are decapsulated by all of them
+OUTER_FLOW_TUNNELS = frozenset(("GRE", "ERSPAN", "VXLAN"))
+
+
+def tunnel_frame(frame: bytes, dlt: int):
+    """decode() of a frame without decapsulating its GRE or VXLAN tunnel: the tunnel's own packet
+    (an outer tunnel that decode() does not decapsulate, e.g. GTP, still is)."""
+    global _keep_outer
+    _keep_outer = True
+    try:
+        return decode(frame, dlt)
+    finally:
+        _keep_outer = False
+
+
 def _inner_ip(frame, off, end, vlan, vlans, mac_off, tunnel, depth):
     if off >= end:
         return None
@@ -485,7 +511,7 @@ def _udp_tunnel(frame, po, end, sport, dport, vlan, vlans, mac_off, depth):
                     return None
         return _inner_ip(frame, off, end, vlan, vlans, mac_off, "GTP", depth)
     if dport == 4789 or sport == 4789:  # VXLAN
-        if end - po < 8 + 14 or not frame[po] & 0x08:
+        if end - po < 8 + 14 or not frame[po] & 0x08 or _keep_outer:
             return None
         return _inner_ether(frame, po + 8, end, depth, "VXLAN")
     if dport == 37008 or sport == 37008:  # TZSP

@@ -57,8 +57,10 @@ from .decode import (
     KIND_ARP,
     KIND_BAD,
     KIND_L2,
+    OUTER_FLOW_TUNNELS,
     decode,
     format_ip,
+    tunnel_frame,
     tunnel_outer,
     format_mac,
     transport_name,
@@ -480,6 +482,8 @@ class FlowMeter:
                         self._non_ip(ts, frame, r)
                         continue
                     _k, ver, proto, src, dst, sp, dp, nbytes, po, pl, flags, seq, ack, vlan, vlans, macoff, tun, frag, fid = r
+                    if tun and tun in OUTER_FLOW_TUNNELS:
+                        self._tunnel_flow(ts, frame, dl)
                     if frag:
                         if frag == 2:
                             hit = self._frags.get((src, dst, fid, proto))
@@ -546,6 +550,47 @@ class FlowMeter:
             self.duplicate_frames += dups
             self._prev_frame = prev
             self._prev_ts = prev_ts
+
+    def _tunnel_flow(self, ts: float, frame: bytes, dl: int) -> None:
+        """Meter a GRE/VXLAN packet's own (outer) flow; _process_py meters its inner packet.
+
+        nDPI-based tools that keep these tunnels (NFStream) report the outer flow as GRE or VXLAN,
+        ndpiReader reports the inner flows, Zeek logs both: so both are metered.  Only frames of
+        such tunnels come here (never the fast path); the outer packet is not a TCP one.
+        """
+        r = tunnel_frame(frame, dl)
+        if r[0] or r[17]:    # not IP (cannot happen: decode() decoded it), or a fragment
+            return
+        _k, ver, proto, src, dst, sp, dp, nbytes, po, pl, flags, seq, ack, vlan, vlans, macoff, tun, _f, _i = r
+        key = _PB[proto] + src + dst + _pp(sp, dp)
+        if vlan:
+            key += b"/%d" % vlan
+        hit = self.table.get(key)
+        if hit is None:
+            f, fwd = self._new_flow(key, ts, frame, ver, proto, src, dst, sp, dp, flags, vlan, vlans, macoff, tun)
+        else:
+            self.table.move_to_end(key)
+            f, fwd = hit
+        if fwd:
+            f.s_pkts += 1
+            f.s_bytes += nbytes
+            f.s_stamp = ts
+        else:
+            f.d_pkts += 1
+            f.d_bytes += nbytes
+            f.d_stamp = ts
+        f.last = ts
+        ev = f.ev
+        if ev is not None:
+            ev.append(ts)
+            ev.append(frame)
+            if len(ev) > self._ev_trim:
+                del ev[:len(ev) - self._ev_keep]
+        if ts >= f.next_check:
+            self._periodic(f, ts)
+        sm = f.sampling
+        if sm and pl and sm & (1 if fwd else 2):
+            self._sample(f, ts, frame, fwd, po, pl, flags, seq, ack, vlans)
 
     def _tcp_close(self, f: Flow, ts: float, flags: int, fwd: bool) -> None:
         if flags & RST:

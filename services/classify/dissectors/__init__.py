@@ -81,6 +81,7 @@ REGISTRY: list[Dissector] = [
     remote.TeamViewer(),
     remote.AJP(),
     remote.Corba(),
+    ndpi5.MSRPCH(),         # RPC over HTTP v1 carries DCE/RPC after its banner: before DCERPC
     remote.DCERPC(),
     remote.IRC(),
     remote.Usenet(),
@@ -125,6 +126,8 @@ REGISTRY: list[Dissector] = [
     ndpi5.ClickHouse(),
     ndpi5.Warcraft3(),
     ndpi5.Mumble(),
+    ndpi5.VHUA(),
+    ndpi5.WorldOfKungFu(),
     iot.BACnet(),
     iot.Modbus(),
     iot.DNP3(),
@@ -243,9 +246,11 @@ REGISTRY: list[Dissector] = [
     misc.Protobuf(),
     ndpi5.SOAP(),
     ndpi5.JSONRPC(),
+    ndpi5.Raft(),
     # port hints only (no payload test): used by the engine's port guess
     *mail.PORT_HINTS,
     *remote.PORT_HINTS,
+    *ndpi5.PORT_HINTS,
 ]
 
 __all__ = ["REGISTRY", "Dissector", "Match"]

@@ -84,14 +84,21 @@ class RakNet(Simple):
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) < 17:
-            return rak_ack_ok(p) or rak_frameset_ok(p)
+            return (rak_ack_ok(p) or rak_frameset_ok(p)) and s.src_port not in _NAME_PORTS and s.dst_port not in _NAME_PORTS
         if p[0] in (0x05, 0x06, 0x07, 0x08, 0x09, 0x10, 0x11, 0x12, 0x19) and p[1:17] == _RAKNET_MAGIC:
             return True
         if p[0] in (0x01, 0x02, 0x1C) and len(p) >= 25 and p[9:25] == _RAKNET_MAGIC:
             return True
         if p[0] in (0x01, 0x02, 0x05, 0x07) and _RAKNET_MAGIC in p[:96]:      # offline message with extra fields
             return True
+        if s.src_port in _NAME_PORTS or s.dst_port in _NAME_PORTS:
+            # nDPI runs the port's own dissector first: there a DNS/LLMNR/mDNS message whose ID happens
+            # to start with a frame-set byte is DNS; only RakNet's magic claims such a flow
+            return False
         return rak_ack_ok(p) or rak_frameset_ok(p)
+
+
+_NAME_PORTS = frozenset((53, 5353, 5355))
 
 
 def rak_ack_ok(p: bytes) -> bool:

@@ -59,6 +59,8 @@ def _request_line(buf: bytes) -> tuple[bytes, bytes, bytes] | None:
     line = buf[sp + 1:eol] if eol >= 0 else buf[sp + 1:sp + 1 + 4096]
     sp2 = line.rfind(b" ")
     if sp2 < 0:
+        if line.startswith(b"HTTP/1."):
+            return method, b"", line      # no request target: nDPI still reads the header lines
         if eol >= 0:
             return None
         return method, line, b""          # truncated request line

@@ -29,13 +29,25 @@ documentation (names as nDPI 5.0 spells them).
   them) whose first member is "jsonrpc": "2.0" followed by method/params or result/error.
 - Mumble (protocol docs, UDP ping): a 12-byte ping (4-byte zero type + 8-byte timestamp) answered
   by a 24-byte pong carrying the same timestamp, version, users, max users, bandwidth.
+- Raft (canonical/raft's TCP transport, used by dqlite/LXD): every message is a 16-byte header, a
+  little-endian 64-bit message type (1 append entries, 2 its result, 3 request vote, 4 its result,
+  5 install snapshot, 6 timeout now) and the 64-bit length of the body that follows.
+- MS-RPCH, RPC over HTTP v1 ([MS-RPCH] 2.1.1.1): on a direct connection (TCP 593) the server opens
+  with the string "ncacn_http/1.0", then DCE/RPC PDUs follow.  (RPC over HTTP v2 is HTTP with the
+  RPC_IN_DATA / RPC_OUT_DATA methods: http.py.)
+- VHUA (vhua.com softphone): its UDP datagrams open with a fixed 9-byte preamble (05 14 3a 05 08 f8 a1 b1 03),
+  the signature nDPI documents for it.
+- WorldOfKungFu: the game client's 16-byte TCP login message (length 0x0c, opcode 0x00d2, message
+  class 0x0c, type 0x16 at byte 9, zero padding), the signature nDPI documents for it.
+- SAP (NetWeaver gateway/dispatcher on TCP 3201): nDPI has no dissector for it, only the port; so a
+  port hint here.
 """
 
 from __future__ import annotations
 
 from shared.models import FlowSample, Verdict
 from services.classify.dissectors.base import Match
-from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, Simple, u16, u16le, u32, u32le
+from services.classify.dissectors.breadth_util import TCP, TCP_UDP, UDP, PortHint, Simple, ordered, u16, u16le, u32, u32le
 
 
 class VXLAN(Simple):
@@ -259,5 +271,83 @@ class JSONRPC(Simple):
         return any(k in p[:4096] for k in (b'"method"', b'"result"', b'"error"'))
 
 
+_RAFT_TYPES = frozenset(range(1, 7))
+
+
+def _raft_type(p: bytes) -> int:
+    """The message type of a canonical/raft header at the start of p (0 when it cannot be one)."""
+    if len(p) < 16 or p[1:8] != b"\x00" * 7 or p[0] not in _RAFT_TYPES:
+        return 0
+    return p[0]
+
+
+class Raft(Simple):
+    name = "Raft"
+    transports = TCP
+    ports = frozenset()
+    magic = tuple(bytes((t,)) + b"\x00" * 7 for t in range(1, 7))
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        n = 0
+        for _src, p in ordered(s, 3):
+            if not _raft_type(p):
+                return Match.NO
+            n += 1
+            # one or more whole messages filling the segment: header, body of the declared length
+            o = 0
+            while o + 16 <= len(p) and _raft_type(p[o:o + 16]):
+                ln = u64le(p, o + 8)
+                if ln > len(p) - o - 16:
+                    break
+                o += 16 + ln
+            if o == len(p):
+                v.app_protocol = self.name
+                return Match.FINAL
+        if n >= 3:      # three segments that each open with a Raft header (messages split across segments)
+            v.app_protocol = self.name
+            return Match.FINAL
+        return Match.NO         # nDPI too waits for a third segment
+
+
+def u64le(b: bytes, o: int) -> int:
+    return int.from_bytes(b[o:o + 8], "little") if 0 <= o and o + 8 <= len(b) else -1
+
+
+class MSRPCH(Simple):
+    name = "MS-RPCH"
+    transports = TCP
+    ports = frozenset()     # 593 is its port, but nDPI guesses nothing there: no port guess either
+    magic = (b"ncacn_http/",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        # "ncacn_http/" major "." minor, nothing else in the segment but possibly the first PDU
+        head = p[11:14]
+        return len(head) == 3 and head[0:1].isdigit() and head[1:2] == b"." and head[2:3].isdigit()
+
+
+class VHUA(Simple):
+    name = "VHUA"
+    transports = UDP
+    ports = frozenset()
+    maxpk = 3
+    magic = (b"\x05\x14\x3a\x05\x08\xf8\xa1\xb1\x03",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return p.startswith(self.magic[0])
+
+
+class WorldOfKungFu(Simple):
+    name = "WorldOfKungFu"
+    transports = TCP
+    ports = frozenset()
+    magic = (b"\x0c\x00\x00\x00\xd2\x00\x0c\x00",)
+
+    def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
+        return len(p) == 16 and p.startswith(self.magic[0]) and p[9] == 0x16 and p[10:12] == b"\x00\x00" \
+            and p[14:16] == b"\x00\x00"
+
+
+PORT_HINTS = [PortHint("SAP", {3201}, TCP)]
+
 DISSECTORS = [VXLAN(), CloudflareWarp(), JSONRPC(), I3D(), ATG(), STOMP(), HiSLIP(), OpenWire(), TRDP(), Nano(), Lustre(), ClickHouse(),
-              Warcraft3(), Mumble(), SOAP()]
+              Warcraft3(), Mumble(), SOAP(), Raft(), MSRPCH(), VHUA(), WorldOfKungFu()]

@@ -104,6 +104,29 @@ class STUN(Dissector):
                     return printable(val, 255)
         return ""
 
+    @staticmethod
+    def _call_app(s: FlowSample, tcp: bool) -> str:
+        """The call service the STUN attributes name, as nDPI reads them (first telling attribute
+        wins): Zoom's 0x0101/0x0103, WhatsApp's 0x4000-0x4004/0x4007, the REALM's domain (Google,
+        Signal, Facebook Messenger, Telegram), Microsoft's (Skype/Teams, MS-TURN) and Google's 0xFF03."""
+        realm_seen = False
+        for _src, p in ordered(s, 8):
+            if tcp and len(p) >= 22 and p[6:10] == _COOKIE and p[4:8] != _COOKIE:   # RFC 4571 framing
+                p = p[2:]
+            if len(p) < 20 or p[0] & 0xC0:
+                continue
+            for t, val in stun_attrs(p):
+                app = _STUN_ATTR_APPS.get(t)
+                if app:
+                    return app
+                if t == 0x0014 and val and not realm_seen:
+                    realm_seen = True
+                    r = val.lower()
+                    for needle, app in _REALM_APPS:
+                        if needle in r:
+                            return app
+        return ""
+
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
         tcp = s.transport == "TCP"
         stun = 0
@@ -128,7 +151,21 @@ class STUN(Dissector):
             realm = self._realm(s, tcp)
             if realm:
                 v.host = realm
+        if not v.application:
+            app = self._call_app(s, tcp)
+            if app:
+                v.application = app
         return Match.FINAL if n >= 12 else Match.PARTIAL
+
+
+_STUN_ATTR_APPS = {0x0101: "Zoom", 0x0103: "Zoom", 0xFF03: "GoogleCall"}
+_STUN_ATTR_APPS.update({t: "WhatsAppCall" for t in (0x4000, 0x4001, 0x4002, 0x4003, 0x4004, 0x4007)})
+# Microsoft's STUN/TURN extensions (MS-TURN, MS-ICE2: candidate identifier, implementation version,
+# service quality, multiplexed TURN session id, ...) on Skype and Teams calls
+_STUN_ATTR_APPS.update({t: "Skype_TeamsCall" for t in (0x8054, 0x24DF, 0x3802, 0x8036, 0x8095, 0x0800, 0x8006,
+                                                       0x8070, 0x8055)})
+_REALM_APPS = ((b"google.com", "GoogleCall"), (b"whispersystems.org", "SignalVoip"), (b"signal.org", "SignalVoip"),
+               (b"facebook", "FacebookVoip"), (b"telegram", "TelegramVoip"))
 
 
 _SIP_METHODS = (b"INVITE ", b"REGISTER ", b"OPTIONS ", b"ACK ", b"BYE ", b"CANCEL ", b"NOTIFY ",

@@ -81,3 +81,34 @@ def test_flow_records_carry_the_outer_endpoints_once_per_flow():
     assert (c.tunnel, c.tunnel_src_ip, c.tunnel_dst_ip, c.tunnel_id) == ("", "", "", 0)
     for r in sink.flows:   # the records the meter builds without validation are valid
         assert FlowRecord.model_validate(r.model_dump()) == r
+
+
+def test_gre_and_vxlan_tunnels_are_metered_as_their_own_flow_too():
+    """A GRE or VXLAN packet meters its inner flow and the tunnel's own flow (NFStream names that
+    one GRE / VXLAN, ndpiReader the inner flows); GTP and IP-in-IP give the inner flow only."""
+    from services.capture.decode import tunnel_frame
+
+    sink = ListSink()
+    m = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, source="t")
+    vx = eth(ip4(vxlan(inner_tcp(sport=4000), 5000), 17, O1, O2))
+    m.process(1.0, vx)
+    m.process(1.1, vx)
+    m.process(1.2, eth(ip4(gre(inner_tcp(sport=5000), 9), 47, O1, O2)))
+    m.process(1.3, eth(ip4(gtp(inner_tcp(sport=6000), 77), 17, O1, O2)))
+    m.process(1.4, eth(ip4(inner_tcp(sport=7000), 4, O1, O2)))
+    m.finish()
+    ends = {(r.transport, r.src_port, r.dst_port): r for r in sink.flows if r.phase == "end"}
+    assert set(ends) == {("TCP", 4000, 443), ("UDP", 55555, 4789), ("TCP", 5000, 443), ("GRE", 0, 0),
+                         ("TCP", 6000, 443), ("TCP", 7000, 443)}
+    outer = ends[("UDP", 55555, 4789)]
+    assert (outer.src_ip, outer.dst_ip, outer.tunnel, outer.src2dst_packets) == ("10.0.0.1", "10.0.0.2", "", 2)
+    assert ends[("TCP", 4000, 443)].src2dst_packets == 2 and ends[("TCP", 4000, 443)].tunnel == "VXLAN"
+    assert (ends[("GRE", 0, 0)].src_ip, ends[("GRE", 0, 0)].tunnel) == ("10.0.0.1", "")
+    assert m.packets == 5                       # frames, not flows: the outer flow counts no extra frame
+    # the outer flow's sample holds the VXLAN header (what names it VXLAN)
+    first = {s.flow_id: s for s in sink.samples}
+    vs = [s for s in first.values() if s.dst_port == 4789]
+    assert len(vs) == 1 and vs[0].src_payloads[0][:1] == b"\x08"
+    # tunnel_frame() keeps GRE/VXLAN, still decapsulates the rest; decode() is unchanged
+    assert tunnel_frame(vx, 1)[5:7] == (55555, 4789) and decode(vx, 1)[5:7] == (4000, 443)
+    assert tunnel_frame(eth(ip4(gtp(inner_tcp(sport=6000), 77), 17, O1, O2)), 1)[5] == 6000
