@@ -41,16 +41,15 @@ def client_view(b: dict[str, Any]) -> dict[str, str]:
     attempts = _int(b.get("attempts"))
     tls = 443 in (_int(b.get("dst_port")), _int(b.get("src_port")))
 
+    if action == "alert":
+        return {"kind": "passed", "saw": "The client got the real server's answer: a monitoring rule (alert only), "
+                                         "nothing was sent.", "evidence": message}
     if outcome in _NOTHING_SENT:
         why = _NOTHING_SENT[outcome]
         if outcome == "dry_run" and "report only" in message:
             why = "nothing was sent (report only: block has no injection interface)"
         what = "its DNS answer from the real resolver" if action == "dns_block" else "the real server's answer"
         return {"kind": "passed", "saw": f"The client got {what}: {why}.", "evidence": message}
-    if action == "alert":
-        return {"kind": "passed", "saw": "The client got the real server's answer: a monitoring rule (alert only), "
-                                         "nothing was sent.", "evidence": message}
-
     if action == "dns_block":
         m = _ANSWERED.search(message)
         forged = m.group(1) if m else "the forged answer"
