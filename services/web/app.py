@@ -162,6 +162,20 @@ def export_request(form: dict[str, str], default_probe: str) -> tuple[str, dict[
     return probe, req
 
 
+def connection_query(b: dict[str, Any], around_s: float = 120.0) -> dict[str, str] | None:
+    """The export form's fields for a block action's client address and port around its time (the
+    connection's packets while capture's current store file has no index yet), or None."""
+    try:
+        ts, port, ip = float(b.get("timestamp") or 0), int(b.get("src_port") or 0), str(b.get("src_ip") or "")
+        ipaddress.ip_address(ip)
+    except (TypeError, ValueError):
+        return None
+    if ts <= 0 or not 0 < port <= 65535:
+        return None
+    return {"host": ip, "port": str(port), "since": f"{ts - around_s:.0f}", "until": f"{ts + around_s:.0f}",
+            "probe": str(b.get("probe") or "")}
+
+
 def describe_export(req: dict[str, Any]) -> str:
     """One line naming what an export request asks for (for the page, the flash and the audit log)."""
     parts = []
@@ -412,6 +426,7 @@ def build_app(console: Console) -> Starlette:
         res = await c.scan("block", history.block_filter(q), _limit(q))
         for r in res.rows:
             r["client_view"] = client_view(r)
+            r["conn_query"] = connection_query(r)
         outcomes = Counter(r.get("outcome", "") for r in res.rows)
         lat = [float(r.get("latency_ms") or 0) for r in res.rows if r.get("latency_ms")]
         summary = {"p50": history.percentile(lat, 0.5), "p99": history.percentile(lat, 0.99), "n": len(lat)}

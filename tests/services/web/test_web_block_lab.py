@@ -12,8 +12,10 @@ client's view.
 from __future__ import annotations
 
 import html
+import io
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +23,7 @@ import urllib.parse
 import urllib.request
 from http.cookiejar import CookieJar
 
+import dpkt
 import pytest
 
 from tests.lab import Lab, servers, skip_unless_lab
@@ -57,8 +60,11 @@ class Operator:
         return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
 
     def get(self, path: str) -> str:
+        return self.raw(path).decode()
+
+    def raw(self, path: str) -> bytes:
         with self.op.open(self.url + path, timeout=60) as r:
-            return r.read().decode()
+            return r.read()
 
     def post(self, path: str, data: dict[str, str]) -> str:
         with self.op.open(self.url + path, data=urllib.parse.urlencode(data).encode(), timeout=60) as r:
@@ -78,7 +84,10 @@ def block_rows(page: str) -> list[dict[str, str]]:
         if len(cells) < 11:
             continue
         names = ("time", "rule", "action", "outcome", "ms", "tries", "client", "server", "host", "message", "view")
-        out.append(dict(zip(names, cells)))
+        row = dict(zip(names, cells))
+        link = re.search(r'class="conn-packets" href="([^"]+)"', m.group(1))
+        row["packets_link"] = html.unescape(link.group(1)) if link else ""
+        out.append(row)
     return out
 
 
@@ -98,6 +107,7 @@ def weblab(tmp_path_factory):
             env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")}
             env.update({"FT_WEB_USER": USER, "FT_WEB_PASSWORD": PASSWORD, "FT_WEB_PORT": "0",
                         "FT_EVIDENCE_DIR": str(tmp / "evidence"), "FT_STREAM_STORAGE": "memory",
+                        "FT_RECORD_DIR": str(tmp / "record"),
                         "FT_LOG_LEVEL": "INFO"})
             err = open(tmp / "run.log", "w+")  # noqa: SIM115 - closed below
             proc = subprocess.Popen([sys.executable, "-m", "flowtarget", "run", "--iface", lab.probe_iface,
@@ -112,6 +122,15 @@ def weblab(tmp_path_factory):
                     return m.group(1) if m else ""
 
                 console = wait_for(url, 60, "flowtarget run's console URL", every=0.2)
+
+                def healthy() -> bool:
+                    try:
+                        with urllib.request.urlopen(console + "healthz", timeout=2) as r:
+                            return r.status == 200
+                    except OSError:
+                        return False
+
+                wait_for(healthy, 60, "the console to answer", every=0.2)
                 wait_for(lambda: "block ENFORCES rules" in (tmp / "run.log").read_text()
                          and "capturing on" in (tmp / "run.log").read_text(), 60, "block and capture started")
                 yield lab, nats, console, proc, tmp
@@ -185,6 +204,35 @@ def test_a_rule_added_in_the_console_blocks_a_real_client_and_the_blocks_page_sh
     assert row["outcome"] == "won", seen
     assert "the client's view: The client got a reset before any of the server's data" in row["view"], row
 
+    # the row's link to the client port's packets: the export form, filled; capture's recorder cuts them
+    link = urllib.parse.urlsplit(row["packets_link"])
+    assert link.path == "/pcap", row
+    fields = dict(urllib.parse.parse_qsl(link.query))
+    assert fields["host"] == lab.client.ip and fields["port"] == str(sport), fields
+    assert f'value="{sport}"' in op.get(row["packets_link"])          # the form, filled with them
+    conn = {frozenset([(lab.client.ip, sport), (lab.server.ip, 80)])}
+
+    def exported() -> list | None:
+        """The connection's packets once capture has recorded the client's request and its RST."""
+        page = op.post("/pcap", {"csrf": op.csrf(op.get("/pcap")), **fields})
+        m = re.search(r'id="pcap-download" href="([^"]+)"', page)
+        assert m and "exported " in page, page[-3000:]
+        pkts = []
+        for _ts, buf in dpkt.pcap.Reader(io.BytesIO(op.raw(html.unescape(m.group(1))))):
+            ip = dpkt.ethernet.Ethernet(buf).data
+            tcp = ip.data
+            pkts.append((socket.inet_ntoa(ip.src), tcp.sport, socket.inet_ntoa(ip.dst), tcp.dport, tcp.flags,
+                         bytes(tcp.data)))
+        from_client = [p for p in pkts if p[0] == lab.client.ip]
+        request = any(p[5].startswith(b"GET / HTTP/1.1") and b"Host: www.web.block.test" in p[5] for p in from_client)
+        rst = any(p[4] & dpkt.tcp.TH_RST for p in from_client)
+        return pkts if request and rst else None
+
+    pkts = wait_for(exported, 30, "the recorded connection with the client's request and RST", every=1.0)
+    assert {frozenset([(a, ap), (b, bp)]) for a, ap, b, bp, _f, _d in pkts} == conn, pkts
+    print("\nexported connection:", [(f"{a}:{ap}>{b}:{bp}", dpkt.tcp.tcp_flags_to_str(f), len(d))
+                                    for a, ap, b, bp, f, d in pkts])
+
     # DNS: the client gets the forged answer, and the page says which answer it got
     def forged_once() -> int:
         sp = 32001 + len(dns_tries)
@@ -200,7 +248,8 @@ def test_a_rule_added_in_the_console_blocks_a_real_client_and_the_blocks_page_sh
     # a name no rule covers still resolves for real
     assert dig(lab, "ok.web.block.test", 32100) == lab.server.ip
 
+    print(f"\nblocks page: {row}\n{drow}")
     # who changed what, on the rules page's change log
-    audit = op.get("/rules")
-    assert f"{USER} stored rule(s) lab-reset" in html.unescape(audit)
+    audit = html.unescape(op.get("/rules"))
+    assert re.search(rf'<td>{USER}</td><td class="host">stored rule\(s\) lab-reset: ', audit), audit[-3000:]
     assert proc.poll() is None, (tmp / "run.log").read_text()

@@ -572,9 +572,14 @@ def test_pcap_export_form_cuts_packets_out_of_capture_s_recorder(console, browse
     assert views and {re.sub(r" the flow's packets$", "", v) for v in views} == {
         "the client's view: The client got the real server's answer: a monitoring rule (alert only), nothing was sent."
     }, views[:3]
-    link = drv.find_elements(By.CSS_SELECTOR, "#blocks-table .r:not(.h) span.view a.packets")[0]
-    flow_id = urllib.parse.parse_qs(urllib.parse.urlsplit(link.get_attribute("href")).query)["flow_id"][0]
-    link.click()
+    # an HTTP exchange's row (the rule also matched the name's DNS lookups): its "the flow's packets" link
+    href = drv.execute_script(r"""for (const r of document.querySelectorAll('#blocks-table .r:not(.h)')) {
+            const server = r.children[7].textContent.trim(), a = r.querySelector('span.view a.packets');
+            if (server.endsWith(':80') && a) { return a.href; } }
+        return null""")
+    assert href, "no HTTP block action with a flow id"
+    flow_id = urllib.parse.parse_qs(urllib.parse.urlsplit(href).query)["flow_id"][0]
+    drv.get(href)
     wait_for(lambda: drv.find_element(By.ID, "pcap-flow").get_attribute("value") == flow_id, 15,
              "the form filled with the flow id")
     click_export()

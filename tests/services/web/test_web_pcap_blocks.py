@@ -72,3 +72,14 @@ def test_the_client_s_view_of_each_outcome(event, kind, words):
 def test_the_client_s_view_of_a_malformed_record_is_still_a_sentence():
     assert client_view({})["kind"] == "undecided"
     assert client_view({"action": "reset", "outcome": "won", "attempts": "x", "dst_port": "y"})["kind"] == "blocked"
+
+
+def test_a_block_action_links_to_its_client_port_s_packets_around_its_time():
+    from services.web.app import connection_query
+
+    q = connection_query({"src_ip": "10.0.0.5", "src_port": 40000, "timestamp": 1000.4, "probe": "p1"})
+    assert q == {"host": "10.0.0.5", "port": "40000", "since": "880", "until": "1120", "probe": "p1"}
+    assert export_request(q, "x") == ("p1", {"host": "10.0.0.5", "port": 40000, "since": 880.0, "until": 1120.0})
+    for bad in ({"src_ip": "x", "src_port": 1, "timestamp": 1}, {"src_ip": "10.0.0.5", "src_port": 0, "timestamp": 1},
+                {"src_ip": "10.0.0.5", "src_port": 1, "timestamp": "soon"}, {}):
+        assert connection_query(bad) is None
