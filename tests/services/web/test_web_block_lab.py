@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from http.cookiejar import CookieJar
@@ -211,6 +212,10 @@ def test_a_rule_added_in_the_console_blocks_a_real_client_and_the_blocks_page_sh
     assert fields["host"] == lab.client.ip and fields["port"] == str(sport), fields
     assert f'value="{sport}"' in op.get(row["packets_link"])          # the form, filled with them
     conn = {frozenset([(lab.client.ip, sport), (lab.server.ip, 80)])}
+
+    with pytest.raises(urllib.error.HTTPError) as refused:       # a change: the session's CSRF token or nothing
+        op.post("/pcap", fields)
+    assert refused.value.code == 403
 
     def exported() -> list | None:
         """The connection's packets once capture has recorded the client's request and its RST."""
