@@ -384,6 +384,7 @@ class WebSettings(CommonSettings):
     web_page_max: int = Field(default=10_000, ge=1, le=100_000, description="Rows one page shows at most.")
     web_live_interval_s: float = Field(default=1.0, gt=0, le=2.0, description="How often the live overview is pushed to open pages.")
     web_evidence_record_s: float = Field(default=10.0, gt=0, le=3600, description="Length of an evidence recording asked of capture from an alert's page.")
+    web_export_timeout_s: float = Field(default=120.0, gt=0, le=3600, description="How long the pcap export page waits for capture's answer to an ft.ctl.<probe>.export request.")
     evidence_dir: Path = Field(default=Path("/var/lib/flowtarget/evidence"), description="Where capture writes evidence pcaps (FT_EVIDENCE_DIR); only files inside it are served.")
     rules_bucket: str = Field(default="ft_rules", description="The blocking rules' KV bucket (FT_RULES_BUCKET).")
     rule_stats_bucket: str = Field(default="ft_rule_stats", description="block's per-rule hit/outcome counts (FT_RULE_STATS_BUCKET), shown beside the rules.")

@@ -30,6 +30,7 @@ from starlette.staticfiles import StaticFiles
 
 from services.web import history
 from services.web.auth import COOKIE, Auth, Session, client_addr
+from services.web.blockview import client_view
 from services.web.live import LiveHub
 from shared.bus import Bus, RateLimitedLog, safe_text
 from shared.codec import loads_small
@@ -118,6 +119,79 @@ def bpf_for_alert(a: dict[str, Any]) -> str:
     return " and ".join(f"host {h}" for h in hosts)
 
 
+EXPORT_FIELDS = ("probe", "host", "port", "flow_id", "since", "until", "bpf")
+
+
+def export_request(form: dict[str, str], default_probe: str) -> tuple[str, dict[str, Any]]:
+    """The export form -> (probe, the ``ft.ctl.<probe>.export`` request), validated as `flowtarget pcap` does.
+
+    Raises ValueError with the reason (the same messages as the command: capture's own Query.check)."""
+    from services.capture.export import ExportError, Query, parse_time
+
+    probe = (form.get("probe") or "").strip() or default_probe
+    try:
+        subject("ctl", probe, "export")
+    except ValueError:
+        raise ValueError(f"bad probe name {probe[:64]!r}") from None
+    port_text = (form.get("port") or "").strip()
+    try:
+        port = int(port_text) if port_text else 0
+    except ValueError:
+        raise ValueError(f"bad port {port_text[:16]!r}: a number 1-65535") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"bad port {port}: a number 1-65535")
+    req: dict[str, Any] = {}
+    try:
+        q = Query(host=(form.get("host") or "").strip(), port=port, flow_id=(form.get("flow_id") or "").strip(),
+                  bpf=(form.get("bpf") or "").strip(), since=parse_time((form.get("since") or "").strip() or None),
+                  until=parse_time((form.get("until") or "").strip() or None))
+        q.check()
+    except ExportError as exc:
+        raise ValueError(str(exc).replace("--host, --port, --flow-id, --bpf and/or --since/--until",
+                                          "a host, port, flow id, filter and/or time window")) from None
+    if q.since is not None and q.until is not None and q.until < q.since:
+        raise ValueError("the time window ends before it starts")
+    for k in ("host", "flow_id", "bpf"):
+        if getattr(q, k):
+            req[k] = getattr(q, k)
+    if q.port:
+        req["port"] = q.port
+    for k in ("since", "until"):
+        if getattr(q, k) is not None:
+            req[k] = getattr(q, k)
+    return probe, req
+
+
+def connection_query(b: dict[str, Any], around_s: float = 120.0) -> dict[str, str] | None:
+    """The export form's fields for a block action's client address and port around its time (the
+    connection's packets while capture's current store file has no index yet), or None."""
+    try:
+        ts, port, ip = float(b.get("timestamp") or 0), int(b.get("src_port") or 0), str(b.get("src_ip") or "")
+        ipaddress.ip_address(ip)
+    except (TypeError, ValueError):
+        return None
+    if ts <= 0 or not 0 < port <= 65535:
+        return None
+    return {"host": ip, "port": str(port), "since": f"{ts - around_s:.0f}", "until": f"{ts + around_s:.0f}",
+            "probe": str(b.get("probe") or "")}
+
+
+def describe_export(req: dict[str, Any]) -> str:
+    """One line naming what an export request asks for (for the page, the flash and the audit log)."""
+    parts = []
+    if req.get("flow_id"):
+        parts.append(f"flow {req['flow_id']}")
+    if req.get("host"):
+        parts.append(f"host {req['host']}")
+    if req.get("port"):
+        parts.append(f"port {req['port']}")
+    if req.get("since") is not None or req.get("until") is not None:
+        parts.append(f"from {_ts(req.get('since')) or 'the start'} to {_ts(req.get('until')) or 'now'}")
+    if req.get("bpf"):
+        parts.append(f"filter '{req['bpf']}'")
+    return safe_text(", ".join(parts) or "everything", 400)
+
+
 class Console:
     """Everything a request needs: settings, bus, live hub, auth, evidence index, templates."""
 
@@ -127,6 +201,7 @@ class Console:
         self.hub = LiveHub(settings, bus)
         self.auth = Auth(settings)
         self.evidence = EvidenceIndex()
+        self.exports: OrderedDict[str, dict[str, Any]] = OrderedDict()   # file name -> an export this console made
         self.stopping = asyncio.Event()
         self.flashes: dict[str, str] = {}
         self.rlog = RateLimitedLog(log)
@@ -349,6 +424,9 @@ def build_app(console: Console) -> Starlette:
     async def blocks(request: Request, session: Session | None, form: dict[str, str]) -> Response:
         q = dict(request.query_params)
         res = await c.scan("block", history.block_filter(q), _limit(q))
+        for r in res.rows:
+            r["client_view"] = client_view(r)
+            r["conn_query"] = connection_query(r)
         outcomes = Counter(r.get("outcome", "") for r in res.rows)
         lat = [float(r.get("latency_ms") or 0) for r in res.rows if r.get("latency_ms")]
         summary = {"p50": history.percentile(lat, 0.5), "p99": history.percentile(lat, 0.99), "n": len(lat)}
@@ -513,8 +591,75 @@ def build_app(console: Console) -> Starlette:
         c.auth.record(session.user if session else "-", f"{what} rule {rid}", client_addr(request.scope))
         return await rules_page(request, session, form, result=f"{what} rule {rid}")
 
+    # -- pcap export (capture's packet recorder, over ft.ctl.<probe>.export)
+
+    def _pcap_page(request: Request, session: Session | None, draft: dict[str, str], status: int = 200,
+                   error: str = "") -> Response:
+        return c.render(request, session, "pcap.html", status=status, draft=draft, error=error,
+                        message=c.pop_flash(session), exports=list(c.exports.values())[::-1],
+                        default_probe=s.probe)
+
     async def pcap_export(request: Request, session: Session | None, form: dict[str, str]) -> Response:
-        return c.render(request, session, "pcap.html")
+        draft = {k: request.query_params.get(k, "")[:1024] for k in EXPORT_FIELDS}
+        return _pcap_page(request, session, draft)
+
+    async def pcap_export_post(request: Request, session: Session | None, form: dict[str, str]) -> Response:
+        who = session.user if session else "-"
+        draft = {k: form.get(k, "")[:1024] for k in EXPORT_FIELDS}
+        try:
+            probe, req = export_request(draft, s.probe)
+        except ValueError as exc:
+            c.auth.record(who, f"pcap export refused: {exc}", client_addr(request.scope))
+            return _pcap_page(request, session, draft, status=400, error=f"refused: {exc}")
+        what = describe_export(req)
+        try:
+            reply = await c.bus.nc.request(subject("ctl", probe, "export"), json.dumps(req).encode(),
+                                           timeout=s.web_export_timeout_s)
+            answer = loads_small(reply.data, 64 * 1024, 4)
+            if not isinstance(answer, dict):
+                raise ValueError("not a JSON object")
+        except Exception as exc:  # noqa: BLE001 - no responders, a timeout, or a bad answer
+            name = type(exc).__name__
+            error = (f"no capture with a packet recorder (FT_RECORD_DIR) answers for probe {probe}"
+                     if "NoResponders" in name else
+                     f"capture did not answer within {s.web_export_timeout_s:g} s" if "Timeout" in name else
+                     f"capture's answer was not readable ({name})")
+            c.auth.record(who, f"pcap export of {what} ({probe}) failed: {error}", client_addr(request.scope))
+            return _pcap_page(request, session, draft, status=502, error=error)
+        if answer.get("status") != "ok":
+            error = f"capture refused: {safe_text(answer.get('error') or answer.get('status') or 'unknown', 300)}"
+            c.auth.record(who, f"pcap export of {what} ({probe}) refused: {error}", client_addr(request.scope))
+            return _pcap_page(request, session, draft, status=409 if answer.get("status") == "busy" else 400,
+                              error=error)
+        f = c.evidence_file(str(answer.get("path", ""))[:1024])
+        if f is None:
+            error = (f"capture wrote {safe_text(answer.get('path', ''), 200)}, which is not readable here "
+                     f"(expected inside {s.evidence_dir}: the console must see capture's FT_EVIDENCE_DIR)")
+            c.auth.record(who, f"pcap export of {what} ({probe}): {error}", client_addr(request.scope))
+            return _pcap_page(request, session, draft, status=502, error=error)
+        entry = {"name": f.name, "path": str(f), "what": what, "probe": probe, "who": who, "time": time.time(),
+                 "packets": int(answer.get("packets") or 0), "size": int(answer.get("size") or 0),
+                 "truncated": bool(answer.get("truncated")), "files_read": int(answer.get("files_read") or 0)}
+        c.exports[f.name] = entry
+        while len(c.exports) > 200:
+            c.exports.popitem(last=False)
+        msg = (f"exported {entry['packets']:,} packets ({entry['size']:,} bytes) of {what}"
+               + (" — cut short by capture's export limit" if entry["truncated"] else ""))
+        c.auth.record(who, f"pcap export of {what} ({probe}): {msg} -> {f.name}", client_addr(request.scope))
+        c.flash(session, msg)
+        return RedirectResponse("/pcap", status_code=303)
+
+    async def pcap_download(request: Request, session: Session | None, form: dict[str, str]) -> Response:
+        name = request.path_params["name"]
+        entry = c.exports.get(name)
+        f = c.evidence_file(entry["path"]) if entry else None
+        if f is None:
+            return c.render(request, session, "message.html", status=404, title="No such export",
+                            message="This console made no such export, or its file is gone (capture's evidence "
+                                    "directory is bounded).")
+        c.auth.record(session.user if session else "-", f"downloaded export {f.name}", client_addr(request.scope))
+        return FileResponse(str(f), media_type="application/vnd.tcpdump.pcap",
+                            filename=re.sub(r"[^A-Za-z0-9._-]", "_", f.name)[:200])
 
     async def healthz(request: Request) -> Response:
         ok = c.bus.connected
@@ -545,6 +690,8 @@ def build_app(console: Console) -> Starlette:
         page("/rules/{rule_id}/remove", rules_remove, ("POST",)),
         page("/rules/{rule_id}/enable", rules_enable, ("POST",)),
         page("/pcap", pcap_export),
+        page("/pcap", pcap_export_post, ("POST",)),
+        page("/pcap/exports/{name}", pcap_download),
         Route("/healthz", healthz),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]

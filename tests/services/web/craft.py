@@ -113,3 +113,9 @@ def arp_flood(path: Path, t0: float, seconds: float = 16.0, flood_from: float = 
         frames.append((t0 + flood_from + i / flood_pps,
                        arp_request(FLOOD_MAC, "10.40.0.66", f"10.40.{1 + i // 250}.{1 + i % 250}")))
     return write(path, frames)
+
+
+def trickle(path: Path, t0: float, seconds: float = 40.0) -> Path:
+    """A quiet capture (one small UDP packet every 0.25 s) replayed in real time to keep capture running."""
+    frames = [(t0 + i * 0.25, udp("10.50.0.1", 41000, "10.50.0.2", 41001, b"tick")) for i in range(int(seconds * 4))]
+    return write(path, frames)
