@@ -399,16 +399,22 @@ def check(port: int | None = None, addr: str | None = None, timeout_s: float = 3
     if not port:
         print("FT_METRICS_PORT is 0: no health endpoint", file=sys.stderr)
         return 1
-    addr = addr if addr is not None else os.environ.get("FT_METRICS_ADDR", "127.0.0.1")
-    if addr in ("", "0.0.0.0", "::"):
+    return check_healthz(addr if addr is not None else os.environ.get("FT_METRICS_ADDR", "127.0.0.1"),
+                         port, timeout_s)
+
+
+def check_healthz(addr: str, port: int | str, timeout_s: float = 3.0) -> int:
+    """GET http://addr:port/healthz (a wildcard address asks loopback): 0 on 200, else 1; prints why."""
+    if addr.strip() in ("", "0.0.0.0", "::"):
         addr = "127.0.0.1"
-    url = f"http://{addr}:{port}/healthz"
+    host = f"[{addr.strip()}]" if ":" in addr else addr.strip()
+    url = f"http://{host}:{port}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as r:
             print(r.read().decode(errors="replace").strip())
             return 0 if r.status == 200 else 1
     except urllib.error.HTTPError as exc:
-        print(exc.read().decode(errors="replace").strip() or f"HTTP {exc.code}")
+        print(exc.read().decode(errors="replace").strip() or f"{url}: HTTP {exc.code}")
         return 1
     except OSError as exc:
         print(f"{url}: {exc}", file=sys.stderr)

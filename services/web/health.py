@@ -9,32 +9,16 @@ from __future__ import annotations
 
 import os
 import sys
-import urllib.error
-import urllib.request
+
+from shared.metrics import check, check_healthz
 
 
 def check_console(timeout_s: float = 3.0) -> int:
-    addr = os.environ.get("FT_WEB_ADDR", "127.0.0.1").strip() or "127.0.0.1"
-    if addr in ("0.0.0.0", "::"):
-        addr = "127.0.0.1"
     port = os.environ.get("FT_WEB_PORT", "8080").strip() or "8080"
-    host = f"[{addr}]" if ":" in addr else addr
-    url = f"http://{host}:{port}/healthz"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as r:
-            print(r.read().decode(errors="replace").strip())
-            return 0 if r.status == 200 else 1
-    except urllib.error.HTTPError as exc:
-        print(exc.read().decode(errors="replace").strip() or f"{url}: HTTP {exc.code}")
-        return 1
-    except OSError as exc:
-        print(f"{url}: {exc}", file=sys.stderr)
-        return 1
+    return check_healthz(os.environ.get("FT_WEB_ADDR", "127.0.0.1"), port, timeout_s)
 
 
 def main() -> int:
-    from shared.metrics import check
-
     return check() or check_console()
 
 

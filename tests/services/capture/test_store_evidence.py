@@ -20,6 +20,7 @@ import pytest
 from services.capture.export import ExportError, Query, export
 from services.capture.store_evidence import query_for_incident
 from services.capture.sources import open_source
+from tests.services.capture.test_recorder import write_pcap
 
 SCANNER, TARGET = bytes([10, 9, 9, 9]), bytes([10, 9, 9, 1])
 FLOOD_MAC = b"\x02\x00\x00\x00\x00\x66"
@@ -68,14 +69,6 @@ def attacks() -> list[tuple[float, bytes]]:
                                       5000 + i % 1000, b"a%d" % i)))
     frames.sort(key=lambda r: r[0])
     return frames
-
-
-def write_pcap(path: Path, frames: list[tuple[float, bytes]]) -> Path:
-    with open(path, "wb") as fh:
-        w = dpkt.pcap.Writer(fh)
-        for ts, fr in frames:
-            w.writepkt(fr, ts)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -28,23 +28,13 @@ import dpkt
 import pytest
 
 from tests.lab import Lab, servers, skip_unless_lab
+from tests.services.web.test_web_browser import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 USER, PASSWORD = "operator", "pw-" + os.urandom(6).hex()
 PROBE = "weblab"
 REAL_BODY = "hello from the flowtarget lab server"
-
-
-def wait_for(fn, timeout: float, what: str, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 class Operator:
