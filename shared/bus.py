@@ -14,7 +14,11 @@
   valid events survive a bad one beside them; a handler's exception is
   counted and logged (rate-limited) too.
 - ``dead_letter`` moves a JetStream message a consumer cannot use to
-  ``ft.dlq.<probe>`` (its own stream) with the reason in a header.
+  ``ft.dlq.<probe>`` (its own stream) with the reason in a header; a core NATS
+  subscriber's unusable message (malformed, or a batch with rejected events)
+  is copied there too, in the background, at most ``DLQ_INFLIGHT`` at a time
+  (beyond that counted in ``dead_letter_dropped``: a flood of garbage must not
+  stall the subscriber).
 - ``ensure_stream`` creates (or updates) the one stream that holds every event
   that must be stored, and the dead-letter stream; then publishes, in the
   background, what an earlier run spooled (``shared.spool``).
@@ -47,6 +51,8 @@ from shared.spool import Spool
 from shared.subjects import DLQ_KIND, STORED_KINDS, all_of, dlq_subject
 
 log = logging.getLogger("flowtarget.bus")
+#: core NATS messages being dead-lettered at once (beyond that they are counted, not copied)
+DLQ_INFLIGHT = 32
 
 Handler = Callable[[Any], Awaitable[None]]
 
@@ -111,6 +117,7 @@ class Bus:
         self.reconnects = 0
         self.dead_lettered = 0
         self.dead_letter_failures = 0
+        self.dead_letter_dropped = 0   # core NATS dead letters not sent: too many already in flight
         self.slow_consumer_drops = 0
         self.decoder = Decoder.from_settings(settings)
         self.spool: Spool | None = None
@@ -122,6 +129,7 @@ class Bus:
         self._js_inflight = 0
         self._replay_task: asyncio.Task[None] | None = None
         self._subs: list[Any] = []
+        self._dlq_tasks: set[asyncio.Task[bool]] = set()
         self._closing = False
         self._rlog = RateLimitedLog(log)
 
@@ -219,6 +227,8 @@ class Bus:
         """Spool unacknowledged JetStream publishes, then drain subscriptions and the connection (bounded)."""
         timeout = timeout_s if timeout_s is not None else self.settings.drain_timeout_s
         self._closing = True
+        if self._dlq_tasks:   # dead letters already on their way get a moment
+            await asyncio.wait(set(self._dlq_tasks), timeout=min(1.0, timeout))
         await self.abandon("closing")
         if self._replay_task is not None:
             self._replay_task.cancel()
@@ -365,11 +375,13 @@ class Bus:
 
     # ------------------------------------------------------------------ subscribing
 
-    def decode(self, msg: Msg) -> list[Event] | None:
+    def decode(self, msg: Msg, dead_letter: bool = False) -> list[Event] | None:
         """The usable events of a message; None (counted, logged once per interval) when there are none.
 
         Events of a batch that were rejected (schema, probe of the subject) are
-        counted and logged the same way; the others are returned.
+        counted and logged the same way; the others are returned.  With
+        ``dead_letter`` (core NATS subscriptions) the unusable message is also
+        copied to ``ft.dlq.<probe>`` with the reason, in the background.
         """
         try:
             decoded = self.decoder.decode(msg.data, msg.subject, msg.headers)
@@ -379,12 +391,25 @@ class Bus:
                                "malformed message on %s rejected (%d so far): %s %s; data %s",
                                safe_text(msg.subject, 80), self.malformed, exc.reason, safe_text(exc.detail, 200),
                                safe_text(msg.data[:80]))
+            if dead_letter:
+                self._dead_letter_soon(msg, exc.reason, exc.detail)
             return None
         if decoded.rejected:
             self._rlog.warning("rejected", "%d event(s) of a message on %s rejected (%d so far), the other %d kept: %s",
                                decoded.rejected, safe_text(msg.subject, 80), self.decoder.counters["rejected_events"],
                                len(decoded.events), safe_text("; ".join(decoded.reasons), 300))
+            if dead_letter:
+                self._dead_letter_soon(msg, "rejected_events", "; ".join(decoded.reasons))
         return decoded.events
+
+    def _dead_letter_soon(self, msg: Msg, reason: str, detail: str) -> None:
+        """Dead-letter a core NATS message without holding up its subscriber (bounded in flight)."""
+        if self.js is None or self._closing or len(self._dlq_tasks) >= DLQ_INFLIGHT:
+            self.dead_letter_dropped += 1
+            return
+        task = asyncio.get_running_loop().create_task(self.dead_letter(msg, reason, detail, max_wait_s=2.0))
+        self._dlq_tasks.add(task)
+        task.add_done_callback(self._dlq_tasks.discard)
 
     def parse(self, msg: Msg) -> Event | EventBatch | None:
         """``decode`` as one event or a batch (older callers); None when malformed."""
@@ -413,7 +438,7 @@ class Bus:
             if when is not None and not when():
                 self.skipped += 1
                 return
-            decoded = self.decode(msg)
+            decoded = self.decode(msg, dead_letter=True)
             if decoded is None:
                 return
             events = [ev for ev in decoded if wanted is None or isinstance(ev, wanted)]
@@ -537,7 +562,7 @@ class Bus:
             "malformed": self.malformed, "handler_errors": self.handler_errors, "skipped": self.skipped,
             "published": self.published, "publish_retries": self.publish_retries, "reconnects": self.reconnects,
             "dead_lettered": self.dead_lettered, "dead_letter_failures": self.dead_letter_failures,
-            "slow_consumer_drops": self.slow_consumer_drops,
+            "dead_letter_dropped": self.dead_letter_dropped, "slow_consumer_drops": self.slow_consumer_drops,
         }
         out.update({f"decode_{k}": v for k, v in self.decoder.counters.items()})
         if self.spool is not None:

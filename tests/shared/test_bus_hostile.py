@@ -152,3 +152,48 @@ def test_subscription_buffer_is_bounded_and_drops_counted(nats_server):
 
     drops, n = asyncio.run(main())
     assert drops > 0 and n > 0
+
+
+def test_core_subscriber_dead_letters_what_it_cannot_use(nats_server):
+    """Issue 13, poison messages on any subject: a core NATS subscriber's malformed message and a batch with a
+    rejected event are copied to ft.dlq.<probe> with the reason (the valid events of the batch still reach the
+    handler); the subscriber is never held up."""
+    settings = CommonSettings(nats_url=nats_server.url, probe="p1")
+    good = [json.loads(sample(i).model_dump_json()) for i in range(3)]
+    bad_probe = dict(good[0], probe="a.b")
+    batch_with_bad = json.dumps({"event_type": "batch", "events": [bad_probe, *good[1:]]}).encode()
+
+    async def main():
+        bus = await Bus.connect(settings, "test")
+        await bus.ensure_stream()
+        got: list[str] = []
+
+        async def handler(ev):
+            got.append(ev.flow_id)
+
+        await bus.subscribe("ft.sample.>", handler, types=[FlowSample])
+        pub = await Bus.connect(settings, "peer")
+        await pub.nc.publish("ft.sample.p1", b"[" * 5000 + b"]" * 5000)
+        await pub.nc.publish("ft.sample.p2", b"not json at all")
+        await pub.nc.publish("ft.sample.p1", batch_with_bad)
+        await pub.nc.flush()
+        assert await wait_for(lambda: len(got) >= 2 and bus.dead_lettered >= 3)
+        info = await bus.js.stream_info(settings.dlq_stream_name)
+        letters = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            m = await bus.js.get_msg(settings.dlq_stream_name, seq)
+            letters.append((m.subject, dict(m.headers or {}), m.data))
+        stats = bus.stats()
+        await pub.close()
+        await bus.close()
+        return got, letters, stats
+
+    got, letters, stats = asyncio.run(main())
+    assert sorted(got) == ["s1", "s2"]
+    by_subject = sorted((s, h["Ft-Dlq-Reason"], h["Ft-Dlq-Subject"]) for s, h, _ in letters)
+    assert len(letters) == 3, by_subject
+    assert [s for s, _, _ in by_subject] == ["ft.dlq.p1", "ft.dlq.p1", "ft.dlq.p2"]
+    assert {r for _, r, _ in by_subject} >= {"rejected_events"}
+    assert all(r for _, r, _ in by_subject)
+    assert any(d == batch_with_bad for _, _, d in letters)
+    assert stats["dead_lettered"] == 3 and stats["dead_letter_dropped"] == 0
