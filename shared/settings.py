@@ -339,6 +339,7 @@ class DetectSettings(FTSettings):
     alert_expire_s: float = Field(default=60.0, gt=0, description="An incident closes after this long without new evidence.")
     alert_max_incidents: int = Field(default=1000, ge=1, description="Open incidents kept; further ones are counted and dropped.")
     detect_max_tracked: int = Field(default=20000, ge=16, description="Entries (MACs, IPs, sources, targets, domains) each detector tracks; least recent evicted.")
+    detect_max_sources: int = Field(default=64, ge=1, description="Capture sources (interfaces, replayed files) whose detector state is kept; the least recently used is closed and dropped (counted in sources_dropped).")
     arp_flood_pps: float = Field(default=50.0, gt=0, description="ARP packets/s from one source MAC.")
     arp_flood_total_pps: float = Field(default=500.0, gt=0, description="ARP packets/s overall, not explained by flooding MACs already alerted.")
     arp_flood_window_s: float = Field(default=2.0, gt=0)

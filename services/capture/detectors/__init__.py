@@ -36,7 +36,6 @@ log = logging.getLogger("flowtarget.capture.detectors")
 
 DETECTOR_NAMES = ("arp_flood", "arp_spoof", "port_scan", "syn_flood", "icmp_flood", "dns_tunnel")
 PRUNE_INTERVAL_S = 5.0
-MAX_PARTS = 64         # capture sources (files, interfaces) whose state is kept (least recently used dropped)
 PART_BEHIND_S = 600.0  # a source whose packet time is this far behind the clock is over: close its incidents
 
 
@@ -80,7 +79,7 @@ class Detectors:
         # plain counters (exported as metrics by capture)
         self.stats: dict[str, int] = {"errors": 0, "packets": 0, "flows": 0, "sources": 0, "alerts_opened": 0,
                                       "alerts_updates": 0, "alerts_closed": 0, "alerts_suppressed": 0,
-                                      "alerts_open": 0, "dns_malformed": 0}
+                                      "alerts_open": 0, "dns_malformed": 0, "sources_dropped": 0}
         self.parts: dict[str, _Part] = {}
         self.current = self._part("")
         self._last_error_log = 0.0
@@ -109,8 +108,9 @@ class Detectors:
     def _part(self, source: str, out: list[Alert] | None = None) -> _Part:
         part = self.parts.get(source)
         if part is None:
-            if len(self.parts) >= MAX_PARTS:
+            if len(self.parts) >= self.settings.detect_max_sources:
                 oldest = self.parts.pop(next(iter(self.parts)))
+                self.stats["sources_dropped"] += 1
                 closed = oldest.table.flush()
                 if out is not None:
                     out += closed

@@ -467,6 +467,18 @@ def test_capture_sources_do_not_share_state():
     assert d.counters()["sources"] == 3  # "", a.pcap, b.pcap
 
 
+def test_capture_sources_are_bounded_by_a_setting():
+    """Issue 13: every bound a peer can grow is a setting (here the capture sources whose state is kept)."""
+    d = det(detect_max_sources=2)
+    out = []
+    for i in range(4):
+        a = arp(T0 + i, 2, GW_MAC, GW_IP, "10.0.0.2")
+        a.source = f"f{i}.pcap"
+        out += d.on_packet(a)
+    c = d.counters()
+    assert len(d.parts) == 2 and c["sources"] == 5 and c["sources_dropped"] == 3
+
+
 def test_late_records_of_an_earlier_file_reopen_its_incident():
     d = det()
     scan = scan_flows(T0, "10.0.0.66", "10.0.0.9", range(1, 301))
