@@ -133,6 +133,17 @@ def test_mirror_encapsulations_are_not_possible(kind):
     assert a.outcome == "not_possible" and "mirror copy" in a.message and not b.injector.frames
 
 
+def test_capwap_is_not_possible():
+    """Issue 17: every encapsulation the decoder understands is reproduced or reported not_possible (CAPWAP data,
+    the wireless controller tunnel, is decoded by capture but not rebuilt by block)."""
+    b = _blocker()
+    frames = Flow(Tunnel("capwap")).handshake_and_request("bad.test")
+    assert enc.observe(frames[0]).tunnel == "CAPWAP"
+    _feed(b, frames)
+    [a] = b.recent_actions
+    assert a.outcome == "not_possible" and "CAPWAP" in a.message and not b.injector.frames
+
+
 def test_one_way_tunnel_ids_are_not_possible():
     b = _blocker()
     frames = Flow(Tunnel("gtp")).handshake_and_request("bad.test")

@@ -59,7 +59,7 @@ def udp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes) -> by
 @dataclass
 class Tunnel:
     """kind: plain, vlan, qinq, mpls, pppoe, ipip, vxlan, vxlan6, gre, gre-key-seq, gre-eth, gre-csum, gtp,
-    erspan, tzsp."""
+    erspan, tzsp, capwap."""
 
     kind: str
     vni: int = 4242
@@ -104,6 +104,11 @@ class Tunnel:
         if k == "tzsp":
             tz = struct.pack("!BBH", 1, 0, 1) + b"\x01" + inner_eth
             udp = struct.pack("!HHHH", 40000, 37008, 8 + len(tz), 0) + tz
+            return outer_eth + ip4(tsrc, tdst, 17, udp)
+        if k == "capwap":  # RFC 5415 data channel: HLEN 2 (8 bytes), WBID 1, T=0 (an 802.3 frame follows)
+            cw = b"\x00\x10\x02\x00\x00\x00\x00\x00" + inner_eth
+            udp = struct.pack("!HHHH", 12222 if from_client else 5247, 5247 if from_client else 12222,
+                              8 + len(cw), 0) + cw
             return outer_eth + ip4(tsrc, tdst, 17, udp)
         if k == "vxlan":
             vx = struct.pack("!II", 0x08000000, self.vni << 8) + inner_eth
