@@ -192,9 +192,12 @@ class Incident:
                     d[k] = n
 
     def rate(self) -> float:
-        """count over the time the attack was seen (0 while that is under 50 ms)."""
+        """count over the time the attack was seen; under 50 ms, the intervals between the events
+        (a 2,000/s flood reaches a threshold of 100 in 50 ms); 0 when all came at one instant."""
         span = self.last_seen - self.started_at
-        return self.count / span if span >= 0.05 else 0.0
+        if span >= 0.05:
+            return self.count / span
+        return (self.count - 1) / span if span > 0 and self.count > 1 else 0.0
 
 
     @property

@@ -109,6 +109,17 @@ def test_unanswered_syn_flood_alerts_at_once_and_late_end_records_do_not_reopen(
     assert f.meter.flows_ended == 3000   # their end records all came (after the incident closed)
 
 
+def test_a_fast_syn_flood_reports_its_rate_in_the_first_alert():
+    """At 2,000 SYNs/s the threshold of 100 half-open flows is reached within 50 ms: the first alert said
+    "0/s measured" (a rate only from 50 ms of evidence on)."""
+    f = Feed()
+    fr = [(T0 + i / 2000, tcpf(f"172.16.0.{1 + i % 250}", 1024 + i, "10.0.0.9", 80, SYN)) for i in range(2000)]
+    f.frames(fr)
+    first = next(a for a in f.alerts if a.alert_type == "syn_flood")
+    assert 1500 <= first.rate <= 2500, first.message
+    assert "(0/s measured)" not in first.message
+
+
 def test_gratuitous_flood_from_random_macs_is_one_flood_incident_noting_the_spoofing():
     f = Feed()
     f.events(arp(T0 + k, 1, GW_MAC, GW_IP, "10.0.0.2") for k in range(5))   # the gateway's binding before
