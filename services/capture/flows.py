@@ -85,6 +85,7 @@ _FRAG_CACHE_MAX = 65536
 _TEXT_CACHE_MAX = 65536
 _OOO_MAX = 8  # out-of-order TCP segments held per direction while sampling
 _SEQ_WINDOW = 65536  # a segment further ahead than this is not reordered
+HOT_RINGS = 256  # evidence rings beyond evidence_max_flows, for flows that turn hot once every ring is taken
 
 
 _setattr = object.__setattr__
@@ -787,6 +788,12 @@ class FlowMeter:
         if n - f.hot_n >= self._hot_pk:
             self._sink_hot(self._record(f, "update", ts))
             self.counters["hot_records"] = self.counters.get("hot_records", 0) + 1
+            if f.ev is None and self.evidence_packets and self._ev_flows < self.evidence_max_flows + HOT_RINGS:
+                # a flood flow (ICMP, ...) created while other flows (a SYN flood's) held every ring: it gets
+                # one of a few spare rings now, so its alert's evidence is not empty
+                f.ev = []
+                self._ev_flows += 1
+                self._count("evidence_hot_rings")
         f.hot_n = n
 
     def _young_check(self, now: float) -> None:

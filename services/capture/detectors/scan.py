@@ -267,9 +267,11 @@ class ScanDetector:
         tkey = (dst, r.dst_port)
         entry = self.targets.get(tkey)
         if entry is None:
-            entry = self.targets.put(tkey, [SlidingCount(self.syn_window), set()])
+            entry = self.targets.put(tkey, [SlidingCount(self.syn_window), set(), r.first_seen])
         else:
             self.targets.touch(tkey)
+            if r.first_seen > entry[2]:
+                entry[2] = r.first_seen   # records come in batches, not in time order: the latest SYN seen
         n = entry[0].add(r.first_seen)
         srcs: set = entry[1]
         if len(srcs) < 4096:
@@ -291,6 +293,7 @@ class ScanDetector:
             inc.flow_id = r.flow_id
             inc.rate_unit = "flows/s"
             inc.started_at = inc.first_seen = max(entry[0].since, r.first_seen - self.syn_window)
+            inc.last_seen = max(inc.last_seen, entry[2])
         else:
             return
         if inc.first_seen > r.first_seen:
