@@ -277,14 +277,15 @@ def _valid_header(b: bytes, mdns: bool) -> tuple[bool, bool, int, int, int]:
 _NDPI_DNS_PACKETS = 6
 
 
-def ndpi_dns_name(s: FlowSample, mdns: bool = False) -> tuple[str | None, bool]:
+def ndpi_dns_name(s: FlowSample, mdns: bool = False, packets: int = _NDPI_DNS_PACKETS) -> tuple[str | None, bool]:
     """The name nDPI reports for a DNS flow over UDP, and whether nDPI has stopped looking.
 
     nDPI (dns.c) reads every datagram in arrival order: each valid message with a question (or an
     answer) names the flow again from the name at offset 12, so later queries overwrite earlier
     ones; a response carrying any record ends the inspection, as does the sixth datagram read.
     Invalid datagrams after the first are skipped.  (None, False) when the first datagram is not
-    a valid header (nDPI then leaves DNS aside)."""
+    a valid header (nDPI then leaves DNS aside).  LLMNR is read from its first packet only
+    (``packets=1``: nDPI never reads on after classifying LLMNR)."""
     name: str | None = None
     seen = 0
     for _src, b in ordered(s, 16):
@@ -300,7 +301,7 @@ def ndpi_dns_name(s: FlowSample, mdns: bool = False) -> tuple[str | None, bool]:
                     name = name if name is not None else ""
             if resp and (records or not b[3] & 0x0F):
                 return name, True
-        if seen >= _NDPI_DNS_PACKETS:
+        if seen >= packets:
             return name, True
     return name, False
 
@@ -405,7 +406,9 @@ class DnsDissector(Dissector):
         # as nDPI: the first successful reply (or the second reply) ends the inspection and its
         # question names the flow
         # (over UDP nDPI's reading of the flow is followed packet by packet: ndpi_dns_name)
-        walk = ndpi_dns_name(s) if std and s.transport == "UDP" else None
+        walk = None
+        if std and s.transport == "UDP":
+            walk = ndpi_dns_name(s, packets=1 if v.app_protocol == "LLMNR" else _NDPI_DNS_PACKETS)
         responses = [m for m in sm + cm if m.is_response]
         resp = next((m for m in responses[:2] if m.rcode == "NOERROR"), None)
         done = resp is not None
@@ -438,10 +441,11 @@ class DnsDissector(Dissector):
             addrs = [a.data for a in resp.answers if a.rtype in ("A", "AAAA")][:8]
             if addrs:
                 v.extra["dns_answers"] = " ".join(addrs)
-            if walk is not None and walk[0] is not None:
-                return Match.FINAL if walk[1] else Match.PARTIAL
-            if done or len(responses) >= 2 or len(msgs) >= 4:
-                return Match.FINAL
+        if walk is not None and walk[0] is not None:
+            # settled once nDPI has stopped reading (a later packet could rename the flow before)
+            return Match.FINAL if walk[1] else Match.PARTIAL
+        if resp is not None and (done or len(responses) >= 2 or len(msgs) >= 4):
+            return Match.FINAL
         return Match.PARTIAL
 
 

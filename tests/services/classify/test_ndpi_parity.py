@@ -159,6 +159,13 @@ def test_dns_name_is_the_last_message_read_before_ndpi_stops():
     assert v.host == "www.example.com" and v.final
 
 
+def test_llmnr_is_named_by_its_first_packet():
+    """nDPI never reads an LLMNR flow (RFC 4795, UDP 5355) past the packet that classified it."""
+    qs = [dns_query("wpad", txid=1, flags=0), dns_query("printer", txid=2, flags=0)]
+    v = ENGINE.classify(sample("UDP", src=qs, sport=50000, dport=5355))
+    assert (v.app_protocol, v.host) == ("LLMNR", "wpad") and v.final
+
+
 def test_dns_host_keeps_the_last_79_characters():
     """nDPI's host buffer holds 79 characters; a longer name keeps its end (the DNS log has it all)."""
     long_name = "x" * 60 + ".a234567890123456789." + "example.com"
