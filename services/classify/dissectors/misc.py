@@ -191,6 +191,11 @@ class RipeAtlas(Simple):
 
 
 class Xiaomi(Simple):
+    """Xiaomi's push service (TCP 5222), as nDPI's xiaomi.c reads it: a 12-byte header (magic
+    0xC2FE0005, the length of what follows it, 0x00020016), then from offset 16 a list of
+    one-byte-type, one-byte-length fields.  In a client's message (to port 5222) type 0x3a is the
+    server it connects to: the flow's host, without a ":port"."""
+
     name = "Xiaomi"
     transports = TCP
     ports = frozenset()
@@ -198,6 +203,37 @@ class Xiaomi(Simple):
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return p[:4] == b"\xc2\xfe\x00\x05" and len(p) >= 12
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        for from_src, p in ordered(s, self.maxpk):
+            if not self.check(p, from_src, s):
+                continue
+            v.app_protocol = self.name
+            to_port = s.dst_port if from_src else s.src_port
+            if to_port == 5222 and u32(p, 4) + 12 == len(p) and u32(p, 8) == 0x00020016:
+                host = _xiaomi_server(p)
+                if host:
+                    v.host = host
+            return Match.FINAL
+        return Match.NO
+
+
+def _xiaomi_server(p: bytes) -> str:
+    """The 0x3a field of a Xiaomi client message (nDPI: types 0x08 and 0x28 carry no length byte
+    of their own and are stepped over two bytes at a time)."""
+    off, n, found = 16, len(p), ""
+    while off + 1 < n:
+        op, ln = p[off], p[off + 1]
+        off += 2
+        if op == 0x28 or op == 0x08:
+            continue
+        if off + ln >= n:
+            break
+        if op == 0x3A:
+            val = p[off:off + ln].split(b":", 1)[0][-79:]
+            found = "".join(chr(c) if 32 <= c < 127 else "?" for c in val).lower()
+        off += ln
+    return found
 
 
 class ZUG(Simple):

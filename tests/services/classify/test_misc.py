@@ -149,3 +149,33 @@ def test_crynetwork_markers():
     p = bytes([26]) + b"\x00\x00\x08\xed" + b"\x00" * 11 + b"\x01\x00\x00\x00\x07\x00\x00\x00\x03\x07" + b"\x00" * 10
     assert len(p) == 36
     assert ENGINE.classify(_s(src=[p], dport=64090)).app_protocol == "CryNetwork"
+
+
+def xiaomi_msg(fields: bytes) -> bytes:
+    """A Xiaomi push message: magic 0xC2FE0005, the length of what follows the 12-byte header,
+    0x00020016, four more header bytes, then one-byte-type/one-byte-length fields."""
+    body = b"\x00\x00\x00\xaf" + fields
+    return struct.pack("!III", 0xC2FE0005, len(body), 0x00020016) + body
+
+
+def xf(t: int, val: bytes) -> bytes:
+    return bytes([t, len(val)]) + val
+
+
+def test_xiaomi_client_message_names_the_server():
+    client = xiaomi_msg(b"\x08\x00" + xf(0x1A, b"xiaomi.com") + xf(0x2A, b"CONN") + xf(0x12, b"Redmi Note 8T")
+                        + b"\x28\x2e" + xf(0x32, b"wifi") + xf(0x3A, b"Push.Example.NET:5222") + xf(0x42, b"ru_RU")
+                        + b"\x00\x00")
+    server = xiaomi_msg(xf(0x1A, b"xiaomi.com") + xf(0x3A, b"other.example") + b"\x00\x00")
+    v = ENGINE.classify(_s("TCP", src=[client], dst=[server], sport=45106, dport=5222))
+    assert (v.app_protocol, v.host) == ("Xiaomi", "push.example.net")
+    # the server's fields are not read (nDPI: its field types mean other things)
+    v = ENGINE.classify(_s("TCP", src=[server], dst=[client], sport=5222, dport=45106))
+    assert (v.app_protocol, v.host) == ("Xiaomi", "")
+    # a length field that does not match the message: Xiaomi, no fields read
+    bad = client[:4] + b"\x00\x00\x00\x01" + client[8:]
+    v = ENGINE.classify(_s("TCP", src=[bad], sport=45106, dport=5222))
+    assert (v.app_protocol, v.host) == ("Xiaomi", "")
+    # a field running past the end is not read
+    trunc = xiaomi_msg(xf(0x1A, b"xiaomi.com") + bytes([0x3A, 200]) + b"cut.example")
+    assert ENGINE.classify(_s("TCP", src=[trunc], sport=45106, dport=5222)).host == ""
