@@ -179,3 +179,32 @@ def test_xiaomi_client_message_names_the_server():
     # a field running past the end is not read
     trunc = xiaomi_msg(xf(0x1A, b"xiaomi.com") + bytes([0x3A, 200]) + b"cut.example")
     assert ENGINE.classify(_s("TCP", src=[trunc], sport=45106, dport=5222)).host == ""
+
+
+def fcgi(rtype: int, content: bytes, req: int = 1, pad: int = 0) -> bytes:
+    """A FastCGI record (FastCGI 1.0, 3.3): version 1, type, request id, content length, padding."""
+    return struct.pack("!BBHHBB", 1, rtype, req, len(content), pad, 0) + content + b"\x00" * pad
+
+
+def nv(name: bytes, value: bytes) -> bytes:
+    """A name-value pair with one-byte lengths (FastCGI 1.0, 3.4: lengths below 128)."""
+    return bytes([len(name), len(value)]) + name + value
+
+
+def test_fastcgi_host_from_http_host_param():
+    begin = fcgi(1, struct.pack("!HB5x", 1, 0))                    # FCGI_BEGIN_REQUEST, role RESPONDER
+    params = fcgi(4, nv(b"SCRIPT_URL", b"/api/0.6/map") + nv(b"HTTP_HOST", b"API.Example.ORG")
+                  + nv(b"REQUEST_METHOD", b"GET"))
+    end = fcgi(4, b"")
+    s = _s("TCP", src=[begin, params, end, fcgi(5, b"")], dst=[fcgi(6, b"Status: 200\r\n\r\n")], dport=9000,
+           dirs="ssssd")
+    v = ENGINE.classify(s)
+    assert (v.app_protocol, v.host) == ("FastCGI", "api.example.org") and v.final
+    # only the BEGIN_REQUEST so far: FastCGI, not final (the parameters come next)
+    v = ENGINE.classify(_s("TCP", src=[begin], dport=9000))
+    assert v.app_protocol == "FastCGI" and not v.final
+    # a PARAMS record whose pairs do not fill it (nDPI reads one-byte lengths only): no host
+    long_ua = struct.pack("!BI", 15, 0x80000000 | 200) + b"HTTP_USER_AGENT" + b"u" * 200
+    odd = fcgi(4, nv(b"HTTP_HOST", b"a.example") + long_ua)
+    v = ENGINE.classify(_s("TCP", src=[begin, odd, end], dport=9000))
+    assert (v.app_protocol, v.host) == ("FastCGI", "")
