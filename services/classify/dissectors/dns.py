@@ -282,7 +282,9 @@ def ndpi_dns_name(s: FlowSample, mdns: bool = False, packets: int = _NDPI_DNS_PA
 
     nDPI (dns.c) reads every datagram in arrival order: each valid message with a question (or an
     answer) names the flow again from the name at offset 12, so later queries overwrite earlier
-    ones; a response carrying any record ends the inspection, as does the sixth datagram read.
+    ones; a response carrying any record ends the inspection (dns.c keep_extra_dissection), as
+    does a NOERROR response without records (what nDPI's own results show, e.g. its dns.pcap)
+    and the sixth datagram read.
     Invalid datagrams after the first are skipped.  (None, False) when the first datagram is not
     a valid header (nDPI then leaves DNS aside).  LLMNR is read from its first packet only
     (``packets=1``: nDPI never reads on after classifying LLMNR)."""
@@ -404,8 +406,8 @@ class DnsDissector(Dissector):
         if v.app_protocol == "MDNS":
             return self._mdns(s, cm, sm, v)
         # as nDPI: the first successful reply (or the second reply) ends the inspection and its
-        # question names the flow
-        # (over UDP nDPI's reading of the flow is followed packet by packet: ndpi_dns_name)
+        # question names the flow; over UDP nDPI's reading is followed packet by packet instead
+        # (ndpi_dns_name), which decides the name and when the verdict is final
         walk = None
         if std and s.transport == "UDP":
             walk = ndpi_dns_name(s, packets=1 if v.app_protocol == "LLMNR" else _NDPI_DNS_PACKETS)
