@@ -33,7 +33,7 @@ first item is the kind:
   bad_ip_header, truncated_l4, bad_tcp_header, bad_arp, ...).
 
 ``KIND_UNSUPPORTED`` (4): ``(4, category)`` — a link type or protocol the
-  decoder does not handle (dlt_N, ethertype, ieee802_11, ...).
+  decoder does not handle (dlt_N, ethertype, ieee802_11_protected, ...).
 
 IP protocols without ports (ICMP, ICMPv6, SCTP as nDPI keys it, GRE that is
 not decapsulated, ...) get ports 0, the way nDPI keys them.  Tunnels: GRE
@@ -120,7 +120,9 @@ _UNSUP_LLC = (KIND_L2, "llc")
 _L2_STP = (KIND_L2, "stp")
 _L2_CDP = (KIND_L2, "cdp")
 _L2_VTP = (KIND_L2, "cisco_l2")
-_UNSUP_80211 = (KIND_UNSUPPORTED, "ieee802_11")
+_UNSUP_80211 = (KIND_UNSUPPORTED, "ieee802_11_protected")
+_L2_80211_MGMT = (KIND_L2, "ieee802_11_nondata")
+_L2_80211_NULL = (KIND_L2, "ieee802_11_null")
 _UNSUP_PPP = (KIND_UNSUPPORTED, "ppp_protocol")
 _UNSUP_NULLFAM = (KIND_UNSUPPORTED, "null_family")
 _UNSUP_SLL = (KIND_UNSUPPORTED, "sll_protocol")
@@ -764,9 +766,63 @@ def _decode_other(frame: bytes, dlt: int):
         if hl < 8 or hl > n or inner == 192:
             return _BAD_L2
         return decode(frame[hl:], inner)
-    if dlt == 105 or dlt == 127 or dlt == 163:
-        return _UNSUP_80211
+    if dlt == 127:  # radiotap header, then an 802.11 frame
+        if n < 8 or frame[0] != 0:
+            return _BAD_L2 if n >= 8 else _BAD_TRUNC_L2
+        hl = _le16(frame, 2)[0]
+        if hl < 8 or hl > n:
+            return _BAD_L2
+        return _ieee80211(frame, hl)
+    if dlt == 105:
+        return _ieee80211(frame, 0)
+    if dlt == 163:  # AVS: big-endian header length at offset 4, then 802.11
+        if n < 8:
+            return _BAD_TRUNC_L2
+        hl = _u32(frame, 4)[0]
+        if hl < 8 or hl > n:
+            return _BAD_L2
+        return _ieee80211(frame, hl)
     return _unsup_dlt(dlt)
+
+
+_LLC_SNAP = b"\xaa\xaa\x03"
+
+
+def _ieee80211(frame, off):
+    """IEEE 802.11 MAC frame at ``off``: a data frame's body after its LLC/SNAP header (the
+    ethertype) is decoded as Ethernet's payload would be.  Management, control, null-data and
+    protected (encrypted) frames carry nothing to meter.  A trailing FCS (radiotap flag 0x10) is
+    left in place: IP and ARP are bounded by their own lengths, and captures that set the flag
+    without the 4 bytes exist."""
+    n = len(frame)
+    if n - off < 24:
+        return _BAD_TRUNC_L2
+    fc0, fc1 = frame[off], frame[off + 1]
+    if fc0 & 0x03:                          # protocol version 0 only
+        return _BAD_L2
+    if (fc0 >> 2) & 0x03 != 2:              # not a data frame
+        return _L2_80211_MGMT               # management, control, extension
+    subtype = fc0 >> 4
+    if subtype & 0x04:                      # null function / QoS null: no body
+        return _L2_80211_NULL
+    if fc1 & 0x40:                          # protected frame: encrypted body
+        return _UNSUP_80211
+    hl = 24
+    if fc1 & 0x03 == 0x03:                  # to and from DS: a fourth address
+        hl += 6
+    if subtype & 0x08:                      # QoS data: QoS control, and HT control with the order bit
+        hl += 2
+        if fc1 & 0x80:
+            hl += 4
+    body = off + hl
+    if n - body < 8:
+        return _BAD_TRUNC_L2
+    if frame[body:body + 3] != _LLC_SNAP:
+        return _UNSUP_LLC
+    et = (frame[body + 6] << 8) | frame[body + 7]
+    # addresses 1 and 2 are destination and source only between stations (neither DS bit)
+    mac_off = off + 4 if not fc1 & 0x03 else -1
+    return _after_ethertype(frame, body + 8, et, mac_off, "", 0)
 
 
 def _sll_payload(frame, off, et):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from services.classify.dissectors.base import Dissector, Match
+from services.classify.dissectors.breadth_util import ordered
 from services.classify.dissectors.p2p import dnscrypt_app
 from shared.models import DnsAnswer, FlowSample, Verdict
 from shared.text import represent, truncate
@@ -198,8 +199,13 @@ _HOST_MAP = {i: "_" for i in range(0x20, 0x7F) if not (chr(i).isalnum() or chr(i
 _HOST_MAP.update({i: "?" for i in list(range(0, 0x20)) + list(range(0x7F, 0x100))})
 
 
+# nDPI keeps a flow's host name in an 80-byte buffer and, when a name is longer, keeps its end
+# (ndpi_hostname_sni_set): a DNS flow is named by the last 79 characters (the DNS log keeps all)
+NDPI_HOST_MAX = 79
+
+
 def host_text(name: str) -> str:
-    return name.translate(_HOST_MAP)
+    return name[-NDPI_HOST_MAX:].translate(_HOST_MAP)
 
 
 def answer_text(name: str) -> str:
@@ -244,6 +250,62 @@ def _last_query_name(payloads: list[bytes]) -> str:
             continue
         name = _question_name(b) or name
     return name
+
+
+def _valid_header(b: bytes, mdns: bool) -> tuple[bool, bool, int, int, int]:
+    """nDPI's check of a DNS header (dns.c is_valid_dns): (valid, is_response, qdcount, ancount,
+    answer+authority+additional records).  A query has at most 16 questions and is a standard,
+    inverse or update query or carries no answer/authority records; a response has 1-16 questions
+    (an mDNS one may have none) and 1-16 records in some section or none at all; a bare 12-byte
+    header with every count 0 is an empty response."""
+    if len(b) < 12:
+        return False, False, 0, 0, 0
+    flags = (b[2] << 8) | b[3]
+    qd, an, ns, ar = (b[4] << 8) | b[5], (b[6] << 8) | b[7], (b[8] << 8) | b[9], (b[10] << 8) | b[11]
+    resp = bool(flags & 0x8000)
+    if not resp:
+        ok = qd <= 16 and ((flags & 0x2800) == 0x2800 or (flags & 0xFCF0) == 0 or (flags & 0xFCFF) == 0x0800
+                           or (an == 0 and ns == 0))
+    else:
+        ok = ((0 < qd <= 16 or (mdns and qd == 0))
+              and (0 < an <= 16 or 0 < ns <= 16 or 0 < ar <= 16 or an == ns == ar == 0)) \
+            or (qd == an == ns == ar == 0 and len(b) == 12)
+    return ok, resp, qd, an, an + ns + ar
+
+
+# nDPI inspects the packet that classified a DNS flow and then up to 5 more ("extra dissection")
+_NDPI_DNS_PACKETS = 6
+
+
+def ndpi_dns_name(s: FlowSample, mdns: bool = False, packets: int = _NDPI_DNS_PACKETS) -> tuple[str | None, bool]:
+    """The name nDPI reports for a DNS flow over UDP, and whether nDPI has stopped looking.
+
+    nDPI (dns.c) reads every datagram in arrival order: each valid message with a question (or an
+    answer) names the flow again from the name at offset 12, so later queries overwrite earlier
+    ones; a response carrying any record ends the inspection (dns.c keep_extra_dissection), as
+    does a NOERROR response without records (what nDPI's own results show, e.g. its dns.pcap)
+    and the sixth datagram read.
+    Invalid datagrams after the first are skipped.  (None, False) when the first datagram is not
+    a valid header (nDPI then leaves DNS aside).  LLMNR is read from its first packet only
+    (``packets=1``: nDPI never reads on after classifying LLMNR)."""
+    name: str | None = None
+    seen = 0
+    for _src, b in ordered(s, 16):
+        ok, resp, qd, an, records = _valid_header(b, mdns)
+        if seen == 0 and not ok:
+            return None, False
+        seen += 1
+        if ok:
+            if qd or an:
+                try:
+                    name = read_name(b, 12)[0]
+                except (_Bad, IndexError):
+                    name = name if name is not None else ""
+            if resp and (records or not b[3] & 0x0F):
+                return name, True
+        if seen >= packets:
+            return name, True
+    return name, False
 
 
 class DnsDissector(Dissector):
@@ -344,7 +406,11 @@ class DnsDissector(Dissector):
         if v.app_protocol == "MDNS":
             return self._mdns(s, cm, sm, v)
         # as nDPI: the first successful reply (or the second reply) ends the inspection and its
-        # question names the flow
+        # question names the flow; over UDP nDPI's reading is followed packet by packet instead
+        # (ndpi_dns_name), which decides the name and when the verdict is final
+        walk = None
+        if std and s.transport == "UDP":
+            walk = ndpi_dns_name(s, packets=1 if v.app_protocol == "LLMNR" else _NDPI_DNS_PACKETS)
         responses = [m for m in sm + cm if m.is_response]
         resp = next((m for m in responses[:2] if m.rcode == "NOERROR"), None)
         done = resp is not None
@@ -361,6 +427,9 @@ class DnsDissector(Dissector):
                     v.host = ""     # as nDPI's DNSCrypt dissector: the certificate query names no host
             if not responses and s.transport == "UDP" and len(s.src_payloads) > 1:
                 v.host = host_text(_last_query_name(s.src_payloads) or q.qname)
+            if walk is not None and walk[0] and v.host:
+                # as nDPI: the name of the last message it read before it stopped looking
+                v.host = host_text(walk[0])
         else:
             a = next((m for m in msgs if m.answers), None)
             if a is not None:
@@ -374,8 +443,11 @@ class DnsDissector(Dissector):
             addrs = [a.data for a in resp.answers if a.rtype in ("A", "AAAA")][:8]
             if addrs:
                 v.extra["dns_answers"] = " ".join(addrs)
-            if done or len(responses) >= 2 or len(msgs) >= 4:
-                return Match.FINAL
+        if walk is not None and walk[0] is not None:
+            # settled once nDPI has stopped reading (a later packet could rename the flow before)
+            return Match.FINAL if walk[1] else Match.PARTIAL
+        if resp is not None and (done or len(responses) >= 2 or len(msgs) >= 4):
+            return Match.FINAL
         return Match.PARTIAL
 
 

@@ -32,6 +32,29 @@ def _cmd(line: bytes) -> str:
     return printable(word, 16).upper()
 
 
+def greeting_host(payloads: list[bytes]) -> str:
+    """The host nDPI reads from a "220" greeting (RFC 5321 4.2: "220 <domain> <text>"; FTP's
+    RFC 959 220 reply has the same form): on each 220 line in turn, the text from its fifth
+    character up to the next space, when something follows that space on the line, with
+    trailing spaces dropped; the first line that gives a name wins.  A line whose fifth character
+    is "(" gives none, nor does a greeting that is a single word ("220 host").  Lower case,
+    non-printable characters as "?", at most nDPI's 79 characters (the last ones)."""
+    for p in payloads[:8]:
+        if b"220" not in p:
+            continue
+        for line in p.split(b"\n"):
+            line = line.rstrip(b"\r")
+            if len(line) <= 4 or line[:3] != b"220" or line[4:5] == b"(":
+                continue
+            sp = line.find(b" ", 5)
+            if sp < 0 or sp + 1 >= len(line):
+                continue
+            name = line[4:sp].rstrip(b" ")[-79:]
+            if name:
+                return "".join(chr(c) if 32 <= c < 127 else "?" for c in name).lower()
+    return ""
+
+
 class Mail(Dissector):
     """SMTP, POP3, IMAP and FTP control: decided from the server greeting and the client's commands."""
 
@@ -49,8 +72,10 @@ class Mail(Dissector):
         server = b"".join(s.dst_payloads[:6])[:4096]
         client = b"".join(s.src_payloads[:6])[:4096]
         # the first sender is normally the client; greeting-first captures may be reversed
+        server_payloads = s.dst_payloads
         if client.startswith((b"220", b"+OK", b"* OK", b"* PREAUTH")) and not server.startswith((b"220", b"+OK", b"* OK")):
             server, client = client, server
+            server_payloads = s.src_payloads
         ports = {s.src_port, s.dst_port}
         cl = _lines(client)
         sl = _lines(server)
@@ -96,11 +121,8 @@ class Mail(Dissector):
             v.extra["commands"] = ",".join(dict.fromkeys(c for c in ccmds if c.isalpha())).strip(",")[:200]
         if sl and sl[0]:
             v.extra["banner"] = printable(sl[0], 200)
-        if proto in ("SMTP", "SMTPS", "FTP_CONTROL") and sl and sl[0][:4] in (b"220 ", b"220-") and not v.host:
-            # the greeting's first word: the server's name (RFC 5321 4.2) or the FTP server software
-            word = sl[0][4:].split(b" ", 1)[0]
-            if word and len(word) <= 255 and all(c in b"-._" or 48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122 for c in word):
-                v.host = word.decode().lower()
+        if proto in ("SMTP", "SMTPS", "FTP_CONTROL") and not v.host:
+            v.host = greeting_host(server_payloads)
         if proto == "SMTP" or proto == "SMTPS":
             for x in cl:
                 if x[:5].upper() in (b"EHLO ", b"HELO "):

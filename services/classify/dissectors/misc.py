@@ -191,6 +191,11 @@ class RipeAtlas(Simple):
 
 
 class Xiaomi(Simple):
+    """Xiaomi's push service (TCP 5222), as nDPI's xiaomi.c reads it: a 12-byte header (magic
+    0xC2FE0005, the length of what follows it, 0x00020016), then from offset 16 a list of
+    one-byte-type, one-byte-length fields.  In a client's message (to port 5222) type 0x3a is the
+    server it connects to: the flow's host, without a ":port"."""
+
     name = "Xiaomi"
     transports = TCP
     ports = frozenset()
@@ -198,6 +203,37 @@ class Xiaomi(Simple):
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         return p[:4] == b"\xc2\xfe\x00\x05" and len(p) >= 12
+
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        for from_src, p in ordered(s, self.maxpk):
+            if not self.check(p, from_src, s):
+                continue
+            v.app_protocol = self.name
+            to_port = s.dst_port if from_src else s.src_port
+            if to_port == 5222 and u32(p, 4) + 12 == len(p) and u32(p, 8) == 0x00020016:
+                host = _xiaomi_server(p)
+                if host:
+                    v.host = host
+            return Match.FINAL
+        return Match.NO
+
+
+def _xiaomi_server(p: bytes) -> str:
+    """The 0x3a field of a Xiaomi client message (nDPI: types 0x08 and 0x28 carry no length byte
+    of their own and are stepped over two bytes at a time)."""
+    off, n, found = 16, len(p), ""
+    while off + 1 < n:
+        op, ln = p[off], p[off + 1]
+        off += 2
+        if op == 0x28 or op == 0x08:
+            continue
+        if off + ln >= n:
+            break
+        if op == 0x3A:
+            val = p[off:off + ln].split(b":", 1)[0][-79:]
+            found = "".join(chr(c) if 32 <= c < 127 else "?" for c in val).lower()
+        off += ln
+    return found
 
 
 class ZUG(Simple):
@@ -294,45 +330,41 @@ class FastCGI(Simple):
             return u16(p, 4) == 8 and 1 <= u16(p, 8) <= 3
         return False
 
-    def result(self, s: FlowSample, v: Verdict) -> str:
-        # FCGI_PARAMS name-value pairs (1- or 4-byte lengths): the HTTP_HOST / SERVER_NAME parameter
-        data = b"".join(s.src_payloads[:4])[:16384]
-        o = 0
-        while o + 8 <= len(data):
-            rtype, clen, pad = data[o + 1], u16(data, o + 4), data[o + 6]
-            body = data[o + 8:o + 8 + clen]
-            if rtype == 4:
-                host = _fcgi_param(body, (b"HTTP_HOST", b"SERVER_NAME"))
-                if host:
-                    v.host = host
-                    break
-            o += 8 + clen + pad
-        return self.name
+    def dissect(self, s: FlowSample, v: Verdict) -> Match:
+        if not any(self.check(p, f, s) for f, p in ordered(s, self.maxpk)):
+            return Match.NO
+        v.app_protocol = self.name
+        # the host as nDPI's fastcgi.c reads it: from each packet that is exactly one FCGI_PARAMS
+        # record whose name-value pairs (read with one-byte lengths) fill it, the HTTP_HOST
+        # parameter; an empty FCGI_PARAMS record (the end of the parameters) ends the reading
+        seen = 0
+        for _src, p in ordered(s, 12):
+            seen += 1
+            if len(p) < 8 or p[0] != 1 or p[1] != 4 or len(p) != 8 + u16(p, 4) + p[6]:
+                continue
+            if u16(p, 4) == 0:
+                return Match.FINAL
+            host = _fcgi_ndpi_host(p)
+            if host is not None:
+                v.host = host
+        return Match.FINAL if seen >= 8 else Match.PARTIAL
 
 
-def _fcgi_param(body: bytes, names: tuple[bytes, ...]) -> str:
-    o = 0
-    n = 0
-    while o < len(body) and n < 200:
-        n += 1
-        lens = []
-        for _ in range(2):
-            if o >= len(body):
-                return ""
-            if body[o] & 0x80:
-                if o + 4 > len(body):
-                    return ""
-                lens.append(u32(body, o) & 0x7FFFFFFF)
-                o += 4
-            else:
-                lens.append(body[o])
-                o += 1
-        name = body[o:o + lens[0]]
-        value = body[o + lens[0]:o + lens[0] + lens[1]]
-        o += lens[0] + lens[1]
-        if name in names and value:
-            return printable(value, 255)
-    return ""
+def _fcgi_ndpi_host(p: bytes) -> str | None:
+    """HTTP_HOST of one FCGI_PARAMS record as nDPI reads it ("" when absent), None when its pairs,
+    read with one-byte name and value lengths, do not exactly fill the packet."""
+    i, n, host = 8, len(p), b""
+    while i + 2 < n:
+        kl, vl = p[i], p[i + 1]
+        i += 2
+        if i + kl + vl > n:
+            return None
+        if kl == 9 and p[i:i + 9] == b"HTTP_HOST":
+            host = p[i + 9:i + 9 + vl]
+        i += kl + vl
+    if i != n:
+        return None
+    return "".join(chr(c) if 32 <= c < 127 else "?" for c in host[-79:]).lower()
 
 
 class CPHA(Simple):

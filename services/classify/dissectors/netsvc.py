@@ -376,33 +376,53 @@ class NFS(Simple):
         return u32(p, 4) == 0 and u32(p, 8) == 2 and u32(p, 12) in _RPC_PROGS and u32(p, 16) <= 4
 
 
+# collectd's binary protocol part types (collectd's network plugin: host, time, time (hi-res),
+# plugin, plugin instance, type, type instance, values, interval, interval (hi-res), message,
+# severity, signature (SHA-256), encryption (AES-256))
+_COLLECTD_TYPES = frozenset({0x0000, 0x0001, 0x0008, 0x0002, 0x0003, 0x0004, 0x0005, 0x0006, 0x0007, 0x0009,
+                             0x0100, 0x0101, 0x0200, 0x0210})
+
+
 class Collectd(Dissector):
+    """collectd's binary network protocol: a datagram of parts (type, length including the 4-byte
+    header, value).  As nDPI's collectd.c: the parts are read from the start, at most five, up to
+    the first one that does not fit or has an unknown type; three are needed, or a single
+    encryption part (0x0210) that fills the datagram and holds a user name.  The host part names
+    the flow."""
+
     name = "collectd"
     transports = UDP
     ports = frozenset({25826})
 
     def could_be(self, s: FlowSample) -> bool:
         p = s.src_payloads[0] if s.src_payloads else b""
-        return len(p) >= 8 and p[0] == 0
+        return len(p) >= 8 and p[0] in (0, 1, 2)
 
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
         p = s.src_payloads[0]
         o = 0
-        host = ""
+        host = b""
         n = 0
-        while o + 4 <= len(p) and n < 200:
+        while n < 5 and o + 4 <= len(p):
             t, ln = u16(p, o), u16(p, o + 2)
-            if ln < 4 or t > 0x0210 or o + ln > len(p):
-                return Match.NO
-            if t == 0 and not host:
-                host = printable(p[o + 4:o + ln].rstrip(b"\x00"), 255)
+            if ln == 0 or o + ln > len(p) or t not in _COLLECTD_TYPES:
+                break
+            if t == 0x0000 and ln > 4:
+                host = p[o + 4:o + ln]
+            elif t == 0x0210:
+                # encrypted: the user name (length, name) then a 16-byte IV and the ciphertext
+                if ln != len(p) or ln < 6 or u16(p, 4) > len(p) - 6 - 16:
+                    return Match.NO
+                v.app_protocol = self.name
+                return Match.FINAL
             o += ln
             n += 1
-        if o != len(p) or n < 2:
+        if n < 3:
             return Match.NO
         v.app_protocol = self.name
+        host = host.split(b"\x00", 1)[0]
         if host:
-            v.host = host
+            v.host = "".join(chr(c) if 32 <= c < 127 else "?" for c in host[-79:]).lower()
         return Match.FINAL
 
 

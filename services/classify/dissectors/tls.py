@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from services.classify.dissectors.base import Dissector, Match
+from services.classify.dissectors.mail import greeting_host
 from services.classify.dissectors.tls_common import (
     Hello, certificate_msg_details, cipher_name, handshake_messages, is_grease, ja3, ja3s, ja4, parse_certificate_msg,
     parse_client_hello, parse_server_hello, tls_records, version_name,
@@ -226,11 +227,7 @@ class TlsDissector(Dissector):
             v.application = app
         if not v.host and proto == "SMTPS" and j > 0:
             # no SNI: the server's greeting names it ("220 mx.example.org ESMTP ...")
-            greet = s.dst_payloads[0]
-            if greet.startswith(b"220 ") or greet.startswith(b"220-"):
-                name = greet[4:].split(None, 1)[0] if len(greet) > 4 else b""
-                if name and b"." in name and len(name) < 256:
-                    v.host = name.decode("ascii", "replace")
+            v.host = greeting_host(s.dst_payloads[:j])
         return Match.FINAL if ss is not None else Match.PARTIAL
 
 

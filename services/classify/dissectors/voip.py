@@ -69,6 +69,23 @@ def rtp_ok(p: bytes) -> bool:
     return len(p) >= 12 + 4 * cc
 
 
+def ndpi_rtp(p: bytes) -> bool:
+    """An RTP packet as nDPI's is_rtp_or_rtcp() takes one (RFC 3550 5.1): version 2, a static
+    (0-34) or dynamic (96-127) payload type, room for the fixed header, the CSRC list and the
+    header extension its length field announces.  (Padding is not checked: SRTP encrypts it.)"""
+    if len(p) < 12 or (p[0] & 0xC0) != 0x80:
+        return False
+    pt = p[1] & 0x7F
+    if not (pt <= 34 or 96 <= pt <= 127):
+        return False
+    need = 12 + 4 * (p[0] & 0x0F)
+    if p[0] & 0x10:
+        if need + 4 > len(p):
+            return False
+        need += 4 + 4 * u16(p, need + 2)
+    return need <= len(p)
+
+
 def rtcp_ok(p: bytes) -> bool:
     """An RTCP packet (RFC 3550 6.4): version 2, PT 192..207, length within the datagram."""
     if len(p) < 8 or (p[0] & 0xC0) != 0x80:
@@ -105,16 +122,18 @@ class STUN(Dissector):
         return ""
 
     @staticmethod
-    def _call_app(s: FlowSample, tcp: bool) -> str:
+    def _call_app(s: FlowSample, tcp: bool, limit: int = 8) -> str:
         """The call service the STUN attributes name, as nDPI reads them (first telling attribute
         wins): Zoom's 0x0101/0x0103, WhatsApp's 0x4000-0x4004/0x4007, the REALM's domain (Google,
         Signal, Facebook Messenger, Telegram), Microsoft's (Skype/Teams, MS-TURN) and Google's 0xFF03."""
         realm_seen = False
-        for _src, p in ordered(s, 8):
+        for _src, p in ordered(s, limit):
             if tcp and len(p) >= 22 and p[6:10] == _COOKIE and p[4:8] != _COOKIE:   # RFC 4571 framing
                 p = p[2:]
             if len(p) < 20 or p[0] & 0xC0:
                 continue
+            if u16(p, 0) in _WA_MSG_TYPES and p[4:8] == _COOKIE:
+                return "WhatsAppCall"       # WhatsApp's own message types (nDPI's is_stun)
             for t, val in stun_attrs(p):
                 app = _STUN_ATTR_APPS.get(t)
                 if app:
@@ -132,15 +151,19 @@ class STUN(Dissector):
         stun = 0
         dtls = False
         n = 0
+        first = rtp_at = 0          # (1-based) positions of the first STUN message and first RTP packet
         for _src, p in ordered(s, 16):
             n += 1
             if (stun_tcp_ok(p) if tcp else stun_ok(p)):
                 stun += 1
+                first = first or n
             elif stun and dtls_ok(p) and p[0] == 22:
                 dtls = True
                 break
             elif not stun and n >= 4:
                 return Match.NO
+            elif stun and not rtp_at and not tcp and n - first <= _STUN_EXTRA and ndpi_rtp(p):
+                rtp_at = n
         if not stun:
             return Match.NO
         if dtls:
@@ -151,6 +174,14 @@ class STUN(Dissector):
             realm = self._realm(s, tcp)
             if realm:
                 v.host = realm
+        if rtp_at:
+            # nDPI (stun.c): media on a STUN flow whose call service is already known is that
+            # service's encrypted media, SRTP/<service>; without one it stays STUN (STUN/RTP)
+            app = self._call_app(s, tcp, rtp_at - 1)
+            if app:
+                v.app_protocol = "SRTP"
+                v.application = v.application or app
+                return Match.FINAL
         if not v.application:
             app = self._call_app(s, tcp)
             if app:
@@ -158,6 +189,12 @@ class STUN(Dissector):
         return Match.FINAL if n >= 12 else Match.PARTIAL
 
 
+# nDPI reads a STUN flow for 6 more packets after the one that classified it (stun.c,
+# "max_packets_extra_dissection"): media within them can change the classification
+_STUN_EXTRA = 6
+
+
+_WA_MSG_TYPES = frozenset({0x0800, 0x0801, 0x0802, 0x0804, 0x0805})
 _STUN_ATTR_APPS = {0x0101: "Zoom", 0x0103: "Zoom", 0xFF03: "GoogleCall"}
 _STUN_ATTR_APPS.update({t: "WhatsAppCall" for t in (0x4000, 0x4001, 0x4002, 0x4003, 0x4004, 0x4007)})
 # Microsoft's STUN/TURN extensions (MS-TURN, MS-ICE2: candidate identifier, implementation version,

@@ -170,8 +170,96 @@ def test_other_link_types():
     assert fields(decode(struct.pack("<I", 30) + bytes(dpkt.ip6.IP6(src=A6, dst=B6, nxt=17, hlim=1, plen=8, data=udp())), 0))["ver"] == 6
     for dlt in (12, 14, 101, 228):
         assert fields(decode(ip, dlt))["dport"] == 53
-    assert decode(b"\x00" * 40, 105)[0] == KIND_UNSUPPORTED
     assert decode(b"\x00" * 40, 147) == (KIND_UNSUPPORTED, "dlt_147")
+
+
+# --------------------------------------------------------------------------- IEEE 802.11 link types
+
+STA, AP, BSSID, RA = MAC_A, MAC_B, b"\x02\x00\x00\x00\x00\x0c", b"\x02\x00\x00\x00\x00\x0d"
+SNAP = b"\xaa\xaa\x03\x00\x00\x00"       # LLC/SNAP header (RFC 1042) before the ethertype
+
+
+def wifi(body: bytes, *, ftype: int = 2, subtype: int = 0, flags: int = 0, addrs=(AP, STA, BSSID),
+         addr4: bytes = b"", etype: int = 0x0800, snap: bytes = SNAP, htc: bool = False) -> bytes:
+    """An 802.11 MAC frame (IEEE 802.11-2020 9.2.4): frame control (protocol version 0, type,
+    subtype; flags: To DS 0x01, From DS 0x02, Protected 0x40, +HTC/Order 0x80), duration, three
+    addresses, sequence control, a fourth address with both DS bits, QoS control for QoS subtypes,
+    HT control when QoS and the order bit; then LLC/SNAP and the ethertype."""
+    fc = struct.pack("<BB", (subtype << 4) | (ftype << 2), flags | (0x80 if htc else 0))
+    hdr = fc + b"\x00\x00" + b"".join(addrs) + b"\x10\x00" + addr4
+    if subtype & 0x08:
+        hdr += b"\x00\x00"
+        if htc:
+            hdr += b"\x00\x00\x00\x00"
+    return hdr + snap + struct.pack("!H", etype) + bytes(body)
+
+
+def radiotap(frame: bytes, *, flags: int | None = 0x10, tsft: bool = True, ext: bool = False) -> bytes:
+    """A radiotap header (radiotap.org): version 0, pad, little-endian length and present words
+    (bit 31: another word follows), then the fields in bit order, each aligned to its size:
+    TSFT (bit 0, u64), Flags (bit 1, u8: 0x10 = the frame ends with its FCS), Rate (bit 2, u8)."""
+    present = (1 if tsft else 0) | (2 if flags is not None else 0) | 4
+    words = struct.pack("<I", present | (0x80000000 if ext else 0)) + (struct.pack("<I", 0) if ext else b"")
+    fields_ = b""
+    off = 4 + len(words)
+    if tsft:
+        pad = (-off) % 8
+        fields_ += b"\x00" * pad + struct.pack("<Q", 123456789)
+    if flags is not None:
+        fields_ += bytes([flags])
+    fields_ += b"\x0c"                          # rate: 6 Mb/s
+    hdr_len = 4 + len(words) + len(fields_)
+    return struct.pack("<BBH", 0, 0, hdr_len) + words + fields_ + frame
+
+
+def test_ieee80211_data_frames_are_decoded():
+    ip = bytes(ip4(udp(sport=61738, dport=53, data=b"\x12\x34" + b"\x00" * 10), 17))
+    ip6 = bytes(dpkt.ip6.IP6(src=A6, dst=B6, nxt=17, hlim=1, plen=8, data=udp(sport=5353, dport=5353)))
+    fcs = b"\xde\xad\xbe\xef"
+    # QoS data from a station to the AP (To DS), in radiotap with TSFT, Flags (FCS) and Rate
+    f = radiotap(wifi(ip, subtype=8, flags=0x01) + fcs)
+    h = fields(decode(f, 127))
+    assert (h["ver"], h["sport"], h["dport"], h["ip_bytes"], h["plen"]) == (4, 61738, 53, len(ip), 12)
+    assert f[h["poff"]:h["poff"] + 2] == b"\x12\x34"
+    assert h["mac_off"] == -1                    # with a DS bit, addresses 1/2 are not DA/SA
+    # plain data from the AP (From DS), IPv6, radiotap without TSFT and with a second present word
+    h = fields(decode(radiotap(wifi(ip6, flags=0x02, etype=0x86DD), tsft=False, ext=True), 127))
+    assert (h["ver"], h["dport"]) == (6, 5353)
+    # QoS data with +HTC (order bit): four more header bytes
+    assert fields(decode(radiotap(wifi(ip, subtype=8, htc=True)), 127))["dport"] == 53
+    # a four-address (mesh / WDS) QoS data frame
+    f4 = wifi(ip, subtype=8, flags=0x03, addrs=(RA, STA, BSSID), addr4=AP)
+    assert fields(decode(radiotap(f4), 127))["dport"] == 53
+    # between stations (no DS bit) address 1 is the destination and 2 the source, as in Ethernet
+    frame = wifi(ip, addrs=(AP, STA, BSSID))
+    h = fields(decode(frame, 105))
+    assert (format_mac(frame, h["mac_off"]), format_mac(frame, h["mac_off"] + 6)) == (AP.hex(":"), STA.hex(":"))
+    # ARP in an 802.11 frame (no radiotap), and in radiotap whose FCS flag has no FCS behind it
+    arp = bytes(dpkt.arp.ARP(sha=STA, spa=A4, tha=b"\x00" * 6, tpa=B4, op=1))
+    assert decode(wifi(arp, flags=0x01, etype=0x0806), 105)[0] == KIND_ARP
+    assert decode(radiotap(wifi(arp, subtype=8, flags=0x01, etype=0x0806), flags=0x10), 127)[0] == KIND_ARP
+    # PPI carrying 802.11, and AVS (big-endian header length at offset 4)
+    ppi = struct.pack("<BBHI", 0, 0, 8, 105) + frame
+    assert fields(decode(ppi, 192))["dport"] == 53
+    avs = struct.pack("!II", 0x80211001, 64) + b"\x00" * 56 + frame
+    assert fields(decode(avs, 163))["dport"] == 53
+
+
+def test_ieee80211_frames_without_ip():
+    ip = bytes(ip4(udp(), 17))
+    beacon = wifi(b"\x00" * 40, ftype=0, subtype=8, snap=b"", etype=0)
+    assert decode(radiotap(beacon), 127) == (KIND_L2, "ieee802_11_nondata")
+    ack = struct.pack("<BB", (13 << 4) | (1 << 2), 0) + b"\x00\x00" + AP + b"\x00" * 20
+    assert decode(ack, 105) == (KIND_L2, "ieee802_11_nondata")
+    assert decode(wifi(b"", subtype=4, snap=b"", etype=0), 105) == (KIND_L2, "ieee802_11_null")
+    assert decode(wifi(b"", subtype=12, snap=b"", etype=0), 105) == (KIND_L2, "ieee802_11_null")
+    assert decode(wifi(ip, flags=0x41), 105) == (KIND_UNSUPPORTED, "ieee802_11_protected")
+    assert decode(wifi(ip, snap=b"\xf0\xf0\x03\x00\x00\x00"), 105) == (KIND_L2, "llc")
+    assert decode(wifi(ip)[:20], 105)[0] == KIND_BAD
+    assert decode(b"\x01" + b"\x00" * 30, 127) == (KIND_BAD, "bad_l2_header")      # radiotap version 1
+    assert decode(struct.pack("<BBH", 0, 0, 200) + b"\x00" * 30, 127) == (KIND_BAD, "bad_l2_header")
+    assert decode(b"\x00\x00", 127)[0] == KIND_BAD
+    assert decode(struct.pack("<BB", 0x09, 0) + b"\x00" * 40, 105) == (KIND_BAD, "bad_l2_header")  # version 1
 
 
 def test_arp_and_l2_protocols():

@@ -44,7 +44,7 @@ TEMPLATES = [
     ETH + b"\x88\x64" + struct.pack("!BBHHH", 0x11, 0, 1, 42, 0x0021) + _ip(_udp(), 17),
     ETH + b"\x08\x06" + bytes(dpkt.arp.ARP(sha=b"\x02" * 6, spa=A, tha=b"\x00" * 6, tpa=B)),
 ]
-DLTS = [0, 1, 9, 12, 14, 101, 104, 105, 108, 113, 127, 192, 228, 229, 276, 147, 65535]
+DLTS = [0, 1, 9, 12, 14, 101, 104, 105, 108, 113, 127, 163, 192, 228, 229, 276, 147, 65535]
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -73,6 +73,29 @@ def test_truncated_and_mutated_frames_never_raise(frame, data):
     if m[12:14] == b"\x08\x00":
         # the Ethernet/IPv4 fast path and the general decoder agree
         assert r2 == _ip4_decode(m, 14, 0, (), 0, "", 0)
+
+
+# radiotap (version 0, length 12, present: TSFT) + an 802.11 QoS data frame to the AP + LLC/SNAP
+WIFI = (struct.pack("<BBHIQ", 0, 0, 16, 1, 7)[:16]
+        + b"\x88\x01\x00\x00" + b"\x02" * 18 + b"\x10\x00" + b"\x00\x00"
+        + b"\xaa\xaa\x03\x00\x00\x00\x08\x00" + _ip(_udp(), 17))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_truncated_and_mutated_80211_frames_never_raise(data):
+    assert decode(WIFI, 127)[0] == KIND_IP
+    cut = data.draw(st.integers(0, len(WIFI)))
+    flips = data.draw(st.lists(st.tuples(st.integers(0, len(WIFI) - 1), st.integers(0, 255)), max_size=6))
+    b = bytearray(WIFI[:cut])
+    for i, v in flips:
+        if i < len(b):
+            b[i] = v
+    for dlt, frame in ((127, bytes(b)), (105, bytes(b[16:])), (192, struct.pack("<BBHI", 0, 0, 8, 127) + bytes(b))):
+        r = decode(frame, dlt)
+        assert r[0] in (0, 1, 2, 3, 4)
+        if r[0] == KIND_IP:
+            assert 0 <= r[9] and r[8] + r[9] <= len(frame)
 
 
 def _category(cut: int, l4_hdr: int) -> str | None:

@@ -62,13 +62,14 @@ def test_core_protocols_match_ndpi(name):
 ZEEK = CORPUS.parent.parent / "zeek" / "dev"
 
 # Issue 18's floors are proto_dpi >= 99.0 %, host >= 99.0 % on both dev corpora and a per-capture
-# mean proto_dpi >= 97 % on nDPI's: met on nDPI's captures, and proto_dpi on Zeek's (capture meters
-# GRE/VXLAN tunnels' own flows as NFStream reports them).  Zeek's host floor is what the engine
-# reaches today (4 of its 243 host names differ: an nDPI 5.0 SSDP host without the port where
-# nDPI's own captures keep it, a link type capture skips, ...), so that it can only go up.
+# mean proto_dpi >= 97 % on nDPI's; all met.  Where the engine is above them (nDPI's host, Zeek's
+# proto_dpi and host) the floors are set at or just under what it reaches today so that they can
+# only go up.  2 of Zeek's 243 host names still differ: an SSDP host without its port, as nDPI 5.0
+# gives it where the nDPI captures' older results keep it, and an FTP greeting's name that only the
+# twelfth server packet carries, past what capture samples.
 FLOORS = {
-    "ndpi": {"proto_dpi": 99.0, "host": 99.0, "proto_dpi_macro": 97.0, "matched_pct": 99.0},
-    "zeek": {"proto_dpi": 99.5, "host": 98.3, "proto_dpi_macro": 98.8, "matched_pct": 99.0},
+    "ndpi": {"proto_dpi": 99.0, "host": 99.5, "proto_dpi_macro": 97.0, "matched_pct": 99.0},
+    "zeek": {"proto_dpi": 99.6, "host": 99.0, "proto_dpi_macro": 99.0, "matched_pct": 99.0},
 }
 
 

@@ -149,3 +149,62 @@ def test_crynetwork_markers():
     p = bytes([26]) + b"\x00\x00\x08\xed" + b"\x00" * 11 + b"\x01\x00\x00\x00\x07\x00\x00\x00\x03\x07" + b"\x00" * 10
     assert len(p) == 36
     assert ENGINE.classify(_s(src=[p], dport=64090)).app_protocol == "CryNetwork"
+
+
+def xiaomi_msg(fields: bytes) -> bytes:
+    """A Xiaomi push message: magic 0xC2FE0005, the length of what follows the 12-byte header,
+    0x00020016, four more header bytes, then one-byte-type/one-byte-length fields."""
+    body = b"\x00\x00\x00\xaf" + fields
+    return struct.pack("!III", 0xC2FE0005, len(body), 0x00020016) + body
+
+
+def xf(t: int, val: bytes) -> bytes:
+    return bytes([t, len(val)]) + val
+
+
+def test_xiaomi_client_message_names_the_server():
+    client = xiaomi_msg(b"\x08\x00" + xf(0x1A, b"xiaomi.com") + xf(0x2A, b"CONN") + xf(0x12, b"Redmi Note 8T")
+                        + b"\x28\x2e" + xf(0x32, b"wifi") + xf(0x3A, b"Push.Example.NET:5222") + xf(0x42, b"ru_RU")
+                        + b"\x00\x00")
+    server = xiaomi_msg(xf(0x1A, b"xiaomi.com") + xf(0x3A, b"other.example") + b"\x00\x00")
+    v = ENGINE.classify(_s("TCP", src=[client], dst=[server], sport=45106, dport=5222))
+    assert (v.app_protocol, v.host) == ("Xiaomi", "push.example.net")
+    # the server's fields are not read (nDPI: its field types mean other things)
+    v = ENGINE.classify(_s("TCP", src=[server], dst=[client], sport=5222, dport=45106))
+    assert (v.app_protocol, v.host) == ("Xiaomi", "")
+    # a length field that does not match the message: Xiaomi, no fields read
+    bad = client[:4] + b"\x00\x00\x00\x01" + client[8:]
+    v = ENGINE.classify(_s("TCP", src=[bad], sport=45106, dport=5222))
+    assert (v.app_protocol, v.host) == ("Xiaomi", "")
+    # a field running past the end is not read
+    trunc = xiaomi_msg(xf(0x1A, b"xiaomi.com") + bytes([0x3A, 200]) + b"cut.example")
+    assert ENGINE.classify(_s("TCP", src=[trunc], sport=45106, dport=5222)).host == ""
+
+
+def fcgi(rtype: int, content: bytes, req: int = 1, pad: int = 0) -> bytes:
+    """A FastCGI record (FastCGI 1.0, 3.3): version 1, type, request id, content length, padding."""
+    return struct.pack("!BBHHBB", 1, rtype, req, len(content), pad, 0) + content + b"\x00" * pad
+
+
+def nv(name: bytes, value: bytes) -> bytes:
+    """A name-value pair with one-byte lengths (FastCGI 1.0, 3.4: lengths below 128)."""
+    return bytes([len(name), len(value)]) + name + value
+
+
+def test_fastcgi_host_from_http_host_param():
+    begin = fcgi(1, struct.pack("!HB5x", 1, 0))                    # FCGI_BEGIN_REQUEST, role RESPONDER
+    params = fcgi(4, nv(b"SCRIPT_URL", b"/api/0.6/map") + nv(b"HTTP_HOST", b"API.Example.ORG")
+                  + nv(b"REQUEST_METHOD", b"GET"))
+    end = fcgi(4, b"")
+    s = _s("TCP", src=[begin, params, end, fcgi(5, b"")], dst=[fcgi(6, b"Status: 200\r\n\r\n")], dport=9000,
+           dirs="ssssd")
+    v = ENGINE.classify(s)
+    assert (v.app_protocol, v.host) == ("FastCGI", "api.example.org") and v.final
+    # only the BEGIN_REQUEST so far: FastCGI, not final (the parameters come next)
+    v = ENGINE.classify(_s("TCP", src=[begin], dport=9000))
+    assert v.app_protocol == "FastCGI" and not v.final
+    # a PARAMS record whose pairs do not fill it (nDPI reads one-byte lengths only): no host
+    long_ua = struct.pack("!BI", 15, 0x80000000 | 200) + b"HTTP_USER_AGENT" + b"u" * 200
+    odd = fcgi(4, nv(b"HTTP_HOST", b"a.example") + long_ua)
+    v = ENGINE.classify(_s("TCP", src=[begin, odd, end], dport=9000))
+    assert (v.app_protocol, v.host) == ("FastCGI", "")

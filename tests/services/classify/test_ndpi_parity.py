@@ -119,3 +119,84 @@ def test_discord_call_joined_mid_flow():
     assert v.app_protocol == "Discord"
     v = ENGINE.classify(sample("UDP", src=[rtcp, rtcp, rtcp], dport=40000, sport=40002))
     assert v.app_protocol == "RTCP" and v.final
+
+
+def dns_error(name: str, txid: int, rcode: int = 3, authority: bool = False) -> bytes:
+    """A reply with an error rcode (RFC 1035 4.1.1; 3 = NXDOMAIN), optionally with the zone's SOA
+    in the authority section (RFC 2308 2.1), no answers."""
+    q = b"".join(bytes([len(x)]) + x.encode() for x in name.split(".")) + b"\x00" + struct.pack("!HH", 12, 1)
+    soa = b""
+    if authority:
+        rdata = b"\x02ns\xc0\x0c\x04host\xc0\x0c" + struct.pack("!IIIII", 1, 7200, 3600, 1209600, 300)
+        soa = b"\xc0\x0c" + struct.pack("!HHIH", 6, 1, 300, len(rdata)) + rdata
+    return struct.pack("!HHHHHH", txid, 0x8180 | rcode, 1, 0, 1 if authority else 0, 0) + q + soa
+
+
+def test_dns_name_is_the_last_message_read_before_ndpi_stops():
+    """nDPI reads a DNS flow packet by packet: every valid message names it again (the question of
+    a query or a reply); a reply that carries a record, or a NOERROR reply, ends the reading, as
+    does the sixth datagram read.  Reverse lookups sent back to back before their replies are
+    named by the last one read."""
+    names = ["%d.1.168.192.in-addr.arpa" % i for i in (1, 50, 61, 69, 71, 72, 80)]
+    qs = [dns_query(n, txid=i, qtype=12) for i, n in enumerate(names)]
+    nx = [dns_error(n, i) for i, n in enumerate(names)]
+    # seven queries, then seven NXDOMAIN replies without records: nDPI stopped at the sixth query
+    v = ENGINE.classify(sample("UDP", src=qs, dst=nx, dport=53, dirs="s" * 7 + "d" * 7))
+    assert v.app_protocol == "DNS" and v.host == "72.1.168.192.in-addr.arpa" and v.final
+    # three queries; an NXDOMAIN reply without records does not stop nDPI, the next one (with the
+    # zone's SOA) does: its question names the flow, whatever comes after
+    src = qs[:3] + [dns_query("later.example", txid=99)]
+    dst = [dns_error(names[2], 2), dns_error(names[1], 1, authority=True), dns_error(names[0], 0)]
+    v = ENGINE.classify(sample("UDP", src=src, dst=dst, dport=53, dirs="sssddsd"))
+    assert v.host == names[1] and v.final
+    # before anything stops it, the verdict is not final (the next packet may rename the flow)
+    v = ENGINE.classify(sample("UDP", src=qs[:3], dst=[dns_error(names[2], 2)], dport=53, dirs="sssd"))
+    assert v.host == names[2] and not v.final
+    # a NOERROR reply ends the reading even without records (NODATA)
+    nodata = dns_query("www.example.com", txid=7)
+    nodata = nodata[:2] + b"\x81\x80" + nodata[4:]
+    v = ENGINE.classify(sample("UDP", src=[dns_query("www.example.org", txid=8)], dst=[nodata], dport=53, dirs="ds"))
+    assert v.host == "www.example.com" and v.final
+
+
+def test_llmnr_is_named_by_its_first_packet():
+    """nDPI never reads an LLMNR flow (RFC 4795, UDP 5355) past the packet that classified it."""
+    qs = [dns_query("wpad", txid=1, flags=0), dns_query("printer", txid=2, flags=0)]
+    v = ENGINE.classify(sample("UDP", src=qs, sport=50000, dport=5355))
+    assert (v.app_protocol, v.host) == ("LLMNR", "wpad") and v.final
+
+
+def test_dns_host_keeps_the_last_79_characters():
+    """nDPI's host buffer holds 79 characters; a longer name keeps its end (the DNS log has it all)."""
+    long_name = "x" * 60 + ".a234567890123456789." + "example.com"
+    assert len(long_name) > 79
+    v = ENGINE.classify(sample("UDP", src=[dns_query(long_name)], dst=[dns_reply(long_name)], dport=53))
+    assert v.host == long_name[-79:] and len(v.host) == 79
+    short = "short.example.com"
+    assert ENGINE.classify(sample("UDP", src=[dns_query(short)], dst=[dns_reply(short)], dport=53)).host == short
+
+
+def test_greeting_host_as_ndpi_reads_220_lines():
+    """RFC 5321 4.2 / RFC 959: "220 <domain> <text>".  nDPI names the flow from the first 220 line
+    that gives a name: the word after "220 " or "220-" when more text follows it on the line."""
+    from services.classify.dissectors.mail import greeting_host
+
+    assert greeting_host([b"220 mx.example.org ESMTP Postfix\r\n"]) == "mx.example.org"
+    assert greeting_host([b"220 ProFTPD Server In Example\r\n"]) == "proftpd"
+    assert greeting_host([b"220 lonely.example.org\r\n"]) == ""            # one word: no name
+    assert greeting_host([b"220 (vsFTPd 3.0.3)\r\n"]) == ""                # "(" after the code: no name
+    # a multi-line greeting whose first lines start with spaces: the first line that names something
+    banner = [b"220-     Welcome to FTP.EXAMPLE.net,\r\n", b"220- \r\n", b"220-   Located here.\r\n",
+              b"220 FTP server ready.\r\n"]
+    assert greeting_host(banner) == "ftp"
+    assert greeting_host([b"".join(banner)]) == "ftp"                     # several lines in one segment
+    assert greeting_host([b"220-mail.example.com ESMTP\r\n220 ready\r\n"]) == "mail.example.com"
+    # through the engine: an FTP control connection and an SMTP one, greeting first
+    v = ENGINE.classify(sample(src=[b"USER anonymous\r\n"], dst=banner, dport=21, dirs="dddds"))
+    assert v.app_protocol == "FTP_CONTROL" and v.host == "ftp"
+    v = ENGINE.classify(sample(src=[b"EHLO client.example\r\n"], dst=[b"220 MX.Example.ORG ESMTP ready\r\n"],
+                               dport=25, dirs="ds"))
+    assert v.app_protocol == "SMTP" and v.host == "mx.example.org"
+    # hostile bytes in a greeting become '?' and never exceed nDPI's 79 characters
+    assert greeting_host([b"220 a\x00\x1bb" + b"c" * 200 + b" x\r\n"]) == ("c" * 79)
+    assert greeting_host([b"220 a\x00\x1bb x\r\n"]) == "a??b"

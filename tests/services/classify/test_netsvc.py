@@ -115,11 +115,34 @@ def test_bgp_open_and_zabbix():
     assert proto(_s("TCP", src=[b"ZBXD\x01" + struct.pack("<Q", 2) + b"{}"], dport=10051)) == "Zabbix"
 
 
+def cd_part(t: int, value: bytes) -> bytes:
+    """A collectd binary-protocol part: type, length (header included), value."""
+    return struct.pack("!HH", t, 4 + len(value)) + value
+
+
 def test_collectd_parts_give_host():
-    host = b"sensor1\x00"
-    pkt = struct.pack("!HH", 0, 4 + len(host)) + host + struct.pack("!HHQ", 8, 12, 1)
-    v = ENGINE.classify(_s(src=[pkt], dport=25826))
-    assert v.app_protocol == "collectd" and v.host == "sensor1"
+    """collectd's network protocol: string parts end with NUL, numbers are 64-bit, values carry a
+    count, their data-source types and the values.  nDPI reads at most five parts and needs three."""
+    host = cd_part(0x0000, b"Sensor1.LAN\x00")
+    parts = [host, cd_part(0x0008, struct.pack("!Q", 1 << 40)), cd_part(0x0009, struct.pack("!Q", 10 << 30)),
+             cd_part(0x0002, b"cpu\x00"), cd_part(0x0004, b"cpu\x00"),
+             cd_part(0x0006, struct.pack("!HB", 1, 2) + struct.pack("!Q", 12345))]
+    v = ENGINE.classify(_s(src=[b"".join(parts)], sport=36064, dport=25826))
+    assert v.app_protocol == "collectd" and v.host == "sensor1.lan" and v.final
+    # parts after the fifth are not read: an unknown type there does not matter
+    odd = b"".join(parts[:5]) + cd_part(0xFFFF, b"cpu\x00") + parts[5]
+    assert ENGINE.classify(_s(src=[odd], dport=25826)).host == "sensor1.lan"
+    # ... but within the first three it ends the reading: too few parts
+    bad = parts[0] + cd_part(0xFFFF, b"cpu\x00") + b"".join(parts[1:])
+    assert proto(_s(src=[bad], dport=25826)) != "collectd"
+    assert proto(_s(src=[b"".join(parts[:2])], dport=25826)) != "collectd"
+    # a part longer than the datagram
+    assert proto(_s(src=[host + struct.pack("!HH", 2, 400) + b"cpu\x00"], dport=25826)) != "collectd"
+    # an encrypted datagram: one AES-256 part (user name, IV, ciphertext) filling it
+    user = b"admin"
+    body = struct.pack("!H", len(user)) + user + bytes(16) + bytes(range(40))
+    v = ENGINE.classify(_s(src=[cd_part(0x0210, body)], dport=25826))
+    assert v.app_protocol == "collectd" and v.host == ""
 
 
 @pytest.mark.parametrize("transport,name", [("ICMP", "ICMP"), ("ICMPV6", "ICMPV6"), ("IGMP", "IGMP"), ("58", "ICMPV6")])

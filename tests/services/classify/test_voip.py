@@ -87,3 +87,46 @@ def test_iax2_new_and_skinny_register():
 
 def test_discord_keepalive():
     assert ENGINE.classify(_s(src=[b"\x13\x37\xca\xfe\x00\x00\x00\x01"], dport=50010)).app_protocol == "Discord"
+
+
+def srtp(seq: int, ssrc: int = 0x51672B2B, pt: int = 120, ext: bool = True) -> bytes:
+    """An SRTP packet (RFC 3711 3.1): the RTP header in clear (RFC 3550 5.1, here with a one-word
+    header extension, RFC 8285), an encrypted payload, a 10-byte authentication tag."""
+    hdr = struct.pack("!BBHII", 0x90 if ext else 0x80, pt, seq, seq * 960, ssrc)
+    if ext:
+        hdr += struct.pack("!HH", 0xBEDE, 1) + b"\x10\x33\x00\x00"
+    return hdr + bytes(range(7, 7 + 60)) + b"\xa5" * 10
+
+
+def test_media_on_a_call_services_stun_flow_is_srtp():
+    """nDPI (stun.c): a STUN flow whose call service is known (STUN/<app>) that carries RTP within
+    the packets it still reads becomes SRTP/<app>; without a known service it stays STUN (STUN/RTP)."""
+    wa_req = stun(0x0001, attr(0x4000, b"\x00\x01\x00\x00"))          # WhatsApp's STUN attribute
+    wa_resp = stun(0x0101, attr(0x0020, b"\x00\x01\x11\x11\x0a\x00\x00\x01"))
+    s = _s(src=[wa_req, srtp(1), srtp(2)], dst=[wa_resp, srtp(40, ssrc=7)], sport=49526, dport=41107, dirs="sdssd")
+    v = ENGINE.classify(s)
+    assert (v.app_protocol, v.application) == ("SRTP", "WhatsAppCall") and v.final
+    # WhatsApp's own STUN message types (0x0800-0x0805) name the service as well
+    wa_own = struct.pack("!HH", 0x0801, 0) + COOKIE + b"W" * 12
+    v = ENGINE.classify(_s(src=[wa_own, srtp(1)], dst=[stun(0x0101)], dport=3478, dirs="sds"))
+    assert (v.app_protocol, v.application) == ("SRTP", "WhatsAppCall")
+    # the same media after a STUN exchange that names no service: STUN (nDPI's STUN/RTP)
+    s = _s(src=[stun(0x0001), srtp(1), srtp(2)], dst=[stun(0x0101), srtp(40, ssrc=7)], sport=49526, dport=41107,
+           dirs="sdssd")
+    assert ENGINE.classify(s).app_protocol == "STUN"
+    # media only after nDPI stopped reading (more than 6 packets after the first STUN message)
+    late = [wa_req] + [stun(0x0001, tid=bytes([i]) * 12) for i in range(6)] + [srtp(1), srtp(2)]
+    v = ENGINE.classify(_s(src=late, dst=[wa_resp], dport=3478, dirs="s" * 7 + "d" + "ss"))
+    assert (v.app_protocol, v.application) == ("STUN", "WhatsAppCall")
+    # not RTP for nDPI: an RTCP-range payload type, a CSRC count the packet cannot hold
+    bad = struct.pack("!BBHII", 0x80, 200, 1, 0, 1) + b"\x00" * 20
+    short = struct.pack("!BBHII", 0x8F, 0, 1, 0, 1) + b"\x00" * 20
+    for p in (bad, short):
+        assert ENGINE.classify(_s(src=[wa_req, p], dst=[wa_resp], dport=3478, dirs="sds")).app_protocol == "STUN"
+
+
+def test_plain_rtp_stays_rtp():
+    """An RTP flow nDPI's RTP dissector finds (no STUN) is RTP, encrypted or not: nDPI says SRTP only
+    when a call service's STUN flow announced it."""
+    s = _s(src=[srtp(1), srtp(2), srtp(3)], dst=[srtp(80, ssrc=9)], sport=40000, dport=40002, dirs="sdss")
+    assert ENGINE.classify(s).app_protocol == "RTP"
