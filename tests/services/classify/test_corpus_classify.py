@@ -63,13 +63,13 @@ ZEEK = CORPUS.parent.parent / "zeek" / "dev"
 
 # Issue 18's floors are proto_dpi >= 99.0 %, host >= 99.0 % on both dev corpora and a per-capture
 # mean proto_dpi >= 97 % on nDPI's; all met.  Where the engine is above them (nDPI's host, Zeek's
-# proto_dpi and host) the floors are set at or just under what it reaches today so that they can
-# only go up.  2 of Zeek's 243 host names still differ: an SSDP host without its port, as nDPI 5.0
+# proto_dpi and host) the floors are set about one flow under what it reaches today (nDPI host 99.53,
+# Zeek proto_dpi 99.60, host 99.18, per-capture 99.18) so that they can only go up.  2 of Zeek's 243 host names still differ: an SSDP host without its port, as nDPI 5.0
 # gives it where the nDPI captures' older results keep it, and an FTP greeting's name that only the
 # twelfth server packet carries, past what capture samples.
 FLOORS = {
-    "ndpi": {"proto_dpi": 99.0, "host": 99.5, "proto_dpi_macro": 97.0, "matched_pct": 99.0},
-    "zeek": {"proto_dpi": 99.6, "host": 99.0, "proto_dpi_macro": 99.0, "matched_pct": 99.0},
+    "ndpi": {"proto_dpi": 99.0, "host": 99.4, "proto_dpi_macro": 97.0, "matched_pct": 99.0},
+    "zeek": {"proto_dpi": 99.5, "host": 99.0, "proto_dpi_macro": 99.0, "matched_pct": 99.0},
 }
 
 
