@@ -85,7 +85,10 @@ class RuleStats:
 
         written = 0
         for rid in list(self.pending):
-            delta = self.pending[rid]
+            # taken out before the first await: a BlockAction recorded while this flush waits for the
+            # bucket goes into a new pending entry instead of into a delta already written (it was lost)
+            delta = self.pending.pop(rid)
+            done = False
             for _ in range(20):
                 try:
                     try:
@@ -110,11 +113,19 @@ class RuleStats:
                 except Exception as exc:  # NATS down: keep the counts, try at the next flush
                     self.flush_errors += 1
                     log.debug("rule stats flush of %s failed: %s", rid, exc)
+                    self._keep(rid, delta)
                     return written
-                del self.pending[rid]
                 written += 1
+                done = True
                 break
+            if not done:
+                self._keep(rid, delta)
         return written
+
+    def _keep(self, rid: str, delta: dict[str, Any]) -> None:
+        """A delta not written stays pending, with what was recorded meanwhile."""
+        later = self.pending.get(rid)
+        self.pending[rid] = merge(delta, later) if later is not None else delta
 
     def metric_families(self) -> list[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily

@@ -61,6 +61,34 @@ def test_flush_keeps_counts_while_nats_is_down(nats_server):
     asyncio.run(go())
 
 
+def test_an_action_recorded_while_a_flush_waits_is_not_lost(nats_server):
+    """The delta being written was the pending dict itself: a BlockAction recorded while the flush awaited
+    the bucket was added to it after its value was serialised, then deleted with it (the N=100 tunnel lab
+    listed 102 hits for 103 actions)."""
+    async def go():
+        nc = await nats.connect(nats_server.url)
+        kv = await open_stats_bucket(nc.jetstream(), "ft_rule_stats")
+        s = RuleStats()
+        for i in range(50):
+            s.record("r1", "won", float(i))
+
+        async def more():
+            for i in range(50):
+                s.record("r1", "won", 100.0 + i)
+                await asyncio.sleep(0)
+
+        for _ in range(20):   # flushes interleaved with actions
+            await asyncio.gather(s.flush(kv), more())
+        while s.pending:
+            await s.flush(kv)
+        stats = await read_stats(nc.jetstream(), "ft_rule_stats")
+        await nc.close()
+        return stats
+
+    stats = asyncio.run(go())
+    assert stats["r1"]["hits"] == 50 + 20 * 50 and stats["r1"]["won"] == 1050
+
+
 def test_prometheus_metrics_per_rule_id():
     from shared import metrics
 
