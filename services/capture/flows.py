@@ -182,7 +182,7 @@ class Flow:
         "state", "fin", "closed_at", "end_reason", "next_check", "last_update",
         "sampling", "sd", "dd", "dirs", "sample_seq", "pending", "verdict", "verdict_final",
         "is_dns", "deadline", "source", "ev", "rkey", "s_stamp", "d_stamp", "hot_n",
-        "outer", "rec_bytes",
+        "outer", "rec_bytes", "icmp",
     )
 
     def __init__(self) -> None:
@@ -503,7 +503,8 @@ class FlowMeter:
                         key += b"/%d" % vlan
                 hit = tget(key)
                 if hit is None:
-                    f, fwd = self._new_flow(key, ts, frame, ver, proto, src, dst, sp, dp, flags, vlan, vlans, macoff, tun)
+                    f, fwd = self._new_flow(key, ts, frame, ver, proto, src, dst, sp, dp, flags, vlan, vlans, macoff, tun,
+                                            po, pl)
                 else:
                     to_end(key)
                     f, fwd = hit
@@ -633,8 +634,13 @@ class FlowMeter:
 
     def _new_flow(self, key: tuple, ts: float, frame: bytes, ver: int, proto: int, src: bytes | None,
                   dst: bytes | None, sp: int, dp: int, flags: int, vlan: int, vlans: tuple, macoff: int,
-                  tun: str) -> tuple[Flow, bool]:
-        """Create a flow for a packet whose directional table key is ``key``; returns (flow, packet is from src)."""
+                  tun: str, po: int = 0, pl: int = 0) -> tuple[Flow, bool]:
+        """Create a flow for a packet whose directional table key is ``key``; returns (flow, packet is from src).
+
+        ``po``/``pl``: the packet's L4 payload offset and length as decode() gives them (for ICMP/ICMPv6,
+        the ICMP header: its type and code are kept for the Community ID; the compiled loop, which only
+        creates TCP/UDP flows, leaves them out).
+        """
         if self._nflows >= self._max_flows:
             self._evict_one()
         if src is None:  # the inline fast path did not slice them
@@ -678,6 +684,9 @@ class FlowMeter:
         f.dst_mac = self._mac_text(frame, dmac_off)
         f.vlan_ids = vlans
         f.tunnel = tun
+        # ICMP/ICMPv6: the first packet's (type, code), for the Community ID (flows are keyed without them);
+        # pl is 0 for a non-first fragment, whose payload is no ICMP header
+        f.icmp = (frame[po], frame[po + 1]) if (proto == 1 or proto == 58) and pl >= 2 else None
         # outer tunnel endpoints and id: one slot, None for flows that are not tunnelled
         f.outer = (self._ip_text(osrc), self._ip_text(odst), tid) if outer is not None else None
         f.first = f.last = ts
@@ -713,6 +722,7 @@ class FlowMeter:
         v = f.verdict
         vl = f.vlan_ids
         o = f.outer
+        ic = f.icmp
         if v is not None:
             app, application, category, host = v.app_protocol, v.application, v.category, v.host
             conf = v.confidence if v.confidence != "unknown" else ""
@@ -738,6 +748,8 @@ class FlowMeter:
             "dst_ip": f.dst_ip,
             "dst_port": f.dport,
             "vlan_id": vl[0] if vl else 0,
+            "icmp_type": ic[0] if ic else None,
+            "icmp_code": ic[1] if ic else None,
             "phase": phase,
             "end_reason": f.end_reason if phase == "end" else "",
             "source": f.source,
@@ -1122,6 +1134,8 @@ class FlowMeter:
             "dst_ip": f.dst_ip,
             "dst_port": f.dport,
             "vlan_id": f.vlan_ids[0] if f.vlan_ids else 0,
+            "icmp_type": f.icmp[0] if f.icmp else None,
+            "icmp_code": f.icmp[1] if f.icmp else None,
             "source": f.source,
             "first_seen": f.first,
             "src_mac": f.src_mac,
@@ -1188,6 +1202,8 @@ class FlowMeter:
             dst_ip=f.dst_ip,
             dst_port=f.dport,
             vlan_id=f.vlan_ids[0] if f.vlan_ids else 0,
+            icmp_type=None,
+            icmp_code=None,
             kind="dns",
             source=self.source,
             src_mac=f.src_mac,
@@ -1222,6 +1238,8 @@ class FlowMeter:
                 dst_ip=arp.target_ip,
                 dst_port=0,
                 vlan_id=vlans[0] if vlans else 0,
+                icmp_type=None,
+                icmp_code=None,
                 kind="arp",
                 source=self.source,
                 src_mac=format_mac(frame, macoff + 6) if macoff >= 0 else "",
