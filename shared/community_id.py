@@ -11,10 +11,16 @@ the code for one-way types) as ports, as Zeek does; other protocols without
 ports hash the addresses and protocol only.
 
 ``community_id`` is the spec's function; ``for_event`` applies it to a
-FlowTarget event's envelope.  FlowTarget keys ICMP and SCTP flows without
-type/code or ports (``src_port = dst_port = 0``), so for those ``for_event``
-gives ``""``, as the spec asks of a monitor that cannot compute the value.
-Computed once per stored record (in store, at write time), never per packet.
+FlowTarget event's envelope.  FlowTarget keys ICMP and ICMPv6 flows without
+type/code (``src_port = dst_port = 0``, as nDPI does); capture reads the type
+and code of a flow's first packet once, when it creates the flow, and every
+event about the flow carries them (``icmp_type``/``icmp_code``), so
+``for_event`` hashes those.  A flow that mixes ICMP types (echo and
+unreachable between the same hosts) gets its first packet's id.  SCTP flows
+are keyed and recorded without ports (decode only checks the common header's
+length), so for those ``for_event`` gives ``""``, as the spec asks of a
+monitor that cannot compute the value.  Computed once per stored record (in
+store, at write time), never per packet.
 """
 
 from __future__ import annotations
@@ -89,17 +95,23 @@ def proto_number(transport: str) -> int | None:
     return n
 
 
-def for_event(transport: str, src_ip: str, src_port: int, dst_ip: str, dst_port: int, seed: int = 0) -> str:
+def for_event(transport: str, src_ip: str, src_port: int, dst_ip: str, dst_port: int, seed: int = 0,
+              icmp_type: int | None = None, icmp_code: int | None = None) -> str:
     """Community ID of a FlowTarget event's endpoints; "" when it cannot be computed (no IP
-    addresses, ICMP/SCTP flows keyed without type/ports, unknown transport)."""
+    addresses, an ICMP flow without its first packet's type and code, SCTP flows (keyed without
+    ports), unknown transport).  ``icmp_type``/``icmp_code``: the event's (ICMP/ICMPv6 flows)."""
     if not src_ip or not dst_ip:
         return ""
     proto = proto_number(transport)
     if proto is None or proto > 255:
         return ""
-    if proto in (1, 58, 132):
-        return ""           # FlowTarget does not key these by type/code or ports
+    if proto == 132:
+        return ""           # FlowTarget does not key or record SCTP ports
     try:
+        if proto == 1 or proto == 58:
+            if icmp_type is None or icmp_code is None:
+                return ""   # not known (e.g. an event of an older producer)
+            return community_id(src_ip, dst_ip, proto, icmp_type, icmp_code, seed)
         if proto in _PORTED:
             return community_id(src_ip, dst_ip, proto, src_port, dst_port, seed)
         return community_id(src_ip, dst_ip, proto, None, None, seed)

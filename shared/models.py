@@ -53,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 #: the event contract's version, "MAJOR.MINOR" (see "Schema versions" above)
 SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 1
+SCHEMA_MINOR = 2
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 
 #: a probe name: one NATS subject token (what ``shared.subjects.check_token`` accepts)
@@ -85,6 +85,10 @@ class Event(_Model):
     dst_ip: str = Field(default="", max_length=64, description="Destination address.")
     dst_port: int = Field(default=0, ge=0, le=65535, description="Destination port (0 for transports without ports).")
     vlan_id: int = Field(default=0, ge=0, le=4095, description="Outermost 802.1Q VLAN id, 0 when untagged.")
+    icmp_type: int | None = Field(default=None, ge=0, le=255, description=(
+        "ICMP/ICMPv6 flows (keyed without type and code, ports 0): type of the flow's first packet, for the "
+        "flow's Community ID; None for other transports or when unknown. Copied onto every event about the flow."))
+    icmp_code: int | None = Field(default=None, ge=0, le=255, description="ICMP/ICMPv6 flows: code of the flow's first packet (see icmp_type).")
 
 
 # --------------------------------------------------------------------------- flows
@@ -410,16 +414,22 @@ _any_adapter: TypeAdapter[Any] = TypeAdapter(Annotated[Union[AnyEvent, EventBatc
 
 
 def _flat_json(cls: type) -> bool:
-    """Whether every field of ``cls`` is a str, int, float or bool (a Literal of str included),
-    so that an instance's ``__dict__`` is its JSON document as pydantic would write it."""
+    """Whether every field of ``cls`` is a str, int, float or bool (a Literal of str included, or one
+    of them or None), so that an instance's ``__dict__`` is its JSON document as pydantic would write it."""
+    import types
     import typing
 
+    scalars = (str, int, float, bool)
     for fi in cls.model_fields.values():
         t = fi.annotation
-        if typing.get_origin(t) is Literal:
+        origin = typing.get_origin(t)
+        if origin is Literal:
             if not all(isinstance(a, str) for a in typing.get_args(t)):
                 return False
-        elif t not in (str, int, float, bool):
+        elif origin in (typing.Union, types.UnionType):   # e.g. int | None: None is null for both writers
+            if not all(a in scalars or a is type(None) for a in typing.get_args(t)):
+                return False
+        elif t not in scalars:
             return False
     return True
 

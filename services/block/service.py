@@ -166,10 +166,12 @@ class Blocker(TcpRace, DnsRace):
         if flow is not None:
             base = dict(flow_id=flow.flow_id, transport=flow.transport, src_ip=flow.client.ip,
                         src_port=flow.client.port, dst_ip=flow.server.ip, dst_port=flow.server.port,
-                        vlan_id=flow.vlan_ids[0] if flow.vlan_ids else 0)
+                        vlan_id=flow.vlan_ids[0] if flow.vlan_ids else 0, icmp_type=flow.icmp_type,
+                        icmp_code=flow.icmp_code)
         else:
             base = dict(flow_id=ev.flow_id, transport=ev.transport, src_ip=ev.src_ip, src_port=ev.src_port,
-                        dst_ip=ev.dst_ip, dst_port=ev.dst_port, vlan_id=ev.vlan_id)
+                        dst_ip=ev.dst_ip, dst_port=ev.dst_port, vlan_id=ev.vlan_id,
+                        icmp_type=getattr(ev, "icmp_type", None), icmp_code=getattr(ev, "icmp_code", None))
         return BlockAction(timestamp=time.time(), probe=self.s.probe, rule_id=rule.id, action=action,  # type: ignore[arg-type]
                            outcome=outcome, host=host[:512], latency_ms=round(max(0.0, latency_ms), 3),  # type: ignore[arg-type]
                            attempts=attempts, message=message[:1024], **base)
@@ -187,6 +189,8 @@ class Blocker(TcpRace, DnsRace):
             flow_id=base.flow_id if base else ev.flow_id, transport=base.transport if base else ev.transport,
             src_ip=base.client.ip if base else ev.src_ip, src_port=base.client.port if base else ev.src_port,
             dst_ip=base.server.ip if base else ev.dst_ip, dst_port=base.server.port if base else ev.dst_port,
+            icmp_type=base.icmp_type if base else getattr(ev, "icmp_type", None),
+            icmp_code=base.icmp_code if base else getattr(ev, "icmp_code", None),
             details={"host": host[:256], "action": rule.action},
         )
         self.count("alerts")
@@ -232,7 +236,7 @@ class Blocker(TcpRace, DnsRace):
             flow_id=v.flow_id, transport=v.transport.upper(),
             client=inj.Endpoint(v.src_ip, v.src_port, v.src_mac or "00:00:00:00:00:00"),
             server=inj.Endpoint(v.dst_ip, v.dst_port, v.dst_mac or "00:00:00:00:00:00"),
-            vlan_ids=list(v.vlan_ids), ctx=ctx, seen=time.monotonic(),
+            vlan_ids=list(v.vlan_ids), ctx=ctx, seen=time.monotonic(), icmp_type=v.icmp_type, icmp_code=v.icmp_code,
         )
 
     async def on_verdict(self, v: Verdict) -> None:

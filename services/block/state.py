@@ -37,6 +37,8 @@ class FlowInfo:
     ctx: MatchContext
     seen: float
     t_packet: float = 0.0  # DNS: the query's capture time (one query seen by two paths has one time)
+    icmp_type: int | None = None  # ICMP flows: the verdict's icmp_type/icmp_code (for the Community ID)
+    icmp_code: int | None = None
 
 
 def _reverse_key(key: bytes) -> bytes:

@@ -18,7 +18,9 @@ next flow on the same key starts.  A Community ID (``1:...``, the flow hash of
 Zeek, Suricata and Arkime) selects files by the flows their indexes list; each
 packet's 5-tuple is hashed once per distinct tuple (a bounded cache), so files
 without an index (the one being written) are filtered in the same pass.  ICMP
-and SCTP packets have no Community ID here (as ``shared.community_id.for_event``).
+and SCTP packets are not selected by Community ID here: the indexes and decode
+key them without type/code or ports (the records' ICMP ids come from the type
+and code capture keeps per flow, ``shared.community_id.for_event``).
 """
 
 from __future__ import annotations

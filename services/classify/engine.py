@@ -53,6 +53,7 @@ log = logging.getLogger("flowtarget.classify.engine")
 # must not produce a verdict that fails validation downstream.
 _STR_LIMITS = {"app_protocol": 64, "application": 64, "category": 64, "host": 512}
 _ENVELOPE = ("timestamp", "probe", "flow_id", "transport", "src_ip", "src_port", "dst_ip", "dst_port", "vlan_id",
+             "icmp_type", "icmp_code",
              "sample_seq_no", "trigger_time", "src_mac", "dst_mac", "vlan_ids", "src2dst_next_seq", "src2dst_ack",
              "dst2src_next_seq", "dst2src_ack")
 
@@ -203,7 +204,7 @@ class Engine:
         d.update(
             timestamp=s.timestamp, probe=s.probe, flow_id=s.flow_id, transport=s.transport,
             src_ip=s.src_ip, src_port=s.src_port, dst_ip=s.dst_ip, dst_port=s.dst_port, vlan_id=s.vlan_id,
-            sample_seq_no=s.seq_no, trigger_time=s.trigger_time, src_mac=s.src_mac, dst_mac=s.dst_mac,
+            icmp_type=s.icmp_type, icmp_code=s.icmp_code, sample_seq_no=s.seq_no, trigger_time=s.trigger_time, src_mac=s.src_mac, dst_mac=s.dst_mac,
             vlan_ids=list(s.vlan_ids), src2dst_next_seq=s.src2dst_next_seq, src2dst_ack=s.src2dst_ack,
             dst2src_next_seq=s.dst2src_next_seq, dst2src_ack=s.dst2src_ack, extra={}, http_transactions=[],
         )

@@ -19,7 +19,8 @@ Every line has ``timestamp`` (ISO 8601, microseconds, ``+0000``), ``flow_id`` (a
 integer: the first 48 bits of SHA-1 of FlowTarget's flow id, the same for every
 record of a flow), ``community_id``, ``src_ip``/``src_port``/``dest_ip``/``dest_port``,
 ``proto``, ``app_proto``, ``vlan``, ``ether`` (MACs) and, for tunnelled flows,
-``tunnel`` (outer endpoints when capture reports them).  Fields eve has no place
+``tunnel`` (outer endpoints when capture reports them); ICMP flow lines have
+``icmp_type``/``icmp_code`` (of the flow's first packet).  Fields eve has no place
 for (DNS additionals and rtt, HTTP request body length, FlowTarget's host and
 application ...) are only in the native JSON lines / InfluxDB output: eve's schema
 forbids other keys.  ``flow_updates`` points and QUIC have no eve event and are
@@ -138,6 +139,9 @@ class EveWriter:
                        "shutdown": "shutdown", "fin": "timeout", "rst": "timeout"}.get(reason, "timeout"),
             "alerted": False,
         }
+        if f.get("icmp_type") is not None:    # ICMP/ICMPv6 flows: the first packet's, as Suricata's icmp_type/icmp_code
+            rec["icmp_type"] = int(f["icmp_type"])
+            rec["icmp_code"] = int(f.get("icmp_code") or 0)
         rec["flow"] = fl
         self._ether(rec, f)
         tun = {}

@@ -97,8 +97,8 @@ class AccessLogRule:
 
 
 def community_id(ev: Event) -> str:
-    """Community ID v1 (seed 0) of an event's endpoints, "" when it has none."""
-    return for_event(ev.transport, ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port)
+    """Community ID v1 (seed 0) of an event's endpoints (ICMP: with the flow's icmp_type/icmp_code), "" when it has none."""
+    return for_event(ev.transport, ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port, 0, ev.icmp_type, ev.icmp_code)
 
 
 def _envelope(ev: Event) -> dict:
@@ -122,7 +122,7 @@ def _flow_fields(f: FlowRecord, with_first_seen: bool) -> dict:
 
     ``flows`` has no first_seen field: its timestamp is first_seen (to the
     microsecond, see ``ts_ns``).  vlan_id only when tagged, TCP flags only for
-    TCP; ip_version is left out (the addresses say it).
+    TCP, icmp_type/icmp_code only for ICMP flows; ip_version is left out (the addresses say it).
     """
     d = {
         "flow_id": f.flow_id,
@@ -157,13 +157,17 @@ def _flow_fields(f: FlowRecord, with_first_seen: bool) -> dict:
     if f.transport == "TCP":
         d["src2dst_tcp_flags"] = f.src2dst_tcp_flags
         d["dst2src_tcp_flags"] = f.dst2src_tcp_flags
+    elif f.icmp_type is not None:        # ICMP/ICMPv6: the first packet's type and code
+        d["icmp_type"] = f.icmp_type
+        d["icmp_code"] = f.icmp_code or 0
     return d
 
 
 _STR_ONLY = {str}
 _INT_ONLY = {int}
 _TUNNEL_ENDPOINTS = ("tunnel_src_ip", "tunnel_dst_ip")
-_FLOW_OPTIONAL = ("first_seen", *_TUNNEL_ENDPOINTS, "vlan_id", "src2dst_tcp_flags", "dst2src_tcp_flags")
+_FLOW_OPTIONAL = ("first_seen", *_TUNNEL_ENDPOINTS, "vlan_id", "src2dst_tcp_flags", "dst2src_tcp_flags", "icmp_type",
+                  "icmp_code")
 
 
 def render_flow_fields(d: dict) -> str | None:

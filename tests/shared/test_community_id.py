@@ -78,8 +78,14 @@ def test_for_event_uses_nDPI_transport_names_and_is_direction_free():
     assert a == "1:d/FP5EW3wiY1vCndhwleRRKHowQ=" == for_event("UDP", "8.8.8.8", 53, "192.168.1.52", 54585)
     assert for_event("TCP", "128.232.110.120", 34855, "66.35.250.204", 80) == "1:LQU9qZlK+B5F3KDmev6m5PMibrg="
     assert for_event("46", "10.1.12.1", 0, "10.1.12.2", 0) == "1:KHlLkgoJW7ifUTyTSgyVfkFHzKw="
-    # flows FlowTarget keys without type/code or ports, and events without addresses: no value
+    # ICMP/ICMPv6 flows: with the type and code of the flow's first packet (the event's icmp_type/icmp_code)
+    assert for_event("ICMP", "192.168.0.89", 0, "192.168.0.1", 0, 0, 8, 0) == "1:X0snYXpgwiv9TZtqg64sgzUn6Dk="
+    assert for_event("ICMP", "192.168.0.1", 0, "192.168.0.89", 0, 0, 0, 0) == "1:X0snYXpgwiv9TZtqg64sgzUn6Dk="
+    assert for_event("ICMPV6", "3ffe:501:410:0:2c0:dfff:fe47:33e", 0, "3ffe:507:0:1:200:86ff:fe05:80da", 0, 0,
+                     1, 4) == "1:hLZd0XGWojozrvxqE0dWB1iM6R0="
+    # without them (an older producer), SCTP (keyed and recorded without ports), no addresses: no value
     assert for_event("ICMP", "1.2.3.4", 0, "5.6.7.8", 0) == ""
+    assert for_event("ICMP", "1.2.3.4", 0, "5.6.7.8", 0, 0, 8, None) == ""
     assert for_event("SCTP", "1.2.3.4", 0, "5.6.7.8", 0) == ""
     assert for_event("ARP", "1.2.3.4", 0, "5.6.7.8", 0) == ""
     assert for_event("TCP", "", 0, "5.6.7.8", 80) == ""

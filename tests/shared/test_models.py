@@ -31,6 +31,8 @@ EXAMPLES = [
     Alert(**ENV, alert_id="x1", alert_type="port_scan", first_seen=1.0, last_seen=2.0, count=1000),
     BlockAction(**ENV, rule_id="r1", action="reset", outcome="won", latency_ms=0.4, attempts=1),
     CaptureStats(timestamp=1.0, probe="p1", packets=10, counters={"vlan": 3}),
+    FlowRecord(**dict(ENV, transport="ICMP", src_port=0, dst_port=0, dst_ip="10.0.0.2"), phase="end", first_seen=1.0,
+               last_seen=2.5, icmp_type=8, icmp_code=0),
 ]
 
 

@@ -101,3 +101,25 @@ def test_dns_query_events_drive_dns_block_and_dns_verdicts_do_not_reset():
     asyncio.run(go())
     acts = list(b.recent_actions)
     assert [(a.action, a.outcome, a.host) for a in acts] == [("dns_block", "dry_run", "ads.test")]
+
+
+def test_actions_and_alerts_about_an_icmp_flow_carry_its_type_and_code():
+    """block copies the verdict's icmp_type/icmp_code onto its BlockAction and policy Alert, from which store
+    computes the ICMP flow's Community ID (spec vector: 192.168.0.89 -> 192.168.0.1 echo request)."""
+    from services.store.schema import community_id
+
+    rules = parse_rules_text("""
+rules:
+  - {id: r-ping, cidr: 192.168.0.1/32, app_protocol: ICMP, action: drop}
+  - {id: r-ping-seen, cidr: 192.168.0.1/32, app_protocol: ICMP, action: alert}
+""")
+    b = Blocker(BlockSettings(probe="unit"), bus=None)
+    b.on_rules_changed(RuleSet(rules), [])
+    v = _verdict("", transport="ICMP", app="ICMP", src_ip="192.168.0.89", src_port=0, dst_ip="192.168.0.1",
+                 dst_port=0, icmp_type=8, icmp_code=0)
+    [a] = _run(b, v)
+    [al] = b.recent_alerts
+    assert (a.action, a.rule_id, al.rule_id) == ("drop", "r-ping", "r-ping-seen")
+    for ev in (a, al):
+        assert (ev.icmp_type, ev.icmp_code) == (8, 0)
+        assert community_id(ev) == "1:X0snYXpgwiv9TZtqg64sgzUn6Dk="

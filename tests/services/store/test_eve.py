@@ -138,6 +138,36 @@ def test_bad_out_format_is_a_configuration_error():
     assert proc.returncode != 0 and "out_format" in proc.stderr
 
 
+def test_analyze_pings_eve_has_community_ids(tmp_path):
+    """`flowtarget analyze --format eve` on a capture with pings: the ICMP/ICMPv6 flows have the spec's Community ID
+    (baseline/README.md vectors; the one-way unreachable by the spec's algorithm written out in the capture test)."""
+    from tests.services.capture.test_icmp_community_id import eth4, eth6, spec_cid
+    from tests.services.capture.test_sources import write_pcap
+
+    v6a, v6b = "3ffe:507:0:1:200:86ff:fe05:80da", "3ffe:501:0:1001::2"
+    frames = []
+    for i in range(3):
+        body = bytes((0, 7, 0, i)) + b"x" * 32
+        frames += [eth4("192.168.0.89", "192.168.0.1", 8, 0, body), eth4("192.168.0.1", "192.168.0.89", 0, 0, body),
+                   eth6(v6a, v6b, 128, 0, body), eth6(v6b, v6a, 129, 0, body)]
+    frames.append(eth4("10.0.0.9", "10.0.0.3", 3, 3, b"\0\0\0\0" + b"E" * 28))
+    pcap = write_pcap(tmp_path / "pings.pcap", [(BASE_TS + i * 0.3, fr) for i, fr in enumerate(frames)])
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "flowtarget", "analyze", "--out", str(out), "--format", "eve",
+                           "--no-progress", str(pcap)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recs = [json.loads(ln) for ln in (out / "eve.json").read_text().splitlines()]
+    for r in recs:
+        valid(r)
+    flows = {r["src_ip"]: r for r in recs if r["event_type"] == "flow"}
+    assert {k: (v["proto"], v.get("community_id"), v.get("icmp_type"), v.get("icmp_code")) for k, v in flows.items()} == {
+        "192.168.0.89": ("ICMP", "1:X0snYXpgwiv9TZtqg64sgzUn6Dk=", 8, 0),
+        v6a: ("IPv6-ICMP", "1:+TW+HtLHvV1xnGhV1lv7XoJrqQg=", 128, 0),
+        "10.0.0.9": ("ICMP", spec_cid("10.0.0.9", "10.0.0.3", 1, 3, 3, one_way=True), 3, 3),
+    }
+    assert flows["192.168.0.89"]["flow"]["pkts_toclient"] == 3
+
+
 @pytest.mark.slow
 @pytest.mark.corpus
 def test_analyze_dev_corpora_eve_validates(tmp_path):
@@ -163,3 +193,5 @@ def test_analyze_dev_corpora_eve_validates(tmp_path):
     assert {"flow", "dns", "http", "tls", "ssh"} <= set(kinds), kinds
     assert all(r.get("community_id") for r in map(json.loads, lines[:2000])
                if r["event_type"] == "flow" and r.get("proto") in ("TCP", "UDP"))
+    icmp = [r for r in map(json.loads, lines) if r["event_type"] == "flow" and r.get("proto") in ("ICMP", "IPv6-ICMP")]
+    assert icmp and all(r.get("community_id") and "icmp_type" in r for r in icmp)

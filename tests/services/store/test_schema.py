@@ -143,6 +143,20 @@ def test_fast_flow_renderer_equals_the_careful_one(host, app, src, fid, big, vla
         assert fast is not None  # the common case takes the fast path
 
 
+def test_icmp_flows_store_type_code_and_community_id_on_both_renderers():
+    f = flow(1, transport="ICMP", src_ip="192.168.0.89", dst_ip="192.168.0.1", src_port=0, dst_port=0, vlan_id=7,
+             icmp_type=8, icmp_code=0)
+    _, pts = points_of([f], log_all=True)
+    d = pts[0].fields
+    assert (d["icmp_type"], d["icmp_code"], d["community_id"]) == (8, 0, "1:X0snYXpgwiv9TZtqg64sgzUn6Dk=")
+    assert "src2dst_tcp_flags" not in d
+    fast = render_flow_fields(d)
+    assert fast is not None and fast == _format_fields(d)[0] and fast.endswith(",vlan_id=7i,icmp_type=8i,icmp_code=0i")
+    # a TCP flow has neither field
+    _, pts = points_of([flow(2)], log_all=True)
+    assert "icmp_type" not in pts[0].fields and "icmp_code" not in pts[0].fields
+
+
 def test_jsonl_sink_holds_exactly_the_influx_records(tmp_path):
     events = [flow(i, host=f"h{i},x y=\n") for i in range(5)] + [
         Alert(timestamp=BASE_TS, probe="p1", alert_id="a", alert_type="arp_spoof", first_seen=BASE_TS,
