@@ -434,6 +434,15 @@ class Bus:
         self._subs.append(sub)
         return sub
 
+    async def unsubscribe(self, sub: Any) -> None:
+        """End a subscription made with ``subscribe`` (messages already queued for it are dropped)."""
+        if sub in self._subs:
+            self._subs.remove(sub)
+        try:
+            await sub.unsubscribe()
+        except Exception as exc:  # closed or reconnecting connection: the server drops it with the connection
+            log.debug("unsubscribe failed: %s", exc)
+
     # ------------------------------------------------------------------ JetStream
 
     def stream_config(self) -> StreamConfig:
