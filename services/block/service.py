@@ -11,6 +11,8 @@ Inputs
 - Rules: a JetStream KV bucket watched live (``services.block.rules``).  When a
   rule appears, flows already classified (a bounded cache of recent verdicts)
   that match it are reset at their next packet.
+- Samples, verdicts and DNS packet events are subscribed only while the rules
+  need them (``Blocker.wanted_inputs``), re-checked at every rule change.
 - Its own pypcap handle on the interface (every frame, inbound only, so it
   never sees its own frames), decoded by capture's decoder so that a flow inside
   VLAN/QinQ, MPLS, PPPoE, GRE, VXLAN, GTP-U or IP-in-IP is seen as its inner
