@@ -443,7 +443,8 @@ class Bus:
         return sub
 
     async def subscribe_in_order(self, subjects: Iterable[str], cb: Callable[[Msg], Awaitable[None]],
-                                 pending_msgs_limit: int = 2_000_000, pending_bytes_limit: int = 2 * 1024**3) -> list[Any]:
+                                 pending_msgs_limit: int = 2_000_000, pending_bytes_limit: int = 2 * 1024**3,
+                                 fallback: str | None = None) -> list[Any]:
         """Several subjects, one raw-message callback, in the order the server delivered them.
 
         What one wildcard subscription gives (one queue, so capture's order of start, update
@@ -453,13 +454,25 @@ class Bus:
         subscription its own queue and task, which would interleave the subjects in batches;
         here the subscriptions (made without a callback, so nats-py starts no task of its own)
         share one queue, read by one task.  tests/shared/test_bus.py checks the order on a
-        real nats-server.
+        real nats-server.  Should a nats-py release lack those internals, ``fallback`` (one
+        wildcard covering the subjects; the callback filters) is subscribed instead.
         """
         queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=pending_msgs_limit)
         subs: dict[int, Any] = {}
         for subj in subjects:
             sub = await self.nc.subscribe(subj, pending_msgs_limit=pending_msgs_limit,
                                           pending_bytes_limit=pending_bytes_limit)
+            if not all(hasattr(sub, a) for a in ("_pending_queue", "_pending_size", "_id")):
+                await sub.unsubscribe()
+                for other in subs.values():
+                    await self.unsubscribe(other)
+                if fallback is None:
+                    raise RuntimeError("this nats-py has no per-subscription queue to share: pass a fallback")
+                log.warning("nats-py without shareable subscription queues: subscribing %s instead", fallback)
+                wide = await self.nc.subscribe(fallback, cb=cb, pending_msgs_limit=pending_msgs_limit,
+                                               pending_bytes_limit=pending_bytes_limit)
+                self._subs.append(wide)
+                return [wide]
             own, sub._pending_queue = sub._pending_queue, queue    # nats-py puts each message there
             while not own.empty():                                 # arrived while subscribing
                 queue.put_nowait(own.get_nowait())
@@ -470,7 +483,7 @@ class Bus:
             while True:
                 msg = await queue.get()
                 try:
-                    sub = subs.get(msg._sid) if msg._sid is not None else None
+                    sub = subs.get(getattr(msg, "_sid", None))
                     if sub is not None:
                         sub._pending_size -= len(msg.data)
                     await cb(msg)

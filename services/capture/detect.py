@@ -181,7 +181,7 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
     proc = DetectorProcess(settings, bus)
     register_stats("detect", lambda: {**proc.det.counters(), "alerts_published": proc.published})
     p = settings.probe
-    await bus.subscribe_in_order([subject(k, p) for k in INPUT_KINDS], proc.on_message)
+    await bus.subscribe_in_order([subject(k, p) for k in INPUT_KINDS], proc.on_message, fallback=f"ft.*.{p}")
 
     async def on_ready(msg: Any) -> None:
         await msg.respond(b"ready")

@@ -157,3 +157,44 @@ def test_subscribe_in_order_keeps_the_delivery_order_across_subjects(nats_server
     got, want, pending = asyncio.run(main())
     assert got == want
     assert pending == 0
+
+
+def test_subscribe_in_order_falls_back_to_the_wildcard_without_nats_py_internals(nats_server):
+    """A nats-py whose subscriptions have no queue to share: the fallback wildcard, in order."""
+    import nats
+
+    class Bare:   # what such a nats-py's subscription offers
+        def __init__(self, sub):
+            self._sub = sub
+
+        async def unsubscribe(self):
+            await self._sub.unsubscribe()
+
+    async def main():
+        bus = await Bus.connect(CommonSettings(nats_url=nats_server.url, probe="t"), "test")
+        real = bus.nc.subscribe
+
+        async def subscribe(subj, **kw):
+            sub = await real(subj, **kw)
+            return sub if kw.get("cb") else Bare(sub)
+
+        bus.nc.subscribe = subscribe
+        got = []
+
+        async def cb(msg):
+            got.append((msg.subject, msg.data))
+
+        subs = await bus.subscribe_in_order(["ft.flow.t", "ft.live.t"], cb, fallback="ft.*.t")
+        assert len(subs) == 1 and not isinstance(subs[0], Bare)
+        pub = await nats.connect(nats_server.url)
+        sent = [("ft.flow.t", b"1"), ("ft.sample.t", b"2"), ("ft.live.t", b"3"), ("ft.flow.t", b"4")]
+        for subj, data in sent:
+            await pub.publish(subj, data)
+        await pub.flush()
+        assert await wait_for(lambda: len(got) >= 4, 10)
+        await pub.close()
+        await bus.close()
+        return got, sent
+
+    got, sent = asyncio.run(main())
+    assert got == sent      # everything the wildcard matches, in order: the callback filters
