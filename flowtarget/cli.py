@@ -232,6 +232,10 @@ class ProgressLine:
         print("\r" + self.text(st, time.monotonic()) + " " * 8, end="", file=sys.stderr, flush=True)
 
 
+#: the event types reported_event can accept (the reader builds no others)
+REPORTED_KINDS = ("flow", "dns", "alert")
+
+
 def reported_event(ev: dict[str, Any]) -> bool:
     """The stored events that analyze, run --pcap and bench pipeline use: flow end records, DNS
     records and alerts (not verdicts nor update records, most of the stream)."""
@@ -273,7 +277,7 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
 
     await nc.subscribe("ft.stats.>", cb=on_stats)
     # reads what is stored while the run goes on: only what the report and the callers use
-    collector = await StreamCollector(orch.settings, keep=reported_event).start()
+    collector = await StreamCollector(orch.settings, keep=reported_event, kinds=REPORTED_KINDS).start()
     p = orch.pipeline
     env_store = {"FT_OUT_DIR": str(out_dir), "FT_OUT_FORMAT": out_format}
     for name in ("classify", "store", "block"):

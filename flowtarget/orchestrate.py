@@ -219,13 +219,22 @@ class StreamCollector:
     accepts: the others (``flowtarget analyze`` wants no verdicts and no update
     records) are neither validated nor converted back to dicts, which was most
     of this reader's CPU (issue 12).  Kept events are validated as without it.
+
+    ``kinds`` (event types, with ``keep``): messages go through the services' decoder
+    (``shared.codec``) building only events of those types (the verdicts stored beside
+    the flow records are skipped unbuilt); ``keep`` then tests each event's dict.  Every
+    event of those types is validated, so a bad one of them is counted in ``skipped``
+    even where ``keep`` would not have taken it.
     """
 
     def __init__(self, settings: CommonSettings, subjects: str = "ft.>",
-                 keep: Callable[[dict[str, Any]], bool] | None = None) -> None:
+                 keep: Callable[[dict[str, Any]], bool] | None = None,
+                 kinds: tuple[str, ...] | None = None) -> None:
         self.settings = settings
         self.subjects = subjects
         self.keep = keep
+        self.kinds = kinds
+        self._decoder: Any = None
         self.events: list[dict[str, Any]] = []
         self.last_seq = 0        # stream sequence of the last message read
         self.skipped = 0
@@ -255,7 +264,9 @@ class StreamCollector:
                     msg = await sub.next_msg(timeout=1.0)
                 except asyncio.TimeoutError:   # nats' TimeoutError is one too
                     continue
-                if self.keep is not None:
+                if self.keep is not None and self.kinds is not None:
+                    self._take_kinds(msg.data, msg.subject)
+                elif self.keep is not None:
                     self._take_kept(msg.data)
                 else:
                     try:
@@ -268,6 +279,27 @@ class StreamCollector:
                 self._progress.set()
         finally:
             await sub.unsubscribe()
+
+    def _take_kinds(self, data: bytes, subject: str) -> None:
+        """The events of ``kinds`` in one message that ``keep`` accepts (a bad one skipped alone)."""
+        from shared.codec import DecodeError, Decoder
+        from shared.models import event_dict
+
+        if self._decoder is None:
+            # as the other paths: no probe-of-subject and no schema-header check (the stream's own content)
+            self._decoder = Decoder(check_probe=False)
+        try:
+            decoded = self._decoder.decode(data, subject, None, kinds=self.kinds)
+        except DecodeError:
+            self.skipped += 1
+            return
+        self.skipped += decoded.rejected
+        keep = self.keep
+        assert keep is not None
+        for ev in decoded.events:
+            d = event_dict(ev)
+            if keep(d):
+                self.events.append(d)
 
     def _take_kept(self, data: bytes) -> None:
         """The events of one message that ``keep`` accepts, each validated (a bad one skipped alone)."""

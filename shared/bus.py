@@ -44,7 +44,7 @@ from nats.js.api import DiscardPolicy, ExternalStream, RetentionPolicy, StorageT
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel
 
-from shared.codec import SCHEMA_HEADER, DecodeError, Decoder, safe_line, subject_probe
+from shared.codec import EVENT_MODELS, SCHEMA_HEADER, DecodeError, Decoder, kind_of, safe_line, subject_probe
 from shared.models import SCHEMA_VERSION, Event, EventBatch
 from shared.settings import CommonSettings
 from shared.spool import Spool
@@ -130,6 +130,7 @@ class Bus:
         self._replay_task: asyncio.Task[None] | None = None
         self._subs: list[Any] = []
         self._dlq_tasks: set[asyncio.Task[bool]] = set()
+        self._readers: set[asyncio.Task[None]] = set()   # subscribe_in_order's tasks
         self._closing = False
         self._rlog = RateLimitedLog(log)
 
@@ -244,6 +245,8 @@ class Bus:
                     await self.nc.close()
                 except Exception:
                     pass
+            for task in list(self._readers):
+                task.cancel()
 
     # ------------------------------------------------------------------ publishing
 
@@ -375,16 +378,17 @@ class Bus:
 
     # ------------------------------------------------------------------ subscribing
 
-    def decode(self, msg: Msg, dead_letter: bool = False) -> list[Event] | None:
+    def decode(self, msg: Msg, kinds: Iterable[str] | None = None, dead_letter: bool = False) -> list[Event] | None:
         """The usable events of a message; None (counted, logged once per interval) when there are none.
 
         Events of a batch that were rejected (schema, probe of the subject) are
-        counted and logged the same way; the others are returned.  With
-        ``dead_letter`` (core NATS subscriptions) the unusable message is also
-        copied to ``ft.dlq.<probe>`` with the reason, in the background.
+        counted and logged the same way; the others are returned.  With ``kinds``
+        (event types) only events of those types are built (``Decoder.decode``).
+        With ``dead_letter`` (core NATS subscriptions) the unusable message is
+        also copied to ``ft.dlq.<probe>`` with the reason, in the background.
         """
         try:
-            decoded = self.decoder.decode(msg.data, msg.subject, msg.headers)
+            decoded = self.decoder.decode(msg.data, msg.subject, msg.headers, kinds=kinds)
         except DecodeError as exc:
             self.malformed += 1
             self._rlog.warning("malformed:" + exc.reason,
@@ -431,14 +435,18 @@ class Bus:
         instead, so it can answer a batch with a batch.  With ``when``, a
         message that arrives while ``when()`` is false is dropped before it is
         parsed (counted in ``skipped``): for a subscriber with nothing to do.
+        Events of other types are not even built (``Decoder.decode``'s ``kinds``).
         """
         wanted = tuple(types) if types else None
+        kinds = None
+        if wanted and all(t in EVENT_MODELS.values() for t in wanted):
+            kinds = frozenset(kind_of(t) for t in wanted)
 
         async def _cb(msg: Msg) -> None:
             if when is not None and not when():
                 self.skipped += 1
                 return
-            decoded = self.decode(msg, dead_letter=True)
+            decoded = self.decode(msg, kinds, dead_letter=True)
             if decoded is None:
                 return
             events = [ev for ev in decoded if wanted is None or isinstance(ev, wanted)]
@@ -458,6 +466,74 @@ class Bus:
                                       pending_msgs_limit=2_000_000, pending_bytes_limit=pending_bytes)
         self._subs.append(sub)
         return sub
+
+    async def subscribe_in_order(self, subjects: Iterable[str], cb: Callable[[Msg], Awaitable[None]],
+                                 pending_msgs_limit: int = 2_000_000, pending_bytes_limit: int = 2 * 1024**3,
+                                 fallback: str | None = None) -> list[Any]:
+        """Several subjects, one raw-message callback, in the order the server delivered them.
+
+        What one wildcard subscription gives (one queue, so capture's order of start, update
+        and end records and of its final stats message is kept), without being delivered
+        what the wildcard matches and the subscriber does not use (``ft.*.<probe>`` also
+        matches samples and verdicts: most of the bytes on the bus).  nats-py gives every
+        subscription its own queue and task, which would interleave the subjects in batches;
+        here the subscriptions (made without a callback, so nats-py starts no task of its own)
+        share one queue, read by one task.  tests/shared/test_bus.py checks the order on a
+        real nats-server.  Should a nats-py release lack those internals, ``fallback`` (one
+        wildcard covering the subjects; the callback filters) is subscribed instead.
+        """
+        queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=pending_msgs_limit)
+        subs: dict[int, Any] = {}
+        for subj in subjects:
+            sub = await self.nc.subscribe(subj, pending_msgs_limit=pending_msgs_limit,
+                                          pending_bytes_limit=pending_bytes_limit)
+            if not all(hasattr(sub, a) for a in ("_pending_queue", "_pending_size", "_id")):
+                await sub.unsubscribe()
+                for other in subs.values():
+                    await self.unsubscribe(other)
+                if fallback is None:
+                    raise RuntimeError("this nats-py has no per-subscription queue to share: pass a fallback")
+                log.warning("nats-py without shareable subscription queues: subscribing %s instead", fallback)
+                wide = await self.nc.subscribe(fallback, cb=cb, pending_msgs_limit=pending_msgs_limit,
+                                               pending_bytes_limit=pending_bytes_limit)
+                self._subs.append(wide)
+                return [wide]
+            own, sub._pending_queue = sub._pending_queue, queue    # nats-py puts each message there
+            while not own.empty():                                 # arrived while subscribing
+                queue.put_nowait(own.get_nowait())
+            subs[sub._id] = sub
+            self._subs.append(sub)
+
+        async def reader() -> None:
+            while True:
+                msg = await queue.get()
+                try:
+                    sub = subs.get(getattr(msg, "_sid", None))
+                    if sub is not None:
+                        sub._pending_size -= len(msg.data)
+                    await cb(msg)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.handler_errors += 1
+                    self._rlog.log(logging.ERROR, "handler:ordered", "handler for %s failed (%d so far): %s",
+                                   safe_text(msg.subject, 80), self.handler_errors, safe_text(exc), exc_info=exc)
+                finally:
+                    queue.task_done()
+
+        task = asyncio.get_running_loop().create_task(reader(), name="ordered-subscription")
+        self._readers.add(task)
+        task.add_done_callback(self._readers.discard)
+        return list(subs.values())
+
+    async def unsubscribe(self, sub: Any) -> None:
+        """End a subscription made with ``subscribe`` (messages already queued for it are dropped)."""
+        if sub in self._subs:
+            self._subs.remove(sub)
+        try:
+            await sub.unsubscribe()
+        except Exception as exc:  # closed or reconnecting connection: the server drops it with the connection
+            log.debug("unsubscribe failed: %s", exc)
 
     # ------------------------------------------------------------------ JetStream
 

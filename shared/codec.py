@@ -15,7 +15,12 @@ short reason; it never raises anything else and never recurses without bound:
   it are kept (``Decoded.rejected`` says how many were not);
 - **probe**: an event whose ``probe`` is not the probe of the subject it came
   on (``ft.<kind>.<probe>...``) is rejected;
-- **alert details** beyond ``max_alert_details_bytes`` characters are cut (counted).
+- **alert details** beyond ``max_alert_details_bytes`` characters are cut (counted);
+- **kinds**: a subscriber that uses only some event types (``decode(..., kinds=...)``)
+  gets only those; the others in a batch are skipped by the JSON parser without being
+  built or validated (a flow batch carries each flow's verdict for storage, which the
+  detectors and analyze's reader never use).  Size, depth and version limits apply to
+  the whole message as before.
 
 ``Decoder.counters`` counts each of these; services expose them as metrics.
 """
@@ -26,14 +31,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import typing
+from collections.abc import Iterable
+from typing import Annotated, Literal, Union
+
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from shared.models import (
     SCHEMA_MAJOR,
     SCHEMA_MINOR,
     SCHEMA_VERSION,
     Alert,
+    AnyEvent,
     Event,
     EventBatch,
     parse_any,
@@ -157,6 +167,52 @@ def _first_error(exc: ValidationError) -> str:
     return safe_line(f"{e.get('msg', 'invalid')} at {loc}" if loc else e.get("msg", "invalid"), 160)
 
 
+#: event_type -> model, for every event of the schema
+EVENT_MODELS: dict[str, type[Event]] = {
+    m.model_fields["event_type"].default: m for m in typing.get_args(typing.get_args(AnyEvent)[0])
+}
+
+
+def kind_of(model: type) -> str:
+    """The ``event_type`` of an event model (``FlowRecord`` -> ``"flow"``)."""
+    return str(model.model_fields["event_type"].default)
+
+
+class _Skipped(BaseModel):
+    """Stands for an event of a type the subscriber does not use: parsed past, never built."""
+
+    model_config = ConfigDict(extra="ignore")
+    event_type: str
+
+
+_KIND_ADAPTERS: dict[frozenset[str], TypeAdapter] = {}
+
+
+def kinds_adapter(kinds: frozenset[str]) -> TypeAdapter:
+    """A parser for any message that builds (and validates) only the events of ``kinds``.
+
+    The events of other known types become ``_Skipped`` (a model with one field that ignores
+    the rest, so the JSON parser skips their content); an unknown event_type is an error as
+    with ``parse_any``.
+    """
+    ad = _KIND_ADAPTERS.get(kinds)
+    if ad is not None:
+        return ad
+    wanted = [m for k, m in EVENT_MODELS.items() if k in kinds]
+    others = tuple(k for k in EVENT_MODELS if k not in kinds)
+    members: list[Any] = list(wanted)
+    if others:
+        skipped = type("_SkippedEvent", (_Skipped,), {"__annotations__": {"event_type": Literal[others]}})
+        members.append(skipped)
+    one: Any = Annotated[Union[tuple(members)], Field(discriminator="event_type")] if len(members) > 1 \
+        else members[0]
+    batch = type("_KindsBatch", (BaseModel,), {"__annotations__": {"event_type": Literal["batch"], "events": list[one]},
+                                                "model_config": ConfigDict(extra="allow")})
+    ad = TypeAdapter(Annotated[Union[tuple(members) + (batch,)], Field(discriminator="event_type")])
+    _KIND_ADAPTERS[kinds] = ad
+    return ad
+
+
 COUNTER_NAMES = ("messages", "malformed", "too_large", "too_deep", "not_json", "invalid", "old_major",
                  "new_major", "bad_version", "probe_mismatch", "rejected_events", "unknown_fields",
                  "newer_minor_messages", "details_truncated")
@@ -203,25 +259,41 @@ class Decoder:
         return v
 
     def decode(self, data: bytes | str, subject: str | None = None,
-               headers: Mapping[str, str] | None = None) -> Decoded:
-        """The usable events of one message; DecodeError when none is."""
+               headers: Mapping[str, str] | None = None, kinds: Iterable[str] | None = None) -> Decoded:
+        """The usable events of one message; DecodeError when none is.
+
+        With ``kinds`` (event types, ``"flow"``, ``"verdict"`` ...) only events of those types are
+        built and returned; a message with none of them gives no events (not an error).
+        """
         self.counters["messages"] += 1
         if len(data) > self.max_bytes:
             raise self._fail("too_large", f"{len(data)} bytes > {self.max_bytes}")
         self.check_version(headers)
         rejected = 0
         reasons: list[str] = []
+        only = frozenset(kinds) if kinds is not None else None
+        if only is not None and only.issuperset(EVENT_MODELS):
+            only = None
         try:
-            parsed = parse_any(data)
+            parsed = parse_any(data) if only is None else kinds_adapter(only).validate_json(data)
         except ValidationError as exc:
-            events, rejected, reasons = self._salvage(data, exc)
+            events, rejected, reasons = self._salvage(data, exc, only)
         except (ValueError, TypeError, RecursionError, MemoryError) as exc:   # defensive: pydantic raises the first
             raise self._fail("invalid", safe_line(exc, 160)) from None
         else:
-            events = list(parsed.events) if isinstance(parsed, EventBatch) else [parsed]
-            unknown = strip_unknown_fields(parsed)
+            if only is None:
+                events = list(parsed.events) if isinstance(parsed, EventBatch) else [parsed]
+                unknown = strip_unknown_fields(parsed)
+            else:
+                events = [ev for ev in (parsed.events if parsed.event_type == "batch" else [parsed])
+                          if not isinstance(ev, _Skipped)]
+                unknown = 0
+                for ev in events:
+                    unknown += strip_unknown_fields(ev)
             if unknown:
                 self.counters["unknown_fields"] += unknown
+        if only is not None and not events and not rejected:
+            return Decoded([], 0, [])    # nothing of the wanted kinds in it
         probe = subject_probe(subject) if self.check_probe else None
         if probe is not None and probe not in ("*", ">"):
             kept = [ev for ev in events if ev.probe == probe]
@@ -246,8 +318,9 @@ class Decoder:
                 self.counters["details_truncated"] += 1
         return Decoded(events, rejected, reasons[:5])
 
-    def _salvage(self, data: bytes | str, exc: ValidationError) -> tuple[list[Event], int, list[str]]:
-        """A message pydantic rejected: if it is a batch, keep its valid events."""
+    def _salvage(self, data: bytes | str, exc: ValidationError,
+                 only: frozenset[str] | None = None) -> tuple[list[Event], int, list[str]]:
+        """A message pydantic rejected: if it is a batch, keep its valid events (of ``only``'s types)."""
         first = _first_error(exc)
         if "recursion limit" in first:
             raise self._fail("too_deep", first)
@@ -264,6 +337,9 @@ class Decoder:
         rejected = 0
         reasons: list[str] = []
         for i, item in enumerate(obj["events"]):
+            if only is not None and isinstance(item, dict) and item.get("event_type") in EVENT_MODELS \
+                    and item.get("event_type") not in only:
+                continue     # a known type this subscriber does not use
             try:
                 ev = parse_one(orjson.dumps(item))
             except ValidationError as e:

@@ -11,6 +11,8 @@ Inputs
 - Rules: a JetStream KV bucket watched live (``services.block.rules``).  When a
   rule appears, flows already classified (a bounded cache of recent verdicts)
   that match it are reset at their next packet.
+- Samples, verdicts and DNS packet events are subscribed only while the rules
+  need them (``Blocker.wanted_inputs``), re-checked at every rule change.
 - Its own pypcap handle on the interface (every frame, inbound only, so it
   never sees its own frames), decoded by capture's decoder so that a flow inside
   VLAN/QinQ, MPLS, PPPoE, GRE, VXLAN, GTP-U or IP-in-IP is seen as its inner
@@ -442,6 +444,23 @@ class Blocker(TcpRace, DnsRace):
             self._mark_handled(flow.flow_id)
             self.enforce(flow, rule, flow.ctx.host, 0, 0, 0.0, pending=True)
 
+    def wanted_inputs(self) -> set[str]:
+        """The bus inputs the rules in force (and open races) need: ``sample``, ``verdict``, ``packet``.
+
+        Samples only feed the fast path of name/address rules; verdicts every rule but
+        ``dns_block`` (and, where block can inject, the cache of recent flows a rule added
+        later resets); DNS packet events ``dns_block`` rules and DNS races still open.  With
+        no rules block reads none of them: on a busy probe they were most of its CPU.
+        """
+        want: set[str] = set()
+        if self.fast_rules:
+            want.add("sample")
+        if self.injector is not None or any(r.action != "dns_block" for r in self.rules):
+            want.add("verdict")
+        if self.dns_rules or self.dns_watches or self.unnamed_dns:
+            want.add("packet")
+        return want
+
     def close(self) -> None:
         if self.injector is not None:
             self.injector.close()
@@ -477,7 +496,36 @@ async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
         except (OSError, AttributeError):
             pass
     blocker.open_interface()
-    watcher = RuleWatcher(bus.js, settings.rules_bucket, on_change=blocker.on_rules_changed, max_rules=settings.max_rules)
+    # samples, verdicts and DNS packet events are subscribed only while the rules need them
+    # (Blocker.wanted_inputs): re-checked at every rule change and every turn of the loop below
+    inputs: dict[str, Any] = {}
+    handlers: dict[str, tuple[Any, type]] = {"sample": (blocker.on_sample, FlowSample),
+                                              "verdict": (blocker.on_verdict, Verdict),
+                                              "packet": (blocker.on_packet_event, PacketEvent)}
+    syncing = asyncio.Lock()
+
+    async def sync_inputs() -> None:
+        async with syncing:
+            want = blocker.wanted_inputs()
+            if want == inputs.keys():
+                return
+            for kind in [k for k in inputs if k not in want]:
+                await bus.unsubscribe(inputs.pop(kind))
+            for kind in sorted(want - inputs.keys()):
+                handler, typ = handlers[kind]
+                inputs[kind] = await bus.subscribe(subject(kind, settings.probe), handler, types=[typ])
+            try:
+                await bus.nc.flush(timeout=5)   # the server has the subscriptions before we go on
+            except Exception as exc:
+                blocker._rlog.warning("flush", "flush after subscribing failed: %s", safe_text(exc))
+            log.info("block reads %s", ", ".join(f"ft.{k}" for k in sorted(inputs)) or "no samples, verdicts "
+                     "nor DNS packet events (no rule needs them)")
+
+    async def on_rules_changed(rules: RuleSet, changed: list[Rule]) -> None:
+        blocker.on_rules_changed(rules, changed)
+        await sync_inputs()
+
+    watcher = RuleWatcher(bus.js, settings.rules_bucket, on_change=on_rules_changed, max_rules=settings.max_rules)
     await watcher.start()
     from shared.metrics import register_families, register_stats
 
@@ -526,12 +574,7 @@ async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
 
         loop.add_reader(src.fileno(), readable)
         blocker.drain_capture = readable
-    # samples matter only while there are rules (on_sample returns at once otherwise): with none, they
-    # are dropped unparsed, which is most of block's CPU on a busy probe without rules
-    await bus.subscribe(subject("sample", settings.probe), blocker.on_sample, types=[FlowSample],
-                        when=lambda: len(blocker.rules) > 0)
-    await bus.subscribe(subject("verdict", settings.probe), blocker.on_verdict, types=[Verdict])
-    await bus.subscribe(subject("packet", settings.probe), blocker.on_packet_event, types=[PacketEvent])
+    await sync_inputs()
     log.info("block running: %s iface=%s dry_run=%s bucket=%s", mode_line(settings), settings.iface or "(none)",
              settings.dry_run, settings.rules_bucket)
     last_report = last_flush = time.monotonic()
@@ -542,6 +585,8 @@ async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
             except asyncio.TimeoutError:
                 pass
             blocker.tick()
+            if blocker.wanted_inputs() != inputs.keys():   # e.g. the last DNS race of a removed rule ended
+                await sync_inputs()
             if blocker.rule_stats.pending and (flushing is None or flushing.done()) \
                     and time.monotonic() - last_flush >= settings.rule_stats_flush_s:
                 last_flush = time.monotonic()

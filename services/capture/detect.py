@@ -44,6 +44,13 @@ EVIDENCE_TIMEOUT_S = 2.0   # capture answers at once (a store cut runs after the
 TICK_S = 0.25    # live: incidents age, held ARP binding changes settle
 
 
+#: what the detectors read (``ft.<kind>.<probe>``), on subscriptions that share one queue
+#: (``Bus.subscribe_in_order``) so capture's order holds across them, as it did on the single
+#: ``ft.*.<probe>`` subscription that also brought every sample, verdict and DNS record
+INPUT_KINDS = ("flow", "live", "packet", "stats")
+EVENT_KINDS = ("flow", "packet", "capture_stats")
+
+
 def ctl(probe: str, verb: str) -> str:
     return subject("ctl", probe, verb)
 
@@ -68,12 +75,14 @@ class DetectorProcess:
         self.chains: dict[str, asyncio.Task[None]] = {}   # alert_id -> its latest publication
         self._rlog = RateLimitedLog(log)
 
-    # --- inputs (one subscription, so capture's order is kept)
+    # --- inputs (in capture's order: see INPUTS)
     async def on_message(self, msg: Any) -> None:
         kind = msg.subject.split(".", 2)[1]
-        if kind not in ("flow", "live", "packet", "stats"):
+        if kind not in INPUT_KINDS:
             return                                  # samples, verdicts ...: not ours
-        events = self.bus.decode(msg)
+        # only flow records, packet events and capture's stats are built: a flow batch also
+        # carries each flow's verdict for storage, skipped unvalidated
+        events = self.bus.decode(msg, kinds=EVENT_KINDS)
         if events is None:
             return
         det = self.det
@@ -172,8 +181,7 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
     proc = DetectorProcess(settings, bus)
     register_stats("detect", lambda: {**proc.det.counters(), "alerts_published": proc.published})
     p = settings.probe
-    await bus.nc.subscribe(f"ft.*.{p}", cb=proc.on_message, pending_msgs_limit=2_000_000,
-                           pending_bytes_limit=2 * 1024**3)
+    await bus.subscribe_in_order([subject(k, p) for k in INPUT_KINDS], proc.on_message, fallback=f"ft.*.{p}")
 
     async def on_ready(msg: Any) -> None:
         await msg.respond(b"ready")

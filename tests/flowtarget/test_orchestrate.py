@@ -42,7 +42,7 @@ def test_collector_with_keep_validates_only_what_it_keeps(nats_server):
     unfiltered reader returns it; a bad one among them is skipped alone, a rejected one is not looked at."""
     import orjson
 
-    from flowtarget.cli import reported_event
+    from flowtarget.cli import REPORTED_KINDS, reported_event
     from shared.models import Verdict, batch_json
 
     def upd(i: int) -> FlowRecord:
@@ -55,6 +55,7 @@ def test_collector_with_keep_validates_only_what_it_keeps(nats_server):
         await bus.ensure_stream()
         plain = await StreamCollector(settings).start()
         kept = await StreamCollector(settings, keep=reported_event).start()
+        typed = await StreamCollector(settings, keep=reported_event, kinds=REPORTED_KINDS).start()
         verdict = Verdict(timestamp=1.0, probe="t", flow_id="f1", app_protocol="TLS", host="example.org")
         await bus.js_publish("ft.flow.t", batch_json([verdict, rec(1), upd(2), rec(3)]))
         bad = orjson.loads(batch_json([rec(4), rec(5), upd(6)]))
@@ -64,10 +65,15 @@ def test_collector_with_keep_validates_only_what_it_keeps(nats_server):
         await bus.js.publish("ft.flow.t", b"not an event")
         got_plain = await plain.finish(timeout_s=30)
         got = await kept.finish(timeout_s=30)
+        got_typed = await typed.finish(timeout_s=30)
         await bus.close()
-        return got_plain, got, kept.skipped
+        return got_plain, got, kept.skipped, got_typed, typed.skipped
 
-    got_plain, got, skipped = asyncio.run(main())
+    got_plain, got, skipped, got_typed, skipped_typed = asyncio.run(main())
     assert [e["flow_id"] for e in got] == ["f1", "f3", "f5"]
     assert got[0] == next(e for e in got_plain if e["flow_id"] == "f1" and e["event_type"] == "flow")
     assert skipped == 2      # the out-of-range end record and the message that is no JSON
+    # with kinds (analyze's reader): the same events; the bad update record is a flow record, validated
+    # as one (and counted), the verdict is never built
+    assert got_typed == got
+    assert skipped_typed == 3

@@ -114,3 +114,87 @@ def test_connect_waits_for_a_server_that_is_down_at_start(nats_server):
         return ok
 
     assert asyncio.run(main())
+
+
+def test_subscribe_in_order_keeps_the_delivery_order_across_subjects(nats_server):
+    """Several subjects, one callback, in the order one publisher sent them (the detectors' input),
+    while what matches none of them (samples, verdicts) never arrives."""
+    import random
+
+    import nats
+
+    wanted = ["ft.flow.t", "ft.live.t", "ft.packet.t", "ft.stats.t"]
+    rnd = random.Random(12)
+    sent = []
+    for i in range(3000):
+        subj = rnd.choice(wanted + ["ft.sample.t", "ft.verdict.t"])
+        # sizes from a few bytes to beyond one socket read, so messages share and span reads
+        sent.append((subj, f"{i}:".encode() + b"x" * rnd.choice([1, 50, 3000, 70_000])))
+
+    async def main():
+        bus = await Bus.connect(CommonSettings(nats_url=nats_server.url, probe="t"), "test")
+        got = []
+
+        async def cb(msg):
+            got.append((msg.subject, msg.data.split(b":", 1)[0]))
+            if len(got) % 7 == 0:
+                await asyncio.sleep(0)     # a handler that lets the loop read on now and then
+
+        subs = await bus.subscribe_in_order(wanted, cb)
+        assert len(subs) == len(wanted)
+        pub = await nats.connect(nats_server.url)
+        for subj, data in sent:
+            await pub.publish(subj, data)
+        await pub.flush()
+        want = [(s, d.split(b":", 1)[0]) for s, d in sent if s in wanted]
+        assert await wait_for(lambda: len(got) >= len(want), 30)
+        await asyncio.sleep(0.2)
+        await pub.close()
+        pending = sum(s.pending_bytes for s in subs)
+        await bus.close()
+        return got, want, pending
+
+    got, want, pending = asyncio.run(main())
+    assert got == want
+    assert pending == 0
+
+
+def test_subscribe_in_order_falls_back_to_the_wildcard_without_nats_py_internals(nats_server):
+    """A nats-py whose subscriptions have no queue to share: the fallback wildcard, in order."""
+    import nats
+
+    class Bare:   # what such a nats-py's subscription offers
+        def __init__(self, sub):
+            self._sub = sub
+
+        async def unsubscribe(self):
+            await self._sub.unsubscribe()
+
+    async def main():
+        bus = await Bus.connect(CommonSettings(nats_url=nats_server.url, probe="t"), "test")
+        real = bus.nc.subscribe
+
+        async def subscribe(subj, **kw):
+            sub = await real(subj, **kw)
+            return sub if kw.get("cb") else Bare(sub)
+
+        bus.nc.subscribe = subscribe
+        got = []
+
+        async def cb(msg):
+            got.append((msg.subject, msg.data))
+
+        subs = await bus.subscribe_in_order(["ft.flow.t", "ft.live.t"], cb, fallback="ft.*.t")
+        assert len(subs) == 1 and not isinstance(subs[0], Bare)
+        pub = await nats.connect(nats_server.url)
+        sent = [("ft.flow.t", b"1"), ("ft.sample.t", b"2"), ("ft.live.t", b"3"), ("ft.flow.t", b"4")]
+        for subj, data in sent:
+            await pub.publish(subj, data)
+        await pub.flush()
+        assert await wait_for(lambda: len(got) >= 4, 10)
+        await pub.close()
+        await bus.close()
+        return got, sent
+
+    got, sent = asyncio.run(main())
+    assert got == sent      # everything the wildcard matches, in order: the callback filters

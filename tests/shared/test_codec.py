@@ -65,3 +65,66 @@ def test_too_large_is_rejected_unparsed():
     with pytest.raises(DecodeError) as e:
         d.decode(b" " * 4096, "ft.flow.p1")
     assert e.value.reason == "too_large" and d.counters["too_large"] == 1
+
+
+def _flow(i: int, **kw):
+    from shared.models import FlowRecord
+
+    base = dict(timestamp=1.0 + i, probe="p1", flow_id=f"f{i}", transport="TCP", src_ip="10.0.0.1", src_port=1000 + i,
+                dst_ip="10.0.0.2", dst_port=80, phase="end", first_seen=1.0, last_seen=1.0 + i)
+    base.update(kw)
+    return FlowRecord(**base)
+
+
+def _verdict(i: int):
+    from shared.models import HttpInfo, Verdict
+
+    return Verdict(timestamp=1.0 + i, probe="p1", flow_id=f"f{i}", transport="TCP", src_ip="10.0.0.1",
+                   src_port=1000 + i, dst_ip="10.0.0.2", dst_port=80, app_protocol="HTTP",
+                   http=HttpInfo(method="GET", host="a.test"))
+
+
+def test_kinds_build_only_the_wanted_events_and_keep_every_limit():
+    import orjson
+
+    events = [e for i in range(4) for e in (_flow(i), _verdict(i))]
+    msg = batch_json(events)
+    full = Decoder().decode(msg, "ft.flow.p1")
+    d = Decoder()
+    only = d.decode(msg, "ft.flow.p1", kinds=("flow",))
+    assert only.events == [e for e in full.events if e.event_type == "flow"] and len(only.events) == 4
+    assert d.decode(msg, "ft.flow.p1", kinds=("verdict", "flow")).events == full.events
+    # a message with none of the wanted kinds: no events, not an error
+    assert d.decode(batch_json([_verdict(9)]), "ft.flow.p1", kinds=("flow",)).events == []
+    assert d.counters["malformed"] == 0
+
+    doc = orjson.loads(msg)
+    bad_verdict = orjson.loads(orjson.dumps(doc))
+    bad_verdict["events"][1]["src_port"] = 99999          # a verdict the subscriber does not use
+    bad_flow = orjson.loads(orjson.dumps(doc))
+    bad_flow["events"][2]["src_port"] = 99999             # a flow it does use: rejected alone
+    unknown = orjson.loads(orjson.dumps(doc))
+    unknown["events"][3]["event_type"] = "nonsense"
+    foreign = orjson.loads(orjson.dumps(doc))
+    foreign["events"][4]["probe"] = "other"
+    d = Decoder()
+    assert len(d.decode(orjson.dumps(bad_verdict), "ft.flow.p1", kinds=("flow",)).events) == 4
+    got = d.decode(orjson.dumps(bad_flow), "ft.flow.p1", kinds=("flow",))
+    assert len(got.events) == 3 and got.rejected == 1 and "src_port" in got.reasons[0]
+    got = d.decode(orjson.dumps(unknown), "ft.flow.p1", kinds=("flow",))
+    assert len(got.events) == 4 and got.rejected == 1
+    got = d.decode(orjson.dumps(foreign), "ft.flow.p1", kinds=("flow",))
+    assert len(got.events) == 3 and got.rejected == 1 and d.counters["probe_mismatch"] == 1
+    # the whole message's limits hold, also inside events that are skipped
+    deep = b'{"event_type":"batch","events":[{"event_type":"verdict","x":' + b"[" * 5000 + b"]" * 5000 + b"}]}"
+    for data, reason in ((deep, "too_deep"), (b'{"event_type":"batch","events":[{"event_type":"verdict"', "not_json"),
+                         (b"x" * 10, None)):
+        with pytest.raises(DecodeError) as e:
+            d.decode(data, "ft.flow.p1", kinds=("flow",))
+        assert reason is None or e.value.reason == reason
+    with pytest.raises(DecodeError) as e:
+        Decoder(max_bytes=100).decode(msg, "ft.flow.p1", kinds=("flow",))
+    assert e.value.reason == "too_large"
+    with pytest.raises(DecodeError) as e:
+        d.decode(msg, "ft.flow.p1", headers={"Ft-Schema": f"{SCHEMA_MAJOR + 1}.0"}, kinds=("flow",))
+    assert e.value.reason == "new_major"

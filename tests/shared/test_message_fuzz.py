@@ -102,6 +102,28 @@ def test_decoder_never_raises_but_decode_error(data, subject, headers):
     check_decode(Decoder(max_alert_details_bytes=100), data, subject, headers)
 
 
+KINDS = st.sampled_from([("flow",), ("flow", "packet", "capture_stats"), ("verdict",), ("sample",), ("dns", "alert")])
+
+
+@FUZZ
+@given(HOSTILE, SUBJECTS, HEADERS, KINDS)
+def test_decoder_with_kinds_never_raises_but_decode_error_and_gives_only_those(data, subject, headers, kinds):
+    """The detectors' and analyze's reader's decoding: only the event types they use are built."""
+    try:
+        out = Decoder(max_alert_details_bytes=100).decode(data, subject, headers, kinds=kinds)
+    except DecodeError:
+        return
+    for ev in out.events:
+        assert ev.event_type in kinds
+        assert not ev.__pydantic_extra__, "unknown fields reach a consumer"
+    try:
+        full = Decoder(max_alert_details_bytes=100).decode(data, subject, headers)
+    except DecodeError:
+        return
+    # what the full decoding keeps of those types, the narrow one keeps too
+    assert [e for e in full.events if e.event_type in kinds] == out.events
+
+
 @FUZZ
 @given(st.one_of(st.binary(max_size=500), st.builds(lambda j: json.dumps(j).encode(), JSON),
                  st.builds(nesting, st.integers(1, 5000)), st.builds(lambda d: b'{"a":' * d + b"1" + b"}" * d,
