@@ -337,9 +337,9 @@ class Decoder:
         rejected = 0
         reasons: list[str] = []
         for i, item in enumerate(obj["events"]):
-            if only is not None and isinstance(item, dict) and item.get("event_type") in EVENT_MODELS \
-                    and item.get("event_type") not in only:
-                continue     # a known type this subscriber does not use
+            et = item.get("event_type") if isinstance(item, dict) else None
+            if only is not None and isinstance(et, str) and et in EVENT_MODELS and et not in only:
+                continue     # a known type this subscriber does not use (a hostile tag may be any JSON value)
             try:
                 ev = parse_one(orjson.dumps(item))
             except ValidationError as e:
