@@ -10,8 +10,11 @@
 FROM debian:12 AS build
 WORKDIR /opt/flowtarget
 COPY . .
-# the optional second DPI engine: setup.sh installed libndpi-dev, so its cffi binding is compiled here
-RUN bash scripts/setup.sh \
+# the optional second DPI engine: its cffi binding is compiled here against libndpi-dev (setup.sh
+# installs it only with --test, for the test suite; the runtime stage keeps libndpi4.2 alone)
+RUN apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libndpi-dev >/dev/null \
+ && bash scripts/setup.sh \
  && .venv/bin/flowtarget --help >/dev/null \
  && FT_NDPI_BUILD_DIR=/opt/flowtarget/.ndpi .venv/bin/python -m services.classify.ndpi_engine --build \
  && find . -name __pycache__ -prune -exec rm -rf {} +
@@ -27,7 +30,7 @@ RUN apt-get update -qq \
 WORKDIR /opt/flowtarget
 COPY --from=build /opt/flowtarget /opt/flowtarget
 ENV FT_NDPI_BUILD_DIR=/opt/flowtarget/.ndpi
-RUN mkdir -p /var/lib/flowtarget/evidence /var/lib/flowtarget/spool \
+RUN mkdir -p /var/lib/flowtarget/evidence /var/lib/flowtarget/spool /var/lib/flowtarget/record \
  && flowtarget_check="$(/opt/flowtarget/.venv/bin/python -c 'import pcap, shared.metrics, services.capture.service, services.capture._fastpath; print("ok")')" \
  && test "$flowtarget_check" = ok \
  && ndpi_check="$(/opt/flowtarget/.venv/bin/python -c 'from services.classify.ndpi_engine import load_ndpi; print("ok" if load_ndpi(build_if_missing=False) else "missing")')" \
@@ -38,5 +41,5 @@ ENV PATH=/opt/flowtarget/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr
 LABEL org.opencontainers.image.title="FlowTarget" \
       org.opencontainers.image.description="Network traffic detection probe: capture, DPI, access logs, alerts, blocking over NATS" \
       org.opencontainers.image.licenses="Apache-2.0"
-VOLUME ["/var/lib/flowtarget/evidence", "/var/lib/flowtarget/spool"]
+VOLUME ["/var/lib/flowtarget/evidence", "/var/lib/flowtarget/spool", "/var/lib/flowtarget/record"]
 CMD ["flowtarget", "--help"]
