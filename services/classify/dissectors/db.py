@@ -48,11 +48,13 @@ class PostgreSQL(Simple):
     magic = (b"\x00",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
-        if not from_src or len(p) < 8 or u32(p, 0) != len(p):
+        # the frontend's first message, from either side (the capture may have seen the server's packet first)
+        if len(p) < 8 or u32(p, 0) != len(p):
             return False
         code = u32(p, 4)
+        answers = s.dst_payloads if from_src else s.src_payloads
         if code in (80877103, 80877104) and len(p) == 8:     # SSLRequest / GSSENCRequest
-            return not s.dst_payloads or s.dst_payloads[0][:1] in (b"S", b"N", b"G")
+            return not answers or answers[0][:1] in (b"S", b"N", b"G")
         if code == 80877102:                                  # CancelRequest
             return len(p) == 16
         return code in (0x00030000, 0x00020000) and p.endswith(b"\x00") and b"user\x00" in p
@@ -106,7 +108,10 @@ class MongoDB(Simple):
         if len(p) < 16 or u32le(p, 0) != len(p) and not (u32le(p, 0) > len(p) and len(p) >= 1400):
             return False
         op = u32le(p, 12)
-        return op in (1, 2001, 2002, 2004, 2005, 2006, 2007, 2010, 2011, 2012, 2013) and (u32le(p, 8) in (0, 0xFFFFFFFF) or not from_src)
+        if op not in (1, 2001, 2002, 2004, 2005, 2006, 2007, 2010, 2011, 2012, 2013):
+            return False
+        # a request (responseTo 0), or a reply; a reply from src (the capture saw the server first) whole
+        return u32le(p, 8) in (0, 0xFFFFFFFF) or not from_src or op in (1, 2013) and u32le(p, 0) == len(p)
 
 
 class Memcached(Simple):
