@@ -131,9 +131,8 @@ class Memcached(Simple):
             p = p[8:]
         if len(p) >= 24 and p[0] in (0x80, 0x81) and p[1] <= 0x48 and p[5] == 0:     # binary protocol
             return 11211 in (s.src_port, s.dst_port)
-        if from_src:
-            return p.startswith(self._cmds) and p.endswith(b"\r\n")
-        return p.startswith(self._replies)
+        # a command or a reply, from either side: the capture may have seen the server's packet first
+        return p.startswith(self._cmds) and p.endswith(b"\r\n") or p.startswith(self._replies)
 
 
 class Elasticsearch(Simple):

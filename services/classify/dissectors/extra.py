@@ -96,10 +96,14 @@ class WhoisDAS(Simple):
     port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
-        return from_src and 3 <= len(p) <= 512 and p.endswith(b"\r\n") and all(32 <= c < 127 for c in p[:-2])
+        if from_src == (s.dst_port in self.ports):     # the client's query line
+            return 3 <= len(p) <= 512 and p.endswith(b"\r\n") and all(32 <= c < 127 for c in p[:-2])
+        # the server's text answer (the capture met the flow at it, or saw the server's packet first)
+        return len(p) >= 8 and all(32 <= c < 127 or c in (9, 10, 13) for c in p[:128])
 
     def result(self, s: FlowSample, v: Verdict) -> str:
-        q = s.src_payloads[0].strip() if s.src_payloads else b""
+        client = s.src_payloads if s.dst_port in self.ports else s.dst_payloads
+        q = client[0].strip() if client else b""
         word = q.split(b" ")[-1] if q else b""
         if word and b"." in word:
             v.host = printable(word, 255).lower()
