@@ -11,7 +11,11 @@ generic transforms of how a probe meets the flow:
   flow's src is the server and its first payload is the server's first message;
 - ``retransmit``: the first payload is seen twice (a retransmitted segment or datagram);
 - ``pipelined``: where the protocol lets a side send several messages without waiting, each side's
-  messages travel in one segment (after the server's greeting where the server speaks first).
+  messages travel in one segment (after the server's greeting where the server speaks first);
+- ``split``: the first message, one that can outgrow a segment (a TLS ClientHello, an HTTP request),
+  arrives in two TCP segments (at the MSS, or in the middle of a short one);
+- ``other_port``: the server listens on an unassigned port, for the protocols nDPI tells by their
+  payload wherever they run (``ANY_PORT``: checked against libndpi, which names these rows there).
 
 A row leaves out a transform only where nDPI itself would not name the flow so; ``skip`` says why.
 The bytes are written here from the RFCs and public protocol documents named beside each builder.
@@ -19,6 +23,7 @@ The bytes are written here from the RFCs and public protocol documents named bes
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass, field
 
@@ -44,6 +49,7 @@ class Row:
     skip: dict = field(default_factory=dict)   # transform -> why nDPI would not name it so
     app: str = ""                    # the application nDPI names beside the protocol, when it does
     cport: int = 51514               # the client's port (some protocols fix it: DHCP's 68)
+    split: bool = False              # the first message may outgrow one TCP segment
 
     @property
     def id(self) -> str:
@@ -76,7 +82,8 @@ def _pipelined(msgs: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     return out
 
 
-TRANSFORMS = ("client", "server_side", "from_server", "retransmit", "pipelined")
+TRANSFORMS = ("client", "server_side", "from_server", "retransmit", "pipelined", "split", "other_port")
+MSS = 1448
 
 
 def transformed(row: Row, t: str) -> FlowSample | None:
@@ -96,7 +103,26 @@ def transformed(row: Row, t: str) -> FlowSample | None:
         if not row.pipeline:
             return None
         return _fs(row, _pipelined(msgs), msgs[0][0] == "s")
+    if t == "split":
+        if not row.split or row.transport != "TCP":
+            return None
+        w, p = msgs[0]
+        k = MSS if len(p) > MSS else len(p) // 2
+        return _fs(row, [(w, p[:k]), (w, p[k:])] + msgs[1:], w == "s")
+    if t == "other_port":
+        if row.proto not in ANY_PORT or row.id in NOT_ANY_PORT:
+            return None
+        return _fs(dataclasses.replace(row, port=40123, cport=51514), msgs, False)
     raise ValueError(t)
+
+
+# protocols nDPI tells by their payload on any port (each row of these checked on port 40123 with libndpi)
+ANY_PORT = frozenset({"HTTP", "TLS", "SSH", "SMTP", "POP3", "IMAP", "FTP_CONTROL", "Telnet", "MongoDB", "RDP", "VNC",
+                      "DNP3", "IRC", "MQTT", "RTSP", "SIP", "Jabber", "SOCKS", "NFS", "Zabbix", "SSDP", "STUN", "Syslog",
+                      "WireGuard", "HTTP_Connect", "Gnutella", "BitTorrent", "AMQP", "Nats", "RSYNC", "MsSQL-TDS", "PPTP",
+                      "Diameter", "MGCP"})
+# ... except these rows, which libndpi names only on the protocol's port (or not at all)
+NOT_ANY_PORT = frozenset({"POP3-CAPA", "FTP_CONTROL-FEAT", "SIP-OPTIONS/TCP"})
 
 
 # the flow met at the server's reply: nDPI names these protocols from the client's request only
@@ -160,14 +186,13 @@ def http_rows() -> list[Row]:
         body = b'{"a":1}' if method in ("POST", "PUT", "PATCH") else b""
         req = http_req(method, body=body)
         rows.append(Row("HTTP", method, "TCP", 80, (("c", req), ("s", HTTP_RESP), ("c", req), ("s", HTTP_RESP)),
-                        host="www.example.org", pipeline=method in ("GET", "HEAD"),
+                        host="www.example.org", pipeline=method in ("GET", "HEAD"), split=True,
                         skip=NO_HTTP_RESPONSE_FIRST))
     for ver in ("1.0", "1.1"):
         req = http_req("GET", ver, host="Intranet.Example.COM")
         resp = HTTP_RESP.replace(b"HTTP/1.1", b"HTTP/" + ver.encode())
         rows.append(Row("HTTP", f"v{ver}", "TCP", 8080 if ver == "1.0" else 80, (("c", req), ("s", resp)),
-                        host="intranet.example.com",
-                        skip=NO_HTTP_RESPONSE_FIRST))
+                        host="intranet.example.com", split=True, skip=NO_HTTP_RESPONSE_FIRST))
     return rows
 
 
@@ -178,7 +203,7 @@ def tls_ext(t: int, body: bytes) -> bytes:
     return struct.pack("!HH", t, len(body)) + body
 
 
-def client_hello(hello_ver: int, sni: str, rec_ver: int = 0x0301, tls13: bool = False) -> bytes:
+def client_hello(hello_ver: int, sni: str, rec_ver: int = 0x0301, tls13: bool = False, mlkem: bool = False) -> bytes:
     name = sni.encode()
     exts = tls_ext(0, struct.pack("!HBH", len(name) + 3, 0, len(name)) + name)
     exts += tls_ext(0x000A, struct.pack("!H", 4) + b"\x00\x1d\x00\x17")            # supported_groups
@@ -189,7 +214,10 @@ def client_hello(hello_ver: int, sni: str, rec_ver: int = 0x0301, tls13: bool = 
     if tls13:
         suites = b"\x13\x01\x13\x02" + suites
         exts += tls_ext(0x002B, b"\x04\x03\x04\x03\x03")                            # supported_versions
-        exts += tls_ext(0x0033, struct.pack("!HHH", 36, 0x001D, 32) + b"\x42" * 32)   # key_share
+        shares = struct.pack("!HH", 0x001D, 32) + b"\x42" * 32
+        if mlkem:       # X25519MLKEM768 (draft-kwiatkowski-tls-ecdhe-mlkem): a 1216-byte share, hello > MSS
+            shares = struct.pack("!HH", 0x11EC, 1216) + b"\x43" * 1216 + shares
+        exts += tls_ext(0x0033, struct.pack("!H", len(shares)) + shares)               # key_share
     body = (struct.pack("!H", hello_ver) + b"\x5a" * 32 + b"\x20" + b"\x11" * 32
             + struct.pack("!H", len(suites)) + suites + b"\x01\x00" + struct.pack("!H", len(exts)) + exts)
     hs = b"\x01" + len(body).to_bytes(3, "big") + body
@@ -215,11 +243,13 @@ def tls_rows() -> list[Row]:
     for label, hv, rv in (("1.0", 0x0301, 0x0301), ("1.1", 0x0302, 0x0301), ("1.2", 0x0303, 0x0301),
                           ("1.2rec12", 0x0303, 0x0303)):
         rows.append(Row("TLS", label, "TCP", 443, (("c", client_hello(hv, "Www.Example.Org", rv)),
-                                                   ("s", server_hello(hv))), host="www.example.org",
-))
+                                                   ("s", server_hello(hv))), host="www.example.org", split=True))
     rows.append(Row("TLS", "1.3", "TCP", 443, (("c", client_hello(0x0303, "api.example.net", tls13=True)),
                                                ("s", server_hello(0x0303, tls13=True))), host="api.example.net",
-))
+                    split=True))
+    rows.append(Row("TLS", "big-1.3", "TCP", 443, (("c", client_hello(0x0303, "pq.example.net", tls13=True, mlkem=True)),
+                                                   ("s", server_hello(0x0303, tls13=True))), host="pq.example.net",
+                    split=True))
     return rows
 
 
@@ -689,7 +719,7 @@ def sip_rows() -> list[Row]:
                              ("BYE", "200 OK"), ("SUBSCRIBE", "202 Accepted"), ("MESSAGE", "200 OK")):
             rows.append(Row("SIP", f"{method}/{tr}", tr, 5060, (("c", sip_msg(method, tr)), ("s", sip_resp(code, method, tr)),
                                                                  ("c", sip_msg(method, tr, 2)), ("s", sip_resp(code, method, tr, 2))),
-                            pipeline=tr == "TCP"))
+                            pipeline=tr == "TCP", split=tr == "TCP"))
     return rows
 
 
@@ -995,12 +1025,13 @@ def vpn_rows() -> list[Row]:
 def proxy_rows() -> list[Row]:
     conn = b"CONNECT www.example.org:443 HTTP/1.1\r\nHost: www.example.org:443\r\nUser-Agent: curl/8.5.0\r\n\r\n"
     est = b"HTTP/1.1 200 Connection established\r\n\r\n"
-    rows = [Row("HTTP_Connect", "CONNECT", "TCP", 3128, (("c", conn), ("s", est)), skip=NO_HTTP_RESPONSE_FIRST)]
+    rows = [Row("HTTP_Connect", "CONNECT", "TCP", 3128, (("c", conn), ("s", est)), skip=NO_HTTP_RESPONSE_FIRST, split=True)]
     rows.append(Row("TLS", "SSLv3-record", "TCP", 443, (("c", client_hello(0x0300, "legacy.example.org", 0x0300)),
-                                                       ("s", server_hello(0x0300))), host="legacy.example.org"))
+                                                       ("s", server_hello(0x0300))), host="legacy.example.org", split=True))
     for proto, port in (("IMAPS", 993), ("POPS", 995), ("SMTPS", 465)):
         rows.append(Row(proto, "implicit-TLS", "TCP", port, (("c", client_hello(0x0303, "mail.example.org")),
-                                                             ("s", server_hello(0x0303))), host="mail.example.org"))
+                                                             ("s", server_hello(0x0303))), host="mail.example.org",
+                        split=True))
     return rows
 
 
