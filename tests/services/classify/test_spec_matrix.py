@@ -1144,6 +1144,78 @@ def udp_service_rows() -> list[Row]:
     return rows
 
 
+# ----------------------------------------------------------------------------- QUIC (RFC 9000/9001, RFC 9369 v2, draft-29)
+
+QUIC_SALTS = {0x00000001: "38762cf7f55934b34d179ae6a4c80cadccbb7f0a",
+              0x6B3343CF: "0dede3def700a6db819381be6e269dcbf9bd2ed9",
+              0xFF00001D: "afbfec289993d24c9e9786f19c6111e04390a899"}
+
+
+def hkdf_expand_label(secret: bytes, label: bytes, length: int) -> bytes:
+    """TLS 1.3 HKDF-Expand-Label (RFC 8446 7.1) over SHA-256, empty context; one block suffices here."""
+    import hashlib
+    import hmac
+    full = b"tls13 " + label
+    info = struct.pack("!HB", length, len(full)) + full + b"\x00"
+    return hmac.new(secret, info + b"\x01", hashlib.sha256).digest()[:length]
+
+
+def quic_initial(version: int, dcid: bytes, crypto: bytes, offset: int = 0, pn: int = 0) -> bytes:
+    """A client Initial carrying one CRYPTO frame, padded to 1200 bytes and protected (RFC 9001 5)."""
+    import hashlib
+    import hmac
+
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    v2 = version == 0x6B3343CF
+    initial = hmac.new(bytes.fromhex(QUIC_SALTS[version]), dcid, hashlib.sha256).digest()
+    client = hkdf_expand_label(initial, b"client in", 32)
+    pre = b"quicv2 " if v2 else b"quic "
+    key, iv, hp = (hkdf_expand_label(client, pre + b"key", 16), hkdf_expand_label(client, pre + b"iv", 12),
+                   hkdf_expand_label(client, pre + b"hp", 16))
+
+    def varint(n: int) -> bytes:
+        return bytes([n]) if n < 64 else struct.pack("!H", 0x4000 | n)
+    frames = b"\x06" + varint(offset) + varint(len(crypto)) + crypto
+    header_len = 1 + 4 + 1 + len(dcid) + 1 + 1 + 2 + 4
+    frames += b"\x00" * max(0, 1200 - header_len - len(frames) - 16)
+    first = 0xC0 | ((1 if v2 else 0) << 4) | 0x03
+    header = (bytes([first]) + struct.pack("!I", version) + bytes([len(dcid)]) + dcid + b"\x00" + b"\x00"
+              + struct.pack("!H", 0x4000 | (4 + len(frames) + 16)) + struct.pack("!I", pn))
+    nonce = bytes(a ^ b for a, b in zip(iv, pn.to_bytes(12, "big")))
+    ct = AESGCM(key).encrypt(nonce, frames, header)
+    enc = Cipher(algorithms.AES(hp), modes.ECB()).encryptor()
+    mask = enc.update(ct[:16]) + enc.finalize()
+    out = bytearray(header + ct)
+    out[0] ^= mask[0] & 0x0F
+    for i in range(4):
+        out[len(header) - 4 + i] ^= mask[1 + i]
+    return bytes(out)
+
+
+def quic_server_initial(version: int, scid: bytes) -> bytes:
+    v2 = version == 0x6B3343CF
+    body = bytes(range(256)) * 4
+    return (bytes([0xC1 | ((1 if v2 else 0) << 4)]) + struct.pack("!I", version) + b"\x00" + bytes([len(scid)]) + scid
+            + b"\x00" + struct.pack("!H", 0x4000 | len(body)) + body)
+
+
+def quic_rows() -> list[Row]:
+    skip = {"from_server": "the server's Initial is keyed by the client's DCID, which it does not carry"}
+    rows = []
+    dcid = bytes.fromhex("8394c8f03e515708")
+    for label, ver in (("v1", 0x00000001), ("v2", 0x6B3343CF), ("draft-29", 0xFF00001D)):
+        ch = client_hello(0x0303, "Video.Example.COM", tls13=True)[5:]          # the handshake message, no record
+        rows.append(Row("QUIC", label, "UDP", 443, (("c", quic_initial(ver, dcid, ch)), ("s", quic_server_initial(ver, b"\x5c" * 8))),
+                        host="video.example.com", skip=skip))
+    big = client_hello(0x0303, "pq.example.com", tls13=True, mlkem=True)[5:]    # over two Initials (RFC 9000 7)
+    rows.append(Row("QUIC", "v1-hello-over-two-initials", "UDP", 443,
+                    (("c", quic_initial(1, dcid, big[:1000])), ("c", quic_initial(1, dcid, big[1000:], offset=1000, pn=1)),
+                     ("s", quic_server_initial(1, b"\x5c" * 8))), host="pq.example.com", skip=skip))
+    return rows
+
+
 # ----------------------------------------------------------------------------- the matrix
 
 
@@ -1152,7 +1224,7 @@ ROWS: list[Row] = [
     *krb_rows(), *smb_rows(), *rdp_rows(), *vnc_rows(), *industrial_rows(), *bgp_rows(), *irc_rows(), *mqtt_rows(),
     *rtsp_rows(), *sip_rows(), *xmpp_rows(), *socks_rows(), *rpc_rows(), *zabbix_rows(), *dns_rows(), *ntp_rows(),
     *snmp_rows(), *dhcp_rows(), *tftp_rows(), *misc_udp_rows(), *vpn_rows(), *proxy_rows(), *p2p_rows(),
-    *broker_rows(), *tcp_service_rows(), *udp_service_rows(),
+    *broker_rows(), *tcp_service_rows(), *udp_service_rows(), *quic_rows(),
 ]
 
 CASES = [pytest.param(r, t, id=f"{r.id}-{t}") for r in ROWS for t in TRANSFORMS
