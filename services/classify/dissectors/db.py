@@ -212,7 +212,7 @@ class MQTT(Simple):
     name = "MQTT"
     transports = TCP
     ports = frozenset({1883, 8883})
-    magic = (b"\x10", b"\xc0\x00")
+    magic = (b"\x10", b"\xc0\x00", b"\x20")
 
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
         # a session joined after CONNECT: PINGREQ (C0 00) answered by PINGRESP (D0 00)
@@ -221,7 +221,46 @@ class MQTT(Simple):
                 v.app_protocol = self.name
                 return Match.FINAL
             return Match.NO
-        return Simple.dissect(self, s, v)
+        m = Simple.dissect(self, s, v)
+        if m == Match.NO and self._after_connect(s):
+            v.app_protocol = self.name
+            return Match.FINAL
+        return m
+
+    @staticmethod
+    def _whole(p: bytes) -> bool:
+        """One or more whole MQTT control packets: remaining-length varints that add up to the segment."""
+        i = 0
+        while i < len(p):
+            if p[i] >> 4 == 0 or p[i] >> 4 == 15:      # reserved / AUTH-less v3 types
+                return False
+            o, n, mul = i + 1, 0, 1
+            for _ in range(4):
+                if o >= len(p):
+                    return False
+                n += (p[o] & 0x7F) * mul
+                mul *= 128
+                o += 1
+                if not p[o - 1] & 0x80:
+                    break
+            i = o + n
+        return i == len(p)
+
+    def _after_connect(self, s: FlowSample) -> bool:
+        """A session met after its CONNECT (MQTT 3.1.1 3.2 / 5.0 3.2): one side's first segment is a CONNACK
+        (2 bytes of flags and return code, 3+ with v5 properties) and the other side's is whole control
+        packets -- SUBSCRIBE (0x82), PUBLISH (0x3_), PINGREQ or DISCONNECT."""
+        for a, b in ((s.src_payloads, s.dst_payloads), (s.dst_payloads, s.src_payloads)):
+            if not a or not b:
+                continue
+            ack, nxt = a[0], b[0]
+            if not (len(ack) >= 4 and ack[0] == 0x20 and ack[1] + 2 == len(ack) and ack[2] <= 1
+                    and (ack[3] <= 5 or ack[3] >= 0x80)):
+                continue
+            if nxt[0] in (0x82, 0xC0, 0xE0) or nxt[0] >> 4 == 3:
+                if self._whole(nxt) and (nxt[0] != 0x82 or len(nxt) >= 8):
+                    return True
+        return False
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) < 12 or p[0] != 0x10:
