@@ -229,13 +229,19 @@ class Usenet(Dissector):
     def could_be(self, s: FlowSample) -> bool:
         return bool(s.dst_payloads or s.src_payloads)
 
+    _cmds = (b"MODE READER", b"AUTHINFO USER ", b"LIST NEWSGROUPS", b"GROUP ", b"ARTICLE ")
+
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
-        for src, p in ordered(s, 4):
-            if not src and p.startswith((b"200 ", b"201 ")) and b"NNTP" in p[:200].upper():
+        # the client is the side away from NNTP's port (the capture may have seen the server's packet first)
+        client_src = s.dst_port in self.ports or s.src_port not in self.ports
+        server = s.dst_payloads if client_src else s.src_payloads
+        for src, p in ordered(s, 6):
+            if src != client_src and p.startswith((b"200 ", b"201 ")) and b"NNTP" in p[:200].upper():
                 v.app_protocol = self.name
                 return Match.FINAL
-            if src and p.startswith((b"MODE READER", b"AUTHINFO USER ", b"LIST NEWSGROUPS", b"GROUP ", b"ARTICLE ")):
-                if 119 in (s.src_port, s.dst_port) or any(q.startswith((b"200 ", b"201 ")) for q in s.dst_payloads[:1]):
+            # commands may be pipelined (RFC 3977 3.5): any line of the segment
+            if src == client_src and any(x.startswith(self._cmds) for x in p[:512].split(b"\r\n")[:8]):
+                if 119 in (s.src_port, s.dst_port) or any(q.startswith((b"200 ", b"201 ")) for q in server[:1]):
                     v.app_protocol = self.name
                     return Match.FINAL
         return Match.NO

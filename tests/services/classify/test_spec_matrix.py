@@ -92,6 +92,8 @@ def transformed(row: Row, t: str) -> FlowSample | None:
     if t == "client":
         return _fs(row, msgs, False)
     if t == "server_side":
+        if row.transport == "UDP" and not any(w == "s" for w, _ in msgs):
+            return None                        # a datagram flow the server never answers starts at the client
         return _fs(row, msgs, True)
     if t == "from_server":
         first = next((i for i, (w, _) in enumerate(msgs) if w == "s"), None)
@@ -1258,6 +1260,156 @@ def quic_rows() -> list[Row]:
     return rows
 
 
+# ----------------------------------------------------------------------------- more databases and RPC
+
+
+def rpc2_rows() -> list[Row]:
+    opts = struct.pack("!BBhBI", 0x04, 0x00, 1, 0x05, 0)                       # CQL v4 OPTIONS
+    supported_body = struct.pack("!H", 1) + struct.pack("!H", 11) + b"CQL_VERSION" + struct.pack("!HH", 1, 5) + b"3.4.5"
+    supported = struct.pack("!BBhBI", 0x84, 0x00, 1, 0x06, len(supported_body)) + supported_body
+    rows = [Row("Cassandra", "OPTIONS", "TCP", 9042, (("c", opts), ("s", supported)))]
+    cd = b"(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=ORCL)(CID=(PROGRAM=sqlplus)))(ADDRESS=(PROTOCOL=TCP)(HOST=10.9.8.7)(PORT=1521)))"
+    tns = struct.pack("!HHBBH", 58 + len(cd), 0, 1, 0, 0) + struct.pack("!HHHHHHHHHHIBB", 0x013A, 0x012C, 0, 0x0800, 0x7FFF,
+                                                                        0x7F08, 0, 1, len(cd), 58, 0, 0x41, 0x41) + b"\x00" * 20
+    tns = (tns + b"\x00" * 58)[:58] + cd
+    accept = struct.pack("!HHBBH", 32, 0, 2, 0, 0) + struct.pack("!HHHHHHBB", 0x0138, 0, 0x0800, 0x7FFF, 0, 0, 0x41, 0x41) + b"\x00" * 10
+    rows.append(Row("Oracle", "TNS-CONNECT", "TCP", 1521, (("c", tns), ("s", accept))))
+    jrmi = b"JRMI\x00\x02\x4b"
+    rows.append(Row("JRMI", "stream-header", "TCP", 1099, (("c", jrmi), ("s", b"\x4e\x00\x08" + b"10.1.2.3" + b"\x00\x00\xc9\x3a")),
+                    skip=REPLY_ALONE))
+    begin = struct.pack("!BBHHBB", 1, 1, 1, 8, 0, 0) + struct.pack("!HB5x", 1, 0)     # FCGI_BEGIN_REQUEST, responder
+    params = b"\x0b\x0dSCRIPT_NAMEindex.php_123"[:0]
+    rows.append(Row("FastCGI", "BEGIN_REQUEST", "TCP", 9000, (("c", begin + struct.pack("!BBHHBB", 1, 4, 1, 0, 0, 0)),
+                                                              ("s", struct.pack("!BBHHBB", 1, 6, 1, 4, 0, 0) + b"ok\r\n")),
+                    skip=REPLY_ALONE))
+    ajp = b"\x12\x34" + struct.pack("!H", 30) + b"\x02\x02" + struct.pack("!H", 8) + b"HTTP/1.1\x00" + struct.pack("!H", 1) + b"/\x00" + b"\x00" * 11
+    rows.append(Row("AJP", "FORWARD_REQUEST", "TCP", 8009, (("c", ajp[:4 + 30]), ("s", b"AB\x00\x03\x04\x00\xc8"))))
+    gear = b"\x00REQ" + struct.pack("!II", 7, 10) + b"reverse\x00hi"
+    rows.append(Row("Gearman", "SUBMIT_JOB", "TCP", 4730, (("c", gear[:12] + gear[12:]), ("s", b"\x00RES" + struct.pack("!II", 8, 4) + b"H:01"))))
+    return rows
+
+
+# ----------------------------------------------------------------------------- more industrial and IoT
+
+
+def industrial2_rows() -> list[Row]:
+    startdt = b"\x68\x04\x07\x00\x00\x00"                                          # IEC 60870-5-104 U-format STARTDT act
+    gi = b"\x68\x0e\x00\x00\x00\x00\x64\x01\x06\x00\x01\x00\x00\x00\x00\x14"      # I-format: C_IC_NA_1 interrogation
+    rows = [Row("IEC60870", "STARTDT/interrogation", "TCP", 2404, (("c", startdt), ("s", b"\x68\x04\x0b\x00\x00\x00"), ("c", gi)),
+                pipeline=True)]
+    url = b"opc.tcp://10.9.8.7:4840"
+    hel = b"HELF" + struct.pack("<IIIIII", 32 + len(url), 0, 65536, 65536, 0, 0) + struct.pack("<I", len(url)) + url
+    ack = b"ACKF" + struct.pack("<IIIIII", 28, 0, 65536, 65536, 16777216, 0)
+    rows.append(Row("OPC-UA", "HEL/ACK", "TCP", 4840, (("c", hel), ("s", ack))))
+    cotp_cr = b"\x11\xe0\x00\x00\x00\x01\x00\xc0\x01\x0a\xc1\x02\x01\x00\xc2\x02\x01\x02"
+    cotp_cc = b"\x11\xd0\x00\x01\x00\x01\x00\xc0\x01\x0a\xc1\x02\x01\x00\xc2\x02\x01\x02"
+    setup = b"\x02\xf0\x80" + b"\x32\x01\x00\x00\x00\x01\x00\x08\x00\x00" + b"\xf0\x00\x00\x01\x00\x01\x01\xe0"
+    setup_ack = b"\x02\xf0\x80" + b"\x32\x03\x00\x00\x00\x01\x00\x08\x00\x00\x00\x00" + b"\xf0\x00\x00\x01\x00\x01\x00\xf0"
+    rows.append(Row("S7Comm", "setup-communication", "TCP", 102, (("c", tpkt(cotp_cr)), ("s", tpkt(cotp_cc)),
+                                                                  ("c", tpkt(setup)), ("s", tpkt(setup_ack))),
+                    skip={"from_server": "met at the COTP Connection Confirm: nDPI reads S7 from the client's job"}))
+    reg = struct.pack("<HHII8sI", 0x0065, 4, 0, 0, b"\x00" * 8, 0) + struct.pack("<HH", 1, 0)
+    reg_r = struct.pack("<HHII8sI", 0x0065, 4, 0x12345678, 0, b"\x00" * 8, 0) + struct.pack("<HH", 1, 0)
+    rows.append(Row("EthernetIP", "RegisterSession", "TCP", 44818, (("c", reg), ("s", reg_r))))
+    knx = b"\x06\x10\x02\x01\x00\x0e" + b"\x08\x01\x0a\x01\x02\x03\x0e\x57"         # SEARCH_REQUEST with HPAI
+    rows.append(Row("KNXnet_IP", "SEARCH_REQUEST", "UDP", 3671, (("c", knx),), cport=3671))
+    ofhello = b"\x04\x00\x00\x08\x00\x00\x00\x01"
+    rows.append(Row("OpenFlow", "HELLO", "TCP", 6653, (("c", ofhello), ("s", b"\x04\x00\x00\x08\x00\x00\x00\x02"),
+                                                       ("c", b"\x04\x05\x00\x08\x00\x00\x00\x03")), pipeline=True))
+    hb = b"\x20\x01\x00\x0c\x00\x00\x01\x00" + b"\x00\x60\x00\x04\xe9\x2b\x1c\x00"   # PFCP Heartbeat Request, recovery ts
+    rows.append(Row("PFCP", "heartbeat", "UDP", 8805, (("c", hb), ("s", b"\x20\x02" + hb[2:])), cport=8805))
+    rtps = b"RTPS\x02\x03\x01\x0f" + b"\x01\x0f\x45\x67\x89\xab\xcd\xef\x01\x23\x45\x67" + b"\x0e\x01\x0c\x00" + b"\x00" * 12
+    rows.append(Row("RTPS", "INFO_DST", "UDP", 7400, (("c", rtps),), cport=7410))
+    hl7 = b"\x0bMSH|^~\\&|LAB|HOSP|EHR|HOSP|202401011200||ORU^R01|MSG00001|P|2.5\rPID|1||12345\r\x1c\r"
+    rows.append(Row("HL7", "MLLP-ORU", "TCP", 2575, (("c", hl7), ("s", b"\x0bMSH|^~\\&|EHR|HOSP|LAB|HOSP|202401011200||ACK|A1|P|2.5\rMSA|AA|MSG00001\r\x1c\r"))))
+    return rows
+
+
+# ----------------------------------------------------------------------------- more network services
+
+
+def netsvc2_rows() -> list[Row]:
+    v5 = struct.pack("!HHIIIIBBH", 5, 1, 123456, 1700000000, 0, 42, 0, 0, 0)
+    rec = struct.pack("!4s4s4sHHIIIIHHBBBBHHBBH", b"\x0a\x01\x02\x03", b"\x0a\x09\x08\x07", b"\x00" * 4, 1, 2, 10, 1400,
+                      100000, 100500, 51514, 443, 0, 0x18, 6, 0, 0, 0, 24, 24, 0)
+    rows = [Row("NetFlow", "v5", "UDP", 2055, (("c", v5 + rec),))]
+    tmpl = struct.pack("!HHHH", 0, 16, 256, 2) + struct.pack("!HHHH", 8, 4, 12, 4)
+    v9 = struct.pack("!HHIIII", 9, 1, 123456, 1700000000, 7, 0) + tmpl
+    rows.append(Row("NetFlow", "v9-template", "UDP", 2055, (("c", v9),)))
+    sflow = struct.pack("!III", 5, 1, 0x0A010203) + struct.pack("!IIII", 0, 99, 360000, 0)
+    rows.append(Row("sFlow", "v5-datagram", "UDP", 6343, (("c", sflow),)))
+    sync = bytes([0x00, 0x02]) + struct.pack("!H", 44) + b"\x00\x00\x02\x00" + b"\x00" * 8 + b"\x00" * 4 \
+        + b"\x00\x1b\x19\xff\xfe\x00\x00\x01\x00\x01" + struct.pack("!HBB", 1, 0, 0) + b"\x00" * 10
+    rows.append(Row("PTPv2", "Sync", "UDP", 319, (("c", sync),), cport=319))
+    bfd = struct.pack("!BBBBIIIII", 0x20, 0xC0, 3, 24, 1, 2, 300000, 300000, 0)
+    rows.append(Row("BFD", "Up", "UDP", 3784, (("c", bfd), ("s", struct.pack("!BBBBIIIII", 0x20, 0xC0, 3, 24, 2, 1, 300000, 300000, 0))),
+                    cport=49152))
+    hsrp = struct.pack("!BBBBBBBB", 0, 0, 16, 3, 10, 100, 1, 0) + b"cisco\x00\x00\x00" + b"\x0a\x01\x02\xfe"
+    rows.append(Row("HSRP", "v1-hello", "UDP", 1985, (("c", hsrp),), cport=1985))
+    ldp = struct.pack("!HH", 1, 30) + b"\x0a\x01\x02\x03\x00\x00" + struct.pack("!HHI", 0x0100, 20, 1) \
+        + struct.pack("!HHHH", 0x0400, 4, 15, 0) + struct.pack("!HH", 0x0401, 4) + b"\x0a\x01\x02\x03"
+    rows.append(Row("LDP", "hello", "UDP", 646, (("c", ldp),), cport=646))
+    rows.append(Row("Munin", "greeting", "TCP", 4949, (("s", b"# munin node at web1.example.org\n"), ("c", b"list\n"),
+                                                       ("s", b"cpu df load memory\n"))))
+    rows.append(Row("CHECKMK", "agent", "TCP", 6556, (("s", b"<<<check_mk>>>\nVersion: 2.2.0p12\nAgentOS: linux\n"),)))
+    probe = (b'<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="http://www.w3.org/2003/05/soap-envelope" '
+             b'xmlns:wsa="http://schemas.xmlsoap.org/ws/2004/08/addressing" xmlns:wsd="http://schemas.xmlsoap.org/ws/2005/04/discovery">'
+             b'<soap:Header><wsa:To>urn:schemas-xmlsoap-org:ws:2005:04:discovery</wsa:To>'
+             b'<wsa:Action>http://schemas.xmlsoap.org/ws/2005/04/discovery/Probe</wsa:Action>'
+             b'<wsa:MessageID>urn:uuid:0a6dc791-2be6-4991-9af1-454778a1917a</wsa:MessageID></soap:Header>'
+             b'<soap:Body><wsd:Probe/></soap:Body></soap:Envelope>')
+    rows.append(Row("WSD", "Probe", "UDP", 3702, (("c", probe),)))
+    rt_body = struct.pack("<I", 2) + struct.pack("<II", 4, 0) + b"NONC" + b"PAD\xff" + b"\x5a" * 32 + b"\x00" * 900
+    rows.append(Row("Roughtime", "request", "UDP", 2002, (("c", b"ROUGHTIM" + struct.pack("<I", len(rt_body)) + rt_body),)))
+
+    def part(t: int, v: bytes) -> bytes:
+        return struct.pack("!HH", t, 4 + len(v)) + v
+    cd = (part(0, b"web1\x00") + part(8, struct.pack("!Q", 1700000000 << 30)) + part(9, struct.pack("!Q", 10 << 30))
+          + part(2, b"load\x00") + part(4, b"load\x00") + part(6, struct.pack("!HBBBQQQ", 3, 1, 1, 1, 0, 0, 0)[:2 + 3 + 24]))
+    rows.append(Row("collectd", "values", "UDP", 25826, (("c", cd),)))
+    return rows
+
+
+# ----------------------------------------------------------------------------- more remote access, VoIP, messaging
+
+
+def remote2_rows() -> list[Row]:
+    rows = [Row("Usenet", "NNTP", "TCP", 119, (("s", b"200 news.example.org InterNetNews NNRP server INN 2.7 ready (posting ok)\r\n"),
+                                               ("c", b"MODE READER\r\n"), ("s", b"200 Posting allowed\r\n"),
+                                               ("c", b"GROUP comp.lang.python\r\n")), pipeline=True)]
+    rows.append(Row("Citrix", "ICA", "TCP", 1494, (("s", b"\x7f\x7fICA\x00"), ("c", b"\x7f\x7fICA\x00"))))
+    dsi = struct.pack("!BBHIII", 0, 4, 1, 0, 0, 0)                                  # DSIOpenSession... GetStatus (cmd 3)
+    rows.append(Row("AFP", "DSIGetStatus", "TCP", 548, (("c", struct.pack("!BBHIII", 0, 3, 1, 0, 0, 0)),
+                                                       ("s", struct.pack("!BBHIII", 1, 3, 1, 0, 4, 0) + b"\x00\x00\x00\x00"))))
+    rows.append(Row("Ceph", "banner", "TCP", 6789, (("s", b"ceph v027" + b"\x00" * 20), ("c", b"ceph v027" + b"\x00" * 20))))
+    rows.append(Row("HAProxy", "PROXY-v1", "TCP", 8080, (("c", b"PROXY TCP4 192.0.2.10 10.9.8.7 56324 443\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"),)))
+    iax_new = struct.pack("!HHIBBBB", 0x8001, 0, 3, 0, 0, 6, 1) + b"\x0b\x02\x00\x02" + b"\x06\x04alice"
+    rows.append(Row("IAX", "NEW", "UDP", 4569, (("c", iax_new), ("s", struct.pack("!HHIBBBB", 0x8002, 0x0001, 3, 0, 1, 6, 4)))))
+    rows.append(Row("Megaco", "ServiceChange", "UDP", 2944, (("c", b"MEGACO/1 [10.1.2.3]:2944\nTransaction = 9998 {\n Context = - {\n"
+                                                                 b"  ServiceChange = ROOT {Services {Method=Restart, ServiceChangeAddress=55555}}}}\n"),
+                                                             ("s", b"MEGACO/1 [10.9.8.7]:2944\nReply = 9998 {\n Context = - {ServiceChange = ROOT}}\n"))))
+    reg = struct.pack("<III", 40, 0, 0x0001) + b"SEP001122334455\x00" + struct.pack("<IIIII", 0, 1, 0x0A010203, 7, 0)[:24]
+    reg = struct.pack("<III", len(reg) - 8, 0, 0x0001) + reg[12:]
+    rows.append(Row("CiscoSkinny", "Register", "TCP", 2000, (("c", reg), ("s", struct.pack("<III", 4, 0, 0x0100) + b""))))
+    # the upgrade handshake is HTTP to nDPI; WebSocket is the name of frames met without it (RFC 6455 5.2)
+    rows.append(Row("WebSocket", "frames", "TCP", 8765, (("c", b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58"),
+                                                       ("s", b"\x81\x05Hello"), ("c", b"\x89\x80\x01\x02\x03\x04"),
+                                                       ("s", b"\x8a\x00")), skip=REPLY_ALONE))
+    rows.append(Row("HTTP", "websocket-upgrade", "TCP", 80, (("c", b"GET /chat HTTP/1.1\r\nHost: ws.example.org\r\nUpgrade: websocket\r\n"
+                                                             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                                                             b"Sec-WebSocket-Version: 13\r\n\r\n"),
+                                                       ("s", b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                                                             b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")),
+                    host="ws.example.org", skip=NO_HTTP_RESPONSE_FIRST))
+    c1 = b"\x03" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00" + bytes(range(256)) * 6
+    rows.append(Row("RTMP", "handshake", "TCP", 1935, (("c", c1), ("s", c1 + c1[1:]))))
+    rows.append(Row("ZeroMQ", "ZMTP3-greeting", "TCP", 5555, (("c", b"\xff" + b"\x00" * 8 + b"\x7f\x03\x00NULL" + b"\x00" * 16 + b"\x00" + b"\x00" * 31),
+                                                             ("s", b"\xff" + b"\x00" * 8 + b"\x7f\x03\x00NULL" + b"\x00" * 16 + b"\x00" + b"\x00" * 31))))
+    xd = struct.pack("!HHH", 1, 2, 1) + b"\x00"                                   # XDMCP BroadcastQuery
+    rows.append(Row("XDMCP", "Query", "UDP", 177, (("c", xd),)))
+    return rows
+
+
 # ----------------------------------------------------------------------------- the matrix
 
 
@@ -1266,7 +1418,8 @@ ROWS: list[Row] = [
     *krb_rows(), *smb_rows(), *rdp_rows(), *vnc_rows(), *industrial_rows(), *bgp_rows(), *irc_rows(), *mqtt_rows(),
     *rtsp_rows(), *sip_rows(), *xmpp_rows(), *socks_rows(), *rpc_rows(), *zabbix_rows(), *dns_rows(), *ntp_rows(),
     *snmp_rows(), *dhcp_rows(), *tftp_rows(), *misc_udp_rows(), *vpn_rows(), *proxy_rows(), *p2p_rows(),
-    *broker_rows(), *tcp_service_rows(), *udp_service_rows(), *quic_rows(),
+    *broker_rows(), *tcp_service_rows(), *udp_service_rows(), *quic_rows(), *rpc2_rows(), *industrial2_rows(),
+    *netsvc2_rows(), *remote2_rows(),
 ]
 
 CASES = [pytest.param(r, t, id=f"{r.id}-{t}") for r in ROWS for t in TRANSFORMS
