@@ -1410,6 +1410,56 @@ def remote2_rows() -> list[Row]:
     return rows
 
 
+# ----------------------------------------------------------------------------- assorted services (batch 4)
+
+
+def assorted_rows() -> list[Row]:
+    rows = []
+    src6 = bytes.fromhex("fe800000000000008000fffffffffffd")            # RFC 4380 5.2.1: cone-flag link-local
+    dst6 = bytes.fromhex("ff020000000000000000000000000002")
+    rs = b"\x85\x00\x00\x00\x00\x00\x00\x00"                                     # ICMPv6 Router Solicitation
+    teredo = struct.pack("!IHBB", 0x60000000, len(rs), 58, 255) + src6 + dst6 + rs
+    rows.append(Row("Teredo", "qualification-RS", "UDP", 3544, (("c", teredo),)))
+    ping = b"\x06\x00\xff\x06" + b"\x00\x00\x11\xbe\x80\x00\x00\x00"               # RMCP, ASF Presence Ping
+    pong = b"\x06\x00\xff\x06" + b"\x00\x00\x11\xbe\x40\x00\x00\x10" + b"\x00\x00\x11\xbe\x00\x00\x00\x00\x81\x00" + b"\x00" * 6
+    rows.append(Row("RMCP", "ASF-ping", "UDP", 623, (("c", ping), ("s", pong))))
+    items = b"\x10\x00\x00\x15" + b"1.2.840.10008.3.1.1.1"
+    body = struct.pack("!HH", 1, 0) + b"STORESCP".ljust(16) + b"ECHOSCU".ljust(16) + b"\x00" * 32 + items
+    assoc = struct.pack("!BBI", 0x01, 0, len(body)) + body
+    ac = struct.pack("!BBI", 0x02, 0, len(body)) + body
+    rows.append(Row("DICOM", "A-ASSOCIATE", "TCP", 104, (("c", assoc), ("s", ac)), skip=REPLY_ALONE))
+    name = b"getStatus"
+    call = struct.pack("!IH", 0x80010001, 0)[:4] + struct.pack("!I", len(name)) + name + struct.pack("!I", 1) + b"\x00"
+    reply = struct.pack("!I", 0x80010002) + struct.pack("!I", len(name)) + name + struct.pack("!I", 1) + b"\x08\x00\x00\x00\x00\x00\x02\x00"
+    rows.append(Row("Thrift", "binary-call", "TCP", 9090, (("c", call), ("s", reply))))
+    bind_body = b"smppclient1\x00password\x00\x00" + b"\x34\x00\x00\x00"
+    bind = struct.pack("!IIII", 16 + len(bind_body), 0x00000009, 0, 1) + bind_body
+    bind_r = struct.pack("!IIII", 16 + 6, 0x80000009, 0, 1) + b"SMSC1\x00"
+    rows.append(Row("SMPP", "bind_transceiver", "TCP", 2775, (("c", bind), ("s", bind_r))))
+    hello = b"\x01\x10" + b"\x12\x34\x56\x78\x9a\xbc\xde\xf0\x12\x34\x56\x78\x9a\xbc\xde\xf0" + b"\x0a\x01\x02\x03" + struct.pack("<H", 4662) + struct.pack("<I", 0)
+    ed = b"\xe3" + struct.pack("<I", len(hello)) + hello
+    rows.append(Row("eDonkey", "hello", "TCP", 4662, (("c", ed), ("s", b"\xe3" + struct.pack("<I", len(hello)) + b"\x4c" + hello[1:]))))
+    rows.append(Row("TeamSpeak", "TS3INIT1", "UDP", 9987, (("c", b"TS3INIT1\x00\x65\x00\x00\x88\x06\x00\x03\x02\x00\x0c\x5e\x6a\x00" + b"\x00" * 8),
+                                                           ("s", b"TS3INIT1\x00\x65\x00\x00\x01" + b"\x11" * 16 + b"\x5e\x6a\x00\x00"))))
+    rows.append(Row("TiVoConnect", "beacon", "UDP", 2190, (("c", b"tivoconnect=1\nmethod=broadcast\nplatform=pc\nmachine=den\n"
+                                                                 b"identity=tsn-1234\nservices=TiVoMediaServer:80/http\n"),), cport=2190))
+    rows.append(Row("Spotify", "LAN-discovery", "UDP", 57621, (("c", b"SpotUdp0" + b"\x8f\x0b\xd6\x9b" * 11),), cport=57621))
+    rows.append(Row("BJNP", "discover", "UDP", 8611, (("c", b"BJNP\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"),
+                                                      ("s", b"BJNP\x81\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x10" + b"\x00" * 16))))
+    # (nDPI names VMware from the ESXi host's 66-byte UDP heartbeats to 902, not from authd's TCP greeting)
+    rows.append(Row("VMware", "heartbeat", "UDP", 902, (("c", b"\xa4" + b"\x00\x01" + b"\x5a" * 63),)))
+    rows.append(Row("Syncthing", "local-discovery", "UDP", 21027, (("c", b"\x2e\xa7\xd9\x0b" + b"\x0a\x20" + b"\x5c" * 32 + b"\x12\x10tcp://0.0.0.0:22000"),),
+                    cport=21027))
+    levin = b"\x01\x21\x01\x01\x01\x01\x01\x01" + struct.pack("<QBIiII", 10, 1, 1001, 0, 1, 1) + b"\x01\x11\x01\x01\x01\x01\x02\x01\x01"
+    rows.append(Row("Monero", "levin-handshake", "TCP", 18080, (("c", levin),
+                                                               ("s", b"\x01\x21\x01\x01\x01\x01\x01\x01" + struct.pack("<QBIiII", 10, 0, 1001, 1, 2, 1)
+                                                                     + b"\x01\x11\x01\x01\x01\x01\x02\x01\x01"))))
+    giop_body = struct.pack(">IBxxxI", 5, 3, 0) + struct.pack(">I", 6) + b"objkey" + b"\x00\x00" + struct.pack(">I", 8) + b"get_name\x00"
+    giop = b"GIOP\x01\x02\x00\x00" + struct.pack(">I", len(giop_body)) + giop_body
+    rows.append(Row("Corba", "GIOP-1.2-request", "TCP", 683, (("c", giop), ("s", b"GIOP\x01\x02\x00\x01" + struct.pack(">I", 12) + struct.pack(">III", 5, 0, 0)))))
+    return rows
+
+
 # ----------------------------------------------------------------------------- the matrix
 
 
@@ -1419,7 +1469,7 @@ ROWS: list[Row] = [
     *rtsp_rows(), *sip_rows(), *xmpp_rows(), *socks_rows(), *rpc_rows(), *zabbix_rows(), *dns_rows(), *ntp_rows(),
     *snmp_rows(), *dhcp_rows(), *tftp_rows(), *misc_udp_rows(), *vpn_rows(), *proxy_rows(), *p2p_rows(),
     *broker_rows(), *tcp_service_rows(), *udp_service_rows(), *quic_rows(), *rpc2_rows(), *industrial2_rows(),
-    *netsvc2_rows(), *remote2_rows(),
+    *netsvc2_rows(), *remote2_rows(), *assorted_rows(),
 ]
 
 CASES = [pytest.param(r, t, id=f"{r.id}-{t}") for r in ROWS for t in TRANSFORMS
