@@ -15,7 +15,9 @@ generic transforms of how a probe meets the flow:
 - ``split``: the first message, one that can outgrow a segment (a TLS ClientHello, an HTTP request),
   arrives in two TCP segments (at the MSS, or in the middle of a short one);
 - ``other_port``: the server listens on an unassigned port, for the protocols nDPI tells by their
-  payload wherever they run (``ANY_PORT``: checked against libndpi, which names these rows there).
+  payload wherever they run (``ANY_PORT``: checked against libndpi, which names these rows there);
+- ``client_only`` / ``server_only``: asymmetric routing, the probe sees one direction only, for the
+  protocols libndpi names from that direction alone in every row (``ONE_WAY`` / ``ONE_WAY_SERVER``).
 
 A row leaves out a transform only where nDPI itself would not name the flow so; ``skip`` says why.
 The bytes are written here from the RFCs and public protocol documents named beside each builder.
@@ -83,7 +85,8 @@ def _pipelined(msgs: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     return out
 
 
-TRANSFORMS = ("client", "server_side", "from_server", "retransmit", "pipelined", "split", "other_port")
+TRANSFORMS = ("client", "server_side", "from_server", "retransmit", "pipelined", "split", "other_port", "client_only",
+              "server_only")
 MSS = 1448
 
 
@@ -112,6 +115,12 @@ def transformed(row: Row, t: str) -> FlowSample | None:
         w, p = msgs[0]
         k = MSS if len(p) > MSS else len(p) // 2
         return _fs(row, [(w, p[:k]), (w, p[k:])] + msgs[1:], w == "s")
+    if t in ("client_only", "server_only"):
+        side = t[0]
+        only = [(w, p) for w, p in msgs if w == side]
+        if row.proto not in (ONE_WAY if side == "c" else ONE_WAY_SERVER) or not only or len(only) == len(msgs):
+            return None
+        return _fs(row, only, side == "s")
     if t == "other_port":
         if row.proto not in ANY_PORT or row.id in NOT_ANY_PORT:
             return None
@@ -126,6 +135,19 @@ ANY_PORT = frozenset({"HTTP", "TLS", "SSH", "SMTP", "POP3", "IMAP", "FTP_CONTROL
                       "Diameter", "MGCP"})
 # ... except these rows, which libndpi names only on the protocol's port (or not at all)
 NOT_ANY_PORT = frozenset({"POP3-CAPA", "FTP_CONTROL-FEAT", "SIP-OPTIONS/TCP"})
+
+
+# protocols libndpi names from the client's direction alone in every row of the table
+ONE_WAY = frozenset({"AFP", "AJP", "BGP", "BJNP", "BitTorrent", "COAP", "Cassandra", "Corba", "DHCP", "DNP3", "DNS",
+                     "Diameter", "GTP", "Git", "Gnutella", "HTTP", "HTTP_Connect", "IEC60870", "IMAPS", "Jabber",
+                     "Kerberos", "LLMNR", "MDNS", "MGCP", "MQTT", "Megaco", "Modbus", "MongoDB", "MsSQL-TDS", "NFS", "NTP",
+                     "POPS", "PPTP", "RDP", "RTSP", "Radius", "SMPP", "SMTPS", "SNMP", "SSDP", "SSH", "STUN", "TeamSpeak",
+                     "Whois-DAS", "Zabbix"})
+# ... and from the server's direction alone
+ONE_WAY_SERVER = frozenset({"AFP", "AJP", "AMQP", "BGP", "BJNP", "BitTorrent", "COAP", "Corba", "DHCP", "DNP3", "DNS", "GTP",
+                            "Git", "Gnutella", "IAX", "IEC60870", "IMAPS", "Jabber", "MDNS", "Megaco", "Modbus", "MongoDB",
+                            "MsSQL-TDS", "NTP", "Nats", "POPS", "RSYNC", "Radius", "SIP", "SMPP", "SMTPS", "SSDP", "SSH",
+                            "STUN", "TLS", "TeamSpeak", "WebSocket", "Whois-DAS", "Zabbix"})
 
 
 # the flow met at the server's reply: nDPI names these protocols from the client's request only
@@ -1282,8 +1304,9 @@ def rpc2_rows() -> list[Row]:
     rows.append(Row("FastCGI", "BEGIN_REQUEST", "TCP", 9000, (("c", begin + struct.pack("!BBHHBB", 1, 4, 1, 0, 0, 0)),
                                                               ("s", struct.pack("!BBHHBB", 1, 6, 1, 4, 0, 0) + b"ok\r\n")),
                     skip=REPLY_ALONE))
-    ajp = b"\x12\x34" + struct.pack("!H", 30) + b"\x02\x02" + struct.pack("!H", 8) + b"HTTP/1.1\x00" + struct.pack("!H", 1) + b"/\x00" + b"\x00" * 11
-    rows.append(Row("AJP", "FORWARD_REQUEST", "TCP", 8009, (("c", ajp[:4 + 30]), ("s", b"AB\x00\x03\x04\x00\xc8"))))
+    fwd = b"\x02\x02" + struct.pack("!H", 8) + b"HTTP/1.1\x00" + struct.pack("!H", 1) + b"/\x00" + b"\x00" * 11
+    ajp = b"\x12\x34" + struct.pack("!H", len(fwd)) + fwd                      # AJPv13 FORWARD_REQUEST, GET
+    rows.append(Row("AJP", "FORWARD_REQUEST", "TCP", 8009, (("c", ajp), ("s", b"AB\x00\x03\x04\x00\xc8"))))
     gear = b"\x00REQ" + struct.pack("!II", 7, 10) + b"reverse\x00hi"
     rows.append(Row("Gearman", "SUBMIT_JOB", "TCP", 4730, (("c", gear[:12] + gear[12:]), ("s", b"\x00RES" + struct.pack("!II", 8, 4) + b"H:01"))))
     return rows
@@ -1482,7 +1505,7 @@ def test_spec_matrix(row: Row, transform: str):
     v = ENGINE.classify(s)
     assert v.app_protocol == row.proto, (row.id, transform, v.app_protocol, v.application)
     assert v.confidence == "dpi"
-    if row.host and (transform != "from_server" or row.host_in_reply):   # else it is in the client's first message
+    if row.host and (transform not in ("from_server", "server_only") or row.host_in_reply):  # else: the client's
         assert v.host == row.host
     if row.app:
         assert v.application == row.app
