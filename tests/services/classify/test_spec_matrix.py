@@ -53,6 +53,7 @@ class Row:
     cport: int = 51514               # the client's port (some protocols fix it: DHCP's 68)
     split: bool = False              # the first message may outgrow one TCP segment
     host_in_reply: bool = False      # the server's reply names the host too (a DNS answer's question)
+    host_from_server: bool = False   # the host is the server's (its banner or greeting), not the client's
 
     @property
     def id(self) -> str:
@@ -1495,6 +1496,23 @@ ROWS: list[Row] = [
     *netsvc2_rows(), *remote2_rows(), *assorted_rows(),
 ]
 
+# the host nDPI reports for these rows: (host, from the server's side, named in the reply too)
+HOSTS = {
+    "SSH-2.0": ("SSH-2.0-OpenSSH_8.9", True, False), "SSH-1.99": ("SSH-1.99-Cisco-1.25", True, False),
+    "SSH-dropbear": ("SSH-2.0-dropbear_2022.83", True, False), "SSH-1.5": ("SSH-1.5-OpenSSH_3.9p1", True, False),
+    "SMTP-EHLO": ("mail.example.org", True, False), "SMTP-submission": ("mail.example.org", True, False),
+    "SMTP-HELO": ("relay.example.org", True, False), "FTP_CONTROL-USER": ("proftpd", True, False),
+    "Munin-greeting": ("web1.example.org", True, False), "LLMNR-A": ("fileserver", False, True),
+    "NetBIOS-NBNS-query": ("filesrv", False, True), "NetBIOS-NBSS-session": ("filesrv", False, False),
+    "MDNS-PTR-query": ("_services._dns-sd._udp.local", False, False), "MDNS-QU-query": ("printer.local", False, False),
+    "MDNS-announcement": ("printer.local", False, False), "SSDP-M-SEARCH": ("239.255.255.250:1900", False, False),
+    "SSDP-NOTIFY": ("239.255.255.250:1900", False, False), "collectd-values": ("web1", False, False),
+    **{f"DHCP-{x}": ("pc17", False, False) for x in ("DISCOVER/OFFER", "REQUEST/ACK", "REQUEST/NAK", "INFORM/ACK")},
+}
+ROWS = [dataclasses.replace(r, host=HOSTS[r.id][0], host_from_server=HOSTS[r.id][1], host_in_reply=HOSTS[r.id][2])
+        if r.id in HOSTS else r for r in ROWS]
+assert len({r.id for r in ROWS}) == len(ROWS) and set(HOSTS) <= {r.id for r in ROWS}
+
 CASES = [pytest.param(r, t, id=f"{r.id}-{t}") for r in ROWS for t in TRANSFORMS
          if t not in r.skip and transformed(r, t) is not None]
 
@@ -1505,7 +1523,11 @@ def test_spec_matrix(row: Row, transform: str):
     v = ENGINE.classify(s)
     assert v.app_protocol == row.proto, (row.id, transform, v.app_protocol, v.application)
     assert v.confidence == "dpi"
-    if row.host and (transform not in ("from_server", "server_only") or row.host_in_reply):  # else: the client's
+    if row.host_from_server:
+        seen = transform != "client_only"
+    else:   # the client's first message names it (and the server's reply, where host_in_reply)
+        seen = transform not in ("from_server", "server_only") or row.host_in_reply
+    if row.host and seen:
         assert v.host == row.host
     if row.app:
         assert v.application == row.app
