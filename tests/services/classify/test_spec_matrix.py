@@ -415,6 +415,7 @@ def db_rows() -> list[Row]:
                     skip=REPLY_ALONE))
     rows.append(Row("PostgreSQL", "SSLRequest", "TCP", 5432, (("c", pg_startup(80877103)), ("s", b"N"),
                                                               ("c", pg_startup(196608, params)), ("s", auth_ok))))
+    rows.append(Row("PostgreSQL", "CancelRequest", "TCP", 5432, (("c", pg_startup(80877102, struct.pack("!II", 4242, 0x5EED))),)))
     sasl = b"R" + struct.pack("!II", 23, 10) + b"SCRAM-SHA-256\x00\x00"
     rows.append(Row("PostgreSQL", "SASL", "TCP", 5432, (("c", pg_startup(196608, params)), ("s", sasl)), skip=REPLY_ALONE))
     hello = bson(bson_int(b"hello", 1), bson_str(b"$db", b"admin"))
@@ -454,9 +455,16 @@ def ldap_rows() -> list[Row]:
     rootdse = ldap_msg(1, der(0x63, ostr(b""), der(0x0A, b"\x00"), der(0x0A, b"\x00"), ber_int(0), ber_int(0),
                               der(0x01, b"\x00"), ctx(7, b"objectclass", constructed=False), seq()))
     unbind = ldap_msg(3, der(0x42, b""))
+    starttls = ldap_msg(1, der(0x77, ctx(0, b"1.3.6.1.4.1.1466.20037", constructed=False)))
+    starttls_ok = ldap_msg(1, der(0x78, der(0x0A, b"\x00"), ostr(b""), ostr(b"")))
+    modify = ldap_msg(4, der(0x66, ostr(b"cn=bob,dc=example,dc=org"),
+                             seq(seq(der(0x0A, b"\x02"), seq(ostr(b"mail"), der(0x31, ostr(b"bob@example.org")))))))
+    modify_ok = ldap_msg(4, der(0x67, der(0x0A, b"\x00"), ostr(b""), ostr(b"")))
     return [Row("LDAP", "bind-simple", "TCP", 389, (("c", bind), ("s", bind_ok), ("c", search), ("s", entry + done))),
             Row("LDAP", "bind-anonymous", "TCP", 389, (("c", bind_anon), ("s", bind_ok), ("c", unbind)), pipeline=True),
             Row("LDAP", "search", "TCP", 389, (("c", search), ("s", entry), ("s", done)), pipeline=True),
+            Row("LDAP", "StartTLS", "TCP", 389, (("c", starttls), ("s", starttls_ok))),
+            Row("LDAP", "modify", "TCP", 389, (("c", bind), ("s", bind_ok), ("c", modify), ("s", modify_ok)), pipeline=True),
             Row("LDAP", "cldap-rootdse", "UDP", 389, (("c", rootdse), ("s", ldap_msg(1, der(0x64, ostr(b""), seq()))
                                                                       + ldap_msg(1, der(0x65, der(0x0A, b"\x00"), ostr(b""), ostr(b"")))))),
             ]
@@ -504,6 +512,7 @@ def krb_rows() -> list[Row]:
         rows.append(Row("Kerberos", f"AS-REQ/{tr}", tr, 88, (("c", fr(asreq)), ("s", fr(err)))))
         rows.append(Row("Kerberos", f"AS-REP/{tr}", tr, 88, (("c", fr(asreq)), ("s", fr(krb_rep(11, realm, b"alice"))))))
         rows.append(Row("Kerberos", f"TGS-REQ/{tr}", tr, 88, (("c", fr(tgsreq)), ("s", fr(krb_rep(13, realm, b"alice"))))))
+        rows.append(Row("Kerberos", f"TGS-REQ-error/{tr}", tr, 88, (("c", fr(tgsreq)), ("s", fr(krb_error(realm, 7))))))
     return rows
 
 
@@ -587,6 +596,13 @@ def vnc_rows() -> list[Row]:
     return rows
 
 
+def smb2_tree_connect() -> tuple[bytes, bytes]:
+    path = "\\\\fs1\\share".encode("utf-16-le")
+    req = smb2_hdr(3, False, 4) + struct.pack("<HHHH", 9, 0, 72, len(path)) + path
+    resp = smb2_hdr(3, True, 4) + struct.pack("<HBBIII", 16, 1, 0, 0x30, 0, 0x1F01FF)
+    return nbss(req) + req, nbss(resp) + resp
+
+
 def smb_rows() -> list[Row]:
     # nDPI names SMB as the application over NetBIOS's session service: NetBIOS.SMBv1 / NetBIOS.SMBv23
     return [Row("NetBIOS", "SMBv1-negotiate", "TCP", 445, (("c", smb1_negotiate()), ("s", smb1_negotiate_resp())),
@@ -595,6 +611,7 @@ def smb_rows() -> list[Row]:
                 app="SMBv23"),
             Row("NetBIOS", "SMB3.1.1-negotiate", "TCP", 445, (("c", smb2_negotiate()), ("s", smb2_negotiate_resp(0x0311))),
                 app="SMBv23"),
+            Row("NetBIOS", "SMB2-tree-connect", "TCP", 445, tuple(zip("cs", smb2_tree_connect())), app="SMBv23"),
             Row("DCERPC", "bind", "TCP", 135, (("c", dcerpc_bind()), ("s", dcerpc_bind_ack())))]
 
 
@@ -710,7 +727,7 @@ def mqtt_rows() -> list[Row]:
 def rtsp_rows() -> list[Row]:
     url = "rtsp://cam.example.org:554/stream1"
     rows = []
-    for i, method in enumerate(("OPTIONS", "DESCRIBE", "SETUP", "PLAY")):
+    for i, method in enumerate(("OPTIONS", "DESCRIBE", "SETUP", "PLAY", "GET_PARAMETER", "ANNOUNCE", "TEARDOWN")):
         extra = "Accept: application/sdp\r\n" if method == "DESCRIBE" else ""
         extra += "Transport: RTP/AVP;unicast;client_port=8000-8001\r\n" if method == "SETUP" else ""
         req = f"{method} {url} RTSP/1.0\r\nCSeq: {i + 1}\r\n{extra}User-Agent: LibVLC/3.0.20\r\n\r\n".encode()
