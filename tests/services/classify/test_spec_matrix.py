@@ -1582,3 +1582,21 @@ def test_near_misses_of_the_widened_rules():
     assert _one("TCP", 3389, (("s", tpkt(b"\x02\xf0\x80")), ("c", tpkt(b"\x02\xf0\x80" + b"\x7f\x65")))) != "RDP"
     # SOCKS5: a method list whose length is wrong, from either side
     assert _one("TCP", 1080, (("s", b"\x05\x00"), ("c", b"\x05\x03\x00"))) != "SOCKS"
+
+
+@pytest.mark.parametrize("row", [pytest.param(r, id=r.id) for r in ROWS])
+def test_no_final_verdict_before_the_flow_says_otherwise(row: Row):
+    """Samples grow packet by packet and capture stops sampling at a final verdict: a final verdict on
+    the first k payloads must already be the whole flow's protocol and host, under every transform."""
+    for t in TRANSFORMS:
+        s = transformed(row, t) if t not in row.skip else None
+        if s is None:
+            continue
+        full = ENGINE.classify(s)
+        for k in range(1, len(s.payload_dirs)):
+            d = s.payload_dirs[:k]
+            p = s.model_copy(update={"src_payloads": s.src_payloads[:d.count("s")],
+                                     "dst_payloads": s.dst_payloads[:d.count("d")], "payload_dirs": d})
+            v = ENGINE.classify(p)
+            if v.final:
+                assert (v.app_protocol, v.host) == (full.app_protocol, full.host), (t, k)
