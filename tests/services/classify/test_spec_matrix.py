@@ -1501,6 +1501,59 @@ def assorted_rows() -> list[Row]:
     return rows
 
 
+# ----------------------------------------------------------------------------- batch 5: more published wire formats
+
+
+def batch5_rows() -> list[Row]:
+    rows = []
+    excsat = struct.pack("!HBBHHH", 4 + 6 + 10, 0xD0, 0x41, 1, 4 + 10, 0x1041) + struct.pack("!HH", 10, 0x115E) + b"\x00" * 6
+    excsat = struct.pack("!HBBH", len(excsat) - 0, 0xD0, 0x41, 1) + excsat[6:]
+    rows.append(Row("DRDA", "EXCSAT", "TCP", 50000, (("c", excsat), ("s", excsat[:3] + b"\x42" + excsat[4:]))))
+    def es(status: int) -> bytes:     # "ES", then the length of what follows: request id, status, version, body
+        rest = struct.pack("!QBI", 7, status, 0x0812BA27) + b"\x00" * 10
+        return b"ES" + struct.pack("!I", len(rest)) + rest
+    rows.append(Row("Elasticsearch", "transport", "TCP", 9300, (("c", es(0)), ("s", es(1)))))
+    fix = b"8=FIX.4.4\x019=65\x0135=A\x0149=CLIENT\x0156=BROKER\x0134=1\x0152=20240101-12:00:00\x0198=0\x01108=30\x0110=062\x01"
+    rows.append(Row("FIX", "Logon", "TCP", 9878, (("c", fix), ("s", fix.replace(b"49=CLIENT\x0156=BROKER", b"49=BROKER\x0156=CLIENT")))))
+    hart = struct.pack("!BBBBHH", 1, 0, 0, 0, 1, 13) + b"\x01\x00\x00\x75\x30"
+    rows.append(Row("HART-IP", "session-initiate", "TCP", 5094, (("c", hart), ("s", struct.pack("!BBBBHH", 1, 1, 0, 0, 1, 13) + b"\x01\x00\x00\x75\x30"))))
+    fins = b"\x80\x00\x02\x00\x01\x00\x00\x0a\x00\x11\x01\x01\x82\x00\x64\x00\x00\x0a"
+    rows.append(Row("FINS", "memory-read", "UDP", 9600, (("c", fins), ("s", b"\xc0\x00\x02\x00\x0a\x00\x00\x01\x00\x11\x01\x01\x00\x00" + b"\x00\x01" * 10)),
+                    cport=9600))
+    def ams(target: bytes, source: bytes, flags: int, data: bytes) -> bytes:    # AMS/TCP header, AMS header, data
+        hdr = struct.pack("<6sH6sHHHIII", target, 851, source, 32905, 2, flags, len(data), 0, 1)
+        return struct.pack("<HI", 0, len(hdr) + len(data)) + hdr + data
+    plc, pc = b"\x0a\x09\x08\x07\x01\x01", b"\x0a\x01\x02\x03\x01\x01"
+    rows.append(Row("BeckhoffADS", "Read", "TCP", 48898, (("c", ams(plc, pc, 4, struct.pack("<III", 0x4020, 0, 4))),
+                                                         ("s", ams(pc, plc, 5, struct.pack("<III", 0, 4, 0x01020304))))))
+
+    def c37crc(b: bytes) -> bytes:
+        crc = 0xFFFF
+        for x in b:
+            crc ^= x << 8
+            for _ in range(8):
+                crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
+        return struct.pack("!H", crc)
+    cmd = struct.pack("!HHHII", 0xAA41, 18, 7, 1700000000, 0) + struct.pack("!H", 2)   # command: turn on transmission
+    rows.append(Row("IEEE-C37118", "command", "TCP", 4712, (("c", cmd + c37crc(cmd)),)))
+    someip = struct.pack("!HHIHHBBBB", 0x1234, 0x0001, 8 + 4, 0x0001, 0x0001, 1, 1, 0x00, 0x00) + b"\x00\x00\x00\x2a"
+    rows.append(Row("SOMEIP", "request", "UDP", 30501, (("c", someip),
+                                                       ("s", struct.pack("!HHIHHBBBB", 0x1234, 0x0001, 8 + 4, 0x0001, 0x0001, 1, 1, 0x80, 0x00) + b"\x00\x00\x00\x2b"))))
+    ts = b"".join(b"\x47" + struct.pack("!H", 0x4000 | (0x100 + i % 2)) + bytes([0x10 | (i & 0x0F)]) + b"\xff" * 184 for i in range(7))
+    rows.append(Row("MPEG_TS", "UDP-7-packets", "UDP", 1234, (("c", ts),), cport=49152))
+    hs_init = b"HS" + bytes([0, 0]) + struct.pack("!HH", 1, 0x1234) + struct.pack("!Q", 7) + b"hislip0"
+    rows.append(Row("HiSLIP", "Initialize", "TCP", 4880, (("c", hs_init), ("s", b"HS\x01\x00" + struct.pack("!HHQ", 0x0100, 1, 0)))))
+    wfi = b"\x01ActiveMQ" + struct.pack("!I", 12) + b"\x00\x00\x00\x00"
+    rows.append(Row("OpenWire", "WireFormatInfo", "TCP", 61616, (("c", struct.pack("!I", len(wfi)) + wfi), ("s", struct.pack("!I", len(wfi)) + wfi))))
+    # (the JSON-RPC 2.0 specification's example; Ethereum's eth_* methods are what nDPI's Mining reads)
+    rows.append(Row("JSON-RPC", "request", "TCP", 4444, (("c", b'{"jsonrpc": "2.0", "method": "subtract", "params": [42, 23], "id": 1}\n'),
+                                                         ("s", b'{"jsonrpc": "2.0", "result": 19, "id": 1}\n'))))
+    rows.append(Row("TINC", "ID", "TCP", 655, (("c", b"0 node1 17.7\n"), ("s", b"0 node2 17.7\n"))))
+    lisp = b"\x10\x00\x00\x01" + b"\x12\x34\x56\x78\x9a\xbc\xde\xf0" + b"\x00\x01\x0a\x01\x02\x03" + b"\x00\x01\x0a\x01\x02\x03" + b"\x00\x20\x00\x01\x0a\x09\x08\x00"
+    rows.append(Row("LISP", "Map-Request", "UDP", 4342, (("c", lisp),)))
+    return rows
+
+
 # ----------------------------------------------------------------------------- the matrix
 
 
@@ -1510,7 +1563,7 @@ ROWS: list[Row] = [
     *rtsp_rows(), *sip_rows(), *xmpp_rows(), *socks_rows(), *rpc_rows(), *zabbix_rows(), *dns_rows(), *ntp_rows(),
     *snmp_rows(), *dhcp_rows(), *tftp_rows(), *misc_udp_rows(), *vpn_rows(), *proxy_rows(), *p2p_rows(),
     *broker_rows(), *tcp_service_rows(), *udp_service_rows(), *quic_rows(), *rpc2_rows(), *industrial2_rows(),
-    *netsvc2_rows(), *remote2_rows(), *assorted_rows(),
+    *netsvc2_rows(), *remote2_rows(), *assorted_rows(), *batch5_rows(),
 ]
 
 # the host nDPI reports for these rows: (host, from the server's side, named in the reply too)
