@@ -218,6 +218,19 @@ def http_rows() -> list[Row]:
         resp = HTTP_RESP.replace(b"HTTP/1.1", b"HTTP/" + ver.encode())
         rows.append(Row("HTTP", f"v{ver}", "TCP", 8080 if ver == "1.0" else 80, (("c", req), ("s", resp)),
                         host="intranet.example.com", split=True, skip=NO_HTTP_RESPONSE_FIRST))
+    # header names are case-insensitive (RFC 9110 5.1); HTTP/1.0 needs no Host; WebDAV's methods (RFC 4918)
+    rows.append(Row("HTTP", "lowercase-headers", "TCP", 80, (("c", b"GET / HTTP/1.1\r\nhost: Lower.Example.org\r\nuser-agent: x\r\n\r\n"),
+                                                            ("s", HTTP_RESP)), host="lower.example.org", skip=NO_HTTP_RESPONSE_FIRST))
+    rows.append(Row("HTTP", "v1.0-no-host", "TCP", 80, (("c", b"GET /index.html HTTP/1.0\r\n\r\n"), ("s", b"HTTP/1.0 200 OK\r\n\r\nhi")),
+                    skip=NO_HTTP_RESPONSE_FIRST))
+    rows.append(Row("HTTP", "PROPFIND", "TCP", 80, (("c", b"PROPFIND /dav/ HTTP/1.1\r\nHost: dav.example.org\r\nDepth: 1\r\n\r\n"),
+                                                   ("s", b"HTTP/1.1 207 Multi-Status\r\nContent-Length: 0\r\n\r\n")),
+                    host="dav.example.org", skip=NO_HTTP_RESPONSE_FIRST))
+    # a request in absolute form (RFC 9112 3.2.2) to a proxy: nDPI's HTTP_Proxy
+    for port in (3128, 8080):
+        rows.append(Row("HTTP_Proxy", f"absolute-form/{port}", "TCP", port,
+                        (("c", b"GET http://www.example.org/ HTTP/1.1\r\nHost: www.example.org\r\nUser-Agent: curl/8.5.0\r\n\r\n"),
+                         ("s", HTTP_RESP)), host="www.example.org", skip=NO_HTTP_RESPONSE_FIRST))
     return rows
 
 
