@@ -17,7 +17,8 @@ generic transforms of how a probe meets the flow:
 - ``other_port``: the server listens on an unassigned port, for the protocols nDPI tells by their
   payload wherever they run (``ANY_PORT``: checked against libndpi, which names these rows there);
 - ``client_only`` / ``server_only``: asymmetric routing, the probe sees one direction only, for the
-  protocols libndpi names from that direction alone in every row (``ONE_WAY`` / ``ONE_WAY_SERVER``).
+  protocols libndpi names from that direction alone in every row (``ONE_WAY`` / ``ONE_WAY_SERVER``);
+- ``ipv6``: the same conversation between IPv6 endpoints.
 
 A row leaves out a transform only where nDPI itself would not name the flow so; ``skip`` says why.
 The bytes are written here from the RFCs and public protocol documents named beside each builder.
@@ -87,7 +88,7 @@ def _pipelined(msgs: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
 
 
 TRANSFORMS = ("client", "server_side", "from_server", "retransmit", "pipelined", "split", "other_port", "client_only",
-              "server_only")
+              "server_only", "ipv6")
 MSS = 1448
 
 
@@ -116,6 +117,8 @@ def transformed(row: Row, t: str) -> FlowSample | None:
         w, p = msgs[0]
         k = MSS if len(p) > MSS else len(p) // 2
         return _fs(row, [(w, p[:k]), (w, p[k:])] + msgs[1:], w == "s")
+    if t == "ipv6":
+        return _fs(row, msgs, False).model_copy(update={"src_ip": "2001:db8:0:1::3", "dst_ip": "2001:db8:0:9::7"})
     if t in ("client_only", "server_only"):
         side = t[0]
         only = [(w, p) for w, p in msgs if w == side]
