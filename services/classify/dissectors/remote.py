@@ -12,6 +12,8 @@ RFC 3977 (NNTP), Apple DSI header, Ceph messenger banners.
 
 from __future__ import annotations
 
+import re
+
 from shared.models import FlowSample, Verdict
 from services.classify.dissectors.base import Dissector, Match
 from services.classify.dissectors.breadth_util import (TCP, TCP_UDP, UDP, PortHint, Simple, ordered, printable,
@@ -210,6 +212,8 @@ class IRC(Dissector):
         # the capture may have seen the server's packet first
         for cl, sv in ((s.src_payloads, s.dst_payloads), (s.dst_payloads, s.src_payloads)):
             c = b"".join(cl[:4])[:2048]
+            if b"NICK " not in c and b"USER " not in c:
+                continue
             d = b"".join(sv[:2])[:512]
             lines = c.split(b"\r\n")
             has_nick = any(x.startswith(b"NICK ") for x in lines)
@@ -221,6 +225,10 @@ class IRC(Dissector):
         return Match.NO
 
 
+# an NNTP client command at the start of a line of the segment (commands may be pipelined, RFC 3977 3.5)
+_NNTP_CMD = re.compile(rb"(?:^|\r\n)(?:MODE READER|AUTHINFO USER |LIST NEWSGROUPS|GROUP |ARTICLE )")
+
+
 class Usenet(Dissector):
     name = "Usenet"
     transports = TCP
@@ -228,8 +236,6 @@ class Usenet(Dissector):
 
     def could_be(self, s: FlowSample) -> bool:
         return bool(s.dst_payloads or s.src_payloads)
-
-    _cmds = (b"MODE READER", b"AUTHINFO USER ", b"LIST NEWSGROUPS", b"GROUP ", b"ARTICLE ")
 
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
         # the client is the side away from NNTP's port (the capture may have seen the server's packet first)
@@ -239,8 +245,7 @@ class Usenet(Dissector):
             if src != client_src and p.startswith((b"200 ", b"201 ")) and b"NNTP" in p[:200].upper():
                 v.app_protocol = self.name
                 return Match.FINAL
-            # commands may be pipelined (RFC 3977 3.5): any line of the segment
-            if src == client_src and any(x.startswith(self._cmds) for x in p[:512].split(b"\r\n")[:8]):
+            if src == client_src and _NNTP_CMD.search(p, 0, 512):
                 if 119 in (s.src_port, s.dst_port) or any(q.startswith((b"200 ", b"201 ")) for q in server[:1]):
                     v.app_protocol = self.name
                     return Match.FINAL
