@@ -62,6 +62,7 @@ REGISTRY: list[Dissector] = [
     voip.H323(),
     voip.Megaco(),
     voip.CiscoSkinny(),
+    iot.PFCP(),             # 8805 only, exact length: before BFCP, whose header a PFCP heartbeat also fits
     voip.BFCP(),
     voip.NOE(),
     voip.Zoom(),
@@ -145,7 +146,6 @@ REGISTRY: list[Dissector] = [
     iot.SOMEIP(),
     iot.RTPS(),
     iot.OpenFlow(),
-    iot.PFCP(),
     iot.HL7(),
     iot.EtherSBus(),
     iot.EtherSIO(),

@@ -48,11 +48,13 @@ class PostgreSQL(Simple):
     magic = (b"\x00",)
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
-        if not from_src or len(p) < 8 or u32(p, 0) != len(p):
+        # the frontend's first message, from either side (the capture may have seen the server's packet first)
+        if len(p) < 8 or u32(p, 0) != len(p):
             return False
         code = u32(p, 4)
+        answers = s.dst_payloads if from_src else s.src_payloads
         if code in (80877103, 80877104) and len(p) == 8:     # SSLRequest / GSSENCRequest
-            return not s.dst_payloads or s.dst_payloads[0][:1] in (b"S", b"N", b"G")
+            return not answers or answers[0][:1] in (b"S", b"N", b"G")
         if code == 80877102:                                  # CancelRequest
             return len(p) == 16
         return code in (0x00030000, 0x00020000) and p.endswith(b"\x00") and b"user\x00" in p
@@ -106,7 +108,10 @@ class MongoDB(Simple):
         if len(p) < 16 or u32le(p, 0) != len(p) and not (u32le(p, 0) > len(p) and len(p) >= 1400):
             return False
         op = u32le(p, 12)
-        return op in (1, 2001, 2002, 2004, 2005, 2006, 2007, 2010, 2011, 2012, 2013) and (u32le(p, 8) in (0, 0xFFFFFFFF) or not from_src)
+        if op not in (1, 2001, 2002, 2004, 2005, 2006, 2007, 2010, 2011, 2012, 2013):
+            return False
+        # a request (responseTo 0), or a reply; a reply from src (the capture saw the server first) whole
+        return u32le(p, 8) in (0, 0xFFFFFFFF) or not from_src or op in (1, 2013) and u32le(p, 0) == len(p)
 
 
 class Memcached(Simple):
@@ -126,9 +131,8 @@ class Memcached(Simple):
             p = p[8:]
         if len(p) >= 24 and p[0] in (0x80, 0x81) and p[1] <= 0x48 and p[5] == 0:     # binary protocol
             return 11211 in (s.src_port, s.dst_port)
-        if from_src:
-            return p.startswith(self._cmds) and p.endswith(b"\r\n")
-        return p.startswith(self._replies)
+        # a command or a reply, from either side: the capture may have seen the server's packet first
+        return p.startswith(self._cmds) and p.endswith(b"\r\n") or p.startswith(self._replies)
 
 
 class Elasticsearch(Simple):
@@ -208,7 +212,7 @@ class MQTT(Simple):
     name = "MQTT"
     transports = TCP
     ports = frozenset({1883, 8883})
-    magic = (b"\x10", b"\xc0\x00")
+    magic = (b"\x10", b"\xc0\x00", b"\x20")
 
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
         # a session joined after CONNECT: PINGREQ (C0 00) answered by PINGRESP (D0 00)
@@ -217,7 +221,46 @@ class MQTT(Simple):
                 v.app_protocol = self.name
                 return Match.FINAL
             return Match.NO
-        return Simple.dissect(self, s, v)
+        m = Simple.dissect(self, s, v)
+        if m == Match.NO and self._after_connect(s):
+            v.app_protocol = self.name
+            return Match.FINAL
+        return m
+
+    @staticmethod
+    def _whole(p: bytes) -> bool:
+        """One or more whole MQTT control packets: remaining-length varints that add up to the segment."""
+        i = 0
+        while i < len(p):
+            if p[i] >> 4 == 0 or p[i] >> 4 == 15:      # reserved / AUTH-less v3 types
+                return False
+            o, n, mul = i + 1, 0, 1
+            for _ in range(4):
+                if o >= len(p):
+                    return False
+                n += (p[o] & 0x7F) * mul
+                mul *= 128
+                o += 1
+                if not p[o - 1] & 0x80:
+                    break
+            i = o + n
+        return i == len(p)
+
+    def _after_connect(self, s: FlowSample) -> bool:
+        """A session met after its CONNECT (MQTT 3.1.1 3.2 / 5.0 3.2): one side's first segment is a CONNACK
+        (2 bytes of flags and return code, 3+ with v5 properties) and the other side's is whole control
+        packets -- SUBSCRIBE (0x82), PUBLISH (0x3_), PINGREQ or DISCONNECT."""
+        for a, b in ((s.src_payloads, s.dst_payloads), (s.dst_payloads, s.src_payloads)):
+            if not a or not b:
+                continue
+            ack, nxt = a[0], b[0]
+            if not (len(ack) >= 4 and ack[0] == 0x20 and ack[1] + 2 == len(ack) and ack[2] <= 1
+                    and (ack[3] <= 5 or ack[3] >= 0x80)):
+                continue
+            if nxt[0] in (0x82, 0xC0, 0xE0) or nxt[0] >> 4 == 3:
+                if self._whole(nxt) and (nxt[0] != 0x82 or len(nxt) >= 8):
+                    return True
+        return False
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if len(p) < 12 or p[0] != 0x10:

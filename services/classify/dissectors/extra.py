@@ -74,7 +74,26 @@ class Git(Simple):
         if len(p) < 8 or not all(c in b"0123456789abcdef" for c in p[:4]):
             return False
         n = int(p[:4], 16)
-        return n <= len(p) and p[4:].startswith((b"git-upload-pack ", b"git-receive-pack ", b"git-upload-archive "))
+        if n <= len(p) and p[4:].startswith((b"git-upload-pack ", b"git-receive-pack ", b"git-upload-archive ")):
+            return True
+        # the server's reference advertisement (the capture met the flow at it): pkt-lines of
+        # "<40 hex object id> <refname>" whose lengths add up to the segment, on git's port
+        if 9418 not in (s.src_port, s.dst_port) or n < 46 or p[44:45] != b" " \
+                or not all(c in b"0123456789abcdef" for c in p[4:44]):
+            return False
+        i = 0
+        while i + 4 <= len(p):
+            h = p[i:i + 4]
+            if not all(c in b"0123456789abcdef" for c in h):
+                return False
+            ln = int(h, 16)
+            if ln == 0:
+                i += 4
+                continue
+            if ln < 4:
+                return False
+            i += ln
+        return i == len(p)
 
 
 class RSYNC(Simple):
@@ -96,10 +115,14 @@ class WhoisDAS(Simple):
     port_gate = True
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
-        return from_src and 3 <= len(p) <= 512 and p.endswith(b"\r\n") and all(32 <= c < 127 for c in p[:-2])
+        if from_src == (s.dst_port in self.ports):     # the client's query line
+            return 3 <= len(p) <= 512 and p.endswith(b"\r\n") and all(32 <= c < 127 for c in p[:-2])
+        # the server's text answer (the capture met the flow at it, or saw the server's packet first)
+        return len(p) >= 8 and all(32 <= c < 127 or c in (9, 10, 13) for c in p[:128])
 
     def result(self, s: FlowSample, v: Verdict) -> str:
-        q = s.src_payloads[0].strip() if s.src_payloads else b""
+        client = s.src_payloads if s.dst_port in self.ports else s.dst_payloads
+        q = client[0].strip() if client else b""
         word = q.split(b" ")[-1] if q else b""
         if word and b"." in word:
             v.host = printable(word, 255).lower()

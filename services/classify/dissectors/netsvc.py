@@ -361,10 +361,15 @@ class NFS(Simple):
     ports = frozenset({111, 2049})
 
     def could_be(self, s: FlowSample) -> bool:
-        p = s.src_payloads[0] if s.src_payloads else b""
-        if s.transport == "TCP":
-            return len(p) >= 28 and bool(p[0] & 0x80) and p[8:12] == b"\x00\x00\x00\x00"
-        return len(p) >= 24 and p[4:8] == b"\x00\x00\x00\x00"
+        # the call from either side: the capture may have seen the server's packet first
+        for lst in (s.src_payloads, s.dst_payloads):
+            p = lst[0] if lst else b""
+            if s.transport == "TCP":
+                if len(p) >= 28 and p[0] & 0x80 and p[8:12] == b"\x00\x00\x00\x00":
+                    return True
+            elif len(p) >= 24 and p[4:8] == b"\x00\x00\x00\x00":
+                return True
+        return False
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
         if s.transport == "TCP":

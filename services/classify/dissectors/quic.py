@@ -399,9 +399,15 @@ class QuicDissector(Dissector):
                 got = self._from_chlo(tags, info, v)
         else:
             dec = _decrypt_cached(tuple(client[:8]))
+            cs = crypto_stream(dec[2], gquic=is_gquic(cv)) if dec is not None else b""
+            if cs[:1] != b"\x01" and client is s.src_payloads and self._first_version(s.dst_payloads) > 0:
+                # the capture saw the server's Initial first: the client's (keyed by its DCID) is dst's
+                dec2 = _decrypt_cached(tuple(s.dst_payloads[:8]))
+                cs2 = crypto_stream(dec2[2], gquic=is_gquic(cv)) if dec2 is not None else b""
+                if cs2[:1] == b"\x01":
+                    dec, cs = dec2, cs2
             if dec is not None:
-                _ver, _dcid, payloads = dec
-                cs = crypto_stream(payloads, gquic=is_gquic(cv))
+                payloads = dec[2]
                 if cs[:1] == b"\x01" and len(cs) >= 4:
                     ch = parse_client_hello(cs[4:4 + int.from_bytes(cs[1:4], "big")])
                     if ch is not None:

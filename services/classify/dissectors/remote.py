@@ -12,6 +12,8 @@ RFC 3977 (NNTP), Apple DSI header, Ceph messenger banners.
 
 from __future__ import annotations
 
+import re
+
 from shared.models import FlowSample, Verdict
 from services.classify.dissectors.base import Dissector, Match
 from services.classify.dissectors.breadth_util import (TCP, TCP_UDP, UDP, PortHint, Simple, ordered, printable,
@@ -25,11 +27,17 @@ class RDP(Dissector):
 
     def could_be(self, s: FlowSample) -> bool:
         p = s.src_payloads[0] if s.src_payloads else b""
+        if s.transport == "TCP" and s.dst_payloads and p[5:6] != b"\xe0":
+            p = s.dst_payloads[0]       # the server's packet was seen first: the client's CR is dst's
         return len(p) >= 11 and (p[0] == 3 or p[:4] == b"\xff\xff\xff\xff")
 
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
-        p = s.src_payloads[0]
+        p = s.src_payloads[0] if s.src_payloads else b""
         if s.transport == "TCP":
+            if p[5:6] != b"\xe0" and s.dst_payloads:
+                p = s.dst_payloads[0]
+            if len(p) < 11:
+                return Match.NO
             var = p[11:]
             # X.224 CR whose variable part is RDP's (empty, a routing cookie or an RDP_NEG_REQ), not ISO TSAPs
             rdp_var = (not var or var.startswith((b"Cookie: ", b"Cookie:")) or var[:1] == b"\x01" and u16le(var, 2) == 8
@@ -200,16 +208,25 @@ class IRC(Dissector):
         return bool(s.src_payloads or s.dst_payloads)
 
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
-        c = b"".join(s.src_payloads[:4])[:2048]
-        d = b"".join(s.dst_payloads[:2])[:512]
-        lines = c.split(b"\r\n")
-        has_nick = any(x.startswith(b"NICK ") for x in lines)
-        has_user = any(x.startswith(b"USER ") and b" :" in x for x in lines)
-        if (has_nick and (has_user or any(x.startswith(b"PASS ") for x in lines))) or \
-                (d.startswith(b":") and (b" NOTICE " in d[:120] or b" 001 " in d[:120]) and (has_nick or has_user)):
-            v.app_protocol = self.name
-            return Match.FINAL
+        # the client's registration (RFC 2812 3.1: NICK with USER or PASS) from whichever side sent it:
+        # the capture may have seen the server's packet first
+        for cl, sv in ((s.src_payloads, s.dst_payloads), (s.dst_payloads, s.src_payloads)):
+            c = b"".join(cl[:4])[:2048]
+            if b"NICK " not in c and b"USER " not in c:
+                continue
+            d = b"".join(sv[:2])[:512]
+            lines = c.split(b"\r\n")
+            has_nick = any(x.startswith(b"NICK ") for x in lines)
+            has_user = any(x.startswith(b"USER ") and b" :" in x for x in lines)
+            if (has_nick and (has_user or any(x.startswith(b"PASS ") for x in lines))) or \
+                    (d.startswith(b":") and (b" NOTICE " in d[:120] or b" 001 " in d[:120]) and (has_nick or has_user)):
+                v.app_protocol = self.name
+                return Match.FINAL
         return Match.NO
+
+
+# an NNTP client command at the start of a line of the segment (commands may be pipelined, RFC 3977 3.5)
+_NNTP_CMD = re.compile(rb"(?:^|\r\n)(?:MODE READER|AUTHINFO USER |LIST NEWSGROUPS|GROUP |ARTICLE )")
 
 
 class Usenet(Dissector):
@@ -221,12 +238,15 @@ class Usenet(Dissector):
         return bool(s.dst_payloads or s.src_payloads)
 
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
-        for src, p in ordered(s, 4):
-            if not src and p.startswith((b"200 ", b"201 ")) and b"NNTP" in p[:200].upper():
+        # the client is the side away from NNTP's port (the capture may have seen the server's packet first)
+        client_src = s.dst_port in self.ports or s.src_port not in self.ports
+        server = s.dst_payloads if client_src else s.src_payloads
+        for src, p in ordered(s, 6):
+            if src != client_src and p.startswith((b"200 ", b"201 ")) and b"NNTP" in p[:200].upper():
                 v.app_protocol = self.name
                 return Match.FINAL
-            if src and p.startswith((b"MODE READER", b"AUTHINFO USER ", b"LIST NEWSGROUPS", b"GROUP ", b"ARTICLE ")):
-                if 119 in (s.src_port, s.dst_port) or any(q.startswith((b"200 ", b"201 ")) for q in s.dst_payloads[:1]):
+            if src == client_src and _NNTP_CMD.search(p, 0, 512):
+                if 119 in (s.src_port, s.dst_port) or any(q.startswith((b"200 ", b"201 ")) for q in server[:1]):
                     v.app_protocol = self.name
                     return Match.FINAL
         return Match.NO

@@ -162,16 +162,26 @@ class SOCKS(Simple):
     ports = frozenset({1080})
 
     def could_be(self, s: FlowSample) -> bool:
-        return bool(s.src_payloads) and s.src_payloads[0][:1] in (b"\x04", b"\x05")
+        return (bool(s.src_payloads) and s.src_payloads[0][:1] in (b"\x04", b"\x05")
+                or bool(s.dst_payloads) and s.dst_payloads[0][:1] in (b"\x04", b"\x05"))
 
     def dissect(self, s: FlowSample, v: Verdict) -> Match:
-        p = s.src_payloads[0]
+        m = self._dissect(s.src_payloads, s.dst_payloads, v)
+        if m == Match.NO and s.dst_payloads and s.src_payloads:
+            # the capture saw the server's packet first: the client's request is dst's
+            m = self._dissect(s.dst_payloads, s.src_payloads, v)
+        return m
+
+    def _dissect(self, cl: list[bytes], sv: list[bytes], v: Verdict) -> Match:
+        p = cl[0] if cl else b""
+        if not p:
+            return Match.NO
         if p[0] == 5:
             n = p[1] if len(p) > 1 else 0
             if n == 0 or len(p) != 2 + n or any(m > 9 and m < 0x80 and m != 0xff for m in p[2:2 + n]):
                 return Match.NO
-            if s.dst_payloads:
-                r = s.dst_payloads[0]
+            if sv:
+                r = sv[0]
                 if len(r) >= 2 and r[0] == 5 and (r[1] in p[2:2 + n] or r[1] == 0xFF):
                     v.app_protocol = self.name
                     return Match.FINAL
@@ -179,8 +189,8 @@ class SOCKS(Simple):
             v.app_protocol = self.name
             return Match.PARTIAL
         if p[0] == 4 and len(p) >= 9 and p[1] in (1, 2) and p[-1] == 0:
-            if s.dst_payloads:
-                r = s.dst_payloads[0]
+            if sv:
+                r = sv[0]
                 if len(r) == 8 and r[0] == 0 and 90 <= r[1] <= 93:
                     v.app_protocol = self.name
                     return Match.FINAL
