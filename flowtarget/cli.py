@@ -276,10 +276,18 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
                   + " " * 30, end="", file=sys.stderr, flush=True)
 
     await nc.subscribe("ft.stats.>", cb=on_stats)
-    # reads what is stored while the run goes on: only what the report and the callers use
-    collector = await StreamCollector(orch.settings, keep=reported_event, kinds=REPORTED_KINDS).start()
     p = orch.pipeline
     env_store = {"FT_OUT_DIR": str(out_dir), "FT_OUT_FORMAT": out_format}
+    report_dir: tempfile.TemporaryDirectory[str] | None = None
+    collector = None
+    if service_available("store"):
+        # the store, which decodes every stored event anyway, writes the ones the report uses
+        # (services/store/report.py): no second reading and validation of the stream here
+        report_dir = tempfile.TemporaryDirectory(prefix="flowtarget-report-")
+        env_store["FT_REPORT_FILE"] = str(Path(report_dir.name) / "report.jsonl")
+    else:
+        # reads what is stored while the run goes on: only what the report and the callers use
+        collector = await StreamCollector(orch.settings, keep=reported_event, kinds=REPORTED_KINDS).start()
     for name in ("classify", "store", "block"):
         if service_available(name):
             p.start(name, env_store if name == "store" else None)
@@ -303,9 +311,18 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
         status = status or 1
     if service_available("store") and "store" not in failed:
         await stream_drained(orch.settings, alive=lambda: p.procs["store"].poll() is None)
-    events = await collector.finish()
+    events = await collector.finish() if collector is not None else []
     await nc.drain()
     p.stop()
+    if report_dir is not None:
+        from services.store.report import read_report
+
+        try:
+            events = read_report(env_store["FT_REPORT_FILE"])
+        except OSError as exc:     # the store never started
+            print(f"flowtarget: no events from the store: {exc}", file=sys.stderr)
+            status = status or 1
+        report_dir.cleanup()
     return status, events, stats
 
 

@@ -33,7 +33,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import nats.errors
@@ -378,17 +378,19 @@ class Bus:
 
     # ------------------------------------------------------------------ subscribing
 
-    def decode(self, msg: Msg, kinds: Iterable[str] | None = None, dead_letter: bool = False) -> list[Event] | None:
+    def decode(self, msg: Msg, kinds: Iterable[str] | None = None, dead_letter: bool = False,
+               views: Mapping[str, Iterable[str]] | None = None) -> list[Event] | None:
         """The usable events of a message; None (counted, logged once per interval) when there are none.
 
         Events of a batch that were rejected (schema, probe of the subject) are
         counted and logged the same way; the others are returned.  With ``kinds``
-        (event types) only events of those types are built (``Decoder.decode``).
+        (event types) only events of those types are built, with ``views`` only the fields named
+        (``Decoder.decode``).
         With ``dead_letter`` (core NATS subscriptions) the unusable message is
         also copied to ``ft.dlq.<probe>`` with the reason, in the background.
         """
         try:
-            decoded = self.decoder.decode(msg.data, msg.subject, msg.headers, kinds=kinds)
+            decoded = self.decoder.decode(msg.data, msg.subject, msg.headers, kinds=kinds, views=views)
         except DecodeError as exc:
             self.malformed += 1
             self._rlog.warning("malformed:" + exc.reason,

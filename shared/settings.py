@@ -251,6 +251,7 @@ class StoreSettings(CommonSettings):
     isms_min_duration_s: float = Field(default=10.0, ge=0, description="Unknown flows enter the access log when they last longer than this ...")
     isms_min_pps: float = Field(default=1.0, ge=0, description="... at more than this many packets per second.")
     log_all_flows: bool = Field(default=False, description="Write every flow into the access log.")
+    report_file: str = Field(default="", description="Append the events flowtarget analyze reports (flow end records, DNS records, alerts) as decoded here to this file (services/store/report.py); one store replica; empty = none.")
 
 
 # --------------------------------------------------------------------------- block's address lists

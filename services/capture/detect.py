@@ -33,7 +33,7 @@ from typing import Any
 from shared.bus import Bus, RateLimitedLog, safe_text
 from shared.codec import loads_small
 from shared.metrics import register_stats, set_ready
-from shared.models import Alert, CaptureStats, FlowRecord, PacketEvent, batch_json
+from shared.models import Alert, CaptureStats, PacketEvent, batch_json
 from shared.settings import CaptureSettings, DetectSettings
 from shared.subjects import subject
 
@@ -49,6 +49,14 @@ TICK_S = 0.25    # live: incidents age, held ARP binding changes settle
 #: ``ft.*.<probe>`` subscription that also brought every sample, verdict and DNS record
 INPUT_KINDS = ("flow", "live", "packet", "stats")
 EVENT_KINDS = ("flow", "packet", "capture_stats")
+#: the flow record fields the detectors read (``services/capture/detectors``): flow records are built
+#: with only these (``shared.codec.view_model``, validated as in FlowRecord), the others skipped unbuilt;
+#: a detector that reads another field gets an AttributeError, counted in its errors
+#: (tests/services/capture/test_detect_views.py compares the alerts with those of full records)
+FLOW_FIELDS = ("flow_id", "phase", "source", "transport", "src_ip", "src_port", "dst_ip", "dst_port",
+               "first_seen", "last_seen", "src2dst_packets", "dst2src_packets", "src2dst_tcp_flags",
+               "dst2src_tcp_flags", "src_mac", "dst_mac")
+VIEWS = {"flow": FLOW_FIELDS}
 
 
 def ctl(probe: str, verb: str) -> str:
@@ -82,12 +90,12 @@ class DetectorProcess:
             return                                  # samples, verdicts ...: not ours
         # only flow records, packet events and capture's stats are built: a flow batch also
         # carries each flow's verdict for storage, skipped unvalidated
-        events = self.bus.decode(msg, kinds=EVENT_KINDS)
+        events = self.bus.decode(msg, kinds=EVENT_KINDS, views=VIEWS)
         if events is None:
             return
         det = self.det
         for ev in events:
-            if isinstance(ev, FlowRecord):
+            if ev.event_type == "flow":        # a view of FlowRecord (VIEWS)
                 self.alerts += det.on_flow(ev)
             elif isinstance(ev, PacketEvent):
                 self.alerts += det.on_packet(ev)

@@ -39,6 +39,7 @@ from shared.settings import StoreSettings
 
 from services.store.lineproto import Point
 from services.store.repeats import WRITTEN, Repeats, stream_seq
+from services.store.report import ReportFile
 from services.store.schema import AccessLogRule, Schema
 from services.store.sinks import sinks_from_settings
 
@@ -124,6 +125,8 @@ class Store:
         self.metrics.decode = self.decoder.counters
         self._rlog = RateLimitedLog(log, 10.0)
         self.repeats = Repeats()
+        #: FT_REPORT_FILE: the events ``flowtarget analyze`` reports, as this store decoded them
+        self.report = ReportFile(settings.report_file) if getattr(settings, "report_file", "") else None
 
     # ------------------------------------------------------------------ setup
 
@@ -226,6 +229,8 @@ class Store:
             await self._dead_letter(msg, "conversion_failed", f"{type(exc).__name__}: {exc}")
             return False
         m.events += len(events)
+        if self.report is not None:
+            self.report.add(stream_seq(msg), events)
         return True
 
     # ------------------------------------------------------------------ writing
@@ -270,6 +275,8 @@ class Store:
         if attempts:
             log.info("write succeeded after %d retries", attempts)
         self.repeats.written(msgs)
+        if self.report is not None:
+            self.report.flush()     # on disk before the ack: what is acknowledged is in the report
         m.batches += 1
         m.points_written += len(points)
         by = m.points_by_measurement
@@ -432,6 +439,8 @@ class Store:
                      m.consumer_lag, m.unlogged_flows, m.malformed_messages)
 
     async def close(self) -> None:
+        if self.report is not None:
+            self.report.close()
         if self._psub is not None:
             # a pull subscription never marks its queue done: unsubscribe instead of letting drain wait on it
             try:
