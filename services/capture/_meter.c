@@ -771,8 +771,223 @@ error:
     Py_XDECREF(vlans);
     return NULL;
 }
+
+/*
+ * record(f, phase, ts, probe, app, application, category, host, confidence) -> FlowRecord
+ *   FlowMeter._record's event built in C: the same dict, key for key in the same order (orjson writes it
+ *   in that order), from the Flow's slots, then the pydantic instance as flows._build makes it (no
+ *   validation: the meter computed every value itself).  bind_record(FlowRecord, BaseModel) first; it
+ *   returns False (and record() is not to be used) when the model's fields are not exactly these.
+ */
+enum {
+    R_FLOW_ID, R_TRANSPORT, R_SRC_IP, R_SPORT, R_DST_IP, R_DPORT, R_VLAN_IDS, R_END_REASON, R_SOURCE, R_VER,
+    R_FIRST, R_LAST, R_S_PKTS, R_S_BYTES, R_D_PKTS, R_D_BYTES, R_S_FLAGS, R_D_FLAGS, R_SRC_MAC, R_DST_MAC,
+    R_TUNNEL, R_OUTER, R_ICMP, NREC
+};
+static const char *rec_slot_names[NREC] = {
+    "flow_id", "transport", "src_ip", "sport", "dst_ip", "dport", "vlan_ids", "end_reason", "source", "ver",
+    "first", "last", "s_pkts", "s_bytes", "d_pkts", "d_bytes", "s_flags", "d_flags", "src_mac", "dst_mac",
+    "tunnel", "outer", "icmp",
+};
+static Py_ssize_t rec_offs[NREC];
+/* the record's keys, in _record's order */
+enum {
+    K_TIMESTAMP, K_PROBE, K_FLOW_ID, K_EVENT_TYPE, K_TRANSPORT, K_SRC_IP, K_SRC_PORT, K_DST_IP, K_DST_PORT,
+    K_VLAN_ID, K_PHASE, K_END_REASON, K_SOURCE, K_IP_VERSION, K_FIRST_SEEN, K_LAST_SEEN, K_DURATION_MS,
+    K_S_PKTS, K_S_BYTES, K_D_PKTS, K_D_BYTES, K_S_FLAGS, K_D_FLAGS, K_SRC_MAC, K_DST_MAC, K_TUNNEL,
+    K_TUNNEL_SRC_IP, K_TUNNEL_DST_IP, K_TUNNEL_ID, K_APP, K_APPLICATION, K_CATEGORY, K_HOST, K_CONFIDENCE,
+    K_ICMP_TYPE, K_ICMP_CODE, NKEYS
+};
+static const char *rec_key_names[NKEYS] = {
+    "timestamp", "probe", "flow_id", "event_type", "transport", "src_ip", "src_port", "dst_ip", "dst_port",
+    "vlan_id", "phase", "end_reason", "source", "ip_version", "first_seen", "last_seen", "duration_ms",
+    "src2dst_packets", "src2dst_bytes", "dst2src_packets", "dst2src_bytes", "src2dst_tcp_flags",
+    "dst2src_tcp_flags", "src_mac", "dst_mac", "tunnel", "tunnel_src_ip", "tunnel_dst_ip", "tunnel_id",
+    "app_protocol", "application", "category", "host", "confidence", "icmp_type", "icmp_code",
+};
+static PyObject *rec_keys[NKEYS];
+static PyObject *rec_cls = NULL, *rec_fields_set = NULL, *s_flow = NULL, *s_empty = NULL, *s_end = NULL;
+static Py_ssize_t off_fields_set = -1, off_extra = -1, off_private = -1;
+static PyObject *zero_int = NULL;
+
+static int member_offset(PyObject *cls, const char *name, Py_ssize_t *out) {
+    PyObject *d = PyObject_GetAttrString(cls, name);
+    if (d == NULL)
+        return -1;
+    int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX;
+    if (ok)
+        *out = ((PyMemberDescrObject *)d)->d_member->offset;
+    Py_DECREF(d);
+    if (!ok)
+        PyErr_Format(PyExc_TypeError, "%s is not an object slot", name);
+    return ok ? 0 : -1;
+}
+
+static PyObject *bind_record(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cls, *base;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyType_Type, &cls, &PyType_Type, &base))
+        return NULL;
+    if (flow_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind() the Flow class first");
+        return NULL;
+    }
+    for (int k = 0; k < NREC; k++) {
+        if (member_offset((PyObject *)flow_type, rec_slot_names[k], &rec_offs[k]) < 0)
+            return NULL;
+    }
+    PyObject *bd = ((PyTypeObject *)base)->tp_dict;
+    const char *names[3] = {"__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__"};
+    Py_ssize_t *outs[3] = {&off_fields_set, &off_extra, &off_private};
+    for (int k = 0; k < 3; k++) {
+        PyObject *d = PyDict_GetItemString(bd, names[k]);   /* borrowed */
+        if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)
+            || ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
+            PyErr_Format(PyExc_TypeError, "BaseModel.%s is not an object slot", names[k]);
+            return NULL;
+        }
+        *outs[k] = ((PyMemberDescrObject *)d)->d_member->offset;
+    }
+    PyObject *fields = PyObject_GetAttrString(cls, "model_fields");
+    if (fields == NULL)
+        return NULL;
+    PyObject *fs = PySet_New(fields);
+    Py_DECREF(fields);
+    if (fs == NULL)
+        return NULL;
+    int same = PySet_GET_SIZE(fs) == NKEYS;
+    for (int k = 0; same && k < NKEYS; k++) {
+        int has = PySet_Contains(fs, rec_keys[k]);
+        if (has < 0) {
+            Py_DECREF(fs);
+            return NULL;
+        }
+        same = has;
+    }
+    if (!same) {
+        Py_DECREF(fs);
+        Py_RETURN_FALSE;
+    }
+    Py_XSETREF(rec_fields_set, fs);
+    Py_INCREF(cls);
+    Py_XSETREF(rec_cls, cls);
+    Py_RETURN_TRUE;
+}
+
+#define RSLOT(o, k) (*(PyObject **)((char *)(o) + rec_offs[k]))
+#define MSLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
+
+/* d[key] = v (a borrowed value; NULL: an unset slot, AttributeError) */
+static inline int dset(PyObject *d, int key, PyObject *v, int slot) {
+    if (v == NULL) {
+        PyErr_Format(PyExc_AttributeError, "Flow.%s is not set", rec_slot_names[slot]);
+        return -1;
+    }
+    return PyDict_SetItem(d, rec_keys[key], v);
+}
+
+/* d[key] = v, stealing v */
+static inline int dput(PyObject *d, int key, PyObject *v) {
+    if (v == NULL)
+        return -1;
+    int r = PyDict_SetItem(d, rec_keys[key], v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* item k of a sequence value (a tuple here) when it is non-empty, else dflt: a new reference */
+static PyObject *first_or(PyObject *seq, Py_ssize_t k, PyObject *dflt) {
+    int t = PyObject_IsTrue(seq);
+    if (t < 0)
+        return NULL;
+    if (!t) {
+        Py_INCREF(dflt);
+        return dflt;
+    }
+    return PySequence_GetItem(seq, k);
+}
+
+static PyObject *record(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *f, *phase, *ts, *probe, *app, *application, *category, *host, *conf;
+    if (!PyArg_ParseTuple(args, "OUOOOOOOO", &f, &phase, &ts, &probe, &app, &application, &category, &host, &conf))
+        return NULL;
+    if (rec_cls == NULL || flow_type == NULL || !PyObject_TypeCheck(f, flow_type)) {
+        PyErr_SetString(PyExc_TypeError, "record() needs bind_record() and a Flow");
+        return NULL;
+    }
+    int is_end = PyUnicode_CompareWithASCIIString(phase, "end") == 0;
+    PyObject *first = RSLOT(f, R_FIRST), *last = RSLOT(f, R_LAST);
+    if (first == NULL || last == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "Flow.first/last is not set");
+        return NULL;
+    }
+    double fd = PyFloat_AsDouble(first), ld = PyFloat_AsDouble(last);
+    if ((fd == -1.0 || ld == -1.0) && PyErr_Occurred())
+        return NULL;
+    double dur = (ld - fd) * 1000.0;
+    if (!(dur > 0.0))
+        dur = 0.0;
+    PyObject *vl = RSLOT(f, R_VLAN_IDS), *outer = RSLOT(f, R_OUTER), *icmp = RSLOT(f, R_ICMP);
+    if (vl == NULL || outer == NULL || icmp == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "Flow.vlan_ids/outer/icmp is not set");
+        return NULL;
+    }
+    PyObject *d = PyDict_New();
+    if (d == NULL)
+        return NULL;
+    if (PyDict_SetItem(d, rec_keys[K_TIMESTAMP], ts) < 0 || PyDict_SetItem(d, rec_keys[K_PROBE], probe) < 0
+        || dset(d, K_FLOW_ID, RSLOT(f, R_FLOW_ID), R_FLOW_ID) < 0 || PyDict_SetItem(d, rec_keys[K_EVENT_TYPE], s_flow) < 0
+        || dset(d, K_TRANSPORT, RSLOT(f, R_TRANSPORT), R_TRANSPORT) < 0
+        || dset(d, K_SRC_IP, RSLOT(f, R_SRC_IP), R_SRC_IP) < 0 || dset(d, K_SRC_PORT, RSLOT(f, R_SPORT), R_SPORT) < 0
+        || dset(d, K_DST_IP, RSLOT(f, R_DST_IP), R_DST_IP) < 0 || dset(d, K_DST_PORT, RSLOT(f, R_DPORT), R_DPORT) < 0
+        || dput(d, K_VLAN_ID, first_or(vl, 0, zero_int)) < 0 || PyDict_SetItem(d, rec_keys[K_PHASE], phase) < 0
+        || (is_end ? dset(d, K_END_REASON, RSLOT(f, R_END_REASON), R_END_REASON)
+                   : PyDict_SetItem(d, rec_keys[K_END_REASON], s_empty)) < 0
+        || dset(d, K_SOURCE, RSLOT(f, R_SOURCE), R_SOURCE) < 0 || dset(d, K_IP_VERSION, RSLOT(f, R_VER), R_VER) < 0
+        || PyDict_SetItem(d, rec_keys[K_FIRST_SEEN], first) < 0 || PyDict_SetItem(d, rec_keys[K_LAST_SEEN], last) < 0
+        || dput(d, K_DURATION_MS, PyFloat_FromDouble(dur)) < 0
+        || dset(d, K_S_PKTS, RSLOT(f, R_S_PKTS), R_S_PKTS) < 0 || dset(d, K_S_BYTES, RSLOT(f, R_S_BYTES), R_S_BYTES) < 0
+        || dset(d, K_D_PKTS, RSLOT(f, R_D_PKTS), R_D_PKTS) < 0 || dset(d, K_D_BYTES, RSLOT(f, R_D_BYTES), R_D_BYTES) < 0
+        || dset(d, K_S_FLAGS, RSLOT(f, R_S_FLAGS), R_S_FLAGS) < 0 || dset(d, K_D_FLAGS, RSLOT(f, R_D_FLAGS), R_D_FLAGS) < 0
+        || dset(d, K_SRC_MAC, RSLOT(f, R_SRC_MAC), R_SRC_MAC) < 0 || dset(d, K_DST_MAC, RSLOT(f, R_DST_MAC), R_DST_MAC) < 0
+        || dset(d, K_TUNNEL, RSLOT(f, R_TUNNEL), R_TUNNEL) < 0
+        || dput(d, K_TUNNEL_SRC_IP, first_or(outer, 0, s_empty)) < 0
+        || dput(d, K_TUNNEL_DST_IP, first_or(outer, 1, s_empty)) < 0
+        || dput(d, K_TUNNEL_ID, first_or(outer, 2, zero_int)) < 0
+        || PyDict_SetItem(d, rec_keys[K_APP], app) < 0 || PyDict_SetItem(d, rec_keys[K_APPLICATION], application) < 0
+        || PyDict_SetItem(d, rec_keys[K_CATEGORY], category) < 0 || PyDict_SetItem(d, rec_keys[K_HOST], host) < 0
+        || PyDict_SetItem(d, rec_keys[K_CONFIDENCE], conf) < 0
+        || dput(d, K_ICMP_TYPE, first_or(icmp, 0, Py_None)) < 0 || dput(d, K_ICMP_CODE, first_or(icmp, 1, Py_None)) < 0) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    /* the instance, as flows._build makes it: object.__new__, __dict__, fields set, no extra, no private */
+    PyTypeObject *tp = (PyTypeObject *)rec_cls;
+    PyObject *m = tp->tp_new == NULL ? NULL : PyBaseObject_Type.tp_new(tp, empty_tuple, NULL);
+    if (m == NULL) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    if (PyObject_GenericSetDict(m, d, NULL) < 0) {
+        Py_DECREF(d);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_DECREF(d);
+    Py_INCREF(rec_fields_set);
+    Py_XSETREF(MSLOT(m, off_fields_set), rec_fields_set);
+    Py_INCREF(Py_None);
+    Py_XSETREF(MSLOT(m, off_extra), Py_None);
+    Py_INCREF(Py_None);
+    Py_XSETREF(MSLOT(m, off_private), Py_None);
+    return m;
+}
+
 static PyMethodDef methods[] = {
     {"bind", bind, METH_VARARGS, "Learn the slot offsets of the meter's Flow and _Dir classes."},
+    {"bind_record", bind_record, METH_VARARGS, "Learn FlowRecord (and BaseModel's slots) for record(); False when its fields differ."},
+    {"record", record, METH_VARARGS, "FlowMeter._record's FlowRecord, built in C."},
     {"run", run, METH_VARARGS, "Meter records of known flows that need only counters; stop at the first that needs Python."},
     {NULL, NULL, 0, NULL},
 };
@@ -789,6 +1004,16 @@ PyMODINIT_FUNC PyInit__meter(void) {
     s_dir_s = PyUnicode_InternFromString("s");
     s_dir_d = PyUnicode_InternFromString("d");
     if (!s_dirty || !s_dir_s || !s_dir_d)
+        return NULL;
+    for (int k = 0; k < NKEYS; k++) {
+        if ((rec_keys[k] = PyUnicode_InternFromString(rec_key_names[k])) == NULL)
+            return NULL;
+    }
+    s_flow = PyUnicode_InternFromString("flow");
+    s_empty = PyUnicode_InternFromString("");
+    s_end = PyUnicode_InternFromString("end");
+    zero_int = PyLong_FromLong(0);
+    if (!s_flow || !s_empty || !s_end || !zero_int)
         return NULL;
     if (empty_tuple == NULL || !s_prev_frame || !s_prev_ts || !s_next_house || !s_fin)
         return NULL;

@@ -14,6 +14,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import orjson
 import pytest
 
 from services.capture import flows
@@ -30,6 +31,7 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
     with monkeypatch.context() as mp:
         if not compiled:
             mp.setattr(flows, "_run", None)
+            mp.setattr(flows, "_crecord", None)   # flow records built by FlowMeter._record's Python too
         sink = ListSink()
         m = FlowMeter(CaptureSettings(verdict_wait_s=0, evidence_packets=4), sink, source="twin")
         m._prefix = "twin"
@@ -62,6 +64,7 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
             m.stats(),
             rings,
             bytes(marks),
+            [orjson.dumps(r.__dict__) for r in sink.flows],   # the documents batch_json writes, byte for byte
         ]
 
 
@@ -83,7 +86,8 @@ def batches_of(paths: list[Path], chunk: int = 256) -> list[tuple]:
 def assert_twins(batches: list, monkeypatch: pytest.MonkeyPatch) -> None:
     a = meter(batches, True, monkeypatch)
     b = meter(batches, False, monkeypatch)
-    names = ("flow records", "samples", "packet events", "stats", "evidence rings", "recorder keep marks")
+    names = ("flow records", "samples", "packet events", "stats", "evidence rings", "recorder keep marks",
+             "flow records' documents")
     for name, x, y in zip(names, a, b):
         if isinstance(x, list):
             assert len(x) == len(y), name
