@@ -808,7 +808,7 @@ static const char *rec_key_names[NKEYS] = {
 static PyObject *rec_keys[NKEYS];
 static PyObject *rec_cls = NULL, *rec_fields_set = NULL, *s_flow = NULL, *s_empty = NULL, *s_end = NULL;
 static Py_ssize_t off_fields_set = -1, off_extra = -1, off_private = -1;
-static PyObject *zero_int = NULL;
+static PyObject *zero_int = NULL, *rec_template = NULL;
 
 static int member_offset(PyObject *cls, const char *name, Py_ssize_t *out) {
     PyObject *d = PyObject_GetAttrString(cls, name);
@@ -933,7 +933,8 @@ static PyObject *record(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_AttributeError, "Flow.vlan_ids/outer/icmp is not set");
         return NULL;
     }
-    PyObject *d = PyDict_New();
+    /* a copy of a dict with every key (in order, values None): the stores below replace values, no resizing */
+    PyObject *d = PyDict_Copy(rec_template);
     if (d == NULL)
         return NULL;
     if (PyDict_SetItem(d, rec_keys[K_TIMESTAMP], ts) < 0 || PyDict_SetItem(d, rec_keys[K_PROBE], probe) < 0
@@ -1013,7 +1014,12 @@ PyMODINIT_FUNC PyInit__meter(void) {
     s_empty = PyUnicode_InternFromString("");
     s_end = PyUnicode_InternFromString("end");
     zero_int = PyLong_FromLong(0);
-    if (!s_flow || !s_empty || !s_end || !zero_int)
+    rec_template = PyDict_New();
+    for (int k = 0; rec_template != NULL && k < NKEYS; k++) {
+        if (PyDict_SetItem(rec_template, rec_keys[k], Py_None) < 0)
+            return NULL;
+    }
+    if (!rec_template || !s_flow || !s_empty || !s_end || !zero_int)
         return NULL;
     if (empty_tuple == NULL || !s_prev_frame || !s_prev_ts || !s_next_house || !s_fin)
         return NULL;
