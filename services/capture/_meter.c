@@ -985,7 +985,74 @@ static PyObject *record(PyObject *self, PyObject *args) {
     return m;
 }
 
+/*
+ * b64_texts(list of bytes) -> list of str: each as pydantic writes bytes in JSON (ser_json_bytes="base64":
+ * the URL-safe alphabet, padded), in one pass (shared.models.batch_json's samples; see set_b64_texts there)
+ */
+static const char b64_alpha[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+static PyObject *b64_text(PyObject *b) {
+    if (!PyBytes_Check(b)) {
+        PyErr_SetString(PyExc_TypeError, "b64_texts() needs a list of bytes");
+        return NULL;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(b);
+    if (n > (PY_SSIZE_T_MAX / 4) * 3 - 3) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    const unsigned char *in = (const unsigned char *)PyBytes_AS_STRING(b);
+    PyObject *t = PyUnicode_New((n + 2) / 3 * 4, 127);
+    if (t == NULL)
+        return NULL;
+    unsigned char *o = PyUnicode_1BYTE_DATA(t);
+    Py_ssize_t i = 0;
+    for (; i + 3 <= n; i += 3) {
+        uint32_t v = ((uint32_t)in[i] << 16) | ((uint32_t)in[i + 1] << 8) | in[i + 2];
+        *o++ = (unsigned char)b64_alpha[v >> 18];
+        *o++ = (unsigned char)b64_alpha[(v >> 12) & 63];
+        *o++ = (unsigned char)b64_alpha[(v >> 6) & 63];
+        *o++ = (unsigned char)b64_alpha[v & 63];
+    }
+    if (n - i == 1) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        *o++ = (unsigned char)b64_alpha[v >> 18];
+        *o++ = (unsigned char)b64_alpha[(v >> 12) & 63];
+        *o++ = '=';
+        *o++ = '=';
+    } else if (n - i == 2) {
+        uint32_t v = ((uint32_t)in[i] << 16) | ((uint32_t)in[i + 1] << 8);
+        *o++ = (unsigned char)b64_alpha[v >> 18];
+        *o++ = (unsigned char)b64_alpha[(v >> 12) & 63];
+        *o++ = (unsigned char)b64_alpha[(v >> 6) & 63];
+        *o++ = '=';
+    }
+    return t;
+}
+
+static PyObject *b64_texts(PyObject *self, PyObject *arg) {
+    (void)self;
+    if (!PyList_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "b64_texts() needs a list of bytes");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(arg);
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = b64_text(PyList_GET_ITEM(arg, i));
+        if (t == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, t);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"b64_texts", b64_texts, METH_O, "A list of bytes as pydantic's JSON base64 texts (URL-safe, padded)."},
     {"bind", bind, METH_VARARGS, "Learn the slot offsets of the meter's Flow and _Dir classes."},
     {"bind_record", bind_record, METH_VARARGS, "Learn FlowRecord (and BaseModel's slots) for record(); False when its fields differ."},
     {"record", record, METH_VARARGS, "FlowMeter._record's FlowRecord, built in C."},

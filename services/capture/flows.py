@@ -267,6 +267,10 @@ if _METER is not None:
     _run = _METER.run
     if getattr(_METER, "bind_record", None) is not None and _METER.bind_record(FlowRecord, BaseModel):
         _crecord = _METER.record
+    if getattr(_METER, "b64_texts", None) is not None:   # samples' payloads as base64 text, for batch_json
+        from shared.models import set_b64_texts
+
+        set_b64_texts(_METER.b64_texts)
 
 
 class FlowMeter:
