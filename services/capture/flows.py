@@ -265,7 +265,8 @@ _crecord: Any = None
 if _METER is not None:
     _METER.bind(Flow, _Dir)
     _run = _METER.run
-    if getattr(_METER, "bind_record", None) is not None and _METER.bind_record(FlowRecord, BaseModel):
+    if getattr(_METER, "bind_record", None) is not None and _METER.bind_record(
+            FlowRecord, BaseModel, transport_name(6), transport_name(17)):
         _crecord = _METER.record
     if getattr(_METER, "b64_texts", None) is not None:   # samples' payloads as base64 text, for batch_json
         from shared.models import set_b64_texts
@@ -432,7 +433,7 @@ class FlowMeter:
         table = self.table
         try:
             npk, nb, dups = run(self, recs, self._process_py, dl, table, table.move_to_end, self._ev_trim,
-                                self._ev_keep, keep, self.record_cutoff)
+                                self._ev_keep, keep, self.record_cutoff, _crecord is not None)
         finally:
             if keep is not None:
                 self._keep += keep
