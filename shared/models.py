@@ -1,11 +1,11 @@
 """The event contract between FlowTarget's services.
 
 Every message on a FlowTarget NATS subject is one of the models below (or an
-``EventBatch`` of them), serialised as JSON by pydantic (flow-record batches by
-orjson, the same document).  All events share one envelope (``Event``): when,
-which probe, which flow, what kind of event, and the flow's endpoints.  Each
-concrete model pins ``event_type`` to a literal so that ``parse_event`` (one
-discriminated union) can parse any of them.
+``EventBatch`` of them), serialised as JSON by pydantic (batches of flow records,
+samples and DNS packet events by orjson, the same document).  All events share
+one envelope (``Event``): when, which probe, which flow, what kind of event,
+and the flow's endpoints.  Each concrete model pins ``event_type`` to a literal
+so that ``parse_event`` (one discriminated union) can parse any of them.
 
 Conventions
 -----------

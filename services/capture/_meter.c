@@ -884,6 +884,157 @@ fail:
     return NULL;
 }
 
+static inline int dset_q(PyObject *d, int key, PyObject *v);
+static inline int dput_q(PyObject *d, int key, PyObject *v);
+
+/*
+ * sample(f, ts, fwd, vlans, final, probe) -> FlowSample: the event FlowMeter._emit_sample builds, the same
+ * dict key for key in its order, the instance as flows._build makes it (bind_sample(FlowSample) first;
+ * False when the model's fields are not exactly these).
+ */
+enum {
+    Q_PROBE, Q_FLOW_ID, Q_EVENT_TYPE, Q_TRANSPORT, Q_SRC_IP, Q_SRC_PORT, Q_DST_IP, Q_DST_PORT, Q_VLAN_ID,
+    Q_ICMP_TYPE, Q_ICMP_CODE, Q_SOURCE, Q_FIRST_SEEN, Q_SRC_MAC, Q_DST_MAC, Q_TIMESTAMP, Q_SEQ_NO, Q_FINAL,
+    Q_S_PKTS, Q_D_PKTS, Q_SRC_PAYLOADS, Q_DST_PAYLOADS, Q_PAYLOAD_DIRS, Q_VLAN_IDS, Q_S_NEXT_SEQ, Q_S_ACK,
+    Q_D_NEXT_SEQ, Q_D_ACK, Q_TRIGGER_TIME, Q_TRIGGER_FROM_SRC, NQKEYS
+};
+static const char *sample_key_names[NQKEYS] = {
+    "probe", "flow_id", "event_type", "transport", "src_ip", "src_port", "dst_ip", "dst_port", "vlan_id",
+    "icmp_type", "icmp_code", "source", "first_seen", "src_mac", "dst_mac", "timestamp", "seq_no", "final",
+    "src2dst_packets", "dst2src_packets", "src_payloads", "dst_payloads", "payload_dirs", "vlan_ids",
+    "src2dst_next_seq", "src2dst_ack", "dst2src_next_seq", "dst2src_ack", "trigger_time", "trigger_from_src",
+};
+static PyObject *sample_keys[NQKEYS], *sample_template = NULL, *sample_cls = NULL, *sample_fields_set = NULL;
+static PyObject *s_sample_type = NULL;
+
+static PyObject *bind_sample(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cls;
+    if (!PyArg_ParseTuple(args, "O!", &PyType_Type, &cls))
+        return NULL;
+    if (!new_bound || off_fields_set < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "bind_record() first");
+        return NULL;
+    }
+    PyObject *fields = PyObject_GetAttrString(cls, "model_fields");
+    PyObject *fs = fields ? PySet_New(fields) : NULL;
+    Py_XDECREF(fields);
+    if (fs == NULL)
+        return NULL;
+    int same = PySet_GET_SIZE(fs) == NQKEYS;
+    for (int k = 0; same && k < NQKEYS; k++) {
+        int has = PySet_Contains(fs, sample_keys[k]);
+        if (has < 0) {
+            Py_DECREF(fs);
+            return NULL;
+        }
+        same = has;
+    }
+    if (!same) {
+        Py_DECREF(fs);
+        Py_RETURN_FALSE;
+    }
+    Py_XSETREF(sample_fields_set, fs);
+    Py_INCREF(cls);
+    Py_XSETREF(sample_cls, cls);
+    Py_RETURN_TRUE;
+}
+
+/* a _Dir slot, or the empty direction's value (_EMPTY_DIR) when the direction has no state */
+static PyObject *dir_value(PyObject *d, int k) {
+    if (d == Py_None) {
+        if (k == D_PAYLOADS)
+            return PyList_New(0);
+        return PyLong_FromLong(0);
+    }
+    PyObject *v = get(d, k);
+    if (v == NULL)
+        return NULL;
+    if (k == D_PAYLOADS)
+        return PySequence_List(v);
+    Py_INCREF(v);
+    return v;
+}
+
+static PyObject *sample_event(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *f, *ts, *fwd, *vlans, *final, *probe;
+    if (!PyArg_ParseTuple(args, "OOOOOO", &f, &ts, &fwd, &vlans, &final, &probe))
+        return NULL;
+    if (sample_cls == NULL || !PyObject_TypeCheck(f, flow_type)) {
+        PyErr_SetString(PyExc_TypeError, "sample() needs bind_sample() and a Flow");
+        return NULL;
+    }
+    PyObject *sd = SLOT(f, SD), *dd = SLOT(f, DD), *vl = RSLOT(f, R_VLAN_IDS), *icmp = RSLOT(f, R_ICMP);
+    PyObject *dirs = SLOT(f, DIRS), *seq = NSLOT(f, N_SAMPLE_SEQ);
+    if (sd == NULL || dd == NULL || vl == NULL || icmp == NULL || dirs == NULL || seq == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "a Flow slot a sample needs is not set");
+        return NULL;
+    }
+    if ((sd != Py_None && !PyObject_TypeCheck(sd, dir_type)) || (dd != Py_None && !PyObject_TypeCheck(dd, dir_type))) {
+        PyErr_SetString(PyExc_TypeError, "Flow.sd/dd is not a _Dir");
+        return NULL;
+    }
+    int hv = PyObject_IsTrue(vlans);
+    if (hv < 0)
+        return NULL;
+    PyObject *d = PyDict_Copy(sample_template);
+    if (d == NULL)
+        return NULL;
+#define QSET(key, v) (PyDict_SetItem(d, sample_keys[key], (v)) < 0)
+#define QPUT(key, v) (dput_q(d, key, (v)) < 0)
+    if (QSET(Q_PROBE, probe) || dset_q(d, Q_FLOW_ID, SLOT(f, FLOW_ID)) || QSET(Q_EVENT_TYPE, s_sample_type)
+        || dset_q(d, Q_TRANSPORT, RSLOT(f, R_TRANSPORT)) || dset_q(d, Q_SRC_IP, RSLOT(f, R_SRC_IP))
+        || dset_q(d, Q_SRC_PORT, RSLOT(f, R_SPORT)) || dset_q(d, Q_DST_IP, RSLOT(f, R_DST_IP))
+        || dset_q(d, Q_DST_PORT, RSLOT(f, R_DPORT)) || QPUT(Q_VLAN_ID, first_or(vl, 0, zero_int))
+        || QPUT(Q_ICMP_TYPE, first_or(icmp, 0, Py_None)) || QPUT(Q_ICMP_CODE, first_or(icmp, 1, Py_None))
+        || dset_q(d, Q_SOURCE, RSLOT(f, R_SOURCE)) || dset_q(d, Q_FIRST_SEEN, RSLOT(f, R_FIRST))
+        || dset_q(d, Q_SRC_MAC, RSLOT(f, R_SRC_MAC)) || dset_q(d, Q_DST_MAC, RSLOT(f, R_DST_MAC))
+        || QSET(Q_TIMESTAMP, ts) || QSET(Q_SEQ_NO, seq) || QSET(Q_FINAL, final)
+        || dset_q(d, Q_S_PKTS, SLOT(f, S_PKTS)) || dset_q(d, Q_D_PKTS, SLOT(f, D_PKTS))
+        || QPUT(Q_SRC_PAYLOADS, dir_value(sd, D_PAYLOADS)) || QPUT(Q_DST_PAYLOADS, dir_value(dd, D_PAYLOADS))
+        || QPUT(Q_PAYLOAD_DIRS, PySequence_GetSlice(dirs, 0, 256))
+        || QPUT(Q_VLAN_IDS, PySequence_List(hv ? vlans : vl))
+        || QPUT(Q_S_NEXT_SEQ, dir_value(sd, D_NEXT_SEQ)) || QPUT(Q_S_ACK, dir_value(sd, D_ACK))
+        || QPUT(Q_D_NEXT_SEQ, dir_value(dd, D_NEXT_SEQ)) || QPUT(Q_D_ACK, dir_value(dd, D_ACK))
+        || QSET(Q_TRIGGER_TIME, ts) || QSET(Q_TRIGGER_FROM_SRC, fwd)) {
+        Py_DECREF(d);
+        return NULL;
+    }
+#undef QSET
+#undef QPUT
+    PyObject *m = PyBaseObject_Type.tp_new((PyTypeObject *)sample_cls, empty_tuple, NULL);
+    if (m == NULL || PyObject_GenericSetDict(m, d, NULL) < 0) {
+        Py_XDECREF(m);
+        Py_DECREF(d);
+        return NULL;
+    }
+    Py_DECREF(d);
+    Py_INCREF(sample_fields_set);
+    Py_XSETREF(MSLOT(m, off_fields_set), sample_fields_set);
+    Py_INCREF(Py_None);
+    Py_XSETREF(MSLOT(m, off_extra), Py_None);
+    Py_INCREF(Py_None);
+    Py_XSETREF(MSLOT(m, off_private), Py_None);
+    return m;
+}
+
+static inline int dset_q(PyObject *d, int key, PyObject *v) {   /* borrowed v; NULL: an unset slot */
+    if (v == NULL) {
+        PyErr_Format(PyExc_AttributeError, "a Flow slot for %s is not set", sample_key_names[key]);
+        return -1;
+    }
+    return PyDict_SetItem(d, sample_keys[key], v) < 0 ? -1 : 0;
+}
+
+static inline int dput_q(PyObject *d, int key, PyObject *v) {   /* steals v */
+    if (v == NULL)
+        return -1;
+    int r = PyDict_SetItem(d, sample_keys[key], v);
+    Py_DECREF(v);
+    return r < 0 ? -1 : 0;
+}
+
 /*
  * end(meter, f, reason): FlowMeter._end (and the _publish_end it calls) in C, step by step in their order;
  * the meter's own methods for _remove, _emit_sample, _record and the closing branch (_end_closing).
@@ -1640,6 +1791,8 @@ static PyMethodDef methods[] = {
     {"bind_record", bind_record, METH_VARARGS, "Learn FlowRecord (and BaseModel's slots) for record(); False when its fields differ."},
     {"record", record, METH_VARARGS, "FlowMeter._record's FlowRecord, built in C."},
     {"end", end, METH_VARARGS, "FlowMeter._end (with _publish_end) in C."},
+    {"bind_sample", bind_sample, METH_VARARGS, "Learn FlowSample for sample(); False when its fields differ."},
+    {"sample", sample_event, METH_VARARGS, "FlowMeter._emit_sample's FlowSample, built in C."},
     {"run", run, METH_VARARGS, "Meter records of known flows that need only counters; stop at the first that needs Python."},
     {NULL, NULL, 0, NULL},
 };
@@ -1665,6 +1818,18 @@ PyMODINIT_FUNC PyInit__meter(void) {
     s_empty = PyUnicode_InternFromString("");
     s_end = PyUnicode_InternFromString("end");
     s_start = PyUnicode_InternFromString("start");
+    for (int k = 0; k < NQKEYS; k++) {
+        if ((sample_keys[k] = PyUnicode_InternFromString(sample_key_names[k])) == NULL)
+            return NULL;
+    }
+    sample_template = PyDict_New();
+    for (int k = 0; sample_template != NULL && k < NQKEYS; k++) {
+        if (PyDict_SetItem(sample_template, sample_keys[k], Py_None) < 0)
+            return NULL;
+    }
+    s_sample_type = PyUnicode_InternFromString("sample");
+    if (!sample_template || !s_sample_type)
+        return NULL;
     s_remove = PyUnicode_InternFromString("_remove");
     s_emit_sample = PyUnicode_InternFromString("_emit_sample");
     s_record = PyUnicode_InternFromString("_record");

@@ -264,6 +264,8 @@ _run: Any = None
 _crecord: Any = None
 #: FlowMeter._end (with _publish_end) in C (``_meter.end``), or None
 _cend: Any = None
+#: the FlowSample of FlowMeter._emit_sample built in C (``_meter.sample``), or None
+_csample: Any = None
 if _METER is not None:
     _METER.bind(Flow, _Dir)
     _run = _METER.run
@@ -271,6 +273,8 @@ if _METER is not None:
             FlowRecord, BaseModel, transport_name(6), transport_name(17)):
         _crecord = _METER.record
         _cend = _METER.end
+        if _METER.bind_sample(FlowSample):
+            _csample = _METER.sample
     if getattr(_METER, "b64_texts", None) is not None:   # samples' payloads as base64 text, for batch_json
         from shared.models import set_b64_texts
 
@@ -1153,9 +1157,25 @@ class FlowMeter:
     def _emit_sample(self, f: Flow, ts: float, fwd: bool, vlans: tuple, final: bool) -> None:
         if f.dirs is None:  # sampling was stopped meanwhile (final verdict, end)
             return
+        if _csample is not None:   # the same dict, in the same order, and the same instance, built in C
+            s = _csample(f, ts, fwd, vlans, final, self.probe)
+        else:
+            s = self._sample_event(f, ts, fwd, vlans, final)
+        f.sample_seq += 1
+        f.pending += 1
+        self._pending += 1
+        self.samples_sent += 1
+        self._by_id[f.flow_id] = f
+        if final:
+            f.sampling = 0
+            f.sd = f.dd = None
+            f.dirs = None
+        self.sink.sample(s)
+
+    def _sample_event(self, f: Flow, ts: float, fwd: bool, vlans: tuple, final: bool) -> FlowSample:
         sd = f.sd or _EMPTY_DIR
         dd = f.dd or _EMPTY_DIR
-        s = _build(FlowSample, {
+        return _build(FlowSample, {
             "probe": self.probe,
             "flow_id": f.flow_id,
             "event_type": "sample",
@@ -1187,16 +1207,6 @@ class FlowMeter:
             "trigger_time": ts,
             "trigger_from_src": fwd,
         })
-        f.sample_seq += 1
-        f.pending += 1
-        self._pending += 1
-        self.samples_sent += 1
-        self._by_id[f.flow_id] = f
-        if final:
-            f.sampling = 0
-            f.sd = f.dd = None
-            f.dirs = None
-        self.sink.sample(s)
 
     def flush_samples(self) -> None:
         """Deferred mode: emit one (cumulative) sample per flow that has new payload since the last flush."""

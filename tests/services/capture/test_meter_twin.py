@@ -20,7 +20,7 @@ import pytest
 from services.capture import flows
 from services.capture.flows import FlowMeter, ListSink
 from services.capture.sources import CaptureFileError, FileSource
-from shared.models import Verdict
+from shared.models import Verdict, batch_json
 from shared.settings import CaptureSettings
 from tests.conftest import CORPUS, SAMPLE_PCAP, need_corpus
 
@@ -44,6 +44,7 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
             mp.setattr(flows, "_run", None)
             mp.setattr(flows, "_crecord", None)   # flow records built by FlowMeter._record's Python too
             mp.setattr(flows, "_cend", None)      # and flows ended by FlowMeter._end's
+            mp.setattr(flows, "_csample", None)   # and samples built by FlowMeter._sample_event's
         # vwait > 0: ended flows with verdicts outstanding wait in closing (until flush_closing), and the
         # sink takes the best verdicts; a third of the sampled flows get a final verdict, a third one that
         # is not final, a third none
@@ -84,6 +85,7 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
             rings,
             bytes(marks),
             [orjson.dumps(r.__dict__) for r in sink.flows],   # the documents batch_json writes, byte for byte
+            [batch_json([s]) for s in sink.samples],
             [v.model_dump() for v in getattr(sink, "verdicts", [])],
         ]
 
@@ -107,7 +109,7 @@ def assert_twins(batches: list, monkeypatch: pytest.MonkeyPatch, vwait: float = 
     a = meter(batches, True, monkeypatch, vwait)
     b = meter(batches, False, monkeypatch, vwait)
     names = ("flow records", "samples", "packet events", "stats", "evidence rings", "recorder keep marks",
-             "flow records' documents", "verdicts handed over")
+             "flow records' documents", "samples' documents", "verdicts handed over")
     for name, x, y in zip(names, a, b):
         if isinstance(x, list):
             assert len(x) == len(y), name
@@ -188,7 +190,7 @@ def test_flows_waiting_for_verdicts_end_the_same(monkeypatch):
     paths = sorted(p for p in d.iterdir() if p.is_file() and not p.name.endswith(".out"))[:60]
     a = assert_twins(batches_of(paths), monkeypatch, vwait=30.0)
     counters = a[3]["counters"]
-    assert a[7] and counters.get("verdicts_waited_out", 0) > 0   # both branches were taken
+    assert a[8] and counters.get("verdicts_waited_out", 0) > 0   # both branches were taken
 
 
 # ---------------------------------------------------------------------------------------------------------------
