@@ -202,8 +202,33 @@ static int store_state(PyObject *meter, PyObject *prev, double prev_ts) {
     return r;
 }
 
+/* the interned str of a C string literal, made once per call site's literal (attribute names per flow
+ * event: PyObject_GetAttrString would make and hash a new str each time) */
+static struct { const char *lit; PyObject *name; } inames[64];
+static int ninames = 0;
+
+static PyObject *iname(const char *lit) {
+    for (int k = 0; k < ninames; k++) {
+        if (inames[k].lit == lit)
+            return inames[k].name;
+    }
+    PyObject *n = PyUnicode_InternFromString(lit);
+    if (n == NULL)
+        return NULL;
+    if (ninames == (int)(sizeof inames / sizeof inames[0])) {   /* cannot happen with this file's literals */
+        Py_DECREF(n);
+        PyErr_SetString(PyExc_RuntimeError, "_meter: too many attribute names");
+        return NULL;
+    }
+    inames[ninames].lit = lit;
+    inames[ninames].name = n;   /* kept for the module's life */
+    ninames++;
+    return n;
+}
+
 static int meter_ll(PyObject *meter, const char *name, long long *out) {
-    PyObject *v = PyObject_GetAttrString(meter, name);
+    PyObject *nm = iname(name);
+    PyObject *v = nm ? PyObject_GetAttr(meter, nm) : NULL;
     if (v == NULL)
         return -1;
     *out = PyLong_AsLongLong(v);
@@ -589,13 +614,14 @@ static PyObject *record_of(PyObject *f, PyObject *phase, PyObject *ts, PyObject 
 #define NSLOT(o, k) (*(PyObject **)((char *)(o) + new_offs[k]))
 
 typedef struct {
-    PyObject *table, *move_to_end, *sink_flow, *text_cache, *young_append, *prefix, *source, *probe;
+    PyObject *table, *move_to_end, *sink_flow, *text_cache, *young_append, *prefix, *source, *probe, *mdict;
     PyObject *m_evict, *m_ip_text, *m_mac_text, *m_count;
     long long max_flows, hot_pk, ev_packets, ev_max_flows;
     double upd, active;
 } NewFlow;
 
 static void nf_clear(NewFlow *c) {
+    Py_CLEAR(c->mdict);
     Py_CLEAR(c->sink_flow);
     Py_CLEAR(c->text_cache);
     Py_CLEAR(c->young_append);
@@ -617,6 +643,8 @@ static int attr_d(PyObject *o, const char *name, double *out) {
     return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
 
+static PyObject *meter_dict(PyObject *meter);
+
 /* the meter's settings and helpers a new flow needs (constant during one run()) */
 static int nf_load(NewFlow *c, PyObject *meter, PyObject *table, PyObject *move_to_end) {
     memset(c, 0, sizeof *c);
@@ -630,7 +658,8 @@ static int nf_load(NewFlow *c, PyObject *meter, PyObject *table, PyObject *move_
     young = c->sink_flow ? PyObject_GetAttrString(meter, "_young") : NULL;
     c->young_append = young ? PyObject_GetAttrString(young, "append") : NULL;
     Py_XDECREF(young);
-    if (c->young_append == NULL || (c->text_cache = PyObject_GetAttrString(meter, "_text_cache")) == NULL
+    if (c->young_append == NULL || (c->mdict = meter_dict(meter)) == NULL
+        || (c->text_cache = PyObject_GetAttrString(meter, "_text_cache")) == NULL
         || (c->prefix = PyObject_GetAttrString(meter, "_prefix")) == NULL
         || (c->source = PyObject_GetAttrString(meter, "source")) == NULL
         || (c->probe = PyObject_GetAttrString(meter, "probe")) == NULL
@@ -653,15 +682,43 @@ static int nf_load(NewFlow *c, PyObject *meter, PyObject *table, PyObject *move_
     return 0;
 }
 
-/* meter.<name> += inc for an int attribute; the new value in *out (when out) */
-static int meter_add(PyObject *meter, const char *name, long long inc, long long *out) {
+/* the meter's instance dict (a new reference): its counters are plain instance attributes, read and
+ * written there directly per flow event (a generic getattr/setattr costs ~10x a dict lookup) */
+static PyObject *meter_dict(PyObject *meter) {
+    PyObject *d = PyObject_GenericGetDict(meter, NULL);
+    if (d != NULL && !PyDict_Check(d)) {
+        Py_DECREF(d);
+        PyErr_SetString(PyExc_TypeError, "the meter's __dict__ is not a dict");
+        return NULL;
+    }
+    return d;
+}
+
+/* an int attribute of the meter from its instance dict md (the attribute path when it is not there) */
+static int dict_ll(PyObject *meter, PyObject *md, const char *name, long long *out) {
+    PyObject *nm = iname(name);
+    if (nm == NULL)
+        return -1;
+    PyObject *v = PyDict_GetItemWithError(md, nm);
+    if (v == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        return meter_ll(meter, name, out);
+    }
+    *out = PyLong_AsLongLong(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* meter.<name> += inc for an int attribute (in its instance dict md); the new value in *out (when out) */
+static int meter_add(PyObject *meter, PyObject *md, const char *name, long long inc, long long *out) {
     long long x;
-    if (meter_ll(meter, name, &x) < 0)
+    if (dict_ll(meter, md, name, &x) < 0)
         return -1;
     PyObject *v = PyLong_FromLongLong(x + inc);
     if (v == NULL)
         return -1;
-    int r = PyObject_SetAttrString(meter, name, v);
+    PyObject *nm = iname(name);
+    int r = nm == NULL ? -1 : PyDict_SetItem(md, nm, v);
     Py_DECREF(v);
     if (out)
         *out = x + inc;
@@ -719,7 +776,7 @@ static inline PyObject *ref(PyObject *o) {
 static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *tso, PyObject *frame, int ver,
                           int proto, int alen, uint32_t sp, uint32_t dp, uint32_t flags, PyObject *vlans, int *fwd) {
     long long nflows;
-    if (meter_ll(meter, "_nflows", &nflows) < 0)
+    if (dict_ll(meter, c->mdict, "_nflows", &nflows) < 0)
         return NULL;
     if (nflows >= c->max_flows) {
         PyObject *r = PyObject_CallNoArgs(c->m_evict);
@@ -746,7 +803,7 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
     if (f == NULL)
         goto fail;
     long long next_id;
-    if (meter_add(meter, "_next_id", 1, &next_id) < 0)
+    if (meter_add(meter, c->mdict, "_next_id", 1, &next_id) < 0)
         goto fail;
     fid = PyUnicode_FromFormat("%U-%lld", c->prefix, next_id);
     if (fid == NULL)
@@ -804,7 +861,7 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
             goto fail;
         Py_CLEAR(r);
     }
-    if (meter_add(meter, "_nflows", 1, NULL) < 0)
+    if (meter_add(meter, c->mdict, "_nflows", 1, NULL) < 0)
         goto fail;
     if (rput(f, R_SPORT, PyLong_FromUnsignedLong(sp)) < 0 || rput(f, R_DPORT, PyLong_FromUnsignedLong(dp)) < 0
         || rput(f, R_SRC_IP, cached_text(c, src, c->m_ip_text, src, NULL)) < 0
@@ -841,15 +898,15 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
         goto fail;
     if (c->ev_packets) {
         long long evf;
-        if (meter_ll(meter, "_ev_flows", &evf) < 0)
+        if (dict_ll(meter, c->mdict, "_ev_flows", &evf) < 0)
             goto fail;
         if (evf < c->ev_max_flows) {
-            if (fput(f, EV, PyList_New(0)) < 0 || meter_add(meter, "_ev_flows", 1, NULL) < 0)
+            if (fput(f, EV, PyList_New(0)) < 0 || meter_add(meter, c->mdict, "_ev_flows", 1, NULL) < 0)
                 goto fail;
         }
     }
     if (fput(f, SAMPLING, PyLong_FromLong(3)) < 0 || fput(f, SD, ref(Py_None)) < 0 || fput(f, DD, ref(Py_None)) < 0
-        || fput(f, DIRS, ref(s_empty)) < 0 || meter_add(meter, "flows_created", 1, NULL) < 0)
+        || fput(f, DIRS, ref(s_empty)) < 0 || meter_add(meter, c->mdict, "flows_created", 1, NULL) < 0)
         goto fail;
     if (proto == 17 && (sp == 3784 || sp == 3785 || sp == 4784 || dp == 3784 || dp == 3785 || dp == 4784)) {
         r = PyObject_CallOneArg(c->m_count, s_bfd);
@@ -1033,233 +1090,6 @@ static inline int dput_q(PyObject *d, int key, PyObject *v) {   /* steals v */
     int r = PyDict_SetItem(d, sample_keys[key], v);
     Py_DECREF(v);
     return r < 0 ? -1 : 0;
-}
-
-/*
- * end(meter, f, reason): FlowMeter._end (and the _publish_end it calls) in C, step by step in their order;
- * the meter's own methods for _remove, _emit_sample, _record and the closing branch (_end_closing).
- */
-static PyObject *s_remove, *s_emit_sample, *s_record, *s_end_closing, *s_closing, *s_by_id, *s_sink, *s_sink_verdict,
-    *s_recent_ev, *s_datalink, *s_app_protocol;
-
-static int n_ll(PyObject *f, int k, long long *out) {
-    PyObject *v = NSLOT(f, k);
-    if (v == NULL) {
-        PyErr_Format(PyExc_AttributeError, "Flow.%s is not set", new_slot_names[k]);
-        return -1;
-    }
-    *out = PyLong_AsLongLong(v);
-    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
-}
-
-static PyObject *call_meter(PyObject *meter, PyObject *name, PyObject *arg) {
-    PyObject *args[2] = {meter, arg};
-    return PyObject_VectorcallMethod(name, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-}
-
-/* d.pop(key, None) for a dict or an OrderedDict: a new reference (None when absent) */
-static PyObject *pop_none(PyObject *d, PyObject *key) {
-    if (PyDict_CheckExact(d)) {
-        if (PyDict_GET_SIZE(d) == 0)
-            Py_RETURN_NONE;
-        PyObject *v = PyDict_GetItemWithError(d, key);
-        if (v == NULL) {
-            if (PyErr_Occurred())
-                return NULL;
-            Py_RETURN_NONE;
-        }
-        Py_INCREF(v);
-        if (PyDict_DelItem(d, key) < 0) {
-            Py_DECREF(v);
-            return NULL;
-        }
-        return v;
-    }
-    if (PyObject_Length(d) == 0) {
-        if (PyErr_Occurred())
-            return NULL;
-        Py_RETURN_NONE;
-    }
-    return PyObject_CallMethod(d, "pop", "OO", key, Py_None);
-}
-
-static PyObject *end(PyObject *self, PyObject *args) {
-    (void)self;
-    PyObject *meter, *f, *reason;
-    if (!PyArg_ParseTuple(args, "OOU", &meter, &f, &reason))
-        return NULL;
-    if (!new_bound || !PyObject_TypeCheck(f, flow_type)) {
-        PyErr_SetString(PyExc_TypeError, "end() needs bind_record() and a Flow");
-        return NULL;
-    }
-    long long state, proto, pending;
-    if (n_ll(f, N_STATE, &state) < 0)
-        return NULL;
-    if (state == 2)
-        Py_RETURN_NONE;
-    PyObject *r = call_meter(meter, s_remove, f), *fid, *d;
-    if (r == NULL)
-        return NULL;
-    Py_DECREF(r);
-    if ((fid = get(f, FLOW_ID)) == NULL)
-        return NULL;
-    Py_INCREF(fid);
-    PyObject *dirty = PyObject_GetAttr(meter, s_dirty);
-    if (dirty == NULL)
-        goto fail;
-    int has = PyObject_IsTrue(dirty);
-    d = has > 0 ? pop_none(dirty, fid) : NULL;
-    Py_DECREF(dirty);
-    if (has < 0 || (has > 0 && d == NULL))
-        goto fail;
-    if (d != NULL) {
-        if (d != Py_None) {
-            PyObject *m = PyObject_GetAttr(meter, s_emit_sample);
-            r = m == NULL ? NULL : PyObject_Call(m, d, NULL);
-            Py_XDECREF(m);
-            if (r == NULL) {
-                Py_DECREF(d);
-                goto fail;
-            }
-            Py_DECREF(r);
-        }
-        Py_DECREF(d);
-    }
-    if (nput(f, N_STATE, PyLong_FromLong(2)) < 0 || nput(f, N_END_REASON, ref(reason)) < 0
-        || fput(f, SAMPLING, PyLong_FromLong(0)) < 0 || fput(f, SD, ref(Py_None)) < 0 || fput(f, DD, ref(Py_None)) < 0
-        || fput(f, DIRS, ref(Py_None)) < 0)
-        goto fail;
-    if (n_ll(f, N_PROTO, &proto) < 0)
-        goto fail;
-    if (proto == 6) {
-        long long sp_, dp_;
-        if (slot_ll(f, S_PKTS, &sp_) < 0 || slot_ll(f, D_PKTS, &dp_) < 0)
-            goto fail;
-        if ((sp_ == 0 || dp_ == 0) && meter_add(meter, "one_way_tcp_flows", 1, NULL) < 0)
-            goto fail;
-    }
-    if (n_ll(f, N_PENDING, &pending) < 0)
-        goto fail;
-    if (pending > 0) {
-        PyObject *vf = NSLOT(f, N_VERDICT_FINAL);
-        int fin = vf ? PyObject_IsTrue(vf) : -1;
-        double vwait;
-        if (fin < 0 || attr_d(meter, "_vwait", &vwait) < 0)
-            goto fail;
-        if (!fin && vwait > 0) {   /* waits for its verdicts: closing */
-            r = call_meter(meter, s_end_closing, f);
-            if (r == NULL)
-                goto fail;
-            Py_DECREF(r);
-            Py_DECREF(fid);
-            Py_RETURN_NONE;
-        }
-    }
-    /* _publish_end */
-    PyObject *closing = PyObject_GetAttr(meter, s_closing);
-    r = closing ? pop_none(closing, fid) : NULL;
-    Py_XDECREF(closing);
-    if (r == NULL)
-        goto fail;
-    Py_DECREF(r);
-    PyObject *by_id = PyObject_GetAttr(meter, s_by_id);
-    r = by_id ? pop_none(by_id, fid) : NULL;
-    Py_XDECREF(by_id);
-    if (r == NULL)
-        goto fail;
-    int tracked = r != Py_None;
-    Py_DECREF(r);
-    if (tracked) {
-        if (n_ll(f, N_PENDING, &pending) < 0)
-            goto fail;
-        if (pending > 0) {   /* verdicts still expected: counted as _publish_end counts them */
-            PyObject *vf = NSLOT(f, N_VERDICT_FINAL);
-            int fin = vf ? PyObject_IsTrue(vf) : -1;
-            if (fin < 0)
-                goto fail;
-            r = PyObject_CallMethod(meter, "_count", "sL", fin ? "verdicts_after_final" : "verdicts_waited_out",
-                                    pending);
-            if (r == NULL)
-                goto fail;
-            Py_DECREF(r);
-        }
-        if (meter_add(meter, "_pending", -pending, NULL) < 0 || nput(f, N_PENDING, PyLong_FromLong(0)) < 0)
-            goto fail;
-    }
-    if (meter_add(meter, "flows_ended", 1, NULL) < 0)
-        goto fail;
-    PyObject *ev = SLOT(f, EV);
-    if (ev == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "Flow.ev is not set");
-        goto fail;
-    }
-    if (ev != Py_None) {
-        if (meter_add(meter, "_ev_flows", -1, NULL) < 0)
-            goto fail;
-        PyObject *rec = PyObject_GetAttr(meter, s_recent_ev), *dl = rec ? PyObject_GetAttr(meter, s_datalink) : NULL;
-        PyObject *pair = dl ? PyTuple_Pack(2, f, dl) : NULL;
-        int bad = pair == NULL || PyObject_SetItem(rec, fid, pair) < 0;
-        Py_XDECREF(pair);
-        Py_XDECREF(dl);
-        long long mx = 0;
-        if (!bad)
-            bad = meter_ll(meter, "recent_evidence_max", &mx) < 0;
-        while (!bad) {
-            Py_ssize_t n = PyObject_Length(rec);
-            if (n < 0) {
-                bad = 1;
-                break;
-            }
-            if (n <= mx)
-                break;
-            r = PyObject_CallMethod(rec, "popitem", "O", Py_False);
-            if (r == NULL)
-                bad = 1;
-            Py_XDECREF(r);
-        }
-        Py_XDECREF(rec);
-        if (bad)
-            goto fail;
-    }
-    {
-        PyObject *last = get(f, LAST);
-        if (last == NULL)
-            goto fail;
-        PyObject *cargs[4] = {meter, f, s_end, last};
-        PyObject *rec = PyObject_VectorcallMethod(s_record, cargs, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-        if (rec == NULL)
-            goto fail;
-        PyObject *sink = PyObject_GetAttr(meter, s_sink);
-        r = sink == NULL ? NULL : PyObject_CallMethod(sink, "flow", "O", rec);
-        Py_XDECREF(sink);
-        Py_DECREF(rec);
-        if (r == NULL)
-            goto fail;
-        Py_DECREF(r);
-    }
-    PyObject *v = NSLOT(f, N_VERDICT);
-    if (v != NULL && v != Py_None) {
-        PyObject *sv = PyObject_GetAttr(meter, s_sink_verdict);
-        if (sv == NULL)
-            goto fail;
-        if (sv != Py_None) {
-            PyObject *app = PyObject_GetAttr(v, s_app_protocol);
-            int known = app == NULL ? -1 : PyObject_RichCompareBool(app, s_unknown, Py_NE);
-            Py_XDECREF(app);
-            r = known > 0 ? PyObject_CallOneArg(sv, v) : NULL;
-            if (known < 0 || (known > 0 && r == NULL)) {
-                Py_DECREF(sv);
-                goto fail;
-            }
-            Py_XDECREF(r);
-        }
-        Py_DECREF(sv);
-    }
-    Py_DECREF(fid);
-    Py_RETURN_NONE;
-fail:
-    Py_DECREF(fid);
-    return NULL;
 }
 
 static PyObject *run(PyObject *self, PyObject *args) {
@@ -1790,7 +1620,6 @@ static PyMethodDef methods[] = {
     {"bind", bind, METH_VARARGS, "Learn the slot offsets of the meter's Flow and _Dir classes."},
     {"bind_record", bind_record, METH_VARARGS, "Learn FlowRecord (and BaseModel's slots) for record(); False when its fields differ."},
     {"record", record, METH_VARARGS, "FlowMeter._record's FlowRecord, built in C."},
-    {"end", end, METH_VARARGS, "FlowMeter._end (with _publish_end) in C."},
     {"bind_sample", bind_sample, METH_VARARGS, "Learn FlowSample for sample(); False when its fields differ."},
     {"sample", sample_event, METH_VARARGS, "FlowMeter._emit_sample's FlowSample, built in C."},
     {"run", run, METH_VARARGS, "Meter records of known flows that need only counters; stop at the first that needs Python."},
@@ -1829,20 +1658,6 @@ PyMODINIT_FUNC PyInit__meter(void) {
     }
     s_sample_type = PyUnicode_InternFromString("sample");
     if (!sample_template || !s_sample_type)
-        return NULL;
-    s_remove = PyUnicode_InternFromString("_remove");
-    s_emit_sample = PyUnicode_InternFromString("_emit_sample");
-    s_record = PyUnicode_InternFromString("_record");
-    s_end_closing = PyUnicode_InternFromString("_end_closing");
-    s_closing = PyUnicode_InternFromString("_closing");
-    s_by_id = PyUnicode_InternFromString("_by_id");
-    s_sink = PyUnicode_InternFromString("sink");
-    s_sink_verdict = PyUnicode_InternFromString("_sink_verdict");
-    s_recent_ev = PyUnicode_InternFromString("_recent_ev");
-    s_datalink = PyUnicode_InternFromString("datalink");
-    s_app_protocol = PyUnicode_InternFromString("app_protocol");
-    if (!s_remove || !s_emit_sample || !s_record || !s_end_closing || !s_closing || !s_by_id || !s_sink
-        || !s_sink_verdict || !s_recent_ev || !s_datalink || !s_app_protocol)
         return NULL;
     s_unknown = PyUnicode_InternFromString("Unknown");
     s_bfd = PyUnicode_InternFromString("bfd_flows");

@@ -262,8 +262,6 @@ def _seq_payload_cut(d: _Dir, seq: int, payload: bytes) -> bytes | None:
 _run: Any = None
 #: FlowMeter._record's event built in C (services/capture/_meter.c ``record``), or None: the Python below
 _crecord: Any = None
-#: FlowMeter._end (with _publish_end) in C (``_meter.end``), or None
-_cend: Any = None
 #: the FlowSample of FlowMeter._emit_sample built in C (``_meter.sample``), or None
 _csample: Any = None
 if _METER is not None:
@@ -272,7 +270,6 @@ if _METER is not None:
     if getattr(_METER, "bind_record", None) is not None and _METER.bind_record(
             FlowRecord, BaseModel, transport_name(6), transport_name(17)):
         _crecord = _METER.record
-        _cend = _METER.end
         if _METER.bind_sample(FlowSample):
             _csample = _METER.sample
     if getattr(_METER, "b64_texts", None) is not None:   # samples' payloads as base64 text, for batch_json
@@ -876,9 +873,6 @@ class FlowMeter:
 
     def _end(self, f: Flow, reason: str) -> None:
         """The flow is over (already out of the table or about to be replaced)."""
-        if _cend is not None:   # the same steps in C (_meter.c end), this method's and _publish_end's
-            _cend(self, f, reason)
-            return
         if f.state == ENDED:
             return
         self._remove(f)
@@ -894,14 +888,10 @@ class FlowMeter:
         if f.proto == 6 and (f.s_pkts == 0 or f.d_pkts == 0):
             self.one_way_tcp_flows += 1
         if f.pending > 0 and not f.verdict_final and self._vwait > 0:
-            self._end_closing(f)
+            f.deadline = time.monotonic() + self._vwait
+            self._closing[f.flow_id] = f
             return
         self._publish_end(f)
-
-    def _end_closing(self, f: Flow) -> None:
-        """An ended flow waits up to verdict_wait_s for the verdicts of its samples."""
-        f.deadline = time.monotonic() + self._vwait
-        self._closing[f.flow_id] = f
 
     def _publish_end(self, f: Flow) -> None:
         self._closing.pop(f.flow_id, None)

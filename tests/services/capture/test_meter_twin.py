@@ -43,7 +43,6 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
         if not compiled:
             mp.setattr(flows, "_run", None)
             mp.setattr(flows, "_crecord", None)   # flow records built by FlowMeter._record's Python too
-            mp.setattr(flows, "_cend", None)      # and flows ended by FlowMeter._end's
             mp.setattr(flows, "_csample", None)   # and samples built by FlowMeter._sample_event's
         # vwait > 0: ended flows with verdicts outstanding wait in closing (until flush_closing), and the
         # sink takes the best verdicts; a third of the sampled flows get a final verdict, a third one that
@@ -184,7 +183,7 @@ def test_dev_corpora_meter_the_same(corpus, monkeypatch):
 @pytest.mark.corpus
 def test_flows_waiting_for_verdicts_end_the_same(monkeypatch):
     """Ended flows with verdicts outstanding (closing until flush_closing), non-final verdicts, best verdicts
-    handed to the sink: the C end (_meter.end) as FlowMeter._end / _publish_end."""
+    handed to the sink: the same with the compiled loop (its new flows, records and samples) as without."""
     need_corpus()
     d = CORPUS.parents[1] / "ndpi" / "dev"
     paths = sorted(p for p in d.iterdir() if p.is_file() and not p.name.endswith(".out"))[:60]
