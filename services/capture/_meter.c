@@ -415,6 +415,7 @@ static PyObject *record_of(PyObject *f, PyObject *phase, PyObject *ts, PyObject 
                            PyObject *application, PyObject *category, PyObject *host, PyObject *conf);
 static Py_ssize_t off_fields_set = -1, off_extra = -1, off_private = -1;
 static PyObject *zero_int = NULL, *rec_template = NULL;
+static PyObject *zero_float = NULL;   /* one 0.0 for every new flow's closed_at/deadline, as Flow.__init__'s constant */
 
 static int member_offset(PyObject *cls, const char *name, Py_ssize_t *out) {
     PyObject *d = PyObject_GetAttrString(cls, name);
@@ -812,10 +813,10 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
     PyObject *z = PyLong_FromLong(0);
     if (fput(f, S_PKTS, ref(z)) < 0 || fput(f, D_PKTS, ref(z)) < 0 || fput(f, S_BYTES, ref(z)) < 0
         || fput(f, D_BYTES, ref(z)) < 0 || fput(f, S_FLAGS, ref(z)) < 0 || fput(f, D_FLAGS, ref(z)) < 0
-        || nput(f, N_STATE, ref(z)) < 0 || nput(f, N_FIN, ref(z)) < 0 || nput(f, N_CLOSED_AT, PyFloat_FromDouble(0.0)) < 0
+        || nput(f, N_STATE, ref(z)) < 0 || nput(f, N_FIN, ref(z)) < 0 || nput(f, N_CLOSED_AT, ref(zero_float)) < 0
         || nput(f, N_END_REASON, ref(s_empty)) < 0 || nput(f, N_SAMPLE_SEQ, ref(z)) < 0
         || nput(f, N_PENDING, ref(z)) < 0 || nput(f, N_VERDICT, ref(Py_None)) < 0
-        || nput(f, N_VERDICT_FINAL, ref(Py_False)) < 0 || nput(f, N_DEADLINE, PyFloat_FromDouble(0.0)) < 0
+        || nput(f, N_VERDICT_FINAL, ref(Py_False)) < 0 || nput(f, N_DEADLINE, ref(zero_float)) < 0
         || fput(f, EV, ref(Py_None)) < 0 || nput(f, N_HOT_N, ref(z)) < 0 || fput(f, REC_BYTES, ref(z)) < 0
         || fput(f, FLOW_ID, ref(fid)) < 0 || nput(f, N_VER, PyLong_FromLong(ver)) < 0
         || nput(f, N_PROTO, PyLong_FromLong(proto)) < 0
@@ -1664,6 +1665,9 @@ PyMODINIT_FUNC PyInit__meter(void) {
     if (!s_start || !s_unknown || !s_bfd)
         return NULL;
     zero_int = PyLong_FromLong(0);
+    zero_float = PyFloat_FromDouble(0.0);
+    if (zero_float == NULL)
+        return NULL;
     rec_template = PyDict_New();
     for (int k = 0; rec_template != NULL && k < NKEYS; k++) {
         if (PyDict_SetItem(rec_template, rec_keys[k], Py_None) < 0)
