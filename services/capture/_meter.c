@@ -202,8 +202,33 @@ static int store_state(PyObject *meter, PyObject *prev, double prev_ts) {
     return r;
 }
 
+/* the interned str of a C string literal, made once per call site's literal (attribute names per flow
+ * event: PyObject_GetAttrString would make and hash a new str each time) */
+static struct { const char *lit; PyObject *name; } inames[64];
+static int ninames = 0;
+
+static PyObject *iname(const char *lit) {
+    for (int k = 0; k < ninames; k++) {
+        if (inames[k].lit == lit)
+            return inames[k].name;
+    }
+    PyObject *n = PyUnicode_InternFromString(lit);
+    if (n == NULL)
+        return NULL;
+    if (ninames == (int)(sizeof inames / sizeof inames[0])) {   /* cannot happen with this file's literals */
+        Py_DECREF(n);
+        PyErr_SetString(PyExc_RuntimeError, "_meter: too many attribute names");
+        return NULL;
+    }
+    inames[ninames].lit = lit;
+    inames[ninames].name = n;   /* kept for the module's life */
+    ninames++;
+    return n;
+}
+
 static int meter_ll(PyObject *meter, const char *name, long long *out) {
-    PyObject *v = PyObject_GetAttrString(meter, name);
+    PyObject *nm = iname(name);
+    PyObject *v = nm ? PyObject_GetAttr(meter, nm) : NULL;
     if (v == NULL)
         return -1;
     *out = PyLong_AsLongLong(v);
@@ -338,13 +363,752 @@ static int sample(PyObject *meter, PyObject *f, PyObject *tso, const unsigned ch
     return r < 0 ? -1 : 1;
 }
 
+/* ---- a new flow of the loop's frames (TCP/UDP, no tunnel), as FlowMeter._new_flow makes it ---- */
+enum {
+    N_KEY, N_RKEY, N_VER, N_PROTO, N_CLOSED_AT, N_FIN, N_SAMPLE_SEQ, N_PENDING, N_VERDICT, N_VERDICT_FINAL,
+    N_DEADLINE, N_HOT_N, N_LAST_UPDATE, N_STATE, N_END_REASON, NNEW
+};
+static const char *new_slot_names[NNEW] = {
+    "key", "rkey", "ver", "proto", "closed_at", "fin", "sample_seq", "pending", "verdict", "verdict_final",
+    "deadline", "hot_n", "last_update", "state", "end_reason",
+};
+static Py_ssize_t new_offs[NNEW];
+static int new_bound = 0;
+static PyObject *s_tcp_name = NULL, *s_udp_name = NULL, *s_start = NULL, *s_unknown = NULL, *s_bfd = NULL;
+
+/*
+ * record(f, phase, ts, probe, app, application, category, host, confidence) -> FlowRecord
+ *   FlowMeter._record's event built in C: the same dict, key for key in the same order (orjson writes it
+ *   in that order), from the Flow's slots, then the pydantic instance as flows._build makes it (no
+ *   validation: the meter computed every value itself).  bind_record(FlowRecord, BaseModel) first; it
+ *   returns False (and record() is not to be used) when the model's fields are not exactly these.
+ */
+enum {
+    R_FLOW_ID, R_TRANSPORT, R_SRC_IP, R_SPORT, R_DST_IP, R_DPORT, R_VLAN_IDS, R_END_REASON, R_SOURCE, R_VER,
+    R_FIRST, R_LAST, R_S_PKTS, R_S_BYTES, R_D_PKTS, R_D_BYTES, R_S_FLAGS, R_D_FLAGS, R_SRC_MAC, R_DST_MAC,
+    R_TUNNEL, R_OUTER, R_ICMP, NREC
+};
+static const char *rec_slot_names[NREC] = {
+    "flow_id", "transport", "src_ip", "sport", "dst_ip", "dport", "vlan_ids", "end_reason", "source", "ver",
+    "first", "last", "s_pkts", "s_bytes", "d_pkts", "d_bytes", "s_flags", "d_flags", "src_mac", "dst_mac",
+    "tunnel", "outer", "icmp",
+};
+static Py_ssize_t rec_offs[NREC];
+/* the record's keys, in _record's order */
+enum {
+    K_TIMESTAMP, K_PROBE, K_FLOW_ID, K_EVENT_TYPE, K_TRANSPORT, K_SRC_IP, K_SRC_PORT, K_DST_IP, K_DST_PORT,
+    K_VLAN_ID, K_PHASE, K_END_REASON, K_SOURCE, K_IP_VERSION, K_FIRST_SEEN, K_LAST_SEEN, K_DURATION_MS,
+    K_S_PKTS, K_S_BYTES, K_D_PKTS, K_D_BYTES, K_S_FLAGS, K_D_FLAGS, K_SRC_MAC, K_DST_MAC, K_TUNNEL,
+    K_TUNNEL_SRC_IP, K_TUNNEL_DST_IP, K_TUNNEL_ID, K_APP, K_APPLICATION, K_CATEGORY, K_HOST, K_CONFIDENCE,
+    K_ICMP_TYPE, K_ICMP_CODE, NKEYS
+};
+static const char *rec_key_names[NKEYS] = {
+    "timestamp", "probe", "flow_id", "event_type", "transport", "src_ip", "src_port", "dst_ip", "dst_port",
+    "vlan_id", "phase", "end_reason", "source", "ip_version", "first_seen", "last_seen", "duration_ms",
+    "src2dst_packets", "src2dst_bytes", "dst2src_packets", "dst2src_bytes", "src2dst_tcp_flags",
+    "dst2src_tcp_flags", "src_mac", "dst_mac", "tunnel", "tunnel_src_ip", "tunnel_dst_ip", "tunnel_id",
+    "app_protocol", "application", "category", "host", "confidence", "icmp_type", "icmp_code",
+};
+static PyObject *rec_keys[NKEYS];
+static PyObject *rec_cls = NULL, *rec_fields_set = NULL, *s_flow = NULL, *s_end = NULL, *s_empty = NULL;
+static PyObject *record_of(PyObject *f, PyObject *phase, PyObject *ts, PyObject *probe, PyObject *app,
+                           PyObject *application, PyObject *category, PyObject *host, PyObject *conf);
+static Py_ssize_t off_fields_set = -1, off_extra = -1, off_private = -1;
+static PyObject *zero_int = NULL, *rec_template = NULL;
+static PyObject *zero_float = NULL;   /* one 0.0 for every new flow's closed_at/deadline, as Flow.__init__'s constant */
+
+static int member_offset(PyObject *cls, const char *name, Py_ssize_t *out) {
+    PyObject *d = PyObject_GetAttrString(cls, name);
+    if (d == NULL)
+        return -1;
+    int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX;
+    if (ok)
+        *out = ((PyMemberDescrObject *)d)->d_member->offset;
+    Py_DECREF(d);
+    if (!ok)
+        PyErr_Format(PyExc_TypeError, "%s is not an object slot", name);
+    return ok ? 0 : -1;
+}
+
+static PyObject *bind_record(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cls, *base, *tcp_name = NULL, *udp_name = NULL;
+    if (!PyArg_ParseTuple(args, "O!O!|UU", &PyType_Type, &cls, &PyType_Type, &base, &tcp_name, &udp_name))
+        return NULL;
+    if (tcp_name == NULL || udp_name == NULL) {
+        PyErr_SetString(PyExc_TypeError, "bind_record(FlowRecord, BaseModel, transport name of 6, of 17)");
+        return NULL;
+    }
+    Py_INCREF(tcp_name);
+    Py_XSETREF(s_tcp_name, tcp_name);
+    Py_INCREF(udp_name);
+    Py_XSETREF(s_udp_name, udp_name);
+    if (flow_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind() the Flow class first");
+        return NULL;
+    }
+    for (int k = 0; k < NREC; k++) {
+        if (member_offset((PyObject *)flow_type, rec_slot_names[k], &rec_offs[k]) < 0)
+            return NULL;
+    }
+    PyObject *bd = ((PyTypeObject *)base)->tp_dict;
+    const char *names[3] = {"__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__"};
+    Py_ssize_t *outs[3] = {&off_fields_set, &off_extra, &off_private};
+    for (int k = 0; k < 3; k++) {
+        PyObject *d = PyDict_GetItemString(bd, names[k]);   /* borrowed */
+        if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)
+            || ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
+            PyErr_Format(PyExc_TypeError, "BaseModel.%s is not an object slot", names[k]);
+            return NULL;
+        }
+        *outs[k] = ((PyMemberDescrObject *)d)->d_member->offset;
+    }
+    PyObject *fields = PyObject_GetAttrString(cls, "model_fields");
+    if (fields == NULL)
+        return NULL;
+    PyObject *fs = PySet_New(fields);
+    Py_DECREF(fields);
+    if (fs == NULL)
+        return NULL;
+    int same = PySet_GET_SIZE(fs) == NKEYS;
+    for (int k = 0; same && k < NKEYS; k++) {
+        int has = PySet_Contains(fs, rec_keys[k]);
+        if (has < 0) {
+            Py_DECREF(fs);
+            return NULL;
+        }
+        same = has;
+    }
+    if (!same) {
+        Py_DECREF(fs);
+        Py_RETURN_FALSE;
+    }
+    for (int k = 0; k < NNEW; k++) {
+        if (member_offset((PyObject *)flow_type, new_slot_names[k], &new_offs[k]) < 0) {
+            Py_DECREF(fs);
+            return NULL;
+        }
+    }
+    new_bound = 1;
+    Py_XSETREF(rec_fields_set, fs);
+    Py_INCREF(cls);
+    Py_XSETREF(rec_cls, cls);
+    Py_RETURN_TRUE;
+}
+
+#define RSLOT(o, k) (*(PyObject **)((char *)(o) + rec_offs[k]))
+#define MSLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
+
+/* d[key] = v (a borrowed value; NULL: an unset slot, AttributeError) */
+static inline int dset(PyObject *d, int key, PyObject *v, int slot) {
+    if (v == NULL) {
+        PyErr_Format(PyExc_AttributeError, "Flow.%s is not set", rec_slot_names[slot]);
+        return -1;
+    }
+    return PyDict_SetItem(d, rec_keys[key], v);
+}
+
+/* d[key] = v, stealing v */
+static inline int dput(PyObject *d, int key, PyObject *v) {
+    if (v == NULL)
+        return -1;
+    int r = PyDict_SetItem(d, rec_keys[key], v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* item k of a sequence value (a tuple here) when it is non-empty, else dflt: a new reference */
+static PyObject *first_or(PyObject *seq, Py_ssize_t k, PyObject *dflt) {
+    int t = PyObject_IsTrue(seq);
+    if (t < 0)
+        return NULL;
+    if (!t) {
+        Py_INCREF(dflt);
+        return dflt;
+    }
+    return PySequence_GetItem(seq, k);
+}
+
+static PyObject *record(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *f, *phase, *ts, *probe, *app, *application, *category, *host, *conf;
+    if (!PyArg_ParseTuple(args, "OUOOOOOOO", &f, &phase, &ts, &probe, &app, &application, &category, &host, &conf))
+        return NULL;
+    if (rec_cls == NULL || flow_type == NULL || !PyObject_TypeCheck(f, flow_type)) {
+        PyErr_SetString(PyExc_TypeError, "record() needs bind_record() and a Flow");
+        return NULL;
+    }
+    return record_of(f, phase, ts, probe, app, application, category, host, conf);
+}
+
+static PyObject *record_of(PyObject *f, PyObject *phase, PyObject *ts, PyObject *probe, PyObject *app,
+                           PyObject *application, PyObject *category, PyObject *host, PyObject *conf) {
+    int is_end = PyUnicode_CompareWithASCIIString(phase, "end") == 0;
+    PyObject *first = RSLOT(f, R_FIRST), *last = RSLOT(f, R_LAST);
+    if (first == NULL || last == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "Flow.first/last is not set");
+        return NULL;
+    }
+    double fd = PyFloat_AsDouble(first), ld = PyFloat_AsDouble(last);
+    if ((fd == -1.0 || ld == -1.0) && PyErr_Occurred())
+        return NULL;
+    double dur = (ld - fd) * 1000.0;
+    if (!(dur > 0.0))
+        dur = 0.0;
+    PyObject *vl = RSLOT(f, R_VLAN_IDS), *outer = RSLOT(f, R_OUTER), *icmp = RSLOT(f, R_ICMP);
+    if (vl == NULL || outer == NULL || icmp == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "Flow.vlan_ids/outer/icmp is not set");
+        return NULL;
+    }
+    /* a copy of a dict with every key (in order, values None): the stores below replace values, no resizing */
+    PyObject *d = PyDict_Copy(rec_template);
+    if (d == NULL)
+        return NULL;
+    if (PyDict_SetItem(d, rec_keys[K_TIMESTAMP], ts) < 0 || PyDict_SetItem(d, rec_keys[K_PROBE], probe) < 0
+        || dset(d, K_FLOW_ID, RSLOT(f, R_FLOW_ID), R_FLOW_ID) < 0 || PyDict_SetItem(d, rec_keys[K_EVENT_TYPE], s_flow) < 0
+        || dset(d, K_TRANSPORT, RSLOT(f, R_TRANSPORT), R_TRANSPORT) < 0
+        || dset(d, K_SRC_IP, RSLOT(f, R_SRC_IP), R_SRC_IP) < 0 || dset(d, K_SRC_PORT, RSLOT(f, R_SPORT), R_SPORT) < 0
+        || dset(d, K_DST_IP, RSLOT(f, R_DST_IP), R_DST_IP) < 0 || dset(d, K_DST_PORT, RSLOT(f, R_DPORT), R_DPORT) < 0
+        || dput(d, K_VLAN_ID, first_or(vl, 0, zero_int)) < 0 || PyDict_SetItem(d, rec_keys[K_PHASE], phase) < 0
+        || (is_end ? dset(d, K_END_REASON, RSLOT(f, R_END_REASON), R_END_REASON)
+                   : PyDict_SetItem(d, rec_keys[K_END_REASON], s_empty)) < 0
+        || dset(d, K_SOURCE, RSLOT(f, R_SOURCE), R_SOURCE) < 0 || dset(d, K_IP_VERSION, RSLOT(f, R_VER), R_VER) < 0
+        || PyDict_SetItem(d, rec_keys[K_FIRST_SEEN], first) < 0 || PyDict_SetItem(d, rec_keys[K_LAST_SEEN], last) < 0
+        || dput(d, K_DURATION_MS, PyFloat_FromDouble(dur)) < 0
+        || dset(d, K_S_PKTS, RSLOT(f, R_S_PKTS), R_S_PKTS) < 0 || dset(d, K_S_BYTES, RSLOT(f, R_S_BYTES), R_S_BYTES) < 0
+        || dset(d, K_D_PKTS, RSLOT(f, R_D_PKTS), R_D_PKTS) < 0 || dset(d, K_D_BYTES, RSLOT(f, R_D_BYTES), R_D_BYTES) < 0
+        || dset(d, K_S_FLAGS, RSLOT(f, R_S_FLAGS), R_S_FLAGS) < 0 || dset(d, K_D_FLAGS, RSLOT(f, R_D_FLAGS), R_D_FLAGS) < 0
+        || dset(d, K_SRC_MAC, RSLOT(f, R_SRC_MAC), R_SRC_MAC) < 0 || dset(d, K_DST_MAC, RSLOT(f, R_DST_MAC), R_DST_MAC) < 0
+        || dset(d, K_TUNNEL, RSLOT(f, R_TUNNEL), R_TUNNEL) < 0
+        || dput(d, K_TUNNEL_SRC_IP, first_or(outer, 0, s_empty)) < 0
+        || dput(d, K_TUNNEL_DST_IP, first_or(outer, 1, s_empty)) < 0
+        || dput(d, K_TUNNEL_ID, first_or(outer, 2, zero_int)) < 0
+        || PyDict_SetItem(d, rec_keys[K_APP], app) < 0 || PyDict_SetItem(d, rec_keys[K_APPLICATION], application) < 0
+        || PyDict_SetItem(d, rec_keys[K_CATEGORY], category) < 0 || PyDict_SetItem(d, rec_keys[K_HOST], host) < 0
+        || PyDict_SetItem(d, rec_keys[K_CONFIDENCE], conf) < 0
+        || dput(d, K_ICMP_TYPE, first_or(icmp, 0, Py_None)) < 0 || dput(d, K_ICMP_CODE, first_or(icmp, 1, Py_None)) < 0) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    /* the instance, as flows._build makes it: object.__new__, __dict__, fields set, no extra, no private */
+    PyTypeObject *tp = (PyTypeObject *)rec_cls;
+    PyObject *m = tp->tp_new == NULL ? NULL : PyBaseObject_Type.tp_new(tp, empty_tuple, NULL);
+    if (m == NULL) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    if (PyObject_GenericSetDict(m, d, NULL) < 0) {
+        Py_DECREF(d);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_DECREF(d);
+    Py_INCREF(rec_fields_set);
+    Py_XSETREF(MSLOT(m, off_fields_set), rec_fields_set);
+    Py_INCREF(Py_None);
+    Py_XSETREF(MSLOT(m, off_extra), Py_None);
+    Py_INCREF(Py_None);
+    Py_XSETREF(MSLOT(m, off_private), Py_None);
+    return m;
+}
+
+#define NSLOT(o, k) (*(PyObject **)((char *)(o) + new_offs[k]))
+
+typedef struct {
+    PyObject *table, *move_to_end, *sink_flow, *text_cache, *young_append, *prefix, *source, *probe, *mdict;
+    PyObject *m_evict, *m_ip_text, *m_mac_text, *m_count;
+    long long max_flows, hot_pk, ev_packets, ev_max_flows;
+    double upd, active;
+} NewFlow;
+
+static void nf_clear(NewFlow *c) {
+    Py_CLEAR(c->mdict);
+    Py_CLEAR(c->sink_flow);
+    Py_CLEAR(c->text_cache);
+    Py_CLEAR(c->young_append);
+    Py_CLEAR(c->prefix);
+    Py_CLEAR(c->source);
+    Py_CLEAR(c->probe);
+    Py_CLEAR(c->m_evict);
+    Py_CLEAR(c->m_ip_text);
+    Py_CLEAR(c->m_mac_text);
+    Py_CLEAR(c->m_count);
+}
+
+static int attr_d(PyObject *o, const char *name, double *out) {
+    PyObject *v = PyObject_GetAttrString(o, name);
+    if (v == NULL)
+        return -1;
+    *out = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static PyObject *meter_dict(PyObject *meter);
+
+/* the meter's settings and helpers a new flow needs (constant during one run()) */
+static int nf_load(NewFlow *c, PyObject *meter, PyObject *table, PyObject *move_to_end) {
+    memset(c, 0, sizeof *c);
+    c->table = table;
+    c->move_to_end = move_to_end;
+    PyObject *sink = PyObject_GetAttrString(meter, "sink"), *young = NULL;
+    if (sink == NULL)
+        return -1;
+    c->sink_flow = PyObject_GetAttrString(sink, "flow");
+    Py_DECREF(sink);
+    young = c->sink_flow ? PyObject_GetAttrString(meter, "_young") : NULL;
+    c->young_append = young ? PyObject_GetAttrString(young, "append") : NULL;
+    Py_XDECREF(young);
+    if (c->young_append == NULL || (c->mdict = meter_dict(meter)) == NULL
+        || (c->text_cache = PyObject_GetAttrString(meter, "_text_cache")) == NULL
+        || (c->prefix = PyObject_GetAttrString(meter, "_prefix")) == NULL
+        || (c->source = PyObject_GetAttrString(meter, "source")) == NULL
+        || (c->probe = PyObject_GetAttrString(meter, "probe")) == NULL
+        || (c->m_evict = PyObject_GetAttrString(meter, "_evict_one")) == NULL
+        || (c->m_ip_text = PyObject_GetAttrString(meter, "_ip_text")) == NULL
+        || (c->m_mac_text = PyObject_GetAttrString(meter, "_mac_text")) == NULL
+        || (c->m_count = PyObject_GetAttrString(meter, "_count")) == NULL
+        || meter_ll(meter, "_max_flows", &c->max_flows) < 0 || meter_ll(meter, "_hot_pk", &c->hot_pk) < 0
+        || meter_ll(meter, "evidence_packets", &c->ev_packets) < 0
+        || meter_ll(meter, "evidence_max_flows", &c->ev_max_flows) < 0
+        || attr_d(meter, "_upd", &c->upd) < 0 || attr_d(meter, "_active", &c->active) < 0) {
+        nf_clear(c);
+        return -1;
+    }
+    if (!PyDict_CheckExact(c->text_cache) || !PyUnicode_Check(c->prefix)) {
+        nf_clear(c);
+        PyErr_SetString(PyExc_TypeError, "the meter's _text_cache / _prefix are not a dict / str");
+        return -1;
+    }
+    return 0;
+}
+
+/* the meter's instance dict (a new reference): its counters are plain instance attributes, read and
+ * written there directly per flow event (a generic getattr/setattr costs ~10x a dict lookup) */
+static PyObject *meter_dict(PyObject *meter) {
+    PyObject *d = PyObject_GenericGetDict(meter, NULL);
+    if (d != NULL && !PyDict_Check(d)) {
+        Py_DECREF(d);
+        PyErr_SetString(PyExc_TypeError, "the meter's __dict__ is not a dict");
+        return NULL;
+    }
+    return d;
+}
+
+/* an int attribute of the meter from its instance dict md (the attribute path when it is not there) */
+static int dict_ll(PyObject *meter, PyObject *md, const char *name, long long *out) {
+    PyObject *nm = iname(name);
+    if (nm == NULL)
+        return -1;
+    PyObject *v = PyDict_GetItemWithError(md, nm);
+    if (v == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        return meter_ll(meter, name, out);
+    }
+    *out = PyLong_AsLongLong(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* meter.<name> += inc for an int attribute (in its instance dict md); the new value in *out (when out) */
+static int meter_add(PyObject *meter, PyObject *md, const char *name, long long inc, long long *out) {
+    long long x;
+    if (dict_ll(meter, md, name, &x) < 0)
+        return -1;
+    PyObject *v = PyLong_FromLongLong(x + inc);
+    if (v == NULL)
+        return -1;
+    PyObject *nm = iname(name);
+    int r = nm == NULL ? -1 : PyDict_SetItem(md, nm, v);
+    Py_DECREF(v);
+    if (out)
+        *out = x + inc;
+    return r;
+}
+
+/* _ip_text / _mac_text: the shared text from the cache, else the meter's method (which fills it) */
+static PyObject *cached_text(NewFlow *c, PyObject *ckey, PyObject *method, PyObject *a1, PyObject *a2) {
+    PyObject *t = PyDict_GetItemWithError(c->text_cache, ckey);
+    if (t != NULL) {
+        Py_INCREF(t);
+        return t;
+    }
+    if (PyErr_Occurred())
+        return NULL;
+    return PyObject_CallFunctionObjArgs(method, a1, a2, NULL);
+}
+
+static inline int nput(PyObject *f, int k, PyObject *v) {   /* steals v */
+    if (v == NULL)
+        return -1;
+    PyObject *old = NSLOT(f, k);
+    NSLOT(f, k) = v;
+    Py_XDECREF(old);
+    return 0;
+}
+
+static inline int fput(PyObject *f, int k, PyObject *v) {   /* steals v */
+    if (v == NULL)
+        return -1;
+    put(f, k, v);
+    return 0;
+}
+
+static inline int rput(PyObject *f, int k, PyObject *v) {   /* steals v */
+    if (v == NULL)
+        return -1;
+    PyObject **p = (PyObject **)((char *)f + rec_offs[k]);
+    PyObject *old = *p;
+    *p = v;
+    Py_XDECREF(old);
+    return 0;
+}
+
+static inline PyObject *ref(PyObject *o) {
+    Py_INCREF(o);
+    return o;
+}
+
+/*
+ * FlowMeter._new_flow(key, ts, frame, ver, proto, src, dst, sp, dp, flags, vlan, vlans, 0, "") for a TCP/UDP
+ * packet of the loop, step by step in its order; returns the flow (a new reference), *fwd as it returns it.
+ * key: proto + src + dst + sport + dport [+ b"/<vlan>"] (alen-byte addresses).
+ */
+static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *tso, PyObject *frame, int ver,
+                          int proto, int alen, uint32_t sp, uint32_t dp, uint32_t flags, PyObject *vlans, int *fwd) {
+    long long nflows;
+    if (dict_ll(meter, c->mdict, "_nflows", &nflows) < 0)
+        return NULL;
+    if (nflows >= c->max_flows) {
+        PyObject *r = PyObject_CallNoArgs(c->m_evict);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+    }
+    const char *k = PyBytes_AS_STRING(key);
+    Py_ssize_t klen = PyBytes_GET_SIZE(key);
+    PyObject *src = PyBytes_FromStringAndSize(k + 1, alen), *dst = PyBytes_FromStringAndSize(k + 1 + alen, alen);
+    PyObject *rkey = PyBytes_FromStringAndSize(NULL, klen);
+    PyObject *f = NULL, *K = NULL, *R = NULL, *t1 = NULL, *t2 = NULL, *fid = NULL, *rec = NULL, *r = NULL;
+    if (src == NULL || dst == NULL || rkey == NULL)
+        goto fail;
+    {   /* rkey = proto + dst + src + dport + sport [+ the same suffix] */
+        char *rk = PyBytes_AS_STRING(rkey);
+        memcpy(rk, k, (size_t)klen);
+        memcpy(rk + 1, k + 1 + alen, (size_t)alen);
+        memcpy(rk + 1 + alen, k + 1, (size_t)alen);
+        memcpy(rk + 1 + 2 * alen, k + 3 + 2 * alen, 2);
+        memcpy(rk + 3 + 2 * alen, k + 1 + 2 * alen, 2);
+    }
+    f = PyBaseObject_Type.tp_new(flow_type, empty_tuple, NULL);
+    if (f == NULL)
+        goto fail;
+    long long next_id;
+    if (meter_add(meter, c->mdict, "_next_id", 1, &next_id) < 0)
+        goto fail;
+    fid = PyUnicode_FromFormat("%U-%lld", c->prefix, next_id);
+    if (fid == NULL)
+        goto fail;
+    /* Flow.__init__'s values, then _new_flow's */
+    PyObject *z = PyLong_FromLong(0);
+    if (fput(f, S_PKTS, ref(z)) < 0 || fput(f, D_PKTS, ref(z)) < 0 || fput(f, S_BYTES, ref(z)) < 0
+        || fput(f, D_BYTES, ref(z)) < 0 || fput(f, S_FLAGS, ref(z)) < 0 || fput(f, D_FLAGS, ref(z)) < 0
+        || nput(f, N_STATE, ref(z)) < 0 || nput(f, N_FIN, ref(z)) < 0 || nput(f, N_CLOSED_AT, ref(zero_float)) < 0
+        || nput(f, N_END_REASON, ref(s_empty)) < 0 || nput(f, N_SAMPLE_SEQ, ref(z)) < 0
+        || nput(f, N_PENDING, ref(z)) < 0 || nput(f, N_VERDICT, ref(Py_None)) < 0
+        || nput(f, N_VERDICT_FINAL, ref(Py_False)) < 0 || nput(f, N_DEADLINE, ref(zero_float)) < 0
+        || fput(f, EV, ref(Py_None)) < 0 || nput(f, N_HOT_N, ref(z)) < 0 || fput(f, REC_BYTES, ref(z)) < 0
+        || fput(f, FLOW_ID, ref(fid)) < 0 || nput(f, N_VER, PyLong_FromLong(ver)) < 0
+        || nput(f, N_PROTO, PyLong_FromLong(proto)) < 0
+        || rput(f, R_TRANSPORT, ref(proto == 6 ? s_tcp_name : s_udp_name)) < 0
+        || rput(f, R_SOURCE, ref(c->source)) < 0) {
+        Py_DECREF(z);
+        goto fail;
+    }
+    Py_DECREF(z);
+    int smac = 6, dmac = 0;
+    *fwd = 1;
+    K = key;
+    R = rkey;
+    if (proto == 6 && (flags & 0x12) == 0x12) {   /* first seen packet is a SYN-ACK: its receiver is the client */
+        PyObject *tmp = src;
+        src = dst;
+        dst = tmp;
+        uint32_t tp = sp;
+        sp = dp;
+        dp = tp;
+        smac = 0;
+        dmac = 6;
+        K = rkey;
+        R = key;
+        *fwd = 0;
+    }
+    if (nput(f, N_KEY, ref(K)) < 0 || nput(f, N_RKEY, ref(R)) < 0 || fput(f, S_STAMP, ref(tso)) < 0
+        || fput(f, D_STAMP, ref(tso)) < 0)
+        goto fail;
+    t1 = PyTuple_Pack(2, f, Py_True);
+    if (t1 == NULL || PyObject_SetItem(c->table, K, t1) < 0)
+        goto fail;
+    int same = PyBytes_GET_SIZE(R) == PyBytes_GET_SIZE(K) && memcmp(PyBytes_AS_STRING(R), PyBytes_AS_STRING(K),
+                                                                      (size_t)PyBytes_GET_SIZE(K)) == 0;
+    if (!same) {
+        t2 = PyTuple_Pack(2, f, Py_False);
+        if (t2 == NULL || PyObject_SetItem(c->table, R, t2) < 0)
+            goto fail;
+    }
+    if (!*fwd) {
+        r = PyObject_CallOneArg(c->move_to_end, R);
+        if (r == NULL)
+            goto fail;
+        Py_CLEAR(r);
+    }
+    if (meter_add(meter, c->mdict, "_nflows", 1, NULL) < 0)
+        goto fail;
+    if (rput(f, R_SPORT, PyLong_FromUnsignedLong(sp)) < 0 || rput(f, R_DPORT, PyLong_FromUnsignedLong(dp)) < 0
+        || rput(f, R_SRC_IP, cached_text(c, src, c->m_ip_text, src, NULL)) < 0
+        || rput(f, R_DST_IP, cached_text(c, dst, c->m_ip_text, dst, NULL)) < 0)
+        goto fail;
+    for (int side = 0; side < 2; side++) {
+        int off = side == 0 ? smac : dmac;
+        char mk[7];
+        mk[0] = 'M';
+        memcpy(mk + 1, PyBytes_AS_STRING(frame) + off, 6);
+        PyObject *ck = PyBytes_FromStringAndSize(mk, 7), *offo = ck ? PyLong_FromLong(off) : NULL;
+        PyObject *t = offo ? cached_text(c, ck, c->m_mac_text, frame, offo) : NULL;
+        Py_XDECREF(ck);
+        Py_XDECREF(offo);
+        if (rput(f, side == 0 ? R_SRC_MAC : R_DST_MAC, t) < 0)
+            goto fail;
+    }
+    if (rput(f, R_VLAN_IDS, ref(vlans)) < 0 || rput(f, R_TUNNEL, ref(s_empty)) < 0 || rput(f, R_ICMP, ref(Py_None)) < 0
+        || rput(f, R_OUTER, ref(Py_None)) < 0 || rput(f, R_FIRST, ref(tso)) < 0 || fput(f, LAST, ref(tso)) < 0
+        || nput(f, N_LAST_UPDATE, ref(tso)) < 0
+        || fput(f, NEXT_CHECK, PyFloat_FromDouble(PyFloat_AS_DOUBLE(tso) + (c->upd < c->active ? c->upd : c->active))) < 0)
+        goto fail;
+    if (c->hot_pk) {   /* TCP/UDP: no per-flow hot checks; a pure SYN's flow is young */
+        if (nput(f, N_HOT_N, PyLong_FromLong(-1)) < 0)
+            goto fail;
+        if (proto == 6 && (flags & 0x12) == 0x02) {
+            r = PyObject_CallOneArg(c->young_append, f);
+            if (r == NULL)
+                goto fail;
+            Py_CLEAR(r);
+        }
+    }
+    if (fput(f, IS_DNS, ref(sp == 53 || dp == 53 ? Py_True : Py_False)) < 0)
+        goto fail;
+    if (c->ev_packets) {
+        long long evf;
+        if (dict_ll(meter, c->mdict, "_ev_flows", &evf) < 0)
+            goto fail;
+        if (evf < c->ev_max_flows) {
+            if (fput(f, EV, PyList_New(0)) < 0 || meter_add(meter, c->mdict, "_ev_flows", 1, NULL) < 0)
+                goto fail;
+        }
+    }
+    if (fput(f, SAMPLING, PyLong_FromLong(3)) < 0 || fput(f, SD, ref(Py_None)) < 0 || fput(f, DD, ref(Py_None)) < 0
+        || fput(f, DIRS, ref(s_empty)) < 0 || meter_add(meter, c->mdict, "flows_created", 1, NULL) < 0)
+        goto fail;
+    if (proto == 17 && (sp == 3784 || sp == 3785 || sp == 4784 || dp == 3784 || dp == 3785 || dp == 4784)) {
+        r = PyObject_CallOneArg(c->m_count, s_bfd);
+        if (r == NULL)
+            goto fail;
+        Py_CLEAR(r);
+    }
+    rec = record_of(f, s_start, tso, c->probe, s_unknown, s_empty, s_empty, s_empty, s_empty);
+    if (rec == NULL)
+        goto fail;
+    r = PyObject_CallOneArg(c->sink_flow, rec);
+    if (r == NULL)
+        goto fail;
+    Py_DECREF(r);
+    Py_DECREF(rec);
+    Py_DECREF(src);
+    Py_DECREF(dst);
+    Py_DECREF(rkey);
+    Py_XDECREF(t1);
+    Py_XDECREF(t2);
+    Py_DECREF(fid);
+    return f;
+fail:
+    Py_XDECREF(src);
+    Py_XDECREF(dst);
+    Py_XDECREF(rkey);
+    Py_XDECREF(f);
+    Py_XDECREF(t1);
+    Py_XDECREF(t2);
+    Py_XDECREF(fid);
+    Py_XDECREF(rec);
+    return NULL;
+}
+
+static inline int dset_q(PyObject *d, int key, PyObject *v);
+static inline int dput_q(PyObject *d, int key, PyObject *v);
+
+/*
+ * sample(f, ts, fwd, vlans, final, probe) -> FlowSample: the event FlowMeter._emit_sample builds, the same
+ * dict key for key in its order, the instance as flows._build makes it (bind_sample(FlowSample) first;
+ * False when the model's fields are not exactly these).
+ */
+enum {
+    Q_PROBE, Q_FLOW_ID, Q_EVENT_TYPE, Q_TRANSPORT, Q_SRC_IP, Q_SRC_PORT, Q_DST_IP, Q_DST_PORT, Q_VLAN_ID,
+    Q_ICMP_TYPE, Q_ICMP_CODE, Q_SOURCE, Q_FIRST_SEEN, Q_SRC_MAC, Q_DST_MAC, Q_TIMESTAMP, Q_SEQ_NO, Q_FINAL,
+    Q_S_PKTS, Q_D_PKTS, Q_SRC_PAYLOADS, Q_DST_PAYLOADS, Q_PAYLOAD_DIRS, Q_VLAN_IDS, Q_S_NEXT_SEQ, Q_S_ACK,
+    Q_D_NEXT_SEQ, Q_D_ACK, Q_TRIGGER_TIME, Q_TRIGGER_FROM_SRC, NQKEYS
+};
+static const char *sample_key_names[NQKEYS] = {
+    "probe", "flow_id", "event_type", "transport", "src_ip", "src_port", "dst_ip", "dst_port", "vlan_id",
+    "icmp_type", "icmp_code", "source", "first_seen", "src_mac", "dst_mac", "timestamp", "seq_no", "final",
+    "src2dst_packets", "dst2src_packets", "src_payloads", "dst_payloads", "payload_dirs", "vlan_ids",
+    "src2dst_next_seq", "src2dst_ack", "dst2src_next_seq", "dst2src_ack", "trigger_time", "trigger_from_src",
+};
+static PyObject *sample_keys[NQKEYS], *sample_template = NULL, *sample_cls = NULL, *sample_fields_set = NULL;
+static PyObject *s_sample_type = NULL;
+
+static PyObject *bind_sample(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cls;
+    if (!PyArg_ParseTuple(args, "O!", &PyType_Type, &cls))
+        return NULL;
+    if (!new_bound || off_fields_set < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "bind_record() first");
+        return NULL;
+    }
+    PyObject *fields = PyObject_GetAttrString(cls, "model_fields");
+    PyObject *fs = fields ? PySet_New(fields) : NULL;
+    Py_XDECREF(fields);
+    if (fs == NULL)
+        return NULL;
+    int same = PySet_GET_SIZE(fs) == NQKEYS;
+    for (int k = 0; same && k < NQKEYS; k++) {
+        int has = PySet_Contains(fs, sample_keys[k]);
+        if (has < 0) {
+            Py_DECREF(fs);
+            return NULL;
+        }
+        same = has;
+    }
+    if (!same) {
+        Py_DECREF(fs);
+        Py_RETURN_FALSE;
+    }
+    Py_XSETREF(sample_fields_set, fs);
+    Py_INCREF(cls);
+    Py_XSETREF(sample_cls, cls);
+    Py_RETURN_TRUE;
+}
+
+/* a _Dir slot, or the empty direction's value (_EMPTY_DIR) when the direction has no state */
+static PyObject *dir_value(PyObject *d, int k) {
+    if (d == Py_None) {
+        if (k == D_PAYLOADS)
+            return PyList_New(0);
+        return PyLong_FromLong(0);
+    }
+    PyObject *v = get(d, k);
+    if (v == NULL)
+        return NULL;
+    if (k == D_PAYLOADS)
+        return PySequence_List(v);
+    Py_INCREF(v);
+    return v;
+}
+
+static PyObject *sample_event(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *f, *ts, *fwd, *vlans, *final, *probe;
+    if (!PyArg_ParseTuple(args, "OOOOOO", &f, &ts, &fwd, &vlans, &final, &probe))
+        return NULL;
+    if (sample_cls == NULL || !PyObject_TypeCheck(f, flow_type)) {
+        PyErr_SetString(PyExc_TypeError, "sample() needs bind_sample() and a Flow");
+        return NULL;
+    }
+    PyObject *sd = SLOT(f, SD), *dd = SLOT(f, DD), *vl = RSLOT(f, R_VLAN_IDS), *icmp = RSLOT(f, R_ICMP);
+    PyObject *dirs = SLOT(f, DIRS), *seq = NSLOT(f, N_SAMPLE_SEQ);
+    if (sd == NULL || dd == NULL || vl == NULL || icmp == NULL || dirs == NULL || seq == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "a Flow slot a sample needs is not set");
+        return NULL;
+    }
+    if ((sd != Py_None && !PyObject_TypeCheck(sd, dir_type)) || (dd != Py_None && !PyObject_TypeCheck(dd, dir_type))) {
+        PyErr_SetString(PyExc_TypeError, "Flow.sd/dd is not a _Dir");
+        return NULL;
+    }
+    int hv = PyObject_IsTrue(vlans);
+    if (hv < 0)
+        return NULL;
+    PyObject *d = PyDict_Copy(sample_template);
+    if (d == NULL)
+        return NULL;
+#define QSET(key, v) (PyDict_SetItem(d, sample_keys[key], (v)) < 0)
+#define QPUT(key, v) (dput_q(d, key, (v)) < 0)
+    if (QSET(Q_PROBE, probe) || dset_q(d, Q_FLOW_ID, SLOT(f, FLOW_ID)) || QSET(Q_EVENT_TYPE, s_sample_type)
+        || dset_q(d, Q_TRANSPORT, RSLOT(f, R_TRANSPORT)) || dset_q(d, Q_SRC_IP, RSLOT(f, R_SRC_IP))
+        || dset_q(d, Q_SRC_PORT, RSLOT(f, R_SPORT)) || dset_q(d, Q_DST_IP, RSLOT(f, R_DST_IP))
+        || dset_q(d, Q_DST_PORT, RSLOT(f, R_DPORT)) || QPUT(Q_VLAN_ID, first_or(vl, 0, zero_int))
+        || QPUT(Q_ICMP_TYPE, first_or(icmp, 0, Py_None)) || QPUT(Q_ICMP_CODE, first_or(icmp, 1, Py_None))
+        || dset_q(d, Q_SOURCE, RSLOT(f, R_SOURCE)) || dset_q(d, Q_FIRST_SEEN, RSLOT(f, R_FIRST))
+        || dset_q(d, Q_SRC_MAC, RSLOT(f, R_SRC_MAC)) || dset_q(d, Q_DST_MAC, RSLOT(f, R_DST_MAC))
+        || QSET(Q_TIMESTAMP, ts) || QSET(Q_SEQ_NO, seq) || QSET(Q_FINAL, final)
+        || dset_q(d, Q_S_PKTS, SLOT(f, S_PKTS)) || dset_q(d, Q_D_PKTS, SLOT(f, D_PKTS))
+        || QPUT(Q_SRC_PAYLOADS, dir_value(sd, D_PAYLOADS)) || QPUT(Q_DST_PAYLOADS, dir_value(dd, D_PAYLOADS))
+        || QPUT(Q_PAYLOAD_DIRS, PySequence_GetSlice(dirs, 0, 256))
+        || QPUT(Q_VLAN_IDS, PySequence_List(hv ? vlans : vl))
+        || QPUT(Q_S_NEXT_SEQ, dir_value(sd, D_NEXT_SEQ)) || QPUT(Q_S_ACK, dir_value(sd, D_ACK))
+        || QPUT(Q_D_NEXT_SEQ, dir_value(dd, D_NEXT_SEQ)) || QPUT(Q_D_ACK, dir_value(dd, D_ACK))
+        || QSET(Q_TRIGGER_TIME, ts) || QSET(Q_TRIGGER_FROM_SRC, fwd)) {
+        Py_DECREF(d);
+        return NULL;
+    }
+#undef QSET
+#undef QPUT
+    PyObject *m = PyBaseObject_Type.tp_new((PyTypeObject *)sample_cls, empty_tuple, NULL);
+    if (m == NULL || PyObject_GenericSetDict(m, d, NULL) < 0) {
+        Py_XDECREF(m);
+        Py_DECREF(d);
+        return NULL;
+    }
+    Py_DECREF(d);
+    Py_INCREF(sample_fields_set);
+    Py_XSETREF(MSLOT(m, off_fields_set), sample_fields_set);
+    Py_INCREF(Py_None);
+    Py_XSETREF(MSLOT(m, off_extra), Py_None);
+    Py_INCREF(Py_None);
+    Py_XSETREF(MSLOT(m, off_private), Py_None);
+    return m;
+}
+
+static inline int dset_q(PyObject *d, int key, PyObject *v) {   /* borrowed v; NULL: an unset slot */
+    if (v == NULL) {
+        PyErr_Format(PyExc_AttributeError, "a Flow slot for %s is not set", sample_key_names[key]);
+        return -1;
+    }
+    return PyDict_SetItem(d, sample_keys[key], v) < 0 ? -1 : 0;
+}
+
+static inline int dput_q(PyObject *d, int key, PyObject *v) {   /* steals v */
+    if (v == NULL)
+        return -1;
+    int r = PyDict_SetItem(d, sample_keys[key], v);
+    Py_DECREF(v);
+    return r < 0 ? -1 : 0;
+}
+
 static PyObject *run(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *meter, *recs, *one, *table, *move_to_end, *dl, *keep = Py_None;
     Py_ssize_t ev_trim, ev_keep;
     long long cutoff = 0;
-    if (!PyArg_ParseTuple(args, "OO!OOO!Onn|OL", &meter, &PyList_Type, &recs, &one, &dl, &PyDict_Type, &table,
-                          &move_to_end, &ev_trim, &ev_keep, &keep, &cutoff))
+    int cnew = 0;
+    NewFlow nf;
+    memset(&nf, 0, sizeof nf);
+    if (!PyArg_ParseTuple(args, "OO!OOO!Onn|OLp", &meter, &PyList_Type, &recs, &one, &dl, &PyDict_Type, &table,
+                          &move_to_end, &ev_trim, &ev_keep, &keep, &cutoff, &cnew))
+        return NULL;
+    if (cnew && (!new_bound || rec_cls == NULL)) {
+        PyErr_SetString(PyExc_RuntimeError, "bind_record() first: new flows in C need it");
+        return NULL;
+    }
+    if (cnew && nf_load(&nf, meter, table, move_to_end) < 0)
         return NULL;
     if (keep != Py_None && (!PyByteArray_Check(keep) || PyByteArray_GET_SIZE(keep) != PyList_GET_SIZE(recs))) {
         PyErr_SetString(PyExc_TypeError, "keep must be None or a bytearray of one byte per record");
@@ -582,6 +1346,18 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 Py_DECREF(r2);
             }
         }
+        if (f == NULL && cnew) {   /* a new flow, made here as _new_flow makes it */
+            if (!plain && vlans == NULL && (vlans = make_vlans(vids, nvl)) == NULL) {
+                Py_DECREF(key);
+                goto error;
+            }
+            f = new_flow(&nf, meter, key, tso, frame, ver, proto, (int)alen, sp, dp, flags, plain ? empty_tuple : vlans,
+                         &fwd);
+            if (f == NULL) {
+                Py_DECREF(key);
+                goto error;
+            }
+        }
         if (f == NULL) {   /* a new flow (plain: src/dst None, _new_flow slices them, as for eth4's frames) */
             PyObject *res;
             if (plain) {
@@ -758,8 +1534,10 @@ static PyObject *run(PyObject *self, PyObject *args) {
     Py_DECREF(m_new_flow);
     Py_DECREF(m_end);
     Py_XDECREF(vlans);
+    nf_clear(&nf);
     return Py_BuildValue("(LLL)", npk, nbytes_all, dups);
 error:
+    nf_clear(&nf);
     Py_XDECREF(prev);
     Py_XDECREF(m_tcp_close);
     Py_XDECREF(m_periodic);
@@ -771,8 +1549,80 @@ error:
     Py_XDECREF(vlans);
     return NULL;
 }
+
+/*
+ * b64_texts(list of bytes) -> list of str: each as pydantic writes bytes in JSON (ser_json_bytes="base64":
+ * the URL-safe alphabet, padded), in one pass (shared.models.batch_json's samples; see set_b64_texts there)
+ */
+static const char b64_alpha[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+static PyObject *b64_text(PyObject *b) {
+    if (!PyBytes_Check(b)) {
+        PyErr_SetString(PyExc_TypeError, "b64_texts() needs a list of bytes");
+        return NULL;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(b);
+    if (n > (PY_SSIZE_T_MAX / 4) * 3 - 3) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    const unsigned char *in = (const unsigned char *)PyBytes_AS_STRING(b);
+    PyObject *t = PyUnicode_New((n + 2) / 3 * 4, 127);
+    if (t == NULL)
+        return NULL;
+    unsigned char *o = PyUnicode_1BYTE_DATA(t);
+    Py_ssize_t i = 0;
+    for (; i + 3 <= n; i += 3) {
+        uint32_t v = ((uint32_t)in[i] << 16) | ((uint32_t)in[i + 1] << 8) | in[i + 2];
+        *o++ = (unsigned char)b64_alpha[v >> 18];
+        *o++ = (unsigned char)b64_alpha[(v >> 12) & 63];
+        *o++ = (unsigned char)b64_alpha[(v >> 6) & 63];
+        *o++ = (unsigned char)b64_alpha[v & 63];
+    }
+    if (n - i == 1) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        *o++ = (unsigned char)b64_alpha[v >> 18];
+        *o++ = (unsigned char)b64_alpha[(v >> 12) & 63];
+        *o++ = '=';
+        *o++ = '=';
+    } else if (n - i == 2) {
+        uint32_t v = ((uint32_t)in[i] << 16) | ((uint32_t)in[i + 1] << 8);
+        *o++ = (unsigned char)b64_alpha[v >> 18];
+        *o++ = (unsigned char)b64_alpha[(v >> 12) & 63];
+        *o++ = (unsigned char)b64_alpha[(v >> 6) & 63];
+        *o++ = '=';
+    }
+    return t;
+}
+
+static PyObject *b64_texts(PyObject *self, PyObject *arg) {
+    (void)self;
+    if (!PyList_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "b64_texts() needs a list of bytes");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(arg);
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = b64_text(PyList_GET_ITEM(arg, i));
+        if (t == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, t);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"b64_texts", b64_texts, METH_O, "A list of bytes as pydantic's JSON base64 texts (URL-safe, padded)."},
     {"bind", bind, METH_VARARGS, "Learn the slot offsets of the meter's Flow and _Dir classes."},
+    {"bind_record", bind_record, METH_VARARGS, "Learn FlowRecord (and BaseModel's slots) for record(); False when its fields differ."},
+    {"record", record, METH_VARARGS, "FlowMeter._record's FlowRecord, built in C."},
+    {"bind_sample", bind_sample, METH_VARARGS, "Learn FlowSample for sample(); False when its fields differ."},
+    {"sample", sample_event, METH_VARARGS, "FlowMeter._emit_sample's FlowSample, built in C."},
     {"run", run, METH_VARARGS, "Meter records of known flows that need only counters; stop at the first that needs Python."},
     {NULL, NULL, 0, NULL},
 };
@@ -789,6 +1639,41 @@ PyMODINIT_FUNC PyInit__meter(void) {
     s_dir_s = PyUnicode_InternFromString("s");
     s_dir_d = PyUnicode_InternFromString("d");
     if (!s_dirty || !s_dir_s || !s_dir_d)
+        return NULL;
+    for (int k = 0; k < NKEYS; k++) {
+        if ((rec_keys[k] = PyUnicode_InternFromString(rec_key_names[k])) == NULL)
+            return NULL;
+    }
+    s_flow = PyUnicode_InternFromString("flow");
+    s_empty = PyUnicode_InternFromString("");
+    s_end = PyUnicode_InternFromString("end");
+    s_start = PyUnicode_InternFromString("start");
+    for (int k = 0; k < NQKEYS; k++) {
+        if ((sample_keys[k] = PyUnicode_InternFromString(sample_key_names[k])) == NULL)
+            return NULL;
+    }
+    sample_template = PyDict_New();
+    for (int k = 0; sample_template != NULL && k < NQKEYS; k++) {
+        if (PyDict_SetItem(sample_template, sample_keys[k], Py_None) < 0)
+            return NULL;
+    }
+    s_sample_type = PyUnicode_InternFromString("sample");
+    if (!sample_template || !s_sample_type)
+        return NULL;
+    s_unknown = PyUnicode_InternFromString("Unknown");
+    s_bfd = PyUnicode_InternFromString("bfd_flows");
+    if (!s_start || !s_unknown || !s_bfd)
+        return NULL;
+    zero_int = PyLong_FromLong(0);
+    zero_float = PyFloat_FromDouble(0.0);
+    if (zero_float == NULL)
+        return NULL;
+    rec_template = PyDict_New();
+    for (int k = 0; rec_template != NULL && k < NKEYS; k++) {
+        if (PyDict_SetItem(rec_template, rec_keys[k], Py_None) < 0)
+            return NULL;
+    }
+    if (!rec_template || !s_flow || !s_empty || !s_end || !zero_int)
         return NULL;
     if (empty_tuple == NULL || !s_prev_frame || !s_prev_ts || !s_next_house || !s_fin)
         return NULL;

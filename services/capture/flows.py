@@ -260,9 +260,22 @@ def _seq_payload_cut(d: _Dir, seq: int, payload: bytes) -> bytes | None:
 
 
 _run: Any = None
+#: FlowMeter._record's event built in C (services/capture/_meter.c ``record``), or None: the Python below
+_crecord: Any = None
+#: the FlowSample of FlowMeter._emit_sample built in C (``_meter.sample``), or None
+_csample: Any = None
 if _METER is not None:
     _METER.bind(Flow, _Dir)
     _run = _METER.run
+    if getattr(_METER, "bind_record", None) is not None and _METER.bind_record(
+            FlowRecord, BaseModel, transport_name(6), transport_name(17)):
+        _crecord = _METER.record
+        if _METER.bind_sample(FlowSample):
+            _csample = _METER.sample
+    if getattr(_METER, "b64_texts", None) is not None:   # samples' payloads as base64 text, for batch_json
+        from shared.models import set_b64_texts
+
+        set_b64_texts(_METER.b64_texts)
 
 
 class FlowMeter:
@@ -424,7 +437,7 @@ class FlowMeter:
         table = self.table
         try:
             npk, nb, dups = run(self, recs, self._process_py, dl, table, table.move_to_end, self._ev_trim,
-                                self._ev_keep, keep, self.record_cutoff)
+                                self._ev_keep, keep, self.record_cutoff, _crecord is not None)
         finally:
             if keep is not None:
                 self._keep += keep
@@ -738,6 +751,8 @@ class FlowMeter:
                     self._count("port_guess_errors")
                 if guess and isinstance(guess, str):
                     app, conf = guess[:64], "port"
+        if _crecord is not None:   # the same dict, in the same order, and the same instance, built in C
+            return _crecord(f, phase, ts, self.probe, app, application, category, host, conf)
         d = {
             "timestamp": ts,
             "probe": self.probe,
@@ -1132,9 +1147,25 @@ class FlowMeter:
     def _emit_sample(self, f: Flow, ts: float, fwd: bool, vlans: tuple, final: bool) -> None:
         if f.dirs is None:  # sampling was stopped meanwhile (final verdict, end)
             return
+        if _csample is not None:   # the same dict, in the same order, and the same instance, built in C
+            s = _csample(f, ts, fwd, vlans, final, self.probe)
+        else:
+            s = self._sample_event(f, ts, fwd, vlans, final)
+        f.sample_seq += 1
+        f.pending += 1
+        self._pending += 1
+        self.samples_sent += 1
+        self._by_id[f.flow_id] = f
+        if final:
+            f.sampling = 0
+            f.sd = f.dd = None
+            f.dirs = None
+        self.sink.sample(s)
+
+    def _sample_event(self, f: Flow, ts: float, fwd: bool, vlans: tuple, final: bool) -> FlowSample:
         sd = f.sd or _EMPTY_DIR
         dd = f.dd or _EMPTY_DIR
-        s = _build(FlowSample, {
+        return _build(FlowSample, {
             "probe": self.probe,
             "flow_id": f.flow_id,
             "event_type": "sample",
@@ -1166,16 +1197,6 @@ class FlowMeter:
             "trigger_time": ts,
             "trigger_from_src": fwd,
         })
-        f.sample_seq += 1
-        f.pending += 1
-        self._pending += 1
-        self.samples_sent += 1
-        self._by_id[f.flow_id] = f
-        if final:
-            f.sampling = 0
-            f.sd = f.dd = None
-            f.dirs = None
-        self.sink.sample(s)
 
     def flush_samples(self) -> None:
         """Deferred mode: emit one (cumulative) sample per flow that has new payload since the last flush."""

@@ -45,6 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="capture's kernel buffer (FT_BUFFER_MB, default as the service's).  A large buffer "
                         "hides a short overload as a backlog worked off after the sending stops: use a "
                         "small one (e.g. 4) or a longer --seconds to see the sustained rate")
+    p.add_argument("--shards", type=int, default=1,
+                   help="capture processes sharing the interface by flow hash (FT_SHARDS; AF_PACKET fanout): "
+                        "the figures are the shards' sums")
+    p.add_argument("--no-fragments", action="store_true",
+                   help="leave IP fragments out of the frames sent (always with --shards > 1, whose AF_PACKET "
+                        "fanout reassembles them into one packet; for comparisons with one shard)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
@@ -52,17 +58,34 @@ def _sh(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True, timeout=20)
 
 
-def _load_frames(path: str, limit: int) -> list[bytes]:
+def _is_fragment(frame: bytes) -> bool:
+    """An IPv4 fragment or an IPv6 packet with a fragment header (directly after the fixed header)."""
+    off = 14
+    et = (frame[12] << 8) | frame[13]
+    while et in (0x8100, 0x88A8) and len(frame) >= off + 4:
+        et = (frame[off + 2] << 8) | frame[off + 3]
+        off += 4
+    if et == 0x0800 and len(frame) >= off + 8:
+        return bool(((frame[off + 6] << 8) | frame[off + 7]) & 0x3FFF)
+    return et == 0x86DD and len(frame) >= off + 7 and frame[off + 6] == 44
+
+
+def _load_frames(path: str, limit: int, skip_fragments: bool = False) -> tuple[list[bytes], int]:
+    """Up to ``limit`` frames of the file (and how many IP fragments were left out with ``skip_fragments``)."""
     src = FileSource(path)
     if src.datalink != 1:
         raise SystemExit(f"flowtarget bench live: {path} is not an Ethernet capture (link type {src.datalink})")
     frames: list[bytes] = []
+    skipped = 0
     for _ts, frame in src:
         if 14 <= len(frame) <= 9000:
+            if skip_fragments and _is_fragment(frame):
+                skipped += 1
+                continue
             frames.append(frame)
             if len(frames) >= limit:
                 break
-    return frames
+    return frames, skipped
 
 
 def _send(sock: socket.socket, frames: list[bytes], rate: float, seconds: float) -> tuple[int, float]:
@@ -104,19 +127,34 @@ def _cpu_s(pid: int) -> float:
         return 0.0
 
 
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its children (the shards of a sharded capture)."""
+    total = _cpu_s(pid)
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        kids = []
+    return total + sum(_tree_cpu_s(int(k)) for k in kids)
+
+
 async def _one_rate(url: str, probe: str, env: dict[str, str], cwd: Path, sock: socket.socket, frames: list[bytes],
-                    rate: float, seconds: float) -> dict[str, Any]:
-    """Start capture, wait until its handle is open, send, stop it; its final report and our counts."""
+                    rate: float, seconds: float, shards: int = 1) -> dict[str, Any]:
+    """Start capture, wait until its handles are open, send, stop it; its final reports (summed over
+    ``shards``) and our counts."""
     import nats
 
     nc = await nats.connect(url)
     started = asyncio.Event()
+    nstarted = 0
     final: list[dict[str, Any]] = []
 
     async def on_stats(msg: Any) -> None:
+        nonlocal nstarted
         counters = json.loads(msg.data).get("counters") or {}
         if counters.get("capture_started"):
-            started.set()
+            nstarted += 1
+            if nstarted >= shards:
+                started.set()
         if counters.get("end_of_capture"):
             final.append(json.loads(msg.data))
 
@@ -131,15 +169,19 @@ async def _one_rate(url: str, probe: str, env: dict[str, str], cwd: Path, sock: 
         if not started.is_set():
             err = proc.stderr.read().decode(errors="replace")[-500:] if proc.poll() is not None else ""
             return {"error": f"capture did not start {err}"}
-        cpu0 = _cpu_s(proc.pid)
+        cpu0 = _tree_cpu_s(proc.pid)
         sent, elapsed = _send(sock, frames, rate, seconds)   # blocking: NATS messages wait in the socket
         await asyncio.sleep(1.0)   # let capture drain its buffer
-        cpu = _cpu_s(proc.pid) - cpu0
+        cpu = _tree_cpu_s(proc.pid) - cpu0
         proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 30
-        while not final and time.monotonic() < deadline:
+        while len(final) < shards and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        return {"stats": final[0] if final else {}, "sent": sent, "elapsed": elapsed, "cpu": cpu}
+        stats: dict[str, Any] = {}
+        for st in final:   # one final report per shard
+            for k in ("packets", "dropped_kernel", "dropped_interface"):
+                stats[k] = int(stats.get(k, 0)) + int(st.get(k, 0))
+        return {"stats": stats, "sent": sent, "elapsed": elapsed, "cpu": cpu, "reports": len(final)}
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -154,7 +196,12 @@ def bench_command(args: argparse.Namespace) -> int:
         print("flowtarget bench live: needs root (a veth pair, a raw socket)", file=sys.stderr)
         return 2
     rates = [float(r) for r in str(args.rates).split(",") if r.strip()]
-    frames = _load_frames(args.pcap, args.frames)
+    # AF_PACKET fanout (--shards) defragments IP fragments before hashing: a datagram's fragments arrive
+    # as one packet, which would count as loss; so they are not sent then (nor with --no-fragments)
+    no_frag = args.no_fragments or args.shards > 1
+    frames, skipped = _load_frames(args.pcap, args.frames, skip_fragments=no_frag)
+    if skipped:
+        print(f"  {skipped:,} IP fragments of the file left out (sharded capture's fanout reassembles them)")
     if not frames:
         print(f"flowtarget bench live: no frames in {args.pcap}", file=sys.stderr)
         return 2
@@ -179,12 +226,16 @@ def bench_command(args: argparse.Namespace) -> int:
             probe = f"livebench{i}"
             env = {**os.environ, "FT_IFACE": rx, "FT_NATS_URL": nats_server.url, "FT_PROBE": probe,
                    "FT_DETECTORS": "", "FT_METRICS_PORT": "0", "FT_STREAM_STORAGE": "memory",
-                   "FT_BUFFER_MB": str(args.buffer_mb),
+                   "FT_BUFFER_MB": str(args.buffer_mb), "FT_SHARDS": str(max(1, args.shards)),
                    "FT_EVIDENCE_DIR": os.path.join(tmp.name, "evidence"), "FT_LOG_LEVEL": "WARNING"}
-            res = asyncio.run(_one_rate(nats_server.url, probe, env, repo, sock, frames, rate, args.seconds))
+            res = asyncio.run(_one_rate(nats_server.url, probe, env, repo, sock, frames, rate, args.seconds,
+                                        max(1, args.shards)))
             if "error" in res:
                 print(f"flowtarget bench live: {res['error']}", file=sys.stderr)
                 return 1
+            if res["reports"] < max(1, args.shards):
+                print(f"flowtarget bench live: {res['reports']} of {args.shards} final reports arrived; "
+                      "the figures are incomplete", file=sys.stderr)
             st, sent, elapsed, cpu = res["stats"], res["sent"], res["elapsed"], res["cpu"]
             metered = int(st.get("packets", 0))
             drops = int(st.get("dropped_kernel", 0)) + int(st.get("dropped_interface", 0))
@@ -204,8 +255,10 @@ def bench_command(args: argparse.Namespace) -> int:
         tmp.cleanup()
     lossless = [r["sent_pps"] for r in results if r["loss_pct"] < 0.1]
     summary = {"rates": results, "max_lossless_pps": max(lossless) if lossless else 0, "frames": len(frames),
-               "buffer_mb": args.buffer_mb, "seconds": args.seconds}
-    print(f"live capture on a veth pair ({args.buffer_mb} MB kernel buffer): highest rate metered without loss "
+               "buffer_mb": args.buffer_mb, "seconds": args.seconds, "shards": max(1, args.shards),
+               "fragments_left_out": skipped}
+    print(f"live capture on a veth pair ({args.buffer_mb} MB kernel buffer, {max(1, args.shards)} shard(s)): "
+          f"highest rate metered without loss "
           f"(< 0.1 %): {summary['max_lossless_pps']:,} packets/s")
     if args.json:
         print(json.dumps(summary))

@@ -14,24 +14,41 @@ import struct
 import zlib
 from pathlib import Path
 
+import orjson
 import pytest
 
 from services.capture import flows
 from services.capture.flows import FlowMeter, ListSink
 from services.capture.sources import CaptureFileError, FileSource
-from shared.models import Verdict
+from shared.models import Verdict, batch_json
 from shared.settings import CaptureSettings
 from tests.conftest import CORPUS, SAMPLE_PCAP, need_corpus
 
 pytestmark = pytest.mark.skipif(flows._run is None, reason="the compiled meter loop is not built (or FT_PURE_PYTHON=1)")
 
 
-def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.MonkeyPatch) -> list:
+class VerdictSink(ListSink):
+    """A sink that also takes the best verdict handed over with a classified flow's end record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.verdicts: list = []
+
+    def flow_verdict(self, v: Verdict) -> None:
+        self.verdicts.append(v)
+
+
+def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.MonkeyPatch, vwait: float = 0) -> list:
     with monkeypatch.context() as mp:
         if not compiled:
             mp.setattr(flows, "_run", None)
-        sink = ListSink()
-        m = FlowMeter(CaptureSettings(verdict_wait_s=0, evidence_packets=4), sink, source="twin")
+            mp.setattr(flows, "_crecord", None)   # flow records built by FlowMeter._record's Python too
+            mp.setattr(flows, "_csample", None)   # and samples built by FlowMeter._sample_event's
+        # vwait > 0: ended flows with verdicts outstanding wait in closing (until flush_closing), and the
+        # sink takes the best verdicts; a third of the sampled flows get a final verdict, a third one that
+        # is not final, a third none
+        sink = VerdictSink() if vwait else ListSink()
+        m = FlowMeter(CaptureSettings(verdict_wait_s=vwait, evidence_packets=4), sink, source="twin")
         m._prefix = "twin"
         m.defer_samples = True
         m.record_cutoff = 3000   # the packet recorder's keep marks (FT_RECORD_CUTOFF_BYTES), compared too
@@ -48,9 +65,13 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
             marks += keep
             m.flush_samples()
             for s in sink.samples[seen:]:
-                if s.seq_no == 0 and zlib.crc32(s.flow_id.encode()) % 3 == 0:
+                third = zlib.crc32(s.flow_id.encode()) % 3
+                if s.seq_no == 0 and third == 0:
                     m.on_verdict(Verdict(timestamp=s.timestamp, probe=s.probe, flow_id=s.flow_id, sample_seq_no=0,
                                          final=True, app_protocol="TLS", confidence="dpi"))
+                elif vwait and third == 1:
+                    m.on_verdict(Verdict(timestamp=s.timestamp, probe=s.probe, flow_id=s.flow_id,
+                                         sample_seq_no=s.seq_no, final=False, app_protocol="HTTP", confidence="dpi"))
             seen = len(sink.samples)
         m.finish()
         m.flush_closing()
@@ -62,6 +83,9 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
             m.stats(),
             rings,
             bytes(marks),
+            [orjson.dumps(r.__dict__) for r in sink.flows],   # the documents batch_json writes, byte for byte
+            [batch_json([s]) for s in sink.samples],
+            [v.model_dump() for v in getattr(sink, "verdicts", [])],
         ]
 
 
@@ -80,10 +104,11 @@ def batches_of(paths: list[Path], chunk: int = 256) -> list[tuple]:
     return out
 
 
-def assert_twins(batches: list, monkeypatch: pytest.MonkeyPatch) -> None:
-    a = meter(batches, True, monkeypatch)
-    b = meter(batches, False, monkeypatch)
-    names = ("flow records", "samples", "packet events", "stats", "evidence rings", "recorder keep marks")
+def assert_twins(batches: list, monkeypatch: pytest.MonkeyPatch, vwait: float = 0) -> list:
+    a = meter(batches, True, monkeypatch, vwait)
+    b = meter(batches, False, monkeypatch, vwait)
+    names = ("flow records", "samples", "packet events", "stats", "evidence rings", "recorder keep marks",
+             "flow records' documents", "samples' documents", "verdicts handed over")
     for name, x, y in zip(names, a, b):
         if isinstance(x, list):
             assert len(x) == len(y), name
@@ -93,6 +118,7 @@ def assert_twins(batches: list, monkeypatch: pytest.MonkeyPatch) -> None:
             assert x == y, name
     assert a[0] and a[3]["packets"] > 0
     assert len(a) == len(names)
+    return a
 
 
 def test_sample_capture_meters_the_same(monkeypatch):
@@ -152,6 +178,18 @@ def test_dev_corpora_meter_the_same(corpus, monkeypatch):
         pytest.skip(f"{d} not found")
     paths = sorted(p for p in d.iterdir() if p.is_file() and not p.name.endswith(".out"))
     assert_twins(batches_of(paths), monkeypatch)
+
+
+@pytest.mark.corpus
+def test_flows_waiting_for_verdicts_end_the_same(monkeypatch):
+    """Ended flows with verdicts outstanding (closing until flush_closing), non-final verdicts, best verdicts
+    handed to the sink: the same with the compiled loop (its new flows, records and samples) as without."""
+    need_corpus()
+    d = CORPUS.parents[1] / "ndpi" / "dev"
+    paths = sorted(p for p in d.iterdir() if p.is_file() and not p.name.endswith(".out"))[:60]
+    a = assert_twins(batches_of(paths), monkeypatch, vwait=30.0)
+    counters = a[3]["counters"]
+    assert a[8] and counters.get("verdicts_waited_out", 0) > 0   # both branches were taken
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -274,3 +312,23 @@ def test_the_loop_meters_vlan_ipv6_and_ip_options_itself(monkeypatch):
     m = FlowMeter(CaptureSettings(verdict_wait_s=0), ListSink(), source="encaps")
     m.process_batch(recs, 1)
     assert len(seen) == to_python, [fr[12:16].hex() for _ts, fr in seen]
+
+
+def test_compiled_base64_texts_are_pydantic_s():
+    """_meter.b64_texts (samples' payloads in batch_json) writes what pydantic writes for bytes, every length
+    and byte value; registered with shared.models when flows is imported."""
+    import random
+
+    from services.capture import _meter
+    from shared import models
+    from shared.models import FlowSample
+
+    assert models._b64_texts is _meter.b64_texts
+    rnd = random.Random(12)
+    payloads = [bytes(range(256)), b"\xfb\xff\xfe", b""] + [rnd.randbytes(n) for n in range(70) for _ in range(3)]
+    s = FlowSample(timestamp=1.0, probe="p", transport="UDP", src_ip="a", dst_ip="b", first_seen=1.0,
+                   src_payloads=payloads)
+    want = orjson.loads(s.model_dump_json())["src_payloads"]
+    assert _meter.b64_texts(payloads) == want == models._b64_texts_py(payloads)
+    with pytest.raises(TypeError):
+        _meter.b64_texts([b"ok", "not bytes"])
