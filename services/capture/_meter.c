@@ -1616,7 +1616,76 @@ static PyObject *b64_texts(PyObject *self, PyObject *arg) {
     return out;
 }
 
+/*
+ * lean(dict, spec) -> dict: a copy of the event's __dict__ without the entries whose value equals
+ * (same type, ==) the field's default (shared.models.batch_json writes events without their
+ * default-valued fields: schema 1.3).  spec = (names, defaults, by_name) from shared.models._defaults:
+ * the model's field names and their defaults in field order (``keep``, any object not a default, for
+ * event_type and required fields) and the same as a dict.  The __dict__ of a record built in C has
+ * its fields in (nearly) that order with the same name objects, so each field's default is found by
+ * position, or by a scan of the names when out of step; a key that is not one of those objects is
+ * looked up in by_name (a key found nowhere is kept).  A value of another type
+ * than its default (0 where 0.0, False where 0) is kept.
+ */
+static PyObject *lean(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *d, *spec, *names, *defaults, *by_name;
+    if (nargs != 2 || !PyDict_Check(args[0]) || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 3) {
+        PyErr_SetString(PyExc_TypeError, "lean() needs a dict and a (names, defaults, by_name) tuple");
+        return NULL;
+    }
+    d = args[0];
+    spec = args[1];
+    names = PyTuple_GET_ITEM(spec, 0);
+    defaults = PyTuple_GET_ITEM(spec, 1);
+    by_name = PyTuple_GET_ITEM(spec, 2);
+    if (!PyTuple_Check(names) || !PyTuple_Check(defaults) || !PyDict_Check(by_name)
+            || PyTuple_GET_SIZE(defaults) != PyTuple_GET_SIZE(names)) {
+        PyErr_SetString(PyExc_TypeError, "lean(): bad (names, defaults, by_name)");
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(names);
+    PyObject *out = _PyDict_NewPresized(PyDict_GET_SIZE(d));
+    if (out == NULL)
+        return NULL;
+    PyObject *k, *v;
+    Py_ssize_t pos = 0, i = 0;
+    while (PyDict_Next(d, &pos, &k, &v)) {
+        PyObject *dv = NULL;
+        if (i >= n || PyTuple_GET_ITEM(names, i) != k) {
+            /* out of step (a field the builder appends last): find the name object, go on from there */
+            Py_ssize_t j;
+            for (j = 0; j < n && PyTuple_GET_ITEM(names, j) != k; j++)
+                ;
+            i = j;
+        }
+        if (i < n) {
+            dv = PyTuple_GET_ITEM(defaults, i);
+            i++;
+        } else {
+            dv = PyDict_GetItemWithError(by_name, k);   /* another name object than the model's */
+            if (dv == NULL && PyErr_Occurred())
+                goto fail;
+        }
+        if (dv != NULL && Py_TYPE(dv) == Py_TYPE(v)) {
+            if (dv == v)
+                continue;
+            int eq = PyObject_RichCompareBool(v, dv, Py_EQ);
+            if (eq < 0)
+                goto fail;
+            if (eq)
+                continue;
+        }
+        if (PyDict_SetItem(out, k, v) < 0)
+            goto fail;
+    }
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"lean", (PyCFunction)(void (*)(void))lean, METH_FASTCALL, "A copy of an event's __dict__ without its default-valued fields (batch_json)."},
     {"b64_texts", b64_texts, METH_O, "A list of bytes as pydantic's JSON base64 texts (URL-safe, padded)."},
     {"bind", bind, METH_VARARGS, "Learn the slot offsets of the meter's Flow and _Dir classes."},
     {"bind_record", bind_record, METH_VARARGS, "Learn FlowRecord (and BaseModel's slots) for record(); False when its fields differ."},
