@@ -318,10 +318,17 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
     publisher = asyncio.create_task(out.publisher(), name="capture-publisher")
     reporter = StatsReporter(bus, settings, meter, out)
 
-    async def on_verdict(v: Verdict) -> None:
-        meter.on_verdict(v)
+    async def on_verdicts(vs: list[Verdict]) -> None:
+        take = meter.on_verdict   # a batch per message: no coroutine per verdict
+        for v in vs:
+            try:
+                take(v)
+            except Exception as exc:  # noqa: BLE001 - one verdict's trouble never costs the others of its batch
+                bus.handler_errors += 1
+                out._rlog.log(logging.ERROR, "verdict", "verdict for flow %s failed (%d so far): %s",
+                              safe_text(v.flow_id, 64), bus.handler_errors, safe_text(exc), exc_info=exc)
 
-    await bus.subscribe(subject("verdict", settings.probe), on_verdict, types=(Verdict,))
+    await bus.subscribe(subject("verdict", settings.probe), on_verdicts, types=(Verdict,), batched=True)
 
     async def on_block(b: BlockAction) -> None:
         if b.flow_id and b.outcome not in ("dry_run", "allowlisted"):
