@@ -338,6 +338,24 @@ def flow_line(ev: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def split_reported(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Flow end records, DNS records and alerts of ``events``, each in order, in one pass."""
+    flows: list[dict[str, Any]] = []
+    dns: list[dict[str, Any]] = []
+    alerts: list[dict[str, Any]] = []
+    fa, da, aa = flows.append, dns.append, alerts.append
+    for e in events:
+        t = e.get("event_type")
+        if t == "flow":
+            if e.get("phase") == "end":
+                fa(e)
+        elif t == "dns":
+            da(e)
+        elif t == "alert":
+            aa(e)
+    return flows, dns, alerts
+
+
 def summarize(flows: list[dict[str, Any]], dns: list[dict[str, Any]], alerts: list[dict[str, Any]],
               stats: list[dict[str, Any]], files: int, elapsed_s: float) -> str:
     lines = []
@@ -360,16 +378,24 @@ def summarize(flows: list[dict[str, Any]], dns: list[dict[str, Any]], alerts: li
         lines.append("  counters: " + ", ".join(f"{k}={v:,}" for k, v in sorted(extra.items())[:30]))
     by_proto: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     by_app: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    talkers: Counter[str] = Counter()
+    tb: dict[str, int] = {}    # bytes per address (a plain dict: one pass over every flow end)
+    tget = tb.get
     for f in flows:
-        b = int(f.get("src2dst_bytes") or 0) + int(f.get("dst2src_bytes") or 0)
-        by_proto[f.get("app_protocol") or "Unknown"][0] += 1
-        by_proto[f.get("app_protocol") or "Unknown"][1] += b
-        if f.get("application"):
-            by_app[f["application"]][0] += 1
-            by_app[f["application"]][1] += b
-        talkers[str(f.get("src_ip"))] += b
-        talkers[str(f.get("dst_ip"))] += b
+        get = f.get
+        b = int(get("src2dst_bytes") or 0) + int(get("dst2src_bytes") or 0)
+        row = by_proto[get("app_protocol") or "Unknown"]
+        row[0] += 1
+        row[1] += b
+        app = get("application")
+        if app:
+            row = by_app[app]
+            row[0] += 1
+            row[1] += b
+        a = str(get("src_ip"))
+        tb[a] = tget(a, 0) + b
+        a = str(get("dst_ip"))
+        tb[a] = tget(a, 0) + b
+    talkers: Counter[str] = Counter(tb)
 
     def table(title: str, rows: dict[str, list[int]], n: int = 15) -> None:
         lines.append("")
@@ -464,9 +490,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                                 out_format=args.format))
     finally:
         orch.close()
-    flows = [e for e in events if e.get("event_type") == "flow" and e.get("phase") == "end"]
-    dns = [e for e in events if e.get("event_type") == "dns"]
-    alerts = [e for e in events if e.get("event_type") == "alert"]
+    flows, dns, alerts = split_reported(events)
     if args.jsonl:
         fh = sys.stdout if args.jsonl == "-" else open(args.jsonl, "w")
         try:
@@ -535,7 +559,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             out_dir.mkdir(parents=True, exist_ok=True)
             status, events, stats = asyncio.run(_pipeline_for_files(orch, files, out_dir.resolve(), {}, progress=True,
                                                                     out_format=args.format))
-            flows = sum(1 for e in events if e.get("event_type") == "flow" and e.get("phase") == "end")
+            flows = len(split_reported(events)[0])
             if args.format == "eve":
                 logged = out_dir / "eve.json"
                 n_log = sum(1 for x in open(logged) if '"event_type":"flow"' in x) if logged.exists() else 0
