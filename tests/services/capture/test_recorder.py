@@ -15,6 +15,7 @@ import re
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import dpkt
@@ -134,11 +135,28 @@ def record(frames, directory: Path, batch: int = 512, **kw) -> tuple[Recorder, F
         meter.process_batch(part)
         rec.record(part, 1)
         rec.tick(part[-1][0])
-        sizes.append(du(directory))      # while the writer thread works: any moment is within the bound
+        sizes.append(du_between_ops(rec, directory))   # the writer thread's queue half done: within the bound
     rec.close()
     meter.finish()
     sizes.append(du(directory))
     return rec, meter, sizes
+
+
+def du_between_ops(rec: Recorder, directory: Path) -> int:
+    """The store's size with the writer thread held between two of its file operations (a size read while
+    it works could count a file it deletes next and the bytes it then appends, which never coexist)."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        held.set()
+        release.wait(10)
+
+    rec._io(hold)
+    held.wait(10)
+    try:
+        return du(directory)
+    finally:
+        release.set()
 
 
 def du(directory: Path) -> int:
