@@ -18,8 +18,10 @@ KINDS: tuple[str, ...] = ("sample", "packet", "flow", "verdict", "dns", "alert",
 
 # Kinds whose messages must reach storage go through JetStream (one stream).
 # Verdicts travel on core NATS (capture and block need them at once, one per
-# sample); the best verdict of each flow is stored with the flow's end record
-# in the same batch on ft.flow.<probe>, so storage gets exactly one per flow.
+# sample); the best verdict of each flow that carries HTTP, TLS, QUIC or SSH
+# metadata is stored with the flow's end record in the same batch on
+# ft.flow.<probe>, so storage gets at most one per flow (the end record has
+# the verdict's protocol, application, category and host in any case).
 STORED_KINDS: tuple[str, ...] = ("flow", "dns", "alert", "block")
 # ``ft.live.<probe>``: flow records only the alert detectors read and no store keeps: capture's
 # start records (batched) and hot records (busy flows, half-open TCP), on core NATS only, so a

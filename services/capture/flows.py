@@ -916,7 +916,11 @@ class FlowMeter:
                 rec.popitem(last=False)
         self.sink.flow(self._record(f, "end", f.last))
         v = f.verdict
-        if v is not None and self._sink_verdict is not None and v.app_protocol != "Unknown":
+        # stored beside the end record only when it carries what the record does not: HTTP, TLS, QUIC or
+        # SSH metadata (store's http/tls/ssh points); its protocol, application, category and host are
+        # on the end record already.  Two thirds of the verdicts on the issue-12 mix carry none.
+        if (v is not None and self._sink_verdict is not None and v.app_protocol != "Unknown"
+                and (v.http is not None or v.tls is not None or v.quic is not None or v.ssh is not None)):
             self._sink_verdict(v)
 
     # ------------------------------------------------------------------ time

@@ -76,3 +76,45 @@ def test_replay_waits_for_a_lagging_classify(nats_server):
         for k, v in (s.get("counters") or {}).items():
             counters[k] = counters.get(k, 0) + v
     assert counters.get("verdicts_waited_out", 0) == 0
+
+
+def test_only_verdicts_with_metadata_are_stored_beside_their_end_record(nats_server):
+    """A verdict goes into the stream beside its flow's end record only when it carries HTTP, TLS, QUIC or
+    SSH metadata (store's http/tls/ssh points); the end record carries the protocol of every verdict."""
+    from shared.models import TlsInfo
+
+    async def main():
+        settings = CaptureSettings(nats_url=nats_server.url, probe="vm", pcap=[SAMPLE_PCAP], verdict_wait_s=5.0,
+                                   replay_max_pending=4000, stream_storage="memory")
+        classify = await Bus.connect(CommonSettings(nats_url=nats_server.url, probe="vm"), "classify")
+        with_tls: set[str] = set()
+        answered: set[str] = set()
+
+        async def answer(batch: list[FlowSample]) -> None:
+            out = []
+            for i, s in enumerate(batch):
+                v = Verdict(timestamp=s.timestamp, probe="vm", flow_id=s.flow_id, sample_seq_no=s.seq_no,
+                            final=True, app_protocol="TLS", confidence="dpi")
+                if (len(answered) + i) % 2 == 0:
+                    v.tls = TlsInfo(sni="example.org")
+                    with_tls.add(s.flow_id)
+                out.append(v)
+            answered.update(s.flow_id for s in batch)
+            await classify.nc.publish("ft.verdict.vm", batch_json(out))
+
+        await classify.subscribe("ft.sample.vm", answer, types=(FlowSample,), batched=True)
+        stop = asyncio.Event()
+        bus = await Bus.connect(settings, "capture", stop)
+        await service.main(settings, bus, stop)
+        await asyncio.sleep(0.3)
+        events = await read_stream(settings)
+        await bus.close()
+        await classify.close()
+        return answered, with_tls, events
+
+    answered, with_tls, events = asyncio.run(main())
+    ends = {e["flow_id"]: e for e in events if e["event_type"] == "flow" and e["phase"] == "end"}
+    stored = {e["flow_id"] for e in events if e["event_type"] == "verdict"}
+    assert len(answered) >= 4 and with_tls and answered - with_tls
+    assert stored == with_tls
+    assert all(ends[f]["app_protocol"] == "TLS" for f in answered)
