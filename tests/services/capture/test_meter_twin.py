@@ -20,7 +20,7 @@ import pytest
 from services.capture import flows
 from services.capture.flows import FlowMeter, ListSink
 from services.capture.sources import CaptureFileError, FileSource
-from shared.models import Verdict, batch_json
+from shared.models import HttpInfo, TlsInfo, Verdict, batch_json
 from shared.settings import CaptureSettings
 from tests.conftest import CORPUS, SAMPLE_PCAP, need_corpus
 
@@ -68,10 +68,11 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
                 third = zlib.crc32(s.flow_id.encode()) % 3
                 if s.seq_no == 0 and third == 0:
                     m.on_verdict(Verdict(timestamp=s.timestamp, probe=s.probe, flow_id=s.flow_id, sample_seq_no=0,
-                                         final=True, app_protocol="TLS", confidence="dpi"))
+                                         final=True, app_protocol="TLS", confidence="dpi", tls=TlsInfo(sni="a.example")))
                 elif vwait and third == 1:
                     m.on_verdict(Verdict(timestamp=s.timestamp, probe=s.probe, flow_id=s.flow_id,
-                                         sample_seq_no=s.seq_no, final=False, app_protocol="HTTP", confidence="dpi"))
+                                         sample_seq_no=s.seq_no, final=False, app_protocol="HTTP", confidence="dpi",
+                                         http=HttpInfo(host="a.example")))
             seen = len(sink.samples)
         m.finish()
         m.flush_closing()
