@@ -347,6 +347,23 @@ def parse_lines(text: str) -> list[Point]:
     return [parse_line(line) for line in text.split("\n") if line and not line.startswith("#")]
 
 
+# tags as they appear in a record (non-empty, stored text): tags are low-cardinality by schema
+_tag_record_cache: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+
+
+def _tag_record(tags: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    r = _tag_record_cache.get(tags)
+    if r is None:
+        r = {}
+        for k, v in tags:
+            if v:
+                r[k] = store_text(v)
+        if len(_tag_record_cache) >= _TAG_CACHE_MAX:
+            _tag_record_cache.clear()
+        _tag_record_cache[tags] = r
+    return r
+
+
 def to_record(point: Point) -> dict[str, Any]:
     """The same point as a JSON-ready dict (the JSON-lines sink's record).
 
@@ -355,19 +372,20 @@ def to_record(point: Point) -> dict[str, Any]:
     floats and None left out.
     """
     rec: dict[str, Any] = {"time_ns": point.time_ns}
-    for k, v in point.tags:
-        if v:
-            rec[k] = store_text(v)
+    tags = point.tags
+    if tags:
+        rec.update(_tag_record(tags))
+    raw = _NEEDS_REPR.search       # store_text inlined: this runs for every field of every stored point
     for k, v in point.fields.items():
         t = type(v)
         if t is str:
             if v:
-                rec[k] = store_text(v)
+                rec[k] = v if raw(v) is None else represent(v)
+        elif t is int:
+            rec[k] = v if INT64_MIN <= v <= INT64_MAX else float(v)
         elif t is float:
             if v - v == 0.0:
                 rec[k] = v
-        elif t is int:
-            rec[k] = v if INT64_MIN <= v <= INT64_MAX else float(v)
         elif t is bool:
             rec[k] = v
         elif t is list or t is dict or t is tuple:

@@ -175,6 +175,15 @@ def record_json(rec: dict) -> str:
         return json.dumps(rec, ensure_ascii=False)
 
 
+def record_bytes(rec: dict) -> bytes:
+    """``record_json(rec)`` as the file holds it (UTF-8, a lone surrogate as its surrogatepass bytes),
+    without decoding orjson's bytes to text and encoding them again."""
+    try:
+        return orjson.dumps(rec)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(rec, ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
 class JsonlSink:
     """One JSON-lines file per measurement in a directory, plus optional ``points.lp``.
 
@@ -205,7 +214,9 @@ class JsonlSink:
     def _file(self, name: str, suffix: str = ".jsonl"):
         f = self._files.get(name + suffix)
         if f is None:
-            f = open(self.out_dir / f"{name}{suffix}", "a", encoding="utf-8", errors="surrogatepass")
+            # binary: lines are UTF-8 bytes already (orjson), text as if written through
+            # encoding="utf-8", errors="surrogatepass"
+            f = open(self.out_dir / f"{name}{suffix}", "ab")
             self._files[name + suffix] = f
         return f
 
@@ -214,17 +225,21 @@ class JsonlSink:
             self._write_locked(points)
 
     def _write_locked(self, points: list[Point]) -> None:
-        by_meas: dict[str, list[str]] = {}
+        by_meas: dict[str, list[bytes]] = {}
         for p in points:
-            by_meas.setdefault(p.measurement, []).append(record_json(to_record(p)))
+            lines = by_meas.get(p.measurement)
+            if lines is None:
+                lines = by_meas[p.measurement] = []
+            lines.append(record_bytes(to_record(p)))
         touched = []
         for m, lines in by_meas.items():
             f = self._file(m)
-            f.write("\n".join(lines) + "\n")
+            lines.append(b"")
+            f.write(b"\n".join(lines))
             touched.append(f)
         if self.line_protocol:
             f = self._file("points", ".lp")
-            f.write(to_lines(points))
+            f.write(to_lines(points).encode("utf-8", "surrogatepass"))
             touched.append(f)
         for f in touched:
             f.flush()
