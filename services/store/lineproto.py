@@ -39,8 +39,13 @@ _NEEDS_REPR = RAW_CHARS
 
 def store_text(value: str) -> str:
     """A string as stored: represented text as is; a string that still holds a raw control
-    character, separator or surrogate is represented (``shared.text``) first."""
-    if RAW_CHARS.search(value) is None:
+    character, separator or surrogate is represented (``shared.text``) first.
+
+    ``str.isprintable`` first: a C scan, false for every raw character (control characters,
+    separators, surrogates) and a few more (other spaces, format characters), which the
+    pattern then decides.
+    """
+    if value.isprintable() or RAW_CHARS.search(value) is None:
         return value
     return represent(value)
 
@@ -168,7 +173,7 @@ def _format_fields(fields: dict[str, Any]) -> tuple[str, int]:
         elif t is str:
             if not v:
                 continue
-            if needs_repr(v) is not None:
+            if not v.isprintable() and needs_repr(v) is not None:
                 v = represent(v)          # a raw string: represented text is stored as is
             if str_special(v) is not None:
                 v = _STR_SPECIAL.sub(_esc_str_sub, v)
@@ -380,7 +385,7 @@ def to_record(point: Point) -> dict[str, Any]:
         t = type(v)
         if t is str:
             if v:
-                rec[k] = v if raw(v) is None else represent(v)
+                rec[k] = v if v.isprintable() or raw(v) is None else represent(v)
         elif t is int:
             rec[k] = v if INT64_MIN <= v <= INT64_MAX else float(v)
         elif t is float:
