@@ -280,6 +280,13 @@ class Schema:
 
     def points(self, ev: Event, out: list[Point]) -> None:
         """Append the points of one event to ``out``."""
+        kind = _BY_TYPE.get(type(ev))
+        if kind is not None:          # the schema's own models: no isinstance walk (a metaclass check each)
+            try:
+                kind(self, ev, out)
+            except BadTimestamp:
+                self.bad_timestamps += 1
+            return
         try:
             if isinstance(ev, FlowRecord):
                 self._flow(ev, out)
@@ -404,3 +411,7 @@ class Schema:
                       message=b.message)
         tags = (("probe", b.probe), ("transport", b.transport), ("action", b.action), ("outcome", b.outcome))
         out.append(Point("blocks", tags, fields, ts_ns(b.timestamp, f"{b.flow_id}|{b.rule_id}|{b.action}")))
+
+
+_BY_TYPE = {FlowRecord: Schema._flow, DnsRecord: Schema._dns, Verdict: Schema._verdict, Alert: Schema._alert,
+            BlockAction: Schema._block}
