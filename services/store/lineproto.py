@@ -51,14 +51,40 @@ def store_text(value: str) -> str:
 
 
 def _deep(value: Any) -> Any:
-    """A nested list/dict field with every string as stored text (JSON-ready)."""
+    """A nested list/dict field with every string as stored text (JSON-ready).
+
+    Strings, ints, bools and None inside a list or dict are handled in place (no call per
+    item: DNS answers and alert details are lists and dicts of them)."""
     t = type(value)
     if t is str:
-        return store_text(value)
+        return value if value.isprintable() or _NEEDS_REPR.search(value) is None else represent(value)
     if t is list or t is tuple:
-        return [_deep(v) for v in value]
+        out = []
+        append = out.append
+        for v in value:
+            tv = type(v)
+            if tv is str:
+                append(v if v.isprintable() or _NEEDS_REPR.search(v) is None else represent(v))
+            elif tv is int or tv is bool or v is None:
+                append(v)
+            else:
+                append(_deep(v))
+        return out
     if t is dict:
-        return {store_text(str(k)): _deep(v) for k, v in value.items()}
+        d = {}
+        for k, v in value.items():
+            if type(k) is not str:
+                k = str(k)
+            if not k.isprintable() and _NEEDS_REPR.search(k) is not None:
+                k = represent(k)
+            tv = type(v)
+            if tv is str:
+                d[k] = v if v.isprintable() or _NEEDS_REPR.search(v) is None else represent(v)
+            elif tv is int or tv is bool or v is None:
+                d[k] = v
+            else:
+                d[k] = _deep(v)
+        return d
     if t is float and not (value - value == 0.0):
         return None
     return value
