@@ -649,20 +649,36 @@ def _nested_fields(cls: type) -> tuple[str, ...]:
 
 
 def strip_unknown_fields(model: BaseModel) -> int:
-    """Drop the fields a newer producer added (``extra="allow"`` kept them); returns how many there were."""
+    """Drop the fields a newer producer added (``extra="allow"`` kept them); returns how many there were.
+
+    Runs on every decoded event: reads ``__dict__`` and checks model types by their class's nested-field
+    plan instead of ``getattr`` and ``isinstance(..., BaseModel)`` (a metaclass check) per field.
+    """
     n = 0
     extra = model.__pydantic_extra__
     if extra:
         n += len(extra)
         extra.clear()
-    for name in _nested_fields(type(model)):
-        value = getattr(model, name)
-        if isinstance(value, BaseModel):
-            n += strip_unknown_fields(value)
-        elif isinstance(value, list):
-            for item in value:
-                if isinstance(item, BaseModel):
-                    n += strip_unknown_fields(item)
+    cls = type(model)
+    names = _NESTED.get(cls)
+    if names is None:
+        names = _nested_fields(cls)
+    if names:
+        d = model.__dict__
+        for name in names:
+            value = d.get(name)
+            if value is None:
+                continue
+            if type(value) is list:
+                for item in value:
+                    if isinstance(item, BaseModel):
+                        n += strip_unknown_fields(item)
+            elif isinstance(value, BaseModel):
+                n += strip_unknown_fields(value)
+            elif isinstance(value, list):
+                for item in value:
+                    if isinstance(item, BaseModel):
+                        n += strip_unknown_fields(item)
     return n
 
 

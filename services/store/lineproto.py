@@ -39,21 +39,52 @@ _NEEDS_REPR = RAW_CHARS
 
 def store_text(value: str) -> str:
     """A string as stored: represented text as is; a string that still holds a raw control
-    character, separator or surrogate is represented (``shared.text``) first."""
-    if RAW_CHARS.search(value) is None:
+    character, separator or surrogate is represented (``shared.text``) first.
+
+    ``str.isprintable`` first: a C scan, false for every raw character (control characters,
+    separators, surrogates) and a few more (other spaces, format characters), which the
+    pattern then decides.
+    """
+    if value.isprintable() or RAW_CHARS.search(value) is None:
         return value
     return represent(value)
 
 
 def _deep(value: Any) -> Any:
-    """A nested list/dict field with every string as stored text (JSON-ready)."""
+    """A nested list/dict field with every string as stored text (JSON-ready).
+
+    Strings, ints, bools and None inside a list or dict are handled in place (no call per
+    item: DNS answers and alert details are lists and dicts of them)."""
     t = type(value)
     if t is str:
-        return store_text(value)
+        return value if value.isprintable() or _NEEDS_REPR.search(value) is None else represent(value)
     if t is list or t is tuple:
-        return [_deep(v) for v in value]
+        out = []
+        append = out.append
+        for v in value:
+            tv = type(v)
+            if tv is str:
+                append(v if v.isprintable() or _NEEDS_REPR.search(v) is None else represent(v))
+            elif tv is int or tv is bool or v is None:
+                append(v)
+            else:
+                append(_deep(v))
+        return out
     if t is dict:
-        return {store_text(str(k)): _deep(v) for k, v in value.items()}
+        d = {}
+        for k, v in value.items():
+            if type(k) is not str:
+                k = str(k)
+            if not k.isprintable() and _NEEDS_REPR.search(k) is not None:
+                k = represent(k)
+            tv = type(v)
+            if tv is str:
+                d[k] = v if v.isprintable() or _NEEDS_REPR.search(v) is None else represent(v)
+            elif tv is int or tv is bool or v is None:
+                d[k] = v
+            else:
+                d[k] = _deep(v)
+        return d
     if t is float and not (value - value == 0.0):
         return None
     return value
@@ -168,7 +199,7 @@ def _format_fields(fields: dict[str, Any]) -> tuple[str, int]:
         elif t is str:
             if not v:
                 continue
-            if needs_repr(v) is not None:
+            if not v.isprintable() and needs_repr(v) is not None:
                 v = represent(v)          # a raw string: represented text is stored as is
             if str_special(v) is not None:
                 v = _STR_SPECIAL.sub(_esc_str_sub, v)
@@ -347,6 +378,23 @@ def parse_lines(text: str) -> list[Point]:
     return [parse_line(line) for line in text.split("\n") if line and not line.startswith("#")]
 
 
+# tags as they appear in a record (non-empty, stored text): tags are low-cardinality by schema
+_tag_record_cache: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+
+
+def _tag_record(tags: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    r = _tag_record_cache.get(tags)
+    if r is None:
+        r = {}
+        for k, v in tags:
+            if v:
+                r[k] = store_text(v)
+        if len(_tag_record_cache) >= _TAG_CACHE_MAX:
+            _tag_record_cache.clear()
+        _tag_record_cache[tags] = r
+    return r
+
+
 def to_record(point: Point) -> dict[str, Any]:
     """The same point as a JSON-ready dict (the JSON-lines sink's record).
 
@@ -355,19 +403,20 @@ def to_record(point: Point) -> dict[str, Any]:
     floats and None left out.
     """
     rec: dict[str, Any] = {"time_ns": point.time_ns}
-    for k, v in point.tags:
-        if v:
-            rec[k] = store_text(v)
+    tags = point.tags
+    if tags:
+        rec.update(_tag_record(tags))
+    raw = _NEEDS_REPR.search       # store_text inlined: this runs for every field of every stored point
     for k, v in point.fields.items():
         t = type(v)
         if t is str:
             if v:
-                rec[k] = store_text(v)
+                rec[k] = v if v.isprintable() or raw(v) is None else represent(v)
+        elif t is int:
+            rec[k] = v if INT64_MIN <= v <= INT64_MAX else float(v)
         elif t is float:
             if v - v == 0.0:
                 rec[k] = v
-        elif t is int:
-            rec[k] = v if INT64_MIN <= v <= INT64_MAX else float(v)
         elif t is bool:
             rec[k] = v
         elif t is list or t is dict or t is tuple:

@@ -58,7 +58,15 @@ class ReportFile:
     def add(self, seq: int | None, events: list[Event]) -> None:
         if self._fh is None:
             return
-        rep = [event_dict(ev) for ev in events if reported(ev)]
+        rep = []
+        append = rep.append
+        for ev in events:
+            t = type(ev)
+            if t is FlowRecord:
+                if ev.phase == "end":
+                    append(ev.__dict__)      # event_dict's copy of it, without copying (written at once)
+            elif t is DnsRecord or t is Alert:
+                append(event_dict(ev))
         if not rep:
             return
         if seq is None:

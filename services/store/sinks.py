@@ -175,6 +175,15 @@ def record_json(rec: dict) -> str:
         return json.dumps(rec, ensure_ascii=False)
 
 
+def record_bytes(rec: dict) -> bytes:
+    """``record_json(rec)`` as the file holds it (UTF-8, a lone surrogate as its surrogatepass bytes),
+    without decoding orjson's bytes to text and encoding them again."""
+    try:
+        return orjson.dumps(rec)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(rec, ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
 class JsonlSink:
     """One JSON-lines file per measurement in a directory, plus optional ``points.lp``.
 
@@ -205,26 +214,41 @@ class JsonlSink:
     def _file(self, name: str, suffix: str = ".jsonl"):
         f = self._files.get(name + suffix)
         if f is None:
-            f = open(self.out_dir / f"{name}{suffix}", "a", encoding="utf-8", errors="surrogatepass")
+            # binary: lines are UTF-8 bytes already (orjson), text as if written through
+            # encoding="utf-8", errors="surrogatepass"
+            f = open(self.out_dir / f"{name}{suffix}", "ab")
             self._files[name + suffix] = f
         return f
 
-    def _write_blocking(self, points: list[Point]) -> None:
-        with self._lock:
-            self._write_locked(points)
-
-    def _write_locked(self, points: list[Point]) -> None:
-        by_meas: dict[str, list[str]] = {}
+    def _render(self, points: list[Point]) -> tuple[dict[str, bytes], bytes | None]:
+        """The bytes each file gets: JSON lines per measurement, line protocol when asked."""
+        by_meas: dict[str, list[bytes]] = {}
         for p in points:
-            by_meas.setdefault(p.measurement, []).append(record_json(to_record(p)))
-        touched = []
+            lines = by_meas.get(p.measurement)
+            if lines is None:
+                lines = by_meas[p.measurement] = []
+            lines.append(record_bytes(to_record(p)))
+        out = {}
         for m, lines in by_meas.items():
+            lines.append(b"")
+            out[m] = b"\n".join(lines)
+        lp = to_lines(points).encode("utf-8", "surrogatepass") if self.line_protocol else None
+        return out, lp
+
+    def _write_blocking(self, rendered: tuple[dict[str, bytes], bytes | None]) -> None:
+        with self._lock:
+            self._write_locked(rendered)
+
+    def _write_locked(self, rendered: tuple[dict[str, bytes], bytes | None]) -> None:
+        by_meas, lp = rendered
+        touched = []
+        for m, data in by_meas.items():
             f = self._file(m)
-            f.write("\n".join(lines) + "\n")
+            f.write(data)
             touched.append(f)
-        if self.line_protocol:
+        if lp is not None:
             f = self._file("points", ".lp")
-            f.write(to_lines(points))
+            f.write(lp)
             touched.append(f)
         for f in touched:
             f.flush()
@@ -234,8 +258,11 @@ class JsonlSink:
     async def write(self, points: list[Point]) -> None:
         if not points:
             return
+        # rendering is pure Python (holds the GIL): done here, as InfluxSink does, so the thread only
+        # writes and fsyncs (GIL released) instead of taking turns for the GIL with the event loop
+        rendered = self._render(points)
         try:
-            await asyncio.to_thread(self._write_blocking, points)
+            await asyncio.to_thread(self._write_blocking, rendered)
         except OSError as exc:
             raise SinkError(f"writing JSON lines into {self.out_dir} failed: {exc}") from exc
 

@@ -204,3 +204,85 @@ def test_parser_rejects_broken_lines():
         with pytest.raises(LineProtocolError):
             parse_line(bad)
     assert len(parse_lines(to_lines([Point("m", (), {"v": 1}, 1), Point("m", (), {"v": 2}, 2)]))) == 2
+
+
+# --------------------------------------------------------------------------- the record's fast paths (issue 12)
+
+def _stored_ref(v: str) -> str:
+    """store_text by its definition: the raw-character pattern alone decides."""
+    from shared.text import RAW_CHARS
+
+    return represent(v) if RAW_CHARS.search(v) is not None else v
+
+
+def _deep_ref(v):
+    t = type(v)
+    if t is str:
+        return _stored_ref(v)
+    if t is list or t is tuple:
+        return [_deep_ref(x) for x in v]
+    if t is dict:
+        return {_stored_ref(str(k)): _deep_ref(x) for k, x in v.items()}
+    if t is float and not math.isfinite(v):
+        return None
+    return v
+
+
+def _record_ref(p: Point) -> dict:
+    """The JSON-lines record by the rule the docstring states, one field at a time."""
+    rec = {"time_ns": p.time_ns}
+    for k, v in p.tags:
+        if v:
+            rec[k] = _stored_ref(v)
+    for k, v in p.fields.items():
+        t = type(v)
+        if t is str:
+            if v:
+                rec[k] = _stored_ref(v)
+        elif t is float:
+            if math.isfinite(v):
+                rec[k] = v
+        elif t is int:
+            rec[k] = v if -(2**63) <= v <= 2**63 - 1 else float(v)
+        elif t is bool:
+            rec[k] = v
+        elif t in (list, dict, tuple):
+            if v:
+                rec[k] = _deep_ref(v)
+        elif v is not None:
+            rec[k] = _stored_ref(str(v))
+    return rec
+
+
+# any text, with the characters the shortcuts must not miss (controls, C1, separators, surrogates,
+# and the printable-but-not-isprintable ones: no-break space, zero-width space, soft hyphen)
+_text = st.text(alphabet=st.one_of(st.characters(), st.sampled_from(
+    ["\x00", "\n", "\x1f", "\x7f", "\x85", "\x9f", "\xa0", "\xad", "\u200b", "\u2028", "\u2029", "\ud800",
+     "\udfff", "\\", '"', ",", "=", " "])), max_size=20)
+_scalar = st.one_of(_text, st.integers(min_value=-(2**70), max_value=2**70), st.floats(), st.booleans(), st.none())
+_nested = st.recursive(_scalar, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                         st.dictionaries(_text, inner, max_size=4)), max_leaves=12)
+
+
+@given(tags=st.lists(st.tuples(st.sampled_from(["probe", "kind", "a b"]), _text), max_size=3),
+       fields=st.dictionaries(st.sampled_from(["host", "url", "n", "x", "answers", "flags", "details", "q"]),
+                              _nested, max_size=8))
+@settings(max_examples=400, deadline=None)
+def test_record_fast_paths_follow_the_per_field_rule(tags, fields):
+    """to_record (tag records cached, store_text inlined with str.isprintable first, nested values without a
+    call per item) gives exactly the record of the plain rule; the tag cache does not leak between points."""
+    p = Point("m", tuple(tags), fields, 1_700_000_000_000_000_000)
+    assert to_record(p) == _record_ref(p)
+    assert to_record(p) == _record_ref(p)       # again, from the tag cache
+
+
+def test_isprintable_shortcut_never_hides_a_raw_character():
+    """Every character the raw-character pattern matches is not printable for str.isprintable, so a
+    printable string never needs representation (the shortcut store_text and the record take)."""
+    from shared.text import RAW_CHARS
+
+    raw = [chr(c) for c in range(0x110000) if RAW_CHARS.match(chr(c))]
+    assert len(raw) == 32 + 33 + 2 + 2048
+    assert not any(c.isprintable() for c in raw)
+    assert all(store_text("ok " + c) == represent("ok " + c) for c in raw[:80])
+    assert store_text("no-break\xa0space\u200b") == "no-break\xa0space\u200b"    # not raw: kept as it is

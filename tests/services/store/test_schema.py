@@ -192,3 +192,57 @@ def test_non_finite_numbers_never_reach_the_line():
     assert "duration_ms" not in to_record(pts[0])
     sc, pts = points_of([flow(2, first_seen=float("nan")), flow(3, first_seen=float("inf"))])
     assert pts == [] and sc.bad_timestamps == 2
+
+
+def test_remembered_community_ids_are_each_events_own(monkeypatch):
+    """Community ids are remembered per endpoint tuple (issue 12): every point still gets the id of its
+    own endpoints (ICMP type/code, IPv6, no addresses, unknown transport), also across a cache refill."""
+    import services.store.schema as schema
+    from shared.community_id import for_event
+
+    monkeypatch.setattr(schema, "_CID_CACHE_MAX", 5)
+    schema._cid_cache.clear()
+    evs = []
+    for i in range(12):
+        evs.append(flow(i, src_port=1000 + i % 3))
+        evs.append(flow(i, transport="ICMP", src_port=0, dst_port=0, icmp_type=i % 2 * 8, icmp_code=0))
+        evs.append(flow(i, transport="ICMP", src_port=0, dst_port=0))             # no type: no id
+        evs.append(flow(i, src_ip="2001:db8::1", dst_ip="2001:db8::2"))
+        evs.append(flow(i, transport="UDP"))
+        evs.append(flow(i, src_ip=""))
+        evs.append(flow(i, transport="300"))
+    for _ in range(2):
+        for ev in evs:
+            want = for_event(ev.transport, ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port, 0, ev.icmp_type,
+                             ev.icmp_code)
+            assert schema.community_id(ev) == want
+            assert len(schema._cid_cache) <= 5
+    _, pts = points_of(evs[:7], log_all=True)
+    assert [p.fields["community_id"] for p in pts] == [schema.community_id(ev) for ev in evs[:7]]
+    assert len({p.fields["community_id"] for p in pts}) == 5       # the three without an id share ""
+
+
+def test_jsonl_sink_writes_the_records_bytes(tmp_path):
+    """The JSON-lines files hold exactly the records as text (orjson's bytes written as they are; what orjson
+    refuses, json writes, encoded as the text files were: UTF-8 with surrogatepass)."""
+    from services.store.lineproto import Point
+    from services.store.sinks import record_json
+
+    pts = [Point("flows", (("probe", "p1"),), {"host": "münchen.example", "n": 1}, 1),
+           Point("flows", (("probe", "p1"),), {"host": "evil\n", "n": 2**70}, 2),
+           Point("dns", (("probe", "p1"),), {"answers": [{"name": "a\u2028b"}], "x": 0.5}, 3)]
+    sink = JsonlSink(tmp_path, line_protocol=True, fsync=False)
+
+    async def go():
+        await sink.start()
+        await sink.write(pts)
+        await sink.write(pts[:1])
+        await sink.close()
+
+    asyncio.run(go())
+    flows = (tmp_path / "flows.jsonl").read_bytes()
+    want = [record_json(to_record(p)) for p in (pts[0], pts[1], pts[0])]
+    assert flows == ("\n".join(want) + "\n").encode("utf-8", "surrogatepass")
+    assert (tmp_path / "dns.jsonl").read_text().splitlines() == [record_json(to_record(pts[2]))]
+    assert parse_lines((tmp_path / "points.lp").read_text()) == parse_lines(
+        "\n".join(to_line(p) for p in (*pts, pts[0])))
