@@ -149,14 +149,21 @@ class Detectors:
         self.stats["flows"] += 1
         out: list[Alert] = []
         try:
-            part = self.current if r.source == self.current.source else self._part(r.source, out)
-            if r.timestamp > part.max_ts:
-                part.max_ts = r.timestamp
-            part.table.now = self._clock(part)
-            if part.arp is not None and part.arp.spoof and r.phase == "start":
-                part.arp.on_flow_start(r.src_mac, r.src_ip, r.dst_mac, r.dst_ip)
-            if part.scan is not None:
-                out += part.scan.on_flow(r)
+            part = self.current
+            if r.source != part.source:
+                part = self._part(r.source, out)
+            ts = r.timestamp
+            if ts > part.max_ts:
+                part.max_ts = ts
+            part.table.now = self._clock(part) if self.live else part.max_ts
+            arp = part.arp
+            if arp is not None and arp.spoof and r.phase == "start":
+                arp.on_flow_start(r.src_mac, r.src_ip, r.dst_mac, r.dst_ip)
+            scan = part.scan
+            if scan is not None:
+                got = scan.on_flow(r)
+                if got:
+                    out += got
             if part.icmp is not None and r.transport[:4] == "ICMP":
                 out += part.icmp.on_flow(r)
         except Exception:

@@ -23,6 +23,20 @@ def is_group_address(ip: str) -> bool:
     return head.isdigit() and int(head) >= 224
 
 
+#: is_group_address of the destinations seen lately (a scan's or a busy server's repeat); bounded
+_GROUP_CACHE: dict[str, bool] = {}
+_GROUP_CACHE_MAX = 65536
+
+
+def _is_group_cached(ip: str) -> bool:
+    g = _GROUP_CACHE.get(ip)
+    if g is None:
+        if len(_GROUP_CACHE) >= _GROUP_CACHE_MAX:
+            _GROUP_CACHE.clear()
+        g = _GROUP_CACHE[ip] = is_group_address(ip)
+    return g
+
+
 def tcp_failed(r: FlowRecord) -> bool:
     """A TCP flow that never became a conversation: no answer, reset, or connect-and-close."""
     sf, df = r.src2dst_tcp_flags, r.dst2src_tcp_flags
@@ -165,15 +179,21 @@ class ScanDetector:
 
     def _scan(self, r: FlowRecord, failed: bool, out: list[Alert], udp: bool = False) -> None:
         src, dst, port = r.src_ip, r.dst_ip, r.dst_port
-        if not src or not dst or is_group_address(dst):
+        if not src or not dst:
+            return
+        g = _GROUP_CACHE.get(dst)
+        if g is None:
+            g = _is_group_cached(dst)
+        if g:
             return
         ts = r.first_seen
         skey = (src, udp)
-        st = self.sources.get(skey)
+        sources = self.sources
+        st = sources.get(skey)
         if st is None:
-            st = self.sources.put(skey, _Source(ts))
+            st = sources.put(skey, _Source(ts))
         else:
-            self.sources.touch(skey)
+            sources.move_to_end(skey)     # LruDict.touch
         if ts > st.last:
             st.last = ts
         if ts < st.oldest:

@@ -548,3 +548,31 @@ def test_scan_source_prune_skips_only_no_op_walks(steps):
             _walk_prune(ref, low)
             assert (fast.ports_of, fast.hosts_of, fast.fail_ports_of) == (ref.ports_of, ref.hosts_of, ref.fail_ports_of)
             assert all(t >= fast.oldest for m in (fast.ports_of, fast.hosts_of) for d in m.values() for t in d.values())
+
+
+def test_group_address_cache_answers_as_the_check_and_stays_bounded(monkeypatch):
+    from services.capture.detectors import scan
+
+    monkeypatch.setattr(scan, "_GROUP_CACHE", {})
+    monkeypatch.setattr(scan, "_GROUP_CACHE_MAX", 8)
+    ips = ["224.0.0.251", "10.0.0.255", "10.0.0.1", "ff02::1", "FF05::2", "2001:db8::1", "239.1.2.3", "223.9.9.9",
+           "x.y", "", "300.1.1.1", "1.2.3.4"] * 2
+    for ip in ips:
+        assert scan._is_group_cached(ip) is scan.is_group_address(ip)
+        assert len(scan._GROUP_CACHE) <= 8
+    # a scan of broadcast and multicast destinations is no scan; of unicast ones it is
+    det = Detectors(DetectSettings(), "p1")
+    alerts = []
+    for i in range(1, 1200):
+        for dst in ("10.0.0.255", "239.1.1.1"):
+            alerts += det.on_flow(FlowRecord(timestamp=1000 + i / 1000, probe="p1", flow_id=f"g{dst}{i}", phase="end",
+                                             transport="TCP", src_ip="10.0.0.9", dst_ip=dst, dst_port=i,
+                                             first_seen=1000 + i / 1000, last_seen=1000 + i / 1000,
+                                             src2dst_packets=1, src2dst_tcp_flags=0x02))
+    assert alerts == []
+    for i in range(1, 1200):
+        alerts += det.on_flow(FlowRecord(timestamp=1002 + i / 1000, probe="p1", flow_id=f"u{i}", phase="end",
+                                         transport="TCP", src_ip="10.0.0.9", dst_ip="10.0.0.7", dst_port=i,
+                                         first_seen=1002 + i / 1000, last_seen=1002 + i / 1000,
+                                         src2dst_packets=1, src2dst_tcp_flags=0x02))
+    assert [a.alert_type for a in alerts] == ["port_scan"]
