@@ -146,14 +146,17 @@ class Engine:
 
     # ------------------------------------------------------------------ classify
 
-    def _dissectors_for(self, transport: str) -> list[tuple[Any, Any, Dissector, Any, Any]]:
-        """(could_be, dissect, dissector, gate ports, gate first bytes) for a transport, bound once.
+    def _dissectors_for(self, transport: str) -> list[tuple[Any, Any, Dissector, Any, Any, Any]]:
+        """(could_be, dissect, dissector, gate ports, gate first bytes, simple) for a transport, bound once.
 
         Dissectors built on ``breadth_util.Simple`` declare their cheap test as data
         (``port_gate`` + ``ports``, ``magic`` prefixes) and do not override ``could_be``; for
         them the engine applies the same test from an index (ports) or inline (first byte of
-        the magic), which skips the call without changing any answer.  ``PortHint`` entries
-        (never a match, ports only) are left out of the loop.
+        the magic, then the prefixes), which skips the call without changing any answer (their
+        ``could_be`` slot is None).  ``PortHint`` entries (never a match, ports only) are left out
+        of the loop.  ``simple`` is ``(check, maxpk, result, magic)`` for a ``Simple`` that keeps
+        ``Simple.dissect``: the engine runs that loop itself over the sample's payloads in arrival
+        order (the same test, without a call and a generator per dissector), else None.
         """
         lst = self._by_transport.get(transport)
         if lst is None:
@@ -162,24 +165,29 @@ class Engine:
             for d in self.registry:
                 if transport not in d.transports:
                     continue
-                ports = first = None
+                could_be = d.could_be
+                ports = first = simple = None
                 if _bu is not None:
                     cls = type(d)
                     if cls.could_be is _bu.PortHint.could_be:
                         continue
-                    if isinstance(d, _bu.Simple) and cls.could_be is _bu.Simple.could_be:
-                        if d.port_gate:
-                            ports = frozenset(d.ports)
-                            gate_ports |= ports
-                        if d.magic and all(d.magic):
-                            first = frozenset(m[0] for m in d.magic)
-                lst.append((d.could_be, d.dissect, d, ports, first))
+                    if isinstance(d, _bu.Simple):
+                        if cls.could_be is _bu.Simple.could_be:
+                            could_be = None             # the engine's inline test, see _classify2
+                            if d.port_gate:
+                                ports = frozenset(d.ports)
+                                gate_ports |= ports
+                            if d.magic and all(d.magic):
+                                first = frozenset(m[0] for m in d.magic)
+                        if cls.dissect is _bu.Simple.dissect:
+                            simple = (d.check, d.maxpk, d.result, d.magic)
+                lst.append((could_be, d.dissect, d, ports, first, simple))
             self._by_transport[transport] = lst
             self._gate_ports = frozenset(gate_ports)
             self._by_ports.clear()
         return lst
 
-    def _candidates(self, s: FlowSample) -> list[tuple[Any, Any, Dissector, Any, Any]]:
+    def _candidates(self, s: FlowSample) -> list[tuple[Any, Any, Dissector, Any, Any, Any]]:
         gp = self._gate_ports
         a = s.src_port if s.src_port in gp else -1
         b = s.dst_port if s.dst_port in gp else -1
@@ -242,21 +250,56 @@ class Engine:
         return v
 
     def _classify(self, s: FlowSample) -> Verdict:
+        if _bu is None:
+            return self._classify2(s)
+        _bu.classifying(s)
+        try:
+            return self._classify2(s)
+        finally:
+            _bu.classifying(None)
+
+    def _classify2(self, s: FlowSample) -> Verdict:
         v = self.new_verdict(s)
         final = False
         kept: str | None = None      # app_protocol of the first PARTIAL match
         kept_host = ""
         FINAL, PARTIAL = Match.FINAL, Match.PARTIAL
+        NO = Match.NO
         sp, dp = s.src_payloads, s.dst_payloads
-        a0 = sp[0][0] if sp and sp[0] else -1
-        b0 = dp[0][0] if dp and dp[0] else -1
-        for could_be, dissect, d, _ports, first in self._candidates(s):
+        a = sp[0] if sp else b""
+        b = dp[0] if dp else b""
+        a0 = a[0] if a else -1
+        b0 = b[0] if b else -1
+        any_payload = bool(sp or dp)
+        olist = None                            # (from_src, payload) in arrival order, once
+        for could_be, dissect, d, _ports, first, simple in self._candidates(s):
             if first is not None and a0 not in first and b0 not in first:
                 continue                        # its magic cannot match (same test as its could_be)
             try:
-                if not could_be(s):
+                if could_be is None:            # Simple.could_be, its port gate already applied
+                    if simple is not None:
+                        magic = simple[3]
+                    else:
+                        magic = d.magic
+                    if magic:
+                        if not (a.startswith(magic) or b.startswith(magic)):
+                            continue
+                    elif not any_payload:
+                        continue
+                elif not could_be(s):
                     continue
-                m = dissect(s, v)
+                if simple is None:
+                    m = dissect(s, v)
+                else:                           # Simple.dissect, inline
+                    if olist is None:
+                        olist = _bu.arrival_order(s)
+                    check, maxpk = simple[0], simple[1]
+                    m = NO
+                    for from_src, p in (olist if maxpk >= len(olist) else olist[:maxpk] if maxpk > 0 else ()):
+                        if p and check(p, from_src, s):
+                            v.app_protocol = simple[2](s, v)
+                            m = FINAL
+                            break
             except Exception:  # noqa: BLE001 - safecall: one dissector's bug never stops the others
                 name = d.name or type(d).__name__
                 self.errors[name] += 1
