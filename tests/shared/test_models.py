@@ -167,3 +167,46 @@ def test_sample_and_packet_batches_give_pydantic_s_document(src, dst, text, numb
                 batch_json(events)
             continue
         assert batch_json(events) == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(blacklist_categories=()), max_size=20) | st.sampled_from(["a\ud800b", "\x00\"\n/\x7f"]),
+       st.floats(allow_nan=True, allow_infinity=True), st.integers(0, 2**70),
+       st.lists(st.text(max_size=8), max_size=3), st.booleans())
+def test_verdict_and_dns_batches_give_pydantic_s_document(text, number, big, names, nested):
+    """Verdicts and DNS records (classify's answers) go through orjson from their __dict__, nested models
+    from theirs (_DOC_TYPES): byte for byte the batch pydantic writes, or pydantic's own error where it
+    refuses (a lone surrogate); an int beyond 64 bits or a nested model with unknown fields falls back."""
+    from shared.models import _DOC_TYPES, DnsQuestion, QuicInfo, SshInfo, batch_json
+
+    assert Verdict in _DOC_TYPES and DnsRecord in _DOC_TYPES
+    def hostile(m, **fields):      # values set past validation, as a dissector could
+        m.__dict__.update(fields)
+        return m
+
+    http = hostile(HttpInfo(method="GET", status_code=200), host=text, url="/" + text)
+    v = Verdict(**ENV, app_protocol="HTTP", confidence="dpi", http=http if nested else None,
+                http_transactions=[http, HttpInfo(trans_depth=2)] if nested else [],
+                tls=hostile(TlsInfo(alpn=names, server_names=names[::-1], cert_not_after=2.5), sni=text) if nested else None,
+                quic=QuicInfo(sni="q") if nested else None, ssh=SshInfo(client_banner="SSH-2.0-x"),
+                vlan_ids=[1, 4095])
+    v.__dict__["extra"] = {"k": text, text[:5]: "v"}
+    v.__dict__["host"] = text
+    v.__dict__["trigger_time"] = number
+    v.__dict__["dst2src_ack"] = big
+    w = Verdict(**ENV)
+    if not nested:
+        w.__dict__["tls"] = TlsInfo.model_construct(sni="x", alpn=["h2"], unknown_field=text)
+    d = DnsRecord(**ENV, transaction_id=7, is_response=True, flags=["rd", "ra"],
+                  questions=[hostile(DnsQuestion(name="q", rtype="A"), name=text)], rtt_ms=None if nested else 1.5,
+                  answers=[hostile(DnsAnswer(name=n or "x", rtype="A", ttl_s=60), data=text) for n in names])
+    d.__dict__["query_name"] = text
+    d.__dict__["query_time"] = number
+    for events in ([v], [v, w], [w, v], [d, d], [d, v, EXAMPLES[0]], [v, EXAMPLES[1]]):
+        try:
+            want = b'{"event_type":"batch","events":[' + b",".join(e.model_dump_json().encode() for e in events) + b"]}"
+        except Exception as exc:  # noqa: BLE001
+            with pytest.raises(type(exc)):
+                batch_json(events)
+            continue
+        assert batch_json(events) == want
