@@ -146,8 +146,8 @@ class Engine:
 
     # ------------------------------------------------------------------ classify
 
-    def _dissectors_for(self, transport: str) -> list[tuple[Any, Any, Dissector, Any, Any, Any]]:
-        """(could_be, dissect, dissector, gate ports, gate first bytes, simple) for a transport, bound once.
+    def _dissectors_for(self, transport: str) -> list[tuple[Any, Any, Dissector, Any, Any, Any, Any]]:
+        """(could_be, dissect, dissector, gate ports, gate first bytes, simple, lead) for a transport, bound once.
 
         Dissectors built on ``breadth_util.Simple`` declare their cheap test as data
         (``port_gate`` + ``ports``, ``magic`` prefixes) and do not override ``could_be``; for
@@ -156,7 +156,9 @@ class Engine:
         ``could_be`` slot is None).  ``PortHint`` entries (never a match, ports only) are left out
         of the loop.  ``simple`` is ``(check, maxpk, result, magic)`` for a ``Simple`` that keeps
         ``Simple.dissect``: the engine runs that loop itself over the sample's payloads in arrival
-        order (the same test, without a call and a generator per dissector), else None.
+        order (the same test, without a call and a generator per dissector), else None.  ``lead`` is
+        the dissector's declared ``lead`` gate for this transport, ``(n, frozenset of first bytes)``
+        (see ``Dissector.lead``), else None.
         """
         lst = self._by_transport.get(transport)
         if lst is None:
@@ -181,13 +183,17 @@ class Engine:
                                 first = frozenset(m[0] for m in d.magic)
                         if cls.dissect is _bu.Simple.dissect:
                             simple = (d.check, d.maxpk, d.result, d.magic)
-                lst.append((could_be, d.dissect, d, ports, first, simple))
+                lead = getattr(d, "lead", None) if _bu is not None else None
+                lead = lead.get(transport) if lead else None
+                if lead is not None:
+                    lead = (lead[0], frozenset(lead[1]))
+                lst.append((could_be, d.dissect, d, ports, first, simple, lead))
             self._by_transport[transport] = lst
             self._gate_ports = frozenset(gate_ports)
             self._by_ports.clear()
         return lst
 
-    def _candidates(self, s: FlowSample) -> list[tuple[Any, Any, Dissector, Any, Any, Any]]:
+    def _candidates(self, s: FlowSample) -> list[tuple[Any, Any, Dissector, Any, Any, Any, Any]]:
         gp = self._gate_ports
         a = s.src_port if s.src_port in gp else -1
         b = s.dst_port if s.dst_port in gp else -1
@@ -272,9 +278,18 @@ class Engine:
         b0 = b[0] if b else -1
         any_payload = bool(sp or dp)
         olist = None                            # (from_src, payload) in arrival order, once
-        for could_be, dissect, d, _ports, first, simple in self._candidates(s):
+        for could_be, dissect, d, _ports, first, simple, lead in self._candidates(s):
             if first is not None and a0 not in first and b0 not in first:
                 continue                        # its magic cannot match (same test as its could_be)
+            if lead is not None:                # its declared lead bytes (Dissector.lead): NO without them
+                if olist is None:
+                    olist = _bu.arrival_order(s)
+                lead_set = lead[1]
+                for _from_src, p in (olist if lead[0] >= len(olist) else olist[:lead[0]]):
+                    if p and p[0] in lead_set:
+                        break
+                else:
+                    continue
             try:
                 if could_be is None:            # Simple.could_be, its port gate already applied
                     if simple is not None:
