@@ -137,7 +137,8 @@ class Engine:
         # per transport: the dissectors that could apply (saves a call per dissector)
         self._by_transport: dict[str, list[tuple[Any, Any, Dissector, Any, Any]]] = {}
         self._gate_ports: frozenset[int] = frozenset()
-        self._by_ports: dict[tuple[str, int, int], list[tuple[Any, Any, Dissector, Any, Any]]] = {}
+        self._by_ports: dict[tuple[str, int, int, int, int], list[tuple[Any, Any, Dissector, Any, Any, Any, Any]]] = {}
+        self._lists: dict[tuple[int, ...], list[tuple[Any, Any, Dissector, Any, Any, Any, Any]]] = {}
         for t in ("TCP", "UDP"):
             self._dissectors_for(t)
         self._ports = self._build_port_table()
@@ -191,19 +192,26 @@ class Engine:
             self._by_transport[transport] = lst
             self._gate_ports = frozenset(gate_ports)
             self._by_ports.clear()
+            self._lists.clear()
         return lst
 
-    def _candidates(self, s: FlowSample) -> list[tuple[Any, Any, Dissector, Any, Any, Any, Any]]:
+    def _candidates(self, s: FlowSample, a0: int = -1, b0: int = -1) -> list[tuple[Any, Any, Dissector, Any, Any, Any, Any]]:
+        """The entries of ``_dissectors_for`` whose port gate and first-byte gate (magic) the sample passes;
+        ``a0``/``b0``: the first byte of the first src/dst payload (-1: none).  Cached per (transport, gate
+        ports, a0, b0): a few hundred keys in real traffic, each list shared by all keys that select it."""
         gp = self._gate_ports
         a = s.src_port if s.src_port in gp else -1
         b = s.dst_port if s.dst_port in gp else -1
-        key = (s.transport, a, b)
+        key = (s.transport, a, b, a0, b0)
         lst = self._by_ports.get(key)
         if lst is None:
             lst = [e for e in self._dissectors_for(s.transport)
-                   if e[3] is None or s.src_port in e[3] or s.dst_port in e[3]]
-            if len(self._by_ports) >= 4096:
+                   if (e[3] is None or s.src_port in e[3] or s.dst_port in e[3])
+                   and (e[4] is None or a0 in e[4] or b0 in e[4])]
+            if len(self._by_ports) >= 8192:
                 self._by_ports.clear()
+                self._lists.clear()
+            lst = self._lists.setdefault(tuple(map(id, lst)), lst)
             self._by_ports[key] = lst
         return lst
 
@@ -278,9 +286,8 @@ class Engine:
         b0 = b[0] if b else -1
         any_payload = bool(sp or dp)
         olist = None                            # (from_src, payload) in arrival order, once
-        for could_be, dissect, d, _ports, first, simple, lead in self._candidates(s):
-            if first is not None and a0 not in first and b0 not in first:
-                continue                        # its magic cannot match (same test as its could_be)
+        # (the candidates passed their port gate and the first byte of their magic: same tests as could_be)
+        for could_be, dissect, d, _ports, _first, simple, lead in self._candidates(s, a0, b0):
             if lead is not None:                # its declared lead bytes (Dissector.lead): NO without them
                 if olist is None:
                     olist = _bu.arrival_order(s)
