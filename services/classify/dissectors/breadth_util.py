@@ -132,9 +132,12 @@ def server_is_dst(s: FlowSample, ports) -> bool:
     return s.dst_port in ports or s.src_port not in ports
 
 
+_NOT_PRINTABLE = bytes(c for c in range(256) if not 32 <= c < 127)
+
+
 def printable(b: bytes, limit: int = 128) -> str:
     """ASCII text of b for metadata: control and non-ASCII characters dropped."""
-    return "".join(chr(c) for c in b[:limit] if 32 <= c < 127)
+    return bytes(b[:limit]).translate(None, _NOT_PRINTABLE).decode("ascii")
 
 
 class Simple(Dissector):
