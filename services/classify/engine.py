@@ -32,6 +32,7 @@ response with its query and give it a round-trip time.
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections import Counter
 from typing import Any, Callable, Iterable
@@ -56,6 +57,13 @@ _ENVELOPE = ("timestamp", "probe", "flow_id", "transport", "src_ip", "src_port",
              "icmp_type", "icmp_code",
              "sample_seq_no", "trigger_time", "src_mac", "dst_mac", "vlan_ids", "src2dst_next_seq", "src2dst_ack",
              "dst2src_next_seq", "dst2src_ack")
+
+#: envelope fields a verdict copies from its sample under the same name (new_verdict)
+_SAME = ("timestamp", "probe", "flow_id", "transport", "src_ip", "src_port", "dst_ip", "dst_port", "vlan_id",
+         "icmp_type", "icmp_code", "trigger_time", "src_mac", "dst_mac", "src2dst_next_seq", "src2dst_ack",
+         "dst2src_next_seq", "dst2src_ack")
+_same_of = operator.itemgetter(*_SAME)
+_SAMPLE_NFIELDS = len(FlowSample.model_fields)
 
 
 class _RateLimitedLog:
@@ -137,7 +145,8 @@ class Engine:
         # per transport: the dissectors that could apply (saves a call per dissector)
         self._by_transport: dict[str, list[tuple[Any, Any, Dissector, Any, Any]]] = {}
         self._gate_ports: frozenset[int] = frozenset()
-        self._by_ports: dict[tuple[str, int, int], list[tuple[Any, Any, Dissector, Any, Any]]] = {}
+        self._by_ports: dict[tuple[str, int, int, int, int], list[tuple[Any, Any, Dissector, Any, Any, Any, Any]]] = {}
+        self._lists: dict[tuple[int, ...], list[tuple[Any, Any, Dissector, Any, Any, Any, Any]]] = {}
         for t in ("TCP", "UDP"):
             self._dissectors_for(t)
         self._ports = self._build_port_table()
@@ -146,14 +155,19 @@ class Engine:
 
     # ------------------------------------------------------------------ classify
 
-    def _dissectors_for(self, transport: str) -> list[tuple[Any, Any, Dissector, Any, Any]]:
-        """(could_be, dissect, dissector, gate ports, gate first bytes) for a transport, bound once.
+    def _dissectors_for(self, transport: str) -> list[tuple[Any, Any, Dissector, Any, Any, Any, Any]]:
+        """(could_be, dissect, dissector, gate ports, gate first bytes, simple, lead) for a transport, bound once.
 
         Dissectors built on ``breadth_util.Simple`` declare their cheap test as data
         (``port_gate`` + ``ports``, ``magic`` prefixes) and do not override ``could_be``; for
         them the engine applies the same test from an index (ports) or inline (first byte of
-        the magic), which skips the call without changing any answer.  ``PortHint`` entries
-        (never a match, ports only) are left out of the loop.
+        the magic, then the prefixes), which skips the call without changing any answer (their
+        ``could_be`` slot is None).  ``PortHint`` entries (never a match, ports only) are left out
+        of the loop.  ``simple`` is ``(check, maxpk, result, magic)`` for a ``Simple`` that keeps
+        ``Simple.dissect``: the engine runs that loop itself over the sample's payloads in arrival
+        order (the same test, without a call and a generator per dissector), else None.  ``lead`` is
+        the dissector's declared ``lead`` gate for this transport, ``(n, frozenset of first bytes)``
+        (see ``Dissector.lead``), else None.
         """
         lst = self._by_transport.get(transport)
         if lst is None:
@@ -162,34 +176,50 @@ class Engine:
             for d in self.registry:
                 if transport not in d.transports:
                     continue
-                ports = first = None
+                could_be = d.could_be
+                ports = first = simple = None
                 if _bu is not None:
                     cls = type(d)
                     if cls.could_be is _bu.PortHint.could_be:
                         continue
-                    if isinstance(d, _bu.Simple) and cls.could_be is _bu.Simple.could_be:
-                        if d.port_gate:
-                            ports = frozenset(d.ports)
-                            gate_ports |= ports
-                        if d.magic and all(d.magic):
-                            first = frozenset(m[0] for m in d.magic)
-                lst.append((d.could_be, d.dissect, d, ports, first))
+                    if isinstance(d, _bu.Simple):
+                        if cls.could_be is _bu.Simple.could_be:
+                            could_be = None             # the engine's inline test, see _classify2
+                            if d.port_gate:
+                                ports = frozenset(d.ports)
+                                gate_ports |= ports
+                            if d.magic and all(d.magic):
+                                first = frozenset(m[0] for m in d.magic)
+                        if cls.dissect is _bu.Simple.dissect:
+                            simple = (d.check, d.maxpk, d.result, d.magic)
+                lead = getattr(d, "lead", None) if _bu is not None else None
+                lead = lead.get(transport) if lead else None
+                if lead is not None:
+                    lead = (lead[0], frozenset(lead[1]))
+                lst.append((could_be, d.dissect, d, ports, first, simple, lead))
             self._by_transport[transport] = lst
             self._gate_ports = frozenset(gate_ports)
             self._by_ports.clear()
+            self._lists.clear()
         return lst
 
-    def _candidates(self, s: FlowSample) -> list[tuple[Any, Any, Dissector, Any, Any]]:
+    def _candidates(self, s: FlowSample, a0: int = -1, b0: int = -1) -> list[tuple[Any, Any, Dissector, Any, Any, Any, Any]]:
+        """The entries of ``_dissectors_for`` whose port gate and first-byte gate (magic) the sample passes;
+        ``a0``/``b0``: the first byte of the first src/dst payload (-1: none).  Cached per (transport, gate
+        ports, a0, b0): a few hundred keys in real traffic, each list shared by all keys that select it."""
         gp = self._gate_ports
         a = s.src_port if s.src_port in gp else -1
         b = s.dst_port if s.dst_port in gp else -1
-        key = (s.transport, a, b)
+        key = (s.transport, a, b, a0, b0)
         lst = self._by_ports.get(key)
         if lst is None:
             lst = [e for e in self._dissectors_for(s.transport)
-                   if e[3] is None or s.src_port in e[3] or s.dst_port in e[3]]
-            if len(self._by_ports) >= 4096:
+                   if (e[3] is None or s.src_port in e[3] or s.dst_port in e[3])
+                   and (e[4] is None or a0 in e[4] or b0 in e[4])]
+            if len(self._by_ports) >= 8192:
                 self._by_ports.clear()
+                self._lists.clear()
+            lst = self._lists.setdefault(tuple(map(id, lst)), lst)
             self._by_ports[key] = lst
         return lst
 
@@ -200,14 +230,22 @@ class Engine:
         comes from the already validated sample, whose fields have the same
         constraints (this halves the cost of the most frequent allocation).
         """
-        d = dict(self._template)
-        d.update(
+        d = self._template.copy()
+        sd = s.__dict__
+        if type(s) is FlowSample and len(sd) >= _SAMPLE_NFIELDS:     # a validated sample: its values at once
+            d.update(zip(_SAME, _same_of(sd)))
+            d["sample_seq_no"] = sd["seq_no"]
+            d["vlan_ids"] = list(sd["vlan_ids"])
+            d["extra"] = {}
+            d["http_transactions"] = []
+        else:
+            d.update(
             timestamp=s.timestamp, probe=s.probe, flow_id=s.flow_id, transport=s.transport,
             src_ip=s.src_ip, src_port=s.src_port, dst_ip=s.dst_ip, dst_port=s.dst_port, vlan_id=s.vlan_id,
             icmp_type=s.icmp_type, icmp_code=s.icmp_code, sample_seq_no=s.seq_no, trigger_time=s.trigger_time, src_mac=s.src_mac, dst_mac=s.dst_mac,
             vlan_ids=list(s.vlan_ids), src2dst_next_seq=s.src2dst_next_seq, src2dst_ack=s.src2dst_ack,
             dst2src_next_seq=s.dst2src_next_seq, dst2src_ack=s.dst2src_ack, extra={}, http_transactions=[],
-        )
+            )
         v = Verdict.__new__(Verdict)
         _setattr = object.__setattr__
         _setattr(v, "__dict__", d)
@@ -242,21 +280,64 @@ class Engine:
         return v
 
     def _classify(self, s: FlowSample) -> Verdict:
+        if _bu is None:
+            return self._classify2(s)
+        _bu.classifying(s)
+        try:
+            return self._classify2(s)
+        finally:
+            _bu.classifying(None)
+
+    def _classify2(self, s: FlowSample) -> Verdict:
         v = self.new_verdict(s)
         final = False
         kept: str | None = None      # app_protocol of the first PARTIAL match
         kept_host = ""
         FINAL, PARTIAL = Match.FINAL, Match.PARTIAL
+        NO = Match.NO
         sp, dp = s.src_payloads, s.dst_payloads
-        a0 = sp[0][0] if sp and sp[0] else -1
-        b0 = dp[0][0] if dp and dp[0] else -1
-        for could_be, dissect, d, _ports, first in self._candidates(s):
-            if first is not None and a0 not in first and b0 not in first:
-                continue                        # its magic cannot match (same test as its could_be)
-            try:
-                if not could_be(s):
+        a = sp[0] if sp else b""
+        b = dp[0] if dp else b""
+        a0 = a[0] if a else -1
+        b0 = b[0] if b else -1
+        any_payload = bool(sp or dp)
+        olist = None                            # (from_src, payload) in arrival order, once
+        # (the candidates passed their port gate and the first byte of their magic: same tests as could_be)
+        for could_be, dissect, d, _ports, _first, simple, lead in self._candidates(s, a0, b0):
+            if lead is not None:                # its declared lead bytes (Dissector.lead): NO without them
+                if olist is None:
+                    olist = _bu.arrival_order(s)
+                lead_set = lead[1]
+                for _from_src, p in (olist if lead[0] >= len(olist) else olist[:lead[0]]):
+                    if p and p[0] in lead_set:
+                        break
+                else:
                     continue
-                m = dissect(s, v)
+            try:
+                if could_be is None:            # Simple.could_be, its port gate already applied
+                    if simple is not None:
+                        magic = simple[3]
+                    else:
+                        magic = d.magic
+                    if magic:
+                        if not (a.startswith(magic) or b.startswith(magic)):
+                            continue
+                    elif not any_payload:
+                        continue
+                elif not could_be(s):
+                    continue
+                if simple is None:
+                    m = dissect(s, v)
+                else:                           # Simple.dissect, inline
+                    if olist is None:
+                        olist = _bu.arrival_order(s)
+                    check, maxpk = simple[0], simple[1]
+                    m = NO
+                    for from_src, p in (olist if maxpk >= len(olist) else olist[:maxpk] if maxpk > 0 else ()):
+                        if p and check(p, from_src, s):
+                            v.app_protocol = simple[2](s, v)
+                            m = FINAL
+                            break
             except Exception:  # noqa: BLE001 - safecall: one dissector's bug never stops the others
                 name = d.name or type(d).__name__
                 self.errors[name] += 1

@@ -12,11 +12,18 @@ import logging
 
 from shared.bus import Bus
 from shared.metrics import register_stats, set_ready
-from shared.models import DnsRecord, FlowSample, PacketEvent, Verdict, batch_json
+from shared.models import DnsRecord, FlowSample, PacketEvent, Verdict, batch_json, set_lean
 from shared.settings import ClassifySettings
 from shared.subjects import subject
 
 from services.classify.engine import Engine
+
+try:   # capture's compiled helper, built with the package: verdict and DNS batches written without their defaults
+    from services.capture._meter import lean as _compiled_lean
+except ImportError:  # pragma: no cover - built without a compiler: pydantic writes them (the same models)
+    _compiled_lean = None
+if _compiled_lean is not None:
+    set_lean(_compiled_lean)
 
 log = logging.getLogger("flowtarget.classify")
 

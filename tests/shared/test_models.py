@@ -208,3 +208,74 @@ def test_sample_and_packet_batches_give_pydantic_s_document(src, dst, text, numb
         # any other event (an ARP packet event goes through pydantic) without its defaults
         assert got["events"] == [json.loads(e.model_dump_json()) if type(e) is FlowSample or e.arp is None
                                  else _lean_doc(e) for e in events]
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(blacklist_categories=()), max_size=20) | st.sampled_from(["a\ud800b", "\x00\"\n/\x7f"]),
+       st.floats(allow_nan=True, allow_infinity=True), st.integers(0, 2**70),
+       st.lists(st.text(max_size=8), max_size=3), st.booleans())
+def test_verdict_and_dns_batches_give_pydantic_s_document(text, number, big, names, nested):
+    """Verdicts and DNS records (classify's answers) go through orjson from their __dict__ without its
+    default-valued fields (the compiled lean), nested models whole from theirs (_DOC_TYPES): pydantic's
+    document once the reader fills in the defaults, or pydantic's own error where it refuses (a lone
+    surrogate); an int beyond 64 bits or a nested model with unknown fields falls back."""
+    import services.classify.service  # noqa: F401 - registers the compiled lean, as the classify process does
+    from shared import models
+    from shared.models import _DOC_TYPES, DnsQuestion, QuicInfo, SshInfo, batch_json
+
+    assert models._lean is not models._lean_py
+
+    assert Verdict in _DOC_TYPES and DnsRecord in _DOC_TYPES
+    def hostile(m, **fields):      # values set past validation, as a dissector could
+        m.__dict__.update(fields)
+        return m
+
+    http = hostile(HttpInfo(method="GET", status_code=200), host=text, url="/" + text)
+    v = Verdict(**ENV, app_protocol="HTTP", confidence="dpi", http=http if nested else None,
+                http_transactions=[http, HttpInfo(trans_depth=2)] if nested else [],
+                tls=hostile(TlsInfo(alpn=names, server_names=names[::-1], cert_not_after=2.5), sni=text) if nested else None,
+                quic=QuicInfo(sni="q") if nested else None, ssh=SshInfo(client_banner="SSH-2.0-x"),
+                vlan_ids=[1, 4095])
+    v.__dict__["extra"] = {"k": text, text[:5]: "v"}
+    v.__dict__["host"] = text
+    v.__dict__["trigger_time"] = number
+    v.__dict__["dst2src_ack"] = big
+    w = Verdict(**ENV)
+    if not nested:
+        w.__dict__["tls"] = TlsInfo.model_construct(sni="x", alpn=["h2"], unknown_field=text)
+    d = DnsRecord(**ENV, transaction_id=7, is_response=True, flags=["rd", "ra"],
+                  questions=[hostile(DnsQuestion(name="q", rtype="A"), name=text)], rtt_ms=None if nested else 1.5,
+                  answers=[hostile(DnsAnswer(name=n or "x", rtype="A", ttl_s=60), data=text) for n in names])
+    d.__dict__["query_name"] = text
+    d.__dict__["query_time"] = number
+    for events in ([v], [v, w], [w, v], [d, d], [d, v, EXAMPLES[0]], [v, EXAMPLES[1]]):
+        try:
+            want = b'{"event_type":"batch","events":[' + b",".join(e.model_dump_json().encode() for e in events) + b"]}"
+        except Exception as exc:  # noqa: BLE001
+            with pytest.raises(type(exc)):
+                batch_json(events)
+            continue
+        got = json.loads(batch_json(events))["events"]
+        full = json.loads(want)["events"]
+        for g, f, e in zip(got, full, events):
+            assert set(g) <= set(f) and g["event_type"] == f["event_type"]
+            fields = type(e).model_fields
+            for k, v in f.items():       # a missing field is at its default, a written one as pydantic writes it
+                if k not in g:
+                    assert v == json.loads(json.dumps(fields[k].get_default(call_default_factory=True))), k
+                else:
+                    assert _same_but_defaults(g[k], v, e.__dict__.get(k)), (type(e).__name__, k)
+
+
+def _same_but_defaults(got, full, obj) -> bool:
+    """``got`` is ``full`` (pydantic's document of ``obj``) where nested models may leave out fields at
+    their defaults."""
+    from pydantic import BaseModel
+
+    if isinstance(obj, BaseModel) and isinstance(got, dict) and isinstance(full, dict):
+        fields = type(obj).model_fields
+        return set(got) <= set(full) and all(
+            _same_but_defaults(got[k], v, getattr(obj, k, None)) if k in got
+            else k in fields and v == json.loads(json.dumps(fields[k].get_default(call_default_factory=True)))
+            for k, v in full.items())
+    if isinstance(full, list) and isinstance(got, list) and isinstance(obj, list):
+        return len(got) == len(full) and all(_same_but_defaults(a, b, o) for a, b, o in zip(got, full, obj))
+    return got == full

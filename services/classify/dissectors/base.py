@@ -27,6 +27,11 @@ class Dissector:
     name: str = ""
     transports: frozenset[str] = frozenset({"TCP", "UDP"})
     ports: frozenset[int] = frozenset()   # well-known ports: a hint for ordering and port guesses only
+    #: optional declared gate, per transport: ``{"TCP": (n, b"GR")}`` says that on TCP this dissector
+    #: returns NO without touching the verdict (and without raising) unless one of the first ``n``
+    #: payloads in arrival order (``breadth_util.ordered``) starts with one of those bytes; the engine
+    #: then skips both calls for such a sample (a cheap test in its loop instead of two calls).
+    lead: dict[str, tuple[int, bytes]] = {}
 
     def could_be(self, s: FlowSample) -> bool:
         """Cheap test on the first bytes / ports. Must be fast: it runs for every sample."""

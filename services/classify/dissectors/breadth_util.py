@@ -42,11 +42,43 @@ def u32le(b: bytes, o: int) -> int:
     return int.from_bytes(b[o:o + 4], "little")
 
 
+#: the sample the engine is classifying (``classifying``) and, once asked for, its payloads in arrival
+#: order: the dissectors ask ``ordered`` for them about 40 times per sample, each time a new generator
+_current: list = [None, None]
+
+
+def classifying(s: FlowSample | None) -> None:
+    """The engine says which sample its dissectors are looking at now (None: none).  While it is set,
+    ``ordered(s, n)`` for that very object is a slice of one list built once; any other sample is
+    walked as before.  The engine does not change a sample while it classifies it, nor do dissectors."""
+    _current[0] = s
+    _current[1] = None
+
+
 def ordered(s: FlowSample, limit: int = 8) -> Iterator[tuple[bool, bytes]]:
     """(from_src, payload) in arrival order, at most ``limit`` payloads.
 
     Falls back to all src payloads then all dst payloads when payload_dirs
     does not agree with the lists (never raises)."""
+    if s is _current[0]:
+        c = _current[1]
+        if c is None:
+            c = _current[1] = list(_ordered(s, len(s.src_payloads) + len(s.dst_payloads)))
+        return iter(c if limit >= len(c) else c[:limit] if limit > 0 else ())
+    return _ordered(s, limit)
+
+
+def arrival_order(s: FlowSample) -> list[tuple[bool, bytes]]:
+    """All of ``ordered(s)`` as a list (shared with the dissectors while the engine classifies ``s``)."""
+    if s is _current[0]:
+        c = _current[1]
+        if c is None:
+            c = _current[1] = list(_ordered(s, len(s.src_payloads) + len(s.dst_payloads)))
+        return c
+    return list(_ordered(s, len(s.src_payloads) + len(s.dst_payloads)))
+
+
+def _ordered(s: FlowSample, limit: int) -> Iterator[tuple[bool, bytes]]:
     sp, dp = s.src_payloads, s.dst_payloads
     dirs = s.payload_dirs
     if len(dirs) == len(sp) + len(dp) and dirs:
@@ -100,9 +132,12 @@ def server_is_dst(s: FlowSample, ports) -> bool:
     return s.dst_port in ports or s.src_port not in ports
 
 
+_NOT_PRINTABLE = bytes(c for c in range(256) if not 32 <= c < 127)
+
+
 def printable(b: bytes, limit: int = 128) -> str:
     """ASCII text of b for metadata: control and non-ASCII characters dropped."""
-    return "".join(chr(c) for c in b[:limit] if 32 <= c < 127)
+    return bytes(b[:limit]).translate(None, _NOT_PRINTABLE).decode("ascii")
 
 
 class Simple(Dissector):

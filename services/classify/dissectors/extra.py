@@ -65,13 +65,16 @@ class Cassandra(Simple):
         return len(p) >= 9 and (p[0] & 0x7F) in (3, 4, 5) and p[1] <= 0x1F and p[4] <= 0x10 and u32(p, 5) + 9 == len(p)
 
 
+_LOWER_HEX = b"0123456789abcdef"     # (x.translate(None, _LOWER_HEX) is empty iff x is all lower-case hex digits)
+
+
 class Git(Simple):
     name = "Git"
     transports = TCP
     ports = frozenset({9418})
 
     def check(self, p: bytes, from_src: bool, s: FlowSample) -> bool:
-        if len(p) < 8 or not all(c in b"0123456789abcdef" for c in p[:4]):
+        if len(p) < 8 or p[:4].translate(None, _LOWER_HEX):
             return False
         n = int(p[:4], 16)
         if n <= len(p) and p[4:].startswith((b"git-upload-pack ", b"git-receive-pack ", b"git-upload-archive ")):
@@ -79,12 +82,12 @@ class Git(Simple):
         # the server's reference advertisement (the capture met the flow at it): pkt-lines of
         # "<40 hex object id> <refname>" whose lengths add up to the segment, on git's port
         if 9418 not in (s.src_port, s.dst_port) or n < 46 or p[44:45] != b" " \
-                or not all(c in b"0123456789abcdef" for c in p[4:44]):
+                or p[4:44].translate(None, _LOWER_HEX):
             return False
         i = 0
         while i + 4 <= len(p):
             h = p[i:i + 4]
-            if not all(c in b"0123456789abcdef" for c in h):
+            if h.translate(None, _LOWER_HEX):
                 return False
             ln = int(h, 16)
             if ln == 0:

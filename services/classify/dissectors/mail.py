@@ -150,6 +150,7 @@ class FTPData(Dissector):
     name = "FTP_DATA"
     transports = TCP
     ports = frozenset({20})
+    lead = {"TCP": (2, b"-dltms")}   # an ls -l line or an MLSD fact in one of the first 2 payloads
 
     def could_be(self, s: FlowSample) -> bool:
         return bool(s.src_payloads or s.dst_payloads)

@@ -20,6 +20,8 @@ class RTSP(Dissector):
     name = "RTSP"
     transports = TCP_UDP
     ports = frozenset({554, 8554})
+    # RTSP/x.0 or a method of _RTSP_METHODS at the start of one of the first 3 payloads, see dissect
+    lead = {"TCP": (3, b"RODSPTAG"), "UDP": (3, b"RODSPTAG")}
 
     def could_be(self, s: FlowSample) -> bool:
         return bool(s.src_payloads or s.dst_payloads)

@@ -167,6 +167,7 @@ class SSDP(Dissector):
     name = "SSDP"
     transports = UDP
     ports = frozenset({1900})
+    lead = {"UDP": (2, b"MNH")}    # M-SEARCH, NOTIFY, HTTP/1.1 200 in one of the first 2 payloads
 
     def could_be(self, s: FlowSample) -> bool:
         return bool(s.src_payloads or s.dst_payloads)
@@ -455,6 +456,7 @@ class Munin(Dissector):
     name = "Munin"
     transports = TCP
     ports = frozenset({4949})
+    lead = {"TCP": (3, b"#")}      # "# munin node at " in one of the first 3 payloads, see dissect
 
     def could_be(self, s: FlowSample) -> bool:
         return bool(s.dst_payloads) or bool(s.src_payloads)

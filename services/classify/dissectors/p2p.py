@@ -38,6 +38,7 @@ class BitTorrent(Dissector):
     name = "BitTorrent"
     transports = TCP_UDP
     ports = frozenset({6881, 6882, 6883, 6884, 6885, 6886, 6887, 6888, 6889, 51413})
+    lead = {"TCP": (4, b"\x13")}    # TCP: the peer handshake at the start of one of the first 4 payloads
 
     def could_be(self, s: FlowSample) -> bool:
         return bool(s.src_payloads or s.dst_payloads)
@@ -81,6 +82,7 @@ class Gnutella(Dissector):
     name = "Gnutella"
     transports = TCP_UDP
     ports = frozenset({6346, 6347})
+    lead = {"TCP": (3, b"G")}       # TCP: GNUTELLA..., GIV, GND at the start of one of the first 3 payloads
 
     def could_be(self, s: FlowSample) -> bool:
         return bool(s.src_payloads or s.dst_payloads)

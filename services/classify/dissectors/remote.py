@@ -227,6 +227,7 @@ class IRC(Dissector):
 
 # an NNTP client command at the start of a line of the segment (commands may be pipelined, RFC 3977 3.5)
 _NNTP_CMD = re.compile(rb"(?:^|\r\n)(?:MODE READER|AUTHINFO USER |LIST NEWSGROUPS|GROUP |ARTICLE )")
+_NNTP_STARTS = (b"MODE READER", b"AUTHINFO USER ", b"LIST NEWSGROUPS", b"GROUP ", b"ARTICLE ")
 
 
 class Usenet(Dissector):
@@ -245,7 +246,9 @@ class Usenet(Dissector):
             if src != client_src and p.startswith((b"200 ", b"201 ")) and b"NNTP" in p[:200].upper():
                 v.app_protocol = self.name
                 return Match.FINAL
-            if src == client_src and _NNTP_CMD.search(p, 0, 512):
+            # (the pattern starts at the payload's start or after a CRLF: without either no search)
+            if src == client_src and (p.startswith(_NNTP_STARTS) or p.find(b"\r\n", 0, 512) >= 0) and \
+                    _NNTP_CMD.search(p, 0, 512):
                 if 119 in (s.src_port, s.dst_port) or any(q.startswith((b"200 ", b"201 ")) for q in server[:1]):
                     v.app_protocol = self.name
                     return Match.FINAL

@@ -293,3 +293,82 @@ def test_declared_gates_skip_calls_without_changing_answers():
     assert v.app_protocol == "Magic" and calls == ["Magic"]
     v = e.classify(sample(flow_id="other", src_payloads=[b"zzz"], payload_dirs="s", dst_port=7777))
     assert v.app_protocol == "Gated"
+
+
+def _lead_dissectors():
+    from services.classify.dissectors import REGISTRY
+
+    return [(d, t, n, first) for d in REGISTRY for t, (n, first) in (getattr(d, "lead", None) or {}).items()]
+
+
+def test_lead_gates_are_declared_where_they_hold():
+    """The registry's declared lead gates exist (the engine's skip is used) and each names its transport."""
+    gates = _lead_dissectors()
+    assert {d.name for d, *_ in gates} >= {"Munin", "RTSP", "Gnutella", "BitTorrent", "FTP_DATA", "SSDP"}
+    for d, t, n, first in gates:
+        assert t in d.transports and n > 0 and first
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("gate", _lead_dissectors(), ids=lambda g: f"{g[0].name}-{g[1]}")
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_lead_gate_holds_for_payloads_without_the_lead_bytes(gate, data):
+    """Dissector.lead is a promise: without one of those first bytes in the first n payloads (arrival order)
+    the dissector says NO and leaves the verdict as it was, so the engine may skip it.  Payloads from the
+    dissector's own vocabulary with the first byte changed, and random ones; later payloads anything."""
+    from services.classify.dissectors import breadth_util as bu
+
+    d, t, n, first = gate
+    words = [b"RTSP/1.0 200 OK\r\n", b"OPTIONS rtsp://x/ RTSP/1.0\r\n", b"# munin node at h\n", b"GNUTELLA CONNECT/0.6",
+             b"\x13BitTorrent protocol" + bytes(40), b"type=file;size=1; a\r\n", b"-rw-r--r-- 1 a b " + b"x" * 40,
+             b"M-SEARCH * HTTP/1.1\r\nHOST: x\r\n", b"NOTIFY * HTTP/1.1\r\n", b"HTTP/1.1 200 OK\r\nST: x\r\n"]
+    bad = st.one_of(st.sampled_from(words), st.binary(max_size=60))
+    bad = bad.map(lambda p: p if not p or p[0] not in first else bytes([(p[0] + 1) % 256 if (p[0] + 1) % 256 not in first
+                                                                        else 0x7f if 0x7f not in first else 0x01]) + p[1:])
+    bad = bad.filter(lambda p: not p or p[0] not in first)
+    head = data.draw(st.lists(st.tuples(st.booleans(), bad), min_size=1, max_size=n))
+    tail = data.draw(st.lists(st.tuples(st.booleans(), st.one_of(st.binary(max_size=40), st.sampled_from(words))),
+                              max_size=3)) if len(head) == n else []
+    items = head + tail
+    port = data.draw(st.sampled_from(sorted(d.ports) + [40001]))
+    s = sample(transport=t, dst_port=port, src_payloads=[p for f, p in items if f],
+               dst_payloads=[p for f, p in items if not f], payload_dirs="".join("s" if f else "d" for f, _ in items))
+    assert list(bu.ordered(s, n)) == items[:n]
+    v = Engine(registry=[], apps=Apps({})).new_verdict(s)
+    before = v.model_dump()
+    assert d.dissect(s, v) == Match.NO
+    assert v.model_dump() == before
+
+
+def test_engine_skips_a_dissector_by_its_lead_gate():
+    calls = []
+
+    class Lead(Dissector):
+        name = "Lead"
+        transports = frozenset({"TCP"})
+        lead = {"TCP": (2, b"L")}
+
+        def could_be(self, s):
+            calls.append("could_be")
+            return True
+
+        def dissect(self, s, v):
+            calls.append("dissect")
+            v.app_protocol = self.name
+            return Match.FINAL
+
+    e = Engine(registry=[Lead()], apps=Apps({}), port_guess=False)
+    assert e.classify(sample(src_payloads=[b"xx", b"yy", b"Lz"], payload_dirs="sss")).app_protocol == "Unknown"
+    assert calls == []                                              # L only third: skipped
+    v = e.classify(sample(flow_id="f2", src_payloads=[b"xx"], dst_payloads=[b"Lz"], payload_dirs="sd"))
+    assert v.app_protocol == "Lead" and calls == ["could_be", "dissect"]
+    calls.clear()
+    assert e.classify(sample(flow_id="f3", transport="UDP", src_payloads=[b"xx"])).app_protocol == "Unknown"
+    assert calls == []                                              # not on UDP: not a candidate at all
