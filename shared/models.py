@@ -625,11 +625,10 @@ def batch_json(events: list[Event]) -> bytes:
         t0 = type(events[0])
         if t0 in flat:   # a batch of flow records (with a verdict here and there)
             frag = _orjson.Fragment
-            lean, dflt = _lean, _defaults(t0)
+            lean = _lean
             try:
                 return b'{"event_type":"batch","events":' + _orjson.dumps(
-                    [lean(e.__dict__, dflt) if type(e) is t0 else
-                     lean(e.__dict__, _defaults(type(e))) if type(e) in flat else frag(_pyd_lean(e))
+                    [lean(e.__dict__, _defaults(type(e))) if type(e) in flat else frag(_pyd_lean(e))
                      for e in events]) + b"}"
             except (TypeError, _orjson.JSONEncodeError):
                 pass  # e.g. an int beyond 64 bits or a lone surrogate in a flat event: pydantic decides
@@ -710,26 +709,19 @@ def strip_unknown_fields(model: BaseModel) -> int:
     if extra:
         n += len(extra)
         extra.clear()
-    cls = type(model)
-    names = _NESTED.get(cls)
-    if names is None:
-        names = _nested_fields(cls)
+    names = _nested_fields(type(model))
     if names:
         d = model.__dict__
         for name in names:
             value = d.get(name)
             if value is None:
                 continue
-            if type(value) is list:
+            if isinstance(value, list):      # a plain type check first (BaseModel's is a metaclass one)
                 for item in value:
                     if isinstance(item, BaseModel):
                         n += strip_unknown_fields(item)
             elif isinstance(value, BaseModel):
                 n += strip_unknown_fields(value)
-            elif isinstance(value, list):
-                for item in value:
-                    if isinstance(item, BaseModel):
-                        n += strip_unknown_fields(item)
     return n
 
 

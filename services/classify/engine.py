@@ -163,7 +163,7 @@ class Engine:
         them the engine applies the same test from an index (ports) or inline (first byte of
         the magic, then the prefixes), which skips the call without changing any answer (their
         ``could_be`` slot is None).  ``PortHint`` entries (never a match, ports only) are left out
-        of the loop.  ``simple`` is ``(check, maxpk, result, magic)`` for a ``Simple`` that keeps
+        of the loop.  ``simple`` is ``(check, maxpk, result)`` for a ``Simple`` that keeps
         ``Simple.dissect``: the engine runs that loop itself over the sample's payloads in arrival
         order (the same test, without a call and a generator per dissector), else None.  ``lead`` is
         the dissector's declared ``lead`` gate for this transport, ``(n, frozenset of first bytes)``
@@ -191,7 +191,7 @@ class Engine:
                             if d.magic and all(d.magic):
                                 first = frozenset(m[0] for m in d.magic)
                         if cls.dissect is _bu.Simple.dissect:
-                            simple = (d.check, d.maxpk, d.result, d.magic)
+                            simple = (d.check, d.maxpk, d.result)
                 lead = getattr(d, "lead", None) if _bu is not None else None
                 lead = lead.get(transport) if lead else None
                 if lead is not None:
@@ -315,10 +315,7 @@ class Engine:
                     continue
             try:
                 if could_be is None:            # Simple.could_be, its port gate already applied
-                    if simple is not None:
-                        magic = simple[3]
-                    else:
-                        magic = d.magic
+                    magic = d.magic
                     if magic:
                         if not (a.startswith(magic) or b.startswith(magic)):
                             continue

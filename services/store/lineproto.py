@@ -53,18 +53,19 @@ def store_text(value: str) -> str:
 def _deep(value: Any) -> Any:
     """A nested list/dict field with every string as stored text (JSON-ready).
 
-    Strings, ints, bools and None inside a list or dict are handled in place (no call per
-    item: DNS answers and alert details are lists and dicts of them)."""
+    Ints, bools and None inside a list or dict are taken in place and strings go straight to
+    ``store_text`` (no ``_deep`` call per item: DNS answers and alert details are lists and dicts
+    of them)."""
     t = type(value)
     if t is str:
-        return value if value.isprintable() or _NEEDS_REPR.search(value) is None else represent(value)
+        return store_text(value)
     if t is list or t is tuple:
         out = []
         append = out.append
         for v in value:
             tv = type(v)
             if tv is str:
-                append(v if v.isprintable() or _NEEDS_REPR.search(v) is None else represent(v))
+                append(store_text(v))
             elif tv is int or tv is bool or v is None:
                 append(v)
             else:
@@ -73,13 +74,10 @@ def _deep(value: Any) -> Any:
     if t is dict:
         d = {}
         for k, v in value.items():
-            if type(k) is not str:
-                k = str(k)
-            if not k.isprintable() and _NEEDS_REPR.search(k) is not None:
-                k = represent(k)
+            k = store_text(k if type(k) is str else str(k))
             tv = type(v)
             if tv is str:
-                d[k] = v if v.isprintable() or _NEEDS_REPR.search(v) is None else represent(v)
+                d[k] = store_text(v)
             elif tv is int or tv is bool or v is None:
                 d[k] = v
             else:

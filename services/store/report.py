@@ -58,15 +58,8 @@ class ReportFile:
     def add(self, seq: int | None, events: list[Event]) -> None:
         if self._fh is None:
             return
-        rep = []
-        append = rep.append
-        for ev in events:
-            t = type(ev)
-            if t is FlowRecord:
-                if ev.phase == "end":
-                    append(ev.__dict__)      # event_dict's copy of it, without copying (written at once)
-            elif t is DnsRecord or t is Alert:
-                append(event_dict(ev))
+        # a flow record's __dict__ is event_dict's document: written at once, so not copied
+        rep = [ev.__dict__ if type(ev) is FlowRecord else event_dict(ev) for ev in events if reported(ev)]
         if not rep:
             return
         if seq is None:

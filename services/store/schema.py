@@ -280,26 +280,14 @@ class Schema:
 
     def points(self, ev: Event, out: list[Point]) -> None:
         """Append the points of one event to ``out``."""
-        kind = _BY_TYPE.get(type(ev))
-        if kind is not None:          # the schema's own models: no isinstance walk (a metaclass check each)
-            try:
-                kind(self, ev, out)
-            except BadTimestamp:
-                self.bad_timestamps += 1
-            return
-        try:
-            if isinstance(ev, FlowRecord):
-                self._flow(ev, out)
-            elif isinstance(ev, DnsRecord):
-                self._dns(ev, out)
-            elif isinstance(ev, Verdict):
-                self._verdict(ev, out)
-            elif isinstance(ev, Alert):
-                self._alert(ev, out)
-            elif isinstance(ev, BlockAction):
-                self._block(ev, out)
-            else:
+        kind = _BY_TYPE.get(type(ev))     # the schema's own models: no isinstance walk (a metaclass check each)
+        if kind is None:                  # a subclass: the first of the table's models it is
+            kind = next((fn for cls, fn in _BY_TYPE.items() if isinstance(ev, cls)), None)
+            if kind is None:
                 self.ignored += 1
+                return
+        try:
+            kind(self, ev, out)
         except BadTimestamp:
             self.bad_timestamps += 1
 

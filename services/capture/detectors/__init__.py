@@ -155,7 +155,7 @@ class Detectors:
             ts = r.timestamp
             if ts > part.max_ts:
                 part.max_ts = ts
-            part.table.now = self._clock(part) if self.live else part.max_ts
+            part.table.now = self._clock(part)
             arp = part.arp
             if arp is not None and arp.spoof and r.phase == "start":
                 arp.on_flow_start(r.src_mac, r.src_ip, r.dst_mac, r.dst_ip)

@@ -179,12 +179,7 @@ class ScanDetector:
 
     def _scan(self, r: FlowRecord, failed: bool, out: list[Alert], udp: bool = False) -> None:
         src, dst, port = r.src_ip, r.dst_ip, r.dst_port
-        if not src or not dst:
-            return
-        g = _GROUP_CACHE.get(dst)
-        if g is None:
-            g = _is_group_cached(dst)
-        if g:
+        if not src or not dst or _is_group_cached(dst):
             return
         ts = r.first_seen
         skey = (src, udp)

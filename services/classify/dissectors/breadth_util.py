@@ -61,15 +61,14 @@ def ordered(s: FlowSample, limit: int = 8) -> Iterator[tuple[bool, bytes]]:
     Falls back to all src payloads then all dst payloads when payload_dirs
     does not agree with the lists (never raises)."""
     if s is _current[0]:
-        c = _current[1]
-        if c is None:
-            c = _current[1] = list(_ordered(s, len(s.src_payloads) + len(s.dst_payloads)))
+        c = arrival_order(s)
         return iter(c if limit >= len(c) else c[:limit] if limit > 0 else ())
     return _ordered(s, limit)
 
 
 def arrival_order(s: FlowSample) -> list[tuple[bool, bytes]]:
-    """All of ``ordered(s)`` as a list (shared with the dissectors while the engine classifies ``s``)."""
+    """All of ``ordered(s)`` as a list (built once and shared with the dissectors while the engine
+    classifies ``s``)."""
     if s is _current[0]:
         c = _current[1]
         if c is None:
