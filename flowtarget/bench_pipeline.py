@@ -74,6 +74,13 @@ def proc_children(pid: int) -> list[int]:
 
 
 def proc_role(pid: int) -> str:
+    try:    # a service forked without exec (flowtarget/zygote.py) shows its parent's environment: its name says it
+        with open(f"/proc/{pid}/comm", "rb") as fh:
+            comm = fh.read().strip().decode(errors="replace")
+        if comm.startswith("ft-"):
+            return comm[3:]
+    except OSError:
+        pass
     try:
         with open(f"/proc/{pid}/environ", "rb") as fh:
             env = dict(kv.split(b"=", 1) for kv in fh.read().split(b"\0") if b"=" in kv)
@@ -85,27 +92,6 @@ def proc_role(pid: int) -> str:
     if role:
         return role
     return " ".join(c.decode(errors="replace") for c in cmd[-2:] if c)[:40]
-
-
-class RusagePopen(subprocess.Popen):  # type: ignore[type-arg]
-    """A Popen that keeps the child's resource usage (``os.wait4``) when it is reaped."""
-
-    rusage: Any = None
-
-    def _wait4(self, pid: int, flags: int) -> tuple[int, int]:
-        rpid, sts, ru = os.wait4(pid, flags)
-        if rpid == self.pid:
-            self.rusage = ru
-        return rpid, sts
-
-    def _try_wait(self, wait_flags: int) -> tuple[int, int]:  # CPython's hook under wait()
-        try:
-            return self._wait4(self.pid, wait_flags)
-        except ChildProcessError:
-            return self.pid, 0
-
-    def _internal_poll(self, _deadstate: Any = None, **_kw: Any) -> int | None:  # under poll()
-        return super()._internal_poll(_deadstate=_deadstate, _waitpid=self._wait4)
 
 
 class Watcher(threading.Thread):
@@ -147,22 +133,9 @@ async def _run(files: list[str], subjects: bool) -> dict[str, Any]:
     import nats
 
     from flowtarget.cli import _pipeline_for_files
-    from flowtarget.orchestrate import Orchestrator, Pipeline
-
-    class RusagePipeline(Pipeline):
-        def start(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-            from flowtarget.embedded import die_with_parent
-
-            env = dict(self.env)
-            env.update(extra_env or {})
-            out: Any = open(self.log_dir / f"{name}.log", "ab") if self.log_dir is not None else None
-            proc = RusagePopen([sys.executable, "-m", "flowtarget", name], env=env, stdout=out,
-                               stderr=subprocess.STDOUT if out else None, preexec_fn=die_with_parent)
-            self.procs[name] = proc
-            return proc
+    from flowtarget.orchestrate import Orchestrator
 
     orch = Orchestrator(None, probe="bench", quiet=True, env={"FT_STREAM_STORAGE": "file"})
-    orch.pipeline = RusagePipeline(orch.pipeline.env, log_dir=orch.pipeline.log_dir)
     nats_pid = orch.embedded.proc.pid if orch.embedded and orch.embedded.proc else 0
     nats0 = proc_cpu(nats_pid) or 0.0
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -209,6 +182,9 @@ async def _run(files: list[str], subjects: bool) -> dict[str, Any]:
         parent = label.split("/", 1)[0]
         if parent in cpu:   # the parent's wait4 figure includes the children it reaped
             cpu[parent] = round(max(0.0, cpu[parent] - sec), 2)
+    zyg = orch.pipeline.zygote
+    if getattr(zyg, "rusage", None) is not None:    # the process the services are forked from (its imports)
+        cpu["zygote (imports once, forks the services)"] = round(zyg.rusage.ru_utime + zyg.rusage.ru_stime, 2)
     cpu["nats-server"] = round(nats_cpu, 2)
     cpu["this process (stream collector" + (", subject counter)" if subjects else ")")] = round(
         self1.ru_utime + self1.ru_stime - self0.ru_utime - self0.ru_stime, 2)
@@ -241,6 +217,8 @@ def run_nfstream(files: list[str]) -> dict[str, Any]:
     from importlib.metadata import version
 
     t0 = time.perf_counter()
+    from flowtarget.orchestrate import RusagePopen
+
     p = RusagePopen([sys.executable, "-c", NFSTREAM_SCRIPT, *files], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = p.communicate()
     wall = time.perf_counter() - t0

@@ -36,31 +36,67 @@ from shared.settings import CommonSettings
 SERVICES = ("capture", "classify", "store", "block")
 
 
+class RusagePopen(subprocess.Popen):  # type: ignore[type-arg]
+    """A Popen that keeps the child's resource usage (``os.wait4``) when it is reaped, as ``Forked`` does."""
+
+    rusage: Any = None
+
+    def _wait4(self, pid: int, flags: int) -> tuple[int, int]:
+        rpid, sts, ru = os.wait4(pid, flags)
+        if rpid == self.pid:
+            self.rusage = ru
+        return rpid, sts
+
+    def _try_wait(self, wait_flags: int) -> tuple[int, int]:  # CPython's hook under wait()
+        try:
+            return self._wait4(self.pid, wait_flags)
+        except ChildProcessError:
+            return self.pid, 0
+
+    def _internal_poll(self, _deadstate: Any = None, **_kw: Any) -> int | None:  # under poll()
+        return super()._internal_poll(_deadstate=_deadstate, _waitpid=self._wait4)
+
+
 @dataclass
 class Pipeline:
-    """Child processes of one pipeline run."""
+    """Child processes of one pipeline run.
+
+    Services are forked from a zygote (flowtarget/zygote.py) that has imported
+    them once; one it cannot start (``zygote=False``, or an import-time variable
+    that differs) is exec'd as ``python -m flowtarget <service>``.
+    """
 
     env: dict[str, str]
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    procs: dict[str, Any] = field(default_factory=dict)     # subprocess.Popen or zygote.Forked
     log_dir: Path | None = None
     #: service -> its /metrics port on 127.0.0.1 (set by ``start_web`` so the console can show health)
     metrics_ports: dict[str, int] = field(default_factory=dict)
+    zygote: Any = True        # True: start one at the first service; None/False: exec every service
 
-    def start(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(self, name: str, extra_env: dict[str, str] | None = None) -> Any:
         env = dict(self.env)
         if name in self.metrics_ports:
             env.update(FT_METRICS_PORT=str(self.metrics_ports[name]), FT_METRICS_ADDR="127.0.0.1")
         if extra_env:
             env.update(extra_env)
-        out: Any = None
-        if self.log_dir is not None:
-            out = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "flowtarget", name], env=env,
-                                stdout=out, stderr=subprocess.STDOUT if out else None, preexec_fn=die_with_parent)
+        log = str(self.log_dir / f"{name}.log") if self.log_dir is not None else None
+        if self.zygote is True:
+            from flowtarget.zygote import Zygote
+
+            self.zygote = Zygote(self.env)
+        proc: Any = self.zygote.spawn(name, env, log) if self.zygote else None
+        if proc is None:
+            out: Any = open(log, "ab") if log is not None else None
+            proc = RusagePopen([sys.executable, "-m", "flowtarget", name], env=env, stdout=out,
+                               stderr=subprocess.STDOUT if out else None, preexec_fn=die_with_parent)
+            if out is not None:
+                out.close()
         self.procs[name] = proc
         return proc
 
     def stop(self, names: tuple[str, ...] | None = None, timeout_s: float = 15.0) -> dict[str, int]:
+        """Stop ``names`` (all services if None: then the zygote too), each in bounded time; their exit codes."""
+        every = names is None
         names = names or tuple(self.procs)
         for n in names:
             p = self.procs.get(n)
@@ -77,6 +113,8 @@ class Pipeline:
             except subprocess.TimeoutExpired:
                 p.kill()
                 codes[n] = p.wait()
+        if every and self.zygote not in (None, False, True):
+            self.zygote.close()
         return codes
 
     def check(self, name: str, extra_env: dict[str, str] | None = None) -> None:
