@@ -1,8 +1,10 @@
 """``flowtarget bench pipeline FILE``: where the whole pipeline's time goes.
 
 Runs exactly what ``flowtarget analyze FILE`` runs (embedded nats-server,
-classify, store, block, capture with its detectors' process, the stream
-collector in this process) and prints:
+classify, store, block, capture with its detectors' process, the report's
+reader in this process; the store writes only the report file, as analyze
+without ``--out`` does; ``--store-files``: also the JSON-lines files, as
+``analyze --out DIR``) and prints:
 
 - CPU seconds (user + system) per service process and for nats-server:
   direct children from ``wait4`` (exact; a child's figure includes the
@@ -49,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--nfstream", action="store_true", help="also run NFStream 6.x (one meter) on the same files")
     p.add_argument("--no-subjects", action="store_true", help="no wildcard subscriber counting messages per subject")
+    p.add_argument("--store-files", action="store_true",
+                   help="the store also writes its JSON-lines files, as analyze --out does (default: as analyze without --out)")
 
 
 def proc_cpu(pid: int) -> float | None:
@@ -129,7 +133,7 @@ def _kind(subj: str) -> str:
     return parts[0] if not parts[0].startswith("_INBOX") else "_INBOX"
 
 
-async def _run(files: list[str], subjects: bool) -> dict[str, Any]:
+async def _run(files: list[str], subjects: bool, store_files: bool = False) -> dict[str, Any]:
     import nats
 
     from flowtarget.cli import _pipeline_for_files
@@ -160,7 +164,8 @@ async def _run(files: list[str], subjects: bool) -> dict[str, Any]:
     out_dir = Path(tempfile.mkdtemp(prefix="ft-bench-pipeline-"))
     t0 = time.perf_counter()
     try:
-        status, events, stats = await _pipeline_for_files(orch, files, out_dir, {}, progress=False)
+        status, events, stats = await _pipeline_for_files(orch, files, out_dir, {}, progress=False,
+                                                          store_files=store_files)
         wall = time.perf_counter() - t0
         if nc is not None:
             await nc.flush()
@@ -238,9 +243,10 @@ def bench_pipeline(args: argparse.Namespace) -> int:
         print(f"flowtarget bench pipeline: {e}", file=sys.stderr)
     if not files:
         return 1
-    res = asyncio.run(_run(files, not args.no_subjects))
+    res = asyncio.run(_run(files, not args.no_subjects, args.store_files))
     print(f"pipeline bench on {len(files)} file(s): {res['packets']:,} packets, {res['flows']:,} flows, "
-          f"{res['wall_s']} s wall, {res['pps_end_to_end']:,} packets/s end to end")
+          f"{res['wall_s']} s wall, {res['pps_end_to_end']:,} packets/s end to end; the store writes "
+          + ("its JSON-lines files and the report" if args.store_files else "the report only (as analyze without --out)"))
     print(f"  {'process':<44}{'CPU s':>10}")
     for name, sec in sorted(res["cpu_s"].items(), key=lambda kv: -kv[1]):
         print(f"  {name:<44}{sec:>10.2f}")

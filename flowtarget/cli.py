@@ -253,7 +253,7 @@ def reported_event(ev: dict[str, Any]) -> bool:
 
 
 async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_env: dict[str, str],
-                              progress: bool, out_format: str = "jsonl"
+                              progress: bool, out_format: str = "jsonl", store_files: bool = True
                               ) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
     """Run all services over files, drain, return (status, stored events the report uses, capture stats)."""
     import nats
@@ -286,7 +286,9 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
 
     await nc.subscribe("ft.stats.>", cb=on_stats)
     p = orch.pipeline
-    env_store = {"FT_OUT_DIR": str(out_dir), "FT_OUT_FORMAT": out_format}
+    # store_files=False (analyze without --out): the store writes only the report file, no JSON lines that
+    # nobody would read (it wrote them into a temporary directory, with an fsync per batch)
+    env_store = {"FT_OUT_DIR": str(out_dir) if store_files else "", "FT_OUT_FORMAT": out_format}
     report_dir: tempfile.TemporaryDirectory[str] | None = None
     collector = None
     if service_available("store"):
@@ -496,7 +498,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     try:
         status, events, stats = asyncio.run(
             _pipeline_for_files(orch, files, out_dir, {}, progress=not args.no_progress and sys.stderr.isatty() or args.progress,
-                                out_format=args.format))
+                                out_format=args.format, store_files=bool(args.out)))
     finally:
         orch.close()
     flows, dns, alerts = split_reported(events)

@@ -241,7 +241,14 @@ class StoreSettings(CommonSettings):
             raise ValueError(f"{v!r} is not an http:// or https:// URL")
         return v
 
-    out_dir: Path | None = Field(default=None, description="Directory for JSON-lines files (the embedded default).")
+    out_dir: Path | None = Field(default=None, description="Directory for JSON-lines files (the embedded default); empty = none.")
+
+    @field_validator("out_dir", mode="before")
+    @classmethod
+    def _empty_out_dir_is_none(cls, v: Any) -> Any:
+        # FT_OUT_DIR= means no files (it used to mean the current directory: Path(""))
+        return None if isinstance(v, str) and not v.strip() else v
+
     line_protocol_file: bool = Field(default=False, description="Also write influx line protocol into out_dir.")
     out_format: Literal["jsonl", "eve"] = Field(default="jsonl", description="Files in out_dir: jsonl (one file per measurement, the InfluxDB points) or eve (eve.json, Suricata eve.json-compatible lines for SIEMs).")
     durable: str = Field(default="store", description="Durable consumer shared by all store replicas.")

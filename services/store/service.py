@@ -165,7 +165,7 @@ class Store:
         for s in self.sinks:
             await s.start()
         log.info("store consuming %s (durable %s) into %s", self.filter_subject or self.settings.stream_name,
-                 self.durable, ", ".join(s.name for s in self.sinks) or "nothing")
+                 self.durable, ", ".join(s.name for s in self.sinks) or "the report file only")
 
     # ------------------------------------------------------------------ messages → points
 
@@ -219,8 +219,9 @@ class Store:
         n0 = len(points)
         add = self.schema.points
         try:
-            for ev in events:
-                add(ev, points)
+            if self.sinks:     # without sinks (report only: analyze without --out) no points are built
+                for ev in events:
+                    add(ev, points)
         except Exception as exc:   # a conversion bug must not stop storage: this message only
             del points[n0:]
             m.conversion_errors += 1
@@ -391,7 +392,8 @@ class Store:
             if got:
                 per = (len(points) - n_before) / len(got)
                 self._points_per_msg = max(1.0, 0.8 * self._points_per_msg + 0.2 * per)
-            if msgs and (len(points) >= batch_size or not got or time.monotonic() - first_at >= flush_s):
+            if msgs and (len(points) >= batch_size or not got or time.monotonic() - first_at >= flush_s
+                         or (not self.sinks and len(msgs) >= MAX_FETCH_MSGS)):
                 await self._wait_inflight(msgs, stop, MAX_INFLIGHT - 1)
                 self._inflight.append(asyncio.create_task(self._flush(msgs, points, stop)))
                 msgs, points = [], []
@@ -463,7 +465,7 @@ async def main(settings: StoreSettings, bus, stop: asyncio.Event, metrics: Store
     tune_gc()      # idempotent: the runner does it too; here for in-process use (bench, tests)
     store = Store(settings, bus, metrics=metrics)
     register_stats("store", store.metrics.snapshot)
-    if not store.sinks:
+    if not store.sinks and store.report is None:
         log.warning("store has no sink configured (set FT_INFLUX_URL and/or FT_OUT_DIR): messages stay in the stream")
         await stop.wait()
         return

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import orjson
+import pytest
 
 from services.store.report import ReportFile, read_report
 from shared.models import Alert, DnsRecord, EventBatch, FlowRecord, Verdict
@@ -63,12 +64,15 @@ def test_store_writes_the_reported_events_of_what_it_decoded_and_read_report_ord
              data=EventBatch(events=[rec(3), verdict, rec(4, "update")]).model_dump_json().encode()),
     ]
 
+    points: list = []
+
     async def take_all():
         for m in msgs:
-            await store._take(m, [])
+            await store._take(m, points)
         await store.close()
 
     asyncio.run(take_all())
+    assert points == []     # no sinks (analyze without --out): the report only, no points built
     assert bus.reasons == ["not_json", "rejected_events"]   # the garbage and the foreign event dead-lettered
     with open(path, "ab") as fh:      # a line cut short (a store killed mid-write) is skipped
         fh.write(b'[7, [{"event_type": "fl')
@@ -98,9 +102,11 @@ def test_report_file_keeps_what_orjson_refuses():
     assert json.loads(orjson.dumps(events[0])) == events[0]
 
 
-def test_pipeline_events_from_the_store_equal_the_stream_readers(tmp_path):
+@pytest.mark.parametrize("store_files", [True, False])
+def test_pipeline_events_from_the_store_equal_the_stream_readers(tmp_path, store_files):
     """The whole pipeline on real captures: the report's events are exactly what the stream reader
-    (the former source, still the fallback without a store) collects in the same run, in order."""
+    (the former source, still the fallback without a store) collects in the same run, in order;
+    also when the store writes no files (analyze without --out)."""
     from flowtarget.cli import REPORTED_KINDS, _pipeline_for_files, reported_event
     from flowtarget.orchestrate import Orchestrator, StreamCollector
 
@@ -112,7 +118,8 @@ def test_pipeline_events_from_the_store_equal_the_stream_readers(tmp_path):
 
     async def run():
         reader = await StreamCollector(orch.settings, keep=reported_event, kinds=REPORTED_KINDS).start()
-        status, events, _stats = await _pipeline_for_files(orch, files, tmp_path / "out", {}, progress=False)
+        status, events, _stats = await _pipeline_for_files(orch, files, tmp_path / "out", {}, progress=False,
+                                                           store_files=store_files)
         return status, events, await reader.finish()
 
     try:
@@ -124,3 +131,8 @@ def test_pipeline_events_from_the_store_equal_the_stream_readers(tmp_path):
     kinds = {e["event_type"] for e in events}
     assert {"flow", "dns"} <= kinds
     assert all(e["phase"] == "end" for e in events if e["event_type"] == "flow")
+    flows_file = tmp_path / "out" / "flows.jsonl"
+    if store_files:
+        assert flows_file.read_text().count("\n") > 0
+    else:
+        assert not flows_file.exists()

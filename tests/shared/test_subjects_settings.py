@@ -83,3 +83,12 @@ def test_mapping_settings_take_a_json_object(monkeypatch):
     monkeypatch.setenv("FT_WEB_HEALTH_URLS", '["not", "a", "mapping"]')
     with _pytest.raises(pydantic.ValidationError, match="not a JSON object"):
         WebSettings()
+
+
+def test_an_empty_out_dir_means_no_files(monkeypatch):
+    from shared.settings import StoreSettings
+
+    monkeypatch.setenv("FT_OUT_DIR", "")
+    assert StoreSettings().out_dir is None          # not Path("") = the current directory
+    monkeypatch.setenv("FT_OUT_DIR", "/tmp/x")
+    assert str(StoreSettings().out_dir) == "/tmp/x"
