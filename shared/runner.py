@@ -22,13 +22,14 @@ Shutdown takes bounded time, also while NATS is down (docker compose's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -97,6 +98,20 @@ def tune_gc(gen0: int = 50_000) -> None:
     g0, g1, g2 = gc.get_threshold()
     if g0 < gen0:
         gc.set_threshold(gen0, g1, g2)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic collection inside: for building a large acyclic structure at once (parsing a file of
+    JSON lines), where every young-generation pass would rescan what was just built. Restores the
+    collector's previous state, also on error."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def prepare_process() -> None:

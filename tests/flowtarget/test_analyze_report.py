@@ -102,6 +102,25 @@ def test_report_file_keeps_what_orjson_refuses():
     assert json.loads(orjson.dumps(events[0])) == events[0]
 
 
+def test_read_report_pauses_the_collector_and_restores_it(tmp_path):
+    import gc
+
+    rf = ReportFile(tmp_path / "r.jsonl")
+    rf.add(1, [rec(1)])
+    rf.close()
+    with open(tmp_path / "r.jsonl", "ab") as fh:
+        fh.write(b"[2, [{\"truncated\n")           # a store killed mid-write: skipped
+    assert gc.isenabled()
+    assert [e["flow_id"] for e in read_report(tmp_path / "r.jsonl")] == ["f1"]
+    assert gc.isenabled()                               # restored
+    gc.disable()
+    try:
+        read_report(tmp_path / "r.jsonl")
+        assert not gc.isenabled()                       # a caller's disabled collector stays disabled
+    finally:
+        gc.enable()
+
+
 @pytest.mark.parametrize("store_files", [True, False])
 def test_pipeline_events_from_the_store_equal_the_stream_readers(tmp_path, store_files):
     """The whole pipeline on real captures: the report's events are exactly what the stream reader
