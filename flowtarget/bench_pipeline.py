@@ -1,14 +1,14 @@
 """``flowtarget bench pipeline FILE``: where the whole pipeline's time goes.
 
 Runs exactly what ``flowtarget analyze FILE`` runs (embedded nats-server,
-classify, store, block, capture with its detectors' process, the report's
+classify, store, block, capture with its detectors (inline, as in analyze), the report's
 reader in this process; the store writes only the report file, as analyze
 without ``--out`` does; ``--store-files``: also the JSON-lines files, as
 ``analyze --out DIR``) and prints:
 
 - CPU seconds (user + system) per service process and for nats-server:
   direct children from ``wait4`` (exact; a child's figure includes the
-  children it reaped), grandchildren (capture's detectors' process) and
+  children it reaped), grandchildren (capture's detectors' process with FT_DETECT_INLINE=false) and
   nats-server read from ``/proc/PID/stat`` while they run (the last tenth of a
   second of a grandchild may be missed);
 - messages and bytes per subject kind (``ft.sample``, ``ft.flow``,

@@ -414,7 +414,7 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
         if out.recorder is not None:
             out.recorder.close()
         if detectors is not None:
-            out.add_alerts(detectors.tick(time.time()))
+            out.add_alerts(detectors.tick(detectors.now()))   # a replay's clock is its packets' (as in detect.py)
             out.add_alerts(detectors.flush())      # close every open incident
         await out.drain()
         # the totals; for the detectors' process also the end of this capture's events

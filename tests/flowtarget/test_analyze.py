@@ -106,3 +106,29 @@ def test_analyze_whole_corpus_matches_ndpi_flows(tmp_path):
     assert result["proto_dpi"] >= 90.0, result
     assert result["host"] >= 90.0, result
     assert result["proto_dpi_macro"] >= 75.0, result
+
+
+@pytest.mark.corpus
+def test_analyze_runs_the_detectors_inline_with_evidence_for_a_finished_scan(tmp_path, monkeypatch):
+    """analyze runs the detectors inside capture: the nDPI corpus's SYN scan is one incident, as with
+    the detectors' own process (FT_DETECT_INLINE=false), and its evidence pcap holds the scanner's
+    packets (that process asked for it after the replay had ended the scan's flows: no evidence)."""
+    import dpkt
+
+    pcap = need_corpus() / "synscan.pcap"
+    monkeypatch.delenv("FT_DETECT_INLINE", raising=False)
+    runs = {}
+    for inline in ("true", "false"):    # "true": analyze's default
+        out = tmp_path / inline
+        proc = analyze(str(pcap), "--out", str(out), env={"FT_DETECT_INLINE": inline} if inline == "false" else None)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[inline] = read_jsonl(out / "alerts.jsonl")
+    incidents = {k: {(a["alert_id"], a["alert_type"], a["src_ip"]) for a in v} for k, v in runs.items()}
+    assert incidents["true"] == incidents["false"] and len(incidents["true"]) == 1
+    assert max(a["count"] for a in runs["true"]) == max(a["count"] for a in runs["false"]) == 1000
+    (scanner,) = {a["src_ip"] for a in runs["true"]}
+    paths = {a["evidence_pcap"] for a in runs["true"]}
+    assert len(paths) == 1 and all(paths)
+    with open(paths.pop(), "rb") as fh:
+        srcs = [dpkt.ethernet.Ethernet(buf).data.src for _, buf in dpkt.pcap.Reader(fh)]
+    assert srcs and all(s == bytes(map(int, scanner.split("."))) for s in srcs)

@@ -208,6 +208,10 @@ class Detectors:
             return now if now > part.max_ts else part.max_ts
         return part.max_ts
 
+    def now(self) -> float:
+        """The current source's clock: its latest event time in a replay, at least the wall clock live."""
+        return self._clock(self.current)
+
     def flush(self) -> list[Alert]:
         """Close every open incident: call at the end of a replay and at shutdown."""
         out: list[Alert] = []
