@@ -306,13 +306,7 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
         # samples travel on core NATS: capture must not start before classify listens
         if not await wait_ready(orch.settings, "classify", alive=lambda: p.procs["classify"].poll() is None):
             print(f"flowtarget: classify did not start:\n{orch.log_tail('classify')}", file=sys.stderr)
-    # the detectors inside capture (FT_DETECT_INLINE; FT_DETECT_INLINE=false in the environment keeps
-    # their own process): files have one capture process, so a second one buys no view of other shards;
-    # inline they see each record as it is made, while its flow and packets are still in the meter (the
-    # evidence of a scan whose flows ended before a detector process asked was none), and cost 1.4 CPU s
-    # less per 1 M packets (no second decoding of every flow record) - the same incidents either way
-    inline = {"FT_DETECT_INLINE": os.environ.get("FT_DETECT_INLINE", "true")}
-    cap = p.start("capture", {**inline, **pcap_env(files), "FT_EVIDENCE_DIR": str(out_dir / "evidence"), **extra_env})
+    cap = p.start("capture", {**pcap_env(files), "FT_EVIDENCE_DIR": str(out_dir / "evidence"), **extra_env})
     while cap.poll() is None:
         await asyncio.sleep(0.1)
         bad = {n: c for n, c in p.failed().items() if n != "capture"}

@@ -189,7 +189,18 @@ class CaptureSettings(CommonSettings):
     replay_realtime: bool = Field(default=False, description="Replay files at their recorded pace instead of as fast as possible.")
     capture_role: str = Field(default="capture", pattern="^(capture|detect)$",
                               description="detect: run the alert detectors' process (started by flowtarget capture itself).")
-    detect_inline: bool = Field(default=False, description="Run the alert detectors inside the capture process instead of a process of their own.")
+    detect_inline: bool | None = Field(
+        default=None, validate_default=True,
+        description="Run the alert detectors inside the capture process instead of a process of their own; "
+                    "unset: inside for file replays (one capture process: a second one sees no other shard, decodes "
+                    "every flow record again and asks for evidence after a fast replay ended the flows), "
+                    "their own process for live capture (off capture's core; one for all shards).")
+
+    @field_validator("detect_inline", mode="after")
+    @classmethod
+    def _inline_for_files(cls, v: bool | None, info: ValidationInfo) -> bool:
+        return bool(info.data.get("pcap")) if v is None else v
+
     replay_max_pending: int = Field(default=4000, ge=0, description="File replay pauses while this many samples await a verdict (classify is behind); 0 = never pause.")
     # the packet recorder (services/capture/recorder.py, docs/recorder.md)
     record_dir: Path | None = Field(default=None, description="Directory of the rolling packet store; unset = no recording.")

@@ -17,7 +17,8 @@ from tests.procs import alive, children_of
 @pytest.mark.slow
 def test_detectors_process_dies_with_a_killed_capture(nats_server, tmp_path):
     env = dict(os.environ, FT_NATS_URL=nats_server.url, FT_PROBE="kids", FT_PCAP=f'["{SAMPLE_PCAP}"]',
-               FT_REPLAY_REALTIME="true", FT_EVIDENCE_DIR=str(tmp_path))
+               FT_REPLAY_REALTIME="true", FT_EVIDENCE_DIR=str(tmp_path),
+               FT_DETECT_INLINE="false")   # a file replay runs them inline unless told otherwise
     cap = subprocess.Popen([sys.executable, "-m", "flowtarget", "capture"], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30

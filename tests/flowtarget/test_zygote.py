@@ -109,7 +109,8 @@ def test_zygote_and_services_die_with_a_killed_parent(nats_server, tmp_path):
 @pytest.mark.slow
 def test_capture_forks_its_detectors_process(nats_server, tmp_path):
     env = dict(os.environ, FT_NATS_URL=nats_server.url, FT_PROBE="zygdet", FT_PCAP=f'["{SAMPLE_PCAP}"]',
-               FT_REPLAY_REALTIME="true", FT_EVIDENCE_DIR=str(tmp_path), FT_SPOOL_DIR="")
+               FT_REPLAY_REALTIME="true", FT_EVIDENCE_DIR=str(tmp_path), FT_SPOOL_DIR="",
+               FT_DETECT_INLINE="false")   # a file replay runs them inline unless told otherwise
     cap = subprocess.Popen([sys.executable, "-m", "flowtarget", "capture"], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

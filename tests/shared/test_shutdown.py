@@ -121,7 +121,7 @@ def test_capture_exits_in_bounded_time_while_nats_is_down_and_spools(nats_server
     spool = tmp_path / "spool"
     env = dict(os.environ, FT_NATS_URL=nats_server.url, FT_PROBE="shut", FT_PCAP=json.dumps([str(pcap)]),
                FT_REPLAY_REALTIME="true", FT_EVIDENCE_DIR=str(tmp_path / "ev"), FT_SPOOL_DIR=str(spool),
-               FT_LOG_LEVEL="INFO")
+               FT_LOG_LEVEL="INFO", FT_DETECT_INLINE="false")   # files run them inline unless told otherwise
     starts = LiveStarts(nats_server.url, "shut")
     starts.start()
     assert starts.ready.wait(10)

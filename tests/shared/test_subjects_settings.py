@@ -92,3 +92,19 @@ def test_an_empty_out_dir_means_no_files(monkeypatch):
     assert StoreSettings().out_dir is None          # not Path("") = the current directory
     monkeypatch.setenv("FT_OUT_DIR", "/tmp/x")
     assert str(StoreSettings().out_dir) == "/tmp/x"
+
+
+def test_detectors_run_inline_for_file_replays_unless_told(monkeypatch, tmp_path):
+    from shared.settings import CaptureSettings
+
+    monkeypatch.delenv("FT_DETECT_INLINE", raising=False)
+    monkeypatch.delenv("FT_PCAP", raising=False)
+    assert CaptureSettings(iface="eth0").detect_inline is False          # live: their own process
+    assert CaptureSettings(pcap=[tmp_path / "a.pcap"]).detect_inline is True
+    monkeypatch.setenv("FT_PCAP", str(tmp_path / "a.pcap"))
+    assert CaptureSettings().detect_inline is True
+    monkeypatch.setenv("FT_DETECT_INLINE", "false")
+    assert CaptureSettings().detect_inline is False                      # told otherwise
+    monkeypatch.setenv("FT_DETECT_INLINE", "true")
+    monkeypatch.delenv("FT_PCAP")
+    assert CaptureSettings(iface="eth0").detect_inline is True
