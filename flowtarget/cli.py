@@ -109,7 +109,7 @@ def run_capture(args: argparse.Namespace) -> int:
         print("flowtarget capture: configuration error: FT_SHARDS > 1 needs a live interface (FT_IFACE)", file=sys.stderr)
         return 2
     detector = None
-    if settings.shard_index < 0 and not settings.detect_inline:
+    if settings.shard_index < 0:      # shards: the parent started the one detectors' process
         detector = start_detectors(settings)
     try:
         if sharded_parent:
@@ -123,12 +123,12 @@ def run_capture(args: argparse.Namespace) -> int:
 
 
 def start_detectors(settings: Any) -> Any:
-    """The alert detectors' process (services.capture.detect); None when FT_DETECTORS is empty."""
+    """The alert detectors' process (services.capture.detect); None when they run inline or none is enabled."""
     from flowtarget.orchestrate import wait_ready
-    from services.capture.detect import detectors_enabled
+    from services.capture.detect import own_process
     from shared.subjects import subject
 
-    if not detectors_enabled():
+    if not own_process(settings):
         return None
     env = dict(os.environ, FT_CAPTURE_ROLE="detect", FT_METRICS_PORT=str(settings.metrics_port + 100)
                if settings.metrics_port else "0")

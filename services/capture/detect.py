@@ -68,6 +68,11 @@ def detectors_enabled() -> bool:
     return bool(DetectSettings().detectors.strip())
 
 
+def own_process(settings: CaptureSettings) -> bool:
+    """Whether this capture has a detectors' process (started by ``flowtarget capture``; one for all shards)."""
+    return not settings.detect_inline and detectors_enabled()
+
+
 class DetectorProcess:
     def __init__(self, settings: CaptureSettings, bus: Bus) -> None:
         from services.capture.detectors import Detectors

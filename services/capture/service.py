@@ -420,9 +420,9 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
         # the totals; for the detectors' process also the end of this capture's events
         await reporter.publish(source="", finished=False, delta=False,
                                extra={"end_of_capture": 1, **reporter.final_extra})
-        from services.capture.detect import detectors_enabled
+        from services.capture.detect import own_process
 
-        if settings.pcap and detectors is None and detectors_enabled():
+        if settings.pcap and own_process(settings):
             # only when a detectors' process runs: without one, a wildcard subscriber (a bench's
             # subject counter, an operator's `nats sub '>'`) would take the request and leave it unanswered
             await drain_detectors(bus, settings)

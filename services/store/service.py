@@ -393,7 +393,7 @@ class Store:
                 per = (len(points) - n_before) / len(got)
                 self._points_per_msg = max(1.0, 0.8 * self._points_per_msg + 0.2 * per)
             if msgs and (len(points) >= batch_size or not got or time.monotonic() - first_at >= flush_s
-                         or (not self.sinks and len(msgs) >= MAX_FETCH_MSGS)):
+                         or (not self.sinks and len(msgs) >= MAX_FETCH_MSGS)):   # report only: no points to count
                 await self._wait_inflight(msgs, stop, MAX_INFLIGHT - 1)
                 self._inflight.append(asyncio.create_task(self._flush(msgs, points, stop)))
                 msgs, points = [], []

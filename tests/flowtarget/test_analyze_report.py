@@ -102,17 +102,29 @@ def test_report_file_keeps_what_orjson_refuses():
     assert json.loads(orjson.dumps(events[0])) == events[0]
 
 
-def test_read_report_pauses_the_collector_and_restores_it(tmp_path):
+def test_read_report_pauses_the_collector_and_restores_it(tmp_path, monkeypatch):
     import gc
 
+    import services.store.report as report
+
     rf = ReportFile(tmp_path / "r.jsonl")
-    rf.add(1, [rec(1)])
+    for i in range(1, 301):
+        rf.add(i, [rec(i)])
     rf.close()
     with open(tmp_path / "r.jsonl", "ab") as fh:
-        fh.write(b"[2, [{\"truncated\n")           # a store killed mid-write: skipped
+        fh.write(b"[301, [{\"truncated\n")           # a store killed mid-write: skipped
+    enabled_while_parsing: list[bool] = []
+
+    def loads(raw):    # the collector's state while each line is parsed
+        enabled_while_parsing.append(gc.isenabled())
+        return orjson.loads(raw)
+
+    monkeypatch.setattr(report, "orjson", SimpleNamespace(loads=loads, JSONDecodeError=orjson.JSONDecodeError))
     assert gc.isenabled()
-    assert [e["flow_id"] for e in read_report(tmp_path / "r.jsonl")] == ["f1"]
+    events = read_report(tmp_path / "r.jsonl")
+    assert len(enabled_while_parsing) == 301 and not any(enabled_while_parsing)
     assert gc.isenabled()                               # restored
+    assert [e["flow_id"] for e in events] == [f"f{i}" for i in range(1, 301)]
     gc.disable()
     try:
         read_report(tmp_path / "r.jsonl")
