@@ -431,6 +431,7 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
             wait_s = EVIDENCE_DRAIN_S if settings.pcap else EVIDENCE_DRAIN_LIVE_S
             if not await asyncio.to_thread(out.store_evidence.wait, wait_s):
                 log.warning("evidence cuts still running after %.0f s; not waiting for them", wait_s)
+            await asyncio.to_thread(out.store_evidence.close)
             await out.publish_evidence()
             await bus.nc.flush(timeout=10)
         publisher.cancel()

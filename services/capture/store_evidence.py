@@ -25,9 +25,12 @@ scan, nothing at all once a replay has run far ahead of the detectors.  With
 - a finished cut is announced on ``ft.evidence.<probe>`` (reason ``alert`` or
   ``block``, ``ref`` the alert id / rule id, ``packets``).
 
-The cuts run one at a time in one thread; at most ``MAX_PENDING`` wait
-(more are refused and counted); a second request for an incident that is still
-waiting replaces the waiting one (the later, wider window).
+The cuts run one at a time: a thread of capture's waits for the recorder's
+barrier and keeps the accounts; the reading and writing of packets runs in a child
+process (``ft-evidence``, services/capture/cut_worker.py), so that a cut never takes
+the interpreter from capture's loop.  At most ``MAX_PENDING`` wait (more are refused
+and counted); a second request for an incident that is still waiting replaces the
+waiting one (the later, wider window).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from typing import Any
 
 from shared.community_id import proto_number
 
+from .cut_worker import CutProcess
 from .evidence import evidence_name
 from .export import ExportError, Query, export
 
@@ -180,6 +184,7 @@ class StoreEvidence:
         self._cv = threading.Condition()
         self._busy = False
         self._thread: threading.Thread | None = None
+        self._cutter: CutProcess | None = CutProcess()
         self.done: deque[tuple[str, str, str, int, str]] = deque()   # (path, reason, ref, packets, flow_id)
         for k in ("store_evidence_cut", "store_evidence_empty", "store_evidence_refused_busy",
                   "store_evidence_errors", "store_evidence_truncated"):
@@ -300,7 +305,7 @@ class StoreEvidence:
             return
         tmp = job.path.with_name("." + job.path.name + ".cut")
         try:
-            res = export(self.store, job.query, tmp, max_bytes=cap)
+            res = self._export(job.query, tmp, cap)
         except ExportError as exc:          # e.g. a BPF filter the store's link type cannot take
             limits.c["store_evidence_errors"] += 1
             log.debug("evidence cut for %s: %s", job.ref[:64], exc)
@@ -319,6 +324,20 @@ class StoreEvidence:
         if not old:
             limits.c["evidence_written"] += 1
         self.done.append((str(job.path), job.reason, job.ref, int(res["packets"]), job.flow_id))
+
+    def _export(self, query: Query, tmp: Path, cap: int) -> dict[str, Any]:
+        if self._cutter is not None:
+            try:
+                return self._cutter.cut(str(self.store), query, str(tmp), cap)
+            except OSError as exc:       # no child process here (none allowed, no memory): cut in this thread
+                log.warning("evidence cuts run in capture's process: %s", exc)
+                self._cutter = None
+        return export(self.store, query, tmp, max_bytes=cap)
+
+    def close(self) -> None:
+        """End the cutting process (after ``wait``; a cut still running finishes first)."""
+        if self._cutter is not None:
+            self._cutter.close()
 
     def idle(self) -> bool:
         with self._cv:

@@ -466,3 +466,62 @@ def test_compiled_pcap_pack_equals_its_python_twin():
     data, stop, _big, _last, npk = recorder.pcap_pack_py(recs, 0, 1 << 30, float("inf"), 65536)
     parsed = list(dpkt.pcap.Reader(io.BytesIO(recorder.pcap_header(1) + data)))
     assert len(parsed) == npk == len(recs) and parsed[-1][0] == pytest.approx(T0 + 1000.0)
+
+
+def test_the_prefilter_changes_what_is_read_never_what_is_written(recorded, monkeypatch):
+    """Exports with the substring/time prefilter equal exports that decode every packet read, for
+    queries by host (v4, v6), port, a flow's 5-tuple, a time window and BPF; and it does skip records."""
+    import services.capture.export as ex
+    from services.capture.store_evidence import query_for_flow
+
+    packets, store, flows, d = recorded
+    f = next(x for x in flows if x.transport == "TCP" and x.phase == "start")
+    queries = [Query(host="10.1.0.3"), Query(host="2001:db8::5"), Query(port=53), Query(port=8080, since=T0 + 100),
+               Query(since=T0 + 1000, until=T0 + 1300), Query(host="10.1.0.4", bpf="tcp", until=T0 + 2000),
+               query_for_flow("TCP", f.src_ip, f.src_port, f.dst_ip, f.dst_port, f.first_seen, None)]
+    kept = []
+    real = ex._prefilter
+    for i, q in enumerate(queries):
+        q.check()
+        keep = real(q)
+        with_pf = export(store, q, d / f"pf-{i}.pcap")
+        monkeypatch.setattr(ex, "_prefilter", lambda _q: None)
+        without = export(store, q, d / f"nopf-{i}.pcap")
+        monkeypatch.setattr(ex, "_prefilter", real)
+        assert with_pf["packets"] == without["packets"] > 0
+        assert (d / f"pf-{i}.pcap").read_bytes() == (d / f"nopf-{i}.pcap").read_bytes()
+        if keep is not None:
+            kept.append(len(keep(packets)))
+    assert kept and min(kept) < len(packets) // 4       # most records never reach the decoder
+
+
+def test_index_summaries_follow_replaced_and_deleted_indexes(tmp_path):
+    """The parsed indexes are cached by inode: an index replaced (the recorder renames each into
+    place) is read again, a deleted file drops out, and another store has its own entries."""
+    import services.capture.export as ex
+    from services.capture.export import select_files
+
+    frames = traffic(n_flows=150, seed=12)
+    store = tmp_path / "a"
+    record(frames, store, file_bytes=32 * 1024)
+    files = list_store(store)
+    assert len(files) >= 4
+    chosen, _ = select_files(store, Query(host="10.1.0.1"))
+    p = chosen[0]
+    ip = p.with_name(p.name + IDX_SUFFIX)
+    idx = json.loads(ip.read_text())
+    idx["hosts"] = ["192.0.2.77"]
+    tmp = ip.with_name(ip.name + ".new")
+    tmp.write_text(json.dumps(idx))
+    os.replace(tmp, ip)                                     # a new inode, as the recorder writes it
+    assert p in select_files(store, Query(host="192.0.2.77"))[0]
+    assert p not in select_files(store, Query(host="10.1.0.1"))[0]
+    files[-1].unlink()
+    files[-1].with_name(files[-1].name + IDX_SUFFIX).unlink()
+    select_files(store, Query(host="10.1.0.1"))
+    cached = ex._SUMMARIES[os.path.abspath(store)]
+    assert files[-1].name + IDX_SUFFIX not in cached and len(cached) == len(files) - 1
+    other = tmp_path / "b"
+    record(traffic(n_flows=40, seed=13), other, file_bytes=32 * 1024)
+    select_files(other, Query(host="10.1.0.1"))
+    assert os.path.abspath(store) in ex._SUMMARIES and os.path.abspath(other) in ex._SUMMARIES

@@ -182,3 +182,47 @@ def test_block_and_policy_evidence_is_the_flows_packets_from_the_store(tmp_path)
     q = query_for_flow("TCP", "10.200.0.1", 1, "10.200.0.2", 2, 0.0, None)
     p = se.request("block:gone", q, reason="block")
     assert se.wait(60) and not Path(p).exists() and limits.c["store_evidence_empty"] == 1
+
+
+def test_cuts_run_in_their_own_process_which_comes_back_after_it_dies(tmp_path):
+    """The packets of a cut are read in the ``ft-evidence`` child (not in capture's process, where a
+    cut held the interpreter against capture's loop); a child killed between cuts is started again,
+    and close() ends it."""
+    import signal
+    import time
+
+    from services.capture.evidence import EvidenceLimits
+    from services.capture.store_evidence import StoreEvidence, query_for_flow
+    from shared.settings import CaptureSettings
+    from tests.services.capture.test_recorder import addrs, dpkt_read, record, traffic
+
+    frames = traffic(n_flows=120, seed=23, span_s=200)
+    store = tmp_path / "store"
+    rec, meter, _ = record(frames, store, file_bytes=64 * 1024, file_s=60.0)
+    settings = CaptureSettings(record_dir=store, evidence_dir=tmp_path / "evidence", record_evidence_max_mb=1)
+    limits = EvidenceLimits.from_settings(settings)
+    se = StoreEvidence(settings, rec, limits, meter)
+    flows = [f for f in meter.sink.flows if f.phase == "end" and f.transport == "TCP"][:2]
+
+    def cut(f):
+        q = query_for_flow("TCP", f.src_ip, f.src_port, f.dst_ip, f.dst_port, f.first_seen, None)
+        p = se.request("block:" + f.flow_id, q, src_ip=f.src_ip, ts=f.last_seen, reason="block")
+        assert se.wait(60)
+        ends = {(f.src_ip, f.src_port), (f.dst_ip, f.dst_port)}
+        want = [(ts, fr) for ts, fr in frames if (a := addrs(fr)) and {(a[0], a[2]), (a[1], a[3])} == ends]
+        assert want and dpkt_read(p) == [(round(ts, 6), fr) for ts, fr in want]
+
+    cut(flows[0])
+    child = se._cutter._proc
+    assert child is not None and child.poll() is None and se._cutter.started == 1
+    assert Path(f"/proc/{child.pid}/comm").read_text().strip() == "ft-evidence"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(10)
+    cut(flows[1])                                   # a new child takes the next cut
+    assert se._cutter.started == 2 and limits.c["store_evidence_errors"] == 0
+    second = se._cutter._proc
+    se.close()
+    deadline = time.monotonic() + 10
+    while second.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert second.returncode == 0                   # it ended at end of input, not killed
