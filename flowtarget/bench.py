@@ -53,14 +53,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-async def _capture_service_run(pcap: str, nats_url: str) -> dict[str, Any]:
-    """The real capture service (services.capture.service.main) over one file, publishing to NATS."""
+async def _capture_service_run(pcap: str, nats_url: str, detect_inline: bool = False) -> dict[str, Any]:
+    """The real capture service (services.capture.service.main) over one file, publishing to NATS.
+
+    ``detect_inline=False``: as on a live interface, the alert detectors are another process's
+    work (capture publishes their input; that process is not run here); True: inside capture,
+    as a replay (analyze, run --pcap) runs them."""
     from shared.bus import Bus
     from shared.settings import CaptureSettings
     from services.capture import service
 
     settings = CaptureSettings(nats_url=nats_url, probe="bench", pcap=[Path(pcap)], verdict_wait_s=0,
-                               replay_max_pending=0, stream_storage="memory")
+                               replay_max_pending=0, stream_storage="memory", detect_inline=detect_inline)
     stop = asyncio.Event()
     bus = await Bus.connect(settings, "bench-capture", stop)
     stats: list[dict[str, Any]] = []
@@ -72,15 +76,16 @@ async def _capture_service_run(pcap: str, nats_url: str) -> dict[str, Any]:
     from shared.runner import prepare_process
 
     prepare_process()  # as the runner does for every service
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     await service.main(settings, bus, stop)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     await asyncio.sleep(0.2)
     await bus.close()
     done = [s for s in stats if s.get("finished")]
     packets = sum(int(s.get("packets", 0)) for s in done)
     nbytes = sum(int(s.get("bytes", 0)) for s in done)
     return {"packets": packets, "seconds": round(dt, 3), "pps": round(packets / dt) if dt else 0,
+            "cpu_seconds": round(cpu, 3),
             "gbps": round(nbytes * 8 / dt / 1e9, 3) if dt else 0.0,
             "published": bus.published}
 
@@ -122,6 +127,7 @@ def bench_capture(args: argparse.Namespace) -> int:
         url = embedded.url
     try:
         full = asyncio.run(_capture_service_run(args.pcap, url))
+        inline = asyncio.run(_capture_service_run(args.pcap, url, detect_inline=True))
     finally:
         if embedded is not None:
             embedded.close()
@@ -133,6 +139,9 @@ def bench_capture(args: argparse.Namespace) -> int:
         "gbps_meter": meter.get("gbps_meter"),
         "pps": full["pps"],
         "gbps": full["gbps"],
+        "cpu_seconds": full["cpu_seconds"],
+        "pps_detect_inline": inline["pps"],
+        "cpu_seconds_detect_inline": inline["cpu_seconds"],
         "peak_rss_mb": round(rss_full, 1),
         "bytes_per_flow": meter.get("bytes_per_flow"),
         "flows": meter.get("flows"),
@@ -142,7 +151,10 @@ def bench_capture(args: argparse.Namespace) -> int:
     }
     print(f"capture bench on {args.pcap}: {result['packets']:,} packets, {result['flows']:,} flows")
     print(f"  (a) read + decode + meter, no NATS : {result['pps_meter']:>10,} packets/s  {result['gbps_meter']} Gbit/s")
-    print(f"  (b) full capture service on NATS   : {result['pps']:>10,} packets/s  {result['gbps']} Gbit/s")
+    print(f"  (b) full capture service on NATS   : {result['pps']:>10,} packets/s  {result['gbps']} Gbit/s, "
+          f"{result['cpu_seconds']} CPU-s (as on a live interface: detectors in their own process)")
+    print(f"  (b') with the detectors inline     : {result['pps_detect_inline']:>10,} packets/s  "
+          f"{result['cpu_seconds_detect_inline']} CPU-s (as a replay runs them: analyze, run --pcap)")
     print(f"  peak RSS {result['peak_rss_mb']} MB, {result['bytes_per_flow']} bytes per active flow")
     if args.ndpi:
         nd = run_ndpi_reader(args.ndpi, args.pcap)

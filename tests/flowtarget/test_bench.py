@@ -29,6 +29,8 @@ def test_bench_capture_prints_both_figures_and_compares_with_ndpireader():
     assert r["packets"] == 97   # every frame of the sample, through (a) and through (b)
     assert r["pps"] > 0 and r["pps_meter"] > 0 and r["peak_rss_mb"] > 0 and 100 < r["bytes_per_flow"] < 20000
     assert r["flows"] >= 10
+    # (b) as live capture runs (detectors in their own process) and (b') as a replay does (inline)
+    assert r["pps_detect_inline"] > 0 and r["cpu_seconds"] > 0 and r["cpu_seconds_detect_inline"] > 0
     if shutil.which("ndpiReader"):   # scripts/setup.sh --test installs it (libndpi-bin)
         assert r["ndpi_packets"] == r["packets"], "ndpiReader read a different number of packets"
         assert r["ndpi_pps_wall"] > 0 and r["ratio_ndpi_wall"] > 0
