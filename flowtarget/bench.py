@@ -63,8 +63,12 @@ async def _capture_service_run(pcap: str, nats_url: str, detect_inline: bool = F
     from shared.settings import CaptureSettings
     from services.capture import service
 
+    kw: dict[str, Any] = {}
+    record_dir = CaptureSettings().record_dir
+    if record_dir is not None:     # FT_RECORD_DIR: each run its own store (the other's packets are the same)
+        kw["record_dir"] = record_dir / ("detect-inline" if detect_inline else "detect-own")
     settings = CaptureSettings(nats_url=nats_url, probe="bench", pcap=[Path(pcap)], verdict_wait_s=0,
-                               replay_max_pending=0, stream_storage="memory", detect_inline=detect_inline)
+                               replay_max_pending=0, stream_storage="memory", detect_inline=detect_inline, **kw)
     stop = asyncio.Event()
     bus = await Bus.connect(settings, "bench-capture", stop)
     stats: list[dict[str, Any]] = []
