@@ -1,4 +1,5 @@
-"""The process that cuts evidence pcaps out of the packet store (store_evidence.py runs it).
+"""The process that cuts pcaps out of the packet store: alerts' and blocks' evidence
+(store_evidence.py) and operators' exports over ``ft.ctl.<probe>.export`` (export.py).
 
 A cut reads store files in Python.  In a thread of capture's process it held the
 GIL against capture's own loop: every time capture's thread went into a system
@@ -8,7 +9,8 @@ interval, and a replay with recording and the detectors inline ran a third slowe
 1.1 CPU-s.  In its own process a cut costs capture nothing but a pipe write.
 
 Protocol, over the child's stdin and stdout: frames of a 4-byte big-endian length
-and a pickle.  A request is ``(store_dir, query, out_path, max_bytes)``; the answer
+and a pickle.  A request is ``(store_dir, query, out_path, max_bytes, options)`` (options: export's keyword
+arguments, e.g. ``fmt`` and ``iface``); the answer
 is ``("ok", result)`` (export's result dict), ``("export_error", message)`` or
 ``("error", message)``.  The child exits at end of input (its parent closed the
 pipe, or died), ignores SIGINT (a terminal's Ctrl-C is its parent's to handle)
@@ -63,8 +65,8 @@ def main() -> int:
         if data is None:
             return 0
         try:
-            store, query, out, max_bytes = pickle.loads(data)
-            answer: tuple[Any, ...] = ("ok", export(store, query, out, max_bytes=max_bytes))
+            store, query, out, max_bytes, options = pickle.loads(data)
+            answer: tuple[Any, ...] = ("ok", export(store, query, out, max_bytes=max_bytes, **options))
         except ExportError as exc:
             answer = ("export_error", str(exc))
         except Exception as exc:  # noqa: BLE001 - one bad cut never ends the worker
@@ -91,7 +93,7 @@ class CutProcess:
         return subprocess.Popen([sys.executable, "-m", "services.capture.cut_worker"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env=env, close_fds=True)
 
-    def cut(self, store: str, query: Any, out: str, max_bytes: int) -> dict[str, Any]:
+    def cut(self, store: str, query: Any, out: str, max_bytes: int, **options: Any) -> dict[str, Any]:
         from services.capture.export import ExportError
 
         with self._lock:
@@ -101,7 +103,7 @@ class CutProcess:
                 p = self._proc
                 assert p.stdin is not None and p.stdout is not None
                 try:
-                    _write_frame(p.stdin, (store, query, out, max_bytes))    # type: ignore[arg-type]
+                    _write_frame(p.stdin, (store, query, out, max_bytes, options))    # type: ignore[arg-type]
                     data = _read_frame(p.stdout)                               # type: ignore[arg-type]
                 except (OSError, ValueError):
                     data = None

@@ -695,7 +695,7 @@ STREAM_TTL_S = 300.0              # a streamed export not read for this long is 
 STREAM_MAX_OPEN = 4               # streamed exports waiting to be read, per capture process
 
 
-def ctl_handler(settings: Any, bus: Any, limits: Any = None) -> Any:
+def ctl_handler(settings: Any, bus: Any, limits: Any = None, exporter: Any = None) -> Any:
     """``ft.ctl.<probe>.export`` {"host", "port", "flow_id", "community_id", "bpf", "since", "until", "format"}:
     cut a pcap (or with "format": "pcapng" a pcapng) from the store.
 
@@ -704,7 +704,9 @@ def ctl_handler(settings: Any, bus: Any, limits: Any = None) -> Any:
     One export at a time per capture process; the output stops at FT_RECORD_EXPORT_MAX_BYTES and
     within the evidence directory's budget; requests count against FT_CTL_REQUESTS_PER_S (``limits``:
     capture's EvidenceLimits).
-    The work runs in a thread: capture's loop keeps reading packets meanwhile.
+    The work runs in a thread, through ``exporter`` where given (capture's StoreEvidence.export: its
+    ``ft-evidence`` child process, so that reading the store never holds the interpreter against
+    capture's loop): capture keeps reading packets meanwhile.
 
     Streamed to a requester on another host: ``"stream": true`` in the request.  The answer (the
     header) then says {"status": "ok", "stream": ID, "size", "sha256", "chunks", "chunk_bytes",
@@ -834,8 +836,11 @@ def ctl_handler(settings: Any, bus: Any, limits: Any = None) -> Any:
                     max_bytes = settings.record_export_max_bytes
                     if limits is not None:
                         max_bytes = max(1024, min(max_bytes, limits.dir_max_bytes - limits.used))
-                    res = await asyncio.to_thread(export, settings.record_dir, q, path, max_bytes=max_bytes, fmt=fmt,
-                                                  iface=settings.iface or "")
+                    if exporter is not None:
+                        res = await asyncio.to_thread(exporter, q, path, max_bytes, fmt=fmt, iface=settings.iface or "")
+                    else:
+                        res = await asyncio.to_thread(export, settings.record_dir, q, path, max_bytes=max_bytes,
+                                                      fmt=fmt, iface=settings.iface or "")
                     size = os.path.getsize(res["path"])
                     if limits is not None:
                         limits.used += size

@@ -393,7 +393,9 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
     await bus.nc.subscribe(subject("ctl", settings.probe, "evidence"), cb=on_evidence_request)
     if out.recorder is not None and settings.shard_index <= 0:   # shards share one store: one of them answers
         from services.capture.export import ctl_handler
-        await bus.nc.subscribe(subject("ctl", settings.probe, "export"), cb=ctl_handler(settings, bus, out.limits))
+        exporter = out.store_evidence.export if out.store_evidence is not None else None
+        await bus.nc.subscribe(subject("ctl", settings.probe, "export"),
+                               cb=ctl_handler(settings, bus, out.limits, exporter))
     if detectors is not None:
         register_stats("capture_detectors", detectors.counters)
     register_stats("capture_evidence", out.limits.counters, gauges=("recordings_active", "evidence_dir_bytes"))

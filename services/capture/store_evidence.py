@@ -325,14 +325,20 @@ class StoreEvidence:
             limits.c["evidence_written"] += 1
         self.done.append((str(job.path), job.reason, job.ref, int(res["packets"]), job.flow_id))
 
-    def _export(self, query: Query, tmp: Path, cap: int) -> dict[str, Any]:
-        if self._cutter is not None:
+    def _export(self, query: Query, tmp: Path, cap: int, **options: Any) -> dict[str, Any]:
+        cutter = self._cutter
+        if cutter is not None:
             try:
-                return self._cutter.cut(str(self.store), query, str(tmp), cap)
+                return cutter.cut(str(self.store), query, str(tmp), cap, **options)
             except OSError as exc:       # no child process here (none allowed, no memory): cut in this thread
                 log.warning("evidence cuts run in capture's process: %s", exc)
                 self._cutter = None
-        return export(self.store, query, tmp, max_bytes=cap)
+        return export(self.store, query, tmp, max_bytes=cap, **options)
+
+    def export(self, query: Query, out: str | os.PathLike[str], max_bytes: int, **options: Any) -> dict[str, Any]:
+        """An operator's export (ft.ctl.<probe>.export) in the same child process (blocks the caller's
+        thread, after any cut that runs)."""
+        return self._export(query, Path(out), max_bytes, **options)
 
     def close(self) -> None:
         """End the cutting process (after ``wait``; a cut still running finishes first)."""

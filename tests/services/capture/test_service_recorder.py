@@ -28,6 +28,22 @@ def flowtarget(*args: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+def _children_named(name: str) -> list[int]:
+    """Live child processes of this one with that kernel name (/proc/<pid>/comm)."""
+    me, out = os.getpid(), []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            st = (d / "stat").read_text()
+            ppid, state = int(st.rsplit(")", 1)[1].split()[1]), st.rsplit(")", 1)[1].split()[0]
+            if ppid == me and state != "Z" and (d / "comm").read_text().strip() == name:
+                out.append(int(d.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
 def test_replay_with_recording_then_flowtarget_pcap(nats_server, tmp_path, monkeypatch):
     monkeypatch.setattr(export_mod, "STREAM_CHUNK_BYTES", 8192)    # a streamed export in many chunks
     frames = traffic(n_flows=300, seed=11)
@@ -106,6 +122,8 @@ def test_replay_with_recording_then_flowtarget_pcap(nats_server, tmp_path, monke
                     break
                 except Exception:
                     await asyncio.sleep(0.05)
+        # the exports ran in capture's ft-evidence child (not in a thread holding capture's interpreter)
+        cutters = _children_named("ft-evidence")
         # streamed to a remote requester in chunks (small ones here: many chunks), checked complete
         streamed = await export_mod.fetch_remote(client.nc, "rec", {"host": "10.1.0.5"}, tmp_path / "streamed.pcap")
         # and by the command, as from another host
@@ -122,9 +140,11 @@ def test_replay_with_recording_then_flowtarget_pcap(nats_server, tmp_path, monke
         await asyncio.wait_for(task, 60)
         await bus.close()
         await client.close()
-        return answers, streamed, (cli.returncode, cli_out.decode(), cli_err.decode()), gone, left
+        return answers, streamed, (cli.returncode, cli_out.decode(), cli_err.decode()), gone, left, cutters
 
-    (ok, bad_host, bad_flow, ng, bad_fmt), streamed, cli, gone, left = asyncio.run(over_nats())
+    (ok, bad_host, bad_flow, ng, bad_fmt), streamed, cli, gone, left, cutters = asyncio.run(over_nats())
+    assert len(cutters) == 1, cutters
+    assert not _children_named("ft-evidence")      # capture ended it when it stopped
     assert ng["status"] == "ok" and ng["path"].endswith(".pcapng") and ng["packets"] == len(want_host), ng
     import dpkt
     with open(ng["path"], "rb") as fh:
