@@ -58,8 +58,10 @@ def main() -> int:
     from services.capture.export import ExportError, export
 
     set_process_name("ft-evidence")
-    rd, wr = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr          # nothing else may write into the answers' pipe
+    rd = sys.stdin.buffer
+    wr = os.fdopen(os.dup(1), "wb")  # the answers' pipe, on a descriptor of its own
+    os.dup2(2, 1)                    # anything else written to stdout (a library, C code) goes to stderr
+    sys.stdout = sys.stderr
     while True:
         data = _read_frame(rd)
         if data is None:
@@ -83,6 +85,7 @@ class CutProcess:
     def __init__(self) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
+        self._closed = False
         self.started = 0
 
     def _start(self) -> subprocess.Popen[bytes]:
@@ -98,6 +101,8 @@ class CutProcess:
 
         with self._lock:
             for attempt in (0, 1):
+                if self._closed:          # capture is stopping: no new child
+                    raise RuntimeError("the evidence cutting process is closed")
                 if self._proc is None or self._proc.poll() is not None:
                     self._proc = self._start()
                 p = self._proc
@@ -112,12 +117,16 @@ class CutProcess:
                     if attempt:
                         raise RuntimeError("the evidence cutting process died")
                     continue
-                answer = pickle.loads(data)
-                if answer[0] == "ok":
-                    return answer[1]
-                if answer[0] == "export_error":
-                    raise ExportError(answer[1])
-                raise RuntimeError(answer[1])
+                try:
+                    kind, value = pickle.loads(data)
+                except Exception:  # noqa: BLE001 - out of step with the child: start afresh next time
+                    self._kill()
+                    raise RuntimeError("the evidence cutting process answered garbage") from None
+                if kind == "ok":
+                    return value
+                if kind == "export_error":
+                    raise ExportError(value)
+                raise RuntimeError(value)
         raise RuntimeError("unreachable")
 
     def _kill(self) -> None:
@@ -131,7 +140,8 @@ class CutProcess:
 
     def close(self) -> None:
         """End the child (it exits at end of input); kill it if it does not within a few seconds,
-        or at once when a cut is still running after 5 s."""
+        or at once when a cut is still running after 5 s.  No child is started after this."""
+        self._closed = True
         if self._lock.acquire(timeout=5):
             p, self._proc = self._proc, None
             self._lock.release()

@@ -182,6 +182,7 @@ def test_block_and_policy_evidence_is_the_flows_packets_from_the_store(tmp_path)
     q = query_for_flow("TCP", "10.200.0.1", 1, "10.200.0.2", 2, 0.0, None)
     p = se.request("block:gone", q, reason="block")
     assert se.wait(60) and not Path(p).exists() and limits.c["store_evidence_empty"] == 1
+    se.close()
 
 
 def test_cuts_run_in_their_own_process_which_comes_back_after_it_dies(tmp_path):
