@@ -145,21 +145,26 @@ class _Summary:
         self.ports = frozenset(ports)
 
 
-_SUMMARIES: OrderedDict[str, dict[str, tuple[int, _Summary]]] = OrderedDict()   # directory -> index name -> (inode, summary)
+_SUMMARIES: OrderedDict[str, dict[str, tuple[tuple[int, int, int], _Summary]]] = OrderedDict()
+# directory -> index name -> ((inode, mtime_ns, size), summary)
 _SUMMARIES_LOCK = threading.Lock()
 
 
-def _scan(directory: str | os.PathLike[str]) -> tuple[list[Path], dict[str, int]]:
-    """The store's pcap files (as list_store orders them) and the inode of each index, in one directory read."""
+def _scan(directory: str | os.PathLike[str]) -> tuple[list[Path], dict[str, tuple[int, int, int]]]:
+    """The store's pcap files (as list_store orders them) and each index's (inode, mtime, size)."""
     files: list[Path] = []
-    idx: dict[str, int] = {}
+    idx: dict[str, tuple[int, int, int]] = {}
     d = Path(directory)
     try:
         with os.scandir(d) as it:
             for e in it:
                 n = e.name
                 if n.endswith(IDX_SUFFIX):
-                    idx[n] = e.inode()
+                    try:
+                        st = e.stat()
+                    except OSError:     # deleted meanwhile
+                        continue
+                    idx[n] = (st.st_ino, st.st_mtime_ns, st.st_size)
                 elif _STORE_NAME.match(n):
                     files.append(d / n)
     except OSError:
@@ -169,16 +174,17 @@ def _scan(directory: str | os.PathLike[str]) -> tuple[list[Path], dict[str, int]
 
 
 def _summaries(directory: str | os.PathLike[str], files: list[Path],
-               inodes: dict[str, int]) -> list[tuple[Path, _Summary | None]]:
-    """Each file's index summary; an index is parsed again only when it was replaced (a new inode).
+               inodes: dict[str, tuple[int, int, int]]) -> list[tuple[Path, _Summary | None]]:
+    """Each file's index summary; an index is parsed again when it changed (inode, mtime or size).
 
     Evidence cuts choose files many times a minute from a store of hundreds of files whose indexes
     never change once written (the recorder writes each one whole and renames it into place): parsing
-    each of them for every cut cost a replay with recording two thirds of its speed.  The cache
+    each of them for every cut cost a replay with recording two thirds of its speed (a stat per index
+    is cheap beside that, and keeps a rewritten index from being read stale).  The cache
     holds the files listed now (deleted ones drop out), for the last few store directories.
     """
     out: list[tuple[Path, _Summary | None]] = []
-    keep: dict[str, tuple[int, _Summary]] = {}
+    keep: dict[str, tuple[tuple[int, int, int], _Summary]] = {}
     key = os.path.abspath(directory)
     with _SUMMARIES_LOCK:
         old = _SUMMARIES.pop(key, None) or {}

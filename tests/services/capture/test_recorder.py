@@ -496,8 +496,9 @@ def test_the_prefilter_changes_what_is_read_never_what_is_written(recorded, monk
 
 
 def test_index_summaries_follow_replaced_and_deleted_indexes(tmp_path):
-    """The parsed indexes are cached by inode: an index replaced (the recorder renames each into
-    place) is read again, a deleted file drops out, and another store has its own entries."""
+    """The parsed indexes are cached by inode, mtime and size: an index replaced (the recorder renames
+    each into place) or rewritten is read again, a deleted file drops out, and another store has its
+    own entries."""
     import services.capture.export as ex
     from services.capture.export import select_files
 
@@ -516,6 +517,9 @@ def test_index_summaries_follow_replaced_and_deleted_indexes(tmp_path):
     os.replace(tmp, ip)                                     # a new inode, as the recorder writes it
     assert p in select_files(store, Query(host="192.0.2.77"))[0]
     assert p not in select_files(store, Query(host="10.1.0.1"))[0]
+    idx["hosts"] = ["192.0.2.78", "192.0.2.79"]
+    ip.write_text(json.dumps(idx))                          # rewritten in place (same inode): read again too
+    assert p in select_files(store, Query(host="192.0.2.79"))[0]
     files[-1].unlink()
     files[-1].with_name(files[-1].name + IDX_SUFFIX).unlink()
     select_files(store, Query(host="10.1.0.1"))
