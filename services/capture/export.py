@@ -47,8 +47,7 @@ import orjson
 from shared.community_id import community_id
 
 from .decode import decode
-from .recorder import _NAME as _STORE_NAME
-from .recorder import IDX_SUFFIX, list_store, pcap_header
+from .recorder import IDX_SUFFIX, list_store, pcap_header, scan_store
 from .sources import CaptureFileError, open_source
 
 __all__ = ["Query", "export", "parse_time", "select_files", "add_parser", "run"]
@@ -150,29 +149,6 @@ _SUMMARIES: OrderedDict[str, dict[str, tuple[tuple[int, int, int], _Summary]]] =
 _SUMMARIES_LOCK = threading.Lock()
 
 
-def _scan(directory: str | os.PathLike[str]) -> tuple[list[Path], dict[str, tuple[int, int, int]]]:
-    """The store's pcap files (as list_store orders them) and each index's (inode, mtime, size)."""
-    files: list[Path] = []
-    idx: dict[str, tuple[int, int, int]] = {}
-    d = Path(directory)
-    try:
-        with os.scandir(d) as it:
-            for e in it:
-                n = e.name
-                if n.endswith(IDX_SUFFIX):
-                    try:
-                        st = e.stat()
-                    except OSError:     # deleted meanwhile
-                        continue
-                    idx[n] = (st.st_ino, st.st_mtime_ns, st.st_size)
-                elif _STORE_NAME.match(n):
-                    files.append(d / n)
-    except OSError:
-        return [], {}
-    files.sort(key=lambda p: p.name)
-    return files, idx
-
-
 def _summaries(directory: str | os.PathLike[str], files: list[Path],
                inodes: dict[str, tuple[int, int, int]]) -> list[tuple[Path, _Summary | None]]:
     """Each file's index summary; an index is parsed again when it changed (inode, mtime or size).
@@ -262,9 +238,11 @@ def _row_cid(f: list, cache: dict) -> str:
 
 def select_files(directory: str | os.PathLike[str], q: Query) -> tuple[list[Path], int]:
     """The store's files that can hold a match (by their index), and how many were skipped."""
-    files, inodes = _scan(directory)
+    files, inodes = scan_store(directory, index_stats=True)
+    full: dict[Path, dict[str, Any] | None] = {}      # whole indexes, parsed once, where flows are needed
     if q.flow_id:
-        _resolve_flow(q, [(p, _read_index(p)) for p in files])
+        full = {p: _read_index(p) for p in files}
+        _resolve_flow(q, list(full.items()))
     out: list[Path] = []
     skipped = 0
     fid = q.flow_id
@@ -289,7 +267,7 @@ def select_files(directory: str | os.PathLike[str], q: Query) -> tuple[list[Path
                 skipped += 1
                 continue
             if q.community_id or fid:
-                flows = (_read_index(p) or {}).get("flows", ())
+                flows = ((full[p] if p in full else _read_index(p)) or {}).get("flows", ())
                 flows = flows if isinstance(flows, list) else ()
                 if q.community_id:
                     cache: dict = {}

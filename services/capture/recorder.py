@@ -58,7 +58,7 @@ import orjson
 from .decode import decode, transport_name
 from .fastpath import eth4
 
-__all__ = ["Recorder", "IDX_SUFFIX", "list_store", "pcap_pack", "pcap_header", "from_settings"]
+__all__ = ["Recorder", "IDX_SUFFIX", "list_store", "scan_store", "pcap_pack", "pcap_header", "from_settings"]
 
 log = logging.getLogger("flowtarget.capture.recorder")
 
@@ -123,14 +123,34 @@ def _reverse(key: Any) -> Any:
     return key[:1] + key[1 + alen:p] + key[1:1 + alen] + key[p + 2:p + 4] + key[p:p + 2]
 
 
+def scan_store(directory: str | os.PathLike[str], index_stats: bool = False
+               ) -> tuple[list[Path], dict[str, tuple[int, int, int]]]:
+    """The recorder's pcap files in ``directory`` (every probe and shard), oldest sequence first per shard;
+    with ``index_stats`` also each index file's (inode, mtime_ns, size) by name, from the same directory read."""
+    d = Path(directory)
+    files: list[Path] = []
+    idx: dict[str, tuple[int, int, int]] = {}
+    try:
+        with os.scandir(d) as it:
+            for e in it:
+                n = e.name
+                if index_stats and n.endswith(IDX_SUFFIX):
+                    try:
+                        st = e.stat()
+                    except OSError:     # deleted meanwhile
+                        continue
+                    idx[n] = (st.st_ino, st.st_mtime_ns, st.st_size)
+                elif _NAME.match(n):
+                    files.append(d / n)
+    except OSError:
+        return [], {}
+    files.sort(key=lambda p: p.name)
+    return files, idx
+
+
 def list_store(directory: str | os.PathLike[str]) -> list[Path]:
     """The recorder's pcap files in ``directory`` (every probe and shard), oldest sequence first per shard."""
-    d = Path(directory)
-    try:
-        names = [p for p in d.iterdir() if _NAME.match(p.name)]
-    except OSError:
-        return []
-    return sorted(names, key=lambda p: p.name)
+    return scan_store(directory)[0]
 
 
 class Recorder:

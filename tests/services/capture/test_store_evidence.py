@@ -146,20 +146,29 @@ def test_queries_for_each_kind_of_incident():
     assert query_for_incident({"alert_type": "port_scan", "src_ip": "10.0.0.9"}) is None    # no time at all
 
 
-def test_block_and_policy_evidence_is_the_flows_packets_from_the_store(tmp_path):
-    """A block's evidence: its flow's 5-tuple from the flow's start (the recorder's index knows it),
-    cut by the worker thread after the recorder's writer has written it; the ring's file comes first."""
+def _recorded_store_evidence(tmp_path, n_flows: int, seed: int, span_s: float):
+    """Traffic recorded into a store under tmp_path, and a StoreEvidence over it (evidence in
+    tmp_path/evidence, at most 1 MB per cut): (frames, meter, limits, store_evidence)."""
     from services.capture.evidence import EvidenceLimits
-    from services.capture.store_evidence import StoreEvidence, query_for_flow
+    from services.capture.store_evidence import StoreEvidence
     from shared.settings import CaptureSettings
-    from tests.services.capture.test_recorder import addrs, dpkt_read, record, traffic
+    from tests.services.capture.test_recorder import record, traffic
 
-    frames = traffic(n_flows=200, seed=21, span_s=300)
+    frames = traffic(n_flows=n_flows, seed=seed, span_s=span_s)
     store = tmp_path / "store"
     rec, meter, _ = record(frames, store, file_bytes=64 * 1024, file_s=60.0)
     settings = CaptureSettings(record_dir=store, evidence_dir=tmp_path / "evidence", record_evidence_max_mb=1)
     limits = EvidenceLimits.from_settings(settings)
-    se = StoreEvidence(settings, rec, limits, meter)
+    return frames, meter, limits, StoreEvidence(settings, rec, limits, meter)
+
+
+def test_block_and_policy_evidence_is_the_flows_packets_from_the_store(tmp_path):
+    """A block's evidence: its flow's 5-tuple from the flow's start (the recorder's index knows it),
+    cut by the worker thread after the recorder's writer has written it; the ring's file comes first."""
+    from services.capture.store_evidence import query_for_flow
+    from tests.services.capture.test_recorder import addrs, dpkt_read
+
+    frames, meter, limits, se = _recorded_store_evidence(tmp_path, n_flows=200, seed=21, span_s=300)
     tcp_flows = [f for f in meter.sink.flows if f.phase == "end" and f.transport == "TCP"][:4]
     paths, queries = [], []
     for f in tcp_flows:
@@ -192,17 +201,10 @@ def test_cuts_run_in_their_own_process_which_comes_back_after_it_dies(tmp_path):
     import signal
     import time
 
-    from services.capture.evidence import EvidenceLimits
-    from services.capture.store_evidence import StoreEvidence, query_for_flow
-    from shared.settings import CaptureSettings
-    from tests.services.capture.test_recorder import addrs, dpkt_read, record, traffic
+    from services.capture.store_evidence import query_for_flow
+    from tests.services.capture.test_recorder import addrs, dpkt_read
 
-    frames = traffic(n_flows=120, seed=23, span_s=200)
-    store = tmp_path / "store"
-    rec, meter, _ = record(frames, store, file_bytes=64 * 1024, file_s=60.0)
-    settings = CaptureSettings(record_dir=store, evidence_dir=tmp_path / "evidence", record_evidence_max_mb=1)
-    limits = EvidenceLimits.from_settings(settings)
-    se = StoreEvidence(settings, rec, limits, meter)
+    frames, meter, limits, se = _recorded_store_evidence(tmp_path, n_flows=120, seed=23, span_s=200)
     flows = [f for f in meter.sink.flows if f.phase == "end" and f.transport == "TCP"][:2]
 
     def cut(f):
