@@ -25,6 +25,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     cp.add_argument("--nats", help="NATS URL for (b) (default: embedded nats-server)")
     cp.add_argument("--ndpi", nargs="?", const="ndpiReader", metavar="NDPIREADER",
                     help="also time nDPI's ndpiReader (C, with DPI) on the same file and print the ratio")
+    cp.add_argument("--shards", type=int, default=0, metavar="N",
+                    help="also (c): `flowtarget capture` replaying the file with N shard processes (FT_SHARDS) "
+                         "and its detectors' process, by wall clock from start to exit")
     cl = bsub.add_parser("classify", help="flow samples classified per second on one core")
     cl.add_argument("inputs", nargs="+", help="samples JSONL (bench/dump_samples.py) or capture files")
     cl.add_argument("--json", action="store_true")
@@ -94,6 +97,54 @@ async def _capture_service_run(pcap: str, nats_url: str, detect_inline: bool = F
             "published": bus.published}
 
 
+def _sharded_capture_run(pcap: str, nats_url: str, shards: int) -> dict[str, Any]:
+    """(c): ``flowtarget capture`` on the file with ``shards`` processes, as a user runs it.
+
+    The wall clock runs from the start of the command to its exit (start-up included, as
+    ndpiReader's); CPU seconds are its processes' (the shards and the detectors' process)."""
+    import subprocess
+    import sys
+
+    stats: list[dict[str, Any]] = []
+
+    async def run() -> tuple[float, float]:
+        from shared.bus import Bus
+        from shared.settings import CommonSettings
+
+        stop = asyncio.Event()
+        bus = await Bus.connect(CommonSettings(nats_url=nats_url, probe="benchshard"), "bench-capture", stop)
+
+        async def on_stats(msg: Any) -> None:
+            stats.append(json.loads(msg.data))
+
+        await bus.nc.subscribe("ft.stats.benchshard", cb=on_stats)
+        await bus.nc.flush()
+        env = dict(os.environ, FT_NATS_URL=nats_url, FT_PROBE="benchshard", FT_PCAP=pcap, FT_SHARDS=str(shards),
+                   FT_VERDICT_WAIT_S="0", FT_REPLAY_MAX_PENDING="0", FT_STREAM_STORAGE="memory",
+                   FT_METRICS_PORT="0", FT_LOG_LEVEL="WARNING")
+        env.pop("FT_SHARD_INDEX", None)
+        record_dir = os.environ.get("FT_RECORD_DIR", "").strip()
+        if record_dir:      # a store of its own, as (b) and (b') have
+            env["FT_RECORD_DIR"] = str(Path(record_dir) / "sharded")
+        c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "flowtarget", "capture", env=env)
+        code = await proc.wait()
+        dt = time.perf_counter() - t0
+        c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        await asyncio.sleep(0.2)
+        await bus.close()
+        if code != 0:
+            raise RuntimeError(f"flowtarget capture with {shards} shards exited {code}")
+        return dt, (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
+
+    dt, cpu = asyncio.run(run())
+    done = [s for s in stats if s.get("finished")]
+    packets = sum(int(s.get("packets", 0)) for s in done)
+    return {"packets": packets, "seconds": round(dt, 3), "pps": round(packets / dt) if dt else 0,
+            "cpu_seconds": round(cpu, 3), "shards": shards}
+
+
 def run_ndpi_reader(exe: str, pcap: str) -> dict[str, Any]:
     """Time ``ndpiReader -i PCAP`` (one thread): packets/s by its own processing time and by wall clock."""
     import re
@@ -132,6 +183,7 @@ def bench_capture(args: argparse.Namespace) -> int:
     try:
         full = asyncio.run(_capture_service_run(args.pcap, url))
         inline = asyncio.run(_capture_service_run(args.pcap, url, detect_inline=True))
+        sharded = _sharded_capture_run(args.pcap, url, args.shards) if args.shards > 1 else None
     finally:
         if embedded is not None:
             embedded.close()
@@ -159,6 +211,12 @@ def bench_capture(args: argparse.Namespace) -> int:
           f"{result['cpu_seconds']} CPU-s (as on a live interface: detectors in their own process)")
     print(f"  (b') with the detectors inline     : {result['pps_detect_inline']:>10,} packets/s  "
           f"{result['cpu_seconds_detect_inline']} CPU-s (as a replay runs them: analyze, run --pcap)")
+    if sharded is not None:
+        result.update({"pps_sharded": sharded["pps"], "cpu_seconds_sharded": sharded["cpu_seconds"],
+                       "shards": sharded["shards"], "packets_sharded": sharded["packets"]})
+        print(f"  (c) {sharded['shards']} shard processes         : {sharded['pps']:>10,} packets/s  "
+              f"{sharded['cpu_seconds']} CPU-s (flowtarget capture, FT_SHARDS={sharded['shards']}, with its "
+              f"detectors' process; wall clock from start to exit)")
     print(f"  peak RSS {result['peak_rss_mb']} MB, {result['bytes_per_flow']} bytes per active flow")
     if args.ndpi:
         nd = run_ndpi_reader(args.ndpi, args.pcap)
@@ -173,6 +231,9 @@ def bench_capture(args: argparse.Namespace) -> int:
                   f"(its processing time), {nd['ndpi_pps_wall']:,} by wall clock")
             print(f"  (b) / ndpiReader: {result.get('ratio_ndpi', '-')} by processing time, "
                   f"{result['ratio_ndpi_wall']} by wall clock")
+            if sharded is not None and nd["ndpi_pps_wall"]:
+                result["ratio_ndpi_wall_sharded"] = round(sharded["pps"] / nd["ndpi_pps_wall"], 3)
+                print(f"  (c) / ndpiReader: {result['ratio_ndpi_wall_sharded']} by wall clock")
     if args.json:
         print(json.dumps(result))
     return 0

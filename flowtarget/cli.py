@@ -104,10 +104,9 @@ def run_capture(args: argparse.Namespace) -> int:
         from services.capture import detect
 
         return run_service("detect", CaptureSettings, detect.main, **overrides)
+    # FT_SHARDS > 1: N capture processes, on an interface by the kernel's flow hash, on files each
+    # reading every file and keeping its share by a hash of the IP addresses (services/capture/shard.py)
     sharded_parent = settings.shards > 1 and settings.shard_index < 0
-    if sharded_parent and not settings.iface:
-        print("flowtarget capture: configuration error: FT_SHARDS > 1 needs a live interface (FT_IFACE)", file=sys.stderr)
-        return 2
     detector = None
     if settings.shard_index < 0:      # shards: the parent started the one detectors' process
         detector = start_detectors(settings)
@@ -130,8 +129,8 @@ def start_detectors(settings: Any) -> Any:
 
     if not own_process(settings):
         return None
-    env = dict(os.environ, FT_CAPTURE_ROLE="detect", FT_METRICS_PORT=str(settings.metrics_port + 100)
-               if settings.metrics_port else "0")
+    env = dict(os.environ, FT_CAPTURE_ROLE="detect", FT_SHARDS=str(settings.shards),   # a replay's end: every shard's
+               FT_METRICS_PORT=str(settings.metrics_port + 100) if settings.metrics_port else "0")
     proc: Any
     if threading.active_count() == 1:
         # forked, not exec'd: this process has imported what the detectors run (0.2-0.3 CPU-s saved)
@@ -159,11 +158,19 @@ def stop_child(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
 
 
 def run_shards(settings: Any, also: tuple[subprocess.Popen[bytes], ...] = ()) -> int:
-    procs = []
+    procs: list[Any] = []
+    fork = threading.active_count() == 1
+    if fork:
+        # forked, not exec'd, as the detectors' process is: each shard saves the imports (0.3-0.5 CPU-s)
+        from services.capture import service as _service  # noqa: F401
+        from flowtarget.zygote import fork_service
     for k in range(settings.shards):
         env = dict(os.environ, FT_SHARDS=str(settings.shards), FT_SHARD_INDEX=str(k))
-        procs.append(subprocess.Popen([sys.executable, "-m", "flowtarget", "capture"], env=env,
-                                      preexec_fn=die_with_parent))
+        if fork:
+            procs.append(fork_service("capture", env, name=f"ft-capture-s{k}"))
+        else:
+            procs.append(subprocess.Popen([sys.executable, "-m", "flowtarget", "capture"], env=env,
+                                          preexec_fn=die_with_parent))
     def forward(signum: int, _frame: Any) -> None:
         # the shards (and the detectors' process) stop side by side, each in bounded time; this
         # process waits for them instead of dying at once (which would kill a container's rest)

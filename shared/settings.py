@@ -192,14 +192,16 @@ class CaptureSettings(CommonSettings):
     detect_inline: bool | None = Field(
         default=None, validate_default=True,
         description="Run the alert detectors inside the capture process instead of a process of their own; "
-                    "unset: inside for file replays (one capture process: a second one sees no other shard, decodes "
-                    "every flow record again and asks for evidence after a fast replay ended the flows), "
-                    "their own process for live capture (off capture's core; one for all shards).")
+                    "unset: inside for file replays by one process (a second one decodes every flow record again "
+                    "and asks for evidence after a fast replay ended the flows), "
+                    "their own process for live capture and sharded replays (off capture's core; one for all shards).")
 
     @field_validator("detect_inline", mode="after")
     @classmethod
     def _inline_for_files(cls, v: bool | None, info: ValidationInfo) -> bool:
-        return bool(info.data.get("pcap")) if v is None else v
+        if v is not None:
+            return v
+        return bool(info.data.get("pcap")) and int(info.data.get("shards") or 1) <= 1
 
     replay_max_pending: int = Field(default=4000, ge=0, description="File replay pauses while this many samples await a verdict (classify is behind); 0 = never pause.")
     # the packet recorder (services/capture/recorder.py, docs/recorder.md)

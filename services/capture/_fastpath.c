@@ -20,6 +20,17 @@
  *       at a record whose caplen exceeds its original length or a non-zero
  *       ``snaplen`` (the caller counts and reads that one itself).
  *
+ *       With ``shard, shards, dlt`` (shards > 1), records of other shards
+ *       are skipped (``shard_hash``): new_pos passes them, the list holds
+ *       only this shard's records.
+ *
+ *   shard_hash(frame, dlt) -> int | -1
+ *       A symmetric hash of a frame's IP addresses (outer header; both
+ *       directions, every fragment and every flow tunnelled between two hosts
+ *       hash alike), -1 for frames without IPv4/IPv6 (shard 0 takes those).
+ *       A file replayed by N shard processes: shard k keeps the frames with
+ *       shard_hash % N == k.
+ *
  *   Collector()  a callback for pypcap's dispatch(): collector(ts, frame, ...)
  *       appends (ts, bytes(frame)); collector.take() returns the list so far.
  */
@@ -104,6 +115,138 @@ static PyObject *eth4(PyObject *self, PyObject *arg) {
     return t;
 }
 
+/* ---- sharding a file's replay by a symmetric hash of the IP addresses (shard_hash) */
+static inline uint64_t fmix64(uint64_t v) {
+    v ^= v >> 33;
+    v *= 0xff51afd7ed558ccdULL;
+    v ^= v >> 33;
+    v *= 0xc4ceb9fe1a85ec53ULL;
+    v ^= v >> 33;
+    return v;
+}
+
+static inline uint64_t be64(const unsigned char *p) { return ((uint64_t)be32(p) << 32) | be32(p + 4); }
+
+/* the IP header's offset in a frame of link type dlt, its version (4, 6) in *ver; no IP header: *ver stays 0 */
+static Py_ssize_t ip_offset(const unsigned char *f, Py_ssize_t n, int dlt, int *ver) {
+    Py_ssize_t off;
+    uint32_t et;
+    switch (dlt) {
+    case 1:   /* Ethernet: 802.1Q/802.1ad tags, PPPoE session, MPLS */
+        if (n < 14)
+            return 0;
+        et = be16(f + 12);
+        off = 14;
+        while ((et == 0x8100 || et == 0x88a8 || et == 0x9100) && n >= off + 4) {
+            et = be16(f + off + 2);
+            off += 4;
+        }
+        if (et == 0x8864) {   /* PPPoE session: 6 bytes, then the PPP protocol */
+            if (n < off + 8)
+                return 0;
+            uint32_t ppp = be16(f + off + 6);
+            off += 8;
+            et = ppp == 0x0021 ? 0x0800 : ppp == 0x0057 ? 0x86dd : 0;
+        } else if (et == 0x8847 || et == 0x8848) {   /* MPLS: labels up to the bottom of the stack */
+            while (n >= off + 4) {
+                int bottom = f[off + 2] & 1;
+                off += 4;
+                if (bottom)
+                    break;
+            }
+            et = 0;
+            if (n > off)
+                et = (f[off] >> 4) == 4 ? 0x0800 : (f[off] >> 4) == 6 ? 0x86dd : 0;
+        }
+        if (et == 0x0800)
+            *ver = 4;
+        else if (et == 0x86dd)
+            *ver = 6;
+        else
+            return 0;
+        return off;
+    case 113:   /* Linux cooked */
+        if (n < 16)
+            return 0;
+        et = be16(f + 14);
+        off = 16;
+        break;
+    case 276:   /* Linux cooked v2 */
+        if (n < 20)
+            return 0;
+        et = be16(f);
+        off = 20;
+        break;
+    case 0:
+    case 108:   /* BSD loopback: a 4-byte family, then the IP header */
+        off = 4;
+        et = 0;
+        break;
+    case 12:
+    case 14:
+    case 101:   /* raw IP */
+        off = 0;
+        et = 0;
+        break;
+    case 228:
+        et = 0x0800;
+        off = 0;
+        break;
+    case 229:
+        et = 0x86dd;
+        off = 0;
+        break;
+    default:
+        return -1;
+    }
+    if (et == 0 && n > off)
+        et = (f[off] >> 4) == 4 ? 0x0800 : (f[off] >> 4) == 6 ? 0x86dd : 0;
+    if (et == 0x0800)
+        *ver = 4;
+    else if (et == 0x86dd)
+        *ver = 6;
+    else
+        return -1;
+    return off;
+}
+
+/* -1: no IP header (shard 0); else a 63-bit symmetric hash of the two addresses */
+static long long shard_hash_of(const unsigned char *f, Py_ssize_t n, int dlt) {
+    int ver = 0;
+    Py_ssize_t off = ip_offset(f, n, dlt, &ver);
+    if (off < 0 || ver == 0)
+        return -1;
+    uint64_t a, b;
+    if (ver == 4) {
+        if (n < off + 20)
+            return -1;
+        a = fmix64(be32(f + off + 12));
+        b = fmix64(be32(f + off + 16));
+    } else {
+        if (n < off + 40)
+            return -1;
+        a = fmix64(be64(f + off + 8) ^ fmix64(be64(f + off + 16)));
+        b = fmix64(be64(f + off + 24) ^ fmix64(be64(f + off + 32)));
+    }
+    return (long long)(fmix64(a + b) >> 1);
+}
+
+static inline int in_shard(const unsigned char *f, Py_ssize_t n, int dlt, long long shard, long long shards) {
+    long long h = shard_hash_of(f, n, dlt);
+    return (h < 0 ? 0 : h % shards) == shard;
+}
+
+static PyObject *shard_hash(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer view;
+    int dlt;
+    if (!PyArg_ParseTuple(args, "y*i", &view, &dlt))
+        return NULL;
+    long long h = shard_hash_of((const unsigned char *)view.buf, view.len, dlt);
+    PyBuffer_Release(&view);
+    return PyLong_FromLongLong(h);
+}
+
 static PyObject *pcap_records(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer view;
@@ -111,8 +254,16 @@ static PyObject *pcap_records(PyObject *self, PyObject *args) {
     int big;
     double unit;
     unsigned long long max_record, snaplen = 0;
-    if (!PyArg_ParseTuple(args, "y*npdnK|K", &view, &pos, &big, &unit, &limit, &max_record, &snaplen))
+    long long shard = 0, shards = 1;
+    int dlt = 1;
+    if (!PyArg_ParseTuple(args, "y*npdnK|KLLi", &view, &pos, &big, &unit, &limit, &max_record, &snaplen, &shard,
+                          &shards, &dlt))
         return NULL;
+    if (shards < 1 || shard < 0 || shard >= shards) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "pcap_records: need 0 <= shard < shards");
+        return NULL;
+    }
     const unsigned char *b = (const unsigned char *)view.buf;
     Py_ssize_t blen = view.len;
     PyObject *list = PyList_New(0);
@@ -138,6 +289,10 @@ static PyObject *pcap_records(PyObject *self, PyObject *args) {
         }
         if ((Py_ssize_t)caplen > blen - pos - 16)
             break;
+        if (shards > 1 && !in_shard(h + 16, (Py_ssize_t)caplen, dlt, shard, shards)) {
+            pos += 16 + (Py_ssize_t)caplen;
+            continue;
+        }
         PyObject *ts = PyFloat_FromDouble((double)sec + (double)frac * unit);
         PyObject *fr = PyBytes_FromStringAndSize((const char *)(h + 16), (Py_ssize_t)caplen);
         PyObject *rec = (ts && fr) ? PyTuple_New(2) : NULL;
@@ -248,6 +403,7 @@ static PyTypeObject CollectorType = {
 static PyMethodDef methods[] = {
     {"eth4", eth4, METH_O, "Fast path of the meter for untagged Ethernet/IPv4 TCP and UDP frames."},
     {"pcap_records", pcap_records, METH_VARARGS, "Whole pcap records from a buffer, as (timestamp, frame)."},
+    {"shard_hash", shard_hash, METH_VARARGS, "Symmetric hash of a frame's IP addresses (-1: no IP header)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -18,7 +18,8 @@ store_evidence.py), else the meter's last packets of the incident's latest
 flow; before its last publication (``closed``) it asks again, so that the
 store's cut covers the whole incident.  For files,
 capture's final stats message marks the end of its events; capture then asks
-``ft.ctl.<probe>.detect_drain`` and waits until every incident is published.
+``ft.ctl.<probe>.detect_drain`` and waits until every incident is published
+(a replay by N shard processes: once all N ended).
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ class DetectorProcess:
         self.max_ts = 0.0
         self.next_tick = 0.0
         self.end_seen = asyncio.Event()
+        # a replay by N shard processes (FT_SHARDS) ends when each has sent its end; each asks to drain
+        self.shards = max(1, settings.shards)
+        self.ends = self.drains = 0
         self.published = 0
         self.chains: dict[str, asyncio.Task[None]] = {}   # alert_id -> its latest publication
         self._rlog = RateLimitedLog(log)
@@ -107,7 +111,9 @@ class DetectorProcess:
                 self.alerts += det.on_packet(ev)
             elif isinstance(ev, CaptureStats):
                 if ev.counters.get(END_OF_CAPTURE):
-                    self.end_seen.set()
+                    self.ends += 1
+                    if self.ends >= self.shards:
+                        self.end_seen.set()
                 continue
             else:
                 continue
@@ -131,16 +137,37 @@ class DetectorProcess:
         # a closed incident's evidence is cut again over its whole window (same file)
         req = json.dumps({"key": a.alert_id, "flow_id": a.flow_id, "tag": a.alert_type,
                           "incident": incident_of(a)}).encode()
-        path = known or ""
-        try:
-            reply = await self.bus.nc.request(ctl(self.settings.probe, "evidence"), req, timeout=EVIDENCE_TIMEOUT_S)
-            path = str(loads_small(reply.data).get("path", ""))[:1024] or path
-        except Exception:     # no capture answered (flow no longer kept, capture gone): no evidence
-            pass
+        path = await self._ask_evidence(req) or known or ""
         self.evidence[a.alert_id] = path
         if len(self.evidence) > 10_000:
             self.evidence.popitem(last=False)
         return path
+
+    async def _ask_evidence(self, req: bytes) -> str:
+        """Every capture shard answers an evidence request (the one holding the flow, or shard 0 for a
+        store cut, with the path; the others with none): the first path, or "" once all answered."""
+        nc = self.bus.nc
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, max_msgs=self.shards)
+        try:
+            await nc.publish(ctl(self.settings.probe, "evidence"), req, reply=inbox)
+            deadline = time.monotonic() + EVIDENCE_TIMEOUT_S
+            for _ in range(self.shards):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                msg = await sub.next_msg(timeout=left)
+                path = str(loads_small(msg.data, default={}).get("path", ""))[:1024]
+                if path:
+                    return path
+        except Exception:     # no capture answered in time (capture gone, busy): no evidence
+            pass
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
+        return ""
 
     async def publish(self) -> None:
         """Publish the pending alerts without holding up the event loop's reading.
@@ -211,8 +238,11 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
         try:
             await asyncio.wait_for(proc.end_seen.wait(), 120)
         except asyncio.TimeoutError:
-            log.warning("end of capture not seen; closing incidents anyway")
-        proc.end_seen.clear()
+            log.warning("end of capture not seen (%d of %d shards); closing incidents anyway", proc.ends, proc.shards)
+        proc.drains += 1
+        if proc.drains >= proc.shards:     # every shard asked: the next replay starts afresh
+            proc.end_seen.clear()
+            proc.ends = proc.drains = 0
         proc.alerts += proc.det.tick(proc.max_ts)
         proc.alerts += proc.det.flush()
         await proc.settle()

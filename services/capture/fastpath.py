@@ -20,6 +20,15 @@ packet slower.  ``tests/services/capture/test_fastpath.py`` keeps both equal.
     else -1), or at a record with caplen above its original length or above
     a non-zero ``snaplen`` (``bad_caplen`` -2: the caller reads that one).
 
+``shard_hash(frame, dlt)``
+    A symmetric hash of the outer IP addresses (``>= 0``), or -1 for a frame
+    without IPv4/IPv6 (shard 0 takes those).  A file replayed by N shard
+    processes (``FT_SHARDS``): shard k keeps the frames with
+    ``shard_hash % N == k``, so a flow's two directions, its fragments and
+    every flow tunnelled between two hosts stay in one shard.
+    ``pcap_records(..., snaplen, shard, shards, dlt)`` skips the other shards'
+    records in C.
+
 ``METER``
     ``services.capture._meter`` (``bind(Flow)``, ``run(...)``: the meter's
     per-packet loop for records of known flows that need only counters), or
@@ -39,7 +48,8 @@ from typing import Any
 
 from .decode import _UDP_TUNNEL_PORTS as _TUNNEL_PORTS  # the UDP ports decode() decapsulates (listed in the C too)
 
-__all__ = ["eth4", "pcap_records", "Collector", "eth4_py", "pcap_records_py", "CollectorPy", "COMPILED"]
+__all__ = ["eth4", "pcap_records", "Collector", "eth4_py", "pcap_records_py", "CollectorPy", "COMPILED",
+           "shard_hash", "shard_hash_py", "in_shard"]
 
 _u16x3 = struct.Struct("!HHH").unpack_from
 _tcp = struct.Struct("!HHIIBB").unpack_from
@@ -74,8 +84,87 @@ def eth4_py(frame: bytes) -> tuple | None:
     return None
 
 
+_M64 = (1 << 64) - 1
+_VLAN = (0x8100, 0x88A8, 0x9100)
+
+
+def _fmix64(v: int) -> int:
+    v &= _M64
+    v ^= v >> 33
+    v = (v * 0xFF51AFD7ED558CCD) & _M64
+    v ^= v >> 33
+    v = (v * 0xC4CEB9FE1A85EC53) & _M64
+    return v ^ (v >> 33)
+
+
+def _ip_offset(f: bytes, dlt: int) -> tuple[int, int]:
+    """(offset of the IP header, version 4/6) or (-1, 0)."""
+    n = len(f)
+    et = 0
+    if dlt == 1:
+        if n < 14:
+            return -1, 0
+        et, off = (f[12] << 8) | f[13], 14
+        while et in _VLAN and n >= off + 4:
+            et, off = (f[off + 2] << 8) | f[off + 3], off + 4
+        if et == 0x8864:
+            if n < off + 8:
+                return -1, 0
+            ppp = (f[off + 6] << 8) | f[off + 7]
+            off += 8
+            et = 0x0800 if ppp == 0x0021 else 0x86DD if ppp == 0x0057 else 0
+        elif et in (0x8847, 0x8848):
+            while n >= off + 4:
+                bottom = f[off + 2] & 1
+                off += 4
+                if bottom:
+                    break
+            et = 0
+            if n > off:
+                et = 0x0800 if f[off] >> 4 == 4 else 0x86DD if f[off] >> 4 == 6 else 0
+        return (off, 4) if et == 0x0800 else (off, 6) if et == 0x86DD else (-1, 0)
+    if dlt == 113:
+        if n < 16:
+            return -1, 0
+        et, off = (f[14] << 8) | f[15], 16
+    elif dlt == 276:
+        if n < 20:
+            return -1, 0
+        et, off = (f[0] << 8) | f[1], 20
+    elif dlt in (0, 108):
+        off = 4
+    elif dlt in (12, 14, 101):
+        off = 0
+    elif dlt == 228:
+        et, off = 0x0800, 0
+    elif dlt == 229:
+        et, off = 0x86DD, 0
+    else:
+        return -1, 0
+    if et == 0 and n > off:
+        et = 0x0800 if f[off] >> 4 == 4 else 0x86DD if f[off] >> 4 == 6 else 0
+    return (off, 4) if et == 0x0800 else (off, 6) if et == 0x86DD else (-1, 0)
+
+
+def shard_hash_py(frame: bytes, dlt: int) -> int:
+    off, ver = _ip_offset(frame, dlt)
+    if ver == 4 and len(frame) >= off + 20:
+        a = _fmix64(int.from_bytes(frame[off + 12:off + 16], "big"))
+        b = _fmix64(int.from_bytes(frame[off + 16:off + 20], "big"))
+    elif ver == 6 and len(frame) >= off + 40:
+        w = [int.from_bytes(frame[off + o:off + o + 8], "big") for o in (8, 16, 24, 32)]
+        a = _fmix64(w[0] ^ _fmix64(w[1]))
+        b = _fmix64(w[2] ^ _fmix64(w[3]))
+    else:
+        return -1
+    return _fmix64(a + b) >> 1
+
+
 def pcap_records_py(buf: bytes, pos: int, big_endian: bool, ts_unit: float, limit: int,
-                    max_record: int, snaplen: int = 0) -> tuple[list[tuple[float, bytes]], int, int]:
+                    max_record: int, snaplen: int = 0, shard: int = 0, shards: int = 1,
+                    dlt: int = 1) -> tuple[list[tuple[float, bytes]], int, int]:
+    if shards < 1 or not 0 <= shard < shards:
+        raise ValueError("pcap_records: need 0 <= shard < shards")
     unpack = _REC[bool(big_endian)]
     out: list[tuple[float, bytes]] = []
     blen = len(buf)
@@ -89,9 +178,17 @@ def pcap_records_py(buf: bytes, pos: int, big_endian: bool, ts_unit: float, limi
         end = pos + 16 + caplen
         if end > blen:
             break
+        if shards > 1 and not in_shard_py(buf[pos + 16:end], dlt, shard, shards):
+            pos = end
+            continue
         out.append((sec + frac * ts_unit, buf[pos + 16:end]))
         pos = end
     return out, pos, -1
+
+
+def in_shard_py(frame: bytes, dlt: int, shard: int, shards: int) -> bool:
+    h = shard_hash_py(frame, dlt)
+    return (0 if h < 0 else h % shards) == shard
 
 
 class CollectorPy:
@@ -128,3 +225,10 @@ METER = _m
 eth4 = _c.eth4 if COMPILED else eth4_py
 pcap_records = _c.pcap_records if COMPILED else pcap_records_py
 Collector = _c.Collector if COMPILED else CollectorPy
+shard_hash = _c.shard_hash if COMPILED and hasattr(_c, "shard_hash") else shard_hash_py
+
+
+def in_shard(frame: bytes, dlt: int, shard: int, shards: int) -> bool:
+    """Whether shard ``shard`` of ``shards`` replays ``frame`` (records the compiled reader did not take)."""
+    h = shard_hash(frame, dlt)
+    return (0 if h < 0 else h % shards) == shard

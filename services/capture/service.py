@@ -356,7 +356,9 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
     await bus.nc.subscribe(subject("ctl", settings.probe, "pcap"), cb=on_pcap_request)
 
     async def on_evidence_request(msg: Any) -> None:
-        """The detectors' process asks for an incident's evidence; only the shard holding the flow answers."""
+        """The detectors' process asks for an incident's evidence; every shard answers (the one holding
+        the flow, or shard 0 for a cut from the store, with the path; the others with none), so that
+        the detectors wait for no timeout when no shard has it (detect.py counts FT_SHARDS answers)."""
         try:
             req = loads_small(msg.data)
             inc = req.get("incident")
@@ -367,13 +369,15 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
         recut = se is not None and isinstance(inc, dict) and bool(se.path_for(str(req.get("key", ""))[:128]))
         refused = "" if recut else out.limits.allow_request()
         if refused:
-            if msg.reply and settings.shard_index < 0:   # (of several shards, none answers)
+            if msg.reply:
                 await bus.nc.publish(msg.reply, json.dumps({"path": "", "error": refused}).encode())
             return
         try:
             if isinstance(inc, dict) and out.store_evidence is not None:
-                # cut from the store, which holds every shard's packets: shard 0 (or the only capture) answers
+                # cut from the store, which holds every shard's packets: shard 0 (or the only capture) cuts
                 if settings.shard_index > 0:
+                    if msg.reply:
+                        await bus.nc.publish(msg.reply, b'{"path": ""}')
                     return
                 inc["alert_id"] = str(req["key"])
                 path = out.incident_evidence(inc)
@@ -384,11 +388,9 @@ async def main(settings: CaptureSettings, bus: Bus, stop: asyncio.Event) -> None
             path = out.write_evidence(str(req["key"])[:128], flow_id, "alert",
                                       str(req.get("tag", "alert"))[:32]) if flow_id else ""
         except (ValueError, KeyError, TypeError, AttributeError):
-            return
-        # a single capture process answers at once, also "no evidence"; of several shards only the
-        # one holding the flow answers (the others stay silent)
-        if msg.reply and (path or settings.shard_index < 0):
-            await bus.nc.publish(msg.reply, json.dumps({"path": path}).encode())
+            path = ""
+        if msg.reply:     # also "no evidence": the detectors then need not wait for a timeout
+            await bus.nc.publish(msg.reply, json.dumps({"path": path or ""}).encode())
 
     await bus.nc.subscribe(subject("ctl", settings.probe, "evidence"), cb=on_evidence_request)
     if out.recorder is not None and settings.shard_index <= 0:   # shards share one store: one of them answers
@@ -558,6 +560,94 @@ async def _wait_verdicts(meter: FlowMeter, out: Outbox, stop: asyncio.Event, lim
     return True
 
 
+SHARD_SKEW_BYTES = 8 << 20   # sharded replay: a shard waits while it has read this much more of a file than another
+SHARD_SILENT_S = 10.0        # ... unless that shard has said nothing for this long (not started, gone)
+
+
+class ShardPacer:
+    """Keeps the shard processes of one file replay (FT_SHARDS) abreast of each other.
+
+    Every shard reads every file; each keeps its share.  Without pacing one shard
+    could run far ahead of another, and the detectors' process, which ages its
+    incidents with the newest packet time it has seen, would close incidents that
+    the slower shard's events still belong to.  Each shard publishes how far it
+    has read (``ft.ctl.<probe>.replay_pos``: file number and bytes) after each
+    batch and waits while it is more than ``SHARD_SKEW_BYTES`` ahead of the
+    slowest shard that is still reading.  The slowest shard never waits, so
+    they cannot deadlock; a shard silent for ``SHARD_SILENT_S`` is no longer
+    waited for.
+    """
+
+    def __init__(self, bus: Bus, settings: CaptureSettings) -> None:
+        self.bus = bus
+        self.me = settings.shard_index
+        self.shards = settings.shards
+        self.subject = subject("ctl", settings.probe, "replay_pos")
+        self.pos: dict[int, tuple[int, int]] = {}
+        self.heard: dict[int, float] = {}
+        self.changed = asyncio.Event()
+        self.t0 = time.monotonic()
+        self.waited_s = 0.0
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        async def on_pos(msg: Any) -> None:
+            try:
+                d = loads_small(msg.data)
+                k, f, o = int(d["shard"]), int(d["file"]), int(d["pos"])
+            except (ValueError, TypeError, KeyError, AttributeError):
+                return
+            if k != self.me and 0 <= k < self.shards:
+                self.pos[k] = (f, o)
+                self.heard[k] = time.monotonic()
+                self.changed.set()
+
+        self._sub = await self.bus.nc.subscribe(self.subject, cb=on_pos)
+
+    async def report(self, file_no: int, pos: int) -> None:
+        await self.bus.nc.publish(self.subject, json.dumps({"shard": self.me, "file": file_no, "pos": pos}).encode())
+
+    def _behind(self, file_no: int, pos: int) -> bool:
+        """Whether a shard still reading is so far behind (file_no, pos) that this one must wait."""
+        now = time.monotonic()
+        for k in range(self.shards):
+            if k == self.me:
+                continue
+            seen = self.heard.get(k, self.t0)
+            if now - seen > SHARD_SILENT_S:
+                continue
+            f, o = self.pos.get(k, (0, -1))
+            if f < file_no or (f == file_no and pos - o > SHARD_SKEW_BYTES):
+                return True
+        return False
+
+    async def wait(self, file_no: int, pos: int, stop: asyncio.Event) -> None:
+        t = time.monotonic()
+        while self._behind(file_no, pos) and not stop.is_set():
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+        self.waited_s += time.monotonic() - t
+
+    async def close(self) -> None:
+        await self.report(1 << 30, 0)     # past every file: nobody waits for this shard
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception:
+                pass
+
+
+def replay_shard(settings: CaptureSettings) -> tuple[int, int]:
+    """(shard, shards) of a file replay: with FT_SHARDS > 1 every shard process reads each file and
+    keeps the packets whose IP addresses hash to it (fastpath.shard_hash); else (0, 1), every packet."""
+    if settings.shards > 1 and 0 <= settings.shard_index < settings.shards:
+        return settings.shard_index, settings.shards
+    return 0, 1
+
+
 async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event, meter: FlowMeter, out: Outbox,
                        reporter: StatsReporter) -> None:
     errors = 0
@@ -575,18 +665,23 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
             return 0.0
         return time.monotonic()
 
+    pacer = None
+    if replay_shard(settings)[1] > 1:
+        pacer = ShardPacer(bus, settings)
+        await pacer.start()
+        await pacer.report(1, 0)
     for file_no, path in enumerate(settings.pcap, 1):
         if stop.is_set():
             break
         name = Path(path).name
         try:
-            reader = open_source(path)
+            reader = open_source(path, *replay_shard(settings))
         except (CaptureFileError, OSError) as exc:
             errors += 1
             log.error("%s", safe_text(exc, 500))
             await bus.publish(subject("stats", settings.probe), CaptureStats(
                 timestamp=time.time(), probe=settings.probe, source=name, finished=True,
-                counters={"file_errors": 1}))
+                counters={"file_errors": 1} if settings.shard_index <= 0 else {}))   # once for all shards
             continue
         meter.set_source(name, reader.datalink)
         process = meter.process
@@ -642,6 +737,10 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
             # one publishing turn per batch (CHUNK packets)
             await out.flush()
             await asyncio.sleep(0)      # let the publisher send what flush queued
+            if pacer is not None and progress is not None:
+                pos = progress()[0]
+                await pacer.report(file_no, pos)
+                await pacer.wait(file_no, pos, stop)
             limit = settings.replay_max_pending
             if limit and classify_answers and meter.pending_verdicts() > limit:
                 classify_answers = await _wait_verdicts(meter, out, stop, limit // 2, settings.verdict_wait_s, present)
@@ -655,6 +754,12 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
         await out.flush(force=True)
         extra = {**reader.counters, **({"file_truncated": 1} if reader.error else {})}   # caplen anomalies too
         await reporter.publish(source=name, finished=True, delta=True, extra=extra)
+        if pacer is not None:
+            await pacer.report(file_no + 1, 0)
+    if pacer is not None:
+        await pacer.close()
+        if pacer.waited_s >= 1.0:
+            log.info("shard %d waited %.1f s for the other shards", settings.shard_index, pacer.waited_s)
     # the last verdicts, then every flow's end record
     await _wait_verdicts(meter, out, stop, 0, settings.verdict_wait_s, present if classify_answers else None)
     meter.flush_closing()

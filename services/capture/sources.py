@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .fastpath import Collector, pcap_records
+from .fastpath import Collector, in_shard, pcap_records
 
 __all__ = ["CaptureFileError", "FileSource", "LiveSource", "open_source", "DLT_NAMES", "check_settings"]
 
@@ -120,8 +120,12 @@ class FileSource:
     ``error`` a one-line description.
     """
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], shard: int = 0, shards: int = 1):
+        if shards < 1 or not 0 <= shard < shards:
+            raise ValueError(f"shard {shard} of {shards}: need 0 <= shard < shards")
         self.path = str(path)
+        #: replay only this shard's packets (fastpath.shard_hash: a symmetric hash of the IP addresses)
+        self.shard, self.shards = shard, shards
         self.name = os.path.basename(self.path)
         try:
             self.size = os.path.getsize(self.path)   # bytes on disk (compressed for .gz): progress()
@@ -231,14 +235,22 @@ class FileSource:
         head = struct.Struct(self._endian + "IIII").unpack_from
         low = CHUNK // 2
         snaplen = self.snaplen if 0 < self.snaplen <= MAX_RECORD else 0
+        shard, shards, dlt = self.shard, self.shards, self.datalink
+        mine = (lambda frame: in_shard(frame, dlt, shard, shards)) if shards > 1 else (lambda frame: True)
         while True:
             if len(self._buf) - self._pos < low and not self._eof:
                 self._fill(CHUNK)  # keep batches whole: read ahead before the buffer runs dry
-            recs, pos, bad = pcap_records(self._buf, self._pos, big, unit, n, MAX_RECORD, snaplen)
+            before = self._pos
+            if shards > 1:
+                recs, pos, bad = pcap_records(self._buf, before, big, unit, n, MAX_RECORD, snaplen, shard, shards, dlt)
+            else:
+                recs, pos, bad = pcap_records(self._buf, before, big, unit, n, MAX_RECORD, snaplen)
             self._pos = pos
             if recs:
                 self.packets += len(recs)
                 yield recs
+                continue
+            if pos > before and bad == -1:   # only other shards' records: read on
                 continue
             if bad == -2:   # caplen above the original length or the snaplen: counted, read here
                 if not self._fill(16):
@@ -250,6 +262,8 @@ class FileSource:
                     return
                 frame = self._buf[self._pos + 16:self._pos + 16 + min(caplen, origlen)]
                 self._pos += 16 + caplen
+                if not mine(frame):
+                    continue
                 self._anomaly(caplen, origlen, snaplen)
                 self.packets += 1
                 yield [(sec + frac * unit, frame)]
@@ -271,7 +285,7 @@ class FileSource:
                 part = self._buf[self._pos + 16:]
                 self._pos = len(self._buf)
                 self._fail(f"truncated packet data after {self.packets} packets")
-                if part:
+                if part and mine(part):
                     self.packets += 1
                     yield [(sec + frac * unit, part)]
                 return
@@ -410,7 +424,11 @@ class FileSource:
             recs: list[tuple[float, bytes]] = []
             damage = None
             try:
+                shard, shards = self.shard, self.shards
                 for ts, frame, dlt in self._iter_pcapng():
+                    if shards > 1 and not in_shard(frame, dlt, shard, shards):
+                        self.packets -= 1     # counted as read by _iter_pcapng: another shard's
+                        continue
                     if dlt != cur or len(recs) >= n:
                         if recs:
                             yield cur, recs
@@ -440,11 +458,12 @@ class FileSource:
             yield from recs
 
 
-def open_source(path: str | os.PathLike[str]) -> FileSource:
-    """Open a capture file (raises CaptureFileError when it is not one)."""
+def open_source(path: str | os.PathLike[str], shard: int = 0, shards: int = 1) -> FileSource:
+    """Open a capture file (raises CaptureFileError when it is not one); with ``shards`` > 1 it
+    yields only shard ``shard``'s packets."""
     if isinstance(path, Path):
         path = str(path)
-    return FileSource(path)
+    return FileSource(path, shard, shards)
 
 
 def _ifindex(name: str) -> int:
