@@ -97,11 +97,12 @@ async def _capture_service_run(pcap: str, nats_url: str, detect_inline: bool = F
             "published": bus.published}
 
 
-def _sharded_capture_run(pcap: str, nats_url: str, shards: int) -> dict[str, Any]:
+def _sharded_capture_run(pcap: str, nats_url: str, shards: int, detectors: bool = True) -> dict[str, Any]:
     """(c): ``flowtarget capture`` on the file with ``shards`` processes, as a user runs it.
 
     The wall clock runs from the start of the command to its exit (start-up included, as
-    ndpiReader's); CPU seconds are its processes' (the shards and the detectors' process)."""
+    ndpiReader's); CPU seconds are its processes' (the shards and the detectors' process).
+    ``detectors=False``: FT_DETECTORS empty, no detectors' process (what (b) measures)."""
     import subprocess
     import sys
 
@@ -123,9 +124,12 @@ def _sharded_capture_run(pcap: str, nats_url: str, shards: int) -> dict[str, Any
                    FT_VERDICT_WAIT_S="0", FT_REPLAY_MAX_PENDING="0", FT_STREAM_STORAGE="memory",
                    FT_METRICS_PORT="0", FT_LOG_LEVEL="WARNING")
         env.pop("FT_SHARD_INDEX", None)
+        env.pop("FT_DETECT_INLINE", None)
+        if not detectors:
+            env["FT_DETECTORS"] = ""
         record_dir = os.environ.get("FT_RECORD_DIR", "").strip()
         if record_dir:      # a store of its own, as (b) and (b') have
-            env["FT_RECORD_DIR"] = str(Path(record_dir) / "sharded")
+            env["FT_RECORD_DIR"] = str(Path(record_dir) / ("sharded" if detectors else "sharded-nodetect"))
         c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "flowtarget", "capture", env=env)
@@ -183,7 +187,10 @@ def bench_capture(args: argparse.Namespace) -> int:
     try:
         full = asyncio.run(_capture_service_run(args.pcap, url))
         inline = asyncio.run(_capture_service_run(args.pcap, url, detect_inline=True))
-        sharded = _sharded_capture_run(args.pcap, url, args.shards) if args.shards > 1 else None
+        sharded = bare = None
+        if args.shards > 1:
+            bare = _sharded_capture_run(args.pcap, url, args.shards, detectors=False)
+            sharded = _sharded_capture_run(args.pcap, url, args.shards)
     finally:
         if embedded is not None:
             embedded.close()
@@ -211,12 +218,14 @@ def bench_capture(args: argparse.Namespace) -> int:
           f"{result['cpu_seconds']} CPU-s (as on a live interface: detectors in their own process)")
     print(f"  (b') with the detectors inline     : {result['pps_detect_inline']:>10,} packets/s  "
           f"{result['cpu_seconds_detect_inline']} CPU-s (as a replay runs them: analyze, run --pcap)")
-    if sharded is not None:
-        result.update({"pps_sharded": sharded["pps"], "cpu_seconds_sharded": sharded["cpu_seconds"],
-                       "shards": sharded["shards"], "packets_sharded": sharded["packets"]})
-        print(f"  (c) {sharded['shards']} shard processes         : {sharded['pps']:>10,} packets/s  "
-              f"{sharded['cpu_seconds']} CPU-s (flowtarget capture, FT_SHARDS={sharded['shards']}, with its "
-              f"detectors' process; wall clock from start to exit)")
+    if sharded is not None and bare is not None:
+        result.update({"pps_sharded": bare["pps"], "cpu_seconds_sharded": bare["cpu_seconds"],
+                       "pps_sharded_detect": sharded["pps"], "cpu_seconds_sharded_detect": sharded["cpu_seconds"],
+                       "shards": sharded["shards"], "packets_sharded": bare["packets"]})
+        print(f"  (c) flowtarget capture, FT_SHARDS={bare['shards']}: {bare['pps']:>10,} packets/s  "
+              f"{bare['cpu_seconds']} CPU-s (no detectors, as (b); wall clock from start to exit)")
+        print(f"  (c') the same with its detectors' process: {sharded['pps']:>10,} packets/s  "
+              f"{sharded['cpu_seconds']} CPU-s")
     print(f"  peak RSS {result['peak_rss_mb']} MB, {result['bytes_per_flow']} bytes per active flow")
     if args.ndpi:
         nd = run_ndpi_reader(args.ndpi, args.pcap)
@@ -231,9 +240,11 @@ def bench_capture(args: argparse.Namespace) -> int:
                   f"(its processing time), {nd['ndpi_pps_wall']:,} by wall clock")
             print(f"  (b) / ndpiReader: {result.get('ratio_ndpi', '-')} by processing time, "
                   f"{result['ratio_ndpi_wall']} by wall clock")
-            if sharded is not None and nd["ndpi_pps_wall"]:
-                result["ratio_ndpi_wall_sharded"] = round(sharded["pps"] / nd["ndpi_pps_wall"], 3)
-                print(f"  (c) / ndpiReader: {result['ratio_ndpi_wall_sharded']} by wall clock")
+            if sharded is not None and bare is not None and nd["ndpi_pps_wall"]:
+                result["ratio_ndpi_wall_sharded"] = round(bare["pps"] / nd["ndpi_pps_wall"], 3)
+                result["ratio_ndpi_wall_sharded_detect"] = round(sharded["pps"] / nd["ndpi_pps_wall"], 3)
+                print(f"  (c) / ndpiReader: {result['ratio_ndpi_wall_sharded']} by wall clock; (c') / ndpiReader: "
+                      f"{result['ratio_ndpi_wall_sharded_detect']}")
     if args.json:
         print(json.dumps(result))
     return 0

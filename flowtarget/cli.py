@@ -230,14 +230,20 @@ class ProgressLine:
         self.total = sum(self.sizes)
         self.started = time.monotonic()
         self.packets_before = 0     # packets of the files already finished
+        self.in_file: dict[int, int] = {}   # packets of the current file, per shard (FT_SHARDS replays)
 
     def file_done(self, done: int, packets: int) -> None:
         self.packets_before = packets
+        self.in_file.clear()
 
     def text(self, st: dict[str, Any], now: float) -> str:
         k = max(1, min(int(st.get("file", 1) or 1), len(self.sizes) or 1))
         read = sum(self.sizes[:k - 1]) + max(0, int(st.get("bytes_read", 0) or 0))
-        packets = self.packets_before + max(0, int(st.get("packets", 0) or 0))
+        try:
+            self.in_file[int(st.get("shard", 0) or 0) % 64] = max(0, int(st.get("packets", 0) or 0))
+        except (TypeError, ValueError):
+            pass
+        packets = self.packets_before + sum(self.in_file.values())
         el = max(now - self.started, 1e-6)
         pct = 100.0 * read / self.total if self.total else 0.0
         eta = (self.total - read) * el / read if read else 0.0
@@ -246,6 +252,13 @@ class ProgressLine:
 
     def update(self, st: dict[str, Any]) -> None:
         print("\r" + self.text(st, time.monotonic()) + " " * 8, end="", file=sys.stderr, flush=True)
+
+
+def _int_env(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, "") or default)
+    except ValueError:
+        return default
 
 
 #: the event types reported_event can accept (the reader builds no others)
@@ -272,6 +285,7 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
     started = time.monotonic()
     total = len(files)
     line = ProgressLine(files)
+    shards = max(1, _int_env("FT_CAPTURE_SHARDS", _int_env("FT_SHARDS", 1)))
 
     async def on_stats(msg: Any) -> None:
         try:
@@ -284,7 +298,8 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
             return
         stats.append(st)
         if progress and st.get("finished"):
-            done = sum(1 for s in stats if s.get("finished"))
+            # each shard of a sharded replay (FT_SHARDS) reports every file it finished
+            done = min(total, -(-sum(1 for s in stats if s.get("finished")) // shards))
             pk = sum(int(s.get("packets", 0)) for s in stats if s.get("finished"))
             line.file_done(done, pk)
             el = time.monotonic() - started
@@ -646,7 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=f"run the {name} service (configured from FT_* variables)")
     sub.add_parser("web", help="run the web console (configured from FT_* and FT_WEB_* variables)")
     cp = sub.add_parser("capture", help="run the capture service (configured from FT_* variables)")
-    cp.add_argument("--shards", type=int, default=0, help="capture processes sharing the interface by flow hash")
+    cp.add_argument("--shards", type=int, default=0,
+                    help="capture processes sharing the interface (or FT_PCAP's files) by flow hash")
 
     rp = sub.add_parser("run", help="run all four services (embedded NATS unless --nats)")
     rp.add_argument("--iface", help="live interface (runs until stopped)")

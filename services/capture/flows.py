@@ -1065,7 +1065,9 @@ class FlowMeter:
     def on_verdict(self, v: Verdict) -> None:
         f = self._by_id.get(v.flow_id)
         if f is None:
-            self._count("verdicts_unknown_flow")
+            # another shard's flow (every shard hears the probe's verdicts): not ours, not counted
+            if v.flow_id.startswith(self._prefix + "-"):
+                self._count("verdicts_unknown_flow")
             return
         if f.pending > 0:
             f.pending -= 1

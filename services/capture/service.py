@@ -733,7 +733,7 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                 done, size = progress()
                 await bus.nc.publish(subject("stats", settings.probe, "progress"), json.dumps(
                     {"source": name, "file": file_no, "files": len(settings.pcap), "bytes_read": done,
-                     "bytes_total": size, "packets": n}).encode())
+                     "bytes_total": size, "packets": n, "shard": max(settings.shard_index, 0)}).encode())
             # one publishing turn per batch (CHUNK packets)
             await out.flush()
             await asyncio.sleep(0)      # let the publisher send what flush queued

@@ -28,6 +28,19 @@ def test_progress_line_counts_finished_files_and_the_current_one(tmp_path):
     assert "10,000 packets/s" in text and "ETA 10 s" in text
 
 
+def test_progress_line_sums_the_shards_of_a_sharded_replay(tmp_path):
+    a = tmp_path / "a.pcap"
+    a.write_bytes(b"x" * 2_000_000)
+    line = ProgressLine([str(a)])
+    line.started -= 10.0
+    for shard, n in ((0, 30_000), (1, 20_000), (0, 40_000)):    # each shard reports its own packets
+        text = line.text({"source": "a.pcap", "file": 1, "files": 1, "bytes_read": 1_000_000,
+                          "bytes_total": 2_000_000, "packets": n, "shard": shard}, line.started + 10.0)
+    assert "6,000 packets/s" in text, text     # 40,000 + 20,000 in 10 s
+    line.file_done(1, 60_000)
+    assert line.in_file == {}
+
+
 def big_pcap(path, packets: int) -> None:
     with open(path, "wb") as fh:
         w = dpkt.pcap.Writer(fh, linktype=1)

@@ -260,3 +260,22 @@ def test_two_shards_replay_a_file_as_one_process_does(nats_server, tmp_path):
             syns = sum(1 for _ts, buf in dpkt.pcap.Reader(fh)
                        if dpkt.ethernet.Ethernet(buf).data.src == b"\x0a\x09\x09\x09")
         assert syns == 120
+
+
+def test_another_shards_verdicts_are_not_counted_as_unknown():
+    """Every shard hears the probe's verdicts; only those for its own unknown flows count."""
+    from services.capture.bench import CountingSink
+    from services.capture.flows import FlowMeter
+    from shared.models import Verdict
+    from shared.settings import CaptureSettings
+
+    meter = FlowMeter(CaptureSettings(verdict_wait_s=0), CountingSink(), source="t")
+    other = FlowMeter(CaptureSettings(verdict_wait_s=0), CountingSink(), source="t")
+
+    def verdict(flow_id: str) -> Verdict:
+        return Verdict(timestamp=1.0, probe="p", flow_id=flow_id, app_protocol="HTTP", confidence="dpi")
+
+    meter.on_verdict(verdict(f"{other._prefix}-7"))
+    assert meter.counters.get("verdicts_unknown_flow", 0) == 0
+    meter.on_verdict(verdict(f"{meter._prefix}-7"))
+    assert meter.counters.get("verdicts_unknown_flow", 0) == 1
