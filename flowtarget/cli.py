@@ -254,11 +254,17 @@ class ProgressLine:
         print("\r" + self.text(st, time.monotonic()) + " " * 8, end="", file=sys.stderr, flush=True)
 
 
-def _int_env(name: str, default: int) -> int:
+def _capture_shards() -> int:
+    """FT_SHARDS (FT_CAPTURE_SHARDS) as the capture child reads it from this environment; 1 when unset or
+    invalid (capture itself then stops with the reason)."""
+    from pydantic import ValidationError
+
+    from shared.settings import CaptureSettings
+
     try:
-        return int(os.environ.get(name, "") or default)
-    except ValueError:
-        return default
+        return CaptureSettings().shards
+    except ValidationError:
+        return 1
 
 
 #: the event types reported_event can accept (the reader builds no others)
@@ -285,7 +291,7 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
     started = time.monotonic()
     total = len(files)
     line = ProgressLine(files)
-    shards = max(1, _int_env("FT_CAPTURE_SHARDS", _int_env("FT_SHARDS", 1)))
+    shards = _capture_shards()
 
     async def on_stats(msg: Any) -> None:
         try:

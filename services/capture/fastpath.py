@@ -186,9 +186,13 @@ def pcap_records_py(buf: bytes, pos: int, big_endian: bool, ts_unit: float, limi
     return out, pos, -1
 
 
+def shard_of_hash(h: int, shards: int) -> int:
+    """The shard of a ``shard_hash`` value: frames without IP (-1) go to shard 0 (as in the C)."""
+    return 0 if h < 0 else h % shards
+
+
 def in_shard_py(frame: bytes, dlt: int, shard: int, shards: int) -> bool:
-    h = shard_hash_py(frame, dlt)
-    return (0 if h < 0 else h % shards) == shard
+    return shard_of_hash(shard_hash_py(frame, dlt), shards) == shard
 
 
 class CollectorPy:
@@ -230,5 +234,4 @@ shard_hash = _c.shard_hash if COMPILED and hasattr(_c, "shard_hash") else shard_
 
 def in_shard(frame: bytes, dlt: int, shard: int, shards: int) -> bool:
     """Whether shard ``shard`` of ``shards`` replays ``frame`` (records the compiled reader did not take)."""
-    h = shard_hash(frame, dlt)
-    return (0 if h < 0 else h % shards) == shard
+    return shard_of_hash(shard_hash(frame, dlt), shards) == shard

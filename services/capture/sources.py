@@ -241,10 +241,7 @@ class FileSource:
             if len(self._buf) - self._pos < low and not self._eof:
                 self._fill(CHUNK)  # keep batches whole: read ahead before the buffer runs dry
             before = self._pos
-            if shards > 1:
-                recs, pos, bad = pcap_records(self._buf, before, big, unit, n, MAX_RECORD, snaplen, shard, shards, dlt)
-            else:
-                recs, pos, bad = pcap_records(self._buf, before, big, unit, n, MAX_RECORD, snaplen)
+            recs, pos, bad = pcap_records(self._buf, before, big, unit, n, MAX_RECORD, snaplen, shard, shards, dlt)
             self._pos = pos
             if recs:
                 self.packets += len(recs)
