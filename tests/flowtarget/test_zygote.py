@@ -127,3 +127,42 @@ def test_capture_forks_its_detectors_process(nats_server, tmp_path):
     assert cap.returncode == 0, err
     assert not alive(kids[0])
     assert "did not start" not in err
+
+
+def test_exit_now_runs_exit_functions_and_flushes_but_skips_the_teardown(tmp_path):
+    """exit_now (a stopped service's end): atexit functions run and buffered output is written, but no
+    object is finalised by the interpreter's teardown (a __del__ at teardown would print)."""
+    marker = tmp_path / "atexit.txt"
+    code = textwrap.dedent(f"""
+        import atexit, sys
+        from flowtarget.zygote import exit_now
+
+        class Finalised:
+            def __del__(self):
+                sys.stdout.write("teardown ran\\n")
+
+        keep = Finalised()
+        atexit.register(lambda: open({str(marker)!r}, "w").write("atexit ran"))
+        sys.stdout.write("buffered line")    # stdout is a pipe: block-buffered, not yet written
+        exit_now(3)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3
+    assert proc.stdout == "buffered line"
+    assert marker.read_text() == "atexit ran"
+
+
+def test_capture_program_exits_with_its_status_and_output_after_a_replay(nats_server, tmp_path):
+    """`python -m flowtarget capture` ends through exit_now: its status and its last log lines still come out."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}    # stderr buffered as a user's is
+    env.update(FT_NATS_URL=nats_server.url, FT_PROBE="exitnow", FT_PCAP=str(SAMPLE_PCAP),
+               FT_VERDICT_WAIT_S="0", FT_METRICS_PORT="0", FT_LOG_LEVEL="INFO", FT_DETECTORS="",
+               FT_STREAM_STORAGE="memory")
+    proc = subprocess.run([sys.executable, "-m", "flowtarget", "capture"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.rstrip().endswith("capture stopped")   # its last log line, flushed before the end
+    bad = subprocess.run([sys.executable, "-m", "flowtarget", "capture"], cwd=REPO,
+                         env=dict(env, FT_PCAP=str(tmp_path / "missing.pcap")),
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "configuration error" in bad.stderr
