@@ -592,6 +592,18 @@ def set_b64_texts(fn: Any) -> None:
     _b64_texts = fn if fn is not None else _b64_texts_py
 
 
+_b64_json: Any = None
+
+
+def set_b64_json(fn: Any) -> None:
+    """``list[bytes] -> bytes``, the JSON array of their base64 texts, for an orjson fragment (capture's
+    compiled ``_meter.b64_json``, registered when services.capture.flows is imported): orjson copies it
+    whole instead of one str per payload that it scans for escapes (a sample's JSON in 40 % less
+    time on the issue-12 mix).  None: the texts of ``_b64_texts``."""
+    global _b64_json
+    _b64_json = fn
+
+
 def _b64_doc(e: Any, spec: tuple[tuple[str, ...], tuple[str, ...]]) -> Any:
     """The JSON-ready dict of a ``_B64_MODELS`` event (a pydantic fragment when it is not plain)."""
     d = e.__dict__
@@ -599,10 +611,16 @@ def _b64_doc(e: Any, spec: tuple[tuple[str, ...], tuple[str, ...]]) -> Any:
         return _orjson.Fragment(_pyd_lean(e))
     d = dict(d)   # not lean: samples' defaults are few (6 % of their bytes), and dropping them costs more
     lists, ones = spec
+    as_json = _b64_json
     for name in lists:
         v = d[name]
         if v:
-            d[name] = _b64_texts(v) if type(v) is list else _b64_texts_py(v)
+            if type(v) is not list:
+                d[name] = _b64_texts_py(v)
+            elif as_json is not None:
+                d[name] = _orjson.Fragment(as_json(v))
+            else:
+                d[name] = _b64_texts(v)
     for name in ones:
         d[name] = _b64(d[name])
     return d

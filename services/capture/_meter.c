@@ -1556,28 +1556,24 @@ error:
  */
 static const char b64_alpha[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-static PyObject *b64_text(PyObject *b) {
-    if (!PyBytes_Check(b)) {
-        PyErr_SetString(PyExc_TypeError, "b64_texts() needs a list of bytes");
-        return NULL;
+/* two output characters per 12 input bits (built at import): half the table lookups of one per 6 bits */
+static uint16_t b64_pairs[4096];
+
+static void b64_init(void) {
+    for (int v = 0; v < 4096; v++) {
+        unsigned char pair[2] = {(unsigned char)b64_alpha[v >> 6], (unsigned char)b64_alpha[v & 63]};
+        memcpy(&b64_pairs[v], pair, 2);
     }
-    Py_ssize_t n = PyBytes_GET_SIZE(b);
-    if (n > (PY_SSIZE_T_MAX / 4) * 3 - 3) {
-        PyErr_NoMemory();
-        return NULL;
-    }
-    const unsigned char *in = (const unsigned char *)PyBytes_AS_STRING(b);
-    PyObject *t = PyUnicode_New((n + 2) / 3 * 4, 127);
-    if (t == NULL)
-        return NULL;
-    unsigned char *o = PyUnicode_1BYTE_DATA(t);
+}
+
+/* ``n`` bytes at ``in`` as padded base64 text at ``o`` ((n + 2) / 3 * 4 bytes); returns the end */
+static unsigned char *b64_encode(const unsigned char *in, Py_ssize_t n, unsigned char *o) {
     Py_ssize_t i = 0;
     for (; i + 3 <= n; i += 3) {
         uint32_t v = ((uint32_t)in[i] << 16) | ((uint32_t)in[i + 1] << 8) | in[i + 2];
-        *o++ = (unsigned char)b64_alpha[v >> 18];
-        *o++ = (unsigned char)b64_alpha[(v >> 12) & 63];
-        *o++ = (unsigned char)b64_alpha[(v >> 6) & 63];
-        *o++ = (unsigned char)b64_alpha[v & 63];
+        memcpy(o, &b64_pairs[v >> 12], 2);
+        memcpy(o + 2, &b64_pairs[v & 4095], 2);
+        o += 4;
     }
     if (n - i == 1) {
         uint32_t v = (uint32_t)in[i] << 16;
@@ -1592,7 +1588,66 @@ static PyObject *b64_text(PyObject *b) {
         *o++ = (unsigned char)b64_alpha[(v >> 6) & 63];
         *o++ = '=';
     }
+    return o;
+}
+
+static PyObject *b64_text(PyObject *b) {
+    if (!PyBytes_Check(b)) {
+        PyErr_SetString(PyExc_TypeError, "b64_texts() needs a list of bytes");
+        return NULL;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(b);
+    if (n > (PY_SSIZE_T_MAX / 4) * 3 - 3) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    PyObject *t = PyUnicode_New((n + 2) / 3 * 4, 127);
+    if (t == NULL)
+        return NULL;
+    b64_encode((const unsigned char *)PyBytes_AS_STRING(b), n, PyUnicode_1BYTE_DATA(t));
     return t;
+}
+
+/*
+ * b64_json(list of bytes) -> bytes: the list as the JSON array of its base64 texts, ``["..","..."]``
+ * (pydantic's URL-safe padded base64, no spaces), for an orjson.Fragment in batch_json's samples:
+ * orjson then copies the array instead of making and scanning one str per payload.
+ */
+static PyObject *b64_json(PyObject *self, PyObject *arg) {
+    (void)self;
+    if (!PyList_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "b64_json() needs a list of bytes");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(arg), size = 2;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *b = PyList_GET_ITEM(arg, i);
+        if (!PyBytes_Check(b)) {
+            PyErr_SetString(PyExc_TypeError, "b64_json() needs a list of bytes");
+            return NULL;
+        }
+        Py_ssize_t k = PyBytes_GET_SIZE(b);
+        if (k > (PY_SSIZE_T_MAX / 4) * 3 - 3 || size > PY_SSIZE_T_MAX - 3 - (k + 2) / 3 * 4) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        size += (k + 2) / 3 * 4 + 2 + (i > 0);
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL)
+        return NULL;
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
+    *o++ = '[';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *b = PyList_GET_ITEM(arg, i);
+        if (i > 0)
+            *o++ = ',';
+        *o++ = '"';
+        o = b64_encode((const unsigned char *)PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), o);
+        *o++ = '"';
+    }
+    *o++ = ']';
+    return out;
 }
 
 static PyObject *b64_texts(PyObject *self, PyObject *arg) {
@@ -1687,6 +1742,7 @@ fail:
 static PyMethodDef methods[] = {
     {"lean", (PyCFunction)(void (*)(void))lean, METH_FASTCALL, "A copy of an event's __dict__ without its default-valued fields (batch_json)."},
     {"b64_texts", b64_texts, METH_O, "A list of bytes as pydantic's JSON base64 texts (URL-safe, padded)."},
+    {"b64_json", b64_json, METH_O, "A list of bytes as the JSON array of pydantic's base64 texts (bytes)."},
     {"bind", bind, METH_VARARGS, "Learn the slot offsets of the meter's Flow and _Dir classes."},
     {"bind_record", bind_record, METH_VARARGS, "Learn FlowRecord (and BaseModel's slots) for record(); False when its fields differ."},
     {"record", record, METH_VARARGS, "FlowMeter._record's FlowRecord, built in C."},
@@ -1699,6 +1755,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_meter", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__meter(void) {
+    b64_init();
     empty_tuple = PyTuple_New(0);
     s_prev_frame = PyUnicode_InternFromString("_prev_frame");
     s_prev_ts = PyUnicode_InternFromString("_prev_ts");

@@ -276,6 +276,10 @@ if _METER is not None:
         from shared.models import set_b64_texts
 
         set_b64_texts(_METER.b64_texts)
+    if getattr(_METER, "b64_json", None) is not None:    # the same as one JSON array per list
+        from shared.models import set_b64_json
+
+        set_b64_json(_METER.b64_json)
     if getattr(_METER, "lean", None) is not None:   # events without their default-valued fields, for batch_json
         from shared.models import set_lean
 

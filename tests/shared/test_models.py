@@ -199,8 +199,14 @@ def _pydantic_batch_or_its_error(events):
        st.floats(allow_nan=True, allow_infinity=True), st.binary(max_size=60))
 def test_sample_and_packet_batches_give_pydantic_s_document(src, dst, text, number, payload):
     """Samples and DNS packet events go through orjson with their bytes as base64 text (_B64_MODELS): the
-    document pydantic writes, or pydantic's own error where it refuses (a lone surrogate)."""
+    document pydantic writes, or pydantic's own error where it refuses (a lone surrogate).  The payload
+    lists as the compiled JSON arrays where capture's _meter is built (registered by its import)."""
+    import services.capture.flows as flows_mod
+    from shared import models
     from shared.models import ArpInfo, PacketEvent, batch_json
+
+    if flows_mod._METER is not None:
+        assert models._b64_json is flows_mod._METER.b64_json
 
     s = FlowSample(**ENV, first_seen=1.0, src_payloads=src, dst_payloads=dst, payload_dirs="sd", vlan_ids=[7])
     s.__dict__["source"] = text
@@ -218,6 +224,28 @@ def test_sample_and_packet_batches_give_pydantic_s_document(src, dst, text, numb
         # any other event (an ARP packet event goes through pydantic) without its defaults
         assert got["events"] == [json.loads(e.model_dump_json()) if type(e) is FlowSample or e.arp is None
                                  else _lean_doc(e) for e in events]
+
+
+def test_sample_batches_are_the_same_with_and_without_the_compiled_arrays(monkeypatch):
+    """batch_json's samples: the compiled JSON arrays of base64 texts (_meter.b64_json) and the texts one by
+    one (_b64_texts, where it is not built) write the same document, every payload length and byte."""
+    import random
+
+    import services.capture.flows as flows_mod
+    from shared import models
+    from shared.models import batch_json
+
+    if flows_mod._METER is None:
+        pytest.skip("capture's _meter is not built here (no C compiler): only the texts one by one exist")
+    rnd = random.Random(5)
+    samples = [FlowSample(**ENV, first_seen=1.0, src_payloads=[rnd.randbytes(rnd.randrange(0, 300)) for _ in range(k)],
+                          dst_payloads=[bytes(range(256))] * (k % 3)) for k in range(12)]
+    compiled = batch_json(samples)
+    monkeypatch.setattr(models, "_b64_json", None)
+    assert batch_json(samples) == compiled
+    assert [FlowSample.model_validate(e) for e in json.loads(compiled)["events"]] == samples
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(st.characters(blacklist_categories=()), max_size=20) | st.sampled_from(["a\ud800b", "\x00\"\n/\x7f"]),
        st.floats(allow_nan=True, allow_infinity=True), st.integers(0, 2**70),
