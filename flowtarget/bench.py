@@ -28,6 +28,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     cp.add_argument("--shards", type=int, default=0, metavar="N",
                     help="also (c): `flowtarget capture` replaying the file with N shard processes (FT_SHARDS) "
                          "and its detectors' process, by wall clock from start to exit")
+    cp.add_argument("--repeat", type=int, default=1, metavar="K",
+                    help="with --ndpi: K more alternating pairs of ndpiReader and (c) (with --shards) or (b), "
+                         "each pair's ratio by wall clock and their median (a noisy machine moves both)")
     cl = bsub.add_parser("classify", help="flow samples classified per second on one core")
     cl.add_argument("inputs", nargs="+", help="samples JSONL (bench/dump_samples.py) or capture files")
     cl.add_argument("--json", action="store_true")
@@ -245,9 +248,49 @@ def bench_capture(args: argparse.Namespace) -> int:
                 result["ratio_ndpi_wall_sharded_detect"] = round(sharded["pps"] / nd["ndpi_pps_wall"], 3)
                 print(f"  (c) / ndpiReader: {result['ratio_ndpi_wall_sharded']} by wall clock; (c') / ndpiReader: "
                       f"{result['ratio_ndpi_wall_sharded_detect']}")
+    if args.ndpi and args.repeat > 1 and "ndpi_error" not in result:
+        result["pairs"] = _alternating_pairs(args, url_for_pairs=args.nats)
     if args.json:
         print(json.dumps(result))
     return 0
+
+
+def _alternating_pairs(args: argparse.Namespace, url_for_pairs: str | None) -> list[dict[str, Any]]:
+    """``--repeat K``: K pairs run back to back, ndpiReader then ours ((c) with ``--shards``, else (b)),
+    so that both see the same moment of a shared machine; each pair's ratio by wall clock and the median."""
+    import statistics
+
+    from flowtarget.embedded import EmbeddedNats
+
+    embedded = None
+    url = url_for_pairs
+    if not url:
+        embedded = EmbeddedNats().start()
+        url = embedded.url
+    ours = f"(c) FT_SHARDS={args.shards}" if args.shards > 1 else "(b)"
+    pairs: list[dict[str, Any]] = []
+    print(f"  {args.repeat} alternating pairs, ndpiReader then {ours}, by wall clock:")
+    try:
+        for k in range(args.repeat):
+            nd = run_ndpi_reader(args.ndpi, args.pcap)
+            if "ndpi_error" in nd:
+                print(f"  ndpiReader: {nd['ndpi_error']}")
+                break
+            if args.shards > 1:
+                pps = _sharded_capture_run(args.pcap, url, args.shards, detectors=False)["pps"]
+            else:
+                pps = asyncio.run(_capture_service_run(args.pcap, url))["pps"]
+            ratio = round(pps / nd["ndpi_pps_wall"], 3) if nd["ndpi_pps_wall"] else 0.0
+            pairs.append({"ndpi_pps_wall": nd["ndpi_pps_wall"], "pps": pps, "ratio_ndpi_wall": ratio})
+            print(f"    {k + 1}: ndpiReader {nd['ndpi_pps_wall']:>9,} packets/s, {ours} {pps:>9,}: {ratio}")
+    finally:
+        if embedded is not None:
+            embedded.close()
+    if pairs:
+        ratios = [p["ratio_ndpi_wall"] for p in pairs]
+        print(f"  {ours} / ndpiReader by wall clock: median {statistics.median(ratios):.3f}, "
+              f"{min(ratios):.3f}-{max(ratios):.3f} over {len(ratios)} pairs")
+    return pairs
 
 
 def _samples_from_captures(paths: list[str]) -> list[Any]:
