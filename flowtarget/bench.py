@@ -277,11 +277,13 @@ def _alternating_pairs(args: argparse.Namespace, url_for_pairs: str | None) -> l
                 print(f"  ndpiReader: {nd['ndpi_error']}")
                 break
             if args.shards > 1:
-                pps = _sharded_capture_run(args.pcap, url, args.shards, detectors=False)["pps"]
+                run = _sharded_capture_run(args.pcap, url, args.shards, detectors=False)
             else:
-                pps = asyncio.run(_capture_service_run(args.pcap, url))["pps"]
+                run = asyncio.run(_capture_service_run(args.pcap, url))
+            pps = run["pps"]
             ratio = round(pps / nd["ndpi_pps_wall"], 3) if nd["ndpi_pps_wall"] else 0.0
-            pairs.append({"ndpi_pps_wall": nd["ndpi_pps_wall"], "pps": pps, "ratio_ndpi_wall": ratio})
+            pairs.append({"ndpi_pps_wall": nd["ndpi_pps_wall"], "pps": pps, "packets": run["packets"],
+                          "ratio_ndpi_wall": ratio})
             print(f"    {k + 1}: ndpiReader {nd['ndpi_pps_wall']:>9,} packets/s, {ours} {pps:>9,}: {ratio}")
     finally:
         if embedded is not None:

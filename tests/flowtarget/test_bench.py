@@ -38,6 +38,18 @@ def test_bench_capture_prints_both_figures_and_compares_with_ndpireader():
         assert "not found" in r["ndpi_error"]
 
 
+@pytest.mark.skipif(shutil.which("ndpiReader") is None, reason="ndpiReader not installed (scripts/setup.sh --test installs it)")
+def test_bench_capture_repeat_alternates_ndpireader_and_the_sharded_replay():
+    """--repeat K: K pairs of ndpiReader and (c), each with its ratio; both read every packet of the file."""
+    r = bench("capture", str(SAMPLE_PCAP), "--json", "--ndpi", "--shards", "2", "--repeat", "2")
+    assert r["packets_sharded"] == r["packets"] == 97
+    pairs = r["pairs"]
+    assert len(pairs) == 2
+    for p in pairs:
+        assert p["ndpi_pps_wall"] > 0 and p["pps"] > 0 and p["packets"] == 97
+        assert p["ratio_ndpi_wall"] == round(p["pps"] / p["ndpi_pps_wall"], 3)
+
+
 def test_bench_classify_on_a_capture():
     r = bench("classify", str(SAMPLE_PCAP), "--json", "--repeat", "1")
     assert r["samples"] > 0 and r["samples_per_s"] > 0 and r["dissector_errors"] == 0
