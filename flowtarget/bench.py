@@ -249,13 +249,13 @@ def bench_capture(args: argparse.Namespace) -> int:
                 print(f"  (c) / ndpiReader: {result['ratio_ndpi_wall_sharded']} by wall clock; (c') / ndpiReader: "
                       f"{result['ratio_ndpi_wall_sharded_detect']}")
     if args.ndpi and args.repeat > 1 and "ndpi_error" not in result:
-        result["pairs"] = _alternating_pairs(args, url_for_pairs=args.nats)
+        result["pairs"] = _alternating_pairs(args)
     if args.json:
         print(json.dumps(result))
     return 0
 
 
-def _alternating_pairs(args: argparse.Namespace, url_for_pairs: str | None) -> list[dict[str, Any]]:
+def _alternating_pairs(args: argparse.Namespace) -> list[dict[str, Any]]:
     """``--repeat K``: K pairs run back to back, ndpiReader then ours ((c) with ``--shards``, else (b)),
     so that both see the same moment of a shared machine; each pair's ratio by wall clock and the median."""
     import statistics
@@ -263,7 +263,7 @@ def _alternating_pairs(args: argparse.Namespace, url_for_pairs: str | None) -> l
     from flowtarget.embedded import EmbeddedNats
 
     embedded = None
-    url = url_for_pairs
+    url = args.nats
     if not url:
         embedded = EmbeddedNats().start()
         url = embedded.url

@@ -582,16 +582,6 @@ def _b64_texts_py(v: list[bytes]) -> list[str]:
     return [_b64(x) for x in v]
 
 
-_b64_texts: Any = _b64_texts_py
-
-
-def set_b64_texts(fn: Any) -> None:
-    """A faster ``list[bytes] -> list[str]`` for the base64 texts of samples' payloads (capture's compiled
-    ``_meter.b64_texts``, registered when services.capture.flows is imported); None: the Python one."""
-    global _b64_texts
-    _b64_texts = fn if fn is not None else _b64_texts_py
-
-
 _b64_json: Any = None
 
 
@@ -599,7 +589,7 @@ def set_b64_json(fn: Any) -> None:
     """``list[bytes] -> bytes``, the JSON array of their base64 texts, for an orjson fragment (capture's
     compiled ``_meter.b64_json``, registered when services.capture.flows is imported): orjson copies it
     whole instead of one str per payload that it scans for escapes (a sample's JSON in 40 % less
-    time on the issue-12 mix).  None: the texts of ``_b64_texts``."""
+    time on the issue-12 mix).  None: one text per payload (``_b64_texts_py``)."""
     global _b64_json
     _b64_json = fn
 
@@ -615,12 +605,7 @@ def _b64_doc(e: Any, spec: tuple[tuple[str, ...], tuple[str, ...]]) -> Any:
     for name in lists:
         v = d[name]
         if v:
-            if type(v) is not list:
-                d[name] = _b64_texts_py(v)
-            elif as_json is not None:
-                d[name] = _orjson.Fragment(as_json(v))
-            else:
-                d[name] = _b64_texts(v)
+            d[name] = _orjson.Fragment(as_json(v)) if as_json is not None and type(v) is list else _b64_texts_py(v)
     for name in ones:
         d[name] = _b64(d[name])
     return d

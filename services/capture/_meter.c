@@ -1551,8 +1551,8 @@ error:
 }
 
 /*
- * b64_texts(list of bytes) -> list of str: each as pydantic writes bytes in JSON (ser_json_bytes="base64":
- * the URL-safe alphabet, padded), in one pass (shared.models.batch_json's samples; see set_b64_texts there)
+ * Base64 as pydantic writes bytes in JSON (ser_json_bytes="base64": the URL-safe alphabet, padded), for
+ * shared.models.batch_json's samples (b64_json below; see set_b64_json there)
  */
 static const char b64_alpha[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
@@ -1589,23 +1589,6 @@ static unsigned char *b64_encode(const unsigned char *in, Py_ssize_t n, unsigned
         *o++ = '=';
     }
     return o;
-}
-
-static PyObject *b64_text(PyObject *b) {
-    if (!PyBytes_Check(b)) {
-        PyErr_SetString(PyExc_TypeError, "b64_texts() needs a list of bytes");
-        return NULL;
-    }
-    Py_ssize_t n = PyBytes_GET_SIZE(b);
-    if (n > (PY_SSIZE_T_MAX / 4) * 3 - 3) {
-        PyErr_NoMemory();
-        return NULL;
-    }
-    PyObject *t = PyUnicode_New((n + 2) / 3 * 4, 127);
-    if (t == NULL)
-        return NULL;
-    b64_encode((const unsigned char *)PyBytes_AS_STRING(b), n, PyUnicode_1BYTE_DATA(t));
-    return t;
 }
 
 /*
@@ -1650,38 +1633,6 @@ static PyObject *b64_json(PyObject *self, PyObject *arg) {
     return out;
 }
 
-static PyObject *b64_texts(PyObject *self, PyObject *arg) {
-    (void)self;
-    if (!PyList_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "b64_texts() needs a list of bytes");
-        return NULL;
-    }
-    Py_ssize_t n = PyList_GET_SIZE(arg);
-    PyObject *out = PyList_New(n);
-    if (out == NULL)
-        return NULL;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *t = b64_text(PyList_GET_ITEM(arg, i));
-        if (t == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyList_SET_ITEM(out, i, t);
-    }
-    return out;
-}
-
-/*
- * lean(dict, spec) -> dict: a copy of the event's __dict__ without the entries whose value equals
- * (same type, ==) the field's default (shared.models.batch_json writes events without their
- * default-valued fields: schema 1.3).  spec = (names, defaults, by_name) from shared.models._defaults:
- * the model's field names and their defaults in field order (``keep``, any object not a default, for
- * event_type and required fields) and the same as a dict.  The __dict__ of a record built in C has
- * its fields in (nearly) that order with the same name objects, so each field's default is found by
- * position, or by a scan of the names when out of step; a key that is not one of those objects is
- * looked up in by_name (a key found nowhere is kept).  A value of another type
- * than its default (0 where 0.0, False where 0) is kept.
- */
 /* v == dv for two objects of the same type, as PyObject_RichCompareBool, with the defaults' types (str,
  * float, int) compared here: that generic call cost lean most of its time (36 fields per flow record) */
 static inline int same_value(PyObject *v, PyObject *dv) {
@@ -1704,6 +1655,17 @@ static inline int same_value(PyObject *v, PyObject *dv) {
     return PyObject_RichCompareBool(v, dv, Py_EQ);
 }
 
+/*
+ * lean(dict, spec) -> dict: a copy of the event's __dict__ without the entries whose value equals
+ * (same type, ==) the field's default (shared.models.batch_json writes events without their
+ * default-valued fields: schema 1.3).  spec = (names, defaults, by_name) from shared.models._defaults:
+ * the model's field names and their defaults in field order (``keep``, any object not a default, for
+ * event_type and required fields) and the same as a dict.  The __dict__ of a record built in C has
+ * its fields in (nearly) that order with the same name objects, so each field's default is found by
+ * position, or by a scan of the names when out of step; a key that is not one of those objects is
+ * looked up in by_name (a key found nowhere is kept).  A value of another type
+ * than its default (0 where 0.0, False where 0) is kept.
+ */
 static PyObject *lean(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     PyObject *d, *spec, *names, *defaults, *by_name;
     if (nargs != 2 || !PyDict_Check(args[0]) || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 3) {
@@ -1763,7 +1725,6 @@ fail:
 
 static PyMethodDef methods[] = {
     {"lean", (PyCFunction)(void (*)(void))lean, METH_FASTCALL, "A copy of an event's __dict__ without its default-valued fields (batch_json)."},
-    {"b64_texts", b64_texts, METH_O, "A list of bytes as pydantic's JSON base64 texts (URL-safe, padded)."},
     {"b64_json", b64_json, METH_O, "A list of bytes as the JSON array of pydantic's base64 texts (bytes)."},
     {"bind", bind, METH_VARARGS, "Learn the slot offsets of the meter's Flow and _Dir classes."},
     {"bind_record", bind_record, METH_VARARGS, "Learn FlowRecord (and BaseModel's slots) for record(); False when its fields differ."},

@@ -272,11 +272,7 @@ if _METER is not None:
         _crecord = _METER.record
         if _METER.bind_sample(FlowSample):
             _csample = _METER.sample
-    if getattr(_METER, "b64_texts", None) is not None:   # samples' payloads as base64 text, for batch_json
-        from shared.models import set_b64_texts
-
-        set_b64_texts(_METER.b64_texts)
-    if getattr(_METER, "b64_json", None) is not None:    # the same as one JSON array per list
+    if getattr(_METER, "b64_json", None) is not None:    # samples' payloads as base64 JSON arrays, for batch_json
         from shared.models import set_b64_json
 
         set_b64_json(_METER.b64_json)

@@ -228,7 +228,7 @@ def test_sample_and_packet_batches_give_pydantic_s_document(src, dst, text, numb
 
 def test_sample_batches_are_the_same_with_and_without_the_compiled_arrays(monkeypatch):
     """batch_json's samples: the compiled JSON arrays of base64 texts (_meter.b64_json) and the texts one by
-    one (_b64_texts, where it is not built) write the same document, every payload length and byte."""
+    one (_b64_texts_py, where it is not built) write the same document, every payload length and byte."""
     import random
 
     import services.capture.flows as flows_mod

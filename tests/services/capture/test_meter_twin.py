@@ -315,8 +315,8 @@ def test_the_loop_meters_vlan_ipv6_and_ip_options_itself(monkeypatch):
     assert len(seen) == to_python, [fr[12:16].hex() for _ts, fr in seen]
 
 
-def test_compiled_base64_texts_are_pydantic_s():
-    """_meter.b64_texts (samples' payloads in batch_json) writes what pydantic writes for bytes, every length
+def test_compiled_base64_arrays_are_pydantic_s():
+    """_meter.b64_json (samples' payloads in batch_json) writes what pydantic writes for bytes, every length
     and byte value; registered with shared.models when flows is imported."""
     import random
 
@@ -324,12 +324,13 @@ def test_compiled_base64_texts_are_pydantic_s():
     from shared import models
     from shared.models import FlowSample
 
-    assert models._b64_texts is _meter.b64_texts
+    assert models._b64_json is _meter.b64_json
     rnd = random.Random(12)
     payloads = [bytes(range(256)), b"\xfb\xff\xfe", b""] + [rnd.randbytes(n) for n in range(70) for _ in range(3)]
     s = FlowSample(timestamp=1.0, probe="p", transport="UDP", src_ip="a", dst_ip="b", first_seen=1.0,
                    src_payloads=payloads)
     want = orjson.loads(s.model_dump_json())["src_payloads"]
-    assert _meter.b64_texts(payloads) == want == models._b64_texts_py(payloads)
+    assert orjson.loads(_meter.b64_json(payloads)) == want == models._b64_texts_py(payloads)
+    assert _meter.b64_json([]) == b"[]"
     with pytest.raises(TypeError):
-        _meter.b64_texts([b"ok", "not bytes"])
+        _meter.b64_json([b"ok", "not bytes"])
