@@ -32,10 +32,12 @@
  * packet event, counter and evidence ring).
  *
  *   bind(flow_class, dir_class)   the Flow and _Dir classes with __slots__: learns their slot offsets
- *   run(meter, recs, one, dl, table, move_to_end, ev_trim, ev_keep[, keep, cutoff]) -> (packets, bytes, duplicates)
- *       of the records it metered itself; keeps meter._prev_frame/_prev_ts in step; with keep (a
- *       bytearray of one byte per record, all 1) and cutoff > 0, sets keep[i] = 0 for each record whose
- *       flow's rec_bytes had reached cutoff (else adds the frame's length to them)
+ *   run(meter, recs, one, dl, table, move_to_end, ev_trim, ev_keep[, keep, cutoff, cnew, ev_cap])
+ *       -> (packets, bytes, duplicates) of the records it metered itself; keeps meter._prev_frame/_prev_ts
+ *       in step; with keep (a bytearray of one byte per record, all 1) and cutoff > 0, sets keep[i] = 0
+ *       for each record whose flow's rec_bytes had reached cutoff (else adds the frame's length to them);
+ *       each packet goes to its flow's evidence ring (ring_push: ev_trim, ev_keep, ev_cap)
+ *   ring_add(flow, ts, frame, trim, keep, cap)   flows.ring_add in C (its tests)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -49,13 +51,13 @@ static int is_tunnel_port(uint32_t p) { return p == 4789 || p == 2152 || p == 37
 
 enum {
     S_PKTS, S_BYTES, D_PKTS, D_BYTES, S_FLAGS, D_FLAGS, S_STAMP, D_STAMP, LAST, EV, STATE, SAMPLING,
-    IS_DNS, NEXT_CHECK, REC_BYTES, SD, DD, DIRS, FLOW_ID, NFLOW,
+    IS_DNS, NEXT_CHECK, REC_BYTES, EV_BYTES, SD, DD, DIRS, FLOW_ID, NFLOW,
     /* the slots of the sampling state of one direction (flows.py's _Dir) */
     D_PAYLOADS = NFLOW, D_NBYTES, D_NXT, D_OOO, D_DONE, D_NEXT_SEQ, D_ACK, D_LAST_SEQ, NSLOTS
 };
 static const char *slot_names[NSLOTS] = {
     "s_pkts", "s_bytes", "d_pkts", "d_bytes", "s_flags", "d_flags", "s_stamp", "d_stamp", "last", "ev",
-    "state", "sampling", "is_dns", "next_check", "rec_bytes", "sd", "dd", "dirs", "flow_id",
+    "state", "sampling", "is_dns", "next_check", "rec_bytes", "ev_bytes", "sd", "dd", "dirs", "flow_id",
     "payloads", "nbytes", "nxt", "ooo", "done", "next_seq", "ack", "last_seq",
 };
 static Py_ssize_t offs[NSLOTS];
@@ -817,7 +819,8 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
         || nput(f, N_END_REASON, ref(s_empty)) < 0 || nput(f, N_SAMPLE_SEQ, ref(z)) < 0
         || nput(f, N_PENDING, ref(z)) < 0 || nput(f, N_VERDICT, ref(Py_None)) < 0
         || nput(f, N_VERDICT_FINAL, ref(Py_False)) < 0 || nput(f, N_DEADLINE, ref(zero_float)) < 0
-        || fput(f, EV, ref(Py_None)) < 0 || nput(f, N_HOT_N, ref(z)) < 0 || fput(f, REC_BYTES, ref(z)) < 0
+        || fput(f, EV, ref(Py_None)) < 0 || fput(f, EV_BYTES, ref(z)) < 0 || nput(f, N_HOT_N, ref(z)) < 0
+        || fput(f, REC_BYTES, ref(z)) < 0
         || fput(f, FLOW_ID, ref(fid)) < 0 || nput(f, N_VER, PyLong_FromLong(ver)) < 0
         || nput(f, N_PROTO, PyLong_FromLong(proto)) < 0
         || rput(f, R_TRANSPORT, ref(proto == 6 ? s_tcp_name : s_udp_name)) < 0
@@ -1093,17 +1096,85 @@ static inline int dput_q(PyObject *d, int key, PyObject *v) {   /* steals v */
     return r < 0 ? -1 : 0;
 }
 
+/* ---- evidence rings: flows.ring_add in C.  A flow's ring is a list [ts, frame, ts, frame, ...] of its last
+ * packets, oldest first; Flow.ev_bytes is the sum of its frames' lengths.  A frame longer than cap is kept
+ * cut to cap.  Above trim entries, the oldest go until keep are left; above cap bytes, the oldest go until
+ * at most cap / 2 are left or only the newest packet is. */
+static int ring_push(PyObject *f, PyObject *ev, PyObject *tso, PyObject *frame, Py_ssize_t trim, Py_ssize_t keep,
+                     Py_ssize_t cap) {
+    long long nb;
+    if (!PyList_CheckExact(ev) || !PyBytes_Check(frame)) {
+        PyErr_SetString(PyExc_TypeError, "an evidence ring is a list of times and frames (bytes)");
+        return -1;
+    }
+    if (slot_ll(f, EV_BYTES, &nb) < 0)
+        return -1;
+    Py_ssize_t len = PyBytes_GET_SIZE(frame);
+    PyObject *fr = frame;
+    if (len > cap) {
+        fr = PyBytes_FromStringAndSize(PyBytes_AS_STRING(frame), cap);
+        if (fr == NULL)
+            return -1;
+        len = cap;
+    } else {
+        Py_INCREF(fr);
+    }
+    int bad = PyList_Append(ev, tso) < 0 || PyList_Append(ev, fr) < 0;
+    Py_DECREF(fr);
+    if (bad)
+        return -1;
+    nb += len;
+    Py_ssize_t n = PyList_GET_SIZE(ev), cut = 0;
+    if (n > trim)
+        cut = n - keep;
+    for (Py_ssize_t k = 1; k < cut; k += 2) {
+        PyObject *x = PyList_GET_ITEM(ev, k);
+        nb -= PyBytes_Check(x) ? PyBytes_GET_SIZE(x) : 0;
+    }
+    if (nb > cap) {
+        while (n - cut > 2 && nb > cap / 2) {
+            PyObject *x = PyList_GET_ITEM(ev, cut + 1);
+            nb -= PyBytes_Check(x) ? PyBytes_GET_SIZE(x) : 0;
+            cut += 2;
+        }
+    }
+    if (cut > 0 && PyList_SetSlice(ev, 0, cut, NULL) < 0)
+        return -1;
+    return put_ll(f, EV_BYTES, nb);
+}
+
+/* ring_add(flow, ts, frame, trim, keep, cap): the compiled twin of flows.ring_add, for its tests */
+static PyObject *ring_add(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *f, *tso, *frame;
+    Py_ssize_t trim, keep, cap;
+    if (!PyArg_ParseTuple(args, "OO!O!nnn", &f, &PyFloat_Type, &tso, &PyBytes_Type, &frame, &trim, &keep, &cap))
+        return NULL;
+    if (flow_type == NULL || !PyObject_TypeCheck(f, flow_type) || cap < 1 || keep < 0 || trim < keep) {
+        PyErr_SetString(PyExc_ValueError, "ring_add needs a bound Flow, cap >= 1 and 0 <= keep <= trim");
+        return NULL;
+    }
+    PyObject *ev = get(f, EV);
+    if (ev == NULL || ring_push(f, ev, tso, frame, trim, keep, cap) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *run(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *meter, *recs, *one, *table, *move_to_end, *dl, *keep = Py_None;
-    Py_ssize_t ev_trim, ev_keep;
+    Py_ssize_t ev_trim, ev_keep, ev_cap = PY_SSIZE_T_MAX;
     long long cutoff = 0;
     int cnew = 0;
     NewFlow nf;
     memset(&nf, 0, sizeof nf);
-    if (!PyArg_ParseTuple(args, "OO!OOO!Onn|OLp", &meter, &PyList_Type, &recs, &one, &dl, &PyDict_Type, &table,
-                          &move_to_end, &ev_trim, &ev_keep, &keep, &cutoff, &cnew))
+    if (!PyArg_ParseTuple(args, "OO!OOO!Onn|OLpn", &meter, &PyList_Type, &recs, &one, &dl, &PyDict_Type, &table,
+                          &move_to_end, &ev_trim, &ev_keep, &keep, &cutoff, &cnew, &ev_cap))
         return NULL;
+    if (ev_cap < 1 || ev_keep < 0 || ev_trim < ev_keep) {
+        PyErr_SetString(PyExc_ValueError, "need ev_cap >= 1 and 0 <= ev_keep <= ev_trim");
+        return NULL;
+    }
     if (cnew && (!new_bound || rec_cls == NULL)) {
         PyErr_SetString(PyExc_RuntimeError, "bind_record() first: new flows in C need it");
         return NULL;
@@ -1421,15 +1492,8 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 bad |= add_int(f, REC_BYTES, (long long)len);
         }
         PyObject *ev = SLOT(f, EV);
-        if (!bad && ev != NULL && ev != Py_None) {
-            if (!PyList_Check(ev) || PyList_Append(ev, tso) < 0 || PyList_Append(ev, frame) < 0) {
-                if (!PyErr_Occurred())
-                    PyErr_SetString(PyExc_TypeError, "Flow.ev is not a list");
-                bad = -1;
-            } else if (PyList_GET_SIZE(ev) > ev_trim) {
-                bad |= PyList_SetSlice(ev, 0, PyList_GET_SIZE(ev) - ev_keep, NULL);
-            }
-        }
+        if (!bad && ev != NULL && ev != Py_None)
+            bad |= ring_push(f, ev, tso, frame, ev_trim, ev_keep, ev_cap);
         if (bad) {
             Py_DECREF(f);
             goto error;
@@ -1732,6 +1796,7 @@ static PyMethodDef methods[] = {
     {"bind_sample", bind_sample, METH_VARARGS, "Learn FlowSample for sample(); False when its fields differ."},
     {"sample", sample_event, METH_VARARGS, "FlowMeter._emit_sample's FlowSample, built in C."},
     {"run", run, METH_VARARGS, "Meter records of known flows that need only counters; stop at the first that needs Python."},
+    {"ring_add", ring_add, METH_VARARGS, "Append a packet to a flow's evidence ring and trim it (flows.ring_add in C)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -156,6 +156,36 @@ class ListSink:
         self.packets.append(p)
 
 
+RING_MIN_BYTES = 256   # the least share of evidence_memory_mb a ring gets
+
+
+def ring_add(f: Flow, ts: float, frame: bytes, trim: int, keep: int, cap: int) -> None:
+    """Append a packet to flow ``f``'s evidence ring and trim it; ``_meter.run`` does the same in C.
+
+    The ring is a list ``[ts, frame, ts, frame, ...]`` of the flow's last packets, oldest first (cheaper
+    than a deque of tuples), and ``f.ev_bytes`` the length of its frames; a frame longer than ``cap`` is
+    kept cut to ``cap``.  Above ``trim`` entries, the oldest go until ``keep`` are left; above ``cap``
+    bytes, the oldest go until at most ``cap // 2`` are left or only the newest packet is.  So a ring of
+    small packets keeps the last ``keep // 2`` of them, and one of full-size frames stays within ``cap``."""
+    ev = f.ev
+    if len(frame) > cap:
+        frame = frame[:cap]
+    ev.append(ts)
+    ev.append(frame)
+    nb = f.ev_bytes + len(frame)
+    n = len(ev)
+    cut = n - keep if n > trim else 0
+    for k in range(1, cut, 2):
+        nb -= len(ev[k])
+    if nb > cap:
+        while n - cut > 2 and nb > cap // 2:
+            nb -= len(ev[cut + 1])
+            cut += 2
+    if cut:
+        del ev[:cut]
+    f.ev_bytes = nb
+
+
 class _Dir:
     """Sampling state of one direction (only while a flow is sampled)."""
 
@@ -183,7 +213,7 @@ class Flow:
         "state", "fin", "closed_at", "end_reason", "next_check", "last_update",
         "sampling", "sd", "dd", "dirs", "sample_seq", "pending", "verdict", "verdict_final",
         "is_dns", "deadline", "source", "ev", "rkey", "s_stamp", "d_stamp", "hot_n",
-        "outer", "rec_bytes", "icmp",
+        "outer", "rec_bytes", "icmp", "ev_bytes",
     )
 
     def __init__(self) -> None:
@@ -198,7 +228,8 @@ class Flow:
         self.verdict: Verdict | None = None
         self.verdict_final = False
         self.deadline = 0.0
-        self.ev: list | None = None
+        self.ev: list | None = None  # the evidence ring (ring_add)
+        self.ev_bytes = 0  # the length of the frames in it
         self.hot_n = 0  # packets (both directions) at the flow's last hot check
         self.rec_bytes = 0  # frame bytes of the flow's packets the packet recorder keeps (record_cutoff)
 
@@ -308,7 +339,8 @@ class FlowMeter:
         #: gives one cumulative sample instead of several.
         self.defer_samples = False
         self._dirty: dict[str, tuple] = {}
-        # evidence: a ring of recent raw packets per flow (bounded in flows, see evidence_max_flows)
+        # evidence: a ring of recent raw packets per flow (ring_add), bounded in flows (evidence_max_flows,
+        # HOT_RINGS, recent_evidence_max) and each in bytes to an equal share of evidence_memory_mb
         self.evidence_packets = settings.evidence_packets
         self.evidence_max_flows = 10000
         # the ring is a flat list [ts, frame, ts, frame, ...] trimmed in steps (cheaper than a deque of tuples)
@@ -317,6 +349,9 @@ class FlowMeter:
         self._ev_flows = 0
         self._recent_ev: OrderedDict[str, tuple[Flow, int]] = OrderedDict()  # ended flows' rings, newest last
         self.recent_evidence_max = 512
+        # each ring's frame bytes: an equal share of evidence_memory_mb among every ring there can be
+        self._ev_cap = max(RING_MIN_BYTES, int(settings.evidence_memory_mb * 2**20) // (
+            self.evidence_max_flows + HOT_RINGS + self.recent_evidence_max))
         self.recorders: list = []  # active PcapRecorder objects (ft.ctl pcap requests)
         #: the packet recorder's cutoff (FT_RECORD_CUTOFF_BYTES, set by the Recorder; 0: off): with it, every
         #: metered record gets a keep mark (take_keep()): 1 while its flow's frames so far (both directions)
@@ -441,7 +476,7 @@ class FlowMeter:
         table = self.table
         try:
             npk, nb, dups = run(self, recs, self._process_py, dl, table, table.move_to_end, self._ev_trim,
-                                self._ev_keep, keep, self.record_cutoff, _crecord is not None)
+                                self._ev_keep, keep, self.record_cutoff, _crecord is not None, self._ev_cap)
         finally:
             if keep is not None:
                 self._keep += keep
@@ -461,6 +496,7 @@ class FlowMeter:
         recorders = self.recorders
         ev_trim = self._ev_trim
         ev_keep = self._ev_keep
+        ev_cap = self._ev_cap
         prev = self._prev_frame
         prev_ts = self._prev_ts
         nh = self._next_house
@@ -548,12 +584,8 @@ class FlowMeter:
                         keep[ki] = 0
                     else:
                         f.rec_bytes += n
-                ev = f.ev
-                if ev is not None:
-                    ev.append(ts)
-                    ev.append(frame)
-                    if len(ev) > ev_trim:
-                        del ev[:len(ev) - ev_keep]
+                if f.ev is not None:
+                    ring_add(f, ts, frame, ev_trim, ev_keep, ev_cap)
                 if flags & 5 and proto == 6 and not f.state:
                     self._tcp_close(f, ts, flags, fwd)
                 if ts >= f.next_check:
@@ -599,12 +631,8 @@ class FlowMeter:
             f.d_bytes += nbytes
             f.d_stamp = ts
         f.last = ts
-        ev = f.ev
-        if ev is not None:
-            ev.append(ts)
-            ev.append(frame)
-            if len(ev) > self._ev_trim:
-                del ev[:len(ev) - self._ev_keep]
+        if f.ev is not None:
+            ring_add(f, ts, frame, self._ev_trim, self._ev_keep, self._ev_cap)
         if ts >= f.next_check:
             self._periodic(f, ts)
         sm = f.sampling

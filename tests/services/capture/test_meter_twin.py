@@ -38,7 +38,8 @@ class VerdictSink(ListSink):
         self.verdicts.append(v)
 
 
-def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.MonkeyPatch, vwait: float = 0) -> list:
+def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.MonkeyPatch, vwait: float = 0,
+          ev_mb: float = 128.0) -> list:
     with monkeypatch.context() as mp:
         if not compiled:
             mp.setattr(flows, "_run", None)
@@ -48,7 +49,8 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
         # sink takes the best verdicts; a third of the sampled flows get a final verdict, a third one that
         # is not final, a third none
         sink = VerdictSink() if vwait else ListSink()
-        m = FlowMeter(CaptureSettings(verdict_wait_s=vwait, evidence_packets=4), sink, source="twin")
+        m = FlowMeter(CaptureSettings(verdict_wait_s=vwait, evidence_packets=4, evidence_memory_mb=ev_mb), sink,
+                      source="twin")
         m._prefix = "twin"
         m.defer_samples = True
         m.record_cutoff = 3000   # the packet recorder's keep marks (FT_RECORD_CUTOFF_BYTES), compared too
@@ -105,9 +107,9 @@ def batches_of(paths: list[Path], chunk: int = 256) -> list[tuple]:
     return out
 
 
-def assert_twins(batches: list, monkeypatch: pytest.MonkeyPatch, vwait: float = 0) -> list:
-    a = meter(batches, True, monkeypatch, vwait)
-    b = meter(batches, False, monkeypatch, vwait)
+def assert_twins(batches: list, monkeypatch: pytest.MonkeyPatch, vwait: float = 0, ev_mb: float = 128.0) -> list:
+    a = meter(batches, True, monkeypatch, vwait, ev_mb)
+    b = meter(batches, False, monkeypatch, vwait, ev_mb)
     names = ("flow records", "samples", "packet events", "stats", "evidence rings", "recorder keep marks",
              "flow records' documents", "samples' documents", "verdicts handed over")
     for name, x, y in zip(names, a, b):
@@ -179,6 +181,19 @@ def test_dev_corpora_meter_the_same(corpus, monkeypatch):
         pytest.skip(f"{d} not found")
     paths = sorted(p for p in d.iterdir() if p.is_file() and not p.name.endswith(".out"))
     assert_twins(batches_of(paths), monkeypatch)
+
+
+@pytest.mark.corpus
+def test_evidence_rings_at_their_byte_bound_meter_the_same(monkeypatch):
+    """With the least evidence memory (1 MB: 256 bytes per ring) every ring is cut by bytes, its frames cut
+    to the ring's share: the compiled loop's rings are still the Python meter's, byte for byte."""
+    need_corpus()
+    d = CORPUS.parents[1] / "ndpi" / "dev"
+    paths = sorted(p for p in d.iterdir() if p.is_file() and not p.name.endswith(".out"))[:80]
+    a = assert_twins(batches_of(paths), monkeypatch, ev_mb=1)
+    rings = [r for r in a[4].values() if r]
+    assert rings and all(sum(len(fr) for _ts, fr in r) <= 256 or len(r) == 1 for r in rings)
+    assert any(len(fr) == 256 for r in rings for _ts, fr in r)   # a frame cut to the share
 
 
 @pytest.mark.corpus
