@@ -16,7 +16,9 @@ The script also prints its own figure from ``resource.getrusage``.
 meters 10,000 TCP flows of 70 full-size frames each, interleaved (each round one
 fresh frame per flow, as a capture source hands them over): the evidence rings
 then hold full-size frames, within their share of ``FT_EVIDENCE_MEMORY_MB``
-each (``FT_EVIDENCE_PACKETS=0``: no rings, for the difference).
+each (``FT_EVIDENCE_PACKETS=0``: no rings, for the difference).  With ``--gap`` every
+segment comes one segment ahead of what its flow expects (after a SYN): what the flows hold for
+reordering while they are sampled.
 """
 
 from __future__ import annotations
@@ -45,12 +47,18 @@ def frames(n: int, total: int) -> list[tuple[float, bytes]]:
     return out[:n] if n < total else out
 
 
-def bulk_round(n: int, k: int, payload: int) -> list[tuple[float, bytes]]:
-    """Round ``k`` of ``n`` TCP flows: each flow's k-th frame with ``payload`` bytes, a fresh object each."""
+def bulk_round(n: int, k: int, payload: int, gap: bool = False) -> list[tuple[float, bytes]]:
+    """Round ``k`` of ``n`` TCP flows: each flow's k-th frame with ``payload`` bytes, a fresh object each.
+    ``gap``: round 0 is a SYN, then every segment is one segment ahead of what the flow expects (a gap
+    that never fills: segments held for reordering)."""
     out = []
     data = b"\x17" * payload
     for i in range(n):
-        tcp = struct.pack("!HHIIBBHHH", 20000 + i % 40000, 443, 1 + k * payload, 1, 5 << 4, 0x10, 65535, 0, 0) + data
+        if gap:
+            seq, flags, body = (0, 0x02, b"") if k == 0 else (1 + payload * (k + 1), 0x18, data)
+        else:
+            seq, flags, body = 1 + k * payload, 0x10, data
+        tcp = struct.pack("!HHIIBBHHH", 20000 + i % 40000, 443, seq, 1, 5 << 4, flags, 65535, 0, 0) + body
         ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), k & 0xFFFF, 0, 64, 6, 0,
                          struct.pack("!I", 0x0A000000 + i), b"\xc0\xa8\x00\x01") + tcp
         out.append((1000.0 + k + i * 1e-6, b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + ip))
@@ -65,6 +73,8 @@ def main() -> int:
     ap.add_argument("total", type=int, nargs="?", default=0, help="single-packet frames built (default max(flows, 200000))")
     ap.add_argument("--packets", type=int, default=1, help="packets per flow (> 1: bulk flows, frames made per round)")
     ap.add_argument("--payload", type=int, default=1400, help="TCP payload bytes per packet of a bulk flow")
+    ap.add_argument("--gap", action="store_true", help="bulk flows whose segments all come after a gap that "
+                                                      "never fills (out-of-order data held for reordering)")
     a = ap.parse_args()
     n = a.flows
     total = a.total or max(n, 200_000)
@@ -73,12 +83,12 @@ def main() -> int:
     meter = FlowMeter(CaptureSettings(verdict_wait_s=0, max_flows=max(16, total * 2)), CountingSink(), source="mem")
     meter.defer_samples = True
     if bulk:
-        bulk_round(n, 0, a.payload)     # one round's frames, made and freed in both runs alike
+        bulk_round(n, 1, a.payload, a.gap)     # one round's frames, made and freed in both runs alike
     gc.collect()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if bulk:
         for k in range(a.packets):
-            rnd = bulk_round(n, k, a.payload)
+            rnd = bulk_round(n, k, a.payload, a.gap)
             for i in range(0, n, 2048):
                 meter.process_batch(rnd[i:i + 2048])
                 meter.flush_samples()

@@ -234,8 +234,15 @@ class Flow:
         self.rec_bytes = 0  # frame bytes of the flow's packets the packet recorder keeps (record_cutoff)
 
 
-def _seq_payload_cut(d: _Dir, seq: int, payload: bytes) -> bytes | None:
-    """In-order TCP reassembly of one direction: returns the new in-order bytes (may be b'')."""
+def _seq_payload_cut(d: _Dir, seq: int, payload: bytes, room: int = 1 << 30) -> bytes | None:
+    """In-order TCP reassembly of one direction: returns the new in-order bytes (may be b'').
+
+    ``room``: the bytes the direction's sample still takes.  A segment held for reordering is kept cut
+    to it; beyond ``_OOO_MAX`` held segments, or ``room`` bytes of them, the gap is given up as lost
+    (the stream goes on from the earliest held segment); and after the bytes returned, the held segments
+    furthest ahead are dropped while they come to more than what the sample then still takes (data
+    beyond it is never sampled).  So a direction holds no more than its sample still takes, whatever
+    the out-of-order traffic (a lossy mirror port, or a sender making the probe hold data)."""
     if d.nxt < 0:
         d.nxt = seq
     diff = (seq - d.nxt) & 0xFFFFFFFF
@@ -252,11 +259,13 @@ def _seq_payload_cut(d: _Dir, seq: int, payload: bytes) -> bytes | None:
             ooo = d.ooo
             if ooo is None:
                 ooo = d.ooo = {}
+            if len(payload) > room:
+                payload = payload[:room]
             if seq not in ooo or len(ooo[seq]) < len(payload):
                 ooo[seq] = payload
-            if len(ooo) < _OOO_MAX:
+            if len(ooo) < _OOO_MAX and sum(map(len, ooo.values())) <= room:
                 return b""
-            # the gap did not fill: skip to the earliest held segment
+            # the gap did not fill, or what is held would fill the sample: skip to the earliest held segment
             first = min(ooo, key=lambda s: (s - d.nxt) & 0xFFFFFFFF)
             d.nxt = first
             out = ooo.pop(first)
@@ -287,7 +296,18 @@ def _seq_payload_cut(d: _Dir, seq: int, payload: bytes) -> bytes | None:
                 d.nxt = (nxt + len(seg)) & 0xFFFFFFFF
         if len(parts) > 1:
             out = b"".join(parts)
+        if ooo:
+            _drop_beyond(d, room - len(out))
     return out
+
+
+def _drop_beyond(d: _Dir, room: int) -> None:
+    """Drop the held segments furthest ahead while they come to more than ``room`` bytes."""
+    ooo = d.ooo
+    total = sum(map(len, ooo.values()))
+    while total > room and ooo:
+        far = max(ooo, key=lambda s: (s - d.nxt) & 0xFFFFFFFF)
+        total -= len(ooo.pop(far))
 
 
 _run: Any = None
@@ -1154,7 +1174,7 @@ class FlowMeter:
                 d.last_seq = seq
                 d.nxt = (seq + len(payload)) & 0xFFFFFFFF
             else:
-                payload = _seq_payload_cut(d, seq, payload)
+                payload = _seq_payload_cut(d, seq, payload, self._smax_bytes - d.nbytes)
                 if not payload:
                     return
                 d.last_seq = (d.nxt - len(payload)) & 0xFFFFFFFF
