@@ -51,13 +51,13 @@ static int is_tunnel_port(uint32_t p) { return p == 4789 || p == 2152 || p == 37
 
 enum {
     S_PKTS, S_BYTES, D_PKTS, D_BYTES, S_FLAGS, D_FLAGS, S_STAMP, D_STAMP, LAST, EV, STATE, SAMPLING,
-    IS_DNS, NEXT_CHECK, REC_BYTES, EV_BYTES, SD, DD, DIRS, FLOW_ID, NFLOW,
+    IS_DNS, NEXT_CHECK, REC_BYTES, EV_SIZE, SD, DD, DIRS, FLOW_ID, NFLOW,
     /* the slots of the sampling state of one direction (flows.py's _Dir) */
     D_PAYLOADS = NFLOW, D_NBYTES, D_NXT, D_OOO, D_DONE, D_NEXT_SEQ, D_ACK, D_LAST_SEQ, NSLOTS
 };
 static const char *slot_names[NSLOTS] = {
     "s_pkts", "s_bytes", "d_pkts", "d_bytes", "s_flags", "d_flags", "s_stamp", "d_stamp", "last", "ev",
-    "state", "sampling", "is_dns", "next_check", "rec_bytes", "ev_bytes", "sd", "dd", "dirs", "flow_id",
+    "state", "sampling", "is_dns", "next_check", "rec_bytes", "ev_size", "sd", "dd", "dirs", "flow_id",
     "payloads", "nbytes", "nxt", "ooo", "done", "next_seq", "ack", "last_seq",
 };
 static Py_ssize_t offs[NSLOTS];
@@ -819,7 +819,7 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
         || nput(f, N_END_REASON, ref(s_empty)) < 0 || nput(f, N_SAMPLE_SEQ, ref(z)) < 0
         || nput(f, N_PENDING, ref(z)) < 0 || nput(f, N_VERDICT, ref(Py_None)) < 0
         || nput(f, N_VERDICT_FINAL, ref(Py_False)) < 0 || nput(f, N_DEADLINE, ref(zero_float)) < 0
-        || fput(f, EV, ref(Py_None)) < 0 || fput(f, EV_BYTES, ref(z)) < 0 || nput(f, N_HOT_N, ref(z)) < 0
+        || fput(f, EV, ref(Py_None)) < 0 || fput(f, EV_SIZE, ref(z)) < 0 || nput(f, N_HOT_N, ref(z)) < 0
         || fput(f, REC_BYTES, ref(z)) < 0
         || fput(f, FLOW_ID, ref(fid)) < 0 || nput(f, N_VER, PyLong_FromLong(ver)) < 0
         || nput(f, N_PROTO, PyLong_FromLong(proto)) < 0
@@ -1097,50 +1097,51 @@ static inline int dput_q(PyObject *d, int key, PyObject *v) {   /* steals v */
 }
 
 /* ---- evidence rings: flows.ring_add in C.  A flow's ring is a list [ts, frame, ts, frame, ...] of its last
- * packets, oldest first; Flow.ev_bytes is the sum of its frames' lengths.  A frame longer than cap is kept
- * cut to cap.  Above trim entries, the oldest go until keep are left; above cap bytes, the oldest go until
- * at most cap / 2 are left or only the newest packet is. */
+ * packets, oldest first; Flow.ev_size is its frames' size in 64-byte units (each length rounded up: small
+ * ints, which CPython keeps made).  A frame longer than cap bytes is kept cut to cap.  Above trim entries,
+ * the oldest go until keep are left; above cap >> 6 units, the oldest go until at most half of that is left
+ * or only the newest packet is. */
+static inline long long units(PyObject *x) {
+    return PyBytes_Check(x) ? (PyBytes_GET_SIZE(x) + 63) >> 6 : 0;
+}
+
 static int ring_push(PyObject *f, PyObject *ev, PyObject *tso, PyObject *frame, Py_ssize_t trim, Py_ssize_t keep,
                      Py_ssize_t cap) {
-    long long nb;
+    long long nu;
     if (!PyList_CheckExact(ev) || !PyBytes_Check(frame)) {
         PyErr_SetString(PyExc_TypeError, "an evidence ring is a list of times and frames (bytes)");
         return -1;
     }
-    if (slot_ll(f, EV_BYTES, &nb) < 0)
+    if (slot_ll(f, EV_SIZE, &nu) < 0)
         return -1;
-    Py_ssize_t len = PyBytes_GET_SIZE(frame);
     PyObject *fr = frame;
-    if (len > cap) {
+    if (PyBytes_GET_SIZE(frame) > cap) {
         fr = PyBytes_FromStringAndSize(PyBytes_AS_STRING(frame), cap);
         if (fr == NULL)
             return -1;
-        len = cap;
     } else {
         Py_INCREF(fr);
     }
     int bad = PyList_Append(ev, tso) < 0 || PyList_Append(ev, fr) < 0;
+    nu += units(fr);
     Py_DECREF(fr);
     if (bad)
         return -1;
-    nb += len;
+    long long cu = cap >> 6;
     Py_ssize_t n = PyList_GET_SIZE(ev), cut = 0;
     if (n > trim)
         cut = n - keep;
-    for (Py_ssize_t k = 1; k < cut; k += 2) {
-        PyObject *x = PyList_GET_ITEM(ev, k);
-        nb -= PyBytes_Check(x) ? PyBytes_GET_SIZE(x) : 0;
-    }
-    if (nb > cap) {
-        while (n - cut > 2 && nb > cap / 2) {
-            PyObject *x = PyList_GET_ITEM(ev, cut + 1);
-            nb -= PyBytes_Check(x) ? PyBytes_GET_SIZE(x) : 0;
+    for (Py_ssize_t k = 1; k < cut; k += 2)
+        nu -= units(PyList_GET_ITEM(ev, k));
+    if (nu > cu) {
+        while (n - cut > 2 && nu > cu / 2) {
+            nu -= units(PyList_GET_ITEM(ev, cut + 1));
             cut += 2;
         }
     }
     if (cut > 0 && PyList_SetSlice(ev, 0, cut, NULL) < 0)
         return -1;
-    return put_ll(f, EV_BYTES, nb);
+    return put_ll(f, EV_SIZE, nu);
 }
 
 /* ring_add(flow, ts, frame, trim, keep, cap): the compiled twin of flows.ring_add, for its tests */

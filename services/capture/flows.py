@@ -163,27 +163,30 @@ def ring_add(f: Flow, ts: float, frame: bytes, trim: int, keep: int, cap: int) -
     """Append a packet to flow ``f``'s evidence ring and trim it; ``_meter.run`` does the same in C.
 
     The ring is a list ``[ts, frame, ts, frame, ...]`` of the flow's last packets, oldest first (cheaper
-    than a deque of tuples), and ``f.ev_bytes`` the length of its frames; a frame longer than ``cap`` is
+    than a deque of tuples), and ``f.ev_size`` its frames' size in 64-byte units (each frame's length
+    rounded up; small numbers, which CPython does not allocate); a frame longer than ``cap`` bytes is
     kept cut to ``cap``.  Above ``trim`` entries, the oldest go until ``keep`` are left; above ``cap``
-    bytes, the oldest go until at most ``cap // 2`` are left or only the newest packet is.  So a ring of
-    small packets keeps the last ``keep // 2`` of them, and one of full-size frames stays within ``cap``."""
+    bytes (``cap >> 6`` units), the oldest go until at most half of that is left or only the newest
+    packet is.  So a ring of small packets keeps the last ``keep // 2`` of them, and one of full-size
+    frames stays within ``cap``."""
     ev = f.ev
     if len(frame) > cap:
         frame = frame[:cap]
     ev.append(ts)
     ev.append(frame)
-    nb = f.ev_bytes + len(frame)
+    nu = f.ev_size + ((len(frame) + 63) >> 6)
+    cu = cap >> 6
     n = len(ev)
     cut = n - keep if n > trim else 0
     for k in range(1, cut, 2):
-        nb -= len(ev[k])
-    if nb > cap:
-        while n - cut > 2 and nb > cap // 2:
-            nb -= len(ev[cut + 1])
+        nu -= (len(ev[k]) + 63) >> 6
+    if nu > cu:
+        while n - cut > 2 and nu > cu // 2:
+            nu -= (len(ev[cut + 1]) + 63) >> 6
             cut += 2
     if cut:
         del ev[:cut]
-    f.ev_bytes = nb
+    f.ev_size = nu
 
 
 class _Dir:
@@ -213,7 +216,7 @@ class Flow:
         "state", "fin", "closed_at", "end_reason", "next_check", "last_update",
         "sampling", "sd", "dd", "dirs", "sample_seq", "pending", "verdict", "verdict_final",
         "is_dns", "deadline", "source", "ev", "rkey", "s_stamp", "d_stamp", "hot_n",
-        "outer", "rec_bytes", "icmp", "ev_bytes",
+        "outer", "rec_bytes", "icmp", "ev_size",
     )
 
     def __init__(self) -> None:
@@ -229,7 +232,7 @@ class Flow:
         self.verdict_final = False
         self.deadline = 0.0
         self.ev: list | None = None  # the evidence ring (ring_add)
-        self.ev_bytes = 0  # the length of the frames in it
+        self.ev_size = 0  # the size of the frames in it, in 64-byte units
         self.hot_n = 0  # packets (both directions) at the flow's last hot check
         self.rec_bytes = 0  # frame bytes of the flow's packets the packet recorder keeps (record_cutoff)
 

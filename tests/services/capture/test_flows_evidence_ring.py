@@ -45,13 +45,13 @@ def test_compiled_ring_is_the_python_one_and_holds_the_last_packets(pk, keep, ex
     for n, (ts, fr) in enumerate(pk, 1):
         ring_add(a, ts, fr, 2 * trim, 2 * keep, cap)
         _meter.ring_add(b, ts, fr, 2 * trim, 2 * keep, cap)
-        assert a.ev == b.ev and a.ev_bytes == b.ev_bytes
+        assert a.ev == b.ev and a.ev_size == b.ev_size
         got = ring_of(a)
-        assert a.ev_bytes == sum(len(f) for _t, f in got)
+        assert a.ev_size == sum((len(f) + 63) // 64 for _t, f in got)
         # a suffix of what went in, each frame cut to cap
         assert got == [(t, f[:cap]) for t, f in pk[n - len(got):n]]
         assert 1 <= len(got) <= trim
-        assert len(got) == 1 or a.ev_bytes <= cap
+        assert len(got) == 1 or sum(len(f) for _t, f in got) <= a.ev_size * 64 <= cap
 
 
 def test_a_ring_keeps_its_flow_s_last_packets_when_they_are_small():
@@ -81,10 +81,11 @@ def test_the_rings_of_many_bulk_flows_stay_within_their_shares(compiled, monkeyp
         m.flush_samples()
     rings = {id(f): f for f, _fwd in m.table.values()}
     assert len(rings) == nflows
-    assert all(f.ev_bytes == sum(len(fr) for fr in f.ev[1::2]) <= share for f in rings.values())
+    assert all(sum(len(fr) for fr in f.ev[1::2]) <= f.ev_size * 64 <= share for f in rings.values())
     for f in list(rings.values())[::500]:
         got = m.evidence(f.flow_id)
-        assert (share // 2) // size <= len(got) <= share // size
+        unit = (size + 63) // 64 * 64
+        assert (share // 64 // 2 * 64) // unit <= len(got) <= share // unit
         assert [fr[-1] for _ts, fr in got] == list(range(npk - len(got), npk))   # the newest, in order
         assert all(len(fr) == size for _ts, fr in got)                           # whole
 
