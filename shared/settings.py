@@ -181,7 +181,7 @@ class CaptureSettings(CommonSettings):
     batch_interval_s: float = Field(default=0.2, gt=0)
     evidence_dir: Path = Field(default=Path("/var/lib/flowtarget/evidence"))
     evidence_packets: int = Field(default=32, ge=0, le=10000, description="Recent raw packets kept per flow for evidence.")
-    evidence_memory_mb: float = Field(default=128.0, ge=1, le=65536, description="Frame bytes of the flows' evidence rings in all (MiB): each ring (at most 10,768: open flows' and recently ended flows') keeps its flow's last evidence_packets packets within an equal share of it, fewer when they are large; a frame beyond a share is kept cut to it.")
+    evidence_memory_mb: float = Field(default=128.0, ge=1, le=65536, description="Frame bytes of the flows' evidence rings in all (MiB): each ring (at most 10,768: open flows' and recently ended flows') keeps its flow's last evidence_packets packets within an equal share of it (at least 256 bytes), fewer when they are large; a frame beyond a share is kept cut to it.")
     evidence_max_mb: float = Field(default=1024.0, gt=0, description="Bytes capture writes into evidence_dir (recordings and flow evidence); beyond, new evidence is refused and counted.")
     recording_max_active: int = Field(default=4, ge=1, le=1000, description="ft.ctl pcap recordings at once; further requests are refused and counted.")
     recording_max_packets: int = Field(default=100_000, ge=1, description="Packets per ft.ctl pcap recording (it ends there, counted as truncated).")
