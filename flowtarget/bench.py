@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                     help="also (c): `flowtarget capture` replaying the file with N shard processes (FT_SHARDS) "
                          "and its detectors' process, by wall clock from start to exit")
     cp.add_argument("--repeat", type=int, default=1, metavar="K",
-                    help="with --ndpi: K more alternating pairs of ndpiReader and (c) (with --shards) or (b), "
-                         "each pair's ratio by wall clock and their median (a noisy machine moves both)")
+                    help="with --ndpi and K > 1: K more alternating pairs of ndpiReader and (c) (with --shards) "
+                         "or (b), each pair's ratio by wall clock and their median (a noisy machine moves both)")
     cl = bsub.add_parser("classify", help="flow samples classified per second on one core")
     cl.add_argument("inputs", nargs="+", help="samples JSONL (bench/dump_samples.py) or capture files")
     cl.add_argument("--json", action="store_true")
@@ -178,25 +180,31 @@ def run_ndpi_reader(exe: str, pcap: str) -> dict[str, Any]:
     return res
 
 
-def bench_capture(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _nats_url(args: argparse.Namespace) -> Iterator[str]:
+    """``--nats`` when given, else an embedded nats-server's URL for the block's duration."""
+    if args.nats:
+        yield args.nats
+        return
     from flowtarget.embedded import EmbeddedNats
+
+    embedded = EmbeddedNats().start()
+    try:
+        yield embedded.url
+    finally:
+        embedded.close()
+
+
+def bench_capture(args: argparse.Namespace) -> int:
     from services.capture.bench import run_meter_bench
 
-    embedded = None
-    url = args.nats
-    if not url:
-        embedded = EmbeddedNats().start()
-        url = embedded.url
-    try:
+    with _nats_url(args) as url:
         full = asyncio.run(_capture_service_run(args.pcap, url))
         inline = asyncio.run(_capture_service_run(args.pcap, url, detect_inline=True))
         sharded = bare = None
         if args.shards > 1:
             bare = _sharded_capture_run(args.pcap, url, args.shards, detectors=False)
             sharded = _sharded_capture_run(args.pcap, url, args.shards)
-    finally:
-        if embedded is not None:
-            embedded.close()
     rss_full = peak_rss_mb()
     meter = run_meter_bench(args.pcap)
     result = {
@@ -260,17 +268,10 @@ def _alternating_pairs(args: argparse.Namespace) -> list[dict[str, Any]]:
     so that both see the same moment of a shared machine; each pair's ratio by wall clock and the median."""
     import statistics
 
-    from flowtarget.embedded import EmbeddedNats
-
-    embedded = None
-    url = args.nats
-    if not url:
-        embedded = EmbeddedNats().start()
-        url = embedded.url
     ours = f"(c) FT_SHARDS={args.shards}" if args.shards > 1 else "(b)"
     pairs: list[dict[str, Any]] = []
     print(f"  {args.repeat} alternating pairs, ndpiReader then {ours}, by wall clock:")
-    try:
+    with _nats_url(args) as url:
         for k in range(args.repeat):
             nd = run_ndpi_reader(args.ndpi, args.pcap)
             if "ndpi_error" in nd:
@@ -285,9 +286,6 @@ def _alternating_pairs(args: argparse.Namespace) -> list[dict[str, Any]]:
             pairs.append({"ndpi_pps_wall": nd["ndpi_pps_wall"], "pps": pps, "packets": run["packets"],
                           "ratio_ndpi_wall": ratio})
             print(f"    {k + 1}: ndpiReader {nd['ndpi_pps_wall']:>9,} packets/s, {ours} {pps:>9,}: {ratio}")
-    finally:
-        if embedded is not None:
-            embedded.close()
     if pairs:
         ratios = [p["ratio_ndpi_wall"] for p in pairs]
         print(f"  {ours} / ndpiReader by wall clock: median {statistics.median(ratios):.3f}, "
