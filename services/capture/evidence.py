@@ -3,11 +3,15 @@
 File names follow the original design's ExportPack: interface, source IP and
 time, ``<iface>_<src-ip>_<YYYYmmdd-HHMMSS>[_<tag>].pcap`` (IPv6 colons and any
 other unsafe character become ``-``), and a file is never overwritten.
-Pcaps are written with dpkt's writer in the capture's link type.
+Pcaps are written in the capture's link type.  A frame that may have been cut
+(by the capture's snap length, or to an evidence ring's share) gets the length
+its own IP header gives as its original length (``wire_len``), so that a
+reader sees it as limited during capture, not as malformed.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
@@ -16,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["evidence_name", "write_pcap", "PcapRecorder", "EvidenceLimits", "dir_bytes"]
+__all__ = ["evidence_name", "write_pcap", "wire_len", "PcapRecorder", "EvidenceLimits", "dir_bytes"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-]+")
 
@@ -44,25 +48,83 @@ def _unique(path: Path) -> Path:
     raise FileExistsError(str(path))
 
 
+_PCAP_HDR = struct.Struct("<IHHiIII")
+_REC_HDR = struct.Struct("<IIII")
+_VLAN_TYPES = (0x8100, 0x88A8, 0x9100, 0x9200)
+
+
+def wire_len(frame: bytes, dlt: int, cut_at: int) -> int:
+    """The frame's length on the wire, for a pcap record's original length.
+
+    A frame of ``cut_at`` bytes or more (``cut_at``: the length at which it may have been cut; 0 = never
+    cut) whose outermost IP header (after Ethernet with up to four 802.1Q/802.1ad tags, Linux cooked
+    v1/v2, BSD loopback, or raw IP) gives a longer packet than the frame holds: the link header's length
+    plus the IP length.  Otherwise ``len(frame)``, also for a short frame whose IP header claims more
+    (that one was not cut: it is malformed, and stays so).  ``_recfast.wire_len`` is its compiled twin."""
+    n = len(frame)
+    if cut_at <= 0 or n < cut_at:
+        return n
+    et = -1
+    if dlt == 1:
+        if n < 14:
+            return n
+        off = 12
+        et = (frame[12] << 8) | frame[13]
+        tags = 0
+        while et in _VLAN_TYPES and tags < 4 and off + 6 <= n:
+            off += 4
+            et = (frame[off] << 8) | frame[off + 1]
+            tags += 1
+        off += 2
+    elif dlt in (12, 14, 101, 228, 229):
+        off = 0
+    elif dlt == 113:
+        off = 16
+        et = (frame[14] << 8) | frame[15] if n >= 16 else -1
+    elif dlt == 276:
+        off = 20
+        et = (frame[0] << 8) | frame[1] if n >= 20 else -1
+    elif dlt in (0, 108):
+        off = 4
+    else:
+        return n
+    if et not in (-1, 0x0800, 0x86DD) or off + 20 > n:
+        return n
+    v = frame[off] >> 4
+    end = 0
+    if v == 4 and et != 0x86DD:
+        ihl = (frame[off] & 0xF) * 4
+        tot = (frame[off + 2] << 8) | frame[off + 3]
+        if ihl >= 20 and tot >= ihl:
+            end = off + tot
+    elif v == 6 and et != 0x0800 and off + 40 <= n:
+        pl = (frame[off + 4] << 8) | frame[off + 5]
+        if pl:   # 0: a jumbogram's length is in an extension header
+            end = off + 40 + pl
+    return end if end > n else n
+
+
+def pcap_record(ts: float, frame: bytes, olen: int) -> bytes:
+    """A pcap record header (microseconds, rounded as the packet recorder rounds them)."""
+    us = int(math.floor(ts * 1000000.0 + 0.5))
+    return _REC_HDR.pack(us // 1000000, us % 1000000, len(frame), olen)
+
+
 def write_pcap(directory: str | os.PathLike[str], name: str, packets: Iterable[tuple[float, bytes]],
-               linktype: int = 1, snaplen: int = 65535) -> Path:
-    """Write ``packets`` to a new pcap ``directory/name`` (made unique); returns its path."""
+               linktype: int = 1, snaplen: int = 65535, cut_at: int = 0) -> Path:
+    """Write ``packets`` to a new pcap ``directory/name`` (made unique); returns its path.  Frames of
+    ``cut_at`` bytes or more may have been cut: their original length is ``wire_len``'s."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     path = _unique(d / name)
     tmp = path.with_name(path.name + ".part")
-    import dpkt   # here, not at import: 25-35 ms of every capture process's start-up (issue 12)
-
     with open(tmp, "wb") as fh:
-        w = dpkt.pcap.Writer(fh, snaplen=snaplen, linktype=linktype)
+        fh.write(_PCAP_HDR.pack(0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype))
         for ts, frame in packets:
-            w.writepkt(frame, ts=ts)
+            fh.write(pcap_record(ts, frame, wire_len(frame, linktype, cut_at)))
+            fh.write(frame)
     os.replace(tmp, path)
     return path
-
-
-_PCAP_HDR = struct.Struct("<IHHiIII")
-_REC_HDR = struct.Struct("<IIII")
 
 
 def dir_bytes(directory: str | os.PathLike[str]) -> int:
@@ -186,7 +248,8 @@ class EvidenceLimits:
             self.c["recordings_refused_disk"] += 1
             raise ValueError(self.disk_full_reason())
         rec = PcapRecorder(self.directory, meter.source, bpf, duration_s, meter.datalink,
-                           max_packets=self.max_packets, max_bytes=self.max_bytes, tag=tag, limits=self)
+                           max_packets=self.max_packets, max_bytes=self.max_bytes, tag=tag, limits=self,
+                           cut_at=getattr(meter, "snaplen", 0))
         meter.recorders.append(rec)
         self.active += 1
         self.c["recordings_started"] += 1
@@ -211,8 +274,10 @@ class PcapRecorder:
 
     def __init__(self, directory: str | os.PathLike[str], iface: str, bpf: str, duration_s: float,
                  linktype: int = 1, max_packets: int = 100_000, tag: str = "ctl",
-                 max_bytes: int = 64 * 1024**2, limits: EvidenceLimits | None = None, snaplen: int = 65535):
+                 max_bytes: int = 64 * 1024**2, limits: EvidenceLimits | None = None, snaplen: int = 65535,
+                 cut_at: int = 0):
         self.directory = Path(directory)
+        self.cut_at = cut_at   # the source's snap length: frames this long may have been cut (wire_len)
         self.iface = iface
         self.bpf = bpf
         self.duration_s = max(0.0, float(duration_s))
@@ -273,7 +338,8 @@ class PcapRecorder:
         try:       # the hot path calls this: a full or unwritable disk ends the recording, never capture
             if self._fh is None:
                 self._open()
-            self._fh.write(_REC_HDR.pack(sec, int(round((ts - sec) * 1e6)) % 1000000, len(frame), len(frame)))
+            self._fh.write(_REC_HDR.pack(sec, int(round((ts - sec) * 1e6)) % 1000000, len(frame),
+                                         wire_len(frame, self.linktype, self.cut_at)))
             self._fh.write(frame)
         except OSError as exc:
             self.write_error = exc.strerror or str(exc)

@@ -47,6 +47,7 @@ import orjson
 from shared.community_id import community_id
 
 from .decode import decode
+from .evidence import wire_len
 from .recorder import IDX_SUFFIX, list_store, pcap_header, scan_store
 from .sources import CaptureFileError, open_source
 
@@ -313,17 +314,19 @@ def _prefilter(q: Query) -> Any:
     return lambda recs: [r for r in recs if n0 in r[1] and n1 in r[1] and since <= r[0] <= until]
 
 
-def _iter_file(p: Path, stats: dict[str, int], keep: Any = None) -> Iterator[tuple[float, bytes, int]]:
+def _iter_file(p: Path, stats: dict[str, int], keep: Any = None) -> Iterator[tuple[float, bytes, int, int]]:
+    """``(ts, frame, dlt, cut_at)`` of a store file's packets (``cut_at``: its snap length, see wire_len)."""
     try:
         src = open_source(p)
     except (CaptureFileError, OSError):
         stats["unreadable_files"] += 1
         return
+    cut = src.cut_at
     for dlt, recs in src.batches(4096):
         if keep is not None:
             recs = keep(recs)
         for ts, frame in recs:
-            yield ts, frame, dlt
+            yield ts, frame, dlt, cut
     if src.error:
         stats["truncated_files"] += 1
 
@@ -431,11 +434,13 @@ def pcapng_header(dlt: int, comment: str = "", iface: str = "", snaplen: int = 2
     return shb + idb
 
 
-def pcapng_packet(ts: float, frame: bytes, comment: bytes = b"") -> bytes:
-    """An enhanced packet block on interface 0 (microsecond time), with an optional comment."""
+def pcapng_packet(ts: float, frame: bytes, comment: bytes = b"", olen: int = 0) -> bytes:
+    """An enhanced packet block on interface 0 (microsecond time), with an optional comment; ``olen``: the
+    packet's original length when the frame was cut."""
     us = int(round(ts * 1e6))
     n = len(frame)
-    body = struct.pack("<IIIII", 0, (us >> 32) & 0xFFFFFFFF, us & 0xFFFFFFFF, n, n) + frame + b"\0" * (-n % 4)
+    body = (struct.pack("<IIIII", 0, (us >> 32) & 0xFFFFFFFF, us & 0xFFFFFFFF, n, max(n, olen)) + frame
+            + b"\0" * (-n % 4))
     if comment:
         body += _opt(1, comment) + _opt(0, b"")
     return _block(6, body)
@@ -488,7 +493,7 @@ def export(directory: str | os.PathLike[str], q: Query, out: str | os.PathLike[s
     writers: OrderedDict[str, tuple[Any, Path]] = OrderedDict()
     paths: dict[str, Path] = {}
     try:
-        for ts, frame, dlt in merged:
+        for ts, frame, dlt, cut in merged:
             if not match(ts, frame, dlt):
                 continue
             if dlt0 < 0:
@@ -499,11 +504,12 @@ def export(directory: str | os.PathLike[str], q: Query, out: str | os.PathLike[s
                 other_dlt += 1
                 continue
             n = len(frame)
+            olen = n if n < cut or not cut else wire_len(frame, dlt, cut)
             if ng:
-                rec = pcapng_packet(ts, frame, pkt_comment)
+                rec = pcapng_packet(ts, frame, pkt_comment, olen)
             else:
                 sec, usec = divmod(int(round(ts * 1e6)), 1000000)
-                rec = _REC(sec, usec, n, n) + frame
+                rec = _REC(sec, usec, n, olen) + frame
             if per_source:
                 d = decode(frame, dlt)
                 src = str(ipaddress.ip_address(d[3])) if not d[0] else "non-ip"

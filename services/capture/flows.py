@@ -376,6 +376,7 @@ class FlowMeter:
         self._ev_cap = max(RING_MIN_BYTES, int(settings.evidence_memory_mb * 2**20) // (
             self.evidence_max_flows + HOT_RINGS + self.recent_evidence_max))
         self.recorders: list = []  # active PcapRecorder objects (ft.ctl pcap requests)
+        self.snaplen = 0  # the source's snap length (set_source); 0: its frames are never cut
         #: the packet recorder's cutoff (FT_RECORD_CUTOFF_BYTES, set by the Recorder; 0: off): with it, every
         #: metered record gets a keep mark (take_keep()): 1 while its flow's frames so far (both directions)
         #: are under the cutoff, and for packets that belong to no flow (ARP, ...); 0 after
@@ -421,10 +422,13 @@ class FlowMeter:
         self.counters: dict[str, int] = {}
 
     # ------------------------------------------------------------------ misc API
-    def set_source(self, source: str, datalink: int) -> None:
-        """A new file or interface: later packets are decoded with ``datalink``; flows keep going."""
+    def set_source(self, source: str, datalink: int, snaplen: int = 0) -> None:
+        """A new file or interface: later packets are decoded with ``datalink``; flows keep going.
+        ``snaplen``: the length at which its frames may have been cut (0: never), for evidence pcaps'
+        original lengths."""
         self.source = source[:256]
         self.datalink = datalink
+        self.snaplen = max(int(snaplen), 0)
         self._next_house = 0.0  # the new source's clock may be behind the old one
         self._now = 0.0
 
@@ -1083,8 +1087,10 @@ class FlowMeter:
         src_ip = f.src_ip if f is not None else ""
         iface = (f.source if f is not None else "") or self.source
         d = directory if directory is not None else str(self.settings.evidence_dir)
+        # a frame may have been cut by the capture (its snap length) or to the ring's share
+        cut_at = min(self.snaplen, self._ev_cap) if self.snaplen else self._ev_cap
         path = write_pcap(d, evidence_name(iface, src_ip, pk[-1][0], tag or flow_id), pk, self.datalink,
-                          self.settings.snaplen)
+                          self.snaplen or 262144, cut_at)
         self._count("evidence_pcaps")
         return str(path)
 
@@ -1093,7 +1099,7 @@ class FlowMeter:
         from .evidence import PcapRecorder
 
         rec = PcapRecorder(directory if directory is not None else self.settings.evidence_dir,
-                           self.source, bpf, duration_s, self.datalink)
+                           self.source, bpf, duration_s, self.datalink, cut_at=self.snaplen)
         self.recorders.append(rec)
         return rec
 

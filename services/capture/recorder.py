@@ -56,6 +56,7 @@ from typing import Any
 import orjson
 
 from .decode import decode, transport_name
+from .evidence import wire_len
 from .fastpath import eth4
 
 __all__ = ["Recorder", "IDX_SUFFIX", "list_store", "scan_store", "pcap_pack", "pcap_header", "from_settings"]
@@ -83,10 +84,11 @@ def _dumps(obj: Any) -> bytes:
 
 
 def pcap_pack_py(recs: list, start: int, room: int, until_ts: float,
-                 max_rec: int) -> tuple[bytes, int, int, float, int]:
+                 max_rec: int, cut_at: int = 0, dlt: int = 1) -> tuple[bytes, int, int, float, int]:
     """``(data, stop, too_big, last_ts, packets)``: pcap records of ``recs[start:]`` concatenated, stopping
     before the first that would pass ``room`` bytes or whose time is ``>= until_ts``; records longer than
-    ``max_rec`` are skipped.  The compiled ``_recfast.pcap_pack`` gives the same (a test keeps them equal)."""
+    ``max_rec`` are skipped; frames of ``cut_at`` bytes or more get ``wire_len``'s original length.  The
+    compiled ``_recfast.pcap_pack`` gives the same (a test keeps them equal)."""
     parts: list[bytes] = []
     append = parts.append
     total = big = 0
@@ -103,7 +105,7 @@ def pcap_pack_py(recs: list, start: int, room: int, until_ts: float,
             stop = i
             break
         us = int(math.floor(ts * 1000000.0 + 0.5))
-        append(_REC(us // 1000000, us % 1000000, n, n))
+        append(_REC(us // 1000000, us % 1000000, n, n if n < cut_at or cut_at <= 0 else wire_len(frame, dlt, cut_at)))
         append(frame)
         total += rlen
         last = ts
@@ -181,6 +183,10 @@ class Recorder:
             meter.record_cutoff = self.cutoff
         self.source = source
         self.datalink = 1
+        #: the source's snap length (the capture service sets it per source; 0: frames are never cut): a
+        #: frame this long gets its IP header's length as its original length (evidence.wire_len), and the
+        #: store's files say it as their snap length (so an export does the same)
+        self.cut_at = 0
         # the store: (pcap path, its size + its index's size, last ts) of closed files, oldest first
         self.files: list[list[Any]] = []
         self.closed_bytes = 0
@@ -194,6 +200,7 @@ class Recorder:
         self._path: Path | None = None
         self._fsize = 0
         self._fdlt = -1
+        self._fcut = 0
         self._first_ts = 0.0
         self._last_ts = 0.0
         self._fpackets = 0
@@ -289,11 +296,11 @@ class Recorder:
             e = next((x for x in reversed(self._ended) if x[6] == flow_id), None)
         return (float(e[7]), float(e[8])) if e is not None else None
 
-    def _do_open(self, path: Path, dlt: int) -> None:
+    def _do_open(self, path: Path, dlt: int, snaplen: int = 262144) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         os.fchmod(fd, 0o640)
         self._wfh = os.fdopen(fd, "wb", buffering=0)
-        self._wfh.write(pcap_header(dlt))
+        self._wfh.write(pcap_header(dlt, snaplen))
 
     def _do_write(self, data: bytes) -> None:
         if self._wfh is None:
@@ -356,12 +363,13 @@ class Recorder:
         path = self.dir / f"ft-{self.probe}-s{self.shard}-{self.seq:08d}.pcap"
         if not self._make_room(PCAP_HEADER_LEN):
             return False
-        self._io(self._do_open, path, dlt)
+        self._io(self._do_open, path, dlt, self.cut_at or 262144)
         self._fh = True
         self._path = path
         self._fsize = PCAP_HEADER_LEN
         self.source = str(getattr(self.meter, "source", "") or self.source)[:128]
         self._fdlt = dlt
+        self._fcut = self.cut_at
         self._first_ts = self._last_ts = ts
         self._fpackets = 0
         self.files_written += 1
@@ -454,7 +462,7 @@ class Recorder:
         if not recs:
             return
         dl = self.datalink if dlt is None else dlt
-        if self._fh is None or self._fdlt != dl:
+        if self._fh is None or self._fdlt != dl or self._fcut != self.cut_at:
             self._rotate()
             if not self._open(dl, recs[0][0]):
                 return
@@ -475,7 +483,8 @@ class Recorder:
             if not self._fpackets:            # an empty file's time starts with its first packet
                 self._first_ts = recs[i][0]
             # the records that fit this file (size and time), packed in one step (compiled where built)
-            data, j, big, last, npk = pcap_pack(recs, i, self.file_bytes - self._fsize, self._first_ts + file_s, maxrec)
+            data, j, big, last, npk = pcap_pack(recs, i, self.file_bytes - self._fsize, self._first_ts + file_s, maxrec,
+                                                self.cut_at, dl)
             self.packets_too_big += big
             if npk:
                 self._write(data, npk, last)

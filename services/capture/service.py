@@ -683,7 +683,9 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                 timestamp=time.time(), probe=settings.probe, source=name, finished=True,
                 counters={"file_errors": 1} if settings.shard_index <= 0 else {}))   # once for all shards
             continue
-        meter.set_source(name, reader.datalink)
+        meter.set_source(name, reader.datalink, reader.cut_at)
+        if out.recorder is not None:
+            out.recorder.cut_at = reader.cut_at
         process = meter.process
         process_batch = meter.process_batch
         progress = getattr(reader, "progress", None)
@@ -777,7 +779,9 @@ async def capture_live(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
         raise_config(f"{exc.setting}: {exc}")
     if how:
         log.info("capture shard %d/%d on %s by %s", settings.shard_index, settings.shards, settings.iface, how)
-    meter.set_source(settings.iface, src.datalink)
+    meter.set_source(settings.iface, src.datalink, src.cut_at)
+    if out.recorder is not None:
+        out.recorder.cut_at = src.cut_at
     register_stats("capture_pcap", src.stats, gauges=())
     # the handle is open: from now on nothing on the interface is missed (ft.stats says so)
     await reporter.publish(settings.iface, finished=False, delta=False, extra={"capture_started": 1})

@@ -170,6 +170,16 @@ class FileSource:
             self.close()
             raise CaptureFileError(f"{self.path}: not a pcap/pcapng file")
 
+    @property
+    def cut_at(self) -> int:
+        """The length at which the file's frames may have been cut by their capture (its snap length;
+        pcapng: its interfaces' largest, 0 when one has none): frames this long get an original length
+        from their IP header when they are written to a pcap again (``evidence.wire_len``); 0: never."""
+        if self.format == "pcap":
+            return self.snaplen if 0 < self.snaplen <= MAX_RECORD else 0
+        snaps = [i[3] for i in getattr(self, "_ifaces", ())]
+        return max(snaps) if snaps and min(snaps) > 0 else 0
+
     def progress(self) -> tuple[int, int]:
         """(bytes of the file read so far, its size on disk); for .gz files both count compressed bytes."""
         fh = getattr(self._fh, "fileobj", None) or self._fh   # a GzipFile reads from .fileobj
@@ -523,6 +533,11 @@ class LiveSource:
         self._collect = Collector()   # dispatch()'s per-packet callback (compiled where built)
         self.packets = 0
         self._error = ""
+
+    @property
+    def cut_at(self) -> int:
+        """Frames of the snap length may have been cut (``FileSource.cut_at``)."""
+        return self.snaplen
 
     def fileno(self) -> int:
         return self._p.fileno()

@@ -38,12 +38,42 @@ def frames_of(path: Path) -> list[tuple[bytes, tuple]]:
     return out
 
 
-def test_live_recording_then_pcap_by_host_and_flow_equals_tcpdump(nats_server, tmp_path):
-    skip_unless_lab()
+def record_live(lab, settings, truth: Path, traffic) -> dict:
+    """Run the capture service on the lab's probe interface while ``traffic()`` runs, tcpdump (whole
+    frames) beside it writing ``truth``; returns {"events": the stream's events}."""
     from flowtarget.orchestrate import read_stream
     from services.capture import service
-    from services.capture.recorder import list_store
     from shared.bus import Bus
+
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    result: dict = {}
+
+    def run() -> None:
+        async def main() -> None:
+            bus = await Bus.connect(settings, "capture", stop)
+            await service.main(settings, bus, stop)
+            result["events"] = await read_stream(settings)
+            await bus.close()
+        loop.run_until_complete(main())
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    time.sleep(1.5)                       # the capture handle is open
+    dump = start_tcpdump(lab, "probe", lab.probe_iface, truth)
+    traffic()
+    time.sleep(1.0)
+    wait_pcap_settled(truth)
+    dump.terminate()
+    dump.wait(5)
+    loop.call_soon_threadsafe(stop.set)
+    th.join(60)
+    return result
+
+
+def test_live_recording_then_pcap_by_host_and_flow_equals_tcpdump(nats_server, tmp_path):
+    skip_unless_lab()
+    from services.capture.recorder import list_store
     from shared.settings import CaptureSettings
 
     store = tmp_path / "store"
@@ -55,33 +85,15 @@ def test_live_recording_then_pcap_by_host_and_flow_equals_tcpdump(nats_server, t
         settings = CaptureSettings(nats_url=nats_server.url, probe="lrec", iface=lab.probe_iface, verdict_wait_s=0,
                                    stream_storage="memory", record_dir=store, record_max_bytes=8 << 20,
                                    record_file_bytes=8 * 1024, evidence_dir=tmp_path / "ev")
-        loop = asyncio.new_event_loop()
-        stop = asyncio.Event()
-        result: dict = {}
 
-        def run() -> None:
-            async def main() -> None:
-                bus = await Bus.connect(settings, "capture", stop)
-                await service.main(settings, bus, stop)
-                result["events"] = await read_stream(settings)
-                await bus.close()
-            loop.run_until_complete(main())
+        def traffic() -> None:
+            for host in ("client", "h3"):
+                for _ in range(3):
+                    lab.run(host, "curl", "-s", "-o", "/dev/null", f"http://{srv.ip}/", check=True)
+                lab.run(host, sys.executable, TOOLS, "udpsend", "--dst", srv.ip, "--port", "40000", "--count", "20",
+                        "--interval", "0.01", "--size", "300", check=True)
 
-        th = threading.Thread(target=run, daemon=True)
-        th.start()
-        time.sleep(1.5)                       # the capture handle is open
-        dump = start_tcpdump(lab, "probe", lab.probe_iface, truth)
-        for host in ("client", "h3"):
-            for _ in range(3):
-                lab.run(host, "curl", "-s", "-o", "/dev/null", f"http://{srv.ip}/", check=True)
-            lab.run(host, sys.executable, TOOLS, "udpsend", "--dst", srv.ip, "--port", "40000", "--count", "20",
-                    "--interval", "0.01", "--size", "300", check=True)
-        time.sleep(1.0)
-        wait_pcap_settled(truth)
-        dump.terminate()
-        dump.wait(5)
-        loop.call_soon_threadsafe(stop.set)
-        th.join(60)
+        result = record_live(lab, settings, truth, traffic)
 
     pcaps = list_store(store)
     assert len(pcaps) > 3                    # the traffic went through rotated files
@@ -105,3 +117,39 @@ def test_live_recording_then_pcap_by_host_and_flow_equals_tcpdump(nats_server, t
         ends = {(e["src_ip"], e["src_port"]), (e["dst_ip"], e["dst_port"])}
         want = [f for f, a in seen if {(a[0], a[1]), (a[2], a[3])} == ends]
         assert want and [f for f, _a in frames_of(out)] == want
+
+
+def test_live_recording_with_a_short_snap_length_keeps_the_original_lengths(nats_server, tmp_path):
+    """Captured with a snap length of 96: ``flowtarget pcap`` gives each frame cut to 96 bytes with its
+    original length, as tcpdump's whole frames of the same traffic give it (before, a frame's cut length
+    was written as its original length, and readers saw every long frame as malformed)."""
+    skip_unless_lab()
+    from tests.services.capture.test_wire_len import records
+    from shared.settings import CaptureSettings
+
+    store = tmp_path / "store"
+    with Lab(hosts=("client", "server"), mode="hub", probe_in_root=True, net=94) as lab:
+        srv, cli = lab.server, lab.client
+        servers.start_http(lab)
+        servers.start_udpecho(lab, port=40000)
+        truth = tmp_path / "tcpdump.pcap"
+        settings = CaptureSettings(nats_url=nats_server.url, probe="lsnap", iface=lab.probe_iface, verdict_wait_s=0,
+                                   stream_storage="memory", record_dir=store, record_max_bytes=8 << 20,
+                                   snaplen=96, evidence_dir=tmp_path / "ev")
+
+        def traffic() -> None:
+            for _ in range(3):
+                lab.run("client", "curl", "-s", "-o", "/dev/null", f"http://{srv.ip}/", check=True)
+            lab.run("client", sys.executable, TOOLS, "udpsend", "--dst", srv.ip, "--port", "40000", "--count", "20",
+                    "--interval", "0.01", "--size", "700", check=True)
+
+        record_live(lab, settings, truth, traffic)
+
+    out = tmp_path / "client.pcap"
+    r = subprocess.run([sys.executable, "-m", "flowtarget", "pcap", "--dir", str(store), "--host", cli.ip,
+                        "-o", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    want = [(min(len(f), 96), len(f), f[:96]) for f, a in frames_of(truth) if cli.ip in (a[0], a[2])]
+    got = records(out)[1]
+    assert sum(1 for c, o, _f in want if o > c) >= 40          # the UDP datagrams and the HTTP answers were cut
+    assert got == want
