@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["evidence_name", "write_pcap", "wire_len", "PcapRecorder", "EvidenceLimits", "dir_bytes"]
+__all__ = ["evidence_name", "write_pcap", "pcap_bytes", "wire_len", "PcapRecorder", "EvidenceLimits", "dir_bytes"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-]+")
 
@@ -110,19 +110,26 @@ def pcap_record(ts: float, frame: bytes, olen: int) -> bytes:
     return _REC_HDR.pack(us // 1000000, us % 1000000, len(frame), olen)
 
 
+def pcap_bytes(packets: Iterable[tuple[float, bytes]], linktype: int = 1, snaplen: int = 65535,
+               cut_at: int = 0) -> bytes:
+    """A whole pcap file of ``packets``.  Frames of ``cut_at`` bytes or more may have been cut: their
+    original length is ``wire_len``'s."""
+    parts = [_PCAP_HDR.pack(0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype)]
+    for ts, frame in packets:
+        parts.append(pcap_record(ts, frame, wire_len(frame, linktype, cut_at)))
+        parts.append(frame)
+    return b"".join(parts)
+
+
 def write_pcap(directory: str | os.PathLike[str], name: str, packets: Iterable[tuple[float, bytes]],
                linktype: int = 1, snaplen: int = 65535, cut_at: int = 0) -> Path:
-    """Write ``packets`` to a new pcap ``directory/name`` (made unique); returns its path.  Frames of
-    ``cut_at`` bytes or more may have been cut: their original length is ``wire_len``'s."""
+    """Write ``packets`` (``pcap_bytes``) to a new pcap ``directory/name`` (made unique); returns its path."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     path = _unique(d / name)
     tmp = path.with_name(path.name + ".part")
     with open(tmp, "wb") as fh:
-        fh.write(_PCAP_HDR.pack(0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype))
-        for ts, frame in packets:
-            fh.write(pcap_record(ts, frame, wire_len(frame, linktype, cut_at)))
-            fh.write(frame)
+        fh.write(pcap_bytes(packets, linktype, snaplen, cut_at))
     os.replace(tmp, path)
     return path
 

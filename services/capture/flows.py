@@ -1073,6 +1073,11 @@ class FlowMeter:
         ev = f.ev[-self._ev_keep:] if self._ev_keep else []
         return list(zip(ev[0::2], ev[1::2]))
 
+    def evidence_cut_at(self) -> int:
+        """The length from which a ring's frame may have been cut: by the capture (its snap length) or to
+        the ring's share (evidence.wire_len gives such a frame its original length)."""
+        return min(self.snaplen, self._ev_cap) if self.snaplen else self._ev_cap
+
     def write_evidence(self, flow_id: str, directory: str | None = None, tag: str = "") -> str | None:
         """Write a flow's ring to a pcap named by interface, source IP and time; returns the path."""
         from .evidence import evidence_name, write_pcap
@@ -1087,10 +1092,8 @@ class FlowMeter:
         src_ip = f.src_ip if f is not None else ""
         iface = (f.source if f is not None else "") or self.source
         d = directory if directory is not None else str(self.settings.evidence_dir)
-        # a frame may have been cut by the capture (its snap length) or to the ring's share
-        cut_at = min(self.snaplen, self._ev_cap) if self.snaplen else self._ev_cap
         path = write_pcap(d, evidence_name(iface, src_ip, pk[-1][0], tag or flow_id), pk, self.datalink,
-                          self.snaplen or 262144, cut_at)
+                          self.snaplen or 262144, self.evidence_cut_at())
         self._count("evidence_pcaps")
         return str(path)
 

@@ -157,6 +157,18 @@ def test_evidence_of_frames_cut_to_the_ring_s_share_or_by_the_snap_length(tmp_pa
     snap, got = records(Path(m.write_evidence(f.flow_id, str(tmp_path / "b"))))
     assert snap == 128 and [(c, o) for c, o, _fr in got] == [(128, 1442)] * 5 + [(62, 62)]
 
+    # the ring's file that comes first when the incident's evidence is cut from the packet store
+    from services.capture.evidence import EvidenceLimits
+    from services.capture.store_evidence import StoreEvidence
+
+    st = CaptureSettings(record_dir=tmp_path / "store", evidence_dir=tmp_path / "ev")
+    se = StoreEvidence(st, None, EvidenceLimits.from_settings(st), m)
+    try:
+        se._write_ring(tmp_path / "ring.pcap", f.flow_id)
+    finally:
+        se.close()
+    assert [(c, o) for c, o, _fr in records(tmp_path / "ring.pcap")[1]] == [(128, 1442)] * 5 + [(62, 62)]
+
     # an ft.ctl recording of the same source
     rec = m.start_recording("", 60.0, str(tmp_path / "c"))
     m.process_batch([(1.7e9 + 10, frames[0][1][:128]), (1.7e9 + 11, udp_flow(0, 30))], 1)
