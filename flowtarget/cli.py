@@ -254,17 +254,24 @@ class ProgressLine:
         print("\r" + self.text(st, time.monotonic()) + " " * 8, end="", file=sys.stderr, flush=True)
 
 
-def _capture_shards() -> int:
-    """FT_SHARDS (FT_CAPTURE_SHARDS) as the capture child reads it from this environment; 1 when unset or
-    invalid (capture itself then stops with the reason)."""
+def _capture_shards(extra_env: dict[str, str] | None = None) -> int:
+    """FT_SHARDS (FT_CAPTURE_SHARDS) as the capture child reads it from this environment and ``extra_env``;
+    1 when unset or invalid (capture itself then stops with the reason)."""
     from pydantic import ValidationError
 
     from shared.settings import CaptureSettings
 
     try:
+        if extra_env and extra_env.get("FT_SHARDS"):
+            return CaptureSettings(shards=int(extra_env["FT_SHARDS"])).shards
         return CaptureSettings().shards
-    except ValidationError:
+    except (ValidationError, ValueError):
         return 1
+
+
+def _shard_env(args: argparse.Namespace) -> dict[str, str]:
+    """``--shards N`` as the capture child's environment (nothing without it: FT_SHARDS, if set, applies)."""
+    return {"FT_SHARDS": str(args.shards)} if getattr(args, "shards", 0) else {}
 
 
 #: the event types reported_event can accept (the reader builds no others)
@@ -291,7 +298,7 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
     started = time.monotonic()
     total = len(files)
     line = ProgressLine(files)
-    shards = _capture_shards()
+    shards = _capture_shards(extra_env)
 
     async def on_stats(msg: Any) -> None:
         try:
@@ -408,8 +415,10 @@ def summarize(flows: list[dict[str, Any]], dns: list[dict[str, Any]], alerts: li
     counters: Counter[str] = Counter()
     for s in fin:
         counters.update({k: int(v) for k, v in (s.get("counters") or {}).items()})
+    # a sharded replay: each capture process reports every file it finished
+    procs = max(Counter(str(s.get("source", "")) for s in fin).values(), default=1)
     lines.append(f"FlowTarget analysis: {files} capture file(s), {packets:,} packets, {nbytes:,} bytes, "
-                 f"{len(flows):,} flows in {elapsed_s:.1f} s")
+                 f"{len(flows):,} flows in {elapsed_s:.1f} s" + (f" ({procs} capture processes)" if procs > 1 else ""))
     lines.append(f"  bad packets (counted, skipped): {bad:,}   unsupported: {unsup:,}   "
                  f"one-way TCP flows: {oneway:,}   duplicate frames: {dups:,}")
     extra = {k: v for k, v in counters.items() if v and k not in ("samples_sent", "packet_events_sent", "flow_records_sent")}
@@ -510,7 +519,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(f"flowtarget analyze: {e}", file=sys.stderr)
     if not files:
         return 1
-    code = preflight("analyze", args, {"capture": pcap_env(files), "classify": {}, "store": {}, "block": {}})
+    shard_env = _shard_env(args)
+    code = preflight("analyze", args, {"capture": {**pcap_env(files), **shard_env}, "classify": {}, "store": {},
+                                       "block": {}})
     if code:
         return code
     started = time.monotonic()
@@ -525,7 +536,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                         env={"FT_STREAM_STORAGE": "file"})
     try:
         status, events, stats = asyncio.run(
-            _pipeline_for_files(orch, files, out_dir, {}, progress=not args.no_progress and sys.stderr.isatty() or args.progress,
+            _pipeline_for_files(orch, files, out_dir, shard_env,
+                                progress=not args.no_progress and sys.stderr.isatty() or args.progress,
                                 out_format=args.format, store_files=bool(args.out)))
     finally:
         orch.close()
@@ -567,7 +579,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     checks = {"classify": {}, "store": {}, "block": live}
     readable = check_capture_files(args.pcap)[0] if args.pcap else []
     if args.iface or readable:        # (no readable file: reported below, one line per file)
-        checks["capture"] = live if args.iface else pcap_env(readable)
+        checks["capture"] = {**(live if args.iface else pcap_env(readable)), **_shard_env(args)}
     code = preflight("run", args, checks)
     if code:
         return code
@@ -596,8 +608,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 return 1
             out_dir = Path(args.out) if args.out else Path("flowtarget-out")
             out_dir.mkdir(parents=True, exist_ok=True)
-            status, events, stats = asyncio.run(_pipeline_for_files(orch, files, out_dir.resolve(), {}, progress=True,
-                                                                    out_format=args.format))
+            status, events, stats = asyncio.run(_pipeline_for_files(orch, files, out_dir.resolve(), _shard_env(args),
+                                                                    progress=True, out_format=args.format))
             flows = len(split_reported(events)[0])
             if args.format == "eve":
                 logged = out_dir / "eve.json"
@@ -679,7 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--format", choices=("jsonl", "eve"), default="jsonl",
                     help="files in --out: jsonl (one per measurement) or eve (eve.json for SIEMs)")
     rp.add_argument("--probe", default=os.environ.get("FT_PROBE", "probe1"))
-    rp.add_argument("--shards", type=int, default=0)
+    rp.add_argument("--shards", type=int, default=0,
+                    help="capture processes sharing the interface, or the replayed files, by flow hash "
+                         "(default: FT_SHARDS, else 1)")
     rp.add_argument("--enforce", action="store_true",
                     help="let block inject (RST / block page / DNS answer); without it block only reports (dry run)")
 
@@ -692,6 +706,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(eve.json, Suricata eve.json-compatible lines for SIEMs)")
     an.add_argument("--nats", help="NATS URL (default: embedded nats-server)")
     an.add_argument("--probe", default="analyze")
+    an.add_argument("--shards", type=int, default=0,
+                    help="capture processes sharing the replay by flow hash, each reading every file "
+                         "(default: FT_SHARDS, else 1); the same flows on a host with cores to spare")
     an.add_argument("--verbose", action="store_true", help="services log at INFO")
     an.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
     an.add_argument("--no-progress", action="store_true")

@@ -132,3 +132,24 @@ def test_analyze_runs_the_detectors_inline_with_evidence_for_a_finished_scan(tmp
     with open(paths.pop(), "rb") as fh:
         srcs = [dpkt.ethernet.Ethernet(buf).data.src for _, buf in dpkt.pcap.Reader(fh)]
     assert srcs and all(s == bytes(map(int, scanner.split("."))) for s in srcs)
+
+
+def test_analyze_shards_the_replay_and_gives_the_same_flows(tmp_path):
+    """``--shards 2``: two capture processes share the replay by flow hash (each reads the file); the flows
+    (all but their ids, which each shard makes its own) and the counts are those of one process; a bad
+    count stops analyze at start with one line."""
+    from tests.services.capture.test_recorder import traffic, write_pcap
+
+    pcap = write_pcap(tmp_path / "mix.pcap", traffic(n_flows=300, seed=5, span_s=60.0))
+    got = {}
+    for shards in ("1", "2"):
+        out = tmp_path / f"flows{shards}.jsonl"
+        proc = analyze(str(pcap), "--jsonl", str(out), "--shards", shards, "--no-progress")
+        assert proc.returncode == 0, proc.stderr
+        got[shards] = (sorted(json.dumps({k: v for k, v in f.items() if k not in ("duration_ms", "flow_id")}, sort_keys=True)
+                              for f in read_jsonl(out)), proc.stdout.splitlines()[0])
+    assert len(got["1"][0]) >= 300 and got["2"][0] == got["1"][0]
+    assert got["2"][1].endswith("(2 capture processes)") and "capture processes" not in got["1"][1]
+    assert got["1"][1].split(" flows in ")[0] == got["2"][1].split(" flows in ")[0]   # files, packets, bytes, flows
+    bad = analyze(str(pcap), "--shards", "65")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "FT_SHARDS" in bad.stderr
