@@ -312,7 +312,7 @@ async def _pipeline_for_files(orch: Any, files: list[str], out_dir: Path, extra_
         stats.append(st)
         if progress and st.get("finished"):
             # each shard of a sharded replay (FT_SHARDS) reports every file it finished
-            done = min(total, -(-sum(1 for s in stats if s.get("finished")) // shards))
+            done = min(total, sum(1 for s in stats if s.get("finished")) // shards)   # all shards finished it
             pk = sum(int(s.get("packets", 0)) for s in stats if s.get("finished"))
             line.file_done(done, pk)
             el = time.monotonic() - started
