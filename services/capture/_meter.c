@@ -265,9 +265,9 @@ static PyObject *s_dirty, *s_dir_s, *s_dir_d;
  * 0 when _sample must do it (nothing changed then but a new _Dir: reassembly, a better copy of the last
  * chunk), -1 on error.
  */
-static int sample(PyObject *meter, PyObject *f, PyObject *tso, const unsigned char *fr, long po, long pl, int fwd,
-                  int proto, uint32_t flags, uint32_t seq, uint32_t ack, PyObject *vlans, long long smax_bytes,
-                  long long smax_pkts) {
+static int sample(PyObject *meter, PyObject *f, PyObject *tso, const unsigned char *fr, long po, long pl, long wpl,
+                  int fwd, int proto, uint32_t flags, uint32_t seq, uint32_t ack, PyObject *vlans,
+                  long long smax_bytes, long long smax_pkts) {
     PyObject *d = SLOT(f, fwd ? SD : DD);
     if (d == Py_None) {                              /* the direction's first: a new _Dir, as _sample makes it */
         d = PyObject_CallNoArgs((PyObject *)dir_type);
@@ -312,7 +312,7 @@ static int sample(PyObject *meter, PyObject *f, PyObject *tso, const unsigned ch
     }
     /* from here on as _sample does it */
     if (tcp) {
-        if (put_ll(d, D_NEXT_SEQ, ((long long)seq + pl + ((flags & 0x03) ? 1 : 0)) & M) < 0)
+        if (put_ll(d, D_NEXT_SEQ, ((long long)seq + wpl + ((flags & 0x03) ? 1 : 0)) & M) < 0)
             return -1;
         if ((flags & 0x10) && put_ll(d, D_ACK, (long long)ack) < 0)
             return -1;
@@ -325,7 +325,7 @@ static int sample(PyObject *meter, PyObject *f, PyObject *tso, const unsigned ch
     }
     if (!take)
         return 1;
-    if (tcp && (put_ll(d, D_LAST_SEQ, (long long)seq) < 0 || put_ll(d, D_NXT, ((long long)seq + pl) & M) < 0))
+    if (tcp && (put_ll(d, D_LAST_SEQ, (long long)seq) < 0 || put_ll(d, D_NXT, ((long long)seq + wpl) & M) < 0))
         return -1;
     PyObject *payload = PyBytes_FromStringAndSize((const char *)fr + po, room);
     if (payload == NULL)
@@ -1530,15 +1530,18 @@ static PyObject *run(PyObject *self, PyObject *args) {
                     goto error;
                 }
                 /* the common cases here (in-order TCP, UDP, SYN/FIN, a direction done), the rest in _sample */
-                int done = defer ? sample(meter, f, tso, fr, po, pl, fwd, proto, flags, seq, ack, vlans, smax_bytes,
-                                          smax_pkts) : 0;
+                /* the segment's payload on the wire: more than the frame holds when the capture cut it */
+                long wpl = off + ipl > (long)len ? pl + (off + ipl - (long)len) : pl;
+                int done = defer ? sample(meter, f, tso, fr, po, pl, wpl, fwd, proto, flags, seq, ack, vlans,
+                                          smax_bytes, smax_pkts) : 0;
                 if (done < 0) {
                     Py_DECREF(f);
                     goto error;
                 }
                 if (!done) {
-                    r3 = PyObject_CallFunction(m_sample, "OOOOllkkkO", f, tso, frame, fwd_o, po, pl,
-                                               (unsigned long)flags, (unsigned long)seq, (unsigned long)ack, vlans);
+                    r3 = PyObject_CallFunction(m_sample, "OOOOllkkkOl", f, tso, frame, fwd_o, po, pl,
+                                               (unsigned long)flags, (unsigned long)seq, (unsigned long)ack, vlans,
+                                               wpl);
                     if (r3 == NULL) {
                         Py_DECREF(f);
                         goto error;

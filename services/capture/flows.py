@@ -65,6 +65,7 @@ from .decode import (
     format_mac,
     transport_name,
 )
+from .evidence import wire_len
 from .fastpath import METER as _METER
 from .fastpath import eth4 as _eth4
 
@@ -235,6 +236,16 @@ class Flow:
         self.ev_size = 0  # the size of the frames in it, in 64-byte units
         self.hot_n = 0  # packets (both directions) at the flow's last hot check
         self.rec_bytes = 0  # frame bytes of the flow's packets the packet recorder keeps (record_cutoff)
+
+
+def _wire_payload(frame: bytes, dl: int, po: int, pl: int) -> int:
+    """A segment's payload length on the wire: ``pl`` and, when the payload reaches the frame's end, what
+    the capture cut off (its outermost IP header's length past the frame: ``evidence.wire_len``).  The
+    compiled loop takes it from the header it parsed."""
+    n = len(frame)
+    if po + pl != n:
+        return pl
+    return pl + wire_len(frame, dl, 1) - n
 
 
 def _seq_payload_cut(d: _Dir, seq: int, payload: bytes, room: int = 1 << 30) -> bytes | None:
@@ -1151,7 +1162,9 @@ class FlowMeter:
 
     # ------------------------------------------------------------------ samples
     def _sample(self, f: Flow, ts: float, frame: bytes, fwd: bool, po: int, pl: int,
-                flags: int, seq: int, ack: int, vlans: tuple) -> None:
+                flags: int, seq: int, ack: int, vlans: tuple, wpl: int = -1) -> None:
+        """A packet of a sampled direction; ``wpl``: its payload's length on the wire (-1: from the frame,
+        ``_wire_payload``), past ``pl`` when the capture cut the frame."""
         if fwd:
             d = f.sd
             if d is None:
@@ -1162,7 +1175,10 @@ class FlowMeter:
                 d = f.dd = _Dir()
         tcp = f.proto == 6
         if tcp:
-            d.next_seq = (seq + pl + (1 if flags & (SYN | FIN) else 0)) & 0xFFFFFFFF
+            if wpl < 0:
+                wpl = _wire_payload(frame, self._dl, po, pl)
+            # what the sender sends next (block's resets and pages take it): past the bytes a cut frame lacks
+            d.next_seq = (seq + wpl + (1 if flags & (SYN | FIN) else 0)) & 0xFFFFFFFF
             if flags & ACK:
                 d.ack = ack
             if flags & SYN:
@@ -1182,9 +1198,10 @@ class FlowMeter:
                 d.nxt = (seq + pl) & 0xFFFFFFFF
                 replace = True
             elif seq == d.nxt and not d.ooo:
-                # in order, nothing held back: the common case, without the reassembly call
+                # in order, nothing held back: the common case, without the reassembly call (a cut
+                # segment: the stream goes on after the bytes the capture cut off, not a gap to wait on)
                 d.last_seq = seq
-                d.nxt = (seq + len(payload)) & 0xFFFFFFFF
+                d.nxt = (seq + wpl) & 0xFFFFFFFF
             else:
                 payload = _seq_payload_cut(d, seq, payload, self._smax_bytes - d.nbytes)
                 if not payload:

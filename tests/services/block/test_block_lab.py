@@ -32,10 +32,11 @@ rules:
   - {id: r-dns, host: "*.ads.block.test", action: dns_block, dns_answer: 0.0.0.0}
   - {id: r-nx, host: "*.nx.block.test", action: dns_block}
   - {id: r-redir, host: "redir.block.test", action: http_block, redirect: "http://portal.block.test/blocked"}
+  - {id: r-web, host: "web.block.test", category: [Web], action: reset}
 """
 ALL_NAMES = ["www.reset.block.test", "page.block.test", "tls.block.test", "ok.block.test", "ads.block.test",
              "nx.block.test",
-             "ok-dns.block.test"]
+             "ok-dns.block.test", "web.block.test"]
 
 
 class Collector:
@@ -84,7 +85,7 @@ class Collector:
         self._t.join(5)
 
 
-def _make_lab(tmp, delay_ms: float, net: int):
+def _make_lab(tmp, delay_ms: float, net: int, **env: str):
     skip_unless_lab()
     from flowtarget.embedded import EmbeddedNats
 
@@ -101,7 +102,7 @@ def _make_lab(tmp, delay_ms: float, net: int):
             servers.start_http(lab, port=8080, ip=lab.server.ip6)
             servers.start_https(lab, tmp, names=["tls.block.test", "ok.block.test"])
             servers.start_dnsmasq(lab, {n: [srv] for n in ALL_NAMES})
-            with Services(nats.url, PROBE, lab.probe_iface, tmp / "logs", FT_DRY_RUN="false") as svc:
+            with Services(nats.url, PROBE, lab.probe_iface, tmp / "logs", FT_DRY_RUN="false", **env) as svc:
                 for name in ("capture", "classify", "block"):
                     svc.start(name)
                 for name in ("capture", "classify", "block"):
@@ -127,6 +128,13 @@ def blocklab(tmp_path_factory):
 def racelab(tmp_path_factory):
     """No delay: the real server often answers before the injection (the race is lost)."""
     yield from _make_lab(tmp_path_factory.mktemp("racelab"), 0.0, 67)
+
+
+@pytest.fixture(scope="module")
+def snaplab(tmp_path_factory):
+    """capture with a snap length of 128: every request segment reaches it cut (as jumbo frames do under
+    the default snap length, or GRO's merged frames when it is left on)."""
+    yield from _make_lab(tmp_path_factory.mktemp("snaplab"), 50.0, 83, FT_SNAPLEN="128")
 
 
 def _curl(lab: Lab, name: str, port: int, sport: int, https: bool = False) -> subprocess.CompletedProcess:
@@ -409,3 +417,55 @@ def test_outcomes_agree_with_the_client_when_races_are_lost(racelab):
         assert not wrong, f"{case}: outcome disagrees with the client: {wrong[:4]}"
     print("\nno delay: " + "; ".join(report))
     assert unknown <= total // 5
+
+
+def test_blocks_land_when_the_capture_cuts_the_segments(snaplab, tmp_path):
+    """The request's frames are cut at 128 bytes (the Host header still in them).  The reset to the server
+    must carry the sequence number past the whole request: one at the cut point lands inside the data,
+    and the server answers it with a challenge ACK and keeps the connection.  Checked on the wire
+    (tcpdump's whole frames on the probe's port): every reset toward the server starts where the
+    client's request ends."""
+    from tests.lab.tools import start_tcpdump, wait_pcap_settled
+
+    lab, svc, col = snaplab
+    truth = tmp_path / "mirror.pcap"
+    dump = start_tcpdump(lab, "probe", lab.probe_iface, truth)
+    n = 10
+    # r-web names a category: only classify's verdict can match it, so its reset takes the sequence numbers
+    # capture's sample gives (block's own sniffing acts on the other two first)
+    cases = (("www.reset.block.test", "http_reset", 24000), ("page.block.test", "http_page", 24500),
+             ("web.block.test", "http_reset", 25000))
+    results, ports = {}, {}
+    for name, case, base in cases:
+        ports[name] = [base + i for i in range(n)]
+        results[name] = _run_many(lambda sp: _curl(lab, name, 80, sp), ports[name])
+    time.sleep(1.0)
+    wait_pcap_settled(truth)
+    dump.terminate()
+    dump.wait(5)
+    import dpkt
+
+    ends: dict[int, int] = {}            # client port -> where its request ends (sequence number)
+    resets: dict[int, list[int]] = {}    # client port -> sequence numbers of the resets toward the server
+    cut = 0
+    with open(truth, "rb") as fh:
+        for _ts, buf in dpkt.pcap.Reader(fh):
+            ip = dpkt.ethernet.Ethernet(buf).data
+            tcp = getattr(ip, "data", None)
+            if not isinstance(tcp, dpkt.tcp.TCP) or tcp.dport != 80:
+                continue
+            if tcp.flags & dpkt.tcp.TH_RST:
+                resets.setdefault(tcp.sport, []).append(tcp.seq)
+            elif tcp.data:
+                ends[tcp.sport] = max(ends.get(tcp.sport, 0), tcp.seq + len(tcp.data))
+                cut += len(buf) > 128
+    assert cut >= 3 * n                  # the requests' frames were longer than what capture took of them
+    for name, case, _base in cases:
+        acts = _wait_actions(col, ports[name])
+        saw = [_client_blocked(case, r) for r in results[name]]
+        assert saw == [True] * n, [r.stdout[-80:] for r, b in zip(results[name], saw) if not b]
+        assert [acts.get(p, [{}])[0].get("outcome") for p in ports[name]] == ["won"] * n
+        wrong = {p: (ends.get(p), resets.get(p)) for p in ports[name] if not resets.get(p)
+                 or any(r != ends.get(p) for r in resets[p])}
+        assert not wrong, f"{name}: resets not at the request's end (port: (end, resets)): {wrong}"
+    print(f"\nsnap length 128: {n}/{n} resets, block pages and verdict resets, each reset at the request's end")

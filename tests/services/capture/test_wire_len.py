@@ -242,3 +242,42 @@ def test_a_replay_of_cut_frames_recorded_and_exported_keeps_their_original_lengt
             epb.append(struct.unpack_from("<II", ng, pos + 20))
         pos += blen
     assert epb == [(c, o) for c, o, _fr in want[1::2]]
+
+
+def tcp_frame(seq: int, flags: int, payload: bytes, v6: bool = False, vlan: bool = False) -> bytes:
+    tcp = struct.pack("!HHIIBBHHH", 40000, 80, seq & 0xFFFFFFFF, 7, 5 << 4, flags, 65535, 0, 0) + payload
+    if v6:
+        ip = struct.pack("!IHBB", 6 << 28, len(tcp), 6, 64) + b"\x20\x01\x0d\xb8" + b"\0" * 11 + b"\x01" \
+            + b"\x20\x01\x0d\xb8" + b"\0" * 11 + b"\x02" + tcp
+    else:
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0, b"\x0a\0\0\x01", b"\x0a\0\0\x02") + tcp
+    return MACS + (b"\x81\x00\x00\x09" if vlan else b"") + (b"\x86\xdd" if v6 else b"\x08\x00") + ip
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("shape", ["plain", "vlan-ipv6"])
+def test_segments_cut_by_the_snap_length_keep_the_stream_s_sequence(compiled, shape, monkeypatch):
+    """A capture with a snap length of 128 (or GRO's large frames under the default one) cuts every data
+    segment.  The sender's next sequence number (what block's resets and pages take) is past the whole
+    segment, not past the bytes the frame holds: a reset at the cut point lands inside the data, and the
+    receiver answers it with a challenge ACK instead of closing.  The next segment continues the stream:
+    the sample takes it at once, holding nothing back as if it came after a gap."""
+    from services.capture import flows
+
+    if not compiled:
+        monkeypatch.setattr(flows, "_run", None)
+    v6 = vlan = shape == "vlan-ipv6"
+    m = FlowMeter(CaptureSettings(verdict_wait_s=0), ListSink(), source="t")
+    m.set_source("t", 1, 128)
+    m.defer_samples = True
+    isn, size = 1000, 700
+    segs = [tcp_frame(isn, 0x02, b"", v6, vlan)] + [
+        tcp_frame(isn + 1 + k * size, 0x18, bytes([65 + k]) * size, v6, vlan) for k in range(4)]
+    m.process_batch([(1.7e9 + k * 0.01, fr[:128]) for k, fr in enumerate(segs)], 1)
+    m.flush_samples()
+    s = m.sink.samples[-1]
+    held = [(f.sd.ooo or {}) for f, fwd in m.table.values() if fwd and f.sd is not None]
+    assert held == [{}]
+    assert s.src2dst_next_seq == isn + 1 + 4 * size
+    head = 128 - (len(segs[1]) - size)
+    assert s.src_payloads == [bytes([65 + k]) * head for k in range(4)]
