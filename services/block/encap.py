@@ -32,6 +32,7 @@ import struct
 from dataclasses import dataclass, field
 
 from services.capture.decode import KIND_IP, decode
+from services.capture.evidence import wire_len
 
 _VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
 
@@ -125,6 +126,11 @@ def observe(frame: bytes) -> Seen | None:
          frag, _fid) = r
         if (proto != 6 and proto != 17) or frag == 2:
             return None
+        n = len(frame)
+        if po + pl == n:
+            # the payload reaches the frame's end: block's snap length (or the NIC's GRO) may have cut it;
+            # the sequence numbers it implies count the bytes on the wire, as the IP header gives them
+            pl += wire_len(frame, 1, 1) - n
         ip_off = po + pl - tot
         if ip_off < 0 or frame[ip_off] >> 4 != ver or \
                 frame[ip_off + (12 if ver == 4 else 8):ip_off + (16 if ver == 4 else 24)] != src:

@@ -125,6 +125,25 @@ def test_resets_are_encapsulated_as_the_flow_was_seen(kind):
     assert dpkt.ip.IP(bytes(ip)).data.sum == tcp_sum, "inner TCP checksum"
 
 
+@pytest.mark.parametrize("kind", ["plain", "vlan", "qinq", "ipip", "vxlan", "vxlan6", "gtp"])
+def test_a_request_cut_by_the_snap_length_is_reset_past_its_end(kind):
+    """block's own capture takes 2,048 bytes of a frame: a jumbo frame or GRO's merged one reaches it cut.
+    The reset goes after the whole request (the IP header's length), not after the bytes the frame
+    holds, and inside the tunnel as before."""
+    b = _blocker()
+    tun = Tunnel(kind)
+    flow = Flow(tun)
+    frames = flow.handshake_and_request("bad.test")
+    frames[-1] = frames[-1][:-25]              # "Accept: */*" and the blank line cut off; the Host line whole
+    s = enc.observe(frames[-1])
+    assert s.plen == flow.request_len and frames[-1][s.ip_off:][:1] in (b"\x45", b"\x60")
+    _feed(b, frames)
+    to_server, _to_client = b.injector.frames
+    s1 = enc.observe(to_server)
+    assert (s1.seq, s1.ack, s1.flags) == (flow.cseq + 1 + flow.request_len, flow.sseq + 1, 0x14)
+    assert _norm(to_server) == _norm(tun.wrap(to_server[s1.ip_off:], True))
+
+
 @pytest.mark.parametrize("kind", ["erspan", "tzsp"])
 def test_mirror_encapsulations_are_not_possible(kind):
     b = _blocker()
