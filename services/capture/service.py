@@ -749,7 +749,7 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
             if stop.is_set():
                 break
         if reader.error:
-            log.warning("%s: %s (after %d packets)", name, safe_text(reader.error, 300), n)
+            log.warning("%s: %s", name, safe_text(reader.error, 300))   # says after how many packets, where
         meter.finish("eof")
         if out.detectors is not None:
             out.add_alerts(out.detectors.tick(ts))

@@ -142,6 +142,7 @@ class FileSource:
         self.datalink: int = -1
         self._buf = head
         self._pos = 0
+        self._base = 0   # the file offset of _buf[0] (uncompressed for .gz files), for error messages
         self._eof = False
         if len(head) < 4:
             self.close()
@@ -197,6 +198,7 @@ class FileSource:
         if self._eof:
             return False
         parts = [self._buf[self._pos:]]
+        self._base += self._pos
         self._pos = 0
         while have < need:
             try:
@@ -219,6 +221,12 @@ class FileSource:
             self.counters["caplen_over_origlen"] = self.counters.get("caplen_over_origlen", 0) + 1
         if snaplen and caplen > snaplen:
             self.counters["caplen_over_snaplen"] = self.counters.get("caplen_over_snaplen", 0) + 1
+
+    def _where(self) -> str:
+        """Where reading stopped, for a damaged file's message: after how many packets (of this shard's,
+        which are all a sharded replay counts) and at which byte of the file."""
+        whose = " of this shard's" if self.shards > 1 else ""
+        return f" after {self.packets}{whose} packets, at byte {self._base + self._pos}"
 
     def _fail(self, msg: str) -> None:
         if self.error is None:
@@ -264,8 +272,8 @@ class FileSource:
                     continue
                 sec, frac, caplen, origlen = head(self._buf, self._pos)
                 if not self._fill(16 + caplen):   # the file ends inside it
+                    self._fail(f"truncated packet data{self._where()}")
                     self._pos = len(self._buf)
-                    self._fail(f"truncated packet data after {self.packets} packets")
                     return
                 frame = self._buf[self._pos + 16:self._pos + 16 + min(caplen, origlen)]
                 self._pos += 16 + caplen
@@ -276,22 +284,22 @@ class FileSource:
                 yield [(sec + frac * unit, frame)]
                 continue
             if bad >= 0:
-                self._fail(f"corrupt record length {bad} after {self.packets} packets")
+                self._fail(f"corrupt record length {bad}{self._where()}")
                 return
             # the next record is not wholly buffered
             if not self._fill(16):
                 if len(self._buf) - self._pos:
-                    self._fail(f"truncated record header after {self.packets} packets")
+                    self._fail(f"truncated record header{self._where()}")
                 return
             sec, frac, caplen, _olen = head(self._buf, self._pos)
             if caplen > MAX_RECORD:
-                self._fail(f"corrupt record length {caplen} after {self.packets} packets")
+                self._fail(f"corrupt record length {caplen}{self._where()}")
                 return
             if not self._fill(16 + caplen):
                 # the file ends inside this record: yield what is there, then report
                 part = self._buf[self._pos + 16:]
+                self._fail(f"truncated packet data{self._where()}")
                 self._pos = len(self._buf)
-                self._fail(f"truncated packet data after {self.packets} packets")
                 if part and mine(part):
                     self.packets += 1
                     yield [(sec + frac * unit, part)]
@@ -320,7 +328,7 @@ class FileSource:
         while True:
             if not self._fill(12):
                 if len(self._buf) - self._pos:
-                    self._fail(f"truncated block header after {self.packets} packets")
+                    self._fail(f"truncated block header{self._where()}")
                 return
             buf = self._buf
             pos = self._pos
@@ -342,10 +350,10 @@ class FileSource:
             e = self._endian
             btype, blen = struct.unpack_from(e + "II", buf, pos)
             if blen < 12 or blen % 4 or blen > MAX_RECORD:
-                self._fail(f"corrupt block length {blen} after {self.packets} packets")
+                self._fail(f"corrupt block length {blen}{self._where()}")
                 return
             if not self._fill(blen):
-                self._fail(f"truncated block after {self.packets} packets")
+                self._fail(f"truncated block{self._where()}")
                 return
             buf = self._buf
             pos = self._pos

@@ -79,6 +79,33 @@ def test_corrupt_record_length_stops_with_error(tmp_path):
     p.write_bytes(bytes(data))
     src = FileSource(p)
     assert len(list(src)) == 1 and src.errors == 1 and "corrupt" in src.error
+    # where: the damaged record's first byte, so that it can be found (dd, editcap) or cut off
+    assert src.error.endswith(f"corrupt record length {0x7FFFFFFF} after 1 packets, at byte {off}")
+
+
+def test_a_damaged_file_says_at_which_byte(tmp_path):
+    """Far into a file (past the reader's buffer refills) and in a sharded replay, whose packet count is
+    the shard's own: the message says so, and gives the damaged record's offset in the file."""
+    from services.capture.sources import CHUNK
+
+    frame = FRAMES[0][1]
+    n = 3 * CHUNK // (16 + len(frame)) + 5
+    data = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+    for i in range(n):
+        data += struct.pack("<IIII", 1000 + i, 0, len(frame), len(frame)) + frame
+    bad = len(data)
+    data += struct.pack("<IIII", 2000, 0, 0x7FFFFFFF, 60) + frame
+    p = tmp_path / "long.pcap"
+    p.write_bytes(bytes(data))
+    src = FileSource(p)
+    assert len(list(src)) == n and src.error.endswith(f"after {n} packets, at byte {bad}")
+    src = FileSource(p, shard=1, shards=2)
+    got = len(list(src))
+    assert got in (0, n) and src.error.endswith(f"after {got} of this shard's packets, at byte {bad}")
+    p.write_bytes(bytes(data[:bad - 10]))           # the file ends inside the last whole record
+    src = FileSource(p)
+    assert len(list(src)) == n and src.error.endswith(f"truncated packet data after {n - 1} packets, at byte "
+                                                      f"{bad - 16 - len(frame)}")
 
 
 def test_not_a_capture_raises_clear_error(tmp_path):
