@@ -164,8 +164,11 @@ def run_shards(settings: Any, also: tuple[subprocess.Popen[bytes], ...] = ()) ->
         # forked, not exec'd, as the detectors' process is: each shard saves the imports (0.3-0.5 CPU-s)
         from services.capture import service as _service  # noqa: F401
         from flowtarget.zygote import fork_service
+    import secrets
+
+    run = secrets.token_hex(6)     # this replay's shards pace each other, not another replay's
     for k in range(settings.shards):
-        env = dict(os.environ, FT_SHARDS=str(settings.shards), FT_SHARD_INDEX=str(k))
+        env = dict(os.environ, FT_SHARDS=str(settings.shards), FT_SHARD_INDEX=str(k), FT_SHARD_RUN=run)
         if fork:
             procs.append(fork_service("capture", env, name=f"ft-capture-s{k}"))
         else:

@@ -167,6 +167,8 @@ class CaptureSettings(CommonSettings):
     shards: int = Field(default=1, ge=1, le=64, validation_alias=AliasChoices("shards", "FT_CAPTURE_SHARDS", "FT_SHARDS"),
                         description="Capture processes sharing the interface by flow hash (FT_CAPTURE_SHARDS or FT_SHARDS).")
     shard_index: int = Field(default=-1, ge=-1, le=63, description="This process's shard (set by the parent), -1 = not sharded.")
+    shard_run: str = Field(default="", pattern=r"^[A-Za-z0-9]{0,32}$",
+                           description="The sharded replay this process belongs to (set by the parent): its shards pace only each other, also beside another replay under the same probe name.")
     idle_timeout_s: float = Field(default=120.0, gt=0)
     active_timeout_s: float = Field(default=1800.0, gt=0)
     tcp_closed_timeout_s: float = Field(default=2.0, ge=0, description="Packets of a FIN/RST-closed flow that arrive within this time still count to it.")

@@ -571,7 +571,7 @@ class ShardPacer:
     could run far ahead of another, and the detectors' process, which ages its
     incidents with the newest packet time it has seen, would close incidents that
     the slower shard's events still belong to.  Each shard publishes how far it
-    has read (``ft.ctl.<probe>.replay_pos``: file number and bytes) after each
+    has read (``ft.ctl.<probe>.replay_pos_<run>``: file number and bytes) after each
     batch and waits while it is more than ``SHARD_SKEW_BYTES`` ahead of the
     slowest shard that is still reading.  The slowest shard never waits, so
     they cannot deadlock; a shard silent for ``SHARD_SILENT_S`` is no longer
@@ -582,7 +582,8 @@ class ShardPacer:
         self.bus = bus
         self.me = settings.shard_index
         self.shards = settings.shards
-        self.subject = subject("ctl", settings.probe, "replay_pos")
+        # one replay's shards only (two replays under one probe name would pace each other)
+        self.subject = subject("ctl", settings.probe, "replay_pos" + (f"_{settings.shard_run}" if settings.shard_run else ""))
         self.pos: dict[int, tuple[int, int]] = {}
         self.heard: dict[int, float] = {}
         self.changed = asyncio.Event()

@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import random
+import re
 import struct
 import subprocess
 import sys
@@ -197,6 +198,7 @@ def _run_capture(nats_url: str, probe: str, pcap: Path, shards: int, tmp: Path) 
     async def main():
         watcher = await Bus.connect(CommonSettings(nats_url=nats_url, probe=probe), "watcher")
         flows, alerts, stats = [], [], []
+        ctl: set[str] = set()
 
         async def on_flow(msg):
             flows.extend(e for e in json.loads(msg.data)["events"] if e.get("phase") == "end")
@@ -208,9 +210,13 @@ def _run_capture(nats_url: str, probe: str, pcap: Path, shards: int, tmp: Path) 
         async def on_stats(msg):
             stats.append(json.loads(msg.data))
 
+        async def on_ctl(msg):
+            ctl.add(msg.subject)
+
         await watcher.nc.subscribe(f"ft.flow.{probe}", cb=on_flow)
         await watcher.nc.subscribe("ft.alert.>", cb=on_alert)
         await watcher.nc.subscribe(f"ft.stats.{probe}", cb=on_stats)
+        await watcher.nc.subscribe(f"ft.ctl.{probe}.>", cb=on_ctl)
         await watcher.nc.flush()
         env = dict(os.environ, FT_NATS_URL=nats_url, FT_PROBE=probe, FT_PCAP=str(pcap), FT_SHARDS=str(shards),
                    FT_VERDICT_WAIT_S="0", FT_REPLAY_MAX_PENDING="0", FT_STREAM_STORAGE="memory",
@@ -225,6 +231,10 @@ def _run_capture(nats_url: str, probe: str, pcap: Path, shards: int, tmp: Path) 
         await asyncio.sleep(0.5)
         await watcher.close()
         assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
+        pos = {x for x in ctl if ".replay_pos" in x}
+        # the shards of one replay pace each other on a subject of their run (the parent's token)
+        assert (len(pos) == 1 and re.fullmatch(rf"ft\.ctl\.{probe}\.replay_pos_[0-9a-f]{{12}}", pos.pop())) \
+            if shards > 1 else not pos
         return flows, alerts, stats, out.decode(errors="replace")
 
     return asyncio.run(main())
@@ -279,3 +289,39 @@ def test_another_shards_verdicts_are_not_counted_as_unknown():
     assert meter.counters.get("verdicts_unknown_flow", 0) == 0
     meter.on_verdict(verdict(f"{meter._prefix}-7"))
     assert meter.counters.get("verdicts_unknown_flow", 0) == 1
+
+
+def test_two_replays_under_one_probe_name_do_not_pace_each_other(nats_server):
+    """The shards of one replay publish how far they have read on a subject of their own run
+    (FT_SHARD_RUN, the parent's token): another sharded replay under the same probe name, on the same
+    NATS, is neither waited for nor slowed by them."""
+    from services.capture.service import ShardPacer
+    from shared.settings import CaptureSettings
+
+    async def main():
+        stop = asyncio.Event()
+        buses, pacers = [], {}
+        for run in ("aaaa", "bbbb"):
+            for k in range(2):
+                s = CaptureSettings(nats_url=nats_server.url, probe="same", shards=2, shard_index=k, shard_run=run)
+                bus = await Bus.connect(s, f"capture-{run}-{k}", stop)
+                buses.append(bus)
+                p = pacers[run, k] = ShardPacer(bus, s)
+                await p.start()
+        for bus in buses:
+            await bus.nc.flush()
+        await pacers["aaaa", 0].report(0, 50 << 20)       # run aaaa's shard 0 far into the file
+        await pacers["bbbb", 1].report(0, 1 << 10)        # run bbbb's shard 1 at its start
+        await asyncio.sleep(0.5)
+        heard = {key: dict(p.pos) for key, p in pacers.items()}
+        # aaaa's shard 1 hears its sibling; bbbb's shard 0 waits for its own sibling, not for aaaa's
+        assert heard == {("aaaa", 0): {}, ("aaaa", 1): {0: (0, 50 << 20)}, ("bbbb", 0): {1: (0, 1 << 10)},
+                         ("bbbb", 1): {}}
+        assert not pacers["aaaa", 1]._behind(0, 1 << 20) and pacers["bbbb", 0]._behind(0, 60 << 20)
+        for p in pacers.values():
+            await p.close()
+        for bus in buses:
+            await bus.close()
+
+    asyncio.run(main())
+
