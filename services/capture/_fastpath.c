@@ -11,7 +11,8 @@
  *       directional flow key (protocol, addresses and ports), 13 bytes.
  *       Anything else: None (the general decoder takes it).
  *
- *   pcap_records(buf, pos, big_endian, ts_unit, limit, max_record[, snaplen])
+ *   pcap_records(buf, pos, big_endian, ts_unit, limit, max_record[, snaplen]) -> (records, pos, bad, cut)
+ *   (cut: the shortest captured length among the records read that are shorter than their packet, 0: none)
  *                -> (records, new_pos, bad_caplen)
  *       Up to ``limit`` whole pcap records from ``buf`` at ``pos`` as a list
  *       of (timestamp, frame).  Stops at the first record that is not wholly
@@ -272,6 +273,7 @@ static PyObject *pcap_records(PyObject *self, PyObject *args) {
         return NULL;
     }
     long long bad = -1;
+    unsigned long long cut = 0;   /* the shortest captured length of a record cut short of its packet */
     if (pos < 0)
         pos = 0;
     while (PyList_GET_SIZE(list) < limit && blen - pos >= 16) {
@@ -283,12 +285,15 @@ static PyObject *pcap_records(PyObject *self, PyObject *args) {
             bad = (long long)caplen;
             break;
         }
-        if (caplen > (big ? be32(h + 12) : le32(h + 12)) || (snaplen && caplen > snaplen)) {
+        uint32_t origlen = big ? be32(h + 12) : le32(h + 12);
+        if (caplen > origlen || (snaplen && caplen > snaplen)) {
             bad = -2;
             break;
         }
         if ((Py_ssize_t)caplen > blen - pos - 16)
             break;
+        if (caplen < origlen && (cut == 0 || caplen < cut))
+            cut = caplen;
         if (shards > 1 && !in_shard(h + 16, (Py_ssize_t)caplen, dlt, shard, shards)) {
             pos += 16 + (Py_ssize_t)caplen;
             continue;
@@ -315,7 +320,7 @@ static PyObject *pcap_records(PyObject *self, PyObject *args) {
         pos += 16 + (Py_ssize_t)caplen;
     }
     PyBuffer_Release(&view);
-    return Py_BuildValue("(NnL)", list, pos, bad);
+    return Py_BuildValue("(NnLK)", list, pos, bad, cut);
 }
 
 /* Collector: a packet callback for pypcap's dispatch() that appends (ts, frame) to a list without

@@ -685,8 +685,6 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                 counters={"file_errors": 1} if settings.shard_index <= 0 else {}))   # once for all shards
             continue
         meter.set_source(name, reader.datalink, reader.cut_at)
-        if out.recorder is not None:
-            out.recorder.cut_at = reader.cut_at
         process = meter.process
         process_batch = meter.process_batch
         progress = getattr(reader, "progress", None)
@@ -719,7 +717,11 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                     break
             else:
                 process_batch(recs, d)
+            cut_at = reader.cut_at    # lower than the header's snap length once records say they were cut
+            if cut_at != meter.snaplen:
+                meter.snaplen = cut_at
             if out.recorder is not None:
+                out.recorder.cut_at = cut_at
                 out.recorder.record(recs, dlt)
             n += len(recs)
             ts = recs[-1][0]

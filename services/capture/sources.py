@@ -143,6 +143,7 @@ class FileSource:
         self._buf = head
         self._pos = 0
         self._base = 0   # the file offset of _buf[0] (uncompressed for .gz files), for error messages
+        self._cut_seen = 0   # the shortest record so far that holds less than its packet (cut_at)
         self._eof = False
         if len(head) < 4:
             self.close()
@@ -174,12 +175,17 @@ class FileSource:
     @property
     def cut_at(self) -> int:
         """The length at which the file's frames may have been cut by their capture (its snap length;
-        pcapng: its interfaces' largest, 0 when one has none): frames this long get an original length
-        from their IP header when they are written to a pcap again (``evidence.wire_len``); 0: never."""
+        pcapng: its interfaces' largest, 0 when one has none; lower when records read so far were cut
+        shorter, as in files whose header does not say their capture's snap length): frames this long get
+        an original length from their IP header when they are written to a pcap again
+        (``evidence.wire_len``); 0: never."""
         if self.format == "pcap":
-            return self.snaplen if 0 < self.snaplen <= MAX_RECORD else 0
-        snaps = [i[3] for i in getattr(self, "_ifaces", ())]
-        return max(snaps) if snaps and min(snaps) > 0 else 0
+            snap = self.snaplen if 0 < self.snaplen <= MAX_RECORD else 0
+        else:
+            snaps = [i[3] for i in getattr(self, "_ifaces", ())]
+            snap = max(snaps) if snaps and min(snaps) > 0 else 0
+        seen = self._cut_seen    # records read so far that hold less than their packet: cut there, whatever
+        return min(snap, seen) if snap and seen else snap or seen   # the header says
 
     def progress(self) -> tuple[int, int]:
         """(bytes of the file read so far, its size on disk); for .gz files both count compressed bytes."""
@@ -259,8 +265,10 @@ class FileSource:
             if len(self._buf) - self._pos < low and not self._eof:
                 self._fill(CHUNK)  # keep batches whole: read ahead before the buffer runs dry
             before = self._pos
-            recs, pos, bad = pcap_records(self._buf, before, big, unit, n, MAX_RECORD, snaplen, shard, shards, dlt)
+            recs, pos, bad, cut = pcap_records(self._buf, before, big, unit, n, MAX_RECORD, snaplen, shard, shards, dlt)
             self._pos = pos
+            if cut and (not self._cut_seen or cut < self._cut_seen):
+                self._cut_seen = cut
             if recs:
                 self.packets += len(recs)
                 yield recs
@@ -372,6 +380,8 @@ class FileSource:
                 if caplen > olen or (snap and caplen > snap):
                     self._anomaly(caplen, olen, snap)
                     caplen = min(caplen, olen)
+                elif caplen < olen and (not self._cut_seen or caplen < self._cut_seen):
+                    self._cut_seen = caplen
                 self.packets += 1
                 yield ((hi << 32) | lo) * unit + off, buf[body + 20:body + 20 + caplen], dlt
             elif btype == 3:  # simple packet block

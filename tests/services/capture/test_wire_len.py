@@ -177,19 +177,34 @@ def test_evidence_of_frames_cut_to_the_ring_s_share_or_by_the_snap_length(tmp_pa
     assert rec is done
 
 
-def write_cut_pcap(path: Path, frames: list[tuple[float, bytes]], snap: int) -> Path:
-    """A pcap as tcpdump -s SNAP writes it: frames cut to the snap length, their original length kept."""
+def write_cut_pcap(path: Path, frames: list[tuple[float, bytes]], snap: int, header_snap: int = 0,
+                   fmt: str = "pcap") -> Path:
+    """A capture as tcpdump -s SNAP writes it: frames cut to the snap length, their original length kept;
+    its header says ``header_snap`` (default: the snap length), as some tools' files do not."""
+    from services.capture.export import pcapng_header, pcapng_packet
+
+    hs = header_snap if header_snap >= 0 else snap
     with open(path, "wb") as fh:
-        fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snap, 1))
+        if fmt == "pcapng":
+            fh.write(pcapng_header(1, snaplen=hs))
+        else:
+            fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, hs, 1))
         for ts, fr in frames:
+            if fmt == "pcapng":
+                fh.write(pcapng_packet(ts, fr[:snap], olen=len(fr)))
+                continue
             sec, us = divmod(int(round(ts * 1e6)), 1000000)
             fh.write(struct.pack("<IIII", sec, us, min(len(fr), snap), len(fr)) + fr[:snap])
     return path
 
 
-def test_a_replay_of_cut_frames_recorded_and_exported_keeps_their_original_lengths(nats_server, tmp_path):
+@pytest.mark.parametrize("fmt,header_snap", [("pcap", -1), ("pcap", 262144), ("pcapng", 0)])
+def test_a_replay_of_cut_frames_recorded_and_exported_keeps_their_original_lengths(nats_server, tmp_path, fmt,
+                                                                                   header_snap):
     """A file captured with a snap length of 128, replayed by the capture service (real nats-server) with
-    the packet recorder on: the store and `flowtarget pcap` give every frame its original length."""
+    the packet recorder on: the store and `flowtarget pcap` give every frame its original length.  Also
+    when the file's header does not say the snap length (262,144 in a pcap, none in a pcapng): the
+    records that hold less than their packet tell it."""
     from services.capture import service
     from shared.bus import Bus
 
@@ -199,7 +214,7 @@ def test_a_replay_of_cut_frames_recorded_and_exported_keeps_their_original_lengt
         size = 50 + 97 * k                        # 104- to 3,879-byte frames: both sides of the snap length
         frames.append((t0 + k * 0.01, MACS + b"\x08\x00" + ip4(size, src=0x0A000001 + k % 3)))
         frames.append((t0 + k * 0.01 + 0.001, MACS + b"\x86\xdd" + ip6(size)))
-    src = write_cut_pcap(tmp_path / "cut.pcap", frames, 128)
+    src = write_cut_pcap(tmp_path / f"cut.{fmt}", frames, 128, header_snap, fmt)
     store = tmp_path / "store"
 
     async def main() -> None:
