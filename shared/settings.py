@@ -320,6 +320,7 @@ class BlockSettings(CommonSettings):
     rule_stats_bucket: str = Field(default="ft_rule_stats", description="KV bucket of per-rule hit/outcome counts shared by every block replica.")
     rule_stats_flush_s: float = Field(default=2.0, gt=0, description="How often a replica adds its per-rule counts to the bucket.")
     dry_run: bool = Field(default=True, description="Decide and report without injecting (the default); FT_DRY_RUN=false (or flowtarget run --enforce) injects.")
+    snaplen: int = Field(default=2048, ge=64, le=262144, description="Bytes block's own capture takes of each frame (FT_SNAPLEN, as capture's): a request's name must lie within them for block to act before classify answers.")
     rate_limit_per_s: float = Field(default=200.0, gt=0)
     rate_burst: int = Field(default=50, ge=1)
     max_rules: int = Field(default=10_000, ge=1, le=1_000_000,

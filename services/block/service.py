@@ -552,7 +552,7 @@ async def main(settings: BlockSettings, bus: Bus, stop: asyncio.Event) -> None:
         from shared.runner import ConfigError
 
         try:
-            src = LiveSource(settings.iface, bpf="", snaplen=2048, promisc=True, direction_in=True)
+            src = LiveSource(settings.iface, bpf="", snaplen=settings.snaplen, promisc=True, direction_in=True)
         except CaptureFileError as exc:
             blocker.close()
             await watcher.stop()

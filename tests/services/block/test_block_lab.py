@@ -420,11 +420,12 @@ def test_outcomes_agree_with_the_client_when_races_are_lost(racelab):
 
 
 def test_blocks_land_when_the_capture_cuts_the_segments(snaplab, tmp_path):
-    """The request's frames are cut at 128 bytes (the Host header still in them).  The reset to the server
-    must carry the sequence number past the whole request: one at the cut point lands inside the data,
-    and the server answers it with a challenge ACK and keeps the connection.  Checked on the wire
-    (tcpdump's whole frames on the probe's port): every reset toward the server starts where the
-    client's request ends."""
+    """The request's frames are cut at 128 bytes (FT_SNAPLEN, capture's and block's own capture; the Host
+    header still in them).  The reset to the server must carry the sequence number past the whole
+    request: one at the cut point lands inside the data, and the server answers it with a challenge ACK
+    and keeps the connection.  Checked on the wire (tcpdump's whole frames on the probe's port): every
+    reset toward the server starts where the client's request ends, for the rules block's own capture
+    acts on and for the one only classify's verdict can match."""
     from tests.lab.tools import start_tcpdump, wait_pcap_settled
 
     lab, svc, col = snaplab
@@ -432,7 +433,7 @@ def test_blocks_land_when_the_capture_cuts_the_segments(snaplab, tmp_path):
     dump = start_tcpdump(lab, "probe", lab.probe_iface, truth)
     n = 10
     # r-web names a category: only classify's verdict can match it, so its reset takes the sequence numbers
-    # capture's sample gives (block's own sniffing acts on the other two first)
+    # capture's sample gives (block's own capture acts on the other two first, on its own numbers)
     cases = (("www.reset.block.test", "http_reset", 24000), ("page.block.test", "http_page", 24500),
              ("web.block.test", "http_reset", 25000))
     results, ports = {}, {}
