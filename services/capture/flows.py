@@ -443,6 +443,13 @@ class FlowMeter:
         self._next_house = 0.0  # the new source's clock may be behind the old one
         self._now = 0.0
 
+    def set_cut_at(self, snaplen: int) -> None:
+        """The source's frames may have been cut at ``snaplen`` after all (a file whose header did not say
+        its capture's snap length): for evidence pcaps and the ``ft.ctl`` recordings running now."""
+        self.snaplen = max(int(snaplen), 0)
+        for rec in self.recorders:
+            rec.cut_at = self.snaplen
+
     def take_keep(self) -> bytearray:
         """The keep marks (one byte per record, 1 = keep) of the records metered since the last call
         (only with ``record_cutoff``); the packet recorder takes them once per batch."""

@@ -697,6 +697,9 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
         realtime = settings.replay_realtime
         for dlt, recs in reader.batches(CHUNK):
             d = None if dlt == reader.datalink else dlt
+            cut_at = reader.cut_at    # lower than the header's snap length once records say they were cut
+            if cut_at != meter.snaplen:
+                meter.set_cut_at(cut_at)   # for this batch's frames too: its evidence, ft.ctl recordings
             if realtime:   # pace every packet at its recorded time
                 for ts, frame in recs:
                     if ts0 is None:
@@ -717,9 +720,6 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                     break
             else:
                 process_batch(recs, d)
-            cut_at = reader.cut_at    # lower than the header's snap length once records say they were cut
-            if cut_at != meter.snaplen:
-                meter.snaplen = cut_at
             if out.recorder is not None:
                 out.recorder.cut_at = cut_at
                 out.recorder.record(recs, dlt)

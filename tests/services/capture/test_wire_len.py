@@ -176,6 +176,17 @@ def test_evidence_of_frames_cut_to_the_ring_s_share_or_by_the_snap_length(tmp_pa
     assert [(c, o) for c, o, _fr in records(Path(done.path))[1]] == [(128, 1442), (72, 72)]
     assert rec is done
 
+    # a recording that started before the source turned out to cut its frames (a file whose header does
+    # not say its snap length): the replay tells the meter, which tells the recordings running
+    m = FlowMeter(CaptureSettings(verdict_wait_s=0), ListSink(), source="t")
+    m.set_source("t", 1, 0)
+    rec = m.start_recording("", 60.0, str(tmp_path / "d"))
+    m.process_batch([(1.7e9, frames[0][1][:128])], 1)
+    m.set_cut_at(128)
+    m.process_batch([(1.7e9 + 1, frames[1][1][:128])], 1)
+    (done,) = m.finished_recordings(force=True)
+    assert [(c, o) for c, o, _fr in records(Path(done.path))[1]] == [(128, 128), (128, 1442)]
+
 
 def write_cut_pcap(path: Path, frames: list[tuple[float, bytes]], snap: int, header_snap: int = 0,
                    fmt: str = "pcap") -> Path:
