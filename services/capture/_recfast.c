@@ -127,8 +127,7 @@ static PyObject *pcap_pack(PyObject *self, PyObject *args) {
         put32(o, (uint32_t)(us / 1000000));
         put32(o + 4, (uint32_t)(us % 1000000));
         put32(o + 8, (uint32_t)len);
-        put32(o + 12, (uint32_t)(len < cut_at || cut_at <= 0 ? len
-                                 : wire_len_c((const unsigned char *)PyBytes_AS_STRING(fr), len, dlt, cut_at)));
+        put32(o + 12, (uint32_t)wire_len_c((const unsigned char *)PyBytes_AS_STRING(fr), len, dlt, cut_at));
         memcpy(o + 16, PyBytes_AS_STRING(fr), (size_t)len);
         o += 16 + len;
         last = ts;

@@ -121,15 +121,15 @@ def pcap_bytes(packets: Iterable[tuple[float, bytes]], linktype: int = 1, snaple
     return b"".join(parts)
 
 
-def write_pcap(directory: str | os.PathLike[str], name: str, packets: Iterable[tuple[float, bytes]],
-               linktype: int = 1, snaplen: int = 65535, cut_at: int = 0) -> Path:
-    """Write ``packets`` (``pcap_bytes``) to a new pcap ``directory/name`` (made unique); returns its path."""
+def write_pcap(directory: str | os.PathLike[str], name: str, data: bytes) -> Path:
+    """Write a whole pcap file's ``data`` (``pcap_bytes``) to a new file ``directory/name`` (made unique);
+    returns its path."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     path = _unique(d / name)
     tmp = path.with_name(path.name + ".part")
     with open(tmp, "wb") as fh:
-        fh.write(pcap_bytes(packets, linktype, snaplen, cut_at))
+        fh.write(data)
     os.replace(tmp, path)
     return path
 

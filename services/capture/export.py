@@ -504,7 +504,7 @@ def export(directory: str | os.PathLike[str], q: Query, out: str | os.PathLike[s
                 other_dlt += 1
                 continue
             n = len(frame)
-            olen = n if n < cut or not cut else wire_len(frame, dlt, cut)
+            olen = wire_len(frame, dlt, cut)
             if ng:
                 rec = pcapng_packet(ts, frame, pkt_comment, olen)
             else:

@@ -65,7 +65,7 @@ from .decode import (
     format_mac,
     transport_name,
 )
-from .evidence import wire_len
+from .evidence import evidence_name, pcap_bytes, wire_len, write_pcap
 from .fastpath import METER as _METER
 from .fastpath import eth4 as _eth4
 
@@ -1091,15 +1091,15 @@ class FlowMeter:
         ev = f.ev[-self._ev_keep:] if self._ev_keep else []
         return list(zip(ev[0::2], ev[1::2]))
 
-    def evidence_cut_at(self) -> int:
-        """The length from which a ring's frame may have been cut: by the capture (its snap length) or to
-        the ring's share (evidence.wire_len gives such a frame its original length)."""
-        return min(self.snaplen, self._ev_cap) if self.snaplen else self._ev_cap
+    def evidence_pcap(self, packets: list[tuple[float, bytes]]) -> bytes:
+        """A pcap file of a ring's packets (``evidence()``) in the source's link type.  A frame may have
+        been cut by the capture (its snap length) or to the ring's share: from that length on, it gets
+        the original length its IP header gives (evidence.wire_len)."""
+        cut_at = min(self.snaplen, self._ev_cap) if self.snaplen else self._ev_cap
+        return pcap_bytes(packets, self.datalink, self.snaplen or 262144, cut_at)
 
     def write_evidence(self, flow_id: str, directory: str | None = None, tag: str = "") -> str | None:
         """Write a flow's ring to a pcap named by interface, source IP and time; returns the path."""
-        from .evidence import evidence_name, write_pcap
-
         pk = self.evidence(flow_id)
         if not pk:
             return None
@@ -1110,8 +1110,7 @@ class FlowMeter:
         src_ip = f.src_ip if f is not None else ""
         iface = (f.source if f is not None else "") or self.source
         d = directory if directory is not None else str(self.settings.evidence_dir)
-        path = write_pcap(d, evidence_name(iface, src_ip, pk[-1][0], tag or flow_id), pk, self.datalink,
-                          self.snaplen or 262144, self.evidence_cut_at())
+        path = write_pcap(d, evidence_name(iface, src_ip, pk[-1][0], tag or flow_id), self.evidence_pcap(pk))
         self._count("evidence_pcaps")
         return str(path)
 

@@ -105,7 +105,7 @@ def pcap_pack_py(recs: list, start: int, room: int, until_ts: float,
             stop = i
             break
         us = int(math.floor(ts * 1000000.0 + 0.5))
-        append(_REC(us // 1000000, us % 1000000, n, n if n < cut_at or cut_at <= 0 else wire_len(frame, dlt, cut_at)))
+        append(_REC(us // 1000000, us % 1000000, n, wire_len(frame, dlt, cut_at)))
         append(frame)
         total += rlen
         last = ts

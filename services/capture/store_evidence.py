@@ -49,7 +49,7 @@ from typing import Any
 from shared.community_id import proto_number
 
 from .cut_worker import CutProcess
-from .evidence import evidence_name, pcap_bytes
+from .evidence import evidence_name
 from .export import ExportError, Query, export
 
 __all__ = ["StoreEvidence", "incident_of", "query_for_incident", "query_for_flow"]
@@ -258,10 +258,8 @@ class StoreEvidence:
             tmp = path.with_name("." + path.name + ".part")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
             os.fchmod(fd, 0o640)
-            m = self.meter
             with os.fdopen(fd, "wb") as fh:
-                fh.write(pcap_bytes(pk, int(getattr(m, "datalink", 1) or 1), getattr(m, "snaplen", 0) or 262144,
-                                    m.evidence_cut_at() if hasattr(m, "evidence_cut_at") else 0))
+                fh.write(self.meter.evidence_pcap(pk))
             n = os.path.getsize(tmp)
             if not self.limits.take(n):
                 os.unlink(tmp)

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.capture.evidence import write_pcap, wire_len
+from services.capture.evidence import wire_len
 from services.capture.flows import FlowMeter, ListSink
 from services.capture.recorder import pcap_pack_py
 from shared.settings import CaptureSettings
