@@ -341,12 +341,10 @@ class PcapRecorder:
         if self.limits is not None and not self.limits.take(n + (_PCAP_HDR.size if self._fh is None else 0)):
             self._stop("disk")
             return
-        sec = int(ts)
         try:       # the hot path calls this: a full or unwritable disk ends the recording, never capture
             if self._fh is None:
                 self._open()
-            self._fh.write(_REC_HDR.pack(sec, int(round((ts - sec) * 1e6)) % 1000000, len(frame),
-                                         wire_len(frame, self.linktype, self.cut_at)))
+            self._fh.write(pcap_record(ts, frame, wire_len(frame, self.linktype, self.cut_at)))
             self._fh.write(frame)
         except OSError as exc:
             self.write_error = exc.strerror or str(exc)

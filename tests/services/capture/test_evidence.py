@@ -56,3 +56,21 @@ def test_evidence_name_is_safe():
     n = evidence_name("eth0/../x", "2001:db8::1", 0.0, "flow-1")
     assert n == "eth0-..-x_2001-db8-1_19700101-000000_flow-1.pcap"
     assert "/" not in n
+
+
+def test_recording_timestamps_round_into_the_next_second(tmp_path):
+    """A timestamp whose fraction rounds up to a whole second is written as the next second, not as
+    0 µs of the same one (a second early), as the packet store and evidence files write it."""
+    m = FlowMeter(CaptureSettings(verdict_wait_s=0), ListSink(), source="eth9")
+    rec = m.start_recording("", 5.0, str(tmp_path))
+    stamps = [100.0, 100.9999996, 101.25, 101.9999994]
+    for ts in stamps:
+        m.process(ts, udp(A, 1000, B, 2000, b"x"))
+    rec.close()
+    raw = open(rec.path, "rb").read()[24:]
+    got = []
+    while raw:
+        sec, usec, caplen, _olen = struct.unpack("<IIII", raw[:16])
+        got.append((sec, usec))
+        raw = raw[16 + caplen:]
+    assert got == [(100, 0), (101, 0), (101, 250000), (101, 999999)]
