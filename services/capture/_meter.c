@@ -1791,6 +1791,417 @@ fail:
     return NULL;
 }
 
+/*
+ * expire(meter, now) -> flows ended
+ *   FlowMeter._housekeep's idle loop in C: from the front of the table (oldest direction stamps first), each
+ *   entry stamped at or before now - idle_timeout whose flow saw no packet since then is taken out of the
+ *   table (_remove) and ended (_end, _publish_end: the end record through sink.flow, the verdict beside it
+ *   through sink.flow_verdict); an entry whose flow is alive through its other direction is re-stamped and
+ *   moved back, as there.  A coalesced sample still to send goes first, through _emit_sample.  A flow that
+ *   waits for verdicts (or is closing already) goes to the meter's own _end.  The loop and the pure-Python
+ *   _housekeep give the same records in the same order (tests/services/capture/test_meter_twin.py).
+ */
+static PyObject *s_idle = NULL, *s_port = NULL, *s_unknown_lc = NULL;
+static const char *verdict_meta[4] = {"http", "tls", "quic", "ssh"};
+
+typedef struct {
+    PyObject *meter, *md, *table, *sink_flow, *sink_verdict, *m_end, *m_count, *dirty, *closing, *by_id,
+        *recent, *recent_popitem, *port_guess, *probe, *datalink, *m_emit;
+    long long recent_max;
+    double vwait;
+    int loaded;
+} Ender;
+
+static void ender_clear(Ender *e) {
+    Py_CLEAR(e->md);
+    Py_CLEAR(e->sink_flow);
+    Py_CLEAR(e->sink_verdict);
+    Py_CLEAR(e->m_end);
+    Py_CLEAR(e->m_count);
+    Py_CLEAR(e->m_emit);
+    Py_CLEAR(e->dirty);
+    Py_CLEAR(e->closing);
+    Py_CLEAR(e->by_id);
+    Py_CLEAR(e->recent);
+    Py_CLEAR(e->recent_popitem);
+    Py_CLEAR(e->port_guess);
+    Py_CLEAR(e->probe);
+    Py_CLEAR(e->datalink);
+}
+
+static PyObject *mattr(PyObject *o, const char *name) {
+    PyObject *nm = iname(name);
+    return nm ? PyObject_GetAttr(o, nm) : NULL;
+}
+
+/* what ending a flow needs, loaded at the first flow a call ends (most calls end none) */
+static int ender_load(Ender *e) {
+    PyObject *meter = e->meter, *sink = NULL;
+    if ((e->md = meter_dict(meter)) == NULL || (sink = mattr(meter, "sink")) == NULL
+        || (e->sink_flow = mattr(sink, "flow")) == NULL || (e->sink_verdict = mattr(meter, "_sink_verdict")) == NULL
+        || (e->dirty = mattr(meter, "_dirty")) == NULL || (e->closing = mattr(meter, "_closing")) == NULL
+        || (e->by_id = mattr(meter, "_by_id")) == NULL || (e->recent = mattr(meter, "_recent_ev")) == NULL
+        || (e->port_guess = mattr(meter, "port_guess")) == NULL || (e->probe = mattr(meter, "probe")) == NULL
+        || (e->datalink = mattr(meter, "datalink")) == NULL
+        || meter_ll(meter, "recent_evidence_max", &e->recent_max) < 0 || attr_d(meter, "_vwait", &e->vwait) < 0) {
+        Py_XDECREF(sink);
+        return -1;
+    }
+    Py_DECREF(sink);
+    if (!PyDict_Check(e->dirty) || !PyDict_Check(e->closing) || !PyDict_Check(e->by_id) || !PyDict_Check(e->recent)) {
+        PyErr_SetString(PyExc_TypeError, "the meter's _dirty/_closing/_by_id/_recent_ev are not dicts");
+        return -1;
+    }
+    e->loaded = 1;
+    return 0;
+}
+
+/* a method of o, got once per call */
+static PyObject *lazy_method(PyObject **slot, PyObject *o, const char *name) {
+    if (*slot == NULL)
+        *slot = mattr(o, name);
+    return *slot;
+}
+
+/* FlowMeter._remove: the flow's two entries out of the table (where they are still its own) */
+static int remove_flow(Ender *e, PyObject *f) {
+    PyObject *k = NSLOT(f, N_KEY);
+    if (k == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "Flow.key is not set");
+        return -1;
+    }
+    PyObject *hit = PyDict_GetItemWithError(e->table, k);
+    if (hit == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyTuple_Check(hit) || PyTuple_GET_SIZE(hit) < 1 || PyTuple_GET_ITEM(hit, 0) != f)
+        return 0;
+    Py_INCREF(k);
+    int r = PyObject_DelItem(e->table, k);
+    Py_DECREF(k);
+    if (r < 0 || meter_add(e->meter, e->md, "_nflows", -1, NULL) < 0)
+        return -1;
+    PyObject *rk = NSLOT(f, N_RKEY);
+    if (rk == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "Flow.rkey is not set");
+        return -1;
+    }
+    hit = PyDict_GetItemWithError(e->table, rk);
+    if (hit == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (PyTuple_Check(hit) && PyTuple_GET_SIZE(hit) >= 1 && PyTuple_GET_ITEM(hit, 0) == f) {
+        Py_INCREF(rk);
+        r = PyObject_DelItem(e->table, rk);
+        Py_DECREF(rk);
+        return r;
+    }
+    return 0;
+}
+
+/* an int slot (new-flow slots) as a long long */
+static int nslot_ll(PyObject *f, int k, long long *out) {
+    PyObject *v = NSLOT(f, k);
+    if (v == NULL) {
+        PyErr_Format(PyExc_AttributeError, "Flow.%s is not set", new_slot_names[k]);
+        return -1;
+    }
+    *out = PyLong_AsLongLong(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* FlowMeter._publish_end's record and verdict for a flow _end just ended (no verdict pending) */
+static int publish_end(Ender *e, PyObject *f) {
+    PyObject *v = NSLOT(f, N_VERDICT), *app = NULL, *application = NULL, *category = NULL, *host = NULL,
+             *conf = NULL, *rec = NULL, *r;
+    int rc = -1;
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "Flow.verdict is not set");
+        return -1;
+    }
+    Py_INCREF(v);
+    if (v != Py_None) {
+        if ((app = mattr(v, "app_protocol")) == NULL || (application = mattr(v, "application")) == NULL
+            || (category = mattr(v, "category")) == NULL || (host = mattr(v, "host")) == NULL
+            || (conf = mattr(v, "confidence")) == NULL)
+            goto done;
+        int unk = PyObject_RichCompareBool(conf, s_unknown_lc, Py_NE);
+        if (unk < 0)
+            goto done;
+        if (!unk)
+            Py_SETREF(conf, ref(s_empty));
+    } else {
+        app = ref(s_unknown);
+        application = ref(s_empty);
+        category = ref(s_empty);
+        host = ref(s_empty);
+        conf = ref(s_empty);
+        if (e->port_guess != Py_None) {   /* a flow that never got a verdict: guess by port */
+            PyObject *t = RSLOT(f, R_TRANSPORT), *sp = RSLOT(f, R_SPORT), *dp = RSLOT(f, R_DPORT);
+            if (t == NULL || sp == NULL || dp == NULL) {
+                PyErr_SetString(PyExc_AttributeError, "Flow.transport/sport/dport is not set");
+                goto done;
+            }
+            PyObject *g = PyObject_CallFunctionObjArgs(e->port_guess, t, sp, dp, NULL);
+            if (g == NULL) {   /* a hook's bug must not stop metering (an Exception, as there) */
+                if (!PyErr_ExceptionMatches(PyExc_Exception))
+                    goto done;
+                PyErr_Clear();
+                r = lazy_method(&e->m_count, e->meter, "_count") == NULL ? NULL
+                    : PyObject_CallFunction(e->m_count, "s", "port_guess_errors");
+                if (r == NULL)
+                    goto done;
+                Py_DECREF(r);
+            } else {
+                if (PyUnicode_Check(g) && PyUnicode_GET_LENGTH(g) > 0) {
+                    PyObject *cut = PyUnicode_Substring(g, 0, 64);
+                    if (cut == NULL) {
+                        Py_DECREF(g);
+                        goto done;
+                    }
+                    Py_SETREF(app, cut);
+                    Py_SETREF(conf, ref(s_port));
+                }
+                Py_DECREF(g);
+            }
+        }
+    }
+    PyObject *last = SLOT(f, LAST);
+    if (last == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "Flow.last is not set");
+        goto done;
+    }
+    if ((rec = record_of(f, s_end, last, e->probe, app, application, category, host, conf)) == NULL)
+        goto done;
+    if ((r = PyObject_CallOneArg(e->sink_flow, rec)) == NULL)
+        goto done;
+    Py_DECREF(r);
+    if (v != Py_None && e->sink_verdict != Py_None) {
+        int known = PyObject_RichCompareBool(app, s_unknown, Py_NE);
+        if (known < 0)
+            goto done;
+        int meta = 0;
+        for (int k = 0; known && !meta && k < 4; k++) {
+            PyObject *x = mattr(v, verdict_meta[k]);
+            if (x == NULL)
+                goto done;
+            meta = x != Py_None;
+            Py_DECREF(x);
+        }
+        if (known && meta) {
+            if ((r = PyObject_CallOneArg(e->sink_verdict, v)) == NULL)
+                goto done;
+            Py_DECREF(r);
+        }
+    }
+    rc = 0;
+done:
+    Py_DECREF(v);
+    Py_XDECREF(app);
+    Py_XDECREF(application);
+    Py_XDECREF(category);
+    Py_XDECREF(host);
+    Py_XDECREF(conf);
+    Py_XDECREF(rec);
+    return rc;
+}
+
+/* _housekeep's "self._remove(f); self._end(f, f.end_reason if f.state else 'idle')" */
+static int end_idle(Ender *e, PyObject *f) {
+    long long state, pending, proto;
+    if ((!e->loaded && ender_load(e) < 0) || remove_flow(e, f) < 0 || slot_ll(f, STATE, &state) < 0)
+        return -1;
+    if (state == 2)   /* ENDED: _end returns at once */
+        return 0;
+    PyObject *reason = state ? RSLOT(f, R_END_REASON) : s_idle, *fid = SLOT(f, FLOW_ID);
+    if (reason == NULL || fid == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "Flow.end_reason/flow_id is not set");
+        return -1;
+    }
+    if (PyDict_GET_SIZE(e->dirty) > 0) {   /* a coalesced sample still to send: sent first, as _end sends it */
+        PyObject *d = PyDict_GetItemWithError(e->dirty, fid);
+        if (d == NULL && PyErr_Occurred())
+            return -1;
+        if (d != NULL) {
+            if (!PyTuple_Check(d)) {
+                PyErr_SetString(PyExc_TypeError, "the meter's _dirty holds something else than tuples");
+                return -1;
+            }
+            Py_INCREF(d);
+            PyObject *r = PyDict_DelItem(e->dirty, fid) < 0 || lazy_method(&e->m_emit, e->meter, "_emit_sample") == NULL
+                ? NULL : PyObject_Call(e->m_emit, d, NULL);
+            Py_DECREF(d);
+            if (r == NULL)
+                return -1;
+            Py_DECREF(r);
+        }
+    }
+    if (nslot_ll(f, N_PENDING, &pending) < 0)
+        return -1;
+    int slow = 0;
+    if (pending > 0 && e->vwait > 0) {   /* verdicts still expected: closing, unless the last one was final */
+        PyObject *vf = NSLOT(f, N_VERDICT_FINAL);
+        if ((slow = vf == NULL ? -1 : PyObject_Not(vf)) < 0) {
+            if (vf == NULL)
+                PyErr_SetString(PyExc_AttributeError, "Flow.verdict_final is not set");
+            return -1;
+        }
+    }
+    if (!slow && PyDict_GET_SIZE(e->closing) > 0 && (slow = PyDict_Contains(e->closing, fid)) < 0)
+        return -1;
+    if (slow) {   /* verdicts to wait for: the meter's own _end (closing) */
+        PyObject *r = lazy_method(&e->m_end, e->meter, "_end") == NULL ? NULL
+            : PyObject_CallFunctionObjArgs(e->m_end, f, reason, NULL);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        return 0;
+    }
+    Py_INCREF(reason);
+    rput(f, R_END_REASON, reason);
+    put(f, STATE, PyLong_FromLong(2));
+    put(f, SAMPLING, ref(zero_int));
+    put(f, SD, ref(Py_None));
+    put(f, DD, ref(Py_None));
+    put(f, DIRS, ref(Py_None));
+    if (nslot_ll(f, N_PROTO, &proto) < 0)
+        return -1;
+    if (proto == 6) {
+        long long sp, dp;
+        if (slot_ll(f, S_PKTS, &sp) < 0 || slot_ll(f, D_PKTS, &dp) < 0)
+            return -1;
+        if ((sp == 0 || dp == 0) && meter_add(e->meter, e->md, "one_way_tcp_flows", 1, NULL) < 0)
+            return -1;
+    }
+    /* _publish_end */
+    if (PyDict_GET_SIZE(e->by_id) > 0) {
+        int has = PyDict_Contains(e->by_id, fid);
+        if (has < 0 || (has && PyDict_DelItem(e->by_id, fid) < 0))
+            return -1;
+        if (has && pending > 0) {
+            /* verdicts still expected: harmless after a final verdict; otherwise the record goes without them */
+            PyObject *vf = NSLOT(f, N_VERDICT_FINAL);
+            int fin = vf == NULL ? -1 : PyObject_IsTrue(vf);
+            if (fin < 0) {
+                if (vf == NULL)
+                    PyErr_SetString(PyExc_AttributeError, "Flow.verdict_final is not set");
+                return -1;
+            }
+            PyObject *r = lazy_method(&e->m_count, e->meter, "_count") == NULL ? NULL
+                : PyObject_CallFunction(e->m_count, "sL", fin ? "verdicts_after_final" : "verdicts_waited_out", pending);
+            if (r == NULL)
+                return -1;
+            Py_DECREF(r);
+            if (meter_add(e->meter, e->md, "_pending", -pending, NULL) < 0)
+                return -1;
+            nput(f, N_PENDING, ref(zero_int));
+        }
+    }
+    if (meter_add(e->meter, e->md, "flows_ended", 1, NULL) < 0)
+        return -1;
+    PyObject *ev = SLOT(f, EV);
+    if (ev != NULL && ev != Py_None) {
+        if (meter_add(e->meter, e->md, "_ev_flows", -1, NULL) < 0)
+            return -1;
+        PyObject *t = PyTuple_Pack(2, f, e->datalink);
+        int r = t == NULL ? -1 : PyObject_SetItem(e->recent, fid, t);
+        Py_XDECREF(t);
+        if (r < 0)
+            return -1;
+        while (PyDict_GET_SIZE(e->recent) > e->recent_max) {
+            PyObject *x = lazy_method(&e->recent_popitem, e->recent, "popitem") == NULL ? NULL
+                : PyObject_CallOneArg(e->recent_popitem, Py_False);
+            if (x == NULL)
+                return -1;
+            Py_DECREF(x);
+        }
+    }
+    return publish_end(e, f);
+}
+
+static PyObject *expire(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *meter, *now_o;
+    if (!PyArg_ParseTuple(args, "OO!", &meter, &PyFloat_Type, &now_o))
+        return NULL;
+    if (!new_bound || rec_cls == NULL || flow_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "expire() needs bind() and bind_record()");
+        return NULL;
+    }
+    double now = PyFloat_AS_DOUBLE(now_o), idle;
+    Ender e;
+    memset(&e, 0, sizeof e);
+    e.meter = meter;
+    if (attr_d(meter, "_idle", &idle) < 0 || (e.table = mattr(meter, "table")) == NULL)
+        return NULL;
+    if (!PyDict_Check(e.table)) {
+        Py_DECREF(e.table);
+        PyErr_SetString(PyExc_TypeError, "the meter's table is not a dict");
+        return NULL;
+    }
+    PyObject *move_to_end = NULL;
+    double cutoff = now - idle;
+    long long ended = 0;
+    while (PyDict_GET_SIZE(e.table) > 0) {
+        PyObject *it = PyObject_GetIter(e.table), *key = it ? PyIter_Next(it) : NULL;
+        Py_XDECREF(it);
+        if (key == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, "the flow table changed size while it was read");
+            goto error;
+        }
+        PyObject *hit = PyDict_GetItemWithError(e.table, key), *f;
+        if (hit == NULL || !PyTuple_Check(hit) || PyTuple_GET_SIZE(hit) != 2
+            || !PyObject_TypeCheck((f = PyTuple_GET_ITEM(hit, 0)), flow_type)) {
+            Py_DECREF(key);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "the flow table holds something else than (Flow, bool)");
+            goto error;
+        }
+        int fwd = PyTuple_GET_ITEM(hit, 1) == Py_True, sk = fwd ? S_STAMP : D_STAMP;
+        Py_INCREF(f);
+        PyObject *so = get(f, sk), *lo;
+        double stamp = so ? PyFloat_AsDouble(so) : -1.0, last = 0.0;
+        int r = 0;
+        if (stamp == -1.0 && PyErr_Occurred()) {
+            r = -1;
+        } else if (stamp > cutoff) {
+            if (stamp <= now) {
+                Py_DECREF(f);
+                Py_DECREF(key);
+                break;
+            }
+            put(f, sk, ref(now_o));   /* stamped in the future (capture times out of order): re-stamp */
+            PyObject *x = lazy_method(&move_to_end, e.table, "move_to_end") == NULL ? NULL
+                : PyObject_CallOneArg(move_to_end, key);
+            r = x ? 0 : -1;
+            Py_XDECREF(x);
+        } else if ((lo = get(f, LAST)) == NULL || ((last = PyFloat_AsDouble(lo)) == -1.0 && PyErr_Occurred())) {
+            r = -1;
+        } else if (last <= cutoff) {
+            r = end_idle(&e, f);
+            ended++;
+        } else {
+            put(f, sk, ref(lo));
+            PyObject *x = lazy_method(&move_to_end, e.table, "move_to_end") == NULL ? NULL
+                : PyObject_CallOneArg(move_to_end, key);
+            r = x ? 0 : -1;
+            Py_XDECREF(x);
+        }
+        Py_DECREF(f);
+        Py_DECREF(key);
+        if (r < 0)
+            goto error;
+    }
+    Py_XDECREF(move_to_end);
+    Py_DECREF(e.table);
+    ender_clear(&e);
+    return PyLong_FromLongLong(ended);
+error:
+    Py_XDECREF(move_to_end);
+    Py_DECREF(e.table);
+    ender_clear(&e);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"lean", (PyCFunction)(void (*)(void))lean, METH_FASTCALL, "A copy of an event's __dict__ without its default-valued fields (batch_json)."},
     {"b64_json", b64_json, METH_O, "A list of bytes as the JSON array of pydantic's base64 texts (bytes)."},
@@ -1799,6 +2210,7 @@ static PyMethodDef methods[] = {
     {"record", record, METH_VARARGS, "FlowMeter._record's FlowRecord, built in C."},
     {"bind_sample", bind_sample, METH_VARARGS, "Learn FlowSample for sample(); False when its fields differ."},
     {"sample", sample_event, METH_VARARGS, "FlowMeter._emit_sample's FlowSample, built in C."},
+    {"expire", expire, METH_VARARGS, "FlowMeter._housekeep's idle loop: end the flows idle since now - idle_timeout."},
     {"run", run, METH_VARARGS, "Meter records of known flows that need only counters; stop at the first that needs Python."},
     {"ring_add", ring_add, METH_VARARGS, "Append a packet to a flow's evidence ring and trim it (flows.ring_add in C)."},
     {NULL, NULL, 0, NULL},
@@ -1825,6 +2237,11 @@ PyMODINIT_FUNC PyInit__meter(void) {
     s_flow = PyUnicode_InternFromString("flow");
     s_empty = PyUnicode_InternFromString("");
     s_end = PyUnicode_InternFromString("end");
+    s_idle = PyUnicode_InternFromString("idle");
+    s_port = PyUnicode_InternFromString("port");
+    s_unknown_lc = PyUnicode_InternFromString("unknown");
+    if (!s_idle || !s_port || !s_unknown_lc)
+        return NULL;
     s_start = PyUnicode_InternFromString("start");
     for (int k = 0; k < NQKEYS; k++) {
         if ((sample_keys[k] = PyUnicode_InternFromString(sample_key_names[k])) == NULL)

@@ -329,12 +329,15 @@ _run: Any = None
 _crecord: Any = None
 #: the FlowSample of FlowMeter._emit_sample built in C (``_meter.sample``), or None
 _csample: Any = None
+#: FlowMeter._housekeep's idle loop in C (``_meter.expire``), or None
+_cexpire: Any = None
 if _METER is not None:
     _METER.bind(Flow, _Dir)
     _run = _METER.run
     if getattr(_METER, "bind_record", None) is not None and _METER.bind_record(
             FlowRecord, BaseModel, transport_name(6), transport_name(17)):
         _crecord = _METER.record
+        _cexpire = getattr(_METER, "expire", None)
         if _METER.bind_sample(FlowSample):
             _csample = _METER.sample
     if getattr(_METER, "b64_json", None) is not None:    # samples' payloads as base64 JSON arrays, for batch_json
@@ -1009,6 +1012,9 @@ class FlowMeter:
             f = closed.popleft()
             if f.state == CLOSED:
                 self._end(f, f.end_reason)
+        if _cexpire is not None and _run is not None and _crecord is not None:
+            _cexpire(self, float(now))   # the loop below, in C (_meter.c expire)
+            return
         # idle flows.  The table holds two entries per flow (one per direction), each moved
         # to the end by its direction's packets, so the front holds the entries with the
         # oldest stamps.  An old entry whose flow is alive through its other direction is

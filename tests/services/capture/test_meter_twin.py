@@ -38,6 +38,25 @@ class VerdictSink(ListSink):
         self.verdicts.append(v)
 
 
+def port_guess(transport: str, sport: int, dport: int):
+    """A port-guess hook with every kind of answer: a name, one to cut to 64 characters, none, a non-text,
+    an exception (counted as port_guess_errors)."""
+    k = (sport % 10) if dport != 53 else zlib.crc32(b"%d" % sport) % 5
+    if k == 0:
+        return transport.upper()
+    if k == 1:
+        return "P" * 70
+    if k == 2:
+        raise ValueError("a hook's bug")
+    if k == 3:
+        return 7
+    return ""
+
+
+#: flows the compiled idle loop (_meter.expire) ended in the last compiled run
+C_ENDED = [0]
+
+
 def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.MonkeyPatch, vwait: float = 0,
           ev_mb: float = 128.0) -> list:
     with monkeypatch.context() as mp:
@@ -45,6 +64,16 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
             mp.setattr(flows, "_run", None)
             mp.setattr(flows, "_crecord", None)   # flow records built by FlowMeter._record's Python too
             mp.setattr(flows, "_csample", None)   # and samples built by FlowMeter._sample_event's
+        elif flows._cexpire is not None:
+            C_ENDED[0] = 0
+            real = flows._cexpire
+
+            def counted(m, now):
+                n = real(m, now)
+                C_ENDED[0] += n
+                return n
+
+            mp.setattr(flows, "_cexpire", counted)
         # vwait > 0: ended flows with verdicts outstanding wait in closing (until flush_closing), and the
         # sink takes the best verdicts; a third of the sampled flows get a final verdict, a third one that
         # is not final, a third none
@@ -52,6 +81,7 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
         m = FlowMeter(CaptureSettings(verdict_wait_s=vwait, evidence_packets=4, evidence_memory_mb=ev_mb), sink,
                       source="twin")
         m._prefix = "twin"
+        m.port_guess = port_guess
         m.defer_samples = True
         m.record_cutoff = 3000   # the packet recorder's keep marks (FT_RECORD_CUTOFF_BYTES), compared too
         seen = 0
@@ -162,7 +192,16 @@ def test_timeouts_closes_reopens_and_dns_meter_the_same(monkeypatch):
                for i in range(0, len(recs), 100)]
     settings_like = CaptureSettings(update_interval_s=60, active_timeout_s=1800)
     assert settings_like.update_interval_s < t - 1000.0
-    assert_twins(batches, monkeypatch)
+    a = assert_twins(batches, monkeypatch)
+    assert C_ENDED[0] > 0 or flows._cexpire is None   # idle flows ended by the compiled loop too
+    assert a[3]["counters"].get("port_guess_errors", 0) > 0
+    guessed = {r["app_protocol"] for r in a[0] if r["confidence"] == "port"}
+    assert "UDP" in guessed and "P" * 64 in guessed
+    # with verdicts: idle flows that got one end in the compiled loop too (the verdict handed over beside the
+    # record), those still waiting for one go to closing through the meter's _end
+    a = assert_twins(batches, monkeypatch, vwait=30.0)
+    assert C_ENDED[0] > 0 or flows._cexpire is None
+    assert a[8] and any(r["app_protocol"] == "TLS" and r["end_reason"] == "idle" for r in a[0])
     sink = ListSink()
     m = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, source="twin")
     m.process_batch([r for b in batches for r in b[2]], 1)
@@ -170,6 +209,24 @@ def test_timeouts_closes_reopens_and_dns_meter_the_same(monkeypatch):
     reasons = {r.end_reason for r in sink.flows if r.phase == "end"}
     assert {"rst", "fin", "idle"} <= reasons or {"rst", "fin", "eof"} <= reasons, reasons
     assert any(r.phase == "update" for r in sink.flows) and "active" in reasons
+
+
+def test_a_flow_idle_with_its_sample_not_yet_sent_ends_the_same(monkeypatch):
+    """A flow that times out within the batch that sampled it: its coalesced sample goes out before its end."""
+    recs = []
+    t = 1000.0
+    for i in range(20):
+        c = 0x0A000001 + i
+        recs += [(t, frame(c, 0xC0A80001, 40000, 80, 0x02, 1000)),
+                 (t + 0.001, frame(0xC0A80001, c, 80, 40000, 0x12, 5000)),
+                 (t + 0.002, frame(c, 0xC0A80001, 40000, 80, 0x18, 1001, b"GET /%d HTTP/1.1\r\n\r\n" % i))]
+        t += 30.0   # each flow idles out (120 s) a few flows later, in the same batch
+    batches = [("dirty", 1, recs)]
+    a = assert_twins(batches, monkeypatch)
+    assert C_ENDED[0] > 0 or flows._cexpire is None
+    idle = {r["flow_id"] for r in a[0] if r["end_reason"] == "idle"}
+    sampled = {s["flow_id"] for s in a[1]}
+    assert len(idle) >= 10 and idle <= sampled
 
 
 @pytest.mark.corpus
@@ -302,7 +359,7 @@ def encapsulated_conversations() -> tuple[list, int]:
 def test_encapsulations_meter_the_same(monkeypatch):
     recs, _ = encapsulated_conversations()
     batches = [("encaps", 1, recs[i:i + 64]) if i == 0 else (None, 1, recs[i:i + 64]) for i in range(0, len(recs), 64)]
-    assert_twins(batches, monkeypatch)
+    a = assert_twins(batches, monkeypatch)
     sink = ListSink()
     m = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, source="encaps")
     m.process_batch(recs, 1)
