@@ -44,6 +44,7 @@
 #include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+#include <math.h>
 
 static inline uint32_t be16(const unsigned char *p) { return ((uint32_t)p[0] << 8) | p[1]; }
 
@@ -1792,6 +1793,347 @@ fail:
 }
 
 /*
+ * flat_batch(events, specs, other, float_json) -> bytes | None
+ *   shared.models.batch_json's document for a batch of flat events (flow records, a verdict among them),
+ *   written here in one pass: b'{"event_type":"batch","events":[' + each event + b']}'.  An event whose type
+ *   is a key of specs (its (names, defaults, by_name) as for lean) is written from its __dict__ without its
+ *   default-valued fields, byte for byte as orjson.dumps(lean(e.__dict__, spec)) writes it (orjson's string
+ *   escapes; a float as its repr, or float_json(x) for one in exponent notation); any other event as
+ *   other(e) (bytes).  None (no exception) when an event holds what orjson would refuse or this writer does
+ *   not write (a value of another type, an int beyond 64 bits, a lone surrogate): the caller then takes
+ *   its general path, which decides.
+ */
+typedef struct {
+    char *p;
+    size_t n, cap;
+} Buf;
+
+static int buf_grow(Buf *b, size_t more) {
+    if (b->n + more <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->n + more)
+        cap *= 2;
+    char *p = PyMem_Realloc(b->p, cap);
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static inline int buf_put(Buf *b, const char *s, size_t n) {
+    if (buf_grow(b, n) < 0)
+        return -1;
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    return 0;
+}
+
+/* a str as orjson writes it; 1: written, 0: cannot (a lone surrogate), -1: error */
+static unsigned char json_esc[256];   /* 1: a byte orjson escapes (control characters, '"', '\\') */
+
+static int json_str(Buf *b, PyObject *s) {
+    Py_ssize_t n;
+    const char *u;
+    if (PyUnicode_IS_COMPACT_ASCII(s)) {   /* most: nothing to escape, one copy */
+        n = PyUnicode_GET_LENGTH(s);
+        u = (const char *)PyUnicode_DATA(s);
+        Py_ssize_t i = 0;
+        while (i < n && !json_esc[(unsigned char)u[i]])
+            i++;
+        if (i == n) {
+            if (buf_grow(b, (size_t)n + 2) < 0)
+                return -1;
+            char *o = b->p + b->n;
+            o[0] = '"';
+            memcpy(o + 1, u, (size_t)n);
+            o[n + 1] = '"';
+            b->n += (size_t)n + 2;
+            return 1;
+        }
+    } else {
+        u = PyUnicode_AsUTF8AndSize(s, &n);
+    }
+    if (u == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeError))
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    if (buf_grow(b, (size_t)n * 6 + 2) < 0)
+        return -1;
+    static const char hex[] = "0123456789abcdef";
+    char *o = b->p + b->n;
+    *o++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)u[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *o++ = (char)c;
+            continue;
+        }
+        *o++ = '\\';
+        switch (c) {
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case '\n': *o++ = 'n'; break;
+        case '\r': *o++ = 'r'; break;
+        case '\t': *o++ = 't'; break;
+        case '\b': *o++ = 'b'; break;
+        case '\f': *o++ = 'f'; break;
+        default:
+            *o++ = 'u';
+            *o++ = '0';
+            *o++ = '0';
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 15];
+        }
+    }
+    *o++ = '"';
+    b->n = (size_t)(o - b->p);
+    return 1;
+}
+
+/* the decimal digits of x, right-aligned to end (returns the first digit) */
+static inline char *utoa_end(unsigned long long x, char *end) {
+    do {
+        *--end = (char)('0' + x % 10);
+        x /= 10;
+    } while (x);
+    return end;
+}
+
+/* one scalar value; 1: written, 0: cannot, -1: error */
+static int json_value(Buf *b, PyObject *v, PyObject *float_json) {
+    PyTypeObject *t = Py_TYPE(v);
+    char tmp[32];
+    if (t == &PyUnicode_Type)
+        return json_str(b, v);
+    if (v == Py_None)
+        return buf_put(b, "null", 4) < 0 ? -1 : 1;
+    if (v == Py_True)
+        return buf_put(b, "true", 4) < 0 ? -1 : 1;
+    if (v == Py_False)
+        return buf_put(b, "false", 5) < 0 ? -1 : 1;
+    if (t == &PyLong_Type) {
+        int over = 0;
+        long long x = PyLong_AsLongLongAndOverflow(v, &over);
+        if (x == -1 && PyErr_Occurred())
+            return -1;
+        if (over > 0) {
+            unsigned long long ux = PyLong_AsUnsignedLongLong(v);
+            if (ux == (unsigned long long)-1 && PyErr_Occurred()) {
+                PyErr_Clear();
+                return 0;
+            }
+            char *d = utoa_end(ux, tmp + sizeof tmp);
+            return buf_put(b, d, (size_t)(tmp + sizeof tmp - d)) < 0 ? -1 : 1;
+        }
+        if (over < 0)
+            return 0;
+        char *d = utoa_end(x < 0 ? 0ULL - (unsigned long long)x : (unsigned long long)x, tmp + sizeof tmp);
+        if (x < 0)
+            *--d = '-';
+        return buf_put(b, d, (size_t)(tmp + sizeof tmp - d)) < 0 ? -1 : 1;
+    }
+    if (t == &PyFloat_Type) {
+        double x = PyFloat_AS_DOUBLE(v), ax = fabs(x);
+        if (ax >= 1e-4 && ax < 4294967296.0) {
+            /* a whole number of microseconds (packet times, most durations): k / 1e6 is the double nearest
+             * to k millionths, as strtod of their text is, so that text is the shortest that gives x back
+             * (doubles below 2^32 are closer than 1e-6 apart) and orjson writes it so: trailing zeros
+             * trimmed, one digit kept after the point */
+            long long k = llround(x * 1e6);
+            if ((double)k / 1e6 == x) {
+                unsigned long long ak = (unsigned long long)(k < 0 ? -k : k), frac = ak % 1000000ULL;
+                int w = 6;
+                while (w > 1 && frac % 10 == 0) {
+                    frac /= 10;
+                    w--;
+                }
+                char *end = tmp + sizeof tmp, *d = end;
+                for (int j = 0; j < w; j++) {   /* the fraction's w digits, leading zeros kept */
+                    *--d = (char)('0' + frac % 10);
+                    frac /= 10;
+                }
+                *--d = '.';
+                d = utoa_end(ak / 1000000ULL, d);
+                if (k < 0)
+                    *--d = '-';
+                return buf_put(b, d, (size_t)(end - d)) < 0 ? -1 : 1;
+            }
+        }
+        if (x == 0.0)
+            return buf_put(b, signbit(x) ? "-0.0" : "0.0", signbit(x) ? 4 : 3) < 0 ? -1 : 1;
+        PyObject *j = PyObject_CallOneArg(float_json, v);   /* orjson's own text (NaN, infinities: null) */
+        if (j == NULL)
+            return -1;
+        int rc = PyBytes_Check(j) ? (buf_put(b, PyBytes_AS_STRING(j), (size_t)PyBytes_GET_SIZE(j)) < 0 ? -1 : 1) : 0;
+        Py_DECREF(j);
+        return rc;
+    }
+    return 0;
+}
+
+/* the JSON of a model's field names as keys (b'"name":'), made once per names tuple (a few models) */
+static struct {
+    PyObject *names;   /* a strong reference: the tuple outlives its entry */
+    char *text;        /* every key's text, one after the other */
+    Py_ssize_t *at;    /* key i is text[at[i]:at[i + 1]] */
+} key_texts[8];
+
+static int key_text_of(PyObject *names) {
+    int slot = -1;
+    for (int j = 0; j < 8; j++) {
+        if (key_texts[j].names == names)
+            return j;
+        if (slot < 0 && key_texts[j].names == NULL)
+            slot = j;
+    }
+    if (slot < 0)
+        return -1;   /* more models than this keeps: keys written one by one */
+    Py_ssize_t n = PyTuple_GET_SIZE(names);
+    Buf b = {NULL, 0, 0};
+    Py_ssize_t *at = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(n + 1));
+    if (at == NULL)
+        return -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        at[i] = (Py_ssize_t)b.n;
+        PyObject *k = PyTuple_GET_ITEM(names, i);
+        if (!PyUnicode_CheckExact(k) || json_str(&b, k) != 1 || buf_put(&b, ":", 1) < 0) {
+            PyErr_Clear();
+            PyMem_Free(b.p);
+            PyMem_Free(at);
+            return -1;
+        }
+    }
+    at[n] = (Py_ssize_t)b.n;
+    Py_INCREF(names);
+    key_texts[slot].names = names;
+    key_texts[slot].text = b.p;
+    key_texts[slot].at = at;
+    return slot;
+}
+
+/* one flat event's object without its default-valued fields (lean's rule); 1, 0 or -1 as above */
+static int json_lean(Buf *b, PyObject *d, PyObject *spec, PyObject *float_json) {
+    PyObject *names = PyTuple_GET_ITEM(spec, 0), *defaults = PyTuple_GET_ITEM(spec, 1),
+             *by_name = PyTuple_GET_ITEM(spec, 2);
+    Py_ssize_t n = PyTuple_GET_SIZE(names), pos = 0, i = 0;
+    PyObject *k, *v;
+    int first = 1, kt = key_text_of(names);
+    const char *ktext = kt >= 0 ? key_texts[kt].text : NULL;
+    const Py_ssize_t *kat = kt >= 0 ? key_texts[kt].at : NULL;
+    if (buf_put(b, "{", 1) < 0)
+        return -1;
+    while (PyDict_Next(d, &pos, &k, &v)) {
+        PyObject *dv = NULL;
+        if (i >= n || PyTuple_GET_ITEM(names, i) != k) {
+            Py_ssize_t j;
+            for (j = 0; j < n && PyTuple_GET_ITEM(names, j) != k; j++)
+                ;
+            i = j;
+        }
+        Py_ssize_t ki = -1;   /* the key's position among the names, when it is that name object */
+        if (i < n) {
+            dv = PyTuple_GET_ITEM(defaults, i);
+            ki = i++;
+        } else {
+            dv = PyDict_GetItemWithError(by_name, k);
+            if (dv == NULL && PyErr_Occurred())
+                return -1;
+        }
+        if (dv != NULL && Py_TYPE(dv) == Py_TYPE(v)) {
+            if (dv == v)
+                continue;
+            int eq = same_value(v, dv);
+            if (eq < 0)
+                return -1;
+            if (eq)
+                continue;
+        }
+        if (!PyUnicode_CheckExact(k))
+            return 0;
+        if (!first && buf_put(b, ",", 1) < 0)
+            return -1;
+        first = 0;
+        int r;
+        if (ki >= 0 && ktext != NULL) {
+            if (buf_put(b, ktext + kat[ki], (size_t)(kat[ki + 1] - kat[ki])) < 0)
+                return -1;
+        } else {
+            if ((r = json_str(b, k)) <= 0)
+                return r;
+            if (buf_put(b, ":", 1) < 0)
+                return -1;
+        }
+        if ((r = json_value(b, v, float_json)) <= 0)
+            return r;
+    }
+    return buf_put(b, "}", 1) < 0 ? -1 : 1;
+}
+
+static PyObject *flat_batch(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *events, *specs, *other, *float_json;
+    if (!PyArg_ParseTuple(args, "O!O!OO", &PyList_Type, &events, &PyDict_Type, &specs, &other, &float_json))
+        return NULL;
+    static const char head[] = "{\"event_type\":\"batch\",\"events\":[";
+    Buf b = {NULL, 0, 0};
+    if (buf_put(&b, head, sizeof head - 1) < 0)
+        return NULL;
+    Py_ssize_t ne = PyList_GET_SIZE(events);
+    for (Py_ssize_t i = 0; i < ne; i++) {
+        PyObject *e = PyList_GET_ITEM(events, i);
+        if (i && buf_put(&b, ",", 1) < 0)
+            goto error;
+        PyObject *spec = PyDict_GetItemWithError(specs, (PyObject *)Py_TYPE(e));
+        if (spec == NULL && PyErr_Occurred())
+            goto error;
+        if (spec != NULL) {
+            PyObject *d = PyObject_GenericGetDict(e, NULL);
+            if (d == NULL)
+                goto error;
+            int r = -1;
+            if (!PyDict_Check(d) || !PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 3
+                || !PyTuple_Check(PyTuple_GET_ITEM(spec, 0)) || !PyTuple_Check(PyTuple_GET_ITEM(spec, 1))
+                || !PyDict_Check(PyTuple_GET_ITEM(spec, 2))
+                || PyTuple_GET_SIZE(PyTuple_GET_ITEM(spec, 0)) != PyTuple_GET_SIZE(PyTuple_GET_ITEM(spec, 1)))
+                PyErr_SetString(PyExc_TypeError, "flat_batch(): an event without a __dict__, or a bad spec");
+            else
+                r = json_lean(&b, d, spec, float_json);
+            Py_DECREF(d);
+            if (r < 0)
+                goto error;
+            if (r == 0) {
+                PyMem_Free(b.p);
+                Py_RETURN_NONE;
+            }
+        } else {
+            PyObject *j = PyObject_CallOneArg(other, e);
+            if (j == NULL)
+                goto error;
+            int r = PyBytes_Check(j) ? buf_put(&b, PyBytes_AS_STRING(j), (size_t)PyBytes_GET_SIZE(j)) : -2;
+            Py_DECREF(j);
+            if (r == -2)
+                PyErr_SetString(PyExc_TypeError, "flat_batch(): other() did not return bytes");
+            if (r < 0)
+                goto error;
+        }
+    }
+    if (buf_put(&b, "]}", 2) < 0)
+        goto error;
+    PyObject *out = PyBytes_FromStringAndSize(b.p, (Py_ssize_t)b.n);
+    PyMem_Free(b.p);
+    return out;
+error:
+    PyMem_Free(b.p);
+    return NULL;
+}
+
+/*
  * expire(meter, now) -> flows ended
  *   FlowMeter._housekeep's idle loop in C: from the front of the table (oldest direction stamps first), each
  *   entry stamped at or before now - idle_timeout whose flow saw no packet since then is taken out of the
@@ -2210,6 +2552,7 @@ static PyMethodDef methods[] = {
     {"record", record, METH_VARARGS, "FlowMeter._record's FlowRecord, built in C."},
     {"bind_sample", bind_sample, METH_VARARGS, "Learn FlowSample for sample(); False when its fields differ."},
     {"sample", sample_event, METH_VARARGS, "FlowMeter._emit_sample's FlowSample, built in C."},
+    {"flat_batch", flat_batch, METH_VARARGS, "batch_json's document for flat events, written in one pass (None: take the general path)."},
     {"expire", expire, METH_VARARGS, "FlowMeter._housekeep's idle loop: end the flows idle since now - idle_timeout."},
     {"run", run, METH_VARARGS, "Meter records of known flows that need only counters; stop at the first that needs Python."},
     {"ring_add", ring_add, METH_VARARGS, "Append a packet to a flow's evidence ring and trim it (flows.ring_add in C)."},
@@ -2237,6 +2580,8 @@ PyMODINIT_FUNC PyInit__meter(void) {
     s_flow = PyUnicode_InternFromString("flow");
     s_empty = PyUnicode_InternFromString("");
     s_end = PyUnicode_InternFromString("end");
+    for (int c = 0; c < 256; c++)
+        json_esc[c] = c < 0x20 || c == '"' || c == '\\';
     s_idle = PyUnicode_InternFromString("idle");
     s_port = PyUnicode_InternFromString("port");
     s_unknown_lc = PyUnicode_InternFromString("unknown");

@@ -348,6 +348,10 @@ if _METER is not None:
         from shared.models import set_lean
 
         set_lean(_METER.lean)
+    if getattr(_METER, "flat_batch", None) is not None:   # flow record batches in one pass, for batch_json
+        from shared.models import set_flat_batch
+
+        set_flat_batch(_METER.flat_batch)
 
 
 class FlowMeter:

@@ -312,3 +312,66 @@ def _same_but_defaults(got, full, obj) -> bool:
     if isinstance(full, list) and isinstance(got, list) and isinstance(obj, list):
         return len(got) == len(full) and all(_same_but_defaults(a, b, o) for a, b, o in zip(got, full, obj))
     return got == full
+
+
+def _orjson_path(events: list) -> bytes | None:
+    """batch_json's document for flat events by its orjson path (the one-pass writer switched off)."""
+    from shared import models
+
+    old = models._flat_batch
+    models.set_flat_batch(None)
+    try:
+        return models.batch_json(events)
+    finally:
+        models.set_flat_batch(old)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")   # pydantic's, on the odd types of the declined batches
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=12), st.floats(allow_nan=True, allow_infinity=True), st.integers(min_value=-2**70, max_value=2**70),
+       st.sampled_from([0.0, 1e-05, 2.5e-7, 1e16, 1700000000.123456, 0.1, -0.0, 123456789.0]),
+       st.booleans(), st.booleans(), st.integers(min_value=-2**33 * 10**6, max_value=2**33 * 10**6))
+def test_flow_record_batches_written_in_one_pass_are_the_orjson_path_s_bytes(text, x, n, fx, verdict, odd, us):
+    """capture's compiled flat_batch writes a batch of flow records (a verdict among them) byte for byte as
+    the orjson path does: string escapes, floats (repr, exponents as orjson writes them), ints up to 64 bits,
+    defaults left out; where orjson refuses (a lone surrogate, an int beyond 64 bits) it declines and the
+    general path decides, so batch_json's bytes are the same either way."""
+    import services.capture.flows  # noqa: F401 - registers the compiled writer
+    from shared import models
+
+    if models._flat_batch is None:
+        pytest.skip("the compiled meter module is not built")
+    r = FlowRecord(**{**ENV, "host": "a.example"}, phase="end", end_reason="idle", first_seen=1.0, last_seen=fx,
+                   duration_ms=fx, src2dst_packets=3)
+    h = FlowRecord.model_construct(**{**r.__dict__, "host": text, "application": text + '"\\\n\x01\x7f',
+                                      "duration_ms": x, "src2dst_bytes": n, "first_seen": us / 1e6, "last_seen": us / 1e5, "tunnel": odd, "icmp_type": None if odd else 3})
+    events = [r, h] + ([Verdict(**ENV, app_protocol="HTTP", confidence="dpi", http=HttpInfo(host=text))] if verdict else [])
+    want = _orjson_path(events)
+    one = models._flat_batch(events, {FlowRecord: models._defaults(FlowRecord)}, models._pyd_lean, models._float_json)
+    if one is not None:
+        assert one == want
+    else:   # declined: only where orjson's path cannot write it either
+        assert abs(n) >= 2**63 or any(0xD800 <= ord(c) <= 0xDFFF for c in text)
+    assert models.batch_json(events) == want
+
+
+def test_flow_record_batches_of_the_dev_corpora_are_written_the_same():
+    """Every flow record of the sample capture, through the one-pass writer and through the orjson path."""
+    from services.capture.flows import FlowMeter, ListSink
+    from services.capture.sources import FileSource
+    from shared import models
+    from shared.settings import CaptureSettings
+    from tests.conftest import SAMPLE_PCAP
+
+    if models._flat_batch is None:
+        pytest.skip("the compiled meter module is not built")
+    sink = ListSink()
+    m = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, source="s")
+    for dlt, recs in FileSource(SAMPLE_PCAP).batches(256):
+        m.process_batch(list(recs), dlt)
+    m.finish()
+    assert len(sink.flows) > 20
+    for i in range(0, len(sink.flows), 7):
+        part = sink.flows[i:i + 7]
+        one = models._flat_batch(part, {FlowRecord: models._defaults(FlowRecord)}, models._pyd_lean, models._float_json)
+        assert one is not None and one == _orjson_path(part)
