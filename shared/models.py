@@ -632,9 +632,11 @@ def _b64_doc(e: Any, spec: tuple[tuple[str, ...], tuple[str, ...]]) -> Any:
     return d
 
 
-def batch_json(events: list[Event]) -> bytes:
+def batch_json(events: list[Event | bytes]) -> bytes:
     """An EventBatch's JSON as the bus carries it: each event without its default-valued fields
-    (``event_type`` always written), which parses to the same models as the full document.
+    (``event_type`` always written), which parses to the same models as the full document.  An item
+    that is bytes is an event's document written already (capture's end records, ``_meter.expire``):
+    it goes in as it is.
 
     Serialising through the union costs twice as much (the serializer has to
     find each member's type), so each event goes through its own serializer;
@@ -647,7 +649,7 @@ def batch_json(events: list[Event]) -> bytes:
     flat = _FLAT_TYPES
     if events:
         t0 = type(events[0])
-        if t0 in flat:   # a batch of flow records (with a verdict here and there)
+        if t0 in flat or t0 is bytes:   # flow records (some as their JSON already), a verdict here and there
             if _flat_batch is not None:
                 specs = _FLAT_SPECS
                 if not specs:
@@ -659,8 +661,8 @@ def batch_json(events: list[Event]) -> bytes:
             lean = _lean
             try:
                 return b'{"event_type":"batch","events":' + _orjson.dumps(
-                    [lean(e.__dict__, _defaults(type(e))) if type(e) in flat else frag(_pyd_lean(e))
-                     for e in events]) + b"}"
+                    [lean(e.__dict__, _defaults(type(e))) if type(e) in flat
+                     else frag(e if type(e) is bytes else _pyd_lean(e)) for e in events]) + b"}"
             except (TypeError, _orjson.JSONEncodeError):
                 pass  # e.g. an int beyond 64 bits or a lone surrogate in a flat event: pydantic decides
         elif t0 in _DOC_TYPES and _lean is not _lean_py:   # classify's verdicts, DNS records
@@ -672,7 +674,7 @@ def batch_json(events: list[Event]) -> bytes:
             try:
                 return b'{"event_type":"batch","events":' + _orjson.dumps(
                     [lean(e.__dict__, _defaults(type(e))) if type(e) in docs and not e.__pydantic_extra__
-                     else frag(_pyd_lean(e)) for e in events], default=_nested_doc) + b"}"
+                     else frag(e if type(e) is bytes else _pyd_lean(e)) for e in events], default=_nested_doc) + b"}"
             except (TypeError, _orjson.JSONEncodeError):
                 pass  # e.g. an int beyond 64 bits, a lone surrogate, a value of another type: pydantic decides
         elif t0 in _B64_MODELS:   # samples, packet events
@@ -680,11 +682,11 @@ def batch_json(events: list[Event]) -> bytes:
             frag = _orjson.Fragment
             try:
                 return b'{"event_type":"batch","events":' + _orjson.dumps(
-                    [_b64_doc(e, b64m[type(e)]) if type(e) in b64m else frag(_pyd_lean(e))
+                    [_b64_doc(e, b64m[type(e)]) if type(e) in b64m else frag(e if type(e) is bytes else _pyd_lean(e))
                      for e in events]) + b"}"
             except (TypeError, _orjson.JSONEncodeError):
                 pass
-    return b'{"event_type":"batch","events":[' + b",".join([_pyd_lean(e) for e in events]) + b"]}"
+    return b'{"event_type":"batch","events":[' + b",".join([e if type(e) is bytes else _pyd_lean(e) for e in events]) + b"]}"
 
 
 _one_adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)

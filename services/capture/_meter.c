@@ -115,6 +115,11 @@ static inline PyObject *get(PyObject *f, int k) {
     return v;
 }
 
+static inline PyObject *ref(PyObject *o) {
+    Py_INCREF(o);
+    return o;
+}
+
 static inline void put(PyObject *f, int k, PyObject *v) {   /* steals v */
     PyObject *old = SLOT(f, k);
     SLOT(f, k) = v;
@@ -366,6 +371,9 @@ static int sample(PyObject *meter, PyObject *f, PyObject *tso, const unsigned ch
     return r < 0 ? -1 : 1;
 }
 
+static int emit_record(PyObject *raw, PyObject *sink_flow, PyObject *f, PyObject *phase, PyObject *ts, PyObject *probe,
+                       PyObject *app, PyObject *application, PyObject *category, PyObject *host, PyObject *conf);
+
 /* ---- a new flow of the loop's frames (TCP/UDP, no tunnel), as FlowMeter._new_flow makes it ---- */
 enum {
     N_KEY, N_RKEY, N_VER, N_PROTO, N_CLOSED_AT, N_FIN, N_SAMPLE_SEQ, N_PENDING, N_VERDICT, N_VERDICT_FINAL,
@@ -544,55 +552,104 @@ static PyObject *record(PyObject *self, PyObject *args) {
     return record_of(f, phase, ts, probe, app, application, category, host, conf);
 }
 
-static PyObject *record_of(PyObject *f, PyObject *phase, PyObject *ts, PyObject *probe, PyObject *app,
-                           PyObject *application, PyObject *category, PyObject *host, PyObject *conf) {
+/* a borrowed slot value as a new reference (NULL with AttributeError when unset) */
+static inline PyObject *rval(PyObject *f, int slot) {
+    PyObject *v = RSLOT(f, slot);
+    if (v == NULL) {
+        PyErr_Format(PyExc_AttributeError, "Flow.%s is not set", rec_slot_names[slot]);
+        return NULL;
+    }
+    Py_INCREF(v);
+    return v;
+}
+
+/* the record's values, key by key in _record's order (new references; all NULL on error) */
+static int record_values(PyObject *f, PyObject *phase, PyObject *ts, PyObject *probe, PyObject *app,
+                         PyObject *application, PyObject *category, PyObject *host, PyObject *conf,
+                         PyObject *vals[NKEYS]) {
+    memset(vals, 0, sizeof(PyObject *) * NKEYS);
     int is_end = PyUnicode_CompareWithASCIIString(phase, "end") == 0;
     PyObject *first = RSLOT(f, R_FIRST), *last = RSLOT(f, R_LAST);
     if (first == NULL || last == NULL) {
         PyErr_SetString(PyExc_AttributeError, "Flow.first/last is not set");
-        return NULL;
+        return -1;
     }
     double fd = PyFloat_AsDouble(first), ld = PyFloat_AsDouble(last);
     if ((fd == -1.0 || ld == -1.0) && PyErr_Occurred())
-        return NULL;
+        return -1;
     double dur = (ld - fd) * 1000.0;
     if (!(dur > 0.0))
         dur = 0.0;
     PyObject *vl = RSLOT(f, R_VLAN_IDS), *outer = RSLOT(f, R_OUTER), *icmp = RSLOT(f, R_ICMP);
     if (vl == NULL || outer == NULL || icmp == NULL) {
         PyErr_SetString(PyExc_AttributeError, "Flow.vlan_ids/outer/icmp is not set");
-        return NULL;
+        return -1;
     }
+    vals[K_TIMESTAMP] = ref(ts);
+    vals[K_PROBE] = ref(probe);
+    vals[K_FLOW_ID] = rval(f, R_FLOW_ID);
+    vals[K_EVENT_TYPE] = ref(s_flow);
+    vals[K_TRANSPORT] = rval(f, R_TRANSPORT);
+    vals[K_SRC_IP] = rval(f, R_SRC_IP);
+    vals[K_SRC_PORT] = rval(f, R_SPORT);
+    vals[K_DST_IP] = rval(f, R_DST_IP);
+    vals[K_DST_PORT] = rval(f, R_DPORT);
+    vals[K_VLAN_ID] = first_or(vl, 0, zero_int);
+    vals[K_PHASE] = ref(phase);
+    vals[K_END_REASON] = is_end ? rval(f, R_END_REASON) : ref(s_empty);
+    vals[K_SOURCE] = rval(f, R_SOURCE);
+    vals[K_IP_VERSION] = rval(f, R_VER);
+    vals[K_FIRST_SEEN] = ref(first);
+    vals[K_LAST_SEEN] = ref(last);
+    vals[K_DURATION_MS] = PyFloat_FromDouble(dur);
+    vals[K_S_PKTS] = rval(f, R_S_PKTS);
+    vals[K_S_BYTES] = rval(f, R_S_BYTES);
+    vals[K_D_PKTS] = rval(f, R_D_PKTS);
+    vals[K_D_BYTES] = rval(f, R_D_BYTES);
+    vals[K_S_FLAGS] = rval(f, R_S_FLAGS);
+    vals[K_D_FLAGS] = rval(f, R_D_FLAGS);
+    vals[K_SRC_MAC] = rval(f, R_SRC_MAC);
+    vals[K_DST_MAC] = rval(f, R_DST_MAC);
+    vals[K_TUNNEL] = rval(f, R_TUNNEL);
+    vals[K_TUNNEL_SRC_IP] = first_or(outer, 0, s_empty);
+    vals[K_TUNNEL_DST_IP] = first_or(outer, 1, s_empty);
+    vals[K_TUNNEL_ID] = first_or(outer, 2, zero_int);
+    vals[K_APP] = ref(app);
+    vals[K_APPLICATION] = ref(application);
+    vals[K_CATEGORY] = ref(category);
+    vals[K_HOST] = ref(host);
+    vals[K_CONFIDENCE] = ref(conf);
+    vals[K_ICMP_TYPE] = first_or(icmp, 0, Py_None);
+    vals[K_ICMP_CODE] = first_or(icmp, 1, Py_None);
+    for (int k = 0; k < NKEYS; k++) {
+        if (vals[k] == NULL) {
+            for (int j = 0; j < NKEYS; j++)
+                Py_CLEAR(vals[j]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void values_clear(PyObject *vals[NKEYS]) {
+    for (int k = 0; k < NKEYS; k++)
+        Py_CLEAR(vals[k]);
+}
+
+static PyObject *record_of(PyObject *f, PyObject *phase, PyObject *ts, PyObject *probe, PyObject *app,
+                           PyObject *application, PyObject *category, PyObject *host, PyObject *conf) {
+    PyObject *vals[NKEYS];
+    if (record_values(f, phase, ts, probe, app, application, category, host, conf, vals) < 0)
+        return NULL;
     /* a copy of a dict with every key (in order, values None): the stores below replace values, no resizing */
     PyObject *d = PyDict_Copy(rec_template);
+    for (int k = 0; d != NULL && k < NKEYS; k++) {
+        if (PyDict_SetItem(d, rec_keys[k], vals[k]) < 0)
+            Py_CLEAR(d);
+    }
+    values_clear(vals);
     if (d == NULL)
         return NULL;
-    if (PyDict_SetItem(d, rec_keys[K_TIMESTAMP], ts) < 0 || PyDict_SetItem(d, rec_keys[K_PROBE], probe) < 0
-        || dset(d, K_FLOW_ID, RSLOT(f, R_FLOW_ID), R_FLOW_ID) < 0 || PyDict_SetItem(d, rec_keys[K_EVENT_TYPE], s_flow) < 0
-        || dset(d, K_TRANSPORT, RSLOT(f, R_TRANSPORT), R_TRANSPORT) < 0
-        || dset(d, K_SRC_IP, RSLOT(f, R_SRC_IP), R_SRC_IP) < 0 || dset(d, K_SRC_PORT, RSLOT(f, R_SPORT), R_SPORT) < 0
-        || dset(d, K_DST_IP, RSLOT(f, R_DST_IP), R_DST_IP) < 0 || dset(d, K_DST_PORT, RSLOT(f, R_DPORT), R_DPORT) < 0
-        || dput(d, K_VLAN_ID, first_or(vl, 0, zero_int)) < 0 || PyDict_SetItem(d, rec_keys[K_PHASE], phase) < 0
-        || (is_end ? dset(d, K_END_REASON, RSLOT(f, R_END_REASON), R_END_REASON)
-                   : PyDict_SetItem(d, rec_keys[K_END_REASON], s_empty)) < 0
-        || dset(d, K_SOURCE, RSLOT(f, R_SOURCE), R_SOURCE) < 0 || dset(d, K_IP_VERSION, RSLOT(f, R_VER), R_VER) < 0
-        || PyDict_SetItem(d, rec_keys[K_FIRST_SEEN], first) < 0 || PyDict_SetItem(d, rec_keys[K_LAST_SEEN], last) < 0
-        || dput(d, K_DURATION_MS, PyFloat_FromDouble(dur)) < 0
-        || dset(d, K_S_PKTS, RSLOT(f, R_S_PKTS), R_S_PKTS) < 0 || dset(d, K_S_BYTES, RSLOT(f, R_S_BYTES), R_S_BYTES) < 0
-        || dset(d, K_D_PKTS, RSLOT(f, R_D_PKTS), R_D_PKTS) < 0 || dset(d, K_D_BYTES, RSLOT(f, R_D_BYTES), R_D_BYTES) < 0
-        || dset(d, K_S_FLAGS, RSLOT(f, R_S_FLAGS), R_S_FLAGS) < 0 || dset(d, K_D_FLAGS, RSLOT(f, R_D_FLAGS), R_D_FLAGS) < 0
-        || dset(d, K_SRC_MAC, RSLOT(f, R_SRC_MAC), R_SRC_MAC) < 0 || dset(d, K_DST_MAC, RSLOT(f, R_DST_MAC), R_DST_MAC) < 0
-        || dset(d, K_TUNNEL, RSLOT(f, R_TUNNEL), R_TUNNEL) < 0
-        || dput(d, K_TUNNEL_SRC_IP, first_or(outer, 0, s_empty)) < 0
-        || dput(d, K_TUNNEL_DST_IP, first_or(outer, 1, s_empty)) < 0
-        || dput(d, K_TUNNEL_ID, first_or(outer, 2, zero_int)) < 0
-        || PyDict_SetItem(d, rec_keys[K_APP], app) < 0 || PyDict_SetItem(d, rec_keys[K_APPLICATION], application) < 0
-        || PyDict_SetItem(d, rec_keys[K_CATEGORY], category) < 0 || PyDict_SetItem(d, rec_keys[K_HOST], host) < 0
-        || PyDict_SetItem(d, rec_keys[K_CONFIDENCE], conf) < 0
-        || dput(d, K_ICMP_TYPE, first_or(icmp, 0, Py_None)) < 0 || dput(d, K_ICMP_CODE, first_or(icmp, 1, Py_None)) < 0) {
-        Py_DECREF(d);
-        return NULL;
-    }
     /* the instance, as flows._build makes it: object.__new__, __dict__, fields set, no extra, no private */
     PyTypeObject *tp = (PyTypeObject *)rec_cls;
     PyObject *m = tp->tp_new == NULL ? NULL : PyBaseObject_Type.tp_new(tp, empty_tuple, NULL);
@@ -618,7 +675,7 @@ static PyObject *record_of(PyObject *f, PyObject *phase, PyObject *ts, PyObject 
 #define NSLOT(o, k) (*(PyObject **)((char *)(o) + new_offs[k]))
 
 typedef struct {
-    PyObject *table, *move_to_end, *sink_flow, *text_cache, *young_append, *prefix, *source, *probe, *mdict;
+    PyObject *table, *move_to_end, *sink_flow, *text_cache, *young_append, *prefix, *source, *probe, *mdict, *raw;
     PyObject *m_evict, *m_ip_text, *m_mac_text, *m_count;
     long long max_flows, hot_pk, ev_packets, ev_max_flows;
     double upd, active;
@@ -627,6 +684,7 @@ typedef struct {
 static void nf_clear(NewFlow *c) {
     Py_CLEAR(c->mdict);
     Py_CLEAR(c->sink_flow);
+    Py_CLEAR(c->raw);
     Py_CLEAR(c->text_cache);
     Py_CLEAR(c->young_append);
     Py_CLEAR(c->prefix);
@@ -648,6 +706,7 @@ static int attr_d(PyObject *o, const char *name, double *out) {
 }
 
 static PyObject *meter_dict(PyObject *meter);
+static PyObject *sink_raw(PyObject *sink, const char *name);
 
 /* the meter's settings and helpers a new flow needs (constant during one run()) */
 static int nf_load(NewFlow *c, PyObject *meter, PyObject *table, PyObject *move_to_end) {
@@ -658,6 +717,7 @@ static int nf_load(NewFlow *c, PyObject *meter, PyObject *table, PyObject *move_
     if (sink == NULL)
         return -1;
     c->sink_flow = PyObject_GetAttrString(sink, "flow");
+    c->raw = sink_raw(sink, "raw_live");
     Py_DECREF(sink);
     young = c->sink_flow ? PyObject_GetAttrString(meter, "_young") : NULL;
     c->young_append = young ? PyObject_GetAttrString(young, "append") : NULL;
@@ -767,10 +827,6 @@ static inline int rput(PyObject *f, int k, PyObject *v) {   /* steals v */
     return 0;
 }
 
-static inline PyObject *ref(PyObject *o) {
-    Py_INCREF(o);
-    return o;
-}
 
 /*
  * FlowMeter._new_flow(key, ts, frame, ver, proto, src, dst, sp, dp, flags, vlan, vlans, 0, "") for a TCP/UDP
@@ -792,7 +848,7 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
     Py_ssize_t klen = PyBytes_GET_SIZE(key);
     PyObject *src = PyBytes_FromStringAndSize(k + 1, alen), *dst = PyBytes_FromStringAndSize(k + 1 + alen, alen);
     PyObject *rkey = PyBytes_FromStringAndSize(NULL, klen);
-    PyObject *f = NULL, *K = NULL, *R = NULL, *t1 = NULL, *t2 = NULL, *fid = NULL, *rec = NULL, *r = NULL;
+    PyObject *f = NULL, *K = NULL, *R = NULL, *t1 = NULL, *t2 = NULL, *fid = NULL, *r = NULL;
     if (src == NULL || dst == NULL || rkey == NULL)
         goto fail;
     {   /* rkey = proto + dst + src + dport + sport [+ the same suffix] */
@@ -919,14 +975,8 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
             goto fail;
         Py_CLEAR(r);
     }
-    rec = record_of(f, s_start, tso, c->probe, s_unknown, s_empty, s_empty, s_empty, s_empty);
-    if (rec == NULL)
+    if (emit_record(c->raw, c->sink_flow, f, s_start, tso, c->probe, s_unknown, s_empty, s_empty, s_empty, s_empty) < 0)
         goto fail;
-    r = PyObject_CallOneArg(c->sink_flow, rec);
-    if (r == NULL)
-        goto fail;
-    Py_DECREF(r);
-    Py_DECREF(rec);
     Py_DECREF(src);
     Py_DECREF(dst);
     Py_DECREF(rkey);
@@ -942,7 +992,6 @@ fail:
     Py_XDECREF(t1);
     Py_XDECREF(t2);
     Py_XDECREF(fid);
-    Py_XDECREF(rec);
     return NULL;
 }
 
@@ -1967,6 +2016,8 @@ static int json_value(Buf *b, PyObject *v, PyObject *float_json) {
         }
         if (x == 0.0)
             return buf_put(b, signbit(x) ? "-0.0" : "0.0", signbit(x) ? 4 : 3) < 0 ? -1 : 1;
+        if (float_json == NULL)
+            return 0;
         PyObject *j = PyObject_CallOneArg(float_json, v);   /* orjson's own text (NaN, infinities: null) */
         if (j == NULL)
             return -1;
@@ -2089,6 +2140,11 @@ static PyObject *flat_batch(PyObject *self, PyObject *args) {
         PyObject *e = PyList_GET_ITEM(events, i);
         if (i && buf_put(&b, ",", 1) < 0)
             goto error;
+        if (PyBytes_CheckExact(e)) {   /* a record the idle loop wrote itself (record_json) */
+            if (buf_put(&b, PyBytes_AS_STRING(e), (size_t)PyBytes_GET_SIZE(e)) < 0)
+                goto error;
+            continue;
+        }
         PyObject *spec = PyDict_GetItemWithError(specs, (PyObject *)Py_TYPE(e));
         if (spec == NULL && PyErr_Occurred())
             goto error;
@@ -2134,6 +2190,137 @@ error:
 }
 
 /*
+ * bind_flat(spec, float_json) -> None: FlowRecord's (names, defaults, by_name) as shared.models._defaults gives
+ * it, for the end records the idle loop writes as JSON itself (record_json): each key's default and its text;
+ * float_json writes a float the way orjson does (flat_batch's argument)
+ */
+static PyObject *rec_spec = NULL, *rec_dflt[NKEYS];
+static char *rec_ktext = NULL;
+static Py_ssize_t rec_kat[NKEYS + 1];
+
+static PyObject *rec_float_json = NULL;
+
+static PyObject *bind_flat(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *spec, *float_json;
+    if (!PyArg_ParseTuple(args, "OO", &spec, &float_json))
+        return NULL;
+    if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 3 || !PyTuple_Check(PyTuple_GET_ITEM(spec, 0))
+        || !PyTuple_Check(PyTuple_GET_ITEM(spec, 1))
+        || PyTuple_GET_SIZE(PyTuple_GET_ITEM(spec, 0)) != PyTuple_GET_SIZE(PyTuple_GET_ITEM(spec, 1))) {
+        PyErr_SetString(PyExc_TypeError, "bind_flat() needs FlowRecord's (names, defaults, by_name)");
+        return NULL;
+    }
+    if (rec_cls == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind_record() first");
+        return NULL;
+    }
+    PyObject *names = PyTuple_GET_ITEM(spec, 0), *defaults = PyTuple_GET_ITEM(spec, 1);
+    Buf b = {NULL, 0, 0};
+    PyObject *dflt[NKEYS];
+    for (int k = 0; k < NKEYS; k++) {
+        dflt[k] = NULL;
+        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(names); j++) {
+            int eq = PyUnicode_Check(PyTuple_GET_ITEM(names, j))
+                ? PyUnicode_Compare(PyTuple_GET_ITEM(names, j), rec_keys[k]) == 0 : 0;
+            if (eq) {
+                dflt[k] = PyTuple_GET_ITEM(defaults, j);
+                break;
+            }
+        }
+        rec_kat[k] = (Py_ssize_t)b.n;
+        if (json_str(&b, rec_keys[k]) != 1 || buf_put(&b, ":", 1) < 0) {
+            PyMem_Free(b.p);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "bind_flat(): a key JSON cannot hold");
+            return NULL;
+        }
+    }
+    rec_kat[NKEYS] = (Py_ssize_t)b.n;
+    PyMem_Free(rec_ktext);
+    rec_ktext = b.p;
+    Py_INCREF(spec);
+    Py_XSETREF(rec_spec, spec);   /* keeps the defaults alive */
+    Py_INCREF(float_json);
+    Py_XSETREF(rec_float_json, float_json);
+    memcpy(rec_dflt, dflt, sizeof dflt);
+    Py_RETURN_NONE;
+}
+
+/* a flow record's JSON from its values (record_values), as flat_batch writes the FlowRecord record_of
+ * makes of them: 1 written, 0 cannot (the caller makes the record), -1 error */
+static int record_json(Buf *b, PyObject *vals[NKEYS]) {
+    int first = 1;
+    if (buf_put(b, "{", 1) < 0)
+        return -1;
+    for (int k = 0; k < NKEYS; k++) {
+        PyObject *v = vals[k], *dv = rec_dflt[k];
+        if (dv != NULL && Py_TYPE(dv) == Py_TYPE(v)) {
+            if (dv == v)
+                continue;
+            int eq = same_value(v, dv);
+            if (eq < 0)
+                return -1;
+            if (eq)
+                continue;
+        }
+        if ((!first && buf_put(b, ",", 1) < 0) || buf_put(b, rec_ktext + rec_kat[k], (size_t)(rec_kat[k + 1] - rec_kat[k])) < 0)
+            return -1;
+        first = 0;
+        int r = json_value(b, v, rec_float_json);
+        if (r <= 0)
+            return r;
+    }
+    return buf_put(b, "}", 1) < 0 ? -1 : 1;
+}
+
+/* sink.<name> (raw_records, raw_live): a list that takes records as their JSON (bytes) where no one in this
+ * process reads the record objects (capture's Outbox without a recorder or inline detectors); else NULL */
+static PyObject *sink_raw(PyObject *sink, const char *name) {
+    if (rec_spec == NULL)
+        return NULL;
+    PyObject *raw = PyObject_GetAttrString(sink, name);
+    if (raw == NULL)
+        PyErr_Clear();
+    else if (!PyList_CheckExact(raw))
+        Py_CLEAR(raw);
+    return raw;
+}
+
+/* a flow record to the sink: its JSON appended to raw (a list) where there is one and JSON can hold it,
+ * else the FlowRecord through sink_flow */
+static int emit_record(PyObject *raw, PyObject *sink_flow, PyObject *f, PyObject *phase, PyObject *ts, PyObject *probe,
+                       PyObject *app, PyObject *application, PyObject *category, PyObject *host, PyObject *conf) {
+    if (raw != NULL) {
+        PyObject *vals[NKEYS];
+        if (record_values(f, phase, ts, probe, app, application, category, host, conf, vals) < 0)
+            return -1;
+        Buf b = {NULL, 0, 0};
+        int w = record_json(&b, vals);
+        values_clear(vals);
+        if (w > 0) {
+            PyObject *j = PyBytes_FromStringAndSize(b.p, (Py_ssize_t)b.n);
+            w = j == NULL ? -1 : PyList_Append(raw, j);
+            Py_XDECREF(j);
+            if (w == 0)
+                w = 1;
+        }
+        PyMem_Free(b.p);
+        if (w != 0)
+            return w < 0 ? -1 : 0;
+    }
+    PyObject *rec = record_of(f, phase, ts, probe, app, application, category, host, conf);
+    if (rec == NULL)
+        return -1;
+    PyObject *r = PyObject_CallOneArg(sink_flow, rec);
+    Py_DECREF(rec);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/*
  * expire(meter, now) -> flows ended
  *   FlowMeter._housekeep's idle loop in C: from the front of the table (oldest direction stamps first), each
  *   entry stamped at or before now - idle_timeout whose flow saw no packet since then is taken out of the
@@ -2148,7 +2335,7 @@ static const char *verdict_meta[4] = {"http", "tls", "quic", "ssh"};
 
 typedef struct {
     PyObject *meter, *md, *table, *sink_flow, *sink_verdict, *m_end, *m_count, *dirty, *closing, *by_id,
-        *recent, *recent_popitem, *port_guess, *probe, *datalink, *m_emit;
+        *recent, *recent_popitem, *port_guess, *probe, *datalink, *m_emit, *raw;
     long long recent_max;
     double vwait;
     int loaded;
@@ -2161,6 +2348,7 @@ static void ender_clear(Ender *e) {
     Py_CLEAR(e->m_end);
     Py_CLEAR(e->m_count);
     Py_CLEAR(e->m_emit);
+    Py_CLEAR(e->raw);
     Py_CLEAR(e->dirty);
     Py_CLEAR(e->closing);
     Py_CLEAR(e->by_id);
@@ -2189,6 +2377,7 @@ static int ender_load(Ender *e) {
         Py_XDECREF(sink);
         return -1;
     }
+    e->raw = sink_raw(sink, "raw_records");
     Py_DECREF(sink);
     if (!PyDict_Check(e->dirty) || !PyDict_Check(e->closing) || !PyDict_Check(e->by_id) || !PyDict_Check(e->recent)) {
         PyErr_SetString(PyExc_TypeError, "the meter's _dirty/_closing/_by_id/_recent_ev are not dicts");
@@ -2253,7 +2442,7 @@ static int nslot_ll(PyObject *f, int k, long long *out) {
 /* FlowMeter._publish_end's record and verdict for a flow _end just ended (no verdict pending) */
 static int publish_end(Ender *e, PyObject *f) {
     PyObject *v = NSLOT(f, N_VERDICT), *app = NULL, *application = NULL, *category = NULL, *host = NULL,
-             *conf = NULL, *rec = NULL, *r;
+             *conf = NULL, *r;
     int rc = -1;
     if (v == NULL) {
         PyErr_SetString(PyExc_AttributeError, "Flow.verdict is not set");
@@ -2311,11 +2500,8 @@ static int publish_end(Ender *e, PyObject *f) {
         PyErr_SetString(PyExc_AttributeError, "Flow.last is not set");
         goto done;
     }
-    if ((rec = record_of(f, s_end, last, e->probe, app, application, category, host, conf)) == NULL)
+    if (emit_record(e->raw, e->sink_flow, f, s_end, last, e->probe, app, application, category, host, conf) < 0)
         goto done;
-    if ((r = PyObject_CallOneArg(e->sink_flow, rec)) == NULL)
-        goto done;
-    Py_DECREF(r);
     if (v != Py_None && e->sink_verdict != Py_None) {
         int known = PyObject_RichCompareBool(app, s_unknown, Py_NE);
         if (known < 0)
@@ -2342,7 +2528,6 @@ done:
     Py_XDECREF(category);
     Py_XDECREF(host);
     Py_XDECREF(conf);
-    Py_XDECREF(rec);
     return rc;
 }
 
@@ -2552,6 +2737,7 @@ static PyMethodDef methods[] = {
     {"record", record, METH_VARARGS, "FlowMeter._record's FlowRecord, built in C."},
     {"bind_sample", bind_sample, METH_VARARGS, "Learn FlowSample for sample(); False when its fields differ."},
     {"sample", sample_event, METH_VARARGS, "FlowMeter._emit_sample's FlowSample, built in C."},
+    {"bind_flat", bind_flat, METH_VARARGS, "FlowRecord's (names, defaults, by_name) and float_json, for end records written as JSON by expire()."},
     {"flat_batch", flat_batch, METH_VARARGS, "batch_json's document for flat events, written in one pass (None: take the general path)."},
     {"expire", expire, METH_VARARGS, "FlowMeter._housekeep's idle loop: end the flows idle since now - idle_timeout."},
     {"run", run, METH_VARARGS, "Meter records of known flows that need only counters; stop at the first that needs Python."},

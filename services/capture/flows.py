@@ -349,9 +349,11 @@ if _METER is not None:
 
         set_lean(_METER.lean)
     if getattr(_METER, "flat_batch", None) is not None:   # flow record batches in one pass, for batch_json
-        from shared.models import set_flat_batch
+        from shared.models import _defaults, _float_json, set_flat_batch
 
         set_flat_batch(_METER.flat_batch)
+        if _crecord is not None:   # end records of idle flows as their JSON, for a sink with raw_records
+            _METER.bind_flat(_defaults(FlowRecord), _float_json)
 
 
 class FlowMeter:

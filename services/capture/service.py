@@ -68,8 +68,8 @@ class Outbox:
         self.hot_records: list[FlowRecord] = []
         self.samples: list[FlowSample] = []
         self.packets: list[PacketEvent] = []
-        self.records: list[Event] = []
-        self.live_records: list[FlowRecord] = []     # start records: core NATS, for the detectors
+        self.records: list[Event | bytes] = []   # bytes: an end record's JSON (raw_records)
+        self.live_records: list[FlowRecord | bytes] = []   # start records: core NATS, for the detectors (raw_live)
         self.alerts: list[Alert] = []
         self.batches: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=64)
         self.meter: FlowMeter | None = None
@@ -85,6 +85,22 @@ class Outbox:
         self._rlog = RateLimitedLog(log)
         self.recorder: Any = None   # the packet recorder (FT_RECORD_DIR), fed once per batch
         self.store_evidence: Any = None   # evidence cut from the recorder's store (store_evidence.py)
+
+    @property
+    def raw_records(self) -> list[Event | bytes] | None:
+        """Where the meter may put end records as their JSON (bytes) instead of FlowRecord objects: this
+        outbox's records, when nothing in this process reads the objects (no packet recorder indexing them,
+        no inline detectors); None otherwise.  batch_json takes such items as they are."""
+        if self.recorder is None and self.detectors is None:
+            return self.records
+        return None
+
+    @property
+    def raw_live(self) -> list[Event | bytes] | None:
+        """The same for start records (live_records, published for the detectors)."""
+        if self.recorder is None and self.detectors is None:
+            return self.live_records
+        return None
 
     # --- MeterSink protocol (called from the hot path: append only)
     def flow(self, rec: FlowRecord) -> None:

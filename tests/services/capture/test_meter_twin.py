@@ -58,7 +58,7 @@ C_ENDED = [0]
 
 
 def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.MonkeyPatch, vwait: float = 0,
-          ev_mb: float = 128.0) -> list:
+          ev_mb: float = 128.0, raw: bool = False, flows_only: bool = False) -> list:
     with monkeypatch.context() as mp:
         if not compiled:
             mp.setattr(flows, "_run", None)
@@ -78,6 +78,8 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
         # sink takes the best verdicts; a third of the sampled flows get a final verdict, a third one that
         # is not final, a third none
         sink = VerdictSink() if vwait else ListSink()
+        if raw:   # the meter may put start and end records into sink.flows as their JSON, as capture's outbox
+            sink.raw_records = sink.raw_live = sink.flows
         m = FlowMeter(CaptureSettings(verdict_wait_s=vwait, evidence_packets=4, evidence_memory_mb=ev_mb), sink,
                       source="twin")
         m._prefix = "twin"
@@ -108,6 +110,8 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
             seen = len(sink.samples)
         m.finish()
         m.flush_closing()
+        if flows_only:
+            return sink.flows
         rings = {fid: m.evidence(fid) for fid in list(m._recent_ev)}
         return [
             [r.model_dump() for r in sink.flows],
@@ -227,6 +231,38 @@ def test_a_flow_idle_with_its_sample_not_yet_sent_ends_the_same(monkeypatch):
     idle = {r["flow_id"] for r in a[0] if r["end_reason"] == "idle"}
     sampled = {s["flow_id"] for s in a[1]}
     assert len(idle) >= 10 and idle <= sampled
+
+
+@pytest.mark.parametrize("vwait", [0, 30.0])
+def test_end_records_written_as_json_are_the_records_bytes(vwait, monkeypatch):
+    """Where the sink takes raw records (capture's outbox with no recorder and no inline detectors), the
+    compiled meter writes start records and idle flows' end records as their JSON: the batches published
+    are byte for byte those of the records as objects, from the compiled meter and from the pure-Python one."""
+    if flows._cexpire is None:
+        pytest.skip("the compiled idle loop is not built")
+    from shared.models import batch_json
+
+    batches = batches_of([SAMPLE_PCAP])
+    recs, _ = encapsulated_conversations()
+    t = 1000.0
+    for i in range(300):   # flows that idle out one after another, some with a hostile-looking payload
+        c = 0x0A000001 + i % 50
+        recs.append((t, frame(c, 0xC0A80001, 40000 + i, 80, 0x02, 1000)))
+        recs.append((t + 0.001, frame(0xC0A80001, c, 80, 40000 + i, 0x12, 5000)))
+        recs.append((t + 0.002, frame(c, 0xC0A80001, 40000 + i, 80, 0x18, 1001, b'GET /"\\x HTTP/1.1\r\n\r\n')))
+        recs.append((t + 0.003, frame(c, 0x08080808, 30000 + i, 53, 0, 0, b"\x12\x34\x01\x00" + b"\x00" * 20, 17)))
+        t += 3.7
+    batches += [("idle", 1, recs[i:i + 200]) if i == 0 else (None, 1, recs[i:i + 200]) for i in range(0, len(recs), 200)]
+    raw = meter(batches, True, monkeypatch, vwait, raw=True, flows_only=True)
+    objs = meter(batches, True, monkeypatch, vwait, flows_only=True)
+    pure = meter(batches, False, monkeypatch, vwait, raw=True, flows_only=True)   # the pure-Python loop writes no JSON
+    assert sum(type(r) is bytes for r in raw) > 100 and not any(type(r) is bytes for r in pure)
+    assert len(raw) == len(objs) == len(pure)
+    for n in (len(raw), 7, 1):
+        for i in range(0, len(raw), n):
+            want = batch_json(pure[i:i + n])
+            assert batch_json(raw[i:i + n]) == want, i
+            assert batch_json(objs[i:i + n]) == want, i
 
 
 @pytest.mark.corpus
