@@ -2321,14 +2321,16 @@ static int emit_record(PyObject *raw, PyObject *sink_flow, PyObject *f, PyObject
 }
 
 /*
- * expire(meter, now) -> flows ended
- *   FlowMeter._housekeep's idle loop in C: from the front of the table (oldest direction stamps first), each
- *   entry stamped at or before now - idle_timeout whose flow saw no packet since then is taken out of the
- *   table (_remove) and ended (_end, _publish_end: the end record through sink.flow, the verdict beside it
- *   through sink.flow_verdict); an entry whose flow is alive through its other direction is re-stamped and
- *   moved back, as there.  A coalesced sample still to send goes first, through _emit_sample.  A flow that
- *   waits for verdicts (or is closing already) goes to the meter's own _end.  The loop and the pure-Python
- *   _housekeep give the same records in the same order (tests/services/capture/test_meter_twin.py).
+ * expire(meter, now[, why]) -> flows ended
+ *   FlowMeter._housekeep's two loops in C.  First the TCP flows closed by FIN/RST (meter._closed) whose grace
+ *   period is over at now, ended with their reason.  Then, from the front of the table (oldest direction
+ *   stamps first), each entry stamped at or before now - idle_timeout whose flow saw no packet since then:
+ *   taken out of the table (_remove) and ended with why ("idle"; finish() passes now=inf and its reason):
+ *   _end and _publish_end, the end record through sink.flow (or its JSON into sink.raw_records), the verdict
+ *   beside it through sink.flow_verdict.  An entry whose flow is alive through its other direction is
+ *   re-stamped and moved back, as there.  A coalesced sample still to send goes first, through _emit_sample.
+ *   A flow that waits for verdicts (or is closing already) goes to the meter's own _end.  The loops and the
+ *   pure-Python _housekeep give the same records in the same order (tests/services/capture/test_meter_twin.py).
  */
 static PyObject *s_idle = NULL, *s_port = NULL, *s_unknown_lc = NULL;
 static const char *verdict_meta[4] = {"http", "tls", "quic", "ssh"};
@@ -2531,14 +2533,14 @@ done:
     return rc;
 }
 
-/* _housekeep's "self._remove(f); self._end(f, f.end_reason if f.state else 'idle')" */
-static int end_idle(Ender *e, PyObject *f) {
+/* _housekeep's "self._remove(f); self._end(f, f.end_reason if f.state else why)" */
+static int end_idle(Ender *e, PyObject *f, PyObject *why) {
     long long state, pending, proto;
     if ((!e->loaded && ender_load(e) < 0) || remove_flow(e, f) < 0 || slot_ll(f, STATE, &state) < 0)
         return -1;
     if (state == 2)   /* ENDED: _end returns at once */
         return 0;
-    PyObject *reason = state ? RSLOT(f, R_END_REASON) : s_idle, *fid = SLOT(f, FLOW_ID);
+    PyObject *reason = state ? RSLOT(f, R_END_REASON) : why, *fid = SLOT(f, FLOW_ID);
     if (reason == NULL || fid == NULL) {
         PyErr_SetString(PyExc_AttributeError, "Flow.end_reason/flow_id is not set");
         return -1;
@@ -2646,8 +2648,8 @@ static int end_idle(Ender *e, PyObject *f) {
 
 static PyObject *expire(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *meter, *now_o;
-    if (!PyArg_ParseTuple(args, "OO!", &meter, &PyFloat_Type, &now_o))
+    PyObject *meter, *now_o, *why = s_idle;
+    if (!PyArg_ParseTuple(args, "OO!|U", &meter, &PyFloat_Type, &now_o, &why))
         return NULL;
     if (!new_bound || rec_cls == NULL || flow_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "expire() needs bind() and bind_record()");
@@ -2665,8 +2667,52 @@ static PyObject *expire(PyObject *self, PyObject *args) {
         return NULL;
     }
     PyObject *move_to_end = NULL;
-    double cutoff = now - idle;
+    double cutoff = now - idle, grace;
     long long ended = 0;
+    /* TCP flows closed by FIN/RST whose grace period is over, in the order they closed */
+    PyObject *closed = mattr(meter, "_closed"), *popleft = NULL;
+    if (closed == NULL || attr_d(meter, "_grace", &grace) < 0) {
+        Py_XDECREF(closed);
+        Py_DECREF(e.table);
+        return NULL;
+    }
+    for (;;) {
+        Py_ssize_t nc = PyObject_Length(closed);
+        if (nc <= 0) {
+            if (nc < 0)
+                goto closed_error;
+            break;
+        }
+        PyObject *f = PySequence_GetItem(closed, 0), *ca;
+        if (f == NULL)
+            goto closed_error;
+        double at;
+        long long state;
+        if (!PyObject_TypeCheck(f, flow_type) || (ca = NSLOT(f, N_CLOSED_AT)) == NULL
+            || ((at = PyFloat_AsDouble(ca)) == -1.0 && PyErr_Occurred())) {
+            Py_DECREF(f);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "the meter's _closed holds something else than closed flows");
+            goto closed_error;
+        }
+        if (!(at + grace <= now)) {
+            Py_DECREF(f);
+            break;
+        }
+        PyObject *x = lazy_method(&popleft, closed, "popleft") == NULL ? NULL : PyObject_CallNoArgs(popleft);
+        Py_XDECREF(x);
+        int r = x == NULL || slot_ll(f, STATE, &state) < 0 ? -1 : 0;
+        if (r == 0 && state == 1) {   /* CLOSED */
+            r = end_idle(&e, f, why);
+            ended++;
+        }
+        Py_DECREF(f);
+        if (r < 0)
+            goto closed_error;
+    }
+    Py_XDECREF(popleft);
+    Py_DECREF(closed);
+    closed = popleft = NULL;
     while (PyDict_GET_SIZE(e.table) > 0) {
         PyObject *it = PyObject_GetIter(e.table), *key = it ? PyIter_Next(it) : NULL;
         Py_XDECREF(it);
@@ -2704,7 +2750,7 @@ static PyObject *expire(PyObject *self, PyObject *args) {
         } else if ((lo = get(f, LAST)) == NULL || ((last = PyFloat_AsDouble(lo)) == -1.0 && PyErr_Occurred())) {
             r = -1;
         } else if (last <= cutoff) {
-            r = end_idle(&e, f);
+            r = end_idle(&e, f, why);
             ended++;
         } else {
             put(f, sk, ref(lo));
@@ -2727,6 +2773,12 @@ error:
     Py_DECREF(e.table);
     ender_clear(&e);
     return NULL;
+closed_error:
+    Py_XDECREF(popleft);
+    Py_DECREF(closed);
+    Py_DECREF(e.table);
+    ender_clear(&e);
+    return NULL;
 }
 
 static PyMethodDef methods[] = {
@@ -2739,7 +2791,7 @@ static PyMethodDef methods[] = {
     {"sample", sample_event, METH_VARARGS, "FlowMeter._emit_sample's FlowSample, built in C."},
     {"bind_flat", bind_flat, METH_VARARGS, "FlowRecord's (names, defaults, by_name) and float_json, for end records written as JSON by expire()."},
     {"flat_batch", flat_batch, METH_VARARGS, "batch_json's document for flat events, written in one pass (None: take the general path)."},
-    {"expire", expire, METH_VARARGS, "FlowMeter._housekeep's idle loop: end the flows idle since now - idle_timeout."},
+    {"expire", expire, METH_VARARGS, "FlowMeter._housekeep's loops: end closed flows past their grace, then flows idle since now - idle_timeout."},
     {"run", run, METH_VARARGS, "Meter records of known flows that need only counters; stop at the first that needs Python."},
     {"ring_add", ring_add, METH_VARARGS, "Append a packet to a flow's evidence ring and trim it (flows.ring_add in C)."},
     {NULL, NULL, 0, NULL},

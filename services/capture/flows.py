@@ -42,6 +42,7 @@ Using it
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import time
@@ -329,7 +330,7 @@ _run: Any = None
 _crecord: Any = None
 #: the FlowSample of FlowMeter._emit_sample built in C (``_meter.sample``), or None
 _csample: Any = None
-#: FlowMeter._housekeep's idle loop in C (``_meter.expire``), or None
+#: FlowMeter._housekeep's two loops (closed flows, idle flows) in C (``_meter.expire``), or None
 _cexpire: Any = None
 if _METER is not None:
     _METER.bind(Flow, _Dir)
@@ -1011,6 +1012,9 @@ class FlowMeter:
         self._next_house = now + 1.0
         if self._young or self._young2:
             self._young_check(now)
+        if _cexpire is not None and _run is not None and _crecord is not None:
+            _cexpire(self, float(now), "idle")   # the two loops below, in C (_meter.c expire)
+            return
         # TCP flows closed by FIN/RST whose grace period is over
         closed = self._closed
         grace = self._grace
@@ -1018,9 +1022,6 @@ class FlowMeter:
             f = closed.popleft()
             if f.state == CLOSED:
                 self._end(f, f.end_reason)
-        if _cexpire is not None and _run is not None and _crecord is not None:
-            _cexpire(self, float(now))   # the loop below, in C (_meter.c expire)
-            return
         # idle flows.  The table holds two entries per flow (one per direction), each moved
         # to the end by its direction's packets, so the front holds the entries with the
         # oldest stamps.  An old entry whose flow is alive through its other direction is
@@ -1070,6 +1071,10 @@ class FlowMeter:
     def finish(self, reason: str = "eof") -> None:
         """End every flow; flows with a pending verdict go to closing."""
         self.flush_samples()
+        if _cexpire is not None and _run is not None and _crecord is not None:
+            _cexpire(self, math.inf, reason)   # the two loops below, in C: every flow is past any timeout
+            self._frags.clear()
+            return
         closed = self._closed
         while closed:
             f = closed.popleft()
