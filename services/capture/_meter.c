@@ -2190,6 +2190,169 @@ error:
 }
 
 /*
+ * b64_batch(events, specs, other, float_json) -> bytes | None
+ *   batch_json's document for a batch of samples (shared.models._B64_MODELS' path), written in one pass: an
+ *   event whose type is a key of specs ((list-of-bytes field names, names of the model's fields)) and that
+ *   has no unknown fields is written from its whole __dict__ (not lean, as _b64_doc), each list of bytes as
+ *   the JSON array of its base64 texts (b64_json's), a list of ints as such; any other event as other(e)
+ *   (bytes).  None (no exception) where an event holds anything else: the caller's path decides.
+ */
+static int json_b64_list(Buf *b, PyObject *v) {
+    Py_ssize_t n = PyList_GET_SIZE(v), size = 2;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *x = PyList_GET_ITEM(v, i);
+        if (!PyBytes_Check(x))
+            return 0;
+        size += (PyBytes_GET_SIZE(x) + 2) / 3 * 4 + 3;
+    }
+    if (buf_grow(b, (size_t)size) < 0)
+        return -1;
+    unsigned char *o = (unsigned char *)b->p + b->n;
+    *o++ = '[';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *x = PyList_GET_ITEM(v, i);
+        if (i > 0)
+            *o++ = ',';
+        *o++ = '"';
+        o = b64_encode((const unsigned char *)PyBytes_AS_STRING(x), PyBytes_GET_SIZE(x), o);
+        *o++ = '"';
+    }
+    *o++ = ']';
+    b->n = (size_t)((char *)o - b->p);
+    return 1;
+}
+
+static int json_scalar_list(Buf *b, PyObject *v, PyObject *float_json) {
+    if (buf_put(b, "[", 1) < 0)
+        return -1;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(v); i++) {
+        PyObject *x = PyList_GET_ITEM(v, i);
+        if (PyList_Check(x) || PyDict_Check(x))
+            return 0;
+        if (i > 0 && buf_put(b, ",", 1) < 0)
+            return -1;
+        int r = json_value(b, x, float_json);
+        if (r <= 0)
+            return r;
+    }
+    return buf_put(b, "]", 1) < 0 ? -1 : 1;
+}
+
+static int json_b64_event(Buf *b, PyObject *e, PyObject *spec, PyObject *float_json) {
+    PyObject *lists = PyTuple_GET_ITEM(spec, 0), *names = PyTuple_GET_ITEM(spec, 1);
+    PyObject *extra = off_extra >= 0 ? MSLOT(e, off_extra) : NULL;
+    if (extra != NULL && extra != Py_None && (!PyDict_Check(extra) || PyDict_GET_SIZE(extra) > 0))
+        return 0;   /* unknown fields: pydantic writes it */
+    PyObject *d = PyObject_GenericGetDict(e, NULL);
+    if (d == NULL)
+        return -1;
+    int kt = key_text_of(names), first = 1, r = 1;
+    Py_ssize_t n = PyTuple_GET_SIZE(names), pos = 0, i = 0;
+    PyObject *k, *v;
+    if (!PyDict_Check(d) || buf_put(b, "{", 1) < 0) {
+        r = PyDict_Check(d) ? -1 : 0;
+        goto done;
+    }
+    while (PyDict_Next(d, &pos, &k, &v)) {
+        if (!PyUnicode_CheckExact(k)) {
+            r = 0;
+            goto done;
+        }
+        if (!first && buf_put(b, ",", 1) < 0) {
+            r = -1;
+            goto done;
+        }
+        first = 0;
+        if (i >= n || PyTuple_GET_ITEM(names, i) != k) {
+            Py_ssize_t j;
+            for (j = 0; j < n && PyTuple_GET_ITEM(names, j) != k; j++)
+                ;
+            i = j;
+        }
+        if (i < n && kt >= 0) {
+            if (buf_put(b, key_texts[kt].text + key_texts[kt].at[i], (size_t)(key_texts[kt].at[i + 1] - key_texts[kt].at[i])) < 0) {
+                r = -1;
+                goto done;
+            }
+        } else if ((r = json_str(b, k)) <= 0 || (r = buf_put(b, ":", 1) < 0 ? -1 : 1) <= 0) {
+            goto done;
+        }
+        if (i < n)
+            i++;
+        if (PyList_CheckExact(v)) {
+            int is_b64 = 0;
+            for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(lists); j++) {
+                PyObject *lk = PyTuple_GET_ITEM(lists, j);
+                if (lk == k || (PyUnicode_Check(lk) && PyUnicode_Compare(lk, k) == 0)) {
+                    is_b64 = 1;
+                    break;
+                }
+            }
+            r = is_b64 && PyList_GET_SIZE(v) > 0 ? json_b64_list(b, v) : json_scalar_list(b, v, float_json);
+        } else {
+            r = json_value(b, v, float_json);
+        }
+        if (r <= 0)
+            goto done;
+    }
+    r = buf_put(b, "}", 1) < 0 ? -1 : 1;
+done:
+    Py_DECREF(d);
+    return r;
+}
+
+static PyObject *b64_batch(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *events, *specs, *other, *float_json;
+    if (!PyArg_ParseTuple(args, "O!O!OO", &PyList_Type, &events, &PyDict_Type, &specs, &other, &float_json))
+        return NULL;
+    static const char head[] = "{\"event_type\":\"batch\",\"events\":[";
+    Buf b = {NULL, 0, 0};
+    if (buf_put(&b, head, sizeof head - 1) < 0)
+        return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(events); i++) {
+        PyObject *e = PyList_GET_ITEM(events, i);
+        if (i && buf_put(&b, ",", 1) < 0)
+            goto error;
+        PyObject *spec = PyDict_GetItemWithError(specs, (PyObject *)Py_TYPE(e));
+        if (spec == NULL && PyErr_Occurred())
+            goto error;
+        if (spec != NULL) {
+            if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 2 || !PyTuple_Check(PyTuple_GET_ITEM(spec, 0))
+                || !PyTuple_Check(PyTuple_GET_ITEM(spec, 1))) {
+                PyErr_SetString(PyExc_TypeError, "b64_batch(): a spec is not (list fields, names)");
+                goto error;
+            }
+            int r = json_b64_event(&b, e, spec, float_json);
+            if (r < 0)
+                goto error;
+            if (r == 0) {
+                PyMem_Free(b.p);
+                Py_RETURN_NONE;
+            }
+        } else {
+            PyObject *j = PyObject_CallOneArg(other, e);
+            if (j == NULL)
+                goto error;
+            int r = PyBytes_Check(j) ? buf_put(&b, PyBytes_AS_STRING(j), (size_t)PyBytes_GET_SIZE(j)) : -2;
+            Py_DECREF(j);
+            if (r == -2)
+                PyErr_SetString(PyExc_TypeError, "b64_batch(): other() did not return bytes");
+            if (r < 0)
+                goto error;
+        }
+    }
+    if (buf_put(&b, "]}", 2) < 0)
+        goto error;
+    PyObject *out = PyBytes_FromStringAndSize(b.p, (Py_ssize_t)b.n);
+    PyMem_Free(b.p);
+    return out;
+error:
+    PyMem_Free(b.p);
+    return NULL;
+}
+
+/*
  * bind_flat(spec, float_json) -> None: FlowRecord's (names, defaults, by_name) as shared.models._defaults gives
  * it, for the end records the idle loop writes as JSON itself (record_json): each key's default and its text;
  * float_json writes a float the way orjson does (flat_batch's argument)
@@ -2790,6 +2953,7 @@ static PyMethodDef methods[] = {
     {"bind_sample", bind_sample, METH_VARARGS, "Learn FlowSample for sample(); False when its fields differ."},
     {"sample", sample_event, METH_VARARGS, "FlowMeter._emit_sample's FlowSample, built in C."},
     {"bind_flat", bind_flat, METH_VARARGS, "FlowRecord's (names, defaults, by_name) and float_json, for end records written as JSON by expire()."},
+    {"b64_batch", b64_batch, METH_VARARGS, "batch_json's document for samples, written in one pass (None: take the general path)."},
     {"flat_batch", flat_batch, METH_VARARGS, "batch_json's document for flat events, written in one pass (None: take the general path)."},
     {"expire", expire, METH_VARARGS, "FlowMeter._housekeep's loops: end closed flows past their grace, then flows idle since now - idle_timeout."},
     {"run", run, METH_VARARGS, "Meter records of known flows that need only counters; stop at the first that needs Python."},

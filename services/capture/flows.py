@@ -355,6 +355,9 @@ if _METER is not None:
         set_flat_batch(_METER.flat_batch)
         if _crecord is not None:   # end records of idle flows as their JSON, for a sink with raw_records
             _METER.bind_flat(_defaults(FlowRecord), _float_json)
+            from shared.models import set_b64_batch
+
+            set_b64_batch(_METER.b64_batch)   # sample batches in one pass (it checks unknown fields: bind_record)
 
 
 class FlowMeter:

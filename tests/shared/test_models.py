@@ -375,3 +375,80 @@ def test_flow_record_batches_of_the_dev_corpora_are_written_the_same():
         part = sink.flows[i:i + 7]
         one = models._flat_batch(part, {FlowRecord: models._defaults(FlowRecord)}, models._pyd_lean, models._float_json)
         assert one is not None and one == _orjson_path(part)
+
+
+def _b64_path(events: list) -> bytes:
+    """batch_json's document for samples by its orjson path (the one-pass writer switched off)."""
+    from shared import models
+
+    old = models._b64_batch
+    models.set_b64_batch(None)
+    try:
+        return models.batch_json(events)
+    finally:
+        models.set_b64_batch(old)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")   # pydantic's, on the odd types of the declined batches
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=40), max_size=4), st.lists(st.binary(max_size=40), max_size=3), st.text(max_size=10),
+       st.lists(st.integers(min_value=0, max_value=4095), max_size=3), st.floats(allow_nan=False, allow_infinity=False),
+       st.booleans(),
+       st.sampled_from(["none", "extra", "odd list", "packet", "big int"]))
+def test_sample_batches_written_in_one_pass_are_the_orjson_path_s_bytes(src, dst, text, vlans, x, final, odd):
+    """capture's compiled b64_batch writes a batch of samples (a packet event among them) byte for byte as the
+    orjson path does (payloads as base64 arrays, empty lists, VLAN ids, hostile text); where that path would
+    hand an event to pydantic (unknown fields, a list of something else) it declines, and batch_json's bytes
+    are the same either way."""
+    import services.capture.flows  # noqa: F401 - registers the compiled writer
+    from shared import models
+
+    if models._b64_batch is None:
+        pytest.skip("the compiled meter module is not built")
+    s = FlowSample(**ENV, first_seen=1.0, src_payloads=src, dst_payloads=dst, payload_dirs=text[:5], vlan_ids=vlans,
+                   final=final, trigger_time=x)
+    s.__dict__["src_mac"] = text   # past validation, as a dissector could
+    events = [s, FlowSample(**ENV, first_seen=2.0)]
+    if odd == "extra":
+        events[1] = FlowSample.model_validate_json(events[1].model_dump_json()[:-1] + ',"zz":1}')
+    elif odd == "odd list":
+        events[1].__dict__["src_payloads"] = [b"x", "not bytes"]
+    elif odd == "packet":
+        events.append(PacketEvent(**ENV, kind="dns", payload=b"\x00\xff" + text.encode("utf-8", "replace")))
+    elif odd == "big int":
+        events[1].__dict__["seq_no"] = 2**70
+    want = _b64_path(events)
+    specs = {FlowSample: (("src_payloads", "dst_payloads"), tuple(FlowSample.model_fields))}
+    one = models._b64_batch(events, specs, models._b64_other, models._float_json)
+    if one is not None:
+        assert one == want
+    else:
+        assert odd in ("extra", "odd list", "big int") or any(0xD800 <= ord(c) <= 0xDFFF for c in text)
+    assert models.batch_json(events) == want
+    if odd in ("none", "packet", "extra"):
+        assert list(parse_event(want).events)[0].src_payloads == src
+
+
+def test_sample_batches_of_a_capture_are_written_the_same():
+    """Every sample of the sample capture, through the one-pass writer and through the orjson path."""
+    from services.capture.flows import FlowMeter, ListSink
+    from services.capture.sources import FileSource
+    from shared import models
+    from shared.settings import CaptureSettings
+    from tests.conftest import SAMPLE_PCAP
+
+    if models._b64_batch is None:
+        pytest.skip("the compiled meter module is not built")
+    sink = ListSink()
+    m = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, source="s")
+    m.defer_samples = True
+    for dlt, recs in FileSource(SAMPLE_PCAP).batches(256):
+        m.process_batch(list(recs), dlt)
+        m.flush_samples()
+    m.finish()
+    assert len(sink.samples) >= 10
+    for i in range(0, len(sink.samples), 3):
+        part = sink.samples[i:i + 3]
+        one = models._b64_batch(part, models._B64_SPECS or {FlowSample: (("src_payloads", "dst_payloads"),
+                                tuple(FlowSample.model_fields))}, models._b64_other, models._float_json)
+        assert one is not None and one == _b64_path(part)
