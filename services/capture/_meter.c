@@ -1773,6 +1773,13 @@ static inline int same_value(PyObject *v, PyObject *dv) {
     return PyObject_RichCompareBool(v, dv, Py_EQ);
 }
 
+/* lean's rule: 1 when v is at its field's default dv (same type and equal; NULL: no default), else 0; -1 */
+static inline int at_default(PyObject *v, PyObject *dv) {
+    if (dv == NULL || Py_TYPE(dv) != Py_TYPE(v))
+        return 0;
+    return dv == v ? 1 : same_value(v, dv);
+}
+
 /*
  * lean(dict, spec) -> dict: a copy of the event's __dict__ without the entries whose value equals
  * (same type, ==) the field's default (shared.models.batch_json writes events without their
@@ -1823,15 +1830,11 @@ static PyObject *lean(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
             if (dv == NULL && PyErr_Occurred())
                 goto fail;
         }
-        if (dv != NULL && Py_TYPE(dv) == Py_TYPE(v)) {
-            if (dv == v)
-                continue;
-            int eq = same_value(v, dv);
-            if (eq < 0)
-                goto fail;
-            if (eq)
-                continue;
-        }
+        int at = at_default(v, dv);
+        if (at < 0)
+            goto fail;
+        if (at)
+            continue;
         if (PyDict_SetItem(out, k, v) < 0)
             goto fail;
     }
@@ -2096,15 +2099,11 @@ static int json_lean(Buf *b, PyObject *d, PyObject *spec, PyObject *float_json) 
             if (dv == NULL && PyErr_Occurred())
                 return -1;
         }
-        if (dv != NULL && Py_TYPE(dv) == Py_TYPE(v)) {
-            if (dv == v)
-                continue;
-            int eq = same_value(v, dv);
-            if (eq < 0)
-                return -1;
-            if (eq)
-                continue;
-        }
+        int at = at_default(v, dv);
+        if (at < 0)
+            return -1;
+        if (at)
+            continue;
         if (!PyUnicode_CheckExact(k))
             return 0;
         if (!first && buf_put(b, ",", 1) < 0)
@@ -2126,8 +2125,29 @@ static int json_lean(Buf *b, PyObject *d, PyObject *spec, PyObject *float_json) 
     return buf_put(b, "}", 1) < 0 ? -1 : 1;
 }
 
-static PyObject *flat_batch(PyObject *self, PyObject *args) {
-    (void)self;
+/* one event of a batch, written by flat_batch's or b64_batch's rule: 1, 0 (cannot: decline) or -1 */
+typedef int (*event_writer)(Buf *b, PyObject *e, PyObject *spec, PyObject *float_json);
+
+static int flat_one(Buf *b, PyObject *e, PyObject *spec, PyObject *float_json) {
+    PyObject *d = PyObject_GenericGetDict(e, NULL);
+    if (d == NULL)
+        return -1;
+    int r = -1;
+    if (!PyDict_Check(d) || !PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 3
+        || !PyTuple_Check(PyTuple_GET_ITEM(spec, 0)) || !PyTuple_Check(PyTuple_GET_ITEM(spec, 1))
+        || !PyDict_Check(PyTuple_GET_ITEM(spec, 2))
+        || PyTuple_GET_SIZE(PyTuple_GET_ITEM(spec, 0)) != PyTuple_GET_SIZE(PyTuple_GET_ITEM(spec, 1)))
+        PyErr_SetString(PyExc_TypeError, "flat_batch(): an event without a __dict__, or a bad spec");
+    else
+        r = json_lean(b, d, spec, float_json);
+    Py_DECREF(d);
+    return r;
+}
+
+/* batch_json's document: b'{"event_type":"batch","events":[' + each event + b']}'.  An item that is bytes
+ * goes in as it is (an event's JSON written already); an event whose type is a key of specs by one(); any
+ * other as other(e) (bytes).  None when one() declines an event. */
+static PyObject *write_batch(PyObject *args, const char *name, event_writer one) {
     PyObject *events, *specs, *other, *float_json;
     if (!PyArg_ParseTuple(args, "O!O!OO", &PyList_Type, &events, &PyDict_Type, &specs, &other, &float_json))
         return NULL;
@@ -2140,7 +2160,7 @@ static PyObject *flat_batch(PyObject *self, PyObject *args) {
         PyObject *e = PyList_GET_ITEM(events, i);
         if (i && buf_put(&b, ",", 1) < 0)
             goto error;
-        if (PyBytes_CheckExact(e)) {   /* a record the idle loop wrote itself (record_json) */
+        if (PyBytes_CheckExact(e)) {   /* a record the meter wrote itself (record_json) */
             if (buf_put(&b, PyBytes_AS_STRING(e), (size_t)PyBytes_GET_SIZE(e)) < 0)
                 goto error;
             continue;
@@ -2149,18 +2169,7 @@ static PyObject *flat_batch(PyObject *self, PyObject *args) {
         if (spec == NULL && PyErr_Occurred())
             goto error;
         if (spec != NULL) {
-            PyObject *d = PyObject_GenericGetDict(e, NULL);
-            if (d == NULL)
-                goto error;
-            int r = -1;
-            if (!PyDict_Check(d) || !PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 3
-                || !PyTuple_Check(PyTuple_GET_ITEM(spec, 0)) || !PyTuple_Check(PyTuple_GET_ITEM(spec, 1))
-                || !PyDict_Check(PyTuple_GET_ITEM(spec, 2))
-                || PyTuple_GET_SIZE(PyTuple_GET_ITEM(spec, 0)) != PyTuple_GET_SIZE(PyTuple_GET_ITEM(spec, 1)))
-                PyErr_SetString(PyExc_TypeError, "flat_batch(): an event without a __dict__, or a bad spec");
-            else
-                r = json_lean(&b, d, spec, float_json);
-            Py_DECREF(d);
+            int r = one(&b, e, spec, float_json);
             if (r < 0)
                 goto error;
             if (r == 0) {
@@ -2174,7 +2183,7 @@ static PyObject *flat_batch(PyObject *self, PyObject *args) {
             int r = PyBytes_Check(j) ? buf_put(&b, PyBytes_AS_STRING(j), (size_t)PyBytes_GET_SIZE(j)) : -2;
             Py_DECREF(j);
             if (r == -2)
-                PyErr_SetString(PyExc_TypeError, "flat_batch(): other() did not return bytes");
+                PyErr_Format(PyExc_TypeError, "%s(): other() did not return bytes", name);
             if (r < 0)
                 goto error;
         }
@@ -2187,6 +2196,11 @@ static PyObject *flat_batch(PyObject *self, PyObject *args) {
 error:
     PyMem_Free(b.p);
     return NULL;
+}
+
+static PyObject *flat_batch(PyObject *self, PyObject *args) {
+    (void)self;
+    return write_batch(args, "flat_batch", flat_one);
 }
 
 /*
@@ -2301,55 +2315,18 @@ done:
     return r;
 }
 
+static int b64_one(Buf *b, PyObject *e, PyObject *spec, PyObject *float_json) {
+    if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 2 || !PyTuple_Check(PyTuple_GET_ITEM(spec, 0))
+        || !PyTuple_Check(PyTuple_GET_ITEM(spec, 1))) {
+        PyErr_SetString(PyExc_TypeError, "b64_batch(): a spec is not (list fields, names)");
+        return -1;
+    }
+    return json_b64_event(b, e, spec, float_json);
+}
+
 static PyObject *b64_batch(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *events, *specs, *other, *float_json;
-    if (!PyArg_ParseTuple(args, "O!O!OO", &PyList_Type, &events, &PyDict_Type, &specs, &other, &float_json))
-        return NULL;
-    static const char head[] = "{\"event_type\":\"batch\",\"events\":[";
-    Buf b = {NULL, 0, 0};
-    if (buf_put(&b, head, sizeof head - 1) < 0)
-        return NULL;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(events); i++) {
-        PyObject *e = PyList_GET_ITEM(events, i);
-        if (i && buf_put(&b, ",", 1) < 0)
-            goto error;
-        PyObject *spec = PyDict_GetItemWithError(specs, (PyObject *)Py_TYPE(e));
-        if (spec == NULL && PyErr_Occurred())
-            goto error;
-        if (spec != NULL) {
-            if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 2 || !PyTuple_Check(PyTuple_GET_ITEM(spec, 0))
-                || !PyTuple_Check(PyTuple_GET_ITEM(spec, 1))) {
-                PyErr_SetString(PyExc_TypeError, "b64_batch(): a spec is not (list fields, names)");
-                goto error;
-            }
-            int r = json_b64_event(&b, e, spec, float_json);
-            if (r < 0)
-                goto error;
-            if (r == 0) {
-                PyMem_Free(b.p);
-                Py_RETURN_NONE;
-            }
-        } else {
-            PyObject *j = PyObject_CallOneArg(other, e);
-            if (j == NULL)
-                goto error;
-            int r = PyBytes_Check(j) ? buf_put(&b, PyBytes_AS_STRING(j), (size_t)PyBytes_GET_SIZE(j)) : -2;
-            Py_DECREF(j);
-            if (r == -2)
-                PyErr_SetString(PyExc_TypeError, "b64_batch(): other() did not return bytes");
-            if (r < 0)
-                goto error;
-        }
-    }
-    if (buf_put(&b, "]}", 2) < 0)
-        goto error;
-    PyObject *out = PyBytes_FromStringAndSize(b.p, (Py_ssize_t)b.n);
-    PyMem_Free(b.p);
-    return out;
-error:
-    PyMem_Free(b.p);
-    return NULL;
+    return write_batch(args, "b64_batch", b64_one);
 }
 
 /*
@@ -2418,15 +2395,11 @@ static int record_json(Buf *b, PyObject *vals[NKEYS]) {
         return -1;
     for (int k = 0; k < NKEYS; k++) {
         PyObject *v = vals[k], *dv = rec_dflt[k];
-        if (dv != NULL && Py_TYPE(dv) == Py_TYPE(v)) {
-            if (dv == v)
-                continue;
-            int eq = same_value(v, dv);
-            if (eq < 0)
-                return -1;
-            if (eq)
-                continue;
-        }
+        int at = at_default(v, dv);
+        if (at < 0)
+            return -1;
+        if (at)
+            continue;
         if ((!first && buf_put(b, ",", 1) < 0) || buf_put(b, rec_ktext + rec_kat[k], (size_t)(rec_kat[k + 1] - rec_kat[k])) < 0)
             return -1;
         first = 0;

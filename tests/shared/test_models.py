@@ -314,16 +314,18 @@ def _same_but_defaults(got, full, obj) -> bool:
     return got == full
 
 
-def _orjson_path(events: list) -> bytes | None:
-    """batch_json's document for flat events by its orjson path (the one-pass writer switched off)."""
+def _orjson_path(events: list) -> bytes:
+    """batch_json's document by its orjson path (capture's one-pass writers switched off)."""
     from shared import models
 
-    old = models._flat_batch
+    flat, b64 = models._flat_batch, models._b64_batch
     models.set_flat_batch(None)
+    models.set_b64_batch(None)
     try:
         return models.batch_json(events)
     finally:
-        models.set_flat_batch(old)
+        models.set_flat_batch(flat)
+        models.set_b64_batch(b64)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")   # pydantic's, on the odd types of the declined batches
@@ -377,18 +379,6 @@ def test_flow_record_batches_of_the_dev_corpora_are_written_the_same():
         assert one is not None and one == _orjson_path(part)
 
 
-def _b64_path(events: list) -> bytes:
-    """batch_json's document for samples by its orjson path (the one-pass writer switched off)."""
-    from shared import models
-
-    old = models._b64_batch
-    models.set_b64_batch(None)
-    try:
-        return models.batch_json(events)
-    finally:
-        models.set_b64_batch(old)
-
-
 @pytest.mark.filterwarnings("ignore::UserWarning")   # pydantic's, on the odd types of the declined batches
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.binary(max_size=40), max_size=4), st.lists(st.binary(max_size=40), max_size=3), st.text(max_size=10),
@@ -417,7 +407,7 @@ def test_sample_batches_written_in_one_pass_are_the_orjson_path_s_bytes(src, dst
         events.append(PacketEvent(**ENV, kind="dns", payload=b"\x00\xff" + text.encode("utf-8", "replace")))
     elif odd == "big int":
         events[1].__dict__["seq_no"] = 2**70
-    want = _b64_path(events)
+    want = _orjson_path(events)
     specs = {FlowSample: (("src_payloads", "dst_payloads"), tuple(FlowSample.model_fields))}
     one = models._b64_batch(events, specs, models._b64_other, models._float_json)
     if one is not None:
@@ -451,4 +441,4 @@ def test_sample_batches_of_a_capture_are_written_the_same():
         part = sink.samples[i:i + 3]
         one = models._b64_batch(part, models._B64_SPECS or {FlowSample: (("src_payloads", "dst_payloads"),
                                 tuple(FlowSample.model_fields))}, models._b64_other, models._float_json)
-        assert one is not None and one == _b64_path(part)
+        assert one is not None and one == _orjson_path(part)
