@@ -210,26 +210,29 @@ static int store_state(PyObject *meter, PyObject *prev, double prev_ts) {
     return r;
 }
 
-/* the interned str of a C string literal, made once per call site's literal (attribute names per flow
- * event: PyObject_GetAttrString would make and hash a new str each time) */
-static struct { const char *lit; PyObject *name; } inames[64];
+/* the interned str of a C string literal, made once per literal (attribute names per flow event:
+ * PyObject_GetAttrString would make and hash a new str each time); found by the literal's address in a
+ * small open-addressing table (meter_add calls it twice per counter step) */
+#define NINAMES 128
+static struct { const char *lit; PyObject *name; } inames[NINAMES];
 static int ninames = 0;
 
 static PyObject *iname(const char *lit) {
-    for (int k = 0; k < ninames; k++) {
-        if (inames[k].lit == lit)
-            return inames[k].name;
+    size_t h = ((uintptr_t)lit >> 3) & (NINAMES - 1);
+    while (inames[h].lit != NULL) {
+        if (inames[h].lit == lit)
+            return inames[h].name;
+        h = (h + 1) & (NINAMES - 1);
+    }
+    if (ninames >= NINAMES / 2) {   /* cannot happen with this file's literals */
+        PyErr_SetString(PyExc_RuntimeError, "_meter: too many attribute names");
+        return NULL;
     }
     PyObject *n = PyUnicode_InternFromString(lit);
     if (n == NULL)
         return NULL;
-    if (ninames == (int)(sizeof inames / sizeof inames[0])) {   /* cannot happen with this file's literals */
-        Py_DECREF(n);
-        PyErr_SetString(PyExc_RuntimeError, "_meter: too many attribute names");
-        return NULL;
-    }
-    inames[ninames].lit = lit;
-    inames[ninames].name = n;   /* kept for the module's life */
+    inames[h].lit = lit;
+    inames[h].name = n;   /* kept for the module's life */
     ninames++;
     return n;
 }
@@ -828,6 +831,27 @@ static inline int rput(PyObject *f, int k, PyObject *v) {   /* steals v */
 }
 
 
+/* "<prefix>-<n>", as _new_flow's f"{self._prefix}-{n}" (an ASCII prefix: one copy; else the formatter) */
+static PyObject *flow_id_text(PyObject *prefix, long long n) {
+    if (!PyUnicode_IS_COMPACT_ASCII(prefix) || n < 0)
+        return PyUnicode_FromFormat("%U-%lld", prefix, n);
+    char digits[24], *d = digits + sizeof digits;
+    unsigned long long x = (unsigned long long)n;
+    do {
+        *--d = (char)('0' + x % 10);
+        x /= 10;
+    } while (x);
+    Py_ssize_t pl = PyUnicode_GET_LENGTH(prefix), dl = (Py_ssize_t)(digits + sizeof digits - d);
+    PyObject *t = PyUnicode_New(pl + 1 + dl, 127);
+    if (t == NULL)
+        return NULL;
+    char *o = (char *)PyUnicode_DATA(t);
+    memcpy(o, PyUnicode_DATA(prefix), (size_t)pl);
+    o[pl] = '-';
+    memcpy(o + pl + 1, d, (size_t)dl);
+    return t;
+}
+
 /*
  * FlowMeter._new_flow(key, ts, frame, ver, proto, src, dst, sp, dp, flags, vlan, vlans, 0, "") for a TCP/UDP
  * packet of the loop, step by step in its order; returns the flow (a new reference), *fwd as it returns it.
@@ -865,7 +889,7 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
     long long next_id;
     if (meter_add(meter, c->mdict, "_next_id", 1, &next_id) < 0)
         goto fail;
-    fid = PyUnicode_FromFormat("%U-%lld", c->prefix, next_id);
+    fid = flow_id_text(c->prefix, next_id);
     if (fid == NULL)
         goto fail;
     /* Flow.__init__'s values, then _new_flow's */
