@@ -35,16 +35,25 @@ def test_replay_waits_for_a_lagging_classify(nats_server):
                 sampled.add(s.flow_id)
                 queue.put_nowait(s)
 
-        async def worker() -> None:   # busy: one sample every STEP_S, in order
+        async def worker() -> None:   # busy: one sample every STEP_S, in order, and once a longer stall
+            n = 0
             while True:
                 s = await queue.get()
-                await asyncio.sleep(STEP_S)
+                n += 1
+                await asyncio.sleep(STEP_S if n != 3 else 3 * STEP_S)   # 0.6 s: longer than verdict_wait_s
                 v = Verdict(timestamp=s.timestamp, probe="vw", flow_id=s.flow_id, sample_seq_no=s.seq_no,
                             final=True, app_protocol="Telnet", confidence="dpi")
                 await classify.nc.publish("ft.verdict.vw", batch_json([v]))
 
         work = asyncio.create_task(worker())
         await classify.subscribe("ft.sample.vw", answer, types=(FlowSample,), batched=True)
+
+        async def ready(msg) -> None:   # as classify does: it answers capture's readiness probe
+            await msg.respond(b"")
+
+        # a pause of over verdict_wait_s between two answers (the stall above, or a scheduling gap of 0.1 s
+        # on a busy machine) is no reason to take a classify that answers this for gone
+        await classify.nc.subscribe("ft.ctl.vw.classify_ready", cb=ready)
         stop = asyncio.Event()
         bus = await Bus.connect(settings, "capture", stop)
         stats: list[dict] = []
