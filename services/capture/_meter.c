@@ -1797,6 +1797,16 @@ static inline int same_value(PyObject *v, PyObject *dv) {
     return PyObject_RichCompareBool(v, dv, Py_EQ);
 }
 
+/* the position of name object k among a model's n names: i where a __dict__ keeps step with them, else
+ * found by a scan (out of step: a field the builder appends last); n when k is not one of those objects */
+static inline Py_ssize_t name_pos(PyObject *names, Py_ssize_t n, Py_ssize_t i, PyObject *k) {
+    if (i < n && PyTuple_GET_ITEM(names, i) == k)
+        return i;
+    for (i = 0; i < n && PyTuple_GET_ITEM(names, i) != k; i++)
+        ;
+    return i;
+}
+
 /* lean's rule: 1 when v is at its field's default dv (same type and equal; NULL: no default), else 0; -1 */
 static inline int at_default(PyObject *v, PyObject *dv) {
     if (dv == NULL || Py_TYPE(dv) != Py_TYPE(v))
@@ -1839,13 +1849,7 @@ static PyObject *lean(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Py_ssize_t pos = 0, i = 0;
     while (PyDict_Next(d, &pos, &k, &v)) {
         PyObject *dv = NULL;
-        if (i >= n || PyTuple_GET_ITEM(names, i) != k) {
-            /* out of step (a field the builder appends last): find the name object, go on from there */
-            Py_ssize_t j;
-            for (j = 0; j < n && PyTuple_GET_ITEM(names, j) != k; j++)
-                ;
-            i = j;
-        }
+        i = name_pos(names, n, i, k);
         if (i < n) {
             dv = PyTuple_GET_ITEM(defaults, i);
             i++;
@@ -2095,6 +2099,17 @@ static int key_text_of(PyObject *names) {
     return slot;
 }
 
+/* key k and its colon: the text key_text_of made for position ki of entry kt, or written (ki or kt < 0);
+ * 1, 0 (cannot) or -1 */
+static inline int json_key(Buf *b, int kt, Py_ssize_t ki, PyObject *k) {
+    if (kt >= 0 && ki >= 0) {
+        const Py_ssize_t *at = key_texts[kt].at;
+        return buf_put(b, key_texts[kt].text + at[ki], (size_t)(at[ki + 1] - at[ki])) < 0 ? -1 : 1;
+    }
+    int r = json_str(b, k);
+    return r <= 0 ? r : (buf_put(b, ":", 1) < 0 ? -1 : 1);
+}
+
 /* one flat event's object without its default-valued fields (lean's rule); 1, 0 or -1 as above */
 static int json_lean(Buf *b, PyObject *d, PyObject *spec, PyObject *float_json) {
     PyObject *names = PyTuple_GET_ITEM(spec, 0), *defaults = PyTuple_GET_ITEM(spec, 1),
@@ -2102,18 +2117,11 @@ static int json_lean(Buf *b, PyObject *d, PyObject *spec, PyObject *float_json) 
     Py_ssize_t n = PyTuple_GET_SIZE(names), pos = 0, i = 0;
     PyObject *k, *v;
     int first = 1, kt = key_text_of(names);
-    const char *ktext = kt >= 0 ? key_texts[kt].text : NULL;
-    const Py_ssize_t *kat = kt >= 0 ? key_texts[kt].at : NULL;
     if (buf_put(b, "{", 1) < 0)
         return -1;
     while (PyDict_Next(d, &pos, &k, &v)) {
         PyObject *dv = NULL;
-        if (i >= n || PyTuple_GET_ITEM(names, i) != k) {
-            Py_ssize_t j;
-            for (j = 0; j < n && PyTuple_GET_ITEM(names, j) != k; j++)
-                ;
-            i = j;
-        }
+        i = name_pos(names, n, i, k);
         Py_ssize_t ki = -1;   /* the key's position among the names, when it is that name object */
         if (i < n) {
             dv = PyTuple_GET_ITEM(defaults, i);
@@ -2133,17 +2141,8 @@ static int json_lean(Buf *b, PyObject *d, PyObject *spec, PyObject *float_json) 
         if (!first && buf_put(b, ",", 1) < 0)
             return -1;
         first = 0;
-        int r;
-        if (ki >= 0 && ktext != NULL) {
-            if (buf_put(b, ktext + kat[ki], (size_t)(kat[ki + 1] - kat[ki])) < 0)
-                return -1;
-        } else {
-            if ((r = json_str(b, k)) <= 0)
-                return r;
-            if (buf_put(b, ":", 1) < 0)
-                return -1;
-        }
-        if ((r = json_value(b, v, float_json)) <= 0)
+        int r = json_key(b, kt, ki, k);
+        if (r <= 0 || (r = json_value(b, v, float_json)) <= 0)
             return r;
     }
     return buf_put(b, "}", 1) < 0 ? -1 : 1;
@@ -2301,20 +2300,9 @@ static int json_b64_event(Buf *b, PyObject *e, PyObject *spec, PyObject *float_j
             goto done;
         }
         first = 0;
-        if (i >= n || PyTuple_GET_ITEM(names, i) != k) {
-            Py_ssize_t j;
-            for (j = 0; j < n && PyTuple_GET_ITEM(names, j) != k; j++)
-                ;
-            i = j;
-        }
-        if (i < n && kt >= 0) {
-            if (buf_put(b, key_texts[kt].text + key_texts[kt].at[i], (size_t)(key_texts[kt].at[i + 1] - key_texts[kt].at[i])) < 0) {
-                r = -1;
-                goto done;
-            }
-        } else if ((r = json_str(b, k)) <= 0 || (r = buf_put(b, ":", 1) < 0 ? -1 : 1) <= 0) {
+        i = name_pos(names, n, i, k);
+        if ((r = json_key(b, kt, i < n ? i : -1, k)) <= 0)
             goto done;
-        }
         if (i < n)
             i++;
         if (PyList_CheckExact(v)) {
@@ -2359,8 +2347,7 @@ static PyObject *b64_batch(PyObject *self, PyObject *args) {
  * float_json writes a float the way orjson does (flat_batch's argument)
  */
 static PyObject *rec_spec = NULL, *rec_dflt[NKEYS];
-static char *rec_ktext = NULL;
-static Py_ssize_t rec_kat[NKEYS + 1];
+static int rec_kt = -1;   /* the record's keys' texts: key_text_of's entry for them, in K_ order */
 
 static PyObject *rec_float_json = NULL;
 
@@ -2380,8 +2367,9 @@ static PyObject *bind_flat(PyObject *self, PyObject *args) {
         return NULL;
     }
     PyObject *names = PyTuple_GET_ITEM(spec, 0), *defaults = PyTuple_GET_ITEM(spec, 1);
-    Buf b = {NULL, 0, 0};
-    PyObject *dflt[NKEYS];
+    PyObject *dflt[NKEYS], *keys = PyTuple_New(NKEYS);
+    if (keys == NULL)
+        return NULL;
     for (int k = 0; k < NKEYS; k++) {
         dflt[k] = NULL;
         for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(names); j++) {
@@ -2392,17 +2380,16 @@ static PyObject *bind_flat(PyObject *self, PyObject *args) {
                 break;
             }
         }
-        rec_kat[k] = (Py_ssize_t)b.n;
-        if (json_str(&b, rec_keys[k]) != 1 || buf_put(&b, ":", 1) < 0) {
-            PyMem_Free(b.p);
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "bind_flat(): a key JSON cannot hold");
-            return NULL;
-        }
+        PyTuple_SET_ITEM(keys, k, ref(rec_keys[k]));
     }
-    rec_kat[NKEYS] = (Py_ssize_t)b.n;
-    PyMem_Free(rec_ktext);
-    rec_ktext = b.p;
+    int kt = key_text_of(keys);   /* the entry keeps the tuple */
+    Py_DECREF(keys);
+    if (kt < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "bind_flat(): no room for the record's keys' texts");
+        return NULL;
+    }
+    rec_kt = kt;
     Py_INCREF(spec);
     Py_XSETREF(rec_spec, spec);   /* keeps the defaults alive */
     Py_INCREF(float_json);
@@ -2424,11 +2411,11 @@ static int record_json(Buf *b, PyObject *vals[NKEYS]) {
             return -1;
         if (at)
             continue;
-        if ((!first && buf_put(b, ",", 1) < 0) || buf_put(b, rec_ktext + rec_kat[k], (size_t)(rec_kat[k + 1] - rec_kat[k])) < 0)
+        if (!first && buf_put(b, ",", 1) < 0)
             return -1;
         first = 0;
-        int r = json_value(b, v, rec_float_json);
-        if (r <= 0)
+        int r = json_key(b, rec_kt, k, rec_keys[k]);
+        if (r <= 0 || (r = json_value(b, v, rec_float_json)) <= 0)
             return r;
     }
     return buf_put(b, "}", 1) < 0 ? -1 : 1;

@@ -360,6 +360,12 @@ if _METER is not None:
             set_b64_batch(_METER.b64_batch)   # sample batches in one pass (it checks unknown fields: bind_record)
 
 
+def _ends_in_c() -> bool:
+    """Whether flows end in C (``_meter.expire``): built, and the compiled loop and records on (the twin
+    test switches those off to run the pure-Python meter)."""
+    return _cexpire is not None and _run is not None and _crecord is not None
+
+
 class FlowMeter:
     def __init__(self, settings: CaptureSettings, sink: MeterSink, source: str = "", probe: str | None = None):
         self.settings = settings
@@ -1015,7 +1021,7 @@ class FlowMeter:
         self._next_house = now + 1.0
         if self._young or self._young2:
             self._young_check(now)
-        if _cexpire is not None and _run is not None and _crecord is not None:
+        if _ends_in_c():
             _cexpire(self, float(now), "idle")   # the two loops below, in C (_meter.c expire)
             return
         # TCP flows closed by FIN/RST whose grace period is over
@@ -1074,7 +1080,7 @@ class FlowMeter:
     def finish(self, reason: str = "eof") -> None:
         """End every flow; flows with a pending verdict go to closing."""
         self.flush_samples()
-        if _cexpire is not None and _run is not None and _crecord is not None:
+        if _ends_in_c():
             _cexpire(self, math.inf, reason)   # the two loops below, in C: every flow is past any timeout
             self._frags.clear()
             return

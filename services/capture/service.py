@@ -91,16 +91,12 @@ class Outbox:
         """Where the meter may put end records as their JSON (bytes) instead of FlowRecord objects: this
         outbox's records, when nothing in this process reads the objects (no packet recorder indexing them,
         no inline detectors); None otherwise.  batch_json takes such items as they are."""
-        if self.recorder is None and self.detectors is None:
-            return self.records
-        return None
+        return self.records if self.recorder is None and self.detectors is None else None
 
     @property
-    def raw_live(self) -> list[Event | bytes] | None:
+    def raw_live(self) -> list[FlowRecord | bytes] | None:
         """The same for start records (live_records, published for the detectors)."""
-        if self.recorder is None and self.detectors is None:
-            return self.live_records
-        return None
+        return self.live_records if self.raw_records is not None else None
 
     # --- MeterSink protocol (called from the hot path: append only)
     def flow(self, rec: FlowRecord) -> None:
