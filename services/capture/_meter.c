@@ -212,7 +212,7 @@ static int store_state(PyObject *meter, PyObject *prev, double prev_ts) {
 
 /* the interned str of a C string literal, made once per literal (attribute names per flow event:
  * PyObject_GetAttrString would make and hash a new str each time); found by the literal's address in a
- * small open-addressing table (meter_add calls it twice per counter step) */
+ * small open-addressing table (mattr calls it per attribute a flow event reads) */
 #define NINAMES 128
 static struct { const char *lit; PyObject *name; } inames[NINAMES];
 static int ninames = 0;
@@ -675,17 +675,60 @@ static PyObject *record_of(PyObject *f, PyObject *phase, PyObject *ts, PyObject 
     return m;
 }
 
+/*
+ * Counters: the meter's flow counters (FlowMeter._c) as C fields, stepped here without a dict lookup and an
+ * int object per step (8 per flow before); Python reads and writes them as attributes
+ */
+typedef struct {
+    PyObject_HEAD
+    long long next_id, nflows, pending, ev_flows, flows_created, flows_ended, one_way_tcp_flows, samples_sent;
+} Counters;
+
+static PyMemberDef counters_members[] = {
+    {"next_id", T_LONGLONG, offsetof(Counters, next_id), 0, "flows numbered so far (flow ids)"},
+    {"nflows", T_LONGLONG, offsetof(Counters, nflows), 0, "flows in the table"},
+    {"pending", T_LONGLONG, offsetof(Counters, pending), 0, "samples sent whose verdict has not come"},
+    {"ev_flows", T_LONGLONG, offsetof(Counters, ev_flows), 0, "flows of the table with an evidence ring"},
+    {"flows_created", T_LONGLONG, offsetof(Counters, flows_created), 0, NULL},
+    {"flows_ended", T_LONGLONG, offsetof(Counters, flows_ended), 0, NULL},
+    {"one_way_tcp_flows", T_LONGLONG, offsetof(Counters, one_way_tcp_flows), 0, NULL},
+    {"samples_sent", T_LONGLONG, offsetof(Counters, samples_sent), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject CountersType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "_meter.Counters",
+    .tp_basicsize = sizeof(Counters),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The flow meter's flow counters (all 0 at first).",
+    .tp_members = counters_members,
+    .tp_new = PyType_GenericNew,
+};
+
+/* the meter's Counters (meter._c), a new reference */
+static Counters *meter_counters(PyObject *meter) {
+    PyObject *c = PyObject_GetAttrString(meter, "_c");
+    if (c != NULL && !PyObject_TypeCheck(c, &CountersType)) {
+        Py_DECREF(c);
+        PyErr_SetString(PyExc_TypeError, "the meter's _c is not a _meter.Counters");
+        return NULL;
+    }
+    return (Counters *)c;
+}
+
 #define NSLOT(o, k) (*(PyObject **)((char *)(o) + new_offs[k]))
 
 typedef struct {
-    PyObject *table, *move_to_end, *sink_flow, *text_cache, *young_append, *prefix, *source, *probe, *mdict, *raw;
+    PyObject *table, *move_to_end, *sink_flow, *text_cache, *young_append, *prefix, *source, *probe, *raw;
+    Counters *ctr;
     PyObject *m_evict, *m_ip_text, *m_mac_text, *m_count;
     long long max_flows, hot_pk, ev_packets, ev_max_flows;
     double upd, active;
 } NewFlow;
 
 static void nf_clear(NewFlow *c) {
-    Py_CLEAR(c->mdict);
+    Py_CLEAR(c->ctr);
     Py_CLEAR(c->sink_flow);
     Py_CLEAR(c->raw);
     Py_CLEAR(c->text_cache);
@@ -708,7 +751,6 @@ static int attr_d(PyObject *o, const char *name, double *out) {
     return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
 
-static PyObject *meter_dict(PyObject *meter);
 static PyObject *sink_raw(PyObject *sink, const char *name);
 
 /* the meter's settings and helpers a new flow needs (constant during one run()) */
@@ -725,7 +767,7 @@ static int nf_load(NewFlow *c, PyObject *meter, PyObject *table, PyObject *move_
     young = c->sink_flow ? PyObject_GetAttrString(meter, "_young") : NULL;
     c->young_append = young ? PyObject_GetAttrString(young, "append") : NULL;
     Py_XDECREF(young);
-    if (c->young_append == NULL || (c->mdict = meter_dict(meter)) == NULL
+    if (c->young_append == NULL || (c->ctr = meter_counters(meter)) == NULL
         || (c->text_cache = PyObject_GetAttrString(meter, "_text_cache")) == NULL
         || (c->prefix = PyObject_GetAttrString(meter, "_prefix")) == NULL
         || (c->source = PyObject_GetAttrString(meter, "source")) == NULL
@@ -747,49 +789,6 @@ static int nf_load(NewFlow *c, PyObject *meter, PyObject *table, PyObject *move_
         return -1;
     }
     return 0;
-}
-
-/* the meter's instance dict (a new reference): its counters are plain instance attributes, read and
- * written there directly per flow event (a generic getattr/setattr costs ~10x a dict lookup) */
-static PyObject *meter_dict(PyObject *meter) {
-    PyObject *d = PyObject_GenericGetDict(meter, NULL);
-    if (d != NULL && !PyDict_Check(d)) {
-        Py_DECREF(d);
-        PyErr_SetString(PyExc_TypeError, "the meter's __dict__ is not a dict");
-        return NULL;
-    }
-    return d;
-}
-
-/* an int attribute of the meter from its instance dict md (the attribute path when it is not there) */
-static int dict_ll(PyObject *meter, PyObject *md, const char *name, long long *out) {
-    PyObject *nm = iname(name);
-    if (nm == NULL)
-        return -1;
-    PyObject *v = PyDict_GetItemWithError(md, nm);
-    if (v == NULL) {
-        if (PyErr_Occurred())
-            return -1;
-        return meter_ll(meter, name, out);
-    }
-    *out = PyLong_AsLongLong(v);
-    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
-}
-
-/* meter.<name> += inc for an int attribute (in its instance dict md); the new value in *out (when out) */
-static int meter_add(PyObject *meter, PyObject *md, const char *name, long long inc, long long *out) {
-    long long x;
-    if (dict_ll(meter, md, name, &x) < 0)
-        return -1;
-    PyObject *v = PyLong_FromLongLong(x + inc);
-    if (v == NULL)
-        return -1;
-    PyObject *nm = iname(name);
-    int r = nm == NULL ? -1 : PyDict_SetItem(md, nm, v);
-    Py_DECREF(v);
-    if (out)
-        *out = x + inc;
-    return r;
 }
 
 /* _ip_text / _mac_text: the shared text from the cache, else the meter's method (which fills it) */
@@ -859,10 +858,7 @@ static PyObject *flow_id_text(PyObject *prefix, long long n) {
  */
 static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *tso, PyObject *frame, int ver,
                           int proto, int alen, uint32_t sp, uint32_t dp, uint32_t flags, PyObject *vlans, int *fwd) {
-    long long nflows;
-    if (dict_ll(meter, c->mdict, "_nflows", &nflows) < 0)
-        return NULL;
-    if (nflows >= c->max_flows) {
+    if (c->ctr->nflows >= c->max_flows) {
         PyObject *r = PyObject_CallNoArgs(c->m_evict);
         if (r == NULL)
             return NULL;
@@ -886,10 +882,7 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
     f = PyBaseObject_Type.tp_new(flow_type, empty_tuple, NULL);
     if (f == NULL)
         goto fail;
-    long long next_id;
-    if (meter_add(meter, c->mdict, "_next_id", 1, &next_id) < 0)
-        goto fail;
-    fid = flow_id_text(c->prefix, next_id);
+    fid = flow_id_text(c->prefix, ++c->ctr->next_id);
     if (fid == NULL)
         goto fail;
     /* Flow.__init__'s values, then _new_flow's */
@@ -946,8 +939,7 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
             goto fail;
         Py_CLEAR(r);
     }
-    if (meter_add(meter, c->mdict, "_nflows", 1, NULL) < 0)
-        goto fail;
+    c->ctr->nflows++;
     if (rput(f, R_SPORT, PyLong_FromUnsignedLong(sp)) < 0 || rput(f, R_DPORT, PyLong_FromUnsignedLong(dp)) < 0
         || rput(f, R_SRC_IP, cached_text(c, src, c->m_ip_text, src, NULL)) < 0
         || rput(f, R_DST_IP, cached_text(c, dst, c->m_ip_text, dst, NULL)) < 0)
@@ -982,17 +974,16 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
     if (fput(f, IS_DNS, ref(sp == 53 || dp == 53 ? Py_True : Py_False)) < 0)
         goto fail;
     if (c->ev_packets) {
-        long long evf;
-        if (dict_ll(meter, c->mdict, "_ev_flows", &evf) < 0)
-            goto fail;
-        if (evf < c->ev_max_flows) {
-            if (fput(f, EV, PyList_New(0)) < 0 || meter_add(meter, c->mdict, "_ev_flows", 1, NULL) < 0)
+        if (c->ctr->ev_flows < c->ev_max_flows) {
+            if (fput(f, EV, PyList_New(0)) < 0)
                 goto fail;
+            c->ctr->ev_flows++;
         }
     }
     if (fput(f, SAMPLING, PyLong_FromLong(3)) < 0 || fput(f, SD, ref(Py_None)) < 0 || fput(f, DD, ref(Py_None)) < 0
-        || fput(f, DIRS, ref(s_empty)) < 0 || meter_add(meter, c->mdict, "flows_created", 1, NULL) < 0)
+        || fput(f, DIRS, ref(s_empty)) < 0)
         goto fail;
+    c->ctr->flows_created++;
     if (proto == 17 && (sp == 3784 || sp == 3785 || sp == 4784 || dp == 3784 || dp == 3785 || dp == 4784)) {
         r = PyObject_CallOneArg(c->m_count, s_bfd);
         if (r == NULL)
@@ -1266,6 +1257,9 @@ static PyObject *run(PyObject *self, PyObject *args) {
     }
     Py_ssize_t n = PyList_GET_SIZE(recs), i = 0;
     PyObject *vlans = NULL;   /* the record's VLAN ids as a tuple, made when a flow event needs them */
+    /* the key of the table's last entry, as this loop last put it there (a direction's packets often come
+     * in a row: its move_to_end is then a no-op and skipped); forgotten whenever Python code may have run */
+    PyObject *at_end = NULL;
     long long npk = 0, nbytes_all = 0, dups = 0;
     PyObject *prev = NULL;
     double prev_ts, nh;
@@ -1414,6 +1408,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
         prev_ts = ts;
         if (ts >= nh || ts < nh - 2.0) {   /* a second has passed, or the clock jumped back */
             PyObject *r0 = PyObject_CallOneArg(m_housekeep, tso);
+            Py_CLEAR(at_end);
             if (r0 == NULL)
                 goto error;
             Py_DECREF(r0);
@@ -1463,13 +1458,18 @@ static PyObject *run(PyObject *self, PyObject *args) {
             f = PyTuple_GET_ITEM(hit, 0);
             fwd = PyTuple_GET_ITEM(hit, 1) == Py_True;
             Py_INCREF(f);
-            PyObject *r = PyObject_CallOneArg(move_to_end, key);
-            if (r == NULL) {
-                Py_DECREF(key);
-                Py_DECREF(f);
-                goto error;
+            if (at_end == NULL || PyBytes_GET_SIZE(at_end) != PyBytes_GET_SIZE(key)
+                || memcmp(PyBytes_AS_STRING(at_end), PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key)) != 0) {
+                PyObject *r = PyObject_CallOneArg(move_to_end, key);
+                if (r == NULL) {
+                    Py_DECREF(key);
+                    Py_DECREF(f);
+                    goto error;
+                }
+                Py_DECREF(r);
+                Py_INCREF(key);
+                Py_XSETREF(at_end, key);
             }
-            Py_DECREF(r);
             PyObject *st = get(f, STATE);
             int state = st ? PyObject_IsTrue(st) : -1;
             if (state < 0) {
@@ -1482,6 +1482,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 PyObject *why = PyObject_GetAttrString(f, "end_reason");
                 int has = why ? PyObject_IsTrue(why) : -1;
                 PyObject *r2 = has < 0 ? NULL : PyObject_CallFunction(m_end, "OO", f, has ? why : s_fin);
+                Py_CLEAR(at_end);
                 Py_XDECREF(why);
                 Py_DECREF(f);
                 f = NULL;
@@ -1499,6 +1500,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
             }
             f = new_flow(&nf, meter, key, tso, frame, ver, proto, (int)alen, sp, dp, flags, plain ? empty_tuple : vlans,
                          &fwd);
+            Py_CLEAR(at_end);
             if (f == NULL) {
                 Py_DECREF(key);
                 goto error;
@@ -1518,6 +1520,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
                                             (const char *)fr + addr_off + alen, (Py_ssize_t)alen, (unsigned long)sp,
                                             (unsigned long)dp, (unsigned long)flags, vlan, vlans, 0, "");
             }
+            Py_CLEAR(at_end);
             if (res == NULL || !PyTuple_Check(res) || PyTuple_GET_SIZE(res) != 2) {
                 Py_XDECREF(res);
                 Py_DECREF(key);
@@ -1577,6 +1580,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
         PyObject *fwd_o = fwd ? Py_True : Py_False, *r3;
         if ((flags & 5) && proto == 6 && !state) {   /* FIN/RST: TCP close */
             r3 = PyObject_CallFunction(m_tcp_close, "OOkO", f, tso, (unsigned long)flags, fwd_o);
+            Py_CLEAR(at_end);
             if (r3 == NULL) {
                 Py_DECREF(f);
                 goto error;
@@ -1585,6 +1589,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
         }
         if (ts >= next_check) {                      /* update record / active timeout */
             r3 = PyObject_CallFunctionObjArgs(m_periodic, f, tso, NULL);
+            Py_CLEAR(at_end);
             if (r3 == NULL) {
                 Py_DECREF(f);
                 goto error;
@@ -1608,11 +1613,13 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 long wpl = off + ipl > (long)len ? pl + (off + ipl - (long)len) : pl;
                 int done = defer ? sample(meter, f, tso, fr, po, pl, wpl, fwd, proto, flags, seq, ack, vlans,
                                           smax_bytes, smax_pkts) : 0;
+                Py_CLEAR(at_end);   /* it may call the meter's methods */
                 if (done < 0) {
                     Py_DECREF(f);
                     goto error;
                 }
                 if (!done) {
+                    Py_CLEAR(at_end);
                     r3 = PyObject_CallFunction(m_sample, "OOOOllkkkOl", f, tso, frame, fwd_o, po, pl,
                                                (unsigned long)flags, (unsigned long)seq, (unsigned long)ack, vlans,
                                                wpl);
@@ -1636,6 +1643,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
                     Py_DECREF(f);
                     goto error;
                 }
+                Py_CLEAR(at_end);
                 r3 = PyObject_CallFunction(m_dns, "OOOOlliO", f, tso, frame, fwd_o, po, pl, proto, vlans);
                 if (r3 == NULL) {
                     Py_DECREF(f);
@@ -1655,6 +1663,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
             if (one_rec == NULL)
                 goto error;
             PyObject *ki = PyLong_FromSsize_t(i);
+            Py_CLEAR(at_end);
             PyObject *r2 = ki == NULL ? NULL : PyObject_CallFunctionObjArgs(one, one_rec, dl, keep, ki, NULL);
             Py_XDECREF(ki);
             Py_DECREF(one_rec);
@@ -1676,6 +1685,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
     Py_DECREF(m_new_flow);
     Py_DECREF(m_end);
     Py_XDECREF(vlans);
+    Py_XDECREF(at_end);
     nf_clear(&nf);
     return Py_BuildValue("(LLL)", npk, nbytes_all, dups);
 error:
@@ -1689,6 +1699,7 @@ error:
     Py_XDECREF(m_new_flow);
     Py_XDECREF(m_end);
     Py_XDECREF(vlans);
+    Py_XDECREF(at_end);
     return NULL;
 }
 
@@ -1922,6 +1933,15 @@ static int json_str(Buf *b, PyObject *s) {
         n = PyUnicode_GET_LENGTH(s);
         u = (const char *)PyUnicode_DATA(s);
         Py_ssize_t i = 0;
+        /* eight bytes at a time while none is a control character, '"' or '\\' (ASCII: every byte < 0x80) */
+        const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+        for (; i + 8 <= n; i += 8) {
+            uint64_t x;
+            memcpy(&x, u + i, 8);
+            uint64_t q = x ^ (ones * '"'), bs = x ^ (ones * '\\');
+            if (((x - ones * 0x20) | (q - ones) | (bs - ones)) & highs)
+                break;   /* one of the eight may be one (or the test is unsure): byte by byte from here */
+        }
         while (i < n && !json_esc[(unsigned char)u[i]])
             i++;
         if (i == n) {
@@ -2483,15 +2503,16 @@ static PyObject *s_idle = NULL, *s_port = NULL, *s_unknown_lc = NULL;
 static const char *verdict_meta[4] = {"http", "tls", "quic", "ssh"};
 
 typedef struct {
-    PyObject *meter, *md, *table, *sink_flow, *sink_verdict, *m_end, *m_count, *dirty, *closing, *by_id,
+    PyObject *meter, *table, *sink_flow, *sink_verdict, *m_end, *m_count, *dirty, *closing, *by_id,
         *recent, *recent_popitem, *port_guess, *probe, *datalink, *m_emit, *raw;
+    Counters *ctr;
     long long recent_max;
     double vwait;
     int loaded;
 } Ender;
 
 static void ender_clear(Ender *e) {
-    Py_CLEAR(e->md);
+    Py_CLEAR(e->ctr);
     Py_CLEAR(e->sink_flow);
     Py_CLEAR(e->sink_verdict);
     Py_CLEAR(e->m_end);
@@ -2516,7 +2537,7 @@ static PyObject *mattr(PyObject *o, const char *name) {
 /* what ending a flow needs, loaded at the first flow a call ends (most calls end none) */
 static int ender_load(Ender *e) {
     PyObject *meter = e->meter, *sink = NULL;
-    if ((e->md = meter_dict(meter)) == NULL || (sink = mattr(meter, "sink")) == NULL
+    if ((e->ctr = meter_counters(meter)) == NULL || (sink = mattr(meter, "sink")) == NULL
         || (e->sink_flow = mattr(sink, "flow")) == NULL || (e->sink_verdict = mattr(meter, "_sink_verdict")) == NULL
         || (e->dirty = mattr(meter, "_dirty")) == NULL || (e->closing = mattr(meter, "_closing")) == NULL
         || (e->by_id = mattr(meter, "_by_id")) == NULL || (e->recent = mattr(meter, "_recent_ev")) == NULL
@@ -2528,6 +2549,7 @@ static int ender_load(Ender *e) {
     }
     e->raw = sink_raw(sink, "raw_records");
     Py_DECREF(sink);
+
     if (!PyDict_Check(e->dirty) || !PyDict_Check(e->closing) || !PyDict_Check(e->by_id) || !PyDict_Check(e->recent)) {
         PyErr_SetString(PyExc_TypeError, "the meter's _dirty/_closing/_by_id/_recent_ev are not dicts");
         return -1;
@@ -2558,8 +2580,9 @@ static int remove_flow(Ender *e, PyObject *f) {
     Py_INCREF(k);
     int r = PyObject_DelItem(e->table, k);
     Py_DECREF(k);
-    if (r < 0 || meter_add(e->meter, e->md, "_nflows", -1, NULL) < 0)
+    if (r < 0)
         return -1;
+    e->ctr->nflows--;
     PyObject *rk = NSLOT(f, N_RKEY);
     if (rk == NULL) {
         PyErr_SetString(PyExc_AttributeError, "Flow.rkey is not set");
@@ -2744,8 +2767,8 @@ static int end_idle(Ender *e, PyObject *f, PyObject *why) {
         long long sp, dp;
         if (slot_ll(f, S_PKTS, &sp) < 0 || slot_ll(f, D_PKTS, &dp) < 0)
             return -1;
-        if ((sp == 0 || dp == 0) && meter_add(e->meter, e->md, "one_way_tcp_flows", 1, NULL) < 0)
-            return -1;
+        if (sp == 0 || dp == 0)
+            e->ctr->one_way_tcp_flows++;
     }
     /* _publish_end */
     if (PyDict_GET_SIZE(e->by_id) > 0) {
@@ -2766,17 +2789,14 @@ static int end_idle(Ender *e, PyObject *f, PyObject *why) {
             if (r == NULL)
                 return -1;
             Py_DECREF(r);
-            if (meter_add(e->meter, e->md, "_pending", -pending, NULL) < 0)
-                return -1;
+            e->ctr->pending -= pending;
             nput(f, N_PENDING, ref(zero_int));
         }
     }
-    if (meter_add(e->meter, e->md, "flows_ended", 1, NULL) < 0)
-        return -1;
+    e->ctr->flows_ended++;
     PyObject *ev = SLOT(f, EV);
     if (ev != NULL && ev != Py_None) {
-        if (meter_add(e->meter, e->md, "_ev_flows", -1, NULL) < 0)
-            return -1;
+        e->ctr->ev_flows--;
         PyObject *t = PyTuple_Pack(2, f, e->datalink);
         int r = t == NULL ? -1 : PyObject_SetItem(e->recent, fid, t);
         Py_XDECREF(t);
@@ -3003,5 +3023,16 @@ PyMODINIT_FUNC PyInit__meter(void) {
         return NULL;
     if (empty_tuple == NULL || !s_prev_frame || !s_prev_ts || !s_next_house || !s_fin)
         return NULL;
-    return PyModule_Create(&module);
+    if (PyType_Ready(&CountersType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&CountersType);
+    if (PyModule_AddObject(m, "Counters", (PyObject *)&CountersType) < 0) {
+        Py_DECREF(&CountersType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -325,6 +325,26 @@ def _drop_beyond(d: _Dir, room: int) -> None:
         total -= len(ooo.pop(far))
 
 
+class _PyCounters:
+    """The meter's flow counters (``FlowMeter._c``) where the compiled meter is not built; with it,
+    ``_meter.Counters``, whose fields the compiled loop steps directly."""
+
+    __slots__ = ("next_id", "nflows", "pending", "ev_flows", "flows_created", "flows_ended", "one_way_tcp_flows",
+                 "samples_sent")
+
+    def __init__(self) -> None:
+        self.next_id = self.nflows = self.pending = self.ev_flows = 0
+        self.flows_created = self.flows_ended = self.one_way_tcp_flows = self.samples_sent = 0
+
+
+_Counters: Any = getattr(_METER, "Counters", None) or _PyCounters
+
+
+def _counter(name: str, doc: str) -> property:
+    """A FlowMeter attribute that is one of its counters (``self._c``)."""
+    return property(lambda self: getattr(self._c, name), lambda self, v: setattr(self._c, name, v), doc=doc)
+
+
 _run: Any = None
 #: FlowMeter._record's event built in C (services/capture/_meter.c ``record``), or None: the Python below
 _crecord: Any = None
@@ -367,6 +387,13 @@ def _ends_in_c() -> bool:
 
 
 class FlowMeter:
+    flows_created = _counter("flows_created", "Flows made so far.")
+    flows_ended = _counter("flows_ended", "Flows ended so far.")
+    one_way_tcp_flows = _counter("one_way_tcp_flows", "TCP flows that ended with packets in one direction only.")
+    samples_sent = _counter("samples_sent", "Samples emitted so far.")
+    _nflows = _counter("nflows", "Flows in the table.")
+    _pending = _counter("pending", "Samples whose verdict has not come.")
+
     def __init__(self, settings: CaptureSettings, sink: MeterSink, source: str = "", probe: str | None = None):
         self.settings = settings
         self.sink = sink
@@ -375,17 +402,15 @@ class FlowMeter:
         self.datalink = 1
         self.probe = probe or settings.probe
         self._prefix = os.urandom(4).hex()
-        self._next_id = 0
+        self._c = _Counters()   # flows numbered, in the table, ended, ...: stepped in C by the compiled meter
         # directional key -> (flow, key is the flow's src->dst direction); two entries per flow
         self.table: OrderedDict[tuple, tuple[Flow, bool]] = OrderedDict()
-        self._nflows = 0
         self._by_id: dict[str, Flow] = {}
         # ended flows waiting for a verdict, by deadline (all get the same wait: insertion order)
         self._closing: OrderedDict[str, Flow] = OrderedDict()
         self._closed: deque[Flow] = deque()
         self._frags: dict[tuple, tuple] = {}
         self._text_cache: dict[bytes, str] = {}
-        self._pending = 0
         #: False: a sample per new payload packet at once.  True: samples are
         #: coalesced per flow until ``flush_samples()`` (the service calls it
         #: before publishing each batch), so a burst of a flow's packets
@@ -399,7 +424,6 @@ class FlowMeter:
         # the ring is a flat list [ts, frame, ts, frame, ...] trimmed in steps (cheaper than a deque of tuples)
         self._ev_keep = 2 * self.evidence_packets
         self._ev_trim = 4 * self.evidence_packets
-        self._ev_flows = 0
         self._recent_ev: OrderedDict[str, tuple[Flow, int]] = OrderedDict()  # ended flows' rings, newest last
         self.recent_evidence_max = 512
         # each ring's frame bytes: an equal share of evidence_memory_mb among every ring there can be
@@ -443,12 +467,8 @@ class FlowMeter:
         self.bytes = 0
         self.bad_packets = 0
         self.unsupported_packets = 0
-        self.flows_created = 0
-        self.flows_ended = 0
         self.flows_evicted = 0
-        self.one_way_tcp_flows = 0
         self.duplicate_frames = 0
-        self.samples_sent = 0
         self.counters: dict[str, int] = {}
 
     # ------------------------------------------------------------------ misc API
@@ -751,7 +771,7 @@ class FlowMeter:
         the ICMP header: its type and code are kept for the Community ID; the compiled loop, which only
         creates TCP/UDP flows, leaves them out).
         """
-        if self._nflows >= self._max_flows:
+        if self._c.nflows >= self._max_flows:
             self._evict_one()
         if src is None:  # the inline fast path did not slice them
             src = frame[26:30]
@@ -760,8 +780,8 @@ class FlowMeter:
         if vlan:
             rkey += b"/%d" % vlan
         f = Flow()
-        self._next_id += 1
-        f.flow_id = f"{self._prefix}-{self._next_id}"
+        self._c.next_id += 1
+        f.flow_id = f"{self._prefix}-{self._c.next_id}"
         f.ver = ver
         f.proto = proto
         f.transport = transport_name(proto)
@@ -786,7 +806,7 @@ class FlowMeter:
             table[rkey] = (f, False)
         if not fwd:  # keep the packet's own entry last (it is the fresh one)
             table.move_to_end(rkey)
-        self._nflows += 1
+        self._c.nflows += 1
         f.sport, f.dport = sp, dp
         f.src_ip = self._ip_text(src)
         f.dst_ip = self._ip_text(dst)
@@ -810,13 +830,13 @@ class FlowMeter:
             elif self._hot_iv < self._upd:
                 f.next_check = ts + min(self._hot_iv, self._active)
         f.is_dns = (sp == _DNS_PORT or dp == _DNS_PORT) and (proto == 17 or proto == 6)
-        if self.evidence_packets and self._ev_flows < self.evidence_max_flows:
+        if self.evidence_packets and self._c.ev_flows < self.evidence_max_flows:
             f.ev = []
-            self._ev_flows += 1
+            self._c.ev_flows += 1
         f.sampling = 3
         f.sd = f.dd = None  # sampling state, created with the first packet that needs it
         f.dirs = ""
-        self.flows_created += 1
+        self._c.flows_created += 1
         if proto != 6 and proto != 17:
             name = _SPECIAL_PROTO_COUNTERS.get(proto)
             if name:
@@ -914,11 +934,11 @@ class FlowMeter:
         if n - f.hot_n >= self._hot_pk:
             self._sink_hot(self._record(f, "update", ts))
             self.counters["hot_records"] = self.counters.get("hot_records", 0) + 1
-            if f.ev is None and self.evidence_packets and self._ev_flows < self.evidence_max_flows + HOT_RINGS:
+            if f.ev is None and self.evidence_packets and self._c.ev_flows < self.evidence_max_flows + HOT_RINGS:
                 # a flood flow (ICMP, ...) created while other flows (a SYN flood's) held every ring: it gets
                 # one of a few spare rings now, so its alert's evidence is not empty
                 f.ev = []
-                self._ev_flows += 1
+                self._c.ev_flows += 1
                 self._count("evidence_hot_rings")
         f.hot_n = n
 
@@ -953,7 +973,7 @@ class FlowMeter:
         hit = t.get(f.key)
         if hit is not None and hit[0] is f:
             del t[f.key]
-            self._nflows -= 1
+            self._c.nflows -= 1
             hit = t.get(f.rkey)
             if hit is not None and hit[0] is f:
                 del t[f.rkey]
@@ -982,7 +1002,7 @@ class FlowMeter:
         f.sd = f.dd = None
         f.dirs = None
         if f.proto == 6 and (f.s_pkts == 0 or f.d_pkts == 0):
-            self.one_way_tcp_flows += 1
+            self._c.one_way_tcp_flows += 1
         if f.pending > 0 and not f.verdict_final and self._vwait > 0:
             f.deadline = time.monotonic() + self._vwait
             self._closing[f.flow_id] = f
@@ -997,11 +1017,11 @@ class FlowMeter:
                 # published without them (verdict_wait_s passed, or shutdown).  Those that still come
                 # are counted as verdicts_unknown_flow.
                 self._count("verdicts_after_final" if f.verdict_final else "verdicts_waited_out", f.pending)
-            self._pending -= f.pending
+            self._c.pending -= f.pending
             f.pending = 0
-        self.flows_ended += 1
+        self._c.flows_ended += 1
         if f.ev is not None:
-            self._ev_flows -= 1
+            self._c.ev_flows -= 1
             rec = self._recent_ev
             rec[f.flow_id] = (f, self.datalink)
             while len(rec) > self.recent_evidence_max:
@@ -1174,7 +1194,7 @@ class FlowMeter:
             return
         if f.pending > 0:
             f.pending -= 1
-            self._pending -= 1
+            self._c.pending -= 1
         best = f.verdict
         if best is None or v.sample_seq_no >= best.sample_seq_no:
             f.verdict = v
@@ -1272,8 +1292,8 @@ class FlowMeter:
             s = self._sample_event(f, ts, fwd, vlans, final)
         f.sample_seq += 1
         f.pending += 1
-        self._pending += 1
-        self.samples_sent += 1
+        self._c.pending += 1
+        self._c.samples_sent += 1
         self._by_id[f.flow_id] = f
         if final:
             f.sampling = 0
