@@ -2505,6 +2505,7 @@ static const char *verdict_meta[4] = {"http", "tls", "quic", "ssh"};
 typedef struct {
     PyObject *meter, *table, *sink_flow, *sink_verdict, *m_end, *m_count, *dirty, *closing, *by_id,
         *recent, *recent_popitem, *port_guess, *probe, *datalink, *m_emit, *raw;
+    PyObject *ports;   /* the port guess's table (flows.PortTable: (transport, port) -> name), or NULL */
     Counters *ctr;
     long long recent_max;
     double vwait;
@@ -2525,6 +2526,7 @@ static void ender_clear(Ender *e) {
     Py_CLEAR(e->recent);
     Py_CLEAR(e->recent_popitem);
     Py_CLEAR(e->port_guess);
+    Py_CLEAR(e->ports);
     Py_CLEAR(e->probe);
     Py_CLEAR(e->datalink);
 }
@@ -2549,7 +2551,14 @@ static int ender_load(Ender *e) {
     }
     e->raw = sink_raw(sink, "raw_records");
     Py_DECREF(sink);
-
+    if (e->port_guess != Py_None) {   /* a flows.PortTable: its table, looked up here instead of calling it */
+        PyObject *a = PyObject_GetAttrString(e->port_guess, "_ft_ports");
+        if (a != NULL && PyDict_CheckExact(a))
+            e->ports = a;
+        else
+            Py_XDECREF(a);
+        PyErr_Clear();
+    }
     if (!PyDict_Check(e->dirty) || !PyDict_Check(e->closing) || !PyDict_Check(e->by_id) || !PyDict_Check(e->recent)) {
         PyErr_SetString(PyExc_TypeError, "the meter's _dirty/_closing/_by_id/_recent_ev are not dicts");
         return -1;
@@ -2611,6 +2620,32 @@ static int nslot_ll(PyObject *f, int k, long long *out) {
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
+/* flows.PortTable's answer from its table: the lower port's name, else the higher port's, else '' (a new
+ * reference; NULL: an error) */
+static PyObject *table_guess(PyObject *ports, PyObject *t, PyObject *sp, PyObject *dp) {
+    int le = PyObject_RichCompareBool(sp, dp, Py_LE);
+    if (le < 0)
+        return NULL;
+    PyObject *side[2] = {le ? sp : dp, le ? dp : sp};
+    for (int k = 0; k < 2; k++) {
+        PyObject *key = PyTuple_Pack(2, t, side[k]);
+        if (key == NULL)
+            return NULL;
+        PyObject *v = PyDict_GetItemWithError(ports, key);   /* borrowed */
+        Py_DECREF(key);
+        if (v == NULL && PyErr_Occurred())
+            return NULL;
+        int truth = v == NULL ? 0 : PyObject_IsTrue(v);
+        if (truth < 0)
+            return NULL;
+        if (truth) {
+            Py_INCREF(v);
+            return v;
+        }
+    }
+    return ref(s_empty);
+}
+
 /* FlowMeter._publish_end's record and verdict for a flow _end just ended (no verdict pending) */
 static int publish_end(Ender *e, PyObject *f) {
     PyObject *v = NSLOT(f, N_VERDICT), *app = NULL, *application = NULL, *category = NULL, *host = NULL,
@@ -2643,7 +2678,8 @@ static int publish_end(Ender *e, PyObject *f) {
                 PyErr_SetString(PyExc_AttributeError, "Flow.transport/sport/dport is not set");
                 goto done;
             }
-            PyObject *g = PyObject_CallFunctionObjArgs(e->port_guess, t, sp, dp, NULL);
+            PyObject *g = e->ports != NULL ? table_guess(e->ports, t, sp, dp)
+                : PyObject_CallFunctionObjArgs(e->port_guess, t, sp, dp, NULL);
             if (g == NULL) {   /* a hook's bug must not stop metering (an Exception, as there) */
                 if (!PyErr_ExceptionMatches(PyExc_Exception))
                     goto done;

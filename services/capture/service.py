@@ -476,10 +476,13 @@ def _make_recorder(settings: CaptureSettings, meter: FlowMeter) -> Any:
 
 
 def port_guesser() -> Any:
-    """classify's well-known-port table, for flows that carried no payload to classify."""
+    """classify's well-known-port table, for flows that carried no payload to classify (the rule of
+    ``Engine.guess``, which the compiled meter applies itself)."""
     from services.classify.engine import Engine
 
-    return Engine().guess
+    from .flows import PortTable
+
+    return PortTable(Engine().port_table)
 
 
 def raise_config(reason: str) -> None:

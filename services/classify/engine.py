@@ -481,8 +481,14 @@ class Engine:
         """A protocol name from the flow's well-known ports, '' when none (the lower port first)."""
         return self.guess(s.transport, s.src_port, s.dst_port)
 
+    @property
+    def port_table(self) -> dict[tuple[str, int], str]:
+        """The well-known ports ``guess`` looks up: ``(transport, port) -> protocol name``."""
+        return self._ports
+
     def guess(self, transport: str, src_port: int, dst_port: int) -> str:
-        """The port guess for any flow (also one that never carried payload, so never sampled)."""
+        """The port guess for any flow (also one that never carried payload, so never sampled): the lower
+        port's name, else the higher port's, else '' (capture's ``flows.PortTable`` applies the same rule)."""
         a, b = (src_port, dst_port) if src_port <= dst_port else (dst_port, src_port)
         return self._ports.get((transport, a)) or self._ports.get((transport, b)) or ""
 

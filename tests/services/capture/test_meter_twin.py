@@ -13,12 +13,13 @@ from __future__ import annotations
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from services.capture import flows
-from services.capture.flows import FlowMeter, ListSink
+from services.capture.flows import FlowMeter, ListSink, PortTable
 from services.capture.sources import CaptureFileError, FileSource
 from shared.models import HttpInfo, TlsInfo, Verdict, batch_json
 from shared.settings import CaptureSettings
@@ -58,7 +59,7 @@ C_ENDED = [0]
 
 
 def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.MonkeyPatch, vwait: float = 0,
-          ev_mb: float = 128.0, raw: bool = False, flows_only: bool = False) -> list:
+          ev_mb: float = 128.0, raw: bool = False, flows_only: bool = False, guess: Any = port_guess) -> list:
     with monkeypatch.context() as mp:
         if not compiled:
             mp.setattr(flows, "_run", None)
@@ -83,7 +84,7 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
         m = FlowMeter(CaptureSettings(verdict_wait_s=vwait, evidence_packets=4, evidence_memory_mb=ev_mb), sink,
                       source="twin")
         m._prefix = "twin"
-        m.port_guess = port_guess
+        m.port_guess = guess
         m.defer_samples = True
         m.record_cutoff = 3000   # the packet recorder's keep marks (FT_RECORD_CUTOFF_BYTES), compared too
         seen = 0
@@ -141,9 +142,10 @@ def batches_of(paths: list[Path], chunk: int = 256) -> list[tuple]:
     return out
 
 
-def assert_twins(batches: list, monkeypatch: pytest.MonkeyPatch, vwait: float = 0, ev_mb: float = 128.0) -> list:
-    a = meter(batches, True, monkeypatch, vwait, ev_mb)
-    b = meter(batches, False, monkeypatch, vwait, ev_mb)
+def assert_twins(batches: list, monkeypatch: pytest.MonkeyPatch, vwait: float = 0, ev_mb: float = 128.0,
+                 guess: Any = port_guess) -> list:
+    a = meter(batches, True, monkeypatch, vwait, ev_mb, guess=guess)
+    b = meter(batches, False, monkeypatch, vwait, ev_mb, guess=guess)
     names = ("flow records", "samples", "packet events", "stats", "evidence rings", "recorder keep marks",
              "flow records' documents", "samples' documents", "verdicts handed over")
     for name, x, y in zip(names, a, b):
@@ -201,6 +203,27 @@ def test_timeouts_closes_reopens_and_dns_meter_the_same(monkeypatch):
     assert a[3]["counters"].get("port_guess_errors", 0) > 0
     guessed = {r["app_protocol"] for r in a[0] if r["confidence"] == "port"}
     assert "UDP" in guessed and "P" * 64 in guessed
+    # a port table as the hook (flows.PortTable, as capture's classify ports), which the compiled loop reads
+    # itself instead of calling it: the lower port's name first, a name that is '' passed over
+    table = {("UDP", 53): "DNS", ("UDP", 30000): "HIGHER", ("UDP", 5555): "", ("UDP", 6666): "UDP6666",
+             ("TCP", 443): "TLS"}
+    b = assert_twins(batches, monkeypatch, guess=PortTable(table))
+    named = {(r["transport"], r["src_port"], r["dst_port"]): r["app_protocol"] for r in b[0] if r["confidence"] == "port"}
+    assert {"DNS", "UDP6666", "TLS"} <= set(named.values()) and not {"", "HIGHER"} & set(named.values())
+    assert all(v == PortTable(table)(*k) for k, v in named.items())
+    if flows._cexpire is not None:   # ... without calling it
+
+        class Counting(PortTable):
+            calls = [0]
+
+            def __call__(self, transport, sport, dport):
+                self.calls[0] += 1
+                return super().__call__(transport, sport, dport)
+
+        meter(batches, True, monkeypatch, guess=Counting(table))
+        compiled_calls, Counting.calls[0] = Counting.calls[0], 0
+        meter(batches, False, monkeypatch, guess=Counting(table))
+        assert Counting.calls[0] > 0 and compiled_calls < Counting.calls[0] / 2
     # with verdicts: idle flows that got one end in the compiled loop too (the verdict handed over beside the
     # record), those still waiting for one go to closing through the meter's _end
     a = assert_twins(batches, monkeypatch, vwait=30.0)
