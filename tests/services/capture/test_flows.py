@@ -517,3 +517,28 @@ def test_hot_records_do_not_change_the_stored_records():
     assert on.hot_records and not off.hot_records
     strip = lambda rs: [r.model_dump(exclude={"flow_id"}) for r in rs]  # noqa: E731
     assert strip(on.flows) == strip(off.flows)
+
+
+def test_capture_port_guess_is_classifys():
+    """capture's port guess (a PortTable of classify's ports, which the compiled meter reads itself) answers
+    as Engine.guess for well-known, ephemeral and equal ports of every transport."""
+    import random
+
+    from services.capture.flows import PortTable
+    from services.capture.service import port_guesser
+    from services.classify.engine import Engine
+
+    hook, engine = port_guesser(), Engine()
+    assert isinstance(hook, PortTable)
+    known = sorted({p for _t, p in engine.port_table})
+    rnd = random.Random(7)
+    pairs = [(a, b) for a in known[:60] for b in known[-60:]] + [(p, p) for p in known[:50]]
+    pairs += [(rnd.choice(known), rnd.randrange(65536)) for _ in range(3000)]
+    named = 0
+    for t in ("TCP", "UDP", "SCTP"):
+        for a, b in pairs:
+            for sp, dp in ((a, b), (b, a)):
+                g = hook(t, sp, dp)
+                assert g == engine.guess(t, sp, dp)
+                named += bool(g)
+    assert named > 1000
