@@ -237,6 +237,12 @@ static PyObject *iname(const char *lit) {
     return n;
 }
 
+/* o.<name> for a C string literal name (its interned str made once) */
+static PyObject *mattr(PyObject *o, const char *name) {
+    PyObject *nm = iname(name);
+    return nm ? PyObject_GetAttr(o, nm) : NULL;
+}
+
 static int meter_ll(PyObject *meter, const char *name, long long *out) {
     PyObject *nm = iname(name);
     PyObject *v = nm ? PyObject_GetAttr(meter, nm) : NULL;
@@ -1010,9 +1016,6 @@ fail:
     return NULL;
 }
 
-static inline int dset_q(PyObject *d, int key, PyObject *v);
-static inline int dput_q(PyObject *d, int key, PyObject *v);
-
 /*
  * sample(f, ts, fwd, vlans, final, probe) -> FlowSample: the event FlowMeter._emit_sample builds, the same
  * dict key for key in its order, the instance as flows._build makes it (bind_sample(FlowSample) first;
@@ -1082,53 +1085,95 @@ static PyObject *dir_value(PyObject *d, int k) {
     return v;
 }
 
-static PyObject *sample_event(PyObject *self, PyObject *args) {
-    (void)self;
-    PyObject *f, *ts, *fwd, *vlans, *final, *probe;
-    if (!PyArg_ParseTuple(args, "OOOOOO", &f, &ts, &fwd, &vlans, &final, &probe))
-        return NULL;
+/* a sample's values, in the order of its keys (Q_; new references): the flow's as FlowMeter._sample_event
+ * takes them (0; -1: an error, nothing left to clear) */
+static int sample_values(PyObject *f, PyObject *ts, PyObject *fwd, PyObject *vlans, PyObject *final, PyObject *probe,
+                         PyObject *vals[NQKEYS]) {
     if (sample_cls == NULL || !PyObject_TypeCheck(f, flow_type)) {
         PyErr_SetString(PyExc_TypeError, "sample() needs bind_sample() and a Flow");
-        return NULL;
+        return -1;
     }
     PyObject *sd = SLOT(f, SD), *dd = SLOT(f, DD), *vl = RSLOT(f, R_VLAN_IDS), *icmp = RSLOT(f, R_ICMP);
     PyObject *dirs = SLOT(f, DIRS), *seq = NSLOT(f, N_SAMPLE_SEQ);
     if (sd == NULL || dd == NULL || vl == NULL || icmp == NULL || dirs == NULL || seq == NULL) {
         PyErr_SetString(PyExc_AttributeError, "a Flow slot a sample needs is not set");
-        return NULL;
+        return -1;
     }
     if ((sd != Py_None && !PyObject_TypeCheck(sd, dir_type)) || (dd != Py_None && !PyObject_TypeCheck(dd, dir_type))) {
         PyErr_SetString(PyExc_TypeError, "Flow.sd/dd is not a _Dir");
-        return NULL;
+        return -1;
     }
     int hv = PyObject_IsTrue(vlans);
     if (hv < 0)
-        return NULL;
+        return -1;
+    PyObject *borrowed[NQKEYS] = {NULL};
+    borrowed[Q_PROBE] = probe;
+    borrowed[Q_FLOW_ID] = SLOT(f, FLOW_ID);
+    borrowed[Q_EVENT_TYPE] = s_sample_type;
+    borrowed[Q_TRANSPORT] = RSLOT(f, R_TRANSPORT);
+    borrowed[Q_SRC_IP] = RSLOT(f, R_SRC_IP);
+    borrowed[Q_SRC_PORT] = RSLOT(f, R_SPORT);
+    borrowed[Q_DST_IP] = RSLOT(f, R_DST_IP);
+    borrowed[Q_DST_PORT] = RSLOT(f, R_DPORT);
+    borrowed[Q_SOURCE] = RSLOT(f, R_SOURCE);
+    borrowed[Q_FIRST_SEEN] = RSLOT(f, R_FIRST);
+    borrowed[Q_SRC_MAC] = RSLOT(f, R_SRC_MAC);
+    borrowed[Q_DST_MAC] = RSLOT(f, R_DST_MAC);
+    borrowed[Q_TIMESTAMP] = ts;
+    borrowed[Q_SEQ_NO] = seq;
+    borrowed[Q_FINAL] = final;
+    borrowed[Q_S_PKTS] = SLOT(f, S_PKTS);
+    borrowed[Q_D_PKTS] = SLOT(f, D_PKTS);
+    borrowed[Q_TRIGGER_TIME] = ts;
+    borrowed[Q_TRIGGER_FROM_SRC] = fwd;
+    for (int k = 0; k < NQKEYS; k++)
+        vals[k] = NULL;
+    for (int k = 0; k < NQKEYS; k++) {
+        PyObject *v = borrowed[k];
+        switch (k) {
+        case Q_VLAN_ID: v = first_or(vl, 0, zero_int); break;
+        case Q_ICMP_TYPE: v = first_or(icmp, 0, Py_None); break;
+        case Q_ICMP_CODE: v = first_or(icmp, 1, Py_None); break;
+        case Q_SRC_PAYLOADS: v = dir_value(sd, D_PAYLOADS); break;
+        case Q_DST_PAYLOADS: v = dir_value(dd, D_PAYLOADS); break;
+        case Q_PAYLOAD_DIRS: v = PySequence_GetSlice(dirs, 0, 256); break;
+        case Q_VLAN_IDS: v = PySequence_List(hv ? vlans : vl); break;
+        case Q_S_NEXT_SEQ: v = dir_value(sd, D_NEXT_SEQ); break;
+        case Q_S_ACK: v = dir_value(sd, D_ACK); break;
+        case Q_D_NEXT_SEQ: v = dir_value(dd, D_NEXT_SEQ); break;
+        case Q_D_ACK: v = dir_value(dd, D_ACK); break;
+        default:
+            if (v == NULL)
+                PyErr_Format(PyExc_AttributeError, "a Flow slot for %s is not set", sample_key_names[k]);
+            else
+                Py_INCREF(v);
+        }
+        if (v == NULL) {
+            for (int j = 0; j < k; j++)
+                Py_DECREF(vals[j]);
+            return -1;
+        }
+        vals[k] = v;
+    }
+    return 0;
+}
+
+static void sample_values_clear(PyObject *vals[NQKEYS]) {
+    for (int k = 0; k < NQKEYS; k++)
+        Py_CLEAR(vals[k]);
+}
+
+/* the FlowSample of these values, as flows._build makes it (a new reference) */
+static PyObject *sample_object(PyObject *vals[NQKEYS]) {
     PyObject *d = PyDict_Copy(sample_template);
     if (d == NULL)
         return NULL;
-#define QSET(key, v) (PyDict_SetItem(d, sample_keys[key], (v)) < 0)
-#define QPUT(key, v) (dput_q(d, key, (v)) < 0)
-    if (QSET(Q_PROBE, probe) || dset_q(d, Q_FLOW_ID, SLOT(f, FLOW_ID)) || QSET(Q_EVENT_TYPE, s_sample_type)
-        || dset_q(d, Q_TRANSPORT, RSLOT(f, R_TRANSPORT)) || dset_q(d, Q_SRC_IP, RSLOT(f, R_SRC_IP))
-        || dset_q(d, Q_SRC_PORT, RSLOT(f, R_SPORT)) || dset_q(d, Q_DST_IP, RSLOT(f, R_DST_IP))
-        || dset_q(d, Q_DST_PORT, RSLOT(f, R_DPORT)) || QPUT(Q_VLAN_ID, first_or(vl, 0, zero_int))
-        || QPUT(Q_ICMP_TYPE, first_or(icmp, 0, Py_None)) || QPUT(Q_ICMP_CODE, first_or(icmp, 1, Py_None))
-        || dset_q(d, Q_SOURCE, RSLOT(f, R_SOURCE)) || dset_q(d, Q_FIRST_SEEN, RSLOT(f, R_FIRST))
-        || dset_q(d, Q_SRC_MAC, RSLOT(f, R_SRC_MAC)) || dset_q(d, Q_DST_MAC, RSLOT(f, R_DST_MAC))
-        || QSET(Q_TIMESTAMP, ts) || QSET(Q_SEQ_NO, seq) || QSET(Q_FINAL, final)
-        || dset_q(d, Q_S_PKTS, SLOT(f, S_PKTS)) || dset_q(d, Q_D_PKTS, SLOT(f, D_PKTS))
-        || QPUT(Q_SRC_PAYLOADS, dir_value(sd, D_PAYLOADS)) || QPUT(Q_DST_PAYLOADS, dir_value(dd, D_PAYLOADS))
-        || QPUT(Q_PAYLOAD_DIRS, PySequence_GetSlice(dirs, 0, 256))
-        || QPUT(Q_VLAN_IDS, PySequence_List(hv ? vlans : vl))
-        || QPUT(Q_S_NEXT_SEQ, dir_value(sd, D_NEXT_SEQ)) || QPUT(Q_S_ACK, dir_value(sd, D_ACK))
-        || QPUT(Q_D_NEXT_SEQ, dir_value(dd, D_NEXT_SEQ)) || QPUT(Q_D_ACK, dir_value(dd, D_ACK))
-        || QSET(Q_TRIGGER_TIME, ts) || QSET(Q_TRIGGER_FROM_SRC, fwd)) {
-        Py_DECREF(d);
-        return NULL;
+    for (int k = 0; k < NQKEYS; k++) {
+        if (PyDict_SetItem(d, sample_keys[k], vals[k]) < 0) {
+            Py_DECREF(d);
+            return NULL;
+        }
     }
-#undef QSET
-#undef QPUT
     PyObject *m = PyBaseObject_Type.tp_new((PyTypeObject *)sample_cls, empty_tuple, NULL);
     if (m == NULL || PyObject_GenericSetDict(m, d, NULL) < 0) {
         Py_XDECREF(m);
@@ -1145,20 +1190,16 @@ static PyObject *sample_event(PyObject *self, PyObject *args) {
     return m;
 }
 
-static inline int dset_q(PyObject *d, int key, PyObject *v) {   /* borrowed v; NULL: an unset slot */
-    if (v == NULL) {
-        PyErr_Format(PyExc_AttributeError, "a Flow slot for %s is not set", sample_key_names[key]);
-        return -1;
-    }
-    return PyDict_SetItem(d, sample_keys[key], v) < 0 ? -1 : 0;
-}
-
-static inline int dput_q(PyObject *d, int key, PyObject *v) {   /* steals v */
-    if (v == NULL)
-        return -1;
-    int r = PyDict_SetItem(d, sample_keys[key], v);
-    Py_DECREF(v);
-    return r < 0 ? -1 : 0;
+static PyObject *sample_event(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *f, *ts, *fwd, *vlans, *final, *probe, *vals[NQKEYS];
+    if (!PyArg_ParseTuple(args, "OOOOOO", &f, &ts, &fwd, &vlans, &final, &probe))
+        return NULL;
+    if (sample_values(f, ts, fwd, vlans, final, probe, vals) < 0)
+        return NULL;
+    PyObject *m = sample_object(vals);
+    sample_values_clear(vals);
+    return m;
 }
 
 /* ---- evidence rings: flows.ring_add in C.  A flow's ring is a list [ts, frame, ts, frame, ...] of its last
@@ -2446,7 +2487,7 @@ static int record_json(Buf *b, PyObject *vals[NKEYS]) {
 static PyObject *sink_raw(PyObject *sink, const char *name) {
     if (rec_spec == NULL)
         return NULL;
-    PyObject *raw = PyObject_GetAttrString(sink, name);
+    PyObject *raw = mattr(sink, name);
     if (raw == NULL)
         PyErr_Clear();
     else if (!PyList_CheckExact(raw))
@@ -2499,26 +2540,249 @@ static int emit_record(PyObject *raw, PyObject *sink_flow, PyObject *f, PyObject
  *   A flow that waits for verdicts (or is closing already) goes to the meter's own _end.  The loops and the
  *   pure-Python _housekeep give the same records in the same order (tests/services/capture/test_meter_twin.py).
  */
+/* record_out(raw, to, f, phase, ts, probe, app, application, category, host, confidence): FlowMeter._out's
+ * record, its JSON appended to raw (a list) where JSON can hold it (and bind_flat was called), else the
+ * FlowRecord to to(record) */
+static PyObject *record_out(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *raw, *to, *f, *phase, *ts, *probe, *app, *application, *category, *host, *conf;
+    if (!PyArg_ParseTuple(args, "O!OOOOOOOOOO", &PyList_Type, &raw, &to, &f, &phase, &ts, &probe, &app, &application,
+                          &category, &host, &conf))
+        return NULL;
+    if (!new_bound || rec_cls == NULL || !PyObject_TypeCheck(f, flow_type)) {
+        PyErr_SetString(PyExc_TypeError, "record_out() needs bind_record() and a Flow");
+        return NULL;
+    }
+    if (emit_record(rec_spec != NULL ? raw : NULL, to, f, phase, ts, probe, app, application, category, host, conf) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static int nslot_ll(PyObject *f, int k, long long *out);
+
+/* ---- samples: FlowMeter._emit_sample and flush_samples in C.  Where the sink has raw_samples (capture's
+ * outbox: nothing in capture reads a sample but its JSON), a sample goes there as its JSON, written from
+ * its values as b64_batch writes the FlowSample made of them; else the FlowSample through sink.sample ---- */
+typedef struct {
+    PyObject *probe, *by_id, *raw, *sink_sample;
+    Counters *ctr;
+} Emitter;
+
+static void emitter_clear(Emitter *x) {
+    Py_CLEAR(x->probe);
+    Py_CLEAR(x->by_id);
+    Py_CLEAR(x->raw);
+    Py_CLEAR(x->sink_sample);
+    Py_CLEAR(x->ctr);
+}
+
+static int emitter_load(Emitter *x, PyObject *meter) {
+    memset(x, 0, sizeof *x);
+    PyObject *sink = mattr(meter, "sink");
+    if (sink == NULL)
+        return -1;
+    x->raw = sink_raw(sink, "raw_samples");
+    x->sink_sample = mattr(sink, "sample");
+    Py_DECREF(sink);
+    if (x->sink_sample == NULL || (x->probe = mattr(meter, "probe")) == NULL
+        || (x->by_id = mattr(meter, "_by_id")) == NULL || (x->ctr = meter_counters(meter)) == NULL) {
+        emitter_clear(x);
+        return -1;
+    }
+    if (!PyDict_Check(x->by_id)) {
+        emitter_clear(x);
+        PyErr_SetString(PyExc_TypeError, "the meter's _by_id is not a dict");
+        return -1;
+    }
+    return 0;
+}
+
+static int sample_kt = -1;   /* the sample's keys' texts (key_text_of), in Q_ order */
+
+/* a sample's JSON from its values, as json_b64_event writes the FlowSample sample_object makes of them:
+ * 1 written, 0 cannot (the caller makes the sample), -1 error */
+static int sample_json(Buf *b, PyObject *vals[NQKEYS]) {
+    if (sample_kt < 0) {
+        PyObject *keys = PyTuple_New(NQKEYS);
+        if (keys == NULL)
+            return -1;
+        for (int k = 0; k < NQKEYS; k++)
+            PyTuple_SET_ITEM(keys, k, ref(sample_keys[k]));
+        sample_kt = key_text_of(keys);   /* the entry keeps the tuple */
+        Py_DECREF(keys);
+        if (sample_kt < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, "no room for the sample's keys' texts");
+            return -1;
+        }
+    }
+    if (buf_put(b, "{", 1) < 0)
+        return -1;
+    for (int k = 0; k < NQKEYS; k++) {
+        PyObject *v = vals[k];
+        int r = (k && buf_put(b, ",", 1) < 0) ? -1 : json_key(b, sample_kt, k, sample_keys[k]);
+        if (r <= 0)
+            return r;
+        if (PyList_CheckExact(v))
+            r = (k == Q_SRC_PAYLOADS || k == Q_DST_PAYLOADS) && PyList_GET_SIZE(v) > 0 ? json_b64_list(b, v)
+                : json_scalar_list(b, v, rec_float_json);
+        else
+            r = json_value(b, v, rec_float_json);
+        if (r <= 0)
+            return r;
+    }
+    return buf_put(b, "}", 1) < 0 ? -1 : 1;
+}
+
+/* FlowMeter._emit_sample(f, ts, fwd, vlans, final) */
+static int emit_sample_one(Emitter *x, PyObject *f, PyObject *ts, PyObject *fwd, PyObject *vlans, PyObject *final) {
+    PyObject *dirs = SLOT(f, DIRS), *fid = SLOT(f, FLOW_ID), *vals[NQKEYS], *out = NULL;
+    if (dirs == NULL || fid == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "Flow.dirs/flow_id is not set");
+        return -1;
+    }
+    if (dirs == Py_None)   /* sampling was stopped meanwhile (final verdict, end) */
+        return 0;
+    int fin = PyObject_IsTrue(final);
+    if (fin < 0 || sample_values(f, ts, fwd, vlans, final, x->probe, vals) < 0)
+        return -1;
+    if (x->raw != NULL) {
+        Buf b = {NULL, 0, 0};
+        int w = sample_json(&b, vals);
+        if (w > 0)
+            out = PyBytes_FromStringAndSize(b.p, (Py_ssize_t)b.n);
+        PyMem_Free(b.p);
+        if (w < 0 || (w > 0 && out == NULL)) {
+            sample_values_clear(vals);
+            return -1;
+        }
+    }
+    if (out == NULL && (out = sample_object(vals)) == NULL) {
+        sample_values_clear(vals);
+        return -1;
+    }
+    sample_values_clear(vals);
+    long long seq, pending;
+    if (nslot_ll(f, N_SAMPLE_SEQ, &seq) < 0 || nslot_ll(f, N_PENDING, &pending) < 0
+        || nput(f, N_SAMPLE_SEQ, PyLong_FromLongLong(seq + 1)) < 0 || nput(f, N_PENDING, PyLong_FromLongLong(pending + 1)) < 0
+        || PyDict_SetItem(x->by_id, fid, f) < 0) {
+        Py_DECREF(out);
+        return -1;
+    }
+    x->ctr->pending++;
+    x->ctr->samples_sent++;
+    if (fin) {
+        put(f, SAMPLING, ref(zero_int));
+        put(f, SD, ref(Py_None));
+        put(f, DD, ref(Py_None));
+        put(f, DIRS, ref(Py_None));
+    }
+    int r;
+    if (PyBytes_CheckExact(out)) {
+        r = PyList_Append(x->raw, out);
+    } else {
+        PyObject *rr = PyObject_CallOneArg(x->sink_sample, out);
+        r = rr == NULL ? -1 : 0;
+        Py_XDECREF(rr);
+    }
+    Py_DECREF(out);
+    return r;
+}
+
+/* emit_sample(meter, f, ts, fwd, vlans, final): FlowMeter._emit_sample */
+static PyObject *emit_sample(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *meter, *f, *ts, *fwd, *vlans, *final;
+    if (!PyArg_ParseTuple(args, "OOOOOO", &meter, &f, &ts, &fwd, &vlans, &final))
+        return NULL;
+    if (!PyObject_TypeCheck(f, flow_type)) {
+        PyErr_SetString(PyExc_TypeError, "emit_sample() needs a Flow");
+        return NULL;
+    }
+    Emitter x;
+    if (emitter_load(&x, meter) < 0)
+        return NULL;
+    int r = emit_sample_one(&x, f, ts, fwd, vlans, final);
+    emitter_clear(&x);
+    if (r < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* flush_samples(meter): FlowMeter.flush_samples (deferred mode): one sample per flow of meter._dirty, which
+ * is replaced by a new dict first; returns how many there were */
+static PyObject *flush_samples(PyObject *self, PyObject *meter) {
+    (void)self;
+    PyObject *dirty = PyObject_GetAttr(meter, s_dirty);
+    if (dirty == NULL)
+        return NULL;
+    if (!PyDict_CheckExact(dirty)) {
+        Py_DECREF(dirty);
+        PyErr_SetString(PyExc_TypeError, "the meter's _dirty is not a dict");
+        return NULL;
+    }
+    Py_ssize_t n = PyDict_GET_SIZE(dirty);
+    if (n == 0) {
+        Py_DECREF(dirty);
+        return PyLong_FromLong(0);
+    }
+    PyObject *fresh = PyDict_New();
+    if (fresh == NULL || PyObject_SetAttr(meter, s_dirty, fresh) < 0) {
+        Py_XDECREF(fresh);
+        Py_DECREF(dirty);
+        return NULL;
+    }
+    Py_DECREF(fresh);
+    Emitter x;
+    if (emitter_load(&x, meter) < 0) {
+        Py_DECREF(dirty);
+        return NULL;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *k, *t;
+    int r = 0;
+    while (r == 0 && PyDict_Next(dirty, &pos, &k, &t)) {
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 5 || !PyObject_TypeCheck(PyTuple_GET_ITEM(t, 0), flow_type)) {
+            PyErr_SetString(PyExc_TypeError, "the meter's _dirty holds something else than (flow, ts, fwd, vlans, final)");
+            r = -1;
+            break;
+        }
+        Py_INCREF(t);   /* the sink may run anything */
+        r = emit_sample_one(&x, PyTuple_GET_ITEM(t, 0), PyTuple_GET_ITEM(t, 1), PyTuple_GET_ITEM(t, 2),
+                            PyTuple_GET_ITEM(t, 3), PyTuple_GET_ITEM(t, 4));
+        Py_DECREF(t);
+    }
+    emitter_clear(&x);
+    Py_DECREF(dirty);
+    if (r < 0)
+        return NULL;
+    return PyLong_FromSsize_t(n);
+}
+
 static PyObject *s_idle = NULL, *s_port = NULL, *s_unknown_lc = NULL;
 static const char *verdict_meta[4] = {"http", "tls", "quic", "ssh"};
 
 typedef struct {
     PyObject *meter, *table, *sink_flow, *sink_verdict, *m_end, *m_count, *dirty, *closing, *by_id,
-        *recent, *recent_popitem, *port_guess, *probe, *datalink, *m_emit, *raw;
+        *recent, *recent_popitem, *port_guess, *probe, *datalink, *raw;
     PyObject *ports;   /* the port guess's table (flows.PortTable: (transport, port) -> name), or NULL */
     Counters *ctr;
+    Emitter em;   /* a coalesced sample still to send when its flow ends (loaded at the first) */
+    int em_loaded;
     long long recent_max;
     double vwait;
     int loaded;
 } Ender;
 
 static void ender_clear(Ender *e) {
+    if (e->em_loaded)
+        emitter_clear(&e->em);
+    e->em_loaded = 0;
     Py_CLEAR(e->ctr);
     Py_CLEAR(e->sink_flow);
     Py_CLEAR(e->sink_verdict);
     Py_CLEAR(e->m_end);
     Py_CLEAR(e->m_count);
-    Py_CLEAR(e->m_emit);
     Py_CLEAR(e->raw);
     Py_CLEAR(e->dirty);
     Py_CLEAR(e->closing);
@@ -2531,10 +2795,6 @@ static void ender_clear(Ender *e) {
     Py_CLEAR(e->datalink);
 }
 
-static PyObject *mattr(PyObject *o, const char *name) {
-    PyObject *nm = iname(name);
-    return nm ? PyObject_GetAttr(o, nm) : NULL;
-}
 
 /* what ending a flow needs, loaded at the first flow a call ends (most calls end none) */
 static int ender_load(Ender *e) {
@@ -2760,13 +3020,22 @@ static int end_idle(Ender *e, PyObject *f, PyObject *why) {
                 PyErr_SetString(PyExc_TypeError, "the meter's _dirty holds something else than tuples");
                 return -1;
             }
-            Py_INCREF(d);
-            PyObject *r = PyDict_DelItem(e->dirty, fid) < 0 || lazy_method(&e->m_emit, e->meter, "_emit_sample") == NULL
-                ? NULL : PyObject_Call(e->m_emit, d, NULL);
-            Py_DECREF(d);
-            if (r == NULL)
+            if (PyTuple_GET_SIZE(d) != 5 || !PyObject_TypeCheck(PyTuple_GET_ITEM(d, 0), flow_type)) {
+                PyErr_SetString(PyExc_TypeError, "the meter's _dirty holds something else than (flow, ts, fwd, vlans, final)");
                 return -1;
-            Py_DECREF(r);
+            }
+            Py_INCREF(d);
+            int r = PyDict_DelItem(e->dirty, fid);
+            if (r == 0 && !e->em_loaded) {
+                r = emitter_load(&e->em, e->meter);
+                e->em_loaded = r == 0;
+            }
+            if (r == 0)
+                r = emit_sample_one(&e->em, PyTuple_GET_ITEM(d, 0), PyTuple_GET_ITEM(d, 1), PyTuple_GET_ITEM(d, 2),
+                                    PyTuple_GET_ITEM(d, 3), PyTuple_GET_ITEM(d, 4));
+            Py_DECREF(d);
+            if (r < 0)
+                return -1;
         }
     }
     if (nslot_ll(f, N_PENDING, &pending) < 0)
@@ -2992,6 +3261,9 @@ static PyMethodDef methods[] = {
     {"record", record, METH_VARARGS, "FlowMeter._record's FlowRecord, built in C."},
     {"bind_sample", bind_sample, METH_VARARGS, "Learn FlowSample for sample(); False when its fields differ."},
     {"sample", sample_event, METH_VARARGS, "FlowMeter._emit_sample's FlowSample, built in C."},
+    {"record_out", record_out, METH_VARARGS, "FlowMeter._out: a flow record's JSON into a list, else the FlowRecord to a sink."},
+    {"emit_sample", emit_sample, METH_VARARGS, "FlowMeter._emit_sample in C (the sample's JSON into sink.raw_samples where it has them)."},
+    {"flush_samples", flush_samples, METH_O, "FlowMeter.flush_samples in C: one sample per flow of meter._dirty."},
     {"bind_flat", bind_flat, METH_VARARGS, "FlowRecord's (names, defaults, by_name) and float_json, for end records written as JSON by expire()."},
     {"b64_batch", b64_batch, METH_VARARGS, "batch_json's document for samples, written in one pass (None: take the general path)."},
     {"flat_batch", flat_batch, METH_VARARGS, "batch_json's document for flat events, written in one pass (None: take the general path)."},

@@ -369,15 +369,23 @@ _crecord: Any = None
 _csample: Any = None
 #: FlowMeter._housekeep's two loops (closed flows, idle flows) in C (``_meter.expire``), or None
 _cexpire: Any = None
+#: a flow record's JSON into a sink's raw list, else the FlowRecord to the sink (``_meter.record_out``), or None
+_crecord_out: Any = None
+#: FlowMeter._emit_sample and flush_samples in C (``_meter.emit_sample``, ``flush_samples``), or None
+_cemit: Any = None
+_cflush: Any = None
 if _METER is not None:
     _METER.bind(Flow, _Dir)
     _run = _METER.run
     if getattr(_METER, "bind_record", None) is not None and _METER.bind_record(
             FlowRecord, BaseModel, transport_name(6), transport_name(17)):
         _crecord = _METER.record
+        _crecord_out = getattr(_METER, "record_out", None)
         _cexpire = getattr(_METER, "expire", None)
         if _METER.bind_sample(FlowSample):
             _csample = _METER.sample
+            _cemit = getattr(_METER, "emit_sample", None)
+            _cflush = getattr(_METER, "flush_samples", None)
     if getattr(_METER, "b64_json", None) is not None:    # samples' payloads as base64 JSON arrays, for batch_json
         from shared.models import set_b64_json
 
@@ -862,28 +870,45 @@ class FlowMeter:
             self._count("bfd_flows")
         if tun:
             self._count("tunnel_" + tun.lower() + "_flows")
-        self.sink.flow(self._record(f, "start", ts))
+        self._out(f, "start", ts)
         return f, fwd
 
-    def _record(self, f: Flow, phase: str, ts: float) -> FlowRecord:
+    def _out(self, f: Flow, phase: str, ts: float, hot: bool = False) -> None:
+        """A flow record to the sink (``sink.hot`` for a hot one, else ``sink.flow``): as its JSON into the
+        sink's raw list for it (``raw_hot``, ``raw_live`` for a start, ``raw_records``) where it offers one
+        and the compiled meter is built (it writes the JSON), else the FlowRecord."""
+        to = self._sink_hot if hot else self.sink.flow
+        if _crecord_out is not None and _crecord is not None:
+            raw = getattr(self.sink, "raw_hot" if hot else "raw_live" if phase == "start" else "raw_records", None)
+            if type(raw) is list:
+                _crecord_out(raw, to, f, phase, ts, self.probe, *self._labels(f, phase))
+                return
+        to(self._record(f, phase, ts))
+
+    def _labels(self, f: Flow, phase: str) -> tuple[str, str, str, str, str]:
+        """A record's app_protocol, application, category, host and confidence: the flow's verdict's, else
+        the port guess (end records only) or Unknown."""
         v = f.verdict
+        if v is not None:
+            return (v.app_protocol, v.application, v.category, v.host,
+                    v.confidence if v.confidence != "unknown" else "")
+        app, conf = "Unknown", ""
+        if phase == "end" and self.port_guess is not None:
+            # a flow that never got a verdict (e.g. never carried payload): guess by port
+            try:
+                guess = self.port_guess(f.transport, f.sport, f.dport)
+            except Exception:  # noqa: BLE001 - a hook's bug must not stop metering
+                guess = ""
+                self._count("port_guess_errors")
+            if guess and isinstance(guess, str):
+                app, conf = guess[:64], "port"
+        return app, "", "", "", conf
+
+    def _record(self, f: Flow, phase: str, ts: float) -> FlowRecord:
+        app, application, category, host, conf = self._labels(f, phase)
         vl = f.vlan_ids
         o = f.outer
         ic = f.icmp
-        if v is not None:
-            app, application, category, host = v.app_protocol, v.application, v.category, v.host
-            conf = v.confidence if v.confidence != "unknown" else ""
-        else:
-            app, application, category, host, conf = "Unknown", "", "", "", ""
-            if phase == "end" and self.port_guess is not None:
-                # a flow that never got a verdict (e.g. never carried payload): guess by port
-                try:
-                    guess = self.port_guess(f.transport, f.sport, f.dport)
-                except Exception:  # noqa: BLE001 - a hook's bug must not stop metering
-                    guess = ""
-                    self._count("port_guess_errors")
-                if guess and isinstance(guess, str):
-                    app, conf = guess[:64], "port"
         if _crecord is not None:   # the same dict, in the same order, and the same instance, built in C
             return _crecord(f, phase, ts, self.probe, app, application, category, host, conf)
         d = {
@@ -936,7 +961,7 @@ class FlowMeter:
         hot = self._hot_pk and f.hot_n >= 0
         if ts - f.last_update >= self._upd:
             f.last_update = ts
-            self.sink.flow(self._record(f, "update", ts))
+            self._out(f, "update", ts)
             if hot:
                 f.hot_n = f.s_pkts + f.d_pkts
         elif hot:
@@ -949,7 +974,7 @@ class FlowMeter:
         """At most every hot_interval_s of a flow's packets: a hot record when it got hot_packets since the last check."""
         n = f.s_pkts + f.d_pkts
         if n - f.hot_n >= self._hot_pk:
-            self._sink_hot(self._record(f, "update", ts))
+            self._out(f, "update", ts, hot=True)
             self.counters["hot_records"] = self.counters.get("hot_records", 0) + 1
             if f.ev is None and self.evidence_packets and self._c.ev_flows < self.evidence_max_flows + HOT_RINGS:
                 # a flood flow (ICMP, ...) created while other flows (a SYN flood's) held every ring: it gets
@@ -973,13 +998,13 @@ class FlowMeter:
                 if f.d_flags & SYN:
                     y2.append(f)
                 else:
-                    self._sink_hot(self._record(f, "update", now))
+                    self._out(f, "update", now, hot=True)
                     n += 1
         cut -= self._hot_iv
         while y2 and y2[0].first <= cut:
             f = y2.popleft()
             if f.state != ENDED and not f.s_flags & ACK:
-                self._sink_hot(self._record(f, "update", now))
+                self._out(f, "update", now, hot=True)
                 n += 1
         if n:
             self.counters["hot_records"] = self.counters.get("hot_records", 0) + n
@@ -1043,7 +1068,7 @@ class FlowMeter:
             rec[f.flow_id] = (f, self.datalink)
             while len(rec) > self.recent_evidence_max:
                 rec.popitem(last=False)
-        self.sink.flow(self._record(f, "end", f.last))
+        self._out(f, "end", f.last)
         v = f.verdict
         # stored beside the end record only when it carries what the record does not: HTTP, TLS, QUIC or
         # SSH metadata (store's http/tls/ssh points); its protocol, application, category and host are
@@ -1301,6 +1326,9 @@ class FlowMeter:
             self._emit_sample(f, ts, fwd, vlans, final)
 
     def _emit_sample(self, f: Flow, ts: float, fwd: bool, vlans: tuple, final: bool) -> None:
+        if _cemit is not None and _csample is not None:   # all of the below in C (and a sink's raw_samples)
+            _cemit(self, f, ts, fwd, vlans, final)
+            return
         if f.dirs is None:  # sampling was stopped meanwhile (final verdict, end)
             return
         if _csample is not None:   # the same dict, in the same order, and the same instance, built in C
@@ -1358,6 +1386,9 @@ class FlowMeter:
         """Deferred mode: emit one (cumulative) sample per flow that has new payload since the last flush."""
         dirty = self._dirty
         if not dirty:
+            return
+        if _cflush is not None and _csample is not None:   # the loop and _emit_sample in C
+            _cflush(self)
             return
         self._dirty = {}
         for f, ts, fwd, vlans, final in dirty.values():

@@ -65,8 +65,8 @@ class Outbox:
         self.s_packet = subject("packet", p)
         self.s_flow = subject("flow", p)
         self.s_live = subject("live", p)
-        self.hot_records: list[FlowRecord] = []
-        self.samples: list[FlowSample] = []
+        self.hot_records: list[FlowRecord | bytes] = []   # bytes: a hot record's JSON (raw_hot)
+        self.samples: list[FlowSample | bytes] = []   # bytes: a sample's JSON (raw_samples)
         self.packets: list[PacketEvent] = []
         self.records: list[Event | bytes] = []   # bytes: an end record's JSON (raw_records)
         self.live_records: list[FlowRecord | bytes] = []   # start records: core NATS, for the detectors (raw_live)
@@ -97,6 +97,18 @@ class Outbox:
     def raw_live(self) -> list[FlowRecord | bytes] | None:
         """The same for start records (live_records, published for the detectors)."""
         return self.live_records if self.raw_records is not None else None
+
+    @property
+    def raw_hot(self) -> list[FlowRecord | bytes] | None:
+        """The same for hot records (hot_records): where no detectors run in this process."""
+        return self.hot_records if self.detectors is None else None
+
+    @property
+    def raw_samples(self) -> list[FlowSample | bytes]:
+        """Where the meter may put samples as their JSON (bytes) instead of FlowSample objects: always this
+        outbox's samples (nothing in capture reads a sample but its JSON; batch_json takes such items as
+        they are)."""
+        return self.samples
 
     # --- MeterSink protocol (called from the hot path: append only)
     def flow(self, rec: FlowRecord) -> None:

@@ -21,7 +21,7 @@ import pytest
 from services.capture import flows
 from services.capture.flows import FlowMeter, ListSink, PortTable
 from services.capture.sources import CaptureFileError, FileSource
-from shared.models import HttpInfo, TlsInfo, Verdict, batch_json
+from shared.models import FlowRecord, FlowSample, HttpInfo, TlsInfo, Verdict, batch_json
 from shared.settings import CaptureSettings
 from tests.conftest import CORPUS, SAMPLE_PCAP, need_corpus
 
@@ -54,12 +54,27 @@ def port_guess(transport: str, sport: int, dport: int):
     return ""
 
 
+#: samples the last run's sink took as their JSON (raw_samples)
+RAW_SAMPLES = [0]
+#: ... hot records
+RAW_HOT = [0]
+
+
+def as_sample(s: FlowSample | bytes) -> FlowSample:
+    return FlowSample.model_validate_json(s) if type(s) is bytes else s
+
+
+def as_record(r: FlowRecord | bytes) -> FlowRecord:
+    return FlowRecord.model_validate_json(r) if type(r) is bytes else r
+
+
 #: flows the compiled loops (_meter.expire: closed, idle, at finish every one) ended in the last compiled run
 C_ENDED = [0]
 
 
 def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.MonkeyPatch, vwait: float = 0,
-          ev_mb: float = 128.0, raw: bool = False, flows_only: bool = False, guess: Any = port_guess) -> list:
+          ev_mb: float = 128.0, raw: bool = False, flows_only: bool = False, guess: Any = port_guess,
+          raw_samples: bool = False, raw_hot: bool = False) -> list:
     with monkeypatch.context() as mp:
         if not compiled:
             mp.setattr(flows, "_run", None)
@@ -81,6 +96,10 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
         sink = VerdictSink() if vwait else ListSink()
         if raw:   # the meter may put start and end records into sink.flows as their JSON, as capture's outbox
             sink.raw_records = sink.raw_live = sink.flows
+        if raw_samples:   # ... and samples into sink.samples as their JSON
+            sink.raw_samples = sink.samples
+        if raw_hot:   # ... and hot records into sink.hot_records
+            sink.raw_hot = sink.hot_records
         m = FlowMeter(CaptureSettings(verdict_wait_s=vwait, evidence_packets=4, evidence_memory_mb=ev_mb), sink,
                       source="twin")
         m._prefix = "twin"
@@ -100,6 +119,7 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
             marks += keep
             m.flush_samples()
             for s in sink.samples[seen:]:
+                s = as_sample(s)
                 third = zlib.crc32(s.flow_id.encode()) % 3
                 if s.seq_no == 0 and third == 0:
                     m.on_verdict(Verdict(timestamp=s.timestamp, probe=s.probe, flow_id=s.flow_id, sample_seq_no=0,
@@ -114,9 +134,11 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
         if flows_only:
             return sink.flows
         rings = {fid: m.evidence(fid) for fid in list(m._recent_ev)}
+        RAW_SAMPLES[0] = sum(type(s) is bytes for s in sink.samples)
+        RAW_HOT[0] = sum(type(r) is bytes for r in sink.hot_records)
         return [
             [r.model_dump() for r in sink.flows],
-            [s.model_dump() for s in sink.samples],
+            [as_sample(s).model_dump() for s in sink.samples],
             [p.model_dump() for p in sink.packets],
             m.stats(),
             rings,
@@ -124,6 +146,8 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
             [orjson.dumps(r.__dict__) for r in sink.flows],   # the documents batch_json writes, byte for byte
             [batch_json([s]) for s in sink.samples],
             [v.model_dump() for v in getattr(sink, "verdicts", [])],
+            [as_record(r).model_dump() for r in sink.hot_records],
+            [batch_json([r]) for r in sink.hot_records],
         ]
 
 
@@ -143,11 +167,18 @@ def batches_of(paths: list[Path], chunk: int = 256) -> list[tuple]:
 
 
 def assert_twins(batches: list, monkeypatch: pytest.MonkeyPatch, vwait: float = 0, ev_mb: float = 128.0,
-                 guess: Any = port_guess) -> list:
-    a = meter(batches, True, monkeypatch, vwait, ev_mb, guess=guess)
-    b = meter(batches, False, monkeypatch, vwait, ev_mb, guess=guess)
+                 guess: Any = port_guess, raw_samples: bool = False, raw_hot: bool = False) -> list:
+    a = meter(batches, True, monkeypatch, vwait, ev_mb, guess=guess, raw_samples=raw_samples, raw_hot=raw_hot)
+    raw_a, hot_a = RAW_SAMPLES[0], RAW_HOT[0]
+    b = meter(batches, False, monkeypatch, vwait, ev_mb, guess=guess, raw_samples=raw_samples, raw_hot=raw_hot)
+    assert RAW_SAMPLES[0] == RAW_HOT[0] == 0   # the pure-Python meter writes no JSON
+    if raw_samples and flows._cemit is not None:
+        assert raw_a == len(a[1]) > 0   # the compiled one wrote every sample as JSON
+    if raw_hot and flows._crecord_out is not None:
+        assert hot_a == len(a[9])   # ... and every hot record
     names = ("flow records", "samples", "packet events", "stats", "evidence rings", "recorder keep marks",
-             "flow records' documents", "samples' documents", "verdicts handed over")
+             "flow records' documents", "samples' documents", "verdicts handed over", "hot records",
+             "hot records' documents")
     for name, x, y in zip(names, a, b):
         if isinstance(x, list):
             assert len(x) == len(y), name
@@ -160,8 +191,11 @@ def assert_twins(batches: list, monkeypatch: pytest.MonkeyPatch, vwait: float = 
     return a
 
 
-def test_sample_capture_meters_the_same(monkeypatch):
-    assert_twins(batches_of([SAMPLE_PCAP]), monkeypatch)
+@pytest.mark.parametrize("raw_samples", [False, True])
+def test_sample_capture_meters_the_same(raw_samples, monkeypatch):
+    """raw_samples: the sink takes samples and hot records as their JSON (capture's outbox): the compiled
+    meter writes them, byte for byte the documents of the pure-Python meter's objects."""
+    assert_twins(batches_of([SAMPLE_PCAP]), monkeypatch, raw_samples=raw_samples, raw_hot=raw_samples)
 
 
 def frame(src: int, dst: int, sp: int, dp: int, flags: int, seq: int, payload: bytes = b"", proto: int = 6) -> bytes:
@@ -238,7 +272,8 @@ def test_timeouts_closes_reopens_and_dns_meter_the_same(monkeypatch):
     assert any(r.phase == "update" for r in sink.flows) and "active" in reasons
 
 
-def test_a_flow_idle_with_its_sample_not_yet_sent_ends_the_same(monkeypatch):
+@pytest.mark.parametrize("raw_samples", [False, True])
+def test_a_flow_idle_with_its_sample_not_yet_sent_ends_the_same(raw_samples, monkeypatch):
     """A flow that times out within the batch that sampled it: its coalesced sample goes out before its end."""
     recs = []
     t = 1000.0
@@ -249,7 +284,7 @@ def test_a_flow_idle_with_its_sample_not_yet_sent_ends_the_same(monkeypatch):
                  (t + 0.002, frame(c, 0xC0A80001, 40000, 80, 0x18, 1001, b"GET /%d HTTP/1.1\r\n\r\n" % i))]
         t += 30.0   # each flow idles out (120 s) a few flows later, in the same batch
     batches = [("dirty", 1, recs)]
-    a = assert_twins(batches, monkeypatch)
+    a = assert_twins(batches, monkeypatch, raw_samples=raw_samples)
     assert C_ENDED[0] > 0 or flows._cexpire is None
     idle = {r["flow_id"] for r in a[0] if r["end_reason"] == "idle"}
     sampled = {s["flow_id"] for s in a[1]}
@@ -291,12 +326,15 @@ def test_end_records_written_as_json_are_the_records_bytes(vwait, monkeypatch):
 @pytest.mark.corpus
 @pytest.mark.parametrize("corpus", ["ndpi", "zeek"])
 def test_dev_corpora_meter_the_same(corpus, monkeypatch):
+    """Samples and hot records as their JSON (capture's outbox takes them so) from the compiled meter,
+    objects from the pure-Python one: the same events and the same documents."""
     need_corpus()
     d = CORPUS.parents[1] / corpus / "dev"
     if not d.is_dir():
         pytest.skip(f"{d} not found")
     paths = sorted(p for p in d.iterdir() if p.is_file() and not p.name.endswith(".out"))
-    assert_twins(batches_of(paths), monkeypatch)
+    a = assert_twins(batches_of(paths), monkeypatch, raw_samples=True, raw_hot=True)
+    assert a[9] or corpus != "ndpi"   # hot records (SYNs left unanswered) among them
 
 
 @pytest.mark.corpus
