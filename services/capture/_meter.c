@@ -712,9 +712,30 @@ static PyTypeObject CountersType = {
     .tp_new = PyType_GenericNew,
 };
 
+/* FlowMeter._count(name, n): meter.counters[name] += n (from 0) */
+static int meter_count(PyObject *meter, const char *name, long long n) {
+    PyObject *cn = iname("counters"), *k = iname(name);
+    PyObject *c = cn && k ? PyObject_GetAttr(meter, cn) : NULL;
+    if (c == NULL)
+        return -1;
+    if (!PyDict_Check(c)) {
+        Py_DECREF(c);
+        PyErr_SetString(PyExc_TypeError, "the meter's counters are not a dict");
+        return -1;
+    }
+    PyObject *v = PyDict_GetItemWithError(c, k);
+    long long x = v == NULL ? 0 : PyLong_AsLongLong(v);
+    PyObject *nv = (v == NULL && PyErr_Occurred()) || (x == -1 && PyErr_Occurred()) ? NULL : PyLong_FromLongLong(x + n);
+    int r = nv == NULL ? -1 : PyDict_SetItem(c, k, nv);
+    Py_XDECREF(nv);
+    Py_DECREF(c);
+    return r;
+}
+
 /* the meter's Counters (meter._c), a new reference */
 static Counters *meter_counters(PyObject *meter) {
-    PyObject *c = PyObject_GetAttrString(meter, "_c");
+    PyObject *nm = iname("_c");
+    PyObject *c = nm ? PyObject_GetAttr(meter, nm) : NULL;
     if (c != NULL && !PyObject_TypeCheck(c, &CountersType)) {
         Py_DECREF(c);
         PyErr_SetString(PyExc_TypeError, "the meter's _c is not a _meter.Counters");
@@ -749,7 +770,8 @@ static void nf_clear(NewFlow *c) {
 }
 
 static int attr_d(PyObject *o, const char *name, double *out) {
-    PyObject *v = PyObject_GetAttrString(o, name);
+    PyObject *nm = iname(name);   /* once per call of expire(): per second of packet time, or more in a sparse file */
+    PyObject *v = nm ? PyObject_GetAttr(o, nm) : NULL;
     if (v == NULL)
         return -1;
     *out = PyFloat_AsDouble(v);
@@ -3089,11 +3111,8 @@ static int end_idle(Ender *e, PyObject *f, PyObject *why) {
                     PyErr_SetString(PyExc_AttributeError, "Flow.verdict_final is not set");
                 return -1;
             }
-            PyObject *r = lazy_method(&e->m_count, e->meter, "_count") == NULL ? NULL
-                : PyObject_CallFunction(e->m_count, "sL", fin ? "verdicts_after_final" : "verdicts_waited_out", pending);
-            if (r == NULL)
+            if (meter_count(e->meter, fin ? "verdicts_after_final" : "verdicts_waited_out", pending) < 0)
                 return -1;
-            Py_DECREF(r);
             e->ctr->pending -= pending;
             nput(f, N_PENDING, ref(zero_int));
         }
