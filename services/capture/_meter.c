@@ -5,8 +5,9 @@
  * its Flow objects in Python; this loop meters a batch's records without the
  * interpreter where they are Ethernet II frames with up to 4 VLAN tags
  * (802.1Q, QinQ) carrying IPv4 (not a fragment; with or without options) or
- * IPv6 (no extension header) with TCP or UDP (not on a tunnel port), in the
- * Python loop's order:
+ * IPv6 (no extension header) with TCP, UDP (not on a tunnel port), ICMP or
+ * ICMPv6 (keyed without ports, as decode() keys them), in the Python loop's
+ * order:
  *
  *   packet/byte totals, duplicate-frame check, housekeeping when a second of
  *   packet time has passed (_housekeep), table lookup by the directional key
@@ -395,6 +396,8 @@ static const char *new_slot_names[NNEW] = {
 static Py_ssize_t new_offs[NNEW];
 static int new_bound = 0;
 static PyObject *s_tcp_name = NULL, *s_udp_name = NULL, *s_start = NULL, *s_unknown = NULL, *s_bfd = NULL;
+/* transport names of ICMP and ICMPv6 (bind_record's optional arguments): without them ICMP goes to Python */
+static PyObject *s_icmp_name = NULL, *s_icmp6_name = NULL;
 
 /*
  * record(f, phase, ts, probe, app, application, category, host, confidence) -> FlowRecord
@@ -452,9 +455,14 @@ static int member_offset(PyObject *cls, const char *name, Py_ssize_t *out) {
 
 static PyObject *bind_record(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *cls, *base, *tcp_name = NULL, *udp_name = NULL;
-    if (!PyArg_ParseTuple(args, "O!O!|UU", &PyType_Type, &cls, &PyType_Type, &base, &tcp_name, &udp_name))
+    PyObject *cls, *base, *tcp_name = NULL, *udp_name = NULL, *icmp_name = NULL, *icmp6_name = NULL;
+    if (!PyArg_ParseTuple(args, "O!O!|UUUU", &PyType_Type, &cls, &PyType_Type, &base, &tcp_name, &udp_name,
+                          &icmp_name, &icmp6_name))
         return NULL;
+    Py_XINCREF(icmp_name);
+    Py_XSETREF(s_icmp_name, icmp_name);
+    Py_XINCREF(icmp6_name);
+    Py_XSETREF(s_icmp6_name, icmp6_name);
     if (tcp_name == NULL || udp_name == NULL) {
         PyErr_SetString(PyExc_TypeError, "bind_record(FlowRecord, BaseModel, transport name of 6, of 17)");
         return NULL;
@@ -751,7 +759,7 @@ typedef struct {
     Counters *ctr;
     PyObject *m_evict, *m_ip_text, *m_mac_text, *m_count;
     long long max_flows, hot_pk, ev_packets, ev_max_flows;
-    double upd, active;
+    double upd, active, hot_iv;
 } NewFlow;
 
 static void nf_clear(NewFlow *c) {
@@ -807,7 +815,8 @@ static int nf_load(NewFlow *c, PyObject *meter, PyObject *table, PyObject *move_
         || meter_ll(meter, "_max_flows", &c->max_flows) < 0 || meter_ll(meter, "_hot_pk", &c->hot_pk) < 0
         || meter_ll(meter, "evidence_packets", &c->ev_packets) < 0
         || meter_ll(meter, "evidence_max_flows", &c->ev_max_flows) < 0
-        || attr_d(meter, "_upd", &c->upd) < 0 || attr_d(meter, "_active", &c->active) < 0) {
+        || attr_d(meter, "_upd", &c->upd) < 0 || attr_d(meter, "_active", &c->active) < 0
+        || attr_d(meter, "_hot_iv", &c->hot_iv) < 0) {
         nf_clear(c);
         return -1;
     }
@@ -885,7 +894,8 @@ static PyObject *flow_id_text(PyObject *prefix, long long n) {
  * key: proto + src + dst + sport + dport [+ b"/<vlan>"] (alen-byte addresses).
  */
 static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *tso, PyObject *frame, int ver,
-                          int proto, int alen, uint32_t sp, uint32_t dp, uint32_t flags, PyObject *vlans, int *fwd) {
+                          int proto, int alen, uint32_t sp, uint32_t dp, uint32_t flags, PyObject *vlans, int icmp_tc,
+                          int *fwd) {
     if (c->ctr->nflows >= c->max_flows) {
         PyObject *r = PyObject_CallNoArgs(c->m_evict);
         if (r == NULL)
@@ -925,7 +935,8 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
         || fput(f, REC_BYTES, ref(z)) < 0
         || fput(f, FLOW_ID, ref(fid)) < 0 || nput(f, N_VER, PyLong_FromLong(ver)) < 0
         || nput(f, N_PROTO, PyLong_FromLong(proto)) < 0
-        || rput(f, R_TRANSPORT, ref(proto == 6 ? s_tcp_name : s_udp_name)) < 0
+        || rput(f, R_TRANSPORT, ref(proto == 6 ? s_tcp_name : proto == 17 ? s_udp_name : proto == 1 ? s_icmp_name
+                                      : s_icmp6_name)) < 0
         || rput(f, R_SOURCE, ref(c->source)) < 0) {
         Py_DECREF(z);
         goto fail;
@@ -984,12 +995,19 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
         if (rput(f, side == 0 ? R_SRC_MAC : R_DST_MAC, t) < 0)
             goto fail;
     }
-    if (rput(f, R_VLAN_IDS, ref(vlans)) < 0 || rput(f, R_TUNNEL, ref(s_empty)) < 0 || rput(f, R_ICMP, ref(Py_None)) < 0
+    /* ICMP/ICMPv6: the first packet's (type, code), for the Community ID */
+    PyObject *ic = icmp_tc < 0 ? ref(Py_None) : Py_BuildValue("(ii)", icmp_tc >> 8, icmp_tc & 255);
+    if (rput(f, R_VLAN_IDS, ref(vlans)) < 0 || rput(f, R_TUNNEL, ref(s_empty)) < 0 || rput(f, R_ICMP, ic) < 0
         || rput(f, R_OUTER, ref(Py_None)) < 0 || rput(f, R_FIRST, ref(tso)) < 0 || fput(f, LAST, ref(tso)) < 0
         || nput(f, N_LAST_UPDATE, ref(tso)) < 0
         || fput(f, NEXT_CHECK, PyFloat_FromDouble(PyFloat_AS_DOUBLE(tso) + (c->upd < c->active ? c->upd : c->active))) < 0)
         goto fail;
-    if (c->hot_pk) {   /* TCP/UDP: no per-flow hot checks; a pure SYN's flow is young */
+    if (c->hot_pk && proto != 6 && proto != 17) {   /* ICMP: hot checks every hot_interval_s of its packets */
+        if (c->hot_iv < c->upd
+            && fput(f, NEXT_CHECK, PyFloat_FromDouble(PyFloat_AS_DOUBLE(tso) + (c->hot_iv < c->active ? c->hot_iv
+                                                                                                      : c->active))) < 0)
+            goto fail;
+    } else if (c->hot_pk) {   /* TCP/UDP: no per-flow hot checks; a pure SYN's flow is young */
         if (nput(f, N_HOT_N, PyLong_FromLong(-1)) < 0)
             goto fail;
         if (proto == 6 && (flags & 0x12) == 0x02) {
@@ -999,7 +1017,7 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
             Py_CLEAR(r);
         }
     }
-    if (fput(f, IS_DNS, ref(sp == 53 || dp == 53 ? Py_True : Py_False)) < 0)
+    if (fput(f, IS_DNS, ref((sp == 53 || dp == 53) && (proto == 6 || proto == 17) ? Py_True : Py_False)) < 0)
         goto fail;
     if (c->ev_packets) {
         if (c->ctr->ev_flows < c->ev_max_flows) {
@@ -1361,7 +1379,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
         const unsigned char *fr = (const unsigned char *)PyBytes_AS_STRING(frame);
         Py_ssize_t len = PyBytes_GET_SIZE(frame);
         /* the compiled path's frames: Ethernet II with up to 4 VLAN tags, IPv4 (not a fragment) or IPv6
-         * without extension headers, TCP or UDP (not on a tunnel port); anything else (and anything
+         * without extension headers, TCP, UDP (not on a tunnel port), ICMP or ICMPv6; anything else (and anything
          * decode() would call malformed) goes to Python */
         if (len < 14)
             goto python;
@@ -1389,10 +1407,16 @@ static PyObject *run(PyObject *self, PyObject *args) {
             } else if (proto == 17) {
                 po = 42;
                 pl = end - 42;
+            } else if (proto == 1 && s_icmp_name != NULL) {   /* ICMP: decode()'s (no ports, the header at po) */
+                if (end - 34 < 4)
+                    goto python;
+                po = 34;
+                pl = end - 34;
+                addr_off = 26;
             } else {
                 goto python;
             }
-            plain = 1;
+            plain = proto != 1;   /* ICMP's key has no ports: not the frame's slice */
             l4 = 34;
         } else {
             /* as decode(): _after_ethertype's VLAN tags, then _ip4_decode / _ip6_decode and _l4 */
@@ -1447,17 +1471,23 @@ static PyObject *run(PyObject *self, PyObject *args) {
                     goto python;
                 po = l4 + 8;
                 pl = end - po;
+            } else if ((proto == 1 || proto == 58) && s_icmp_name != NULL) {
+                if (avail < 4)
+                    goto python;
+                po = l4;
+                pl = avail;
             } else {
                 goto python;
             }
         }
-        sp = be16(fr + l4);
-        dp = be16(fr + l4 + 2);
+        int icmp = proto == 1 || proto == 58;
+        sp = icmp ? 0 : be16(fr + l4);
+        dp = icmp ? 0 : be16(fr + l4 + 2);
         if (proto == 6) {
             seq = ((uint32_t)fr[l4 + 4] << 24) | ((uint32_t)fr[l4 + 5] << 16) | ((uint32_t)fr[l4 + 6] << 8) | fr[l4 + 7];
             ack = ((uint32_t)fr[l4 + 8] << 24) | ((uint32_t)fr[l4 + 9] << 16) | ((uint32_t)fr[l4 + 10] << 8) | fr[l4 + 11];
             flags = fr[l4 + 13];
-        } else if (is_tunnel_port(sp) || is_tunnel_port(dp)) {
+        } else if (proto == 17 && (is_tunnel_port(sp) || is_tunnel_port(dp))) {
             goto python;
         }
         /* a fast-path frame: from here on, everything in _process_py's order */
@@ -1500,7 +1530,10 @@ static PyObject *run(PyObject *self, PyObject *args) {
             char *k = PyBytes_AS_STRING(key);
             k[0] = (char)proto;
             memcpy(k + 1, fr + addr_off, (size_t)(2 * alen));
-            memcpy(k + 1 + 2 * alen, fr + l4, 4);
+            if (icmp)
+                memset(k + 1 + 2 * alen, 0, 4);
+            else
+                memcpy(k + 1 + 2 * alen, fr + l4, 4);
             if (sl)
                 memcpy(k + 5 + 2 * alen, suffix, (size_t)sl);
         }
@@ -1562,7 +1595,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 goto error;
             }
             f = new_flow(&nf, meter, key, tso, frame, ver, proto, (int)alen, sp, dp, flags, plain ? empty_tuple : vlans,
-                         &fwd);
+                         icmp && pl >= 2 ? (int)fr[po] << 8 | fr[po + 1] : -1, &fwd);
             Py_CLEAR(at_end);
             if (f == NULL) {
                 Py_DECREF(key);
@@ -1572,16 +1605,16 @@ static PyObject *run(PyObject *self, PyObject *args) {
         if (f == NULL) {   /* a new flow (plain: src/dst None, _new_flow slices them, as for eth4's frames) */
             PyObject *res;
             if (plain) {
-                res = PyObject_CallFunction(m_new_flow, "OOOiiOOkkkiOis", key, tso, frame, 4, proto, Py_None, Py_None,
+                res = PyObject_CallFunction(m_new_flow, "OOOiiOOkkkiOisll", key, tso, frame, 4, proto, Py_None, Py_None,
                                             (unsigned long)sp, (unsigned long)dp, (unsigned long)flags, 0, empty_tuple,
-                                            0, "");
+                                            0, "", po, pl);
             } else {
                 vlans = make_vlans(vids, nvl);
                 res = vlans == NULL ? NULL
-                    : PyObject_CallFunction(m_new_flow, "OOOiiy#y#kkkKOis", key, tso, frame, ver, proto,
+                    : PyObject_CallFunction(m_new_flow, "OOOiiy#y#kkkKOisll", key, tso, frame, ver, proto,
                                             (const char *)fr + addr_off, (Py_ssize_t)alen,
                                             (const char *)fr + addr_off + alen, (Py_ssize_t)alen, (unsigned long)sp,
-                                            (unsigned long)dp, (unsigned long)flags, vlan, vlans, 0, "");
+                                            (unsigned long)dp, (unsigned long)flags, vlan, vlans, 0, "", po, pl);
             }
             Py_CLEAR(at_end);
             if (res == NULL || !PyTuple_Check(res) || PyTuple_GET_SIZE(res) != 2) {

@@ -378,7 +378,7 @@ if _METER is not None:
     _METER.bind(Flow, _Dir)
     _run = _METER.run
     if getattr(_METER, "bind_record", None) is not None and _METER.bind_record(
-            FlowRecord, BaseModel, transport_name(6), transport_name(17)):
+            FlowRecord, BaseModel, transport_name(6), transport_name(17), transport_name(1), transport_name(58)):
         _crecord = _METER.record
         _crecord_out = getattr(_METER, "record_out", None)
         _cexpire = getattr(_METER, "expire", None)
@@ -793,8 +793,8 @@ class FlowMeter:
         """Create a flow for a packet whose directional table key is ``key``; returns (flow, packet is from src).
 
         ``po``/``pl``: the packet's L4 payload offset and length as decode() gives them (for ICMP/ICMPv6,
-        the ICMP header: its type and code are kept for the Community ID; the compiled loop, which only
-        creates TCP/UDP flows, leaves them out).
+        the ICMP header: its type and code are kept for the Community ID; the compiled loop's new flows
+        take them the same way).
         """
         if self._c.nflows >= self._max_flows:
             self._evict_one()

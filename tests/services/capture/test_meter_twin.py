@@ -400,9 +400,10 @@ def eth(ip: bytes, tags: tuple = (), v6: bool = False, tpid: int = 0x8100) -> by
 
 
 def encapsulated_conversations() -> tuple[list, int]:
-    """TCP and UDP conversations (with DNS) in every encapsulation; returns (records, frames the loop hands to Python)."""
+    """TCP, UDP (with DNS) and ICMP conversations in every encapsulation; returns (records, frames the loop hands
+    to Python)."""
     recs: list = []
-    to_python = 0
+    frag_pings = 0
     t = 5000.0
     shapes = [
         ((), False, 0x8100, b""), ((10,), False, 0x8100, b""), ((0, 20), False, 0x8100, b""),
@@ -424,14 +425,21 @@ def encapsulated_conversations() -> tuple[list, int]:
                     pkt(s, c, 6, l4(6, 443, sp, 0x11, 954)),
                     pkt(c, s, 17, l4(17, 30000 + j, 53, payload=b"\xab\xcd\x01\x00\x00\x01" + b"\0" * 6 + b"\x01a\x00\x00\x01\x00\x01")),
                     pkt(s, c, 17, l4(17, 53, 30000 + j, payload=b"\xab\xcd\x81\x80\x00\x01" + b"\0" * 6 + b"\x01a\x00\x00\x01\x00\x01")),
-                    pkt(c, s, 17, l4(17, 5000 + j, 6000, payload=b"q" * (j + 1)))]
+                    pkt(c, s, 17, l4(17, 5000 + j, 6000, payload=b"q" * (j + 1))),
+                    # an ICMP / ICMPv6 echo and its reply (the loop keys them without ports, as decode())
+                    pkt(c, s, 58 if v6 else 1, bytes((128 if v6 else 8, 0, 0, 0, 0, j, 0, 1)) + b"ping" * j),
+                    pkt(s, c, 58 if v6 else 1, bytes((129 if v6 else 0, 0, 0, 0, 0, j, 0, 1)) + b"ping" * j)]
+            if j == 0 and not v6:   # a ping's first fragment (decode() meters it, keyed as the loop keys the rest)
+                conv.insert(9, eth(ip4(c, s, 1, bytes((8, 0, 0, 0, 0, 9, 0, 1)) + b"big" * 20, opts, frag=0x2000),
+                                   tags, v6, tpid))
+                frag_pings += 1
             for fr in conv:
                 recs.append((t, fr))
                 t += 0.01
             recs.append((t, conv[2]))   # a duplicate frame
             t += 0.5
     # frames the loop leaves to decode(): 5 tags, IPv6 with an extension header or a zero payload length,
-    # fragments, a bad TCP header, a short UDP datagram, a tunnel port, non-IP (ARP), ICMP
+    # fragments, a bad TCP header, a short UDP datagram, a tunnel port, non-IP (ARP), a short ICMP header
     odd = [
         eth(ip4(1, 2, 6, l4(6, 1, 2, 0x02)), (1, 2, 3, 4, 5)),
         eth(ip6(1, 2, 6, l4(6, 1, 2, 0x02), ext=b"\0" * 8), (), True),
@@ -443,13 +451,14 @@ def encapsulated_conversations() -> tuple[list, int]:
         eth(ip4(1, 2, 17, l4(17, 1, 4789, payload=b"\0" * 16)), (9,)),
         eth(ip4(1, 2, 6, l4(6, 1, 2, 0x10)), (9,))[:30],
         ETH_MACS + b"\x81\x00\x00\x09\x08\x06" + b"\x00\x01\x08\x00\x06\x04\x00\x01" + b"\x02" * 20,
-        eth(ip4(1, 2, 1, b"\x08\x00\x00\x00\x00\x01\x00\x01"), (9,)),
+        eth(ip4(1, 2, 1, b"\x08\x00\x00"), (9,)),
         eth(ip4(1, 2, 6, l4(6, 1, 2, 0x10), options=b"\x01\x01\x01\x00", tot=22), ()),
     ]
     for fr in odd:
         recs.append((t, fr))
         t += 0.01
-    to_python = len(odd) - 1   # the IPv6 datagram cut by one byte is still one for the loop (clamped to the capture)
+    # the IPv6 datagram cut by one byte is still one for the loop (clamped to the capture)
+    to_python = len(odd) - 1 + frag_pings
     return recs, to_python
 
 
