@@ -53,8 +53,10 @@ def need_root() -> None:
 @pytest.fixture(autouse=True)
 def _own_spool_dir(tmp_path, monkeypatch):
     """Each test spools (FT_SPOOL_DIR) into its own directory: nothing one test's services left unacknowledged
-    is published into another test's nats-server."""
+    is published into another test's nats-server.  Its services' evidence pcaps (FT_EVIDENCE_DIR) go to its
+    own directory too, not the machine's /var/lib/flowtarget/evidence (12 k files there after a few runs)."""
     monkeypatch.setenv("FT_SPOOL_DIR", str(tmp_path / "ft-spool"))
+    monkeypatch.setenv("FT_EVIDENCE_DIR", str(tmp_path / "ft-evidence"))
 
 
 @pytest.fixture
