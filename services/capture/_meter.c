@@ -6,8 +6,11 @@
  * interpreter where they are Ethernet II frames with up to 4 VLAN tags
  * (802.1Q, QinQ) carrying IPv4 (not a fragment; with or without options) or
  * IPv6 (no extension header) with TCP, UDP (not on a tunnel port), ICMP or
- * ICMPv6 (keyed without ports, as decode() keys them), in the Python loop's
- * order:
+ * ICMPv6 (keyed without ports, as decode() keys them), also when that packet
+ * is the inner one of a GTP-U G-PDU or of IP-in-IP (one tunnel deep: decode()'s
+ * key, its outer VLANs, bytes and payload; the outermost IP packet for what the
+ * capture cut; a new tunnelled flow through _new_flow, which notes the tunnel's
+ * endpoints), in the Python loop's order:
  *
  *   packet/byte totals, duplicate-frame check, housekeeping when a second of
  *   packet time has passed (_housekeep), table lookup by the directional key
@@ -22,7 +25,7 @@
  *   (a sampled direction's payload or SYN/FIN), _dns (a DNS message).
  *
  * So Python runs per flow event only.  Every other frame (5+ VLAN tags, IPv6
- * extension headers, fragments, tunnels, non-IP, other link types, anything
+ * extension headers, fragments, other tunnels, tunnels in tunnels, non-IP, other link types, anything
  * decode() calls malformed) it hands untouched to the pure-Python meter
  * (``one((rec,), dl, keep, i)``, FlowMeter._process_py) and goes on after it.
  * For the frames it takes, its header checks are decode()'s (untagged IPv4
@@ -1385,6 +1388,10 @@ static PyObject *run(PyObject *self, PyObject *args) {
             goto python;
         int plain = 0, ver = 4, proto, nvl = 0;
         long ipl, end, l4, pl, po, addr_off = 0, alen = 4;
+        /* a GTP-U or IP-in-IP frame's inner packet is metered here as decode() decapsulates it (one tunnel
+         * deep; GRE, VXLAN, TZSP, CAPWAP and nested tunnels go to Python): the tunnel's name, else NULL */
+        const char *tun = NULL;
+        long wire_end = 0;   /* a tunnelled frame's outermost IP packet's end, for the payload on the wire */
         uint32_t flags = 0, seq = 0, ack = 0, sp, dp, et = be16(fr + 12), vids[4];
         unsigned long long vlan = 0;
         long off = 14;
@@ -1413,6 +1420,12 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 po = 34;
                 pl = end - 34;
                 addr_off = 26;
+            } else if (proto == 4 || proto == 41) {   /* IP in IP: the inner packet at 34, as _l4 */
+                wire_end = 14 + ipl;
+                off = 34;
+                et = proto == 4 ? 0x0800 : 0x86DD;
+                tun = "IP-in-IP";
+                goto inner;
             } else {
                 goto python;
             }
@@ -1429,9 +1442,12 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 et = be16(fr + off + 2);
                 off += 4;
             }
+        inner:   /* a tunnel's inner packet at off (et: 0x0800 or 0x86DD), the outer frame's VLANs kept */
             if (et == 0x0800) {
                 if (len - off < 20 || (fr[off] >> 4) != 4)
                     goto python;
+                ver = 4;
+                alen = 4;
                 long hl = (long)(fr[off] & 15) << 2, tot = (long)be16(fr + off + 2);
                 if (hl < 20 || tot == 0 || tot < hl || len - off < hl || (be16(fr + off + 6) & 0x3FFF))
                     goto python;
@@ -1476,6 +1492,12 @@ static PyObject *run(PyObject *self, PyObject *args) {
                     goto python;
                 po = l4;
                 pl = avail;
+            } else if ((proto == 4 || proto == 41) && tun == NULL) {   /* IP in IP, as _l4 */
+                wire_end = off + ipl;
+                off = l4;
+                et = proto == 4 ? 0x0800 : 0x86DD;
+                tun = "IP-in-IP";
+                goto inner;
             } else {
                 goto python;
             }
@@ -1488,7 +1510,40 @@ static PyObject *run(PyObject *self, PyObject *args) {
             ack = ((uint32_t)fr[l4 + 8] << 24) | ((uint32_t)fr[l4 + 9] << 16) | ((uint32_t)fr[l4 + 10] << 8) | fr[l4 + 11];
             flags = fr[l4 + 13];
         } else if (proto == 17 && (is_tunnel_port(sp) || is_tunnel_port(dp))) {
-            goto python;
+            /* GTP-U (_udp_tunnel's first test): its G-PDU's inner IP packet; other tunnel ports, a GTP-U
+             * message that is not a G-PDU (decode() meters it as UDP), a tunnel in a tunnel: Python */
+            if (tun != NULL || (sp != 2152 && dp != 2152) || end - po < 8)
+                goto python;
+            unsigned int gf = fr[po];
+            if ((gf >> 5) != 1 || fr[po + 1] != 0xFF)
+                goto python;
+            long io = po + 8;
+            if (gf & 7) {
+                if (end - io < 4)
+                    goto python;
+                unsigned int ext = (gf & 4) ? fr[io + 3] : 0;
+                io += 4;
+                int hops = 0;
+                while (ext) {
+                    if (end - io < 1)
+                        goto python;
+                    long ln = (long)fr[io] * 4;
+                    if (ln == 0 || end - io < ln)
+                        goto python;
+                    ext = fr[io + ln - 1];
+                    io += ln;
+                    if (++hops > 8)
+                        goto python;
+                }
+            }
+            if (io >= end || ((fr[io] >> 4) != 4 && (fr[io] >> 4) != 6))
+                goto python;
+            wire_end = off + ipl;
+            off = io;
+            et = (fr[io] >> 4) == 4 ? 0x0800 : 0x86DD;
+            tun = "GTP";
+            plain = 0;
+            goto inner;
         }
         /* a fast-path frame: from here on, everything in _process_py's order */
         npk++;
@@ -1589,7 +1644,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 Py_DECREF(r2);
             }
         }
-        if (f == NULL && cnew) {   /* a new flow, made here as _new_flow makes it */
+        if (f == NULL && cnew && tun == NULL) {   /* a new flow, made here as _new_flow makes it */
             if (!plain && vlans == NULL && (vlans = make_vlans(vids, nvl)) == NULL) {
                 Py_DECREF(key);
                 goto error;
@@ -1614,7 +1669,8 @@ static PyObject *run(PyObject *self, PyObject *args) {
                     : PyObject_CallFunction(m_new_flow, "OOOiiy#y#kkkKOisll", key, tso, frame, ver, proto,
                                             (const char *)fr + addr_off, (Py_ssize_t)alen,
                                             (const char *)fr + addr_off + alen, (Py_ssize_t)alen, (unsigned long)sp,
-                                            (unsigned long)dp, (unsigned long)flags, vlan, vlans, 0, "", po, pl);
+                                            (unsigned long)dp, (unsigned long)flags, vlan, vlans, 0, tun ? tun : "",
+                                            po, pl);
             }
             Py_CLEAR(at_end);
             if (res == NULL || !PyTuple_Check(res) || PyTuple_GET_SIZE(res) != 2) {
@@ -1706,7 +1762,10 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 }
                 /* the common cases here (in-order TCP, UDP, SYN/FIN, a direction done), the rest in _sample */
                 /* the segment's payload on the wire: more than the frame holds when the capture cut it */
-                long wpl = off + ipl > (long)len ? pl + (off + ipl - (long)len) : pl;
+                /* (_wire_payload: what the capture cut off the outermost IP packet, when the payload
+                 * reaches the frame's end) */
+                long wpl = tun == NULL ? (off + ipl > (long)len ? pl + (off + ipl - (long)len) : pl)
+                    : po + pl == (long)len && wire_end > (long)len ? pl + (wire_end - (long)len) : pl;
                 int done = defer ? sample(meter, f, tso, fr, po, pl, wpl, fwd, proto, flags, seq, ack, vlans,
                                           smax_bytes, smax_pkts) : 0;
                 Py_CLEAR(at_end);   /* it may call the meter's methods */

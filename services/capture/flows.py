@@ -463,7 +463,7 @@ class FlowMeter:
         self._keep = bytearray()
         #: optional ``(transport, src_port, dst_port) -> protocol name or ''``: stamps end records
         #: of flows that never got a verdict (e.g. never carried payload) with a port guess,
-        #: confidence "port" (e.g. ``services.classify.engine.Engine().guess``)
+        #: confidence "port" (capture: ``PortTable(Engine().port_table)``, which the compiled meter reads itself)
         self.port_guess: Any = None
         self._now = 0.0
         self._next_house = 0.0
@@ -557,7 +557,7 @@ class FlowMeter:
 
         The hot path.  Where the compiled meter loop is built (``_meter.c``),
         it meters Ethernet frames with up to 4 VLAN tags carrying IPv4 or IPv6
-        (no extension header) TCP/UDP itself, samples them itself in the common
+        (no extension header) TCP/UDP/ICMP itself, also inside one GTP-U or IP-in-IP tunnel, samples them itself in the common
         cases of a deferring meter (``defer_samples``), and calls this class's
         methods for the other flow events only (``_new_flow``, ``_end``,
         ``_housekeep``, ``_tcp_close``, ``_periodic``, ``_sample`` for
@@ -583,6 +583,7 @@ class FlowMeter:
         if type(recs) is not list:
             recs = list(recs)
         table = self.table
+        self._dl = dl   # for _new_flow's tunnel_outer: the loop meters GTP-U and IP-in-IP frames too
         try:
             npk, nb, dups = run(self, recs, self._process_py, dl, table, table.move_to_end, self._ev_trim,
                                 self._ev_keep, keep, self.record_cutoff, _crecord is not None, self._ev_cap)

@@ -512,3 +512,110 @@ def test_compiled_base64_arrays_are_pydantic_s():
     assert _meter.b64_json([]) == b"[]"
     with pytest.raises(TypeError):
         _meter.b64_json([b"ok", "not bytes"])
+
+
+def gtp(inner: bytes, flags: int = 0x30, ext: bytes = b"", mtype: int = 0xFF) -> bytes:
+    """A GTP-U header (version 1, flags 0x30 = G-PDU without options) and its payload; with the E, S or PN
+    flags the 4 optional bytes (next extension type last) and the extension headers ``ext``."""
+    opt = b""
+    if flags & 7:
+        opt = b"\0\1\0" + bytes((0x85 if ext else 0,))   # sequence number, N-PDU number, next extension type
+    return struct.pack("!BBHI", flags, mtype, len(opt) + len(ext) + len(inner), 0x1234) + opt + ext + inner
+
+
+def tunnelled_conversations() -> tuple[list, int]:
+    """TCP (closed, then a new connection on the same key), DNS, UDP and ICMP conversations inside GTP-U and
+    IP-in-IP tunnels over every outer layout; returns (records, frames the loop hands to Python)."""
+    recs: list = []
+    t = 9000.0
+    # one GTP extension header (length 1 = 4 bytes, its last byte the next type: none)
+    ext1 = b"\x01\xaa\xbb\x00"
+
+    def udp_gtp(inner: bytes, **kw) -> bytes:
+        return l4(17, 2152, 2152, payload=gtp(inner, **kw))
+
+    wrappers = [   # (name, outer frame around an inner IP packet, the inner is IPv6)
+        ("gtp4", lambda ip, v6: eth(ip4(0x64000001, 0x64000002, 17, udp_gtp(ip))), False),
+        ("gtp4v6", lambda ip, v6: eth(ip4(0x64000001, 0x64000002, 17, udp_gtp(ip)), (12,)), True),
+        ("gtp6seq", lambda ip, v6: eth(ip6(0x64, 0x65, 17, udp_gtp(ip, flags=0x32)), (), True), False),
+        ("gtp6ext", lambda ip, v6: eth(ip6(0x64, 0x65, 17, udp_gtp(ip, flags=0x34, ext=ext1)), (13, 14), True), True),
+        ("ipip", lambda ip, v6: eth(ip4(0x64000003, 0x64000004, 4, ip)), False),
+        ("6in4", lambda ip, v6: eth(ip4(0x64000003, 0x64000004, 41, ip), (15,)), True),
+        ("6in6", lambda ip, v6: eth(ip6(0x66, 0x67, 41, ip), (), True), True),
+        ("4in6", lambda ip, v6: eth(ip6(0x66, 0x67, 4, ip), (16,), True), False),
+    ]
+    for k, (_name, wrap, v6) in enumerate(wrappers):
+        c, s = 0x0A100001 + k, 0xC0A81001 + k
+
+        def pkt(a, b, proto, body):
+            return wrap(ip6(a, b, proto, body) if v6 else ip4(a, b, proto, body), v6)
+
+        for j in range(2):
+            sp = 42000 + j
+            conv = [pkt(c, s, 6, l4(6, sp, 80, 0x02, 100)), pkt(s, c, 6, l4(6, 80, sp, 0x12, 900)),
+                    pkt(c, s, 6, l4(6, sp, 80, 0x18, 101, b"GET / HTTP/1.1\r\nHost: t%d\r\n\r\n" % k)),
+                    pkt(s, c, 6, l4(6, 80, sp, 0x18, 901, b"HTTP/1.1 200 OK\r\n\r\n" + bytes([j]) * 40)),
+                    pkt(c, s, 6, l4(6, sp, 80, 0x11, 140)), pkt(s, c, 6, l4(6, 80, sp, 0x11, 960)),
+                    # a new connection on the closed one's key (ends it, then a new tunnelled flow)
+                    pkt(c, s, 6, l4(6, sp, 80, 0x02, 5000)), pkt(s, c, 6, l4(6, 80, sp, 0x12, 7000)),
+                    # its last segment cut by the capture, the tunnel padded after it: the sample's next sequence
+                    # number counts what was cut off the outermost IP packet (as _wire_payload)
+                    wrap((ip6 if v6 else ip4)(s, c, 6, l4(6, 80, sp, 0x18, 7001, b"more" * 30)) + b"\0" * 6, v6)[:-25],
+                    pkt(c, s, 17, l4(17, 31000 + j, 53, payload=b"\xab\xcd\x01\x00\x00\x01" + b"\0" * 6 + b"\x01b\x00\x00\x01\x00\x01")),
+                    pkt(s, c, 17, l4(17, 53, 31000 + j, payload=b"\xab\xcd\x81\x80\x00\x01" + b"\0" * 6 + b"\x01b\x00\x00\x01\x00\x01")),
+                    pkt(c, s, 17, l4(17, 7000 + j, 7001, payload=b"u" * (j + 3))),
+                    pkt(c, s, 58 if v6 else 1, bytes((128 if v6 else 8, 0, 0, 0, 0, j, 0, 1)) + b"pong"),
+                    pkt(s, c, 58 if v6 else 1, bytes((129 if v6 else 0, 0, 0, 0, 0, j, 0, 1)) + b"pong")]
+            for fr in conv:
+                recs.append((t, fr))
+                t += 0.01
+            t += 0.5
+    inner = ip4(0x0A200001, 0x0A200002, 6, l4(6, 1, 2, 0x02))
+    odd = [   # frames the loop leaves to decode()
+        eth(ip4(0x64000001, 0x64000002, 17, udp_gtp(inner, mtype=1))),            # a GTP-U echo, not a G-PDU
+        eth(ip4(0x64000001, 0x64000002, 17, udp_gtp(inner, flags=0x34, ext=b"\x00\x00\x00\x00"))),  # ext length 0
+        eth(ip4(0x64000001, 0x64000002, 17, udp_gtp(b"\x50" + inner[1:]))),       # inner IP version 5
+        eth(ip4(0x64000001, 0x64000002, 17, udp_gtp(ip4(1, 2, 17, udp_gtp(inner))))),   # GTP in GTP
+        eth(ip4(0x64000001, 0x64000002, 17, udp_gtp(ip4(1, 2, 4, inner)))),       # IP-in-IP in GTP
+        eth(ip4(0x64000003, 0x64000004, 4, ip4(1, 2, 17, l4(17, 1, 2, payload=b"x"), frag=0x2000))),  # inner fragment
+        eth(ip4(0x64000003, 0x64000004, 41, ip6(1, 2, 6, l4(6, 1, 2, 0x02), ext=b"\0" * 8)), (15,)),  # inner ext header
+        eth(ip4(0x64000003, 0x64000004, 4, ip6(1, 2, 6, l4(6, 1, 2, 0x02)))),    # proto 4 carrying IPv6
+        eth(ip4(0x64000001, 0x64000002, 17, l4(17, 2152, 2152, payload=b"\x30\xff\x00\x00\x00\x00"))),  # short
+    ]
+    for fr in odd:
+        recs.append((t, fr))
+        t += 0.01
+    return recs, len(odd)
+
+
+def test_tunnels_meter_the_same(monkeypatch):
+    recs, _ = tunnelled_conversations()
+    batches = [("tun", 1, recs[i:i + 50]) if i == 0 else (None, 1, recs[i:i + 50]) for i in range(0, len(recs), 50)]
+    a = assert_twins(batches, monkeypatch)
+    ends = [r for r in a[0] if r["phase"] == "end"]
+    tunnels = {(r["tunnel"], r["tunnel_src_ip"], r["ip_version"], r["transport"]) for r in ends}
+    assert {("GTP", "100.0.0.1", 4, "TCP"), ("GTP", "100.0.0.1", 6, "UDP"), ("GTP", "2001:db8::64", 4, "ICMP"),
+            ("GTP", "2001:db8::64", 6, "ICMPV6"), ("IP-in-IP", "100.0.0.3", 4, "TCP"),
+            ("IP-in-IP", "100.0.0.3", 6, "UDP"), ("IP-in-IP", "2001:db8::66", 6, "TCP"),
+            ("IP-in-IP", "2001:db8::66", 4, "UDP")} <= tunnels
+    # the closed connection and the new one on its key: two flows per key, both tunnelled
+    http = [r for r in ends if r["transport"] == "TCP" and r["dst_port"] == 80 and r["tunnel"] == "GTP"]
+    assert len(http) == 2 * 2 * 4
+    assert any(p["kind"] == "dns" and p["vlan_ids"] == [13, 14] for p in a[2])
+
+
+def test_the_loop_meters_gtp_and_ip_in_ip_itself(monkeypatch):
+    """Only the odd tunnelled frames reach the pure-Python meter; new tunnelled flows are made by _new_flow."""
+    recs, to_python = tunnelled_conversations()
+    seen: list = []
+    orig = FlowMeter._process_py
+
+    def counting(self, rs, dl, *a):
+        seen.extend(rs)
+        return orig(self, rs, dl, *a)
+
+    monkeypatch.setattr(FlowMeter, "_process_py", counting)
+    m = FlowMeter(CaptureSettings(verdict_wait_s=0), ListSink(), source="tun")
+    m.process_batch(recs, 1)
+    assert len(seen) == to_python
+    assert m.stats()["counters"]["tunnel_gtp_flows"] > 0
