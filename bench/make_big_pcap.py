@@ -20,13 +20,23 @@ a third of the TCP flows one-way)::
 packets per flow): every third TCP flow (in order of appearance) keeps only
 the direction of its first packet.  ``--max-flow-packets N`` also cuts every
 flow to its first N packets.  The script prints the packets per flow it wrote.
+
+A mobile core's or a tunnelled WAN's mirror port (every IP packet inside a tunnel)::
+
+    python bench/make_big_pcap.py --out /tmp/gtp.pcap --tunnel gtp    # or --tunnel ipip
+
+``--tunnel gtp`` puts each Ethernet frame's IP packet into GTP-U (outer IPv4, UDP 2152, a G-PDU whose TEID
+follows the inner addresses) between two fixed tunnel endpoints; ``--tunnel ipip`` into IPv4 (protocol 4
+or 41) between them.  Frames that are not IP stay as they are.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import struct
 import sys
+import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -81,6 +91,24 @@ def shift(frame: bytes, r: int) -> bytes:
         b[38 + 3] ^= r & 0xFF
         return bytes(b)
     return frame
+
+
+def tunnel(frame: bytes, kind: str) -> bytes:
+    """An untagged Ethernet frame's IP packet inside GTP-U or IP-in-IP between two fixed endpoints."""
+    et = frame[12:14]
+    if et not in (b"\x08\x00", b"\x86\xdd"):
+        return frame
+    ip = frame[14:]
+    if kind == "gtp":
+        teid = zlib.crc32(ip[12:20] if et == b"\x08\x00" else ip[8:40]) & 0xFFFF   # a few hundred tunnels
+        body = struct.pack("!BBHI", 0x30, 0xFF, len(ip), teid) + ip
+        body = struct.pack("!HHHH", 2152, 2152, 8 + len(body), 0) + body
+        proto = 17
+    else:
+        body, proto = ip, 4 if et == b"\x08\x00" else 41
+    outer = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 0, 0, 64, proto, 0,
+                        b"\x0a\xfe\x00\x01", b"\x0a\xfe\x00\x02")
+    return frame[:12] + b"\x08\x00" + outer + body
 
 
 def load_corpus(corpus: Path) -> list[list[tuple[float, bytes]]]:
@@ -157,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", choices=sorted(PROFILES), help="a named flow profile (sets the two options below)")
     ap.add_argument("--max-flow-packets", type=int, default=0, help="keep at most this many packets of each flow")
     ap.add_argument("--one-way-tcp-every", type=int, default=0, help="every n-th TCP flow keeps one direction only")
+    ap.add_argument("--tunnel", choices=("gtp", "ipip"), help="every IP packet inside GTP-U or IP-in-IP")
     args = ap.parse_args(argv)
     if args.profile:
         for k, v in PROFILES[args.profile].items():
@@ -183,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                     gap = ts - prev
                     prev = ts
                     t += min(max(gap, 0.0), 1.0)
-                    w.writepkt(shift(fr, r), ts=t)
+                    fr = shift(fr, r)
+                    w.writepkt(tunnel(fr, args.tunnel) if args.tunnel else fr, ts=t)
                     written += 1
                     if written >= args.packets:
                         break

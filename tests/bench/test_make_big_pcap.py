@@ -77,3 +77,23 @@ def test_issue12_profile_makes_every_third_tcp_flow_one_way(tmp_path):
     assert len(a) >= 6 and len(b) >= 6
     # about a third more of the TCP flows lost a direction (the meter may split or join a few differently)
     assert one_way(b) / len(b) >= one_way(a) / len(a) + 0.2, (one_way(a), len(a), one_way(b), len(b))
+
+
+def test_tunnel_options_wrap_every_ip_packet_and_keep_its_flows(tmp_path):
+    """--tunnel gtp / ipip: the same inner flows (as the meter decapsulates them), each marked with its tunnel."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(SAMPLE_PCAP, corpus / "sample.pcap")
+    plain = tmp_path / "plain.pcap"
+    make(corpus, plain, 600)
+    key = lambda r: (r.transport, r.src_ip, r.src_port, r.dst_ip, r.dst_port, r.src2dst_packets, r.dst2src_packets)  # noqa: E731
+    want = sorted(key(r) for r in meter_ends(plain))
+    for kind, name in (("gtp", "GTP"), ("ipip", "IP-in-IP")):
+        out = tmp_path / f"{kind}.pcap"
+        proc = subprocess.run([sys.executable, str(SCRIPT), "--corpus", str(corpus), "--out", str(out),
+                               "--packets", "600", "--tunnel", kind], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        ends = meter_ends(out)
+        ip_ends = [r for r in ends if r.tunnel]
+        assert ip_ends and all(r.tunnel == name and r.tunnel_src_ip == "10.254.0.1" for r in ip_ends)
+        assert sorted(key(r) for r in ends) == want
