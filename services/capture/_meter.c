@@ -399,6 +399,7 @@ static const char *new_slot_names[NNEW] = {
 static Py_ssize_t new_offs[NNEW];
 static int new_bound = 0;
 static PyObject *s_tcp_name = NULL, *s_udp_name = NULL, *s_start = NULL, *s_unknown = NULL, *s_bfd = NULL;
+static PyObject *s_tun_gtp = NULL, *s_tun_ipip = NULL, *s_tun_gtp_n = NULL, *s_tun_ipip_n = NULL;
 /* transport names of ICMP and ICMPv6 (bind_record's optional arguments): without them ICMP goes to Python */
 static PyObject *s_icmp_name = NULL, *s_icmp6_name = NULL;
 
@@ -896,9 +897,18 @@ static PyObject *flow_id_text(PyObject *prefix, long long n) {
  * packet of the loop, step by step in its order; returns the flow (a new reference), *fwd as it returns it.
  * key: proto + src + dst + sport + dport [+ b"/<vlan>"] (alen-byte addresses).
  */
+/* a decapsulated frame's tunnel, for its new flow (decode.tunnel_outer's answer, found by the loop's own parse) */
+typedef struct {
+    PyObject *name;        /* borrowed: s_tun_gtp / s_tun_ipip; NULL for a frame that is not tunnelled */
+    PyObject *counter;     /* borrowed: the meter's tunnel_<name>_flows counter name */
+    const unsigned char *src, *dst;   /* the outer IP header's addresses */
+    int alen;
+    unsigned long id;      /* GTP-U TEID; 0 for IP-in-IP */
+} Tunnel;
+
 static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *tso, PyObject *frame, int ver,
                           int proto, int alen, uint32_t sp, uint32_t dp, uint32_t flags, PyObject *vlans, int icmp_tc,
-                          int *fwd) {
+                          const Tunnel *tun, int *fwd) {
     if (c->ctr->nflows >= c->max_flows) {
         PyObject *r = PyObject_CallNoArgs(c->m_evict);
         if (r == NULL)
@@ -910,8 +920,15 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
     PyObject *src = PyBytes_FromStringAndSize(k + 1, alen), *dst = PyBytes_FromStringAndSize(k + 1 + alen, alen);
     PyObject *rkey = PyBytes_FromStringAndSize(NULL, klen);
     PyObject *f = NULL, *K = NULL, *R = NULL, *t1 = NULL, *t2 = NULL, *fid = NULL, *r = NULL;
+    PyObject *osrc = NULL, *odst = NULL;
     if (src == NULL || dst == NULL || rkey == NULL)
         goto fail;
+    if (tun->name != NULL) {
+        osrc = PyBytes_FromStringAndSize((const char *)tun->src, tun->alen);
+        odst = PyBytes_FromStringAndSize((const char *)tun->dst, tun->alen);
+        if (osrc == NULL || odst == NULL)
+            goto fail;
+    }
     {   /* rkey = proto + dst + src + dport + sport [+ the same suffix] */
         char *rk = PyBytes_AS_STRING(rkey);
         memcpy(rk, k, (size_t)klen);
@@ -953,6 +970,9 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
         PyObject *tmp = src;
         src = dst;
         dst = tmp;
+        tmp = osrc;
+        osrc = odst;
+        odst = tmp;
         uint32_t tp = sp;
         sp = dp;
         dp = tp;
@@ -1000,8 +1020,24 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
     }
     /* ICMP/ICMPv6: the first packet's (type, code), for the Community ID */
     PyObject *ic = icmp_tc < 0 ? ref(Py_None) : Py_BuildValue("(ii)", icmp_tc >> 8, icmp_tc & 255);
-    if (rput(f, R_VLAN_IDS, ref(vlans)) < 0 || rput(f, R_TUNNEL, ref(s_empty)) < 0 || rput(f, R_ICMP, ic) < 0
-        || rput(f, R_OUTER, ref(Py_None)) < 0 || rput(f, R_FIRST, ref(tso)) < 0 || fput(f, LAST, ref(tso)) < 0
+    /* a tunnelled flow's outer endpoints (as texts, swapped with the flow's direction) and tunnel id */
+    PyObject *ou = Py_None;
+    if (tun->name != NULL) {
+        PyObject *a = cached_text(c, osrc, c->m_ip_text, osrc, NULL);
+        PyObject *b = a ? cached_text(c, odst, c->m_ip_text, odst, NULL) : NULL;
+        ou = b ? Py_BuildValue("(NNk)", a, b, tun->id) : NULL;
+        if (ou == NULL) {
+            Py_XDECREF(a);
+            Py_XDECREF(b);
+            Py_XDECREF(ic);
+            goto fail;
+        }
+    } else {
+        Py_INCREF(ou);
+    }
+    if (rput(f, R_VLAN_IDS, ref(vlans)) < 0 || rput(f, R_TUNNEL, ref(tun->name ? tun->name : s_empty)) < 0
+        || rput(f, R_ICMP, ic) < 0 || rput(f, R_OUTER, ou) < 0 || rput(f, R_FIRST, ref(tso)) < 0
+        || fput(f, LAST, ref(tso)) < 0
         || nput(f, N_LAST_UPDATE, ref(tso)) < 0
         || fput(f, NEXT_CHECK, PyFloat_FromDouble(PyFloat_AS_DOUBLE(tso) + (c->upd < c->active ? c->upd : c->active))) < 0)
         goto fail;
@@ -1039,6 +1075,12 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
             goto fail;
         Py_CLEAR(r);
     }
+    if (tun->name != NULL) {
+        r = PyObject_CallOneArg(c->m_count, tun->counter);
+        if (r == NULL)
+            goto fail;
+        Py_CLEAR(r);
+    }
     if (emit_record(c->raw, c->sink_flow, f, s_start, tso, c->probe, s_unknown, s_empty, s_empty, s_empty, s_empty) < 0)
         goto fail;
     Py_DECREF(src);
@@ -1047,8 +1089,12 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
     Py_XDECREF(t1);
     Py_XDECREF(t2);
     Py_DECREF(fid);
+    Py_XDECREF(osrc);
+    Py_XDECREF(odst);
     return f;
 fail:
+    Py_XDECREF(osrc);
+    Py_XDECREF(odst);
     Py_XDECREF(src);
     Py_XDECREF(dst);
     Py_XDECREF(rkey);
@@ -1390,7 +1436,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
         long ipl, end, l4, pl, po, addr_off = 0, alen = 4;
         /* a GTP-U or IP-in-IP frame's inner packet is metered here as decode() decapsulates it (one tunnel
          * deep; GRE, VXLAN, TZSP, CAPWAP and nested tunnels go to Python): the tunnel's name, else NULL */
-        const char *tun = NULL;
+        Tunnel tun = {NULL, NULL, NULL, NULL, 0, 0};
         long wire_end = 0;   /* a tunnelled frame's outermost IP packet's end, for the payload on the wire */
         uint32_t flags = 0, seq = 0, ack = 0, sp, dp, et = be16(fr + 12), vids[4];
         unsigned long long vlan = 0;
@@ -1422,9 +1468,9 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 addr_off = 26;
             } else if (proto == 4 || proto == 41) {   /* IP in IP: the inner packet at 34, as _l4 */
                 wire_end = 14 + ipl;
+                tun = (Tunnel){s_tun_ipip, s_tun_ipip_n, fr + 26, fr + 30, 4, 0};
                 off = 34;
                 et = proto == 4 ? 0x0800 : 0x86DD;
-                tun = "IP-in-IP";
                 goto inner;
             } else {
                 goto python;
@@ -1492,11 +1538,11 @@ static PyObject *run(PyObject *self, PyObject *args) {
                     goto python;
                 po = l4;
                 pl = avail;
-            } else if ((proto == 4 || proto == 41) && tun == NULL) {   /* IP in IP, as _l4 */
+            } else if ((proto == 4 || proto == 41) && tun.name == NULL) {   /* IP in IP, as _l4 */
                 wire_end = off + ipl;
+                tun = (Tunnel){s_tun_ipip, s_tun_ipip_n, fr + addr_off, fr + addr_off + alen, (int)alen, 0};
                 off = l4;
                 et = proto == 4 ? 0x0800 : 0x86DD;
-                tun = "IP-in-IP";
                 goto inner;
             } else {
                 goto python;
@@ -1512,7 +1558,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
         } else if (proto == 17 && (is_tunnel_port(sp) || is_tunnel_port(dp))) {
             /* GTP-U (_udp_tunnel's first test): its G-PDU's inner IP packet; other tunnel ports, a GTP-U
              * message that is not a G-PDU (decode() meters it as UDP), a tunnel in a tunnel: Python */
-            if (tun != NULL || (sp != 2152 && dp != 2152) || end - po < 8)
+            if (tun.name != NULL || (sp != 2152 && dp != 2152) || end - po < 8)
                 goto python;
             unsigned int gf = fr[po];
             if ((gf >> 5) != 1 || fr[po + 1] != 0xFF)
@@ -1539,9 +1585,10 @@ static PyObject *run(PyObject *self, PyObject *args) {
             if (io >= end || ((fr[io] >> 4) != 4 && (fr[io] >> 4) != 6))
                 goto python;
             wire_end = off + ipl;
+            tun = (Tunnel){s_tun_gtp, s_tun_gtp_n, fr + (plain ? 26 : addr_off), fr + (plain ? 30 : addr_off + alen),
+                           plain ? 4 : (int)alen, (unsigned long)be16(fr + po + 4) << 16 | be16(fr + po + 6)};
             off = io;
             et = (fr[io] >> 4) == 4 ? 0x0800 : 0x86DD;
-            tun = "GTP";
             plain = 0;
             goto inner;
         }
@@ -1644,13 +1691,13 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 Py_DECREF(r2);
             }
         }
-        if (f == NULL && cnew && tun == NULL) {   /* a new flow, made here as _new_flow makes it */
+        if (f == NULL && cnew) {   /* a new flow, made here as _new_flow makes it */
             if (!plain && vlans == NULL && (vlans = make_vlans(vids, nvl)) == NULL) {
                 Py_DECREF(key);
                 goto error;
             }
             f = new_flow(&nf, meter, key, tso, frame, ver, proto, (int)alen, sp, dp, flags, plain ? empty_tuple : vlans,
-                         icmp && pl >= 2 ? (int)fr[po] << 8 | fr[po + 1] : -1, &fwd);
+                         icmp && pl >= 2 ? (int)fr[po] << 8 | fr[po + 1] : -1, &tun, &fwd);
             Py_CLEAR(at_end);
             if (f == NULL) {
                 Py_DECREF(key);
@@ -1669,8 +1716,8 @@ static PyObject *run(PyObject *self, PyObject *args) {
                     : PyObject_CallFunction(m_new_flow, "OOOiiy#y#kkkKOisll", key, tso, frame, ver, proto,
                                             (const char *)fr + addr_off, (Py_ssize_t)alen,
                                             (const char *)fr + addr_off + alen, (Py_ssize_t)alen, (unsigned long)sp,
-                                            (unsigned long)dp, (unsigned long)flags, vlan, vlans, 0, tun ? tun : "",
-                                            po, pl);
+                                            (unsigned long)dp, (unsigned long)flags, vlan, vlans, 0,
+                                            tun.name ? PyUnicode_AsUTF8(tun.name) : "", po, pl);
             }
             Py_CLEAR(at_end);
             if (res == NULL || !PyTuple_Check(res) || PyTuple_GET_SIZE(res) != 2) {
@@ -1764,7 +1811,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 /* the segment's payload on the wire: more than the frame holds when the capture cut it */
                 /* (_wire_payload: what the capture cut off the outermost IP packet, when the payload
                  * reaches the frame's end) */
-                long wpl = tun == NULL ? (off + ipl > (long)len ? pl + (off + ipl - (long)len) : pl)
+                long wpl = tun.name == NULL ? (off + ipl > (long)len ? pl + (off + ipl - (long)len) : pl)
                     : po + pl == (long)len && wire_end > (long)len ? pl + (wire_end - (long)len) : pl;
                 int done = defer ? sample(meter, f, tso, fr, po, pl, wpl, fwd, proto, flags, seq, ack, vlans,
                                           smax_bytes, smax_pkts) : 0;
@@ -3427,6 +3474,12 @@ PyMODINIT_FUNC PyInit__meter(void) {
         return NULL;
     s_unknown = PyUnicode_InternFromString("Unknown");
     s_bfd = PyUnicode_InternFromString("bfd_flows");
+    s_tun_gtp = PyUnicode_InternFromString("GTP");
+    s_tun_ipip = PyUnicode_InternFromString("IP-in-IP");
+    s_tun_gtp_n = PyUnicode_InternFromString("tunnel_gtp_flows");
+    s_tun_ipip_n = PyUnicode_InternFromString("tunnel_ip-in-ip_flows");
+    if (!s_tun_gtp || !s_tun_ipip || !s_tun_gtp_n || !s_tun_ipip_n)
+        return NULL;
     if (!s_start || !s_unknown || !s_bfd)
         return NULL;
     zero_int = PyLong_FromLong(0);

@@ -564,6 +564,8 @@ def tunnelled_conversations() -> tuple[list, int]:
                     pkt(c, s, 17, l4(17, 31000 + j, 53, payload=b"\xab\xcd\x01\x00\x00\x01" + b"\0" * 6 + b"\x01b\x00\x00\x01\x00\x01")),
                     pkt(s, c, 17, l4(17, 53, 31000 + j, payload=b"\xab\xcd\x81\x80\x00\x01" + b"\0" * 6 + b"\x01b\x00\x00\x01\x00\x01")),
                     pkt(c, s, 17, l4(17, 7000 + j, 7001, payload=b"u" * (j + 3))),
+                    # a connection first seen at its SYN-ACK (the flow, its tunnel's endpoints turned round)
+                    pkt(s, c, 6, l4(6, 8080, 43000 + j, 0x12, 50)), pkt(c, s, 6, l4(6, 43000 + j, 8080, 0x10, 51)),
                     pkt(c, s, 58 if v6 else 1, bytes((128 if v6 else 8, 0, 0, 0, 0, j, 0, 1)) + b"pong"),
                     pkt(s, c, 58 if v6 else 1, bytes((129 if v6 else 0, 0, 0, 0, 0, j, 0, 1)) + b"pong")]
             for fr in conv:
@@ -602,6 +604,11 @@ def test_tunnels_meter_the_same(monkeypatch):
     http = [r for r in ends if r["transport"] == "TCP" and r["dst_port"] == 80 and r["tunnel"] == "GTP"]
     assert len(http) == 2 * 2 * 4
     assert any(p["kind"] == "dns" and p["vlan_ids"] == [13, 14] for p in a[2])
+    # the flow first seen at its SYN-ACK: the client is the SYN-ACK's receiver, on both tunnel sides
+    turned = [r for r in ends if r["dst_port"] == 8080 and r["tunnel"] == "GTP" and r["ip_version"] == 4]
+    assert turned and all(r["src_ip"].startswith("10.16.") and r["tunnel_src_ip"] in ("100.0.0.2", "2001:db8::65")
+                          for r in turned)
+    assert {r["tunnel_id"] for r in ends if r["tunnel"] == "GTP"} == {0x1234}
 
 
 def test_the_loop_meters_gtp_and_ip_in_ip_itself(monkeypatch):
@@ -615,7 +622,11 @@ def test_the_loop_meters_gtp_and_ip_in_ip_itself(monkeypatch):
         return orig(self, rs, dl, *a)
 
     monkeypatch.setattr(FlowMeter, "_process_py", counting)
+    made: list = []
+    new_flow = FlowMeter._new_flow
+    monkeypatch.setattr(FlowMeter, "_new_flow", lambda self, *a, **k: made.append(a[-1]) or new_flow(self, *a, **k))
     m = FlowMeter(CaptureSettings(verdict_wait_s=0), ListSink(), source="tun")
     m.process_batch(recs, 1)
     assert len(seen) == to_python
-    assert m.stats()["counters"]["tunnel_gtp_flows"] > 0
+    assert m.stats()["counters"]["tunnel_gtp_flows"] > 0 and m.stats()["counters"]["tunnel_ip-in-ip_flows"] > 0
+    assert len(made) <= to_python   # only the odd frames' flows are made by _new_flow (the loop makes the others)
