@@ -477,19 +477,32 @@ def test_encapsulations_meter_the_same(monkeypatch):
     assert any(s.vlan_ids == [0, 20] for s in sink.samples)
 
 
-def test_the_loop_meters_vlan_ipv6_and_ip_options_itself(monkeypatch):
-    """Only the frames the loop does not take reach the pure-Python meter."""
-    recs, to_python = encapsulated_conversations()
+def metered_in_python(recs: list, monkeypatch: pytest.MonkeyPatch) -> tuple[list, int, FlowMeter]:
+    """Meter ``recs`` with the compiled loop: (the records it handed to _process_py, the flows _new_flow made,
+    the meter)."""
     seen: list = []
-    orig = FlowMeter._process_py
+    made = [0]
+    process_py, new_flow = FlowMeter._process_py, FlowMeter._new_flow
 
     def counting(self, rs, dl, *a):
         seen.extend(rs)
-        return orig(self, rs, dl, *a)
+        return process_py(self, rs, dl, *a)
+
+    def making(self, *a, **k):
+        made[0] += 1
+        return new_flow(self, *a, **k)
 
     monkeypatch.setattr(FlowMeter, "_process_py", counting)
-    m = FlowMeter(CaptureSettings(verdict_wait_s=0), ListSink(), source="encaps")
+    monkeypatch.setattr(FlowMeter, "_new_flow", making)
+    m = FlowMeter(CaptureSettings(verdict_wait_s=0), ListSink(), source="loop")
     m.process_batch(recs, 1)
+    return seen, made[0], m
+
+
+def test_the_loop_meters_vlan_ipv6_and_ip_options_itself(monkeypatch):
+    """Only the frames the loop does not take reach the pure-Python meter."""
+    recs, to_python = encapsulated_conversations()
+    seen, _made, _m = metered_in_python(recs, monkeypatch)
     assert len(seen) == to_python, [fr[12:16].hex() for _ts, fr in seen]
 
 
@@ -612,21 +625,9 @@ def test_tunnels_meter_the_same(monkeypatch):
 
 
 def test_the_loop_meters_gtp_and_ip_in_ip_itself(monkeypatch):
-    """Only the odd tunnelled frames reach the pure-Python meter; new tunnelled flows are made by _new_flow."""
+    """Only the odd tunnelled frames reach the pure-Python meter, and the loop makes the tunnelled flows."""
     recs, to_python = tunnelled_conversations()
-    seen: list = []
-    orig = FlowMeter._process_py
-
-    def counting(self, rs, dl, *a):
-        seen.extend(rs)
-        return orig(self, rs, dl, *a)
-
-    monkeypatch.setattr(FlowMeter, "_process_py", counting)
-    made: list = []
-    new_flow = FlowMeter._new_flow
-    monkeypatch.setattr(FlowMeter, "_new_flow", lambda self, *a, **k: made.append(a[-1]) or new_flow(self, *a, **k))
-    m = FlowMeter(CaptureSettings(verdict_wait_s=0), ListSink(), source="tun")
-    m.process_batch(recs, 1)
+    seen, made, m = metered_in_python(recs, monkeypatch)
     assert len(seen) == to_python
     assert m.stats()["counters"]["tunnel_gtp_flows"] > 0 and m.stats()["counters"]["tunnel_ip-in-ip_flows"] > 0
-    assert len(made) <= to_python   # only the odd frames' flows are made by _new_flow (the loop makes the others)
+    assert made <= to_python   # only the odd frames' flows are made by _new_flow
