@@ -50,6 +50,21 @@ def need_root() -> None:
         pytest.skip("needs root for network namespaces (CI runs as root)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_dirs(tmp_path_factory):
+    """Services that module- or session-scoped fixtures start (the block labs') come up before any test's own
+    directories below are set: theirs are the session's, never the machine's /var/lib/flowtarget."""
+    saved = {k: os.environ.get(k) for k in ("FT_SPOOL_DIR", "FT_EVIDENCE_DIR")}
+    os.environ["FT_SPOOL_DIR"] = str(tmp_path_factory.mktemp("ft-spool"))
+    os.environ["FT_EVIDENCE_DIR"] = str(tmp_path_factory.mktemp("ft-evidence"))
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(autouse=True)
 def _own_spool_dir(tmp_path, monkeypatch):
     """Each test spools (FT_SPOOL_DIR) into its own directory: nothing one test's services left unacknowledged
