@@ -97,6 +97,34 @@ def safe_text(value: Any, limit: int = 200) -> str:
     return safe_line(value, limit)
 
 
+async def kv_keys(kv: Any) -> list[str]:
+    """The keys of a JetStream key-value bucket (``[]`` when it has none), from its stream's state.
+
+    Not ``kv.keys()``: nats-py's key watcher can end its initial listing before a key written a
+    moment earlier (seen as a rule missing from ``flowtarget rules list`` in a test).  Keys whose
+    last entry is a delete marker are listed too: ``kv.get`` raises for them.  Falls back to the
+    watcher where the bucket object or the server does not give the subjects.
+    """
+    from nats.js.errors import NoKeysError, NotFoundError
+
+    js, stream, pre = getattr(kv, "_js", None), getattr(kv, "_stream", None), getattr(kv, "_pre", None)
+    if js is not None and stream and pre:
+        try:
+            info = await js.stream_info(stream, subjects_filter=f"{pre}>")
+        except NotFoundError:
+            return []
+        except Exception:  # noqa: BLE001 - an older server: the watcher's listing below
+            info = None
+        if info is not None and info.state.subjects is not None:
+            return sorted(subj[len(pre):] for subj in info.state.subjects)
+        if info is not None and not info.state.messages:
+            return []
+    try:
+        return sorted(await kv.keys())
+    except NoKeysError:
+        return []
+
+
 class Abandoned(Exception):
     """A JetStream publish given up at shutdown (and spooled, unless the caller asked otherwise)."""
 

@@ -449,14 +449,10 @@ async def put_rules(kv: Any, rules: Iterable[Rule]) -> int:
 
 async def read_rules(kv: Any) -> tuple[list[Rule], list[str]]:
     """Every rule in the bucket, plus error lines for entries that do not parse."""
-    from nats.js.errors import NoKeysError
+    from shared.bus import kv_keys
 
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return [], []
     rules, errors = [], []
-    for k in sorted(keys):
+    for k in await kv_keys(kv):
         try:
             entry = await kv.get(k)
         except Exception:  # deleted meanwhile

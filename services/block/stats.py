@@ -165,27 +165,16 @@ async def open_stats_bucket(js: Any, bucket: str = DEFAULT_BUCKET, replicas: int
 
 async def read_stats(js: Any, bucket: str = DEFAULT_BUCKET) -> dict[str, dict[str, Any]]:
     """Every rule's totals in the bucket ({} when there is no bucket yet)."""
-    from nats.js.errors import BucketNotFoundError, NoKeysError, NotFoundError
+    from nats.js.errors import BucketNotFoundError, NotFoundError
+
+    from shared.bus import kv_keys
 
     try:
         kv = await js.key_value(bucket)
     except (BucketNotFoundError, NotFoundError):
         return {}
-    # the keys from the bucket's stream state, not kv.keys(): nats-py's key watcher can end its
-    # initial listing before a key written a moment earlier (seen as a missing rule in a test)
-    prefix = f"$KV.{bucket}."
-    try:
-        info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
-        keys = sorted(subj[len(prefix):] for subj in (info.state.subjects or {}))
-    except NotFoundError:
-        return {}
-    except Exception:  # an older server without subject details: the watcher's listing
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return {}
     out = {}
-    for k in keys:
+    for k in await kv_keys(kv):
         try:
             entry = await kv.get(k)
         except Exception:

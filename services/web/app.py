@@ -32,7 +32,7 @@ from services.web import history
 from services.web.auth import COOKIE, Auth, Session, client_addr
 from services.web.blockview import client_view
 from services.web.live import LiveHub
-from shared.bus import Bus, RateLimitedLog, safe_text
+from shared.bus import Bus, RateLimitedLog, kv_keys, safe_text
 from shared.codec import loads_small
 from shared.models import Evidence
 from shared.settings import WebSettings
@@ -567,7 +567,11 @@ def build_app(console: Console) -> Starlette:
     async def rules_remove(request: Request, session: Session | None, form: dict[str, str]) -> Response:
         rid = request.path_params["rule_id"]
         kv = await c.rules_bucket()
-        if rid not in await _keys(kv):
+        try:
+            exists = bool((await kv.get(rid)).value)
+        except Exception:  # noqa: BLE001 - no such key, or deleted (nats-py's KeyNotFoundError family)
+            exists = False
+        if not exists:
             return await rules_page(request, session, form, status=404, error=f"no rule {rid!r}")
         await kv.delete(rid)
         c.auth.record(session.user if session else "-", f"removed rule {rid}", client_addr(request.scope))
@@ -769,15 +773,6 @@ def rule_from_form(form: dict[str, str]) -> dict[str, Any]:
     return data
 
 
-async def _keys(kv: Any) -> list[str]:
-    from nats.js.errors import NoKeysError
-
-    try:
-        return list(await kv.keys())
-    except NoKeysError:
-        return []
-
-
 async def read_rules_with_stats(kv: Any) -> tuple[list[dict[str, Any]], list[str]]:
     """The rules in the bucket, each with any statistics stored beside its fields.
 
@@ -788,7 +783,7 @@ async def read_rules_with_stats(kv: Any) -> tuple[list[dict[str, Any]], list[str
     from services.block.rules import Rule, RuleError, parse_rule
 
     entries, errors = [], []
-    for k in sorted(await _keys(kv)):
+    for k in sorted(await kv_keys(kv)):
         try:
             entry = await kv.get(k)
         except Exception:  # noqa: BLE001 - deleted meanwhile

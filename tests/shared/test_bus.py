@@ -198,3 +198,37 @@ def test_subscribe_in_order_falls_back_to_the_wildcard_without_nats_py_internals
 
     got, sent = asyncio.run(main())
     assert got == sent      # everything the wildcard matches, in order: the callback filters
+
+
+def test_kv_keys_lists_every_key_just_written_and_nothing_of_an_empty_bucket(nats_server):
+    """kv_keys reads the bucket's stream state: each key shows at once after its put (nats-py's key watcher
+    could end its listing before it), a deleted key is listed but kv.get refuses it, an empty bucket is []."""
+    import nats
+    from nats.js.api import KeyValueConfig
+
+    from shared.bus import kv_keys
+
+    async def go():
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        kv = await js.create_key_value(KeyValueConfig(bucket="kvk", history=1))
+        assert kv._stream == "KV_kvk" and kv._pre == "$KV.kvk."   # what kv_keys reads (else the watcher's listing)
+        assert await kv_keys(kv) == []
+        want = []
+        for i in range(40):
+            await kv.put(f"k{i:02d}", b"v")
+            want.append(f"k{i:02d}")
+            assert await kv_keys(kv) == want
+        await kv.delete("k05")
+        listed = await kv_keys(kv)
+        gone = 0
+        for k in listed:
+            try:
+                await kv.get(k)
+            except Exception:  # KeyDeletedError
+                gone += 1
+        await nc.close()
+        return listed, gone
+
+    listed, gone = asyncio.run(go())
+    assert listed == [f"k{i:02d}" for i in range(40)] and gone == 1
