@@ -97,7 +97,8 @@ def weblab(tmp_path_factory):
                                         "ads.web.block.test": [lab.server.ip]})
             env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")}
             env.update({"FT_WEB_USER": USER, "FT_WEB_PASSWORD": PASSWORD, "FT_WEB_PORT": "0",
-                        "FT_EVIDENCE_DIR": str(tmp / "evidence"), "FT_STREAM_STORAGE": "memory",
+                        "FT_EVIDENCE_DIR": str(tmp / "evidence"), "FT_SPOOL_DIR": str(tmp / "spool"),
+                        "FT_STREAM_STORAGE": "memory",
                         "FT_RECORD_DIR": str(tmp / "record"),
                         "FT_LOG_LEVEL": "INFO"})
             err = open(tmp / "run.log", "w+")  # noqa: SIM115 - closed below
