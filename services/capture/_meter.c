@@ -9,8 +9,8 @@
  * ICMPv6 (keyed without ports, as decode() keys them), also when that packet
  * is the inner one of a GTP-U G-PDU or of IP-in-IP (one tunnel deep: decode()'s
  * key, its outer VLANs, bytes and payload; the outermost IP packet for what the
- * capture cut; a new tunnelled flow through _new_flow, which notes the tunnel's
- * endpoints), in the Python loop's order:
+ * capture cut; a new tunnelled flow with the tunnel's endpoints and id, as
+ * _new_flow notes them from tunnel_outer), in the Python loop's order:
  *
  *   packet/byte totals, duplicate-frame check, housekeeping when a second of
  *   packet time has passed (_housekeep), table lookup by the directional key
@@ -1435,15 +1435,16 @@ static PyObject *run(PyObject *self, PyObject *args) {
         int plain = 0, ver = 4, proto, nvl = 0;
         long ipl, end, l4, pl, po, addr_off = 0, alen = 4;
         /* a GTP-U or IP-in-IP frame's inner packet is metered here as decode() decapsulates it (one tunnel
-         * deep; GRE, VXLAN, TZSP, CAPWAP and nested tunnels go to Python): the tunnel's name, else NULL */
+         * deep; GRE, VXLAN, TZSP, CAPWAP and nested tunnels go to Python): its tunnel (name NULL: none) */
         Tunnel tun = {NULL, NULL, NULL, NULL, 0, 0};
-        long wire_end = 0;   /* a tunnelled frame's outermost IP packet's end, for the payload on the wire */
+        long wire_end = 0;   /* a tunnelled frame's outermost IP packet's end (else off + ipl), for the cut */
         uint32_t flags = 0, seq = 0, ack = 0, sp, dp, et = be16(fr + 12), vids[4];
         unsigned long long vlan = 0;
         long off = 14;
         if (et == 0x0800 && len >= 42 && fr[14] == 0x45) {
             /* untagged IPv4 without options: exactly _fastpath.eth4's frames and results, else Python */
             ipl = (long)be16(fr + 16);
+            addr_off = 26;
             if ((be16(fr + 20) & 0x3FFF) || ipl < 20)
                 goto python;
             end = 14 + ipl;
@@ -1465,7 +1466,6 @@ static PyObject *run(PyObject *self, PyObject *args) {
                     goto python;
                 po = 34;
                 pl = end - 34;
-                addr_off = 26;
             } else if (proto == 4 || proto == 41) {   /* IP in IP: the inner packet at 34, as _l4 */
                 wire_end = 14 + ipl;
                 tun = (Tunnel){s_tun_ipip, s_tun_ipip_n, fr + 26, fr + 30, 4, 0};
@@ -1585,8 +1585,8 @@ static PyObject *run(PyObject *self, PyObject *args) {
             if (io >= end || ((fr[io] >> 4) != 4 && (fr[io] >> 4) != 6))
                 goto python;
             wire_end = off + ipl;
-            tun = (Tunnel){s_tun_gtp, s_tun_gtp_n, fr + (plain ? 26 : addr_off), fr + (plain ? 30 : addr_off + alen),
-                           plain ? 4 : (int)alen, (unsigned long)be16(fr + po + 4) << 16 | be16(fr + po + 6)};
+            tun = (Tunnel){s_tun_gtp, s_tun_gtp_n, fr + addr_off, fr + addr_off + alen, (int)alen,
+                           (unsigned long)be16(fr + po + 4) << 16 | be16(fr + po + 6)};
             off = io;
             et = (fr[io] >> 4) == 4 ? 0x0800 : 0x86DD;
             plain = 0;
@@ -1810,9 +1810,9 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 /* the common cases here (in-order TCP, UDP, SYN/FIN, a direction done), the rest in _sample */
                 /* the segment's payload on the wire: more than the frame holds when the capture cut it */
                 /* (_wire_payload: what the capture cut off the outermost IP packet, when the payload
-                 * reaches the frame's end) */
-                long wpl = tun.name == NULL ? (off + ipl > (long)len ? pl + (off + ipl - (long)len) : pl)
-                    : po + pl == (long)len && wire_end > (long)len ? pl + (wire_end - (long)len) : pl;
+                 * reaches the frame's end; without a tunnel a packet past the frame always reaches it) */
+                long we = tun.name == NULL ? off + ipl : wire_end;
+                long wpl = po + pl == (long)len && we > (long)len ? pl + (we - (long)len) : pl;
                 int done = defer ? sample(meter, f, tso, fr, po, pl, wpl, fwd, proto, flags, seq, ack, vlans,
                                           smax_bytes, smax_pkts) : 0;
                 Py_CLEAR(at_end);   /* it may call the meter's methods */

@@ -783,7 +783,7 @@ async def read_rules_with_stats(kv: Any) -> tuple[list[dict[str, Any]], list[str
     from services.block.rules import Rule, RuleError, parse_rule
 
     entries, errors = [], []
-    for k in sorted(await kv_keys(kv)):
+    for k in await kv_keys(kv):   # sorted
         try:
             entry = await kv.get(k)
         except Exception:  # noqa: BLE001 - deleted meanwhile
