@@ -98,6 +98,26 @@ static int learn_slots(PyObject *cls, int first, int last) {
     return 0;
 }
 
+static PyObject *new_dir(void);
+
+/* 0 when new_dir() makes what dir_type() makes (slot by slot, equal values of the same types), else -1 */
+static int dir_check(void) {
+    PyObject *a = PyObject_CallNoArgs((PyObject *)dir_type), *b = a ? new_dir() : NULL;
+    int rc = b ? 0 : -1;
+    for (int k = NFLOW; rc == 0 && k < NSLOTS; k++) {
+        PyObject *x = SLOT(a, k), *y = SLOT(b, k);
+        int eq = x && y && Py_TYPE(x) == Py_TYPE(y) ? PyObject_RichCompareBool(x, y, Py_EQ) : 0;
+        if (eq != 1) {
+            if (eq == 0)
+                PyErr_Format(PyExc_TypeError, "_meter makes a _Dir whose %s differs from _Dir()'s", slot_names[k]);
+            rc = -1;
+        }
+    }
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    return rc;
+}
+
 static PyObject *bind(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *cls, *dcls;
@@ -108,6 +128,10 @@ static PyObject *bind(PyObject *self, PyObject *args) {
     Py_XSETREF(flow_type, (PyTypeObject *)cls);
     Py_INCREF(dcls);
     Py_XSETREF(dir_type, (PyTypeObject *)dcls);
+    if (dir_check() < 0) {
+        Py_CLEAR(dir_type);
+        return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -276,6 +300,25 @@ static inline int put_ll(PyObject *o, int k, long long x) {
 
 static PyObject *s_dirty, *s_dir_s, *s_dir_d;
 
+/* a new _Dir as flows._Dir() makes it, without running its __init__ in Python (once per sampled direction:
+ * two per flow); bind() checks that the two agree */
+static PyObject *new_dir(void) {
+    PyObject *d = dir_type->tp_alloc(dir_type, 0), *pl = d ? PyList_New(0) : NULL;
+    if (pl == NULL) {
+        Py_XDECREF(d);
+        return NULL;
+    }
+    SLOT(d, D_PAYLOADS) = pl;
+    SLOT(d, D_NBYTES) = PyLong_FromLong(0);   /* small ints: cached, never NULL */
+    SLOT(d, D_NXT) = PyLong_FromLong(-1);
+    SLOT(d, D_OOO) = ref(Py_None);
+    SLOT(d, D_DONE) = ref(Py_False);
+    SLOT(d, D_NEXT_SEQ) = PyLong_FromLong(0);
+    SLOT(d, D_ACK) = PyLong_FromLong(0);
+    SLOT(d, D_LAST_SEQ) = PyLong_FromLong(-1);
+    return d;
+}
+
 /*
  * FlowMeter._sample for a deferring meter (defer_samples), in C where it is one of the common
  * cases: the packet is a TCP SYN/FIN or bare segment,
@@ -289,7 +332,7 @@ static int sample(PyObject *meter, PyObject *f, PyObject *tso, const unsigned ch
                   long long smax_bytes, long long smax_pkts) {
     PyObject *d = SLOT(f, fwd ? SD : DD);
     if (d == Py_None) {                              /* the direction's first: a new _Dir, as _sample makes it */
-        d = PyObject_CallNoArgs((PyObject *)dir_type);
+        d = new_dir();
         if (d == NULL)
             return -1;
         put(f, fwd ? SD : DD, d);
@@ -1356,6 +1399,60 @@ static PyObject *ring_add(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *rec_float_json;   /* bind_flat's: a float as orjson writes it (below) */
+
+/* run()'s state of _process_py's first steps, which every record takes */
+typedef struct {
+    long long npk, nbytes_all, dups;   /* records, their bytes, duplicate frames */
+    PyObject *prev;                    /* the last frame (a strong reference) */
+    double prev_ts, nh;                /* its time; the time of the next second's housekeeping */
+} Step;
+
+/* what _process_py does first with every record: counts it, tells a duplicate frame, and calls the meter's
+ * _housekeep when a second has passed (or the clock jumped back); 0 or -1 (error) */
+static inline int frame_step(Step *st, PyObject *meter, PyObject *m_housekeep, PyObject *tso, PyObject *frame,
+                             PyObject **at_end) {
+    double ts = PyFloat_AS_DOUBLE(tso);
+    Py_ssize_t len = PyBytes_GET_SIZE(frame);
+    st->npk++;
+    st->nbytes_all += len;
+    PyObject *prev = st->prev;
+    if (PyBytes_Check(prev) && PyBytes_GET_SIZE(prev) == len && ts - st->prev_ts < 0.005
+        && (prev == frame || memcmp(PyBytes_AS_STRING(prev), PyBytes_AS_STRING(frame), (size_t)len) == 0))
+        st->dups++;
+    Py_INCREF(frame);
+    Py_SETREF(st->prev, frame);
+    st->prev_ts = ts;
+    if (ts >= st->nh || ts < st->nh - 2.0) {
+        PyObject *r0 = PyObject_CallOneArg(m_housekeep, tso);
+        Py_CLEAR(*at_end);
+        if (r0 == NULL)
+            return -1;
+        Py_DECREF(r0);
+        PyObject *h = PyObject_GetAttr(meter, s_next_house);
+        if (h == NULL)
+            return -1;
+        st->nh = PyFloat_AsDouble(h);
+        Py_DECREF(h);
+        if (st->nh == -1.0 && PyErr_Occurred())
+            return -1;
+    }
+    return 0;
+}
+
+/* a DNS message's packet event (FlowMeter._dns) as its JSON, for a sink that takes them so (raw_packets) */
+typedef struct {
+    int loaded;
+    PyObject *raw, *probe, *source, *counters;
+} PacketOut;
+static int packet_out_load(PacketOut *o, PyObject *meter);
+static void packet_out_clear(PacketOut *o);
+static int dns_event(PacketOut *o, PyObject *f, PyObject *tso, const unsigned char *fr, long po, long pl, int proto,
+                     int fwd, PyObject *vlans);
+static int arp_event(PacketOut *o, PyObject *tso, const unsigned char *fr, Py_ssize_t len, long off,
+                     const uint32_t *vids, int nvl);
+static int arp_py(PyObject *meter, PyObject *tso, PyObject *frame, long off, const uint32_t *vids, int nvl);
+
 static PyObject *run(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *meter, *recs, *one, *table, *move_to_end, *dl, *keep = Py_None;
@@ -1364,6 +1461,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
     int cnew = 0;
     NewFlow nf;
     memset(&nf, 0, sizeof nf);
+    PacketOut pko = {0, NULL, NULL, NULL, NULL};
     if (!PyArg_ParseTuple(args, "OO!OOO!Onn|OLpn", &meter, &PyList_Type, &recs, &one, &dl, &PyDict_Type, &table,
                           &move_to_end, &ev_trim, &ev_keep, &keep, &cutoff, &cnew, &ev_cap))
         return NULL;
@@ -1390,10 +1488,8 @@ static PyObject *run(PyObject *self, PyObject *args) {
     /* the key of the table's last entry, as this loop last put it there (a direction's packets often come
      * in a row: its move_to_end is then a no-op and skipped); forgotten whenever Python code may have run */
     PyObject *at_end = NULL;
-    long long npk = 0, nbytes_all = 0, dups = 0;
-    PyObject *prev = NULL;
-    double prev_ts, nh;
-    if (load_state(meter, &prev, &prev_ts, &nh) < 0)
+    Step step = {0, 0, 0, NULL, 0.0, 0.0};
+    if (load_state(meter, &step.prev, &step.prev_ts, &step.nh) < 0)
         return NULL;
     PyObject *m_tcp_close = PyObject_GetAttrString(meter, "_tcp_close");
     PyObject *m_periodic = PyObject_GetAttrString(meter, "_periodic");
@@ -1513,6 +1609,23 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 proto = fr[off + 6];
                 addr_off = off + 8;
                 l4 = off + 40;
+            } else if (et == 0x0806 && tun.name == NULL && len - off >= 28
+                       && memcmp(fr + off, "\x00\x01\x08\x00\x06\x04", 6) == 0) {
+                /* a well-formed ARP packet (decode()'s KIND_ARP): its event written below (_non_ip's), where
+                 * the sink takes packet events as their JSON */
+                if (!pko.loaded && packet_out_load(&pko, meter) < 0)
+                    goto error;
+                if (pko.raw == NULL)
+                    goto python;
+                int aw = frame_step(&step, meter, m_housekeep, tso, frame, &at_end) < 0 ? -1
+                    : arp_event(&pko, tso, fr, len, off, vids, nvl);
+                if (aw == 0) {   /* a time this writer does not write: _non_ip */
+                    Py_CLEAR(at_end);
+                    aw = arp_py(meter, tso, frame, off, vids, nvl);
+                }
+                if (aw < 0)
+                    goto error;
+                continue;
             } else {
                 goto python;
             }
@@ -1593,28 +1706,8 @@ static PyObject *run(PyObject *self, PyObject *args) {
             goto inner;
         }
         /* a fast-path frame: from here on, everything in _process_py's order */
-        npk++;
-        nbytes_all += len;
-        if (PyBytes_Check(prev) && PyBytes_GET_SIZE(prev) == len && ts - prev_ts < 0.005
-            && (prev == frame || memcmp(PyBytes_AS_STRING(prev), fr, (size_t)len) == 0))
-            dups++;
-        Py_INCREF(frame);
-        Py_SETREF(prev, frame);
-        prev_ts = ts;
-        if (ts >= nh || ts < nh - 2.0) {   /* a second has passed, or the clock jumped back */
-            PyObject *r0 = PyObject_CallOneArg(m_housekeep, tso);
-            Py_CLEAR(at_end);
-            if (r0 == NULL)
-                goto error;
-            Py_DECREF(r0);
-            PyObject *h = PyObject_GetAttr(meter, s_next_house);
-            if (h == NULL)
-                goto error;
-            nh = PyFloat_AsDouble(h);
-            Py_DECREF(h);
-            if (nh == -1.0 && PyErr_Occurred())
-                goto error;
-        }
+        if (frame_step(&step, meter, m_housekeep, tso, frame, &at_end) < 0)
+            goto error;
         /* the directional key: proto + src + dst + sport + dport [+ b"/<vlan>"], as _process_py's */
         PyObject *key;
         if (plain) {
@@ -1845,20 +1938,28 @@ static PyObject *run(PyObject *self, PyObject *args) {
                     Py_DECREF(f);
                     goto error;
                 }
-                Py_CLEAR(at_end);
-                r3 = PyObject_CallFunction(m_dns, "OOOOlliO", f, tso, frame, fwd_o, po, pl, proto, vlans);
-                if (r3 == NULL) {
+                int dw = pko.loaded || packet_out_load(&pko, meter) == 0
+                    ? dns_event(&pko, f, tso, fr, po, pl, proto, fwd, vlans) : -1;
+                if (dw < 0) {
                     Py_DECREF(f);
                     goto error;
                 }
-                Py_DECREF(r3);
+                if (dw == 0) {
+                    Py_CLEAR(at_end);
+                    r3 = PyObject_CallFunction(m_dns, "OOOOlliO", f, tso, frame, fwd_o, po, pl, proto, vlans);
+                    if (r3 == NULL) {
+                        Py_DECREF(f);
+                        goto error;
+                    }
+                    Py_DECREF(r3);
+                }
             }
         }
         Py_DECREF(f);
         continue;
     python:
         /* this record needs Python: FlowMeter._process_py((rec,), dl) with the meter's state in step */
-        if (store_state(meter, prev, prev_ts) < 0)
+        if (store_state(meter, step.prev, step.prev_ts) < 0)
             goto error;
         {
             PyObject *one_rec = PyTuple_Pack(1, rec);
@@ -1873,12 +1974,12 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 goto error;
             Py_DECREF(r2);
         }
-        if (load_state(meter, &prev, &prev_ts, &nh) < 0)
+        if (load_state(meter, &step.prev, &step.prev_ts, &step.nh) < 0)
             goto error;
     }
-    if (store_state(meter, prev, prev_ts) < 0)
+    if (store_state(meter, step.prev, step.prev_ts) < 0)
         goto error;
-    Py_DECREF(prev);
+    Py_DECREF(step.prev);
     Py_DECREF(m_tcp_close);
     Py_DECREF(m_periodic);
     Py_DECREF(m_sample);
@@ -1889,10 +1990,12 @@ static PyObject *run(PyObject *self, PyObject *args) {
     Py_XDECREF(vlans);
     Py_XDECREF(at_end);
     nf_clear(&nf);
-    return Py_BuildValue("(LLL)", npk, nbytes_all, dups);
+    packet_out_clear(&pko);
+    return Py_BuildValue("(LLL)", step.npk, step.nbytes_all, step.dups);
 error:
     nf_clear(&nf);
-    Py_XDECREF(prev);
+    packet_out_clear(&pko);
+    Py_XDECREF(step.prev);
     Py_XDECREF(m_tcp_close);
     Py_XDECREF(m_periodic);
     Py_XDECREF(m_sample);
@@ -2495,6 +2598,232 @@ static int json_scalar_list(Buf *b, PyObject *v, PyObject *float_json) {
             return r;
     }
     return buf_put(b, "]", 1) < 0 ? -1 : 1;
+}
+
+/* sink.raw_packets (where packet events may go as their JSON), the meter's probe and source: loaded at the first
+ * DNS message of a run() (constant during it); raw stays NULL where the sink has no such list */
+static int packet_out_load(PacketOut *o, PyObject *meter) {
+    o->loaded = 1;
+    if (!new_bound)
+        return 0;
+    PyObject *sink = PyObject_GetAttrString(meter, "sink");
+    if (sink == NULL)
+        return -1;
+    o->raw = sink_raw(sink, "raw_packets");
+    Py_DECREF(sink);
+    if (o->raw == NULL)
+        return 0;
+    o->probe = PyObject_GetAttrString(meter, "probe");
+    o->source = o->probe ? PyObject_GetAttrString(meter, "source") : NULL;
+    o->counters = o->source ? PyObject_GetAttrString(meter, "counters") : NULL;
+    if (o->counters == NULL) {
+        packet_out_clear(o);
+        return -1;
+    }
+    if (!PyUnicode_CheckExact(o->probe) || !PyUnicode_CheckExact(o->source) || !PyDict_CheckExact(o->counters))
+        Py_CLEAR(o->raw);   /* not what this writer writes: FlowMeter._dns and _non_ip do it */
+    Buf b = {NULL, 0, 0};
+    int w = o->raw ? json_str(&b, o->probe) : 1;
+    if (w == 1 && o->raw)
+        w = json_str(&b, o->source);
+    PyMem_Free(b.p);
+    if (w < 0) {
+        packet_out_clear(o);
+        return -1;
+    }
+    if (w == 0)
+        Py_CLEAR(o->raw);   /* a lone surrogate: orjson refuses it, and batch_json then writes through pydantic */
+    return 0;
+}
+
+static void packet_out_clear(PacketOut *o) {
+    Py_CLEAR(o->raw);
+    Py_CLEAR(o->probe);
+    Py_CLEAR(o->source);
+    Py_CLEAR(o->counters);
+    o->loaded = 0;
+}
+
+/* a value among the event's fields: 1 written, 0 cannot (FlowMeter._dns writes the event), -1 error */
+static int pk_field(Buf *b, const char *key, PyObject *v) {
+    if (v == NULL)
+        return 0;
+    if (buf_put(b, key, strlen(key)) < 0)
+        return -1;
+    return json_value(b, v, rec_float_json);
+}
+
+/*
+ * FlowMeter._dns in C for a sink with raw_packets: the DNS message (UDP payload, or one whole message in a TCP
+ * segment after its length prefix) as the PacketEvent's JSON, byte for byte what batch_json writes for the
+ * event _dns builds (orjson over its fields in _dns's order, the payload as pydantic's base64).  1 done,
+ * 0 for _dns to do (no raw list, a message it skips or counts, a value this writer does not write), -1 error.
+ */
+static int dns_event(PacketOut *o, PyObject *f, PyObject *tso, const unsigned char *fr, long po, long pl, int proto,
+                     int fwd, PyObject *vlans) {
+    if (o->raw == NULL)
+        return 0;
+    const unsigned char *p = fr + po;
+    long n = pl;
+    if (proto == 6) {
+        if (n < 14)
+            return 0;
+        long ln = ((long)p[0] << 8) | p[1];
+        if (ln + 2 > n || ln < 12)
+            return 0;
+        p += 2;
+        n = ln;
+    } else if (n < 12) {
+        return 0;
+    }
+    PyObject *vl = RSLOT(f, R_VLAN_IDS);
+    if (vl == NULL || !PyTuple_CheckExact(vlans) || !(PyTuple_CheckExact(vl) || PyList_CheckExact(vl)))
+        return 0;
+    PyObject *vlan_id = PySequence_Size(vl) > 0 ? PySequence_Fast_GET_ITEM(vl, 0) : zero_int;
+    Buf b = {NULL, 0, 0};
+    int w = 1;
+#define PK(key, v) if (w == 1) w = pk_field(&b, key, v)
+    if (buf_put(&b, "{", 1) < 0)
+        w = -1;
+    PK("\"timestamp\":", tso);   /* json_value with rec_float_json: 0 for a float it has no text for */
+    PK(",\"probe\":", o->probe);
+    PK(",\"flow_id\":", RSLOT(f, R_FLOW_ID));
+    if (w == 1 && buf_put(&b, ",\"event_type\":\"packet\"", sizeof ",\"event_type\":\"packet\"" - 1) < 0)
+        w = -1;
+    PK(",\"transport\":", RSLOT(f, R_TRANSPORT));
+    PK(",\"src_ip\":", RSLOT(f, R_SRC_IP));
+    PK(",\"src_port\":", RSLOT(f, R_SPORT));
+    PK(",\"dst_ip\":", RSLOT(f, R_DST_IP));
+    PK(",\"dst_port\":", RSLOT(f, R_DPORT));
+    PK(",\"vlan_id\":", vlan_id);
+    static const char mid[] = ",\"icmp_type\":null,\"icmp_code\":null,\"kind\":\"dns\"";
+    if (w == 1 && buf_put(&b, mid, sizeof mid - 1) < 0)
+        w = -1;
+    PK(",\"source\":", o->source);
+    PK(",\"src_mac\":", RSLOT(f, R_SRC_MAC));
+    PK(",\"dst_mac\":", RSLOT(f, R_DST_MAC));
+    if (w == 1 && buf_put(&b, ",\"vlan_ids\":[", sizeof ",\"vlan_ids\":[" - 1) < 0)
+        w = -1;
+    for (Py_ssize_t i = 0; w == 1 && i < PyTuple_GET_SIZE(vlans); i++) {
+        PyObject *x = PyTuple_GET_ITEM(vlans, i);
+        if (!PyLong_CheckExact(x))
+            w = 0;
+        else if (i > 0 && buf_put(&b, ",", 1) < 0)
+            w = -1;
+        else
+            w = json_value(&b, x, NULL);
+    }
+#undef PK
+    if (w == 1) {
+        static const char tail_t[] = "\",\"arp\":null,\"from_src\":true}", tail_f[] = "\",\"arp\":null,\"from_src\":false}";
+        size_t tl = fwd ? sizeof tail_t - 1 : sizeof tail_f - 1;
+        if (buf_put(&b, "],\"payload\":\"", sizeof "],\"payload\":\"" - 1) < 0 || buf_grow(&b, (size_t)(n + 2) / 3 * 4 + tl) < 0) {
+            w = -1;
+        } else {
+            unsigned char *e = b64_encode(p, n, (unsigned char *)b.p + b.n);
+            b.n = (size_t)((char *)e - b.p);
+            memcpy(b.p + b.n, fwd ? tail_t : tail_f, tl);
+            b.n += tl;
+        }
+    }
+    if (w == 1) {
+        PyObject *doc = PyBytes_FromStringAndSize(b.p, (Py_ssize_t)b.n);
+        w = doc == NULL || PyList_Append(o->raw, doc) < 0 ? -1 : 1;
+        Py_XDECREF(doc);
+    }
+    PyMem_Free(b.p);
+    return w;
+}
+
+static char *mac_text(char *o, const unsigned char *m) {
+    static const char hx[] = "0123456789abcdef";
+    for (int k = 0; k < 6; k++) {
+        if (k)
+            *o++ = ':';
+        *o++ = hx[m[k] >> 4];
+        *o++ = hx[m[k] & 15];
+    }
+    return o;
+}
+
+static PyObject *s_arp_packets;
+
+static inline int bput(Buf *b, const char *s) {
+    return buf_put(b, s, strlen(s));
+}
+
+/*
+ * FlowMeter._non_ip for a well-formed ARP packet at off (o->raw set): counts arp_packets and appends the
+ * PacketEvent's JSON, byte for byte what batch_json writes for the event _non_ip builds.  0 or -1 (error).
+ */
+static int arp_event(PacketOut *o, PyObject *tso, const unsigned char *fr, Py_ssize_t len, long off,
+                     const uint32_t *vids, int nvl) {
+    (void)len;
+    const unsigned char *a = fr + off;
+    char sip[16], tip[16], smac[18], tmac[18], fsrc[18], fdst[18], num[32];
+    snprintf(sip, sizeof sip, "%u.%u.%u.%u", a[14], a[15], a[16], a[17]);
+    snprintf(tip, sizeof tip, "%u.%u.%u.%u", a[24], a[25], a[26], a[27]);
+    *mac_text(smac, a + 8) = 0;
+    *mac_text(tmac, a + 18) = 0;
+    *mac_text(fdst, fr) = 0;
+    *mac_text(fsrc, fr + 6) = 0;
+    Buf b = {NULL, 0, 0};
+    int w = bput(&b, "{\"timestamp\":") < 0 ? -1 : json_value(&b, tso, rec_float_json);
+    if (w == 1)
+        w = bput(&b, ",\"probe\":") < 0 ? -1 : json_str(&b, o->probe);
+    if (w == 1) {
+        int k = snprintf(num, sizeof num, "%u", nvl ? vids[0] : 0);
+        if (bput(&b, ",\"flow_id\":\"\",\"event_type\":\"packet\",\"transport\":\"ARP\",\"src_ip\":\"") < 0
+            || bput(&b, sip) < 0 || bput(&b, "\",\"src_port\":0,\"dst_ip\":\"") < 0 || bput(&b, tip) < 0
+            || bput(&b, "\",\"dst_port\":0,\"vlan_id\":") < 0 || buf_put(&b, num, (size_t)k) < 0
+            || bput(&b, ",\"icmp_type\":null,\"icmp_code\":null,\"kind\":\"arp\",\"source\":") < 0)
+            w = -1;
+    }
+    if (w == 1)
+        w = json_str(&b, o->source);
+    if (w == 1) {
+        if (bput(&b, ",\"src_mac\":\"") < 0 || bput(&b, fsrc) < 0 || bput(&b, "\",\"dst_mac\":\"") < 0
+            || bput(&b, fdst) < 0 || bput(&b, "\",\"vlan_ids\":[") < 0)
+            w = -1;
+        for (int k = 0; w == 1 && k < nvl; k++) {
+            int m = snprintf(num, sizeof num, k ? ",%u" : "%u", vids[k]);
+            if (buf_put(&b, num, (size_t)m) < 0)
+                w = -1;
+        }
+        int m = snprintf(num, sizeof num, "%u", ((unsigned)a[6] << 8) | a[7]);
+        if (w == 1 && (bput(&b, "],\"payload\":\"\",\"arp\":{\"operation\":") < 0 || buf_put(&b, num, (size_t)m) < 0
+                       || bput(&b, ",\"sender_mac\":\"") < 0 || bput(&b, smac) < 0
+                       || bput(&b, "\",\"sender_ip\":\"") < 0 || bput(&b, sip) < 0
+                       || bput(&b, "\",\"target_mac\":\"") < 0 || bput(&b, tmac) < 0
+                       || bput(&b, "\",\"target_ip\":\"") < 0 || bput(&b, tip) < 0
+                       || bput(&b, "\"},\"from_src\":true}") < 0))
+            w = -1;
+    }
+    if (w == 1) {   /* _count("arp_packets"), then the event */
+        PyObject *c = PyDict_GetItemWithError(o->counters, s_arp_packets), *c1 = NULL, *doc = NULL;
+        if (c != NULL || !PyErr_Occurred()) {
+            PyObject *one = PyLong_FromLong(1);
+            c1 = one == NULL || c == NULL ? one : PyNumber_Add(c, one);
+            if (c != NULL)
+                Py_XDECREF(one);
+        }
+        w = c1 == NULL || PyDict_SetItem(o->counters, s_arp_packets, c1) < 0
+            || (doc = PyBytes_FromStringAndSize(b.p, (Py_ssize_t)b.n)) == NULL || PyList_Append(o->raw, doc) < 0 ? -1 : 1;
+        Py_XDECREF(c1);
+        Py_XDECREF(doc);
+    }
+    PyMem_Free(b.p);
+    return w;
+}
+
+/* FlowMeter._non_ip(ts, frame, decode()'s KIND_ARP result) for the ARP packet at off; 0 or -1 */
+static int arp_py(PyObject *meter, PyObject *tso, PyObject *frame, long off, const uint32_t *vids, int nvl) {
+    PyObject *vl = make_vlans(vids, nvl), *r = vl ? Py_BuildValue("(ilOOi)", 1, off, zero_int, vl, 0) : NULL;
+    PyObject *x = r ? PyObject_CallMethod(meter, "_non_ip", "OOO", tso, frame, r) : NULL;
+    Py_XDECREF(vl);
+    Py_XDECREF(r);
+    Py_XDECREF(x);
+    return x ? 0 : -1;
 }
 
 static int json_b64_event(Buf *b, PyObject *e, PyObject *spec, PyObject *float_json) {
@@ -3478,7 +3807,8 @@ PyMODINIT_FUNC PyInit__meter(void) {
     s_tun_ipip = PyUnicode_InternFromString("IP-in-IP");
     s_tun_gtp_n = PyUnicode_InternFromString("tunnel_gtp_flows");
     s_tun_ipip_n = PyUnicode_InternFromString("tunnel_ip-in-ip_flows");
-    if (!s_tun_gtp || !s_tun_ipip || !s_tun_gtp_n || !s_tun_ipip_n)
+    s_arp_packets = PyUnicode_InternFromString("arp_packets");
+    if (!s_tun_gtp || !s_tun_ipip || !s_tun_gtp_n || !s_tun_ipip_n || !s_arp_packets)
         return NULL;
     if (!s_start || !s_unknown || !s_bfd)
         return NULL;

@@ -67,7 +67,7 @@ class Outbox:
         self.s_live = subject("live", p)
         self.hot_records: list[FlowRecord | bytes] = []   # bytes: a hot record's JSON (raw_hot)
         self.samples: list[FlowSample | bytes] = []   # bytes: a sample's JSON (raw_samples)
-        self.packets: list[PacketEvent] = []
+        self.packets: list[PacketEvent | bytes] = []   # bytes: a DNS packet event's JSON (raw_packets)
         self.records: list[Event | bytes] = []   # bytes: an end record's JSON (raw_records)
         self.live_records: list[FlowRecord | bytes] = []   # start records: core NATS, for the detectors (raw_live)
         self.alerts: list[Alert] = []
@@ -102,6 +102,12 @@ class Outbox:
     def raw_hot(self) -> list[FlowRecord | bytes] | None:
         """The same for hot records (hot_records): where no detectors run in this process."""
         return self.hot_records if self.detectors is None else None
+
+    @property
+    def raw_packets(self) -> list[PacketEvent | bytes] | None:
+        """The same for DNS packet events (packets): where no detectors run in this process (they read the
+        events)."""
+        return self.packets if self.detectors is None else None
 
     @property
     def raw_samples(self) -> list[FlowSample | bytes]:

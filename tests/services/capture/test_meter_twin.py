@@ -21,7 +21,7 @@ import pytest
 from services.capture import flows
 from services.capture.flows import FlowMeter, ListSink, PortTable
 from services.capture.sources import CaptureFileError, FileSource
-from shared.models import FlowRecord, FlowSample, HttpInfo, TlsInfo, Verdict, batch_json
+from shared.models import FlowRecord, FlowSample, HttpInfo, PacketEvent, TlsInfo, Verdict, batch_json
 from shared.settings import CaptureSettings
 from tests.conftest import CORPUS, SAMPLE_PCAP, need_corpus
 
@@ -58,6 +58,10 @@ def port_guess(transport: str, sport: int, dport: int):
 RAW_SAMPLES = [0]
 #: ... hot records
 RAW_HOT = [0]
+#: ... DNS packet events
+RAW_PACKETS = [0]
+#: packet events FlowMeter._dns and _non_ip made in the last compiled run (the rest: the loop wrote them as JSON)
+PY_EVENTS = [0]
 
 
 def as_sample(s: FlowSample | bytes) -> FlowSample:
@@ -68,6 +72,10 @@ def as_record(r: FlowRecord | bytes) -> FlowRecord:
     return FlowRecord.model_validate_json(r) if type(r) is bytes else r
 
 
+def as_packet(p: PacketEvent | bytes) -> PacketEvent:
+    return PacketEvent.model_validate_json(p) if type(p) is bytes else p
+
+
 #: flows the compiled loops (_meter.expire: closed, idle, at finish every one) ended in the last compiled run
 C_ENDED = [0]
 
@@ -76,6 +84,15 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
           ev_mb: float = 128.0, raw: bool = False, flows_only: bool = False, guess: Any = port_guess,
           raw_samples: bool = False, raw_hot: bool = False) -> list:
     with monkeypatch.context() as mp:
+        if compiled:
+            PY_EVENTS[0] = 0
+            for name in ("_dns", "_non_ip"):
+                def counted(self, *a, _real=getattr(FlowMeter, name)):
+                    n = len(self.sink.packets)
+                    _real(self, *a)
+                    PY_EVENTS[0] += len(self.sink.packets) - n
+
+                mp.setattr(FlowMeter, name, counted)
         if not compiled:
             mp.setattr(flows, "_run", None)
             mp.setattr(flows, "_crecord", None)   # flow records built by FlowMeter._record's Python too
@@ -96,8 +113,9 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
         sink = VerdictSink() if vwait else ListSink()
         if raw:   # the meter may put start and end records into sink.flows as their JSON, as capture's outbox
             sink.raw_records = sink.raw_live = sink.flows
-        if raw_samples:   # ... and samples into sink.samples as their JSON
+        if raw_samples:   # ... and samples into sink.samples as their JSON, DNS packet events into sink.packets
             sink.raw_samples = sink.samples
+            sink.raw_packets = sink.packets
         if raw_hot:   # ... and hot records into sink.hot_records
             sink.raw_hot = sink.hot_records
         m = FlowMeter(CaptureSettings(verdict_wait_s=vwait, evidence_packets=4, evidence_memory_mb=ev_mb), sink,
@@ -136,10 +154,11 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
         rings = {fid: m.evidence(fid) for fid in list(m._recent_ev)}
         RAW_SAMPLES[0] = sum(type(s) is bytes for s in sink.samples)
         RAW_HOT[0] = sum(type(r) is bytes for r in sink.hot_records)
+        RAW_PACKETS[0] = sum(type(p) is bytes for p in sink.packets)
         return [
             [r.model_dump() for r in sink.flows],
             [as_sample(s).model_dump() for s in sink.samples],
-            [p.model_dump() for p in sink.packets],
+            [as_packet(p).model_dump() for p in sink.packets],
             m.stats(),
             rings,
             bytes(marks),
@@ -148,6 +167,7 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
             [v.model_dump() for v in getattr(sink, "verdicts", [])],
             [as_record(r).model_dump() for r in sink.hot_records],
             [batch_json([r]) for r in sink.hot_records],
+            [batch_json([p]) for p in sink.packets],
         ]
 
 
@@ -169,16 +189,19 @@ def batches_of(paths: list[Path], chunk: int = 256) -> list[tuple]:
 def assert_twins(batches: list, monkeypatch: pytest.MonkeyPatch, vwait: float = 0, ev_mb: float = 128.0,
                  guess: Any = port_guess, raw_samples: bool = False, raw_hot: bool = False) -> list:
     a = meter(batches, True, monkeypatch, vwait, ev_mb, guess=guess, raw_samples=raw_samples, raw_hot=raw_hot)
-    raw_a, hot_a = RAW_SAMPLES[0], RAW_HOT[0]
+    raw_a, hot_a, pk_a = RAW_SAMPLES[0], RAW_HOT[0], RAW_PACKETS[0]
     b = meter(batches, False, monkeypatch, vwait, ev_mb, guess=guess, raw_samples=raw_samples, raw_hot=raw_hot)
-    assert RAW_SAMPLES[0] == RAW_HOT[0] == 0   # the pure-Python meter writes no JSON
+    assert RAW_SAMPLES[0] == RAW_HOT[0] == RAW_PACKETS[0] == 0   # the pure-Python meter writes no JSON
     if raw_samples and flows._cemit is not None:
         assert raw_a == len(a[1]) > 0   # the compiled one wrote every sample as JSON
+        # ... and the packet events of the DNS messages and ARP packets its loop metered (not those of
+        # _process_py's packets)
+        assert pk_a == len(a[2]) - PY_EVENTS[0] and (pk_a > 0 or not a[2])
     if raw_hot and flows._crecord_out is not None:
         assert hot_a == len(a[9])   # ... and every hot record
     names = ("flow records", "samples", "packet events", "stats", "evidence rings", "recorder keep marks",
              "flow records' documents", "samples' documents", "verdicts handed over", "hot records",
-             "hot records' documents")
+             "hot records' documents", "packet events' documents")
     for name, x, y in zip(names, a, b):
         if isinstance(x, list):
             assert len(x) == len(y), name
@@ -399,6 +422,15 @@ def eth(ip: bytes, tags: tuple = (), v6: bool = False, tpid: int = 0x8100) -> by
     return out + struct.pack("!H", 0x86DD if v6 else 0x0800) + ip
 
 
+#: well-formed ARP packets: a request in VLAN 9, a reply untagged (with padding), a request in QinQ
+ARP_FRAMES = [
+    ETH_MACS + b"\x81\x00\x00\x09\x08\x06" + b"\x00\x01\x08\x00\x06\x04\x00\x01" + b"\x02" * 20,
+    ETH_MACS + b"\x08\x06\x00\x01\x08\x00\x06\x04\x00\x02" + bytes(range(0xA0, 0xA6)) + bytes((10, 0, 0, 255))
+    + bytes(range(0xF0, 0xF6)) + bytes((192, 168, 1, 7)) + b"\0" * 18,
+    ETH_MACS + b"\x88\xa8\x00\x64\x81\x00\x00\xc8\x08\x06\x00\x01\x08\x00\x06\x04\x00\x01" + b"\xff" * 20,
+]
+
+
 def encapsulated_conversations() -> tuple[list, int]:
     """TCP, UDP (with DNS) and ICMP conversations in every encapsulation; returns (records, frames the loop hands
     to Python)."""
@@ -450,7 +482,9 @@ def encapsulated_conversations() -> tuple[list, int]:
         eth(ip4(1, 2, 17, b"\0\1\0"), (9,)),
         eth(ip4(1, 2, 17, l4(17, 1, 4789, payload=b"\0" * 16)), (9,)),
         eth(ip4(1, 2, 6, l4(6, 1, 2, 0x10)), (9,))[:30],
-        ETH_MACS + b"\x81\x00\x00\x09\x08\x06" + b"\x00\x01\x08\x00\x06\x04\x00\x01" + b"\x02" * 20,
+        *ARP_FRAMES,
+        ETH_MACS + b"\x08\x06" + b"\x00\x06\x08\x00\x06\x04\x00\x01" + b"\x02" * 20,   # not Ethernet/IPv4: bad_arp
+        ETH_MACS + b"\x08\x06" + b"\x00\x01\x08\x00\x06\x04\x00\x01" + b"\x02" * 19,   # one byte short: bad_arp
         eth(ip4(1, 2, 1, b"\x08\x00\x00"), (9,)),
         eth(ip4(1, 2, 6, l4(6, 1, 2, 0x10), options=b"\x01\x01\x01\x00", tot=22), ()),
     ]
@@ -462,10 +496,18 @@ def encapsulated_conversations() -> tuple[list, int]:
     return recs, to_python
 
 
-def test_encapsulations_meter_the_same(monkeypatch):
+@pytest.mark.parametrize("raw_samples", [False, True])
+def test_encapsulations_meter_the_same(raw_samples, monkeypatch):
+    """raw_samples: the sink takes samples, hot records and packet events as their JSON (capture's outbox):
+    DNS messages and ARP packets are then the loop's too."""
     recs, _ = encapsulated_conversations()
     batches = [("encaps", 1, recs[i:i + 64]) if i == 0 else (None, 1, recs[i:i + 64]) for i in range(0, len(recs), 64)]
-    a = assert_twins(batches, monkeypatch)
+    a = assert_twins(batches, monkeypatch, raw_samples=raw_samples, raw_hot=raw_samples)
+    arp = [p for p in a[2] if p["kind"] == "arp"]
+    assert len(arp) == 3 and a[3]["counters"]["arp_packets"] == 3 and a[3]["counters"]["bad_arp"] == 2
+    assert {(p["vlan_id"], tuple(p["vlan_ids"])) for p in arp} == {(9, (9,)), (0, ()), (100, (100, 200))}
+    assert any(p["src_ip"] == p["arp"]["sender_ip"] == "10.0.0.255" and p["dst_ip"] == "192.168.1.7"
+               and p["arp"]["sender_mac"] == "a0:a1:a2:a3:a4:a5" and p["arp"]["operation"] == 2 for p in arp)
     sink = ListSink()
     m = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, source="encaps")
     m.process_batch(recs, 1)
@@ -477,9 +519,9 @@ def test_encapsulations_meter_the_same(monkeypatch):
     assert any(s.vlan_ids == [0, 20] for s in sink.samples)
 
 
-def metered_in_python(recs: list, monkeypatch: pytest.MonkeyPatch) -> tuple[list, int, FlowMeter]:
+def metered_in_python(recs: list, monkeypatch: pytest.MonkeyPatch, raw: bool = False) -> tuple[list, int, FlowMeter]:
     """Meter ``recs`` with the compiled loop: (the records it handed to _process_py, the flows _new_flow made,
-    the meter)."""
+    the meter); raw: into a sink that takes packet events as their JSON."""
     seen: list = []
     made = [0]
     process_py, new_flow = FlowMeter._process_py, FlowMeter._new_flow
@@ -494,7 +536,10 @@ def metered_in_python(recs: list, monkeypatch: pytest.MonkeyPatch) -> tuple[list
 
     monkeypatch.setattr(FlowMeter, "_process_py", counting)
     monkeypatch.setattr(FlowMeter, "_new_flow", making)
-    m = FlowMeter(CaptureSettings(verdict_wait_s=0), ListSink(), source="loop")
+    sink = ListSink()
+    if raw:
+        sink.raw_packets = sink.packets
+    m = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, source="loop")
     m.process_batch(recs, 1)
     return seen, made[0], m
 
@@ -504,6 +549,10 @@ def test_the_loop_meters_vlan_ipv6_and_ip_options_itself(monkeypatch):
     recs, to_python = encapsulated_conversations()
     seen, _made, _m = metered_in_python(recs, monkeypatch)
     assert len(seen) == to_python, [fr[12:16].hex() for _ts, fr in seen]
+    # where the sink takes packet events as their JSON, the loop writes ARP's itself
+    seen, _made, m = metered_in_python(recs, monkeypatch, raw=True)
+    assert len(seen) == to_python - len(ARP_FRAMES), [fr[12:16].hex() for _ts, fr in seen]
+    assert m.counters["arp_packets"] == len(ARP_FRAMES)
 
 
 def test_compiled_base64_arrays_are_pydantic_s():
