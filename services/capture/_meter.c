@@ -1406,7 +1406,40 @@ typedef struct {
     long long npk, nbytes_all, dups;   /* records, their bytes, duplicate frames */
     PyObject *prev;                    /* the last frame (a strong reference) */
     double prev_ts, nh;                /* its time; the time of the next second's housekeeping */
+    int house_c;                       /* the meter's _house_c: its _housekeep done here (house_in_c) */
 } Step;
+
+static PyObject *expire_now(PyObject *meter, PyObject *now_o, PyObject *why);
+static PyObject *s_idle;
+static PyObject *s_now, *s_young, *s_young2, *s_young_check, *s_house_c;
+
+/* FlowMeter._housekeep(now) where it ends flows in C (meter._house_c, set by process_batch): its clock, the young
+ * SYN flows' check (Python, when there are any), then expire's two loops, without a Python frame per second */
+static int house_in_c(PyObject *meter, PyObject *tso) {
+    PyObject *nh = PyFloat_FromDouble(PyFloat_AS_DOUBLE(tso) + 1.0);
+    if (nh == NULL || PyObject_SetAttr(meter, s_now, tso) < 0 || PyObject_SetAttr(meter, s_next_house, nh) < 0) {
+        Py_XDECREF(nh);
+        return -1;
+    }
+    Py_DECREF(nh);
+    int young = 0;
+    for (int k = 0; k < 2 && !young; k++) {
+        PyObject *y = PyObject_GetAttr(meter, k ? s_young2 : s_young);
+        young = y ? PyObject_IsTrue(y) : -1;
+        Py_XDECREF(y);
+        if (young < 0)
+            return -1;
+    }
+    if (young) {
+        PyObject *r = PyObject_CallMethodOneArg(meter, s_young_check, tso);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+    }
+    PyObject *r = expire_now(meter, tso, s_idle);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
 
 /* what _process_py does first with every record: counts it, tells a duplicate frame, and calls the meter's
  * _housekeep when a second has passed (or the clock jumped back); 0 or -1 (error) */
@@ -1424,6 +1457,14 @@ static inline int frame_step(Step *st, PyObject *meter, PyObject *m_housekeep, P
     Py_SETREF(st->prev, frame);
     st->prev_ts = ts;
     if (ts >= st->nh || ts < st->nh - 2.0) {
+        if (st->house_c) {
+            int r = house_in_c(meter, tso);
+            Py_CLEAR(*at_end);
+            if (r < 0)
+                return -1;
+            st->nh = ts + 1.0;
+            return 0;
+        }
         PyObject *r0 = PyObject_CallOneArg(m_housekeep, tso);
         Py_CLEAR(*at_end);
         if (r0 == NULL)
@@ -1488,9 +1529,19 @@ static PyObject *run(PyObject *self, PyObject *args) {
     /* the key of the table's last entry, as this loop last put it there (a direction's packets often come
      * in a row: its move_to_end is then a no-op and skipped); forgotten whenever Python code may have run */
     PyObject *at_end = NULL;
-    Step step = {0, 0, 0, NULL, 0.0, 0.0};
+    Step step = {0, 0, 0, NULL, 0.0, 0.0, 0};
     if (load_state(meter, &step.prev, &step.prev_ts, &step.nh) < 0)
         return NULL;
+    {
+        PyObject *hc = PyObject_GetAttr(meter, s_house_c);
+        step.house_c = hc ? PyObject_IsTrue(hc) : 0;
+        Py_XDECREF(hc);
+        if (step.house_c < 0 || (hc == NULL && !PyErr_ExceptionMatches(PyExc_AttributeError))) {
+            Py_XDECREF(step.prev);
+            return NULL;
+        }
+        PyErr_Clear();
+    }
     PyObject *m_tcp_close = PyObject_GetAttrString(meter, "_tcp_close");
     PyObject *m_periodic = PyObject_GetAttrString(meter, "_periodic");
     PyObject *m_sample = PyObject_GetAttrString(meter, "_sample");
@@ -3249,7 +3300,7 @@ static PyObject *flush_samples(PyObject *self, PyObject *meter) {
     return PyLong_FromSsize_t(n);
 }
 
-static PyObject *s_idle = NULL, *s_port = NULL, *s_unknown_lc = NULL;
+static PyObject *s_port = NULL, *s_unknown_lc = NULL;
 static const char *verdict_meta[4] = {"http", "tls", "quic", "ssh"};
 
 typedef struct {
@@ -3605,11 +3656,27 @@ static int end_idle(Ender *e, PyObject *f, PyObject *why) {
     return publish_end(e, f);
 }
 
+static long long expired_total = 0;   /* flows expire_now ended since the module was loaded (ended_in_c()) */
+
+static PyObject *expire_now(PyObject *meter, PyObject *now_o, PyObject *why);
+
 static PyObject *expire(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *meter, *now_o, *why = s_idle;
     if (!PyArg_ParseTuple(args, "OO!|U", &meter, &PyFloat_Type, &now_o, &why))
         return NULL;
+    return expire_now(meter, now_o, why);
+}
+
+/* ended_in_c() -> int: how many flows expire() (and the loop's housekeeping) ended so far, for tests */
+static PyObject *ended_in_c(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    return PyLong_FromLongLong(expired_total);
+}
+
+/* expire(meter, now, why) without its argument parsing: FlowMeter._housekeep's two loops */
+static PyObject *expire_now(PyObject *meter, PyObject *now_o, PyObject *why) {
     if (!new_bound || rec_cls == NULL || flow_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "expire() needs bind() and bind_record()");
         return NULL;
@@ -3726,6 +3793,7 @@ static PyObject *expire(PyObject *self, PyObject *args) {
     Py_XDECREF(move_to_end);
     Py_DECREF(e.table);
     ender_clear(&e);
+    expired_total += ended;
     return PyLong_FromLongLong(ended);
 error:
     Py_XDECREF(move_to_end);
@@ -3743,6 +3811,7 @@ closed_error:
 static PyMethodDef methods[] = {
     {"lean", (PyCFunction)(void (*)(void))lean, METH_FASTCALL, "A copy of an event's __dict__ without its default-valued fields (batch_json)."},
     {"b64_json", b64_json, METH_O, "A list of bytes as the JSON array of pydantic's base64 texts (bytes)."},
+    {"ended_in_c", ended_in_c, METH_NOARGS, "How many flows expire() ended since the module was loaded (tests)."},
     {"bind", bind, METH_VARARGS, "Learn the slot offsets of the meter's Flow and _Dir classes."},
     {"bind_record", bind_record, METH_VARARGS, "Learn FlowRecord (and BaseModel's slots) for record(); False when its fields differ."},
     {"record", record, METH_VARARGS, "FlowMeter._record's FlowRecord, built in C."},
@@ -3808,6 +3877,13 @@ PyMODINIT_FUNC PyInit__meter(void) {
     s_tun_gtp_n = PyUnicode_InternFromString("tunnel_gtp_flows");
     s_tun_ipip_n = PyUnicode_InternFromString("tunnel_ip-in-ip_flows");
     s_arp_packets = PyUnicode_InternFromString("arp_packets");
+    s_now = PyUnicode_InternFromString("_now");
+    s_young = PyUnicode_InternFromString("_young");
+    s_young2 = PyUnicode_InternFromString("_young2");
+    s_young_check = PyUnicode_InternFromString("_young_check");
+    s_house_c = PyUnicode_InternFromString("_house_c");
+    if (!s_now || !s_young || !s_young2 || !s_young_check || !s_house_c)
+        return NULL;
     if (!s_tun_gtp || !s_tun_ipip || !s_tun_gtp_n || !s_tun_ipip_n || !s_arp_packets)
         return NULL;
     if (!s_start || !s_unknown || !s_bfd)

@@ -467,6 +467,7 @@ class FlowMeter:
         self.port_guess: Any = None
         self._now = 0.0
         self._next_house = 0.0
+        self._house_c = False   # the compiled loop does _housekeep itself (process_batch sets it)
         self._prev_frame = b""
         self._prev_ts = 0.0
         self._dl = 1
@@ -584,6 +585,8 @@ class FlowMeter:
             recs = list(recs)
         table = self.table
         self._dl = dl   # for _new_flow's tunnel_outer: the loop meters GTP-U and IP-in-IP frames too
+        # the loop's housekeeping once a second: this class's _housekeep, done in C where flows end in C
+        self._house_c = _ends_in_c() and type(self)._housekeep is _HOUSEKEEP
         try:
             npk, nb, dups = run(self, recs, self._process_py, dl, table, table.move_to_end, self._ev_trim,
                                 self._ev_keep, keep, self.record_cutoff, _crecord is not None, self._ev_cap)
@@ -1080,6 +1083,8 @@ class FlowMeter:
 
     # ------------------------------------------------------------------ time
     def _housekeep(self, now: float) -> None:
+        """Once a second of capture time: hot records of young SYN flows, then closed and idle flows end.
+        The compiled loop does the same in C where flows end in C (``_meter.c`` house_in_c)."""
         self._now = now  # the source's clock (latest packet time, within a second)
         self._next_house = now + 1.0
         if self._young or self._young2:
@@ -1477,3 +1482,7 @@ class FlowMeter:
         else:
             self.unsupported_packets += 1
             self._count(r[1])
+
+
+#: FlowMeter's own _housekeep: the compiled loop does its work in C only for a meter that has not replaced it
+_HOUSEKEEP = FlowMeter._housekeep

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from services.capture import flows
+from services.capture import _meter, flows
 from services.capture.flows import FlowMeter, ListSink, PortTable
 from services.capture.sources import CaptureFileError, FileSource
 from shared.models import FlowRecord, FlowSample, HttpInfo, PacketEvent, TlsInfo, Verdict, batch_json
@@ -98,15 +98,7 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
             mp.setattr(flows, "_crecord", None)   # flow records built by FlowMeter._record's Python too
             mp.setattr(flows, "_csample", None)   # and samples built by FlowMeter._sample_event's
         elif flows._cexpire is not None:
-            C_ENDED[0] = 0
-            real = flows._cexpire
-
-            def counted(m, now, why="idle"):
-                n = real(m, now, why)
-                C_ENDED[0] += n
-                return n
-
-            mp.setattr(flows, "_cexpire", counted)
+            ended0 = _meter.ended_in_c()   # flows _meter.expire ended (called, or in the loop's housekeeping)
         # vwait > 0: ended flows with verdicts outstanding wait in closing (until flush_closing), and the
         # sink takes the best verdicts; a third of the sampled flows get a final verdict, a third one that
         # is not final, a third none
@@ -149,6 +141,8 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
             seen = len(sink.samples)
         m.finish()
         m.flush_closing()
+        if compiled and flows._cexpire is not None:
+            C_ENDED[0] = _meter.ended_in_c() - ended0
         if flows_only:
             return sink.flows
         rings = {fid: m.evidence(fid) for fid in list(m._recent_ev)}
