@@ -2279,6 +2279,36 @@ static inline int buf_put(Buf *b, const char *s, size_t n) {
     return 0;
 }
 
+/* The buffer documents are written in (records, samples, packet events, batches), kept between calls: one
+ * document costs no allocation, a batch no doubling of its buffer as it grows.  One writer has it at a time;
+ * a writer that finds it taken (a nested call, another thread while Python code ran) writes into its own. */
+static Buf scratch_buf = {NULL, 0, 0};
+static int scratch_taken = 0;
+
+static inline Buf *buf_take(Buf *own) {
+    if (scratch_taken) {
+        own->p = NULL;
+        own->n = own->cap = 0;
+        return own;
+    }
+    scratch_taken = 1;
+    scratch_buf.n = 0;
+    return &scratch_buf;
+}
+
+static inline void buf_release(Buf *b) {
+    if (b != &scratch_buf) {
+        PyMem_Free(b->p);
+        return;
+    }
+    scratch_taken = 0;
+    if (b->cap > ((size_t)1 << 22)) {   /* an unusually big batch's: not kept */
+        PyMem_Free(b->p);
+        b->p = NULL;
+        b->cap = 0;
+    }
+}
+
 /* a str as orjson writes it; 1: written, 0: cannot (a lone surrogate), -1: error */
 static unsigned char json_esc[256];   /* 1: a byte orjson escapes (control characters, '"', '\\') */
 
@@ -2551,16 +2581,18 @@ static PyObject *write_batch(PyObject *args, const char *name, event_writer one)
     if (!PyArg_ParseTuple(args, "O!O!OO", &PyList_Type, &events, &PyDict_Type, &specs, &other, &float_json))
         return NULL;
     static const char head[] = "{\"event_type\":\"batch\",\"events\":[";
-    Buf b = {NULL, 0, 0};
-    if (buf_put(&b, head, sizeof head - 1) < 0)
+    Buf own, *b = buf_take(&own);
+    if (buf_put(b, head, sizeof head - 1) < 0) {
+        buf_release(b);
         return NULL;
+    }
     Py_ssize_t ne = PyList_GET_SIZE(events);
     for (Py_ssize_t i = 0; i < ne; i++) {
         PyObject *e = PyList_GET_ITEM(events, i);
-        if (i && buf_put(&b, ",", 1) < 0)
+        if (i && buf_put(b, ",", 1) < 0)
             goto error;
         if (PyBytes_CheckExact(e)) {   /* a record the meter wrote itself (record_json) */
-            if (buf_put(&b, PyBytes_AS_STRING(e), (size_t)PyBytes_GET_SIZE(e)) < 0)
+            if (buf_put(b, PyBytes_AS_STRING(e), (size_t)PyBytes_GET_SIZE(e)) < 0)
                 goto error;
             continue;
         }
@@ -2568,18 +2600,18 @@ static PyObject *write_batch(PyObject *args, const char *name, event_writer one)
         if (spec == NULL && PyErr_Occurred())
             goto error;
         if (spec != NULL) {
-            int r = one(&b, e, spec, float_json);
+            int r = one(b, e, spec, float_json);
             if (r < 0)
                 goto error;
             if (r == 0) {
-                PyMem_Free(b.p);
+                buf_release(b);
                 Py_RETURN_NONE;
             }
         } else {
             PyObject *j = PyObject_CallOneArg(other, e);
             if (j == NULL)
                 goto error;
-            int r = PyBytes_Check(j) ? buf_put(&b, PyBytes_AS_STRING(j), (size_t)PyBytes_GET_SIZE(j)) : -2;
+            int r = PyBytes_Check(j) ? buf_put(b, PyBytes_AS_STRING(j), (size_t)PyBytes_GET_SIZE(j)) : -2;
             Py_DECREF(j);
             if (r == -2)
                 PyErr_Format(PyExc_TypeError, "%s(): other() did not return bytes", name);
@@ -2587,13 +2619,13 @@ static PyObject *write_batch(PyObject *args, const char *name, event_writer one)
                 goto error;
         }
     }
-    if (buf_put(&b, "]}", 2) < 0)
+    if (buf_put(b, "]}", 2) < 0)
         goto error;
-    PyObject *out = PyBytes_FromStringAndSize(b.p, (Py_ssize_t)b.n);
-    PyMem_Free(b.p);
+    PyObject *out = PyBytes_FromStringAndSize(b->p, (Py_ssize_t)b->n);
+    buf_release(b);
     return out;
 error:
-    PyMem_Free(b.p);
+    buf_release(b);
     return NULL;
 }
 
@@ -2731,15 +2763,15 @@ static int dns_event(PacketOut *o, PyObject *f, PyObject *tso, const unsigned ch
     if (vl == NULL || !PyTuple_CheckExact(vlans) || !(PyTuple_CheckExact(vl) || PyList_CheckExact(vl)))
         return 0;
     PyObject *vlan_id = PySequence_Size(vl) > 0 ? PySequence_Fast_GET_ITEM(vl, 0) : zero_int;
-    Buf b = {NULL, 0, 0};
+    Buf own, *b = buf_take(&own);
     int w = 1;
-#define PK(key, v) if (w == 1) w = pk_field(&b, key, v)
-    if (buf_put(&b, "{", 1) < 0)
+#define PK(key, v) if (w == 1) w = pk_field(b, key, v)
+    if (buf_put(b, "{", 1) < 0)
         w = -1;
     PK("\"timestamp\":", tso);   /* json_value with rec_float_json: 0 for a float it has no text for */
     PK(",\"probe\":", o->probe);
     PK(",\"flow_id\":", RSLOT(f, R_FLOW_ID));
-    if (w == 1 && buf_put(&b, ",\"event_type\":\"packet\"", sizeof ",\"event_type\":\"packet\"" - 1) < 0)
+    if (w == 1 && buf_put(b, ",\"event_type\":\"packet\"", sizeof ",\"event_type\":\"packet\"" - 1) < 0)
         w = -1;
     PK(",\"transport\":", RSLOT(f, R_TRANSPORT));
     PK(",\"src_ip\":", RSLOT(f, R_SRC_IP));
@@ -2748,41 +2780,41 @@ static int dns_event(PacketOut *o, PyObject *f, PyObject *tso, const unsigned ch
     PK(",\"dst_port\":", RSLOT(f, R_DPORT));
     PK(",\"vlan_id\":", vlan_id);
     static const char mid[] = ",\"icmp_type\":null,\"icmp_code\":null,\"kind\":\"dns\"";
-    if (w == 1 && buf_put(&b, mid, sizeof mid - 1) < 0)
+    if (w == 1 && buf_put(b, mid, sizeof mid - 1) < 0)
         w = -1;
     PK(",\"source\":", o->source);
     PK(",\"src_mac\":", RSLOT(f, R_SRC_MAC));
     PK(",\"dst_mac\":", RSLOT(f, R_DST_MAC));
-    if (w == 1 && buf_put(&b, ",\"vlan_ids\":[", sizeof ",\"vlan_ids\":[" - 1) < 0)
+    if (w == 1 && buf_put(b, ",\"vlan_ids\":[", sizeof ",\"vlan_ids\":[" - 1) < 0)
         w = -1;
     for (Py_ssize_t i = 0; w == 1 && i < PyTuple_GET_SIZE(vlans); i++) {
         PyObject *x = PyTuple_GET_ITEM(vlans, i);
         if (!PyLong_CheckExact(x))
             w = 0;
-        else if (i > 0 && buf_put(&b, ",", 1) < 0)
+        else if (i > 0 && buf_put(b, ",", 1) < 0)
             w = -1;
         else
-            w = json_value(&b, x, NULL);
+            w = json_value(b, x, NULL);
     }
 #undef PK
     if (w == 1) {
         static const char tail_t[] = "\",\"arp\":null,\"from_src\":true}", tail_f[] = "\",\"arp\":null,\"from_src\":false}";
         size_t tl = fwd ? sizeof tail_t - 1 : sizeof tail_f - 1;
-        if (buf_put(&b, "],\"payload\":\"", sizeof "],\"payload\":\"" - 1) < 0 || buf_grow(&b, (size_t)(n + 2) / 3 * 4 + tl) < 0) {
+        if (buf_put(b, "],\"payload\":\"", sizeof "],\"payload\":\"" - 1) < 0 || buf_grow(b, (size_t)(n + 2) / 3 * 4 + tl) < 0) {
             w = -1;
         } else {
-            unsigned char *e = b64_encode(p, n, (unsigned char *)b.p + b.n);
-            b.n = (size_t)((char *)e - b.p);
-            memcpy(b.p + b.n, fwd ? tail_t : tail_f, tl);
-            b.n += tl;
+            unsigned char *e = b64_encode(p, n, (unsigned char *)b->p + b->n);
+            b->n = (size_t)((char *)e - b->p);
+            memcpy(b->p + b->n, fwd ? tail_t : tail_f, tl);
+            b->n += tl;
         }
     }
     if (w == 1) {
-        PyObject *doc = PyBytes_FromStringAndSize(b.p, (Py_ssize_t)b.n);
+        PyObject *doc = PyBytes_FromStringAndSize(b->p, (Py_ssize_t)b->n);
         w = doc == NULL || PyList_Append(o->raw, doc) < 0 ? -1 : 1;
         Py_XDECREF(doc);
     }
-    PyMem_Free(b.p);
+    buf_release(b);
     return w;
 }
 
@@ -2818,36 +2850,36 @@ static int arp_event(PacketOut *o, PyObject *tso, const unsigned char *fr, Py_ss
     *mac_text(tmac, a + 18) = 0;
     *mac_text(fdst, fr) = 0;
     *mac_text(fsrc, fr + 6) = 0;
-    Buf b = {NULL, 0, 0};
-    int w = bput(&b, "{\"timestamp\":") < 0 ? -1 : json_value(&b, tso, rec_float_json);
+    Buf own, *b = buf_take(&own);
+    int w = bput(b, "{\"timestamp\":") < 0 ? -1 : json_value(b, tso, rec_float_json);
     if (w == 1)
-        w = bput(&b, ",\"probe\":") < 0 ? -1 : json_str(&b, o->probe);
+        w = bput(b, ",\"probe\":") < 0 ? -1 : json_str(b, o->probe);
     if (w == 1) {
         int k = snprintf(num, sizeof num, "%u", nvl ? vids[0] : 0);
-        if (bput(&b, ",\"flow_id\":\"\",\"event_type\":\"packet\",\"transport\":\"ARP\",\"src_ip\":\"") < 0
-            || bput(&b, sip) < 0 || bput(&b, "\",\"src_port\":0,\"dst_ip\":\"") < 0 || bput(&b, tip) < 0
-            || bput(&b, "\",\"dst_port\":0,\"vlan_id\":") < 0 || buf_put(&b, num, (size_t)k) < 0
-            || bput(&b, ",\"icmp_type\":null,\"icmp_code\":null,\"kind\":\"arp\",\"source\":") < 0)
+        if (bput(b, ",\"flow_id\":\"\",\"event_type\":\"packet\",\"transport\":\"ARP\",\"src_ip\":\"") < 0
+            || bput(b, sip) < 0 || bput(b, "\",\"src_port\":0,\"dst_ip\":\"") < 0 || bput(b, tip) < 0
+            || bput(b, "\",\"dst_port\":0,\"vlan_id\":") < 0 || buf_put(b, num, (size_t)k) < 0
+            || bput(b, ",\"icmp_type\":null,\"icmp_code\":null,\"kind\":\"arp\",\"source\":") < 0)
             w = -1;
     }
     if (w == 1)
-        w = json_str(&b, o->source);
+        w = json_str(b, o->source);
     if (w == 1) {
-        if (bput(&b, ",\"src_mac\":\"") < 0 || bput(&b, fsrc) < 0 || bput(&b, "\",\"dst_mac\":\"") < 0
-            || bput(&b, fdst) < 0 || bput(&b, "\",\"vlan_ids\":[") < 0)
+        if (bput(b, ",\"src_mac\":\"") < 0 || bput(b, fsrc) < 0 || bput(b, "\",\"dst_mac\":\"") < 0
+            || bput(b, fdst) < 0 || bput(b, "\",\"vlan_ids\":[") < 0)
             w = -1;
         for (int k = 0; w == 1 && k < nvl; k++) {
             int m = snprintf(num, sizeof num, k ? ",%u" : "%u", vids[k]);
-            if (buf_put(&b, num, (size_t)m) < 0)
+            if (buf_put(b, num, (size_t)m) < 0)
                 w = -1;
         }
         int m = snprintf(num, sizeof num, "%u", ((unsigned)a[6] << 8) | a[7]);
-        if (w == 1 && (bput(&b, "],\"payload\":\"\",\"arp\":{\"operation\":") < 0 || buf_put(&b, num, (size_t)m) < 0
-                       || bput(&b, ",\"sender_mac\":\"") < 0 || bput(&b, smac) < 0
-                       || bput(&b, "\",\"sender_ip\":\"") < 0 || bput(&b, sip) < 0
-                       || bput(&b, "\",\"target_mac\":\"") < 0 || bput(&b, tmac) < 0
-                       || bput(&b, "\",\"target_ip\":\"") < 0 || bput(&b, tip) < 0
-                       || bput(&b, "\"},\"from_src\":true}") < 0))
+        if (w == 1 && (bput(b, "],\"payload\":\"\",\"arp\":{\"operation\":") < 0 || buf_put(b, num, (size_t)m) < 0
+                       || bput(b, ",\"sender_mac\":\"") < 0 || bput(b, smac) < 0
+                       || bput(b, "\",\"sender_ip\":\"") < 0 || bput(b, sip) < 0
+                       || bput(b, "\",\"target_mac\":\"") < 0 || bput(b, tmac) < 0
+                       || bput(b, "\",\"target_ip\":\"") < 0 || bput(b, tip) < 0
+                       || bput(b, "\"},\"from_src\":true}") < 0))
             w = -1;
     }
     if (w == 1) {   /* _count("arp_packets"), then the event */
@@ -2859,11 +2891,11 @@ static int arp_event(PacketOut *o, PyObject *tso, const unsigned char *fr, Py_ss
                 Py_XDECREF(one);
         }
         w = c1 == NULL || PyDict_SetItem(o->counters, s_arp_packets, c1) < 0
-            || (doc = PyBytes_FromStringAndSize(b.p, (Py_ssize_t)b.n)) == NULL || PyList_Append(o->raw, doc) < 0 ? -1 : 1;
+            || (doc = PyBytes_FromStringAndSize(b->p, (Py_ssize_t)b->n)) == NULL || PyList_Append(o->raw, doc) < 0 ? -1 : 1;
         Py_XDECREF(c1);
         Py_XDECREF(doc);
     }
-    PyMem_Free(b.p);
+    buf_release(b);
     return w;
 }
 
@@ -3044,17 +3076,17 @@ static int emit_record(PyObject *raw, PyObject *sink_flow, PyObject *f, PyObject
         PyObject *vals[NKEYS];
         if (record_values(f, phase, ts, probe, app, application, category, host, conf, vals) < 0)
             return -1;
-        Buf b = {NULL, 0, 0};
-        int w = record_json(&b, vals);
+        Buf own, *b = buf_take(&own);
+        int w = record_json(b, vals);
         values_clear(vals);
         if (w > 0) {
-            PyObject *j = PyBytes_FromStringAndSize(b.p, (Py_ssize_t)b.n);
+            PyObject *j = PyBytes_FromStringAndSize(b->p, (Py_ssize_t)b->n);
             w = j == NULL ? -1 : PyList_Append(raw, j);
             Py_XDECREF(j);
             if (w == 0)
                 w = 1;
         }
-        PyMem_Free(b.p);
+        buf_release(b);
         if (w != 0)
             return w < 0 ? -1 : 0;
     }
@@ -3188,11 +3220,11 @@ static int emit_sample_one(Emitter *x, PyObject *f, PyObject *ts, PyObject *fwd,
     if (fin < 0 || sample_values(f, ts, fwd, vlans, final, x->probe, vals) < 0)
         return -1;
     if (x->raw != NULL) {
-        Buf b = {NULL, 0, 0};
-        int w = sample_json(&b, vals);
+        Buf own, *b = buf_take(&own);
+        int w = sample_json(b, vals);
         if (w > 0)
-            out = PyBytes_FromStringAndSize(b.p, (Py_ssize_t)b.n);
-        PyMem_Free(b.p);
+            out = PyBytes_FromStringAndSize(b->p, (Py_ssize_t)b->n);
+        buf_release(b);
         if (w < 0 || (w > 0 && out == NULL)) {
             sample_values_clear(vals);
             return -1;
