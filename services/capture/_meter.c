@@ -2078,6 +2078,19 @@ static void b64_init(void) {
 /* ``n`` bytes at ``in`` as padded base64 text at ``o`` ((n + 2) / 3 * 4 bytes); returns the end */
 static unsigned char *b64_encode(const unsigned char *in, Py_ssize_t n, unsigned char *o) {
     Py_ssize_t i = 0;
+#if !PY_BIG_ENDIAN
+    /* six bytes at a time while eight can be read: one load, four pair lookups, one store (the pairs'
+     * bytes are in memory order, so on a little-endian machine the first pair goes in the low bits) */
+    for (; i + 8 <= n; i += 6) {
+        uint64_t v, w;
+        memcpy(&v, in + i, 8);
+        v = __builtin_bswap64(v);   /* the first byte in the top bits */
+        w = (uint64_t)b64_pairs[(v >> 52) & 4095] | (uint64_t)b64_pairs[(v >> 40) & 4095] << 16
+            | (uint64_t)b64_pairs[(v >> 28) & 4095] << 32 | (uint64_t)b64_pairs[(v >> 16) & 4095] << 48;
+        memcpy(o, &w, 8);
+        o += 8;
+    }
+#endif
     for (; i + 3 <= n; i += 3) {
         uint32_t v = ((uint32_t)in[i] << 16) | ((uint32_t)in[i + 1] << 8) | in[i + 2];
         memcpy(o, &b64_pairs[v >> 12], 2);
