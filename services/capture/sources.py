@@ -14,6 +14,7 @@ file that is not a capture at all raises ``CaptureFileError`` when opened.
 from __future__ import annotations
 
 import gzip
+import mmap
 import os
 import struct
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ __all__ = ["CaptureFileError", "FileSource", "LiveSource", "open_source", "DLT_N
 
 CHUNK = 1 << 20
 MAX_RECORD = 256 * 1024 * 1024  # a caplen/block above this is corruption, not a packet
+MAP_RELEASE = 16 << 20   # a mapped file: pages read past are given back to the kernel every this many bytes
 
 _PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
@@ -140,11 +142,29 @@ class FileSource:
         self.counters: dict[str, int] = {}
         self.format: str
         self.datalink: int = -1
-        self._buf = head
+        self._buf: bytes | mmap.mmap = head
         self._pos = 0
         self._base = 0   # the file offset of _buf[0] (uncompressed for .gz files), for error messages
         self._cut_seen = 0   # the shortest record so far that holds less than its packet (cut_at)
         self._eof = False
+        # A plain file is mapped, not read: its records are parsed where the kernel has them, without a
+        # read() copy and a join per megabyte (3-4 % of a replay's CPU).  A gzip'd file, or one that cannot
+        # be mapped (a pipe, an empty file), is read in chunks (_fill).
+        self._mm: mmap.mmap | None = None
+        self._released = 0   # mapped: bytes at the start whose pages were given back (_release)
+        if not isinstance(self._fh, gzip.GzipFile):
+            try:
+                self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError, AttributeError):
+                self._mm = None
+            if self._mm is not None and self._mm[:len(head)] == head:
+                self._buf = self._mm
+                self._eof = True   # all of it is "buffered"
+                if hasattr(self._mm, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
+                    self._mm.madvise(mmap.MADV_SEQUENTIAL)
+            elif self._mm is not None:   # the file changed under us: read it
+                self._mm.close()
+                self._mm = None
         if len(head) < 4:
             self.close()
             raise CaptureFileError(f"{self.path}: not a pcap/pcapng file")
@@ -189,6 +209,8 @@ class FileSource:
 
     def progress(self) -> tuple[int, int]:
         """(bytes of the file read so far, its size on disk); for .gz files both count compressed bytes."""
+        if self._mm is not None:
+            return min(self._pos, self.size), self.size
         fh = getattr(self._fh, "fileobj", None) or self._fh   # a GzipFile reads from .fileobj
         try:
             return min(fh.tell(), self.size), self.size
@@ -240,10 +262,27 @@ class FileSource:
         self.errors += 1
 
     def close(self) -> None:
+        if self._mm is not None:
+            self._buf = b""
+            try:
+                self._mm.close()
+            except Exception:  # noqa: BLE001 - closing must not fail (a view still held: the GC closes it)
+                pass
         try:
             self._fh.close()
         except Exception:  # noqa: BLE001 - closing must not fail
             pass
+
+    def _release(self) -> None:
+        """A mapped file: give back the pages of what has been parsed (whole pages, every MAP_RELEASE
+        bytes), so that a long replay's resident memory does not grow with the file."""
+        done = self._pos - self._pos % mmap.PAGESIZE
+        if done - self._released >= MAP_RELEASE and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                self._mm.madvise(mmap.MADV_DONTNEED, self._released, done - self._released)   # type: ignore[union-attr]
+            except (OSError, ValueError):
+                pass
+            self._released = done
 
     def __enter__(self) -> FileSource:
         return self
@@ -267,6 +306,8 @@ class FileSource:
             before = self._pos
             recs, pos, bad, cut = pcap_records(self._buf, before, big, unit, n, MAX_RECORD, snaplen, shard, shards, dlt)
             self._pos = pos
+            if self._mm is not None:
+                self._release()
             if cut and (not self._cut_seen or cut < self._cut_seen):
                 self._cut_seen = cut
             if recs:
@@ -334,6 +375,8 @@ class FileSource:
     def _iter_pcapng_blocks(self) -> Iterator[tuple[float, bytes, int]]:
         first = True
         while True:
+            if self._mm is not None:
+                self._release()
             if not self._fill(12):
                 if len(self._buf) - self._pos:
                     self._fail(f"truncated block header{self._where()}")

@@ -38,6 +38,50 @@ def test_pcap_roundtrip(tmp_path):
     assert src.errors == 0 and src.packets == 5
 
 
+def test_a_plain_file_is_mapped_and_gives_what_reading_gives(tmp_path, monkeypatch):
+    """A plain pcap or pcapng file is parsed from a read-only map of it (no read() copy): the same records
+    as read in chunks, progress in bytes parsed, pages given back as the replay goes, the map closed."""
+    import mmap
+
+    from services.capture import sources
+
+    frames = [(1700000000.0 + i / 7, bytes([i % 256]) * 12 + b"\x08\x00" + bytes([i % 251]) * (40 + i % 900))
+              for i in range(6000)]
+    pcap = write_pcap(tmp_path / "big.pcap", frames)
+    monkeypatch.setattr(sources, "MAP_RELEASE", 64 * 1024)
+
+    def records(path):
+        src = FileSource(path)
+        got = [r for _dlt, batch in src.batches(512) for r in batch]
+        return src, got
+
+    src, mapped = records(pcap)
+    assert src._mm is not None and src.progress() == (pcap.stat().st_size, pcap.stat().st_size)
+    assert src._released > 0 and src._released % mmap.PAGESIZE == 0   # pages given back on the way
+    src.close()
+    assert src._mm.closed
+
+    real_mmap = mmap.mmap
+    monkeypatch.setattr(sources.mmap, "mmap", lambda *a, **k: (_ for _ in ()).throw(OSError("no map here")))
+    src2, read = records(pcap)
+    assert src2._mm is None and read == mapped and len(mapped) == 6000
+    assert [f for _, f in mapped] == [f for _, f in frames]
+    monkeypatch.setattr(sources.mmap, "mmap", real_mmap)
+
+    # the same for pcapng (blocks parsed from the map), and a truncated file still says where it stops
+    ng = tmp_path / "big.pcapng"
+    with open(ng, "wb") as fh:
+        w = dpkt.pcapng.Writer(fh)
+        for ts, fr in frames[:2000]:
+            w.writepkt(fr, ts=ts)
+    src3 = FileSource(ng)
+    assert src3._mm is not None and [f for _, f in src3] == [f for _, f in frames[:2000]]
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(pcap.read_bytes()[:-30])
+    src4, got = records(cut)
+    assert src4._mm is not None and len(got) == 6000 and src4.errors == 1 and "truncated" in src4.error
+
+
 def test_nanosecond_pcap_and_other_linktype(tmp_path):
     src = FileSource(write_pcap(tmp_path / "n.pcap", nano=True, linktype=113))
     assert src.datalink == 113
