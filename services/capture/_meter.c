@@ -45,6 +45,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <arpa/inet.h>
 #include <structmember.h>
 #include <stdint.h>
 #include <string.h>
@@ -118,7 +119,7 @@ static int dir_check(void) {
     return rc;
 }
 
-static PyObject *bind(PyObject *self, PyObject *args) {
+static PyObject *meter_bind(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *cls, *dcls;
     if (!PyArg_ParseTuple(args, "OO", &cls, &dcls) || learn_slots(cls, 0, NFLOW) < 0
@@ -805,7 +806,7 @@ typedef struct {
     PyObject *table, *move_to_end, *sink_flow, *text_cache, *young_append, *prefix, *source, *probe, *raw;
     Counters *ctr;
     PyObject *m_evict, *m_ip_text, *m_mac_text, *m_count;
-    long long max_flows, hot_pk, ev_packets, ev_max_flows;
+    long long max_flows, hot_pk, ev_packets, ev_max_flows, text_max, own_text;
     double upd, active, hot_iv;
 } NewFlow;
 
@@ -862,6 +863,7 @@ static int nf_load(NewFlow *c, PyObject *meter, PyObject *table, PyObject *move_
         || meter_ll(meter, "_max_flows", &c->max_flows) < 0 || meter_ll(meter, "_hot_pk", &c->hot_pk) < 0
         || meter_ll(meter, "evidence_packets", &c->ev_packets) < 0
         || meter_ll(meter, "evidence_max_flows", &c->ev_max_flows) < 0
+        || meter_ll(meter, "_text_cache_max", &c->text_max) < 0 || meter_ll(meter, "_own_text", &c->own_text) < 0
         || attr_d(meter, "_upd", &c->upd) < 0 || attr_d(meter, "_active", &c->active) < 0
         || attr_d(meter, "_hot_iv", &c->hot_iv) < 0) {
         nf_clear(c);
@@ -875,7 +877,9 @@ static int nf_load(NewFlow *c, PyObject *meter, PyObject *table, PyObject *move_
     return 0;
 }
 
-/* _ip_text / _mac_text: the shared text from the cache, else the meter's method (which fills it) */
+/* _ip_text / _mac_text: the shared text from the cache; else made here as those methods make it (inet_ntop's
+ * text of 4 or 16 bytes, a MAC's lowercase hex pairs) and cached as they cache it (the cache emptied when full),
+ * or by the meter's method where it is not FlowMeter's own */
 static PyObject *cached_text(NewFlow *c, PyObject *ckey, PyObject *method, PyObject *a1, PyObject *a2) {
     PyObject *t = PyDict_GetItemWithError(c->text_cache, ckey);
     if (t != NULL) {
@@ -884,7 +888,33 @@ static PyObject *cached_text(NewFlow *c, PyObject *ckey, PyObject *method, PyObj
     }
     if (PyErr_Occurred())
         return NULL;
-    return PyObject_CallFunctionObjArgs(method, a1, a2, NULL);
+    char text[INET6_ADDRSTRLEN + 1];
+    const char *made = NULL;
+    if (method == c->m_ip_text && c->own_text && PyBytes_CheckExact(a1)
+        && (PyBytes_GET_SIZE(a1) == 4 || PyBytes_GET_SIZE(a1) == 16))
+        made = inet_ntop(PyBytes_GET_SIZE(a1) == 4 ? AF_INET : AF_INET6, PyBytes_AS_STRING(a1), text, sizeof text);
+    else if (method == c->m_mac_text && c->own_text && PyBytes_CheckExact(ckey) && PyBytes_GET_SIZE(ckey) == 7) {
+        static const char hx[] = "0123456789abcdef";
+        const unsigned char *m = (const unsigned char *)PyBytes_AS_STRING(ckey) + 1;
+        for (int k = 0; k < 6; k++) {
+            text[3 * k] = hx[m[k] >> 4];
+            text[3 * k + 1] = hx[m[k] & 15];
+            text[3 * k + 2] = k < 5 ? ':' : 0;
+        }
+        made = text;
+    }
+    if (made == NULL)
+        return PyObject_CallFunctionObjArgs(method, a1, a2, NULL);
+    t = PyUnicode_FromString(made);
+    if (t == NULL)
+        return NULL;
+    if (PyDict_GET_SIZE(c->text_cache) >= c->text_max)
+        PyDict_Clear(c->text_cache);
+    if (PyDict_SetItem(c->text_cache, ckey, t) < 0) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    return t;
 }
 
 static inline int nput(PyObject *f, int k, PyObject *v) {   /* steals v */
@@ -3857,7 +3887,7 @@ static PyMethodDef methods[] = {
     {"lean", (PyCFunction)(void (*)(void))lean, METH_FASTCALL, "A copy of an event's __dict__ without its default-valued fields (batch_json)."},
     {"b64_json", b64_json, METH_O, "A list of bytes as the JSON array of pydantic's base64 texts (bytes)."},
     {"ended_in_c", ended_in_c, METH_NOARGS, "How many flows expire() ended since the module was loaded (tests)."},
-    {"bind", bind, METH_VARARGS, "Learn the slot offsets of the meter's Flow and _Dir classes."},
+    {"bind", meter_bind, METH_VARARGS, "Learn the slot offsets of the meter's Flow and _Dir classes."},
     {"bind_record", bind_record, METH_VARARGS, "Learn FlowRecord (and BaseModel's slots) for record(); False when its fields differ."},
     {"record", record, METH_VARARGS, "FlowMeter._record's FlowRecord, built in C."},
     {"bind_sample", bind_sample, METH_VARARGS, "Learn FlowSample for sample(); False when its fields differ."},

@@ -418,6 +418,7 @@ class FlowMeter:
     samples_sent = _counter("samples_sent", "Samples emitted so far.")
     _nflows = _counter("nflows", "Flows in the table.")
     _pending = _counter("pending", "Samples whose verdict has not come.")
+    _text_cache_max = _TEXT_CACHE_MAX   # texts cached (_ip_text, _mac_text, the loop's cached_text)
 
     def __init__(self, settings: CaptureSettings, sink: MeterSink, source: str = "", probe: str | None = None):
         self.settings = settings
@@ -468,6 +469,7 @@ class FlowMeter:
         self._now = 0.0
         self._next_house = 0.0
         self._house_c = False   # the compiled loop does _housekeep itself (process_batch sets it)
+        self._own_text = False   # ... and _ip_text's and _mac_text's work
         self._prev_frame = b""
         self._prev_ts = 0.0
         self._dl = 1
@@ -585,8 +587,11 @@ class FlowMeter:
             recs = list(recs)
         table = self.table
         self._dl = dl   # for _new_flow's tunnel_outer: the loop meters GTP-U and IP-in-IP frames too
-        # the loop's housekeeping once a second: this class's _housekeep, done in C where flows end in C
-        self._house_c = _ends_in_c() and type(self)._housekeep is _HOUSEKEEP
+        # the loop's housekeeping once a second: this class's _housekeep, done in C where flows end in C;
+        # address and MAC texts of new flows made in C as this class's _ip_text and _mac_text make them
+        cls = type(self)
+        self._house_c = _ends_in_c() and cls._housekeep is _HOUSEKEEP
+        self._own_text = cls._ip_text is _IP_TEXT and cls._mac_text is _MAC_TEXT
         try:
             npk, nb, dups = run(self, recs, self._process_py, dl, table, table.move_to_end, self._ev_trim,
                                 self._ev_keep, keep, self.record_cutoff, _crecord is not None, self._ev_cap)
@@ -772,7 +777,7 @@ class FlowMeter:
         c = self._text_cache
         t = c.get(addr)
         if t is None:
-            if len(c) >= _TEXT_CACHE_MAX:
+            if len(c) >= self._text_cache_max:
                 c.clear()
             t = c[addr] = format_ip(addr)
         return t
@@ -786,7 +791,7 @@ class FlowMeter:
         c = self._text_cache
         t = c.get(b"M" + raw)
         if t is None:
-            if len(c) >= _TEXT_CACHE_MAX:
+            if len(c) >= self._text_cache_max:
                 c.clear()
             t = c[b"M" + raw] = raw.hex(":")
         return t
@@ -1484,5 +1489,8 @@ class FlowMeter:
             self._count(r[1])
 
 
-#: FlowMeter's own _housekeep: the compiled loop does its work in C only for a meter that has not replaced it
+#: FlowMeter's own _housekeep, _ip_text and _mac_text: the compiled loop does their work in C only for a meter
+#: that has not replaced them
 _HOUSEKEEP = FlowMeter._housekeep
+_IP_TEXT = FlowMeter._ip_text
+_MAC_TEXT = FlowMeter._mac_text

@@ -674,3 +674,41 @@ def test_the_loop_meters_gtp_and_ip_in_ip_itself(monkeypatch):
     assert len(seen) == to_python
     assert m.stats()["counters"]["tunnel_gtp_flows"] > 0 and m.stats()["counters"]["tunnel_ip-in-ip_flows"] > 0
     assert made <= to_python   # only the odd frames' flows are made by _new_flow
+
+
+def test_new_flows_texts_made_in_the_loop_as_the_meter_makes_them(monkeypatch):
+    """The loop makes a new flow's address and MAC texts itself (IPv4, IPv6, MACs), cached as _ip_text and
+    _mac_text cache them (the cache emptied when full); a meter whose class replaces those methods gets its
+    own texts."""
+    from services.capture.decode import format_ip
+
+    recs, _ = encapsulated_conversations()
+
+    def records(compiled: bool, cls: type = FlowMeter) -> tuple[list, FlowMeter]:
+        with monkeypatch.context() as mp:
+            if not compiled:
+                mp.setattr(flows, "_run", None)
+            sink = ListSink()
+            m = cls(CaptureSettings(verdict_wait_s=0), sink, source="texts")
+            m._prefix = "texts"
+            m._text_cache_max = 5
+            m.process_batch(recs, 1)
+            m.finish()
+            return [r.model_dump() for r in sink.flows], m
+
+    a, ma = records(True)
+    b, _mb = records(False)
+    assert a == b and len(ma._text_cache) <= 5
+    # 40 hosts, every flow the loop's: the cache is emptied when full, as _ip_text empties it
+    m = FlowMeter(CaptureSettings(verdict_wait_s=0), ListSink(), source="texts")
+    m._text_cache_max = 5
+    m.process_batch([(100.0 + i, frame(0x0A000001 + i, 0x0A0000FF, 5000, 53, 0, 0, b"x", 17)) for i in range(40)], 1)
+    assert 0 < len(m._text_cache) <= 5 and "10.0.0.40" in m._text_cache.values()
+    assert any(":" in r["src_ip"] for r in a) and any(r["src_mac"] == "02:00:00:00:00:01" for r in a)
+
+    class Shouting(FlowMeter):
+        def _ip_text(self, addr: bytes) -> str:   # its own texts, not cached
+            return "ip-" + format_ip(addr)
+
+    c, _mc = records(True, Shouting)
+    assert c and all(r["src_ip"].startswith("ip-") for r in c if r["transport"] != "ARP")
