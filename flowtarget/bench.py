@@ -67,16 +67,33 @@ async def _capture_service_run(pcap: str, nats_url: str, detect_inline: bool = F
     ``detect_inline=False``: as on a live interface, the alert detectors are another process's
     work (capture publishes their input; that process is not run here); True: inside capture,
     as a replay (analyze, run --pcap) runs them."""
-    from shared.bus import Bus
+    import shutil
+    import tempfile
+
     from shared.settings import CaptureSettings
-    from services.capture import service
 
     kw: dict[str, Any] = {}
     record_dir = CaptureSettings().record_dir
     if record_dir is not None:     # FT_RECORD_DIR: each run its own store (the other's packets are the same)
         kw["record_dir"] = record_dir / ("detect-inline" if detect_inline else "detect-own")
+    # the alerts' evidence pcaps are written as a replay writes them (part of the work measured), but into a
+    # directory of their own, removed afterwards: not among the probe's evidence (FT_EVIDENCE_DIR)
+    evidence_dir = Path(tempfile.mkdtemp(prefix="ft-bench-evidence-"))
+    try:
+        return await _capture_service_once(pcap, nats_url, detect_inline, evidence_dir, kw)
+    finally:
+        shutil.rmtree(evidence_dir, ignore_errors=True)
+
+
+async def _capture_service_once(pcap: str, nats_url: str, detect_inline: bool, evidence_dir: Path,
+                                kw: dict[str, Any]) -> dict[str, Any]:
+    from shared.bus import Bus
+    from shared.settings import CaptureSettings
+    from services.capture import service
+
     settings = CaptureSettings(nats_url=nats_url, probe="bench", pcap=[Path(pcap)], verdict_wait_s=0,
-                               replay_max_pending=0, stream_storage="memory", detect_inline=detect_inline, **kw)
+                               replay_max_pending=0, stream_storage="memory", detect_inline=detect_inline,
+                               evidence_dir=evidence_dir, **kw)
     stop = asyncio.Event()
     bus = await Bus.connect(settings, "bench-capture", stop)
     stats: list[dict[str, Any]] = []

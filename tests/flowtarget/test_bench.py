@@ -38,6 +38,32 @@ def test_bench_capture_prints_both_figures_and_compares_with_ndpireader():
         assert "not found" in r["ndpi_error"]
 
 
+def test_bench_capture_keeps_its_evidence_out_of_the_probes(tmp_path):
+    """(b'), the replay with its detectors inline, writes the alerts' evidence as a replay does, but into a
+    directory of its own that it removes: nothing lands among the probe's evidence (FT_EVIDENCE_DIR)."""
+    import dpkt
+
+    from tests.services.capture.test_detectors_traffic import RST, SYN, T0, tcp
+
+    pcap = tmp_path / "scan.pcap"
+    with open(pcap, "wb") as fh:
+        w = dpkt.pcap.Writer(fh)
+        for i in range(400):   # a vertical scan: a port scan alert with its evidence
+            ts = T0 + i * 0.01
+            w.writepkt(tcp("10.0.0.66", 40000 + i, "10.0.0.9", 1 + i, SYN, 7000), ts=ts)
+            w.writepkt(tcp("10.0.0.9", 1 + i, "10.0.0.66", 40000 + i, RST | dpkt.tcp.TH_ACK, 0, 7001), ts=ts + 0.0002)
+    probes = tmp_path / "evidence"
+    probes.mkdir()
+    proc = subprocess.run([*FT, "bench", "capture", str(pcap), "--json"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "FT_LOG_LEVEL": "WARNING", "FT_EVIDENCE_DIR": str(probes),
+                                            "TMPDIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["packets"] == 800 and r["cpu_seconds_detect_inline"] > 0
+    assert list(probes.iterdir()) == []
+    assert not list(tmp_path.glob("ft-bench-evidence-*"))   # its own directory removed
+
+
 @pytest.mark.skipif(shutil.which("ndpiReader") is None, reason="ndpiReader not installed (scripts/setup.sh --test installs it)")
 def test_bench_capture_repeat_alternates_ndpireader_and_the_sharded_replay():
     """--repeat K: K pairs of ndpiReader and (c), each with its ratio; both read every packet of the file."""
