@@ -768,6 +768,16 @@ static PyTypeObject CountersType = {
     .tp_new = PyType_GenericNew,
 };
 
+/* counters[k] += n (from 0), counters being a meter's counters dict */
+static int dict_count(PyObject *c, PyObject *k, long long n) {
+    PyObject *v = PyDict_GetItemWithError(c, k);
+    long long x = v == NULL ? 0 : PyLong_AsLongLong(v);
+    PyObject *nv = (v == NULL && PyErr_Occurred()) || (x == -1 && PyErr_Occurred()) ? NULL : PyLong_FromLongLong(x + n);
+    int r = nv == NULL ? -1 : PyDict_SetItem(c, k, nv);
+    Py_XDECREF(nv);
+    return r;
+}
+
 /* FlowMeter._count(name, n): meter.counters[name] += n (from 0) */
 static int meter_count(PyObject *meter, const char *name, long long n) {
     PyObject *cn = iname("counters"), *k = iname(name);
@@ -779,11 +789,7 @@ static int meter_count(PyObject *meter, const char *name, long long n) {
         PyErr_SetString(PyExc_TypeError, "the meter's counters are not a dict");
         return -1;
     }
-    PyObject *v = PyDict_GetItemWithError(c, k);
-    long long x = v == NULL ? 0 : PyLong_AsLongLong(v);
-    PyObject *nv = (v == NULL && PyErr_Occurred()) || (x == -1 && PyErr_Occurred()) ? NULL : PyLong_FromLongLong(x + n);
-    int r = nv == NULL ? -1 : PyDict_SetItem(c, k, nv);
-    Py_XDECREF(nv);
+    int r = dict_count(c, k, n);
     Py_DECREF(c);
     return r;
 }
@@ -877,6 +883,18 @@ static int nf_load(NewFlow *c, PyObject *meter, PyObject *table, PyObject *move_
     return 0;
 }
 
+/* a MAC's text as _mac_text and format_mac write it (lowercase hex pairs, ':' between) at o; returns its end */
+static char *mac_text(char *o, const unsigned char *m) {
+    static const char hx[] = "0123456789abcdef";
+    for (int k = 0; k < 6; k++) {
+        if (k)
+            *o++ = ':';
+        *o++ = hx[m[k] >> 4];
+        *o++ = hx[m[k] & 15];
+    }
+    return o;
+}
+
 /* _ip_text / _mac_text: the shared text from the cache; else made here as those methods make it (inet_ntop's
  * text of 4 or 16 bytes, a MAC's lowercase hex pairs) and cached as they cache it (the cache emptied when full),
  * or by the meter's method where it is not FlowMeter's own */
@@ -894,13 +912,7 @@ static PyObject *cached_text(NewFlow *c, PyObject *ckey, PyObject *method, PyObj
         && (PyBytes_GET_SIZE(a1) == 4 || PyBytes_GET_SIZE(a1) == 16))
         made = inet_ntop(PyBytes_GET_SIZE(a1) == 4 ? AF_INET : AF_INET6, PyBytes_AS_STRING(a1), text, sizeof text);
     else if (method == c->m_mac_text && c->own_text && PyBytes_CheckExact(ckey) && PyBytes_GET_SIZE(ckey) == 7) {
-        static const char hx[] = "0123456789abcdef";
-        const unsigned char *m = (const unsigned char *)PyBytes_AS_STRING(ckey) + 1;
-        for (int k = 0; k < 6; k++) {
-            text[3 * k] = hx[m[k] >> 4];
-            text[3 * k + 1] = hx[m[k] & 15];
-            text[3 * k + 2] = k < 5 ? ':' : 0;
-        }
+        *mac_text(text, (const unsigned char *)PyBytes_AS_STRING(ckey) + 1) = 0;
         made = text;
     }
     if (made == NULL)
@@ -1441,27 +1453,27 @@ typedef struct {
 
 static PyObject *expire_now(PyObject *meter, PyObject *now_o, PyObject *why);
 static PyObject *s_idle;
-static PyObject *s_now, *s_young, *s_young2, *s_young_check, *s_house_c;
 
 /* FlowMeter._housekeep(now) where it ends flows in C (meter._house_c, set by process_batch): its clock, the young
  * SYN flows' check (Python, when there are any), then expire's two loops, without a Python frame per second */
 static int house_in_c(PyObject *meter, PyObject *tso) {
-    PyObject *nh = PyFloat_FromDouble(PyFloat_AS_DOUBLE(tso) + 1.0);
-    if (nh == NULL || PyObject_SetAttr(meter, s_now, tso) < 0 || PyObject_SetAttr(meter, s_next_house, nh) < 0) {
+    PyObject *nh = PyFloat_FromDouble(PyFloat_AS_DOUBLE(tso) + 1.0), *now_n = iname("_now");
+    if (nh == NULL || now_n == NULL || PyObject_SetAttr(meter, now_n, tso) < 0
+        || PyObject_SetAttr(meter, s_next_house, nh) < 0) {
         Py_XDECREF(nh);
         return -1;
     }
     Py_DECREF(nh);
     int young = 0;
     for (int k = 0; k < 2 && !young; k++) {
-        PyObject *y = PyObject_GetAttr(meter, k ? s_young2 : s_young);
+        PyObject *y = mattr(meter, k ? "_young2" : "_young");
         young = y ? PyObject_IsTrue(y) : -1;
         Py_XDECREF(y);
         if (young < 0)
             return -1;
     }
     if (young) {
-        PyObject *r = PyObject_CallMethodOneArg(meter, s_young_check, tso);
+        PyObject *yc = iname("_young_check"), *r = yc ? PyObject_CallMethodOneArg(meter, yc, tso) : NULL;
         if (r == NULL)
             return -1;
         Py_DECREF(r);
@@ -1511,7 +1523,8 @@ static inline int frame_step(Step *st, PyObject *meter, PyObject *m_housekeep, P
     return 0;
 }
 
-/* a DNS message's packet event (FlowMeter._dns) as its JSON, for a sink that takes them so (raw_packets) */
+/* DNS messages' and ARP packets' events (FlowMeter._dns, _non_ip) as their JSON, for a sink that takes them so
+ * (raw_packets) */
 typedef struct {
     int loaded;
     PyObject *raw, *probe, *source, *counters;
@@ -1520,8 +1533,7 @@ static int packet_out_load(PacketOut *o, PyObject *meter);
 static void packet_out_clear(PacketOut *o);
 static int dns_event(PacketOut *o, PyObject *f, PyObject *tso, const unsigned char *fr, long po, long pl, int proto,
                      int fwd, PyObject *vlans);
-static int arp_event(PacketOut *o, PyObject *tso, const unsigned char *fr, Py_ssize_t len, long off,
-                     const uint32_t *vids, int nvl);
+static int arp_event(PacketOut *o, PyObject *tso, const unsigned char *fr, long off, const uint32_t *vids, int nvl);
 static int arp_py(PyObject *meter, PyObject *tso, PyObject *frame, long off, const uint32_t *vids, int nvl);
 
 static PyObject *run(PyObject *self, PyObject *args) {
@@ -1560,18 +1572,10 @@ static PyObject *run(PyObject *self, PyObject *args) {
      * in a row: its move_to_end is then a no-op and skipped); forgotten whenever Python code may have run */
     PyObject *at_end = NULL;
     Step step = {0, 0, 0, NULL, 0.0, 0.0, 0};
-    if (load_state(meter, &step.prev, &step.prev_ts, &step.nh) < 0)
+    long long house_c;
+    if (meter_ll(meter, "_house_c", &house_c) < 0 || load_state(meter, &step.prev, &step.prev_ts, &step.nh) < 0)
         return NULL;
-    {
-        PyObject *hc = PyObject_GetAttr(meter, s_house_c);
-        step.house_c = hc ? PyObject_IsTrue(hc) : 0;
-        Py_XDECREF(hc);
-        if (step.house_c < 0 || (hc == NULL && !PyErr_ExceptionMatches(PyExc_AttributeError))) {
-            Py_XDECREF(step.prev);
-            return NULL;
-        }
-        PyErr_Clear();
-    }
+    step.house_c = house_c != 0;
     PyObject *m_tcp_close = PyObject_GetAttrString(meter, "_tcp_close");
     PyObject *m_periodic = PyObject_GetAttrString(meter, "_periodic");
     PyObject *m_sample = PyObject_GetAttrString(meter, "_sample");
@@ -1699,7 +1703,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 if (pko.raw == NULL)
                     goto python;
                 int aw = frame_step(&step, meter, m_housekeep, tso, frame, &at_end) < 0 ? -1
-                    : arp_event(&pko, tso, fr, len, off, vids, nvl);
+                    : arp_event(&pko, tso, fr, off, vids, nvl);
                 if (aw == 0) {   /* a time this writer does not write: _non_ip */
                     Py_CLEAR(at_end);
                     aw = arp_py(meter, tso, frame, off, vids, nvl);
@@ -2726,8 +2730,9 @@ static int json_scalar_list(Buf *b, PyObject *v, PyObject *float_json) {
     return buf_put(b, "]", 1) < 0 ? -1 : 1;
 }
 
-/* sink.raw_packets (where packet events may go as their JSON), the meter's probe and source: loaded at the first
- * DNS message of a run() (constant during it); raw stays NULL where the sink has no such list */
+/* sink.raw_packets (where packet events may go as their JSON), the meter's probe, source and counters: loaded at
+ * the first DNS message or ARP packet of a run() (constant during it); raw stays NULL where the sink has no such
+ * list */
 static int packet_out_load(PacketOut *o, PyObject *meter) {
     o->loaded = 1;
     if (!new_bound)
@@ -2861,19 +2866,6 @@ static int dns_event(PacketOut *o, PyObject *f, PyObject *tso, const unsigned ch
     return w;
 }
 
-static char *mac_text(char *o, const unsigned char *m) {
-    static const char hx[] = "0123456789abcdef";
-    for (int k = 0; k < 6; k++) {
-        if (k)
-            *o++ = ':';
-        *o++ = hx[m[k] >> 4];
-        *o++ = hx[m[k] & 15];
-    }
-    return o;
-}
-
-static PyObject *s_arp_packets;
-
 static inline int bput(Buf *b, const char *s) {
     return buf_put(b, s, strlen(s));
 }
@@ -2882,9 +2874,7 @@ static inline int bput(Buf *b, const char *s) {
  * FlowMeter._non_ip for a well-formed ARP packet at off (o->raw set): counts arp_packets and appends the
  * PacketEvent's JSON, byte for byte what batch_json writes for the event _non_ip builds.  0 or -1 (error).
  */
-static int arp_event(PacketOut *o, PyObject *tso, const unsigned char *fr, Py_ssize_t len, long off,
-                     const uint32_t *vids, int nvl) {
-    (void)len;
+static int arp_event(PacketOut *o, PyObject *tso, const unsigned char *fr, long off, const uint32_t *vids, int nvl) {
     const unsigned char *a = fr + off;
     char sip[16], tip[16], smac[18], tmac[18], fsrc[18], fdst[18], num[32];
     snprintf(sip, sizeof sip, "%u.%u.%u.%u", a[14], a[15], a[16], a[17]);
@@ -2926,16 +2916,9 @@ static int arp_event(PacketOut *o, PyObject *tso, const unsigned char *fr, Py_ss
             w = -1;
     }
     if (w == 1) {   /* _count("arp_packets"), then the event */
-        PyObject *c = PyDict_GetItemWithError(o->counters, s_arp_packets), *c1 = NULL, *doc = NULL;
-        if (c != NULL || !PyErr_Occurred()) {
-            PyObject *one = PyLong_FromLong(1);
-            c1 = one == NULL || c == NULL ? one : PyNumber_Add(c, one);
-            if (c != NULL)
-                Py_XDECREF(one);
-        }
-        w = c1 == NULL || PyDict_SetItem(o->counters, s_arp_packets, c1) < 0
+        PyObject *k = iname("arp_packets"), *doc = NULL;
+        w = k == NULL || dict_count(o->counters, k, 1) < 0
             || (doc = PyBytes_FromStringAndSize(b->p, (Py_ssize_t)b->n)) == NULL || PyList_Append(o->raw, doc) < 0 ? -1 : 1;
-        Py_XDECREF(c1);
         Py_XDECREF(doc);
     }
     buf_release(b);
@@ -3951,15 +3934,7 @@ PyMODINIT_FUNC PyInit__meter(void) {
     s_tun_ipip = PyUnicode_InternFromString("IP-in-IP");
     s_tun_gtp_n = PyUnicode_InternFromString("tunnel_gtp_flows");
     s_tun_ipip_n = PyUnicode_InternFromString("tunnel_ip-in-ip_flows");
-    s_arp_packets = PyUnicode_InternFromString("arp_packets");
-    s_now = PyUnicode_InternFromString("_now");
-    s_young = PyUnicode_InternFromString("_young");
-    s_young2 = PyUnicode_InternFromString("_young2");
-    s_young_check = PyUnicode_InternFromString("_young_check");
-    s_house_c = PyUnicode_InternFromString("_house_c");
-    if (!s_now || !s_young || !s_young2 || !s_young_check || !s_house_c)
-        return NULL;
-    if (!s_tun_gtp || !s_tun_ipip || !s_tun_gtp_n || !s_tun_ipip_n || !s_arp_packets)
+    if (!s_tun_gtp || !s_tun_ipip || !s_tun_gtp_n || !s_tun_ipip_n)
         return NULL;
     if (!s_start || !s_unknown || !s_bfd)
         return NULL;

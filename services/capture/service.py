@@ -67,7 +67,7 @@ class Outbox:
         self.s_live = subject("live", p)
         self.hot_records: list[FlowRecord | bytes] = []   # bytes: a hot record's JSON (raw_hot)
         self.samples: list[FlowSample | bytes] = []   # bytes: a sample's JSON (raw_samples)
-        self.packets: list[PacketEvent | bytes] = []   # bytes: a DNS packet event's JSON (raw_packets)
+        self.packets: list[PacketEvent | bytes] = []   # bytes: a DNS or ARP packet event's JSON (raw_packets)
         self.records: list[Event | bytes] = []   # bytes: an end record's JSON (raw_records)
         self.live_records: list[FlowRecord | bytes] = []   # start records: core NATS, for the detectors (raw_live)
         self.alerts: list[Alert] = []
@@ -105,8 +105,8 @@ class Outbox:
 
     @property
     def raw_packets(self) -> list[PacketEvent | bytes] | None:
-        """The same for DNS packet events (packets): where no detectors run in this process (they read the
-        events)."""
+        """The same for DNS and ARP packet events (packets): where no detectors run in this process (they read
+        the events)."""
         return self.packets if self.detectors is None else None
 
     @property

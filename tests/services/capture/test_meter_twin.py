@@ -58,7 +58,7 @@ def port_guess(transport: str, sport: int, dport: int):
 RAW_SAMPLES = [0]
 #: ... hot records
 RAW_HOT = [0]
-#: ... DNS packet events
+#: ... DNS and ARP packet events
 RAW_PACKETS = [0]
 #: packet events FlowMeter._dns and _non_ip made in the last compiled run (the rest: the loop wrote them as JSON)
 PY_EVENTS = [0]
@@ -105,7 +105,7 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
         sink = VerdictSink() if vwait else ListSink()
         if raw:   # the meter may put start and end records into sink.flows as their JSON, as capture's outbox
             sink.raw_records = sink.raw_live = sink.flows
-        if raw_samples:   # ... and samples into sink.samples as their JSON, DNS packet events into sink.packets
+        if raw_samples:   # ... and samples into sink.samples as their JSON, DNS/ARP packet events into sink.packets
             sink.raw_samples = sink.samples
             sink.raw_packets = sink.packets
         if raw_hot:   # ... and hot records into sink.hot_records
