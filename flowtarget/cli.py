@@ -162,8 +162,11 @@ def run_shards(settings: Any, also: tuple[subprocess.Popen[bytes], ...] = ()) ->
     fork = threading.active_count() == 1
     if fork:
         # forked, not exec'd, as the detectors' process is: each shard saves the imports (0.3-0.5 CPU-s)
-        from services.capture import service as _service  # noqa: F401
+        # and classify's port table, which every shard's meter reads
+        from services.capture import service as _service
         from flowtarget.zygote import fork_service
+
+        _service.port_guesser()
     import secrets
 
     run = secrets.token_hex(6)     # this replay's shards pace each other, not another replay's

@@ -493,14 +493,23 @@ def _make_recorder(settings: CaptureSettings, meter: FlowMeter) -> Any:
     return rec
 
 
+_PORTS: dict[tuple[str, int], str] | None = None   # classify's port table, built once per process image
+
+
 def port_guesser() -> Any:
     """classify's well-known-port table, for flows that carried no payload to classify (the rule of
-    ``Engine.guess``, which the compiled meter applies itself)."""
-    from services.classify.engine import Engine
+    ``Engine.guess``, which the compiled meter applies itself).
 
+    The table is built once: a sharded replay's parent builds it before forking its shards (importing
+    classify's dissectors takes 60-70 ms, which each shard would otherwise spend after the fork)."""
+    global _PORTS
     from .flows import PortTable
 
-    return PortTable(Engine().port_table)
+    if _PORTS is None:
+        from services.classify.engine import Engine
+
+        _PORTS = Engine().port_table
+    return PortTable(_PORTS)
 
 
 def raise_config(reason: str) -> None:
