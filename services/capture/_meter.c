@@ -1456,6 +1456,84 @@ static PyObject *s_idle;
 
 /* FlowMeter._housekeep(now) where it ends flows in C (meter._house_c, set by process_batch): its clock, the young
  * SYN flows' check (Python, when there are any), then expire's two loops, without a Python frame per second */
+/* FlowMeter._young_check(now): TCP flows opened by a SYN hot_interval_s ago (the deque _young, oldest first)
+ * whose client has not ACKed: a hot record (the meter's _out) for each that got no SYN-ACK; one that got a
+ * SYN-ACK goes to _young2, checked again at twice that age.  0, or -1 with an exception. */
+static int young_check(PyObject *meter, PyObject *tso) {
+    double now = PyFloat_AS_DOUBLE(tso), iv;
+    if (attr_d(meter, "_hot_iv", &iv) < 0)
+        return -1;
+    PyObject *y = mattr(meter, "_young"), *y2 = y ? mattr(meter, "_young2") : NULL, *popleft = iname("popleft");
+    PyObject *append = iname("append"), *out = iname("_out"), *upd = iname("update");
+    long long n = 0;
+    int rc = y2 && popleft && append && out && upd ? 0 : -1;
+    double cut = now - iv;
+    for (int k = 0; k < 2 && rc == 0; k++, cut -= iv) {
+        PyObject *q = k ? y2 : y;
+        for (;;) {
+            Py_ssize_t len = PyObject_Length(q);
+            if (len <= 0) {
+                rc = len < 0 ? -1 : 0;
+                break;
+            }
+            PyObject *f = PySequence_GetItem(q, 0);
+            if (f == NULL) {
+                rc = -1;
+                break;
+            }
+            if (!PyObject_TypeCheck(f, flow_type)) {
+                Py_DECREF(f);
+                PyErr_SetString(PyExc_TypeError, "the meter's young flows hold something else than flows");
+                rc = -1;
+                break;
+            }
+            PyObject *fo = RSLOT(f, R_FIRST);
+            double first = fo ? PyFloat_AsDouble(fo) : -1.0;
+            if (fo == NULL || (first == -1.0 && PyErr_Occurred())) {
+                if (fo == NULL)
+                    PyErr_SetString(PyExc_AttributeError, "Flow.first is not set");
+                Py_DECREF(f);
+                rc = -1;
+                break;
+            }
+            if (first > cut) {
+                Py_DECREF(f);
+                break;
+            }
+            PyObject *x = PyObject_CallMethodNoArgs(q, popleft);
+            long long state, sfl, dfl;
+            if (x == NULL || slot_ll(f, STATE, &state) < 0 || slot_ll(f, S_FLAGS, &sfl) < 0
+                || slot_ll(f, D_FLAGS, &dfl) < 0) {
+                Py_XDECREF(x);
+                Py_DECREF(f);
+                rc = -1;
+                break;
+            }
+            Py_DECREF(x);
+            if (state != 2 && !(sfl & 0x10)) {   /* not ENDED, the client has not ACKed */
+                if (k == 0 && (dfl & 0x02))
+                    x = PyObject_CallMethodOneArg(y2, append, f);
+                else {
+                    x = PyObject_CallMethodObjArgs(meter, out, f, upd, tso, Py_True, NULL);
+                    n++;
+                }
+                if (x == NULL) {
+                    Py_DECREF(f);
+                    rc = -1;
+                    break;
+                }
+                Py_DECREF(x);
+            }
+            Py_DECREF(f);
+        }
+    }
+    Py_XDECREF(y);
+    Py_XDECREF(y2);
+    if (rc == 0 && n)
+        rc = meter_count(meter, "hot_records", n);
+    return rc;
+}
+
 static int house_in_c(PyObject *meter, PyObject *tso) {
     PyObject *nh = PyFloat_FromDouble(PyFloat_AS_DOUBLE(tso) + 1.0), *now_n = iname("_now");
     if (nh == NULL || now_n == NULL || PyObject_SetAttr(meter, now_n, tso) < 0
@@ -1472,12 +1550,8 @@ static int house_in_c(PyObject *meter, PyObject *tso) {
         if (young < 0)
             return -1;
     }
-    if (young) {
-        PyObject *yc = iname("_young_check"), *r = yc ? PyObject_CallMethodOneArg(meter, yc, tso) : NULL;
-        if (r == NULL)
-            return -1;
-        Py_DECREF(r);
-    }
+    if (young && young_check(meter, tso) < 0)
+        return -1;
     PyObject *r = expire_now(meter, tso, s_idle);
     Py_XDECREF(r);
     return r ? 0 : -1;

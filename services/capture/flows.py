@@ -590,7 +590,7 @@ class FlowMeter:
         # the loop's housekeeping once a second: this class's _housekeep, done in C where flows end in C;
         # address and MAC texts of new flows made in C as this class's _ip_text and _mac_text make them
         cls = type(self)
-        self._house_c = _ends_in_c() and cls._housekeep is _HOUSEKEEP
+        self._house_c = _ends_in_c() and cls._housekeep is _HOUSEKEEP and cls._young_check is _YOUNG_CHECK
         self._own_text = cls._ip_text is _IP_TEXT and cls._mac_text is _MAC_TEXT
         try:
             npk, nb, dups = run(self, recs, self._process_py, dl, table, table.move_to_end, self._ev_trim,
@@ -1489,8 +1489,9 @@ class FlowMeter:
             self._count(r[1])
 
 
-#: FlowMeter's own _housekeep, _ip_text and _mac_text: the compiled loop does their work in C only for a meter
-#: that has not replaced them
+#: FlowMeter's own _housekeep, _young_check, _ip_text and _mac_text: the compiled loop does their work in C only
+#: for a meter that has not replaced them
 _HOUSEKEEP = FlowMeter._housekeep
+_YOUNG_CHECK = FlowMeter._young_check
 _IP_TEXT = FlowMeter._ip_text
 _MAC_TEXT = FlowMeter._mac_text
