@@ -242,7 +242,7 @@ static int store_state(PyObject *meter, PyObject *prev, double prev_ts) {
 /* the interned str of a C string literal, made once per literal (attribute names per flow event:
  * PyObject_GetAttrString would make and hash a new str each time); found by the literal's address in a
  * small open-addressing table (mattr calls it per attribute a flow event reads) */
-#define NINAMES 128
+#define NINAMES 256
 static struct { const char *lit; PyObject *name; } inames[NINAMES];
 static int ninames = 0;
 
@@ -991,6 +991,57 @@ typedef struct {
     unsigned long id;      /* GTP-U TEID; 0 for IP-in-IP */
 } Tunnel;
 
+/* bind_decode(l2_names, proto_names, proto_flows, frag_max): decode()'s tables for the frames the loop meters
+ * beyond TCP/UDP/ICMP (flows.py passes them from decode.py and its own constants):
+ *   l2_names: {ethertype: counter name} of the non-IP protocols decode() counts (KIND_L2);
+ *   proto_names: {IP protocol: transport name} (decode.transport_name's table; other numbers as their text);
+ *   proto_flows: {IP protocol: counter of its flows} (_SPECIAL_PROTO_COUNTERS' names);
+ *   frag_max: the meter's cache of first fragments' ports holds at most this many (_FRAG_CACHE_MAX).
+ * Unbound, such frames go to Python as before. */
+static PyObject *l2_names = NULL, *proto_names = NULL, *proto_flows = NULL;
+static Py_ssize_t frag_max = 0;
+
+static PyObject *bind_decode(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *a, *b, *c;
+    Py_ssize_t fm;
+    if (!PyArg_ParseTuple(args, "O!O!O!n", &PyDict_Type, &a, &PyDict_Type, &b, &PyDict_Type, &c, &fm))
+        return NULL;
+    if (fm < 1) {
+        PyErr_SetString(PyExc_ValueError, "bind_decode: frag_max must be >= 1");
+        return NULL;
+    }
+    Py_INCREF(a);
+    Py_XSETREF(l2_names, a);
+    Py_INCREF(b);
+    Py_XSETREF(proto_names, b);
+    Py_INCREF(c);
+    Py_XSETREF(proto_flows, c);
+    frag_max = fm;
+    Py_RETURN_NONE;
+}
+
+/* decode.transport_name(proto), a new reference */
+static PyObject *transport_of(int proto) {
+    if (proto == 6)
+        return ref(s_tcp_name);
+    if (proto == 17)
+        return ref(s_udp_name);
+    if (proto == 1 && s_icmp_name != NULL)
+        return ref(s_icmp_name);
+    if (proto == 58 && s_icmp6_name != NULL)
+        return ref(s_icmp6_name);
+    if (proto_names != NULL) {
+        PyObject *k = PyLong_FromLong(proto), *v = k ? PyDict_GetItemWithError(proto_names, k) : NULL;
+        Py_XDECREF(k);
+        if (v != NULL && PyUnicode_Check(v) && PyUnicode_GET_LENGTH(v) > 0)
+            return ref(v);
+        if (PyErr_Occurred())
+            return NULL;
+    }
+    return PyUnicode_FromFormat("%d", proto);
+}
+
 static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *tso, PyObject *frame, int ver,
                           int proto, int alen, uint32_t sp, uint32_t dp, uint32_t flags, PyObject *vlans, int icmp_tc,
                           const Tunnel *tun, int *fwd) {
@@ -1040,8 +1091,7 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
         || fput(f, REC_BYTES, ref(z)) < 0
         || fput(f, FLOW_ID, ref(fid)) < 0 || nput(f, N_VER, PyLong_FromLong(ver)) < 0
         || nput(f, N_PROTO, PyLong_FromLong(proto)) < 0
-        || rput(f, R_TRANSPORT, ref(proto == 6 ? s_tcp_name : proto == 17 ? s_udp_name : proto == 1 ? s_icmp_name
-                                      : s_icmp6_name)) < 0
+        || rput(f, R_TRANSPORT, transport_of(proto)) < 0
         || rput(f, R_SOURCE, ref(c->source)) < 0) {
         Py_DECREF(z);
         goto fail;
@@ -1154,6 +1204,19 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
         || fput(f, DIRS, ref(s_empty)) < 0)
         goto fail;
     c->ctr->flows_created++;
+    if (proto != 6 && proto != 17 && proto_flows != NULL && PyDict_GET_SIZE(proto_flows) > 0) {
+        /* OSPF, VRRP, IGMP, PIM: their flows counted (_SPECIAL_PROTO_COUNTERS) */
+        PyObject *pk = PyLong_FromLong(proto), *nm = pk ? PyDict_GetItemWithError(proto_flows, pk) : NULL;
+        Py_XDECREF(pk);
+        if (nm == NULL && PyErr_Occurred())
+            goto fail;
+        if (nm != NULL) {
+            r = PyObject_CallOneArg(c->m_count, nm);
+            if (r == NULL)
+                goto fail;
+            Py_CLEAR(r);
+        }
+    }
     if (proto == 17 && (sp == 3784 || sp == 3785 || sp == 4784 || dp == 3784 || dp == 3785 || dp == 4784)) {
         r = PyObject_CallOneArg(c->m_count, s_bfd);
         if (r == NULL)
@@ -1610,6 +1673,65 @@ static int dns_event(PacketOut *o, PyObject *f, PyObject *tso, const unsigned ch
 static int arp_event(PacketOut *o, PyObject *tso, const unsigned char *fr, long off, const uint32_t *vids, int nvl);
 static int arp_py(PyObject *meter, PyObject *tso, PyObject *frame, long off, const uint32_t *vids, int nvl);
 
+/* _process_py's handling of an IPv4 fragment (fragw: its offset and MF bits): a first fragment's ports are kept
+ * under (src, dst, id, proto), the oldest entry dropped when the cache is full; a later fragment takes them from
+ * there (counted as ip_fragments) or is an orphan (counted as ip_fragments_orphan, 0: not metered).
+ * 1: meter the packet (sp, dp set for a later fragment); -1: error. */
+static int frag_cache(PyObject *meter, uint32_t fragw, const unsigned char *addrs, int alen, uint32_t ipid, int proto,
+                      uint32_t *sp, uint32_t *dp) {
+    PyObject *cache = mattr(meter, "_frags");
+    if (cache == NULL)
+        return -1;
+    PyObject *key = NULL, *v = NULL;
+    int rc = -1;
+    if (!PyDict_Check(cache)) {
+        PyErr_SetString(PyExc_TypeError, "the meter's _frags is not a dict");
+        goto done;
+    }
+    key = Py_BuildValue("(y#y#kI)", (const char *)addrs, (Py_ssize_t)alen, (const char *)addrs + alen,
+                        (Py_ssize_t)alen, (unsigned long)ipid, (unsigned int)proto);
+    if (key == NULL)
+        goto done;
+    if (fragw & 0x1FFF) {   /* a later fragment */
+        PyObject *hit = PyDict_GetItemWithError(cache, key);   /* borrowed */
+        if (hit == NULL) {
+            rc = PyErr_Occurred() ? -1 : meter_count(meter, "ip_fragments_orphan", 1) < 0 ? -1 : 0;
+            goto done;
+        }
+        long a, b;
+        if (!PyTuple_Check(hit) || PyTuple_GET_SIZE(hit) != 2
+            || ((a = PyLong_AsLong(PyTuple_GET_ITEM(hit, 0))) == -1 && PyErr_Occurred())
+            || ((b = PyLong_AsLong(PyTuple_GET_ITEM(hit, 1))) == -1 && PyErr_Occurred())) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "the meter's _frags holds something else than (sport, dport)");
+            goto done;
+        }
+        *sp = (uint32_t)a;
+        *dp = (uint32_t)b;
+        rc = meter_count(meter, "ip_fragments", 1) < 0 ? -1 : 1;
+        goto done;
+    }
+    /* a first fragment: its ports kept */
+    if (PyDict_GET_SIZE(cache) >= frag_max) {
+        Py_ssize_t pos = 0;
+        PyObject *k0, *v0;
+        if (PyDict_Next(cache, &pos, &k0, &v0)) {
+            Py_INCREF(k0);
+            int r = PyDict_DelItem(cache, k0);
+            Py_DECREF(k0);
+            if (r < 0)
+                goto done;
+        }
+    }
+    v = Py_BuildValue("(kk)", (unsigned long)*sp, (unsigned long)*dp);
+    rc = v == NULL || PyDict_SetItem(cache, key, v) < 0 ? -1 : 1;
+done:
+    Py_XDECREF(v);
+    Py_XDECREF(key);
+    Py_DECREF(cache);
+    return rc;
+}
+
 static PyObject *run(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *meter, *recs, *one, *table, *move_to_end, *dl, *keep = Py_None;
@@ -1693,14 +1815,20 @@ static PyObject *run(PyObject *self, PyObject *args) {
          * deep; GRE, VXLAN, TZSP, CAPWAP and nested tunnels go to Python): its tunnel (name NULL: none) */
         Tunnel tun = {NULL, NULL, NULL, NULL, 0, 0};
         long wire_end = 0;   /* a tunnelled frame's outermost IP packet's end (else off + ipl), for the cut */
-        uint32_t flags = 0, seq = 0, ack = 0, sp, dp, et = be16(fr + 12), vids[4];
+        uint32_t flags = 0, seq = 0, ack = 0, sp = 0, dp = 0, et = be16(fr + 12), vids[4];
+        uint32_t fragw = 0, ipid = 0;   /* an IPv4 fragment's offset and MF bits, and its datagram's id */
+        int icmp = 0, noports = 0;
         unsigned long long vlan = 0;
         long off = 14;
         if (et == 0x0800 && len >= 42 && fr[14] == 0x45) {
             /* untagged IPv4 without options: exactly _fastpath.eth4's frames and results, else Python */
             ipl = (long)be16(fr + 16);
             addr_off = 26;
-            if ((be16(fr + 20) & 0x3FFF) || ipl < 20)
+            if (ipl < 20)
+                goto python;
+            if ((be16(fr + 20) & 0x3FFF) && frag_max)   /* a fragment: the general parse below */
+                goto inner;
+            if (be16(fr + 20) & 0x3FFF)
                 goto python;
             end = 14 + ipl;
             if (end > len)
@@ -1727,6 +1855,8 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 off = 34;
                 et = proto == 4 ? 0x0800 : 0x86DD;
                 goto inner;
+            } else if (proto_names != NULL) {   /* IGMP, PIM, SCTP, ESP, ...: the general parse below */
+                goto inner;
             } else {
                 goto python;
             }
@@ -1750,8 +1880,12 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 ver = 4;
                 alen = 4;
                 long hl = (long)(fr[off] & 15) << 2, tot = (long)be16(fr + off + 2);
-                if (hl < 20 || tot == 0 || tot < hl || len - off < hl || (be16(fr + off + 6) & 0x3FFF))
+                if (hl < 20 || tot == 0 || tot < hl || len - off < hl)
                     goto python;
+                fragw = be16(fr + off + 6) & 0x3FFF;
+                if (fragw && (frag_max == 0 || tun.name != NULL))   /* a tunnel's inner fragment: Python */
+                    goto python;
+                ipid = be16(fr + off + 4);
                 ipl = tot;
                 proto = fr[off + 9];
                 addr_off = off + 12;
@@ -1785,13 +1919,98 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 if (aw < 0)
                     goto error;
                 continue;
+            } else if (l2_names != NULL && tun.name == NULL && et != 0x0806 && et != 0x8847 && et != 0x8848) {
+                /* decode()'s other Ethernet payloads: a PPPoE session's IP packet is metered as any; LLC and
+                 * the non-IP protocols decode() names are counted (KIND_L2), other ethertypes as unsupported */
+                const char *name = NULL;
+                PyObject *nm = NULL;
+                if (et == 0x8864) {
+                    if (len - off < 8)
+                        goto python;
+                    uint32_t ppp = be16(fr + off + 6);
+                    if (ppp == 0x0021 || ppp == 0x0057) {
+                        off += 8;
+                        et = ppp == 0x0021 ? 0x0800 : 0x86DD;
+                        goto inner;
+                    }
+                    name = "pppoe_control";
+                } else if (et <= 1500) {   /* an IEEE 802.3 length: LLC */
+                    if (len - off < 3)
+                        goto python;
+                    if (fr[off] == 0x42) {
+                        name = "stp";
+                    } else if (fr[off] == 0xAA && len - off >= 8) {   /* SNAP */
+                        uint32_t pt = be16(fr + off + 6);
+                        if (memcmp(fr + off + 3, "\x00\x00\x0c", 3) == 0)
+                            name = pt == 0x2000 ? "cdp" : "cisco_l2";
+                        else if (memcmp(fr + off + 3, "\x00\x00\x00", 3) == 0
+                                 && (pt == 0x0800 || pt == 0x86DD || pt == 0x0806))
+                            goto python;
+                        else
+                            name = "llc";
+                    } else {
+                        name = "llc";
+                    }
+                } else {
+                    PyObject *k = PyLong_FromUnsignedLong(et);
+                    nm = k ? PyDict_GetItemWithError(l2_names, k) : NULL;   /* borrowed */
+                    Py_XDECREF(k);
+                    if (nm == NULL && PyErr_Occurred())
+                        goto error;
+                    if (nm == NULL)
+                        name = "ethertype";   /* _UNSUP_ETHERTYPE */
+                }
+                if (frame_step(&step, meter, m_housekeep, tso, frame, &at_end) < 0)
+                    goto error;
+                if (nm == NULL && strcmp(name, "ethertype") == 0) {   /* unsupported_packets += 1 */
+                    long long u;
+                    if (meter_ll(meter, "unsupported_packets", &u) < 0)
+                        goto error;
+                    PyObject *uo = PyLong_FromLongLong(u + 1);
+                    int ur = uo == NULL ? -1 : PyObject_SetAttr(meter, iname("unsupported_packets"), uo);
+                    Py_XDECREF(uo);
+                    if (ur < 0)
+                        goto error;
+                }
+                if (nm != NULL) {
+                    PyObject *cn = mattr(meter, "counters");
+                    int cr = cn == NULL ? -1 : !PyDict_Check(cn) ? -2 : dict_count(cn, nm, 1);
+                    Py_XDECREF(cn);
+                    if (cr == -2)
+                        PyErr_SetString(PyExc_TypeError, "the meter's counters are not a dict");
+                    if (cr < 0)
+                        goto error;
+                } else if (meter_count(meter, name, 1) < 0) {
+                    goto error;
+                }
+                continue;
             } else {
                 goto python;
             }
             end = off + ipl;
             if (end > len)
                 end = (long)len;
+            if (ver == 6 && proto_names != NULL) {   /* decode()'s walk over IPv6 extension headers */
+                int hops = 0;
+                while (proto == 0 || proto == 43 || proto == 60 || proto == 135 || proto == 139 || proto == 140
+                       || proto == 253 || proto == 254 || proto == 51) {
+                    if (end - l4 < 8)
+                        goto python;
+                    int nh = fr[l4];
+                    l4 += proto == 51 ? ((long)fr[l4 + 1] + 2) << 2 : ((long)fr[l4 + 1] + 1) << 3;
+                    proto = nh;
+                    if (++hops > 16 || l4 > end)
+                        goto python;
+                }
+                if (proto == 44)   /* an IPv6 fragment: Python */
+                    goto python;
+            }
             long avail = end - l4;
+            if (fragw & 0x1FFF) {   /* a later fragment: no L4 header; its ports from its first fragment's */
+                po = l4;
+                pl = 0;
+                goto fragment;
+            }
             if (proto == 6) {
                 if (avail < 20)
                     goto python;
@@ -1810,24 +2029,31 @@ static PyObject *run(PyObject *self, PyObject *args) {
                     goto python;
                 po = l4;
                 pl = avail;
-            } else if ((proto == 4 || proto == 41) && tun.name == NULL) {   /* IP in IP, as _l4 */
+            } else if ((proto == 4 || proto == 41) && tun.name == NULL && !fragw) {   /* IP in IP, as _l4 */
                 wire_end = off + ipl;
                 tun = (Tunnel){s_tun_ipip, s_tun_ipip_n, fr + addr_off, fr + addr_off + alen, (int)alen, 0};
                 off = l4;
                 et = proto == 4 ? 0x0800 : 0x86DD;
                 goto inner;
+            } else if (proto_names != NULL && ((proto != 4 && proto != 41 && proto != 47) || fragw)
+                       && (proto != 132 || avail >= 12) && proto != 1 && proto != 58) {
+                /* a protocol without ports (IGMP, PIM, SCTP, ESP, OSPF, ...; a fragment of a tunnel's packet):
+                 * keyed with ports 0, its payload at the header's end, as _l4 */
+                po = l4;
+                pl = avail;
             } else {
                 goto python;
             }
         }
-        int icmp = proto == 1 || proto == 58;
-        sp = icmp ? 0 : be16(fr + l4);
-        dp = icmp ? 0 : be16(fr + l4 + 2);
+        icmp = proto == 1 || proto == 58;
+        noports = proto != 6 && proto != 17;
+        sp = noports ? 0 : be16(fr + l4);
+        dp = noports ? 0 : be16(fr + l4 + 2);
         if (proto == 6) {
             seq = ((uint32_t)fr[l4 + 4] << 24) | ((uint32_t)fr[l4 + 5] << 16) | ((uint32_t)fr[l4 + 6] << 8) | fr[l4 + 7];
             ack = ((uint32_t)fr[l4 + 8] << 24) | ((uint32_t)fr[l4 + 9] << 16) | ((uint32_t)fr[l4 + 10] << 8) | fr[l4 + 11];
             flags = fr[l4 + 13];
-        } else if (proto == 17 && (is_tunnel_port(sp) || is_tunnel_port(dp))) {
+        } else if (proto == 17 && !fragw && (is_tunnel_port(sp) || is_tunnel_port(dp))) {
             /* GTP-U (_udp_tunnel's first test): its G-PDU's inner IP packet; other tunnel ports, a GTP-U
              * message that is not a G-PDU (decode() meters it as UDP), a tunnel in a tunnel: Python */
             if (tun.name != NULL || (sp != 2152 && dp != 2152) || end - po < 8)
@@ -1864,9 +2090,17 @@ static PyObject *run(PyObject *self, PyObject *args) {
             plain = 0;
             goto inner;
         }
+    fragment:   /* a later fragment comes here with po, pl (0) and no ports yet */
         /* a fast-path frame: from here on, everything in _process_py's order */
         if (frame_step(&step, meter, m_housekeep, tso, frame, &at_end) < 0)
             goto error;
+        if (fragw) {   /* _process_py's fragment cache: (src, dst, id, proto) -> the first fragment's ports */
+            int fr2 = frag_cache(meter, fragw, fr + addr_off, (int)alen, ipid, proto, &sp, &dp);
+            if (fr2 < 0)
+                goto error;
+            if (fr2 == 0)   /* an orphan: counted, not metered */
+                continue;
+        }
         /* the directional key: proto + src + dst + sport + dport [+ b"/<vlan>"], as _process_py's */
         PyObject *key;
         if (plain) {
@@ -1884,10 +2118,11 @@ static PyObject *run(PyObject *self, PyObject *args) {
             char *k = PyBytes_AS_STRING(key);
             k[0] = (char)proto;
             memcpy(k + 1, fr + addr_off, (size_t)(2 * alen));
-            if (icmp)
-                memset(k + 1 + 2 * alen, 0, 4);
-            else
-                memcpy(k + 1 + 2 * alen, fr + l4, 4);
+            unsigned char *kp = (unsigned char *)k + 1 + 2 * alen;   /* the ports (0 without), as _pp */
+            kp[0] = (unsigned char)(sp >> 8);
+            kp[1] = (unsigned char)sp;
+            kp[2] = (unsigned char)(dp >> 8);
+            kp[3] = (unsigned char)dp;
             if (sl)
                 memcpy(k + 5 + 2 * alen, suffix, (size_t)sl);
         }
@@ -3949,6 +4184,7 @@ static PyMethodDef methods[] = {
     {"record", record, METH_VARARGS, "FlowMeter._record's FlowRecord, built in C."},
     {"bind_sample", bind_sample, METH_VARARGS, "Learn FlowSample for sample(); False when its fields differ."},
     {"sample", sample_event, METH_VARARGS, "FlowMeter._emit_sample's FlowSample, built in C."},
+    {"bind_decode", bind_decode, METH_VARARGS, "decode()'s tables for the loop's L2, fragment and other-protocol frames."},
     {"record_out", record_out, METH_VARARGS, "FlowMeter._out: a flow record's JSON into a list, else the FlowRecord to a sink."},
     {"emit_sample", emit_sample, METH_VARARGS, "FlowMeter._emit_sample in C (the sample's JSON into sink.raw_samples where it has them)."},
     {"flush_samples", flush_samples, METH_O, "FlowMeter.flush_samples in C: one sample per flow of meter._dirty."},

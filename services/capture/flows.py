@@ -374,6 +374,19 @@ _crecord_out: Any = None
 #: FlowMeter._emit_sample and flush_samples in C (``_meter.emit_sample``, ``flush_samples``), or None
 _cemit: Any = None
 _cflush: Any = None
+def _bind_decode() -> None:
+    """decode()'s tables for the compiled loop, which then meters fragments, PPPoE, IPv6 extension headers and
+    protocols without ports itself, and counts LLC and other non-IP frames, as _process_py does (with this
+    module's _FRAG_CACHE_MAX as its fragment cache's bound)."""
+    if _METER is None or getattr(_METER, "bind_decode", None) is None:
+        return
+    from .decode import _L2_NAMES, _PROTO_NUM_TO_NAME
+
+    _METER.bind_decode(dict(_L2_NAMES), dict(_PROTO_NUM_TO_NAME),
+                       {p: n.replace("_packets", "_flows") for p, n in _SPECIAL_PROTO_COUNTERS.items()},
+                       _FRAG_CACHE_MAX)
+
+
 if _METER is not None:
     _METER.bind(Flow, _Dir)
     _run = _METER.run
@@ -382,6 +395,7 @@ if _METER is not None:
         _crecord = _METER.record
         _crecord_out = getattr(_METER, "record_out", None)
         _cexpire = getattr(_METER, "expire", None)
+        _bind_decode()
         if _METER.bind_sample(FlowSample):
             _csample = _METER.sample
             _cemit = getattr(_METER, "emit_sample", None)

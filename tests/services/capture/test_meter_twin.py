@@ -391,10 +391,11 @@ def l4(proto: int, sp: int, dp: int, flags: int = 0, seq: int = 0, payload: byte
     return struct.pack("!HHHH", sp, dp, 8 + len(payload), 0) + payload
 
 
-def ip4(src: int, dst: int, proto: int, body: bytes, options: bytes = b"", tot: int | None = None, frag: int = 0) -> bytes:
+def ip4(src: int, dst: int, proto: int, body: bytes, options: bytes = b"", tot: int | None = None, frag: int = 0,
+        ipid: int = 0) -> bytes:
     ihl = 5 + len(options) // 4
     n = 4 * ihl + len(body) if tot is None else tot
-    return struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, n, 0, frag, 64, proto, 0, struct.pack("!I", src),
+    return struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, n, ipid, frag, 64, proto, 0, struct.pack("!I", src),
                        struct.pack("!I", dst)) + options + body
 
 
@@ -426,10 +427,10 @@ ARP_FRAMES = [
 
 
 def encapsulated_conversations() -> tuple[list, int]:
-    """TCP, UDP (with DNS) and ICMP conversations in every encapsulation; returns (records, frames the loop hands
+    """TCP, UDP (with DNS) and ICMP conversations in every encapsulation, then odd frames (fragments, protocols
+    without ports, PPPoE, LLC and other non-IP frames, malformed ones); returns (records, frames the loop hands
     to Python)."""
     recs: list = []
-    frag_pings = 0
     t = 5000.0
     shapes = [
         ((), False, 0x8100, b""), ((10,), False, 0x8100, b""), ((0, 20), False, 0x8100, b""),
@@ -455,23 +456,22 @@ def encapsulated_conversations() -> tuple[list, int]:
                     # an ICMP / ICMPv6 echo and its reply (the loop keys them without ports, as decode())
                     pkt(c, s, 58 if v6 else 1, bytes((128 if v6 else 8, 0, 0, 0, 0, j, 0, 1)) + b"ping" * j),
                     pkt(s, c, 58 if v6 else 1, bytes((129 if v6 else 0, 0, 0, 0, 0, j, 0, 1)) + b"ping" * j)]
-            if j == 0 and not v6:   # a ping's first fragment (decode() meters it, keyed as the loop keys the rest)
-                conv.insert(9, eth(ip4(c, s, 1, bytes((8, 0, 0, 0, 0, 9, 0, 1)) + b"big" * 20, opts, frag=0x2000),
-                                   tags, v6, tpid))
-                frag_pings += 1
+            if j == 0 and not v6:   # a fragmented ping: its first fragment, then its last (the ping's flow)
+                conv.insert(9, eth(ip4(c, s, 1, bytes((8, 0, 0, 0, 0, 9, 0, 1)) + b"big" * 20, opts, frag=0x2000,
+                                       ipid=77 + k), tags, v6, tpid))
+                conv.insert(10, eth(ip4(c, s, 1, b"end" * 4, opts, frag=9, ipid=77 + k), tags, v6, tpid))
             for fr in conv:
                 recs.append((t, fr))
                 t += 0.01
             recs.append((t, conv[2]))   # a duplicate frame
             t += 0.5
-    # frames the loop leaves to decode(): 5 tags, IPv6 with an extension header or a zero payload length,
-    # fragments, a bad TCP header, a short UDP datagram, a tunnel port, non-IP (ARP), a short ICMP header
+    # frames the loop leaves to decode(): 5 tags, IPv6 with a zero payload length or a fragment header, a bad
+    # TCP header, a short UDP datagram, a tunnel port, non-IP (ARP), a short ICMP header, GRE, MPLS, IP in SNAP,
+    # a short SCTP header, a short PPPoE or LLC header
     odd = [
         eth(ip4(1, 2, 6, l4(6, 1, 2, 0x02)), (1, 2, 3, 4, 5)),
-        eth(ip6(1, 2, 6, l4(6, 1, 2, 0x02), ext=b"\0" * 8), (), True),
-        eth(ip6(1, 2, 17, l4(17, 1, 2, payload=b"z")), (9,), True)[:-1],
         eth(ip6(1, 3, 17, l4(17, 1, 2, payload=b"z"), plen=0), (), True),
-        eth(ip4(1, 2, 17, l4(17, 1, 2, payload=b"frag"), frag=0x2000), (9,)),
+        eth(ip6(1, 2, 44, b"\x11\x00\x00\x01\x00\x00\x00\x05" + l4(17, 1, 2, payload=b"f6")), (), True),
         eth(ip4(1, 2, 6, l4(6, 1, 2, 0x10, doff=4)), (9,)),
         eth(ip4(1, 2, 17, b"\0\1\0"), (9,)),
         eth(ip4(1, 2, 17, l4(17, 1, 4789, payload=b"\0" * 16)), (9,)),
@@ -481,13 +481,47 @@ def encapsulated_conversations() -> tuple[list, int]:
         ETH_MACS + b"\x08\x06" + b"\x00\x01\x08\x00\x06\x04\x00\x01" + b"\x02" * 19,   # one byte short: bad_arp
         eth(ip4(1, 2, 1, b"\x08\x00\x00"), (9,)),
         eth(ip4(1, 2, 6, l4(6, 1, 2, 0x10), options=b"\x01\x01\x01\x00", tot=22), ()),
+        eth(ip4(1, 2, 47, b"\x00\x00\x08\x00" + ip4(5, 6, 17, l4(17, 7, 8, payload=b"gre"))), ()),
+        ETH_MACS + b"\x88\x47\x00\x01\x01\x40" + ip4(1, 2, 17, l4(17, 1, 2, payload=b"mpls")),
+        ETH_MACS + struct.pack("!H", 60) + b"\xaa\xaa\x03\x00\x00\x00\x08\x00" + ip4(1, 2, 17, l4(17, 1, 2)),
+        eth(ip4(1, 2, 132, b"\0" * 11), ()),
+        ETH_MACS + b"\x88\x64\x11\x00\x00\x01\x00",
+        ETH_MACS + b"\x00\x10\x42\x42",
     ]
-    for fr in odd:
+    # frames the loop meters or counts itself: an IPv6 extension header (and a datagram cut by one byte, clamped
+    # to the capture); fragments (a UDP datagram's first and last, a later one of no datagram seen, a first one on
+    # a tunnel port, which is not decapsulated, and a GRE packet's, which is not either); protocols without ports
+    # (IGMP with IP options, PIM, SCTP, ESP in a VLAN, OSPF over IPv6); PPPoE sessions' IPv4 and IPv6, a PPPoE
+    # control frame; LLC (STP, other), SNAP (CDP, Cisco's other), LLDP, an unknown ethertype
+    pppoe = ETH_MACS + b"\x88\x64\x11\x00\x00\x01"
+    ours = [
+        eth(ip6(1, 2, 6, l4(6, 1, 2, 0x02), ext=b"\0" * 8), (), True),
+        eth(ip6(1, 2, 17, l4(17, 1, 2, payload=b"z")), (9,), True)[:-1],
+        eth(ip4(1, 2, 17, l4(17, 1, 2, payload=b"frag"), frag=0x2000, ipid=5), (9,)),
+        eth(ip4(1, 2, 17, b"ment", frag=2, ipid=5), (9,)),
+        eth(ip4(1, 2, 17, b"lost", frag=2, ipid=6), (9,)),
+        eth(ip4(3, 4, 17, l4(17, 1, 4789, payload=b"\0" * 16), frag=0x2000, ipid=7), ()),
+        eth(ip4(3, 4, 47, b"\x00\x00\x08\x00" + b"\0" * 20, frag=0x2000, ipid=8), ()),
+        eth(ip4(1, 5, 2, b"\x16\x00\xfa\x04\xef\x01\x01\x01", options=b"\x94\x04\x00\x00"), ()),
+        eth(ip4(1, 5, 2, b"\x16\x00\xfa\x04\xef\x01\x01\x01", options=b"\x94\x04\x00\x00"), ()),
+        eth(ip4(1, 6, 103, b"\x20\x00\x00\x00" + b"\0" * 8), ()),
+        eth(ip4(1, 7, 132, b"\0" * 12 + b"chunk"), ()),
+        eth(ip4(1, 8, 50, b"\0\0\0\1\0\0\0\1" + b"esp" * 5), (9,)),
+        eth(ip6(1, 9, 89, b"\x03\x01" + b"\0" * 30), (), True),
+        pppoe + struct.pack("!H", 2 + 40) + b"\x00\x21" + ip4(1, 2, 6, l4(6, 1, 2, 0x02)),
+        pppoe + struct.pack("!H", 2 + 48) + b"\x00\x57" + ip6(1, 2, 17, l4(17, 1, 53, payload=b"\0" * 12)),
+        pppoe + struct.pack("!H", 6) + b"\xc0\x21\x01\x01\x00\x04",
+        ETH_MACS + struct.pack("!H", 39) + b"\x42\x42\x03" + b"\0" * 36,
+        ETH_MACS + struct.pack("!H", 3) + b"\xf0\xf0\x03",
+        ETH_MACS + struct.pack("!H", 40) + b"\xaa\xaa\x03\x00\x00\x0c\x20\x00" + b"\x02" * 32,
+        ETH_MACS + struct.pack("!H", 40) + b"\xaa\xaa\x03\x00\x00\x0c\x20\x03" + b"\x01" * 32,
+        ETH_MACS + b"\x88\xcc" + b"\x02\x07\x04" + b"\0" * 30,
+        ETH_MACS + b"\x12\x34" + b"\0" * 46,
+    ]
+    for fr in odd + ours:
         recs.append((t, fr))
         t += 0.01
-    # the IPv6 datagram cut by one byte is still one for the loop (clamped to the capture)
-    to_python = len(odd) - 1 + frag_pings
-    return recs, to_python
+    return recs, len(odd)
 
 
 @pytest.mark.parametrize("raw_samples", [False, True])
@@ -500,6 +534,19 @@ def test_encapsulations_meter_the_same(raw_samples, monkeypatch):
     arp = [p for p in a[2] if p["kind"] == "arp"]
     assert len(arp) == 3 and a[3]["counters"]["arp_packets"] == 3 and a[3]["counters"]["bad_arp"] == 2
     assert {(p["vlan_id"], tuple(p["vlan_ids"])) for p in arp} == {(9, (9,)), (0, ()), (100, (100, 200))}
+    # the odd frames' counts (the twins agree on them: these say what both do)
+    c = a[3]["counters"]
+    assert c["ip_fragments"] == 9 and c["ip_fragments_orphan"] == 1   # 8 pings' last fragments and a datagram's
+    assert (c["igmp_flows"], c["pim_flows"], c["ospf_flows"], c["pppoe_control"]) == (1, 1, 1, 1)
+    assert (c["stp"], c["llc"], c["cdp"], c["cisco_l2"], c["lldp"], c["ethertype"]) == (1, 1, 1, 1, 1, 1)
+    assert a[3]["unsupported_packets"] == 1
+    ends = {(r["transport"], r["src_ip"], r["src_port"], r["dst_port"], r["vlan_id"]): r
+            for r in a[0] if r["phase"] == "end"}
+    assert ends[("IGMP", "0.0.0.1", 0, 0, 0)]["src2dst_packets"] == 2
+    assert ("ESP", "0.0.0.1", 0, 0, 9) in ends and ("SCTP", "0.0.0.1", 0, 0, 0) in ends
+    # the fragmented datagram: one flow of two packets; a first fragment on a tunnel port is not decapsulated
+    assert ends[("UDP", "0.0.0.1", 1, 2, 9)]["src2dst_packets"] == 2
+    assert ends[("UDP", "0.0.0.3", 1, 4789, 0)]["tunnel"] == ""
     assert any(p["src_ip"] == p["arp"]["sender_ip"] == "10.0.0.255" and p["dst_ip"] == "192.168.1.7"
                and p["arp"]["sender_mac"] == "a0:a1:a2:a3:a4:a5" and p["arp"]["operation"] == 2 for p in arp)
     sink = ListSink()
@@ -636,11 +683,13 @@ def tunnelled_conversations() -> tuple[list, int]:
         eth(ip4(0x64000001, 0x64000002, 17, udp_gtp(ip4(1, 2, 17, udp_gtp(inner))))),   # GTP in GTP
         eth(ip4(0x64000001, 0x64000002, 17, udp_gtp(ip4(1, 2, 4, inner)))),       # IP-in-IP in GTP
         eth(ip4(0x64000003, 0x64000004, 4, ip4(1, 2, 17, l4(17, 1, 2, payload=b"x"), frag=0x2000))),  # inner fragment
-        eth(ip4(0x64000003, 0x64000004, 41, ip6(1, 2, 6, l4(6, 1, 2, 0x02), ext=b"\0" * 8)), (15,)),  # inner ext header
         eth(ip4(0x64000003, 0x64000004, 4, ip6(1, 2, 6, l4(6, 1, 2, 0x02)))),    # proto 4 carrying IPv6
         eth(ip4(0x64000001, 0x64000002, 17, l4(17, 2152, 2152, payload=b"\x30\xff\x00\x00\x00\x00"))),  # short
     ]
-    for fr in odd:
+    ours = [   # the loop's: an inner IPv6 packet with an extension header
+        eth(ip4(0x64000003, 0x64000004, 41, ip6(1, 2, 6, l4(6, 1, 2, 0x02), ext=b"\0" * 8)), (15,)),
+    ]
+    for fr in odd + ours:
         recs.append((t, fr))
         t += 0.01
     return recs, len(odd)
@@ -712,3 +761,26 @@ def test_new_flows_texts_made_in_the_loop_as_the_meter_makes_them(monkeypatch):
 
     c, _mc = records(True, Shouting)
     assert c and all(r["src_ip"].startswith("ip-") for r in c if r["transport"] != "ARP")
+
+
+def test_a_full_fragment_cache_drops_its_oldest_datagram_the_same(monkeypatch):
+    """The cache of first fragments' ports is bounded (_FRAG_CACHE_MAX): when full, the oldest datagram's entry
+    goes, and that datagram's later fragments are orphans; the loop (bound with the same bound) drops the same."""
+    monkeypatch.setattr(flows, "_FRAG_CACHE_MAX", 4)
+    flows._bind_decode()
+    try:
+        recs, t = [], 7000.0
+        for i in range(6):   # six datagrams' first fragments, then their last ones
+            recs.append((t, eth(ip4(1, 2, 17, l4(17, 100 + i, 200, payload=b"first"), frag=0x2000, ipid=i), (9,))))
+            t += 0.01
+        for i in range(6):
+            recs.append((t, eth(ip4(1, 2, 17, b"last", frag=3, ipid=i), (9,))))
+            t += 0.01
+        a = assert_twins([("frags", 1, recs)], monkeypatch)
+    finally:
+        monkeypatch.undo()
+        flows._bind_decode()
+    c = a[3]["counters"]
+    assert c["ip_fragments"] == 4 and c["ip_fragments_orphan"] == 2
+    ends = sorted((r["src_port"], r["src2dst_packets"]) for r in a[0] if r["phase"] == "end")
+    assert ends == [(100, 1), (101, 1), (102, 2), (103, 2), (104, 2), (105, 2)]
