@@ -232,3 +232,43 @@ def test_kv_keys_lists_every_key_just_written_and_nothing_of_an_empty_bucket(nat
 
     listed, gone = asyncio.run(go())
     assert listed == [f"k{i:02d}" for i in range(40)] and gone == 1
+
+
+def test_publish_commands_are_nats_py_s_bytes_with_one_copy(nats_server):
+    """shared.bus replaces nats-py's PUB command builder (line + payload + CRLF, two copies of the payload) with one
+    that copies once: the same bytes for any subject, reply and payload; messages arrive whole over a real server;
+    a builder that gives other bytes is left in place."""
+    import random
+    import types
+
+    from nats.protocol import command
+
+    from shared.bus import _one_copy_pub_cmd
+
+    assert getattr(command.pub_cmd, "_ft_one_copy", False)
+    orig = command.pub_cmd._ft_orig
+    rnd = random.Random(7)
+    for n in (0, 1, 2, 100, 70000):
+        payload = bytes(rnd.randrange(256) for _ in range(n))
+        for subj, reply in (("ft.sample.p1", ""), ("a.\u00e9", "_INBOX.x.1")):
+            assert command.pub_cmd(subj, reply, payload) == orig(subj, reply, payload)
+    other = types.SimpleNamespace(pub_cmd=lambda s, r, p: b"PUB " + s.encode() + b" " + p)
+    assert _one_copy_pub_cmd(other) is False and other.pub_cmd.__name__ == "<lambda>"
+
+    async def main():
+        bus = await Bus.connect(CommonSettings(nats_url=nats_server.url, probe="t"), "test")
+        got = []
+
+        async def cb(msg):
+            got.append(msg.data)
+
+        await bus.nc.subscribe("ft.raw.t", cb=cb)
+        sent = [bytes(rnd.randrange(256) for _ in range(n)) for n in (0, 5, 300000)]
+        for p in sent:
+            await bus.nc.publish("ft.raw.t", p)
+        await bus.nc.flush()
+        assert await wait_for(lambda: len(got) == 3)
+        assert got == sent
+        await bus.close()
+
+    asyncio.run(main())
