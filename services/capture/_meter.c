@@ -444,6 +444,7 @@ static Py_ssize_t new_offs[NNEW];
 static int new_bound = 0;
 static PyObject *s_tcp_name = NULL, *s_udp_name = NULL, *s_start = NULL, *s_unknown = NULL, *s_bfd = NULL;
 static PyObject *s_tun_gtp = NULL, *s_tun_ipip = NULL, *s_tun_gtp_n = NULL, *s_tun_ipip_n = NULL;
+static PyObject *s_tun_vxlan = NULL, *s_tun_vxlan_n = NULL;
 /* transport names of ICMP and ICMPv6 (bind_record's optional arguments): without them ICMP goes to Python */
 static PyObject *s_icmp_name = NULL, *s_icmp6_name = NULL;
 
@@ -988,7 +989,8 @@ typedef struct {
     PyObject *counter;     /* borrowed: the meter's tunnel_<name>_flows counter name */
     const unsigned char *src, *dst;   /* the outer IP header's addresses */
     int alen;
-    unsigned long id;      /* GTP-U TEID; 0 for IP-in-IP */
+    unsigned long id;      /* GTP-U TEID, VXLAN VNI; 0 for IP-in-IP */
+    long mac;              /* the Ethernet header whose MACs the flow takes: 0, or VXLAN's inner frame's */
 } Tunnel;
 
 /* bind_decode(l2_names, proto_names, proto_flows, frag_max): decode()'s tables for the frames the loop meters
@@ -1097,7 +1099,7 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
         goto fail;
     }
     Py_DECREF(z);
-    int smac = 6, dmac = 0;
+    int smac = (int)tun->mac + 6, dmac = (int)tun->mac;
     *fwd = 1;
     K = key;
     R = rkey;
@@ -1111,8 +1113,8 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
         uint32_t tp = sp;
         sp = dp;
         dp = tp;
-        smac = 0;
-        dmac = 6;
+        smac = (int)tun->mac;
+        dmac = (int)tun->mac + 6;
         K = rkey;
         R = key;
         *fwd = 0;
@@ -1795,6 +1797,10 @@ static PyObject *run(PyObject *self, PyObject *args) {
 
     for (; i < n; i++) {
         PyObject *rec = PyList_GET_ITEM(recs, i);
+        /* a VXLAN frame whose inner packet the loop takes is metered twice, as _process_py does: 0 not (yet)
+         * one; 1 its inner packet parsed; 2 again, its own (outer) UDP flow; 3 again, its inner packet */
+        int vx = 0;
+    again:
         Py_CLEAR(vlans);
         if (!PyTuple_Check(rec) || PyTuple_GET_SIZE(rec) < 2)
             goto python;
@@ -1803,7 +1809,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
             goto python;
         double ts = PyFloat_AS_DOUBLE(tso);
         const unsigned char *fr = (const unsigned char *)PyBytes_AS_STRING(frame);
-        Py_ssize_t len = PyBytes_GET_SIZE(frame);
+        Py_ssize_t len = PyBytes_GET_SIZE(frame), flen = len;   /* len: where the parse stops (VXLAN: its packet's end) */
         /* the compiled path's frames: Ethernet II with up to 4 VLAN tags, IPv4 (not a fragment) or IPv6
          * without extension headers, TCP, UDP (not on a tunnel port), ICMP or ICMPv6; anything else (and anything
          * decode() would call malformed) goes to Python */
@@ -1864,6 +1870,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
             l4 = 34;
         } else {
             /* as decode(): _after_ethertype's VLAN tags, then _ip4_decode / _ip6_decode and _l4 */
+        vtags:   /* VXLAN's inner Ethernet frame: its ethertype in et, its payload at off */
             while (et == 0x8100 || et == 0x88A8 || et == 0x9100 || et == 0x9200) {
                 if (nvl == 4 || len - off < 4)
                     goto python;
@@ -2053,7 +2060,28 @@ static PyObject *run(PyObject *self, PyObject *args) {
             seq = ((uint32_t)fr[l4 + 4] << 24) | ((uint32_t)fr[l4 + 5] << 16) | ((uint32_t)fr[l4 + 6] << 8) | fr[l4 + 7];
             ack = ((uint32_t)fr[l4 + 8] << 24) | ((uint32_t)fr[l4 + 9] << 16) | ((uint32_t)fr[l4 + 10] << 8) | fr[l4 + 11];
             flags = fr[l4 + 13];
-        } else if (proto == 17 && !fragw && (is_tunnel_port(sp) || is_tunnel_port(dp))) {
+        } else if (proto == 17 && !fragw && (is_tunnel_port(sp) || is_tunnel_port(dp))
+                   && !(vx == 2 && sp != 2152 && dp != 2152 && (sp == 4789 || dp == 4789))) {
+            /* (vx 2: a VXLAN packet's own flow, as UDP) */
+            if (tun.name == NULL && sp != 2152 && dp != 2152 && (sp == 4789 || dp == 4789)) {
+                /* VXLAN (_udp_tunnel's second test): its inner Ethernet frame, which ends with the outer IP
+                 * packet; an inner frame that is not IP, or that the loop does not take: Python */
+                if (end - po < 8 + 14 || !(fr[po] & 0x08))
+                    goto python;
+                long io = po + 8;
+                wire_end = off + ipl;
+                tun = (Tunnel){s_tun_vxlan, s_tun_vxlan_n, fr + addr_off, fr + addr_off + alen, (int)alen,
+                               (unsigned long)be16(fr + po + 4) << 8 | fr[po + 6], io};
+                if (vx == 0)
+                    vx = 1;
+                len = end;
+                et = be16(fr + io + 12);
+                off = io + 14;
+                nvl = 0;
+                vlan = 0;
+                plain = 0;
+                goto vtags;
+            }
             /* GTP-U (_udp_tunnel's first test): its G-PDU's inner IP packet; other tunnel ports, a GTP-U
              * message that is not a G-PDU (decode() meters it as UDP), a tunnel in a tunnel: Python */
             if (tun.name != NULL || (sp != 2152 && dp != 2152) || end - po < 8)
@@ -2091,8 +2119,12 @@ static PyObject *run(PyObject *self, PyObject *args) {
             goto inner;
         }
     fragment:   /* a later fragment comes here with po, pl (0) and no ports yet */
-        /* a fast-path frame: from here on, everything in _process_py's order */
-        if (frame_step(&step, meter, m_housekeep, tso, frame, &at_end) < 0)
+        if (vx == 1) {   /* the loop takes this VXLAN packet's inner packet: first the packet's own flow */
+            vx = 2;
+            goto again;
+        }
+        /* a fast-path frame: from here on, everything in _process_py's order (_tunnel_flow's for vx 2) */
+        if (vx != 3 && frame_step(&step, meter, m_housekeep, tso, frame, &at_end) < 0)
             goto error;
         if (fragw) {   /* _process_py's fragment cache: (src, dst, id, proto) -> the first fragment's ports */
             int fr2 = frag_cache(meter, fragw, fr + addr_off, (int)alen, ipid, proto, &sp, &dp);
@@ -2245,7 +2277,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
         }
         Py_INCREF(tso);
         put(f, LAST, tso);
-        if (keep != Py_None && cutoff > 0 && !bad) {   /* the recorder's keep mark (FlowMeter.record_cutoff) */
+        if (keep != Py_None && cutoff > 0 && !bad && vx != 2) {   /* the recorder's keep mark (record_cutoff) */
             PyObject *rb = get(f, REC_BYTES);
             long long x = rb ? PyLong_AsLongLong(rb) : -1;
             if (x == -1 && PyErr_Occurred())
@@ -2253,7 +2285,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
             else if (x >= cutoff)
                 PyByteArray_AS_STRING(keep)[i] = 0;
             else
-                bad |= add_int(f, REC_BYTES, (long long)len);
+                bad |= add_int(f, REC_BYTES, (long long)flen);
         }
         PyObject *ev = SLOT(f, EV);
         if (!bad && ev != NULL && ev != Py_None)
@@ -2299,7 +2331,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 /* (_wire_payload: what the capture cut off the outermost IP packet, when the payload
                  * reaches the frame's end; without a tunnel a packet past the frame always reaches it) */
                 long we = tun.name == NULL ? off + ipl : wire_end;
-                long wpl = po + pl == (long)len && we > (long)len ? pl + (we - (long)len) : pl;
+                long wpl = po + pl == (long)flen && we > (long)flen ? pl + (we - (long)flen) : pl;
                 int done = defer ? sample(meter, f, tso, fr, po, pl, wpl, fwd, proto, flags, seq, ack, vlans,
                                           smax_bytes, smax_pkts) : 0;
                 Py_CLEAR(at_end);   /* it may call the meter's methods */
@@ -2320,7 +2352,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 }
             }
         }
-        if (pl) {                                    /* a DNS message */
+        if (pl && vx != 2) {                         /* a DNS message (not in a VXLAN packet's own flow) */
             dns = get(f, IS_DNS);
             is_dns = dns ? PyObject_IsTrue(dns) : -1;
             if (is_dns < 0) {
@@ -2350,6 +2382,10 @@ static PyObject *run(PyObject *self, PyObject *args) {
             }
         }
         Py_DECREF(f);
+        if (vx == 2) {   /* the VXLAN packet's own flow metered: now its inner packet */
+            vx = 3;
+            goto again;
+        }
         continue;
     python:
         /* this record needs Python: FlowMeter._process_py((rec,), dl) with the meter's state in step */
@@ -4240,11 +4276,13 @@ PyMODINIT_FUNC PyInit__meter(void) {
         return NULL;
     s_unknown = PyUnicode_InternFromString("Unknown");
     s_bfd = PyUnicode_InternFromString("bfd_flows");
+    s_tun_vxlan = PyUnicode_InternFromString("VXLAN");
+    s_tun_vxlan_n = PyUnicode_InternFromString("tunnel_vxlan_flows");
     s_tun_gtp = PyUnicode_InternFromString("GTP");
     s_tun_ipip = PyUnicode_InternFromString("IP-in-IP");
     s_tun_gtp_n = PyUnicode_InternFromString("tunnel_gtp_flows");
     s_tun_ipip_n = PyUnicode_InternFromString("tunnel_ip-in-ip_flows");
-    if (!s_tun_gtp || !s_tun_ipip || !s_tun_gtp_n || !s_tun_ipip_n)
+    if (!s_tun_gtp || !s_tun_ipip || !s_tun_gtp_n || !s_tun_ipip_n || !s_tun_vxlan || !s_tun_vxlan_n)
         return NULL;
     if (!s_start || !s_unknown || !s_bfd)
         return NULL;

@@ -626,9 +626,22 @@ def gtp(inner: bytes, flags: int = 0x30, ext: bytes = b"", mtype: int = 0xFF) ->
     return struct.pack("!BBHI", flags, mtype, len(opt) + len(ext) + len(inner), 0x1234) + opt + ext + inner
 
 
+#: the MACs of VXLAN's inner frames (the inner flows take theirs, not the outer frame's)
+INNER_MACS = b"\x0a\x00\x00\x00\x00\x0b\x0c\x00\x00\x00\x00\x0d"
+
+
+def vxlan(frame: bytes, vni: int = 0x123456, flags: int = 0x08, sport: int = 54321) -> bytes:
+    """A UDP datagram to VXLAN's port carrying an Ethernet frame (the I flag set: a valid VNI)."""
+    return l4(17, sport, 4789, payload=bytes((flags, 0, 0, 0)) + vni.to_bytes(3, "big") + b"\0" + frame)
+
+
+def inner_eth(ip: bytes, tags: tuple = (), v6: bool = False) -> bytes:
+    return INNER_MACS + eth(ip, tags, v6)[len(ETH_MACS):]
+
+
 def tunnelled_conversations() -> tuple[list, int]:
-    """TCP (closed, then a new connection on the same key), DNS, UDP and ICMP conversations inside GTP-U and
-    IP-in-IP tunnels over every outer layout; returns (records, frames the loop hands to Python)."""
+    """TCP (closed, then a new connection on the same key), DNS, UDP and ICMP conversations inside GTP-U,
+    IP-in-IP and VXLAN tunnels over every outer layout; returns (records, frames the loop hands to Python)."""
     recs: list = []
     t = 9000.0
     # one GTP extension header (length 1 = 4 bytes, its last byte the next type: none)
@@ -646,6 +659,10 @@ def tunnelled_conversations() -> tuple[list, int]:
         ("6in4", lambda ip, v6: eth(ip4(0x64000003, 0x64000004, 41, ip), (15,)), True),
         ("6in6", lambda ip, v6: eth(ip6(0x66, 0x67, 41, ip), (), True), True),
         ("4in6", lambda ip, v6: eth(ip6(0x66, 0x67, 4, ip), (16,), True), False),
+        ("vxlan4", lambda ip, v6: eth(ip4(0x64000005, 0x64000006, 17, vxlan(inner_eth(ip, (), v6)))), False),
+        ("vxlan4tags", lambda ip, v6: eth(ip4(0x64000005, 0x64000006, 17, vxlan(inner_eth(ip, (21, 22), v6))), (20,)),
+         True),
+        ("vxlan6", lambda ip, v6: eth(ip6(0x68, 0x69, 17, vxlan(inner_eth(ip, (23,), v6))), (), True), False),
     ]
     for k, (_name, wrap, v6) in enumerate(wrappers):
         c, s = 0x0A100001 + k, 0xC0A81001 + k
@@ -685,9 +702,20 @@ def tunnelled_conversations() -> tuple[list, int]:
         eth(ip4(0x64000003, 0x64000004, 4, ip4(1, 2, 17, l4(17, 1, 2, payload=b"x"), frag=0x2000))),  # inner fragment
         eth(ip4(0x64000003, 0x64000004, 4, ip6(1, 2, 6, l4(6, 1, 2, 0x02)))),    # proto 4 carrying IPv6
         eth(ip4(0x64000001, 0x64000002, 17, l4(17, 2152, 2152, payload=b"\x30\xff\x00\x00\x00\x00"))),  # short
+        eth(ip4(0x64000005, 0x64000006, 17, vxlan(inner_eth(inner), flags=0))),                # VXLAN without I flag
+        eth(ip4(0x64000005, 0x64000006, 17, vxlan(ARP_FRAMES[1]))),                           # VXLAN carrying ARP
+        eth(ip4(0x64000005, 0x64000006, 17, vxlan(inner_eth(inner, (1, 2, 3, 4, 5))))),       # 5 inner tags
+        eth(ip4(0x64000005, 0x64000006, 17, vxlan(inner_eth(ip4(1, 2, 17, b"f", frag=0x2000))))),  # inner fragment
+        eth(ip4(0x64000005, 0x64000006, 17, vxlan(inner_eth(inner)[:20]))),                   # inner frame cut
     ]
     ours = [   # the loop's: an inner IPv6 packet with an extension header
         eth(ip4(0x64000003, 0x64000004, 41, ip6(1, 2, 6, l4(6, 1, 2, 0x02), ext=b"\0" * 8)), (15,)),
+        # VXLAN from UDP port 53: its own flow has no DNS messages (decode() does not look into it)
+        eth(ip4(0x64000005, 0x64000006, 17, vxlan(inner_eth(ip4(1, 2, 17, l4(17, 5, 6, payload=b"in53"))), sport=53))),
+        # an inner packet claiming 10 bytes more than the tunnel carries, the outer frame padded: the inner
+        # packet ends with the outer one (its payload is 3 bytes, not the padding)
+        eth(ip4(0x64000005, 0x64000006, 17, vxlan(inner_eth(ip4(1, 2, 17, l4(17, 5, 7, payload=b"pad"), tot=41)))))
+        + b"\xee" * 16,
     ]
     for fr in odd + ours:
         recs.append((t, fr))
@@ -714,6 +742,17 @@ def test_tunnels_meter_the_same(monkeypatch):
     assert turned and all(r["src_ip"].startswith("10.16.") and r["tunnel_src_ip"] in ("100.0.0.2", "2001:db8::65")
                           for r in turned)
     assert {r["tunnel_id"] for r in ends if r["tunnel"] == "GTP"} == {0x1234}
+    # VXLAN: the inner flows (their own MACs and VLANs, the outer endpoints and the VNI), and the tunnel's own
+    # UDP flows (as NFStream and Zeek report them)
+    vx = [r for r in ends if r["tunnel"] == "VXLAN"]
+    assert {(r["tunnel_src_ip"], r["ip_version"], r["transport"]) for r in vx} >= {
+        ("100.0.0.5", 4, "TCP"), ("100.0.0.5", 6, "UDP"), ("2001:db8::68", 4, "ICMP")}
+    assert {r["tunnel_id"] for r in vx} == {0x123456}
+    assert {r["vlan_id"] for r in vx} == {0, 21, 23, 1}   # 1: the inner frame with 5 tags (Python's)
+    assert {(r["src_mac"], r["dst_mac"]) for r in vx if r["dst_port"] == 80} == {("0c:00:00:00:00:0d", "0a:00:00:00:00:0b")}
+    outer = [r for r in ends if r["dst_port"] == 4789 and r["tunnel"] == "" and r["src_port"] == 54321]
+    assert {r["src_ip"] for r in outer} >= {"100.0.0.5", "2001:db8::68"} and all(r["src2dst_packets"] > 10 for r in outer)
+    assert a[3]["counters"]["tunnel_vxlan_flows"] == len(vx)
 
 
 def test_the_loop_meters_gtp_and_ip_in_ip_itself(monkeypatch):
@@ -722,6 +761,7 @@ def test_the_loop_meters_gtp_and_ip_in_ip_itself(monkeypatch):
     seen, made, m = metered_in_python(recs, monkeypatch)
     assert len(seen) == to_python
     assert m.stats()["counters"]["tunnel_gtp_flows"] > 0 and m.stats()["counters"]["tunnel_ip-in-ip_flows"] > 0
+    assert m.stats()["counters"]["tunnel_vxlan_flows"] > 0
     assert made <= to_python   # only the odd frames' flows are made by _new_flow
 
 
