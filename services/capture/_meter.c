@@ -444,7 +444,8 @@ static Py_ssize_t new_offs[NNEW];
 static int new_bound = 0;
 static PyObject *s_tcp_name = NULL, *s_udp_name = NULL, *s_start = NULL, *s_unknown = NULL, *s_bfd = NULL;
 static PyObject *s_tun_gtp = NULL, *s_tun_ipip = NULL, *s_tun_gtp_n = NULL, *s_tun_ipip_n = NULL;
-static PyObject *s_tun_vxlan = NULL, *s_tun_vxlan_n = NULL;
+static PyObject *s_tun_vxlan = NULL, *s_tun_vxlan_n = NULL, *s_tun_gre = NULL, *s_tun_gre_n = NULL;
+static PyObject *s_tun_erspan = NULL, *s_tun_erspan_n = NULL;
 /* transport names of ICMP and ICMPv6 (bind_record's optional arguments): without them ICMP goes to Python */
 static PyObject *s_icmp_name = NULL, *s_icmp6_name = NULL;
 
@@ -1797,8 +1798,8 @@ static PyObject *run(PyObject *self, PyObject *args) {
 
     for (; i < n; i++) {
         PyObject *rec = PyList_GET_ITEM(recs, i);
-        /* a VXLAN frame whose inner packet the loop takes is metered twice, as _process_py does: 0 not (yet)
-         * one; 1 its inner packet parsed; 2 again, its own (outer) UDP flow; 3 again, its inner packet */
+        /* a VXLAN or GRE frame whose inner packet the loop takes is metered twice, as _process_py does: 0 not
+         * (yet) one; 1 its inner packet parsed; 2 again, the tunnel's own (outer) flow; 3 again, its inner packet */
         int vx = 0;
     again:
         Py_CLEAR(vlans);
@@ -2042,7 +2043,61 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 off = l4;
                 et = proto == 4 ? 0x0800 : 0x86DD;
                 goto inner;
-            } else if (proto_names != NULL && ((proto != 4 && proto != 41 && proto != 47) || fragw)
+            } else if (proto == 47 && tun.name == NULL && !fragw && vx != 2 && proto_names != NULL) {
+                /* GRE (_gre, version 0): an inner IP packet (the outer frame's VLANs and MACs kept), or an
+                 * Ethernet frame (transparent bridging, ERSPAN II and III) bounded by the outer IP packet;
+                 * PPTP's enhanced GRE, PPP, MPLS, anything else: Python */
+                if (avail < 4 || (fr[l4 + 1] & 7) != 0)
+                    goto python;
+                unsigned int g0 = fr[l4];
+                uint32_t pt = be16(fr + l4 + 2);
+                long go = l4 + 4;
+                unsigned long key = 0;
+                if (g0 & 0xC0)
+                    go += 4;
+                if (g0 & 0x20) {   /* _gre_key */
+                    if (end - go >= 4)
+                        key = (unsigned long)be16(fr + go) << 16 | be16(fr + go + 2);
+                    go += 4;
+                }
+                if (g0 & 0x10)
+                    go += 4;
+                if (go >= end)
+                    goto python;
+                wire_end = off + ipl;
+                if (pt == 0x0800 || pt == 0x86DD) {
+                    if ((fr[go] >> 4) != 4 && (fr[go] >> 4) != 6)
+                        goto python;
+                    tun = (Tunnel){s_tun_gre, s_tun_gre_n, fr + addr_off, fr + addr_off + alen, (int)alen, key, 0};
+                    et = (fr[go] >> 4) == 4 ? 0x0800 : 0x86DD;
+                    off = go;
+                    if (vx == 0)
+                        vx = 1;
+                    goto inner;
+                }
+                long eo;   /* the inner Ethernet frame */
+                if (pt == 0x6558)
+                    eo = go;
+                else if (pt == 0x88BE)   /* ERSPAN II (I: no header when S is clear) */
+                    eo = (g0 & 0x10) ? go + 8 : go;
+                else if (pt == 0x22EB && end - go >= 12)   /* ERSPAN III, its optional platform sub-header */
+                    eo = go + 12 + ((fr[go + 11] & 1) ? 8 : 0);
+                else
+                    goto python;
+                if (end - eo < 14)
+                    goto python;
+                tun = (Tunnel){pt == 0x6558 ? s_tun_gre : s_tun_erspan, pt == 0x6558 ? s_tun_gre_n : s_tun_erspan_n,
+                               fr + addr_off, fr + addr_off + alen, (int)alen, key, eo};
+                if (vx == 0)
+                    vx = 1;
+                len = end;
+                et = be16(fr + eo + 12);
+                off = eo + 14;
+                nvl = 0;
+                vlan = 0;
+                plain = 0;
+                goto vtags;
+            } else if (proto_names != NULL && ((proto != 4 && proto != 41 && proto != 47) || fragw || vx == 2)
                        && (proto != 132 || avail >= 12) && proto != 1 && proto != 58) {
                 /* a protocol without ports (IGMP, PIM, SCTP, ESP, OSPF, ...; a fragment of a tunnel's packet):
                  * keyed with ports 0, its payload at the header's end, as _l4 */
@@ -2382,7 +2437,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
             }
         }
         Py_DECREF(f);
-        if (vx == 2) {   /* the VXLAN packet's own flow metered: now its inner packet */
+        if (vx == 2) {   /* the tunnel's own flow metered: now its inner packet */
             vx = 3;
             goto again;
         }
@@ -4276,13 +4331,18 @@ PyMODINIT_FUNC PyInit__meter(void) {
         return NULL;
     s_unknown = PyUnicode_InternFromString("Unknown");
     s_bfd = PyUnicode_InternFromString("bfd_flows");
+    s_tun_gre = PyUnicode_InternFromString("GRE");
+    s_tun_gre_n = PyUnicode_InternFromString("tunnel_gre_flows");
+    s_tun_erspan = PyUnicode_InternFromString("ERSPAN");
+    s_tun_erspan_n = PyUnicode_InternFromString("tunnel_erspan_flows");
     s_tun_vxlan = PyUnicode_InternFromString("VXLAN");
     s_tun_vxlan_n = PyUnicode_InternFromString("tunnel_vxlan_flows");
     s_tun_gtp = PyUnicode_InternFromString("GTP");
     s_tun_ipip = PyUnicode_InternFromString("IP-in-IP");
     s_tun_gtp_n = PyUnicode_InternFromString("tunnel_gtp_flows");
     s_tun_ipip_n = PyUnicode_InternFromString("tunnel_ip-in-ip_flows");
-    if (!s_tun_gtp || !s_tun_ipip || !s_tun_gtp_n || !s_tun_ipip_n || !s_tun_vxlan || !s_tun_vxlan_n)
+    if (!s_tun_gtp || !s_tun_ipip || !s_tun_gtp_n || !s_tun_ipip_n || !s_tun_vxlan || !s_tun_vxlan_n
+        || !s_tun_gre || !s_tun_gre_n || !s_tun_erspan || !s_tun_erspan_n)
         return NULL;
     if (!s_start || !s_unknown || !s_bfd)
         return NULL;

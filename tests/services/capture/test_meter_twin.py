@@ -466,7 +466,7 @@ def encapsulated_conversations() -> tuple[list, int]:
             recs.append((t, conv[2]))   # a duplicate frame
             t += 0.5
     # frames the loop leaves to decode(): 5 tags, IPv6 with a zero payload length or a fragment header, a bad
-    # TCP header, a short UDP datagram, a tunnel port, non-IP (ARP), a short ICMP header, GRE, MPLS, IP in SNAP,
+    # TCP header, a short UDP datagram, a tunnel port, non-IP (ARP), a short ICMP header, MPLS, IP in SNAP,
     # a short SCTP header, a short PPPoE or LLC header
     odd = [
         eth(ip4(1, 2, 6, l4(6, 1, 2, 0x02)), (1, 2, 3, 4, 5)),
@@ -481,7 +481,6 @@ def encapsulated_conversations() -> tuple[list, int]:
         ETH_MACS + b"\x08\x06" + b"\x00\x01\x08\x00\x06\x04\x00\x01" + b"\x02" * 19,   # one byte short: bad_arp
         eth(ip4(1, 2, 1, b"\x08\x00\x00"), (9,)),
         eth(ip4(1, 2, 6, l4(6, 1, 2, 0x10), options=b"\x01\x01\x01\x00", tot=22), ()),
-        eth(ip4(1, 2, 47, b"\x00\x00\x08\x00" + ip4(5, 6, 17, l4(17, 7, 8, payload=b"gre"))), ()),
         ETH_MACS + b"\x88\x47\x00\x01\x01\x40" + ip4(1, 2, 17, l4(17, 1, 2, payload=b"mpls")),
         ETH_MACS + struct.pack("!H", 60) + b"\xaa\xaa\x03\x00\x00\x00\x08\x00" + ip4(1, 2, 17, l4(17, 1, 2)),
         eth(ip4(1, 2, 132, b"\0" * 11), ()),
@@ -495,6 +494,7 @@ def encapsulated_conversations() -> tuple[list, int]:
     # control frame; LLC (STP, other), SNAP (CDP, Cisco's other), LLDP, an unknown ethertype
     pppoe = ETH_MACS + b"\x88\x64\x11\x00\x00\x01"
     ours = [
+        eth(ip4(1, 2, 47, b"\x00\x00\x08\x00" + ip4(5, 6, 17, l4(17, 7, 8, payload=b"gre"))), ()),   # GRE (and its flow)
         eth(ip6(1, 2, 6, l4(6, 1, 2, 0x02), ext=b"\0" * 8), (), True),
         eth(ip6(1, 2, 17, l4(17, 1, 2, payload=b"z")), (9,), True)[:-1],
         eth(ip4(1, 2, 17, l4(17, 1, 2, payload=b"frag"), frag=0x2000, ipid=5), (9,)),
@@ -635,6 +635,20 @@ def vxlan(frame: bytes, vni: int = 0x123456, flags: int = 0x08, sport: int = 543
     return l4(17, sport, 4789, payload=bytes((flags, 0, 0, 0)) + vni.to_bytes(3, "big") + b"\0" + frame)
 
 
+def gre(ptype: int, payload: bytes, key: int | None = None, seq: int | None = None, csum: bool = False,
+        ver: int = 0) -> bytes:
+    """A GRE header (checksum, key and sequence number as asked) and its payload."""
+    f0 = (0x80 if csum else 0) | (0x20 if key is not None else 0) | (0x10 if seq is not None else 0)
+    h = struct.pack("!BBH", f0, ver, ptype) + (b"\0" * 4 if csum else b"")
+    h += (struct.pack("!I", key) if key is not None else b"") + (struct.pack("!I", seq) if seq is not None else b"")
+    return h + payload
+
+
+#: ERSPAN type II's header, and type III's with its optional platform sub-header (the O bit in its last byte)
+ERSPAN2 = b"\x10\x05\x00\x07\x00\x00\x00\x00"
+ERSPAN3 = b"\x20\x05\x00\x07" + b"\0" * 7 + b"\x01" + b"\0" * 8
+
+
 def inner_eth(ip: bytes, tags: tuple = (), v6: bool = False) -> bytes:
     return INNER_MACS + eth(ip, tags, v6)[len(ETH_MACS):]
 
@@ -663,6 +677,14 @@ def tunnelled_conversations() -> tuple[list, int]:
         ("vxlan4tags", lambda ip, v6: eth(ip4(0x64000005, 0x64000006, 17, vxlan(inner_eth(ip, (21, 22), v6))), (20,)),
          True),
         ("vxlan6", lambda ip, v6: eth(ip6(0x68, 0x69, 17, vxlan(inner_eth(ip, (23,), v6))), (), True), False),
+        ("gre4", lambda ip, v6: eth(ip4(0x64000007, 0x64000008, 47, gre(0x86DD if v6 else 0x0800, ip, key=0xABCD)),
+                                     (26,)), True),
+        ("gre6eth", lambda ip, v6: eth(ip6(0x6A, 0x6B, 47, gre(0x6558, inner_eth(ip, (24,), v6), csum=True)), (), True),
+         False),
+        ("erspan2", lambda ip, v6: eth(ip4(0x64000009, 0x6400000A, 47, gre(0x88BE, ERSPAN2 + inner_eth(ip, (), v6),
+                                                                            seq=9)), (25,)), False),
+        ("erspan3", lambda ip, v6: eth(ip4(0x64000009, 0x6400000A, 47, gre(0x22EB, ERSPAN3 + inner_eth(ip, (27,), v6),
+                                                                            seq=1))), True),
     ]
     for k, (_name, wrap, v6) in enumerate(wrappers):
         c, s = 0x0A100001 + k, 0xC0A81001 + k
@@ -707,6 +729,11 @@ def tunnelled_conversations() -> tuple[list, int]:
         eth(ip4(0x64000005, 0x64000006, 17, vxlan(inner_eth(inner, (1, 2, 3, 4, 5))))),       # 5 inner tags
         eth(ip4(0x64000005, 0x64000006, 17, vxlan(inner_eth(ip4(1, 2, 17, b"f", frag=0x2000))))),  # inner fragment
         eth(ip4(0x64000005, 0x64000006, 17, vxlan(inner_eth(inner)[:20]))),                   # inner frame cut
+        eth(ip4(0x64000007, 0x64000008, 47, gre(0x880B, b"\xff\x03\x00\x21" + inner, ver=1))),  # PPTP
+        eth(ip4(0x64000007, 0x64000008, 47, gre(0x8847, b"\x00\x01\x01\x40" + inner))),          # MPLS in GRE
+        eth(ip4(0x64000007, 0x64000008, 47, gre(0x22EB, b"\0" * 10))),                            # ERSPAN III short
+        eth(ip4(0x64000007, 0x64000008, 47, gre(0x0800, b"\x50" + inner[1:]))),                  # IP version 5
+        eth(ip4(0x64000007, 0x64000008, 47, gre(0x1234, inner))),                                # other payload
     ]
     ours = [   # the loop's: an inner IPv6 packet with an extension header
         eth(ip4(0x64000003, 0x64000004, 41, ip6(1, 2, 6, l4(6, 1, 2, 0x02), ext=b"\0" * 8)), (15,)),
@@ -753,6 +780,16 @@ def test_tunnels_meter_the_same(monkeypatch):
     outer = [r for r in ends if r["dst_port"] == 4789 and r["tunnel"] == "" and r["src_port"] == 54321]
     assert {r["src_ip"] for r in outer} >= {"100.0.0.5", "2001:db8::68"} and all(r["src2dst_packets"] > 10 for r in outer)
     assert a[3]["counters"]["tunnel_vxlan_flows"] == len(vx)
+    # GRE (IP, Ethernet) and ERSPAN II and III: the inner flows and the tunnels' own GRE flows
+    gr = [r for r in ends if r["tunnel"] in ("GRE", "ERSPAN")]
+    assert {(r["tunnel"], r["tunnel_src_ip"], r["ip_version"]) for r in gr} >= {   # (and swapped: SYN-ACK first)
+        ("GRE", "100.0.0.7", 6), ("GRE", "2001:db8::6a", 4), ("ERSPAN", "100.0.0.9", 4), ("ERSPAN", "100.0.0.9", 6)}
+    assert {r["tunnel_id"] for r in gr if r["tunnel_src_ip"] in ("100.0.0.7", "100.0.0.8")} == {0xABCD}
+    assert {r["vlan_id"] for r in gr} == {26, 24, 0, 27}   # GRE's inner IP keeps the outer tags; frames their own
+    assert {r["src_mac"] for r in gr if r["tunnel"] == "ERSPAN" and r["dst_port"] == 80} == {"0c:00:00:00:00:0d"}
+    own = {r["src_ip"]: r["src2dst_packets"] for r in ends if r["transport"] == "GRE" and r["tunnel"] == ""}
+    assert own.keys() >= {"100.0.0.7", "2001:db8::6a", "100.0.0.9"} and own["100.0.0.9"] > 20
+    assert a[3]["counters"]["tunnel_erspan_flows"] == sum(r["tunnel"] == "ERSPAN" for r in gr)
 
 
 def test_the_loop_meters_gtp_and_ip_in_ip_itself(monkeypatch):
@@ -761,7 +798,7 @@ def test_the_loop_meters_gtp_and_ip_in_ip_itself(monkeypatch):
     seen, made, m = metered_in_python(recs, monkeypatch)
     assert len(seen) == to_python
     assert m.stats()["counters"]["tunnel_gtp_flows"] > 0 and m.stats()["counters"]["tunnel_ip-in-ip_flows"] > 0
-    assert m.stats()["counters"]["tunnel_vxlan_flows"] > 0
+    assert m.stats()["counters"]["tunnel_vxlan_flows"] > 0 and m.stats()["counters"]["tunnel_erspan_flows"] > 0
     assert made <= to_python   # only the odd frames' flows are made by _new_flow
 
 
