@@ -28,6 +28,14 @@ A mobile core's or a tunnelled WAN's mirror port (every IP packet inside a tunne
 ``--tunnel gtp`` puts each Ethernet frame's IP packet into GTP-U (outer IPv4, UDP 2152, a G-PDU whose TEID
 follows the inner addresses) between two fixed tunnel endpoints; ``--tunnel ipip`` into IPv4 (protocol 4
 or 41) between them.  Frames that are not IP stay as they are.
+
+A mirror delivered over the network (every frame, whatever it carries, inside the mirror's tunnel)::
+
+    python bench/make_big_pcap.py --out /tmp/vxlan.pcap --tunnel vxlan   # or --tunnel erspan
+
+``--tunnel vxlan`` puts each Ethernet frame into VXLAN (UDP 4789, VNI 16, as AWS VPC traffic mirroring
+delivers it; a few source ports), ``--tunnel erspan`` into ERSPAN type II (GRE with a sequence number, as
+Cisco's remote SPAN delivers it), both between two fixed endpoints.
 """
 
 from __future__ import annotations
@@ -93,8 +101,20 @@ def shift(frame: bytes, r: int) -> bytes:
     return frame
 
 
-def tunnel(frame: bytes, kind: str) -> bytes:
-    """An untagged Ethernet frame's IP packet inside GTP-U or IP-in-IP between two fixed endpoints."""
+def tunnel(frame: bytes, kind: str, n: int = 0) -> bytes:
+    """An untagged Ethernet frame's IP packet inside GTP-U or IP-in-IP between two fixed endpoints; the whole
+    frame (``n``: its number) inside VXLAN or ERSPAN II."""
+    if kind in ("vxlan", "erspan"):
+        if kind == "vxlan":
+            body = b"\x08\x00\x00\x00\x00\x00\x10\x00" + frame
+            body = struct.pack("!HHHH", 49152 + zlib.crc32(frame[26:38]) % 8, 4789, 8 + len(body), 0) + body
+            proto = 17
+        else:
+            body = struct.pack("!BBHI", 0x10, 0, 0x88BE, n & 0xFFFFFFFF) + b"\x10\x05\x00\x07\0\0\0\0" + frame
+            proto = 47
+        outer = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 0, 0, 64, proto, 0,
+                            b"\x0a\xfe\x00\x01", b"\x0a\xfe\x00\x02")
+        return b"\x02\x00\x00\x00\xfe\x02\x02\x00\x00\x00\xfe\x01\x08\x00" + outer + body
     et = frame[12:14]
     if et not in (b"\x08\x00", b"\x86\xdd"):
         return frame
@@ -185,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", choices=sorted(PROFILES), help="a named flow profile (sets the two options below)")
     ap.add_argument("--max-flow-packets", type=int, default=0, help="keep at most this many packets of each flow")
     ap.add_argument("--one-way-tcp-every", type=int, default=0, help="every n-th TCP flow keeps one direction only")
-    ap.add_argument("--tunnel", choices=("gtp", "ipip"), help="every IP packet inside GTP-U or IP-in-IP")
+    ap.add_argument("--tunnel", choices=("gtp", "ipip", "vxlan", "erspan"),
+                    help="every IP packet inside GTP-U or IP-in-IP; every frame inside VXLAN or ERSPAN II")
     args = ap.parse_args(argv)
     if args.profile:
         for k, v in PROFILES[args.profile].items():
@@ -213,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                     prev = ts
                     t += min(max(gap, 0.0), 1.0)
                     fr = shift(fr, r)
-                    w.writepkt(tunnel(fr, args.tunnel) if args.tunnel else fr, ts=t)
+                    w.writepkt(tunnel(fr, args.tunnel, written) if args.tunnel else fr, ts=t)
                     written += 1
                     if written >= args.packets:
                         break

@@ -1811,9 +1811,10 @@ static PyObject *run(PyObject *self, PyObject *args) {
         double ts = PyFloat_AS_DOUBLE(tso);
         const unsigned char *fr = (const unsigned char *)PyBytes_AS_STRING(frame);
         Py_ssize_t len = PyBytes_GET_SIZE(frame), flen = len;   /* len: where the parse stops (VXLAN: its packet's end) */
-        /* the compiled path's frames: Ethernet II with up to 4 VLAN tags, IPv4 (not a fragment) or IPv6
-         * without extension headers, TCP, UDP (not on a tunnel port), ICMP or ICMPv6; anything else (and anything
-         * decode() would call malformed) goes to Python */
+        /* the compiled path's frames: Ethernet II with up to 4 VLAN tags or a PPPoE session, IPv4 (fragments
+         * too) or IPv6 (extension headers, not fragments), TCP, UDP, ICMP, ICMPv6 or a protocol without ports,
+         * also in one GTP-U, IP-in-IP, VXLAN, GRE or ERSPAN tunnel; LLC and named non-IP frames counted; anything
+         * else (and anything decode() would call malformed) goes to Python */
         if (len < 14)
             goto python;
         int plain = 0, ver = 4, proto, nvl = 0;

@@ -573,8 +573,10 @@ class FlowMeter:
         """Meter ``(ts, frame)`` records in capture order; ``dlt`` overrides the source's link type.
 
         The hot path.  Where the compiled meter loop is built (``_meter.c``),
-        it meters Ethernet frames with up to 4 VLAN tags carrying IPv4 or IPv6
-        (no extension header) TCP/UDP/ICMP itself, also inside one GTP-U or IP-in-IP tunnel, samples them itself in the common
+        it meters Ethernet frames with up to 4 VLAN tags (or a PPPoE session) carrying IPv4 (fragments too) or
+        IPv6 (extension headers, not fragments) with TCP, UDP, ICMP or a protocol without ports itself, also inside
+        one GTP-U, IP-in-IP, VXLAN, GRE or ERSPAN tunnel (and the last three's own flows, as ``_tunnel_flow``),
+        counts LLC and the other non-IP frames decode() names, samples them itself in the common
         cases of a deferring meter (``defer_samples``), and calls this class's
         methods for the other flow events only (``_new_flow``, ``_end``,
         ``_housekeep``, ``_tcp_close``, ``_periodic``, ``_sample`` for
