@@ -274,6 +274,7 @@ static PyObject *pcap_records(PyObject *self, PyObject *args) {
     }
     long long bad = -1;
     unsigned long long cut = 0;   /* the shortest captured length of a record cut short of its packet */
+    long long over_orig = 0, over_snap = 0;   /* records whose caplen is above their origlen / the snaplen */
     if (pos < 0)
         pos = 0;
     while (PyList_GET_SIZE(list) < limit && blen - pos >= 16) {
@@ -286,20 +287,21 @@ static PyObject *pcap_records(PyObject *self, PyObject *args) {
             break;
         }
         uint32_t origlen = big ? be32(h + 12) : le32(h + 12);
-        if (caplen > origlen || (snaplen && caplen > snaplen)) {
-            bad = -2;
-            break;
-        }
         if ((Py_ssize_t)caplen > blen - pos - 16)
             break;
-        if (caplen < origlen && (cut == 0 || caplen < cut))
+        /* a record longer than the packet it holds (kept trimmed to it) or than the snaplen (kept): counted */
+        int over_o = caplen > origlen, over_s = snaplen && caplen > snaplen;
+        Py_ssize_t keep = over_o ? (Py_ssize_t)origlen : (Py_ssize_t)caplen;
+        if (!over_o && !over_s && caplen < origlen && (cut == 0 || caplen < cut))
             cut = caplen;
-        if (shards > 1 && !in_shard(h + 16, (Py_ssize_t)caplen, dlt, shard, shards)) {
+        if (shards > 1 && !in_shard(h + 16, keep, dlt, shard, shards)) {
             pos += 16 + (Py_ssize_t)caplen;
             continue;
         }
+        over_orig += over_o;
+        over_snap += over_s;
         PyObject *ts = PyFloat_FromDouble((double)sec + (double)frac * unit);
-        PyObject *fr = PyBytes_FromStringAndSize((const char *)(h + 16), (Py_ssize_t)caplen);
+        PyObject *fr = PyBytes_FromStringAndSize((const char *)(h + 16), keep);
         PyObject *rec = (ts && fr) ? PyTuple_New(2) : NULL;
         if (rec == NULL) {
             Py_XDECREF(ts);
@@ -320,7 +322,7 @@ static PyObject *pcap_records(PyObject *self, PyObject *args) {
         pos += 16 + (Py_ssize_t)caplen;
     }
     PyBuffer_Release(&view);
-    return Py_BuildValue("(NnLK)", list, pos, bad, cut);
+    return Py_BuildValue("(NnLKLL)", list, pos, bad, cut, over_orig, over_snap);
 }
 
 /* Collector: a packet callback for pypcap's dispatch() that appends (ts, frame) to a list without

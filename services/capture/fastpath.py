@@ -14,12 +14,13 @@ packet slower.  ``tests/services/capture/test_fastpath.py`` keeps both equal.
     meter's directional flow key (one small bytes object per flow entry).
 
 ``pcap_records(buf, pos, big_endian, ts_unit, limit, max_record, snaplen=0)``
-    ``(records, new_pos, bad_caplen, cut)``: up to ``limit`` whole pcap records of
-    ``buf`` from ``pos`` as ``(timestamp, frame)``; stops at a record not
-    wholly in ``buf`` or with caplen above ``max_record`` (``bad_caplen``,
-    else -1), or at a record with caplen above its original length or above
-    a non-zero ``snaplen`` (``bad_caplen`` -2: the caller reads that one).
-    ``cut``: the shortest caplen among the records read that hold less than
+    ``(records, new_pos, bad_caplen, cut, over_origlen, over_snaplen)``: up to
+    ``limit`` whole pcap records of ``buf`` from ``pos`` as ``(timestamp, frame)``;
+    stops at a record not wholly in ``buf`` or with caplen above ``max_record``
+    (``bad_caplen``, else -1).  A record with caplen above its original length is
+    kept trimmed to that length, one above a non-zero ``snaplen`` kept as it is;
+    ``over_origlen`` / ``over_snaplen`` count them (among the records returned).
+    ``cut``: the shortest caplen among the other records read that hold less than
     their packet (0: none), where the file's snaplen does not say it.
 
 ``shard_hash(frame, dlt)``
@@ -164,31 +165,34 @@ def shard_hash_py(frame: bytes, dlt: int) -> int:
 
 def pcap_records_py(buf: bytes, pos: int, big_endian: bool, ts_unit: float, limit: int,
                     max_record: int, snaplen: int = 0, shard: int = 0, shards: int = 1,
-                    dlt: int = 1) -> tuple[list[tuple[float, bytes]], int, int, int]:
+                    dlt: int = 1) -> tuple[list[tuple[float, bytes]], int, int, int, int, int]:
     if shards < 1 or not 0 <= shard < shards:
         raise ValueError("pcap_records: need 0 <= shard < shards")
     unpack = _REC[bool(big_endian)]
     out: list[tuple[float, bytes]] = []
     blen = len(buf)
     pos = max(pos, 0)
-    cut = 0
+    cut = over_orig = over_snap = 0
     while len(out) < limit and blen - pos >= 16:
         sec, frac, caplen, origlen = unpack(buf, pos)
         if caplen > max_record:
-            return out, pos, caplen, cut
-        if caplen > origlen or (snaplen and caplen > snaplen):
-            return out, pos, -2, cut
+            return out, pos, caplen, cut, over_orig, over_snap
         end = pos + 16 + caplen
         if end > blen:
             break
-        if caplen < origlen and (not cut or caplen < cut):
+        over_o = caplen > origlen
+        over_s = bool(snaplen) and caplen > snaplen
+        frame_end = pos + 16 + origlen if over_o else end
+        if not over_o and not over_s and caplen < origlen and (not cut or caplen < cut):
             cut = caplen
-        if shards > 1 and not in_shard_py(buf[pos + 16:end], dlt, shard, shards):
+        if shards > 1 and not in_shard_py(buf[pos + 16:frame_end], dlt, shard, shards):
             pos = end
             continue
-        out.append((sec + frac * ts_unit, buf[pos + 16:end]))
+        over_orig += over_o
+        over_snap += over_s
+        out.append((sec + frac * ts_unit, buf[pos + 16:frame_end]))
         pos = end
-    return out, pos, -1, cut
+    return out, pos, -1, cut, over_orig, over_snap
 
 
 def shard_of_hash(h: int, shards: int) -> int:

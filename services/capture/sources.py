@@ -304,8 +304,15 @@ class FileSource:
             if len(self._buf) - self._pos < low and not self._eof:
                 self._fill(CHUNK)  # keep batches whole: read ahead before the buffer runs dry
             before = self._pos
-            recs, pos, bad, cut = pcap_records(self._buf, before, big, unit, n, MAX_RECORD, snaplen, shard, shards, dlt)
+            recs, pos, bad, cut, over_o, over_s = pcap_records(self._buf, before, big, unit, n, MAX_RECORD, snaplen,
+                                                               shard, shards, dlt)
             self._pos = pos
+            if over_o or over_s:   # caplen above the original length (trimmed) or the snaplen: counted
+                c = self.counters
+                if over_o:
+                    c["caplen_over_origlen"] = c.get("caplen_over_origlen", 0) + over_o
+                if over_s:
+                    c["caplen_over_snaplen"] = c.get("caplen_over_snaplen", 0) + over_s
             if self._mm is not None:
                 self._release()
             if cut and (not self._cut_seen or cut < self._cut_seen):
@@ -315,22 +322,6 @@ class FileSource:
                 yield recs
                 continue
             if pos > before and bad == -1:   # only other shards' records: read on
-                continue
-            if bad == -2:   # caplen above the original length or the snaplen: counted, read here
-                if not self._fill(16):
-                    continue
-                sec, frac, caplen, origlen = head(self._buf, self._pos)
-                if not self._fill(16 + caplen):   # the file ends inside it
-                    self._fail(f"truncated packet data{self._where()}")
-                    self._pos = len(self._buf)
-                    return
-                frame = self._buf[self._pos + 16:self._pos + 16 + min(caplen, origlen)]
-                self._pos += 16 + caplen
-                if not mine(frame):
-                    continue
-                self._anomaly(caplen, origlen, snaplen)
-                self.packets += 1
-                yield [(sec + frac * unit, frame)]
                 continue
             if bad >= 0:
                 self._fail(f"corrupt record length {bad}{self._where()}")

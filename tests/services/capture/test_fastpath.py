@@ -93,7 +93,7 @@ def test_pcap_records_twins_agree(endian, unit, items, cut, pos, limit, corrupt)
     a = fastpath.pcap_records(buf, start, endian == ">", unit, limit, MAX_RECORD)
     b = fastpath.pcap_records_py(buf, start, endian == ">", unit, limit, MAX_RECORD)
     assert a == b
-    recs, new_pos, bad, cut = a
+    recs, new_pos, bad, cut, _o, _s = a
     assert len(recs) <= limit and start <= new_pos <= len(buf)
     if corrupt and start == 0 and len(buf) >= 16 and limit:
         assert recs == [] and bad == 0xFFFFFFF0
