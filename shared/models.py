@@ -68,6 +68,9 @@ class _Model(BaseModel):
         ser_json_bytes="base64",
         val_json_bytes="base64",
         frozen=False,
+        # a model's validator and serializer are built at its first use, not at import: a service uses a
+        # few of the ~40 models, and building them all took ~130 ms of every process's start
+        defer_build=True,
     )
 
 
@@ -410,7 +413,16 @@ class EventBatch(_Model):
     events: list[AnyEvent]
 
 
-_any_adapter: TypeAdapter[Any] = TypeAdapter(Annotated[Union[AnyEvent, EventBatch], Field(discriminator="event_type")])
+_ADAPTERS: dict[str, TypeAdapter[Any]] = {}
+
+
+def _adapter(which: str) -> TypeAdapter[Any]:
+    """parse_any's and parse_one's validators, built at their first use (they build every event model)."""
+    ad = _ADAPTERS.get(which)
+    if ad is None:
+        ad = _ADAPTERS[which] = TypeAdapter(
+            Annotated[Union[AnyEvent, EventBatch], Field(discriminator="event_type")] if which == "any" else AnyEvent)
+    return ad
 
 
 def _flat_json(cls: type) -> bool:
@@ -717,26 +729,23 @@ def batch_json(events: list[Event | bytes]) -> bytes:
     return b'{"event_type":"batch","events":[' + b",".join([e if type(e) is bytes else _pyd_lean(e) for e in events]) + b"]}"
 
 
-_one_adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)
-
-
 def parse_any(data: bytes | str) -> Event | EventBatch:
     """Parse any FlowTarget message as it is (unknown fields kept in ``__pydantic_extra__``).
 
     Raises pydantic.ValidationError when malformed (also beyond the JSON
     parser's nesting limit).  Services decode through ``shared.codec.Decoder``.
     """
-    return _any_adapter.validate_json(data)
+    return _adapter("any").validate_json(data)
 
 
 def parse_one(data: bytes | str) -> Event:
     """Parse one event (not a batch); ValidationError when malformed."""
-    return _one_adapter.validate_json(data)
+    return _adapter("one").validate_json(data)
 
 
 def parse_event(data: bytes | str) -> Event | EventBatch:
     """Parse any FlowTarget message, unknown fields dropped; raises pydantic.ValidationError when malformed."""
-    parsed = _any_adapter.validate_json(data)
+    parsed = _adapter("any").validate_json(data)
     strip_unknown_fields(parsed)
     return parsed
 

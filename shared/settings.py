@@ -73,7 +73,9 @@ def parse_list(value: str) -> list[Any]:
 class FTSettings(BaseSettings):
     """Base of every settings class: ``FT_`` prefix, frozen, lists as JSON or comma-separated, mappings as JSON objects."""
 
-    model_config = SettingsConfigDict(env_prefix="FT_", frozen=True, extra="ignore", enable_decoding=False)
+    # defer_build: a settings class's validator is built when it is first loaded (a service loads one or two)
+    model_config = SettingsConfigDict(env_prefix="FT_", frozen=True, extra="ignore", enable_decoding=False,
+                                      defer_build=True)
 
     @field_validator("*", mode="before")
     @classmethod
