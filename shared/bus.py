@@ -81,6 +81,7 @@ def _one_copy_pub_cmd(command: Any = None) -> bool:
 
 
 _one_copy_pub_cmd()
+
 #: core NATS messages being dead-lettered at once (beyond that they are counted, not copied)
 DLQ_INFLIGHT = 32
 

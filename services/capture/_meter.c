@@ -780,9 +780,9 @@ static int dict_count(PyObject *c, PyObject *k, long long n) {
     return r;
 }
 
-/* FlowMeter._count(name, n): meter.counters[name] += n (from 0) */
-static int meter_count(PyObject *meter, const char *name, long long n) {
-    PyObject *cn = iname("counters"), *k = iname(name);
+/* FlowMeter._count(k, n) for a name k (a str): meter.counters[k] += n (from 0) */
+static int meter_count_o(PyObject *meter, PyObject *k, long long n) {
+    PyObject *cn = iname("counters");
     PyObject *c = cn && k ? PyObject_GetAttr(meter, cn) : NULL;
     if (c == NULL)
         return -1;
@@ -794,6 +794,11 @@ static int meter_count(PyObject *meter, const char *name, long long n) {
     int r = dict_count(c, k, n);
     Py_DECREF(c);
     return r;
+}
+
+/* the same for a C string literal name */
+static int meter_count(PyObject *meter, const char *name, long long n) {
+    return meter_count_o(meter, iname(name), n);
 }
 
 /* the meter's Counters (meter._c), a new reference */
@@ -991,7 +996,7 @@ typedef struct {
     const unsigned char *src, *dst;   /* the outer IP header's addresses */
     int alen;
     unsigned long id;      /* GTP-U TEID, VXLAN VNI; 0 for IP-in-IP */
-    long mac;              /* the Ethernet header whose MACs the flow takes: 0, or VXLAN's inner frame's */
+    long mac;              /* the Ethernet header whose MACs the flow takes: 0, or a VXLAN, GRE or ERSPAN inner frame's */
 } Tunnel;
 
 /* bind_decode(l2_names, proto_names, proto_flows, frag_max): decode()'s tables for the frames the loop meters
@@ -1834,10 +1839,8 @@ static PyObject *run(PyObject *self, PyObject *args) {
             addr_off = 26;
             if (ipl < 20)
                 goto python;
-            if ((be16(fr + 20) & 0x3FFF) && frag_max)   /* a fragment: the general parse below */
+            if (be16(fr + 20) & 0x3FFF)   /* a fragment: the general parse below (Python's when unbound) */
                 goto inner;
-            if (be16(fr + 20) & 0x3FFF)
-                goto python;
             end = 14 + ipl;
             if (end > len)
                 end = (long)len;
@@ -1931,8 +1934,9 @@ static PyObject *run(PyObject *self, PyObject *args) {
             } else if (l2_names != NULL && tun.name == NULL && et != 0x0806 && et != 0x8847 && et != 0x8848) {
                 /* decode()'s other Ethernet payloads: a PPPoE session's IP packet is metered as any; LLC and
                  * the non-IP protocols decode() names are counted (KIND_L2), other ethertypes as unsupported */
-                const char *name = NULL;
+                const char *name = NULL;   /* the counter: a literal here, or decode's name (nm) */
                 PyObject *nm = NULL;
+                int unsup = 0;
                 if (et == 0x8864) {
                     if (len - off < 8)
                         goto python;
@@ -1966,12 +1970,14 @@ static PyObject *run(PyObject *self, PyObject *args) {
                     Py_XDECREF(k);
                     if (nm == NULL && PyErr_Occurred())
                         goto error;
-                    if (nm == NULL)
+                    if (nm == NULL) {
                         name = "ethertype";   /* _UNSUP_ETHERTYPE */
+                        unsup = 1;
+                    }
                 }
                 if (frame_step(&step, meter, m_housekeep, tso, frame, &at_end) < 0)
                     goto error;
-                if (nm == NULL && strcmp(name, "ethertype") == 0) {   /* unsupported_packets += 1 */
+                if (unsup) {   /* unsupported_packets += 1 */
                     long long u;
                     if (meter_ll(meter, "unsupported_packets", &u) < 0)
                         goto error;
@@ -1981,17 +1987,8 @@ static PyObject *run(PyObject *self, PyObject *args) {
                     if (ur < 0)
                         goto error;
                 }
-                if (nm != NULL) {
-                    PyObject *cn = mattr(meter, "counters");
-                    int cr = cn == NULL ? -1 : !PyDict_Check(cn) ? -2 : dict_count(cn, nm, 1);
-                    Py_XDECREF(cn);
-                    if (cr == -2)
-                        PyErr_SetString(PyExc_TypeError, "the meter's counters are not a dict");
-                    if (cr < 0)
-                        goto error;
-                } else if (meter_count(meter, name, 1) < 0) {
+                if ((nm != NULL ? meter_count_o(meter, nm, 1) : meter_count(meter, name, 1)) < 0)
                     goto error;
-                }
                 continue;
             } else {
                 goto python;
@@ -2089,15 +2086,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
                     goto python;
                 tun = (Tunnel){pt == 0x6558 ? s_tun_gre : s_tun_erspan, pt == 0x6558 ? s_tun_gre_n : s_tun_erspan_n,
                                fr + addr_off, fr + addr_off + alen, (int)alen, key, eo};
-                if (vx == 0)
-                    vx = 1;
-                len = end;
-                et = be16(fr + eo + 12);
-                off = eo + 14;
-                nvl = 0;
-                vlan = 0;
-                plain = 0;
-                goto vtags;
+                goto ether_in;
             } else if (proto_names != NULL && ((proto != 4 && proto != 41 && proto != 47) || fragw || vx == 2)
                        && (proto != 132 || avail >= 12) && proto != 1 && proto != 58) {
                 /* a protocol without ports (IGMP, PIM, SCTP, ESP, OSPF, ...; a fragment of a tunnel's packet):
@@ -2124,19 +2113,10 @@ static PyObject *run(PyObject *self, PyObject *args) {
                  * packet; an inner frame that is not IP, or that the loop does not take: Python */
                 if (end - po < 8 + 14 || !(fr[po] & 0x08))
                     goto python;
-                long io = po + 8;
                 wire_end = off + ipl;
                 tun = (Tunnel){s_tun_vxlan, s_tun_vxlan_n, fr + addr_off, fr + addr_off + alen, (int)alen,
-                               (unsigned long)be16(fr + po + 4) << 8 | fr[po + 6], io};
-                if (vx == 0)
-                    vx = 1;
-                len = end;
-                et = be16(fr + io + 12);
-                off = io + 14;
-                nvl = 0;
-                vlan = 0;
-                plain = 0;
-                goto vtags;
+                               (unsigned long)be16(fr + po + 4) << 8 | fr[po + 6], po + 8};
+                goto ether_in;
             }
             /* GTP-U (_udp_tunnel's first test): its G-PDU's inner IP packet; other tunnel ports, a GTP-U
              * message that is not a G-PDU (decode() meters it as UDP), a tunnel in a tunnel: Python */
@@ -2443,6 +2423,18 @@ static PyObject *run(PyObject *self, PyObject *args) {
             goto again;
         }
         continue;
+    ether_in:
+        /* a VXLAN, GRE or ERSPAN packet's inner Ethernet frame at tun.mac (its VLAN tags its own), which ends
+         * with the outer IP packet (decode's frame[:end]); its packet is parsed as any frame's from there */
+        if (vx == 0)
+            vx = 1;
+        len = end;
+        et = be16(fr + tun.mac + 12);
+        off = tun.mac + 14;
+        nvl = 0;
+        vlan = 0;
+        plain = 0;
+        goto vtags;
     python:
         /* this record needs Python: FlowMeter._process_py((rec,), dl) with the meter's state in step */
         if (store_state(meter, step.prev, step.prev_ts) < 0)

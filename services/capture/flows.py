@@ -374,6 +374,8 @@ _crecord_out: Any = None
 #: FlowMeter._emit_sample and flush_samples in C (``_meter.emit_sample``, ``flush_samples``), or None
 _cemit: Any = None
 _cflush: Any = None
+
+
 def _bind_decode() -> None:
     """decode()'s tables for the compiled loop, which then meters fragments, PPPoE, IPv6 extension headers and
     protocols without ports itself, and counts LLC and other non-IP frames, as _process_py does (with this

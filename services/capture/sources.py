@@ -243,12 +243,13 @@ class FileSource:
         self._buf = b"".join(parts)
         return have >= need
 
-    def _anomaly(self, caplen: int, origlen: int, snaplen: int) -> None:
-        """A record longer than the packet it claims to hold (trimmed to ``origlen``) or than the snaplen."""
-        if caplen > origlen:
-            self.counters["caplen_over_origlen"] = self.counters.get("caplen_over_origlen", 0) + 1
-        if snaplen and caplen > snaplen:
-            self.counters["caplen_over_snaplen"] = self.counters.get("caplen_over_snaplen", 0) + 1
+    def _anomaly(self, over_origlen: int, over_snaplen: int) -> None:
+        """Count records longer than the packet they claim to hold (kept trimmed to it) or than the snaplen."""
+        c = self.counters
+        if over_origlen:
+            c["caplen_over_origlen"] = c.get("caplen_over_origlen", 0) + over_origlen
+        if over_snaplen:
+            c["caplen_over_snaplen"] = c.get("caplen_over_snaplen", 0) + over_snaplen
 
     def _where(self) -> str:
         """Where reading stopped, for a damaged file's message: after how many packets (of this shard's,
@@ -307,12 +308,8 @@ class FileSource:
             recs, pos, bad, cut, over_o, over_s = pcap_records(self._buf, before, big, unit, n, MAX_RECORD, snaplen,
                                                                shard, shards, dlt)
             self._pos = pos
-            if over_o or over_s:   # caplen above the original length (trimmed) or the snaplen: counted
-                c = self.counters
-                if over_o:
-                    c["caplen_over_origlen"] = c.get("caplen_over_origlen", 0) + over_o
-                if over_s:
-                    c["caplen_over_snaplen"] = c.get("caplen_over_snaplen", 0) + over_s
+            if over_o or over_s:   # caplen above the original length (trimmed) or the snaplen
+                self._anomaly(over_o, over_s)
             if self._mm is not None:
                 self._release()
             if cut and (not self._cut_seen or cut < self._cut_seen):
@@ -412,7 +409,7 @@ class FileSource:
                     continue
                 dlt, unit, off, snap = self._ifaces[ifid]
                 if caplen > olen or (snap and caplen > snap):
-                    self._anomaly(caplen, olen, snap)
+                    self._anomaly(int(caplen > olen), int(bool(snap) and caplen > snap))
                     caplen = min(caplen, olen)
                 elif caplen < olen and (not self._cut_seen or caplen < self._cut_seen):
                     self._cut_seen = caplen

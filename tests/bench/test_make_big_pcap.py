@@ -79,46 +79,48 @@ def test_issue12_profile_makes_every_third_tcp_flow_one_way(tmp_path):
     assert one_way(b) / len(b) >= one_way(a) / len(a) + 0.2, (one_way(a), len(a), one_way(b), len(b))
 
 
-def test_tunnel_options_wrap_every_ip_packet_and_keep_its_flows(tmp_path):
-    """--tunnel gtp / ipip: the same inner flows (as the meter decapsulates them), each marked with its tunnel."""
+def _flow_key(r):
+    return (r.transport, r.src_ip, r.src_port, r.dst_ip, r.dst_port, r.src2dst_packets, r.dst2src_packets)
+
+
+def _plain_and_tunnelled(tmp_path, kinds):
+    """The sample capture's 600 packets as they are and with each ``--tunnel`` kind: (the plain file's flow
+    keys, {kind: the tunnelled file's end records})."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     shutil.copy(SAMPLE_PCAP, corpus / "sample.pcap")
     plain = tmp_path / "plain.pcap"
     make(corpus, plain, 600)
-    key = lambda r: (r.transport, r.src_ip, r.src_port, r.dst_ip, r.dst_port, r.src2dst_packets, r.dst2src_packets)  # noqa: E731
-    want = sorted(key(r) for r in meter_ends(plain))
-    for kind, name in (("gtp", "GTP"), ("ipip", "IP-in-IP")):
-        out = tmp_path / f"{kind}.pcap"
-        proc = subprocess.run([sys.executable, str(SCRIPT), "--corpus", str(corpus), "--out", str(out),
+    out = {}
+    for kind in kinds:
+        path = tmp_path / f"{kind}.pcap"
+        proc = subprocess.run([sys.executable, str(SCRIPT), "--corpus", str(corpus), "--out", str(path),
                                "--packets", "600", "--tunnel", kind], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
-        ends = meter_ends(out)
+        out[kind] = meter_ends(path)
+    return sorted(_flow_key(r) for r in meter_ends(plain)), out
+
+
+def test_tunnel_options_wrap_every_ip_packet_and_keep_its_flows(tmp_path):
+    """--tunnel gtp / ipip: the same inner flows (as the meter decapsulates them), each marked with its tunnel."""
+    want, got = _plain_and_tunnelled(tmp_path, ("gtp", "ipip"))
+    for kind, name in (("gtp", "GTP"), ("ipip", "IP-in-IP")):
+        ends = got[kind]
         ip_ends = [r for r in ends if r.tunnel]
         assert ip_ends and all(r.tunnel == name and r.tunnel_src_ip == "10.254.0.1" for r in ip_ends)
-        assert sorted(key(r) for r in ends) == want
+        assert sorted(_flow_key(r) for r in ends) == want
 
 
 def test_mirror_tunnel_options_wrap_every_frame_and_keep_its_flows(tmp_path):
     """--tunnel vxlan / erspan: every frame inside the mirror's tunnel; the meter finds the same inner flows, each
     marked with its tunnel and the tunnel id, beside the tunnel's own flows between the two endpoints."""
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    shutil.copy(SAMPLE_PCAP, corpus / "sample.pcap")
-    plain = tmp_path / "plain.pcap"
-    make(corpus, plain, 600)
-    key = lambda r: (r.transport, r.src_ip, r.src_port, r.dst_ip, r.dst_port, r.src2dst_packets, r.dst2src_packets)  # noqa: E731
-    want = sorted(key(r) for r in meter_ends(plain))
+    want, got = _plain_and_tunnelled(tmp_path, ("vxlan", "erspan"))
     for kind, name, own, tid in (("vxlan", "VXLAN", "UDP", 16), ("erspan", "ERSPAN", "GRE", 0)):
-        out = tmp_path / f"{kind}.pcap"
-        proc = subprocess.run([sys.executable, str(SCRIPT), "--corpus", str(corpus), "--out", str(out),
-                               "--packets", "600", "--tunnel", kind], capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr
-        ends = meter_ends(out)
+        ends = got[kind]
         inner = [r for r in ends if r.tunnel]
         assert inner and all(r.tunnel == name and r.tunnel_id == tid and {r.tunnel_src_ip, r.tunnel_dst_ip}
                              == {"10.254.0.1", "10.254.0.2"} for r in inner)
-        assert sorted(key(r) for r in inner) == want
+        assert sorted(_flow_key(r) for r in inner) == want
         outer = [r for r in ends if not r.tunnel]
         assert outer and all(r.transport == own and {r.src_ip, r.dst_ip} == {"10.254.0.1", "10.254.0.2"} for r in outer)
         assert sum(r.src2dst_packets + r.dst2src_packets for r in outer) == 600
