@@ -216,6 +216,7 @@ class CaptureSettings(CommonSettings):
     record_file_bytes: int = Field(default=64 << 20, ge=1024, description="A store file rotates at this size (at most an eighth of the byte bound).")
     record_file_s: float = Field(default=300.0, ge=0, description="A store file rotates after this many seconds of packet time; 0 = by size only.")
     record_cutoff_bytes: int = Field(default=0, ge=0, description="Keep only the first N bytes of every flow (both directions); 0 = whole flows.")
+    record_direct_io: bool = Field(default=True, description="Write the store's pcaps with O_DIRECT (no copy through the page cache: about a twentieth of the kernel CPU of buffered writes); a filesystem that refuses it gets buffered writes.")
     record_index_max_flows: int = Field(default=100_000, ge=0, description="Flows listed in one file's index; a file with more is read whole by exports.")
     record_export_max_bytes: int = Field(default=1 << 30, ge=1024, description="Largest pcap one export (ft.ctl.<probe>.export) writes.")
     record_evidence_max_mb: float = Field(default=16.0, gt=0, le=4096, description="Largest evidence pcap cut from the store for one alert or block (its first packets in time order).")

@@ -428,7 +428,8 @@ static int sample(PyObject *meter, PyObject *f, PyObject *tso, const unsigned ch
     return r < 0 ? -1 : 1;
 }
 
-static int emit_record(PyObject *raw, PyObject *sink_flow, PyObject *f, PyObject *phase, PyObject *ts, PyObject *probe,
+static int emit_record(PyObject *raw, PyObject *idx, PyObject *sink_flow, PyObject *f, PyObject *phase, PyObject *ts,
+                       PyObject *probe,
                        PyObject *app, PyObject *application, PyObject *category, PyObject *host, PyObject *conf);
 
 /* ---- a new flow of the loop's frames (TCP/UDP, no tunnel), as FlowMeter._new_flow makes it ---- */
@@ -816,7 +817,7 @@ static Counters *meter_counters(PyObject *meter) {
 #define NSLOT(o, k) (*(PyObject **)((char *)(o) + new_offs[k]))
 
 typedef struct {
-    PyObject *table, *move_to_end, *sink_flow, *text_cache, *young_append, *prefix, *source, *probe, *raw;
+    PyObject *table, *move_to_end, *sink_flow, *text_cache, *young_append, *prefix, *source, *probe, *raw, *idx;
     Counters *ctr;
     PyObject *m_evict, *m_ip_text, *m_mac_text, *m_count;
     long long max_flows, hot_pk, ev_packets, ev_max_flows, text_max, own_text;
@@ -827,6 +828,7 @@ static void nf_clear(NewFlow *c) {
     Py_CLEAR(c->ctr);
     Py_CLEAR(c->sink_flow);
     Py_CLEAR(c->raw);
+    Py_CLEAR(c->idx);
     Py_CLEAR(c->text_cache);
     Py_CLEAR(c->young_append);
     Py_CLEAR(c->prefix);
@@ -860,6 +862,7 @@ static int nf_load(NewFlow *c, PyObject *meter, PyObject *table, PyObject *move_
         return -1;
     c->sink_flow = PyObject_GetAttrString(sink, "flow");
     c->raw = sink_raw(sink, "raw_live");
+    c->idx = c->raw ? sink_raw(sink, "raw_index") : NULL;
     Py_DECREF(sink);
     young = c->sink_flow ? PyObject_GetAttrString(meter, "_young") : NULL;
     c->young_append = young ? PyObject_GetAttrString(young, "append") : NULL;
@@ -1237,7 +1240,7 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
             goto fail;
         Py_CLEAR(r);
     }
-    if (emit_record(c->raw, c->sink_flow, f, s_start, tso, c->probe, s_unknown, s_empty, s_empty, s_empty, s_empty) < 0)
+    if (emit_record(c->raw, c->idx, c->sink_flow, f, s_start, tso, c->probe, s_unknown, s_empty, s_empty, s_empty, s_empty) < 0)
         goto fail;
     Py_DECREF(src);
     Py_DECREF(dst);
@@ -3487,9 +3490,11 @@ static PyObject *sink_raw(PyObject *sink, const char *name) {
     return raw;
 }
 
-/* a flow record to the sink: its JSON appended to raw (a list) where there is one and JSON can hold it,
- * else the FlowRecord through sink_flow */
-static int emit_record(PyObject *raw, PyObject *sink_flow, PyObject *f, PyObject *phase, PyObject *ts, PyObject *probe,
+/* a flow record to the sink: its JSON appended to raw (a list) where there is one and JSON can hold it, and the
+ * flow to idx where there is one (sink.raw_index, the packet recorder's: the flow for a start, None and the flow
+ * for an end); else the FlowRecord through sink_flow */
+static int emit_record(PyObject *raw, PyObject *idx, PyObject *sink_flow, PyObject *f, PyObject *phase, PyObject *ts,
+                       PyObject *probe,
                        PyObject *app, PyObject *application, PyObject *category, PyObject *host, PyObject *conf) {
     if (raw != NULL) {
         PyObject *vals[NKEYS];
@@ -3502,6 +3507,11 @@ static int emit_record(PyObject *raw, PyObject *sink_flow, PyObject *f, PyObject
             PyObject *j = PyBytes_FromStringAndSize(b->p, (Py_ssize_t)b->n);
             w = j == NULL ? -1 : PyList_Append(raw, j);
             Py_XDECREF(j);
+            /* the packet recorder's index: the flow itself (a start), or None then the flow (an end) */
+            if (w == 0 && idx != NULL && (phase == s_end || PyUnicode_CompareWithASCIIString(phase, "end") == 0))
+                w = PyList_Append(idx, Py_None);
+            if (w == 0 && idx != NULL)
+                w = PyList_Append(idx, f);
             if (w == 0)
                 w = 1;
         }
@@ -3532,20 +3542,25 @@ static int emit_record(PyObject *raw, PyObject *sink_flow, PyObject *f, PyObject
  *   A flow that waits for verdicts (or is closing already) goes to the meter's own _end.  The loops and the
  *   pure-Python _housekeep give the same records in the same order (tests/services/capture/test_meter_twin.py).
  */
-/* record_out(raw, to, f, phase, ts, probe, app, application, category, host, confidence): FlowMeter._out's
- * record, its JSON appended to raw (a list) where JSON can hold it (and bind_flat was called), else the
+/* record_out(raw, to, f, phase, ts, probe, app, application, category, host, confidence[, index]): FlowMeter._out's
+ * record, its JSON appended to raw (a list) where JSON can hold it (and bind_flat was called), and then the flow
+ * to index (a list, the packet recorder's: the flow for a start, None and the flow for an end); else the
  * FlowRecord to to(record) */
 static PyObject *record_out(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *raw, *to, *f, *phase, *ts, *probe, *app, *application, *category, *host, *conf;
-    if (!PyArg_ParseTuple(args, "O!OOOOOOOOOO", &PyList_Type, &raw, &to, &f, &phase, &ts, &probe, &app, &application,
-                          &category, &host, &conf))
+    PyObject *raw, *to, *f, *phase, *ts, *probe, *app, *application, *category, *host, *conf, *idx = Py_None;
+    if (!PyArg_ParseTuple(args, "O!OOOOOOOOOO|O", &PyList_Type, &raw, &to, &f, &phase, &ts, &probe, &app, &application,
+                          &category, &host, &conf, &idx))
         return NULL;
+    if (idx != Py_None && !PyList_CheckExact(idx)) {
+        PyErr_SetString(PyExc_TypeError, "record_out(): the index must be a list or None");
+        return NULL;
+    }
     if (!new_bound || rec_cls == NULL || !PyObject_TypeCheck(f, flow_type)) {
         PyErr_SetString(PyExc_TypeError, "record_out() needs bind_record() and a Flow");
         return NULL;
     }
-    if (emit_record(rec_spec != NULL ? raw : NULL, to, f, phase, ts, probe, app, application, category, host, conf) < 0)
+    if (emit_record(rec_spec != NULL ? raw : NULL, idx == Py_None ? NULL : idx, to, f, phase, ts, probe, app, application, category, host, conf) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -3756,7 +3771,7 @@ static const char *verdict_meta[4] = {"http", "tls", "quic", "ssh"};
 
 typedef struct {
     PyObject *meter, *table, *sink_flow, *sink_verdict, *m_end, *m_count, *dirty, *closing, *by_id,
-        *recent, *recent_popitem, *port_guess, *probe, *datalink, *raw;
+        *recent, *recent_popitem, *port_guess, *probe, *datalink, *raw, *idx;
     PyObject *ports;   /* the port guess's table (flows.PortTable: (transport, port) -> name), or NULL */
     Counters *ctr;
     Emitter em;   /* a coalesced sample still to send when its flow ends (loaded at the first) */
@@ -3776,6 +3791,7 @@ static void ender_clear(Ender *e) {
     Py_CLEAR(e->m_end);
     Py_CLEAR(e->m_count);
     Py_CLEAR(e->raw);
+    Py_CLEAR(e->idx);
     Py_CLEAR(e->dirty);
     Py_CLEAR(e->closing);
     Py_CLEAR(e->by_id);
@@ -3802,6 +3818,7 @@ static int ender_load(Ender *e) {
         return -1;
     }
     e->raw = sink_raw(sink, "raw_records");
+    e->idx = e->raw ? sink_raw(sink, "raw_index") : NULL;
     Py_DECREF(sink);
     if (e->port_guess != Py_None) {   /* a flows.PortTable: its table, looked up here instead of calling it */
         PyObject *a = PyObject_GetAttrString(e->port_guess, "_ft_ports");
@@ -3960,7 +3977,7 @@ static int publish_end(Ender *e, PyObject *f) {
         PyErr_SetString(PyExc_AttributeError, "Flow.last is not set");
         goto done;
     }
-    if (emit_record(e->raw, e->sink_flow, f, s_end, last, e->probe, app, application, category, host, conf) < 0)
+    if (emit_record(e->raw, e->idx, e->sink_flow, f, s_end, last, e->probe, app, application, category, host, conf) < 0)
         goto done;
     if (v != Py_None && e->sink_verdict != Py_None) {
         int known = PyObject_RichCompareBool(app, s_unknown, Py_NE);

@@ -134,6 +134,10 @@ class MeterSink(Protocol):
     # FlowMeter._hot_check / _young_check; without it the meter makes none
     # optional: ``flow_verdict(v)`` — right after a flow's end record, the best verdict it got
     # (only when classified), so the classification can be stored beside the access-log entry
+    # optional: ``raw_records`` / ``raw_live`` / ``raw_hot`` / ``raw_samples`` / ``raw_packets`` — lists that
+    # take those events as their JSON (bytes) from the compiled meter instead of the objects; and with them
+    # ``raw_index`` — a list that then takes each start's flow, and None then the flow for each end (the
+    # packet recorder's index reads the Flow itself, not a record object)
 
 
 class ListSink:
@@ -903,12 +907,14 @@ class FlowMeter:
     def _out(self, f: Flow, phase: str, ts: float, hot: bool = False) -> None:
         """A flow record to the sink (``sink.hot`` for a hot one, else ``sink.flow``): as its JSON into the
         sink's raw list for it (``raw_hot``, ``raw_live`` for a start, ``raw_records``) where it offers one
-        and the compiled meter is built (it writes the JSON), else the FlowRecord."""
+        and the compiled meter is built (it writes the JSON), the flow then into ``raw_index`` where the sink
+        has one (not for a hot record), else the FlowRecord."""
         to = self._sink_hot if hot else self.sink.flow
         if _crecord_out is not None and _crecord is not None:
             raw = getattr(self.sink, "raw_hot" if hot else "raw_live" if phase == "start" else "raw_records", None)
             if type(raw) is list:
-                _crecord_out(raw, to, f, phase, ts, self.probe, *self._labels(f, phase))
+                idx = None if hot else getattr(self.sink, "raw_index", None)
+                _crecord_out(raw, to, f, phase, ts, self.probe, *self._labels(f, phase), idx if type(idx) is list else None)
                 return
         to(self._record(f, phase, ts))
 

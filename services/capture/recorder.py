@@ -9,10 +9,12 @@ recorder appends the batch to the current pcap file of its directory
   (``FT_RECORD_FILE_S``); each closed file gets a sidecar index
   ``<file>.idx.json``: time range, packets, hosts and flows (5-tuple, the
   meter's flow id, flow start), so that an export reads only the files it needs.
-  The index comes from the meter's flow records (``on_flow``, once per record):
-  a file lists the flows open while it was written and those that ended after
-  its first packet (a superset of the flows with packets in it, by at most the
-  meter's idle timeout), and costs nothing per packet;
+  The index comes from the meter's flow records (``on_flow``, once per record;
+  where the compiled meter writes records as JSON, from the flows themselves,
+  which it puts in ``pending``): a file lists the flows open while it was
+  written and those that ended after its first packet (a superset of the flows
+  with packets in it, by at most the meter's idle timeout), and costs nothing
+  per packet;
 - the store never holds more than ``FT_RECORD_MAX_BYTES`` (pcaps and indexes,
   the file being written included): the oldest files are deleted before a
   write that would pass the bound; files whose last packet is older than
@@ -21,7 +23,8 @@ recorder appends the batch to the current pcap file of its directory
   directions together), as Zeek's Time Machine does.
 
 Per packet the recorder builds the 16-byte pcap record header and appends
-the frame to the batch's write (one ``write`` per batch).  With a cutoff, the
+the frame to the batch's bytes; a writer thread writes them, 4 MB at a time,
+with O_DIRECT where the filesystem takes it (``_Writer``).  With a cutoff, the
 meter given as ``meter`` does the counting: the Recorder sets its
 ``record_cutoff``, the meter marks every record it meters (one comparison on
 its flow's ``rec_bytes``, frame bytes of both directions; packets of no flow,
@@ -40,9 +43,10 @@ name) and bounds its own share: ``FT_RECORD_MAX_BYTES / shards``.
 
 from __future__ import annotations
 
-import json
+import errno
 import logging
 import math
+import mmap
 import os
 import queue
 import re
@@ -65,6 +69,13 @@ log = logging.getLogger("flowtarget.capture.recorder")
 
 IDX_SUFFIX = ".idx.json"
 PCAP_HEADER_LEN = 24
+BLOCK = 4096                  # O_DIRECT's alignment of buffer, offset and length (a multiple of every disk's)
+WRITE_BYTES = 4 << 20         # packets handed to the writer thread this many bytes at a time
+QUEUE_BYTES = 64 << 20        # at most this many bytes of packets queued for the writer thread
+BUF_BYTES = 8 << 20           # the direct writer's buffer
+FLUSH_BYTES = 4 << 20         # written to the disk once it holds this much
+SYNC_S = 1.0                  # the file being written is readable up to about this long ago (tick)
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
 _REC = struct.Struct("<IIII").pack
 _pp = struct.Struct("!HH").pack
 _NAME = re.compile(r"^ft-(?P<probe>[A-Za-z0-9_-]+)-s(?P<shard>\d+)-(?P<seq>\d{8})\.pcap$")
@@ -159,7 +170,7 @@ class Recorder:
     def __init__(self, directory: str | os.PathLike[str], *, probe: str = "probe1", shard: int = -1, shards: int = 1,
                  max_bytes: int = 0, max_age_s: float = 0.0, file_bytes: int = 64 << 20, file_s: float = 300.0,
                  cutoff_bytes: int = 0, index_max_flows: int = 100_000, max_flows: int = 1_000_000,
-                 idle_s: float = 120.0, meter: Any = None, source: str = "") -> None:
+                 idle_s: float = 120.0, meter: Any = None, source: str = "", direct_io: bool = True) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.probe = _UNSAFE.sub("-", probe)[:64] or "probe"
@@ -194,8 +205,13 @@ class Recorder:
         self._scan()
         # the file being written
         self._fh: Any = None          # True while a file is being written (the writer thread holds it)
-        self._wfh: Any = None         # the writer thread's file object
-        self._q: queue.Queue = queue.Queue(maxsize=64)
+        self._wfh: Any = None         # the writer thread's file (_Writer)
+        #: write the pcaps with O_DIRECT where the filesystem takes it (_Writer)
+        self.direct_io = bool(direct_io)
+        self._wbuf: Any = None
+        self._q: queue.Queue = queue.Queue(maxsize=1024)    # operations; their packets bounded by QUEUE_BYTES
+        self._qcv = threading.Condition()
+        self._qbytes = 0
         self._thread: threading.Thread | None = None
         self._path: Path | None = None
         self._fsize = 0
@@ -209,6 +225,10 @@ class Recorder:
         self._open_flows: dict[str, list[Any]] = {}
         self._ended: list[list[Any]] = []
         self._ended_overflow = False
+        #: where the compiled meter puts the flows of the records it writes as JSON (capture's outbox offers
+        #: it as raw_index): a start's Flow, or None then the Flow for an end; read in order (_drain) before
+        #: the index is used, so it holds what on_flow would have been given
+        self.pending: list[Any] = []
         # the cutoff's per-flow byte counts (only with a cutoff): two generations of dicts
         self._cur: dict[Any, list[int]] = {}
         self._old: dict[Any, list[int]] = {}
@@ -225,6 +245,10 @@ class Recorder:
         self.write_errors = 0
         self.index_truncated = 0
         self.packets_too_big = 0
+        self.files_direct = 0
+        self._synced = 0.0
+        self._wpend: list[bytes] = []     # packets for the file being written, not yet queued (_io)
+        self._wpend_n = 0
 
     # ------------------------------------------------------------------ the store
     def _scan(self) -> None:
@@ -236,10 +260,8 @@ class Recorder:
             m = _NAME.match(p.name)
             self.seq = max(self.seq, int(m.group("seq")) if m else 0)
             size = _size(p) + _size(_idx_path(p))
-            last = 0.0
-            try:
-                last = float(json.loads(_idx_path(p).read_text()).get("last_ts", 0.0))
-            except (OSError, ValueError, AttributeError):   # no index (a crash): its write time
+            last = _index_last_ts(_idx_path(p))
+            if last is None:                   # no index (a crash): its write time
                 try:
                     last = p.stat().st_mtime
                 except OSError:
@@ -254,11 +276,26 @@ class Recorder:
     # File operations run in order on one thread, so that a slow disk does not stall capture's
     # loop; the byte accounting (and so the bound) is done here, before an operation is queued:
     # the disk only ever holds a prefix of the queued operations, each within the bound.
+    # Packets go to the writer thread WRITE_BYTES at a time (and before any other operation): each item the
+    # thread takes costs a turn of the interpreter's lock, which capture's loop then waits for.
     def _io(self, fn: Any, *args: Any) -> None:
+        if self._wpend:
+            self._io_pending()
+        self._put(fn, args)
+
+    def _put(self, fn: Any, args: tuple) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._io_loop, name="ft-recorder-io", daemon=True)
             self._thread.start()
         self._q.put((fn, args))          # bounded: blocks when the disk is this far behind
+
+    def _io_pending(self) -> None:
+        pieces, n, self._wpend, self._wpend_n = self._wpend, self._wpend_n, [], 0
+        with self._qcv:     # bounded in bytes: blocks while the disk is QUEUE_BYTES behind
+            while self._qbytes and self._qbytes + n > QUEUE_BYTES:
+                self._qcv.wait(1.0)
+            self._qbytes += n
+        self._put(self._do_write, (pieces, n))
 
     def _io_loop(self) -> None:
         while True:
@@ -271,10 +308,14 @@ class Recorder:
             except OSError as exc:
                 self.write_errors += 1
                 log.warning("recorder: %s", exc)
+            except Exception:   # noqa: BLE001 - the thread must live on: capture waits on its queue
+                self.write_errors += 1
+                log.exception("recorder: a file operation failed")
 
     def flush(self) -> None:
-        """Wait until every queued file operation is done."""
+        """Wait until every queued file operation is done (and what was written is readable in the files)."""
         if self._thread is not None:
+            self._io(self._do_sync)
             self._q.put(None)
             self._thread.join()
             self._thread = None
@@ -286,26 +327,42 @@ class Recorder:
         if self._thread is None:
             ev.set()
         else:
-            self._q.put((ev.set, ()))
+            self._io(self._do_sync)
+            self._put(ev.set, ())
         return ev
 
     def flow_span(self, flow_id: str) -> tuple[float, float] | None:
         """(start, end or 0 while open) of a flow the index still holds (open, or ended since the last rotation)."""
+        self._drain()
         e = self._open_flows.get(flow_id)
         if e is None:
             e = next((x for x in reversed(self._ended) if x[6] == flow_id), None)
         return (float(e[7]), float(e[8])) if e is not None else None
 
     def _do_open(self, path: Path, dlt: int, snaplen: int = 262144) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        os.fchmod(fd, 0o640)
-        self._wfh = os.fdopen(fd, "wb", buffering=0)
+        if self.direct_io and self._wbuf is None:
+            self._wbuf = mmap.mmap(-1, BUF_BYTES, flags=mmap.MAP_PRIVATE)   # page-aligned, one per recorder
+        self._wfh = _Writer(path, self._wbuf)
+        if self._wfh.direct:
+            self.files_direct += 1
         self._wfh.write(pcap_header(dlt, snaplen))
 
-    def _do_write(self, data: bytes) -> None:
-        if self._wfh is None:
-            raise OSError("write to a file that could not be opened")
-        self._wfh.write(data)
+    def _do_write(self, pieces: list[bytes], n: int) -> None:
+        try:
+            if self._wfh is None:
+                raise OSError("write to a file that could not be opened")
+            for data in pieces:
+                self._wfh.write(data)
+        finally:
+            with self._qcv:
+                self._qbytes -= n
+                self._qcv.notify()
+
+    def _do_sync(self) -> None:
+        """What the file being written holds so far, readable in it (the direct writer's unaligned tail)."""
+        if self._wfh is not None:
+            self._wfh.sync()
+        self._synced = time.monotonic()
 
     def _do_close(self) -> None:
         fh, self._wfh = self._wfh, None
@@ -376,27 +433,64 @@ class Recorder:
         return True
 
     def on_flow(self, rec: Any) -> None:
-        """The meter's flow records (capture's Outbox passes each one): the index's flows and hosts."""
+        """The meter's flow records (capture's Outbox passes each one it gets as an object): the index's flows
+        and hosts."""
+        self._drain()
         phase = rec.phase
         if phase == "start":
-            t = rec.transport
-            proto = _PROTO_NUM.get(t) or (int(t) if t.isdigit() else 0)
-            of = self._open_flows
-            if len(of) >= self.max_flows:     # the meter ends every flow it starts; a bound all the same
-                del of[next(iter(of))]
-            of[rec.flow_id] = [proto, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port, rec.vlan_id,
-                                rec.flow_id, rec.first_seen, 0.0]
+            self._started(rec.transport, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port, rec.vlan_id,
+                          rec.flow_id, rec.first_seen)
         elif phase == "end":
-            e = self._open_flows.pop(rec.flow_id, None)
-            if e is not None:
-                e[8] = rec.last_seen
-                self._ended.append(e)
-                if len(self._ended) > 2 * self.index_max_flows + 16:   # this file's index will be truncated
-                    self._ended.clear()
-                    self._ended_overflow = True
+            self._ended_at(rec.flow_id, rec.last_seen)
+
+    def _started(self, t: str, src: str, sport: int, dst: str, dport: int, vlan: int, fid: str, first: float) -> None:
+        proto = _PROTO_NUM.get(t) or (int(t) if t.isdigit() else 0)
+        of = self._open_flows
+        if len(of) >= self.max_flows:     # the meter ends every flow it starts; a bound all the same
+            del of[next(iter(of))]
+        of[fid] = [proto, src, sport, dst, dport, vlan, fid, first, 0.0]
+
+    def _ended_at(self, fid: str, last: float) -> None:
+        e = self._open_flows.pop(fid, None)
+        if e is not None:
+            e[8] = last
+            self._ended.append(e)
+            if len(self._ended) > 2 * self.index_max_flows + 16:   # this file's index will be truncated
+                self._ended.clear()
+                self._ended_overflow = True
+
+    def _drain(self) -> None:
+        """The flows the compiled meter put in ``pending`` since the last call, as on_flow takes records: a
+        Flow is a start (the record's fields are the flow's: transport, addresses, ports, its first VLAN,
+        id, first packet), None marks the next Flow as an end (at its last packet)."""
+        pend = self.pending
+        if not pend:
+            return
+        # _started and _ended_at inlined: this runs once per flow start and end
+        of, ended, pnum, cap = self._open_flows, self._ended, _PROTO_NUM, self.max_flows
+        pop, over = of.pop, 2 * self.index_max_flows + 16
+        it = iter(pend)
+        for f in it:
+            if f is None:
+                f = next(it)
+                e = pop(f.flow_id, None)
+                if e is not None:
+                    e[8] = f.last
+                    ended.append(e)
+                    if len(ended) > over:   # this file's index will be truncated
+                        ended.clear()
+                        self._ended_overflow = True
+            else:
+                if len(of) >= cap:
+                    del of[next(iter(of))]
+                t, v, fid = f.transport, f.vlan_ids, f.flow_id
+                of[fid] = [pnum.get(t) or (int(t) if t.isdigit() else 0), f.src_ip, f.sport, f.dst_ip, f.dport,
+                           v[0] if v else 0, fid, f.first, 0.0]
+        pend.clear()   # in place: the meter holds this list while it runs a batch
 
     def _index(self) -> dict[str, Any]:
         """Flows that can have packets in the file: open now, or ended after its first packet."""
+        self._drain()
         first = self._first_ts
         ended = self._ended
         rows = [e for e in ended if e[8] >= first]
@@ -459,6 +553,7 @@ class Recorder:
     def record(self, recs: Any, dlt: int | None = None) -> None:
         """Append one batch of ``(ts, frame)`` records (capture order) to the store."""
         keep = self.meter.take_keep() if self._meter_keeps else None   # the meter's marks for this batch
+        self._drain()
         if not recs:
             return
         dl = self.datalink if dlt is None else dlt
@@ -548,7 +643,10 @@ class Recorder:
         if not self._make_room(n):
             self.write_errors += 1      # cannot happen while file_bytes <= max_bytes / 8
             return
-        self._io(self._do_write, data)
+        self._wpend.append(data)          # queued WRITE_BYTES at a time (_io)
+        self._wpend_n += n
+        if self._wpend_n >= WRITE_BYTES:
+            self._io_pending()
         self._fsize += n
         self.bytes_written += n
         self._fpackets += npk
@@ -557,18 +655,147 @@ class Recorder:
 
     def tick(self, now_ts: float) -> None:
         """Periodic (per batch or per tick): age bound and time rotation of an idle live capture."""
+        self._drain()
         self.expire(now_ts)
         if self._fh is not None and self.file_s and self._fpackets and now_ts - self._first_ts >= self.file_s:
             self._rotate()
+        elif self._fh is not None and self._thread is not None and time.monotonic() - self._synced >= SYNC_S:
+            self._synced = time.monotonic()    # the file being written readable up to its last second or so
+            self._io(self._do_sync)
 
     def stats(self) -> dict[str, int]:
         return {"packets_written": self.packets_written, "bytes_written": self.bytes_written,
                 "packets_cut": self.packets_cut, "packets_too_big": self.packets_too_big, "files_written": self.files_written,
-                "files_deleted": self.files_deleted, "files_aged_out": self.files_aged_out,
+                "files_deleted": self.files_deleted, "files_direct": self.files_direct, "files_aged_out": self.files_aged_out,
                 "bytes_deleted": self.bytes_deleted, "rotations": self.rotations,
                 "write_errors": self.write_errors, "index_truncated": self.index_truncated,
                 "stored_bytes": self.stored_bytes(), "stored_files": len(self.files) + (self._fh is not None),
                 "cutoff_flows": (len(self._cur) + len(self._old)) // 2, "index_open_flows": len(self._open_flows)}
+
+
+_LAST_TS = re.compile(rb'"last_ts":(-?[0-9][0-9.eE+-]*)[,}]')
+
+
+def _index_last_ts(ip: Path) -> float | None:
+    """An index file's last_ts: from its head, where the recorder writes it before the (long) host and flow
+    lists (a JSON string cannot hold an unescaped quote, so no value can look like the key), else by
+    parsing the whole file; None where it cannot be read."""
+    try:
+        with open(ip, "rb") as fh:
+            head = fh.read(4096)
+            m = _LAST_TS.search(head)
+            if m is not None:
+                return float(m.group(1))
+            v = orjson.loads(head + fh.read()).get("last_ts", 0.0)
+            return float(v)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
+class _Writer:
+    """One store file being written, on the recorder's writer thread.
+
+    Given the recorder's buffer (O_DIRECT on, where the filesystem takes it), the bytes go from a page-aligned buffer to
+    the disk without the kernel's copy into the page cache, which cost as much CPU as the rest of the
+    recorder: writes of whole 4 KB blocks at block offsets, of ``FLUSH`` bytes or more at a time; the last
+    partial block stays in the buffer.  ``sync`` (a barrier, the recorder's tick about once a second, close)
+    makes that tail readable: it writes the buffer through a second, ordinary descriptor at its offset and
+    keeps it, so that the next direct write covers the same block again.  Where the filesystem refuses
+    O_DIRECT (at open or at a write), the file is written through the page cache as before."""
+
+    def __init__(self, path: Path, buf: Any) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        self.fd = os.open(path, flags, 0o640)      # the ordinary descriptor (the tail, and the fallback)
+        os.fchmod(self.fd, 0o640)
+        self.dfd = -1
+        if buf is not None and _O_DIRECT:
+            try:
+                self.dfd = os.open(path, os.O_WRONLY | _O_DIRECT)
+            except OSError:                        # e.g. a tmpfs that does not take it
+                self.dfd = -1
+        self.direct = self.dfd >= 0
+        self.mv = memoryview(buf) if self.direct else None   # the recorder's page-aligned buffer (BUF_BYTES)
+        self.n = 0        # bytes in the buffer
+        self.off = 0      # the file offset of the buffer's first byte (a block boundary)
+
+    def write(self, data: bytes) -> None:
+        if not self.direct:
+            _write_all(self.fd, data)
+            return
+        mv, cap = self.mv, BUF_BYTES
+        i, n = 0, len(data)
+        while i < n:
+            k = min(n - i, cap - self.n)
+            mv[self.n:self.n + k] = data[i:i + k]
+            self.n += k
+            i += k
+            if self.n >= FLUSH_BYTES:
+                self._flush_blocks()
+
+    def _flush_blocks(self) -> None:
+        """The buffer's whole blocks to the disk (direct); the partial one moves to the buffer's start."""
+        whole = self.n & ~(BLOCK - 1)
+        if not whole:
+            return
+        try:
+            w = os.pwrite(self.dfd, self.mv[:whole], self.off)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            w = -1
+        if w != whole:                  # refused (EINVAL) or short: this file goes through the page cache
+            self._fallback()
+            return
+        rest = self.n - whole
+        self.mv[:rest] = self.mv[whole:self.n]
+        self.off += whole
+        self.n = rest
+
+    def _fallback(self) -> None:
+        _pwrite_all(self.fd, self.mv[:self.n], self.off)
+        os.lseek(self.fd, self.off + self.n, os.SEEK_SET)
+        self._drop_direct()
+
+    def _drop_direct(self) -> None:
+        self.direct = False
+        os.close(self.dfd)
+        self.dfd = -1
+        self.mv.release()
+        self.mv = None
+        self.n = 0
+
+    def sync(self) -> None:
+        if self.direct and self.n:
+            self._flush_blocks()
+            if self.direct and self.n:
+                _pwrite_all(self.fd, self.mv[:self.n], self.off)
+
+    def close(self) -> None:
+        try:
+            if self.direct:
+                self._flush_blocks()
+                if self.direct:
+                    _pwrite_all(self.fd, self.mv[:self.n], self.off)
+                    self._drop_direct()
+        finally:
+            if self.dfd >= 0:
+                os.close(self.dfd)
+            if self.mv is not None:
+                self.mv.release()
+            os.close(self.fd)
+
+
+def _write_all(fd: int, data: Any) -> None:
+    mv = memoryview(data)
+    while mv:
+        mv = mv[os.write(fd, mv):]
+
+
+def _pwrite_all(fd: int, data: Any, off: int) -> None:
+    mv = memoryview(data)
+    while mv:
+        w = os.pwrite(fd, mv, off)
+        mv, off = mv[w:], off + w
 
 
 def _idx_path(p: Path) -> Path:
@@ -590,7 +817,8 @@ def from_settings(settings: Any, meter: Any = None) -> Recorder | None:
                     max_bytes=settings.record_max_bytes, max_age_s=settings.record_max_age_s,
                     file_bytes=settings.record_file_bytes, file_s=settings.record_file_s,
                     cutoff_bytes=settings.record_cutoff_bytes, index_max_flows=settings.record_index_max_flows,
-                    max_flows=settings.max_flows, idle_s=settings.idle_timeout_s, meter=meter)
+                    max_flows=settings.max_flows, idle_s=settings.idle_timeout_s, meter=meter,
+                    direct_io=settings.record_direct_io)
 
 
 pcap_pack = _c.pcap_pack if _c is not None else pcap_pack_py

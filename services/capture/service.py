@@ -89,9 +89,16 @@ class Outbox:
     @property
     def raw_records(self) -> list[Event | bytes] | None:
         """Where the meter may put end records as their JSON (bytes) instead of FlowRecord objects: this
-        outbox's records, when nothing in this process reads the objects (no packet recorder indexing them,
-        no inline detectors); None otherwise.  batch_json takes such items as they are."""
-        return self.records if self.recorder is None and self.detectors is None else None
+        outbox's records, when nothing in this process reads the objects (no inline detectors); None
+        otherwise.  batch_json takes such items as they are.  The packet recorder's index then reads the
+        flows themselves (raw_index)."""
+        return self.records if self.detectors is None else None
+
+    @property
+    def raw_index(self) -> list | None:
+        """With the raw records, where the meter puts the flows the packet recorder indexes (its ``pending``:
+        a start's flow, None then the flow for an end); None without a recorder."""
+        return self.recorder.pending if self.recorder is not None else None
 
     @property
     def raw_live(self) -> list[FlowRecord | bytes] | None:

@@ -117,8 +117,10 @@ def addrs(frame: bytes) -> tuple[str, str, int, int, int] | None:
     return (str(ipaddress.ip_address(ip.src)), str(ipaddress.ip_address(ip.dst)), sp, dp, proto)
 
 
-def record(frames, directory: Path, batch: int = 512, **kw) -> tuple[Recorder, FlowMeter, list[int]]:
-    """Meter + recorder over ``frames`` in batches, as capture does; returns the store size after every batch."""
+def record(frames, directory: Path, batch: int = 512, raw: bool = False, **kw) -> tuple[Recorder, FlowMeter, list[int]]:
+    """Meter + recorder over ``frames`` in batches, as capture does; returns the store size after every batch.
+    ``raw``: the sink takes records as their JSON and offers the recorder's ``pending`` as ``raw_index``, as
+    capture's Outbox does without inline detectors (the index then reads the flows, not record objects)."""
     sink = ListSink()
     meter = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, source="eth7")
     meter.set_source("eth7", 1)
@@ -129,6 +131,9 @@ def record(frames, directory: Path, batch: int = 512, **kw) -> tuple[Recorder, F
         rec.on_flow(r)
 
     sink.flow = flow
+    if raw:
+        sink.raw_records = sink.raw_live = sink.flows
+        sink.raw_index = rec.pending
     sizes = []
     for i in range(0, len(frames), batch):
         part = frames[i:i + batch]
@@ -187,6 +192,30 @@ def test_store_never_exceeds_a_tiny_byte_bound_over_a_long_replay(tmp_path):
     assert pcaps and all(p.with_name(p.name + IDX_SUFFIX).exists() for p in pcaps)
     kept = [r for p in pcaps for r in dpkt_read(p)]
     assert kept == [(ts, f) for ts, f in frames[-len(kept):]]
+
+
+@pytest.mark.parametrize("index_max_flows", [100_000, 50])
+def test_the_index_is_the_same_from_record_json_as_from_record_objects(tmp_path, index_max_flows):
+    """Where the compiled meter writes records as JSON (capture without inline detectors), the recorder's
+    index reads the flows the meter hands it (raw_index) instead of record objects: same index files (also
+    where they overflow the index's bound and are truncated)."""
+    frames = traffic(n_flows=400, seed=12, span_s=900)
+    frames += [(ts + 1000, f) for ts, f in traffic(n_flows=60, seed=13, span_s=30)]   # ends by idle timeout
+    rec_o, m_o, _ = record(frames, tmp_path / "objects", file_s=60.0, index_max_flows=index_max_flows)
+    rec_j, m_j, _ = record(frames, tmp_path / "json", file_s=60.0, raw=True, index_max_flows=index_max_flows)
+    assert (rec_o.index_truncated > 0) == (index_max_flows < 100) and rec_o.index_truncated == rec_j.index_truncated
+    from services.capture import flows as flows_mod
+    if flows_mod._crecord_out is not None:     # built (as CI builds it): the JSON path was taken
+        assert any(type(r) is bytes for r in m_j.sink.flows)
+    idx_o = [json.loads(p.with_name(p.name + IDX_SUFFIX).read_text()) for p in list_store(tmp_path / "objects")]
+    idx_j = [json.loads(p.with_name(p.name + IDX_SUFFIX).read_text()) for p in list_store(tmp_path / "json")]
+    assert len(idx_o) >= 10 and sum(len(i["flows"]) for i in idx_o) > (400 if index_max_flows > 100 else 150)
+    for a, b in zip(idx_o, idx_j, strict=True):
+        a.pop("file"), b.pop("file")
+        for row in a["flows"] + b["flows"]:   # a flow id is the meter's own prefix and the flow's number
+            row[6] = row[6].split("-", 1)[1]
+        assert a == b
+    assert any(row[8] for i in idx_o for row in i["flows"])   # ended flows, with their last packet's time
 
 
 def test_time_rotation_and_index_contents(tmp_path):
@@ -529,3 +558,109 @@ def test_index_summaries_follow_replaced_and_deleted_indexes(tmp_path):
     record(traffic(n_flows=40, seed=13), other, file_bytes=32 * 1024)
     select_files(other, Query(host="10.1.0.1"))
     assert os.path.abspath(store) in ex._SUMMARIES and os.path.abspath(other) in ex._SUMMARIES
+
+
+# ---------------------------------------------------------------- the writer (O_DIRECT where it is taken)
+def _direct_taken(directory: Path) -> bool:
+    """Whether this filesystem opens files with O_DIRECT (ext4 does; some tmpfs do not)."""
+    probe = directory / "probe"
+    probe.write_bytes(b"")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_DIRECT))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.unlink()
+
+
+def _pieces(seed: int, n: int = 400) -> list[bytes]:
+    rnd = random.Random(seed)
+    return [os.urandom(rnd.choice([1, 15, 100, 1514, 4095, 4096, 4097, 9000, 70_000, 300_000])) for _ in range(n)]
+
+
+def test_the_direct_writer_writes_exactly_the_bytes_and_a_sync_makes_them_readable(tmp_path):
+    import mmap
+
+    from services.capture import recorder as recmod
+
+    buf = mmap.mmap(-1, recmod.BUF_BYTES, flags=mmap.MAP_PRIVATE)
+    path = tmp_path / "f.pcap"
+    w = recmod._Writer(path, buf)
+    assert w.direct == _direct_taken(tmp_path)
+    data = _pieces(1)
+    for k, piece in enumerate(data):
+        w.write(piece)
+        if k == 150:                  # a barrier mid-file: everything so far is in the file
+            w.sync()
+            assert path.read_bytes() == b"".join(data[:151])
+    w.sync()
+    w.close()
+    assert path.read_bytes() == b"".join(data)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    w2 = recmod._Writer(tmp_path / "g.pcap", buf)    # the buffer is the recorder's, reused file after file
+    w2.write(b"x" * 5000)
+    w2.close()
+    assert (tmp_path / "g.pcap").read_bytes() == b"x" * 5000
+
+
+@pytest.mark.parametrize("how", ["refused", "short"])
+def test_a_direct_write_the_filesystem_refuses_falls_back_to_the_page_cache(tmp_path, monkeypatch, how):
+    import errno
+    import mmap
+
+    from services.capture import recorder as recmod
+
+    if not _direct_taken(tmp_path):
+        pytest.fail("this test needs a filesystem that opens files with O_DIRECT (ext4, as CI's /tmp)")
+    buf = mmap.mmap(-1, recmod.BUF_BYTES, flags=mmap.MAP_PRIVATE)
+    path = tmp_path / "f.pcap"
+    w = recmod._Writer(path, buf)
+    data = _pieces(2)
+    real = os.pwrite
+    calls = {"direct": 0}
+
+    def pwrite(fd, b, off):
+        if fd == w.dfd:
+            calls["direct"] += 1
+            if calls["direct"] == 3:      # the third direct write fails
+                if how == "refused":
+                    raise OSError(errno.EINVAL, "Invalid argument")
+                return real(fd, memoryview(b)[:4096], off)   # short: one block of it
+        return real(fd, b, off)
+
+    monkeypatch.setattr(recmod.os, "pwrite", pwrite)
+    for piece in data:
+        w.write(piece)
+    w.close()
+    assert calls["direct"] == 3 and not w.direct
+    assert path.read_bytes() == b"".join(data)
+
+
+@pytest.mark.parametrize("cutoff", [0, 3000])
+def test_the_store_is_the_same_written_direct_or_through_the_page_cache(tmp_path, cutoff):
+    frames = traffic(n_flows=300, seed=14, span_s=900)
+    rec_d, _m, _ = record(frames, tmp_path / "direct", file_s=120.0, cutoff_bytes=cutoff)
+    rec_b, _m, _ = record(frames, tmp_path / "buffered", file_s=120.0, cutoff_bytes=cutoff, direct_io=False)
+    assert rec_d.files_direct == (rec_d.files_written if _direct_taken(tmp_path) else 0) and rec_b.files_direct == 0
+    a, b = list_store(tmp_path / "direct"), list_store(tmp_path / "buffered")
+    assert len(a) == len(b) >= 5
+    for p, q in zip(a, b):
+        assert p.name == q.name and p.read_bytes() == q.read_bytes()
+    assert rec_d.packets_written == rec_b.packets_written > 0
+
+
+def test_a_restart_reads_each_index_s_last_time_from_its_head(tmp_path):
+    from services.capture import recorder as recmod
+
+    hostile = tmp_path / "a.idx.json"
+    # a source name cannot fake the key: JSON escapes its quotes
+    hostile.write_bytes(recmod._dumps({"version": 1, "source": 'x","last_ts":5,"y":"', "first_ts": 1.5,
+                                       "last_ts": 1700000123.25, "hosts": ["10.0.0.1"] * 2000}))
+    assert recmod._index_last_ts(hostile) == 1700000123.25
+    late = tmp_path / "b.idx.json"       # a key past the head: the whole file is parsed
+    late.write_bytes(b'{"hosts": [' + b'"10.0.0.1",' * 1000 + b'"x"], "last_ts": 7.5}')
+    assert recmod._index_last_ts(late) == 7.5
+    bad = tmp_path / "c.idx.json"
+    bad.write_bytes(b"{not json")
+    assert recmod._index_last_ts(bad) is None and recmod._index_last_ts(tmp_path / "missing") is None
