@@ -11,6 +11,6 @@ setup(ext_modules=[Extension("services.capture._fastpath", ["services/capture/_f
                              extra_compile_args=["-O2"], optional=True),
                    Extension("services.capture._meter", ["services/capture/_meter.c"],
                              extra_compile_args=["-O2"], optional=True),
-                   # the packet recorder's record packing (services/capture/recorder.py has its twin)
+                   # the packet recorder's record packing and writer thread (services/capture/recorder.py has twins)
                    Extension("services.capture._recfast", ["services/capture/_recfast.c"],
                              extra_compile_args=["-O2"], optional=True)])

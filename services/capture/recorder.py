@@ -22,9 +22,12 @@ recorder appends the batch to the current pcap file of its directory
 - ``FT_RECORD_CUTOFF_BYTES`` keeps only the first N bytes of every flow (both
   directions together), as Zeek's Time Machine does.
 
-Per packet the recorder builds the 16-byte pcap record header and appends
-the frame to the batch's bytes; a writer thread writes them, 4 MB at a time,
-with O_DIRECT where the filesystem takes it (``_Writer``).  With a cutoff, the
+Per packet the recorder builds the 16-byte pcap record header.  The compiled
+writer (``_recfast.Writer``, a C thread that never takes the interpreter's
+lock) gets each batch's headers and frames and copies them into the file; the
+pure-Python twin, a Python thread, gets the packed records 4 MB at a time.
+Both write with O_DIRECT where the filesystem takes it (``_Writer`` is the
+twin's file).  With a cutoff, the
 meter given as ``meter`` does the counting: the Recorder sets its
 ``record_cutoff``, the meter marks every record it meters (one comparison on
 its flow's ``rec_bytes``, frame bytes of both directions; packets of no flow,
@@ -43,6 +46,7 @@ name) and bounds its own share: ``FT_RECORD_MAX_BYTES / shards``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -170,7 +174,8 @@ class Recorder:
     def __init__(self, directory: str | os.PathLike[str], *, probe: str = "probe1", shard: int = -1, shards: int = 1,
                  max_bytes: int = 0, max_age_s: float = 0.0, file_bytes: int = 64 << 20, file_s: float = 300.0,
                  cutoff_bytes: int = 0, index_max_flows: int = 100_000, max_flows: int = 1_000_000,
-                 idle_s: float = 120.0, meter: Any = None, source: str = "", direct_io: bool = True) -> None:
+                 idle_s: float = 120.0, meter: Any = None, source: str = "", direct_io: bool = True,
+                 c_writer: bool | None = None) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.probe = _UNSAFE.sub("-", probe)[:64] or "probe"
@@ -209,6 +214,10 @@ class Recorder:
         #: write the pcaps with O_DIRECT where the filesystem takes it (_Writer)
         self.direct_io = bool(direct_io)
         self._wbuf: Any = None
+        #: the compiled writer (_recfast.Writer) where built, else the writer thread below
+        self._use_c = (c_writer if c_writer is not None else True) and _c is not None and hasattr(_c, "Writer")
+        self._cw: Any = None
+        self._c_seen_errors = 0
         self._q: queue.Queue = queue.Queue(maxsize=1024)    # operations; their packets bounded by QUEUE_BYTES
         self._qcv = threading.Condition()
         self._qbytes = 0
@@ -284,6 +293,9 @@ class Recorder:
         self._put(fn, args)
 
     def _put(self, fn: Any, args: tuple) -> None:
+        if self._use_c:
+            self._c_op(fn, args)
+            return
         if self._thread is None:
             self._thread = threading.Thread(target=self._io_loop, name="ft-recorder-io", daemon=True)
             self._thread.start()
@@ -291,6 +303,9 @@ class Recorder:
 
     def _io_pending(self) -> None:
         pieces, n, self._wpend, self._wpend_n = self._wpend, self._wpend_n, [], 0
+        if self._use_c:                  # the compiled writer bounds its queue itself
+            self._c_op(self._do_write, (pieces, n))
+            return
         with self._qcv:     # bounded in bytes: blocks while the disk is QUEUE_BYTES behind
             while self._qbytes and self._qbytes + n > QUEUE_BYTES:
                 self._qcv.wait(1.0)
@@ -312,17 +327,95 @@ class Recorder:
                 self.write_errors += 1
                 log.exception("recorder: a file operation failed")
 
+    def _c_op(self, fn: Any, args: tuple) -> None:
+        """An operation for the compiled writer (_recfast.Writer: a thread that never takes the interpreter's
+        lock), started at the first one (after any fork: sharded replays fork their capture processes)."""
+        cw = self._cw
+        if cw is None:
+            cw = self._cw = _c.Writer(direct=self.direct_io, buf_bytes=BUF_BYTES, flush_bytes=FLUSH_BYTES,
+                                      queue_bytes=QUEUE_BYTES)
+        if fn == self._do_write:          # blocks while QUEUE_BYTES of packets wait for the disk
+            if type(args[0]) is bytes:    # (heads, frames, size): pcap_heads' records
+                cw.write_records(args[0], args[1])
+            else:
+                cw.write(args[0])
+        elif fn == self._do_open:
+            path, dlt, snaplen = args
+            cw.open(os.fspath(path), pcap_header(dlt, snaplen))
+        elif fn == self._do_sync:
+            cw.sync()
+        elif fn == self._do_close:
+            cw.close_file()
+        elif fn == self._do_index:
+            ip = _idx_path(args[0])
+            cw.index(os.fspath(ip), os.fspath(ip.with_name(ip.name + ".tmp")), args[1])
+        elif fn == self._do_unlink:
+            cw.unlink(os.fspath(args[0]))
+            cw.unlink(os.fspath(_idx_path(args[0])))
+        else:
+            raise TypeError(f"not a file operation: {fn!r}")
+
+    def _c_errors(self) -> None:
+        """The compiled writer's errors into write_errors (logged), and its direct files into files_direct."""
+        if self._cw is None:
+            return
+        errors, direct, last, _done = self._cw.stats()
+        if errors > self._c_seen_errors:
+            self.write_errors += errors - self._c_seen_errors
+            self._c_seen_errors = errors
+            log.warning("recorder: %s", last)
+        self.files_direct = direct
+
     def flush(self) -> None:
         """Wait until every queued file operation is done (and what was written is readable in the files)."""
+        if self._use_c:
+            if self._cw is not None:
+                self._io(self._do_sync)
+                self._cw.wait(self._cw.fence())
+                self._c_errors()
+            return
         if self._thread is not None:
             self._io(self._do_sync)
             self._q.put(None)
             self._thread.join()
             self._thread = None
 
-    def barrier(self) -> threading.Event:
-        """An event set once every file operation queued so far is done (evidence cut from the store
-        waits on it, from another thread, so that it reads the packets recorded before it was asked)."""
+    @contextlib.contextmanager
+    def hold_writer(self) -> Any:
+        """The writer stopped between two file operations while the block runs (tests read the store then:
+        a size read while it works could count a file it deletes next and the bytes it then appends)."""
+        if self._use_c:
+            if self._cw is None:
+                yield
+                return
+            self._cw.hold()
+            try:
+                yield
+            finally:
+                self._cw.release()
+            return
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            held.set()
+            release.wait(10)
+
+        self._io(hold)
+        held.wait(10)
+        try:
+            yield
+        finally:
+            release.set()
+
+    def barrier(self) -> Any:
+        """Something to ``wait(timeout)`` on until every file operation queued so far is done (evidence cut
+        from the store waits on it, from another thread, so that it reads the packets recorded before it
+        was asked)."""
+        if self._use_c:
+            if self._cw is None:
+                return _Done(None, 0)
+            self._io(self._do_sync)
+            return _Done(self._cw, self._cw.fence())
         ev = threading.Event()
         if self._thread is None:
             ev.set()
@@ -542,6 +635,9 @@ class Recorder:
         """Close the file being written (with its index) and wait for the writer thread."""
         self._rotate()
         self.flush()
+        if self._cw is not None:
+            self._cw.shutdown()
+            self._cw = None
 
     # ------------------------------------------------------------------ the cutoff
     def _age(self, ts: float) -> None:
@@ -577,9 +673,15 @@ class Recorder:
         while i < n:
             if not self._fpackets:            # an empty file's time starts with its first packet
                 self._first_ts = recs[i][0]
-            # the records that fit this file (size and time), packed in one step (compiled where built)
-            data, j, big, last, npk = pcap_pack(recs, i, self.file_bytes - self._fsize, self._first_ts + file_s, maxrec,
-                                                self.cut_at, dl)
+            # the records that fit this file (size and time), packed in one step (compiled where built); for
+            # the compiled writer only their headers: it copies the frames on its own thread
+            if self._use_c:
+                heads, frames, nb, j, big, last, npk = _c.pcap_heads(recs, i, self.file_bytes - self._fsize,
+                                                                     self._first_ts + file_s, maxrec, self.cut_at, dl)
+                data: Any = (heads, frames, nb)
+            else:
+                data, j, big, last, npk = pcap_pack(recs, i, self.file_bytes - self._fsize, self._first_ts + file_s,
+                                                    maxrec, self.cut_at, dl)
             self.packets_too_big += big
             if npk:
                 self._write(data, npk, last)
@@ -636,17 +738,21 @@ class Recorder:
         self.packets_cut += cut
         return kept
 
-    def _write(self, data: bytes, npk: int, last_ts: float) -> None:
-        n = len(data)
+    def _write(self, data: Any, npk: int, last_ts: float) -> None:
+        """``data``: the records' bytes (pcap_pack), or for the compiled writer (headers, frames, size)."""
+        n = len(data) if type(data) is bytes else data[2]
         if not n or self._fh is None:
             return
         if not self._make_room(n):
             self.write_errors += 1      # cannot happen while file_bytes <= max_bytes / 8
             return
-        self._wpend.append(data)          # queued WRITE_BYTES at a time (_io)
-        self._wpend_n += n
-        if self._wpend_n >= WRITE_BYTES:
-            self._io_pending()
+        if type(data) is tuple:           # the compiled writer: queued at once (it bounds its queue in bytes)
+            self._c_op(self._do_write, data)
+        else:
+            self._wpend.append(data)      # queued WRITE_BYTES at a time (_io)
+            self._wpend_n += n
+            if self._wpend_n >= WRITE_BYTES:
+                self._io_pending()
         self._fsize += n
         self.bytes_written += n
         self._fpackets += npk
@@ -656,14 +762,17 @@ class Recorder:
     def tick(self, now_ts: float) -> None:
         """Periodic (per batch or per tick): age bound and time rotation of an idle live capture."""
         self._drain()
+        self._c_errors()
         self.expire(now_ts)
         if self._fh is not None and self.file_s and self._fpackets and now_ts - self._first_ts >= self.file_s:
             self._rotate()
-        elif self._fh is not None and self._thread is not None and time.monotonic() - self._synced >= SYNC_S:
+        elif (self._fh is not None and (self._thread is not None or self._cw is not None)
+              and time.monotonic() - self._synced >= SYNC_S):
             self._synced = time.monotonic()    # the file being written readable up to its last second or so
             self._io(self._do_sync)
 
     def stats(self) -> dict[str, int]:
+        self._c_errors()
         return {"packets_written": self.packets_written, "bytes_written": self.bytes_written,
                 "packets_cut": self.packets_cut, "packets_too_big": self.packets_too_big, "files_written": self.files_written,
                 "files_deleted": self.files_deleted, "files_direct": self.files_direct, "files_aged_out": self.files_aged_out,
@@ -690,6 +799,18 @@ def _index_last_ts(ip: Path) -> float | None:
             return float(v)
     except (OSError, ValueError, AttributeError, TypeError):
         return None
+
+
+class _Done:
+    """The compiled writer's barrier: wait(timeout) until its operation ``seq`` is done."""
+
+    __slots__ = ("cw", "seq")
+
+    def __init__(self, cw: Any, seq: int) -> None:
+        self.cw, self.seq = cw, seq
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return True if self.cw is None else bool(self.cw.wait(self.seq, -1.0 if timeout is None else timeout))
 
 
 class _Writer:

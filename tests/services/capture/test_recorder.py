@@ -150,18 +150,8 @@ def record(frames, directory: Path, batch: int = 512, raw: bool = False, **kw) -
 def du_between_ops(rec: Recorder, directory: Path) -> int:
     """The store's size with the writer thread held between two of its file operations (a size read while
     it works could count a file it deletes next and the bytes it then appends, which never coexist)."""
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        held.set()
-        release.wait(10)
-
-    rec._io(hold)
-    held.wait(10)
-    try:
+    with rec.hold_writer():
         return du(directory)
-    finally:
-        release.set()
 
 
 def du(directory: Path) -> int:
@@ -638,16 +628,59 @@ def test_a_direct_write_the_filesystem_refuses_falls_back_to_the_page_cache(tmp_
 
 
 @pytest.mark.parametrize("cutoff", [0, 3000])
-def test_the_store_is_the_same_written_direct_or_through_the_page_cache(tmp_path, cutoff):
+def test_the_store_is_the_same_written_direct_or_through_the_page_cache_by_either_writer(tmp_path, cutoff):
+    """The compiled writer (_recfast.Writer, where built: CI builds it) and the Python writer thread, each with
+    O_DIRECT and without, write the same files byte for byte."""
+    from services.capture import recorder as recmod
+
     frames = traffic(n_flows=300, seed=14, span_s=900)
-    rec_d, _m, _ = record(frames, tmp_path / "direct", file_s=120.0, cutoff_bytes=cutoff)
-    rec_b, _m, _ = record(frames, tmp_path / "buffered", file_s=120.0, cutoff_bytes=cutoff, direct_io=False)
-    assert rec_d.files_direct == (rec_d.files_written if _direct_taken(tmp_path) else 0) and rec_b.files_direct == 0
-    a, b = list_store(tmp_path / "direct"), list_store(tmp_path / "buffered")
-    assert len(a) == len(b) >= 5
-    for p, q in zip(a, b):
-        assert p.name == q.name and p.read_bytes() == q.read_bytes()
-    assert rec_d.packets_written == rec_b.packets_written > 0
+    recs = {}
+    for c_writer in (True, False):
+        for direct in (True, False):
+            name = f"{'c' if c_writer else 'py'}-{'direct' if direct else 'buffered'}"
+            recs[name], _m, _ = record(frames, tmp_path / name, file_s=120.0, cutoff_bytes=cutoff, direct_io=direct,
+                                       c_writer=c_writer)
+    built = recmod._c is not None and hasattr(recmod._c, "Writer")
+    assert recs["c-direct"]._use_c == built and not recs["py-direct"]._use_c
+    for name, rec in recs.items():
+        want_direct = rec.files_written if name.endswith("-direct") and _direct_taken(tmp_path) else 0
+        assert rec.stats()["files_direct"] == want_direct, name
+        assert rec.write_errors == 0 and rec.packets_written == recs["py-buffered"].packets_written > 0
+    ref = list_store(tmp_path / "py-buffered")
+    assert len(ref) >= 5
+    for name in recs:
+        got = list_store(tmp_path / name)
+        assert [p.name for p in got] == [p.name for p in ref], name
+        for p, q in zip(got, ref):
+            assert p.read_bytes() == q.read_bytes(), (name, p.name)
+            assert stat.S_IMODE(p.stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize("c_writer", [True, False])
+def test_a_store_whose_directory_vanishes_counts_write_errors_and_capture_goes_on(tmp_path, c_writer):
+    import shutil
+
+    frames = traffic(n_flows=200, seed=15, span_s=600)
+    store = tmp_path / "store"
+    sink = ListSink()
+    meter = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, source="eth7")
+    meter.set_source("eth7", 1)
+    rec = Recorder(store, meter=meter, file_s=60.0, c_writer=c_writer)
+    sink.flow = rec.on_flow
+    half = len(frames) // 2
+    for i in range(0, len(frames), 256):
+        part = frames[i:i + 256]
+        if i <= half < i + 256:
+            rec.flush()
+            shutil.rmtree(store)          # the disk went away under the recorder
+        meter.process_batch(part)
+        rec.record(part, 1)
+        rec.tick(part[-1][0])
+    rec.close()
+    meter.finish()
+    st = rec.stats()
+    assert st["write_errors"] > 0 and rec.packets_written == len(frames)   # counted as handed over, none lost in capture
+    assert st["rotations"] > 5 and not store.exists()
 
 
 def test_a_restart_reads_each_index_s_last_time_from_its_head(tmp_path):
@@ -664,3 +697,52 @@ def test_a_restart_reads_each_index_s_last_time_from_its_head(tmp_path):
     bad = tmp_path / "c.idx.json"
     bad.write_bytes(b"{not json")
     assert recmod._index_last_ts(bad) is None and recmod._index_last_ts(tmp_path / "missing") is None
+
+
+def test_the_compiled_writer_in_order_readable_after_sync_and_held_between_operations(tmp_path):
+    from services.capture import recorder as recmod
+
+    if recmod._c is None or not hasattr(recmod._c, "Writer"):
+        pytest.fail("services.capture._recfast is not built (CI builds it: pip install -e .)")
+    cw = recmod._c.Writer(direct=True, buf_bytes=1 << 20, flush_bytes=512 << 10, queue_bytes=4 << 20)
+    path = tmp_path / "w.pcap"
+    data = _pieces(3, 120)
+    cw.open(str(path), data[0])
+    for k in range(1, len(data)):
+        cw.write(data[k] if k % 2 else [data[k]])     # bytes or a list of them
+        if k == 60:
+            assert cw.wait(cw.sync(), 10)
+            assert path.read_bytes() == b"".join(data[:61])    # the direct buffer's partial block too
+    cw.hold()                                          # stopped: what is queued now waits
+    seq = cw.close_file()
+    idx = tmp_path / "w.idx.json"
+    cw.index(str(idx), str(tmp_path / "w.idx.json.tmp"), b'{"x": 1}')
+    last = cw.unlink(str(tmp_path / "missing"))        # no error
+    assert not cw.wait(seq, 0.2) and not idx.exists()
+    cw.release()
+    assert cw.wait(last, 10)
+    assert path.read_bytes() == b"".join(data) and idx.read_bytes() == b'{"x": 1}'
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640 and stat.S_IMODE(idx.stat().st_mode) == 0o640
+    errors, direct, _last_error, done = cw.stats()
+    assert errors == 0 and direct == (1 if _direct_taken(tmp_path) else 0) and done == last
+    cw.open(str(tmp_path / "no" / "such" / "dir.pcap"), b"h")
+    cw.write(b"x" * 10)
+    cw.shutdown()
+    errors, _d, last_error, _done = cw.stats()
+    assert errors == 2 and last_error.startswith("write")   # the open (no such directory), then the write to no file
+    with pytest.raises(RuntimeError):
+        cw.write(b"after")
+
+
+def test_pcap_heads_gives_pcap_pack_s_records_split_in_headers_and_frames():
+    from services.capture import recorder as recmod
+
+    if recmod._c is None:
+        pytest.fail("services.capture._recfast is not built (CI builds it: pip install -e .)")
+    recs = [(T0 + k * 0.001, fr) for k, (_ts, fr) in enumerate(traffic(n_flows=40, seed=16))]
+    recs[5] = (recs[5][0], b"\x00" * 70_000)                 # too big for max_rec: skipped by both
+    for start, room, until, cut in ((0, 1 << 30, float("inf"), 0), (3, 50_000, T0 + 0.2, 0), (0, 1 << 30, T0 + 9, 128)):
+        data, stop, big, last, npk = recmod._c.pcap_pack(recs, start, room, until, 65_536, cut, 1)
+        heads, frames, nb, stop2, big2, last2, npk2 = recmod._c.pcap_heads(recs, start, room, until, 65_536, cut, 1)
+        assert (stop, big, last, npk) == (stop2, big2, last2, npk2) and npk == len(frames) > 0
+        assert nb == len(data) and b"".join(heads[16 * k:16 * k + 16] + f for k, f in enumerate(frames)) == data
