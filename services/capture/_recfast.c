@@ -218,6 +218,7 @@ typedef struct {
     PyObject_HEAD
     pthread_t th;
     int started, stopping;
+    pid_t pid;                           /* the process that started the thread (a forked child has none) */
     unsigned long long held, released;   /* the hold op the thread stopped at, and the last one released */
     pthread_mutex_t mu;
     pthread_cond_t cv_work, cv_room, cv_done;
@@ -447,6 +448,8 @@ static void *w_main(void *arg) {
 
 /* the operations the thread has done: their packet bytes released (the caller's thread, under the GIL) */
 static void w_free_done(Writer *w) {
+    if (w->pid != getpid())       /* a forked child: the mutex may have been copied held; leave it all */
+        return;
     pthread_mutex_lock(&w->mu);
     Op *d = w->done;
     w->done = NULL;
@@ -506,8 +509,9 @@ static int op_pieces(Op *op, PyObject *data) {
 }
 
 static PyObject *w_submit(Writer *w, int kind, PyObject *path, PyObject *path2, PyObject *data, PyObject *heads) {
-    if (!w->started || w->stopping) {
-        PyErr_SetString(PyExc_RuntimeError, "the recorder's writer is shut down");
+    if (!w->started || w->stopping || w->pid != getpid()) {
+        PyErr_SetString(PyExc_RuntimeError, w->pid != getpid() ? "the recorder's writer belongs to the process that "
+                        "started it (this one was forked since)" : "the recorder's writer is shut down");
         return NULL;
     }
     w_free_done(w);
@@ -586,6 +590,10 @@ static PyObject *W_wait(Writer *w, PyObject *args) {
     double timeout = -1.0;
     if (!PyArg_ParseTuple(args, "K|d", &seq, &timeout))
         return NULL;
+    if (w->pid != getpid()) {
+        PyErr_SetString(PyExc_RuntimeError, "the recorder's writer belongs to the process that started it");
+        return NULL;
+    }
     int ok;
     Py_BEGIN_ALLOW_THREADS
     struct timespec until;
@@ -644,6 +652,8 @@ static PyObject *W_stats(Writer *w, PyObject *u) {
     long long errors, direct;
     unsigned long long done;
     char last[sizeof w->last_error];
+    if (w->pid != getpid())
+        return Py_BuildValue("(LLsK)", 0LL, 0LL, "", 0ULL);
     pthread_mutex_lock(&w->mu);
     errors = w->errors;
     direct = w->files_direct;
@@ -656,6 +666,10 @@ static PyObject *W_stats(Writer *w, PyObject *u) {
 static void w_stop(Writer *w) {
     if (!w->started)
         return;
+    if (w->pid != getpid()) {     /* a forked child: no thread to join, the file is its parent's */
+        w->started = 0;
+        return;
+    }
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&w->mu);
     w->stopping = 1;
@@ -703,6 +717,7 @@ static int W_init(Writer *w, PyObject *args, PyObject *kw) {
     pthread_cond_init(&w->cv_room, NULL);
     pthread_cond_init(&w->cv_done, NULL);
     w->started = 1;
+    w->pid = getpid();
     if (pthread_create(&w->th, NULL, w_main, w) != 0) {
         w->started = 0;
         PyErr_SetString(PyExc_OSError, "could not start the recorder's writer thread");
@@ -713,7 +728,7 @@ static int W_init(Writer *w, PyObject *args, PyObject *kw) {
 
 static void W_dealloc(Writer *w) {
     w_stop(w);
-    Op *q = w->head;     /* none is left once the thread has run them all; a failed start leaves none either */
+    Op *q = w->pid == getpid() ? w->head : NULL;   /* none is left once the thread has run them all */
     while (q != NULL) {
         Op *next = q->next;
         op_free_c(q);

@@ -217,6 +217,7 @@ class Recorder:
         #: the compiled writer (_recfast.Writer) where built, else the writer thread below
         self._use_c = (c_writer if c_writer is not None else True) and _c is not None and hasattr(_c, "Writer")
         self._cw: Any = None
+        self._cw_pid = 0
         self._c_seen_errors = 0
         self._q: queue.Queue = queue.Queue(maxsize=1024)    # operations; their packets bounded by QUEUE_BYTES
         self._qcv = threading.Condition()
@@ -330,10 +331,11 @@ class Recorder:
     def _c_op(self, fn: Any, args: tuple) -> None:
         """An operation for the compiled writer (_recfast.Writer: a thread that never takes the interpreter's
         lock), started at the first one (after any fork: sharded replays fork their capture processes)."""
-        cw = self._cw
+        cw = self._mine()
         if cw is None:
             cw = self._cw = _c.Writer(direct=self.direct_io, buf_bytes=BUF_BYTES, flush_bytes=FLUSH_BYTES,
                                       queue_bytes=QUEUE_BYTES)
+            self._cw_pid = os.getpid()
         if fn == self._do_write:          # blocks while QUEUE_BYTES of packets wait for the disk
             if type(args[0]) is bytes:    # (heads, frames, size): pcap_heads' records
                 cw.write_records(args[0], args[1])
@@ -355,9 +357,17 @@ class Recorder:
         else:
             raise TypeError(f"not a file operation: {fn!r}")
 
+    def _mine(self) -> Any:
+        """The compiled writer of this process: None where there is none yet or it is the parent's (this
+        process was forked since; dropping it does not touch the parent's thread or file)."""
+        if self._cw is not None and self._cw_pid != os.getpid():
+            self._cw = None
+            self._c_seen_errors = 0
+        return self._cw
+
     def _c_errors(self) -> None:
         """The compiled writer's errors into write_errors (logged), and its direct files into files_direct."""
-        if self._cw is None:
+        if self._mine() is None:
             return
         errors, direct, last, _done = self._cw.stats()
         if errors > self._c_seen_errors:
@@ -369,7 +379,7 @@ class Recorder:
     def flush(self) -> None:
         """Wait until every queued file operation is done (and what was written is readable in the files)."""
         if self._use_c:
-            if self._cw is not None:
+            if self._mine() is not None:
                 self._io(self._do_sync)
                 self._cw.wait(self._cw.fence())
                 self._c_errors()
@@ -385,7 +395,7 @@ class Recorder:
         """The writer stopped between two file operations while the block runs (tests read the store then:
         a size read while it works could count a file it deletes next and the bytes it then appends)."""
         if self._use_c:
-            if self._cw is None:
+            if self._mine() is None:
                 yield
                 return
             self._cw.hold()
@@ -412,7 +422,7 @@ class Recorder:
         from the store waits on it, from another thread, so that it reads the packets recorded before it
         was asked)."""
         if self._use_c:
-            if self._cw is None:
+            if self._mine() is None:
                 return _Done(None, 0)
             self._io(self._do_sync)
             return _Done(self._cw, self._cw.fence())
@@ -635,7 +645,7 @@ class Recorder:
         """Close the file being written (with its index) and wait for the writer thread."""
         self._rotate()
         self.flush()
-        if self._cw is not None:
+        if self._mine() is not None:
             self._cw.shutdown()
             self._cw = None
 

@@ -746,3 +746,41 @@ def test_pcap_heads_gives_pcap_pack_s_records_split_in_headers_and_frames():
         heads, frames, nb, stop2, big2, last2, npk2 = recmod._c.pcap_heads(recs, start, room, until, 65_536, cut, 1)
         assert (stop, big, last, npk) == (stop2, big2, last2, npk2) and npk == len(frames) > 0
         assert nb == len(data) and b"".join(heads[16 * k:16 * k + 16] + f for k, f in enumerate(frames)) == data
+
+
+def test_a_process_forked_after_the_writer_started_gets_its_own_and_never_waits_on_the_parent_s(tmp_path):
+    """A fork copies the compiled writer but not its thread (nor a free mutex): the child must neither join
+    nor lock it, and records into a writer of its own."""
+    frames = traffic(n_flows=60, seed=17, span_s=120)
+    sink = ListSink()
+    meter = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, source="eth7")
+    meter.set_source("eth7", 1)
+    rec = Recorder(tmp_path / "store", meter=meter, file_s=30.0)
+    sink.flow = rec.on_flow
+    half = len(frames) // 2
+    meter.process_batch(frames[:half])
+    rec.record(frames[:half], 1)
+    pid = os.fork()
+    if pid == 0:           # the child: its own writer, then out without the interpreter's teardown
+        code = 1
+        try:
+            rec.record(frames[half:], 1)
+            rec.barrier().wait(10)
+            rec.close()
+            code = 0 if rec.stats()["write_errors"] >= 0 and rec._cw is None else 3
+        finally:
+            os._exit(code)
+    deadline = 100
+    while deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        deadline -= 1
+        threading.Event().wait(0.1)
+    else:
+        os.kill(pid, 9)
+        pytest.fail("the forked child hung on its parent's writer")
+    assert os.waitstatus_to_exitcode(status) == 0
+    rec.record(frames[half:], 1)       # the parent goes on with its own
+    rec.close()
+    assert rec.write_errors == 0 and rec.packets_written == len(frames)
