@@ -219,6 +219,7 @@ class Recorder:
         self._cw: Any = None
         self._cw_pid = 0
         self._c_seen_errors = 0
+        self._c_direct_base = 0
         self._q: queue.Queue = queue.Queue(maxsize=1024)    # operations; their packets bounded by QUEUE_BYTES
         self._qcv = threading.Condition()
         self._qbytes = 0
@@ -336,6 +337,8 @@ class Recorder:
             cw = self._cw = _c.Writer(direct=self.direct_io, buf_bytes=BUF_BYTES, flush_bytes=FLUSH_BYTES,
                                       queue_bytes=QUEUE_BYTES)
             self._cw_pid = os.getpid()
+            self._c_seen_errors = 0               # a new writer counts from zero
+            self._c_direct_base = self.files_direct
         if fn == self._do_write:          # blocks while QUEUE_BYTES of packets wait for the disk
             if type(args[0]) is bytes:    # (heads, frames, size): pcap_heads' records
                 cw.write_records(args[0], args[1])
@@ -362,7 +365,6 @@ class Recorder:
         process was forked since; dropping it does not touch the parent's thread or file)."""
         if self._cw is not None and self._cw_pid != os.getpid():
             self._cw = None
-            self._c_seen_errors = 0
         return self._cw
 
     def _c_errors(self) -> None:
@@ -374,7 +376,7 @@ class Recorder:
             self.write_errors += errors - self._c_seen_errors
             self._c_seen_errors = errors
             log.warning("recorder: %s", last)
-        self.files_direct = direct
+        self.files_direct = self._c_direct_base + direct
 
     def flush(self) -> None:
         """Wait until every queued file operation is done (and what was written is readable in the files)."""

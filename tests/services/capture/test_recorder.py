@@ -784,3 +784,23 @@ def test_a_process_forked_after_the_writer_started_gets_its_own_and_never_waits_
     rec.record(frames[half:], 1)       # the parent goes on with its own
     rec.close()
     assert rec.write_errors == 0 and rec.packets_written == len(frames)
+
+
+def test_a_recorder_closed_and_used_again_keeps_counting_from_a_new_writer(tmp_path):
+    frames = traffic(n_flows=80, seed=18, span_s=300)
+    half = len(frames) // 2
+    sink = ListSink()
+    meter = FlowMeter(CaptureSettings(verdict_wait_s=0), sink, source="eth7")
+    meter.set_source("eth7", 1)
+    rec = Recorder(tmp_path / "store", meter=meter, file_s=60.0)
+    for part in (frames[:half], frames[half:]):
+        meter.process_batch(part)
+        rec.record(part, 1)
+        rec.close()                          # the writer (thread) ends; the next batch starts another
+        n = rec.stats()["files_direct"]
+        assert n == (rec.files_written if _direct_taken(tmp_path) else 0)
+    shutil_rm = __import__("shutil").rmtree
+    shutil_rm(tmp_path / "store")
+    rec.record(frames[:50], 1)               # the store's directory is gone: the new writer's errors count
+    rec.close()
+    assert rec.stats()["write_errors"] > 0 and rec.packets_written == len(frames) + 50
