@@ -3560,7 +3560,8 @@ static PyObject *record_out(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "record_out() needs bind_record() and a Flow");
         return NULL;
     }
-    if (emit_record(rec_spec != NULL ? raw : NULL, idx == Py_None ? NULL : idx, to, f, phase, ts, probe, app, application, category, host, conf) < 0)
+    if (emit_record(rec_spec != NULL ? raw : NULL, idx == Py_None ? NULL : idx, to, f, phase, ts, probe, app,
+                    application, category, host, conf) < 0)
         return NULL;
     Py_RETURN_NONE;
 }

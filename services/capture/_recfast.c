@@ -239,11 +239,22 @@ static void op_free_c(Op *op) {   /* the C parts (any thread) */
     free(op->path2);
     free((void *)op->ptrs);
     free(op->lens);
+    op->path = op->path2 = NULL;
+    op->ptrs = NULL;
+    op->lens = NULL;
 }
 
-static int pwrite_all(int fd, const unsigned char *p, size_t n, off_t off) {
+static void op_free(Op *op) {     /* the whole op: under the GIL (it drops the packet bytes) */
+    op_free_c(op);
+    Py_XDECREF(op->data);
+    Py_XDECREF(op->heads);
+    PyMem_RawFree(op);
+}
+
+/* all n bytes at offset off (off < 0: at the descriptor's position); 0 or an errno */
+static int write_all(int fd, const unsigned char *p, size_t n, off_t off) {
     while (n) {
-        ssize_t w = pwrite(fd, p, n, off);
+        ssize_t w = off < 0 ? write(fd, p, n) : pwrite(fd, p, n, off);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -251,28 +262,25 @@ static int pwrite_all(int fd, const unsigned char *p, size_t n, off_t off) {
         }
         p += w;
         n -= (size_t)w;
-        off += w;
+        if (off >= 0)
+            off += w;
     }
     return 0;
 }
 
-static int write_all(int fd, const unsigned char *p, size_t n) {
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return errno;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
+/* a new file, mode 0640 whatever the umask; the descriptor, or -1 with *err set */
+static int create_0640(const char *path, int *err) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (fd < 0)
+        *err = errno;
+    else if (fchmod(fd, 0640) < 0)
+        *err = errno;
+    return fd;
 }
 
 /* the rest of this file through the page cache (the buffer's bytes at their offset) */
 static int w_fallback(Writer *w) {
-    int e = pwrite_all(w->fd, w->buf, w->n, w->off);
+    int e = write_all(w->fd, w->buf, w->n, w->off);
     if (!e && lseek(w->fd, w->off + (off_t)w->n, SEEK_SET) < 0)
         e = errno;
     close(w->dfd);
@@ -302,7 +310,7 @@ static int w_append(Writer *w, const unsigned char *p, size_t len) {
         return EBADF;
     while (len) {
         if (w->dfd < 0)
-            return write_all(w->fd, p, len);
+            return write_all(w->fd, p, len, -1);
         size_t k = w->cap - w->n < len ? w->cap - w->n : len;
         memcpy(w->buf + w->n, p, k);
         w->n += k;
@@ -322,7 +330,7 @@ static int w_sync(Writer *w) {
         return 0;
     int e = w_flush_blocks(w);
     if (!e && w->dfd >= 0 && w->n)
-        e = pwrite_all(w->fd, w->buf, w->n, w->off);
+        e = write_all(w->fd, w->buf, w->n, w->off);
     return e;
 }
 
@@ -340,17 +348,23 @@ static int w_close(Writer *w) {
     return e;
 }
 
+/* the op's pieces appended to the file being written */
+static int w_pieces(Writer *w, Op *op) {
+    int e = 0;
+    for (Py_ssize_t i = 0; i < op->npieces && !e; i++)
+        e = w_append(w, (const unsigned char *)op->ptrs[i], (size_t)op->lens[i]);
+    return e;
+}
+
 /* one operation, on the writer thread, without any lock; returns 0 or an errno */
 static int w_do(Writer *w, Op *op, int *direct_opened) {
     int e = 0;
     switch (op->kind) {
-    case OP_OPEN:
-        e = w_close(w);
-        w->fd = open(op->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    case OP_OPEN: {
+        int ce = w_close(w);      /* a file still open (the recorder closes each first); its error is reported */
+        w->fd = create_0640(op->path, &e);
         if (w->fd < 0)
-            return errno;
-        if (fchmod(w->fd, 0640) < 0)
-            e = errno;
+            return e;
 #ifdef O_DIRECT
         if (w->want_direct && w->buf != NULL) {
             w->dfd = open(op->path, O_WRONLY | O_DIRECT | O_CLOEXEC);
@@ -358,11 +372,11 @@ static int w_do(Writer *w, Op *op, int *direct_opened) {
                 *direct_opened = 1;
         }
 #endif
-        /* fall through: the header */
+        e = e ? e : w_pieces(w, op);     /* the header */
+        return e ? e : ce;
+    }
     case OP_WRITE:
-        for (Py_ssize_t i = 0; i < op->npieces && !e; i++)
-            e = w_append(w, (const unsigned char *)op->ptrs[i], (size_t)op->lens[i]);
-        return e;
+        return w_pieces(w, op);
     case OP_RECS: {
         const unsigned char *h = (const unsigned char *)PyBytes_AS_STRING(op->heads);
         for (Py_ssize_t i = 0; i < op->npieces && !e; i++) {
@@ -377,13 +391,11 @@ static int w_do(Writer *w, Op *op, int *direct_opened) {
     case OP_CLOSE:
         return w_close(w);
     case OP_INDEX: {
-        int fd = open(op->path2, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+        int fd = create_0640(op->path2, &e);
         if (fd < 0)
-            return errno;
-        if (fchmod(fd, 0640) < 0)
-            e = errno;
+            return e;
         for (Py_ssize_t i = 0; i < op->npieces && !e; i++)
-            e = write_all(fd, (const unsigned char *)op->ptrs[i], (size_t)op->lens[i]);
+            e = write_all(fd, (const unsigned char *)op->ptrs[i], (size_t)op->lens[i], -1);
         if (close(fd) < 0 && !e)
             e = errno;
         if (!e && rename(op->path2, op->path) < 0)
@@ -434,9 +446,6 @@ static void *w_main(void *arg) {
         w->qbytes -= op->nbytes;
         w->completed = op->seq;
         op_free_c(op);
-        op->path = op->path2 = NULL;
-        op->ptrs = NULL;
-        op->lens = NULL;
         op->next = w->done;
         w->done = op;
         pthread_cond_broadcast(&w->cv_room);
@@ -456,9 +465,7 @@ static void w_free_done(Writer *w) {
     pthread_mutex_unlock(&w->mu);
     while (d != NULL) {
         Op *next = d->next;
-        Py_XDECREF(d->data);
-        Py_XDECREF(d->heads);
-        PyMem_RawFree(d);
+        op_free(d);
         d = next;
     }
 }
@@ -521,17 +528,13 @@ static PyObject *w_submit(Writer *w, int kind, PyObject *path, PyObject *path2, 
     op->kind = kind;
     if ((path != NULL && (op->path = dup_path(path)) == NULL) || (path2 != NULL && (op->path2 = dup_path(path2)) == NULL)
         || op_pieces(op, data) < 0) {
-        op_free_c(op);
-        Py_XDECREF(op->data);
-        PyMem_RawFree(op);
+        op_free(op);
         return NULL;
     }
     if (heads != NULL) {
         if (PyBytes_GET_SIZE(heads) != 16 * op->npieces) {
             PyErr_SetString(PyExc_ValueError, "write_records(): 16 header bytes per frame");
-            op_free_c(op);
-            Py_XDECREF(op->data);
-            PyMem_RawFree(op);
+            op_free(op);
             return NULL;
         }
         Py_INCREF(heads);
@@ -731,10 +734,7 @@ static void W_dealloc(Writer *w) {
     Op *q = w->pid == getpid() ? w->head : NULL;   /* none is left once the thread has run them all */
     while (q != NULL) {
         Op *next = q->next;
-        op_free_c(q);
-        Py_XDECREF(q->data);
-        Py_XDECREF(q->heads);
-        PyMem_RawFree(q);
+        op_free(q);
         q = next;
     }
     free(w->buf);

@@ -914,7 +914,8 @@ class FlowMeter:
             raw = getattr(self.sink, "raw_hot" if hot else "raw_live" if phase == "start" else "raw_records", None)
             if type(raw) is list:
                 idx = None if hot else getattr(self.sink, "raw_index", None)
-                _crecord_out(raw, to, f, phase, ts, self.probe, *self._labels(f, phase), idx if type(idx) is list else None)
+                _crecord_out(raw, to, f, phase, ts, self.probe, *self._labels(f, phase),
+                             idx if type(idx) is list else None)
                 return
         to(self._record(f, phase, ts))
 

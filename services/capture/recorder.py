@@ -467,7 +467,6 @@ class Recorder:
         """What the file being written holds so far, readable in it (the direct writer's unaligned tail)."""
         if self._wfh is not None:
             self._wfh.sync()
-        self._synced = time.monotonic()
 
     def _do_close(self) -> None:
         fh, self._wfh = self._wfh, None
