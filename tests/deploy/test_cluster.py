@@ -119,6 +119,7 @@ def test_r3_stream_node_then_leader_killed_every_flow_stored_once(replay, baseli
         try:
             # the replay is under way once store wrote its first flows
             wait_until(lambda: lines(out / "flows.jsonl") > 0 or proc.poll() is not None, 120, "first flows stored")
+            first_at = time.monotonic()
             leader = stream_leader(cluster.url)
             assert stream_info(cluster.url).config.num_replicas == 3
             # 1. a node that is not the stream leader
@@ -133,7 +134,8 @@ def test_r3_stream_node_then_leader_killed_every_flow_stored_once(replay, baseli
             cluster.nodes[li].stop(signal.SIGKILL)
             new_leader = stream_leader(cluster.url)
             time.sleep(2)
-            assert proc.poll() is None, "the replay ended before the leader was killed: raise FT_TEST_REPLAY_S"
+            assert proc.poll() is None, (f"the replay ended before the leader was killed ({time.monotonic() - first_at:.1f} s "
+                                         f"after the first flows were stored): raise FT_TEST_REPLAY_S")
             cluster.nodes[li].start()
             assert new_leader != leader
             assert proc.wait(300) == 0, log.read_text()[-3000:]
