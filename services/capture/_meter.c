@@ -357,19 +357,35 @@ static int sample(PyObject *meter, PyObject *f, PyObject *tso, const unsigned ch
     int take = pl > 0 && !done;
     long long nbytes = 0;
     long room = 0;
+    /* how a TCP segment's payload is taken: 0 in order, 1 a better copy of the last chunk (it replaces it),
+     * 2 the direction's first without a SYN seen (the stream starts at it: _seq_payload_cut's nxt < 0) */
+    int how = 0;
     if (take) {
         if (!PyList_CheckExact(payloads))
             return 0;
         if (tcp) {
-            long long diff = ((long long)seq + pl - nxt2) & M;
-            if ((long long)seq == last_seq && PyList_GET_SIZE(payloads) > 0 && diff - 1 < 0x7FFFFFFF)
-                return 0;                            /* a better copy of the last chunk */
-            if ((long long)seq != nxt2 || ooo_held)
-                return 0;                            /* out of order: reassembly */
+            long long diff = ((long long)seq + pl - nxt2) & M, behind = (nxt2 - (long long)seq) & M;
+            Py_ssize_t np = PyList_GET_SIZE(payloads);
+            if ((long long)seq == last_seq && np > 0 && diff - 1 < 0x7FFFFFFF)
+                how = 1;
+            else if (nxt2 < 0 && !ooo_held)
+                how = 2;
+            else if ((long long)seq != nxt2 && nxt2 >= 0 && behind <= 0x80000000LL && behind >= pl)
+                take = 0;                            /* a pure retransmission: nothing new to sample */
+            else if ((long long)seq != nxt2 || ooo_held)
+                return 0;                            /* out of order: reassembly (_seq_payload_cut) */
+            if (how == 1) {
+                PyObject *lastp = PyList_GET_ITEM(payloads, np - 1);
+                if (!PyBytes_CheckExact(lastp))
+                    return 0;
+                if (slot_ll(d, D_NBYTES, &nbytes) < 0)
+                    return -1;
+                nbytes -= PyBytes_GET_SIZE(lastp);
+            }
         }
-        if (slot_ll(d, D_NBYTES, &nbytes) < 0)
+        if (take && how != 1 && slot_ll(d, D_NBYTES, &nbytes) < 0)
             return -1;
-        if (smax_bytes - nbytes <= 0)
+        if (take && smax_bytes - nbytes <= 0)
             return 0;
         room = smax_bytes - nbytes < pl ? (long)(smax_bytes - nbytes) : pl;
     }
@@ -388,12 +404,26 @@ static int sample(PyObject *meter, PyObject *f, PyObject *tso, const unsigned ch
     }
     if (!take)
         return 1;
-    if (tcp && (put_ll(d, D_LAST_SEQ, (long long)seq) < 0 || put_ll(d, D_NXT, ((long long)seq + wpl) & M) < 0))
-        return -1;
     PyObject *payload = PyBytes_FromStringAndSize((const char *)fr + po, room);
     if (payload == NULL)
         return -1;
-    int r = PyList_Append(payloads, payload);
+    int r;
+    long long sampling;
+    if (how == 1) {                                  /* the last chunk again, with more data: it replaces it */
+        r = PyList_SetItem(payloads, PyList_GET_SIZE(payloads) - 1, payload);   /* steals payload */
+        if (r < 0 || put_ll(d, D_NBYTES, nbytes + room) < 0 || put_ll(d, D_NXT, ((long long)seq + pl) & M) < 0
+            || slot_ll(f, SAMPLING, &sampling) < 0)
+            return -1;
+        goto dirty;
+    }
+    /* in order: the stream goes on after the bytes the capture cut off (wpl); a stream's first segment
+     * without a SYN: after the bytes the frame holds, as _seq_payload_cut takes it */
+    if (tcp && (put_ll(d, D_LAST_SEQ, (long long)seq) < 0
+                || put_ll(d, D_NXT, ((long long)seq + (how == 2 ? pl : wpl)) & M) < 0)) {
+        Py_DECREF(payload);
+        return -1;
+    }
+    r = PyList_Append(payloads, payload);
     Py_DECREF(payload);
     if (r < 0 || put_ll(d, D_NBYTES, nbytes + room) < 0)
         return -1;
@@ -404,7 +434,6 @@ static int sample(PyObject *meter, PyObject *f, PyObject *tso, const unsigned ch
     if (nd == NULL)
         return -1;
     put(f, DIRS, nd);
-    long long sampling;
     if (slot_ll(f, SAMPLING, &sampling) < 0)
         return -1;
     if (nbytes + room >= smax_bytes || PyList_GET_SIZE(payloads) >= smax_pkts) {
@@ -416,6 +445,7 @@ static int sample(PyObject *meter, PyObject *f, PyObject *tso, const unsigned ch
         if (put_ll(f, SAMPLING, sampling) < 0)
             return -1;
     }
+dirty:;
     PyObject *fid = get(f, FLOW_ID), *dirty = PyObject_GetAttr(meter, s_dirty);
     if (fid == NULL || dirty == NULL) {
         Py_XDECREF(dirty);
@@ -946,6 +976,46 @@ static inline int nput(PyObject *f, int k, PyObject *v) {   /* steals v */
     NSLOT(f, k) = v;
     Py_XDECREF(old);
     return 0;
+}
+
+static PyObject *s_rst = NULL;   /* "rst": an end reason */
+
+/* FlowMeter._tcp_close(f, ts, flags, fwd): a RST closes the flow, a FIN marks its direction and the second
+ * direction's closes it; a closed flow goes to the end of the meter's _closed (a deque: ``*append`` is its
+ * append, fetched on first use and released by the caller).  0, or -1 with an exception. */
+static int tcp_close(PyObject *meter, PyObject *f, PyObject *tso, uint32_t flags, int fwd, PyObject **append) {
+    PyObject *why = s_rst;
+    if (!(flags & 0x04)) {
+        PyObject *fo = NSLOT(f, N_FIN);
+        long fin = fo ? PyLong_AsLong(fo) : -1;
+        if (fo == NULL || (fin == -1 && PyErr_Occurred())) {
+            if (fo == NULL)
+                PyErr_SetString(PyExc_AttributeError, "Flow.fin is not set");
+            return -1;
+        }
+        fin |= fwd ? 1 : 2;
+        if (nput(f, N_FIN, PyLong_FromLong(fin)) < 0)
+            return -1;
+        if (fin != 3)
+            return 0;
+        why = s_fin;
+    }
+    if (*append == NULL) {
+        PyObject *closed = PyObject_GetAttrString(meter, "_closed");
+        *append = closed ? PyObject_GetAttrString(closed, "append") : NULL;
+        Py_XDECREF(closed);
+        if (*append == NULL)
+            return -1;
+    }
+    PyObject *one = PyLong_FromLong(1);   /* CLOSED */
+    if (one == NULL)
+        return -1;
+    put(f, STATE, one);
+    if (nput(f, N_END_REASON, ref(why)) < 0 || nput(f, N_CLOSED_AT, ref(tso)) < 0)
+        return -1;
+    PyObject *r = PyObject_CallOneArg(*append, f);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
 }
 
 static inline int fput(PyObject *f, int k, PyObject *v) {   /* steals v */
@@ -1539,6 +1609,8 @@ static int young_check(PyObject *meter, PyObject *tso) {
         return -1;
     PyObject *y = mattr(meter, "_young"), *y2 = y ? mattr(meter, "_young2") : NULL, *popleft = iname("popleft");
     PyObject *append = iname("append"), *out = iname("_out"), *upd = iname("update");
+    PyObject *hot_raw = NULL, *hot_to = NULL, *hot_probe = NULL;   /* sink.raw_hot, meter._sink_hot, meter.probe */
+    int hot_tried = 0;
     long long n = 0;
     int rc = y2 && popleft && append && out && upd ? 0 : -1;
     double cut = now - iv;
@@ -1588,7 +1660,32 @@ static int young_check(PyObject *meter, PyObject *tso) {
                 if (k == 0 && (dfl & 0x02))
                     x = PyObject_CallMethodOneArg(y2, append, f);
                 else {
-                    x = PyObject_CallMethodObjArgs(meter, out, f, upd, tso, Py_True, NULL);
+                    /* a hot record (meter._out(f, "update", ts, hot=True)): written here as _out writes it where
+                     * the sink takes hot records as JSON (raw_hot) and the flow has no verdict (labels Unknown);
+                     * else by _out */
+                    if (!hot_tried && new_bound && rec_cls != NULL) {
+                        hot_tried = 1;
+                        PyObject *sink = mattr(meter, "sink");
+                        hot_raw = sink ? sink_raw(sink, "raw_hot") : NULL;
+                        Py_XDECREF(sink);
+                        if (hot_raw != NULL && ((hot_to = mattr(meter, "_sink_hot")) == NULL
+                                                || (hot_probe = mattr(meter, "probe")) == NULL)) {
+                            Py_DECREF(f);
+                            rc = -1;
+                            break;
+                        }
+                        if (hot_raw == NULL && PyErr_Occurred()) {
+                            Py_DECREF(f);
+                            rc = -1;
+                            break;
+                        }
+                    }
+                    PyObject *v = hot_raw != NULL ? NSLOT(f, N_VERDICT) : NULL;
+                    if (v == Py_None) {
+                        x = emit_record(hot_raw, NULL, hot_to, f, upd, tso, hot_probe, s_unknown, s_empty, s_empty,
+                                        s_empty, s_empty) < 0 ? NULL : ref(Py_None);
+                    } else
+                        x = PyObject_CallMethodObjArgs(meter, out, f, upd, tso, Py_True, NULL);
                     n++;
                 }
                 if (x == NULL) {
@@ -1603,6 +1700,9 @@ static int young_check(PyObject *meter, PyObject *tso) {
     }
     Py_XDECREF(y);
     Py_XDECREF(y2);
+    Py_XDECREF(hot_raw);
+    Py_XDECREF(hot_to);
+    Py_XDECREF(hot_probe);
     if (rc == 0 && n)
         rc = meter_count(meter, "hot_records", n);
     return rc;
@@ -1777,13 +1877,14 @@ static PyObject *run(PyObject *self, PyObject *args) {
     PyObject *vlans = NULL;   /* the record's VLAN ids as a tuple, made when a flow event needs them */
     /* the key of the table's last entry, as this loop last put it there (a direction's packets often come
      * in a row: its move_to_end is then a no-op and skipped); forgotten whenever Python code may have run */
-    PyObject *at_end = NULL;
+    PyObject *at_end = NULL, *at_hit = NULL;
     Step step = {0, 0, 0, NULL, 0.0, 0.0, 0};
     long long house_c;
     if (meter_ll(meter, "_house_c", &house_c) < 0 || load_state(meter, &step.prev, &step.prev_ts, &step.nh) < 0)
         return NULL;
     step.house_c = house_c != 0;
     PyObject *m_tcp_close = PyObject_GetAttrString(meter, "_tcp_close");
+    PyObject *closed_append = NULL;   /* meter._closed.append, when a TCP flow closes (tcp_close) */
     PyObject *m_periodic = PyObject_GetAttrString(meter, "_periodic");
     PyObject *m_sample = PyObject_GetAttrString(meter, "_sample");
     PyObject *m_dns = PyObject_GetAttrString(meter, "_dns");
@@ -2172,32 +2273,40 @@ static PyObject *run(PyObject *self, PyObject *args) {
             if (fr2 == 0)   /* an orphan: counted, not metered */
                 continue;
         }
-        /* the directional key: proto + src + dst + sport + dport [+ b"/<vlan>"], as _process_py's */
-        PyObject *key;
+        /* the directional key: proto + src + dst + sport + dport [+ b"/<vlan>"], as _process_py's; built here,
+         * then the same bytes as at_end (this direction's previous packet, nothing changed the table since):
+         * the entry found then, without a new key object, its hash and the lookup */
+        unsigned char kb[1 + 32 + 4 + 32];
+        Py_ssize_t kl;
         if (plain) {
-            key = PyBytes_FromStringAndSize(NULL, 13);   /* as _fastpath.eth4's: one slice of the frame */
-            if (key == NULL)
-                goto error;
-            PyBytes_AS_STRING(key)[0] = (char)proto;
-            memcpy(PyBytes_AS_STRING(key) + 1, fr + 26, 12);
+            kb[0] = (unsigned char)proto;
+            memcpy(kb + 1, fr + 26, 12);
+            kl = 13;
         } else {
             char suffix[32];
             int sl = vlan ? snprintf(suffix, sizeof suffix, "/%llu", vlan) : 0;
-            key = PyBytes_FromStringAndSize(NULL, 1 + 2 * alen + 4 + sl);
-            if (key == NULL)
-                goto error;
-            char *k = PyBytes_AS_STRING(key);
-            k[0] = (char)proto;
-            memcpy(k + 1, fr + addr_off, (size_t)(2 * alen));
-            unsigned char *kp = (unsigned char *)k + 1 + 2 * alen;   /* the ports (0 without), as _pp */
+            kb[0] = (unsigned char)proto;
+            memcpy(kb + 1, fr + addr_off, (size_t)(2 * alen));
+            unsigned char *kp = kb + 1 + 2 * alen;   /* the ports (0 without), as _pp */
             kp[0] = (unsigned char)(sp >> 8);
             kp[1] = (unsigned char)sp;
             kp[2] = (unsigned char)(dp >> 8);
             kp[3] = (unsigned char)dp;
             if (sl)
-                memcpy(k + 5 + 2 * alen, suffix, (size_t)sl);
+                memcpy(kp + 4, suffix, (size_t)sl);
+            kl = 1 + 2 * alen + 4 + sl;
         }
-        PyObject *hit = PyDict_GetItemWithError(table, key);   /* borrowed */
+        PyObject *key, *hit;
+        if (at_end != NULL && at_hit != NULL && PyBytes_GET_SIZE(at_end) == kl
+            && memcmp(PyBytes_AS_STRING(at_end), kb, (size_t)kl) == 0) {
+            key = ref(at_end);
+            hit = at_hit;
+        } else {
+            key = PyBytes_FromStringAndSize((const char *)kb, kl);
+            if (key == NULL)
+                goto error;
+            hit = PyDict_GetItemWithError(table, key);   /* borrowed */
+        }
         PyObject *f = NULL;
         int fwd = 1;
         if (hit == NULL && PyErr_Occurred()) {
@@ -2225,6 +2334,8 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 Py_DECREF(r);
                 Py_INCREF(key);
                 Py_XSETREF(at_end, key);
+                Py_INCREF(hit);
+                Py_XSETREF(at_hit, hit);   /* the entry of at_end, while at_end is set */
             }
             PyObject *st = get(f, STATE);
             int state = st ? PyObject_IsTrue(st) : -1;
@@ -2336,13 +2447,20 @@ static PyObject *run(PyObject *self, PyObject *args) {
         /* the flow's events, in _process_py's order, by the meter's own methods */
         PyObject *fwd_o = fwd ? Py_True : Py_False, *r3;
         if ((flags & 5) && proto == 6 && !state) {   /* FIN/RST: TCP close */
-            r3 = PyObject_CallFunction(m_tcp_close, "OOkO", f, tso, (unsigned long)flags, fwd_o);
-            Py_CLEAR(at_end);
-            if (r3 == NULL) {
-                Py_DECREF(f);
-                goto error;
+            if (new_bound) {                         /* as _tcp_close does it, without its Python frame */
+                if (tcp_close(meter, f, tso, flags, fwd, &closed_append) < 0) {
+                    Py_DECREF(f);
+                    goto error;
+                }
+            } else {
+                r3 = PyObject_CallFunction(m_tcp_close, "OOkO", f, tso, (unsigned long)flags, fwd_o);
+                Py_CLEAR(at_end);
+                if (r3 == NULL) {
+                    Py_DECREF(f);
+                    goto error;
+                }
+                Py_DECREF(r3);
             }
-            Py_DECREF(r3);
         }
         if (ts >= next_check) {                      /* update record / active timeout */
             r3 = PyObject_CallFunctionObjArgs(m_periodic, f, tso, NULL);
@@ -2462,6 +2580,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
         goto error;
     Py_DECREF(step.prev);
     Py_DECREF(m_tcp_close);
+    Py_XDECREF(closed_append);
     Py_DECREF(m_periodic);
     Py_DECREF(m_sample);
     Py_DECREF(m_dns);
@@ -2470,6 +2589,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
     Py_DECREF(m_end);
     Py_XDECREF(vlans);
     Py_XDECREF(at_end);
+    Py_XDECREF(at_hit);
     nf_clear(&nf);
     packet_out_clear(&pko);
     return Py_BuildValue("(LLL)", step.npk, step.nbytes_all, step.dups);
@@ -2478,6 +2598,7 @@ error:
     packet_out_clear(&pko);
     Py_XDECREF(step.prev);
     Py_XDECREF(m_tcp_close);
+    Py_XDECREF(closed_append);
     Py_XDECREF(m_periodic);
     Py_XDECREF(m_sample);
     Py_XDECREF(m_dns);
@@ -2486,6 +2607,7 @@ error:
     Py_XDECREF(m_end);
     Py_XDECREF(vlans);
     Py_XDECREF(at_end);
+    Py_XDECREF(at_hit);
     return NULL;
 }
 
@@ -2896,6 +3018,17 @@ static int json_value(Buf *b, PyObject *v, PyObject *float_json) {
         }
         if (x == 0.0)
             return buf_put(b, signbit(x) ? "-0.0" : "0.0", signbit(x) ? 4 : 3) < 0 ? -1 : 1;
+        if (ax >= 1e-4 && ax < 1e15) {
+            /* the rest of the usual range (durations in milliseconds, rates): Python's repr, the shortest text
+             * that reads back as x, in plain notation here, is orjson's text for these too (a test compares
+             * them over millions of values); the call to orjson cost ~700 instructions per end record */
+            char *s = PyOS_double_to_string(x, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+            if (s == NULL)
+                return -1;
+            int rc = buf_put(b, s, strlen(s)) < 0 ? -1 : 1;
+            PyMem_Free(s);
+            return rc;
+        }
         if (float_json == NULL)
             return 0;
         PyObject *j = PyObject_CallOneArg(float_json, v);   /* orjson's own text (NaN, infinities: null) */
@@ -4308,6 +4441,7 @@ PyMODINIT_FUNC PyInit__meter(void) {
     s_prev_ts = PyUnicode_InternFromString("_prev_ts");
     s_next_house = PyUnicode_InternFromString("_next_house");
     s_fin = PyUnicode_InternFromString("fin");
+    s_rst = PyUnicode_InternFromString("rst");
     s_dirty = PyUnicode_InternFromString("_dirty");
     s_dir_s = PyUnicode_InternFromString("s");
     s_dir_d = PyUnicode_InternFromString("d");
@@ -4368,7 +4502,7 @@ PyMODINIT_FUNC PyInit__meter(void) {
     }
     if (!rec_template || !s_flow || !s_empty || !s_end || !zero_int)
         return NULL;
-    if (empty_tuple == NULL || !s_prev_frame || !s_prev_ts || !s_next_house || !s_fin)
+    if (empty_tuple == NULL || !s_prev_frame || !s_prev_ts || !s_next_house || !s_fin || !s_rst)
         return NULL;
     if (PyType_Ready(&CountersType) < 0)
         return NULL;

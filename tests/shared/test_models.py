@@ -357,6 +357,37 @@ def test_flow_record_batches_written_in_one_pass_are_the_orjson_path_s_bytes(tex
     assert models.batch_json(events) == want
 
 
+def test_floats_of_every_magnitude_are_written_as_orjson_writes_them():
+    """The one-pass writer's float text (whole microseconds by its own digits, the usual range by Python's
+    repr, the rest by orjson) is orjson's, byte for byte: random floats of every magnitude and sign,
+    rounded ones, and the edges of each range."""
+    import random
+
+    import orjson
+
+    import services.capture.flows  # noqa: F401 - registers the compiled writer
+    from shared import models
+
+    if models._flat_batch is None:
+        pytest.skip("the compiled meter module is not built")
+    rnd = random.Random(12)
+    xs = [1e-4, -1e-4, 9.999999999999999e-05, 1e15, 1e15 - 0.125, 999999999999999.9, 4294967296.0, 4294967295.999999,
+          1e16, 1e-5, 5e-324, 1.7976931348623157e308, 0.1, 2.5, 1e-7, 123456789012.345]
+    for _ in range(20000):
+        x = 10 ** rnd.uniform(-8, 18) * rnd.choice((1, -1))
+        xs += [x, round(x, rnd.randint(0, 9)), float(int(x)) if abs(x) < 1e18 else x]
+    base = FlowRecord(**ENV, phase="end", first_seen=1.0, last_seen=2.0).__dict__
+    recs = [FlowRecord.model_construct(**{**base, "duration_ms": x}) for x in xs]
+    spec = {FlowRecord: models._defaults(FlowRecord)}
+    for i in range(0, len(recs), 500):
+        part = recs[i:i + 500]
+        one = models._flat_batch(part, spec, models._pyd_lean, models._float_json)
+        assert one is not None
+        docs = orjson.loads(one)["events"]
+        assert [d.get("duration_ms", 0.0) for d in docs] == [r.duration_ms for r in part]   # a default is left out
+        assert one == _orjson_path(part)
+
+
 def test_flow_record_batches_of_the_dev_corpora_are_written_the_same():
     """Every flow record of the sample capture, through the one-pass writer and through the orjson path."""
     from services.capture.flows import FlowMeter, ListSink
