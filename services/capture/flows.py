@@ -1198,6 +1198,27 @@ class FlowMeter:
         for f in list(self._closing.values()):
             self._publish_end(f)
 
+    def write_off_verdicts(self) -> int:
+        """The verdicts still awaited will not come (their samples or the verdicts were lost on the bus; see
+        service._wait_verdicts): an ended flow waiting for them is published with the verdict it has, an open
+        one no longer waits for its earlier samples' (a later sample's verdict still comes).  Returns how
+        many were written off, counted as ``verdicts_lost``; one that still comes is then
+        ``verdicts_unknown_flow`` or lands on an open flow as any verdict does."""
+        n = 0
+        for f in list(self._by_id.values()):
+            if f.pending > 0:
+                n += f.pending
+                self._c.pending -= f.pending
+                f.pending = 0
+                if f.state == ENDED:
+                    self._publish_end(f)
+                elif not f.sampling:
+                    self._by_id.pop(f.flow_id, None)
+        self.flush_closing()
+        if n:
+            self._count("verdicts_lost", n)
+        return n
+
     # ------------------------------------------------------------------ evidence
     def evidence(self, flow_id: str) -> list[tuple[float, bytes]] | None:
         """The recent raw packets kept for a flow (open, closing or recently ended), oldest first."""

@@ -579,8 +579,34 @@ async def classify_present(bus: Bus, probe: str) -> bool | None:
         return None
 
 
+CLASSIFY_STATE_WAIT_S = 0.5   # how long the replicas' answers to a state request are collected
+
+
+async def classify_idle(bus: Bus, probe: str) -> bool:
+    """Is every classify replica idle (no sample queued or in hand)?  Every replica answers a state request
+    (``ft.ctl.<probe>.classify_state``, no queue group) within ``CLASSIFY_STATE_WAIT_S``; True when at least
+    one answered and all that did said idle.  False on any doubt (no answer, a garbled one, a busy replica)."""
+    inbox = bus.nc.new_inbox()
+    answers: list[Any] = []
+
+    async def on_answer(msg: Any) -> None:
+        try:
+            answers.append(json.loads(msg.data))
+        except ValueError:
+            answers.append(None)
+
+    try:
+        sub = await bus.nc.subscribe(inbox, cb=on_answer)
+        await bus.nc.publish(subject("ctl", probe, "classify_state"), b"", reply=inbox)
+        await asyncio.sleep(CLASSIFY_STATE_WAIT_S)
+        await sub.unsubscribe()
+    except Exception:  # noqa: BLE001 - a connection hiccup: no conclusion
+        return False
+    return bool(answers) and all(isinstance(a, dict) and a.get("idle") is True for a in answers)
+
+
 async def _wait_verdicts(meter: FlowMeter, out: Outbox, stop: asyncio.Event, limit: int, max_wait_s: float,
-                         present: Any = None) -> bool:
+                         present: Any = None, idle: Any = None) -> bool:
     """Wait while classify catches up (pending verdicts above ``limit``), as long as it makes progress.
 
     Returns False when no verdict arrived for ``max_wait_s`` and classify is gone: the caller stops
@@ -589,6 +615,13 @@ async def _wait_verdicts(meter: FlowMeter, out: Outbox, stop: asyncio.Event, lim
     back for seconds, and giving up then would make a replay's results depend on the machine's
     load -- up to ``REPLAY_STALL_MAX_S`` without any verdict.  Meanwhile ended flows keep waiting
     for their verdicts (no wall-clock deadline: see ``replay_files``).
+
+    With ``idle`` (an async callable, see ``classify_idle``) a stall is also checked for lost samples:
+    when every classify replica says twice, a second apart and with no verdict in between, that it has
+    no sample queued or in hand, the verdicts still awaited will not come (their samples, or the
+    verdicts, were lost on the bus: a NATS node killed under a cluster, a replica killed with samples
+    in hand).  The meter writes them off (``write_off_verdicts``, counted as ``verdicts_lost``) and the
+    replay goes on, instead of waiting ``REPLAY_STALL_MAX_S`` for nothing.
     """
     last = meter.pending_verdicts()
     progress_at = check_at = time.monotonic()
@@ -602,6 +635,16 @@ async def _wait_verdicts(meter: FlowMeter, out: Outbox, stop: asyncio.Event, lim
             last, progress_at, check_at = now, t, t
         elif t - check_at > max_wait_s:
             if present is not None and t - progress_at < REPLAY_STALL_MAX_S and await present() is not False:
+                if idle is not None and await idle():
+                    await asyncio.sleep(1.0)
+                    await out.flush()
+                    meter.tick(0.0, 0.0)
+                    if meter.pending_verdicts() >= now and await idle():
+                        n = meter.write_off_verdicts()
+                        log.warning("%d samples' verdicts written off: every classify replica is idle, so they "
+                                    "were lost on the bus (a NATS node or a classify replica gone?)", n)
+                        last = meter.pending_verdicts()
+                        progress_at = time.monotonic()
                 check_at = time.monotonic()     # classify is there, only slow: keep waiting
                 continue
             log.warning("%d samples still without a verdict after %.1f s; is classify running?", now, t - progress_at)
@@ -710,6 +753,9 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
     async def present() -> bool | None:
         return await classify_present(bus, settings.probe)
 
+    async def idle() -> bool:
+        return await classify_idle(bus, settings.probe)
+
     def wall() -> float:
         if classify_answers and settings.replay_max_pending:   # without back-pressure: the deadline
             return 0.0
@@ -797,7 +843,8 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
                 await pacer.wait(file_no, pos, stop)
             limit = settings.replay_max_pending
             if limit and classify_answers and meter.pending_verdicts() > limit:
-                classify_answers = await _wait_verdicts(meter, out, stop, limit // 2, settings.verdict_wait_s, present)
+                classify_answers = await _wait_verdicts(meter, out, stop, limit // 2, settings.verdict_wait_s, present,
+                                                        idle)
             if stop.is_set():
                 break
         if reader.error:
@@ -815,7 +862,7 @@ async def replay_files(settings: CaptureSettings, bus: Bus, stop: asyncio.Event,
         if pacer.waited_s >= 1.0:
             log.info("shard %d waited %.1f s for the other shards", settings.shard_index, pacer.waited_s)
     # the last verdicts, then every flow's end record
-    await _wait_verdicts(meter, out, stop, 0, settings.verdict_wait_s, present if classify_answers else None)
+    await _wait_verdicts(meter, out, stop, 0, settings.verdict_wait_s, present if classify_answers else None, idle)
     meter.flush_closing()
     if errors:
         log.warning("%d capture file(s) could not be read", errors)

@@ -28,6 +28,9 @@ if _compiled_lean is not None:
 log = logging.getLogger("flowtarget.classify")
 
 READY_SUBJECT = subject("ctl", "*", "classify_ready")
+# every replica answers (no queue group): whether it has samples queued or in hand.  A replay's capture asks
+# when verdicts stop coming: every replica idle means the samples still without a verdict were lost on the bus
+STATE_SUBJECT = subject("ctl", "*", "classify_state")
 
 
 async def main(settings: ClassifySettings, bus: Bus, stop: asyncio.Event) -> None:
@@ -42,15 +45,21 @@ async def main(settings: ClassifySettings, bus: Bus, stop: asyncio.Event) -> Non
     nc_publish = bus.nc.publish
     counts = {"samples": 0, "verdicts": 0, "dns": 0}
 
+    busy = [0]   # sample messages being answered now
+
     async def on_samples(samples: list[FlowSample]) -> None:
         """A message of samples is answered with one message of verdicts per probe."""
-        counts["samples"] += len(samples)
-        by_probe: dict[str, list[Verdict]] = {}
-        for s in samples:
-            by_probe.setdefault(s.probe, []).append(engine.classify(s))
-        for probe, verdicts in by_probe.items():
-            await nc_publish(subject("verdict", probe), batch_json(verdicts))
-            counts["verdicts"] += len(verdicts)
+        busy[0] += 1
+        try:
+            counts["samples"] += len(samples)
+            by_probe: dict[str, list[Verdict]] = {}
+            for s in samples:
+                by_probe.setdefault(s.probe, []).append(engine.classify(s))
+            for probe, verdicts in by_probe.items():
+                await nc_publish(subject("verdict", probe), batch_json(verdicts))
+                counts["verdicts"] += len(verdicts)
+        finally:
+            busy[0] -= 1
 
     async def on_packets(packets: list[PacketEvent]) -> None:
         """DNS packets become DnsRecords, stored through JetStream one message per batch and probe."""
@@ -64,8 +73,8 @@ async def main(settings: ClassifySettings, bus: Bus, stop: asyncio.Event) -> Non
             await bus.js_publish(subject("dns", probe), batch_json(recs))
             counts["dns"] += len(recs)
 
-    await bus.subscribe(subject("sample", "*"), on_samples, queue=settings.queue_group, types=(FlowSample,),
-                        batched=True)
+    sample_sub = await bus.subscribe(subject("sample", "*"), on_samples, queue=settings.queue_group,
+                                     types=(FlowSample,), batched=True)
     await bus.subscribe(subject("packet", "*"), on_packets, queue=settings.queue_group, types=(PacketEvent,),
                         batched=True)
 
@@ -73,6 +82,13 @@ async def main(settings: ClassifySettings, bus: Bus, stop: asyncio.Event) -> Non
         await msg.respond(b"ready")
 
     await bus.nc.subscribe(READY_SUBJECT, queue=settings.queue_group, cb=on_ready)
+
+    async def on_state(msg) -> None:   # this replica's queue of samples (see STATE_SUBJECT)
+        queued = sample_sub.pending_msgs + busy[0]
+        await msg.respond(b'{"idle":%s,"queued":%d,"samples":%d}' % (b"false" if queued else b"true", queued,
+                                                                      counts["samples"]))
+
+    await bus.nc.subscribe(STATE_SUBJECT, cb=on_state)
     await bus.nc.flush()
     register_stats("classify", lambda: {**counts, **engine.stats()})
     set_ready(True)

@@ -127,3 +127,73 @@ def test_only_verdicts_with_metadata_are_stored_beside_their_end_record(nats_ser
     assert len(answered) >= 4 and with_tls and answered - with_tls
     assert stored == with_tls
     assert all(ends[f]["app_protocol"] == "TLS" for f in answered)
+
+
+def test_samples_lost_on_the_bus_are_written_off_when_every_classify_is_idle(nats_server, monkeypatch, tmp_path):
+    """The real classify service shares its queue group with a member that takes samples and never answers
+    (a replica killed with samples in hand, or samples lost with a NATS node): about half the samples get no
+    verdict.  Once every classify replica says it is idle (twice, a second apart), the replay writes those
+    verdicts off (verdicts_lost) and ends, instead of waiting REPLAY_STALL_MAX_S for nothing; the flows whose
+    samples reached classify keep its labels."""
+    import json
+
+    import nats
+
+    from services.classify import service as classify_service
+    from shared.settings import ClassifySettings
+
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    monkeypatch.setattr(service, "REPLAY_STALL_MAX_S", 120.0)
+    # the sample capture's flows replicated (new addresses each time) over ~20 of capture's batches: some twenty
+    # sample messages, shared at random between the two members of the queue group
+    replay = tmp_path / "replay.pcap"
+    subprocess.run([sys.executable, str(REPO / "bench" / "make_big_pcap.py"), "--out", str(replay), "--packets",
+                    str(20 * service.CHUNK), "--corpus", str(REPO / "samples")], check=True, capture_output=True)
+
+    async def main():
+        settings = CaptureSettings(nats_url=nats_server.url, probe="lo", pcap=[replay], verdict_wait_s=1.0,
+                                   replay_max_pending=4000, stream_storage="memory")
+        cstop = asyncio.Event()
+        csettings = ClassifySettings(nats_url=nats_server.url, probe="lo", use_ndpi=False, stream_storage="memory")
+        cbus = await Bus.connect(csettings, "classify", cstop)
+        ctask = asyncio.create_task(classify_service.main(csettings, cbus, cstop))
+        lossy = await nats.connect(nats_server.url)
+        dropped: list[int] = []
+
+        async def drop(msg) -> None:   # takes its share of the queue group's samples and never answers
+            dropped.append(len(msg.data))
+
+        await lossy.subscribe("ft.sample.*", queue="classify", cb=drop)
+        await lossy.flush()
+        stats: list[dict] = []
+
+        async def on_stats(msg) -> None:
+            stats.append(json.loads(msg.data))
+
+        await lossy.subscribe("ft.stats.lo", cb=on_stats)
+        stop = asyncio.Event()
+        bus = await Bus.connect(settings, "capture", stop)
+        await service.main(settings, bus, stop)
+        await asyncio.sleep(0.3)
+        events = await read_stream(settings)
+        await bus.close()
+        await lossy.close()
+        cstop.set()
+        await ctask
+        await cbus.close()
+        return dropped, events, stats
+
+    dropped, events, stats = asyncio.run(main())
+    counters: dict[str, int] = {}
+    for s in stats:
+        for k, v in (s.get("counters") or {}).items():
+            counters[k] = counters.get(k, 0) + v
+    assert dropped, "the lossy member got no sample message (the queue group did not share them)"
+    assert counters.get("verdicts_lost", 0) > 0, counters   # written off, not waited out (REPLAY_STALL_MAX_S)
+    ends = [e for e in events if e["event_type"] == "flow" and e["phase"] == "end"]
+    labelled = [e for e in ends if e.get("app_protocol") not in (None, "", "Unknown")]
+    assert ends and labelled and len(labelled) < len(ends)
