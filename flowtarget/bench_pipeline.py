@@ -267,7 +267,9 @@ def bench_pipeline(args: argparse.Namespace) -> int:
             res["ratio_cpu_nfstream"] = round(res["cpu_s_total"] / nf["nfstream_cpu_s"], 2) if nf["nfstream_cpu_s"] else 0
             print(f"  NFStream {nf['nfstream_version']} (one meter, no statistics) on the same file(s): "
                   f"{nf['nfstream_flows']:,} flows, {nf['nfstream_cpu_s']} CPU s, {nf['nfstream_wall_s']} s wall")
-            print(f"  FlowTarget CPU / NFStream CPU: {res['ratio_cpu_nfstream']}")
+            print(f"  FlowTarget CPU / NFStream CPU: {res['ratio_cpu_nfstream']}"
+                  + (" (with the subject counter, which analyze does not run: its CPU here and nats-server's "
+                     "deliveries to it count; --no-subjects gives analyze's own)" if res["subjects"] else ""))
     if args.json:
         print(json.dumps(res))
     return 0 if res["status"] == 0 else 1
