@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from flowtarget.orchestrate import read_stream
 from services.capture import service
 from shared.bus import Bus
@@ -129,12 +131,15 @@ def test_only_verdicts_with_metadata_are_stored_beside_their_end_record(nats_ser
     assert all(ends[f]["app_protocol"] == "TLS" for f in answered)
 
 
-def test_samples_lost_on_the_bus_are_written_off_when_every_classify_is_idle(nats_server, monkeypatch, tmp_path):
+@pytest.mark.parametrize("max_pending", [4000, 16])
+def test_samples_lost_on_the_bus_are_written_off_when_every_classify_is_idle(nats_server, monkeypatch, tmp_path,
+                                                                              max_pending, caplog):
     """The real classify service shares its queue group with a member that takes samples and never answers
     (a replica killed with samples in hand, or samples lost with a NATS node): about half the samples get no
     verdict.  Once every classify replica says it is idle (twice, a second apart), the replay writes those
     verdicts off (verdicts_lost) and ends, instead of waiting REPLAY_STALL_MAX_S for nothing; the flows whose
-    samples reached classify keep its labels."""
+    samples reached classify keep its labels.  With a small ``replay_max_pending`` the replay also stalls
+    mid-file on the lost ones (back-pressure) and goes on after writing them off."""
     import json
 
     import nats
@@ -156,7 +161,7 @@ def test_samples_lost_on_the_bus_are_written_off_when_every_classify_is_idle(nat
 
     async def main():
         settings = CaptureSettings(nats_url=nats_server.url, probe="lo", pcap=[replay], verdict_wait_s=1.0,
-                                   replay_max_pending=4000, stream_storage="memory")
+                                   replay_max_pending=max_pending, stream_storage="memory")
         cstop = asyncio.Event()
         csettings = ClassifySettings(nats_url=nats_server.url, probe="lo", use_ndpi=False, stream_storage="memory")
         cbus = await Bus.connect(csettings, "classify", cstop)
@@ -194,6 +199,8 @@ def test_samples_lost_on_the_bus_are_written_off_when_every_classify_is_idle(nat
             counters[k] = counters.get(k, 0) + v
     assert dropped, "the lossy member got no sample message (the queue group did not share them)"
     assert counters.get("verdicts_lost", 0) > 0, counters   # written off, not waited out (REPLAY_STALL_MAX_S)
+    offs = [r for r in caplog.records if "written off" in r.getMessage()]
+    assert len(offs) >= (2 if max_pending < 100 else 1)     # small back-pressure bound: mid-file too
     ends = [e for e in events if e["event_type"] == "flow" and e["phase"] == "end"]
     labelled = [e for e in ends if e.get("app_protocol") not in (None, "", "Unknown")]
     assert ends and labelled and len(labelled) < len(ends)
