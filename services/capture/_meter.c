@@ -1878,6 +1878,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
     /* the key of the table's last entry, as this loop last put it there (a direction's packets often come
      * in a row: its move_to_end is then a no-op and skipped); forgotten whenever Python code may have run */
     PyObject *at_end = NULL, *at_hit = NULL;
+    PyObject *at_prev = NULL, *at_prev_hit = NULL;   /* the key at_end held before, and its entry (see below) */
     Step step = {0, 0, 0, NULL, 0.0, 0.0, 0};
     long long house_c;
     if (meter_ll(meter, "_house_c", &house_c) < 0 || load_state(meter, &step.prev, &step.prev_ts, &step.nh) < 0)
@@ -2297,10 +2298,16 @@ static PyObject *run(PyObject *self, PyObject *args) {
             kl = 1 + 2 * alen + 4 + sl;
         }
         PyObject *key, *hit;
+        if (at_end == NULL)
+            Py_CLEAR(at_prev);   /* the table may have changed since (at_end was forgotten): at_prev too */
         if (at_end != NULL && at_hit != NULL && PyBytes_GET_SIZE(at_end) == kl
             && memcmp(PyBytes_AS_STRING(at_end), kb, (size_t)kl) == 0) {
             key = ref(at_end);
             hit = at_hit;
+        } else if (at_prev != NULL && at_prev_hit != NULL && PyBytes_GET_SIZE(at_prev) == kl
+                   && memcmp(PyBytes_AS_STRING(at_prev), kb, (size_t)kl) == 0) {
+            key = ref(at_prev);   /* the key before at_end (often the other direction): its hash is cached */
+            hit = at_prev_hit;
         } else {
             key = PyBytes_FromStringAndSize((const char *)kb, kl);
             if (key == NULL)
@@ -2332,10 +2339,12 @@ static PyObject *run(PyObject *self, PyObject *args) {
                     goto error;
                 }
                 Py_DECREF(r);
-                Py_INCREF(key);
-                Py_XSETREF(at_end, key);
-                Py_INCREF(hit);
-                Py_XSETREF(at_hit, hit);   /* the entry of at_end, while at_end is set */
+                /* key is the table's last entry now, the former last one (at_end) the one before it: at_prev */
+                PyObject *old_end = at_end, *old_hit = at_hit;
+                at_end = ref(key);
+                at_hit = ref(hit);   /* the entry of at_end, while at_end is set */
+                Py_XSETREF(at_prev, old_end);
+                Py_XSETREF(at_prev_hit, old_hit);
             }
             PyObject *st = get(f, STATE);
             int state = st ? PyObject_IsTrue(st) : -1;
@@ -2590,6 +2599,8 @@ static PyObject *run(PyObject *self, PyObject *args) {
     Py_XDECREF(vlans);
     Py_XDECREF(at_end);
     Py_XDECREF(at_hit);
+    Py_XDECREF(at_prev);
+    Py_XDECREF(at_prev_hit);
     nf_clear(&nf);
     packet_out_clear(&pko);
     return Py_BuildValue("(LLL)", step.npk, step.nbytes_all, step.dups);
@@ -2608,6 +2619,8 @@ error:
     Py_XDECREF(vlans);
     Py_XDECREF(at_end);
     Py_XDECREF(at_hit);
+    Py_XDECREF(at_prev);
+    Py_XDECREF(at_prev_hit);
     return NULL;
 }
 
