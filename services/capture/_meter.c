@@ -328,6 +328,21 @@ static PyObject *new_dir(void) {
  * 0 when _sample must do it (nothing changed then but a new _Dir: reassembly, a better copy of the last
  * chunk), -1 on error.
  */
+/* the flow's sample is due at the next flush_samples: meter._dirty[flow_id] = (f, ts, fwd, vlans, final), as
+ * _sample defers it.  1, or -1 with an exception. */
+static int mark_dirty(PyObject *meter, PyObject *f, PyObject *tso, int fwd, PyObject *vlans, long long sampling) {
+    PyObject *fid = get(f, FLOW_ID), *dirty = PyObject_GetAttr(meter, s_dirty);
+    if (fid == NULL || dirty == NULL) {
+        Py_XDECREF(dirty);
+        return -1;
+    }
+    PyObject *entry = PyTuple_Pack(5, f, tso, fwd ? Py_True : Py_False, vlans, sampling ? Py_False : Py_True);
+    int r = entry == NULL ? -1 : PyObject_SetItem(dirty, fid, entry);
+    Py_XDECREF(entry);
+    Py_DECREF(dirty);
+    return r < 0 ? -1 : 1;
+}
+
 static int sample(PyObject *meter, PyObject *f, PyObject *tso, const unsigned char *fr, long po, long pl, long wpl,
                   int fwd, int proto, uint32_t flags, uint32_t seq, uint32_t ack, PyObject *vlans,
                   long long smax_bytes, long long smax_pkts) {
@@ -374,18 +389,18 @@ static int sample(PyObject *meter, PyObject *f, PyObject *tso, const unsigned ch
                 take = 0;                            /* a pure retransmission: nothing new to sample */
             else if ((long long)seq != nxt2 || ooo_held)
                 return 0;                            /* out of order: reassembly (_seq_payload_cut) */
-            if (how == 1) {
-                PyObject *lastp = PyList_GET_ITEM(payloads, np - 1);
-                if (!PyBytes_CheckExact(lastp))
-                    return 0;
-                if (slot_ll(d, D_NBYTES, &nbytes) < 0)
-                    return -1;
-                nbytes -= PyBytes_GET_SIZE(lastp);
-            }
         }
-        if (take && how != 1 && slot_ll(d, D_NBYTES, &nbytes) < 0)
+    }
+    if (take) {
+        if (slot_ll(d, D_NBYTES, &nbytes) < 0)
             return -1;
-        if (take && smax_bytes - nbytes <= 0)
+        if (how == 1) {                              /* the chunk it replaces no longer counts */
+            PyObject *lastp = PyList_GET_ITEM(payloads, PyList_GET_SIZE(payloads) - 1);
+            if (!PyBytes_CheckExact(lastp))
+                return 0;
+            nbytes -= PyBytes_GET_SIZE(lastp);
+        }
+        if (smax_bytes - nbytes <= 0)
             return 0;
         room = smax_bytes - nbytes < pl ? (long)(smax_bytes - nbytes) : pl;
     }
@@ -407,14 +422,13 @@ static int sample(PyObject *meter, PyObject *f, PyObject *tso, const unsigned ch
     PyObject *payload = PyBytes_FromStringAndSize((const char *)fr + po, room);
     if (payload == NULL)
         return -1;
-    int r;
     long long sampling;
     if (how == 1) {                                  /* the last chunk again, with more data: it replaces it */
-        r = PyList_SetItem(payloads, PyList_GET_SIZE(payloads) - 1, payload);   /* steals payload */
-        if (r < 0 || put_ll(d, D_NBYTES, nbytes + room) < 0 || put_ll(d, D_NXT, ((long long)seq + pl) & M) < 0
+        if (PyList_SetItem(payloads, PyList_GET_SIZE(payloads) - 1, payload) < 0   /* steals payload */
+            || put_ll(d, D_NBYTES, nbytes + room) < 0 || put_ll(d, D_NXT, ((long long)seq + pl) & M) < 0
             || slot_ll(f, SAMPLING, &sampling) < 0)
             return -1;
-        goto dirty;
+        return mark_dirty(meter, f, tso, fwd, vlans, sampling);
     }
     /* in order: the stream goes on after the bytes the capture cut off (wpl); a stream's first segment
      * without a SYN: after the bytes the frame holds, as _seq_payload_cut takes it */
@@ -423,7 +437,7 @@ static int sample(PyObject *meter, PyObject *f, PyObject *tso, const unsigned ch
         Py_DECREF(payload);
         return -1;
     }
-    r = PyList_Append(payloads, payload);
+    int r = PyList_Append(payloads, payload);
     Py_DECREF(payload);
     if (r < 0 || put_ll(d, D_NBYTES, nbytes + room) < 0)
         return -1;
@@ -445,17 +459,7 @@ static int sample(PyObject *meter, PyObject *f, PyObject *tso, const unsigned ch
         if (put_ll(f, SAMPLING, sampling) < 0)
             return -1;
     }
-dirty:;
-    PyObject *fid = get(f, FLOW_ID), *dirty = PyObject_GetAttr(meter, s_dirty);
-    if (fid == NULL || dirty == NULL) {
-        Py_XDECREF(dirty);
-        return -1;
-    }
-    PyObject *entry = PyTuple_Pack(5, f, tso, fwd ? Py_True : Py_False, vlans, sampling ? Py_False : Py_True);
-    r = entry == NULL ? -1 : PyObject_SetItem(dirty, fid, entry);
-    Py_XDECREF(entry);
-    Py_DECREF(dirty);
-    return r < 0 ? -1 : 1;
+    return mark_dirty(meter, f, tso, fwd, vlans, sampling);
 }
 
 static int emit_record(PyObject *raw, PyObject *idx, PyObject *sink_flow, PyObject *f, PyObject *phase, PyObject *ts,
@@ -1668,13 +1672,9 @@ static int young_check(PyObject *meter, PyObject *tso) {
                         PyObject *sink = mattr(meter, "sink");
                         hot_raw = sink ? sink_raw(sink, "raw_hot") : NULL;
                         Py_XDECREF(sink);
-                        if (hot_raw != NULL && ((hot_to = mattr(meter, "_sink_hot")) == NULL
-                                                || (hot_probe = mattr(meter, "probe")) == NULL)) {
-                            Py_DECREF(f);
-                            rc = -1;
-                            break;
-                        }
-                        if (hot_raw == NULL && PyErr_Occurred()) {
+                        if (hot_raw != NULL && (hot_to = mattr(meter, "_sink_hot")) != NULL)
+                            hot_probe = mattr(meter, "probe");
+                        if (PyErr_Occurred()) {   /* no sink, _sink_hot or probe (a missing raw_hot is no error) */
                             Py_DECREF(f);
                             rc = -1;
                             break;

@@ -24,6 +24,17 @@ from tests.conftest import SAMPLE_PCAP
 STEP_S = 0.2
 
 
+async def run_replay(settings: CaptureSettings) -> list[dict]:
+    """The capture service over settings.pcap on the test's nats-server, then what its stream holds."""
+    stop = asyncio.Event()
+    bus = await Bus.connect(settings, "capture", stop)
+    await service.main(settings, bus, stop)
+    await asyncio.sleep(0.3)
+    events = await read_stream(settings)
+    await bus.close()
+    return events
+
+
 def test_replay_waits_for_a_lagging_classify(nats_server):
     async def main():
         settings = CaptureSettings(nats_url=nats_server.url, probe="vw", pcap=[SAMPLE_PCAP], verdict_wait_s=0.3,
@@ -114,12 +125,7 @@ def test_only_verdicts_with_metadata_are_stored_beside_their_end_record(nats_ser
             await classify.nc.publish("ft.verdict.vm", batch_json(out))
 
         await classify.subscribe("ft.sample.vm", answer, types=(FlowSample,), batched=True)
-        stop = asyncio.Event()
-        bus = await Bus.connect(settings, "capture", stop)
-        await service.main(settings, bus, stop)
-        await asyncio.sleep(0.3)
-        events = await read_stream(settings)
-        await bus.close()
+        events = await run_replay(settings)
         await classify.close()
         return answered, with_tls, events
 
@@ -180,12 +186,7 @@ def test_samples_lost_on_the_bus_are_written_off_when_every_classify_is_idle(nat
             stats.append(json.loads(msg.data))
 
         await lossy.subscribe("ft.stats.lo", cb=on_stats)
-        stop = asyncio.Event()
-        bus = await Bus.connect(settings, "capture", stop)
-        await service.main(settings, bus, stop)
-        await asyncio.sleep(0.3)
-        events = await read_stream(settings)
-        await bus.close()
+        events = await run_replay(settings)
         await lossy.close()
         cstop.set()
         await ctask
