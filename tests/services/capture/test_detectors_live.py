@@ -85,7 +85,7 @@ def test_real_tcp_scan_over_1000_ports_is_one_port_scan():
         sink = Sink(det)
         meter = FlowMeter(CaptureSettings(probe="live", iface=lab.probe_iface, verdict_wait_s=0), sink,
                           source=lab.probe_iface)
-        src = LiveSource(lab.probe_iface, snaplen=2048, direction_in=True)
+        src = LiveSource(lab.probe_iface, snaplen=2048, direction_in=True, buffer_mb=CaptureSettings().buffer_mb)
         meter.set_source(lab.probe_iface, src.datalink)
         time.sleep(0.5)
         prefix = lab.exec_prefix("client")
@@ -173,7 +173,7 @@ def test_live_arp_flood_spoof_and_syn_flood():
         # short idle timeout: half-open flows end (and count) within the test
         meter = FlowMeter(CaptureSettings(probe="live", iface=lab.probe_iface, verdict_wait_s=0, idle_timeout_s=3),
                           sink, source=lab.probe_iface)
-        src = LiveSource(lab.probe_iface, snaplen=2048, direction_in=True)
+        src = LiveSource(lab.probe_iface, snaplen=2048, direction_in=True, buffer_mb=CaptureSettings().buffer_mb)
         meter.set_source(lab.probe_iface, src.datalink)
         time.sleep(0.5)
         prefix = lab.exec_prefix("client")

@@ -79,7 +79,7 @@ def test_live_flow_counters_equal_what_the_endpoints_sent(mode, tmp_path):
         settings = CaptureSettings(probe="live", iface=lab.probe_iface)
         sink = ListSink()
         meter = FlowMeter(settings, sink, source=lab.probe_iface)
-        src = LiveSource(lab.probe_iface, snaplen=2048, direction_in=True)
+        src = LiveSource(lab.probe_iface, snaplen=2048, direction_in=True, buffer_mb=settings.buffer_mb)
         meter.set_source(lab.probe_iface, src.datalink)
         time.sleep(0.5)
         prefix = lab.exec_prefix("client")
