@@ -11,13 +11,17 @@ FROM debian:12 AS build
 WORKDIR /opt/flowtarget
 COPY . .
 # the optional second DPI engine: its cffi binding is compiled here against libndpi-dev (setup.sh
-# installs it only with --test, for the test suite; the runtime stage keeps libndpi4.2 alone)
+# installs it only with --test, for the test suite; the runtime stage keeps libndpi4.2 alone).
+# Bytecode is compiled once here, for the venv and the project, in unchecked-hash mode (the image's sources
+# never change): the image sets PYTHONDONTWRITEBYTECODE, so without it every service start, replica and
+# restart compiled ~2,000 modules again (1.2-2 s of CPU measured for capture, classify and store's imports)
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libndpi-dev >/dev/null \
  && bash scripts/setup.sh \
  && .venv/bin/flowtarget --help >/dev/null \
  && FT_NDPI_BUILD_DIR=/opt/flowtarget/.ndpi .venv/bin/python -m services.classify.ndpi_engine --build \
- && find . -name __pycache__ -prune -exec rm -rf {} +
+ && find . -name __pycache__ -prune -exec rm -rf {} + \
+ && .venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash .venv/lib flowtarget shared services >/dev/null
 
 FROM debian:12
 ARG DEBIAN_FRONTEND=noninteractive

@@ -142,3 +142,22 @@ def test_build_context_holds_what_the_install_needs_and_no_secrets():
     for p in (".env", ".venv/bin/python", ".git/config", "shared/__pycache__/x.pyc", "capture.pcap"):
         assert dockerignore_excludes(p, patterns), f"{p} would be sent to the docker daemon"
     assert not dockerignore_excludes(".env.example", patterns)
+
+
+def test_image_and_setup_ship_bytecode():
+    """The image sets PYTHONDONTWRITEBYTECODE: its build stage compiles the venv's and the project's bytecode
+    after removing the build's caches, or every service start compiles its modules again; setup.sh compiles
+    the project's (an editable install leaves that to the first import)."""
+    build = parse_dockerfile(DOCKERFILE.read_text())[0]
+    steps = [" ".join(c) for r in build.all("RUN") for c in _split_and(shlex.split(r.replace("&&", " && ")))]
+    removes = [i for i, c in enumerate(steps) if "__pycache__" in c and "rm" in c]
+    compiles = [i for i, c in enumerate(steps) if "-m compileall" in c]
+    assert compiles, "the build stage compiles no bytecode"
+    assert not removes or max(removes) < max(compiles), "bytecode is compiled before the caches are removed"
+    last = steps[max(compiles)]
+    for part in (".venv/lib", "flowtarget", "shared", "services"):
+        assert re.search(rf"(^|\s){re.escape(part)}(\s|$)", last), f"{part} is not compiled: {last}"
+    runtime = parse_dockerfile(DOCKERFILE.read_text())[-1]
+    assert "PYTHONDONTWRITEBYTECODE=1" in " ".join(runtime.all("ENV"))
+    setup = SETUP.read_text()
+    assert re.search(r"^\.venv/bin/python -m compileall .*\bflowtarget shared services\b", setup, re.M)
