@@ -18,9 +18,9 @@ port guessing, when it has not decided).
 from __future__ import annotations
 
 import importlib.util
-import ipaddress
 import logging
 import os
+import socket
 import struct
 import sys
 from pathlib import Path
@@ -119,6 +119,17 @@ def _import_binding(out: Path):
     return None
 
 
+def _packed(ip: str) -> bytes | None:
+    """An address's bytes (inet_pton: a tenth of ipaddress's cost, a third of this engine's Python per sample
+    before); None when it is not one."""
+    try:
+        if ":" in ip:
+            return socket.inet_pton(socket.AF_INET6, ip.split("%", 1)[0])   # a zone index is not on the wire
+        return socket.inet_pton(socket.AF_INET, ip)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def _checksum_free_ipv4(src: bytes, dst: bytes, proto: int, l4len: int, ident: int) -> bytes:
     return struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + l4len, ident & 0xFFFF, 0x4000, 64, proto, 0, src, dst)
 
@@ -147,10 +158,8 @@ class NdpiEngine:
         return n
 
     def _packets(self, s: FlowSample):
-        try:
-            a = ipaddress.ip_address(s.src_ip).packed
-            b = ipaddress.ip_address(s.dst_ip).packed
-        except ValueError:
+        a, b = _packed(s.src_ip), _packed(s.dst_ip)
+        if a is None or b is None:
             return
         v6 = len(a) == 16
         if len(b) != len(a):

@@ -84,3 +84,17 @@ def test_runtime_image_has_the_second_engine():
         dep = subprocess.run(["apt-cache", "depends", "libndpi-dev"], capture_output=True, text=True).stdout
         if dep.strip():
             assert pkg.group(1) in dep, dep
+
+
+@pytest.mark.parametrize("ip", ["1.2.3.4", "0.0.0.0", "255.255.255.255", "::1", "::", "fe80::1", "::ffff:1.2.3.4",
+                                "2001:db8::8a2e:370:7334", "fe80::1%eth0", "999.1.1.1", "01.2.3.4", "1.2.3", "",
+                                "a:b", "1.2.3.4 ", "::1::2", "host.example"])
+def test_packed_addresses_are_ipaddress_bytes(ip):
+    """The synthetic packets' addresses: what ipaddress packs, None where it refuses (no packet is made)."""
+    import ipaddress
+
+    try:
+        want = ipaddress.ip_address(ip).packed
+    except ValueError:
+        want = None
+    assert ndpi_engine._packed(ip) == want
