@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import struct
 from functools import lru_cache
 
@@ -31,6 +32,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from services.classify.dissectors.base import Dissector, Match
 from services.classify.dissectors.tls_common import ja3, ja4, parse_client_hello, version_name
 from shared.models import FlowSample, QuicInfo, Verdict
+
+_NONZERO = re.compile(rb"[^\x00]")   # the end of a run of PADDING frames
 
 SALT_V1 = bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a")
 SALT_V2 = bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9")
@@ -223,7 +226,10 @@ def crypto_stream(payloads: list[bytes], gquic: bool = False) -> bytes:
         try:
             while pos < end:
                 ft = pl[pos]
-                if ft == 0x00 or ft == 0x01:              # PADDING, PING
+                if ft == 0x00:                            # PADDING: the run of zeros at once (an Initial
+                    m = _NONZERO.search(pl, pos)          # is padded to 1200 bytes, ~1,000 steps by the byte)
+                    pos = m.start() if m is not None else end
+                elif ft == 0x01:                          # PING
                     pos += 1
                 elif ft == crypto_type:                   # CRYPTO
                     off, pos = read_varint(pl, pos + 1)

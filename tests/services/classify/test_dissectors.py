@@ -209,6 +209,21 @@ def protect_initial(version: int, dcid: bytes, frames: bytes, pn: int = 0) -> by
     return bytes(out)
 
 
+def test_quic_crypto_stream_across_padding_runs_and_pings():
+    """PADDING runs (skipped at once) before, between and after CRYPTO frames, PINGs among them, a payload
+    of padding alone, and a run that ends the payload: the stream is the CRYPTO data in offset order."""
+    data = bytes(range(1, 200))
+    f1 = b"\x06" + varint(0) + varint(120) + data[:120]
+    f2 = b"\x06" + varint(120) + varint(len(data) - 120) + data[120:]
+    p1 = b"\x00" * 37 + f1 + b"\x00" * 5 + b"\x01\x01" + b"\x00" + b"\x01"
+    p2 = b"\x01" + b"\x00" * 300 + f2 + b"\x00" * 700
+    assert crypto_stream([p1, p2]) == data
+    assert crypto_stream([p2, b"\x00" * 1200, p1]) == data
+    assert crypto_stream([b"\x00" * 1200]) == b""
+    # a frame after a padding run is still read as a frame: an unknown type ends the payload there
+    assert crypto_stream([b"\x00" * 10 + b"\x1f" + f1]) == b""
+
+
 @pytest.mark.parametrize("version", [0x00000001, 0x6B3343CF, 0xFF00001D, 0xFF000017])
 def test_quic_initial_decrypted_and_client_hello_read(version):
     ch = client_hello(sni="quic.example.com", alpn=("h3",))
