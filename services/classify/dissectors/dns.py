@@ -11,6 +11,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from services.classify.dissectors.base import Dissector, Match
 from services.classify.dissectors.breadth_util import ordered
@@ -475,9 +476,13 @@ class LogRecord:
     ttl: int
     data: str
 
+    def as_dict(self) -> dict[str, Any]:
+        """The record's DnsAnswer fields, cut to the model's limits (validated with the DnsRecord holding it)."""
+        return {"name": truncate(self.name, 1024), "rtype": self.rtype[:16], "rclass": self.rclass[:16],
+                "ttl_s": max(0, int(self.ttl)), "data": truncate(self.data, 2048)}
+
     def as_model(self) -> DnsAnswer:
-        return DnsAnswer(name=truncate(self.name, 1024), rtype=self.rtype[:16], rclass=self.rclass[:16],
-                         ttl_s=max(0, int(self.ttl)), data=truncate(self.data, 2048))
+        return DnsAnswer(**self.as_dict())
 
 
 @dataclass
@@ -504,11 +509,24 @@ _NEEDS_WORK = re.compile(rb"[^\x21-\x5b\x5d-\x7e]|\.")    # anything but printab
 
 
 def _label_text(label: bytes) -> str:
-    """A label as represented text; a dot inside a label is written ``\\x2e`` so names stay injective."""
-    if _NEEDS_WORK.search(label) is None:
-        return label.decode("ascii")
-    t = represent(label)
-    return t.replace(".", "\\x2e") if "." in t else t
+    """A label as represented text; a dot inside a label is written ``\\x2e`` so names stay injective.
+    Remembered (labels repeat: a query's names come back in its answers, popular names in many messages)."""
+    t = _LABELS.get(label)
+    if t is None:
+        if _NEEDS_WORK.search(label) is None:
+            t = label.decode("ascii")
+        else:
+            t = represent(label)
+            if "." in t:
+                t = t.replace(".", "\\x2e")
+        if len(_LABELS) >= _LABELS_MAX:
+            _LABELS.clear()
+        _LABELS[label] = t
+    return t
+
+
+_LABELS: dict[bytes, str] = {}
+_LABELS_MAX = 16384          # labels of at most 63 bytes, texts of at most 4 characters a byte: < 7 MB
 
 
 def log_name(b: bytes, pos: int) -> tuple[str, int]:

@@ -128,6 +128,16 @@ def test_names_are_recoverable_represented_text():
     assert labels == [b"a\x00b\nc", b"d.e\\", b"\xff\xfe"]
     assert unrepresent("d\\x2ee\\\\") == "d.e\\"
     assert r.query_type == "TXT"
+    # labels' texts are remembered: the same message again (from the memo) and after the memo was emptied
+    # when full give the same name
+    from services.classify.dissectors import dns as dnsmod
+
+    again = engine().dns_record(pev(header(9, 0x0100) + raw + b"\x00\x10\x00\x01"))
+    assert again.query_name == r.query_name
+    for i in range(dnsmod._LABELS_MAX + 5):
+        dnsmod._label_text(b"l%d" % i)
+    assert len(dnsmod._LABELS) <= dnsmod._LABELS_MAX
+    assert engine().dns_record(pev(header(9, 0x0100) + raw + b"\x00\x10\x00\x01")).query_name == r.query_name
 
 
 def test_parse_log_never_raises():
