@@ -21,6 +21,10 @@ _SMTP_PORTS = {25, 587, 2525, 465}
 _POP_PORTS = {110, 995}
 _IMAP_PORTS = {143, 993}
 _FTP_PORTS = {21, 990, 2121}
+#: what Mail.dissect decides on without the ports: a server's first bytes (after its swap) ...
+_DECIDING_GREETINGS = (b"220 ", b"220-", b"+OK", b"* OK", b"* PREAUTH", b"* BYE")
+#: ... and the ports whose branches read the client's commands
+_CMD_PORTS = _POP_PORTS | _IMAP_PORTS | _FTP_PORTS
 
 
 def _lines(b: bytes, limit: int = 12) -> list[bytes]:
@@ -77,6 +81,9 @@ class Mail(Dissector):
             server, client = client, server
             server_payloads = s.src_payloads
         ports = {s.src_port, s.dst_port}
+        if not (server.startswith(_DECIDING_GREETINGS) or client.startswith((b"EHLO ", b"HELO "))
+                or ports & _CMD_PORTS):
+            return Match.NO      # none of the branches below can decide: not worth splitting the lines
         cl = _lines(client)
         sl = _lines(server)
         ccmds = [_cmd(x) for x in cl if x]
