@@ -193,6 +193,11 @@ class Engine:
                                 first = frozenset(m[0] for m in d.magic)
                         if cls.dissect is _bu.Simple.dissect:
                             simple = (d.check, d.maxpk, d.result)
+                if first is None:                   # a declared first-byte gate (Dissector.first_bytes)
+                    fb = getattr(d, "first_bytes", None)
+                    fb = fb.get(transport) if fb else None
+                    if fb:
+                        first = frozenset(fb)
                 lead = getattr(d, "lead", None) if _bu is not None else None
                 lead = lead.get(transport) if lead else None
                 if lead is not None:

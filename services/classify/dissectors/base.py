@@ -32,6 +32,12 @@ class Dissector:
     #: payloads in arrival order (``breadth_util.ordered``) starts with one of those bytes; the engine
     #: then skips both calls for such a sample (a cheap test in its loop instead of two calls).
     lead: dict[str, tuple[int, bytes]] = {}
+    #: optional declared gate, per transport: ``{"TCP": b"IRA"}`` says that on TCP ``could_be`` is False
+    #: unless the first src payload or the first dst payload starts with one of those bytes.  The engine
+    #: leaves such a dissector out of its cached candidate lists for other first bytes (no call, no step of
+    #: its loop); ``could_be`` still decides for the samples that pass.  A test checks every declaration
+    #: against ``could_be`` (tests/services/classify/test_engine_gates.py).
+    first_bytes: dict[str, bytes] = {}
 
     def could_be(self, s: FlowSample) -> bool:
         """Cheap test on the first bytes / ports. Must be fast: it runs for every sample."""

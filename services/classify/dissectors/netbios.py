@@ -71,6 +71,7 @@ class NetBIOS(Dissector):
     name = "NetBIOS"
     transports = TCP_UDP
     ports = frozenset({137, 138, 139, 445})
+    first_bytes = {"TCP": bytes((0x00, 0x81, 0x82, 0x83, 0x84))}   # could_be: a session message type
 
     def could_be(self, s: FlowSample) -> bool:
         if s.transport == "UDP":

@@ -360,6 +360,7 @@ class NFS(Simple):
     name = "NFS"
     transports = TCP_UDP
     ports = frozenset({111, 2049})
+    first_bytes = {"TCP": bytes(range(0x80, 0x100))}   # could_be: a record mark's last-fragment bit
 
     def could_be(self, s: FlowSample) -> bool:
         # the call from either side: the capture may have seen the server's packet first
@@ -520,6 +521,7 @@ class Roughtime(Simple):
     name = "Roughtime"
     transports = TCP_UDP
     ports = frozenset({2002})
+    first_bytes = {t: b"R" + bytes(range(1, 65)) for t in ("TCP", "UDP")}   # could_be: "ROUGHTIM" or 1..64 tags
 
     def could_be(self, s: FlowSample) -> bool:
         p = s.src_payloads[0] if s.src_payloads else (s.dst_payloads[0] if s.dst_payloads else b"")

@@ -235,6 +235,7 @@ class SIP(Dissector):
     name = "SIP"
     transports = TCP_UDP
     ports = frozenset({5060, 5061})
+    first_bytes = {"TCP": b"IRAOBCNSMPU\r\n", "UDP": b"IRAOBCNSMPU\r\n"}   # could_be's first bytes
 
     def could_be(self, s: FlowSample) -> bool:
         for lst in (s.src_payloads, s.dst_payloads):

@@ -22,6 +22,7 @@ class OpenVPN(Dissector):
     name = "OpenVPN"
     transports = TCP_UDP
     ports = frozenset({1194})
+    first_bytes = {"UDP": bytes(b for b in range(256) if b >> 3 in (1, 2, 7, 8, 10))}   # could_be: its opcodes
 
     def could_be(self, s: FlowSample) -> bool:
         for lst in (s.src_payloads, s.dst_payloads):
