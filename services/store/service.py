@@ -55,6 +55,9 @@ MAX_FETCH_MSGS = 256
 # Batches written at the same time (each acks its own messages when written):
 # the database parses one request per core, the next batch is converted meanwhile.
 MAX_INFLIGHT = 2
+# At a stop, how long a pull request still out may take to bring its messages in (a pull with messages
+# waiting returns in milliseconds; one waiting on an empty stream is given up, not its second of timeout)
+STOP_FETCH_GRACE_S = 0.2
 
 
 @dataclass
@@ -364,6 +367,20 @@ class Store:
                 await self._sleep(0.5, stop)
             return []
 
+    async def _fetched(self, stopping: asyncio.Future) -> list:
+        """The pending pull request's messages, or [] when ``stopping`` completes first: then the request
+        (an idle wait of up to a second on an empty stream) is cancelled, so that a stop takes effect at
+        once instead of after the pull's timeout."""
+        task = self._fetching
+        assert task is not None
+        if not task.done():
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                task.cancel()
+                self._fetching = None
+                return []
+        return task.result()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch, convert and write until ``stop``; one batch is written while the next one is built."""
         assert self._psub is not None, "call setup() first"
@@ -374,10 +391,11 @@ class Store:
         first_at = 0.0
         self._inflight = []
         self._fetching = None
+        stopping = asyncio.ensure_future(stop.wait())
         while not stop.is_set():
             if self._fetching is None:
                 self._fetching = asyncio.create_task(self._fetch(msgs, points, first_at, stop))
-            got = await self._fetching
+            got = await self._fetched(stopping)
             # ask for the next messages now, so they travel while these are converted
             self._fetching = asyncio.create_task(self._fetch(msgs, points, first_at, stop)) if got else None
             await asyncio.sleep(0)
@@ -398,9 +416,12 @@ class Store:
                 self._inflight.append(asyncio.create_task(self._flush(msgs, points, stop)))
                 msgs, points = [], []
             self._maybe_log()
+        stopping.cancel()
         if self._fetching is not None:
+            # messages already fetched go with the last batch; a pull still waiting on an empty stream is
+            # given up (what it would still bring is redelivered to the next consumer: never acked here)
             try:
-                late = await self._fetching  # messages already fetched go with the last batch
+                late = await self._fetched(asyncio.ensure_future(asyncio.sleep(STOP_FETCH_GRACE_S)))
             except Exception:
                 late = []
             for msg in late:
