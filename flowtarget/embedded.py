@@ -109,6 +109,10 @@ def stop_process(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM
         proc.wait(5)
 
 
+#: the embedded server's max_pending (bytes buffered for a slow client; see EmbeddedNats.start)
+EMBEDDED_MAX_PENDING = 512 * 1024 * 1024
+
+
 class EmbeddedNats:
     """A nats-server child process; use as a context manager or call start()/stop()."""
 
@@ -134,7 +138,12 @@ class EmbeddedNats:
             return self
         conf = Path(self.store_dir) / "flowtarget-nats.conf"
         conf.parent.mkdir(parents=True, exist_ok=True)
-        conf.write_text("max_payload: 8388608\n" + self.extra_conf)
+        # max_pending: what the server buffers for a client that reads slower than it is sent to before it
+        # cuts it off as a slow consumer (64 MB by default).  A file replay sends far faster than real time:
+        # the detectors' process of a sharded replay fell 64 MB behind two shards and was cut off, losing
+        # records and the shards' end-of-capture marks (then it waited 120 s for them).  Here, on one host
+        # and for a bounded file, the server holds the backlog until the reader catches up.
+        conf.write_text(f"max_payload: 8388608\nmax_pending: {EMBEDDED_MAX_PENDING}\n" + self.extra_conf)
         cmd = [find_nats_server(), "-c", str(conf), "-a", self.host, "-p", str(self.port), "-js",
                "-sd", self.store_dir, *(["-m", str(self.http_port)] if self.http_port else []), *self.extra_args]
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
