@@ -384,14 +384,20 @@ class Store:
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch, convert and write until ``stop``; one batch is written while the next one is built."""
         assert self._psub is not None, "call setup() first"
+        self._inflight = []
+        self._fetching = None
+        stopping = asyncio.ensure_future(stop.wait())   # wakes a pull's wait at a stop (_fetched)
+        try:
+            await self._loop(stop, stopping)
+        finally:
+            stopping.cancel()
+
+    async def _loop(self, stop: asyncio.Event, stopping: asyncio.Future) -> None:
         batch_size = self.settings.batch_size
         flush_s = self.settings.flush_interval_s
         msgs: list = []
         points: list[Point] = []
         first_at = 0.0
-        self._inflight = []
-        self._fetching = None
-        stopping = asyncio.ensure_future(stop.wait())
         while not stop.is_set():
             if self._fetching is None:
                 self._fetching = asyncio.create_task(self._fetch(msgs, points, first_at, stop))
@@ -416,14 +422,16 @@ class Store:
                 self._inflight.append(asyncio.create_task(self._flush(msgs, points, stop)))
                 msgs, points = [], []
             self._maybe_log()
-        stopping.cancel()
         if self._fetching is not None:
             # messages already fetched go with the last batch; a pull still waiting on an empty stream is
             # given up (what it would still bring is redelivered to the next consumer: never acked here)
+            grace = asyncio.ensure_future(asyncio.sleep(STOP_FETCH_GRACE_S))
             try:
-                late = await self._fetched(asyncio.ensure_future(asyncio.sleep(STOP_FETCH_GRACE_S)))
+                late = await self._fetched(grace)
             except Exception:
                 late = []
+            finally:
+                grace.cancel()
             for msg in late:
                 if await self._repeat(msg):
                     continue
