@@ -679,7 +679,8 @@ static int record_values(PyObject *f, PyObject *phase, PyObject *ts, PyObject *p
     double fd = PyFloat_AsDouble(first), ld = PyFloat_AsDouble(last);
     if ((fd == -1.0 || ld == -1.0) && PyErr_Occurred())
         return -1;
-    double dur = (ld - fd) * 1000.0;
+    /* flows.duration_ms: whole microseconds (rounded half to even, as Python's round) in milliseconds */
+    double dus = (ld - fd) * 1e6, dur = dus > 0.0 && dus < 1e18 ? nearbyint(dus) / 1e3 : 0.0;
     if (!(dur > 0.0))
         dur = 0.0;
     PyObject *vl = RSLOT(f, R_VLAN_IDS), *outer = RSLOT(f, R_OUTER), *icmp = RSLOT(f, R_ICMP);
