@@ -230,12 +230,22 @@ static int load_state(PyObject *meter, PyObject **prev, double *prev_ts, double 
     return 0;
 }
 
-static int store_state(PyObject *meter, PyObject *prev, double prev_ts) {
+static PyObject *iname(const char *lit);
+
+static int store_state(PyObject *meter, PyObject *prev, double prev_ts, double *now, int *now_set) {
     PyObject *t = PyFloat_FromDouble(prev_ts);
     if (t == NULL)
         return -1;
     int r = PyObject_SetAttr(meter, s_prev_frame, prev) | PyObject_SetAttr(meter, s_prev_ts, t);
     Py_DECREF(t);
+    if (r == 0 && *now_set) {   /* house_in_c's clock, as FlowMeter._housekeep sets it */
+        PyObject *n = PyFloat_FromDouble(*now), *h = n ? PyFloat_FromDouble(*now + 1.0) : NULL;
+        r = h == NULL || PyObject_SetAttr(meter, iname("_now"), n) < 0 || PyObject_SetAttr(meter, s_next_house, h) < 0
+            ? -1 : 0;
+        Py_XDECREF(n);
+        Py_XDECREF(h);
+        *now_set = 0;
+    }
     return r;
 }
 
@@ -1593,14 +1603,49 @@ static PyObject *ring_add(PyObject *self, PyObject *args) {
 static PyObject *rec_float_json;   /* bind_flat's: a float as orjson writes it (below) */
 
 /* run()'s state of _process_py's first steps, which every record takes */
+/* what the housekeeping reads of the meter, read once per run() (or expire()) call: this file's time
+   profile (~12 packets per second of packet time) has a housekeeping every ~12 packets */
+typedef struct {
+    PyObject *table, *closed, *young, *young2;   /* the meter's table, _closed, _young, _young2 (strong) */
+    double idle, grace, hot_iv;
+    int loaded;
+} House;
+
+static int house_load(House *h, PyObject *meter) {
+    if (h->loaded)
+        return 0;
+    if ((h->table = mattr(meter, "table")) == NULL || (h->closed = mattr(meter, "_closed")) == NULL
+        || (h->young = mattr(meter, "_young")) == NULL || (h->young2 = mattr(meter, "_young2")) == NULL
+        || attr_d(meter, "_idle", &h->idle) < 0 || attr_d(meter, "_grace", &h->grace) < 0
+        || attr_d(meter, "_hot_iv", &h->hot_iv) < 0)
+        return -1;
+    if (!PyDict_Check(h->table)) {
+        PyErr_SetString(PyExc_TypeError, "the meter's table is not a dict");
+        return -1;
+    }
+    h->loaded = 1;
+    return 0;
+}
+
+static void house_clear(House *h) {
+    Py_CLEAR(h->table);
+    Py_CLEAR(h->closed);
+    Py_CLEAR(h->young);
+    Py_CLEAR(h->young2);
+    h->loaded = 0;
+}
+
 typedef struct {
     long long npk, nbytes_all, dups;   /* records, their bytes, duplicate frames */
     PyObject *prev;                    /* the last frame (a strong reference) */
     double prev_ts, nh;                /* its time; the time of the next second's housekeeping */
+    double now;                        /* the last housekeeping's clock (meter._now), when now_set */
     int house_c;                       /* the meter's _house_c: its _housekeep done here (house_in_c) */
+    int now_set;                       /* a housekeeping here since the meter's _now and _next_house were set */
+    House house;
 } Step;
 
-static PyObject *expire_now(PyObject *meter, PyObject *now_o, PyObject *why);
+static PyObject *expire_now(PyObject *meter, PyObject *now_o, PyObject *why, House *h);
 static PyObject *s_idle;
 
 /* FlowMeter._housekeep(now) where it ends flows in C (meter._house_c, set by process_batch): its clock, the young
@@ -1608,11 +1653,9 @@ static PyObject *s_idle;
 /* FlowMeter._young_check(now): TCP flows opened by a SYN hot_interval_s ago (the deque _young, oldest first)
  * whose client has not ACKed: a hot record (the meter's _out) for each that got no SYN-ACK; one that got a
  * SYN-ACK goes to _young2, checked again at twice that age.  0, or -1 with an exception. */
-static int young_check(PyObject *meter, PyObject *tso) {
-    double now = PyFloat_AS_DOUBLE(tso), iv;
-    if (attr_d(meter, "_hot_iv", &iv) < 0)
-        return -1;
-    PyObject *y = mattr(meter, "_young"), *y2 = y ? mattr(meter, "_young2") : NULL, *popleft = iname("popleft");
+static int young_check(PyObject *meter, PyObject *tso, House *h) {
+    double now = PyFloat_AS_DOUBLE(tso), iv = h->hot_iv;
+    PyObject *y = ref(h->young), *y2 = ref(h->young2), *popleft = iname("popleft");
     PyObject *append = iname("append"), *out = iname("_out"), *upd = iname("update");
     PyObject *hot_raw = NULL, *hot_to = NULL, *hot_probe = NULL;   /* sink.raw_hot, meter._sink_hot, meter.probe */
     int hot_tried = 0;
@@ -1709,25 +1752,19 @@ static int young_check(PyObject *meter, PyObject *tso) {
     return rc;
 }
 
-static int house_in_c(PyObject *meter, PyObject *tso) {
-    PyObject *nh = PyFloat_FromDouble(PyFloat_AS_DOUBLE(tso) + 1.0), *now_n = iname("_now");
-    if (nh == NULL || now_n == NULL || PyObject_SetAttr(meter, now_n, tso) < 0
-        || PyObject_SetAttr(meter, s_next_house, nh) < 0) {
-        Py_XDECREF(nh);
+static int house_in_c(Step *st, PyObject *meter, PyObject *tso) {
+    /* the clock (meter._now, ._next_house) is set on the meter before Python code runs and at the end (store_state) */
+    st->now = PyFloat_AS_DOUBLE(tso);
+    st->nh = st->now + 1.0;
+    st->now_set = 1;
+    if (house_load(&st->house, meter) < 0)
         return -1;
-    }
-    Py_DECREF(nh);
-    int young = 0;
-    for (int k = 0; k < 2 && !young; k++) {
-        PyObject *y = mattr(meter, k ? "_young2" : "_young");
-        young = y ? PyObject_IsTrue(y) : -1;
-        Py_XDECREF(y);
-        if (young < 0)
-            return -1;
-    }
-    if (young && young_check(meter, tso) < 0)
+    int young = PyObject_IsTrue(st->house.young);
+    if (young == 0)
+        young = PyObject_IsTrue(st->house.young2);
+    if (young < 0 || (young && young_check(meter, tso, &st->house) < 0))
         return -1;
-    PyObject *r = expire_now(meter, tso, s_idle);
+    PyObject *r = expire_now(meter, tso, s_idle, &st->house);
     Py_XDECREF(r);
     return r ? 0 : -1;
 }
@@ -1749,7 +1786,7 @@ static inline int frame_step(Step *st, PyObject *meter, PyObject *m_housekeep, P
     st->prev_ts = ts;
     if (ts >= st->nh || ts < st->nh - 2.0) {
         if (st->house_c) {
-            int r = house_in_c(meter, tso);
+            int r = house_in_c(st, meter, tso);
             Py_CLEAR(*at_end);
             if (r < 0)
                 return -1;
@@ -1880,7 +1917,8 @@ static PyObject *run(PyObject *self, PyObject *args) {
      * in a row: its move_to_end is then a no-op and skipped); forgotten whenever Python code may have run */
     PyObject *at_end = NULL, *at_hit = NULL;
     PyObject *at_prev = NULL, *at_prev_hit = NULL;   /* the key at_end held before, and its entry (see below) */
-    Step step = {0, 0, 0, NULL, 0.0, 0.0, 0};
+    Step step;
+    memset(&step, 0, sizeof step);
     long long house_c;
     if (meter_ll(meter, "_house_c", &house_c) < 0 || load_state(meter, &step.prev, &step.prev_ts, &step.nh) < 0)
         return NULL;
@@ -2568,7 +2606,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
         goto vtags;
     python:
         /* this record needs Python: FlowMeter._process_py((rec,), dl) with the meter's state in step */
-        if (store_state(meter, step.prev, step.prev_ts) < 0)
+        if (store_state(meter, step.prev, step.prev_ts, &step.now, &step.now_set) < 0)
             goto error;
         {
             PyObject *one_rec = PyTuple_Pack(1, rec);
@@ -2586,9 +2624,10 @@ static PyObject *run(PyObject *self, PyObject *args) {
         if (load_state(meter, &step.prev, &step.prev_ts, &step.nh) < 0)
             goto error;
     }
-    if (store_state(meter, step.prev, step.prev_ts) < 0)
+    if (store_state(meter, step.prev, step.prev_ts, &step.now, &step.now_set) < 0)
         goto error;
     Py_DECREF(step.prev);
+    house_clear(&step.house);
     Py_DECREF(m_tcp_close);
     Py_XDECREF(closed_append);
     Py_DECREF(m_periodic);
@@ -2609,6 +2648,7 @@ error:
     nf_clear(&nf);
     packet_out_clear(&pko);
     Py_XDECREF(step.prev);
+    house_clear(&step.house);
     Py_XDECREF(m_tcp_close);
     Py_XDECREF(closed_append);
     Py_XDECREF(m_periodic);
@@ -4274,14 +4314,16 @@ static int end_idle(Ender *e, PyObject *f, PyObject *why) {
 
 static long long expired_total = 0;   /* flows expire_now ended since the module was loaded (ended_in_c()) */
 
-static PyObject *expire_now(PyObject *meter, PyObject *now_o, PyObject *why);
-
 static PyObject *expire(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *meter, *now_o, *why = s_idle;
     if (!PyArg_ParseTuple(args, "OO!|U", &meter, &PyFloat_Type, &now_o, &why))
         return NULL;
-    return expire_now(meter, now_o, why);
+    House h;
+    memset(&h, 0, sizeof h);
+    PyObject *r = house_load(&h, meter) < 0 ? NULL : expire_now(meter, now_o, why, &h);
+    house_clear(&h);
+    return r;
 }
 
 /* ended_in_c() -> int: how many flows expire() (and the loop's housekeeping) ended so far, for tests */
@@ -4291,33 +4333,23 @@ static PyObject *ended_in_c(PyObject *self, PyObject *unused) {
     return PyLong_FromLongLong(expired_total);
 }
 
-/* expire(meter, now, why) without its argument parsing: FlowMeter._housekeep's two loops */
-static PyObject *expire_now(PyObject *meter, PyObject *now_o, PyObject *why) {
+/* expire(meter, now, why) without its argument parsing: FlowMeter._housekeep's two loops, with the meter's
+   attributes they read in h (house_load) */
+static PyObject *expire_now(PyObject *meter, PyObject *now_o, PyObject *why, House *h) {
     if (!new_bound || rec_cls == NULL || flow_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "expire() needs bind() and bind_record()");
         return NULL;
     }
-    double now = PyFloat_AS_DOUBLE(now_o), idle;
+    double now = PyFloat_AS_DOUBLE(now_o), idle = h->idle;
     Ender e;
     memset(&e, 0, sizeof e);
     e.meter = meter;
-    if (attr_d(meter, "_idle", &idle) < 0 || (e.table = mattr(meter, "table")) == NULL)
-        return NULL;
-    if (!PyDict_Check(e.table)) {
-        Py_DECREF(e.table);
-        PyErr_SetString(PyExc_TypeError, "the meter's table is not a dict");
-        return NULL;
-    }
+    e.table = ref(h->table);
     PyObject *move_to_end = NULL;
-    double cutoff = now - idle, grace;
+    double cutoff = now - idle, grace = h->grace;
     long long ended = 0;
     /* TCP flows closed by FIN/RST whose grace period is over, in the order they closed */
-    PyObject *closed = mattr(meter, "_closed"), *popleft = NULL;
-    if (closed == NULL || attr_d(meter, "_grace", &grace) < 0) {
-        Py_XDECREF(closed);
-        Py_DECREF(e.table);
-        return NULL;
-    }
+    PyObject *closed = ref(h->closed), *popleft = NULL;
     for (;;) {
         Py_ssize_t nc = PyObject_Length(closed);
         if (nc <= 0) {

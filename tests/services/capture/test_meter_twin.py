@@ -118,12 +118,14 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
         m.record_cutoff = 3000   # the packet recorder's keep marks (FT_RECORD_CUTOFF_BYTES), compared too
         seen = 0
         marks = bytearray()
+        clock = []   # the meter's clock after each batch (the loop's housekeeping sets it at the batch's end)
         for source, dlt, recs in batches:
             if source is not None:
                 if m.table:
                     m.finish()
                 m.set_source(source, dlt)
             m.process_batch(list(recs), dlt)
+            clock.append((m._now, m._next_house, m._prev_ts))
             keep = m.take_keep()
             assert len(keep) == len(recs)
             marks += keep
@@ -162,6 +164,7 @@ def meter(batches: list[tuple[int, list]], compiled: bool, monkeypatch: pytest.M
             [as_record(r).model_dump() for r in sink.hot_records],
             [batch_json([r]) for r in sink.hot_records],
             [batch_json([p]) for p in sink.packets],
+            clock,
         ]
 
 
@@ -195,7 +198,7 @@ def assert_twins(batches: list, monkeypatch: pytest.MonkeyPatch, vwait: float = 
         assert hot_a == len(a[9])   # ... and every hot record
     names = ("flow records", "samples", "packet events", "stats", "evidence rings", "recorder keep marks",
              "flow records' documents", "samples' documents", "verdicts handed over", "hot records",
-             "hot records' documents", "packet events' documents")
+             "hot records' documents", "packet events' documents", "the meter's clock after each batch")
     for name, x, y in zip(names, a, b):
         if isinstance(x, list):
             assert len(x) == len(y), name
