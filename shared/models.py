@@ -115,7 +115,7 @@ class FlowRecord(Event):
     ip_version: int = Field(default=4, description="4 or 6.")
     first_seen: float = Field(description="Time of the flow's first packet, Unix epoch seconds.")
     last_seen: float = Field(description="Time of the flow's latest packet, Unix epoch seconds.")
-    duration_ms: float = Field(default=0.0, ge=0, description="last_seen - first_seen in milliseconds.")
+    duration_ms: float = Field(default=0.0, ge=0, description="last_seen - first_seen in milliseconds, rounded to whole microseconds.")
     src2dst_packets: int = Field(default=0, ge=0, description="Packets sent by src.")
     src2dst_bytes: int = Field(default=0, ge=0, description="IP-layer bytes sent by src.")
     dst2src_packets: int = Field(default=0, ge=0, description="Packets sent by dst.")

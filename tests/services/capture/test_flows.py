@@ -7,7 +7,7 @@ import struct
 
 import dpkt
 
-from services.capture.flows import FlowMeter, ListSink
+from services.capture.flows import FlowMeter, ListSink, duration_ms
 from shared.models import FlowSample, Verdict
 from shared.settings import CaptureSettings
 
@@ -91,6 +91,7 @@ def test_tcp_session_counters_and_fin_end():
     assert rec.src2dst_tcp_flags == SYN | ACK | PSH | FIN and rec.dst2src_tcp_flags == SYN | ACK | PSH | FIN
     assert rec.src_mac == "02:00:00:00:00:0c" and rec.dst_mac == "02:00:00:00:00:05"
     assert rec.first_seen == 1000.0 and abs(rec.last_seen - 1000.07) < 1e-9
+    assert rec.duration_ms == 70.0   # whole microseconds: (1000.07 - 1000.0) * 1000 is 70.00000000004729
     st = m.stats()
     assert st["flows_ended"] == 1 and st["flows_active"] == 0 and st["packets"] == len(pk)
 
@@ -542,3 +543,17 @@ def test_capture_port_guess_is_classifys():
                 assert g == engine.guess(t, sp, dp)
                 named += bool(g)
     assert named > 1000
+
+
+def test_durations_are_whole_microseconds():
+    """duration_ms (flows.duration_ms, and _meter.c's record the same): the microseconds between two packet times,
+    rounded half to even; nothing below zero, and 0 where the times are not numbers."""
+    t = 1_700_000_000.0
+    assert duration_ms(t, t + 0.123456) == 123.456
+    assert duration_ms(0.0, 1.5e-6) == 0.002 and duration_ms(0.0, 2.5e-6) == 0.002   # half to even
+    assert duration_ms(0.0, 0.5e-6) == 0.0
+    assert duration_ms(t, t) == 0.0 and duration_ms(t + 1, t) == 0.0
+    assert duration_ms(0.0, float("inf")) == 0.0 and duration_ms(0.0, float("nan")) == 0.0
+    for dt in (0.07, 3600.25, 86_400.000_001, 1e-7):
+        d = duration_ms(t, t + dt)
+        assert d == round((t + dt - t) * 1e6) / 1e3 and round(d * 1e3) == d * 1e3
