@@ -25,6 +25,12 @@
  *       are skipped (``shard_hash``): new_pos passes them, the list holds
  *       only this shard's records.
  *
+ *       With ``raw`` (an 11th argument, true), records is instead an index of the records in ``buf``: per
+ *       record a native double (its time) and two native int64 (its frame's offset in buf and length),
+ *       RAW_ENTRY bytes, for the meter's loop to read where they are (fastpath.RawBatch); no object per record.
+ *
+ *   raw_records(buf, index) -> [(timestamp, frame), ...]: such an index's records as objects.
+ *
  *   shard_hash(frame, dlt) -> int | -1
  *       A symmetric hash of a frame's IP addresses (outer header; both
  *       directions, every fragment and every flow tunnelled between two hosts
@@ -248,6 +254,12 @@ static PyObject *shard_hash(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(h);
 }
 
+typedef struct {
+    double ts;
+    int64_t off, len;
+} RawEntry;
+#define RAW_ENTRY ((Py_ssize_t)sizeof(RawEntry))
+
 static PyObject *pcap_records(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer view;
@@ -256,9 +268,9 @@ static PyObject *pcap_records(PyObject *self, PyObject *args) {
     double unit;
     unsigned long long max_record, snaplen = 0;
     long long shard = 0, shards = 1;
-    int dlt = 1;
-    if (!PyArg_ParseTuple(args, "y*npdnK|KLLi", &view, &pos, &big, &unit, &limit, &max_record, &snaplen, &shard,
-                          &shards, &dlt))
+    int dlt = 1, raw = 0;
+    if (!PyArg_ParseTuple(args, "y*npdnK|KLLip", &view, &pos, &big, &unit, &limit, &max_record, &snaplen, &shard,
+                          &shards, &dlt, &raw))
         return NULL;
     if (shards < 1 || shard < 0 || shard >= shards) {
         PyBuffer_Release(&view);
@@ -267,8 +279,10 @@ static PyObject *pcap_records(PyObject *self, PyObject *args) {
     }
     const unsigned char *b = (const unsigned char *)view.buf;
     Py_ssize_t blen = view.len;
-    PyObject *list = PyList_New(0);
-    if (list == NULL) {
+    PyObject *list = raw ? NULL : PyList_New(0);
+    RawEntry *ix = NULL;   /* raw: the index, nix entries of cix */
+    Py_ssize_t nix = 0, cix = 0;
+    if (!raw && list == NULL) {
         PyBuffer_Release(&view);
         return NULL;
     }
@@ -277,7 +291,7 @@ static PyObject *pcap_records(PyObject *self, PyObject *args) {
     long long over_orig = 0, over_snap = 0;   /* records whose caplen is above their origlen / the snaplen */
     if (pos < 0)
         pos = 0;
-    while (PyList_GET_SIZE(list) < limit && blen - pos >= 16) {
+    while ((raw ? nix : PyList_GET_SIZE(list)) < limit && blen - pos >= 16) {
         const unsigned char *h = b + pos;
         uint32_t sec = big ? be32(h) : le32(h);
         uint32_t frac = big ? be32(h + 4) : le32(h + 4);
@@ -300,6 +314,25 @@ static PyObject *pcap_records(PyObject *self, PyObject *args) {
         }
         over_orig += over_o;
         over_snap += over_s;
+        if (raw) {
+            if (nix == cix) {
+                Py_ssize_t nc = cix ? 2 * cix : 256;
+                RawEntry *g = PyMem_Realloc(ix, (size_t)nc * sizeof(RawEntry));
+                if (g == NULL) {
+                    PyMem_Free(ix);
+                    PyBuffer_Release(&view);
+                    return PyErr_NoMemory();
+                }
+                ix = g;
+                cix = nc;
+            }
+            ix[nix].ts = (double)sec + (double)frac * unit;
+            ix[nix].off = (int64_t)(pos + 16);
+            ix[nix].len = (int64_t)keep;
+            nix++;
+            pos += 16 + (Py_ssize_t)caplen;
+            continue;
+        }
         PyObject *ts = PyFloat_FromDouble((double)sec + (double)frac * unit);
         PyObject *fr = PyBytes_FromStringAndSize((const char *)(h + 16), keep);
         PyObject *rec = (ts && fr) ? PyTuple_New(2) : NULL;
@@ -322,7 +355,53 @@ static PyObject *pcap_records(PyObject *self, PyObject *args) {
         pos += 16 + (Py_ssize_t)caplen;
     }
     PyBuffer_Release(&view);
+    if (raw) {
+        list = PyBytes_FromStringAndSize((const char *)ix, nix * RAW_ENTRY);
+        PyMem_Free(ix);
+        if (list == NULL)
+            return NULL;
+    }
     return Py_BuildValue("(NnLKLL)", list, pos, bad, cut, over_orig, over_snap);
+}
+
+/* raw_records(buf, index): the (timestamp, frame) records of pcap_records' raw index into buf */
+static PyObject *raw_records(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer view, iv;
+    if (!PyArg_ParseTuple(args, "y*y*", &view, &iv))
+        return NULL;
+    PyObject *list = NULL;
+    if (iv.len % RAW_ENTRY) {
+        PyErr_SetString(PyExc_ValueError, "raw_records: not an index of pcap_records");
+        goto done;
+    }
+    Py_ssize_t n = iv.len / RAW_ENTRY;
+    list = PyList_New(n);
+    for (Py_ssize_t i = 0; list != NULL && i < n; i++) {
+        RawEntry e;
+        memcpy(&e, (const char *)iv.buf + i * RAW_ENTRY, sizeof e);
+        if (e.off < 0 || e.len < 0 || e.off + e.len > view.len) {
+            PyErr_SetString(PyExc_ValueError, "raw_records: a record outside its buffer");
+            Py_CLEAR(list);
+            break;
+        }
+        PyObject *ts = PyFloat_FromDouble(e.ts);
+        PyObject *fr = ts ? PyBytes_FromStringAndSize((const char *)view.buf + e.off, (Py_ssize_t)e.len) : NULL;
+        PyObject *rec = fr ? PyTuple_New(2) : NULL;
+        if (rec == NULL) {
+            Py_XDECREF(ts);
+            Py_XDECREF(fr);
+            Py_CLEAR(list);
+            break;
+        }
+        PyTuple_SET_ITEM(rec, 0, ts);
+        PyTuple_SET_ITEM(rec, 1, fr);
+        PyList_SET_ITEM(list, i, rec);
+    }
+done:
+    PyBuffer_Release(&view);
+    PyBuffer_Release(&iv);
+    return list;
 }
 
 /* Collector: a packet callback for pypcap's dispatch() that appends (ts, frame) to a list without
@@ -410,6 +489,7 @@ static PyTypeObject CollectorType = {
 static PyMethodDef methods[] = {
     {"eth4", eth4, METH_O, "Fast path of the meter for untagged Ethernet/IPv4 TCP and UDP frames."},
     {"pcap_records", pcap_records, METH_VARARGS, "Whole pcap records from a buffer, as (timestamp, frame)."},
+    {"raw_records", raw_records, METH_VARARGS, "The (timestamp, frame) records of a raw pcap_records index."},
     {"shard_hash", shard_hash, METH_VARARGS, "Symmetric hash of a frame's IP addresses (-1: no IP header)."},
     {NULL, NULL, 0, NULL},
 };
@@ -422,6 +502,10 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
+    if (PyModule_AddIntConstant(m, "RAW_ENTRY", (long)RAW_ENTRY) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&CollectorType);
     if (PyModule_AddObject(m, "Collector", (PyObject *)&CollectorType) < 0) {
         Py_DECREF(&CollectorType);

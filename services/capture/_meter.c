@@ -1291,7 +1291,7 @@ static PyObject *new_flow(NewFlow *c, PyObject *meter, PyObject *key, PyObject *
         goto fail;
     if (c->ev_packets) {
         if (c->ctr->ev_flows < c->ev_max_flows) {
-            if (fput(f, EV, PyList_New(0)) < 0)
+            if (fput(f, EV, PyByteArray_FromStringAndSize(NULL, 0)) < 0)
                 goto fail;
             c->ctr->ev_flows++;
         }
@@ -1535,52 +1535,66 @@ static PyObject *sample_event(PyObject *self, PyObject *args) {
     return m;
 }
 
-/* ---- evidence rings: flows.ring_add in C.  A flow's ring is a list [ts, frame, ts, frame, ...] of its last
- * packets, oldest first; Flow.ev_size is its frames' size in 64-byte units (each length rounded up: small
- * ints, which CPython keeps made).  A frame longer than cap bytes is kept cut to cap.  Above trim entries,
- * the oldest go until keep are left; above cap >> 6 units, the oldest go until at most half of that is left
- * or only the newest packet is. */
-static inline long long units(PyObject *x) {
-    return PyBytes_Check(x) ? (PyBytes_GET_SIZE(x) + 63) >> 6 : 0;
-}
-
-static int ring_push(PyObject *f, PyObject *ev, PyObject *tso, PyObject *frame, Py_ssize_t trim, Py_ssize_t keep,
-                     Py_ssize_t cap) {
-    long long nu;
-    if (!PyList_CheckExact(ev) || !PyBytes_Check(frame)) {
-        PyErr_SetString(PyExc_TypeError, "an evidence ring is a list of times and frames (bytes)");
+/* ---- evidence rings: flows.ring_add in C.  A flow's ring is a bytearray of its last packets, oldest first: per
+ * packet a head (its time, a native double, and its frame's length, a native uint32) then the frame (cut to
+ * cap bytes); Flow.ev_size is how many packets it holds.  Above trim packets the oldest go until keep are left;
+ * above cap frame bytes, the oldest go until at most half of that is left or only the newest packet is. */
+#define EV_HEAD 12
+static int ring_push(PyObject *f, PyObject *ev, double ts, const unsigned char *frame, Py_ssize_t flen,
+                     Py_ssize_t trim, Py_ssize_t keep, Py_ssize_t cap) {
+    long long n;
+    if (!PyByteArray_CheckExact(ev)) {
+        PyErr_SetString(PyExc_TypeError, "an evidence ring is a bytearray");
         return -1;
     }
-    if (slot_ll(f, EV_SIZE, &nu) < 0)
+    if (slot_ll(f, EV_SIZE, &n) < 0)
         return -1;
-    PyObject *fr = frame;
-    if (PyBytes_GET_SIZE(frame) > cap) {
-        fr = PyBytes_FromStringAndSize(PyBytes_AS_STRING(frame), cap);
-        if (fr == NULL)
-            return -1;
+    if (flen > cap)
+        flen = cap;
+    if (flen > 0xFFFFFFFFLL) {
+        PyErr_SetString(PyExc_ValueError, "an evidence frame above 4 GB");
+        return -1;
+    }
+    PyByteArrayObject *ba = (PyByteArrayObject *)ev;
+    Py_ssize_t old = PyByteArray_GET_SIZE(ev), need = old + EV_HEAD + flen;
+    if (need + (ba->ob_start - ba->ob_bytes) + 1 <= ba->ob_alloc) {   /* room: PyByteArray_Resize's quick path */
+        Py_SET_SIZE(ev, need);
+        ba->ob_start[need] = '\0';
     } else {
-        Py_INCREF(fr);
+        /* bytearray grows to the exact size when the growth is above an eighth (a copy per packet here): room
+           for half as much again first, then the size wanted, which it takes without moving */
+        if (PyByteArray_Resize(ev, need + need / 2) < 0 || PyByteArray_Resize(ev, need) < 0)
+            return -1;
     }
-    int bad = PyList_Append(ev, tso) < 0 || PyList_Append(ev, fr) < 0;
-    nu += units(fr);
-    Py_DECREF(fr);
-    if (bad)
-        return -1;
-    long long cu = cap >> 6;
-    Py_ssize_t n = PyList_GET_SIZE(ev), cut = 0;
-    if (n > trim)
-        cut = n - keep;
-    for (Py_ssize_t k = 1; k < cut; k += 2)
-        nu -= units(PyList_GET_ITEM(ev, k));
-    if (nu > cu) {
-        while (n - cut > 2 && nu > cu / 2) {
-            nu -= units(PyList_GET_ITEM(ev, cut + 1));
-            cut += 2;
+    char *o = PyByteArray_AS_STRING(ev) + old;
+    uint32_t ln = (uint32_t)flen;
+    memcpy(o, &ts, 8);
+    memcpy(o + 8, &ln, 4);
+    memcpy(o + EV_HEAD, frame, (size_t)flen);
+    n++;
+    if (n > trim || need - EV_HEAD * n > cap) {
+        const char *p = PyByteArray_AS_STRING(ev);
+        Py_ssize_t fb = need - EV_HEAD * n, pos = 0;
+        long long cut = n > trim ? n - keep : 0;
+        for (long long k = 0; k < cut; k++) {
+            memcpy(&ln, p + pos + 8, 4);
+            pos += EV_HEAD + ln;
+            fb -= ln;
         }
+        if (fb > cap) {
+            while (n - cut > 1 && fb > cap / 2) {
+                memcpy(&ln, p + pos + 8, 4);
+                pos += EV_HEAD + ln;
+                fb -= ln;
+                cut++;
+            }
+        }
+        /* a deletion at the front: CPython's bytearray moves its start instead of the bytes */
+        if (pos > 0 && PySequence_DelSlice(ev, 0, pos) < 0)
+            return -1;
+        n -= cut;
     }
-    if (cut > 0 && PyList_SetSlice(ev, 0, cut, NULL) < 0)
-        return -1;
-    return put_ll(f, EV_SIZE, nu);
+    return put_ll(f, EV_SIZE, n);
 }
 
 /* ring_add(flow, ts, frame, trim, keep, cap): the compiled twin of flows.ring_add, for its tests */
@@ -1590,17 +1604,25 @@ static PyObject *ring_add(PyObject *self, PyObject *args) {
     Py_ssize_t trim, keep, cap;
     if (!PyArg_ParseTuple(args, "OO!O!nnn", &f, &PyFloat_Type, &tso, &PyBytes_Type, &frame, &trim, &keep, &cap))
         return NULL;
-    if (flow_type == NULL || !PyObject_TypeCheck(f, flow_type) || cap < 1 || keep < 0 || trim < keep) {
-        PyErr_SetString(PyExc_ValueError, "ring_add needs a bound Flow, cap >= 1 and 0 <= keep <= trim");
+    if (flow_type == NULL || !PyObject_TypeCheck(f, flow_type) || cap < 1 || keep < 1 || trim < keep) {
+        PyErr_SetString(PyExc_ValueError, "ring_add needs a bound Flow, cap >= 1 and 1 <= keep <= trim");
         return NULL;
     }
     PyObject *ev = get(f, EV);
-    if (ev == NULL || ring_push(f, ev, tso, frame, trim, keep, cap) < 0)
+    if (ev == NULL || ring_push(f, ev, PyFloat_AS_DOUBLE(tso), (const unsigned char *)PyBytes_AS_STRING(frame),
+                                PyBytes_GET_SIZE(frame), trim, keep, cap) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
 static PyObject *rec_float_json;   /* bind_flat's: a float as orjson writes it (below) */
+
+/* a raw batch's index entry (_fastpath.c's pcap_records with raw): a record's time, its frame's offset and length */
+typedef struct {
+    double ts;
+    int64_t off, len;
+} RawEntry;
+#define RAW_ENTRY ((Py_ssize_t)sizeof(RawEntry))
 
 /* run()'s state of _process_py's first steps, which every record takes */
 /* what the housekeeping reads of the meter, read once per run() (or expire()) call: this file's time
@@ -1637,7 +1659,9 @@ static void house_clear(House *h) {
 
 typedef struct {
     long long npk, nbytes_all, dups;   /* records, their bytes, duplicate frames */
-    PyObject *prev;                    /* the last frame (a strong reference) */
+    PyObject *prev;                    /* the last frame (a strong reference), or NULL: at prev_p in a raw batch */
+    const unsigned char *prev_p;       /* its bytes (NULL: none), prev_n of them */
+    Py_ssize_t prev_n;
     double prev_ts, nh;                /* its time; the time of the next second's housekeeping */
     double now;                        /* the last housekeeping's clock (meter._now), when now_set */
     int house_c;                       /* the meter's _house_c: its _housekeep done here (house_in_c) */
@@ -1646,6 +1670,24 @@ typedef struct {
 } Step;
 
 static PyObject *expire_now(PyObject *meter, PyObject *now_o, PyObject *why, House *h);
+
+/* the previous frame's bytes from step->prev (after load_state) */
+static inline void step_prev_from_obj(Step *st) {
+    int b = st->prev != NULL && PyBytes_Check(st->prev);
+    st->prev_p = b ? (const unsigned char *)PyBytes_AS_STRING(st->prev) : NULL;
+    st->prev_n = b ? PyBytes_GET_SIZE(st->prev) : 0;
+}
+
+/* step->prev as an object (before store_state): a raw batch's frame copied */
+static inline int step_prev_obj(Step *st) {
+    if (st->prev != NULL)
+        return 0;
+    st->prev = st->prev_p ? PyBytes_FromStringAndSize((const char *)st->prev_p, st->prev_n) : ref(Py_None);
+    if (st->prev == NULL)
+        return -1;
+    step_prev_from_obj(st);
+    return 0;
+}
 static PyObject *s_idle;
 
 /* FlowMeter._housekeep(now) where it ends flows in C (meter._house_c, set by process_batch): its clock, the young
@@ -1772,17 +1814,17 @@ static int house_in_c(Step *st, PyObject *meter, PyObject *tso) {
 /* what _process_py does first with every record: counts it, tells a duplicate frame, and calls the meter's
  * _housekeep when a second has passed (or the clock jumped back); 0 or -1 (error) */
 static inline int frame_step(Step *st, PyObject *meter, PyObject *m_housekeep, PyObject *tso, PyObject *frame,
-                             PyObject **at_end) {
+                             const unsigned char *fr, Py_ssize_t len, PyObject **at_end) {
     double ts = PyFloat_AS_DOUBLE(tso);
-    Py_ssize_t len = PyBytes_GET_SIZE(frame);
     st->npk++;
     st->nbytes_all += len;
-    PyObject *prev = st->prev;
-    if (PyBytes_Check(prev) && PyBytes_GET_SIZE(prev) == len && ts - st->prev_ts < 0.005
-        && (prev == frame || memcmp(PyBytes_AS_STRING(prev), PyBytes_AS_STRING(frame), (size_t)len) == 0))
+    if (st->prev_p != NULL && st->prev_n == len && ts - st->prev_ts < 0.005
+        && (st->prev_p == fr || memcmp(st->prev_p, fr, (size_t)len) == 0))
         st->dups++;
-    Py_INCREF(frame);
-    Py_SETREF(st->prev, frame);
+    Py_XINCREF(frame);   /* NULL: a raw batch's record, where it is until run() returns (store_state copies it) */
+    Py_XSETREF(st->prev, frame);
+    st->prev_p = fr;
+    st->prev_n = len;
     st->prev_ts = ts;
     if (ts >= st->nh || ts < st->nh - 2.0) {
         if (st->house_c) {
@@ -1890,7 +1932,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
     NewFlow nf;
     memset(&nf, 0, sizeof nf);
     PacketOut pko = {0, NULL, NULL, NULL, NULL};
-    if (!PyArg_ParseTuple(args, "OO!OOO!Onn|OLpn", &meter, &PyList_Type, &recs, &one, &dl, &PyDict_Type, &table,
+    if (!PyArg_ParseTuple(args, "OOOOO!Onn|OLpn", &meter, &recs, &one, &dl, &PyDict_Type, &table,
                           &move_to_end, &ev_trim, &ev_keep, &keep, &cutoff, &cnew, &ev_cap))
         return NULL;
     if (ev_cap < 1 || ev_keep < 0 || ev_trim < ev_keep) {
@@ -1901,17 +1943,59 @@ static PyObject *run(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_RuntimeError, "bind_record() first: new flows in C need it");
         return NULL;
     }
-    if (cnew && nf_load(&nf, meter, table, move_to_end) < 0)
-        return NULL;
-    if (keep != Py_None && (!PyByteArray_Check(keep) || PyByteArray_GET_SIZE(keep) != PyList_GET_SIZE(recs))) {
-        PyErr_SetString(PyExc_TypeError, "keep must be None or a bytearray of one byte per record");
+    /* the records: a list of (ts, frame), or a raw batch (fastpath.RawBatch: pcap_records' index of where they
+       are in the mapped file), read there: no time, frame and tuple object per packet */
+    int raw = !PyList_Check(recs);
+    Py_buffer rbuf, ribuf;   /* a raw batch's buffer and index, held until the end */
+    Py_ssize_t n;
+    if (raw) {
+        PyObject *b = PyObject_GetAttrString(recs, "buf"), *x = b ? PyObject_GetAttrString(recs, "index") : NULL;
+        int ok = x != NULL && PyObject_GetBuffer(b, &rbuf, PyBUF_SIMPLE) == 0;
+        if (ok && PyObject_GetBuffer(x, &ribuf, PyBUF_SIMPLE) < 0) {
+            PyBuffer_Release(&rbuf);
+            ok = 0;
+        }
+        Py_XDECREF(b);
+        Py_XDECREF(x);
+        if (!ok) {
+            if (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                PyErr_Clear();
+                PyErr_SetString(PyExc_TypeError, "run() takes a list of (ts, frame) records or a raw batch");
+            }
+            return NULL;
+        }
+        if (ribuf.len % RAW_ENTRY) {
+            PyBuffer_Release(&rbuf);
+            PyBuffer_Release(&ribuf);
+            PyErr_SetString(PyExc_ValueError, "run(): a raw batch's index is not pcap_records'");
+            return NULL;
+        }
+        n = ribuf.len / RAW_ENTRY;
+    } else {
+        n = PyList_GET_SIZE(recs);
+    }
+    PyObject *own_tso = NULL, *own_frame = NULL, *own_rec = NULL;   /* a raw record's objects, made as needed */
+    if (cnew && nf_load(&nf, meter, table, move_to_end) < 0) {
+        nf_clear(&nf);
+        if (raw) {
+            PyBuffer_Release(&rbuf);
+            PyBuffer_Release(&ribuf);
+        }
         return NULL;
     }
-    if (flow_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "bind() the Flow class first");
+    if ((keep != Py_None && (!PyByteArray_Check(keep) || PyByteArray_GET_SIZE(keep) != n)) || flow_type == NULL) {
+        if (flow_type == NULL)
+            PyErr_SetString(PyExc_RuntimeError, "bind() the Flow class first");
+        else
+            PyErr_SetString(PyExc_TypeError, "keep must be None or a bytearray of one byte per record");
+        nf_clear(&nf);
+        if (raw) {
+            PyBuffer_Release(&rbuf);
+            PyBuffer_Release(&ribuf);
+        }
         return NULL;
     }
-    Py_ssize_t n = PyList_GET_SIZE(recs), i = 0;
+    Py_ssize_t i = 0;
     PyObject *vlans = NULL;   /* the record's VLAN ids as a tuple, made when a flow event needs them */
     /* the key of the table's last entry, as this loop last put it there (a direction's packets often come
      * in a row: its move_to_end is then a no-op and skipped); forgotten whenever Python code may have run */
@@ -1920,8 +2004,15 @@ static PyObject *run(PyObject *self, PyObject *args) {
     Step step;
     memset(&step, 0, sizeof step);
     long long house_c;
-    if (meter_ll(meter, "_house_c", &house_c) < 0 || load_state(meter, &step.prev, &step.prev_ts, &step.nh) < 0)
+    if (meter_ll(meter, "_house_c", &house_c) < 0 || load_state(meter, &step.prev, &step.prev_ts, &step.nh) < 0) {
+        nf_clear(&nf);
+        if (raw) {
+            PyBuffer_Release(&rbuf);
+            PyBuffer_Release(&ribuf);
+        }
         return NULL;
+    }
+    step_prev_from_obj(&step);
     step.house_c = house_c != 0;
     PyObject *m_tcp_close = PyObject_GetAttrString(meter, "_tcp_close");
     PyObject *closed_append = NULL;   /* meter._closed.append, when a TCP flow closes (tcp_close) */
@@ -1945,21 +2036,46 @@ static PyObject *run(PyObject *self, PyObject *args) {
             goto error;
     }
 
+    /* the record's frame as an object (made once for a raw record; NULL: no memory) */
+#define FRAME() (frame != NULL ? frame : (frame = own_frame = PyBytes_FromStringAndSize((const char *)fr, flen)))
     for (; i < n; i++) {
-        PyObject *rec = PyList_GET_ITEM(recs, i);
+        /* the record: rec, tso and frame borrowed from a list's tuple; a raw record's tso made here, its frame
+         * (own_frame) only where an object is needed (FRAME()), rec only for Python (own_rec) */
+        PyObject *rec = NULL, *tso = NULL, *frame = NULL;
+        const unsigned char *fr = NULL;
+        Py_ssize_t flen = 0;
+        Py_CLEAR(own_tso);
+        Py_CLEAR(own_frame);
+        Py_CLEAR(own_rec);
+        if (raw) {
+            RawEntry re;
+            memcpy(&re, (const char *)ribuf.buf + i * RAW_ENTRY, sizeof re);
+            if (re.off < 0 || re.len < 0 || re.off > rbuf.len || re.len > rbuf.len - re.off) {
+                PyErr_SetString(PyExc_ValueError, "run(): a raw record outside its buffer");
+                goto error;
+            }
+            fr = (const unsigned char *)rbuf.buf + re.off;
+            flen = (Py_ssize_t)re.len;
+            if ((tso = own_tso = PyFloat_FromDouble(re.ts)) == NULL)
+                goto error;
+        } else {
+            rec = PyList_GET_ITEM(recs, i);
+            if (!PyTuple_Check(rec) || PyTuple_GET_SIZE(rec) < 2)
+                goto python;
+            tso = PyTuple_GET_ITEM(rec, 0);
+            frame = PyTuple_GET_ITEM(rec, 1);
+            if (!PyFloat_CheckExact(tso) || !PyBytes_CheckExact(frame))
+                goto python;
+            fr = (const unsigned char *)PyBytes_AS_STRING(frame);
+            flen = PyBytes_GET_SIZE(frame);
+        }
         /* a VXLAN or GRE frame whose inner packet the loop takes is metered twice, as _process_py does: 0 not
          * (yet) one; 1 its inner packet parsed; 2 again, the tunnel's own (outer) flow; 3 again, its inner packet */
         int vx = 0;
     again:
         Py_CLEAR(vlans);
-        if (!PyTuple_Check(rec) || PyTuple_GET_SIZE(rec) < 2)
-            goto python;
-        PyObject *tso = PyTuple_GET_ITEM(rec, 0), *frame = PyTuple_GET_ITEM(rec, 1);
-        if (!PyFloat_CheckExact(tso) || !PyBytes_CheckExact(frame))
-            goto python;
         double ts = PyFloat_AS_DOUBLE(tso);
-        const unsigned char *fr = (const unsigned char *)PyBytes_AS_STRING(frame);
-        Py_ssize_t len = PyBytes_GET_SIZE(frame), flen = len;   /* len: where the parse stops (VXLAN: its packet's end) */
+        Py_ssize_t len = flen;   /* where the parse stops (VXLAN: its packet's end) */
         /* the compiled path's frames: Ethernet II with up to 4 VLAN tags or a PPPoE session, IPv4 (fragments
          * too) or IPv6 (extension headers, not fragments), TCP, UDP, ICMP, ICMPv6 or a protocol without ports,
          * also in one GTP-U, IP-in-IP, VXLAN, GRE or ERSPAN tunnel; LLC and named non-IP frames counted; anything
@@ -2066,11 +2182,11 @@ static PyObject *run(PyObject *self, PyObject *args) {
                     goto error;
                 if (pko.raw == NULL)
                     goto python;
-                int aw = frame_step(&step, meter, m_housekeep, tso, frame, &at_end) < 0 ? -1
+                int aw = frame_step(&step, meter, m_housekeep, tso, frame, fr, flen, &at_end) < 0 ? -1
                     : arp_event(&pko, tso, fr, off, vids, nvl);
                 if (aw == 0) {   /* a time this writer does not write: _non_ip */
                     Py_CLEAR(at_end);
-                    aw = arp_py(meter, tso, frame, off, vids, nvl);
+                    aw = FRAME() == NULL ? -1 : arp_py(meter, tso, frame, off, vids, nvl);
                 }
                 if (aw < 0)
                     goto error;
@@ -2119,7 +2235,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
                         unsup = 1;
                     }
                 }
-                if (frame_step(&step, meter, m_housekeep, tso, frame, &at_end) < 0)
+                if (frame_step(&step, meter, m_housekeep, tso, frame, fr, flen, &at_end) < 0)
                     goto error;
                 if (unsup) {   /* unsupported_packets += 1 */
                     long long u;
@@ -2304,7 +2420,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
             goto again;
         }
         /* a fast-path frame: from here on, everything in _process_py's order (_tunnel_flow's for vx 2) */
-        if (vx != 3 && frame_step(&step, meter, m_housekeep, tso, frame, &at_end) < 0)
+        if (vx != 3 && frame_step(&step, meter, m_housekeep, tso, frame, fr, flen, &at_end) < 0)
             goto error;
         if (fragw) {   /* _process_py's fragment cache: (src, dst, id, proto) -> the first fragment's ports */
             int fr2 = frag_cache(meter, fragw, fr + addr_off, (int)alen, ipid, proto, &sp, &dp);
@@ -2409,7 +2525,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
             }
         }
         if (f == NULL && cnew) {   /* a new flow, made here as _new_flow makes it */
-            if (!plain && vlans == NULL && (vlans = make_vlans(vids, nvl)) == NULL) {
+            if ((!plain && vlans == NULL && (vlans = make_vlans(vids, nvl)) == NULL) || FRAME() == NULL) {
                 Py_DECREF(key);
                 goto error;
             }
@@ -2423,6 +2539,10 @@ static PyObject *run(PyObject *self, PyObject *args) {
         }
         if (f == NULL) {   /* a new flow (plain: src/dst None, _new_flow slices them, as for eth4's frames) */
             PyObject *res;
+            if (FRAME() == NULL) {
+                Py_DECREF(key);
+                goto error;
+            }
             if (plain) {
                 res = PyObject_CallFunction(m_new_flow, "OOOiiOOkkkiOisll", key, tso, frame, 4, proto, Py_None, Py_None,
                                             (unsigned long)sp, (unsigned long)dp, (unsigned long)flags, 0, empty_tuple,
@@ -2487,7 +2607,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
         }
         PyObject *ev = SLOT(f, EV);
         if (!bad && ev != NULL && ev != Py_None)
-            bad |= ring_push(f, ev, tso, frame, ev_trim, ev_keep, ev_cap);
+            bad |= ring_push(f, ev, ts, fr, flen, ev_trim, ev_keep, ev_cap);
         if (bad) {
             Py_DECREF(f);
             goto error;
@@ -2546,7 +2666,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 }
                 if (!done) {
                     Py_CLEAR(at_end);
-                    r3 = PyObject_CallFunction(m_sample, "OOOOllkkkOl", f, tso, frame, fwd_o, po, pl,
+                    r3 = FRAME() == NULL ? NULL : PyObject_CallFunction(m_sample, "OOOOllkkkOl", f, tso, frame, fwd_o, po, pl,
                                                (unsigned long)flags, (unsigned long)seq, (unsigned long)ack, vlans,
                                                wpl);
                     if (r3 == NULL) {
@@ -2577,7 +2697,8 @@ static PyObject *run(PyObject *self, PyObject *args) {
                 }
                 if (dw == 0) {
                     Py_CLEAR(at_end);
-                    r3 = PyObject_CallFunction(m_dns, "OOOOlliO", f, tso, frame, fwd_o, po, pl, proto, vlans);
+                    r3 = FRAME() == NULL ? NULL
+                        : PyObject_CallFunction(m_dns, "OOOOlliO", f, tso, frame, fwd_o, po, pl, proto, vlans);
                     if (r3 == NULL) {
                         Py_DECREF(f);
                         goto error;
@@ -2606,7 +2727,9 @@ static PyObject *run(PyObject *self, PyObject *args) {
         goto vtags;
     python:
         /* this record needs Python: FlowMeter._process_py((rec,), dl) with the meter's state in step */
-        if (store_state(meter, step.prev, step.prev_ts, &step.now, &step.now_set) < 0)
+        if (step_prev_obj(&step) < 0 || store_state(meter, step.prev, step.prev_ts, &step.now, &step.now_set) < 0)
+            goto error;
+        if (rec == NULL && (FRAME() == NULL || (rec = own_rec = PyTuple_Pack(2, tso, frame)) == NULL))
             goto error;
         {
             PyObject *one_rec = PyTuple_Pack(1, rec);
@@ -2623,8 +2746,9 @@ static PyObject *run(PyObject *self, PyObject *args) {
         }
         if (load_state(meter, &step.prev, &step.prev_ts, &step.nh) < 0)
             goto error;
+        step_prev_from_obj(&step);
     }
-    if (store_state(meter, step.prev, step.prev_ts, &step.now, &step.now_set) < 0)
+    if (step_prev_obj(&step) < 0 || store_state(meter, step.prev, step.prev_ts, &step.now, &step.now_set) < 0)
         goto error;
     Py_DECREF(step.prev);
     house_clear(&step.house);
@@ -2643,10 +2767,25 @@ static PyObject *run(PyObject *self, PyObject *args) {
     Py_XDECREF(at_prev_hit);
     nf_clear(&nf);
     packet_out_clear(&pko);
+    Py_XDECREF(own_tso);
+    Py_XDECREF(own_frame);
+    Py_XDECREF(own_rec);
+    if (raw) {
+        PyBuffer_Release(&rbuf);
+        PyBuffer_Release(&ribuf);
+    }
     return Py_BuildValue("(LLL)", step.npk, step.nbytes_all, step.dups);
+#undef FRAME
 error:
     nf_clear(&nf);
     packet_out_clear(&pko);
+    Py_XDECREF(own_tso);
+    Py_XDECREF(own_frame);
+    Py_XDECREF(own_rec);
+    if (raw) {
+        PyBuffer_Release(&rbuf);
+        PyBuffer_Release(&ribuf);
+    }
     Py_XDECREF(step.prev);
     house_clear(&step.house);
     Py_XDECREF(m_tcp_close);
@@ -4555,6 +4694,11 @@ PyMODINIT_FUNC PyInit__meter(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
+    /* run() takes fastpath.RawBatch records too (pcap_records' raw index) */
+    if (PyModule_AddIntConstant(m, "RAW_BATCHES", 1) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&CountersType);
     if (PyModule_AddObject(m, "Counters", (PyObject *)&CountersType) < 0) {
         Py_DECREF(&CountersType);

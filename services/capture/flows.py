@@ -68,6 +68,7 @@ from .decode import (
 )
 from .evidence import evidence_name, pcap_bytes, wire_len, write_pcap
 from .fastpath import METER as _METER
+from .fastpath import RawBatch
 from .fastpath import eth4 as _eth4
 
 __all__ = ["FlowMeter", "MeterSink", "Flow", "ListSink"]
@@ -175,34 +176,60 @@ def duration_ms(first: float, last: float) -> float:
 RING_MIN_BYTES = 256   # the least share of evidence_memory_mb a ring gets
 
 
+_EV_HEAD = struct.Struct("=dI")   # a ring record's head: the packet's time and its frame's length
+EV_HEAD = _EV_HEAD.size          # 12 bytes
+
+
 def ring_add(f: Flow, ts: float, frame: bytes, trim: int, keep: int, cap: int) -> None:
     """Append a packet to flow ``f``'s evidence ring and trim it; ``_meter.run`` does the same in C.
 
-    The ring is a list ``[ts, frame, ts, frame, ...]`` of the flow's last packets, oldest first (cheaper
-    than a deque of tuples), and ``f.ev_size`` its frames' size in 64-byte units (each frame's length
-    rounded up; small numbers, which CPython does not allocate); a frame longer than ``cap`` bytes is
-    kept cut to ``cap``.  Above ``trim`` entries, the oldest go until ``keep`` are left; above ``cap``
-    bytes (``cap >> 6`` units), the oldest go until at most half of that is left or only the newest
-    packet is.  So a ring of small packets keeps the last ``keep // 2`` of them, and one of full-size
-    frames stays within ``cap``."""
+    The ring is one ``bytearray`` of the flow's last packets, oldest first: per packet a head (its time, a
+    native double, and its frame's length, a native 32-bit unsigned) then the frame; ``f.ev_size`` is how
+    many packets it holds.  One buffer per flow instead of a time and a frame object per packet: the
+    compiled loop meters a replay's frames where they are in the mapped file (fastpath.RawBatch) and copies
+    only this, and nothing per packet is left to free when the flow ends.  A frame longer than ``cap`` bytes
+    is kept cut to ``cap``.  Above ``trim`` packets, the oldest go until ``keep`` are left; above ``cap``
+    frame bytes, the oldest go until at most half of that is left or only the newest packet is.  So a ring
+    of small packets keeps the last ``keep`` to ``trim`` of them, and one of full-size frames stays within
+    ``cap``.  Dropping the oldest is a deletion at the buffer's front, which CPython's bytearray does
+    without moving the rest."""
     ev = f.ev
     if len(frame) > cap:
         frame = frame[:cap]
-    ev.append(ts)
-    ev.append(frame)
-    nu = f.ev_size + ((len(frame) + 63) >> 6)
-    cu = cap >> 6
-    n = len(ev)
-    cut = n - keep if n > trim else 0
-    for k in range(1, cut, 2):
-        nu -= (len(ev[k]) + 63) >> 6
-    if nu > cu:
-        while n - cut > 2 and nu > cu // 2:
-            nu -= (len(ev[cut + 1]) + 63) >> 6
-            cut += 2
-    if cut:
-        del ev[:cut]
-    f.ev_size = nu
+    ev += _EV_HEAD.pack(ts, len(frame))
+    ev += frame
+    n = f.ev_size + 1
+    if n > trim or len(ev) - EV_HEAD * n > cap:
+        head = _EV_HEAD.unpack_from
+        fb = len(ev) - EV_HEAD * n      # frame bytes
+        cut = n - keep if n > trim else 0
+        pos = 0
+        for _k in range(cut):
+            ln = head(ev, pos)[1]
+            pos += EV_HEAD + ln
+            fb -= ln
+        if fb > cap:
+            while n - cut > 1 and fb > cap // 2:
+                ln = head(ev, pos)[1]
+                pos += EV_HEAD + ln
+                fb -= ln
+                cut += 1
+        del ev[:pos]
+        n -= cut
+    f.ev_size = n
+
+
+def ring_packets(ev: bytes | bytearray, last: int = 0) -> list[tuple[float, bytes]]:
+    """A ring's ``(ts, frame)`` packets, oldest first (only its ``last`` ones when above 0)."""
+    out = []
+    pos, end = 0, len(ev)
+    head = _EV_HEAD.unpack_from
+    while pos + EV_HEAD <= end:
+        ts, ln = head(ev, pos)
+        pos += EV_HEAD
+        out.append((ts, bytes(ev[pos:pos + ln])))
+        pos += ln
+    return out[-last:] if last > 0 else out
 
 
 class _Dir:
@@ -247,8 +274,8 @@ class Flow:
         self.verdict: Verdict | None = None
         self.verdict_final = False
         self.deadline = 0.0
-        self.ev: list | None = None  # the evidence ring (ring_add)
-        self.ev_size = 0  # the size of the frames in it, in 64-byte units
+        self.ev: bytearray | None = None  # the evidence ring (ring_add)
+        self.ev_size = 0  # how many packets it holds
         self.hot_n = 0  # packets (both directions) at the flow's last hot check
         self.rec_bytes = 0  # frame bytes of the flow's packets the packet recorder keeps (record_cutoff)
 
@@ -477,9 +504,9 @@ class FlowMeter:
         # HOT_RINGS, recent_evidence_max) and each in bytes to an equal share of evidence_memory_mb
         self.evidence_packets = settings.evidence_packets
         self.evidence_max_flows = 10000
-        # the ring is a flat list [ts, frame, ts, frame, ...] trimmed in steps (cheaper than a deque of tuples)
-        self._ev_keep = 2 * self.evidence_packets
-        self._ev_trim = 4 * self.evidence_packets
+        # the ring (ring_add) holds the last evidence_packets to twice that many packets, trimmed in steps
+        self._ev_keep = self.evidence_packets
+        self._ev_trim = 2 * self.evidence_packets
         self._recent_ev: OrderedDict[str, tuple[Flow, int]] = OrderedDict()  # ended flows' rings, newest last
         self.recent_evidence_max = 512
         # each ring's frame bytes: an equal share of evidence_memory_mb among every ring there can be
@@ -604,9 +631,9 @@ class FlowMeter:
         dl = self.datalink if dlt is None else dlt
         run = _run
         keep = None
+        if type(recs) is not list and type(recs) is not RawBatch:
+            recs = list(recs)
         if self.record_cutoff > 0:
-            if type(recs) is not list:
-                recs = list(recs)
             keep = bytearray(b"\x01") * len(recs)
         if run is None or dl != 1 or self.recorders:
             try:
@@ -615,8 +642,6 @@ class FlowMeter:
                 if keep is not None:
                     self._keep += keep
             return
-        if type(recs) is not list:
-            recs = list(recs)
         table = self.table
         self._dl = dl   # for _new_flow's tunnel_outer: the loop meters GTP-U and IP-in-IP frames too
         # the loop's housekeeping once a second: this class's _housekeep, done in C where flows end in C;
@@ -897,7 +922,7 @@ class FlowMeter:
                 f.next_check = ts + min(self._hot_iv, self._active)
         f.is_dns = (sp == _DNS_PORT or dp == _DNS_PORT) and (proto == 17 or proto == 6)
         if self.evidence_packets and self._c.ev_flows < self.evidence_max_flows:
-            f.ev = []
+            f.ev = bytearray()
             self._c.ev_flows += 1
         f.sampling = 3
         f.sd = f.dd = None  # sampling state, created with the first packet that needs it
@@ -1023,7 +1048,7 @@ class FlowMeter:
             if f.ev is None and self.evidence_packets and self._c.ev_flows < self.evidence_max_flows + HOT_RINGS:
                 # a flood flow (ICMP, ...) created while other flows (a SYN flood's) held every ring: it gets
                 # one of a few spare rings now, so its alert's evidence is not empty
-                f.ev = []
+                f.ev = bytearray()
                 self._c.ev_flows += 1
                 self._count("evidence_hot_rings")
         f.hot_n = n
@@ -1243,8 +1268,7 @@ class FlowMeter:
                     break
         if f is None or f.ev is None:
             return None
-        ev = f.ev[-self._ev_keep:] if self._ev_keep else []
-        return list(zip(ev[0::2], ev[1::2]))
+        return ring_packets(f.ev, self._ev_keep) if self._ev_keep else []
 
     def evidence_pcap(self, packets: list[tuple[float, bytes]]) -> bytes:
         """A pcap file of a ring's packets (``evidence()``) in the source's link type.  A frame may have

@@ -17,11 +17,12 @@ import gzip
 import mmap
 import os
 import struct
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .fastpath import Collector, in_shard, pcap_records
+from .fastpath import RAW, Collector, RawBatch, in_shard, pcap_records
 
 __all__ = ["CaptureFileError", "FileSource", "LiveSource", "open_source", "DLT_NAMES", "check_settings"]
 
@@ -128,6 +129,9 @@ class FileSource:
         self.path = str(path)
         #: replay only this shard's packets (fastpath.shard_hash: a symmetric hash of the IP addresses)
         self.shard, self.shards = shard, shards
+        #: a pcap file's batches as fastpath.RawBatch (records where they are) where the meter loop is compiled;
+        #: False: lists of (ts, frame)
+        self.raw_batches = True
         self.name = os.path.basename(self.path)
         try:
             self.size = os.path.getsize(self.path)   # bytes on disk (compressed for .gz): progress()
@@ -265,10 +269,13 @@ class FileSource:
     def close(self) -> None:
         if self._mm is not None:
             self._buf = b""
-            try:
-                self._mm.close()
-            except Exception:  # noqa: BLE001 - closing must not fail (a view still held: the GC closes it)
-                pass
+            # a batch of records still held (fastpath.RawBatch reads them in the mapping) keeps the mapping
+            # open: it is closed with the last of them
+            if sys.getrefcount(self._mm) <= 2:
+                try:
+                    self._mm.close()
+                except Exception:  # noqa: BLE001 - closing must not fail (a view still held: the GC closes it)
+                    pass
         try:
             self._fh.close()
         except Exception:  # noqa: BLE001 - closing must not fail
@@ -293,7 +300,8 @@ class FileSource:
 
     # ------------------------------------------------------------ pcap
     def _pcap_batches(self, n: int) -> Iterator[list[tuple[float, bytes]]]:
-        """Lists of up to ``n`` ``(ts, frame)`` records (compiled parsing where built)."""
+        """Batches of up to ``n`` ``(ts, frame)`` records (compiled parsing where built): lists, or
+        ``RawBatch`` sequences of them (``raw_batches``)."""
         big = self._endian == ">"
         unit = self._tsunit
         head = struct.Struct(self._endian + "IIII").unpack_from
@@ -301,12 +309,18 @@ class FileSource:
         snaplen = self.snaplen if 0 < self.snaplen <= MAX_RECORD else 0
         shard, shards, dlt = self.shard, self.shards, self.datalink
         mine = (lambda frame: in_shard(frame, dlt, shard, shards)) if shards > 1 else (lambda frame: True)
+        raw = RAW and self.raw_batches
         while True:
             if len(self._buf) - self._pos < low and not self._eof:
                 self._fill(CHUNK)  # keep batches whole: read ahead before the buffer runs dry
             before = self._pos
-            recs, pos, bad, cut, over_o, over_s = pcap_records(self._buf, before, big, unit, n, MAX_RECORD, snaplen,
-                                                               shard, shards, dlt)
+            if raw:   # the records where they are, for the compiled meter loop (fastpath.RawBatch)
+                index, pos, bad, cut, over_o, over_s = pcap_records(self._buf, before, big, unit, n, MAX_RECORD,
+                                                                    snaplen, shard, shards, dlt, True)
+                recs = RawBatch(self._buf, index) if index else []
+            else:
+                recs, pos, bad, cut, over_o, over_s = pcap_records(self._buf, before, big, unit, n, MAX_RECORD,
+                                                                   snaplen, shard, shards, dlt)
             self._pos = pos
             if over_o or over_s:   # caplen above the original length (trimmed) or the snaplen
                 self._anomaly(over_o, over_s)

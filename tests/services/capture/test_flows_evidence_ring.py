@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.capture import flows
-from services.capture.flows import HOT_RINGS, FlowMeter, ListSink, ring_add
+from services.capture.flows import EV_HEAD, HOT_RINGS, FlowMeter, ListSink, ring_add, ring_packets
 from shared.settings import CaptureSettings
 
 _meter = pytest.importorskip("services.capture._meter")
@@ -33,7 +33,7 @@ packets = st.lists(st.tuples(st.floats(0, 2e9, allow_nan=False), st.binary(max_s
 
 
 def ring_of(f: flows.Flow) -> list[tuple[float, bytes]]:
-    return list(zip(f.ev[0::2], f.ev[1::2]))
+    return ring_packets(f.ev)
 
 
 @settings(max_examples=200, deadline=None)
@@ -41,17 +41,22 @@ def ring_of(f: flows.Flow) -> list[tuple[float, bytes]]:
 def test_compiled_ring_is_the_python_one_and_holds_the_last_packets(pk, keep, extra, cap):
     trim = keep + extra
     a, b = flows.Flow(), flows.Flow()
-    a.ev, b.ev = [], []
+    a.ev, b.ev = bytearray(), bytearray()
     for n, (ts, fr) in enumerate(pk, 1):
-        ring_add(a, ts, fr, 2 * trim, 2 * keep, cap)
-        _meter.ring_add(b, ts, fr, 2 * trim, 2 * keep, cap)
+        ring_add(a, ts, fr, trim, keep, cap)
+        _meter.ring_add(b, ts, fr, trim, keep, cap)
         assert a.ev == b.ev and a.ev_size == b.ev_size
         got = ring_of(a)
-        assert a.ev_size == sum((len(f) + 63) // 64 for _t, f in got)
+        assert a.ev_size == len(got)
+        assert len(a.ev) == sum(EV_HEAD + len(f) for _t, f in got)
         # a suffix of what went in, each frame cut to cap
         assert got == [(t, f[:cap]) for t, f in pk[n - len(got):n]]
         assert 1 <= len(got) <= trim
-        assert len(got) == 1 or sum(len(f) for _t, f in got) <= a.ev_size * 64 <= cap
+        # the last keep packets stay while their frames take at most half of cap
+        last = pk[max(0, n - keep):n]
+        assert len(got) >= len(last) or sum(len(f[:cap]) for _t, f in last) > cap // 2
+        assert len(got) == 1 or sum(len(f) for _t, f in got) <= cap
+        assert ring_packets(a.ev, 2) == got[-2:]
 
 
 def test_a_ring_keeps_its_flow_s_last_packets_when_they_are_small():
@@ -81,11 +86,10 @@ def test_the_rings_of_many_bulk_flows_stay_within_their_shares(compiled, monkeyp
         m.flush_samples()
     rings = {id(f): f for f, _fwd in m.table.values()}
     assert len(rings) == nflows
-    assert all(sum(len(fr) for fr in f.ev[1::2]) <= f.ev_size * 64 <= share for f in rings.values())
+    assert all(len(f.ev) - EV_HEAD * f.ev_size <= share for f in rings.values())
     for f in list(rings.values())[::500]:
         got = m.evidence(f.flow_id)
-        unit = (size + 63) // 64 * 64
-        assert (share // 64 // 2 * 64) // unit <= len(got) <= share // unit
+        assert (share // 2) // size <= len(got) <= share // size
         assert [fr[-1] for _ts, fr in got] == list(range(npk - len(got), npk))   # the newest, in order
         assert all(len(fr) == size for _ts, fr in got)                           # whole
 
