@@ -1562,8 +1562,9 @@ static int ring_push(PyObject *f, PyObject *ev, double ts, const unsigned char *
         ba->ob_start[need] = '\0';
     } else {
         /* bytearray grows to the exact size when the growth is above an eighth (a copy per packet here): room
-           for half as much again first, then the size wanted, which it takes without moving */
-        if (PyByteArray_Resize(ev, need + need / 2) < 0 || PyByteArray_Resize(ev, need) < 0)
+           for a quarter more first (a full ring's memory: its share and a quarter), then the size wanted, which
+           it takes without moving */
+        if (PyByteArray_Resize(ev, need + need / 4) < 0 || PyByteArray_Resize(ev, need) < 0)
             return -1;
     }
     char *o = PyByteArray_AS_STRING(ev) + old;

@@ -248,6 +248,8 @@ shard_hash = _c.shard_hash if COMPILED and hasattr(_c, "shard_hash") else shard_
 
 #: whether pcap_records can return raw batches (the compiled reader and meter loop both take them)
 RAW = COMPILED and hasattr(_c, "raw_records") and _m is not None and hasattr(_m, "RAW_BATCHES")
+#: the compiled reader that makes them (a reader patched in for tests makes lists)
+RAW_READER = _c.pcap_records if RAW else None
 _ENTRY = struct.Struct("=dqq")   # an index entry: time, frame offset, frame length (_fastpath.c's RawEntry)
 
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .fastpath import RAW, Collector, RawBatch, in_shard, pcap_records
+from .fastpath import RAW_READER, Collector, RawBatch, in_shard, pcap_records
 
 __all__ = ["CaptureFileError", "FileSource", "LiveSource", "open_source", "DLT_NAMES", "check_settings"]
 
@@ -309,7 +309,7 @@ class FileSource:
         snaplen = self.snaplen if 0 < self.snaplen <= MAX_RECORD else 0
         shard, shards, dlt = self.shard, self.shards, self.datalink
         mine = (lambda frame: in_shard(frame, dlt, shard, shards)) if shards > 1 else (lambda frame: True)
-        raw = RAW and self.raw_batches
+        raw = RAW_READER is not None and pcap_records is RAW_READER and self.raw_batches
         while True:
             if len(self._buf) - self._pos < low and not self._eof:
                 self._fill(CHUNK)  # keep batches whole: read ahead before the buffer runs dry
