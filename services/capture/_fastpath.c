@@ -260,6 +260,21 @@ typedef struct {
 } RawEntry;
 #define RAW_ENTRY ((Py_ssize_t)sizeof(RawEntry))
 
+/* a (timestamp, frame) record, the frame copied from p */
+static PyObject *record_tuple(double ts, const unsigned char *p, Py_ssize_t n) {
+    PyObject *t = PyFloat_FromDouble(ts);
+    PyObject *fr = t ? PyBytes_FromStringAndSize((const char *)p, n) : NULL;
+    PyObject *rec = fr ? PyTuple_New(2) : NULL;
+    if (rec == NULL) {
+        Py_XDECREF(t);
+        Py_XDECREF(fr);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(rec, 0, t);
+    PyTuple_SET_ITEM(rec, 1, fr);
+    return rec;
+}
+
 static PyObject *pcap_records(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer view;
@@ -333,18 +348,12 @@ static PyObject *pcap_records(PyObject *self, PyObject *args) {
             pos += 16 + (Py_ssize_t)caplen;
             continue;
         }
-        PyObject *ts = PyFloat_FromDouble((double)sec + (double)frac * unit);
-        PyObject *fr = PyBytes_FromStringAndSize((const char *)(h + 16), keep);
-        PyObject *rec = (ts && fr) ? PyTuple_New(2) : NULL;
+        PyObject *rec = record_tuple((double)sec + (double)frac * unit, h + 16, keep);
         if (rec == NULL) {
-            Py_XDECREF(ts);
-            Py_XDECREF(fr);
             Py_DECREF(list);
             PyBuffer_Release(&view);
             return NULL;
         }
-        PyTuple_SET_ITEM(rec, 0, ts);
-        PyTuple_SET_ITEM(rec, 1, fr);
         if (PyList_Append(list, rec) < 0) {
             Py_DECREF(rec);
             Py_DECREF(list);
@@ -380,22 +389,16 @@ static PyObject *raw_records(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; list != NULL && i < n; i++) {
         RawEntry e;
         memcpy(&e, (const char *)iv.buf + i * RAW_ENTRY, sizeof e);
-        if (e.off < 0 || e.len < 0 || e.off + e.len > view.len) {
+        if (e.off < 0 || e.len < 0 || e.off > view.len || e.len > view.len - e.off) {
             PyErr_SetString(PyExc_ValueError, "raw_records: a record outside its buffer");
             Py_CLEAR(list);
             break;
         }
-        PyObject *ts = PyFloat_FromDouble(e.ts);
-        PyObject *fr = ts ? PyBytes_FromStringAndSize((const char *)view.buf + e.off, (Py_ssize_t)e.len) : NULL;
-        PyObject *rec = fr ? PyTuple_New(2) : NULL;
+        PyObject *rec = record_tuple(e.ts, (const unsigned char *)view.buf + e.off, (Py_ssize_t)e.len);
         if (rec == NULL) {
-            Py_XDECREF(ts);
-            Py_XDECREF(fr);
             Py_CLEAR(list);
             break;
         }
-        PyTuple_SET_ITEM(rec, 0, ts);
-        PyTuple_SET_ITEM(rec, 1, fr);
         PyList_SET_ITEM(list, i, rec);
     }
 done:

@@ -1625,6 +1625,14 @@ typedef struct {
 } RawEntry;
 #define RAW_ENTRY ((Py_ssize_t)sizeof(RawEntry))
 
+/* a raw batch's buffer and index views given back (nothing for a list of records) */
+static void raw_release(int raw, Py_buffer *buf, Py_buffer *index) {
+    if (raw) {
+        PyBuffer_Release(buf);
+        PyBuffer_Release(index);
+    }
+}
+
 /* run()'s state of _process_py's first steps, which every record takes */
 /* what the housekeeping reads of the meter, read once per run() (or expire()) call: this file's time
    profile (~12 packets per second of packet time) has a housekeeping every ~12 packets */
@@ -1966,8 +1974,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
             return NULL;
         }
         if (ribuf.len % RAW_ENTRY) {
-            PyBuffer_Release(&rbuf);
-            PyBuffer_Release(&ribuf);
+            raw_release(raw, &rbuf, &ribuf);
             PyErr_SetString(PyExc_ValueError, "run(): a raw batch's index is not pcap_records'");
             return NULL;
         }
@@ -1978,10 +1985,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
     PyObject *own_tso = NULL, *own_frame = NULL, *own_rec = NULL;   /* a raw record's objects, made as needed */
     if (cnew && nf_load(&nf, meter, table, move_to_end) < 0) {
         nf_clear(&nf);
-        if (raw) {
-            PyBuffer_Release(&rbuf);
-            PyBuffer_Release(&ribuf);
-        }
+        raw_release(raw, &rbuf, &ribuf);
         return NULL;
     }
     if ((keep != Py_None && (!PyByteArray_Check(keep) || PyByteArray_GET_SIZE(keep) != n)) || flow_type == NULL) {
@@ -1990,10 +1994,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
         else
             PyErr_SetString(PyExc_TypeError, "keep must be None or a bytearray of one byte per record");
         nf_clear(&nf);
-        if (raw) {
-            PyBuffer_Release(&rbuf);
-            PyBuffer_Release(&ribuf);
-        }
+        raw_release(raw, &rbuf, &ribuf);
         return NULL;
     }
     Py_ssize_t i = 0;
@@ -2007,10 +2008,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
     long long house_c;
     if (meter_ll(meter, "_house_c", &house_c) < 0 || load_state(meter, &step.prev, &step.prev_ts, &step.nh) < 0) {
         nf_clear(&nf);
-        if (raw) {
-            PyBuffer_Release(&rbuf);
-            PyBuffer_Release(&ribuf);
-        }
+        raw_release(raw, &rbuf, &ribuf);
         return NULL;
     }
     step_prev_from_obj(&step);
@@ -2771,10 +2769,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
     Py_XDECREF(own_tso);
     Py_XDECREF(own_frame);
     Py_XDECREF(own_rec);
-    if (raw) {
-        PyBuffer_Release(&rbuf);
-        PyBuffer_Release(&ribuf);
-    }
+    raw_release(raw, &rbuf, &ribuf);
     return Py_BuildValue("(LLL)", step.npk, step.nbytes_all, step.dups);
 #undef FRAME
 error:
@@ -2783,10 +2778,7 @@ error:
     Py_XDECREF(own_tso);
     Py_XDECREF(own_frame);
     Py_XDECREF(own_rec);
-    if (raw) {
-        PyBuffer_Release(&rbuf);
-        PyBuffer_Release(&ribuf);
-    }
+    raw_release(raw, &rbuf, &ribuf);
     Py_XDECREF(step.prev);
     house_clear(&step.house);
     Py_XDECREF(m_tcp_close);
@@ -4695,8 +4687,8 @@ PyMODINIT_FUNC PyInit__meter(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    /* run() takes fastpath.RawBatch records too (pcap_records' raw index) */
-    if (PyModule_AddIntConstant(m, "RAW_BATCHES", 1) < 0) {
+    /* run() takes fastpath.RawBatch records too (pcap_records' raw index): the size of its index entries */
+    if (PyModule_AddIntConstant(m, "RAW_BATCHES", (long)RAW_ENTRY) < 0) {
         Py_DECREF(m);
         return NULL;
     }

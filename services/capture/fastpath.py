@@ -246,17 +246,20 @@ Collector = _c.Collector if COMPILED else CollectorPy
 shard_hash = _c.shard_hash if COMPILED and hasattr(_c, "shard_hash") else shard_hash_py
 
 
-#: whether pcap_records can return raw batches (the compiled reader and meter loop both take them)
-RAW = COMPILED and hasattr(_c, "raw_records") and _m is not None and hasattr(_m, "RAW_BATCHES")
+_ENTRY = struct.Struct("=dqq")   # an index entry: time, frame offset, frame length (RawEntry in both C modules)
+#: whether pcap_records can return raw batches: the compiled reader and meter loop both take them, with
+#: index entries of the same size as here
+RAW = (COMPILED and getattr(_c, "RAW_ENTRY", 0) == _ENTRY.size and _m is not None
+       and getattr(_m, "RAW_BATCHES", 0) == _ENTRY.size)
 #: the compiled reader that makes them (a reader patched in for tests makes lists)
 RAW_READER = _c.pcap_records if RAW else None
-_ENTRY = struct.Struct("=dqq")   # an index entry: time, frame offset, frame length (_fastpath.c's RawEntry)
 
 
 class RawBatch:
     """Records of a pcap file where they are (``buf``, the mapped file) by ``index`` (``pcap_records``' raw
     index): what the compiled meter loop reads without an object per packet.  Anything else sees a sequence
-    of ``(timestamp, frame)`` records, made on first use.  Valid while ``buf`` is (its source open)."""
+    of ``(timestamp, frame)`` records, made on first use.  It holds ``buf``: a source's mapping stays open
+    while a batch of it does (FileSource.close)."""
 
     __slots__ = ("buf", "index", "n", "_recs")
 
